@@ -1,0 +1,1 @@
+"""Applications: history-augmented diagnosis and privacy protection."""

@@ -1,0 +1,1 @@
+"""Checkpoint interchange with PyTorch (official MaMI weights, CLIP, export)."""

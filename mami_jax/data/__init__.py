@@ -1,0 +1,1 @@
+"""Datasets, manifests, splits, the input pipeline and the synthetic phantoms."""

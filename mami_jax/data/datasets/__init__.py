@@ -1,0 +1,1 @@
+"""One manifest builder per public MedReID dataset (see ``registry.BUILDERS``)."""

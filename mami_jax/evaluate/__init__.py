@@ -1,0 +1,1 @@
+"""Embedding, retrieval and re-ID / verification metrics."""

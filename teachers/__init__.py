@@ -1,0 +1,1 @@
+"""Offline teacher feature extraction (PyTorch side)."""
