@@ -1,0 +1,116 @@
+"""Builds the common manifest of one public dataset from its own metadata and layout.
+
+    python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih \\
+        --out /data/nih/manifest.csv [--no-verify-files] [--seed 0] \\
+        [--fractions train=0.7,val=0.1,test=0.2]
+
+Prints: images, patients, patients with at least two images, studies, rows and
+patients per split, files missing, and every kind of row the builder could not use
+with its count and a few examples. ``--no-verify-files`` builds from the metadata
+alone (paths resolved, existence not checked), so splits can be planned on a machine
+without the images.
+
+Path rule: a path inside the manifest's folder is written relative to that folder
+(the manifest and its images can move together; ``read_manifest`` resolves relative
+paths against the manifest's folder); any other path is written absolute.
+
+Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
+data config's ``split_fractions`` and ``split_seed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from typing import Sequence
+
+from mami_jax.data.config import default_data_config
+from mami_jax.data.datasets.registry import BUILDERS, get_builder
+from mami_jax.data.manifest import ManifestRow, write_manifest
+from mami_jax.data.splits import assign_splits
+
+
+def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
+    """Applies the path rule above for a manifest written to ``out``."""
+    base = os.path.dirname(os.path.abspath(out))
+    result = []
+    for r in rows:
+        p = os.path.abspath(r.path)
+        rel = os.path.relpath(p, base)
+        inside = not (rel == os.pardir or rel.startswith(os.pardir + os.sep))
+        result.append(r.replace(path=rel if inside else p))
+    return result
+
+
+def summarize(rows: Sequence[ManifestRow]) -> dict:
+    """The counts the CLI prints, as a dict (also used by tests)."""
+    per_patient = collections.Counter(r.patient_key for r in rows)
+    split_rows = collections.Counter(r.split for r in rows)
+    split_patients = collections.Counter()
+    for key, split in {(r.patient_key, r.split) for r in rows}:
+        split_patients[split] += 1
+    return {
+        "images": len(rows),
+        "patients": len(per_patient),
+        "patients_with_2_or_more_images": sum(1 for n in per_patient.values() if n >= 2),
+        "studies": len({r.study_key for r in rows}),
+        "rows_per_split": dict(sorted(split_rows.items())),
+        "patients_per_split": dict(sorted(split_patients.items())),
+    }
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"bad fraction {part!r}; expected name=value")
+        out[name.strip()] = float(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = default_data_config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--root", required=True, help="the dataset's folder (layout: see the builder)")
+    parser.add_argument("--out", required=True, help="manifest CSV to write (atomically)")
+    parser.add_argument("--no-verify-files", action="store_true",
+                        help="build from metadata only; do not check that files exist")
+    parser.add_argument("--seed", type=int, default=int(cfg.split_seed), help="split seed")
+    parser.add_argument("--fractions", type=parse_fractions,
+                        default=dict(cfg.split_fractions), help="e.g. train=0.7,val=0.1,test=0.2")
+    parser.add_argument("--examples", type=int, default=5, help="examples printed per skip reason")
+    args = parser.parse_args(argv)
+
+    result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files)
+    rows = assign_splits(result.rows, args.fractions, args.seed)
+    rows = manifest_paths(rows, args.out)
+    write_manifest(rows, args.out)
+
+    s = summarize(rows)
+    print(f"dataset {args.dataset} from {os.path.abspath(args.root)} -> {args.out}")
+    for note in result.notes:
+        print(f"  {note}")
+    print(f"images: {s['images']}")
+    print(f"patients: {s['patients']}")
+    print(f"patients with >= 2 images: {s['patients_with_2_or_more_images']}")
+    print(f"studies: {s['studies']}")
+    for split, n in s["rows_per_split"].items():
+        print(f"split {split}: {n} rows, {s['patients_per_split'][split]} patients")
+    print(f"files missing: {result.missing_files}"
+          + (" (not checked: --no-verify-files)" if args.no_verify_files else ""))
+    print(f"rows not used: {len(result.skipped)}")
+    by_reason = collections.defaultdict(list)
+    for source, reason in result.skipped:
+        by_reason[reason].append(source)
+    for reason, sources in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(sources[:args.examples]) + (", ..." if len(sources) > args.examples else "")
+        print(f"  {len(sources)} x {reason}: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Default data configuration (an ``ml_collections.ConfigDict``).
+
+Other parts of mami_jax (trainer, evaluators, configs/) read these field names; keep
+them stable. Experiment configs copy this dict into ``config.data`` and override
+fields before locking.
+
+Sources: a source is one (dataset, modality) group, named ``"<dataset>:<modality>"``
+(e.g. ``"nih_chestxray14:xray"``). ``source_weights`` maps a source name, or a bare
+dataset name (meaning all its modalities), to a sampling weight; empty means
+"proportional to the number of training images". Weight 0 leaves a source out.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mami_jax.data.transforms import AugmentConfig
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.manifest = ""  # path to a manifest CSV; "" = synthetic phantoms
+    c.image_size = 224  # crop fed to the model
+    c.resize_size = 256  # evaluation: short side resized to this, then centre crop
+    c.num_slices = 8  # T for ct/mri series; 2-D modalities use T = 1
+    c.volume_modalities = ("ct", "mri")  # modalities read as T-slice series
+    c.patients_per_batch = 16  # P (global batch = P * K images)
+    c.images_per_patient = 4  # K
+    c.split_fractions = ml_collections.ConfigDict({"train": 0.7, "val": 0.1, "test": 0.2})
+    c.split_seed = 0
+    c.source_weights = ml_collections.ConfigDict()  # {} = proportional to training images
+    c.skip_bad_images = False  # True: unreadable images are skipped (mask False) and counted
+    c.num_workers = 0  # grain worker processes; 0 = decode in the main process (threads)
+    c.read_threads = 2  # threads per process decoding batches ahead
+    c.prefetch = 2  # batches buffered ahead (per process / per worker)
+    c.eval_batch_size = 64
+    # Training augmentation (see transforms.py for what each does and why).
+    aug = AugmentConfig()
+    c.flip_modalities = ("pathology",)  # horizontal flip allowed only here
+    c.crop_scale = aug.crop_scale
+    c.crop_ratio = aug.crop_ratio
+    c.erase_prob = aug.erase_prob
+    c.erase_area = aug.erase_area
+    c.erase_ratio = aug.erase_ratio
+    c.brightness = aug.brightness
+    c.contrast = aug.contrast
+    c.slice_jitter = True  # training slices jittered inside their segment
+    return c
+
+
+def augment_config(cfg) -> AugmentConfig:
+    """The transform parameters of a data config."""
+    return AugmentConfig(
+        image_size=int(cfg.image_size),
+        crop_scale=tuple(float(v) for v in cfg.crop_scale),
+        crop_ratio=tuple(float(v) for v in cfg.crop_ratio),
+        erase_prob=float(cfg.erase_prob),
+        erase_area=tuple(float(v) for v in cfg.erase_area),
+        erase_ratio=tuple(float(v) for v in cfg.erase_ratio),
+        brightness=float(cfg.brightness),
+        contrast=float(cfg.contrast),
+    )

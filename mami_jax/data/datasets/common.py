@@ -1,0 +1,142 @@
+"""Shared pieces of the dataset builders: the result type, row collection, file helpers.
+
+Every builder returns a ``BuildResult``: the rows it could make, every metadata row or
+file it could not use with the reason (counted and printed, never silently dropped),
+and how many referenced files are missing. Paths in rows are absolute;
+``build_manifest`` rewrites them relative to the manifest's folder when the image
+lies inside it.
+
+``verify_files``: True checks every path exists (a missing file is reported as
+skipped with reason "file not found" and counted in ``missing_files``); False builds
+the rows from metadata alone, so splits can be planned without the images.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import gzip
+import io
+import os
+from typing import Iterator
+
+from mami_jax.data.decode import IMAGE_EXTENSIONS
+from mami_jax.data.manifest import ManifestRow
+
+
+@dataclasses.dataclass
+class BuildResult:
+    rows: list[ManifestRow]
+    skipped: list[tuple[str, str]]  # (metadata row or file [with the offending value], reason)
+    missing_files: int
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. which metadata file was read
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(collections.Counter(reason for _, reason in self.skipped))
+
+
+class DatasetLayoutError(ValueError):
+    """The root folder does not have the layout the builder documents."""
+
+
+class Collector:
+    """Accumulates rows; checks paths and image-id uniqueness as rows arrive."""
+
+    def __init__(self, dataset: str, modality: str, root: str, verify_files: bool):
+        self.dataset = dataset
+        self.modality = modality
+        self.root = os.path.abspath(root)
+        self.verify = verify_files
+        self.rows: list[ManifestRow] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.missing = 0
+        self.notes: list[str] = []
+        self._ids: dict[str, str] = {}
+
+    def path(self, *parts: str) -> str:
+        return os.path.normpath(os.path.join(self.root, *parts))
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped.append((source, reason))
+
+    def add(self, *, local_id: str, patient_id: str, study_id: str, order: str, view: str,
+            path: str, source: str, folder: bool = False) -> bool:
+        """Adds a row unless its file is missing (when verifying) or its id is taken."""
+        image_id = f"{self.dataset}:{local_id}"
+        if image_id in self._ids:
+            self.skip(f"{source} (image id {image_id!r} first from {self._ids[image_id]})",
+                      "duplicate image id")
+            return False
+        if self.verify:
+            if folder:
+                ok = os.path.isdir(path) and any(True for _ in _visible(path))
+            else:
+                ok = os.path.isfile(path)
+            if not ok:
+                self.missing += 1
+                self.skip(source, "file not found" if not folder else "series folder missing or empty")
+                return False
+        self._ids[image_id] = source
+        self.rows.append(ManifestRow(
+            image_id=image_id, patient_id=str(patient_id), study_id=str(study_id), order=str(order),
+            modality=self.modality, dataset=self.dataset, view=str(view), path=path, split=""))
+        return True
+
+    def result(self) -> BuildResult:
+        return BuildResult(self.rows, self.skipped, self.missing, self.notes)
+
+
+def _visible(folder: str) -> Iterator[str]:
+    for name in os.listdir(folder):
+        if not name.startswith("."):
+            yield name
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name.lower())[1] in IMAGE_EXTENSIONS
+
+
+def walk_files(root: str) -> Iterator[tuple[str, str]]:
+    """(folder, file name) for every visible file under ``root``, in sorted order."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield folder, name
+
+
+def open_text(path: str):
+    """Opens a CSV that may be gzip-compressed (``.gz``)."""
+    if path.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """(line number, row dict) of a CSV; fails naming the file if a column is missing."""
+    with open_text(path) as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetLayoutError(f"{path}: missing columns {missing}; header is {header}")
+        for line_no, row in enumerate(reader, start=2):
+            yield line_no, row
+
+
+def find_one(root: str, names_or_prefixes: tuple[str, ...], *, prefix: bool = False,
+             what: str = "metadata file") -> str:
+    """The first existing file among ``names`` directly in root (or starting with a prefix)."""
+    entries = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    for cand in names_or_prefixes:
+        for name in entries:
+            if (name.startswith(cand) if prefix else name == cand) and os.path.isfile(
+                    os.path.join(root, name)):
+                return os.path.join(root, name)
+    raise DatasetLayoutError(f"{root}: no {what} found (looked for {list(names_or_prefixes)})")
+
+
+def require_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise DatasetLayoutError(f"{root}: dataset root is not a folder")

@@ -1,0 +1,64 @@
+"""NIH ChestX-ray14 (112,120 frontal chest X-rays of 30,805 patients).
+
+Get it: https://nihcc.app.box.com/v/ChestXray-NIHCC (or the Kaggle mirror
+"nih-chest-xrays/data"); no credential needed.
+
+Layout expected under ``root``::
+
+    Data_Entry_2017_v2020.csv   (or Data_Entry_2017.csv; the v2020 file wins if both exist)
+    images/00000001_000.png     (the Box tarballs images_001..012.tar.gz extract here)
+  or
+    images_001/images/00000001_000.png ... images_012/images/...   (Kaggle layout)
+
+Metadata columns used: "Image Index", "Patient ID", "Follow-up #", "View Position".
+
+Mapping: patient = Patient ID (also the first 8 digits of the file name; a row where
+they disagree is skipped), study = order = Follow-up # (0, 1, 2, ... in time order),
+view = View Position (PA/AP), modality xray. Without the images
+(``verify_files=False``) a file not found on disk is placed at ``images/<name>``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mami_jax.data.datasets.common import (BuildResult, Collector, find_one, read_csv, require_root,
+                                           walk_files)
+
+NAME = "nih_chestxray14"
+MODALITY = "xray"
+
+
+def _image_index(root: str) -> dict[str, str]:
+    found = {}
+    for entry in sorted(os.listdir(root)):
+        if entry.startswith("images") and os.path.isdir(os.path.join(root, entry)):
+            for folder, name in walk_files(os.path.join(root, entry)):
+                found.setdefault(name, os.path.join(folder, name))
+    return found
+
+
+def build(root: str, verify_files: bool = True) -> BuildResult:
+    require_root(root)
+    c = Collector(NAME, MODALITY, root, verify_files)
+    meta = find_one(root, ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"))
+    c.notes.append(f"metadata: {meta}")
+    index = _image_index(root)
+    for line, rec in read_csv(meta, ("Image Index", "Patient ID", "Follow-up #", "View Position")):
+        src = f"{os.path.basename(meta)}:{line}"
+        name = rec["Image Index"].strip()
+        try:
+            pid = int(rec["Patient ID"])
+            follow = int(rec["Follow-up #"])
+        except ValueError:
+            c.skip(f"{src} ({rec['Patient ID']!r}, {rec['Follow-up #']!r})",
+                   "non-integer Patient ID or Follow-up #")
+            continue
+        stem = os.path.splitext(name)[0]
+        if not stem[:8].isdigit() or int(stem[:8]) != pid:
+            c.skip(f"{src} ({name!r}, patient {pid})", "image name does not start with the Patient ID")
+            continue
+        path = index.get(name, c.path("images", name))
+        c.add(local_id=stem, patient_id=str(pid), study_id=str(follow), order=str(follow),
+              view=rec["View Position"].strip(), path=path, source=src)
+    return c.result()

@@ -1,0 +1,67 @@
+"""PadChest (Hospital San Juan, Alicante; 160,868 chest X-rays of 67,625 patients).
+
+Get it: https://bimcv.cipf.es/bimcv-projects/padchest/ (free registration).
+Images are 16-bit PNGs.
+
+Layout expected under ``root``::
+
+    PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv   (or .csv.gz; any PADCHEST_*.csv[.gz])
+    0/<ImageID>.png  1/...  ...  54/...     (one folder per downloaded zip, "ImageDir")
+
+Columns used: ImageID, ImageDir, PatientID, StudyID, StudyDate_DICOM (or StudyDate),
+Projection. An image not in its ImageDir folder is looked up by name anywhere under
+``root`` (some mirrors flatten the folders).
+
+Mapping: patient = PatientID, study = StudyID, order = StudyDate (YYYYMMDD),
+view = Projection (PA, L, AP, AP_horizontal, ...), modality xray. A row without a
+patient, study or date is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, find_one,
+                                           open_text, read_csv, require_root, walk_files)
+
+NAME = "padchest"
+MODALITY = "xray"
+
+
+def _date_column(meta: str) -> str:
+    import csv
+
+    with open_text(meta) as f:
+        header = next(csv.reader(f), [])
+    for col in ("StudyDate_DICOM", "StudyDate"):
+        if col in header:
+            return col
+    raise DatasetLayoutError(f"{meta}: no StudyDate_DICOM or StudyDate column; header is {header}")
+
+
+def build(root: str, verify_files: bool = True) -> BuildResult:
+    require_root(root)
+    c = Collector(NAME, MODALITY, root, verify_files)
+    meta = find_one(root, ("PADCHEST_",), prefix=True)
+    c.notes.append(f"metadata: {meta}")
+    date_col = _date_column(meta)
+    by_name: dict[str, str] | None = None
+    for line, rec in read_csv(meta, ("ImageID", "PatientID", "StudyID", "Projection", date_col)):
+        src = f"{os.path.basename(meta)}:{line}"
+        image, patient, study = rec["ImageID"].strip(), rec["PatientID"].strip(), rec["StudyID"].strip()
+        date = rec[date_col].strip()
+        if not (image and patient and study):
+            c.skip(src, "empty ImageID, PatientID or StudyID")
+            continue
+        if not date.isdigit():
+            c.skip(f"{src} ({date!r})", "no usable study date")
+            continue
+        folder = rec.get("ImageDir", "").strip()
+        path = c.path(folder, image) if folder else c.path(image)
+        if verify_files and not os.path.isfile(path):
+            if by_name is None:
+                by_name = {n: os.path.join(d, n) for d, n in walk_files(root) if n.lower().endswith(".png")}
+            path = by_name.get(image, path)
+        c.add(local_id=os.path.splitext(image)[0], patient_id=patient, study_id=study,
+              order=date, view=rec["Projection"].strip(), path=path, source=src)
+    return c.result()

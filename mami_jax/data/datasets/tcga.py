@@ -1,0 +1,64 @@
+"""TCGA pathology tiles (The Cancer Genome Atlas diagnostic slides, cut into tiles).
+
+Get it: slides from the GDC portal https://portal.gdc.cancer.gov/ (open access
+diagnostic slides, .svs); tile them with any tiler (e.g. 224-512 px PNG/JPEG tiles).
+mami_jax reads tiles, not whole-slide files.
+
+Layout expected under ``root`` (any depth), either::
+
+    <slide barcode>[.<uuid>]/<tile>.png      e.g. TCGA-A1-A0SB-01Z-00-DX1.E7F4.../12_34.png
+  or
+    <slide barcode>_<anything>.png           e.g. TCGA-A1-A0SB-01Z-00-DX1_1024_2048.png
+
+The slide barcode comes from the tile's file name if it starts with "TCGA-", else from
+the nearest enclosing folder that does; it ends at the first "." or "_".
+
+Mapping: patient = the first 12 characters of the barcode (TCGA-<TSS>-<participant>),
+study = slide barcode (tiles of one slide are one acquisition, excluded from each
+other's gallery), order "" (TCGA publishes no acquisition dates: the history protocol
+has no earlier visit to find), view "", modality pathology.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, is_image_name,
+                                           require_root, walk_files)
+
+NAME = "tcga"
+MODALITY = "pathology"
+_BARCODE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(-[A-Z0-9-]*)?$", re.IGNORECASE)
+
+
+def slide_barcode(name: str) -> str | None:
+    """The slide barcode a file or folder name starts with, or None."""
+    if not name.upper().startswith("TCGA-"):
+        return None
+    barcode = re.split(r"[._]", name, maxsplit=1)[0]
+    return barcode.upper() if _BARCODE.match(barcode) else None
+
+
+def build(root: str, verify_files: bool = True) -> BuildResult:
+    require_root(root)
+    c = Collector(NAME, MODALITY, root, verify_files)
+    for d, name in walk_files(root):
+        if not is_image_name(name):
+            continue
+        path = os.path.join(d, name)
+        src = os.path.relpath(path, root)
+        barcode = slide_barcode(os.path.splitext(name)[0])
+        if barcode is None:
+            for part in reversed(os.path.relpath(d, root).split(os.sep)):
+                barcode = slide_barcode(part)
+                if barcode is not None:
+                    break
+        if barcode is None:
+            c.skip(src, "no TCGA barcode (TCGA-XX-XXXX...) in the file or folder names")
+            continue
+        c.add(local_id=os.path.splitext(src)[0].replace(os.sep, "/"), patient_id=barcode[:12],
+              study_id=barcode, order="", view="", path=path, source=src)
+    if not c.rows and not c.skipped:
+        raise DatasetLayoutError(f"{root}: no image tiles found")
+    return c.result()

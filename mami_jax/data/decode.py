@@ -1,0 +1,499 @@
+"""Reading every image format of the public MedReID datasets into one array layout.
+
+A manifest ``path`` is one of: a 2-D image file (8- or 16-bit PNG, JPEG, TIFF, BMP),
+a DICOM file (single- or multi-frame), a NIfTI volume (``.nii``, ``.nii.gz``, or an
+Analyze/NIfTI pair ``.img``/``.hdr`` as OASIS ships it), a folder of slice images,
+or a folder holding one DICOM series. Everything becomes float32 in [0, 1].
+
+Two entry points:
+
+- ``decode(path) -> (S, H, W, 3)``: the whole image or series, grey replicated to
+  three channels (S = 1 for a 2-D image).
+- ``open_volume(path)`` returns a ``Volume`` with ``num_slices`` and
+  ``read(indices) -> (n, H, W, C)`` with C = 1 (grey) or 3 (colour). The input
+  pipeline uses it to read only the T slices it samples from a long series and to
+  replicate grey to RGB only after resizing (three times less work).
+
+Intensity rules (one rule per format, so the same scan always looks the same):
+
+- 8-bit integer images are divided by 255.
+- wider integer images (16-bit PNG X-rays use 12, 14 or 16 bits depending on the
+  scanner) and float images are scaled by the minimum and maximum of the slices
+  read together (one range for the whole set, so slices of a series stay comparable).
+- DICOM: RescaleSlope/RescaleIntercept first; then the first VOI window
+  (WindowCenter/WindowWidth, DICOM PS3.3 C.11.2.1.2 linear function) when present,
+  else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is always bright.
+- NIfTI: the volume is reoriented to the closest canonical (RAS+) orientation and
+  sliced axially; each slice is shown in radiological convention (anterior at the
+  top, patient right on the image left).
+
+Series order: slice images by natural file-name order ("2.png" before "10.png");
+DICOM files by their position along the slice normal (ImagePositionPatient and
+ImageOrientationPatient), else InstanceNumber, else file name.
+
+A file that cannot be read raises ``DecodeError`` whose message starts with the
+file's path, so a failure in a million-image run names the culprit.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+class DecodeError(RuntimeError):
+    """An image, volume or series could not be read; the message names the path."""
+
+
+def natural_key(name: str):
+    """Sort key treating digit runs as numbers: slice_2 < slice_10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def _lower_ext(path: str) -> str:
+    low = path.lower()
+    if low.endswith(".nii.gz"):
+        return ".nii.gz"
+    return os.path.splitext(low)[1]
+
+
+def _is_dicom_file(path: str) -> bool:
+    if _lower_ext(path) in DICOM_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _scale_integer_or_float(arr: np.ndarray) -> np.ndarray:
+    """8-bit -> /255; anything wider -> min-max over the whole array (see module doc)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(1.0 / 255.0)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"unsupported pixel type {arr.dtype}")
+    return minmax(arr)
+
+
+def minmax(arr: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min) as float32; a constant array becomes zeros."""
+    x = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise ValueError("pixel data contains NaN or infinity")
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros(x.shape, np.float32)
+    return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+
+
+def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 linear VOI window mapped to [0, 1]."""
+    width = max(float(width), 1.0)
+    lo = center - 0.5 - (width - 1.0) / 2.0
+    hi = center - 0.5 + (width - 1.0) / 2.0
+    y = ((x.astype(np.float32) - np.float32(center - 0.5)) / np.float32(width - 1.0 if width > 1 else 1.0)
+         + np.float32(0.5))
+    y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- 2-D files
+
+
+def _read_pil_array(path: str) -> np.ndarray:
+    """Raw pixels of an image file: (H, W) grey or (H, W, 3) RGB, original dtype."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        mode = img.mode
+        if mode in ("1", "LA", "La"):
+            img = img.convert("L")
+        elif mode in ("P", "PA"):
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            if img.mode == "RGBA":
+                img = img.convert("RGB")
+        elif mode in ("RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            img = img.convert("RGB")
+        elif mode.startswith("I;16"):
+            arr = np.asarray(img)
+            return arr.astype(np.uint16, copy=False)
+        arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] != 3:
+        raise ValueError(f"unexpected channel count {arr.shape[2]} (mode {mode})")
+    return arr
+
+
+def _to_slices(arr: np.ndarray) -> np.ndarray:
+    """(H, W) -> (1, H, W, 1); (H, W, 3) -> (1, H, W, 3)."""
+    if arr.ndim == 2:
+        return arr[None, :, :, None]
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return arr[None]
+    raise ValueError(f"unexpected image shape {arr.shape}")
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _first(value, default=None):
+    if value is None:
+        return default
+    try:
+        if isinstance(value, (str, bytes)):
+            return value
+        return value[0]
+    except (TypeError, IndexError, KeyError):
+        return value
+
+
+def _dicom_frames(ds) -> np.ndarray:
+    """Pixel data of a dataset as (F, H, W, C) after the modality (rescale) LUT."""
+    arr = ds.pixel_array
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if samples == 1:
+        arr = arr.reshape((frames,) + arr.shape[-2:])[..., None]
+    else:
+        arr = arr.reshape((frames,) + arr.shape[-3:])
+    slope = float(_first(ds.get("RescaleSlope", 1.0), 1.0) or 1.0)
+    intercept = float(_first(ds.get("RescaleIntercept", 0.0), 0.0) or 0.0)
+    if samples == 1 and (slope != 1.0 or intercept != 0.0):
+        arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return arr
+
+
+def _dicom_to_unit(frames: np.ndarray, ref) -> np.ndarray:
+    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags."""
+    samples = frames.shape[-1]
+    if samples == 3:
+        out = _scale_integer_or_float(frames)
+    else:
+        center = ref.get("WindowCenter", None)
+        width = ref.get("WindowWidth", None)
+        if center is not None and width is not None and _first(width) not in (None, ""):
+            out = dicom_window(frames, float(_first(center)), float(_first(width)))
+        else:
+            out = minmax(frames)
+    if str(ref.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        out = np.float32(1.0) - out
+    return out.astype(np.float32, copy=False)
+
+
+def _read_dicom_file(path: str):
+    import pydicom
+
+    return pydicom.dcmread(path, force=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _dicom_series_files(folder: str, mtime: float) -> tuple[str, ...]:
+    """Files of a DICOM series folder in anatomical order (cached per folder and mtime)."""
+    del mtime  # part of the cache key only
+    import pydicom
+
+    names = [n for n in os.listdir(folder)
+             if not n.startswith(".") and n.upper() != "DICOMDIR"
+             and os.path.isfile(os.path.join(folder, n))]
+    if not names:
+        raise DecodeError(f"{folder}: empty DICOM series folder")
+    keyed = []
+    for n in names:
+        p = os.path.join(folder, n)
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise DecodeError(f"{p}: unreadable DICOM header in series {folder}: {e}") from e
+        pos = ds.get("ImagePositionPatient", None)
+        ori = ds.get("ImageOrientationPatient", None)
+        if pos is not None and ori is not None and len(pos) == 3 and len(ori) == 6:
+            normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
+            key = (0, float(np.dot(normal, np.asarray(pos, float))), natural_key(n))
+        elif ds.get("InstanceNumber", None) not in (None, ""):
+            key = (1, float(ds.InstanceNumber), natural_key(n))
+        else:
+            key = (2, 0.0, natural_key(n))
+        keyed.append((key, p))
+    keyed.sort(key=lambda t: t[0])
+    return tuple(p for _, p in keyed)
+
+
+# --------------------------------------------------------------------------- NIfTI
+
+
+def _nifti_slices(path: str, indices: Sequence[int] | None):
+    """Reads axial slices of a NIfTI/Analyze volume in canonical orientation.
+
+    Returns (number of slices, array (n, H, W, 1) of raw values) for the requested
+    canonical slice indices (all slices when ``indices`` is None).
+    """
+    import nibabel as nib
+    from nibabel import orientations as nio
+
+    img = nib.load(path)
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3:
+        raise ValueError(f"{len(img.shape)}-D volume of shape {img.shape}; only 3-D volumes are supported")
+    ornt = nio.io_orientation(img.affine)  # row i: (canonical axis, flip) of input axis i
+    slice_axis = int(np.nonzero(ornt[:, 0] == 2)[0][0])
+    n = shape[slice_axis]
+    wanted = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+        raise ValueError(f"slice indices {wanted.tolist()} out of range for {n} slices")
+    src = wanted if ornt[slice_axis, 1] > 0 else (n - 1 - wanted)
+    dataobj = img.dataobj
+    compressed = path.lower().endswith(".gz")
+    if compressed or indices is None:
+        full = np.asanyarray(dataobj).reshape(shape)
+        sub = np.take(full, src, axis=slice_axis)
+    else:
+        parts = []
+        for k in src:
+            sl = tuple(int(k) if ax == slice_axis else slice(None) for ax in range(len(img.shape)))
+            parts.append(np.asanyarray(dataobj[sl]).reshape(
+                tuple(s for ax, s in enumerate(shape) if ax != slice_axis)))
+        sub = np.stack(parts, axis=slice_axis)
+    # The slice axis is already in canonical order; reorient only the in-plane axes.
+    inplane = ornt.copy()
+    inplane[slice_axis, 1] = 1
+    canon = nio.apply_orientation(sub, inplane)  # (X=R, Y=A, k)
+    # Radiological display: rows anterior->posterior, columns patient right->left.
+    out = np.transpose(canon, (2, 1, 0))[:, ::-1, ::-1]
+    if not (np.issubdtype(out.dtype, np.integer) or np.issubdtype(out.dtype, np.floating)):
+        raise ValueError(f"unsupported voxel type {out.dtype}")
+    return n, np.ascontiguousarray(out)[..., None]
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+class Volume:
+    """A readable image or series: ``num_slices`` and ``read(indices)``."""
+
+    kind = "?"
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @property
+    def num_slices(self) -> int:
+        raise NotImplementedError
+
+    def read(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """(n, H, W, C) float32 in [0, 1] for the given slice indices (all if None)."""
+        try:
+            return self._read(None if indices is None else [int(i) for i in indices])
+        except DecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised with the path named
+            raise DecodeError(f"{self.path}: cannot read {self.kind}: {type(e).__name__}: {e}") from e
+
+    def _check(self, indices, n):
+        if indices is None:
+            return list(range(n))
+        bad = [i for i in indices if i < 0 or i >= n]
+        if bad:
+            raise DecodeError(f"{self.path}: slice indices {bad} out of range for {n} slices")
+        return indices
+
+    def _read(self, indices):
+        raise NotImplementedError
+
+
+class ImageFile(Volume):
+    """A 2-D image (PNG/JPEG/...): one slice; repeated indices repeat it."""
+
+    kind = "image file"
+
+    @property
+    def num_slices(self) -> int:
+        return 1
+
+    def _read(self, indices):
+        indices = self._check(indices, 1)
+        x = _scale_integer_or_float(_to_slices(_read_pil_array(self.path)))
+        return np.repeat(x, len(indices), axis=0) if len(indices) != 1 else x
+
+
+class DicomFile(Volume):
+    """A single DICOM file: one slice, or F frames of a multi-frame object."""
+
+    kind = "DICOM file"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._n = None
+
+    @property
+    def num_slices(self) -> int:
+        if self._n is None:
+            try:
+                import pydicom
+
+                ds = pydicom.dcmread(self.path, stop_before_pixels=True, force=True)
+                self._n = int(ds.get("NumberOfFrames", 1) or 1)
+            except Exception as e:  # noqa: BLE001
+                raise DecodeError(f"{self.path}: unreadable DICOM header: {e}") from e
+        return self._n
+
+    def _read(self, indices):
+        ds = _read_dicom_file(self.path)
+        frames = _dicom_frames(ds)
+        self._n = frames.shape[0]
+        indices = self._check(indices, frames.shape[0])
+        return _dicom_to_unit(frames[indices], ds)
+
+
+class DicomSeries(Volume):
+    """A folder holding the DICOM files of one series, one slice per file."""
+
+    kind = "DICOM series"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        try:
+            self.files = _dicom_series_files(os.path.abspath(path), os.stat(path).st_mtime)
+        except DecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DecodeError(f"{path}: cannot list DICOM series: {e}") from e
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.files)
+
+    def _read(self, indices):
+        indices = self._check(indices, len(self.files))
+        cache, frames, ref = {}, [], None
+        for i in indices:
+            if i not in cache:
+                try:
+                    ds = _read_dicom_file(self.files[i])
+                    f = _dicom_frames(ds)
+                except Exception as e:  # noqa: BLE001
+                    raise DecodeError(f"{self.files[i]}: unreadable slice {i} of DICOM series "
+                                      f"{self.path}: {type(e).__name__}: {e}") from e
+                if f.shape[0] != 1:
+                    raise DecodeError(f"{self.files[i]}: multi-frame file inside a series folder")
+                cache[i] = (f[0].astype(np.float32), ds)
+            frames.append(cache[i][0])
+        ref = _read_dicom_file(self.files[0]) if 0 not in cache else cache[0][1]
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise DecodeError(f"{self.path}: slices of different shapes {sorted(shapes)}")
+        return _dicom_to_unit(np.stack(frames), ref)
+
+
+class NiftiVolume(Volume):
+    """A NIfTI-1/2 or Analyze volume, sliced axially in canonical orientation."""
+
+    kind = "NIfTI volume"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._n = None
+
+    @property
+    def num_slices(self) -> int:
+        if self._n is None:
+            try:
+                import nibabel as nib
+                from nibabel import orientations as nio
+
+                img = nib.load(self.path)
+                ornt = nio.io_orientation(img.affine)
+                shape = tuple(img.shape) + (1,) * max(0, 3 - len(img.shape))
+                self._n = int(shape[int(np.nonzero(ornt[:, 0] == 2)[0][0])])
+            except Exception as e:  # noqa: BLE001
+                raise DecodeError(f"{self.path}: cannot read NIfTI header: {type(e).__name__}: {e}") from e
+        return self._n
+
+    def _read(self, indices):
+        n, raw = _nifti_slices(self.path, indices)
+        self._n = n
+        return minmax(raw)
+
+
+class SliceFolder(Volume):
+    """A folder of 2-D slice images in natural file-name order."""
+
+    kind = "slice folder"
+
+    def __init__(self, path: str, names: list[str]):
+        super().__init__(path)
+        self.files = [os.path.join(path, n) for n in sorted(names, key=natural_key)]
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.files)
+
+    def _read(self, indices):
+        indices = self._check(indices, len(self.files))
+        cache, raw = {}, []
+        for i in indices:
+            if i not in cache:
+                try:
+                    cache[i] = _read_pil_array(self.files[i])
+                except Exception as e:  # noqa: BLE001
+                    raise DecodeError(f"{self.files[i]}: unreadable slice {i} of {self.path}: "
+                                      f"{type(e).__name__}: {e}") from e
+            raw.append(cache[i])
+        shapes = {a.shape for a in raw}
+        dtypes = {a.dtype for a in raw}
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise DecodeError(f"{self.path}: slices differ in shape/type {sorted(map(str, shapes | dtypes))}")
+        stack = np.stack(raw)
+        if stack.ndim == 3:
+            stack = stack[..., None]
+        return _scale_integer_or_float(stack)
+
+
+def open_volume(path: str) -> Volume:
+    """Chooses the reader for ``path`` (file or folder); raises DecodeError if none fits."""
+    if os.path.isdir(path):
+        try:
+            names = [n for n in os.listdir(path)
+                     if not n.startswith(".") and os.path.isfile(os.path.join(path, n))]
+        except OSError as e:
+            raise DecodeError(f"{path}: cannot list folder: {e}") from e
+        images = [n for n in names if _lower_ext(n) in IMAGE_EXTENSIONS]
+        if images:
+            return SliceFolder(path, images)
+        if names:
+            return DicomSeries(path)
+        raise DecodeError(f"{path}: folder holds no slice images or DICOM files")
+    if not os.path.exists(path):
+        raise DecodeError(f"{path}: no such file or folder")
+    ext = _lower_ext(path)
+    if ext in NIFTI_EXTENSIONS:
+        return NiftiVolume(path)
+    if ext in IMAGE_EXTENSIONS:
+        return ImageFile(path)
+    if _is_dicom_file(path):
+        return DicomFile(path)
+    return ImageFile(path)  # let PIL try other formats; fails naming the file
+
+
+def decode(path: str, slices: Sequence[int] | None = None) -> np.ndarray:
+    """The image or series at ``path`` as float32 (S, H, W, 3) in [0, 1]."""
+    x = open_volume(path).read(slices)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x

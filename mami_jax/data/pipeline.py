@@ -1,0 +1,334 @@
+"""The grain input pipeline: patient-balanced training batches and padded eval batches.
+
+Training (``make_train_loader``): one grain element is one per-process batch of one
+step. Element ``step`` is built by ``sampler.plan_step(sources, P, K, seed, step)``
+(a pure function of seed and step), from which this process takes its contiguous
+share of the global P*K images; then it decodes, samples T slices and augments
+each image with ``np.random.default_rng([seed, step, 1, position in global batch])``.
+Nothing depends on the worker count, thread timing or what ran before, so:
+
+- ``iterator.get_state()`` / ``set_state()`` (a grain ``DatasetIterator``; orbax saves
+  it with ``grain.checkpoint.CheckpointSave``) resume exactly;
+- process p of N reads only its own share (``process_index``, ``process_count``);
+  concatenating the shares in process order gives the global batch.
+
+Batch (numpy): ``images`` float32 (B, T, H, W, 3) normalised; ``label`` int32 (B,)
+identity label (``train_label_map``; -1 for a patient outside the training split);
+``index`` int32 (B,) row index into ``rows`` (-1 on padding); ``modality`` int32 (B,)
+index into ``MODALITIES``; ``mask`` bool (B,): False on eval padding and on images
+skipped as unreadable.
+
+Evaluation (``make_eval_loader``): the given row indices grouped by source (one T
+per batch), each group in the given order, its last batch padded to ``batch_size``.
+
+Bad input: duplicate image ids, a patient in two splits, an unknown modality or an
+empty training set raise before the first batch (``manifest.validate_rows``). An
+unreadable image raises ``DataError`` naming the manifest row, image id and file;
+with ``cfg.skip_bad_images`` it becomes a masked-out zero image and is counted in
+the loader's ``skipped_images`` (print it at the end of the run).
+
+Workers: ``cfg.num_workers`` grain processes (0 = in the main process), each
+decoding ``cfg.read_threads`` batches at a time, ``cfg.prefetch`` batches ahead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from mami_jax.data import sampler
+from mami_jax.data.config import augment_config
+from mami_jax.data.decode import open_volume
+from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
+from mami_jax.data.transforms import AugmentConfig, eval_transform, slice_indices, train_transform
+
+MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
+train_label_map = sampler.train_label_map
+
+
+class DataError(RuntimeError):
+    """An image of the manifest could not be used; the message names row, id and file."""
+
+
+def num_classes(rows: Sequence[ManifestRow]) -> int:
+    """Number of identity classes: training patients."""
+    return len(train_label_map(rows))
+
+
+class ExampleReader:
+    """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
+
+    def __init__(self, rows: Sequence[ManifestRow], cfg):
+        self.rows = list(rows)
+        self.aug: AugmentConfig = augment_config(cfg)
+        self.image_size = int(cfg.image_size)
+        self.resize_size = int(cfg.resize_size)
+        self.flip_modalities = frozenset(cfg.flip_modalities)
+        self.slice_jitter = bool(cfg.slice_jitter)
+        self.skip_bad = bool(cfg.skip_bad_images)
+
+    def read(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
+        """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""
+        row = self.rows[index]
+        volume = open_volume(row.path)
+        jitter = rng if (rng is not None and self.slice_jitter) else None
+        idx = slice_indices(volume.num_slices, num_slices, jitter)
+        x = volume.read(idx)
+        if rng is None:
+            return eval_transform(x, self.resize_size, self.image_size)
+        return train_transform(x, self.aug, rng, row.modality in self.flip_modalities)
+
+    def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
+        """Like ``read``; on failure raises DataError, or returns zeros if skipping."""
+        try:
+            return self.read(index, num_slices, rng), True
+        except Exception as e:  # noqa: BLE001 - re-raised naming the row, or counted
+            row = self.rows[index]
+            if not self.skip_bad:
+                raise DataError(
+                    f"manifest row {index} (image_id={row.image_id!r}, patient "
+                    f"{row.patient_key!r}, path {row.path!r}): {type(e).__name__}: {e}. "
+                    f"Set data.skip_bad_images=True to skip and count unreadable images."
+                ) from e
+            size = self.image_size
+            return np.zeros((num_slices, size, size, 3), np.float32), False
+
+
+def _collate(images, labels, indices, modalities, mask, skipped) -> dict:
+    return {
+        "images": np.stack(images).astype(np.float32, copy=False),
+        "label": np.asarray(labels, np.int32),
+        "index": np.asarray(indices, np.int32),
+        "modality": np.asarray(modalities, np.int32),
+        "mask": np.asarray(mask, bool),
+        "_skipped": int(skipped),
+    }
+
+
+class _TrainBatch:
+    """grain map: step -> this process's share of the step's batch."""
+
+    def __init__(self, reader, sources, cfg, seed, process_index, process_count):
+        self.reader = reader
+        self.sources = sources
+        self.p = int(cfg.patients_per_batch)
+        self.k = int(cfg.images_per_patient)
+        self.seed = int(seed)
+        self.local = self.p * self.k // process_count
+        self.offset = process_index * self.local
+
+    def __call__(self, step: int) -> dict:
+        plan = sampler.plan_step(self.sources, self.p, self.k, self.seed, step)
+        src = self.sources[plan.source]
+        images, mask, skipped = [], [], 0
+        positions = range(self.offset, self.offset + self.local)
+        for pos in positions:
+            rng = np.random.default_rng([self.seed, int(step), 1, pos])
+            x, ok = self.reader.read_or_skip(int(plan.rows[pos]), src.num_slices, rng)
+            images.append(x)
+            mask.append(ok)
+            skipped += not ok
+        sl = slice(self.offset, self.offset + self.local)
+        return _collate(images, plan.labels[sl], plan.rows[sl],
+                        [MODALITY_INDEX[src.modality]] * self.local, mask, skipped)
+
+
+class _EvalBatch:
+    """grain map: (T, modality index, row indices with -1 padding) -> batch."""
+
+    def __init__(self, reader, labels):
+        self.reader = reader
+        self.labels = labels  # int32 per row: train label or -1
+
+    def __call__(self, item) -> dict:
+        t, modality, indices = item
+        size = self.reader.image_size
+        images, mask, skipped = [], [], 0
+        for i in indices:
+            if i < 0:
+                images.append(np.zeros((t, size, size, 3), np.float32))
+                mask.append(False)
+                continue
+            x, ok = self.reader.read_or_skip(int(i), t, None)
+            images.append(x)
+            mask.append(ok)
+            skipped += not ok
+        labels = [int(self.labels[i]) if i >= 0 else -1 for i in indices]
+        return _collate(images, labels, indices, [modality] * len(indices), mask, skipped)
+
+
+class SkipCounter:
+    """grain map in the consuming process: removes and sums the per-batch skip counts."""
+
+    def __init__(self):
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: dict) -> dict:
+        n = batch.pop("_skipped")
+        if n:
+            with self._lock:
+                self.value += int(n)
+        return batch
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain 0.2.x worker processes read an absl flag and fail with UnparsedFlagAccessError
+    outside an absl app (google/grain#1355). Outside such an app no flag was given, so
+    marking the flags parsed keeps every default, which is what the script would get."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _finish(ds: "grain.MapDataset", cfg, counter: SkipCounter) -> "grain.IterDataset":
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.read_threads),
+                                              prefetch_buffer_size=int(cfg.prefetch)))
+    if int(cfg.num_workers) > 0:
+        _ensure_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=int(cfg.num_workers), per_worker_buffer_size=max(1, int(cfg.prefetch))))
+    return it.map(counter)
+
+
+def _check_rows(rows: Sequence[ManifestRow]) -> None:
+    validate_rows(rows, source="training rows")
+
+
+class TrainLoader:
+    """Iterable of per-process training batches; ``iter()`` gives a grain DatasetIterator."""
+
+    def __init__(self, rows, cfg, *, seed: int, process_index: int = 0, process_count: int = 1,
+                 start_step: int = 0):
+        rows = list(rows)
+        _check_rows(rows)
+        p, k = int(cfg.patients_per_batch), int(cfg.images_per_patient)
+        if p < 1 or k < 1:
+            raise ValueError(f"patients_per_batch={p} and images_per_patient={k} must be >= 1")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if (p * k) % process_count:
+            raise ValueError(f"global batch P*K = {p * k} is not divisible by the "
+                             f"{process_count} processes")
+        if int(cfg.image_size) > int(cfg.resize_size):
+            raise ValueError(f"image_size {cfg.image_size} > resize_size {cfg.resize_size}")
+        if seed < 0 or start_step < 0:
+            raise ValueError(f"seed ({seed}) and start_step ({start_step}) must be >= 0")
+        if not any(r.split == "train" for r in rows):
+            raise ManifestError("no training rows: assign splits before training "
+                                "(mami_jax.data.splits.assign_splits)")
+        self.rows = rows
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.process_index, self.process_count = process_index, process_count
+        self.start_step = int(start_step)
+        self.label_map = train_label_map(rows)
+        self.num_classes = len(self.label_map)
+        self.sources = sampler.build_sources(
+            rows, num_slices=int(cfg.num_slices), volume_modalities=tuple(cfg.volume_modalities),
+            source_weights=dict(cfg.source_weights), label_map=self.label_map)
+        self.global_batch_size = p * k
+        self.local_batch_size = p * k // process_count
+        self._counter = SkipCounter()
+        self._reader = ExampleReader(rows, cfg)
+
+    @property
+    def skipped_images(self) -> int:
+        """Images skipped as unreadable so far (only with cfg.skip_bad_images)."""
+        return self._counter.value
+
+    def dataset(self) -> "grain.IterDataset":
+        fn = _TrainBatch(self._reader, self.sources, self.cfg, self.seed,
+                         self.process_index, self.process_count)
+        ds = grain.MapDataset.range(self.start_step, sys.maxsize).map(fn)
+        return _finish(ds, self.cfg, self._counter)
+
+    def __iter__(self):
+        return iter(self.dataset())
+
+    def plan(self, step: int) -> sampler.StepPlan:
+        """The global plan of ``step`` (for inspection and tests)."""
+        return sampler.plan_step(self.sources, int(self.cfg.patients_per_batch),
+                                 int(self.cfg.images_per_patient), self.seed, step)
+
+    def summary(self) -> str:
+        lines = [f"training: {self.num_classes} patients (identity classes), "
+                 f"{sum(s.num_images for s in self.sources)} images, global batch "
+                 f"{self.global_batch_size} = P {self.cfg.patients_per_batch} x K "
+                 f"{self.cfg.images_per_patient}, this process reads {self.local_batch_size}"]
+        lines += ["  " + s for s in sampler.summary_lines(self.sources, int(self.cfg.patients_per_batch))]
+        never = sum(s.num_single_image for s in self.sources)
+        lines.append(f"  patients never sampled (fewer than 2 training images in their source): {never}")
+        return "\n".join(lines)
+
+
+def make_train_loader(rows: Sequence[ManifestRow], cfg, *, seed: int, process_index: int = 0,
+                      process_count: int = 1, start_step: int = 0) -> TrainLoader:
+    """Training batches of ``rows`` (those with split "train") for this process."""
+    return TrainLoader(rows, cfg, seed=seed, process_index=process_index,
+                       process_count=process_count, start_step=start_step)
+
+
+class EvalLoader:
+    """Iterable of padded evaluation batches, grouped by source, in the given order."""
+
+    def __init__(self, rows, indices, cfg, batch_size: int | None = None):
+        rows = list(rows)
+        validate_rows(rows, source="evaluation rows")
+        batch_size = int(batch_size or cfg.eval_batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be >= 1")
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(rows)]
+        if bad:
+            raise IndexError(f"row indices {bad[:10]} out of range for {len(rows)} rows")
+        volume = set(cfg.volume_modalities)
+        groups: dict[str, list[int]] = {}
+        for i in indices:
+            groups.setdefault(sampler.source_name(rows[i].dataset, rows[i].modality), []).append(i)
+        self.batches = []  # (T, modality index, row indices padded with -1)
+        self.group_sizes = {}
+        for name, members in groups.items():
+            modality = rows[members[0]].modality
+            t = int(cfg.num_slices) if modality in volume else 1
+            self.group_sizes[name] = len(members)
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                chunk = chunk + [-1] * (batch_size - len(chunk))
+                self.batches.append((t, MODALITY_INDEX[modality], np.asarray(chunk, np.int64)))
+        label_map = train_label_map(rows)
+        self._labels = np.asarray([label_map.get(r.patient_key, -1) for r in rows], np.int32)
+        self.rows, self.cfg, self.batch_size = rows, cfg, batch_size
+        self._counter = SkipCounter()
+        self._reader = ExampleReader(rows, cfg)
+
+    @property
+    def skipped_images(self) -> int:
+        return self._counter.value
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def dataset(self) -> "grain.IterDataset":
+        ds = grain.MapDataset.source(self.batches).map(_EvalBatch(self._reader, self._labels))
+        return _finish(ds, self.cfg, self._counter)
+
+    def __iter__(self):
+        return iter(self.dataset())
+
+
+def make_eval_loader(rows: Sequence[ManifestRow], indices: Sequence[int], cfg,
+                     batch_size: int | None = None) -> EvalLoader:
+    """Evaluation batches of ``rows[indices]`` (default batch size cfg.eval_batch_size)."""
+    return EvalLoader(rows, indices, cfg, batch_size)
+
+
+def read_example(row: ManifestRow, cfg, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One row as the model sees it, (T, H, W, 3): evaluation transform, or training if ``rng``."""
+    t = int(cfg.num_slices) if row.modality in set(cfg.volume_modalities) else 1
+    return ExampleReader([row], cfg).read(0, t, rng)

@@ -1,0 +1,159 @@
+"""Patient-balanced P x K sampling over sources, as a pure function of (seed, step).
+
+Re-identification losses (batch-hard triplet) need several images of each patient
+in a batch, and one model trains on X-rays (T=1) and CT/MRI (T=8) at once. So:
+
+- a *source* is one (dataset, modality) group; every batch comes from one source,
+  which keeps the batch's array shape (T slices) homogeneous;
+- the source of a step is drawn with the configured weights;
+- P patients are drawn from the source's training patients that have at least two
+  training images (fewer than two cannot form a positive pair; they are counted in
+  the summary, never sampled); without replacement, unless the source has fewer than
+  P such patients (then with replacement, reported in the summary);
+- K images per patient, without replacement when the patient has at least K,
+  else with replacement.
+
+``plan_step(sources, P, K, seed, step)`` depends only on its arguments (the
+generator is ``np.random.default_rng([seed, step, 0])``), so step s of a resumed
+run is step s of the original run whatever the worker count or host.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mami_jax.data.manifest import ManifestRow
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str  # "<dataset>:<modality>"
+    dataset: str
+    modality: str
+    num_slices: int  # T of this source's batches
+    patients: tuple  # per sampleable patient: int64 array of its training row indices
+    labels: np.ndarray  # int32 identity label per sampleable patient
+    num_images: int  # training images in the source
+    num_patients: int  # training patients in the source
+    num_single_image: int  # training patients with < 2 images (never sampled)
+    weight: float  # normalised sampling probability
+
+    @property
+    def num_sampleable_images(self) -> int:
+        return int(sum(len(p) for p in self.patients))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    step: int
+    source: int  # index into the source list
+    rows: np.ndarray  # int64 (P*K,) row indices, patient-major
+    labels: np.ndarray  # int32 (P*K,)
+
+
+def source_name(dataset: str, modality: str) -> str:
+    return f"{dataset}:{modality}"
+
+
+def train_label_map(rows: Sequence[ManifestRow]) -> dict[str, int]:
+    """patient_key -> identity label, over training rows, in sorted patient_key order."""
+    keys = sorted({r.patient_key for r in rows if r.split == "train"})
+    return {k: i for i, k in enumerate(keys)}
+
+
+def _resolve_weights(names, datasets, sampleable, source_weights: Mapping[str, float]):
+    weights = np.zeros(len(names))
+    if not source_weights:
+        weights[:] = sampleable
+    else:
+        known = set(names) | set(datasets)
+        unknown = sorted(set(source_weights) - known)
+        if unknown:
+            raise ValueError(f"source_weights has unknown keys {unknown}; training sources are "
+                             f"{sorted(names)} (a bare dataset name also works)")
+        for i, (n, d) in enumerate(zip(names, datasets)):
+            if n in source_weights:
+                weights[i] = float(source_weights[n])
+            elif d in source_weights:
+                weights[i] = float(source_weights[d])
+            if weights[i] < 0:
+                raise ValueError(f"negative source weight {weights[i]} for {n}")
+            if weights[i] > 0 and sampleable[i] == 0:
+                raise ValueError(f"source {n} has weight {weights[i]} but no training patient "
+                                 f"with at least 2 images")
+    if weights.sum() <= 0:
+        raise ValueError("no training source can be sampled: no (dataset, modality) group has a "
+                         "training patient with at least 2 images and a positive weight")
+    return weights / weights.sum()
+
+
+def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
+                  volume_modalities: Sequence[str] = ("ct", "mri"),
+                  source_weights: Mapping[str, float] | None = None,
+                  label_map: Mapping[str, int] | None = None) -> list[Source]:
+    """Groups training rows into sources, sorted by name (stable across runs)."""
+    label_map = dict(label_map) if label_map is not None else train_label_map(rows)
+    groups: dict[tuple[str, str], dict[str, list[int]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))
+    for i, r in enumerate(rows):
+        if r.split == "train":
+            groups[(r.dataset, r.modality)][r.patient_key].append(i)
+    keys = sorted(groups)
+    names = [source_name(d, m) for d, m in keys]
+    datasets = [d for d, _ in keys]
+    pats_per_source, sampleable = [], []
+    for key in keys:
+        pats = [np.asarray(sorted(v), np.int64) for _, v in sorted(groups[key].items())]
+        pats_per_source.append(pats)
+        sampleable.append(sum(len(p) for p in pats if len(p) >= 2))
+    weights = _resolve_weights(names, datasets, np.asarray(sampleable, float), source_weights or {})
+    out = []
+    for (d, m), name, w, pats in zip(keys, names, weights, pats_per_source):
+        keep = [p for p in pats if len(p) >= 2]
+        out.append(Source(
+            name=name, dataset=d, modality=m,
+            num_slices=int(num_slices) if m in volume_modalities else 1,
+            patients=tuple(keep),
+            labels=np.asarray([label_map[rows[int(p[0])].patient_key] for p in keep], np.int32),
+            num_images=int(sum(len(p) for p in pats)),
+            num_patients=len(pats),
+            num_single_image=len(pats) - len(keep),
+            weight=float(w)))
+    return out
+
+
+def plan_step(sources: Sequence[Source], patients_per_batch: int, images_per_patient: int,
+              seed: int, step: int) -> StepPlan:
+    """The global batch of ``step``: one source, P patients x K row indices."""
+    rng = np.random.default_rng([int(seed), int(step), 0])
+    probs = np.asarray([s.weight for s in sources], float)
+    s_idx = int(rng.choice(len(sources), p=probs / probs.sum()))
+    src = sources[s_idx]
+    n = len(src.patients)
+    chosen = rng.choice(n, size=patients_per_batch, replace=n < patients_per_batch)
+    rows, labels = [], []
+    for p in chosen:
+        imgs = src.patients[int(p)]
+        pick = rng.choice(imgs, size=images_per_patient, replace=len(imgs) < images_per_patient)
+        rows.append(pick)
+        labels.append(np.full(images_per_patient, src.labels[int(p)], np.int32))
+    return StepPlan(step=int(step), source=s_idx, rows=np.concatenate(rows).astype(np.int64),
+                    labels=np.concatenate(labels))
+
+
+def summary_lines(sources: Sequence[Source], patients_per_batch: int) -> list[str]:
+    """Human-readable per-source counts, including patients that are never sampled."""
+    lines = []
+    for s in sources:
+        line = (f"{s.name}: weight {s.weight:.3f}, T={s.num_slices}, {s.num_images} training images, "
+                f"{s.num_patients} patients, {len(s.patients)} sampled "
+                f"({s.num_single_image} with fewer than 2 images not sampled)")
+        if 0 < len(s.patients) < patients_per_batch:
+            line += (f"; only {len(s.patients)} sampleable patients < P={patients_per_batch}: "
+                     f"patients repeat within a batch")
+        lines.append(line)
+    return lines

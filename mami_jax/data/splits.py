@@ -1,0 +1,68 @@
+"""Patient-disjoint train/val/test splits derived from a hash of the patient.
+
+A patient's split depends only on (dataset, patient_id, seed): not on row order,
+not on which other patients are present, not on the machine. So a manifest rebuilt
+after new images arrive keeps every old patient in its split, and two people who
+build the same dataset get the same split without exchanging files.
+
+Rule: u = first 8 bytes of sha256("<dataset>\\x00<patient_id>\\x00<seed>") read as a
+big-endian integer, divided by 2**64, so u is uniform in [0, 1). Splits are laid
+out on [0, 1) in the order the fractions are given; the patient takes the split
+whose interval holds u. Every existing ``split`` value is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping, Sequence
+
+from mami_jax.data.manifest import SPLITS, ManifestRow
+
+
+def patient_unit(dataset: str, patient_id: str, seed: int) -> float:
+    """The patient's position u in [0, 1) (see module docstring)."""
+    digest = hashlib.sha256(f"{dataset}\x00{patient_id}\x00{int(seed)}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / float(2 ** 64)
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> list[tuple[str, float]]:
+    items = [(str(k), float(v)) for k, v in dict(fractions).items()]
+    if not items:
+        raise ValueError("split fractions are empty")
+    for name, frac in items:
+        if name not in SPLITS or not name:
+            raise ValueError(f"unknown split {name!r} in fractions; expected some of {SPLITS[:-1]}")
+        if frac < 0:
+            raise ValueError(f"split fraction {name}={frac} is negative")
+    total = sum(f for _, f in items)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"split fractions {dict(items)} sum to {total}, expected 1")
+    return items
+
+
+def split_of(dataset: str, patient_id: str, fractions: Mapping[str, float], seed: int) -> str:
+    """The split of one patient."""
+    items = _check_fractions(fractions)
+    u = patient_unit(dataset, patient_id, seed)
+    edge = 0.0
+    for name, frac in items:
+        edge += frac
+        if u < edge:
+            return name
+    # u is below 1 and the fractions sum to 1 within 1e-6: the last non-empty split.
+    return [n for n, f in items if f > 0][-1]
+
+
+def assign_splits(rows: Sequence[ManifestRow], fractions: Mapping[str, float],
+                  seed: int) -> list[ManifestRow]:
+    """Returns copies of ``rows`` with ``split`` set per patient (see module docstring)."""
+    items = _check_fractions(fractions)
+    frac = dict(items)
+    cache: dict[tuple[str, str], str] = {}
+    out = []
+    for row in rows:
+        key = (row.dataset, row.patient_id)
+        if key not in cache:
+            cache[key] = split_of(row.dataset, row.patient_id, frac, seed)
+        out.append(row.replace(split=cache[key]))
+    return out
