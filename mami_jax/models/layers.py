@@ -1,0 +1,79 @@
+"""Small building blocks shared by the backbone and ComPA.
+
+They exist as separate definitions because each has a detail that differs from
+Flax's defaults and matters for parity with the PyTorch checkpoints:
+LayerNorm eps 1e-5 (not 1e-6), QuickGELU (not GELU), and the grouped dense
+layout (G, in/G, out/G) applied as ``x @ W`` without a transpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's activation: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def leaky_relu(x: jax.Array, slope: float) -> jax.Array:
+    return jnp.where(x >= 0, x, slope * x)
+
+
+def dtype_of(name: str) -> Any:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with PyTorch's eps; statistics in float32 whatever the compute dtype."""
+
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+        return y.astype(self.dtype)
+
+
+class GroupedDense(nn.Module):
+    """Splits inputs and outputs into ``groups`` and applies one matrix per group.
+
+    kernel: (G, in/G, out/G), bias: (G, out/G); output group g is
+    ``x[..., g*in/G:(g+1)*in/G] @ kernel[g] + bias[g]`` and the groups are
+    concatenated in order. ``groups=1`` is an ordinary dense layer stored with a
+    leading axis of 1, which is how the released checkpoint stores its
+    generator's first two layers.
+    """
+
+    features: int
+    groups: int = 1
+    kernel_init: Initializer = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in per group
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_features = x.shape[-1]
+        g = self.groups
+        if in_features % g or self.features % g:
+            raise ValueError(
+                f"GroupedDense: in={in_features} and out={self.features} must be divisible "
+                f"by groups={g}")
+        kernel = self.param("kernel", self.kernel_init,
+                            (g, in_features // g, self.features // g), jnp.float32)
+        bias = self.param("bias", self.bias_init, (g, self.features // g), jnp.float32)
+        xg = x.reshape(x.shape[:-1] + (g, in_features // g)).astype(self.dtype)
+        y = jnp.einsum("...gi,gio->...go", xg, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return y.reshape(x.shape[:-1] + (self.features,))
