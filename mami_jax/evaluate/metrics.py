@@ -44,13 +44,14 @@ __all__ = [
     "build_query_targets",
     "RankAccumulator",
     "match_ranks",
+    "match_ranks_sorted",
     "reid_metrics",
     "verification_metrics",
     "far_key",
 ]
 
 # Up to this many true matches per query, ranks are counted by comparisons
-# (cost m * G); above it, one stable argsort of the row (cost G log G) is cheaper.
+# (cost m * G); above it, one sort of the row (cost G log G) is cheaper.
 COUNT_THRESHOLD = 32
 
 
@@ -166,32 +167,55 @@ def build_query_targets(query_pids, gallery_pids, query_studies, gallery_studies
 
 # ----------------------------------------------------------------------------- ranks
 
-def match_ranks(scores: np.ndarray, matches: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """Ranks (1-based, unsorted, in ``matches`` order) of the true matches of one query.
-
-    ``rank(j) = 1 + #{g: beats(g, j)} - #{g in excluded: beats(g, j)}`` with
-    ``beats(g, j) = s[g] > s[j] or (s[g] == s[j] and g < j)``.
-    """
-    m = matches.size
-    if m == 0:
-        return np.zeros(0, np.int64)
-    t = scores[matches]
-    if m <= COUNT_THRESHOLD:
-        gallery = np.arange(scores.size)
-        beats = (scores[None, :] > t[:, None]) | (
-            (scores[None, :] == t[:, None]) & (gallery[None, :] < matches[:, None]))
-        above = np.count_nonzero(beats, axis=1)
-    else:
-        order = np.argsort(-scores, kind="stable")  # -0.0 and 0.0 compare equal: stable
-        position = np.empty(scores.size, np.int64)
-        position[order] = np.arange(scores.size)
-        above = position[matches]
+def _subtract_excluded(above, scores, t, matches, excluded):
     if excluded.size:
         te = scores[excluded]
         excl_beats = (te[None, :] > t[:, None]) | (
             (te[None, :] == t[:, None]) & (excluded[None, :] < matches[:, None]))
         above = above - np.count_nonzero(excl_beats, axis=1)
-    return above.astype(np.int64) + 1
+    return above
+
+
+def match_ranks_sorted(scores: np.ndarray, sorted_scores: np.ndarray, matches: np.ndarray,
+                       excluded: np.ndarray) -> np.ndarray:
+    """Like :func:`match_ranks`, given ``sorted_scores = np.sort(scores)`` (ascending).
+
+    ``#{g: s[g] > t}`` is ``G - searchsorted(sorted, t, "right")``, so a sorted
+    row answers any number of matches in O(m log G). Only when another item has
+    exactly the match's score (``right - left > 1``) are the equal items with a
+    lower gallery index counted on the unsorted row. Signed zeros compare equal
+    under ``<``, so their order inside the sorted row does not matter.
+    """
+    m = matches.size
+    if m == 0:
+        return np.zeros(0, np.int64)
+    t = scores[matches]
+    right = np.searchsorted(sorted_scores, t, side="right")
+    left = np.searchsorted(sorted_scores, t, side="left")
+    above = (scores.size - right).astype(np.int64)
+    for k in np.flatnonzero(right - left > 1):
+        above[k] += np.count_nonzero(scores[:matches[k]] == t[k])
+    return _subtract_excluded(above, scores, t, matches, excluded) + 1
+
+
+def match_ranks(scores: np.ndarray, matches: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Ranks (1-based, unsorted, in ``matches`` order) of the true matches of one query.
+
+    ``rank(j) = 1 + #{g: beats(g, j)} - #{g in excluded: beats(g, j)}`` with
+    ``beats(g, j) = s[g] > s[j] or (s[g] == s[j] and g < j)``. Few matches are
+    counted by direct comparison (m * G); many go through one sort of the row.
+    """
+    m = matches.size
+    if m == 0:
+        return np.zeros(0, np.int64)
+    if m > COUNT_THRESHOLD:
+        return match_ranks_sorted(scores, np.sort(scores), matches, excluded)
+    t = scores[matches]
+    gallery = np.arange(scores.size)
+    beats = (scores[None, :] > t[:, None]) | (
+        (scores[None, :] == t[:, None]) & (gallery[None, :] < matches[:, None]))
+    above = np.count_nonzero(beats, axis=1).astype(np.int64)
+    return _subtract_excluded(above, scores, t, matches, excluded) + 1
 
 
 class RankAccumulator:

@@ -1,0 +1,307 @@
+"""Chunked retrieval evaluation and verification pairs, for galleries of any size.
+
+A 100k x 100k similarity matrix is 40 GB in float32, so it is never built.
+Queries are processed ``chunk_size`` at a time: a jitted JAX matmul (on the
+accelerator when there is one) gives the (chunk, G) block of scores, the host
+sorts each row once (numpy's SIMD sort), and the rank of every true match is
+read off the sorted row with a binary search (``metrics.match_ranks_sorted``).
+Only the ranks are kept (per query: AP, INP, first rank), so memory is
+O(chunk_size x G) for the blocks plus O(Q + G) for the bookkeeping, and the
+result equals ``metrics.reid_metrics`` on the full matrix exactly (same
+exclusion rule, same stable tie-breaking, same per-query arithmetic).
+
+While the host ranks block k, block k+1 is already being computed (JAX
+dispatch is asynchronous), so at most two score blocks and one sorted block
+are alive at a time: peak extra memory is about 3 x chunk_size x G x 4 bytes.
+
+Similarity ``metric``:
+  * ``"cosine"``: embeddings are L2-normalised once, score = q . g;
+  * ``"euclidean"``: score = -|q - g|^2 (negative *squared* distance: the same
+    order as -|q - g|, without the ties that rounding a sqrt would add).
+Larger scores mean more similar in both cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mami_jax.evaluate import metrics as metrics_lib
+
+__all__ = [
+    "METRICS",
+    "prepare_embeddings",
+    "pairwise_similarity",
+    "chunked_reid_metrics",
+    "VerificationPairs",
+    "sample_verification_pairs",
+    "pair_scores",
+    "chunked_verification_metrics",
+]
+
+METRICS = ("cosine", "euclidean")
+
+
+def _check_embeddings(emb, name: str) -> np.ndarray:
+    arr = np.asarray(emb, np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be (num, dim), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        row = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise ValueError(f"{name} row {row} has non-finite values")
+    return arr
+
+
+def prepare_embeddings(emb, metric: str, name: str = "embeddings") -> np.ndarray:
+    """Validates embeddings and applies the metric's per-vector preprocessing."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    arr = _check_embeddings(emb, name)
+    if metric == "cosine":
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        if np.any(norms == 0):
+            raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all "
+                             "zeros: cosine similarity is undefined")
+        arr = arr / norms
+    return arr
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _score_block(queries, gallery_t, gallery_sq, metric: str):
+    """(B, G) scores; ``gallery_t`` is (D, G) so no transpose happens per call."""
+    dots = jnp.matmul(queries, gallery_t, precision=jax.lax.Precision.HIGHEST)
+    if metric == "cosine":
+        return dots
+    q_sq = jnp.sum(queries * queries, axis=1, keepdims=True)
+    return -jnp.maximum(q_sq + gallery_sq[None, :] - 2.0 * dots, 0.0)
+
+
+class _BlockScorer:
+    """Holds the gallery on the device and scores fixed-size query blocks.
+
+    Every block is padded to ``chunk_size`` rows so the jitted function
+    compiles once.
+    """
+
+    def __init__(self, query: np.ndarray, gallery: np.ndarray, metric: str, chunk_size: int):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if query.shape[1] != gallery.shape[1]:
+            raise ValueError(f"query dim {query.shape[1]} != gallery dim {gallery.shape[1]}")
+        self.query = query
+        self.metric = metric
+        self.chunk_size = chunk_size
+        self.gallery_t = jnp.asarray(np.ascontiguousarray(gallery.T))
+        self.gallery_sq = jnp.asarray(np.sum(gallery * gallery, axis=1))
+
+    def dispatch(self, rows: np.ndarray):
+        block = np.zeros((self.chunk_size, self.query.shape[1]), np.float32)
+        block[: rows.size] = self.query[rows]
+        return _score_block(jnp.asarray(block), self.gallery_t, self.gallery_sq, self.metric)
+
+
+def pairwise_similarity(query_emb, gallery_emb, metric: str = "cosine",
+                        chunk_size: int = 1024) -> np.ndarray:
+    """The full (Q, G) score matrix, computed with the same blocks as the chunked path.
+
+    For small problems, tests and plots; large ones should call
+    :func:`chunked_reid_metrics`, which never holds this matrix.
+    """
+    query = prepare_embeddings(query_emb, metric, "query_emb")
+    gallery = prepare_embeddings(gallery_emb, metric, "gallery_emb")
+    scorer = _BlockScorer(query, gallery, metric, chunk_size)
+    out = np.empty((query.shape[0], gallery.shape[0]), np.float32)
+    for start in range(0, query.shape[0], chunk_size):
+        rows = np.arange(start, min(start + chunk_size, query.shape[0]))
+        out[rows] = np.asarray(scorer.dispatch(rows))[: rows.size]
+    return out
+
+
+def chunked_reid_metrics(query_emb, gallery_emb, query_pids, gallery_pids, query_studies,
+                         gallery_studies, chunk_size: int = 1024, metric: str = "cosine",
+                         ks: Sequence[int] = (1, 5, 10), cmc_ranks: int = 50) -> dict:
+    """``metrics.reid_metrics`` of the (Q, G) scores without building the matrix.
+
+    Memory grows with ``chunk_size x G``, not ``Q x G``. Queries with no true
+    match are skipped before any scoring (and counted). The returned dict has
+    the keys of ``reid_metrics`` plus ``metric`` and ``chunk_size``.
+    """
+    ks = metrics_lib._check_ks(ks)
+    query = prepare_embeddings(query_emb, metric, "query_emb")
+    gallery = prepare_embeddings(gallery_emb, metric, "gallery_emb")
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query_emb dim {query.shape[1]} != gallery_emb dim {gallery.shape[1]}")
+    targets = metrics_lib.build_query_targets(query_pids, gallery_pids, query_studies,
+                                              gallery_studies)
+    if query.shape[0] != targets.num_queries:
+        raise ValueError(f"query_emb has {query.shape[0]} rows, query ids {targets.num_queries}")
+    if gallery.shape[0] != targets.num_gallery:
+        raise ValueError(f"gallery_emb has {gallery.shape[0]} rows, gallery ids "
+                         f"{targets.num_gallery}")
+    n_match = targets.n_match
+    valid_rows = np.flatnonzero(n_match > 0)
+    acc = metrics_lib.RankAccumulator(targets.num_queries, targets.num_gallery)
+    chunks = [valid_rows[s:s + chunk_size] for s in range(0, valid_rows.size, chunk_size)]
+    if chunks:
+        scorer = _BlockScorer(query, gallery, metric, chunk_size)
+        pending = scorer.dispatch(chunks[0])
+        for k, rows in enumerate(chunks):
+            scores = np.asarray(pending)[: rows.size]
+            if k + 1 < len(chunks):
+                pending = scorer.dispatch(chunks[k + 1])  # overlaps with the ranking below
+            _rank_block(scores, rows, targets, acc)
+            del scores
+    out = acc.finalize(n_match > 0, ks, cmc_ranks)
+    out.update(metric=metric, chunk_size=int(chunk_size))
+    return out
+
+
+def _rank_block(scores: np.ndarray, rows: np.ndarray, targets: metrics_lib.QueryTargets,
+                acc: metrics_lib.RankAccumulator) -> None:
+    ordered = np.sort(scores, axis=1)
+    # NaN sorts last and -inf first: the ends of the sorted rows check the whole block.
+    if not (np.all(np.isfinite(ordered[:, 0])) and np.all(np.isfinite(ordered[:, -1]))):
+        bad = int(np.flatnonzero(~(np.isfinite(ordered[:, 0]) & np.isfinite(ordered[:, -1])))[0])
+        raise FloatingPointError(f"non-finite similarity for query {int(rows[bad])} "
+                                 "(embeddings too large for float32?)")
+    n_match = targets.n_match[rows]
+    ranks = np.zeros((rows.size, int(n_match.max())), np.int64)
+    for b, i in enumerate(rows):
+        ranks[b, : n_match[b]] = metrics_lib.match_ranks_sorted(
+            scores[b], ordered[b], targets.matches(i), targets.excluded(i))
+    acc.add(rows, ranks, n_match)
+
+
+# ----------------------------------------------------------------------------- verification
+
+@dataclasses.dataclass(frozen=True)
+class VerificationPairs:
+    """Pairs (first[k], second[k]) with first < second, and whether they share a patient."""
+
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    num_positive_available: int
+    num_negative_available: int
+
+
+def _group_rows(codes: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds)
+
+
+def sample_verification_pairs(pids, studies, num_negatives: int = 200_000,
+                              max_positives: int | None = None, seed: int = 0
+                              ) -> VerificationPairs:
+    """Same-patient and different-patient pairs over one set of images.
+
+    * Positives: every pair i < j of the same patient from *different* studies
+      (pairs from one study are left out, as the re-ID protocol leaves out the
+      query's own study). If ``max_positives`` is set and there are more, a
+      seeded uniform sample of that many is kept.
+    * Negatives: every pair of different patients when there are at most
+      ``num_negatives`` of them; otherwise a seeded uniform sample of exactly
+      ``num_negatives`` distinct pairs.
+    The available totals are returned so reports can state the sampling.
+    Deterministic for a given ``seed``; pairs come sorted by (first, second).
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be positive, got {num_negatives}")
+    pids = metrics_lib._as_ids(pids, "pids")
+    studies = metrics_lib._as_ids(studies, "studies")
+    if studies.size != pids.size:
+        raise ValueError(f"studies has {studies.size} entries, pids {pids.size}")
+    pid_codes, _ = metrics_lib._joint_codes(pids, pids[:0], "pids")
+    study_codes, _ = metrics_lib._joint_codes(studies, studies[:0], "studies")
+    n = pid_codes.size
+    rng = np.random.default_rng(seed)
+
+    pos_first, pos_second = [], []
+    group_sizes = []
+    for members in _group_rows(pid_codes):
+        group_sizes.append(members.size)
+        if members.size < 2:
+            continue
+        a, b = np.triu_indices(members.size, k=1)
+        i, j = members[a], members[b]
+        keep = study_codes[i] != study_codes[j]
+        pos_first.append(np.minimum(i, j)[keep])
+        pos_second.append(np.maximum(i, j)[keep])
+    pos_first = np.concatenate(pos_first) if pos_first else np.zeros(0, np.int64)
+    pos_second = np.concatenate(pos_second) if pos_second else np.zeros(0, np.int64)
+    num_pos = pos_first.size
+    if max_positives is not None and num_pos > max_positives:
+        keep = np.sort(rng.choice(num_pos, size=max_positives, replace=False))
+        pos_first, pos_second = pos_first[keep], pos_second[keep]
+
+    sizes = np.asarray(group_sizes, np.int64)
+    num_neg = int(n * (n - 1) // 2 - np.sum(sizes * (sizes - 1) // 2))
+    if num_neg <= 2 * num_negatives:
+        # Few enough to enumerate (at most 2 * num_negatives + the positives).
+        a, b = np.triu_indices(n, k=1)
+        diff = pid_codes[a] != pid_codes[b]
+        neg_first, neg_second = a[diff], b[diff]
+        if num_neg > num_negatives:
+            keep = np.sort(rng.choice(num_neg, size=num_negatives, replace=False))
+            neg_first, neg_second = neg_first[keep], neg_second[keep]
+    else:
+        # Rejection sampling of random pairs; each round accepts the fraction of
+        # pairs that are negatives, and num_negatives is under half of those.
+        keys = np.zeros(0, np.int64)
+        while keys.size < num_negatives:
+            i = rng.integers(0, n, size=2 * num_negatives)
+            j = rng.integers(0, n, size=2 * num_negatives)
+            ok = pid_codes[i] != pid_codes[j]
+            lo, hi = np.minimum(i, j)[ok], np.maximum(i, j)[ok]
+            keys = np.unique(np.concatenate([keys, lo * n + hi]))
+        keys = np.sort(rng.choice(keys, size=num_negatives, replace=False))
+        neg_first, neg_second = keys // n, keys % n
+
+    first = np.concatenate([pos_first, neg_first]).astype(np.int64)
+    second = np.concatenate([pos_second, neg_second]).astype(np.int64)
+    same = np.concatenate([np.ones(pos_first.size, bool), np.zeros(neg_first.size, bool)])
+    order = np.lexsort((second, first))
+    return VerificationPairs(first[order], second[order], same[order], int(num_pos), num_neg)
+
+
+def pair_scores(embeddings, first, second, metric: str = "cosine",
+                chunk_size: int = 65536) -> np.ndarray:
+    """Scores of pairs (first[k], second[k]), with the same metric as retrieval."""
+    emb = prepare_embeddings(embeddings, metric)
+    first = np.asarray(first, np.int64)
+    second = np.asarray(second, np.int64)
+    out = np.empty(first.size, np.float32)
+    for s in range(0, first.size, chunk_size):
+        a, b = emb[first[s:s + chunk_size]], emb[second[s:s + chunk_size]]
+        if metric == "cosine":
+            out[s:s + chunk_size] = np.einsum("nd,nd->n", a, b)
+        else:
+            d = a - b
+            out[s:s + chunk_size] = -np.einsum("nd,nd->n", d, d)
+    return out
+
+
+def chunked_verification_metrics(embeddings, pids, studies, far: float = 1e-3,
+                                 metric: str = "cosine", num_negatives: int = 200_000,
+                                 max_positives: int | None = None, seed: int = 0) -> dict:
+    """``metrics.verification_metrics`` on pairs from :func:`sample_verification_pairs`.
+
+    Adds ``num_positive_available`` / ``num_negative_available`` (pairs that
+    exist) next to ``num_positive_pairs`` / ``num_negative_pairs`` (pairs used).
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[0] != np.asarray(pids).size:
+        raise ValueError(f"embeddings of shape {emb.shape} do not match {np.asarray(pids).size} "
+                         "pids")
+    pairs = sample_verification_pairs(pids, studies, num_negatives, max_positives, seed)
+    scores = pair_scores(emb, pairs.first, pairs.second, metric)
+    out = metrics_lib.verification_metrics(scores, pairs.same, far)
+    out.update(num_positive_available=pairs.num_positive_available,
+               num_negative_available=pairs.num_negative_available)
+    return out

@@ -1,0 +1,148 @@
+"""Chunked retrieval equals the full-matrix metrics; verification pair sampling."""
+
+import numpy as np
+import pytest
+
+from mami_jax.evaluate import metrics, retrieval
+
+KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP", "num_valid_queries", "num_skipped_queries")
+
+
+def problem(seed, q=70, g=150, dim=12, patients=25, studies=3, integer=False):
+    rng = np.random.default_rng(seed)
+    if integer:  # small integers: every dot product and distance is exact, many ties
+        qe = rng.integers(-2, 3, (q, dim)).astype(np.float32)
+        ge = rng.integers(-2, 3, (g, dim)).astype(np.float32)
+    else:
+        qe = rng.normal(size=(q, dim)).astype(np.float32)
+        ge = rng.normal(size=(g, dim)).astype(np.float32)
+    # Query pids 0..patients+2: the extra patients have no gallery image (skipped queries).
+    ids = dict(query_pids=rng.integers(0, patients + 3, q), gallery_pids=rng.integers(0, patients, g),
+               query_studies=rng.integers(0, studies, q),
+               gallery_studies=rng.integers(0, studies, g))
+    return qe, ge, ids
+
+
+def assert_same(a, b):
+    for key in KEYS:
+        assert a[key] == b[key], (key, a[key], b[key])
+    np.testing.assert_array_equal(a["cmc"], b["cmc"])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_chunked_equals_full_matrix(metric):
+    qe, ge, ids = problem(0)
+    full = metrics.reid_metrics(retrieval.pairwise_similarity(qe, ge, metric), **ids)
+    assert full["num_valid_queries"] > 40 and full["num_skipped_queries"] > 0
+    for chunk in (1, 7, 64, 500):
+        got = retrieval.chunked_reid_metrics(qe, ge, **ids, chunk_size=chunk, metric=metric)
+        assert_same(got, full)
+        assert got["metric"] == metric and got["chunk_size"] == chunk
+
+
+def test_chunked_equals_independent_full_matrix_with_ties():
+    # Integer embeddings, euclidean: the test builds S itself in numpy (exact integers),
+    # independent of the JAX scoring; ties are everywhere, so tie-breaking must agree.
+    qe, ge, ids = problem(1, integer=True, patients=6)  # 6 patients: ~17 matches per query
+    d2 = ((qe[:, None, :] - ge[None, :, :]) ** 2).sum(-1)
+    full = metrics.reid_metrics(-d2, **ids)
+    got = retrieval.chunked_reid_metrics(qe, ge, **ids, chunk_size=16, metric="euclidean")
+    assert_same(got, full)
+    # A gallery that contains the queries themselves: each query's own copy is in its
+    # own study and must be excluded, not counted as a rank-1 hit.
+    gallery = np.concatenate([ge, qe])
+    gp = np.concatenate([ids["gallery_pids"], ids["query_pids"]])
+    gs = np.concatenate([ids["gallery_studies"], ids["query_studies"]])
+    d2 = ((qe[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    args = (ids["query_pids"], gp, ids["query_studies"], gs)
+    full = metrics.reid_metrics(-d2, *args)
+    got = retrieval.chunked_reid_metrics(qe, gallery, *args, chunk_size=32, metric="euclidean")
+    assert_same(got, full)
+    assert full["rank1"] < 1.0
+
+
+def test_perfect_embeddings_score_one():
+    # Each patient has its own direction: every query ranks its matches first.
+    rng = np.random.default_rng(2)
+    basis = np.eye(8, dtype=np.float32)
+    qp, gp = rng.integers(0, 8, 30), rng.integers(0, 8, 60)
+    qe = basis[qp] + 0.01 * rng.normal(size=(30, 8)).astype(np.float32)
+    ge = basis[gp] + 0.01 * rng.normal(size=(60, 8)).astype(np.float32)
+    m = retrieval.chunked_reid_metrics(qe, ge, qp, gp, np.zeros(30), np.ones(60), chunk_size=8)
+    assert m["rank1"] == m["mAP"] == m["mINP"] == 1.0
+    assert m["num_valid_queries"] == 30
+
+
+def test_bad_embeddings_raise():
+    qe, ge, ids = problem(3, q=4, g=6)
+    zero = qe.copy()
+    zero[2] = 0
+    with pytest.raises(ValueError, match="query_emb row 2 is all zeros"):
+        retrieval.chunked_reid_metrics(zero, ge, **ids)
+    nan = ge.copy()
+    nan[5, 1] = np.nan
+    with pytest.raises(ValueError, match="gallery_emb row 5 has non-finite"):
+        retrieval.chunked_reid_metrics(qe, nan, **ids)
+    with pytest.raises(ValueError, match="dim"):
+        retrieval.chunked_reid_metrics(qe, ge[:, :5], **ids)
+    with pytest.raises(ValueError, match="metric"):
+        retrieval.chunked_reid_metrics(qe, ge, **ids, metric="dot")
+    with pytest.raises(ValueError, match="gallery ids"):
+        retrieval.chunked_reid_metrics(qe, ge[:5], **ids)
+
+
+# ----------------------------------------------------------------------------- verification
+
+def test_pairs_enumerated_when_small():
+    # patients: a a a b b c ; studies: a:1,1,2  b:1,2  c:1
+    pids = np.array(["a", "a", "a", "b", "b", "c"])
+    studies = np.array(["1", "1", "2", "1", "2", "1"])
+    pairs = retrieval.sample_verification_pairs(pids, studies, num_negatives=100)
+    pos = set(zip(pairs.first[pairs.same].tolist(), pairs.second[pairs.same].tolist()))
+    # (0,1) is one study of patient a: left out.
+    assert pos == {(0, 2), (1, 2), (3, 4)}
+    neg = set(zip(pairs.first[~pairs.same].tolist(), pairs.second[~pairs.same].tolist()))
+    # 15 pairs in all, 4 same-patient -> 11 negatives.
+    assert len(neg) == 11 and pairs.num_negative_available == 11
+    assert all(pids[i] != pids[j] for i, j in neg)
+    assert pairs.num_positive_available == 3
+
+
+def test_pairs_sampled_when_large():
+    rng = np.random.default_rng(4)
+    pids = rng.integers(0, 300, 2000)
+    studies = rng.integers(0, 2, 2000)
+    a = retrieval.sample_verification_pairs(pids, studies, num_negatives=5000, seed=1)
+    b = retrieval.sample_verification_pairs(pids, studies, num_negatives=5000, seed=1)
+    c = retrieval.sample_verification_pairs(pids, studies, num_negatives=5000, seed=2)
+    neg = ~a.same
+    assert neg.sum() == 5000
+    keys = a.first[neg] * 2000 + a.second[neg]
+    assert np.unique(keys).size == 5000  # distinct pairs
+    assert np.all(pids[a.first[neg]] != pids[a.second[neg]])
+    assert np.all(a.first < a.second)
+    np.testing.assert_array_equal(a.first, b.first)  # seeded
+    assert not np.array_equal(a.first, c.first)
+    assert np.all(pids[a.first[a.same]] == pids[a.second[a.same]])
+    assert np.all(studies[a.first[a.same]] != studies[a.second[a.same]])
+    capped = retrieval.sample_verification_pairs(pids, studies, 5000, max_positives=100, seed=1)
+    assert capped.same.sum() == 100 and capped.num_positive_available == a.same.sum()
+
+
+def test_chunked_verification_matches_direct_computation():
+    rng = np.random.default_rng(5)
+    pids = rng.integers(0, 20, 120)
+    studies = rng.integers(0, 3, 120)
+    emb = rng.normal(size=(120, 6)).astype(np.float32) + 2 * np.eye(20, 6)[pids % 20]
+    m = retrieval.chunked_verification_metrics(emb, pids, studies, far=1e-2, num_negatives=3000)
+    pairs = retrieval.sample_verification_pairs(pids, studies, num_negatives=3000)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = np.sum(unit[pairs.first] * unit[pairs.second], axis=1)
+    ref = metrics.verification_metrics(scores, pairs.same, far=1e-2)
+    assert m["auc"] == pytest.approx(ref["auc"], abs=1e-6)
+    assert m["eer"] == pytest.approx(ref["eer"], abs=1e-4)
+    assert m["num_negative_pairs"] == 3000
+    assert 0.5 < m["auc"] <= 1.0
+    euclid = retrieval.pair_scores(emb, [0, 1], [2, 3], metric="euclidean")
+    np.testing.assert_allclose(euclid, -np.sum((emb[[0, 1]] - emb[[2, 3]]) ** 2, axis=1),
+                               rtol=1e-5)
