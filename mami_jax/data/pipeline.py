@@ -249,6 +249,8 @@ class TrainLoader:
         return _finish(ds, self.cfg, self._counter)
 
     def __iter__(self):
+        """A grain DatasetIterator (get_state/set_state); call ``close()`` on it when done
+        if ``num_workers`` > 0, to stop the worker processes promptly."""
         return iter(self.dataset())
 
     def plan(self, step: int) -> sampler.StepPlan:
@@ -319,7 +321,12 @@ class EvalLoader:
         return _finish(ds, self.cfg, self._counter)
 
     def __iter__(self):
-        return iter(self.dataset())
+        """Yields every batch once; worker processes are shut down at the end."""
+        it = iter(self.dataset())
+        try:
+            yield from it
+        finally:
+            it.close()
 
 
 def make_eval_loader(rows: Sequence[ManifestRow], indices: Sequence[int], cfg,

@@ -1,0 +1,252 @@
+"""Decoding every supported format, and the slice sampling / preprocessing transforms.
+
+Each test writes its own tiny file and checks values worked out by hand from the
+rules in decode.py's docstring.
+"""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from mami_jax.data import transforms
+from mami_jax.data.decode import DecodeError, decode, open_volume
+
+
+def write_dicom(path, arr, photometric="MONOCHROME2", **tags):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = arr.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if arr.dtype == np.int16 else 0
+    if arr.ndim == 3:
+        ds.NumberOfFrames = arr.shape[0]
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_png_8bit_grey_is_divided_by_255_and_replicated(tmp_path):
+    a = np.array([[0, 51, 255], [102, 204, 17]], np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    x = decode(str(tmp_path / "a.png"))
+    assert x.shape == (1, 2, 3, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, :, 0], a / 255.0, rtol=1e-6)
+    assert np.array_equal(x[..., 0], x[..., 2])
+
+
+def test_png_16bit_is_minmax_scaled(tmp_path):
+    a = np.array([[1000, 1500], [3000, 5000]], np.uint16)  # a 12-bit range inside 16 bits
+    Image.fromarray(a).save(tmp_path / "a.png")
+    x = decode(str(tmp_path / "a.png"))[0, :, :, 0]
+    np.testing.assert_allclose(x, [[0.0, 0.125], [0.5, 1.0]], atol=1e-6)
+
+
+def test_rgb_png_rgba_and_jpeg(tmp_path):
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 255, 128, 0, 10
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    x = decode(str(tmp_path / "a.png"))
+    np.testing.assert_allclose(x[0, 0, 0], [1.0, 128 / 255, 0.0], atol=1e-6)  # alpha dropped
+    Image.fromarray(rgba[..., :3], "RGB").save(tmp_path / "a.jpg", quality=100)
+    y = decode(str(tmp_path / "a.jpg"))
+    assert y.shape == (1, 4, 5, 3)
+    np.testing.assert_allclose(y[0].mean(axis=(0, 1)), [1.0, 128 / 255, 0.0], atol=3 / 255)
+
+
+def test_dicom_rescale_then_window(tmp_path):
+    p = str(tmp_path / "a.dcm")
+    write_dicom(p, np.arange(12, dtype=np.uint16).reshape(3, 4), RescaleSlope=2, RescaleIntercept=-10,
+                WindowCenter=5, WindowWidth=11)
+    # Rescaled x = 2p - 10; window: 0 if x <= -0.5, 1 if x > 9.5, else (x - 4.5) / 10 + 0.5.
+    expected = [[0, 0, 0, 0], [0, 0.05, 0.25, 0.45], [0.65, 0.85, 1.0, 1.0]]
+    np.testing.assert_allclose(decode(p)[0, :, :, 0], expected, atol=1e-6)
+
+
+def test_dicom_monochrome1_inverted_and_minmax_without_window(tmp_path):
+    p = str(tmp_path / "a.dcm")
+    write_dicom(p, np.array([[-100, 0], [100, 300]], np.int16), photometric="MONOCHROME1")
+    # Min-max: [0, .25, .5, 1]; MONOCHROME1 -> 1 - x.
+    np.testing.assert_allclose(decode(p)[0, :, :, 0], [[1.0, 0.75], [0.5, 0.0]], atol=1e-6)
+
+
+def test_dicom_multiframe_reads_frames_as_slices(tmp_path):
+    p = str(tmp_path / "a.dcm")
+    frames = np.stack([np.full((2, 2), v, np.uint16) for v in (0, 10, 20)])
+    write_dicom(p, frames)
+    v = open_volume(p)
+    assert v.num_slices == 3
+    x = v.read([2, 0])
+    np.testing.assert_allclose(x[:, 0, 0, 0], [1.0, 0.0])  # min-max over the frames read
+
+
+def test_dicom_series_sorted_by_position_then_instance_number(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    # File names and instance numbers disagree with the geometry; geometry wins.
+    zs = [30.0, 10.0, 20.0]
+    for i, z in enumerate(zs):
+        write_dicom(str(folder / f"IM{i}"), np.full((2, 2), int(z), np.uint16),
+                    InstanceNumber=i + 1, ImagePositionPatient=[0, 0, z],
+                    ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    x = decode(str(folder))
+    np.testing.assert_allclose(x[:, 0, 0, 0], [0.0, 0.5, 1.0])  # z = 10, 20, 30
+    folder2 = tmp_path / "series2"
+    folder2.mkdir()
+    for i, n in enumerate([3, 1, 2]):
+        write_dicom(str(folder2 / f"{i}.dcm"), np.full((2, 2), n, np.uint16), InstanceNumber=n)
+    np.testing.assert_allclose(decode(str(folder2))[:, 0, 0, 0], [0.0, 0.5, 1.0])
+
+
+def test_slice_folder_natural_order(tmp_path):
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for n in (1, 2, 10):
+        Image.fromarray(np.full((3, 3), n * 20, np.uint8)).save(folder / f"slice_{n}.png")
+    (folder / "notes.txt").write_text("not a slice")
+    v = open_volume(str(folder))
+    assert v.num_slices == 3
+    np.testing.assert_allclose(v.read()[:, 0, 0, 0], [20 / 255, 40 / 255, 200 / 255], rtol=1e-6)
+
+
+def canonical_reference(vol):
+    """Expected decode of a volume stored in RAS+ with identity affine."""
+    mm = (vol - vol.min()) / (vol.max() - vol.min())
+    return np.stack([mm[:, :, k].T[::-1, ::-1] for k in range(vol.shape[2])])
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_nifti_axial_slices_in_radiological_display(tmp_path, ext):
+    vol = np.random.default_rng(0).random((4, 5, 3)).astype(np.float32)
+    p = str(tmp_path / f"v{ext}")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), p)
+    x = decode(p)
+    assert x.shape == (3, 5, 4, 3)
+    np.testing.assert_allclose(x[..., 0], canonical_reference(vol), atol=1e-6)
+    # Row 0 is the most anterior (largest y), column 0 the patient's right (largest x).
+    assert x[1, 0, 0, 0] == pytest.approx((vol[3, 4, 1] - vol.min()) / (vol.max() - vol.min()), abs=1e-6)
+
+
+def test_nifti_other_orientation_gives_the_same_slices(tmp_path):
+    vol = np.random.default_rng(1).random((4, 5, 3)).astype(np.float32)
+    # Store as (z, x flipped, y): voxel (k, i', j) = vol[3 - i', j, k].
+    stored = np.transpose(vol[::-1], (2, 0, 1)).copy()
+    affine = np.zeros((4, 4))
+    affine[0, 1] = -1.0  # stored axis 1 runs right-to-left
+    affine[1, 2] = 1.0  # stored axis 2 is y
+    affine[2, 0] = 1.0  # stored axis 0 is z
+    affine[0, 3], affine[3, 3] = 3.0, 1.0
+    p = str(tmp_path / "o.nii")
+    nib.save(nib.Nifti1Image(stored, affine), p)
+    np.testing.assert_allclose(decode(p)[..., 0], canonical_reference(vol), atol=1e-6)
+    # Reading selected slices gives the same slices (each subset min-max scaled).
+    sub = open_volume(p).read([2, 0])[..., 0]
+    ref = vol[:, :, [2, 0]]
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    np.testing.assert_allclose(sub, np.stack([ref[:, :, k].T[::-1, ::-1] for k in range(2)]), atol=1e-6)
+
+
+def test_analyze_pair_as_shipped_by_oasis(tmp_path):
+    vol = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Pair(vol, np.eye(4)), str(tmp_path / "mpr-1.nifti.img"))
+    x = decode(str(tmp_path / "mpr-1.nifti.img"))
+    assert x.shape == (4, 3, 2, 3)
+    assert x.min() == 0.0 and x.max() == 1.0
+
+
+def test_corrupt_and_missing_files_name_the_path(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DecodeError, match="broken.png"):
+        decode(str(bad))
+    with pytest.raises(DecodeError, match="absent.jpg: no such file"):
+        decode(str(tmp_path / "absent.jpg"))
+    badnii = tmp_path / "v.nii.gz"
+    badnii.write_bytes(b"garbage")
+    with pytest.raises(DecodeError, match="v.nii.gz"):
+        open_volume(str(badnii)).read()
+    folder = tmp_path / "series"
+    folder.mkdir()
+    (folder / "IM0").write_bytes(b"garbage")
+    with pytest.raises(DecodeError, match="IM0"):
+        decode(str(folder))
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_slice_indices_even_and_jittered():
+    assert transforms.slice_indices(16, 4).tolist() == [2, 6, 10, 14]  # segment centres
+    assert transforms.slice_indices(1, 3).tolist() == [0, 0, 0]
+    assert transforms.slice_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = transforms.slice_indices(16, 4, rng)
+        assert all(4 * i <= v < 4 * (i + 1) for i, v in enumerate(idx))  # one per segment
+    a = transforms.slice_indices(100, 8, np.random.default_rng(5))
+    b = transforms.slice_indices(100, 8, np.random.default_rng(5))
+    assert a.tolist() == b.tolist()
+
+
+def test_eval_transform_equals_resize_then_centre_crop():
+    # A horizontal ramp 0..1 over 512 x 320: short side 320 -> 256 (scale 0.8), then the
+    # centre 224 x 224 covers source columns [116, 396) of 512.
+    h, w = 320, 512
+    ramp = np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))[None, :, :, None]
+    out = transforms.eval_transform(ramp, 256, 224)
+    assert out.shape == (1, 224, 224, 3)
+    grey = out[0, :, :, 0] * transforms.IMAGENET_STD[0] + transforms.IMAGENET_MEAN[0]
+    src_cols = 116 + (np.arange(224) + 0.5) * (280 / 224) - 0.5
+    np.testing.assert_allclose(grey[100], src_cols / (w - 1), atol=2e-3)
+    # Channels normalised with their own mean/std.
+    for c in range(3):
+        np.testing.assert_allclose(out[0, :, :, c] * transforms.IMAGENET_STD[c] + transforms.IMAGENET_MEAN[c],
+                                   grey, atol=1e-5)
+
+
+def test_train_transform_deterministic_and_flip_policy():
+    cfg = transforms.AugmentConfig(image_size=16, erase_prob=0.0, brightness=0.0, contrast=0.0,
+                                   crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))[None, :, :, None]
+    flips = []
+    for seed in range(12):
+        a = transforms.train_transform(ramp, cfg, np.random.default_rng(seed), allow_flip=True)
+        b = transforms.train_transform(ramp, cfg, np.random.default_rng(seed), allow_flip=True)
+        assert np.array_equal(a, b)
+        flips.append(a[0, 0, 0, 0] > a[0, 0, -1, 0])
+        never = transforms.train_transform(ramp, cfg, np.random.default_rng(seed), allow_flip=False)
+        assert never[0, 0, 0, 0] < never[0, 0, -1, 0]  # ramp keeps its direction
+    assert 0 < sum(flips) < 12
+
+
+def test_random_erase_and_intensity_jitter():
+    x = np.ones((2, 20, 20, 3), np.float32)
+    erased = transforms.random_erase(x, np.random.default_rng(0), prob=1.0, area=(0.1, 0.1), ratio=(1.0, 1.0))
+    zero = erased == 0
+    assert zero.sum() == 2 * 6 * 6 * 3  # round(sqrt(40)) = 6; same box on both slices
+    assert np.array_equal(zero[0], zero[1])
+    y = transforms.intensity_jitter(np.array([0.0, 0.5, 1.0], np.float32), np.random.default_rng(0), 0.0, 0.5)
+    c = np.random.default_rng(0).uniform(0.5, 1.5)
+    np.testing.assert_allclose(y, np.clip([0.5 - 0.5 * c, 0.5, 0.5 + 0.5 * c], 0, 1), atol=1e-6)
+
+
+def test_random_resized_crop_box_within_bounds_and_area():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        l, t, r, b = transforms.random_resized_crop_box(100, 60, rng, (0.3, 0.6), (0.75, 1.333))
+        assert 0 <= l < r <= 60 and 0 <= t < b <= 100
+        assert 0.3 * 6000 - 1e-6 <= (r - l) * (b - t) <= 0.6 * 6000 + 1e-6

@@ -1,0 +1,245 @@
+"""The grain pipeline: P x K sampling, determinism, resume, process shares, eval padding, bad input.
+
+Images are tiny (about 20 px, crops of 8 px) so every test decodes real files quickly.
+"""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from mami_jax.data import pipeline, sampler
+from mami_jax.data.config import default_data_config
+from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow
+from mami_jax.data.transforms import eval_transform
+from mami_jax.data.decode import open_volume
+
+# Training patients of the X-ray source: number of images each.
+XRAY_TRAIN = {"a": 5, "b": 2, "c": 3, "d": 1}  # d has one image: never sampled
+CT_TRAIN = {"e": 2, "f": 3}
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    rng = np.random.default_rng(0)
+    out = []
+
+    def add(dataset, modality, patient, k, split, path):
+        out.append(ManifestRow(f"{dataset}:{patient}{k}", patient, f"s{k}", str(k), modality, dataset,
+                               "", path, split))
+
+    for patient, n in list(XRAY_TRAIN.items()) + [("t", 3)]:
+        for k in range(n):
+            p = str(root / f"x_{patient}{k}.png")
+            Image.fromarray((rng.random((18, 22)) * 65535).astype(np.uint16)).save(p)
+            add("dx", "xray", patient, k, "test" if patient == "t" else "train", p)
+    for patient, n in list(CT_TRAIN.items()) + [("u", 2)]:
+        for k in range(n):
+            p = str(root / f"v_{patient}{k}.nii.gz")
+            nib.save(nib.Nifti1Image(rng.random((16, 14, 7)).astype(np.float32), np.eye(4)), p)
+            add("dc", "ct", patient, k, "test" if patient == "u" else "train", p)
+    return out
+
+
+def small_cfg(**kw):
+    cfg = default_data_config()
+    cfg.image_size, cfg.resize_size, cfg.num_slices = 8, 10, 3
+    cfg.patients_per_batch, cfg.images_per_patient = 2, 3
+    cfg.read_threads, cfg.prefetch = 0, 1
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def take(loader_or_iter, n):
+    it = iter(loader_or_iter)
+    return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert set(x) == set(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_label_map_sorted_patient_keys(rows):
+    lm = pipeline.train_label_map(rows)
+    keys = sorted(f"dx/{p}" for p in XRAY_TRAIN) + sorted(f"dc/{p}" for p in CT_TRAIN)
+    assert lm == {k: i for i, k in enumerate(sorted(keys))}
+    assert pipeline.num_classes(rows) == 6  # d counts as a class even though never sampled
+
+
+def test_train_batches_are_homogeneous_p_by_k(rows):
+    cfg = small_cfg()
+    loader = pipeline.make_train_loader(rows, cfg, seed=0)
+    lm = pipeline.train_label_map(rows)
+    for step, b in enumerate(take(loader, 6)):
+        assert set(b) == {"images", "label", "index", "modality", "mask"}
+        modality = MODALITIES[int(b["modality"][0])]
+        t = 3 if modality == "ct" else 1
+        assert b["images"].shape == (6, t, 8, 8, 3) and b["images"].dtype == np.float32
+        assert b["label"].dtype == np.int32 and b["index"].dtype == np.int32
+        assert b["mask"].all() and (b["modality"] == b["modality"][0]).all()
+        for g in range(2):  # each of the P groups: K images of one patient
+            idx = b["index"][3 * g:3 * g + 3]
+            pats = {rows[i].patient_key for i in idx}
+            assert len(pats) == 1
+            assert (b["label"][3 * g:3 * g + 3] == lm[pats.pop()]).all()
+            assert all(rows[i].split == "train" and rows[i].modality == modality for i in idx)
+        plan = loader.plan(step)
+        np.testing.assert_array_equal(b["index"], plan.rows)
+    assert "1 with fewer than 2 images not sampled" in loader.summary()
+    assert "patients never sampled (fewer than 2 training images in their source): 1" in loader.summary()
+
+
+def test_sampling_rules_over_many_plans(rows):
+    loader = pipeline.make_train_loader(rows, small_cfg(), seed=7)
+    by_source = {s.name: 0 for s in loader.sources}
+    for step in range(400):
+        plan = loader.plan(step)
+        src = loader.sources[plan.source]
+        by_source[src.name] += 1
+        groups = plan.rows.reshape(2, 3)
+        assert len({rows[g[0]].patient_key for g in groups}) == 2  # P distinct patients (enough exist)
+        for g in groups:
+            key = rows[g[0]].patient_key
+            assert key != "dx/d"
+            n = (XRAY_TRAIN | CT_TRAIN)[key.split("/")[1]]
+            if n >= 3:
+                assert len(set(g.tolist())) == 3  # without replacement
+            else:
+                assert set(g.tolist()) <= {i for i, r in enumerate(rows) if r.patient_key == key}
+    # Default weights: proportional to sampleable training images: x-ray 10, ct 5.
+    assert {s.name: round(s.weight, 4) for s in loader.sources} == {"dc:ct": 0.3333, "dx:xray": 0.6667}
+    assert abs(by_source["dx:xray"] / 400 - 2 / 3) < 0.1
+
+
+def test_source_weights(rows):
+    cfg = small_cfg(source_weights={"dx": 1.0})  # bare dataset name; others get 0
+    loader = pipeline.make_train_loader(rows, cfg, seed=0)
+    assert all(loader.sources[loader.plan(s).source].name == "dx:xray" for s in range(50))
+    cfg = small_cfg(source_weights={"dc:ct": 3.0, "dx:xray": 1.0})
+    assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.75, 0.25]
+    with pytest.raises(ValueError, match="unknown keys \\['mri'\\]"):
+        pipeline.make_train_loader(rows, small_cfg(source_weights={"mri": 1.0}), seed=0)
+
+
+def test_sampling_is_a_pure_function_of_seed_and_step(rows):
+    cfg = small_cfg()
+    first = take(pipeline.make_train_loader(rows, cfg, seed=3), 4)
+    again = take(pipeline.make_train_loader(rows, cfg, seed=3, start_step=2), 2)
+    assert_batches_equal(first[2:], again)
+    other = take(pipeline.make_train_loader(rows, cfg, seed=4), 4)
+    assert any(not np.array_equal(a["index"], b["index"]) for a, b in zip(first, other))
+
+
+def test_iterator_state_restores_exactly(rows):
+    cfg = small_cfg(read_threads=2, prefetch=2)
+    loader = pipeline.make_train_loader(rows, cfg, seed=1)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    it2 = iter(pipeline.make_train_loader(rows, cfg, seed=1))
+    it2.set_state(state)
+    assert_batches_equal(expected, [next(it2) for _ in range(2)])
+
+
+def test_process_shares_concatenate_to_the_global_batch(rows):
+    cfg = small_cfg(images_per_patient=2)  # global batch 4, two processes of 2
+    whole = take(pipeline.make_train_loader(rows, cfg, seed=5), 3)
+    parts = [take(pipeline.make_train_loader(rows, cfg, seed=5, process_index=i, process_count=2), 3)
+             for i in range(2)]
+    for step in range(3):
+        assert parts[0][step]["images"].shape[0] == 2
+        joined = {k: np.concatenate([parts[0][step][k], parts[1][step][k]]) for k in whole[step]}
+        assert_batches_equal([whole[step]], [joined])
+    with pytest.raises(ValueError, match="not divisible"):
+        pipeline.make_train_loader(rows, small_cfg(), seed=0, process_count=4)
+
+
+def test_worker_processes_give_the_same_batches(rows):
+    cfg0 = small_cfg()
+    expected = take(pipeline.make_train_loader(rows, cfg0, seed=2), 3)
+    it = iter(pipeline.make_train_loader(rows, small_cfg(num_workers=1), seed=2))
+    try:
+        got = [next(it) for _ in range(3)]
+    finally:
+        it.close()
+    assert_batches_equal(expected, got)
+
+
+def test_eval_loader_groups_pads_and_masks(rows):
+    cfg = small_cfg()
+    test_idx = [i for i, r in enumerate(rows) if r.split == "test"]  # 3 x-ray, 2 ct
+    order = test_idx[::-1]  # ct rows first, in the given order
+    loader = pipeline.make_eval_loader(rows, order, cfg, batch_size=2)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3  # ct: 2 -> 1 batch; x-ray: 3 -> 2 batches
+    ct = [i for i in order if rows[i].modality == "ct"]
+    xr = [i for i in order if rows[i].modality == "xray"]
+    assert batches[0]["index"].tolist() == ct and batches[0]["images"].shape == (2, 3, 8, 8, 3)
+    assert batches[1]["index"].tolist() == xr[:2]
+    assert batches[2]["index"].tolist() == [xr[2], -1]
+    assert batches[2]["mask"].tolist() == [True, False] and batches[2]["label"].tolist() == [-1, -1]
+    assert np.all(batches[2]["images"][1] == 0)
+    # Content equals the evaluation transform of the centre slices.
+    vol = open_volume(rows[ct[0]].path)
+    ref = eval_transform(vol.read([1, 3, 5]), 10, 8)  # centres of 3 segments of 7 slices
+    np.testing.assert_allclose(batches[0]["images"][0], ref, atol=1e-6)
+    np.testing.assert_allclose(pipeline.read_example(rows[ct[0]], cfg), ref, atol=1e-6)
+
+
+def with_corrupt_image(rows, tmp_path):
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    i = next(i for i, r in enumerate(rows) if r.patient_id == "t")
+    return [r.replace(path=str(bad)) if j == i else r for j, r in enumerate(rows)], i
+
+
+def test_bad_image_fails_naming_row_and_file_or_is_skipped_and_counted(rows, tmp_path):
+    bad_rows, i = with_corrupt_image(rows, tmp_path)
+    cfg = small_cfg()
+    with pytest.raises(pipeline.DataError, match=f"manifest row {i} \\(image_id='dx:t0'.*corrupt.png"):
+        list(pipeline.make_eval_loader(bad_rows, [i], cfg, batch_size=2))
+    cfg = small_cfg(skip_bad_images=True)
+    loader = pipeline.make_eval_loader(bad_rows, [i, i + 1], cfg, batch_size=2)
+    (b,) = list(loader)
+    assert b["mask"].tolist() == [False, True] and loader.skipped_images == 1
+    # Training: make a sampled patient's image unreadable; skipped images are masked and counted.
+    j = next(k for k, r in enumerate(rows) if r.patient_id == "b")
+    train_bad = [r.replace(path=str(tmp_path / "corrupt.png")) if k == j else r for k, r in enumerate(bad_rows)]
+    loader = pipeline.make_train_loader(train_bad, cfg, seed=0)
+    batches = take(loader, 12)
+    hits = sum(int((b["index"] == j).sum()) for b in batches)
+    assert hits > 0 and loader.skipped_images == hits
+    assert all(not m for b in batches for m, ix in zip(b["mask"], b["index"]) if ix == j)
+    with pytest.raises(pipeline.DataError, match=f"manifest row {j} "):
+        take(pipeline.make_train_loader(train_bad, small_cfg(), seed=0), 12)
+
+
+def test_manifest_errors_before_training(rows):
+    cfg = small_cfg()
+    dup = rows + [rows[0]]
+    with pytest.raises(ManifestError, match="duplicate image_id"):
+        pipeline.make_train_loader(dup, cfg, seed=0)
+    two_splits = rows + [rows[0].replace(image_id="dx:new", split="test")]
+    with pytest.raises(ManifestError, match="in split 'test' here and in split 'train'"):
+        pipeline.make_train_loader(two_splits, cfg, seed=0)
+    unknown = rows + [rows[0].replace(image_id="dx:us", patient_id="z", modality="ultrasound")]
+    with pytest.raises(ManifestError, match="unknown modality 'ultrasound'"):
+        pipeline.make_train_loader(unknown, cfg, seed=0)
+    with pytest.raises(ManifestError, match="no training rows"):
+        pipeline.make_train_loader([r.replace(split="test") for r in rows], cfg, seed=0)
+
+
+def test_sources_need_two_image_patients():
+    rows = [ManifestRow(f"i{k}", f"p{k}", "s", "0", "xray", "d", "", "/x.png", "train") for k in range(3)]
+    with pytest.raises(ValueError, match="no training source can be sampled"):
+        sampler.build_sources(rows, num_slices=8)
