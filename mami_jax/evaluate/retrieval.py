@@ -63,18 +63,27 @@ def prepare_embeddings(emb, metric: str, name: str = "embeddings") -> np.ndarray
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     arr = _check_embeddings(emb, name)
     if metric == "cosine":
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        # einsum and in-place division: one copy of the embeddings, no (N, D) temporaries.
+        norms = np.sqrt(np.einsum("nd,nd->n", arr, arr))
         if np.any(norms == 0):
-            raise ValueError(f"{name} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all "
+            raise ValueError(f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all "
                              "zeros: cosine similarity is undefined")
-        arr = arr / norms
+        arr = np.array(arr, np.float32, copy=True)
+        arr /= norms[:, None]
     return arr
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _score_block(queries, gallery_t, gallery_sq, metric: str):
-    """(B, G) scores; ``gallery_t`` is (D, G) so no transpose happens per call."""
-    dots = jnp.matmul(queries, gallery_t, precision=jax.lax.Precision.HIGHEST)
+def _score_block(queries, gallery, gallery_sq, metric: str):
+    """(B, G) scores of (B, D) queries against the (G, D) gallery.
+
+    The contraction is over the last axis of both (q g^T without materialising
+    g^T; measured as fast as a pre-transposed gallery on CPU, and it saves a
+    gallery-sized copy). HIGHEST precision keeps TPUs from using bfloat16 passes,
+    which would reorder near-tied scores.
+    """
+    dots = jax.lax.dot_general(queries, gallery, (((1,), (1,)), ((), ())),
+                               precision=jax.lax.Precision.HIGHEST)
     if metric == "cosine":
         return dots
     q_sq = jnp.sum(queries * queries, axis=1, keepdims=True)
@@ -96,13 +105,13 @@ class _BlockScorer:
         self.query = query
         self.metric = metric
         self.chunk_size = chunk_size
-        self.gallery_t = jnp.asarray(np.ascontiguousarray(gallery.T))
-        self.gallery_sq = jnp.asarray(np.sum(gallery * gallery, axis=1))
+        self.gallery_sq = jnp.asarray(np.einsum("gd,gd->g", gallery, gallery))
+        self.gallery = jnp.asarray(gallery)
 
     def dispatch(self, rows: np.ndarray):
         block = np.zeros((self.chunk_size, self.query.shape[1]), np.float32)
         block[: rows.size] = self.query[rows]
-        return _score_block(jnp.asarray(block), self.gallery_t, self.gallery_sq, self.metric)
+        return _score_block(jnp.asarray(block), self.gallery, self.gallery_sq, self.metric)
 
 
 def pairwise_similarity(query_emb, gallery_emb, metric: str = "cosine",
@@ -149,6 +158,7 @@ def chunked_reid_metrics(query_emb, gallery_emb, query_pids, gallery_pids, query
     chunks = [valid_rows[s:s + chunk_size] for s in range(0, valid_rows.size, chunk_size)]
     if chunks:
         scorer = _BlockScorer(query, gallery, metric, chunk_size)
+        del gallery  # the scorer holds the device copy
         pending = scorer.dispatch(chunks[0])
         for k, rows in enumerate(chunks):
             scores = np.asarray(pending)[: rows.size]
