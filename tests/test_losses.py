@@ -197,3 +197,9 @@ def test_losses_sharded_equal_unsharded():
     sharded = jax.jit(both)(*args)
     for a, b in zip(ref, sharded):
         assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def test_docstring_examples_run():
+    import doctest
+    result = doctest.testmod(losses)
+    assert result.attempted >= 1 and result.failed == 0

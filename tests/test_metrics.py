@@ -207,3 +207,9 @@ def test_verification_bad_inputs():
     with pytest.raises(ValueError, match="0/1"):
         verification_metrics([0.1, 0.2], [1, 2])
     assert metrics.far_key(1e-3) == "1e-3" and metrics.far_key(5e-4) == "5e-4"
+
+
+def test_docstring_examples_run():
+    import doctest
+    result = doctest.testmod(metrics)
+    assert result.attempted >= 2 and result.failed == 0

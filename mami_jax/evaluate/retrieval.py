@@ -15,7 +15,7 @@ dispatch is asynchronous), so at most two score blocks and one sorted block
 are alive at a time: peak extra memory is about 3 x chunk_size x G x 4 bytes.
 
 Similarity ``metric``:
-  * ``"cosine"``: embeddings are L2-normalised once, score = q . g;
+  * ``"cosine"``: score = q . g / (|q| |g|) (no normalised copy is made);
   * ``"euclidean"``: score = -|q - g|^2 (negative *squared* distance: the same
     order as -|q - g|, without the ties that rounding a sqrt would add).
 Larger scores mean more similar in both cases.
@@ -35,7 +35,7 @@ from mami_jax.evaluate import metrics as metrics_lib
 
 __all__ = [
     "METRICS",
-    "prepare_embeddings",
+    "row_terms",
     "pairwise_similarity",
     "chunked_reid_metrics",
     "VerificationPairs",
@@ -57,61 +57,70 @@ def _check_embeddings(emb, name: str) -> np.ndarray:
     return arr
 
 
-def prepare_embeddings(emb, metric: str, name: str = "embeddings") -> np.ndarray:
-    """Validates embeddings and applies the metric's per-vector preprocessing."""
+def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    arr = _check_embeddings(emb, name)
-    if metric == "cosine":
-        # einsum and in-place division: one copy of the embeddings, no (N, D) temporaries.
-        norms = np.sqrt(np.einsum("nd,nd->n", arr, arr))
-        if np.any(norms == 0):
-            raise ValueError(f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all "
-                             "zeros: cosine similarity is undefined")
-        arr = np.array(arr, np.float32, copy=True)
-        arr /= norms[:, None]
-    return arr
+
+
+def row_terms(emb: np.ndarray, metric: str, name: str = "embeddings") -> np.ndarray:
+    """Per-row factor of the score: 1/|x| for cosine, |x|^2 for euclidean.
+
+    Cosine scores are computed as ``(q . g) / (|q| |g|)`` from the raw
+    embeddings, so no normalised (N, D) copy is ever made; an all-zero row has
+    no direction and is an error.
+    """
+    _check_metric(metric)
+    sq = np.einsum("nd,nd->n", emb, emb)
+    if metric == "euclidean":
+        return sq.astype(np.float32)
+    if np.any(sq == 0):
+        raise ValueError(f"{name} row {int(np.flatnonzero(sq == 0)[0])} is all zeros: cosine "
+                         "similarity is undefined")
+    return (1.0 / np.sqrt(sq)).astype(np.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _score_block(queries, gallery, gallery_sq, metric: str):
+def _score_block(queries, query_terms, gallery, gallery_terms, metric: str):
     """(B, G) scores of (B, D) queries against the (G, D) gallery.
 
     The contraction is over the last axis of both (q g^T without materialising
-    g^T; measured as fast as a pre-transposed gallery on CPU, and it saves a
-    gallery-sized copy). HIGHEST precision keeps TPUs from using bfloat16 passes,
-    which would reorder near-tied scores.
+    g^T; measured as fast as a pre-transposed gallery on CPU). HIGHEST precision
+    keeps TPUs from using bfloat16 passes, which would reorder near-tied scores.
     """
     dots = jax.lax.dot_general(queries, gallery, (((1,), (1,)), ((), ())),
                                precision=jax.lax.Precision.HIGHEST)
     if metric == "cosine":
-        return dots
-    q_sq = jnp.sum(queries * queries, axis=1, keepdims=True)
-    return -jnp.maximum(q_sq + gallery_sq[None, :] - 2.0 * dots, 0.0)
+        return dots * query_terms[:, None] * gallery_terms[None, :]
+    return -jnp.maximum(query_terms[:, None] + gallery_terms[None, :] - 2.0 * dots, 0.0)
 
 
 class _BlockScorer:
     """Holds the gallery on the device and scores fixed-size query blocks.
 
-    Every block is padded to ``chunk_size`` rows so the jitted function
-    compiles once.
+    ``jax.device_put`` of an aligned float32 array can share the host memory on
+    CPU, so the gallery is usually not copied at all. Every block is padded to
+    ``chunk_size`` rows so the jitted function compiles once.
     """
 
     def __init__(self, query: np.ndarray, gallery: np.ndarray, metric: str, chunk_size: int):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if query.shape[1] != gallery.shape[1]:
-            raise ValueError(f"query dim {query.shape[1]} != gallery dim {gallery.shape[1]}")
+            raise ValueError(f"query_emb dim {query.shape[1]} != gallery_emb dim "
+                             f"{gallery.shape[1]}")
         self.query = query
+        self.query_terms = row_terms(query, metric, "query_emb")
         self.metric = metric
         self.chunk_size = chunk_size
-        self.gallery_sq = jnp.asarray(np.einsum("gd,gd->g", gallery, gallery))
-        self.gallery = jnp.asarray(gallery)
+        self.gallery_terms = jax.device_put(row_terms(gallery, metric, "gallery_emb"))
+        self.gallery = jax.device_put(gallery)
 
     def dispatch(self, rows: np.ndarray):
         block = np.zeros((self.chunk_size, self.query.shape[1]), np.float32)
         block[: rows.size] = self.query[rows]
-        return _score_block(jnp.asarray(block), self.gallery, self.gallery_sq, self.metric)
+        terms = np.zeros(self.chunk_size, np.float32)
+        terms[: rows.size] = self.query_terms[rows]
+        return _score_block(block, terms, self.gallery, self.gallery_terms, self.metric)
 
 
 def pairwise_similarity(query_emb, gallery_emb, metric: str = "cosine",
@@ -121,8 +130,9 @@ def pairwise_similarity(query_emb, gallery_emb, metric: str = "cosine",
     For small problems, tests and plots; large ones should call
     :func:`chunked_reid_metrics`, which never holds this matrix.
     """
-    query = prepare_embeddings(query_emb, metric, "query_emb")
-    gallery = prepare_embeddings(gallery_emb, metric, "gallery_emb")
+    _check_metric(metric)
+    query = _check_embeddings(query_emb, "query_emb")
+    gallery = _check_embeddings(gallery_emb, "gallery_emb")
     scorer = _BlockScorer(query, gallery, metric, chunk_size)
     out = np.empty((query.shape[0], gallery.shape[0]), np.float32)
     for start in range(0, query.shape[0], chunk_size):
@@ -141,10 +151,11 @@ def chunked_reid_metrics(query_emb, gallery_emb, query_pids, gallery_pids, query
     the keys of ``reid_metrics`` plus ``metric`` and ``chunk_size``.
     """
     ks = metrics_lib._check_ks(ks)
-    query = prepare_embeddings(query_emb, metric, "query_emb")
-    gallery = prepare_embeddings(gallery_emb, metric, "gallery_emb")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query_emb dim {query.shape[1]} != gallery_emb dim {gallery.shape[1]}")
+    _check_metric(metric)
+    query = _check_embeddings(query_emb, "query_emb")
+    gallery = _check_embeddings(gallery_emb, "gallery_emb")
+    # Built before anything is skipped, so bad embeddings fail even without valid queries.
+    scorer = _BlockScorer(query, gallery, metric, chunk_size)
     targets = metrics_lib.build_query_targets(query_pids, gallery_pids, query_studies,
                                               gallery_studies)
     if query.shape[0] != targets.num_queries:
@@ -157,8 +168,6 @@ def chunked_reid_metrics(query_emb, gallery_emb, query_pids, gallery_pids, query
     acc = metrics_lib.RankAccumulator(targets.num_queries, targets.num_gallery)
     chunks = [valid_rows[s:s + chunk_size] for s in range(0, valid_rows.size, chunk_size)]
     if chunks:
-        scorer = _BlockScorer(query, gallery, metric, chunk_size)
-        del gallery  # the scorer holds the device copy
         pending = scorer.dispatch(chunks[0])
         for k, rows in enumerate(chunks):
             scores = np.asarray(pending)[: rows.size]
@@ -283,14 +292,16 @@ def sample_verification_pairs(pids, studies, num_negatives: int = 200_000,
 def pair_scores(embeddings, first, second, metric: str = "cosine",
                 chunk_size: int = 65536) -> np.ndarray:
     """Scores of pairs (first[k], second[k]), with the same metric as retrieval."""
-    emb = prepare_embeddings(embeddings, metric)
+    emb = _check_embeddings(embeddings, "embeddings")
+    terms = row_terms(emb, metric)
     first = np.asarray(first, np.int64)
     second = np.asarray(second, np.int64)
     out = np.empty(first.size, np.float32)
     for s in range(0, first.size, chunk_size):
-        a, b = emb[first[s:s + chunk_size]], emb[second[s:s + chunk_size]]
+        i, j = first[s:s + chunk_size], second[s:s + chunk_size]
+        a, b = emb[i], emb[j]
         if metric == "cosine":
-            out[s:s + chunk_size] = np.einsum("nd,nd->n", a, b)
+            out[s:s + chunk_size] = np.einsum("nd,nd->n", a, b) * terms[i] * terms[j]
         else:
             d = a - b
             out[s:s + chunk_size] = -np.einsum("nd,nd->n", d, d)
