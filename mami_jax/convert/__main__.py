@@ -1,0 +1,145 @@
+"""Command line: import the released MaMI checkpoint or CLIP weights, export to PyTorch.
+
+    python -m mami_jax.convert import-official --pth FILE --out CKPT_DIR
+    python -m mami_jax.convert import-clip --source PATH --out CKPT_DIR [--allow-torchscript]
+    python -m mami_jax.convert export-torch --checkpoint CKPT_DIR --out FILE.pth|FILE.safetensors
+
+``--model-config FILE.json`` gives the model config (keys of
+``mami_jax.models.config.default_config``; unspecified keys keep their default).
+Without it: import-official uses the config embedded by our exporter, else the
+released architecture; import-clip uses the released architecture. Each command
+prints what it loaded, ignored or wrote and the parameter count; errors are
+printed as one message and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mami_jax.convert import torch_io
+from mami_jax.convert.checkpoint_dir import load_config_file, load_params, save_params
+from mami_jax.convert.mapping import ConversionError, flatten_params, params_to_state_dict
+
+
+def _count(params) -> int:
+    return int(sum(v.size for v in flatten_params(params).values()))
+
+
+def _config(args):
+    from mami_jax.models.config import default_config
+    return load_config_file(args.model_config) if args.model_config else default_config()
+
+
+def cmd_import_official(args) -> None:
+    from mami_jax.convert.official import load_official
+
+    cfg = load_config_file(args.model_config) if args.model_config else None
+    result = load_official(args.pth, cfg)
+    out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite)
+    r = result.report
+    print(f"import-official: {args.pth}")
+    print(f"  model config: {result.config_source}"
+          f"{' (module. prefix removed)' if result.prefix_stripped else ''}")
+    print(f"  keys loaded: {len(r.loaded)}")
+    print(f"  keys ignored (unused by the forward pass): {len(r.ignored)}"
+          + (f" [{', '.join(_group(r.ignored))}]" if r.ignored else ""))
+    if r.absent_unused:
+        print(f"  unused keys absent from the file: {len(r.absent_unused)}")
+    print(f"  parameters: {r.num_params:,}")
+    print(f"  wrote {out}")
+
+
+def _group(keys):
+    """Short description of many keys: their distinct names with block indices removed."""
+    import re
+    names = sorted({re.sub(r"resblocks\.\d+\.", "resblocks.*.", k) for k in keys})
+    return names if len(names) <= 12 else names[:12] + [f"... {len(names) - 12} more"]
+
+
+def cmd_import_clip(args) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from mami_jax.convert.clip import import_clip
+    from mami_jax.models import MaMI
+
+    cfg = _config(args)
+    size = cfg.image_size
+    params = jax.jit(MaMI(cfg).init)(jax.random.key(args.seed),
+                                     jnp.zeros((1, 1, size, size, 3)))["params"]
+    result = import_clip(args.source, cfg, params, allow_torchscript=args.allow_torchscript)
+    out = save_params(args.out, result.params, cfg, overwrite=args.overwrite)
+    loaded_values = sum(v.size for k, v in flatten_params(result.params).items()
+                        if k in set(result.loaded))
+    print(f"import-clip: {args.source} ({result.source_format} layout)")
+    print(f"  backbone parameters loaded: {len(result.loaded)} arrays, {loaded_values:,} values")
+    print(f"  kept their initialisation (seed {args.seed}, init={cfg.init!r}): "
+          f"{len(result.kept)} arrays (ComPA, slice adapters, head)")
+    print(f"  source keys ignored: {len(result.ignored)}"
+          + (f" [{', '.join(_group(result.ignored))}]" if result.ignored else ""))
+    print(f"  parameters: {_count(result.params):,}")
+    print(f"  wrote {out}")
+
+
+def cmd_export_torch(args) -> None:
+    params, cfg, layout = load_params(args.checkpoint, return_layout=True)
+    state = params_to_state_dict(params, cfg)
+    if args.module_prefix:
+        state = {"module." + k: v for k, v in state.items()}
+    torch_io.save_state_dict(args.out, state, extra={"mami_config": cfg.to_json()})
+    from mami_jax.convert.mapping import build_table
+    unused = [e.theirs for e in build_table(cfg) if not e.used]
+    print(f"export-torch: {args.checkpoint} ({layout} layout)")
+    print(f"  keys written: {len(state)} ({len(state) - len(unused)} from params, "
+          f"{len(unused)} unused keys as zeros)")
+    print(f"  parameters: {_count(params):,}")
+    print(f"  wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mami_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import-official", help="released MaMI .pth -> orbax checkpoint dir")
+    p.add_argument("--pth", required=True, help="released checkpoint (.pth or .safetensors)")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--model-config", help="model config JSON (default: embedded or released)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser("import-clip", help="CLIP ViT weights -> backbone of a new checkpoint")
+    p.add_argument("--source", required=True,
+                   help="OpenAI CLIP file (.pt/.pth/.safetensors) or HF model directory")
+    p.add_argument("--out", required=True, help="checkpoint directory to create")
+    p.add_argument("--model-config", help="model config JSON (default: released architecture)")
+    p.add_argument("--seed", type=int, default=0, help="init seed of the non-CLIP parameters")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="allow TorchScript archives (the OpenAI downloads); they contain code")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_import_clip)
+
+    p = sub.add_parser("export-torch", help="orbax checkpoint -> PyTorch state dict file")
+    p.add_argument("--checkpoint", required=True,
+                   help="our checkpoint dir, a trainer WORKDIR or WORKDIR/checkpoints/<step>")
+    p.add_argument("--out", required=True, help="FILE.pth ({'model': sd}) or FILE.safetensors")
+    p.add_argument("--module-prefix", action="store_true",
+                   help="prefix keys with 'module.' like the released file")
+    p.set_defaults(func=cmd_export_torch)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConversionError, torch_io.CheckpointFileError, FileNotFoundError,
+            FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""CLIP ViT weights -> our backbone; ComPA, slice adapters and head keep their init.
+
+Two sources:
+
+- OpenAI CLIP (``ViT-B-16.pt``): keys under ``visual.`` (``conv1.weight``,
+  ``class_embedding``, ``positional_embedding``, ``ln_pre``,
+  ``transformer.resblocks.{i}.{attn.in_proj_*, attn.out_proj, ln_1, mlp.c_fc,
+  mlp.c_proj, ln_2}``), fp16. The released MaMI keeps exactly these names for its
+  backbone, so after dropping ``visual.`` the backbone rows of the mapping table
+  apply unchanged. The OpenAI downloads are TorchScript archives: loading them
+  needs ``allow_torchscript=True`` (see ``torch_io``); a plain state-dict file
+  (``torch.save(model.state_dict())``) or ``.safetensors`` needs nothing.
+- Hugging Face ``CLIPVisionModel`` / ``CLIPModel`` directory (``config.json`` +
+  ``model.safetensors`` or ``pytorch_model.bin``, sharded or not). Names are
+  renamed to the OpenAI layout by ``HF_RENAMES`` and the separate q/k/v
+  projections are fused into ``in_proj`` in q, k, v order. The config must say
+  ``hidden_act="quick_gelu"`` (our model always uses QuickGELU; any other
+  activation would silently change the function, so it is rejected) and its
+  width, depth, heads, patch size, image size and LayerNorm eps must equal ours.
+
+Keys that exist in CLIP but not in MaMI's backbone (``ln_post``, ``proj``, the
+text tower, ``logit_scale``...) are reported as ignored; a missing, mis-shaped or
+unrecognised vision key is an error listing all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from mami_jax.convert import torch_io
+from mami_jax.convert.mapping import (ConversionError, backbone_entries, flatten_params,
+                                      to_numpy, unflatten_params)
+
+# Vision keys of CLIP that MaMI's backbone does not use (after removing "visual.").
+CLIP_UNUSED = ("ln_post.weight", "ln_post.bias", "proj")
+
+# HF vision key (after "vision_model.") -> OpenAI visual key; q/k/v handled separately.
+HF_RENAMES = (
+    (r"embeddings\.class_embedding", "class_embedding"),
+    (r"embeddings\.patch_embedding\.weight", "conv1.weight"),
+    (r"embeddings\.position_embedding\.weight", "positional_embedding"),
+    (r"pre_layrnorm\.(weight|bias)", r"ln_pre.\1"),
+    (r"post_layernorm\.(weight|bias)", r"ln_post.\1"),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+     r"transformer.resblocks.\1.attn.out_proj.\2"),
+    (r"encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2"),
+    (r"encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2"),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2"),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2"),
+)
+_HF_QKV = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+_HF_BUFFERS = ("embeddings.position_ids",)
+
+
+@dataclasses.dataclass
+class ClipImport:
+    params: dict           # full MaMI params: backbone from CLIP, the rest as given
+    loaded: list           # our paths replaced by CLIP weights
+    kept: list             # our paths that kept their initialisation
+    ignored: list          # source keys not used (CLIP-only vision keys, text tower, ...)
+    source_format: str     # "openai" or "huggingface"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def openai_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
+    """OpenAI CLIP state dict -> ({visual key without prefix: array}, ignored keys)."""
+    visual, ignored = {}, []
+    for key, value in state_dict.items():
+        if key.startswith("visual."):
+            visual[key[len("visual."):]] = value
+        else:
+            ignored.append(key)
+    if not visual:
+        raise ConversionError(f"{source}: no 'visual.' keys; is this an OpenAI CLIP checkpoint?",
+                              missing=["visual.*"])
+    return visual, ignored
+
+
+def hf_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
+    """HF CLIP(Vision)Model state dict -> (OpenAI-layout visual dict, ignored keys)."""
+    visual, ignored, qkv, unknown = {}, [], {}, []
+    for key, value in state_dict.items():
+        if not key.startswith("vision_model."):
+            ignored.append(key)
+            continue
+        name = key[len("vision_model."):]
+        if name in _HF_BUFFERS:
+            ignored.append(key)
+            continue
+        match = _HF_QKV.fullmatch(name)
+        if match:
+            layer, proj, kind = match.groups()
+            qkv.setdefault((int(layer), kind), {})[proj] = value
+            continue
+        for pattern, repl in HF_RENAMES:
+            if re.fullmatch(pattern, name):
+                visual[re.sub(pattern, repl, name)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(f"{source}: unrecognised Hugging Face CLIP vision keys", extra=unknown)
+    missing = []
+    for (layer, kind), parts in sorted(qkv.items()):
+        absent = [p for p in "qkv" if p not in parts]
+        if absent:
+            missing += [f"vision_model.encoder.layers.{layer}.self_attn.{p}_proj.{kind}"
+                        for p in absent]
+            continue
+        fused = np.concatenate([to_numpy(parts[p]) for p in "qkv"], axis=0)
+        visual[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = fused
+    if missing:
+        raise ConversionError(f"{source}: incomplete q/k/v projections", missing=missing)
+    if not visual:
+        raise ConversionError(f"{source}: no 'vision_model.' keys; is this a Hugging Face CLIP "
+                              "model?", missing=["vision_model.*"])
+    return visual, ignored
+
+
+def check_hf_config(config: Mapping[str, Any], cfg, source: str) -> None:
+    """Rejects a HF CLIP config whose function differs from our backbone's."""
+    vision = config.get("vision_config", config)
+    act = vision.get("hidden_act", "quick_gelu")
+    if act != "quick_gelu":
+        raise ValueError(
+            f"{source}: hidden_act={act!r}, but MaMI's backbone always uses QuickGELU "
+            "(OpenAI CLIP's activation). Importing these weights would change the function; "
+            "only quick_gelu checkpoints are accepted.")
+    want = {"hidden_size": cfg.width, "num_hidden_layers": cfg.depth,
+            "num_attention_heads": cfg.num_heads, "patch_size": cfg.patch_size,
+            "image_size": cfg.image_size, "intermediate_size": cfg.width * cfg.mlp_ratio,
+            "layer_norm_eps": cfg.layernorm_eps}
+    bad = [f"{k}={vision[k]!r} (model config wants {v!r})" for k, v in want.items()
+           if k in vision and vision[k] != v]
+    if bad:
+        raise ValueError(f"{source}: Hugging Face config does not match the model config: "
+                         + ", ".join(bad))
+    if vision.get("num_channels", 3) != 3:
+        raise ValueError(f"{source}: num_channels={vision['num_channels']}, expected 3")
+
+
+def read_hf_directory(directory: str) -> tuple[dict, dict]:
+    """-> (state dict, config.json) of a HF model directory, read as data only."""
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory}: no config.json; not a Hugging Face model directory")
+    with open(config_path) as f:
+        config = json.load(f)
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_path = os.path.join(directory, index_name)
+        if os.path.isfile(index_path):
+            with open(index_path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(_plain_state_dict(torch_io.load_file(os.path.join(directory, shard)),
+                                               os.path.join(directory, shard)))
+            return state, config
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return _plain_state_dict(torch_io.load_file(path), path), config
+    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def _plain_state_dict(obj, source) -> dict:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise torch_io.CheckpointFileError(f"{source}: not a flat state dict of tensors")
+    return dict(obj)
+
+
+def load_clip_visual(source: str, cfg, *, allow_torchscript: bool = False):
+    """-> (OpenAI-layout visual dict, ignored keys, format) from a file or HF directory."""
+    if os.path.isdir(source):
+        state, config = read_hf_directory(source)
+        check_hf_config(config, cfg, os.path.join(source, "config.json"))
+        visual, ignored = hf_visual(state, source)
+        return visual, ignored, "huggingface"
+    state = _plain_state_dict(torch_io.load_file(source, allow_torchscript=allow_torchscript),
+                              source)
+    if any(k.startswith("vision_model.") for k in state):
+        visual, ignored = hf_visual(state, source)
+        return visual, ignored, "huggingface"
+    visual, ignored = openai_visual(state, source)
+    return visual, ignored, "openai"
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def merge_backbone(params: Mapping, visual: Mapping[str, Any], cfg, *, source: str = "CLIP",
+                   ignored=()) -> ClipImport:
+    """Replaces the backbone leaves of ``params`` by the OpenAI-layout ``visual`` weights."""
+    rows = backbone_entries(cfg)
+    by_key = {e.theirs: e for e in rows}
+    missing = [e.theirs for e in rows if e.theirs not in visual]
+    extra = [k for k in visual if k not in by_key and k not in CLIP_UNUSED]
+    mismatched = [(k, tuple(v.shape), by_key[k].their_shape) for k, v in visual.items()
+                  if k in by_key and tuple(v.shape) != by_key[k].their_shape]
+    if missing or extra or mismatched:
+        raise ConversionError(
+            f"{source}: CLIP vision weights do not fit the backbone of the model config "
+            f"(width={cfg.width}, depth={cfg.depth}, patch_size={cfg.patch_size}, "
+            f"image_size={cfg.image_size})", missing, extra, mismatched)
+    flat = {k: np.asarray(v) for k, v in flatten_params(params).items()}
+    absent = [e.ours for e in rows if e.ours not in flat]
+    if absent:
+        raise ConversionError("params lack backbone entries", missing=absent)
+    loaded = []
+    for e in rows:
+        value = to_numpy(visual[e.theirs]).astype(np.float32)
+        flat[e.ours] = np.ascontiguousarray(e.transform.inv(value))
+        loaded.append(e.ours)
+    kept = [p for p in flat if p not in set(loaded)]
+    ignored = list(ignored) + [f"visual.{k}" for k in visual if k in CLIP_UNUSED]
+    return ClipImport(unflatten_params(flat), loaded, kept, ignored, "")
+
+
+def import_clip(source: str, cfg, params: Mapping, *, allow_torchscript: bool = False
+                ) -> ClipImport:
+    """CLIP weights from ``source`` (file or HF directory) into a copy of ``params``."""
+    visual, ignored, fmt = load_clip_visual(source, cfg, allow_torchscript=allow_torchscript)
+    result = merge_backbone(params, visual, cfg, source=source, ignored=ignored)
+    result.source_format = fmt
+    return result

@@ -1,0 +1,175 @@
+"""Reading and writing PyTorch checkpoint files safely, with errors that name the file.
+
+A checkpoint is data, never code:
+
+- ``.pth``/``.pt``/``.bin`` files are read with ``torch.load(path, map_location="cpu",
+  weights_only=True)``. A pickle that references anything beyond tensors and plain
+  containers (a class, a function such as ``os.system``) is refused with
+  ``UnsafeCheckpointError``; we never retry with ``weights_only=False``.
+- ``.safetensors`` files are read with ``safetensors`` (no pickle at all).
+- TorchScript archives (OpenAI's CLIP files are TorchScript) hold TorchScript code
+  that ``torch.jit.load`` compiles and can run, so they are refused unless the
+  caller opts in with ``allow_torchscript=True`` (CLI: ``--allow-torchscript``);
+  then ``torch.jit.load(path, map_location="cpu").state_dict()`` is used and
+  nothing else of the archive is called. Only opt in for files you trust.
+- Truncated or corrupt files raise ``CorruptCheckpointError`` naming the file.
+
+Writing is atomic (temporary file in the same directory, then ``os.replace``), so
+an interrupted export never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that cannot be read as a state dict."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
+    """The file carries code (a pickle of arbitrary objects, or TorchScript)."""
+
+
+class CorruptCheckpointError(CheckpointFileError):
+    """The file is truncated, empty or otherwise unreadable."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading or writing PyTorch checkpoints needs torch; install it "
+                          "with `pip install torch==2.13.0` (CPU build is enough)") from e
+    return torch
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """A zip whose entries include TorchScript code (``<name>/code/...``, constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+
+
+def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
+    """Loads a checkpoint file as data: a dict (possibly nested) of tensors/arrays.
+
+    ``.safetensors`` -> flat dict of torch tensors (numpy arrays if torch is absent);
+    other files -> whatever the weights-only unpickler returns.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CorruptCheckpointError(f"{path}: file is empty")
+    if path.endswith(".safetensors"):
+        return _load_safetensors(path)
+    if is_torchscript_archive(path):
+        if not allow_torchscript:
+            raise UnsafeCheckpointError(
+                f"{path} is a TorchScript archive: it contains code that torch.jit.load would "
+                "compile. Refusing to load it by default. If you trust the file (e.g. the "
+                "official OpenAI CLIP download), pass allow_torchscript=True "
+                "(CLI: --allow-torchscript).")
+        torch = _torch()
+        try:
+            module = torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - re-raised with the file name
+            raise CorruptCheckpointError(f"{path}: cannot read TorchScript archive: {e}") from e
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    torch = _torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "GLOBAL" in msg:
+            detail = [line for line in msg.splitlines() if "GLOBAL" in line or "Unsupported" in line]
+            raise UnsafeCheckpointError(
+                f"{path} carries more than tensors (a pickled object or code); refusing to "
+                f"load it. A checkpoint must be plain data. "
+                f"{detail[0].strip() if detail else msg.splitlines()[0]}") from e
+        raise CorruptCheckpointError(f"{path}: unreadable pickle ({msg})") from e
+    except (EOFError, RuntimeError, zipfile.BadZipFile) as e:
+        raise CorruptCheckpointError(
+            f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e
+
+
+def _load_safetensors(path: str) -> dict:
+    try:
+        import safetensors
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("reading .safetensors needs `pip install safetensors`") from e
+    try:
+        _torch()
+        framework = "pt"
+    except ImportError:  # pragma: no cover
+        framework = "numpy"
+    try:
+        out = {}
+        with safetensors.safe_open(path, framework=framework) as f:
+            for key in f.keys():
+                out[key] = f.get_tensor(key)
+        return out
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CorruptCheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+
+
+def read_safetensors_metadata(path: str) -> dict:
+    import safetensors
+    try:
+        with safetensors.safe_open(path, framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001
+        raise CorruptCheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
+
+
+def _atomic_target(path: str):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return tmp
+
+
+def _as_tensors(state_dict: Mapping[str, Any]):
+    torch = _torch()
+    return {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
+            for k, v in state_dict.items()}
+
+
+def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
+                    extra: Mapping[str, str] | None = None) -> None:
+    """Writes ``state_dict`` atomically; the format follows the extension.
+
+    ``.safetensors``: a flat tensor file, ``extra`` stored as string metadata.
+    Anything else: ``torch.save({"model": state_dict, **extra})`` (the released
+    checkpoint's layout is ``{"model": ...}``; ``extra`` holds plain strings only,
+    so the file still loads with ``weights_only=True``).
+    """
+    path = os.fspath(path)
+    tensors = _as_tensors(state_dict)
+    tmp = _atomic_target(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                      metadata=dict(extra or {}))
+        else:
+            torch = _torch()
+            torch.save({"model": tensors, **dict(extra or {})}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
