@@ -1,0 +1,276 @@
+"""The embedded synthetic benchmark: longitudinal phantom patients in five modalities.
+
+No real medical dataset can ship with the code, so this module generates a
+small re-identification benchmark that the whole pipeline can run on with no
+downloads::
+
+    python -m mami_jax.data.phantoms --out DIR [--patients 60 --visits 4 --seed 0]
+    python -m mami_jax.data.phantoms --preview FILE.png
+
+It writes the images plus ``manifest.csv`` (the common manifest, dataset
+"phantoms", paths relative to the manifest's folder), ``labels.csv`` (the
+disease label of each image for the history-augmented diagnosis
+application) and ``phantoms.json`` (the generation parameters).
+
+Design (why it is honest and learnable):
+- every patient has persistent anatomy drawn from the patient's own seed
+  (``phantom_anatomy/<modality>.py`` lists the identity factors of each);
+- every visit redraws pose, exposure/contrast/window, scanner style, noise
+  and the disease, so global intensity statistics do not identify a patient:
+  nearest neighbour on (mean, std, 32-bin histogram) has a low Rank-1 while a
+  structural descriptor (a standardised 16x16 thumbnail) has a high one, see
+  ``benchmarks/phantom_baselines.py``;
+- identity cues are coarse spatial structure (organ shapes and positions,
+  rib and vessel patterns, cortical folds, cell morphology) that survives
+  downscaling to 64-96 px, and pose jitter is moderate (a few degrees, a few
+  percent), so a small ViT can learn them.
+
+Default size, and why: 60 patients x 4 visits. Each patient appears in 1-3
+modalities (1: 10%, 2: 30%, 3: 60%, always filling the least-used
+modalities first), which gives 30 patients per modality and 600 images or
+series in all; the patient-disjoint split (60/10/30%) leaves about 9 test
+patients (36 test queries) per modality. Four visits give every test query
+three same-patient images in its gallery. At 128 px and 16 slices this
+generates in well under a minute on 2 cores (CT and MRI series dominate).
+
+Splits are assigned here by a stable hash of (patient_id, seed) (sha256, not
+Python's salted ``hash``), because the general ``splits.assign_splits`` is
+written elsewhere; the fractions are train 0.6 / val 0.1 / test 0.3.
+
+Determinism: every patient, modality and visit draws from its own generator
+keyed by (seed, patient index, modality, visit), so the same arguments give
+byte-identical files, and adding patients or visits leaves the existing
+ones unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
+from mami_jax.data.phantom_anatomy import common, ct, disease, fundus, io, mri, pathology, xray
+
+#: Bump when the generated content changes, so stale caches are not reused.
+VERSION = 1
+DATASET = "phantoms"
+RENDERERS = {"xray": xray, "ct": ct, "mri": mri, "fundus": fundus, "pathology": pathology}
+VIEWS = {"xray": "PA", "ct": "axial", "mri": "axial", "pathology": "HE"}
+SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.1), ("test", 0.3))
+MODALITY_COUNT_P = (0.1, 0.3, 0.6)   # P(1, 2 or 3 modalities per patient)
+LABEL_COLUMNS = ("image_id", "patient_id", "modality", "order", "disease_stage", "disease_label")
+DEFAULTS = dict(patients=100, visits=4, seed=0, image_size=128, slices=16)
+
+# spawn keys of the generators (see common.rng_for); modality keys are 1 + index in MODALITIES
+_KEY_ASSIGN = 1_000_001
+_KEY_DISEASE = 99
+
+
+def patient_id(index: int) -> str:
+    return f"P{index:04d}"
+
+
+def assign_split(pid: str, seed: int) -> str:
+    """Patient-level split from a stable hash of (patient_id, seed)."""
+    digest = hashlib.sha256(f"{pid}:{seed}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    acc = 0.0
+    for name, frac in SPLIT_FRACTIONS:
+        acc += frac
+        if u < acc:
+            return name
+    return SPLIT_FRACTIONS[-1][0]
+
+
+def assign_modalities(patients: int, seed: int) -> list[tuple[str, ...]]:
+    """Modalities of each patient: 1-3 of them, the least used first within the patient's split.
+
+    Balancing within the split keeps the test patients spread evenly over
+    the modalities (a plain random draw leaves some modality with a handful).
+    Ties are broken at random. Sequential over patients, so patient i's
+    modalities do not depend on how many patients follow.
+    """
+    rng = common.rng_for(seed, _KEY_ASSIGN)
+    counts = {(s, m): 0 for s, _ in SPLIT_FRACTIONS for m in MODALITIES}
+    out = []
+    for index in range(patients):
+        split = assign_split(patient_id(index), seed)
+        k = int(rng.choice((1, 2, 3), p=MODALITY_COUNT_P))
+        order = rng.permutation(len(MODALITIES))
+        ranked = sorted(order, key=lambda i: counts[split, MODALITIES[i]])  # stable: ties stay random
+        chosen = tuple(sorted((MODALITIES[i] for i in ranked[:k]), key=MODALITIES.index))
+        for m in chosen:
+            counts[split, m] += 1
+        out.append(chosen)
+    return out
+
+
+def plan(patients: int, visits: int, seed: int) -> list[tuple[str, tuple[str, ...], list[int]]]:
+    """(patient_id, modalities, disease stage per visit) of every patient, before any rendering."""
+    modalities = assign_modalities(patients, seed)
+    return [(patient_id(i), modalities[i], disease.disease_course(common.rng_for(seed, i, _KEY_DISEASE), visits))
+            for i in range(patients)]
+
+
+def _render_series(job):
+    """Renders and writes every visit of one (patient, modality); returns manifest and label rows."""
+    root, index, modality, course, seed, size, slices = job
+    pid = patient_id(index)
+    mkey = 1 + MODALITIES.index(modality)
+    module = RENDERERS[modality]
+    anat = module.make_anatomy(common.rng_for(seed, index, mkey, 0), size)
+    view = anat.eye if modality == "fundus" else VIEWS[modality]
+    rows, labels = [], []
+    for visit, stage in enumerate(course):
+        rng = common.rng_for(seed, index, mkey, visit + 1)
+        sev = disease.severity(rng, stage)
+        extra = (slices,) if modality in ("ct", "mri") else ()
+        data = module.render(anat, rng, sev, size, *extra)
+        rel = io.relative_path(modality, pid, visit)
+        io.write(modality, os.path.join(root, rel), data, jpeg_quality=int(rng.integers(80, 96)))
+        image_id = f"{pid}_{modality}_v{visit}"
+        rows.append(ManifestRow(image_id=image_id, patient_id=pid, study_id=f"{modality}_v{visit}",
+                                order=str(visit), modality=modality, dataset=DATASET, view=view,
+                                path=rel, split=assign_split(pid, seed)))
+        labels.append((image_id, pid, modality, str(visit), str(stage), str(int(stage > 0))))
+    return rows, labels
+
+
+def _check_args(patients, visits, seed, image_size, slices):
+    for name, value, low in (("patients", patients, 1), ("visits", visits, 1), ("seed", seed, 0),
+                             ("image_size", image_size, 16), ("slices", slices, 1)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"phantoms: {name} must be an integer >= {low}, got {value!r}")
+
+
+def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
+             seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
+             slices: int = DEFAULTS["slices"], workers: int | None = None) -> str:
+    """Generates the benchmark into ``out_dir`` (absent or empty); returns the manifest path.
+
+    Everything is written into a temporary sibling folder that is renamed to
+    ``out_dir`` only when complete, so an interrupted run never leaves a
+    partial benchmark at ``out_dir``. ``workers`` processes render in
+    parallel (default: up to 4, the CPU count); the output does not depend on it.
+    """
+    _check_args(patients, visits, seed, image_size, slices)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"phantoms: output folder {out_dir} exists and is not empty")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        patients_plan = plan(patients, visits, seed)
+        jobs = [(tmp, index, modality, course, seed, image_size, slices)
+                for index, (_, mods, course) in enumerate(patients_plan) for modality in mods]
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        if workers > 1:
+            # spawn, not fork: the caller may have started JAX's threads
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                results = list(pool.map(_render_series, jobs, chunksize=2))
+        else:
+            results = [_render_series(job) for job in jobs]
+        rows = [r for rs, _ in results for r in rs]
+        labels = [lab for _, ls in results for lab in ls]
+        write_manifest(rows, os.path.join(tmp, "manifest.csv"))
+        with open(os.path.join(tmp, "labels.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(LABEL_COLUMNS)
+            writer.writerows(labels)
+        params = dict(version=VERSION, patients=patients, visits=visits, seed=seed,
+                      image_size=image_size, slices=slices)
+        with open(os.path.join(tmp, "phantoms.json"), "w") as f:
+            json.dump(dict(params, images=len(rows),
+                           patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)
+                                                  for m in MODALITIES}),
+                      f, indent=1, sort_keys=True)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)         # empty (checked above); fails if someone filled it meanwhile
+        os.rename(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(out_dir) and os.listdir(out_dir):
+            raise FileExistsError(f"phantoms: {out_dir} was filled by another process") from e
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out_dir, "manifest.csv")
+
+
+def cache_key(patients, visits, seed, image_size, slices) -> str:
+    return f"phantoms-v{VERSION}-p{patients}-v{visits}-s{seed}-i{image_size}-t{slices}"
+
+
+def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
+                    seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
+                    slices: int = DEFAULTS["slices"], workers: int | None = None) -> str:
+    """Returns the manifest of the cached benchmark, generating it on first use.
+
+    The cache folder name holds the format version and every generation
+    parameter; a folder only exists there once complete (see ``generate``),
+    so an existing one is reused as is. Its ``phantoms.json`` is checked
+    against the parameters to catch a hand-edited cache.
+    """
+    _check_args(patients, visits, seed, image_size, slices)
+    target = os.path.join(os.path.abspath(cache_dir), cache_key(patients, visits, seed, image_size, slices))
+    manifest = os.path.join(target, "manifest.csv")
+    if not os.path.isfile(manifest):
+        try:
+            generate(target, patients=patients, visits=visits, seed=seed, image_size=image_size,
+                     slices=slices, workers=workers)
+        except FileExistsError:
+            if not os.path.isfile(manifest):   # someone else finished first: fine; anything else is not
+                raise
+    with open(os.path.join(target, "phantoms.json")) as f:
+        meta = json.load(f)
+    expected = dict(version=VERSION, patients=patients, visits=visits, seed=seed,
+                    image_size=image_size, slices=slices)
+    wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if wrong:
+        raise ValueError(f"phantoms: cache {target} does not match its parameters "
+                         f"(found, expected): {wrong}; delete the folder to regenerate")
+    return manifest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mami_jax.data.phantoms", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (absent or empty)")
+    parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")
+    parser.add_argument("--patients", type=int, default=DEFAULTS["patients"])
+    parser.add_argument("--visits", type=int, default=DEFAULTS["visits"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--slices", type=int, default=DEFAULTS["slices"])
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
+    args = parser.parse_args(argv)
+    if bool(args.out) == bool(args.preview):
+        parser.error("give exactly one of --out DIR or --preview FILE.png")
+    if args.preview:
+        from mami_jax.data.phantom_anatomy import preview
+        preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
+                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
+        print(f"wrote {args.preview}")
+        return 0
+    manifest = generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
+                        image_size=args.image_size, slices=args.slices, workers=args.workers)
+    print(f"wrote {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Tests of the synthetic benchmark (mami_jax.data.phantoms and phantom_anatomy).
+
+Tiny sizes throughout (32-64 px, 2-4 slices) so the file runs in seconds.
+"""
+
+import csv
+import hashlib
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from mami_jax.data import phantoms
+from mami_jax.data.manifest import MODALITIES, read_manifest
+from mami_jax.data.phantom_anatomy import baselines, common, disease, io
+
+TINY = dict(patients=6, visits=2, seed=3, image_size=32, slices=2, workers=1)
+
+
+def _tree_bytes(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return phantoms.generate(str(tmp_path_factory.mktemp("tiny") / "ph"), **TINY)
+
+
+# ---------------------------------------------------------------- determinism
+
+def test_same_arguments_same_bytes(tiny, tmp_path):
+    again = phantoms.generate(str(tmp_path / "again"), **TINY)
+    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(again))
+    assert sorted(a) == sorted(b)
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    assert len(a) > 20
+
+
+def test_worker_count_does_not_change_output(tiny, tmp_path):
+    par = phantoms.generate(str(tmp_path / "par"), **dict(TINY, workers=2))
+    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(par))
+    assert a == b
+
+
+def test_other_seed_other_images(tiny, tmp_path):
+    other = phantoms.generate(str(tmp_path / "other"), **dict(TINY, seed=4))
+    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(other))
+    images = [k for k in a if k in b and not k.endswith((".csv", ".json"))]
+    assert sum(a[k] != b[k] for k in images) == len(images)
+    assert a["manifest.csv"] != b["manifest.csv"]
+
+
+def test_more_patients_and_visits_keep_existing_ones(tiny, tmp_path):
+    bigger = phantoms.generate(str(tmp_path / "big"), **dict(TINY, patients=8, visits=3))
+    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(bigger))
+    images = [k for k in a if not k.endswith((".csv", ".json"))]
+    assert images and all(a[k] == b[k] for k in images)
+
+
+# ---------------------------------------------------------------- manifest and files
+
+def test_manifest_files_decode_to_stated_shapes(tiny):
+    rows = read_manifest(tiny)
+    s, t = TINY["image_size"], TINY["slices"]
+    assert {r.dataset for r in rows} == {"phantoms"}
+    seen = set()
+    for r in rows:
+        assert os.path.exists(r.path), r.path
+        seen.add(r.modality)
+        if r.modality == "xray":
+            with Image.open(r.path) as im:
+                assert im.format == "PNG" and im.mode == "I;16" and im.size == (s, s)
+        elif r.modality in ("fundus", "pathology"):
+            with Image.open(r.path) as im:
+                assert im.format == ("JPEG" if r.modality == "fundus" else "PNG")
+                assert im.mode == "RGB" and im.size == (s, s)
+            assert r.view in (("left", "right") if r.modality == "fundus" else ("HE",))
+        elif r.modality == "ct":
+            img = nib.load(r.path)
+            assert img.shape == (s, s, t) and img.get_data_dtype() == np.int16
+            spacing = np.diag(img.affine)[:3]
+            assert np.all(spacing > 0) and spacing[0] == spacing[1]
+            hu = np.asarray(img.dataobj)
+            assert hu.min() >= -1024 and hu.max() > 0      # air and tissue in Hounsfield units
+        elif r.modality == "mri":
+            names = sorted(os.listdir(r.path))
+            assert names == [f"slice_{k:03d}.png" for k in range(t)]
+            for n in names:
+                with Image.open(os.path.join(r.path, n)) as im:
+                    assert im.mode == "L" and im.size == (s, s)
+    assert seen == set(MODALITIES)
+    # every image of a patient is in its own study, ordered by visit
+    for r in rows:
+        assert r.study_id == f"{r.modality}_v{r.order}" and r.image_id.startswith(r.patient_id)
+
+
+def test_io_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = {
+        "xray": rng.integers(0, 65536, (8, 8)).astype(np.uint16),
+        "pathology": rng.integers(0, 256, (8, 8, 3)).astype(np.uint8),
+        "mri": rng.integers(0, 256, (3, 8, 8)).astype(np.uint8),
+        "ct": (rng.integers(-1024, 3000, (3, 8, 8)).astype(np.int16), (5.0, 0.7, 0.7)),
+    }
+    for modality, data in cases.items():
+        path = str(tmp_path / f"x{io.EXTENSIONS[modality]}")
+        io.write(modality, path, data)
+        back = io.read_raw(modality, path)
+        expected = data[0] if modality == "ct" else data
+        assert back.dtype == expected.dtype and np.array_equal(back, expected), modality
+    assert np.allclose(np.diag(nib.load(str(tmp_path / "x.nii.gz")).affine)[:3], (0.7, 0.7, 5.0))
+    with pytest.raises(TypeError, match="uint16"):
+        io.write("xray", str(tmp_path / "bad.png"), np.zeros((4, 4), np.uint8))
+
+
+def test_labels_cover_every_image_and_follow_the_plan(tiny):
+    rows = read_manifest(tiny)
+    with open(os.path.join(os.path.dirname(tiny), "labels.csv")) as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == phantoms.LABEL_COLUMNS
+        labels = {r["image_id"]: r for r in reader}
+    assert set(labels) == {r.image_id for r in rows}
+    plan = {pid: (mods, course) for pid, mods, course in
+            phantoms.plan(TINY["patients"], TINY["visits"], TINY["seed"])}
+    for r in rows:
+        mods, course = plan[r.patient_id]
+        assert r.modality in mods
+        lab = labels[r.image_id]
+        assert int(lab["disease_stage"]) == course[int(r.order)]
+        assert int(lab["disease_label"]) == int(course[int(r.order)] > 0)
+    meta = json.load(open(os.path.join(os.path.dirname(tiny), "phantoms.json")))
+    assert meta["images"] == len(rows) and meta["version"] == phantoms.VERSION
+
+
+# ---------------------------------------------------------------- splits and modalities
+
+def test_split_is_patient_disjoint_and_a_stable_hash(tiny):
+    rows = read_manifest(tiny)   # read_manifest itself rejects a patient in two splits
+    for r in rows:
+        u = int.from_bytes(hashlib.sha256(f"{r.patient_id}:{TINY['seed']}".encode()).digest()[:8], "big") / 2 ** 64
+        assert r.split == ("train" if u < 0.6 else "val" if u < 0.7 else "test")
+    splits = [phantoms.assign_split(f"P{i:04d}", 0) for i in range(5000)]
+    for name, frac in phantoms.SPLIT_FRACTIONS:
+        assert abs(splits.count(name) / 5000 - frac) < 0.025
+
+
+def test_modalities_balanced_within_each_split_and_prefix_stable():
+    mods = phantoms.assign_modalities(100, 0)
+    assert all(1 <= len(m) <= 3 and len(set(m)) == len(m) for m in mods)
+    for split, _ in phantoms.SPLIT_FRACTIONS:
+        counts = [sum(m in mods[i] for i in range(100)
+                      if phantoms.assign_split(phantoms.patient_id(i), 0) == split) for m in MODALITIES]
+        assert max(counts) - min(counts) <= 1, (split, counts)
+    assert phantoms.assign_modalities(40, 0) == mods[:40]
+    # the default benchmark: about 50 patients and 12 test patients per modality
+    assert sum("ct" in m for m in mods) >= 45
+
+
+# ---------------------------------------------------------------- disease course
+
+def test_disease_course_rules():
+    for p in range(300):
+        course = disease.disease_course(common.rng_for(0, p, 99), 6)
+        assert all(0 <= s <= 3 for s in course)
+        assert all(abs(b - a) <= 1 for a, b in zip(course, course[1:]))
+    assert disease.severity(np.random.default_rng(0), 0) == 0.0
+    sev = [disease.severity(np.random.default_rng(i), 2) for i in range(50)]
+    assert min(sev) >= 1.0 and max(sev) <= 2.0
+
+
+def test_history_predicts_the_label_better_than_the_marginal():
+    """On generated plans: label(v) = label(v-1) beats always answering the majority label."""
+    pairs, labels = [], []
+    for _, _, course in phantoms.plan(600, 4, seed=0):
+        lab = [int(s > 0) for s in course]
+        labels += lab[1:]
+        pairs += list(zip(lab[:-1], lab[1:]))
+    prev = np.array(pairs)
+    acc_history = np.mean(prev[:, 0] == prev[:, 1])
+    majority = max(np.mean(labels), 1 - np.mean(labels))
+    assert acc_history > majority + 0.2, (acc_history, majority)
+    # persistence: once diseased, nearly always still diseased at the next visit
+    sick = prev[prev[:, 0] == 1]
+    assert np.mean(sick[:, 1]) > 0.9
+
+
+# ---------------------------------------------------------------- baselines
+
+def test_rank1_hand_worked_example():
+    # patients A, A, B, B, C on a line; A's two images share a study, so A's
+    # query has no positive left in its gallery and is skipped
+    feats = np.array([[0.0], [0.1], [1.0], [1.05], [0.5]])
+    pats = ["A", "A", "B", "B", "C"]
+    studies = ["A/1", "A/1", "B/1", "B/2", "C/1"]
+    r1, used, skipped = baselines.rank1(feats, pats, studies)
+    assert (used, skipped) == (2, 3)       # only B's two images are queries
+    assert r1 == 1.0
+    # ties go to the first gallery item. A at 0, B at 1, A at -1:
+    # query 0 sees B and A both at distance 1 and picks B (index 1): miss;
+    # query 2's nearest is A at index 0: hit; B has no positive: skipped.
+    r1, used, skipped = baselines.rank1(np.array([[0.0], [1.0], [-1.0]]), ["A", "B", "A"], ["1", "2", "3"])
+    assert (r1, used, skipped) == (0.5, 2, 1)
+
+
+def test_intensity_features_by_hand():
+    img = np.array([[0.0, 0.0], [1.0, 0.5]])
+    f = baselines.intensity_features(img, "xray")
+    assert f[0] == pytest.approx(0.375) and f[1] == pytest.approx(np.std([0, 0, 1, 0.5]))
+    hist = f[2:]
+    assert hist.shape == (32,) and hist[0] == 0.5 and hist[16] == 0.25 and hist[31] == 0.25
+
+
+def test_identity_is_in_the_structure_not_the_intensity(tmp_path):
+    """Small set: structural NN finds the patient, intensity-statistics NN mostly does not."""
+    manifest = phantoms.generate(str(tmp_path / "id"), patients=16, visits=3, seed=0, image_size=64,
+                                 slices=4, workers=1)
+    res = baselines.evaluate_manifest(manifest, split="all")
+    assert set(res) == set(MODALITIES)
+    for m, r in res.items():
+        intensity = max(r["intensity_z"], r["intensity_raw"])
+        assert r["structural"] >= intensity + 0.25, (m, r)
+        assert r["structural"] >= 0.45, (m, r)
+        assert intensity <= 0.3, (m, r)
+
+
+# ---------------------------------------------------------------- cache and atomicity
+
+def test_ensure_reuses_the_cache(tmp_path, monkeypatch):
+    kw = dict(patients=3, visits=2, seed=1, image_size=32, slices=2, workers=1)
+    first = phantoms.ensure_phantoms(str(tmp_path), **kw)
+    assert os.path.basename(os.path.dirname(first)) == phantoms.cache_key(3, 2, 1, 32, 2)
+    stamp = os.stat(first).st_mtime_ns
+
+    def boom(*a, **k):
+        raise AssertionError("regenerated a finished cache")
+    monkeypatch.setattr(phantoms, "generate", boom)
+    assert phantoms.ensure_phantoms(str(tmp_path), **kw) == first
+    assert os.stat(first).st_mtime_ns == stamp
+    with pytest.raises(AssertionError, match="regenerated"):   # other parameters: another cache
+        phantoms.ensure_phantoms(str(tmp_path), **dict(kw, seed=2))
+
+
+def test_ensure_rejects_a_cache_that_does_not_match(tmp_path):
+    kw = dict(patients=2, visits=1, seed=0, image_size=32, slices=1, workers=1)
+    manifest = phantoms.ensure_phantoms(str(tmp_path), **kw)
+    meta_path = os.path.join(os.path.dirname(manifest), "phantoms.json")
+    meta = json.load(open(meta_path))
+    meta["seed"] = 9
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ValueError, match="does not match"):
+        phantoms.ensure_phantoms(str(tmp_path), **kw)
+
+
+def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = phantoms.RENDERERS["mri"].render
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("disk on fire")
+        return real(*a, **k)
+    monkeypatch.setattr(phantoms.RENDERERS["mri"], "render", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        phantoms.ensure_phantoms(str(tmp_path), patients=6, visits=2, seed=0, image_size=32, slices=2,
+                                 workers=1)
+    assert os.listdir(tmp_path) == []      # no half cache, no temporary folder
+    monkeypatch.setattr(phantoms.RENDERERS["mri"], "render", real)
+    # a killed run's leftover temporary folder does not count as a cache and is not in the way
+    key = phantoms.cache_key(6, 2, 0, 32, 2)
+    os.makedirs(tmp_path / f".{key}.tmp-killed" / "mri")
+    manifest = phantoms.ensure_phantoms(str(tmp_path), patients=6, visits=2, seed=0, image_size=32, slices=2,
+                                        workers=1)
+    assert os.path.dirname(manifest) == str(tmp_path / key)
+    assert len(read_manifest(manifest)) > 0
+
+
+def test_generate_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        phantoms.generate(str(tmp_path / "full"), patients=1, visits=1, image_size=32, slices=1, workers=1)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="visits"):
+        phantoms.generate(str(tmp_path / "x"), patients=1, visits=0)
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_out_and_preview(tmp_path, capsys):
+    assert phantoms.main(["--out", str(tmp_path / "cli"), "--patients", "2", "--visits", "1",
+                          "--image-size", "32", "--slices", "1", "--workers", "1"]) == 0
+    assert os.path.exists(tmp_path / "cli" / "manifest.csv")
+    png = tmp_path / "prev.png"
+    assert phantoms.main(["--preview", str(png), "--preview-rows", "1", "--visits", "2",
+                          "--image-size", "32", "--slices", "2"]) == 0
+    from mami_jax.data.phantom_anatomy import preview
+    with Image.open(png) as im:
+        assert im.width == preview.LABEL_W + 2 * 32
+        assert im.height == len(MODALITIES) * (32 + preview.CAPTION_H)
+    with pytest.raises(SystemExit):
+        phantoms.main([])
