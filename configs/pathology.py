@@ -1,0 +1,10 @@
+"""Single-modality baseline: MaMI trained and evaluated on pathology images only.
+
+    python -m mami_jax.main --config=configs/pathology.py[:runlocal] --workdir=DIR
+"""
+
+from mami_jax.config_base import base_config, parse_arg
+
+
+def get_config(arg=None):
+    return base_config(modalities=("pathology",), runlocal=bool(parse_arg(arg).get("runlocal")))

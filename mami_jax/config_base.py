@@ -1,0 +1,147 @@
+"""The experiment configuration shared by every file in ``configs/``.
+
+``base_config(modalities, runlocal)`` builds the whole locked ConfigDict: model,
+data, phantoms, initialisation, optimiser, losses, training loop, mesh and
+partition rules, evaluation. The files in ``configs/`` only choose modalities and
+override a few values, so there is one recipe, not one fork per experiment.
+
+The paper's recipe (AdamW, lr 5e-6, weight decay 0.05, 20 epochs, rank 16,
+16 codes, alignment weight 0.01, soft-margin triplet + identity cross-entropy,
+CLIP ViT-B/16 initialisation) is the default. ``runlocal`` shrinks everything so
+the job trains on a 2-core CPU in minutes on the synthetic phantoms.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from mami_jax.data.config import default_data_config
+from mami_jax.models.config import default_config as default_model_config
+
+#: Where the OpenAI CLIP ViT-B/16 checkpoint is looked for by default.
+DEFAULT_CLIP_PATH = os.path.join("~", ".cache", "mami_jax", "ViT-B-16.pt")
+
+#: Tensor-parallel partition rules: (regex on the parameter path, PartitionSpec
+#: entries). The first match wins; the last rule replicates everything else.
+#: Paths look like "mami/block_3/attn/qkv/kernel" (optimizer state paths end the same).
+DEFAULT_PARTITION_RULES = (
+    (r".*/attn/qkv/kernel$", (None, "model")),
+    (r".*/attn/out/kernel$", ("model", None)),
+    (r".*/mlp/fc/kernel$", (None, "model")),
+    (r".*/mlp/proj/kernel$", ("model", None)),
+    (r".*/(q|k|v|fc)_(down|up)/out/kernel$", (None, None, "model")),
+    (r".*", ()),
+)
+
+
+def base_config(modalities: tuple = (), runlocal: bool = False) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.modalities = tuple(modalities)  # keep only these modalities; () = all
+
+    c.model = default_model_config()
+    c.data = default_data_config()
+
+    # Synthetic phantoms: the data whenever data.manifest is "".
+    c.phantoms = ml_collections.ConfigDict()
+    c.phantoms.cache_dir = ""  # "" = WORKDIR/phantoms
+    c.phantoms.patients = 60
+    c.phantoms.visits = 4
+    c.phantoms.seed = 0
+    c.phantoms.image_size = 128
+    c.phantoms.slices = 16
+
+    c.init = ml_collections.ConfigDict()
+    c.init.clip_checkpoint = DEFAULT_CLIP_PATH  # OpenAI archive, state dict, or HF folder
+    c.init.official_checkpoint = ""  # the authors' released .pth (overrides CLIP)
+    c.init.require_pretrained = True  # False: random init when no checkpoint is found
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 5e-6
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.warmup_steps = 500
+    c.optim.schedule = "cosine"  # or "constant"
+    c.optim.grad_clip_norm = 1.0  # 0 = no clipping
+    c.optim.grad_accum_steps = 1
+    c.optim.classifier_lr_multiplier = 10.0  # the new identity classifier starts from scratch
+    c.optim.freeze = ()  # regexes on parameter paths that are not trained
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.id_weight = 1.0
+    c.loss.triplet_weight = 1.0
+    c.loss.align_weight = 0.01  # used once teacher features are configured
+    c.loss.label_smoothing = 0.1
+    c.loss.triplet_normalize = False
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 20
+    c.train.total_steps = 0  # > 0 overrides num_epochs
+    c.train.log_every = 50
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 3
+    c.train.eval_every = 0  # 0 = only at the end
+    c.train.eval_at_start = True  # metrics of the untrained model, for comparison
+    c.train.debug_kill_at_step = -1  # SIGKILL after this step's checkpoint (resume tests)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all devices not used by the other axis
+    c.mesh.model = 1
+    c.partition_rules = DEFAULT_PARTITION_RULES
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.protocols = ("reid", "history")
+    c.eval.split = "test"
+    c.eval.metric = "cosine"
+    c.eval.chunk_size = 1024
+    c.eval.ks = (1, 5, 10)
+    c.eval.far = 1e-3
+    c.eval.verification = True
+    c.eval.num_negatives = 200_000
+
+    if runlocal:
+        _shrink_for_cpu(c)
+    c.lock()
+    return c
+
+
+def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
+    """A small ViT on small phantom images: trains on a 2-core CPU in minutes."""
+    m = c.model
+    m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 64
+    m.rank, m.num_codes, m.generator_hidden = 8, 8, (64, 32)
+    m.qkv_groups, m.mlp_groups, m.adapter_width = 8, 16, 32
+    d = c.data
+    d.image_size, d.resize_size, d.num_slices = 64, 72, 4
+    d.patients_per_batch, d.images_per_patient = 8, 4
+    d.eval_batch_size = 32
+    c.phantoms.patients = 160
+    c.init.clip_checkpoint = ""
+    c.init.require_pretrained = False
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 50
+    c.optim.classifier_lr_multiplier = 1.0
+    c.train.num_epochs = 0
+    c.train.total_steps = 600
+    c.train.log_every = 20
+    c.train.checkpoint_every = 200
+    c.eval.chunk_size = 256
+    c.eval.num_negatives = 20_000
+
+
+def parse_arg(arg: str | None) -> dict:
+    """"runlocal" and "key=value" words separated by commas, e.g. "runlocal,modality=xray"."""
+    out = {}
+    for word in (arg or "").split(","):
+        word = word.strip()
+        if not word:
+            continue
+        key, _, value = word.partition("=")
+        out[key] = value if _ else True
+    unknown = set(out) - {"runlocal"}
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal")
+    return out

@@ -1,0 +1,47 @@
+"""The rows a run works on: the configured manifest, or the cached synthetic phantoms.
+
+``load_rows(config, workdir)`` reads ``config.data.manifest`` (assigning
+patient-disjoint splits when the manifest has none) or, when it is "", generates
+the phantoms once into ``config.phantoms.cache_dir`` (default WORKDIR/phantoms)
+and reads their manifest. ``config.modalities`` keeps only the listed modalities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mami_jax.data.manifest import MODALITIES, ManifestRow, read_manifest, validate_rows
+from mami_jax.data.phantoms import ensure_phantoms
+from mami_jax.data.splits import assign_splits
+
+
+def manifest_path(config, workdir: str) -> str:
+    if config.data.manifest:
+        return os.path.expanduser(config.data.manifest)
+    ph = config.phantoms
+    cache = os.path.expanduser(ph.cache_dir) if ph.cache_dir else os.path.join(workdir, "phantoms")
+    logging.info("no data.manifest configured: using the synthetic phantoms in %s", cache)
+    return ensure_phantoms(cache, patients=ph.patients, visits=ph.visits, seed=ph.seed,
+                           image_size=ph.image_size, slices=ph.slices)
+
+
+def load_rows(config, workdir: str) -> list[ManifestRow]:
+    path = manifest_path(config, workdir)
+    rows = read_manifest(path)
+    if any(not r.split for r in rows):
+        unassigned = sum(not r.split for r in rows)
+        if unassigned != len(rows):
+            raise ValueError(f"{path}: {unassigned} of {len(rows)} rows have no split; assign "
+                             "all or none (none: splits are derived from the patient ids)")
+        rows = assign_splits(rows, dict(config.data.split_fractions), config.data.split_seed)
+    wanted = tuple(config.modalities)
+    unknown = [m for m in wanted if m not in MODALITIES]
+    if unknown:
+        raise ValueError(f"config.modalities has unknown {unknown}; known: {MODALITIES}")
+    if wanted:
+        rows = [r for r in rows if r.modality in wanted]
+        if not rows:
+            raise ValueError(f"{path}: no rows of modalities {wanted}")
+    validate_rows(rows, source=path)
+    return rows

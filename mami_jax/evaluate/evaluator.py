@@ -1,0 +1,112 @@
+"""Embeds the evaluation split and scores it per dataset, modality and protocol.
+
+Every image of the split is embedded once (padded, masked batches, sharded over
+the data axis); each (dataset, modality) group is then scored under each
+protocol ("reid": every image a query, the query's own study left out of the
+gallery; "history": the latest visit against the earlier ones) with chunked
+retrieval metrics, plus same/different-patient verification. Results go to
+``out_dir/metrics.json``, a printed table and ``out_dir/cmc.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.pipeline import make_eval_loader
+from mami_jax.data.protocols import build_protocol
+from mami_jax.evaluate.report import write_eval_report
+from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
+from mami_jax.sharding import global_batch
+
+EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
+
+
+def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],
+               data_cfg, mesh, batch_size: int | None = None) -> np.ndarray:
+    """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
+
+    Every process iterates the same batches and feeds its own contiguous share, so
+    the global batch is the loader's batch whatever the number of hosts.
+    """
+    batch_size = int(batch_size or data_cfg.eval_batch_size)
+    data_devices = mesh.shape["data"]
+    if batch_size % data_devices:
+        raise ValueError(f"eval batch size {batch_size} must be divisible by the "
+                         f"{data_devices} devices of the data axis")
+    n_proc, proc = jax.process_count(), jax.process_index()
+    per_proc = batch_size // n_proc
+    position = {int(i): k for k, i in enumerate(indices)}
+    out = None
+    for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
+        local = {k: v[proc * per_proc:(proc + 1) * per_proc]
+                 for k, v in batch.items() if k in ("images", "mask")}
+        emb = multihost_utils.process_allgather(embed_fn(global_batch(local, mesh)), tiled=True)
+        emb = np.asarray(emb, np.float32)
+        if out is None:
+            out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
+        keep = batch["index"] >= 0
+        out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
+    if out is None:
+        raise ValueError("nothing to embed: no row indices given")
+    if np.isnan(out).any():
+        missing = [int(indices[k]) for k in np.flatnonzero(np.isnan(out).any(1))[:10]]
+        raise RuntimeError(f"rows {missing} were not embedded (unreadable and skipped?)")
+    return out
+
+
+def group_indices(rows: Sequence[ManifestRow], split: str) -> dict[str, list[int]]:
+    """Row indices of ``split`` per "dataset/modality" group, in row order."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.split == split:
+            groups.setdefault(f"{r.dataset}/{r.modality}", []).append(i)
+    return groups
+
+
+def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, eval_cfg
+                 ) -> dict[str, dict]:
+    """Metrics per "dataset/modality/protocol" from embeddings indexed by row."""
+    results = {}
+    for name, members in groups.items():
+        sub = [rows[i] for i in members]
+        emb = np.stack([embeddings[i] for i in members])
+        for protocol_name in eval_cfg.protocols:
+            protocol = build_protocol(sub, protocol_name, split=sub[0].split)
+            if protocol.query.size == 0 or protocol.gallery.size == 0:
+                logging.warning("%s/%s: empty query or gallery, skipped", name, protocol_name)
+                continue
+            metrics = chunked_reid_metrics(
+                emb[protocol.query], emb[protocol.gallery], protocol.query_pids,
+                protocol.gallery_pids, protocol.query_studies, protocol.gallery_studies,
+                chunk_size=int(eval_cfg.chunk_size), metric=eval_cfg.metric,
+                ks=tuple(eval_cfg.ks))
+            if eval_cfg.verification and protocol_name == "reid":
+                pids = np.asarray([r.patient_key for r in sub])
+                studies = np.asarray([r.study_key for r in sub])
+                if len(set(pids.tolist())) > 1:
+                    metrics.update(chunked_verification_metrics(
+                        emb, pids, studies, far=float(eval_cfg.far), metric=eval_cfg.metric,
+                        num_negatives=int(eval_cfg.num_negatives)))
+            results[f"{name}/{protocol_name}"] = metrics
+    return results
+
+
+def evaluate(embed_fn: EmbedFn, rows: Sequence[ManifestRow], config, mesh, out_dir: str,
+             title: str | None = None) -> dict[str, dict]:
+    """Embeds ``config.eval.split`` and writes the report; returns metrics per group."""
+    groups = group_indices(rows, config.eval.split)
+    if not groups:
+        raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
+    indices = [i for members in groups.values() for i in members]
+    emb = embed_rows(embed_fn, rows, indices, config.data, mesh)
+    by_row = dict(zip(indices, emb))
+    results = score_groups(by_row, rows, groups, config.eval)
+    if jax.process_index() == 0:
+        write_eval_report(results, out_dir, title=title)
+    return results

@@ -1,0 +1,31 @@
+"""Entry point: ``python -m mami_jax.main --config=configs/all.py --workdir=DIR [--mode=...]``.
+
+Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
+or embed (write embeddings of every manifest row).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/all.py"
+                                          "[:runlocal]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "embed"],
+                          "train: train then evaluate; eval: evaluate the latest checkpoint; "
+                          "embed: embed every row of the manifest.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _MODE.value == "train":
+        from mami_jax.train import train_and_evaluate
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+        from mami_jax import run_checkpoint
+        run_checkpoint.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,92 @@
+"""Device mesh and partition rules: how parameters and batches are laid out.
+
+The mesh has two axes, "data" (batch parallelism) and "model" (tensor
+parallelism of the big kernels). Parameters are placed by regex rules on their
+path ("mami/block_3/attn/qkv/kernel" -> PartitionSpec(None, "model")), the first
+matching rule winning, like big_vision's. Optimizer-state leaves are matched by
+the same rules through their path, which ends with the parameter's path, so
+Adam's moments live next to their parameter. A rule that cannot apply (more
+axes than the array has, or a dimension not divisible by the mesh axis) is an
+error naming the parameter, never a silent replication.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, model) mesh over ``devices`` (default: all); -1 means "the rest"."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if model < 1 or n % model:
+        raise ValueError(f"mesh.model={model} must divide the {n} devices")
+    if data == -1:
+        data = n // model
+    if data * model != n:
+        raise ValueError(f"mesh data={data} x model={model} != {n} devices")
+    grid = np.asarray(devices, dtype=object).reshape(data, model)
+    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def path_to_str(path) -> str:
+    """"mami/block_0/attn/qkv/kernel" from a jax tree path."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def spec_for(name: str, shape: tuple, rules, mesh: Mesh) -> P:
+    for pattern, axes in rules:
+        if re.match(pattern, name):
+            axes = tuple(axes)
+            if not axes:
+                return P()
+            if len(axes) > len(shape):
+                raise ValueError(f"partition rule {pattern!r} gives {len(axes)} axes to "
+                                 f"{name} of shape {shape}")
+            for dim, axis in zip(shape, axes):
+                if axis is not None and dim % mesh.shape[axis]:
+                    raise ValueError(f"partition rule {pattern!r}: {name} dimension {dim} of "
+                                     f"shape {shape} is not divisible by mesh axis {axis!r} of "
+                                     f"size {mesh.shape[axis]}")
+            return P(*axes)
+    raise ValueError(f"no partition rule matches {name}; end the rules with ('.*', ())")
+
+
+def tree_shardings(tree, rules, mesh: Mesh):
+    """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, spec_for(path_to_str(path),
+                                                        tuple(np.shape(leaf)), rules, mesh)),
+        tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch dimension split over the data axis, replicated over the model axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Assembles every process's share into global arrays sharded over the data axis."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}

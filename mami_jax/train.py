@@ -1,0 +1,198 @@
+"""The trainer: reads top to bottom like big_vision's train.py.
+
+rows -> mesh -> input pipeline -> shapes by ``jax.eval_shape`` -> sharded init
+(or resume from the latest checkpoint) -> donated jitted step -> loop with
+logging, checkpoints, NaN guard and evaluations -> final evaluation.
+
+Everything the run writes lives under WORKDIR: checkpoints/<step>/{params,train,data},
+model_config.json, tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from mami_jax import checkpointing, sharding
+from mami_jax.data.loading import load_rows
+from mami_jax.data.pipeline import make_train_loader
+from mami_jax.evaluate.evaluator import evaluate
+from mami_jax.metric_writer import MetricWriter
+from mami_jax.models import MaMI
+from mami_jax.optim import learning_rate_schedule, make_optimizer
+from mami_jax.pretrained import load_pretrained
+from mami_jax.train_model import ReIDTrainModel
+from mami_jax.train_step import TrainState, make_train_step
+
+TRAIN_KEYS = ("images", "label", "mask")
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host runs (a coordinator address, or a multi-worker Cloud TPU) need this first."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in hosts:
+        jax.distributed.initialize()
+
+
+def total_steps_of(config, loader) -> int:
+    if config.train.total_steps > 0:
+        return int(config.train.total_steps)
+    images = sum(s.num_images for s in loader.sources)
+    steps_per_epoch = max(1, math.ceil(images / loader.global_batch_size))
+    return int(config.train.num_epochs) * steps_per_epoch
+
+
+def dummy_images(config) -> jax.ShapeDtypeStruct:
+    size = int(config.data.image_size)
+    return jnp.zeros((1, 1, size, size, 3), jnp.float32)
+
+
+def build_state_fns(config, model, optimizer):
+    def init_params(rng):
+        return model.init(rng, dummy_images(config))["params"]
+
+    def init_state(rng):
+        params = init_params(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params),
+                          rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+    return init_params, init_state
+
+
+def make_embed_fn(model_cfg, mesh):
+    mami = MaMI(model_cfg)
+
+    @jax.jit
+    def embed(params, batch):
+        return mami.apply({"params": params}, batch["images"]).embedding
+
+    return lambda params: (lambda batch: embed(params, batch))
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _check_finite(step: int, metrics: dict, ckpt) -> None:
+    if not bool(metrics["finite"]):
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step}: loss={float(metrics['loss'])}, "
+            f"grad_norm={float(metrics['grad_norm'])}. The update was not applied; the last "
+            f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
+    final evaluation metrics per group."""
+    maybe_initialize_distributed()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    rows = load_rows(config, workdir)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
+                 jax.process_count())
+
+    loader = make_train_loader(rows, config.data, seed=config.seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    logging.info("%s", loader.summary())
+    total_steps = total_steps_of(config, loader)
+    if loader.global_batch_size % mesh.shape["data"]:
+        raise ValueError(f"global batch {loader.global_batch_size} is not divisible by the "
+                         f"{mesh.shape['data']} devices of the data axis")
+
+    model = ReIDTrainModel(config.model, loader.num_classes)
+    rng = jax.random.key(config.seed)
+    abstract_params = jax.eval_shape(lambda r: model.init(r, dummy_images(config))["params"], rng)
+    optimizer = make_optimizer(config.optim, abstract_params, total_steps)
+    init_params, init_state = build_state_fns(config, model, optimizer)
+    abstract_state = jax.eval_shape(init_state, rng)
+    state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
+
+    checkpointing.write_model_config(workdir, config.model)
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    data_iter = iter(loader)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state, state_shardings)
+        state = ckpt.restore(latest, target, data_iter)
+        logging.info("resumed from %s/%d", ckpt.directory, latest)
+    else:
+        state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+        mami_params = load_pretrained(state.params["mami"], config)
+        state = state.replace(params=dict(state.params, mami=mami_params))
+        state = jax.device_put(state, state_shardings)
+
+    step_fn = make_train_step(model, optimizer, config.loss,
+                              accum_steps=int(config.optim.grad_accum_steps),
+                              lr_schedule=learning_rate_schedule(config.optim, total_steps))
+    train_step = jax.jit(step_fn,
+                         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)),
+                         donate_argnums=(0,))
+    embedder = make_embed_fn(config.model, mesh)
+    writer = MetricWriter(os.path.join(workdir, "tb"))
+
+    def run_eval(step: int) -> dict:
+        out_dir = os.path.join(workdir, "eval", f"step_{step}")
+        results = evaluate(embedder(state.params["mami"]), rows, config, mesh, out_dir,
+                           title=f"step {step}")
+        writer.write_scalars(step, {f"eval/{g}/{k}": v for g, m in results.items()
+                                    for k, v in m.items() if np.ndim(v) == 0
+                                    and isinstance(v, (int, float, np.number))})
+        return results
+
+    start = int(jax.device_get(state.step))
+    results = {}
+    if start == 0 and config.train.eval_at_start:
+        results = run_eval(0)
+    bar = tqdm(total=total_steps * loader.global_batch_size, initial=start *
+               loader.global_batch_size, unit="img", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    pending = None
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(data_iter)
+            state, metrics = train_step(state, sharding.global_batch(
+                {k: batch[k] for k in TRAIN_KEYS}, mesh))
+            if pending is not None:  # check the previous step while this one runs
+                _check_finite(*pending, ckpt)
+            pending = (step, metrics)
+            bar.update(loader.global_batch_size)
+            last = step == total_steps
+            if step % config.train.log_every == 0 or last:
+                values = jax.device_get(metrics)
+                _check_finite(step, values, ckpt)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+                bar.set_postfix(loss=f"{float(values['loss']):.4f}", step=step)
+            if step % config.train.checkpoint_every == 0 or last:
+                _check_finite(step, jax.device_get(metrics), ckpt)
+                ckpt.save(state, data_iter)
+            if step == config.train.debug_kill_at_step:
+                ckpt.wait()
+                os.kill(os.getpid(), signal.SIGKILL)
+            if config.train.eval_every and step % config.train.eval_every == 0 and not last:
+                run_eval(step)
+        if pending is not None:
+            _check_finite(*pending, ckpt)
+        if start < total_steps or not results:
+            results = run_eval(total_steps)
+    finally:
+        bar.close()
+        getattr(data_iter, "close", lambda: None)()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        if loader.skipped_images:
+            logging.warning("skipped %d unreadable training images (data.skip_bad_images)",
+                            loader.skipped_images)
+    return results

@@ -1,0 +1,109 @@
+"""The train state and the jitted, donated, sharded update step.
+
+One call of the step consumes one global batch of P x K images. With
+``grad_accum_steps`` = A > 1 the batch is cut into A microbatches of whole
+patients (the loader orders images patient by patient), gradients are summed
+over a ``lax.scan`` and one optimizer update is made: memory grows with the
+microbatch, not the batch. (Batch-hard mining then sees one microbatch at a time,
+as it would on a smaller device.)
+
+NaN/inf guard: when the loss or the gradient norm is not finite the update is
+not applied (the state keeps its last good values) and ``finite`` is False in
+the returned metrics; the training loop stops there, naming the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mami_jax import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array        # int32 scalar: number of updates applied
+    params: Any            # {"mami": ..., "classifier": ...}
+    opt_state: Any
+    rng: jax.Array         # uint32 key data, folded with the step for any stochastic op
+
+
+def loss_weights(loss_cfg) -> dict:
+    return {"id": float(loss_cfg.id_weight), "triplet": float(loss_cfg.triplet_weight)}
+
+
+def make_loss_fn(model, loss_cfg) -> Callable:
+    """loss(params, batch) -> (total, logs) for the re-ID objective."""
+    weights = loss_weights(loss_cfg)
+
+    def loss_fn(params, batch):
+        out, logits = model.apply({"params": params}, batch["images"])
+        mask = batch["mask"]
+        terms = {
+            "id": losses.identity_cross_entropy(logits, batch["label"],
+                                                label_smoothing=loss_cfg.label_smoothing,
+                                                mask=mask),
+            "triplet": losses.batch_hard_soft_margin_triplet(
+                out.embedding, batch["label"], mask=mask, normalize=loss_cfg.triplet_normalize),
+        }
+        return losses.total_loss(terms, weights)
+
+    return loss_fn
+
+
+def _split_microbatches(batch: dict, num: int) -> dict:
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {num} microbatches")
+        return x.reshape((num, x.shape[0] // num) + x.shape[1:])
+    return jax.tree_util.tree_map(split, batch)
+
+
+def loss_and_grads(loss_fn, params, batch, accum_steps: int = 1):
+    """Mean loss, logs and gradients over ``accum_steps`` microbatches."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, logs), grads = grad_fn(params, batch)
+        return loss, logs, grads
+
+    def body(carry, micro):
+        (loss, logs), grads = grad_fn(params, micro)
+        acc = jax.tree_util.tree_map(jnp.add, carry, (loss, logs, grads))
+        return acc, None
+
+    micro = _split_microbatches(batch, accum_steps)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    (loss_shape, logs_shape), grads_shape = jax.eval_shape(grad_fn, params, first)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   (loss_shape, logs_shape, grads_shape))
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree_util.tree_map(lambda x: x / accum_steps, total)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, loss_cfg,
+                    accum_steps: int = 1, lr_schedule=None):
+    """A pure step(state, batch) -> (state, metrics); jit it with shardings and donation."""
+    loss_fn = make_loss_fn(model, loss_cfg)
+
+    def step(state: TrainState, batch: dict):
+        loss, logs, grads = loss_and_grads(loss_fn, state.params, batch, accum_steps)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+            lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = state.replace(step=state.step + finite.astype(state.step.dtype),
+                                  params=keep(params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state))
+        metrics = dict(logs, loss=loss, grad_norm=grad_norm, finite=finite,
+                       valid_images=batch["mask"].sum())
+        if lr_schedule is not None:
+            metrics["learning_rate"] = lr_schedule(state.step)
+        return new_state, metrics
+
+    return step
