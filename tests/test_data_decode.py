@@ -4,7 +4,6 @@ Each test writes its own tiny file and checks values worked out by hand from the
 rules in decode.py's docstring.
 """
 
-import os
 
 import nibabel as nib
 import numpy as np

@@ -63,6 +63,10 @@ class ExampleReader:
     """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
 
     def __init__(self, rows: Sequence[ManifestRow], cfg):
+        for key in ("flip_modalities", "volume_modalities"):
+            value = cfg[key]
+            if isinstance(value, str) or any(m not in MODALITIES for m in value):
+                raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
         self.rows = list(rows)
         self.aug: AugmentConfig = augment_config(cfg)
         self.image_size = int(cfg.image_size)

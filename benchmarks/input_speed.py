@@ -1,0 +1,172 @@
+"""Input pipeline throughput: images/s of training batches on this machine.
+
+Two workloads, generated into a temporary folder by this script:
+  - X-rays: 512 x 512 16-bit PNG (T = 1 slice per image);
+  - volumes: NIfTI (.nii.gz, int16) of 256 x 256 x S, read as T = 8 slices per image.
+Both go through the full training path (sampling, decode, slice sampling, random
+resized crop to 224, jitter, erasing, normalisation, batching) with the default data
+config (P = 16 patients x K = 4 images = 64 images per batch) unless overridden.
+
+The workloads and worker settings are interleaved in every repeat (so machine load
+drifts hit all variants alike) and the median over repeats is printed. The first
+batches of each run that the pipeline could have read ahead while starting (worker
+start-up, prefetch buffers) are drained untimed, so the figure is the steady-state
+production rate.
+
+    python benchmarks/input_speed.py [--repeats 3] [--batches 4] [--workers 0,2] [--depth 32]
+        [--model_batch 8]   # also time the default model's forward+backward for comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mami_jax.data import pipeline  # noqa: E402
+from mami_jax.data.config import default_data_config  # noqa: E402
+from mami_jax.data.manifest import ManifestRow  # noqa: E402
+
+
+def smooth_image(rng, shape, dtype_max):
+    """Anatomy-like content (low-frequency blobs + noise) so compression is realistic."""
+    h, w = shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.zeros((h, w), np.float64)
+    for _ in range(6):
+        cy, cx, s = rng.random(3)
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.02 + 0.1 * s))
+    img = img / img.max() * 0.9 + 0.05 * rng.random((h, w))
+    return (img * dtype_max).astype(np.uint16 if dtype_max > 255 else np.uint8)
+
+
+def make_xrays(folder, patients, per_patient, size, rng):
+    from PIL import Image
+
+    rows = []
+    for p in range(patients):
+        for k in range(per_patient):
+            path = os.path.join(folder, f"xr_{p}_{k}.png")
+            Image.fromarray(smooth_image(rng, (size, size), 4095)).save(path)  # 12-bit in 16-bit PNG
+            rows.append(ManifestRow(f"xr:{p}_{k}", f"p{p}", f"s{k}", str(k), "xray", "bench_xr", "", path,
+                                    "train"))
+    return rows
+
+
+def make_volumes(folder, patients, per_patient, size, depth, rng):
+    import nibabel as nib
+
+    rows = []
+    base = smooth_image(rng, (size, size), 2000).astype(np.int16) - 1000
+    for p in range(patients):
+        for k in range(per_patient):
+            vol = np.stack([np.roll(base, z + 7 * p + k, axis=0) for z in range(depth)], axis=-1)
+            vol = (vol + rng.integers(-20, 20, vol.shape)).astype(np.int16)
+            path = os.path.join(folder, f"ct_{p}_{k}.nii.gz")
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+            rows.append(ManifestRow(f"ct:{p}_{k}", f"p{p}", f"s{k}", str(k), "ct", "bench_ct", "", path,
+                                    "train"))
+    return rows
+
+
+def measure(rows, cfg, batches):
+    """Steady-state production rate: the batches buffered while the pipeline started
+    (threads and workers read ahead) are drained before the clock starts."""
+    loader = pipeline.make_train_loader(rows, cfg, seed=0)
+    it = iter(loader)
+    ahead = cfg.prefetch + cfg.read_threads + cfg.num_workers * max(1, cfg.prefetch) + 1
+    try:
+        for _ in range(ahead):
+            first = next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            b = next(it)
+        dt = time.perf_counter() - t0
+    finally:
+        it.close()
+    return batches * first["images"].shape[0] / dt, b["images"].shape
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=4, help="timed batches per run")
+    ap.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
+    ap.add_argument("--read_threads", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=32, help="slices S of each generated volume")
+    ap.add_argument("--patients", type=int, default=16)
+    ap.add_argument("--per_patient", type=int, default=4)
+    ap.add_argument("--model_batch", type=int, default=0,
+                    help="if > 0, also time forward+backward of the default model on this many images")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        data = {
+            "xray 512px 16-bit PNG": make_xrays(tmp, args.patients, args.per_patient, 512, rng),
+            f"volume NIfTI 256x256x{args.depth}, T=8": make_volumes(tmp, args.patients, args.per_patient, 256,
+                                                                   args.depth, rng),
+        }
+        print(f"generated {sum(map(len, data.values()))} files in {time.perf_counter() - t:.1f}s "
+              f"under {tmp}; cpu count {os.cpu_count()}")
+        variants = [(name, int(w)) for w in args.workers.split(",") for name in data]
+        results = {v: [] for v in variants}
+        shapes = {}
+        for r in range(args.repeats):
+            order = variants if r % 2 == 0 else variants[::-1]
+            for name, workers in order:
+                cfg = default_data_config()
+                cfg.num_workers, cfg.read_threads, cfg.prefetch = workers, args.read_threads, 2
+                rate, shape = measure(data[name], cfg, args.batches)
+                results[(name, workers)].append(rate)
+                print(f"  repeat {r}: {name}, num_workers={workers}: {rate:.1f} images/s", flush=True)
+                shapes[(name, workers)] = shape
+        print(f"\nmedian images/s over {args.repeats} repeats ({args.batches} timed batches each), "
+              f"read_threads={args.read_threads}:")
+        for (name, workers), rates in results.items():
+            med = statistics.median(rates)
+            per = shapes[(name, workers)]
+            print(f"  {name:34s} num_workers={workers}: {med:7.1f} images/s "
+                  f"({med * per[1]:7.1f} slices/s; batch {tuple(per)}; runs {[round(x, 1) for x in rates]})")
+
+        if args.model_batch:
+            print_model_rate(args.model_batch, args.repeats)
+
+
+def print_model_rate(batch, repeats):
+    """Forward + backward of the default MaMI model (no optimizer update, no teachers) on
+    a (batch, 1, 224, 224, 3) batch: the lower bound of a training step's cost."""
+    import jax
+    import jax.numpy as jnp
+
+    from mami_jax.models.config import default_config
+    from mami_jax.models.mami import MaMI
+
+    model = MaMI(default_config())
+    x = jnp.zeros((batch, 1, 224, 224, 3), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+
+    @jax.jit
+    def grad_step(p, images):
+        return jax.grad(lambda q: jnp.sum(model.apply(q, images).embedding ** 2))(p)
+
+    jax.block_until_ready(grad_step(params, x))  # compile
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad_step(params, x))
+        rates.append(batch / (time.perf_counter() - t0))
+    print(f"  model forward+backward, default MaMI, batch ({batch}, 1, 224, 224, 3): "
+          f"{statistics.median(rates):.2f} images/s (runs {[round(r, 2) for r in rates]})")
+
+
+if __name__ == "__main__":
+    main()
