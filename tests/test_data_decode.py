@@ -249,3 +249,17 @@ def test_random_resized_crop_box_within_bounds_and_area():
         l, t, r, b = transforms.random_resized_crop_box(100, 60, rng, (0.3, 0.6), (0.75, 1.333))
         assert 0 <= l < r <= 60 and 0 <= t < b <= 100
         assert 0.3 * 6000 - 1e-6 <= (r - l) * (b - t) <= 0.6 * 6000 + 1e-6
+
+
+def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
+    yy, xx = np.mgrid[0:800, 0:1000]
+    img = ((np.sin(yy / 40) + np.cos(xx / 60)) * 60 + 128).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.jpg", quality=95)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    assert open_volume(str(tmp_path / "a.jpg")).read().shape == (1, 800, 1000, 1)
+    # Short side >= 200 allows 1/4 scale (800 / 4 = 200); 1/8 would be 100 < 200.
+    small = open_volume(str(tmp_path / "a.jpg"), min_short_side=200).read()
+    assert small.shape == (1, 200, 250, 1)
+    np.testing.assert_allclose(small[0, :, :, 0], img[2::4, 2::4] / 255.0, atol=0.08)  # same picture
+    assert open_volume(str(tmp_path / "a.jpg"), min_short_side=300).read().shape == (1, 400, 500, 1)
+    assert open_volume(str(tmp_path / "a.png"), min_short_side=200).read().shape == (1, 800, 1000, 1)

@@ -34,6 +34,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.read_threads = 2  # threads per process decoding batches ahead
     c.prefetch = 2  # batches buffered ahead (per process / per worker)
     c.eval_batch_size = 64
+    # Large JPEGs (MIMIC-CXR ~2500 px) decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling)
+    # while their short side stays >= this: 2 x image_size keeps training crops of half
+    # the area above the model resolution. 0 = always full resolution.
+    c.jpeg_min_short_side = 448
     # Training augmentation (see transforms.py for what each does and why).
     aug = AugmentConfig()
     c.flip_modalities = ("pathology",)  # horizontal flip allowed only here

@@ -74,11 +74,13 @@ class ExampleReader:
         self.flip_modalities = frozenset(cfg.flip_modalities)
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
+        # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
+        self.min_short_side = int(cfg.jpeg_min_short_side) or None
 
     def read(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
         """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""
         row = self.rows[index]
-        volume = open_volume(row.path)
+        volume = open_volume(row.path, min_short_side=self.min_short_side)
         jitter = rng if (rng is not None and self.slice_jitter) else None
         idx = slice_indices(volume.num_slices, num_slices, jitter)
         x = volume.read(idx)
