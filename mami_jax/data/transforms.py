@@ -118,11 +118,19 @@ def resize_box(volume: np.ndarray, box, size: int) -> np.ndarray:
     return out
 
 
+_INV_STD = (1.0 / IMAGENET_STD).astype(np.float32)
+_SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
 def to_rgb_normalized(x: np.ndarray) -> np.ndarray:
-    """[0,1] (T,H,W,C) with C in {1,3} -> ImageNet-normalised (T,H,W,3)."""
-    if x.shape[-1] == 1:
-        x = np.broadcast_to(x, x.shape[:-1] + (3,))
-    return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+    """[0,1] (T,H,W,C) with C in {1,3} -> ImageNet-normalised (T,H,W,3): (x - mean) / std.
+
+    Written as x * (1/std) + (-mean/std): the grey channel broadcasts into the three
+    outputs in the first pass, with no temporary copies (two passes in all).
+    """
+    out = np.multiply(x.astype(np.float32, copy=False), _INV_STD)
+    out += _SHIFT
+    return out
 
 
 def intensity_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float,
