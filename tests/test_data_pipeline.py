@@ -243,3 +243,14 @@ def test_sources_need_two_image_patients():
     rows = [ManifestRow(f"i{k}", f"p{k}", "s", "0", "xray", "d", "", "/x.png", "train") for k in range(3)]
     with pytest.raises(ValueError, match="no training source can be sampled"):
         sampler.build_sources(rows, num_slices=8)
+
+
+def test_errors_that_are_not_bad_files_are_never_skipped(rows, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not a bad file")
+
+    monkeypatch.setattr(pipeline, "eval_transform", broken)
+    loader = pipeline.make_eval_loader(rows, [0], small_cfg(skip_bad_images=True), batch_size=1)
+    with pytest.raises(pipeline.DataError, match="manifest row 0 .*ValueError: a bug"):
+        list(loader)
+    assert loader.skipped_images == 0

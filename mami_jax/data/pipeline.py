@@ -42,7 +42,7 @@ import numpy as np
 
 from mami_jax.data import sampler
 from mami_jax.data.config import augment_config
-from mami_jax.data.decode import open_volume
+from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.transforms import AugmentConfig, eval_transform, slice_indices, train_transform
 
@@ -89,19 +89,24 @@ class ExampleReader:
         return train_transform(x, self.aug, rng, row.modality in self.flip_modalities)
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
-        """Like ``read``; on failure raises DataError, or returns zeros if skipping."""
+        """Like ``read``; failures raise DataError naming the row. With ``skip_bad_images``
+        an unreadable file (DecodeError) instead gives zeros and ok=False; any other error
+        (a bug, not bad data) is never skipped."""
         try:
             return self.read(index, num_slices, rng), True
-        except Exception as e:  # noqa: BLE001 - re-raised naming the row, or counted
-            row = self.rows[index]
+        except DecodeError as e:
             if not self.skip_bad:
-                raise DataError(
-                    f"manifest row {index} (image_id={row.image_id!r}, patient "
-                    f"{row.patient_key!r}, path {row.path!r}): {type(e).__name__}: {e}. "
-                    f"Set data.skip_bad_images=True to skip and count unreadable images."
-                ) from e
+                raise DataError(f"{self._where(index)}: {e}. Set data.skip_bad_images=True "
+                                f"to skip and count unreadable images.") from e
             size = self.image_size
             return np.zeros((num_slices, size, size, 3), np.float32), False
+        except Exception as e:  # noqa: BLE001 - re-raised naming the row
+            raise DataError(f"{self._where(index)}: {type(e).__name__}: {e}") from e
+
+    def _where(self, index: int) -> str:
+        row = self.rows[index]
+        return (f"manifest row {index} (image_id={row.image_id!r}, patient {row.patient_key!r}, "
+                f"path {row.path!r})")
 
 
 def _collate(images, labels, indices, modalities, mask, skipped) -> dict:
