@@ -92,13 +92,19 @@ def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "GLOBAL" in msg:
-            detail = [line for line in msg.splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        lines = [line.strip() for line in msg.splitlines() if line.strip()]
+        if "Weights only load failed" in msg:
+            detail = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+            detail = detail[0] if detail else lines[-1]
+            if "GLOBAL" in detail:
+                raise UnsafeCheckpointError(
+                    f"{path} carries code or objects, not just tensors; refusing to load it "
+                    f"(a checkpoint must be plain data). {detail}") from e
             raise UnsafeCheckpointError(
-                f"{path} carries more than tensors (a pickled object or code); refusing to "
-                f"load it. A checkpoint must be plain data. "
-                f"{detail[0].strip() if detail else msg.splitlines()[0]}") from e
-        raise CorruptCheckpointError(f"{path}: unreadable pickle ({msg})") from e
+                f"{path} is not a weights-only checkpoint (it was not written by torch.save "
+                f"of tensors and plain containers); refusing to load it. {detail}") from e
+        raise CorruptCheckpointError(f"{path}: truncated or corrupt checkpoint file "
+                                     f"(unreadable pickle: {lines[0] if lines else msg})") from e
     except (EOFError, RuntimeError, zipfile.BadZipFile) as e:
         raise CorruptCheckpointError(
             f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: "
