@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 run_eval(step)
         if pending is not None:
             _check_finite(*pending, ckpt)
-        if start < total_steps or not results:
+        if config.train.eval_at_end and (start < total_steps or not results):
             results = run_eval(total_steps)
     finally:
         bar.close()

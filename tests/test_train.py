@@ -1,0 +1,197 @@
+"""The trainer: sharding equivalence, exact resume after a kill, NaN guard, accumulation,
+freezing, and an end-to-end run of ``python -m mami_jax.main`` on tiny phantoms."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mami_jax import sharding
+from mami_jax.config_base import base_config
+from mami_jax.optim import make_optimizer
+from mami_jax.train import NonFiniteLossError, _check_finite, build_state_fns
+from mami_jax.train_model import ReIDTrainModel
+from mami_jax.train_step import loss_and_grads, make_loss_fn, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY_MODEL = dict(width=32, depth=2, num_heads=4, patch_size=8, image_size=32, rank=4,
+                  num_codes=4, generator_hidden=(24, 16), qkv_groups=4, mlp_groups=8,
+                  adapter_width=8)
+
+
+def tiny_config(cache_dir="", **train):
+    cfg = base_config(runlocal=True)
+    with cfg.unlocked():
+        cfg.model.update(TINY_MODEL)
+        cfg.data.update(dict(image_size=32, resize_size=36, num_slices=2, patients_per_batch=4,
+                             images_per_patient=2, eval_batch_size=8))
+        cfg.phantoms.update(dict(patients=20, visits=3, image_size=48, slices=4,
+                                 cache_dir=cache_dir))
+        cfg.train.update(dict(total_steps=4, log_every=1, checkpoint_every=2))
+        cfg.train.update(train)
+    return cfg
+
+
+def _batch(seed=0, n=8, t=1):
+    rng = np.random.default_rng(seed)
+    return {"images": rng.normal(size=(n, t, 32, 32, 3)).astype(np.float32),
+            "label": np.repeat(np.arange(n // 2), 2).astype(np.int32),
+            "mask": np.ones(n, bool)}
+
+
+def _setup(cfg, num_classes=6):
+    model = ReIDTrainModel(cfg.model, num_classes)
+    rng = jax.random.key(0)
+    abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1, 32, 32, 3)))["params"],
+                              rng)
+    opt = make_optimizer(cfg.optim, abstract, 10)
+    _, init_state = build_state_fns(cfg, model, opt)
+    return model, opt, init_state, rng
+
+
+def test_one_step_same_on_one_device_and_a_4x2_mesh():
+    cfg = tiny_config()
+    model, opt, init_state, rng = _setup(cfg)
+    state = init_state(rng)
+    # Make the low-rank path active so that its sharded kernels matter.
+    state = state.replace(params=jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.params))
+    loss_fn = make_loss_fn(model, cfg.loss)
+    batch = _batch()
+    results = []
+    for mesh in (sharding.make_mesh(1, 1, jax.devices()[:1]), sharding.make_mesh(4, 2)):
+        shardings = sharding.tree_shardings(state.params, cfg.partition_rules, mesh)
+        params = jax.device_put(state.params, shardings)
+        fn = jax.jit(lambda p, b: loss_and_grads(loss_fn, p, b)[::2],
+                     in_shardings=(shardings, sharding.batch_sharding(mesh)))
+        results.append(jax.device_get(fn(params, sharding.global_batch(batch, mesh))))
+        if mesh.size == 8:
+            qkv = params["mami"]["block_0"]["attn"]["qkv"]["kernel"]
+            assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+    (loss1, grads1), (loss8, grads8) = results
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads1), jax.tree_util.tree_leaves(grads8)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1e-3, np.abs(a).max()))
+
+
+def test_gradient_accumulation_averages_microbatches():
+    cfg = tiny_config()
+    model, opt, init_state, rng = _setup(cfg)
+    params = init_state(rng).params
+    loss_fn = make_loss_fn(model, cfg.loss)
+    batch = _batch()
+    loss2, _, grads2 = loss_and_grads(loss_fn, params, batch, accum_steps=2)
+    halves = [{k: v[s] for k, v in batch.items()} for s in (slice(0, 4), slice(4, 8))]
+    parts = [loss_and_grads(loss_fn, params, h) for h in halves]
+    np.testing.assert_allclose(loss2, (parts[0][0] + parts[1][0]) / 2, rtol=1e-5)
+    for g, a, b in zip(*(jax.tree_util.tree_leaves(x) for x in
+                         (grads2, parts[0][2], parts[1][2]))):
+        np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_non_finite_step_is_not_applied_and_stops_naming_the_step():
+    cfg = tiny_config()
+    model, opt, init_state, rng = _setup(cfg)
+    state = init_state(rng)
+    step = jax.jit(make_train_step(model, opt, cfg.loss))
+    batch = _batch()
+    batch["images"][0, 0, 0, 0, 0] = np.nan
+    new_state, metrics = step(state, batch)
+    assert not bool(metrics["finite"])
+    assert int(new_state.step) == 0
+    for a, b in zip(jax.tree_util.tree_leaves(state.params),
+                    jax.tree_util.tree_leaves(new_state.params)):
+        np.testing.assert_array_equal(a, b)
+
+    class FakeCkpt:
+        directory = "/x/checkpoints"
+
+        def latest_step(self):
+            return 6
+    with pytest.raises(NonFiniteLossError, match="step 7.*last good checkpoint is step 6"):
+        _check_finite(7, jax.device_get(metrics), FakeCkpt())
+
+
+def test_freeze_regex_keeps_parameters_fixed_and_others_train():
+    cfg = tiny_config()
+    with cfg.unlocked():
+        cfg.optim.freeze = (r"mami/block_0/.*", r"mami/patch_embed/.*")
+        cfg.optim.warmup_steps = 0  # a warmup starts at learning rate 0
+    model, opt, init_state, rng = _setup(cfg)
+    state = init_state(rng)
+    new_state, _ = jax.jit(make_train_step(model, opt, cfg.loss))(state, _batch())
+    old, new = state.params["mami"], new_state.params["mami"]
+    for path in (("block_0", "attn", "qkv", "kernel"), ("patch_embed", "kernel")):
+        a, b = old, new
+        for p in path:
+            a, b = a[p], b[p]
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(new["block_1"]["attn"]["qkv"]["kernel"])
+                  - np.asarray(old["block_1"]["attn"]["qkv"]["kernel"])).max() > 0
+
+
+def test_partition_rule_that_does_not_divide_names_the_parameter():
+    mesh = sharding.make_mesh(4, 2)
+    with pytest.raises(ValueError, match="mami/x/kernel.*not divisible"):
+        sharding.tree_shardings({"mami": {"x": {"kernel": np.zeros((3, 5))}}},
+                                ((r".*kernel", (None, "model")),), mesh)
+
+
+def _main(workdir, cache, *flags, check=True):
+    cmd = [sys.executable, "-m", "mami_jax.main", "--config=configs/all.py:runlocal",
+           f"--workdir={workdir}"]
+    overrides = {
+        **{f"model.{k}": v for k, v in TINY_MODEL.items()},
+        "data.image_size": 32, "data.resize_size": 36, "data.num_slices": 2,
+        "data.patients_per_batch": 4, "data.images_per_patient": 2, "data.eval_batch_size": 8,
+        "phantoms.patients": 20, "phantoms.visits": 3, "phantoms.image_size": 48,
+        "phantoms.slices": 4, "phantoms.cache_dir": cache, "train.total_steps": 4,
+        "train.checkpoint_every": 2, "train.log_every": 1,
+    }
+    for k, v in overrides.items():
+        v = f"({','.join(map(str, v))},)" if isinstance(v, tuple) else v
+        cmd.append(f"--config.{k}={v}")
+    proc = subprocess.run(cmd + list(flags), cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _final_params(workdir):
+    from mami_jax.run_checkpoint import restore_params
+    cfg = tiny_config()
+    step, params = restore_params(cfg, workdir, sharding.make_mesh())
+    return step, jax.device_get(params)
+
+
+def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
+    cache = str(tmp_path / "phantoms")
+    straight = tmp_path / "straight"
+    _main(straight, cache, "--config.train.eval_at_start=False")
+    # Everything the run promises is on disk.
+    metrics = json.load(open(straight / "eval" / "step_4" / "metrics.json"))
+    assert {"phantoms/xray/reid", "phantoms/ct/history"} <= set(metrics)
+    assert 0.0 <= metrics["phantoms/xray/reid"]["rank1"] <= 1.0
+    assert (straight / "eval" / "step_4" / "cmc.png").exists()
+    assert any(f.startswith("events") for f in os.listdir(straight / "tb"))
+    assert sorted(os.listdir(straight / "checkpoints")) == ["2", "4"]
+
+    resumed = tmp_path / "resumed"
+    killed = _main(resumed, cache, "--config.train.eval_at_start=False",
+                   "--config.train.debug_kill_at_step=2", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["2"]
+    again = _main(resumed, cache, "--config.train.eval_at_start=False",
+                  "--config.train.eval_at_end=False")
+    assert "resumed from" in again.stderr
+    (s1, p1), (s2, p2) = _final_params(straight), _final_params(resumed)
+    assert s1 == s2 == 4
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_array_equal(a, b)
