@@ -218,3 +218,32 @@ def test_export_rejects_params_of_another_config():
     with pytest.raises(ConversionError) as err:
         to_torch_state_dict(params, tiny_config(depth=3))
     assert "block_2/ln_1/scale" in err.value.missing
+
+
+def test_package_imports_and_converts_without_torch():
+    """torch is imported lazily: the mapping works in an environment without it."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "import mami_jax.convert as mc\n"
+        "import mami_jax.convert.__main__, mami_jax.convert.clip, mami_jax.convert.official\n"
+        "from tests.test_model import tiny_config\n"
+        "from mami_jax.convert.mapping import unflatten_params\n"
+        "cfg = tiny_config()\n"
+        "p = unflatten_params({e.ours: np.full(e.our_shape, 0.5, np.float32)\n"
+        "                      for e in mc.build_table(cfg) if e.used})\n"
+        "sd = mc.to_torch_state_dict(p, cfg)\n"
+        "back = mc.from_torch_state_dict(sd, cfg)\n"
+        "assert np.array_equal(back['head_fc1']['kernel'], p['head_fc1']['kernel'])\n"
+        "try:\n"
+        "    mc.to_torch_state_dict(p, cfg, as_tensors=True)\n"
+        "except ImportError:\n"
+        "    print('ok')\n")
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=repo))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")

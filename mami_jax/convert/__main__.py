@@ -2,6 +2,7 @@
 
     python -m mami_jax.convert import-official --pth FILE --out CKPT_DIR
     python -m mami_jax.convert import-clip --source PATH --out CKPT_DIR [--allow-torchscript]
+                                           [--init-from CKPT_DIR]
     python -m mami_jax.convert export-torch --checkpoint CKPT_DIR --out FILE.pth|FILE.safetensors
 
 ``--model-config FILE.json`` gives the model config (keys of
@@ -15,6 +16,7 @@ printed as one message and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mami_jax.convert import torch_io
@@ -31,9 +33,16 @@ def _config(args):
     return load_config_file(args.model_config) if args.model_config else default_config()
 
 
+def _check_out_dir(args) -> None:
+    """Fails before any (slow) conversion rather than after it."""
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; choose a new directory or pass --overwrite")
+
+
 def cmd_import_official(args) -> None:
     from mami_jax.convert.official import load_official
 
+    _check_out_dir(args)
     cfg = load_config_file(args.model_config) if args.model_config else None
     result = load_official(args.pth, cfg)
     out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite)
@@ -58,24 +67,33 @@ def _group(keys):
 
 
 def cmd_import_clip(args) -> None:
-    import jax
-    import jax.numpy as jnp
-
     from mami_jax.convert.clip import import_clip
-    from mami_jax.models import MaMI
 
-    cfg = _config(args)
-    size = cfg.image_size
-    params = jax.jit(MaMI(cfg).init)(jax.random.key(args.seed),
-                                     jnp.zeros((1, 1, size, size, 3)))["params"]
+    _check_out_dir(args)
+    if args.init_from:
+        if args.model_config:
+            raise ValueError("--init-from takes the model config from that checkpoint; "
+                             "do not also pass --model-config")
+        params, cfg = load_params(args.init_from)
+        origin = f"from {args.init_from}"
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        from mami_jax.models import MaMI
+
+        cfg = _config(args)
+        size = cfg.image_size
+        params = jax.jit(MaMI(cfg).init)(jax.random.key(args.seed),
+                                         jnp.zeros((1, 1, size, size, 3)))["params"]
+        origin = f"seed {args.seed}, init={cfg.init!r}"
     result = import_clip(args.source, cfg, params, allow_torchscript=args.allow_torchscript)
     out = save_params(args.out, result.params, cfg, overwrite=args.overwrite)
     loaded_values = sum(v.size for k, v in flatten_params(result.params).items()
                         if k in set(result.loaded))
     print(f"import-clip: {args.source} ({result.source_format} layout)")
     print(f"  backbone parameters loaded: {len(result.loaded)} arrays, {loaded_values:,} values")
-    print(f"  kept their initialisation (seed {args.seed}, init={cfg.init!r}): "
-          f"{len(result.kept)} arrays (ComPA, slice adapters, head)")
+    print(f"  kept ({origin}): {len(result.kept)} arrays (ComPA, slice adapters, head)")
     print(f"  source keys ignored: {len(result.ignored)}"
           + (f" [{', '.join(_group(result.ignored))}]" if result.ignored else ""))
     print(f"  parameters: {_count(result.params):,}")
@@ -115,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--model-config", help="model config JSON (default: released architecture)")
     p.add_argument("--seed", type=int, default=0, help="init seed of the non-CLIP parameters")
+    p.add_argument("--init-from", metavar="CKPT_DIR",
+                   help="take the non-CLIP parameters (and the model config) from this "
+                        "checkpoint instead of a fresh initialisation")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="allow TorchScript archives (the OpenAI downloads); they contain code")
     p.add_argument("--overwrite", action="store_true")

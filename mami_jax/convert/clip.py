@@ -56,6 +56,8 @@ HF_RENAMES = (
 )
 _HF_QKV = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
 _HF_BUFFERS = ("embeddings.position_ids",)
+# Top-level keys of HF CLIP classes that are not part of the vision tower.
+_HF_NON_VISION = ("visual_projection.weight", "text_projection.weight", "logit_scale")
 
 
 @dataclasses.dataclass
@@ -85,13 +87,18 @@ def openai_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, lis
 
 
 def hf_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
-    """HF CLIP(Vision)Model state dict -> (OpenAI-layout visual dict, ignored keys)."""
+    """HF CLIP(Vision)Model state dict -> (OpenAI-layout visual dict, ignored keys).
+
+    ``CLIPModel`` (and ``CLIPVisionModel`` before transformers 5) keys carry a
+    ``vision_model.`` prefix; transformers 5's ``CLIPVisionModel`` has none.
+    """
+    prefix = "vision_model." if any(k.startswith("vision_model.") for k in state_dict) else ""
     visual, ignored, qkv, unknown = {}, [], {}, []
     for key, value in state_dict.items():
-        if not key.startswith("vision_model."):
+        if not key.startswith(prefix) or key in _HF_NON_VISION:
             ignored.append(key)
             continue
-        name = key[len("vision_model."):]
+        name = key[len(prefix):]
         if name in _HF_BUFFERS:
             ignored.append(key)
             continue
@@ -120,8 +127,8 @@ def hf_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
     if missing:
         raise ConversionError(f"{source}: incomplete q/k/v projections", missing=missing)
     if not visual:
-        raise ConversionError(f"{source}: no 'vision_model.' keys; is this a Hugging Face CLIP "
-                              "model?", missing=["vision_model.*"])
+        raise ConversionError(f"{source}: no CLIP vision keys; is this a Hugging Face CLIP "
+                              "model?", missing=["(vision_model.)embeddings.*"])
     return visual, ignored
 
 
@@ -188,7 +195,8 @@ def load_clip_visual(source: str, cfg, *, allow_torchscript: bool = False):
         return visual, ignored, "huggingface"
     state = _plain_state_dict(torch_io.load_file(source, allow_torchscript=allow_torchscript),
                               source)
-    if any(k.startswith("vision_model.") for k in state):
+    if any(k.startswith("vision_model.") or k.startswith("embeddings.patch_embedding")
+           for k in state):
         visual, ignored = hf_visual(state, source)
         return visual, ignored, "huggingface"
     visual, ignored = openai_visual(state, source)

@@ -338,7 +338,8 @@ def state_dict_to_params(state_dict: Mapping, cfg, *, dtype=np.float32,
             (ignored if e.theirs in state_dict else absent).append(e.theirs)
             continue
         value = to_numpy(state_dict[e.theirs]).astype(dtype, copy=False)
-        flat[e.ours] = np.ascontiguousarray(e.transform.inv(value))
+        # An owned copy: never alias the caller's (e.g. torch) buffers.
+        flat[e.ours] = np.array(e.transform.inv(value), order="C", copy=True)
         loaded.append(e.theirs)
     num = int(sum(v.size for v in flat.values()))
     return unflatten_params(flat), ImportReport(loaded, ignored, absent, num)
