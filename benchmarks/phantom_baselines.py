@@ -6,8 +6,15 @@
   colour means/stds), each feature z-scored over the set, Euclidean NN.
   The benchmark is honest only if this is low (target < 0.30).
 - intensity (raw): the same features unscaled.
-- structural: standardised 16x16 thumbnails (texture-scale spectrum for
-  pathology). Should be clearly higher: the identity signal is there.
+- intensity+LDA: the same features through a linear metric (PCA + Fisher
+  LDA) fitted on the train split's patients: even a learnt metric on
+  intensity statistics should stay low.
+- structural: standardised 16x16 thumbnails (for pathology a stain-free
+  nuclear texture signature: blob sizes and elongation). Should be clearly
+  higher: the identity signal is there.
+- structural+LDA: the structural descriptors through the same kind of learnt
+  linear metric, tested on unseen patients: a first sign that the identity
+  cue is learnable and generalises.
 Chance is the share of same-patient images in a query's gallery.
 
 Protocol (as the project's evaluator): within one modality and split, every
@@ -52,10 +59,11 @@ def main(argv=None) -> int:
         res = baselines.evaluate_manifest(manifest, args.split)
     print(f"split={args.split}  (Rank-1 of nearest neighbour; chance = same-patient share of the gallery)")
     print(f"{'modality':10s} {'patients':>8s} {'queries':>7s} {'chance':>7s} {'intens(z)':>9s} "
-          f"{'intens(raw)':>11s} {'structural':>10s}")
+          f"{'intens(raw)':>11s} {'intens+LDA':>10s} {'structural':>10s} {'struct+LDA':>10s}")
     for m, r in res.items():
         print(f"{m:10s} {r['patients']:8d} {r['queries']:7d} {r['chance']:7.3f} {r['intensity_z']:9.3f} "
-              f"{r['intensity_raw']:11.3f} {r['structural']:10.3f}")
+              f"{r['intensity_raw']:11.3f} {r.get('intensity_lda', float('nan')):10.3f} "
+              f"{r['structural']:10.3f} {r.get('structural_lda', float('nan')):10.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -30,6 +30,8 @@ from mami_jax.data.phantom_anatomy import common
 
 EXTENT = 1.2          # vessel fields cover [-EXTENT, EXTENT] in x, y
 Z_RANGE = (-0.2, 1.2)  # and this range in z
+UNIT_MM = 200.0        # one anatomy unit in millimetres (a chest is about 1.5 units wide)
+SLAB_MM = 160.0        # length of the slab covered by the series
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,15 +136,13 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int, 
     vert = _circle(x, y, 0.0, sy, sr, w)
     canal = _circle(x, y, 0.0, sy + sr + 0.045, 0.035, w)
     process = common.soft(np.abs(x) - 0.02, w) * common.soft(np.abs(y - sy - sr - 0.12) - 0.07, w)
-    ring = common.soft(np.abs(np.hypot(x, y - sy + 0.02 * 0) - sr * 0.999) - 0.012, w) * vert
+    ring = common.soft(np.abs(np.hypot(x, y - sy) - sr) - 0.012, w) * vert   # cortical bone
     disc_level = (np.cos(2 * np.pi * (z / 0.22 + sphase)) > 0.8).astype(np.float32)
 
     # ribs: oblique cross-sections just inside the muscle layer, moving round with z
     angles, drift, jitter = anat.ribs
-    ribs = np.zeros_like(lungs)
     th_body = np.arctan2((y - by) / b, x / a)
-    rr = ell
-    rib_layer = common.soft(np.abs(rr - (1 - (fat + 0.035) / b)) - 0.025, w)
+    rib_layer = common.soft(np.abs(ell - (1 - (fat + 0.035) / b)) - 0.025, w)
     ribs = np.zeros_like(lungs)
     k_idx, r_idx, c_idx = np.nonzero(rib_layer)  # only the thin layer where ribs can be
     if k_idx.size:
@@ -194,6 +194,6 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int, 
     hu = hu + table * 800 + rng.uniform(-40, 40)
     hu = common.blur_or_sharpen(hu, rng.uniform(-0.8, 0.9) * size / 128, axes=(1, 2))
     hu = hu + rng.uniform(8, 60) * rng.standard_normal(hu.shape, dtype=np.float32)
-    fov_mm = 400.0 / pose.scale
-    spacing = (10.0 * 16 / slices * 1.0, fov_mm / size, fov_mm / size)
+    fov_mm = 2 * UNIT_MM / pose.scale
+    spacing = (SLAB_MM / slices, fov_mm / size, fov_mm / size)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), spacing

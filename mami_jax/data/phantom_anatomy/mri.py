@@ -40,7 +40,6 @@ class Anatomy:
     vent_z: tuple      # centre and half height of the ventricles in z
     nuclei: tuple      # caudate/thalamus ellipses (cx, cy, rx, ry)
     fields: np.ndarray  # (2, Z, Y, X): sulcus field (sulci where near 0), sulcus-depth field
-    lesion_seed: int
 
 
 def make_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
@@ -67,7 +66,7 @@ def make_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
     sulc = common.sample_stack(polar, geo["depth"] / MAX_DEPTH * N_DEPTH - 0.5, angle[None], wrap_x=True)
     return Anatomy(head=head, ventricles=tuple(vents),
                    vent_z=(rng.uniform(0.2, 0.35), rng.uniform(0.25, 0.4)), nuclei=nuclei,
-                   fields=np.stack([sulc, fold]), lesion_seed=int(rng.integers(2 ** 31)))
+                   fields=np.stack([sulc, fold]))
 
 
 def _geometry(head, x, y, z, severity) -> dict:
@@ -130,11 +129,10 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int, 
 
     lesions = np.zeros_like(vent)
     if severity > 0:
-        lrng = np.random.default_rng(anat.lesion_seed + int(rng.integers(1 << 20)))
-        for _ in range(lrng.poisson(3 * severity)):
-            sign = lrng.choice((-1, 1))
-            lx, ly, lz = sign * lrng.uniform(0.12, 0.25), lrng.uniform(-0.3, 0.3), lrng.uniform(0.1, 0.7)
-            lr = lrng.uniform(0.02, 0.045)
+        for _ in range(rng.poisson(3 * severity)):
+            sign = rng.choice((-1, 1))
+            lx, ly, lz = sign * rng.uniform(0.12, 0.25), rng.uniform(-0.3, 0.3), rng.uniform(0.1, 0.7)
+            lr = rng.uniform(0.02, 0.045)
             for k in np.nonzero(np.abs(zs - lz) * 0.6 < lr)[0]:
                 dz2 = ((zs[k] - lz) * 0.6) ** 2
                 blob = common.soft(np.sqrt((x2 - lx) ** 2 + (y2 - ly) ** 2 + dz2) - lr, w)
@@ -148,7 +146,7 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int, 
     tissue = tissue * (1 - lesions * wm_mask) + lesions * wm_mask * (0.45 * wm_v + 0.1)
     csf = np.clip(np.maximum(csf_cortex * brain, vent) + (inside_skull - brain), 0, 1)
     img = tissue * (1 - csf) + csf_v * csf
-    img = img + (head - inside_skull) * fat_v + 0.0 * (inside_skull - brain)
+    img = img + (head - inside_skull) * fat_v                      # scalp fat
     img = img * (1 - common.soft(np.abs((r - 1) * unit + scalp + skull / 2) - skull / 2, w)) \
         + bone_v * common.soft(np.abs((r - 1) * unit + scalp + skull / 2) - skull / 2, w)
 

@@ -6,8 +6,9 @@ patient's tiles. What persists is the patient's tissue (the identity):
 - architecture: sheets, nests (small cell islands parted by stroma), cords
   (nuclei in lines) or glands (a ring of nuclei round each lumen, lumen size);
 - nuclei: size and its spread, elongation and how aligned neighbours are,
-  chromatin (solid, vesicular rim with a nucleolus, or speckled), darkness
-  relative to the cytoplasm;
+  smooth or lobulated outline, chromatin (solid, vesicular rim with a
+  nucleolus, or speckled), darkness relative to the cytoplasm, a clear halo
+  round the nucleus or none;
 - visible cell borders (squamous-like) or none; stroma share, fibre spacing
   and waviness; cytoplasm staining.
 Nuclear coverage stays in a narrow band for every patient (density falls
@@ -17,7 +18,7 @@ Per visit: which tissue is cut (positions, layout, cellularity +-25%, empty
 glass at the tissue edge or fat vacuoles), orientation, the stain
 (haematoxylin and eosin colour vectors and amounts, Beer-Lambert mixing),
 white balance and gamma, focus blur, noise, and the disease (inflammation:
-lymphocytes infiltrating, more with each stage).
+a focus of lymphocytes, more with each stage).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Anatomy:
     speckle: float
     darkness: float      # haematoxylin amount of a nucleus
     borders: float       # strength of visible cell membranes
+    halo: float          # clear space round each nucleus (0 none)
+    lobes: float         # irregular, lobulated nuclear outline (0 smooth)
     lumen_radius: float
     islands: float       # size of the cellular islands between stroma (share of the tile)
     coverage: float      # nuclear area share of the cellular areas
@@ -54,35 +57,60 @@ class Anatomy:
     cytoplasm: float     # eosin in cytoplasm
 
 
+def _pick(rng, options, jitter=0.1):
+    """One of a few well-separated values, give or take ``jitter`` (relative)."""
+    return float(options[int(rng.integers(len(options)))] * rng.uniform(1 - jitter, 1 + jitter))
+
+
 def make_anatomy(rng: np.random.Generator, size: int) -> Anatomy:
+    """The patient's tissue. Most factors take one of a few clearly different values, so that
+    two patients rarely look alike even though their tiles are never aligned."""
     arch = ARCHITECTURES[int(rng.integers(len(ARCHITECTURES)))]
-    return Anatomy(architecture=arch, radius=float(np.exp(rng.uniform(np.log(2.5), np.log(9.0)))), radius_cv=rng.uniform(0.05, 0.3),
-                   elongation=rng.choice([rng.uniform(1.0, 1.3), rng.uniform(1.7, 2.8)]),
-                   alignment=rng.uniform(0.0, 1.0), vesicular=rng.uniform(0.0, 1.0),
-                   speckle=rng.uniform(0.0, 1.0), darkness=rng.uniform(0.7, 1.0),
-                   borders=rng.uniform(0.3, 1.0) if rng.random() < 0.4 else 0.0,
-                   lumen_radius=rng.uniform(0.1, 0.3),
-                   islands=rng.uniform(0.04, 0.08) if arch == "nests" else rng.uniform(0.08, 0.14),
+    chromatin = int(rng.integers(3))        # solid, vesicular with nucleolus, speckled
+    return Anatomy(architecture=arch, radius=_pick(rng, (2.8, 4.6, 7.5)), radius_cv=rng.uniform(0.05, 0.25),
+                   elongation=_pick(rng, (1.1, 1.7, 2.7), 0.05),
+                   alignment=rng.uniform(0.0, 1.0),
+                   vesicular=rng.uniform(0.7, 1.0) if chromatin == 1 else 0.0,
+                   speckle=rng.uniform(0.6, 1.0) if chromatin == 2 else 0.0,
+                   # open chromatin gets darker rims: the mean stain of a nucleus does not tell the type
+                   darkness=rng.uniform(0.6, 0.75) if chromatin == 0 else rng.uniform(0.85, 1.0),
+                   borders=rng.uniform(0.5, 1.0) if rng.random() < 0.4 else 0.0,
+                   halo=rng.uniform(0.3, 0.6) if rng.random() < 0.35 else 0.0,
+                   lobes=rng.uniform(0.2, 0.35) if rng.random() < 0.35 else 0.0,
+                   lumen_radius=_pick(rng, (0.12, 0.25)),
+                   islands=rng.uniform(0.04, 0.07) if arch == "nests" else rng.uniform(0.09, 0.14),
                    coverage=rng.uniform(0.2, 0.3),
                    stroma=rng.uniform(0.35, 0.55) if arch in ("nests", "cords") else rng.uniform(0.05, 0.3),
-                   fibre_period=rng.uniform(4.0, 12.0), fibre_wave=rng.uniform(0.5, 3.0),
-                   cytoplasm=rng.uniform(0.25, 0.6))
+                   fibre_period=_pick(rng, (4.5, 9.0)), fibre_wave=rng.uniform(0.5, 3.0),
+                   cytoplasm=rng.uniform(0.3, 0.5))
 
 
-def _stamp(canvas, cx, cy, rx, ry, angle, weight, rim, nucleolus, speckle_field):
-    """Adds one nucleus (ellipse in pixels) to ``canvas``, evaluated on its bounding box only."""
+def _stamp(canvas, cx, cy, rx, ry, angle, weight, rim, nucleolus, speckle_field,
+           lobes=0.0, phase=0.0, halo=None, halo_strength=0.0):
+    """Adds one nucleus (ellipse in pixels) to ``canvas``, evaluated on its bounding box only.
+
+    ``lobes`` makes the outline irregular (three to four bulges); with ``halo``
+    (an eosin canvas) a clear ring round the nucleus is cut out of the cytoplasm.
+    """
     size = canvas.shape[0]
-    r = max(rx, ry) + 2
+    r = max(rx, ry) * (1 + lobes) + 2 + (3 if halo is not None else 0)
     c0, c1 = max(0, int(cx - r)), min(size, int(cx + r) + 2)
     r0, r1 = max(0, int(cy - r)), min(size, int(cy + r) + 2)
     if c0 >= c1 or r0 >= r1:
         return
     yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32) + 0.5
     d = common.ellipse_sd(xx, yy, cx, cy, rx, ry, angle)
+    if lobes > 0:
+        th = np.arctan2(yy - cy, xx - cx)
+        d = d - lobes * min(rx, ry) * np.cos(3.5 * th + phase)
     prof = common.soft(d, 0.8) - rim * 0.65 * common.soft(d + 1.3, 0.8)
+    if halo is not None:
+        ring = common.soft(d - 2.5, 0.8)
+        halo[r0:r1, c0:c1] *= 1 - halo_strength * ring
     if nucleolus > 0:
         prof = prof + nucleolus * common.soft(np.hypot(xx - cx, yy - cy) - 1.0, 0.6)
-    prof = prof * (1.0 - 0.5 * speckle_field[r0:r1, c0:c1])
+    if speckle_field is not None:
+        prof = prof * (1.0 - 0.5 * speckle_field[r0:r1, c0:c1])
     np.maximum(canvas[r0:r1, c0:c1], weight * prof, out=canvas[r0:r1, c0:c1])
 
 
@@ -111,12 +139,12 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
             centres.append((cx, cy, lr * e, lr / e, a))
             lumens = np.maximum(lumens, common.soft(common.ellipse_sd(x, y, cx, cy, lr * e, lr / e, a), w))
     glass = np.zeros_like(x)   # empty glass this time: the tissue edge and/or fat vacuoles
-    if rng.random() < 0.2:
+    if rng.random() < 0.5:
         edge_dir = rng.uniform(0, 2 * np.pi)
         along = x * np.cos(edge_dir) + y * np.sin(edge_dir) \
             + 0.08 * common.smooth_noise(rng, (size, size), sigma=size / 8)
         glass = np.maximum(glass, common.soft(rng.uniform(0.5, 1.0) - along, 3 * w))
-    for _ in range(rng.poisson(0.4)):
+    for _ in range(rng.poisson(1.0)):
         cx, cy = rng.uniform(-1, 1, size=2)
         glass = np.maximum(glass, common.soft(np.hypot(x - cx, y - cy) - rng.uniform(0.05, 0.12), w))
     empty = np.maximum(lumens, glass)
@@ -129,7 +157,8 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
     speckle = np.clip(common.smooth_noise(rng, (size, size), sigma=0.7 * k) * 0.5 + 0.5, 0, 1) * anat.speckle
 
     hema = np.zeros((size, size), np.float32)
-    eos = (anat.cytoplasm * (1 - stroma) + stroma * (0.4 + 0.3 * fibres)) * (1 - empty)
+    # stroma is as eosinophilic as the cytoplasm on average: its share shows as texture, not tone
+    eos = (anat.cytoplasm + stroma * 0.3 * (fibres - 0.5)) * (1 - empty)
     eos = eos * (1 + 0.15 * common.smooth_noise(rng, (size, size), sigma=2 * k))
 
     r_mean = anat.radius * k
@@ -145,7 +174,9 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
         rad = r_mean * max(0.4, 1 + anat.radius_cv * rng.standard_normal())
         e = anat.elongation * rng.uniform(0.9, 1.1)
         _stamp(hema, (px + 1) / 2 * size, (py + 1) / 2 * size, rad * np.sqrt(e), rad / np.sqrt(e),
-               angle, anat.darkness * rng.uniform(0.85, 1.0), anat.vesicular, 0.5 * anat.vesicular, speckle)
+               angle, anat.darkness * rng.uniform(0.85, 1.0), anat.vesicular, 0.5 * anat.vesicular, speckle,
+               lobes=anat.lobes, phase=rng.uniform(0, 2 * np.pi),
+               halo=eos if anat.halo else None, halo_strength=anat.halo)
         placed.append((px, py))
 
     for (cx, cy, rx, ry, a) in centres:           # epithelial ring round each lumen
@@ -170,19 +201,20 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
     for _ in range(rng.poisson(4)):               # fibroblasts in the stroma
         px, py = rng.uniform(0, size, size=2)
         if stroma[int(py), int(px)] > 0.5:
-            _stamp(hema, px, py, 5 * k, 1.3 * k, direction + 0.8 * warp[int(py), int(px)], 0.8, 0, 0, 0 * speckle)
-    if severity > 0:                              # inflammation: small dark round lymphocytes
-        for _ in range(rng.poisson(10 * severity)):
-            px, py = rng.uniform(0, size, size=2)
-            _stamp(hema, px, py, 2.4 * k, 2.2 * k, 0.0, 1.0, 0, 0, 0 * speckle)
+            _stamp(hema, px, py, 5 * k, 1.3 * k, direction + 0.8 * warp[int(py), int(px)], 0.8, 0, 0, None)
+    if severity > 0:      # inflammation: a focus of small dark round lymphocytes
+        focus = rng.uniform(0.15, 0.85, size=2) * size
+        for _ in range(rng.poisson(8 * severity)):
+            px, py = np.clip(focus + rng.normal(0, 0.15 * size, size=2), 0, size - 1)
+            _stamp(hema, px, py, 2.4 * k, 2.2 * k, 0.0, 1.0, 0, 0, None)
 
     h_vec = H_VEC + rng.normal(0, 0.06, 3).astype(np.float32)
     e_vec = E_VEC + rng.normal(0, 0.06, 3).astype(np.float32)
     h_vec, e_vec = (np.abs(v) / np.linalg.norm(v) for v in (h_vec, e_vec))
-    od = (hema[..., None] * h_vec * rng.uniform(0.8, 2.0) + eos[..., None] * e_vec * rng.uniform(0.25, 1.0)
+    od = (hema[..., None] * h_vec * rng.uniform(0.6, 2.2) + eos[..., None] * e_vec * rng.uniform(0.2, 1.2)
           + 0.03 * (1 - empty)[..., None])
     img = np.exp(-od) * np.exp(rng.uniform(-0.1, 0.04, 3)).astype(np.float32)
-    img = img ** common.log_uniform(rng, 0.8, 1.25)
+    img = img ** common.log_uniform(rng, 0.7, 1.4)
     img = common.blur_or_sharpen(img, rng.uniform(0.2, 0.7) * k)
     img = img + rng.uniform(0.005, 0.02) * rng.standard_normal(img.shape, dtype=np.float32)
     return common.to_uint(np.clip(img, 0, 1), np.uint8)
