@@ -4,7 +4,7 @@ No real medical dataset can ship with the code, so this module generates a
 small re-identification benchmark that the whole pipeline can run on with no
 downloads::
 
-    python -m mami_jax.data.phantoms --out DIR [--patients 60 --visits 4 --seed 0]
+    python -m mami_jax.data.phantoms --out DIR [--patients 100 --visits 4 --seed 0]
     python -m mami_jax.data.phantoms --preview FILE.png
 
 It writes the images plus ``manifest.csv`` (the common manifest, dataset
@@ -17,9 +17,13 @@ Design (why it is honest and learnable):
   (``phantom_anatomy/<modality>.py`` lists the identity factors of each);
 - every visit redraws pose, exposure/contrast/window, scanner style, noise
   and the disease, so global intensity statistics do not identify a patient:
-  nearest neighbour on (mean, std, 32-bin histogram) has a low Rank-1 while a
-  structural descriptor (a standardised 16x16 thumbnail) has a high one, see
+  nearest neighbour on (mean, std, 32-bin histogram) has a low Rank-1 (and
+  so does a linear metric learnt on them) while a structural descriptor (a
+  standardised 16x16 thumbnail) has a high one, see
   ``benchmarks/phantom_baselines.py``;
+- the labels' course depends on history (a Markov chain with persistence,
+  ``phantom_anatomy/disease.py``) and stage 1 is often faint in the image,
+  so earlier visits help diagnosis;
 - identity cues are coarse spatial structure (organ shapes and positions,
   rib and vessel patterns, cortical folds, cell morphology) that survives
   downscaling to 64-96 px, and pose jitter is moderate (a few degrees, a few
@@ -227,7 +231,10 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
     The cache folder name holds the format version and every generation
     parameter; a folder only exists there once complete (see ``generate``),
     so an existing one is reused as is. Its ``phantoms.json`` is checked
-    against the parameters to catch a hand-edited cache.
+    against the parameters to catch a hand-edited cache. A run that was
+    killed leaves only a hidden ``.<key>.tmp-*`` folder beside it, which is
+    never mistaken for the cache; it is not deleted here because another
+    process may still be writing it.
     """
     _check_args(patients, visits, seed, image_size, slices)
     target = os.path.join(os.path.abspath(cache_dir), cache_key(patients, visits, seed, image_size, slices))
