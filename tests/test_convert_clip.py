@@ -1,4 +1,4 @@
-"""CLIP weights into our backbone: Hugging Face directories and OpenAI files (plain, TorchScript)."""
+"""CLIP weights into our backbone: HF directories and OpenAI files (plain, TorchScript)."""
 
 import json
 import os

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from mami_jax.convert import torch_io
@@ -61,7 +62,6 @@ def cmd_import_official(args) -> None:
 
 def _group(keys):
     """Short description of many keys: their distinct names with block indices removed."""
-    import re
     names = sorted({re.sub(r"resblocks\.\d+\.", "resblocks.*.", k) for k in keys})
     return names if len(names) <= 12 else names[:12] + [f"... {len(names) - 12} more"]
 

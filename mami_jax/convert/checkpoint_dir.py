@@ -85,9 +85,8 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".partial-", dir=parent)
     try:
-        host = {k: v for k, v in _to_host(params).items()}
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(staging, PARAMS_ITEM), host)
+        checkpointer.save(os.path.join(staging, PARAMS_ITEM), _to_host(params))
         checkpointer.wait_until_finished()
         _write_text_atomic(os.path.join(staging, CONFIG_FILE), cfg.to_json(indent=2))
         if os.path.exists(directory):
@@ -97,12 +96,6 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
-
-
-def _to_host(tree):
-    if isinstance(tree, Mapping):
-        return {k: _to_host(v) for k, v in tree.items()}
-    return np.asarray(tree)
 
 
 def _finished_steps(checkpoints: str) -> list[int]:
@@ -161,13 +154,14 @@ def load_params(directory: str, *, return_layout: bool = False):
                                           tree)
     params = checkpointer.restore(params_dir,
                                   args=ocp.args.PyTreeRestore(restore_args=restore_args))
-    params = _plain(params)
+    params = _to_host(params)
     if return_layout:
         return params, cfg, layout
     return params, cfg
 
 
-def _plain(tree):
+def _to_host(tree):
+    """Nested mapping of arrays -> nested dict of host numpy arrays."""
     if isinstance(tree, Mapping):
-        return {k: _plain(v) for k, v in tree.items()}
+        return {k: _to_host(v) for k, v in tree.items()}
     return np.asarray(tree)

@@ -114,7 +114,8 @@ def hf_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"{source}: unrecognised Hugging Face CLIP vision keys", extra=unknown)
+        raise ConversionError(f"{source}: unrecognised Hugging Face CLIP vision keys",
+                              extra=unknown)
     missing = []
     for (layer, kind), parts in sorted(qkv.items()):
         absent = [p for p in "qkv" if p not in parts]

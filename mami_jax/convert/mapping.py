@@ -123,9 +123,9 @@ FACTOR_NAMES = {
     "fc_down": ("lora_mlp_c_fc_b", "linear_b_c_fc_static"),
     "fc_up": ("lora_mlp_c_fc_a", "linear_a_c_fc_static"),
 }
-# The released state dict's order of statics and generators within a block.
-_STATIC_ORDER = ("q_down", "q_up", "k_down", "k_up", "v_down", "v_up", "fc_up", "fc_down")
-_GENERATOR_ORDER = ("q_down", "q_up", "k_down", "k_up", "v_down", "v_up", "fc_up", "fc_down")
+# The released state dict's order of statics (and of generators) within a block:
+# a before b, so the MLP's up factor (c_fc_a) comes before its down factor.
+_RELEASED_ORDER = ("q_down", "q_up", "k_down", "k_up", "v_down", "v_up", "fc_up", "fc_down")
 
 
 class _Builder:
@@ -190,7 +190,7 @@ def build_table(cfg) -> list[Entry]:
     for i in range(cfg.depth):
         ours, theirs = f"block_{i}", f"transformer.resblocks.{i}"
         if compa:
-            for name in _STATIC_ORDER:
+            for name in _RELEASED_ORDER:
                 b.add(f"compa/{ours}/{name}/static", f"{theirs}.{FACTOR_NAMES[name][1]}",
                       IDENTITY, (1, r, dims[name]))
             b.unused(f"{theirs}.linear_a_c_proj_static", (1, r, c))
@@ -212,7 +212,7 @@ def build_table(cfg) -> list[Entry]:
                   IDENTITY, (a,))
             b.dense(f"{ours}/adapter/fc2", f"{theirs}.adapter_pre_attn.fc2", a, c)
         if compa:
-            for name in _GENERATOR_ORDER:
+            for name in _RELEASED_ORDER:
                 groups = cfg.mlp_groups if name.startswith("fc") else cfg.qkv_groups
                 gen, theirs_gen = f"compa/{ours}/{name}", f"{theirs}.{FACTOR_NAMES[name][0]}"
                 b.grouped(f"{gen}/hidden1", f"{theirs_gen}.l11", c, hidden[0], 1)

@@ -150,8 +150,18 @@ def _atomic_target(path: str):
 
 def _as_tensors(state_dict: Mapping[str, Any]):
     torch = _torch()
-    return {k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
-            for k, v in state_dict.items()}
+
+    def tensor(v):
+        if isinstance(v, torch.Tensor):
+            return v
+        v = np.ascontiguousarray(v)
+        if not v.flags.writeable:  # torch.from_numpy wants a writable buffer
+            v = v.copy()
+        if v.dtype.name == "bfloat16":  # ml_dtypes bfloat16 (jax): same bits in torch
+            return torch.from_numpy(v.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(v)
+
+    return {k: tensor(v) for k, v in state_dict.items()}
 
 
 def save_state_dict(path: str, state_dict: Mapping[str, Any], *,

@@ -225,7 +225,7 @@ class MaMITorch(nn.Module):
             raise ValueError(f"MaMITorch expects images of shape (B, T, H, W, 3); got "
                              f"{tuple(images.shape)}")
         b, t, height, width, _ = images.shape
-        n, c, slope = b * t, cfg.width, cfg.leaky_slope
+        n, c = b * t, cfg.width
         grid = (height // cfg.patch_size, width // cfg.patch_size)
         x = images.reshape(n, height, width, 3).permute(0, 3, 1, 2)
         patches = self.conv1(x)                                   # (N, C, h, w)
