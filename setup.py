@@ -18,6 +18,7 @@ setup(
         "ml_collections>=1.0,<2",
         "absl-py>=2.1,<3",
         "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
         "pillow>=10.0,<14",
         "pydicom>=3.0,<4",
         "nibabel>=5.2,<6",
