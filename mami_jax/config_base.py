@@ -57,6 +57,7 @@ def base_config(modalities: tuple = (), runlocal: bool = False) -> ml_collection
     c.init.clip_checkpoint = DEFAULT_CLIP_PATH  # OpenAI archive, state dict, or HF folder
     c.init.official_checkpoint = ""  # the authors' released .pth (overrides CLIP)
     c.init.require_pretrained = True  # False: random init when no checkpoint is found
+    c.init.allow_torchscript = False  # OpenAI CLIP archives are TorchScript (code): opt in
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 5e-6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import logging
 
 HOW_TO_GET_CLIP = (
@@ -18,7 +19,8 @@ HOW_TO_GET_CLIP = (
     "OpenAI archive (e.g. `python -c \"import clip; clip.load('ViT-B/16')\"` caches "
     "~/.cache/clip/ViT-B-16.pt) or save a Hugging Face model "
     "(`CLIPVisionModel.from_pretrained('openai/clip-vit-base-patch16').save_pretrained(DIR)`), "
-    "copy it here and set config.init.clip_checkpoint to its path, or set "
+    "copy it here and set config.init.clip_checkpoint to its path (OpenAI archives are TorchScript: "
+    "also set config.init.allow_torchscript=True, or convert them to a state dict), or set "
     "config.init.require_pretrained=False to train from random initialisation.")
 
 
@@ -30,13 +32,17 @@ def load_pretrained(params, config):
     if official:
         if not os.path.exists(official):
             raise FileNotFoundError(f"config.init.official_checkpoint={official} does not exist")
-        from mami_jax.convert.official import load_official_params
+        from mami_jax.convert.official import load_official
         logging.info("initialising every parameter from the released checkpoint %s", official)
-        return load_official_params(official, config.model)
+        return load_official(official, config.model).params
     if clip and os.path.exists(clip):
-        from mami_jax.convert.clip import load_clip_into_params
-        logging.info("initialising the backbone from CLIP weights %s", clip)
-        return load_clip_into_params(params, clip, config.model)
+        from mami_jax.convert.clip import import_clip
+        result = import_clip(clip, config.model, jax.device_get(params),
+                             allow_torchscript=bool(init.allow_torchscript))
+        logging.info("initialised the backbone from CLIP weights %s (%s): %d tensors loaded, "
+                     "%d kept their initialisation", clip, result.source_format,
+                     len(result.loaded), len(result.kept))
+        return result.params
     if init.require_pretrained:
         where = f"config.init.clip_checkpoint={clip} does not exist. " if clip else \
             "no config.init.clip_checkpoint is set. "
