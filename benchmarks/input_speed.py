@@ -81,7 +81,12 @@ def measure(rows, cfg, batches):
     (threads and workers read ahead) are drained before the clock starts."""
     loader = pipeline.make_train_loader(rows, cfg, seed=0)
     it = iter(loader)
-    ahead = cfg.prefetch + cfg.read_threads + cfg.num_workers * max(1, cfg.prefetch) + 1
+    # Batches the pipeline can hold ahead: the thread prefetch buffer and its threads in
+    # the reading process; with workers, per worker also the worker->parent queue and
+    # the parent's interleave buffer (grain 0.2 process_prefetch), all of size prefetch.
+    per_reader = cfg.prefetch + cfg.read_threads
+    ahead = (per_reader + 1 if cfg.num_workers == 0
+             else cfg.num_workers * (per_reader + 2 * max(1, cfg.prefetch)) + 1)
     try:
         for _ in range(ahead):
             first = next(it)
