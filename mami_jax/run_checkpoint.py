@@ -59,7 +59,7 @@ def run(mode: str, config, workdir: str):
     rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     step, params = restore_params(config, workdir, mesh)
-    embed_fn = make_embed_fn(config.model, mesh)(params)
+    embed_fn = make_embed_fn(config.model)(params)
     if mode == "eval":
         return evaluate(embed_fn, rows, config, mesh,
                         os.path.join(workdir, "eval", f"step_{step}"), title=f"step {step}")

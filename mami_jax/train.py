@@ -10,6 +10,7 @@ model_config.json, tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -66,14 +67,15 @@ def build_state_fns(config, model, optimizer):
     return init_params, init_state
 
 
-def make_embed_fn(model_cfg, mesh):
+def make_embed_fn(model_cfg):
+    """params -> (sharded batch -> embeddings); one jitted function shared by every call."""
     mami = MaMI(model_cfg)
 
     @jax.jit
     def embed(params, batch):
         return mami.apply({"params": params}, batch["images"]).embedding
 
-    return lambda params: (lambda batch: embed(params, batch))
+    return lambda params: functools.partial(embed, params)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -139,7 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(state_shardings, sharding.replicated(mesh)),
                          donate_argnums=(0,))
-    embedder = make_embed_fn(config.model, mesh)
+    embedder = make_embed_fn(config.model)
     writer = MetricWriter(os.path.join(workdir, "tb"))
 
     def run_eval(step: int) -> dict:
