@@ -77,6 +77,7 @@ def base_config(modalities: tuple = (), runlocal: bool = False) -> ml_collection
     c.loss.align_weight = 0.01  # used once teacher features are configured
     c.loss.label_smoothing = 0.1
     c.loss.triplet_normalize = False
+    c.loss.id_neck = "none"  # "batch_standardize": BNNeck in front of the classifier
 
     c.train = ml_collections.ConfigDict()
     c.train.num_epochs = 20
@@ -111,25 +112,34 @@ def base_config(modalities: tuple = (), runlocal: bool = False) -> ml_collection
 
 
 def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
-    """A small ViT on small phantom images: trains on a 2-core CPU in minutes."""
+    """A small ViT on small phantom images: trains on a 2-core CPU in minutes.
+
+    Measured choices (single-modality runs of 200-600 steps, see README): 32 px input
+    with 8 px patches (16 tokens) learns as fast per step as 64 px and runs ~2.5x
+    faster; per-image normalisation and the BNNeck are what make training from
+    scratch leave chance level at all (fundus Rank-1 0.03 -> 0.58, X-ray 0.25 -> 0.51).
+    """
     m = c.model
-    m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 64
+    m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 32
     m.rank, m.num_codes, m.generator_hidden = 8, 8, (64, 32)
     m.qkv_groups, m.mlp_groups, m.adapter_width = 8, 16, 32
     d = c.data
-    d.image_size, d.resize_size, d.num_slices = 64, 72, 4
+    d.image_size, d.resize_size, d.num_slices = 32, 36, 2
     d.patients_per_batch, d.images_per_patient = 8, 4
-    d.eval_batch_size = 32
+    d.eval_batch_size = 64
+    d.normalization = "per_image"
     c.phantoms.patients = 160
+    c.phantoms.image_size = 64
     c.init.clip_checkpoint = ""
     c.init.require_pretrained = False
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 50
     c.optim.classifier_lr_multiplier = 1.0
+    c.loss.id_neck = "batch_standardize"
     c.train.num_epochs = 0
-    c.train.total_steps = 600
-    c.train.log_every = 20
-    c.train.checkpoint_every = 200
+    c.train.total_steps = 2500
+    c.train.log_every = 50
+    c.train.checkpoint_every = 500
     c.eval.chunk_size = 256
     c.eval.num_negatives = 20_000
 

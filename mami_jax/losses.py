@@ -56,6 +56,26 @@ def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     return total / jnp.maximum(count, 1.0)
 
 
+def batch_standardize(features, mask=None, eps: float = 1e-5) -> jax.Array:
+    """Each feature column minus its batch mean, over its batch standard deviation.
+
+    The parameter-free "BNNeck" (Luo et al., 2019) put in front of the identity
+    classifier: (x - mean) / sqrt(var + eps) with mean and (biased) variance over the
+    valid rows of the batch (``mask``; padded rows get the same transform but do not
+    count). Triplet distances are blind to a shift shared by every embedding but a
+    linear classifier is not; without it a ViT trained from scratch leaves the
+    identity loss at chance while all embeddings share one large common component.
+    There are no running statistics: the classifier is only used in training.
+    """
+    features = jnp.asarray(features, jnp.float32)
+    valid = _valid_mask(mask, features.shape[0])[:, None]
+    count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+    mean = jnp.sum(jnp.where(valid, features, 0.0), axis=0) / count
+    centred = features - mean
+    var = jnp.sum(jnp.where(valid, centred * centred, 0.0), axis=0) / count
+    return centred * jax.lax.rsqrt(var + eps)
+
+
 def identity_cross_entropy(logits, labels, label_smoothing: float = 0.0, mask=None) -> jax.Array:
     """Softmax cross-entropy of a classifier over the training patients.
 

@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError(f"global batch {loader.global_batch_size} is not divisible by the "
                          f"{mesh.shape['data']} devices of the data axis")
 
-    model = ReIDTrainModel(config.model, loader.num_classes)
+    model = ReIDTrainModel(config.model, loader.num_classes, neck=config.loss.id_neck)
     rng = jax.random.key(config.seed)
     abstract_params = jax.eval_shape(lambda r: model.init(r, dummy_images(config))["params"], rng)
     optimizer = make_optimizer(config.optim, abstract_params, total_steps)

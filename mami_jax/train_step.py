@@ -41,8 +41,8 @@ def make_loss_fn(model, loss_cfg) -> Callable:
     weights = loss_weights(loss_cfg)
 
     def loss_fn(params, batch):
-        out, logits = model.apply({"params": params}, batch["images"])
         mask = batch["mask"]
+        out, logits = model.apply({"params": params}, batch["images"], mask)
         terms = {
             "id": losses.identity_cross_entropy(logits, batch["label"],
                                                 label_smoothing=loss_cfg.label_smoothing,

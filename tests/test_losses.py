@@ -203,3 +203,14 @@ def test_docstring_examples_run():
     import doctest
     result = doctest.testmod(losses)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_batch_standardize_hand_worked_and_masked():
+    x = jnp.asarray([[1.0, 2.0], [3.0, 6.0]])  # mean (2, 4), variance (1, 4)
+    np.testing.assert_allclose(losses.batch_standardize(x, eps=0.0), [[-1, -1], [1, 1]], rtol=1e-6)
+    padded = jnp.concatenate([x, jnp.asarray([[100.0, -50.0]])])
+    out = losses.batch_standardize(padded, jnp.asarray([True, True, False]), eps=0.0)
+    np.testing.assert_allclose(out[:2], [[-1, -1], [1, 1]], rtol=1e-6)
+    # A shift shared by every row changes nothing.
+    np.testing.assert_allclose(losses.batch_standardize(x + 7.0), losses.batch_standardize(x),
+                               rtol=1e-5)

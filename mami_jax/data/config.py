@@ -34,6 +34,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.read_threads = 2  # threads per process decoding batches ahead
     c.prefetch = 2  # batches buffered ahead (per process / per worker)
     c.eval_batch_size = 64
+    # "imagenet" (what CLIP weights expect) or "per_image": each image / series z-scored
+    # per channel, which removes exposure and colour-balance changes (transforms.py).
+    c.normalization = "imagenet"
     # Large JPEGs (MIMIC-CXR ~2500 px) decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling)
     # while their short side stays >= this: 2 x image_size keeps training crops of half
     # the area above the model resolution. 0 = always full resolution.
@@ -63,4 +66,5 @@ def augment_config(cfg) -> AugmentConfig:
         erase_ratio=tuple(float(v) for v in cfg.erase_ratio),
         brightness=float(cfg.brightness),
         contrast=float(cfg.contrast),
+        normalization=str(cfg.normalization),
     )

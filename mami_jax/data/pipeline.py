@@ -44,7 +44,8 @@ from mami_jax.data import sampler
 from mami_jax.data.config import augment_config
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
-from mami_jax.data.transforms import AugmentConfig, eval_transform, slice_indices, train_transform
+from mami_jax.data.transforms import (NORMALIZATIONS, AugmentConfig, eval_transform,
+                                      slice_indices, train_transform)
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 train_label_map = sampler.train_label_map
@@ -69,6 +70,9 @@ class ExampleReader:
                 raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
         self.rows = list(rows)
         self.aug: AugmentConfig = augment_config(cfg)
+        if self.aug.normalization not in NORMALIZATIONS:
+            raise ValueError(f"data.normalization={self.aug.normalization!r}: expected one of "
+                             f"{NORMALIZATIONS}")
         self.image_size = int(cfg.image_size)
         self.resize_size = int(cfg.resize_size)
         self.flip_modalities = frozenset(cfg.flip_modalities)
@@ -85,7 +89,7 @@ class ExampleReader:
         idx = slice_indices(volume.num_slices, num_slices, jitter)
         x = volume.read(idx)
         if rng is None:
-            return eval_transform(x, self.resize_size, self.image_size)
+            return eval_transform(x, self.resize_size, self.image_size, self.aug.normalization)
         return train_transform(x, self.aug, rng, row.modality in self.flip_modalities)
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:

@@ -13,6 +13,13 @@ Why these choices:
   resizing RGB, which matters on a 2-core input host.
 - Evaluation follows the released model's preprocessing: short side to
   ``resize_size`` (256), centre crop ``image_size`` (224), ImageNet mean/std.
+- ``normalization="per_image"`` instead standardises every image (a series as
+  a whole) per channel to zero mean and unit variance, the usual per-volume
+  z-scoring of MRI. It removes exposure, window and colour-balance changes
+  between visits, which a model trained from scratch otherwise learns to match
+  on (measured on the fundus phantoms: Rank-1 0.03 -> 0.58 after 400 steps).
+  Pretrained CLIP weights expect the ImageNet statistics, so that stays the
+  default.
 - Horizontal flips only for modalities whose left/right carries no identity or
   anatomy (``flip_modalities``): never X-ray or CT (the heart is on the left),
   never fundus (left/right eye is laterality).
@@ -30,6 +37,7 @@ import numpy as np
 
 IMAGENET_MEAN = np.asarray((0.485, 0.456, 0.406), np.float32)
 IMAGENET_STD = np.asarray((0.229, 0.224, 0.225), np.float32)
+NORMALIZATIONS = ("imagenet", "per_image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,7 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     flip_prob: float = 0.5
+    normalization: str = "imagenet"  # or "per_image"
 
 
 def slice_indices(num_slices: int, t: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -133,6 +142,25 @@ def to_rgb_normalized(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def standardize_per_image(x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """[0,1] (T,H,W,C) -> (T,H,W,3): each channel minus its mean over (T,H,W), over its
+    standard deviation (+ ``eps``, so a blank image stays finite); grey replicated to 3."""
+    x = x.astype(np.float32, copy=False)
+    mean = x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = x.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    out = (x - mean) / (std + np.float32(eps))
+    return np.broadcast_to(out, out.shape[:3] + (3,)).copy() if out.shape[-1] == 1 else out
+
+
+def normalize(x: np.ndarray, normalization: str) -> np.ndarray:
+    """[0,1] (T,H,W,C) -> model input (T,H,W,3) by ``normalization`` (NORMALIZATIONS)."""
+    if normalization == "imagenet":
+        return to_rgb_normalized(x)
+    if normalization == "per_image":
+        return standardize_per_image(x)
+    raise ValueError(f"data.normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+
+
 def intensity_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float,
                      contrast: float) -> np.ndarray:
     """x -> clip((x - 0.5) * c + 0.5 + b), c ~ U(1-contrast, 1+contrast), b ~ U(+-brightness)."""
@@ -145,7 +173,7 @@ def random_erase(x: np.ndarray, rng: np.random.Generator, prob: float, area=(0.0
                  ratio=(0.3, 3.3)) -> np.ndarray:
     """With probability ``prob`` sets one random rectangle (same on every slice) to 0.
 
-    Applied after normalisation, so 0 is the ImageNet mean colour.
+    Applied after normalisation, so 0 is the mean colour (ImageNet's or the image's own).
     """
     if prob <= 0 or rng.random() >= prob:
         return x
@@ -173,12 +201,13 @@ def train_transform(volume: np.ndarray, cfg: AugmentConfig, rng: np.random.Gener
     if allow_flip and rng.random() < cfg.flip_prob:
         x = x[:, :, ::-1, :]
     x = intensity_jitter(x, rng, cfg.brightness, cfg.contrast)
-    x = to_rgb_normalized(x)
+    x = normalize(x, cfg.normalization)
     return random_erase(x, rng, cfg.erase_prob, cfg.erase_area, cfg.erase_ratio)
 
 
-def eval_transform(volume: np.ndarray, resize_size: int, image_size: int) -> np.ndarray:
+def eval_transform(volume: np.ndarray, resize_size: int, image_size: int,
+                   normalization: str = "imagenet") -> np.ndarray:
     """Short side to ``resize_size``, centre crop ``image_size``, normalise."""
     _, h, w, _ = volume.shape
     box = center_crop_box(h, w, resize_size, image_size)
-    return to_rgb_normalized(resize_box(volume, box, image_size))
+    return normalize(resize_box(volume, box, image_size), normalization)
