@@ -1,0 +1,124 @@
+"""Short single-config training runs that show whether a recipe learns re-identification.
+
+The learnability experiments behind ``configs/*.py:runlocal`` (README, "Status"):
+trains with the real loader, model, optimiser and step for ``--steps`` steps and
+prints the losses and, every ``--eval_every`` steps, Rank-1 / mAP of the "reid"
+protocol on the test patients and on the training patients (the second says
+whether the model fits at all, the first whether it generalises). Embeddings
+are scored raw and mean-centred: a large gap means the embeddings share one big
+common component that cosine similarity cannot see past.
+
+    python benchmarks/runlocal_ablation.py --config configs/fundus.py --steps 400 \\
+        --eval_every 200 --phantoms /tmp/ph --set data.normalization=imagenet \\
+        --set loss.id_neck=none
+
+``--set key=value`` overrides the runlocal config (value parsed as a Python
+literal when it is one). Runs are sequential by design: the 2-core machines
+these numbers come from are too small to run two at once without skewing both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mami_jax import sharding  # noqa: E402
+from mami_jax.data.loading import load_rows  # noqa: E402
+from mami_jax.data.pipeline import make_train_loader  # noqa: E402
+from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402
+from mami_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from mami_jax.train import build_state_fns, dummy_images, make_embed_fn  # noqa: E402
+from mami_jax.train_model import ReIDTrainModel  # noqa: E402
+from mami_jax.train_step import make_train_step  # noqa: E402
+
+
+def load_config(path: str, overrides: list[str], steps: int, phantoms: str):
+    spec = importlib.util.spec_from_file_location("ablation_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config("runlocal")
+    with cfg.unlocked():
+        cfg.train.total_steps = steps
+        cfg.eval.protocols, cfg.eval.verification = ("reid",), False
+        if phantoms:
+            cfg.phantoms.cache_dir = phantoms
+        for item in overrides:
+            key, _, text = item.partition("=")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            node, *path = [cfg] + key.split(".")
+            for name in path[:-1]:
+                node = node[name]
+            if path[-1] not in node:
+                raise KeyError(f"--set {item}: no config key {key!r}")
+            node[path[-1]] = value
+    return cfg
+
+
+def rank1_table(state, rows, cfg, embedder, mesh) -> str:
+    parts = []
+    for split in ("test", "train"):
+        groups = group_indices(rows, split)
+        idx = sorted(i for members in groups.values() for i in members)
+        emb = embed_rows(embedder(state.params["mami"]), rows, idx, cfg.data, mesh)
+        for label, e in ((split, emb), (split + "(centred)", emb - emb.mean(0))):
+            res = score_groups(dict(zip(idx, e)), rows, groups, cfg.eval)
+            parts.append(label + " " + " ".join(
+                f"{k.split('/')[1]}:{v['rank1']:.2f}/{v['mAP']:.2f}" for k, v in res.items()))
+    return " | ".join(parts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="configs/xray.py")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval_every", type=int, default=200)
+    ap.add_argument("--phantoms", default="", help="phantom cache folder (default: a temp dir)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.set, args.steps, args.phantoms)
+    print(f"{args.config} runlocal, {args.steps} steps, overrides {args.set}", flush=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = load_rows(cfg, workdir)
+        mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+        loader = make_train_loader(rows, cfg.data, seed=cfg.seed)
+        model = ReIDTrainModel(cfg.model, loader.num_classes, neck=cfg.loss.id_neck)
+        rng = jax.random.key(cfg.seed)
+        abstract = jax.eval_shape(lambda r: model.init(r, dummy_images(cfg))["params"], rng)
+        optimizer = make_optimizer(cfg.optim, abstract, args.steps)
+        _, init_state = build_state_fns(cfg, model, optimizer)
+        state = jax.jit(init_state)(rng)
+        step_fn = jax.jit(make_train_step(model, optimizer, cfg.loss, lr_schedule=
+                                          learning_rate_schedule(cfg.optim, args.steps)),
+                          donate_argnums=(0,))
+        embedder = make_embed_fn(cfg.model)
+        data_iter = iter(loader)
+        start = time.perf_counter()
+        for step in range(1, args.steps + 1):
+            batch = next(data_iter)
+            state, metrics = step_fn(state, {k: batch[k] for k in ("images", "label", "mask")})
+            if step % 25 == 0 or step == args.steps:
+                m = jax.device_get(metrics)
+                print(f"step {step}: id={float(m['id']):.3f} triplet={float(m['triplet']):.3f} "
+                      f"grad_norm={float(m['grad_norm']):.3f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+            if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+                print(f"eval step {step}: {rank1_table(state, rows, cfg, embedder, mesh)}",
+                      flush=True)
+        getattr(data_iter, "close", lambda: None)()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
