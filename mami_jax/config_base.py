@@ -114,10 +114,11 @@ def base_config(modalities: tuple = (), runlocal: bool = False) -> ml_collection
 def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     """A small ViT on small phantom images: trains on a 2-core CPU in minutes.
 
-    Measured choices (single-modality runs of 200-600 steps, see README): 32 px input
-    with 8 px patches (16 tokens) learns as fast per step as 64 px and runs ~2.5x
-    faster; per-image normalisation and the BNNeck are what make training from
-    scratch leave chance level at all (fundus Rank-1 0.03 -> 0.58, X-ray 0.25 -> 0.51).
+    Measured choices (``benchmarks/runlocal_ablation.py``, single modality, see README):
+    32 px input with 8 px patches (16 tokens) learns as fast per step as 64 px and runs
+    ~2.5x faster; per-image normalisation and the BNNeck are what make training from
+    scratch leave chance level at all (fundus Rank-1 0.03 -> 0.58 at 400 steps; X-ray
+    at 64 px 0.25 -> 0.51 at 200 steps). 2500 steps keep the whole job near 12 minutes.
     """
     m = c.model
     m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 32
