@@ -44,7 +44,7 @@ from mami_jax.data import sampler
 from mami_jax.data.config import augment_config
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
-from mami_jax.data.transforms import (NORMALIZATIONS, AugmentConfig, eval_transform,
+from mami_jax.data.transforms import (AugmentConfig, check_normalization, eval_transform,
                                       slice_indices, train_transform)
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
@@ -70,9 +70,7 @@ class ExampleReader:
                 raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
         self.rows = list(rows)
         self.aug: AugmentConfig = augment_config(cfg)
-        if self.aug.normalization not in NORMALIZATIONS:
-            raise ValueError(f"data.normalization={self.aug.normalization!r}: expected one of "
-                             f"{NORMALIZATIONS}")
+        check_normalization(self.aug.normalization)
         self.image_size = int(cfg.image_size)
         self.resize_size = int(cfg.resize_size)
         self.flip_modalities = frozenset(cfg.flip_modalities)

@@ -145,20 +145,22 @@ def to_rgb_normalized(x: np.ndarray) -> np.ndarray:
 def standardize_per_image(x: np.ndarray, eps: float = 1e-3) -> np.ndarray:
     """[0,1] (T,H,W,C) -> (T,H,W,3): each channel minus its mean over (T,H,W), over its
     standard deviation (+ ``eps``, so a blank image stays finite); grey replicated to 3."""
-    x = x.astype(np.float32, copy=False)
-    mean = x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
-    std = x.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
-    out = (x - mean) / (std + np.float32(eps))
-    return np.broadcast_to(out, out.shape[:3] + (3,)).copy() if out.shape[-1] == 1 else out
+    centred = x.astype(np.float32, copy=False) - x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = np.sqrt(np.mean(np.square(centred), axis=(0, 1, 2), dtype=np.float64))
+    centred /= std.astype(np.float32) + np.float32(eps)
+    return np.repeat(centred, 3, axis=-1) if centred.shape[-1] == 1 else centred
+
+
+def check_normalization(normalization: str) -> None:
+    """Raises ValueError naming ``data.normalization`` unless it is one of NORMALIZATIONS."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"data.normalization={normalization!r}: expected one of {NORMALIZATIONS}")
 
 
 def normalize(x: np.ndarray, normalization: str) -> np.ndarray:
     """[0,1] (T,H,W,C) -> model input (T,H,W,3) by ``normalization`` (NORMALIZATIONS)."""
-    if normalization == "imagenet":
-        return to_rgb_normalized(x)
-    if normalization == "per_image":
-        return standardize_per_image(x)
-    raise ValueError(f"data.normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+    check_normalization(normalization)
+    return to_rgb_normalized(x) if normalization == "imagenet" else standardize_per_image(x)
 
 
 def intensity_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float,
