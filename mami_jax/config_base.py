@@ -129,6 +129,9 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     d.patients_per_batch, d.images_per_patient = 8, 4
     d.eval_batch_size = 64
     d.normalization = "per_image"
+    # T=2 of 16 slices: a jittered slice may lie anywhere in its half of the slab, so the
+    # same patient is shown at unrelated levels (MRI Rank-1 0.43 with jitter, 0.71 without).
+    d.slice_jitter = False
     c.phantoms.patients = 160
     c.phantoms.image_size = 64
     c.init.clip_checkpoint = ""

@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import signal
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +160,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         results = run_eval(0)
     bar = tqdm(total=total_steps * loader.global_batch_size, initial=start *
                loader.global_batch_size, unit="img", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
+               disable=jax.process_index() != 0,
+               # a log file (no terminal) gets one line per 30 s, not one per batch
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     pending = None
     try:
         for step in range(start + 1, total_steps + 1):

@@ -218,8 +218,8 @@ def test_eval_transform_equals_resize_then_centre_crop():
 
 
 def test_train_transform_deterministic_and_flip_policy():
-    cfg = transforms.AugmentConfig(image_size=16, erase_prob=0.0, brightness=0.0, contrast=0.0,
-                                   crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    cfg = transforms.AugmentConfig(image_size=16, resize_size=16, erase_prob=0.0, brightness=0.0,
+                                   contrast=0.0)
     ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))[None, :, :, None]
     flips = []
     for seed in range(12):
@@ -230,6 +230,22 @@ def test_train_transform_deterministic_and_flip_policy():
         never = transforms.train_transform(ramp, cfg, np.random.default_rng(seed), allow_flip=False)
         assert never[0, 0, 0, 0] < never[0, 0, -1, 0]  # ramp keeps its direction
     assert 0 < sum(flips) < 12
+
+
+def test_rotation_policy_gives_all_eight_symmetries_only_when_allowed():
+    cfg = transforms.AugmentConfig(image_size=4, resize_size=4, erase_prob=0.0, brightness=0.0, contrast=0.0)
+    img = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1) / 15.0
+    base = transforms.train_transform(img, cfg, np.random.default_rng(0), allow_flip=False)[0, :, :, 0]
+    symmetries = {np.rot90(m, k).tobytes() for m in (base, base[:, ::-1]) for k in range(4)}
+    seen = set()
+    for seed in range(64):
+        out = transforms.train_transform(img, cfg, np.random.default_rng(seed), allow_flip=True,
+                                         allow_rotate=True)[0, :, :, 0]
+        seen.add(out.tobytes())
+        fixed = transforms.train_transform(img, cfg, np.random.default_rng(seed), allow_flip=False,
+                                           allow_rotate=False)[0, :, :, 0]
+        np.testing.assert_array_equal(fixed, base)
+    assert seen == symmetries and len(seen) == 8
 
 
 def test_random_erase_and_intensity_jitter():
@@ -251,6 +267,37 @@ def test_random_resized_crop_box_within_bounds_and_area():
         assert 0.3 * 6000 - 1e-6 <= (r - l) * (b - t) <= 0.6 * 6000 + 1e-6
 
 
+def test_shift_crop_box_is_the_eval_view_moved_by_half_the_margin():
+    # 100 x 60 image, resize 36 / crop 32: 60/36 source px per resized px, side 32 * 60/36,
+    # centred at left 3.33, top 23.33; shifts of up to +-2 resized px = +-3.33 source px.
+    side = 32 * 60 / 36
+    lefts, tops = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        l, t, r, b = transforms.shift_crop_box(100, 60, rng, 36, 32)
+        np.testing.assert_allclose([r - l, b - t], [side, side], rtol=1e-9)
+        lefts.append(l)
+        tops.append(t)
+    assert 0.0 <= min(lefts) < 0.3 and 6.4 < max(lefts) <= 60 - side + 1e-9
+    assert 20.0 <= min(tops) < 20.3 and 26.4 < max(tops) <= 23.3334 + 3.3334
+    # no margin: exactly the evaluation box, so the training view is the evaluation view
+    assert transforms.shift_crop_box(100, 60, rng, 32, 32) == transforms.center_crop_box(100, 60, 32, 32)
+
+
+def test_shift_train_transform_without_margin_equals_eval_transform():
+    vol = np.random.default_rng(2).random((2, 40, 30, 1)).astype(np.float32)
+    cfg = transforms.AugmentConfig(image_size=16, resize_size=16, erase_prob=0.0, brightness=0.0, contrast=0.0)
+    tr = transforms.train_transform(vol, cfg, np.random.default_rng(0), allow_flip=False)
+    np.testing.assert_allclose(tr, transforms.eval_transform(vol, 16, 16), atol=1e-6)
+
+
+def test_bad_crop_mode_names_the_key():
+    with pytest.raises(ValueError, match="data.crop_mode"):
+        transforms.AugmentConfig(crop_mode="zoom")
+    with pytest.raises(ValueError, match="data.image_size 64 > data.resize_size 32"):
+        transforms.AugmentConfig(image_size=64, resize_size=32)
+
+
 def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     yy, xx = np.mgrid[0:800, 0:1000]
     img = ((np.sin(yy / 40) + np.cos(xx / 60)) * 60 + 128).astype(np.uint8)
@@ -263,3 +310,15 @@ def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     np.testing.assert_allclose(small[0, :, :, 0], img[2::4, 2::4] / 255.0, atol=0.08)  # same picture
     assert open_volume(str(tmp_path / "a.jpg"), min_short_side=300).read().shape == (1, 400, 500, 1)
     assert open_volume(str(tmp_path / "a.png"), min_short_side=200).read().shape == (1, 800, 1000, 1)
+
+
+@pytest.mark.parametrize("key", ["flip_modalities", "rotate_modalities", "volume_modalities"])
+def test_reader_names_a_bad_modality_list(tmp_path, key):
+    from mami_jax.data import pipeline
+    from mami_jax.data.config import default_data_config
+    from mami_jax.data.manifest import ManifestRow
+    cfg = default_data_config()
+    cfg[key] = ("pathology", "histology")
+    row = ManifestRow("d:p1", "p", "s", "0", "pathology", "d", "", str(tmp_path / "x.png"), "train")
+    with pytest.raises(ValueError, match=f"data.{key}="):
+        pipeline.ExampleReader([row], cfg)

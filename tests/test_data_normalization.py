@@ -57,7 +57,7 @@ def test_train_and_eval_transforms_use_the_configured_normalization():
     np.testing.assert_allclose(ev.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     resized = resize_box(vol, center_crop_box(20, 20, 10, 8), 8)
     np.testing.assert_allclose(ev, standardize_per_image(resized), atol=1e-6)
-    cfg = AugmentConfig(image_size=8, erase_prob=0.0, normalization="per_image")
+    cfg = AugmentConfig(image_size=8, resize_size=10, erase_prob=0.0, normalization="per_image")
     tr = train_transform(vol, cfg, np.random.default_rng(0), allow_flip=False)
     np.testing.assert_allclose(tr.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     assert np.all((tr.std(axis=(0, 1, 2)) > 0.9) & (tr.std(axis=(0, 1, 2)) <= 1.0))  # std/(std+eps)

@@ -44,6 +44,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Training augmentation (see transforms.py for what each does and why).
     aug = AugmentConfig()
     c.flip_modalities = ("pathology",)  # horizontal flip allowed only here
+    c.rotate_modalities = ("pathology",)  # 90-degree rotations allowed only here (no orientation)
+    c.crop_mode = aug.crop_mode  # "shift": the eval view moved; "random_resized": crop_scale/ratio
     c.crop_scale = aug.crop_scale
     c.crop_ratio = aug.crop_ratio
     c.erase_prob = aug.erase_prob
@@ -59,6 +61,8 @@ def augment_config(cfg) -> AugmentConfig:
     """The transform parameters of a data config."""
     return AugmentConfig(
         image_size=int(cfg.image_size),
+        resize_size=int(cfg.resize_size),
+        crop_mode=str(cfg.crop_mode),
         crop_scale=tuple(float(v) for v in cfg.crop_scale),
         crop_ratio=tuple(float(v) for v in cfg.crop_ratio),
         erase_prob=float(cfg.erase_prob),

@@ -64,7 +64,7 @@ class ExampleReader:
     """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
 
     def __init__(self, rows: Sequence[ManifestRow], cfg):
-        for key in ("flip_modalities", "volume_modalities"):
+        for key in ("flip_modalities", "rotate_modalities", "volume_modalities"):
             value = cfg[key]
             if isinstance(value, str) or any(m not in MODALITIES for m in value):
                 raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
@@ -74,6 +74,7 @@ class ExampleReader:
         self.image_size = int(cfg.image_size)
         self.resize_size = int(cfg.resize_size)
         self.flip_modalities = frozenset(cfg.flip_modalities)
+        self.rotate_modalities = frozenset(cfg.rotate_modalities)
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
         # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
@@ -88,7 +89,8 @@ class ExampleReader:
         x = volume.read(idx)
         if rng is None:
             return eval_transform(x, self.resize_size, self.image_size, self.aug.normalization)
-        return train_transform(x, self.aug, rng, row.modality in self.flip_modalities)
+        return train_transform(x, self.aug, rng, row.modality in self.flip_modalities,
+                               row.modality in self.rotate_modalities)
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
         """Like ``read``; failures raise DataError naming the row. With ``skip_bad_images``
