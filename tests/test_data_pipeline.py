@@ -125,7 +125,9 @@ def test_source_weights(rows):
     assert all(loader.sources[loader.plan(s).source].name == "dx:xray" for s in range(50))
     cfg = small_cfg(source_weights={"dc:ct": 3.0, "dx:xray": 1.0})
     assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.75, 0.25]
-    with pytest.raises(ValueError, match="unknown keys \\['mri'\\]"):
+    cfg = small_cfg(source_weights={"ct": 2.0, "dx": 1.0, "dx:xray": 6.0})  # modality key; most specific wins
+    assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.25, 0.75]
+    with pytest.raises(ValueError, match="unknown keys \\['mri'\\]"):  # no mri source here
         pipeline.make_train_loader(rows, small_cfg(source_weights={"mri": 1.0}), seed=0)
 
 

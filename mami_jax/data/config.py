@@ -5,8 +5,9 @@ them stable. Experiment configs copy this dict into ``config.data`` and override
 fields before locking.
 
 Sources: a source is one (dataset, modality) group, named ``"<dataset>:<modality>"``
-(e.g. ``"nih_chestxray14:xray"``). ``source_weights`` maps a source name, or a bare
-dataset name (meaning all its modalities), to a sampling weight; empty means
+(e.g. ``"nih_chestxray14:xray"``). ``source_weights`` maps a source name, a bare
+dataset name (all its modalities) or a bare modality name (all its datasets) to a
+sampling weight; the most specific key wins; empty means
 "proportional to the number of training images". Weight 0 leaves a source out.
 """
 

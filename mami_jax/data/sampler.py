@@ -65,21 +65,22 @@ def train_label_map(rows: Sequence[ManifestRow]) -> dict[str, int]:
     return {k: i for i, k in enumerate(keys)}
 
 
-def _resolve_weights(names, datasets, sampleable, source_weights: Mapping[str, float]):
+def _resolve_weights(names, datasets, modalities, sampleable, source_weights: Mapping[str, float]):
+    """Weight per source from ``source_weights``: its "dataset:modality" name, else its bare
+    dataset name, else its bare modality name; sources matched by none get 0."""
     weights = np.zeros(len(names))
     if not source_weights:
         weights[:] = sampleable
     else:
-        known = set(names) | set(datasets)
+        known = set(names) | set(datasets) | set(modalities)
         unknown = sorted(set(source_weights) - known)
         if unknown:
             raise ValueError(f"source_weights has unknown keys {unknown}; training sources are "
-                             f"{sorted(names)} (a bare dataset name also works)")
-        for i, (n, d) in enumerate(zip(names, datasets)):
-            if n in source_weights:
-                weights[i] = float(source_weights[n])
-            elif d in source_weights:
-                weights[i] = float(source_weights[d])
+                             f"{sorted(names)} (a bare dataset or modality name also works)")
+        for i, (n, d, m) in enumerate(zip(names, datasets, modalities)):
+            key = next((k for k in (n, d, m) if k in source_weights), None)
+            if key is not None:
+                weights[i] = float(source_weights[key])
             if weights[i] < 0:
                 raise ValueError(f"negative source weight {weights[i]} for {n}")
             if weights[i] > 0 and sampleable[i] == 0:
@@ -110,7 +111,8 @@ def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
         pats = [np.asarray(sorted(v), np.int64) for _, v in sorted(groups[key].items())]
         pats_per_source.append(pats)
         sampleable.append(sum(len(p) for p in pats if len(p) >= 2))
-    weights = _resolve_weights(names, datasets, np.asarray(sampleable, float), source_weights or {})
+    weights = _resolve_weights(names, datasets, [m for _, m in keys], np.asarray(sampleable, float),
+                               source_weights or {})
     out = []
     for (d, m), name, w, pats in zip(keys, names, weights, pats_per_source):
         keep = [p for p in pats if len(p) >= 2]
