@@ -118,7 +118,9 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     32 px input with 8 px patches (16 tokens) learns as fast per step as 64 px and runs
     ~2.5x faster; per-image normalisation and the BNNeck are what make training from
     scratch leave chance level at all (fundus Rank-1 0.03 -> 0.58 at 400 steps; X-ray
-    at 64 px 0.25 -> 0.51 at 200 steps). 3000 steps keep the whole job near 13 minutes.
+    at 64 px 0.25 -> 0.51 at 200 steps); shifted instead of random-resized crops
+    (``data.crop_mode``, MRI 0.43 -> 0.65 at 400 steps). 3000 steps keep the whole
+    job near 13 minutes.
     """
     m = c.model
     m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 32
@@ -130,11 +132,13 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     d.eval_batch_size = 64
     d.normalization = "per_image"
     # T=2 of 16 slices: a jittered slice may lie anywhere in its half of the slab, so the
-    # same patient is shown at unrelated levels (MRI Rank-1 0.43 with jitter, 0.71 without).
+    # same patient is shown at unrelated levels (MRI Rank-1 at 400 steps: 0.46 with
+    # jitter, 0.65 without).
     d.slice_jitter = False
     if not c.modalities:
-        # Steps where they are needed: alone, X-ray and CT pass Rank-1 0.9 within 400
-        # steps, fundus and MRI need ~600+ (README); pathology is the hardest.
+        # Steps where they are needed: alone, CT reaches Rank-1 0.95 in 400 steps while
+        # fundus (0.77 at 400, 0.85 at 600) and MRI (0.65 at 400) need more; pathology
+        # does not learn in this budget (README).
         d.source_weights = ml_collections.ConfigDict(
             {"xray": 0.15, "ct": 0.15, "fundus": 0.25, "mri": 0.25, "pathology": 0.2})
     c.phantoms.patients = 160

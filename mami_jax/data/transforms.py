@@ -28,7 +28,7 @@ Why these choices:
   (area ``crop_scale``, aspect ``crop_ratio``). Medical images are already framed
   by the acquisition, and identity lives in the size and shape of anatomy, which
   zooming of up to 1.4x (area 0.5) blurs: on the MRI phantoms a from-scratch model
-  reached Rank-1 0.71 after 400 steps with "shift" and 0.43 with "random_resized"
+  reached Rank-1 0.65 after 400 steps with "shift" and 0.43 with "random_resized"
   (``benchmarks/runlocal_ablation.py``, README).
 - Horizontal flips only for modalities whose left/right carries no identity or
   anatomy (``flip_modalities``): never X-ray or CT (the heart is on the left),
