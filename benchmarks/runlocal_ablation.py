@@ -28,16 +28,14 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
 from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402
-from mami_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from mami_jax.train import build_state_fns, dummy_images, make_embed_fn  # noqa: E402
-from mami_jax.train_model import ReIDTrainModel  # noqa: E402
+from mami_jax.optim import learning_rate_schedule  # noqa: E402
+from mami_jax.train import TRAIN_KEYS, build_model_and_state_fns, make_embed_fn  # noqa: E402
 from mami_jax.train_step import make_train_step  # noqa: E402
 
 
@@ -93,12 +91,8 @@ def main(argv=None) -> int:
         rows = load_rows(cfg, workdir)
         mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
         loader = make_train_loader(rows, cfg.data, seed=cfg.seed)
-        model = ReIDTrainModel(cfg.model, loader.num_classes, neck=cfg.loss.id_neck)
-        rng = jax.random.key(cfg.seed)
-        abstract = jax.eval_shape(lambda r: model.init(r, dummy_images(cfg))["params"], rng)
-        optimizer = make_optimizer(cfg.optim, abstract, args.steps)
-        _, init_state = build_state_fns(cfg, model, optimizer)
-        state = jax.jit(init_state)(rng)
+        model, optimizer, init_state = build_model_and_state_fns(cfg, loader.num_classes, args.steps)
+        state = jax.jit(init_state)(jax.random.key(cfg.seed))
         step_fn = jax.jit(make_train_step(model, optimizer, cfg.loss, lr_schedule=
                                           learning_rate_schedule(cfg.optim, args.steps)),
                           donate_argnums=(0,))
@@ -107,7 +101,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         for step in range(1, args.steps + 1):
             batch = next(data_iter)
-            state, metrics = step_fn(state, {k: batch[k] for k in ("images", "label", "mask")})
+            state, metrics = step_fn(state, {k: batch[k] for k in TRAIN_KEYS})
             if step % 25 == 0 or step == args.steps:
                 m = jax.device_get(metrics)
                 print(f"step {step}: id={float(m['id']):.3f} triplet={float(m['triplet']):.3f} "

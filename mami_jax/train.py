@@ -56,16 +56,14 @@ def dummy_images(config) -> jax.ShapeDtypeStruct:
     return jnp.zeros((1, 1, size, size, 3), jnp.float32)
 
 
-def build_state_fns(config, model, optimizer):
-    def init_params(rng):
-        return model.init(rng, dummy_images(config))["params"]
-
+def make_init_state(config, model, optimizer):
+    """rng -> a fresh TrainState (step 0, random parameters, optimiser state, step RNG)."""
     def init_state(rng):
-        params = init_params(rng)
+        params = model.init(rng, dummy_images(config))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
-    return init_params, init_state
+    return init_state
 
 
 def make_embed_fn(model_cfg):
@@ -91,6 +89,16 @@ def _check_finite(step: int, metrics: dict, ckpt) -> None:
             f"good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
 
 
+def build_model_and_state_fns(config, num_classes: int, total_steps: int):
+    """(train model, optimiser, init_state) for ``config``: what every training loop needs
+    before it decides how to place and restore the state."""
+    model = ReIDTrainModel(config.model, num_classes, neck=config.loss.id_neck)
+    abstract_params = jax.eval_shape(lambda r: model.init(r, dummy_images(config))["params"],
+                                     jax.random.key(config.seed))
+    optimizer = make_optimizer(config.optim, abstract_params, total_steps)
+    return model, optimizer, make_init_state(config, model, optimizer)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
     final evaluation metrics per group."""
@@ -111,11 +119,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ValueError(f"global batch {loader.global_batch_size} is not divisible by the "
                          f"{mesh.shape['data']} devices of the data axis")
 
-    model = ReIDTrainModel(config.model, loader.num_classes, neck=config.loss.id_neck)
+    model, optimizer, init_state = build_model_and_state_fns(
+        config, loader.num_classes, total_steps)
     rng = jax.random.key(config.seed)
-    abstract_params = jax.eval_shape(lambda r: model.init(r, dummy_images(config))["params"], rng)
-    optimizer = make_optimizer(config.optim, abstract_params, total_steps)
-    init_params, init_state = build_state_fns(config, model, optimizer)
     abstract_state = jax.eval_shape(init_state, rng)
     state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
 

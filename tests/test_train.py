@@ -14,7 +14,7 @@ import pytest
 from mami_jax import sharding
 from mami_jax.config_base import base_config
 from mami_jax.optim import make_optimizer
-from mami_jax.train import NonFiniteLossError, _check_finite, build_state_fns
+from mami_jax.train import NonFiniteLossError, _check_finite, make_init_state
 from mami_jax.train_model import ReIDTrainModel
 from mami_jax.train_step import loss_and_grads, make_loss_fn, make_train_step
 
@@ -51,7 +51,7 @@ def _setup(cfg, num_classes=6):
     abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1, 32, 32, 3)))["params"],
                               rng)
     opt = make_optimizer(cfg.optim, abstract, 10)
-    _, init_state = build_state_fns(cfg, model, opt)
+    init_state = make_init_state(cfg, model, opt)
     return model, opt, init_state, rng
 
 
