@@ -256,3 +256,59 @@ def test_errors_that_are_not_bad_files_are_never_skipped(rows, monkeypatch):
     with pytest.raises(pipeline.DataError, match="manifest row 0 .*ValueError: a bug"):
         list(loader)
     assert loader.skipped_images == 0
+
+
+def test_modality_image_sizes_per_source_in_training_and_evaluation(rows):
+    cfg = small_cfg(modality_image_sizes={"ct": (12, 14)})
+    ct = [i for i, r in enumerate(rows) if r.modality == "ct" and r.split == "test"]
+    xr = [i for i, r in enumerate(rows) if r.modality == "xray" and r.split == "test"]
+    batches = list(pipeline.make_eval_loader(rows, ct + xr, cfg, batch_size=4))
+    assert batches[0]["images"].shape == (4, 3, 12, 12, 3)   # ct: its own size, padded
+    assert batches[1]["images"].shape == (4, 1, 8, 8, 3)     # x-ray: the default
+    vol = open_volume(rows[ct[0]].path)
+    np.testing.assert_allclose(batches[0]["images"][0], eval_transform(vol.read([1, 3, 5]), 14, 12),
+                               atol=1e-6)
+    loader = pipeline.make_train_loader(rows, cfg, seed=0)
+    for batch, step in zip(take(loader, 6), range(6)):
+        source = loader.sources[loader.plan(step).source]
+        side = 12 if source.modality == "ct" else 8
+        assert batch["images"].shape[2:4] == (side, side), (source.name, batch["images"].shape)
+
+
+@pytest.mark.parametrize("sizes, match", [
+    ({"cat": (8, 10)}, r"modality_image_sizes\['cat'\]: unknown modality"),
+    ({"ct": (8,)}, r"modality_image_sizes\['ct'\]=.*two positive ints"),
+    ({"ct": (12, 10)}, r"modality_image_sizes\['ct'\]: data.image_size 12 > data.resize_size 10"),
+])
+def test_bad_modality_image_sizes_are_named(rows, sizes, match):
+    with pytest.raises(ValueError, match=match):
+        pipeline.make_eval_loader(rows, [0], small_cfg(modality_image_sizes=sizes))
+
+
+def test_stain_normalisation_applies_only_to_the_listed_modalities(rows, tmp_path):
+    rgb = np.random.default_rng(1).uniform(0.2, 1.0, (20, 20, 3))
+    path = str(tmp_path / "tile.png")
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+    row = ManifestRow("tile", "p", "s0", "0", "pathology", "dp", "", path, "test")
+    plain = pipeline.read_example(row, small_cfg())
+    normed = pipeline.read_example(row, small_cfg(stain_normalize_modalities=("pathology",)))
+    from mami_jax.data import stain
+    ref = eval_transform(stain.normalize_slices(open_volume(path).read([0])), 10, 8)
+    np.testing.assert_allclose(normed, ref, atol=1e-6)
+    assert np.abs(normed - plain).max() > 0.1
+    with pytest.raises(ValueError, match="stain_normalize_modalities"):
+        pipeline.make_eval_loader(rows, [0], small_cfg(stain_normalize_modalities=("he",)))
+
+
+def test_decode_cache_changes_no_batch_and_serves_repeated_reads(rows):
+    plain = small_cfg()
+    cached = small_cfg(decode_cache_mb=1)
+    assert_batches_equal(take(pipeline.make_train_loader(rows, plain, seed=3), 8),
+                         take(pipeline.make_train_loader(rows, cached, seed=3), 8))
+    idx = [i for i, r in enumerate(rows) if r.split == "test"]
+    assert_batches_equal(list(pipeline.make_eval_loader(rows, idx, plain, batch_size=2)),
+                         list(pipeline.make_eval_loader(rows, idx, cached, batch_size=2)))
+    loader = pipeline.make_train_loader(rows, cached, seed=3)
+    take(loader, 8)
+    cache = loader._reader.cache
+    assert cache.hits > 0 and 0 < cache.nbytes <= 2 ** 20

@@ -13,8 +13,11 @@ sampling weight; the most specific key wins; empty means
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from mami_jax.data.manifest import MODALITIES
 from mami_jax.data.transforms import AugmentConfig
 
 
@@ -23,6 +26,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.manifest = ""  # path to a manifest CSV; "" = synthetic phantoms
     c.image_size = 224  # crop fed to the model
     c.resize_size = 256  # evaluation: short side resized to this, then centre crop
+    # Per-modality (image_size, resize_size) overriding the two above, e.g. {"pathology":
+    # (448, 512)} to keep cellular detail; every batch holds one source, so sizes never mix
+    # in a batch, and the ViT resizes its position embedding to each grid.
+    c.modality_image_sizes = ml_collections.ConfigDict()
     c.num_slices = 8  # T for ct/mri series; 2-D modalities use T = 1
     c.volume_modalities = ("ct", "mri")  # modalities read as T-slice series
     c.patients_per_batch = 16  # P (global batch = P * K images)
@@ -32,9 +39,15 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source_weights = ml_collections.ConfigDict()  # {} = proportional to training images
     c.skip_bad_images = False  # True: unreadable images are skipped (mask False) and counted
     c.num_workers = 0  # grain worker processes; 0 = decode in the main process (threads)
+    # Decoded (and stain-normalised) images kept in memory per process, before augmentation
+    # (decoded_cache.py): worth it when a dataset is small and read many times. 0 = off.
+    c.decode_cache_mb = 0
     c.read_threads = 2  # threads per process decoding batches ahead
     c.prefetch = 2  # batches buffered ahead (per process / per worker)
     c.eval_batch_size = 64
+    # Evaluation embeds these modalities' images as the mean over the 8 symmetries of the
+    # square (evaluate/evaluator.py): for tiles with no orientation; costs 8 forward passes.
+    c.eval_symmetry_modalities = ()
     # "imagenet" (what CLIP weights expect) or "per_image": each image / series z-scored
     # per channel, which removes exposure and colour-balance changes (transforms.py).
     c.normalization = "imagenet"
@@ -55,6 +68,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.brightness = aug.brightness
     c.contrast = aug.contrast
     c.slice_jitter = True  # training slices jittered inside their segment
+    # Macenko stain normalisation (stain.py) of these modalities' RGB images, in training
+    # and evaluation: H&E colour differs more between labs and dye batches than between
+    # patients. Off by default, as in the paper's recipe.
+    c.stain_normalize_modalities = ()
     return c
 
 
@@ -73,3 +90,28 @@ def augment_config(cfg) -> AugmentConfig:
         contrast=float(cfg.contrast),
         normalization=str(cfg.normalization),
     )
+
+
+def modality_augment_configs(cfg) -> dict[str, AugmentConfig]:
+    """The transform parameters of every modality: ``augment_config`` with the
+    ``modality_image_sizes`` override of that modality, if any.
+
+    Raises ValueError naming ``data.modality_image_sizes`` for an unknown modality or
+    a value that is not two positive integers (image_size <= resize_size).
+    """
+    base = augment_config(cfg)
+    overrides = dict(cfg.get("modality_image_sizes", {}) or {})
+    out = {m: base for m in MODALITIES}
+    for modality, sizes in overrides.items():
+        where = f"data.modality_image_sizes[{modality!r}]"
+        if modality not in MODALITIES:
+            raise ValueError(f"{where}: unknown modality; expected one of {MODALITIES}")
+        if isinstance(sizes, (str, bytes)) or len(tuple(sizes)) != 2 or \
+                any(int(v) != v or int(v) < 1 for v in sizes):
+            raise ValueError(f"{where}={sizes!r}: expected (image_size, resize_size), two positive ints")
+        image_size, resize_size = (int(v) for v in sizes)
+        try:
+            out[modality] = dataclasses.replace(base, image_size=image_size, resize_size=resize_size)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
+    return out

@@ -70,7 +70,7 @@ from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.data.phantom_anatomy import common, ct, disease, fundus, io, mri, pathology, xray
 
 #: Bump when the generated content changes, so stale caches are not reused.
-VERSION = 1
+VERSION = 2   # 2: pathology identity with four nuclear sizes and clustering, milder cellularity
 DATASET = "phantoms"
 RENDERERS = {"xray": xray, "ct": ct, "mri": mri, "fundus": fundus, "pathology": pathology}
 VIEWS = {"xray": "PA", "ct": "axial", "mri": "axial", "pathology": "HE"}

@@ -40,9 +40,10 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from mami_jax.data import sampler
-from mami_jax.data.config import augment_config
+from mami_jax.data import sampler, stain
+from mami_jax.data.config import modality_augment_configs
 from mami_jax.data.decode import DecodeError, open_volume
+from mami_jax.data.decoded_cache import DecodedCache
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.transforms import (AugmentConfig, check_normalization, eval_transform,
                                       slice_indices, train_transform)
@@ -64,33 +65,57 @@ class ExampleReader:
     """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
 
     def __init__(self, rows: Sequence[ManifestRow], cfg):
-        for key in ("flip_modalities", "rotate_modalities", "volume_modalities"):
+        for key in ("flip_modalities", "rotate_modalities", "volume_modalities",
+                    "stain_normalize_modalities", "eval_symmetry_modalities"):
             value = cfg[key]
             if isinstance(value, str) or any(m not in MODALITIES for m in value):
                 raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
         self.rows = list(rows)
-        self.aug: AugmentConfig = augment_config(cfg)
-        check_normalization(self.aug.normalization)
-        self.image_size = int(cfg.image_size)
-        self.resize_size = int(cfg.resize_size)
+        self.augs: dict[str, AugmentConfig] = modality_augment_configs(cfg)
+        check_normalization(self.augs[MODALITIES[0]].normalization)
         self.flip_modalities = frozenset(cfg.flip_modalities)
         self.rotate_modalities = frozenset(cfg.rotate_modalities)
+        self.stain_modalities = frozenset(cfg.stain_normalize_modalities)
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
         # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
         self.min_short_side = int(cfg.jpeg_min_short_side) or None
+        self.cache = DecodedCache(int(float(cfg.decode_cache_mb) * 2 ** 20))
+        self._num_slices: dict[int, int] = {}   # per row, filled only when caching
+
+    def decoded(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
+        """(T, H, W, C) float32 slices of row ``index`` before any transform (stain-normalised
+        where configured), from the decode cache when enabled."""
+        row = self.rows[index]
+        volume = None
+        total = self._num_slices.get(index)
+        if total is None:
+            volume = open_volume(row.path, min_short_side=self.min_short_side)
+            total = volume.num_slices
+            if self.cache.max_bytes:
+                self._num_slices[index] = total
+        jitter = rng if (rng is not None and self.slice_jitter) else None
+        idx = slice_indices(total, num_slices, jitter)
+
+        def decode():
+            x = (volume or open_volume(row.path, min_short_side=self.min_short_side)).read(idx)
+            return stain.normalize_slices(x) if row.modality in self.stain_modalities else x
+
+        return self.cache.get_or_compute((index, tuple(int(i) for i in idx)), decode)
 
     def read(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
         """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""
         row = self.rows[index]
-        volume = open_volume(row.path, min_short_side=self.min_short_side)
-        jitter = rng if (rng is not None and self.slice_jitter) else None
-        idx = slice_indices(volume.num_slices, num_slices, jitter)
-        x = volume.read(idx)
+        x = self.decoded(index, num_slices, rng)
+        aug = self.augs[row.modality]
         if rng is None:
-            return eval_transform(x, self.resize_size, self.image_size, self.aug.normalization)
-        return train_transform(x, self.aug, rng, row.modality in self.flip_modalities,
+            return eval_transform(x, aug.resize_size, aug.image_size, aug.normalization)
+        return train_transform(x, aug, rng, row.modality in self.flip_modalities,
                                row.modality in self.rotate_modalities)
+
+    def image_size(self, modality: str) -> int:
+        """Side of the square crops of ``modality`` (``data.modality_image_sizes`` or the default)."""
+        return self.augs[modality].image_size
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
         """Like ``read``; failures raise DataError naming the row. With ``skip_bad_images``
@@ -102,7 +127,7 @@ class ExampleReader:
             if not self.skip_bad:
                 raise DataError(f"{self._where(index)}: {e}. Set data.skip_bad_images=True "
                                 f"to skip and count unreadable images.") from e
-            size = self.image_size
+            size = self.image_size(self.rows[index].modality)
             return np.zeros((num_slices, size, size, 3), np.float32), False
         except Exception as e:  # noqa: BLE001 - re-raised naming the row
             raise DataError(f"{self._where(index)}: {type(e).__name__}: {e}") from e
@@ -161,7 +186,7 @@ class _EvalBatch:
 
     def __call__(self, item) -> dict:
         t, modality, indices = item
-        size = self.reader.image_size
+        size = self.reader.image_size(MODALITIES[modality])
         images, mask, skipped = [], [], 0
         for i in indices:
             if i < 0:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.pipeline import make_eval_loader
 from mami_jax.data.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
@@ -27,12 +27,22 @@ from mami_jax.sharding import global_batch
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 
 
+def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square (4 rotations, each also mirrored) of (B, T, H, W, C)
+    images: for tissue with no orientation, averaging the embedding over them makes
+    it invariant, as training with flips and rotations (data.rotate_modalities) asks."""
+    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, :, ::-1])]
+
+
 def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],
                data_cfg, mesh, batch_size: int | None = None) -> np.ndarray:
     """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
 
     Every process iterates the same batches and feeds its own contiguous share, so
-    the global batch is the loader's batch whatever the number of hosts.
+    the global batch is the loader's batch whatever the number of hosts. Images of
+    ``data_cfg.eval_symmetry_modalities`` are embedded as the mean over the 8
+    symmetries of the square (``symmetry_views``).
     """
     batch_size = int(batch_size or data_cfg.eval_batch_size)
     data_devices = mesh.shape["data"]
@@ -42,12 +52,17 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     n_proc, proc = jax.process_count(), jax.process_index()
     per_proc = batch_size // n_proc
     position = {int(i): k for k, i in enumerate(indices)}
+    symmetric = frozenset(data_cfg.get("eval_symmetry_modalities", ()))
     out = None
     for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
         local = {k: v[proc * per_proc:(proc + 1) * per_proc]
                  for k, v in batch.items() if k in ("images", "mask")}
-        emb = multihost_utils.process_allgather(embed_fn(global_batch(local, mesh)), tiled=True)
-        emb = np.asarray(emb, np.float32)
+        views = [local["images"]]
+        if MODALITIES[int(batch["modality"][0])] in symmetric:
+            views = symmetry_views(local["images"])
+        emb = sum(np.asarray(multihost_utils.process_allgather(
+            embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32)
+            for v in views) / len(views)
         if out is None:
             out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
         keep = batch["index"] >= 0
