@@ -11,8 +11,9 @@ quantitative analysis", ISBI 2009):
 1. optical density ``OD = -log(I / I0)`` per pixel and channel, where ``I0`` is
    the white of empty glass (the brightest pixels of the tile, per channel, so
    that a white-balance shift is undone too);
-2. pixels with OD below ``beta`` in any channel are glass and are left out of
-   the fit;
+2. pixels whose OD vector is shorter than ``beta`` are glass and are left out
+   of the fit (a per-channel threshold would also drop pale eosin, whose red and
+   blue optical densities are small);
 3. the two principal directions of the tissue pixels' OD span the stain plane;
    the angles of the pixels in that plane, at the ``alpha`` and
    ``100 - alpha`` percentiles, give the two stain vectors (haematoxylin is the
