@@ -7,6 +7,8 @@ or embed (write embeddings of every manifest row).
 from absl import app, flags
 from ml_collections import config_flags
 
+from mami_jax.log_filters import quiet_library_info
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/all.py"
                                           "[:runlocal]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -19,6 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_info()  # orbax's per-save INFO lines; --v=1 shows them
     if _MODE.value == "train":
         from mami_jax.train import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
