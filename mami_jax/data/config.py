@@ -37,6 +37,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.split_fractions = ml_collections.ConfigDict({"train": 0.7, "val": 0.1, "test": 0.2})
     c.split_seed = 0
     c.source_weights = ml_collections.ConfigDict()  # {} = proportional to training images
+    # One identity class per training "patient", or per "patient_modality" (a patient's
+    # images of one modality): evaluation never matches across modalities (sampler.py).
+    c.identity_classes = "patient"
     c.skip_bad_images = False  # True: unreadable images are skipped (mask False) and counted
     c.num_workers = 0  # grain worker processes; 0 = decode in the main process (threads)
     # Decoded (and stain-normalised) images kept in memory per process, before augmentation

@@ -56,9 +56,9 @@ class DataError(RuntimeError):
     """An image of the manifest could not be used; the message names row, id and file."""
 
 
-def num_classes(rows: Sequence[ManifestRow]) -> int:
-    """Number of identity classes: training patients."""
-    return len(train_label_map(rows))
+def num_classes(rows: Sequence[ManifestRow], identity_classes: str = "patient") -> int:
+    """Number of identity classes: training patients (or patients x modalities)."""
+    return len(train_label_map(rows, identity_classes))
 
 
 class ExampleReader:
@@ -267,11 +267,12 @@ class TrainLoader:
         self.seed = int(seed)
         self.process_index, self.process_count = process_index, process_count
         self.start_step = int(start_step)
-        self.label_map = train_label_map(rows)
+        self.label_map = train_label_map(rows, cfg.identity_classes)
         self.num_classes = len(self.label_map)
         self.sources = sampler.build_sources(
             rows, num_slices=int(cfg.num_slices), volume_modalities=tuple(cfg.volume_modalities),
-            source_weights=dict(cfg.source_weights), label_map=self.label_map)
+            source_weights=dict(cfg.source_weights), label_map=self.label_map,
+            identity_classes=cfg.identity_classes)
         self.global_batch_size = p * k
         self.local_batch_size = p * k // process_count
         self._counter = SkipCounter()
@@ -299,7 +300,8 @@ class TrainLoader:
                                  int(self.cfg.images_per_patient), self.seed, step)
 
     def summary(self) -> str:
-        lines = [f"training: {self.num_classes} patients (identity classes), "
+        lines = [f"training: {self.num_classes} identity classes (one per "
+                 f"{self.cfg.identity_classes.replace('_', ' x ')}), "
                  f"{sum(s.num_images for s in self.sources)} images, global batch "
                  f"{self.global_batch_size} = P {self.cfg.patients_per_batch} x K "
                  f"{self.cfg.images_per_patient}, this process reads {self.local_batch_size}"]
@@ -343,8 +345,9 @@ class EvalLoader:
                 chunk = members[start:start + batch_size]
                 chunk = chunk + [-1] * (batch_size - len(chunk))
                 self.batches.append((t, MODALITY_INDEX[modality], np.asarray(chunk, np.int64)))
-        label_map = train_label_map(rows)
-        self._labels = np.asarray([label_map.get(r.patient_key, -1) for r in rows], np.int32)
+        label_map = train_label_map(rows, cfg.identity_classes)
+        self._labels = np.asarray([label_map.get(sampler.identity_key(r, cfg.identity_classes), -1)
+                                   for r in rows], np.int32)
         self.rows, self.cfg, self.batch_size = rows, cfg, batch_size
         self._counter = SkipCounter()
         self._reader = ExampleReader(rows, cfg)

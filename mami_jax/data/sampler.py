@@ -59,9 +59,28 @@ def source_name(dataset: str, modality: str) -> str:
     return f"{dataset}:{modality}"
 
 
-def train_label_map(rows: Sequence[ManifestRow]) -> dict[str, int]:
-    """patient_key -> identity label, over training rows, in sorted patient_key order."""
-    keys = sorted({r.patient_key for r in rows if r.split == "train"})
+#: What one identity class of the training loss is (``data.identity_classes``).
+IDENTITY_CLASSES = ("patient", "patient_modality")
+
+
+def identity_key(row: ManifestRow, identity_classes: str = "patient") -> str:
+    """The identity class of ``row``: its patient, or its patient within one modality.
+
+    Re-identification is evaluated within a modality, so nothing asks a patient's
+    pathology tile and chest X-ray to share a class; with "patient" the classifier
+    must still map both to one weight vector. "patient_modality" gives each
+    (patient, modality) its own class.
+    """
+    if identity_classes == "patient":
+        return row.patient_key
+    if identity_classes == "patient_modality":
+        return f"{row.patient_key}/{row.modality}"
+    raise ValueError(f"data.identity_classes={identity_classes!r}: expected one of {IDENTITY_CLASSES}")
+
+
+def train_label_map(rows: Sequence[ManifestRow], identity_classes: str = "patient") -> dict[str, int]:
+    """identity key -> identity label, over training rows, in sorted key order."""
+    keys = sorted({identity_key(r, identity_classes) for r in rows if r.split == "train"})
     return {k: i for i, k in enumerate(keys)}
 
 
@@ -95,9 +114,14 @@ def _resolve_weights(names, datasets, modalities, sampleable, source_weights: Ma
 def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
                   volume_modalities: Sequence[str] = ("ct", "mri"),
                   source_weights: Mapping[str, float] | None = None,
-                  label_map: Mapping[str, int] | None = None) -> list[Source]:
-    """Groups training rows into sources, sorted by name (stable across runs)."""
-    label_map = dict(label_map) if label_map is not None else train_label_map(rows)
+                  label_map: Mapping[str, int] | None = None,
+                  identity_classes: str = "patient") -> list[Source]:
+    """Groups training rows into sources, sorted by name (stable across runs).
+
+    ``label_map`` maps ``identity_key(row, identity_classes)`` to the label.
+    """
+    label_map = (dict(label_map) if label_map is not None
+                 else train_label_map(rows, identity_classes))
     groups: dict[tuple[str, str], dict[str, list[int]]] = collections.defaultdict(
         lambda: collections.defaultdict(list))
     for i, r in enumerate(rows):
@@ -120,7 +144,8 @@ def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
             name=name, dataset=d, modality=m,
             num_slices=int(num_slices) if m in volume_modalities else 1,
             patients=tuple(keep),
-            labels=np.asarray([label_map[rows[int(p[0])].patient_key] for p in keep], np.int32),
+            labels=np.asarray([label_map[identity_key(rows[int(p[0])], identity_classes)] for p in keep],
+                              np.int32),
             num_images=int(sum(len(p) for p in pats)),
             num_patients=len(pats),
             num_single_image=len(pats) - len(keep),
