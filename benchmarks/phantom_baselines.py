@@ -1,6 +1,7 @@
 """How hard is the phantom benchmark? Rank-1 of three nearest-neighbour baselines per modality.
 
-    python benchmarks/phantom_baselines.py [--data DIR | --patients 60 --visits 4 --seed 0] [--split test]
+    python benchmarks/phantom_baselines.py [--data DIR | --patients 60 --visits 4 --seed 0
+                                            --image-size 128 --pathology-field 1] [--split test]
 
 - intensity (z): global intensity statistics (mean, std, 32-bin histogram,
   colour means/stds), each feature z-scored over the set, Euclidean NN.
@@ -45,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--visits", type=int, default=phantoms.DEFAULTS["visits"])
     ap.add_argument("--seed", type=int, default=phantoms.DEFAULTS["seed"])
     ap.add_argument("--image-size", type=int, default=phantoms.DEFAULTS["image_size"])
+    ap.add_argument("--pathology-field", type=float, default=phantoms.DEFAULTS["pathology_field"],
+                    help="pathology tiles this many standard fields wide (runlocal: 1.5)")
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             manifest = phantoms.generate(os.path.join(tmp, "ph"), patients=args.patients, visits=args.visits,
-                                         seed=args.seed, image_size=args.image_size)
+                                         seed=args.seed, image_size=args.image_size,
+                                         pathology_field=args.pathology_field)
             print(f"generated {args.patients} patients x {args.visits} visits in {time.perf_counter() - t0:.1f} s")
         res = baselines.evaluate_manifest(manifest, args.split)
     print(f"split={args.split}  (Rank-1 of nearest neighbour; chance = same-patient share of the gallery)")

@@ -23,7 +23,8 @@ def manifest_path(config, workdir: str) -> str:
     cache = os.path.expanduser(ph.cache_dir) if ph.cache_dir else os.path.join(workdir, "phantoms")
     logging.info("no data.manifest configured: using the synthetic phantoms in %s", cache)
     return ensure_phantoms(cache, patients=ph.patients, visits=ph.visits, seed=ph.seed,
-                           image_size=ph.image_size, slices=ph.slices)
+                           image_size=ph.image_size, slices=ph.slices,
+                           pathology_field=ph.pathology_field)
 
 
 def load_rows(config, workdir: str) -> list[ManifestRow]:

@@ -70,14 +70,16 @@ from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.data.phantom_anatomy import common, ct, disease, fundus, io, mri, pathology, xray
 
 #: Bump when the generated content changes, so stale caches are not reused.
-VERSION = 2   # 2: pathology identity with four nuclear sizes and clustering, milder cellularity
+#: 2: pathology identity with four nuclear sizes and clustering, milder cellularity;
+#: 3: pathology tissue layout 1.5x larger relative to the nuclei (pathology.LAYOUT_SCALE).
+VERSION = 3
 DATASET = "phantoms"
 RENDERERS = {"xray": xray, "ct": ct, "mri": mri, "fundus": fundus, "pathology": pathology}
 VIEWS = {"xray": "PA", "ct": "axial", "mri": "axial", "pathology": "HE"}
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.1), ("test", 0.3))
 MODALITY_COUNT_P = (0.1, 0.3, 0.6)   # P(1, 2 or 3 modalities per patient)
 LABEL_COLUMNS = ("image_id", "patient_id", "modality", "order", "disease_stage", "disease_label")
-DEFAULTS = dict(patients=100, visits=4, seed=0, image_size=128, slices=16)
+DEFAULTS = dict(patients=100, visits=4, seed=0, image_size=128, slices=16, pathology_field=1.0)
 
 # spawn keys of the generators (see common.rng_for); modality keys are 1 + index in MODALITIES
 _KEY_ASSIGN = 1_000_001
@@ -132,7 +134,7 @@ def plan(patients: int, visits: int, seed: int) -> list[tuple[str, tuple[str, ..
 
 def _render_series(job):
     """Renders and writes every visit of one (patient, modality); returns manifest and label rows."""
-    root, index, modality, course, seed, size, slices = job
+    root, index, modality, course, seed, size, slices, field = job
     pid = patient_id(index)
     mkey = 1 + MODALITIES.index(modality)
     module = RENDERERS[modality]
@@ -142,8 +144,12 @@ def _render_series(job):
     for visit, stage in enumerate(course):
         rng = common.rng_for(seed, index, mkey, visit + 1)
         sev = disease.severity(rng, stage)
-        extra = (slices,) if modality in ("ct", "mri") else ()
-        data = module.render(anat, rng, sev, size, *extra)
+        if modality in ("ct", "mri"):
+            data = module.render(anat, rng, sev, size, slices)
+        elif modality == "pathology":
+            data = module.render(anat, rng, sev, pathology_tile_size(size, field), field)
+        else:
+            data = module.render(anat, rng, sev, size)
         rel = io.relative_path(modality, pid, visit)
         io.write(modality, os.path.join(root, rel), data, jpeg_quality=int(rng.integers(80, 96)))
         image_id = f"{pid}_{modality}_v{visit}"
@@ -154,24 +160,38 @@ def _render_series(job):
     return rows, labels
 
 
-def _check_args(patients, visits, seed, image_size, slices):
+def pathology_tile_size(image_size: int, field: float) -> int:
+    """Side in pixels of a pathology tile: ``field`` standard fields at the magnification
+    of an ``image_size`` tile (``pathology.render``)."""
+    return int(round(image_size * field))
+
+
+def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0):
     for name, value, low in (("patients", patients, 1), ("visits", visits, 1), ("seed", seed, 0),
                              ("image_size", image_size, 16), ("slices", slices, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"phantoms: {name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(pathology_field, (int, float)) or not 0.25 <= pathology_field <= 4:
+        raise ValueError(f"phantoms: pathology_field must be a number in [0.25, 4], got {pathology_field!r}")
 
 
 def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
              seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
-             slices: int = DEFAULTS["slices"], workers: int | None = None) -> str:
+             slices: int = DEFAULTS["slices"], workers: int | None = None,
+             pathology_field: float = DEFAULTS["pathology_field"]) -> str:
     """Generates the benchmark into ``out_dir`` (absent or empty); returns the manifest path.
+
+    Pathology tiles are ``pathology_field`` times wider than ``image_size`` at the same
+    magnification (``pathology_tile_size``): more nuclei per tile, a stronger identity
+    statistic, without shrinking them below a few pixels.
 
     Everything is written into a temporary sibling folder that is renamed to
     ``out_dir`` only when complete, so an interrupted run never leaves a
     partial benchmark at ``out_dir``. ``workers`` processes render in
     parallel (default: up to 4, the CPU count); the output does not depend on it.
     """
-    _check_args(patients, visits, seed, image_size, slices)
+    _check_args(patients, visits, seed, image_size, slices, pathology_field)
+    pathology_field = float(pathology_field)
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"phantoms: output folder {out_dir} exists and is not empty")
@@ -180,7 +200,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
     try:
         patients_plan = plan(patients, visits, seed)
-        jobs = [(tmp, index, modality, course, seed, image_size, slices)
+        jobs = [(tmp, index, modality, course, seed, image_size, slices, pathology_field)
                 for index, (_, mods, course) in enumerate(patients_plan) for modality in mods]
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
@@ -199,7 +219,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
             writer.writerow(LABEL_COLUMNS)
             writer.writerows(labels)
         params = dict(version=VERSION, patients=patients, visits=visits, seed=seed,
-                      image_size=image_size, slices=slices)
+                      image_size=image_size, slices=slices, pathology_field=pathology_field)
         with open(os.path.join(tmp, "phantoms.json"), "w") as f:
             json.dump(dict(params, images=len(rows),
                            patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)
@@ -219,13 +239,17 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     return os.path.join(out_dir, "manifest.csv")
 
 
-def cache_key(patients, visits, seed, image_size, slices) -> str:
-    return f"phantoms-v{VERSION}-p{patients}-v{visits}-s{seed}-i{image_size}-t{slices}"
+def cache_key(patients, visits, seed, image_size, slices, pathology_field=1.0) -> str:
+    """Folder name of a cached benchmark; the standard pathology field adds nothing, so
+    caches written before the field existed stay valid."""
+    key = f"phantoms-v{VERSION}-p{patients}-v{visits}-s{seed}-i{image_size}-t{slices}"
+    return key if float(pathology_field) == 1.0 else f"{key}-f{float(pathology_field):g}"
 
 
 def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
                     seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
-                    slices: int = DEFAULTS["slices"], workers: int | None = None) -> str:
+                    slices: int = DEFAULTS["slices"], workers: int | None = None,
+                    pathology_field: float = DEFAULTS["pathology_field"]) -> str:
     """Returns the manifest of the cached benchmark, generating it on first use.
 
     The cache folder name holds the format version and every generation
@@ -236,20 +260,23 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
     never mistaken for the cache; it is not deleted here because another
     process may still be writing it.
     """
-    _check_args(patients, visits, seed, image_size, slices)
-    target = os.path.join(os.path.abspath(cache_dir), cache_key(patients, visits, seed, image_size, slices))
+    _check_args(patients, visits, seed, image_size, slices, pathology_field)
+    pathology_field = float(pathology_field)
+    target = os.path.join(os.path.abspath(cache_dir),
+                          cache_key(patients, visits, seed, image_size, slices, pathology_field))
     manifest = os.path.join(target, "manifest.csv")
     if not os.path.isfile(manifest):
         try:
             generate(target, patients=patients, visits=visits, seed=seed, image_size=image_size,
-                     slices=slices, workers=workers)
+                     slices=slices, workers=workers, pathology_field=pathology_field)
         except FileExistsError:
             if not os.path.isfile(manifest):   # someone else finished first: fine; anything else is not
                 raise
     with open(os.path.join(target, "phantoms.json")) as f:
         meta = json.load(f)
     expected = dict(version=VERSION, patients=patients, visits=visits, seed=seed,
-                    image_size=image_size, slices=slices)
+                    image_size=image_size, slices=slices, pathology_field=pathology_field)
+    meta.setdefault("pathology_field", 1.0)   # caches written before the field existed
     wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if wrong:
         raise ValueError(f"phantoms: cache {target} does not match its parameters "
@@ -266,6 +293,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
     parser.add_argument("--slices", type=int, default=DEFAULTS["slices"])
+    parser.add_argument("--pathology-field", type=float, default=DEFAULTS["pathology_field"],
+                        help="pathology tiles show this many standard fields per side, at the "
+                             "magnification of an --image-size tile (tile side image_size x field)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
     args = parser.parse_args(argv)
@@ -278,7 +308,8 @@ def main(argv=None) -> int:
         print(f"wrote {args.preview}")
         return 0
     manifest = generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
-                        image_size=args.image_size, slices=args.slices, workers=args.workers)
+                        image_size=args.image_size, slices=args.slices, workers=args.workers,
+                        pathology_field=args.pathology_field)
     print(f"wrote {manifest}")
     return 0
 

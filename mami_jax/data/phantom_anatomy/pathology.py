@@ -27,6 +27,17 @@ fixed), while a pipeline that normalises stain (``data.stain_normalize_modalitie
 sees the tissue. Version 1 had three nuclear sizes, no clustering factor and
 cellularity -25/+30% per visit, with which the runlocal model stayed at 0.51
 against 0.71 for version 2 (64 px, stain-normalised, 400 steps).
+
+Version 3 draws the tissue layout (islands, glands, nuclear clusters, vacuoles,
+fibre warp, inflammatory foci) 1.5x larger relative to the nuclei
+(``LAYOUT_SCALE``): in version 2 a nest's correlation length and a gland's lumen
+were only one to two nuclear diameters, so the architecture hardly showed as such.
+
+Field of view (``render(..., field)``): a tile can show more than the standard
+field at the same magnification. A 64 px standard tile holds a few dozen nuclei,
+too few for one tile to pin down its patient's nuclear statistics: the runlocal
+configuration renders pathology 1.5 fields wide (96 px at the magnification of a
+64 px tile; ``phantoms.pathology_field``), see the README for what that changed.
 """
 
 from __future__ import annotations
@@ -41,6 +52,9 @@ from mami_jax.data.phantom_anatomy import common
 H_VEC = np.array([0.650, 0.704, 0.286], np.float32)  # haematoxylin optical density (Ruifrok & Johnston)
 E_VEC = np.array([0.072, 0.990, 0.105], np.float32)  # eosin
 ARCHITECTURES = ("sheet", "nests", "cords", "glands")
+#: Size of the tissue layout (islands, glands, nuclear clusters, vacuoles, fibre warp,
+#: inflammatory foci) relative to the nuclei, against version 2 (phantoms version 3).
+LAYOUT_SCALE = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,11 +139,11 @@ def _stamp(canvas, cx, cy, rx, ry, angle, weight, rim, nucleolus, speckle_field,
     np.maximum(canvas[r0:r1, c0:c1], weight * prof, out=canvas[r0:r1, c0:c1])
 
 
-def _candidates(anat, rng, n, fibres):
+def _candidates(anat, rng, n, fibres, span):
     """Candidate nucleus centres (in [-1, 1]) for the free (non-gland) nuclei."""
     if anat.clustering:   # a few nuclei round each of n/4 centres, spread ~2.5 radii
         centres = rng.uniform(-1.05, 1.05, size=(max(1, 6 * n // 4), 2))
-        spread = 2.5 * anat.radius / 128 * 2
+        spread = 2.5 * anat.radius / 128 * 2 * span
         pts = centres[rng.integers(len(centres), size=6 * n)] + rng.normal(0, spread, size=(6 * n, 2))
     else:
         pts = rng.uniform(-1.05, 1.05, size=(6 * n, 2))
@@ -140,17 +154,29 @@ def _candidates(anat, rng, n, fibres):
     return pts
 
 
-def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) -> np.ndarray:
-    """One H&E tile at one visit, uint8 of shape (size, size, 3)."""
-    k = size / 128.0
+def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int,
+           field: float = 1.0) -> np.ndarray:
+    """One H&E tile at one visit, uint8 of shape (size, size, 3).
+
+    ``field``: the tile's side in units of the standard field of view, at the same
+    magnification. The standard tile (``field=1``) shows ``size`` pixels of tissue at
+    ``size / 128`` pixels per design pixel; ``field=1.5`` shows 1.5x the side (2.25x the
+    nuclei) at the magnification of a ``size / 1.5`` px standard tile. Identity here is a
+    statistic of the nuclei, so the number of nuclei per tile sets how well one tile
+    identifies its patient (``benchmarks/phantom_baselines.py``).
+    """
+    if field <= 0:
+        raise ValueError(f"pathology field must be > 0, got {field}")
+    k = size / (128.0 * field)   # pixels per design pixel
+    span = LAYOUT_SCALE / field   # tissue-layout lengths in units of the tile's half side
     x, y = common.pixel_grid(size)
     w = 1.5 / size
     lumens = np.zeros_like(x)
     centres = []
     if anat.architecture == "glands":
-        for _ in range(rng.poisson(2.5) + 1):
+        for _ in range(rng.poisson(2.5 / span ** 2) + 1):
             cx, cy = rng.uniform(-1, 1, size=2)
-            lr = anat.lumen_radius * rng.uniform(0.7, 1.3)
+            lr = anat.lumen_radius * rng.uniform(0.7, 1.3) * span
             a, e = rng.uniform(0, np.pi), rng.uniform(1.0, 1.5)
             centres.append((cx, cy, lr * e, lr / e, a))
             lumens = np.maximum(lumens, common.soft(common.ellipse_sd(x, y, cx, cy, lr * e, lr / e, a), w))
@@ -158,16 +184,16 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
     if rng.random() < 0.3:
         edge_dir = rng.uniform(0, 2 * np.pi)
         along = x * np.cos(edge_dir) + y * np.sin(edge_dir) \
-            + 0.08 * common.smooth_noise(rng, (size, size), sigma=size / 8)
+            + 0.08 * common.smooth_noise(rng, (size, size), sigma=size / 8 * span)
         glass = np.maximum(glass, common.soft(rng.uniform(0.5, 1.0) - along, 3 * w))
-    for _ in range(rng.poisson(0.5)):
+    for _ in range(rng.poisson(0.5 / span ** 2)):
         cx, cy = rng.uniform(-1, 1, size=2)
-        glass = np.maximum(glass, common.soft(np.hypot(x - cx, y - cy) - rng.uniform(0.05, 0.12), w))
+        glass = np.maximum(glass, common.soft(np.hypot(x - cx, y - cy) - rng.uniform(0.05, 0.12) * span, w))
     empty = np.maximum(lumens, glass)
-    layout = common.smooth_noise(rng, (size, size), sigma=size * anat.islands)
+    layout = common.smooth_noise(rng, (size, size), sigma=size * anat.islands * span)
     stroma = common.soft(layout - np.quantile(layout, anat.stroma), 0.25) * (1 - empty)
     direction = rng.uniform(0, np.pi)
-    warp = common.smooth_noise(rng, (size, size), sigma=size / 12)
+    warp = common.smooth_noise(rng, (size, size), sigma=size / 12 * span)
     phase = (x * np.cos(direction) + y * np.sin(direction)) * size / (anat.fibre_period * k) * np.pi
     fibres = 0.5 + 0.5 * np.sin(phase + anat.fibre_wave * warp)
     speckle = np.clip(common.smooth_noise(rng, (size, size), sigma=0.7 * k) * 0.5 + 0.5, 0, 1) * anat.speckle
@@ -202,7 +228,7 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
             px = (rx + 1.3 * r_mean / size * 2) * np.cos(t)
             py = (ry + 1.3 * r_mean / size * 2) * np.sin(t)
             place(ca * px - sa * py + cx, sa * px + ca * py + cy, t + a)
-    for (px, py) in _candidates(anat, rng, n, fibres):
+    for (px, py) in _candidates(anat, rng, n, fibres, span):
         if len(placed) >= n:
             break
         ix = int(np.clip((px + 1) / 2 * size, 0, size - 1))
@@ -214,14 +240,14 @@ def render(anat: Anatomy, rng: np.random.Generator, severity: float, size: int) 
         d, _ = spatial.cKDTree(np.array(placed)).query(pix, k=2)
         gap = ((d[:, 1] - d[:, 0]) * size / 2).reshape(size, size)
         eos = eos + anat.borders * 0.5 * common.soft(gap - 1.0, 0.6) * (1 - stroma) * (1 - empty)
-    for _ in range(rng.poisson(4)):               # fibroblasts in the stroma
+    for _ in range(rng.poisson(4 * field ** 2)):  # fibroblasts in the stroma
         px, py = rng.uniform(0, size, size=2)
         if stroma[int(py), int(px)] > 0.5:
             _stamp(hema, px, py, 5 * k, 1.3 * k, direction + 0.8 * warp[int(py), int(px)], 0.8, 0, 0, None)
     if severity > 0:      # inflammation: a focus of small dark round lymphocytes
         focus = rng.uniform(0.15, 0.85, size=2) * size
         for _ in range(rng.poisson(8 * severity)):
-            px, py = np.clip(focus + rng.normal(0, 0.15 * size, size=2), 0, size - 1)
+            px, py = np.clip(focus + rng.normal(0, 0.15 * size * span, size=2), 0, size - 1)
             _stamp(hema, px, py, 2.4 * k, 2.2 * k, 0.0, 1.0, 0, 0, None)
 
     h_vec = H_VEC + rng.normal(0, 0.06, 3).astype(np.float32)
