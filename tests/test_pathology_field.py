@@ -72,14 +72,8 @@ def test_generated_tiles_and_cache_key_follow_the_field(tmp_path):
             sizes.setdefault(row.modality, set()).add(Image.open(os.path.join(folder, row.path)).size)
     assert sizes.pop("pathology") == {(48, 48)}          # round(32 * 1.5)
     assert sizes and all(s == {(32, 32)} for s in sizes.values()), sizes
-
-
-def test_a_cache_from_before_the_field_counts_as_the_standard_field(tmp_path, monkeypatch):
-    kw = dict(patients=2, visits=1, seed=0, image_size=32, slices=1, workers=1)
-    manifest = phantoms.ensure_phantoms(str(tmp_path), **kw)
-    meta_path = os.path.join(os.path.dirname(manifest), "phantoms.json")
+    meta_path = os.path.join(folder, "phantoms.json")
     meta = json.load(open(meta_path))
-    del meta["pathology_field"]
-    json.dump(meta, open(meta_path, "w"))
-    monkeypatch.setattr(phantoms, "generate", lambda *a, **k: pytest.fail("regenerated"))
-    assert phantoms.ensure_phantoms(str(tmp_path), **kw) == manifest
+    json.dump(dict(meta, pathology_field=1.0), open(meta_path, "w"))   # a hand-edited cache
+    with pytest.raises(ValueError, match="pathology_field"):
+        phantoms.ensure_phantoms(str(tmp_path), pathology_field=1.5, **kw)

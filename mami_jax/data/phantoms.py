@@ -240,8 +240,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
 
 
 def cache_key(patients, visits, seed, image_size, slices, pathology_field=1.0) -> str:
-    """Folder name of a cached benchmark; the standard pathology field adds nothing, so
-    caches written before the field existed stay valid."""
+    """Folder name of a cached benchmark; the standard pathology field (1) adds nothing to it."""
     key = f"phantoms-v{VERSION}-p{patients}-v{visits}-s{seed}-i{image_size}-t{slices}"
     return key if float(pathology_field) == 1.0 else f"{key}-f{float(pathology_field):g}"
 
@@ -276,7 +275,6 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
         meta = json.load(f)
     expected = dict(version=VERSION, patients=patients, visits=visits, seed=seed,
                     image_size=image_size, slices=slices, pathology_field=pathology_field)
-    meta.setdefault("pathology_field", 1.0)   # caches written before the field existed
     wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
     if wrong:
         raise ValueError(f"phantoms: cache {target} does not match its parameters "

@@ -30,8 +30,8 @@ against 0.71 for version 2 (64 px, stain-normalised, 400 steps).
 
 Version 3 draws the tissue layout (islands, glands, nuclear clusters, vacuoles,
 fibre warp, inflammatory foci) 1.5x larger relative to the nuclei
-(``LAYOUT_SCALE``): in version 2 a nest's correlation length and a gland's lumen
-were only one to two nuclear diameters, so the architecture hardly showed as such.
+(``LAYOUT_SCALE``): in version 2 a nest's correlation length was one to two
+nuclear diameters and a gland's lumen a few, so the architecture hardly showed as such.
 
 Field of view (``render(..., field)``): a tile can show more than the standard
 field at the same magnification. A 64 px standard tile holds a few dozen nuclei,
