@@ -125,7 +125,8 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     (``data.crop_mode``, MRI 0.43 -> 0.65 at 400 steps). Pathology alone gets 80 px crops
     of tiles 1.5 fields wide, stain normalisation and symmetry-averaged evaluation
     (below); each of its steps costs about five times a 32 px step (532 vs 105 ms),
-    which is what limits the step count: 2600 steps keep the whole job near 12.5 minutes.
+    which is what limits the step count: the 2600-step job took 12.5 minutes once, but
+    its steps cost 1.3-1.7x those of 64 px pathology tiles (README: a slow day may pass 15).
     """
     m = c.model
     m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 32
