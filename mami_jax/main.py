@@ -1,12 +1,14 @@
 """Entry point: ``python -m mami_jax.main --config=configs/all.py --workdir=DIR [--mode=...]``.
 
 Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
-or embed (write embeddings of every manifest row).
+or embed (write embeddings of every manifest row). Run as a script, it first restarts
+itself with jemalloc preloaded when that is installed (``mami_jax/malloc_preload.py``).
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from mami_jax import malloc_preload
 from mami_jax.log_filters import quiet_library_info
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/all.py"
@@ -22,6 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_info()  # orbax's per-save INFO lines; --v=1 shows them
+    malloc_preload.log_allocator()
     if _MODE.value == "train":
         from mami_jax.train import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -31,4 +34,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    malloc_preload.reexec_with_preload()
     app.run(main)

@@ -1,0 +1,104 @@
+"""Train-step time of the runlocal model under glibc malloc and under jemalloc.
+
+The allocator is fixed when a process starts, so each variant is a child process
+(the same script with ``--child``); children run interleaved (system, jemalloc,
+system, jemalloc, ...) so that load from other processes on a shared machine hits both
+alike. Each child compiles the runlocal train step (batch 32 of ``--size`` px images;
+80 is the runlocal pathology crop), runs ``--steps`` steps, and reports ms/step, user
+and system CPU ms/step and page faults per step. The summary prints medians and the
+ratio. Why it matters: mami_jax/malloc_preload.py.
+
+    python benchmarks/malloc_speed.py                  # 3 rounds, 80 px
+    python benchmarks/malloc_speed.py --rounds 5 --size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child(size: int, steps: int) -> dict:
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from runlocal_ablation import load_config
+    from mami_jax.optim import learning_rate_schedule
+    from mami_jax.train import TRAIN_KEYS, build_model_and_state_fns
+    from mami_jax.train_step import make_train_step
+
+    cfg = load_config(os.path.join(REPO, "configs", "pathology.py"), [], 100, "")
+    model, opt, init = build_model_and_state_fns(cfg, 100, 100)
+    step = jax.jit(make_train_step(model, opt, cfg.loss,
+                                   lr_schedule=learning_rate_schedule(cfg.optim, 100)),
+                   donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    batch = {"images": rng.standard_normal((32, 1, size, size, 3)).astype(np.float32),
+             "label": np.repeat(np.arange(8), 4).astype(np.int32), "mask": np.ones(32, bool),
+             "modality": np.zeros(32, np.int32), "index": np.arange(32, dtype=np.int32)}
+    batch = {k: batch[k] for k in TRAIN_KEYS}
+    state = jax.jit(init)(jax.random.key(0))
+    state, metrics = step(state, batch)  # compile outside the timing
+    jax.block_until_ready(metrics)
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    return {"ms_per_step": wall / steps * 1e3,
+            "user_ms": (r1.ru_utime - r0.ru_utime) / steps * 1e3,
+            "sys_ms": (r1.ru_stime - r0.ru_stime) / steps * 1e3,
+            "faults": (r1.ru_minflt - r0.ru_minflt) / steps}
+
+
+def run_child(variant: str, library: str, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    if variant == "jemalloc":
+        from mami_jax.malloc_preload import DEFAULT_MALLOC_CONF
+        env.update(LD_PRELOAD=library, MALLOC_CONF=DEFAULT_MALLOC_CONF)
+    out = subprocess.run([sys.executable, __file__, "--child", "--size", str(args.size),
+                          "--steps", str(args.steps)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.size, args.steps)))
+        return
+
+    from mami_jax.malloc_preload import find_jemalloc
+    library = find_jemalloc()
+    if library is None:
+        sys.exit("no jemalloc found (apt-get install libjemalloc2); nothing to compare")
+    results = {"system": [], "jemalloc": []}
+    for r in range(args.rounds):
+        for variant in results:
+            res = run_child(variant, library, args)
+            results[variant].append(res)
+            print(f"round {r} {variant:8s} " + " ".join(f"{k} {v:.0f}" for k, v in res.items()),
+                  flush=True)
+    med = {v: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for v, rs in results.items()}
+    print(f"size={args.size} steps={args.steps} rounds={args.rounds} jemalloc={library}")
+    for variant, m in med.items():
+        print(f"median {variant:8s} " + " ".join(f"{k} {v:.0f}" for k, v in m.items()))
+    print(f"jemalloc / system step time: {med['jemalloc']['ms_per_step'] / med['system']['ms_per_step']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
