@@ -51,6 +51,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Evaluation embeds these modalities' images as the mean over the 8 symmetries of the
     # square (evaluate/evaluator.py): for tiles with no orientation; costs 8 forward passes.
     c.eval_symmetry_modalities = ()
+    # Evaluation shows these modalities' images whole (resized to resize_size, no centre
+    # crop): for texture, where a wider view holds more of the patient's statistics and
+    # scale does not change (tiles). Training crops stay image_size.
+    c.eval_uncropped_modalities = ()
     # "imagenet" (what CLIP weights expect) or "per_image": each image / series z-scored
     # per channel, which removes exposure and colour-balance changes (transforms.py).
     c.normalization = "imagenet"

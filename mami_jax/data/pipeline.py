@@ -66,7 +66,8 @@ class ExampleReader:
 
     def __init__(self, rows: Sequence[ManifestRow], cfg):
         for key in ("flip_modalities", "rotate_modalities", "volume_modalities",
-                    "stain_normalize_modalities", "eval_symmetry_modalities"):
+                    "stain_normalize_modalities", "eval_symmetry_modalities",
+                    "eval_uncropped_modalities"):
             value = cfg[key]
             if isinstance(value, str) or any(m not in MODALITIES for m in value):
                 raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
@@ -76,6 +77,7 @@ class ExampleReader:
         self.flip_modalities = frozenset(cfg.flip_modalities)
         self.rotate_modalities = frozenset(cfg.rotate_modalities)
         self.stain_modalities = frozenset(cfg.stain_normalize_modalities)
+        self.uncropped_modalities = frozenset(cfg.eval_uncropped_modalities)
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
         # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
@@ -109,13 +111,20 @@ class ExampleReader:
         x = self.decoded(index, num_slices, rng)
         aug = self.augs[row.modality]
         if rng is None:
-            return eval_transform(x, aug.resize_size, aug.image_size, aug.normalization)
+            return eval_transform(x, aug.resize_size, self.eval_image_size(row.modality),
+                                  aug.normalization)
         return train_transform(x, aug, rng, row.modality in self.flip_modalities,
                                row.modality in self.rotate_modalities)
 
     def image_size(self, modality: str) -> int:
         """Side of the square crops of ``modality`` (``data.modality_image_sizes`` or the default)."""
         return self.augs[modality].image_size
+
+    def eval_image_size(self, modality: str) -> int:
+        """Side of the evaluation view: the crop, or the whole resized image for
+        ``data.eval_uncropped_modalities``."""
+        aug = self.augs[modality]
+        return aug.resize_size if modality in self.uncropped_modalities else aug.image_size
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
         """Like ``read``; failures raise DataError naming the row. With ``skip_bad_images``
@@ -127,7 +136,8 @@ class ExampleReader:
             if not self.skip_bad:
                 raise DataError(f"{self._where(index)}: {e}. Set data.skip_bad_images=True "
                                 f"to skip and count unreadable images.") from e
-            size = self.image_size(self.rows[index].modality)
+            modality = self.rows[index].modality
+            size = self.image_size(modality) if rng is not None else self.eval_image_size(modality)
             return np.zeros((num_slices, size, size, 3), np.float32), False
         except Exception as e:  # noqa: BLE001 - re-raised naming the row
             raise DataError(f"{self._where(index)}: {type(e).__name__}: {e}") from e
@@ -186,7 +196,7 @@ class _EvalBatch:
 
     def __call__(self, item) -> dict:
         t, modality, indices = item
-        size = self.reader.image_size(MODALITIES[modality])
+        size = self.reader.eval_image_size(MODALITIES[modality])
         images, mask, skipped = [], [], 0
         for i in indices:
             if i < 0:

@@ -65,7 +65,7 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
             for v in views) / len(views)
         if out is None:
             out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
-        keep = batch["index"] >= 0
+        keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
         out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
     if out is None:
         raise ValueError("nothing to embed: no row indices given")

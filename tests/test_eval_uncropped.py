@@ -1,0 +1,87 @@
+"""Whole-image evaluation views for texture modalities (data.eval_uncropped_modalities)."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mami_jax import sharding
+from mami_jax.data.config import default_data_config
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.pipeline import read_example
+from mami_jax.data.transforms import normalize
+from mami_jax.evaluate.evaluator import embed_rows
+
+
+def _rows(tmp_path, rng):
+    rows, pixels = [], []
+    for k, modality in enumerate(("pathology", "xray")):
+        path = str(tmp_path / f"{k}.png")
+        img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(img).save(path)
+        rows.append(ManifestRow(f"i{k}", f"p{k}", "s", "0", modality, "d", "", path, "test"))
+        pixels.append(img.astype(np.float32) / 255.0)
+    return rows, pixels
+
+
+def _cfg(uncropped):
+    cfg = default_data_config()
+    cfg.image_size, cfg.resize_size, cfg.eval_batch_size = 8, 16, 2
+    cfg.normalization = "per_image"
+    cfg.eval_uncropped_modalities = uncropped
+    return cfg
+
+
+def test_listed_modalities_are_evaluated_whole_others_centre_cropped(tmp_path):
+    rows, pixels = _rows(tmp_path, np.random.default_rng(0))
+    cfg = _cfg(("pathology",))
+    whole = read_example(rows[0], cfg)
+    crop = read_example(rows[1], cfg)
+    assert whole.shape == (1, 16, 16, 3) and crop.shape == (1, 8, 8, 3)
+    np.testing.assert_allclose(whole[0], normalize(pixels[0][None], "per_image")[0], atol=1e-5)
+    np.testing.assert_allclose(crop[0], normalize(pixels[1][None, 4:12, 4:12], "per_image")[0],
+                               atol=1e-5)
+    # Training crops keep image_size.
+    assert read_example(rows[0], cfg, np.random.default_rng(1)).shape == (1, 8, 8, 3)
+
+
+def test_embeddings_see_the_whole_tile(tmp_path):
+    """A toy embedder returning the bottom-right pixel: with the whole tile that is the
+    image's corner, with the centre crop it is pixel (11, 11)."""
+    rows, pixels = _rows(tmp_path, np.random.default_rng(1))
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+
+    def bottom_right(batch):
+        return batch["images"][:, 0, -1, -1, :]
+
+    whole = embed_rows(bottom_right, rows, [0, 1], _cfg(("pathology",)), mesh)
+    cropped = embed_rows(bottom_right, rows, [0, 1], _cfg(()), mesh)
+    full = normalize(pixels[0][None], "per_image")[0]
+    centre = normalize(pixels[0][None, 4:12, 4:12], "per_image")[0]
+    np.testing.assert_allclose(whole[0], full[-1, -1], atol=1e-5)
+    np.testing.assert_allclose(cropped[0], centre[-1, -1], atol=1e-5)
+    np.testing.assert_allclose(whole[1], cropped[1])          # x-ray: cropped either way
+
+
+def test_skipped_unreadable_image_has_the_evaluation_size(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    row = ManifestRow("i", "p", "s", "0", "pathology", "d", "", str(bad), "test")
+    cfg = _cfg(("pathology",))
+    cfg.skip_bad_images = True
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    seen = []
+
+    def record(batch):
+        seen.append(batch["images"].shape)
+        return batch["images"][:, 0, 0, 0, :]
+
+    with pytest.raises(RuntimeError, match="not embedded"):
+        embed_rows(record, [row], [0], cfg, mesh)
+    assert seen == [(2, 1, 16, 16, 3)]
+
+
+def test_unknown_modality_is_an_error(tmp_path):
+    rows, _ = _rows(tmp_path, np.random.default_rng(2))
+    with pytest.raises(ValueError, match="eval_uncropped_modalities"):
+        read_example(rows[0], _cfg(("histology",)))
