@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=phantoms.DEFAULTS["seed"])
     ap.add_argument("--image-size", type=int, default=phantoms.DEFAULTS["image_size"])
     ap.add_argument("--pathology-field", type=float, default=phantoms.DEFAULTS["pathology_field"],
-                    help="pathology tiles this many standard fields wide (runlocal: 1.5)")
+                    help="pathology tiles this many standard fields wide (runlocal: 2)")
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)

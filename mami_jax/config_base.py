@@ -123,10 +123,11 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     scratch leave chance level at all (fundus Rank-1 0.03 -> 0.58 at 400 steps; X-ray
     at 64 px 0.25 -> 0.51 at 200 steps); shifted instead of random-resized crops
     (``data.crop_mode``, MRI 0.43 -> 0.65 at 400 steps). Pathology alone gets 80 px crops
-    of tiles 1.5 fields wide, stain normalisation and symmetry-averaged evaluation
-    (below); each of its steps costs about five times a 32 px step (532 vs 105 ms),
-    which is what limits the step count: the 2600-step job took 12.5 minutes once, but
-    its steps cost 1.3-1.7x those of 64 px pathology tiles (README: a slow day may pass 15).
+    of tiles 2 fields wide, stain normalisation, and evaluation on the whole tile averaged
+    over its symmetries (below); each of its steps costs about five times a 32 px step
+    (532 vs 105 ms), which is what limits the step count. The 2600-step job took 14m11s
+    with jemalloc preloaded (mami_jax/malloc_preload.py) on a slow hour of this 2-core
+    CPU; without it the steps take ~1.5x as long (README).
     """
     m = c.model
     m.width, m.depth, m.num_heads, m.patch_size, m.image_size = 128, 4, 4, 8, 32
@@ -138,14 +139,15 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     # Pathology identity is cellular texture: at 32 px a tile is a few pixels per nucleus
     # (single-modality Rank-1 at 400 steps: 0.30 at 32 px, 0.52 at 48, 0.71 at 64), and its
     # stain differs more between visits than between patients (64 px, 600 steps: 0.39
-    # without, 0.55 with Macenko normalisation on the version 1 phantoms). Tiles 1.5
-    # fields wide (96 px at the 64 px magnification) carry 2.25x the nuclei: 0.80 at
-    # 400 steps against 0.72 for the standard field (version 2 layout; README).
-    d.modality_image_sizes = ml_collections.ConfigDict({"pathology": (80, 96)})
+    # without, 0.55 with Macenko normalisation on the version 1 phantoms). Wider tiles at
+    # the same magnification carry more nuclei: 1.5 fields (96 px) 0.80 at 400 steps
+    # against 0.72 for the standard field (version 2 layout); 2 fields (128 px), trained
+    # on 80 px crops and evaluated whole, 0.86 against 0.80 for 1.5 fields (version 3).
+    d.modality_image_sizes = ml_collections.ConfigDict({"pathology": (80, 128)})
     d.stain_normalize_modalities = ("pathology",)
     d.eval_symmetry_modalities = ("pathology",)   # 400 steps: mAP 0.61 -> 0.66
-    # Evaluate the whole 96 px tile, 1.44x the nuclei of the 80 px training crop (the
-    # 2600-step model of version 3: Rank-1 0.78 -> 0.79, mAP 0.70 -> 0.73).
+    # Evaluate the whole tile, not an 80 px crop of it: more nuclei, the same scale (a
+    # 2600-step model on 96 px tiles: Rank-1 0.78 -> 0.79, mAP 0.70 -> 0.73).
     d.eval_uncropped_modalities = ("pathology",)
     # The phantoms are read ~50 times each; decoding once saves most of the input cost
     # (batch build, single thread: CT 234 -> 20 ms, stained pathology 164 -> 37 ms).
@@ -159,12 +161,13 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     if not c.modalities:
         # Steps where they are needed: alone, CT reaches Rank-1 0.95 in 400 steps while
         # fundus (0.77 at 400, 0.85 at 600) and MRI (0.65 at 400) need more; pathology
-        # needs the most but each of its steps costs five (README).
+        # needs many and each of its steps costs five. With 2-field tiles, pathology 0.24
+        # gave fundus 0.80 / pathology 0.87, these weights 0.89 / 0.85 (README).
         d.source_weights = ml_collections.ConfigDict(
-            {"xray": 0.09, "ct": 0.125, "fundus": 0.27, "mri": 0.275, "pathology": 0.24})
+            {"xray": 0.09, "ct": 0.125, "fundus": 0.285, "mri": 0.29, "pathology": 0.21})
     c.phantoms.patients = 160
     c.phantoms.image_size = 64
-    c.phantoms.pathology_field = 1.5
+    c.phantoms.pathology_field = 2.0
     c.init.clip_checkpoint = ""
     c.init.require_pretrained = False
     c.optim.learning_rate = 1e-3
