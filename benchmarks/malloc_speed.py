@@ -6,7 +6,7 @@ system, jemalloc, ...) so that load from other processes on a shared machine hit
 alike. Each child compiles the runlocal train step (batch 32 of ``--size`` px images;
 80 is the runlocal pathology crop), runs ``--steps`` steps, and reports ms/step, user
 and system CPU ms/step and page faults per step. The summary prints medians and the
-ratio. Why it matters: mami_jax/malloc_preload.py.
+ratio. Why it matters: mami_jax/runtime/malloc_preload.py.
 
     python benchmarks/malloc_speed.py                  # 3 rounds, 80 px
     python benchmarks/malloc_speed.py --rounds 5 --size 32
@@ -32,9 +32,9 @@ def child(size: int, steps: int) -> dict:
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     from runlocal_ablation import load_config
-    from mami_jax.optim import learning_rate_schedule
-    from mami_jax.train import TRAIN_KEYS, build_model_and_state_fns
-    from mami_jax.train_step import make_train_step
+    from mami_jax.train.optim import learning_rate_schedule
+    from mami_jax.train.trainer import TRAIN_KEYS, build_model_and_state_fns
+    from mami_jax.train.step import make_train_step
 
     cfg = load_config(os.path.join(REPO, "configs", "pathology.py"), [], 100, "")
     model, opt, init = build_model_and_state_fns(cfg, 100, 100)
@@ -63,7 +63,7 @@ def child(size: int, steps: int) -> dict:
 def run_child(variant: str, library: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     if variant == "jemalloc":
-        from mami_jax.malloc_preload import DEFAULT_MALLOC_CONF
+        from mami_jax.runtime.malloc_preload import DEFAULT_MALLOC_CONF
         env.update(LD_PRELOAD=library, MALLOC_CONF=DEFAULT_MALLOC_CONF)
     out = subprocess.run([sys.executable, __file__, "--child", "--size", str(args.size),
                           "--steps", str(args.steps)], env=env, check=True,
@@ -82,7 +82,7 @@ def main():
         print(json.dumps(child(args.size, args.steps)))
         return
 
-    from mami_jax.malloc_preload import find_jemalloc
+    from mami_jax.runtime.malloc_preload import find_jemalloc
     library = find_jemalloc()
     if library is None:
         sys.exit("no jemalloc found (apt-get install libjemalloc2); nothing to compare")

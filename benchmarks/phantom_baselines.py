@@ -35,8 +35,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mami_jax.data.phantom_anatomy import baselines  # noqa: E402
-from mami_jax.data import phantoms  # noqa: E402
+import phantom_baseline_features as baselines  # noqa: E402
+from mami_jax.phantoms import generator as phantoms  # noqa: E402
 
 
 def main(argv=None) -> int:

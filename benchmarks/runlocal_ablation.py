@@ -30,13 +30,14 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mami_jax import sharding  # noqa: E402
+from mami_jax.train import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
 from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402
-from mami_jax.optim import learning_rate_schedule  # noqa: E402
-from mami_jax.train import TRAIN_KEYS, build_model_and_state_fns, make_embed_fn  # noqa: E402
-from mami_jax.train_step import make_train_step  # noqa: E402
+from mami_jax.train.optim import learning_rate_schedule  # noqa: E402
+from mami_jax.models.embed import make_embed_fn  # noqa: E402
+from mami_jax.train.trainer import TRAIN_KEYS, build_model_and_state_fns  # noqa: E402
+from mami_jax.train.step import make_train_step  # noqa: E402
 
 
 def load_config(path: str, overrides: list[str], steps: int, phantoms: str):

@@ -1,10 +1,10 @@
-"""MaMI on every modality: the paper's recipe (DESIGN.md; mami_jax/config_base.py).
+"""MaMI on every modality: the paper's recipe (DESIGN.md; mami_jax/config.py).
 
     python -m mami_jax.main --config=configs/all.py --workdir=DIR
     python -m mami_jax.main --config=configs/all.py:runlocal --workdir=DIR   # 2-core CPU
 """
 
-from mami_jax.config_base import base_config, parse_arg
+from mami_jax.config import base_config, parse_arg
 
 
 def get_config(arg=None):

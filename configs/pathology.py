@@ -3,7 +3,7 @@
     python -m mami_jax.main --config=configs/pathology.py[:runlocal] --workdir=DIR
 """
 
-from mami_jax.config_base import base_config, parse_arg
+from mami_jax.config import base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -2,14 +2,14 @@
 
 Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
 or embed (write embeddings of every manifest row). Run as a script, it first restarts
-itself with jemalloc preloaded when that is installed (``mami_jax/malloc_preload.py``).
+itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mami_jax import malloc_preload
-from mami_jax.log_filters import quiet_library_info
+from mami_jax.runtime import malloc_preload
+from mami_jax.runtime.log_filters import quiet_library_info
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/all.py"
                                           "[:runlocal]", lock_config=True)
@@ -26,7 +26,7 @@ def main(argv):
     quiet_library_info()  # orbax's per-save INFO lines; --v=1 shows them
     malloc_preload.log_allocator()
     if _MODE.value == "train":
-        from mami_jax.train import train_and_evaluate
+        from mami_jax.train.trainer import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
         from mami_jax import run_checkpoint

@@ -15,12 +15,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mami_jax import sharding
-from mami_jax.checkpointing import read_model_config
+from mami_jax.train import sharding
+from mami_jax.train.checkpointing import read_model_config
 from mami_jax.data.loading import load_rows
 from mami_jax.evaluate.evaluator import embed_rows, evaluate
 from mami_jax.models import MaMI
-from mami_jax.train import dummy_images, make_embed_fn, maybe_initialize_distributed
+from mami_jax.models.embed import example_images, make_embed_fn
+from mami_jax.runtime.distributed import maybe_initialize_distributed
 
 
 def _check_model_config(config, workdir: str) -> None:
@@ -45,7 +46,7 @@ def restore_params(config, workdir: str, mesh):
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}; train first")
         abstract = jax.eval_shape(
-            lambda: MaMI(config.model).init(jax.random.key(0), dummy_images(config))["params"])
+            lambda: MaMI(config.model).init(jax.random.key(0), example_images(config.data.image_size))["params"])
         shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

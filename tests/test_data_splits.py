@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mami_jax.data.manifest import ManifestRow, validate_rows
-from mami_jax.data.protocols import build_protocol
+from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.data.splits import assign_splits, patient_unit, split_of
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}

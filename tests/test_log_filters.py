@@ -5,7 +5,7 @@ import os
 
 from absl import logging as absl_logging
 
-from mami_jax.log_filters import DropLibraryInfo
+from mami_jax.runtime.log_filters import DropLibraryInfo
 
 
 def _record(path_parts, level):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mami_jax import losses
+from mami_jax.train import losses
 
 
 def softplus(x):

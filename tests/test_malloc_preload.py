@@ -1,4 +1,4 @@
-"""The main job's jemalloc re-execution (mami_jax/malloc_preload.py)."""
+"""The main job's jemalloc re-execution (mami_jax/runtime/malloc_preload.py)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from mami_jax import malloc_preload as mp
+from mami_jax.runtime import malloc_preload as mp
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_process_restarts_once_with_the_library_mapped_and_the_same_arguments(tm
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
-        from mami_jax import malloc_preload
+        from mami_jax.runtime import malloc_preload
         print("start", os.environ.get({mp.ENV_DONE!r}), flush=True)
         malloc_preload.reexec_with_preload()
         print("args", sys.argv[1:])

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from mami_jax.data import phantoms
+from mami_jax.phantoms import generator as phantoms
 from mami_jax.data.manifest import read_manifest
-from mami_jax.data.phantom_anatomy import common, pathology
+from mami_jax.phantoms import common, pathology
 
 
 def _anatomy():

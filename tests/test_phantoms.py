@@ -1,4 +1,4 @@
-"""Tests of the synthetic benchmark (mami_jax.data.phantoms and phantom_anatomy).
+"""Tests of the synthetic benchmark (mami_jax.phantoms.generator and its renderers).
 
 Tiny sizes throughout (32-64 px, 2-4 slices) so the file runs in seconds.
 """
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mami_jax.data import phantoms
+from mami_jax.phantoms import generator as phantoms
 from mami_jax.data.manifest import MODALITIES, read_manifest
-from mami_jax.data.phantom_anatomy import baselines, common, disease, io
+from benchmarks import phantom_baseline_features as baselines  # noqa: I001
+from mami_jax.phantoms import common, disease, io
 
 TINY = dict(patients=6, visits=2, seed=3, image_size=32, slices=2, workers=1)
 
@@ -309,7 +310,7 @@ def test_cli_out_and_preview(tmp_path, capsys):
     png = tmp_path / "prev.png"
     assert phantoms.main(["--preview", str(png), "--preview-rows", "1", "--visits", "2",
                           "--image-size", "32", "--slices", "2"]) == 0
-    from mami_jax.data.phantom_anatomy import preview
+    from mami_jax.phantoms import preview
     with Image.open(png) as im:
         assert im.width == preview.LABEL_W + 2 * 32
         assert im.height == len(MODALITIES) * (32 + preview.CAPTION_H)

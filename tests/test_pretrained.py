@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mami_jax.config_base import base_config
+from mami_jax.config import base_config
 from mami_jax.convert.mapping import flatten_params
-from mami_jax.pretrained import load_pretrained
+from mami_jax.train.pretrained import load_pretrained
 from tests.test_convert_mapping import random_params
 from tests.test_model import tiny_config
 

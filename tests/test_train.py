@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mami_jax import sharding
-from mami_jax.config_base import base_config
-from mami_jax.optim import make_optimizer
-from mami_jax.train import NonFiniteLossError, _check_finite, make_init_state
-from mami_jax.train_model import ReIDTrainModel
-from mami_jax.train_step import loss_and_grads, make_loss_fn, make_train_step
+from mami_jax.train import sharding
+from mami_jax.config import base_config
+from mami_jax.train.optim import make_optimizer
+from mami_jax.train.trainer import NonFiniteLossError, _check_finite, make_init_state
+from mami_jax.train.objective import ReIDTrainModel
+from mami_jax.train.step import loss_and_grads, make_loss_fn, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,7 +200,7 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     cache = str(tmp_path / "phantoms")
     straight = tmp_path / "straight"
     log = _main(straight, cache, "--config.train.eval_at_start=False").stderr
-    # orbax's INFO lines are filtered out of the log (mami_jax/log_filters.py); ours stay.
+    # orbax's INFO lines are filtered out of the log (mami_jax/runtime/log_filters.py); ours stay.
     assert "step 2: train/" in log and "Saving checkpoint at step" not in log, log[-3000:]
     # Everything the run promises is on disk.
     metrics = json.load(open(straight / "eval" / "step_4" / "metrics.json"))

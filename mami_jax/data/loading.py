@@ -12,7 +12,7 @@ import logging
 import os
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow, read_manifest, validate_rows
-from mami_jax.data.phantoms import ensure_phantoms
+from mami_jax.phantoms import ensure_phantoms
 from mami_jax.data.splits import assign_splits
 
 

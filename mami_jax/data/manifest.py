@@ -1,7 +1,7 @@
 """The common manifest: one row per image or series, for every dataset.
 
 Every dataset builder (``mami_jax.data.datasets``) and the synthetic phantoms
-(``mami_jax.data.phantoms``) write this format, and the input pipeline, the
+(``mami_jax.phantoms.generator``) write this format, and the input pipeline, the
 evaluators and the applications read only this format. Keeping one schema is
 what lets a single model train on eleven datasets at once.
 

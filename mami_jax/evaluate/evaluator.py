@@ -19,10 +19,10 @@ from jax.experimental import multihost_utils
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.pipeline import make_eval_loader
-from mami_jax.data.protocols import build_protocol
+from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
-from mami_jax.sharding import global_batch
+from mami_jax.train.sharding import global_batch
 
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 

@@ -10,7 +10,6 @@ model_config.json, tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import signal
@@ -22,25 +21,19 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from mami_jax import checkpointing, sharding
+from mami_jax.train import checkpointing, sharding
 from mami_jax.data.loading import load_rows
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import evaluate
-from mami_jax.metric_writer import MetricWriter
-from mami_jax.models import MaMI
-from mami_jax.optim import learning_rate_schedule, make_optimizer
-from mami_jax.pretrained import load_pretrained
-from mami_jax.train_model import ReIDTrainModel
-from mami_jax.train_step import TrainState, make_train_step
+from mami_jax.runtime.metric_writer import MetricWriter
+from mami_jax.models.embed import example_images, make_embed_fn
+from mami_jax.runtime.distributed import maybe_initialize_distributed
+from mami_jax.train.optim import learning_rate_schedule, make_optimizer
+from mami_jax.train.pretrained import load_pretrained
+from mami_jax.train.objective import ReIDTrainModel
+from mami_jax.train.step import TrainState, make_train_step
 
 TRAIN_KEYS = ("images", "label", "mask")
-
-
-def maybe_initialize_distributed() -> None:
-    """Multi-host runs (a coordinator address, or a multi-worker Cloud TPU) need this first."""
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in hosts:
-        jax.distributed.initialize()
 
 
 def total_steps_of(config, loader) -> int:
@@ -51,30 +44,14 @@ def total_steps_of(config, loader) -> int:
     return int(config.train.num_epochs) * steps_per_epoch
 
 
-def dummy_images(config) -> jax.ShapeDtypeStruct:
-    size = int(config.data.image_size)
-    return jnp.zeros((1, 1, size, size, 3), jnp.float32)
-
-
 def make_init_state(config, model, optimizer):
     """rng -> a fresh TrainState (step 0, random parameters, optimiser state, step RNG)."""
     def init_state(rng):
-        params = model.init(rng, dummy_images(config))["params"]
+        params = model.init(rng, example_images(config.data.image_size))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
     return init_state
-
-
-def make_embed_fn(model_cfg):
-    """params -> (sharded batch -> embeddings); one jitted function shared by every call."""
-    mami = MaMI(model_cfg)
-
-    @jax.jit
-    def embed(params, batch):
-        return mami.apply({"params": params}, batch["images"]).embedding
-
-    return lambda params: functools.partial(embed, params)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,7 +70,7 @@ def build_model_and_state_fns(config, num_classes: int, total_steps: int):
     """(train model, optimiser, init_state) for ``config``: what every training loop needs
     before it decides how to place and restore the state."""
     model = ReIDTrainModel(config.model, num_classes, neck=config.loss.id_neck)
-    abstract_params = jax.eval_shape(lambda r: model.init(r, dummy_images(config))["params"],
+    abstract_params = jax.eval_shape(lambda r: model.init(r, example_images(config.data.image_size))["params"],
                                      jax.random.key(config.seed))
     optimizer = make_optimizer(config.optim, abstract_params, total_steps)
     return model, optimizer, make_init_state(config, model, optimizer)

@@ -4,8 +4,8 @@ No real medical dataset can ship with the code, so this module generates a
 small re-identification benchmark that the whole pipeline can run on with no
 downloads::
 
-    python -m mami_jax.data.phantoms --out DIR [--patients 100 --visits 4 --seed 0]
-    python -m mami_jax.data.phantoms --preview FILE.png
+    python -m mami_jax.phantoms --out DIR [--patients 100 --visits 4 --seed 0]
+    python -m mami_jax.phantoms --preview FILE.png
 
 It writes the images plus ``manifest.csv`` (the common manifest, dataset
 "phantoms", paths relative to the manifest's folder), ``labels.csv`` (the
@@ -14,7 +14,7 @@ application) and ``phantoms.json`` (the generation parameters).
 
 Design (why it is honest and learnable):
 - every patient has persistent anatomy drawn from the patient's own seed
-  (``phantom_anatomy/<modality>.py`` lists the identity factors of each);
+  (``mami_jax/phantoms/<modality>.py`` lists the identity factors of each);
 - every visit redraws pose, exposure/contrast/window, scanner style, noise
   and the disease, so global intensity statistics do not identify a patient:
   nearest neighbour on (mean, std, 32-bin histogram) has a low Rank-1 (and
@@ -22,7 +22,7 @@ Design (why it is honest and learnable):
   standardised 16x16 thumbnail) has a high one, see
   ``benchmarks/phantom_baselines.py``;
 - the labels' course depends on history (a Markov chain with persistence,
-  ``phantom_anatomy/disease.py``) and stage 1 is often faint in the image,
+  ``mami_jax/phantoms/disease.py``) and stage 1 is often faint in the image,
   so earlier visits help diagnosis;
 - identity cues are coarse spatial structure (organ shapes and positions,
   rib and vessel patterns, cortical folds, cell morphology) that survives
@@ -53,7 +53,6 @@ ones unchanged.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import csv
 import hashlib
@@ -61,13 +60,12 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
-from mami_jax.data.phantom_anatomy import common, ct, disease, fundus, io, mri, pathology, xray
+from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
 
 #: Bump when the generated content changes, so stale caches are not reused.
 #: 2: pathology identity with four nuclear sizes and clustering, milder cellularity;
@@ -280,37 +278,3 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
         raise ValueError(f"phantoms: cache {target} does not match its parameters "
                          f"(found, expected): {wrong}; delete the folder to regenerate")
     return manifest
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mami_jax.data.phantoms", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (absent or empty)")
-    parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")
-    parser.add_argument("--patients", type=int, default=DEFAULTS["patients"])
-    parser.add_argument("--visits", type=int, default=DEFAULTS["visits"])
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    parser.add_argument("--slices", type=int, default=DEFAULTS["slices"])
-    parser.add_argument("--pathology-field", type=float, default=DEFAULTS["pathology_field"],
-                        help="pathology tiles show this many standard fields per side, at the "
-                             "magnification of an --image-size tile (tile side image_size x field)")
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
-    args = parser.parse_args(argv)
-    if bool(args.out) == bool(args.preview):
-        parser.error("give exactly one of --out DIR or --preview FILE.png")
-    if args.preview:
-        from mami_jax.data.phantom_anatomy import preview
-        preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
-                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
-        print(f"wrote {args.preview}")
-        return 0
-    manifest = generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
-                        image_size=args.image_size, slices=args.slices, workers=args.workers,
-                        pathology_field=args.pathology_field)
-    print(f"wrote {manifest}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from mami_jax import losses
+from mami_jax.train import losses
 from mami_jax.models import MaMI, MaMIOutput
 
 NECKS = ("none", "batch_standardize")

@@ -126,7 +126,7 @@ def _shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     of tiles 2 fields wide, stain normalisation, and evaluation on the whole tile averaged
     over its symmetries (below); each of its steps costs about five times a 32 px step
     (532 vs 105 ms), which is what limits the step count. The 2600-step job took 14m11s
-    with jemalloc preloaded (mami_jax/malloc_preload.py) on a slow hour of this 2-core
+    with jemalloc preloaded (mami_jax/runtime/malloc_preload.py) on a slow hour of this 2-core
     CPU; without it the steps take ~1.5x as long (README).
     """
     m = c.model

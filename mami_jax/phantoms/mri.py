@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from mami_jax.data.phantom_anatomy import common
+from mami_jax.phantoms import common
 
 EXTENT = 1.2
 Z_RANGE = (-0.2, 1.2)

@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from mami_jax.data.phantom_anatomy import common
+from mami_jax.phantoms import common
 
 EXTENT = 1.2          # vessel fields cover [-EXTENT, EXTENT] in x, y
 Z_RANGE = (-0.2, 1.2)  # and this range in z

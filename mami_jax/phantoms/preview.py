@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mami_jax.data.manifest import MODALITIES, read_manifest
-from mami_jax.data.phantom_anatomy import io
+from mami_jax.phantoms import generator, io
 
 LABEL_W, CAPTION_H = 96, 14
 
@@ -37,9 +37,8 @@ def _display(modality: str, raw: np.ndarray) -> np.ndarray:
 
 def write_preview(path: str, rows: int = 3, visits: int = 4, seed: int = 0,
                   image_size: int = 128, slices: int = 16, workers: int = 1) -> None:
-    from mami_jax.data import phantoms  # late import: phantoms imports this package
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = phantoms.generate(os.path.join(tmp, "p"), patients=3 * rows + 2, visits=visits,
+        manifest = generator.generate(os.path.join(tmp, "p"), patients=3 * rows + 2, visits=visits,
                                      seed=seed, image_size=image_size, slices=slices, workers=workers)
         entries = read_manifest(manifest)
         with open(os.path.join(os.path.dirname(manifest), "labels.csv")) as f:

@@ -121,4 +121,4 @@ def log_allocator() -> None:
         logging.info("malloc: the system allocator (%s=system)", ENV_CHOICE)
     else:
         logging.info("malloc: the system allocator (with libjemalloc2 installed, CPU steps "
-                     "run ~20 percent faster; mami_jax/malloc_preload.py)")
+                     "run ~20 percent faster; mami_jax/runtime/malloc_preload.py)")

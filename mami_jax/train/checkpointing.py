@@ -22,7 +22,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from mami_jax.train_step import TrainState
+from mami_jax.train.step import TrainState
 
 
 def model_config_path(workdir: str) -> str:

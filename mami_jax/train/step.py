@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mami_jax import losses
+from mami_jax.train import losses
 
 
 @flax.struct.dataclass

@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from mami_jax.data.phantom_anatomy import common
+from mami_jax.phantoms import common
 
 N_RIBS = 10
 EXTENT = 1.2  # the canonical rasters cover [-EXTENT, EXTENT]^2 so posed views stay inside

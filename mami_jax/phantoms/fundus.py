@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from mami_jax.data.phantom_anatomy import common
+from mami_jax.phantoms import common
 
 EXTENT = 1.2
 FOV_RADIUS = 0.93

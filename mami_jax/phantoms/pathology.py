@@ -47,7 +47,7 @@ import dataclasses
 import numpy as np
 from scipy import spatial
 
-from mami_jax.data.phantom_anatomy import common
+from mami_jax.phantoms import common
 
 H_VEC = np.array([0.650, 0.704, 0.286], np.float32)  # haematoxylin optical density (Ruifrok & Johnston)
 E_VEC = np.array([0.072, 0.990, 0.105], np.float32)  # eosin

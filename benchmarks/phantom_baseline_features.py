@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, read_manifest
-from mami_jax.data.phantom_anatomy import io
+from mami_jax.phantoms import io
 
 THUMB = 16
 N_BINS = 32

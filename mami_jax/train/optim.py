@@ -15,7 +15,7 @@ import re
 import jax
 import optax
 
-from mami_jax.sharding import path_to_str
+from mami_jax.train.sharding import path_to_str
 
 _NO_DECAY = re.compile(r"(bias|scale|class_embedding|pos_embedding|codebook|static)$")
 

@@ -1,1 +1,0 @@
-"""Applications: history-augmented diagnosis and privacy protection."""

@@ -1,0 +1,38 @@
+"""Jitted embedding of preprocessed images, shared by training-time evaluation,
+the eval/embed modes and ``mami_jax.inference``.
+
+One compiled function per model config: ``make_embed_fn(cfg)(params)`` closes over
+the parameters, so every batch of the same shape reuses the same executable.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from mami_jax.models.mami import MaMI
+
+
+def example_images(image_size: int) -> jax.Array:
+    """One blank 2-D image (1, 1, size, size, 3): enough for ``init`` and ``eval_shape``."""
+    size = int(image_size)
+    return jnp.zeros((1, 1, size, size, 3), jnp.float32)
+
+
+def abstract_params(model_cfg, image_size: int):
+    """MaMI's parameter shapes for ``model_cfg`` (ShapeDtypeStructs, nothing allocated)."""
+    return jax.eval_shape(
+        lambda: MaMI(model_cfg).init(jax.random.key(0), example_images(image_size))["params"])
+
+
+def make_embed_fn(model_cfg):
+    """params -> (batch with "images" -> embeddings (B, C))."""
+    mami = MaMI(model_cfg)
+
+    @jax.jit
+    def embed(params, batch):
+        return mami.apply({"params": params}, batch["images"]).embedding
+
+    return lambda params: functools.partial(embed, params)

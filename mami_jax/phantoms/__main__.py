@@ -1,0 +1,41 @@
+"""``python -m mami_jax.phantoms --out DIR`` writes the synthetic benchmark;
+``--preview FILE.png`` draws a grid of it instead (see ``generator`` for what it holds)."""
+
+import argparse
+import sys
+
+from mami_jax.phantoms import generator, preview
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mami_jax.phantoms",
+                                     description=generator.__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (absent or empty)")
+    parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")
+    parser.add_argument("--patients", type=int, default=generator.DEFAULTS["patients"])
+    parser.add_argument("--visits", type=int, default=generator.DEFAULTS["visits"])
+    parser.add_argument("--seed", type=int, default=generator.DEFAULTS["seed"])
+    parser.add_argument("--image-size", type=int, default=generator.DEFAULTS["image_size"])
+    parser.add_argument("--slices", type=int, default=generator.DEFAULTS["slices"])
+    parser.add_argument("--pathology-field", type=float, default=generator.DEFAULTS["pathology_field"],
+                        help="pathology tiles show this many standard fields per side, at the "
+                             "magnification of an --image-size tile (tile side image_size x field)")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
+    args = parser.parse_args(argv)
+    if bool(args.out) == bool(args.preview):
+        parser.error("give exactly one of --out DIR or --preview FILE.png")
+    if args.preview:
+        preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
+                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
+        print(f"wrote {args.preview}")
+        return 0
+    manifest = generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
+                        image_size=args.image_size, slices=args.slices, workers=args.workers,
+                        pathology_field=args.pathology_field)
+    print(f"wrote {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

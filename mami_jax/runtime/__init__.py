@@ -1,0 +1,1 @@
+"""Process plumbing: allocator preload, log filters, the metric writer."""

@@ -1,0 +1,2 @@
+"""Training: the trainer, its step, the objective, losses, optimiser, checkpoints,
+sharding and pretrained initialisation."""
