@@ -1,0 +1,142 @@
+"""Writing files and folders all-or-nothing, with the permissions the user's umask asks for.
+
+Every artefact mami_jax writes (manifests, checkpoints, ``model_config.json``,
+``metrics.json``, ``cmc.png``, exported weights, embeddings, phantoms) is first
+written under a temporary name in the destination's own folder and then renamed
+into place, so a killed process never leaves a half-written file under the final
+name. ``tempfile.mkstemp``/``mkdtemp`` create their files 0600 and folders 0700
+(private on purpose); left as they are, a run's results would be unreadable by the
+user's group or by another service. Here the temporary is given the mode a plain
+``open()``/``mkdir()`` would have had (0666 / 0777 minus the umask) before it is
+published.
+
+Temporary names start with ``.`` and carry ``TEMP_MARK``, so leftovers of a killed
+process are recognisable (``remove_stale_temporaries``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+#: Part of every temporary name made here; what ``remove_stale_temporaries`` looks for.
+TEMP_MARK = ".mami-tmp-"
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``os.mkdir`` gives a new folder: 0777 minus the umask."""
+    return 0o777 & ~current_umask()
+
+
+def _temp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}{TEMP_MARK}"
+
+
+def make_dirs(path: str) -> str:
+    """``os.makedirs(path, exist_ok=True)``; returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> str:
+    """Calls ``write(tmp_path)`` and renames the result to ``path`` (umask permissions).
+
+    The temporary lies in ``path``'s folder (same file system, so the rename is atomic)
+    and keeps ``path``'s extension, for writers that pick a format by it (matplotlib,
+    numpy). On any error the temporary is removed and ``path`` is untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    directory = make_dirs(os.path.dirname(path))
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=ext)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str, text: str) -> str:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return write_atomic(path, write)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write_atomic(path, write)
+
+
+@contextlib.contextmanager
+def staging_dir(final: str) -> Iterator[str]:
+    """A temporary folder beside ``final`` to fill; removed if the block raises.
+
+    The caller publishes it with ``publish_dir``. Its mode is already the umask's.
+    """
+    final = os.path.abspath(os.fspath(final))
+    parent = make_dirs(os.path.dirname(final))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(final))
+    os.chmod(tmp, dir_mode())
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fix_tree_modes(root: str) -> None:
+    """Gives every folder and file under ``root`` the umask's modes (for trees written by
+    libraries that create private temporaries of their own)."""
+    dmode, fmode = dir_mode(), file_mode()
+    os.chmod(root, dmode)
+    for here, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(here, d), dmode)
+        for f in files:
+            os.chmod(os.path.join(here, f), fmode)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes temporaries that a killed writer left in ``directory``; returns their paths.
+
+    Only names made by this module (a leading ``.`` and ``TEMP_MARK``) are touched. Call
+    it at start-up, before anything is written there, never while another writer runs.
+    """
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith(".") and TEMP_MARK in name):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(path)
+    return removed
