@@ -69,3 +69,16 @@ def test_bad_input(tmp_path):
     with pytest.raises(TypeError, match="grp/extra"):
         report.write_eval_report({"grp": {"extra": object()}}, str(tmp_path))
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_report_files_get_the_umask_permissions(tmp_path):
+    """mkstemp creates 0600 files; the report must be as readable as the user's umask allows."""
+    old = os.umask(0o022)
+    try:
+        report.write_eval_report(groups(), str(tmp_path / "eval"), print_table=False)
+    finally:
+        os.umask(old)
+    modes = {name: oct(os.stat(tmp_path / "eval" / name).st_mode & 0o777)
+             for name in ("metrics.json", "cmc.png")}
+    assert modes == {"metrics.json": "0o644", "cmc.png": "0o644"}
+    assert oct(os.stat(tmp_path / "eval").st_mode & 0o777) == "0o755"

@@ -3,9 +3,10 @@
 One call per evaluation (e.g. ``WORKDIR/eval/step_N``) with every group's
 metrics, a group being a name such as ``"phantoms/xray/reid"`` and its value
 the merged dicts of ``reid_metrics`` / ``chunked_reid_metrics`` and
-``verification_metrics``. Files are written atomically (temporary file in the
-same folder, then rename), so a crash never leaves a half-written report
-that a later run would read.
+``verification_metrics``. Files are written atomically with the umask's
+permissions (``mami_jax/runtime/atomic_files.py``: temporary file in the same
+folder, then rename), so a crash never leaves a half-written report that a later
+run would read, and the report is as readable as any file the user creates.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Mapping
 
 import numpy as np
+
+from mami_jax.runtime.atomic_files import write_atomic
 
 __all__ = ["TABLE_COLUMNS", "format_table", "write_eval_report"]
 
@@ -96,20 +98,6 @@ def format_table(metrics_by_group: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{ext}")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _plot_cmc(metrics_by_group: Mapping[str, Mapping], path: str, title: str | None) -> bool:
     curves = {g: np.asarray(v["cmc"], float) for g, v in metrics_by_group.items()
               if v.get("cmc") is not None and len(v["cmc"]) and
@@ -138,7 +126,7 @@ def _plot_cmc(metrics_by_group: Mapping[str, Mapping], path: str, title: str | N
     ax.set_title(title or "CMC")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True
 
 
@@ -159,7 +147,7 @@ def write_eval_report(metrics_by_group: Mapping[str, Mapping], out_dir: str,
             json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
 
-    _atomic_write(os.path.join(out_dir, METRICS_FILE), write_json)
+    write_atomic(os.path.join(out_dir, METRICS_FILE), write_json)
     _plot_cmc(metrics_by_group, os.path.join(out_dir, CMC_FILE), title)
     table = format_table(metrics_by_group)
     if print_table:
