@@ -1,6 +1,6 @@
 """Short single-config training runs that show whether a recipe learns re-identification.
 
-The learnability experiments behind ``configs/*.py:runlocal`` (README, "Status"):
+The learnability experiments behind ``configs/*.py:runlocal`` (docs/experiments.md):
 trains with the real loader, model, optimiser and step for ``--steps`` steps and
 prints the losses and, every ``--eval_every`` steps, Rank-1 / mAP of the "reid"
 protocol on the test patients and on the training patients (the second says

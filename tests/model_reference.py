@@ -1,4 +1,4 @@
-"""A direct numpy transcription of DESIGN.md §3, used as the model's reference.
+"""A direct numpy transcription of docs/design.md#model, used as the model's reference.
 
 Written loop-by-loop from the text (explicit per-group matmuls, explicit
 per-example factors, explicit slice convolution) and independent of the Flax

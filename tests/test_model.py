@@ -1,4 +1,4 @@
-"""The MaMI model against DESIGN.md §3: arithmetic, gradients, series, dtypes, input checks."""
+"""The MaMI model against docs/design.md#model: arithmetic, gradients, series, dtypes, inputs."""
 
 import ast
 import math
@@ -103,7 +103,7 @@ def test_released_layout_shapes_at_full_size():
                                                    jnp.zeros((1, 1, 224, 224, 3))))["params"]
     ours = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
     theirs = 0
-    # Keys the released forward pass never reads (DESIGN.md §5).
+    # Keys the released forward pass never reads (docs/design.md#mapping-rules).
     unused = re.compile(r"(c_proj_[ab]\.|c_proj_static|^ln_post\.|^fc\.)")
     tsv = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "interop",
                        "official_state_dict.tsv")

@@ -29,7 +29,7 @@ Why these choices:
   by the acquisition, and identity lives in the size and shape of anatomy, which
   zooming of up to 1.4x (area 0.5) blurs: on the MRI phantoms a from-scratch model
   reached Rank-1 0.65 after 400 steps with "shift" and 0.43 with "random_resized"
-  (``benchmarks/runlocal_ablation.py``, README).
+  (``benchmarks/runlocal_ablation.py``, docs/experiments.md).
 - Horizontal flips only for modalities whose left/right carries no identity or
   anatomy (``flip_modalities``): never X-ray or CT (the heart is on the left),
   never fundus (left/right eye is laterality).
@@ -39,7 +39,7 @@ Why these choices:
   invariance of histology models. On the phantoms at 32 px they stop the runlocal model
   from memorising its training tiles (train Rank-1 0.86 -> 0.36 after 1000 steps); at
   64 px with stain normalisation they lift test Rank-1 from 0.54 to 0.71 (400 steps,
-  README).
+  docs/experiments.md#pathology).
 - The same crop, flip and erasing rectangle are applied to every slice of a series,
   so the slices stay registered with each other (the slice adapter relies on it).
 - Every random number comes from the ``numpy.random.Generator`` passed in.

@@ -1,6 +1,6 @@
 """Re-identification and verification metrics (numpy), with the formulas stated.
 
-Re-ID protocol (Market-1501 style, DESIGN.md §6), for a similarity matrix
+Re-ID protocol (Market-1501 style, docs/design.md#evaluation), for a similarity matrix
 ``S`` of shape (Q, G) where larger means more similar:
 
 * **Exclusion.** For query ``i``, gallery item ``g`` is removed from the

@@ -2,7 +2,7 @@
 
 tokens += fc2(depthwise_conv_T(fc1(tokens))) on patch tokens (not the class token),
 with fc1: C -> A, a depthwise convolution over the slice axis T (kernel 3, zero
-padding, with bias) and fc2: A -> C; no nonlinearity (DESIGN.md §3). For a 2-D
+padding, with bias) and fc2: A -> C; no nonlinearity (docs/design.md#slice-adapter). For a 2-D
 image (T=1) only the centre tap of the kernel sees data.
 
 fc2 starts at zero so that a pretrained backbone is unchanged at step 0.

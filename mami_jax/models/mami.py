@@ -1,4 +1,4 @@
-"""MaMI: ComPA-adapted CLIP ViT with a re-identification head (DESIGN.md §3).
+"""MaMI: ComPA-adapted CLIP ViT with a re-identification head (docs/design.md#model).
 
 ``MaMI(cfg).apply(variables, images)`` with images (B, T, H, W, 3) float, T=1 for
 2-D images, returns ``MaMIOutput``. Everything up to the head runs per slice on

@@ -37,7 +37,7 @@ Field of view (``render(..., field)``): a tile can show more than the standard
 field at the same magnification. A 64 px standard tile holds a few dozen nuclei,
 too few for one tile to pin down its patient's nuclear statistics: the runlocal
 configuration renders pathology 2 fields wide (128 px at the magnification of a
-64 px tile; ``phantoms.pathology_field``), see the README for what that changed.
+64 px tile; ``phantoms.pathology_field``); what that changed: docs/experiments.md#pathology.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def all_pair_differences(features, valid=None):
 
 def difference_alignment_infonce(student_diffs, teacher_diffs, pair_mask,
                                  temperature: float) -> jax.Array:
-    """InfoNCE that matches each student pair difference to its teacher's (DESIGN.md §4).
+    """InfoNCE of pair differences, student against teacher (docs/design.md#difference-alignment).
 
     With ``u_k`` and ``v_k`` the L2-normalised student and teacher differences
     of pair ``k`` (same feature size: the student side is already projected to
