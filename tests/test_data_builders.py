@@ -7,10 +7,12 @@ checks the exact rows (patient, study, order, view, path) and the reported skips
 import csv
 import gzip
 import os
+import re
 
 import pytest
 
 from mami_jax.data import build_manifest
+from mami_jax.data.datasets.common import DatasetLayoutError, PathOutsideRootError
 from mami_jax.data.datasets.registry import BUILDERS, MODALITY_OF
 from mami_jax.data.manifest import read_manifest
 
@@ -22,9 +24,10 @@ def touch(*parts):
     return path
 
 
-def write_csv(path, header, rows, gz=False):
+def write_csv(path, header, rows, gz=False, encoding="utf-8"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    opener = (lambda p: gzip.open(p, "wt", newline="")) if gz else (lambda p: open(p, "w", newline=""))
+    opener = ((lambda p: gzip.open(p, "wt", newline="", encoding=encoding)) if gz
+              else (lambda p: open(p, "w", newline="", encoding=encoding)))
     with opener(path) as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -335,3 +338,218 @@ def test_cli_writes_manifest_with_relative_paths_and_prints_counts(tmp_path, cap
 def test_every_builder_rejects_missing_root(name, tmp_path):
     with pytest.raises(ValueError, match="not a folder|no "):
         BUILDERS[name](str(tmp_path / "absent"))
+
+
+# ---------------------------------------------------------------- metadata paths stay inside the root
+
+NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+              "Patient Gender", "View Position"]
+
+
+def outside_message(meta, line, full, root):
+    return (rf"^{re.escape(meta)}:{line}: image path {re.escape(repr(full))} "
+            rf"is outside the dataset root {re.escape(root)};")
+
+
+def nih_escape(tmp_path):
+    root = str(tmp_path / "nih")
+    write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
+              [["00000001_000.png", "", "0", "1", "58", "M", "PA"],
+               ["00000001_000/../../../outside.png", "", "1", "1", "58", "M", "PA"]])
+    touch(root, "images", "00000001_000.png")
+    return root, "Data_Entry_2017.csv", 3
+
+
+def padchest_absolute(tmp_path):
+    root = str(tmp_path / "padchest")
+    write_csv(os.path.join(root, "PADCHEST_x.csv"),
+              ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "Projection"],
+              [["a.png", "0", "20140101", "st1", "pat1", "PA"],
+               ["b.png", "0", "20140101", "st2", "pat1", "PA"],
+               ["outside.png", str(tmp_path), "20150303", "st3", "pat2", "AP"]])
+    touch(root, "0", "a.png")
+    return root, "PADCHEST_x.csv", 4
+
+
+def padchest_dotdot(tmp_path):
+    root = str(tmp_path / "padchest")
+    write_csv(os.path.join(root, "PADCHEST_x.csv"),
+              ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "Projection"],
+              [["../../outside.png", "0", "20150303", "st3", "pat2", "AP"]])
+    return root, "PADCHEST_x.csv", 2
+
+
+def mimic_dotdot(tmp_path):
+    root = str(tmp_path / "mimic")
+    write_csv(os.path.join(root, "mimic-cxr-2.0.0-metadata.csv"),
+              ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"],
+              [["../../../../../outside", "10000032", "50414267", "PA", "21800506", "1"]])
+    return root, "mimic-cxr-2.0.0-metadata.csv", 2
+
+
+def ccii_dotdot(tmp_path):
+    root = str(tmp_path / "ccii")
+    write_csv(os.path.join(root, "unzip_filenames.csv"), ["zip_file", "label", "patient_id", "scan_id"],
+              [["x.zip", "NCP", "../..", "outside"]])
+    return root, "unzip_filenames.csv", 2
+
+
+ESCAPES = {"nih_chestxray14": nih_escape, "padchest": padchest_absolute, "mimic_cxr": mimic_dotdot,
+           "ccii_ct": ccii_dotdot}
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("case", ["nih_chestxray14", "padchest", "padchest-dotdot", "mimic_cxr",
+                                  "ccii_ct"])
+def test_metadata_path_outside_the_root_is_an_error_naming_file_and_line(tmp_path, case, verify):
+    make = padchest_dotdot if case == "padchest-dotdot" else ESCAPES[case]
+    root, meta, line = make(tmp_path)
+    touch(str(tmp_path), "outside.png")            # it exists: a check by existence would let it through
+    touch(str(tmp_path), "outside.jpeg")
+    os.makedirs(tmp_path / "outside", exist_ok=True)
+    with pytest.raises(PathOutsideRootError, match=f"^{re.escape(os.path.join(root, meta))}:{line}: "
+                                                  rf"image path '{re.escape(str(tmp_path))}/outside"):
+        BUILDERS[case.split("-")[0]](root, verify_files=verify)
+
+
+def test_outside_message_names_the_resolved_path_and_root(tmp_path):
+    root, meta, line = nih_escape(tmp_path)
+    with pytest.raises(DatasetLayoutError, match=outside_message(
+            os.path.join(root, meta), line, str(tmp_path / "outside.png"), root)):
+        BUILDERS["nih_chestxray14"](root)
+
+
+def test_chexpert_paths_are_re_rooted_never_followed(tmp_path):
+    # CheXpert's Path column is taken from the split folder on: leading folders, even an
+    # absolute prefix, are dropped, and a path with '..' is not of the documented form.
+    root = str(tmp_path / "chexpert")
+    write_csv(os.path.join(root, "train.csv"), ["Path", "Frontal/Lateral", "AP/PA"], [
+        [f"{tmp_path}/train/patient00001/study1/view1_frontal.jpg", "Frontal", "AP"],
+        ["CheXpert-v1.0-small/train/patient00002/study1/../../../../x.jpg", "Frontal", "AP"]])
+    touch(root, "train", "patient00001", "study1", "view1_frontal.jpg")
+    res = BUILDERS["chexpert"](root)
+    assert [r.path for r in res.rows] == [os.path.join(root, "train/patient00001/study1/view1_frontal.jpg")]
+    assert res.skipped_by_reason() == {"Path is not <split>/patientN/studyN/<file>": 1}
+
+
+def test_dotdot_that_stays_inside_the_root_is_accepted(tmp_path):
+    root = str(tmp_path / "padchest")
+    write_csv(os.path.join(root, "PADCHEST_x.csv"),
+              ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "Projection"],
+              [["a.png", "0/../1", "20140101", "st1", "pat1", "PA"]])
+    touch(root, "1", "a.png")
+    assert [r.path for r in BUILDERS["padchest"](root).rows] == [os.path.join(root, "1", "a.png")]
+
+
+def test_symlinked_image_folder_inside_the_root_is_followed(tmp_path):
+    # The check is on the path as written: an image folder kept on another disk and
+    # linked into the root is the user's own layout.
+    root = str(tmp_path / "nih")
+    write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
+              [["00000001_000.png", "", "0", "1", "58", "M", "PA"]])
+    touch(str(tmp_path), "disk2", "images", "00000001_000.png")
+    os.symlink(tmp_path / "disk2", os.path.join(root, "images_001"))
+    res = BUILDERS["nih_chestxray14"](root)
+    assert [r.path for r in res.rows] == [os.path.join(root, "images_001", "images", "00000001_000.png")]
+
+
+def test_relative_root_gives_absolute_paths_inside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    touch("eyes", "train", "10_left.jpeg")
+    res = BUILDERS["eyepacs"]("eyes")
+    assert [r.path for r in res.rows] == [str(tmp_path / "eyes" / "train" / "10_left.jpeg")]
+
+
+# ---------------------------------------------------------------- metadata text
+
+
+def test_metadata_csv_with_byte_order_mark_is_read(tmp_path):
+    root = str(tmp_path)
+    write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
+              [["00000001_000.png", "", "0", "1", "58", "M", "PA"]], encoding="utf-8-sig")
+    with open(os.path.join(root, "Data_Entry_2017.csv"), "rb") as f:
+        assert f.read(3) == b"\xef\xbb\xbf"
+    res = BUILDERS["nih_chestxray14"](root, verify_files=False)
+    assert [(r.patient_id, r.view) for r in res.rows] == [("1", "PA")]
+    write_csv(os.path.join(root, "m", "mimic-cxr-2.0.0-metadata.csv.gz"),
+              ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"],
+              [["d1", "10000032", "50414267", "PA", "21800506", "1"]], gz=True, encoding="utf-8-sig")
+    assert [r.patient_id for r in BUILDERS["mimic_cxr"](os.path.join(root, "m"), verify_files=False).rows] \
+        == ["10000032"]
+
+
+def test_metadata_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    root = str(tmp_path)
+    write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
+              [["00000001_000.png", "", "0", "1", "58", "M", "PA"],
+               ["00000001_001.png", "Ca\xf1on", "1", "1", "58", "M", "PA"]], encoding="latin-1")
+    meta = os.path.join(root, "Data_Entry_2017.csv")
+    with pytest.raises(DatasetLayoutError, match=rf"^{re.escape(meta)}: unreadable CSV after line \d+ "
+                                                 r"\(UnicodeDecodeError"):
+        BUILDERS["nih_chestxray14"](root, verify_files=False)
+
+
+def test_metadata_line_numbers_count_blank_lines(tmp_path):
+    root = str(tmp_path)
+    with open(os.path.join(root, "Data_Entry_2017.csv"), "w") as f:
+        f.write(",".join(NIH_HEADER) + "\n\n00000001_000.png,,x,1,58,M,PA\n")
+    res = BUILDERS["nih_chestxray14"](root, verify_files=False)
+    assert res.skipped == [("Data_Entry_2017.csv:3 ('1', 'x')", "non-integer Patient ID or Follow-up #")]
+
+
+# ---------------------------------------------------------------- command line errors
+
+
+def cli_error(capsys, argv):
+    """Runs build_manifest expecting failure; returns its single stderr line."""
+    assert build_manifest.main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+def test_cli_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys):
+    out = str(tmp_path / "m.csv")
+    absent = str(tmp_path / "absent")
+    assert cli_error(capsys, ["--dataset", "tcga", "--root", absent, "--out", out]) == \
+        f"error: {absent}: dataset root is not a folder"
+    root, meta, line = nih_escape(tmp_path)
+    msg = cli_error(capsys, ["--dataset", "nih_chestxray14", "--root", root, "--out", out])
+    assert msg.startswith(f"error: {os.path.join(root, meta)}:{line}: image path "
+                          f"{str(tmp_path / 'outside.png')!r} is outside the dataset root {root};")
+    bad = str(tmp_path / "badcols")
+    write_csv(os.path.join(bad, "Data_Entry_2017.csv"), ["Image Index", "Patient ID"], [["x.png", "1"]])
+    msg = cli_error(capsys, ["--dataset", "nih_chestxray14", "--root", bad, "--out", out])
+    assert msg.startswith(f"error: {os.path.join(bad, 'Data_Entry_2017.csv')}: missing columns "
+                          "['Follow-up #', 'View Position']")
+    assert not os.path.exists(out)
+
+
+def test_cli_refuses_an_existing_output_unless_told_to_overwrite(tmp_path, capsys):
+    root = str(tmp_path / "eyepacs")
+    touch(root, "train", "1_left.jpeg")
+    touch(root, "train", "1_right.jpeg")
+    out = tmp_path / "m.csv"
+    out.write_text("keep me")
+    assert cli_error(capsys, ["--dataset", "eyepacs", "--root", root, "--out", str(out)]) == \
+        f"error: {out} already exists; pass --overwrite to replace it"
+    assert out.read_text() == "keep me"
+    argv = ["--dataset", "eyepacs", "--root", root, "--out", str(out)]
+    assert build_manifest.main(argv + ["--overwrite"]) == 0
+    assert "images: 2\n" in capsys.readouterr().out
+    assert len(read_manifest(str(out))) == 2
+
+
+def test_cli_manifest_has_the_umask_permissions(tmp_path, capsys):
+    root = str(tmp_path / "eyepacs")
+    touch(root, "train", "1_left.jpeg")
+    out = str(tmp_path / "new" / "m.csv")
+    old = os.umask(0o022)
+    try:
+        assert build_manifest.main(["--dataset", "eyepacs", "--root", root, "--out", out]) == 0
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o644
+    assert os.listdir(tmp_path / "new") == ["m.csv"]

@@ -4,6 +4,8 @@ Each test writes its own tiny file and checks values worked out by hand from the
 rules in decode.py's docstring.
 """
 
+import re
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -183,6 +185,67 @@ def test_corrupt_and_missing_files_name_the_path(tmp_path):
     (folder / "IM0").write_bytes(b"garbage")
     with pytest.raises(DecodeError, match="IM0"):
         decode(str(folder))
+
+
+@pytest.mark.parametrize("tag", ["WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "-inf"])
+def test_dicom_non_finite_rescale_or_window_tag_is_a_decode_error(tmp_path, tag, value):
+    # Windowing with a NaN centre used to give an all-NaN image that no check caught.
+    p = str(tmp_path / "scan.dcm")
+    tags = dict(WindowCenter=5, WindowWidth=11, RescaleSlope=1, RescaleIntercept=0)
+    tags[tag] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom warns that -inf is no valid DS
+        write_dicom(p, np.arange(12, dtype=np.uint16).reshape(3, 4), **tags)
+    with pytest.raises(DecodeError, match=rf"^{re.escape(p)}: DICOM tag {tag} is .*not a finite number"):
+        decode(p)
+
+
+def test_dicom_series_with_a_non_finite_tag_names_the_slice_file(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in range(3):
+        write_dicom(str(folder / f"IM{i}"), np.full((2, 2), i, np.uint16), InstanceNumber=i + 1,
+                    WindowCenter=1, WindowWidth=4, RescaleSlope=float("nan") if i == 2 else 1)
+    with pytest.raises(DecodeError, match=r"IM2: DICOM tag RescaleSlope is 'nan'"):
+        decode(str(folder))
+    for i in range(3):  # the window is taken from the first slice: its file is named
+        write_dicom(str(folder / f"IM{i}"), np.full((2, 2), i, np.uint16), InstanceNumber=i + 1,
+                    WindowCenter=float("nan") if i == 0 else 1, WindowWidth=4)
+    with pytest.raises(DecodeError, match=r"IM0: DICOM tag WindowCenter is 'nan'"):
+        decode(str(folder))
+
+
+def test_every_reader_output_is_checked_for_non_finite_values(tmp_path, monkeypatch):
+    # The final check in Volume.read, whatever reader produced the NaN.
+    from mami_jax.data import decode as decode_module
+
+    png = str(tmp_path / "a.png")
+    Image.fromarray(np.array([[1000, 1500], [3000, 5000]], np.uint16)).save(png)
+    nii = str(tmp_path / "v.nii.gz")
+    nib.save(nib.Nifti1Image(np.arange(8, dtype=np.int16).reshape(2, 2, 2), np.eye(4)), nii)
+    dcm = str(tmp_path / "a.dcm")
+    write_dicom(dcm, np.arange(4, dtype=np.uint16).reshape(2, 2))
+
+    def leaky_minmax(arr):
+        out = np.zeros(arr.shape, np.float32)
+        out.flat[0] = np.nan
+        out.flat[-1] = np.inf
+        return out
+    monkeypatch.setattr(decode_module, "minmax", leaky_minmax)
+    monkeypatch.setattr(decode_module, "_scale_integer_or_float", leaky_minmax)
+    for path, kind in ((png, "image file"), (nii, "NIfTI volume"), (dcm, "DICOM file")):
+        with pytest.raises(DecodeError, match=rf"^{re.escape(path)}: decoded {kind} holds 2 NaN or infinite"):
+            open_volume(path).read()
+
+
+def test_float_image_with_nan_pixels_is_a_decode_error(tmp_path):
+    p = str(tmp_path / "f.nii")
+    vol = np.ones((2, 2, 2), np.float32)
+    vol[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), p)
+    with pytest.raises(DecodeError, match=rf"^{re.escape(p)}: .*NaN or infinity"):
+        decode(p)
 
 
 # --------------------------------------------------------------------------- transforms

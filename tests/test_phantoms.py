@@ -17,6 +17,8 @@ from mami_jax.phantoms import generator as phantoms
 from mami_jax.data.manifest import MODALITIES, read_manifest
 from benchmarks import phantom_baseline_features as baselines  # noqa: I001
 from mami_jax.phantoms import common, disease, io
+from mami_jax.phantoms.__main__ import main as phantoms_cli
+from mami_jax.runtime import atomic_files
 
 TINY = dict(patients=6, visits=2, seed=3, image_size=32, slices=2, workers=1)
 
@@ -284,7 +286,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(phantoms.RENDERERS["mri"], "render", real)
     # a killed run's leftover temporary folder does not count as a cache and is not in the way
     key = phantoms.cache_key(6, 2, 0, 32, 2)
-    os.makedirs(tmp_path / f".{key}.tmp-killed" / "mri")
+    os.makedirs(tmp_path / f".{key}{atomic_files.TEMP_MARK}killed" / "mri")
     manifest = phantoms.ensure_phantoms(str(tmp_path), patients=6, visits=2, seed=0, image_size=32, slices=2,
                                         workers=1)
     assert os.path.dirname(manifest) == str(tmp_path / key)
@@ -304,15 +306,67 @@ def test_generate_refuses_a_non_empty_folder(tmp_path):
 # ---------------------------------------------------------------- command line
 
 def test_cli_out_and_preview(tmp_path, capsys):
-    assert phantoms.main(["--out", str(tmp_path / "cli"), "--patients", "2", "--visits", "1",
-                          "--image-size", "32", "--slices", "1", "--workers", "1"]) == 0
+    assert phantoms_cli(["--out", str(tmp_path / "cli"), "--patients", "2", "--visits", "1",
+                         "--image-size", "32", "--slices", "1", "--workers", "1"]) == 0
     assert os.path.exists(tmp_path / "cli" / "manifest.csv")
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'cli' / 'manifest.csv'}\n"
     png = tmp_path / "prev.png"
-    assert phantoms.main(["--preview", str(png), "--preview-rows", "1", "--visits", "2",
-                          "--image-size", "32", "--slices", "2"]) == 0
+    assert phantoms_cli(["--preview", str(png), "--preview-rows", "1", "--visits", "2",
+                         "--image-size", "32", "--slices", "2"]) == 0
     from mami_jax.phantoms import preview
     with Image.open(png) as im:
         assert im.width == preview.LABEL_W + 2 * 32
         assert im.height == len(MODALITIES) * (32 + preview.CAPTION_H)
     with pytest.raises(SystemExit):
-        phantoms.main([])
+        phantoms_cli([])
+
+
+def _cli_error(capsys, argv):
+    """Runs the CLI expecting a failure; returns its one stderr line."""
+    assert phantoms_cli(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
+    small = ["--patients", "1", "--visits", "1", "--image-size", "32", "--slices", "1", "--workers", "1"]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    line = _cli_error(capsys, ["--out", str(tmp_path / "full")] + small)
+    assert line == f"error: phantoms: output folder {tmp_path / 'full'} exists and is not empty"
+    assert os.listdir(tmp_path / "full") == ["keep.txt"]
+    (tmp_path / "afile").write_text("x")
+    line = _cli_error(capsys, ["--out", str(tmp_path / "afile")] + small)
+    assert line == f"error: phantoms: output path {tmp_path / 'afile'} exists and is not a folder"
+    line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--patients", "0", "--visits", "1"])
+    assert line == "error: phantoms: patients must be an integer >= 1, got 0"
+    line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--pathology-field", "9"])
+    assert "pathology_field must be a number in [0.25, 4], got 9.0" in line
+    assert not os.path.exists(tmp_path / "new")
+    assert sorted(os.listdir(tmp_path)) == ["afile", "full"]   # no temporary left behind
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_generated_tree_gets_the_umask_permissions(tmp_path, umask, file_mode, dir_mode):
+    # mkdtemp made the folder 0700 and the manifest's temporary file 0600; the umask rules.
+    old = os.umask(umask)
+    try:
+        manifest = phantoms.generate(str(tmp_path / "ph"), patients=2, visits=1, seed=0, image_size=32,
+                                     slices=1, workers=1)
+    finally:
+        os.umask(old)
+    root = os.path.dirname(manifest)
+    modes = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            modes[os.path.relpath(path, root)] = (os.path.isdir(path), os.stat(path).st_mode & 0o777)
+    assert os.stat(root).st_mode & 0o777 == dir_mode
+    assert {"manifest.csv", "labels.csv", "phantoms.json"} <= set(modes)
+    assert len(modes) > 5
+    wrong = {k: oct(m) for k, (is_dir, m) in modes.items() if m != (dir_mode if is_dir else file_mode)}
+    assert wrong == {}

@@ -2,7 +2,7 @@
 
     python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih \\
         --out /data/nih/manifest.csv [--no-verify-files] [--seed 0] \\
-        [--fractions train=0.7,val=0.1,test=0.2]
+        [--fractions train=0.7,val=0.1,test=0.2] [--overwrite]
 
 Prints: images, patients, patients with at least two images, studies, rows and
 patients per split, files missing, and every kind of row the builder could not use
@@ -16,12 +16,17 @@ paths against the manifest's folder); any other path is written absolute.
 
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
 data config's ``split_fractions`` and ``split_seed``).
+
+Bad input (a missing root, a metadata file that is unreadable or names an image
+outside the root, an existing ``--out`` without ``--overwrite``) ends the command
+with exit status 1 and one ``error: ...`` line on stderr, and no manifest is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import csv
 import os
 import sys
 from typing import Sequence
@@ -83,13 +88,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fractions", type=parse_fractions,
                         default=dict(cfg.split_fractions), help="e.g. train=0.7,val=0.1,test=0.2")
     parser.add_argument("--examples", type=int, default=5, help="examples printed per skip reason")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    try:
+        result, rows = build(args)
+    except (ValueError, OSError, csv.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report(args, result, rows)
+    return 0
 
+
+def build(args: argparse.Namespace):
+    """Builds, splits and writes the manifest; raises on bad input (see the module doc)."""
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files)
     rows = assign_splits(result.rows, args.fractions, args.seed)
     rows = manifest_paths(rows, args.out)
     write_manifest(rows, args.out)
+    return result, rows
 
+
+def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow]) -> None:
+    """Prints the summary described in the module doc."""
     s = summarize(rows)
     print(f"dataset {args.dataset} from {os.path.abspath(args.root)} -> {args.out}")
     for note in result.notes:
@@ -109,7 +131,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for reason, sources in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
         shown = ", ".join(sources[:args.examples]) + (", ..." if len(sources) > args.examples else "")
         print(f"  {len(sources)} x {reason}: {shown}")
-    return 0
 
 
 if __name__ == "__main__":

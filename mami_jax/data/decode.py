@@ -32,12 +32,18 @@ DICOM files by their position along the slice normal (ImagePositionPatient and
 ImageOrientationPatient), else InstanceNumber, else file name.
 
 A file that cannot be read raises ``DecodeError`` whose message starts with the
-file's path, so a failure in a million-image run names the culprit.
+file's path, so a failure in a million-image run names the culprit. Decoding never
+hands on a non-finite image: a NaN or infinite DICOM RescaleSlope, RescaleIntercept,
+WindowCenter or WindowWidth is a ``DecodeError`` naming the file and the tag, and
+every reader's output is checked for NaN/infinity (``Volume.read``). The input
+pipeline can then skip such a file (``data.skip_bad_images``) instead of training on
+NaNs that would surface much later as a non-finite loss.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from typing import Sequence
@@ -170,6 +176,22 @@ def _first(value, default=None):
         return value
 
 
+def _dicom_number(ds, keyword: str, default: float | None) -> float | None:
+    """The first value of a numeric DICOM tag as a finite float; ``default`` if absent or empty.
+
+    A NaN or infinite value raises DecodeError naming the file and the tag: rescaling or
+    windowing with it would silently turn every pixel into NaN (or a constant).
+    """
+    value = _first(ds.get(keyword, None), None)
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    number = float(value)
+    if not math.isfinite(number):
+        name = getattr(ds, "filename", None) or "<DICOM dataset>"
+        raise DecodeError(f"{name}: DICOM tag {keyword} is {value!r}, not a finite number")
+    return number
+
+
 def _dicom_frames(ds) -> np.ndarray:
     """Pixel data of a dataset as (F, H, W, C) after the modality (rescale) LUT."""
     arr = ds.pixel_array
@@ -179,8 +201,8 @@ def _dicom_frames(ds) -> np.ndarray:
         arr = arr.reshape((frames,) + arr.shape[-2:])[..., None]
     else:
         arr = arr.reshape((frames,) + arr.shape[-3:])
-    slope = float(_first(ds.get("RescaleSlope", 1.0), 1.0) or 1.0)
-    intercept = float(_first(ds.get("RescaleIntercept", 0.0), 0.0) or 0.0)
+    slope = _dicom_number(ds, "RescaleSlope", 1.0) or 1.0  # a zero slope would erase the image
+    intercept = _dicom_number(ds, "RescaleIntercept", 0.0)
     if samples == 1 and (slope != 1.0 or intercept != 0.0):
         arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     return arr
@@ -192,10 +214,10 @@ def _dicom_to_unit(frames: np.ndarray, ref) -> np.ndarray:
     if samples == 3:
         out = _scale_integer_or_float(frames)
     else:
-        center = ref.get("WindowCenter", None)
-        width = ref.get("WindowWidth", None)
-        if center is not None and width is not None and _first(width) not in (None, ""):
-            out = dicom_window(frames, float(_first(center)), float(_first(width)))
+        center = _dicom_number(ref, "WindowCenter", None)
+        width = _dicom_number(ref, "WindowWidth", None)
+        if center is not None and width is not None:
+            out = dicom_window(frames, center, width)
         else:
             out = minmax(frames)
     if str(ref.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
@@ -307,13 +329,22 @@ class Volume:
         raise NotImplementedError
 
     def read(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        """(n, H, W, C) float32 in [0, 1] for the given slice indices (all if None)."""
+        """(n, H, W, C) float32 in [0, 1] for the given slice indices (all if None).
+
+        Every reader's result passes one check here: a NaN or infinite value is a
+        DecodeError naming the path, never an image handed onward.
+        """
         try:
-            return self._read(None if indices is None else [int(i) for i in indices])
+            x = self._read(None if indices is None else [int(i) for i in indices])
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the path named
             raise DecodeError(f"{self.path}: cannot read {self.kind}: {type(e).__name__}: {e}") from e
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise DecodeError(f"{self.path}: decoded {self.kind} holds {bad} NaN or infinite "
+                              f"value(s) of {np.size(x)}")
+        return x
 
     def _check(self, indices, n):
         if indices is None:
@@ -401,6 +432,8 @@ class DicomSeries(Volume):
                 try:
                     ds = _read_dicom_file(self.files[i])
                     f = _dicom_frames(ds)
+                except DecodeError:
+                    raise
                 except Exception as e:  # noqa: BLE001
                     raise DecodeError(f"{self.files[i]}: unreadable slice {i} of DICOM series "
                                       f"{self.path}: {type(e).__name__}: {e}") from e

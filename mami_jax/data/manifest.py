@@ -5,9 +5,11 @@ Every dataset builder (``mami_jax.data.datasets``) and the synthetic phantoms
 evaluators and the applications read only this format. Keeping one schema is
 what lets a single model train on eleven datasets at once.
 
-The file is a CSV with exactly the columns in ``COLUMNS``. It is written
-atomically (temporary file + rename) so a crash never leaves half a manifest.
-Reading validates every row and fails naming the file and line number.
+The file is a UTF-8 CSV with exactly the columns in ``COLUMNS``. It is written
+atomically (temporary file + rename, ``runtime.atomic_files``) so a crash never
+leaves half a manifest, with the permissions the user's umask asks for. Reading
+accepts a UTF-8 byte-order mark (spreadsheet programs save CSVs with one),
+validates every row and fails naming the file and line number.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import tempfile
 from typing import Iterable, Sequence
+
+from mami_jax.runtime.atomic_files import write_atomic
 
 #: Modalities the system knows. An unknown modality is an error before training.
 MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
@@ -113,23 +116,18 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>") -> None:
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str) -> None:
-    """Validates and writes ``rows`` to ``path`` atomically."""
+    """Validates and writes ``rows`` to ``path`` atomically (UTF-8, umask permissions)."""
     rows = list(rows)
     validate_rows(rows, source=str(path))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for row in rows:
                 writer.writerow([getattr(row, c) for c in COLUMNS])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, write)
 
 
 def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
@@ -140,26 +138,34 @@ def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
     """
     if base_dir is None:
         base_dir = os.path.dirname(os.path.abspath(path))
-    rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ManifestError(f"{path}: empty file, expected header {','.join(COLUMNS)}")
-        if tuple(header) != COLUMNS:
-            missing = [c for c in COLUMNS if c not in header]
-            extra = [c for c in header if c not in COLUMNS]
-            raise ManifestError(
-                f"{path}: header {header} does not match {list(COLUMNS)} "
-                f"(missing {missing}, unexpected {extra})")
-        for line_no, values in enumerate(reader, start=2):
-            if len(values) != len(COLUMNS):
-                raise ManifestError(
-                    f"{path}: line {line_no} has {len(values)} fields, expected {len(COLUMNS)}")
-            fields = dict(zip(COLUMNS, values))
-            if fields["path"] and not os.path.isabs(fields["path"]):
-                fields["path"] = os.path.normpath(os.path.join(base_dir, fields["path"]))
-            rows.append(ManifestRow(**fields))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = _read_rows(path, csv.reader(f), base_dir)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ManifestError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
     validate_rows(rows, source=str(path))
+    return rows
+
+
+def _read_rows(path: str, reader, base_dir: str) -> list[ManifestRow]:
+    """The rows of an open manifest CSV; relative paths resolved against ``base_dir``."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ManifestError(f"{path}: empty file, expected header {','.join(COLUMNS)}") from None
+    if tuple(header) != COLUMNS:
+        missing = [c for c in COLUMNS if c not in header]
+        extra = [c for c in header if c not in COLUMNS]
+        raise ManifestError(
+            f"{path}: header {header} does not match {list(COLUMNS)} "
+            f"(missing {missing}, unexpected {extra})")
+    rows = []
+    for values in reader:
+        if len(values) != len(COLUMNS):
+            raise ManifestError(f"{path}: line {reader.line_num} has {len(values)} fields, "
+                                f"expected {len(COLUMNS)}")
+        fields = dict(zip(COLUMNS, values))
+        if fields["path"] and not os.path.isabs(fields["path"]):
+            fields["path"] = os.path.normpath(os.path.join(base_dir, fields["path"]))
+        rows.append(ManifestRow(**fields))
     return rows

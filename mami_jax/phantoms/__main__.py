@@ -1,5 +1,8 @@
 """``python -m mami_jax.phantoms --out DIR`` writes the synthetic benchmark;
-``--preview FILE.png`` draws a grid of it instead (see ``generator`` for what it holds)."""
+``--preview FILE.png`` draws a grid of it instead (see ``generator`` for what it holds).
+
+Bad input (a non-empty ``--out`` folder, a parameter out of range, a path that cannot
+be written) ends the command with exit status 1 and one ``error: ...`` line on stderr."""
 
 import argparse
 import sys
@@ -25,16 +28,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.preview):
         parser.error("give exactly one of --out DIR or --preview FILE.png")
+    try:
+        written = _run(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
+
+
+def _run(args) -> str:
+    """Writes what ``args`` ask for; returns its path."""
     if args.preview:
         preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
-        print(f"wrote {args.preview}")
-        return 0
-    manifest = generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
-                        image_size=args.image_size, slices=args.slices, workers=args.workers,
-                        pathology_field=args.pathology_field)
-    print(f"wrote {manifest}")
-    return 0
+        return args.preview
+    return generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
+                              image_size=args.image_size, slices=args.slices, workers=args.workers,
+                              pathology_field=args.pathology_field)
 
 
 if __name__ == "__main__":

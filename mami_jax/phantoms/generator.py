@@ -59,13 +59,12 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
+from mami_jax.runtime import atomic_files
 
 #: Bump when the generated content changes, so stale caches are not reused.
 #: 2: pathology identity with four nuclear sizes and clustering, milder cellularity;
@@ -183,20 +182,20 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     magnification (``pathology_tile_size``): more nuclei per tile, a stronger identity
     statistic, without shrinking them below a few pixels.
 
-    Everything is written into a temporary sibling folder that is renamed to
-    ``out_dir`` only when complete, so an interrupted run never leaves a
-    partial benchmark at ``out_dir``. ``workers`` processes render in
-    parallel (default: up to 4, the CPU count); the output does not depend on it.
+    Everything is written into a temporary sibling folder
+    (``runtime.atomic_files.staging_dir``) that is renamed to ``out_dir`` only when
+    complete, so an interrupted run never leaves a partial benchmark at ``out_dir``;
+    folders and files get the modes the user's umask asks for. ``workers`` processes
+    render in parallel (default: up to 4, the CPU count); the output does not depend on it.
     """
     _check_args(patients, visits, seed, image_size, slices, pathology_field)
     pathology_field = float(pathology_field)
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"phantoms: output folder {out_dir} exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
-    try:
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"phantoms: output path {out_dir} exists and is not a folder")
+    with atomic_files.staging_dir(out_dir) as tmp:
         patients_plan = plan(patients, visits, seed)
         jobs = [(tmp, index, modality, course, seed, image_size, slices, pathology_field)
                 for index, (_, mods, course) in enumerate(patients_plan) for modality in mods]
@@ -223,17 +222,17 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                            patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)
                                                   for m in MODALITIES}),
                       f, indent=1, sort_keys=True)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)         # empty (checked above); fails if someone filled it meanwhile
-        os.rename(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.isdir(out_dir) and os.listdir(out_dir):
-            raise FileExistsError(f"phantoms: {out_dir} was filled by another process") from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # Renderers and writers run in worker processes and libraries; whatever they
+        # created, the published tree gets the umask's modes.
+        atomic_files.fix_tree_modes(tmp)
+        try:
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)     # empty (checked above); fails if someone filled it meanwhile
+            os.rename(tmp, out_dir)
+        except OSError as e:
+            if os.path.isdir(out_dir) and os.listdir(out_dir):
+                raise FileExistsError(f"phantoms: {out_dir} was filled by another process") from e
+            raise
     return os.path.join(out_dir, "manifest.csv")
 
 
@@ -253,7 +252,7 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
     parameter; a folder only exists there once complete (see ``generate``),
     so an existing one is reused as is. Its ``phantoms.json`` is checked
     against the parameters to catch a hand-edited cache. A run that was
-    killed leaves only a hidden ``.<key>.tmp-*`` folder beside it, which is
+    killed leaves only a hidden ``.<key>.mami-tmp-*`` folder beside it, which is
     never mistaken for the cache; it is not deleted here because another
     process may still be writing it.
     """

@@ -9,6 +9,14 @@ lies inside it.
 ``verify_files``: True checks every path exists (a missing file is reported as
 skipped with reason "file not found" and counted in ``missing_files``); False builds
 the rows from metadata alone, so splits can be planned without the images.
+
+Containment: every path a builder adds goes through ``Collector.add``, which refuses a
+path outside the dataset root (an absolute path or ``..`` components in a metadata
+value) with ``PathOutsideRootError`` naming the metadata file and line, before the path
+is looked at or written into a manifest. A metadata file names images of its own
+dataset; a value pointing elsewhere is a corrupted or tampered file, not a row to skip.
+The check is lexical: a symbolic link inside the root (an image folder kept on another
+disk) is the user's own layout and is followed.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class DatasetLayoutError(ValueError):
     """The root folder does not have the layout the builder documents."""
 
 
+class PathOutsideRootError(DatasetLayoutError):
+    """A metadata row names an image outside the dataset root; the message names the row."""
+
+
 class Collector:
     """Accumulates rows; checks paths and image-id uniqueness as rows arrive."""
 
@@ -60,9 +72,29 @@ class Collector:
     def skip(self, source: str, reason: str) -> None:
         self.skipped.append((source, reason))
 
+    def inside(self, path: str, source: str) -> str:
+        """``path`` made absolute (against the working folder, as the builder joined it to
+        the root it was given) and normalised; PathOutsideRootError if it leaves the root.
+
+        ``source`` is the metadata file and line (``name.csv:12``, relative to the root) or
+        the file the path came from; the error names it in full.
+        """
+        full = os.path.abspath(path)
+        if os.path.commonpath([self.root, full]) != self.root:
+            where = source if os.path.isabs(source) else os.path.join(self.root, source)
+            raise PathOutsideRootError(
+                f"{where}: image path {full!r} is outside the dataset root {self.root}; "
+                "a metadata value (absolute path or '..') points elsewhere, refusing to "
+                "read it or write it into the manifest")
+        return full
+
     def add(self, *, local_id: str, patient_id: str, study_id: str, order: str, view: str,
             path: str, source: str, folder: bool = False) -> bool:
-        """Adds a row unless its file is missing (when verifying) or its id is taken."""
+        """Adds a row unless its file is missing (when verifying) or its id is taken.
+
+        A path outside the root raises (see ``inside``) before anything else is checked.
+        """
+        path = self.inside(path, source)
         image_id = f"{self.dataset}:{local_id}"
         if image_id in self._ids:
             self.skip(f"{source} (image id {image_id!r} first from {self._ids[image_id]})",
@@ -114,15 +146,28 @@ def open_text(path: str):
 
 
 def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    """(line number, row dict) of a CSV; fails naming the file if a column is missing."""
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetLayoutError(f"{path}: missing columns {missing}; header is {header}")
-        for line_no, row in enumerate(reader, start=2):
-            yield line_no, row
+    """(line number, row dict) of a CSV; fails naming the file if a column is missing.
+
+    A UTF-8 byte-order mark (as spreadsheet programs save CSVs) is dropped. Text that is
+    not UTF-8, or that the CSV reader rejects, is a DatasetLayoutError naming the file and
+    the last line read. A row's line number is the physical line where it ends (its only
+    line unless a quoted field spans several; blank lines are counted).
+    """
+    line_no = 0  # last physical line consumed
+    try:
+        with open_text(path) as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DatasetLayoutError(f"{path}: missing columns {missing}; header is {header}")
+            line_no = reader.line_num
+            for row in reader:
+                line_no = reader.line_num
+                yield line_no, row
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetLayoutError(f"{path}: unreadable CSV after line {line_no} "
+                                 f"({type(e).__name__}: {e})") from e
 
 
 def find_one(root: str, names_or_prefixes: tuple[str, ...], *, prefix: bool = False,

@@ -57,7 +57,7 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
             c.skip(f"{src} ({date!r})", "no usable study date")
             continue
         folder = rec.get("ImageDir", "").strip()
-        path = c.path(folder, image) if folder else c.path(image)
+        path = c.inside(c.path(folder, image) if folder else c.path(image), src)
         if verify_files and not os.path.isfile(path):
             if by_name is None:
                 by_name = {n: os.path.join(d, n) for d, n in walk_files(root) if n.lower().endswith(".png")}

@@ -1,0 +1,72 @@
+"""Reading and writing the common manifest (mami_jax.data.manifest).
+
+Tiny hand-written CSVs; each test states the exact rows or message expected.
+"""
+
+import os
+
+import pytest
+
+from mami_jax.data.manifest import COLUMNS, ManifestError, ManifestRow, read_manifest, write_manifest
+from mami_jax.runtime.atomic_files import TEMP_MARK
+
+ROWS = [
+    ManifestRow(image_id="d:a", patient_id="p1", study_id="s1", order="0", modality="xray",
+                dataset="d", view="PA", path="img/a.png", split="train"),
+    ManifestRow(image_id="d:b", patient_id="p2", study_id="s1", order="1", modality="ct",
+                dataset="d", view="", path="/abs/b.nii.gz", split="test"),
+]
+TEXT = (",".join(COLUMNS) + "\r\n"
+        "d:a,p1,s1,0,xray,d,PA,img/a.png,train\r\n"
+        "d:b,p2,s1,1,ct,d,,/abs/b.nii.gz,test\r\n")
+
+
+def test_write_then_read_round_trip_resolves_relative_paths(tmp_path):
+    out = tmp_path / "m.csv"
+    write_manifest(ROWS, str(out))
+    assert out.read_bytes() == TEXT.encode()
+    rows = read_manifest(str(out))
+    assert rows == [ROWS[0].replace(path=str(tmp_path / "img" / "a.png")), ROWS[1]]
+
+
+def test_utf8_byte_order_mark_is_read_like_any_manifest(tmp_path):
+    # Spreadsheet programs save "CSV UTF-8" with a BOM; it used to glue onto "image_id".
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_bytes(TEXT.encode())
+    bom.write_bytes(b"\xef\xbb\xbf" + TEXT.encode())
+    assert read_manifest(str(bom)) == read_manifest(str(plain))
+    assert [r.image_id for r in read_manifest(str(bom))] == ["d:a", "d:b"]
+
+
+def test_non_utf8_and_short_rows_name_the_file_and_line(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(TEXT.encode() + "d:c,Jos\xe9,s1,0,xray,d,,c.png,train\r\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=rf"^{latin}: unreadable CSV \(UnicodeDecodeError"):
+        read_manifest(str(latin))
+    short = tmp_path / "short.csv"
+    short.write_bytes((TEXT + "d:c,p3\r\n").encode())
+    with pytest.raises(ManifestError, match=rf"^{short}: line 4 has 2 fields, expected 9$"):
+        read_manifest(str(short))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_manifest_has_the_umask_permissions(tmp_path, umask, mode):
+    # The temporary file of mkstemp is 0600; the published manifest follows the umask.
+    out = tmp_path / "sub" / "m.csv"
+    old = os.umask(umask)
+    try:
+        write_manifest(ROWS, str(out))
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == mode
+    assert os.listdir(out.parent) == ["m.csv"]   # no temporary left
+
+
+def test_invalid_rows_write_nothing(tmp_path):
+    out = tmp_path / "m.csv"
+    out.write_text("old contents")
+    bad = [ROWS[0], ROWS[0].replace(image_id="d:z", split="test")]   # patient p1 in two splits
+    with pytest.raises(ManifestError, match="patient 'd/p1' is in split 'test' here"):
+        write_manifest(bad, str(out))
+    assert out.read_text() == "old contents"
+    assert not [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
