@@ -30,6 +30,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mami_jax.config_renames import renamed_key_message  # noqa: E402
 from mami_jax.train import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
@@ -56,6 +57,8 @@ def load_config(path: str, overrides: list[str], steps: int, phantoms: str):
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text
+            if renamed_key_message(key):
+                raise KeyError(f"--set {item}: {renamed_key_message(key)}")
             node, *path = [cfg] + key.split(".")
             for name in path[:-1]:
                 node = node[name]
@@ -70,7 +73,7 @@ def rank1_table(state, rows, cfg, embedder, mesh) -> str:
     for split in ("test", "train"):
         groups = group_indices(rows, split)
         idx = sorted(i for members in groups.values() for i in members)
-        emb = embed_rows(embedder(state.params["mami"]), rows, idx, cfg.data, mesh)
+        emb = embed_rows(embedder(state.params["mami"]), rows, idx, cfg.data, mesh, cfg.eval.batch_size)
         for label, e in ((split, emb), (split + "(centred)", emb - emb.mean(0))):
             res = score_groups(dict(zip(idx, e)), rows, groups, cfg.eval)
             parts.append(label + " " + " ".join(

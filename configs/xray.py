@@ -3,8 +3,13 @@
     python -m mami_jax.main --config=configs/xray.py[:runlocal] --workdir=DIR
 """
 
+from configs import common_runlocal
 from mami_jax.config import base_config, parse_arg
 
 
 def get_config(arg=None):
-    return base_config(modalities=("xray",), runlocal=bool(parse_arg(arg).get("runlocal")))
+    c = base_config()
+    c.data.only_modalities = ("xray",)
+    if parse_arg(arg).get("runlocal"):
+        common_runlocal.apply(c)
+    return c

@@ -5,9 +5,12 @@ or embed (write embeddings of every manifest row). Run as a script, it first res
 itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from mami_jax import config_renames
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.log_filters import quiet_library_info
 
@@ -34,5 +37,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
     malloc_preload.reexec_with_preload()
     app.run(main)

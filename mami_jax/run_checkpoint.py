@@ -46,7 +46,7 @@ def restore_params(config, workdir: str, mesh):
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}; train first")
         abstract = jax.eval_shape(
-            lambda: MaMI(config.model).init(jax.random.key(0), example_images(config.data.image_size))["params"])
+            lambda: MaMI(config.model).init(jax.random.key(0), example_images(config.model.image_size))["params"])
         shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -64,7 +64,7 @@ def run(mode: str, config, workdir: str):
     if mode == "eval":
         return evaluate(embed_fn, rows, config, mesh,
                         os.path.join(workdir, "eval", f"step_{step}"), title=f"step {step}")
-    emb = embed_rows(embed_fn, rows, list(range(len(rows))), config.data, mesh)
+    emb = embed_rows(embed_fn, rows, list(range(len(rows))), config.data, mesh, config.eval.batch_size)
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "embeddings")
         os.makedirs(out_dir, exist_ok=True)

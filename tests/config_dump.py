@@ -28,15 +28,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = ("all", "xray", "ct", "fundus", "mri", "pathology")
 CONFIG_ARGS = ("", "runlocal")
 
-#: Keys whose value is listed per modality, elsewhere in the dump, or not compared:
-#: loss.align_weight is deleted (nothing read it); train.debug_kill_at_step is
-#: being replaced by another change.
-_NOT_IN_OTHER = ("modalities", "data.image_size", "data.resize_size", "data.modality_image_sizes",
-                 "data.num_slices", "data.volume_modalities", "data.flip_modalities",
-                 "data.rotate_modalities", "data.stain_normalize_modalities",
-                 "data.eval_uncropped_modalities", "data.eval_symmetry_modalities",
-                 "data.source_weights", "data.eval_batch_size", "loss.align_weight",
-                 "train.debug_kill_at_step")
+#: Keys whose value is listed per modality or elsewhere in the dump, or not compared
+#: (train.debug_kill_at_step is a test hook, not part of a recipe).
+_NOT_IN_OTHER = ("data.modalities", "data.source_weights", "data.only_modalities",
+                 "eval.batch_size", "train.debug_kill_at_step")
 
 
 def load_config(name: str, arg: str):
@@ -70,32 +65,30 @@ def _jsonable(v):
 
 
 def effective(config) -> dict:
-    from mami_jax.data.config import modality_augment_configs
-    from mami_jax.data.manifest import MODALITIES
+    from mami_jax.data.config import modality_settings, sampler_source_weights
 
     d = config.data
-    augs = modality_augment_configs(d)
+    settings = modality_settings(d)
     per = {}
-    for m in MODALITIES:
-        whole = m in d.eval_uncropped_modalities
+    for m, s in settings.items():
         per[m] = {
-            "augment": dataclasses.asdict(augs[m]),
-            "slices": int(d.num_slices) if m in d.volume_modalities else 1,
-            "flip": m in d.flip_modalities,
-            "rotate": m in d.rotate_modalities,
-            "stain_normalize": m in d.stain_normalize_modalities,
-            "eval_whole": whole,
-            "eval_symmetry": m in d.eval_symmetry_modalities,
-            "eval_view": [augs[m].resize_size, augs[m].resize_size if whole else augs[m].image_size],
+            "augment": dataclasses.asdict(s.augment),
+            "slices": s.slices,
+            "flip": s.flip,
+            "rotate": s.rotate,
+            "stain_normalize": s.stain_normalize,
+            "eval_whole": s.eval_whole,
+            "eval_symmetry": s.eval_symmetry,
+            "eval_view": [s.augment.resize_size, s.eval_image_size],
         }
     flat = _flat(config.to_dict())
     other = {k: v for k, v in flat.items()
              if not any(k == n or k.startswith(n + ".") for n in _NOT_IN_OTHER)}
     return _jsonable({
         "modalities": per,
-        "sampler_source_weights": dict(d.source_weights),
-        "eval_batch_size": int(d.eval_batch_size),
-        "only_modalities": list(config.modalities),
+        "sampler_source_weights": sampler_source_weights(d, settings),
+        "eval_batch_size": int(config.eval.batch_size),
+        "only_modalities": list(d.only_modalities),
         "other": other,
     })
 

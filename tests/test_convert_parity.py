@@ -20,8 +20,8 @@ from mami_jax.models import MaMI, default_config
 
 torch = pytest.importorskip("torch")
 
-TSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "interop",
-                   "official_state_dict.tsv")
+#: Keys and shapes of the authors' released checkpoint, in its order.
+TSV = os.path.join(os.path.dirname(__file__), "official_state_dict.tsv")
 
 
 def scaled_random_params(cfg, seed=0):
@@ -117,8 +117,6 @@ def test_full_size_round_trip_is_bit_exact(full):
 
 
 def test_export_has_exactly_the_released_keys_shapes_and_order(full):
-    if not os.path.exists(TSV):
-        pytest.skip(f"{TSV} not present (shared/interop/official_state_dict.tsv)")
     cfg, _, state = full
     rows = [line.split("\t") for line in open(TSV).read().splitlines()[1:]]
     want = [(key, tuple(ast.literal_eval(shape))) for key, shape in rows]

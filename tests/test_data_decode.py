@@ -357,7 +357,7 @@ def test_shift_train_transform_without_margin_equals_eval_transform():
 def test_bad_crop_mode_names_the_key():
     with pytest.raises(ValueError, match="data.crop_mode"):
         transforms.AugmentConfig(crop_mode="zoom")
-    with pytest.raises(ValueError, match="data.image_size 64 > data.resize_size 32"):
+    with pytest.raises(ValueError, match="image_size 64 > resize_size 32"):
         transforms.AugmentConfig(image_size=64, resize_size=32)
 
 
@@ -375,13 +375,13 @@ def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     assert open_volume(str(tmp_path / "a.png"), min_short_side=200).read().shape == (1, 800, 1000, 1)
 
 
-@pytest.mark.parametrize("key", ["flip_modalities", "rotate_modalities", "volume_modalities"])
-def test_reader_names_a_bad_modality_list(tmp_path, key):
+@pytest.mark.parametrize("key, value", [("flip", None), ("rotate", None), ("slices", 0)])
+def test_reader_names_a_bad_modality_setting(tmp_path, key, value):
     from mami_jax.data import pipeline
     from mami_jax.data.config import default_data_config
     from mami_jax.data.manifest import ManifestRow
     cfg = default_data_config()
-    cfg[key] = ("pathology", "histology")
+    cfg.modalities.pathology[key] = value
     row = ManifestRow("d:p1", "p", "s", "0", "pathology", "d", "", str(tmp_path / "x.png"), "train")
-    with pytest.raises(ValueError, match=f"data.{key}="):
+    with pytest.raises(ValueError, match=f"data.modalities.pathology.{key}="):
         pipeline.ExampleReader([row], cfg)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mami_jax.data import pipeline, sampler
-from mami_jax.data.config import default_data_config
+from mami_jax.data.config import default_data_config, default_modality_config, update_modalities
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow
 from mami_jax.data.decode import open_volume
 from mami_jax.data.transforms import eval_transform
@@ -44,13 +44,17 @@ def rows(tmp_path_factory):
     return out
 
 
-def small_cfg(**kw):
+def small_cfg(modalities=None, **kw):
+    """8 px crops of 10 px views, T=3 series; ``modalities`` = {modality: {key: value}}."""
     cfg = default_data_config()
-    cfg.image_size, cfg.resize_size, cfg.num_slices = 8, 10, 3
+    update_modalities(cfg, image_size=8, resize_size=10)
+    update_modalities(cfg, ("ct", "mri"), slices=3)
     cfg.patients_per_batch, cfg.images_per_patient = 2, 3
     cfg.read_threads, cfg.prefetch = 0, 1
     for k, v in kw.items():
         setattr(cfg, k, v)
+    for m, values in (modalities or {}).items():
+        update_modalities(cfg, (m,), **values)
     return cfg
 
 
@@ -125,10 +129,19 @@ def test_source_weights(rows):
     assert all(loader.sources[loader.plan(s).source].name == "dx:xray" for s in range(50))
     cfg = small_cfg(source_weights={"dc:ct": 3.0, "dx:xray": 1.0})
     assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.75, 0.25]
-    cfg = small_cfg(source_weights={"ct": 2.0, "dx": 1.0, "dx:xray": 6.0})  # modality key; most specific wins
+    # A modality's own weight; the most specific key wins (source, then dataset, then modality).
+    cfg = small_cfg(source_weights={"dx": 1.0, "dx:xray": 6.0}, modalities={"ct": {"source_weight": 2.0}})
     assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.25, 0.75]
-    with pytest.raises(ValueError, match="unknown keys \\['mri'\\]"):  # no mri source here
-        pipeline.make_train_loader(rows, small_cfg(source_weights={"mri": 1.0}), seed=0)
+    cfg = small_cfg(modalities={"ct": {"source_weight": 1.0}, "xray": {"source_weight": 3.0}})
+    assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.25, 0.75]
+    with pytest.raises(ValueError, match="unknown keys \\['dz'\\]"):  # no such dataset here
+        pipeline.make_train_loader(rows, small_cfg(source_weights={"dz": 1.0}), seed=0)
+    with pytest.raises(ValueError, match=r"data.modalities.mri.source_weight=1.0: no training rows "
+                                         r"of modality 'mri' \(training modalities: \['ct', 'xray'\]\)"):
+        pipeline.make_train_loader(rows, small_cfg(modalities={"mri": {"source_weight": 1.0}}), seed=0)
+    with pytest.raises(ValueError, match=r"data.source_weights\['ct'\]: a modality's weight is "
+                                         r"data.modalities.ct.source_weight"):
+        pipeline.make_train_loader(rows, small_cfg(source_weights={"ct": 1.0}), seed=0)
 
 
 def test_sampling_is_a_pure_function_of_seed_and_step(rows):
@@ -244,7 +257,9 @@ def test_manifest_errors_before_training(rows):
 def test_sources_need_two_image_patients():
     rows = [ManifestRow(f"i{k}", f"p{k}", "s", "0", "xray", "d", "", "/x.png", "train") for k in range(3)]
     with pytest.raises(ValueError, match="no training source can be sampled"):
-        sampler.build_sources(rows, num_slices=8)
+        sampler.build_sources(rows, slices={"xray": 1})
+    with pytest.raises(ValueError, match=r"no slice count for modality 'xray' \(data.modalities.xray.slices\)"):
+        sampler.build_sources(rows, slices={"ct": 8})
 
 
 def test_errors_that_are_not_bad_files_are_never_skipped(rows, monkeypatch):
@@ -259,7 +274,7 @@ def test_errors_that_are_not_bad_files_are_never_skipped(rows, monkeypatch):
 
 
 def test_modality_image_sizes_per_source_in_training_and_evaluation(rows):
-    cfg = small_cfg(modality_image_sizes={"ct": (12, 14)})
+    cfg = small_cfg(modalities={"ct": {"image_size": 12, "resize_size": 14}})
     ct = [i for i, r in enumerate(rows) if r.modality == "ct" and r.split == "test"]
     xr = [i for i, r in enumerate(rows) if r.modality == "xray" and r.split == "test"]
     batches = list(pipeline.make_eval_loader(rows, ct + xr, cfg, batch_size=4))
@@ -275,14 +290,44 @@ def test_modality_image_sizes_per_source_in_training_and_evaluation(rows):
         assert batch["images"].shape[2:4] == (side, side), (source.name, batch["images"].shape)
 
 
-@pytest.mark.parametrize("sizes, match", [
-    ({"cat": (8, 10)}, r"modality_image_sizes\['cat'\]: unknown modality"),
-    ({"ct": (8,)}, r"modality_image_sizes\['ct'\]=.*two positive ints"),
-    ({"ct": (12, 10)}, r"modality_image_sizes\['ct'\]: data.image_size 12 > data.resize_size 10"),
+def _with_block(name):
+    cfg = small_cfg()
+    cfg.modalities[name] = default_modality_config("ct")
+    return cfg
+
+
+def _without_block(name):
+    cfg = small_cfg()
+    del cfg.modalities[name]
+    return cfg
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: small_cfg(modalities={"ct": {"image_size": 0}}),
+     r"^data.modalities.ct.image_size=0: expected a positive int$"),
+    (lambda: small_cfg(modalities={"ct": {"image_size": 12, "resize_size": 10}}),
+     r"^data.modalities.ct: image_size 12 > resize_size 10$"),
+    (lambda: small_cfg(modalities={"mri": {"slices": 0}}),
+     r"^data.modalities.mri.slices=0: expected a positive int$"),
+    (lambda: small_cfg(modalities={"xray": {"flip": None}}),
+     r"^data.modalities.xray.flip=None: expected True or False$"),
+    (lambda: small_cfg(modalities={"xray": {"source_weight": -1.0}}),
+     r"^data.modalities.xray.source_weight=-1.0: expected a weight >= 0 or None$"),
+    (lambda: _with_block("cat"), r"^data.modalities.cat: unknown modality; expected one of"),
+    (lambda: _without_block("fundus"), r"^data.modalities.fundus: missing; every modality"),
 ])
-def test_bad_modality_image_sizes_are_named(rows, sizes, match):
+def test_bad_modality_blocks_are_named(rows, make, match):
     with pytest.raises(ValueError, match=match):
-        pipeline.make_eval_loader(rows, [0], small_cfg(modality_image_sizes=sizes))
+        pipeline.make_eval_loader(rows, [0], make(), batch_size=1)
+
+
+def test_misspelt_block_key_is_named(rows):
+    cfg = small_cfg()
+    cfg.modalities.pathology.stain_normalise = True   # unlocked default config: a new key
+    with pytest.raises(ValueError, match=r"^data.modalities.pathology.stain_normalise: unknown key"):
+        pipeline.make_eval_loader(rows, [0], cfg, batch_size=1)
+    with pytest.raises(KeyError, match=r"data.modalities.ct.flipp: no such key"):
+        update_modalities(small_cfg(), ("ct",), flipp=True)
 
 
 def test_stain_normalisation_applies_only_to_the_listed_modalities(rows, tmp_path):
@@ -291,13 +336,13 @@ def test_stain_normalisation_applies_only_to_the_listed_modalities(rows, tmp_pat
     Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
     row = ManifestRow("tile", "p", "s0", "0", "pathology", "dp", "", path, "test")
     plain = pipeline.read_example(row, small_cfg())
-    normed = pipeline.read_example(row, small_cfg(stain_normalize_modalities=("pathology",)))
+    normed = pipeline.read_example(row, small_cfg(modalities={"pathology": {"stain_normalize": True}}))
     from mami_jax.data import stain
     ref = eval_transform(stain.normalize_slices(open_volume(path).read([0])), 10, 8)
     np.testing.assert_allclose(normed, ref, atol=1e-6)
     assert np.abs(normed - plain).max() > 0.1
-    with pytest.raises(ValueError, match="stain_normalize_modalities"):
-        pipeline.make_eval_loader(rows, [0], small_cfg(stain_normalize_modalities=("he",)))
+    other = small_cfg(modalities={"fundus": {"stain_normalize": True}})   # not this row's modality
+    np.testing.assert_array_equal(pipeline.read_example(row, other), plain)
 
 
 def test_decode_cache_changes_no_batch_and_serves_repeated_reads(rows):

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from mami_jax.train import sharding
-from mami_jax.data.config import default_data_config
+from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows, symmetry_views
 
@@ -30,17 +30,17 @@ def test_embedding_is_the_mean_over_symmetries_only_for_listed_modalities(tmp_pa
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
         rows.append(ManifestRow(f"i{k}", f"p{k}", "s", "0", modality, "d", "", path, "test"))
     cfg = default_data_config()
-    cfg.image_size, cfg.resize_size, cfg.eval_batch_size = 8, 8, 2
+    update_modalities(cfg, image_size=8, resize_size=8)
     cfg.normalization = "per_image"
-    cfg.eval_symmetry_modalities = ("pathology",)
+    cfg.modalities.pathology.eval_symmetry = True
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
 
     def top_left(batch):
         return batch["images"][:, 0, 0, 0, :]
 
-    emb = embed_rows(top_left, rows, [0, 1], cfg, mesh)
-    cfg.eval_symmetry_modalities = ()
-    plain = embed_rows(top_left, rows, [0, 1], cfg, mesh)
+    emb = embed_rows(top_left, rows, [0, 1], cfg, mesh, 2)
+    cfg.modalities.pathology.eval_symmetry = False
+    plain = embed_rows(top_left, rows, [0, 1], cfg, mesh, 2)
     from mami_jax.data.pipeline import read_example
     path_img = read_example(rows[0], cfg)[0]
     corners = path_img[[0, 0, -1, -1], [0, -1, 0, -1]].mean(0)

@@ -1,4 +1,4 @@
-"""Whole-image evaluation views for texture modalities (data.eval_uncropped_modalities)."""
+"""Whole-image evaluation views for texture modalities (data.modalities.<m>.eval_whole)."""
 
 import jax
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mami_jax.train import sharding
-from mami_jax.data.config import default_data_config
+from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.pipeline import read_example
 from mami_jax.data.transforms import normalize
@@ -24,11 +24,11 @@ def _rows(tmp_path, rng):
     return rows, pixels
 
 
-def _cfg(uncropped):
+def _cfg(whole):
     cfg = default_data_config()
-    cfg.image_size, cfg.resize_size, cfg.eval_batch_size = 8, 16, 2
+    update_modalities(cfg, image_size=8, resize_size=16)
+    update_modalities(cfg, whole, eval_whole=True)
     cfg.normalization = "per_image"
-    cfg.eval_uncropped_modalities = uncropped
     return cfg
 
 
@@ -54,8 +54,8 @@ def test_embeddings_see_the_whole_tile(tmp_path):
     def bottom_right(batch):
         return batch["images"][:, 0, -1, -1, :]
 
-    whole = embed_rows(bottom_right, rows, [0, 1], _cfg(("pathology",)), mesh)
-    cropped = embed_rows(bottom_right, rows, [0, 1], _cfg(()), mesh)
+    whole = embed_rows(bottom_right, rows, [0, 1], _cfg(("pathology",)), mesh, 2)
+    cropped = embed_rows(bottom_right, rows, [0, 1], _cfg(()), mesh, 2)
     full = normalize(pixels[0][None], "per_image")[0]
     centre = normalize(pixels[0][None, 4:12, 4:12], "per_image")[0]
     np.testing.assert_allclose(whole[0], full[-1, -1], atol=1e-5)
@@ -77,11 +77,13 @@ def test_skipped_unreadable_image_has_the_evaluation_size(tmp_path):
         return batch["images"][:, 0, 0, 0, :]
 
     with pytest.raises(RuntimeError, match="not embedded"):
-        embed_rows(record, [row], [0], cfg, mesh)
+        embed_rows(record, [row], [0], cfg, mesh, 2)
     assert seen == [(2, 1, 16, 16, 3)]
 
 
-def test_unknown_modality_is_an_error(tmp_path):
+def test_eval_whole_must_be_a_flag(tmp_path):
     rows, _ = _rows(tmp_path, np.random.default_rng(2))
-    with pytest.raises(ValueError, match="eval_uncropped_modalities"):
-        read_example(rows[0], _cfg(("histology",)))
+    cfg = _cfg(())
+    cfg.modalities.pathology.eval_whole = None
+    with pytest.raises(ValueError, match=r"data.modalities.pathology.eval_whole=None: expected True or False"):
+        read_example(rows[0], cfg)

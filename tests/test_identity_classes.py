@@ -26,12 +26,15 @@ def test_label_maps_of_both_modes():
     assert pipeline.num_classes(ROWS, "patient_modality") == 4
 
 
+SLICES = {"ct": 2, "xray": 1}
+
+
 def test_sources_carry_the_chosen_labels():
     by_name = lambda srcs: {s.name: s.labels.tolist() for s in srcs}  # noqa: E731
     # one class per patient: p1's CT and X-ray groups share label 0
-    assert by_name(sampler.build_sources(ROWS, num_slices=2)) == {"ph:ct": [0], "ph:xray": [0, 1]}
+    assert by_name(sampler.build_sources(ROWS, slices=SLICES)) == {"ph:ct": [0], "ph:xray": [0, 1]}
     # one per (patient, modality): p1's two groups are different classes
-    assert by_name(sampler.build_sources(ROWS, num_slices=2, identity_classes="patient_modality")) == {
+    assert by_name(sampler.build_sources(ROWS, slices=SLICES, identity_classes="patient_modality")) == {
         "ph:ct": [0], "ph:xray": [1, 2]}
 
 

@@ -11,7 +11,7 @@ from tests.test_model import tiny_config
 
 
 def _config(**init):
-    cfg = base_config(runlocal=True)
+    cfg = base_config()
     with cfg.unlocked():
         cfg.model = tiny_config()
         cfg.init.update(init)

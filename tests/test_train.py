@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mami_jax.train import sharding
-from mami_jax.config import base_config
+from configs.all import get_config as all_config
 from mami_jax.train.optim import make_optimizer
 from mami_jax.train.trainer import NonFiniteLossError, _check_finite, make_init_state
 from mami_jax.train.objective import ReIDTrainModel
@@ -26,11 +26,11 @@ TINY_MODEL = dict(width=32, depth=2, num_heads=4, patch_size=8, image_size=32, r
 
 
 def tiny_config(cache_dir="", **train):
-    cfg = base_config(runlocal=True)
+    cfg = all_config("runlocal")
     with cfg.unlocked():
         cfg.model.update(TINY_MODEL)
-        cfg.data.update(dict(image_size=32, resize_size=36, num_slices=2, patients_per_batch=4,
-                             images_per_patient=2, eval_batch_size=8))
+        cfg.data.update(dict(patients_per_batch=4, images_per_patient=2))
+        cfg.eval.batch_size = 8
         cfg.phantoms.update(dict(patients=20, visits=3, image_size=48, slices=4,
                                  cache_dir=cache_dir))
         cfg.train.update(dict(total_steps=4, log_every=1, checkpoint_every=2))
@@ -173,8 +173,7 @@ def _main(workdir, cache, *flags, check=True):
            f"--workdir={workdir}"]
     overrides = {
         **{f"model.{k}": v for k, v in TINY_MODEL.items()},
-        "data.image_size": 32, "data.resize_size": 36, "data.num_slices": 2,
-        "data.patients_per_batch": 4, "data.images_per_patient": 2, "data.eval_batch_size": 8,
+        "data.patients_per_batch": 4, "data.images_per_patient": 2, "eval.batch_size": 8,
         "phantoms.patients": 20, "phantoms.visits": 3, "phantoms.image_size": 48,
         "phantoms.slices": 4, "phantoms.cache_dir": cache, "train.total_steps": 4,
         "train.checkpoint_every": 2, "train.log_every": 1,

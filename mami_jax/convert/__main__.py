@@ -1,16 +1,26 @@
 """Command line: import the released MaMI checkpoint or CLIP weights, export to PyTorch.
 
     python -m mami_jax.convert import-official --pth FILE --out CKPT_DIR
+                                               [--allow-non-released-shift]
     python -m mami_jax.convert import-clip --source PATH --out CKPT_DIR [--allow-torchscript]
                                            [--init-from CKPT_DIR]
     python -m mami_jax.convert export-torch --checkpoint CKPT_DIR --out FILE.pth|FILE.safetensors
+                                            [--module-prefix] [--allow-non-released-shift]
 
 ``--model-config FILE.json`` gives the model config (keys of
-``mami_jax.models.config.default_config``; unspecified keys keep their default).
-Without it: import-official uses the config embedded by our exporter, else the
-released architecture; import-clip uses the released architecture. Each command
-prints what it loaded, ignored or wrote and the parameter count; errors are
-printed as one message and exit with status 1.
+``mami_jax.models.config.default_config``; unspecified keys keep their default,
+``shift_input`` must be stated). Without it: import-official uses the config
+embedded by our exporter, else the released architecture; import-clip uses the
+released architecture. A file whose embedded config differs from ``--model-config``
+is refused, naming the differing keys. Weights are never run under a feature shift
+other than the one they were made for without ``--allow-non-released-shift``
+(export-torch: a model whose ``shift_input`` is not "router"; import-official: a
+file in the authors' layout under such a config).
+
+Each command prints what it loaded, ignored or wrote and the parameter count. Any
+error (missing or corrupt file, conversion error, bad config, bad arguments) is
+printed as one ``error: ...`` line on stderr, without a traceback; the exit status
+is 2 for bad arguments and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,9 +30,8 @@ import os
 import re
 import sys
 
-from mami_jax.convert import torch_io
 from mami_jax.convert.checkpoint_dir import load_config_file, load_params, save_params
-from mami_jax.convert.mapping import ConversionError, flatten_params, params_to_state_dict
+from mami_jax.convert.mapping import flatten_params
 
 
 def _count(params) -> int:
@@ -36,7 +45,7 @@ def _config(args):
 
 def _check_out_dir(args) -> None:
     """Fails before any (slow) conversion rather than after it."""
-    if os.path.exists(args.out) and not args.overwrite:
+    if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; choose a new directory or pass --overwrite")
 
 
@@ -45,12 +54,14 @@ def cmd_import_official(args) -> None:
 
     _check_out_dir(args)
     cfg = load_config_file(args.model_config) if args.model_config else None
-    result = load_official(args.pth, cfg)
+    result = load_official(args.pth, cfg,
+                           allow_non_released_shift=args.allow_non_released_shift)
     out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite)
     r = result.report
     print(f"import-official: {args.pth}")
     print(f"  model config: {result.config_source}"
-          f"{' (module. prefix removed)' if result.prefix_stripped else ''}")
+          f"{' (module. prefix removed)' if result.prefix_stripped else ''}"
+          f", shift_input={result.cfg.shift_input!r}")
     print(f"  keys loaded: {len(r.loaded)}")
     print(f"  keys ignored (unused by the forward pass): {len(r.ignored)}"
           + (f" [{', '.join(_group(r.ignored))}]" if r.ignored else ""))
@@ -101,29 +112,42 @@ def cmd_import_clip(args) -> None:
 
 
 def cmd_export_torch(args) -> None:
-    params, cfg, layout = load_params(args.checkpoint, return_layout=True)
-    state = params_to_state_dict(params, cfg)
-    if args.module_prefix:
-        state = {"module." + k: v for k, v in state.items()}
-    torch_io.save_state_dict(args.out, state, extra={"mami_config": cfg.to_json()})
     from mami_jax.convert.mapping import build_table
+    from mami_jax.convert.official import export_official
+
+    params, cfg, layout = load_params(args.checkpoint, return_layout=True)
+    state = export_official(args.out, params, cfg, module_prefix=args.module_prefix,
+                            allow_non_released_shift=args.allow_non_released_shift)
     unused = [e.theirs for e in build_table(cfg) if not e.used]
-    print(f"export-torch: {args.checkpoint} ({layout} layout)")
+    print(f"export-torch: {args.checkpoint} ({layout} layout), "
+          f"shift_input={cfg.shift_input!r}")
     print(f"  keys written: {len(state)} ({len(state) - len(unused)} from params, "
           f"{len(unused)} unused keys as zeros)")
     print(f"  parameters: {_count(params):,}")
     print(f"  wrote {args.out}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one ``error:`` line (not argparse's usage block), status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+_SHIFT_HELP = ("run or write weights under a feature shift other than the released one "
+               "(shift_input != 'router'); the setting is recorded in the output")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mami_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m mami_jax.convert", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("import-official", help="released MaMI .pth -> orbax checkpoint dir")
     p.add_argument("--pth", required=True, help="released checkpoint (.pth or .safetensors)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--model-config", help="model config JSON (default: embedded or released)")
+    p.add_argument("--allow-non-released-shift", action="store_true", help=_SHIFT_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_import_official)
 
@@ -147,17 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="FILE.pth ({'model': sd}) or FILE.safetensors")
     p.add_argument("--module-prefix", action="store_true",
                    help="prefix keys with 'module.' like the released file")
+    p.add_argument("--allow-non-released-shift", action="store_true", help=_SHIFT_HELP)
     p.set_defaults(func=cmd_export_torch)
     return parser
+
+
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. a ConversionError's key listings) as one line.
+
+    Indented lines are the items of the title above them (joined with ", "); titles
+    are joined with "; ".
+    """
+    out = ""
+    for line in str(message).splitlines():
+        if not line.strip():
+            continue
+        if line[:1].isspace() and out:
+            out += (" " if out.endswith(":") else ", ") + line.strip()
+        else:
+            out += ("; " if out else "") + line.strip()
+    return out
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConversionError, torch_io.CheckpointFileError, FileNotFoundError,
-            FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - any failure is reported as one line, no traceback
+        text = one_line(str(e)) or type(e).__name__
+        if not isinstance(e, (ValueError, OSError)):  # not a known input-error family
+            text = f"{type(e).__name__}: {text}"
+        print(f"error: {text}", file=sys.stderr)
         return 1
     return 0
 

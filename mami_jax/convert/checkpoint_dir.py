@@ -19,31 +19,55 @@ Trainer layout (written by the trainer with an orbax ``CheckpointManager``)::
 ``WORKDIR/checkpoints/<step>`` (config read from ``WORKDIR/model_config.json``), or
 ``WORKDIR`` itself (its highest finished step). Arrays are restored as host numpy
 arrays whatever sharding they were saved with, so a checkpoint written on a TPU
-pod can be converted on a laptop.
+pod can be converted on a laptop. Params holding NaN or inf are refused, naming
+the parameter. A ``model_config.json`` must state ``shift_input`` (see
+``models.config.REQUIRED_SAVED_KEYS``): a file without it is refused rather than
+given today's default.
 
-``save_params`` is atomic: everything is written into a temporary sibling
-directory that is renamed to ``CKPT_DIR`` at the end; an existing ``CKPT_DIR`` is
-an error unless ``overwrite=True``.
+``save_params`` never leaves a half-written or lost checkpoint:
+
+- everything is written into a staging folder beside ``CKPT_DIR``
+  (``runtime.atomic_files.staging_dir``), then renamed to ``CKPT_DIR``; files and
+  folders get the umask's modes (orbax's own private temporaries included);
+- with ``overwrite=True`` the old checkpoint is first renamed aside, restored if
+  publishing the new one fails, and deleted only after it succeeded; a folder that
+  is not a converter checkpoint is never replaced;
+- a staging folder holds an ``flock``-ed lock file while its save runs; the next
+  save into the same parent removes staging folders whose lock is free (their
+  writer was killed) and finishes an interrupted replacement (the old checkpoint
+  is put back if the new one never arrived, deleted if it did).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
-from mami_jax.models.config import default_config, validate_config
+from mami_jax.convert.mapping import check_finite, flatten_params
+from mami_jax.models.config import REQUIRED_SAVED_KEYS, default_config, validate_config
+from mami_jax.runtime.atomic_files import (TEMP_MARK, fix_tree_modes, staging_dir,
+                                           write_text_atomic)
 
 CONFIG_FILE = "model_config.json"
 PARAMS_ITEM = "params"
+#: Held (flock) inside a staging folder while its save runs.
+LOCK_FILE = ".mami-convert-save.lock"
+#: Suffix of the name the old checkpoint is renamed to while it is being replaced.
+ASIDE_SUFFIX = ".mami-replaced"
 
 
 def config_from_json(text: str, source: str):
-    """JSON written by ``cfg.to_json()`` -> locked config; unknown keys are errors."""
+    """JSON written by ``cfg.to_json()`` -> locked, validated config.
+
+    Unknown keys, keys of ``REQUIRED_SAVED_KEYS`` that are absent (``shift_input``)
+    and invalid values are errors naming ``source`` and the key.
+    """
     try:
         values = json.loads(text)
     except json.JSONDecodeError as e:
@@ -55,7 +79,18 @@ def config_from_json(text: str, source: str):
         cfg.update(values)
     except (KeyError, AttributeError, TypeError) as e:
         raise ValueError(f"{source}: not a MaMI model config: {e}") from e
-    validate_config(cfg)
+    absent = [k for k in REQUIRED_SAVED_KEYS if k not in values]
+    if absent:
+        raise ValueError(
+            f"{source}: model config lacks {', '.join(repr(k) for k in absent)}; refusing "
+            f"to guess it (its default changed, and the weights compute a different "
+            f"function with the other value). Add e.g. \"shift_input\": \"router\" for "
+            f"weights of the released architecture, \"patch_mean\" for models trained "
+            f"with that setting.")
+    try:
+        validate_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
     return cfg
 
 
@@ -64,37 +99,120 @@ def load_config_file(path: str):
         return config_from_json(f.read(), path)
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".model_config.", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def is_converter_checkpoint(directory: str) -> bool:
+    return (os.path.isdir(os.path.join(directory, PARAMS_ITEM))
+            and os.path.isfile(os.path.join(directory, CONFIG_FILE)))
+
+
+def _aside_path(directory: str) -> str:
+    return os.path.join(os.path.dirname(directory),
+                        f".{os.path.basename(directory)}{ASIDE_SUFFIX}")
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    """True when no running process holds ``lock_path`` (its writer is gone)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock if we took it
+    return True
+
+
+def remove_killed_saves(parent: str) -> list[str]:
+    """Removes staging folders of killed ``save_params`` calls in ``parent``; -> their paths.
+
+    Only folders with the temporary mark whose lock file is present and free are
+    touched: a save still running holds its lock, and temporaries of other writers
+    have no such lock file.
+    """
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not (name.startswith(".") and TEMP_MARK in name and os.path.isdir(path)):
+            continue
+        if _lock_is_free(os.path.join(path, LOCK_FILE)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _finish_interrupted_replacement(directory: str) -> None:
+    """An old checkpoint left aside by a killed save: back in place, or deleted if the new
+    one was published."""
+    aside = _aside_path(directory)
+    if not os.path.isdir(aside):
+        return
+    if os.path.exists(directory):
+        shutil.rmtree(aside)
+    else:
+        os.rename(aside, directory)
+
+
+@contextlib.contextmanager
+def _held_lock(staging: str):
+    fd = os.open(os.path.join(staging, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _publish(staging: str, directory: str) -> None:
+    """Renames ``staging`` to ``directory``; an old ``directory`` survives any failure."""
+    if not os.path.exists(directory):
+        os.rename(staging, directory)
+        return
+    aside = _aside_path(directory)
+    os.rename(directory, aside)
+    try:
+        os.rename(staging, directory)
+    except BaseException:
+        os.rename(aside, directory)
+        raise
+    shutil.rmtree(aside)
 
 
 def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False) -> str:
-    """Writes ``params`` and ``cfg`` to ``directory`` (converter layout), atomically."""
+    """Writes ``params`` and ``cfg`` to ``directory`` (converter layout), all-or-nothing.
+
+    An existing ``directory`` is an error unless ``overwrite=True``, and even then one
+    that is not a converter checkpoint (``params/`` + ``model_config.json``) is
+    refused. The old checkpoint is kept until the new one is in place.
+    """
     import orbax.checkpoint as ocp
 
     validate_config(cfg)
     directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists; choose a new directory or pass "
-                              "overwrite=True (CLI: --overwrite)")
     parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".partial-", dir=parent)
-    try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.join(staging, PARAMS_ITEM), _to_host(params))
-        checkpointer.wait_until_finished()
-        _write_text_atomic(os.path.join(staging, CONFIG_FILE), cfg.to_json(indent=2))
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    remove_killed_saves(parent)
+    _finish_interrupted_replacement(directory)
+    if os.path.lexists(directory):
+        if not overwrite:
+            raise FileExistsError(f"{directory} exists; choose a new directory or pass "
+                                  "overwrite=True (CLI: --overwrite)")
+        if not is_converter_checkpoint(directory):
+            raise FileExistsError(
+                f"{directory} exists and is not a converter checkpoint (no {PARAMS_ITEM}/ and "
+                f"{CONFIG_FILE}); refusing to replace it even with overwrite=True")
+    with staging_dir(directory) as staging:
+        with _held_lock(staging):
+            checkpointer = ocp.StandardCheckpointer()
+            checkpointer.save(os.path.join(staging, PARAMS_ITEM), _to_host(params))
+            checkpointer.wait_until_finished()
+            write_text_atomic(os.path.join(staging, CONFIG_FILE), cfg.to_json(indent=2))
+            fix_tree_modes(staging)
+            _publish(staging, directory)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, LOCK_FILE))
     return directory
 
 
@@ -155,6 +273,7 @@ def load_params(directory: str, *, return_layout: bool = False):
     params = checkpointer.restore(params_dir,
                                   args=ocp.args.PyTreeRestore(restore_args=restore_args))
     params = _to_host(params)
+    check_finite(flatten_params(params), params_dir)
     if return_layout:
         return params, cfg, layout
     return params, cfg

@@ -20,7 +20,8 @@ Two sources:
 
 Keys that exist in CLIP but not in MaMI's backbone (``ln_post``, ``proj``, the
 text tower, ``logit_scale``...) are reported as ignored; a missing, mis-shaped or
-unrecognised vision key is an error listing all of them.
+unrecognised vision key is an error listing all of them, and so is a used one
+holding NaN or inf (``mapping.NonFiniteWeightsError``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from mami_jax.convert import torch_io
-from mami_jax.convert.mapping import (ConversionError, backbone_entries, flatten_params,
-                                      to_numpy, unflatten_params)
+from mami_jax.convert.mapping import (ConversionError, backbone_entries, check_finite,
+                                      flatten_params, to_numpy, unflatten_params)
 
 # Vision keys of CLIP that MaMI's backbone does not use (after removing "visual.").
 CLIP_UNUSED = ("ln_post.weight", "ln_post.bias", "proj")
@@ -225,10 +226,11 @@ def merge_backbone(params: Mapping, visual: Mapping[str, Any], cfg, *, source: s
     absent = [e.ours for e in rows if e.ours not in flat]
     if absent:
         raise ConversionError("params lack backbone entries", missing=absent)
+    values = {e.theirs: to_numpy(visual[e.theirs]).astype(np.float32) for e in rows}
+    check_finite(values, source)
     loaded = []
     for e in rows:
-        value = to_numpy(visual[e.theirs]).astype(np.float32)
-        flat[e.ours] = np.ascontiguousarray(e.transform.inv(value))
+        flat[e.ours] = np.ascontiguousarray(e.transform.inv(values[e.theirs]))
         loaded.append(e.ours)
     kept = [p for p in flat if p not in set(loaded)]
     ignored = list(ignored) + [f"visual.{k}" for k in visual if k in CLIP_UNUSED]

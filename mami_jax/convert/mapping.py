@@ -14,9 +14,11 @@ driven by the same rows, so import and export cannot disagree:
   an error.
 
 Every violation raises ``ConversionError`` listing all missing, extra and
-mis-shaped keys at once (a width mismatch lists every key it touches).
+mis-shaped keys at once (a width mismatch lists every key it touches). Imported
+values holding NaN or inf raise ``NonFiniteWeightsError`` naming every such key
+(``check_finite``; the CLIP importer and ``checkpoint_dir.load_params`` use it too).
 
-Layout facts (DESIGN.md §5): torch Linear weights are (out, in) and our Dense
+Layout facts (docs/design.md#mapping-rules): torch Linear weights are (out, in) and our Dense
 kernels (in, out); conv weights are OIHW and ours HWIO; grouped layers are stored
 (G, in/G, out/G) on both sides; the MLP's generator names are swapped
 (``lora_mlp_c_fc_b`` makes the *down* factor). Ablation configs drop the rows of
@@ -58,6 +60,38 @@ class ConversionError(ValueError):
 
 
 _LIST_LIMIT = 40
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights to be imported hold NaN or inf values.
+
+    ``bad`` lists ``(key, nan_count, inf_count, size)`` for every such array. Such a
+    file is refused rather than imported: the model would compute NaN (or silently
+    saturate) and nothing downstream would say which tensor was broken.
+    """
+
+    def __init__(self, source: str, bad):
+        self.bad = list(bad)
+        super().__init__(_listing(
+            f"{source}: {len(self.bad)} weight arrays hold NaN or inf values; refusing to "
+            "import them", [f"{k}: {n} NaN, {i} inf of {size} values"
+                            for k, n, i, size in self.bad]))
+
+
+def check_finite(arrays: Mapping[str, Any], source: str) -> None:
+    """Raises ``NonFiniteWeightsError`` naming every floating array with NaN or inf."""
+    bad = []
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        if a.dtype.kind not in "fc" and "float" not in a.dtype.name:  # ml_dtypes: kind "V"
+            continue
+        if a.dtype.kind not in "fc":
+            a = a.astype(np.float32)
+        if np.isfinite(a).all():
+            continue
+        bad.append((key, int(np.isnan(a).sum()), int(np.isinf(a).sum()), int(a.size)))
+    if bad:
+        raise NonFiniteWeightsError(source, bad)
 
 
 def _listing(title, items):
@@ -315,7 +349,9 @@ def state_dict_to_params(state_dict: Mapping, cfg, *, dtype=np.float32,
     """Released-layout state dict (no prefix) -> (our params tree, report).
 
     Values are cast to ``dtype`` (float32: fp16 CLIP weights are widened; float32
-    values are copied bit-exactly). ``source`` names the file in error messages.
+    values are copied bit-exactly). ``source`` names the file in error messages. Used
+    values holding NaN or inf (also after the cast: a float64 beyond float32's range)
+    raise ``NonFiniteWeightsError``; unused keys are not read, so not checked.
     """
     table = build_table(cfg)
     by_key = {e.theirs: e for e in table}
@@ -341,6 +377,7 @@ def state_dict_to_params(state_dict: Mapping, cfg, *, dtype=np.float32,
         # An owned copy: never alias the caller's (e.g. torch) buffers.
         flat[e.ours] = np.array(e.transform.inv(value), order="C", copy=True)
         loaded.append(e.theirs)
+    check_finite({e.theirs: flat[e.ours] for e in table if e.used}, source)
     num = int(sum(v.size for v in flat.values()))
     return unflatten_params(flat), ImportReport(loaded, ignored, absent, num)
 

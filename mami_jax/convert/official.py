@@ -1,9 +1,21 @@
-"""The authors' released MaMI checkpoint (and our own exports) -> our params.
+"""Files in the authors' released layout: reading them into our params, writing ours out.
 
 The released file is ``torch.load(f)["model"]`` with a ``module.`` prefix on
-every key (it was saved from a DataParallel wrapper). Our exports are
-``{"model": state_dict, "mami_config": cfg_json}`` without the prefix, or a
-``.safetensors`` file with the config in its metadata; both are accepted here.
+every key (it was saved from a DataParallel wrapper) and no model config: it is
+the released architecture, ``default_config()``, whose feature shift reads the
+router's output. Our exports are ``{"model": state_dict, "mami_config": cfg_json}``
+without the prefix, or a ``.safetensors`` file with the config in its metadata;
+both are accepted here, and the embedded config (``shift_input`` included) is
+what makes our loader compute the exported function again.
+
+Nothing runs weights under the other feature shift silently:
+
+- ``load_official`` refuses a file without an embedded config (the authors' layout
+  for their code) under a config whose ``shift_input`` is not ``"router"``, and a
+  file whose embedded config differs from an explicitly given one;
+- ``export_official`` refuses to write a model whose ``shift_input`` is not
+  ``"router"`` (the authors' code would compute another function with it); the
+  opt-in ``allow_non_released_shift=True`` still embeds the setting.
 """
 
 from __future__ import annotations
@@ -13,11 +25,21 @@ from typing import Any, Mapping, Optional
 
 from mami_jax.convert import torch_io
 from mami_jax.convert.checkpoint_dir import config_from_json
-from mami_jax.convert.mapping import ImportReport, state_dict_to_params
-from mami_jax.models.config import default_config, validate_config
+from mami_jax.convert.mapping import ImportReport, params_to_state_dict, state_dict_to_params
+from mami_jax.models.config import (RELEASED_SHIFT_INPUT, config_differences, default_config,
+                                    validate_config)
 
 PREFIX = "module."
 CONFIG_KEY = "mami_config"
+
+
+class ShiftInputError(ValueError):
+    """Weights would run (or be handed to the authors' code) under a feature shift other
+    than the one they were made for."""
+
+
+class ConfigMismatchError(ValueError):
+    """A file's embedded model config differs from the config the caller gave."""
 
 
 @dataclasses.dataclass
@@ -60,21 +82,71 @@ def _embedded_config(obj: Any, path: str) -> Optional[str]:
     return None
 
 
-def load_official(path: str, cfg=None) -> OfficialImport:
+def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
+                  ) -> OfficialImport:
     """Reads a released-layout checkpoint file into our params.
 
     ``cfg`` defaults to the config embedded by our exporter, else the released
-    architecture (``default_config()``). Raises ``ConversionError`` listing every
-    missing, unexpected and mis-shaped key.
+    architecture (``default_config()``). A given ``cfg`` must agree with an embedded
+    one on every key but the execution settings (``ConfigMismatchError`` lists the
+    differing keys, saved vs given). A file without an embedded config holds weights
+    of the authors' function, so a ``cfg`` with ``shift_input`` other than "router"
+    is refused (``ShiftInputError``) unless ``allow_non_released_shift=True``. Raises
+    ``ConversionError`` listing every missing, unexpected and mis-shaped key, and
+    ``NonFiniteWeightsError`` for weights holding NaN or inf.
     """
     obj = torch_io.load_file(path)
     sd, stripped = extract_state_dict(obj, path)
+    text = _embedded_config(obj, path)
+    saved = config_from_json(text, f"{path}:{CONFIG_KEY}") if text is not None else None
     if cfg is not None:
+        validate_config(cfg)
+        if saved is not None:
+            differences = config_differences(saved, cfg)
+            if differences:
+                raise ConfigMismatchError(
+                    f"{path}: the model config embedded in the file differs from the one "
+                    f"given ({'; '.join(differences)}); drop the given config to use the "
+                    "file's, or give one that matches it")
         source = "argument"
+    elif saved is not None:
+        cfg, source = saved, "file"
     else:
-        text = _embedded_config(obj, path)
-        cfg, source = ((config_from_json(text, f"{path}:{CONFIG_KEY}"), "file") if text
-                       else (default_config(), "default"))
-    validate_config(cfg)
+        cfg, source = default_config(), "default"
+    if (saved is None and cfg.shift_input != RELEASED_SHIFT_INPUT
+            and not allow_non_released_shift):
+        raise ShiftInputError(
+            f"{path} carries no model config: it is in the authors' layout, whose feature "
+            f"shift reads the router output (shift_input={RELEASED_SHIFT_INPUT!r}), but the "
+            f"given config has shift_input={cfg.shift_input!r}, a different function of these "
+            "weights. Use shift_input='router', or pass allow_non_released_shift=True "
+            "(CLI: --allow-non-released-shift) to run them under the other shift on purpose.")
     params, report = state_dict_to_params(sd, cfg, source=path)
     return OfficialImport(params, cfg, report, source, stripped)
+
+
+def export_official(path: str, params: Mapping, cfg, *, module_prefix: bool = False,
+                    allow_non_released_shift: bool = False) -> dict:
+    """Writes ``params`` in the authors' layout (``.pth`` or ``.safetensors``); -> the
+    state dict written (numpy arrays, keys as in the file).
+
+    The model config goes into the file (``mami_config``), so ``load_official``
+    reproduces the function. A model whose ``shift_input`` is not "router" is refused
+    (``ShiftInputError``): the authors' code would run its weights under the released
+    shift, another function. ``allow_non_released_shift=True`` writes it anyway (for
+    our own loader or ``MaMITorch``, which read the embedded setting).
+    """
+    validate_config(cfg)
+    if cfg.shift_input != RELEASED_SHIFT_INPUT and not allow_non_released_shift:
+        raise ShiftInputError(
+            f"refusing to export to {path}: the model has shift_input={cfg.shift_input!r}, but "
+            f"the authors' code computes the feature shift from the router output "
+            f"(shift_input={RELEASED_SHIFT_INPUT!r}), so it would compute a different function "
+            "with these weights. Pass allow_non_released_shift=True (CLI: "
+            "--allow-non-released-shift) to write it anyway; the file then records "
+            f"shift_input={cfg.shift_input!r} for mami_jax's own loader.")
+    state = params_to_state_dict(params, cfg)
+    if module_prefix:
+        state = {PREFIX + k: v for k, v in state.items()}
+    torch_io.save_state_dict(path, state, extra={CONFIG_KEY: cfg.to_json()})
+    return state

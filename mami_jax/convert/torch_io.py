@@ -12,21 +12,26 @@ A checkpoint is data, never code:
   caller opts in with ``allow_torchscript=True`` (CLI: ``--allow-torchscript``);
   then ``torch.jit.load(path, map_location="cpu").state_dict()`` is used and
   nothing else of the archive is called. Only opt in for files you trust.
-- Truncated or corrupt files raise ``CorruptCheckpointError`` naming the file.
+- Truncated or corrupt files raise ``CorruptCheckpointError`` naming the file,
+  whichever format (torch's zip format, the legacy pickle format, safetensors) and
+  wherever the file was cut.
 
-Writing is atomic (temporary file in the same directory, then ``os.replace``), so
-an interrupted export never leaves a half-written file under the final name.
+Writing is all-or-nothing (``mami_jax.runtime.atomic_files.write_atomic``: a
+temporary in the same folder, renamed into place), so an interrupted export never
+leaves a half-written file under the final name, and the file gets the mode the
+user's umask asks for (0666 minus the umask), not a temporary's private 0600.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from mami_jax.runtime.atomic_files import write_atomic
 
 
 class CheckpointFileError(ValueError):
@@ -105,7 +110,11 @@ def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
                 f"of tensors and plain containers); refusing to load it. {detail}") from e
         raise CorruptCheckpointError(f"{path}: truncated or corrupt checkpoint file "
                                      f"(unreadable pickle: {lines[0] if lines else msg})") from e
-    except (EOFError, RuntimeError, zipfile.BadZipFile) as e:
+    except (PermissionError, IsADirectoryError):
+        raise
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
+        # A zip-format file cut early makes torch's reader fail with a bare OSError
+        # (EINVAL) rather than a RuntimeError; it is the same corruption.
         raise CorruptCheckpointError(
             f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e
@@ -140,14 +149,6 @@ def read_safetensors_metadata(path: str) -> dict:
         raise CorruptCheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from e
 
 
-def _atomic_target(path: str):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return tmp
-
-
 def _as_tensors(state_dict: Mapping[str, Any]):
     torch = _torch()
 
@@ -166,7 +167,8 @@ def _as_tensors(state_dict: Mapping[str, Any]):
 
 def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
                     extra: Mapping[str, str] | None = None) -> None:
-    """Writes ``state_dict`` atomically; the format follows the extension.
+    """Writes ``state_dict`` all-or-nothing with umask permissions; the format follows
+    the extension.
 
     ``.safetensors``: a flat tensor file, ``extra`` stored as string metadata.
     Anything else: ``torch.save({"model": state_dict, **extra})`` (the released
@@ -175,17 +177,13 @@ def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
     """
     path = os.fspath(path)
     tensors = _as_tensors(state_dict)
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp):
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                       metadata=dict(extra or {}))
         else:
-            torch = _torch()
-            torch.save({"model": tensors, **dict(extra or {})}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            _torch().save({"model": tensors, **dict(extra or {})}, tmp)
+
+    write_atomic(path, write)

@@ -1,14 +1,14 @@
 """MaMI in PyTorch: the same function as ``mami_jax.models.MaMI``, in the released layout.
 
 ``MaMITorch(cfg)`` has exactly the released model's state-dict keys and shapes
-(``shared/interop/official_state_dict.tsv`` for the default config), including the
-parameters the forward pass never reads (``lora_mlp_c_proj_*``,
+(for the default config, the 1082 keys listed in ``tests/official_state_dict.tsv``),
+including the parameters the forward pass never reads (``lora_mlp_c_proj_*``,
 ``linear_*_c_proj_static``, ``ln_post``, ``fc``), so a state dict written by
 ``mami_jax.convert.to_torch_state_dict`` loads with ``strict=True``.
 
-Its ``forward`` computes what DESIGN.md §3 and the Flax model compute (not
-necessarily what the authors' code computes where we differ on purpose, e.g. the
-feature-shift input ``cfg.shift_input``): input ``(B, T, H, W, 3)`` float images
+Its ``forward`` computes what docs/design.md#model and the Flax model compute, the
+feature-shift input following ``cfg.shift_input`` ("router", the default, is the
+released model's function): input ``(B, T, H, W, 3)`` float images
 (channels last, like the Flax model), output a dict with ``embedding`` (B, C),
 ``local_map`` (B, h, w, C), ``modality`` (B, C) and ``code_weights`` (B, K).
 Low-rank deltas are applied per example in factored form with ``torch.einsum``.

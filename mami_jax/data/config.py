@@ -1,42 +1,87 @@
-"""Default data configuration (an ``ml_collections.ConfigDict``).
+"""Default data configuration (an ``ml_collections.ConfigDict``) and what it resolves to.
 
-Other parts of mami_jax (trainer, evaluators, configs/) read these field names; keep
-them stable. Experiment configs copy this dict into ``config.data`` and override
-fields before locking.
+``config.data`` holds what applies to every image (batch shape, splits, normalisation,
+augmentation strengths, input workers) and one block per modality,
+``config.data.modalities.<m>`` for every m in ``manifest.MODALITIES``, with what
+differs between modalities (``default_modality_config``): input sizes, slices,
+which augmentations and stain normalisation apply, the evaluation view and the
+sampling weight. ``modality_settings(cfg)`` checks the blocks and resolves them to
+frozen ``ModalitySettings``; the pipeline, sampler and evaluator read only those.
 
 Sources: a source is one (dataset, modality) group, named ``"<dataset>:<modality>"``
-(e.g. ``"nih_chestxray14:xray"``). ``source_weights`` maps a source name, a bare
-dataset name (all its modalities) or a bare modality name (all its datasets) to a
-sampling weight; the most specific key wins; empty means
-"proportional to the number of training images". Weight 0 leaves a source out.
+(e.g. ``"nih_chestxray14:xray"``). Its sampling weight is, most specific first, its
+``data.source_weights`` entry by source name, by bare dataset name (all its
+modalities), or its modality's ``source_weight``. With no weight set anywhere,
+sources are drawn in proportion to their training images; once any is set, a
+source matched by none gets 0 (so does weight 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import ml_collections
+from ml_collections import config_dict
 
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.data.transforms import AugmentConfig
+
+#: Modalities read as series of slices in the paper's recipe (T = 8 each).
+SERIES_MODALITIES = ("ct", "mri")
+#: Modalities whose tissue has no orientation or laterality: flipped and rotated in training.
+UNORIENTED_MODALITIES = ("pathology",)
+
+
+def default_modality_config(modality: str) -> ml_collections.ConfigDict:
+    """The block ``data.modalities.<modality>`` of the paper's recipe."""
+    if modality not in MODALITIES:
+        raise ValueError(f"data.modalities.{modality}: unknown modality; expected one of {MODALITIES}")
+    m = ml_collections.ConfigDict()
+    # Side of the square crop the model sees (training crops, the evaluation centre crop).
+    # Every batch holds one source, so sizes never mix in a batch, and the ViT resizes its
+    # position embedding to each grid: e.g. pathology at 448 keeps cellular detail.
+    m.image_size = 224
+    # Evaluation resizes the short side to this, then centre-crops image_size; training
+    # "shift" crops move that view by up to half the margin.
+    m.resize_size = 256
+    # T: slices per example, spread evenly over a series (transforms.slice_indices);
+    # 1 reads one image (the middle slice of a series).
+    m.slices = 8 if modality in SERIES_MODALITIES else 1
+    # Horizontal flips in training: only where left/right carries neither identity nor
+    # anatomy (never X-ray or CT: the heart is on the left; never fundus: laterality).
+    m.flip = modality in UNORIENTED_MODALITIES
+    # Right-angle rotations in training (with flip: every symmetry of the square): only for
+    # images with no canonical orientation, such as a tile of a tissue section.
+    m.rotate = modality in UNORIENTED_MODALITIES
+    # Macenko stain normalisation (stain.py) of RGB images, in training and evaluation: H&E
+    # colour differs more between labs and dye batches than between patients. Off in the
+    # paper's recipe.
+    m.stain_normalize = False
+    # Evaluation shows the whole image (short side resized to resize_size, no centre crop):
+    # for texture, where a wider view holds more of the patient's statistics and the scale
+    # does not change. Training crops stay image_size.
+    m.eval_whole = False
+    # Evaluation embeds an image as the mean over the 8 symmetries of the square
+    # (evaluate/evaluator.py): for tiles with no orientation; costs 8 forward passes.
+    m.eval_symmetry = False
+    # Sampling weight of this modality's sources (see the module docstring); None = not set.
+    m.source_weight = config_dict.placeholder(float)
+    return m
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.manifest = ""  # path to a manifest CSV; "" = synthetic phantoms
-    c.image_size = 224  # crop fed to the model
-    c.resize_size = 256  # evaluation: short side resized to this, then centre crop
-    # Per-modality (image_size, resize_size) overriding the two above, e.g. {"pathology":
-    # (448, 512)} to keep cellular detail; every batch holds one source, so sizes never mix
-    # in a batch, and the ViT resizes its position embedding to each grid.
-    c.modality_image_sizes = ml_collections.ConfigDict()
-    c.num_slices = 8  # T for ct/mri series; 2-D modalities use T = 1
-    c.volume_modalities = ("ct", "mri")  # modalities read as T-slice series
+    c.only_modalities = ()  # keep only rows of these modalities; () = all
+    c.modalities = ml_collections.ConfigDict({m: default_modality_config(m) for m in MODALITIES})
     c.patients_per_batch = 16  # P (global batch = P * K images)
     c.images_per_patient = 4  # K
     c.split_fractions = ml_collections.ConfigDict({"train": 0.7, "val": 0.1, "test": 0.2})
     c.split_seed = 0
-    c.source_weights = ml_collections.ConfigDict()  # {} = proportional to training images
+    # Weights by "<dataset>:<modality>" source name or bare dataset name (module docstring);
+    # a modality's weight is data.modalities.<m>.source_weight.
+    c.source_weights = ml_collections.ConfigDict()
     # One identity class per training "patient", or per "patient_modality" (a patient's
     # images of one modality): evaluation never matches across modalities (sampler.py).
     c.identity_classes = "patient"
@@ -47,14 +92,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.decode_cache_mb = 0
     c.read_threads = 2  # threads per process decoding batches ahead
     c.prefetch = 2  # batches buffered ahead (per process / per worker)
-    c.eval_batch_size = 64
-    # Evaluation embeds these modalities' images as the mean over the 8 symmetries of the
-    # square (evaluate/evaluator.py): for tiles with no orientation; costs 8 forward passes.
-    c.eval_symmetry_modalities = ()
-    # Evaluation shows these modalities' images whole (resized to resize_size, no centre
-    # crop): for texture, where a wider view holds more of the patient's statistics and
-    # scale does not change (tiles). Training crops stay image_size.
-    c.eval_uncropped_modalities = ()
     # "imagenet" (what CLIP weights expect) or "per_image": each image / series z-scored
     # per channel, which removes exposure and colour-balance changes (transforms.py).
     c.normalization = "imagenet"
@@ -64,8 +101,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.jpeg_min_short_side = 448
     # Training augmentation (see transforms.py for what each does and why).
     aug = AugmentConfig()
-    c.flip_modalities = ("pathology",)  # horizontal flip allowed only here
-    c.rotate_modalities = ("pathology",)  # 90-degree rotations allowed only here (no orientation)
     c.crop_mode = aug.crop_mode  # "shift": the eval view moved; "random_resized": crop_scale/ratio
     c.crop_scale = aug.crop_scale
     c.crop_ratio = aug.crop_ratio
@@ -75,18 +110,48 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.brightness = aug.brightness
     c.contrast = aug.contrast
     c.slice_jitter = True  # training slices jittered inside their segment
-    # Macenko stain normalisation (stain.py) of these modalities' RGB images, in training
-    # and evaluation: H&E colour differs more between labs and dye batches than between
-    # patients. Off by default, as in the paper's recipe.
-    c.stain_normalize_modalities = ()
     return c
 
 
-def augment_config(cfg) -> AugmentConfig:
-    """The transform parameters of a data config."""
+def update_modalities(cfg, modalities=MODALITIES, **values) -> None:
+    """Sets ``values`` in the blocks ``cfg.modalities.<m>`` of ``modalities`` (all by
+    default), e.g. ``update_modalities(cfg, image_size=32, resize_size=36)``."""
+    for m in modalities:
+        for key, value in values.items():
+            if key not in cfg.modalities[m]:
+                raise KeyError(f"data.modalities.{m}.{key}: no such key; known: "
+                               f"{sorted(cfg.modalities[m].keys())}")
+            cfg.modalities[m][key] = value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySettings:
+    """One modality's resolved block (see ``default_modality_config`` for the why)."""
+
+    augment: AugmentConfig  # training crop and transform parameters, evaluation sizes
+    slices: int
+    flip: bool
+    rotate: bool
+    stain_normalize: bool
+    eval_whole: bool
+    eval_symmetry: bool
+    source_weight: Optional[float]
+
+    @property
+    def eval_image_size(self) -> int:
+        """Side of the evaluation view: the centre crop, or the whole resized image."""
+        return self.augment.resize_size if self.eval_whole else self.augment.image_size
+
+
+_BLOCK_KEYS = frozenset(default_modality_config(MODALITIES[0]).keys())
+_BOOL_KEYS = ("flip", "rotate", "stain_normalize", "eval_whole", "eval_symmetry")
+
+
+def augment_config(cfg, image_size: int, resize_size: int) -> AugmentConfig:
+    """The transform parameters of a data config at the given sizes."""
     return AugmentConfig(
-        image_size=int(cfg.image_size),
-        resize_size=int(cfg.resize_size),
+        image_size=int(image_size),
+        resize_size=int(resize_size),
         crop_mode=str(cfg.crop_mode),
         crop_scale=tuple(float(v) for v in cfg.crop_scale),
         crop_ratio=tuple(float(v) for v in cfg.crop_ratio),
@@ -99,26 +164,68 @@ def augment_config(cfg) -> AugmentConfig:
     )
 
 
-def modality_augment_configs(cfg) -> dict[str, AugmentConfig]:
-    """The transform parameters of every modality: ``augment_config`` with the
-    ``modality_image_sizes`` override of that modality, if any.
+def _positive_int(where: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}={value!r}: expected a positive int")
+    return value
 
-    Raises ValueError naming ``data.modality_image_sizes`` for an unknown modality or
-    a value that is not two positive integers (image_size <= resize_size).
+
+def modality_settings(cfg) -> dict[str, ModalitySettings]:
+    """Every modality's block of data config ``cfg``, checked and resolved.
+
+    Raises ValueError naming the key (``data.modalities.<m>.<key>``) for a missing or
+    unknown modality block, an unknown or missing key, a value of the wrong kind, or
+    image_size > resize_size.
     """
-    base = augment_config(cfg)
-    overrides = dict(cfg.get("modality_image_sizes", {}) or {})
-    out = {m: base for m in MODALITIES}
-    for modality, sizes in overrides.items():
-        where = f"data.modality_image_sizes[{modality!r}]"
-        if modality not in MODALITIES:
-            raise ValueError(f"{where}: unknown modality; expected one of {MODALITIES}")
-        if isinstance(sizes, (str, bytes)) or len(tuple(sizes)) != 2 or \
-                any(int(v) != v or int(v) < 1 for v in sizes):
-            raise ValueError(f"{where}={sizes!r}: expected (image_size, resize_size), two positive ints")
-        image_size, resize_size = (int(v) for v in sizes)
-        try:
-            out[modality] = dataclasses.replace(base, image_size=image_size, resize_size=resize_size)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from e
+    blocks = cfg.get("modalities")
+    if blocks is None or not hasattr(blocks, "keys"):
+        raise ValueError(f"data.modalities: expected one block per modality {MODALITIES}")
+    unknown = sorted(set(blocks.keys()) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"data.modalities.{unknown[0]}: unknown modality; expected one of {MODALITIES}")
+    out = {}
+    for m in MODALITIES:
+        where = f"data.modalities.{m}"
+        if m not in blocks:
+            raise ValueError(f"{where}: missing; every modality of {MODALITIES} needs its block")
+        block = blocks[m]
+        keys = set(block.keys())
+        if keys != _BLOCK_KEYS:
+            bad = sorted(keys - _BLOCK_KEYS) or sorted(_BLOCK_KEYS - keys)
+            what = "unknown key" if keys - _BLOCK_KEYS else "missing key"
+            raise ValueError(f"{where}.{bad[0]}: {what}; a block has {sorted(_BLOCK_KEYS)}")
+        for key in _BOOL_KEYS:
+            if not isinstance(block[key], bool):
+                raise ValueError(f"{where}.{key}={block[key]!r}: expected True or False")
+        image_size = _positive_int(f"{where}.image_size", block.image_size)
+        resize_size = _positive_int(f"{where}.resize_size", block.resize_size)
+        if image_size > resize_size:
+            raise ValueError(f"{where}: image_size {image_size} > resize_size {resize_size}")
+        weight = block.source_weight
+        if weight is not None and (isinstance(weight, bool) or float(weight) < 0):
+            raise ValueError(f"{where}.source_weight={weight!r}: expected a weight >= 0 or None")
+        out[m] = ModalitySettings(
+            augment=augment_config(cfg, image_size, resize_size),  # names a bad data.crop_mode
+            slices=_positive_int(f"{where}.slices", block.slices),
+            flip=block.flip, rotate=block.rotate, stain_normalize=block.stain_normalize,
+            eval_whole=block.eval_whole, eval_symmetry=block.eval_symmetry,
+            source_weight=None if weight is None else float(weight))
+    return out
+
+
+def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = None) -> dict[str, float]:
+    """The weights ``sampler.build_sources`` resolves: ``data.source_weights`` (source and
+    dataset names) plus each modality's ``source_weight`` that is set.
+
+    Raises ValueError naming ``data.source_weights[key]`` for a bare modality key there
+    (its place is ``data.modalities.<m>.source_weight``).
+    """
+    settings = settings if settings is not None else modality_settings(cfg)
+    explicit = dict(cfg.get("source_weights", {}) or {})
+    for key in explicit:
+        if key in MODALITIES:
+            raise ValueError(f"data.source_weights[{key!r}]: a modality's weight is "
+                             f"data.modalities.{key}.source_weight")
+    out = {m: s.source_weight for m, s in settings.items() if s.source_weight is not None}
+    out.update(explicit)
     return out

@@ -3,7 +3,7 @@
 ``load_rows(config, workdir)`` reads ``config.data.manifest`` (assigning
 patient-disjoint splits when the manifest has none) or, when it is "", generates
 the phantoms once into ``config.phantoms.cache_dir`` (default WORKDIR/phantoms)
-and reads their manifest. ``config.modalities`` keeps only the listed modalities.
+and reads their manifest. ``config.data.only_modalities`` keeps only the listed modalities.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def load_rows(config, workdir: str) -> list[ManifestRow]:
             raise ValueError(f"{path}: {unassigned} of {len(rows)} rows have no split; assign "
                              "all or none (none: splits are derived from the patient ids)")
         rows = assign_splits(rows, dict(config.data.split_fractions), config.data.split_seed)
-    wanted = tuple(config.modalities)
+    wanted = tuple(config.data.only_modalities)
     unknown = [m for m in wanted if m not in MODALITIES]
     if unknown:
-        raise ValueError(f"config.modalities has unknown {unknown}; known: {MODALITIES}")
+        raise ValueError(f"data.only_modalities has unknown {unknown}; known: {MODALITIES}")
     if wanted:
         rows = [r for r in rows if r.modality in wanted]
         if not rows:

@@ -41,12 +41,11 @@ import grain
 import numpy as np
 
 from mami_jax.data import sampler, stain
-from mami_jax.data.config import modality_augment_configs
+from mami_jax.data.config import ModalitySettings, modality_settings, sampler_source_weights
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.decoded_cache import DecodedCache
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
-from mami_jax.data.transforms import (AugmentConfig, check_normalization, eval_transform,
-                                      slice_indices, train_transform)
+from mami_jax.data.transforms import check_normalization, eval_transform, slice_indices, train_transform
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 train_label_map = sampler.train_label_map
@@ -65,19 +64,9 @@ class ExampleReader:
     """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
 
     def __init__(self, rows: Sequence[ManifestRow], cfg):
-        for key in ("flip_modalities", "rotate_modalities", "volume_modalities",
-                    "stain_normalize_modalities", "eval_symmetry_modalities",
-                    "eval_uncropped_modalities"):
-            value = cfg[key]
-            if isinstance(value, str) or any(m not in MODALITIES for m in value):
-                raise ValueError(f"data.{key}={value!r}: expected a tuple of modalities from {MODALITIES}")
         self.rows = list(rows)
-        self.augs: dict[str, AugmentConfig] = modality_augment_configs(cfg)
-        check_normalization(self.augs[MODALITIES[0]].normalization)
-        self.flip_modalities = frozenset(cfg.flip_modalities)
-        self.rotate_modalities = frozenset(cfg.rotate_modalities)
-        self.stain_modalities = frozenset(cfg.stain_normalize_modalities)
-        self.uncropped_modalities = frozenset(cfg.eval_uncropped_modalities)
+        self.settings: dict[str, ModalitySettings] = modality_settings(cfg)
+        check_normalization(str(cfg.normalization))
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
         # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
@@ -101,7 +90,7 @@ class ExampleReader:
 
         def decode():
             x = (volume or open_volume(row.path, min_short_side=self.min_short_side)).read(idx)
-            return stain.normalize_slices(x) if row.modality in self.stain_modalities else x
+            return stain.normalize_slices(x) if self.settings[row.modality].stain_normalize else x
 
         return self.cache.get_or_compute((index, tuple(int(i) for i in idx)), decode)
 
@@ -109,22 +98,19 @@ class ExampleReader:
         """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""
         row = self.rows[index]
         x = self.decoded(index, num_slices, rng)
-        aug = self.augs[row.modality]
+        s = self.settings[row.modality]
         if rng is None:
-            return eval_transform(x, aug.resize_size, self.eval_image_size(row.modality),
-                                  aug.normalization)
-        return train_transform(x, aug, rng, row.modality in self.flip_modalities,
-                               row.modality in self.rotate_modalities)
+            return eval_transform(x, s.augment.resize_size, s.eval_image_size, s.augment.normalization)
+        return train_transform(x, s.augment, rng, s.flip, s.rotate)
 
     def image_size(self, modality: str) -> int:
-        """Side of the square crops of ``modality`` (``data.modality_image_sizes`` or the default)."""
-        return self.augs[modality].image_size
+        """Side of the training crops of ``modality`` (``data.modalities.<m>.image_size``)."""
+        return self.settings[modality].augment.image_size
 
     def eval_image_size(self, modality: str) -> int:
-        """Side of the evaluation view: the crop, or the whole resized image for
-        ``data.eval_uncropped_modalities``."""
-        aug = self.augs[modality]
-        return aug.resize_size if modality in self.uncropped_modalities else aug.image_size
+        """Side of the evaluation view: the crop, or the whole resized image
+        (``data.modalities.<m>.eval_whole``)."""
+        return self.settings[modality].eval_image_size
 
     def read_or_skip(self, index: int, num_slices: int, rng) -> tuple[np.ndarray, bool]:
         """Like ``read``; failures raise DataError naming the row. With ``skip_bad_images``
@@ -265,8 +251,6 @@ class TrainLoader:
         if (p * k) % process_count:
             raise ValueError(f"global batch P*K = {p * k} is not divisible by the "
                              f"{process_count} processes")
-        if int(cfg.image_size) > int(cfg.resize_size):
-            raise ValueError(f"image_size {cfg.image_size} > resize_size {cfg.resize_size}")
         if seed < 0 or start_step < 0:
             raise ValueError(f"seed ({seed}) and start_step ({start_step}) must be >= 0")
         if not any(r.split == "train" for r in rows):
@@ -279,14 +263,20 @@ class TrainLoader:
         self.start_step = int(start_step)
         self.label_map = train_label_map(rows, cfg.identity_classes)
         self.num_classes = len(self.label_map)
+        self._reader = ExampleReader(rows, cfg)
+        settings = self._reader.settings
+        trained = {r.modality for r in rows if r.split == "train"}
+        for m, s in settings.items():
+            if s.source_weight is not None and m not in trained:
+                raise ValueError(f"data.modalities.{m}.source_weight={s.source_weight}: no training "
+                                 f"rows of modality {m!r} (training modalities: {sorted(trained)})")
         self.sources = sampler.build_sources(
-            rows, num_slices=int(cfg.num_slices), volume_modalities=tuple(cfg.volume_modalities),
-            source_weights=dict(cfg.source_weights), label_map=self.label_map,
+            rows, slices={m: s.slices for m, s in settings.items()},
+            source_weights=sampler_source_weights(cfg, settings), label_map=self.label_map,
             identity_classes=cfg.identity_classes)
         self.global_batch_size = p * k
         self.local_batch_size = p * k // process_count
         self._counter = SkipCounter()
-        self._reader = ExampleReader(rows, cfg)
 
     @property
     def skipped_images(self) -> int:
@@ -331,17 +321,17 @@ def make_train_loader(rows: Sequence[ManifestRow], cfg, *, seed: int, process_in
 class EvalLoader:
     """Iterable of padded evaluation batches, grouped by source, in the given order."""
 
-    def __init__(self, rows, indices, cfg, batch_size: int | None = None):
+    def __init__(self, rows, indices, cfg, batch_size: int):
         rows = list(rows)
         validate_rows(rows, source="evaluation rows")
-        batch_size = int(batch_size or cfg.eval_batch_size)
+        batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < len(rows)]
         if bad:
             raise IndexError(f"row indices {bad[:10]} out of range for {len(rows)} rows")
-        volume = set(cfg.volume_modalities)
+        self._reader = ExampleReader(rows, cfg)
         groups: dict[str, list[int]] = {}
         for i in indices:
             groups.setdefault(sampler.source_name(rows[i].dataset, rows[i].modality), []).append(i)
@@ -349,7 +339,7 @@ class EvalLoader:
         self.group_sizes = {}
         for name, members in groups.items():
             modality = rows[members[0]].modality
-            t = int(cfg.num_slices) if modality in volume else 1
+            t = self._reader.settings[modality].slices
             self.group_sizes[name] = len(members)
             for start in range(0, len(members), batch_size):
                 chunk = members[start:start + batch_size]
@@ -360,7 +350,6 @@ class EvalLoader:
                                    for r in rows], np.int32)
         self.rows, self.cfg, self.batch_size = rows, cfg, batch_size
         self._counter = SkipCounter()
-        self._reader = ExampleReader(rows, cfg)
 
     @property
     def skipped_images(self) -> int:
@@ -383,12 +372,12 @@ class EvalLoader:
 
 
 def make_eval_loader(rows: Sequence[ManifestRow], indices: Sequence[int], cfg,
-                     batch_size: int | None = None) -> EvalLoader:
-    """Evaluation batches of ``rows[indices]`` (default batch size cfg.eval_batch_size)."""
+                     batch_size: int) -> EvalLoader:
+    """Evaluation batches of ``rows[indices]``, ``batch_size`` rows each (``eval.batch_size``)."""
     return EvalLoader(rows, indices, cfg, batch_size)
 
 
 def read_example(row: ManifestRow, cfg, rng: np.random.Generator | None = None) -> np.ndarray:
     """One row as the model sees it, (T, H, W, 3): evaluation transform, or training if ``rng``."""
-    t = int(cfg.num_slices) if row.modality in set(cfg.volume_modalities) else 1
-    return ExampleReader([row], cfg).read(0, t, rng)
+    reader = ExampleReader([row], cfg)
+    return reader.read(0, reader.settings[row.modality].slices, rng)

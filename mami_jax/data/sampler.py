@@ -111,13 +111,13 @@ def _resolve_weights(names, datasets, modalities, sampleable, source_weights: Ma
     return weights / weights.sum()
 
 
-def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
-                  volume_modalities: Sequence[str] = ("ct", "mri"),
+def build_sources(rows: Sequence[ManifestRow], *, slices: Mapping[str, int],
                   source_weights: Mapping[str, float] | None = None,
                   label_map: Mapping[str, int] | None = None,
                   identity_classes: str = "patient") -> list[Source]:
     """Groups training rows into sources, sorted by name (stable across runs).
 
+    ``slices`` maps each modality to its T (``data.modalities.<m>.slices``);
     ``label_map`` maps ``identity_key(row, identity_classes)`` to the label.
     """
     label_map = (dict(label_map) if label_map is not None
@@ -128,6 +128,9 @@ def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
         if r.split == "train":
             groups[(r.dataset, r.modality)][r.patient_key].append(i)
     keys = sorted(groups)
+    missing = sorted({m for _, m in keys} - set(slices))
+    if missing:
+        raise ValueError(f"no slice count for modality {missing[0]!r} (data.modalities.{missing[0]}.slices)")
     names = [source_name(d, m) for d, m in keys]
     datasets = [d for d, _ in keys]
     pats_per_source, sampleable = [], []
@@ -142,7 +145,7 @@ def build_sources(rows: Sequence[ManifestRow], *, num_slices: int,
         keep = [p for p in pats if len(p) >= 2]
         out.append(Source(
             name=name, dataset=d, modality=m,
-            num_slices=int(num_slices) if m in volume_modalities else 1,
+            num_slices=int(slices[m]),
             patients=tuple(keep),
             labels=np.asarray([label_map[identity_key(rows[int(p[0])], identity_classes)] for p in keep],
                               np.int32),

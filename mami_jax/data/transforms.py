@@ -31,10 +31,10 @@ Why these choices:
   reached Rank-1 0.65 after 400 steps with "shift" and 0.43 with "random_resized"
   (``benchmarks/runlocal_ablation.py``, docs/experiments.md).
 - Horizontal flips only for modalities whose left/right carries no identity or
-  anatomy (``flip_modalities``): never X-ray or CT (the heart is on the left),
+  anatomy (``data.modalities.<m>.flip``): never X-ray or CT (the heart is on the left),
   never fundus (left/right eye is laterality).
 - Right-angle rotations and vertical flips (the dihedral group of the square) only
-  for modalities with no canonical orientation (``rotate_modalities``: pathology,
+  for modalities with no canonical orientation (``data.modalities.<m>.rotate``: pathology,
   where a tile shows tissue at whatever angle the section was cut): the standard
   invariance of histology models. On the phantoms at 32 px they stop the runlocal model
   from memorising its training tiles (train Rank-1 0.86 -> 0.36 after 1000 steps); at
@@ -79,7 +79,7 @@ class AugmentConfig:
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"data.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.crop_mode == "shift" and self.image_size > self.resize_size:
-            raise ValueError(f"data.image_size {self.image_size} > data.resize_size {self.resize_size}")
+            raise ValueError(f"image_size {self.image_size} > resize_size {self.resize_size}")
 
 
 def slice_indices(num_slices: int, t: int, rng: np.random.Generator | None = None) -> np.ndarray:

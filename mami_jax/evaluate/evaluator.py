@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mami_jax.data.config import modality_settings
 from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.pipeline import make_eval_loader
 from mami_jax.evaluate.protocols import build_protocol
@@ -30,21 +31,21 @@ EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
     """The 8 symmetries of the square (4 rotations, each also mirrored) of (B, T, H, W, C)
     images: for tissue with no orientation, averaging the embedding over them makes
-    it invariant, as training with flips and rotations (data.rotate_modalities) asks."""
+    it invariant, as training with flips and rotations (data.modalities.<m>.rotate) asks."""
     rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
     return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, :, ::-1])]
 
 
 def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],
-               data_cfg, mesh, batch_size: int | None = None) -> np.ndarray:
+               data_cfg, mesh, batch_size: int) -> np.ndarray:
     """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
 
-    Every process iterates the same batches and feeds its own contiguous share, so
-    the global batch is the loader's batch whatever the number of hosts. Images of
-    ``data_cfg.eval_symmetry_modalities`` are embedded as the mean over the 8
-    symmetries of the square (``symmetry_views``).
+    Every process iterates the same global batches of ``batch_size`` (``eval.batch_size``)
+    and feeds its own contiguous share, so the global batch is the loader's batch whatever
+    the number of hosts. Images of modalities with ``data.modalities.<m>.eval_symmetry``
+    are embedded as the mean over the 8 symmetries of the square (``symmetry_views``).
     """
-    batch_size = int(batch_size or data_cfg.eval_batch_size)
+    batch_size = int(batch_size)
     data_devices = mesh.shape["data"]
     if batch_size % data_devices:
         raise ValueError(f"eval batch size {batch_size} must be divisible by the "
@@ -52,7 +53,7 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     n_proc, proc = jax.process_count(), jax.process_index()
     per_proc = batch_size // n_proc
     position = {int(i): k for k, i in enumerate(indices)}
-    symmetric = frozenset(data_cfg.get("eval_symmetry_modalities", ()))
+    symmetric = frozenset(m for m, s in modality_settings(data_cfg).items() if s.eval_symmetry)
     out = None
     for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
         local = {k: v[proc * per_proc:(proc + 1) * per_proc]
@@ -119,7 +120,7 @@ def evaluate(embed_fn: EmbedFn, rows: Sequence[ManifestRow], config, mesh, out_d
     if not groups:
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
     indices = [i for members in groups.values() for i in members]
-    emb = embed_rows(embed_fn, rows, indices, config.data, mesh)
+    emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size)
     by_row = dict(zip(indices, emb))
     results = score_groups(by_row, rows, groups, config.eval)
     if jax.process_index() == 0:

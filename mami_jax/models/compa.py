@@ -1,18 +1,21 @@
-"""ComPA: the continuous modality-based parameter adapter (DESIGN.md §3).
+"""ComPA: the continuous modality-based parameter adapter (docs/design.md#compa).
 
 From the patch embedding of every slice, ComPA computes
 - a modality representation M (N, C): soft weights over K codes, each weighting
   its own C/K-wide slice of the codebook, concatenated (not a weighted sum);
-- a feature shift added to every patch token;
+- a feature shift added to every patch token, computed from the router's pooled
+  output g in the released model;
 - for every transformer block, per-example low-rank factors generated from M by
   small hypernetworks. The backbone applies them as ``(x A^T) B`` deltas.
 
 Initialisation matters here. The released model initialises every generator's
 last layer and every static factor to zero, so both factors of every delta are
-zero, the deltas' gradients are zero, and nothing upstream (generators, router,
-codebook) ever trains. Our default ("default") draws the *down* factors small and
-random and zeroes only the *up* factors: the delta is still exactly zero at step
-0 (the pretrained backbone is untouched) but gradients flow from the first step.
+zero and the deltas' gradients are zero: the generators, the codebook and the
+router's code head (which feed only the generators) never train; the router's 1x1
+convolutions are reached only through the feature shift. Our default ("default")
+draws the *down* factors small and random and zeroes only the *up* factors: the
+delta is still exactly zero at step 0 (the pretrained backbone is untouched) but
+gradients flow from the first step.
 ``init="released"`` reproduces the released scheme so the difference can be
 measured.
 """
@@ -121,11 +124,11 @@ class BlockFactors(nn.Module):
 class ComPA(nn.Module):
     """Router, codebook, feature shift and per-block factor generators.
 
-    The feature shift reads the spatial mean of the patch embedding by default
-    (``shift_input="patch_mean"``): with the released initialisation the router
-    and codebook then receive no gradient at all, which is what training the
-    released model was measured to do, i.e. the router feeds only the generators.
-    ``shift_input="router"`` feeds it the router's pooled output instead.
+    The released model's feature shift reads g, the router's pooled output
+    (``shift_input="router"``, the default): importing the authors' weights gives
+    their function only with it. ``shift_input="patch_mean"`` reads the spatial mean
+    of the patch embedding instead; it is a different function of the same
+    parameters, kept for models trained from scratch (``models/config.py``).
     """
 
     cfg: ml_collections.ConfigDict

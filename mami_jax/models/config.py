@@ -1,25 +1,57 @@
 """Model configuration: the one place that says what a MaMI model is.
 
 ``default_config()`` is the released model's architecture (CLIP ViT-B/16 at 224 px,
-rank 16, 16 codes). Configs are locked ``ml_collections.ConfigDict``s so a misspelt
-key is an error instead of a silently ignored setting.
+rank 16, 16 codes, the feature shift reading the router's output). Configs are locked
+``ml_collections.ConfigDict``s so a misspelt key is an error instead of a silently
+ignored setting. ``validate_config`` rejects values that cannot describe a model
+(zero or negative sizes, indivisible widths, unknown names) before any of them is
+used in arithmetic.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import ml_collections
 
 #: Initialisation schemes for the low-rank path (see ``compa.FactorGenerator``).
 INIT_SCHEMES = ("default", "released")
 
-#: Where the feature shift reads from (see ``compa.ComPA``).
-SHIFT_INPUTS = ("patch_mean", "router")
+#: Where ComPA's feature shift reads from (see ``compa.ComPA``).
+#:
+#: - ``"router"``: g, the router's pooled output (spatial mean of
+#:   router_conv2(LeakyReLU(router_conv1(p)))). This is the released model's function:
+#:   weights imported from the authors' checkpoint compute the authors' embeddings only
+#:   with it, so it is the default and the only setting the authors' code can run.
+#: - ``"patch_mean"``: the spatial mean of the patch embedding p itself, bypassing the
+#:   router. An alternative for models trained from scratch (the small runlocal models
+#:   were tuned and measured with it); its weights compute a different function from
+#:   the same parameters, so they are never exported to the authors' layout or mixed
+#:   with released weights without an explicit opt-in (``mami_jax.convert``).
+SHIFT_INPUTS = ("router", "patch_mean")
+
+#: The released model's feature-shift input.
+RELEASED_SHIFT_INPUT = "router"
+
+#: Keys a saved config must state itself: a file without them is refused rather than
+#: given today's default, because their default changed and a wrong value silently
+#: changes the function that the weights compute.
+REQUIRED_SAVED_KEYS = ("shift_input",)
+
+#: Settings of how a model is initialised or executed, not of which function its
+#: weights compute; ``config_differences`` ignores them by default.
+EXECUTION_KEYS = ("init", "dtype", "remat")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
+#: Integer sizes that must be at least 1 (checked before any divisibility test).
+POSITIVE_INT_KEYS = ("width", "depth", "num_heads", "patch_size", "image_size", "mlp_ratio",
+                     "rank", "num_codes", "qkv_groups", "mlp_groups", "adapter_width",
+                     "adapter_kernel")
+
 
 def default_config() -> ml_collections.ConfigDict:
-    """ViT-B/16 MaMI at 224 px, as released by the authors (but trainable init)."""
+    """ViT-B/16 MaMI at 224 px with the released function (but a trainable init)."""
     cfg = ml_collections.ConfigDict()
     # Backbone (CLIP ViT-B/16 visual tower).
     cfg.width = 768
@@ -36,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.qkv_groups = 16
     cfg.mlp_groups = 32
     cfg.leaky_slope = 0.1
-    cfg.shift_input = "patch_mean"
+    cfg.shift_input = RELEASED_SHIFT_INPUT
     # Slice adapter.
     cfg.adapter_width = 384
     cfg.adapter_kernel = 3
@@ -52,12 +84,35 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the key when a combination cannot work."""
+    """Raises ValueError naming the key when a value or combination cannot work."""
 
     def need(cond, msg):
         if not cond:
             raise ValueError(f"invalid model config: {msg}")
+
+    # Signs and types first, so that no check below divides by zero.
+    for key in POSITIVE_INT_KEYS:
+        value = cfg[key]
+        need(_is_int(value) and value >= 1, f"{key}={value!r} must be a positive integer")
+    hidden = cfg.generator_hidden
+    need(isinstance(hidden, (tuple, list)) and len(hidden) == 2,
+         f"generator_hidden={hidden!r} must hold two widths")
+    for i, value in enumerate(hidden):
+        need(_is_int(value) and value >= 1,
+             f"generator_hidden[{i}]={value!r} must be a positive integer")
+    need(_is_number(cfg.layernorm_eps) and cfg.layernorm_eps > 0,
+         f"layernorm_eps={cfg.layernorm_eps!r} must be a positive number")
+    need(_is_number(cfg.leaky_slope) and cfg.leaky_slope >= 0,
+         f"leaky_slope={cfg.leaky_slope!r} must be a number >= 0")
 
     need(cfg.width % cfg.num_heads == 0,
          f"width={cfg.width} must be divisible by num_heads={cfg.num_heads}")
@@ -65,8 +120,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
          f"width={cfg.width} must be divisible by num_codes={cfg.num_codes}")
     need(cfg.image_size % cfg.patch_size == 0,
          f"image_size={cfg.image_size} must be divisible by patch_size={cfg.patch_size}")
-    need(len(cfg.generator_hidden) == 2, "generator_hidden must hold two widths")
-    last = cfg.generator_hidden[-1]
+    last = hidden[-1]
     mlp_width = cfg.width * cfg.mlp_ratio
     for key, groups, out in (("qkv_groups", cfg.qkv_groups, cfg.rank * cfg.width),
                              ("mlp_groups", cfg.mlp_groups, cfg.rank * mlp_width)):
@@ -77,3 +131,27 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.shift_input in SHIFT_INPUTS, f"shift_input={cfg.shift_input!r} not in {SHIFT_INPUTS}")
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r} not in {DTYPES}")
     need(cfg.adapter_kernel % 2 == 1, f"adapter_kernel={cfg.adapter_kernel} must be odd")
+
+
+def _plain(value: Any) -> Any:
+    """Config value -> comparable plain value (JSON gives lists where configs hold tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_differences(saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
+                       *, ignore=EXECUTION_KEYS) -> list[str]:
+    """``"key: saved X, given Y"`` for every key whose values differ, in key order.
+
+    Keys in ``ignore`` (by default the execution settings) are not compared.
+    """
+    a, b = saved.to_dict(), given.to_dict()
+    out = []
+    for key in sorted((set(a) | set(b)) - set(ignore)):
+        va, vb = _plain(a.get(key, "<absent>")), _plain(b.get(key, "<absent>"))
+        if va != vb:
+            out.append(f"{key}: saved {va!r}, given {vb!r}")
+    return out

@@ -23,7 +23,7 @@ a focus of lymphocytes, more with each stage).
 Why the stain varies so much and the tissue so little (phantoms version 2): the
 stain hides the identity from intensity statistics (nearest neighbour on mean
 and histograms: Rank-1 0.17 on the 64 px test split, 0.89 with the stain held
-fixed), while a pipeline that normalises stain (``data.stain_normalize_modalities``)
+fixed), while a pipeline that normalises stain (``data.modalities.pathology.stain_normalize``)
 sees the tissue. Version 1 had three nuclear sizes, no clustering factor and
 cellularity -25/+30% per visit, with which the runlocal model stayed at 0.51
 against 0.71 for version 2 (64 px, stain-normalised, 400 steps).

@@ -47,7 +47,7 @@ def total_steps_of(config, loader) -> int:
 def make_init_state(config, model, optimizer):
     """rng -> a fresh TrainState (step 0, random parameters, optimiser state, step RNG)."""
     def init_state(rng):
-        params = model.init(rng, example_images(config.data.image_size))["params"]
+        params = model.init(rng, example_images(config.model.image_size))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
@@ -70,7 +70,7 @@ def build_model_and_state_fns(config, num_classes: int, total_steps: int):
     """(train model, optimiser, init_state) for ``config``: what every training loop needs
     before it decides how to place and restore the state."""
     model = ReIDTrainModel(config.model, num_classes, neck=config.loss.id_neck)
-    abstract_params = jax.eval_shape(lambda r: model.init(r, example_images(config.data.image_size))["params"],
+    abstract_params = jax.eval_shape(lambda r: model.init(r, example_images(config.model.image_size))["params"],
                                      jax.random.key(config.seed))
     optimizer = make_optimizer(config.optim, abstract_params, total_steps)
     return model, optimizer, make_init_state(config, model, optimizer)

@@ -1,0 +1,73 @@
+"""Overrides in a renamed key's old spelling are refused with one line naming the new key,
+through the real ``python -m mami_jax.main`` flag parsing, before any work starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mami_jax import config_renames
+from tests import config_dump
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(tmp_path, *overrides):
+    workdir = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mami_jax.main", "--config=configs/all.py:runlocal",
+         f"--workdir={workdir}", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    return proc, workdir
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["--config.data.eval_batch_size=64"],
+     "error: config key data.eval_batch_size was renamed: use eval.batch_size"),
+    (["--config.data.modality_image_sizes", "{'pathology': (80, 128)}"],
+     "error: config key data.modality_image_sizes was renamed: use data.modalities.<m>.image_size "
+     "and data.modalities.<m>.resize_size"),
+    (["-config.modalities=('xray',)"],
+     "error: config key modalities was renamed: use data.only_modalities"),
+    (["--config.train.total_steps=4", "--config.loss.align_weight=0.1"],
+     "error: config key loss.align_weight was removed: nothing read it"),
+])
+def test_old_spelling_fails_with_one_line_naming_the_new_key(tmp_path, overrides, line):
+    proc, workdir = _main(tmp_path, *overrides)
+    assert proc.returncode == 1
+    assert proc.stderr == line + "\n"
+    assert not workdir.exists()   # refused before any work
+
+
+def test_misspelt_key_is_still_an_error(tmp_path):
+    proc, workdir = _main(tmp_path, "--config.data.modalities.xray.flipp=True")
+    assert proc.returncode != 0 and "flipp" in proc.stderr
+    assert not workdir.exists()
+
+
+def test_overridden_keys_reads_every_absl_spelling():
+    argv = ["--config=configs/all.py", "--config.a.b=1", "-config.c", "2", "--noconfig.d.e",
+            "--workdir=x", "--configs.f=1", "--", "--config.g=1"]
+    assert config_renames.overridden_keys(argv) == ["a.b", "c", "d.e"]
+
+
+def test_new_keys_and_keys_under_them_are_not_mistaken_for_old_ones():
+    for key in ("data.modalities.xray.image_size", "data.only_modalities", "eval.batch_size",
+                "data.image_size_x", "loss.id_weight"):
+        assert config_renames.renamed_key_message(key) is None, key
+    assert config_renames.renamed_key_message("data.modality_image_sizes.pathology") == (
+        "config key data.modality_image_sizes was renamed: use data.modalities.<m>.image_size "
+        "and data.modalities.<m>.resize_size")
+
+
+def test_every_new_key_exists_and_no_old_key_does():
+    cfg = config_dump.load_config("all", "")
+    flat = config_dump._flat(cfg.to_dict())
+    for old in list(config_renames.RENAMED) + list(config_renames.REMOVED):
+        assert not any(k == old or k.startswith(old + ".") for k in flat), old
+    for new in config_renames.RENAMED.values():
+        for key in new.replace(" and ", " ").split(" ")[:2]:
+            if "." in key:
+                key = key.replace("<m>", "ct")
+                assert key in flat or any(k.startswith(key + ".") for k in flat), key
