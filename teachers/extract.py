@@ -1,0 +1,189 @@
+"""Computes frozen teachers' features for every row of a manifest and stores them as TFRecords.
+
+    python -m teachers.extract --manifest FILE --teachers NAMES --out DIR
+        [--shard i --num_shards n] [--batch_size B] [--device cpu|cuda]
+        [--weights NAME=PATH ...] [--rows_per_shard R] [--skip_unreadable] [--split S]
+
+NAMES is a comma list of registry names (``teachers.registry``; ``phantoms`` and
+``medical`` name the two bags). The manifest's rows, in file order, are cut into
+shards of R rows; process i of n computes shards i, i + n, i + 2n... so several
+processes or machines split a run and their union is exactly the single-process
+output. A shard is written under a temporary name and renamed when complete, and a
+rerun skips every finished shard: a killed run is resumed by running the same
+command again. Each record holds the features of every named teacher that applies
+to the row's modality (rows no teacher applies to get no record). An unreadable
+image is an error naming it; with ``--skip_unreadable`` it gets no record and is
+listed in the shard's sidecar and in ``skipped.txt``. ``--split S`` keeps only the
+rows whose manifest split is S (e.g. the test split for the zero-shot table).
+Inference runs in batches without gradients. The folder layout is described in ``teachers.writer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+
+import numpy as np
+
+from mami_jax.data.decode import DecodeError, decode
+from mami_jax.data.manifest import ManifestError, read_manifest
+from mami_jax.data.teacher_features import TeacherFeatureError
+from teachers import registry, writer
+from teachers.loaders import LoadedTeacher, TeacherLoadError, load_teacher, run_batch
+from teachers.preprocess import teacher_input
+
+
+class ExtractError(RuntimeError):
+    """Extraction cannot go on; the message names the image and the teacher."""
+
+
+def parse_weights(items) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--weights {item!r}: expected NAME=PATH")
+        registry.get_spec(name)
+        out[name] = path
+    return out
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _teacher_features(teacher: LoadedTeacher, rows, batch_size, device, skip_unreadable,
+                      skipped: set, progress) -> dict[str, np.ndarray]:
+    out = {}
+    todo = [r for r in rows if teacher.spec.applies_to(r.modality) and r.image_id not in skipped]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        if teacher.features_for_rows is not None:
+            kept, feats = batch, teacher.features_for_rows(batch)
+        else:
+            kept, inputs = [], []
+            for row in batch:
+                try:
+                    decoded = decode(row.path)
+                except (DecodeError, OSError) as e:
+                    if not skip_unreadable:
+                        raise ExtractError(f"image_id {row.image_id!r}: unreadable ({e}); "
+                                           "--skip_unreadable skips such images") from e
+                    skipped.add(row.image_id)
+                    continue
+                kept.append(row)
+                inputs.append(teacher_input(decoded, teacher.spec))
+            feats = run_batch(teacher, np.stack(inputs), device) if inputs else None
+        if kept:
+            if feats.shape != (len(kept), teacher.feature_dim) or not np.isfinite(feats).all():
+                bad = [r.image_id for r, f in zip(kept, feats) if not np.isfinite(f).all()][:5]
+                raise ExtractError(f"teacher {teacher.spec.name}: features of shape {feats.shape} "
+                                   f"for {len(kept)} images of size {teacher.feature_dim}, "
+                                   f"non-finite for {bad}")
+            out.update(zip((r.image_id for r in kept), feats.astype(np.float32)))
+        progress.update(len(batch))
+    return out
+
+
+def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: int = 1,
+        batch_size: int = 16, device: str = "cpu", weights: dict | None = None,
+        rows_per_shard: int = 256, skip_unreadable: bool = False,
+        show_progress: bool = True, split: str | None = None) -> dict | None:
+    """Extracts this process's shards; returns the index once every shard exists."""
+    from tqdm import tqdm
+
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard {shard} must be in [0, --num_shards {num_shards})")
+    if batch_size < 1 or rows_per_shard < 1:
+        raise ValueError("--batch_size and --rows_per_shard must be >= 1")
+    rows = read_manifest(manifest)
+    if split is not None:
+        rows = [r for r in rows if r.split == split]
+        if not rows:
+            raise ValueError(f"{manifest}: no rows in split {split!r}")
+    if device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device visible to torch")
+    names = registry.parse_names(teacher_names) if isinstance(teacher_names, str) \
+        else [registry.get_spec(n).name for n in teacher_names]
+    weights = dict(weights or {})
+    unused = sorted(set(weights) - set(names))
+    if unused:
+        raise ValueError(f"--weights given for {unused}, which are not among --teachers {names}")
+    teachers = []
+    for name in names:
+        spec = registry.get_spec(name)
+        teachers.append(load_teacher(spec, weights.get(name, registry.default_weights_path(name)
+                                                       if spec.needs_weights else None),
+                                     device=device, manifest_path=manifest))
+    total_shards = max(1, math.ceil(len(rows) / rows_per_shard))
+    run_info = writer.header(
+        manifest=dict(file=os.path.basename(manifest), sha256=_sha256(manifest), rows=len(rows)),
+        split=split, rows_per_shard=rows_per_shard, num_shards=total_shards,
+        teachers={t.spec.name: t.index_entry() for t in teachers})
+    os.makedirs(out_dir, exist_ok=True)
+    writer.ensure_run(out_dir, run_info)
+    mine = [k for k in range(total_shards) if k % num_shards == shard]
+    writer.remove_own_temporaries(out_dir, [(k, total_shards) for k in mine])
+    pending = [k for k in mine if writer.shard_done(out_dir, k, total_shards) is None]
+    chunks = {k: rows[k * rows_per_shard:(k + 1) * rows_per_shard] for k in pending}
+    work = sum(t.spec.applies_to(r.modality) for k in pending for r in chunks[k] for t in teachers)
+    with tqdm(total=work, unit="img", desc=f"teachers shard {shard}/{num_shards}",
+              disable=not show_progress, file=sys.stderr) as progress:
+        for k in pending:
+            skipped: set = set()
+            per_teacher = {t.spec.name: _teacher_features(t, chunks[k], batch_size, device,
+                                                          skip_unreadable, skipped, progress)
+                           for t in teachers}
+            records = []
+            for row in chunks[k]:
+                feats = {n: f[row.image_id] for n, f in per_teacher.items() if row.image_id in f}
+                if feats and row.image_id not in skipped:
+                    records.append((row.image_id, feats))
+            writer.write_shard(out_dir, k, total_shards, records, sorted(skipped))
+    return writer.write_index_if_complete(out_dir, run_info)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m teachers.extract",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--teachers", required=True,
+                        help=f"comma list of {sorted(registry.REGISTRY)} (or the bags "
+                             "'phantoms', 'medical')")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--num_shards", type=int, default=1)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--weights", action="append", metavar="NAME=PATH",
+                        help=f"local weights of a teacher (default ${registry.WEIGHTS_ENV}/NAME)")
+    parser.add_argument("--rows_per_shard", type=int, default=256)
+    parser.add_argument("--skip_unreadable", action="store_true")
+    parser.add_argument("--split", default=None, help="only rows of this manifest split")
+    args = parser.parse_args(argv)
+    try:
+        index = run(args.manifest, args.teachers, args.out, args.shard, args.num_shards,
+                    args.batch_size, args.device, parse_weights(args.weights),
+                    args.rows_per_shard, args.skip_unreadable, split=args.split)
+    except (ValueError, KeyError, OSError, ExtractError, TeacherLoadError, ManifestError,
+            TeacherFeatureError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if index is None:
+        print(f"shard {args.shard} of {args.num_shards} done in {args.out}; index.json is "
+              "written when every shard is")
+    else:
+        print(f"wrote {index['records']} records ({index['skipped']} skipped) in "
+              f"{len(index['shards'])} shards to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

