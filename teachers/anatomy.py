@@ -3,7 +3,9 @@
 For a phantom image, the feature is the first ``IDENTITY_DIM`` normalised identity
 draws of the patient (``mami_jax.phantoms.hidden``: shape of lungs, heart, ribs,
 vessels, nuclei...) followed by the first ``VISIT_DIM`` normalised draws of the visit
-(severity, pose, exposure...), each part zero padded. It is what a perfect anatomy
+(severity, pose, exposure...), each part zero padded and scaled to unit length, so
+"who" and "when" weigh the same whatever the number of draws of a modality (pathology
+has about 24 identity draws, X-ray over a thousand). It is what a perfect anatomy
 encoder would know: every visit of a patient shares the identity part, so it is the
 upper bound of a prior for the alignment experiments (and of the zero-shot table),
 while the visit part keeps it from being a bare patient label.
@@ -30,9 +32,11 @@ VISIT_DIM = 64
 
 
 def _fit(values: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` values, zero padded, scaled to unit length (0 stays 0)."""
     out = np.zeros(size, np.float32)
     out[:min(size, values.size)] = values[:size]
-    return out
+    norm = float(np.linalg.norm(out))
+    return out / np.float32(norm) if norm > 0 else out
 
 
 def anatomy_feature(hp: HiddenParameters, image_id: str) -> np.ndarray:
