@@ -1,0 +1,136 @@
+"""Zero-shot baselines: each teacher's stored features scored as re-identification embeddings.
+
+    python -m mami_jax.evaluate.features --features DIR --manifest FILE --out DIR
+        [--teachers a,b] [--split test]
+
+The features are the ones ``python -m teachers.extract`` stored (read and checked by
+``mami_jax.data.teacher_features``). They are scored exactly as a trained model's
+embeddings are: the same split and patient-disjoint split rule
+(``mami_jax.data.loading.load_rows``), the same protocols, metrics and settings
+(``mami_jax.evaluate.evaluator.score_groups`` with the base config's ``eval``
+section) and the same report files (``OUT/<teacher>/metrics.json``, ``cmc.png``).
+Groups (dataset/modality) a teacher does not apply to are left out; a group where it
+applies to some rows but has no feature for others is an error naming them.
+``OUT/zero_shot.md`` and ``OUT/zero_shot.json`` hold the summary: Rank-1 / mAP of the
+``reid`` protocol per teacher and modality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+
+from mami_jax.data.manifest import ManifestError, ManifestRow
+from mami_jax.data.teacher_features import TeacherFeatureError, load_features
+from mami_jax.runtime.atomic_files import write_text_atomic
+
+SUMMARY_PROTOCOL = "reid"
+
+
+def teacher_groups(name: str, by_id: dict, rows: Sequence[ManifestRow], groups: dict
+                   ) -> dict[str, list[int]]:
+    """The groups the teacher covers: all of their rows have a feature, or none do."""
+    covered = {}
+    for group, members in groups.items():
+        missing = [rows[i].image_id for i in members if rows[i].image_id not in by_id]
+        if len(missing) == len(members):
+            continue
+        if missing:
+            raise TeacherFeatureError(
+                f"teacher {name}: {len(missing)} of {len(members)} images of {group} have no "
+                f"stored feature (skipped or never extracted), e.g. {missing[:5]}")
+        covered[group] = members
+    return covered
+
+
+def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out_dir: str,
+                   teachers: Sequence[str] | None = None, manifest_name: str = "the manifest",
+                   print_tables: bool = True) -> dict[str, dict[str, dict]]:
+    """Metrics per teacher and group; writes each teacher's report under ``out_dir``."""
+    from mami_jax.evaluate.evaluator import group_indices, score_groups
+    from mami_jax.evaluate.report import write_eval_report
+
+    stored = load_features(features_dir, teachers, manifest_ids=[r.image_id for r in rows],
+                           manifest_name=manifest_name)
+    groups = group_indices(rows, eval_cfg.split)
+    if not groups:
+        raise ValueError(f"{manifest_name}: no rows in split {eval_cfg.split!r} to evaluate")
+    results = {}
+    for name, feats in stored.items():
+        by_id = feats.by_id()
+        covered = teacher_groups(name, by_id, rows, groups)
+        if not covered:
+            print(f"teacher {name}: no features in split {eval_cfg.split!r}, not scored")
+            continue
+        embeddings = {i: by_id[rows[i].image_id] for members in covered.values() for i in members}
+        results[name] = score_groups(embeddings, rows, covered, eval_cfg)
+        if print_tables:
+            print(f"\nzero-shot {name} ({feats.info.get('public_id', '')}, "
+                  f"{feats.info['feature_dim']}-d)")
+        write_eval_report(results[name], os.path.join(out_dir, name),
+                          title=f"zero-shot {name}", print_table=print_tables)
+    return results
+
+
+def summary(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
+    """Markdown table (teacher x modality, "Rank-1 / mAP" of the reid protocol) and its data."""
+    data: dict[str, dict[str, dict]] = {}
+    for name, groups in results.items():
+        for group, m in groups.items():
+            dataset, modality, protocol = group.rsplit("/", 2)
+            if protocol == SUMMARY_PROTOCOL:
+                data.setdefault(name, {})[modality] = dict(rank1=m.get("rank1"), mAP=m.get("mAP"))
+    modalities = [m for m in ("xray", "ct", "mri", "fundus", "pathology")
+                  if any(m in v for v in data.values())]
+    lines = ["| teacher | " + " | ".join(modalities) + " |",
+             "|---|" + "---|" * len(modalities)]
+    for name, per in data.items():
+        cells = [f"{per[m]['rank1']:.3f} / {per[m]['mAP']:.3f}" if m in per else "-"
+                 for m in modalities]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mami_jax.evaluate.features",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--features", required=True, help="folder written by teachers.extract")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--teachers", default="", help="comma list (default: every stored one)")
+    parser.add_argument("--split", default=None, help="split to score (default: config eval.split)")
+    args = parser.parse_args(argv)
+    from mami_jax.config import base_config
+    from mami_jax.data.loading import load_rows
+
+    config = base_config()
+    config.data.manifest = args.manifest
+    if args.split:
+        config.eval.split = args.split
+    teachers = [t for t in args.teachers.split(",") if t] or None
+    try:
+        if os.path.abspath(args.out) == os.path.abspath(args.features):
+            raise ValueError("--out must differ from --features (inputs are never modified)")
+        rows = load_rows(config, args.out)
+        results = score_teachers(args.features, rows, config.eval, args.out, teachers,
+                                 manifest_name=args.manifest)
+        if not results:
+            raise ValueError(f"no stored teacher has features in split {config.eval.split!r}")
+    except (ValueError, OSError, ManifestError, TeacherFeatureError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table, data = summary(results)
+    write_text_atomic(os.path.join(args.out, "zero_shot.md"), table)
+    write_text_atomic(os.path.join(args.out, "zero_shot.json"),
+                      json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"\nzero-shot re-ID ({SUMMARY_PROTOCOL}, split {config.eval.split}): Rank-1 / mAP\n"
+          + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

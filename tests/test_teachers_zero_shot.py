@@ -1,0 +1,93 @@
+"""python -m mami_jax.evaluate.features scores stored teacher features with the trained
+model's protocols, metrics and report files."""
+
+import json
+import os
+
+import pytest
+
+from mami_jax.config import base_config
+from mami_jax.data import teacher_features as tf_files
+from mami_jax.data.manifest import read_manifest
+from mami_jax.evaluate import features as zero_shot
+from mami_jax.evaluate.evaluator import group_indices, score_groups
+from mami_jax.phantoms import generator
+from teachers import extract
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zs")
+    manifest = generator.generate(str(root / "phantoms"), patients=12, visits=3, image_size=32,
+                                  slices=2, workers=1)
+    feats = str(root / "feats")
+    extract.run(manifest, "anatomy,random_tiny", feats, split="test", show_progress=False)
+    return manifest, feats
+
+
+def test_scores_each_teacher_like_the_trained_model(setup, tmp_path, capsys):
+    manifest, feats = setup
+    out = str(tmp_path / "out")
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "| teacher |" in printed and "| anatomy |" in printed
+    for teacher in ("anatomy", "random_tiny"):
+        assert os.path.isfile(os.path.join(out, teacher, "metrics.json"))
+        assert os.path.isfile(os.path.join(out, teacher, "cmc.png"))
+    anatomy = json.load(open(os.path.join(out, "anatomy", "metrics.json")))
+    rows = read_manifest(manifest)
+    groups = group_indices(rows, "test")
+    assert {g.rsplit("/", 1)[0] for g in anatomy} == set(groups)
+    assert {g.rsplit("/", 1)[1] for g in anatomy} == {"reid", "history"}
+    for group, m in anatomy.items():
+        assert m["rank1"] == 1.0, group          # the hidden identity parameters are exact
+
+    # the numbers are the evaluator's on the stored vectors
+    stored = tf_files.load_features(feats)["random_tiny"].by_id()
+    cfg = base_config().eval
+    expected = score_groups({i: stored[rows[i].image_id] for m in groups.values() for i in m},
+                            rows, groups, cfg)
+    random_tiny = json.load(open(os.path.join(out, "random_tiny", "metrics.json")))
+    for group, m in expected.items():
+        assert random_tiny[group]["rank1"] == pytest.approx(float(m["rank1"]))
+        assert random_tiny[group]["mAP"] == pytest.approx(float(m["mAP"]))
+    summary = json.load(open(os.path.join(out, "zero_shot.json")))
+    assert summary["anatomy"]["xray"] == {"rank1": 1.0, "mAP": 1.0}
+    table = open(os.path.join(out, "zero_shot.md")).read()
+    assert table.splitlines()[0].startswith("| teacher | xray | ct |")
+
+
+def test_partial_features_in_a_group_are_an_error(setup, tmp_path, capsys):
+    manifest, feats = setup
+    rows = read_manifest(manifest)
+    victim = next(r for r in rows if r.split == "test" and r.modality == "xray")
+    out = str(tmp_path / "partial")
+    extract.run(manifest, "random_tiny", out, split="test", show_progress=False)
+    # the same features without one image: rewrite its shard through the real writer
+    from teachers import writer
+    index = tf_files.read_index(out)
+    shard = index["shards"][0]
+    path = os.path.join(out, shard["file"])
+    records = [(i, v) for _, i, v in tf_files.read_shard(path, {"random_tiny": 64})
+               if i != victim.image_id]
+    writer.write_shard(out, 0, 1, records, [])
+    run = tf_files.read_json(os.path.join(out, tf_files.RUN_FILE))
+    writer.write_index_if_complete(out, run)
+    assert zero_shot.main(["--features", out, "--manifest", manifest,
+                           "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: teacher random_tiny: 1 of ")
+    assert "images of phantoms/xray have no stored feature" in err[0]
+    assert victim.image_id in err[0]
+
+
+def test_features_of_another_manifest_are_an_error(setup, tmp_path, capsys):
+    manifest, feats = setup
+    other = generator.generate(str(tmp_path / "other"), patients=2, visits=2, image_size=32,
+                               slices=2, workers=1)
+    assert zero_shot.main(["--features", feats, "--manifest", other, "--out",
+                           str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_id not in" in err[0] and "features-00000-of-00001" in err[0]
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", feats]) == 2
+    assert "--out must differ from --features" in capsys.readouterr().err
