@@ -233,3 +233,20 @@ def test_unreadable_image_is_an_error_or_a_listed_skip(phantoms, tmp_path):
     assert index["skipped"] == 1 and index["records"] == 23
     assert open(str(tmp_path / "b" / "skipped.txt")).read() == victim.image_id + "\n"
     assert victim.image_id not in tf_files.load_features(str(tmp_path / "b"))["random_tiny"].image_ids
+
+
+def test_shards_parse_with_the_tfrecord_package_reader(single_run):
+    """An independent reader of the standard format (the ``tfrecord`` package's loader,
+    which follows TensorFlow's framing and Example schema) sees the same records."""
+    from tfrecord.reader import tfrecord_loader
+
+    out, index = single_run
+    ours, theirs = [], []
+    for shard in index["shards"]:
+        path = os.path.join(out, shard["file"])
+        ours += [(i, v["anatomy"]) for _, i, v in tf_files.read_shard(path, {"anatomy": 256})]
+        theirs += [(bytes(r["image_id"]).decode(), r["feature/anatomy"]) for r in tfrecord_loader(
+            path, None, description={"image_id": "byte", "feature/anatomy": "float"})]
+    assert [i for i, _ in ours] == [i for i, _ in theirs] and len(ours) == 24
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert np.array_equal(a, np.asarray(b, np.float32))
