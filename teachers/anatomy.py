@@ -3,9 +3,11 @@
 For a phantom image, the feature is the first ``IDENTITY_DIM`` normalised identity
 draws of the patient (``mami_jax.phantoms.hidden``: shape of lungs, heart, ribs,
 vessels, nuclei...) followed by the first ``VISIT_DIM`` normalised draws of the visit
-(severity, pose, exposure...), each part zero padded and scaled to unit length, so
-"who" and "when" weigh the same whatever the number of draws of a modality (pathology
-has about 24 identity draws, X-ray over a thousand). It is what a perfect anatomy
+(severity, pose, exposure...), each part zero padded. The parts are scaled so that the
+identity carries ``IDENTITY_SHARE`` (80%) of the squared length and the visit the rest,
+whatever the number of draws of a modality (pathology has about 24 identity draws and
+hundreds of visit draws, X-ray over a thousand identity draws): under the cosine metric
+the prior says mostly who, partly when. It is what a perfect anatomy
 encoder would know: every visit of a patient shares the identity part, so it is the
 upper bound of a prior for the alignment experiments (and of the zero-shot table),
 while the visit part keeps it from being a bare patient label.
@@ -31,19 +33,24 @@ IDENTITY_DIM = 192
 VISIT_DIM = 64
 
 
-def _fit(values: np.ndarray, size: int) -> np.ndarray:
-    """The first ``size`` values, zero padded, scaled to unit length (0 stays 0)."""
+#: Share of the feature's squared length carried by the identity part (the rest: the visit).
+IDENTITY_SHARE = 0.8
+
+
+def _fit(values: np.ndarray, size: int, length: float) -> np.ndarray:
+    """The first ``size`` values, zero padded, scaled to ``length`` (0 stays 0)."""
     out = np.zeros(size, np.float32)
     out[:min(size, values.size)] = values[:size]
     norm = float(np.linalg.norm(out))
-    return out / np.float32(norm) if norm > 0 else out
+    return out * np.float32(length / norm) if norm > 0 else out
 
 
 def anatomy_feature(hp: HiddenParameters, image_id: str) -> np.ndarray:
     index, modality, visit = parse_image_id(image_id)
     identity = hp.identity(index, modality)[1]
-    return np.concatenate([_fit(identity, IDENTITY_DIM), _fit(hp.visit(index, modality, visit),
-                                                              VISIT_DIM)])
+    visit_draws = hp.visit(index, modality, visit)
+    return np.concatenate([_fit(identity, IDENTITY_DIM, np.sqrt(IDENTITY_SHARE)),
+                           _fit(visit_draws, VISIT_DIM, np.sqrt(1.0 - IDENTITY_SHARE))])
 
 
 def load_anatomy_teacher(spec: TeacherSpec, manifest_path: str | None) -> LoadedTeacher:

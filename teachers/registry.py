@@ -101,7 +101,7 @@ _SPECS = (
                 "efficientnet_lite", ALL_MODALITIES, 1280, "global average of extract_features",
                 needs_weights=False, licence="Apache-2.0"),
     TeacherSpec("anatomy", "mami_jax.phantoms hidden parameters", "anatomy", ALL_MODALITIES,
-                256, "identity draws (192) + visit draws (64), each zero padded to unit length",
+                256, "identity draws (192, 80% of the squared length) + visit draws (64, 20%), zero padded",
                 input="none", size=(), mean=(), std=(), needs_weights=False),
     TeacherSpec("random_tiny", "random Dinov2 (hidden 64, 2 layers, patch 8, seed 0)", "random",
                 ALL_MODALITIES, 64, "pooler_output = LN(CLS)", size=(64, 64),

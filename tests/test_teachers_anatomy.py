@@ -92,7 +92,8 @@ def test_anatomy_teacher_identity_is_shared_by_visits(phantoms):
     assert np.array_equal(a0[:IDENTITY_DIM], a1[:IDENTITY_DIM])
     assert not np.array_equal(a0[IDENTITY_DIM:], a1[IDENTITY_DIM:])
     assert not np.array_equal(a0[:IDENTITY_DIM], b0[:IDENTITY_DIM])
-    assert np.linalg.norm(a0[:IDENTITY_DIM]) == pytest.approx(1.0, abs=1e-6)
+    assert np.linalg.norm(a0[:IDENTITY_DIM]) == pytest.approx(np.sqrt(0.8), abs=1e-6)
+    assert np.linalg.norm(a0[IDENTITY_DIM:]) == pytest.approx(np.sqrt(0.2), abs=1e-6)
     assert float(a0 @ a1) > float(a0 @ b0)
     assert teacher.fingerprint.startswith("sha256:")
 
