@@ -9,7 +9,12 @@
   nested dict of float32 numpy arrays usable with ``MaMI(cfg).apply``.
 
 Both raise ``ConversionError`` listing every missing, unexpected and mis-shaped
-key. The mapping itself is one table (``mapping.build_table``). ``MaMITorch``
+key; imported values holding NaN or inf raise ``mapping.NonFiniteWeightsError``.
+Files: ``official.load_official`` / ``official.export_official`` (the authors'
+layout, with our model config embedded on export; the feature-shift setting is
+checked both ways), ``checkpoint_dir.load_params`` / ``save_params`` (orbax
+folders), ``clip.import_clip``. The mapping itself is one table
+(``mapping.build_table``). ``MaMITorch``
 (``mami_jax.convert.torch_model``) is the PyTorch module with that layout.
 Importing this package does not import torch; only the functions that need it do.
 CLI: ``python -m mami_jax.convert {import-official,import-clip,export-torch}``.

@@ -26,6 +26,7 @@ is 2 for bad arguments and 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -195,6 +196,11 @@ def one_line(message: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Library warnings (orbax logs through absl) would add lines to the one-line errors
+    # and to the report; failures are reported here.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -206,6 +212,8 @@ def main(argv=None) -> int:
             text = f"{type(e).__name__}: {text}"
         print(f"error: {text}", file=sys.stderr)
         return 1
+    finally:
+        absl_logger.setLevel(level)
     return 0
 
 

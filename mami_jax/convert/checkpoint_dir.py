@@ -62,6 +62,10 @@ LOCK_FILE = ".mami-convert-save.lock"
 ASIDE_SUFFIX = ".mami-replaced"
 
 
+class CorruptParamsError(ValueError):
+    """A params item that orbax cannot read (truncated, damaged or not a checkpoint)."""
+
+
 def config_from_json(text: str, source: str):
     """JSON written by ``cfg.to_json()`` -> locked, validated config.
 
@@ -264,14 +268,21 @@ def load_params(directory: str, *, return_layout: bool = False):
     params_dir, config_file, layout = resolve(directory)
     cfg = load_config_file(config_file)
     checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(params_dir)
-    tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
-    if tree is None:
-        tree = metadata
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                          tree)
-    params = checkpointer.restore(params_dir,
-                                  args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    try:
+        metadata = checkpointer.metadata(params_dir)
+        tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+        if tree is None:
+            tree = metadata
+        restore_args = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        params = checkpointer.restore(params_dir,
+                                      args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except (PermissionError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad data
+        raise CorruptParamsError(
+            f"{params_dir}: cannot read the orbax params item ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from e
     params = _to_host(params)
     check_finite(flatten_params(params), params_dir)
     if return_layout:

@@ -226,7 +226,8 @@ def merge_backbone(params: Mapping, visual: Mapping[str, Any], cfg, *, source: s
     absent = [e.ours for e in rows if e.ours not in flat]
     if absent:
         raise ConversionError("params lack backbone entries", missing=absent)
-    values = {e.theirs: to_numpy(visual[e.theirs]).astype(np.float32) for e in rows}
+    with np.errstate(over="ignore"):  # values beyond float32's range: check_finite below
+        values = {e.theirs: to_numpy(visual[e.theirs]).astype(np.float32) for e in rows}
     check_finite(values, source)
     loaded = []
     for e in rows:

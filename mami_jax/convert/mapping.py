@@ -373,7 +373,8 @@ def state_dict_to_params(state_dict: Mapping, cfg, *, dtype=np.float32,
         if not e.used:
             (ignored if e.theirs in state_dict else absent).append(e.theirs)
             continue
-        value = to_numpy(state_dict[e.theirs]).astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # values beyond dtype's range: check_finite below
+            value = to_numpy(state_dict[e.theirs]).astype(dtype, copy=False)
         # An owned copy: never alias the caller's (e.g. torch) buffers.
         flat[e.ours] = np.array(e.transform.inv(value), order="C", copy=True)
         loaded.append(e.theirs)

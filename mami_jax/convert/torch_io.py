@@ -34,6 +34,10 @@ import numpy as np
 from mami_jax.runtime.atomic_files import write_atomic
 
 
+#: First bytes of a zip archive (torch.save's default format).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 class CheckpointFileError(ValueError):
     """A checkpoint file that cannot be read as a state dict."""
 
@@ -92,6 +96,14 @@ def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
             raise CorruptCheckpointError(f"{path}: cannot read TorchScript archive: {e}") from e
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if _ZIP_MAGIC.startswith(head) and not zipfile.is_zipfile(path):
+        # torch.save's default format is a zip archive; one without its central directory
+        # at the end was cut short (torch's own reader fails on it with varying errors).
+        raise CorruptCheckpointError(
+            f"{path}: truncated or corrupt checkpoint file (a zip archive, torch.save's "
+            "default format, without its central directory: the file was cut short)")
     torch = _torch()
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -110,11 +122,13 @@ def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
                 f"of tensors and plain containers); refusing to load it. {detail}") from e
         raise CorruptCheckpointError(f"{path}: truncated or corrupt checkpoint file "
                                      f"(unreadable pickle: {lines[0] if lines else msg})") from e
-    except (PermissionError, IsADirectoryError):
+    except (PermissionError, IsADirectoryError, MemoryError):
         raise
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError) as e:
-        # A zip-format file cut early makes torch's reader fail with a bare OSError
-        # (EINVAL) rather than a RuntimeError; it is the same corruption.
+    except Exception as e:  # noqa: BLE001 - see below
+        # Reading plain data can fail only because the bytes are wrong. A cut or damaged
+        # file surfaces as EOFError, RuntimeError, OSError (torch's zip reader),
+        # struct.error or IndexError (the legacy format's unpickler), depending on where
+        # it was cut: all of them are the same corruption.
         raise CorruptCheckpointError(
             f"{path}: truncated or corrupt checkpoint file ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e

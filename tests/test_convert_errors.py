@@ -1,0 +1,173 @@
+"""Every bad input to ``python -m mami_jax.convert`` ends as one ``error:`` line, no traceback."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from mami_jax.convert.__main__ import main, one_line
+from mami_jax.convert.checkpoint_dir import save_params
+from tests.test_convert_io import released_style_file
+from tests.test_convert_mapping import random_params
+from tests.test_model import tiny_config
+
+torch = pytest.importorskip("torch")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def one_error(capsys, *argv, code=1):
+    """Runs the CLI; -> its single stderr line (asserting there is exactly one)."""
+    try:
+        got = main(list(argv))
+    except SystemExit as e:   # argparse
+        got = e.code
+    out, err = capsys.readouterr()
+    assert got == code, (got, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli_errors")
+    cfg = tiny_config()
+    good = str(tmp / "good.pth")
+    released_style_file(good, cfg, random_params(cfg))
+    data = open(good, "rb").read()
+    cut = str(tmp / "cut.pth")
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) // 20])
+    cfg_json = str(tmp / "tiny.json")
+    with open(cfg_json, "w") as f:
+        f.write(cfg.to_json())
+    return tmp, cfg, good, cut, cfg_json
+
+
+def write_json(path, values):
+    with open(path, "w") as f:
+        json.dump(values, f)
+    return str(path)
+
+
+def test_missing_corrupt_and_unsafe_files(files, capsys, tmp_path):
+    tmp, _, _, cut, cfg_json = files
+    out = str(tmp_path / "o")
+    line = one_error(capsys, "import-official", "--pth", str(tmp_path / "nope.pth"), "--out", out)
+    assert line == f"error: checkpoint file not found: {tmp_path / 'nope.pth'}"
+    line = one_error(capsys, "import-official", "--pth", cut, "--out", out,
+                     "--model-config", cfg_json)
+    assert cut in line and "truncated or corrupt" in line
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    evil = str(tmp_path / "evil.pth")
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {}, "x": Payload()}, f, protocol=2)
+    line = one_error(capsys, "import-official", "--pth", evil, "--out", out)
+    assert evil in line and "carries code or objects" in line
+    assert not os.path.exists(out)
+
+
+def test_conversion_error_listing_becomes_one_line(files, capsys, tmp_path):
+    _, _, good, _, _ = files
+    # No config given and none embedded: the released ViT-B/16 architecture, which the tiny
+    # file does not fit. The key listing is kept, on the same line.
+    line = one_error(capsys, "import-official", "--pth", good, "--out", str(tmp_path / "o"))
+    assert good in line
+    assert ("with the wrong shape: knowledge_pool: got (1, 4, 8), expected (1, 16, 48), "
+            "class_embedding: got (32,), expected (768,), ") in line
+    assert "; 740 missing: transformer.resblocks.2.linear_a_q_static, " in line
+
+
+def test_bad_model_configs_are_named(files, capsys, tmp_path):
+    _, cfg, good, _, _ = files
+    out = str(tmp_path / "o")
+    values = json.loads(cfg.to_json())
+    cases = [
+        (str(tmp_path / "absent.json"), "No such file or directory"),
+        (write_json(tmp_path / "zero.json", dict(values, width=0)),
+         "zero.json: invalid model config: width=0 must be a positive integer"),
+        (write_json(tmp_path / "typo.json", dict(values, widht=32)),
+         "typo.json: not a MaMI model config"),
+        (write_json(tmp_path / "old.json", {k: v for k, v in values.items()
+                                            if k != "shift_input"}),
+         "old.json: model config lacks 'shift_input'"),
+    ]
+    bad_json = tmp_path / "broken.json"
+    bad_json.write_text("{width: 3")
+    cases.append((str(bad_json), "broken.json: not valid JSON"))
+    for config, needle in cases:
+        line = one_error(capsys, "import-official", "--pth", good, "--out", out,
+                         "--model-config", config)
+        assert needle in line, (needle, line)
+    line = one_error(capsys, "import-clip", "--source", str(tmp_path), "--out", out,
+                     "--model-config", cases[1][0])
+    assert "width=0" in line
+
+
+def test_bad_checkpoint_directories_and_outputs(files, capsys, tmp_path):
+    _, cfg, good, _, cfg_json = files
+    line = one_error(capsys, "export-torch", "--checkpoint", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "x.pth"))
+    assert "checkpoint directory not found" in line
+    # A converter checkpoint whose params item is garbage (orbax's own error, one line).
+    broken = tmp_path / "broken"
+    (broken / "params").mkdir(parents=True)
+    (broken / "params" / "_METADATA").write_text("not json")
+    (broken / "model_config.json").write_text(cfg.to_json())
+    line = one_error(capsys, "export-torch", "--checkpoint", str(broken), "--out",
+                     str(tmp_path / "x.pth"))
+    assert line.startswith(f"error: {broken / 'params'}: cannot read the orbax params item")
+    assert not os.path.exists(tmp_path / "x.pth")
+    # The output exists: refused before any conversion.
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, random_params(cfg), cfg)
+    line = one_error(capsys, "import-official", "--pth", good, "--out", ckpt,
+                     "--model-config", cfg_json)
+    assert "exists" in line and "--overwrite" in line
+    # An HF directory without config.json.
+    line = one_error(capsys, "import-clip", "--source", str(tmp_path), "--out",
+                     str(tmp_path / "c"), "--model-config", cfg_json)
+    assert "no config.json" in line
+
+
+def test_bad_arguments_are_one_line_with_status_2(capsys):
+    line = one_error(capsys, "export-torch", "--out", "x.pth", code=2)
+    assert "the following arguments are required: --checkpoint" in line
+    line = one_error(capsys, "convert-everything", code=2)
+    assert "invalid choice" in line
+    line = one_error(capsys, "import-clip", "--source", "a", "--out", "b", "--seed", "x",
+                     code=2)
+    assert "--seed" in line
+
+
+def test_one_line_keeps_titles_and_items():
+    assert one_line("head\n2 missing:\n  a\n  b\n1 unexpected:\n  c") == \
+        "head; 2 missing: a, b; 1 unexpected: c"
+    assert one_line("plain") == "plain"
+
+
+def test_real_process_prints_one_line_and_no_traceback(files, tmp_path):
+    """A fresh interpreter: no traceback, and no library log lines (orbax warns through
+    absl when it reads a damaged checkpoint)."""
+    _, cfg, _, _, _ = files
+    broken = tmp_path / "broken"
+    (broken / "params").mkdir(parents=True)
+    (broken / "params" / "_METADATA").write_text("not json")
+    (broken / "model_config.json").write_text(cfg.to_json())
+    proc = subprocess.run([sys.executable, "-m", "mami_jax.convert", "export-torch",
+                           "--checkpoint", str(broken), "--out", str(tmp_path / "x.pth")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"error: {broken / 'params'}: cannot read the orbax params item (JSONDecodeError: "
+        "Expecting value: line 1 column 1 (char 0))"]
+    assert proc.stdout == ""
