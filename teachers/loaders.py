@@ -175,7 +175,8 @@ def _timm(spec, path, torch):
 def _open_clip(spec, path, torch):
     from open_clip.timm_model import TimmModel
     args = dict(spec.model_args)
-    cfg = _folder_json(path, "open_clip_config.json").get("model_cfg", {})
+    full = _folder_json(path, "open_clip_config.json")
+    cfg, prep = full.get("model_cfg", {}), full.get("preprocess_cfg", {})
     vision = cfg.get("vision_cfg", {})
     args.update({k: v for k, v in (("timm_model_name", vision.get("timm_model_name")),
                                    ("pool", vision.get("timm_pool")),
@@ -191,7 +192,10 @@ def _open_clip(spec, path, torch):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     _load_strict(spec, visual, sd, path)
     size = int(args["image_size"])
-    return visual, visual, {"size": (size, size)}
+    changes = {"size": (size, size)}
+    if "mean" in prep and "std" in prep:
+        changes.update(mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    return visual, visual, changes
 
 
 def _monai_segresnet(spec, path, torch):
