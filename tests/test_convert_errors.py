@@ -133,6 +133,9 @@ def test_bad_checkpoint_directories_and_outputs(files, capsys, tmp_path):
     line = one_error(capsys, "import-official", "--pth", good, "--out", ckpt,
                      "--model-config", cfg_json)
     assert "exists" in line and "--overwrite" in line
+    line = one_error(capsys, "import-official", "--pth", good, "--out", str(tmp_path),
+                     "--model-config", cfg_json, "--overwrite")
+    assert f"{tmp_path} exists and is not a converter checkpoint" in line
     # An HF directory without config.json.
     line = one_error(capsys, "import-clip", "--source", str(tmp_path), "--out",
                      str(tmp_path / "c"), "--model-config", cfg_json)

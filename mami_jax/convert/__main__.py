@@ -31,7 +31,8 @@ import os
 import re
 import sys
 
-from mami_jax.convert.checkpoint_dir import load_config_file, load_params, save_params
+from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_config_file,
+                                             load_params, save_params)
 from mami_jax.convert.mapping import flatten_params
 
 
@@ -45,9 +46,14 @@ def _config(args):
 
 
 def _check_out_dir(args) -> None:
-    """Fails before any (slow) conversion rather than after it."""
-    if os.path.lexists(args.out) and not args.overwrite:
+    """Fails before any (slow) conversion rather than after it (save_params checks again)."""
+    if not os.path.lexists(args.out):
+        return
+    if not args.overwrite:
         raise FileExistsError(f"{args.out} exists; choose a new directory or pass --overwrite")
+    if not is_converter_checkpoint(args.out):
+        raise FileExistsError(f"{args.out} exists and is not a converter checkpoint; "
+                              "refusing to replace it even with --overwrite")
 
 
 def cmd_import_official(args) -> None:
