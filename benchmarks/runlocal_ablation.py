@@ -37,7 +37,7 @@ from mami_jax.data.pipeline import make_train_loader  # noqa: E402
 from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402
 from mami_jax.train.optim import learning_rate_schedule  # noqa: E402
 from mami_jax.models.embed import make_embed_fn  # noqa: E402
-from mami_jax.train.trainer import TRAIN_KEYS, build_model_and_state_fns  # noqa: E402
+from mami_jax.train.trainer import build_model_and_state_fns  # noqa: E402
 from mami_jax.train.step import make_train_step  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         for step in range(1, args.steps + 1):
             batch = next(data_iter)
-            state, metrics = step_fn(state, {k: batch[k] for k in TRAIN_KEYS})
+            state, metrics = step_fn(state, {k: v for k, v in batch.items() if not k.startswith("_")})
             if step % 25 == 0 or step == args.steps:
                 m = jax.device_get(metrics)
                 print(f"step {step}: id={float(m['id']):.3f} triplet={float(m['triplet']):.3f} "

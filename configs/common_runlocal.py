@@ -51,7 +51,7 @@ def apply(c) -> None:
     c.init.require_pretrained = False
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 50
-    c.optim.classifier_lr_multiplier = 1.0
+    c.optim.lr_multipliers.classifier = 1.0
     c.loss.id_neck = "batch_standardize"
 
     c.train.num_epochs = 0

@@ -72,12 +72,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.schedule = "cosine"  # or "constant"
     c.optim.grad_clip_norm = 1.0  # 0 = no clipping
     c.optim.grad_accum_steps = 1
-    c.optim.classifier_lr_multiplier = 10.0  # the new identity classifier starts from scratch
+    # Learning-rate multiplier per parameter group (train/heads.py); 1 where not given.
+    # The identity classifier starts from scratch while the backbone starts pretrained.
+    c.optim.lr_multipliers = ml_collections.ConfigDict({"classifier": 10.0})
     c.optim.freeze = ()  # regexes on parameter paths that are not trained
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.id_weight = 1.0
-    c.loss.triplet_weight = 1.0
+    # The objective: {term name: weight} (train/loss_terms.py lists the terms).
+    c.loss.terms = ml_collections.ConfigDict({"id": 1.0, "triplet": 1.0})
     c.loss.label_smoothing = 0.1
     c.loss.triplet_normalize = False
     c.loss.id_neck = "none"  # "batch_standardize": BNNeck in front of the classifier

@@ -30,6 +30,9 @@ RENAMED = {
     "data.stain_normalize_modalities": "data.modalities.<m>.stain_normalize",
     "data.eval_uncropped_modalities": "data.modalities.<m>.eval_whole",
     "data.eval_symmetry_modalities": "data.modalities.<m>.eval_symmetry",
+    "loss.id_weight": "loss.terms.id",
+    "loss.triplet_weight": "loss.terms.triplet",
+    "optim.classifier_lr_multiplier": "optim.lr_multipliers.classifier",
 }
 
 #: Old key -> why it is gone.

@@ -1,43 +1,48 @@
-"""What is trained: MaMI plus the identity classifier used only by the training loss.
+"""What is trained: MaMI plus the heads its loss terms read, and the loss of one batch.
 
-Parameters are ``{"mami": <MaMI params>, "classifier": {"kernel"}}``. The
-classifier is a bias-free linear layer over the training patients; it is thrown
-away after training (checkpoints keep MaMI's parameters as their own item).
-
-``neck="batch_standardize"`` puts the parameter-free BNNeck
-(``losses.batch_standardize``) between the embedding and the classifier; the
-triplet loss and evaluation still see MaMI's own embedding.
+``TrainModel(config, num_classes)`` builds MaMI under the parameter group ``"mami"``
+and every head named by the configured loss terms (``loss_terms``, ``heads``) under
+its own group; ``apply(variables, batch)`` returns ``{"mami": MaMIOutput, <head>:
+dict}``. ``make_loss_fn`` turns it into ``loss(params, batch) -> (total, logs)``.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
+import jax.numpy as jnp
 import ml_collections
 
-from mami_jax.train import losses
-from mami_jax.models import MaMI, MaMIOutput
+from mami_jax.models import MaMI
+from mami_jax.models.embed import example_images
+from mami_jax.train import heads as heads_lib
+from mami_jax.train import loss_terms
 
-NECKS = ("none", "batch_standardize")
+
+class TrainModel(nn.Module):
+    config: ml_collections.ConfigDict   # the experiment config (model, loss, ...)
+    num_classes: int                    # training identities (classifier rows)
+
+    @nn.compact
+    def __call__(self, batch: dict) -> dict:
+        out = MaMI(self.config.model, name=heads_lib.MODEL_GROUP)(batch["images"])
+        outputs = {heads_lib.MODEL_GROUP: out}
+        for name in loss_terms.heads_needed(self.config.loss):
+            head = heads_lib.head_spec(name).build(self.config, self.num_classes, name=name)
+            outputs[name] = head(out, batch)
+        return outputs
 
 
-class ReIDTrainModel(nn.Module):
-    model_cfg: ml_collections.ConfigDict
-    num_classes: int
-    neck: str = "none"
+def example_batch(config) -> dict:
+    """One image of every field the model and heads read at ``init`` (shapes only matter)."""
+    return {"images": example_images(config.model.image_size),
+            "label": jnp.zeros((1,), jnp.int32), "mask": jnp.ones((1,), bool)}
 
-    def setup(self):
-        if self.neck not in NECKS:
-            raise ValueError(f"loss.id_neck={self.neck!r}: expected one of {NECKS}")
-        self.mami = MaMI(self.model_cfg)
-        self.classifier = nn.Dense(self.num_classes, use_bias=False,
-                                   kernel_init=nn.initializers.normal(0.01))
 
-    def __call__(self, images: jax.Array, mask: jax.Array | None = None
-                 ) -> tuple[MaMIOutput, jax.Array]:
-        """MaMI's output and the identity logits; ``mask`` marks the real rows for the neck."""
-        out = self.mami(images)
-        features = out.embedding
-        if self.neck == "batch_standardize":
-            features = losses.batch_standardize(features, mask)
-        return out, self.classifier(features)
+def make_loss_fn(model: TrainModel, loss_cfg):
+    """loss(params, batch) -> (total, logs): the configured terms on the model's outputs."""
+
+    def loss_fn(params, batch):
+        outputs = model.apply({"params": params}, batch)
+        return loss_terms.compute_terms(outputs, batch, loss_cfg)
+
+    return loss_fn

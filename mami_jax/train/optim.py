@@ -1,11 +1,13 @@
-"""The optimiser: AdamW with warmup + cosine decay, clipping, freezing, accumulation-free.
+"""The optimiser: AdamW with warmup + cosine decay, clipping, freezing, per-group rates.
 
-Built from ``config.optim``. Freezing is by regex on parameter paths
-("mami/block_0/.*"): frozen leaves get zero updates (``optax.set_to_zero``) and no
-optimizer state. The identity classifier, which starts from scratch while the
-backbone starts pretrained, can get a larger learning rate. Weight decay skips
-biases, LayerNorm scales, embeddings and the codebook (1-D and position tables),
-the usual practice for ViTs.
+Built from ``config.optim``. Every parameter group (``train/heads.py``: MaMI and each
+head) is its own optimiser label with its own learning-rate multiplier
+(``optim.lr_multipliers[<group>]``, default 1): a head that starts from scratch
+while the backbone starts pretrained can learn faster. Freezing is by regex on
+parameter paths ("mami/block_0/.*"): frozen leaves get zero updates
+(``optax.set_to_zero``) and no optimizer state. Weight decay skips biases, LayerNorm
+scales, embeddings and the codebook (1-D and position tables), the usual practice
+for ViTs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import jax
 import optax
 
+from mami_jax.train.heads import HEADS, MODEL_GROUP
 from mami_jax.train.sharding import path_to_str
 
 _NO_DECAY = re.compile(r"(bias|scale|class_embedding|pos_embedding|codebook|static)$")
@@ -35,12 +38,28 @@ def learning_rate_schedule(cfg, total_steps: int):
 
 
 def _labels(params, freeze_patterns):
+    """Each leaf's optimiser label: "frozen", or its parameter group (first path part)."""
     def label(path, _):
         name = path_to_str(path)
         if any(re.match(p, name) for p in freeze_patterns):
             return "frozen"
-        return "classifier" if name.startswith("classifier/") else "model"
+        return name.split("/", 1)[0]
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def group_lr_multipliers(cfg, groups) -> dict:
+    """``optim.lr_multipliers`` for the model's ``groups``, 1.0 where not given.
+
+    A name that is no declared group at all (a typo) is an error; a declared head that
+    this run does not build (its loss term is off) is fine.
+    """
+    given = {str(k): float(v) for k, v in dict(cfg.lr_multipliers).items()}
+    declared = {MODEL_GROUP, *HEADS}
+    unknown = sorted(set(given) - declared)
+    if unknown:
+        raise ValueError(f"optim.lr_multipliers names {unknown}, which are not parameter groups; "
+                         f"declared groups (train/heads.py): {sorted(declared)}")
+    return {g: given.get(g, 1.0) for g in groups}
 
 
 def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformation:
@@ -56,9 +75,11 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
 
     labels = _labels(params, tuple(cfg.freeze))
     used = set(jax.tree_util.tree_leaves(labels))
-    transforms = {"model": adamw(1.0), "classifier": adamw(cfg.classifier_lr_multiplier),
-                  "frozen": optax.set_to_zero()}
-    tx = optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
+    multipliers = group_lr_multipliers(cfg, set(params))
+    transforms = {g: adamw(m) for g, m in multipliers.items() if g in used}
+    if "frozen" in used:
+        transforms["frozen"] = optax.set_to_zero()
+    tx = optax.multi_transform(transforms, labels)
     if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx

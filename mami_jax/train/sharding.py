@@ -86,7 +86,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """Assembles every process's share into global arrays sharded over the data axis."""
+    """Assembles every process's share into global arrays sharded over the data axis.
+
+    Every entry is a per-image field (an array, or a nested dict of arrays such as
+    per-teacher features and masks) whose first axis is the batch; entries whose key
+    starts with ``_`` are host-side bookkeeping (e.g. ``_skipped``) and stay behind.
+    So a field the pipeline adds reaches the step and the losses with no list to edit.
+    """
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    fields = {k: v for k, v in local_batch.items() if not str(k).startswith("_")}
+    return jax.tree_util.tree_map(
+        lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), fields)

@@ -14,45 +14,22 @@ the returned metrics; the training loop stops there, naming the step.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from mami_jax.train import losses
+from mami_jax.train.objective import make_loss_fn
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array        # int32 scalar: number of updates applied
-    params: Any            # {"mami": ..., "classifier": ...}
+    params: Any            # {"mami": ..., <head group>: ...} (train/heads.py)
     opt_state: Any
     rng: jax.Array         # uint32 key data, folded with the step for any stochastic op
-
-
-def loss_weights(loss_cfg) -> dict:
-    return {"id": float(loss_cfg.id_weight), "triplet": float(loss_cfg.triplet_weight)}
-
-
-def make_loss_fn(model, loss_cfg) -> Callable:
-    """loss(params, batch) -> (total, logs) for the re-ID objective."""
-    weights = loss_weights(loss_cfg)
-
-    def loss_fn(params, batch):
-        mask = batch["mask"]
-        out, logits = model.apply({"params": params}, batch["images"], mask)
-        terms = {
-            "id": losses.identity_cross_entropy(logits, batch["label"],
-                                                label_smoothing=loss_cfg.label_smoothing,
-                                                mask=mask),
-            "triplet": losses.batch_hard_soft_margin_triplet(
-                out.embedding, batch["label"], mask=mask, normalize=loss_cfg.triplet_normalize),
-        }
-        return losses.total_loss(terms, weights)
-
-    return loss_fn
 
 
 def _split_microbatches(batch: dict, num: int) -> dict:

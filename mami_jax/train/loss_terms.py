@@ -1,0 +1,90 @@
+"""The training objective's terms, by name.
+
+``config.loss.terms`` lists ``{name: weight}``; the step computes every listed term
+and minimises ``sum(weight * term)`` (``losses.total_loss``), logging each term, its
+weighted value and the total. Adding a term is one function here, registered under
+its name (with the heads it reads, see ``heads.py``), and one config line.
+
+A term is ``fn(outputs, batch, loss_cfg) -> scalar``:
+- ``outputs["mami"]`` is MaMI's output (``MaMIOutput``: embedding, local map, modality
+  representation, code weights); ``outputs[<head>]`` the dict a head returned;
+- ``batch`` holds every per-image field of the training batch on the device
+  (``images``, ``label``, ``mask``, and whatever the pipeline adds), sliced to the
+  microbatch under gradient accumulation;
+- rows with ``mask`` False (padding, skipped images) must not contribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+
+from mami_jax.train import losses
+
+TermFn = Callable[[dict, dict, object], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    fn: TermFn
+    heads: tuple[str, ...] = ()   # parameter groups (heads.py) whose outputs the term reads
+
+
+LOSS_TERMS: dict[str, LossTerm] = {}
+
+
+def register(name: str, heads: tuple[str, ...] = ()):
+    def wrap(fn: TermFn) -> TermFn:
+        if name in LOSS_TERMS:
+            raise ValueError(f"loss term {name!r} registered twice")
+        LOSS_TERMS[name] = LossTerm(fn, tuple(heads))
+        return fn
+    return wrap
+
+
+@register("id", heads=("classifier",))
+def identity(outputs: dict, batch: dict, cfg) -> jax.Array:
+    """Identity cross-entropy of the classifier head (label smoothing ``loss.label_smoothing``)."""
+    return losses.identity_cross_entropy(outputs["classifier"]["logits"], batch["label"],
+                                         label_smoothing=cfg.label_smoothing, mask=batch["mask"])
+
+
+@register("triplet")
+def triplet(outputs: dict, batch: dict, cfg) -> jax.Array:
+    """Batch-hard soft-margin triplet on MaMI's embedding (``loss.triplet_normalize``)."""
+    return losses.batch_hard_soft_margin_triplet(outputs["mami"].embedding, batch["label"],
+                                                 mask=batch["mask"],
+                                                 normalize=cfg.triplet_normalize)
+
+
+def configured_terms(loss_cfg) -> dict[str, float]:
+    """``loss.terms`` as ``{name: weight}``, checked: known names, finite weights, not empty."""
+    terms = {str(k): v for k, v in dict(loss_cfg.terms).items()}
+    unknown = sorted(set(terms) - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"loss.terms: unknown term(s) {unknown}; known: {sorted(LOSS_TERMS)}")
+    if not terms:
+        raise ValueError("loss.terms is empty: name at least one term, e.g. {'triplet': 1.0}")
+    out = {}
+    for name, weight in terms.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not math.isfinite(weight):
+            raise ValueError(f"loss.terms.{name}={weight!r}: a weight must be a finite number")
+        out[name] = float(weight)
+    return out
+
+
+def heads_needed(loss_cfg) -> tuple[str, ...]:
+    """The heads the configured terms read, in a fixed order (sorted by name)."""
+    return tuple(sorted({h for name in configured_terms(loss_cfg)
+                         for h in LOSS_TERMS[name].heads}))
+
+
+def compute_terms(outputs: dict, batch: dict, loss_cfg) -> tuple[jax.Array, dict]:
+    """(weighted total, logs) of the configured terms."""
+    weights = configured_terms(loss_cfg)
+    values = {name: LOSS_TERMS[name].fn(outputs, batch, loss_cfg) for name in weights}
+    return losses.total_loss(values, weights)
