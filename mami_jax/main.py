@@ -3,11 +3,16 @@
 Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
 or embed (write embeddings of every manifest row). Run as a script, it first restarts
 itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
+
+A refusal (``user_errors()``: the project's error types for bad input or state, each
+with a message that names the file, row, key or checkpoint item) ends the run with one
+``error: <message>`` line on stderr and exit status 1. Any other exception is a bug and
+keeps its traceback; ``--verbosity=1`` shows the traceback of a refusal too.
 """
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mami_jax import config_renames
@@ -23,11 +28,36 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "embed"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def user_errors() -> tuple:
+    """Exception types that describe bad input or a refused request, not a bug."""
+    from mami_jax.convert.mapping import ConversionError
+    from mami_jax.convert.torch_io import CheckpointFileError
+    from mami_jax.data.datasets.common import DatasetLayoutError
+    from mami_jax.data.decode import DecodeError
+    from mami_jax.data.manifest import ManifestError
+    from mami_jax.data.pipeline import DataError
+    from mami_jax.train.checkpointing import CheckpointError
+    from mami_jax.train.trainer import NonFiniteLossError
+    return (CheckpointError, ManifestError, DataError, DecodeError, DatasetLayoutError,
+            CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_info()  # orbax's per-save INFO lines; --v=1 shows them
     malloc_preload.log_allocator()
+    try:
+        _hand_off()
+    except user_errors() as e:
+        if logging.get_verbosity() >= 1:
+            raise
+        message = " ".join(str(e).split("\n")) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _hand_off():
     if _MODE.value == "train":
         from mami_jax.train.trainer import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

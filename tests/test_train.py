@@ -7,16 +7,16 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mami_jax.train import sharding
 from configs.all import get_config as all_config
 from mami_jax.train.optim import make_optimizer
-from mami_jax.train.trainer import NonFiniteLossError, _check_finite, make_init_state
-from mami_jax.train.objective import ReIDTrainModel
-from mami_jax.train.step import loss_and_grads, make_loss_fn, make_train_step
+from mami_jax.train.trainer import (KILL_AFTER_STEP_ENV, NonFiniteLossError, _check_finite,
+                                     make_init_state)
+from mami_jax.train.objective import TrainModel, example_batch, make_loss_fn
+from mami_jax.train.step import loss_and_grads, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,10 +46,9 @@ def _batch(seed=0, n=8, t=1):
 
 
 def _setup(cfg, num_classes=6):
-    model = ReIDTrainModel(cfg.model, num_classes, neck=cfg.loss.id_neck)
+    model = TrainModel(cfg, num_classes)
     rng = jax.random.key(0)
-    abstract = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 1, 32, 32, 3)))["params"],
-                              rng)
+    abstract = jax.eval_shape(lambda r: model.init(r, example_batch(cfg))["params"], rng)
     opt = make_optimizer(cfg.optim, abstract, 10)
     init_state = make_init_state(cfg, model, opt)
     return model, opt, init_state, rng
@@ -90,18 +89,22 @@ def test_neck_standardizes_the_classifier_input_only():
     model, _, init_state, rng = _setup(cfg)
     params = init_state(rng).params
     batch = _batch()
-    mask = np.asarray([True] * 6 + [False] * 2)
-    out, logits = model.apply({"params": params}, batch["images"], mask)
-    emb = np.asarray(out.embedding, np.float64)
+    batch["mask"] = np.asarray([True] * 6 + [False] * 2)
+    outputs = model.apply({"params": params}, batch)
+    logits = outputs["classifier"]["logits"]
+    emb = np.asarray(outputs["mami"].embedding, np.float64)
     mean, std = emb[:6].mean(0), emb[:6].std(0)
     expected = ((emb - mean) / np.sqrt(std ** 2 + 1e-5)) @ np.asarray(params["classifier"]["kernel"])
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-6)
-    plain = ReIDTrainModel(cfg.model, 6)
-    _, plain_logits = plain.apply({"params": params}, batch["images"])
+    with cfg.unlocked():
+        cfg.loss.id_neck = "none"
+    plain_logits = TrainModel(cfg, 6).apply({"params": params}, batch)["classifier"]["logits"]
     np.testing.assert_allclose(plain_logits, emb @ np.asarray(params["classifier"]["kernel"]),
                                rtol=1e-4, atol=1e-6)
+    with cfg.unlocked():
+        cfg.loss.id_neck = "bn"
     with pytest.raises(ValueError, match="loss.id_neck='bn'"):
-        ReIDTrainModel(cfg.model, 6, neck="bn").init(rng, batch["images"])
+        TrainModel(cfg, 6).init(rng, batch)
 
 
 def test_gradient_accumulation_averages_microbatches():
@@ -168,7 +171,7 @@ def test_partition_rule_that_does_not_divide_names_the_parameter():
                                 ((r".*kernel", (None, "model")),), mesh)
 
 
-def _main(workdir, cache, *flags, check=True):
+def _main(workdir, cache, *flags, check=True, env=None):
     cmd = [sys.executable, "-m", "mami_jax.main", "--config=configs/all.py:runlocal",
            f"--workdir={workdir}"]
     overrides = {
@@ -182,7 +185,7 @@ def _main(workdir, cache, *flags, check=True):
         v = f"({','.join(map(str, v))},)" if isinstance(v, tuple) else v
         cmd.append(f"--config.{k}={v}")
     proc = subprocess.run(cmd + list(flags), cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     return proc
@@ -210,8 +213,8 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     assert sorted(os.listdir(straight / "checkpoints")) == ["2", "4"]
 
     resumed = tmp_path / "resumed"
-    killed = _main(resumed, cache, "--config.train.eval_at_start=False",
-                   "--config.train.debug_kill_at_step=2", check=False)
+    killed = _main(resumed, cache, "--config.train.eval_at_start=False", check=False,
+                   env={KILL_AFTER_STEP_ENV: "2"})  # test-only switch, not a config key
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(os.listdir(resumed / "checkpoints")) == ["2"]
     again = _main(resumed, cache, "--config.train.eval_at_start=False",

@@ -1,86 +1,339 @@
 """Training checkpoints: orbax CheckpointManager over WORKDIR/checkpoints/<step>/.
 
-Each step directory holds three items:
+Each step directory holds four items:
 - ``params``: MaMI's parameters alone (what evaluation, embedding and the PyTorch
   export read; ``python -m mami_jax.convert export-torch --checkpoint`` accepts it);
-- ``train``: the identity classifier, optimizer state, step and RNG;
+- ``train``: every other parameter group (the heads only training uses, e.g. the
+  identity classifier), optimizer state, step and RNG;
 - ``data``: the grain iterator state, so a resumed run reads exactly the batches
-  it would have read.
+  it would have read;
+- ``labels``: the identity-label map the classifier was trained with: identity key
+  ("dataset/patient_id", see ``data/sampler.py``) -> classifier row.
 The model config is written next to them as WORKDIR/model_config.json.
 
-orbax writes each step into a temporary directory and renames it when complete,
-so a killed process never leaves a half-written checkpoint that would be
-restored; the last N steps are kept.
+What is resumed is what was saved. Before a resume writes anything, the requested
+model config is compared with model_config.json (``check_model_config``; the keys in
+``EXECUTION_ONLY_KEYS`` change how, not what, the model computes and may differ) and
+the training identities with the saved label map (``check_label_map``): a classifier
+row must keep meaning the same patient. A checkpoint without a label map cannot be
+checked and is refused for training (evaluation and embedding read ``params`` only
+and still accept it). Every refusal and every damaged item (missing folder,
+truncated file, unreadable JSON) raises ``CheckpointError`` naming the step
+directory or file and the item.
+
+orbax writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it when
+complete, so a killed process never leaves a half-written checkpoint that would be
+restored; ``Checkpointer.remove_unfinished_saves`` deletes those leftovers at the
+next start. Files are created with the umask's permissions (orbax honours it); the
+last N steps are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from typing import Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from mami_jax.models import MaMI
+from mami_jax.models.embed import example_images
+from mami_jax.runtime.atomic_files import write_text_atomic
+from mami_jax.train import sharding
 from mami_jax.train.step import TrainState
+
+MODEL_CONFIG_FILE = "model_config.json"
+#: MaMI's parameter group: the ``params`` item; every other group is a training head.
+MODEL_GROUP = "mami"
+ITEMS = ("params", "train", "data", "labels")
+
+#: Model config keys that may differ between the saved and the requested config: the
+#: initialisation scheme (already spent on the saved weights), numeric precision and
+#: rematerialisation change how the weights were made or are run, not their function.
+EXECUTION_ONLY_KEYS = frozenset({"init", "dtype", "remat"})
+
+#: A step folder orbax had not finished writing (orbax's temporary-path suffix).
+_UNFINISHED_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
+
+#: How many example identities a label-map refusal lists per kind of change.
+_EXAMPLES = 3
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model_config.json cannot be used as asked; the message names
+    the file or step directory, the item or config key, and what differs."""
+
+
+# ----------------------------------------------------------------------------------
+# model_config.json
 
 
 def model_config_path(workdir: str) -> str:
-    return os.path.join(workdir, "model_config.json")
+    return os.path.join(workdir, MODEL_CONFIG_FILE)
 
 
 def write_model_config(workdir: str, model_cfg) -> None:
-    """Atomic write of the model config used to build the checkpointed params."""
+    """Atomic write (umask permissions) of the model config the checkpointed params use."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = model_config_path(workdir)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(model_cfg.to_json(indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(model_config_path(workdir), model_cfg.to_json(indent=2))
 
 
 def read_model_config(workdir: str) -> dict:
-    with open(model_config_path(workdir)) as f:
-        return json.load(f)
+    """The saved model config as a dict; a missing, non-JSON or non-object file is a
+    CheckpointError naming it."""
+    path = model_config_path(workdir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoints of {workdir} cannot be "
+                              "matched to a model config") from None
+    try:
+        values = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of model config values, "
+                              f"got {type(values).__name__}")
+    return values
+
+
+_ABSENT = "<absent>"
+
+
+def _plain(value):
+    """JSON-comparable form: tuples and lists alike, nested."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def model_config_differences(saved: Mapping, requested: Mapping) -> dict[str, tuple]:
+    """key -> (saved value, requested value) for every key whose values differ (a key
+    only one side has shows ``"<absent>"`` on the other), ignoring EXECUTION_ONLY_KEYS."""
+    differ = {}
+    for key in sorted((set(saved) | set(requested)) - EXECUTION_ONLY_KEYS):
+        a = _plain(saved[key]) if key in saved else _ABSENT
+        b = _plain(requested[key]) if key in requested else _ABSENT
+        if a != b:
+            differ[key] = (a, b)
+    return differ
+
+
+def check_model_config(workdir: str, model_cfg, action: str) -> None:
+    """Raises CheckpointError listing ``model.<key>: saved -> requested`` when
+    ``model_cfg`` differs from WORKDIR/model_config.json in a key that changes the
+    function. ``action`` says what is refused ("resume training", "evaluate")."""
+    saved = read_model_config(workdir)
+    differ = model_config_differences(saved, model_cfg.to_dict())
+    if differ:
+        listed = "; ".join(f"model.{k}: {a!r} -> {b!r}" for k, (a, b) in differ.items())
+        raise CheckpointError(
+            f"refusing to {action}: the requested model config differs from "
+            f"{model_config_path(workdir)} (saved -> requested): {listed}. Use the saved "
+            f"values, or a new workdir for a different model")
+
+
+# ----------------------------------------------------------------------------------
+# identity-label map
+
+
+def label_map_payload(label_map: Mapping[str, int]) -> dict:
+    return {"num_classes": len(label_map),
+            "label_map": {str(k): int(v) for k, v in sorted(label_map.items(), key=lambda kv: kv[1])}}
+
+
+def label_map_differences(saved: Mapping[str, int], requested: Mapping[str, int]):
+    """(added, removed, moved): identity keys only ``requested`` has, only ``saved`` has,
+    and (key, saved row, requested row) for keys whose classifier row changed; sorted."""
+    added = sorted(set(requested) - set(saved))
+    removed = sorted(set(saved) - set(requested))
+    moved = [(k, saved[k], requested[k]) for k in sorted(set(saved) & set(requested))
+             if saved[k] != requested[k]]
+    return added, removed, moved
+
+
+def check_label_map(saved: Mapping[str, int], requested: Mapping[str, int], where: str) -> None:
+    """Raises CheckpointError with the counts (and a few examples) of added, removed and
+    moved identities when the training identities differ from the saved ones."""
+    added, removed, moved = label_map_differences(saved, requested)
+    if not (added or removed or moved):
+        return
+
+    def examples(keys):
+        more = ", ..." if len(keys) > _EXAMPLES else ""
+        return ", ".join(keys[:_EXAMPLES]) + more
+
+    parts = []
+    if added:
+        parts.append(f"{len(added)} added (e.g. {examples(added)})")
+    if removed:
+        parts.append(f"{len(removed)} removed (e.g. {examples(removed)})")
+    if moved:
+        parts.append(f"{len(moved)} moved to another classifier row (e.g. "
+                     f"{examples([f'{k}: row {a} -> {b}' for k, a, b in moved])})")
+    raise CheckpointError(
+        f"refusing to resume training: the training patients differ from those the "
+        f"identity classifier of {where} was trained with ({len(saved)} saved, "
+        f"{len(requested)} now): {'; '.join(parts)}. Train with the same manifest, "
+        f"splits and modalities, or in a new workdir")
+
+
+def _parse_label_map(payload, where: str) -> dict[str, int]:
+    mapping = payload.get("label_map") if isinstance(payload, dict) else None
+    if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in mapping.items()):
+        raise CheckpointError(f"{where}: item 'labels' is not an identity-label map "
+                              "(expected {\"label_map\": {identity: row}})")
+    return mapping
+
+
+# ----------------------------------------------------------------------------------
+# the checkpoint manager
+
+
+def latest_step(workdir: str):
+    """The latest finished step in WORKDIR/checkpoints, or None; creates nothing."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int = 3):
+    """The step directories of one workdir. ``read_only`` opens existing checkpoints
+    (evaluation, embedding) without creating anything."""
+
+    def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_names=("params", "train", "data"))
+        if read_only:  # (orbax's own read_only option logs a warning on every open)
+            options = ocp.CheckpointManagerOptions(create=False)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_iterator) -> None:
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def remove_unfinished_saves(self) -> list[str]:
+        """Deletes step folders a killed save left unfinished; returns their paths.
+        Call at start-up, before the first save."""
+        removed = []
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return removed
+        for name in sorted(os.listdir(self.directory)):
+            if _UNFINISHED_STEP.match(name):
+                path = os.path.join(self.directory, name)
+                shutil.rmtree(path)
+                logging.warning("removed the unfinished checkpoint save %s", path)
+                removed.append(path)
+        return removed
+
+    def check_items(self, step: int, items=ITEMS) -> None:
+        """Raises CheckpointError naming the step directory and every missing item."""
+        where = self.step_dir(step)
+        found = sorted(os.listdir(where)) if os.path.isdir(where) else []
+        missing = [item for item in items if item not in found]
+        if missing == ["labels"] and "labels" in items:
+            raise CheckpointError(
+                f"checkpoint {where} has no identity-label map (item 'labels'; checkpoints "
+                f"written by an older mami_jax lack it), so its classifier rows cannot be "
+                f"matched to patients: refusing to resume training. --mode=eval/embed still "
+                f"read it; train in a new workdir")
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {where} is damaged: item(s) {missing} missing (found {found}). "
+                f"Delete that step directory to resume from an earlier step")
+
+    def _restore_item(self, step: int, item: str, args):
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
+        except Exception as e:  # orbax, tensorstore and json raise many types
+            raise CheckpointError(
+                f"checkpoint {self.step_dir(step)} is damaged: item '{item}' cannot be read "
+                f"({type(e).__name__}: {_first_line(e)})") from e
+        return restored[item]
+
+    def saved_label_map(self, step: int) -> dict[str, int]:
+        self.check_items(step, ("labels",))
+        payload = self._restore_item(step, "labels", ocp.args.JsonRestore())
+        return _parse_label_map(payload, self.step_dir(step))
+
+    def save(self, state: TrainState, data_iterator, label_map: Mapping[str, int]) -> None:
         step = int(jax.device_get(state.step))
-        train = {"classifier": state.params["classifier"], "opt_state": state.opt_state,
-                 "step": state.step, "rng": state.rng}
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params["mami"]),
-            train=ocp.args.StandardSave(train),
-            data=grain.checkpoint.CheckpointSave(data_iterator)))
+            train=ocp.args.StandardSave(_train_item(state)),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            labels=ocp.args.JsonSave(label_map_payload(label_map))))
 
     def restore(self, step: int, abstract_state: TrainState, data_iterator) -> TrainState:
-        """Restores into the shardings of ``abstract_state`` (ShapeDtypeStructs with sharding)."""
+        """Restores into the shardings of ``abstract_state`` (ShapeDtypeStructs with
+        sharding), one item at a time so that an error names the item."""
+        self.check_items(step)
         a = abstract_state
-        abstract_train = {"classifier": a.params["classifier"], "opt_state": a.opt_state,
-                          "step": a.step, "rng": a.rng}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(a.params["mami"]),
-            train=ocp.args.StandardRestore(abstract_train),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        train = restored["train"]
+        params = self._restore_item(step, "params",
+                                    ocp.args.StandardRestore(a.params[MODEL_GROUP]))
+        train = self._restore_item(step, "train", ocp.args.StandardRestore(_train_item(a)))
+        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return TrainState(step=train["step"], rng=train["rng"], opt_state=train["opt_state"],
-                          params={"mami": restored["params"], "classifier": train["classifier"]})
+                          params={MODEL_GROUP: params, **train["heads"]})
+
+    def restore_params(self, step: int, abstract_params):
+        """MaMI's parameters alone (``abstract_params``: ShapeDtypeStructs with sharding)."""
+        self.check_items(step, ("params",))
+        return self._restore_item(step, "params", ocp.args.StandardRestore(abstract_params))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_model_params(workdir: str, config, mesh, action: str = "evaluate"):
+    """(step, MaMI params) of the latest checkpoint of ``workdir``, placed per
+    ``config.partition_rules`` on ``mesh``, after ``check_model_config``: what evaluation,
+    embedding and inference read. ``action`` names the use in a refusal."""
+    check_model_config(workdir, config.model, action)
+    step = latest_step(workdir)
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+                                "train first")
+    abstract = jax.eval_shape(lambda: MaMI(config.model).init(
+        jax.random.key(0), example_images(config.model.image_size))["params"])
+    shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        return step, ckpt.restore_params(step, target)
+    finally:
+        ckpt.close()
+
+
+def _train_item(state: TrainState) -> dict:
+    """What the ``train`` item holds: every parameter group but MaMI's, and the rest of
+    the state (works alike on arrays and on ShapeDtypeStructs)."""
+    heads = {g: p for g, p in state.params.items() if g != MODEL_GROUP}
+    return {"heads": heads, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else repr(error)

@@ -4,8 +4,17 @@ rows -> mesh -> input pipeline -> shapes by ``jax.eval_shape`` -> sharded init
 (or resume from the latest checkpoint) -> donated jitted step -> loop with
 logging, checkpoints, NaN guard and evaluations -> final evaluation.
 
-Everything the run writes lives under WORKDIR: checkpoints/<step>/{params,train,data},
+Everything the run writes lives under WORKDIR: checkpoints/<step>/{params,train,data,labels},
 model_config.json, tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
+
+A resume is checked before anything is written (``mami_jax/train/checkpointing.py``):
+the model config against model_config.json, the training patients against the saved
+identity-label map, the step directory's items; a mismatch or a damaged item is a
+``CheckpointError``. Unfinished saves of a killed run are removed at start-up.
+
+Resume tests kill the process right after a checkpoint: ``KILL_AFTER_STEP_ENV`` (read
+in ``_kill_after_step`` only) names the step; it is not a config key because no
+experiment should ever set it.
 """
 
 from __future__ import annotations
@@ -21,19 +30,32 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from mami_jax.runtime.atomic_files import remove_stale_temporaries
 from mami_jax.train import checkpointing, sharding
 from mami_jax.data.loading import load_rows
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import evaluate
 from mami_jax.runtime.metric_writer import MetricWriter
-from mami_jax.models.embed import example_images, make_embed_fn
+from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
 from mami_jax.train.optim import learning_rate_schedule, make_optimizer
 from mami_jax.train.pretrained import load_pretrained
-from mami_jax.train.objective import ReIDTrainModel
+from mami_jax.train.objective import TrainModel, example_batch
 from mami_jax.train.step import TrainState, make_train_step
 
-TRAIN_KEYS = ("images", "label", "mask")
+#: Test-only: SIGKILL the trainer right after the checkpoint of this step is written.
+KILL_AFTER_STEP_ENV = "_MAMI_JAX_TEST_KILL_AFTER_STEP"
+
+
+def _kill_after_step() -> int:
+    """The step after whose checkpoint a resume test wants the process killed; -1: never."""
+    value = os.environ.get(KILL_AFTER_STEP_ENV, "").strip()
+    if not value:
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{KILL_AFTER_STEP_ENV}={value!r}: expected a step number") from None
 
 
 def total_steps_of(config, loader) -> int:
@@ -47,7 +69,7 @@ def total_steps_of(config, loader) -> int:
 def make_init_state(config, model, optimizer):
     """rng -> a fresh TrainState (step 0, random parameters, optimiser state, step RNG)."""
     def init_state(rng):
-        params = model.init(rng, example_images(config.model.image_size))["params"]
+        params = model.init(rng, example_batch(config))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params),
                           rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
@@ -69,8 +91,8 @@ def _check_finite(step: int, metrics: dict, ckpt) -> None:
 def build_model_and_state_fns(config, num_classes: int, total_steps: int):
     """(train model, optimiser, init_state) for ``config``: what every training loop needs
     before it decides how to place and restore the state."""
-    model = ReIDTrainModel(config.model, num_classes, neck=config.loss.id_neck)
-    abstract_params = jax.eval_shape(lambda r: model.init(r, example_images(config.model.image_size))["params"],
+    model = TrainModel(config, num_classes)
+    abstract_params = jax.eval_shape(lambda r: model.init(r, example_batch(config))["params"],
                                      jax.random.key(config.seed))
     optimizer = make_optimizer(config.optim, abstract_params, total_steps)
     return model, optimizer, make_init_state(config, model, optimizer)
@@ -81,6 +103,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final evaluation metrics per group."""
     maybe_initialize_distributed()
     workdir = os.path.abspath(workdir)
+    kill_after = _kill_after_step()
+    resume_step = checkpointing.latest_step(workdir)
+    if resume_step is not None:  # before anything is written
+        checkpointing.check_model_config(workdir, config.model, "resume training")
     os.makedirs(workdir, exist_ok=True)
     rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -102,21 +128,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
     abstract_state = jax.eval_shape(init_state, rng)
     state_shardings = sharding.tree_shardings(abstract_state, config.partition_rules, mesh)
 
-    checkpointing.write_model_config(workdir, config.model)
     ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     data_iter = iter(loader)
-    latest = ckpt.latest_step()
-    if latest is not None:
+    if resume_step is not None:
+        checkpointing.check_label_map(ckpt.saved_label_map(resume_step), loader.label_map,
+                                      ckpt.step_dir(resume_step))
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract_state, state_shardings)
-        state = ckpt.restore(latest, target, data_iter)
-        logging.info("resumed from %s/%d", ckpt.directory, latest)
+        state = ckpt.restore(resume_step, target, data_iter)
+        logging.info("resumed from %s", ckpt.step_dir(resume_step))
     else:
         state = jax.jit(init_state, out_shardings=state_shardings)(rng)
         mami_params = load_pretrained(state.params["mami"], config)
         state = state.replace(params=dict(state.params, mami=mami_params))
         state = jax.device_put(state, state_shardings)
+    if jax.process_index() == 0:
+        ckpt.remove_unfinished_saves()
+        for path in remove_stale_temporaries(workdir):
+            logging.warning("removed the unfinished write %s", path)
+    checkpointing.write_model_config(workdir, config.model)
 
     step_fn = make_train_step(model, optimizer, config.loss,
                               accum_steps=int(config.optim.grad_accum_steps),
@@ -150,8 +181,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     try:
         for step in range(start + 1, total_steps + 1):
             batch = next(data_iter)
-            state, metrics = train_step(state, sharding.global_batch(
-                {k: batch[k] for k in TRAIN_KEYS}, mesh))
+            state, metrics = train_step(state, sharding.global_batch(batch, mesh))
             if pending is not None:  # check the previous step while this one runs
                 _check_finite(*pending, ckpt)
             pending = (step, metrics)
@@ -164,8 +194,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", step=step)
             if step % config.train.checkpoint_every == 0 or last:
                 _check_finite(step, jax.device_get(metrics), ckpt)
-                ckpt.save(state, data_iter)
-            if step == config.train.debug_kill_at_step:
+                ckpt.save(state, data_iter, loader.label_map)
+            if step == kill_after:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last:

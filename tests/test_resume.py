@@ -1,0 +1,316 @@
+"""What is resumed is what was saved: refusals before anything is written, damaged
+checkpoints named by directory and item, cleanup of killed saves, file permissions,
+and the one-line ``error:`` of ``python -m mami_jax.main``.
+
+One tiny run (2 steps, one checkpoint) is trained once per module; every test works on
+its own copy of that workdir.
+"""
+
+import csv
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from mami_jax.data.loading import load_rows
+from mami_jax.data.manifest import COLUMNS
+from mami_jax.data.sampler import train_label_map
+from mami_jax.run_checkpoint import restore_params, run
+from mami_jax.train import checkpointing, sharding
+from mami_jax.train.checkpointing import CheckpointError
+from mami_jax.train.trainer import train_and_evaluate
+from tests.test_train import _main, tiny_config
+
+
+def _cfg(root, manifest="", **model):
+    """The tiny run on the X-ray phantoms under ``root`` (one modality: one compiled step
+    shape), or on ``manifest``; ``model`` overrides model keys."""
+    cfg = tiny_config(os.path.join(root, "phantoms"), total_steps=2, checkpoint_every=2,
+                      eval_at_start=False, eval_at_end=False)
+    with cfg.unlocked():
+        cfg.model.update(model)
+        cfg.data.manifest = manifest
+        cfg.data.only_modalities = ("xray",)
+        for block in cfg.data.modalities.values():  # weights of the absent modalities
+            block.source_weight = None
+    return cfg
+
+
+def _write_manifest(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            writer.writerow([getattr(r, c) for c in COLUMNS])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(workdir, root of the phantoms) of a finished 2-step run, trained under umask 0o022."""
+    root = str(tmp_path_factory.mktemp("resume"))
+    workdir = os.path.join(root, "run")
+    old = os.umask(0o022)
+    try:
+        train_and_evaluate(_cfg(root), workdir)
+    finally:
+        os.umask(old)
+    return workdir, root
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A private copy of the trained workdir: (workdir, root of the phantoms, step directory)."""
+    workdir, root = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    return copy, root, os.path.join(copy, "checkpoints", "2")
+
+
+def _snapshot(root):
+    """Every path under ``root`` with its size, modification time and mode."""
+    out = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            st = os.stat(path)
+            out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+def _eval_restore(cfg, workdir):
+    return restore_params(cfg, workdir, sharding.make_mesh())
+
+
+# ---------------------------------------------------------------- model config
+
+
+def test_changed_model_config_is_refused_before_anything_is_written(run_copy):
+    workdir, root, _ = run_copy
+    before = _snapshot(workdir)
+    with pytest.raises(CheckpointError) as err:
+        train_and_evaluate(_cfg(root, leaky_slope=0.2, rank=2), workdir)
+    message = str(err.value)
+    assert message.startswith("refusing to resume training")
+    assert os.path.join(workdir, "model_config.json") in message
+    assert "model.leaky_slope: 0.1 -> 0.2; model.rank: 4 -> 2." in message
+    assert _snapshot(workdir) == before
+    # The saved model is still the one evaluation accepts ...
+    step, _ = _eval_restore(_cfg(root), workdir)
+    assert step == 2
+    # ... and evaluation refuses the changed one with the same comparison.
+    with pytest.raises(CheckpointError, match=r"refusing to evaluate: .*model\.leaky_slope: "
+                                              r"0\.1 -> 0\.2"):
+        _eval_restore(_cfg(root, leaky_slope=0.2), workdir)
+
+
+def test_execution_only_keys_may_differ_on_resume(run_copy):
+    workdir, root, _ = run_copy
+    train_and_evaluate(_cfg(root, dtype="bfloat16", remat=True, init="released"), workdir)
+    saved = checkpointing.read_model_config(workdir)
+    assert (saved["dtype"], saved["remat"], saved["init"]) == ("bfloat16", True, "released")
+
+
+def test_model_config_differences():
+    saved = {"generator_hidden": [24, 16], "rank": 4, "dtype": "float32", "old": 1}
+    requested = {"generator_hidden": (24, 16), "rank": 8, "dtype": "bfloat16", "new": 2}
+    assert checkpointing.model_config_differences(saved, requested) == {
+        "new": ("<absent>", 2), "old": (1, "<absent>"), "rank": (4, 8)}
+
+
+@pytest.mark.parametrize("text,problem", [("{not json", ": not valid JSON"),
+                                          ("[1, 2]", ": expected a JSON object"),
+                                          (None, " is missing")])
+def test_unreadable_model_config_is_named(run_copy, text, problem):
+    workdir, root, _ = run_copy
+    path = os.path.join(workdir, "model_config.json")
+    os.remove(path)
+    if text is not None:
+        with open(path, "w") as f:
+            f.write(text)
+    for attempt in (lambda: train_and_evaluate(_cfg(root), workdir),
+                    lambda: _eval_restore(_cfg(root), workdir)):
+        with pytest.raises(CheckpointError, match=f"{path}{problem}"):
+            attempt()
+    assert (open(path).read() if text is not None else os.path.exists(path)) == (text or False)
+
+
+# ---------------------------------------------------------------- identity labels
+
+
+def test_label_map_is_saved_with_the_checkpoint(run_copy):
+    workdir, root, step_dir = run_copy
+    rows = load_rows(_cfg(root), workdir)
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+        assert ckpt.saved_label_map(2) == train_label_map(rows)
+    finally:
+        ckpt.close()
+    assert len(train_label_map(rows)) > 5
+    assert {"data", "labels", "params", "train"} <= set(os.listdir(step_dir))
+
+
+def test_other_training_patients_of_the_same_count_are_refused(run_copy, tmp_path):
+    workdir, root, step_dir = run_copy
+    rows = load_rows(_cfg(root), workdir)
+    keys = sorted(train_label_map(rows))
+    first = rows[[r.patient_key for r in rows].index(keys[0])]
+    renamed = [dataclasses.replace(r, patient_id="zz_new") if r.patient_key == keys[0] else r
+               for r in rows]
+    cfg = _cfg(root, _write_manifest(renamed, tmp_path / "renamed.csv"))
+    before = _snapshot(workdir)
+    with pytest.raises(CheckpointError) as err:
+        train_and_evaluate(cfg, workdir)
+    message = str(err.value)
+    # The first patient leaves and a new one sorts last: every other row moves up by one.
+    assert f"of {step_dir} was trained with ({len(keys)} saved, {len(keys)} now)" in message
+    assert f"1 added (e.g. {first.dataset}/zz_new)" in message
+    assert f"1 removed (e.g. {keys[0]})" in message
+    assert f"{len(keys) - 1} moved to another classifier row (e.g. {keys[1]}: row 1 -> 0" in message
+    assert _snapshot(workdir) == before
+
+
+def test_fewer_training_patients_are_refused_with_counts_not_a_shape_error(run_copy, tmp_path):
+    workdir, root, step_dir = run_copy
+    rows = load_rows(_cfg(root), workdir)
+    keys = sorted(train_label_map(rows))
+    dropped = [r for r in rows if r.patient_key != keys[-1]]
+    cfg = _cfg(root, _write_manifest(dropped, tmp_path / "fewer.csv"))
+    with pytest.raises(CheckpointError) as err:
+        train_and_evaluate(cfg, workdir)
+    message = str(err.value)
+    assert f"({len(keys)} saved, {len(keys) - 1} now): 1 removed (e.g. {keys[-1]})." in message
+    assert " added (" not in message and " moved to another" not in message
+
+
+def test_label_map_differences():
+    saved = {"d/a": 0, "d/b": 1, "d/c": 2}
+    requested = {"d/b": 0, "d/c": 1, "d/e": 2, "d/f": 3}
+    assert checkpointing.label_map_differences(saved, requested) == (
+        ["d/e", "d/f"], ["d/a"], [("d/b", 1, 0), ("d/c", 2, 1)])
+    checkpointing.check_label_map(saved, dict(saved), "x")  # same map: no error
+
+
+def test_checkpoint_without_label_map_is_refused_for_training_only(run_copy):
+    workdir, root, step_dir = run_copy
+    shutil.rmtree(os.path.join(step_dir, "labels"))
+    with pytest.raises(CheckpointError, match=f"checkpoint {step_dir} has no identity-label "
+                                              r"map \(item 'labels'"):
+        train_and_evaluate(_cfg(root), workdir)
+    assert _eval_restore(_cfg(root), workdir)[0] == 2
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _delete_train(step_dir):
+    shutil.rmtree(os.path.join(step_dir, "train"))
+    return r"item\(s\) \['train'\] missing"
+
+
+def _truncate_params_data(step_dir):
+    """Halves the data files of the ``params`` item's merged database (params/d/*: what a
+    restore reads; the per-process files may hold superseded chunks nobody reads)."""
+    data = os.path.join(step_dir, "params", "d")
+    assert os.listdir(data)
+    for name in os.listdir(data):
+        path = os.path.join(data, name)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    return "item 'params' cannot be read"
+
+
+def _empty(step_dir, item):
+    for name in os.listdir(os.path.join(step_dir, item)):
+        if name != "commit_success.txt":
+            open(os.path.join(step_dir, item, name), "w").close()
+    return f"item '{item}' cannot be read"
+
+
+DAMAGE = {
+    "train item deleted": _delete_train,
+    "params data truncated": _truncate_params_data,
+    "data state emptied": lambda d: _empty(d, "data"),
+    "labels emptied": lambda d: _empty(d, "labels"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_checkpoint_names_directory_and_item(run_copy, damage):
+    workdir, root, step_dir = run_copy
+    problem = DAMAGE[damage](step_dir)
+    config_before = open(os.path.join(workdir, "model_config.json")).read()
+    with pytest.raises(CheckpointError, match=f"checkpoint {step_dir} is damaged: {problem}"):
+        train_and_evaluate(_cfg(root), workdir)
+    assert open(os.path.join(workdir, "model_config.json")).read() == config_before
+    if damage == "params data truncated":  # the only item evaluation reads
+        with pytest.raises(CheckpointError, match=f"checkpoint {step_dir} is damaged: {problem}"):
+            _eval_restore(_cfg(root), workdir)
+
+
+# ---------------------------------------------------------------- leftovers, permissions
+
+
+def test_unfinished_saves_and_writes_are_removed_at_start(run_copy):
+    workdir, root, _ = run_copy
+    unfinished = os.path.join(workdir, "checkpoints", "4.orbax-checkpoint-tmp-1234567")
+    os.makedirs(os.path.join(unfinished, "params"))
+    stale = os.path.join(workdir, ".model_config.json.mami-tmp-abc123.json")
+    open(stale, "w").close()
+    train_and_evaluate(_cfg(root), workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+    assert not os.path.exists(stale)
+
+
+def test_everything_written_gets_the_umask_permissions(trained, tmp_path):
+    workdir, root = trained  # trained under umask 0o022
+    modes = {}
+    for here, dirs, files in os.walk(workdir):
+        if os.path.relpath(here, workdir).startswith("phantoms"):
+            continue
+        for name in dirs:
+            modes[os.path.join(here, name)] = os.stat(os.path.join(here, name)).st_mode & 0o777
+        for name in files:
+            modes[os.path.join(here, name)] = os.stat(os.path.join(here, name)).st_mode & 0o777
+    config_file = os.path.join(workdir, "model_config.json")
+    assert modes[config_file] == 0o644
+    assert any("/checkpoints/2/params/" in p for p in modes)
+    wrong = {p: oct(m) for p, m in modes.items()
+             if m != (0o755 if os.path.isdir(p) else 0o644)}
+    assert not wrong
+
+    old = os.umask(0o022)
+    try:
+        emb = run("embed", _cfg(root), workdir)
+    finally:
+        os.umask(old)
+    path = os.path.join(workdir, "embeddings", "step_2.npz")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    with np.load(path) as data:
+        assert data["embedding"].shape == emb.shape and set(data["modality"]) == {"xray"}
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_main_prints_one_error_line_for_a_refusal(run_copy):
+    """Both refusals come before any data is read, so the all-modality flags of _main do."""
+    workdir, root, _ = run_copy
+    cache = os.path.join(root, "phantoms")
+    proc = _main(workdir, cache, "--config.model.leaky_slope=0.2", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: refusing to resume training: ")
+    assert "model.leaky_slope: 0.1 -> 0.2" in last
+
+    with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        f.write("[1, 2]")
+    proc = _main(workdir, cache, "--mode=eval", check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {workdir}/model_config.json: expected a JSON object of model config values, "
+        "got list")
