@@ -16,19 +16,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from mami_jax.train import checkpointing, sharding
 from mami_jax.data.loading import load_rows
-from mami_jax.evaluate.evaluator import embed_rows, evaluate
-from mami_jax.models.embed import make_embed_fn
+from mami_jax.evaluate.evaluator import evaluate
+from mami_jax.inference import Embedder
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.distributed import maybe_initialize_distributed
+from mami_jax.train import checkpointing, sharding
 
 EMBEDDING_COLUMNS = ("image_id", "patient_id", "study_id", "modality", "dataset", "split")
-
-
-def restore_params(config, workdir: str, mesh, action: str = "evaluate"):
-    """(step, MaMI params) of the latest checkpoint (checkpointing.restore_model_params)."""
-    return checkpointing.restore_model_params(workdir, config, mesh, action)
 
 
 def run(mode: str, config, workdir: str):
@@ -38,14 +33,14 @@ def run(mode: str, config, workdir: str):
     checkpointing.check_model_config(workdir, config.model, action)  # before the data
     rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    step, params = restore_params(config, workdir, mesh, action)
-    embed_fn = make_embed_fn(config.model)(params)
+    model = Embedder.from_workdir(workdir, config, mesh, action)
     if mode == "eval":
-        return evaluate(embed_fn, rows, config, mesh,
-                        os.path.join(workdir, "eval", f"step_{step}"), title=f"step {step}")
-    emb = embed_rows(embed_fn, rows, list(range(len(rows))), config.data, mesh, config.eval.batch_size)
+        return evaluate(model.embed_batch, rows, config, mesh,
+                        os.path.join(workdir, "eval", f"step_{model.step}"),
+                        title=f"step {model.step}")
+    emb = model.embed_rows(rows, mesh=mesh)
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "embeddings", f"step_{step}.npz")
+        path = os.path.join(workdir, "embeddings", f"step_{model.step}.npz")
         columns = {c: np.asarray([getattr(r, c) for r in rows]) for c in EMBEDDING_COLUMNS}
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))
         logging.info("wrote %d embeddings to %s", len(rows), path)

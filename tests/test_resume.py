@@ -17,7 +17,8 @@ import pytest
 from mami_jax.data.loading import load_rows
 from mami_jax.data.manifest import COLUMNS
 from mami_jax.data.sampler import train_label_map
-from mami_jax.run_checkpoint import restore_params, run
+from mami_jax.inference import Embedder
+from mami_jax.run_checkpoint import run
 from mami_jax.train import checkpointing, sharding
 from mami_jax.train.checkpointing import CheckpointError
 from mami_jax.train.trainer import train_and_evaluate
@@ -81,7 +82,8 @@ def _snapshot(root):
 
 
 def _eval_restore(cfg, workdir):
-    return restore_params(cfg, workdir, sharding.make_mesh())
+    model = Embedder.from_workdir(str(workdir), cfg, sharding.make_mesh(), "evaluate")
+    return model.step, model.params
 
 
 # ---------------------------------------------------------------- model config

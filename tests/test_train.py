@@ -192,10 +192,9 @@ def _main(workdir, cache, *flags, check=True, env=None):
 
 
 def _final_params(workdir):
-    from mami_jax.run_checkpoint import restore_params
-    cfg = tiny_config()
-    step, params = restore_params(cfg, workdir, sharding.make_mesh())
-    return step, jax.device_get(params)
+    from mami_jax.inference import Embedder
+    model = Embedder.from_workdir(str(workdir), tiny_config())
+    return model.step, jax.device_get(model.params)
 
 
 def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):

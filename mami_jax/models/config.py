@@ -142,16 +142,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def config_differences(saved: ml_collections.ConfigDict, given: ml_collections.ConfigDict,
-                       *, ignore=EXECUTION_KEYS) -> list[str]:
-    """``"key: saved X, given Y"`` for every key whose values differ, in key order.
+def differing_values(saved, given, *, ignore=EXECUTION_KEYS) -> dict[str, tuple]:
+    """key -> (saved value, given value) for every key whose values differ, in key order.
 
-    Keys in ``ignore`` (by default the execution settings) are not compared.
+    ``saved`` and ``given`` are ConfigDicts or plain mappings (a config read back from
+    JSON); a key only one side has shows ``"<absent>"`` on the other. Keys in ``ignore``
+    (by default the execution settings) are not compared.
     """
-    a, b = saved.to_dict(), given.to_dict()
-    out = []
+    a = saved.to_dict() if hasattr(saved, "to_dict") else dict(saved)
+    b = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+    out = {}
     for key in sorted((set(a) | set(b)) - set(ignore)):
         va, vb = _plain(a.get(key, "<absent>")), _plain(b.get(key, "<absent>"))
         if va != vb:
-            out.append(f"{key}: saved {va!r}, given {vb!r}")
+            out[key] = (va, vb)
     return out
+
+
+def config_differences(saved, given, *, ignore=EXECUTION_KEYS) -> list[str]:
+    """``"key: saved X, given Y"`` for every key whose values differ (``differing_values``)."""
+    return [f"{key}: saved {va!r}, given {vb!r}"
+            for key, (va, vb) in differing_values(saved, given, ignore=ignore).items()]

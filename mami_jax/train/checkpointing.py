@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mami_jax.models import MaMI
+from mami_jax.models.config import EXECUTION_KEYS, differing_values
 from mami_jax.models.embed import example_images
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.train import sharding
@@ -55,7 +56,7 @@ ITEMS = ("params", "train", "data", "labels")
 #: Model config keys that may differ between the saved and the requested config: the
 #: initialisation scheme (already spent on the saved weights), numeric precision and
 #: rematerialisation change how the weights were made or are run, not their function.
-EXECUTION_ONLY_KEYS = frozenset({"init", "dtype", "remat"})
+EXECUTION_ONLY_KEYS = frozenset(EXECUTION_KEYS)
 
 #: A step folder orbax had not finished writing (orbax's temporary-path suffix).
 _UNFINISHED_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
@@ -104,28 +105,10 @@ def read_model_config(workdir: str) -> dict:
     return values
 
 
-_ABSENT = "<absent>"
-
-
-def _plain(value):
-    """JSON-comparable form: tuples and lists alike, nested."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
 def model_config_differences(saved: Mapping, requested: Mapping) -> dict[str, tuple]:
-    """key -> (saved value, requested value) for every key whose values differ (a key
-    only one side has shows ``"<absent>"`` on the other), ignoring EXECUTION_ONLY_KEYS."""
-    differ = {}
-    for key in sorted((set(saved) | set(requested)) - EXECUTION_ONLY_KEYS):
-        a = _plain(saved[key]) if key in saved else _ABSENT
-        b = _plain(requested[key]) if key in requested else _ABSENT
-        if a != b:
-            differ[key] = (a, b)
-    return differ
+    """key -> (saved value, requested value) for every key that changes the function
+    (``models.config.differing_values``: ``EXECUTION_ONLY_KEYS`` may differ)."""
+    return differing_values(saved, requested, ignore=EXECUTION_ONLY_KEYS)
 
 
 def check_model_config(workdir: str, model_cfg, action: str) -> None:

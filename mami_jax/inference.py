@@ -1,0 +1,113 @@
+"""A trained MaMI, ready to embed images: the one entry for using a model after training.
+
+    from mami_jax.inference import Embedder
+    model = Embedder.from_workdir("/tmp/run", config)          # latest training checkpoint
+    model = Embedder.from_export("mami.safetensors")           # an exported / released file
+    x = model.preprocess(row)            # (T, H, W, 3): the evaluation transform of a manifest row
+    e = model.embed(x[None])             # (1, C) embeddings
+    E = model.embed_rows(rows)           # every row, batched, as evaluation embeds them
+
+``--mode=eval`` and ``--mode=embed`` of ``python -m mami_jax.main``, the applications
+and the notebooks all go through here, so an embedding means the same everywhere: the
+same restored parameters (refused when the saved model config differs from the
+requested one), the same evaluation transform (``config.data``: sizes, normalisation,
+per-modality treatment) and, for ``embed_rows``, the same batching and
+symmetry-averaging as the evaluator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.pipeline import read_example
+from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.models import validate_config
+from mami_jax.models.config import config_differences
+from mami_jax.models.embed import make_embed_fn
+from mami_jax.train import checkpointing, sharding
+
+
+def _default_data_config() -> ml_collections.ConfigDict:
+    from mami_jax.config import base_config  # the paper's preprocessing (224 px, ImageNet)
+    return base_config().data
+
+
+@dataclasses.dataclass
+class Embedder:
+    """MaMI parameters with the config they belong to and the preprocessing they expect."""
+
+    model_cfg: ml_collections.ConfigDict
+    params: dict
+    data_cfg: ml_collections.ConfigDict
+    step: Optional[int] = None   # training step of the checkpoint, when known
+    source: str = ""             # where the parameters came from
+    batch_size: int = 64         # images per batch in ``embed_rows`` (config.eval.batch_size)
+
+    def __post_init__(self):
+        validate_config(self.model_cfg)
+        #: The jitted embedding of a batch dict ({"images": ...}, possibly sharded), as the
+        #: evaluator calls it.
+        self.embed_batch = make_embed_fn(self.model_cfg)(self.params)
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_workdir(cls, workdir: str, config, mesh=None, action: str = "use") -> "Embedder":
+        """The latest checkpoint of a training workdir, for the experiment ``config``
+        (refused, naming the keys, when ``config.model`` is not the saved one; ``action``
+        names the use in that refusal)."""
+        mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
+        step, params = checkpointing.restore_model_params(workdir, config, mesh, action)
+        return cls(config.model, params, config.data, step=step,
+                   source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
+
+    @classmethod
+    def from_export(cls, path: str, data_cfg=None, model_cfg=None) -> "Embedder":
+        """An exported or released PyTorch file (``.pth``/``.safetensors``) or a converter
+        checkpoint folder; ``data_cfg`` defaults to the released model's preprocessing."""
+        import os
+
+        from mami_jax.convert.checkpoint_dir import load_params
+        from mami_jax.convert.official import load_official
+        if os.path.isdir(path):
+            params, cfg = load_params(path)
+            if model_cfg is not None:
+                _refuse_other_config(cfg, model_cfg, path)
+        else:
+            imported = load_official(path, cfg=model_cfg)
+            params, cfg = imported.params, imported.cfg
+        return cls(cfg, params, data_cfg if data_cfg is not None else _default_data_config(),
+                   source=path)
+
+    # -- use ------------------------------------------------------------------------
+    def preprocess(self, row: ManifestRow) -> np.ndarray:
+        """The evaluation view of one manifest row, (T, H, W, 3) float32."""
+        return read_example(row, self.data_cfg)
+
+    def embed(self, images) -> np.ndarray:
+        """(B, T, H, W, 3) preprocessed images -> (B, C) embeddings (not normalised)."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 5 or images.shape[-1] != 3:
+            raise ValueError(f"embed expects (B, T, H, W, 3) images; got shape {images.shape}")
+        return np.asarray(jax.device_get(self.embed_batch({"images": images})), np.float32)
+
+    def embed_rows(self, rows: Sequence[ManifestRow], indices: Sequence[int] | None = None,
+                   mesh=None, batch_size: int | None = None) -> np.ndarray:
+        """Embeddings of ``rows[indices]`` (all rows by default) exactly as evaluation makes
+        them: batched over the mesh, symmetry-averaged where the data config says so."""
+        mesh = mesh or sharding.make_mesh(-1, 1)
+        indices = list(range(len(rows))) if indices is None else list(indices)
+        return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
+                          int(batch_size or self.batch_size))
+
+
+def _refuse_other_config(saved, given, where: str) -> None:
+    differ = config_differences(saved, given)
+    if differ:
+        raise ValueError(f"{where}: its model config differs from the one given: "
+                         + "; ".join(differ))

@@ -1,0 +1,72 @@
+"""mami_jax.inference.Embedder: one way to embed with a trained model, equal to the model's
+own forward pass, the evaluator's batching and an exported file's function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mami_jax.convert.official import export_official
+from mami_jax.data.config import default_data_config, update_modalities
+from mami_jax.data.manifest import read_manifest
+from mami_jax.data.pipeline import read_example
+from mami_jax.inference import Embedder
+from mami_jax.models import MaMI, default_config
+from mami_jax.phantoms import generate
+
+TINY = dict(width=32, depth=2, num_heads=4, patch_size=8, image_size=32, rank=4, num_codes=4,
+            generator_hidden=(24, 16), qkv_groups=4, mlp_groups=8, adapter_width=8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = default_config()
+    with cfg.unlocked():
+        cfg.update(TINY)
+    params = MaMI(cfg).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))["params"]
+    # Make every path (deltas, shift) active so a wrong restore or shift would show.
+    params = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
+    data_cfg = default_data_config()
+    update_modalities(data_cfg, image_size=32, resize_size=36)
+    update_modalities(data_cfg, ("ct", "mri"), slices=2)
+    return Embedder(cfg, params, data_cfg, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    manifest = generate(str(tmp_path_factory.mktemp("ph") / "p"), patients=6, visits=2, seed=1,
+                        image_size=32, slices=2, workers=1)
+    return read_manifest(manifest)
+
+
+def test_embed_is_the_models_forward_pass_on_the_evaluation_view(model, rows):
+    row = next(r for r in rows if r.modality == "mri")
+    x = model.preprocess(row)
+    np.testing.assert_array_equal(x, read_example(row, model.data_cfg))
+    assert x.shape == (2, 32, 32, 3)
+    expected = MaMI(model.model_cfg).apply({"params": model.params}, x[None]).embedding
+    np.testing.assert_allclose(model.embed(x[None]), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"expects \(B, T, H, W, 3\) images; got shape"):
+        model.embed(x)
+
+
+def test_embed_rows_batches_like_single_images(model, rows):
+    xray = [i for i, r in enumerate(rows) if r.modality == "xray"]
+    batched = model.embed_rows(rows, xray)
+    single = np.concatenate([model.embed(model.preprocess(rows[i])[None]) for i in xray])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
+
+
+def test_from_export_computes_the_same_function(model, rows, tmp_path):
+    path = str(tmp_path / "mami.safetensors")
+    export_official(path, model.params, model.model_cfg)
+    loaded = Embedder.from_export(path, data_cfg=model.data_cfg)
+    assert loaded.model_cfg.shift_input == "router"
+    x = model.preprocess(rows[0])[None]
+    np.testing.assert_allclose(loaded.embed(x), model.embed(x), rtol=1e-5, atol=1e-6)
+    other = default_config()
+    with other.unlocked():
+        other.update(dict(TINY, rank=2))
+    with pytest.raises(ValueError, match="rank: saved 4, given 2"):
+        Embedder.from_export(path, model_cfg=other)
