@@ -130,19 +130,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     data_iter = iter(loader)
-    if resume_step is not None:
-        checkpointing.check_label_map(ckpt.saved_label_map(resume_step), loader.label_map,
-                                      ckpt.step_dir(resume_step))
-        target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state, state_shardings)
-        state = ckpt.restore(resume_step, target, data_iter)
-        logging.info("resumed from %s", ckpt.step_dir(resume_step))
-    else:
-        state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-        mami_params = load_pretrained(state.params["mami"], config)
-        state = state.replace(params=dict(state.params, mami=mami_params))
-        state = jax.device_put(state, state_shardings)
+    try:
+        if resume_step is not None:
+            checkpointing.check_label_map(ckpt.saved_label_map(resume_step), loader.label_map,
+                                          ckpt.step_dir(resume_step))
+            target = jax.tree_util.tree_map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                abstract_state, state_shardings)
+            state = ckpt.restore(resume_step, target, data_iter)
+            logging.info("resumed from %s", ckpt.step_dir(resume_step))
+        else:
+            state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+            mami_params = load_pretrained(state.params["mami"], config)
+            state = state.replace(params=dict(state.params, mami=mami_params))
+            state = jax.device_put(state, state_shardings)
+    except BaseException:  # a refusal or a damaged checkpoint: stop orbax's threads too
+        getattr(data_iter, "close", lambda: None)()
+        ckpt.close()
+        raise
     if jax.process_index() == 0:
         ckpt.remove_unfinished_saves()
         for path in remove_stale_temporaries(workdir):
