@@ -2,10 +2,19 @@
 
     python -m mami_jax.main --config=configs/all.py --workdir=DIR
     python -m mami_jax.main --config=configs/all.py:runlocal --workdir=DIR   # 2-core CPU
+    python -m mami_jax.main --config=configs/all.py:teachers=FEATURES --workdir=DIR
+    python -m mami_jax.main --config=configs/all.py:runlocal,align --workdir=DIR
+
+Difference alignment (docs/design.md#difference-alignment) is on exactly when teacher
+features are configured: ``teachers=FEATURES`` reads the default medical bag
+(``teachers.registry.MEDICAL_BAG``) stored in FEATURES by ``python -m teachers.extract``;
+``align`` (with ``runlocal``) uses the embedded phantom teachers ``RUNLOCAL_TEACHERS``,
+extracted into WORKDIR/teachers on the first run. Either adds ``loss.terms.align``.
 """
 
 from configs import common_runlocal
-from mami_jax.config import base_config, parse_arg
+from mami_jax.config import ALIGN_WEIGHT, base_config, parse_arg
+from teachers import registry
 
 #: runlocal: each modality's share of the training steps, by need and cost. CT learns
 #: fastest, fundus and MRI need more steps, and a pathology step (80 px crops) costs
@@ -13,11 +22,44 @@ from mami_jax.config import base_config, parse_arg
 RUNLOCAL_SOURCE_WEIGHTS = {"xray": 0.09, "ct": 0.125, "fundus": 0.285, "mri": 0.29,
                            "pathology": 0.21}
 
+#: The teachers of ``runlocal,align``: need no download and run on a CPU. ``anatomy``
+#: knows the phantoms' hidden identity parameters (what re-ID should recover);
+#: ``efficientnet_lite0`` is a real ImageNet network, a generic visual prior.
+#: ``random_tiny`` is left out: a random network's differences carry no prior.
+RUNLOCAL_TEACHERS = ("anatomy", "efficientnet_lite0")
+
+WORDS = ("runlocal", "align", "teachers")
+
+
+def use_teachers(c, names, features_dir: str = "", extract: bool = False) -> None:
+    """Configures the teacher features ``names`` (sizes from the registry) and adds the
+    "align" term with the paper's weight."""
+    t = c.data.teacher_features
+    t.dir, t.extract = features_dir, extract
+    t.teachers = tuple(names)
+    t.dims = {n: registry.get_spec(n).feature_dim for n in names}
+    with c.loss.terms.unlocked():
+        c.loss.terms.align = ALIGN_WEIGHT
+    if c.optim.lr_multipliers.classifier == 1.0:  # runlocal: everything from scratch
+        c.optim.lr_multipliers.align = 1.0
+
 
 def get_config(arg=None):
+    words = parse_arg(arg, WORDS)
     c = base_config()
-    if parse_arg(arg).get("runlocal"):
+    if words.get("runlocal"):
         common_runlocal.apply(c)
         for modality, weight in RUNLOCAL_SOURCE_WEIGHTS.items():
             c.data.modalities[modality].source_weight = weight
+    if words.get("align"):
+        if not words.get("runlocal"):
+            raise ValueError("config word 'align' uses the embedded phantom teachers: combine it "
+                             "with 'runlocal', or give teachers=FEATURES_DIR")
+        use_teachers(c, RUNLOCAL_TEACHERS, extract=True)
+    if words.get("teachers"):
+        if words.get("align"):
+            raise ValueError("config words 'align' and 'teachers=' are exclusive")
+        if words["teachers"] is True:
+            raise ValueError("config word 'teachers' needs a folder: teachers=FEATURES_DIR")
+        use_teachers(c, registry.MEDICAL_BAG, features_dir=str(words["teachers"]))
     return c

@@ -73,8 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 1.0  # 0 = no clipping
     c.optim.grad_accum_steps = 1
     # Learning-rate multiplier per parameter group (train/heads.py); 1 where not given.
-    # The identity classifier starts from scratch while the backbone starts pretrained.
-    c.optim.lr_multipliers = ml_collections.ConfigDict({"classifier": 10.0})
+    # The identity classifier and the alignment head start from scratch while the
+    # backbone starts pretrained.
+    c.optim.lr_multipliers = ml_collections.ConfigDict({"classifier": 10.0, "align": 10.0})
     c.optim.freeze = ()  # regexes on parameter paths that are not trained
 
     c.loss = ml_collections.ConfigDict()
@@ -83,6 +84,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.label_smoothing = 0.1
     c.loss.triplet_normalize = False
     c.loss.id_neck = "none"  # "batch_standardize": BNNeck in front of the classifier
+    # Difference alignment to frozen teachers (term "align", docs/design.md#difference-alignment):
+    # loss.terms gets {"align": ALIGN_WEIGHT} only when teacher features are configured.
+    c.loss.align = ml_collections.ConfigDict()
+    c.loss.align.temperature = 0.1
+    c.loss.align.variant = "difference"  # or "single": align P_i with Q_i (the ablation)
+    c.loss.align.mlp_hidden = 0  # width of the query MLP's hidden layers; 0 = model width
 
     c.train = ml_collections.ConfigDict()
     c.train.num_epochs = 20
@@ -115,8 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg: str | None) -> dict:
-    """"runlocal" and "key=value" words separated by commas, e.g. "runlocal,modality=xray"."""
+#: Weight of the "align" term against the re-identification loss (the paper's lambda).
+ALIGN_WEIGHT = 0.01
+
+
+def parse_arg(arg: str | None, known: tuple[str, ...] = ("runlocal",)) -> dict:
+    """Words separated by commas, "word" or "key=value", e.g. "runlocal,teachers=DIR";
+    ``known`` lists the words the experiment file accepts."""
     out = {}
     for word in (arg or "").split(","):
         word = word.strip()
@@ -124,7 +136,8 @@ def parse_arg(arg: str | None) -> dict:
             continue
         key, _, value = word.partition("=")
         out[key] = value if _ else True
-    unknown = set(out) - {"runlocal"}
+    unknown = set(out) - set(known)
     if unknown:
-        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: runlocal")
+        raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: "
+                         f"{', '.join(known)}")
     return out

@@ -36,10 +36,12 @@ def user_errors() -> tuple:
     from mami_jax.data.decode import DecodeError
     from mami_jax.data.manifest import ManifestError
     from mami_jax.data.pipeline import DataError
+    from mami_jax.data.teacher_features import TeacherFeatureError
     from mami_jax.train.checkpointing import CheckpointError
     from mami_jax.train.trainer import NonFiniteLossError
     return (CheckpointError, ManifestError, DataError, DecodeError, DatasetLayoutError,
-            CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError)
+            CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError,
+            TeacherFeatureError)
 
 
 def main(argv):

@@ -31,6 +31,7 @@ CONFIG_ARGS = ("", "runlocal")
 #: Keys whose value is listed per modality or elsewhere in the dump, or not compared
 #: (train.debug_kill_at_step is a test hook, not part of a recipe).
 _NOT_IN_OTHER = ("data.modalities", "data.source_weights", "data.only_modalities",
+                 "data.teacher_features",  # added after the fixture was dumped
                  "eval.batch_size", "train.debug_kill_at_step")
 
 

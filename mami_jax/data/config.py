@@ -86,6 +86,16 @@ def default_data_config() -> ml_collections.ConfigDict:
     # images of one modality): evaluation never matches across modalities (sampler.py).
     c.identity_classes = "patient"
     c.skip_bad_images = False  # True: unreadable images are skipped (mask False) and counted
+    # Frozen teachers' stored features, joined to each training batch by image_id
+    # (data/teacher_join.py) for the "align" loss term (docs/design.md#difference-alignment).
+    t = c.teacher_features = ml_collections.ConfigDict()
+    t.dir = ""  # folder written by `python -m teachers.extract`; "" = none (WORKDIR/teachers
+    #             when `extract` is on)
+    t.teachers = ()  # teachers joined (and extracted); each needs its feature size in `dims`
+    t.dims = ml_collections.ConfigDict()  # {teacher: feature size}, checked against index.json
+    t.extract = False  # True: run `python -m teachers.extract` first when dir has no index.json
+    t.skip_missing = False  # True: a training image without a feature its teacher owes is
+    #                         masked out for that teacher and counted, instead of an error
     c.num_workers = 0  # grain worker processes; 0 = decode in the main process (threads)
     # Decoded (and stain-normalised) images kept in memory per process, before augmentation
     # (decoded_cache.py): worth it when a dataset is small and read many times. 0 = off.

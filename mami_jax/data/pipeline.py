@@ -16,7 +16,9 @@ Batch (numpy): ``images`` float32 (B, T, H, W, 3) normalised; ``label`` int32 (B
 identity label (``train_label_map``; -1 for a patient outside the training split);
 ``index`` int32 (B,) row index into ``rows`` (-1 on padding); ``modality`` int32 (B,)
 index into ``MODALITIES``; ``mask`` bool (B,): False on eval padding and on images
-skipped as unreadable.
+skipped as unreadable. With teacher features (``teachers=``, data/teacher_join.py) a
+training batch also holds ``teacher`` {name: (B, D_t) float32} and ``teacher_mask``
+{name: (B,) bool}, joined by manifest row.
 
 Evaluation (``make_eval_loader``): the given row indices grouped by source (one T
 per batch), each group in the given order, its last batch padded to ``batch_size``.
@@ -148,8 +150,9 @@ def _collate(images, labels, indices, modalities, mask, skipped) -> dict:
 class _TrainBatch:
     """grain map: step -> this process's share of the step's batch."""
 
-    def __init__(self, reader, sources, cfg, seed, process_index, process_count):
+    def __init__(self, reader, sources, cfg, seed, process_index, process_count, teachers=None):
         self.reader = reader
+        self.teachers = teachers
         self.sources = sources
         self.p = int(cfg.patients_per_batch)
         self.k = int(cfg.images_per_patient)
@@ -169,8 +172,11 @@ class _TrainBatch:
             mask.append(ok)
             skipped += not ok
         sl = slice(self.offset, self.offset + self.local)
-        return _collate(images, plan.labels[sl], plan.rows[sl],
-                        [MODALITY_INDEX[src.modality]] * self.local, mask, skipped)
+        batch = _collate(images, plan.labels[sl], plan.rows[sl],
+                         [MODALITY_INDEX[src.modality]] * self.local, mask, skipped)
+        if self.teachers is not None:
+            batch.update(self.teachers.join(plan.rows[sl]))
+        return batch
 
 
 class _EvalBatch:
@@ -240,7 +246,7 @@ class TrainLoader:
     """Iterable of per-process training batches; ``iter()`` gives a grain DatasetIterator."""
 
     def __init__(self, rows, cfg, *, seed: int, process_index: int = 0, process_count: int = 1,
-                 start_step: int = 0):
+                 start_step: int = 0, teachers=None):
         rows = list(rows)
         _check_rows(rows)
         p, k = int(cfg.patients_per_batch), int(cfg.images_per_patient)
@@ -261,6 +267,7 @@ class TrainLoader:
         self.seed = int(seed)
         self.process_index, self.process_count = process_index, process_count
         self.start_step = int(start_step)
+        self.teachers = teachers  # teacher_join.TeacherTable or None
         self.label_map = train_label_map(rows, cfg.identity_classes)
         self.num_classes = len(self.label_map)
         self._reader = ExampleReader(rows, cfg)
@@ -285,7 +292,7 @@ class TrainLoader:
 
     def dataset(self) -> "grain.IterDataset":
         fn = _TrainBatch(self._reader, self.sources, self.cfg, self.seed,
-                         self.process_index, self.process_count)
+                         self.process_index, self.process_count, self.teachers)
         ds = grain.MapDataset.range(self.start_step, sys.maxsize).map(fn)
         return _finish(ds, self.cfg, self._counter)
 
@@ -308,14 +315,18 @@ class TrainLoader:
         lines += ["  " + s for s in sampler.summary_lines(self.sources, int(self.cfg.patients_per_batch))]
         never = sum(s.num_single_image for s in self.sources)
         lines.append(f"  patients never sampled (fewer than 2 training images in their source): {never}")
+        if self.teachers is not None:
+            lines.append("  " + self.teachers.summary())
         return "\n".join(lines)
 
 
 def make_train_loader(rows: Sequence[ManifestRow], cfg, *, seed: int, process_index: int = 0,
-                      process_count: int = 1, start_step: int = 0) -> TrainLoader:
-    """Training batches of ``rows`` (those with split "train") for this process."""
+                      process_count: int = 1, start_step: int = 0,
+                      teachers=None) -> TrainLoader:
+    """Training batches of ``rows`` (those with split "train") for this process; with
+    ``teachers`` (a ``teacher_join.TeacherTable`` built on ``rows``) the joined features."""
     return TrainLoader(rows, cfg, seed=seed, process_index=process_index,
-                       process_count=process_count, start_step=start_step)
+                       process_count=process_count, start_step=start_step, teachers=teachers)
 
 
 class EvalLoader:

@@ -14,7 +14,9 @@ to be
   (``checkpointing``), so exports and evaluation never see heads;
 - sharded: partition rules match parameter paths, which start with the group name.
 
-A head is a Flax module called as ``head(mami_output, batch) -> dict of arrays``.
+A head is a Flax module called as ``head(mami_output, batch) -> dict of arrays``. A head
+that reads a batch field at ``init`` declares it in ``HeadSpec.example_fields`` (derived
+from the config), which ``objective.example_batch`` adds to the init batch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mami_jax.data import teacher_join
 from mami_jax.models import MaMIOutput
+from mami_jax.models.align import AlignHead
 from mami_jax.train import losses
 
 #: MaMI's own parameter group: the re-ID model that is evaluated and exported.
@@ -61,12 +65,35 @@ class IdentityClassifier(nn.Module):
         return {"logits": logits}
 
 
+class TeacherAlignment(nn.Module):
+    """The "align" head: MaMI's modality representation and local map read out per
+    teacher (``models/align.py``); returns ``{teacher: (B, D_t) float32}``."""
+
+    teacher_dims: tuple[tuple[str, int], ...]
+    num_heads: int
+    mlp_hidden: int = 0
+
+    @nn.compact
+    def __call__(self, out: MaMIOutput, batch: dict) -> dict:
+        return AlignHead(self.teacher_dims, self.num_heads, self.mlp_hidden, name="readout")(
+            out.modality, out.local_map)
+
+
+def _build_align(config, num_classes, name):
+    dims = teacher_join.example_fields(config.data.teacher_features)["teacher"]
+    return TeacherAlignment(tuple((n, int(v.shape[-1])) for n, v in dims.items()),
+                            num_heads=int(config.model.num_heads),
+                            mlp_hidden=int(config.loss.align.mlp_hidden), name=name)
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
     """How to build one head from the experiment config and the number of identities."""
 
     build: Callable[..., nn.Module]   # (config, num_classes, name=group) -> module
     doc: str
+    #: config -> the batch fields the head reads at init, one image each (or None)
+    example_fields: Callable[..., dict] | None = None
 
 
 HEADS: dict[str, HeadSpec] = {
@@ -74,6 +101,11 @@ HEADS: dict[str, HeadSpec] = {
         build=lambda config, num_classes, name: IdentityClassifier(
             num_classes, neck=str(config.loss.id_neck), name=name),
         doc="identity logits over the training patients (loss 'id')"),
+    "align": HeadSpec(
+        build=_build_align,
+        doc="per-teacher readout of the local map in the teacher's feature space (loss 'align')",
+        example_fields=lambda config: teacher_join.example_fields(
+            config.data.teacher_features)),
 }
 
 

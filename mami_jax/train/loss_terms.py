@@ -21,6 +21,7 @@ import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from mami_jax.train import losses
 
@@ -58,6 +59,42 @@ def triplet(outputs: dict, batch: dict, cfg) -> jax.Array:
     return losses.batch_hard_soft_margin_triplet(outputs["mami"].embedding, batch["label"],
                                                  mask=batch["mask"],
                                                  normalize=cfg.triplet_normalize)
+
+
+ALIGN_VARIANTS = ("difference", "single")
+
+
+@register("align", heads=("align",))
+def align(outputs: dict, batch: dict, cfg) -> jax.Array:
+    """Alignment of the "align" head's readouts P_t to the teachers' features Q_t
+    (docs/design.md#difference-alignment), averaged over the teachers with at least one
+    valid pair.
+
+    ``loss.align.variant`` "difference": InfoNCE between the L2-normalised pair
+    differences P_i - P_j and Q_i - Q_j over the batch's pairs i < j where teacher t
+    applies to both images and both rows are valid (``mask`` & ``teacher_mask[t]``);
+    "single": InfoNCE between P_i and Q_i over the valid images. Temperature
+    ``loss.align.temperature``. The pairs are those of the batch the loss sees: the
+    global batch under mesh sharding, one microbatch under gradient accumulation.
+    A batch with no valid pair for any teacher gives 0.
+    """
+    variant = str(cfg.align.variant)
+    if variant not in ALIGN_VARIANTS:
+        raise ValueError(f"loss.align.variant={variant!r}: expected one of {ALIGN_VARIANTS}")
+    temperature = float(cfg.align.temperature)
+    total, counted = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for name, student in sorted(outputs["align"].items()):
+        teacher = batch["teacher"][name]
+        valid = batch["mask"].astype(bool) & batch["teacher_mask"][name].astype(bool)
+        if variant == "difference":
+            student, pair_valid = losses.all_pair_differences(student, valid)
+            teacher, _ = losses.all_pair_differences(teacher, valid)
+        else:
+            pair_valid = valid
+        value = losses.difference_alignment_infonce(student, teacher, pair_valid, temperature)
+        has = jnp.any(pair_valid).astype(jnp.float32)
+        total, counted = total + has * value, counted + has
+    return total / jnp.maximum(counted, 1.0)
 
 
 def configured_terms(loss_cfg) -> dict[str, float]:

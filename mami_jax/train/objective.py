@@ -33,9 +33,16 @@ class TrainModel(nn.Module):
 
 
 def example_batch(config) -> dict:
-    """One image of every field the model and heads read at ``init`` (shapes only matter)."""
-    return {"images": example_images(config.model.image_size),
-            "label": jnp.zeros((1,), jnp.int32), "mask": jnp.ones((1,), bool)}
+    """One image of every field the model and heads read at ``init`` (shapes only matter):
+    the image, label and mask, and the fields the configured heads declare
+    (``heads.HeadSpec.example_fields``)."""
+    batch = {"images": example_images(config.model.image_size),
+             "label": jnp.zeros((1,), jnp.int32), "mask": jnp.ones((1,), bool)}
+    for name in loss_terms.heads_needed(config.loss):
+        fields = heads_lib.head_spec(name).example_fields
+        if fields is not None:
+            batch.update(fields(config))
+    return batch
 
 
 def make_loss_fn(model: TrainModel, loss_cfg):

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
 from mami_jax.train import checkpointing, sharding
-from mami_jax.data.loading import load_rows
+from mami_jax.data import teacher_join
+from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import evaluate
 from mami_jax.runtime.metric_writer import MetricWriter
@@ -113,9 +114,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
 
+    teachers = teacher_join.prepare(config, workdir, rows, manifest_path(config, workdir),
+                                    jax.process_count())  # None unless "align" is configured
     loader = make_train_loader(rows, config.data, seed=config.seed,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), teachers=teachers)
     logging.info("%s", loader.summary())
     total_steps = total_steps_of(config, loader)
     if loader.global_batch_size % mesh.shape["data"]:
