@@ -5,7 +5,9 @@ One call of the step consumes one global batch of P x K images. With
 patients (the loader orders images patient by patient), gradients are summed
 over a ``lax.scan`` and one optimizer update is made: memory grows with the
 microbatch, not the batch. (Batch-hard mining then sees one microbatch at a time,
-as it would on a smaller device.)
+as it would on a smaller device, and pairwise terms such as "align" pair images
+within a microbatch; without accumulation the jitted step sees the global batch,
+so pairs span every device of the mesh.)
 
 NaN/inf guard: when the loss or the gradient norm is not finite the update is
 not applied (the state keeps its last good values) and ``finite`` is False in
