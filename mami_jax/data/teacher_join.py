@@ -16,8 +16,8 @@ int32 map from manifest row to its slot (-1: none), so the join is a numpy gathe
 batch's row indices inside the batch map, with no extra I/O, ordering or state to
 checkpoint (the batch plan is a pure function of the step, and so is the join). The
 size is the stored features, sum over teachers of images x D_t x 4 bytes, plus 4 bytes
-per row and teacher: the runlocal phantoms (3,200 images, anatomy 256 + efficientnet_lite0
-1,280 values) take 20 MB; a 500,000-image archive with the medical bag, where two
+per row and teacher: the runlocal phantoms (1,580 images, anatomy 256 + efficientnet_lite0
+1,280 values) take 9.7 MB; a 500,000-image archive with the medical bag, where two
 all-modality teachers (1,280 values) and one modality's own (<= 1,024) apply to each
 image, about 4.6 GB per process. With ``data.num_workers`` > 0 each grain worker holds
 its own copy (the table is pickled with the batch map).
