@@ -100,7 +100,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 0  # 0 = only at the end
     c.train.eval_at_start = True  # metrics of the untrained model, for comparison
     c.train.eval_at_end = True
-    c.train.debug_kill_at_step = -1  # SIGKILL after this step's checkpoint (resume tests)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by the other axis

@@ -37,7 +37,8 @@ RENAMED = {
 
 #: Old key -> why it is gone.
 REMOVED = {
-    "loss.align_weight": "nothing read it",
+    "loss.align_weight": "nothing read it (the alignment weight is loss.terms.align)",
+    "train.debug_kill_at_step": "it was a test hook, not a setting",
 }
 
 

@@ -94,7 +94,7 @@ class Embedder:
         images = np.asarray(images, np.float32)
         if images.ndim != 5 or images.shape[-1] != 3:
             raise ValueError(f"embed expects (B, T, H, W, 3) images; got shape {images.shape}")
-        return np.asarray(jax.device_get(self.embed_batch({"images": images})), np.float32)
+        return np.array(jax.device_get(self.embed_batch({"images": images})), np.float32)  # writable
 
     def embed_rows(self, rows: Sequence[ManifestRow], indices: Sequence[int] | None = None,
                    mesh=None, batch_size: int | None = None) -> np.ndarray:

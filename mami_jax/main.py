@@ -4,10 +4,11 @@ Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
 or embed (write embeddings of every manifest row). Run as a script, it first restarts
 itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
 
-A refusal (``user_errors()``: the project's error types for bad input or state, each
-with a message that names the file, row, key or checkpoint item) ends the run with one
-``error: <message>`` line on stderr and exit status 1. Any other exception is a bug and
-keeps its traceback; ``--verbosity=1`` shows the traceback of a refusal too.
+A refusal (``user_errors()``: the project's error types for bad input or state, and
+``ValueError``, which every config check raises naming the key; each message names the
+file, row, key or checkpoint item) ends the run with one ``error: <message>`` line on
+stderr and exit status 1. Any other exception is a bug and keeps its traceback;
+``--verbosity=1`` shows the traceback of a refusal too.
 """
 
 import sys
@@ -41,7 +42,7 @@ def user_errors() -> tuple:
     from mami_jax.train.trainer import NonFiniteLossError
     return (CheckpointError, ManifestError, DataError, DecodeError, DatasetLayoutError,
             CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError,
-            TeacherFeatureError)
+            TeacherFeatureError, ValueError)
 
 
 def main(argv):
@@ -60,6 +61,8 @@ def main(argv):
 
 
 def _hand_off():
+    from mami_jax.models import validate_config
+    validate_config(_CONFIG.value.model)  # before any data is read or generated
     if _MODE.value == "train":
         from mami_jax.train.trainer import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)

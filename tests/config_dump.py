@@ -29,7 +29,7 @@ CONFIG_FILES = ("all", "xray", "ct", "fundus", "mri", "pathology")
 CONFIG_ARGS = ("", "runlocal")
 
 #: Keys whose value is listed per modality or elsewhere in the dump, or not compared
-#: (train.debug_kill_at_step is a test hook, not part of a recipe).
+#: (train.debug_kill_at_step was a test hook, now removed from the config).
 _NOT_IN_OTHER = ("data.modalities", "data.source_weights", "data.only_modalities",
                  "data.teacher_features",  # added after the fixture was dumped
                  "eval.batch_size", "train.debug_kill_at_step")

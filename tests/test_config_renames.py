@@ -31,7 +31,7 @@ def _main(tmp_path, *overrides):
     (["-config.modalities=('xray',)"],
      "error: config key modalities was renamed: use data.only_modalities"),
     (["--config.train.total_steps=4", "--config.loss.align_weight=0.1"],
-     "error: config key loss.align_weight was removed: nothing read it"),
+     "error: config key loss.align_weight was removed: nothing read it (the alignment weight is loss.terms.align)"),
 ])
 def test_old_spelling_fails_with_one_line_naming_the_new_key(tmp_path, overrides, line):
     proc, workdir = _main(tmp_path, *overrides)
@@ -54,7 +54,7 @@ def test_overridden_keys_reads_every_absl_spelling():
 
 def test_new_keys_and_keys_under_them_are_not_mistaken_for_old_ones():
     for key in ("data.modalities.xray.image_size", "data.only_modalities", "eval.batch_size",
-                "data.image_size_x", "loss.id_weight"):
+                "data.image_size_x", "loss.terms.id"):
         assert config_renames.renamed_key_message(key) is None, key
     assert config_renames.renamed_key_message("data.modality_image_sizes.pathology") == (
         "config key data.modality_image_sizes was renamed: use data.modalities.<m>.image_size "

@@ -10,6 +10,8 @@ import csv
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from mami_jax.run_checkpoint import run
 from mami_jax.train import checkpointing, sharding
 from mami_jax.train.checkpointing import CheckpointError
 from mami_jax.train.trainer import train_and_evaluate
-from tests.test_train import _main, tiny_config
+from tests.test_train import REPO, _main, tiny_config
 
 
 def _cfg(root, manifest="", **model):
@@ -316,3 +318,18 @@ def test_main_prints_one_error_line_for_a_refusal(run_copy):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {workdir}/model_config.json: expected a JSON object of model config values, "
         "got list")
+
+
+def test_main_refuses_an_invalid_model_config_in_one_line_before_any_data(tmp_path):
+    """A zero size is a ValueError naming the key, shown as one line before phantoms exist."""
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mami_jax.main", "--config=configs/all.py:runlocal",
+         f"--workdir={workdir}", "--config.model.num_heads=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MAMI_JAX_MALLOC": "system"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "num_heads" in last, last
+    assert not (workdir / "phantoms").exists()
