@@ -4,12 +4,10 @@ Why: XLA:CPU allocates the temporaries of every step with ``malloc``. Under glib
 land in per-thread arenas whose heaps are created and deleted again on every step, so
 the pages are faulted in and zeroed anew each time: in the runlocal job's 80 px
 pathology step that is ~72k page faults (~290 MB) per step and about a fifth of the
-CPU time in the kernel. jemalloc with purging disabled keeps the pages mapped: that
-step went from 636 to 512 ms (medians of 3 interleaved processes each;
-``python benchmarks/malloc_speed.py``), and in the whole runlocal job (two interleaved
-rounds of 450-step jobs) steps 50-450 from 322 / 345 to 220 / 228 ms, the job from
-297 / 293 to 223 / 218 s; its peak resident memory grew from 2.4 to 3.1 GB, the price
-of never returning freed pages. TPU VM images preload tcmalloc for the same reason,
+CPU time in the kernel. jemalloc with purging disabled keeps the pages mapped, which
+makes CPU training steps markedly faster at the price of a larger resident set (it
+never returns freed pages); the measurements are in ``docs/experiments.md#allocator``
+(``python benchmarks/malloc_speed.py`` reproduces them). TPU VM images preload tcmalloc for the same reason,
 and PyTorch's CPU launcher (``torch.backends.xeon.run_cpu``) preloads jemalloc or
 tcmalloc when it finds one.
 
@@ -121,4 +119,4 @@ def log_allocator() -> None:
         logging.info("malloc: the system allocator (%s=system)", ENV_CHOICE)
     else:
         logging.info("malloc: the system allocator (with libjemalloc2 installed, CPU steps "
-                     "run ~20 percent faster; mami_jax/runtime/malloc_preload.py)")
+                     "run faster; mami_jax/runtime/malloc_preload.py)")
