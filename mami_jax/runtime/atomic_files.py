@@ -95,7 +95,8 @@ def write_bytes_atomic(path: str, data: bytes) -> str:
 def staging_dir(final: str) -> Iterator[str]:
     """A temporary folder beside ``final`` to fill; removed if the block raises.
 
-    The caller publishes it with ``publish_dir``. Its mode is already the umask's.
+    The caller renames it into place (``os.rename``, atomic within one file system)
+    once complete. Its mode is already the umask's.
     """
     final = os.path.abspath(os.fspath(final))
     parent = make_dirs(os.path.dirname(final))

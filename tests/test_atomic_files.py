@@ -1,0 +1,53 @@
+"""runtime/atomic_files: a failed write leaves the old file, modes follow the umask, and only
+this module's own leftovers are swept."""
+
+import os
+
+import pytest
+
+from mami_jax.runtime import atomic_files
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    atomic_files.write_text_atomic(str(path), "old")
+
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_files.write_atomic(str(path), broken)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_modes_follow_the_umask(tmp_path, umask_027):
+    path = atomic_files.write_bytes_atomic(str(tmp_path / "a" / "x.bin"), b"1")
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    with atomic_files.staging_dir(str(tmp_path / "out")) as tmp:
+        assert os.stat(tmp).st_mode & 0o777 == 0o750
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "keep.json").write_text("{}")
+    (tmp_path / ".keep-hidden").write_text("")
+    with pytest.raises(RuntimeError):
+        with atomic_files.staging_dir(str(tmp_path / "out")) as tmp:
+            raise RuntimeError("fails inside")
+    assert not os.path.exists(tmp)
+    fake_file = tmp_path / f".m.json{atomic_files.TEMP_MARK}abc.json"
+    fake_dir = tmp_path / f".out{atomic_files.TEMP_MARK}xyz"
+    fake_file.write_text("half")
+    fake_dir.mkdir()
+    removed = atomic_files.remove_stale_temporaries(str(tmp_path))
+    assert sorted(removed) == sorted([str(fake_file), str(fake_dir)])
+    assert sorted(os.listdir(tmp_path)) == [".keep-hidden", "keep.json"]
