@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from mami_jax.data.manifest import MODALITIES, read_manifest
 from mami_jax.phantoms import generator, io
+from mami_jax.runtime.atomic_files import write_atomic
 
 LABEL_W, CAPTION_H = 96, 14
 
@@ -63,4 +64,4 @@ def write_preview(path: str, rows: int = 3, visits: int = 4, seed: int = 0,
                 r += 1
         canvas = canvas.crop((0, 0, canvas.width, r * cell_h))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        canvas.save(path)
+        write_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))
