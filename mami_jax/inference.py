@@ -18,12 +18,14 @@ symmetry-averaging as the evaluator.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from mami_jax.config import base_config
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.pipeline import read_example
 from mami_jax.evaluate.evaluator import embed_rows
@@ -34,7 +36,7 @@ from mami_jax.train import checkpointing, sharding
 
 
 def _default_data_config() -> ml_collections.ConfigDict:
-    from mami_jax.config import base_config  # the paper's preprocessing (224 px, ImageNet)
+    """The paper's preprocessing (224 px, ImageNet normalisation)."""
     return base_config().data
 
 
@@ -70,8 +72,7 @@ class Embedder:
     def from_export(cls, path: str, data_cfg=None, model_cfg=None) -> "Embedder":
         """An exported or released PyTorch file (``.pth``/``.safetensors``) or a converter
         checkpoint folder; ``data_cfg`` defaults to the released model's preprocessing."""
-        import os
-
+        # convert/ reads torch files; imported here so JAX-only use never loads it.
         from mami_jax.convert.checkpoint_dir import load_params
         from mami_jax.convert.official import load_official
         if os.path.isdir(path):

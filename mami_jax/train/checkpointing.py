@@ -41,16 +41,14 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mami_jax.models import MaMI
 from mami_jax.models.config import EXECUTION_KEYS, differing_values
-from mami_jax.models.embed import example_images
+from mami_jax.models.embed import abstract_params
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.train import sharding
+from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
 
 MODEL_CONFIG_FILE = "model_config.json"
-#: MaMI's parameter group: the ``params`` item; every other group is a training head.
-MODEL_GROUP = "mami"
 ITEMS = ("params", "train", "data", "labels")
 
 #: Model config keys that may differ between the saved and the requested config: the
@@ -298,8 +296,7 @@ def restore_model_params(workdir: str, config, mesh, action: str = "evaluate"):
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
                                 "train first")
-    abstract = jax.eval_shape(lambda: MaMI(config.model).init(
-        jax.random.key(0), example_images(config.model.image_size))["params"])
+    abstract = abstract_params(config.model, config.model.image_size)
     shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
