@@ -4,12 +4,14 @@
     python -m mami_jax.main --config=configs/all.py:runlocal --workdir=DIR   # 2-core CPU
     python -m mami_jax.main --config=configs/all.py:teachers=FEATURES --workdir=DIR
     python -m mami_jax.main --config=configs/all.py:runlocal,align --workdir=DIR
+    python -m mami_jax.main --config=configs/all.py:runlocal,align=anatomy --workdir=DIR
 
 Difference alignment (docs/design.md#difference-alignment) is on exactly when teacher
 features are configured: ``teachers=FEATURES`` reads the default medical bag
 (``teachers.registry.MEDICAL_BAG``) stored in FEATURES by ``python -m teachers.extract``;
 ``align`` (with ``runlocal``) uses the embedded phantom teachers ``RUNLOCAL_TEACHERS``,
-extracted into WORKDIR/teachers on the first run. Either adds ``loss.terms.align``.
+extracted into WORKDIR/teachers on the first run; ``align=NAME+NAME`` picks some of them
+(the ablation in docs/experiments.md). Either adds ``loss.terms.align``.
 """
 
 from configs import common_runlocal
@@ -44,6 +46,19 @@ def use_teachers(c, names, features_dir: str = "", extract: bool = False) -> Non
         c.optim.lr_multipliers.align = 1.0
 
 
+def align_teachers(value) -> tuple[str, ...]:
+    """The teachers of the word ``align``: all of ``RUNLOCAL_TEACHERS``, or those named
+    in ``align=NAME+NAME``."""
+    if value is True:
+        return RUNLOCAL_TEACHERS
+    names = tuple(n.strip() for n in str(value).split("+") if n.strip())
+    unknown = [n for n in names if n not in RUNLOCAL_TEACHERS]
+    if not names or unknown:
+        raise ValueError(f"config word align={value!r}: name teachers among "
+                         f"{'+'.join(RUNLOCAL_TEACHERS)}, joined by '+'")
+    return names
+
+
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
     c = base_config()
@@ -55,7 +70,7 @@ def get_config(arg=None):
         if not words.get("runlocal"):
             raise ValueError("config word 'align' uses the embedded phantom teachers: combine it "
                              "with 'runlocal', or give teachers=FEATURES_DIR")
-        use_teachers(c, RUNLOCAL_TEACHERS, extract=True)
+        use_teachers(c, align_teachers(words["align"]), extract=True)
     if words.get("teachers"):
         if words.get("align"):
             raise ValueError("config words 'align' and 'teachers=' are exclusive")

@@ -261,6 +261,17 @@ def test_runlocal_align_config_builds_and_words_are_checked():
         all_config("runlocal,algn")
 
 
+def test_align_word_picks_teachers():
+    cfg = all_config("runlocal,align=anatomy")
+    assert cfg.data.teacher_features.teachers == ("anatomy",)
+    assert dict(cfg.data.teacher_features.dims) == {"anatomy": 256}
+    both = all_config("runlocal,align=efficientnet_lite0+anatomy").data.teacher_features
+    assert both.teachers == ("efficientnet_lite0", "anatomy")
+    for bad in ("align=uni", "align=anatomy+random_tiny"):
+        with pytest.raises(ValueError, match="name teachers among anatomy\\+efficientnet_lite0"):
+            all_config("runlocal," + bad)
+
+
 def test_align_and_teacher_features_must_come_together():
     cfg = all_config("runlocal")
     with cfg.unlocked():
