@@ -1,0 +1,1 @@
+"""MaMI's applications: history-augmented diagnosis (history) and privacy protection (privacy)."""
