@@ -1,0 +1,57 @@
+"""A run's logged scalars read back from its TensorBoard files, exactly as written."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from mami_jax.runtime.metric_writer import MetricWriter
+from mami_jax.train.logged_scalars import read_scalars
+
+
+def _write(logdir, points):
+    writer = MetricWriter(logdir)
+    for step, scalars in points:
+        writer.write_scalars(step, scalars)
+    writer.close()
+
+
+def test_scalars_come_back_per_tag_sorted_by_step(tmp_path):
+    tb = os.path.join(tmp_path, "tb")
+    _write(tb, [(10, {"train/loss": 2.5, "train/align": 0.75}), (20, {"train/loss": 1.25}),
+                (5, {"eval/x/rank1": 0.5, "train/nan": float("nan")})])
+    for path in (str(tmp_path), tb):   # a workdir or its tb/ folder
+        got = read_scalars(path)
+        assert sorted(got) == ["eval/x/rank1", "train/align", "train/loss"]  # NaN not logged
+        steps, values = got["train/loss"]
+        assert steps.tolist() == [10, 20] and values.tolist() == [2.5, 1.25]
+        assert got["train/align"][1].tolist() == [0.75]
+
+
+def test_a_step_logged_again_keeps_the_last_value(tmp_path):
+    _write(str(tmp_path), [(1, {"train/loss": 3.0}), (2, {"train/loss": 2.0})])
+    first = sorted(os.listdir(tmp_path))[0]
+    # a resumed run writes a second file, whose name (seconds since the epoch) sorts after
+    time.sleep(1.1)
+    _write(str(tmp_path), [(2, {"train/loss": 1.5}), (3, {"train/loss": 1.0})])
+    assert len(os.listdir(tmp_path)) == 2 and sorted(os.listdir(tmp_path))[0] == first
+    steps, values = read_scalars(str(tmp_path))["train/loss"]
+    assert steps.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(values, [3.0, 1.5, 1.0])
+
+
+def test_missing_or_damaged_files_are_errors_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        read_scalars(os.path.join(tmp_path, "nope"))
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(str(tmp_path))
+    _write(str(tmp_path), [(1, {"train/loss": 3.0})])
+    (name,) = os.listdir(tmp_path)
+    path = os.path.join(tmp_path, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-3])
+    with pytest.raises(ValueError, match=f"{name}: record 1 .*truncated"):
+        read_scalars(str(tmp_path))
