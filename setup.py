@@ -57,6 +57,10 @@ setup(
             "timm>=1.0,<2",
             "open_clip_torch>=2.26,<4",
         ],
+        # Applications (mami_jax.apps): the history archive's vector search.
+        "apps": [
+            "faiss-cpu>=1.8,<2",
+        ],
         "test": [
             "pytest>=8,<10",
             "nbformat>=5.9,<6",

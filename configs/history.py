@@ -1,0 +1,47 @@
+"""History-augmented diagnosis (mami_jax.apps.history; docs/history.md): the settings.
+
+    python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \
+        --manifest FILE --out DIR [--app-config configs/history.py[:stage]]
+
+``stage`` predicts the four-way ``disease_stage`` of the phantoms instead of the
+binary ``disease_label``.
+"""
+
+import ml_collections
+
+from mami_jax.config import parse_arg
+
+
+def get_config(arg=None):
+    words = parse_arg(arg, ("stage",))
+    c = ml_collections.ConfigDict()
+    # Labels: the column of the labels table (labels.csv beside the manifest) and its
+    # values, in class order; any other value is an error naming the row.
+    c.label_column = "disease_label"
+    c.classes = ("0", "1")
+    if words.get("stage"):
+        c.label_column, c.classes = "disease_stage", ("0", "1", "2", "3")
+
+    # Archive: "flat" (exact inner product on L2-normalised embeddings), "ivf" or "hnsw".
+    c.index = ml_collections.ConfigDict(dict(
+        kind="flat", ivf_nlist=1024, ivf_nprobe=16, hnsw_m=32, hnsw_ef_search=128))
+
+    # Matching: the k best earlier candidates, each accepted when its cosine similarity
+    # exceeds the modality's threshold, calibrated on the validation patients for this
+    # false-accept rate (share of different-patient pairs accepted).
+    c.k = 5
+    c.target_far = 0.001
+    c.calibration_split = "val"
+    c.train_split = "train"
+    c.eval_split = "test"
+
+    # Diagnosis features: "backbone" (the pooled patch tokens of the frozen backbone, the
+    # head's input), "embedding" (the re-ID embedding) or "both" (concatenated).
+    c.features = "backbone"
+
+    # Classifiers (mami_jax/apps/history/diagnosis.py), full-batch AdamW.
+    c.classifier = ml_collections.ConfigDict(dict(
+        hidden=128, attention_dim=64, steps=600, fused_steps=600, learning_rate=3e-3,
+        weight_decay=1e-3, history_dropout=0.25, seed=0))
+    c.lock()
+    return c

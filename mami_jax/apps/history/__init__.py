@@ -1,0 +1,12 @@
+"""History-augmented diagnosis (docs/history.md): find a new image's earlier images of
+the same patient in an archive with the re-ID model, and diagnose with them.
+
+- ``labels``: the diagnosis labels table (keyed by image_id);
+- ``archive``: the on-disk FAISS archive index with its metadata;
+- ``calibration``: the verification threshold for a target false-accept rate;
+- ``history_select``: which archived images may be history (earlier, not the same study);
+- ``features``: the trained model, its embeddings and backbone features;
+- ``diagnosis``, ``training``: the classifiers (current-only, with history);
+- ``scoring``, ``experiment``, ``pictures``: metrics, the train/eval run, figures;
+- ``commands``, ``__main__``: ``python -m mami_jax.apps.history index|add|query|train|eval``.
+"""

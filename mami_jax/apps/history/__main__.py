@@ -1,0 +1,98 @@
+"""History-augmented diagnosis from the command line (docs/history.md).
+
+    python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal \\
+        --manifest FILE --out INDEX [--kind flat|ivf|hnsw]
+    python -m mami_jax.apps.history add   --index INDEX --manifest FILE
+    python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE]
+    python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \\
+        --manifest FILE --out DIR [--labels FILE] [--app-config configs/history.py]
+    python -m mami_jax.apps.history eval  (the same arguments; reuses DIR's classifiers)
+
+``index`` embeds every manifest image with the run's latest checkpoint, calibrates the
+per-modality thresholds on the manifest's validation patients (when it has some) and
+writes the archive; ``add`` extends it with the same model (another model is refused);
+``query`` prints an image's best earlier candidates with their similarity and the
+accept/reject decision and draws them beside the query. An image already archived is
+queried with its own metadata (only earlier images, never its own study); another one
+needs ``--modality`` (and ``--order`` to exclude later archived images).
+Bad input ends with one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mami_jax.apps.history",
+                                description="History-augmented diagnosis: archive index, "
+                                "history retrieval and diagnosis with history.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(s, required=True):
+        s.add_argument("--workdir", required=required, help="training workdir (latest checkpoint)")
+        s.add_argument("--config", required=required,
+                       help="the run's experiment config, e.g. configs/all.py:runlocal")
+
+    def app_config(s):
+        s.add_argument("--app-config", default=None,
+                       help="settings file[:arg] (default: configs/history.py)")
+
+    s = sub.add_parser("index", help="build an archive index from a manifest")
+    model_args(s)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True, help="archive folder to write")
+    s.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default=None,
+                   help="FAISS index kind (default: the app config's, flat = exact)")
+    app_config(s)
+
+    s = sub.add_parser("add", help="add a manifest's images to an archive")
+    s.add_argument("--index", required=True)
+    s.add_argument("--manifest", required=True)
+    model_args(s, required=False)
+
+    s = sub.add_parser("query", help="retrieve an image's earlier images")
+    s.add_argument("--index", required=True)
+    s.add_argument("--image", required=True, help="image file (or series folder)")
+    s.add_argument("--k", type=int, default=None, help="candidates shown (default: config k)")
+    s.add_argument("--modality", default=None, help="for an image outside the archive")
+    s.add_argument("--order", default=None, help="its visit order or date (default: newest)")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="accept above this similarity (default: the archive's calibration)")
+    s.add_argument("--png", default=None, help="picture to write (default: ./query_<name>.png)")
+    app_config(s)
+
+    for name in ("train", "eval"):
+        s = sub.add_parser(name, help=f"{name} the diagnosis classifiers; writes metrics.json")
+        model_args(s)
+        s.add_argument("--manifest", required=True)
+        s.add_argument("--labels", default=None, help="labels table (default: labels.csv "
+                       "beside the manifest)")
+        s.add_argument("--out", required=True, help="output folder")
+        s.add_argument("--split", default=None, help="evaluation split (default: config)")
+        app_config(s)
+    return p
+
+
+def user_errors() -> tuple:
+    from mami_jax.data.decode import DecodeError
+    from mami_jax.data.pipeline import DataError
+    return (ValueError, OSError, KeyError, DataError, DecodeError)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from mami_jax.apps.history import commands
+        return getattr(commands, args.command)(args)
+    except user_errors() as e:
+        message = " ".join(str(e).split("\n")) or type(e).__name__
+        if isinstance(e, KeyError):
+            message = str(e.args[0]) if e.args else message
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The archive index: every archived image's re-ID embedding in FAISS, with its metadata.
+
+One FAISS index per modality (a query is matched within its own modality, as the
+re-identification protocols score it), over L2-normalised embeddings with the inner
+product, so a score is the cosine similarity. ``kind``:
+
+- ``flat``  (default): exact search (``IndexFlatIP``);
+- ``ivf``: inverted lists (``IndexIVFFlat``, ``ivf_nlist`` cells trained on the first
+  vectors of the partition, at most one cell per 39 of them; ``ivf_nprobe`` searched);
+- ``hnsw``: a navigable small-world graph (``IndexHNSWFlat``, ``hnsw_m`` links,
+  ``hnsw_ef_search``).
+
+On disk (``save`` / ``load``; written to a staging folder and renamed into place)::
+
+    INDEX/archive.json     format, kind and its settings, embedding size, the model that
+                           made the embeddings (workdir, config, step, parameter
+                           fingerprint), counts per modality, calibrated thresholds
+    INDEX/metadata.csv     one row per archived image, in archive order: the manifest
+                           columns (patient_id is used for evaluation only)
+    INDEX/<modality>.faiss the FAISS index of that modality (ids = its rows in order)
+
+Adding refuses embeddings of another model (``check_model``) and image ids already
+archived, so one archive never mixes two embedding spaces or counts an image twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
+
+FORMAT = 1
+KINDS = ("flat", "ivf", "hnsw")
+META_COLUMNS = tuple(f.name for f in dataclasses.fields(ManifestRow))
+ARCHIVE_JSON, METADATA_CSV = "archive.json", "metadata.csv"
+
+
+class ArchiveError(ValueError):
+    """An archive that cannot be read or extended: names the file, image or setting."""
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # the "apps" extra
+        raise ArchiveError("the history archive needs FAISS: pip install -e '.[apps]'") from e
+    return faiss
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Float32, C-contiguous rows of unit length (a zero row stays zero)."""
+    v = np.ascontiguousarray(np.asarray(vectors, np.float32)).copy()
+    if v.ndim != 2:
+        raise ArchiveError(f"embeddings must be (n, dim); got shape {v.shape}")
+    _faiss().normalize_L2(v)
+    return v
+
+
+def make_index(kind: str, dim: int, settings: dict, train_vectors: np.ndarray):
+    """An empty FAISS index of ``kind`` for unit vectors (IVF trained on ``train_vectors``)."""
+    faiss = _faiss()
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, int(settings["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = int(settings["hnsw_ef_search"])
+        return index
+    if kind == "ivf":
+        nlist = max(1, min(int(settings["ivf_nlist"]), len(train_vectors) // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(train_vectors)
+        index.nprobe = min(nlist, int(settings["ivf_nprobe"]))
+        return index
+    raise ArchiveError(f"index kind {kind!r} unknown; expected one of {', '.join(KINDS)}")
+
+
+def _apply_search_settings(index, kind: str, settings: dict) -> None:
+    faiss = _faiss()
+    if kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = int(settings["hnsw_ef_search"])
+    elif kind == "ivf":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(ivf.nlist, int(settings["ivf_nprobe"]))
+
+
+class Archive:
+    """Embeddings and metadata of archived images, searchable per modality."""
+
+    def __init__(self, dim: int, kind: str = "flat", settings: dict | None = None,
+                 model: dict | None = None, calibration: dict | None = None):
+        if kind not in KINDS:
+            raise ArchiveError(f"index kind {kind!r} unknown; expected one of {', '.join(KINDS)}")
+        self.dim, self.kind = int(dim), kind
+        self.settings = dict(settings or {})
+        self.model = dict(model or {})
+        self.calibration = dict(calibration or {})
+        self.rows: list[ManifestRow] = []
+        self.indexes: dict[str, object] = {}
+        self.positions: dict[str, list[int]] = {}   # partition id -> archive position
+
+    # -- contents -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def partition_size(self, modality: str) -> int:
+        return len(self.positions.get(modality, ()))
+
+    def thresholds(self) -> dict[str, float]:
+        return {m: float(c["threshold"]) for m, c in self.calibration.items()}
+
+    def check_model(self, model: dict, where: str) -> None:
+        """Refuses embeddings of a model other than the archive's (compares fingerprints)."""
+        mine, theirs = self.model.get("fingerprint"), model.get("fingerprint")
+        if mine != theirs:
+            raise ArchiveError(
+                f"{where}: the archive's embeddings were made by another model "
+                f"({self.model.get('source', '?')}, parameters {str(mine)[:12]}) than the one "
+                f"given ({model.get('source', '?')}, parameters {str(theirs)[:12]}); build a "
+                f"new archive with that model instead")
+
+    def add(self, rows: Sequence[ManifestRow], vectors: np.ndarray) -> None:
+        """Appends images (their embeddings need not be normalised)."""
+        vectors = normalized(vectors)
+        if vectors.shape != (len(rows), self.dim):
+            raise ArchiveError(f"embeddings of shape {vectors.shape} for {len(rows)} images; the "
+                               f"archive holds {self.dim}-d embeddings")
+        known = {r.image_id for r in self.rows}
+        seen, dup = set(), []
+        for r in rows:
+            if r.image_id in known or r.image_id in seen:
+                dup.append(r.image_id)
+            seen.add(r.image_id)
+        if dup:
+            raise ArchiveError(f"{len(dup)} image(s) already in the archive or listed twice, "
+                               f"e.g. {dup[:5]}")
+        by_modality: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_modality.setdefault(r.modality, []).append(i)
+        start = len(self.rows)
+        for modality, members in by_modality.items():
+            v = vectors[members]
+            if modality not in self.indexes:
+                self.indexes[modality] = make_index(self.kind, self.dim, self.settings, v)
+                self.positions[modality] = []
+            self.indexes[modality].add(v)
+            self.positions[modality].extend(start + i for i in members)
+        self.rows.extend(rows)
+
+    def search(self, modality: str, queries: np.ndarray, k: int):
+        """(scores, archive positions), each (n, k), best first; position -1 where the
+        partition has fewer than ``k`` images (score -inf there)."""
+        q = normalized(queries)
+        n = len(q)
+        if modality not in self.indexes or k <= 0:
+            return np.full((n, max(k, 0)), -np.inf, np.float32), np.full((n, max(k, 0)), -1)
+        scores, ids = self.indexes[modality].search(q, int(k))
+        table = np.asarray(self.positions[modality] + [-1])
+        positions = table[np.where(ids >= 0, ids, len(table) - 1)]
+        return np.where(ids >= 0, scores, -np.inf).astype(np.float32), positions
+
+    # -- disk -----------------------------------------------------------------------
+    def header(self) -> dict:
+        return {"format": FORMAT, "kind": self.kind, "settings": self.settings, "dim": self.dim,
+                "model": self.model, "count": len(self.rows),
+                "modalities": {m: len(p) for m, p in sorted(self.positions.items())},
+                "calibration": self.calibration}
+
+    def save(self, path: str) -> str:
+        """Writes the archive folder all-or-nothing (replacing an older one at ``path``)."""
+        faiss = _faiss()
+        path = os.path.abspath(path)
+        if os.path.exists(path) and not os.path.isfile(os.path.join(path, ARCHIVE_JSON)):
+            raise ArchiveError(f"{path} exists and is not an archive; refusing to replace it")
+        with staging_dir(path) as tmp:
+            for modality, index in self.indexes.items():
+                faiss.write_index(index, os.path.join(tmp, f"{modality}.faiss"))
+            with open(os.path.join(tmp, METADATA_CSV), "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(META_COLUMNS)
+                writer.writerows([getattr(r, c) for c in META_COLUMNS] for r in self.rows)
+            with open(os.path.join(tmp, ARCHIVE_JSON), "w", encoding="utf-8") as f:
+                json.dump(self.header(), f, indent=1, sort_keys=True)
+            fix_tree_modes(tmp)
+            aside = None
+            if os.path.exists(path):
+                aside = tmp + ".old"
+                os.rename(path, aside)
+            os.rename(tmp, path)
+        if aside:
+            shutil.rmtree(aside, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "Archive":
+        faiss = _faiss()
+        header_path = os.path.join(path, ARCHIVE_JSON)
+        try:
+            with open(header_path, encoding="utf-8") as f:
+                header = json.load(f)
+        except OSError as e:
+            raise ArchiveError(f"{path} is not an archive: {ARCHIVE_JSON} cannot be read "
+                               f"({e.strerror})") from e
+        except json.JSONDecodeError as e:
+            raise ArchiveError(f"{header_path}: not valid JSON ({e})") from e
+        if header.get("format") != FORMAT:
+            raise ArchiveError(f"{header_path}: archive format {header.get('format')!r}, this "
+                               f"code reads format {FORMAT}")
+        archive = cls(header["dim"], header["kind"], header.get("settings"),
+                      header.get("model"), header.get("calibration"))
+        meta_path = os.path.join(path, METADATA_CSV)
+        with open(meta_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != META_COLUMNS:
+                raise ArchiveError(f"{meta_path}: columns {reader.fieldnames}, expected "
+                                   f"{list(META_COLUMNS)}")
+            archive.rows = [ManifestRow(**rec) for rec in reader]
+        for i, r in enumerate(archive.rows):
+            archive.positions.setdefault(r.modality, []).append(i)
+        for modality, expected in header.get("modalities", {}).items():
+            index_path = os.path.join(path, f"{modality}.faiss")
+            try:
+                index = faiss.read_index(index_path)
+            except RuntimeError as e:
+                raise ArchiveError(f"{index_path}: cannot be read as a FAISS index") from e
+            if index.ntotal != expected or len(archive.positions.get(modality, ())) != expected:
+                raise ArchiveError(
+                    f"{index_path}: holds {index.ntotal} vectors, {meta_path} lists "
+                    f"{len(archive.positions.get(modality, ()))} {modality} images and "
+                    f"{header_path} says {expected}: the archive is inconsistent")
+            _apply_search_settings(index, archive.kind, archive.settings)
+            archive.indexes[modality] = index
+        if set(archive.positions) != set(archive.indexes):
+            raise ArchiveError(f"{meta_path}: modalities {sorted(archive.positions)} but FAISS "
+                               f"indexes for {sorted(archive.indexes)}")
+        return archive

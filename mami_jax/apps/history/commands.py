@@ -1,0 +1,174 @@
+"""The command-line actions (``python -m mami_jax.apps.history``; arguments there)."""
+
+from __future__ import annotations
+
+import os
+
+from mami_jax.apps.history.archive import Archive, ArchiveError
+from mami_jax.apps.history.calibration import calibrate
+from mami_jax.apps.history.features import TrainedModel, load_experiment_config
+from mami_jax.apps.history.history_select import retrieve
+from mami_jax.apps.history.labels import default_labels_path
+from mami_jax.data.manifest import ManifestRow, read_manifest
+
+DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "configs", "history.py"))
+
+
+def app_config(args):
+    return load_experiment_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
+
+
+def _rows(args, config) -> list[ManifestRow]:
+    """The manifest's rows, with the run config's split rule when it has no splits."""
+    from mami_jax.data.loading import load_rows
+    with config.unlocked():
+        config.data.manifest = os.path.abspath(args.manifest)
+    return load_rows(config, os.path.dirname(os.path.abspath(args.manifest)))
+
+
+def _refuse_inputs_as_output(out: str, args) -> None:
+    out = os.path.abspath(out)
+    inputs = {"--workdir": getattr(args, "workdir", None),
+              "the manifest's folder": os.path.dirname(os.path.abspath(args.manifest))}
+    for name, path in inputs.items():
+        if path and out == os.path.abspath(path):
+            raise ValueError(f"--out {out} is {name}: outputs never go into the inputs")
+
+
+def index(args) -> int:
+    _refuse_inputs_as_output(args.out, args)
+    cfg = app_config(args)
+    config = load_experiment_config(args.config)
+    model = TrainedModel(args.workdir, args.config)
+    rows = _rows(args, config)
+    emb = model.embeddings(rows)
+    calibration = {}
+    if any(r.split == cfg.calibration_split for r in rows):
+        calibration = calibrate(rows, emb, float(cfg.target_far), cfg.calibration_split)
+    archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
+                      calibration)
+    archive.add(rows, emb)
+    archive.save(args.out)
+    print(f"archive {os.path.abspath(args.out)}: {len(archive)} images "
+          f"({', '.join(f'{m} {n}' for m, n in archive.header()['modalities'].items())}), "
+          f"{archive.kind} index, {archive.dim}-d, model step {model.info['step']}")
+    for m, c in calibration.items():
+        print(f"  {m}: accept above {c['threshold']:.6f} (FAR {c['far']:.4f}, TAR "
+              f"{c['tar']:.3f} on {c['patients']} {cfg.calibration_split} patients)")
+    if not calibration:
+        print(f"  no {cfg.calibration_split!r} patients: not calibrated (query needs --threshold)")
+    return 0
+
+
+def _model_for(archive: Archive, args, where: str) -> TrainedModel:
+    workdir = getattr(args, "workdir", None) or archive.model.get("workdir")
+    spec = getattr(args, "config", None) or archive.model.get("config")
+    if not workdir or not spec:
+        raise ArchiveError(f"{where}: the archive does not record its model; give --workdir "
+                           f"and --config")
+    model = TrainedModel(workdir, spec)
+    archive.check_model(model.info, where)
+    return model
+
+
+def add(args) -> int:
+    archive = Archive.load(args.index)
+    model = _model_for(archive, args, f"adding {args.manifest} to {args.index}")
+    rows = read_manifest(args.manifest)
+    known = {r.image_id for r in archive.rows}
+    dup = [r.image_id for r in rows if r.image_id in known]
+    if dup:  # before the (long) embedding
+        raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
+                           f"e.g. {dup[:5]}")
+    archive.add(rows, model.embeddings(rows))
+    archive.save(args.index)
+    print(f"archive {os.path.abspath(args.index)}: added {len(rows)} images, now {len(archive)}")
+    return 0
+
+
+def _query_row(archive: Archive, args) -> ManifestRow:
+    path = os.path.abspath(args.image)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--image {args.image}: no such file or folder")
+    for r in archive.rows:
+        if os.path.abspath(r.path) == path:
+            return r
+    if not args.modality:
+        raise ValueError(f"--image {args.image} is not in the archive: give its --modality "
+                         f"(and --order to exclude later archived images)")
+    if args.modality not in archive.indexes:
+        raise ValueError(f"--modality {args.modality}: the archive holds no such images "
+                         f"(it has {', '.join(sorted(archive.indexes))})")
+    name = os.path.basename(path.rstrip(os.sep))
+    return ManifestRow(image_id=f"query:{name}", patient_id="", study_id="", order=args.order or "",
+                       modality=args.modality, dataset="query", view="", path=path)
+
+
+def query(args) -> int:
+    import numpy as np
+    from mami_jax.apps.history.pictures import query_figure
+    from mami_jax.runtime.atomic_files import write_atomic
+
+    cfg = app_config(args)
+    k = int(args.k if args.k is not None else cfg.k)
+    if k < 1:
+        raise ValueError(f"--k must be at least 1, got {k}")
+    archive = Archive.load(args.index)
+    row = _query_row(archive, args)
+    if args.threshold is not None:
+        threshold = float(args.threshold)
+    elif row.modality in archive.calibration:
+        threshold = archive.thresholds()[row.modality]
+    else:
+        raise ValueError(f"{args.index}: no calibrated threshold for {row.modality}; give "
+                         f"--threshold")
+    model = _model_for(archive, args, f"querying {args.index}")
+    image = model.embedder.preprocess(row)
+    emb = model.embedder.embed(image[None])
+    matches = retrieve(archive, [row], emb, k, threshold)[0]
+    print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}); "
+          f"accept above {threshold:.6f}")
+    print(f"{'rank':>4}  {'score':>7}  {'decision':8}  image_id  (study, order)")
+    shown = []
+    for rank, m in enumerate(matches, 1):
+        r = archive.rows[m.position]
+        decision = "accept" if m.accepted else "reject"
+        print(f"{rank:>4}  {m.score:7.4f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})")
+        shown.append((model.embedder.preprocess(r),
+                      f"{r.image_id}\n{m.score:.3f} {decision}", m.accepted))
+    if not matches:
+        print("  (no earlier image in the archive)")
+    png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
+    write_atomic(png, lambda tmp: query_figure(np.asarray(image), row.image_id, shown, tmp))
+    print(f"picture: {os.path.abspath(png)}")
+    return 0
+
+
+def _experiment(args):
+    from mami_jax.apps.history.experiment import Experiment
+    _refuse_inputs_as_output(args.out, args)
+    cfg = app_config(args)
+    config = load_experiment_config(args.config)
+    rows = _rows(args, config)
+    labels = args.labels or default_labels_path(args.manifest)
+    model = TrainedModel(args.workdir, args.config)
+    return Experiment(model, rows, labels, cfg, os.path.abspath(args.out))
+
+
+def train(args) -> int:
+    exp = _experiment(args)
+    payload = exp.train()
+    exp.evaluate(payload, args.split)
+    print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    return 0
+
+
+def eval(args) -> int:  # noqa: A001 (the command's name)
+    from mami_jax.apps.history.experiment import CLASSIFIERS
+    from mami_jax.apps.history.training import load_classifiers
+    payload = load_classifiers(os.path.join(os.path.abspath(args.out), CLASSIFIERS))
+    exp = _experiment(args)
+    exp.evaluate(payload, args.split)
+    print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    return 0

@@ -1,0 +1,145 @@
+"""``train`` and ``eval``: the diagnosis experiment on a manifest with a labels table.
+
+1. Every image's embedding and backbone feature (``features.TrainedModel``), cached in
+   OUT/features.npz (reused only for the same model fingerprint and image ids).
+2. Per-modality thresholds calibrated on ``calibration_split`` (the validation patients)
+   for ``target_far``.
+3. An in-memory archive of every image of the manifest (all splits: the other patients
+   are the impostors a real archive holds); each image's ``k`` best earlier candidates,
+   accepted above the threshold (``history_select.retrieve``) = its retrieved history;
+   the patient's own earlier images = its true history.
+4. ``train``: the current-only classifier, then the history model (current branch
+   frozen) on ``train_split`` with retrieved history; saved to OUT/classifiers.msgpack.
+5. Evaluation on ``eval_split``, per modality and overall: current-only, the history
+   model with the retrieved and with the true history, and the false-history rate;
+   OUT/metrics.json, OUT/metrics.md and OUT/auc.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from mami_jax.apps.history import scoring, training
+from mami_jax.apps.history.archive import Archive
+from mami_jax.apps.history.calibration import calibrate
+from mami_jax.apps.history.features import diagnosis_features
+from mami_jax.apps.history.history_select import retrieve, true_history
+from mami_jax.apps.history.labels import labels_for, read_labels
+from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
+
+CLASSIFIERS = "classifiers.msgpack"
+
+
+def cached_features(model, rows, out_dir: str):
+    """(embeddings, backbone features) of ``rows``, from OUT/features.npz when it is
+    this model's for these images."""
+    path = os.path.join(out_dir, "features.npz")
+    ids = np.asarray([r.image_id for r in rows])
+    if os.path.isfile(path):
+        with np.load(path) as f:
+            if str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids):
+                return f["embedding"], f["backbone"]
+    emb, backbone = model.features(rows)
+    write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, backbone=backbone, image_id=ids,
+                                            fingerprint=np.asarray(model.fingerprint)))
+    return emb, backbone
+
+
+class Experiment:
+    """The features, thresholds and histories of every image of a manifest."""
+
+    def __init__(self, model, rows, labels_path: str, cfg, out_dir: str, log=print):
+        self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
+        self.classes = [str(c) for c in cfg.classes]
+        self.y = np.asarray(labels_for(rows, read_labels(labels_path, cfg.label_column,
+                                                         self.classes), labels_path))
+        log(f"features of {len(rows)} images ({model.info['source']})")
+        emb, backbone = cached_features(model, rows, out_dir)
+        self.calibration = calibrate(rows, emb, float(cfg.target_far), cfg.calibration_split)
+        missing = sorted({r.modality for r in rows} - set(self.calibration))
+        if missing:
+            raise ValueError(f"no threshold for modality {missing}: split "
+                             f"{cfg.calibration_split!r} has no pairs of it to calibrate on")
+        archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
+                          self.calibration)
+        archive.add(rows, emb)
+        k = int(cfg.k)
+        self.matches = retrieve(archive, rows, emb, k, archive.thresholds())
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        self.true = true_history(rows, k)
+        self.x_raw = diagnosis_features(emb, backbone, cfg.features)
+        self.retrieved_lists = [[m.position for m in ms if m.accepted] for ms in self.matches]
+        self.retrieved_scores = [[m.score for m in ms if m.accepted] for ms in self.matches]
+        self.true_scores = [[float(unit[i] @ unit[j]) for j in t] for i, t in enumerate(self.true)]
+
+    def split(self, name: str) -> np.ndarray:
+        idx = np.asarray([i for i, r in enumerate(self.rows) if r.split == name], int)
+        if not len(idx):
+            raise ValueError(f"the manifest has no images in split {name!r}")
+        return idx
+
+    def inputs(self, norm: dict, idx):
+        x = training.apply_standardizer(norm, self.x_raw)
+        k = int(self.cfg.k)
+        retrieved = training.Histories.gather(x, [self.retrieved_lists[i] for i in idx],
+                                              [self.retrieved_scores[i] for i in idx], k)
+        true = training.Histories.gather(x, [self.true[i] for i in idx],
+                                         [self.true_scores[i] for i in idx], k)
+        return x[idx], retrieved, true
+
+    def train(self) -> dict:
+        c = self.cfg.classifier
+        idx = self.split(self.cfg.train_split)
+        norm = training.standardizer(self.x_raw[idx])
+        x, retrieved, _ = self.inputs(norm, idx)
+        n = len(self.classes)
+        current = training.train_current(x, self.y[idx], n, c)
+        fused = training.train_fused(current, x, retrieved, self.y[idx], n, c)
+        payload = {"norm": norm, "current": current, "fused": fused}
+        training.save_classifiers(os.path.join(self.out_dir, CLASSIFIERS), payload)
+        return payload
+
+    def evaluate(self, payload: dict, split: str | None = None) -> dict:
+        c, n = self.cfg.classifier, len(self.classes)
+        split = split or self.cfg.eval_split
+        idx = self.split(split)
+        x, retrieved, true = self.inputs(payload["norm"], idx)
+        probs = {"current_only": training.predict_current(payload["current"], x, n, c),
+                 "retrieved_history": training.predict_fused(payload["fused"], x, retrieved, n, c),
+                 "true_history": training.predict_fused(payload["fused"], x, true, n, c)}
+        same, other, found, total = [], [], [], []
+        for i in idx:
+            mine = self.rows[i].patient_key
+            accepted = self.retrieved_lists[i]
+            same.append(sum(self.rows[j].patient_key == mine for j in accepted))
+            other.append(len(accepted) - same[-1])
+            found.append(len(set(accepted) & set(self.true[i])))
+            total.append(len(self.true[i]))
+        same, other, found, total = map(np.asarray, (same, other, found, total))
+        mods = np.asarray([self.rows[i].modality for i in idx])
+        groups = {}
+        for name in [m for m in ("xray", "ct", "mri", "fundus", "pathology") if m in mods] + ["overall"]:
+            sel = np.ones(len(idx), bool) if name == "overall" else mods == name
+            groups[name] = scoring.group_metrics({k: p[sel] for k, p in probs.items()},
+                                                 self.y[idx][sel], same[sel], other[sel],
+                                                 found[sel], total[sel])
+        metrics = {"split": split, "label_column": self.cfg.label_column, "classes": self.classes,
+                   "features": self.cfg.features, "k": int(self.cfg.k),
+                   "target_far": float(self.cfg.target_far), "calibration": self.calibration,
+                   "overall": groups["overall"],
+                   "per_modality": {m: g for m, g in groups.items() if m != "overall"}}
+        self.write_report(metrics, groups)
+        return metrics
+
+    def write_report(self, metrics: dict, groups: dict) -> None:
+        text = scoring.table(groups)
+        write_text_atomic(os.path.join(self.out_dir, "metrics.json"),
+                          json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(os.path.join(self.out_dir, "metrics.md"), text)
+        from mami_jax.apps.history.pictures import auc_bars
+        write_atomic(os.path.join(self.out_dir, "auc.png"),
+                     lambda tmp: auc_bars(groups, tmp, metrics["split"]))
+        print(text, end="")

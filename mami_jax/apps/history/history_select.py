@@ -1,0 +1,87 @@
+"""Which archived images may serve as a query image's history.
+
+The rule (``is_history``): a candidate counts only when it is of the query's modality,
+strictly earlier than the query (manifest ``order``, compared with
+``mami_jax.data.manifest.order_key``: visit numbers numerically, dates as text) and not
+of the query's own study (nor the query itself). A query of unknown order (a new image
+from outside the archive) is newer than everything archived. Images of the same visit
+are not history: they are the present, and using them would let the classifier read
+the label off a sibling image.
+
+``retrieve`` applies the rule to the archive's ranked candidates: it asks the index for
+more candidates than ``k`` (doubling until ``k`` pass the rule or the partition is
+exhausted), so the rule never shortens the list while eligible images remain, then
+marks each of the ``k`` best as accepted when its similarity exceeds the threshold.
+``true_history`` is the ground truth the evaluation compares with: the patient's own
+earlier images, most recent first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.data.manifest import ManifestRow, order_key
+
+
+def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
+    if candidate.modality != query.modality or candidate.image_id == query.image_id:
+        return False
+    if candidate.study_key == query.study_key:
+        return False
+    if not query.order:  # unknown: newer than the whole archive
+        return True
+    return order_key(candidate.order) < order_key(query.order)
+
+
+@dataclasses.dataclass
+class Match:
+    """One candidate: its archive position (global row), cosine similarity, decision."""
+
+    position: int
+    score: float
+    accepted: bool
+
+
+def retrieve(archive, query_rows: Sequence[ManifestRow], query_vectors: np.ndarray, k: int,
+             threshold: float | dict) -> list[list[Match]]:
+    """The ``k`` best history candidates of each query (ranked, rule applied) with their
+    accept/reject decision; ``threshold`` is one value or one per modality."""
+    result: list[list[Match] | None] = [None] * len(query_rows)
+    by_modality: dict[str, list[int]] = {}
+    for i, r in enumerate(query_rows):
+        by_modality.setdefault(r.modality, []).append(i)
+    for modality, members in by_modality.items():
+        t = threshold[modality] if isinstance(threshold, dict) else threshold
+        size = archive.partition_size(modality)
+        fetch = min(size, 4 * k + 16)
+        pending = list(members)
+        while pending:
+            scores, positions = archive.search(modality, query_vectors[pending], fetch)
+            still = []
+            for row, q in enumerate(pending):
+                matches = [Match(int(p), float(s), bool(s > t))
+                           for s, p in zip(scores[row], positions[row])
+                           if p >= 0 and is_history(archive.rows[p], query_rows[q])][:k]
+                if len(matches) < k and fetch < size:
+                    still.append(q)
+                else:
+                    result[q] = matches
+            pending, fetch = still, min(size, 2 * fetch)
+    return [r if r is not None else [] for r in result]
+
+
+def true_history(rows: Sequence[ManifestRow], k: int) -> list[list[int]]:
+    """Per row: indices of the same patient's history (``is_history``), the ``k`` most
+    recent, most recent first."""
+    by_patient: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        by_patient.setdefault((r.patient_key, r.modality), []).append(i)
+    out = []
+    for r in rows:
+        mine = [j for j in by_patient[(r.patient_key, r.modality)] if is_history(rows[j], r)]
+        mine.sort(key=lambda j: order_key(rows[j].order), reverse=True)
+        out.append(mine[:k])
+    return out

@@ -1,0 +1,52 @@
+"""Pictures: the query beside its retrieved history, and the AUC per modality."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mami_jax.apps.history.scoring import CONDITIONS  # noqa: E402
+
+
+def _show(ax, image: np.ndarray, title: str, color: str = "black") -> None:
+    """The middle slice of a (T, H, W, 3) model input, contrast-stretched for display."""
+    x = np.asarray(image, np.float32)[len(image) // 2]
+    lo, hi = np.percentile(x, 1), np.percentile(x, 99)
+    ax.imshow(np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1))
+    ax.set_title(title, fontsize=8, color=color)
+    ax.axis("off")
+
+
+def query_figure(query_image, query_title: str, candidates, path: str) -> None:
+    """``candidates``: (image, title, accepted) of the retrieved earlier images, best first."""
+    n = 1 + len(candidates)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+    _show(axes[0, 0], query_image, "query\n" + query_title, "navy")
+    for ax, (image, title, accepted) in zip(axes[0, 1:], candidates):
+        _show(ax, image, title, "darkgreen" if accepted else "firebrick")
+    fig.suptitle("retrieved earlier images (green: accepted as history, red: rejected)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def auc_bars(groups: dict[str, dict], path: str, split: str) -> None:
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
+    width = 0.8 / len(CONDITIONS)
+    for c, condition in enumerate(CONDITIONS):
+        values = [groups[g][condition]["auc"] or 0.0 for g in names]
+        ax.bar(np.arange(len(names)) + (c - 1) * width, values, width,
+               label=condition.replace("_", " "))
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("macro AUC")
+    ax.set_title(f"diagnosis AUC ({split} split)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""Training and applying the diagnosis classifiers (full-batch AdamW, cross-entropy).
+
+The current-only classifier is trained first; the history model then starts from it
+with its ``current`` branch frozen, so only the history term learns, and an image with
+no accepted history gets the current-only prediction exactly. During that training each
+history image is dropped with probability ``history_dropout`` (a new draw every step),
+so the model also sees short and empty histories. Features are standardised with the
+training split's mean and standard deviation, stored with the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mami_jax.apps.history.diagnosis import CurrentOnly, WithHistory
+from mami_jax.runtime.atomic_files import write_bytes_atomic
+
+
+@dataclasses.dataclass
+class Histories:
+    """Per image: up to k history features, their similarities and validity mask."""
+
+    features: np.ndarray   # (n, k, D)
+    scores: np.ndarray     # (n, k)
+    mask: np.ndarray       # (n, k) bool
+
+    def take(self, idx) -> "Histories":
+        return Histories(self.features[idx], self.scores[idx], self.mask[idx])
+
+    @classmethod
+    def gather(cls, features: np.ndarray, lists, scores, k: int) -> "Histories":
+        """``lists[i]``: row indices into ``features`` of image i's history (<= k),
+        ``scores[i]`` their similarities."""
+        n, dim = len(lists), features.shape[1]
+        h = np.zeros((n, k, dim), np.float32)
+        s = np.zeros((n, k), np.float32)
+        m = np.zeros((n, k), bool)
+        for i, (rows, sc) in enumerate(zip(lists, scores)):
+            rows, sc = list(rows)[:k], list(sc)[:k]
+            if rows:
+                h[i, :len(rows)] = features[rows]
+                s[i, :len(rows)] = sc
+                m[i, :len(rows)] = True
+        return cls(h, s, m)
+
+
+def standardizer(x: np.ndarray) -> dict:
+    return {"mean": x.mean(0).astype(np.float32), "std": (x.std(0) + 1e-6).astype(np.float32)}
+
+
+def apply_standardizer(norm: dict, x: np.ndarray) -> np.ndarray:
+    return ((x - norm["mean"]) / norm["std"]).astype(np.float32)
+
+
+def _optimizer(cfg):
+    return optax.adamw(float(cfg.learning_rate), weight_decay=float(cfg.weight_decay))
+
+
+def _fit(loss_fn, params, steps: int, cfg, rng):
+    opt = _optimizer(cfg)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    loss = jnp.nan
+    for key in jax.random.split(rng, int(steps)):
+        params, state, loss = step(params, state, key)
+    if not np.isfinite(float(loss)):
+        raise FloatingPointError(f"diagnosis classifier training diverged (loss {float(loss)})")
+    return params
+
+
+def _xent(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
+    model = CurrentOnly(int(cfg.hidden), num_classes)
+    rng = jax.random.key(int(cfg.seed))
+    params = model.init(rng, x[:1])["params"]
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    return _fit(lambda p, _: _xent(model.apply({"params": p}, x), y), params,
+                cfg.steps, cfg, jax.random.fold_in(rng, 1))
+
+
+def fused_model(num_classes: int, cfg) -> WithHistory:
+    return WithHistory(int(cfg.hidden), num_classes, int(cfg.attention_dim))
+
+
+def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
+                num_classes: int, cfg) -> dict:
+    model = fused_model(num_classes, cfg)
+    rng = jax.random.key(int(cfg.seed) + 1)
+    init = model.init(rng, x[:1], hist.features[:1], hist.scores[:1], hist.mask[:1])["params"]
+    trainable = {k: v for k, v in init.items() if k != "current"}
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    h, s, m = jnp.asarray(hist.features), jnp.asarray(hist.scores), jnp.asarray(hist.mask)
+    keep = 1.0 - float(cfg.history_dropout)
+
+    def loss(p, key):
+        mask = m & jax.random.bernoulli(key, keep, m.shape)
+        logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask)
+        return _xent(logits, y)
+
+    trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1))
+    return {"current": current, **trained}
+
+
+def predict_current(params: dict, x: np.ndarray, num_classes: int, cfg) -> np.ndarray:
+    logits = CurrentOnly(int(cfg.hidden), num_classes).apply({"params": params}, x)
+    return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def predict_fused(params: dict, x: np.ndarray, hist: Histories, num_classes: int,
+                  cfg) -> np.ndarray:
+    logits = fused_model(num_classes, cfg).apply(
+        {"params": params}, x, hist.features, hist.scores, hist.mask)
+    return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def save_classifiers(path: str, payload: dict) -> str:
+    """``payload``: {"norm", "current", "fused", "meta"} -> one msgpack file, atomically."""
+    data = flax.serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, payload))
+    return write_bytes_atomic(path, data)
+
+
+def load_classifiers(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return flax.serialization.msgpack_restore(f.read())
+    except OSError as e:
+        raise FileNotFoundError(f"classifiers {path} cannot be read ({e.strerror}); run "
+                                f"`train` first") from e
