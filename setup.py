@@ -36,13 +36,13 @@ setup(
         # PyTorch side: checkpoint import/export and offline teachers. Kept out of
         # the JAX install so TPU VMs do not pull a CUDA build of torch.
         "torch": [
-            "torch>=2.4,<2.14",
+            "torch>=2.5,<2.15",
             "transformers>=4.45,<6",
             "safetensors>=0.4,<1",
         ],
         # Offline teacher extraction (python -m teachers.extract), with the torch extra.
         "teachers": [
-            "torch>=2.4,<2.14",
+            "torch>=2.5,<2.15",
             "transformers>=4.45,<6",
             "monai>=1.4,<1.7",
             "einops>=0.7,<1",
@@ -52,10 +52,12 @@ setup(
             "crc32c>=2.4,<3",
         ],
         # timm and open_clip teachers (UNI, RETFound, BiomedCLIP): both import torchvision,
-        # which needs a build matching the installed torch (a CPU torch has none on PyPI).
+        # which needs a build matching the installed torch (a CPU torch has none on PyPI;
+        # torch==2.14.1 with torchvision==0.29.1 works, docs/teachers_timm.md).
+        # open_clip >= 3.0 reads a local open_clip folder (local-dir:), which the tests use.
         "teachers-timm": [
             "timm>=1.0,<2",
-            "open_clip_torch>=2.26,<4",
+            "open_clip_torch>=3.0,<4",
         ],
         # Applications (mami_jax.apps): the history archive's vector search.
         "apps": [

@@ -8,6 +8,13 @@ by a ``config.json`` / ``open_clip_config.json`` beside the weights) and filled 
 state dict read as data (``safetensors`` or ``torch.load(weights_only=True)``), strictly,
 so a checkpoint of another architecture fails instead of leaving random weights.
 
+Released checkpoints are read in the layout their authors publish: a timm hub folder
+(``config.json`` with ``architecture`` / ``model_args`` / ``pretrained_cfg``, weights in
+``pytorch_model.bin`` or ``model.safetensors``: UNI), an MAE pretraining checkpoint
+(``{"model": encoder + decoder, "args": Namespace, ...}``: RETFound, see
+``_mae_encoder_state``) and an open_clip folder (``open_clip_config.json`` and a whole-CLIP
+state dict whose ``visual.`` tower is kept: BiomedCLIP).
+
 The stored feature size is measured with one probe forward at load (tiny test models
 and full-size models of the same family share the code), and every teacher carries a
 SHA-256 fingerprint of its weight files (of its state dict when it has no file).
@@ -15,6 +22,7 @@ SHA-256 fingerprint of its weight files (of its state dict when it has no file).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import hashlib
@@ -93,7 +101,11 @@ def _weights_file(spec: TeacherSpec, path: str, preferred: tuple[str, ...] = ())
 
 def read_state_dict(spec: TeacherSpec, path: str) -> dict:
     """A state dict read as data; ``{"state_dict": ...}`` / ``{"model": ...}`` unwrapped,
-    a ``module.`` prefix (DataParallel) removed."""
+    a ``module.`` prefix (DataParallel) removed.
+
+    Training checkpoints written by MAE-style code (RETFound's release) also hold the run's
+    ``argparse.Namespace``: that one plain attribute bag is allowed to unpickle beside
+    tensors and containers; any other class still fails the ``weights_only`` load."""
     import torch
 
     try:
@@ -101,7 +113,8 @@ def read_state_dict(spec: TeacherSpec, path: str) -> dict:
             from safetensors.torch import load_file
             sd = load_file(path)
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad weights file
         raise TeacherLoadError(f"teacher {spec.name}: cannot read weights {path}: {e}") from e
     for key in ("state_dict", "model"):
@@ -155,44 +168,101 @@ def _transformers(spec, path, torch):
     return model, (lambda x: model(pixel_values=x).pooler_output), changes
 
 
-def _timm(spec, path, torch):
-    import timm
-    args = dict(spec.model_args)
+#: Keys of an MAE pretraining checkpoint that belong to its decoder, not to the encoder.
+MAE_DECODER_PREFIXES = ("mask_token", "decoder_")
+
+
+def _timm_config(path: str) -> tuple[dict, dict]:
+    """``config.json`` in timm's hub layout -> (top level with ``architecture`` and
+    ``model_args``, ``pretrained_cfg``). The older single-dict layout (everything at the
+    top level) is its own pretrained_cfg, as timm reads it."""
     cfg = _folder_json(path, "config.json")
+    return cfg, cfg.get("pretrained_cfg", cfg)
+
+
+def _mae_encoder_state(model, sd: dict, torch) -> dict:
+    """An MAE pretraining state dict as the encoder RETFound's authors extract features with.
+
+    The decoder (``mask_token``, ``decoder_*``) is dropped. With average pooling timm's
+    ViT has no final ``norm`` (Identity) but an ``fc_norm`` after the pooled patch tokens:
+    the checkpoint's ``norm`` is not used and, where the checkpoint has no ``fc_norm``
+    (pretraining never trains one), ``fc_norm`` is a LayerNorm of unit scale and zero
+    shift, which is what loading the release non-strictly into a fresh global-pool ViT
+    gives in the authors' own feature extraction. Every other key must still fit."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(MAE_DECODER_PREFIXES)}
+    own = model.state_dict()
+    if "norm.weight" not in own:
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}
+    if "fc_norm.weight" in own and "fc_norm.weight" not in sd:
+        sd["fc_norm.weight"] = torch.ones_like(own["fc_norm.weight"])
+        sd["fc_norm.bias"] = torch.zeros_like(own["fc_norm.bias"])
+    return sd
+
+
+def _timm(spec, path, torch):
+    """A timm model of the registry's architecture; ``config.json`` (timm hub layout)
+    overrides architecture and arguments and supplies mean/std/input size. The stored
+    feature is the pre-logits vector: the model is built with ``num_classes=0`` and a
+    classifier ``head.*`` in the checkpoint is not loaded."""
+    import timm
+    cfg, pretrained = _timm_config(path)
+    args = dict(spec.model_args)
     args.update(cfg.get("model_args", {}))
-    arch = cfg.get("architecture", args.pop("architecture", None))
+    arch = cfg.get("architecture", args.get("architecture"))
     args.pop("architecture", None)
-    model = timm.create_model(arch, pretrained=False, **args)
+    args["num_classes"] = 0
+    try:
+        model = timm.create_model(arch, pretrained=False, **args)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise TeacherLoadError(f"teacher {spec.name}: timm cannot build {arch!r} with {args} "
+                               f"(registry arguments and {path}/config.json): {e}") from e
     sd = read_state_dict(spec, _weights_file(spec, path, ("model.safetensors", "pytorch_model.bin")))
-    _load_strict(spec, model, sd, path, ignore_prefixes=("head.",) if not args.get("num_classes", 1) else ())
+    if spec.checkpoint == "mae":
+        sd = _mae_encoder_state(model, sd, torch)
+    _load_strict(spec, model, sd, path, ignore_prefixes=("head.",))
     changes = {}
+    if "mean" in pretrained and "std" in pretrained:
+        changes.update(mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]))
     if "img_size" in args:
         s = args["img_size"]
         changes["size"] = tuple(s) if isinstance(s, (list, tuple)) else (int(s), int(s))
+    elif "input_size" in pretrained:
+        changes["size"] = tuple(int(v) for v in pretrained["input_size"][-2:])
     return model, model, changes
 
 
 def _open_clip(spec, path, torch):
-    from open_clip.timm_model import TimmModel
-    args = dict(spec.model_args)
+    """The image tower of an open_clip model, built by open_clip's own tower factory from
+    ``open_clip_config.json`` (``model_cfg.embed_dim`` and ``model_cfg.vision_cfg``; the
+    registry's arguments without one), filled from the ``visual.`` part of a whole-CLIP
+    state dict (or from a tower-only one). The text tower is never built: its config
+    names a hub model, and the stored feature is the image embedding."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
     full = _folder_json(path, "open_clip_config.json")
     cfg, prep = full.get("model_cfg", {}), full.get("preprocess_cfg", {})
-    vision = cfg.get("vision_cfg", {})
-    args.update({k: v for k, v in (("timm_model_name", vision.get("timm_model_name")),
-                                   ("pool", vision.get("timm_pool")),
-                                   ("proj", vision.get("timm_proj")),
-                                   ("image_size", vision.get("image_size")),
-                                   ("embed_dim", cfg.get("embed_dim"))) if v is not None})
-    visual = TimmModel(args["timm_model_name"], embed_dim=int(args["embed_dim"]),
-                       image_size=int(args["image_size"]), pool=args["pool"], proj=args["proj"],
-                       pretrained=False)
+    defaults = dict(spec.model_args)
+    embed_dim = int(cfg.get("embed_dim", defaults.pop("embed_dim", 0)))
+    defaults.pop("embed_dim", None)
+    vision = dict(cfg.get("vision_cfg", defaults))
+    unknown = sorted(set(vision) - {f.name for f in dataclasses.fields(CLIPVisionCfg)})
+    if unknown or not embed_dim:
+        raise TeacherLoadError(f"teacher {spec.name}: {path}/open_clip_config.json: "
+                               + (f"unknown vision_cfg keys {unknown}" if unknown
+                                  else "model_cfg.embed_dim missing"))
+    vision["timm_model_pretrained"] = False        # the weights come from the file
+    try:
+        visual = _build_vision_tower(embed_dim, vision,
+                                     quick_gelu=bool(cfg.get("quick_gelu", False)))
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise TeacherLoadError(f"teacher {spec.name}: open_clip cannot build the image tower "
+                               f"{vision} ({path}): {e}") from e
     sd = read_state_dict(spec, _weights_file(spec, path, ("open_clip_model.safetensors",
                                                           "open_clip_pytorch_model.bin")))
     if any(k.startswith("visual.") for k in sd):   # a whole CLIP: keep the image tower
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-    _load_strict(spec, visual, sd, path)
-    size = int(args["image_size"])
-    changes = {"size": (size, size)}
+    _load_strict(spec, visual, sd, path, what="the open_clip image tower")
+    size = vision.get("image_size", 224)
+    changes = {"size": tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))}
     if "mean" in prep and "std" in prep:
         changes.update(mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     return visual, visual, changes
@@ -278,8 +348,13 @@ def load_teacher(spec: TeacherSpec, weights_path: str | None = None, device: str
     model.eval().requires_grad_(False).to(device)
     spec = dataclasses.replace(spec, **changes)
     channels = 3 if spec.input == "image" else 1
-    with torch.inference_mode():
-        probe = fwd(torch.zeros((1, channels) + tuple(spec.size), device=device))
+    shape = (1, channels) + tuple(spec.size)
+    try:
+        with torch.inference_mode():
+            probe = fwd(torch.zeros(shape, device=device))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise TeacherLoadError(f"teacher {spec.name}: a probe batch of shape {shape} does not "
+                               f"run through {weights_path or 'the model'}: {e}") from e
     if probe.ndim != 2 or probe.shape[0] != 1:
         raise TeacherLoadError(f"teacher {spec.name}: forward gives shape {tuple(probe.shape)}, "
                                "expected (batch, features)")

@@ -48,6 +48,9 @@ class TeacherSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     model_args: tuple = ()     # (key, value) pairs for the loader's constructor
+    checkpoint: str = ""       # layout of the released weights beyond the library's own
+                               # state dict: "" | mae (MAE pretraining checkpoint, decoder
+                               # dropped: teachers.loaders._mae_encoder_state)
     needs_weights: bool = True
     licence: str = ""
 
@@ -70,16 +73,17 @@ _SPECS = (
     TeacherSpec("biomedclip", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                 "open_clip", ALL_MODALITIES, 512, "linear projection of LN(CLS) (image tower)",
                 mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
-                model_args=(("timm_model_name", "vit_base_patch16_224"), ("embed_dim", 512),
-                            ("pool", ""), ("proj", "linear"), ("image_size", 224)),
+                model_args=(("embed_dim", 512), ("timm_model_name", "vit_base_patch16_224"),
+                            ("timm_pool", ""), ("timm_proj", "linear"), ("image_size", 224)),
                 licence="MIT"),
     TeacherSpec("rad_dino", "microsoft/rad-dino", "transformers", ("xray",), 768,
                 "pooler_output = LN(CLS)", size=(518, 518),
                 mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583), licence="MIT"),
     TeacherSpec("retfound", "YukunZhou/RETFound_mae_natureCFP", "timm", ("fundus",), 1024,
-                "mean of patch tokens, fc_norm",
+                "LN(mean of patch tokens): fc_norm, unit scale unless the checkpoint has one",
                 model_args=(("architecture", "vit_large_patch16_224"), ("global_pool", "avg"),
-                            ("num_classes", 0)), licence="gated, non-commercial"),
+                            ("num_classes", 0)), checkpoint="mae",
+                licence="gated, non-commercial"),
     TeacherSpec("uni", "MahmoodLab/UNI", "timm", ("pathology",), 1024, "CLS token",
                 model_args=(("architecture", "vit_large_patch16_224"), ("init_values", 1e-5),
                             ("dynamic_img_size", True), ("num_classes", 0)),

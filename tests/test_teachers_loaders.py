@@ -1,6 +1,6 @@
 """Teachers load through their real library loaders from local files (tiny random models of
 each family; EfficientNet-Lite0 with its real ImageNet weights) and store what a direct
-PyTorch forward computes."""
+PyTorch forward computes. The timm and open_clip teachers: tests/test_teachers_timm.py."""
 
 import json
 import os
@@ -16,15 +16,6 @@ from mami_jax.phantoms import generator
 from teachers import extract, registry
 from teachers.loaders import TeacherLoadError, load_teacher, run_batch
 from teachers.preprocess import teacher_input
-
-
-def _importable(module):
-    """timm and open_clip import torchvision, which fails without a build matching torch."""
-    try:
-        __import__(module)
-        return None
-    except Exception as e:  # noqa: BLE001 - ImportError or torchvision's RuntimeError
-        return f"{module} not importable here: {type(e).__name__}: {e}"
 
 
 @pytest.fixture(scope="module")
@@ -97,45 +88,6 @@ def test_monai_vit_first_token(tmp_path):
     with torch.no_grad():
         expected = net(x)[0][:, 0].numpy()
     np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
-
-
-def test_timm_vit_state_dict_with_config(tmp_path):
-    reason = _importable("timm")
-    if reason:
-        pytest.skip(reason)
-    import timm
-    args = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, init_values=1e-5,
-                dynamic_img_size=True, num_classes=0)
-    model = timm.create_model("vit_large_patch16_224", pretrained=False, **args).eval()
-    folder = tmp_path / "uni"
-    folder.mkdir()
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps({"architecture": "vit_large_patch16_224",
-                                                    "model_args": args}))
-    teacher = load_teacher(registry.get_spec("uni"), str(folder))
-    assert teacher.feature_dim == 32 and teacher.spec.size == (32, 32)
-    x = _batch(teacher.spec)
-    with torch.no_grad():
-        np.testing.assert_array_equal(run_batch(teacher, x.numpy()), model(x).numpy())
-
-
-def test_open_clip_image_tower_of_a_whole_clip_state_dict(tmp_path):
-    reason = _importable("open_clip")
-    if reason:
-        pytest.skip(reason)
-    from open_clip.timm_model import TimmModel
-    visual = TimmModel("vit_base_patch16_224", embed_dim=512, pool="", proj="linear",
-                       pretrained=False).eval()
-    folder = tmp_path / "biomedclip"
-    folder.mkdir()
-    sd = {f"visual.{k}": v for k, v in visual.state_dict().items()}
-    sd["text.proj"] = torch.zeros(3)                # the text tower is ignored
-    torch.save(sd, folder / "open_clip_pytorch_model.bin")
-    teacher = load_teacher(registry.get_spec("biomedclip"), str(folder))
-    assert teacher.feature_dim == 512
-    x = _batch(teacher.spec, n=1)
-    with torch.no_grad():
-        np.testing.assert_array_equal(run_batch(teacher, x.numpy()), visual(x).numpy())
 
 
 def test_missing_or_foreign_weights_are_errors(tmp_path):
