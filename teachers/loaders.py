@@ -268,19 +268,35 @@ def _open_clip(spec, path, torch):
     return visual, visual, changes
 
 
-def _monai_segresnet(spec, path, torch):
-    from monai.networks.nets import SegResNet
+def _monai_segresencoder(spec, path, torch):
+    """CT-FM's feature extractor: MONAI's ``segresnet_ds.SegResEncoder`` (lighter_zoo's
+    ``SegResEncoder`` is that class with huggingface_hub's model mixin). Its release folder
+    is what the mixin saves: ``config.json`` holding the constructor's keyword arguments at
+    the top level (all of them, or only those given, as the subclass's signature makes the
+    mixin record; ``{"model_args": {...}}`` is read too) and ``model.safetensors`` with
+    the encoder's own keys (``conv_init.*``, ``layers.N.*``, batch-norm buffers included).
+    The feature is the global average of the deepest level (init_filters * 2**4 = 512)."""
+    import inspect
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+    cfg = _folder_json(path, "config.json")
+    given = dict(cfg.get("model_args", cfg))
+    if given.pop("head_module", None) is not None:     # the mixin writes null; the feature
+        raise TeacherLoadError(f"teacher {spec.name}: {path}/config.json: head_module must "
+                               "be null (the feature pools the deepest level itself)")
+    allowed = set(inspect.signature(SegResEncoder.__init__).parameters) - {"self", "head_module"}
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TeacherLoadError(f"teacher {spec.name}: {path}/config.json: keys {unknown} are not "
+                               f"arguments of MONAI's SegResEncoder ({sorted(allowed)})")
     args = dict(spec.model_args)
-    args.update(_folder_json(path, "config.json").get("model_args", {}))
-    args["blocks_down"] = tuple(args["blocks_down"])
-    net = SegResNet(**args)
-    sd = read_state_dict(spec, _weights_file(spec, path))
-    # a feature extractor checkpoint holds the encoder only: the decoder stays unused
-    encoder_keys = ("convInit.", "down_layers.")
-    encoder = torch.nn.ModuleDict({"convInit": net.convInit, "down_layers": net.down_layers})
-    _load_strict(spec, encoder, {k: v for k, v in sd.items() if k.startswith(encoder_keys)}, path,
-                 what="the SegResNet encoder")
-    return net, (lambda x: net.encode(x)[0].mean(dim=(2, 3, 4))), {}
+    args.update(given)
+    for key in ("blocks_down", "anisotropic_scales"):
+        if args.get(key) is not None:
+            args[key] = tuple(tuple(v) if isinstance(v, list) else v for v in args[key])
+    net = SegResEncoder(**args)
+    sd = read_state_dict(spec, _weights_file(spec, path, ("model.safetensors",)))
+    _load_strict(spec, net, sd, path, what="MONAI's SegResEncoder")
+    return net, (lambda x: net(x)[-1].mean(dim=(2, 3, 4))), {}
 
 
 def _monai_vit(spec, path, torch):
@@ -312,7 +328,7 @@ def random_tiny_model():
 
 
 BUILDERS = {"transformers": _transformers, "timm": _timm, "open_clip": _open_clip,
-            "monai_segresnet": _monai_segresnet, "monai_vit": _monai_vit,
+            "monai_segresencoder": _monai_segresencoder, "monai_vit": _monai_vit,
             "efficientnet_lite": _efficientnet_lite}
 
 

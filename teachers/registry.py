@@ -38,7 +38,7 @@ WEIGHTS_ENV = "MAMI_TEACHER_WEIGHTS"
 class TeacherSpec:
     name: str                  # stored as feature/<name>
     public_id: str             # the model it stands for
-    loader: str                # transformers | open_clip | timm | monai_segresnet | monai_vit
+    loader: str                # transformers | open_clip | timm | monai_segresencoder | monai_vit
                                # | efficientnet_lite | anatomy | random
     modalities: tuple[str, ...]
     feature_dim: int
@@ -88,8 +88,8 @@ _SPECS = (
                 model_args=(("architecture", "vit_large_patch16_224"), ("init_values", 1e-5),
                             ("dynamic_img_size", True), ("num_classes", 0)),
                 licence="gated, CC BY-NC-ND"),
-    TeacherSpec("ct_fm", "project-lighter/ct_fm_feature_extractor", "monai_segresnet", ("ct",),
-                512, "global average of the deepest encoder map", input="volume",
+    TeacherSpec("ct_fm", "project-lighter/ct_fm_feature_extractor", "monai_segresencoder",
+                ("ct",), 512, "global average of the deepest SegResEncoder level", input="volume",
                 size=(96, 96, 96), mean=(0.0,), std=(1.0,),
                 model_args=(("spatial_dims", 3), ("in_channels", 1), ("init_filters", 32),
                             ("blocks_down", (1, 2, 2, 4, 4))), licence="Apache-2.0"),

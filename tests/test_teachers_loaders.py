@@ -57,23 +57,54 @@ def _monai_folder(tmp_path, name, net, args):
     return str(folder)
 
 
-def test_monai_segresnet_encoder_feature(tmp_path):
-    from monai.networks.nets import SegResNet
+def _ct_fm_release(folder, **kwargs):
+    """CT-FM's release layout: lighter_zoo's SegResEncoder is MONAI's with huggingface_hub's
+    model mixin, whose save_pretrained writes config.json (the keyword arguments) and
+    model.safetensors."""
+    from huggingface_hub import PyTorchModelHubMixin
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+
+    class HubSegResEncoder(SegResEncoder, PyTorchModelHubMixin):
+        pass
+
     torch.manual_seed(0)
-    net = SegResNet(spatial_dims=3, in_channels=1, init_filters=8, blocks_down=(1, 2, 2, 4, 4)).eval()
-    path = _monai_folder(tmp_path, "ct_fm", net, {"init_filters": 8})
-    teacher = load_teacher(registry.get_spec("ct_fm"), path)
-    assert teacher.feature_dim == 8 * 16
-    spec = teacher.spec
+    net = HubSegResEncoder(**kwargs).eval()
+    with torch.no_grad():                          # trained-looking batch-norm statistics
+        for name, buf in net.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buf.copy_(torch.rand(buf.shape) + (0.5 if name.endswith("var") else -0.5))
+    net.save_pretrained(folder)
+    return net
+
+
+def test_ct_fm_segresencoder_release_folder(tmp_path):
+    net = _ct_fm_release(tmp_path / "ct_fm", blocks_down=(1, 2, 2, 4, 4), init_filters=8)
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(tmp_path / "ct_fm"))
+    teacher = load_teacher(registry.get_spec("ct_fm"), str(tmp_path / "ct_fm"))
+    assert teacher.feature_dim == 8 * 16 and teacher.spec.input == "volume"
     x = torch.randn((2, 1, 32, 32, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = net.encode(x)[0].mean(dim=(2, 3, 4)).numpy()
-    np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
-    assert spec.input == "volume"
+        expected = torch.nn.functional.adaptive_avg_pool3d(net(x)[-1], 1).flatten(1).numpy()
+    got = run_batch(teacher, x.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, run_batch(teacher, x.numpy()))
 
-    wrong = _monai_folder(tmp_path, "wrong", net, {"init_filters": 16})
-    with pytest.raises(TeacherLoadError, match="does not fit the SegResNet encoder"):
-        load_teacher(registry.get_spec("ct_fm"), wrong)
+    # the registry's full-size arguments give the registry's 512 (meta device: no memory)
+    from monai.networks.nets.segresnet_ds import SegResEncoder
+    spec = registry.get_spec("ct_fm")
+    with torch.device("meta"):
+        deepest = SegResEncoder(**dict(spec.model_args))(torch.zeros(1, 1, 32, 32, 32))[-1]
+    assert deepest.shape[1] == spec.feature_dim == 512
+
+    _ct_fm_release(tmp_path / "wrong", blocks_down=(1, 2, 2, 4, 4), init_filters=16)
+    (tmp_path / "wrong" / "config.json").write_text(json.dumps({"init_filters": 8}))
+    with pytest.raises(TeacherLoadError, match=r"ct_fm: .*wrong does not fit MONAI's "
+                                               r"SegResEncoder: .*size mismatch for conv_init"):
+        load_teacher(registry.get_spec("ct_fm"), str(tmp_path / "wrong"))
+    (tmp_path / "wrong" / "config.json").write_text(json.dumps({"init_filter": 16}))
+    with pytest.raises(TeacherLoadError, match=r"config.json: keys \['init_filter'\] are not "
+                                               r"arguments of MONAI's SegResEncoder"):
+        load_teacher(registry.get_spec("ct_fm"), str(tmp_path / "wrong"))
 
 
 def test_monai_vit_first_token(tmp_path):
