@@ -1,0 +1,122 @@
+"""Figures of the privacy protection (docs/privacy.md): attack, utility, image quality.
+
+    python benchmarks/privacy_eval.py --original MANIFEST --protected OUT/manifest.csv \
+        --labels LABELS.csv --model NAME=WORKDIR [--model ...] [--probe-model WORKDIR] \
+        [--experiment configs/all.py:runlocal] [--split test] --out DIR
+
+For each ``--model``: Rank-1 and verification AUC of the protected queries of the split
+against its unprotected gallery, before and after (``attack_eval``). Utility: a
+diagnosis probe on ``--probe-model``'s frozen features, fitted on the ORIGINAL training
+images, scored on original and protected test images (``utility``). Quality: PSNR and
+SSIM of every protected image against its original, on the slices the model reads.
+Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mami_jax.apps.privacy import attack_eval, quality, utility  # noqa: E402
+from mami_jax.apps.privacy.model_input import read_source, settings_for  # noqa: E402
+from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
+from mami_jax.apps.privacy.settings import load_config  # noqa: E402
+from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.inference import Embedder  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+
+
+def paired_rows(original, protected, split):
+    by_id = {r.image_id: r for r in protected}
+    rows = [r for r in original if r.split == split]
+    missing = [r.image_id for r in rows if r.image_id + SUFFIX not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} rows of split {split!r} have no protected copy, "
+                         f"e.g. {missing[:3]}")
+    return rows, [by_id[r.image_id + SUFFIX] for r in rows]
+
+
+def image_quality(rows, prot_rows, data_cfg) -> dict:
+    per = {}
+    for r, p in tqdm(list(zip(rows, prot_rows)), desc="quality", unit="img"):
+        s = settings_for(data_cfg, r.modality)
+        a, b = read_source(r, s).unit, read_source(p, s).unit
+        per.setdefault(r.modality, []).append((quality.psnr(a, b), quality.ssim(a, b)))
+    out = {m: {"psnr_db": float(np.mean([v[0] for v in vals])),
+               "psnr_db_min": float(np.min([v[0] for v in vals])),
+               "ssim": float(np.mean([v[1] for v in vals]))} for m, vals in sorted(per.items())}
+    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("psnr_db", "ssim")}
+    out["mean"]["psnr_db_min"] = float(min(v["psnr_db_min"] for k, v in out.items() if k != "mean"))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rep in result["attack"].items():
+        for g, v in rep.items():
+            lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | {v['rank1_before']:.3f} | "
+                         f"{v['rank1_after']:.3f} | {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
+    if "utility" in result:
+        lines += ["", "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
+        for m, v in result["utility"].items():
+            lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
+    lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | SSIM |", "| --- | --- | --- | --- |"]
+    for m, v in result["quality"].items():
+        lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | {v['ssim']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--original", required=True)
+    p.add_argument("--protected", required=True)
+    p.add_argument("--labels", default="")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=WORKDIR")
+    p.add_argument("--probe-model", default="")
+    p.add_argument("--experiment", default="configs/all.py:runlocal")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    cfg = load_config(args.experiment)
+    original = read_manifest(args.original)
+    rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
+    result = {"attack": {}, "args": vars(args)}
+    for spec in args.model:
+        name, _, workdir = spec.partition("=")
+        emb = Embedder.from_workdir(workdir, cfg, action="evaluate")
+        result["attack"][name] = attack_eval.attack_report(
+            emb.embed_rows(rows), emb.embed_rows(prot_rows), rows)
+        result["attack"][name]["source"] = {"workdir": workdir, "step": emb.step}
+        print(name, json.dumps(result["attack"][name]["mean"]))
+    if args.labels and args.probe_model:
+        labels = utility.read_labels(args.labels)
+        emb = Embedder.from_workdir(args.probe_model, cfg, action="evaluate")
+        train = [r for r in original if r.split == "train"]
+        fx = utility.features(emb, train)
+        result["utility"] = utility.diagnosis_report(
+            fx, np.asarray([labels[r.image_id] for r in train]), [r.modality for r in train],
+            utility.features(emb, rows), utility.features(emb, prot_rows),
+            np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
+        result["utility_probe"] = {"workdir": args.probe_model, "step": emb.step}
+    result["quality"] = image_quality(rows, prot_rows, cfg.data)
+    for rep in result["attack"].values():
+        rep.pop("source", None) if False else None
+    text = markdown({k: ({n: {g: v for g, v in r.items() if g != "source"} for n, r in v.items()}
+                         if k == "attack" else v) for k, v in result.items()})
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    write_text_atomic(os.path.join(args.out, "privacy_eval.json"), json.dumps(result, indent=1))
+    write_text_atomic(os.path.join(args.out, "privacy_eval.md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The ``cues`` command: cue maps of some rows written as PNG overlays and .npz arrays."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mami_jax.apps.privacy import cues, objective
+from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
+from mami_jax.runtime.atomic_files import write_atomic
+
+
+def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool = True) -> int:
+    """Gradient and occlusion maps of ``targets`` under ``member``; returns the count."""
+    data_cfg = member.embedder.data_cfg
+    patients = {r.patient_key for r in targets}
+    ref_rows = [r for r in rows_all if r.patient_key in patients]
+    row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
+    embeddings = [member.embedder.embed_rows(ref_rows)]
+    for s in tqdm([read_source(r, settings_for(data_cfg, r.modality)) for r in targets],
+                  desc="cues", unit="img", disable=not progress):
+        imap = InputMap(settings_for(data_cfg, s.row.modality), *s.unit.shape[1:3])
+        score = objective.make_score_fn([member], imap, config.perturb, 0)
+        x = s.unit[None]
+        offset = imap.stain_offset(x)
+        refs = objective.build_references([s], embeddings, ref_rows, row_index)
+        maps = {"gradient": cues.gradient_maps(score, [member.params], x, offset, refs,
+                                               float(config.cues.smooth))[0],
+                "occlusion": cues.occlusion_maps(score, [member.params], x, offset, refs,
+                                                 int(config.cues.occlusion_patch),
+                                                 int(config.cues.occlusion_stride))[0]}
+        base = os.path.join(out_dir, s.row.image_id)
+        write_atomic(base + ".npz", lambda tmp: np.savez(tmp, slices=s.slices, **maps))
+        cues.overlay_png(base + ".png", s.unit, maps,
+                         f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})")
+    del jax
+    return len(targets)

@@ -1,0 +1,77 @@
+"""The re-ID models a protection is optimised against or explained with.
+
+A member is an ``Embedder`` (``mami_jax.inference``: its restored parameters and model
+config) plus a pure function ``embed(params, images) -> unit embeddings`` that
+``jax.grad`` can go through. Members are named as workdirs (latest checkpoint) or
+``WORKDIR@STEP`` (a given checkpoint of that run), all of the experiment config given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mami_jax.inference import Embedder
+from mami_jax.models.mami import MaMI
+
+
+@dataclasses.dataclass
+class Member:
+    embedder: Embedder
+    embed: Callable      # (params, (B, T, S, S, 3) model input) -> (B, C) unit vectors
+
+    @property
+    def params(self):
+        return self.embedder.params
+
+
+def unit_embedding_fn(model_cfg) -> Callable:
+    mami = MaMI(model_cfg)
+
+    def embed(params, images):
+        e = mami.apply({"params": params}, images).embedding
+        return e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
+    return embed
+
+
+def _restore_at(workdir: str, step: int, config) -> Embedder:
+    from mami_jax.models.embed import abstract_params
+    from mami_jax.train import checkpointing, sharding
+    checkpointing.check_model_config(workdir, config.model, "protect with")
+    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    if not os.path.isdir(step_dir):
+        raise FileNotFoundError(f"{step_dir}: no checkpoint of step {step}")
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    abstract = abstract_params(config.model, config.model.image_size)
+    shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+        params = ckpt.restore_params(step, target)
+    finally:
+        ckpt.close()
+    return Embedder(config.model, params, config.data, step=step,
+                    source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
+
+
+def load_member(name: str, config) -> Member:
+    """``WORKDIR`` or ``WORKDIR@STEP`` -> Member, for experiment ``config``."""
+    workdir, sep, step = name.partition("@")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"re-ID workdir {workdir!r} not found")
+    if sep:
+        if not step.isdigit():
+            raise ValueError(f"ensemble member {name!r}: STEP must be a number")
+        embedder = _restore_at(workdir, int(step), config)
+    else:
+        embedder = Embedder.from_workdir(workdir, config, action="protect with")
+    return Member(embedder, unit_embedding_fn(config.model))
+
+
+def load_ensemble(names: Sequence[str], config) -> list[Member]:
+    return [load_member(n, config) for n in names]

@@ -1,0 +1,136 @@
+"""What protection minimises and the cue maps explain: the identity match score.
+
+The match score of an image is the mean cosine similarity between its embedding and the
+(original) embeddings of its patient's other images, plus ``own_weight`` times the
+similarity to its own original embedding (which also covers a patient with one image).
+Embeddings are first centred on the mean embedding of the reference rows: a re-ID
+model's raw embeddings share a large common direction (raw cosine similarities of
+different patients are above 0.99 on the phantoms), so raw cosines barely move while
+the ranking, which lives in the remaining directions, is what must change.
+
+``views``: expectation over transformations (EOT). Each optimisation step embeds a few
+random views of the image (shift, noise, a symmetry of the square where evaluation
+averages over them), so the change does not depend on one exact pixel grid, and it
+transfers better to models it was not optimised against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass
+class References:
+    """Per member: others (B, K, C) unit embeddings, mask (B, K), own (B, C)."""
+
+    others: list
+    mask: np.ndarray
+    own: list
+    center: list     # per member: (C,) mean embedding the others and own were centred on
+
+    def arrays(self) -> tuple:
+        """(others, mask, own, center): what a score function takes."""
+        return (self.others, self.mask, self.own, self.center)
+
+    def at(self, i: int) -> tuple:
+        """``arrays()`` of image i alone (batch of one)."""
+        return ([o[i:i + 1] for o in self.others], self.mask[i:i + 1],
+                [o[i:i + 1] for o in self.own], self.center)
+
+    def first(self) -> "References":
+        """The references of the first member alone."""
+        return References(self.others[:1], self.mask, self.own[:1], self.center[:1])
+
+
+def build_references(sources, embeddings_by_member, rows, row_index) -> References:
+    """References of the images ``sources`` from the embeddings of every row of the
+    manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i)."""
+    by_patient: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_patient.setdefault(r.patient_key, []).append(i)
+    own_idx = [row_index[s.row.image_id] for s in sources]
+    other_idx = [[j for j in by_patient[s.row.patient_key] if rows[j].study_key != s.row.study_key]
+                 for s in sources]
+    k = max(1, max(len(o) for o in other_idx))
+    mask = np.zeros((len(sources), k), np.float32)
+    padded = np.zeros((len(sources), k), np.int64)
+    for b, o in enumerate(other_idx):
+        mask[b, :len(o)] = 1.0
+        padded[b, :len(o)] = o
+    others, own, centers = [], [], []
+    for emb in embeddings_by_member:
+        unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
+        center = unit.mean(0)
+        unit = centred(unit, center)
+        others.append(unit[padded])
+        own.append(unit[own_idx])
+        centers.append(center.astype(np.float32))
+    return References(others, mask, own, centers)
+
+
+def centred(unit, center):
+    """Unit embeddings minus ``center``, renormalised (numpy or jax arrays)."""
+    xp = np if isinstance(unit, np.ndarray) else jnp
+    c = unit - center
+    return c / (xp.linalg.norm(c, axis=-1, keepdims=True) + 1e-8)
+
+
+def match_scores(embedding, others, mask, own, own_weight):
+    """(B,) match score of unit embeddings (B, C) against their references."""
+    sim = jnp.einsum("bc,bkc->bk", embedding, others)
+    count = jnp.maximum(mask.sum(-1), 1.0)
+    score = (sim * mask).sum(-1) / count
+    return (score + own_weight * jnp.sum(embedding * own, -1)) / (
+        (mask.sum(-1) > 0) + own_weight)
+
+
+def random_views(key, x, shift: int, noise: float):
+    """One random view of (B, T, H, W, C) unit pixels: a wrapped shift and noise."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    if shift > 0:
+        dy = jax.random.randint(k1, (), -shift, shift + 1)
+        dx = jax.random.randint(k2, (), -shift, shift + 1)
+        x = jnp.roll(x, (dy, dx), axis=(2, 3))
+    if noise > 0:
+        x = x + noise * jax.random.normal(k3, x.shape)
+    return x
+
+
+def random_symmetry(key, images):
+    """A random one of the 8 symmetries of the square of (B, T, S, S, 3) model input."""
+    k = jax.random.randint(key, (), 0, 8)
+    branches = [(lambda r, m: (lambda v: (jnp.rot90(v, r, axes=(2, 3))[:, :, :, ::-1]
+                                          if m else jnp.rot90(v, r, axes=(2, 3)))))(r, m)
+                for r in range(4) for m in (0, 1)]
+    return jax.lax.switch(k, branches, images)
+
+
+def make_score_fn(members, input_map, cfg_perturb, views: int):
+    """(params list, x (B,T,H,W,C), offset, References.arrays(), key) -> (B,) match
+    score (``match_scores`` of centred embeddings) averaged over
+    members and ``views`` random views (views=0: the plain image, no randomness)."""
+    embed_fns = [m.embed for m in members]
+    shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
+    own_weight = float(cfg_perturb.own_weight)
+
+    def score(params_list, x, offset, ref_arrays, key):
+        others, mask, own, center = ref_arrays
+        total = 0.0
+        keys = jax.random.split(key, max(views, 1) * len(embed_fns))
+        for m, (fn, params) in enumerate(zip(embed_fns, params_list)):
+            for v in range(max(views, 1)):
+                if views == 0:
+                    images = input_map(x, offset)
+                else:
+                    kk = jax.random.split(keys[m * max(views, 1) + v])
+                    images = input_map(random_views(kk[0], x, shift, noise), offset)
+                    if input_map.symmetric:
+                        images = random_symmetry(kk[1], images)
+                e = centred(fn(params, images), center[m])
+                total = total + match_scores(e, others[m], mask, own[m], own_weight)
+        return total / (len(embed_fns) * max(views, 1))
+    return score

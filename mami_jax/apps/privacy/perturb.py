@@ -1,0 +1,100 @@
+"""Bounded perturbation against an ensemble of re-ID models (identity removal, method a).
+
+Projected gradient descent on the match score (``objective``) with momentum (MI-FGSM,
+Dong et al. 2018: normalised gradients accumulated over steps, which transfer better to
+models not optimised against) and expectation over random views. The change ``delta``
+of the unit pixels ([0, 1]) stays inside its budget after every step:
+
+- ``linf``: ``|delta| <= epsilon`` per pixel;
+- ``l2``: ``||delta||_2 <= epsilon * sqrt(N)`` per image (N its pixel count), so epsilon
+  is a root-mean-square change and either norm gives PSNR >= 20 log10(1 / epsilon);
+
+and ``x + delta`` stays in [0, 1]. ``mask`` (optional, 1 = may change) confines it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"perturb.norm={norm!r}: expected one of {NORMS}")
+
+
+def project(delta, norm: str, epsilon: float):
+    """The closest change inside the budget (per image along axis 0)."""
+    check_norm(norm)
+    if norm == "linf":
+        return jnp.clip(delta, -epsilon, epsilon)
+    axes = tuple(range(1, delta.ndim))
+    n = np.prod(delta.shape[1:])
+    radius = epsilon * np.sqrt(n)
+    length = jnp.sqrt(jnp.sum(jnp.square(delta), axis=axes, keepdims=True))
+    return delta * jnp.minimum(1.0, radius / jnp.maximum(length, 1e-12))
+
+
+def budget_used(delta: np.ndarray, norm: str, epsilon: float) -> np.ndarray:
+    """Per image: the norm of ``delta`` over the budget (<= 1 inside it)."""
+    d = np.asarray(delta, np.float64).reshape(len(delta), -1)
+    if norm == "linf":
+        return np.abs(d).max(1) / epsilon
+    return np.sqrt(np.square(d).sum(1)) / (epsilon * np.sqrt(d.shape[1]))
+
+
+def make_step(score_fn, norm: str, epsilon: float, step_size: float, momentum: float):
+    """One jitted PGD step: (params, x0, delta, velocity, mask, offset, ref arrays, key)
+    -> (delta, velocity, score before the step)."""
+    check_norm(norm)
+
+    def total_score(delta, params, x0, offset, ref_arrays, key):
+        s = score_fn(params, x0 + delta, offset, ref_arrays, key)
+        return s.sum(), s
+
+    grad_fn = jax.grad(total_score, has_aux=True)
+
+    @jax.jit
+    def step(params, x0, delta, velocity, mask, offset, ref_arrays, key):
+        g, s = grad_fn(delta, params, x0, offset, ref_arrays, key)
+        g = g * mask
+        axes = tuple(range(1, g.ndim))
+        g = g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
+        velocity = momentum * velocity + g
+        if norm == "linf":
+            move = jnp.sign(velocity)
+        else:
+            n = np.prod(g.shape[1:])
+            move = velocity * np.sqrt(n) / (jnp.sqrt(jnp.sum(jnp.square(velocity), axis=axes,
+                                                             keepdims=True)) + 1e-12)
+        delta = project(delta - step_size * move * mask, norm, epsilon)
+        delta = jnp.clip(x0 + delta, 0.0, 1.0) - x0
+        return delta, velocity, s
+    return step
+
+
+_zeros2 = jax.jit(lambda b: (jnp.zeros_like(b), jnp.zeros_like(b)))
+_ones = jax.jit(jnp.ones_like)
+
+
+def perturb(step, params, x0, offset, refs, steps: int, key, mask=None, start=None):
+    """``steps`` PGD steps of ``step`` (``make_step``); returns (delta, score per step (steps, B)).
+
+    ``start``: an initial change (e.g. inpainting) kept outside the budget; the budget
+    applies to what PGD adds on top of it."""
+    base = np.asarray(x0 if start is None else np.clip(x0 + start, 0.0, 1.0), np.float32)
+    # Made by jit, so they are placed as the step's own outputs are: the step then
+    # compiles once (uncommitted inputs on the first call would compile it twice).
+    delta, velocity = _zeros2(base)
+    mask = _ones(base) if mask is None else jnp.asarray(mask, jnp.float32)
+    history = []
+    arrays = refs.arrays()
+    for _ in range(int(steps)):
+        key, sub = jax.random.split(key)
+        delta, velocity, s = step(params, base, delta, velocity, mask, offset, arrays, sub)
+        history.append(np.asarray(s))
+    out = np.asarray(base + delta - np.asarray(x0, np.float32), np.float32)
+    return out, np.stack(history) if history else np.zeros((0, len(base)))

@@ -1,0 +1,127 @@
+"""Protecting the rows of a manifest: optimise, write in the input's format, new manifest.
+
+``protect_rows`` works one modality and image shape at a time, ``batch_size`` images
+together: it reads the pixels the model reads (``model_input``), the original
+embeddings of the patients' images under every ensemble member (the references of
+``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``),
+and writes each image with ``writers``. Outputs go to ``OUT/images/<path relative to the
+manifest's folder>`` and ``OUT/manifest.csv`` (the project's schema: patient, study,
+order, modality, view and split kept; ``image_id`` + ``SUFFIX``; relative paths, so the
+folder can move). The inputs are only read.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mami_jax.apps.privacy import cues as cues_lib
+from mami_jax.apps.privacy import inpaint as inpaint_lib
+from mami_jax.apps.privacy import objective, perturb
+from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
+from mami_jax.apps.privacy.quality import psnr
+from mami_jax.apps.privacy.writers import write_protected
+from mami_jax.data.manifest import ManifestRow
+
+SUFFIX = "_protected"
+METHODS = ("perturb", "inpaint", "both")
+
+
+def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> list[ManifestRow]:
+    chosen = [r for r in rows if split is None or r.split == split]
+    if not chosen:
+        present = sorted({r.split for r in rows})
+        raise ValueError(f"{source}: no rows in split {split!r} (splits present: {present})")
+    return chosen
+
+
+def reference_embeddings(members, rows: Sequence[ManifestRow]) -> list[np.ndarray]:
+    """Every member's evaluation embeddings of ``rows`` (as ``Embedder.embed_rows``)."""
+    return [m.embedder.embed_rows(rows) for m in members]
+
+
+def output_path(row: ManifestRow, manifest_dir: str, out_dir: str) -> tuple[str, str]:
+    """(absolute, relative to out_dir) path of the protected copy of ``row``."""
+    rel = os.path.relpath(os.path.normpath(row.path), manifest_dir)
+    if rel.startswith(".."):
+        rel = os.path.join(row.modality, row.patient_id, os.path.basename(os.path.normpath(row.path)))
+    rel = os.path.join("images", rel)
+    return os.path.join(out_dir, rel), rel
+
+
+def groups_of(sources) -> dict:
+    g = collections.defaultdict(list)
+    for s in sources:
+        g[(s.row.modality,) + s.unit.shape].append(s)
+    return g
+
+
+def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
+                 config, manifest_dir: str, out_dir: str, progress: bool = True):
+    """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records)."""
+    if config.method not in METHODS:
+        raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
+    perturb.check_norm(config.perturb.norm)
+    data_cfg = members[0].embedder.data_cfg
+    patients = {r.patient_key for r in targets}
+    ref_rows = [r for r in rows_all if r.patient_key in patients]
+    row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
+    embeddings = reference_embeddings(members, ref_rows)
+    params = [m.params for m in members]
+    sources = [read_source(r, settings_for(data_cfg, r.modality)) for r in targets]
+    key = jax.random.key(int(config.seed))
+    new_rows, records = {}, []
+    bar = tqdm(total=len(sources), desc="protect", unit="img", disable=not progress)
+    size = int(config.batch_size)
+    for (modality, t, h, w, c), group in groups_of(sources).items():
+        imap = InputMap(settings_for(data_cfg, modality), h, w)
+        train_score = objective.make_score_fn(members, imap, config.perturb, int(config.perturb.views))
+        plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
+        step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
+                                 float(config.perturb.step_size), float(config.perturb.momentum))
+        for start in range(0, len(group), size):
+            batch = group[start:start + size]
+            # A fixed batch size (the tail padded with its last image): one compilation.
+            padded = batch + [batch[-1]] * (min(size, len(group)) - len(batch))
+            x0 = np.stack([s.unit for s in padded])
+            offset = imap.stain_offset(x0)
+            refs = objective.build_references(padded, embeddings, ref_rows, row_index)
+            main = refs.first().arrays()
+            before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
+            delta = np.zeros_like(x0)
+            if config.method in ("inpaint", "both"):
+                maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
+                delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
+                                            int(config.inpaint.iterations))
+            if config.method in ("perturb", "both"):
+                key, sub = jax.random.split(key)
+                delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
+                                           sub, start=delta if config.method == "both" else None)
+            after = np.asarray(plain_main(params[:1], x0 + delta, offset, main, jax.random.key(0)))
+            for b, s in enumerate(batch):
+                out_abs, out_rel = output_path(s.row, manifest_dir, out_dir)
+                write_protected(s.row.path, s.slices, delta[b], out_abs)
+                new_rows[s.row.image_id] = s.row.replace(image_id=s.row.image_id + SUFFIX,
+                                                         path=out_rel)
+                records.append({"image_id": s.row.image_id, "modality": modality,
+                                "score_before": float(before[b]), "score_after": float(after[b]),
+                                "max_abs_change": float(np.abs(delta[b]).max()),
+                                "psnr_db": psnr(x0[b], x0[b] + delta[b])})
+            bar.update(len(batch))
+    bar.close()
+    return [new_rows[r.image_id] for r in targets], records
+
+
+def _cue_maps(config, score_fn, params, x0, offset, refs):
+    if config.inpaint.cue == "occlusion":
+        return cues_lib.occlusion_maps(score_fn, params, x0, offset, refs,
+                                       int(config.cues.occlusion_patch),
+                                       int(config.cues.occlusion_stride))
+    if config.inpaint.cue != "gradient":
+        raise ValueError(f"inpaint.cue={config.inpaint.cue!r}: expected gradient or occlusion")
+    return cues_lib.gradient_maps(score_fn, params, x0, offset, refs, float(config.cues.smooth))

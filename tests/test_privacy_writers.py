@@ -1,0 +1,159 @@
+"""mami_jax.apps.privacy.writers: a protected image keeps its input's format, shape and
+metadata, decodes to original + change (to the format's rounding), and the input file
+stays byte-identical."""
+
+import hashlib
+import os
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from mami_jax.apps.privacy.writers import WriteError, write_protected
+from mami_jax.data.decode import open_volume
+from mami_jax.data.transforms import slice_indices
+from tests.test_data_decode import write_dicom
+
+
+def digest(path):
+    if os.path.isdir(path):
+        return {n: digest(os.path.join(path, n)) for n in sorted(os.listdir(path))}
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def roundtrip(path, out, t=1, amplitude=0.03, seed=0):
+    """Writes a random change of the first T read slices; returns (read, change, re-read)."""
+    volume = open_volume(str(path))
+    idx = slice_indices(volume.num_slices, t)
+    x = volume.read(idx)
+    rng = np.random.default_rng(seed)
+    change = np.clip(x + rng.uniform(-amplitude, amplitude, x.shape), 0, 1) - x
+    before = digest(str(path))
+    write_protected(str(path), idx, change.astype(np.float32), str(out))
+    assert digest(str(path)) == before        # the input is never modified
+    return x, change, open_volume(str(out)).read(idx)
+
+
+def test_png_8bit_grey_and_rgb(tmp_path):
+    rng = np.random.default_rng(1)
+    grey = rng.integers(20, 230, (24, 20), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    x, change, back = roundtrip(tmp_path / "g.png", tmp_path / "out" / "g.png")
+    with Image.open(tmp_path / "out" / "g.png") as img:
+        assert (img.format, img.mode, img.size) == ("PNG", "L", (20, 24))
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+    rgb = rng.integers(20, 230, (16, 18, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    x, change, back = roundtrip(tmp_path / "c.png", tmp_path / "out" / "c.png")
+    with Image.open(tmp_path / "out" / "c.png") as img:
+        assert (img.mode, img.size) == ("RGB", (18, 16))
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_png_16bit_keeps_its_minmax_range(tmp_path):
+    rng = np.random.default_rng(2)
+    a = rng.integers(1000, 5000, (20, 20)).astype(np.uint16)
+    a[0, 0], a[5, 5] = 1000, 5000
+    Image.fromarray(a).save(tmp_path / "x.png")
+    x, change, back = roundtrip(tmp_path / "x.png", tmp_path / "o.png")
+    with Image.open(tmp_path / "o.png") as img:
+        assert img.mode.startswith("I;16") and img.size == (20, 20)
+        stored = np.asarray(img)
+    assert stored.min() == 1000 and stored.max() == 5000
+    err = np.abs(back - (x + change))
+    err[0, 0, 0], err[0, 5, 5] = 0, 0     # the two range-keeping pixels
+    assert err.max() <= 0.5 / 4000 + 1e-6
+
+
+def test_jpeg_stays_jpeg_and_keeps_most_of_the_change(tmp_path):
+    rng = np.random.default_rng(3)
+    smooth = np.kron(rng.integers(40, 200, (4, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "f.jpg", quality=95)
+    volume = open_volume(str(tmp_path / "f.jpg"))
+    x = volume.read([0])
+    change = np.zeros_like(x)
+    change[:, 8:24, 8:24, :] = 0.05          # a smooth change, as a protection is
+    write_protected(str(tmp_path / "f.jpg"), [0], change, str(tmp_path / "o.jpg"))
+    with Image.open(tmp_path / "o.jpg") as img:
+        assert img.format == "JPEG" and img.size == (32, 32)
+    got = open_volume(str(tmp_path / "o.jpg")).read([0]) - x
+    assert abs(got[:, 10:22, 10:22].mean() - 0.05) < 0.01
+
+
+def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
+    rng = np.random.default_rng(4)
+    a = rng.integers(100, 1400, (16, 16)).astype(np.int16)   # inside the window
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, a, PatientName="Doe^Jane", PatientID="X123", RescaleSlope=2,
+                RescaleIntercept=-1000, WindowCenter=500, WindowWidth=3001,
+                StudyInstanceUID="1.2.3.4")
+    x, change, back = roundtrip(path, tmp_path / "o.dcm")
+    src, out = pydicom.dcmread(path), pydicom.dcmread(str(tmp_path / "o.dcm"))
+    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID", "RescaleSlope",
+                "RescaleIntercept", "WindowCenter", "WindowWidth", "Rows", "Columns"):
+        assert out.get(tag) == src.get(tag), tag
+    assert out.pixel_array.dtype == src.pixel_array.dtype and out.pixel_array.shape == (16, 16)
+    # one stored step is 2 rescaled units = 2/3000 of the window
+    assert np.abs(back - (x + change)).max() <= 1.01 / 3000 * 2
+    assert not np.array_equal(out.pixel_array, src.pixel_array)
+
+
+def test_dicom_monochrome1_changes_in_the_right_direction(tmp_path):
+    a = np.full((8, 8), 1000, np.uint16)
+    a[0, 0], a[7, 7] = 0, 4000
+    path = str(tmp_path / "m.dcm")
+    write_dicom(path, a, photometric="MONOCHROME1")
+    x = open_volume(path).read([0])
+    change = np.zeros_like(x)
+    change[0, 3, 3] = 0.1
+    write_protected(path, [0], change, str(tmp_path / "o.dcm"))
+    back = open_volume(str(tmp_path / "o.dcm")).read([0])
+    assert abs(back[0, 3, 3, 0] - x[0, 3, 3, 0] - 0.1) < 1e-3
+
+
+def test_nifti_keeps_affine_and_header(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.integers(-500, 1500, (12, 10, 6)).astype(np.int16)
+    affine = np.array([[0, -1.5, 0, 10], [2.0, 0, 0, -4], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, affine)
+    img.header["descrip"] = b"phantom scan"
+    path = str(tmp_path / "v.nii.gz")
+    nib.save(img, path)
+    x, change, back = roundtrip(path, tmp_path / "o.nii.gz", t=2)
+    out = nib.load(str(tmp_path / "o.nii.gz"))
+    np.testing.assert_array_equal(out.affine, img.affine)
+    assert out.shape == data.shape and out.get_data_dtype() == np.int16
+    assert out.header["descrip"].tobytes().rstrip(b"\0") == b"phantom scan"
+    np.testing.assert_array_equal(out.header["pixdim"], nib.load(path).header["pixdim"])
+    err = np.abs(back - (x + change))
+    assert np.sort(err.ravel())[-3] <= 0.5 / 1999 + 1e-6   # all but the range-keeping pixels
+    # slices the model does not read are unchanged
+    read = set(slice_indices(open_volume(path).num_slices, 2).tolist())
+    others = [i for i in range(open_volume(path).num_slices) if i not in read]
+    np.testing.assert_array_equal(open_volume(str(tmp_path / "o.nii.gz")).read(others).shape,
+                                  open_volume(path).read(others).shape)
+
+
+def test_slice_folder_changes_only_the_read_slices(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(5):
+        Image.fromarray(rng.integers(10, 240, (12, 12), dtype=np.uint8)).save(folder / f"s_{i}.png")
+    x, change, back = roundtrip(folder, tmp_path / "out" / "series", t=2)
+    assert sorted(os.listdir(tmp_path / "out" / "series")) == sorted(os.listdir(folder))
+    read = set(slice_indices(5, 2).tolist())
+    for i in range(5):
+        same = digest(str(folder / f"s_{i}.png")) == digest(str(tmp_path / "out" / "series" / f"s_{i}.png"))
+        assert same == (i not in read)
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_refuses_to_write_over_its_input(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(WriteError, match="a.png: refusing to write the protected image over its input"):
+        write_protected(str(tmp_path / "a.png"), [0], np.zeros((1, 4, 4, 1), np.float32),
+                        str(tmp_path / "a.png"))
