@@ -48,7 +48,7 @@ ARMS = {
 
 
 def run_command(arm: str, seed: int, steps: int, workdir: str, phantoms: str,
-                teachers_dir: str) -> list[str]:
+                teachers_dir: str, align_weight: float | None = None) -> list[str]:
     variant, teachers = ARMS[arm]
     words = "runlocal" if variant is None else f"runlocal,align={TEACHER_SETS[teachers]}"
     cmd = [sys.executable, "-m", "mami_jax.main", f"--config=configs/all.py:{words}",
@@ -60,6 +60,8 @@ def run_command(arm: str, seed: int, steps: int, workdir: str, phantoms: str,
     if variant is not None:
         cmd += [f"--config.loss.align.variant={variant}",
                 f"--config.data.teacher_features.dir={teachers_dir}"]
+        if align_weight is not None:
+            cmd.append(f"--config.loss.terms.align={align_weight}")
     return cmd
 
 
@@ -141,6 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", default="", help="shared phantom cache (default: per run)")
     p.add_argument("--teachers_dir", default="",
                    help="shared teacher-feature store (default OUT/teachers; extracted if missing)")
+    p.add_argument("--align_weight", type=float, default=None,
+                   help="weight of the align term (default: the config's)")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -152,7 +156,8 @@ def main(argv=None) -> int:
     for i, (arm, seed) in enumerate(plan, 1):
         workdir = os.path.join(out, "runs", f"{arm.replace('/', '-')}-s{seed}")
         final = os.path.join(workdir, "eval", f"step_{args.steps}", "metrics.json")
-        cmd = run_command(arm, seed, args.steps, workdir, phantoms, teachers_dir)
+        cmd = run_command(arm, seed, args.steps, workdir, phantoms, teachers_dir,
+                          args.align_weight)
         if args.dry_run:
             print(" ".join(cmd))
             continue
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
         results[arm][seed] = read_metrics(final)
         summary = summarise(results)
         write_text_atomic(os.path.join(out, "ablation.json"), json.dumps(
-            {"steps": args.steps, "runs": {a: {str(s): r for s, r in v.items()}
+            {"steps": args.steps, "align_weight": args.align_weight, "runs": {a: {str(s): r for s, r in v.items()}
                                            for a, v in results.items()},
              "summary": summary, "verdict": verdict(summary)}, indent=1))
     if args.dry_run:

@@ -245,7 +245,7 @@ def test_gradient_accumulation_pairs_within_each_microbatch():
 
 def test_runlocal_align_config_builds_and_words_are_checked():
     cfg = all_config("runlocal,align")
-    assert dict(cfg.loss.terms) == {"id": 1.0, "triplet": 1.0, "align": 0.01}
+    assert dict(cfg.loss.terms) == {"id": 1.0, "triplet": 1.0, "align": 1.0}
     tf = cfg.data.teacher_features
     assert tf.teachers == ("anatomy", "efficientnet_lite0") and tf.extract and tf.dir == ""
     assert dict(tf.dims) == {"anatomy": 256, "efficientnet_lite0": 1280}
