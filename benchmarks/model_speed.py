@@ -1,68 +1,143 @@
-"""Forward throughput of full MaMI against the plain ViT it adapts.
+"""Throughput of full MaMI against the plain ViT it adapts, and of each addition alone.
 
-Runs the two variants interleaved (A B A B ...) in one process, so that load
-from other processes on a shared machine hits both alike, and reports medians
-and the ratio. The issue's target: ComPA and the slice adapters cost at most
-10% of the plain ViT's time (ViT-B/16, 224 px, batch 8, float32).
+Runs the variants interleaved (A B C D A B C D ...) in one process, so that load
+from other processes on a shared machine hits all alike, and reports medians, the
+per-round time ratios to the plain ViT and XLA's FLOP count of each variant. The
+issue's target: ComPA and the slice adapters cost at most 10% of the plain ViT's
+time (ViT-B/16, 224 px, batch 8, float32). Variants:
+
+- ``mami``: ComPA (router, feature shift, factor generators, low-rank deltas) and
+  the slice adapters, the released architecture;
+- ``compa_only`` / ``adapter_only``: one of the two additions, to say which costs what;
+- ``plain_vit``: neither (the CLIP ViT with MaMI's head).
+
+``--mode forward`` times the embedding pass; ``--mode train`` the gradient of a
+scalar of the embedding (forward + backward, no optimiser).
+``benchmarks/speed_vs_torch.py`` calls ``measure`` for its report.
 
     python benchmarks/model_speed.py                 # the target configuration
-    python benchmarks/model_speed.py --rounds 3 --batch 2 --slices 1
+    python benchmarks/model_speed.py --mode train --rounds 3
+    python benchmarks/model_speed.py --rounds 3 --batch 2 --slices 1 --variants mami,plain_vit
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+from tqdm import tqdm
 
 from mami_jax.models import MaMI, default_config
 
+#: Variant name -> (use_compa, use_slice_adapter).
+VARIANTS = {"mami": (True, True), "compa_only": (True, False),
+            "adapter_only": (False, True), "plain_vit": (False, False)}
 
-def build(use_compa: bool, args):
-    cfg = default_config()
+
+def interleaved(runs: dict, rounds: int, desc: str = "rounds") -> tuple[dict, dict]:
+    """(wall, cpu): name -> seconds per call, the callables run A B C A B C ... for
+    ``rounds``; cpu is this process's user + system time during the call (all threads)."""
+    wall, cpu = {k: [] for k in runs}, {k: [] for k in runs}
+    for _ in tqdm(range(rounds), desc=desc, unit="round", leave=False):
+        for name, run in runs.items():
+            c0, start = process_cpu_s(), time.perf_counter()
+            run()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(process_cpu_s() - c0)
+    return wall, cpu
+
+
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def summarise(wall: dict, cpu: dict, reference: str, images: int) -> dict:
+    """Medians, images/s and the median of per-round time ratios to ``reference``."""
+    out = {}
+    for name, values in wall.items():
+        med = statistics.median(values)
+        ratios = [a / b for a, b in zip(values, wall[reference])]
+        out[name] = {"median_ms": med * 1e3, "images_per_s": images / med,
+                     "cpu_ms": statistics.median(cpu[name]) * 1e3,
+                     "times_ms": [round(v * 1e3, 1) for v in values],
+                     f"ratio_to_{reference}": statistics.median(ratios)}
+    return out
+
+
+def build(variant: str, args, base_cfg=None):
+    """(run, flops): a jitted, compiled pass of ``variant`` and XLA's FLOP count of it."""
+    use_compa, use_adapter = VARIANTS[variant]
+    cfg = (base_cfg or default_config()).copy_and_resolve_references()
     with cfg.unlocked():
         cfg.use_compa = use_compa
-        cfg.use_slice_adapter = use_compa
+        cfg.use_slice_adapter = use_adapter
         cfg.dtype = args.dtype
     model = MaMI(cfg)
-    x = jnp.asarray(jax.random.normal(jax.random.key(0),
-                                      (args.batch, args.slices, args.size, args.size, 3)))
+    x = jax.random.normal(jax.random.key(0),
+                          (args.batch, args.slices, args.size, args.size, 3))
     params = jax.jit(model.init)(jax.random.key(1), x)["params"]
-    fwd = jax.jit(lambda p, x: model.apply({"params": p}, x).embedding)
-    fwd(params, x).block_until_ready()  # compile outside the timing
-    return lambda: fwd(params, x).block_until_ready()
+    if args.mode == "forward":
+        fn = jax.jit(lambda p, x: model.apply({"params": p}, x).embedding)
+    else:
+        fn = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply({"params": p}, x).embedding)))
+    compiled = fn.lower(params, x).compile()
+    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    jax.block_until_ready(compiled(params, x))  # first run outside the timing
+    return (lambda: jax.block_until_ready(compiled(params, x))), flops
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def measure(args, base_cfg=None) -> dict:
+    """Interleaved timing of ``args.variants``; ratios and FLOPs relative to plain_vit."""
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown or "plain_vit" not in names:
+        raise ValueError(f"--variants {args.variants!r}: names from {sorted(VARIANTS)}, "
+                         "plain_vit included")
+    built = {name: build(name, args, base_cfg) for name in names}
+    wall, cpu = interleaved({k: run for k, (run, _) in built.items()}, args.rounds,
+                            desc=f"ComPA vs plain ViT, {args.mode}")
+    out = summarise(wall, cpu, "plain_vit", args.batch * args.slices)
+    for name, (_, flops) in built.items():
+        out[name]["gflops"] = flops / 1e9
+        out[name]["flop_ratio_to_plain_vit"] = flops / built["plain_vit"][1]
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--slices", type=int, default=1)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--mode", choices=("forward", "train"), default="forward")
+    parser.add_argument("--variants", default="mami,compa_only,adapter_only,plain_vit")
+
+
+def print_table(results: dict, args) -> None:
+    print(f"device={jax.devices()[0].device_kind} mode={args.mode} batch={args.batch} "
+          f"slices={args.slices} size={args.size} dtype={args.dtype} rounds={args.rounds}")
+    print(f"{'variant':13s} {'median ms':>10s} {'slices/s':>9s} {'time/plain':>10s} "
+          f"{'GFLOP':>8s} {'FLOP/plain':>10s}")
+    for name, r in results.items():
+        print(f"{name:13s} {r['median_ms']:10.1f} {r['images_per_s']:9.2f} "
+              f"{r['ratio_to_plain_vit']:10.3f} {r['gflops']:8.1f} "
+              f"{r['flop_ratio_to_plain_vit']:10.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
     args = parser.parse_args()
-
-    variants = {"mami": build(True, args), "plain_vit": build(False, args)}
-    times = {k: [] for k in variants}
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-
-    images = args.batch * args.slices
-    print(f"device={jax.devices()[0].device_kind} batch={args.batch} slices={args.slices} "
-          f"size={args.size} dtype={args.dtype} rounds={args.rounds}")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in med.items():
-        print(f"{name:10s} median {t * 1e3:9.1f} ms  {images / t:8.2f} slices/s")
-    ratios = [a / b for a, b in zip(times["mami"], times["plain_vit"])]
-    print(f"time ratio mami/plain_vit: median {statistics.median(ratios):.3f} "
-          f"(per-round {', '.join(f'{r:.3f}' for r in ratios)}); "
-          f"overhead {100 * (med['mami'] / med['plain_vit'] - 1):.1f}%")
+    try:
+        results = measure(args)
+    except ValueError as e:
+        parser.exit(2, f"error: {e}\n")
+    print_table(results, args)
 
 
 if __name__ == "__main__":

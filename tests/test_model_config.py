@@ -67,8 +67,8 @@ def test_divisibility_still_checked_after_signs():
 def test_config_differences_names_saved_and_given_and_skips_execution_keys():
     saved = tiny_config()
     given = tiny_config(shift_input="patch_mean", rank=2, dtype="bfloat16", remat=True,
-                        init="released")
-    assert set(EXECUTION_KEYS) == {"init", "dtype", "remat"}
+                        init="released", remat_policy="dots_saveable", attention="xla")
+    assert set(EXECUTION_KEYS) == {"init", "dtype", "remat", "remat_policy", "attention"}
     assert config_differences(saved, given) == [
         "rank: saved 4, given 2", "shift_input: saved 'router', given 'patch_mean'"]
     # Read back from JSON (generator_hidden comes back as a list): the same config.

@@ -42,4 +42,6 @@ class SliceAdapter(nn.Module):
 
         delta = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="fc2")(
             conv.reshape(n, length - 1, self.width))
-        return tokens.at[:, 1:].add(delta.astype(tokens.dtype))
+        # A zero row for the class token and one elementwise add: XLA fuses the pad into
+        # the add, where ``tokens.at[:, 1:].add`` is a scatter that copies the tokens.
+        return tokens + jnp.pad(delta.astype(tokens.dtype), ((0, 0), (1, 0), (0, 0)))

@@ -40,9 +40,18 @@ REQUIRED_SAVED_KEYS = ("shift_input",)
 
 #: Settings of how a model is initialised or executed, not of which function its
 #: weights compute; ``config_differences`` ignores them by default.
-EXECUTION_KEYS = ("init", "dtype", "remat")
+EXECUTION_KEYS = ("init", "dtype", "remat", "remat_policy", "attention")
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+#: ``attention``: the implementation of ``jax.nn.dot_product_attention`` ("auto": cuDNN's
+#: fused kernel on a GPU in bfloat16/float16, XLA elsewhere; see ``vit.attention_implementation``).
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+#: ``remat_policy``: what a rematerialised block keeps for the backward pass (names in
+#: ``jax.checkpoint_policies``): nothing, or the outputs of its matrix multiplies by
+#: weights (the elementwise work and attention are recomputed).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
 #: Integer sizes that must be at least 1 (checked before any divisibility test).
 POSITIVE_INT_KEYS = ("width", "depth", "num_heads", "patch_size", "image_size", "mlp_ratio",
@@ -80,6 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.init = "default"
     cfg.dtype = "float32"
     cfg.remat = False
+    cfg.remat_policy = "nothing_saveable"  # with remat=True (REMAT_POLICIES)
+    cfg.attention = "auto"                 # ATTENTION_IMPLEMENTATIONS
     cfg.lock()
     return cfg
 
@@ -130,6 +141,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.init in INIT_SCHEMES, f"init={cfg.init!r} not in {INIT_SCHEMES}")
     need(cfg.shift_input in SHIFT_INPUTS, f"shift_input={cfg.shift_input!r} not in {SHIFT_INPUTS}")
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r} not in {DTYPES}")
+    need(cfg.attention in ATTENTION_IMPLEMENTATIONS,
+         f"attention={cfg.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
+    need(cfg.remat_policy in REMAT_POLICIES,
+         f"remat_policy={cfg.remat_policy!r} not in {REMAT_POLICIES}")
     need(cfg.adapter_kernel % 2 == 1, f"adapter_kernel={cfg.adapter_kernel} must be odd")
 
 

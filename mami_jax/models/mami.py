@@ -17,7 +17,7 @@ import ml_collections
 
 from mami_jax.models.compa import ComPA
 from mami_jax.models.config import validate_config
-from mami_jax.models.layers import LayerNorm, dtype_of, leaky_relu
+from mami_jax.models.layers import LayerNorm, PatchEmbed, dtype_of, leaky_relu
 from mami_jax.models.vit import Block, resize_position_embedding
 
 
@@ -60,8 +60,7 @@ class MaMI(nn.Module):
         c = cfg.width
 
         x = images.reshape((b * t, height, width, 3)).astype(dtype)
-        patches = nn.Conv(c, (cfg.patch_size,) * 2, strides=(cfg.patch_size,) * 2,
-                          padding="VALID", use_bias=False, dtype=dtype, name="patch_embed")(x)
+        patches = PatchEmbed(c, cfg.patch_size, dtype, name="patch_embed")(x)
 
         compa = ComPA(cfg, dtype, name="compa")(patches) if cfg.use_compa else None
         if compa is not None:
@@ -78,7 +77,10 @@ class MaMI(nn.Module):
         tokens = tokens + resize_position_embedding(pos, grid).astype(dtype)
         tokens = LayerNorm(cfg.layernorm_eps, dtype, name="ln_pre")(tokens)
 
-        block_cls = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
+        block_cls = Block
+        if cfg.remat:  # recompute each block's activations in the backward pass
+            block_cls = nn.remat(Block, static_argnums=(3,),
+                                 policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
         for i in range(cfg.depth):
             factors = compa.factors[i] if compa is not None else None
             tokens = block_cls(cfg, dtype, name=f"block_{i}")(tokens, factors, t)

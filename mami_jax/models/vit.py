@@ -31,9 +31,25 @@ def factored_delta(x: jax.Array, downs: jax.Array, ups: jax.Array) -> jax.Array:
     return delta.reshape(x.shape[:2] + (-1,))
 
 
+def attention_implementation(name: str, dtype: Any) -> str:
+    """The ``implementation=`` of ``jax.nn.dot_product_attention`` for config ``attention``.
+
+    "auto": cuDNN's fused (flash) attention on a GPU when computing in bfloat16 or
+    float16, the only dtypes it takes; XLA's einsum-softmax-einsum everywhere else
+    (``jax.nn.dot_product_attention`` itself never picks cuDNN unless asked). "xla" and
+    "cudnn" force one; "cudnn" fails at trace time where cuDNN cannot run it.
+    """
+    if name != "auto":
+        return name
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
 class Attention(nn.Module):
     num_heads: int
     dtype: Any = jnp.float32
+    implementation: str = "auto"   # models/config.py ATTENTION_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array, factors: Optional[dict]) -> jax.Array:
@@ -45,9 +61,10 @@ class Attention(nn.Module):
             qkv = qkv + factored_delta(x, downs, ups)
         q, k, v = jnp.split(qkv.reshape(n, length, 3, self.num_heads, c // self.num_heads),
                             3, axis=2)
-        # dot_product_attention scales by 1/sqrt(head_dim) and picks a fused kernel
-        # (cuDNN flash attention on GPU) where one exists.
-        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        # Scaled by 1/sqrt(head_dim); softmax in float32 whatever the compute dtype.
+        out = jax.nn.dot_product_attention(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0],
+            implementation=attention_implementation(self.implementation, self.dtype))
         return nn.Dense(c, dtype=self.dtype, name="out")(out.reshape(n, length, c))
 
 
@@ -76,7 +93,8 @@ class Block(nn.Module):
             x = SliceAdapter(cfg.adapter_width, cfg.adapter_kernel, self.dtype,
                              name="adapter")(x, num_slices)
         ln = lambda name: LayerNorm(cfg.layernorm_eps, self.dtype, name=name)  # noqa: E731
-        x = x + Attention(cfg.num_heads, self.dtype, name="attn")(ln("ln_1")(x), factors)
+        x = x + Attention(cfg.num_heads, self.dtype, cfg.attention, name="attn")(
+            ln("ln_1")(x), factors)
         x = x + Mlp(cfg.width * cfg.mlp_ratio, self.dtype, name="mlp")(ln("ln_2")(x), factors)
         return x
 

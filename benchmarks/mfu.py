@@ -1,0 +1,212 @@
+"""Model-FLOPs utilisation of the trainer's real training step, on any device.
+
+Builds the step the trainer builds (``speed_vs_torch.trainer_step``: model,
+optimiser, shardings and donation from ``mami_jax.config.base_config()``) for a
+batch of ``--batch`` images (P x K, no input pipeline), times ``--steps`` steps
+after the compile, and reports
+
+    MFU = model FLOPs per step / step time / (peak FLOP/s per device x devices)
+
+- model FLOPs per step: XLA's count (``compiled.cost_analysis()``) of the model's
+  forward pass on the batch, times 3 (the backward pass costs two forward passes
+  of matrix multiplies). This counts what the model needs, not what the step
+  executes, so rematerialisation does not inflate it;
+- hardware FLOPs per step: XLA's count of the whole compiled step (with
+  rematerialisation, the recomputed forward, the optimiser and the losses), reported
+  as HFU with the same denominator;
+- peak FLOP/s: ``--peak_tflops`` if given, else the dense peak of the device kind
+  for the compute dtype from ``PEAK_TFLOPS`` (vendor figures, no sparsity). A CPU
+  has no entry: pass ``--peak_tflops`` (cores x GHz x FLOPs per cycle, or a measured
+  matmul rate) or read the achieved TFLOP/s.
+
+The issue's goal is MFU >= 40% in bfloat16 training at batch >= 64 on a GPU/TPU:
+
+    python benchmarks/mfu.py --batch 128 --dtype bfloat16                  # a GPU or TPU
+    python benchmarks/mfu.py --batch 128 --dtype bfloat16 --remat          # less memory
+    python benchmarks/mfu.py --preset tiny --batch 8 --steps 2 --peak_tflops 0.3  # CPU check
+
+Prints a table and writes ``--json`` (default mfu.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from benchmarks.speed_vs_torch import TINY, trainer_step  # noqa: E402
+from mami_jax.models import MaMI, default_config  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+
+#: Dense peak TFLOP/s per device (vendor data sheets, without sparsity), by a substring
+#: of ``jax.devices()[0].device_kind`` (lower case) and compute dtype. First match wins.
+PEAK_TFLOPS = (
+    ("h200", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),
+    ("h100 pcie", {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0}),
+    ("h100", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),
+    ("a100", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
+    ("l4", {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3}),
+    ("a10", {"bfloat16": 125.0, "float16": 125.0, "float32": 31.2}),
+    ("tpu v6", {"bfloat16": 918.0}),
+    ("tpu v5p", {"bfloat16": 459.0}),
+    ("tpu v5 lite", {"bfloat16": 197.0}),
+    ("tpu v5e", {"bfloat16": 197.0}),
+    ("tpu v4", {"bfloat16": 275.0}),
+)
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    """The table's dense peak for ``device_kind`` in ``dtype``, or None if unknown."""
+    kind = device_kind.lower()
+    for needle, by_dtype in PEAK_TFLOPS:
+        if needle in kind:
+            return by_dtype.get(dtype)
+    return None
+
+
+def utilisation(flops_per_step: float, step_s: float, peak_tflops_per_device: float,
+                devices: int) -> float:
+    """Achieved FLOP/s over the peak of ``devices`` devices (a fraction, 0.4 = 40%)."""
+    return flops_per_step / step_s / (peak_tflops_per_device * 1e12 * devices)
+
+
+def forward_flops(cfg, images: tuple) -> float:
+    """XLA's FLOP count of MaMI's forward pass on images of shape ``images``."""
+    model = MaMI(cfg)
+    x = jax.ShapeDtypeStruct(images, jnp.float32)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + images[1:])))
+    compiled = jax.jit(lambda p, x: model.apply(p, x).embedding).lower(params, x).compile()
+    return float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+
+
+def run(args) -> dict:
+    from mami_jax.config import base_config
+    from mami_jax.train import sharding
+
+    config = base_config()
+    with config.unlocked():
+        if args.preset == "tiny":
+            config.model.update(TINY)
+        config.model.dtype = args.dtype
+        config.model.remat = args.remat
+        config.model.remat_policy = args.remat_policy
+        config.model.attention = args.attention
+        config.loss.terms = {"id": 1.0, "triplet": 1.0}
+    size = args.size or config.model.image_size
+    k = args.images_per_patient
+    if args.batch % k:
+        raise ValueError(f"--batch {args.batch} is not a multiple of --images_per_patient {k}")
+    step, state, mesh = trainer_step(config, args.num_classes, total_steps=1000)
+    if args.batch % mesh.shape["data"]:
+        raise ValueError(f"--batch {args.batch} does not split over {mesh.shape['data']} devices")
+    rng = np.random.default_rng(0)
+    batch = sharding.global_batch(
+        {"images": rng.standard_normal((args.batch, 1, size, size, 3), dtype=np.float32),
+         "label": np.repeat(np.arange(args.batch // k), k).astype(np.int32),
+         "mask": np.ones(args.batch, bool)}, mesh)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    step_flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+    model_flops = 3.0 * forward_flops(config.model, (args.batch, 1, size, size, 3))
+
+    state, metrics = compiled(state, batch)   # first step outside the timing
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+
+    kind = jax.devices()[0].device_kind
+    peak = args.peak_tflops or peak_tflops(kind, args.dtype)
+    devices = jax.device_count()
+    out = {"device_kind": kind, "platform": jax.default_backend(), "devices": devices,
+           "batch": args.batch, "size": size, "dtype": args.dtype, "remat": args.remat,
+           "remat_policy": args.remat_policy, "attention": args.attention,
+           "preset": args.preset, "compile_s": compile_s, "step_ms": step_s * 1e3,
+           "step_times_ms": [round(t * 1e3, 2) for t in times],
+           "images_per_s": args.batch / step_s, "model_gflops_per_step": model_flops / 1e9,
+           "xla_gflops_per_step": step_flops / 1e9,
+           "achieved_model_tflops": model_flops / step_s / 1e12, "peak_tflops_per_device": peak,
+           "mfu": utilisation(model_flops, step_s, peak, devices) if peak else None,
+           "hfu": utilisation(step_flops, step_s, peak, devices) if peak else None,
+           "loss": float(metrics["loss"])}
+    return out
+
+
+def print_report(r: dict) -> None:
+    print(f"{r['device_kind']} x{r['devices']} ({r['platform']}) | {r['preset']} batch "
+          f"{r['batch']} {r['size']} px {r['dtype']} remat={r['remat']}"
+          f"{' (' + r['remat_policy'] + ')' if r['remat'] else ''} attention={r['attention']}")
+    print(f"compile {r['compile_s']:.1f} s | step {r['step_ms']:.1f} ms (median of "
+          f"{len(r['step_times_ms'])}) | {r['images_per_s']:.1f} img/s")
+    print(f"model FLOPs/step {r['model_gflops_per_step']:.1f} G (3 x XLA forward count) | "
+          f"executed {r['xla_gflops_per_step']:.1f} G (XLA count of the step) | achieved "
+          f"{r['achieved_model_tflops']:.3f} TFLOP/s")
+    if r["mfu"] is None:
+        print("MFU: no peak for this device kind; pass --peak_tflops")
+    else:
+        print(f"MFU {100 * r['mfu']:.1f}%  HFU {100 * r['hfu']:.1f}%  of "
+              f"{r['peak_tflops_per_device']} TFLOP/s per device")
+
+
+def parse_args(argv=None):
+    from mami_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--remat_policy", choices=REMAT_POLICIES,
+                        default=default_config().remat_policy)
+    parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="auto")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--images_per_patient", type=int, default=4)
+    parser.add_argument("--num_classes", type=int, default=1024)
+    parser.add_argument("--peak_tflops", type=float, default=0.0,
+                        help="dense peak TFLOP/s of one device; 0: from PEAK_TFLOPS")
+    parser.add_argument("--json", default="mfu.json")
+    args = parser.parse_args(argv)
+    folder = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(folder):
+        parser.error(f"--json {args.json}: folder {folder} does not exist")
+    for name in ("batch", "steps", "images_per_patient", "num_classes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.peak_tflops < 0:
+        parser.error("--peak_tflops must be positive (or 0 for the table)")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print_report(result)
+    write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
