@@ -4,7 +4,9 @@
 
 ``WithHistory``: the same classifier (its parameters under ``current``) plus a history
 term. Each history image j (feature h_j, similarity s_j to the current image x) becomes a
-token from [h_j, x - h_j, s_j] (the earlier state and the change since); the current
+token from [h_j, x - h_j, p(h_j), s_j] (the earlier state, the change since, and the
+current-only classifier's probabilities for the earlier image: a disease seen before
+is likely still there); the current
 image queries these tokens and a learned "no history" token with single-head attention.
 The "no history" token has a learned key and a value fixed at zero, and the history term
 is bias-free (Dense -> GELU -> Dense, no biases, GELU(0) = 0), so
@@ -43,10 +45,12 @@ class WithHistory(nn.Module):
 
     @nn.compact
     def __call__(self, x, history, scores, mask):
-        current = CurrentOnly(self.hidden, self.num_classes, name="current")(x)
+        classify = CurrentOnly(self.hidden, self.num_classes, name="current")
+        current = classify(x)
         d = self.attention_dim
         xb = jnp.broadcast_to(x[:, None, :], history.shape)
-        tokens = jnp.concatenate([history, xb - history, scores[..., None]], axis=-1)
+        earlier = nn.softmax(classify(history), axis=-1)  # the classifier's view of each
+        tokens = jnp.concatenate([history, xb - history, earlier, scores[..., None]], axis=-1)
         tokens = nn.gelu(nn.Dense(d, name="token")(tokens))
         keys = nn.Dense(d, name="key")(tokens)                      # (B, k, d)
         values = nn.Dense(d, name="value")(tokens)                  # (B, k, d)

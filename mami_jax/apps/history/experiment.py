@@ -71,6 +71,7 @@ class Experiment:
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         self.true = true_history(rows, k)
         self.x_raw = diagnosis_features(emb, backbone, cfg.features)
+        self.modalities = np.asarray([r.modality for r in rows])
         self.retrieved_lists = [[m.position for m in ms if m.accepted] for ms in self.matches]
         self.retrieved_scores = [[m.score for m in ms if m.accepted] for ms in self.matches]
         self.true_scores = [[float(unit[i] @ unit[j]) for j in t] for i, t in enumerate(self.true)]
@@ -82,7 +83,7 @@ class Experiment:
         return idx
 
     def inputs(self, norm: dict, idx):
-        x = training.apply_standardizer(norm, self.x_raw)
+        x = training.apply_standardizer(norm, self.x_raw, self.modalities)
         k = int(self.cfg.k)
         retrieved = training.Histories.gather(x, [self.retrieved_lists[i] for i in idx],
                                               [self.retrieved_scores[i] for i in idx], k)
@@ -93,7 +94,7 @@ class Experiment:
     def train(self) -> dict:
         c = self.cfg.classifier
         idx = self.split(self.cfg.train_split)
-        norm = training.standardizer(self.x_raw[idx])
+        norm = training.standardizer(self.x_raw[idx], self.modalities[idx])
         x, retrieved, _ = self.inputs(norm, idx)
         n = len(self.classes)
         current = training.train_current(x, self.y[idx], n, c)

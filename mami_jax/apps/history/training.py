@@ -4,13 +4,15 @@ The current-only classifier is trained first; the history model then starts from
 with its ``current`` branch frozen, so only the history term learns, and an image with
 no accepted history gets the current-only prediction exactly. During that training each
 history image is dropped with probability ``history_dropout`` (a new draw every step),
-so the model also sees short and empty histories. Features are standardised with the
-training split's mean and standard deviation, stored with the parameters.
+so the model also sees short and empty histories. Features are standardised per
+modality with the training split's mean and standard deviation (stored with the
+parameters) and carry a one-hot of their modality.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import flax
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 import optax
 
 from mami_jax.apps.history.diagnosis import CurrentOnly, WithHistory
+from mami_jax.data.manifest import MODALITIES
 from mami_jax.runtime.atomic_files import write_bytes_atomic
 
 
@@ -50,12 +53,28 @@ class Histories:
         return cls(h, s, m)
 
 
-def standardizer(x: np.ndarray) -> dict:
-    return {"mean": x.mean(0).astype(np.float32), "std": (x.std(0) + 1e-6).astype(np.float32)}
+def standardizer(x: np.ndarray, modalities: Sequence[str]) -> dict:
+    """Per modality: the mean and standard deviation of each feature (training split)."""
+    modalities = np.asarray(modalities)
+    return {m: {"mean": x[modalities == m].mean(0).astype(np.float32),
+                "std": (x[modalities == m].std(0) + 1e-6).astype(np.float32)}
+            for m in sorted(set(modalities.tolist()))}
 
 
-def apply_standardizer(norm: dict, x: np.ndarray) -> np.ndarray:
-    return ((x - norm["mean"]) / norm["std"]).astype(np.float32)
+def apply_standardizer(norm: dict, x: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+    """Each row standardised with its modality's statistics, then the modality one-hot
+    (over ``MODALITIES``) appended, so one classifier serves every modality."""
+    modalities = np.asarray(modalities)
+    unknown = sorted(set(modalities.tolist()) - set(norm))
+    if unknown:
+        raise ValueError(f"no training images of modality {unknown}: the classifiers "
+                         f"cannot read its features")
+    z = np.zeros((len(x), x.shape[1] + len(MODALITIES)), np.float32)
+    for m, stats in norm.items():
+        rows = modalities == m
+        z[rows, :x.shape[1]] = (x[rows] - stats["mean"]) / stats["std"]
+        z[rows, x.shape[1] + MODALITIES.index(m)] = 1.0
+    return z
 
 
 def _optimizer(cfg):

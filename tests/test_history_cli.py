@@ -1,0 +1,140 @@
+"""``python -m mami_jax.apps.history`` end to end on a tiny model and phantoms: index,
+query (earlier images only, a picture), add (same model only), train and eval
+(metrics.json), and one ``error:`` line for bad input."""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("faiss")
+
+from mami_jax.apps.history.__main__ import main  # noqa: E402
+from mami_jax.apps.history.archive import Archive  # noqa: E402
+from mami_jax.apps.history.features import load_experiment_config  # noqa: E402
+from mami_jax.data.manifest import order_key, read_manifest  # noqa: E402
+from mami_jax.phantoms import generate  # noqa: E402
+from tests import history_workdir as hw  # noqa: E402
+
+# The X-ray patients of the phantoms with seed 3: three train, two val, two test.
+SPLITS = {"P0001": "train", "P0002": "train", "P0004": "train", "P0007": "val",
+          "P0009": "val", "P0010": "test", "P0011": "test"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("history")
+    phantoms = generate(str(root / "ph"), patients=12, visits=3, seed=3, image_size=32,
+                        slices=2, workers=1)
+    keep = lambda r: r["modality"] == "xray"  # noqa: E731
+    manifest = hw.split_manifest(phantoms, str(root / "all.csv"), SPLITS, keep)
+    first = hw.split_manifest(phantoms, str(root / "first.csv"), SPLITS,
+                              lambda r: keep(r) and r["order"] != "2")
+    last = hw.split_manifest(phantoms, str(root / "last.csv"), SPLITS,
+                             lambda r: keep(r) and r["order"] == "2")
+    config = hw.write_config(str(root))
+    app = hw.write_app_config(str(root))
+    cfg = load_experiment_config(config)
+    run = hw.make_workdir(str(root / "run"), cfg, seed=0)
+    other = hw.make_workdir(str(root / "other"), cfg, seed=5)
+    return dict(root=root, manifest=manifest, first=first, last=last, config=config, app=app,
+                run=run, other=other, labels=os.path.join(os.path.dirname(phantoms), "labels.csv"))
+
+
+def _err(capsys):
+    """The error lines of stderr (the rest is progress bars)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+
+
+def test_index_query_add(setup, capsys, tmp_path):
+    s = setup
+    index = str(tmp_path / "index")
+    assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
+                 s["first"], "--out", index, "--app-config", s["app"]]) == 0
+    out = capsys.readouterr().out
+    assert "flat index, 32-d" in out and "xray: accept above" in out
+    archive = Archive.load(index)
+    assert len(archive) == len(read_manifest(s["first"]))
+    assert set(archive.calibration) == {"xray"}
+
+    # Adding the last visits with the same model; a repeat, and another model, refused.
+    assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
+    assert len(Archive.load(index)) == len(read_manifest(s["manifest"]))
+    assert main(["add", "--index", index, "--manifest", s["last"]]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith("error: ") and "already in" in line
+    before = sorted(os.listdir(index))
+    assert main(["add", "--index", index, "--manifest", s["last"], "--workdir", s["other"],
+                 "--config", s["config"]]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith("error: adding ") and "made by another model" in line
+    assert sorted(os.listdir(index)) == before
+
+    # Query an archived last-visit image: only earlier images of other studies come back.
+    rows = read_manifest(s["manifest"])
+    q = next(r for r in rows if r.order == "2")
+    png = str(tmp_path / "q.png")
+    assert main(["query", "--index", index, "--image", q.path, "--k", "4", "--png", png,
+                 "--app-config", s["app"]]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[3] for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(listed) == 4
+    by_id = {r.image_id: r for r in rows}
+    for image_id in listed:
+        c = by_id[image_id]
+        assert c.modality == "xray" and order_key(c.order) < order_key(q.order)
+        assert c.study_key != q.study_key
+    assert all(w in out for w in ("accept above", "picture:"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # A first-visit image has no history at all.
+    first = next(r for r in rows if r.order == "0")
+    assert main(["query", "--index", index, "--image", first.path, "--png", png,
+                 "--app-config", s["app"]]) == 0
+    assert "(no earlier image in the archive)" in capsys.readouterr().out
+
+
+def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
+    s = setup
+    out_dir = str(tmp_path / "diag")
+    args = ["--workdir", s["run"], "--config", s["config"], "--manifest", s["manifest"],
+            "--labels", s["labels"], "--out", out_dir, "--app-config", s["app"]]
+    assert main(["train"] + args) == 0
+    printed = capsys.readouterr().out
+    assert "| overall |" in printed and "false-history rate" in printed
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        m = json.load(f)
+    assert set(m["per_modality"]) == {"xray"} and m["split"] == "test"
+    for group in [m["overall"], *m["per_modality"].values()]:
+        for c in ("current_only", "retrieved_history", "true_history"):
+            assert set(group[c]) == {"auc", "accuracy"}
+            assert 0.0 <= group[c]["accuracy"] <= 1.0
+        assert "false_history_rate" in group
+    assert m["overall"]["queries"] == sum(r.split == "test" for r in read_manifest(s["manifest"]))
+    for name in ("classifiers.msgpack", "features.npz", "auc.png", "metrics.md"):
+        assert os.path.isfile(os.path.join(out_dir, name))
+    # eval reuses the classifiers (and cached features): the same numbers.
+    assert main(["eval"] + args) == 0
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        assert json.load(f) == m
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["index", "--workdir", "{run}", "--config", "{config}", "--manifest", "{root}/none.csv",
+      "--out", "{root}/x"], "none.csv"),
+    (["index", "--workdir", "{root}/nowhere", "--config", "{config}", "--manifest",
+      "{manifest}", "--out", "{root}/x"], "nowhere"),
+    (["index", "--workdir", "{run}", "--config", "{config}", "--manifest", "{manifest}",
+      "--out", "{run}"], "outputs never go into the inputs"),
+    (["query", "--index", "{root}", "--image", "{manifest}"], "is not an archive"),
+    (["train", "--workdir", "{run}", "--config", "{config}", "--manifest", "{manifest}",
+      "--labels", "{manifest}", "--out", "{root}/t"], "no column 'disease_label'"),
+    (["eval", "--workdir", "{run}", "--config", "{config}", "--manifest", "{manifest}",
+      "--out", "{root}/empty"], "run `train` first"),
+])
+def test_bad_input_is_one_error_line(setup, capsys, argv, message):
+    s = {k: str(v) for k, v in setup.items()}
+    assert main([a.format(**s) for a in argv]) == 2
+    lines = _err(capsys)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
