@@ -29,6 +29,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from mami_jax.models import MaMI, default_config
@@ -69,6 +70,23 @@ def summarise(wall: dict, cpu: dict, reference: str, images: int) -> dict:
     return out
 
 
+def random_params(tree, seed: int = 0, std: float = 0.02):
+    """Random float32 values in the shapes of ``tree`` (numpy: nothing to compile).
+
+    Compiling a jitted ``init`` of ViT-B takes minutes on a small CPU, and timing does
+    not depend on the values; every entry is nonzero (LayerNorm scales near 1), so
+    every path of the model computes something.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        value = std * rng.standard_normal(leaf.shape, dtype=np.float32)
+        if str(getattr(path[-1], "key", "")) == "scale":
+            value += 1.0
+        return jnp.asarray(value)
+    return jax.tree_util.tree_map_with_path(draw, tree)
+
+
 def build(variant: str, args, base_cfg=None):
     """(run, flops): a jitted, compiled pass of ``variant`` and XLA's FLOP count of it."""
     use_compa, use_adapter = VARIANTS[variant]
@@ -80,7 +98,7 @@ def build(variant: str, args, base_cfg=None):
     model = MaMI(cfg)
     x = jax.random.normal(jax.random.key(0),
                           (args.batch, args.slices, args.size, args.size, 3))
-    params = jax.jit(model.init)(jax.random.key(1), x)["params"]
+    params = random_params(jax.eval_shape(model.init, jax.random.key(1), x)["params"])
     if args.mode == "forward":
         fn = jax.jit(lambda p, x: model.apply({"params": p}, x).embedding)
     else:

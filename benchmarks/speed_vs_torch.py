@@ -206,7 +206,8 @@ def inference_part(args, cfg, slices: int) -> dict:
     size = image_size(args, cfg)
     model = MaMI(cfg)
     x = np.array(jax.random.normal(jax.random.key(0), (args.batch, slices, size, size, 3)))
-    params = jax.jit(model.init)(jax.random.key(1), x[:1, :1])["params"]
+    params = model_speed.random_params(
+        jax.eval_shape(model.init, jax.random.key(1), x[:1, :1])["params"])
     module = torch_module(params, cfg).eval()
     xt = torch.from_numpy(x)
     xj = jnp.asarray(x)
@@ -241,18 +242,25 @@ def experiment_config(args, cfg):
 
 
 def trainer_step(config, num_classes: int, total_steps: int):
-    """(jitted step, state): what train/trainer.py builds, minus data and checkpoints."""
+    """(jitted step, state, mesh): the step train/trainer.py builds, minus data and
+    checkpoints. The state has the trainer's structure and shardings; its parameters
+    are ``model_speed.random_params`` instead of the trainer's jitted init (minutes of
+    compiling on a small CPU, and the step's speed does not depend on the values)."""
     from mami_jax.train import sharding
     from mami_jax.train.optim import learning_rate_schedule
-    from mami_jax.train.step import make_train_step
+    from mami_jax.train.step import TrainState, make_train_step
     from mami_jax.train.trainer import build_model_and_state_fns
 
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     model, optimizer, init_state = build_model_and_state_fns(config, num_classes, total_steps)
     rng = jax.random.key(config.seed)
-    state_shardings = sharding.tree_shardings(jax.eval_shape(init_state, rng),
-                                              config.partition_rules, mesh)
-    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+    abstract = jax.eval_shape(init_state, rng)
+    state_shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
+    params = model_speed.random_params(abstract.params, seed=config.seed)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=jax.jit(optimizer.init)(params),
+                       rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
+    state = jax.device_put(state, state_shardings)
     step_fn = make_train_step(model, optimizer, config.loss,
                               accum_steps=int(config.optim.grad_accum_steps),
                               lr_schedule=learning_rate_schedule(config.optim, total_steps))

@@ -104,14 +104,20 @@ def test_mfu_arithmetic_and_peak_table():
 
 
 def test_speed_vs_torch_tiny_inference_writes_json(tmp_path, capsys):
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     from benchmarks import speed_vs_torch
     out = tmp_path / "speed.json"
-    report = speed_vs_torch.main(["--preset", "tiny", "--parts", "inference", "--rounds", "1",
-                                  "--batch", "2", "--series_slices", "2", "--json", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        report = speed_vs_torch.main(["--preset", "tiny", "--parts", "inference", "--rounds",
+                                      "1", "--batch", "1", "--series_slices", "2", "--threads",
+                                      "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     saved = json.loads(out.read_text())
     assert saved["results"].keys() == report["results"].keys() == {"inference T=1",
                                                                    "inference T=2"}
+    assert saved["settings"]["torch_threads"] == 1
     for part in saved["results"].values():
         assert part["embedding_rel_err"] < 1e-5  # the same function on both sides
         assert part["flax"]["peak_mib"] > 0 and part["torch"]["peak_mib"] > 0
