@@ -23,8 +23,10 @@ scalar of the embedding (forward + backward, no optimiser).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
+import sys
 import time
 
 import jax
@@ -32,7 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mami_jax.models import MaMI, default_config
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from mami_jax.models import MaMI, default_config  # noqa: E402
 
 #: Variant name -> (use_compa, use_slice_adapter).
 VARIANTS = {"mami": (True, True), "compa_only": (True, False),
