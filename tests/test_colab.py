@@ -144,7 +144,8 @@ def _check_teachers(p, text, pictures):
     # The generator's hidden identity parameters identify every patient exactly.
     for m, v in zs["anatomy"].items():
         assert v["rank1"] == 1.0 and v["mAP"] == 1.0, m
-    assert p["terms"]["align"] == 0.01
+    from configs.all import RUNLOCAL_ALIGN_WEIGHT
+    assert p["terms"]["align"] == RUNLOCAL_ALIGN_WEIGHT
     assert "train/align" in p["tags"]["align"] and "train/align" not in p["tags"]["plain"]
     assert len(p["align"]) == 6 and all(v > 0 for v in p["align"])
     assert set(p["rank1"]["plain"]) == set(p["rank1"]["align"])
