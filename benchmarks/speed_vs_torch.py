@@ -413,21 +413,22 @@ def main(argv=None) -> dict:
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                 "command": " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])}
     results = {}
-    try:
-        if "inference" in args.parts:
-            for t in sorted({1, args.series_slices} - {0}):
-                results[f"inference T={t}"] = inference_part(args, cfg, t)
-        if "train" in args.parts:
-            results["train T=1"] = train_part(args, cfg)
-        if "compa" in args.parts:
-            results["compa"] = compa_part(args, cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    settings["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     report = {"settings": settings, "results": results}
+    jobs = [(f"inference T={t}", lambda t=t: inference_part(args, cfg, t))
+            for t in sorted({1, args.series_slices} - {0}) if "inference" in args.parts]
+    if "train" in args.parts:
+        jobs.append(("train T=1", lambda: train_part(args, cfg)))
+    if "compa" in args.parts:
+        jobs.append(("compa", lambda: compa_part(args, cfg)))
+    for name, job in jobs:  # the JSON is rewritten after every part: a long run keeps
+        try:                # what it has measured if it is stopped
+            results[name] = job()
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        settings["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
     print_report(report)
-    write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.json}")
     return report
 
