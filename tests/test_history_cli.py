@@ -13,32 +13,27 @@ from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
 from mami_jax.apps.history.features import load_experiment_config  # noqa: E402
 from mami_jax.data.manifest import order_key, read_manifest  # noqa: E402
-from mami_jax.phantoms import generate  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
 
-# The X-ray patients of the phantoms with seed 3: three train, two val, two test.
-SPLITS = {"P0001": "train", "P0002": "train", "P0004": "train", "P0007": "val",
-          "P0009": "val", "P0010": "test", "P0011": "test"}
+SPLITS = {"P1": "train", "P2": "train", "P3": "train", "P4": "train", "P5": "val",
+          "P6": "val", "P7": "test", "P8": "test"}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("history")
-    phantoms = generate(str(root / "ph"), patients=12, visits=3, seed=3, image_size=32,
-                        slices=2, workers=1)
-    keep = lambda r: r["modality"] == "xray"  # noqa: E731
-    manifest = hw.split_manifest(phantoms, str(root / "all.csv"), SPLITS, keep)
-    first = hw.split_manifest(phantoms, str(root / "first.csv"), SPLITS,
-                              lambda r: keep(r) and r["order"] != "2")
-    last = hw.split_manifest(phantoms, str(root / "last.csv"), SPLITS,
-                             lambda r: keep(r) and r["order"] == "2")
+    manifest = hw.write_xray_archive(str(root / "xr"), SPLITS)
+    first = hw.split_manifest(manifest, str(root / "first.csv"), SPLITS,
+                              lambda r: r["order"] != "2")
+    last = hw.split_manifest(manifest, str(root / "last.csv"), SPLITS,
+                             lambda r: r["order"] == "2")
     config = hw.write_config(str(root))
     app = hw.write_app_config(str(root))
     cfg = load_experiment_config(config)
     run = hw.make_workdir(str(root / "run"), cfg, seed=0)
     other = hw.make_workdir(str(root / "other"), cfg, seed=5)
     return dict(root=root, manifest=manifest, first=first, last=last, config=config, app=app,
-                run=run, other=other, labels=os.path.join(os.path.dirname(phantoms), "labels.csv"))
+                run=run, other=other, labels=os.path.join(os.path.dirname(manifest), "labels.csv"))
 
 
 def _err(capsys):

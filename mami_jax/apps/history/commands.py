@@ -40,8 +40,8 @@ def index(args) -> int:
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     config = load_experiment_config(args.config)
+    rows = _rows(args, config)          # bad input first, before the model loads
     model = TrainedModel(args.workdir, args.config)
-    rows = _rows(args, config)
     emb = model.embeddings(rows)
     calibration = {}
     if any(r.split == cfg.calibration_split for r in rows):
@@ -146,14 +146,14 @@ def query(args) -> int:
 
 
 def _experiment(args):
-    from mami_jax.apps.history.experiment import Experiment
+    from mami_jax.apps.history.experiment import Experiment, read_row_labels
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     config = load_experiment_config(args.config)
     rows = _rows(args, config)
-    labels = args.labels or default_labels_path(args.manifest)
+    y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
     model = TrainedModel(args.workdir, args.config)
-    return Experiment(model, rows, labels, cfg, os.path.abspath(args.out))
+    return Experiment(model, rows, y, cfg, os.path.abspath(args.out))
 
 
 def train(args) -> int:

@@ -48,14 +48,20 @@ def cached_features(model, rows, out_dir: str):
     return emb, backbone
 
 
+def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
+    """Each row's class index from the labels table (errors name the row or image)."""
+    classes = [str(c) for c in cfg.classes]
+    return labels_for(rows, read_labels(labels_path, cfg.label_column, classes), labels_path)
+
+
 class Experiment:
     """The features, thresholds and histories of every image of a manifest."""
 
-    def __init__(self, model, rows, labels_path: str, cfg, out_dir: str, log=print):
+    def __init__(self, model, rows, y, cfg, out_dir: str, log=print):
+        """``y``: each row's class index (``read_row_labels``)."""
         self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
         self.classes = [str(c) for c in cfg.classes]
-        self.y = np.asarray(labels_for(rows, read_labels(labels_path, cfg.label_column,
-                                                         self.classes), labels_path))
+        self.y = np.asarray(y)
         log(f"features of {len(rows)} images ({model.info['source']})")
         emb, backbone = cached_features(model, rows, out_dir)
         self.calibration = calibrate(rows, emb, float(cfg.target_far), cfg.calibration_split)
