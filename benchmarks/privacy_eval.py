@@ -60,18 +60,29 @@ def image_quality(rows, prot_rows, data_cfg) -> dict:
 def markdown(result: dict) -> str:
     lines = ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, rep in result["attack"].items():
+    for name, rep in result.get("attack", {}).items():
         for g, v in rep.items():
+            if g == "source":
+                continue
             lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | {v['rank1_before']:.3f} | "
                          f"{v['rank1_after']:.3f} | {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
-    if "utility" in result:
-        lines += ["", "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
-        for m, v in result["utility"].items():
+    for probe, rep in result.get("utility", {}).items():
+        lines += ["", f"diagnosis probe on {probe}", "",
+                  "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
+        for m, v in rep.items():
             lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
     lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | SSIM |", "| --- | --- | --- | --- |"]
-    for m, v in result["quality"].items():
+    for m, v in result.get("quality", {}).items():
         lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | {v['ssim']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def save(result: dict, out: str) -> str:
+    """Writes what is measured so far (JSON and markdown); returns the markdown."""
+    text = markdown(result)
+    write_text_atomic(os.path.join(out, "privacy_eval.json"), json.dumps(result, indent=1))
+    write_text_atomic(os.path.join(out, "privacy_eval.md"), text)
+    return text
 
 
 def main(argv=None) -> int:
@@ -80,7 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--protected", required=True)
     p.add_argument("--labels", default="")
     p.add_argument("--model", action="append", required=True, metavar="NAME=WORKDIR")
-    p.add_argument("--probe-model", default="")
+    p.add_argument("--probe-model", action="append", default=[],
+                   help="workdir whose frozen features the diagnosis probe uses (repeatable)")
     p.add_argument("--experiment", default="configs/all.py:runlocal")
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
@@ -89,32 +101,35 @@ def main(argv=None) -> int:
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
     result = {"attack": {}, "args": vars(args)}
+    os.makedirs(args.out, exist_ok=True)
+    result["quality"] = image_quality(rows, prot_rows, cfg.data)
+    save(result, args.out)
+    probe_feats = {}
     for spec in args.model:
         name, _, workdir = spec.partition("=")
         emb = Embedder.from_workdir(workdir, cfg, action="evaluate")
-        result["attack"][name] = attack_eval.attack_report(
-            emb.embed_rows(rows), emb.embed_rows(prot_rows), rows)
+        (e_orig, f_orig), (e_prot, f_prot) = utility.features(emb, rows), utility.features(emb, prot_rows)
+        result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
         result["attack"][name]["source"] = {"workdir": workdir, "step": emb.step}
-        print(name, json.dumps(result["attack"][name]["mean"]))
-    if args.labels and args.probe_model:
+        print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
+        probe_feats[workdir] = (emb, f_orig, f_prot)
+        save(result, args.out)
+    if args.labels:
         labels = utility.read_labels(args.labels)
-        emb = Embedder.from_workdir(args.probe_model, cfg, action="evaluate")
         train = [r for r in original if r.split == "train"]
-        fx = utility.features(emb, train)
-        result["utility"] = utility.diagnosis_report(
-            fx, np.asarray([labels[r.image_id] for r in train]), [r.modality for r in train],
-            utility.features(emb, rows), utility.features(emb, prot_rows),
-            np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
-        result["utility_probe"] = {"workdir": args.probe_model, "step": emb.step}
-    result["quality"] = image_quality(rows, prot_rows, cfg.data)
-    for rep in result["attack"].values():
-        rep.pop("source", None) if False else None
-    text = markdown({k: ({n: {g: v for g, v in r.items() if g != "source"} for n, r in v.items()}
-                         if k == "attack" else v) for k, v in result.items()})
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    write_text_atomic(os.path.join(args.out, "privacy_eval.json"), json.dumps(result, indent=1))
-    write_text_atomic(os.path.join(args.out, "privacy_eval.md"), text)
+        result["utility"] = {}
+        for workdir in args.probe_model:
+            if workdir not in probe_feats:
+                emb = Embedder.from_workdir(workdir, cfg, action="evaluate")
+                probe_feats[workdir] = (emb, utility.features(emb, rows)[1],
+                                        utility.features(emb, prot_rows)[1])
+            emb, f_orig, f_prot = probe_feats[workdir]
+            result["utility"][f"{workdir} (step {emb.step})"] = utility.diagnosis_report(
+                utility.features(emb, train)[1], np.asarray([labels[r.image_id] for r in train]),
+                [r.modality for r in train], f_orig, f_prot,
+                np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
+            save(result, args.out)
+    print(save(result, args.out))
     return 0
 
 

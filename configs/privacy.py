@@ -36,15 +36,17 @@ def get_config(arg=None):
     # spent as linf (docs/privacy.md).
     p.norm = "l2"
     p.epsilon = 0.028
-    p.steps = 60
-    p.step_size = 0.004          # per step, in the norm's own units
+    p.steps = 40
+    p.step_size = 0.006            # per step, in the norm's own units
     p.momentum = 0.5               # MI-FGSM: accumulated normalised gradients (transfer)
     # Expectation over transformations, per step and image: random shifts of up to
     # ``shift`` native pixels (wrapped), Gaussian noise of std ``noise``, and for
     # modalities evaluated over the symmetries of the square a random one of them.
+    # Off by default: optimised under random 1-pixel shifts and noise 0.005, the change
+    # hardly lowered the score of the unshifted image (X-ray 0.701 -> 0.697, docs/privacy.md).
     p.views = 1
-    p.shift = 1
-    p.noise = 0.005
+    p.shift = 0
+    p.noise = 0.0
     # Extra re-ID models (workdirs of the same experiment config, latest checkpoint, or
     # "WORKDIR@STEP") optimised against together with --workdir's: transfer to unseen
     # models improves with the ensemble.

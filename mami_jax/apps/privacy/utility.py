@@ -51,10 +51,14 @@ def feature_fn(model_cfg):
     return features
 
 
-def features(embedder, rows: Sequence[ManifestRow]) -> np.ndarray:
+def features(embedder, rows: Sequence[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, C), probe features (N, C + D)) of ``rows``, one pass, as evaluation
+    embeds them (``embed_rows``: batching, symmetry averaging)."""
     fn = feature_fn(embedder.model_cfg)
-    return embed_rows(lambda b: fn(embedder.params, b), rows, list(range(len(rows))),
+    both = embed_rows(lambda b: fn(embedder.params, b), rows, list(range(len(rows))),
                       embedder.data_cfg, sharding.make_mesh(-1, 1), embedder.batch_size)
+    width = int(embedder.embed(embedder.preprocess(rows[0])[None]).shape[-1])
+    return both[:, :width], both
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 500,

@@ -1,0 +1,150 @@
+"""python -m mami_jax.apps.privacy protect / cues on a tiny model and tiny phantoms: the
+protected images keep their format, lower the match score within the budget, the
+manifest keeps its rows' fields, inputs stay byte-identical; bad input is one error line."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mami_jax.apps.privacy.__main__ import main
+from mami_jax.apps.privacy.settings import load_config
+from mami_jax.data.decode import open_volume
+from mami_jax.data.manifest import read_manifest
+from mami_jax.data.transforms import slice_indices
+from mami_jax.phantoms import generate
+from tests.history_workdir import make_workdir, split_manifest, write_config
+
+PRIVACY_CONFIG = '''
+import sys
+sys.path.insert(0, {root!r})
+from configs.privacy import get_config as base
+
+def get_config(arg=None):
+    c = base(arg)
+    c.experiment = {experiment!r}
+    c.batch_size = 4
+    c.perturb.steps = 6
+    c.perturb.step_size = 0.02
+    c.cues.max_images = 1
+    c.cues.occlusion_patch = 16
+    c.cues.occlusion_stride = 16
+    return c
+'''
+SPLITS = {"P0001": "train", "P0002": "test", "P0004": "test", "P0007": "test"}  # X-ray patients of seed 3
+
+
+def tree_digest(root):
+    out = {}
+    for here, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(here, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(here, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("privacy")
+    full = generate(str(base / "ph"), patients=8, visits=2, seed=3, image_size=32, slices=2,
+                    workers=1)
+    manifest = split_manifest(full, str(base / "manifest.csv"), SPLITS,
+                              keep=lambda r: r["modality"] == "xray")
+    experiment = write_config(str(base))
+    workdir = make_workdir(str(base / "run"), load_config(experiment))
+    config = base / "privacy_tiny.py"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
+    before = tree_digest(str(base / "ph"))
+    code = main(["protect", "--workdir", workdir, "--manifest", manifest, "--out",
+                 str(base / "out"), "--config", str(config)])
+    return dict(base=base, manifest=manifest, workdir=workdir, config=str(config), code=code,
+                before=before)
+
+
+def test_protect_writes_a_manifest_that_keeps_its_rows(run):
+    assert run["code"] == 0
+    original = [r for r in read_manifest(run["manifest"]) if r.split == "test"]
+    protected = read_manifest(str(run["base"] / "out" / "manifest.csv"))
+    assert [r.image_id for r in protected] == [r.image_id + "_protected" for r in original]
+    for a, b in zip(original, protected):
+        for field in ("patient_id", "study_id", "order", "modality", "dataset", "view", "split"):
+            assert getattr(a, field) == getattr(b, field)
+        assert b.path.startswith(str(run["base"] / "out" / "images"))
+        assert os.path.splitext(a.path)[1] == os.path.splitext(b.path)[1]
+    with open(os.path.join(run["base"], "out", "manifest.csv")) as f:
+        assert "images/" in f.read()          # relative paths: the folder can move
+
+
+def test_inputs_are_byte_identical(run):
+    assert tree_digest(str(run["base"] / "ph")) == run["before"]
+
+
+def test_protected_images_keep_format_and_stay_in_budget(run):
+    cfg = load_config(run["config"])
+    original = {r.image_id: r for r in read_manifest(run["manifest"])}
+    for r in read_manifest(str(run["base"] / "out" / "manifest.csv")):
+        src = original[r.image_id[:-len("_protected")]]
+        if r.modality == "xray":
+            with Image.open(src.path) as a, Image.open(r.path) as b:
+                assert (a.format, a.mode, a.size) == (b.format, b.mode, b.size)
+        n = open_volume(src.path).num_slices
+        assert open_volume(r.path).num_slices == n
+        idx = slice_indices(n, 1)
+        change = open_volume(r.path).read(idx) - open_volume(src.path).read(idx)
+        rms = np.sqrt(np.mean(np.square(change)))
+        assert 0 < rms <= cfg.perturb.epsilon * 1.05     # l2 budget (plus rounding)
+
+
+def test_match_score_falls(run):
+    with open(run["base"] / "out" / "protect_report.json") as f:
+        report = json.load(f)
+    assert report["images"] == 6
+    after = [r["score_after"] for r in report["records"]]
+    before = [r["score_before"] for r in report["records"]]
+    assert np.mean(after) < np.mean(before) - 0.05
+    assert sum(a < b for a, b in zip(after, before)) >= 5
+
+
+def test_cues_write_overlays_and_raw_maps(run):
+    out = run["base"] / "cues"
+    assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                 "--out", str(out), "--config", run["config"]]) == 0
+    first = next(r for r in read_manifest(run["manifest"]) if r.split == "test")
+    maps = np.load(out / f"{first.image_id}.npz")
+    for name in ("gradient", "occlusion"):
+        assert maps[name].ndim == 3 and 0 <= maps[name].min() and maps[name].max() == pytest.approx(1.0)
+    with Image.open(out / f"{first.image_id}.png") as img:
+        assert img.format == "PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--manifest", "/nonexistent.csv"], "error: --manifest /nonexistent.csv: no such file"),
+    (["--split", "nope"], "error: {manifest}: no rows in split 'nope'"),
+    (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
+    (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
+])
+def test_bad_input_is_one_error_line(run, capsys, args, message):
+    options = {"--workdir": run["workdir"], "--manifest": run["manifest"],
+               "--out": str(run["base"] / "bad"), "--config": run["config"]}
+    extra = []
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in options:
+            options[flag] = value
+        else:
+            extra += [flag, value]
+    capsys.readouterr()
+    assert main(["protect"] + [x for kv in options.items() for x in kv] + extra) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message.format(manifest=run["manifest"]))
+
+
+def test_usage_error_is_one_line_with_status_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["protect", "--workdir", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--manifest" in err[0]

@@ -1,0 +1,80 @@
+"""The differentiable evaluation view equals the pipeline's, the perturbation stays in
+its budget (linf and l2) and lowers the match score of a tiny model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
+from mami_jax.apps.privacy.settings import load_config
+from mami_jax.data.manifest import read_manifest
+from mami_jax.data.pipeline import read_example
+from mami_jax.inference import Embedder
+from mami_jax.models import MaMI
+from mami_jax.phantoms import generate
+from tests.history_workdir import write_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("perturb")
+    rows = read_manifest(generate(str(base / "ph"), patients=4, visits=2, seed=2, image_size=32,
+                                  slices=2, workers=1))
+    cfg = load_config(write_config(str(base)))
+    params = MaMI(cfg.model).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))["params"]
+    params = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
+    member = ensemble.Member(Embedder(cfg.model, params, cfg.data, batch_size=8),
+                             ensemble.unit_embedding_fn(cfg.model))
+    return rows, cfg, member
+
+
+@pytest.mark.parametrize("modality", ["xray", "ct", "fundus", "pathology"])
+def test_input_map_equals_the_evaluation_transform(setup, modality):
+    rows, cfg, _ = setup
+    row = next(r for r in rows if r.modality == modality)
+    s = settings_for(cfg.data, modality)
+    src = read_source(row, s)
+    imap = InputMap(s, *src.unit.shape[1:3])
+    x = src.unit[None]
+    got = np.asarray(imap(x, imap.stain_offset(x)))[0]
+    np.testing.assert_allclose(got, read_example(row, cfg.data), atol=2e-5)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_keeps_the_budget(norm):
+    delta = jax.random.normal(jax.random.key(0), (3, 2, 8, 8, 1))
+    eps = 0.03
+    projected = np.asarray(perturb.project(delta, norm, eps))
+    used = perturb.budget_used(projected, norm, eps)
+    np.testing.assert_allclose(used, 1.0, rtol=1e-5)     # large deltas land on the boundary
+    small = np.asarray(perturb.project(delta * 1e-4, norm, eps))
+    np.testing.assert_allclose(small, np.asarray(delta) * 1e-4, rtol=1e-6)  # inside: unchanged
+    with pytest.raises(ValueError, match="perturb.norm='l1'"):
+        perturb.project(delta, "l1", eps)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.03)])
+def test_perturbation_stays_in_budget_and_lowers_the_match_score(setup, norm, eps):
+    rows, cfg, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    pcfg = load_config("configs/privacy.py")
+    pcfg.perturb.norm, pcfg.perturb.epsilon, pcfg.perturb.step_size = norm, eps, eps / 3
+    s = settings_for(cfg.data, "xray")
+    sources = [read_source(r, s) for r in xray]
+    imap = InputMap(s, *sources[0].unit.shape[1:3])
+    x0 = np.stack([src.unit for src in sources])
+    offset = imap.stain_offset(x0)
+    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
+                                      {r.image_id: i for i, r in enumerate(xray)})
+    score = objective.make_score_fn([member], imap, pcfg.perturb, 1)
+    plain = jax.jit(objective.make_score_fn([member], imap, pcfg.perturb, 0))
+    step = perturb.make_step(score, norm, eps, eps / 3, 0.5)
+    delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
+    assert np.all(perturb.budget_used(delta, norm, eps) <= 1.0 + 1e-5)
+    assert (x0 + delta).min() >= 0 and (x0 + delta).max() <= 1
+    before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
+    after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
+    assert after.mean() < before.mean() - 0.1, (before, after)
