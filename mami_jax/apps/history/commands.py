@@ -129,14 +129,14 @@ def query(args) -> int:
     matches = retrieve(archive, [row], emb, k, threshold)[0]
     print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}); "
           f"accept above {threshold:.6f}")
-    print(f"{'rank':>4}  {'score':>7}  {'decision':8}  image_id  (study, order)")
+    print(f"{'rank':>4}  {'score':>9}  {'decision':8}  image_id  (study, order)")
     shown = []
     for rank, m in enumerate(matches, 1):
         r = archive.rows[m.position]
         decision = "accept" if m.accepted else "reject"
-        print(f"{rank:>4}  {m.score:7.4f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})")
+        print(f"{rank:>4}  {m.score:9.6f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})")
         shown.append((model.embedder.preprocess(r),
-                      f"{r.image_id}\n{m.score:.3f} {decision}", m.accepted))
+                      f"{r.image_id}\n{m.score:.6f} {decision}", m.accepted))
     if not matches:
         print("  (no earlier image in the archive)")
     png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
