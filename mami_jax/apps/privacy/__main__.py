@@ -64,7 +64,6 @@ def _check_out(out: str, manifest: str) -> None:
 
 
 def _run(args) -> None:
-    import jax
     import numpy as np
 
     from mami_jax.apps.privacy import ensemble
@@ -103,7 +102,6 @@ def _run(args) -> None:
         from mami_jax.apps.privacy.cue_run import write_cues
         n = write_cues(rows, targets[:int(pcfg.cues.max_images)], members[0], pcfg, args.out)
         print(f"wrote cue maps of {n} images to {args.out}")
-    del jax
 
 
 def main(argv=None) -> int:

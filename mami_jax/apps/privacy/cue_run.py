@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -36,5 +35,4 @@ def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool =
         write_atomic(base + ".npz", lambda tmp: np.savez(tmp, slices=s.slices, **maps))
         cues.overlay_png(base + ".png", s.unit, maps,
                          f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})")
-    del jax
     return len(targets)
