@@ -155,8 +155,8 @@ def print_report(r: dict) -> None:
           f"{' (' + r['remat_policy'] + ')' if r['remat'] else ''} attention={r['attention']}")
     print(f"compile {r['compile_s']:.1f} s | step {r['step_ms']:.1f} ms (median of "
           f"{len(r['step_times_ms'])}) | {r['images_per_s']:.1f} img/s")
-    print(f"model FLOPs/step {r['model_gflops_per_step']:.1f} G (3 x XLA forward count) | "
-          f"executed {r['xla_gflops_per_step']:.1f} G (XLA count of the step) | achieved "
+    print(f"model FLOPs/step {r['model_gflops_per_step']:.4g} G (3 x XLA forward count) | "
+          f"executed {r['xla_gflops_per_step']:.4g} G (XLA count of the step) | achieved "
           f"{r['achieved_model_tflops']:.3f} TFLOP/s")
     if r["mfu"] is None:
         print("MFU: no peak for this device kind; pass --peak_tflops")
