@@ -59,7 +59,7 @@ def occlusion_maps(score_fn, params, x, offset, refs, patch: int, stride: int,
         drops = []
         for s in range(0, len(boxes), chunk):
             part = boxes[s:s + chunk]
-            n = chunk          # a fixed batch: one compilation (the tail is padded)
+            n = min(chunk, len(boxes))   # a fixed batch: one compilation (tail padded)
             batch = np.repeat(x[i:i + 1], n, 0)
             for k, (y, z) in enumerate(part):
                 batch[k, :, y:y + patch, z:z + patch, :] = fill
