@@ -20,7 +20,9 @@ from tests.history_workdir import write_config
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("perturb")
-    rows = read_manifest(generate(str(base / "ph"), patients=4, visits=2, seed=2, image_size=32,
+    # seed 3: three patients with two X-rays each. With a single patient the centred
+    # embeddings of its two images are opposite and every match score is 0 by construction.
+    rows = read_manifest(generate(str(base / "ph"), patients=6, visits=2, seed=3, image_size=32,
                                   slices=2, workers=1))
     cfg = load_config(write_config(str(base)))
     params = MaMI(cfg.model).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))["params"]
@@ -56,9 +58,6 @@ def test_projection_keeps_the_budget(norm):
         perturb.project(delta, "l1", eps)
 
 
-@pytest.mark.xfail(reason="failed at the deadline, cause not yet diagnosed (see the helper's "
-                          "report); budget and score fall are covered by test_privacy_cli.py",
-                   strict=False)
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.03)])
 def test_perturbation_stays_in_budget_and_lowers_the_match_score(setup, norm, eps):
     rows, cfg, member = setup
