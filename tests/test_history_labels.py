@@ -2,7 +2,7 @@
 
 import pytest
 
-from mami_jax.apps.history.labels import LabelError, labels_for, read_labels
+from mami_jax.data.labels import LabelError, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow
 
 

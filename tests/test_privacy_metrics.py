@@ -70,5 +70,5 @@ def test_logistic_probe_separates_and_auc():
 def test_read_labels_names_file_and_line(tmp_path):
     p = tmp_path / "labels.csv"
     p.write_text("image_id,disease_label\na,1\nb,x\n")
-    with pytest.raises(ValueError, match=r"labels.csv: line 3: disease_label='x'"):
+    with pytest.raises(ValueError, match=r"labels.csv: line 3 \(image_id='b'\): disease_label='x' is not a known label"):
         utility.read_labels(str(p))

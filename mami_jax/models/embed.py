@@ -36,3 +36,19 @@ def make_embed_fn(model_cfg):
         return mami.apply({"params": params}, batch["images"]).embedding
 
     return lambda params: functools.partial(embed, params)
+
+
+def make_embedding_and_pooled_fn(model_cfg):
+    """(params, batch with "images") -> (B, C + D): the re-ID embedding followed by the
+    mean-pooled local map. The applications read both: retrieval uses the embedding,
+    diagnosis probes the pooled features, which the re-ID head was trained to make
+    invariant to visit changes only in its output."""
+    mami = MaMI(model_cfg)
+
+    @jax.jit
+    def features(params, batch):
+        out = mami.apply({"params": params}, batch["images"])
+        pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
+        return jnp.concatenate([out.embedding.astype(jnp.float32), pooled], axis=-1)
+
+    return features

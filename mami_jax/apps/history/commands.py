@@ -8,7 +8,7 @@ from mami_jax.apps.history.archive import Archive, ArchiveError
 from mami_jax.apps.history.calibration import calibrate
 from mami_jax.apps.history.features import TrainedModel, load_experiment_config
 from mami_jax.apps.history.history_select import retrieve
-from mami_jax.apps.history.labels import default_labels_path
+from mami_jax.data.labels import default_labels_path
 from mami_jax.data.manifest import ManifestRow, read_manifest
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(

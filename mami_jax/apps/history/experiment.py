@@ -27,7 +27,7 @@ from mami_jax.apps.history.archive import Archive
 from mami_jax.apps.history.calibration import calibrate
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
-from mami_jax.apps.history.labels import labels_for, read_labels
+from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 CLASSIFIERS = "classifiers.msgpack"

@@ -19,14 +19,13 @@ import os
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.inference import Embedder
-from mami_jax.models.mami import MaMI
+from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.train import sharding
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
@@ -63,7 +62,7 @@ class TrainedModel:
         config = load_experiment_config(spec)
         self.embedder = embedder or Embedder.from_workdir(self.workdir, config, action="use")
         self.fingerprint = fingerprint(self.embedder.params)
-        self._features = _feature_fn(self.embedder.model_cfg)
+        self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 
     @property
     def info(self) -> dict:
@@ -96,18 +95,6 @@ def _chunked(fn, rows, embedder: Embedder, progress: bool) -> np.ndarray:
     if not parts:
         raise ValueError("no images to embed")
     return np.concatenate(parts)
-
-
-def _feature_fn(model_cfg):
-    mami = MaMI(model_cfg)
-
-    @jax.jit
-    def features(params, batch):
-        out = mami.apply({"params": params}, batch["images"])
-        pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
-        return jnp.concatenate([out.embedding.astype(jnp.float32), pooled], axis=-1)
-
-    return features
 
 
 def diagnosis_features(embedding: np.ndarray, backbone: np.ndarray, kind: str) -> np.ndarray:

@@ -10,51 +10,30 @@ copies measures the diagnostic content the protection removed.
 
 from __future__ import annotations
 
-import csv
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.data import labels
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.evaluate.metrics import verification_metrics
-from mami_jax.models.mami import MaMI
+from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.train import sharding
 
 
 def read_labels(path: str, column: str = "disease_label") -> dict[str, int]:
-    """image_id -> integer label from a labels CSV; ValueError naming file and line."""
-    out = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "image_id" not in reader.fieldnames or column not in reader.fieldnames:
-            raise ValueError(f"{path}: needs columns image_id and {column}; has {reader.fieldnames}")
-        for line, rec in enumerate(reader, start=2):
-            try:
-                out[rec["image_id"]] = int(rec[column])
-            except ValueError:
-                raise ValueError(f"{path}: line {line}: {column}={rec[column]!r} is not an integer") from None
-    return out
-
-
-def feature_fn(model_cfg):
-    """batch -> (B, C + D): the embedding and the mean-pooled local features."""
-    mami = MaMI(model_cfg)
-
-    @jax.jit
-    def features(params, batch):
-        out = mami.apply({"params": params}, batch["images"])
-        pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
-        return jnp.concatenate([out.embedding.astype(jnp.float32), pooled], axis=-1)
-    return features
+    """image_id -> 0/1 of a binary label column (``data.labels``: unknown values are an
+    error naming the file, line and image)."""
+    return labels.read_labels(path, column, ("0", "1"))
 
 
 def features(embedder, rows: Sequence[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, C), probe features (N, C + D)) of ``rows``, one pass, as evaluation
     embeds them (``embed_rows``: batching, symmetry averaging)."""
-    fn = feature_fn(embedder.model_cfg)
+    fn = make_embedding_and_pooled_fn(embedder.model_cfg)
     both = embed_rows(lambda b: fn(embedder.params, b), rows, list(range(len(rows))),
                       embedder.data_cfg, sharding.make_mesh(-1, 1), embedder.batch_size)
     width = int(embedder.embed(embedder.preprocess(rows[0])[None]).shape[-1])
