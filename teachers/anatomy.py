@@ -26,7 +26,7 @@ import numpy as np
 
 from mami_jax.phantoms import generator
 from mami_jax.phantoms.hidden import HiddenParameters, parse_image_id, read_generation_params
-from teachers.loaders import LoadedTeacher
+from teachers.loaded import LoadedTeacher
 from teachers.registry import TeacherSpec
 
 IDENTITY_DIM = 192

@@ -28,10 +28,10 @@ import glob
 import hashlib
 import json
 import os
-from typing import Callable
 
 import numpy as np
 
+from teachers.loaded import LoadedTeacher
 from teachers.registry import TeacherSpec
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt")
@@ -39,24 +39,6 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt")
 
 class TeacherLoadError(RuntimeError):
     """A teacher could not be built from its weights; the message names teacher and path."""
-
-
-@dataclasses.dataclass
-class LoadedTeacher:
-    spec: TeacherSpec            # with the input size / mean / std actually used
-    forward: Callable            # torch batch -> (B, D) features; None for row teachers
-    feature_dim: int
-    fingerprint: str
-    weights_path: str | None
-    features_for_rows: Callable | None = None   # rows -> (B, D) numpy (anatomy teacher)
-
-    def index_entry(self) -> dict:
-        s = self.spec
-        return dict(public_id=s.public_id, loader=s.loader, modalities=list(s.modalities),
-                    feature_dim=self.feature_dim, dtype="float32", pooling=s.pooling,
-                    preprocessing=s.preprocessing(), fingerprint=self.fingerprint,
-                    weights=os.path.basename(self.weights_path) if self.weights_path else None,
-                    licence=s.licence)
 
 
 def fingerprint_path(path: str) -> str:
