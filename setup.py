@@ -65,6 +65,7 @@ setup(
         ],
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
             "nbformat>=5.9,<6",
             "nbclient>=0.10,<1",
             "ipykernel>=6.29,<8",
