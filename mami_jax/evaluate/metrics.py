@@ -297,6 +297,14 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
+def check_finite_similarity(s: np.ndarray) -> None:
+    """A (queries, gallery) similarity with NaN or inf is an error naming the first cell."""
+    if not np.all(np.isfinite(s)):
+        bad = np.argwhere(~np.isfinite(s))[0]
+        raise ValueError(f"similarity has non-finite values, first at (query {bad[0]}, "
+                         f"gallery {bad[1]})")
+
+
 def reid_metrics(similarity, query_pids, gallery_pids, query_studies, gallery_studies,
                  ks: Sequence[int] = (1, 5, 10), cmc_ranks: int = 50) -> dict:
     """Rank-k (CMC), mAP and mINP of a full (Q, G) similarity matrix.
@@ -325,10 +333,7 @@ def reid_metrics(similarity, query_pids, gallery_pids, query_studies, gallery_st
     if s.shape != (targets.num_queries, targets.num_gallery):
         raise ValueError(f"similarity shape {s.shape} does not match {targets.num_queries} "
                          f"query and {targets.num_gallery} gallery ids")
-    if not np.all(np.isfinite(s)):
-        bad = np.argwhere(~np.isfinite(s))[0]
-        raise ValueError(f"similarity has non-finite values, first at (query {bad[0]}, "
-                         f"gallery {bad[1]})")
+    check_finite_similarity(s)
     n_match = targets.n_match
     acc = RankAccumulator(targets.num_queries, targets.num_gallery)
     valid_rows = np.flatnonzero(n_match > 0)

@@ -26,7 +26,7 @@ import numpy as np
 
 from mami_jax.data.decode import decode
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.evaluate.metrics import build_query_targets
+from mami_jax.evaluate.metrics import build_query_targets, check_finite_similarity
 from mami_jax.evaluate.protocols import Protocol
 from mami_jax.runtime.atomic_files import write_atomic
 
@@ -57,10 +57,7 @@ def top_matches(similarity, protocol: Protocol, k: int = 5) -> TopMatches:
     if s.shape != shape:
         raise ValueError(f"similarity has shape {s.shape}; protocol {protocol.name!r} has "
                          f"{shape[0]} queries and {shape[1]} gallery images")
-    if not np.all(np.isfinite(s)):
-        bad = np.argwhere(~np.isfinite(s))[0]
-        raise ValueError(f"similarity has non-finite values, first at (query {bad[0]}, "
-                         f"gallery {bad[1]})")
+    check_finite_similarity(s)
     if int(k) < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     k = int(k)
