@@ -29,8 +29,14 @@ def get_config(arg=None):
     # Matching: the k best earlier candidates, each accepted when its cosine similarity
     # exceeds the modality's threshold, calibrated on the validation patients for this
     # false-accept rate (share of different-patient pairs accepted).
+    # The archive is centred on its mean embedding first (center=True; docs/history.md).
+    # calibration: "topk" holds the target among the k best archive candidates of each
+    # validation image (what retrieval accepts from); "pairs" among the validation
+    # patients' own image pairs.
     c.k = 5
     c.target_far = 0.001
+    c.center = True
+    c.calibration = "topk"
     c.calibration_split = "val"
     c.train_split = "train"
     c.eval_split = "test"

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from mami_jax.apps.history.archive import Archive, ArchiveError  # noqa: E402
+from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
 
 MODEL = {"fingerprint": "abc123", "source": "run A", "workdir": "/run", "config": "c.py"}
@@ -109,3 +109,60 @@ def test_inconsistent_archive_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ArchiveError, match=r"plain exists and is not an archive"):
         a.save(str(tmp_path / "plain"))
+
+
+def test_centred_archive_round_trips_through_save_load_add(tmp_path):
+    # A large common direction in every embedding, as a re-ID model's raw output has.
+    rows, vecs = _rows(60), _vectors(60) + 40.0
+    queries = _vectors(3, seed=1) + 40.0
+    centers = mean_directions(rows[:40], vecs[:40])
+    assert sorted(centers) == ["ct", "xray"] and centers["ct"].shape == (16,)
+    a = Archive(16, "flat", SETTINGS, MODEL, centers=centers)
+    a.add(rows[:40], vecs[:40])
+    before = a.search("ct", queries, 10)
+    a.save(str(tmp_path / "idx"))
+    loaded = Archive.load(str(tmp_path / "idx"))
+    assert loaded.centred and json.loads((tmp_path / "idx" / "archive.json").read_text())["centred"]
+    after = loaded.search("ct", queries, 10)
+    np.testing.assert_array_equal(before[0], after[0])   # the same scores after reload
+    np.testing.assert_array_equal(before[1], after[1])
+    # Scores are cosines after removing the ct centre (the mean of the ct unit vectors).
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    ct = [i for i in range(40) if rows[i].modality == "ct"]
+    center = unit[ct].mean(0)
+    np.testing.assert_allclose(centers["ct"], center, rtol=1e-5)
+    c = unit[after[1][0]] - center
+    cq = q[0] - center
+    expected = (c / np.linalg.norm(c, axis=1, keepdims=True)) @ (cq / np.linalg.norm(cq))
+    np.testing.assert_allclose(after[0][0], expected, rtol=1e-4, atol=1e-5)
+    raw = unit[after[1][0]] @ q[0]
+    assert raw.min() > 0.999 and after[0][0].max() - after[0][0].min() > 0.3  # spread out
+    # Adding later uses the stored centres, not new ones: the same as adding at once.
+    loaded.add(rows[40:], vecs[40:])
+    loaded.save(str(tmp_path / "idx"))
+    again = Archive.load(str(tmp_path / "idx"))
+    whole = Archive(16, "flat", SETTINGS, MODEL, centers=centers)
+    whole.add(rows, vecs)
+    for m in ("ct", "xray"):
+        s1, p1 = again.search(m, queries, 10)
+        s2, p2 = whole.search(m, queries, 10)
+        np.testing.assert_array_equal(p1, p2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6)
+    np.testing.assert_array_equal(again.centers["ct"], centers["ct"])
+
+
+def test_centred_archive_refuses_a_modality_without_centre(tmp_path):
+    rows = _rows(4)
+    a = Archive(16, "flat", SETTINGS, MODEL, centers={"xray": np.zeros(16, np.float32)})
+    with pytest.raises(ArchiveError, match=r"no centre for modality 'ct' \(it was built without "
+                       r"ct images; centres for xray\)"):
+        a.add(rows, _vectors(4))
+    assert len(a) == 0
+    b = Archive(16, "flat", SETTINGS, MODEL, centers=mean_directions(rows, _vectors(4)))
+    b.add(rows, _vectors(4))
+    b.save(str(tmp_path / "idx"))
+    (tmp_path / "idx" / "centers.npz").unlink()
+    with pytest.raises(ArchiveError, match=r"centers.npz: the archive is centred but its "
+                       r"centres cannot be read"):
+        Archive.load(str(tmp_path / "idx"))

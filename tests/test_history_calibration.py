@@ -63,3 +63,44 @@ def test_calibrate_per_modality_on_the_split_pairs():
     assert (c["far"], c["tar"]) == (0.0, 1.0)   # genuine cos(0.1) > cos(0.9)
     with pytest.raises(ValueError, match="no modality of split 'test' has both"):
         calibrate(rows, np.asarray(vecs), 0.0, "test")
+
+
+def test_topk_calibration_uses_the_archive_candidates():
+    pytest.importorskip("faiss")
+    import ml_collections
+
+    from mami_jax.apps.history.archive import Archive
+    from mami_jax.apps.history.calibration import calibrate_archive, calibrate_topk
+
+    # Angles: val patients p1 (0.0, 0.1) and p2 (1.0, 1.1) at visits v0, v1; a train
+    # patient p3 at visit v0 lies at 0.05, closer to p1's v1 than p1's own v0 is.
+    spec = [("p1", "v0", 0.0, "val"), ("p1", "v1", 0.1, "val"), ("p2", "v0", 1.0, "val"),
+            ("p2", "v1", 1.1, "val"), ("p3", "v0", 0.05, "train")]
+    rows = [_row(pid, v, "xray", split) for pid, v, _, split in spec]
+    vecs = np.asarray([[np.cos(a), np.sin(a)] for _, _, a, _ in spec])
+    archive = Archive(2, "flat", {}, {})
+    archive.add(rows, vecs)
+    out = calibrate_topk(archive, rows, vecs, 0.0, "val", k=5)["xray"]
+    # Queries with history: p1 v1 (candidates p3 v0 0.05, p1 v0 0.1, p2 v0 0.9 away) and
+    # p2 v1 (p2 v0 0.1, p3 v0 1.05, p1 v0 1.1 away): 2 genuine, 4 impostor candidates.
+    assert (out["genuine_pairs"], out["impostor_pairs"], out["patients"]) == (2, 4, 2)
+    assert out["threshold"] == pytest.approx(np.cos(0.05), abs=1e-6)  # the train patient
+    assert out["method"] == "topk" and out["k"] == 5
+    assert (out["far"], out["tar"]) == (0.0, 0.0)   # cos(0.1) < cos(0.05): none accepted
+    # k = 1 keeps only each query's best candidate: p3 v0 for p1, p2 v0 for p2.
+    one = calibrate_topk(archive, rows, vecs, 0.0, "val", k=1)["xray"]
+    assert (one["genuine_pairs"], one["impostor_pairs"]) == (1, 1)
+    # The pairs method sees only the validation patients: p3 does not count.
+    cfg = ml_collections.ConfigDict(dict(calibration="pairs", target_far=0.0,
+                                         calibration_split="val", k=5))
+    pairs = calibrate_archive(archive, rows, vecs, cfg)["xray"]
+    assert pairs["threshold"] == pytest.approx(np.cos(0.9), abs=1e-6)
+    assert pairs["method"] == "pairs" and pairs["tar"] == 1.0
+    cfg.calibration = "topk"
+    assert calibrate_archive(archive, rows, vecs, cfg)["xray"]["threshold"] == out["threshold"]
+    cfg.calibration = "best"
+    with pytest.raises(ValueError, match=r"calibration='best' unknown; expected one of pairs, "
+                       r"topk"):
+        calibrate_archive(archive, rows, vecs, cfg)
+    with pytest.raises(ValueError, match=r"no image of split 'test' has an earlier candidate"):
+        calibrate_topk(archive, rows, vecs, 0.0, "test", k=5)

@@ -10,6 +10,16 @@ product, so a score is the cosine similarity. ``kind``:
 - ``hnsw``: a navigable small-world graph (``IndexHNSWFlat``, ``hnsw_m`` links,
   ``hnsw_ef_search``).
 
+Centring: a re-ID model's raw embeddings share one large common direction per modality
+(on the phantoms every raw cosine similarity lies above 0.999, and still above 0.96
+after removing the mean over all modalities), which leaves verification thresholds at
+the fourth or fifth decimal. An archive built with ``centers`` (per modality, the mean
+of its unit embeddings, ``mean_directions``) stores every vector as the unit embedding
+minus its modality's centre, renormalised (``mami_jax.apps.privacy.objective.centred``,
+which the privacy app uses for the same reason), and applies the same fixed centres to
+every later ``add`` and every query (``prepare``), so scores are cosines in the centred
+space and an archive extended later stays comparable with itself.
+
 On disk (``save`` / ``load``; written to a staging folder and renamed into place)::
 
     INDEX/archive.json     format, kind and its settings, embedding size, the model that
@@ -18,6 +28,7 @@ On disk (``save`` / ``load``; written to a staging folder and renamed into place
     INDEX/metadata.csv     one row per archived image, in archive order: the manifest
                            columns (patient_id is used for evaluation only)
     INDEX/<modality>.faiss the FAISS index of that modality (ids = its rows in order)
+    INDEX/centers.npz      per modality its centre (float32, (dim,)) when centred
 
 Adding refuses embeddings of another model (``check_model``) and image ids already
 archived, so one archive never mixes two embedding spaces or counts an image twice.
@@ -34,13 +45,14 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.apps.privacy.objective import centred
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
 
-FORMAT = 1
+FORMAT = 2
 KINDS = ("flat", "ivf", "hnsw")
 META_COLUMNS = tuple(f.name for f in dataclasses.fields(ManifestRow))
-ARCHIVE_JSON, METADATA_CSV = "archive.json", "metadata.csv"
+ARCHIVE_JSON, METADATA_CSV, CENTERS_NPZ = "archive.json", "metadata.csv", "centers.npz"
 
 
 class ArchiveError(ValueError):
@@ -62,6 +74,15 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
         raise ArchiveError(f"embeddings must be (n, dim); got shape {v.shape}")
     _faiss().normalize_L2(v)
     return v
+
+
+def mean_directions(rows: Sequence[ManifestRow], vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """Per modality of ``rows``: the mean of its L2-normalised embeddings (float32,
+    (dim,)), the centre an archive removes."""
+    unit = normalized(vectors)
+    modalities = np.asarray([r.modality for r in rows])
+    return {m: unit[modalities == m].mean(0).astype(np.float32)
+            for m in sorted(set(modalities.tolist()))}
 
 
 def make_index(kind: str, dim: int, settings: dict, train_vectors: np.ndarray):
@@ -95,10 +116,18 @@ class Archive:
     """Embeddings and metadata of archived images, searchable per modality."""
 
     def __init__(self, dim: int, kind: str = "flat", settings: dict | None = None,
-                 model: dict | None = None, calibration: dict | None = None):
+                 model: dict | None = None, calibration: dict | None = None,
+                 centers: dict | None = None):
         if kind not in KINDS:
             raise ArchiveError(f"index kind {kind!r} unknown; expected one of {', '.join(KINDS)}")
         self.dim, self.kind = int(dim), kind
+        self.centers = None
+        if centers is not None:
+            self.centers = {m: np.asarray(c, np.float32) for m, c in centers.items()}
+            for m, c in self.centers.items():
+                if c.shape != (self.dim,) or not np.all(np.isfinite(c)):
+                    raise ArchiveError(f"the {m} centre must be {self.dim} finite numbers; got "
+                                       f"shape {c.shape}")
         self.settings = dict(settings or {})
         self.model = dict(model or {})
         self.calibration = dict(calibration or {})
@@ -126,8 +155,35 @@ class Archive:
                 f"given ({model.get('source', '?')}, parameters {str(theirs)[:12]}); build a "
                 f"new archive with that model instead")
 
+    @property
+    def centred(self) -> bool:
+        return self.centers is not None
+
+    def prepare(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        """Raw embeddings of one modality -> the vectors the index holds and compares: unit
+        length, minus the modality's centre and renormalised when the archive is centred
+        (float32, C order)."""
+        unit = normalized(vectors)
+        if self.centers is None or unit.shape[1:] != (self.dim,):
+            return unit
+        if modality not in self.centers:
+            raise ArchiveError(f"the archive has no centre for modality {modality!r} (it was "
+                               f"built without {modality} images; centres for "
+                               f"{', '.join(sorted(self.centers)) or 'none'}): build it again "
+                               f"with them")
+        return normalized(centred(unit, self.centers[modality]))
+
+    def prepare_rows(self, rows: Sequence[ManifestRow], vectors: np.ndarray) -> np.ndarray:
+        """``prepare`` of each row's embedding with its own modality's centre, in row order."""
+        vectors = normalized(vectors)
+        out = vectors.copy()
+        modalities = np.asarray([r.modality for r in rows])
+        for m in sorted(set(modalities.tolist())):
+            out[modalities == m] = self.prepare(vectors[modalities == m], m)
+        return out
+
     def add(self, rows: Sequence[ManifestRow], vectors: np.ndarray) -> None:
-        """Appends images (their embeddings need not be normalised)."""
+        """Appends images (raw embeddings: ``prepare`` normalises and centres them)."""
         vectors = normalized(vectors)
         if vectors.shape != (len(rows), self.dim):
             raise ArchiveError(f"embeddings of shape {vectors.shape} for {len(rows)} images; the "
@@ -145,8 +201,9 @@ class Archive:
         for i, r in enumerate(rows):
             by_modality.setdefault(r.modality, []).append(i)
         start = len(self.rows)
+        prepared = {m: self.prepare(vectors[members], m) for m, members in by_modality.items()}
         for modality, members in by_modality.items():
-            v = vectors[members]
+            v = prepared[modality]
             if modality not in self.indexes:
                 self.indexes[modality] = make_index(self.kind, self.dim, self.settings, v)
                 self.positions[modality] = []
@@ -161,7 +218,7 @@ class Archive:
         n = len(q)
         if modality not in self.indexes or k <= 0:
             return np.full((n, max(k, 0)), -np.inf, np.float32), np.full((n, max(k, 0)), -1)
-        scores, ids = self.indexes[modality].search(q, int(k))
+        scores, ids = self.indexes[modality].search(self.prepare(q, modality), int(k))
         table = np.asarray(self.positions[modality] + [-1])
         positions = table[np.where(ids >= 0, ids, len(table) - 1)]
         return np.where(ids >= 0, scores, -np.inf).astype(np.float32), positions
@@ -169,7 +226,7 @@ class Archive:
     # -- disk -----------------------------------------------------------------------
     def header(self) -> dict:
         return {"format": FORMAT, "kind": self.kind, "settings": self.settings, "dim": self.dim,
-                "model": self.model, "count": len(self.rows),
+                "model": self.model, "count": len(self.rows), "centred": self.centred,
                 "modalities": {m: len(p) for m, p in sorted(self.positions.items())},
                 "calibration": self.calibration}
 
@@ -182,6 +239,8 @@ class Archive:
         with staging_dir(path) as tmp:
             for modality, index in self.indexes.items():
                 faiss.write_index(index, os.path.join(tmp, f"{modality}.faiss"))
+            if self.centers is not None:
+                np.savez(os.path.join(tmp, CENTERS_NPZ), **self.centers)
             with open(os.path.join(tmp, METADATA_CSV), "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(META_COLUMNS)
@@ -212,9 +271,25 @@ class Archive:
             raise ArchiveError(f"{header_path}: not valid JSON ({e})") from e
         if header.get("format") != FORMAT:
             raise ArchiveError(f"{header_path}: archive format {header.get('format')!r}, this "
-                               f"code reads format {FORMAT}")
-        archive = cls(header["dim"], header["kind"], header.get("settings"),
-                      header.get("model"), header.get("calibration"))
+                               f"code reads format {FORMAT}; build it again with `index`")
+        centers = None
+        if header.get("centred"):
+            centers_path = os.path.join(path, CENTERS_NPZ)
+            try:
+                with np.load(centers_path, allow_pickle=False) as f:
+                    centers = {m: f[m] for m in f.files}
+            except (OSError, ValueError) as e:
+                raise ArchiveError(f"{centers_path}: the archive is centred but its centres "
+                                   f"cannot be read ({e})") from e
+            missing = sorted(set(header.get("modalities", {})) - set(centers))
+            if missing:
+                raise ArchiveError(f"{centers_path}: no centre for {missing}, which "
+                                   f"{header_path} lists")
+        try:
+            archive = cls(header["dim"], header["kind"], header.get("settings"),
+                          header.get("model"), header.get("calibration"), centers)
+        except ArchiveError as e:
+            raise ArchiveError(f"{path}: {e}") from e
         meta_path = os.path.join(path, METADATA_CSV)
         with open(meta_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)

@@ -12,6 +12,15 @@ sorted from the highest, m = floor(target * n) may be accepted, so the threshold
 different patients of the same modality are an impostor pair; two images of one patient
 from different studies a genuine pair), and reports the achieved FAR and the genuine
 accept rate (TAR) beside the threshold.
+
+``calibrate_topk`` calibrates on what retrieval actually accepts from: each validation
+image queries the whole archive (``history_select.retrieve``: its ``k`` best earlier
+candidates of the same modality, from every patient archived), and the candidates of
+other patients are the impostor scores. The archive's best impostors among hundreds of
+candidates lie above most validation pairs, so a pair-calibrated threshold lets through
+far more false history than its target; this one holds the target FAR among the top-k
+candidates. ``calibrate_archive`` picks the method of the settings (``calibration``:
+``"pairs"`` or ``"topk"``), on the archive's own (centred) vectors.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.data.manifest import ManifestRow
+
+METHODS = ("pairs", "topk")
 
 
 def threshold_for_far(impostor_scores, target_far: float) -> float:
@@ -64,12 +75,53 @@ def calibrate(rows: Sequence[ManifestRow], vectors: np.ndarray, target_far: floa
         genuine, impostor = pair_scores([rows[i] for i in idx], vectors[idx])
         if not len(genuine) or not len(impostor):
             continue
-        t = threshold_for_far(impostor, target_far)
-        far, tar = rates(genuine, impostor, t)
-        out[modality] = {"threshold": t, "far": far, "tar": tar, "target_far": target_far,
-                         "genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
-                         "patients": len({rows[i].patient_key for i in idx}), "split": split}
+        out[modality] = _summary(genuine, impostor, target_far, split,
+                                 len({rows[i].patient_key for i in idx}))
     if not out:
         raise ValueError(f"no modality of split {split!r} has both same-patient and "
                          f"different-patient pairs to calibrate the threshold on")
     return out
+
+
+def _summary(genuine, impostor, target_far: float, split: str, patients: int) -> dict:
+    t = threshold_for_far(impostor, target_far)
+    far, tar = rates(genuine, impostor, t)
+    return {"threshold": t, "far": far, "tar": tar, "target_far": target_far,
+            "genuine_pairs": int(len(genuine)), "impostor_pairs": int(len(impostor)),
+            "patients": patients, "split": split}
+
+
+def calibrate_topk(archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
+                   target_far: float, split: str, k: int) -> dict[str, dict]:
+    """Per modality: the threshold holding ``target_far`` among the top-``k`` archive
+    candidates of ``split``'s images (``rows`` with their raw embeddings ``vectors``;
+    the archive need not hold them). Genuine = candidates of the query's own patient."""
+    from mami_jax.apps.history.history_select import retrieve
+    idx = [i for i, r in enumerate(rows) if r.split == split]
+    matches = retrieve(archive, [rows[i] for i in idx], np.asarray(vectors)[idx], int(k),
+                       np.inf)
+    scores: dict[str, tuple[list, list, set]] = {}
+    for i, found in zip(idx, matches):
+        genuine, impostor, patients = scores.setdefault(rows[i].modality, ([], [], set()))
+        patients.add(rows[i].patient_key)
+        for m in found:
+            same = archive.rows[m.position].patient_key == rows[i].patient_key
+            (genuine if same else impostor).append(m.score)
+    out = {m: dict(_summary(g, imp, target_far, split, len(p)), method="topk", k=int(k))
+           for m, (g, imp, p) in sorted(scores.items()) if imp}
+    if not out:
+        raise ValueError(f"no image of split {split!r} has an earlier candidate of another "
+                         f"patient in the archive to calibrate the threshold on")
+    return out
+
+
+def calibrate_archive(archive, rows: Sequence[ManifestRow], vectors: np.ndarray, cfg) -> dict:
+    """The thresholds of settings ``cfg`` (``calibration``, ``target_far``,
+    ``calibration_split``, ``k``) for ``archive``, from ``rows``' raw embeddings."""
+    method, target = str(cfg.calibration), float(cfg.target_far)
+    if method == "pairs":
+        out = calibrate(rows, archive.prepare_rows(rows, vectors), target, cfg.calibration_split)
+        return {m: dict(c, method="pairs") for m, c in out.items()}
+    if method == "topk":
+        return calibrate_topk(archive, rows, vectors, target, cfg.calibration_split, int(cfg.k))
+    raise ValueError(f"calibration={method!r} unknown; expected one of {', '.join(METHODS)}")

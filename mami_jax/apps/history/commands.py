@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from mami_jax.apps.history.archive import Archive, ArchiveError
-from mami_jax.apps.history.calibration import calibrate
+from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
+from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel, load_experiment_config
 from mami_jax.apps.history.history_select import retrieve
 from mami_jax.data.labels import default_labels_path
@@ -43,19 +43,22 @@ def index(args) -> int:
     rows = _rows(args, config)          # bad input first, before the model loads
     model = TrainedModel(args.workdir, args.config)
     emb = model.embeddings(rows)
+    archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
+                      centers=mean_directions(rows, emb) if cfg.center else None)
+    archive.add(rows, emb)
     calibration = {}
     if any(r.split == cfg.calibration_split for r in rows):
-        calibration = calibrate(rows, emb, float(cfg.target_far), cfg.calibration_split)
-    archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
-                      calibration)
-    archive.add(rows, emb)
+        calibration = calibrate_archive(archive, rows, emb, cfg)
+    archive.calibration = calibration
     archive.save(args.out)
     print(f"archive {os.path.abspath(args.out)}: {len(archive)} images "
           f"({', '.join(f'{m} {n}' for m, n in archive.header()['modalities'].items())}), "
-          f"{archive.kind} index, {archive.dim}-d, model step {model.info['step']}")
+          f"{archive.kind} index, {archive.dim}-d{', centred' if cfg.center else ''}, "
+          f"model step {model.info['step']}")
     for m, c in calibration.items():
         print(f"  {m}: accept above {c['threshold']:.6f} (FAR {c['far']:.4f}, TAR "
-              f"{c['tar']:.3f} on {c['patients']} {cfg.calibration_split} patients)")
+              f"{c['tar']:.3f} on {c['patients']} {cfg.calibration_split} patients, "
+              f"{c['method']} calibration)")
     if not calibration:
         print(f"  no {cfg.calibration_split!r} patients: not calibrated (query needs --threshold)")
     return 0

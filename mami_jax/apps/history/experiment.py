@@ -2,10 +2,11 @@
 
 1. Every image's embedding and backbone feature (``features.TrainedModel``), cached in
    OUT/features.npz (reused only for the same model fingerprint and image ids).
-2. Per-modality thresholds calibrated on ``calibration_split`` (the validation patients)
-   for ``target_far``.
-3. An in-memory archive of every image of the manifest (all splits: the other patients
-   are the impostors a real archive holds); each image's ``k`` best earlier candidates,
+2. An in-memory archive of every image of the manifest (all splits: the other patients
+   are the impostors a real archive holds), centred on its mean embedding (``center``).
+3. Per-modality thresholds calibrated on ``calibration_split`` (the validation patients)
+   for ``target_far`` (``calibration``: their pairs, or their top-k archive candidates);
+   each image's ``k`` best earlier candidates,
    accepted above the threshold (``history_select.retrieve``) = its retrieved history;
    the patient's own earlier images = its true history.
 4. ``train``: the current-only classifier, then the history model (current branch
@@ -23,8 +24,8 @@ import os
 import numpy as np
 
 from mami_jax.apps.history import scoring, training
-from mami_jax.apps.history.archive import Archive
-from mami_jax.apps.history.calibration import calibrate
+from mami_jax.apps.history.archive import Archive, mean_directions
+from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
 from mami_jax.data.labels import labels_for, read_labels
@@ -64,17 +65,18 @@ class Experiment:
         self.y = np.asarray(y)
         log(f"features of {len(rows)} images ({model.info['source']})")
         emb, backbone = cached_features(model, rows, out_dir)
-        self.calibration = calibrate(rows, emb, float(cfg.target_far), cfg.calibration_split)
+        archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
+                          centers=mean_directions(rows, emb) if cfg.center else None)
+        archive.add(rows, emb)
+        self.calibration = calibrate_archive(archive, rows, emb, cfg)
         missing = sorted({r.modality for r in rows} - set(self.calibration))
         if missing:
             raise ValueError(f"no threshold for modality {missing}: split "
                              f"{cfg.calibration_split!r} has no pairs of it to calibrate on")
-        archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
-                          self.calibration)
-        archive.add(rows, emb)
+        archive.calibration = self.calibration
         k = int(cfg.k)
         self.matches = retrieve(archive, rows, emb, k, archive.thresholds())
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = archive.prepare_rows(rows, emb)
         self.true = true_history(rows, k)
         self.x_raw = diagnosis_features(emb, backbone, cfg.features)
         self.modalities = np.asarray([r.modality for r in rows])
