@@ -59,9 +59,11 @@ setup(
             "timm>=1.0,<2",
             "open_clip_torch>=3.0,<4",
         ],
-        # Applications (mami_jax.apps): the history archive's vector search.
+        # Applications (mami_jax.apps): the history archive's vector search; openpyxl
+        # reads ODIR's label spreadsheet (mami_jax/data/datasets/odir.py).
         "apps": [
             "faiss-cpu>=1.8,<2",
+            "openpyxl>=3.1,<4",
         ],
         "test": [
             "pytest>=8,<10",

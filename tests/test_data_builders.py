@@ -12,6 +12,7 @@ import re
 import pytest
 
 from mami_jax.data import build_manifest
+from mami_jax.data.datasets.chexpert import OBSERVATIONS as CHEXPERT_OBSERVATIONS
 from mami_jax.data.datasets.common import DatasetLayoutError, PathOutsideRootError
 from mami_jax.data.datasets.registry import BUILDERS, MODALITY_OF
 from mami_jax.data.manifest import read_manifest
@@ -82,15 +83,20 @@ def test_nih_chestxray14(tmp_path):
 
 def test_chexpert(tmp_path):
     root = str(tmp_path / "CheXpert-v1.0-small")
-    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding"]
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"] + list(CHEXPERT_OBSERVATIONS)
+    blank = [""] * 13
     write_csv(os.path.join(root, "train.csv"), header, [
-        ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "F", 68, "Frontal", "AP", 1],
-        ["CheXpert-v1.0-small/train/patient00001/study2/view1_frontal.jpg", "F", 68, "Frontal", "PA", ""],
-        ["CheXpert-v1.0-small/train/patient00001/study2/view2_lateral.jpg", "F", 68, "Lateral", "", ""],
-        ["CheXpert-v1.0-small/train/patient00002/view1_frontal.jpg", "M", 50, "Frontal", "AP", ""],
+        ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "F", 68, "Frontal", "AP", 1]
+        + blank,
+        ["CheXpert-v1.0-small/train/patient00001/study2/view1_frontal.jpg", "F", 68, "Frontal", "PA", ""]
+        + blank,
+        ["CheXpert-v1.0-small/train/patient00001/study2/view2_lateral.jpg", "F", 68, "Lateral", "", ""]
+        + blank,
+        ["CheXpert-v1.0-small/train/patient00002/view1_frontal.jpg", "M", 50, "Frontal", "AP", ""] + blank,
     ])
     write_csv(os.path.join(root, "valid.csv"), header, [
-        ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "M", 73, "Frontal", "AP", ""]])
+        ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "M", 73, "Frontal", "AP", 0]
+        + [0] * 13])
     for p in ["train/patient00001/study1/view1_frontal.jpg", "train/patient00001/study2/view1_frontal.jpg",
               "train/patient00001/study2/view2_lateral.jpg", "valid/patient64541/study1/view1_frontal.jpg"]:
         touch(root, p)
@@ -354,8 +360,8 @@ def outside_message(meta, line, full, root):
 def nih_escape(tmp_path):
     root = str(tmp_path / "nih")
     write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
-              [["00000001_000.png", "", "0", "1", "58", "M", "PA"],
-               ["00000001_000/../../../outside.png", "", "1", "1", "58", "M", "PA"]])
+              [["00000001_000.png", "No Finding", "0", "1", "58", "M", "PA"],
+               ["00000001_000/../../../outside.png", "No Finding", "1", "1", "58", "M", "PA"]])
     touch(root, "images", "00000001_000.png")
     return root, "Data_Entry_2017.csv", 3
 
@@ -446,7 +452,7 @@ def test_symlinked_image_folder_inside_the_root_is_followed(tmp_path):
     # linked into the root is the user's own layout.
     root = str(tmp_path / "nih")
     write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
-              [["00000001_000.png", "", "0", "1", "58", "M", "PA"]])
+              [["00000001_000.png", "No Finding", "0", "1", "58", "M", "PA"]])
     touch(str(tmp_path), "disk2", "images", "00000001_000.png")
     os.symlink(tmp_path / "disk2", os.path.join(root, "images_001"))
     res = BUILDERS["nih_chestxray14"](root)
@@ -466,7 +472,7 @@ def test_relative_root_gives_absolute_paths_inside_it(tmp_path, monkeypatch):
 def test_metadata_csv_with_byte_order_mark_is_read(tmp_path):
     root = str(tmp_path)
     write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
-              [["00000001_000.png", "", "0", "1", "58", "M", "PA"]], encoding="utf-8-sig")
+              [["00000001_000.png", "No Finding", "0", "1", "58", "M", "PA"]], encoding="utf-8-sig")
     with open(os.path.join(root, "Data_Entry_2017.csv"), "rb") as f:
         assert f.read(3) == b"\xef\xbb\xbf"
     res = BUILDERS["nih_chestxray14"](root, verify_files=False)
@@ -481,7 +487,7 @@ def test_metadata_csv_with_byte_order_mark_is_read(tmp_path):
 def test_metadata_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
     root = str(tmp_path)
     write_csv(os.path.join(root, "Data_Entry_2017.csv"), NIH_HEADER,
-              [["00000001_000.png", "", "0", "1", "58", "M", "PA"],
+              [["00000001_000.png", "No Finding", "0", "1", "58", "M", "PA"],
                ["00000001_001.png", "Ca\xf1on", "1", "1", "58", "M", "PA"]], encoding="latin-1")
     meta = os.path.join(root, "Data_Entry_2017.csv")
     with pytest.raises(DatasetLayoutError, match=rf"^{re.escape(meta)}: unreadable CSV after line \d+ "
@@ -492,7 +498,7 @@ def test_metadata_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
 def test_metadata_line_numbers_count_blank_lines(tmp_path):
     root = str(tmp_path)
     with open(os.path.join(root, "Data_Entry_2017.csv"), "w") as f:
-        f.write(",".join(NIH_HEADER) + "\n\n00000001_000.png,,x,1,58,M,PA\n")
+        f.write(",".join(NIH_HEADER) + "\n\n00000001_000.png,No Finding,x,1,58,M,PA\n")
     res = BUILDERS["nih_chestxray14"](root, verify_files=False)
     assert res.skipped == [("Data_Entry_2017.csv:3 ('1', 'x')", "non-integer Patient ID or Follow-up #")]
 

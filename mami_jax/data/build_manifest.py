@@ -2,7 +2,7 @@
 
     python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih \\
         --out /data/nih/manifest.csv [--no-verify-files] [--seed 0] \\
-        [--fractions train=0.7,val=0.1,test=0.2] [--overwrite]
+        [--fractions train=0.7,val=0.1,test=0.2] [--overwrite] [--uncertain ones|zeros|keep]
 
 Prints: images, patients, patients with at least two images, studies, rows and
 patients per split, files missing, and every kind of row the builder could not use
@@ -13,6 +13,11 @@ without the images.
 Path rule: a path inside the manifest's folder is written relative to that folder
 (the manifest and its images can move together; ``read_manifest`` resolves relative
 paths against the manifest's folder); any other path is written absolute.
+
+Labels: a dataset that carries diagnosis labels (ChestX-ray14, CheXpert, EyePACS,
+ODIR, CC-CCII; docs/datasets.md) also gets ``labels.csv`` beside the manifest (keyed by
+``image_id``, the same ``--overwrite`` rule); ``--uncertain`` is CheXpert's policy for
+uncertain observations.
 
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
 data config's ``split_fractions`` and ``split_seed``).
@@ -33,6 +38,7 @@ from typing import Sequence
 
 from mami_jax.data.config import default_data_config
 from mami_jax.data.datasets.registry import BUILDERS, get_builder
+from mami_jax.data.labels import default_labels_path, write_labels
 from mami_jax.data.manifest import ManifestRow, write_manifest
 from mami_jax.data.splits import assign_splits
 
@@ -88,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fractions", type=parse_fractions,
                         default=dict(cfg.split_fractions), help="e.g. train=0.7,val=0.1,test=0.2")
     parser.add_argument("--examples", type=int, default=5, help="examples printed per skip reason")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (and labels.csv beside it)")
+    parser.add_argument("--uncertain", choices=("ones", "zeros", "keep"), default="ones",
+                        help="chexpert: uncertain (-1) observations in labels.csv become 1, 0 or stay -1")
     args = parser.parse_args(argv)
     try:
         result, rows = build(args)
@@ -103,10 +112,16 @@ def build(args: argparse.Namespace):
     """Builds, splits and writes the manifest; raises on bad input (see the module doc)."""
     if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
-    result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files)
+    options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
+    result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files, **options)
+    labels_path = default_labels_path(args.out)
+    if result.label_columns and os.path.lexists(labels_path) and not args.overwrite:
+        raise FileExistsError(f"{labels_path} already exists; pass --overwrite to replace it")
     rows = assign_splits(result.rows, args.fractions, args.seed)
     rows = manifest_paths(rows, args.out)
     write_manifest(rows, args.out)
+    if result.label_columns:
+        write_labels(labels_path, result.label_columns, result.labels, [r.image_id for r in rows])
     return result, rows
 
 
@@ -122,6 +137,8 @@ def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow]) -> Non
     print(f"studies: {s['studies']}")
     for split, n in s["rows_per_split"].items():
         print(f"split {split}: {n} rows, {s['patients_per_split'][split]} patients")
+    if result.label_columns:
+        print(f"labels: {len(result.labels)} images -> {default_labels_path(args.out)}")
     print(f"files missing: {result.missing_files}"
           + (" (not checked: --no-verify-files)" if args.no_verify_files else ""))
     print(f"rows not used: {len(result.skipped)}")

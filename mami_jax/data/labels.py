@@ -1,17 +1,25 @@
 """Diagnosis labels: a CSV table keyed by ``image_id`` beside the manifest.
 
 The phantoms write ``labels.csv`` (``disease_stage`` 0..3 and ``disease_label`` 0/1
-per image); dataset builders that carry labels write theirs in the same shape. A
-label is one of the configured class values; anything else (a typo, an empty cell, a
-value of another label scheme) is an error naming the file, row and image, never a
-silent drop, because a dropped image would change the evaluation set unnoticed.
+per image); the dataset builders that carry labels (ChestX-ray14, CheXpert, EyePACS,
+ODIR, CC-CCII; docs/datasets.md) write theirs in the same shape through
+``write_labels``: one row per image, one column per label (a multi-label source gets
+one 0/1 column per finding), so a user picks one column and its classes. A label is
+one of the configured class values; anything else (a typo, an empty cell, a value of
+another label scheme) is an error naming the file, row and image, never a silent drop,
+because a dropped image would change the evaluation set unnoticed.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
+
+from mami_jax.runtime.atomic_files import write_text_atomic
+
+LABELS_CSV = "labels.csv"
 
 
 class LabelError(ValueError):
@@ -19,7 +27,36 @@ class LabelError(ValueError):
 
 
 def default_labels_path(manifest: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(manifest)), "labels.csv")
+    return os.path.join(os.path.dirname(os.path.abspath(manifest)), LABELS_CSV)
+
+
+def write_labels(path: str, columns: Sequence[str], labels: Mapping[str, Mapping[str, str]],
+                 image_ids: Sequence[str]) -> int:
+    """Writes the labels of ``image_ids`` (in that order; ids without labels are left
+    out) as ``image_id,<columns>``, all-or-nothing; returns the rows written.
+
+    Every labelled image must have every column (a builder's bug otherwise, raised as
+    LabelError naming the image and column), so a reader never meets an empty cell.
+    """
+    columns = list(columns)
+    if not columns or "image_id" in columns or len(set(columns)) != len(columns):
+        raise LabelError(f"labels table {path}: bad columns {columns}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image_id"] + columns)
+    n = 0
+    for image_id in image_ids:
+        values = labels.get(image_id)
+        if values is None:
+            continue
+        missing = [c for c in columns if str(values.get(c, "")).strip() == ""]
+        if missing:
+            raise LabelError(f"labels table {path}: image {image_id!r} has no value for "
+                             f"{missing}")
+        writer.writerow([image_id] + [str(values[c]) for c in columns])
+        n += 1
+    write_text_atomic(path, buf.getvalue())
+    return n
 
 
 def read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, int]:

@@ -18,6 +18,10 @@ Mapping: patient = "<class>-<patient_id>" (the classes are released as separate
 archives with their own patient numbering, so a bare number could join two people),
 study = scan_id, order = scan_id (assumed increasing in time; the dataset documents no
 dates), modality ct.
+
+Labels: ``label``, the scan's class, NCP, CP or Normal (its class folder, or the CSV's
+"label" column for a scan listed only there). A CSV label outside these three is an
+``UnknownLabelError`` naming the file and line.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from __future__ import annotations
 import os
 
 from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, is_image_name,
-                                           read_csv, require_root)
+                                           label_error, read_csv, require_root)
 
 NAME = "ccii_ct"
 MODALITY = "ct"
 CLASSES = ("NCP", "CP", "Normal")
+LABEL = "label"
 
 
 def build(root: str, verify_files: bool = True) -> BuildResult:
     require_root(root)
     c = Collector(NAME, MODALITY, root, verify_files)
+    c.label_columns = (LABEL,)
     seen = set()
     for cls in CLASSES:
         cls_dir = os.path.join(root, cls)
@@ -54,7 +60,8 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
                     c.skip(src, "scan folder holds no slice images")
                     continue
                 c.add(local_id=f"{cls}/{patient}/{scan}", patient_id=f"{cls}-{patient}",
-                      study_id=scan, order=scan, view="", path=sdir, source=src, folder=True)
+                      study_id=scan, order=scan, view="", path=sdir, source=src, folder=True,
+                      labels={LABEL: cls})
     meta = os.path.join(root, "unzip_filenames.csv")
     if os.path.isfile(meta):
         c.notes.append(f"metadata: {meta}")
@@ -63,11 +70,14 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
             if (cls, patient, scan) in seen:
                 continue
             src = f"unzip_filenames.csv:{line}"
-            if cls not in CLASSES or not patient or not scan:
-                c.skip(f"{src} ({cls!r}, {patient!r}, {scan!r})", f"label not in {CLASSES} or empty patient/scan id")
+            if cls not in CLASSES:
+                raise label_error(root, src, LABEL, cls, " or ".join(CLASSES))
+            if not patient or not scan:
+                c.skip(f"{src} ({patient!r}, {scan!r})", "empty patient_id or scan_id")
                 continue
             c.add(local_id=f"{cls}/{patient}/{scan}", patient_id=f"{cls}-{patient}", study_id=scan,
-                  order=scan, view="", path=c.path(cls, patient, scan), source=src, folder=True)
+                  order=scan, view="", path=c.path(cls, patient, scan), source=src, folder=True,
+                  labels={LABEL: cls})
     if not c.rows and not c.skipped:
         raise DatasetLayoutError(f"{root}: no NCP/, CP/ or Normal/ scan folders and no unzip_filenames.csv")
     return c.result()

@@ -6,6 +6,14 @@ and how many referenced files are missing. Paths in rows are absolute;
 ``build_manifest`` rewrites them relative to the manifest's folder when the image
 lies inside it.
 
+Labels: a builder whose dataset carries diagnosis labels declares its label columns
+(``Collector.label_columns``) and passes each row's values to ``Collector.add``; the
+result holds them for the rows it kept (``BuildResult.labels``, keyed by image id), and
+``build_manifest`` writes them as ``labels.csv`` beside the manifest
+(``mami_jax.data.labels.write_labels``). A label value the builder does not know is an
+``UnknownLabelError`` naming the metadata file, line and value (``label_error``), not a
+skipped row: a wrong label scheme or a corrupted file must stop the build.
+
 ``verify_files``: True checks every path exists (a missing file is reported as
 skipped with reason "file not found" and counted in ``missing_files``); False builds
 the rows from metadata alone, so splits can be planned without the images.
@@ -39,6 +47,8 @@ class BuildResult:
     skipped: list[tuple[str, str]]  # (metadata row or file [with the offending value], reason)
     missing_files: int
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. which metadata file was read
+    label_columns: tuple[str, ...] = ()                 # empty: the dataset carries no labels
+    labels: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # image id -> values
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(collections.Counter(reason for _, reason in self.skipped))
@@ -50,6 +60,17 @@ class DatasetLayoutError(ValueError):
 
 class PathOutsideRootError(DatasetLayoutError):
     """A metadata row names an image outside the dataset root; the message names the row."""
+
+
+class UnknownLabelError(DatasetLayoutError):
+    """A metadata row holds a label value outside the dataset's label scheme."""
+
+
+def label_error(root: str, source: str, column: str, value: str, expected: str) -> UnknownLabelError:
+    """The error for ``column=value`` at ``source`` (``file:line`` relative to ``root``)."""
+    where = source if os.path.isabs(source) else os.path.join(os.path.abspath(root), source)
+    return UnknownLabelError(f"{where}: {column}={value!r} is not a known label value "
+                             f"(expected {expected})")
 
 
 class Collector:
@@ -64,6 +85,8 @@ class Collector:
         self.skipped: list[tuple[str, str]] = []
         self.missing = 0
         self.notes: list[str] = []
+        self.label_columns: tuple[str, ...] = ()
+        self.labels: dict[str, dict[str, str]] = {}
         self._ids: dict[str, str] = {}
 
     def path(self, *parts: str) -> str:
@@ -89,10 +112,12 @@ class Collector:
         return full
 
     def add(self, *, local_id: str, patient_id: str, study_id: str, order: str, view: str,
-            path: str, source: str, folder: bool = False) -> bool:
+            path: str, source: str, folder: bool = False,
+            labels: dict[str, str] | None = None) -> bool:
         """Adds a row unless its file is missing (when verifying) or its id is taken.
 
         A path outside the root raises (see ``inside``) before anything else is checked.
+        ``labels`` (one value per ``label_columns``) are kept for the row when it is added.
         """
         path = self.inside(path, source)
         image_id = f"{self.dataset}:{local_id}"
@@ -113,10 +138,19 @@ class Collector:
         self.rows.append(ManifestRow(
             image_id=image_id, patient_id=str(patient_id), study_id=str(study_id), order=str(order),
             modality=self.modality, dataset=self.dataset, view=str(view), path=path, split=""))
+        if labels is not None:
+            if set(labels) != set(self.label_columns):
+                raise ValueError(f"{source}: labels {sorted(labels)} do not match the label "
+                                 f"columns {list(self.label_columns)}")
+            self.labels[image_id] = {c: str(labels[c]) for c in self.label_columns}
         return True
 
     def result(self) -> BuildResult:
-        return BuildResult(self.rows, self.skipped, self.missing, self.notes)
+        if self.labels:
+            self.notes.append(f"labels: {len(self.labels)} of {len(self.rows)} images "
+                              f"({', '.join(self.label_columns)})")
+        return BuildResult(self.rows, self.skipped, self.missing, self.notes,
+                           self.label_columns if self.labels else (), self.labels)
 
 
 def _visible(folder: str) -> Iterator[str]:

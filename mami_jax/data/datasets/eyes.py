@@ -21,8 +21,10 @@ from mami_jax.data.datasets.common import Collector
 EYE_NAME = re.compile(r"^(\d+)_(left|right)\.(jpe?g|png|tiff?|bmp)$", re.IGNORECASE)
 
 
-def add_eye_image(c: Collector, part: str, name: str, path: str, source: str) -> bool:
-    """Adds ``<patient>_<eye>.<ext>`` from release part ``part``; skips other image names."""
+def add_eye_image(c: Collector, part: str, name: str, path: str, source: str,
+                  labels: dict[str, str] | None = None) -> bool:
+    """Adds ``<patient>_<eye>.<ext>`` from release part ``part`` (with its ``labels``, if
+    any); skips other image names."""
     m = EYE_NAME.match(name)
     if not m:
         c.skip(source, "image name is not <patient>_<left|right>.<ext>")
@@ -30,7 +32,7 @@ def add_eye_image(c: Collector, part: str, name: str, path: str, source: str) ->
     patient = f"{part}-{int(m.group(1))}"
     eye = m.group(2).lower()
     return c.add(local_id=f"{patient}_{eye}", patient_id=patient, study_id=eye, order="0",
-                 view=eye, path=path, source=source)
+                 view=eye, path=path, source=source, labels=labels)
 
 
 def rel(root: str, path: str) -> str:
