@@ -44,12 +44,17 @@ def get_config(arg=None):
     # Diagnosis features: "backbone" (the pooled patch tokens of the frozen backbone, the
     # head's input), "embedding" (the re-ID embedding) or "both" (concatenated).
     c.features = "backbone"
+    # Token maps the history model compares position by position with each history image
+    # (classifier.map_dim > 0): the patch tokens of map_layer ("patch_embed", "ln_pre",
+    # "block_<i>" or "last_block"), averaged over slices and resized to map_grid x map_grid.
+    c.map_layer = "last_block"
+    c.map_grid = 4
 
     # Classifiers (mami_jax/apps/history/diagnosis.py), full-batch AdamW. Small and
     # briefly trained: the phantoms' training split has about 950 images, and wider or
     # longer-trained classifiers scored lower on the test split (docs/history.md).
     c.classifier = ml_collections.ConfigDict(dict(
-        hidden=32, attention_dim=32, steps=200, fused_steps=200, learning_rate=1e-3,
-        weight_decay=1e-2, history_dropout=0.25, seed=0))
+        hidden=32, attention_dim=32, map_dim=16, steps=200, fused_steps=200,
+        learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0))
     c.lock()
     return c

@@ -18,6 +18,14 @@ token, whose value is 0), and the model can fall back to it when the retrieved h
 looks unreliable (attention moves to the token). Training the history term with the
 current branch frozen (mami_jax/apps/history/training.py) keeps that fallback equal to
 the trained current-only classifier.
+
+Local change (``map_dim`` > 0, with token maps of the current image (B, P, C) and of
+each history image (B, k, P, C)): every position of both maps goes through one shared
+bias-free projection to ``map_dim`` channels, the per-position difference current minus
+earlier is taken, and it is pooled over positions (maximum of the increase, maximum of
+the decrease, mean), so a token also says *where and how much the patient's own image
+changed*, which a pooled global feature averages away (after BioViL-T). These inputs
+only enter history tokens, so the no-history equality above still holds.
 """
 
 from __future__ import annotations
@@ -36,21 +44,38 @@ class CurrentOnly(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(h)
 
 
+def local_change(x_map, history_maps, proj):
+    """(B, k, 3m): per history image, over positions, the maximum increase, maximum
+    decrease and mean change of ``proj`` (per position) from the earlier map to the
+    current one. ``x_map`` (B, P, C), ``history_maps`` (B, k, P, C)."""
+    change = proj(x_map)[:, None] - proj(history_maps)           # (B, k, P, m)
+    return jnp.concatenate([change.max(2), (-change).max(2), change.mean(2)], axis=-1)
+
+
 class WithHistory(nn.Module):
-    """``__call__(x (B, D), history (B, k, D), scores (B, k), mask (B, k) bool)``."""
+    """``__call__(x (B, D), history (B, k, D), scores (B, k), mask (B, k) bool,
+    x_map (B, P, C), history_maps (B, k, P, C))``; the maps only when ``map_dim`` > 0."""
 
     hidden: int
     num_classes: int
     attention_dim: int
+    map_dim: int = 0
 
     @nn.compact
-    def __call__(self, x, history, scores, mask):
+    def __call__(self, x, history, scores, mask, x_map=None, history_maps=None):
         classify = CurrentOnly(self.hidden, self.num_classes, name="current")
         current = classify(x)
         d = self.attention_dim
         xb = jnp.broadcast_to(x[:, None, :], history.shape)
         earlier = nn.softmax(classify(history), axis=-1)  # the classifier's view of each
-        tokens = jnp.concatenate([history, xb - history, earlier, scores[..., None]], axis=-1)
+        parts = [history, xb - history, earlier, scores[..., None]]
+        if self.map_dim:
+            if x_map is None or history_maps is None:
+                raise ValueError(f"map_dim={self.map_dim}: the history model needs the token "
+                                 f"maps of the current and the history images")
+            proj = nn.Dense(self.map_dim, use_bias=False, name="map_proj")
+            parts.append(local_change(x_map, history_maps, proj))
+        tokens = jnp.concatenate(parts, axis=-1)
         tokens = nn.gelu(nn.Dense(d, name="token")(tokens))
         keys = nn.Dense(d, name="key")(tokens)                      # (B, k, d)
         values = nn.Dense(d, name="value")(tokens)                  # (B, k, d)

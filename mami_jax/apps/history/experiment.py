@@ -1,7 +1,9 @@
 """``train`` and ``eval``: the diagnosis experiment on a manifest with a labels table.
 
-1. Every image's embedding and backbone feature (``features.TrainedModel``), cached in
-   OUT/features.npz (reused only for the same model fingerprint and image ids).
+1. Every image's embedding and backbone feature (``features.TrainedModel``), and its
+   token map of ``map_layer`` when the history model compares maps (``classifier.map_dim``
+   > 0), cached in OUT/features.npz (reused only for the same model fingerprint, image
+   ids and map settings).
 2. An in-memory archive of every image of the manifest (all splits: the other patients
    are the impostors a real archive holds), centred on its mean embedding (``center``).
 3. Per-modality thresholds calibrated on ``calibration_split`` (the validation patients)
@@ -34,19 +36,29 @@ from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 CLASSIFIERS = "classifiers.msgpack"
 
 
-def cached_features(model, rows, out_dir: str):
-    """(embeddings, backbone features) of ``rows``, from OUT/features.npz when it is
-    this model's for these images."""
+def uses_maps(cfg) -> bool:
+    return int(cfg.classifier.get("map_dim", 0)) > 0
+
+
+def cached_features(model, rows, out_dir: str, cfg):
+    """(embeddings, backbone features, token maps or None) of ``rows``, from
+    OUT/features.npz when it is this model's for these images and map settings."""
     path = os.path.join(out_dir, "features.npz")
     ids = np.asarray([r.image_id for r in rows])
+    maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
     if os.path.isfile(path):
         with np.load(path) as f:
-            if str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids):
-                return f["embedding"], f["backbone"]
-    emb, backbone = model.features(rows)
+            if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
+                    and "maps_key" in f.files and str(f["maps_key"]) == maps_key):
+                return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
+    if maps_key:
+        emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid))
+    else:
+        (emb, backbone), maps = model.features(rows), np.zeros((len(rows), 0, 0), np.float32)
     write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, backbone=backbone, image_id=ids,
-                                            fingerprint=np.asarray(model.fingerprint)))
-    return emb, backbone
+                                            fingerprint=np.asarray(model.fingerprint),
+                                            maps=maps, maps_key=np.asarray(maps_key)))
+    return emb, backbone, (maps if maps_key else None)
 
 
 def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
@@ -64,7 +76,7 @@ class Experiment:
         self.classes = [str(c) for c in cfg.classes]
         self.y = np.asarray(y)
         log(f"features of {len(rows)} images ({model.info['source']})")
-        emb, backbone = cached_features(model, rows, out_dir)
+        emb, backbone, self.maps_raw = cached_features(model, rows, out_dir, cfg)
         archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
                           centers=mean_directions(rows, emb) if cfg.center else None)
         archive.add(rows, emb)
@@ -91,22 +103,28 @@ class Experiment:
         return idx
 
     def inputs(self, norm: dict, idx):
-        x = training.apply_standardizer(norm, self.x_raw, self.modalities)
+        """(x, retrieved histories, true histories, token maps or None) of rows ``idx``."""
+        x = training.apply_standardizer(norm["features"], self.x_raw, self.modalities)
+        maps = None
+        if self.maps_raw is not None:
+            maps = training.apply_map_standardizer(norm["maps"], self.maps_raw, self.modalities)
         k = int(self.cfg.k)
         retrieved = training.Histories.gather(x, [self.retrieved_lists[i] for i in idx],
-                                              [self.retrieved_scores[i] for i in idx], k)
+                                              [self.retrieved_scores[i] for i in idx], k, maps)
         true = training.Histories.gather(x, [self.true[i] for i in idx],
-                                         [self.true_scores[i] for i in idx], k)
-        return x[idx], retrieved, true
+                                         [self.true_scores[i] for i in idx], k, maps)
+        return x[idx], retrieved, true, (None if maps is None else maps[idx])
 
     def train(self) -> dict:
         c = self.cfg.classifier
         idx = self.split(self.cfg.train_split)
-        norm = training.standardizer(self.x_raw[idx], self.modalities[idx])
-        x, retrieved, _ = self.inputs(norm, idx)
+        norm = {"features": training.standardizer(self.x_raw[idx], self.modalities[idx])}
+        if self.maps_raw is not None:
+            norm["maps"] = training.map_standardizer(self.maps_raw[idx], self.modalities[idx])
+        x, retrieved, _, x_map = self.inputs(norm, idx)
         n = len(self.classes)
         current = training.train_current(x, self.y[idx], n, c)
-        fused = training.train_fused(current, x, retrieved, self.y[idx], n, c)
+        fused = training.train_fused(current, x, retrieved, self.y[idx], n, c, x_map)
         payload = {"norm": norm, "current": current, "fused": fused}
         training.save_classifiers(os.path.join(self.out_dir, CLASSIFIERS), payload)
         return payload
@@ -115,10 +133,11 @@ class Experiment:
         c, n = self.cfg.classifier, len(self.classes)
         split = split or self.cfg.eval_split
         idx = self.split(split)
-        x, retrieved, true = self.inputs(payload["norm"], idx)
+        x, retrieved, true, x_map = self.inputs(payload["norm"], idx)
         probs = {"current_only": training.predict_current(payload["current"], x, n, c),
-                 "retrieved_history": training.predict_fused(payload["fused"], x, retrieved, n, c),
-                 "true_history": training.predict_fused(payload["fused"], x, true, n, c)}
+                 "retrieved_history": training.predict_fused(payload["fused"], x, retrieved, n, c,
+                                                             x_map),
+                 "true_history": training.predict_fused(payload["fused"], x, true, n, c, x_map)}
         same, other, found, total = [], [], [], []
         for i in idx:
             mine = self.rows[i].patient_key

@@ -6,9 +6,16 @@
   forget what varies between visits of a patient, disease included, so the diagnosis
   reads the features before it (``features = "backbone"``, configurable).
 
-Both come from one forward pass, batched and symmetry-averaged exactly as
-``mami_jax.inference.Embedder.embed_rows`` (the evaluator's ``embed_rows``). The model
-is identified by a fingerprint of its parameters, which an archive records.
+- the **token map** of one backbone layer (``map_layer``: ``patch_embed``, ``ln_pre`` or
+  ``block_<i>``; the patch tokens averaged over slices, resized to ``map_grid`` x
+  ``map_grid`` positions so every modality's map has one shape): what the history model
+  compares position by position with the patient's earlier images, since the phantoms'
+  disease is a local change of the patient's own anatomy.
+
+All come from one forward pass, batched and symmetry-averaged exactly as
+``mami_jax.inference.Embedder.embed_rows`` (the evaluator's ``embed_rows``; a modality
+evaluated as the mean over the symmetries of the square gets the mean of its maps). The
+model is identified by a fingerprint of its parameters, which an archive records.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -26,6 +34,7 @@ from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.inference import Embedder
 from mami_jax.models.embed import make_embedding_and_pooled_fn
+from mami_jax.models.mami import MaMI
 from mami_jax.train import sharding
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
@@ -76,9 +85,67 @@ class TrainedModel:
         width = both.shape[1] // 2
         return both[:, :width], both[:, width:]
 
+    def features_and_maps(self, rows: Sequence[ManifestRow], layer: str, grid: int,
+                          progress: bool = True):
+        """(embeddings (n, C), backbone features (n, C), token maps (n, grid*grid, D)) of
+        every row, float32; the maps of ``layer`` (``token_map_fn``)."""
+        e = self.embedder
+        fn = token_map_fn(e.model_cfg, layer, grid)
+        out = _chunked(lambda batch: fn(e.params, batch), rows, e, progress)
+        c = int(e.model_cfg.width)
+        return out[:, :c], out[:, c:2 * c], out[:, 2 * c:].reshape(len(rows), grid * grid, -1)
+
     def embeddings(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
         """``Embedder.embed_rows`` of every row (n, C), in chunks under a progress bar."""
         return _chunked(self.embedder.embed_batch, rows, self.embedder, progress)
+
+
+def map_layers(model_cfg) -> tuple[str, ...]:
+    return ("patch_embed", "ln_pre") + tuple(f"block_{i}" for i in range(int(model_cfg.depth)))
+
+
+def resolve_layer(model_cfg, layer: str) -> str:
+    """``layer``, with ``last_block`` meaning the model's last transformer block."""
+    if layer == "last_block":
+        layer = f"block_{int(model_cfg.depth) - 1}"
+    layers = map_layers(model_cfg)
+    if layer not in layers:
+        raise ValueError(f"map_layer={layer!r} unknown; this model has {', '.join(layers)} "
+                         f"(or last_block)")
+    return layer
+
+
+def token_map_fn(model_cfg, layer: str, grid: int):
+    """(params, batch) -> (B, 2C + grid*grid*C): the embedding, the pooled last-block map
+    (the ``backbone`` feature) and ``layer``'s (``resolve_layer``) patch tokens averaged over slices, resized
+    (bilinear, antialiased) to ``grid`` x ``grid`` and flattened position-major."""
+    layer = resolve_layer(model_cfg, layer)
+    if int(grid) < 1:
+        raise ValueError(f"map_grid must be at least 1, got {grid}")
+    mami, grid = MaMI(model_cfg), int(grid)
+
+    def wanted(module, method):
+        return method == "__call__" and module.name == layer
+
+    @jax.jit
+    def fn(params, batch):
+        images = batch["images"]
+        b, t = images.shape[:2]
+        out, state = mami.apply({"params": params}, images, capture_intermediates=wanted,
+                                mutable=["intermediates"])
+        tokens = state["intermediates"][layer]["__call__"][0].astype(jnp.float32)
+        c = tokens.shape[-1]
+        if layer != "patch_embed":            # (N, 1 + h*w, C): drop the class token
+            tokens = tokens[:, 1:]
+        h = images.shape[2] // int(model_cfg.patch_size)
+        w = images.shape[3] // int(model_cfg.patch_size)
+        tokens = tokens.reshape(b, t, h, w, c).mean(1)
+        tokens = jax.image.resize(tokens, (b, grid, grid, c), "linear")
+        pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
+        return jnp.concatenate([out.embedding.astype(jnp.float32), pooled,
+                                tokens.reshape(b, grid * grid * c)], axis=-1)
+
+    return fn
 
 
 def _chunked(fn, rows, embedder: Embedder, progress: bool) -> np.ndarray:

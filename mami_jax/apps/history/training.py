@@ -27,30 +27,37 @@ from mami_jax.runtime.atomic_files import write_bytes_atomic
 
 @dataclasses.dataclass
 class Histories:
-    """Per image: up to k history features, their similarities and validity mask."""
+    """Per image: up to k history features, their similarities and validity mask, and
+    (when the history model compares token maps) the history images' maps."""
 
     features: np.ndarray   # (n, k, D)
     scores: np.ndarray     # (n, k)
     mask: np.ndarray       # (n, k) bool
+    maps: np.ndarray | None = None   # (n, k, P, C)
 
     def take(self, idx) -> "Histories":
-        return Histories(self.features[idx], self.scores[idx], self.mask[idx])
+        return Histories(self.features[idx], self.scores[idx], self.mask[idx],
+                         None if self.maps is None else self.maps[idx])
 
     @classmethod
-    def gather(cls, features: np.ndarray, lists, scores, k: int) -> "Histories":
-        """``lists[i]``: row indices into ``features`` of image i's history (<= k),
-        ``scores[i]`` their similarities."""
+    def gather(cls, features: np.ndarray, lists, scores, k: int,
+               maps: np.ndarray | None = None) -> "Histories":
+        """``lists[i]``: row indices into ``features`` (and ``maps``, (N, P, C)) of image
+        i's history (<= k), ``scores[i]`` their similarities."""
         n, dim = len(lists), features.shape[1]
         h = np.zeros((n, k, dim), np.float32)
         s = np.zeros((n, k), np.float32)
         m = np.zeros((n, k), bool)
+        hm = None if maps is None else np.zeros((n, k) + maps.shape[1:], np.float32)
         for i, (rows, sc) in enumerate(zip(lists, scores)):
             rows, sc = list(rows)[:k], list(sc)[:k]
             if rows:
                 h[i, :len(rows)] = features[rows]
                 s[i, :len(rows)] = sc
                 m[i, :len(rows)] = True
-        return cls(h, s, m)
+                if hm is not None:
+                    hm[i, :len(rows)] = maps[rows]
+        return cls(h, s, m, hm)
 
 
 def standardizer(x: np.ndarray, modalities: Sequence[str]) -> dict:
@@ -74,6 +81,26 @@ def apply_standardizer(norm: dict, x: np.ndarray, modalities: Sequence[str]) -> 
         rows = modalities == m
         z[rows, :x.shape[1]] = (x[rows] - stats["mean"]) / stats["std"]
         z[rows, x.shape[1] + MODALITIES.index(m)] = 1.0
+    return z
+
+
+def map_standardizer(maps: np.ndarray, modalities: Sequence[str]) -> dict:
+    """Per modality: each channel's mean and standard deviation over the images and
+    positions of token maps (n, P, C) (training split)."""
+    p = maps.shape[1]
+    return standardizer(maps.reshape(-1, maps.shape[2]), np.repeat(np.asarray(modalities), p))
+
+
+def apply_map_standardizer(norm: dict, maps: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+    modalities = np.asarray(modalities)
+    unknown = sorted(set(modalities.tolist()) - set(norm))
+    if unknown:
+        raise ValueError(f"no training images of modality {unknown}: the classifiers "
+                         f"cannot read its token maps")
+    z = np.zeros(maps.shape, np.float32)
+    for m, stats in norm.items():
+        rows = modalities == m
+        z[rows] = (maps[rows] - stats["mean"]) / stats["std"]
     return z
 
 
@@ -106,21 +133,37 @@ def _xent(logits, y):
 def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
     model = CurrentOnly(int(cfg.hidden), num_classes)
     rng = jax.random.key(int(cfg.seed))
-    params = model.init(rng, x[:1])["params"]
+    params = jax.jit(model.init)(rng, x[:1])["params"]
     x, y = jnp.asarray(x), jnp.asarray(y)
     return _fit(lambda p, _: _xent(model.apply({"params": p}, x), y), params,
                 cfg.steps, cfg, jax.random.fold_in(rng, 1))
 
 
 def fused_model(num_classes: int, cfg) -> WithHistory:
-    return WithHistory(int(cfg.hidden), num_classes, int(cfg.attention_dim))
+    return WithHistory(int(cfg.hidden), num_classes, int(cfg.attention_dim),
+                       int(cfg.get("map_dim", 0)))
+
+
+def _maps(model: WithHistory, x_map, hist: Histories):
+    """The (x_map, history_maps) arguments of ``model``: None unless it compares maps."""
+    if not model.map_dim:
+        return None, None
+    if x_map is None or hist.maps is None:
+        raise ValueError(f"map_dim={model.map_dim}: token maps of the images and of their "
+                         f"history are needed")
+    return jnp.asarray(x_map), jnp.asarray(hist.maps)
 
 
 def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
-                num_classes: int, cfg) -> dict:
+                num_classes: int, cfg, x_map: np.ndarray | None = None) -> dict:
+    """The history model on top of the frozen ``current`` parameters; ``x_map`` (n, P, C)
+    the images' token maps when ``cfg.map_dim`` > 0 (``hist.maps`` their history's)."""
     model = fused_model(num_classes, cfg)
     rng = jax.random.key(int(cfg.seed) + 1)
-    init = model.init(rng, x[:1], hist.features[:1], hist.scores[:1], hist.mask[:1])["params"]
+    xm, hm = _maps(model, x_map, hist)
+    init = jax.jit(model.init)(rng, x[:1], hist.features[:1], hist.scores[:1], hist.mask[:1],
+                               None if xm is None else xm[:1],
+                               None if hm is None else hm[:1])["params"]
     trainable = {k: v for k, v in init.items() if k != "current"}
     x, y = jnp.asarray(x), jnp.asarray(y)
     h, s, m = jnp.asarray(hist.features), jnp.asarray(hist.scores), jnp.asarray(hist.mask)
@@ -128,7 +171,7 @@ def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
 
     def loss(p, key):
         mask = m & jax.random.bernoulli(key, keep, m.shape)
-        logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask)
+        logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask, xm, hm)
         return _xent(logits, y)
 
     trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1))
@@ -136,14 +179,16 @@ def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
 
 
 def predict_current(params: dict, x: np.ndarray, num_classes: int, cfg) -> np.ndarray:
-    logits = CurrentOnly(int(cfg.hidden), num_classes).apply({"params": params}, x)
+    logits = jax.jit(CurrentOnly(int(cfg.hidden), num_classes).apply)({"params": params}, x)
     return np.asarray(jax.nn.softmax(logits, -1))
 
 
 def predict_fused(params: dict, x: np.ndarray, hist: Histories, num_classes: int,
-                  cfg) -> np.ndarray:
-    logits = fused_model(num_classes, cfg).apply(
-        {"params": params}, x, hist.features, hist.scores, hist.mask)
+                  cfg, x_map: np.ndarray | None = None) -> np.ndarray:
+    model = fused_model(num_classes, cfg)
+    xm, hm = _maps(model, x_map, hist)
+    logits = jax.jit(model.apply)({"params": params}, x, hist.features, hist.scores, hist.mask,
+                                  xm, hm)
     return np.asarray(jax.nn.softmax(logits, -1))
 
 
