@@ -4,14 +4,27 @@
 
 ``experiment`` names the re-ID run's own experiment config (its preprocessing and model
 config); ``runlocal`` points it at ``configs/all.py:runlocal`` (the quick-start runs).
-Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb).
+Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb),
+``transfer`` (optimise against ``TRANSFER_ENSEMBLE`` as well as ``--workdir``'s model, for
+protection that holds against re-ID models it never saw; ``transfer=DIR+DIR@STEP`` names
+other members).
 """
 
 import ml_collections
 
 from mami_jax.config import parse_arg
 
-WORDS = ("runlocal", "inpaint", "both")
+WORDS = ("runlocal", "inpaint", "both", "transfer")
+
+#: The ensemble of ``transfer``: re-ID runs of ``configs/all.py:runlocal`` on the quick-start
+#: phantoms, all trained with seed 0 (the alignment ablation's runs, docs/experiments.md),
+#: joined to ``--workdir`` (the quick-start run). The transfer figures of docs/privacy.md
+#: are measured on seed-1 runs, which are in no ensemble.
+TRANSFER_ENSEMBLE = (
+    "/tmp/abl/runs/none-s0",
+    "/tmp/abl/runs/difference-anatomy-s0",
+    "/tmp/abl1/runs/single-both-s0",
+)
 
 
 def get_config(arg=None):
@@ -47,10 +60,17 @@ def get_config(arg=None):
     p.views = 1
     p.shift = 0
     p.noise = 0.0
+    # Input diversity (DI-FGSM, Xie et al. 2019): each view is first zoomed by a random
+    # factor in [1, 1 + scale] about a random point (bilinear). 0: off.
+    p.scale = 0.0
     # Extra re-ID models (workdirs of the same experiment config, latest checkpoint, or
     # "WORKDIR@STEP") optimised against together with --workdir's: transfer to unseen
     # models improves with the ensemble.
     p.ensemble = ()
+    if words.get("transfer"):
+        value = words["transfer"]
+        p.ensemble = TRANSFER_ENSEMBLE if value is True else tuple(
+            m for m in str(value).split("+") if m)
     # The loss pushes the image's embedding away from its original and from the
     # patient's other images (mean cosine similarity), weight ``own_weight`` on the original.
     p.own_weight = 1.0

@@ -71,7 +71,7 @@ def test_perturbation_stays_in_budget_and_lowers_the_match_score(setup, norm, ep
     offset = imap.stain_offset(x0)
     refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
                                       {r.image_id: i for i, r in enumerate(xray)})
-    score = objective.make_score_fn([member], imap, pcfg.perturb, 1)
+    score = objective.make_member_score_fn(member.embed, imap, pcfg.perturb, 1)
     plain = jax.jit(objective.make_score_fn([member], imap, pcfg.perturb, 0))
     step = perturb.make_step(score, norm, eps, eps / 3, 0.5)
     delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))

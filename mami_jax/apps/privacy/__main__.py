@@ -4,12 +4,16 @@
         [--split test] [--config configs/privacy.py:runlocal] [--set KEY=VALUE ...]
     python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR
         [--split test] [--config ...] [--set perturb.epsilon=0.02 ...]
+    python -m mami_jax.apps.privacy attacker-manifest --manifest FILE --protected OUT/manifest.csv
+        --out FILE [--splits train]
 
 ``cues`` writes OUT/<image_id>.png (the image and its gradient and occlusion cue maps as
 heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
 ``cues.max_images`` rows of the split. ``protect`` writes the protected images under
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
 OUT/protect_report.json (per image: match score before and after, PSNR, largest change).
+``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
+those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
 ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
 manifest. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
 """
@@ -47,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="privacy config FILE[:ARG] (default %(default)s)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a privacy config value")
+    a = sub.add_parser("attacker-manifest",
+                       help="training manifest of the adaptive attacker (protected train rows)")
+    a.add_argument("--manifest", required=True, help="the original manifest CSV")
+    a.add_argument("--protected", required=True, help="manifest.csv written by protect")
+    a.add_argument("--out", required=True, help="manifest CSV to write")
+    a.add_argument("--splits", default="train",
+                   help="comma-separated splits whose rows become protected (default train)")
     return p
 
 
@@ -63,8 +74,27 @@ def _check_out(out: str, manifest: str) -> None:
         raise ValueError(f"--out {out}: would overwrite the input manifest {manifest}")
 
 
+def _attacker_manifest(args) -> None:
+    from mami_jax.apps.privacy.attacker import attacker_rows
+    from mami_jax.data.manifest import read_manifest, write_manifest
+    for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    if os.path.abspath(args.out) in (os.path.abspath(args.manifest), os.path.abspath(args.protected)):
+        raise ValueError(f"--out {args.out}: would overwrite an input manifest")
+    splits = [s for s in args.splits.split(",") if s]
+    rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
+                         source=args.protected)
+    write_manifest(rows, args.out)
+    n = sum(r.split in splits for r in rows)
+    print(f"wrote {args.out}: {len(rows)} rows, {n} of them protected (splits {splits})")
+
+
 def _run(args) -> None:
     import numpy as np
+
+    if args.command == "attacker-manifest":
+        return _attacker_manifest(args)
 
     from mami_jax.apps.privacy import ensemble
     from mami_jax.data.manifest import read_manifest, write_manifest

@@ -88,9 +88,20 @@ def match_scores(embedding, others, mask, own, own_weight):
         (mask.sum(-1) > 0) + own_weight)
 
 
-def random_views(key, x, shift: int, noise: float):
-    """One random view of (B, T, H, W, C) unit pixels: a wrapped shift and noise."""
-    k1, k2, k3 = jax.random.split(key, 3)
+def random_views(key, x, shift: int, noise: float, scale: float = 0.0):
+    """One random view of (B, T, H, W, C) unit pixels: a zoom by a random factor in
+    [1, 1 + ``scale``] about a random point (input diversity, DI-FGSM; bilinear, the view
+    stays inside the image), a wrapped shift of up to ``shift`` pixels and noise."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    if scale > 0:
+        h, w = x.shape[2], x.shape[3]
+        ks, kt = jax.random.split(k4)
+        s = 1.0 + scale * jax.random.uniform(ks, ())
+        # output pixel o reads input (o + 0.5 - t) / s - 0.5: t in [(1 - s) size, 0] keeps
+        # every read inside the image.
+        t = jax.random.uniform(kt, (2,)) * (1.0 - s) * jnp.asarray([h, w], jnp.float32)
+        x = jax.image.scale_and_translate(x, x.shape, (2, 3), jnp.stack([s, s]), t,
+                                          method="linear", antialias=False)
     if shift > 0:
         dy = jax.random.randint(k1, (), -shift, shift + 1)
         dx = jax.random.randint(k2, (), -shift, shift + 1)
@@ -109,28 +120,52 @@ def random_symmetry(key, images):
     return jax.lax.switch(k, branches, images)
 
 
+def member_refs(ref_arrays, m: int) -> tuple:
+    """The references of member ``m`` out of ``References.arrays()``:
+    (others (B, K, C), mask (B, K), own (B, C), center (C,))."""
+    others, mask, own, center = ref_arrays
+    return others[m], mask, own[m], center[m]
+
+
+def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int):
+    """(params, x (B,T,H,W,C), offset, ``member_refs``, key) -> (B,) match score of ONE
+    member, averaged over ``views`` random views (views=0: the plain image, no randomness).
+
+    Every member of an ensemble has the same model config, so one compiled gradient of
+    this function serves them all (``perturb.make_step`` calls it once per member)."""
+    shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
+    scale = float(cfg_perturb.get("scale", 0.0))
+    own_weight = float(cfg_perturb.own_weight)
+    n = max(views, 1)
+
+    def score(params, x, offset, refs, key):
+        others, mask, own, center = refs
+        total = 0.0
+        keys = jax.random.split(key, n)
+        for v in range(n):
+            if views == 0:
+                images = input_map(x, offset)
+            else:
+                kk = jax.random.split(keys[v])
+                images = input_map(random_views(kk[0], x, shift, noise, scale), offset)
+                if input_map.symmetric:
+                    images = random_symmetry(kk[1], images)
+            e = centred(embed_fn(params, images), center)
+            total = total + match_scores(e, others, mask, own, own_weight)
+        return total / n
+    return score
+
+
 def make_score_fn(members, input_map, cfg_perturb, views: int):
     """(params list, x (B,T,H,W,C), offset, References.arrays(), key) -> (B,) match
-    score (``match_scores`` of centred embeddings) averaged over
-    members and ``views`` random views (views=0: the plain image, no randomness)."""
-    embed_fns = [m.embed for m in members]
-    shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
-    own_weight = float(cfg_perturb.own_weight)
+    score (``match_scores`` of centred embeddings) averaged over the members (each
+    with its own key) and ``views`` random views (views=0: the plain image)."""
+    fns = [make_member_score_fn(m.embed, input_map, cfg_perturb, views) for m in members]
 
     def score(params_list, x, offset, ref_arrays, key):
-        others, mask, own, center = ref_arrays
+        keys = jax.random.split(key, len(fns))
         total = 0.0
-        keys = jax.random.split(key, max(views, 1) * len(embed_fns))
-        for m, (fn, params) in enumerate(zip(embed_fns, params_list)):
-            for v in range(max(views, 1)):
-                if views == 0:
-                    images = input_map(x, offset)
-                else:
-                    kk = jax.random.split(keys[m * max(views, 1) + v])
-                    images = input_map(random_views(kk[0], x, shift, noise), offset)
-                    if input_map.symmetric:
-                        images = random_symmetry(kk[1], images)
-                e = centred(fn(params, images), center[m])
-                total = total + match_scores(e, others[m], mask, own[m], own_weight)
-        return total / (len(embed_fns) * max(views, 1))
+        for m, (fn, params) in enumerate(zip(fns, params_list)):
+            total = total + fn(params, x, offset, member_refs(ref_arrays, m), keys[m])
+        return total / len(fns)
     return score

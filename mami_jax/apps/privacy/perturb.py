@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.apps.privacy import objective
+
 NORMS = ("linf", "l2")
 
 
@@ -46,20 +48,40 @@ def budget_used(delta: np.ndarray, norm: str, epsilon: float) -> np.ndarray:
     return np.sqrt(np.square(d).sum(1)) / (epsilon * np.sqrt(d.shape[1]))
 
 
-def make_step(score_fn, norm: str, epsilon: float, step_size: float, momentum: float):
-    """One jitted PGD step: (params, x0, delta, velocity, mask, offset, ref arrays, key)
-    -> (delta, velocity, score before the step)."""
-    check_norm(norm)
-
-    def total_score(delta, params, x0, offset, ref_arrays, key):
-        s = score_fn(params, x0 + delta, offset, ref_arrays, key)
+def make_member_grad(member_score):
+    """Jitted (delta, params, x0, offset, member refs, key) -> (d score sum / d delta,
+    score (B,)) of one member's score function (``objective.make_member_score_fn``)."""
+    def total_score(delta, params, x0, offset, refs, key):
+        s = member_score(params, x0 + delta, offset, refs, key)
         return s.sum(), s
+    return jax.jit(jax.grad(total_score, has_aux=True))
 
-    grad_fn = jax.grad(total_score, has_aux=True)
+
+def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key):
+    """(gradient, score (B,)) of the ensemble's match score: the mean over every member of
+    ``member_grad`` (``make_member_grad``) with that member's parameters, references and
+    key (``key`` split as ``objective.make_score_fn`` splits it, so this is the gradient
+    of that function). One compilation serves every member: they share a model config."""
+    keys = jax.random.split(key, len(params_list))
+    g_sum = s_sum = None
+    for m, params in enumerate(params_list):
+        g, s = member_grad(delta, params, x0, offset, objective.member_refs(ref_arrays, m), keys[m])
+        g_sum = g if g_sum is None else g_sum + g
+        s_sum = s if s_sum is None else s_sum + s
+    return g_sum / len(params_list), s_sum / len(params_list)
+
+
+def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float):
+    """One PGD step against an ensemble: (params list, x0, delta, velocity, mask, offset,
+    ``References.arrays()``, key) -> (delta, velocity, ensemble score before the step).
+
+    ``member_score`` is ONE member's score function (``objective.make_member_score_fn``);
+    the step averages its gradient over the members (``ensemble_grad``)."""
+    check_norm(norm)
+    member_grad = make_member_grad(member_score)
 
     @jax.jit
-    def step(params, x0, delta, velocity, mask, offset, ref_arrays, key):
-        g, s = grad_fn(delta, params, x0, offset, ref_arrays, key)
+    def update(g, delta, velocity, mask, x0):
         g = g * mask
         axes = tuple(range(1, g.ndim))
         g = g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
@@ -72,6 +94,11 @@ def make_step(score_fn, norm: str, epsilon: float, step_size: float, momentum: f
                                                              keepdims=True)) + 1e-12)
         delta = project(delta - step_size * move * mask, norm, epsilon)
         delta = jnp.clip(x0 + delta, 0.0, 1.0) - x0
+        return delta, velocity
+
+    def step(params_list, x0, delta, velocity, mask, offset, ref_arrays, key):
+        g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key)
+        delta, velocity = update(g, delta, velocity, mask, x0)
         return delta, velocity, s
     return step
 

@@ -1,0 +1,149 @@
+"""Transfer of the privacy protection to re-ID models it never saw, against ensemble size.
+
+    python benchmarks/privacy_transfer.py --manifest MANIFEST --workdir RUN \
+        --member DIR [--member DIR ...] --sizes 1,2,4 \
+        --held-out NAME=WORKDIR [--held-out ...] [--modality xray] [--split val] \
+        [--config configs/privacy.py:runlocal] [--set KEY=VALUE ...] \
+        [--variant NAME:KEY=VALUE;KEY=VALUE ...] --out DIR
+
+For each variant (a set of privacy-config overrides; "default" without any) and each
+ensemble size n, the rows of ``--split`` (and ``--modality``, when given) are protected
+against ``--workdir`` plus the first n - 1 ``--member`` runs (written under
+DIR/<variant>-n<n>/ as ``protect`` writes them), then matched, protected queries against
+the unprotected gallery, by every ``--held-out`` model (which should be in no ensemble)
+and by ``--workdir``'s own ("protecting"). Models are loaded once. Writes
+DIR/privacy_transfer.json, DIR/privacy_transfer.md and DIR/privacy_transfer.png
+(Rank-1 after protection against ensemble size, per model, with chance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
+from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
+from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
+from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
+from mami_jax.inference import Embedder  # noqa: E402
+from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, rest = text.partition(":")
+    if not name:
+        raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
+    return name, [kv for kv in rest.split(";") if kv] if sep else []
+
+
+def markdown(result: dict) -> str:
+    lines = ["| variant | ensemble size | model | chance R1 | R1 before | R1 after | AUC before "
+             "| AUC after | PSNR dB (mean) | PSNR dB (min) |", "| --- " * 10 + "|"]
+    for run in result["runs"]:
+        for model, rep in run["attack"].items():
+            v = rep["mean"]
+            lines.append(f"| {run['variant']} | {run['size']} | {model} | {v['chance_rank1']:.3f} | "
+                         f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | {v['auc_before']:.3f} | "
+                         f"{v['auc_after']:.3f} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    variants = sorted({r["variant"] for r in result["runs"]})
+    models = list(result["runs"][0]["attack"]) if result["runs"] else []
+    fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 3.8), squeeze=False)
+    for ax, variant in zip(axes[0], variants):
+        runs = [r for r in result["runs"] if r["variant"] == variant]
+        sizes = [r["size"] for r in runs]
+        for model in models:
+            ax.plot(sizes, [r["attack"][model]["mean"]["rank1_after"] for r in runs], "o-",
+                    label=f"{model} (before {runs[0]['attack'][model]['mean']['rank1_before']:.2f})")
+        chance = runs[0]["attack"][models[0]]["mean"]["chance_rank1"]
+        ax.axhline(chance, color="grey", ls=":", label=f"chance {chance:.3f}")
+        ax.axhline(2 * chance, color="grey", ls="--", label="twice chance (goal)")
+        ax.set_xlabel("models in the ensemble")
+        ax.set_ylabel("Rank-1 of protected queries")
+        ax.set_xticks(sizes)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{variant}: {result['args']['split']} {result['args']['modality'] or 'all'}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--workdir", required=True, help="the protecting model (first member)")
+    p.add_argument("--member", action="append", default=[], help="further members, in order")
+    p.add_argument("--sizes", default="1,2,4")
+    p.add_argument("--held-out", action="append", default=[], metavar="NAME=WORKDIR")
+    p.add_argument("--modality", default="")
+    p.add_argument("--split", default="val")
+    p.add_argument("--config", default="configs/privacy.py:runlocal")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if max(sizes) > 1 + len(args.member):
+        p.error(f"--sizes {args.sizes}: only {1 + len(args.member)} models given")
+    base_cfg = load_config(args.config)
+    apply_overrides(base_cfg, args.set)
+    experiment = load_config(base_cfg.experiment)
+    rows = read_manifest(args.manifest)
+    targets = [r for r in select_rows(rows, args.split, args.manifest)
+               if not args.modality or r.modality == args.modality]
+    if not targets:
+        p.error(f"no rows of split {args.split!r} and modality {args.modality!r}")
+    members = ensemble.load_ensemble([args.workdir] + args.member[:max(sizes) - 1], experiment)
+    judges = {"protecting": members[0].embedder}
+    for spec in args.held_out:
+        name, _, workdir = spec.partition("=")
+        judges[name] = Embedder.from_workdir(workdir, experiment, action="evaluate")
+    originals = {name: e.embed_rows(targets) for name, e in judges.items()}
+    variants = [parse_variant(v) for v in args.variant] or [("default", [])]
+    result = {"args": vars(args), "runs": []}
+    make_dirs(args.out)
+    manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
+    for variant, overrides in variants:
+        for n in sizes:
+            cfg = load_config(args.config)
+            apply_overrides(cfg, list(args.set) + overrides)
+            out = os.path.abspath(os.path.join(args.out, f"{variant}-n{n}"))
+            new_rows, records = protect_rows(rows, targets, members[:n], cfg, manifest_dir, out)
+            write_manifest(new_rows, os.path.join(out, "manifest.csv"))
+            protected = read_manifest(os.path.join(out, "manifest.csv"))
+            attack = {name: attack_eval.attack_report(originals[name], e.embed_rows(protected),
+                                                      targets)
+                      for name, e in judges.items()}
+            run = {"variant": variant, "overrides": overrides, "size": n,
+                   "members": [args.workdir] + args.member[:n - 1],
+                   "psnr_db": float(np.mean([r["psnr_db"] for r in records])),
+                   "psnr_db_min": float(np.min([r["psnr_db"] for r in records])),
+                   "score_before": float(np.mean([r["score_before"] for r in records])),
+                   "score_after": float(np.mean([r["score_after"] for r in records])),
+                   "attack": attack}
+            result["runs"].append(run)
+            print(variant, n, {k: round(v["mean"]["rank1_after"], 3) for k, v in attack.items()},
+                  flush=True)
+            write_text_atomic(os.path.join(args.out, "privacy_transfer.json"),
+                              json.dumps(result, indent=1))
+            write_text_atomic(os.path.join(args.out, "privacy_transfer.md"), markdown(result))
+    figure(result, os.path.join(args.out, "privacy_transfer.png"))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

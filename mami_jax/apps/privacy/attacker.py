@@ -1,0 +1,43 @@
+"""The adaptive attacker's training manifest: the original manifest with the rows of some
+splits replaced by their protected copies.
+
+PriCheXy-Net's strongest test is a re-ID model retrained on protected images: an attacker
+who knows the protection, protects their own training images with it and trains on them.
+``attacker_rows`` builds that training set from the original manifest and a ``protect``
+output (``--split train`` or ``all``): every row of ``splits`` becomes its protected copy
+(image_id + ``_protected``, its protected path; patient, study, order, modality, dataset,
+view and split unchanged); every other row stays as it was, so evaluation splits keep
+the original images. A row of ``splits`` without a protected copy is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from mami_jax.apps.privacy.protect import SUFFIX
+from mami_jax.data.manifest import ManifestRow
+
+
+def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestRow],
+                  splits: Sequence[str] = ("train",), source: str = "protected manifest"
+                  ) -> list[ManifestRow]:
+    by_id = {r.image_id: r for r in protected}
+    out, missing = [], []
+    for r in original:
+        if r.split not in splits:
+            out.append(r)
+            continue
+        p = by_id.get(r.image_id + SUFFIX)
+        if p is None:
+            missing.append(r.image_id)
+            continue
+        for field in ("patient_id", "study_id", "order", "modality", "dataset", "view", "split"):
+            if getattr(p, field) != getattr(r, field):
+                raise ValueError(f"{source}: row {p.image_id!r} has {field}="
+                                 f"{getattr(p, field)!r}, its original {r.image_id!r} has "
+                                 f"{getattr(r, field)!r}")
+        out.append(p)
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} rows of split(s) {list(splits)} have no "
+                         f"protected copy, e.g. {missing[:3]}")
+    return out

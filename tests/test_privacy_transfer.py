@@ -1,0 +1,139 @@
+"""Transfer machinery of the privacy protection: the ensemble gradient is the mean over
+EVERY member, the perturbation stays in its budget under the ensemble and random-view
+(input diversity, shift, noise) path, the zoom view stays inside the image, the
+``transfer`` config word names the ensemble, and the adaptive attacker's manifest keeps
+its rows' fields."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy.attacker import attacker_rows
+from mami_jax.apps.privacy.model_input import InputMap, settings_for
+from mami_jax.apps.privacy.settings import load_config
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.inference import Embedder
+from mami_jax.models import MaMI
+from tests.history_workdir import write_config
+
+B, H = 3, 32
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("transfer")
+    cfg = load_config(write_config(str(base)))
+    init = jax.jit(MaMI(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 1, H, H, 3)))["params"]
+    members = []
+    for seed in (1, 2, 3):
+        params = jax.tree_util.tree_map(
+            lambda x, s=seed: x + 0.05 * jax.random.normal(jax.random.key(s), x.shape), init)
+        members.append(ensemble.Member(Embedder(cfg.model, params, cfg.data, batch_size=8),
+                                       ensemble.unit_embedding_fn(cfg.model)))
+    imap = InputMap(settings_for(cfg.data, "xray"), H, H)
+    x0 = np.asarray(jax.random.uniform(jax.random.key(5), (B, 1, H, H, 1)), np.float32)
+    # random references: others (B, K=2, C), own (B, C), per member
+    images = imap(x0)
+    embed = jax.jit(members[0].embed)
+    embs = [np.asarray(embed(m.params, images)) for m in members]
+    width = embs[0].shape[-1]
+    rng = np.random.default_rng(0)
+    others = [rng.normal(size=(B, 2, width)).astype(np.float32) for _ in members]
+    others = [o / np.linalg.norm(o, axis=-1, keepdims=True) for o in others]
+    own = [e / np.linalg.norm(e, axis=-1, keepdims=True) for e in embs]
+    refs = objective.References(others, np.ones((B, 2), np.float32), own,
+                                [np.zeros(width, np.float32) for _ in members])
+    return cfg, members, imap, x0, refs
+
+
+def test_ensemble_gradient_is_the_mean_over_every_member(tiny):
+    cfg, members, imap, x0, refs = tiny
+    pcfg = load_config("configs/privacy.py").perturb
+    params = [m.params for m in members]
+    delta = jnp.zeros_like(x0)
+    offset = imap.stain_offset(x0)
+    key = jax.random.key(7)
+    member_grad = perturb.make_member_grad(objective.make_member_score_fn(
+        members[0].embed, imap, pcfg, 0))
+    g, s = perturb.ensemble_grad(member_grad, params, x0, delta, offset, refs.arrays(), key)
+    # the gradient of the whole ensemble's score function (members looped inside)
+    whole = objective.make_score_fn(members, imap, pcfg, 0)
+    want = jax.jit(jax.grad(lambda d: whole(params, x0 + d, offset, refs.arrays(), key).sum()))(
+        delta)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-4, atol=1e-7)
+    # every member counts: the mean of the three single-member gradients, unlike any two
+    singles = [np.asarray(member_grad(delta, p, x0, offset, objective.member_refs(refs.arrays(), m),
+                                      key)[0]) for m, p in enumerate(params)]
+    np.testing.assert_allclose(np.asarray(g), np.mean(singles, 0), rtol=1e-4, atol=1e-7)
+    for drop in range(3):
+        rest = np.mean([singles[m] for m in range(3) if m != drop], 0)
+        assert np.abs(rest - np.asarray(g)).max() > 1e-3 * np.abs(np.asarray(g)).max()
+    one = jax.jit(objective.make_member_score_fn(members[0].embed, imap, pcfg, 0))
+    single_scores = [np.asarray(one(p, x0, offset, objective.member_refs(refs.arrays(), m), key))
+                     for m, p in enumerate(params)]
+    np.testing.assert_allclose(np.asarray(s), np.mean(single_scores, 0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 4 / 255), ("l2", 0.02)])
+def test_budget_holds_under_ensemble_and_random_views(tiny, norm, eps):
+    cfg, members, imap, x0, refs = tiny
+    pcfg = load_config("configs/privacy.py").perturb
+    pcfg.shift, pcfg.noise, pcfg.scale = 1, 0.01, 0.15
+    score = objective.make_member_score_fn(members[0].embed, imap, pcfg, 2)
+    step = perturb.make_step(score, norm, eps, eps, 0.9)   # large steps: the projection works
+    delta, history = perturb.perturb(step, [m.params for m in members], x0, imap.stain_offset(x0),
+                                     refs, 4, jax.random.key(0))
+    assert history.shape == (4, B)
+    used = perturb.budget_used(delta, norm, eps)
+    assert np.all(used <= 1.0 + 1e-5) and np.all(used > 0.5), used
+    assert (x0 + delta).min() >= 0.0 and (x0 + delta).max() <= 1.0
+
+
+def test_zoom_view_stays_inside_the_image():
+    ramp = jnp.broadcast_to(jnp.linspace(0.2, 0.8, H)[None, None, :, None, None], (2, 1, H, H, 1))
+    same = objective.random_views(jax.random.key(0), ramp, 0, 0.0, 0.0)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(ramp))
+    for k in range(5):
+        v = np.asarray(objective.random_views(jax.random.key(k), ramp, 0, 0.0, 0.2))
+        assert v.shape == ramp.shape
+        assert v.min() >= 0.2 - 1e-6 and v.max() <= 0.8 + 1e-6     # no padding read
+        assert np.abs(v - np.asarray(ramp)).max() > 1e-3               # it did zoom
+        rows = v[0, 0, :, 0, 0]
+        slope = np.diff(rows)
+        assert np.all(slope > 0) and slope.mean() < 0.6 / (H - 1)      # zoomed in: flatter ramp
+
+
+def test_transfer_word_names_the_ensemble():
+    from configs.privacy import TRANSFER_ENSEMBLE
+    assert load_config("configs/privacy.py").perturb.ensemble == ()
+    assert tuple(load_config("configs/privacy.py:runlocal,transfer").perturb.ensemble) == \
+        TRANSFER_ENSEMBLE
+    assert tuple(load_config("configs/privacy.py:transfer=/a/run+/b/run@500").perturb.ensemble) \
+        == ("/a/run", "/b/run@500")
+
+
+def _row(pid, study, split, suffix="", path="x.png"):
+    return ManifestRow(f"{pid}_{study}{suffix}", pid, study, study[-1], "xray", "phantoms", "pa",
+                       path, split)
+
+
+def test_attacker_manifest_swaps_only_the_chosen_splits():
+    original = [_row("P1", "v0", "train"), _row("P1", "v1", "train"), _row("P2", "v0", "test")]
+    protected = [_row("P1", "v0", "train", "_protected", "/out/a.png"),
+                 _row("P1", "v1", "train", "_protected", "/out/b.png"),
+                 _row("P2", "v0", "test", "_protected", "/out/c.png")]
+    rows = attacker_rows(original, protected, ("train",))
+    assert [r.image_id for r in rows] == ["P1_v0_protected", "P1_v1_protected", "P2_v0"]
+    assert [r.path for r in rows] == ["/out/a.png", "/out/b.png", "x.png"]
+    for a, b in zip(original, rows):
+        for field in ("patient_id", "study_id", "order", "modality", "dataset", "view", "split"):
+            assert getattr(a, field) == getattr(b, field)
+    with pytest.raises(ValueError, match=r"P\.csv: 1 rows of split\(s\) \['train'\] have no "
+                                         r"protected copy, e.g. \['P1_v1'\]"):
+        attacker_rows(original, protected[:1] + protected[2:], ("train",), source="P.csv")
+    moved = [protected[0].replace(split="test")] + protected[1:]
+    with pytest.raises(ValueError, match="row 'P1_v0_protected' has split='test', its original "
+                                         "'P1_v0' has 'train'"):
+        attacker_rows(original, moved, ("train",))
