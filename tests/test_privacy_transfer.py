@@ -137,3 +137,17 @@ def test_attacker_manifest_swaps_only_the_chosen_splits():
     with pytest.raises(ValueError, match="row 'P1_v0_protected' has split='test', its original "
                                          "'P1_v0' has 'train'"):
         attacker_rows(original, moved, ("train",))
+
+
+def test_references_are_the_patients_images_of_the_same_modality():
+    from types import SimpleNamespace
+    rows = [_row("P1", "xray_v0", "test"), _row("P1", "xray_v1", "test"),
+            _row("P1", "ct_v0", "test").replace(modality="ct"), _row("P2", "xray_v0", "test")]
+    emb = np.asarray([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]], np.float32)
+    refs = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+                                      {r.image_id: i for i, r in enumerate(rows)})
+    assert refs.mask.tolist() == [[1.0]]                     # P1's other X-ray, not its CT
+    xray = emb[[0, 1, 3]] / np.linalg.norm(emb[[0, 1, 3]], axis=-1, keepdims=True)
+    np.testing.assert_allclose(refs.center[0], xray.mean(0), rtol=1e-6)   # X-ray rows only
+    want = objective.centred(xray[1:2], xray.mean(0))[0]
+    np.testing.assert_allclose(refs.others[0][0, 0], want, rtol=1e-5)

@@ -48,23 +48,31 @@ class References:
 
 def build_references(sources, embeddings_by_member, rows, row_index) -> References:
     """References of the images ``sources`` from the embeddings of every row of the
-    manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i)."""
-    by_patient: dict[str, list[int]] = {}
+    manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i).
+
+    An image's references are its patient's images of the SAME modality from other
+    studies, and the centre is the mean over the rows of the sources' modalities: an
+    attacker matches within a modality (``attack_eval`` groups by dataset/modality), and
+    a study id names its modality, so without this an X-ray's score would mostly average
+    its (meaningless) similarity to the patient's CT, MRI, ... images."""
+    by_patient: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
-        by_patient.setdefault(r.patient_key, []).append(i)
+        by_patient.setdefault((r.patient_key, r.modality), []).append(i)
     own_idx = [row_index[s.row.image_id] for s in sources]
-    other_idx = [[j for j in by_patient[s.row.patient_key] if rows[j].study_key != s.row.study_key]
-                 for s in sources]
+    other_idx = [[j for j in by_patient[(s.row.patient_key, s.row.modality)]
+                  if rows[j].study_key != s.row.study_key] for s in sources]
     k = max(1, max(len(o) for o in other_idx))
     mask = np.zeros((len(sources), k), np.float32)
     padded = np.zeros((len(sources), k), np.int64)
     for b, o in enumerate(other_idx):
         mask[b, :len(o)] = 1.0
         padded[b, :len(o)] = o
+    modalities = {s.row.modality for s in sources}
+    same_modality = np.asarray([r.modality in modalities for r in rows])
     others, own, centers = [], [], []
     for emb in embeddings_by_member:
         unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
-        center = unit.mean(0)
+        center = unit[same_modality].mean(0)
         unit = centred(unit, center)
         others.append(unit[padded])
         own.append(unit[own_idx])

@@ -68,8 +68,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
     data_cfg = members[0].embedder.data_cfg
-    patients = {r.patient_key for r in targets}
-    ref_rows = [r for r in rows_all if r.patient_key in patients]
+    patients = {(r.patient_key, r.modality) for r in targets}
+    ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
     row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
     embeddings = reference_embeddings(members, ref_rows)
     params = [m.params for m in members]
