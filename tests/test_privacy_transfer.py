@@ -151,3 +151,27 @@ def test_references_are_the_patients_images_of_the_same_modality():
     np.testing.assert_allclose(refs.center[0], xray.mean(0), rtol=1e-6)   # X-ray rows only
     want = objective.centred(xray[1:2], xray.mean(0))[0]
     np.testing.assert_allclose(refs.others[0][0, 0], want, rtol=1e-5)
+
+
+def test_attacker_manifest_command(tmp_path, capsys):
+    from mami_jax.apps.privacy.__main__ import main
+    from mami_jax.data.manifest import read_manifest, write_manifest
+    original = [_row("P1", "v0", "train", path=str(tmp_path / "a.png")),
+                _row("P1", "v1", "train", path=str(tmp_path / "b.png")),
+                _row("P2", "v0", "test", path=str(tmp_path / "c.png")),
+                _row("P3", "v0", "train", path=str(tmp_path / "d.png")).replace(modality="ct")]
+    protected = [r.replace(image_id=r.image_id + "_protected", path=str(tmp_path / "p" / "x.png"))
+                 for r in original[:2]]
+    write_manifest(original, str(tmp_path / "m.csv"))
+    write_manifest(protected, str(tmp_path / "p.csv"))
+    args = ["attacker-manifest", "--manifest", str(tmp_path / "m.csv"), "--protected",
+            str(tmp_path / "p.csv"), "--out", str(tmp_path / "attacker.csv")]
+    assert main(args + ["--modalities", "xray"]) == 0
+    rows = read_manifest(str(tmp_path / "attacker.csv"))
+    assert [r.image_id for r in rows] == ["P1_v0_protected", "P1_v1_protected", "P2_v0", "P3_v0"]
+    assert [r.split for r in rows] == ["train", "train", "test", "train"]
+    capsys.readouterr()
+    assert main(args) == 1          # the CT train row has no protected copy
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'p.csv'}: 1 rows of split(s) ['train'] have no protected "
+                   "copy, e.g. ['P3_v0']"]

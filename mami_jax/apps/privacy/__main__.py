@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="manifest CSV to write")
     a.add_argument("--splits", default="train",
                    help="comma-separated splits whose rows become protected (default train)")
+    a.add_argument("--modalities", default="",
+                   help="comma-separated modalities whose rows become protected (default all)")
     return p
 
 
@@ -76,6 +78,7 @@ def _check_out(out: str, manifest: str) -> None:
 
 def _attacker_manifest(args) -> None:
     from mami_jax.apps.privacy.attacker import attacker_rows
+    from mami_jax.apps.privacy.protect import SUFFIX
     from mami_jax.data.manifest import read_manifest, write_manifest
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
         if not os.path.isfile(path):
@@ -83,11 +86,13 @@ def _attacker_manifest(args) -> None:
     if os.path.abspath(args.out) in (os.path.abspath(args.manifest), os.path.abspath(args.protected)):
         raise ValueError(f"--out {args.out}: would overwrite an input manifest")
     splits = [s for s in args.splits.split(",") if s]
+    modalities = [m for m in args.modalities.split(",") if m] or None
     rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
-                         source=args.protected)
+                         source=args.protected, modalities=modalities)
     write_manifest(rows, args.out)
-    n = sum(r.split in splits for r in rows)
-    print(f"wrote {args.out}: {len(rows)} rows, {n} of them protected (splits {splits})")
+    n = sum(r.image_id.endswith(SUFFIX) for r in rows)
+    print(f"wrote {args.out}: {len(rows)} rows, {n} of them protected (splits {splits}, "
+          f"modalities {modalities or 'all'})")
 
 
 def _run(args) -> None:

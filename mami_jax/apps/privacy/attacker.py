@@ -7,7 +7,8 @@ who knows the protection, protects their own training images with it and trains 
 output (``--split train`` or ``all``): every row of ``splits`` becomes its protected copy
 (image_id + ``_protected``, its protected path; patient, study, order, modality, dataset,
 view and split unchanged); every other row stays as it was, so evaluation splits keep
-the original images. A row of ``splits`` without a protected copy is an error naming it.
+the original images (``modalities`` limits the swap to some modalities, e.g. when only
+those were protected). A row of ``splits`` without a protected copy is an error naming it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from mami_jax.data.manifest import ManifestRow
 
 
 def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestRow],
-                  splits: Sequence[str] = ("train",), source: str = "protected manifest"
-                  ) -> list[ManifestRow]:
+                  splits: Sequence[str] = ("train",), source: str = "protected manifest",
+                  modalities: Sequence[str] | None = None) -> list[ManifestRow]:
+    """``original`` with its rows of ``splits`` (and of ``modalities``, all when None)
+    replaced by their protected copies in ``protected``."""
     by_id = {r.image_id: r for r in protected}
     out, missing = [], []
     for r in original:
-        if r.split not in splits:
+        if r.split not in splits or (modalities is not None and r.modality not in modalities):
             out.append(r)
             continue
         p = by_id.get(r.image_id + SUFFIX)

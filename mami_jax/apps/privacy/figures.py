@@ -1,0 +1,105 @@
+"""Pictures of a privacy evaluation (docs/privacy.md): cue maps, protected images beside
+their originals, and Rank-1 before and after protection per re-ID model.
+
+Every function reads what the commands wrote (cue ``.npz`` maps, protected manifests,
+``privacy_eval.json``) and writes one PNG (matplotlib Agg) all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.apps.privacy.model_input import read_source, settings_for
+from mami_jax.runtime.atomic_files import write_atomic
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _shown(unit: np.ndarray) -> np.ndarray:
+    """First slice of (T, H, W, C) unit pixels, as imshow takes it."""
+    return unit[0] if unit.shape[-1] == 3 else unit[0, :, :, 0]
+
+
+def _show(ax, image, title=""):
+    ax.imshow(image, cmap=None if image.ndim == 3 else "gray", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def cue_grid(path: str, rows, maps: Sequence[dict], data_cfg) -> None:
+    """One line per row: the image, its gradient cues and its occlusion cues over it
+    (``maps[i]``: the arrays a ``cues`` .npz holds)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows)), squeeze=False)
+    for line, (row, m) in enumerate(zip(rows, maps)):
+        shown = _shown(read_source(row, settings_for(data_cfg, row.modality)).unit)
+        _show(axes[line, 0], shown, f"{row.modality} ({row.image_id})")
+        for ax, name in zip(axes[line, 1:], ("gradient", "occlusion")):
+            _show(ax, shown, f"{name} cues")
+            ax.imshow(m[name][0], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def comparison_grid(path: str, originals, variants: dict, data_cfg, gain: float = 10.0) -> None:
+    """One line per original row: the original, then for each variant (name -> protected
+    rows, aligned with ``originals``) the protected image and ``gain`` x its change
+    (grey = no change)."""
+    plt = _plt()
+    cols = 1 + 2 * len(variants)
+    fig, axes = plt.subplots(len(originals), cols, figsize=(2.2 * cols, 2.3 * len(originals)),
+                             squeeze=False)
+    for line, row in enumerate(originals):
+        s = settings_for(data_cfg, row.modality)
+        a = read_source(row, s).unit
+        _show(axes[line, 0], _shown(a), f"{row.modality} original")
+        for k, (name, prot) in enumerate(variants.items()):
+            b = read_source(prot[line], s).unit
+            psnr = 10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12))
+            _show(axes[line, 1 + 2 * k], _shown(b), f"{name} ({psnr:.1f} dB)")
+            _show(axes[line, 2 + 2 * k], np.clip(0.5 + gain * _shown(b - a), 0, 1),
+                  f"change x{gain:g}")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def rank1_bars(path: str, attack: dict, title: str = "") -> None:
+    """Grouped bars: per re-ID model (``attack``: name -> ``attack_eval.attack_report``),
+    Rank-1 before and after protection for each modality, with chance and twice chance."""
+    plt = _plt()
+    names = list(attack)
+    groups = [g for g in attack[names[0]] if g not in ("mean", "source")]
+    fig, axes = plt.subplots(1, len(names), figsize=(1.0 + 0.9 * len(groups) * len(names), 3.6),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        rep = attack[name]
+        gs = [g for g in groups if g in rep]
+        x = np.arange(len(gs))
+        before = [rep[g]["rank1_before"] for g in gs]
+        after = [rep[g]["rank1_after"] for g in gs]
+        ax.bar(x - 0.2, before, 0.4, label="original queries", color="#7f9fbf")
+        ax.bar(x + 0.2, after, 0.4, label="protected queries", color="#d0624a")
+        for i, g in enumerate(gs):
+            c = rep[g]["chance_rank1"]
+            ax.plot([i - 0.45, i + 0.45], [c, c], "k:", lw=1)
+            ax.plot([i - 0.45, i + 0.45], [2 * c, 2 * c], "k--", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([g.split("/")[-1] for g in gs], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=9)
+    axes[0, 0].set_ylabel("Rank-1 (dotted: chance, dashed: 2x chance)", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
