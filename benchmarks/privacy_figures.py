@@ -1,0 +1,80 @@
+"""The privacy figures of docs/privacy.md from what the commands wrote.
+
+    python benchmarks/privacy_figures.py --original MANIFEST --out docs/figures \
+        [--cues DIR] [--protected NAME=MANIFEST ...] [--ids ID,ID,...] \
+        [--eval NAME=privacy_eval.json ...] [--experiment configs/all.py:runlocal]
+
+- ``--cues`` (a ``cues`` output folder): OUT/privacy_cues.png, the image and its gradient
+  and occlusion cue maps, one line per ``--ids`` row with maps there;
+- ``--protected`` (``protect`` outputs, e.g. perturbation and inpainting):
+  OUT/privacy_protected.png, each ``--ids`` row beside its protected copies and their
+  changes (x10);
+- ``--eval`` (``privacy_eval.py`` outputs; with one NAME per file, their models are
+  prefixed by it): OUT/privacy_rank1.png, Rank-1 before and after per model and modality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mami_jax.apps.privacy import figures  # noqa: E402
+from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
+from mami_jax.apps.privacy.settings import load_config  # noqa: E402
+from mami_jax.data.manifest import read_manifest  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--original", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--cues", default="")
+    p.add_argument("--protected", action="append", default=[], metavar="NAME=MANIFEST")
+    p.add_argument("--ids", default="", help="image ids to show (comma-separated)")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME=JSON")
+    p.add_argument("--experiment", default="configs/all.py:runlocal")
+    args = p.parse_args(argv)
+    data_cfg = load_config(args.experiment).data
+    original = {r.image_id: r for r in read_manifest(args.original)}
+    ids = [i for i in args.ids.split(",") if i]
+    unknown = [i for i in ids if i not in original]
+    if unknown:
+        p.error(f"--ids {unknown} not in {args.original}")
+    os.makedirs(args.out, exist_ok=True)
+    if args.cues:
+        shown = [i for i in ids if os.path.isfile(os.path.join(args.cues, i + ".npz"))]
+        maps = [dict(np.load(os.path.join(args.cues, i + ".npz"))) for i in shown]
+        figures.cue_grid(os.path.join(args.out, "privacy_cues.png"),
+                         [original[i] for i in shown], maps, data_cfg)
+    if args.protected:
+        variants = {}
+        for spec in args.protected:
+            name, _, path = spec.partition("=")
+            by_id = {r.image_id: r for r in read_manifest(path)}
+            missing = [i for i in ids if i + SUFFIX not in by_id]
+            if missing:
+                p.error(f"--protected {path}: no protected copy of {missing}")
+            variants[name] = [by_id[i + SUFFIX] for i in ids]
+        figures.comparison_grid(os.path.join(args.out, "privacy_protected.png"),
+                                [original[i] for i in ids], variants, data_cfg)
+    if args.eval:
+        attack = {}
+        for spec in args.eval:
+            name, _, path = spec.partition("=")
+            with open(path) as f:
+                rep = json.load(f)["attack"]
+            for model, v in rep.items():
+                attack[f"{name} {model}".strip() if len(args.eval) > 1 else model] = v
+        figures.rank1_bars(os.path.join(args.out, "privacy_rank1.png"), attack,
+                           "protected test queries against the original gallery")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
