@@ -68,7 +68,8 @@ def test_config_differences_names_saved_and_given_and_skips_execution_keys():
     saved = tiny_config()
     given = tiny_config(shift_input="patch_mean", rank=2, dtype="bfloat16", remat=True,
                         init="released", remat_policy="dots_saveable", attention="xla")
-    assert set(EXECUTION_KEYS) == {"init", "dtype", "remat", "remat_policy", "attention"}
+    assert set(EXECUTION_KEYS) == {"init", "dtype", "remat", "remat_policy", "attention",
+                                   "compa_impl"}
     assert config_differences(saved, given) == [
         "rank: saved 4, given 2", "shift_input: saved 'router', given 'patch_mean'"]
     # Read back from JSON (generator_hidden comes back as a list): the same config.

@@ -6,7 +6,8 @@ From the patch embedding of every slice, ComPA computes
 - a feature shift added to every patch token, computed from the router's pooled
   output g in the released model;
 - for every transformer block, per-example low-rank factors generated from M by
-  small hypernetworks. The backbone applies them as ``(x A^T) B`` deltas.
+  small hypernetworks (``models/generators.py``: all of them in a few batched
+  matmuls by default). The backbone applies them as ``(x A^T) B`` deltas.
 
 Initialisation matters here. The released model initialises every generator's
 last layer and every static factor to zero, so both factors of every delta are
@@ -22,7 +23,6 @@ measured.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -31,17 +31,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mami_jax.models.layers import GroupedDense, leaky_relu
-
-#: The factors every block receives, as (name, role, dimension key).
-#: "down" factors project tokens (C) to rank r; "up" factors map r back to the
-#: output width of the adapted projection (C for q/k/v, 4C for the MLP's first linear).
-FACTOR_SPECS = (
-    ("q_down", "down", "width"), ("q_up", "up", "width"),
-    ("k_down", "down", "width"), ("k_up", "up", "width"),
-    ("v_down", "down", "width"), ("v_up", "up", "width"),
-    ("fc_down", "down", "width"), ("fc_up", "up", "mlp_width"),
-)
+from mami_jax.models.generators import generate_factors
+from mami_jax.models.layers import leaky_relu
 
 
 @flax.struct.dataclass
@@ -49,76 +40,7 @@ class ComPAOutput:
     shift: jax.Array          # (N, C) added to every patch token
     modality: jax.Array       # (N, C) the representation M
     code_weights: jax.Array   # (N, K) softmax weights over codes
-    factors: tuple            # per block: dict name -> (N, r, d)
-
-
-def _zeros_init(key, shape, dtype=jnp.float32):
-    return jnp.zeros(shape, dtype)
-
-
-def _normal_init(std: float):
-    def init(key, shape, dtype=jnp.float32):
-        return std * jax.random.normal(key, shape, dtype)
-    return init
-
-
-class FactorGenerator(nn.Module):
-    """Hypernetwork M -> one low-rank factor (N, r, d), plus a learned static term.
-
-    Dense(h1) -> LeakyReLU -> Dense(h2) -> LeakyReLU -> GroupedDense(groups, r*d),
-    reshaped row-major to (r, d); every example gets its own factor. The first two
-    layers are grouped layers with one group, matching the checkpoint layout.
-    """
-
-    rank: int
-    dim: int
-    groups: int
-    hidden: tuple
-    role: str          # "down" or "up"
-    init_scheme: str   # "default" or "released"
-    slope: float = 0.1
-    dtype: Any = jnp.float32
-
-    def _last_layer_inits(self):
-        if self.init_scheme == "released" or self.role == "up":
-            return _zeros_init, _zeros_init
-        # Down factors: random and small. The generated term and the static term
-        # each give token projections x A^T of order 1 for unit-scale x.
-        fan_in = self.hidden[-1] // self.groups
-        generated_std = 1.0 / math.sqrt(fan_in * self.dim)
-        return _normal_init(generated_std), _normal_init(1.0 / math.sqrt(self.dim))
-
-    @nn.compact
-    def __call__(self, m: jax.Array) -> jax.Array:
-        kernel_init, static_init = self._last_layer_inits()
-        h = leaky_relu(GroupedDense(self.hidden[0], 1, dtype=self.dtype, name="hidden1")(m),
-                       self.slope)
-        h = leaky_relu(GroupedDense(self.hidden[1], 1, dtype=self.dtype, name="hidden2")(h),
-                       self.slope)
-        out = GroupedDense(self.rank * self.dim, self.groups, kernel_init=kernel_init,
-                           dtype=self.dtype, name="out")(h)
-        static = self.param("static", static_init, (1, self.rank, self.dim), jnp.float32)
-        return out.reshape(m.shape[0], self.rank, self.dim) + static.astype(self.dtype)
-
-
-class BlockFactors(nn.Module):
-    """The eight factor generators of one transformer block."""
-
-    cfg: ml_collections.ConfigDict
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, m: jax.Array) -> dict:
-        cfg = self.cfg
-        dims = {"width": cfg.width, "mlp_width": cfg.width * cfg.mlp_ratio}
-        factors = {}
-        for name, role, dim_key in FACTOR_SPECS:
-            groups = cfg.mlp_groups if name.startswith("fc") else cfg.qkv_groups
-            factors[name] = FactorGenerator(
-                rank=cfg.rank, dim=dims[dim_key], groups=groups,
-                hidden=tuple(cfg.generator_hidden), role=role, init_scheme=cfg.init,
-                slope=cfg.leaky_slope, dtype=self.dtype, name=name)(m)
-        return factors
+    factors: tuple            # per block: generators.py's layout ("qkv_down": (N, 3, r, C), ...)
 
 
 class ComPA(nn.Module):
@@ -159,8 +81,6 @@ class ComPA(nn.Module):
         s = dense(c, "shift_fc1")(leaky_relu(shift_in, slope))
         shift = dense(c, "shift_fc2", kernel_init=nn.initializers.zeros)(leaky_relu(s, slope))
 
-        m = modality.astype(self.dtype)
-        factors = tuple(BlockFactors(cfg, self.dtype, name=f"block_{i}")(m)
-                        for i in range(cfg.depth))
+        factors = generate_factors(cfg, modality.astype(self.dtype), self.dtype)
         return ComPAOutput(shift=shift, modality=modality, code_weights=code_weights,
                            factors=factors)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-#: Initialisation schemes for the low-rank path (see ``compa.FactorGenerator``).
+#: Initialisation schemes for the low-rank path (see ``generators.FactorGenerator``).
 INIT_SCHEMES = ("default", "released")
 
 #: Where ComPA's feature shift reads from (see ``compa.ComPA``).
@@ -40,7 +40,7 @@ REQUIRED_SAVED_KEYS = ("shift_input",)
 
 #: Settings of how a model is initialised or executed, not of which function its
 #: weights compute; ``config_differences`` ignores them by default.
-EXECUTION_KEYS = ("init", "dtype", "remat", "remat_policy", "attention")
+EXECUTION_KEYS = ("init", "dtype", "remat", "remat_policy", "attention", "compa_impl")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -51,6 +51,11 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 #: ``remat_policy``: what a rematerialised block keeps for the backward pass (names in
 #: ``jax.checkpoint_policies``): nothing, or the outputs of its matrix multiplies by
 #: weights (the elementwise work and attention are recomputed).
+#: ``compa_impl``: how ComPA runs its factor generators, the same function either way
+#: (``models/generators.py``): "fused" (all blocks' generators in five batched matmuls)
+#: or "separate" (each generator on its own; the reference for tests and debugging).
+COMPA_IMPLS = ("fused", "separate")
+
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
 #: Integer sizes that must be at least 1 (checked before any divisibility test).
@@ -91,6 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.remat = False
     cfg.remat_policy = "nothing_saveable"  # with remat=True (REMAT_POLICIES)
     cfg.attention = "auto"                 # ATTENTION_IMPLEMENTATIONS
+    cfg.compa_impl = "fused"               # COMPA_IMPLS
     cfg.lock()
     return cfg
 
@@ -143,6 +149,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.dtype in DTYPES, f"dtype={cfg.dtype!r} not in {DTYPES}")
     need(cfg.attention in ATTENTION_IMPLEMENTATIONS,
          f"attention={cfg.attention!r} not in {ATTENTION_IMPLEMENTATIONS}")
+    need(cfg.compa_impl in COMPA_IMPLS, f"compa_impl={cfg.compa_impl!r} not in {COMPA_IMPLS}")
     need(cfg.remat_policy in REMAT_POLICIES,
          f"remat_policy={cfg.remat_policy!r} not in {REMAT_POLICIES}")
     need(cfg.adapter_kernel % 2 == 1, f"adapter_kernel={cfg.adapter_kernel} must be odd")

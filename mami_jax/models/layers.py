@@ -50,6 +50,36 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def declare_grouped_dense(module: nn.Module, in_features: int, features: int, groups: int,
+                          kernel_init: Initializer, bias_init: Initializer):
+    """Declares a grouped dense layer's ``kernel`` (G, in/G, out/G) and ``bias`` (G, out/G)
+    in ``module``'s scope (float32, kernel first) and returns them.
+
+    Called from the compact ``__call__`` of ``GroupedDense`` and of ``GroupedDenseParams``,
+    so both give the same parameter tree and the same initial values.
+    """
+    if in_features % groups or features % groups:
+        raise ValueError(
+            f"GroupedDense: in={in_features} and out={features} must be divisible "
+            f"by groups={groups}")
+    kernel = module.param("kernel", kernel_init,
+                          (groups, in_features // groups, features // groups), jnp.float32)
+    bias = module.param("bias", bias_init, (groups, features // groups), jnp.float32)
+    return kernel, bias
+
+
+def grouped_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` (..., in) through a grouped kernel (G, in/G, out/G) and bias (G, out/G) -> (..., out)."""
+    g, gin, _ = kernel.shape
+    xg = x.reshape(x.shape[:-1] + (g, gin)).astype(dtype)
+    y = jnp.einsum("...gi,gio->...go", xg, kernel.astype(dtype)) + bias.astype(dtype)
+    return y.reshape(x.shape[:-1] + (-1,))
+
+
+#: Fan-in per group: the leading group axis is a batch axis of independent matrices.
+GROUPED_KERNEL_INIT = nn.initializers.lecun_normal(batch_axis=(0,))
+
+
 class GroupedDense(nn.Module):
     """Splits inputs and outputs into ``groups`` and applies one matrix per group.
 
@@ -62,24 +92,31 @@ class GroupedDense(nn.Module):
 
     features: int
     groups: int = 1
-    kernel_init: Initializer = nn.initializers.lecun_normal(batch_axis=(0,))  # fan-in per group
+    kernel_init: Initializer = GROUPED_KERNEL_INIT
     bias_init: Initializer = nn.initializers.zeros
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        in_features = x.shape[-1]
-        g = self.groups
-        if in_features % g or self.features % g:
-            raise ValueError(
-                f"GroupedDense: in={in_features} and out={self.features} must be divisible "
-                f"by groups={g}")
-        kernel = self.param("kernel", self.kernel_init,
-                            (g, in_features // g, self.features // g), jnp.float32)
-        bias = self.param("bias", self.bias_init, (g, self.features // g), jnp.float32)
-        xg = x.reshape(x.shape[:-1] + (g, in_features // g)).astype(self.dtype)
-        y = jnp.einsum("...gi,gio->...go", xg, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        return y.reshape(x.shape[:-1] + (self.features,))
+        kernel, bias = declare_grouped_dense(self, x.shape[-1], self.features, self.groups,
+                                             self.kernel_init, self.bias_init)
+        return grouped_dense(x, kernel, bias, self.dtype)
+
+
+class GroupedDenseParams(nn.Module):
+    """``GroupedDense``'s parameters (same names, shapes and initial values), returned
+    instead of applied: ``(kernel, bias)`` for ``in_features`` inputs. The fused factor
+    generators (``models/generators.py``) stack many of them into one batched matmul."""
+
+    features: int
+    groups: int = 1
+    kernel_init: Initializer = GROUPED_KERNEL_INIT
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        return declare_grouped_dense(self, in_features, self.features, self.groups,
+                                     self.kernel_init, self.bias_init)
 
 
 class PatchEmbed(nn.Module):
