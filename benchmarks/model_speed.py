@@ -9,7 +9,13 @@ time (ViT-B/16, 224 px, batch 8, float32). Variants:
 - ``mami``: ComPA (router, feature shift, factor generators, low-rank deltas) and
   the slice adapters, the released architecture;
 - ``compa_only`` / ``adapter_only``: one of the two additions, to say which costs what;
-- ``plain_vit``: neither (the CLIP ViT with MaMI's head).
+- ``plain_vit``: neither (the CLIP ViT with MaMI's head);
+- ``mami_separate`` / ``compa_only_separate``: the same with ComPA's factor generators
+  run one by one (``compa_impl="separate"``, the reference path) instead of fused, to
+  measure the fusion interleaved with the rest.
+
+``--compa_impl`` says how the variants without a suffix run the generators (default:
+the model config's, "fused").
 
 ``--mode forward`` times the embedding pass; ``--mode train`` the gradient of a
 scalar of the embedding (forward + backward, no optimiser).
@@ -18,11 +24,13 @@ scalar of the embedding (forward + backward, no optimiser).
     python benchmarks/model_speed.py                 # the target configuration
     python benchmarks/model_speed.py --mode train --rounds 3
     python benchmarks/model_speed.py --rounds 3 --batch 2 --slices 1 --variants mami,plain_vit
+    python benchmarks/model_speed.py --variants mami,mami_separate,plain_vit --json speed.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -39,10 +47,14 @@ if REPO not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, REPO)
 
 from mami_jax.models import MaMI, default_config  # noqa: E402
+from mami_jax.models.config import COMPA_IMPLS  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
-#: Variant name -> (use_compa, use_slice_adapter).
-VARIANTS = {"mami": (True, True), "compa_only": (True, False),
-            "adapter_only": (False, True), "plain_vit": (False, False)}
+#: Variant name -> (use_compa, use_slice_adapter, compa_impl); None: ``--compa_impl``.
+VARIANTS = {"mami": (True, True, None), "compa_only": (True, False, None),
+            "adapter_only": (False, True, None), "plain_vit": (False, False, None),
+            "mami_separate": (True, True, "separate"),
+            "compa_only_separate": (True, False, "separate")}
 
 
 def interleaved(runs: dict, rounds: int, desc: str = "rounds") -> tuple[dict, dict]:
@@ -95,12 +107,13 @@ def random_params(tree, seed: int = 0, std: float = 0.02):
 
 def build(variant: str, args, base_cfg=None):
     """(run, flops): a jitted, compiled pass of ``variant`` and XLA's FLOP count of it."""
-    use_compa, use_adapter = VARIANTS[variant]
+    use_compa, use_adapter, impl = VARIANTS[variant]
     cfg = (base_cfg or default_config()).copy_and_resolve_references()
     with cfg.unlocked():
         cfg.use_compa = use_compa
         cfg.use_slice_adapter = use_adapter
         cfg.dtype = args.dtype
+        cfg.compa_impl = impl or getattr(args, "compa_impl", None) or cfg.compa_impl
     model = MaMI(cfg)
     x = jax.random.normal(jax.random.key(0),
                           (args.batch, args.slices, args.size, args.size, 3))
@@ -120,8 +133,9 @@ def measure(args, base_cfg=None) -> dict:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or "plain_vit" not in names:
-        raise ValueError(f"--variants {args.variants!r}: names from {sorted(VARIANTS)}, "
-                         "plain_vit included")
+        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "no plain_vit"
+        raise ValueError(f"--variants {args.variants!r}: {what}; names from "
+                         f"{sorted(VARIANTS)}, plain_vit included")
     built = {name: build(name, args, base_cfg) for name in names}
     wall, cpu = interleaved({k: run for k, (run, _) in built.items()}, args.rounds,
                             desc=f"ComPA vs plain ViT, {args.mode}")
@@ -129,6 +143,10 @@ def measure(args, base_cfg=None) -> dict:
     for name, (_, flops) in built.items():
         out[name]["gflops"] = flops / 1e9
         out[name]["flop_ratio_to_plain_vit"] = flops / built["plain_vit"][1]
+    for fused in ("mami", "compa_only"):  # fused against separate generators, per round
+        if fused in wall and fused + "_separate" in wall:
+            out[fused]["ratio_to_separate"] = statistics.median(
+                a / b for a, b in zip(wall[fused], wall[fused + "_separate"]))
     return out
 
 
@@ -139,29 +157,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mode", choices=("forward", "train"), default="forward")
-    parser.add_argument("--variants", default="mami,compa_only,adapter_only,plain_vit")
+    parser.add_argument("--variants", default="mami,compa_only,adapter_only,plain_vit",
+                        help=f"comma-separated, plain_vit included; from {sorted(VARIANTS)}")
+    parser.add_argument("--compa_impl", choices=COMPA_IMPLS, default=default_config().compa_impl,
+                        help="how the variants without a suffix run ComPA's generators")
 
 
-def print_table(results: dict, args) -> None:
+def print_table(results: dict, args, load: dict) -> None:
     print(f"device={jax.devices()[0].device_kind} mode={args.mode} batch={args.batch} "
-          f"slices={args.slices} size={args.size} dtype={args.dtype} rounds={args.rounds}")
-    print(f"{'variant':13s} {'median ms':>10s} {'slices/s':>9s} {'time/plain':>10s} "
-          f"{'GFLOP':>8s} {'FLOP/plain':>10s}")
+          f"slices={args.slices} size={args.size} dtype={args.dtype} rounds={args.rounds} "
+          f"compa_impl={args.compa_impl}")
+    print(f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}")
+    print(f"{'variant':20s} {'median ms':>10s} {'slices/s':>9s} {'time/plain':>10s} "
+          f"{'GFLOP':>8s} {'FLOP/plain':>10s} {'time/separate':>13s}")
     for name, r in results.items():
-        print(f"{name:13s} {r['median_ms']:10.1f} {r['images_per_s']:9.2f} "
+        separate = f"{r['ratio_to_separate']:13.3f}" if "ratio_to_separate" in r else ""
+        print(f"{name:20s} {r['median_ms']:10.1f} {r['images_per_s']:9.2f} "
               f"{r['ratio_to_plain_vit']:10.3f} {r['gflops']:8.1f} "
-              f"{r['flop_ratio_to_plain_vit']:10.3f}")
+              f"{r['flop_ratio_to_plain_vit']:10.3f} {separate}")
 
 
-def main():
+def load_average() -> list:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
-    args = parser.parse_args()
+    parser.add_argument("--json", help="also write the results and settings to this file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.batch < 1 or args.slices < 1:
+        parser.error("--rounds, --batch and --slices must be at least 1")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its folder does not exist")
+    load = {"start": load_average()}
     try:
         results = measure(args)
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
-    print_table(results, args)
+    load["end"] = load_average()
+    print_table(results, args, load)
+    if args.json:
+        settings = dict(vars(args), device=jax.devices()[0].device_kind, jax=jax.__version__,
+                        cpus=os.cpu_count(), load_average=load)
+        write_text_atomic(args.json, json.dumps({"settings": settings, "results": results},
+                                                indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""benchmarks/model_speed.py: variants (fused and separate ComPA generators), ratios,
+JSON, and its one-line errors. Tiny models; the timings themselves are not checked."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks import model_speed
+from tests.test_model import tiny_config
+
+
+def test_measure_fused_against_separate_on_a_tiny_model():
+    args = argparse.Namespace(batch=1, slices=2, size=32, rounds=2, dtype="float32",
+                              mode="forward", variants="mami,mami_separate,plain_vit",
+                              compa_impl="fused")
+    out = model_speed.measure(args, tiny_config(depth=1))
+    assert set(out) == {"mami", "mami_separate", "plain_vit"}
+    assert out["plain_vit"]["ratio_to_plain_vit"] == 1.0
+    assert len(out["mami"]["times_ms"]) == 2 and out["mami"]["ratio_to_separate"] > 0
+    assert "ratio_to_separate" not in out["mami_separate"]
+    # The fusion moves work into fewer operations; it adds no FLOPs (concatenations
+    # are copies), and both do more than the plain ViT.
+    assert out["mami"]["gflops"] == pytest.approx(out["mami_separate"]["gflops"], rel=0.01)
+    assert out["mami"]["flop_ratio_to_plain_vit"] > 1.0
+
+
+def test_built_variants_use_the_asked_generator_path(monkeypatch):
+    seen = []
+    monkeypatch.setattr(model_speed, "MaMI", lambda cfg: seen.append(cfg.compa_impl) or 1 / 0)
+    args = argparse.Namespace(dtype="float32", compa_impl="separate")
+    for variant in ("mami", "mami_separate"):
+        with pytest.raises(ZeroDivisionError):
+            model_speed.build(variant, args, tiny_config())
+    assert seen == ["separate", "separate"]
+    args.compa_impl = "fused"
+    with pytest.raises(ZeroDivisionError):
+        model_speed.build("compa_only", args, tiny_config())
+    assert seen[-1] == "fused"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--rounds", "0"], "--rounds, --batch and --slices must be at least 1"),
+    (["--compa_impl", "batched"], "--compa_impl"),
+    (["--variants", "mami,bogus,plain_vit"], "'bogus'"),
+    (["--json", "/nonexistent/dir/x.json"], "/nonexistent/dir/x.json"),
+])
+def test_bad_flags_give_one_error_line(argv, needle, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        model_speed.main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error:") or "error:" in last, last
+    assert needle in last, last
+    assert not any(tmp_path.iterdir())
+
+
+def test_json_holds_settings_and_load(tmp_path, monkeypatch):
+    fake = {"mami": {"median_ms": 2.0, "images_per_s": 1.0, "ratio_to_plain_vit": 2.0,
+                     "gflops": 1.0, "flop_ratio_to_plain_vit": 1.1, "ratio_to_separate": 0.5},
+            "plain_vit": {"median_ms": 1.0, "images_per_s": 2.0, "ratio_to_plain_vit": 1.0,
+                          "gflops": 0.9, "flop_ratio_to_plain_vit": 1.0}}
+    monkeypatch.setattr(model_speed, "measure", lambda args: fake)
+    path = tmp_path / "speed.json"
+    model_speed.main(["--variants", "mami,plain_vit", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["results"] == fake
+    assert saved["settings"]["compa_impl"] == "fused" and saved["settings"]["batch"] == 8
+    assert len(saved["settings"]["load_average"]["start"]) == 3
