@@ -70,6 +70,10 @@ def get_config(arg=None):
     # The loss pushes the image's embedding away from its original and from the
     # patient's other images (mean cosine similarity), weight ``own_weight`` on the original.
     p.own_weight = 1.0
+    # Impersonation (as Fawkes' target class): minus target_weight times the similarity to
+    # the mean embedding of another patient of the modality, the one farthest from the
+    # image's own. 0: off (untargeted).
+    p.target_weight = 0.0
     if words.get("transfer"):
         value = words["transfer"]
         p.ensemble = TRANSFER_ENSEMBLE if value is True else tuple(

@@ -175,3 +175,27 @@ def test_attacker_manifest_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'p.csv'}: 1 rows of split(s) ['train'] have no protected "
                    "copy, e.g. ['P3_v0']"]
+
+
+def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_score():
+    from types import SimpleNamespace
+    rows = [_row("P1", "xray_v0", "test"), _row("P1", "xray_v1", "test"),
+            _row("P2", "xray_v0", "test"), _row("P3", "xray_v0", "test"),
+            _row("P4", "ct_v0", "test").replace(modality="ct")]
+    emb = np.asarray([[1.0, 0, 0], [1.0, 0.1, 0], [0, 1.0, 0], [-1.0, 0.05, 0], [-1.0, -0.2, 0]],
+                     np.float32)
+    refs = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+                                      {r.image_id: i for i, r in enumerate(rows)})
+    unit = emb[:4] / np.linalg.norm(emb[:4], axis=-1, keepdims=True)
+    want = objective.centred(unit[3:4], unit.mean(0))[0]      # P3, not P2 nor the CT patient
+    np.testing.assert_allclose(refs.target[0][0], want, rtol=1e-5)
+    # with_target subtracts target_weight x the similarity to the target
+    pcfg = load_config("configs/privacy.py").perturb
+    pcfg.target_weight = 0.5
+    embed = lambda params, images: images            # noqa: E731  (the "model" is the identity)
+    x = jnp.asarray(refs.target[0] + refs.center[0])            # (1, C): an image AT the target
+    plain = objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0)
+    targeted = objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0, with_target=True)
+    a = float(plain(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
+    b = float(targeted(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
+    assert b == pytest.approx(a - 0.5, abs=1e-4)

@@ -25,25 +25,33 @@ import numpy as np
 
 @dataclasses.dataclass
 class References:
-    """Per member: others (B, K, C) unit embeddings, mask (B, K), own (B, C)."""
+    """Per member: others (B, K, C) unit embeddings, mask (B, K), own (B, C), the centre
+    (C,) they were centred on, and target (B, C): the centred mean embedding of the
+    patient each image is pushed towards (``perturb.target_weight``; zeros: none)."""
 
     others: list
     mask: np.ndarray
     own: list
     center: list     # per member: (C,) mean embedding the others and own were centred on
+    target: list = None
+
+    def __post_init__(self):
+        if self.target is None:
+            self.target = [np.zeros_like(o) for o in self.own]
 
     def arrays(self) -> tuple:
-        """(others, mask, own, center): what a score function takes."""
-        return (self.others, self.mask, self.own, self.center)
+        """(others, mask, own, center, target): what a score function takes."""
+        return (self.others, self.mask, self.own, self.center, self.target)
 
     def at(self, i: int) -> tuple:
         """``arrays()`` of image i alone (batch of one)."""
         return ([o[i:i + 1] for o in self.others], self.mask[i:i + 1],
-                [o[i:i + 1] for o in self.own], self.center)
+                [o[i:i + 1] for o in self.own], self.center, [t[i:i + 1] for t in self.target])
 
     def first(self) -> "References":
         """The references of the first member alone."""
-        return References(self.others[:1], self.mask, self.own[:1], self.center[:1])
+        return References(self.others[:1], self.mask, self.own[:1], self.center[:1],
+                          self.target[:1])
 
 
 def build_references(sources, embeddings_by_member, rows, row_index) -> References:
@@ -69,7 +77,8 @@ def build_references(sources, embeddings_by_member, rows, row_index) -> Referenc
         padded[b, :len(o)] = o
     modalities = {s.row.modality for s in sources}
     same_modality = np.asarray([r.modality in modalities for r in rows])
-    others, own, centers = [], [], []
+    others, own, centers, targets = [], [], [], []
+    chosen = None
     for emb in embeddings_by_member:
         unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
         center = unit[same_modality].mean(0)
@@ -77,7 +86,32 @@ def build_references(sources, embeddings_by_member, rows, row_index) -> Referenc
         others.append(unit[padded])
         own.append(unit[own_idx])
         centers.append(center.astype(np.float32))
-    return References(others, mask, own, centers)
+        means = {key: _unit_mean(unit[idx]) for key, idx in by_patient.items()}
+        if chosen is None:      # picked once, under the first member
+            chosen = [_farthest_patient(s.row, unit[own_idx[b]], means)
+                      for b, s in enumerate(sources)]
+        targets.append(np.stack([means[c] if c is not None else np.zeros_like(unit[0])
+                                 for c in chosen]).astype(np.float32))
+    return References(others, mask, own, centers, targets)
+
+
+def _unit_mean(x: np.ndarray) -> np.ndarray:
+    m = x.mean(0)
+    return m / (np.linalg.norm(m) + 1e-8)
+
+
+def _farthest_patient(row, own: np.ndarray, means: dict):
+    """The (patient, modality) key of another patient of ``row``'s modality whose mean
+    centred embedding is least similar to ``own`` (as Fawkes picks its target: far in
+    feature space, so reaching it moves the image far); None when there is none."""
+    best, best_sim = None, np.inf
+    for key in sorted(means):
+        if key[1] != row.modality or key[0] == row.patient_key:
+            continue
+        sim = float(np.dot(means[key], own))
+        if sim < best_sim:
+            best, best_sim = key, sim
+    return best
 
 
 def centred(unit, center):
@@ -130,24 +164,27 @@ def random_symmetry(key, images):
 
 def member_refs(ref_arrays, m: int) -> tuple:
     """The references of member ``m`` out of ``References.arrays()``:
-    (others (B, K, C), mask (B, K), own (B, C), center (C,))."""
-    others, mask, own, center = ref_arrays
-    return others[m], mask, own[m], center[m]
+    (others (B, K, C), mask (B, K), own (B, C), center (C,), target (B, C))."""
+    others, mask, own, center, target = ref_arrays
+    return others[m], mask, own[m], center[m], target[m]
 
 
-def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int):
+def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False):
     """(params, x (B,T,H,W,C), offset, ``member_refs``, key) -> (B,) match score of ONE
     member, averaged over ``views`` random views (views=0: the plain image, no randomness).
+    ``with_target``: minus ``perturb.target_weight`` times the similarity to the target
+    patient (what protection minimises; the match score alone is what is reported).
 
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
     shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
     scale = float(cfg_perturb.get("scale", 0.0))
     own_weight = float(cfg_perturb.own_weight)
+    target_weight = float(cfg_perturb.get("target_weight", 0.0)) if with_target else 0.0
     n = max(views, 1)
 
     def score(params, x, offset, refs, key):
-        others, mask, own, center = refs
+        others, mask, own, center, target = refs
         total = 0.0
         keys = jax.random.split(key, n)
         for v in range(n):
@@ -160,6 +197,8 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int):
                     images = random_symmetry(kk[1], images)
             e = centred(embed_fn(params, images), center)
             total = total + match_scores(e, others, mask, own, own_weight)
+            if target_weight:
+                total = total - target_weight * jnp.sum(e * target, -1)
         return total / n
     return score
 

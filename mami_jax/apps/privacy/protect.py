@@ -83,7 +83,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         # One member's score: every member shares the model config, so the step compiles
         # it once and averages its gradient over the ensemble (perturb.make_step).
         train_score = objective.make_member_score_fn(members[0].embed, imap, config.perturb,
-                                                     int(config.perturb.views))
+                                                     int(config.perturb.views), with_target=True)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
         step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
                                  float(config.perturb.step_size), float(config.perturb.momentum))
