@@ -126,3 +126,15 @@ def test_both_implementations_declare_the_same_parameters():
 def test_unknown_compa_impl_is_refused():
     with pytest.raises(ValueError, match="compa_impl='batched' not in"):
         validate_config(tiny_config(compa_impl="batched"))
+
+
+def test_router_second_conv_runs_once_per_slice_after_the_mean():
+    """Only router_conv1 multiplies per position (a 4-D operand); router_conv2 is affine
+    and applied to the spatial mean. The router's output is checked against the design
+    (conv, conv, then mean) by the numpy transcription in tests/test_model.py."""
+    cfg, params, patches = _setup("fused")
+    jaxpr = jax.make_jaxpr(lambda p: ComPA(cfg).apply({"params": p}, patches))(params)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    per_position = [e for e in dots if e.invars[0].aval.shape == (N, 4, 4, cfg.width)]
+    assert len(per_position) == 1  # router_conv1 (before: router_conv2 as well)
+    assert per_position[0].outvars[0].aval.shape == (N, 4, 4, cfg.width)
