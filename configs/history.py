@@ -4,7 +4,10 @@
         --manifest FILE --out DIR [--app-config configs/history.py[:stage]]
 
 ``stage`` predicts the four-way ``disease_stage`` of the phantoms instead of the
-binary ``disease_label``.
+binary ``disease_label``. ``key=value`` words override single settings for the
+comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
+local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
+``center=`` (0: raw embeddings), e.g. ``configs/history.py:seed=1,map_dim=0``.
 """
 
 import ml_collections
@@ -13,7 +16,7 @@ from mami_jax.config import parse_arg
 
 
 def get_config(arg=None):
-    words = parse_arg(arg, ("stage",))
+    words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -56,5 +59,15 @@ def get_config(arg=None):
     c.classifier = ml_collections.ConfigDict(dict(
         hidden=32, attention_dim=32, map_dim=16, steps=200, fused_steps=200,
         learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0))
+    if "seed" in words:
+        c.classifier.seed = int(words["seed"])
+    if "map_dim" in words:
+        c.classifier.map_dim = int(words["map_dim"])
+    if "map_layer" in words:
+        c.map_layer = str(words["map_layer"])
+    if "calibration" in words:
+        c.calibration = str(words["calibration"])
+    if "center" in words:
+        c.center = bool(int(words["center"]))
     c.lock()
     return c

@@ -42,14 +42,16 @@ def uses_maps(cfg) -> bool:
 
 def cached_features(model, rows, out_dir: str, cfg):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
-    OUT/features.npz when it is this model's for these images and map settings."""
+    OUT/features.npz when it is this model's for these images and holds the maps needed
+    (maps of another layer or grid are computed again)."""
     path = os.path.join(out_dir, "features.npz")
     ids = np.asarray([r.image_id for r in rows])
     maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
     if os.path.isfile(path):
         with np.load(path) as f:
+            cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
             if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
-                    and "maps_key" in f.files and str(f["maps_key"]) == maps_key):
+                    and maps_key in ("", cached_maps)):
                 return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
     if maps_key:
         emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid))
