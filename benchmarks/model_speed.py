@@ -15,7 +15,12 @@ time (ViT-B/16, 224 px, batch 8, float32). Variants:
   measure the fusion interleaved with the rest.
 
 ``--compa_impl`` says how the variants without a suffix run the generators (default:
-the model config's, "fused").
+the model config's).
+
+On a shared machine wall times measure the load as much as the code. The table also
+gives each variant's CPU time (this process, all threads); with XLA single-threaded
+(``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``) no thread spins at a barrier, and the
+CPU time is the work done, robust to other processes (docs/speed.md#fused-compa).
 
 ``--mode forward`` times the embedding pass; ``--mode train`` the gradient of a
 scalar of the embedding (forward + backward, no optimiser).
@@ -168,13 +173,15 @@ def print_table(results: dict, args, load: dict) -> None:
           f"slices={args.slices} size={args.size} dtype={args.dtype} rounds={args.rounds} "
           f"compa_impl={args.compa_impl}")
     print(f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}")
-    print(f"{'variant':20s} {'median ms':>10s} {'slices/s':>9s} {'time/plain':>10s} "
-          f"{'GFLOP':>8s} {'FLOP/plain':>10s} {'time/separate':>13s}")
+    print(f"{'variant':20s} {'median ms':>10s} {'cpu ms':>9s} {'slices/s':>9s} "
+          f"{'time/plain':>10s} {'cpu/plain':>9s} {'GFLOP':>8s} {'FLOP/plain':>10s} "
+          f"{'time/separate':>13s}")
+    plain_cpu = results["plain_vit"]["cpu_ms"]
     for name, r in results.items():
         separate = f"{r['ratio_to_separate']:13.3f}" if "ratio_to_separate" in r else ""
-        print(f"{name:20s} {r['median_ms']:10.1f} {r['images_per_s']:9.2f} "
-              f"{r['ratio_to_plain_vit']:10.3f} {r['gflops']:8.1f} "
-              f"{r['flop_ratio_to_plain_vit']:10.3f} {separate}")
+        print(f"{name:20s} {r['median_ms']:10.1f} {r['cpu_ms']:9.1f} {r['images_per_s']:9.2f} "
+              f"{r['ratio_to_plain_vit']:10.3f} {r['cpu_ms'] / plain_cpu:9.3f} "
+              f"{r['gflops']:8.1f} {r['flop_ratio_to_plain_vit']:10.3f} {separate}")
 
 
 def load_average() -> list:

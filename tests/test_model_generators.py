@@ -138,3 +138,17 @@ def test_router_second_conv_runs_once_per_slice_after_the_mean():
     per_position = [e for e in dots if e.invars[0].aval.shape == (N, 4, 4, cfg.width)]
     assert len(per_position) == 1  # router_conv1 (before: router_conv2 as well)
     assert per_position[0].outvars[0].aval.shape == (N, 4, 4, cfg.width)
+
+
+def test_auto_is_separate_on_cpu_and_fused_on_accelerators(monkeypatch):
+    from mami_jax.models.generators import compa_implementation
+    assert tiny_config().compa_impl == "auto"
+    assert compa_implementation("auto") == "separate"  # this CPU
+    assert compa_implementation("fused") == "fused"
+    cfg, params, patches = _setup("auto")
+    jaxpr = str(jax.make_jaxpr(lambda p: ComPA(cfg).apply({"params": p}, patches))(params))
+    assert jaxpr.count("dot_general[") == 6 + 3 * 8 * 3
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        assert compa_implementation("auto") == "fused"
+        assert compa_implementation("separate") == "separate"

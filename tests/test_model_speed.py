@@ -55,10 +55,12 @@ def test_bad_flags_give_one_error_line(argv, needle, capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_json_holds_settings_and_load(tmp_path, monkeypatch):
-    fake = {"mami": {"median_ms": 2.0, "images_per_s": 1.0, "ratio_to_plain_vit": 2.0,
+def test_json_holds_settings_and_load(tmp_path, monkeypatch, capsys):
+    fake = {"mami": {"median_ms": 2.0, "cpu_ms": 3.0, "images_per_s": 1.0,
+                     "ratio_to_plain_vit": 2.0,
                      "gflops": 1.0, "flop_ratio_to_plain_vit": 1.1, "ratio_to_separate": 0.5},
-            "plain_vit": {"median_ms": 1.0, "images_per_s": 2.0, "ratio_to_plain_vit": 1.0,
+            "plain_vit": {"median_ms": 1.0, "cpu_ms": 2.0, "images_per_s": 2.0,
+                          "ratio_to_plain_vit": 1.0,
                           "gflops": 0.9, "flop_ratio_to_plain_vit": 1.0}}
     monkeypatch.setattr(model_speed, "measure", lambda args: fake)
     path = tmp_path / "speed.json"
@@ -67,3 +69,5 @@ def test_json_holds_settings_and_load(tmp_path, monkeypatch):
     assert saved["results"] == fake
     assert saved["settings"]["compa_impl"] == "fused" and saved["settings"]["batch"] == 8
     assert len(saved["settings"]["load_average"]["start"]) == 3
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mami"))
+    assert row.split()[1:3] == ["2.0", "3.0"] and "1.500" in row and "0.500" in row

@@ -52,9 +52,10 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 #: ``jax.checkpoint_policies``): nothing, or the outputs of its matrix multiplies by
 #: weights (the elementwise work and attention are recomputed).
 #: ``compa_impl``: how ComPA runs its factor generators, the same function either way
-#: (``models/generators.py``): "fused" (all blocks' generators in five batched matmuls)
-#: or "separate" (each generator on its own; the reference for tests and debugging).
-COMPA_IMPLS = ("fused", "separate")
+#: (``models/generators.py``): "fused" (all blocks' generators in five batched matmuls),
+#: "separate" (each generator on its own) or "auto" (separate on CPU, where it measured
+#: faster, fused on GPU/TPU; see ``generators.compa_implementation``).
+COMPA_IMPLS = ("auto", "fused", "separate")
 
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
@@ -96,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.remat = False
     cfg.remat_policy = "nothing_saveable"  # with remat=True (REMAT_POLICIES)
     cfg.attention = "auto"                 # ATTENTION_IMPLEMENTATIONS
-    cfg.compa_impl = "fused"               # COMPA_IMPLS
+    cfg.compa_impl = "auto"                # COMPA_IMPLS
     cfg.lock()
     return cfg
 

@@ -6,14 +6,14 @@ M -> GroupedDense(h1) -> LeakyReLU -> GroupedDense(h2) -> LeakyReLU -> GroupedDe
 read the same input, the modality representation M computed once before the blocks,
 so the factors of every block can be generated up front.
 
-- ``fused_factors`` (``compa_impl="fused"``, the default) runs all depth x 8 generators
+- ``fused_factors`` (``compa_impl="fused"``; ``"auto"`` off CPU) runs all depth x 8 generators
   as five operations: one matmul for every first layer (their kernels side by side),
   one batched matmul for every second layer, and one batched matmul per shape of last
   layer (q/k/v, MLP down, MLP up). At ViT-B size that replaces 288 small dots per
   forward pass, each at batch N against its own weights, with 5 larger ones.
-- ``separate_factors`` (``compa_impl="separate"``) runs each generator on its own,
-  layer by layer: the direct reading of the design, kept as the reference the fused
-  path is tested against.
+- ``separate_factors`` (``compa_impl="separate"``; ``"auto"`` on CPU) runs each
+  generator on its own, layer by layer: the direct reading of the design, and the
+  reference the fused path is tested against.
 
 Both read the same parameter tree, declared by ``BlockGenerators`` (per block, per
 generator: ``hidden1``, ``hidden2``, ``out`` {kernel, bias} and ``static``), so
@@ -188,9 +188,24 @@ def fused_factors(blocks: list, m: jax.Array, slope: float, dtype: Any) -> tuple
                  for i in range(depth))
 
 
+def compa_implementation(name: str) -> str:
+    """"fused" or "separate" for config ``compa_impl``.
+
+    "auto": separate on CPU, fused elsewhere. On CPU the generators are bound by reading
+    their weights (about 50 M parameters at ViT-B size, whatever the batch), and fusing
+    must first copy them into stacked arrays: more memory traffic than the small
+    matmuls' per-operation cost it saves (docs/speed.md#fused-compa). On a GPU or TPU
+    the copy runs at memory bandwidth while each of the 288 separate operations is a
+    kernel launch. "fused" and "separate" force one.
+    """
+    if name != "auto":
+        return name
+    return "separate" if jax.default_backend() == "cpu" else "fused"
+
+
 def generate_factors(cfg: ml_collections.ConfigDict, m: jax.Array, dtype: Any) -> tuple:
     """Declares every block's generators (``block_{i}`` in the calling module's scope:
     call from a compact method) and runs them on m (N, C) the way ``cfg.compa_impl`` says."""
     blocks = [BlockGenerators(cfg, name=f"block_{i}")(m.shape[-1]) for i in range(cfg.depth)]
-    run = fused_factors if cfg.compa_impl == "fused" else separate_factors
-    return run(blocks, m, cfg.leaky_slope, dtype)
+    fused = compa_implementation(cfg.compa_impl) == "fused"
+    return (fused_factors if fused else separate_factors)(blocks, m, cfg.leaky_slope, dtype)

@@ -69,7 +69,8 @@ def declare_grouped_dense(module: nn.Module, in_features: int, features: int, gr
 
 
 def grouped_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.Array:
-    """``x`` (..., in) through a grouped kernel (G, in/G, out/G) and bias (G, out/G) -> (..., out)."""
+    """``x`` (..., in) through a grouped kernel (G, in/G, out/G) and bias (G, out/G):
+    (..., out), every output group from its own input group."""
     g, gin, _ = kernel.shape
     xg = x.reshape(x.shape[:-1] + (g, gin)).astype(dtype)
     y = jnp.einsum("...gi,gio->...go", xg, kernel.astype(dtype)) + bias.astype(dtype)
