@@ -67,7 +67,7 @@ def test_json_holds_settings_and_load(tmp_path, monkeypatch, capsys):
     model_speed.main(["--variants", "mami,plain_vit", "--json", str(path)])
     saved = json.loads(path.read_text())
     assert saved["results"] == fake
-    assert saved["settings"]["compa_impl"] == "fused" and saved["settings"]["batch"] == 8
+    assert saved["settings"]["compa_impl"] == "auto" and saved["settings"]["batch"] == 8
     assert len(saved["settings"]["load_average"]["start"]) == 3
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mami"))
     assert row.split()[1:3] == ["2.0", "3.0"] and "1.500" in row and "0.500" in row
