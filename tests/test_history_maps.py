@@ -107,3 +107,37 @@ def test_map_standardizer_is_per_modality_and_channel():
     np.testing.assert_allclose(z[2:], 0.0)
     with pytest.raises(ValueError, match=r"no training images of modality \['mri'\]"):
         training.apply_map_standardizer(norm, maps[:1], ["mri"])
+
+
+def test_token_maps_of_a_layer_pool_to_the_backbone_feature():
+    from mami_jax.apps.history.features import resolve_layer, token_map_fn
+    from mami_jax.models.embed import abstract_params
+    from mami_jax.models.mami import MaMI
+    from tests.history_workdir import TINY
+
+    from mami_jax.config import base_config
+    cfg = base_config().model
+    cfg.update(TINY)
+    images = np.random.default_rng(0).normal(size=(3, 2, 32, 32, 3)).astype(np.float32)
+    rng = np.random.default_rng(1)       # random parameters without compiling init
+
+    def draw(path, a):                   # LayerNorm scales near 1, the rest near 0
+        near_one = jax.tree_util.keystr(path).endswith("['scale']")
+        return (float(near_one) + 0.05 * rng.standard_normal(a.shape)).astype(a.dtype)
+
+    params = jax.tree_util.tree_map_with_path(draw, abstract_params(cfg, 32))
+    c = int(cfg.width)
+    last = np.asarray(token_map_fn(cfg, "last_block", 4)(params, {"images": images}))
+    assert last.shape == (3, 2 * c + 16 * c) and np.abs(last).mean() > 0.05
+    # the last block's map (4 x 4 = the model's own grid), averaged over positions, is the
+    # pooled backbone feature the classifiers read
+    maps = last[:, 2 * c:].reshape(3, 16, c)
+    np.testing.assert_allclose(maps.mean(1), last[:, c:2 * c], rtol=1e-4, atol=1e-5)
+    out = jax.jit(MaMI(cfg).apply)({"params": params}, images)
+    np.testing.assert_allclose(last[:, :c], np.asarray(out.embedding), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps.reshape(3, 4, 4, c), np.asarray(out.local_map),
+                               rtol=1e-4, atol=1e-5)
+    assert resolve_layer(cfg, "last_block") == "block_1"
+    with pytest.raises(ValueError, match=r"map_layer='block_7' unknown; this model has "
+                       r"patch_embed, ln_pre, block_0, block_1"):
+        token_map_fn(cfg, "block_7", 4)

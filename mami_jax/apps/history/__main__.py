@@ -7,12 +7,14 @@
     python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \\
         --manifest FILE --out DIR [--labels FILE] [--app-config configs/history.py]
     python -m mami_jax.apps.history eval  (the same arguments; reuses DIR's classifiers)
+    python -m mami_jax.apps.history figure --metrics DIR1/metrics.json ... --out FILE.png
 
 ``index`` embeds every manifest image with the run's latest checkpoint, calibrates the
 per-modality thresholds on the manifest's validation patients (when it has some) and
 writes the archive; ``add`` extends it with the same model (another model is refused);
 ``query`` prints an image's best earlier candidates with their similarity and the
-accept/reject decision and draws them beside the query. An image already archived is
+accept/reject decision and draws them beside the query; ``figure`` draws the AUC of
+several runs (e.g. classifier seeds) with their spread. An image already archived is
 queried with its own metadata (only earlier images, never its own study); another one
 needs ``--modality`` (and ``--order`` to exclude later archived images).
 Bad input ends with one ``error: ...`` line and exit status 2.
@@ -72,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--split", default=None, help="evaluation split (default: config)")
         app_config(s)
+
+    s = sub.add_parser("figure", help="AUC picture and mean table of several runs' "
+                       "metrics.json (e.g. classifier seeds)")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+    s.add_argument("--out", required=True, help="PNG to write")
     return p
 
 

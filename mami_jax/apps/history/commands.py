@@ -175,3 +175,40 @@ def eval(args) -> int:  # noqa: A001 (the command's name)
     exp.evaluate(payload, args.split)
     print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
     return 0
+
+
+def _metrics_groups(path: str) -> tuple[str, dict]:
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+        return m["split"], {**m["per_modality"], "overall": m["overall"]}
+    except OSError as e:
+        raise FileNotFoundError(f"--metrics {path}: cannot be read ({e.strerror})") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"--metrics {path}: not a metrics.json of `train`/`eval` ({e})") from e
+
+
+def figure(args) -> int:
+    """Several runs' metrics.json (e.g. classifier seeds) -> one AUC picture with their
+    spread, and the mean table."""
+    from mami_jax.apps.history.pictures import auc_bars
+    from mami_jax.apps.history.scoring import CONDITIONS, mean_table
+    from mami_jax.runtime.atomic_files import write_atomic
+    loaded = [_metrics_groups(p) for p in args.metrics]
+    splits = {split for split, _ in loaded}
+    runs = [groups for _, groups in loaded]
+    if len(splits) > 1:
+        raise ValueError(f"--metrics: runs of different splits {sorted(splits)}")
+    for path, groups in zip(args.metrics, runs):
+        if list(groups) != list(runs[0]):
+            raise ValueError(f"--metrics {path}: groups {list(groups)}, the first run has "
+                             f"{list(runs[0])}")
+        for g in groups.values():
+            missing = [c for c in CONDITIONS if c not in g]
+            if missing:
+                raise ValueError(f"--metrics {path}: no {missing[0]}")
+    write_atomic(args.out, lambda tmp: auc_bars(runs, tmp, splits.pop()))
+    print(mean_table(runs), end="")
+    print(f"picture: {os.path.abspath(args.out)}")
+    return 0

@@ -34,19 +34,28 @@ def query_figure(query_image, query_title: str, candidates, path: str) -> None:
     plt.close(fig)
 
 
-def auc_bars(groups: dict[str, dict], path: str, split: str) -> None:
-    names = list(groups)
+def auc_bars(groups, path: str, split: str) -> None:
+    """Macro AUC per group for the three conditions. ``groups``: one run's groups, or a
+    list of runs' (e.g. classifier seeds): bars at the mean, whiskers from the lowest to
+    the highest run."""
+    runs = groups if isinstance(groups, list) else [groups]
+    names = list(runs[0])
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
     width = 0.8 / len(CONDITIONS)
     for c, condition in enumerate(CONDITIONS):
-        values = [groups[g][condition]["auc"] or 0.0 for g in names]
-        ax.bar(np.arange(len(names)) + (c - 1) * width, values, width,
+        values = np.asarray([[run[g][condition]["auc"] or 0.0 for g in names] for run in runs])
+        mean = values.mean(0)
+        err = None
+        if len(runs) > 1:
+            err = np.stack([mean - values.min(0), values.max(0) - mean])
+        ax.bar(np.arange(len(names)) + (c - 1) * width, mean, width, yerr=err, capsize=2,
                label=condition.replace("_", " "))
     ax.set_xticks(np.arange(len(names)), names)
-    ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("macro AUC")
-    ax.set_title(f"diagnosis AUC ({split} split)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    seeds = f", mean of {len(runs)} runs (whiskers: lowest-highest)" if len(runs) > 1 else ""
+    ax.set_title(f"diagnosis AUC ({split} split{seeds})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    ax.set_ylim(0.4, 1.08)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

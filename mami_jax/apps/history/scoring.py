@@ -61,3 +61,21 @@ def table(groups: dict[str, dict]) -> str:
         lines.append(f"| {name} | {g['queries']} | " + " | ".join(cells)
                      + f" | {_cell(g['false_history_rate'])} | {_cell(g['history_recall'])} |")
     return "\n".join(lines) + "\n"
+
+
+def mean_table(runs: list[dict[str, dict]]) -> str:
+    """Markdown: per group, each condition's AUC as mean +- half the range over ``runs``
+    (the same groups each, e.g. classifier seeds), and the mean false-history rate."""
+    head = ("| group | queries | current-only AUC | retrieved-history AUC | true-history AUC "
+            "| false-history rate |")
+    lines = [f"{len(runs)} run(s): mean +- half the range", "", head,
+             "|---|---:|---|---|---|---:|"]
+    for name in runs[0]:
+        cells = []
+        for c in CONDITIONS:
+            v = np.asarray([r[name][c]["auc"] for r in runs if r[name][c]["auc"] is not None])
+            cells.append(f"{v.mean():.3f} +- {(v.max() - v.min()) / 2:.3f}" if v.size else "-")
+        f = [r[name]["false_history_rate"] for r in runs if r[name]["false_history_rate"] is not None]
+        lines.append(f"| {name} | {runs[0][name]['queries']} | " + " | ".join(cells)
+                     + f" | {_cell(float(np.mean(f)) if f else None)} |")
+    return "\n".join(lines) + "\n"
