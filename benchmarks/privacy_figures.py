@@ -6,7 +6,8 @@
 
 - ``--cues`` (a ``cues`` output folder): OUT/privacy_cues.png, the image and its gradient
   and occlusion cue maps, one line per ``--ids`` row with maps there;
-- ``--protected`` (``protect`` outputs, e.g. perturbation and inpainting):
+- ``--protected`` (``protect`` outputs, e.g. perturbation and inpainting; a NAME given
+  several times merges its manifests):
   OUT/privacy_protected.png, each ``--ids`` row beside its protected copies and their
   changes (x10);
 - ``--eval`` (``privacy_eval.py`` outputs; with one NAME per file, their models are
@@ -53,13 +54,15 @@ def main(argv=None) -> int:
         figures.cue_grid(os.path.join(args.out, "privacy_cues.png"),
                          [original[i] for i in shown], maps, data_cfg)
     if args.protected:
-        variants = {}
-        for spec in args.protected:
+        found: dict[str, dict] = {}
+        for spec in args.protected:          # one NAME may be given several manifests
             name, _, path = spec.partition("=")
-            by_id = {r.image_id: r for r in read_manifest(path)}
+            found.setdefault(name, {}).update({r.image_id: r for r in read_manifest(path)})
+        variants = {}
+        for name, by_id in found.items():
             missing = [i for i in ids if i + SUFFIX not in by_id]
             if missing:
-                p.error(f"--protected {path}: no protected copy of {missing}")
+                p.error(f"--protected {name}: no protected copy of {missing}")
             variants[name] = [by_id[i + SUFFIX] for i in ids]
         figures.comparison_grid(os.path.join(args.out, "privacy_protected.png"),
                                 [original[i] for i in ids], variants, data_cfg)

@@ -32,7 +32,7 @@ from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E40
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
-from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic  # noqa: E402
+from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -77,7 +77,7 @@ def figure(result: dict, path: str) -> None:
         ax.set_title(f"{variant}: {result['args']['split']} {result['args']['modality'] or 'all'}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
