@@ -51,6 +51,26 @@ print('NOTEBOOK-PROBE ' + json.dumps(dict(
     rank1={n: {g: v['rank1'] for g, v in r['results'].items()} for n, r in runs.items()},
     terms=dict(align_config.loss.terms))))
 """,
+    "history.ipynb": """
+import json
+from mami_jax.apps.history.archive import Archive
+print('NOTEBOOK-PROBE ' + json.dumps(dict(
+    modalities=MODALITIES, archived=len(Archive.load(INDEX)), rows=len(rows),
+    earlier=len(earlier), newest=len(newest), queries=queries, split=metrics['split'],
+    overall=metrics['overall'], per_modality=sorted(metrics['per_modality']),
+    n_test={m: sum(r.split == 'test' and r.modality == m for r in rows) for m in MODALITIES},
+    per_modality_queries={m: g['queries'] for m, g in metrics['per_modality'].items()},
+    row={r.image_id: [r.patient_id, r.study_id, int(r.order), r.modality] for r in rows})))
+""",
+    "privacy.ipynb": """
+import json
+print('NOTEBOOK-PROBE ' + json.dumps(dict(
+    attack=attack, trained={n: t['phantoms/xray/reid']['rank1'] for n, t in trained.items()},
+    n_test=len(test_rows), protected=len(protected), protected_ids=sorted(protected_rows),
+    records=len(report['records']), score=[report['mean_score_before'], report['mean_score_after']],
+    psnr=sorted(psnr.values()), cue_maps=sorted(maps), cue_pngs=len(cue_files),
+    seeds=[int(load_config(EXPERIMENT).seed), int(config.seed)])))
+""",
 }
 
 
@@ -153,8 +173,65 @@ def _check_teachers(p, text, pictures):
     assert pictures >= 3 and "Rank-1 (reid, test)" in text
 
 
+def _check_history(p, text, pictures):
+    mods = p["modalities"]
+    assert mods == ["xray", "fundus"]           # the tiny size's two modalities
+    # index + add archived every image once: the earlier visits, then the newest ones.
+    assert p["archived"] == p["rows"] == p["earlier"] + p["newest"] > 0
+    row = p["row"]
+    for m in mods:
+        q = p["queries"][m]
+        qp, qs, qo, qm = row[q["query"]]
+        assert qm == m and qo == max(o for _, _, o, mm in row.values() if mm == m)
+        cands = q["candidates"]
+        # k=5 candidates, when the archive holds as many earlier images of the modality
+        earlier = sum(mm == m and o < qo and not (pp == qp and s == qs)
+                      for pp, s, o, mm in row.values())
+        assert len(cands) == min(5, earlier) > 0
+        for c in cands:
+            pp, s, o, mm = row[c["image_id"]]
+            assert mm == m and o < qo and not (pp == qp and s == qs), c
+            # scores and threshold are printed to 6 decimals: rounding keeps the order
+            if c["decision"] == "accept":
+                assert c["score"] >= q["threshold"], c
+            else:
+                assert c["decision"] == "reject" and c["score"] <= q["threshold"], c
+    assert p["split"] == "test"
+    assert p["overall"]["queries"] == sum(p["n_test"].values())
+    assert p["per_modality_queries"] == p["n_test"]
+    assert p["per_modality"] == sorted(mods)
+    for condition in ("current_only", "retrieved_history", "true_history"):
+        auc = p["overall"][condition]["auc"]
+        assert auc is None or 0.0 <= auc <= 1.0, (condition, auc)
+    # a query picture per modality and the AUC bars
+    assert pictures >= len(mods) + 1
+    assert "$ python -m mami_jax.apps.history index" in text and "accepted" in text
+
+
+def _check_privacy(p, text, pictures):
+    assert p["seeds"] == [0, 1]                   # model B is another seed
+    assert p["n_test"] == p["protected"] == p["records"] > 0
+    assert all(i.endswith("_protected") for i in p["protected_ids"])
+    assert len(p["cue_maps"]) == min(4, p["n_test"]) and p["cue_pngs"] == len(p["cue_maps"])
+    # l2 budget 0.028 per pixel: PSNR >= 20 log10(1 / 0.028) = 31.06 dB before the PNG's
+    # 8-bit rounding, which costs well under a dB here.
+    assert p["psnr"][0] >= 30.0
+    before, after = p["score"]
+    assert after < before
+    for name in ("A", "B"):
+        a = p["attack"][name]
+        # "before" is the trainer's own Rank-1 on the same test X-rays (same protocol).
+        assert a["rank1_before"] == pytest.approx(p["trained"][name], abs=1e-6)
+        assert a["num_queries"] == p["n_test"]
+    a = p["attack"]["A"]
+    assert a["rank1_after"] < a["rank1_before"]   # the protecting model loses the patients
+    assert pictures >= 4                          # two cue maps, the images, the Rank-1 bars
+    assert "$ python -m mami_jax.apps.privacy protect" in text
+
+
 CHECKS = {"quickstart.ipynb": _check_quickstart, "interchange.ipynb": _check_interchange,
-          "teachers_alignment.ipynb": _check_teachers}
+          "teachers_alignment.ipynb": _check_teachers, "history.ipynb": _check_history,
+          "privacy.ipynb": _check_privacy}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
