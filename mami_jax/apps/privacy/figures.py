@@ -34,14 +34,14 @@ def _show(ax, image, title=""):
 
 
 def cue_grid(path: str, rows, maps: Sequence[dict], data_cfg) -> None:
-    """One line per row: the image, its gradient cues and its occlusion cues over it
+    """One column per row: the image, its gradient cues and its occlusion cues over it
     (``maps[i]``: the arrays a ``cues`` .npz holds)."""
     plt = _plt()
-    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.3 * len(rows)), squeeze=False)
-    for line, (row, m) in enumerate(zip(rows, maps)):
+    fig, axes = plt.subplots(3, len(rows), figsize=(2.2 * len(rows), 6.9), squeeze=False)
+    for col, (row, m) in enumerate(zip(rows, maps)):
         shown = _shown(read_source(row, settings_for(data_cfg, row.modality)).unit)
-        _show(axes[line, 0], shown, f"{row.modality} ({row.image_id})")
-        for ax, name in zip(axes[line, 1:], ("gradient", "occlusion")):
+        _show(axes[0, col], shown, f"{row.modality} ({row.image_id})")
+        for ax, name in zip(axes[1:, col], ("gradient", "occlusion")):
             _show(ax, shown, f"{name} cues")
             ax.imshow(m[name][0], cmap="jet", alpha=0.45, vmin=0, vmax=1)
     fig.tight_layout()
