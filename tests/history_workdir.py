@@ -44,6 +44,8 @@ def get_config(arg=None):
     c.classifier.fused_steps = 40
     c.classifier.hidden = 16
     c.classifier.attention_dim = 8
+    c.classifier.map_dim = 4          # the local-change path, end to end
+    c.map_grid = 2
     return c
 '''
 

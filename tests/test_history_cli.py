@@ -5,6 +5,7 @@ query (earlier images only, a picture), add (same model only), train and eval
 import json
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss")
@@ -109,6 +110,10 @@ def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
     assert m["overall"]["queries"] == sum(r.split == "test" for r in read_manifest(s["manifest"]))
     for name in ("classifiers.msgpack", "features.npz", "auc.png", "metrics.md"):
         assert os.path.isfile(os.path.join(out_dir, name))
+    # the tiny app config compares 2 x 2 token maps (width 32) with the history
+    with np.load(os.path.join(out_dir, "features.npz")) as f:
+        assert f["maps"].shape == (len(read_manifest(s["manifest"])), 4, 32)
+        assert str(f["maps_key"]) == "last_block@2"
     # eval reuses the classifiers (and cached features): the same numbers.
     assert main(["eval"] + args) == 0
     with open(os.path.join(out_dir, "metrics.json")) as f:

@@ -108,19 +108,21 @@ def _optimizer(cfg):
     return optax.adamw(float(cfg.learning_rate), weight_decay=float(cfg.weight_decay))
 
 
-def _fit(loss_fn, params, steps: int, cfg, rng):
+def _fit(loss_fn, params, steps: int, cfg, rng, data):
+    """``steps`` AdamW steps of ``loss_fn(params, key, data)``; the data go in as
+    arguments of the compiled step (as closure constants XLA would fold them)."""
     opt = _optimizer(cfg)
     state = opt.init(params)
 
     @jax.jit
-    def step(params, state, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+    def step(params, state, key, data):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key, data)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
     loss = jnp.nan
     for key in jax.random.split(rng, int(steps)):
-        params, state, loss = step(params, state, key)
+        params, state, loss = step(params, state, key, data)
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"diagnosis classifier training diverged (loss {float(loss)})")
     return params
@@ -134,9 +136,8 @@ def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
     model = CurrentOnly(int(cfg.hidden), num_classes)
     rng = jax.random.key(int(cfg.seed))
     params = jax.jit(model.init)(rng, x[:1])["params"]
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    return _fit(lambda p, _: _xent(model.apply({"params": p}, x), y), params,
-                cfg.steps, cfg, jax.random.fold_in(rng, 1))
+    return _fit(lambda p, _, d: _xent(model.apply({"params": p}, d[0]), d[1]), params,
+                cfg.steps, cfg, jax.random.fold_in(rng, 1), (jnp.asarray(x), jnp.asarray(y)))
 
 
 def fused_model(num_classes: int, cfg) -> WithHistory:
@@ -165,16 +166,17 @@ def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
                                None if xm is None else xm[:1],
                                None if hm is None else hm[:1])["params"]
     trainable = {k: v for k, v in init.items() if k != "current"}
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    h, s, m = jnp.asarray(hist.features), jnp.asarray(hist.scores), jnp.asarray(hist.mask)
+    data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(hist.features), jnp.asarray(hist.scores),
+            jnp.asarray(hist.mask), xm, hm, current)
     keep = 1.0 - float(cfg.history_dropout)
 
-    def loss(p, key):
+    def loss(p, key, data):
+        x, y, h, s, m, xm, hm, current = data
         mask = m & jax.random.bernoulli(key, keep, m.shape)
         logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask, xm, hm)
         return _xent(logits, y)
 
-    trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1))
+    trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1), data)
     return {"current": current, **trained}
 
 
