@@ -7,7 +7,7 @@
 binary ``disease_label``. ``key=value`` words override single settings for the
 comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
 local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
-``center=`` (0: raw embeddings), e.g. ``configs/history.py:seed=1,map_dim=16``.
+``center=`` (0: raw embeddings), ``train_history=`` (``retrieved`` or ``true``), e.g. ``configs/history.py:seed=1,map_dim=16``.
 """
 
 import ml_collections
@@ -16,7 +16,8 @@ from mami_jax.config import parse_arg
 
 
 def get_config(arg=None):
-    words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center"))
+    words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
+                            "train_history"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -41,6 +42,9 @@ def get_config(arg=None):
     c.center = True
     c.calibration = "topk"
     c.calibration_split = "val"
+    # The history the history model learns from: "retrieved" (as at test time) or "true"
+    # (the training patients' own earlier images).
+    c.train_history = "retrieved"
     c.train_split = "train"
     c.eval_split = "test"
 
@@ -70,6 +74,8 @@ def get_config(arg=None):
         c.map_layer = str(words["map_layer"])
     if "calibration" in words:
         c.calibration = str(words["calibration"])
+    if "train_history" in words:
+        c.train_history = str(words["train_history"])
     if "center" in words:
         c.center = bool(int(words["center"]))
     c.lock()

@@ -12,7 +12,9 @@
    accepted above the threshold (``history_select.retrieve``) = its retrieved history;
    the patient's own earlier images = its true history.
 4. ``train``: the current-only classifier, then the history model (current branch
-   frozen) on ``train_split`` with retrieved history; saved to OUT/classifiers.msgpack.
+   frozen) on ``train_split`` with retrieved history (``train_history = "true"``: the
+   training patients' own earlier images, whose links a hospital knows for the images
+   it trains on); saved to OUT/classifiers.msgpack.
 5. Evaluation on ``eval_split``, per modality and overall: current-only, the history
    model with the retrieved and with the true history, and the false-history rate;
    OUT/metrics.json, OUT/metrics.md and OUT/auc.png.
@@ -123,10 +125,14 @@ class Experiment:
         norm = {"features": training.standardizer(self.x_raw[idx], self.modalities[idx])}
         if self.maps_raw is not None:
             norm["maps"] = training.map_standardizer(self.maps_raw[idx], self.modalities[idx])
-        x, retrieved, _, x_map = self.inputs(norm, idx)
+        x, retrieved, true, x_map = self.inputs(norm, idx)
+        history = {"retrieved": retrieved, "true": true}.get(str(self.cfg.train_history))
+        if history is None:
+            raise ValueError(f"train_history={self.cfg.train_history!r} unknown; expected "
+                             f"retrieved or true")
         n = len(self.classes)
         current = training.train_current(x, self.y[idx], n, c)
-        fused = training.train_fused(current, x, retrieved, self.y[idx], n, c, x_map)
+        fused = training.train_fused(current, x, history, self.y[idx], n, c, x_map)
         payload = {"norm": norm, "current": current, "fused": fused}
         training.save_classifiers(os.path.join(self.out_dir, CLASSIFIERS), payload)
         return payload

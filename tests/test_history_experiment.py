@@ -1,0 +1,76 @@
+"""The train/eval experiment on stub features (no model): the history model learns from
+the retrieved or the true history (``train_history``); an unknown value is an error."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from configs.history import get_config  # noqa: E402
+from mami_jax.apps.history import training  # noqa: E402
+from mami_jax.apps.history.experiment import Experiment  # noqa: E402
+from mami_jax.data.manifest import ManifestRow  # noqa: E402
+
+
+class StubModel:
+    """Features without a model: each patient's embedding is its own direction (so the
+    archive finds the patient), the backbone feature shows the label weakly."""
+
+    fingerprint = "stub"
+    info = {"source": "stub", "fingerprint": "stub"}
+
+    def __init__(self, rows, y):
+        rng = np.random.default_rng(0)
+        patients = sorted({r.patient_id for r in rows})
+        direction = {p: rng.normal(size=8) for p in patients}
+        self.emb = np.stack([direction[r.patient_id] + 0.01 * rng.normal(size=8) for r in rows])
+        self.backbone = rng.normal(size=(len(rows), 4)) + 0.5 * np.asarray(y)[:, None]
+
+    def features(self, rows, progress=True):
+        return self.emb.astype(np.float32), self.backbone.astype(np.float32)
+
+
+def _setup(tmp_path, train_history):
+    splits = ["train"] * 8 + ["val"] * 3 + ["test"] * 3
+    rows, y = [], []
+    for i, split in enumerate(splits):
+        for v in range(3):
+            rows.append(ManifestRow(image_id=f"p{i}_v{v}", patient_id=f"p{i}", study_id=f"v{v}",
+                                    order=str(v), modality="xray", dataset="d", view="",
+                                    path="x", split=split))
+            y.append(int(i % 2 == 1 and v >= 1))
+    cfg = get_config(f"train_history={train_history}")
+    with cfg.unlocked():
+        cfg.k, cfg.target_far = 2, 0.2
+        cfg.classifier.update(dict(steps=5, fused_steps=5, hidden=8, attention_dim=4))
+    return Experiment(StubModel(rows, y), rows, y, cfg, str(tmp_path), log=lambda *a: None), rows
+
+
+def test_train_history_true_learns_from_the_patients_own_history(tmp_path):
+    exp, rows = _setup(tmp_path, "true")
+    train = exp.split("train")
+    assert [len(exp.true[i]) for i in train[:3]] == [0, 1, 2]   # visits 0, 1, 2
+    payload = exp.train()
+    retrieved_exp, _ = _setup(tmp_path, "retrieved")
+    other = retrieved_exp.train()
+    # the same current-only classifier, a history term trained on other histories
+    np.testing.assert_array_equal(payload["current"]["logits"]["kernel"],
+                                  other["current"]["logits"]["kernel"])
+    assert not np.array_equal(payload["fused"]["token"]["kernel"],
+                              other["fused"]["token"]["kernel"])
+    metrics = exp.evaluate(payload)
+    assert metrics["overall"]["queries"] == 9
+    # an image without history gets the current-only prediction exactly
+    x, retrieved, true, _ = exp.inputs(payload["norm"], exp.split("test"))
+    first = np.asarray([r.order == "0" for r in (rows[i] for i in exp.split("test"))])
+    c = exp.cfg.classifier
+    np.testing.assert_array_equal(
+        training.predict_fused(payload["fused"], x, true, 2, c)[first],
+        training.predict_current(payload["current"], x, 2, c)[first])
+
+
+def test_unknown_train_history_is_an_error(tmp_path):
+    exp, _ = _setup(tmp_path, "future")
+    with pytest.raises(ValueError, match="train_history='future' unknown; expected retrieved "
+                       "or true"):
+        exp.train()
