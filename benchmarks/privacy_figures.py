@@ -2,7 +2,7 @@
 
     python benchmarks/privacy_figures.py --original MANIFEST --out docs/figures \
         [--cues DIR] [--protected NAME=MANIFEST ...] [--ids ID,ID,...] \
-        [--eval NAME=privacy_eval.json ...] [--experiment configs/all.py:runlocal]
+        [--eval privacy_eval.json ...] [--rename MODEL=LABEL ...] [--experiment ...]
 
 - ``--cues`` (a ``cues`` output folder): OUT/privacy_cues.png, the image and its gradient
   and occlusion cue maps, one line per ``--ids`` row with maps there;
@@ -10,8 +10,9 @@
   several times merges its manifests):
   OUT/privacy_protected.png, each ``--ids`` row beside its protected copies and their
   changes (x10);
-- ``--eval`` (``privacy_eval.py`` outputs; with one NAME per file, their models are
-  prefixed by it): OUT/privacy_rank1.png, Rank-1 before and after per model and modality.
+- ``--eval`` (``privacy_eval.py`` outputs; a model's modalities are merged over the files,
+  ``--rename`` labels it): OUT/privacy_rank1.png, Rank-1 before and after per model and
+  modality.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--cues", default="")
     p.add_argument("--protected", action="append", default=[], metavar="NAME=MANIFEST")
     p.add_argument("--ids", default="", help="image ids to show (comma-separated)")
-    p.add_argument("--eval", action="append", default=[], metavar="NAME=JSON")
+    p.add_argument("--eval", action="append", default=[], metavar="JSON")
+    p.add_argument("--rename", action="append", default=[], metavar="MODEL=LABEL",
+                   help="label of a model in the Rank-1 figure")
     p.add_argument("--experiment", default="configs/all.py:runlocal")
     args = p.parse_args(argv)
     data_cfg = load_config(args.experiment).data
@@ -67,13 +70,14 @@ def main(argv=None) -> int:
         figures.comparison_grid(os.path.join(args.out, "privacy_protected.png"),
                                 [original[i] for i in ids], variants, data_cfg)
     if args.eval:
-        attack = {}
-        for spec in args.eval:
-            name, _, path = spec.partition("=")
+        rename = dict(r.split("=", 1) for r in args.rename)
+        attack: dict[str, dict] = {}
+        for path in args.eval:      # one model's modalities may come from several files
             with open(path) as f:
                 rep = json.load(f)["attack"]
             for model, v in rep.items():
-                attack[f"{name} {model}".strip() if len(args.eval) > 1 else model] = v
+                attack.setdefault(rename.get(model, model), {}).update(
+                    {g: x for g, x in v.items() if g not in ("mean", "source")})
         figures.rank1_bars(os.path.join(args.out, "privacy_rank1.png"), attack,
                            "protected test queries against the original gallery")
     return 0

@@ -77,9 +77,9 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     Rank-1 before and after protection for each modality, with chance and twice chance."""
     plt = _plt()
     names = list(attack)
-    groups = [g for g in attack[names[0]] if g not in ("mean", "source")]
-    fig, axes = plt.subplots(1, len(names), figsize=(1.0 + 0.9 * len(groups) * len(names), 3.6),
-                             squeeze=False, sharey=True)
+    groups = sorted({g for rep in attack.values() for g in rep if g not in ("mean", "source")})
+    fig, axes = plt.subplots(1, len(names), figsize=(1.0 + (0.5 + 0.55 * len(groups)) * len(names),
+                                                     3.6), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         rep = attack[name]
         gs = [g for g in groups if g in rep]
@@ -95,11 +95,12 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
         ax.set_xticks(x)
         ax.set_xticklabels([g.split("/")[-1] for g in gs], fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=8)
     axes[0, 0].set_ylabel("Rank-1 (dotted: chance, dashed: 2x chance)", fontsize=8)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper left", ncol=2)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=9, x=0.6)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
