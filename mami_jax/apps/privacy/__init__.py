@@ -6,8 +6,10 @@
   augmentations (``perturb``), and/or inpainting of the strongest identity regions
   (``inpaint``), written back in the input's own file format (``writers``);
 - ``attack_eval``, ``quality``, ``utility``: how well a protection hides identity from
-  re-ID models, how much it changes the image, and whether diagnosis still works.
+  re-ID models, how much it changes the image, and whether diagnosis still works;
+- ``attacker``: the adaptive attacker's training manifest (protected training images);
+- ``figures``: the pictures of docs/privacy.md.
 
-Command line: ``python -m mami_jax.apps.privacy {cues,protect,evaluate}``; settings in
-``configs/privacy.py``; the method and figures in docs/privacy.md.
+Command line: ``python -m mami_jax.apps.privacy {cues,protect,attacker-manifest}``;
+settings in ``configs/privacy.py``; the method and figures in docs/privacy.md.
 """
