@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
     cfg = load_config(write_config(str(base)))
     init = jax.jit(MaMI(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 1, H, H, 3)))["params"]
     members = []
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         params = jax.tree_util.tree_map(
             lambda x, s=seed: x + 0.05 * jax.random.normal(jax.random.key(s), x.shape), init)
         members.append(ensemble.Member(Embedder(cfg.model, params, cfg.data, batch_size=8),
@@ -63,13 +63,12 @@ def test_ensemble_gradient_is_the_mean_over_every_member(tiny):
     want = jax.jit(jax.grad(lambda d: whole(params, x0 + d, offset, refs.arrays(), key).sum()))(
         delta)
     np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-4, atol=1e-7)
-    # every member counts: the mean of the three single-member gradients, unlike any two
+    # every member counts: the mean of both single-member gradients, unlike either alone
     singles = [np.asarray(member_grad(delta, p, x0, offset, objective.member_refs(refs.arrays(), m),
                                       key)[0]) for m, p in enumerate(params)]
     np.testing.assert_allclose(np.asarray(g), np.mean(singles, 0), rtol=1e-4, atol=1e-7)
-    for drop in range(3):
-        rest = np.mean([singles[m] for m in range(3) if m != drop], 0)
-        assert np.abs(rest - np.asarray(g)).max() > 1e-3 * np.abs(np.asarray(g)).max()
+    for single in singles:
+        assert np.abs(single - np.asarray(g)).max() > 1e-3 * np.abs(np.asarray(g)).max()
     one = jax.jit(objective.make_member_score_fn(members[0].embed, imap, pcfg, 0))
     single_scores = [np.asarray(one(p, x0, offset, objective.member_refs(refs.arrays(), m), key))
                      for m, p in enumerate(params)]
