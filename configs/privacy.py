@@ -5,9 +5,10 @@
 ``experiment`` names the re-ID run's own experiment config (its preprocessing and model
 config); ``runlocal`` points it at ``configs/all.py:runlocal`` (the quick-start runs).
 Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb),
-``transfer`` (optimise against ``TRANSFER_ENSEMBLE`` as well as ``--workdir``'s model, for
-protection that holds against re-ID models it never saw; ``transfer=DIR+DIR@STEP`` names
-other members).
+``transfer=DIR+DIR@STEP`` (optimise against these re-ID runs as well as ``--workdir``'s
+model, at the transfer budget, for protection that holds against re-ID models it never saw;
+docs/privacy.md measured it with three runs of other seeds' ablation, trained like the
+``--workdir`` run).
 """
 
 import ml_collections
@@ -15,17 +16,6 @@ import ml_collections
 from mami_jax.config import parse_arg
 
 WORDS = ("runlocal", "inpaint", "both", "transfer")
-
-#: The ensemble of ``transfer``: re-ID runs of ``configs/all.py:runlocal`` on the quick-start
-#: phantoms, all trained with seed 0 (the alignment ablation's runs, docs/experiments.md),
-#: joined to ``--workdir`` (the quick-start run). The transfer figures of docs/privacy.md
-#: are measured on seed-1 runs, which are in no ensemble.
-TRANSFER_ENSEMBLE = (
-    "/tmp/abl/runs/none-s0",
-    "/tmp/abl/runs/difference-anatomy-s0",
-    "/tmp/abl1/runs/single-both-s0",
-)
-
 
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
@@ -76,8 +66,12 @@ def get_config(arg=None):
     p.target_weight = 0.0
     if words.get("transfer"):
         value = words["transfer"]
-        p.ensemble = TRANSFER_ENSEMBLE if value is True else tuple(
-            m for m in str(value).split("+") if m)
+        members = () if value is True else tuple(m for m in str(value).split("+") if m)
+        if not members:
+            raise ValueError("configs/privacy.py: transfer needs the ensemble's workdirs, "
+                             "e.g. transfer=RUN_A+RUN_B@1000 (re-ID runs of the same "
+                             "experiment config as --workdir's)")
+        p.ensemble = members
         # The PSNR >= 30 dB goal allows epsilon up to 0.0316; 0.03 leaves room for the
         # files' rounding (8-bit: rms 0.0011 more).
         p.epsilon = 0.03

@@ -105,10 +105,11 @@ def test_zoom_view_stays_inside_the_image():
 
 
 def test_transfer_word_names_the_ensemble():
-    from configs.privacy import TRANSFER_ENSEMBLE
     assert load_config("configs/privacy.py").perturb.ensemble == ()
-    assert tuple(load_config("configs/privacy.py:runlocal,transfer").perturb.ensemble) == \
-        TRANSFER_ENSEMBLE
+    with pytest.raises(ValueError, match="transfer needs the ensemble's workdirs"):
+        load_config("configs/privacy.py:runlocal,transfer")
+    cfg = load_config("configs/privacy.py:runlocal,transfer=/a/run")
+    assert cfg.perturb.ensemble == ("/a/run",) and cfg.perturb.epsilon == 0.03
     assert tuple(load_config("configs/privacy.py:transfer=/a/run+/b/run@500").perturb.ensemble) \
         == ("/a/run", "/b/run@500")
 
