@@ -139,6 +139,14 @@ def test_source_weights(rows):
     with pytest.raises(ValueError, match=r"data.modalities.mri.source_weight=1.0: no training rows "
                                          r"of modality 'mri' \(training modalities: \['ct', 'xray'\]\)"):
         pipeline.make_train_loader(rows, small_cfg(modalities={"mri": {"source_weight": 1.0}}), seed=0)
+    # A modality that only_modalities leaves out keeps no weight (a weighted config trains
+    # on a subset); a kept modality without training rows is still an error.
+    cfg = small_cfg(only_modalities=("ct", "xray"), modalities={
+        "mri": {"source_weight": 1.0}, "ct": {"source_weight": 1.0}, "xray": {"source_weight": 3.0}})
+    assert [s.weight for s in pipeline.make_train_loader(rows, cfg, seed=0).sources] == [0.25, 0.75]
+    with pytest.raises(ValueError, match=r"data.modalities.mri.source_weight=1.0: no training rows"):
+        pipeline.make_train_loader(rows, small_cfg(only_modalities=("mri", "ct"), modalities={
+            "mri": {"source_weight": 1.0}}), seed=0)
     with pytest.raises(ValueError, match=r"data.source_weights\['ct'\]: a modality's weight is "
                                          r"data.modalities.ct.source_weight"):
         pipeline.make_train_loader(rows, small_cfg(source_weights={"ct": 1.0}), seed=0)

@@ -225,7 +225,8 @@ def modality_settings(cfg) -> dict[str, ModalitySettings]:
 
 def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = None) -> dict[str, float]:
     """The weights ``sampler.build_sources`` resolves: ``data.source_weights`` (source and
-    dataset names) plus each modality's ``source_weight`` that is set.
+    dataset names) plus each modality's ``source_weight`` that is set, except those of
+    modalities that ``data.only_modalities`` leaves out.
 
     Raises ValueError naming ``data.source_weights[key]`` for a bare modality key there
     (its place is ``data.modalities.<m>.source_weight``).
@@ -236,6 +237,10 @@ def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = N
         if key in MODALITIES:
             raise ValueError(f"data.source_weights[{key!r}]: a modality's weight is "
                              f"data.modalities.{key}.source_weight")
-    out = {m: s.source_weight for m, s in settings.items() if s.source_weight is not None}
+    kept = tuple(cfg.get("only_modalities", ()) or ())
+    # A modality left out by ``only_modalities`` has no rows: its weight is moot, and
+    # ignoring it lets a config that weighs every modality train on a subset.
+    out = {m: s.source_weight for m, s in settings.items()
+           if s.source_weight is not None and (not kept or m in kept)}
     out.update(explicit)
     return out

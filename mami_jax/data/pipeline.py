@@ -273,8 +273,9 @@ class TrainLoader:
         self._reader = ExampleReader(rows, cfg)
         settings = self._reader.settings
         trained = {r.modality for r in rows if r.split == "train"}
+        kept = tuple(cfg.get("only_modalities", ()) or ())
         for m, s in settings.items():
-            if s.source_weight is not None and m not in trained:
+            if s.source_weight is not None and m not in trained and (not kept or m in kept):
                 raise ValueError(f"data.modalities.{m}.source_weight={s.source_weight}: no training "
                                  f"rows of modality {m!r} (training modalities: {sorted(trained)})")
         self.sources = sampler.build_sources(
