@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
@@ -116,10 +118,6 @@ NOT_RUN = {
     "python -m pytest tests -q -n 2": "the test suite itself (.ci/run runs it)",
     "python -m mami_jax.main --config=configs/all.py --workdir=DIR": PAPER,
     "python -m mami_jax.main --config=configs/xray.py --workdir=DIR": PAPER + " (X-ray only)",
-    "python -m mami_jax.main --config=configs/all.py --workdir=DIR --mode=eval":
-        "evaluates a run of the paper's recipe (not run, above)",
-    "python -m mami_jax.main --config=configs/all.py --workdir=DIR --mode=embed":
-        "embeds with a run of the paper's recipe (not run, above)",
     "python -m mami_jax.main --config=configs/all.py --workdir=DIR "
     "--config.data.manifest=/data/manifest.csv --config.train.total_steps=1000": PAPER,
     "python -m mami_jax.main --config=configs/all.py:teachers=FEATURES --workdir=DIR":
@@ -190,6 +188,11 @@ RUN = [
     (MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal", {"append": MAIN_SMALL}),
     (MAIN_RUNLOCAL + " --workdir=DIR", {"placeholders": {"DIR": "{ws}/run"},
                                         "same_as": MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal"}),
+    # The trained run again, read back: the same model config (the appended tiny sizes).
+    (MAIN_RUNLOCAL + " --workdir=DIR --mode=eval", {"placeholders": {"DIR": "{ws}/run"},
+                                                    "append": MAIN_SMALL}),
+    (MAIN_RUNLOCAL + " --workdir=DIR --mode=embed", {"placeholders": {"DIR": "{ws}/run"},
+                                                     "append": MAIN_SMALL}),
     ("python -m mami_jax.convert export-torch --checkpoint WORKDIR --out mami.pth",
      {"append": ["--allow-non-released-shift"]}),
     ("python -m mami_jax.convert import-official --pth released.pth --out CKPT_DIR", {}),
@@ -362,6 +365,22 @@ def _check(command: str, ws: str, out: str) -> None:
         assert {"xray", "ct", "fundus", "mri", "pathology"} <= table
     elif "build_manifest" in command:
         assert len(read_manifest(f"{ws}/nih/manifest.csv")) == 4
+    elif command.endswith("--mode=eval"):
+        # The training's own evaluation of the same checkpoint was moved aside before: the
+        # eval mode wrote its folder anew, with the same figures.
+        again = json.load(open(f"{ws}/run/eval/step_2/metrics.json"))
+        trained = json.load(open(f"{ws}/run/eval/step_2.training/metrics.json"))
+        assert set(again) == set(trained) and len(trained) >= 5
+        for group, values in trained.items():
+            for key, value in values.items():
+                if isinstance(value, float):
+                    assert abs(again[group][key] - value) < 1e-6, (group, key)
+    elif command.endswith("--mode=embed"):
+        from mami_jax.data.manifest import read_manifest as _rows
+        emb = np.load(f"{ws}/run/embeddings/step_2.npz")
+        ids = [r.image_id for r in _rows(f"{ws}/phantoms/manifest.csv")]
+        assert list(emb["image_id"]) == ids and emb["embedding"].shape[0] == len(ids)
+        assert np.all(np.isfinite(emb["embedding"]))
     elif command.startswith(MAIN_RUNLOCAL) and ",align" not in command:
         metrics = json.load(open(f"{ws}/run/eval/step_2/metrics.json"))
         assert {g.split("/")[1] for g in metrics} == {"xray", "ct", "fundus", "mri", "pathology"}
@@ -398,6 +417,8 @@ def test_readme_commands_run(tmp_path, monkeypatch):
             assert _argv(command, spec, ws, values) == done[spec["same_as"]]
             continue
         argv = _argv(command, spec, ws, values)
+        if command.endswith("--mode=eval"):
+            os.rename(f"{ws}/run/eval/step_2", f"{ws}/run/eval/step_2.training")
         start = time.perf_counter()
         out = _run(argv, ws)
         print(f"{time.perf_counter() - start:6.1f} s  {command}", flush=True)
