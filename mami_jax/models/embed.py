@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mami_jax.models.mami import MaMI
 
@@ -52,3 +53,14 @@ def make_embedding_and_pooled_fn(model_cfg):
         return jnp.concatenate([out.embedding.astype(jnp.float32), pooled], axis=-1)
 
     return features
+
+
+def centred(unit, center):
+    """Unit embeddings minus ``center``, renormalised (numpy or jax arrays).
+
+    A re-ID model's embeddings share a large common direction, so raw cosine similarities
+    all lie near 1; both applications score in the space with that direction removed.
+    """
+    xp = np if isinstance(unit, np.ndarray) else jnp
+    c = unit - center
+    return c / (xp.linalg.norm(c, axis=-1, keepdims=True) + 1e-8)

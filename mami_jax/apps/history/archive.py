@@ -15,7 +15,7 @@ Centring: a re-ID model's raw embeddings share one large common direction per mo
 after removing the mean over all modalities), which leaves verification thresholds at
 the fourth or fifth decimal. An archive built with ``centers`` (per modality, the mean
 of its unit embeddings, ``mean_directions``) stores every vector as the unit embedding
-minus its modality's centre, renormalised (``mami_jax.apps.privacy.objective.centred``,
+minus its modality's centre, renormalised (``mami_jax.models.embed.centred``,
 which the privacy app uses for the same reason), and applies the same fixed centres to
 every later ``add`` and every query (``prepare``), so scores are cosines in the centred
 space and an archive extended later stays comparable with itself.
@@ -45,8 +45,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.apps.privacy.objective import centred
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.models.embed import centred
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
 
 FORMAT = 2

@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.apps.history.history_select import retrieve
 from mami_jax.data.manifest import ManifestRow
 
 METHODS = ("pairs", "topk")
@@ -96,7 +97,6 @@ def calibrate_topk(archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
     """Per modality: the threshold holding ``target_far`` among the top-``k`` archive
     candidates of ``split``'s images (``rows`` with their raw embeddings ``vectors``;
     the archive need not hold them). Genuine = candidates of the query's own patient."""
-    from mami_jax.apps.history.history_select import retrieve
     idx = [i for i, r in enumerate(rows) if r.split == split]
     matches = retrieve(archive, [rows[i] for i in idx], np.asarray(vectors)[idx], int(k),
                        np.inf)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.models.embed import centred
+
 
 @dataclasses.dataclass
 class References:
@@ -112,13 +114,6 @@ def _farthest_patient(row, own: np.ndarray, means: dict):
         if sim < best_sim:
             best, best_sim = key, sim
     return best
-
-
-def centred(unit, center):
-    """Unit embeddings minus ``center``, renormalised (numpy or jax arrays)."""
-    xp = np if isinstance(unit, np.ndarray) else jnp
-    c = unit - center
-    return c / (xp.linalg.norm(c, axis=-1, keepdims=True) + 1e-8)
 
 
 def match_scores(embedding, others, mask, own, own_weight):
