@@ -2,14 +2,20 @@
 
     python benchmarks/privacy_eval.py --original MANIFEST --protected OUT/manifest.csv \
         --labels LABELS.csv --model NAME=WORKDIR [--model ...] [--probe-model WORKDIR] \
+        [--history-classifier DIR --history-model WORKDIR [--history-config configs/history.py]] \
         [--experiment configs/all.py:runlocal] [--split test] --out DIR
 
 For each ``--model``: Rank-1 and verification AUC of the protected queries of the split
 against its unprotected gallery, before and after (``attack_eval``). Utility: a
 diagnosis probe on ``--probe-model``'s frozen features, fitted on the ORIGINAL training
-images, scored on original and protected test images (``utility``). Quality: PSNR and
+images, scored on original and protected test images (``utility``); and, with
+``--history-classifier``, the history application's current-only diagnosis classifier
+(a history ``train`` output made with ``--history-model`` on the ORIGINAL images; refused
+when it was trained on another model's features) on the same images
+(``history_utility``). Quality: PSNR and
 SSIM of every protected image against its original, on the slices the model reads.
-Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables).
+Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables). Bad input
+ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mami_jax.apps.privacy import attack_eval, quality, utility  # noqa: E402
+from mami_jax.apps.history.experiment import read_row_labels  # noqa: E402
+from mami_jax.apps.history.features import TrainedModel  # noqa: E402
+from mami_jax.apps.privacy import attack_eval, history_utility, quality, utility  # noqa: E402
 from mami_jax.apps.privacy.model_input import read_source, settings_for  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
-from mami_jax.apps.privacy.settings import load_config  # noqa: E402
-from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.apps.privacy.settings import load_config, resolve_spec  # noqa: E402
+from mami_jax.data.manifest import ManifestError, read_manifest  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
@@ -71,10 +79,50 @@ def markdown(result: dict) -> str:
                   "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
         for m, v in rep.items():
             lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
+    hist = result.get("history_utility")
+    if hist:
+        lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']} "
+                  f"(step {hist['step']})", "",
+                  "| modality | diagnosis AUC original | protected | relative change |",
+                  "| --- | --- | --- | --- |"]
+        for m, v in hist["auc"].items():
+            lines.append(f"| {m} | {_num(v['auc_original'])} | {_num(v['auc_protected'])} | "
+                         f"{_pct(v.get('relative_change'))} |")
     lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | SSIM |", "| --- | --- | --- | --- |"]
     for m, v in result.get("quality", {}).items():
         lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | {v['ssim']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:+.1f} %"
+
+
+def history_check(args, cfg):
+    """(classifier, its model) of ``--history-classifier``, checked before the long work:
+    the classifier was trained on ``--history-model``'s features."""
+    if not args.history_classifier:
+        return None
+    app_cfg = load_config(args.history_config)
+    classifier = history_utility.HistoryClassifier(args.history_classifier, app_cfg)
+    emb = Embedder.from_workdir(args.history_model, cfg, action="evaluate")
+    model = TrainedModel(args.history_model, resolve_spec(args.experiment), embedder=emb)
+    classifier.check_model(model)
+    return classifier, model
+
+
+def history_report(classifier, model, rows, prot_rows, labels_path: str) -> dict:
+    y = read_row_labels(rows, labels_path, classifier.cfg)
+    x_orig = classifier.features(model, rows)
+    x_prot = classifier.features(model, prot_rows)
+    return {"classifier": classifier.out_dir, "model": model.workdir, "step": model.embedder.step,
+            "fingerprint": model.fingerprint, "label_column": classifier.cfg.label_column,
+            "auc": history_utility.diagnosis_report(classifier, x_orig, x_prot, y,
+                                                    [r.modality for r in rows])}
 
 
 def save(result: dict, out: str) -> str:
@@ -93,13 +141,32 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", required=True, metavar="NAME=WORKDIR")
     p.add_argument("--probe-model", action="append", default=[],
                    help="workdir whose frozen features the diagnosis probe uses (repeatable)")
+    p.add_argument("--history-classifier", default="",
+                   help="a history `train` output folder (classifiers.msgpack) trained on the "
+                        "original images")
+    p.add_argument("--history-model", default="",
+                   help="the workdir that history `train` used (its features are checked)")
+    p.add_argument("--history-config", default="configs/history.py",
+                   help="the history app config the classifier was trained with")
     p.add_argument("--experiment", default="configs/all.py:runlocal")
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.history_classifier and not (args.history_model and args.labels):
+        p.error("--history-classifier needs --history-model (the workdir its `train` used) "
+                "and --labels")
+    try:
+        return run(args)
+    except (ValueError, OSError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
     cfg = load_config(args.experiment)
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
+    history = history_check(args, cfg)
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
@@ -129,6 +196,8 @@ def main(argv=None) -> int:
                 [r.modality for r in train], f_orig, f_prot,
                 np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
             save(result, args.out)
+    if history:
+        result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
     print(save(result, args.out))
     return 0
 

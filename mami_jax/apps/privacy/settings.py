@@ -26,6 +26,13 @@ def _resolve(path: str) -> str:
     return os.path.join(REPO_ROOT, path)
 
 
+def resolve_spec(spec: str) -> str:
+    """``FILE[:ARG]`` with FILE resolved as ``load_config`` resolves it (for loaders that
+    only read paths relative to the working directory)."""
+    path, sep, arg = spec.partition(":")
+    return _resolve(path) + sep + arg
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``; FileNotFoundError or
     ValueError naming the file when it is missing or has no ``get_config``."""

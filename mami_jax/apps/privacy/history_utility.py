@@ -1,0 +1,128 @@
+"""Does diagnosis survive protection? The history application's diagnosis classifier.
+
+A history ``train`` output (``python -m mami_jax.apps.history train --workdir RUN ...
+--out DIR``, on the ORIGINAL images) holds DIR/classifiers.msgpack: the current-only
+classifier, trained on RUN's frozen features of the original training images, and the
+per-modality standardiser of those features. It never saw a protected image, so its
+ROC AUC on the original test images against its AUC on their protected copies measures
+the diagnostic content the protection removed, with a stronger diagnosis model than the
+logistic probe of ``utility``.
+
+The features are the history application's own (``apps.history.features``: the
+embedding and the backbone feature of one forward pass, combined as its config's
+``features``), so they must come from the model the classifier was trained on: the
+model fingerprint DIR records (the payload's ``meta``, else DIR/features.npz, which
+``train`` caches with the fingerprint) must equal the fingerprint of the model given.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.apps.history import scoring, training
+from mami_jax.apps.history.experiment import CLASSIFIERS
+from mami_jax.apps.history.features import TrainedModel, diagnosis_features
+
+FEATURES_CACHE = "features.npz"
+
+
+class HistoryClassifierError(ValueError):
+    """A history classifier that cannot be applied to these features (names DIR)."""
+
+
+def recorded_fingerprint(out_dir: str, payload: dict) -> str:
+    """The fingerprint of the model ``out_dir``'s classifiers were trained on."""
+    meta = payload.get("meta") or {}
+    if isinstance(meta, dict) and meta.get("fingerprint"):
+        return str(meta["fingerprint"])
+    path = os.path.join(out_dir, FEATURES_CACHE)
+    try:
+        with np.load(path) as f:
+            return str(f["fingerprint"])
+    except (OSError, KeyError, ValueError) as e:
+        raise HistoryClassifierError(
+            f"--history-classifier {out_dir}: the classifiers record no model fingerprint and "
+            f"{path} (written by the history `train`) cannot be read ({e}); the classifier's "
+            f"model cannot be checked") from e
+
+
+class HistoryClassifier:
+    """The current-only classifier of a history ``train`` output, for its model's features.
+
+    ``app_cfg``: the history application's config the classifier was trained with
+    (``configs/history.py``; its ``features``, ``label_column`` and ``classes``)."""
+
+    def __init__(self, out_dir: str, app_cfg):
+        self.out_dir, self.cfg = os.path.abspath(out_dir), app_cfg
+        path = os.path.join(self.out_dir, CLASSIFIERS)
+        try:
+            self.payload = training.load_classifiers(path)
+        except FileNotFoundError as e:
+            raise HistoryClassifierError(f"--history-classifier {out_dir}: {e}") from e
+        except Exception as e:  # a file that is not a msgpack of classifiers
+            raise HistoryClassifierError(f"--history-classifier {path}: not a history "
+                                         f"classifiers file ({type(e).__name__}: {e})") from e
+        for key in ("norm", "current"):
+            if key not in self.payload:
+                raise HistoryClassifierError(f"--history-classifier {path}: no {key!r} entry "
+                                             f"(not a history `train` output)")
+        self.fingerprint = recorded_fingerprint(self.out_dir, self.payload)
+        self.norm = self.payload["norm"]["features"]
+        current = self.payload["current"]
+        self.hidden = int(np.asarray(current["hidden"]["kernel"]).shape[1])
+        self.num_classes = int(np.asarray(current["logits"]["kernel"]).shape[1])
+        if self.num_classes != len(app_cfg.classes):
+            raise HistoryClassifierError(
+                f"--history-classifier {path}: {self.num_classes} classes, the history config "
+                f"has {len(app_cfg.classes)} ({app_cfg.label_column}: {list(app_cfg.classes)})")
+
+    def check_model(self, model: TrainedModel) -> None:
+        """Refuses a model other than the one the classifier was trained on."""
+        if model.fingerprint != self.fingerprint:
+            raise HistoryClassifierError(
+                f"--history-classifier {self.out_dir} was trained on the features of the model "
+                f"with fingerprint {self.fingerprint[:12]}..., not {model.workdir} (step "
+                f"{model.embedder.step}, fingerprint {model.fingerprint[:12]}...): give the "
+                f"workdir its `train` used")
+
+    def features(self, model: TrainedModel, rows) -> np.ndarray:
+        """The classifier's input features of ``rows`` under ``model`` (unstandardised)."""
+        emb, backbone = model.features(rows)
+        x = diagnosis_features(emb, backbone, self.cfg.features)
+        width = next(iter(self.norm.values()))["mean"].shape[0]
+        if x.shape[1] != width:
+            raise HistoryClassifierError(
+                f"--history-classifier {self.out_dir}: trained on {width}-d features, the "
+                f"history config's features={self.cfg.features!r} gives {x.shape[1]}-d")
+        return x
+
+    def probabilities(self, x: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+        z = training.apply_standardizer(self.norm, x, modalities)
+        return training.predict_current(self.payload["current"], z, self.num_classes,
+                                        types.SimpleNamespace(hidden=self.hidden))
+
+
+def diagnosis_report(classifier: HistoryClassifier, x_orig: np.ndarray, x_prot: np.ndarray,
+                     y: Sequence[int], modalities: Sequence[str]) -> dict:
+    """Per modality (and mean): the classifier's AUC (``scoring.macro_auc``) on the
+    original and on the protected images, and the relative change."""
+    y, modalities = np.asarray(y), np.asarray(modalities)
+    p_orig = classifier.probabilities(x_orig, modalities)
+    p_prot = classifier.probabilities(x_prot, modalities)
+    out = {}
+    for m in sorted(set(modalities.tolist())):
+        sel = modalities == m
+        a, b = scoring.macro_auc(p_orig[sel], y[sel]), scoring.macro_auc(p_prot[sel], y[sel])
+        out[m] = {"auc_original": a, "auc_protected": b,
+                  "relative_change": (b - a) / a if a and b is not None else None,
+                  "images": int(sel.sum()),
+                  "class_counts": np.bincount(y[sel], minlength=classifier.num_classes).tolist()}
+    known = [v for v in out.values() if v["auc_original"] is not None
+             and v["auc_protected"] is not None]
+    out["mean"] = {k: (float(np.mean([v[k] for v in known])) if known else None)
+                   for k in ("auc_original", "auc_protected")}
+    return out

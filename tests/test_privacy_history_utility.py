@@ -1,0 +1,144 @@
+"""The history application's diagnosis classifier as the privacy utility check
+(``apps.privacy.history_utility``, ``benchmarks/privacy_eval.py --history-classifier``):
+identical inputs give identical AUCs, a changed input changes them, and a classifier
+trained on another model's features is refused with one error line."""
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from benchmarks import privacy_eval  # noqa: E402
+from configs.history import get_config as history_config  # noqa: E402
+from mami_jax.apps.history import scoring, training  # noqa: E402
+from mami_jax.apps.history.features import TrainedModel  # noqa: E402
+from mami_jax.apps.privacy import history_utility  # noqa: E402
+from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
+from mami_jax.apps.privacy.settings import load_config  # noqa: E402
+from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
+from tests.history_workdir import make_workdir, write_config, write_xray_archive  # noqa: E402
+
+CLS = types.SimpleNamespace(hidden=8, steps=60, learning_rate=1e-2, weight_decay=0.0, seed=0)
+
+
+def save_classifier(out_dir, x, y, modalities, fingerprint):
+    """A current-only classifier on ``x`` saved as a history ``train`` output."""
+    os.makedirs(out_dir, exist_ok=True)
+    norm = {"features": training.standardizer(x, modalities)}
+    current = training.train_current(training.apply_standardizer(norm["features"], x, modalities),
+                                     np.asarray(y), 2, CLS)
+    training.save_classifiers(os.path.join(out_dir, "classifiers.msgpack"),
+                              {"norm": norm, "current": current, "fused": current})
+    np.savez(os.path.join(out_dir, "features.npz"), fingerprint=np.asarray(fingerprint))
+    return out_dir
+
+
+def toy_features(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    x[:, 0] += 2.0 * y                       # the disease shows in feature 0
+    return x, y, ["xray"] * (n // 2) + ["ct"] * (n - n // 2)
+
+
+def test_identical_inputs_identical_auc_and_a_change_changes_it(tmp_path):
+    x, y, mods = toy_features()
+    clf = history_utility.HistoryClassifier(save_classifier(str(tmp_path), x, y, mods, "f0"),
+                                            history_config())
+    same = history_utility.diagnosis_report(clf, x, x.copy(), y, mods)
+    probs = clf.probabilities(x, mods)
+    for m in ("xray", "ct"):
+        sel = np.asarray(mods) == m
+        assert same[m]["auc_original"] == same[m]["auc_protected"]
+        assert same[m]["auc_original"] == pytest.approx(scoring.macro_auc(probs[sel], y[sel]))
+        assert same[m]["auc_original"] > 0.9           # it learned the signal
+        assert same[m]["relative_change"] == 0.0
+        assert same[m]["class_counts"] == [10, 10]
+    changed = x.copy()
+    changed[:, 0] = x[::-1, 0]                         # the disease feature scrambled
+    report = history_utility.diagnosis_report(clf, x, changed, y, mods)
+    for m in ("xray", "ct"):
+        assert report[m]["auc_protected"] < 0.6 < report[m]["auc_original"]
+        assert report[m]["relative_change"] == pytest.approx(
+            (report[m]["auc_protected"] - report[m]["auc_original"]) / report[m]["auc_original"])
+    assert report["mean"]["auc_original"] == pytest.approx(
+        np.mean([report[m]["auc_original"] for m in ("xray", "ct")]))
+
+
+def test_other_model_and_unrecorded_model_are_refused(tmp_path):
+    x, y, mods = toy_features()
+    out = save_classifier(str(tmp_path / "c"), x, y, mods, "a" * 64)
+    clf = history_utility.HistoryClassifier(out, history_config())
+    other = types.SimpleNamespace(fingerprint="b" * 64, workdir="/runs/other",
+                                  embedder=types.SimpleNamespace(step=7))
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"trained on the features of the model with fingerprint aaaaaaaaaaaa"
+                             r".*not /runs/other \(step 7, fingerprint bbbbbbbbbbbb"):
+        clf.check_model(other)
+    clf.check_model(types.SimpleNamespace(fingerprint="a" * 64))     # its own model passes
+    os.remove(os.path.join(out, "features.npz"))
+    with pytest.raises(history_utility.HistoryClassifierError, match="features.npz"):
+        history_utility.HistoryClassifier(out, history_config())
+    with pytest.raises(history_utility.HistoryClassifierError, match="run `train` first"):
+        history_utility.HistoryClassifier(str(tmp_path / "none"), history_config())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny X-ray set, a random tiny model, its history classifier, and a 'protected'
+    manifest whose copies are the originals (so every AUC must be unchanged)."""
+    base = tmp_path_factory.mktemp("hist_util")
+    splits = {f"P{i:02d}": s for i, s in enumerate(["train"] * 6 + ["test"] * 4)}
+    manifest = write_xray_archive(str(base / "data"), splits, visits=3)
+    experiment = write_config(str(base))
+    cfg = load_config(experiment)
+    workdir = make_workdir(str(base / "run"), cfg)
+    other = make_workdir(str(base / "other"), cfg, seed=1)
+    rows = read_manifest(manifest)
+    model = TrainedModel(workdir, experiment)
+    app = history_config()
+    clf_dir = str(base / "cls")
+    train = [r for r in rows if r.split == "train"]
+    y = privacy_eval.read_row_labels(train, str(base / "data" / "labels.csv"), app)
+    emb, backbone = model.features(train, progress=False)
+    save_classifier(clf_dir, backbone, y, [r.modality for r in train], model.fingerprint)
+    protected = str(base / "protected.csv")
+    write_manifest([r.replace(image_id=r.image_id + SUFFIX) for r in rows], protected)
+    common = ["--original", manifest, "--protected", protected, "--labels",
+              str(base / "data" / "labels.csv"), "--model", f"tiny={workdir}",
+              "--experiment", experiment, "--history-classifier", clf_dir]
+    return dict(base=base, common=common, workdir=workdir, other=other)
+
+
+def test_privacy_eval_reports_the_history_classifier(tiny):
+    out = str(tiny["base"] / "eval")
+    assert privacy_eval.main(tiny["common"] + ["--history-model", tiny["workdir"],
+                                               "--out", out]) == 0
+    with open(os.path.join(out, "privacy_eval.json")) as f:
+        hist = json.load(f)["history_utility"]
+    xray = hist["auc"]["xray"]
+    assert xray["images"] == 12 and sum(xray["class_counts"]) == 12
+    assert xray["auc_original"] is not None
+    assert xray["auc_protected"] == xray["auc_original"] and xray["relative_change"] == 0.0
+    with open(os.path.join(out, "privacy_eval.md")) as f:
+        assert "history diagnosis classifier" in f.read()
+
+
+def test_privacy_eval_refuses_another_models_classifier(tiny, capsys):
+    code = privacy_eval.main(tiny["common"] + ["--history-model", tiny["other"],
+                                               "--out", str(tiny["base"] / "eval2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: --history-classifier") and tiny["other"] in err[0]
+    assert not os.path.exists(tiny["base"] / "eval2")      # refused before any work
+
+
+def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
+    with pytest.raises(SystemExit) as e:
+        privacy_eval.main(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])
+    assert e.value.code == 2
+    assert "--history-classifier needs --history-model" in capsys.readouterr().err
