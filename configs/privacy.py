@@ -53,6 +53,10 @@ def get_config(arg=None):
     # Input diversity (DI-FGSM, Xie et al. 2019): each view is first zoomed by a random
     # factor in [1, 1 + scale] about a random point (bilinear). 0: off.
     p.scale = 0.0
+    # Translation-invariant gradients (TI-FGSM, Dong et al. 2019): each step's gradient
+    # is smoothed with a Gaussian of this sigma (native pixels) before the update, so the
+    # change is low-frequency. 0: off.
+    p.smooth = 0.0
     # Extra re-ID models (workdirs of the same experiment config, latest checkpoint, or
     # "WORKDIR@STEP") optimised against together with --workdir's: transfer to unseen
     # models improves with the ensemble.

@@ -10,6 +10,11 @@ of the unit pixels ([0, 1]) stays inside its budget after every step:
   is a root-mean-square change and either norm gives PSNR >= 20 log10(1 / epsilon);
 
 and ``x + delta`` stays in [0, 1]. ``mask`` (optional, 1 = may change) confines it.
+
+``smooth`` > 0 convolves each step's gradient with a Gaussian of that sigma (native
+pixels, per slice and channel, reflected at the border) before it is normalised and
+accumulated: the translation-invariant attack (TI-FGSM, Dong et al. 2019), whose
+low-frequency changes are meant to transfer better to models not optimised against.
 """
 
 from __future__ import annotations
@@ -48,6 +53,34 @@ def budget_used(delta: np.ndarray, norm: str, epsilon: float) -> np.ndarray:
     return np.sqrt(np.square(d).sum(1)) / (epsilon * np.sqrt(d.shape[1]))
 
 
+def gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """(size, size) matrix M with (M @ v) = ``v`` convolved with a normalised Gaussian of
+    ``sigma`` samples, truncated at 4 sigma, reflected at both ends as
+    ``scipy.ndimage.gaussian_filter(mode="reflect")`` (d c b a | a b c d | d c b a)."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    weights /= weights.sum()
+    m = np.zeros((size, size), np.float64)
+    period = 2 * size
+    for i in range(size):
+        for k, w in zip(offsets, weights):
+            j = (i + k) % period
+            m[i, j if j < size else period - 1 - j] += w
+    return m.astype(np.float32)
+
+
+def smooth_gradient(g, sigma: float):
+    """``g`` (B, T, H, W, C) with every (H, W) plane Gaussian-smoothed (``gaussian_matrix``);
+    ``g`` itself when ``sigma`` <= 0."""
+    if float(sigma) <= 0:
+        return g
+    mh = jnp.asarray(gaussian_matrix(g.shape[2], sigma))
+    mw = jnp.asarray(gaussian_matrix(g.shape[3], sigma))
+    g = jnp.einsum("ij,btjwc->btiwc", mh, g, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("ij,bthjc->bthic", mw, g, precision=jax.lax.Precision.HIGHEST)
+
+
 def make_member_grad(member_score):
     """Jitted (delta, params, x0, offset, member refs, key) -> (d score sum / d delta,
     score (B,)) of one member's score function (``objective.make_member_score_fn``)."""
@@ -71,18 +104,23 @@ def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key):
     return g_sum / len(params_list), s_sum / len(params_list)
 
 
-def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float):
+def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float,
+              smooth: float = 0.0):
     """One PGD step against an ensemble: (params list, x0, delta, velocity, mask, offset,
     ``References.arrays()``, key) -> (delta, velocity, ensemble score before the step).
+    ``smooth``: sigma (native pixels) of the gradient's Gaussian smoothing (0: none).
 
     ``member_score`` is ONE member's score function (``objective.make_member_score_fn``);
     the step averages its gradient over the members (``ensemble_grad``)."""
     check_norm(norm)
+    if not float(smooth) >= 0:
+        raise ValueError(f"perturb.smooth={smooth!r}: a Gaussian sigma in pixels, >= 0 "
+                         f"(0: no smoothing)")
     member_grad = make_member_grad(member_score)
 
     @jax.jit
     def update(g, delta, velocity, mask, x0):
-        g = g * mask
+        g = smooth_gradient(g, smooth) * mask
         axes = tuple(range(1, g.ndim))
         g = g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
         velocity = momentum * velocity + g

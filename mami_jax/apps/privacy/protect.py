@@ -86,7 +86,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                                                      int(config.perturb.views), with_target=True)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
         step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
-                                 float(config.perturb.step_size), float(config.perturb.momentum))
+                                 float(config.perturb.step_size), float(config.perturb.momentum),
+                                 float(config.perturb.get("smooth", 0.0)))
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             # A fixed batch size (the tail padded with its last image): one compilation.
