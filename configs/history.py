@@ -7,7 +7,9 @@
 binary ``disease_label``. ``key=value`` words override single settings for the
 comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
 local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
-``center=`` (0: raw embeddings), ``train_history=`` (``retrieved`` or ``true``), e.g. ``configs/history.py:seed=1,map_dim=16``.
+``center=`` (0: raw embeddings), ``train_history=`` (``retrieved`` or ``true``),
+``features=`` (``backbone``, ``embedding``, ``both`` or ``teacher:NAME``),
+``target_far=``, e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
 """
 
 import ml_collections
@@ -17,7 +19,7 @@ from mami_jax.config import parse_arg
 
 def get_config(arg=None):
     words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
-                            "train_history"))
+                            "train_history", "features", "target_far"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -49,8 +51,13 @@ def get_config(arg=None):
     c.eval_split = "test"
 
     # Diagnosis features: "backbone" (the pooled patch tokens of the frozen backbone, the
-    # head's input), "embedding" (the re-ID embedding) or "both" (concatenated).
+    # head's input), "embedding" (the re-ID embedding), "both" (concatenated), or
+    # "teacher:NAME": a separate frozen image model of the teachers registry (e.g.
+    # teacher:efficientnet_lite0, ImageNet, installs offline), while the re-ID model still
+    # finds the history (apps/history/diagnosis_backbone.py). teacher_weights: its local
+    # weights ("": $MAMI_TEACHER_WEIGHTS/<name>; efficientnet_lite0 needs none).
     c.features = "backbone"
+    c.teacher_weights = ""
     # Token maps the history model compares position by position with each history image
     # (classifier.map_dim > 0): the patch tokens of map_layer ("patch_embed", "ln_pre",
     # "block_<i>" or "last_block"), averaged over slices and resized to map_grid x map_grid.
@@ -76,6 +83,10 @@ def get_config(arg=None):
         c.calibration = str(words["calibration"])
     if "train_history" in words:
         c.train_history = str(words["train_history"])
+    if "features" in words:
+        c.features = str(words["features"])
+    if "target_far" in words:
+        c.target_far = float(words["target_far"])
     if "center" in words:
         c.center = bool(int(words["center"]))
     c.lock()

@@ -56,8 +56,11 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _teacher_features(teacher: LoadedTeacher, rows, batch_size, device, skip_unreadable,
-                      skipped: set, progress) -> dict[str, np.ndarray]:
+def teacher_features(teacher: LoadedTeacher, rows, batch_size, device, skip_unreadable,
+                     skipped: set, progress) -> dict[str, np.ndarray]:
+    """image_id -> feature (D,) float32 of every row ``teacher`` applies to, in batches;
+    an unreadable image is an error naming it, or (``skip_unreadable``) added to
+    ``skipped``. ``progress`` is a tqdm bar advanced per batch."""
     out = {}
     todo = [r for r in rows if teacher.spec.applies_to(r.modality) and r.image_id not in skipped]
     for start in range(0, len(todo), batch_size):
@@ -137,8 +140,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
               disable=not show_progress, file=sys.stderr) as progress:
         for k in pending:
             skipped: set = set()
-            per_teacher = {t.spec.name: _teacher_features(t, chunks[k], batch_size, device,
-                                                          skip_unreadable, skipped, progress)
+            per_teacher = {t.spec.name: teacher_features(t, chunks[k], batch_size, device,
+                                                         skip_unreadable, skipped, progress)
                            for t in teachers}
             records = []
             for row in chunks[k]:

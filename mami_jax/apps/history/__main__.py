@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple:
     from mami_jax.data.decode import DecodeError
     from mami_jax.data.pipeline import DataError
-    return (ValueError, OSError, KeyError, DataError, DecodeError)
+    # ImportError: an extra the chosen setting needs is not installed (named in the message).
+    return (ValueError, OSError, KeyError, ImportError, DataError, DecodeError)
 
 
 def main(argv=None) -> int:

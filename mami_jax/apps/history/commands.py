@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
@@ -168,10 +169,17 @@ def train(args) -> int:
 
 
 def eval(args) -> int:  # noqa: A001 (the command's name)
-    from mami_jax.apps.history.experiment import CLASSIFIERS
+    from mami_jax.apps.history.experiment import CLASSIFIERS, CLASSIFIERS_INFO
     from mami_jax.apps.history.training import load_classifiers
-    payload = load_classifiers(os.path.join(os.path.abspath(args.out), CLASSIFIERS))
+    out = os.path.abspath(args.out)
+    payload = load_classifiers(os.path.join(out, CLASSIFIERS))
+    info_path = os.path.join(out, CLASSIFIERS_INFO)
+    info = None
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            info = json.load(f)
     exp = _experiment(args)
+    exp.check_classifiers(payload, info)
     exp.evaluate(payload, args.split)
     print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
     return 0

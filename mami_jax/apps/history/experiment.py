@@ -30,12 +30,17 @@ import numpy as np
 from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.archive import Archive, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
+from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
+                                                      cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
 from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 CLASSIFIERS = "classifiers.msgpack"
+#: What the classifiers were trained on (features kind, the model that gave them, width):
+#: ``eval`` refuses other features.
+CLASSIFIERS_INFO = "classifiers.json"
 
 
 def uses_maps(cfg) -> bool:
@@ -74,8 +79,9 @@ def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
 class Experiment:
     """The features, thresholds and histories of every image of a manifest."""
 
-    def __init__(self, model, rows, y, cfg, out_dir: str, log=print):
-        """``y``: each row's class index (``read_row_labels``)."""
+    def __init__(self, model, rows, y, cfg, out_dir: str, log=print, diagnosis_backbone=None):
+        """``y``: each row's class index (``read_row_labels``). ``diagnosis_backbone``:
+        the model of ``features = "teacher:NAME"`` (built from the config when None)."""
         self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
         self.classes = [str(c) for c in cfg.classes]
         self.y = np.asarray(y)
@@ -94,11 +100,43 @@ class Experiment:
         self.matches = retrieve(archive, rows, emb, k, archive.thresholds())
         unit = archive.prepare_rows(rows, emb)
         self.true = true_history(rows, k)
-        self.x_raw = diagnosis_features(emb, backbone, cfg.features)
+        self.x_raw, self.diagnosis_model = self._diagnosis_input(
+            model, emb, backbone, diagnosis_backbone, log)
         self.modalities = np.asarray([r.modality for r in rows])
         self.retrieved_lists = [[m.position for m in ms if m.accepted] for ms in self.matches]
         self.retrieved_scores = [[m.score for m in ms if m.accepted] for ms in self.matches]
         self.true_scores = [[float(unit[i] @ unit[j]) for j in t] for i, t in enumerate(self.true)]
+
+    def _diagnosis_input(self, model, emb, backbone, diagnosis_backbone, log):
+        """(features the classifiers read (n, D), the model that gave them)."""
+        name = teacher_name(self.cfg.features)
+        if name is None:
+            return (diagnosis_features(emb, backbone, self.cfg.features),
+                    {"reid_fingerprint": model.fingerprint})
+        if diagnosis_backbone is None:
+            diagnosis_backbone = DiagnosisBackbone(name, str(self.cfg.get("teacher_weights", "")))
+        log(f"diagnosis features: teacher {name}")
+        x = cached_backbone_features(diagnosis_backbone, self.rows, self.out_dir)
+        return x, dict(diagnosis_backbone.info)
+
+    def classifiers_info(self) -> dict:
+        return {"features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
+                "model": self.diagnosis_model}
+
+    def check_classifiers(self, payload: dict, info: dict | None) -> None:
+        """Refuses classifiers trained on other features than this experiment's."""
+        mine = self.classifiers_info()
+        widths = {int(np.asarray(s["mean"]).shape[-1]) for s in payload["norm"]["features"].values()}
+        if info is not None and (info.get("features") != mine["features"]
+                                 or info.get("model") != mine["model"]):
+            raise ValueError(f"the classifiers were trained on features={info.get('features')!r} "
+                             f"of {info.get('model')}, this run reads features="
+                             f"{mine['features']!r} of {mine['model']}: train again or use "
+                             f"the same --workdir and --app-config")
+        if widths != {mine["feature_dim"]}:
+            raise ValueError(f"the classifiers read {sorted(widths)}-wide features, this run's "
+                             f"are {mine['feature_dim']}-wide (features={mine['features']!r}): "
+                             f"train again or use the same --app-config")
 
     def split(self, name: str) -> np.ndarray:
         idx = np.asarray([i for i, r in enumerate(self.rows) if r.split == name], int)
@@ -134,6 +172,8 @@ class Experiment:
         current = training.train_current(x, self.y[idx], n, c)
         fused = training.train_fused(current, x, history, self.y[idx], n, c, x_map)
         payload = {"norm": norm, "current": current, "fused": fused}
+        write_text_atomic(os.path.join(self.out_dir, CLASSIFIERS_INFO),
+                          json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n")
         training.save_classifiers(os.path.join(self.out_dir, CLASSIFIERS), payload)
         return payload
 
@@ -163,7 +203,8 @@ class Experiment:
                                                  self.y[idx][sel], same[sel], other[sel],
                                                  found[sel], total[sel])
         metrics = {"split": split, "label_column": self.cfg.label_column, "classes": self.classes,
-                   "features": self.cfg.features, "k": int(self.cfg.k),
+                   "features": self.cfg.features, "diagnosis_model": self.diagnosis_model,
+                   "k": int(self.cfg.k),
                    "target_far": float(self.cfg.target_far), "calibration": self.calibration,
                    "overall": groups["overall"],
                    "per_modality": {m: g for m, g in groups.items() if m != "overall"}}

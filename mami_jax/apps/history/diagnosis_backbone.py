@@ -1,0 +1,104 @@
+"""A frozen pretrained image model as the diagnosis backbone (``features = "teacher:NAME"``).
+
+The re-ID model finds a patient's history; what the classifier reads need not come from
+it. A re-ID backbone is trained to recognise one patient through all of their visits, so
+it learns to overlook what changes between visits, the disease included: on the phantoms
+its features read the disease barely above chance on X-ray, fundus and pathology
+(docs/history.md). A hospital that already runs a diagnosis backbone keeps it and lets
+MaMI do the linking: any 2-D image model of the ``teachers`` registry serves here with
+its own preprocessing (``teachers.preprocess``: the whole 2-D image, the middle slice of
+a series), e.g. ``efficientnet_lite0`` (ImageNet, installs offline) or ``dinov2_base``,
+``rad_dino``, ``retfound``, ``uni`` from local weights (``teacher_weights``, default
+``$MAMI_TEACHER_WEIGHTS/<name>``). Needs the ``teachers`` extra (torch).
+
+The features are cached in OUT/diagnosis_<name>.npz, reused only for the same weights
+(the teacher's fingerprint) and image ids.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.runtime.atomic_files import write_atomic
+
+PREFIX = "teacher:"
+
+
+def teacher_name(kind: str) -> str | None:
+    """``"teacher:NAME"`` -> NAME; another feature kind -> None."""
+    if not str(kind).startswith(PREFIX):
+        return None
+    name = str(kind)[len(PREFIX):]
+    if not name:
+        raise ValueError(f"features={kind!r}: name the teacher, e.g. teacher:efficientnet_lite0")
+    return name
+
+
+class DiagnosisBackbone:
+    """The teacher ``name`` of the ``teachers`` registry, frozen, on ``device``."""
+
+    def __init__(self, name: str, weights_path: str = "", device: str = "cpu",
+                 batch_size: int = 32):
+        try:
+            from teachers import registry
+            from teachers.loaders import TeacherLoadError, load_teacher
+        except ImportError as e:
+            raise ImportError(f"features=teacher:{name} needs the teachers extra "
+                              f"(pip install -e \".[torch,teachers]\"): {e}") from e
+        spec = registry.get_spec(name)
+        if spec.input != "image":
+            raise ValueError(f"features=teacher:{name}: a diagnosis backbone reads 2-D "
+                             f"images, {name} reads {spec.input!r} input")
+        if not weights_path and spec.needs_weights:
+            weights_path = registry.default_weights_path(name) or ""
+        try:
+            self.teacher = load_teacher(spec, weights_path or None, device=device)
+        except TeacherLoadError as e:       # missing or unloadable weights: the user's input
+            raise ValueError(str(e)) from e
+        self.name, self.device, self.batch_size = name, device, int(batch_size)
+
+    @property
+    def info(self) -> dict:
+        t = self.teacher
+        return {"teacher": self.name, "public_id": t.spec.public_id,
+                "fingerprint": t.fingerprint, "feature_dim": t.feature_dim}
+
+    def features(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
+        """(n, D) float32, one row per manifest row, in order; an image of a modality the
+        teacher does not cover, or that cannot be read, is an error naming it."""
+        from teachers.extract import ExtractError, teacher_features
+        spec = self.teacher.spec
+        uncovered = sorted({r.modality for r in rows if not spec.applies_to(r.modality)})
+        if uncovered:
+            raise ValueError(f"features=teacher:{self.name} covers {', '.join(spec.modalities)}, "
+                             f"not {', '.join(uncovered)}")
+        with tqdm(total=len(rows), unit="img", desc=f"diagnosis {self.name}",
+                  disable=not progress) as bar:
+            try:
+                by_id = teacher_features(self.teacher, list(rows), self.batch_size,
+                                         self.device, False, set(), bar)
+            except ExtractError as e:       # an unreadable image, named
+                raise ValueError(str(e)) from e
+        return np.stack([by_id[r.image_id] for r in rows]).astype(np.float32)
+
+
+def cached_backbone_features(backbone: DiagnosisBackbone, rows: Sequence[ManifestRow],
+                             out_dir: str, progress: bool = True) -> np.ndarray:
+    """``backbone.features(rows)``, from OUT/diagnosis_<name>.npz when it holds these
+    images' features from the same weights."""
+    path = os.path.join(out_dir, f"diagnosis_{backbone.name}.npz")
+    ids = np.asarray([r.image_id for r in rows])
+    fingerprint = backbone.info["fingerprint"]
+    if os.path.isfile(path):
+        with np.load(path) as f:
+            if str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids):
+                return f["features"]
+    x = backbone.features(rows, progress)
+    write_atomic(path, lambda tmp: np.savez(tmp, features=x, image_id=ids,
+                                            fingerprint=np.asarray(fingerprint)))
+    return x
