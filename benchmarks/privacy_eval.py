@@ -2,17 +2,17 @@
 
     python benchmarks/privacy_eval.py --original MANIFEST --protected OUT/manifest.csv \
         --labels LABELS.csv --model NAME=WORKDIR [--model ...] [--probe-model WORKDIR] \
-        [--history-classifier DIR --history-model WORKDIR [--history-config configs/history.py]] \
+        [--history-classifier DIR [...] --history-model WORKDIR [--history-config FILE[:ARG]]] \
         [--experiment configs/all.py:runlocal] [--split test] --out DIR
 
 For each ``--model``: Rank-1 and verification AUC of the protected queries of the split
 against its unprotected gallery, before and after (``attack_eval``). Utility: a
 diagnosis probe on ``--probe-model``'s frozen features, fitted on the ORIGINAL training
 images, scored on original and protected test images (``utility``); and, with
-``--history-classifier``, the history application's current-only diagnosis classifier
-(a history ``train`` output made with ``--history-model`` on the ORIGINAL images; refused
-when it was trained on another model's features) on the same images
-(``history_utility``). Quality: PSNR and
+``--history-classifier`` (repeatable, e.g. classifier seeds), the history application's
+current-only diagnosis classifier (a history ``train`` output made with ``--history-model``
+on the ORIGINAL images; refused when it was trained on another model's features) on the
+same images (``history_utility``). Quality: PSNR and
 SSIM of every protected image against its original, on the slices the model reads.
 Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables). Bad input
 ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
@@ -79,8 +79,7 @@ def markdown(result: dict) -> str:
                   "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
         for m, v in rep.items():
             lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
-    hist = result.get("history_utility")
-    if hist:
+    for hist in result.get("history_utility", {}).values():
         lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']} "
                   f"(step {hist['step']})", "",
                   "| modality | diagnosis AUC original | protected | relative change |",
@@ -103,26 +102,29 @@ def _pct(v) -> str:
 
 
 def history_check(args, cfg):
-    """(classifier, its model) of ``--history-classifier``, checked before the long work:
-    the classifier was trained on ``--history-model``'s features."""
+    """(classifiers, their model) of ``--history-classifier``, checked before the long
+    work: every classifier was trained on ``--history-model``'s features."""
     if not args.history_classifier:
         return None
     app_cfg = load_config(args.history_config)
-    classifier = history_utility.HistoryClassifier(args.history_classifier, app_cfg)
+    classifiers = [history_utility.HistoryClassifier(d, app_cfg) for d in args.history_classifier]
     emb = Embedder.from_workdir(args.history_model, cfg, action="evaluate")
     model = TrainedModel(args.history_model, resolve_spec(args.experiment), embedder=emb)
-    classifier.check_model(model)
-    return classifier, model
+    for classifier in classifiers:
+        classifier.check_model(model)
+    return classifiers, model
 
 
-def history_report(classifier, model, rows, prot_rows, labels_path: str) -> dict:
-    y = read_row_labels(rows, labels_path, classifier.cfg)
-    x_orig = classifier.features(model, rows)
-    x_prot = classifier.features(model, prot_rows)
-    return {"classifier": classifier.out_dir, "model": model.workdir, "step": model.embedder.step,
-            "fingerprint": model.fingerprint, "label_column": classifier.cfg.label_column,
-            "auc": history_utility.diagnosis_report(classifier, x_orig, x_prot, y,
-                                                    [r.modality for r in rows])}
+def history_report(classifiers, model, rows, prot_rows, labels_path: str) -> dict:
+    """{classifier folder: its per-modality AUCs}; the features are computed once."""
+    y = read_row_labels(rows, labels_path, classifiers[0].cfg)
+    orig, prot = model.features(rows), model.features(prot_rows)
+    return {c.out_dir: {"classifier": c.out_dir, "model": model.workdir,
+                        "step": model.embedder.step, "fingerprint": model.fingerprint,
+                        "label_column": c.cfg.label_column,
+                        "auc": history_utility.diagnosis_report(c, c.inputs(*orig), c.inputs(*prot),
+                                                                y, [r.modality for r in rows])}
+            for c in classifiers}
 
 
 def save(result: dict, out: str) -> str:
@@ -141,9 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", required=True, metavar="NAME=WORKDIR")
     p.add_argument("--probe-model", action="append", default=[],
                    help="workdir whose frozen features the diagnosis probe uses (repeatable)")
-    p.add_argument("--history-classifier", default="",
+    p.add_argument("--history-classifier", action="append", default=[],
                    help="a history `train` output folder (classifiers.msgpack) trained on the "
-                        "original images")
+                        "original images (repeatable)")
     p.add_argument("--history-model", default="",
                    help="the workdir that history `train` used (its features are checked)")
     p.add_argument("--history-config", default="configs/history.py",

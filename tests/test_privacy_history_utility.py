@@ -25,12 +25,13 @@ from tests.history_workdir import make_workdir, write_config, write_xray_archive
 CLS = types.SimpleNamespace(hidden=8, steps=60, learning_rate=1e-2, weight_decay=0.0, seed=0)
 
 
-def save_classifier(out_dir, x, y, modalities, fingerprint):
+def save_classifier(out_dir, x, y, modalities, fingerprint, seed=0):
     """A current-only classifier on ``x`` saved as a history ``train`` output."""
     os.makedirs(out_dir, exist_ok=True)
     norm = {"features": training.standardizer(x, modalities)}
     current = training.train_current(training.apply_standardizer(norm["features"], x, modalities),
-                                     np.asarray(y), 2, CLS)
+                                     np.asarray(y), 2, types.SimpleNamespace(**{**vars(CLS),
+                                                                                "seed": seed}))
     training.save_classifiers(os.path.join(out_dir, "classifiers.msgpack"),
                               {"norm": norm, "current": current, "fused": current})
     np.savez(os.path.join(out_dir, "features.npz"), fingerprint=np.asarray(fingerprint))
@@ -106,24 +107,28 @@ def tiny(tmp_path_factory):
     y = privacy_eval.read_row_labels(train, str(base / "data" / "labels.csv"), app)
     emb, backbone = model.features(train, progress=False)
     save_classifier(clf_dir, backbone, y, [r.modality for r in train], model.fingerprint)
+    save_classifier(clf_dir + "2", backbone, y, [r.modality for r in train], model.fingerprint, 1)
     protected = str(base / "protected.csv")
     write_manifest([r.replace(image_id=r.image_id + SUFFIX) for r in rows], protected)
     common = ["--original", manifest, "--protected", protected, "--labels",
               str(base / "data" / "labels.csv"), "--model", f"tiny={workdir}",
               "--experiment", experiment, "--history-classifier", clf_dir]
-    return dict(base=base, common=common, workdir=workdir, other=other)
+    return dict(base=base, common=common, workdir=workdir, other=other, clf_dir=clf_dir)
 
 
 def test_privacy_eval_reports_the_history_classifier(tiny):
     out = str(tiny["base"] / "eval")
-    assert privacy_eval.main(tiny["common"] + ["--history-model", tiny["workdir"],
-                                               "--out", out]) == 0
+    second = tiny["clf_dir"] + "2"                 # another classifier seed, same model
+    assert privacy_eval.main(tiny["common"] + ["--history-classifier", second, "--history-model",
+                                               tiny["workdir"], "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         hist = json.load(f)["history_utility"]
-    xray = hist["auc"]["xray"]
-    assert xray["images"] == 12 and sum(xray["class_counts"]) == 12
-    assert xray["auc_original"] is not None
-    assert xray["auc_protected"] == xray["auc_original"] and xray["relative_change"] == 0.0
+    assert sorted(hist) == [tiny["clf_dir"], second]
+    for rep in hist.values():
+        xray = rep["auc"]["xray"]
+        assert xray["images"] == 12 and xray["class_counts"] == [7, 5]
+        assert xray["auc_original"] is not None
+        assert xray["auc_protected"] == xray["auc_original"] and xray["relative_change"] == 0.0
     with open(os.path.join(out, "privacy_eval.md")) as f:
         assert "history diagnosis classifier" in f.read()
 

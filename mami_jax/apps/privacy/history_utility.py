@@ -91,7 +91,10 @@ class HistoryClassifier:
 
     def features(self, model: TrainedModel, rows) -> np.ndarray:
         """The classifier's input features of ``rows`` under ``model`` (unstandardised)."""
-        emb, backbone = model.features(rows)
+        return self.inputs(*model.features(rows))
+
+    def inputs(self, emb: np.ndarray, backbone: np.ndarray) -> np.ndarray:
+        """The classifier's input features from ``TrainedModel.features``' output."""
         x = diagnosis_features(emb, backbone, self.cfg.features)
         width = next(iter(self.norm.values()))["mean"].shape[0]
         if x.shape[1] != width:
