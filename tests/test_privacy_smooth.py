@@ -85,7 +85,8 @@ def test_budget_holds_with_smoothing():
         assert perturb.budget_used(d, norm, eps).max() > 0.5          # it did move
 
 
-def test_negative_sigma_is_refused_and_config_default_is_off():
+def test_negative_sigma_is_refused_and_only_the_transfer_recipe_smooths():
     with pytest.raises(ValueError, match=r"perturb.smooth=-1.0: a Gaussian sigma"):
         perturb.make_step(linear_score, "l2", 0.03, 0.006, 0.5, -1.0)
     assert load_config("configs/privacy.py:runlocal").perturb.smooth == 0.0
+    assert load_config("configs/privacy.py:runlocal,transfer=A+B").perturb.smooth == 1.0
