@@ -13,7 +13,8 @@ DIR/<variant>-n<n>/ as ``protect`` writes them), then matched, protected queries
 the unprotected gallery, by every ``--held-out`` model (which should be in no ensemble)
 and by ``--workdir``'s own ("protecting"). Models are loaded once. Writes
 DIR/privacy_transfer.json, DIR/privacy_transfer.md and DIR/privacy_transfer.png
-(Rank-1 after protection against ensemble size, per model, with chance).
+(Rank-1 after protection against ensemble size per variant, or against the variant when
+one size is given; per model, with chance).
 """
 
 from __future__ import annotations
@@ -54,27 +55,56 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def panels(result: dict) -> list[dict]:
+    """What the figure draws: one panel per variant with Rank-1 after protection against
+    ensemble size, or, when every run has one ensemble size, one panel with Rank-1 against
+    the variant (in the order run). Each panel: title, x label, x ticks (labels), and per
+    model its Rank-1 values and before-protection Rank-1; the chance Rank-1."""
+    runs = result["runs"]
+    if not runs:
+        return []
+    models = list(runs[0]["attack"])
+    where = f"{result['args']['split']} {result['args']['modality'] or 'all'}"
+    sizes = sorted({r["size"] for r in runs})
+    if len(sizes) == 1:
+        groups = [(f"ensemble of {sizes[0]}: {where}", "variant", runs,
+                   [r["variant"] for r in runs])]
+    else:
+        variants = list(dict.fromkeys(r["variant"] for r in runs))
+        groups = []
+        for variant in variants:
+            rs = [r for r in runs if r["variant"] == variant]
+            groups.append((f"{variant}: {where}", "models in the ensemble", rs,
+                           [str(r["size"]) for r in rs]))
+    out = []
+    for title, xlabel, rs, ticks in groups:
+        out.append({"title": title, "xlabel": xlabel, "ticks": ticks,
+                    "chance": rs[0]["attack"][models[0]]["mean"]["chance_rank1"],
+                    "models": {m: {"after": [r["attack"][m]["mean"]["rank1_after"] for r in rs],
+                                   "before": rs[0]["attack"][m]["mean"]["rank1_before"]}
+                               for m in models}})
+    return out
+
+
 def figure(result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    variants = sorted({r["variant"] for r in result["runs"]})
-    models = list(result["runs"][0]["attack"]) if result["runs"] else []
-    fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 3.8), squeeze=False)
-    for ax, variant in zip(axes[0], variants):
-        runs = [r for r in result["runs"] if r["variant"] == variant]
-        sizes = [r["size"] for r in runs]
-        for model in models:
-            ax.plot(sizes, [r["attack"][model]["mean"]["rank1_after"] for r in runs], "o-",
-                    label=f"{model} (before {runs[0]['attack'][model]['mean']['rank1_before']:.2f})")
-        chance = runs[0]["attack"][models[0]]["mean"]["chance_rank1"]
-        ax.axhline(chance, color="grey", ls=":", label=f"chance {chance:.3f}")
-        ax.axhline(2 * chance, color="grey", ls="--", label="twice chance (goal)")
-        ax.set_xlabel("models in the ensemble")
+    drawn = panels(result)
+    fig, axes = plt.subplots(1, max(1, len(drawn)), figsize=(5.2 * max(1, len(drawn)), 3.8),
+                             squeeze=False)
+    for ax, panel in zip(axes[0], drawn):
+        xs = list(range(len(panel["ticks"])))
+        for model, v in panel["models"].items():
+            ax.plot(xs, v["after"], "o-", label=f"{model} (before {v['before']:.2f})")
+        ax.axhline(panel["chance"], color="grey", ls=":", label=f"chance {panel['chance']:.3f}")
+        ax.axhline(2 * panel["chance"], color="grey", ls="--", label="twice chance (goal)")
+        ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel("Rank-1 of protected queries")
-        ax.set_xticks(sizes)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(panel["ticks"], fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{variant}: {result['args']['split']} {result['args']['modality'] or 'all'}")
+        ax.set_title(panel["title"])
         ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
