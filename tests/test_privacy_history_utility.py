@@ -88,6 +88,25 @@ def test_other_model_and_unrecorded_model_are_refused(tmp_path):
         history_utility.HistoryClassifier(str(tmp_path / "none"), history_config())
 
 
+def test_classifiers_json_names_the_model_and_the_features(tmp_path):
+    x, y, mods = toy_features()
+    out = save_classifier(str(tmp_path / "c"), x, y, mods, "stale-cache")
+    info = {"features": "backbone", "feature_dim": 6, "model": {"reid_fingerprint": "c" * 64}}
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    clf = history_utility.HistoryClassifier(out, history_config())
+    assert clf.fingerprint == "c" * 64               # classifiers.json before the cache
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"trained on features='backbone', the history config gives "
+                             r"features='embedding'"):
+        history_utility.HistoryClassifier(out, history_config("features=embedding"))
+    info["features"] = "teacher:efficientnet_lite0"
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    with pytest.raises(history_utility.HistoryClassifierError, match="teacher:NAME"):
+        history_utility.HistoryClassifier(out, history_config())
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny X-ray set, a random tiny model, its history classifier, and a 'protected'

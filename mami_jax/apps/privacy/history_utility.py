@@ -11,12 +11,16 @@ logistic probe of ``utility``.
 The features are the history application's own (``apps.history.features``: the
 embedding and the backbone feature of one forward pass, combined as its config's
 ``features``), so they must come from the model the classifier was trained on: the
-model fingerprint DIR records (the payload's ``meta``, else DIR/features.npz, which
-``train`` caches with the fingerprint) must equal the fingerprint of the model given.
+model fingerprint DIR records (DIR/classifiers.json, which ``train`` writes beside the
+classifiers, else DIR/features.npz, its feature cache) must equal the fingerprint of the
+model given, and the features kind DIR/classifiers.json records must be the history
+config's. Classifiers of a separate diagnosis model (``features = "teacher:NAME"``) are
+not supported here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import types
 from typing import Sequence
@@ -24,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.history import scoring, training
-from mami_jax.apps.history.experiment import CLASSIFIERS
+from mami_jax.apps.history.experiment import CLASSIFIERS, CLASSIFIERS_INFO
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
 
 FEATURES_CACHE = "features.npz"
@@ -34,11 +38,26 @@ class HistoryClassifierError(ValueError):
     """A history classifier that cannot be applied to these features (names DIR)."""
 
 
-def recorded_fingerprint(out_dir: str, payload: dict) -> str:
-    """The fingerprint of the model ``out_dir``'s classifiers were trained on."""
-    meta = payload.get("meta") or {}
-    if isinstance(meta, dict) and meta.get("fingerprint"):
-        return str(meta["fingerprint"])
+def read_info(out_dir: str) -> dict | None:
+    """DIR/classifiers.json (what the classifiers read), None when ``train`` wrote none."""
+    path = os.path.join(out_dir, CLASSIFIERS_INFO)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        return info
+    except (OSError, ValueError) as e:
+        raise HistoryClassifierError(f"--history-classifier {path}: cannot be read ({e})") from e
+
+
+def recorded_fingerprint(out_dir: str, info: dict | None) -> str:
+    """The fingerprint of the re-ID model ``out_dir``'s classifiers were trained on."""
+    model = (info or {}).get("model") or {}
+    if isinstance(model, dict) and model.get("reid_fingerprint"):
+        return str(model["reid_fingerprint"])
     path = os.path.join(out_dir, FEATURES_CACHE)
     try:
         with np.load(path) as f:
@@ -70,7 +89,20 @@ class HistoryClassifier:
             if key not in self.payload:
                 raise HistoryClassifierError(f"--history-classifier {path}: no {key!r} entry "
                                              f"(not a history `train` output)")
-        self.fingerprint = recorded_fingerprint(self.out_dir, self.payload)
+        info = read_info(self.out_dir)
+        features = str(app_cfg.features)
+        if str(features).startswith("teacher:") or str((info or {}).get("features", "")).startswith(
+                "teacher:"):
+            raise HistoryClassifierError(
+                f"--history-classifier {out_dir}: classifiers of a separate diagnosis model "
+                f"(features=teacher:NAME) are not supported; train them on the re-ID model's "
+                f"features (backbone, embedding or both)")
+        if info is not None and info.get("features") != features:
+            raise HistoryClassifierError(
+                f"--history-classifier {out_dir}: trained on features={info.get('features')!r}, "
+                f"the history config gives features={features!r}: pass the --history-config "
+                f"its `train` used")
+        self.fingerprint = recorded_fingerprint(self.out_dir, info)
         self.norm = self.payload["norm"]["features"]
         current = self.payload["current"]
         self.hidden = int(np.asarray(current["hidden"]["kernel"]).shape[1])
