@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.history import scoring, training
+from mami_jax.apps.history.diagnosis_backbone import PREFIX as TEACHER_PREFIX
 from mami_jax.apps.history.experiment import CLASSIFIERS, CLASSIFIERS_INFO
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
 
@@ -91,8 +92,8 @@ class HistoryClassifier:
                                              f"(not a history `train` output)")
         info = read_info(self.out_dir)
         features = str(app_cfg.features)
-        if str(features).startswith("teacher:") or str((info or {}).get("features", "")).startswith(
-                "teacher:"):
+        if features.startswith(TEACHER_PREFIX) or str((info or {}).get("features", "")).startswith(
+                TEACHER_PREFIX):
             raise HistoryClassifierError(
                 f"--history-classifier {out_dir}: classifiers of a separate diagnosis model "
                 f"(features=teacher:NAME) are not supported; train them on the re-ID model's "
