@@ -133,8 +133,8 @@ def test_non_finite_step_is_not_applied_and_stops_naming_the_step():
     new_state, metrics = step(state, batch)
     assert not bool(metrics["finite"])
     assert int(new_state.step) == 0
-    for a, b in zip(jax.tree_util.tree_leaves(state.params),
-                    jax.tree_util.tree_leaves(new_state.params)):
+    for a, b in zip(jax.tree_util.tree_leaves((state.params, state.opt_state)),
+                    jax.tree_util.tree_leaves((new_state.params, new_state.opt_state))):
         np.testing.assert_array_equal(a, b)
 
     class FakeCkpt:
@@ -144,6 +144,22 @@ def test_non_finite_step_is_not_applied_and_stops_naming_the_step():
             return 6
     with pytest.raises(NonFiniteLossError, match="step 7.*last good checkpoint is step 6"):
         _check_finite(7, jax.device_get(metrics), FakeCkpt())
+
+
+def test_donated_step_updates_the_state_in_place_without_copying_it():
+    """With the state donated, the NaN guard must not make XLA copy the parameters or
+    the optimiser moments (a select of new and old values did: one copy per buffer)."""
+    import re
+    cfg = tiny_config()
+    model, opt, init_state, rng = _setup(cfg)
+    state = init_state(rng)
+    step = jax.jit(make_train_step(model, opt, cfg.loss), donate_argnums=(0,))
+    text = step.lower(state, _batch()).compile().as_text()
+    entry = text[text.index("\nENTRY"):]
+    copied = re.findall(r"= \S+ copy\(%(state_\w+)", entry)
+    assert not [name for name in copied if "params" in name or "opt_state" in name], copied
+    new_state, metrics = step(state, _batch())
+    assert bool(metrics["finite"]) and int(new_state.step) == 1
 
 
 def test_freeze_regex_keeps_parameters_fixed_and_others_train():

@@ -72,13 +72,15 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_cfg,
         loss, logs, grads = loss_and_grads(loss_fn, state.params, batch, accum_steps)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-            lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(step=state.step + finite.astype(state.step.dtype),
-                                  params=keep(params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state))
+        def apply_update(s: TrainState) -> TrainState:
+            updates, opt_state = optimizer.update(grads, s.opt_state, s.params)
+            return s.replace(step=s.step + 1, params=optax.apply_updates(s.params, updates),
+                             opt_state=opt_state)
+
+        # A conditional, not a select of new and old values: with the state donated, a
+        # select keeps the old parameters and optimiser moments alive beside the new ones,
+        # so XLA copies every donated buffer; the conditional updates them in place.
+        new_state = jax.lax.cond(finite, apply_update, lambda s: s, state)
         metrics = dict(logs, loss=loss, grad_norm=grad_norm, finite=finite,
                        valid_images=batch["mask"].sum())
         if lr_schedule is not None:
