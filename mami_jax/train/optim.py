@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mami_jax.train.heads import HEADS, MODEL_GROUP
@@ -81,5 +82,25 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
         transforms["frozen"] = optax.set_to_zero()
     tx = optax.multi_transform(transforms, labels)
     if cfg.grad_clip_norm and cfg.grad_clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+        tx = optax.chain(clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """``optax.clip_by_global_norm`` (same state, same arithmetic) that takes the norm
+    as ``update(..., grad_norm=)`` when the caller has it.
+
+    The train step computes the gradients' norm for its NaN guard and its metrics
+    before it decides to update; the update runs inside a conditional, where XLA
+    cannot share that norm with the clipping's own, so without this the step reads
+    every gradient once more. Without ``grad_norm`` the norm is computed here.
+    """
+    def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+        del params, extra_args
+        norm = optax.global_norm(updates) if grad_norm is None else grad_norm
+        trigger = jnp.squeeze(norm < max_norm)
+        return jax.tree_util.tree_map(
+            lambda t: jax.lax.select(trigger, t, (t / norm.astype(t.dtype)) * max_norm),
+            updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)

@@ -73,7 +73,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_cfg,
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         def apply_update(s: TrainState) -> TrainState:
-            updates, opt_state = optimizer.update(grads, s.opt_state, s.params)
+            updates, opt_state = optimizer.update(grads, s.opt_state, s.params,
+                                                  grad_norm=grad_norm)
             return s.replace(step=s.step + 1, params=optax.apply_updates(s.params, updates),
                              opt_state=opt_state)
 
