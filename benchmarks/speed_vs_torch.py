@@ -59,6 +59,11 @@ from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 PARTS = ("inference", "train", "compa")
 
+#: ``record_function`` scope of each phase of the torch training step -> the phase
+#: (``step_profile.py`` attributes the profiled ops by them; no cost when not profiling).
+TORCH_PHASES = {"train_step.forward": "forward", "train_step.backward": "backward",
+                "train_step.update": "update"}
+
 #: A model small enough to run every part in seconds (tests, a first look).
 TINY = dict(width=64, depth=2, num_heads=2, image_size=32, rank=2, num_codes=4,
             generator_hidden=(16, 8), qkv_groups=4, mlp_groups=4, adapter_width=16)
@@ -130,16 +135,22 @@ def torch_train_step(module, classifier, optim_cfg, loss_cfg):
     params = decay + no_decay + [classifier]
     weights = dict(loss_cfg.terms)
 
+    scope = {phase: name for name, phase in TORCH_PHASES.items()}
+    record = torch.profiler.record_function
+
     def step(images, labels):
         opt.zero_grad(set_to_none=True)
-        emb = module(images)["embedding"]
-        loss = (weights["id"] * F.cross_entropy(emb @ classifier, labels,
-                                                label_smoothing=loss_cfg.label_smoothing)
-                + weights["triplet"] * torch_triplet(emb, labels))
-        loss.backward()
-        if optim_cfg.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip_norm)
-        opt.step()
+        with record(scope["forward"]):
+            emb = module(images)["embedding"]
+            loss = (weights["id"] * F.cross_entropy(emb @ classifier, labels,
+                                                    label_smoothing=loss_cfg.label_smoothing)
+                    + weights["triplet"] * torch_triplet(emb, labels))
+        with record(scope["backward"]):
+            loss.backward()
+        with record(scope["update"]):
+            if optim_cfg.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip_norm)
+            opt.step()
         return loss.detach()
 
     return step, opt
