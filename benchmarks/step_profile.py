@@ -63,6 +63,8 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _MATMUL_OPS = {"dot", "convolution"}
 _COPY_OPS = {"copy", "transpose"}
+#: XLA names a fusion after its root: these only move data (a transpose or relayout).
+_COPY_FUSIONS = ("copy_", "transpose_", "wrapped_copy", "wrapped_transpose")
 
 
 # --------------------------------------------------------------------------- HLO side
@@ -88,7 +90,8 @@ def parse_hlo(text: str) -> dict:
         name, opcode = m.groups()
         op_name = _OP_NAME.search(line)
         calls = _CALLS.search(line)
-        instructions[name] = {"opcode": opcode, "op_name": op_name.group(1) if op_name else "",
+        instructions[name] = {"name": name, "opcode": opcode,
+                              "op_name": op_name.group(1) if op_name else "",
                               "calls": calls.group(1) if calls else None,
                               "previous": previous.get(current, "")}
         if op_name:
@@ -111,18 +114,19 @@ def classify_instruction(info: dict, matmul_computations: set) -> tuple[str, str
     op_name = info["op_name"]
     if "transpose(jvp(" in op_name:
         phase = "backward"
-    elif "jvp(" in op_name:
-        phase = "forward"
+    elif "jvp(" in op_name or not op_name.startswith("jit("):
+        phase = "forward"  # jvp, or a relayout of an input (op_name "state.params[...]")
     else:
         phase = "update"
     opcode = info["opcode"]
     if opcode in _MATMUL_OPS or (opcode == "fusion" and info["calls"] in matmul_computations):
         kind = "matmul"
-    elif opcode in _COPY_OPS:
+    elif opcode in _COPY_OPS or (opcode == "fusion" and info["name"].startswith(_COPY_FUSIONS)):
         kind = "copy"
     else:
         kind = "other"
-    return phase, kind, model_part(op_name)
+    part = "inputs (relayout)" if not op_name.startswith("jit(") else model_part(op_name)
+    return phase, kind, part
 
 
 def model_part(op_name: str) -> str:

@@ -28,6 +28,7 @@ ENTRY %main (x: f32[4,8], w: f32[8,8]) -> f32[4,8] {
   %ynn_fusion.2 = f32[4,8]{1,0} fusion(%ynn_fusion.1, %w), kind=kCustom, calls=%fused_computation.1
   %loop_fusion = f32[4,8]{1,0} fusion(%ynn_fusion.2), kind=kLoop, calls=%fused_computation.2
   %copy.3 = f32[4,8]{1,0} copy(%loop_fusion), metadata={op_name="jit(step)/cond/branch_1_fun/add"}
+  %copy_bitcast_fusion.5 = f32[8,8]{1,0} fusion(%w), kind=kLoop, calls=%fused_computation.2, metadata={op_name="state.params['mami']['w']"}
   ROOT %add.4 = f32[4,8]{1,0} add(%copy.3, %x), metadata={op_name="jit(step)/jvp()/add"}
 }
 """
@@ -38,7 +39,8 @@ def test_hlo_instructions_get_phase_kind_and_part():
     mm = ins["_matmul_computations"]
     assert mm == {"fused_computation.1"}
     got = {name: step_profile.classify_instruction(ins[name], mm)
-           for name in ("ynn_fusion.1", "ynn_fusion.2", "loop_fusion", "copy.3", "add.4")}
+           for name in ("ynn_fusion.1", "ynn_fusion.2", "loop_fusion", "copy.3", "add.4",
+                        "copy_bitcast_fusion.5")}
     assert got["ynn_fusion.1"] == ("forward", "matmul", "mami/block_*/attn")
     # no metadata anywhere: the op_name of the instruction scheduled before it
     assert got["ynn_fusion.2"] == ("forward", "matmul", "mami/block_*/attn")
@@ -46,6 +48,8 @@ def test_hlo_instructions_get_phase_kind_and_part():
     assert got["loop_fusion"] == ("backward", "other", "mami/block_*/mlp")
     assert got["copy.3"] == ("update", "copy", "optimizer")
     assert got["add.4"] == ("forward", "other", "loss")
+    # a relayout of a parameter before the forward pass uses it
+    assert got["copy_bitcast_fusion.5"] == ("forward", "copy", "inputs (relayout)")
 
 
 def test_torch_events_get_the_phase_of_their_scope_or_autograd():
