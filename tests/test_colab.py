@@ -14,6 +14,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.one_device import without_device_count
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(REPO, "colab")
 NOTEBOOKS = sorted(f for f in os.listdir(COLAB) if f.endswith(".ipynb"))
@@ -104,26 +106,17 @@ def test_notebook_is_stored_clean(name):
         assert banned not in text, (name, banned)
 
 
-def _without_device_count(flags):
-    """``flags`` (an XLA_FLAGS value) less any --xla_force_host_platform_device_count."""
-    return " ".join(f for f in flags.split()
-                    if not f.startswith("--xla_force_host_platform_device_count"))
-
-
 def test_kernel_flags_drop_only_the_device_count():
-    assert _without_device_count(
+    assert without_device_count(
         "--xla_cpu_a=1 --xla_force_host_platform_device_count=8 --xla_b") == "--xla_cpu_a=1 --xla_b"
-    assert _without_device_count("--xla_force_host_platform_device_count=8") == ""
+    assert without_device_count("--xla_force_host_platform_device_count=8") == ""
 
 
 def _execute(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MAMI_NOTEBOOK_WORKDIR", str(tmp_path))
     monkeypatch.setenv("MAMI_NOTEBOOK_TINY", "1")
-    # The kernel sees one CPU device, as a Colab CPU runtime does: conftest.py's eight
-    # virtual devices (inherited through XLA_FLAGS) are for the sharding tests, which run
-    # the same trainer on a mesh; a tiny notebook run on eight virtual devices sharing two
-    # cores spends most of its time partitioning and synchronising.
-    monkeypatch.setenv("XLA_FLAGS", _without_device_count(os.environ.get("XLA_FLAGS", "")))
+    # The kernel sees one CPU device, as a Colab CPU runtime does (tests/one_device.py).
+    monkeypatch.setenv("XLA_FLAGS", without_device_count(os.environ.get("XLA_FLAGS", "")))
     # The kernel runs in tmp_path: it imports the package and configs/ from this checkout.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))

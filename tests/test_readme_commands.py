@@ -40,6 +40,8 @@ import time
 
 import numpy as np
 
+from tests.one_device import without_device_count
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
@@ -342,8 +344,10 @@ def _run(argv: list[str], ws: str) -> str:
         assert code == 0, f"{shlex.join(argv)} -> {code}:\n{err.getvalue()[-3000:]}"
         return out.getvalue()
     assert argv[0] == "python", argv
+    # One CPU device, as a user's machine (tests/one_device.py), not conftest.py's eight.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)}
+        p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p),
+           "XLA_FLAGS": without_device_count(os.environ.get("XLA_FLAGS", ""))}
     proc = subprocess.run([sys.executable] + argv[1:], cwd=ws, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stderr[-3000:]}"
@@ -384,6 +388,7 @@ def _check(command: str, ws: str, out: str) -> None:
     elif command.startswith(MAIN_RUNLOCAL) and ",align" not in command:
         metrics = json.load(open(f"{ws}/run/eval/step_2/metrics.json"))
         assert {g.split("/")[1] for g in metrics} == {"xray", "ct", "fundus", "mri", "pathology"}
+        assert "over 1 devices" in out        # the trainer's mesh line: one device
     elif "export-torch" in command:
         assert os.path.getsize(f"{ws}/mami.pth") > 0
     elif "import-official" in command:
