@@ -93,6 +93,28 @@ def test_patch_embed_matches_conv_and_keeps_its_parameter():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("slices", [1, 3])
+def test_slice_adapter_adapts_patch_tokens_only(slices):
+    """The adapter runs on every token and masks the class token's delta (no slicing of
+    the patch tokens): patch tokens as in the adapter's definition, class token as is."""
+    from mami_jax.models.adapters import SliceAdapter
+    b, length, c, width = 2, 5, 8, 4
+    x = jax.random.normal(jax.random.key(0), (b * slices, length, c))
+    module = SliceAdapter(width)
+    params = module.init(jax.random.key(1), x, slices)["params"]
+    params = jax.tree_util.tree_map(
+        lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), params)
+    got = np.asarray(module.apply({"params": params}, x, slices))
+    p = jax.tree_util.tree_map(np.asarray, params)
+    xs = np.asarray(x)
+    h = (xs[:, 1:] @ p["fc1"]["kernel"] + p["fc1"]["bias"]).reshape(b, slices, length - 1, width)
+    hp = np.pad(h, ((0, 0), (1, 1), (0, 0), (0, 0)))
+    conv = sum(p["conv_kernel"][j] * hp[:, j:j + slices] for j in range(3)) + p["conv_bias"]
+    delta = conv.reshape(b * slices, length - 1, width) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+    np.testing.assert_array_equal(got[:, 0], xs[:, 0])
+    np.testing.assert_allclose(got[:, 1:], xs[:, 1:] + delta, rtol=1e-5, atol=1e-5)
+
+
 def test_mfu_arithmetic_and_peak_table():
     from benchmarks import mfu
     # 100 TFLOP per step in 0.5 s on 2 devices of 250 TFLOP/s: 40%.
