@@ -162,6 +162,7 @@ def flax_buckets(times: dict, instructions: dict, steps: int) -> dict:
     """Per-step seconds by (phase, kind), by part, and the costliest thunks."""
     matmul_computations = instructions["_matmul_computations"]
     buckets, parts, ops = collections.Counter(), collections.Counter(), []
+    by_source = collections.Counter()  # (phase, kind, op_name with blocks folded)
     for name, seconds in times.items():
         info = instructions.get(name)
         if info is None or name.startswith("_") or info["opcode"] in ("conditional", "while",
@@ -172,8 +173,9 @@ def flax_buckets(times: dict, instructions: dict, steps: int) -> dict:
         buckets[(phase, kind)] += per_step
         parts[(phase, part)] += per_step
         ops.append((per_step, name, phase, kind, info["op_name"]))
+        by_source[(phase, kind, re.sub(r"block_\d+", "block_*", info["op_name"]))] += per_step
     ops.sort(reverse=True)
-    return {"buckets": buckets, "parts": parts, "ops": ops}
+    return {"buckets": buckets, "parts": parts, "ops": ops, "by_source": by_source}
 
 
 # --------------------------------------------------------------------------- torch side
@@ -287,6 +289,11 @@ def to_json(result: dict, settings: dict, top: int) -> dict:
                            "torch": table(result["torch"]["buckets"])},
             "flax_parts_ms": {f"{p}/{part}": round(s * 1e3, 2) for (p, part), s
                               in result["flax"]["parts"].most_common()},
+            "flax_bucket_sources_ms": {
+                f"{p}/{k}": [{"ms": round(ms * 1e3, 2), "op_name": o} for (pp, kk, o), ms
+                             in result["flax"]["by_source"].most_common()
+                             if (pp, kk) == (p, k)][:top]
+                for p in PHASES for k in KINDS},
             "flax_top_ops": [{"ms": round(s * 1e3, 2), "name": n, "phase": p, "kind": k,
                               "op_name": o} for s, n, p, k, o in result["flax"]["ops"][:top]],
             "torch_top_ops": [{"ms": round(s * 1e3, 2), "name": n, "phase": p, "kind": k}
@@ -305,6 +312,10 @@ def print_report(report: dict, top: int) -> None:
         print(f"{key:18s} {flax[key]:9.1f} {torch_[key]:9.1f} {ratio:10.2f}")
     tf, tt = sum(flax.values()), sum(torch_.values())
     print(f"{'total (op time)':18s} {tf:9.1f} {tt:9.1f} {tf / tt:10.2f}")
+    print("Where each Flax bucket's time comes from (op_name, blocks folded; ms per step):")
+    for key, sources in report["flax_bucket_sources_ms"].items():
+        for src in sources[:3]:
+            print(f"  {key:16s} {src['ms']:8.1f}  {src['op_name'][-80:]}")
     print("Flax time by model part (ms per step):")
     for name, ms in list(report["flax_parts_ms"].items())[:top]:
         print(f"  {ms:8.1f}  {name}")
