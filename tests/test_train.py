@@ -17,6 +17,7 @@ from mami_jax.train.trainer import (KILL_AFTER_STEP_ENV, NonFiniteLossError, _ch
                                      make_init_state)
 from mami_jax.train.objective import TrainModel, example_batch, make_loss_fn
 from mami_jax.train.step import loss_and_grads, make_train_step
+from tests.one_device import without_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,12 +214,20 @@ def _final_params(workdir):
     return model.step, jax.device_get(model.params)
 
 
+#: The end-to-end runs' devices: a sharded mesh (state, batches and checkpoints split over
+#: two devices) at a quarter of conftest.py's eight, whose partitioning cost dominates these
+#: tiny runs; the eight-device mesh is the in-process tests' above.
+TWO_DEVICES = {"XLA_FLAGS": without_device_count(os.environ.get("XLA_FLAGS", "")) +
+               " --xla_force_host_platform_device_count=2"}
+
+
 def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     cache = str(tmp_path / "phantoms")
     straight = tmp_path / "straight"
-    log = _main(straight, cache, "--config.train.eval_at_start=False").stderr
+    log = _main(straight, cache, "--config.train.eval_at_start=False", env=TWO_DEVICES).stderr
     # orbax's INFO lines are filtered out of the log (mami_jax/runtime/log_filters.py); ours stay.
     assert "step 2: train/" in log and "Saving checkpoint at step" not in log, log[-3000:]
+    assert "over 2 devices" in log          # the trainer's mesh line
     # Everything the run promises is on disk.
     metrics = json.load(open(straight / "eval" / "step_4" / "metrics.json"))
     assert {"phantoms/xray/reid", "phantoms/ct/history"} <= set(metrics)
@@ -229,11 +238,11 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
 
     resumed = tmp_path / "resumed"
     killed = _main(resumed, cache, "--config.train.eval_at_start=False", check=False,
-                   env={KILL_AFTER_STEP_ENV: "2"})  # test-only switch, not a config key
+                   env={**TWO_DEVICES, KILL_AFTER_STEP_ENV: "2"})  # test-only switch
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(os.listdir(resumed / "checkpoints")) == ["2"]
     again = _main(resumed, cache, "--config.train.eval_at_start=False",
-                  "--config.train.eval_at_end=False")
+                  "--config.train.eval_at_end=False", env=TWO_DEVICES)
     assert "resumed from" in again.stderr
     (s1, p1), (s2, p2) = _final_params(straight), _final_params(resumed)
     assert s1 == s2 == 4
