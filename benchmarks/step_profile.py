@@ -335,7 +335,7 @@ def draw(report: dict, path: str) -> None:
     colours = {"matmul": ("#1f4e79", "#2e75b6", "#9dc3e6"),
                "copy": ("#7f3f00", "#c55a11", "#f4b183"),
                "other": ("#385723", "#70ad47", "#c5e0b4")}
-    fig, ax = plt.subplots(figsize=(9, 2.8))
+    fig, ax = plt.subplots(figsize=(10, 2.6))
     for row, side in enumerate(("torch", "flax")):
         left = 0.0
         for kind in KINDS:
@@ -348,7 +348,7 @@ def draw(report: dict, path: str) -> None:
     ax.set_xlabel("op time per training step (ms)")
     s = report["settings"]
     ax.set_title(f"Training step by phase and kind: {s['preset']}, batch {s['batch']}")
-    ax.legend(ncol=3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    ax.legend(ncol=1, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
