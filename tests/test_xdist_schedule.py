@@ -43,7 +43,7 @@ def test_units_group_shared_fixture_modules_and_split_the_rest():
 
 def test_order_puts_the_slow_first_longest_first_and_keeps_the_rest():
     ids = ["tests/test_align.py::test_x", "tests/test_resume.py::test_y",
-           "tests/test_atomic_files.py::test_z", xs.SLOW_FIRST[0] + ".ipynb]"]
+           "tests/test_atomic_files.py::test_z", xs.SLOW_FIRST[0]]
     items = [types.SimpleNamespace(nodeid=i) for i in ids]
     xs.order(items)
     assert [i.nodeid for i in items] == [ids[3], ids[1], ids[0], ids[2]]

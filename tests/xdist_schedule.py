@@ -30,18 +30,18 @@ SHARED_FIXTURE_MODULES = frozenset({
 
 #: Node id prefixes of the longest units, longest first (from `--durations` of the suite).
 SLOW_FIRST = (
-    "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[teachers_alignment",
     "tests/test_train.py::test_main_end_to_end_and_resume_after_kill_is_exact",
     "tests/test_readme_commands.py::test_readme_commands_run",
+    "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[teachers_alignment",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[privacy",
-    "tests/test_resume.py::",
-    "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[quickstart",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[history",
-    "tests/test_history_cli.py::",
+    "tests/test_resume.py::",
     "tests/test_privacy_transfer.py::",
+    "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[quickstart",
     "tests/test_privacy_cli.py::",
     "tests/test_convert_parity.py::",
     "tests/test_history_diagnosis_backbone.py::",
+    "tests/test_history_cli.py::",
     "tests/test_privacy_history_utility.py::",
 )
 
