@@ -281,7 +281,13 @@ def trainer_step(config, num_classes: int, total_steps: int):
     return step, state, mesh
 
 
-def train_part(args, cfg) -> dict:
+def train_pair(args, cfg):
+    """The two training steps on one batch, not yet compiled or run: the trainer's Flax
+    ``step`` with its ``state`` and global batch ``gbatch``, and the torch ``module``,
+    ``classifier``, optimiser ``opt`` and ``torch_step`` with the same weights and batch
+    (``xt``, ``yt``). ``train_part`` times them; ``step_profile.py`` profiles them."""
+    import types
+
     import torch
     from mami_jax.train import sharding
 
@@ -296,13 +302,20 @@ def train_part(args, cfg) -> dict:
     batch = {"images": rng.standard_normal((args.batch, 1, size, size, 3), dtype=np.float32),
              "label": np.repeat(np.arange(args.batch // k), k).astype(np.int32),
              "mask": np.ones(args.batch, bool)}
-    gbatch = sharding.global_batch(batch, mesh)
-
     module = torch_module(state.params["mami"], cfg).train()
     classifier = torch.tensor(np.array(jax.device_get(state.params["classifier"]["kernel"])),
                               requires_grad=True)
     torch_step, opt = torch_train_step(module, classifier, config.optim, config.loss)
-    xt, yt = torch.from_numpy(batch["images"]), torch.from_numpy(batch["label"]).long()
+    return types.SimpleNamespace(
+        step=step, state=state, gbatch=sharding.global_batch(batch, mesh), module=module,
+        classifier=classifier, opt=opt, torch_step=torch_step,
+        xt=torch.from_numpy(batch["images"]), yt=torch.from_numpy(batch["label"]).long())
+
+
+def train_part(args, cfg) -> dict:
+    pair = train_pair(args, cfg)
+    step, state, gbatch = pair.step, pair.state, pair.gbatch
+    torch_step, xt, yt = pair.torch_step, pair.xt, pair.yt
 
     t0 = time.perf_counter()
     lowered = step.lower(state, gbatch)
@@ -326,7 +339,7 @@ def train_part(args, cfg) -> dict:
     out = model_speed.summarise(wall, cpu, "torch", args.batch)
     out["flax_trainer"].update(peak_mib=peak / 2**20, lower_s=t1 - t0, compile_s=t2 - t1,
                                gflops=flops / 1e9)
-    held = torch_bytes(module, classifier, opt, xt)
+    held = torch_bytes(pair.module, pair.classifier, pair.opt, xt)
     out["torch"]["peak_mib"] = (held + torch_peak_transient(lambda: torch_step(xt, yt))) / 2**20
     out["first_loss"] = {"flax": flax_loss, "torch": torch_loss}
     return out

@@ -44,7 +44,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,9 +68,10 @@ _COPY_FUSIONS = ("copy_", "transpose_", "wrapped_copy", "wrapped_transpose")
 
 # --------------------------------------------------------------------------- HLO side
 
-def parse_hlo(text: str) -> dict:
-    """Instruction name -> {opcode, op_name, calls} for every instruction of the module,
-    and per computation whether it holds a dot or convolution (``_matmul_computations``).
+def parse_hlo(text: str) -> tuple[dict, set]:
+    """(instructions, matmul computations): instruction name -> {name, opcode, op_name,
+    calls} for every instruction of the module, and the computations holding a dot or
+    convolution.
     HLO instruction names are unique within a module, so the name identifies a thunk.
     An instruction that carries no metadata (XLA drops it on some rewrites) takes the
     op_name of the first instruction inside its fused computation that has one, else
@@ -105,8 +105,7 @@ def parse_hlo(text: str) -> dict:
             info["op_name"] = first_op_name.get(info["calls"], "")
         if not info["op_name"]:
             info["op_name"] = info["previous"]
-    instructions["_matmul_computations"] = holds_matmul
-    return instructions
+    return instructions, holds_matmul
 
 
 def classify_instruction(info: dict, matmul_computations: set) -> tuple[str, str, str]:
@@ -158,15 +157,14 @@ def xla_thunk_times(trace_dir: str) -> dict:
     return totals
 
 
-def flax_buckets(times: dict, instructions: dict, steps: int) -> dict:
+def flax_buckets(times: dict, instructions: dict, matmul_computations: set,
+                 steps: int) -> dict:
     """Per-step seconds by (phase, kind), by part, and the costliest thunks."""
-    matmul_computations = instructions["_matmul_computations"]
     buckets, parts, ops = collections.Counter(), collections.Counter(), []
     by_source = collections.Counter()  # (phase, kind, op_name with blocks folded)
     for name, seconds in times.items():
         info = instructions.get(name)
-        if info is None or name.startswith("_") or info["opcode"] in ("conditional", "while",
-                                                                       "call"):
+        if info is None or info["opcode"] in ("conditional", "while", "call"):
             continue  # runtime events, and control flow whose body is counted op by op
         phase, kind, part = classify_instruction(info, matmul_computations)
         per_step = seconds / steps
@@ -219,36 +217,18 @@ def torch_buckets(events, steps: int) -> dict:
 # --------------------------------------------------------------------------- run
 
 def build_steps(args):
-    """(run_flax, run_torch, compiled Flax step): the two training steps of
-    ``speed_vs_torch.train_part`` on one batch, each already run once."""
-    import torch
-    from mami_jax.train import sharding
-
-    cfg = speed_vs_torch.model_config(args)
-    size = speed_vs_torch.image_size(args, cfg)
-    config = speed_vs_torch.experiment_config(args, cfg)
-    k = args.images_per_patient
-    step, state, mesh = speed_vs_torch.trainer_step(config, args.num_classes, total_steps=1000)
-    rng = np.random.default_rng(0)
-    batch = {"images": rng.standard_normal((args.batch, 1, size, size, 3), dtype=np.float32),
-             "label": np.repeat(np.arange(args.batch // k), k).astype(np.int32),
-             "mask": np.ones(args.batch, bool)}
-    gbatch = sharding.global_batch(batch, mesh)
-    module = speed_vs_torch.torch_module(state.params["mami"], cfg).train()
-    classifier = torch.tensor(np.array(jax.device_get(state.params["classifier"]["kernel"])),
-                              requires_grad=True)
-    torch_step, _ = speed_vs_torch.torch_train_step(module, classifier, config.optim,
-                                                    config.loss)
-    xt, yt = torch.from_numpy(batch["images"]), torch.from_numpy(batch["label"]).long()
-    compiled = step.lower(state, gbatch).compile()
-    holder = {"state": state}
+    """(run_flax, run_torch, compiled Flax step): ``speed_vs_torch.train_pair``'s two
+    training steps, each already run once."""
+    pair = speed_vs_torch.train_pair(args, speed_vs_torch.model_config(args))
+    compiled = pair.step.lower(pair.state, pair.gbatch).compile()
+    holder = {"state": pair.state}
 
     def run_flax():
-        holder["state"], metrics = compiled(holder["state"], gbatch)
+        holder["state"], metrics = compiled(holder["state"], pair.gbatch)
         jax.block_until_ready(metrics)
 
     def run_torch():
-        torch_step(xt, yt)
+        pair.torch_step(pair.xt, pair.yt)
 
     run_flax()
     run_torch()
@@ -258,7 +238,7 @@ def build_steps(args):
 def profile(args) -> dict:
     import torch
     run_flax, run_torch, compiled = build_steps(args)
-    instructions = parse_hlo(compiled.as_text())
+    instructions, matmul_computations = parse_hlo(compiled.as_text())
     walls = {"flax": [], "torch": []}
     xla_times, torch_events = collections.Counter(), []
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +254,7 @@ def profile(args) -> dict:
                 run_torch()
                 walls["torch"].append(time.perf_counter() - start)
             torch_events.extend(prof.events())
-    flax = flax_buckets(xla_times, instructions, args.rounds)
+    flax = flax_buckets(xla_times, instructions, matmul_computations, args.rounds)
     torch_side = torch_buckets(torch_events, args.rounds)
     return {"wall_s": {k: statistics.median(v) for k, v in walls.items()},
             "flax": flax, "torch": torch_side}

@@ -35,8 +35,7 @@ ENTRY %main (x: f32[4,8], w: f32[8,8]) -> f32[4,8] {
 
 
 def test_hlo_instructions_get_phase_kind_and_part():
-    ins = step_profile.parse_hlo(HLO)
-    mm = ins["_matmul_computations"]
+    ins, mm = step_profile.parse_hlo(HLO)
     assert mm == {"fused_computation.1"}
     got = {name: step_profile.classify_instruction(ins[name], mm)
            for name in ("ynn_fusion.1", "ynn_fusion.2", "loop_fusion", "copy.3", "add.4",
