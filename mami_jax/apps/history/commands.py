@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
@@ -169,15 +168,11 @@ def train(args) -> int:
 
 
 def eval(args) -> int:  # noqa: A001 (the command's name)
-    from mami_jax.apps.history.experiment import CLASSIFIERS, CLASSIFIERS_INFO
+    from mami_jax.apps.history.experiment import CLASSIFIERS, read_classifiers_info
     from mami_jax.apps.history.training import load_classifiers
     out = os.path.abspath(args.out)
     payload = load_classifiers(os.path.join(out, CLASSIFIERS))
-    info_path = os.path.join(out, CLASSIFIERS_INFO)
-    info = None
-    if os.path.isfile(info_path):
-        with open(info_path) as f:
-            info = json.load(f)
+    info = read_classifiers_info(out)
     exp = _experiment(args)
     exp.check_classifiers(payload, info)
     exp.evaluate(payload, args.split)

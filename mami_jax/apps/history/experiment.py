@@ -43,6 +43,20 @@ CLASSIFIERS = "classifiers.msgpack"
 CLASSIFIERS_INFO = "classifiers.json"
 
 
+def read_classifiers_info(out_dir: str) -> dict | None:
+    """DIR/classifiers.json as written by ``train``; None when there is none (classifiers
+    of older runs). Raises OSError when it cannot be read and ValueError when it is not
+    a JSON object."""
+    path = os.path.join(out_dir, CLASSIFIERS_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if not isinstance(info, dict):
+        raise ValueError("not a JSON object")
+    return info
+
+
 def uses_maps(cfg) -> bool:
     return int(cfg.classifier.get("map_dim", 0)) > 0
 

@@ -20,7 +20,6 @@ not supported here.
 
 from __future__ import annotations
 
-import json
 import os
 import types
 from typing import Sequence
@@ -29,7 +28,8 @@ import numpy as np
 
 from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.diagnosis_backbone import PREFIX as TEACHER_PREFIX
-from mami_jax.apps.history.experiment import CLASSIFIERS, CLASSIFIERS_INFO
+from mami_jax.apps.history.experiment import (CLASSIFIERS, CLASSIFIERS_INFO,
+                                              read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
 
 FEATURES_CACHE = "features.npz"
@@ -41,16 +41,10 @@ class HistoryClassifierError(ValueError):
 
 def read_info(out_dir: str) -> dict | None:
     """DIR/classifiers.json (what the classifiers read), None when ``train`` wrote none."""
-    path = os.path.join(out_dir, CLASSIFIERS_INFO)
-    if not os.path.isfile(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        return info
+        return read_classifiers_info(out_dir)
     except (OSError, ValueError) as e:
+        path = os.path.join(out_dir, CLASSIFIERS_INFO)
         raise HistoryClassifierError(f"--history-classifier {path}: cannot be read ({e})") from e
 
 
