@@ -67,8 +67,22 @@ def get_config(arg=None):
     p.own_weight = 1.0
     # Impersonation (as Fawkes' target class): minus target_weight times the similarity to
     # the mean embedding of another patient of the modality, the one farthest from the
-    # image's own. 0: off (untargeted).
+    # image's own ("farthest") or the closest impostor ("nearest"). 0: off (untargeted).
     p.target_weight = 0.0
+    p.target = "farthest"
+    # Feature disruption: plus feature_weight times the similarity of one backbone layer's
+    # patch tokens (patch_embed, ln_pre, block_<i>, last_block) to the original image's
+    # (position by position): intermediate features are shared more between independently
+    # trained models than the embedding is. 0: off.
+    p.feature_weight = 0.0
+    p.feature_layer = "block_1"
+    # Keeping the diagnosis: a history `train` output (DIR with classifiers.msgpack) whose
+    # current-only classifier was trained on --workdir's model; each step also minimises
+    # keep_weight times the mean squared change of its logits from the original's
+    # (apps/privacy/diagnosis_keep.py). "": off.
+    p.keep_diagnosis = ""
+    p.keep_diagnosis_config = "configs/history.py"
+    p.keep_weight = 1.0
     if words.get("transfer"):
         value = words["transfer"]
         members = () if value is True else tuple(m for m in str(value).split("+") if m)

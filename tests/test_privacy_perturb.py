@@ -80,3 +80,56 @@ def test_perturbation_stays_in_budget_and_lowers_the_match_score(setup, norm, ep
     before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
     after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
     assert after.mean() < before.mean() - 0.1, (before, after)
+
+
+def test_token_similarity_on_hand_made_tokens():
+    clean = jnp.asarray([[[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]]])   # mean 0
+    assert float(objective.token_similarity(clean, clean)[0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(objective.token_similarity(-clean, clean)[0]) == pytest.approx(-1.0, abs=1e-5)
+    # adding the same vector to every token of both is no change: relative to the mean token
+    shifted = clean + jnp.asarray([5.0, 5.0])
+    assert float(objective.token_similarity(shifted, shifted)[0]) == pytest.approx(1.0, abs=1e-5)
+    # two of four positions rotated by 90 degrees: cosines 1, 1, 0, 0
+    half = jnp.asarray([[[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0], [-2.0, 0.0]]])
+    assert float(objective.token_similarity(half, clean)[0]) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_feature_disruption_moves_the_layer_tokens_away_from_the_original(setup):
+    """The feature term makes protection move block_0's tokens away from the original
+    image's further than the match score alone does, within the same budget; without the
+    clean image the objective refuses to run."""
+    rows, cfg, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    s = settings_for(cfg.data, "xray")
+    sources = [read_source(r, s) for r in xray]
+    imap = InputMap(s, *sources[0].unit.shape[1:3])
+    x0 = np.stack([src.unit for src in sources])
+    offset = imap.stain_offset(x0)
+    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
+                                      {r.image_id: i for i, r in enumerate(xray)})
+    tokens = ensemble.tokens_fn(cfg.model, "block_0")
+
+    def protect(feature_weight):
+        pcfg = load_config("configs/privacy.py")
+        pcfg.perturb.feature_weight, pcfg.perturb.feature_layer = feature_weight, "block_0"
+        score = objective.make_member_score_fn(member.embed, imap, pcfg.perturb, 1,
+                                               with_target=True, tokens_fn=tokens)
+        step = perturb.make_step(score, "l2", 0.1, 0.03, 0.5)
+        delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
+        assert np.all(perturb.budget_used(delta, "l2", 0.1) <= 1.0 + 1e-5)
+        return delta, score
+
+    def similarity(x):
+        _, t = tokens(member.params, imap(x, offset))
+        _, t0 = tokens(member.params, imap(x0, offset))
+        return np.asarray(objective.token_similarity(t, t0))
+
+    np.testing.assert_allclose(similarity(x0), 1.0, atol=1e-5)
+    plain, _ = protect(0.0)
+    disrupted, score = protect(5.0)
+    assert similarity(x0 + disrupted).mean() < similarity(x0 + plain).mean() - 0.05, (
+        similarity(x0 + disrupted), similarity(x0 + plain))
+    with pytest.raises(ValueError, match="needs the clean image"):
+        score(member.params, x0, offset, objective.member_refs(refs.arrays(), 0), jax.random.key(0))
+    with pytest.raises(ValueError, match="perturb.feature_layer='block_9'"):
+        ensemble.tokens_fn(cfg.model, "block_9")

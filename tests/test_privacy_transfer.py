@@ -199,3 +199,11 @@ def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_sco
     a = float(plain(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
     b = float(targeted(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
     assert b == pytest.approx(a - 0.5, abs=1e-4)
+    # "nearest" picks P2, the other X-ray patient most similar to P1's image
+    near = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+                                      {r.image_id: i for i, r in enumerate(rows)}, "nearest")
+    np.testing.assert_allclose(near.target[0][0], objective.centred(unit[2:3], unit.mean(0))[0],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="perturb.target='closest'"):
+        objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+                                   {r.image_id: i for i, r in enumerate(rows)}, "closest")

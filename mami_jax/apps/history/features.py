@@ -33,6 +33,7 @@ from tqdm import tqdm
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.inference import Embedder
+from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
 from mami_jax.train import sharding
@@ -100,19 +101,9 @@ class TrainedModel:
         return _chunked(self.embedder.embed_batch, rows, self.embedder, progress)
 
 
-def map_layers(model_cfg) -> tuple[str, ...]:
-    return ("patch_embed", "ln_pre") + tuple(f"block_{i}" for i in range(int(model_cfg.depth)))
-
-
 def resolve_layer(model_cfg, layer: str) -> str:
     """``layer``, with ``last_block`` meaning the model's last transformer block."""
-    if layer == "last_block":
-        layer = f"block_{int(model_cfg.depth) - 1}"
-    layers = map_layers(model_cfg)
-    if layer not in layers:
-        raise ValueError(f"map_layer={layer!r} unknown; this model has {', '.join(layers)} "
-                         f"(or last_block)")
-    return layer
+    return layer_tokens.resolve_layer(model_cfg, layer, key="map_layer")
 
 
 def token_map_fn(model_cfg, layer: str, grid: int):
@@ -124,19 +115,13 @@ def token_map_fn(model_cfg, layer: str, grid: int):
         raise ValueError(f"map_grid must be at least 1, got {grid}")
     mami, grid = MaMI(model_cfg), int(grid)
 
-    def wanted(module, method):
-        return method == "__call__" and module.name == layer
-
     @jax.jit
     def fn(params, batch):
         images = batch["images"]
         b, t = images.shape[:2]
-        out, state = mami.apply({"params": params}, images, capture_intermediates=wanted,
-                                mutable=["intermediates"])
-        tokens = state["intermediates"][layer]["__call__"][0].astype(jnp.float32)
+        out, tokens = layer_tokens.apply_with_tokens(mami, params, images, layer)
+        tokens = layer_tokens.patch_tokens(tokens, layer)
         c = tokens.shape[-1]
-        if layer != "patch_embed":            # (N, 1 + h*w, C): drop the class token
-            tokens = tokens[:, 1:]
         h = images.shape[2] // int(model_cfg.patch_size)
         w = images.shape[3] // int(model_cfg.patch_size)
         tokens = tokens.reshape(b, t, h, w, c).mean(1)
@@ -164,11 +149,13 @@ def _chunked(fn, rows, embedder: Embedder, progress: bool) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def diagnosis_features(embedding: np.ndarray, backbone: np.ndarray, kind: str) -> np.ndarray:
+def diagnosis_features(embedding, backbone, kind: str):
+    """What a diagnosis classifier of feature ``kind`` reads (numpy or jax arrays)."""
     if kind == "backbone":
         return backbone
     if kind == "embedding":
         return embedding
     if kind == "both":
-        return np.concatenate([embedding, backbone], axis=1)
+        xp = np if isinstance(embedding, np.ndarray) else jnp
+        return xp.concatenate([embedding, backbone], axis=1)
     raise ValueError(f"features={kind!r} unknown; expected one of {', '.join(FEATURE_KINDS)}")

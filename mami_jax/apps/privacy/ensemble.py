@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mami_jax.inference import Embedder
+from mami_jax.models import layer_tokens
 from mami_jax.models.mami import MaMI
 
 
@@ -36,6 +37,22 @@ def unit_embedding_fn(model_cfg) -> Callable:
         e = mami.apply({"params": params}, images).embedding
         return e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
     return embed
+
+
+def tokens_fn(model_cfg, layer: str) -> Callable:
+    """(params, images (B, T, S, S, 3)) -> (unit embeddings (B, C), the patch tokens of
+    ``layer`` (``models.layer_tokens``; ``last_block`` allowed) of all slices (B, T*L, C)):
+    what ``perturb.feature_weight`` compares with the original image's tokens."""
+    mami = MaMI(model_cfg)
+    layer = layer_tokens.resolve_layer(model_cfg, layer, key="perturb.feature_layer")
+
+    def fn(params, images):
+        out, tokens = layer_tokens.apply_with_tokens(mami, params, images, layer)
+        tokens = layer_tokens.patch_tokens(tokens, layer)
+        e = out.embedding
+        e = e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
+        return e, tokens.reshape(images.shape[0], -1, tokens.shape[-1])
+    return fn
 
 
 def _restore_at(workdir: str, step: int, config) -> Embedder:

@@ -56,7 +56,11 @@ class References:
                           self.target[:1])
 
 
-def build_references(sources, embeddings_by_member, rows, row_index) -> References:
+TARGETS = ("farthest", "nearest")
+
+
+def build_references(sources, embeddings_by_member, rows, row_index,
+                     target: str = "farthest") -> References:
     """References of the images ``sources`` from the embeddings of every row of the
     manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i).
 
@@ -64,7 +68,14 @@ def build_references(sources, embeddings_by_member, rows, row_index) -> Referenc
     studies, and the centre is the mean over the rows of the sources' modalities: an
     attacker matches within a modality (``attack_eval`` groups by dataset/modality), and
     a study id names its modality, so without this an X-ray's score would mostly average
-    its (meaningless) similarity to the patient's CT, MRI, ... images."""
+    its (meaningless) similarity to the patient's CT, MRI, ... images.
+
+    ``target``: which other patient of the modality an image is pushed towards when
+    ``perturb.target_weight`` is on, chosen under the first member: ``farthest`` (as
+    Fawkes: reaching it moves the image far) or ``nearest`` (the strongest impostor
+    already: the one a Rank-1 match most easily falls to)."""
+    if target not in TARGETS:
+        raise ValueError(f"perturb.target={target!r}: expected one of {TARGETS}")
     by_patient: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         by_patient.setdefault((r.patient_key, r.modality), []).append(i)
@@ -90,7 +101,7 @@ def build_references(sources, embeddings_by_member, rows, row_index) -> Referenc
         centers.append(center.astype(np.float32))
         means = {key: _unit_mean(unit[idx]) for key, idx in by_patient.items()}
         if chosen is None:      # picked once, under the first member
-            chosen = [_farthest_patient(s.row, unit[own_idx[b]], means)
+            chosen = [_target_patient(s.row, unit[own_idx[b]], means, target == "nearest")
                       for b, s in enumerate(sources)]
         targets.append(np.stack([means[c] if c is not None else np.zeros_like(unit[0])
                                  for c in chosen]).astype(np.float32))
@@ -102,15 +113,17 @@ def _unit_mean(x: np.ndarray) -> np.ndarray:
     return m / (np.linalg.norm(m) + 1e-8)
 
 
-def _farthest_patient(row, own: np.ndarray, means: dict):
+def _target_patient(row, own: np.ndarray, means: dict, nearest: bool):
     """The (patient, modality) key of another patient of ``row``'s modality whose mean
-    centred embedding is least similar to ``own`` (as Fawkes picks its target: far in
-    feature space, so reaching it moves the image far); None when there is none."""
+    centred embedding is least (``nearest``: most) similar to ``own``; None when there
+    is none."""
     best, best_sim = None, np.inf
     for key in sorted(means):
         if key[1] != row.modality or key[0] == row.patient_key:
             continue
         sim = float(np.dot(means[key], own))
+        if nearest:
+            sim = -sim
         if sim < best_sim:
             best, best_sim = key, sim
     return best
@@ -164,33 +177,71 @@ def member_refs(ref_arrays, m: int) -> tuple:
     return others[m], mask, own[m], center[m], target[m]
 
 
-def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False):
-    """(params, x (B,T,H,W,C), offset, ``member_refs``, key) -> (B,) match score of ONE
-    member, averaged over ``views`` random views (views=0: the plain image, no randomness).
-    ``with_target``: minus ``perturb.target_weight`` times the similarity to the target
-    patient (what protection minimises; the match score alone is what is reported).
+def token_similarity(tokens, clean_tokens):
+    """(B,) mean cosine similarity, position by position, between a layer's tokens
+    (B, L, C) and the original image's, both taken relative to the original's mean token
+    (a layer's tokens share a large common part that says nothing of the position)."""
+    centre = jnp.mean(clean_tokens, axis=1, keepdims=True)
+    a, b = tokens - centre, clean_tokens - centre
+    cos = jnp.sum(a * b, -1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-6)
+    return jnp.mean(cos, axis=1)
+
+
+def make_view_fn(input_map, cfg_perturb, views: int):
+    """(x, offset, key) -> the model input of one random view of x (``random_views`` and,
+    for modalities evaluated over them, ``random_symmetry``): the same view for the same
+    key, so an image and its original can be compared view for view. views=0: the plain
+    image."""
+    shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
+    scale = float(cfg_perturb.get("scale", 0.0))
+
+    def view_of(z, offset, k):
+        if views == 0:
+            return input_map(z, offset)
+        kk = jax.random.split(k)
+        images = input_map(random_views(kk[0], z, shift, noise, scale), offset)
+        return random_symmetry(kk[1], images) if input_map.symmetric else images
+    return view_of
+
+
+def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False,
+                         tokens_fn=None):
+    """(params, x (B,T,H,W,C), offset, ``member_refs``, key[, clean]) -> (B,) match score of
+    ONE member, averaged over ``views`` random views (views=0: the plain image, no
+    randomness). ``with_target``: what protection minimises rather than the match score
+    alone: minus ``perturb.target_weight`` times the similarity to the target patient,
+    plus ``perturb.feature_weight`` times the similarity of ``perturb.feature_layer``'s
+    tokens to those of the same view of ``clean`` (the original image; needs
+    ``tokens_fn``: (params, images) -> (unit embeddings, (B, L, C) tokens), as
+    ``ensemble.tokens_fn`` makes).
 
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
-    shift, noise = int(cfg_perturb.shift), float(cfg_perturb.noise)
-    scale = float(cfg_perturb.get("scale", 0.0))
     own_weight = float(cfg_perturb.own_weight)
     target_weight = float(cfg_perturb.get("target_weight", 0.0)) if with_target else 0.0
+    feature_weight = float(cfg_perturb.get("feature_weight", 0.0)) if with_target else 0.0
+    if feature_weight and tokens_fn is None:
+        raise ValueError("perturb.feature_weight needs the members' token function")
     n = max(views, 1)
 
-    def score(params, x, offset, refs, key):
+    view_of = make_view_fn(input_map, cfg_perturb, views)
+
+    def score(params, x, offset, refs, key, clean=None):
         others, mask, own, center, target = refs
         total = 0.0
         keys = jax.random.split(key, n)
         for v in range(n):
-            if views == 0:
-                images = input_map(x, offset)
+            images = view_of(x, offset, keys[v])
+            if feature_weight:
+                if clean is None:
+                    raise ValueError("perturb.feature_weight: the score needs the clean image")
+                e, tokens = tokens_fn(params, images)
+                _, clean_tokens = tokens_fn(params, view_of(clean, offset, keys[v]))
+                total = total + feature_weight * token_similarity(
+                    tokens, jax.lax.stop_gradient(clean_tokens))
             else:
-                kk = jax.random.split(keys[v])
-                images = input_map(random_views(kk[0], x, shift, noise, scale), offset)
-                if input_map.symmetric:
-                    images = random_symmetry(kk[1], images)
-            e = centred(embed_fn(params, images), center)
+                e = embed_fn(params, images)
+            e = centred(e, center)
             total = total + match_scores(e, others, mask, own, own_weight)
             if target_weight:
                 total = total - target_weight * jnp.sum(e * target, -1)

@@ -85,7 +85,7 @@ def make_member_grad(member_score):
     """Jitted (delta, params, x0, offset, member refs, key) -> (d score sum / d delta,
     score (B,)) of one member's score function (``objective.make_member_score_fn``)."""
     def total_score(delta, params, x0, offset, refs, key):
-        s = member_score(params, x0 + delta, offset, refs, key)
+        s = member_score(params, x0 + delta, offset, refs, key, clean=x0)
         return s.sum(), s
     return jax.jit(jax.grad(total_score, has_aux=True))
 
@@ -104,19 +104,31 @@ def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key):
     return g_sum / len(params_list), s_sum / len(params_list)
 
 
+def make_keep_grad(keep_change):
+    """Jitted (delta, params, x0, offset, key) -> d sum(keep_change) / d delta, for a
+    term (``diagnosis_keep.DiagnosisKeeper.change_fn``) that compares the image with the
+    original ``x0``."""
+    def total(delta, params, x0, offset, key):
+        return keep_change(params, x0 + delta, offset, x0, key).sum()
+    return jax.jit(jax.grad(total))
+
+
 def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float,
-              smooth: float = 0.0):
+              smooth: float = 0.0, keep_change=None):
     """One PGD step against an ensemble: (params list, x0, delta, velocity, mask, offset,
     ``References.arrays()``, key) -> (delta, velocity, ensemble score before the step).
     ``smooth``: sigma (native pixels) of the gradient's Gaussian smoothing (0: none).
 
     ``member_score`` is ONE member's score function (``objective.make_member_score_fn``);
-    the step averages its gradient over the members (``ensemble_grad``)."""
+    the step averages its gradient over the members (``ensemble_grad``). ``keep_change``
+    (params, x, offset, x0, key) -> (B,): a term minimised beside it with the FIRST
+    member's parameters (the protecting model), e.g. the change of a diagnosis."""
     check_norm(norm)
     if not float(smooth) >= 0:
         raise ValueError(f"perturb.smooth={smooth!r}: a Gaussian sigma in pixels, >= 0 "
                          f"(0: no smoothing)")
     member_grad = make_member_grad(member_score)
+    keep_grad = make_keep_grad(keep_change) if keep_change is not None else None
 
     @jax.jit
     def update(g, delta, velocity, mask, x0):
@@ -136,6 +148,8 @@ def make_step(member_score, norm: str, epsilon: float, step_size: float, momentu
 
     def step(params_list, x0, delta, velocity, mask, offset, ref_arrays, key):
         g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key)
+        if keep_grad is not None:
+            g = g + keep_grad(delta, params_list[0], x0, offset, key)
         delta, velocity = update(g, delta, velocity, mask, x0)
         return delta, velocity, s
     return step

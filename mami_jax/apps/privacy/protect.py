@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
-from mami_jax.apps.privacy import objective, perturb
+from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.apps.privacy.quality import psnr
 from mami_jax.apps.privacy.writers import write_protected
@@ -75,6 +76,14 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     params = [m.params for m in members]
     sources = [read_source(r, settings_for(data_cfg, r.modality)) for r in targets]
     key = jax.random.key(int(config.seed))
+    tokens = None
+    if float(config.perturb.get("feature_weight", 0.0)):
+        tokens = ensemble.tokens_fn(members[0].embedder.model_cfg,
+                                    str(config.perturb.feature_layer))
+    keeper = None
+    if str(config.perturb.get("keep_diagnosis", "")):
+        keeper = DiagnosisKeeper(str(config.perturb.keep_diagnosis),
+                                 str(config.perturb.keep_diagnosis_config), members[0])
     new_rows, records = {}, []
     bar = tqdm(total=len(sources), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
@@ -82,19 +91,23 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         imap = InputMap(settings_for(data_cfg, modality), h, w)
         # One member's score: every member shares the model config, so the step compiles
         # it once and averages its gradient over the ensemble (perturb.make_step).
-        train_score = objective.make_member_score_fn(members[0].embed, imap, config.perturb,
-                                                     int(config.perturb.views), with_target=True)
+        train_score = objective.make_member_score_fn(
+            members[0].embed, imap, config.perturb, int(config.perturb.views), with_target=True,
+            tokens_fn=tokens)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
+        keep = (keeper.change_fn(imap, modality, config.perturb, int(config.perturb.views))
+                if keeper is not None else None)
         step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
                                  float(config.perturb.step_size), float(config.perturb.momentum),
-                                 float(config.perturb.get("smooth", 0.0)))
+                                 float(config.perturb.get("smooth", 0.0)), keep_change=keep)
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             # A fixed batch size (the tail padded with its last image): one compilation.
             padded = batch + [batch[-1]] * (min(size, len(group)) - len(batch))
             x0 = np.stack([s.unit for s in padded])
             offset = imap.stain_offset(x0)
-            refs = objective.build_references(padded, embeddings, ref_rows, row_index)
+            refs = objective.build_references(padded, embeddings, ref_rows, row_index,
+                                              str(config.perturb.get("target", "farthest")))
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
