@@ -1,18 +1,28 @@
 """The differentiable evaluation view equals the pipeline's, the perturbation stays in
-its budget (linf and l2) and lowers the match score of a tiny model."""
+its budget (linf and l2) and lowers the match score of a tiny model; the objective's
+extra terms (feature disruption, keeping a diagnosis: ``apps.privacy.diagnosis_keep``,
+whose classifier path equals the history classifier's numpy path and which refuses a
+classifier of another model) do what they are for."""
+
+import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mami_jax.apps.history import training
+from mami_jax.apps.history.features import fingerprint
 from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.pipeline import read_example
 from mami_jax.inference import Embedder
 from mami_jax.models import MaMI
+from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.phantoms import generate
 from tests.history_workdir import write_config
 
@@ -133,3 +143,93 @@ def test_feature_disruption_moves_the_layer_tokens_away_from_the_original(setup)
         score(member.params, x0, offset, objective.member_refs(refs.arrays(), 0), jax.random.key(0))
     with pytest.raises(ValueError, match="perturb.feature_layer='block_9'"):
         ensemble.tokens_fn(cfg.model, "block_9")
+
+
+CLS = types.SimpleNamespace(hidden=8, steps=100, learning_rate=3e-2, weight_decay=0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def keep_setup(setup, tmp_path_factory):
+    """The X-rays of ``setup`` and a history classifier of the tiny model's backbone
+    features (alternating labels), saved as history ``train`` saves it."""
+    rows, cfg, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    s = settings_for(cfg.data, "xray")
+    sources = [read_source(r, s) for r in xray]
+    imap = InputMap(s, *sources[0].unit.shape[1:3])
+    x0 = np.stack([src.unit for src in sources])
+    offset = imap.stain_offset(x0)
+    feats = np.asarray(make_embedding_and_pooled_fn(cfg.model)(member.params,
+                                                               {"images": imap(x0, offset)}))
+    backbone = feats[:, np.asarray(member.embedder.embed_rows(xray[:1])).shape[1]:]
+    mods = ["xray"] * len(xray)
+    y = np.arange(len(xray)) % 2
+    norm = {"features": training.standardizer(backbone, mods)}
+    current = training.train_current(training.apply_standardizer(norm["features"], backbone, mods),
+                                     y, 2, CLS)
+    out = str(tmp_path_factory.mktemp("keep") / "hist")
+    os.makedirs(out)
+    training.save_classifiers(os.path.join(out, "classifiers.msgpack"),
+                              {"norm": norm, "current": current, "fused": current})
+    np.savez(os.path.join(out, "features.npz"), fingerprint=np.asarray(fingerprint(member.params)))
+    return types.SimpleNamespace(rows=xray, cfg=cfg, member=member, sources=sources, imap=imap,
+                                 x0=x0, offset=offset, backbone=backbone, out=out)
+
+
+def test_logits_equal_the_history_classifier_path(keep_setup):
+    setup = keep_setup
+    keeper = DiagnosisKeeper(setup.out, "configs/history.py", setup.member)
+    logits = keeper.logits_fn("xray")(setup.member.params, setup.imap(setup.x0, setup.offset))
+    want = keeper.classifier.probabilities(setup.backbone, ["xray"] * len(setup.x0))
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(logits, -1)), want, atol=1e-5)
+    with pytest.raises(ValueError, match="saw no ct training image"):
+        keeper.logits_fn("ct")
+
+
+def test_keeping_holds_the_diagnosis_and_still_lowers_the_match_score(keep_setup):
+    setup = keep_setup
+    keeper = DiagnosisKeeper(setup.out, "configs/history.py", setup.member)
+    refs = objective.build_references(setup.sources, [setup.member.embedder.embed_rows(setup.rows)],
+                                      setup.rows, {r.image_id: i for i, r in enumerate(setup.rows)})
+    pcfg = load_config("configs/privacy.py").perturb
+    score = objective.make_member_score_fn(setup.member.embed, setup.imap, pcfg, 1, with_target=True)
+    plain = jax.jit(objective.make_score_fn([setup.member], setup.imap, pcfg, 0))
+    logits = keeper.logits_fn("xray")
+    params = setup.member.params
+
+    def protect(weight):
+        pcfg.keep_weight = weight
+        keep = keeper.change_fn(setup.imap, "xray", pcfg, 1) if weight else None
+        step = perturb.make_step(score, "l2", 0.1, 0.03, 0.5, keep_change=keep)
+        delta, _ = perturb.perturb(step, [params], setup.x0, setup.offset, refs, 10,
+                                   jax.random.key(0))
+        assert np.all(perturb.budget_used(delta, "l2", 0.1) <= 1.0 + 1e-5)
+        return delta
+
+    def change(delta):
+        a = logits(params, setup.imap(setup.x0 + delta, setup.offset))
+        b = logits(params, setup.imap(setup.x0, setup.offset))
+        return float(jnp.mean(jnp.square(a - b)))
+
+    def match(delta):
+        return float(np.mean(plain([params], setup.x0 + delta, setup.offset, refs.arrays(),
+                                   jax.random.key(0))))
+
+    free, kept = protect(0.0), protect(100.0)
+    assert change(kept) < 0.5 * change(free), (change(kept), change(free))
+    assert match(kept) < match(np.zeros_like(setup.x0)) - 0.1
+
+
+def test_a_classifier_of_another_model_is_refused(keep_setup, tmp_path):
+    setup = keep_setup
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    for name in ("classifiers.msgpack",):
+        with open(os.path.join(setup.out, name), "rb") as f, open(os.path.join(other, name), "wb") as g:
+            g.write(f.read())
+    np.savez(os.path.join(other, "features.npz"), fingerprint=np.asarray("f" * 64))
+    with pytest.raises(ValueError, match=r"perturb.keep_diagnosis=.*fffffffffff.*not the "
+                                         r"protecting model"):
+        DiagnosisKeeper(other, "configs/history.py", setup.member)
+    with pytest.raises(ValueError, match=r"perturb.keep_diagnosis .*run `train` first"):
+        DiagnosisKeeper(str(tmp_path / "none"), "configs/history.py", setup.member)
