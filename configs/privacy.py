@@ -30,6 +30,11 @@ def get_config(arg=None):
     if words.get("both"):
         c.method = "both"
     c.batch_size = 32          # images optimised together (one modality and shape at a time)
+    # A CT or MRI series: protect every slice, one group of slices at a time (each group one
+    # slice per segment, as the model reads them: 16 slices read as 2 are 8 groups, 8 times
+    # the work), so that no model reading other slices sees them unchanged. False: only
+    # the slices evaluation reads.
+    c.every_slice = True
     c.seed = 0
 
     p = c.perturb = ml_collections.ConfigDict()

@@ -233,3 +233,55 @@ def test_a_classifier_of_another_model_is_refused(keep_setup, tmp_path):
         DiagnosisKeeper(other, "configs/history.py", setup.member)
     with pytest.raises(ValueError, match=r"perturb.keep_diagnosis .*run `train` first"):
         DiagnosisKeeper(str(tmp_path / "none"), "configs/history.py", setup.member)
+
+
+@pytest.mark.parametrize("n, t", [(16, 2), (16, 4), (10, 4), (17, 2), (3, 2), (2, 2)])
+def test_slice_groups_cover_the_series_and_hold_the_evaluation_view(n, t):
+    from mami_jax.apps.privacy.model_input import slice_groups
+    from mami_jax.data.transforms import slice_indices
+    groups = slice_groups(n, t)
+    assert all(len(g) == t for g in groups)
+    assert sorted(set(np.concatenate(groups).tolist())) == list(range(n))
+    # one slice per segment, where training reads floor((i + u) n / t), u in [0, 1)
+    for g in groups:
+        assert all(np.floor(i * n / t) <= s < (i + 1) * n / t for i, s in enumerate(g.tolist()))
+    if n % t == 0:
+        assert any(np.array_equal(g, slice_indices(n, t)) for g in groups)
+        assert len(groups) == n // t               # no slice twice
+
+
+def test_every_slice_of_a_series_is_protected(setup, tmp_path):
+    """CT series of 6 slices read as 2: with ``every_slice`` every slice of the written
+    NIfTI changes, each group within the budget, and the inputs stay as they were;
+    without it only the 2 slices evaluation reads change."""
+    from mami_jax.apps.privacy.protect import protect_rows
+    from mami_jax.data.decode import open_volume
+    from mami_jax.data.transforms import slice_indices
+    _, cfg, member = setup
+    rows = [r for r in read_manifest(generate(str(tmp_path / "ph"), patients=3, visits=2, seed=3,
+                                              image_size=32, slices=6, workers=1))
+            if r.modality == "ct"]
+    digests = {r.path: open(r.path, "rb").read() for r in rows}
+    pcfg = load_config("configs/privacy.py")
+    pcfg.perturb.steps, pcfg.perturb.step_size, pcfg.batch_size = 3, 0.02, 4
+    targets = rows[:2]
+
+    def changed_slices(every):
+        pcfg.every_slice = every
+        out = str(tmp_path / f"out_{every}")
+        new_rows, records = protect_rows(rows, targets, [member], pcfg,
+                                         str(tmp_path / "ph"), out, progress=False)
+        per_row = []
+        for a, b, rec in zip(targets, new_rows, records):
+            x, y = open_volume(a.path), open_volume(os.path.join(out, b.path))
+            assert x.num_slices == y.num_slices == 6
+            d = y.read(np.arange(6)) - x.read(np.arange(6))
+            rms = np.sqrt(np.mean(np.square(d), axis=(1, 2, 3)))
+            assert np.sqrt(np.mean(np.square(d))) <= pcfg.perturb.epsilon * 1.1
+            assert rec["slices_protected"] == (6 if every else 2)
+            per_row.append(np.flatnonzero(rms > 1e-4).tolist())
+        return per_row
+
+    assert changed_slices(True) == [list(range(6))] * 2
+    assert changed_slices(False) == [slice_indices(6, 2).tolist()] * 2
+    assert {r.path: open(r.path, "rb").read() for r in rows} == digests

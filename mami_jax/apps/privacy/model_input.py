@@ -38,6 +38,9 @@ class Source:
     unit: np.ndarray
     slices: np.ndarray      # indices of those T slices in the image or series
     num_slices: int         # slices in the whole image or series
+    # which of the T slices this view protects (``read_parts``: a slice in two views is
+    # protected by the first); None: all of them
+    owned: np.ndarray | None = None
 
 
 def read_source(row: ManifestRow, settings: ModalitySettings) -> Source:
@@ -47,6 +50,40 @@ def read_source(row: ManifestRow, settings: ModalitySettings) -> Source:
     n = volume.num_slices
     idx = slice_indices(n, settings.slices)
     return Source(row, volume.read(idx), np.asarray(idx), n)
+
+
+def slice_groups(num_slices: int, t: int) -> list[np.ndarray]:
+    """Groups of ``t`` slice indices that together hold every slice of a series, each
+    with one slice per segment of ``transforms.slice_indices`` (so each is a view the
+    model could read in training, and one of them is exactly what evaluation reads).
+
+    Group k takes the position (k + 1/2) / K of every segment, K = ceil(num_slices / t):
+    16 slices read as 2 give (0, 8), (1, 9), ..., (7, 15). When num_slices is not a
+    multiple of t a few slices fall in two groups."""
+    if num_slices <= t:
+        from mami_jax.data.transforms import slice_indices
+        return [slice_indices(num_slices, t)]
+    k = -(-num_slices // t)
+    return [np.clip(np.floor((np.arange(t) + (j + 0.5) / k) * (num_slices / t)).astype(np.int64),
+                    0, num_slices - 1) for j in range(k)]
+
+
+def read_parts(row: ManifestRow, settings: ModalitySettings, every_slice: bool) -> list[Source]:
+    """The views of ``row`` that protection optimises: the slices evaluation reads
+    (``every_slice`` False, or a 2-D image), else one view per ``slice_groups`` group,
+    which together cover the whole series."""
+    if not every_slice:
+        return [read_source(row, settings)]
+    volume = open_volume(row.path)
+    n = volume.num_slices
+    if n <= settings.slices:
+        return [read_source(row, settings)]
+    parts, seen = [], set()
+    for idx in slice_groups(n, settings.slices):
+        owned = np.asarray([i not in seen for i in idx.tolist()])
+        seen.update(idx.tolist())
+        parts.append(Source(row, volume.read(idx), np.asarray(idx), n, owned))
+    return parts
 
 
 @functools.lru_cache(maxsize=64)

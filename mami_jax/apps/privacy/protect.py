@@ -1,7 +1,8 @@
 """Protecting the rows of a manifest: optimise, write in the input's format, new manifest.
 
 ``protect_rows`` works one modality and image shape at a time, ``batch_size`` images
-together: it reads the pixels the model reads (``model_input``), the original
+together: it reads the pixels the model reads (``model_input``; for a series, every
+group of slices the model could read, so that the whole series is protected), the original
 embeddings of the patients' images under every ensemble member (the references of
 ``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``),
 and writes each image with ``writers``. Outputs go to ``OUT/images/<path relative to the
@@ -13,6 +14,7 @@ folder can move). The inputs are only read.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from typing import Sequence
 
@@ -24,10 +26,11 @@ from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
-from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
+from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.quality import psnr
 from mami_jax.apps.privacy.writers import write_protected
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.transforms import slice_indices
 
 SUFFIX = "_protected"
 METHODS = ("perturb", "inpaint", "both")
@@ -62,9 +65,66 @@ def groups_of(sources) -> dict:
     return g
 
 
+def owned_mask(parts, shape) -> np.ndarray | None:
+    """The perturbation mask of a batch of views (``model_input.read_parts``): zero on a
+    slice another view of the same series protects; None when every view owns all its
+    slices (the plain case)."""
+    if all(p.owned is None or p.owned.all() for p in parts):
+        return None
+    owned = np.stack([np.ones(len(p.slices), bool) if p.owned is None else p.owned
+                      for p in parts])
+    return np.broadcast_to(owned[:, :, None, None, None], shape).astype(np.float32)
+
+
+@dataclasses.dataclass
+class WholeRow:
+    """A row's protection put together from its views: the slices (sorted), their
+    change and original pixels, and the match score of the evaluation view."""
+
+    slices: np.ndarray
+    delta: np.ndarray
+    unit: np.ndarray
+    score_before: float
+    score_after: float
+
+
+class PendingRows:
+    """Collects the protected views of each row until all of them are done."""
+
+    def __init__(self, parts):
+        self.expected = collections.Counter(p.row.image_id for p in parts)
+        self.done: dict[str, list] = collections.defaultdict(list)
+
+    def add(self, part, delta, before: float, after: float) -> WholeRow | None:
+        """Records one view; the whole row once its last view is in, else None."""
+        views = self.done[part.row.image_id]
+        views.append((part, delta, before, after))
+        if len(views) < self.expected[part.row.image_id]:
+            return None
+        del self.done[part.row.image_id]
+        slices, deltas, units = [], [], []
+        for p, d, _, _ in views:
+            keep = np.ones(len(p.slices), bool) if p.owned is None else p.owned
+            slices.append(p.slices[keep])
+            deltas.append(d[keep])
+            units.append(p.unit[keep])
+        slices = np.concatenate(slices)
+        order = np.argsort(slices, kind="stable")
+        read = slice_indices(part.num_slices, len(part.slices))
+        scored = [v for v in views if np.array_equal(v[0].slices, read)] or views
+        return WholeRow(slices[order], np.concatenate(deltas)[order],
+                        np.concatenate(units)[order],
+                        float(np.mean([v[2] for v in scored])),
+                        float(np.mean([v[3] for v in scored])))
+
+
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
                  config, manifest_dir: str, out_dir: str, progress: bool = True):
-    """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records)."""
+    """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records).
+
+    ``config.every_slice``: a series is protected slice group by slice group
+    (``model_input.read_parts``), so that no slice is left as it was; else only the slices
+    evaluation reads. A record's match scores are those of the evaluation view."""
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
@@ -74,7 +134,10 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
     embeddings = reference_embeddings(members, ref_rows)
     params = [m.params for m in members]
-    sources = [read_source(r, settings_for(data_cfg, r.modality)) for r in targets]
+    every_slice = bool(config.get("every_slice", True))
+    sources = [part for r in targets
+               for part in read_parts(r, settings_for(data_cfg, r.modality), every_slice)]
+    pending = PendingRows(sources)
     key = jax.random.key(int(config.seed))
     tokens = None
     if float(config.perturb.get("feature_weight", 0.0)):
@@ -85,7 +148,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         keeper = DiagnosisKeeper(str(config.perturb.keep_diagnosis),
                                  str(config.perturb.keep_diagnosis_config), members[0])
     new_rows, records = {}, []
-    bar = tqdm(total=len(sources), desc="protect", unit="img", disable=not progress)
+    bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
     for (modality, t, h, w, c), group in groups_of(sources).items():
         imap = InputMap(settings_for(data_cfg, modality), h, w)
@@ -111,6 +174,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
+            mask = owned_mask(padded, x0.shape)
             if config.method in ("inpaint", "both"):
                 maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
@@ -118,18 +182,24 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             if config.method in ("perturb", "both"):
                 key, sub = jax.random.split(key)
                 delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
-                                           sub, start=delta if config.method == "both" else None)
+                                           sub, mask=mask,
+                                           start=delta if config.method == "both" else None)
             after = np.asarray(plain_main(params[:1], x0 + delta, offset, main, jax.random.key(0)))
             for b, s in enumerate(batch):
-                out_abs, out_rel = output_path(s.row, manifest_dir, out_dir)
-                write_protected(s.row.path, s.slices, delta[b], out_abs)
-                new_rows[s.row.image_id] = s.row.replace(image_id=s.row.image_id + SUFFIX,
-                                                         path=out_rel)
-                records.append({"image_id": s.row.image_id, "modality": modality,
-                                "score_before": float(before[b]), "score_after": float(after[b]),
-                                "max_abs_change": float(np.abs(delta[b]).max()),
-                                "psnr_db": psnr(x0[b], x0[b] + delta[b])})
-            bar.update(len(batch))
+                whole = pending.add(s, delta[b], float(before[b]), float(after[b]))
+                if whole is None:
+                    continue
+                row = s.row
+                out_abs, out_rel = output_path(row, manifest_dir, out_dir)
+                write_protected(row.path, whole.slices, whole.delta, out_abs)
+                new_rows[row.image_id] = row.replace(image_id=row.image_id + SUFFIX, path=out_rel)
+                records.append({"image_id": row.image_id, "modality": modality,
+                                "score_before": whole.score_before,
+                                "score_after": whole.score_after,
+                                "max_abs_change": float(np.abs(whole.delta).max()),
+                                "psnr_db": psnr(whole.unit, whole.unit + whole.delta),
+                                "slices_protected": int(len(set(whole.slices.tolist())))})
+                bar.update(1)
     bar.close()
     return [new_rows[r.image_id] for r in targets], records
 
