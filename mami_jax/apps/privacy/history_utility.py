@@ -14,8 +14,14 @@ embedding and the backbone feature of one forward pass, combined as its config's
 model fingerprint DIR records (DIR/classifiers.json, which ``train`` writes beside the
 classifiers, else DIR/features.npz, its feature cache) must equal the fingerprint of the
 model given, and the features kind DIR/classifiers.json records must be the history
-config's. Classifiers of a separate diagnosis model (``features = "teacher:NAME"``) are
-not supported here.
+config's.
+
+Classifiers of a separate diagnosis model (``features = "teacher:NAME"``, e.g. the ImageNet
+EfficientNet-Lite0) read that model's features of each image file instead
+(``apps.history.diagnosis_backbone``); its weights' fingerprint must be the one
+DIR/classifiers.json records. Such a model is not a re-ID model, so the protection,
+optimised against re-ID models, was never aimed at it: it judges what a hospital's own
+diagnosis model still reads in the protected images.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.history import scoring, training
-from mami_jax.apps.history.diagnosis_backbone import PREFIX as TEACHER_PREFIX
+from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
 from mami_jax.apps.history.experiment import (CLASSIFIERS, CLASSIFIERS_INFO,
                                               read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
@@ -86,18 +92,23 @@ class HistoryClassifier:
                                              f"(not a history `train` output)")
         info = read_info(self.out_dir)
         features = str(app_cfg.features)
-        if features.startswith(TEACHER_PREFIX) or str((info or {}).get("features", "")).startswith(
-                TEACHER_PREFIX):
-            raise HistoryClassifierError(
-                f"--history-classifier {out_dir}: classifiers of a separate diagnosis model "
-                f"(features=teacher:NAME) are not supported; train them on the re-ID model's "
-                f"features (backbone, embedding or both)")
         if info is not None and info.get("features") != features:
             raise HistoryClassifierError(
                 f"--history-classifier {out_dir}: trained on features={info.get('features')!r}, "
                 f"the history config gives features={features!r}: pass the --history-config "
                 f"its `train` used")
-        self.fingerprint = recorded_fingerprint(self.out_dir, info)
+        #: NAME of ``features = "teacher:NAME"``; None for the re-ID model's features
+        self.teacher = teacher_name(features)
+        if self.teacher is None:
+            self.fingerprint = recorded_fingerprint(self.out_dir, info)
+        else:
+            model = (info or {}).get("model") or {}
+            if not isinstance(model, dict) or not model.get("fingerprint"):
+                raise HistoryClassifierError(
+                    f"--history-classifier {out_dir}: classifiers of features={features!r} "
+                    f"need the {CLASSIFIERS_INFO} that `train` writes beside them (it records "
+                    f"the diagnosis model's weights)")
+            self.fingerprint = str(model["fingerprint"])
         self.norm = self.payload["norm"]["features"]
         current = self.payload["current"]
         self.hidden = int(np.asarray(current["hidden"]["kernel"]).shape[1])
@@ -109,6 +120,10 @@ class HistoryClassifier:
 
     def check_model(self, model: TrainedModel) -> None:
         """Refuses a model other than the one the classifier was trained on."""
+        if self.teacher is not None:
+            raise HistoryClassifierError(
+                f"--history-classifier {self.out_dir} reads the features of teacher "
+                f"{self.teacher}, not of a re-ID model")
         if model.fingerprint != self.fingerprint:
             raise HistoryClassifierError(
                 f"--history-classifier {self.out_dir} was trained on the features of the model "
@@ -116,13 +131,25 @@ class HistoryClassifier:
                 f"{model.embedder.step}, fingerprint {model.fingerprint[:12]}...): give the "
                 f"workdir its `train` used")
 
+    def check_backbone(self, backbone: DiagnosisBackbone) -> None:
+        """Refuses a diagnosis model other than the one the classifier was trained on."""
+        mine = backbone.info["fingerprint"]
+        if backbone.name != self.teacher or mine != self.fingerprint:
+            raise HistoryClassifierError(
+                f"--history-classifier {self.out_dir} was trained on teacher {self.teacher} "
+                f"with weights {self.fingerprint[:19]}..., not {backbone.name} with "
+                f"{mine[:19]}...: give the weights its `train` used (teacher_weights)")
+
     def features(self, model: TrainedModel, rows) -> np.ndarray:
         """The classifier's input features of ``rows`` under ``model`` (unstandardised)."""
         return self.inputs(*model.features(rows))
 
     def inputs(self, emb: np.ndarray, backbone: np.ndarray) -> np.ndarray:
         """The classifier's input features from ``TrainedModel.features``' output."""
-        x = diagnosis_features(emb, backbone, self.cfg.features)
+        return self.checked(diagnosis_features(emb, backbone, self.cfg.features))
+
+    def checked(self, x: np.ndarray) -> np.ndarray:
+        """``x`` when it has the width the classifier was trained on."""
         width = next(iter(self.norm.values()))["mean"].shape[0]
         if x.shape[1] != width:
             raise HistoryClassifierError(
