@@ -23,7 +23,9 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.experiment = "configs/all.py:runlocal" if words.get("runlocal") else "configs/all.py"
     # "perturb": bounded perturbation (a); "inpaint": removal of the strongest identity
-    # regions (b); "both": (b) then (a) on the inpainted image.
+    # regions (b); "both": (b) then (a) on the inpainted image; "noise": Gaussian noise
+    # of the whole perturbation budget, aimed at nothing (the control a protection's cost
+    # and effect are compared with).
     c.method = "perturb"
     if words.get("inpaint"):
         c.method = "inpaint"

@@ -253,7 +253,8 @@ def test_slice_groups_cover_the_series_and_hold_the_evaluation_view(n, t):
 def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     """CT series of 6 slices read as 2: with ``every_slice`` every slice of the written
     NIfTI changes, each group within the budget, and the inputs stay as they were;
-    without it only the 2 slices evaluation reads change."""
+    without it only the 2 slices evaluation reads change. The noise control spends the
+    whole budget on every slice."""
     from mami_jax.apps.privacy.protect import protect_rows
     from mami_jax.data.decode import open_volume
     from mami_jax.data.transforms import slice_indices
@@ -266,9 +267,9 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     pcfg.perturb.steps, pcfg.perturb.step_size, pcfg.batch_size = 3, 0.02, 4
     targets = rows[:2]
 
-    def changed_slices(every):
-        pcfg.every_slice = every
-        out = str(tmp_path / f"out_{every}")
+    def changed_slices(every, method="perturb"):
+        pcfg.every_slice, pcfg.method = every, method
+        out = str(tmp_path / f"out_{every}_{method}")
         new_rows, records = protect_rows(rows, targets, [member], pcfg,
                                          str(tmp_path / "ph"), out, progress=False)
         per_row = []
@@ -278,10 +279,13 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
             d = y.read(np.arange(6)) - x.read(np.arange(6))
             rms = np.sqrt(np.mean(np.square(d), axis=(1, 2, 3)))
             assert np.sqrt(np.mean(np.square(d))) <= pcfg.perturb.epsilon * 1.1
+            if method == "noise":      # the control spends the whole budget
+                assert np.sqrt(np.mean(np.square(d))) >= pcfg.perturb.epsilon * 0.8
             assert rec["slices_protected"] == (6 if every else 2)
             per_row.append(np.flatnonzero(rms > 1e-4).tolist())
         return per_row
 
     assert changed_slices(True) == [list(range(6))] * 2
     assert changed_slices(False) == [slice_indices(6, 2).tolist()] * 2
+    assert changed_slices(True, "noise") == [list(range(6))] * 2
     assert {r.path: open(r.path, "rb").read() for r in rows} == digests

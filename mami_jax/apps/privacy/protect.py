@@ -4,7 +4,8 @@
 together: it reads the pixels the model reads (``model_input``; for a series, every
 group of slices the model could read, so that the whole series is protected), the original
 embeddings of the patients' images under every ensemble member (the references of
-``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``),
+``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``;
+``noise``: budget-sized noise aimed at nothing, the control),
 and writes each image with ``writers``. Outputs go to ``OUT/images/<path relative to the
 manifest's folder>`` and ``OUT/manifest.csv`` (the project's schema: patient, study,
 order, modality, view and split kept; ``image_id`` + ``SUFFIX``; relative paths, so the
@@ -33,7 +34,7 @@ from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import slice_indices
 
 SUFFIX = "_protected"
-METHODS = ("perturb", "inpaint", "both")
+METHODS = ("perturb", "inpaint", "both", "noise")
 
 
 def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> list[ManifestRow]:
@@ -63,6 +64,18 @@ def groups_of(sources) -> dict:
     for s in sources:
         g[(s.row.modality,) + s.unit.shape].append(s)
     return g
+
+
+def noise_change(key, x0, mask, norm: str, epsilon: float) -> np.ndarray:
+    """The control protection is measured against: Gaussian noise that uses the whole
+    budget (``perturb.project`` of noise larger than it), clipped to the pixel range and
+    zero where ``mask`` is. It is aimed at nothing, so what it costs (a diagnosis AUC, a
+    match) is what any change of that size costs."""
+    noise = 10.0 * epsilon * np.asarray(jax.random.normal(key, x0.shape), np.float32)
+    if mask is not None:
+        noise = noise * mask
+    delta = np.asarray(perturb.project(noise, norm, epsilon), np.float32)
+    return np.clip(x0 + delta, 0.0, 1.0) - x0
 
 
 def owned_mask(parts, shape) -> np.ndarray | None:
@@ -179,6 +192,10 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                 maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
                                             int(config.inpaint.iterations))
+            if config.method == "noise":
+                key, sub = jax.random.split(key)
+                delta = noise_change(sub, x0, mask, config.perturb.norm,
+                                     float(config.perturb.epsilon))
             if config.method in ("perturb", "both"):
                 key, sub = jax.random.split(key)
                 delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
