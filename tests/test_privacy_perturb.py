@@ -254,7 +254,7 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     """CT series of 6 slices read as 2: with ``every_slice`` every slice of the written
     NIfTI changes, each group within the budget, and the inputs stay as they were;
     without it only the 2 slices evaluation reads change. The noise control spends the
-    whole budget on every slice."""
+    whole budget on the slices it changes."""
     from mami_jax.apps.privacy.protect import protect_rows
     from mami_jax.data.decode import open_volume
     from mami_jax.data.transforms import slice_indices
@@ -280,12 +280,13 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
             rms = np.sqrt(np.mean(np.square(d), axis=(1, 2, 3)))
             assert np.sqrt(np.mean(np.square(d))) <= pcfg.perturb.epsilon * 1.1
             if method == "noise":      # the control spends the whole budget
-                assert np.sqrt(np.mean(np.square(d))) >= pcfg.perturb.epsilon * 0.8
+                assert np.sqrt(np.mean(np.square(d[rms > 1e-4]))) >= pcfg.perturb.epsilon * 0.8
             assert rec["slices_protected"] == (6 if every else 2)
             per_row.append(np.flatnonzero(rms > 1e-4).tolist())
         return per_row
 
     assert changed_slices(True) == [list(range(6))] * 2
-    assert changed_slices(False) == [slice_indices(6, 2).tolist()] * 2
+    # the noise control compiles no optimisation step: the cheap way to check the rest
     assert changed_slices(True, "noise") == [list(range(6))] * 2
+    assert changed_slices(False, "noise") == [slice_indices(6, 2).tolist()] * 2
     assert {r.path: open(r.path, "rb").read() for r in rows} == digests
