@@ -84,9 +84,10 @@ def get_config(arg=None):
     p.feature_weight = 0.0
     p.feature_layer = "block_1"
     # Keeping the diagnosis: a history `train` output (DIR with classifiers.msgpack) whose
-    # current-only classifier was trained on --workdir's model; each step also minimises
-    # keep_weight times the mean squared change of its logits from the original's
-    # (apps/privacy/diagnosis_keep.py). "": off.
+    # current-only classifier was trained on --workdir's model, or "DIR+DIR+..." with one
+    # per re-ID model in order (--workdir's, then the ensemble's); each step also minimises
+    # keep_weight times the mean squared change of their logits from the original's,
+    # averaged over them (apps/privacy/diagnosis_keep.py). "": off.
     p.keep_diagnosis = ""
     p.keep_diagnosis_config = "configs/history.py"
     p.keep_weight = 1.0

@@ -199,8 +199,8 @@ def test_keeping_holds_the_diagnosis_and_still_lowers_the_match_score(keep_setup
 
     def protect(weight):
         pcfg.keep_weight = weight
-        keep = keeper.change_fn(setup.imap, "xray", pcfg, 1) if weight else None
-        step = perturb.make_step(score, "l2", 0.1, 0.03, 0.5, keep_change=keep)
+        keep = [(0, keeper.change_fn(setup.imap, "xray", pcfg, 1))] if weight else []
+        step = perturb.make_step(score, "l2", 0.1, 0.03, 0.5, keep_changes=keep)
         delta, _ = perturb.perturb(step, [params], setup.x0, setup.offset, refs, 10,
                                    jax.random.key(0))
         assert np.all(perturb.budget_used(delta, "l2", 0.1) <= 1.0 + 1e-5)
@@ -233,6 +233,16 @@ def test_a_classifier_of_another_model_is_refused(keep_setup, tmp_path):
         DiagnosisKeeper(other, "configs/history.py", setup.member)
     with pytest.raises(ValueError, match=r"perturb.keep_diagnosis .*run `train` first"):
         DiagnosisKeeper(str(tmp_path / "none"), "configs/history.py", setup.member)
+    from mami_jax.apps.privacy.protect import keepers_of
+    pcfg = load_config("configs/privacy.py").perturb
+    pcfg.keep_diagnosis = f"{setup.out}+{setup.out}"           # two classifiers, one model
+    with pytest.raises(ValueError, match="names 2 classifiers for 1 re-ID models"):
+        keepers_of(pcfg, [setup.member])
+    pcfg.keep_diagnosis = f"{setup.out}+{other}"               # the second one is checked too
+    with pytest.raises(ValueError, match="fffffffffff"):
+        keepers_of(pcfg, [setup.member, setup.member])
+    pcfg.keep_diagnosis = setup.out
+    assert len(keepers_of(pcfg, [setup.member, setup.member])) == 1
 
 
 @pytest.mark.parametrize("n, t", [(16, 2), (16, 4), (10, 4), (17, 2), (3, 2), (2, 2)])

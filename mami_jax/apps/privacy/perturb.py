@@ -114,21 +114,22 @@ def make_keep_grad(keep_change):
 
 
 def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float,
-              smooth: float = 0.0, keep_change=None):
+              smooth: float = 0.0, keep_changes=()):
     """One PGD step against an ensemble: (params list, x0, delta, velocity, mask, offset,
     ``References.arrays()``, key) -> (delta, velocity, ensemble score before the step).
     ``smooth``: sigma (native pixels) of the gradient's Gaussian smoothing (0: none).
 
     ``member_score`` is ONE member's score function (``objective.make_member_score_fn``);
-    the step averages its gradient over the members (``ensemble_grad``). ``keep_change``
-    (params, x, offset, x0, key) -> (B,): a term minimised beside it with the FIRST
-    member's parameters (the protecting model), e.g. the change of a diagnosis."""
+    the step averages its gradient over the members (``ensemble_grad``). ``keep_changes``:
+    (member index, term) pairs, each term (params, x, offset, x0, key) -> (B,) minimised
+    beside it with that member's parameters (e.g. the change of the diagnosis a classifier
+    of that member reads), averaged over the pairs."""
     check_norm(norm)
     if not float(smooth) >= 0:
         raise ValueError(f"perturb.smooth={smooth!r}: a Gaussian sigma in pixels, >= 0 "
                          f"(0: no smoothing)")
     member_grad = make_member_grad(member_score)
-    keep_grad = make_keep_grad(keep_change) if keep_change is not None else None
+    keep_grads = [(m, make_keep_grad(change)) for m, change in keep_changes]
 
     @jax.jit
     def update(g, delta, velocity, mask, x0):
@@ -148,8 +149,8 @@ def make_step(member_score, norm: str, epsilon: float, step_size: float, momentu
 
     def step(params_list, x0, delta, velocity, mask, offset, ref_arrays, key):
         g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key)
-        if keep_grad is not None:
-            g = g + keep_grad(delta, params_list[0], x0, offset, key)
+        for m, keep_grad in keep_grads:
+            g = g + keep_grad(delta, params_list[m], x0, offset, key) / len(keep_grads)
         delta, velocity = update(g, delta, velocity, mask, x0)
         return delta, velocity, s
     return step

@@ -66,6 +66,17 @@ def groups_of(sources) -> dict:
     return g
 
 
+def keepers_of(cfg_perturb, members) -> list:
+    """The ``DiagnosisKeeper`` of each entry of ``perturb.keep_diagnosis`` ("DIR" or
+    "DIR+DIR+...": history ``train`` outputs of the members in order, ``--workdir``'s first)."""
+    dirs = [d for d in str(cfg_perturb.get("keep_diagnosis", "")).split("+") if d]
+    if len(dirs) > len(members):
+        raise ValueError(f"perturb.keep_diagnosis names {len(dirs)} classifiers for "
+                         f"{len(members)} re-ID models: one per model, --workdir's first")
+    return [DiagnosisKeeper(d, str(cfg_perturb.keep_diagnosis_config), m)
+            for d, m in zip(dirs, members)]
+
+
 def noise_change(key, x0, mask, norm: str, epsilon: float) -> np.ndarray:
     """The control protection is measured against: Gaussian noise that uses the whole
     budget (``perturb.project`` of noise larger than it), clipped to the pixel range and
@@ -156,10 +167,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     if float(config.perturb.get("feature_weight", 0.0)):
         tokens = ensemble.tokens_fn(members[0].embedder.model_cfg,
                                     str(config.perturb.feature_layer))
-    keeper = None
-    if str(config.perturb.get("keep_diagnosis", "")):
-        keeper = DiagnosisKeeper(str(config.perturb.keep_diagnosis),
-                                 str(config.perturb.keep_diagnosis_config), members[0])
+    keepers = keepers_of(config.perturb, members)
     new_rows, records = {}, []
     bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
@@ -171,11 +179,11 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             members[0].embed, imap, config.perturb, int(config.perturb.views), with_target=True,
             tokens_fn=tokens)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
-        keep = (keeper.change_fn(imap, modality, config.perturb, int(config.perturb.views))
-                if keeper is not None else None)
+        keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
+                for m, k in enumerate(keepers)]
         step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
                                  float(config.perturb.step_size), float(config.perturb.momentum),
-                                 float(config.perturb.get("smooth", 0.0)), keep_change=keep)
+                                 float(config.perturb.get("smooth", 0.0)), keep_changes=keep)
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             # A fixed batch size (the tail padded with its last image): one compilation.
