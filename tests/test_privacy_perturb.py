@@ -265,6 +265,7 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     NIfTI changes, each group within the budget, and the inputs stay as they were;
     without it only the 2 slices evaluation reads change. The noise control spends the
     whole budget on the slices it changes."""
+    from mami_jax.apps.privacy.model_input import slice_groups
     from mami_jax.apps.privacy.protect import protect_rows
     from mami_jax.data.decode import open_volume
     from mami_jax.data.transforms import slice_indices
@@ -292,6 +293,11 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
             if method == "noise":      # the control spends the whole budget
                 assert np.sqrt(np.mean(np.square(d[rms > 1e-4]))) >= pcfg.perturb.epsilon * 0.8
             assert rec["slices_protected"] == (6 if every else 2)
+            # each group, read as the model reads it (its own intensity scale), keeps its
+            # budget: the views' changes were written in one common scale
+            for g in slice_groups(6, 2):
+                dg = y.read(g) - x.read(g)
+                assert np.sqrt(np.mean(np.square(dg))) <= pcfg.perturb.epsilon * 1.1, g
             per_row.append(np.flatnonzero(rms > 1e-4).tolist())
         return per_row
 
@@ -300,3 +306,39 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     assert changed_slices(True, "noise") == [list(range(6))] * 2
     assert changed_slices(False, "noise") == [slice_indices(6, 2).tolist()] * 2
     assert {r.path: open(r.path, "rb").read() for r in rows} == digests
+
+
+def test_views_of_different_intensity_ranges_are_written_in_their_own_scale(tmp_path):
+    """A NIfTI read min-max per view: slices 0, 2 span 0-100 and slices 1, 3 span 0-1000,
+    so the two views' unit scales differ tenfold. Written together, each view re-read on
+    its own shows the change it was optimised with (to the int16 rounding)."""
+    import nibabel as nib
+    from mami_jax.apps.privacy.model_input import Source
+    from mami_jax.apps.privacy.protect import PendingRows
+    from mami_jax.apps.privacy.writers import write_protected
+    from mami_jax.data.decode import open_volume
+    from mami_jax.data.manifest import ManifestRow
+    rng = np.random.default_rng(0)
+    vol = np.zeros((16, 16, 4), np.int16)                # (X, Y, slice), identity affine
+    for k, top in enumerate((100, 1000, 100, 1000)):
+        vol[..., k] = rng.integers(0, top + 1, (16, 16))
+        vol[0, 0, k], vol[1, 1, k] = 0, top
+    path = str(tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    row = ManifestRow(image_id="v", patient_id="p", study_id="s", order="0", modality="ct",
+                      dataset="d", view="", path=path, split="test")
+    volume = open_volume(path)
+    views = [Source(row, volume.read(idx), np.asarray(idx), 4, np.ones(2, bool))
+             for idx in ([0, 2], [1, 3])]
+    # the extremes stay as they are, so that the min-max reading keeps its scale
+    deltas = [np.where((v.unit > 0) & (v.unit < 0.9), 0.05, 0.0).astype(np.float32)
+              for v in views]
+    pending = PendingRows(views)
+    assert pending.add(views[0], deltas[0], 0.0, 0.0) is None
+    whole = pending.add(views[1], deltas[1], 0.0, 0.0)
+    assert whole.slices.tolist() == [0, 1, 2, 3]
+    out = str(tmp_path / "out.nii.gz")
+    write_protected(path, whole.slices, whole.delta, out)
+    for v, d in zip(views, deltas):
+        got = open_volume(out).read(v.slices) - v.unit
+        np.testing.assert_allclose(got, d, atol=0.011)   # 1 stored unit of 100 at most

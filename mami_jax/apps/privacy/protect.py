@@ -30,6 +30,7 @@ from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.quality import psnr
 from mami_jax.apps.privacy.writers import write_protected
+from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import slice_indices
 
@@ -112,6 +113,29 @@ class WholeRow:
     score_after: float
 
 
+def in_union_scale(path: str, views, slices: np.ndarray, deltas: list) -> tuple[list, list]:
+    """Each view's change in the intensity scale of all its row's protected slices read
+    together, and those slices' pixels: (changes, originals), view by view.
+
+    A reader may scale intensities by the slices it reads (NIfTI: min-max over them), so
+    one view's unit pixels and the union's differ by an affine map per view; a change is
+    written in the union's scale (``writers``), and it must come out, in the raw values,
+    as the change optimised in the view's own scale. The map's slope is fitted by least
+    squares on the view's slices (exact for an affine reader; 1 where the scale is fixed,
+    e.g. a DICOM window)."""
+    union = open_volume(path).read(slices)
+    out_d, out_u, start = [], [], 0
+    for (p, _, _, _), d in zip(views, deltas):
+        keep = np.ones(len(p.slices), bool) if p.owned is None else p.owned
+        mine, theirs = p.unit[keep].ravel().astype(np.float64), union[start:start + len(d)]
+        a = mine - mine.mean()
+        slope = float(a @ (theirs.ravel() - theirs.mean()) / (a @ a)) if a @ a > 0 else 1.0
+        out_d.append((d * slope).astype(np.float32))
+        out_u.append(theirs)
+        start += len(d)
+    return out_d, out_u
+
+
 class PendingRows:
     """Collects the protected views of each row until all of them are done."""
 
@@ -133,6 +157,8 @@ class PendingRows:
             deltas.append(d[keep])
             units.append(p.unit[keep])
         slices = np.concatenate(slices)
+        if len(views) > 1:
+            deltas, units = in_union_scale(part.row.path, views, slices, deltas)
         order = np.argsort(slices, kind="stable")
         read = slice_indices(part.num_slices, len(part.slices))
         scored = [v for v in views if np.array_equal(v[0].slices, read)] or views
