@@ -15,8 +15,9 @@ B, T, H, W, C = 2, 2, 12, 10, 3
 STEP = 0.01
 
 
-def linear_score(params, x, offset, refs, key):
-    """A score whose gradient is ``params`` itself (so the step's direction is known)."""
+def linear_score(params, x, offset, refs, key, clean=None):
+    """A score whose gradient is ``params`` itself (so the step's direction is known);
+    ``clean`` (the original image, which every member score is given) is not used."""
     return jnp.sum(params * x, axis=(1, 2, 3, 4))
 
 

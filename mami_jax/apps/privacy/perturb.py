@@ -83,7 +83,8 @@ def smooth_gradient(g, sigma: float):
 
 def make_member_grad(member_score):
     """Jitted (delta, params, x0, offset, member refs, key) -> (d score sum / d delta,
-    score (B,)) of one member's score function (``objective.make_member_score_fn``)."""
+    score (B,)) of one member's score function (``objective.make_member_score_fn``:
+    (params, x, offset, refs, key, clean) with the original image as ``clean``)."""
     def total_score(delta, params, x0, offset, refs, key):
         s = member_score(params, x0 + delta, offset, refs, key, clean=x0)
         return s.sum(), s
