@@ -128,13 +128,12 @@ def history_check(args, cfg, app_cfg):
 def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> dict:
     """{classifier folder: its per-modality AUCs}; the features are computed once."""
     y = read_row_labels(rows, labels_path, classifiers[0].cfg)
+    orig, prot = source.features(rows), source.features(prot_rows)
     if isinstance(source, DiagnosisBackbone):
-        orig, prot = source.features(rows), source.features(prot_rows)
         inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
         about = {"model": f"teacher:{source.name}", "step": None,
                  "fingerprint": source.info["fingerprint"]}
     else:
-        orig, prot = source.features(rows), source.features(prot_rows)
         inputs = [(c.inputs(*orig), c.inputs(*prot)) for c in classifiers]
         about = {"model": source.workdir, "step": source.embedder.step,
                  "fingerprint": source.fingerprint}

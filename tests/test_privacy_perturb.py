@@ -43,6 +43,22 @@ def setup(tmp_path_factory):
     return rows, cfg, member
 
 
+@pytest.fixture(scope="module")
+def xray(setup):
+    """The X-rays of ``setup`` as protection reads them: sources, the model-input map, the
+    originals, their stain offset and their references under the tiny model."""
+    rows, cfg, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    s = settings_for(cfg.data, "xray")
+    sources = [read_source(r, s) for r in xray]
+    imap = InputMap(s, *sources[0].unit.shape[1:3])
+    x0 = np.stack([src.unit for src in sources])
+    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
+                                      {r.image_id: i for i, r in enumerate(xray)})
+    return types.SimpleNamespace(rows=xray, cfg=cfg, member=member, sources=sources, imap=imap,
+                                 x0=x0, offset=imap.stain_offset(x0), refs=refs)
+
+
 @pytest.mark.parametrize("modality", ["xray", "ct", "fundus", "pathology"])
 def test_input_map_equals_the_evaluation_transform(setup, modality):
     rows, cfg, _ = setup
@@ -69,18 +85,10 @@ def test_projection_keeps_the_budget(norm):
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.03)])
-def test_perturbation_stays_in_budget_and_lowers_the_match_score(setup, norm, eps):
-    rows, cfg, member = setup
-    xray = [r for r in rows if r.modality == "xray"]
+def test_perturbation_stays_in_budget_and_lowers_the_match_score(xray, norm, eps):
+    member, imap, x0, offset, refs = xray.member, xray.imap, xray.x0, xray.offset, xray.refs
     pcfg = load_config("configs/privacy.py")
     pcfg.perturb.norm, pcfg.perturb.epsilon, pcfg.perturb.step_size = norm, eps, eps / 3
-    s = settings_for(cfg.data, "xray")
-    sources = [read_source(r, s) for r in xray]
-    imap = InputMap(s, *sources[0].unit.shape[1:3])
-    x0 = np.stack([src.unit for src in sources])
-    offset = imap.stain_offset(x0)
-    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
-                                      {r.image_id: i for i, r in enumerate(xray)})
     score = objective.make_member_score_fn(member.embed, imap, pcfg.perturb, 1)
     plain = jax.jit(objective.make_score_fn([member], imap, pcfg.perturb, 0))
     step = perturb.make_step(score, norm, eps, eps / 3, 0.5)
@@ -104,19 +112,12 @@ def test_token_similarity_on_hand_made_tokens():
     assert float(objective.token_similarity(half, clean)[0]) == pytest.approx(0.5, abs=1e-5)
 
 
-def test_feature_disruption_moves_the_layer_tokens_away_from_the_original(setup):
+def test_feature_disruption_moves_the_layer_tokens_away_from_the_original(xray):
     """The feature term makes protection move block_0's tokens away from the original
     image's further than the match score alone does, within the same budget; without the
     clean image the objective refuses to run."""
-    rows, cfg, member = setup
-    xray = [r for r in rows if r.modality == "xray"]
-    s = settings_for(cfg.data, "xray")
-    sources = [read_source(r, s) for r in xray]
-    imap = InputMap(s, *sources[0].unit.shape[1:3])
-    x0 = np.stack([src.unit for src in sources])
-    offset = imap.stain_offset(x0)
-    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
-                                      {r.image_id: i for i, r in enumerate(xray)})
+    cfg, member, imap, x0, offset, refs = (xray.cfg, xray.member, xray.imap, xray.x0,
+                                           xray.offset, xray.refs)
     tokens = ensemble.tokens_fn(cfg.model, "block_0")
 
     def protect(feature_weight):
@@ -149,21 +150,16 @@ CLS = types.SimpleNamespace(hidden=8, steps=100, learning_rate=3e-2, weight_deca
 
 
 @pytest.fixture(scope="module")
-def keep_setup(setup, tmp_path_factory):
-    """The X-rays of ``setup`` and a history classifier of the tiny model's backbone
-    features (alternating labels), saved as history ``train`` saves it."""
-    rows, cfg, member = setup
-    xray = [r for r in rows if r.modality == "xray"]
-    s = settings_for(cfg.data, "xray")
-    sources = [read_source(r, s) for r in xray]
-    imap = InputMap(s, *sources[0].unit.shape[1:3])
-    x0 = np.stack([src.unit for src in sources])
-    offset = imap.stain_offset(x0)
+def keep_setup(xray, tmp_path_factory):
+    """``xray`` and a history classifier of the tiny model's backbone features
+    (alternating labels), saved as history ``train`` saves it."""
+    cfg, member, imap, x0, offset = xray.cfg, xray.member, xray.imap, xray.x0, xray.offset
+    xray_rows = xray.rows
     feats = np.asarray(make_embedding_and_pooled_fn(cfg.model)(member.params,
                                                                {"images": imap(x0, offset)}))
-    backbone = feats[:, np.asarray(member.embedder.embed_rows(xray[:1])).shape[1]:]
-    mods = ["xray"] * len(xray)
-    y = np.arange(len(xray)) % 2
+    backbone = feats[:, np.asarray(member.embedder.embed_rows(xray_rows[:1])).shape[1]:]
+    mods = ["xray"] * len(xray_rows)
+    y = np.arange(len(xray_rows)) % 2
     norm = {"features": training.standardizer(backbone, mods)}
     current = training.train_current(training.apply_standardizer(norm["features"], backbone, mods),
                                      y, 2, CLS)
@@ -172,8 +168,7 @@ def keep_setup(setup, tmp_path_factory):
     training.save_classifiers(os.path.join(out, "classifiers.msgpack"),
                               {"norm": norm, "current": current, "fused": current})
     np.savez(os.path.join(out, "features.npz"), fingerprint=np.asarray(fingerprint(member.params)))
-    return types.SimpleNamespace(rows=xray, cfg=cfg, member=member, sources=sources, imap=imap,
-                                 x0=x0, offset=offset, backbone=backbone, out=out)
+    return types.SimpleNamespace(**vars(xray), backbone=backbone, out=out)
 
 
 def test_logits_equal_the_history_classifier_path(keep_setup):
@@ -189,8 +184,7 @@ def test_logits_equal_the_history_classifier_path(keep_setup):
 def test_keeping_holds_the_diagnosis_and_still_lowers_the_match_score(keep_setup):
     setup = keep_setup
     keeper = DiagnosisKeeper(setup.out, "configs/history.py", setup.member)
-    refs = objective.build_references(setup.sources, [setup.member.embedder.embed_rows(setup.rows)],
-                                      setup.rows, {r.image_id: i for i, r in enumerate(setup.rows)})
+    refs = setup.refs
     pcfg = load_config("configs/privacy.py").perturb
     score = objective.make_member_score_fn(setup.member.embed, setup.imap, pcfg, 1, with_target=True)
     plain = jax.jit(objective.make_score_fn([setup.member], setup.imap, pcfg, 0))

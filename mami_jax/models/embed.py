@@ -48,11 +48,17 @@ def make_embedding_and_pooled_fn(model_cfg):
 
     @jax.jit
     def features(params, batch):
-        out = mami.apply({"params": params}, batch["images"])
-        pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
-        return jnp.concatenate([out.embedding.astype(jnp.float32), pooled], axis=-1)
+        return jnp.concatenate(embedding_and_pooled(mami, params, batch["images"]), axis=-1)
 
     return features
+
+
+def embedding_and_pooled(mami, params, images):
+    """(float32 embedding (B, C), float32 mean-pooled local map (B, D)) of one forward pass
+    of ``mami``; traceable, for callers that differentiate through it."""
+    out = mami.apply({"params": params}, images)
+    return (out.embedding.astype(jnp.float32),
+            out.local_map.astype(jnp.float32).mean(axis=(1, 2)))
 
 
 def centred(unit, center):

@@ -30,6 +30,7 @@ from mami_jax.apps.history.diagnosis import CurrentOnly
 from mami_jax.apps.privacy import objective
 from mami_jax.apps.privacy.history_utility import HistoryClassifier, HistoryClassifierError
 from mami_jax.apps.privacy.settings import load_config
+from mami_jax.models.embed import embedding_and_pooled
 from mami_jax.models.mami import MaMI
 
 
@@ -73,9 +74,7 @@ class DiagnosisKeeper:
         kind = self.kind
 
         def logits(params, images):
-            out = mami.apply({"params": params}, images)
-            pooled = out.local_map.astype(jnp.float32).mean(axis=(1, 2))
-            x = diagnosis_features(out.embedding.astype(jnp.float32), pooled, kind)
+            x = diagnosis_features(*embedding_and_pooled(mami, params, images), kind)
             z = jnp.concatenate([(x - mean) / std,
                                  jnp.broadcast_to(onehot, (x.shape[0], onehot.shape[0]))], -1)
             return head.apply({"params": weights}, z)

@@ -34,9 +34,13 @@ def unit_embedding_fn(model_cfg) -> Callable:
     mami = MaMI(model_cfg)
 
     def embed(params, images):
-        e = mami.apply({"params": params}, images).embedding
-        return e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
+        return unit(mami.apply({"params": params}, images).embedding)
     return embed
+
+
+def unit(e):
+    """Embeddings scaled to unit length (what the match score compares)."""
+    return e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
 
 
 def tokens_fn(model_cfg, layer: str) -> Callable:
@@ -49,9 +53,7 @@ def tokens_fn(model_cfg, layer: str) -> Callable:
     def fn(params, images):
         out, tokens = layer_tokens.apply_with_tokens(mami, params, images, layer)
         tokens = layer_tokens.patch_tokens(tokens, layer)
-        e = out.embedding
-        e = e / (jnp.linalg.norm(e, axis=-1, keepdims=True) + 1e-8)
-        return e, tokens.reshape(images.shape[0], -1, tokens.shape[-1])
+        return unit(out.embedding), tokens.reshape(images.shape[0], -1, tokens.shape[-1])
     return fn
 
 

@@ -25,7 +25,8 @@ from mami_jax.data import stain
 from mami_jax.data.config import ModalitySettings, modality_settings
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.data.transforms import center_crop_box, check_normalization, resize_box
+from mami_jax.data.transforms import (center_crop_box, check_normalization, resize_box,
+                                      slice_indices)
 
 PER_IMAGE_EPS = 1e-3   # transforms.standardize_per_image's eps
 
@@ -45,11 +46,7 @@ class Source:
 
 def read_source(row: ManifestRow, settings: ModalitySettings) -> Source:
     """Decodes the slices of ``row`` that evaluation reads (full resolution)."""
-    from mami_jax.data.transforms import slice_indices
-    volume = open_volume(row.path)
-    n = volume.num_slices
-    idx = slice_indices(n, settings.slices)
-    return Source(row, volume.read(idx), np.asarray(idx), n)
+    return read_parts(row, settings, every_slice=False)[0]
 
 
 def slice_groups(num_slices: int, t: int) -> list[np.ndarray]:
@@ -61,7 +58,6 @@ def slice_groups(num_slices: int, t: int) -> list[np.ndarray]:
     16 slices read as 2 give (0, 8), (1, 9), ..., (7, 15). When num_slices is not a
     multiple of t a few slices fall in two groups."""
     if num_slices <= t:
-        from mami_jax.data.transforms import slice_indices
         return [slice_indices(num_slices, t)]
     k = -(-num_slices // t)
     return [np.clip(np.floor((np.arange(t) + (j + 0.5) / k) * (num_slices / t)).astype(np.int64),
@@ -70,16 +66,16 @@ def slice_groups(num_slices: int, t: int) -> list[np.ndarray]:
 
 def read_parts(row: ManifestRow, settings: ModalitySettings, every_slice: bool) -> list[Source]:
     """The views of ``row`` that protection optimises: the slices evaluation reads
-    (``every_slice`` False, or a 2-D image), else one view per ``slice_groups`` group,
-    which together cover the whole series."""
-    if not every_slice:
-        return [read_source(row, settings)]
+    (``every_slice`` False, or a series no longer than that), else one view per
+    ``slice_groups`` group, which together cover the whole series."""
     volume = open_volume(row.path)
     n = volume.num_slices
-    if n <= settings.slices:
-        return [read_source(row, settings)]
+    groups = (slice_groups(n, settings.slices) if every_slice
+              else [slice_indices(n, settings.slices)])
+    if len(groups) == 1:
+        return [Source(row, volume.read(groups[0]), np.asarray(groups[0]), n)]
     parts, seen = [], set()
-    for idx in slice_groups(n, settings.slices):
+    for idx in groups:
         owned = np.asarray([i not in seen for i in idx.tolist()])
         seen.update(idx.tolist())
         parts.append(Source(row, volume.read(idx), np.asarray(idx), n, owned))

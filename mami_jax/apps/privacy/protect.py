@@ -113,9 +113,10 @@ class WholeRow:
     score_after: float
 
 
-def in_union_scale(path: str, views, slices: np.ndarray, deltas: list) -> tuple[list, list]:
-    """Each view's change in the intensity scale of all its row's protected slices read
-    together, and those slices' pixels: (changes, originals), view by view.
+def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list) -> tuple[list, list]:
+    """Each view's change (``deltas``, over the view's own ``units``, the kept slices of
+    the row's ``slices`` in order) in the intensity scale of all those slices read
+    together, and their pixels in that scale: (changes, originals), view by view.
 
     A reader may scale intensities by the slices it reads (NIfTI: min-max over them), so
     one view's unit pixels and the union's differ by an affine map per view; a change is
@@ -125,9 +126,8 @@ def in_union_scale(path: str, views, slices: np.ndarray, deltas: list) -> tuple[
     e.g. a DICOM window)."""
     union = open_volume(path).read(slices)
     out_d, out_u, start = [], [], 0
-    for (p, _, _, _), d in zip(views, deltas):
-        keep = np.ones(len(p.slices), bool) if p.owned is None else p.owned
-        mine, theirs = p.unit[keep].ravel().astype(np.float64), union[start:start + len(d)]
+    for unit, d in zip(units, deltas):
+        mine, theirs = unit.ravel().astype(np.float64), union[start:start + len(d)]
         a = mine - mine.mean()
         slope = float(a @ (theirs.ravel() - theirs.mean()) / (a @ a)) if a @ a > 0 else 1.0
         out_d.append((d * slope).astype(np.float32))
@@ -158,7 +158,7 @@ class PendingRows:
             units.append(p.unit[keep])
         slices = np.concatenate(slices)
         if len(views) > 1:
-            deltas, units = in_union_scale(part.row.path, views, slices, deltas)
+            deltas, units = in_union_scale(part.row.path, slices, units, deltas)
         order = np.argsort(slices, kind="stable")
         read = slice_indices(part.num_slices, len(part.slices))
         scored = [v for v in views if np.array_equal(v[0].slices, read)] or views
