@@ -8,8 +8,8 @@ binary ``disease_label``. ``key=value`` words override single settings for the
 comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
 local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
 ``center=`` (0: raw embeddings), ``train_history=`` (``retrieved`` or ``true``),
-``features=`` (``backbone``, ``embedding``, ``both`` or ``teacher:NAME``),
-``target_far=``, e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
+``features=`` (``backbone``, ``embedding``, ``both``, ``reader`` or ``teacher:NAME``),
+``target_far=``, ``hubness_k=`` (0: cosine scores), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
 """
 
 import ml_collections
@@ -19,7 +19,7 @@ from mami_jax.config import parse_arg
 
 def get_config(arg=None):
     words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
-                            "train_history", "features", "target_far"))
+                            "train_history", "features", "target_far", "hubness_k"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -29,8 +29,12 @@ def get_config(arg=None):
         c.label_column, c.classes = "disease_stage", ("0", "1", "2", "3")
 
     # Archive: "flat" (exact inner product on L2-normalised embeddings), "ivf" or "hnsw".
+    # hubness_k > 0: hub correction (CSLS): a candidate's score is 2 cos - r_q - r_c, r the
+    # mean cosine to the hubness_k nearest archived images, re-ranked over the
+    # hubness_shortlist best cosines (apps/history/archive.py); 0 scores by cosine.
     c.index = ml_collections.ConfigDict(dict(
-        kind="flat", ivf_nlist=1024, ivf_nprobe=16, hnsw_m=32, hnsw_ef_search=128))
+        kind="flat", ivf_nlist=1024, ivf_nprobe=16, hnsw_m=32, hnsw_ef_search=128,
+        hubness_k=0, hubness_shortlist=100))
 
     # Matching: the k best earlier candidates, each accepted when its cosine similarity
     # exceeds the modality's threshold, calibrated on the validation patients for this
@@ -56,8 +60,15 @@ def get_config(arg=None):
     # teacher:efficientnet_lite0, ImageNet, installs offline), while the re-ID model still
     # finds the history (apps/history/diagnosis_backbone.py). teacher_weights: its local
     # weights ("": $MAMI_TEACHER_WEIGHTS/<name>; efficientnet_lite0 needs none).
+    # "reader": a small CNN per modality trained on the train split's labels, reading
+    # every slice of a series, cross-fitted over patient folds so the classifiers never
+    # train on logits of images their reader saw (apps/history/diagnosis_reader.py);
+    # its class logits are the features.
     c.features = "backbone"
     c.teacher_weights = ""
+    c.reader = ml_collections.ConfigDict(dict(
+        size=64, slices=16, widths=(16, 32, 64), epochs=20, batch_size=32,
+        learning_rate=1e-3, weight_decay=1e-4, folds=2, seed=0))
     # Token maps the history model compares position by position with each history image
     # (classifier.map_dim > 0): the patch tokens of map_layer ("patch_embed", "ln_pre",
     # "block_<i>" or "last_block"), averaged over slices and resized to map_grid x map_grid.
@@ -89,5 +100,7 @@ def get_config(arg=None):
         c.target_far = float(words["target_far"])
     if "center" in words:
         c.center = bool(int(words["center"]))
+    if "hubness_k" in words:
+        c.index.hubness_k = int(words["hubness_k"])
     c.lock()
     return c

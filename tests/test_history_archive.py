@@ -166,3 +166,101 @@ def test_centred_archive_refuses_a_modality_without_centre(tmp_path):
     with pytest.raises(ArchiveError, match=r"centers.npz: the archive is centred but its "
                        r"centres cannot be read"):
         Archive.load(str(tmp_path / "idx"))
+
+
+# -- hub correction (CSLS) ---------------------------------------------------------------
+
+HUB = dict(SETTINGS, hubness_k=3, hubness_shortlist=1000)
+
+
+def _knn_mean(sim, k):
+    return np.sort(sim, 1)[:, -k:].mean(1)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_hub_corrected_scores_by_hand_and_through_save_load_add(tmp_path, kind):
+    rows, vecs = _rows(120), _vectors(120)
+    queries = _vectors(4, seed=2)
+    a = Archive(16, kind, HUB, MODEL)
+    a.add(rows[:80], vecs[:80])
+    a.add(rows[80:], vecs[80:])          # every density recomputed over the grown partition
+    a.save(str(tmp_path / "idx"))
+    b = Archive.load(str(tmp_path / "idx"))
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    for m in ("xray", "ct"):
+        members = [i for i, r in enumerate(rows) if r.modality == m]
+        u = unit[members]
+        sim = u @ u.T
+        np.fill_diagonal(sim, -np.inf)
+        r_c = _knn_mean(sim, 3)                                  # each image's own density
+        np.testing.assert_allclose(b.density[m], r_c, rtol=1e-5, atol=1e-6)
+        r_q = _knn_mean(q @ u.T, 3)
+        expected = 2 * (q @ u.T) - r_q[:, None] - r_c[None, :]
+        best = np.argsort(-expected, 1)[:, :5]
+        scores, positions = b.search(m, queries, 5)
+        if kind == "flat":
+            np.testing.assert_array_equal(positions, np.asarray(members)[best])
+        np.testing.assert_allclose(scores, np.take_along_axis(expected, best, 1)
+                                   if kind == "flat" else
+                                   expected[np.arange(4)[:, None],
+                                            [[members.index(p) for p in row] for row in positions]],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_an_archived_query_uses_its_stored_density_not_its_own_match():
+    rows, vecs = _rows(60), _vectors(60)
+    a = Archive(16, "flat", HUB, MODEL)
+    a.add(rows, vecs)
+    members = [i for i, r in enumerate(rows) if r.modality == "ct"]
+    i = members[0]
+    stored = a.density["ct"][0]
+    scores, positions = a.search("ct", vecs[i:i + 1], 4, [rows[i].image_id])
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    assert positions[0, 0] == i                                  # itself first ...
+    assert scores[0, 0] == pytest.approx(2 - 2 * stored, abs=1e-5)   # ... scored with r_q = r_i
+    j = positions[0, 1]
+    r_j = a.density["ct"][members.index(j)]
+    assert scores[0, 1] == pytest.approx(2 * unit[i] @ unit[j] - stored - r_j, abs=1e-5)
+    # unknown id: the density is computed, and then includes the image itself (cos 1)
+    fresh, _ = a.search("ct", vecs[i:i + 1], 1, ["not archived"])
+    assert fresh[0, 0] < scores[0, 0]
+    np.testing.assert_allclose(a.row_density([rows[i]], vecs[i:i + 1]), [stored], rtol=1e-6)
+
+
+def test_a_hub_falls_in_the_ranking():
+    """Worked example: archived images a_i = 0.6 e_i + 0.8 u share a direction u with a
+    hub h = u; a query q_i = 0.25 e_i + 0.85 u + 0.464 w_i is closer to the hub (cos 0.85)
+    than to its own a_i (cos 0.83). Densities (k = 3): r_h = 0.8, r_a = (0.8 + 2 x 0.64) / 3,
+    so hub-corrected q_i scores a_i 2 x 0.83 - r_a - r_q and the hub 2 x 0.85 - 0.8 - r_q:
+    its own image wins by 0.067."""
+    n = 10
+    dim = 2 * n + 1
+    e = np.eye(dim)
+    u = e[n]
+    archived = np.stack([0.6 * e[i] + 0.8 * u for i in range(n)] + [u]).astype(np.float32)
+    queries = np.stack([0.25 * e[i] + 0.85 * u + np.sqrt(1 - 0.25 ** 2 - 0.85 ** 2) * e[n + 1 + i]
+                        for i in range(n)]).astype(np.float32)
+    rows = [ManifestRow(image_id=f"i{k}", patient_id=f"p{k}", study_id="s", order="0",
+                        modality="ct", dataset="d", view="", path=f"/{k}", split="test")
+            for k in range(n + 1)]
+    plain = Archive(dim, "flat", SETTINGS, MODEL)
+    plain.add(rows, archived)
+    hub = Archive(dim, "flat", dict(SETTINGS, hubness_k=3), MODEL)
+    hub.add(rows, archived)
+    np.testing.assert_array_equal(plain.search("ct", queries, 1)[1][:, 0], n)     # the hub
+    np.testing.assert_array_equal(hub.search("ct", queries, 1)[1][:, 0], np.arange(n))
+    np.testing.assert_allclose(hub.density["ct"], [(0.8 + 2 * 0.64) / 3] * n + [0.8], rtol=1e-5)
+    scores, _ = hub.search("ct", queries, 2)
+    r_a = (0.8 + 2 * 0.64) / 3
+    np.testing.assert_allclose(scores[:, 0] - scores[:, 1], (2 * 0.83 - r_a) - (2 * 0.85 - 0.8),
+                               atol=1e-5)
+
+
+def test_a_hub_corrected_archive_without_densities_is_an_error(tmp_path):
+    a = Archive(16, "flat", HUB, MODEL)
+    a.add(_rows(10), _vectors(10))
+    a.save(str(tmp_path / "idx"))
+    os.remove(tmp_path / "idx" / "density.npz")
+    with pytest.raises(ArchiveError, match="density.npz: the archive is hub-corrected"):
+        Archive.load(str(tmp_path / "idx"))

@@ -82,6 +82,13 @@ def test_features_are_cached_per_weights_and_images(tmp_path, effnet):
 
     assert not cached_backbone_features(OtherWeights(), rows, str(tmp_path)).any()
 
+    class Recomputes(Refuses):              # same weights and ids, another file: computed again
+        def features(self, rows, progress=True):
+            return np.ones((len(rows), 1280), np.float32)
+
+    Image.fromarray(np.full((48, 48), 10, np.uint8)).save(tmp_path / "a.png")
+    assert cached_backbone_features(Recomputes(), rows, str(tmp_path)).all()
+
 
 def test_an_unreadable_image_is_an_error_naming_it(tmp_path, effnet):
     (tmp_path / "bad.png").write_bytes(b"not a png")

@@ -181,6 +181,43 @@ def test_disease_course_rules():
     assert min(sev) >= 1.0 and max(sev) <= 2.0
 
 
+def test_intermittent_stage1_shows_at_stage2_strength_or_not_at_all():
+    sev = np.asarray([disease.severity(np.random.default_rng(i), 1, 0.3) for i in range(2000)])
+    visible = sev > 0
+    assert 0.27 < visible.mean() < 0.33
+    assert sev[visible].min() >= 1.0 and sev[visible].max() < 2.0
+    # one draw either way: the renderer's draws that follow are the same
+    for i in range(20):
+        a, b = np.random.default_rng(i), np.random.default_rng(i)
+        disease.severity(a, 1)
+        disease.severity(b, 1, 0.3)
+        assert a.uniform() == b.uniform()
+    # other stages are untouched
+    for stage in (0, 2, 3):
+        assert disease.severity(np.random.default_rng(5), stage, 0.3) == \
+            disease.severity(np.random.default_rng(5), stage)
+
+
+def test_stage1_visible_changes_only_stage1_images_and_is_recorded(tiny, tmp_path):
+    other = phantoms.generate(str(tmp_path / "vis"), **dict(TINY, stage1_visible=0.5))
+    with open(os.path.join(os.path.dirname(other), "phantoms.json")) as f:
+        assert json.load(f)["stage1_visible"] == 0.5
+    with open(os.path.join(os.path.dirname(tiny), "labels.csv")) as f:
+        stage = {r["image_id"]: int(r["disease_stage"]) for r in csv.DictReader(f)}
+    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(other))
+    assert sorted(a) == sorted(b)
+    rows = {r.image_id: r for r in read_manifest(tiny)}
+    paths = {os.path.relpath(r.path, os.path.dirname(tiny)): i for i, r in rows.items()}
+
+    def image_of(name):        # a file, or a slice inside a series folder
+        return next((i for p, i in paths.items() if name == p or name.startswith(p + os.sep)),
+                    None)
+    differ = [k for k in a if a[k] != b[k]]
+    changed = {image_of(k) for k in differ} - {None}
+    assert changed and all(stage[i] == 1 for i in changed)
+    assert [k for k in differ if image_of(k) is None] == ["phantoms.json"]
+
+
 def test_history_predicts_the_label_better_than_the_marginal():
     """On generated plans: label(v) = label(v-1) beats always answering the majority label."""
     pairs, labels = [], []
@@ -346,6 +383,8 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert line == "error: phantoms: patients must be an integer >= 1, got 0"
     line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--pathology-field", "9"])
     assert "pathology_field must be a number in [0.25, 4], got 9.0" in line
+    line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--stage1-visible", "0"])
+    assert line == "error: phantoms: stage1_visible must be a number in (0, 1], got 0.0"
     assert not os.path.exists(tmp_path / "new")
     assert sorted(os.listdir(tmp_path)) == ["afile", "full"]   # no temporary left behind
 

@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pathology-field", type=float, default=generator.DEFAULTS["pathology_field"],
                         help="pathology tiles show this many standard fields per side, at the "
                              "magnification of an --image-size tile (tile side image_size x field)")
+    parser.add_argument("--stage1-visible", type=float, default=None, metavar="P",
+                        help="a stage-1 visit shows the disease (at stage-2 strength) with "
+                             "probability P and not at all otherwise; default: always faintly")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
     args = parser.parse_args(argv)
@@ -45,7 +48,8 @@ def _run(args) -> str:
         return args.preview
     return generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers,
-                              pathology_field=args.pathology_field)
+                              pathology_field=args.pathology_field,
+                              stage1_visible=args.stage1_visible)
 
 
 if __name__ == "__main__":

@@ -54,11 +54,16 @@ def rates(genuine, impostor, threshold: float) -> tuple[float, float]:
     return far, tar
 
 
-def pair_scores(rows: Sequence[ManifestRow], vectors: np.ndarray):
-    """(genuine, impostor) cosine similarities of all pairs of ``rows`` (one modality)."""
+def pair_scores(rows: Sequence[ManifestRow], vectors: np.ndarray, density=None):
+    """(genuine, impostor) cosine similarities of all pairs of ``rows`` (one modality);
+    with ``density`` (each row's local density, a hub-corrected archive's), the archive's
+    score 2 cos - r_i - r_j instead."""
     v = np.asarray(vectors, np.float64)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     sim = v @ v.T
+    if density is not None:
+        d = np.asarray(density, np.float64)
+        sim = 2.0 * sim - d[:, None] - d[None, :]
     patients = np.asarray([r.patient_key for r in rows])
     studies = np.asarray([r.study_key for r in rows])
     upper = np.triu(np.ones(sim.shape, bool), 1)
@@ -68,12 +73,14 @@ def pair_scores(rows: Sequence[ManifestRow], vectors: np.ndarray):
 
 
 def calibrate(rows: Sequence[ManifestRow], vectors: np.ndarray, target_far: float,
-              split: str) -> dict[str, dict]:
-    """Per modality with both kinds of pairs in ``split``: threshold, far, tar, counts."""
+              split: str, density=None) -> dict[str, dict]:
+    """Per modality with both kinds of pairs in ``split``: threshold, far, tar, counts
+    (``density``: see ``pair_scores``)."""
     out = {}
     for modality in sorted({r.modality for r in rows if r.split == split}):
         idx = [i for i, r in enumerate(rows) if r.split == split and r.modality == modality]
-        genuine, impostor = pair_scores([rows[i] for i in idx], vectors[idx])
+        genuine, impostor = pair_scores([rows[i] for i in idx], vectors[idx],
+                                        None if density is None else np.asarray(density)[idx])
         if not len(genuine) or not len(impostor):
             continue
         out[modality] = _summary(genuine, impostor, target_far, split,
@@ -120,7 +127,9 @@ def calibrate_archive(archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
     ``calibration_split``, ``k``) for ``archive``, from ``rows``' raw embeddings."""
     method, target = str(cfg.calibration), float(cfg.target_far)
     if method == "pairs":
-        out = calibrate(rows, archive.prepare_rows(rows, vectors), target, cfg.calibration_split)
+        density = archive.row_density(rows, vectors) if archive.hubness_k > 0 else None
+        out = calibrate(rows, archive.prepare_rows(rows, vectors), target, cfg.calibration_split,
+                        density)
         return {m: dict(c, method="pairs") for m, c in out.items()}
     if method == "topk":
         return calibrate_topk(archive, rows, vectors, target, cfg.calibration_split, int(cfg.k))

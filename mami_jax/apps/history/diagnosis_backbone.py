@@ -12,7 +12,7 @@ a series), e.g. ``efficientnet_lite0`` (ImageNet, installs offline) or ``dinov2_
 ``$MAMI_TEACHER_WEIGHTS/<name>``). Needs the ``teachers`` extra (torch).
 
 The features are cached in OUT/diagnosis_<name>.npz, reused only for the same weights
-(the teacher's fingerprint) and image ids.
+(the teacher's fingerprint), image ids and files (``data.image_signature``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.atomic_files import write_atomic
 
@@ -90,15 +91,16 @@ class DiagnosisBackbone:
 def cached_backbone_features(backbone: DiagnosisBackbone, rows: Sequence[ManifestRow],
                              out_dir: str, progress: bool = True) -> np.ndarray:
     """``backbone.features(rows)``, from OUT/diagnosis_<name>.npz when it holds these
-    images' features from the same weights."""
+    images' features (same ids and files) from the same weights."""
     path = os.path.join(out_dir, f"diagnosis_{backbone.name}.npz")
     ids = np.asarray([r.image_id for r in rows])
-    fingerprint = backbone.info["fingerprint"]
+    fingerprint, files = backbone.info["fingerprint"], rows_signature(rows)
     if os.path.isfile(path):
         with np.load(path) as f:
-            if str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids):
+            if (str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids)
+                    and "files" in f.files and str(f["files"]) == files):
                 return f["features"]
     x = backbone.features(rows, progress)
-    write_atomic(path, lambda tmp: np.savez(tmp, features=x, image_id=ids,
+    write_atomic(path, lambda tmp: np.savez(tmp, features=x, image_id=ids, files=np.asarray(files),
                                             fingerprint=np.asarray(fingerprint)))
     return x

@@ -30,10 +30,12 @@ import numpy as np
 from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.archive import Archive, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
+from mami_jax.apps.history import diagnosis_reader
 from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
@@ -63,15 +65,18 @@ def uses_maps(cfg) -> bool:
 
 def cached_features(model, rows, out_dir: str, cfg):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
-    OUT/features.npz when it is this model's for these images and holds the maps needed
-    (maps of another layer or grid are computed again)."""
+    OUT/features.npz when it is this model's for these images (ids and files,
+    ``rows_signature``) and holds the maps needed (maps of another layer or grid are
+    computed again)."""
     path = os.path.join(out_dir, "features.npz")
     ids = np.asarray([r.image_id for r in rows])
+    files = rows_signature(rows)
     maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
     if os.path.isfile(path):
         with np.load(path) as f:
             cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
             if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
+                    and "files" in f.files and str(f["files"]) == files
                     and maps_key in ("", cached_maps)):
                 return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
     if maps_key:
@@ -80,6 +85,7 @@ def cached_features(model, rows, out_dir: str, cfg):
         (emb, backbone), maps = model.features(rows), np.zeros((len(rows), 0, 0), np.float32)
     write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, backbone=backbone, image_id=ids,
                                             fingerprint=np.asarray(model.fingerprint),
+                                            files=np.asarray(files),
                                             maps=maps, maps_key=np.asarray(maps_key)))
     return emb, backbone, (maps if maps_key else None)
 
@@ -119,10 +125,17 @@ class Experiment:
         self.modalities = np.asarray([r.modality for r in rows])
         self.retrieved_lists = [[m.position for m in ms if m.accepted] for ms in self.matches]
         self.retrieved_scores = [[m.score for m in ms if m.accepted] for ms in self.matches]
-        self.true_scores = [[float(unit[i] @ unit[j]) for j in t] for i, t in enumerate(self.true)]
+        density = archive.row_density(rows, emb)
+        self.true_scores = [[float(archive.adjust(unit[i] @ unit[j], density[i], density[j]))
+                             for j in t] for i, t in enumerate(self.true)]
 
     def _diagnosis_input(self, model, emb, backbone, diagnosis_backbone, log):
         """(features the classifiers read (n, D), the model that gave them)."""
+        if self.cfg.features == diagnosis_reader.KIND:
+            log("diagnosis features: a reader trained on the labels (cross-fitted)")
+            return diagnosis_reader.reader_logits(self.rows, self.y, len(self.classes),
+                                                  self.cfg.reader, self.cfg.train_split,
+                                                  self.out_dir)
         name = teacher_name(self.cfg.features)
         if name is None:
             return (diagnosis_features(emb, backbone, self.cfg.features),

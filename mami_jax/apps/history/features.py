@@ -158,4 +158,5 @@ def diagnosis_features(embedding, backbone, kind: str):
     if kind == "both":
         xp = np if isinstance(embedding, np.ndarray) else jnp
         return xp.concatenate([embedding, backbone], axis=1)
-    raise ValueError(f"features={kind!r} unknown; expected one of {', '.join(FEATURE_KINDS)}")
+    raise ValueError(f"features={kind!r} unknown; expected one of {', '.join(FEATURE_KINDS)}, "
+                     f"reader or teacher:NAME")

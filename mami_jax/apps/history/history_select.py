@@ -38,7 +38,8 @@ def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
 
 @dataclasses.dataclass
 class Match:
-    """One candidate: its archive position (global row), cosine similarity, decision."""
+    """One candidate: its archive position (global row), its score (the cosine similarity,
+    or the hub-corrected score of a hub-corrected archive), decision."""
 
     position: int
     score: float
@@ -59,7 +60,8 @@ def retrieve(archive, query_rows: Sequence[ManifestRow], query_vectors: np.ndarr
         fetch = min(size, 4 * k + 16)
         pending = list(members)
         while pending:
-            scores, positions = archive.search(modality, query_vectors[pending], fetch)
+            scores, positions = archive.search(modality, query_vectors[pending], fetch,
+                                               [query_rows[q].image_id for q in pending])
             still = []
             for row, q in enumerate(pending):
                 matches = [Match(int(p), float(s), bool(s > t))

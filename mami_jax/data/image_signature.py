@@ -1,0 +1,44 @@
+"""A fingerprint of the image files behind manifest rows, for caches of per-image results.
+
+Caches of features (the history application's re-ID features, teacher features, the
+diagnosis reader's logits) are keyed by image ids, but an id names a row, not the pixels:
+regenerating the phantoms with other settings, or re-exporting a study, keeps the ids and
+changes the files. The signature adds each file's path, size and modification time (every
+file of a series folder), so such a cache is computed again instead of silently reused.
+Reading the stat of a file is cheap; hashing the pixels of a million-image archive is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Sequence
+
+from mami_jax.data.manifest import ManifestRow
+
+
+def _stat_line(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{path}|missing:{e.errno}"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def path_signature(path: str) -> str:
+    """Path, size and mtime of a file; of a folder, those of every file below it."""
+    if not os.path.isdir(path):
+        return _stat_line(path)
+    lines = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        lines += [_stat_line(os.path.join(root, name)) for name in sorted(files)]
+    return "\n".join([path] + lines)
+
+
+def rows_signature(rows: Sequence[ManifestRow]) -> str:
+    """sha256 over every row's image id and its files' ``path_signature``, in row order."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r.image_id}\n{path_signature(r.path)}\n".encode())
+    return h.hexdigest()
