@@ -30,7 +30,8 @@ class StubModel:
         return self.emb.astype(np.float32), self.backbone.astype(np.float32)
 
 
-def _setup(tmp_path, train_history):
+def _rows_and_labels():
+    """14 patients (8 train, 3 val, 3 test) with 3 visits; odd patients diseased from visit 1."""
     splits = ["train"] * 8 + ["val"] * 3 + ["test"] * 3
     rows, y = [], []
     for i, split in enumerate(splits):
@@ -39,6 +40,11 @@ def _setup(tmp_path, train_history):
                                     order=str(v), modality="xray", dataset="d", view="",
                                     path="x", split=split))
             y.append(int(i % 2 == 1 and v >= 1))
+    return rows, y
+
+
+def _setup(tmp_path, train_history):
+    rows, y = _rows_and_labels()
     cfg = get_config(f"train_history={train_history}")
     with cfg.unlocked():
         cfg.k, cfg.target_far = 2, 0.2
@@ -74,3 +80,27 @@ def test_unknown_train_history_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="train_history='future' unknown; expected retrieved "
                        "or true"):
         exp.train()
+
+
+@pytest.mark.parametrize("hubness_k", [0, 3])
+def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k):
+    """The history model reads each history image's score: a true earlier image that
+    retrieval also found carries the same score in both histories, cosine or hub-corrected."""
+    rows, y = _rows_and_labels()
+    cfg = get_config(f"hubness_k={hubness_k}")
+    with cfg.unlocked():
+        cfg.k, cfg.target_far, cfg.calibration = 2, 0.2, "pairs"
+    exp = Experiment(StubModel(rows, y), rows, y, cfg, str(tmp_path), log=lambda *a: None)
+    same = 0
+    for i in range(len(rows)):
+        found = dict(zip(exp.retrieved_lists[i], exp.retrieved_scores[i]))
+        for j, s in zip(exp.true[i], exp.true_scores[i]):
+            if j in found:
+                assert s == pytest.approx(found[j], abs=1e-5)
+                same += 1
+    assert same > 10
+    scores = [s for ss in exp.true_scores for s in ss]
+    if hubness_k:      # 2 cos - r_i - r_j: one of each image's 3 neighbours is another patient
+        assert max(scores) < 0.9
+    else:              # a patient's images are one direction: cosines near 1
+        assert min(scores) > 0.99

@@ -223,3 +223,14 @@ def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained on teacher efficientnet_lite0 with weights sha256:0000" in err[0]
     assert not os.path.exists(tiny["base"] / "eval_teacher2")
+
+
+def test_reader_classifiers_are_refused_by_name(tmp_path):
+    x, y, mods = toy_features()
+    out = save_classifier(str(tmp_path / "c"), x, y, mods, "a" * 64)
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump({"features": "reader", "feature_dim": 2, "model": {"reader": "reader"}}, f)
+    cfg = history_config("features=reader")
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match="classifiers of features=reader read the logits"):
+        history_utility.HistoryClassifier(out, cfg)

@@ -34,6 +34,7 @@ import numpy as np
 
 from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
+from mami_jax.apps.history.diagnosis_reader import KIND as READER
 from mami_jax.apps.history.experiment import (CLASSIFIERS, CLASSIFIERS_INFO,
                                               read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
@@ -97,6 +98,12 @@ class HistoryClassifier:
                 f"--history-classifier {out_dir}: trained on features={info.get('features')!r}, "
                 f"the history config gives features={features!r}: pass the --history-config "
                 f"its `train` used")
+        if features == READER:
+            raise HistoryClassifierError(
+                f"--history-classifier {out_dir}: classifiers of features=reader read the "
+                f"logits of the readers their `train` fitted, which this check does not "
+                f"compute for new images; use classifiers of features=backbone or "
+                f"teacher:NAME")
         #: NAME of ``features = "teacher:NAME"``; None for the re-ID model's features
         self.teacher = teacher_name(features)
         if self.teacher is None:
