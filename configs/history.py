@@ -19,7 +19,8 @@ from mami_jax.config import parse_arg
 
 def get_config(arg=None):
     words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
-                            "train_history", "features", "target_far", "hubness_k"))
+                            "train_history", "features", "target_far", "hubness_k",
+                            "zero_init"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -34,7 +35,7 @@ def get_config(arg=None):
     # hubness_shortlist best cosines (apps/history/archive.py); 0 scores by cosine.
     c.index = ml_collections.ConfigDict(dict(
         kind="flat", ivf_nlist=1024, ivf_nprobe=16, hnsw_m=32, hnsw_ef_search=128,
-        hubness_k=0, hubness_shortlist=100))
+        hubness_k=10, hubness_shortlist=100))
 
     # Matching: the k best earlier candidates, each accepted when its cosine similarity
     # exceeds the modality's threshold, calibrated on the validation patients for this
@@ -83,7 +84,7 @@ def get_config(arg=None):
     # patients it did not beat the history model without it (docs/history.md).
     c.classifier = ml_collections.ConfigDict(dict(
         hidden=32, attention_dim=32, map_dim=0, steps=200, fused_steps=200,
-        learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0))
+        learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0, zero_init=False))
     if "seed" in words:
         c.classifier.seed = int(words["seed"])
     if "map_dim" in words:
@@ -100,6 +101,8 @@ def get_config(arg=None):
         c.target_far = float(words["target_far"])
     if "center" in words:
         c.center = bool(int(words["center"]))
+    if "zero_init" in words:
+        c.classifier.zero_init = bool(int(words["zero_init"]))
     if "hubness_k" in words:
         c.index.hubness_k = int(words["hubness_k"])
     c.lock()

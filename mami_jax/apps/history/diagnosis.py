@@ -17,7 +17,10 @@ is exactly ``CurrentOnly(x)`` when no history is given (all of the attention on 
 token, whose value is 0), and the model can fall back to it when the retrieved history
 looks unreliable (attention moves to the token). Training the history term with the
 current branch frozen (mami_jax/apps/history/training.py) keeps that fallback equal to
-the trained current-only classifier.
+the trained current-only classifier. With ``zero_init`` the history term's last layer
+starts at zero, so the untrained model *is* current-only for every input and the term only
+grows where the training history moves it (a sparse retrieved history otherwise leaves a
+random term that perturbs every image given a longer history at test time).
 
 Local change (``map_dim`` > 0, with token maps of the current image (B, P, C) and of
 each history image (B, k, P, C)): every position of both maps goes through one shared
@@ -60,6 +63,7 @@ class WithHistory(nn.Module):
     num_classes: int
     attention_dim: int
     map_dim: int = 0
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, x, history, scores, mask, x_map=None, history_maps=None):
@@ -88,5 +92,7 @@ class WithHistory(nn.Module):
         pooled = jnp.einsum("bk,bkd->bd", jnp.where(mask, weights, 0.0),
                             jnp.where(mask[..., None], values, 0.0))
         delta = nn.Dense(d, use_bias=False, name="history_hidden")(pooled)
-        delta = nn.Dense(self.num_classes, use_bias=False, name="history_logits")(nn.gelu(delta))
+        delta = nn.Dense(self.num_classes, use_bias=False, name="history_logits",
+                         kernel_init=(nn.initializers.zeros if self.zero_init
+                                      else nn.initializers.lecun_normal()))(nn.gelu(delta))
         return current + delta

@@ -142,7 +142,7 @@ def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
 
 def fused_model(num_classes: int, cfg) -> WithHistory:
     return WithHistory(int(cfg.hidden), num_classes, int(cfg.attention_dim),
-                       int(cfg.get("map_dim", 0)))
+                       int(cfg.get("map_dim", 0)), bool(cfg.get("zero_init", False)))
 
 
 def _maps(model: WithHistory, x_map, hist: Histories):
