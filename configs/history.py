@@ -7,7 +7,7 @@
 binary ``disease_label``. ``key=value`` words override single settings for the
 comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
 local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
-``center=`` (0: raw embeddings), ``train_history=`` (``retrieved`` or ``true``),
+``center=`` (0: raw embeddings), ``train_history=`` (``retrieved``, ``true`` or ``both``),
 ``features=`` (``backbone``, ``embedding``, ``both``, ``reader`` or ``teacher:NAME``),
 ``target_far=``, ``hubness_k=`` (0: cosine scores), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
 """
@@ -49,8 +49,9 @@ def get_config(arg=None):
     c.center = True
     c.calibration = "topk"
     c.calibration_split = "val"
-    # The history the history model learns from: "retrieved" (as at test time) or "true"
-    # (the training patients' own earlier images).
+    # The history the history model learns from: "retrieved" (as at test time), "true"
+    # (the training patients' own earlier images) or "both" (each training image once
+    # with each).
     c.train_history = "retrieved"
     c.train_split = "train"
     c.eval_split = "test"

@@ -48,6 +48,20 @@ def test_no_history_equals_current_only_exactly():
         with_h, np.asarray(model.apply({"params": params}, x, h2, s, some)))
 
 
+def test_zero_init_starts_as_current_only_even_with_history():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 10)).astype(np.float32)
+    h = rng.normal(size=(5, 3, 10)).astype(np.float32)
+    s = rng.uniform(size=(5, 3)).astype(np.float32)
+    mask = np.ones((5, 3), bool)
+    for zero, same in ((True, True), (False, False)):
+        model = WithHistory(16, 3, 8, zero_init=zero)
+        params = model.init(jax.random.key(0), x, h, s, mask)["params"]
+        fused = np.asarray(model.apply({"params": params}, x, h, s, mask))
+        current = np.asarray(CurrentOnly(16, 3).apply({"params": params["current"]}, x))
+        assert np.array_equal(fused, current) == same
+
+
 def test_history_model_learns_what_only_history_shows():
     # The label is a feature of the previous image; the current image shows it weakly.
     rng = np.random.default_rng(0)

@@ -77,9 +77,30 @@ def test_train_history_true_learns_from_the_patients_own_history(tmp_path):
 
 def test_unknown_train_history_is_an_error(tmp_path):
     exp, _ = _setup(tmp_path, "future")
-    with pytest.raises(ValueError, match="train_history='future' unknown; expected retrieved "
-                       "or true"):
+    with pytest.raises(ValueError, match="train_history='future' unknown; expected retrieved, "
+                       "true or both"):
         exp.train()
+
+
+def test_train_history_both_sees_each_image_with_each_history(tmp_path, monkeypatch):
+    exp, _ = _setup(tmp_path, "both")
+    seen = {}
+
+    def spy(current, x, hist, y, n, c, x_map=None):
+        seen.update(x=x, hist=hist, y=y)
+        return current
+    monkeypatch.setattr(training, "train_fused", spy)
+    exp.train()
+    train = exp.split("train")
+    _, retrieved, true, _ = exp.inputs(exp_norm(exp, train), train)
+    assert len(seen["x"]) == 2 * len(train)
+    np.testing.assert_array_equal(seen["x"][:len(train)], seen["x"][len(train):])
+    np.testing.assert_array_equal(seen["hist"].mask, np.concatenate([retrieved.mask, true.mask]))
+    np.testing.assert_array_equal(seen["y"], np.concatenate([exp.y[train], exp.y[train]]))
+
+
+def exp_norm(exp, idx):
+    return {"features": training.standardizer(exp.x_raw[idx], exp.modalities[idx])}
 
 
 @pytest.mark.parametrize("hubness_k", [0, 3])

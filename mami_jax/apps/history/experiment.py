@@ -14,7 +14,8 @@
 4. ``train``: the current-only classifier, then the history model (current branch
    frozen) on ``train_split`` with retrieved history (``train_history = "true"``: the
    training patients' own earlier images, whose links a hospital knows for the images
-   it trains on); saved to OUT/classifiers.msgpack.
+   it trains on; ``"both"``: each training image once with each); saved to
+   OUT/classifiers.msgpack.
 5. Evaluation on ``eval_split``, per modality and overall: current-only, the history
    model with the retrieved and with the true history, and the false-history rate;
    OUT/metrics.json, OUT/metrics.md and OUT/auc.png.
@@ -191,13 +192,20 @@ class Experiment:
         if self.maps_raw is not None:
             norm["maps"] = training.map_standardizer(self.maps_raw[idx], self.modalities[idx])
         x, retrieved, true, x_map = self.inputs(norm, idx)
-        history = {"retrieved": retrieved, "true": true}.get(str(self.cfg.train_history))
+        y = self.y[idx]
+        n = len(self.classes)
+        current = training.train_current(x, y, n, c)
+        kind = str(self.cfg.train_history)
+        if kind == "both":      # every training image twice: with each history
+            history = training.Histories.concat([retrieved, true])
+            x, y = np.concatenate([x, x]), np.concatenate([y, y])
+            x_map = None if x_map is None else np.concatenate([x_map, x_map])
+        else:
+            history = {"retrieved": retrieved, "true": true}.get(kind)
         if history is None:
             raise ValueError(f"train_history={self.cfg.train_history!r} unknown; expected "
-                             f"retrieved or true")
-        n = len(self.classes)
-        current = training.train_current(x, self.y[idx], n, c)
-        fused = training.train_fused(current, x, history, self.y[idx], n, c, x_map)
+                             f"retrieved, true or both")
+        fused = training.train_fused(current, x, history, y, n, c, x_map)
         payload = {"norm": norm, "current": current, "fused": fused}
         write_text_atomic(os.path.join(self.out_dir, CLASSIFIERS_INFO),
                           json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n")

@@ -40,6 +40,15 @@ class Histories:
                          None if self.maps is None else self.maps[idx])
 
     @classmethod
+    def concat(cls, parts: Sequence["Histories"]) -> "Histories":
+        """The histories of ``parts`` one after the other (the same k)."""
+        maps = [p.maps for p in parts]
+        return cls(np.concatenate([p.features for p in parts]),
+                   np.concatenate([p.scores for p in parts]),
+                   np.concatenate([p.mask for p in parts]),
+                   None if any(m is None for m in maps) else np.concatenate(maps))
+
+    @classmethod
     def gather(cls, features: np.ndarray, lists, scores, k: int,
                maps: np.ndarray | None = None) -> "Histories":
         """``lists[i]``: row indices into ``features`` (and ``maps``, (N, P, C)) of image
