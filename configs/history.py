@@ -52,7 +52,7 @@ def get_config(arg=None):
     # The history the history model learns from: "retrieved" (as at test time), "true"
     # (the training patients' own earlier images) or "both" (each training image once
     # with each).
-    c.train_history = "retrieved"
+    c.train_history = "both"
     c.train_split = "train"
     c.eval_split = "test"
 
