@@ -86,3 +86,4 @@ def test_true_history_is_the_patients_earlier_images_most_recent_first():
     by_id = {r.image_id: [rows[j].image_id for j in h] for r, h in zip(rows, hist)}
     assert by_id["a0"] == [] and by_id["a1"] == ["a0"]
     assert by_id["a3"] == ["a2", "a1"] and by_id["b2"] == ["b1", "b0"]
+

@@ -231,12 +231,13 @@ class Experiment:
             total.append(len(self.true[i]))
         same, other, found, total = map(np.asarray, (same, other, found, total))
         mods = np.asarray([self.rows[i].modality for i in idx])
+        patients = np.asarray([self.rows[i].patient_key for i in idx])
         groups = {}
         for name in [m for m in ("xray", "ct", "mri", "fundus", "pathology") if m in mods] + ["overall"]:
             sel = np.ones(len(idx), bool) if name == "overall" else mods == name
             groups[name] = scoring.group_metrics({k: p[sel] for k, p in probs.items()},
                                                  self.y[idx][sel], same[sel], other[sel],
-                                                 found[sel], total[sel])
+                                                 found[sel], total[sel], patients[sel])
         metrics = {"split": split, "label_column": self.cfg.label_column, "classes": self.classes,
                    "features": self.cfg.features, "diagnosis_model": self.diagnosis_model,
                    "k": int(self.cfg.k),
