@@ -13,7 +13,9 @@ images, scored on original and protected test images (``utility``); and, with
 current-only diagnosis classifier (a history ``train`` output made with ``--history-model``
 on the ORIGINAL images; refused when it was trained on another model's features) on the
 same images (``history_utility``); with a ``--history-config`` of ``features=teacher:NAME``
-the classifiers read that separate diagnosis model instead (no ``--history-model``). Quality: PSNR and
+the classifiers read that separate diagnosis model instead (no ``--history-model``), and with
+``features=reader`` the CNN readers their `train` fitted on the labels, saved beside them
+(every slice of a series). Quality: PSNR and
 SSIM of every protected image against its original, on the slices the model reads.
 Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables). Bad input
 ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mami_jax.apps.history.experiment import read_row_labels  # noqa: E402
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name  # noqa: E402
+from mami_jax.apps.history.diagnosis_reader import KIND as READER  # noqa: E402
 from mami_jax.apps.history.features import TrainedModel  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, history_utility, quality, utility  # noqa: E402
 from mami_jax.apps.privacy.model_input import read_source, settings_for  # noqa: E402
@@ -112,6 +115,8 @@ def history_check(args, cfg, app_cfg):
     if not args.history_classifier:
         return None
     classifiers = [history_utility.HistoryClassifier(d, app_cfg) for d in args.history_classifier]
+    if app_cfg.features == READER:     # each classifier brings its own readers
+        return classifiers, None
     name = teacher_name(app_cfg.features)
     if name is not None:
         source = DiagnosisBackbone(name, str(app_cfg.get("teacher_weights", "")))
@@ -128,6 +133,15 @@ def history_check(args, cfg, app_cfg):
 def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> dict:
     """{classifier folder: its per-modality AUCs}; the features are computed once."""
     y = read_row_labels(rows, labels_path, classifiers[0].cfg)
+    if source is None:                 # features=reader: the classifiers' own readers
+        return {c.out_dir: {"classifier": c.out_dir, "model": f"reader:{c.reader.path}",
+                            "step": None, "fingerprint": c.reader.fingerprint,
+                            "label_column": c.cfg.label_column,
+                            "auc": history_utility.diagnosis_report(
+                                c, c.checked(c.reader.features(rows)),
+                                c.checked(c.reader.features(prot_rows)), y,
+                                [r.modality for r in rows])}
+                for c in classifiers}
     orig, prot = source.features(rows), source.features(prot_rows)
     if isinstance(source, DiagnosisBackbone):
         inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
@@ -177,7 +191,8 @@ def main(argv=None) -> int:
         return 1
     if app_cfg is not None and not args.labels:
         p.error("--history-classifier needs --labels")
-    if app_cfg is not None and teacher_name(app_cfg.features) is None and not args.history_model:
+    if (app_cfg is not None and teacher_name(app_cfg.features) is None
+            and app_cfg.features != READER and not args.history_model):
         p.error("--history-classifier needs --history-model (the workdir its `train` used) "
                 "and --labels")
     try:

@@ -225,12 +225,45 @@ def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
     assert not os.path.exists(tiny["base"] / "eval_teacher2")
 
 
-def test_reader_classifiers_are_refused_by_name(tmp_path):
-    x, y, mods = toy_features()
-    out = save_classifier(str(tmp_path / "c"), x, y, mods, "a" * 64)
+def test_reader_classifiers_read_their_own_readers(tmp_path):
+    """A reader ``train`` output judges new images with its fold readers: on images outside
+    the training split their mean logits are the features the classifiers were trained
+    against (the cross-fitted logits), and a missing readers file is refused by name."""
+    import ml_collections
+    from mami_jax.apps.history import diagnosis_reader as dr
+    from tests.test_history_reader import _blob_images
+    (tmp_path / "img").mkdir()
+    rows, y = _blob_images(tmp_path / "img", 9, 2, np.random.default_rng(0),
+                           lambda p, v, r: int(v == 1))
+    cfg = history_config("features=reader")
+    reader_cfg = ml_collections.ConfigDict(dict(cfg.reader, size=16, widths=(8,), epochs=2,
+                                                batch_size=4))
+    out = str(tmp_path / "c")
+    os.makedirs(out)
+    logits, _ = dr.reader_logits(rows, y, 2, reader_cfg, "train", out)
+    mods = [r.modality for r in rows]
+    save_classifier(out, logits, y, mods, "unused")
     with open(os.path.join(out, "classifiers.json"), "w") as f:
         json.dump({"features": "reader", "feature_dim": 2, "model": {"reader": "reader"}}, f)
-    cfg = history_config("features=reader")
+    clf = history_utility.HistoryClassifier(out, cfg)
+    test = [i for i, r in enumerate(rows) if r.split == "test"]
+    again = clf.reader.features([rows[i] for i in test], progress=False)
+    np.testing.assert_allclose(again, logits[test], rtol=1e-5, atol=1e-5)
+    assert clf.fingerprint == clf.reader.fingerprint
+    # privacy_eval's report: each classifier reads with its own readers; identical
+    # "protected" copies keep the AUC exactly
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,disease_label\n" + "".join(
+        f"{r.image_id},{label}\n" for r, label in zip(rows, y)))
+    test_rows = [rows[i] for i in test]
+    classifiers, source = privacy_eval.history_check(
+        types.SimpleNamespace(history_classifier=[out]), None, cfg)
+    assert source is None
+    report = privacy_eval.history_report(classifiers, source, test_rows, test_rows, str(labels))
+    entry = report[clf.out_dir]
+    assert entry["model"].startswith("reader:") and entry["fingerprint"] == clf.fingerprint
+    assert entry["auc"]["xray"]["relative_change"] == 0.0
+    os.remove(os.path.join(out, "diagnosis_reader.msgpack"))
     with pytest.raises(history_utility.HistoryClassifierError,
-                       match="classifiers of features=reader read the logits"):
+                       match="diagnosis_reader.msgpack: the readers cannot be read"):
         history_utility.HistoryClassifier(out, cfg)

@@ -43,6 +43,7 @@ from mami_jax.runtime.atomic_files import write_atomic, write_bytes_atomic
 KIND = "reader"
 LOGITS = "diagnosis_reader.npz"
 PARAMS = "diagnosis_reader.msgpack"
+SETTINGS_KEY = "__settings__"
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -230,7 +231,52 @@ def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, 
     payload = jax.tree_util.tree_map(np.asarray, {
         m: {"mean": r["mean"], "std": r["std"], "folds": {str(i): p for i, p in enumerate(r["folds"])}}
         for m, r in readers.items()})
+    payload[SETTINGS_KEY] = json.dumps({"reader": cfg.to_dict(), "num_classes": num_classes,
+                                        "fingerprint": key}, sort_keys=True, default=list)
     write_bytes_atomic(os.path.join(out_dir, PARAMS), flax.serialization.msgpack_serialize(payload))
     write_atomic(path, lambda tmp: np.savez(tmp, logits=logits, fingerprint=np.asarray(key),
                                             image_id=np.asarray([r.image_id for r in rows])))
     return logits, info
+
+
+class TrainedReader:
+    """The fold readers a ``train`` saved (OUT/diagnosis_reader.msgpack), reading new images:
+    their logits are the mean of the fold readers' (what every image outside the training
+    split got). For images the readers never saw, e.g. protected copies of test images."""
+
+    def __init__(self, out_dir: str):
+        path = os.path.join(out_dir, PARAMS)
+        try:
+            with open(path, "rb") as f:
+                payload = flax.serialization.msgpack_restore(f.read())
+        except OSError as e:
+            raise FileNotFoundError(f"{path}: the readers cannot be read ({e.strerror}); run "
+                                    f"the history `train` with features=reader first") from e
+        except Exception as e:  # noqa: BLE001 - not a msgpack of readers
+            raise ValueError(f"{path}: not a readers file ({type(e).__name__}: {e})") from e
+        if SETTINGS_KEY not in payload:
+            raise ValueError(f"{path}: no settings recorded (written by an older version); "
+                             f"train again")
+        settings = json.loads(str(payload.pop(SETTINGS_KEY)))
+        self.path, self.settings = path, settings["reader"]
+        self.num_classes, self.fingerprint = int(settings["num_classes"]), settings["fingerprint"]
+        self.readers = payload
+        self.net = ReaderNet(tuple(self.settings["widths"]), self.num_classes)
+
+    def features(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
+        """(n, num_classes) logits of ``rows``, in order; a modality without a reader is an
+        error naming it."""
+        missing = sorted({r.modality for r in rows} - set(self.readers))
+        if missing:
+            raise ValueError(f"{self.path}: no reader for modality {missing} (it has "
+                             f"{', '.join(sorted(self.readers))})")
+        views = read_views(rows, int(self.settings["size"]), int(self.settings["slices"]),
+                           progress)
+        modalities = np.asarray([r.modality for r in rows])
+        out = np.zeros((len(rows), self.num_classes), np.float32)
+        for m, x in views.items():
+            r = self.readers[m]
+            x = (x - r["mean"]) / r["std"]
+            folds = [r["folds"][k] for k in sorted(r["folds"], key=int)]
+            out[modalities == m] = np.mean([_batched_logits(self.net, p, x) for p in folds], 0)
+        return out

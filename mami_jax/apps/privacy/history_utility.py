@@ -22,6 +22,11 @@ EfficientNet-Lite0) read that model's features of each image file instead
 DIR/classifiers.json records. Such a model is not a re-ID model, so the protection,
 optimised against re-ID models, was never aimed at it: it judges what a hospital's own
 diagnosis model still reads in the protected images.
+
+Classifiers of ``features = "reader"`` read the logits of the small CNNs their `train`
+fitted on the labels (``apps.history.diagnosis_reader``, saved beside the classifiers in
+DIR/diagnosis_reader.msgpack): every slice of a series, so a change to any slice counts.
+New images get the mean of the fold readers' logits, as the test images did in training.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
 from mami_jax.apps.history.diagnosis_reader import KIND as READER
+from mami_jax.apps.history.diagnosis_reader import TrainedReader
 from mami_jax.apps.history.experiment import (CLASSIFIERS, CLASSIFIERS_INFO,
                                               read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
@@ -98,15 +104,18 @@ class HistoryClassifier:
                 f"--history-classifier {out_dir}: trained on features={info.get('features')!r}, "
                 f"the history config gives features={features!r}: pass the --history-config "
                 f"its `train` used")
+        #: the fold readers of ``features = "reader"`` (saved beside the classifiers)
+        self.reader = None
         if features == READER:
-            raise HistoryClassifierError(
-                f"--history-classifier {out_dir}: classifiers of features=reader read the "
-                f"logits of the readers their `train` fitted, which this check does not "
-                f"compute for new images; use classifiers of features=backbone or "
-                f"teacher:NAME")
+            try:
+                self.reader = TrainedReader(self.out_dir)
+            except (OSError, ValueError) as e:
+                raise HistoryClassifierError(f"--history-classifier {out_dir}: {e}") from e
         #: NAME of ``features = "teacher:NAME"``; None for the re-ID model's features
         self.teacher = teacher_name(features)
-        if self.teacher is None:
+        if self.reader is not None:
+            self.fingerprint = self.reader.fingerprint
+        elif self.teacher is None:
             self.fingerprint = recorded_fingerprint(self.out_dir, info)
         else:
             model = (info or {}).get("model") or {}
