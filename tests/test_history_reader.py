@@ -31,6 +31,12 @@ def _cfg(**kw):
     return ml_collections.ConfigDict(c)
 
 
+def test_an_unreadable_image_is_an_error_naming_it(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"bad\.png.*\(image bad\)"):
+        dr.read_views([_row("bad", str(tmp_path / "bad.png"))], 16, 3, progress=False)
+
+
 def test_patient_folds_keep_a_patients_images_together_and_balance():
     patients = [f"p{i // 3}" for i in range(30)]          # 10 patients, 3 images each
     fold = dr.patient_folds(patients, 3, seed=0)

@@ -35,7 +35,7 @@ import optax
 from PIL import Image
 from tqdm import tqdm
 
-from mami_jax.data.decode import open_volume
+from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.atomic_files import write_atomic, write_bytes_atomic
@@ -58,24 +58,30 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 def read_view(row: ManifestRow, size: int, slices: int) -> np.ndarray:
     """What the reader sees of one image: a 2-D image as (size, size, 3) (gray repeated
     into the three channels), a series as (size, size, ``slices``): that many slices,
-    evenly spaced through it, as channels, read together (one intensity scale)."""
-    vol = open_volume(row.path)
-    n = vol.num_slices
-    if n == 1:
-        img = vol.read([0])[0]
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, -1)
-        return _resize(img[..., :3], size)
-    idx = np.linspace(0, n - 1, slices).round().astype(int).tolist()
-    stack = vol.read(idx)[..., 0]                      # (slices, H, W), gray
+    evenly spaced through it, as channels, read together (one intensity scale). An image
+    that cannot be read is a ValueError naming its file and image id."""
+    try:
+        vol = open_volume(row.path)
+        n = vol.num_slices
+        if n == 1:
+            img = vol.read([0])[0]
+            if img.shape[-1] == 1:
+                img = np.repeat(img, 3, -1)
+            return _resize(img[..., :3], size)
+        idx = np.linspace(0, n - 1, slices).round().astype(int).tolist()
+        stack = vol.read(idx)[..., 0]                  # (slices, H, W), gray
+    except DecodeError as e:
+        raise ValueError(f"{e} (image {row.image_id})") from e
     return _resize(np.moveaxis(stack, 0, -1), size)
 
 
 def read_views(rows: Sequence[ManifestRow], size: int, slices: int,
                progress: bool = True) -> dict[str, np.ndarray]:
-    """Per modality, the views of its rows (in row order). A modality whose images mix
-    2-D images and series is an error naming the first image of the minority kind,
-    since one reader reads one layout."""
+    """Per modality, the views of its rows (in row order), all in memory (float32:
+    size x size x slices x 4 bytes each, 256 KB per series at 64 px and 16 slices, so a
+    few tens of thousands of images). A modality whose images mix 2-D images and series
+    is an error naming the first image of the minority kind, since one reader reads one
+    layout."""
     out: dict[str, list] = {}
     for r in tqdm(rows, unit="img", desc="reader views", disable=not progress):
         out.setdefault(r.modality, []).append((r, read_view(r, size, slices)))
@@ -94,9 +100,9 @@ def read_views(rows: Sequence[ManifestRow], size: int, slices: int,
 
 
 class ReaderNet(nn.Module):
-    """Three blocks of two 3x3 convolutions (ReLU) and 2x2 max-pooling, then the mean
-    and the maximum over positions (a lesion is small: the maximum keeps it), then the
-    class logits."""
+    """One block per width (default 16, 32, 64) of two 3x3 convolutions (ReLU) and 2x2
+    max-pooling, then the mean and the maximum over positions (a lesion is small: the
+    maximum keeps it), then the class logits."""
 
     widths: Sequence[int]
     num_classes: int
