@@ -32,19 +32,15 @@ On disk (``save`` / ``load``; written to a staging folder and renamed into place
     INDEX/density.npz      per modality the local density of each image (partition
                            order) when hub-corrected
 
-Hub correction (``hubness_k`` > 0 in the settings; off when absent): in a large
-archive a few images lie close to many others ("hubs") and top many queries' candidate
-lists, so the highest cosine similarities are more often another patient's than the
-patient's own (on 640 phantom patients, the best 5 % of the top-5 candidates' cosines were
-mostly impostors). The archive stores each image's local density r (the mean cosine to
-its ``hubness_k`` nearest other archived images of its modality) and scores a candidate
-c of query q as 2 cos(q, c) - r_q - r_c (CSLS, Lample et al. 2018), which lowers hubs
-and crowded regions; r_q is the stored one for an archived query, else computed
-by one more search. Scores are then no longer cosines (they lie in [-4, 2]), thresholds
-are calibrated on the same scores, and ranking re-scores the ``hubness_shortlist``
-best candidates by cosine (a re-ranking, exact when the shortlist holds the partition).
-``add`` recomputes every density of the modalities it extends (one search per archived
-image, at the index's own speed), so an extended archive scores as if built at once.
+Hub correction (``hubness_k`` > 0 in the settings; off when absent; ``hubness.py`` says
+why): the archive stores each image's local density (mean cosine to its ``hubness_k``
+nearest other archived images of its modality) and scores a candidate 2 cos - r_q - r_c;
+r_q is the stored one for an archived query, else computed by one more search. Scores are
+then no longer cosines (they lie in [-4, 2]), thresholds are calibrated on the same
+scores, and ranking re-scores the ``hubness_shortlist`` best candidates by cosine (a
+re-ranking, exact when the shortlist holds the partition). ``add`` recomputes every density
+of the modalities it extends (one search per archived image, at the index's own speed), so
+an extended archive scores as if built at once.
 
 Adding refuses embeddings of another model (``check_model``) and image ids already
 archived, so one archive never mixes two embedding spaces or counts an image twice.
@@ -61,6 +57,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.apps.history import hubness
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
@@ -236,32 +233,10 @@ class Archive:
         self.rows.extend(rows)
         if self.hubness_k > 0:
             for modality in by_modality:
-                self.density[modality] = self._partition_density(modality)
+                self.density[modality] = hubness.archived_density(
+                    self.indexes[modality], self.kind, self.hubness_k)
 
-    # -- hub correction ---------------------------------------------------------------
-    def _vectors(self, modality: str) -> np.ndarray:
-        """The stored (prepared) vectors of one partition, in partition order."""
-        index = self.indexes[modality]
-        if self.kind == "ivf":
-            _faiss().extract_index_ivf(index).make_direct_map()
-        return index.reconstruct_n(0, index.ntotal)
-
-    def _partition_density(self, modality: str) -> np.ndarray:
-        """Each archived image's mean cosine to its ``hubness_k`` nearest other images of
-        the partition (0 for an image alone in it)."""
-        v = self._vectors(modality)
-        k = min(self.hubness_k, len(v) - 1)
-        if k <= 0:
-            return np.zeros(len(v), np.float32)
-        scores, ids = self.indexes[modality].search(v, k + 1)
-        own = ids == np.arange(len(v))[:, None]
-        # drop the image itself, else (a duplicate took its place) the last hit
-        drop = np.where(own.any(1), own.argmax(1), k)
-        keep = np.ones_like(own)
-        keep[np.arange(len(v)), drop] = False
-        keep &= ids >= 0
-        return (np.where(keep, scores, 0).sum(1) / np.maximum(keep.sum(1), 1)).astype(np.float32)
-
+    # -- hub correction (apps/history/hubness.py) ---------------------------------------
     def query_density(self, modality: str, prepared: np.ndarray,
                       query_ids: Sequence[str] | None = None) -> np.ndarray:
         """Local density of queries (``prepare``d vectors): an archived image's stored
@@ -276,11 +251,7 @@ class Archive:
         for i, w in enumerate(where):
             if w is not None and w[0] == modality:
                 out[i] = self.density[modality][w[1]]
-        if new:
-            k = min(self.hubness_k, self.indexes[modality].ntotal)
-            scores, ids = self.indexes[modality].search(np.ascontiguousarray(prepared[new]), k)
-            ok = ids >= 0
-            out[new] = np.where(ok, scores, 0).sum(1) / np.maximum(ok.sum(1), 1)
+        out[new] = hubness.new_density(self.indexes[modality], prepared[new], self.hubness_k)
         return out
 
     def row_density(self, rows: Sequence[ManifestRow], vectors: np.ndarray) -> np.ndarray:
@@ -301,7 +272,7 @@ class Archive:
         the cosine itself without hub correction, else 2 cos - r_q - r_c."""
         if self.hubness_k <= 0:
             return cosine
-        return 2.0 * cosine - query_density - candidate_density
+        return hubness.csls(cosine, query_density, candidate_density)
 
     def search(self, modality: str, queries: np.ndarray, k: int,
                query_ids: Sequence[str] | None = None):
