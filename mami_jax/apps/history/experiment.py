@@ -28,10 +28,9 @@ import os
 
 import numpy as np
 
-from mami_jax.apps.history import scoring, training
+from mami_jax.apps.history import diagnosis_reader, scoring, training
 from mami_jax.apps.history.archive import Archive, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
-from mami_jax.apps.history import diagnosis_reader
 from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
