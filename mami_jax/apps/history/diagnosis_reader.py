@@ -21,6 +21,7 @@ OUT/diagnosis_reader.npz, reused for the same settings, images and training labe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -116,24 +117,13 @@ class ReaderNet(nn.Module):
         return nn.Dense(self.num_classes)(jnp.concatenate([x.mean((1, 2)), x.max((1, 2))], -1))
 
 
-def _batched_logits(net: ReaderNet, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    apply = jax.jit(lambda p, xb: net.apply({"params": p}, xb))
-    return np.concatenate([np.asarray(apply(params, x[i:i + batch]))
-                           for i in range(0, len(x), batch)]) if len(x) else \
-        np.zeros((0, net.num_classes), np.float32)
+@functools.lru_cache(maxsize=16)
+def _compiled(widths: tuple, num_classes: int, learning_rate: float, weight_decay: float):
+    """(net, optimizer, jitted init, jitted apply, jitted training step) of one reader
+    shape and optimiser, compiled once per process (every fold and modality reuses them)."""
+    net = ReaderNet(widths, num_classes)
+    opt = optax.adamw(learning_rate, weight_decay=weight_decay)
 
-
-def train_reader(x: np.ndarray, y: np.ndarray, num_classes: int, cfg, seed: int,
-                 bar=None) -> dict:
-    """AdamW on mini-batches of (x, y) for ``cfg.epochs`` epochs, each batch mirrored
-    left-right with probability 1/2 (a lesion's side is not the diagnosis). Returns the
-    parameters; raises FloatingPointError when the loss is not finite."""
-    net = ReaderNet(tuple(cfg.widths), num_classes)
-    params = jax.jit(net.init)(jax.random.key(seed), x[:1])["params"]
-    opt = optax.adamw(float(cfg.learning_rate), weight_decay=float(cfg.weight_decay))
-    state = opt.init(params)
-
-    @jax.jit
     def step(params, state, xb, yb):
         def loss_fn(p):
             logits = net.apply({"params": p}, xb)
@@ -142,6 +132,31 @@ def train_reader(x: np.ndarray, y: np.ndarray, num_classes: int, cfg, seed: int,
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
+    return (net, opt, jax.jit(net.init), jax.jit(lambda p, xb: net.apply({"params": p}, xb)),
+            jax.jit(step))
+
+
+def _apply(widths, num_classes: int):
+    return _compiled(tuple(int(w) for w in widths), int(num_classes), 0.0, 0.0)[3]
+
+
+def _batched_logits(net: ReaderNet, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    if not len(x):
+        return np.zeros((0, net.num_classes), np.float32)
+    apply = _apply(net.widths, net.num_classes)
+    return np.concatenate([np.asarray(apply(params, x[i:i + batch]))
+                           for i in range(0, len(x), batch)])
+
+
+def train_reader(x: np.ndarray, y: np.ndarray, num_classes: int, cfg, seed: int,
+                 bar=None) -> dict:
+    """AdamW on mini-batches of (x, y) for ``cfg.epochs`` epochs, each batch mirrored
+    left-right with probability 1/2 (a lesion's side is not the diagnosis). Returns the
+    parameters; raises FloatingPointError when the loss is not finite."""
+    _, opt, init, _, step = _compiled(tuple(int(w) for w in cfg.widths), int(num_classes),
+                                      float(cfg.learning_rate), float(cfg.weight_decay))
+    params = init(jax.random.key(seed), x[:1])["params"]
+    state = opt.init(params)
     rng = np.random.default_rng(seed)
     b = min(int(cfg.batch_size), len(x))
     loss = jnp.nan
