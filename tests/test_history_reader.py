@@ -60,6 +60,18 @@ def test_a_2d_image_is_box_resized_into_three_channels(tmp_path):
     assert v[0, 15, 0] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_each_modality_is_read_at_its_own_size(tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "tile.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "cxr.png")
+    rows = [_row("t", str(tmp_path / "tile.png"), modality="pathology"),
+            _row("c", str(tmp_path / "cxr.png"), modality="xray")]
+    sizes = dr.modality_sizes(_cfg(size=16, sizes={"pathology": 32}))
+    assert (sizes["pathology"], sizes["xray"], sizes["ct"]) == (32, 16, 16)
+    views = dr.read_views(rows, sizes, 3, progress=False)
+    assert views["pathology"].shape == (1, 32, 32, 3) and views["xray"].shape == (1, 16, 16, 3)
+    assert dr.read_views(rows, 16, 3, progress=False)["pathology"].shape == (1, 16, 16, 3)
+
+
 def test_a_series_gives_evenly_spaced_slices_as_channels(tmp_path):
     nib = pytest.importorskip("nibabel")
     vol = np.zeros((8, 8, 6), np.float32)

@@ -21,16 +21,18 @@ OUT/diagnosis_reader.npz, reused for the same settings, images and training labe
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from PIL import Image
@@ -76,16 +78,25 @@ def read_view(row: ManifestRow, size: int, slices: int) -> np.ndarray:
     return _resize(np.moveaxis(stack, 0, -1), size)
 
 
-def read_views(rows: Sequence[ManifestRow], size: int, slices: int,
+def modality_sizes(cfg) -> dict[str, int]:
+    """The side each modality is read at: ``cfg.size``, or ``cfg.sizes[modality]`` where
+    given (pathology's cells are a few pixels wide: halving a tile loses them)."""
+    sizes = dict(cfg.get("sizes", {}) or {})
+    return collections.defaultdict(lambda: int(cfg.size), {m: int(v) for m, v in sizes.items()})
+
+
+def read_views(rows: Sequence[ManifestRow], size, slices: int,
                progress: bool = True) -> dict[str, np.ndarray]:
-    """Per modality, the views of its rows (in row order), all in memory (float32:
+    """Per modality, the views of its rows (in row order) at ``size`` (one side, or a
+    mapping from modality to side as ``modality_sizes`` gives), all in memory (float32:
     size x size x slices x 4 bytes each, 256 KB per series at 64 px and 16 slices, so a
     few tens of thousands of images). A modality whose images mix 2-D images and series
     is an error naming the first image of the minority kind, since one reader reads one
     layout."""
     out: dict[str, list] = {}
+    side = size if isinstance(size, Mapping) else collections.defaultdict(lambda: int(size))
     for r in tqdm(rows, unit="img", desc="reader views", disable=not progress):
-        out.setdefault(r.modality, []).append((r, read_view(r, size, slices)))
+        out.setdefault(r.modality, []).append((r, read_view(r, side[r.modality], slices)))
     views = {}
     for m, items in out.items():
         widths = [v.shape[-1] for _, v in items]
@@ -202,7 +213,7 @@ def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes:
     folds = int(cfg.folds)
     if folds < 2:
         raise ValueError(f"reader.folds={folds}: cross-fitting needs at least 2 folds")
-    views = read_views(rows, int(cfg.size), int(cfg.slices), progress)
+    views = read_views(rows, modality_sizes(cfg), int(cfg.slices), progress)
     modalities = np.asarray([r.modality for r in rows])
     is_train = np.asarray([r.split == train_split for r in rows])
     logits = np.zeros((len(rows), num_classes), np.float32)
@@ -291,8 +302,8 @@ class TrainedReader:
         if missing:
             raise ValueError(f"{self.path}: no reader for modality {missing} (it has "
                              f"{', '.join(sorted(self.readers))})")
-        views = read_views(rows, int(self.settings["size"]), int(self.settings["slices"]),
-                           progress)
+        views = read_views(rows, modality_sizes(ml_collections.ConfigDict(self.settings)),
+                           int(self.settings["slices"]), progress)
         modalities = np.asarray([r.modality for r in rows])
         out = np.zeros((len(rows), self.num_classes), np.float32)
         for m, x in views.items():
