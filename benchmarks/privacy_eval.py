@@ -133,28 +133,26 @@ def history_check(args, cfg, app_cfg):
 def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> dict:
     """{classifier folder: its per-modality AUCs}; the features are computed once."""
     y = read_row_labels(rows, labels_path, classifiers[0].cfg)
-    if source is None:                 # features=reader: the classifiers' own readers
-        return {c.out_dir: {"classifier": c.out_dir, "model": f"reader:{c.reader.path}",
-                            "step": None, "fingerprint": c.reader.fingerprint,
-                            "label_column": c.cfg.label_column,
-                            "auc": history_utility.diagnosis_report(
-                                c, c.checked(c.reader.features(rows)),
-                                c.checked(c.reader.features(prot_rows)), y,
-                                [r.modality for r in rows])}
-                for c in classifiers}
-    orig, prot = source.features(rows), source.features(prot_rows)
-    if isinstance(source, DiagnosisBackbone):
-        inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
-        about = {"model": f"teacher:{source.name}", "step": None,
-                 "fingerprint": source.info["fingerprint"]}
+    if source is None:                 # features=reader: each classifier's own readers
+        inputs = [(c.checked(c.reader.features(rows)), c.checked(c.reader.features(prot_rows)))
+                  for c in classifiers]
+        abouts = [{"model": f"reader:{c.reader.path}", "step": None,
+                   "fingerprint": c.reader.fingerprint} for c in classifiers]
     else:
-        inputs = [(c.inputs(*orig), c.inputs(*prot)) for c in classifiers]
-        about = {"model": source.workdir, "step": source.embedder.step,
-                 "fingerprint": source.fingerprint}
+        orig, prot = source.features(rows), source.features(prot_rows)
+        if isinstance(source, DiagnosisBackbone):
+            inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
+            about = {"model": f"teacher:{source.name}", "step": None,
+                     "fingerprint": source.info["fingerprint"]}
+        else:
+            inputs = [(c.inputs(*orig), c.inputs(*prot)) for c in classifiers]
+            about = {"model": source.workdir, "step": source.embedder.step,
+                     "fingerprint": source.fingerprint}
+        abouts = [about] * len(classifiers)
     return {c.out_dir: {"classifier": c.out_dir, **about, "label_column": c.cfg.label_column,
                         "auc": history_utility.diagnosis_report(c, a, b, y,
                                                                 [r.modality for r in rows])}
-            for c, (a, b) in zip(classifiers, inputs)}
+            for c, (a, b), about in zip(classifiers, inputs, abouts)}
 
 
 def save(result: dict, out: str) -> str:

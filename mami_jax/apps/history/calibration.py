@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.apps.history import hubness
 from mami_jax.apps.history.history_select import retrieve
 from mami_jax.data.manifest import ManifestRow
 
@@ -63,7 +64,7 @@ def pair_scores(rows: Sequence[ManifestRow], vectors: np.ndarray, density=None):
     sim = v @ v.T
     if density is not None:
         d = np.asarray(density, np.float64)
-        sim = 2.0 * sim - d[:, None] - d[None, :]
+        sim = hubness.csls(sim, d[:, None], d[None, :])
     patients = np.asarray([r.patient_key for r in rows])
     studies = np.asarray([r.study_key for r in rows])
     upper = np.triu(np.ones(sim.shape, bool), 1)

@@ -129,10 +129,17 @@ class ReaderNet(nn.Module):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(widths: tuple, num_classes: int, learning_rate: float, weight_decay: float):
-    """(net, optimizer, jitted init, jitted apply, jitted training step) of one reader
-    shape and optimiser, compiled once per process (every fold and modality reuses them)."""
+def _network(widths: tuple, num_classes: int):
+    """(net, jitted init, jitted apply) of one reader shape, compiled once per process
+    (every fold, modality and loaded reader of that shape reuses them)."""
     net = ReaderNet(widths, num_classes)
+    return net, jax.jit(net.init), jax.jit(lambda p, xb: net.apply({"params": p}, xb))
+
+
+@functools.lru_cache(maxsize=16)
+def _training_step(widths: tuple, num_classes: int, learning_rate: float, weight_decay: float):
+    """(optimizer, jitted AdamW step on the cross-entropy) of one reader shape, compiled once."""
+    net = _network(widths, num_classes)[0]
     opt = optax.adamw(learning_rate, weight_decay=weight_decay)
 
     def step(params, state, xb, yb):
@@ -143,18 +150,17 @@ def _compiled(widths: tuple, num_classes: int, learning_rate: float, weight_deca
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
-    return (net, opt, jax.jit(net.init), jax.jit(lambda p, xb: net.apply({"params": p}, xb)),
-            jax.jit(step))
+    return opt, jax.jit(step)
 
 
-def _apply(widths, num_classes: int):
-    return _compiled(tuple(int(w) for w in widths), int(num_classes), 0.0, 0.0)[3]
+def _shape(widths) -> tuple:
+    return tuple(int(w) for w in widths)
 
 
 def _batched_logits(net: ReaderNet, params, x: np.ndarray, batch: int = 256) -> np.ndarray:
     if not len(x):
         return np.zeros((0, net.num_classes), np.float32)
-    apply = _apply(net.widths, net.num_classes)
+    apply = _network(_shape(net.widths), int(net.num_classes))[2]
     return np.concatenate([np.asarray(apply(params, x[i:i + batch]))
                            for i in range(0, len(x), batch)])
 
@@ -164,8 +170,9 @@ def train_reader(x: np.ndarray, y: np.ndarray, num_classes: int, cfg, seed: int,
     """AdamW on mini-batches of (x, y) for ``cfg.epochs`` epochs, each batch mirrored
     left-right with probability 1/2 (a lesion's side is not the diagnosis). Returns the
     parameters; raises FloatingPointError when the loss is not finite."""
-    _, opt, init, _, step = _compiled(tuple(int(w) for w in cfg.widths), int(num_classes),
-                                      float(cfg.learning_rate), float(cfg.weight_decay))
+    init = _network(_shape(cfg.widths), int(num_classes))[1]
+    opt, step = _training_step(_shape(cfg.widths), int(num_classes),
+                               float(cfg.learning_rate), float(cfg.weight_decay))
     params = init(jax.random.key(seed), x[:1])["params"]
     state = opt.init(params)
     rng = np.random.default_rng(seed)
