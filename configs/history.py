@@ -9,7 +9,8 @@ comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
 local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
 ``center=`` (0: raw embeddings), ``train_history=`` (``retrieved``, ``true`` or ``both``),
 ``features=`` (``backbone``, ``embedding``, ``both``, ``reader`` or ``teacher:NAME``),
-``target_far=``, ``hubness_k=`` (0: cosine scores), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
+``target_far=``, ``hubness_k=`` (0: cosine scores), ``visit_fusion=`` (0: each image
+alone), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
 """
 
 import ml_collections
@@ -20,7 +21,7 @@ from mami_jax.config import parse_arg
 def get_config(arg=None):
     words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
                             "train_history", "features", "target_far", "hubness_k",
-                            "zero_init"))
+                            "zero_init", "visit_fusion"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -48,6 +49,15 @@ def get_config(arg=None):
     # validation image (what retrieval accepts from); "pairs" among the validation
     # patients' own image pairs.
     c.k = 5
+    # visit_fusion: score an archived visit against the query's visit by adding the
+    # z-normalised scores of every modality both hold (a visit = a patient's images of one
+    # order, apps/history/visit_fusion.py), over the union of each image's
+    # visit_shortlist best candidates; thresholds are calibrated on those visit scores.
+    # On 640 phantom patients (two or three modalities per visit) it cut the false history
+    # at target FAR 0.05 from 0.28 to 0.09 while finding 71 % of the earlier images instead of
+    # 22 % (docs/history.md). With one modality per visit it ranks as the single scores do.
+    c.visit_fusion = True
+    c.visit_shortlist = 50
     c.target_far = 0.001
     c.center = True
     c.calibration = "topk"
@@ -108,6 +118,8 @@ def get_config(arg=None):
         c.target_far = float(words["target_far"])
     if "center" in words:
         c.center = bool(int(words["center"]))
+    if "visit_fusion" in words:
+        c.visit_fusion = bool(int(words["visit_fusion"]))
     if "zero_init" in words:
         c.classifier.zero_init = bool(int(words["zero_init"]))
     if "hubness_k" in words:

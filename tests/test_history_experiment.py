@@ -103,12 +103,13 @@ def exp_norm(exp, idx):
     return {"features": training.standardizer(exp.x_raw[idx], exp.modalities[idx])}
 
 
-@pytest.mark.parametrize("hubness_k", [0, 3])
-def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k):
+@pytest.mark.parametrize("hubness_k,visit_fusion", [(0, 0), (3, 0), (3, 1)])
+def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k, visit_fusion):
     """The history model reads each history image's score: a true earlier image that
-    retrieval also found carries the same score in both histories, cosine or hub-corrected."""
+    retrieval also found carries the same score in both histories, cosine, hub-corrected
+    or by visit."""
     rows, y = _rows_and_labels()
-    cfg = get_config(f"hubness_k={hubness_k}")
+    cfg = get_config(f"hubness_k={hubness_k},visit_fusion={visit_fusion}")
     with cfg.unlocked():
         cfg.k, cfg.target_far, cfg.calibration = 2, 0.2, "pairs"
     exp = Experiment(StubModel(rows, y), rows, y, cfg, str(tmp_path), log=lambda *a: None)
@@ -121,7 +122,10 @@ def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k):
                 same += 1
     assert same > 10
     scores = [s for ss in exp.true_scores for s in ss]
-    if hubness_k:      # 2 cos - r_i - r_j: one of each image's 3 neighbours is another patient
+    if visit_fusion:   # z-scores against the val patients' impostor pairs: far above them
+        assert min(scores) > 2
+        assert exp.calibration["xray"]["method"] == "topk-visits"
+    elif hubness_k:    # 2 cos - r_i - r_j: one of each image's 3 neighbours is another patient
         assert max(scores) < 0.9
     else:              # a patient's images are one direction: cosines near 1
         assert min(scores) > 0.99

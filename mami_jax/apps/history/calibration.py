@@ -108,6 +108,22 @@ def calibrate_topk(archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
     idx = [i for i, r in enumerate(rows) if r.split == split]
     matches = retrieve(archive, [rows[i] for i in idx], np.asarray(vectors)[idx], int(k),
                        np.inf)
+    return topk_thresholds(archive, rows, idx, matches, target_far, split, k)
+
+
+def calibrate_visits(fusion, target_far: float, split: str, k: int) -> dict[str, dict]:
+    """``calibrate_topk`` for visit-level scores (``visit_fusion.VisitFusion``): the
+    top-``k`` candidates of ``split``'s rows by visit score."""
+    idx = [i for i, r in enumerate(fusion.rows) if r.split == split]
+    matches = fusion.retrieve(idx, int(k), np.inf)
+    out = topk_thresholds(fusion.archive, fusion.rows, idx, matches, target_far, split, k)
+    return {m: dict(c, method="topk-visits") for m, c in out.items()}
+
+
+def topk_thresholds(archive, rows, idx, matches, target_far: float, split: str,
+                    k: int) -> dict[str, dict]:
+    """Per modality: the threshold holding ``target_far`` among ``matches`` (the top-k
+    candidates of rows ``idx``); genuine = candidates of the query's own patient."""
     scores: dict[str, tuple[list, list, set]] = {}
     for i, found in zip(idx, matches):
         genuine, impostor, patients = scores.setdefault(rows[i].modality, ([], [], set()))

@@ -30,11 +30,12 @@ import numpy as np
 
 from mami_jax.apps.history import diagnosis_reader, scoring, training
 from mami_jax.apps.history.archive import Archive, mean_directions
-from mami_jax.apps.history.calibration import calibrate_archive
+from mami_jax.apps.history.calibration import calibrate_archive, calibrate_visits
 from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
+from mami_jax.apps.history.visit_fusion import VisitFusion
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
@@ -110,24 +111,38 @@ class Experiment:
         archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
                           centers=mean_directions(rows, emb) if cfg.center else None)
         archive.add(rows, emb)
-        self.calibration = calibrate_archive(archive, rows, emb, cfg)
+        k = int(cfg.k)
+        fusion = None
+        if cfg.get("visit_fusion", False):
+            fusion = VisitFusion(archive, rows, emb, shortlist=int(cfg.visit_shortlist))
+            stats = fusion.fit_stats(cfg.calibration_split)
+            self.calibration = calibrate_visits(fusion, float(cfg.target_far),
+                                                cfg.calibration_split, k)
+            for m, c in self.calibration.items():
+                c["impostor_mean"], c["impostor_sd"] = stats[m]
+        else:
+            self.calibration = calibrate_archive(archive, rows, emb, cfg)
         missing = sorted({r.modality for r in rows} - set(self.calibration))
         if missing:
             raise ValueError(f"no threshold for modality {missing}: split "
                              f"{cfg.calibration_split!r} has no pairs of it to calibrate on")
         archive.calibration = self.calibration
-        k = int(cfg.k)
-        self.matches = retrieve(archive, rows, emb, k, archive.thresholds())
-        unit = archive.prepare_rows(rows, emb)
         self.true = true_history(rows, k)
+        if fusion is not None:
+            log(f"retrieval by visits (shortlist {fusion.shortlist})")
+            self.matches = fusion.retrieve(range(len(rows)), k, archive.thresholds())
+            self.true_scores = [[fusion.score(i, j) for j in t] for i, t in enumerate(self.true)]
+        else:
+            self.matches = retrieve(archive, rows, emb, k, archive.thresholds())
+            unit = archive.prepare_rows(rows, emb)
+            density = archive.row_density(rows, emb)
+            self.true_scores = [[float(archive.adjust(unit[i] @ unit[j], density[i], density[j]))
+                                 for j in t] for i, t in enumerate(self.true)]
         self.x_raw, self.diagnosis_model = self._diagnosis_input(
             model, emb, backbone, diagnosis_backbone, log)
         self.modalities = np.asarray([r.modality for r in rows])
         self.retrieved_lists = [[m.position for m in ms if m.accepted] for ms in self.matches]
         self.retrieved_scores = [[m.score for m in ms if m.accepted] for ms in self.matches]
-        density = archive.row_density(rows, emb)
-        self.true_scores = [[float(archive.adjust(unit[i] @ unit[j], density[i], density[j]))
-                             for j in t] for i, t in enumerate(self.true)]
 
     def _diagnosis_input(self, model, emb, backbone, diagnosis_backbone, log):
         """(features the classifiers read (n, D), the model that gave them)."""

@@ -1,0 +1,177 @@
+"""Retrieval by whole visits: the evidence of every modality a visit shares with the query's.
+
+One model embeds every modality, so a query visit that brings several images (a chest
+X-ray and a fundus photograph of the same day, say) can be compared with an archived
+visit modality by modality, and the comparisons added up. Each single comparison is weak
+(on 640 phantom patients the top-ranked earlier image of one modality is the patient's own
+for about half of the queries); two or three independent ones rarely point at the same
+wrong patient.
+
+A visit is a patient's images of one ``order`` (``visit_key``): images taken together
+arrive together and are archived together, so the query knows its own visit's other
+images and the archive its visits' images, while which earlier visit is the patient's
+is what retrieval has to find. Scores of different modalities are made comparable by
+z-normalising each against its modality's different-patient pairs (``impostor_stats``,
+on the calibration split): an impostor modality then adds about 0, a genuine one several
+units, and a modality the candidate visit lacks adds nothing, so sharing fewer
+modalities is no penalty, only less evidence.
+
+``VisitFusion.retrieve`` applies the history rule (``history_select.is_history``) to the
+candidate image of the query's own modality; its visit-mates only add evidence. The
+candidates are the union of the archive's ``shortlist`` best of each of the query visit's
+images, so no score is computed against the whole archive.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.apps.history import hubness
+from mami_jax.apps.history.history_select import Match, is_history
+from mami_jax.data.manifest import ManifestRow
+
+
+def visit_key(row: ManifestRow) -> tuple[str, str, str]:
+    """The images of one patient at one ``order`` (visit number or date) form a visit."""
+    return row.dataset, row.patient_id, row.order
+
+
+def impostor_stats(scores: np.ndarray, patients: np.ndarray, max_rows: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """(mean, standard deviation) of the different-patient entries of the square score
+    matrix ``scores`` (rows and columns the same images, of ``patients``); at most
+    ``max_rows`` rows are used (a fixed random subset)."""
+    patients = np.asarray(patients)
+    n = len(patients)
+    if n > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+        scores, patients = scores[np.ix_(keep, keep)], patients[keep]
+    other = patients[:, None] != patients[None, :]
+    if not other.any():
+        raise ValueError("visit fusion needs different-patient pairs to normalise scores on")
+    values = np.asarray(scores, np.float64)[other]
+    return float(values.mean()), float(max(values.std(), 1e-6))
+
+
+class VisitFusion:
+    """Visit-level scores of ``rows`` (raw embeddings ``vectors``) against ``archive``.
+
+    ``stats``: per modality (mean, sd) of impostor scores (``fit_stats`` computes them).
+    """
+
+    def __init__(self, archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
+                 stats: dict | None = None, shortlist: int = 50):
+        self.archive, self.rows = archive, list(rows)
+        self.vectors = np.asarray(vectors)
+        self.prepared = archive.prepare_rows(self.rows, self.vectors)
+        self.density = archive.row_density(self.rows, self.vectors)
+        self.shortlist = int(shortlist)
+        self.stats = dict(stats or {})
+        self.mates: dict[tuple, dict[str, list[int]]] = {}
+        for i, r in enumerate(self.rows):
+            self.mates.setdefault(visit_key(r), {}).setdefault(r.modality, []).append(i)
+        self.archive_visits: dict[tuple, dict[str, list[int]]] = {}
+        for p, r in enumerate(archive.rows):
+            self.archive_visits.setdefault(visit_key(r), {}).setdefault(r.modality, []).append(p)
+        self._stored: dict[str, np.ndarray] = {}
+
+    # -- pair scores ------------------------------------------------------------------
+    def _stored_vectors(self, modality: str) -> np.ndarray:
+        if modality not in self._stored:
+            self._stored[modality] = hubness.stored_vectors(self.archive.indexes[modality],
+                                                            self.archive.kind)
+        return self._stored[modality]
+
+    def _slot(self, position: int) -> int:
+        return self.archive._partition_of[self.archive.rows[position].image_id][1]
+
+    def pair_score(self, i: int, position: int) -> float:
+        """The archive's score (cosine, or hub-corrected) of row ``i`` against archived
+        image ``position`` of the same modality."""
+        m = self.rows[i].modality
+        slot = self._slot(position)
+        cosine = float(self.prepared[i] @ self._stored_vectors(m)[slot])
+        density = self.archive.density[m][slot] if self.archive.hubness_k > 0 else 0.0
+        return float(self.archive.adjust(cosine, self.density[i], density))
+
+    def z(self, i: int, position: int) -> float:
+        mean, sd = self.stats[self.rows[i].modality]
+        return (self.pair_score(i, position) - mean) / sd
+
+    def score(self, i: int, position: int) -> float:
+        """Row ``i``'s visit against the archived visit of image ``position``: the z-score
+        of ``i`` against ``position``, plus for every other modality both visits hold the
+        mean over the query visit's images of that modality of their best z-score among
+        the archived visit's."""
+        mine = self.rows[i].modality
+        total = self.z(i, position)
+        theirs = self.archive_visits[visit_key(self.archive.rows[position])]
+        for m, members in self.mates[visit_key(self.rows[i])].items():
+            if m == mine or m not in theirs or m not in self.stats:
+                continue
+            total += float(np.mean([max(self.z(j, c) for c in theirs[m]) for j in members]))
+        return float(total)
+
+    def fit_stats(self, split: str) -> dict[str, tuple[float, float]]:
+        """Impostor (mean, sd) per modality among ``split``'s rows; sets and returns them."""
+        stats = {}
+        modalities = np.asarray([r.modality for r in self.rows])
+        for m in sorted(set(modalities.tolist())):
+            sel = np.flatnonzero((modalities == m)
+                                 & np.asarray([r.split == split for r in self.rows]))
+            if len(sel) < 2:
+                continue
+            u = self.prepared[sel]
+            scores = self.archive.adjust(u @ u.T, self.density[sel][:, None],
+                                         self.density[sel][None, :])
+            try:
+                stats[m] = impostor_stats(scores, [self.rows[i].patient_key for i in sel])
+            except ValueError:
+                continue
+        self.stats = stats
+        return stats
+
+    # -- retrieval --------------------------------------------------------------------
+    def _candidates(self, indices: Sequence[int]) -> dict[int, set[int]]:
+        """Per query row: archived images of its modality whose visit is in the shortlist
+        of any of the query visit's images."""
+        wanted = sorted({j for i in indices
+                         for members in self.mates[visit_key(self.rows[i])].values()
+                         for j in members})
+        by_modality: dict[str, list[int]] = {}
+        for j in wanted:
+            by_modality.setdefault(self.rows[j].modality, []).append(j)
+        near: dict[int, list[int]] = {}
+        for m, members in by_modality.items():
+            fetch = min(self.archive.partition_size(m), self.shortlist)
+            _, positions = self.archive.search(m, self.vectors[members], fetch,
+                                               [self.rows[j].image_id for j in members])
+            for j, found in zip(members, positions):
+                near[j] = [int(p) for p in found if p >= 0]
+        out = {}
+        for i in indices:
+            mine = self.rows[i].modality
+            cands = set()
+            for members in self.mates[visit_key(self.rows[i])].values():
+                for j in members:
+                    for p in near.get(j, ()):
+                        cands.update(self.archive_visits[visit_key(self.archive.rows[p])]
+                                     .get(mine, ()))
+            out[i] = cands
+        return out
+
+    def retrieve(self, indices: Sequence[int], k: int, threshold: float | dict) -> list[list[Match]]:
+        """For each row of ``indices``: its ``k`` best eligible candidates by visit score,
+        accepted above the threshold of its modality (one value or per modality)."""
+        candidates = self._candidates(indices)
+        out = []
+        for i in indices:
+            q = self.rows[i]
+            t = threshold[q.modality] if isinstance(threshold, dict) else threshold
+            scored = [(self.score(i, p), p) for p in candidates[i]
+                      if is_history(self.archive.rows[p], q)]
+            scored.sort(key=lambda sp: (-sp[0], sp[1]))
+            out.append([Match(p, s, bool(s > t)) for s, p in scored[:int(k)]])
+        return out

@@ -1,0 +1,93 @@
+"""Retrieval by whole visits (apps/history/visit_fusion.py), on hand-made embeddings."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from mami_jax.apps.history.archive import Archive  # noqa: E402
+from mami_jax.apps.history.history_select import retrieve  # noqa: E402
+from mami_jax.apps.history.visit_fusion import (VisitFusion, impostor_stats,  # noqa: E402
+                                                visit_key)
+from mami_jax.data.manifest import ManifestRow  # noqa: E402
+
+
+def _row(patient, visit, modality, split="test"):
+    return ManifestRow(image_id=f"{patient}_{modality}_v{visit}", patient_id=patient,
+                       study_id=f"{modality}_v{visit}", order=str(visit), modality=modality,
+                       dataset="d", view="", path="x", split=split)
+
+
+def _unit(*v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+#: Query: patient A's visit 1 (an X-ray and a CT). Its X-ray alone is closer to patient B's
+#: earlier X-ray (cosine 0.9) than to A's own (0.8); A's earlier CT is close to A's (0.95),
+#: B's is not (0). A's visit 2 matches perfectly but is later: never history of visit 1.
+EMBEDDINGS = {
+    ("A", 1, "xray"): _unit(1, 0, 0, 0), ("A", 1, "ct"): _unit(0, 1, 0, 0),
+    ("A", 0, "xray"): _unit(0.8, 0.6, 0, 0), ("A", 0, "ct"): _unit(0, 0.95, np.sqrt(1 - 0.95**2), 0),
+    ("B", 0, "xray"): _unit(0.9, 0, np.sqrt(1 - 0.81), 0), ("B", 0, "ct"): _unit(0, 0, 1, 0),
+    ("C", 0, "xray"): _unit(0, 0, 0, 1), ("C", 0, "ct"): _unit(0, 0, 0, 1),
+    ("A", 2, "xray"): _unit(1, 0, 0, 0), ("A", 2, "ct"): _unit(0, 1, 0, 0),
+}
+
+
+def _archive():
+    keys = list(EMBEDDINGS)
+    rows = [_row(p, v, m) for p, v, m in keys]
+    vectors = np.stack([EMBEDDINGS[k] for k in keys])
+    archive = Archive(4, "flat", {"hubness_k": 0})
+    archive.add(rows, vectors)
+    return archive, rows, vectors
+
+
+def test_impostor_stats_by_hand():
+    scores = np.asarray([[1.0, 0.5, 0.2], [0.5, 1.0, 0.4], [0.2, 0.4, 1.0]])
+    mean, sd = impostor_stats(scores, ["a", "a", "b"])   # different-patient: .2 .2 .4 .4
+    assert mean == pytest.approx(0.3) and sd == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="different-patient pairs"):
+        impostor_stats(scores, ["a", "a", "a"])
+
+
+def test_the_visits_other_modality_outvotes_a_wrong_single_match():
+    archive, rows, vectors = _archive()
+    query = rows.index(_row("A", 1, "xray"))
+    single = retrieve(archive, [rows[query]], vectors[[query]], 1, 0.5)[0]
+    assert archive.rows[single[0].position].patient_id == "B"          # the X-ray alone errs
+    fusion = VisitFusion(archive, rows, vectors, stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)})
+    found = fusion.retrieve([query], 3, 1.0)[0]
+    # visit scores = the sum of the two cosines: A0 0.8 + 0.95, B0 0.9 + 0, C0 0 + 0
+    assert [(archive.rows[m.position].patient_id, m.accepted) for m in found] == [
+        ("A", True), ("B", False), ("C", False)]
+    assert [m.score for m in found] == pytest.approx([1.75, 0.9, 0.0], abs=1e-6)
+    # z-normalised per modality: (cos - mean) / sd
+    fusion.stats = {"xray": (0.5, 0.5), "ct": (0.0, 2.0)}
+    assert fusion.score(query, found[0].position) == pytest.approx((0.8 - 0.5) / 0.5 + 0.95 / 2)
+
+
+def test_a_later_visit_is_never_history_however_well_it_matches():
+    archive, rows, vectors = _archive()
+    fusion = VisitFusion(archive, rows, vectors, stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)})
+    for i, r in enumerate(rows):
+        for m in fusion.retrieve([i], 10, -np.inf)[0]:
+            c = archive.rows[m.position]
+            assert int(c.order) < int(r.order) and c.modality == r.modality
+    later = rows.index(_row("A", 2, "ct"))
+    found = fusion.retrieve([later], 10, -np.inf)[0]
+    assert {archive.rows[m.position].image_id for m in found} == {
+        "A_ct_v1", "A_ct_v0", "B_ct_v0", "C_ct_v0"}
+    assert archive.rows[found[0].position].image_id == "A_ct_v1"
+
+
+def test_fit_stats_reads_only_the_calibration_split():
+    archive, rows, vectors = _archive()
+    rows = [r.replace(split="val" if r.patient_id != "A" else "test") for r in rows]
+    fusion = VisitFusion(archive, rows, vectors)
+    stats = fusion.fit_stats("val")            # B0 and C0 per modality: one impostor pair
+    xray_bc = float(EMBEDDINGS[("B", 0, "xray")] @ EMBEDDINGS[("C", 0, "xray")])
+    assert stats["xray"][0] == pytest.approx(xray_bc, abs=1e-6)
+    assert set(stats) == {"xray", "ct"}
+    assert visit_key(rows[0]) == ("d", "A", "1")
