@@ -160,6 +160,11 @@ class Archive:
     def partition_size(self, modality: str) -> int:
         return len(self.positions.get(modality, ()))
 
+    def slot(self, position: int) -> int:
+        """Where archived image ``position`` lies in its modality's index (the row of its
+        stored vector and of its density)."""
+        return self._partition_of[self.rows[position].image_id][1]
+
     def thresholds(self) -> dict[str, float]:
         return {m: float(c["threshold"]) for m, c in self.calibration.items()}
 

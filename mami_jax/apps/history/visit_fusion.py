@@ -84,14 +84,11 @@ class VisitFusion:
                                                             self.archive.kind)
         return self._stored[modality]
 
-    def _slot(self, position: int) -> int:
-        return self.archive._partition_of[self.archive.rows[position].image_id][1]
-
     def pair_score(self, i: int, position: int) -> float:
         """The archive's score (cosine, or hub-corrected) of row ``i`` against archived
         image ``position`` of the same modality."""
         m = self.rows[i].modality
-        slot = self._slot(position)
+        slot = self.archive.slot(position)
         cosine = float(self.prepared[i] @ self._stored_vectors(m)[slot])
         density = self.archive.density[m][slot] if self.archive.hubness_k > 0 else 0.0
         return float(self.archive.adjust(cosine, self.density[i], density))
