@@ -19,7 +19,8 @@ modalities is no penalty, only less evidence.
 ``VisitFusion.retrieve`` applies the history rule (``history_select.is_history``) to the
 candidate image of the query's own modality; its visit-mates only add evidence. The
 candidates are the union of the archive's ``shortlist`` best of each of the query visit's
-images, so no score is computed against the whole archive.
+images, so no score is computed against the whole archive; the pair scores read the index's
+stored vectors, copied once per modality (as much memory again as the index).
 """
 
 from __future__ import annotations
