@@ -68,4 +68,14 @@ def test_quick_start_samples_crops_and_transforms_as_before(expected, tmp_path):
     got = config_dump.quickstart_digest(config_dump.load_config("all", "runlocal"), str(tmp_path))
     got = json.loads(json.dumps(got))
     assert got["plans"] == expected["quickstart"]["plans"]
-    assert got["views"] == expected["quickstart"]["views"]
+    assert _rounding_free(got["views"]) == _rounding_free(expected["quickstart"]["views"])
+
+
+def _rounding_free(views: dict) -> dict:
+    """The views' rows, shapes and means to 4 decimals, without the byte digests: numpy's
+    vectorised math rounds differently on CPUs with and without AVX-512, so the phantom
+    pixels (and the views' bytes) differ in the last bits between machines, while a
+    changed crop, transform or sampled row moves the mean far more."""
+    return {m: {"row": v["row"], **{k: [v[k][0], round(v[k][1], 4) + 0.0]
+                                    for k in ("train", "eval")}}
+            for m, v in views.items()}

@@ -45,11 +45,11 @@ def _archive():
 
 
 def test_impostor_stats_by_hand():
-    scores = np.asarray([[1.0, 0.5, 0.2], [0.5, 1.0, 0.4], [0.2, 0.4, 1.0]])
-    mean, sd = impostor_stats(scores, ["a", "a", "b"])   # different-patient: .2 .2 .4 .4
-    assert mean == pytest.approx(0.3) and sd == pytest.approx(0.1)
+    scores = np.asarray([[1.0, 0.5, 0.2], [0.5, 1.0, 0.4]])
+    mean, sd = impostor_stats(scores, ["a", "b"], ["a", "b", "c"])   # .5 .2 .5 .4
+    assert mean == pytest.approx(0.4) and sd == pytest.approx(np.std([0.5, 0.2, 0.5, 0.4]))
     with pytest.raises(ValueError, match="different-patient pairs"):
-        impostor_stats(scores, ["a", "a", "a"])
+        impostor_stats(scores, ["a", "a"], ["a", "a", "a"])
 
 
 def test_the_visits_other_modality_outvotes_a_wrong_single_match():
@@ -82,12 +82,17 @@ def test_a_later_visit_is_never_history_however_well_it_matches():
     assert archive.rows[found[0].position].image_id == "A_ct_v1"
 
 
-def test_fit_stats_reads_only_the_calibration_split():
+def test_fit_stats_reads_the_calibration_split_against_other_patients():
     archive, rows, vectors = _archive()
-    rows = [r.replace(split="val" if r.patient_id != "A" else "test") for r in rows]
+    rows = [r.replace(split="val" if r.patient_id == "C" else "test") for r in rows]
     fusion = VisitFusion(archive, rows, vectors)
-    stats = fusion.fit_stats("val")            # B0 and C0 per modality: one impostor pair
-    xray_bc = float(EMBEDDINGS[("B", 0, "xray")] @ EMBEDDINGS[("C", 0, "xray")])
-    assert stats["xray"][0] == pytest.approx(xray_bc, abs=1e-6)
-    assert set(stats) == {"xray", "ct"}
+    stats = fusion.fit_stats("val")     # C0's image against A's three and B's one, per modality
+    for m in ("xray", "ct"):
+        c = EMBEDDINGS[("C", 0, m)]
+        cos = [float(c @ EMBEDDINGS[(p, v, m)]) for p, v in (("A", 0), ("A", 1), ("A", 2), ("B", 0))]
+        assert stats[m][0] == pytest.approx(np.mean(cos), abs=1e-6)
+        assert stats[m][1] == pytest.approx(max(np.std(cos), 1e-6), abs=1e-6)
     assert visit_key(rows[0]) == ("d", "A", "1")
+    del fusion.stats["xray"]
+    with pytest.raises(ValueError, match="no xray scores to normalise on"):
+        fusion.z(rows.index(_row("A", 1, "xray", "test")), 2)

@@ -11,8 +11,8 @@ A visit is a patient's images of one ``order`` (``visit_key``): images taken tog
 arrive together and are archived together, so the query knows its own visit's other
 images and the archive its visits' images, while which earlier visit is the patient's
 is what retrieval has to find. Scores of different modalities are made comparable by
-z-normalising each against its modality's different-patient pairs (``impostor_stats``,
-on the calibration split): an impostor modality then adds about 0, a genuine one several
+z-normalising each against its modality's different-patient pairs (``impostor_stats``:
+the calibration split's images against the archived images of other patients): an impostor modality then adds about 0, a genuine one several
 units, and a modality the candidate visit lacks adds nothing, so sharing fewer
 modalities is no penalty, only less evidence.
 
@@ -39,17 +39,10 @@ def visit_key(row: ManifestRow) -> tuple[str, str, str]:
     return row.dataset, row.patient_id, row.order
 
 
-def impostor_stats(scores: np.ndarray, patients: np.ndarray, max_rows: int = 2000,
-                   seed: int = 0) -> tuple[float, float]:
-    """(mean, standard deviation) of the different-patient entries of the square score
-    matrix ``scores`` (rows and columns the same images, of ``patients``); at most
-    ``max_rows`` rows are used (a fixed random subset)."""
-    patients = np.asarray(patients)
-    n = len(patients)
-    if n > max_rows:
-        keep = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
-        scores, patients = scores[np.ix_(keep, keep)], patients[keep]
-    other = patients[:, None] != patients[None, :]
+def impostor_stats(scores: np.ndarray, row_patients, column_patients) -> tuple[float, float]:
+    """(mean, standard deviation) of the entries of ``scores`` (queries x archived images)
+    whose row and column patients differ."""
+    other = np.asarray(row_patients)[:, None] != np.asarray(column_patients)[None, :]
     if not other.any():
         raise ValueError("visit fusion needs different-patient pairs to normalise scores on")
     values = np.asarray(scores, np.float64)[other]
@@ -95,7 +88,12 @@ class VisitFusion:
         return float(self.archive.adjust(cosine, self.density[i], density))
 
     def z(self, i: int, position: int) -> float:
-        mean, sd = self.stats[self.rows[i].modality]
+        modality = self.rows[i].modality
+        if modality not in self.stats:
+            raise ValueError(f"visit fusion: no {modality} scores to normalise on (no "
+                             f"{modality} image of the calibration split, or no other patient's "
+                             f"in the archive); add such patients or set visit_fusion=0")
+        mean, sd = self.stats[modality]
         return (self.pair_score(i, position) - mean) / sd
 
     def score(self, i: int, position: int) -> float:
@@ -112,20 +110,29 @@ class VisitFusion:
             total += float(np.mean([max(self.z(j, c) for c in theirs[m]) for j in members]))
         return float(total)
 
-    def fit_stats(self, split: str) -> dict[str, tuple[float, float]]:
-        """Impostor (mean, sd) per modality among ``split``'s rows; sets and returns them."""
+    def fit_stats(self, split: str, max_columns: int = 4000,
+                  seed: int = 0) -> dict[str, tuple[float, float]]:
+        """Impostor (mean, sd) per modality: ``split``'s images against the archived
+        images of other patients (at most ``max_columns`` of them, a fixed random subset);
+        sets and returns them."""
         stats = {}
-        modalities = np.asarray([r.modality for r in self.rows])
-        for m in sorted(set(modalities.tolist())):
-            sel = np.flatnonzero((modalities == m)
-                                 & np.asarray([r.split == split for r in self.rows]))
-            if len(sel) < 2:
+        rng = np.random.default_rng(seed)
+        for m in sorted(self.archive.indexes):
+            sel = [i for i, r in enumerate(self.rows) if r.modality == m and r.split == split]
+            stored = self._stored_vectors(m)
+            columns = np.arange(len(stored))
+            if len(columns) > max_columns:
+                columns = np.sort(rng.choice(len(columns), max_columns, replace=False))
+            if not sel or not len(columns):
                 continue
-            u = self.prepared[sel]
-            scores = self.archive.adjust(u @ u.T, self.density[sel][:, None],
-                                         self.density[sel][None, :])
+            density = (self.archive.density[m][columns] if self.archive.hubness_k > 0
+                       else np.zeros(len(columns), np.float32))
+            scores = self.archive.adjust(self.prepared[sel] @ stored[columns].T,
+                                         self.density[sel][:, None], density[None, :])
+            positions = np.asarray(self.archive.positions[m])[columns]
             try:
-                stats[m] = impostor_stats(scores, [self.rows[i].patient_key for i in sel])
+                stats[m] = impostor_stats(scores, [self.rows[i].patient_key for i in sel],
+                                          [self.archive.rows[p].patient_key for p in positions])
             except ValueError:
                 continue
         self.stats = stats
