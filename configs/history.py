@@ -54,7 +54,7 @@ def get_config(arg=None):
     # order, apps/history/visit_fusion.py), over the union of each image's
     # visit_shortlist best candidates; thresholds are calibrated on those visit scores.
     # On 640 phantom patients (two or three modalities per visit) it cut the false history
-    # at target FAR 0.05 from 0.28 to 0.09 while finding 71 % of the earlier images instead of
+    # at target FAR 0.05 from 0.28 to 0.10 while finding 71 % of the earlier images instead of
     # 22 % (docs/history.md). With one modality per visit it ranks as the single scores do.
     c.visit_fusion = True
     c.visit_shortlist = 50
