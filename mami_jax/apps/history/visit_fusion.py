@@ -12,9 +12,10 @@ arrive together and are archived together, so the query knows its own visit's ot
 images and the archive its visits' images, while which earlier visit is the patient's
 is what retrieval has to find. Scores of different modalities are made comparable by
 z-normalising each against its modality's different-patient pairs (``impostor_stats``:
-the calibration split's images against the archived images of other patients): an impostor modality then adds about 0, a genuine one several
-units, and a modality the candidate visit lacks adds nothing, so sharing fewer
-modalities is no penalty, only less evidence.
+the calibration split's images against the archived images of other patients): an
+impostor modality then adds about 0, a genuine one several units, and a modality the
+candidate visit lacks adds nothing, so sharing fewer modalities is no penalty, only less
+evidence.
 
 ``VisitFusion.retrieve`` applies the history rule (``history_select.is_history``) to the
 candidate image of the query's own modality; its visit-mates only add evidence. The
@@ -37,6 +38,14 @@ from mami_jax.data.manifest import ManifestRow
 def visit_key(row: ManifestRow) -> tuple[str, str, str]:
     """The images of one patient at one ``order`` (visit number or date) form a visit."""
     return row.dataset, row.patient_id, row.order
+
+
+def visits_of(rows: Sequence[ManifestRow]) -> dict[tuple, dict[str, list[int]]]:
+    """{visit: {modality: indices of ``rows``}}."""
+    out: dict[tuple, dict[str, list[int]]] = {}
+    for i, r in enumerate(rows):
+        out.setdefault(visit_key(r), {}).setdefault(r.modality, []).append(i)
+    return out
 
 
 def impostor_stats(scores: np.ndarray, row_patients, column_patients) -> tuple[float, float]:
@@ -63,12 +72,8 @@ class VisitFusion:
         self.density = archive.row_density(self.rows, self.vectors)
         self.shortlist = int(shortlist)
         self.stats = dict(stats or {})
-        self.mates: dict[tuple, dict[str, list[int]]] = {}
-        for i, r in enumerate(self.rows):
-            self.mates.setdefault(visit_key(r), {}).setdefault(r.modality, []).append(i)
-        self.archive_visits: dict[tuple, dict[str, list[int]]] = {}
-        for p, r in enumerate(archive.rows):
-            self.archive_visits.setdefault(visit_key(r), {}).setdefault(r.modality, []).append(p)
+        self.mates = visits_of(self.rows)
+        self.archive_visits = visits_of(archive.rows)
         self._stored: dict[str, np.ndarray] = {}
 
     # -- pair scores ------------------------------------------------------------------
@@ -167,7 +172,8 @@ class VisitFusion:
             out[i] = cands
         return out
 
-    def retrieve(self, indices: Sequence[int], k: int, threshold: float | dict) -> list[list[Match]]:
+    def retrieve(self, indices: Sequence[int], k: int,
+                 threshold: float | dict) -> list[list[Match]]:
         """For each row of ``indices``: its ``k`` best eligible candidates by visit score,
         accepted above the threshold of its modality (one value or per modality)."""
         candidates = self._candidates(indices)
