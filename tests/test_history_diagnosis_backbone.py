@@ -154,8 +154,14 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
     with open(tmp_path / "classifiers.json") as f:
         info = json.load(f)
     assert info == {"features": "teacher:stub_teacher", "feature_dim": 3,
-                    "model": StubTeacher.info}
+                    "model": StubTeacher.info, "scores": "visit"}
     exp.check_classifiers(payload, info)               # the same features: accepted
+    # a history term trained on another score scale is refused by name; a record from
+    # before the scores were recorded is still checked by its features
+    with pytest.raises(ValueError, match="trained on 'csls' retrieval scores, this run "
+                                         "gives 'visit'"):
+        exp.check_classifiers(payload, dict(info, scores="csls"))
+    exp.check_classifiers(payload, {k: v for k, v in info.items() if k != "scores"})
     metrics = exp.evaluate(payload)
     assert metrics["diagnosis_model"]["teacher"] == "stub_teacher"
     # classifiers trained on the re-ID backbone's features are refused by name ...
@@ -168,3 +174,12 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
     # ... and, without the record (an older run), by their width
     with pytest.raises(ValueError, match=r"read \[4\]-wide features, this run's are 3-wide"):
         exp.check_classifiers(other_payload, None)
+
+
+@pytest.mark.parametrize("words, kind", [("", "visit"), ("visit_fusion=0", "csls"),
+                                         ("visit_fusion=0,hubness_k=0", "cosine"),
+                                         ("visit_fusion=0,hubness_k=0,center=0", "cosine/raw")])
+def test_the_score_kind_follows_the_retrieval_settings(words, kind):
+    from configs.history import get_config
+    from mami_jax.apps.history.experiment import score_kind
+    assert score_kind(get_config(words or None)) == kind

@@ -41,9 +41,23 @@ from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 CLASSIFIERS = "classifiers.msgpack"
-#: What the classifiers were trained on (features kind, the model that gave them, width):
-#: ``eval`` refuses other features.
+#: What the classifiers were trained on (features kind, the model that gave them, width,
+#: the retrieval scores their history term reads): ``eval`` refuses other features and
+#: other scores.
 CLASSIFIERS_INFO = "classifiers.json"
+
+
+def score_kind(cfg) -> str:
+    """The scale of the retrieval scores the history model reads beside each history image:
+    ``visit`` (z-normalised visit sums, ``visit_fusion``), ``csls`` (hub-corrected cosines,
+    ``index.hubness_k`` > 0) or ``cosine``; ``/raw`` when the archive is not centred. A
+    history term trained on one scale reads another wrongly without any error of its own,
+    hence the record."""
+    if cfg.get("visit_fusion", False):
+        kind = "visit"
+    else:
+        kind = "csls" if int(cfg.index.get("hubness_k", 0)) > 0 else "cosine"
+    return kind if cfg.center else f"{kind}/raw"
 
 
 def read_classifiers_info(out_dir: str) -> dict | None:
@@ -163,11 +177,18 @@ class Experiment:
 
     def classifiers_info(self) -> dict:
         return {"features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
-                "model": self.diagnosis_model}
+                "model": self.diagnosis_model, "scores": score_kind(self.cfg)}
 
     def check_classifiers(self, payload: dict, info: dict | None) -> None:
-        """Refuses classifiers trained on other features than this experiment's."""
+        """Refuses classifiers trained on other features or other retrieval scores than
+        this experiment's (a record without ``scores`` is of a run before they were
+        recorded: its features are still checked)."""
         mine = self.classifiers_info()
+        if info is not None and "scores" in info and info["scores"] != mine["scores"]:
+            raise ValueError(f"the classifiers' history term was trained on "
+                             f"{info['scores']!r} retrieval scores, this run gives "
+                             f"{mine['scores']!r} (visit_fusion, hubness_k, center): train "
+                             f"again or use the same --app-config")
         widths = {int(np.asarray(s["mean"]).shape[-1]) for s in payload["norm"]["features"].values()}
         if info is not None and (info.get("features") != mine["features"]
                                  or info.get("model") != mine["model"]):
