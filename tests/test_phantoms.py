@@ -198,6 +198,43 @@ def test_intermittent_stage1_shows_at_stage2_strength_or_not_at_all():
             disease.severity(np.random.default_rng(5), stage)
 
 
+def test_signs_visible_hides_every_stage_or_shows_its_strength():
+    for stage, low in ((1, 1.0), (2, 1.0), (3, 2.0)):
+        sev = np.asarray([disease.severity(np.random.default_rng(i), stage, signs_visible=0.4)
+                          for i in range(2000)])
+        visible = sev > 0
+        assert 0.37 < visible.mean() < 0.43, stage
+        assert sev[visible].min() >= low and sev[visible].max() < low + 1.0
+        # one draw either way
+        a, b = np.random.default_rng(stage), np.random.default_rng(stage)
+        disease.severity(a, stage)
+        disease.severity(b, stage, signs_visible=0.4)
+        assert a.uniform() == b.uniform()
+    assert disease.severity(np.random.default_rng(0), 0, signs_visible=0.4) == 0.0
+
+
+def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_path):
+    other = phantoms.generate(str(tmp_path / "signs"), **dict(TINY, signs_visible=0.5))
+    with open(os.path.join(os.path.dirname(other), "phantoms.json")) as f:
+        assert json.load(f)["signs_visible"] == 0.5
+    with open(os.path.join(os.path.dirname(tiny), "labels.csv")) as f:
+        stage = {r["image_id"]: int(r["disease_stage"]) for r in csv.DictReader(f)}
+    rows = read_manifest(tiny)
+    same = read_manifest(other)
+    assert [r.image_id for r in rows] == [r.image_id for r in same]
+
+    def content(path):         # a file, or a series folder of slices
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
+        return _tree_bytes(path)
+    changed = {r.image_id for r, o in zip(rows, same) if content(r.path) != content(o.path)}
+    assert changed and all(stage[i] > 0 for i in changed)
+    with pytest.raises(ValueError, match="stage1_visible or signs_visible, not both"):
+        phantoms.generate(str(tmp_path / "both"), **dict(TINY, signs_visible=0.5,
+                                                        stage1_visible=0.5))
+
+
 def test_stage1_visible_changes_only_stage1_images_and_is_recorded(tiny, tmp_path):
     other = phantoms.generate(str(tmp_path / "vis"), **dict(TINY, stage1_visible=0.5))
     with open(os.path.join(os.path.dirname(other), "phantoms.json")) as f:
@@ -385,6 +422,8 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert "pathology_field must be a number in [0.25, 4], got 9.0" in line
     line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--stage1-visible", "0"])
     assert line == "error: phantoms: stage1_visible must be a number in (0, 1], got 0.0"
+    line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--signs-visible", "1.5"])
+    assert line == "error: phantoms: signs_visible must be a number in (0, 1], got 1.5"
     assert not os.path.exists(tmp_path / "new")
     assert sorted(os.listdir(tmp_path)) == ["afile", "full"]   # no temporary left behind
 

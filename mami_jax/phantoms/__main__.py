@@ -26,6 +26,10 @@ def main(argv=None) -> int:
     parser.add_argument("--stage1-visible", type=float, default=None, metavar="P",
                         help="a stage-1 visit shows the disease (at stage-2 strength) with "
                              "probability P and not at all otherwise; default: always faintly")
+    parser.add_argument("--signs-visible", type=float, default=None, metavar="P",
+                        help="every diseased visit shows its disease (stage 1 at stage-2 "
+                             "strength) with probability P and not at all otherwise: the "
+                             "patient's history decides more diagnoses; default: always")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
     args = parser.parse_args(argv)
@@ -49,7 +53,8 @@ def _run(args) -> str:
     return generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers,
                               pathology_field=args.pathology_field,
-                              stage1_visible=args.stage1_visible)
+                              stage1_visible=args.stage1_visible,
+                              signs_visible=args.signs_visible)
 
 
 if __name__ == "__main__":

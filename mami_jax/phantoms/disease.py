@@ -43,7 +43,8 @@ def disease_course(rng: np.random.Generator, visits: int) -> list[int]:
     return course
 
 
-def severity(rng: np.random.Generator, stage: int, stage1_visible: float | None = None) -> float:
+def severity(rng: np.random.Generator, stage: int, stage1_visible: float | None = None,
+             signs_visible: float | None = None) -> float:
     """How strongly this visit's image shows the stage: 0 for healthy, noisy otherwise.
 
     Stage 1 is drawn from [0, 1] (faint: at these image sizes hardly any reader sees it),
@@ -51,12 +52,19 @@ def severity(rng: np.random.Generator, stage: int, stage1_visible: float | None 
     disease as strongly as stage 2 ([1, 2)) with probability p and not at all otherwise:
     an intermittent sign (an effusion that depends on positioning, a lesion between
     slices), the case where an earlier visit that showed it tells what the current image
-    hides. Either way one uniform number is drawn, so every later draw of the visit (the
-    renderer's) is the same with and without it.
+    hides. ``signs_visible`` = p does the same at every stage: a diseased visit shows its
+    stage's strength (stage 1 at stage 2's) with probability p and nothing otherwise, the
+    case where a patient's history decides most diagnoses (a persistent disease seen at
+    any earlier visit is most likely still there). Either way one uniform number is
+    drawn, so every later draw of the visit (the renderer's) is the same with and without
+    them.
     """
     if stage <= 0:
         return 0.0
     u = float(rng.uniform(0.0, 1.0))
+    if signs_visible is not None:
+        p = float(signs_visible)
+        return float(max(stage, 2) - 1 + u / p) if u < p else 0.0
     if stage == 1 and stage1_visible is not None:
         p = float(stage1_visible)
         return 1.0 + u / p if u < p else 0.0

@@ -131,7 +131,7 @@ def plan(patients: int, visits: int, seed: int) -> list[tuple[str, tuple[str, ..
 
 def _render_series(job):
     """Renders and writes every visit of one (patient, modality); returns manifest and label rows."""
-    root, index, modality, course, seed, size, slices, field, stage1_visible = job
+    root, index, modality, course, seed, size, slices, field, stage1_visible, signs_visible = job
     pid = patient_id(index)
     mkey = 1 + MODALITIES.index(modality)
     module = RENDERERS[modality]
@@ -140,7 +140,7 @@ def _render_series(job):
     rows, labels = [], []
     for visit, stage in enumerate(course):
         data, quality = render_visit(modality, anat, common.rng_for(seed, index, mkey, visit + 1),
-                                     stage, size, slices, field, stage1_visible)
+                                     stage, size, slices, field, stage1_visible, signs_visible)
         rel = io.relative_path(modality, pid, visit)
         io.write(modality, os.path.join(root, rel), data, jpeg_quality=quality)
         image_id = f"{pid}_{modality}_v{visit}"
@@ -152,11 +152,11 @@ def _render_series(job):
 
 
 def render_visit(modality: str, anat, rng, stage: int, size: int, slices: int, field: float,
-                 stage1_visible: float | None = None):
+                 stage1_visible: float | None = None, signs_visible: float | None = None):
     """(pixels, JPEG quality) of one visit; every per-visit draw comes from ``rng`` (the
     visit's generator), in this order: disease severity, the renderer's draws, quality."""
     module = RENDERERS[modality]
-    sev = disease.severity(rng, stage, stage1_visible)
+    sev = disease.severity(rng, stage, stage1_visible, signs_visible)
     if modality in ("ct", "mri"):
         data = module.render(anat, rng, sev, size, slices)
     elif modality == "pathology":
@@ -173,28 +173,32 @@ def pathology_tile_size(image_size: int, field: float) -> int:
 
 
 def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0,
-                stage1_visible=None):
+                stage1_visible=None, signs_visible=None):
     for name, value, low in (("patients", patients, 1), ("visits", visits, 1), ("seed", seed, 0),
                              ("image_size", image_size, 16), ("slices", slices, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"phantoms: {name} must be an integer >= {low}, got {value!r}")
     if not isinstance(pathology_field, (int, float)) or not 0.25 <= pathology_field <= 4:
         raise ValueError(f"phantoms: pathology_field must be a number in [0.25, 4], got {pathology_field!r}")
-    if stage1_visible is not None and (not isinstance(stage1_visible, (int, float))
-                                       or not 0 < stage1_visible <= 1):
-        raise ValueError(f"phantoms: stage1_visible must be a number in (0, 1], got {stage1_visible!r}")
+    for name, p in (("stage1_visible", stage1_visible), ("signs_visible", signs_visible)):
+        if p is not None and (not isinstance(p, (int, float)) or not 0 < p <= 1):
+            raise ValueError(f"phantoms: {name} must be a number in (0, 1], got {p!r}")
+    if stage1_visible is not None and signs_visible is not None:
+        raise ValueError("phantoms: give stage1_visible or signs_visible, not both "
+                         "(signs_visible already makes stage 1 intermittent)")
 
 
 def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
              seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
              slices: int = DEFAULTS["slices"], workers: int | None = None,
              pathology_field: float = DEFAULTS["pathology_field"],
-             stage1_visible: float | None = None) -> str:
+             stage1_visible: float | None = None, signs_visible: float | None = None) -> str:
     """Generates the benchmark into ``out_dir`` (absent or empty); returns the manifest path.
 
     ``stage1_visible`` (None: off): the share of stage-1 visits that show the disease, at
-    stage-2 strength, the others not at all (``disease.severity``); only the disease's
-    pixels change, and ``phantoms.json`` records it.
+    stage-2 strength, the others not at all (``disease.severity``). ``signs_visible``
+    (None: off): the same at every stage, the share of diseased visits that show their
+    disease. Only the disease's pixels change, and ``phantoms.json`` records either.
 
     Pathology tiles are ``pathology_field`` times wider than ``image_size`` at the same
     magnification (``pathology_tile_size``): more nuclei per tile, a stronger identity
@@ -206,7 +210,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     folders and files get the modes the user's umask asks for. ``workers`` processes
     render in parallel (default: up to 4, the CPU count); the output does not depend on it.
     """
-    _check_args(patients, visits, seed, image_size, slices, pathology_field, stage1_visible)
+    _check_args(patients, visits, seed, image_size, slices, pathology_field, stage1_visible,
+                signs_visible)
     pathology_field = float(pathology_field)
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -216,7 +221,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     with atomic_files.staging_dir(out_dir) as tmp:
         patients_plan = plan(patients, visits, seed)
         jobs = [(tmp, index, modality, course, seed, image_size, slices, pathology_field,
-                 stage1_visible)
+                 stage1_visible, signs_visible)
                 for index, (_, mods, course) in enumerate(patients_plan) for modality in mods]
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
@@ -238,6 +243,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                       image_size=image_size, slices=slices, pathology_field=pathology_field)
         if stage1_visible is not None:
             params["stage1_visible"] = float(stage1_visible)
+        if signs_visible is not None:
+            params["signs_visible"] = float(signs_visible)
         with open(os.path.join(tmp, "phantoms.json"), "w") as f:
             json.dump(dict(params, images=len(rows),
                            patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)

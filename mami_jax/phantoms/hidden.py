@@ -145,7 +145,8 @@ class HiddenParameters:
         rec = RecordingRng(common.rng_for(int(m["seed"]), index, 1 + MODALITIES.index(modality),
                                           visit + 1))
         data, _ = generator.render_visit(modality, anat, rec, course[visit], int(m["image_size"]),
-                                         int(m["slices"]), float(m.get("pathology_field", 1.0)))
+                                         int(m["slices"]), float(m.get("pathology_field", 1.0)),
+                                         m.get("stage1_visible"), m.get("signs_visible"))
         draws = np.asarray(rec.draws, np.float32)
         return (draws, data) if return_pixels else draws
 
