@@ -10,7 +10,8 @@ local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
 ``center=`` (0: raw embeddings), ``train_history=`` (``retrieved``, ``true`` or ``both``),
 ``features=`` (``backbone``, ``embedding``, ``both``, ``reader`` or ``teacher:NAME``),
 ``target_far=``, ``hubness_k=`` (0: cosine scores), ``visit_fusion=`` (0: each image
-alone), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
+alone), ``records=`` (1: the history model also reads the history images' recorded
+diagnoses), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
 """
 
 import ml_collections
@@ -21,7 +22,7 @@ from mami_jax.config import parse_arg
 def get_config(arg=None):
     words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
                             "train_history", "features", "target_far", "hubness_k",
-                            "zero_init", "visit_fusion"))
+                            "zero_init", "visit_fusion", "records"))
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -99,9 +100,13 @@ def get_config(arg=None):
     # map_dim > 0 adds the local-change input (token maps compared position by position
     # with each history image); off by default: on the validation split of 640 phantom
     # patients it did not beat the history model without it (docs/history.md).
+    # records: the history tokens also carry the diagnosis the labels table records for
+    # each history image (an archive's prior reports, as HIST-AID reads them); a wrongly
+    # retrieved image brings another patient's. Off: the history is the images alone.
     c.classifier = ml_collections.ConfigDict(dict(
         hidden=32, attention_dim=32, map_dim=0, steps=200, fused_steps=200,
-        learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0, zero_init=False))
+        learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0, zero_init=False,
+        records=False))
     if "seed" in words:
         c.classifier.seed = int(words["seed"])
     if "map_dim" in words:
@@ -120,6 +125,8 @@ def get_config(arg=None):
         c.center = bool(int(words["center"]))
     if "visit_fusion" in words:
         c.visit_fusion = bool(int(words["visit_fusion"]))
+    if "records" in words:
+        c.classifier.records = bool(int(words["records"]))
     if "zero_init" in words:
         c.classifier.zero_init = bool(int(words["zero_init"]))
     if "hubness_k" in words:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from mami_jax.apps.history import training
 from mami_jax.apps.history.diagnosis import CurrentOnly, WithHistory
@@ -87,6 +88,51 @@ def test_history_model_learns_what_only_history_shows():
                               np.zeros((100, 1), bool))
     np.testing.assert_array_equal(training.predict_fused(fused, x[test], none, 2, CFG),
                                   training.predict_current(current, x[test], 2, CFG))
+
+
+def test_history_model_reads_the_archives_records_of_the_history():
+    # The label persists from the previous visit, whose *recorded* diagnosis says it while
+    # neither image shows it: only the records carry it. Without records the history term
+    # has nothing to read; with them it does; with no history it is still current-only.
+    rng = np.random.default_rng(2)
+    n, d = 400, 6
+    y = rng.integers(0, 2, n)
+    prev = rng.normal(size=(n, 1, d)).astype(np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    records = np.eye(2, dtype=np.float32)[y][:, None, :]
+    hist = training.Histories(prev, np.ones((n, 1), np.float32), np.ones((n, 1), bool),
+                              records=records)
+    cfg = ml_collections.ConfigDict(dict(CFG.to_dict(), records=True))
+    current = training.train_current(x[:300], y[:300], 2, CFG)
+    test = slice(300, n)
+    accuracy, fused = {}, {}
+    for name, c in (("records", cfg), ("images", CFG)):
+        fused[name] = training.train_fused(current, x[:300], hist.take(slice(0, 300)), y[:300],
+                                           2, c)
+        accuracy[name] = np.mean(training.predict_fused(fused[name], x[test], hist.take(test),
+                                                        2, c).argmax(1) == y[test])
+    assert accuracy["records"] > 0.95 and accuracy["images"] < 0.7, accuracy
+    none = training.Histories(prev[test], np.zeros((100, 1), np.float32),
+                              np.zeros((100, 1), bool), records=records[test])
+    np.testing.assert_array_equal(training.predict_fused(fused["records"], x[test], none, 2, cfg),
+                                  training.predict_current(current, x[test], 2, CFG))
+    # a model that reads records refuses a history without them
+    without = training.Histories(prev[test], np.ones((100, 1), np.float32), np.ones((100, 1), bool))
+    with pytest.raises(ValueError, match="diagnoses recorded for the history images"):
+        training.predict_fused(fused["records"], x[test], without, 2, cfg)
+
+
+def test_histories_gather_takes_and_concatenates_the_records():
+    features = np.arange(8, dtype=np.float32).reshape(4, 2)
+    records = np.eye(2, dtype=np.float32)[[0, 1, 1, 0]]
+    h = training.Histories.gather(features, [[2, 1], [], [3]], [[0.9, 0.5], [], [0.7]], 2,
+                                  records=records)
+    np.testing.assert_array_equal(h.records[0], records[[2, 1]])
+    np.testing.assert_array_equal(h.records[1], 0)
+    np.testing.assert_array_equal(h.records[2], [records[3], [0, 0]])
+    both = training.Histories.concat([h, h.take([2])])
+    assert both.records.shape == (4, 2, 2) and both.maps is None
+    np.testing.assert_array_equal(both.records[3], h.records[2])
 
 
 def test_classifiers_round_trip(tmp_path):

@@ -154,7 +154,7 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
     with open(tmp_path / "classifiers.json") as f:
         info = json.load(f)
     assert info == {"features": "teacher:stub_teacher", "feature_dim": 3,
-                    "model": StubTeacher.info, "scores": "visit"}
+                    "model": StubTeacher.info, "scores": "visit", "records": False}
     exp.check_classifiers(payload, info)               # the same features: accepted
     # a history term trained on another score scale is refused by name; a record from
     # before the scores were recorded is still checked by its features

@@ -29,6 +29,14 @@ earlier is taken, and it is pooled over positions (maximum of the increase, maxi
 the decrease, mean), so a token also says *where and how much the patient's own image
 changed*, which a pooled global feature averages away (after BioViL-T). These inputs
 only enter history tokens, so the no-history equality above still holds.
+
+Records (``records``, with the history images' recorded diagnoses (B, k, classes)): a
+hospital archive holds the earlier images together with what was diagnosed on them (the
+prior reports HIST-AID reads beside the prior scans). Each token then also carries that
+diagnosis, which tells the earlier state better than any reading of the earlier image
+when the disease showed only to other tests. A retrieved image of another patient brings
+that patient's diagnosis: the false-history rate is what it costs. Also only in the
+history tokens.
 """
 
 from __future__ import annotations
@@ -57,16 +65,20 @@ def local_change(x_map, history_maps, proj):
 
 class WithHistory(nn.Module):
     """``__call__(x (B, D), history (B, k, D), scores (B, k), mask (B, k) bool,
-    x_map (B, P, C), history_maps (B, k, P, C))``; the maps only when ``map_dim`` > 0."""
+    x_map (B, P, C), history_maps (B, k, P, C), history_records (B, k, classes))``; the
+    maps only when ``map_dim`` > 0, the records (the diagnoses the archive holds for the
+    history images, as one-hot rows) only when ``records``."""
 
     hidden: int
     num_classes: int
     attention_dim: int
     map_dim: int = 0
     zero_init: bool = False
+    records: bool = False
 
     @nn.compact
-    def __call__(self, x, history, scores, mask, x_map=None, history_maps=None):
+    def __call__(self, x, history, scores, mask, x_map=None, history_maps=None,
+                 history_records=None):
         classify = CurrentOnly(self.hidden, self.num_classes, name="current")
         current = classify(x)
         d = self.attention_dim
@@ -79,6 +91,11 @@ class WithHistory(nn.Module):
                                  f"maps of the current and the history images")
             proj = nn.Dense(self.map_dim, use_bias=False, name="map_proj")
             parts.append(local_change(x_map, history_maps, proj))
+        if self.records:
+            if history_records is None:
+                raise ValueError("records=True: the history model needs the recorded "
+                                 "diagnoses of the history images")
+            parts.append(history_records)
         tokens = jnp.concatenate(parts, axis=-1)
         tokens = nn.gelu(nn.Dense(d, name="token")(tokens))
         keys = nn.Dense(d, name="key")(tokens)                      # (B, k, d)

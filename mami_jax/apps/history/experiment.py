@@ -177,7 +177,8 @@ class Experiment:
 
     def classifiers_info(self) -> dict:
         return {"features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
-                "model": self.diagnosis_model, "scores": score_kind(self.cfg)}
+                "model": self.diagnosis_model, "scores": score_kind(self.cfg),
+                "records": bool(self.cfg.classifier.get("records", False))}
 
     def check_classifiers(self, payload: dict, info: dict | None) -> None:
         """Refuses classifiers trained on other features or other retrieval scores than
@@ -189,6 +190,11 @@ class Experiment:
                              f"{info['scores']!r} retrieval scores, this run gives "
                              f"{mine['scores']!r} (visit_fusion, hubness_k, center): train "
                              f"again or use the same --app-config")
+        if info is not None and info.get("records", False) != mine["records"]:
+            raise ValueError(f"the classifiers were trained with records="
+                             f"{int(info.get('records', False))}, this run has records="
+                             f"{int(mine['records'])}: train again or use the same "
+                             f"--app-config")
         widths = {int(np.asarray(s["mean"]).shape[-1]) for s in payload["norm"]["features"].values()}
         if info is not None and (info.get("features") != mine["features"]
                                  or info.get("model") != mine["model"]):
@@ -214,10 +220,14 @@ class Experiment:
         if self.maps_raw is not None:
             maps = training.apply_map_standardizer(norm["maps"], self.maps_raw, self.modalities)
         k = int(self.cfg.k)
+        records = None
+        if self.cfg.classifier.get("records", False):      # the archive's diagnoses
+            records = np.eye(len(self.classes), dtype=np.float32)[self.y]
         retrieved = training.Histories.gather(x, [self.retrieved_lists[i] for i in idx],
-                                              [self.retrieved_scores[i] for i in idx], k, maps)
+                                              [self.retrieved_scores[i] for i in idx], k, maps,
+                                              records)
         true = training.Histories.gather(x, [self.true[i] for i in idx],
-                                         [self.true_scores[i] for i in idx], k, maps)
+                                         [self.true_scores[i] for i in idx], k, maps, records)
         return x[idx], retrieved, true, (None if maps is None else maps[idx])
 
     def train(self) -> dict:

@@ -27,37 +27,38 @@ from mami_jax.runtime.atomic_files import write_bytes_atomic
 
 @dataclasses.dataclass
 class Histories:
-    """Per image: up to k history features, their similarities and validity mask, and
-    (when the history model compares token maps) the history images' maps."""
+    """Per image: up to k history features, their similarities and validity mask, (when
+    the history model compares token maps) the history images' maps, and (when it reads
+    the archive's records) the diagnoses recorded for the history images."""
 
     features: np.ndarray   # (n, k, D)
     scores: np.ndarray     # (n, k)
     mask: np.ndarray       # (n, k) bool
-    maps: np.ndarray | None = None   # (n, k, P, C)
+    maps: np.ndarray | None = None      # (n, k, P, C)
+    records: np.ndarray | None = None   # (n, k, classes) one-hot
 
     def take(self, idx) -> "Histories":
-        return Histories(self.features[idx], self.scores[idx], self.mask[idx],
-                         None if self.maps is None else self.maps[idx])
+        return Histories(*(None if a is None else a[idx] for a in dataclasses.astuple(self)))
 
     @classmethod
     def concat(cls, parts: Sequence["Histories"]) -> "Histories":
         """The histories of ``parts`` one after the other (the same k)."""
-        maps = [p.maps for p in parts]
-        return cls(np.concatenate([p.features for p in parts]),
-                   np.concatenate([p.scores for p in parts]),
-                   np.concatenate([p.mask for p in parts]),
-                   None if any(m is None for m in maps) else np.concatenate(maps))
+        fields = zip(*(dataclasses.astuple(p) for p in parts))
+        return cls(*(None if any(a is None for a in f) else np.concatenate(f) for f in fields))
 
     @classmethod
     def gather(cls, features: np.ndarray, lists, scores, k: int,
-               maps: np.ndarray | None = None) -> "Histories":
-        """``lists[i]``: row indices into ``features`` (and ``maps``, (N, P, C)) of image
-        i's history (<= k), ``scores[i]`` their similarities."""
+               maps: np.ndarray | None = None,
+               records: np.ndarray | None = None) -> "Histories":
+        """``lists[i]``: row indices into ``features`` (and ``maps``, (N, P, C), and
+        ``records``, (N, classes)) of image i's history (<= k), ``scores[i]`` their
+        similarities."""
         n, dim = len(lists), features.shape[1]
         h = np.zeros((n, k, dim), np.float32)
         s = np.zeros((n, k), np.float32)
         m = np.zeros((n, k), bool)
         hm = None if maps is None else np.zeros((n, k) + maps.shape[1:], np.float32)
+        hr = None if records is None else np.zeros((n, k) + records.shape[1:], np.float32)
         for i, (rows, sc) in enumerate(zip(lists, scores)):
             rows, sc = list(rows)[:k], list(sc)[:k]
             if rows:
@@ -66,7 +67,9 @@ class Histories:
                 m[i, :len(rows)] = True
                 if hm is not None:
                     hm[i, :len(rows)] = maps[rows]
-        return cls(h, s, m, hm)
+                if hr is not None:
+                    hr[i, :len(rows)] = records[rows]
+        return cls(h, s, m, hm, hr)
 
 
 def standardizer(x: np.ndarray, modalities: Sequence[str]) -> dict:
@@ -151,7 +154,18 @@ def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
 
 def fused_model(num_classes: int, cfg) -> WithHistory:
     return WithHistory(int(cfg.hidden), num_classes, int(cfg.attention_dim),
-                       int(cfg.get("map_dim", 0)), bool(cfg.get("zero_init", False)))
+                       int(cfg.get("map_dim", 0)), bool(cfg.get("zero_init", False)),
+                       bool(cfg.get("records", False)))
+
+
+def _records(model: WithHistory, hist: Histories):
+    """The ``history_records`` argument of ``model``: None unless it reads records."""
+    if not model.records:
+        return None
+    if hist.records is None:
+        raise ValueError("records=True: the diagnoses recorded for the history images are "
+                         "needed")
+    return jnp.asarray(hist.records)
 
 
 def _maps(model: WithHistory, x_map, hist: Histories):
@@ -171,18 +185,20 @@ def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
     model = fused_model(num_classes, cfg)
     rng = jax.random.key(int(cfg.seed) + 1)
     xm, hm = _maps(model, x_map, hist)
+    hr = _records(model, hist)
     init = jax.jit(model.init)(rng, x[:1], hist.features[:1], hist.scores[:1], hist.mask[:1],
                                None if xm is None else xm[:1],
-                               None if hm is None else hm[:1])["params"]
+                               None if hm is None else hm[:1],
+                               None if hr is None else hr[:1])["params"]
     trainable = {k: v for k, v in init.items() if k != "current"}
     data = (jnp.asarray(x), jnp.asarray(y), jnp.asarray(hist.features), jnp.asarray(hist.scores),
-            jnp.asarray(hist.mask), xm, hm, current)
+            jnp.asarray(hist.mask), xm, hm, hr, current)
     keep = 1.0 - float(cfg.history_dropout)
 
     def loss(p, key, data):
-        x, y, h, s, m, xm, hm, current = data
+        x, y, h, s, m, xm, hm, hr, current = data
         mask = m & jax.random.bernoulli(key, keep, m.shape)
-        logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask, xm, hm)
+        logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask, xm, hm, hr)
         return _xent(logits, y)
 
     trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1), data)
@@ -199,7 +215,7 @@ def predict_fused(params: dict, x: np.ndarray, hist: Histories, num_classes: int
     model = fused_model(num_classes, cfg)
     xm, hm = _maps(model, x_map, hist)
     logits = jax.jit(model.apply)({"params": params}, x, hist.features, hist.scores, hist.mask,
-                                  xm, hm)
+                                  xm, hm, _records(model, hist))
     return np.asarray(jax.nn.softmax(logits, -1))
 
 
