@@ -14,8 +14,9 @@
 4. ``train``: the current-only classifier, then the history model (current branch
    frozen) on ``train_split`` with retrieved history (``train_history = "true"``: the
    training patients' own earlier images, whose links a hospital knows for the images
-   it trains on; ``"both"``: each training image once with each); saved to
-   OUT/classifiers.msgpack.
+   it trains on; ``"both"``: each training image once with each); with
+   ``classifier.records`` the history tokens also carry the labels table's diagnoses of
+   the history images (an archive's prior reports); saved to OUT/classifiers.msgpack.
 5. Evaluation on ``eval_split``, per modality and overall: current-only, the history
    model with the retrieved and with the true history, and the false-history rate;
    OUT/metrics.json, OUT/metrics.md and OUT/auc.png.
