@@ -264,3 +264,37 @@ def test_a_hub_corrected_archive_without_densities_is_an_error(tmp_path):
     os.remove(tmp_path / "idx" / "density.npz")
     with pytest.raises(ArchiveError, match="density.npz: the archive is hub-corrected"):
         Archive.load(str(tmp_path / "idx"))
+
+
+def test_recorded_diagnoses_round_trip_and_are_checked(tmp_path):
+    rows, vecs = _rows(10), _vectors(10)
+    archive = Archive(16, "flat", SETTINGS, MODEL)
+    archive.add(rows[:6], vecs[:6])
+    archive.record(rows[:4], ["0", "1", "1", "0"], "disease_label")
+    archive.save(str(tmp_path / "idx"))
+    loaded = Archive.load(str(tmp_path / "idx"))
+    assert loaded.record_column == "disease_label"
+    assert loaded.records == {"img0": "0", "img1": "1", "img2": "1", "img3": "0"}
+    loaded.add(rows[6:], vecs[6:])                 # extended with and without records
+    loaded.record(rows[6:8], ["1", "1"], "disease_label")
+    loaded.save(str(tmp_path / "idx"))
+    again = Archive.load(str(tmp_path / "idx"))
+    assert again.records == dict(loaded.records) and len(again.records) == 6
+    # one column per archive; only archived images
+    with pytest.raises(ArchiveError, match="records 'disease_label', not 'disease_stage'"):
+        again.record(rows[8:], ["2", "3"], "disease_stage")
+    with pytest.raises(ArchiveError, match="not archived"):
+        again.record(_rows(1, start=50), ["1"], "disease_label")
+    # an archive without records has none, and writes no records file
+    plain = Archive(16, "flat", SETTINGS, MODEL)
+    plain.add(rows, vecs)
+    plain.save(str(tmp_path / "plain"))
+    assert not (tmp_path / "plain" / "records.csv").exists()
+    assert Archive.load(str(tmp_path / "plain")).record_column is None
+    # a damaged records file is an error naming it
+    (tmp_path / "idx" / "records.csv").write_text("image_id,disease_label\nimg0,1,extra\n")
+    with pytest.raises(ArchiveError, match="records.csv: line 2 has 3 fields"):
+        Archive.load(str(tmp_path / "idx"))
+    (tmp_path / "idx" / "records.csv").write_text("image_id,disease_label\nimg99,1\n")
+    with pytest.raises(ArchiveError, match="records.csv: 1 image"):
+        Archive.load(str(tmp_path / "idx"))

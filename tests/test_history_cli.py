@@ -91,6 +91,44 @@ def test_index_query_add(setup, capsys, tmp_path):
     assert "(no earlier image in the archive)" in capsys.readouterr().out
 
 
+def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_path):
+    import csv
+    s = setup
+    with open(s["labels"]) as f:
+        label = {r["image_id"]: r["disease_label"] for r in csv.DictReader(f)}
+    index = str(tmp_path / "index")
+    assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
+                 s["first"], "--out", index, "--app-config", s["app"],
+                 "--labels", s["labels"]]) == 0
+    first = read_manifest(s["first"])
+    assert f"recorded diagnoses (disease_label) of {len(first)} images" in capsys.readouterr().out
+    # the last visits added without labels: said, and shown as "-"
+    assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
+    assert "without a recorded diagnosis" in capsys.readouterr().out
+    archive = Archive.load(index)
+    assert archive.records == {r.image_id: label[r.image_id] for r in first}
+    rows = read_manifest(s["manifest"])
+    q = next(r for r in rows if r.order == "2")
+    assert main(["query", "--index", index, "--image", q.path, "--k", "3",
+                 "--png", str(tmp_path / "q.png"), "--app-config", s["app"]]) == 0
+    out = capsys.readouterr().out
+    assert "disease_label" in out.splitlines()[1]
+    listed = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(listed) == 3
+    for fields in listed:     # every candidate is an earlier (recorded) image
+        assert fields[-1] == label[fields[3]]
+    # a labels table that lacks an image is an error naming the table, the archive unchanged
+    partial = tmp_path / "partial.csv"
+    with open(s["labels"]) as f:
+        partial.write_text("".join(f.readlines()[:3]))
+    assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
+                 s["first"], "--out", str(tmp_path / "other"), "--app-config", s["app"],
+                 "--labels", str(partial)]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith("error: labels table ") and "have no label" in line
+    assert not os.path.exists(tmp_path / "other")
+
+
 def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
     s = setup
     out_dir = str(tmp_path / "diag")

@@ -1,8 +1,8 @@
 """History-augmented diagnosis from the command line (docs/history.md).
 
     python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal \\
-        --manifest FILE --out INDEX [--kind flat|ivf|hnsw]
-    python -m mami_jax.apps.history add   --index INDEX --manifest FILE
+        --manifest FILE --out INDEX [--kind flat|ivf|hnsw] [--labels FILE]
+    python -m mami_jax.apps.history add   --index INDEX --manifest FILE [--labels FILE]
     python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE]
     python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \\
         --manifest FILE --out DIR [--labels FILE] [--app-config configs/history.py]
@@ -13,7 +13,9 @@
 per-modality thresholds on the manifest's validation patients (when it has some) and
 writes the archive; ``add`` extends it with the same model (another model is refused);
 ``query`` prints an image's best earlier candidates with their similarity and the
-accept/reject decision and draws them beside the query; ``figure`` draws the AUC of
+accept/reject decision (and, for an archive given ``--labels``, the diagnosis recorded
+for each earlier image: what a clinician reads beside it) and draws them beside the
+query; ``figure`` draws the AUC of
 several runs (e.g. classifier seeds) with their spread. An image already archived is
 queried with its own metadata (only earlier images, never its own study); another one
 needs ``--modality`` (and ``--order`` to exclude later archived images).
@@ -37,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", required=required,
                        help="the run's experiment config, e.g. configs/all.py:runlocal")
 
+    def records_arg(s):
+        s.add_argument("--labels", default=None,
+                       help="labels table whose diagnoses (the app config's label column) the "
+                            "archive records for these images; query shows them")
+
     def app_config(s):
         s.add_argument("--app-config", default=None,
                        help="settings file[:arg] (default: configs/history.py)")
@@ -47,12 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="archive folder to write")
     s.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default=None,
                    help="FAISS index kind (default: the app config's, flat = exact)")
+    records_arg(s)
     app_config(s)
 
     s = sub.add_parser("add", help="add a manifest's images to an archive")
     s.add_argument("--index", required=True)
     s.add_argument("--manifest", required=True)
     model_args(s, required=False)
+    records_arg(s)
+    app_config(s)
 
     s = sub.add_parser("query", help="retrieve an image's earlier images")
     s.add_argument("--index", required=True)

@@ -31,6 +31,9 @@ On disk (``save`` / ``load``; written to a staging folder and renamed into place
     INDEX/centers.npz      per modality its centre (float32, (dim,)) when centred
     INDEX/density.npz      per modality the local density of each image (partition
                            order) when hub-corrected
+    INDEX/records.csv      image_id and the diagnosis recorded for it (one labels-table
+                           column, named in archive.json) when built or extended with a
+                           labels table: what ``query`` shows beside each earlier image
 
 Hub correction (``hubness_k`` > 0 in the settings; off when absent; ``hubness.py`` says
 why): the archive stores each image's local density (mean cosine to its ``hubness_k``
@@ -66,6 +69,7 @@ FORMAT = 2
 KINDS = ("flat", "ivf", "hnsw")
 META_COLUMNS = tuple(f.name for f in dataclasses.fields(ManifestRow))
 ARCHIVE_JSON, METADATA_CSV, CENTERS_NPZ = "archive.json", "metadata.csv", "centers.npz"
+RECORDS_CSV = "records.csv"
 DENSITY_NPZ = "density.npz"
 
 
@@ -152,6 +156,8 @@ class Archive:
         self.positions: dict[str, list[int]] = {}   # partition id -> archive position
         self.density: dict[str, np.ndarray] = {}    # partition id -> local density
         self._partition_of: dict[str, tuple] = {}   # image id -> (modality, partition id)
+        self.record_column: str | None = None        # labels-table column of the records
+        self.records: dict[str, str] = {}            # image id -> recorded diagnosis
 
     # -- contents -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -167,6 +173,18 @@ class Archive:
 
     def thresholds(self) -> dict[str, float]:
         return {m: float(c["threshold"]) for m, c in self.calibration.items()}
+
+    def record(self, rows: Sequence[ManifestRow], values: Sequence[str], column: str) -> None:
+        """Records each archived row's diagnosis (``column`` of a labels table); one archive
+        keeps one column."""
+        if self.record_column not in (None, column):
+            raise ArchiveError(f"the archive records {self.record_column!r}, not {column!r}")
+        unknown = [r.image_id for r in rows if r.image_id not in self._partition_of]
+        if unknown:
+            raise ArchiveError(f"{len(unknown)} image(s) to record are not archived, e.g. "
+                               f"{unknown[:5]}")
+        self.record_column = column
+        self.records.update({r.image_id: str(v) for r, v in zip(rows, values)})
 
     def check_model(self, model: dict, where: str) -> None:
         """Refuses embeddings of a model other than the archive's (compares fingerprints)."""
@@ -310,7 +328,7 @@ class Archive:
         return {"format": FORMAT, "kind": self.kind, "settings": self.settings, "dim": self.dim,
                 "model": self.model, "count": len(self.rows), "centred": self.centred,
                 "modalities": {m: len(p) for m, p in sorted(self.positions.items())},
-                "calibration": self.calibration}
+                "calibration": self.calibration, "record_column": self.record_column}
 
     def save(self, path: str) -> str:
         """Writes the archive folder all-or-nothing (replacing an older one at ``path``)."""
@@ -329,6 +347,12 @@ class Archive:
                 writer = csv.writer(f)
                 writer.writerow(META_COLUMNS)
                 writer.writerows([getattr(r, c) for c in META_COLUMNS] for r in self.rows)
+            if self.record_column is not None:
+                with open(os.path.join(tmp, RECORDS_CSV), "w", newline="", encoding="utf-8") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(("image_id", self.record_column))
+                    writer.writerows((r.image_id, self.records[r.image_id]) for r in self.rows
+                                     if r.image_id in self.records)
             with open(os.path.join(tmp, ARCHIVE_JSON), "w", encoding="utf-8") as f:
                 json.dump(self.header(), f, indent=1, sort_keys=True)
             fix_tree_modes(tmp)
@@ -340,6 +364,29 @@ class Archive:
         if aside:
             shutil.rmtree(aside, ignore_errors=True)
         return path
+
+    def _load_records(self, records_path: str, column: str) -> None:
+        try:
+            with open(records_path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                head = next(reader, None)
+                if head != ["image_id", column]:
+                    raise ArchiveError(f"{records_path}: columns {head}, expected "
+                                       f"['image_id', {column!r}]")
+                records = {}
+                for line, rec in enumerate(reader, start=2):
+                    if len(rec) != 2:
+                        raise ArchiveError(f"{records_path}: line {line} has {len(rec)} fields, "
+                                           f"expected 2")
+                    records[rec[0]] = rec[1]
+        except OSError as e:
+            raise ArchiveError(f"{records_path}: the archive records diagnoses but they cannot "
+                               f"be read ({e.strerror})") from e
+        unknown = sorted(set(records) - set(self._partition_of))
+        if unknown:
+            raise ArchiveError(f"{records_path}: {len(unknown)} image(s) not in the archive, "
+                               f"e.g. {unknown[:5]}")
+        self.record_column, self.records = column, records
 
     @classmethod
     def load(cls, path: str) -> "Archive":
@@ -385,6 +432,8 @@ class Archive:
             archive._partition_of[r.image_id] = (r.modality,
                                                  len(archive.positions.setdefault(r.modality, [])))
             archive.positions[r.modality].append(i)
+        if header.get("record_column"):
+            archive._load_records(os.path.join(path, RECORDS_CSV), header["record_column"])
         if archive.hubness_k > 0:
             density_path = os.path.join(path, DENSITY_NPZ)
             try:

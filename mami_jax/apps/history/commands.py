@@ -8,7 +8,7 @@ from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel, load_experiment_config
 from mami_jax.apps.history.history_select import retrieve
-from mami_jax.data.labels import default_labels_path
+from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, read_manifest
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
@@ -36,16 +36,37 @@ def _refuse_inputs_as_output(out: str, args) -> None:
             raise ValueError(f"--out {out} is {name}: outputs never go into the inputs")
 
 
+def _recorded(rows, args, cfg) -> list[str] | None:
+    """The diagnoses (``cfg.label_column`` of ``--labels``) of ``rows``, None without
+    ``--labels``; an unknown value or an unlabelled row is an error naming it."""
+    if not getattr(args, "labels", None):
+        return None
+    classes = [str(c) for c in cfg.classes]
+    return [classes[i] for i in labels_for(rows, read_labels(args.labels, cfg.label_column,
+                                                              classes), args.labels)]
+
+
+def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
+    if recorded is not None:
+        print(f"  recorded diagnoses ({archive.record_column}) of {len(recorded)} images")
+    elif archive.record_column is not None:
+        print(f"  {added} images added without a recorded diagnosis (no --labels); the archive "
+              f"records {archive.record_column!r} for {len(archive.records)} of {len(archive)}")
+
+
 def index(args) -> int:
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     config = load_experiment_config(args.config)
     rows = _rows(args, config)          # bad input first, before the model loads
+    recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, args.config)
     emb = model.embeddings(rows)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
     archive.add(rows, emb)
+    if recorded is not None:
+        archive.record(rows, recorded, cfg.label_column)
     calibration = {}
     if any(r.split == cfg.calibration_split for r in rows):
         calibration = calibrate_archive(archive, rows, emb, cfg)
@@ -61,6 +82,7 @@ def index(args) -> int:
               f"{c['method']} calibration)")
     if not calibration:
         print(f"  no {cfg.calibration_split!r} patients: not calibrated (query needs --threshold)")
+    _say_records(archive, len(rows), recorded)
     return 0
 
 
@@ -84,9 +106,17 @@ def add(args) -> int:
     if dup:  # before the (long) embedding
         raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
                            f"e.g. {dup[:5]}")
+    cfg = app_config(args)
+    recorded = _recorded(rows, args, cfg)
+    if recorded is not None and archive.record_column not in (None, cfg.label_column):
+        raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
+                           f"config's label column is {cfg.label_column!r}")
     archive.add(rows, model.embeddings(rows))
+    if recorded is not None:
+        archive.record(rows, recorded, cfg.label_column)
     archive.save(args.index)
     print(f"archive {os.path.abspath(args.index)}: added {len(rows)} images, now {len(archive)}")
+    _say_records(archive, len(rows), recorded)
     return 0
 
 
@@ -132,14 +162,20 @@ def query(args) -> int:
     matches = retrieve(archive, [row], emb, k, threshold)[0]
     print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}); "
           f"accept above {threshold:.6f}")
-    print(f"{'rank':>4}  {'score':>9}  {'decision':8}  image_id  (study, order)")
+    column = archive.record_column
+    print(f"{'rank':>4}  {'score':>9}  {'decision':8}  image_id  (study, order)"
+          + (f"  {column}" if column else ""))
     shown = []
     for rank, m in enumerate(matches, 1):
         r = archive.rows[m.position]
         decision = "accept" if m.accepted else "reject"
-        print(f"{rank:>4}  {m.score:9.6f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})")
-        shown.append((model.embedder.preprocess(r),
-                      f"{r.image_id}\n{m.score:.6f} {decision}", m.accepted))
+        record = f"  {archive.records.get(r.image_id, '-')}" if column else ""
+        print(f"{rank:>4}  {m.score:9.6f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})"
+              f"{record}")
+        caption = f"{r.image_id}\n{m.score:.6f} {decision}"
+        if column:
+            caption += f"\n{column}: {archive.records.get(r.image_id, '-')}"
+        shown.append((model.embedder.preprocess(r), caption, m.accepted))
     if not matches:
         print("  (no earlier image in the archive)")
     png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
