@@ -83,6 +83,15 @@ def test_index_query_add(setup, capsys, tmp_path):
     assert all(w in out for w in ("accept above", "picture:"))
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # indexed by visits (the default): the archive's thresholds are on visit scores, and an
+    # X-ray-only visit has no other image to add
+    assert {c["method"] for c in Archive.load(index).calibration.values()} == {"topk-visits"}
+    assert "scored by visit, no other image of it" in out
+    assert main(["query", "--index", index, "--image", q.path, "--with", f"ct={q.path}",
+                 "--app-config", s["app"], "--png", png]) == 2
+    (line,) = _err(capsys)
+    assert line == ("error: --with ct=" + q.path + ": the archive holds this image as xray, "
+                    "not ct")
 
     # A first-visit image has no history at all.
     first = next(r for r in rows if r.order == "0")

@@ -96,3 +96,50 @@ def test_fit_stats_reads_the_calibration_split_against_other_patients():
     del fusion.stats["xray"]
     with pytest.raises(ValueError, match="no xray scores to normalise on"):
         fusion.z(rows.index(_row("A", 1, "xray", "test")), 2)
+
+
+def test_a_query_visit_from_the_archive_or_from_new_images(tmp_path):
+    from mami_jax.apps.history.query_rows import query_row, visit_mates
+    keys = list(EMBEDDINGS)
+    rows = []
+    for p, v, m in keys:
+        path = tmp_path / f"{p}_{m}_v{v}.png"
+        path.write_bytes(b"x")
+        rows.append(_row(p, v, m).replace(path=str(path)))
+    archive = Archive(4, "flat", {"hubness_k": 0})
+    archive.add(rows, np.stack([EMBEDDINGS[k] for k in keys]))
+    # an archived query brings its archived visit by itself
+    q = query_row(archive, rows[0].path, None, None)
+    assert q.image_id == "A_xray_v1"
+    assert [m.image_id for m in visit_mates(archive, q, [])] == ["A_ct_v1"]
+    # a new visit: an X-ray and a CT the archive has never seen (A's visit 1 again)
+    (tmp_path / "new_xray.png").write_bytes(b"x")
+    (tmp_path / "new_ct.png").write_bytes(b"x")
+    new = query_row(archive, str(tmp_path / "new_xray.png"), "xray", "1")
+    mates = visit_mates(archive, new, [f"ct={tmp_path / 'new_ct.png'}"])
+    assert [(m.modality, visit_key(m)) for m in mates] == [("ct", visit_key(new))]
+    fusion = VisitFusion(archive, [new] + mates,
+                         np.stack([EMBEDDINGS[("A", 1, "xray")], EMBEDDINGS[("A", 1, "ct")]]),
+                         stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)})
+    found = fusion.retrieve([0], 3, 1.0)[0]
+    # order 1: visit 2 is later, so A's visit 0 wins on the CT's evidence (see above)
+    assert [archive.rows[m.position].patient_id for m in found] == ["A", "B", "C"]
+    assert [m.score for m in found] == pytest.approx([1.75, 0.9, 0.0], abs=1e-6)
+    alone = VisitFusion(archive, [new], EMBEDDINGS[("A", 1, "xray")][None],
+                        stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)}).retrieve([0], 1, 1.0)[0]
+    assert archive.rows[alone[0].position].patient_id == "B"
+    # an archived image given with --with joins the new visit, keyed to it
+    (joined,) = visit_mates(archive, new, [rows[1].path])
+    assert joined.image_id == "A_ct_v1" and visit_key(joined) == visit_key(new)
+    with pytest.raises(ValueError, match="not in the archive: give it as MODALITY=PATH"):
+        visit_mates(archive, new, [str(tmp_path / "new_ct.png")])
+    with pytest.raises(ValueError, match="modality 'mri': the archive holds no such images"):
+        visit_mates(archive, new, [f"mri={tmp_path / 'new_ct.png'}"])
+    with pytest.raises(FileNotFoundError, match="--with ct=nowhere.png"):
+        visit_mates(archive, new, ["ct=nowhere.png"])
+    with pytest.raises(ValueError, match="already part of the query's visit"):
+        visit_mates(archive, q, [rows[1].path])           # A_ct_v1 comes with A_xray_v1
+    with pytest.raises(ValueError, match="already part of the query's visit"):
+        visit_mates(archive, new, [rows[1].path, rows[1].path])
+    with pytest.raises(ValueError, match="give its --modality"):
+        query_row(archive, str(tmp_path / "new_xray.png"), None, None)

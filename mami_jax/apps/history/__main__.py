@@ -3,7 +3,8 @@
     python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal \\
         --manifest FILE --out INDEX [--kind flat|ivf|hnsw] [--labels FILE]
     python -m mami_jax.apps.history add   --index INDEX --manifest FILE [--labels FILE]
-    python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE]
+    python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE] \\
+        [--with [MODALITY=]PATH ...]
     python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \\
         --manifest FILE --out DIR [--labels FILE] [--app-config configs/history.py]
     python -m mami_jax.apps.history eval  (the same arguments; reuses DIR's classifiers)
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=None, help="candidates shown (default: config k)")
     s.add_argument("--modality", default=None, help="for an image outside the archive")
     s.add_argument("--order", default=None, help="its visit order or date (default: newest)")
+    s.add_argument("--with", dest="with_images", action="append", default=None,
+                   metavar="[MODALITY=]PATH",
+                   help="another image of the query's visit (archived: its path; new: "
+                        "MODALITY=PATH); repeatable. An archive indexed by visits adds their "
+                        "evidence (an archived query brings its archived visit by itself)")
     s.add_argument("--threshold", type=float, default=None,
                    help="accept above this similarity (default: the archive's calibration)")
     s.add_argument("--png", default=None, help="picture to write (default: ./query_<name>.png)")

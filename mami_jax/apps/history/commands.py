@@ -8,6 +8,9 @@ from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel, load_experiment_config
 from mami_jax.apps.history.history_select import retrieve
+from mami_jax.apps.history.query_rows import query_row, visit_mates
+from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
+                                                stats_from_calibration)
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, read_manifest
 
@@ -69,7 +72,10 @@ def index(args) -> int:
         archive.record(rows, recorded, cfg.label_column)
     calibration = {}
     if any(r.split == cfg.calibration_split for r in rows):
-        calibration = calibrate_archive(archive, rows, emb, cfg)
+        if cfg.get("visit_fusion", False):   # as train/eval retrieve; query scores visits
+            calibration = fit_visit_retrieval(archive, rows, emb, cfg)[1]
+        else:
+            calibration = calibrate_archive(archive, rows, emb, cfg)
     archive.calibration = calibration
     archive.save(args.out)
     print(f"archive {os.path.abspath(args.out)}: {len(archive)} images "
@@ -120,24 +126,6 @@ def add(args) -> int:
     return 0
 
 
-def _query_row(archive: Archive, args) -> ManifestRow:
-    path = os.path.abspath(args.image)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--image {args.image}: no such file or folder")
-    for r in archive.rows:
-        if os.path.abspath(r.path) == path:
-            return r
-    if not args.modality:
-        raise ValueError(f"--image {args.image} is not in the archive: give its --modality "
-                         f"(and --order to exclude later archived images)")
-    if args.modality not in archive.indexes:
-        raise ValueError(f"--modality {args.modality}: the archive holds no such images "
-                         f"(it has {', '.join(sorted(archive.indexes))})")
-    name = os.path.basename(path.rstrip(os.sep))
-    return ManifestRow(image_id=f"query:{name}", patient_id="", study_id="", order=args.order or "",
-                       modality=args.modality, dataset="query", view="", path=path)
-
-
 def query(args) -> int:
     import numpy as np
     from mami_jax.apps.history.pictures import query_figure
@@ -148,7 +136,13 @@ def query(args) -> int:
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
     archive = Archive.load(args.index)
-    row = _query_row(archive, args)
+    row = query_row(archive, args.image, args.modality, args.order)
+    by_visit = scores_visits(archive.calibration)
+    if args.with_images and not by_visit:
+        raise ValueError(f"--with: {args.index} scores single images (it was indexed with "
+                         f"visit_fusion=0 or without calibration); index it again to score "
+                         f"visits")
+    mates = visit_mates(archive, row, args.with_images or []) if by_visit else []
     if args.threshold is not None:
         threshold = float(args.threshold)
     elif row.modality in archive.calibration:
@@ -159,8 +153,18 @@ def query(args) -> int:
     model = _model_for(archive, args, f"querying {args.index}")
     image = model.embedder.preprocess(row)
     emb = model.embedder.embed(image[None])
-    matches = retrieve(archive, [row], emb, k, threshold)[0]
-    print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}); "
+    if by_visit:
+        vectors = np.concatenate([emb] + [model.embedder.embed(model.embedder.preprocess(m)[None])
+                                          for m in mates])
+        fusion = VisitFusion(archive, [row] + mates, vectors,
+                             stats_from_calibration(archive.calibration),
+                             shortlist=int(cfg.visit_shortlist))
+        matches = fusion.retrieve([0], k, threshold)[0]
+        visit = (f"; scored by visit with {', '.join(m.image_id for m in mates)}" if mates
+                 else "; scored by visit, no other image of it")
+    else:
+        matches, visit = retrieve(archive, [row], emb, k, threshold)[0], ""
+    print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}){visit}; "
           f"accept above {threshold:.6f}")
     column = archive.record_column
     print(f"{'rank':>4}  {'score':>9}  {'decision':8}  image_id  (study, order)"

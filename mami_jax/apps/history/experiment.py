@@ -31,12 +31,12 @@ import numpy as np
 
 from mami_jax.apps.history import diagnosis_reader, scoring, training
 from mami_jax.apps.history.archive import Archive, mean_directions
-from mami_jax.apps.history.calibration import calibrate_archive, calibrate_visits
+from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
-from mami_jax.apps.history.visit_fusion import VisitFusion
+from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
@@ -129,12 +129,7 @@ class Experiment:
         k = int(cfg.k)
         fusion = None
         if cfg.get("visit_fusion", False):
-            fusion = VisitFusion(archive, rows, emb, shortlist=int(cfg.visit_shortlist))
-            stats = fusion.fit_stats(cfg.calibration_split)
-            self.calibration = calibrate_visits(fusion, float(cfg.target_far),
-                                                cfg.calibration_split, k)
-            for m, c in self.calibration.items():
-                c["impostor_mean"], c["impostor_sd"] = stats[m]
+            fusion, self.calibration = fit_visit_retrieval(archive, rows, emb, cfg)
         else:
             self.calibration = calibrate_archive(archive, rows, emb, cfg)
         missing = sorted({r.modality for r in rows} - set(self.calibration))

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.history import hubness
+from mami_jax.apps.history.calibration import calibrate_visits
 from mami_jax.apps.history.history_select import Match, is_history
 from mami_jax.data.manifest import ManifestRow
 
@@ -186,3 +187,28 @@ class VisitFusion:
             scored.sort(key=lambda sp: (-sp[0], sp[1]))
             out.append([Match(p, s, bool(s > t)) for s, p in scored[:int(k)]])
         return out
+
+
+def fit_visit_retrieval(archive, rows: Sequence[ManifestRow], vectors: np.ndarray, cfg):
+    """(the ``VisitFusion`` of ``rows`` against ``archive``, its per-modality thresholds):
+    impostor statistics and top-k visit calibration on ``cfg.calibration_split`` for
+    ``cfg.target_far``. Each threshold entry also holds its modality's impostor mean and
+    spread, so an archive saved with it scores visits the same way later
+    (``stats_from_calibration``)."""
+    fusion = VisitFusion(archive, rows, vectors, shortlist=int(cfg.visit_shortlist))
+    stats = fusion.fit_stats(cfg.calibration_split)
+    calibration = calibrate_visits(fusion, float(cfg.target_far), cfg.calibration_split,
+                                   int(cfg.k))
+    for m, c in calibration.items():
+        c["impostor_mean"], c["impostor_sd"] = stats[m]
+    return fusion, calibration
+
+
+def scores_visits(calibration: dict) -> bool:
+    """Whether thresholds were calibrated on visit scores (``fit_visit_retrieval``)."""
+    return any(c.get("method") == "topk-visits" for c in calibration.values())
+
+
+def stats_from_calibration(calibration: dict) -> dict[str, tuple[float, float]]:
+    return {m: (float(c["impostor_mean"]), float(c["impostor_sd"]))
+            for m, c in calibration.items() if "impostor_mean" in c}

@@ -1,0 +1,74 @@
+"""The rows a ``query`` scores: the query image and the other images of its visit.
+
+An archived image is queried with its own metadata; another one needs its modality (and its
+order, to exclude later archived images). With an archive calibrated on visit scores
+(``visit_fusion.fit_visit_retrieval``), the query's visit-mates add their modalities'
+evidence, as they do in ``train``/``eval``: an archived query brings its archived
+visit-mates by itself, and ``--with`` adds images of the same visit, each either archived
+(given by path) or new (given as ``MODALITY=PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from mami_jax.apps.history.visit_fusion import visit_key
+from mami_jax.data.manifest import ManifestRow
+
+
+def _archived(archive, path: str) -> ManifestRow | None:
+    path = os.path.abspath(path)
+    return next((r for r in archive.rows if os.path.abspath(r.path) == path), None)
+
+
+def _new_row(archive, path: str, modality: str, order: str, flag: str) -> ManifestRow:
+    if modality not in archive.indexes:
+        raise ValueError(f"{flag}: modality {modality!r}: the archive holds no such images "
+                         f"(it has {', '.join(sorted(archive.indexes))})")
+    name = os.path.basename(os.path.abspath(path).rstrip(os.sep))
+    return ManifestRow(image_id=f"query:{name}", patient_id="", study_id="", order=order,
+                       modality=modality, dataset="query", view="", path=os.path.abspath(path))
+
+
+def query_row(archive, image: str, modality: str | None, order: str | None) -> ManifestRow:
+    """The row of ``--image``: the archived one, or a new one of ``--modality``."""
+    if not os.path.exists(image):
+        raise FileNotFoundError(f"--image {image}: no such file or folder")
+    row = _archived(archive, image)
+    if row is not None:
+        return row
+    if not modality:
+        raise ValueError(f"--image {image} is not in the archive: give its --modality "
+                         f"(and --order to exclude later archived images)")
+    return _new_row(archive, image, modality, order or "", f"--modality {modality}")
+
+
+def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[ManifestRow]:
+    """The other images of ``query``'s visit: its archived visit-mates (when it is
+    archived), then each ``--with`` image (``PATH`` of an archived image or
+    ``MODALITY=PATH``), all keyed to the query's visit so that they count as its mates."""
+    key = visit_key(query)
+    mates = [r for r in archive.rows
+             if visit_key(r) == key and r.image_id != query.image_id] if query.dataset != "query" else []
+    for spec in extra:
+        modality, sep, path = spec.partition("=")
+        if not sep:
+            modality, path = "", spec
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--with {spec}: no such file or folder")
+        row = _archived(archive, path)
+        if row is None:
+            if not modality:
+                raise ValueError(f"--with {spec} is not in the archive: give it as "
+                                 f"MODALITY=PATH")
+            row = _new_row(archive, path, modality, query.order, f"--with {spec}")
+        elif modality and modality != row.modality:
+            raise ValueError(f"--with {spec}: the archive holds this image as "
+                             f"{row.modality}, not {modality}")
+        if row.image_id == query.image_id or any(m.image_id == row.image_id for m in mates):
+            raise ValueError(f"--with {spec} is already part of the query's visit (the query "
+                             f"itself, an archived visit-mate or given twice)")
+        mates.append(row)
+    return [m.replace(dataset=query.dataset, patient_id=query.patient_id, order=query.order)
+            for m in mates]
