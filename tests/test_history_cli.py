@@ -102,6 +102,7 @@ def test_index_query_add(setup, capsys, tmp_path):
 
 def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_path):
     import csv
+    import shutil
     s = setup
     with open(s["labels"]) as f:
         label = {r["image_id"]: r["disease_label"] for r in csv.DictReader(f)}
@@ -111,7 +112,14 @@ def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_p
                  "--labels", s["labels"]]) == 0
     first = read_manifest(s["first"])
     assert f"recorded diagnoses (disease_label) of {len(first)} images" in capsys.readouterr().out
-    # the last visits added without labels: said, and shown as "-"
+    # the last visits added with labels (a copy), and without: said, and shown as "-"
+    shutil.copytree(index, tmp_path / "labelled")
+    assert main(["add", "--index", str(tmp_path / "labelled"), "--manifest", s["last"],
+                 "--labels", s["labels"]]) == 0
+    last = read_manifest(s["last"])
+    assert f"recorded diagnoses (disease_label) of {len(last)} images" in capsys.readouterr().out
+    assert Archive.load(str(tmp_path / "labelled")).records == {
+        r.image_id: label[r.image_id] for r in first + last}
     assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
     assert "without a recorded diagnosis" in capsys.readouterr().out
     archive = Archive.load(index)

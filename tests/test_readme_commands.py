@@ -131,11 +131,12 @@ TESTED_ELSEWHERE = {
     # The applications' commands, on a tiny trained run (the README's --config names the
     # quick start's experiment; the tests pass a tiny one's).
     "python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal "
-    "--manifest FILE --out INDEX": "tests/test_history_cli.py::test_index_query_add",
-    "python -m mami_jax.apps.history add --index INDEX --manifest MORE.csv":
-        "tests/test_history_cli.py::test_index_query_add",
-    "python -m mami_jax.apps.history query --index INDEX --image PATH --k 5":
-        "tests/test_history_cli.py::test_index_query_add",
+    "--manifest FILE --out INDEX '[--labels' 'FILE]'":
+        "tests/test_history_cli.py::test_the_archive_records_diagnoses_and_query_shows_them",
+    "python -m mami_jax.apps.history add --index INDEX --manifest MORE.csv '[--labels' 'FILE]'":
+        "tests/test_history_cli.py::test_the_archive_records_diagnoses_and_query_shows_them",
+    "python -m mami_jax.apps.history query --index INDEX --image PATH --k 5 "
+    "'[--with' 'ct=CT_OF_THE_SAME_VISIT]'": "tests/test_history_cli.py::test_index_query_add",
     "python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal "
     "--manifest FILE --out DIR": "tests/test_history_cli.py::test_train_and_eval_write_metrics",
     "python -m mami_jax.apps.privacy cues --workdir RUN --manifest FILE --out DIR":
