@@ -213,12 +213,20 @@ def test_signs_visible_hides_every_stage_or_shows_its_strength():
     assert disease.severity(np.random.default_rng(0), 0, signs_visible=0.4) == 0.0
 
 
-def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_path):
-    other = phantoms.generate(str(tmp_path / "signs"), **dict(TINY, signs_visible=0.5))
+def _visibility_variant(tiny, tmp_path, **setting):
+    """(manifest of the tiny phantoms generated again with one visibility ``setting``, the
+    tiny set's stage per image id); the setting is recorded in phantoms.json."""
+    other = phantoms.generate(str(tmp_path / "variant"), **dict(TINY, **setting))
     with open(os.path.join(os.path.dirname(other), "phantoms.json")) as f:
-        assert json.load(f)["signs_visible"] == 0.5
+        recorded = json.load(f)
+    assert all(recorded[k] == v for k, v in setting.items())
     with open(os.path.join(os.path.dirname(tiny), "labels.csv")) as f:
         stage = {r["image_id"]: int(r["disease_stage"]) for r in csv.DictReader(f)}
+    return other, stage
+
+
+def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_path):
+    other, stage = _visibility_variant(tiny, tmp_path, signs_visible=0.5)
     rows = read_manifest(tiny)
     same = read_manifest(other)
     assert [r.image_id for r in rows] == [r.image_id for r in same]
@@ -236,11 +244,7 @@ def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_pa
 
 
 def test_stage1_visible_changes_only_stage1_images_and_is_recorded(tiny, tmp_path):
-    other = phantoms.generate(str(tmp_path / "vis"), **dict(TINY, stage1_visible=0.5))
-    with open(os.path.join(os.path.dirname(other), "phantoms.json")) as f:
-        assert json.load(f)["stage1_visible"] == 0.5
-    with open(os.path.join(os.path.dirname(tiny), "labels.csv")) as f:
-        stage = {r["image_id"]: int(r["disease_stage"]) for r in csv.DictReader(f)}
+    other, stage = _visibility_variant(tiny, tmp_path, stage1_visible=0.5)
     a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(other))
     assert sorted(a) == sorted(b)
     rows = {r.image_id: r for r in read_manifest(tiny)}
