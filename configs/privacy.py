@@ -107,6 +107,15 @@ def get_config(arg=None):
         # (docs/privacy.md).
         p.smooth = 1.0
 
+    d = c.deform = ml_collections.ConfigDict()
+    # method "deform": a smooth displacement field resamples the image (apps/privacy/deform.py),
+    # inside perturb.norm / perturb.epsilon's budget.
+    d.grid = 8                     # control points per side (the field's smoothness)
+    d.max_shift = 3.0              # native pixels, per control point
+    d.steps = 40
+    d.step_size = 0.3              # native pixels (RMS over the control points) per step
+    d.momentum = 0.5
+
     q = c.cues = ml_collections.ConfigDict()
     q.occlusion_patch = 8          # native pixels
     q.occlusion_stride = 4

@@ -84,6 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.label_smoothing = 0.1
     c.loss.triplet_normalize = False
     c.loss.id_neck = "none"  # "batch_standardize": BNNeck in front of the classifier
+    # > 0: adversarial training, the loss at images moved by one normalised gradient step
+    # of this root-mean-square (model-input units; train/adversarial.py). A little
+    # robustness makes a model a better surrogate for privacy protection that transfers.
+    c.loss.adversarial_rms = 0.0
     # Difference alignment to frozen teachers (term "align", docs/design.md#difference-alignment):
     # loss.terms gets {"align": ALIGN_WEIGHT} only when teacher features are configured.
     c.loss.align = ml_collections.ConfigDict()

@@ -14,6 +14,7 @@ import ml_collections
 
 from mami_jax.models import MaMI
 from mami_jax.models.embed import example_images
+from mami_jax.train import adversarial
 from mami_jax.train import heads as heads_lib
 from mami_jax.train import loss_terms
 
@@ -46,10 +47,12 @@ def example_batch(config) -> dict:
 
 
 def make_loss_fn(model: TrainModel, loss_cfg):
-    """loss(params, batch) -> (total, logs): the configured terms on the model's outputs."""
+    """loss(params, batch) -> (total, logs): the configured terms on the model's outputs
+    (at adversarially moved images when ``loss.adversarial_rms`` > 0: ``train/adversarial.py``)."""
 
     def loss_fn(params, batch):
         outputs = model.apply({"params": params}, batch)
         return loss_terms.compute_terms(outputs, batch, loss_cfg)
 
-    return loss_fn
+    rms = float(loss_cfg.get("adversarial_rms", 0.0))
+    return adversarial.adversarial_loss_fn(loss_fn, rms) if rms else loss_fn

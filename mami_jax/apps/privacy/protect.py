@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
+from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
@@ -35,7 +36,7 @@ from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import slice_indices
 
 SUFFIX = "_protected"
-METHODS = ("perturb", "inpaint", "both", "noise")
+METHODS = ("perturb", "inpaint", "both", "noise", "deform")
 
 
 def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> list[ManifestRow]:
@@ -210,6 +211,9 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
                                  float(config.perturb.step_size), float(config.perturb.momentum),
                                  float(config.perturb.get("smooth", 0.0)), keep_changes=keep)
+        deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
+                                            config.perturb.norm, float(config.perturb.epsilon))
+                       if config.method == "deform" else None)
         for start in range(0, len(group), size):
             batch = group[start:start + size]
             # A fixed batch size (the tail padded with its last image): one compilation.
@@ -230,6 +234,11 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                 key, sub = jax.random.split(key)
                 delta = noise_change(sub, x0, mask, config.perturb.norm,
                                      float(config.perturb.epsilon))
+            if config.method == "deform":
+                key, sub = jax.random.split(key)
+                delta, _, _ = deform_lib.deform(
+                    deform_step, params, x0, offset, refs, int(config.deform.steps), sub,
+                    slice_mask=None if mask is None else mask[:, :, 0, 0, 0])
             if config.method in ("perturb", "both"):
                 key, sub = jax.random.split(key)
                 delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
