@@ -5,6 +5,7 @@
 ``experiment`` names the re-ID run's own experiment config (its preprocessing and model
 config); ``runlocal`` points it at ``configs/all.py:runlocal`` (the quick-start runs).
 Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb),
+``deform`` (a smooth displacement field instead of an added change: apps/privacy/deform.py),
 ``transfer=DIR+DIR@STEP`` (optimise against these re-ID runs as well as ``--workdir``'s
 model, at the transfer budget and with smoothed gradients, for protection that holds
 against re-ID models it never saw;
@@ -16,7 +17,7 @@ import ml_collections
 
 from mami_jax.config import parse_arg
 
-WORDS = ("runlocal", "inpaint", "both", "transfer")
+WORDS = ("runlocal", "inpaint", "both", "deform", "transfer")
 
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
@@ -25,12 +26,15 @@ def get_config(arg=None):
     # "perturb": bounded perturbation (a); "inpaint": removal of the strongest identity
     # regions (b); "both": (b) then (a) on the inpainted image; "noise": Gaussian noise
     # of the whole perturbation budget, aimed at nothing (the control a protection's cost
-    # and effect are compared with).
+    # and effect are compared with); "deform": a smooth displacement field inside the
+    # same budget (the anatomy moved, not a pattern added).
     c.method = "perturb"
     if words.get("inpaint"):
         c.method = "inpaint"
     if words.get("both"):
         c.method = "both"
+    if words.get("deform"):
+        c.method = "deform"
     c.batch_size = 32          # images optimised together (one modality and shape at a time)
     # A CT or MRI series: protect every slice, one group of slices at a time (each group one
     # slice per segment, as the model reads them: 16 slices read as 2 are 8 groups, 8 times
@@ -47,6 +51,9 @@ def get_config(arg=None):
     # spent as linf (docs/privacy.md).
     p.norm = "l2"
     p.epsilon = 0.028
+    # Per-modality budgets that replace epsilon for that modality's images, e.g.
+    # {"ct": 0.02}; an empty dict: epsilon everywhere.
+    p.modality_epsilon = ml_collections.ConfigDict()
     p.steps = 40
     p.step_size = 0.006            # per step, in the norm's own units
     p.momentum = 0.5               # MI-FGSM: accumulated normalised gradients (transfer)

@@ -109,6 +109,30 @@ def test_match_score_falls(run):
     assert sum(a < b for a, b in zip(after, before)) >= 5
 
 
+def test_deform_with_a_modality_budget_moves_pixels_inside_it(run):
+    """method=deform (the ``deform`` word) with the X-ray budget raised by
+    ``perturb.modality_epsilon``: each written change stays inside that budget, is a
+    resampling of the original (no value outside its range) and lowers the match score."""
+    out = run["base"] / "deformed"
+    assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                 "--out", str(out), "--config", run["config"] + ":deform",
+                 "--set", "perturb.modality_epsilon={'xray': 0.05}",
+                 "--set", "deform.step_size=1.0", "--set", "deform.grid=4"]) == 0
+    original = {r.image_id: r for r in read_manifest(run["manifest"])}
+    sizes = []
+    for r in read_manifest(str(out / "manifest.csv")):
+        a = open_volume(original[r.image_id[:-len("_protected")]].path).read([0])
+        b = open_volume(r.path).read([0])
+        sizes.append(np.sqrt(np.mean(np.square(b - a))))
+        assert b.min() >= a.min() - 1e-3 and b.max() <= a.max() + 1e-3
+    # The budget binds: above the config's own epsilon (0.028), at most the X-ray one.
+    assert 0.028 < min(sizes) and max(sizes) <= 0.05 * 1.02, sizes
+    with open(out / "protect_report.json") as f:
+        records = json.load(f)["records"]
+    assert np.mean([r["score_after"] for r in records]) < np.mean(
+        [r["score_before"] for r in records]) - 0.02
+
+
 def test_cues_write_overlays_and_raw_maps(run):
     out = run["base"] / "cues"
     assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],

@@ -79,6 +79,17 @@ def keepers_of(cfg_perturb, members) -> list:
             for d, m in zip(dirs, members)]
 
 
+def epsilon_for(cfg_perturb, modality: str) -> float:
+    """The budget of ``modality``'s images: ``perturb.modality_epsilon[modality]`` where
+    given, else ``perturb.epsilon``. A modality whose diagnosis suffers where its identity
+    is already removed with budget to spare (CT, docs/privacy.md) can be given less."""
+    by_modality = dict(cfg_perturb.get("modality_epsilon", {}) or {})
+    value = float(by_modality.get(modality, cfg_perturb.epsilon))
+    if not value > 0:
+        raise ValueError(f"perturb.modality_epsilon[{modality!r}]={value!r}: must be > 0")
+    return value
+
+
 def noise_change(key, x0, mask, norm: str, epsilon: float) -> np.ndarray:
     """The control protection is measured against: Gaussian noise that uses the whole
     budget (``perturb.project`` of noise larger than it), clipped to the pixel range and
@@ -208,11 +219,12 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
         keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
                 for m, k in enumerate(keepers)]
-        step = perturb.make_step(train_score, config.perturb.norm, float(config.perturb.epsilon),
+        epsilon = epsilon_for(config.perturb, modality)
+        step = perturb.make_step(train_score, config.perturb.norm, epsilon,
                                  float(config.perturb.step_size), float(config.perturb.momentum),
                                  float(config.perturb.get("smooth", 0.0)), keep_changes=keep)
         deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
-                                            config.perturb.norm, float(config.perturb.epsilon))
+                                            config.perturb.norm, epsilon)
                        if config.method == "deform" else None)
         for start in range(0, len(group), size):
             batch = group[start:start + size]
@@ -232,8 +244,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                                             int(config.inpaint.iterations))
             if config.method == "noise":
                 key, sub = jax.random.split(key)
-                delta = noise_change(sub, x0, mask, config.perturb.norm,
-                                     float(config.perturb.epsilon))
+                delta = noise_change(sub, x0, mask, config.perturb.norm, epsilon)
             if config.method == "deform":
                 key, sub = jax.random.split(key)
                 delta, _, _ = deform_lib.deform(
