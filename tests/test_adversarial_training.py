@@ -1,7 +1,7 @@
 """Adversarial training (``loss.adversarial_rms``, ``train/adversarial.py``): the moved
-images are one normalised gradient step of the configured size (padding left alone),
-they raise the loss, and the parameters' gradient is the plain loss's gradient at the
-moved images, with the move held fixed."""
+images are one normalised gradient step of the configured size (padding left alone), the
+parameters' gradient is the loss's at the moved images with the move held fixed, and the
+configured model's loss is taken there and is higher than at the clean images."""
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,10 @@ def test_a_toy_loss_moves_each_image_along_its_gradient():
     np.testing.assert_allclose(moved[2], 0.0)
     np.testing.assert_allclose(np.sqrt(np.mean(np.square(moved[:2]), axis=(1, 2))), 0.5,
                                rtol=1e-5)
+    # The parameters' gradient is the loss's at the moved images with the move held fixed:
+    # here exactly the moved images (the move, which depends on w, adds nothing).
+    robust = adversarial.adversarial_loss_fn(loss_fn, 0.5)
+    np.testing.assert_allclose(jax.grad(lambda p: robust(p, batch)[0])(w), moved, rtol=1e-6)
     with pytest.raises(ValueError, match="loss.adversarial_rms=0"):
         adversarial.adversarial_loss_fn(loss_fn, 0)
 
@@ -42,15 +46,11 @@ def test_the_configured_loss_is_taken_at_the_moved_images():
         cfg.loss.adversarial_rms = 0.3
     robust = make_loss_fn(model, cfg.loss)
 
-    moved = adversarial.worst_case_images(plain, params, batch, 0.3)
-    clean_loss = float(plain(params, batch)[0])
-    robust_loss, logs = robust(params, batch)
-    assert float(robust_loss) > clean_loss + 1e-3      # the step found a worse input
-    np.testing.assert_allclose(float(robust_loss), float(plain(params, dict(batch, images=moved))[0]),
-                               rtol=1e-6)
-    assert set(logs) == set(plain(params, batch)[1])
-    # The parameters' gradient: the plain loss's at the moved images, the move held fixed.
-    got = jax.grad(lambda p: robust(p, batch)[0])(params)
-    want = jax.grad(lambda p: plain(p, dict(batch, images=moved))[0])(params)
-    for g, h in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-4, atol=1e-7)
+    plain_j, robust_j = jax.jit(plain), jax.jit(robust)
+    moved = jax.jit(lambda p, b: adversarial.worst_case_images(plain, p, b, 0.3))(params, batch)
+    clean_loss, clean_logs = plain_j(params, batch)
+    robust_loss, logs = robust_j(params, batch)
+    at_moved = plain_j(params, dict(batch, images=moved))[0]
+    assert float(robust_loss) > float(clean_loss) + 1e-3      # the step found a worse input
+    np.testing.assert_allclose(float(robust_loss), float(at_moved), rtol=1e-5)
+    assert set(logs) == set(clean_logs)

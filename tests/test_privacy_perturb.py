@@ -1,5 +1,6 @@
 """The differentiable evaluation view equals the pipeline's, the perturbation stays in
-its budget (linf and l2) and lowers the match score of a tiny model; the objective's
+its budget (linf and l2) and lowers the match score of a tiny model, as the deformation
+(``apps.privacy.deform``) does inside its budget; the objective's
 extra terms (feature disruption, keeping a diagnosis: ``apps.privacy.diagnosis_keep``,
 whose classifier path equals the history classifier's numpy path and which refuses a
 classifier of another model) do what they are for."""
@@ -14,7 +15,7 @@ import pytest
 
 from mami_jax.apps.history import training
 from mami_jax.apps.history.features import fingerprint
-from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy import deform, ensemble, objective, perturb
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.apps.privacy.settings import load_config
@@ -98,6 +99,27 @@ def test_perturbation_stays_in_budget_and_lowers_the_match_score(xray, norm, eps
     before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
     after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
     assert after.mean() < before.mean() - 0.1, (before, after)
+
+
+def test_deformation_lowers_the_match_score_inside_the_budget(xray):
+    member, imap, x0, offset, refs = xray.member, xray.imap, xray.x0, xray.offset, xray.refs
+    pcfg = load_config("configs/privacy.py")
+    pcfg.deform.grid, pcfg.deform.max_shift, pcfg.deform.step_size = 4, 4.0, 1.0
+    eps = 0.08
+    score = objective.make_member_score_fn(member.embed, imap, pcfg.perturb, 0)
+    plain = jax.jit(objective.make_score_fn([member], imap, pcfg.perturb, 0))
+    step = deform.make_step(score, x0.shape[2], x0.shape[3], pcfg.deform, "l2", eps)
+    delta, u, history = deform.deform(step, [member.params], x0, offset, refs, 10,
+                                      jax.random.key(0))
+    assert history.shape == (10, len(x0))
+    assert np.abs(u).max() <= 4.0 + 1e-6
+    assert np.all(np.sqrt(np.mean(np.square(delta.reshape(len(x0), -1)), 1)) <= eps + 1e-6)
+    before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
+    after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
+    assert after.mean() < before.mean() - 0.05, (before, after)
+    # The change is a resampling of the original: a pixel moves within the range of its
+    # neighbourhood, it does not take values the image does not have nearby.
+    assert (x0 + delta).min() >= x0.min() - 1e-6 and (x0 + delta).max() <= x0.max() + 1e-6
 
 
 def test_token_similarity_on_hand_made_tokens():
