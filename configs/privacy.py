@@ -76,6 +76,12 @@ def get_config(arg=None):
     # "WORKDIR@STEP") optimised against together with --workdir's: transfer to unseen
     # models improves with the ensemble.
     p.ensemble = ()
+    # How the members' gradients are combined (perturb.ensemble_grad): "mean" (the
+    # gradient of the mean score), "balanced" (each member's scaled to the same size
+    # first) or "hardest" (balanced, weighted by a softmax of the members' scores at
+    # hardest_temperature: the members that still match steer most).
+    p.member_weighting = "mean"
+    p.hardest_temperature = 0.05
     # The loss pushes the image's embedding away from its original and from the
     # patient's other images (mean cosine similarity), weight ``own_weight`` on the original.
     p.own_weight = 1.0

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mami_jax.apps.privacy import objective, perturb
+from mami_jax.apps.privacy import perturb
 
 #: Bisection steps of the field's scale when it is fitted to the budget (precision 2^-14).
 BUDGET_BISECTIONS = 14
@@ -106,13 +106,14 @@ def fit_to_budget(x0, u, mh, mw, norm: str, epsilon: float):
     return u * scale[:, None, None, None, None]
 
 
-def make_step(member_score, height: int, width: int, cfg_deform, norm: str, epsilon: float):
+def make_step(member_score, height: int, width: int, cfg_deform, norm: str, epsilon: float,
+              weighting: str = "mean", temperature: float = 0.05):
     """One step against an ensemble: (params list, x0, u, velocity, slice mask (B, T),
     offset, ``References.arrays()``, key) -> (u, velocity, ensemble score before the step).
 
     ``member_score``: ONE member's score function (``objective.make_member_score_fn``), its
-    gradient averaged over the members as ``perturb.ensemble_grad`` does for the additive
-    change. The step follows the momentum of RMS-normalised gradients (MI-FGSM) by
+    gradients over the members combined by ``perturb.ensemble_grad`` (``weighting``), as for
+    the additive change. The step follows the momentum of RMS-normalised gradients (MI-FGSM) by
     ``cfg_deform.step_size`` pixels (RMS over the control points), clips each control
     point to ``max_shift`` pixels and fits the field to the budget."""
     perturb.check_norm(norm)
@@ -143,14 +144,10 @@ def make_step(member_score, height: int, width: int, cfg_deform, norm: str, epsi
         return fit_to_budget(x0, u, mh, mw, norm, epsilon), velocity
 
     def step(params_list, x0, u, velocity, slice_mask, offset, ref_arrays, key):
-        keys = jax.random.split(key, len(params_list))
-        g_sum = s_sum = None
-        for m, params in enumerate(params_list):
-            g, s = member_grad(u, params, x0, offset, objective.member_refs(ref_arrays, m), keys[m])
-            g_sum = g if g_sum is None else g_sum + g
-            s_sum = s if s_sum is None else s_sum + s
-        u, velocity = update(g_sum / len(params_list), u, velocity, slice_mask, x0)
-        return u, velocity, s_sum / len(params_list)
+        g, s = perturb.ensemble_grad(member_grad, params_list, x0, u, offset, ref_arrays, key,
+                                     weighting, temperature)
+        u, velocity = update(g, u, velocity, slice_mask, x0)
+        return u, velocity, s
 
     step.apply = jax.jit(lambda x0, u: warp(x0, dense_field(u, mh, mw)))
     step.grid = grid

@@ -91,18 +91,62 @@ def make_member_grad(member_score):
     return jax.jit(jax.grad(total_score, has_aux=True))
 
 
-def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key):
-    """(gradient, score (B,)) of the ensemble's match score: the mean over every member of
+WEIGHTINGS = ("mean", "balanced", "hardest")
+
+
+def check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"perturb.member_weighting={weighting!r}: expected one of {WEIGHTINGS}")
+
+
+def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,
+                  weighting: str = "mean", temperature: float = 0.05):
+    """(gradient, score (B,)) of the ensemble's match score, from every member's
     ``member_grad`` (``make_member_grad``) with that member's parameters, references and
-    key (``key`` split as ``objective.make_score_fn`` splits it, so this is the gradient
-    of that function). One compilation serves every member: they share a model config."""
+    key (``key`` split as ``objective.make_score_fn`` splits it). One compilation serves
+    every member: they share a model config. The score is always the members' mean.
+
+    ``weighting`` combines the members' gradients, per image:
+
+    - ``mean``: their mean, the gradient of the mean score (a member whose score moves
+      fastest has the largest gradient and leads);
+    - ``balanced``: each first scaled to mean |g| 1, then averaged, so every member
+      steers equally whatever its gradient's size;
+    - ``hardest``: balanced, then weighted by a softmax of the members' scores at
+      ``temperature``: the members that still match the image steer most, the soft form of
+      minimising the largest score (all members fooled, not their mean)."""
+    check_weighting(weighting)
     keys = jax.random.split(key, len(params_list))
-    g_sum = s_sum = None
+    grads, scores = [], []
     for m, params in enumerate(params_list):
         g, s = member_grad(delta, params, x0, offset, objective.member_refs(ref_arrays, m), keys[m])
-        g_sum = g if g_sum is None else g_sum + g
-        s_sum = s if s_sum is None else s_sum + s
-    return g_sum / len(params_list), s_sum / len(params_list)
+        grads.append(g)
+        scores.append(s)
+    score = sum(scores) / len(scores)
+    if weighting == "mean":
+        return sum(grads) / len(grads), score
+    return _combine(grads, jnp.stack(scores), weighting == "hardest", float(temperature)), score
+
+
+@jax.jit
+def _balanced(g):
+    axes = tuple(range(1, g.ndim))
+    return g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
+
+
+def _combine(grads, scores, hardest: bool, temperature: float):
+    """Balanced members' gradients averaged with weights (M, B): equal, or a softmax of
+    ``scores`` (M, B) over the members."""
+    if hardest:
+        if not temperature > 0:
+            raise ValueError(f"perturb.hardest_temperature={temperature!r}: must be > 0")
+        weights = jax.nn.softmax(scores / temperature, axis=0)
+    else:
+        weights = jnp.full(scores.shape, 1.0 / len(grads))
+    total = 0.0
+    for g, w in zip(grads, weights):
+        total = total + _balanced(g) * w.reshape((-1,) + (1,) * (g.ndim - 1))
+    return total
 
 
 def make_keep_grad(keep_change):
@@ -115,17 +159,19 @@ def make_keep_grad(keep_change):
 
 
 def make_step(member_score, norm: str, epsilon: float, step_size: float, momentum: float,
-              smooth: float = 0.0, keep_changes=()):
+              smooth: float = 0.0, keep_changes=(), weighting: str = "mean",
+              temperature: float = 0.05):
     """One PGD step against an ensemble: (params list, x0, delta, velocity, mask, offset,
     ``References.arrays()``, key) -> (delta, velocity, ensemble score before the step).
     ``smooth``: sigma (native pixels) of the gradient's Gaussian smoothing (0: none).
 
     ``member_score`` is ONE member's score function (``objective.make_member_score_fn``);
-    the step averages its gradient over the members (``ensemble_grad``). ``keep_changes``:
+    the step combines its gradients over the members (``ensemble_grad``, by ``weighting``). ``keep_changes``:
     (member index, term) pairs, each term (params, x, offset, x0, key) -> (B,) minimised
     beside it with that member's parameters (e.g. the change of the diagnosis a classifier
     of that member reads), averaged over the pairs."""
     check_norm(norm)
+    check_weighting(weighting)
     if not float(smooth) >= 0:
         raise ValueError(f"perturb.smooth={smooth!r}: a Gaussian sigma in pixels, >= 0 "
                          f"(0: no smoothing)")
@@ -149,7 +195,8 @@ def make_step(member_score, norm: str, epsilon: float, step_size: float, momentu
         return delta, velocity
 
     def step(params_list, x0, delta, velocity, mask, offset, ref_arrays, key):
-        g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key)
+        g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,
+                             weighting, temperature)
         for m, keep_grad in keep_grads:
             g = g + keep_grad(delta, params_list[m], x0, offset, key) / len(keep_grads)
         delta, velocity = update(g, delta, velocity, mask, x0)

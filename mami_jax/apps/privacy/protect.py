@@ -220,11 +220,14 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
                 for m, k in enumerate(keepers)]
         epsilon = epsilon_for(config.perturb, modality)
+        weighting = (str(config.perturb.get("member_weighting", "mean")),
+                     float(config.perturb.get("hardest_temperature", 0.05)))
         step = perturb.make_step(train_score, config.perturb.norm, epsilon,
                                  float(config.perturb.step_size), float(config.perturb.momentum),
-                                 float(config.perturb.get("smooth", 0.0)), keep_changes=keep)
+                                 float(config.perturb.get("smooth", 0.0)), keep_changes=keep,
+                                 weighting=weighting[0], temperature=weighting[1])
         deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
-                                            config.perturb.norm, epsilon)
+                                            config.perturb.norm, epsilon, *weighting)
                        if config.method == "deform" else None)
         for start in range(0, len(group), size):
             batch = group[start:start + size]
