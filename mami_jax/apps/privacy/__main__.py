@@ -11,7 +11,8 @@
 heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
 ``cues.max_images`` rows of the split. ``protect`` writes the protected images under
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
-OUT/protect_report.json (per image: match score before and after, PSNR, largest change).
+OUT/protect_report.json (per image: match score before and after, PSNR of the optimised
+change and of the file on disk, largest change).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
 ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input

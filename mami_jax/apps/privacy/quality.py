@@ -13,6 +13,11 @@ import numpy as np
 from scipy import ndimage
 
 
+def psnr_of_rms(rms: float) -> float:
+    """PSNR in dB of a root-mean-square change of unit pixels (inf for none)."""
+    return math.inf if rms == 0 else -20.0 * math.log10(rms)
+
+
 def psnr(original, protected) -> float:
     """Peak signal-to-noise ratio in dB (inf for identical images)."""
     a = np.asarray(original, np.float64)
