@@ -1,7 +1,8 @@
 """The PSNR promise holds on disk (``apps.privacy.written_budget``): an int16 NIfTI series
 whose slices span few stored units rounds a change inside the budget to one outside it,
-and the copy is rewritten with a smaller change until the file's change is inside; a
-change that survives the rounding is written once, as it is."""
+and the copy is rewritten with a smaller change until the file's change is inside, for
+the series and for each view read in its own intensity scale; a change that survives the
+rounding is written once, as it is."""
 
 import nibabel as nib
 import numpy as np
@@ -48,3 +49,35 @@ def test_a_change_that_survives_rounding_is_written_once(tmp_path):
     written, on_disk = write_within_budget(path, slices, delta, str(tmp_path / "o.nii.gz"), 0.03)
     np.testing.assert_array_equal(written, delta)
     assert abs(on_disk - rms_change(0.0, delta)) < 1e-3
+
+
+def test_each_view_keeps_the_budget_in_its_own_intensity_scale(tmp_path):
+    """Two views of a series: slices 0-1 span 24 stored units, slices 2-3 span 4000. Read
+    together, the rounding is small; read alone (NIfTI slices are min-max scaled over what
+    is read) view 0-1 sees each unit as 1/24 of its range. Every view ends inside."""
+    rng = np.random.default_rng(3)
+    data = np.zeros((16, 16, 4), np.int16)
+    data[..., :2] = rng.integers(0, 25, (16, 16, 2))
+    data[..., 2:] = rng.integers(0, 4001, (16, 16, 2))
+    data[0, 0, :2], data[1, 1, :2], data[0, 0, 2:], data[1, 1, 2:] = 0, 24, 0, 4000
+    path = str(tmp_path / "two_ranges.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    volume = open_volume(path)
+    views = [np.asarray([0, 1]), np.asarray([2, 3])]
+    union = np.asarray([0, 1, 2, 3])
+    x = volume.read(union)
+    delta = np.zeros_like(x)
+    for v, seed in zip(views, (4, 5)):                  # 0.029 RMS in each view's own scale
+        own = volume.read(v)
+        d = np.clip(own + smooth_change(own.shape, 0.029, seed), 0, 1) - own
+        slope = (x[v].max() - x[v].min()) / (own.max() - own.min())   # view scale -> union
+        delta[v] = d * slope
+    out = str(tmp_path / "out.nii.gz")
+    written, on_disk = write_within_budget(path, union, delta, out, 0.03, views)
+    back = open_volume(out)
+    for v in views:
+        assert rms_change(volume.read(v), back.read(v)) <= 0.03 * (1 + 1e-4)
+    assert on_disk <= 0.03 * (1 + 1e-4)
+    # Without the views only the series read whole is checked, and view 0-1 ends outside.
+    write_within_budget(path, union, delta, out, 0.03)
+    assert rms_change(volume.read(views[0]), open_volume(out).read(views[0])) > 0.03

@@ -124,6 +124,7 @@ class WholeRow:
     unit: np.ndarray
     score_before: float
     score_after: float
+    views: tuple = ()      # each view's slices (a reader may scale each set by its own range)
 
 
 def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list) -> tuple[list, list]:
@@ -178,7 +179,8 @@ class PendingRows:
         return WholeRow(slices[order], np.concatenate(deltas)[order],
                         np.concatenate(units)[order],
                         float(np.mean([v[2] for v in scored])),
-                        float(np.mean([v[3] for v in scored])))
+                        float(np.mean([v[3] for v in scored])),
+                        tuple(np.asarray(v[0].slices) for v in views) if len(views) > 1 else ())
 
 
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
@@ -270,7 +272,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                 # its PSNR on disk, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
-                                                       out_abs, bound)
+                                                       out_abs, bound, whole.views)
                 new_rows[row.image_id] = row.replace(image_id=row.image_id + SUFFIX, path=out_rel)
                 records.append({"image_id": row.image_id, "modality": modality,
                                 "score_before": whole.score_before,
