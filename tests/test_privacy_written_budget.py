@@ -81,3 +81,14 @@ def test_each_view_keeps_the_budget_in_its_own_intensity_scale(tmp_path):
     # Without the views only the series read whole is checked, and view 0-1 ends outside.
     write_within_budget(path, union, delta, out, 0.03)
     assert rms_change(volume.read(views[0]), open_volume(out).read(views[0])) > 0.03
+
+
+def test_each_view_keeps_its_darkest_and_brightest_pixel():
+    from mami_jax.apps.privacy.protect import range_keeping_mask
+    x = np.random.default_rng(6).random((3, 2, 4, 5, 1)).astype(np.float32)
+    mask = range_keeping_mask(x)
+    for b in range(3):
+        frozen = np.argwhere(mask[b] == 0)
+        assert len(frozen) == 2
+        values = sorted(float(x[b][tuple(i)]) for i in frozen)
+        assert values == [float(x[b].min()), float(x[b].max())]

@@ -114,6 +114,20 @@ def owned_mask(parts, shape) -> np.ndarray | None:
     return np.broadcast_to(owned[:, :, None, None, None], shape).astype(np.float32)
 
 
+def range_keeping_mask(x0: np.ndarray) -> np.ndarray:
+    """Ones (B, T, H, W, C) but for each view's darkest and brightest pixel (the first of
+    each), which stay as they are. A reader that scales a series by the range of the slices
+    it reads (NIfTI: min-max) would otherwise rescale the whole view when the change lowers
+    its brightest or raises its darkest pixel, a change the budget never counted (a CT
+    series read as two slices ended at 29.1 dB for a 30.5 dB budget)."""
+    b = len(x0)
+    flat = np.asarray(x0).reshape(b, -1)
+    mask = np.ones_like(flat, np.float32)
+    mask[np.arange(b), flat.argmin(1)] = 0.0
+    mask[np.arange(b), flat.argmax(1)] = 0.0
+    return mask.reshape(x0.shape)
+
+
 @dataclasses.dataclass
 class WholeRow:
     """A row's protection put together from its views: the slices (sorted), their
@@ -243,7 +257,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
-            mask = owned_mask(padded, x0.shape)
+            owned = owned_mask(padded, x0.shape)
+            mask = range_keeping_mask(x0) * (1.0 if owned is None else owned)
             if config.method in ("inpaint", "both"):
                 maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
@@ -255,7 +270,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                 key, sub = jax.random.split(key)
                 delta, _, _ = deform_lib.deform(
                     deform_step, params, x0, offset, refs, int(config.deform.steps), sub,
-                    slice_mask=None if mask is None else mask[:, :, 0, 0, 0])
+                    slice_mask=None if owned is None else owned[:, :, 0, 0, 0])
             if config.method in ("perturb", "both"):
                 key, sub = jax.random.split(key)
                 delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
