@@ -31,7 +31,7 @@ from mami_jax.apps.privacy import ensemble, objective, perturb
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
-from mami_jax.apps.privacy.written_budget import write_within_budget
+from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import slice_indices
@@ -305,8 +305,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
 def ratio_of_changes(written: np.ndarray, optimised: np.ndarray) -> float:
     """How much of the optimised change was written (1 unless the file's rounding forced a
     smaller one: ``written_budget``); 1 for no change."""
-    size = float(np.sqrt(np.mean(np.square(optimised))))
-    return 1.0 if size == 0 else float(np.sqrt(np.mean(np.square(written)))) / size
+    size = rms_change(0.0, optimised)
+    return 1.0 if size == 0 else rms_change(0.0, written) / size
 
 
 def _cue_maps(config, score_fn, params, x0, offset, refs):
