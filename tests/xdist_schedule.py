@@ -43,6 +43,11 @@ SLOW_FIRST = (
     "tests/test_history_diagnosis_backbone.py::",
     "tests/test_history_cli.py::",
     "tests/test_privacy_history_utility.py::",
+    "tests/test_extension_points.py::test_each_group_has_its_own_learning_rate",
+    "tests/test_align.py::test_sharded_equals_unsharded_and_pairs_span_the_global_batch",
+    "tests/test_align.py::test_gradient_accumulation_pairs_within_each_microbatch",
+    "tests/test_model.py::test_default_init_trains_every_generator_router_and_codebook",
+    "tests/test_adversarial_training.py::test_the_configured_loss_is_taken_at_the_moved_images",
 )
 
 MODULE_FIXTURE = re.compile(r"""^\s*@pytest\.fixture\([^)]*scope=["'](module|session)["']""",
