@@ -1,0 +1,36 @@
+"""The budget each modality's images get, as ``protect`` resolves it from the config: the
+`transfer` recipe gives fundus a smaller budget than the rest (its lesions are a few
+pixels that a 30 dB change hides), the base config one budget everywhere, and an override
+on the command line replaces the recipe's table rather than merging into it."""
+
+import pytest
+
+from mami_jax.apps.privacy.protect import epsilon_for
+from mami_jax.apps.privacy.settings import apply_overrides, load_config
+
+MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
+
+
+def test_the_base_config_has_one_budget_everywhere():
+    cfg = load_config("configs/privacy.py:runlocal")
+    assert {m: epsilon_for(cfg.perturb, m) for m in MODALITIES} == {
+        m: pytest.approx(0.028) for m in MODALITIES}
+
+
+def test_the_transfer_recipe_gives_fundus_its_own_budget():
+    cfg = load_config("configs/privacy.py:runlocal,transfer=A+B")
+    budgets = {m: epsilon_for(cfg.perturb, m) for m in MODALITIES}
+    assert budgets.pop("fundus") == pytest.approx(0.0185)
+    assert budgets == {m: pytest.approx(0.03) for m in budgets}
+
+
+def test_an_override_replaces_the_recipes_table():
+    cfg = load_config("configs/privacy.py:runlocal,transfer=A+B")
+    apply_overrides(cfg, ["perturb.modality_epsilon={'ct': 0.02}"])
+    assert epsilon_for(cfg.perturb, "ct") == pytest.approx(0.02)
+    assert epsilon_for(cfg.perturb, "fundus") == pytest.approx(0.03)
+    apply_overrides(cfg, ["perturb.modality_epsilon={}"])
+    assert epsilon_for(cfg.perturb, "fundus") == pytest.approx(0.03)
+    apply_overrides(cfg, ["perturb.modality_epsilon={'xray': 0}"])
+    with pytest.raises(ValueError, match=r"modality_epsilon\['xray'\]=0.0: must be > 0"):
+        epsilon_for(cfg.perturb, "xray")
