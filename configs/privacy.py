@@ -122,7 +122,7 @@ def get_config(arg=None):
         # Fundus at 0.0185 (35 dB): at 0.03 the lesions' few pixels were lost to the change
         # (a diagnosis reader lost 12 %, as much as noise of that budget costs); 0.0185 kept
         # that reader within 5 % and every held-out model within twice chance on the test
-        # fundus images (docs/privacy.md, "The fundus budget").
+        # fundus images (docs/privacy.md, "A reader of every modality, and the fundus budget").
         p.modality_epsilon = ml_collections.ConfigDict({"fundus": 0.0185})
 
     d = c.deform = ml_collections.ConfigDict()
