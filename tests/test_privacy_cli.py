@@ -129,6 +129,7 @@ def test_deform_with_a_modality_budget_moves_pixels_inside_it(run):
     assert 0.028 < min(sizes) and max(sizes) <= 0.05 * 1.02, sizes
     with open(out / "protect_report.json") as f:
         records = json.load(f)["records"]
+    assert {r["epsilon"] for r in records} == {0.05}      # each record names its budget
     assert np.mean([r["score_after"] for r in records]) < np.mean(
         [r["score_before"] for r in records]) - 0.02
 

@@ -290,6 +290,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                                                        out_abs, bound, whole.views)
                 new_rows[row.image_id] = row.replace(image_id=row.image_id + SUFFIX, path=out_rel)
                 records.append({"image_id": row.image_id, "modality": modality,
+                                "epsilon": epsilon,
                                 "score_before": whole.score_before,
                                 "score_after": whole.score_after,
                                 "max_abs_change": float(np.abs(written).max()),
