@@ -12,7 +12,10 @@
   changes (x10);
 - ``--eval`` (``privacy_eval.py`` outputs; a model's modalities are merged over the files,
   ``--rename`` labels it): OUT/privacy_rank1.png, Rank-1 before and after per model and
-  modality.
+  modality; and where those files judged the diagnosis with history classifiers
+  (``--history-classifier``), OUT/privacy_utility.png, each classifier's AUC change per
+  modality against the 5 % goal (classifiers labelled by their folder's name, or
+  ``--rename FOLDER=LABEL``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ from mami_jax.apps.privacy import figures  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.apps.privacy.settings import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
+
+
+def merged_utility(reports, rename) -> dict:
+    """modality -> {classifier label: relative AUC change}, over the ``history_utility``
+    sections of several ``privacy_eval.json`` (usually one file per modality). A classifier
+    is labelled by ``rename`` of its path, else the path's last folder name."""
+    changes: dict[str, dict] = {}
+    for rep in reports:
+        for path, entry in rep.get("history_utility", {}).items():
+            label = rename.get(path, os.path.basename(os.path.normpath(path)))
+            for modality, v in entry["auc"].items():
+                if modality != "mean":
+                    changes.setdefault(modality, {})[label] = float(v["relative_change"])
+    return changes
 
 
 def main(argv=None) -> int:
@@ -72,14 +89,24 @@ def main(argv=None) -> int:
     if args.eval:
         rename = dict(r.split("=", 1) for r in args.rename)
         attack: dict[str, dict] = {}
+        reports = []
         for path in args.eval:      # one model's modalities may come from several files
-            with open(path) as f:
-                rep = json.load(f)["attack"]
-            for model, v in rep.items():
+            try:
+                with open(path) as f:
+                    reports.append(json.load(f))
+            except (OSError, ValueError) as e:
+                p.error(f"--eval {path}: {e}")
+            if "attack" not in reports[-1]:
+                p.error(f"--eval {path}: no 'attack' section (not a privacy_eval.json)")
+            for model, v in reports[-1]["attack"].items():
                 attack.setdefault(rename.get(model, model), {}).update(
                     {g: x for g, x in v.items() if g not in ("mean", "source")})
         figures.rank1_bars(os.path.join(args.out, "privacy_rank1.png"), attack,
                            "protected test queries against the original gallery")
+        changes = merged_utility(reports, rename)
+        if changes:
+            figures.utility_bars(os.path.join(args.out, "privacy_utility.png"), changes,
+                                 title="diagnosis AUC, protected against original images")
     return 0
 
 

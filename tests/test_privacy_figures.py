@@ -1,11 +1,16 @@
-"""The privacy figures are written as PNG from what the commands write."""
+"""The privacy figures are written as PNG from what the commands write; the utility figure's
+per-modality changes are merged over privacy_eval.json files by classifier."""
+
+import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from benchmarks import privacy_figures
 from mami_jax.apps.privacy import figures
 from mami_jax.config import base_config
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import ManifestRow, write_manifest
 
 
 def _report(before, after, chance):
@@ -31,3 +36,37 @@ def test_rank1_bars_and_comparison_are_pngs(tmp_path):
     for name in ("bars.png", "cmp.png", "cues.png"):
         with Image.open(tmp_path / name) as img:
             assert img.format == "PNG" and img.size[0] > 100
+
+
+def _eval_file(path, modality, attack_after, changes):
+    """A privacy_eval.json as the command writes it: one model's attack report and the
+    history classifiers' AUC per modality."""
+    report = {"attack": {"m1": {f"phantoms/{modality}": _report(0.8, attack_after, 0.033),
+                                "mean": {}}},
+              "history_utility": {
+                  f"/runs/{name}": {"auc": {modality: {"auc_original": 0.6,
+                                                       "auc_protected": 0.6 * (1 + c),
+                                                       "relative_change": c},
+                                            "mean": {}}}
+                  for name, c in changes.items()}}
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_privacy_figures_merges_the_readers_changes_per_modality(tmp_path, capsys):
+    ct = _eval_file(tmp_path / "ct.json", "ct", 0.02, {"r_s0": -0.04, "r_s1": -0.01})
+    fundus = _eval_file(tmp_path / "fundus.json", "fundus", 0.01, {"r_s0": -0.12, "r_s1": 0.02})
+    reports = [json.loads(open(p).read()) for p in (ct, fundus)]
+    assert privacy_figures.merged_utility(reports, {"/runs/r_s1": "seed 1"}) == {
+        "ct": {"r_s0": -0.04, "seed 1": -0.01}, "fundus": {"r_s0": -0.12, "seed 1": 0.02}}
+    manifest = tmp_path / "m.csv"
+    write_manifest([], str(manifest))
+    out = tmp_path / "figs"
+    assert privacy_figures.main(["--original", str(manifest), "--out", str(out),
+                                 "--eval", ct, "--eval", fundus]) == 0
+    for name in ("privacy_rank1.png", "privacy_utility.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        privacy_figures.main(["--original", str(manifest), "--out", str(out),
+                              "--eval", str(tmp_path / "missing.json")])
+    assert "--eval " + str(tmp_path / "missing.json") in capsys.readouterr().err

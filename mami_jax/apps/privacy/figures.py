@@ -1,5 +1,6 @@
 """Pictures of a privacy evaluation (docs/privacy.md): cue maps, protected images beside
-their originals, and Rank-1 before and after protection per re-ID model.
+their originals, Rank-1 before and after protection per re-ID model, and the diagnosis
+AUC a protection costs per modality.
 
 Every function reads what the commands wrote (cue ``.npz`` maps, protected manifests,
 ``privacy_eval.json``) and writes one PNG (matplotlib Agg) all-or-nothing.
@@ -102,5 +103,34 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9, x=0.6)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "") -> None:
+    """Per modality (``changes``: modality -> {classifier label: relative AUC change,
+    protected against original}), one bar per classifier, with the goal's line (``goal``,
+    -5 %: the change a protection may cost) and zero."""
+    plt = _plt()
+    groups = sorted(changes)
+    labels = list(dict.fromkeys(c for g in groups for c in changes[g]))
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(groups), 3.4))
+    x = np.arange(len(groups))
+    colours = plt.get_cmap("tab10")
+    for i, label in enumerate(labels):
+        values = [100.0 * changes[g].get(label, np.nan) for g in groups]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=label, color=colours(i))
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.axhline(100.0 * goal, color="k", ls="--", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([g.split("/")[-1] for g in groups], fontsize=8)
+    lowest = min([100.0 * goal] + [100.0 * v for g in groups for v in changes[g].values()])
+    ax.set_ylim(min(-10.0, 1.15 * lowest), 5.0)
+    ax.set_ylabel(f"diagnosis AUC change, % (dashed: {100 * goal:+.0f} %)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
