@@ -24,6 +24,19 @@ def test_the_transfer_recipe_gives_fundus_its_own_budget():
     assert budgets == {m: pytest.approx(0.03) for m in budgets}
 
 
+def test_xray_visible_trades_the_xray_budget_alone():
+    """21.5 dB for X-ray, on its own or on top of the transfer recipe's table."""
+    cfg = load_config("configs/privacy.py:runlocal,transfer=A+B,xray_visible")
+    budgets = {m: epsilon_for(cfg.perturb, m) for m in MODALITIES}
+    assert budgets.pop("xray") == pytest.approx(0.084)
+    assert budgets.pop("fundus") == pytest.approx(0.0185)
+    assert budgets == {m: pytest.approx(0.03) for m in budgets}
+    cfg = load_config("configs/privacy.py:runlocal,xray_visible")
+    budgets = {m: epsilon_for(cfg.perturb, m) for m in MODALITIES}
+    assert budgets.pop("xray") == pytest.approx(0.084)
+    assert budgets == {m: pytest.approx(0.028) for m in budgets}
+
+
 def test_an_override_replaces_the_recipes_table():
     cfg = load_config("configs/privacy.py:runlocal,transfer=A+B")
     apply_overrides(cfg, ["perturb.modality_epsilon={'ct': 0.02}"])
