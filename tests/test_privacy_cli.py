@@ -151,6 +151,9 @@ def test_cues_write_overlays_and_raw_maps(run):
     (["--split", "nope"], "error: {manifest}: no rows in split 'nope'"),
     (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
+    (["--config", "configs/privacy.py:runlocal,xray_vis"],
+     "error: config 'configs/privacy.py:runlocal,xray_vis': unknown config argument(s) "
+     "['xray_vis']; known: runlocal, inpaint, both, deform, transfer, xray_visible"),
 ])
 def test_bad_input_is_one_error_line(run, capsys, args, message):
     options = {"--workdir": run["workdir"], "--manifest": run["manifest"],

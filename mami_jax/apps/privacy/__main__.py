@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--split", default="test", help="split to process, or 'all'")
         s.add_argument("--config", default=DEFAULT_PRIVACY_CONFIG,
-                       help="privacy config FILE[:ARG] (default %(default)s)")
+                       help="privacy config FILE[:ARG] (default %(default)s); ARG: the "
+                            "file's comma-separated words, e.g. runlocal,transfer=RUN_A+RUN_B,"
+                            "xray_visible (its docstring lists them)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a privacy config value")
     a = sub.add_parser("attacker-manifest",

@@ -35,7 +35,7 @@ def resolve_spec(spec: str) -> str:
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``; FileNotFoundError or
-    ValueError naming the file when it is missing or has no ``get_config``."""
+    ValueError naming the file when it is missing, has no ``get_config`` or refuses ARG."""
     path, _, arg = spec.partition(":")
     full = _resolve(path)
     if not os.path.isfile(full):
@@ -46,7 +46,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config(arg)")
-    return module.get_config(arg or None)
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:     # a bad word of ARG: say which file refused it
+        raise ValueError(f"config {spec!r}: {e}") from e
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, items) -> None:
