@@ -129,10 +129,10 @@ def get_config(arg=None):
     if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
         # deformation or learned; any ensemble or weighting tried) hid from re-ID models it
-        # was not optimised against: they kept Rank-1 0.35-0.42. At 0.084 (21.5 dB, SSIM
-        # 0.74) the four-member recipe brought held-out models to 0.000-0.022 and a model
-        # retrained on such X-rays to 0.011, with the diagnosis reader within 2.7 %
-        # (docs/privacy.md, "What budget X-ray transfer needs").
+        # was not optimised against: they kept Rank-1 0.27-0.42 (up to 16 members). At 0.084
+        # (21.5 dB, SSIM 0.74) the four-member recipe brought held-out models to 0.000-0.022
+        # and a model retrained on such X-rays to 0.011, with the diagnosis reader within
+        # 2.7 % (docs/privacy.md, "What budget X-ray transfer needs").
         p.modality_epsilon["xray"] = 0.084
 
     d = c.deform = ml_collections.ConfigDict()
