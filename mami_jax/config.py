@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
     """The paper's recipe, locked: values may be changed, keys not added."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # A folder for XLA's compiled programs (runtime/compilation_cache.py): a resumed run or
+    # an --mode=eval of the same model loads them instead of compiling. "" = JAX's own
+    # setting (the JAX_COMPILATION_CACHE_DIR environment variable, else off).
+    c.compilation_cache_dir = ""
 
     c.model = default_model_config()
     c.data = default_data_config()

@@ -62,6 +62,8 @@ def main(argv):
 
 def _hand_off():
     from mami_jax.models import validate_config
+    from mami_jax.runtime import compilation_cache
+    compilation_cache.enable(_CONFIG.value.compilation_cache_dir)  # before any compilation
     validate_config(_CONFIG.value.model)  # before any data is read or generated
     if _MODE.value == "train":
         from mami_jax.train.trainer import train_and_evaluate

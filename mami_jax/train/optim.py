@@ -76,7 +76,9 @@ def make_optimizer(cfg, params, total_steps: int) -> optax.GradientTransformatio
 
     labels = _labels(params, tuple(cfg.freeze))
     used = set(jax.tree_util.tree_leaves(labels))
-    multipliers = group_lr_multipliers(cfg, set(params))
+    # sorted: the program's op order must not follow this process's string hashing, or
+    # every process traces a different step and the compilation cache never hits
+    multipliers = group_lr_multipliers(cfg, sorted(params))
     transforms = {g: adamw(m) for g, m in multipliers.items() if g in used}
     if "frozen" in used:
         transforms["frozen"] = optax.set_to_zero()
