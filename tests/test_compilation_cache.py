@@ -13,6 +13,17 @@ def test_empty_leaves_jax_setting_alone():
     assert jax.config.jax_compilation_cache_dir == before
 
 
+def test_a_bucket_url_is_handed_to_jax_untouched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert compilation_cache.enable("gs://bucket/jax_cache") == "gs://bucket/jax_cache"
+        assert jax.config.jax_compilation_cache_dir == "gs://bucket/jax_cache"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert list(tmp_path.iterdir()) == []   # no local folder named "gs:"
+
+
 def test_a_file_in_the_way_is_refused_naming_the_key(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")

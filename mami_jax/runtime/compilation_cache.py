@@ -31,11 +31,16 @@ def enable(cache_dir: str) -> str | None:
     """Points JAX's persistent compilation cache at ``cache_dir`` ("" = leave JAX's setting).
 
     Must run before the process compiles anything: JAX opens the cache once, at the first
-    compilation. Returns the absolute folder used, or None when ``cache_dir`` is "".
+    compilation. A URL (``gs://bucket/cache``) is handed to JAX as it is; a local path is
+    created. Returns the folder used, or None when ``cache_dir`` is "".
     Raises ValueError naming the key when the folder cannot be created or written.
     """
     if not cache_dir:
         return None
+    if "://" in cache_dir:  # gs://... on a TPU VM: JAX reads and writes it through etils
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        logging.info("compilation cache: %s", cache_dir)
+        return cache_dir
     path = os.path.abspath(os.path.expanduser(cache_dir))
     try:
         os.makedirs(path, exist_ok=True)
