@@ -37,10 +37,16 @@ def enable(cache_dir: str) -> str | None:
     """
     if not cache_dir:
         return None
-    if "://" in cache_dir:  # gs://... on a TPU VM: JAX reads and writes it through etils
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        logging.info("compilation cache: %s", cache_dir)
-        return cache_dir
+    remote = "://" in cache_dir  # gs://... on a TPU VM: JAX reads and writes it through etils
+    path = cache_dir if remote else _local_folder(cache_dir)
+    jax.config.update("jax_compilation_cache_dir", path)
+    logging.info("compilation cache: %s%s", path,
+                 "" if remote else f" ({count_entries(path)} entries)")
+    return path
+
+
+def _local_folder(cache_dir: str) -> str:
+    """The absolute, existing, writable folder for ``cache_dir``; ValueError naming the key."""
     path = os.path.abspath(os.path.expanduser(cache_dir))
     try:
         os.makedirs(path, exist_ok=True)
@@ -50,8 +56,6 @@ def enable(cache_dir: str) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"config.compilation_cache_dir={cache_dir!r}: the folder {path} is "
                          "not writable")
-    jax.config.update("jax_compilation_cache_dir", path)
-    logging.info("compilation cache: %s (%d entries)", path, count_entries(path))
     return path
 
 
