@@ -3,11 +3,26 @@
 The flag must be set before jax is imported anywhere, which is why it lives here.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# A persistent compilation cache per pytest process (each xdist worker its own folder, so no
+# two processes write one at once; fresh every session). Child processes inherit it: the
+# notebooks' kernels, the README's commands and the CLI tests compile the same tiny programs
+# again (a second model trained, an evaluation after training) and load them instead. JAX
+# keys an entry by the whole program, so what a test computes is unchanged; the tests of the
+# cache itself point their processes at folders of their own.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(
+        prefix=f"mami_jax_tests_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402  (after the flag, like every import that may pull in jax)
 

@@ -130,11 +130,16 @@ def _grads_after_steps(init_scheme, steps, **overrides):
     loss = lambda p: _triplet(model.apply({"params": p}, x).embedding, labels)  # noqa: E731
     opt = optax.adamw(1e-3, weight_decay=0.05)
     state = opt.init(params)
-    for _ in range(steps):
-        grads = jax.grad(loss)(params)
+    grad = jax.jit(jax.grad(loss))     # one program, not one dispatch per operation
+
+    @jax.jit
+    def update(params, state, grads):
         updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    return params, jax.grad(loss)(params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = update(params, state, grad(params))
+    return params, grad(params)
 
 
 def _compa_trees(tree):
