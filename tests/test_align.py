@@ -221,7 +221,7 @@ def test_sharded_equals_unsharded_and_pairs_span_the_global_batch():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
         np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4 * scale), g2, g1)
     # each device holds 2 images; the loss still pairs all 8 (28 pairs per teacher)
-    out = model.apply({"params": state.params}, _fields(batch))
+    out = jax.jit(model.apply)({"params": state.params}, _fields(batch))
     student = {k: np.asarray(v) for k, v in out["align"].items()}
     want = _np_align(student, batch["teacher"], batch["mask"], batch["teacher_mask"],
                      float(cfg.loss.align.temperature), "difference")
@@ -233,10 +233,12 @@ def test_gradient_accumulation_pairs_within_each_microbatch():
     model, _, state = _state(cfg)
     loss_fn = make_loss_fn(model, cfg.loss)
     batch = _fields(_batch())
-    _, logs, _ = loss_and_grads(loss_fn, state.params, batch, accum_steps=2)
+    _, logs, _ = jax.jit(lambda p, b: loss_and_grads(loss_fn, p, b, accum_steps=2))(
+        state.params, batch)
     halves = [jax.tree_util.tree_map(lambda x: x[i * 4:(i + 1) * 4], batch) for i in range(2)]
-    per_half = [float(loss_fn(state.params, h)[1]["align"]) for h in halves]
-    whole = float(loss_fn(state.params, batch)[1]["align"])
+    loss = jax.jit(loss_fn)
+    per_half = [float(loss(state.params, h)[1]["align"]) for h in halves]
+    whole = float(loss(state.params, batch)[1]["align"])
     np.testing.assert_allclose(float(logs["align"]), np.mean(per_half), rtol=1e-5)
     assert abs(float(logs["align"]) - whole) > 1e-3
 

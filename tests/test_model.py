@@ -40,9 +40,18 @@ def images(shape, seed=1):
     return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
 
 
+_INITIALISED = {}
+
+
 def init(cfg, shape=(2, 1, 32, 32, 3), seed=0):
+    """(model, its initial params); one initialisation per config, shape and seed, shared by
+    the tests that ask for the same (the arrays are immutable, and the initialisation is the
+    slow part of most tests here)."""
     model = MaMI(cfg)
-    return model, model.init(jax.random.key(seed), jnp.zeros(shape))["params"]
+    key = (cfg.to_json(), tuple(shape), seed)
+    if key not in _INITIALISED:
+        _INITIALISED[key] = model.init(jax.random.key(seed), jnp.zeros(shape))["params"]
+    return model, _INITIALISED[key]
 
 
 def to_numpy(tree):
@@ -265,8 +274,8 @@ def test_remat_gives_same_gradients():
     model, params = init(tiny_config(), (2, 2, 32, 32, 3))
     params = randomize(params)
     remat = MaMI(tiny_config(remat=True))
-    g1 = jax.grad(lambda p: model.apply({"params": p}, x).embedding.sum())(params)
-    g2 = jax.grad(lambda p: remat.apply({"params": p}, x).embedding.sum())(params)
+    g1 = jax.jit(jax.grad(lambda p: model.apply({"params": p}, x).embedding.sum()))(params)
+    g2 = jax.jit(jax.grad(lambda p: remat.apply({"params": p}, x).embedding.sum()))(params)
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
