@@ -10,7 +10,7 @@ commands, whitespace normalised. Each command must appear in exactly one of
   linked in, so the README's relative paths work), with the README's placeholders
   (``DIR``, ``RUN``, ``FILE``, ``/tmp/mami_runlocal`` ...) replaced by paths in that folder
   and, where the README's full size would take minutes, arguments APPENDED after the
-  README's own (later values win: a smaller ``--patients``, ``--config.train.total_steps=2``).
+  README's own (later values win: a smaller ``--patients``, ``--config.train.total_steps=1``).
   The command's own words are never rewritten. ``[optional]`` groups are each kept or
   dropped as the entry says. ``python -m mami_jax.main`` and ``benchmarks/*.py`` run in a
   subprocess; the other ``python -m`` commands call their module's ``main(argv)`` with the
@@ -159,24 +159,24 @@ PLACEHOLDERS = {
 }
 
 #: Small-size overrides of the runlocal main job (the sizes of tests/test_train.py): a tiny
-#: model, the phantoms written by the README's phantoms command, 2 steps.
+#: model, the phantoms written by the README's phantoms command, one step (each batch shape
+#: compiles its own step: one step, one compilation).
 TINY_MODEL = dict(width=32, depth=1, num_heads=4, patch_size=8, image_size=32, rank=4,
                   num_codes=4, generator_hidden="(24,16)", qkv_groups=4, mlp_groups=8,
                   adapter_width=8)
 MAIN_SMALL = ([f"--config.model.{k}={v}" for k, v in TINY_MODEL.items()] +
               ["--config.data.manifest={ws}/phantoms/manifest.csv",
                "--config.data.patients_per_batch=4", "--config.data.images_per_patient=2",
-               "--config.train.total_steps=2", "--config.train.log_every=1",
+               "--config.train.total_steps=1", "--config.train.log_every=1",
                "--config.train.eval_at_start=False", "--config.eval.batch_size=16"])
 
 #: The align run reads the features the README's extraction command stored (test split
 #: only, so the training images' are missing: masked and counted) instead of extracting
 #: both teachers over every phantom image first.
-#: Its evaluation is the main job's, already run above: skipped; one step (one batch shape,
-#: so one compiled step) shows the align term in the log and a checkpoint written.
+#: Its evaluation is the main job's, already run above: skipped.
 ALIGN_SMALL = MAIN_SMALL + ["--config.data.teacher_features.dir={ws}/features",
                             "--config.data.teacher_features.skip_missing=True",
-                            "--config.train.eval_at_end=False", "--config.train.total_steps=1"]
+                            "--config.train.eval_at_end=False"]
 
 #: (README command, {"append": args after the README's, "placeholders": per-command values,
 #:  "keep": the [optional] groups kept}), in the order they run.
@@ -374,8 +374,8 @@ def _check(command: str, ws: str, out: str) -> None:
     elif command.endswith("--mode=eval"):
         # The training's own evaluation of the same checkpoint was moved aside before: the
         # eval mode wrote its folder anew, with the same figures.
-        again = json.load(open(f"{ws}/run/eval/step_2/metrics.json"))
-        trained = json.load(open(f"{ws}/run/eval/step_2.training/metrics.json"))
+        again = json.load(open(f"{ws}/run/eval/step_1/metrics.json"))
+        trained = json.load(open(f"{ws}/run/eval/step_1.training/metrics.json"))
         assert set(again) == set(trained) and len(trained) >= 5
         for group, values in trained.items():
             for key, value in values.items():
@@ -383,12 +383,12 @@ def _check(command: str, ws: str, out: str) -> None:
                     assert abs(again[group][key] - value) < 1e-6, (group, key)
     elif command.endswith("--mode=embed"):
         from mami_jax.data.manifest import read_manifest as _rows
-        emb = np.load(f"{ws}/run/embeddings/step_2.npz")
+        emb = np.load(f"{ws}/run/embeddings/step_1.npz")
         ids = [r.image_id for r in _rows(f"{ws}/phantoms/manifest.csv")]
         assert list(emb["image_id"]) == ids and emb["embedding"].shape[0] == len(ids)
         assert np.all(np.isfinite(emb["embedding"]))
     elif command.startswith(MAIN_RUNLOCAL) and ",align" not in command:
-        metrics = json.load(open(f"{ws}/run/eval/step_2/metrics.json"))
+        metrics = json.load(open(f"{ws}/run/eval/step_1/metrics.json"))
         assert {g.split("/")[1] for g in metrics} == {"xray", "ct", "fundus", "mri", "pathology"}
         assert "over 1 devices" in out        # the trainer's mesh line: one device
     elif "export-torch" in command:
@@ -425,7 +425,7 @@ def test_readme_commands_run(tmp_path, monkeypatch):
             continue
         argv = _argv(command, spec, ws, values)
         if command.endswith("--mode=eval"):
-            os.rename(f"{ws}/run/eval/step_2", f"{ws}/run/eval/step_2.training")
+            os.rename(f"{ws}/run/eval/step_1", f"{ws}/run/eval/step_1.training")
         start = time.perf_counter()
         out = _run(argv, ws)
         print(f"{time.perf_counter() - start:6.1f} s  {command}", flush=True)

@@ -114,9 +114,11 @@ def test_gradient_accumulation_averages_microbatches():
     params = init_state(rng).params
     loss_fn = make_loss_fn(model, cfg.loss)
     batch = _batch()
-    loss2, _, grads2 = loss_and_grads(loss_fn, params, batch, accum_steps=2)
+    loss2, _, grads2 = jax.jit(lambda p, b: loss_and_grads(loss_fn, p, b, accum_steps=2))(
+        params, batch)
     halves = [{k: v[s] for k, v in batch.items()} for s in (slice(0, 4), slice(4, 8))]
-    parts = [loss_and_grads(loss_fn, params, h) for h in halves]
+    whole = jax.jit(lambda p, b: loss_and_grads(loss_fn, p, b))
+    parts = [whole(params, h) for h in halves]
     np.testing.assert_allclose(loss2, (parts[0][0] + parts[1][0]) / 2, rtol=1e-5)
     scale = max(np.abs(g).max() for g in jax.tree_util.tree_leaves(grads2))
     for g, a, b in zip(*(jax.tree_util.tree_leaves(x) for x in
