@@ -45,13 +45,13 @@ _INITIALISED = {}
 
 def init(cfg, shape=(2, 1, 32, 32, 3), seed=0):
     """(model, its initial params); one initialisation per config, shape and seed, shared by
-    the tests that ask for the same (the arrays are immutable, and the initialisation is the
-    slow part of most tests here)."""
+    the tests that ask for the same (the initialisation is the slow part of most tests here;
+    the arrays are immutable and each caller gets containers of its own)."""
     model = MaMI(cfg)
     key = (cfg.to_json(), tuple(shape), seed)
     if key not in _INITIALISED:
         _INITIALISED[key] = model.init(jax.random.key(seed), jnp.zeros(shape))["params"]
-    return model, _INITIALISED[key]
+    return model, jax.tree_util.tree_map(lambda a: a, _INITIALISED[key])
 
 
 def to_numpy(tree):
