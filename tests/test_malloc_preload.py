@@ -78,7 +78,7 @@ def test_process_restarts_once_with_the_library_mapped_and_the_same_arguments(tm
     """))
     env = {k: v for k, v in os.environ.items() if k not in (mp.ENV_DONE, "LD_PRELOAD")}
     env[mp.ENV_CHOICE] = library
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(mp.__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout's root
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-u", str(script), "--a=1", "x y"], env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
