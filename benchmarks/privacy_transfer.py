@@ -43,15 +43,26 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [kv for kv in rest.split(";") if kv] if sep else []
 
 
+def psnr_summary(values) -> dict:
+    """Mean and least PSNR over the images that were changed, and how many were left
+    unchanged (infinite PSNR: the rank objective leaves an image that every member already
+    matches to an impostor by its floor as it was)."""
+    values = np.asarray(values, np.float64)
+    changed = values[np.isfinite(values)]
+    return {"psnr_db": float(changed.mean()) if changed.size else float("inf"),
+            "psnr_db_min": float(values.min()), "unchanged": int((~np.isfinite(values)).sum())}
+
+
 def markdown(result: dict) -> str:
     lines = ["| variant | ensemble size | model | chance R1 | R1 before | R1 after | AUC before "
-             "| AUC after | PSNR dB (mean) | PSNR dB (min) |", "| --- " * 10 + "|"]
+             "| AUC after | PSNR dB (mean) | PSNR dB (min) | unchanged |", "| --- " * 11 + "|"]
     for run in result["runs"]:
         for model, rep in run["attack"].items():
             v = rep["mean"]
             lines.append(f"| {run['variant']} | {run['size']} | {model} | {v['chance_rank1']:.3f} | "
                          f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | {v['auc_before']:.3f} | "
-                         f"{v['auc_after']:.3f} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} |")
+                         f"{v['auc_after']:.3f} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} | "
+                         f"{run.get('unchanged', 0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -159,8 +170,7 @@ def main(argv=None) -> int:
                       for name, e in judges.items()}
             run = {"variant": variant, "overrides": overrides, "size": n,
                    "members": [args.workdir] + args.member[:n - 1],
-                   "psnr_db": float(np.mean([r["psnr_db"] for r in records])),
-                   "psnr_db_min": float(np.min([r["psnr_db"] for r in records])),
+                   **psnr_summary([r["psnr_db"] for r in records]),
                    "score_before": float(np.mean([r["score_before"] for r in records])),
                    "score_after": float(np.mean([r["score_after"] for r in records])),
                    "attack": attack}

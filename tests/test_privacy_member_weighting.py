@@ -19,7 +19,7 @@ def fake_member_grad(delta, params, x0, offset, refs, key):
 
 
 def combine(weighting, temperature=0.05):
-    refs = ([None, None], None, [None, None], [None, None], [None, None])
+    refs = ([None, None], None, [None, None], [None, None], [None, None], [None, None], None)
     return perturb.ensemble_grad(fake_member_grad, [0, 1], None, None, None, refs,
                                  jax.random.key(0), weighting, temperature)
 

@@ -1,5 +1,6 @@
 """The differentiable evaluation view equals the pipeline's, the perturbation stays in
-its budget (linf and l2) and lowers the match score of a tiny model, as the deformation
+its budget (linf and l2) and lowers the match score of a tiny model (the rank objective
+its rank margin), as the deformation
 (``apps.privacy.deform``) does inside its budget; the objective's
 extra terms (feature disruption, keeping a diagnosis: ``apps.privacy.diagnosis_keep``,
 whose classifier path equals the history classifier's numpy path and which refuses a
@@ -99,6 +100,20 @@ def test_perturbation_stays_in_budget_and_lowers_the_match_score(xray, norm, eps
     before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
     after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
     assert after.mean() < before.mean() - 0.1, (before, after)
+
+
+def test_rank_objective_stays_in_budget_and_lowers_the_rank_margin(xray):
+    member, imap, x0, offset, refs = xray.member, xray.imap, xray.x0, xray.offset, xray.refs
+    pcfg = load_config("configs/privacy.py:rank").perturb
+    pcfg.rank_floor = 10.0          # no floor: every image's margin is free to fall
+    score = objective.make_member_score_fn(member.embed, imap, pcfg, 0, with_target=True)
+    margins = jax.jit(lambda x: score(member.params, x, offset,
+                                      objective.member_refs(refs.arrays(), 0), jax.random.key(0)))
+    step = perturb.make_step(score, "l2", 0.03, 0.01, 0.5)
+    delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
+    assert np.all(perturb.budget_used(delta, "l2", 0.03) <= 1.0 + 1e-5)
+    before, after = np.asarray(margins(x0)), np.asarray(margins(x0 + delta))
+    assert after.mean() < before.mean() - 0.05, (before, after)
 
 
 def test_deformation_lowers_the_match_score_inside_the_budget(xray):

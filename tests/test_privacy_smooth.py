@@ -26,7 +26,7 @@ def one_step(smooth, momentum=0.0, **kw):
     w = rng.normal(size=(B, T, H, W, C)).astype(np.float32)
     x0 = np.full((B, T, H, W, C), 0.5, np.float32)
     zeros = jnp.zeros_like(x0)
-    refs = tuple(np.zeros((1, 1)) for _ in range(5))
+    refs = tuple(np.zeros((1, 1)) for _ in range(7))
     step = perturb.make_step(linear_score, "l2", 1.0, STEP, momentum, **kw) if smooth is None \
         else perturb.make_step(linear_score, "l2", 1.0, STEP, momentum, smooth)
     delta, _, _ = step([w], x0, zeros, zeros, jnp.ones_like(x0), 0.0, refs, jax.random.key(0))
@@ -73,7 +73,7 @@ def test_budget_holds_with_smoothing():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(B, T, H, W, C)).astype(np.float32)
     x0 = rng.uniform(size=(B, T, H, W, C)).astype(np.float32)
-    refs = tuple(np.zeros((1, 1)) for _ in range(5))
+    refs = tuple(np.zeros((1, 1)) for _ in range(7))
     for norm, eps in (("l2", 0.03), ("linf", 0.02)):
         step = perturb.make_step(linear_score, norm, eps, eps, 0.9, 2.0)
         delta = velocity = jnp.zeros_like(x0)

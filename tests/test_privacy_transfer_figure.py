@@ -1,5 +1,6 @@
-"""benchmarks/privacy_transfer.py's figure: Rank-1 against ensemble size per variant, or
-against the variant when every run has one ensemble size (a sigma or epsilon sweep)."""
+"""benchmarks/privacy_transfer.py's figure (Rank-1 against ensemble size per variant, or
+against the variant when every run has one ensemble size: a sigma or epsilon sweep) and
+its PSNR summary."""
 
 from benchmarks import privacy_transfer
 
@@ -33,3 +34,9 @@ def test_several_sizes_plot_against_size_per_variant():
     assert [p["title"] for p in panels] == ["a: val xray", "b: val xray"]
     assert panels[1]["ticks"] == ["1", "2"] and panels[1]["models"]["held"]["after"] == [0.7, 0.65]
     assert panels[0]["xlabel"] == "models in the ensemble"
+
+
+def test_psnr_summary_averages_the_changed_images_and_counts_the_unchanged():
+    got = privacy_transfer.psnr_summary([30.0, float("inf"), 32.0, float("inf")])
+    assert got == {"psnr_db": 31.0, "psnr_db_min": 30.0, "unchanged": 2}
+    assert privacy_transfer.psnr_summary([float("inf")])["psnr_db"] == float("inf")

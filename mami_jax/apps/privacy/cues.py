@@ -55,7 +55,7 @@ def occlusion_maps(score_fn, params, x, offset, refs, patch: int, stride: int,
     for i in range(b):
         base = float(scorer(x[i:i + 1], offset[i:i + 1], refs.at(i))[0])
         fill = x[i].mean(axis=(0, 1, 2))
-        others, mask, own, center, target = refs.at(i)
+        others, mask, own, center, target, impostors, impostor_mask = refs.at(i)
         drops = []
         for s in range(0, len(boxes), chunk):
             part = boxes[s:s + chunk]
@@ -65,7 +65,8 @@ def occlusion_maps(score_fn, params, x, offset, refs, patch: int, stride: int,
                 batch[k, :, y:y + patch, z:z + patch, :] = fill
             arrays = ([np.repeat(o, n, 0) for o in others], np.repeat(mask, n, 0),
                       [np.repeat(o, n, 0) for o in own], center,
-                      [np.repeat(o, n, 0) for o in target])
+                      [np.repeat(o, n, 0) for o in target],
+                      [np.repeat(o, n, 0) for o in impostors], np.repeat(impostor_mask, n, 0))
             sc = np.asarray(scorer(batch, np.repeat(offset[i:i + 1], n, 0), arrays))[:len(part)]
             drops.extend((base - sc).tolist())
         for (y, z), d in zip(boxes, drops):

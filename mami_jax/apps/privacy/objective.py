@@ -28,32 +28,43 @@ from mami_jax.models.embed import centred
 @dataclasses.dataclass
 class References:
     """Per member: others (B, K, C) unit embeddings, mask (B, K), own (B, C), the centre
-    (C,) they were centred on, and target (B, C): the centred mean embedding of the
-    patient each image is pushed towards (``perturb.target_weight``; zeros: none)."""
+    (C,) they were centred on, target (B, C): the centred mean embedding of the patient
+    each image is pushed towards (``perturb.target_weight``; zeros: none), and impostors
+    (B, J, C) with impostor_mask (B, J): every image of the modality's other patients, the
+    candidates a Rank-1 match must fall to (``perturb.objective = "rank"``; one zero
+    column when not built)."""
 
     others: list
     mask: np.ndarray
     own: list
     center: list     # per member: (C,) mean embedding the others and own were centred on
     target: list = None
+    impostors: list = None
+    impostor_mask: np.ndarray = None
 
     def __post_init__(self):
         if self.target is None:
             self.target = [np.zeros_like(o) for o in self.own]
+        if self.impostors is None:
+            self.impostors = [np.zeros_like(o)[:, None] for o in self.own]
+            self.impostor_mask = np.zeros((len(self.mask), 1), np.float32)
 
     def arrays(self) -> tuple:
-        """(others, mask, own, center, target): what a score function takes."""
-        return (self.others, self.mask, self.own, self.center, self.target)
+        """(others, mask, own, center, target, impostors, impostor_mask): what a score
+        function takes."""
+        return (self.others, self.mask, self.own, self.center, self.target, self.impostors,
+                self.impostor_mask)
 
     def at(self, i: int) -> tuple:
         """``arrays()`` of image i alone (batch of one)."""
         return ([o[i:i + 1] for o in self.others], self.mask[i:i + 1],
-                [o[i:i + 1] for o in self.own], self.center, [t[i:i + 1] for t in self.target])
+                [o[i:i + 1] for o in self.own], self.center, [t[i:i + 1] for t in self.target],
+                [o[i:i + 1] for o in self.impostors], self.impostor_mask[i:i + 1])
 
     def first(self) -> "References":
         """The references of the first member alone."""
         return References(self.others[:1], self.mask, self.own[:1], self.center[:1],
-                          self.target[:1])
+                          self.target[:1], self.impostors[:1], self.impostor_mask)
 
 
 TARGETS = ("farthest", "nearest")
@@ -82,15 +93,14 @@ def build_references(sources, embeddings_by_member, rows, row_index,
     own_idx = [row_index[s.row.image_id] for s in sources]
     other_idx = [[j for j in by_patient[(s.row.patient_key, s.row.modality)]
                   if rows[j].study_key != s.row.study_key] for s in sources]
-    k = max(1, max(len(o) for o in other_idx))
-    mask = np.zeros((len(sources), k), np.float32)
-    padded = np.zeros((len(sources), k), np.int64)
-    for b, o in enumerate(other_idx):
-        mask[b, :len(o)] = 1.0
-        padded[b, :len(o)] = o
+    padded, mask = _padded(other_idx)
     modalities = {s.row.modality for s in sources}
     same_modality = np.asarray([r.modality in modalities for r in rows])
-    others, own, centers, targets = [], [], [], []
+    impostor_idx, impostor_mask = _padded([
+        [j for j, r in enumerate(rows)
+         if r.modality == s.row.modality and r.patient_key != s.row.patient_key]
+        for s in sources])
+    others, own, centers, targets, impostors = [], [], [], [], []
     chosen = None
     for emb in embeddings_by_member:
         unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
@@ -98,6 +108,7 @@ def build_references(sources, embeddings_by_member, rows, row_index,
         unit = centred(unit, center)
         others.append(unit[padded])
         own.append(unit[own_idx])
+        impostors.append(unit[impostor_idx])
         centers.append(center.astype(np.float32))
         means = {key: _unit_mean(unit[idx]) for key, idx in by_patient.items()}
         if chosen is None:      # picked once, under the first member
@@ -105,7 +116,18 @@ def build_references(sources, embeddings_by_member, rows, row_index,
                       for b, s in enumerate(sources)]
         targets.append(np.stack([means[c] if c is not None else np.zeros_like(unit[0])
                                  for c in chosen]).astype(np.float32))
-    return References(others, mask, own, centers, targets)
+    return References(others, mask, own, centers, targets, impostors, impostor_mask)
+
+
+def _padded(index_lists: list) -> tuple[np.ndarray, np.ndarray]:
+    """(B, J) row indices padded with 0 and their (B, J) mask, J the longest list (>= 1)."""
+    width = max(1, max(len(o) for o in index_lists))
+    mask = np.zeros((len(index_lists), width), np.float32)
+    padded = np.zeros((len(index_lists), width), np.int64)
+    for b, o in enumerate(index_lists):
+        mask[b, :len(o)] = 1.0
+        padded[b, :len(o)] = o
+    return padded, mask
 
 
 def _unit_mean(x: np.ndarray) -> np.ndarray:
@@ -136,6 +158,31 @@ def match_scores(embedding, others, mask, own, own_weight):
     score = (sim * mask).sum(-1) / count
     return (score + own_weight * jnp.sum(embedding * own, -1)) / (
         (mask.sum(-1) > 0) + own_weight)
+
+
+OBJECTIVES = ("similarity", "rank")
+
+
+def rank_margins(embedding, others, mask, own, impostors, impostor_mask, temperature: float,
+                 floor: float):
+    """(B,) how far each image still ranks its own patient first: a soft maximum (log-sum-
+    exp at ``temperature``) of its similarities to the patient's other images (its own
+    original where it has none) minus that over every image of the modality's other
+    patients, floored at ``-floor``. Below zero a nearest-neighbour match already falls to
+    an impostor; at the floor it does by that margin and the image's gradient stops, so the
+    budget goes to the images and members still matched rather than to pushing the fooled
+    further (the similarity objective keeps pushing every member alike)."""
+    has_others = mask.sum(-1, keepdims=True) > 0
+    same = jnp.where(has_others, jnp.einsum("bc,bkc->bk", embedding, others),
+                     jnp.sum(embedding * own, -1, keepdims=True))
+    same_mask = jnp.where(has_others, mask, jnp.ones_like(mask).at[:, 1:].set(0.0))
+    imp = jnp.einsum("bc,bjc->bj", embedding, impostors)
+
+    def soft_max(sim, m):      # a finite fill: no NaN gradient where m is all zero
+        value = temperature * jax.nn.logsumexp(jnp.where(m > 0, sim / temperature, -1e4),
+                                               axis=-1)
+        return jnp.where(m.sum(-1) > 0, value, 0.0)
+    return jnp.maximum(soft_max(same, same_mask) - soft_max(imp, impostor_mask), -floor)
 
 
 def random_views(key, x, shift: int, noise: float, scale: float = 0.0):
@@ -171,10 +218,11 @@ def random_symmetry(key, images):
 
 
 def member_refs(ref_arrays, m: int) -> tuple:
-    """The references of member ``m`` out of ``References.arrays()``:
-    (others (B, K, C), mask (B, K), own (B, C), center (C,), target (B, C))."""
-    others, mask, own, center, target = ref_arrays
-    return others[m], mask, own[m], center[m], target[m]
+    """The references of member ``m`` out of ``References.arrays()``: (others (B, K, C),
+    mask (B, K), own (B, C), center (C,), target (B, C), impostors (B, J, C),
+    impostor_mask (B, J))."""
+    others, mask, own, center, target, impostors, impostor_mask = ref_arrays
+    return others[m], mask, own[m], center[m], target[m], impostors[m], impostor_mask
 
 
 def token_similarity(tokens, clean_tokens):
@@ -218,6 +266,12 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
     own_weight = float(cfg_perturb.own_weight)
+    rank = with_target and str(cfg_perturb.get("objective", "similarity")) == "rank"
+    if str(cfg_perturb.get("objective", "similarity")) not in OBJECTIVES:
+        raise ValueError(f"perturb.objective={cfg_perturb.objective!r}: expected one of "
+                         f"{OBJECTIVES}")
+    temperature = float(cfg_perturb.get("rank_temperature", 0.05))
+    floor = float(cfg_perturb.get("rank_floor", 0.1))
     target_weight = float(cfg_perturb.get("target_weight", 0.0)) if with_target else 0.0
     feature_weight = float(cfg_perturb.get("feature_weight", 0.0)) if with_target else 0.0
     if feature_weight and tokens_fn is None:
@@ -227,7 +281,7 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
     view_of = make_view_fn(input_map, cfg_perturb, views)
 
     def score(params, x, offset, refs, key, clean=None):
-        others, mask, own, center, target = refs
+        others, mask, own, center, target, impostors, impostor_mask = refs
         total = 0.0
         keys = jax.random.split(key, n)
         for v in range(n):
@@ -242,7 +296,11 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
             else:
                 e = embed_fn(params, images)
             e = centred(e, center)
-            total = total + match_scores(e, others, mask, own, own_weight)
+            if rank:
+                total = total + rank_margins(e, others, mask, own, impostors, impostor_mask,
+                                             temperature, floor)
+            else:
+                total = total + match_scores(e, others, mask, own, own_weight)
             if target_weight:
                 total = total - target_weight * jnp.sum(e * target, -1)
         return total / n
