@@ -266,10 +266,10 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
     own_weight = float(cfg_perturb.own_weight)
-    rank = with_target and str(cfg_perturb.get("objective", "similarity")) == "rank"
-    if str(cfg_perturb.get("objective", "similarity")) not in OBJECTIVES:
-        raise ValueError(f"perturb.objective={cfg_perturb.objective!r}: expected one of "
-                         f"{OBJECTIVES}")
+    name = str(cfg_perturb.get("objective", "similarity"))
+    if name not in OBJECTIVES:
+        raise ValueError(f"perturb.objective={name!r}: expected one of {OBJECTIVES}")
+    rank = with_target and name == "rank"
     temperature = float(cfg_perturb.get("rank_temperature", 0.05))
     floor = float(cfg_perturb.get("rank_floor", 0.1))
     target_weight = float(cfg_perturb.get("target_weight", 0.0)) if with_target else 0.0
