@@ -97,6 +97,10 @@ def get_config(arg=None):
     p.objective = "similarity"
     p.rank_temperature = 0.05
     p.rank_floor = 0.1
+    # Impostors each image is ranked against, per member the modality's other patients'
+    # images most similar to its original: the soft maximum is decided by the nearest few,
+    # and all of them would not fit in memory for a large manifest.
+    p.rank_impostors = 128
     # Impersonation (as Fawkes' target class): minus target_weight times the similarity to
     # the mean embedding of another patient of the modality, the one farthest from the
     # image's own ("farthest") or the closest impostor ("nearest"). 0: off (untargeted).

@@ -56,7 +56,7 @@ def xray(setup):
     imap = InputMap(s, *sources[0].unit.shape[1:3])
     x0 = np.stack([src.unit for src in sources])
     refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
-                                      {r.image_id: i for i, r in enumerate(xray)})
+                                      {r.image_id: i for i, r in enumerate(xray)}, impostors=128)
     return types.SimpleNamespace(rows=xray, cfg=cfg, member=member, sources=sources, imap=imap,
                                  x0=x0, offset=imap.stain_offset(x0), refs=refs)
 

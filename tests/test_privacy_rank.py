@@ -65,18 +65,57 @@ def _row(pid, study, modality="xray"):
                        "phantoms", "pa", "x.png", "test")
 
 
-def test_impostors_are_every_image_of_the_modality_from_other_patients():
-    rows = [_row("P1", "v0"), _row("P1", "v1"), _row("P2", "v0"), _row("P2", "v1"),
+def _impostor_rows():
+    return [_row("P1", "v0"), _row("P1", "v1"), _row("P2", "v0"), _row("P2", "v1"),
             _row("P3", "v0"), _row("P4", "v0", "ct")]
+
+
+def _nearest_first(centred, own, idx):
+    return sorted(idx, key=lambda j: -float(centred[j] @ centred[own]))
+
+
+def test_impostors_are_the_modality_s_other_patients_nearest_first():
+    rows = _impostor_rows()
     emb = np.random.default_rng(0).normal(size=(len(rows), 4)).astype(np.float32)
     refs = objective.build_references([SimpleNamespace(row=rows[0]), SimpleNamespace(row=rows[4])],
-                                      [emb], rows, {r.image_id: i for i, r in enumerate(rows)})
+                                      [emb], rows, {r.image_id: i for i, r in enumerate(rows)},
+                                      impostors=10)
     unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
     centred = objective.centred(unit, unit[:5].mean(0))
     # P1's first X-ray: P2's two and P3's one; P3's: P1's two and P2's two; never the CT
     np.testing.assert_array_equal(refs.impostor_mask, [[1, 1, 1, 0], [1, 1, 1, 1]])
-    np.testing.assert_allclose(refs.impostors[0][0, :3], centred[[2, 3, 4]], rtol=1e-5)
-    np.testing.assert_allclose(refs.impostors[0][1], centred[[0, 1, 2, 3]], rtol=1e-5)
+    np.testing.assert_allclose(refs.impostors[0][0, :3],
+                               centred[_nearest_first(centred, 0, [2, 3, 4])], rtol=1e-5)
+    np.testing.assert_allclose(refs.impostors[0][1],
+                               centred[_nearest_first(centred, 4, [0, 1, 2, 3])], rtol=1e-5)
+
+
+def test_impostors_are_capped_per_member_by_similarity_and_absent_unless_asked():
+    rows = _impostor_rows()
+    rng = np.random.default_rng(1)
+    members = [rng.normal(size=(len(rows), 4)).astype(np.float32) for _ in range(2)]
+    index = {r.image_id: i for i, r in enumerate(rows)}
+    refs = objective.build_references([SimpleNamespace(row=rows[4])], members, rows, index,
+                                      impostors=2)
+    np.testing.assert_array_equal(refs.impostor_mask, [[1, 1]])
+    for m, emb in enumerate(members):      # each member keeps its own two nearest
+        unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        centred = objective.centred(unit, unit[:5].mean(0))
+        np.testing.assert_allclose(refs.impostors[m][0],
+                                   centred[_nearest_first(centred, 4, [0, 1, 2, 3])[:2]],
+                                   rtol=1e-5)
+    plain = objective.build_references([SimpleNamespace(row=rows[4])], members, rows, index)
+    np.testing.assert_array_equal(plain.impostor_mask, [[0]])
+
+
+def test_only_the_rank_objective_gathers_impostors_and_a_cap_below_one_is_refused():
+    pcfg = load_config("configs/privacy.py").perturb
+    assert objective.impostors_needed(pcfg) == 0
+    pcfg.objective = "rank"
+    assert objective.impostors_needed(pcfg) == pcfg.rank_impostors == 128
+    pcfg.rank_impostors = 0
+    with pytest.raises(ValueError, match="perturb.rank_impostors=0"):
+        objective.impostors_needed(pcfg)
 
 
 def test_rank_replaces_the_match_score_only_in_what_protection_minimises():

@@ -71,7 +71,7 @@ TARGETS = ("farthest", "nearest")
 
 
 def build_references(sources, embeddings_by_member, rows, row_index,
-                     target: str = "farthest") -> References:
+                     target: str = "farthest", impostors: int = 0) -> References:
     """References of the images ``sources`` from the embeddings of every row of the
     manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i).
 
@@ -84,7 +84,13 @@ def build_references(sources, embeddings_by_member, rows, row_index,
     ``target``: which other patient of the modality an image is pushed towards when
     ``perturb.target_weight`` is on, chosen under the first member: ``farthest`` (as
     Fawkes: reaching it moves the image far) or ``nearest`` (the strongest impostor
-    already: the one a Rank-1 match most easily falls to)."""
+    already: the one a Rank-1 match most easily falls to).
+
+    ``impostors``: how many of the modality's other patients' images each image is ranked
+    against (``perturb.objective = "rank"``), per member the ones most similar to the
+    image's original under that member: the soft maximum at the rank temperature is
+    decided by them, and all of them, per image and member, would not fit in memory for a
+    manifest of many thousands of rows. 0: none gathered (the match score needs none)."""
     if target not in TARGETS:
         raise ValueError(f"perturb.target={target!r}: expected one of {TARGETS}")
     by_patient: dict[tuple, list[int]] = {}
@@ -96,11 +102,9 @@ def build_references(sources, embeddings_by_member, rows, row_index,
     padded, mask = _padded(other_idx)
     modalities = {s.row.modality for s in sources}
     same_modality = np.asarray([r.modality in modalities for r in rows])
-    impostor_idx, impostor_mask = _padded([
-        [j for j, r in enumerate(rows)
-         if r.modality == s.row.modality and r.patient_key != s.row.patient_key]
-        for s in sources])
-    others, own, centers, targets, impostors = [], [], [], [], []
+    candidates = _impostor_candidates(sources, rows) if impostors > 0 else None
+    others, own, centers, targets, nearest = [], [], [], [], []
+    impostor_mask = None
     chosen = None
     for emb in embeddings_by_member:
         unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
@@ -108,7 +112,9 @@ def build_references(sources, embeddings_by_member, rows, row_index,
         unit = centred(unit, center)
         others.append(unit[padded])
         own.append(unit[own_idx])
-        impostors.append(unit[impostor_idx])
+        if candidates is not None:
+            idx, impostor_mask = _nearest_impostors(unit, own_idx, candidates, impostors)
+            nearest.append(unit[idx])
         centers.append(center.astype(np.float32))
         means = {key: _unit_mean(unit[idx]) for key, idx in by_patient.items()}
         if chosen is None:      # picked once, under the first member
@@ -116,7 +122,30 @@ def build_references(sources, embeddings_by_member, rows, row_index,
                       for b, s in enumerate(sources)]
         targets.append(np.stack([means[c] if c is not None else np.zeros_like(unit[0])
                                  for c in chosen]).astype(np.float32))
-    return References(others, mask, own, centers, targets, impostors, impostor_mask)
+    return References(others, mask, own, centers, targets, nearest or None, impostor_mask)
+
+
+def _impostor_candidates(sources, rows) -> list[np.ndarray]:
+    """Per source, the row indices of every image of its modality from another patient."""
+    modality = np.asarray([r.modality for r in rows])
+    patient = np.asarray([r.patient_key for r in rows])
+    by_modality = {m: np.flatnonzero(modality == m) for m in {s.row.modality for s in sources}}
+    out = []
+    for s in sources:
+        idx = by_modality[s.row.modality]
+        out.append(idx[patient[idx] != s.row.patient_key])
+    return out
+
+
+def _nearest_impostors(unit, own_idx, candidates, count: int):
+    """(B, J) row indices and (B, J) mask of at most ``count`` candidates per image, the
+    most similar to its original first (J: the longest list, at least 1)."""
+    chosen = []
+    for i, cand in zip(own_idx, candidates):
+        sims = unit[cand] @ unit[i]
+        order = np.argsort(-sims, kind="stable")[:count]
+        chosen.append(cand[order])
+    return _padded(chosen)
 
 
 def _padded(index_lists: list) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +279,16 @@ def make_view_fn(input_map, cfg_perturb, views: int):
         images = input_map(random_views(kk[0], z, shift, noise, scale), offset)
         return random_symmetry(kk[1], images) if input_map.symmetric else images
     return view_of
+
+
+def impostors_needed(cfg_perturb) -> int:
+    """How many impostors per image ``build_references`` must gather for this objective."""
+    if str(cfg_perturb.get("objective", "similarity")) != "rank":
+        return 0
+    count = int(cfg_perturb.get("rank_impostors", 128))
+    if count < 1:
+        raise ValueError(f"perturb.rank_impostors={count}: the rank objective needs at least 1")
+    return count
 
 
 def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False,

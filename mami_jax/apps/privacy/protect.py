@@ -223,6 +223,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         tokens = ensemble.tokens_fn(members[0].embedder.model_cfg,
                                     str(config.perturb.feature_layer))
     keepers = keepers_of(config.perturb, members)
+    impostors = objective.impostors_needed(config.perturb)
     new_rows, records = {}, []
     bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
@@ -253,7 +254,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             x0 = np.stack([s.unit for s in padded])
             offset = imap.stain_offset(x0)
             refs = objective.build_references(padded, embeddings, ref_rows, row_index,
-                                              str(config.perturb.get("target", "farthest")))
+                                              str(config.perturb.get("target", "farthest")),
+                                              impostors)
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
