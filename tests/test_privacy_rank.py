@@ -133,3 +133,30 @@ def test_rank_replaces_the_match_score_only_in_what_protection_minimises():
     pcfg.objective = "ranking"
     with pytest.raises(ValueError, match="perturb.objective='ranking'"):
         objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0)
+
+
+def test_the_transfer_recipe_ranks_xrays_alone_and_the_rank_word_every_modality():
+    transfer = load_config("configs/privacy.py:runlocal,transfer=A+B").perturb
+    assert [objective.objective_for(transfer, m) for m in ("xray", "ct", "fundus")] == \
+        ["rank", "similarity", "similarity"]
+    ranked = load_config("configs/privacy.py:runlocal,transfer=A+B,rank").perturb
+    assert {objective.objective_for(ranked, m) for m in ("xray", "ct", "fundus")} == {"rank"}
+    assert objective.objective_for(load_config("configs/privacy.py").perturb, "xray") == \
+        "similarity"
+    transfer.modality_objective = {"ct": "ranking"}
+    with pytest.raises(ValueError, match=r"perturb.modality_objective\['ct'\]='ranking'"):
+        objective.objective_for(transfer, "ct")
+
+
+def test_the_score_minimised_follows_the_modality_s_objective():
+    pcfg = load_config("configs/privacy.py:runlocal,transfer=A+B").perturb
+    embed = lambda params, images: images            # noqa: E731
+    x = jnp.asarray([[0.6, 0.8]])
+    refs = (jnp.asarray([[[0.0, 1.0]]]), jnp.ones((1, 1)), jnp.asarray([[0.6, 0.8]]),
+            jnp.zeros(2), jnp.zeros((1, 2)), jnp.asarray([[[1.0, 0.0]]]), jnp.ones((1, 1)))
+    key = jax.random.key(0)
+    got = {m: float(objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0, with_target=True,
+                                                   modality=m)(None, x, None, refs, key)[0])
+           for m in ("xray", "fundus")}
+    assert got["xray"] == pytest.approx(0.8 - 0.6, abs=1e-3)        # rank margin
+    assert got["fundus"] == pytest.approx((0.8 + 1.0) / 2, abs=1e-5)  # match score

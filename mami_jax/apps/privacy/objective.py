@@ -281,9 +281,25 @@ def make_view_fn(input_map, cfg_perturb, views: int):
     return view_of
 
 
-def impostors_needed(cfg_perturb) -> int:
-    """How many impostors per image ``build_references`` must gather for this objective."""
-    if str(cfg_perturb.get("objective", "similarity")) != "rank":
+def objective_for(cfg_perturb, modality: str | None = None) -> str:
+    """What protection minimises for ``modality``'s images: ``perturb.modality_objective
+    [modality]`` where given, else ``perturb.objective`` (one of ``OBJECTIVES``). The
+    ranking removes X-ray identity further at the same budget but, on fundus, moves the
+    image towards other patients' lesions (docs/privacy.md), so a recipe can choose per
+    modality."""
+    by_modality = dict(cfg_perturb.get("modality_objective", {}) or {})
+    name = str(by_modality.get(modality, cfg_perturb.get("objective", "similarity")))
+    if name not in OBJECTIVES:
+        key = (f"perturb.modality_objective[{modality!r}]" if modality in by_modality
+               else "perturb.objective")
+        raise ValueError(f"{key}={name!r}: expected one of {OBJECTIVES}")
+    return name
+
+
+def impostors_needed(cfg_perturb, modality: str | None = None) -> int:
+    """How many impostors per image ``build_references`` must gather for ``modality``'s
+    objective."""
+    if objective_for(cfg_perturb, modality) != "rank":
         return 0
     count = int(cfg_perturb.get("rank_impostors", 128))
     if count < 1:
@@ -292,11 +308,12 @@ def impostors_needed(cfg_perturb) -> int:
 
 
 def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False,
-                         tokens_fn=None):
+                         tokens_fn=None, modality: str | None = None):
     """(params, x (B,T,H,W,C), offset, ``member_refs``, key[, clean]) -> (B,) match score of
     ONE member, averaged over ``views`` random views (views=0: the plain image, no
     randomness). ``with_target``: what protection minimises rather than the match score
-    alone: minus ``perturb.target_weight`` times the similarity to the target patient,
+    alone: the rank margins where ``modality``'s objective is "rank" (``objective_for``),
+    minus ``perturb.target_weight`` times the similarity to the target patient,
     plus ``perturb.feature_weight`` times the similarity of ``perturb.feature_layer``'s
     tokens to those of the same view of ``clean`` (the original image; needs
     ``tokens_fn``: (params, images) -> (unit embeddings, (B, L, C) tokens), as
@@ -305,12 +322,9 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
     own_weight = float(cfg_perturb.own_weight)
-    name = str(cfg_perturb.get("objective", "similarity"))
-    if name not in OBJECTIVES:
-        raise ValueError(f"perturb.objective={name!r}: expected one of {OBJECTIVES}")
-    rank = with_target and name == "rank"
-    temperature = float(cfg_perturb.get("rank_temperature", 0.05))
-    floor = float(cfg_perturb.get("rank_floor", 0.1))
+    rank = objective_for(cfg_perturb, modality) == "rank" and with_target
+    temperature = float(cfg_perturb.get("rank_temperature", 0.1))
+    floor = float(cfg_perturb.get("rank_floor", 1.0))
     target_weight = float(cfg_perturb.get("target_weight", 0.0)) if with_target else 0.0
     feature_weight = float(cfg_perturb.get("feature_weight", 0.0)) if with_target else 0.0
     if feature_weight and tokens_fn is None:

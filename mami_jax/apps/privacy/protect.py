@@ -207,6 +207,9 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
+    # per modality, checked before any image is read: its objective's impostor count
+    impostors = {m: objective.impostors_needed(config.perturb, m) for m in
+                 sorted({r.modality for r in targets})}
     data_cfg = members[0].embedder.data_cfg
     patients = {(r.patient_key, r.modality) for r in targets}
     ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
@@ -223,7 +226,6 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         tokens = ensemble.tokens_fn(members[0].embedder.model_cfg,
                                     str(config.perturb.feature_layer))
     keepers = keepers_of(config.perturb, members)
-    impostors = objective.impostors_needed(config.perturb)
     new_rows, records = {}, []
     bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
@@ -233,7 +235,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         # it once and averages its gradient over the ensemble (perturb.make_step).
         train_score = objective.make_member_score_fn(
             members[0].embed, imap, config.perturb, int(config.perturb.views), with_target=True,
-            tokens_fn=tokens)
+            tokens_fn=tokens, modality=modality)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
         keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
                 for m, k in enumerate(keepers)]
@@ -255,7 +257,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             offset = imap.stain_offset(x0)
             refs = objective.build_references(padded, embeddings, ref_rows, row_index,
                                               str(config.perturb.get("target", "farthest")),
-                                              impostors)
+                                              impostors[modality])
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
