@@ -134,6 +134,27 @@ def test_deform_with_a_modality_budget_moves_pixels_inside_it(run):
         [r["score_before"] for r in records]) - 0.02
 
 
+def test_a_ranked_modality_is_optimised_by_its_own_objective_inside_the_budget(run):
+    """``perturb.modality_objective`` reaches the optimiser: the ranked X-rays stay inside
+    the budget but are another change than the match score's (the run's default output)."""
+    out = run["base"] / "ranked"
+    assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                 "--out", str(out), "--config", run["config"],
+                 "--set", "perturb.modality_objective={'xray': 'rank'}",
+                 # no floor: the tiny model already ranks some images' impostors first by
+                 # the default floor's margin, and those would rightly be left unchanged
+                 "--set", "perturb.rank_floor=10.0"]) == 0
+    matched = {r.image_id: r for r in read_manifest(str(run["base"] / "out" / "manifest.csv"))}
+    original = {r.image_id: r for r in read_manifest(run["manifest"])}
+    gaps = []
+    for r in read_manifest(str(out / "manifest.csv")):
+        a = open_volume(original[r.image_id[:-len("_protected")]].path).read([0])
+        b = open_volume(r.path).read([0])
+        assert 0 < np.sqrt(np.mean(np.square(b - a))) <= 0.028 * 1.05
+        gaps.append(np.abs(b - open_volume(matched[r.image_id].path).read([0])).max())
+    assert len(gaps) == 6 and min(gaps) > 0.01, gaps
+
+
 def test_cues_write_overlays_and_raw_maps(run):
     out = run["base"] / "cues"
     assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
