@@ -16,7 +16,7 @@ import pytest
 
 from mami_jax.apps.history import training
 from mami_jax.apps.history.features import fingerprint
-from mami_jax.apps.privacy import deform, ensemble, objective, perturb
+from mami_jax.apps.privacy import deform, ensemble, objective, perturb, references
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.apps.privacy.settings import load_config
@@ -55,7 +55,7 @@ def xray(setup):
     sources = [read_source(r, s) for r in xray]
     imap = InputMap(s, *sources[0].unit.shape[1:3])
     x0 = np.stack([src.unit for src in sources])
-    refs = objective.build_references(sources, [member.embedder.embed_rows(xray)], xray,
+    refs = references.build_references(sources, [member.embedder.embed_rows(xray)], xray,
                                       {r.image_id: i for i, r in enumerate(xray)}, impostors=128)
     return types.SimpleNamespace(rows=xray, cfg=cfg, member=member, sources=sources, imap=imap,
                                  x0=x0, offset=imap.stain_offset(x0), refs=refs)
@@ -108,7 +108,7 @@ def test_rank_objective_stays_in_budget_and_lowers_the_rank_margin(xray):
     pcfg.rank_floor = 10.0          # no floor: every image's margin is free to fall
     score = objective.make_member_score_fn(member.embed, imap, pcfg, 0, with_target=True)
     margins = jax.jit(lambda x: score(member.params, x, offset,
-                                      objective.member_refs(refs.arrays(), 0), jax.random.key(0)))
+                                      references.member_refs(refs.arrays(), 0), jax.random.key(0)))
     step = perturb.make_step(score, "l2", 0.03, 0.01, 0.5)
     delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
     assert np.all(perturb.budget_used(delta, "l2", 0.03) <= 1.0 + 1e-5)
@@ -178,7 +178,7 @@ def test_feature_disruption_moves_the_layer_tokens_away_from_the_original(xray):
     assert similarity(x0 + disrupted).mean() < similarity(x0 + plain).mean() - 0.05, (
         similarity(x0 + disrupted), similarity(x0 + plain))
     with pytest.raises(ValueError, match="needs the clean image"):
-        score(member.params, x0, offset, objective.member_refs(refs.arrays(), 0), jax.random.key(0))
+        score(member.params, x0, offset, references.member_refs(refs.arrays(), 0), jax.random.key(0))
     with pytest.raises(ValueError, match="perturb.feature_layer='block_9'"):
         ensemble.tokens_fn(cfg.model, "block_9")
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mami_jax.apps.privacy import objective
+from mami_jax.apps.privacy import objective, references
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import ManifestRow
 
@@ -77,7 +77,7 @@ def _nearest_first(centred, own, idx):
 def test_impostors_are_the_modality_s_other_patients_nearest_first():
     rows = _impostor_rows()
     emb = np.random.default_rng(0).normal(size=(len(rows), 4)).astype(np.float32)
-    refs = objective.build_references([SimpleNamespace(row=rows[0]), SimpleNamespace(row=rows[4])],
+    refs = references.build_references([SimpleNamespace(row=rows[0]), SimpleNamespace(row=rows[4])],
                                       [emb], rows, {r.image_id: i for i, r in enumerate(rows)},
                                       impostors=10)
     unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -95,7 +95,7 @@ def test_impostors_are_capped_per_member_by_similarity_and_absent_unless_asked()
     rng = np.random.default_rng(1)
     members = [rng.normal(size=(len(rows), 4)).astype(np.float32) for _ in range(2)]
     index = {r.image_id: i for i, r in enumerate(rows)}
-    refs = objective.build_references([SimpleNamespace(row=rows[4])], members, rows, index,
+    refs = references.build_references([SimpleNamespace(row=rows[4])], members, rows, index,
                                       impostors=2)
     np.testing.assert_array_equal(refs.impostor_mask, [[1, 1]])
     for m, emb in enumerate(members):      # each member keeps its own two nearest
@@ -104,7 +104,7 @@ def test_impostors_are_capped_per_member_by_similarity_and_absent_unless_asked()
         np.testing.assert_allclose(refs.impostors[m][0],
                                    centred[_nearest_first(centred, 4, [0, 1, 2, 3])[:2]],
                                    rtol=1e-5)
-    plain = objective.build_references([SimpleNamespace(row=rows[4])], members, rows, index)
+    plain = references.build_references([SimpleNamespace(row=rows[4])], members, rows, index)
     np.testing.assert_array_equal(plain.impostor_mask, [[0]])
 
 

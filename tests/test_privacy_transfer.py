@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy import ensemble, objective, perturb, references
 from mami_jax.apps.privacy.attacker import attacker_rows
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
 from mami_jax.apps.privacy.settings import load_config
@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
     others = [rng.normal(size=(B, 2, width)).astype(np.float32) for _ in members]
     others = [o / np.linalg.norm(o, axis=-1, keepdims=True) for o in others]
     own = [e / np.linalg.norm(e, axis=-1, keepdims=True) for e in embs]
-    refs = objective.References(others, np.ones((B, 2), np.float32), own,
+    refs = references.References(others, np.ones((B, 2), np.float32), own,
                                 [np.zeros(width, np.float32) for _ in members])
     return cfg, members, imap, x0, refs
 
@@ -64,13 +64,13 @@ def test_ensemble_gradient_is_the_mean_over_every_member(tiny):
         delta)
     np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-4, atol=1e-7)
     # every member counts: the mean of both single-member gradients, unlike either alone
-    singles = [np.asarray(member_grad(delta, p, x0, offset, objective.member_refs(refs.arrays(), m),
+    singles = [np.asarray(member_grad(delta, p, x0, offset, references.member_refs(refs.arrays(), m),
                                       key)[0]) for m, p in enumerate(params)]
     np.testing.assert_allclose(np.asarray(g), np.mean(singles, 0), rtol=1e-4, atol=1e-7)
     for single in singles:
         assert np.abs(single - np.asarray(g)).max() > 1e-3 * np.abs(np.asarray(g)).max()
     one = jax.jit(objective.make_member_score_fn(members[0].embed, imap, pcfg, 0))
-    single_scores = [np.asarray(one(p, x0, offset, objective.member_refs(refs.arrays(), m), key))
+    single_scores = [np.asarray(one(p, x0, offset, references.member_refs(refs.arrays(), m), key))
                      for m, p in enumerate(params)]
     np.testing.assert_allclose(np.asarray(s), np.mean(single_scores, 0), rtol=1e-5)
 
@@ -144,7 +144,7 @@ def test_references_are_the_patients_images_of_the_same_modality():
     rows = [_row("P1", "xray_v0", "test"), _row("P1", "xray_v1", "test"),
             _row("P1", "ct_v0", "test").replace(modality="ct"), _row("P2", "xray_v0", "test")]
     emb = np.asarray([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]], np.float32)
-    refs = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+    refs = references.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
                                       {r.image_id: i for i, r in enumerate(rows)})
     assert refs.mask.tolist() == [[1.0]]                     # P1's other X-ray, not its CT
     xray = emb[[0, 1, 3]] / np.linalg.norm(emb[[0, 1, 3]], axis=-1, keepdims=True)
@@ -184,7 +184,7 @@ def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_sco
             _row("P4", "ct_v0", "test").replace(modality="ct")]
     emb = np.asarray([[1.0, 0, 0], [1.0, 0.1, 0], [0, 1.0, 0], [-1.0, 0.05, 0], [-1.0, -0.2, 0]],
                      np.float32)
-    refs = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+    refs = references.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
                                       {r.image_id: i for i, r in enumerate(rows)})
     unit = emb[:4] / np.linalg.norm(emb[:4], axis=-1, keepdims=True)
     want = objective.centred(unit[3:4], unit.mean(0))[0]      # P3, not P2 nor the CT patient
@@ -196,14 +196,14 @@ def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_sco
     x = jnp.asarray(refs.target[0] + refs.center[0])            # (1, C): an image AT the target
     plain = objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0)
     targeted = objective.make_member_score_fn(embed, lambda v, o: v, pcfg, 0, with_target=True)
-    a = float(plain(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
-    b = float(targeted(None, x, None, objective.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
+    a = float(plain(None, x, None, references.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
+    b = float(targeted(None, x, None, references.member_refs(refs.arrays(), 0), jax.random.key(0))[0])
     assert b == pytest.approx(a - 0.5, abs=1e-4)
     # "nearest" picks P2, the other X-ray patient most similar to P1's image
-    near = objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+    near = references.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
                                       {r.image_id: i for i, r in enumerate(rows)}, "nearest")
     np.testing.assert_allclose(near.target[0][0], objective.centred(unit[2:3], unit.mean(0))[0],
                                rtol=1e-5)
     with pytest.raises(ValueError, match="perturb.target='closest'"):
-        objective.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
+        references.build_references([SimpleNamespace(row=rows[0])], [emb], rows,
                                    {r.image_id: i for i, r in enumerate(rows)}, "closest")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from mami_jax.apps.privacy import cues, objective
+from mami_jax.apps.privacy import cues, objective, references
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.runtime.atomic_files import write_atomic
 
@@ -25,7 +25,7 @@ def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool =
         score = objective.make_score_fn([member], imap, config.perturb, 0)
         x = s.unit[None]
         offset = imap.stain_offset(x)
-        refs = objective.build_references([s], embeddings, ref_rows, row_index)
+        refs = references.build_references([s], embeddings, ref_rows, row_index)
         maps = {"gradient": cues.gradient_maps(score, [member.params], x, offset, refs,
                                                float(config.cues.smooth))[0],
                 "occlusion": cues.occlusion_maps(score, [member.params], x, offset, refs,

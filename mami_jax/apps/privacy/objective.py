@@ -1,4 +1,5 @@
-"""What protection minimises and the cue maps explain: the identity match score.
+"""What protection minimises and the cue maps explain: the identity match score, or how far
+an image still ranks its own patient first (``rank_margins``).
 
 The match score of an image is the mean cosine similarity between its embedding and the
 (original) embeddings of its patient's other images, plus ``own_weight`` times the
@@ -16,168 +17,11 @@ transfers better to models it was not optimised against.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from mami_jax.apps.privacy.references import member_refs
 from mami_jax.models.embed import centred
-
-
-@dataclasses.dataclass
-class References:
-    """Per member: others (B, K, C) unit embeddings, mask (B, K), own (B, C), the centre
-    (C,) they were centred on, target (B, C): the centred mean embedding of the patient
-    each image is pushed towards (``perturb.target_weight``; zeros: none), and impostors
-    (B, J, C) with impostor_mask (B, J): every image of the modality's other patients, the
-    candidates a Rank-1 match must fall to (``perturb.objective = "rank"``; one zero
-    column when not built)."""
-
-    others: list
-    mask: np.ndarray
-    own: list
-    center: list     # per member: (C,) mean embedding the others and own were centred on
-    target: list = None
-    impostors: list = None
-    impostor_mask: np.ndarray = None
-
-    def __post_init__(self):
-        if self.target is None:
-            self.target = [np.zeros_like(o) for o in self.own]
-        if self.impostors is None:
-            self.impostors = [np.zeros_like(o)[:, None] for o in self.own]
-            self.impostor_mask = np.zeros((len(self.mask), 1), np.float32)
-
-    def arrays(self) -> tuple:
-        """(others, mask, own, center, target, impostors, impostor_mask): what a score
-        function takes."""
-        return (self.others, self.mask, self.own, self.center, self.target, self.impostors,
-                self.impostor_mask)
-
-    def at(self, i: int) -> tuple:
-        """``arrays()`` of image i alone (batch of one)."""
-        return ([o[i:i + 1] for o in self.others], self.mask[i:i + 1],
-                [o[i:i + 1] for o in self.own], self.center, [t[i:i + 1] for t in self.target],
-                [o[i:i + 1] for o in self.impostors], self.impostor_mask[i:i + 1])
-
-    def first(self) -> "References":
-        """The references of the first member alone."""
-        return References(self.others[:1], self.mask, self.own[:1], self.center[:1],
-                          self.target[:1], self.impostors[:1], self.impostor_mask)
-
-
-TARGETS = ("farthest", "nearest")
-
-
-def build_references(sources, embeddings_by_member, rows, row_index,
-                     target: str = "farthest", impostors: int = 0) -> References:
-    """References of the images ``sources`` from the embeddings of every row of the
-    manifest (``embeddings_by_member[m][i]`` of ``rows[i]``; ``row_index`` image_id -> i).
-
-    An image's references are its patient's images of the SAME modality from other
-    studies, and the centre is the mean over the rows of the sources' modalities: an
-    attacker matches within a modality (``attack_eval`` groups by dataset/modality), and
-    a study id names its modality, so without this an X-ray's score would mostly average
-    its (meaningless) similarity to the patient's CT, MRI, ... images.
-
-    ``target``: which other patient of the modality an image is pushed towards when
-    ``perturb.target_weight`` is on, chosen under the first member: ``farthest`` (as
-    Fawkes: reaching it moves the image far) or ``nearest`` (the strongest impostor
-    already: the one a Rank-1 match most easily falls to).
-
-    ``impostors``: how many of the modality's other patients' images each image is ranked
-    against (``perturb.objective = "rank"``), per member the ones most similar to the
-    image's original under that member: the soft maximum at the rank temperature is
-    decided by them, and all of them, per image and member, would not fit in memory for a
-    manifest of many thousands of rows. 0: none gathered (the match score needs none)."""
-    if target not in TARGETS:
-        raise ValueError(f"perturb.target={target!r}: expected one of {TARGETS}")
-    by_patient: dict[tuple, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_patient.setdefault((r.patient_key, r.modality), []).append(i)
-    own_idx = [row_index[s.row.image_id] for s in sources]
-    other_idx = [[j for j in by_patient[(s.row.patient_key, s.row.modality)]
-                  if rows[j].study_key != s.row.study_key] for s in sources]
-    padded, mask = _padded(other_idx)
-    modalities = {s.row.modality for s in sources}
-    same_modality = np.asarray([r.modality in modalities for r in rows])
-    candidates = _impostor_candidates(sources, rows) if impostors > 0 else None
-    others, own, centers, targets, nearest = [], [], [], [], []
-    impostor_mask = None
-    chosen = None
-    for emb in embeddings_by_member:
-        unit = emb / (np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-8)
-        center = unit[same_modality].mean(0)
-        unit = centred(unit, center)
-        others.append(unit[padded])
-        own.append(unit[own_idx])
-        if candidates is not None:
-            idx, impostor_mask = _nearest_impostors(unit, own_idx, candidates, impostors)
-            nearest.append(unit[idx])
-        centers.append(center.astype(np.float32))
-        means = {key: _unit_mean(unit[idx]) for key, idx in by_patient.items()}
-        if chosen is None:      # picked once, under the first member
-            chosen = [_target_patient(s.row, unit[own_idx[b]], means, target == "nearest")
-                      for b, s in enumerate(sources)]
-        targets.append(np.stack([means[c] if c is not None else np.zeros_like(unit[0])
-                                 for c in chosen]).astype(np.float32))
-    return References(others, mask, own, centers, targets, nearest or None, impostor_mask)
-
-
-def _impostor_candidates(sources, rows) -> list[np.ndarray]:
-    """Per source, the row indices of every image of its modality from another patient."""
-    modality = np.asarray([r.modality for r in rows])
-    patient = np.asarray([r.patient_key for r in rows])
-    by_modality = {m: np.flatnonzero(modality == m) for m in {s.row.modality for s in sources}}
-    out = []
-    for s in sources:
-        idx = by_modality[s.row.modality]
-        out.append(idx[patient[idx] != s.row.patient_key])
-    return out
-
-
-def _nearest_impostors(unit, own_idx, candidates, count: int):
-    """(B, J) row indices and (B, J) mask of at most ``count`` candidates per image, the
-    most similar to its original first (J: the longest list, at least 1)."""
-    chosen = []
-    for i, cand in zip(own_idx, candidates):
-        sims = unit[cand] @ unit[i]
-        order = np.argsort(-sims, kind="stable")[:count]
-        chosen.append(cand[order])
-    return _padded(chosen)
-
-
-def _padded(index_lists: list) -> tuple[np.ndarray, np.ndarray]:
-    """(B, J) row indices padded with 0 and their (B, J) mask, J the longest list (>= 1)."""
-    width = max(1, max(len(o) for o in index_lists))
-    mask = np.zeros((len(index_lists), width), np.float32)
-    padded = np.zeros((len(index_lists), width), np.int64)
-    for b, o in enumerate(index_lists):
-        mask[b, :len(o)] = 1.0
-        padded[b, :len(o)] = o
-    return padded, mask
-
-
-def _unit_mean(x: np.ndarray) -> np.ndarray:
-    m = x.mean(0)
-    return m / (np.linalg.norm(m) + 1e-8)
-
-
-def _target_patient(row, own: np.ndarray, means: dict, nearest: bool):
-    """The (patient, modality) key of another patient of ``row``'s modality whose mean
-    centred embedding is least (``nearest``: most) similar to ``own``; None when there
-    is none."""
-    best, best_sim = None, np.inf
-    for key in sorted(means):
-        if key[1] != row.modality or key[0] == row.patient_key:
-            continue
-        sim = float(np.dot(means[key], own))
-        if nearest:
-            sim = -sim
-        if sim < best_sim:
-            best, best_sim = key, sim
-    return best
 
 
 def match_scores(embedding, others, mask, own, own_weight):
@@ -246,14 +90,6 @@ def random_symmetry(key, images):
     return jax.lax.switch(k, branches, images)
 
 
-def member_refs(ref_arrays, m: int) -> tuple:
-    """The references of member ``m`` out of ``References.arrays()``: (others (B, K, C),
-    mask (B, K), own (B, C), center (C,), target (B, C), impostors (B, J, C),
-    impostor_mask (B, J))."""
-    others, mask, own, center, target, impostors, impostor_mask = ref_arrays
-    return others[m], mask, own[m], center[m], target[m], impostors[m], impostor_mask
-
-
 def token_similarity(tokens, clean_tokens):
     """(B,) mean cosine similarity, position by position, between a layer's tokens
     (B, L, C) and the original image's, both taken relative to the original's mean token
@@ -297,7 +133,7 @@ def objective_for(cfg_perturb, modality: str | None = None) -> str:
 
 
 def impostors_needed(cfg_perturb, modality: str | None = None) -> int:
-    """How many impostors per image ``build_references`` must gather for ``modality``'s
+    """How many impostors per image ``references.build_references`` must gather for ``modality``'s
     objective."""
     if objective_for(cfg_perturb, modality) != "rank":
         return 0
@@ -309,8 +145,8 @@ def impostors_needed(cfg_perturb, modality: str | None = None) -> int:
 
 def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False,
                          tokens_fn=None, modality: str | None = None):
-    """(params, x (B,T,H,W,C), offset, ``member_refs``, key[, clean]) -> (B,) match score of
-    ONE member, averaged over ``views`` random views (views=0: the plain image, no
+    """(params, x (B,T,H,W,C), offset, ``references.member_refs``, key[, clean]) -> (B,)
+    match score of ONE member, averaged over ``views`` random views (views=0: the plain image, no
     randomness). ``with_target``: what protection minimises rather than the match score
     alone: the rank margins where ``modality``'s objective is "rank" (``objective_for``),
     minus ``perturb.target_weight`` times the similarity to the target patient,
@@ -361,8 +197,8 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
 
 
 def make_score_fn(members, input_map, cfg_perturb, views: int):
-    """(params list, x (B,T,H,W,C), offset, References.arrays(), key) -> (B,) match
-    score (``match_scores`` of centred embeddings) averaged over the members (each
+    """(params list, x (B,T,H,W,C), offset, ``References.arrays()``, key) -> (B,)
+    match score (``match_scores`` of centred embeddings) averaged over the members (each
     with its own key) and ``views`` random views (views=0: the plain image)."""
     fns = [make_member_score_fn(m.embed, input_map, cfg_perturb, views) for m in members]
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mami_jax.apps.privacy import objective
+from mami_jax.apps.privacy.references import member_refs
 
 NORMS = ("linf", "l2")
 
@@ -119,7 +119,7 @@ def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,
     keys = jax.random.split(key, len(params_list))
     grads, scores = [], []
     for m, params in enumerate(params_list):
-        g, s = member_grad(delta, params, x0, offset, objective.member_refs(ref_arrays, m), keys[m])
+        g, s = member_grad(delta, params, x0, offset, member_refs(ref_arrays, m), keys[m])
         grads.append(g)
         scores.append(s)
     score = sum(scores) / len(scores)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
-from mami_jax.apps.privacy import ensemble, objective, perturb
+from mami_jax.apps.privacy import ensemble, objective, perturb, references
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
@@ -255,9 +255,9 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             padded = batch + [batch[-1]] * (min(size, len(group)) - len(batch))
             x0 = np.stack([s.unit for s in padded])
             offset = imap.stain_offset(x0)
-            refs = objective.build_references(padded, embeddings, ref_rows, row_index,
-                                              str(config.perturb.get("target", "farthest")),
-                                              impostors[modality])
+            refs = references.build_references(padded, embeddings, ref_rows, row_index,
+                                               str(config.perturb.get("target", "farthest")),
+                                               impostors[modality])
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
