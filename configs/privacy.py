@@ -13,9 +13,10 @@ docs/privacy.md measured it with three runs of other seeds trained like the ``--
 run, and better with one of them replaced by a run on more patients: the ensemble must hold
 the kinds of model an attacker would train), ``xray_visible`` (X-rays get a 21.5 dB budget
 instead of 30: the smallest at which the `transfer` recipe's X-ray protection held against
-every held-out and retrained model measured; the change is visible), ``rank`` (every modality minimises how
-far each image still ranks its own patient above every other patient, per member, instead
-of its match score: objective.rank_margins; the ``transfer`` recipe ranks X-rays alone).
+every held-out and retrained model measured; the change is visible), ``rank`` (every
+modality minimises how far each image still ranks its own patient above every other
+patient, per member, instead of its match score: objective.rank_margins; the ``transfer``
+recipe ranks X-rays alone).
 """
 
 import ml_collections
