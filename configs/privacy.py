@@ -88,6 +88,15 @@ def get_config(arg=None):
     # hardest_temperature: the members that still match steer most).
     p.member_weighting = "mean"
     p.hardest_temperature = 0.05
+    # How a step uses the members: "average" their gradients (weighted as above), or
+    # "common_weakness" (CWA, apps/privacy/common_weakness.py): a sharpness step of
+    # cwa_reverse_size up the ensemble's gradient, then one step of cwa_inner_size per
+    # member down its own gradient in turn (momentum cwa_inner_momentum over the members),
+    # and the way travelled is the step's gradient. Two gradients per member per step.
+    p.ensemble_update = "average"
+    p.cwa_reverse_size = 0.006
+    p.cwa_inner_size = 0.006
+    p.cwa_inner_momentum = 0.5
     # The loss pushes the image's embedding away from its original and from the
     # patient's other images (mean cosine similarity), weight ``own_weight`` on the original.
     p.own_weight = 1.0

@@ -1,6 +1,6 @@
 """The differentiable evaluation view equals the pipeline's, the perturbation stays in
-its budget (linf and l2) and lowers the match score of a tiny model (the rank objective
-its rank margin), as the deformation
+its budget (linf and l2) and lowers the match score of a tiny model (as the common-weakness
+step does; the rank objective its rank margin), as the deformation
 (``apps.privacy.deform``) does inside its budget; the objective's
 extra terms (feature disruption, keeping a diagnosis: ``apps.privacy.diagnosis_keep``,
 whose classifier path equals the history classifier's numpy path and which refuses a
@@ -16,7 +16,8 @@ import pytest
 
 from mami_jax.apps.history import training
 from mami_jax.apps.history.features import fingerprint
-from mami_jax.apps.privacy import deform, ensemble, objective, perturb, references
+from mami_jax.apps.privacy import (common_weakness, deform, ensemble, objective, perturb,
+                                   references)
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.apps.privacy.settings import load_config
@@ -97,6 +98,20 @@ def test_perturbation_stays_in_budget_and_lowers_the_match_score(xray, norm, eps
     delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
     assert np.all(perturb.budget_used(delta, norm, eps) <= 1.0 + 1e-5)
     assert (x0 + delta).min() >= 0 and (x0 + delta).max() <= 1
+    before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
+    after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
+    assert after.mean() < before.mean() - 0.1, (before, after)
+
+
+def test_common_weakness_step_stays_in_budget_and_lowers_the_match_score(xray):
+    member, imap, x0, offset, refs = xray.member, xray.imap, xray.x0, xray.offset, xray.refs
+    pcfg = load_config("configs/privacy.py")
+    score = objective.make_member_score_fn(member.embed, imap, pcfg.perturb, 1)
+    plain = jax.jit(objective.make_score_fn([member], imap, pcfg.perturb, 0))
+    step = common_weakness.make_step(score, "l2", 0.03, 0.01, 0.5, reverse_size=0.003,
+                                     inner_size=0.01)
+    delta, _ = perturb.perturb(step, [member.params], x0, offset, refs, 8, jax.random.key(0))
+    assert np.all(perturb.budget_used(delta, "l2", 0.03) <= 1.0 + 1e-5)
     before = np.asarray(plain([member.params], x0, offset, refs.arrays(), jax.random.key(0)))
     after = np.asarray(plain([member.params], x0 + delta, offset, refs.arrays(), jax.random.key(0)))
     assert after.mean() < before.mean() - 0.1, (before, after)

@@ -91,6 +91,14 @@ def make_member_grad(member_score):
     return jax.jit(jax.grad(total_score, has_aux=True))
 
 
+def mean_abs_normalised(g):
+    """``g`` scaled to mean |g| 1 per image (how a step's gradient enters the momentum)."""
+    axes = tuple(range(1, g.ndim))
+    return g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
+
+
+_balanced = jax.jit(mean_abs_normalised)
+
 WEIGHTINGS = ("mean", "balanced", "hardest")
 
 
@@ -128,12 +136,6 @@ def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,
     return _combine(grads, jnp.stack(scores), weighting == "hardest", float(temperature)), score
 
 
-@jax.jit
-def _balanced(g):
-    axes = tuple(range(1, g.ndim))
-    return g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
-
-
 def _combine(grads, scores, hardest: bool, temperature: float):
     """Balanced members' gradients averaged with weights (M, B): equal, or a softmax of
     ``scores`` (M, B) over the members."""
@@ -147,6 +149,22 @@ def _combine(grads, scores, hardest: bool, temperature: float):
     for g, w in zip(grads, weights):
         total = total + _balanced(g) * w.reshape((-1,) + (1,) * (g.ndim - 1))
     return total
+
+
+def direction(v, norm: str):
+    """The unit move along ``v`` per image: its sign for ``linf``, ``v`` scaled to
+    root-mean-square 1 for ``l2`` (so a step of ``step_size`` is in the budget's units)."""
+    if norm == "linf":
+        return jnp.sign(v)
+    axes = tuple(range(1, v.ndim))
+    n = np.prod(v.shape[1:])
+    return v * np.sqrt(n) / (jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True)) + 1e-12)
+
+
+def moved(delta, move, x0, norm: str, epsilon: float):
+    """``delta + move`` projected into the budget, with ``x0 + delta`` kept in [0, 1]."""
+    delta = project(delta + move, norm, epsilon)
+    return jnp.clip(x0 + delta, 0.0, 1.0) - x0
 
 
 def make_keep_grad(keep_change):
@@ -180,19 +198,9 @@ def make_step(member_score, norm: str, epsilon: float, step_size: float, momentu
 
     @jax.jit
     def update(g, delta, velocity, mask, x0):
-        g = smooth_gradient(g, smooth) * mask
-        axes = tuple(range(1, g.ndim))
-        g = g / (jnp.mean(jnp.abs(g), axis=axes, keepdims=True) + 1e-12)
-        velocity = momentum * velocity + g
-        if norm == "linf":
-            move = jnp.sign(velocity)
-        else:
-            n = np.prod(g.shape[1:])
-            move = velocity * np.sqrt(n) / (jnp.sqrt(jnp.sum(jnp.square(velocity), axis=axes,
-                                                             keepdims=True)) + 1e-12)
-        delta = project(delta - step_size * move * mask, norm, epsilon)
-        delta = jnp.clip(x0 + delta, 0.0, 1.0) - x0
-        return delta, velocity
+        velocity = momentum * velocity + mean_abs_normalised(smooth_gradient(g, smooth) * mask)
+        return moved(delta, -step_size * direction(velocity, norm) * mask, x0, norm,
+                     epsilon), velocity
 
     def step(params_list, x0, delta, velocity, mask, offset, ref_arrays, key):
         g, s = ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,

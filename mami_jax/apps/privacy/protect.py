@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from mami_jax.apps.privacy import common_weakness
 from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
@@ -89,6 +90,26 @@ def epsilon_for(cfg_perturb, modality: str) -> float:
     if not value > 0:
         raise ValueError(f"perturb.modality_epsilon[{modality!r}]={value!r}: must be > 0")
     return value
+
+
+def ensemble_step(cfg_perturb, train_score, epsilon: float, keep, weighting):
+    """The PGD step ``perturb.ensemble_update`` names: the members' gradients averaged
+    (``perturb.make_step``, with ``weighting`` and the ``keep`` terms) or chained
+    (``common_weakness.make_step``, which takes neither)."""
+    update = str(cfg_perturb.get("ensemble_update", "average"))
+    common_weakness.check_update(update)
+    args = (train_score, cfg_perturb.norm, epsilon, float(cfg_perturb.step_size),
+            float(cfg_perturb.momentum), float(cfg_perturb.get("smooth", 0.0)))
+    if update == "average":
+        return perturb.make_step(*args, keep_changes=keep, weighting=weighting[0],
+                                 temperature=weighting[1])
+    if keep or weighting[0] != "mean":
+        raise ValueError("perturb.ensemble_update='common_weakness' chains the members' own "
+                         "gradients: it takes neither perturb.keep_diagnosis nor a "
+                         f"perturb.member_weighting other than 'mean' (got {weighting[0]!r})")
+    return common_weakness.make_step(*args, reverse_size=float(cfg_perturb.cwa_reverse_size),
+                                     inner_size=float(cfg_perturb.cwa_inner_size),
+                                     inner_momentum=float(cfg_perturb.cwa_inner_momentum))
 
 
 def noise_change(key, x0, mask, norm: str, epsilon: float) -> np.ndarray:
@@ -242,10 +263,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         epsilon = epsilon_for(config.perturb, modality)
         weighting = (str(config.perturb.get("member_weighting", "mean")),
                      float(config.perturb.get("hardest_temperature", 0.05)))
-        step = perturb.make_step(train_score, config.perturb.norm, epsilon,
-                                 float(config.perturb.step_size), float(config.perturb.momentum),
-                                 float(config.perturb.get("smooth", 0.0)), keep_changes=keep,
-                                 weighting=weighting[0], temperature=weighting[1])
+        step = ensemble_step(config.perturb, train_score, epsilon, keep, weighting)
         deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
                                             config.perturb.norm, epsilon, *weighting)
                        if config.method == "deform" else None)
