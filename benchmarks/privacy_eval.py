@@ -6,7 +6,9 @@
         [--experiment configs/all.py:runlocal] [--split test] --out DIR
 
 For each ``--model``: Rank-1 and verification AUC of the protected queries of the split
-against its unprotected gallery, before and after (``attack_eval``). Utility: a
+against its unprotected gallery, before and after (``attack_eval``), and per patient how
+many of its queries still rank one of its own images first (the patients a protection
+fails: ``patients`` in the JSON, those still matched in the markdown). Utility: a
 diagnosis probe on ``--probe-model``'s frozen features, fitted on the ORIGINAL training
 images, scored on original and protected test images (``utility``); and, with
 ``--history-classifier`` (repeatable, e.g. classifier seeds), the history application's
@@ -79,6 +81,16 @@ def markdown(result: dict) -> str:
                 continue
             lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | {v['rank1_before']:.3f} | "
                          f"{v['rank1_after']:.3f} | {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
+    for name, rep in result.get("patients", {}).items():
+        for g, patients in rep.items():
+            kept = [v for v in patients if v["matched_after"]]
+            if not kept:
+                continue
+            lines += ["", f"{name}, {g}: {len(kept)} of {len(patients)} patients still matched",
+                      "", "| patient | queries | matched before | matched after |",
+                      "| --- | --- | --- | --- |"]
+            lines += [f"| {v['patient']} | {v['queries']} | {v['matched_before']} | "
+                      f"{v['matched_after']} |" for v in kept]
     for probe, rep in result.get("utility", {}).items():
         lines += ["", f"diagnosis probe on {probe}", "",
                   "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
@@ -216,6 +228,7 @@ def run(args, app_cfg=None) -> int:
         (e_orig, f_orig), (e_prot, f_prot) = utility.features(emb, rows), utility.features(emb, prot_rows)
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
         result["attack"][name]["source"] = {"workdir": workdir, "step": emb.step}
+        result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
         probe_feats[workdir] = (emb, f_orig, f_prot)
         save(result, args.out)

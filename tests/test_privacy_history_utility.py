@@ -159,15 +159,27 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
     assert privacy_eval.main(tiny["common"] + ["--history-classifier", second, "--history-model",
                                                tiny["workdir"], "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
-        hist = json.load(f)["history_utility"]
+        result = json.load(f)
+    hist = result["history_utility"]
     assert sorted(hist) == [tiny["clf_dir"], second]
+    # The copies are the originals: every patient is matched as often after as before, and
+    # the per-patient counts add up to the reported Rank-1.
+    (group, attack), = [(g, v) for g, v in result["attack"]["tiny"].items() if "/" in g]
+    patients = result["patients"]["tiny"][group]
+    assert sum(v["queries"] for v in patients) == 12
+    assert all(v["matched_after"] == v["matched_before"] for v in patients)
+    matched = sum(v["matched_after"] for v in patients)
+    assert matched / 12 == pytest.approx(attack["rank1_after"])
     for rep in hist.values():
         xray = rep["auc"]["xray"]
         assert xray["images"] == 12 and xray["class_counts"] == [7, 5]
         assert xray["auc_original"] is not None
         assert xray["auc_protected"] == xray["auc_original"] and xray["relative_change"] == 0.0
     with open(os.path.join(out, "privacy_eval.md")) as f:
-        assert "history diagnosis classifier" in f.read()
+        text = f.read()
+    assert "history diagnosis classifier" in text
+    still = sum(1 for v in patients if v["matched_after"])
+    assert (f"tiny, {group}: {still} of {len(patients)} patients still matched" in text) == bool(still)
 
 
 def test_privacy_eval_refuses_another_models_classifier(tiny, capsys):

@@ -72,3 +72,39 @@ def test_read_labels_names_file_and_line(tmp_path):
     p.write_text("image_id,disease_label\na,1\nb,x\n")
     with pytest.raises(ValueError, match=r"labels.csv: line 3 \(image_id='b'\): disease_label='x' is not a known label"):
         utility.read_labels(str(p))
+
+
+def test_patient_report_counts_first_matches_by_hand():
+    # Three patients, two studies each; embeddings on the unit circle at hand-picked angles.
+    rows = _rows(n_patients=3, visits=2)          # p0_v0 p0_v1 p1_v0 p1_v1 p2_v0 p2_v1
+    angle = np.radians([0, 10, 120, 130, 240, 250])
+    original = np.stack([np.cos(angle), np.sin(angle)], 1)
+    # Protected: p0_v0 turned to 125 deg (now nearest p1), p1_v0 moved only a little (still p1),
+    # p2_v1 turned to 5 deg, halfway between p0's 0 and 10 deg (another patient either way).
+    moved = angle.copy()
+    moved[0], moved[2], moved[5] = np.radians(125), np.radians(115), np.radians(5)
+    protected = np.stack([np.cos(moved), np.sin(moved)], 1)
+    rep = attack_eval.patient_report(original, protected, rows)["d/xray"]
+    assert rep == [
+        {"patient": "p1", "queries": 2, "matched_before": 2, "matched_after": 2},
+        {"patient": "p0", "queries": 2, "matched_before": 2, "matched_after": 1},
+        {"patient": "p2", "queries": 2, "matched_before": 2, "matched_after": 1}]
+    hits = attack_eval.first_match_hits(protected, original, rows)
+    assert hits.tolist() == [0, 1, 1, 1, 1, 0]
+
+
+def test_patient_report_agrees_with_rank1_and_counts_queries_without_match():
+    rows = _rows() + [ManifestRow("lone", "p9", "s0", "0", "xray", "d", "", "x", "test")]
+    rng = np.random.default_rng(1)
+    original = rng.normal(size=(len(rows), 8))
+    protected = original + rng.normal(0, 1.0, original.shape)
+    rep = attack_eval.attack_report(original, protected, rows)["d/xray"]
+    per = attack_eval.patient_report(original, protected, rows)["d/xray"]
+    assert "p9" not in [v["patient"] for v in per]           # no true match: not a query of Rank-1
+    valid = sum(v["queries"] for v in per)
+    assert valid == 12
+    assert sum(v["matched_after"] for v in per) / valid == pytest.approx(rep["rank1_after"])
+    assert sum(v["matched_before"] for v in per) / valid == pytest.approx(rep["rank1_before"])
+    assert [v["matched_after"] for v in per] == sorted((v["matched_after"] for v in per), reverse=True)
+    with pytest.raises(ValueError, match="13 rows but 12 original"):
+        attack_eval.patient_report(original[:12], protected, rows)

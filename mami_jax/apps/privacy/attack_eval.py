@@ -10,6 +10,10 @@ negative). "before" uses the original queries, "after" the protected ones.
 
 Chance Rank-1 is the mean over queries of (true matches / gallery images outside the
 query's study): what a random ranking scores.
+
+``patient_report`` breaks Rank-1 down by patient: a protection that leaves Rank-1 low on
+average can still leave a few patients with a distinctive feature (a pacemaker on every
+X-ray) fully identifiable, and those are the patients it fails.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.evaluate.metrics import verification_metrics
-from mami_jax.evaluate.retrieval import chunked_reid_metrics
+from mami_jax.evaluate.metrics import build_query_targets, match_ranks, verification_metrics
+from mami_jax.evaluate.retrieval import chunked_reid_metrics, pairwise_similarity
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -78,4 +82,53 @@ def attack_report(original_emb: np.ndarray, protected_emb: np.ndarray,
                      "num_queries": len(sub)}
     keys = [k for k in next(iter(out.values())) if k != "num_queries"]
     out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in keys}
+    return out
+
+
+def first_match_hits(query_emb: np.ndarray, gallery_emb: np.ndarray,
+                     rows: Sequence[ManifestRow]) -> np.ndarray:
+    """Per query: 1 where the gallery image it scores highest outside its own study is of
+    its patient, 0 where it is another patient's, -1 where the query has no true match
+    (Rank-1 skips it). Ties are broken as ``chunked_reid_metrics`` breaks them, so the
+    mean of the non-negative entries is its Rank-1."""
+    pids = np.asarray([r.patient_key for r in rows])
+    studies = np.asarray([r.study_key for r in rows])
+    scores = pairwise_similarity(query_emb, gallery_emb, metric="cosine")
+    targets = build_query_targets(pids, pids, studies, studies)
+    hits = np.full(len(rows), -1, np.int64)
+    for i in range(len(rows)):
+        matches = targets.matches(i)
+        if matches.size:
+            hits[i] = int(match_ranks(scores[i], matches, targets.excluded(i)).min() == 1)
+    return hits
+
+
+def patient_report(original_emb: np.ndarray, protected_emb: np.ndarray,
+                   rows: Sequence[ManifestRow]) -> dict:
+    """Per "dataset/modality": one entry per patient with queries that have a true match,
+    ``{"patient", "queries", "matched_before", "matched_after"}`` (how many of its queries
+    rank one of its own images first, original and protected), most matched after first,
+    then most matched before, then by patient id."""
+    if len(original_emb) != len(rows) or len(protected_emb) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(original_emb)} original and "
+                         f"{len(protected_emb)} protected embeddings")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(f"{r.dataset}/{r.modality}", []).append(i)
+    out = {}
+    for name, members in sorted(groups.items()):
+        sub = [rows[i] for i in members]
+        gallery = original_emb[members]
+        before = first_match_hits(gallery, gallery, sub)
+        after = first_match_hits(protected_emb[members], gallery, sub)
+        per: dict[str, list[int]] = {}
+        for r, b, a in zip(sub, before, after):
+            if b >= 0:
+                counts = per.setdefault(r.patient_id, [0, 0, 0])
+                counts[0] += 1
+                counts[1] += int(b)
+                counts[2] += int(a)
+        out[name] = [{"patient": pid, "queries": q, "matched_before": b, "matched_after": a}
+                     for pid, (q, b, a) in sorted(per.items(),
+                                                  key=lambda kv: (-kv[1][2], -kv[1][1], kv[0]))]
     return out
