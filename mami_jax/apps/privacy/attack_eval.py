@@ -59,23 +59,31 @@ def query_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: Sequence
             "num_queries": len(rows)}
 
 
-def attack_report(original_emb: np.ndarray, protected_emb: np.ndarray,
-                  rows: Sequence[ManifestRow]) -> dict:
-    """Per "dataset/modality" and over all: before/after Rank-1, AUC and chance Rank-1.
-
-    ``original_emb[i]`` and ``protected_emb[i]`` embed ``rows[i]`` and its protected copy."""
+def _before_after(original_emb, protected_emb, rows: Sequence[ManifestRow], measure):
+    """Per "dataset/modality" (sorted by name): (name, its rows, ``measure`` of the original
+    queries, of the protected ones), each ``measure(query_emb, gallery_emb, rows)`` against
+    the group's original images. Checks first that both embeddings have a row per row."""
     if len(original_emb) != len(rows) or len(protected_emb) != len(rows):
         raise ValueError(f"{len(rows)} rows but {len(original_emb)} original and "
                          f"{len(protected_emb)} protected embeddings")
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(f"{r.dataset}/{r.modality}", []).append(i)
-    out = {}
     for name, members in sorted(groups.items()):
         sub = [rows[i] for i in members]
-        g = original_emb[members]
-        before = query_metrics(g, g, sub)
-        after = query_metrics(protected_emb[members], g, sub)
+        gallery = original_emb[members]
+        yield (name, sub, measure(gallery, gallery, sub),
+               measure(protected_emb[members], gallery, sub))
+
+
+def attack_report(original_emb: np.ndarray, protected_emb: np.ndarray,
+                  rows: Sequence[ManifestRow]) -> dict:
+    """Per "dataset/modality" and over all: before/after Rank-1, AUC and chance Rank-1.
+
+    ``original_emb[i]`` and ``protected_emb[i]`` embed ``rows[i]`` and its protected copy."""
+    out = {}
+    for name, sub, before, after in _before_after(original_emb, protected_emb, rows,
+                                                  query_metrics):
         out[name] = {"chance_rank1": chance_rank1(sub),
                      **{f"{k}_before": v for k, v in before.items() if k != "num_queries"},
                      **{f"{k}_after": v for k, v in after.items() if k != "num_queries"},
@@ -109,18 +117,9 @@ def patient_report(original_emb: np.ndarray, protected_emb: np.ndarray,
     ``{"patient", "queries", "matched_before", "matched_after"}`` (how many of its queries
     rank one of its own images first, original and protected), most matched after first,
     then most matched before, then by patient id."""
-    if len(original_emb) != len(rows) or len(protected_emb) != len(rows):
-        raise ValueError(f"{len(rows)} rows but {len(original_emb)} original and "
-                         f"{len(protected_emb)} protected embeddings")
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(f"{r.dataset}/{r.modality}", []).append(i)
     out = {}
-    for name, members in sorted(groups.items()):
-        sub = [rows[i] for i in members]
-        gallery = original_emb[members]
-        before = first_match_hits(gallery, gallery, sub)
-        after = first_match_hits(protected_emb[members], gallery, sub)
+    for name, sub, before, after in _before_after(original_emb, protected_emb, rows,
+                                                  first_match_hits):
         per: dict[str, list[int]] = {}
         for r, b, a in zip(sub, before, after):
             if b >= 0:
