@@ -218,6 +218,59 @@ class PendingRows:
                         tuple(np.asarray(v[0].slices) for v in views) if len(views) > 1 else ())
 
 
+@dataclasses.dataclass
+class ProtectionInputs:
+    """What every batch of a protection run is built from: the views to protect
+    (``model_input.read_parts``), and the rows, embeddings under every member and
+    impostor counts its references (``objective``) are taken from."""
+
+    sources: list
+    data_cfg: object
+    ref_rows: list
+    row_index: dict
+    embeddings: list
+    impostors: dict
+
+    @classmethod
+    def of(cls, rows_all, targets, members, config) -> "ProtectionInputs":
+        # per modality, checked before any image is read: its objective's impostor count
+        impostors = {m: objective.impostors_needed(config.perturb, m) for m in
+                     sorted({r.modality for r in targets})}
+        data_cfg = members[0].embedder.data_cfg
+        patients = {(r.patient_key, r.modality) for r in targets}
+        ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
+        every_slice = bool(config.get("every_slice", True))
+        sources = [part for r in targets
+                   for part in read_parts(r, settings_for(data_cfg, r.modality), every_slice)]
+        return cls(sources, data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
+                   reference_embeddings(members, ref_rows), impostors)
+
+    def batch(self, group, start: int, size: int, imap, cfg_perturb):
+        """(views, views padded to a fixed batch size with the last one, their pixels x0,
+        stain offset, references) of ``group[start:start + size]``: a fixed batch size
+        compiles the step once."""
+        batch = group[start:start + size]
+        padded = batch + [batch[-1]] * (min(size, len(group)) - len(batch))
+        x0 = np.stack([s.unit for s in padded])
+        refs = references.build_references(padded, self.embeddings, self.ref_rows,
+                                           self.row_index,
+                                           str(cfg_perturb.get("target", "farthest")),
+                                           self.impostors[padded[0].row.modality])
+        return batch, padded, x0, imap.stain_offset(x0), refs
+
+
+def member_score_fn(members, imap, cfg_perturb, modality: str):
+    """One member's training score (``objective.make_member_score_fn``) for ``modality``'s
+    views: every member shares the model config, so the step compiles it once and combines
+    its gradient over the ensemble (``perturb.make_step``)."""
+    tokens = None
+    if float(cfg_perturb.get("feature_weight", 0.0)):
+        tokens = ensemble.tokens_fn(members[0].embedder.model_cfg, str(cfg_perturb.feature_layer))
+    return objective.make_member_score_fn(members[0].embed, imap, cfg_perturb,
+                                          int(cfg_perturb.views), with_target=True,
+                                          tokens_fn=tokens, modality=modality)
+
+
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
                  config, manifest_dir: str, out_dir: str, progress: bool = True):
     """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records).
@@ -228,35 +281,17 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
-    # per modality, checked before any image is read: its objective's impostor count
-    impostors = {m: objective.impostors_needed(config.perturb, m) for m in
-                 sorted({r.modality for r in targets})}
-    data_cfg = members[0].embedder.data_cfg
-    patients = {(r.patient_key, r.modality) for r in targets}
-    ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
-    row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
-    embeddings = reference_embeddings(members, ref_rows)
+    inputs = ProtectionInputs.of(rows_all, targets, members, config)
     params = [m.params for m in members]
-    every_slice = bool(config.get("every_slice", True))
-    sources = [part for r in targets
-               for part in read_parts(r, settings_for(data_cfg, r.modality), every_slice)]
-    pending = PendingRows(sources)
+    pending = PendingRows(inputs.sources)
     key = jax.random.key(int(config.seed))
-    tokens = None
-    if float(config.perturb.get("feature_weight", 0.0)):
-        tokens = ensemble.tokens_fn(members[0].embedder.model_cfg,
-                                    str(config.perturb.feature_layer))
     keepers = keepers_of(config.perturb, members)
     new_rows, records = {}, []
     bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
-    for (modality, t, h, w, c), group in groups_of(sources).items():
-        imap = InputMap(settings_for(data_cfg, modality), h, w)
-        # One member's score: every member shares the model config, so the step compiles
-        # it once and averages its gradient over the ensemble (perturb.make_step).
-        train_score = objective.make_member_score_fn(
-            members[0].embed, imap, config.perturb, int(config.perturb.views), with_target=True,
-            tokens_fn=tokens, modality=modality)
+    for (modality, t, h, w, c), group in groups_of(inputs.sources).items():
+        imap = InputMap(settings_for(inputs.data_cfg, modality), h, w)
+        train_score = member_score_fn(members, imap, config.perturb, modality)
         plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
         keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
                 for m, k in enumerate(keepers)]
@@ -268,14 +303,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                                             config.perturb.norm, epsilon, *weighting)
                        if config.method == "deform" else None)
         for start in range(0, len(group), size):
-            batch = group[start:start + size]
-            # A fixed batch size (the tail padded with its last image): one compilation.
-            padded = batch + [batch[-1]] * (min(size, len(group)) - len(batch))
-            x0 = np.stack([s.unit for s in padded])
-            offset = imap.stain_offset(x0)
-            refs = references.build_references(padded, embeddings, ref_rows, row_index,
-                                               str(config.perturb.get("target", "farthest")),
-                                               impostors[modality])
+            batch, padded, x0, offset, refs = inputs.batch(group, start, size, imap,
+                                                           config.perturb)
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)

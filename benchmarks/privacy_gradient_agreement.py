@@ -1,0 +1,139 @@
+"""How much identity gradient independently trained re-ID models share, and what an ensemble
+of them can therefore do to a model it never saw.
+
+    python benchmarks/privacy_gradient_agreement.py --manifest MANIFEST \
+        --member NAME=WORKDIR [--member ...] --held-out NAME=WORKDIR [--held-out ...] \
+        [--modality xray] [--split test] [--config configs/privacy.py:runlocal,transfer=...] \
+        [--set KEY=VALUE ...] --out DIR
+
+Every model's gradient of its own protection score at the original images of ``--split``
+(``gradient_agreement.model_gradients``: the objective, smoothing and mask ``protect`` would
+use with ``--config``), then: the cosine of every two models' gradients; for each held-out
+model, the cosine between the mean of the first k members' gradients and its own, k = 1 ..
+number of members, beside what one shared part of cosine c (the mean over pairs) predicts
+and its ceiling sqrt(c). Writes DIR/gradient_agreement.json, DIR/gradient_agreement.md and
+DIR/gradient_agreement.png (alignment against ensemble size, per held-out model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mami_jax.apps.privacy import ensemble  # noqa: E402
+from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
+from mami_jax.apps.privacy.protect import select_rows  # noqa: E402
+from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
+from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
+
+
+def named(specs: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        name, sep, workdir = spec.partition("=")
+        if not sep or not name or not workdir:
+            raise ValueError(f"{flag} {spec!r}: expected NAME=WORKDIR")
+        out.append((name, workdir))
+    return out
+
+
+def summary(names: list[str], members: int, grads: np.ndarray) -> dict:
+    """The figures of one run from its gradients (models, views, pixels), the first
+    ``members`` of ``names`` being the ensemble's, in order, the rest held out."""
+    cos = ga.pairwise_cosines(grads)
+    c = ga.shared_cosine(cos)
+    ks = np.arange(1, members + 1)
+    return {"models": names, "members": names[:members], "views": int(grads.shape[1]),
+            "pairwise_cosine": cos.round(4).tolist(), "shared_cosine": c,
+            "ceiling": float(np.sqrt(c)),
+            "predicted": ga.predicted_alignment(c, ks).round(4).tolist(),
+            "alignment": {name: ga.prefix_alignment(grads[:members], grads[i]).round(4).tolist()
+                          for i, name in enumerate(names) if i >= members}}
+
+
+def markdown(result: dict) -> str:
+    names = result["models"]
+    lines = [f"Views: {result['views']}. Mean cosine between two models' gradients: "
+             f"{result['shared_cosine']:.3f}; ceiling of any ensemble's alignment with an unseen "
+             f"model, sqrt(c): {result['ceiling']:.3f}.", "",
+             "| | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+    for name, row in zip(names, result["pairwise_cosine"]):
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+    ks = range(1, len(result["members"]) + 1)
+    lines += ["", "Alignment of the mean of the first k members with each held-out model:", "",
+              "| k | " + " | ".join(str(k) for k in ks) + " |", "| --- " * (len(ks) + 1) + "|",
+              "| predicted | " + " | ".join(f"{v:.3f}" for v in result["predicted"]) + " |"]
+    for name, values in result["alignment"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ks = np.arange(1, len(result["members"]) + 1)
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for name, values in result["alignment"].items():
+        ax.plot(ks, values, "o-", label=f"held out: {name}")
+    ax.plot(ks, result["predicted"], "k--", label=f"one shared part, c = {result['shared_cosine']:.2f}")
+    ax.axhline(result["ceiling"], color="grey", ls=":", label=f"ceiling sqrt(c) = {result['ceiling']:.2f}")
+    ax.set_xlabel("members averaged")
+    ax.set_ylabel("cosine with the unseen model's gradient")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(ks)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--member", action="append", default=[], metavar="NAME=WORKDIR",
+                   help="ensemble members, in the order they are added")
+    p.add_argument("--held-out", action="append", default=[], metavar="NAME=WORKDIR")
+    p.add_argument("--modality", default="")
+    p.add_argument("--split", default="test")
+    p.add_argument("--config", default="configs/privacy.py:runlocal")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        members, held_out = named(args.member, "--member"), named(args.held_out, "--held-out")
+    except ValueError as e:
+        p.error(str(e))
+    if len(members) < 2 or not held_out:
+        p.error("give at least two --member and one --held-out")
+    cfg = load_config(args.config)
+    apply_overrides(cfg, args.set)
+    rows = read_manifest(args.manifest)
+    targets = [r for r in select_rows(rows, args.split, args.manifest)
+               if not args.modality or r.modality == args.modality]
+    if not targets:
+        p.error(f"no rows of split {args.split!r} and modality {args.modality!r}")
+    everyone = members + held_out
+    models = ensemble.load_ensemble([w for _, w in everyone], load_config(cfg.experiment))
+    grads = ga.model_gradients(rows, targets, models, cfg)
+    result = {"args": vars(args), **summary([n for n, _ in everyone], len(members), grads)}
+    make_dirs(args.out)
+    write_text_atomic(os.path.join(args.out, "gradient_agreement.json"),
+                      json.dumps(result, indent=1))
+    write_text_atomic(os.path.join(args.out, "gradient_agreement.md"), markdown(result))
+    figure(result, os.path.join(args.out, "gradient_agreement.png"),
+           f"{args.split} {args.modality or 'all'}: {result['views']} views")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
