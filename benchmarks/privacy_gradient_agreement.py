@@ -4,7 +4,7 @@ of them can therefore do to a model it never saw.
     python benchmarks/privacy_gradient_agreement.py --manifest MANIFEST \
         --member NAME=WORKDIR [--member ...] --held-out NAME=WORKDIR [--held-out ...] \
         [--modality xray] [--split test] [--config configs/privacy.py:runlocal,transfer=...] \
-        [--set KEY=VALUE ...] --out DIR
+        [--set KEY=VALUE ...] [--white-box NAME=SWEEP_JSON ...] --out DIR
 
 Every model's gradient of its own protection score at the original images of ``--split``
 (``gradient_agreement.model_gradients``: the objective, smoothing and mask ``protect`` would
@@ -13,6 +13,15 @@ model, the cosine between the mean of the first k members' gradients and its own
 number of members, beside what one shared part of cosine c (the mean over pairs) predicts
 and its ceiling sqrt(c). Writes DIR/gradient_agreement.json, DIR/gradient_agreement.md and
 DIR/gradient_agreement.png (alignment against ensemble size, per held-out model).
+
+``--white-box NAME=SWEEP_JSON`` (NAME a held-out model): the ``privacy_transfer.json`` of
+that model protecting against itself at several budgets (``--sizes 1``, one
+``perturb.epsilon=`` variant each, the same objective and smoothing). From it: the budget
+its own protection needs to reach twice chance, the budget the first k members would need
+(that divided by their alignment with it), the ceiling's, and the Rank-1 the model is
+predicted to keep at the configuration's budget with k members (its white-box Rank-1 at
+the budget times the alignment): a first-order estimate to set beside a measured
+``privacy_transfer.py`` run.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mami_jax.apps.privacy import ensemble  # noqa: E402
 from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
-from mami_jax.apps.privacy.protect import select_rows  # noqa: E402
+from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402
+from mami_jax.apps.privacy.quality import psnr_of_rms  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
@@ -58,6 +68,19 @@ def summary(names: list[str], members: int, grads: np.ndarray) -> dict:
                           for i, name in enumerate(names) if i >= members}}
 
 
+def prediction(result: dict, sweep: dict, name: str, budget: float) -> dict:
+    """The first-order estimate for held-out model ``name`` from its white-box ``sweep``
+    (the module's docstring): budgets the goal (twice chance) needs, Rank-1 at ``budget``."""
+    budgets, rank1, chance = ga.white_box_curve(sweep)
+    own = ga.budget_to_reach(budgets, rank1, 2 * chance)
+    align = np.array(result["alignment"][name])
+    return {"goal_rank1": 2 * chance, "budget": budget, "white_box_budget": own,
+            "needed_budget": (own / align).round(5).tolist(),
+            "needed_budget_ceiling": own / result["ceiling"],
+            "needed_psnr_db": [round(psnr_of_rms(b), 2) for b in own / align],
+            "predicted_rank1": ga.rank1_at(budgets, rank1, budget * align).round(3).tolist()}
+
+
 def markdown(result: dict) -> str:
     names = result["models"]
     lines = [f"Views: {result['views']}. Mean cosine between two models' gradients: "
@@ -72,6 +95,16 @@ def markdown(result: dict) -> str:
               "| predicted | " + " | ".join(f"{v:.3f}" for v in result["predicted"]) + " |"]
     for name, values in result["alignment"].items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    for name, pred in result.get("prediction", {}).items():
+        lines += ["", f"{name}: its own protection reaches Rank-1 {pred['goal_rank1']:.3f} (twice "
+                  f"chance) at budget {pred['white_box_budget']:.4f}; any ensemble of such members "
+                  f"needs at least {pred['needed_budget_ceiling']:.4f}.", "",
+                  "| k | " + " | ".join(str(k) for k in ks) + " |", "| --- " * (len(ks) + 1) + "|",
+                  "| budget needed | " + " | ".join(f"{v:.4f}" for v in pred["needed_budget"]) + " |",
+                  "| PSNR needed (dB) | " + " | ".join(f"{v:.1f}" for v in pred["needed_psnr_db"])
+                  + " |",
+                  f"| Rank-1 predicted at {pred['budget']:.4f} | "
+                  + " | ".join(f"{v:.3f}" for v in pred["predicted_rank1"]) + " |"]
     return "\n".join(lines) + "\n"
 
 
@@ -106,14 +139,28 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--config", default="configs/privacy.py:runlocal")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--white-box", action="append", default=[], metavar="NAME=SWEEP_JSON")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
         members, held_out = named(args.member, "--member"), named(args.held_out, "--held-out")
+        sweeps = dict(named(args.white_box, "--white-box"))
     except ValueError as e:
         p.error(str(e))
     if len(members) < 2 or not held_out:
         p.error("give at least two --member and one --held-out")
+    unknown = sorted(set(sweeps) - {n for n, _ in held_out})
+    if unknown:
+        p.error(f"--white-box {unknown[0]}: not a --held-out model")
+    for name, path in sweeps.items():
+        try:
+            with open(path) as f:
+                sweeps[name] = json.load(f)
+            ga.white_box_curve(sweeps[name])
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--white-box {name}={path}: {e}")
+    if sweeps and not args.modality:
+        p.error("--white-box needs --modality (the budget is per modality)")
     cfg = load_config(args.config)
     apply_overrides(cfg, args.set)
     rows = read_manifest(args.manifest)
@@ -125,6 +172,10 @@ def main(argv=None) -> int:
     models = ensemble.load_ensemble([w for _, w in everyone], load_config(cfg.experiment))
     grads = ga.model_gradients(rows, targets, models, cfg)
     result = {"args": vars(args), **summary([n for n, _ in everyone], len(members), grads)}
+    if sweeps:
+        budget = epsilon_for(cfg.perturb, args.modality)
+        result["prediction"] = {name: prediction(result, sweep, name, budget)
+                                for name, sweep in sweeps.items()}
     make_dirs(args.out)
     write_text_atomic(os.path.join(args.out, "gradient_agreement.json"),
                       json.dumps(result, indent=1))

@@ -65,6 +65,31 @@ def test_unit_rows_leaves_a_zero_gradient_at_zero():
     np.testing.assert_allclose(g, [[0.6, 0.8], [0.0, 0.0]])
 
 
+def sweep(points, size=1, model="protecting"):
+    """A privacy_transfer.json of one model protecting against itself at (budget, Rank-1)
+    points, chance 0.05."""
+    return {"runs": [{"variant": f"e{b}", "size": size, "overrides": [
+        "perturb.steps=40", f"perturb.epsilon={b}"], "attack": {model: {"mean": {
+            "rank1_after": r, "chance_rank1": 0.05}}}} for b, r in points]}
+
+
+def test_white_box_budget_is_read_between_the_measured_budgets():
+    budgets, rank1, chance = ga.white_box_curve(sweep([(0.02, 0.0), (0.01, 0.3), (0.015, 0.1)]))
+    np.testing.assert_allclose(budgets, [0.01, 0.015, 0.02])
+    np.testing.assert_allclose(rank1, [0.3, 0.1, 0.0])
+    assert chance == 0.05
+    # twice chance, 0.1, is reached exactly at 0.015; 0.2 halfway between 0.01 and 0.015
+    assert ga.budget_to_reach(budgets, rank1, 0.1) == pytest.approx(0.015)
+    assert ga.budget_to_reach(budgets, rank1, 0.2) == pytest.approx(0.0125)
+    assert ga.budget_to_reach(budgets, rank1, 0.5) == pytest.approx(0.01)
+    assert ga.budget_to_reach(budgets, np.array([0.9, 0.8, 0.7]), 0.1) == float("inf")
+    np.testing.assert_allclose(ga.rank1_at(budgets, rank1, [0.005, 0.0175, 0.05]), [0.3, 0.05, 0.0])
+    with pytest.raises(ValueError, match="size 2"):
+        ga.white_box_curve(sweep([(0.01, 0.3), (0.02, 0.1)], size=2))
+    with pytest.raises(ValueError, match="at least two"):
+        ga.white_box_curve(sweep([(0.01, 0.3)]))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("agreement")
@@ -110,9 +135,13 @@ def test_each_gradient_lowers_its_own_models_score(tiny):
 def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys):
     w = tiny["workdirs"]
     out = tmp_path / "agree"
+    white_box = tmp_path / "copy_sweep.json"
+    white_box.write_text(json.dumps(sweep([(0.01, 0.5), (0.02, 0.1), (0.04, 0.0)])))
     code = bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}",
                        "--member", f"b={w['b']}", "--held-out", f"copy={w['a_copy']}",
-                       "--split", "test", "--config", tiny["config"], "--out", str(out)])
+                       "--split", "test", "--modality", "xray", "--config", tiny["config"],
+                       "--set", "perturb.epsilon=0.03", "--white-box", f"copy={white_box}",
+                       "--out", str(out)])
     assert code == 0
     result = json.loads((out / "gradient_agreement.json").read_text())
     cos = np.array(result["pairwise_cosine"])
@@ -122,6 +151,17 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
     assert cos[0, 1] < 0.99 and cos[1, 2] == pytest.approx(cos[0, 1], abs=1e-4)
     assert result["alignment"]["copy"][0] == pytest.approx(1.0, abs=1e-4)
     assert result["shared_cosine"] == pytest.approx((cos[0, 1] + cos[0, 2] + cos[1, 2]) / 3, abs=1e-3)
+    pred = result["prediction"]["copy"]
+    align = np.array(result["alignment"]["copy"])
+    assert pred["budget"] == 0.03 and pred["white_box_budget"] == pytest.approx(0.02)
+    # k = 1 is the model's own copy: it needs what the model itself needs
+    np.testing.assert_allclose(pred["needed_budget"], 0.02 / align, rtol=1e-3)
+    assert pred["needed_budget"][0] == pytest.approx(0.02, rel=1e-3)
+    assert pred["needed_psnr_db"][0] == pytest.approx(-20 * np.log10(0.02), abs=0.01)
+    np.testing.assert_allclose(pred["predicted_rank1"],
+                               np.interp(0.03 * align, [0.01, 0.02, 0.04], [0.5, 0.1, 0.0]),
+                               atol=1e-3)
+    assert pred["predicted_rank1"][0] == pytest.approx(0.05, abs=1e-3)
     assert (out / "gradient_agreement.png").stat().st_size > 0
     assert "| copy |" in (out / "gradient_agreement.md").read_text()
     with pytest.raises(SystemExit):
@@ -129,3 +169,9 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
                     "--held-out", f"copy={w['a_copy']}", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("error: --member 'a': expected NAME=WORKDIR")
+    with pytest.raises(SystemExit):
+        bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
+                    f"b={w['b']}", "--held-out", f"copy={w['a_copy']}", "--modality", "xray",
+                    "--white-box", f"a={white_box}", "--out", str(tmp_path / "bad")])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: --white-box a: not a --held-out model")

@@ -12,11 +12,13 @@ independent, the mean of ``k`` members' gradients meets an unseen model's at
     c * sqrt(k) / sqrt(1 + (k - 1) * c),
 
 which rises towards ``sqrt(c)`` however many members there are (``predicted_alignment``).
-So ``c`` bounds what any ensemble can do at first order: the change's effect on an unseen
-model is at most ``sqrt(c)`` of its effect on a member of the same size. Whether that is
-enough depends on how much change the identity needs even on a model the change is
-optimised against (a budget sweep of one model against itself, ``privacy_transfer.py``
-with ``--sizes 1``).
+So ``c`` bounds what any ensemble can do at first order: a change of size epsilon moves
+an unseen model about as far as a change of size ``alignment * epsilon`` optimised
+against that model itself would. Whether that is enough depends on how much change the
+identity needs even on the model the change is optimised against: a budget sweep of the
+held-out model against itself (``privacy_transfer.py --sizes 1``) gives its Rank-1 after
+protection at each budget (``white_box_curve``), from which ``budget_to_reach`` reads
+the budget its own protection needs and ``rank1_at`` what a smaller, effective one leaves.
 """
 
 from __future__ import annotations
@@ -104,3 +106,42 @@ def shared_cosine(cosines: np.ndarray) -> float:
     ``pairwise_cosines``)."""
     cosines = np.asarray(cosines)
     return float(cosines[~np.eye(len(cosines), dtype=bool)].mean())
+
+
+def white_box_curve(sweep: dict, model: str = "protecting") -> tuple[np.ndarray, np.ndarray, float]:
+    """(budgets, Rank-1 after protection, chance Rank-1) of ``model`` in a
+    ``privacy_transfer.py`` result whose runs are one model protecting against itself
+    (``--sizes 1``) at the budgets their ``perturb.epsilon=`` overrides set; sorted by budget."""
+    points, chance = [], None
+    for run in sweep["runs"]:
+        if run["size"] != 1:
+            raise ValueError(f"white-box sweep: run {run['variant']!r} has ensemble size "
+                             f"{run['size']}, expected 1 (the model against itself)")
+        eps = [float(o.split("=", 1)[1]) for o in run["overrides"]
+               if o.startswith("perturb.epsilon=")]
+        if not eps:
+            raise ValueError(f"white-box sweep: run {run['variant']!r} sets no perturb.epsilon")
+        report = run["attack"][model]["mean"]
+        points.append((eps[-1], report["rank1_after"]))
+        chance = report["chance_rank1"]
+    if len(points) < 2:
+        raise ValueError("white-box sweep: needs at least two budgets")
+    points.sort()
+    return (np.array([b for b, _ in points]), np.array([r for _, r in points]), float(chance))
+
+
+def budget_to_reach(budgets: np.ndarray, rank1: np.ndarray, goal: float) -> float:
+    """The least budget at which Rank-1, linear between the measured budgets, falls to
+    ``goal``; inf when no measured budget reaches it."""
+    if rank1[0] <= goal:
+        return float(budgets[0])
+    for i in range(1, len(budgets)):
+        if rank1[i] <= goal:
+            t = (rank1[i - 1] - goal) / (rank1[i - 1] - rank1[i])
+            return float(budgets[i - 1] + t * (budgets[i] - budgets[i - 1]))
+    return float("inf")
+
+
+def rank1_at(budgets: np.ndarray, rank1: np.ndarray, budget) -> np.ndarray:
+    """Rank-1, linear between the measured budgets, at ``budget`` (held at the ends)."""
+    return np.interp(budget, budgets, rank1)
