@@ -75,6 +75,7 @@ def prediction(result: dict, sweep: dict, name: str, budget: float) -> dict:
     own = ga.budget_to_reach(budgets, rank1, 2 * chance)
     align = np.array(result["alignment"][name])
     return {"goal_rank1": 2 * chance, "budget": budget, "white_box_budget": own,
+            "white_box": {"budgets": budgets.tolist(), "rank1": rank1.tolist()},
             "needed_budget": (own / align).round(5).tolist(),
             "needed_budget_ceiling": own / result["ceiling"],
             "needed_psnr_db": [round(psnr_of_rms(b), 2) for b in own / align],
@@ -109,11 +110,17 @@ def markdown(result: dict) -> str:
 
 
 def figure(result: dict, path: str, title: str) -> None:
+    """Alignment against ensemble size; with white-box sweeps a second panel: each
+    held-out model's Rank-1 under its own protection against the budget, with the budget
+    the whole ensemble's change is worth to it (the budget times the alignment) marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ks = np.arange(1, len(result["members"]) + 1)
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    preds = result.get("prediction", {})
+    fig, axes = plt.subplots(1, 2 if preds else 1, figsize=(10.4 if preds else 5.2, 3.8),
+                             squeeze=False)
+    ax = axes[0][0]
     for name, values in result["alignment"].items():
         ax.plot(ks, values, "o-", label=f"held out: {name}")
     ax.plot(ks, result["predicted"], "k--", label=f"one shared part, c = {result['shared_cosine']:.2f}")
@@ -124,6 +131,24 @@ def figure(result: dict, path: str, title: str) -> None:
     ax.set_xticks(ks)
     ax.set_title(title)
     ax.legend(fontsize=7)
+    if preds:
+        ax = axes[0][1]
+        for i, (name, pred) in enumerate(preds.items()):
+            colour = f"C{i}"
+            curve = pred["white_box"]
+            ax.plot(curve["budgets"], curve["rank1"], "o-", color=colour,
+                    label=f"{name} against itself")
+            worth = pred["budget"] * result["alignment"][name][-1]
+            ax.axvline(worth, color=colour, ls="--",
+                       label=f"{len(ks)} members' change, as worth to {name}: {worth:.4f}")
+        some = next(iter(preds.values()))
+        ax.axhline(some["goal_rank1"], color="grey", ls="--", label="twice chance (goal)")
+        ax.axvline(some["budget"], color="black", ls=":", label=f"budget {some['budget']:.4f}")
+        ax.set_xlabel("l2 budget (RMS change per pixel)")
+        ax.set_ylabel("Rank-1 after protection")
+        ax.set_ylim(0, 1)
+        ax.set_title("how much change the identity needs")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -67,23 +67,24 @@ def test_unit_rows_leaves_a_zero_gradient_at_zero():
 
 def sweep(points, size=1, model="protecting"):
     """A privacy_transfer.json of one model protecting against itself at (budget, Rank-1)
-    points, chance 0.05."""
+    points, chance 0.05, Rank-1 before protection 0.9."""
     return {"runs": [{"variant": f"e{b}", "size": size, "overrides": [
         "perturb.steps=40", f"perturb.epsilon={b}"], "attack": {model: {"mean": {
-            "rank1_after": r, "chance_rank1": 0.05}}}} for b, r in points]}
+            "rank1_after": r, "rank1_before": 0.9, "chance_rank1": 0.05}}}} for b, r in points]}
 
 
 def test_white_box_budget_is_read_between_the_measured_budgets():
     budgets, rank1, chance = ga.white_box_curve(sweep([(0.02, 0.0), (0.01, 0.3), (0.015, 0.1)]))
-    np.testing.assert_allclose(budgets, [0.01, 0.015, 0.02])
-    np.testing.assert_allclose(rank1, [0.3, 0.1, 0.0])
+    np.testing.assert_allclose(budgets, [0.0, 0.01, 0.015, 0.02])
+    np.testing.assert_allclose(rank1, [0.9, 0.3, 0.1, 0.0])
     assert chance == 0.05
     # twice chance, 0.1, is reached exactly at 0.015; 0.2 halfway between 0.01 and 0.015
     assert ga.budget_to_reach(budgets, rank1, 0.1) == pytest.approx(0.015)
     assert ga.budget_to_reach(budgets, rank1, 0.2) == pytest.approx(0.0125)
-    assert ga.budget_to_reach(budgets, rank1, 0.5) == pytest.approx(0.01)
-    assert ga.budget_to_reach(budgets, np.array([0.9, 0.8, 0.7]), 0.1) == float("inf")
-    np.testing.assert_allclose(ga.rank1_at(budgets, rank1, [0.005, 0.0175, 0.05]), [0.3, 0.05, 0.0])
+    assert ga.budget_to_reach(budgets, rank1, 0.3) == pytest.approx(0.01)
+    assert ga.budget_to_reach(budgets, rank1, 0.6) == pytest.approx(0.005)
+    assert ga.budget_to_reach(budgets[1:], np.array([0.9, 0.8, 0.7]), 0.1) == float("inf")
+    np.testing.assert_allclose(ga.rank1_at(budgets, rank1, [0.005, 0.0175, 0.05]), [0.6, 0.05, 0.0])
     with pytest.raises(ValueError, match="size 2"):
         ga.white_box_curve(sweep([(0.01, 0.3), (0.02, 0.1)], size=2))
     with pytest.raises(ValueError, match="at least two"):
@@ -159,7 +160,7 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
     assert pred["needed_budget"][0] == pytest.approx(0.02, rel=1e-3)
     assert pred["needed_psnr_db"][0] == pytest.approx(-20 * np.log10(0.02), abs=0.01)
     np.testing.assert_allclose(pred["predicted_rank1"],
-                               np.interp(0.03 * align, [0.01, 0.02, 0.04], [0.5, 0.1, 0.0]),
+                               np.interp(0.03 * align, [0, 0.01, 0.02, 0.04], [0.9, 0.5, 0.1, 0.0]),
                                atol=1e-3)
     assert pred["predicted_rank1"][0] == pytest.approx(0.05, abs=1e-3)
     assert (out / "gradient_agreement.png").stat().st_size > 0

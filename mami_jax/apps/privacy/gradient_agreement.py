@@ -111,8 +111,9 @@ def shared_cosine(cosines: np.ndarray) -> float:
 def white_box_curve(sweep: dict, model: str = "protecting") -> tuple[np.ndarray, np.ndarray, float]:
     """(budgets, Rank-1 after protection, chance Rank-1) of ``model`` in a
     ``privacy_transfer.py`` result whose runs are one model protecting against itself
-    (``--sizes 1``) at the budgets their ``perturb.epsilon=`` overrides set; sorted by budget."""
-    points, chance = [], None
+    (``--sizes 1``) at the budgets their ``perturb.epsilon=`` overrides set; sorted by
+    budget, starting at budget 0 with the Rank-1 before protection."""
+    points, chance, before = [], None, None
     for run in sweep["runs"]:
         if run["size"] != 1:
             raise ValueError(f"white-box sweep: run {run['variant']!r} has ensemble size "
@@ -123,10 +124,10 @@ def white_box_curve(sweep: dict, model: str = "protecting") -> tuple[np.ndarray,
             raise ValueError(f"white-box sweep: run {run['variant']!r} sets no perturb.epsilon")
         report = run["attack"][model]["mean"]
         points.append((eps[-1], report["rank1_after"]))
-        chance = report["chance_rank1"]
+        chance, before = report["chance_rank1"], report["rank1_before"]
     if len(points) < 2:
         raise ValueError("white-box sweep: needs at least two budgets")
-    points.sort()
+    points = [(0.0, before)] + sorted(points)
     return (np.array([b for b, _ in points]), np.array([r for _, r in points]), float(chance))
 
 
