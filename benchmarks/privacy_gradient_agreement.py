@@ -148,7 +148,7 @@ def figure(result: dict, path: str, title: str) -> None:
         ax.set_ylabel("Rank-1 after protection")
         ax.set_ylim(0, 1)
         ax.set_title("how much change the identity needs")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
