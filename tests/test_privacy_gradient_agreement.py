@@ -1,7 +1,8 @@
 """Gradient agreement between re-ID models: the cosine algebra on a hand-built example
 whose shared part is known exactly, and on tiny models and phantoms that each model's
 gradient is its own score's descent direction, that a model and its copy agree exactly
-while two random models do not, and the benchmark's JSON and one error line."""
+while two random models do not; the white-box sweep read between its budgets; the
+benchmark's JSON (a copy's estimate is the model's own sweep) and one error line."""
 
 import json
 import os
@@ -19,19 +20,7 @@ from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.phantoms import generate
 from tests.history_workdir import make_workdir, split_manifest, write_config
-
-SPLITS = {"P0001": "train", "P0002": "test", "P0004": "test", "P0007": "test"}
-CONFIG = '''
-import sys
-sys.path.insert(0, {root!r})
-from configs.privacy import get_config as base
-
-def get_config(arg=None):
-    c = base(arg)
-    c.experiment = {experiment!r}
-    c.batch_size = 4
-    return c
-'''
+from tests.test_privacy_cli import PRIVACY_CONFIG, SPLITS
 
 
 def shared_part(c: float, models: int) -> np.ndarray:
@@ -105,7 +94,7 @@ def tiny(tmp_path_factory):
                 "a_copy": make_workdir(str(base / "a_copy"), cfg, seed=0)}
     config = base / "privacy_tiny.py"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config.write_text(CONFIG.format(root=root, experiment=experiment))
+    config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
     return dict(base=base, manifest=manifest, workdirs=workdirs, config=str(config))
 
 
