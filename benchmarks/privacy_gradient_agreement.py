@@ -14,9 +14,10 @@ number of members, beside what one shared part of cosine c (the mean over pairs)
 and its ceiling sqrt(c). Writes DIR/gradient_agreement.json, DIR/gradient_agreement.md and
 DIR/gradient_agreement.png (alignment against ensemble size, per held-out model).
 
-``--white-box NAME=SWEEP_JSON`` (NAME a held-out model): the ``privacy_transfer.json`` of
-that model protecting against itself at several budgets (``--sizes 1``, one
-``perturb.epsilon=`` variant each, the same objective and smoothing). From it: the budget
+``--white-box NAME=SWEEP_JSON`` (NAME a held-out model; repeat it to pool several sweeps of
+one model): the ``privacy_transfer.json`` of that model protecting against itself at several
+budgets (``--sizes 1``, one ``perturb.epsilon=`` variant each, the same objective and
+smoothing). From it: the budget
 its own protection needs to reach twice chance, the budget the first k members would need
 (that divided by their alignment with it), the ceiling's, and the Rank-1 the model is
 predicted to keep at the configuration's budget with k members (its white-box Rank-1 at
@@ -169,19 +170,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         members, held_out = named(args.member, "--member"), named(args.held_out, "--held-out")
-        sweeps = dict(named(args.white_box, "--white-box"))
+        sweep_files = named(args.white_box, "--white-box")
     except ValueError as e:
         p.error(str(e))
     if len(members) < 2 or not held_out:
         p.error("give at least two --member and one --held-out")
-    unknown = sorted(set(sweeps) - {n for n, _ in held_out})
+    unknown = sorted({n for n, _ in sweep_files} - {n for n, _ in held_out})
     if unknown:
         p.error(f"--white-box {unknown[0]}: not a --held-out model")
-    for name, path in sweeps.items():
+    sweeps = {}
+    for name, path in sweep_files:       # several sweeps of one model: their runs together
         try:
             with open(path) as f:
-                sweeps[name] = json.load(f)
-            ga.white_box_curve(sweeps[name])
+                runs = json.load(f)["runs"]
+            sweeps.setdefault(name, {"runs": []})["runs"].extend(runs)
+            ga.white_box_curve({"runs": runs})
         except (OSError, ValueError, KeyError) as e:
             p.error(f"--white-box {name}={path}: {e}")
     if sweeps and not args.modality:

@@ -125,12 +125,14 @@ def test_each_gradient_lowers_its_own_models_score(tiny):
 def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys):
     w = tiny["workdirs"]
     out = tmp_path / "agree"
-    white_box = tmp_path / "copy_sweep.json"
-    white_box.write_text(json.dumps(sweep([(0.01, 0.5), (0.02, 0.1), (0.04, 0.0)])))
+    white_box, finer = tmp_path / "copy_sweep.json", tmp_path / "copy_finer.json"
+    white_box.write_text(json.dumps(sweep([(0.01, 0.5), (0.04, 0.0)])))
+    finer.write_text(json.dumps(sweep([(0.02, 0.1), (0.03, 0.05)])))     # pooled with it
     code = bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}",
                        "--member", f"b={w['b']}", "--held-out", f"copy={w['a_copy']}",
                        "--split", "test", "--modality", "xray", "--config", tiny["config"],
                        "--set", "perturb.epsilon=0.03", "--white-box", f"copy={white_box}",
+                       "--white-box", f"copy={finer}",
                        "--out", str(out)])
     assert code == 0
     result = json.loads((out / "gradient_agreement.json").read_text())
@@ -149,7 +151,8 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
     assert pred["needed_budget"][0] == pytest.approx(0.02, rel=1e-3)
     assert pred["needed_psnr_db"][0] == pytest.approx(-20 * np.log10(0.02), abs=0.01)
     np.testing.assert_allclose(pred["predicted_rank1"],
-                               np.interp(0.03 * align, [0, 0.01, 0.02, 0.04], [0.9, 0.5, 0.1, 0.0]),
+                               np.interp(0.03 * align, [0, 0.01, 0.02, 0.03, 0.04],
+                                         [0.9, 0.5, 0.1, 0.05, 0.0]),
                                atol=1e-3)
     assert pred["predicted_rank1"][0] == pytest.approx(0.05, abs=1e-3)
     assert (out / "gradient_agreement.png").stat().st_size > 0
