@@ -46,22 +46,29 @@ def tree_digest(root):
     return out
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("privacy")
+def tiny_xray_phantoms(base) -> tuple[str, str, str]:
+    """(X-ray manifest with SPLITS, tiny experiment config, privacy config naming it) under
+    ``base`` (a pathlib folder): tiny phantoms of 8 patients, two visits each."""
     full = generate(str(base / "ph"), patients=8, visits=2, seed=3, image_size=32, slices=2,
                     workers=1)
     manifest = split_manifest(full, str(base / "manifest.csv"), SPLITS,
                               keep=lambda r: r["modality"] == "xray")
     experiment = write_config(str(base))
-    workdir = make_workdir(str(base / "run"), load_config(experiment))
     config = base / "privacy_tiny.py"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
+    return manifest, experiment, str(config)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("privacy")
+    manifest, experiment, config = tiny_xray_phantoms(base)
+    workdir = make_workdir(str(base / "run"), load_config(experiment))
     before = tree_digest(str(base / "ph"))
     code = main(["protect", "--workdir", workdir, "--manifest", manifest, "--out",
-                 str(base / "out"), "--config", str(config)])
-    return dict(base=base, manifest=manifest, workdir=workdir, config=str(config), code=code,
+                 str(base / "out"), "--config", config])
+    return dict(base=base, manifest=manifest, workdir=workdir, config=config, code=code,
                 before=before)
 
 

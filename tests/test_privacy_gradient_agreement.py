@@ -5,7 +5,6 @@ while two random models do not; the white-box sweep read between its budgets; th
 benchmark's JSON (a copy's estimate is the model's own sweep) and one error line."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -18,9 +17,8 @@ from mami_jax.apps.privacy.protect import ProtectionInputs, groups_of, member_sc
 from mami_jax.apps.privacy.references import member_refs
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
-from mami_jax.phantoms import generate
-from tests.history_workdir import make_workdir, split_manifest, write_config
-from tests.test_privacy_cli import PRIVACY_CONFIG, SPLITS
+from tests.history_workdir import make_workdir
+from tests.test_privacy_cli import tiny_xray_phantoms
 
 
 def shared_part(c: float, models: int) -> np.ndarray:
@@ -83,19 +81,12 @@ def test_white_box_budget_is_read_between_the_measured_budgets():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("agreement")
-    full = generate(str(base / "ph"), patients=8, visits=2, seed=3, image_size=32, slices=2,
-                    workers=1)
-    manifest = split_manifest(full, str(base / "manifest.csv"), SPLITS,
-                              keep=lambda r: r["modality"] == "xray")
-    experiment = write_config(str(base))
+    manifest, experiment, config = tiny_xray_phantoms(base)
     cfg = load_config(experiment)
     workdirs = {"a": make_workdir(str(base / "a"), cfg, seed=0),
                 "b": make_workdir(str(base / "b"), cfg, seed=1),
                 "a_copy": make_workdir(str(base / "a_copy"), cfg, seed=0)}
-    config = base / "privacy_tiny.py"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
-    return dict(base=base, manifest=manifest, workdirs=workdirs, config=str(config))
+    return dict(base=base, manifest=manifest, workdirs=workdirs, config=config)
 
 
 def test_each_gradient_lowers_its_own_models_score(tiny):
