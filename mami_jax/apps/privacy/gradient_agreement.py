@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from mami_jax.apps.privacy import perturb
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
-from mami_jax.apps.privacy.protect import (ProtectionInputs, groups_of, member_score_fn,
-                                           owned_mask, range_keeping_mask)
+from mami_jax.apps.privacy.protect import (ProtectionInputs, change_mask, groups_of,
+                                           member_score_fn)
 from mami_jax.apps.privacy.references import member_refs
 
 
@@ -58,8 +58,7 @@ def model_gradients(rows_all, targets: Sequence, models, config,
         for start in range(0, len(group), size):
             batch, padded, x0, offset, refs = inputs.batch(group, start, size, imap,
                                                            config.perturb)
-            owned = owned_mask(padded, x0.shape)
-            mask = range_keeping_mask(x0) * (1.0 if owned is None else owned)
+            mask, _ = change_mask(padded, x0)
             arrays, delta = refs.arrays(), np.zeros_like(x0)
             key, sub = jax.random.split(key)
             for m, model in enumerate(models):

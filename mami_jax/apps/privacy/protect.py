@@ -149,6 +149,13 @@ def range_keeping_mask(x0: np.ndarray) -> np.ndarray:
     return mask.reshape(x0.shape)
 
 
+
+def change_mask(parts, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(where a batch's change may go, ``owned_mask``): each view's own slices
+    (``owned_mask``) less its darkest and brightest pixel (``range_keeping_mask``)."""
+    owned = owned_mask(parts, x0.shape)
+    return range_keeping_mask(x0) * (1.0 if owned is None else owned), owned
+
 @dataclasses.dataclass
 class WholeRow:
     """A row's protection put together from its views: the slices (sorted), their
@@ -308,8 +315,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
-            owned = owned_mask(padded, x0.shape)
-            mask = range_keeping_mask(x0) * (1.0 if owned is None else owned)
+            mask, owned = change_mask(padded, x0)
             if config.method in ("inpaint", "both"):
                 maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
