@@ -12,7 +12,8 @@ use with ``--config``), then: the cosine of every two models' gradients; for eac
 model, the cosine between the mean of the first k members' gradients and its own, k = 1 ..
 number of members, beside what one shared part of cosine c (the mean over pairs) predicts
 and its ceiling sqrt(c). Writes DIR/gradient_agreement.json, DIR/gradient_agreement.md and
-DIR/gradient_agreement.png (alignment against ensemble size, per held-out model).
+DIR/gradient_agreement.png (alignment against ensemble size, per held-out model). Bad
+input ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
 
 ``--white-box NAME=SWEEP_JSON`` (NAME a held-out model; repeat it to pool several sweeps of
 one model): the ``privacy_transfer.json`` of that model protecting against itself at several
@@ -189,6 +190,14 @@ def main(argv=None) -> int:
             p.error(f"--white-box {name}={path}: {e}")
     if sweeps and not args.modality:
         p.error("--white-box needs --modality (the budget is per modality)")
+    try:
+        return run(args, p, members, held_out, sweeps)
+    except (ValueError, OSError, KeyError) as e:   # a missing run, a bad manifest or config
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args, p, members, held_out, sweeps) -> int:
     cfg = load_config(args.config)
     apply_overrides(cfg, args.set)
     rows = read_manifest(args.manifest)

@@ -14,7 +14,8 @@ the unprotected gallery, by every ``--held-out`` model (which should be in no en
 and by ``--workdir``'s own ("protecting"). Models are loaded once. Writes
 DIR/privacy_transfer.json, DIR/privacy_transfer.md and DIR/privacy_transfer.png
 (Rank-1 after protection against ensemble size per variant, or against the variant when
-one size is given; per model, with chance).
+one size is given; per model, with chance). Bad input ends with one ``error: ...`` line
+(exit status 2 for usage, 1 otherwise).
 """
 
 from __future__ import annotations
@@ -136,9 +137,21 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if max(sizes) > 1 + len(args.member):
-        p.error(f"--sizes {args.sizes}: only {1 + len(args.member)} models given")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes {args.sizes}: give ensemble sizes as integers, e.g. 1,2,4")
+    if min(sizes) < 1 or max(sizes) > 1 + len(args.member):
+        p.error(f"--sizes {args.sizes}: sizes from 1 to {1 + len(args.member)} (the models given)")
+    try:
+        variants = [parse_variant(v) for v in args.variant] or [("default", [])]
+        return run(args, p, sizes, variants)
+    except (ValueError, OSError, KeyError) as e:   # a missing run, a bad manifest or config
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args, p, sizes, variants) -> int:
     base_cfg = load_config(args.config)
     apply_overrides(base_cfg, args.set)
     experiment = load_config(base_cfg.experiment)
@@ -153,7 +166,6 @@ def main(argv=None) -> int:
         name, _, workdir = spec.partition("=")
         judges[name] = Embedder.from_workdir(workdir, experiment, action="evaluate")
     originals = {name: e.embed_rows(targets) for name, e in judges.items()}
-    variants = [parse_variant(v) for v in args.variant] or [("default", [])]
     result = {"args": vars(args), "runs": []}
     make_dirs(args.out)
     manifest_dir = os.path.dirname(os.path.abspath(args.manifest))

@@ -5,6 +5,7 @@
     python -m mami_jax.main --config=configs/all.py:teachers=FEATURES --workdir=DIR
     python -m mami_jax.main --config=configs/all.py:runlocal,align --workdir=DIR
     python -m mami_jax.main --config=configs/all.py:runlocal,align=anatomy --workdir=DIR
+    python -m mami_jax.main --config=configs/all.py:runlocal,finetune=FILE.pth --workdir=DIR
 
 Difference alignment (docs/design.md#difference-alignment) is on exactly when teacher
 features are configured: ``teachers=FEATURES`` reads the default medical bag
@@ -12,6 +13,14 @@ features are configured: ``teachers=FEATURES`` reads the default medical bag
 ``align`` (with ``runlocal``) uses the embedded phantom teachers ``RUNLOCAL_TEACHERS``,
 extracted into WORKDIR/teachers on the first run; ``align=NAME+NAME`` picks some of them
 (the ablation in docs/experiments.md). Either adds ``loss.terms.align``.
+
+``finetune=FILE`` starts from a MaMI checkpoint instead of CLIP: the authors' released .pth,
+or a model of ours exported with ``python -m mami_jax.convert export-torch`` (whose file
+carries its model config). The paper's recipe already fine-tunes (CLIP at a small rate, the
+head faster); with ``runlocal``, which otherwise trains from scratch, it fine-tunes the same
+way: the backbone at ``RUNLOCAL_FINETUNE_LR`` and the head and alignment ten times faster, as
+a model built on a shared public backbone is trained (docs/privacy.md measures what that
+means for protection).
 """
 
 from configs import common_runlocal
@@ -36,7 +45,24 @@ RUNLOCAL_TEACHERS = ("anatomy", "efficientnet_lite0")
 #: the term weighs about what the identity loss does (docs/experiments.md#alignment-ablation).
 RUNLOCAL_ALIGN_WEIGHT = 1.0
 
-WORDS = ("runlocal", "align", "teachers")
+#: Learning rate of ``runlocal,finetune=FILE``: a tenth of runlocal's from-scratch rate for
+#: the backbone, the head and alignment at ten times that (the paper's multipliers).
+RUNLOCAL_FINETUNE_LR = 1e-4
+FINETUNE_HEAD_MULTIPLIER = 10.0
+
+WORDS = ("runlocal", "align", "teachers", "finetune")
+
+
+def finetune_from(c, checkpoint, runlocal: bool) -> None:
+    """Initialises every MaMI parameter from ``checkpoint`` (config.init.official_checkpoint);
+    with ``runlocal``, trains at fine-tuning rates instead of from-scratch ones."""
+    if checkpoint is True or not str(checkpoint).strip():
+        raise ValueError("config word 'finetune' needs a checkpoint file: finetune=FILE.pth")
+    c.init.official_checkpoint = str(checkpoint)
+    if runlocal:
+        c.optim.learning_rate = RUNLOCAL_FINETUNE_LR
+        c.optim.lr_multipliers.classifier = FINETUNE_HEAD_MULTIPLIER
+        c.optim.lr_multipliers.align = FINETUNE_HEAD_MULTIPLIER
 
 
 def use_teachers(c, names, features_dir: str = "", extract: bool = False,
@@ -85,4 +111,6 @@ def get_config(arg=None):
         if words["teachers"] is True:
             raise ValueError("config word 'teachers' needs a folder: teachers=FEATURES_DIR")
         use_teachers(c, registry.MEDICAL_BAG, features_dir=str(words["teachers"]))
+    if "finetune" in words:
+        finetune_from(c, words["finetune"], runlocal=bool(words.get("runlocal")))
     return c

@@ -43,3 +43,31 @@ def test_hf_clip_directory_replaces_the_backbone_only(tmp_path):
     np.testing.assert_allclose(got["block_1/attn/qkv/kernel"], want_qkv, rtol=1e-6)
     np.testing.assert_array_equal(got["head_fc1/kernel"], before["head_fc1/kernel"])
     np.testing.assert_array_equal(got["compa/codebook"], before["compa/codebook"])
+
+
+def test_finetune_word_starts_every_parameter_from_an_exported_model(tmp_path):
+    """``configs/all.py:runlocal,finetune=FILE``: the file our exporter wrote (with its
+    embedded config, shift_input included) is what training starts from, at fine-tuning
+    rates; without a file the word is an error."""
+    pytest.importorskip("torch")
+    from configs.all import RUNLOCAL_FINETUNE_LR, get_config as all_config
+    from mami_jax.convert.official import export_official
+    path = str(tmp_path / "public_backbone.pth")
+    model = all_config("runlocal").model
+    exported = random_params(model, seed=1)
+    export_official(path, exported, model, allow_non_released_shift=True)
+    cfg = all_config(f"runlocal,finetune={path}")
+    assert cfg.init.official_checkpoint == path
+    assert cfg.optim.learning_rate == RUNLOCAL_FINETUNE_LR < all_config("runlocal").optim.learning_rate
+    assert cfg.optim.lr_multipliers.classifier == cfg.optim.lr_multipliers.align == 10.0
+    got = flatten_params(load_pretrained(random_params(model, seed=2), cfg))
+    want = flatten_params(exported)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    paper = all_config(f"finetune={path}")     # the paper's recipe keeps its own rates
+    assert paper.init.official_checkpoint == path
+    assert paper.optim.learning_rate == all_config("").optim.learning_rate
+    for word in ("runlocal,finetune", "runlocal,finetune="):
+        with pytest.raises(ValueError, match="finetune=FILE.pth"):
+            all_config(word)

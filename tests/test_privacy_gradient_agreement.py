@@ -2,7 +2,7 @@
 whose shared part is known exactly, and on tiny models and phantoms that each model's
 gradient is its own score's descent direction, that a model and its copy agree exactly
 while two random models do not; the white-box sweep read between its budgets; the
-benchmark's JSON (a copy's estimate is the model's own sweep) and one error line."""
+benchmark's JSON (a copy's estimate is the model's own sweep) and its error lines."""
 
 import json
 
@@ -159,3 +159,10 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
                     "--white-box", f"a={white_box}", "--out", str(tmp_path / "bad")])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "error: --white-box a: not a --held-out model")
+    missing = tmp_path / "never_trained"
+    assert bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
+                       f"b={w['b']}", "--held-out", f"gone={missing}", "--modality", "xray",
+                       "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and str(missing) in err[-1]
+    assert not (tmp_path / "bad").exists()

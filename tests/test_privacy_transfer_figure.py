@@ -1,6 +1,8 @@
 """benchmarks/privacy_transfer.py's figure (Rank-1 against ensemble size per variant, or
 against the variant when every run has one ensemble size: a sigma or epsilon sweep) and
-its PSNR summary."""
+its PSNR summary, and its one-line errors."""
+
+import pytest
 
 from benchmarks import privacy_transfer
 
@@ -40,3 +42,17 @@ def test_psnr_summary_averages_the_changed_images_and_counts_the_unchanged():
     got = privacy_transfer.psnr_summary([30.0, float("inf"), 32.0, float("inf")])
     assert got == {"psnr_db": 31.0, "psnr_db_min": 30.0, "unchanged": 2}
     assert privacy_transfer.psnr_summary([float("inf")])["psnr_db"] == float("inf")
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    missing = tmp_path / "no_such_manifest.csv"
+    assert privacy_transfer.main(["--manifest", str(missing), "--workdir", str(tmp_path),
+                                  "--sizes", "1", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(missing) in err[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_:
+        privacy_transfer.main(["--manifest", str(missing), "--workdir", str(tmp_path),
+                               "--sizes", "1,x", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "error: --sizes 1,x" in capsys.readouterr().err
