@@ -162,6 +162,7 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
     missing = tmp_path / "never_trained"
     assert bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
                        f"b={w['b']}", "--held-out", f"gone={missing}", "--modality", "xray",
+                       "--split", "test", "--config", tiny["config"],
                        "--out", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and str(missing) in err[-1]
