@@ -16,10 +16,11 @@ extracted into WORKDIR/teachers on the first run; ``align=NAME+NAME`` picks some
 
 ``finetune=FILE`` starts from a MaMI checkpoint instead of CLIP: the authors' released .pth,
 or a model of ours exported with ``python -m mami_jax.convert export-torch`` (whose file
-carries its model config). The paper's recipe already fine-tunes (CLIP at a small rate, the
-head faster); with ``runlocal``, which otherwise trains from scratch, it fine-tunes the same
-way: the backbone at ``RUNLOCAL_FINETUNE_LR`` and the head and alignment ten times faster, as
-a model built on a shared public backbone is trained (docs/privacy.md measures what that
+carries its model config). The paper's recipe already fine-tunes (the model at a small rate,
+the identity classifier and alignment head ten times faster); with ``runlocal``, which
+otherwise trains from scratch, it fine-tunes the same way: the model at
+``RUNLOCAL_FINETUNE_LR``, the classifier and alignment head ten times faster, as a model
+built on a shared public backbone is trained (docs/privacy.md measures what that
 means for protection).
 """
 
@@ -46,7 +47,8 @@ RUNLOCAL_TEACHERS = ("anatomy", "efficientnet_lite0")
 RUNLOCAL_ALIGN_WEIGHT = 1.0
 
 #: Learning rate of ``runlocal,finetune=FILE``: a tenth of runlocal's from-scratch rate for
-#: the backbone, the head and alignment at ten times that (the paper's multipliers).
+#: the model, the identity classifier and alignment head at ten times that (the paper's
+#: multipliers).
 RUNLOCAL_FINETUNE_LR = 1e-4
 FINETUNE_HEAD_MULTIPLIER = 10.0
 
