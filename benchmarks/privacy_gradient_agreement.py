@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         p.error("--white-box needs --modality (the budget is per modality)")
     try:
         return run(args, p, members, held_out, sweeps)
-    except (ValueError, OSError, KeyError) as e:   # a missing run, a bad manifest or config
+    except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
         print(f"error: {e}", file=sys.stderr)
         return 1
 

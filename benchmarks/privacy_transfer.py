@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     try:
         variants = [parse_variant(v) for v in args.variant] or [("default", [])]
         return run(args, p, sizes, variants)
-    except (ValueError, OSError, KeyError) as e:   # a missing run, a bad manifest or config
+    except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
         print(f"error: {e}", file=sys.stderr)
         return 1
 
