@@ -15,26 +15,8 @@ from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.transforms import slice_indices
-from mami_jax.phantoms import generate
-from tests.history_workdir import make_workdir, split_manifest, write_config
-
-PRIVACY_CONFIG = '''
-import sys
-sys.path.insert(0, {root!r})
-from configs.privacy import get_config as base
-
-def get_config(arg=None):
-    c = base(arg)
-    c.experiment = {experiment!r}
-    c.batch_size = 4
-    c.perturb.steps = 6
-    c.perturb.step_size = 0.02
-    c.cues.max_images = 1
-    c.cues.occlusion_patch = 16
-    c.cues.occlusion_stride = 16
-    return c
-'''
-SPLITS = {"P0001": "train", "P0002": "test", "P0004": "test", "P0007": "test"}  # X-ray patients of seed 3
+from tests.history_workdir import make_workdir
+from tests.privacy_tiny import tiny_xray_phantoms
 
 
 def tree_digest(root):
@@ -44,20 +26,6 @@ def tree_digest(root):
             with open(os.path.join(here, f), "rb") as fh:
                 out[os.path.relpath(os.path.join(here, f), root)] = hashlib.sha256(fh.read()).hexdigest()
     return out
-
-
-def tiny_xray_phantoms(base) -> tuple[str, str, str]:
-    """(X-ray manifest with SPLITS, tiny experiment config, privacy config naming it) under
-    ``base`` (a pathlib folder): tiny phantoms of 8 patients, two visits each."""
-    full = generate(str(base / "ph"), patients=8, visits=2, seed=3, image_size=32, slices=2,
-                    workers=1)
-    manifest = split_manifest(full, str(base / "manifest.csv"), SPLITS,
-                              keep=lambda r: r["modality"] == "xray")
-    experiment = write_config(str(base))
-    config = base / "privacy_tiny.py"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
-    return manifest, experiment, str(config)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from mami_jax.apps.privacy.references import member_refs
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from tests.history_workdir import make_workdir
-from tests.test_privacy_cli import tiny_xray_phantoms
+from tests.privacy_tiny import tiny_xray_phantoms
 
 
 def shared_part(c: float, models: int) -> np.ndarray:
