@@ -2,7 +2,8 @@
 
     python benchmarks/privacy_figures.py --original MANIFEST --out docs/figures \
         [--cues DIR] [--protected NAME=MANIFEST ...] [--ids ID,ID,...] \
-        [--eval privacy_eval.json ...] [--rename MODEL=LABEL ...] [--experiment ...]
+        [--eval privacy_eval.json ...] [--rename MODEL=LABEL ...] [--experiment ...] \
+        [--transfer PANEL=privacy_transfer.json[#VARIANT] ...] [--transfer-figure NAME]
 
 - ``--cues`` (a ``cues`` output folder): OUT/privacy_cues.png, the image and its gradient
   and occlusion cue maps, one line per ``--ids`` row with maps there;
@@ -16,6 +17,11 @@
   (``--history-classifier``), OUT/privacy_utility.png, each classifier's AUC change per
   modality against the 5 % goal (classifiers labelled by their folder's name, or
   ``--rename FOLDER=LABEL``).
+- ``--transfer`` (``privacy_transfer.py`` outputs, usually one per modality; a PANEL given
+  several files merges their modalities): OUT/``--transfer-figure`` (default
+  privacy_transfer_grid.png), one panel per PANEL of every held-out model's Rank-1 after
+  protection per modality, from each file's run of its largest ensemble (of that
+  ``#VARIANT`` where the file holds several variants).
 """
 
 from __future__ import annotations
@@ -49,6 +55,39 @@ def merged_utility(reports, rename) -> dict:
     return changes
 
 
+def transfer_panels(specs, rename) -> dict:
+    """PANEL -> {model label: attack report} from ``PANEL=privacy_transfer.json[#VARIANT]``
+    specs: each file's run of its largest ensemble size, of the named variant where the
+    file ran several. A file that cannot be read, or whose choice is missing or ambiguous,
+    is a ValueError naming it."""
+    panels: dict[str, dict] = {}
+    for spec in specs:
+        panel, eq, rest = spec.partition("=")
+        path, _, variant = rest.partition("#")
+        if not eq or not panel or not path:
+            raise ValueError(f"--transfer {spec}: expected PANEL=privacy_transfer.json[#VARIANT]")
+        try:
+            with open(path) as f:
+                runs = json.load(f)["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--transfer {path}: not a readable privacy_transfer.json ({e!r})")
+        if variant:
+            runs = [r for r in runs if r["variant"] == variant]
+        if not runs:
+            raise ValueError(f"--transfer {path}: no run of variant {variant!r}")
+        largest = max(r["size"] for r in runs)
+        chosen = [r for r in runs if r["size"] == largest]
+        if len(chosen) > 1:
+            names = ", ".join(r["variant"] for r in chosen)
+            raise ValueError(f"--transfer {path}: {len(chosen)} variants ({names}) at ensemble "
+                             f"size {largest}; name one as {panel}={path}#VARIANT")
+        attack = panels.setdefault(panel, {})
+        for model, report in chosen[0]["attack"].items():
+            attack.setdefault(rename.get(model, model), {}).update(
+                {g: x for g, x in report.items() if g not in ("mean", "source")})
+    return panels
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--original", required=True)
@@ -60,6 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--rename", action="append", default=[], metavar="MODEL=LABEL",
                    help="label of a model in the Rank-1 figure")
     p.add_argument("--experiment", default="configs/all.py:runlocal")
+    p.add_argument("--transfer", action="append", default=[],
+                   metavar="PANEL=JSON[#VARIANT]")
+    p.add_argument("--transfer-figure", default="privacy_transfer_grid.png")
     args = p.parse_args(argv)
     data_cfg = load_config(args.experiment).data
     original = {r.image_id: r for r in read_manifest(args.original)}
@@ -67,6 +109,11 @@ def main(argv=None) -> int:
     unknown = [i for i in ids if i not in original]
     if unknown:
         p.error(f"--ids {unknown} not in {args.original}")
+    rename = dict(r.split("=", 1) for r in args.rename)
+    try:
+        panels = transfer_panels(args.transfer, rename)
+    except ValueError as e:
+        p.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     if args.cues:
         shown = [i for i in ids if os.path.isfile(os.path.join(args.cues, i + ".npz"))]
@@ -86,8 +133,10 @@ def main(argv=None) -> int:
             variants[name] = [by_id[i + SUFFIX] for i in ids]
         figures.comparison_grid(os.path.join(args.out, "privacy_protected.png"),
                                 [original[i] for i in ids], variants, data_cfg)
+    if panels:
+        figures.rank1_grid(os.path.join(args.out, args.transfer_figure), panels,
+                           "Rank-1 of protected test queries against the original gallery")
     if args.eval:
-        rename = dict(r.split("=", 1) for r in args.rename)
         attack: dict[str, dict] = {}
         reports = []
         for path in args.eval:      # one model's modalities may come from several files

@@ -70,3 +70,41 @@ def test_privacy_figures_merges_the_readers_changes_per_modality(tmp_path, capsy
         privacy_figures.main(["--original", str(manifest), "--out", str(out),
                               "--eval", str(tmp_path / "missing.json")])
     assert "--eval " + str(tmp_path / "missing.json") in capsys.readouterr().err
+
+
+def _transfer_file(path, modality, runs):
+    """A privacy_transfer.json as the benchmark writes it: ``runs`` of (variant, size,
+    held-out Rank-1 after)."""
+    report = {"args": {"modality": modality}, "runs": [
+        {"variant": variant, "size": size,
+         "attack": {"protecting": {f"phantoms/{modality}": _report(0.9, 0.0, 0.033), "mean": {}},
+                    "m1": {f"phantoms/{modality}": _report(0.8, after, 0.033), "mean": {}}}}
+        for variant, size, after in runs]}
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_transfer_grid_takes_each_files_largest_ensemble(tmp_path, capsys):
+    xray = _transfer_file(tmp_path / "xray.json", "xray", [("e03", 1, 0.5), ("e03", 4, 0.2)])
+    ct = _transfer_file(tmp_path / "ct.json", "ct", [("e03", 4, 0.03), ("e02", 4, 0.1)])
+    panels = privacy_figures.transfer_panels(
+        [f"four={xray}", f"four={ct}#e02", f"ct only={ct}#e03"], {"m1": "held out"})
+    assert list(panels) == ["four", "ct only"]
+    assert panels["four"]["held out"]["phantoms/xray"]["rank1_after"] == 0.2
+    assert panels["four"]["held out"]["phantoms/ct"]["rank1_after"] == 0.1
+    assert panels["ct only"]["held out"] == {"phantoms/ct": _report(0.8, 0.03, 0.033)}
+    manifest = tmp_path / "m.csv"
+    write_manifest([], str(manifest))
+    out = tmp_path / "figs"
+    assert privacy_figures.main(["--original", str(manifest), "--out", str(out),
+                                 "--transfer", f"four={xray}", "--transfer", f"four={ct}#e03",
+                                 "--transfer-figure", "grid.png"]) == 0
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad, said in ((f"four={ct}", "2 variants (e03, e02) at ensemble size 4"),
+                      (f"four={ct}#e05", "no run of variant 'e05'"),
+                      (f"four={tmp_path / 'missing.json'}", "missing.json: not a readable"),
+                      (str(ct), "expected PANEL=")):
+        with pytest.raises(SystemExit):
+            privacy_figures.main(["--original", str(manifest), "--out", str(out),
+                                  "--transfer", bad])
+        assert said in capsys.readouterr().err

@@ -134,3 +134,44 @@ def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
+
+
+def rank1_grid(path: str, panels: dict, title: str = "") -> None:
+    """Rank-1 of protected queries as a table of colours, one panel per ensemble
+    (``panels``: label -> {re-ID model: ``attack_eval.attack_report``}): rows are the
+    models (every panel the same rows, blank where a panel lacks one), columns the
+    modalities, each cell its Rank-1 after protection (the number printed, bold where at
+    most twice chance, the goal). Many models against five modalities read better this
+    way than as bars."""
+    plt = _plt()
+    labels = list(panels)
+    names = list(dict.fromkeys(n for attack in panels.values() for n in attack))
+    groups = sorted({g for attack in panels.values() for rep in attack.values() for g in rep
+                     if g not in ("mean", "source")})
+    fig, axes = plt.subplots(1, len(labels), squeeze=False, sharey=True,
+                             figsize=(1.2 + (0.4 + 0.75 * len(groups)) * len(labels),
+                                      1.2 + 0.32 * len(names)))
+    image = None
+    for ax, label in zip(axes[0], labels):
+        after = np.full((len(names), len(groups)), np.nan)
+        for i, name in enumerate(names):
+            for j, g in enumerate(groups):
+                rep = panels[label].get(name, {}).get(g)
+                if rep is None:
+                    continue
+                after[i, j] = rep["rank1_after"]
+                met = rep["rank1_after"] <= 2 * rep["chance_rank1"] + 1e-9
+                ax.text(j, i, f"{rep['rank1_after']:.2f}", ha="center", va="center", fontsize=7,
+                        fontweight="bold" if met else "normal")
+        image = ax.imshow(after, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(np.arange(len(groups)))
+        ax.set_xticklabels([g.split("/")[-1] for g in groups], fontsize=7)
+        ax.set_title(label, fontsize=8)
+    axes[0, 0].set_yticks(np.arange(len(names)))
+    axes[0, 0].set_yticklabels(names, fontsize=7)
+    bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    bar.set_label("Rank-1 after protection\n(bold: at most 2x chance)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight"))
+    plt.close(fig)
