@@ -11,7 +11,9 @@ model, at the transfer budget and with smoothed gradients, for protection that h
 against re-ID models it never saw;
 docs/privacy.md measured it with three runs of other seeds trained like the ``--workdir``
 run, and better with one of them replaced by a run on more patients: the ensemble must hold
-the kinds of model an attacker would train), ``xray_visible`` (X-rays get a 21.5 dB budget
+the kinds of model an attacker would train; one member of each kind, fine-tunes of each
+public backbone an attacker may start from and runs from scratch, protected CT, MRI,
+fundus and pathology against models of all those kinds), ``xray_visible`` (X-rays get a 21.5 dB budget
 instead of 30: the smallest at which the `transfer` recipe's X-ray protection held against
 every held-out and retrained model measured; the change is visible), ``rank`` (every
 modality minimises how far each image still ranks its own patient above every other
