@@ -55,6 +55,15 @@ def merged_utility(reports, rename) -> dict:
     return changes
 
 
+def merge_attack(into: dict, attack: dict, rename: dict) -> None:
+    """Adds an attack report (model -> group -> metrics) to ``into`` under each model's
+    ``rename`` label, group by group (one model's modalities often come from several
+    files); the summary entries ``mean`` and ``source`` are left out."""
+    for model, report in attack.items():
+        into.setdefault(rename.get(model, model), {}).update(
+            {g: x for g, x in report.items() if g not in ("mean", "source")})
+
+
 def transfer_panels(specs, rename) -> dict:
     """PANEL -> {model label: attack report} from ``PANEL=privacy_transfer.json[#VARIANT]``
     specs: each file's run of its largest ensemble size, of the named variant where the
@@ -81,10 +90,7 @@ def transfer_panels(specs, rename) -> dict:
             names = ", ".join(r["variant"] for r in chosen)
             raise ValueError(f"--transfer {path}: {len(chosen)} variants ({names}) at ensemble "
                              f"size {largest}; name one as {panel}={path}#VARIANT")
-        attack = panels.setdefault(panel, {})
-        for model, report in chosen[0]["attack"].items():
-            attack.setdefault(rename.get(model, model), {}).update(
-                {g: x for g, x in report.items() if g not in ("mean", "source")})
+        merge_attack(panels.setdefault(panel, {}), chosen[0]["attack"], rename)
     return panels
 
 
@@ -147,9 +153,7 @@ def main(argv=None) -> int:
                 p.error(f"--eval {path}: {e}")
             if "attack" not in reports[-1]:
                 p.error(f"--eval {path}: no 'attack' section (not a privacy_eval.json)")
-            for model, v in reports[-1]["attack"].items():
-                attack.setdefault(rename.get(model, model), {}).update(
-                    {g: x for g, x in v.items() if g not in ("mean", "source")})
+            merge_attack(attack, reports[-1]["attack"], rename)
         figures.rank1_bars(os.path.join(args.out, "privacy_rank1.png"), attack,
                            "protected test queries against the original gallery")
         changes = merged_utility(reports, rename)
