@@ -73,12 +73,19 @@ def comparison_grid(path: str, originals, variants: dict, data_cfg, gain: float 
     plt.close(fig)
 
 
+def _modalities(attacks) -> list:
+    """The groups (modalities) of several attack reports (model -> group -> metrics), sorted,
+    without the summary entries ``mean`` and ``source``."""
+    return sorted({g for attack in attacks for rep in attack.values() for g in rep
+                   if g not in ("mean", "source")})
+
+
 def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     """Grouped bars: per re-ID model (``attack``: name -> ``attack_eval.attack_report``),
     Rank-1 before and after protection for each modality, with chance and twice chance."""
     plt = _plt()
     names = list(attack)
-    groups = sorted({g for rep in attack.values() for g in rep if g not in ("mean", "source")})
+    groups = _modalities([attack])
     fig, axes = plt.subplots(1, len(names), figsize=(1.0 + (0.5 + 0.55 * len(groups)) * len(names),
                                                      3.6), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
@@ -146,8 +153,7 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
     plt = _plt()
     labels = list(panels)
     names = list(dict.fromkeys(n for attack in panels.values() for n in attack))
-    groups = sorted({g for attack in panels.values() for rep in attack.values() for g in rep
-                     if g not in ("mean", "source")})
+    groups = _modalities(panels.values())
     fig, axes = plt.subplots(1, len(labels), squeeze=False, sharey=True,
                              figsize=(1.2 + (0.4 + 0.75 * len(groups)) * len(labels),
                                       1.2 + 0.32 * len(names)))
