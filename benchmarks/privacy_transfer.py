@@ -11,7 +11,8 @@ ensemble size n, the rows of ``--split`` (and ``--modality``, when given) are pr
 against ``--workdir`` plus the first n - 1 ``--member`` runs (written under
 DIR/<variant>-n<n>/ as ``protect`` writes them), then matched, protected queries against
 the unprotected gallery, by every ``--held-out`` model (which should be in no ensemble)
-and by ``--workdir``'s own ("protecting"). Models are loaded once. Writes
+and by ``--workdir``'s own ("protecting"); a modality that ``perturb.modality_ensemble``
+names is protected by its own members instead, whatever n. Models are loaded once. Writes
 DIR/privacy_transfer.json, DIR/privacy_transfer.md and DIR/privacy_transfer.png
 (Rank-1 after protection against ensemble size per variant, or against the variant when
 one size is given; per model, with chance). Bad input ends with one ``error: ...`` line
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
-from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
+from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 
@@ -160,7 +161,9 @@ def run(args, p, sizes, variants) -> int:
                if not args.modality or r.modality == args.modality]
     if not targets:
         p.error(f"no rows of split {args.split!r} and modality {args.modality!r}")
-    members = ensemble.load_ensemble([args.workdir] + args.member[:max(sizes) - 1], experiment)
+    names = [args.workdir] + args.member[:max(sizes) - 1]
+    members = ensemble.load_ensemble(names, experiment)
+    loaded = dict(zip(names, members))
     judges = {"protecting": members[0].embedder}
     for spec in args.held_out:
         name, _, workdir = spec.partition("=")
@@ -174,7 +177,10 @@ def run(args, p, sizes, variants) -> int:
             cfg = load_config(args.config)
             apply_overrides(cfg, list(args.set) + overrides)
             out = os.path.abspath(os.path.join(args.out, f"{variant}-n{n}"))
-            new_rows, records = protect_rows(rows, targets, members[:n], cfg, manifest_dir, out)
+            by_modality = ensemble.load_modality_members(members[0], loaded, cfg.perturb,
+                                                         experiment)
+            new_rows, records = protect_rows(rows, targets, members[:n], cfg, manifest_dir, out,
+                                             modality_members=by_modality)
             write_manifest(new_rows, os.path.join(out, "manifest.csv"))
             protected = read_manifest(os.path.join(out, "manifest.csv"))
             attack = {name: attack_eval.attack_report(originals[name], e.embed_rows(protected),
@@ -182,6 +188,7 @@ def run(args, p, sizes, variants) -> int:
                       for name, e in judges.items()}
             run = {"variant": variant, "overrides": overrides, "size": n,
                    "members": [args.workdir] + args.member[:n - 1],
+                   "modality_members": ensemble.modality_ensembles(cfg.perturb, MODALITIES),
                    **psnr_summary([r["psnr_db"] for r in records]),
                    "score_before": float(np.mean([r["score_before"] for r in records])),
                    "score_after": float(np.mean([r["score_after"] for r in records])),

@@ -84,6 +84,12 @@ def get_config(arg=None):
     # "WORKDIR@STEP") optimised against together with --workdir's: transfer to unseen
     # models improves with the ensemble.
     p.ensemble = ()
+    # Per-modality ensembles that replace ``ensemble`` for that modality's images (the
+    # --workdir model stays first), e.g. {"xray": ("RUN_F11", "RUN_F12")} or "A+B": X-rays
+    # want only fine-tunes of the backbones an attacker may start from, CT, MRI, fundus and
+    # pathology one member of each kind (docs/privacy.md, "Every modality, and an ensemble
+    # of one member of each kind"). An empty dict: ``ensemble`` everywhere.
+    p.modality_ensemble = ml_collections.ConfigDict()
     # How the members' gradients are combined (perturb.ensemble_grad): "mean" (the
     # gradient of the mean score), "balanced" (each member's scaled to the same size
     # first) or "hardest" (balanced, weighted by a softmax of the members' scores at

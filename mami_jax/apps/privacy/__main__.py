@@ -120,11 +120,15 @@ def _run(args) -> None:
     split = None if args.split == "all" else args.split
     from mami_jax.apps.privacy.protect import protect_rows, select_rows
     targets = select_rows(rows, split, args.manifest)
-    members = ensemble.load_ensemble([args.workdir] + list(pcfg.perturb.ensemble), experiment)
+    names = [args.workdir] + list(pcfg.perturb.ensemble)
+    members = ensemble.load_ensemble(names, experiment)
     make_dirs(args.out)
     if args.command == "protect":
+        by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
+                                                     pcfg.perturb, experiment)
         new_rows, records = protect_rows(rows, targets, members, pcfg, os.path.dirname(
-            os.path.abspath(args.manifest)), os.path.abspath(args.out))
+            os.path.abspath(args.manifest)), os.path.abspath(args.out),
+            modality_members=by_modality)
         write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
         before = np.mean([r["score_before"] for r in records])
         after = np.mean([r["score_after"] for r in records])

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from mami_jax.data.manifest import MODALITIES
 from mami_jax.inference import Embedder
 from mami_jax.models import layer_tokens
 from mami_jax.models.mami import MaMI
@@ -94,3 +95,30 @@ def load_member(name: str, config) -> Member:
 
 def load_ensemble(names: Sequence[str], config) -> list[Member]:
     return [load_member(n, config) for n in names]
+
+
+def modality_ensembles(cfg_perturb, modalities: Sequence[str]) -> dict[str, list[str]]:
+    """``perturb.modality_ensemble``: per modality, the members (workdirs, "WORKDIR@STEP";
+    a list or one "A+B" text) that replace ``perturb.ensemble`` for that modality's images.
+    A modality outside ``modalities`` is refused, naming the known ones:
+    a misspelt key would otherwise leave that modality with the default ensemble."""
+    out = {}
+    for modality, names in dict(cfg_perturb.get("modality_ensemble", {}) or {}).items():
+        if modality not in modalities:
+            raise ValueError(f"perturb.modality_ensemble[{modality!r}]: no such modality "
+                             f"(expected one of {sorted(modalities)})")
+        if isinstance(names, str):
+            names = names.split("+")
+        out[modality] = [str(n) for n in names if str(n)]
+    return out
+
+
+def load_modality_members(first: Member, loaded: dict, cfg_perturb, config
+                          ) -> dict[str, list[Member]]:
+    """Per modality of ``perturb.modality_ensemble``: ``first`` (the ``--workdir`` model)
+    and that modality's members, each workdir restored once: ``loaded`` (name -> Member,
+    the default ensemble's) is reused and extended."""
+    named = modality_ensembles(cfg_perturb, MODALITIES)
+    for name in sorted({n for names in named.values() for n in names} - set(loaded)):
+        loaded[name] = load_member(name, config)
+    return {m: [first] + [loaded[n] for n in names] for m, names in named.items()}

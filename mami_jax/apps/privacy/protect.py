@@ -278,23 +278,57 @@ def member_score_fn(members, imap, cfg_perturb, modality: str):
                                           tokens_fn=tokens, modality=modality)
 
 
+def member_sets(targets: Sequence[ManifestRow], members, modality_members: dict
+                ) -> list[tuple[list, list]]:
+    """(members, the targets they protect): ``members`` for every modality that
+    ``modality_members`` does not name (first), then each named modality with its own."""
+    default = [r for r in targets if r.modality not in modality_members]
+    out = [(members, default)] if default else []
+    for modality, chosen_members in modality_members.items():
+        chosen = [r for r in targets if r.modality == modality]
+        if chosen:
+            out.append((chosen_members, chosen))
+    return out
+
+
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
-                 config, manifest_dir: str, out_dir: str, progress: bool = True):
+                 config, manifest_dir: str, out_dir: str, progress: bool = True,
+                 modality_members: dict | None = None):
     """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records).
 
     ``config.every_slice``: a series is protected slice group by slice group
     (``model_input.read_parts``), so that no slice is left as it was; else only the slices
-    evaluation reads. A record's match scores are those of the evaluation view."""
+    evaluation reads. A record's match scores are those of the evaluation view.
+
+    ``modality_members`` (modality -> members, ``ensemble.load_modality_members``) replaces
+    ``members`` for that modality's images: each set of members protects its rows as a run
+    of its own on those rows would (from ``config.seed``)."""
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
-    inputs = ProtectionInputs.of(rows_all, targets, members, config)
+    if modality_members and str(config.perturb.get("keep_diagnosis", "")):
+        raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
+                         "it cannot be combined with perturb.modality_ensemble")
+    # every set's inputs and keepers first: their checks (a modality's objective, a
+    # classifier of another model) end the run before the progress bar starts
+    runs = [(chosen_members, ProtectionInputs.of(rows_all, chosen, chosen_members, config),
+             keepers_of(config.perturb, chosen_members))
+            for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
+    new_rows, records = {}, []
+    bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
+    for chosen_members, inputs, keepers in runs:
+        _protect_with(inputs, chosen_members, keepers, config, manifest_dir, out_dir, new_rows,
+                      records, bar)
+    bar.close()
+    return [new_rows[r.image_id] for r in targets], records
+
+
+def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_dir: str,
+                  out_dir: str, new_rows: dict, records: list, bar) -> None:
+    """``protect_rows`` for one set of members: adds to ``new_rows`` and ``records``."""
     params = [m.params for m in members]
     pending = PendingRows(inputs.sources)
     key = jax.random.key(int(config.seed))
-    keepers = keepers_of(config.perturb, members)
-    new_rows, records = {}, []
-    bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
     size = int(config.batch_size)
     for (modality, t, h, w, c), group in groups_of(inputs.sources).items():
         imap = InputMap(settings_for(inputs.data_cfg, modality), h, w)
@@ -356,8 +390,6 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                                 "change_scaled_by": ratio_of_changes(written, whole.delta),
                                 "slices_protected": int(len(set(whole.slices.tolist())))})
                 bar.update(1)
-    bar.close()
-    return [new_rows[r.image_id] for r in targets], records
 
 
 def ratio_of_changes(written: np.ndarray, optimised: np.ndarray) -> float:
