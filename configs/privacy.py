@@ -13,7 +13,9 @@ docs/privacy.md measured it with three runs of other seeds trained like the ``--
 run, and better with one of them replaced by a run on more patients: the ensemble must hold
 the kinds of model an attacker would train; one member of each kind, fine-tunes of each
 public backbone an attacker may start from and runs from scratch, protected CT, MRI,
-fundus and pathology against models of all those kinds), ``xray_visible`` (X-rays get a 21.5 dB budget
+fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
+X-rays' own ensemble, ``perturb.modality_ensemble``: fine-tunes of every public backbone an
+attacker may start from, and nothing else), ``xray_visible`` (X-rays get a 21.5 dB budget
 instead of 30: the smallest at which the `transfer` recipe's X-ray protection held against
 every held-out and retrained model measured; the change is visible), ``rank`` (every
 modality minimises how far each image still ranks its own patient above every other
@@ -25,7 +27,8 @@ import ml_collections
 
 from mami_jax.config import parse_arg
 
-WORDS = ("runlocal", "inpaint", "both", "deform", "transfer", "xray_visible", "rank")
+WORDS = ("runlocal", "inpaint", "both", "deform", "transfer", "xray_transfer", "xray_visible",
+         "rank")
 
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
@@ -174,7 +177,24 @@ def get_config(arg=None):
         # 1.7-1.9 %), and on all four every held-out model was within twice chance either
         # way (docs/privacy.md, "Ranking on every modality").
         p.modality_objective = ml_collections.ConfigDict({"xray": "rank"})
-    if words.get("xray_visible"):
+    if words.get("xray_transfer"):
+        value = words["xray_transfer"]
+        members = () if value is True else tuple(m for m in str(value).split("+") if m)
+        if not members:
+            raise ValueError("configs/privacy.py: xray_transfer needs the X-rays' ensemble, "
+                             "e.g. xray_transfer=FINETUNE_A+FINETUNE_B (re-ID runs of the same "
+                             "experiment config as --workdir's)")
+        if not words.get("transfer"):
+            raise ValueError("configs/privacy.py: xray_transfer gives the transfer recipe's "
+                             "X-rays their own ensemble; name the recipe's with transfer=... too")
+        # X-rays against fine-tunes only: their identity needs half the 30 dB budget even on
+        # the model the change is fitted to, so every member of another kind dilutes it. With
+        # two fine-tunes of each of two stand-in backbones (--workdir's among them), every
+        # other fine-tune of either and both backbones fell to 0.043-0.065 (0.10-0.20 with
+        # the other modalities' ensemble of one member of each kind), the diagnosis reader
+        # within 1.8 % (docs/privacy.md, "One ensemble per modality").
+        p.modality_ensemble["xray"] = members
+
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
         # deformation or learned; any ensemble or weighting tried) hid from re-ID models it
         # was not optimised against: they kept Rank-1 0.27-0.42 (up to 16 members). At 0.084

@@ -75,6 +75,13 @@ def test_modality_ensembles_are_read_from_the_config_and_bad_keys_refused(setup)
     apply_overrides(cfg, ["modality_ensemble={'xray': ('/r/f1', '/r/f2@500'), 'ct': '/r/c+/r/d'}"])
     assert ensemble.modality_ensembles(cfg, MODALITIES) == {
         "xray": ["/r/f1", "/r/f2@500"], "ct": ["/r/c", "/r/d"]}
+    word = load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer=/r/f1+/r/h2")
+    assert ensemble.modality_ensembles(word.perturb, MODALITIES) == {"xray": ["/r/f1", "/r/h2"]}
+    assert tuple(word.perturb.ensemble) == ("/r/a",)
+    with pytest.raises(ValueError, match="xray_transfer needs the X-rays' ensemble"):
+        load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer")
+    with pytest.raises(ValueError, match="name the recipe's with transfer=... too"):
+        load_config("configs/privacy.py:runlocal,xray_transfer=/r/f1")
     apply_overrides(cfg, ["modality_ensemble={'x-ray': ('/r/f1',)}"])
     with pytest.raises(ValueError, match=r"perturb.modality_ensemble\['x-ray'\]: no such "
                                          r"modality \(expected one of \['ct', "):
