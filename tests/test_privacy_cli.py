@@ -149,7 +149,8 @@ def test_cues_write_overlays_and_raw_maps(run):
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
     (["--config", "configs/privacy.py:runlocal,xray_vis"],
      "error: config 'configs/privacy.py:runlocal,xray_vis': unknown config argument(s) "
-     "['xray_vis']; known: runlocal, inpaint, both, deform, transfer, xray_transfer, xray_visible, rank"),
+     "['xray_vis']; known: runlocal, inpaint, both, deform, transfer, xray_transfer, "
+     "xray_visible, rank"),
     (["--set", "perturb.modality_objective={'xray': 'ranking'}"],
      "error: perturb.modality_objective['xray']='ranking': expected one of ('similarity', 'rank')"),
 ])
