@@ -190,9 +190,10 @@ def get_config(arg=None):
         # X-rays against fine-tunes only: their identity needs half the 30 dB budget even on
         # the model the change is fitted to, so every member of another kind dilutes it. With
         # two fine-tunes of each of two stand-in backbones (--workdir's among them), every
-        # other fine-tune of either and both backbones fell to 0.043-0.065 (0.10-0.20 with
-        # the other modalities' ensemble of one member of each kind), the diagnosis reader
-        # within 1.8 % (docs/privacy.md, "One ensemble per modality").
+        # other fine-tune of either and both backbones fell to 0.043-0.065, at the goal's
+        # edge (0.10-0.20 with the other modalities' ensemble of one member of each kind;
+        # three of each, 0.043-0.076, did no better), the diagnosis reader within 1.8 %
+        # (docs/privacy.md, "One ensemble per modality").
         p.modality_ensemble["xray"] = members
 
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
