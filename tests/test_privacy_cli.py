@@ -175,3 +175,33 @@ def test_usage_error_is_one_line_with_status_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--manifest" in err[0]
+
+
+def test_xray_transfer_gives_the_xrays_their_own_members(run):
+    """The README's recipe for attackers of every kind: ``transfer=A,xray_transfer=B``
+    protects the X-rays against --workdir's model and B alone, exactly as ``transfer=B``
+    does, and not as ``transfer=A`` does; the report names the X-rays' members."""
+    from tests.history_workdir import make_workdir
+    base = run["base"]
+    experiment = load_config(load_config(run["config"]).experiment)
+    a = make_workdir(str(base / "member_a"), experiment, seed=1)
+    b = make_workdir(str(base / "member_b"), experiment, seed=2)
+
+    def written(name, words):
+        out = base / name
+        assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                     "--split", "test", "--out", str(out), "--config", f"{run['config']}:{words}",
+                     "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}"]) == 0
+        with open(out / "protect_report.json") as f:
+            members = json.load(f)["config"]["perturb"]["modality_ensemble"]
+        return members, {r.image_id: open_volume(r.path).read([0])
+                         for r in read_manifest(str(out / "manifest.csv"))}
+
+    members, own = written("xray_own", f"transfer={a},xray_transfer={b}")
+    assert members == {"xray": [b]}
+    _, same = written("xray_b", f"transfer={b}")
+    _, other = written("xray_a", f"transfer={a}")
+    assert own.keys() == same.keys() == other.keys() and len(own) == 6
+    for k in own:
+        np.testing.assert_array_equal(own[k], same[k])
+    assert max(np.abs(own[k] - other[k]).max() for k in own) > 1.5 / 255

@@ -143,6 +143,12 @@ TESTED_ELSEWHERE = {
         "tests/test_privacy_cli.py::test_cues_write_overlays_and_raw_maps",
     "python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR "
     "--split test": "tests/test_privacy_cli.py::test_protect_writes_a_manifest_that_keeps_its_rows",
+    shlex.join(["python", "-m", "mami_jax.apps.privacy", "protect", "--workdir", "FT_A1",
+                "--manifest", "FILE", "--split", "test", "--out", "DIR", "--config",
+                "configs/privacy.py:transfer=FT_B1+SCRATCH_1+SCRATCH_2,"
+                "xray_transfer=FT_A2+FT_B1+FT_B2",
+                "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}"]):
+        "tests/test_privacy_cli.py::test_xray_transfer_gives_the_xrays_their_own_members",
     # A TorchScript CLIP archive of the released size is a download; the test builds a tiny
     # one and runs the same sub-command and flags (with --model-config for its size).
     "python -m mami_jax.convert import-clip --source ViT-B-16.pt --allow-torchscript "
