@@ -195,7 +195,7 @@ def get_config(arg=None):
         # three of each, 0.043-0.076, did no better), the diagnosis reader within 1.8 %
         # (docs/privacy.md, "One ensemble per modality").
         p.modality_ensemble["xray"] = members
-
+    if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
         # deformation or learned; any ensemble or weighting tried) hid from re-ID models it
         # was not optimised against: they kept Rank-1 0.27-0.42 (up to 16 members). At 0.084

@@ -78,6 +78,10 @@ def test_modality_ensembles_are_read_from_the_config_and_bad_keys_refused(setup)
     word = load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer=/r/f1+/r/h2")
     assert ensemble.modality_ensembles(word.perturb, MODALITIES) == {"xray": ["/r/f1", "/r/h2"]}
     assert tuple(word.perturb.ensemble) == ("/r/a",)
+    # the word changes the X-rays' members and nothing else of the recipe
+    recipe = load_config("configs/privacy.py:runlocal,transfer=/r/a").to_dict()
+    recipe["perturb"]["modality_ensemble"] = {"xray": ("/r/f1", "/r/h2")}
+    assert word.to_dict() == recipe
     with pytest.raises(ValueError, match="xray_transfer needs the X-rays' ensemble"):
         load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer")
     with pytest.raises(ValueError, match="name the recipe's with transfer=... too"):
