@@ -30,6 +30,16 @@ from mami_jax.config import parse_arg
 WORDS = ("runlocal", "inpaint", "both", "deform", "transfer", "xray_transfer", "xray_visible",
          "rank")
 
+def _workdirs(words, word: str, what: str, example: str) -> tuple:
+    """The re-ID runs a ``WORD=DIR+DIR@STEP`` word names; ValueError when it names none."""
+    value = words[word]
+    members = () if value is True else tuple(m for m in str(value).split("+") if m)
+    if not members:
+        raise ValueError(f"configs/privacy.py: {word} needs {what}, e.g. {word}={example} "
+                         "(re-ID runs of the same experiment config as --workdir's)")
+    return members
+
+
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
     c = ml_collections.ConfigDict()
@@ -147,12 +157,7 @@ def get_config(arg=None):
     p.keep_diagnosis_config = "configs/history.py"
     p.keep_weight = 1.0
     if words.get("transfer"):
-        value = words["transfer"]
-        members = () if value is True else tuple(m for m in str(value).split("+") if m)
-        if not members:
-            raise ValueError("configs/privacy.py: transfer needs the ensemble's workdirs, "
-                             "e.g. transfer=RUN_A+RUN_B@1000 (re-ID runs of the same "
-                             "experiment config as --workdir's)")
+        members = _workdirs(words, "transfer", "the ensemble's workdirs", "RUN_A+RUN_B@1000")
         # Transfer reaches models like the members: with a member trained on 640 other
         # patients instead of a third quick-start run, a held-out run on other patients fell
         # from 0.07-0.12 to 0.00-0.03 Rank-1 on CT, MRI and fundus (docs/privacy.md,
@@ -178,12 +183,8 @@ def get_config(arg=None):
         # way (docs/privacy.md, "Ranking on every modality").
         p.modality_objective = ml_collections.ConfigDict({"xray": "rank"})
     if words.get("xray_transfer"):
-        value = words["xray_transfer"]
-        members = () if value is True else tuple(m for m in str(value).split("+") if m)
-        if not members:
-            raise ValueError("configs/privacy.py: xray_transfer needs the X-rays' ensemble, "
-                             "e.g. xray_transfer=FINETUNE_A+FINETUNE_B (re-ID runs of the same "
-                             "experiment config as --workdir's)")
+        members = _workdirs(words, "xray_transfer", "the X-rays' ensemble",
+                            "FINETUNE_A+FINETUNE_B")
         if not words.get("transfer"):
             raise ValueError("configs/privacy.py: xray_transfer gives the transfer recipe's "
                              "X-rays their own ensemble; name the recipe's with transfer=... too")
