@@ -100,8 +100,8 @@ def get_config(arg=None):
     # Per-modality ensembles that replace ``ensemble`` for that modality's images (the
     # --workdir model stays first), e.g. {"xray": ("RUN_F11", "RUN_F12")} or "A+B": X-rays
     # want only fine-tunes of the backbones an attacker may start from, CT, MRI, fundus and
-    # pathology one member of each kind (docs/privacy.md, "Every modality, and an ensemble
-    # of one member of each kind"). An empty dict: ``ensemble`` everywhere.
+    # pathology one member of each kind (docs/privacy.md, "One ensemble per modality").
+    # An empty dict: ``ensemble`` everywhere.
     p.modality_ensemble = ml_collections.ConfigDict()
     # How the members' gradients are combined (perturb.ensemble_grad): "mean" (the
     # gradient of the mean score), "balanced" (each member's scaled to the same size
@@ -193,8 +193,9 @@ def get_config(arg=None):
         # two fine-tunes of each of two stand-in backbones (--workdir's among them), every
         # other fine-tune of either and both backbones fell to 0.043-0.065, at the goal's
         # edge (0.10-0.20 with the other modalities' ensemble of one member of each kind;
-        # three of each, 0.043-0.076, did no better), the diagnosis reader within 1.8 %
-        # (docs/privacy.md, "One ensemble per modality").
+        # three of each, 0.043-0.076, did no better), an attacker fine-tuned on such X-rays
+        # to 0.065, the diagnosis reader within 2.6 % (docs/privacy.md, "One ensemble per
+        # modality").
         p.modality_ensemble["xray"] = members
     if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
