@@ -24,7 +24,7 @@ SHARED_FIXTURE_MODULES = frozenset({
     "test_data_pipeline.py", "test_history_cli.py", "test_history_diagnosis_backbone.py",
     "test_inference.py", "test_phantoms.py", "test_privacy_cli.py",
     "test_privacy_gradient_agreement.py", "test_privacy_history_utility.py",
-    "test_privacy_perturb.py", "test_privacy_transfer.py",
+    "test_privacy_modality_ensemble.py", "test_privacy_perturb.py", "test_privacy_transfer.py",
     "test_resume.py", "test_teacher_join.py", "test_teachers_anatomy.py",
     "test_teachers_loaders.py", "test_teachers_tfrecords.py", "test_teachers_zero_shot.py",
 })
