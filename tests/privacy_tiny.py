@@ -3,6 +3,10 @@ tests that train tiny models on them (protect/cues, gradient agreement)."""
 
 import os
 
+import jax
+
+from mami_jax.apps.privacy import ensemble
+from mami_jax.inference import Embedder
 from mami_jax.phantoms import generate
 from tests.history_workdir import split_manifest, write_config
 
@@ -37,3 +41,12 @@ def tiny_xray_phantoms(base) -> tuple[str, str, str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config.write_text(PRIVACY_CONFIG.format(root=root, experiment=experiment))
     return manifest, experiment, str(config)
+
+
+def noisy_member(cfg, params, seed: int) -> ensemble.Member:
+    """An ensemble member of experiment ``cfg`` whose parameters are ``params`` plus
+    Gaussian noise (std 0.05, drawn with ``seed``): distinct tiny models without training."""
+    noisy = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed), x.shape), params)
+    return ensemble.Member(Embedder(cfg.model, noisy, cfg.data, batch_size=8),
+                           ensemble.unit_embedding_fn(cfg.model))

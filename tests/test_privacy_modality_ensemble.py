@@ -15,17 +15,10 @@ from mami_jax.apps.privacy.protect import protect_rows
 from mami_jax.apps.privacy.settings import apply_overrides, load_config
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import MODALITIES, read_manifest
-from mami_jax.inference import Embedder
 from mami_jax.models import MaMI
 from mami_jax.phantoms import generate
 from tests.history_workdir import write_config
-
-
-def _member(cfg, params, seed):
-    noisy = jax.tree_util.tree_map(
-        lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed), x.shape), params)
-    return ensemble.Member(Embedder(cfg.model, noisy, cfg.data, batch_size=8),
-                           ensemble.unit_embedding_fn(cfg.model))
+from tests.privacy_tiny import noisy_member
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def setup(tmp_path_factory):
     params = MaMI(cfg.model).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))["params"]
     pcfg = load_config("configs/privacy.py")
     pcfg.perturb.steps, pcfg.perturb.step_size, pcfg.batch_size = 3, 0.02, 4
-    return base, ph, rows, pcfg, _member(cfg, params, 1), _member(cfg, params, 2)
+    return base, ph, rows, pcfg, noisy_member(cfg, params, 1), noisy_member(cfg, params, 2)
 
 
 def _written(base, ph, rows, members, pcfg, name, modality_members=None):

@@ -23,11 +23,11 @@ from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_fo
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.pipeline import read_example
-from mami_jax.inference import Embedder
 from mami_jax.models import MaMI
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.phantoms import generate
 from tests.history_workdir import write_config
+from tests.privacy_tiny import noisy_member
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,7 @@ def setup(tmp_path_factory):
                                   slices=2, workers=1))
     cfg = load_config(write_config(str(base)))
     params = MaMI(cfg.model).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))["params"]
-    params = jax.tree_util.tree_map(
-        lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), params)
-    member = ensemble.Member(Embedder(cfg.model, params, cfg.data, batch_size=8),
-                             ensemble.unit_embedding_fn(cfg.model))
-    return rows, cfg, member
+    return rows, cfg, noisy_member(cfg, params, 1)
 
 
 @pytest.fixture(scope="module")

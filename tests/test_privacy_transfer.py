@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mami_jax.apps.privacy import ensemble, objective, perturb, references
+from mami_jax.apps.privacy import objective, perturb, references
 from mami_jax.apps.privacy.attacker import attacker_rows
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.inference import Embedder
 from mami_jax.models import MaMI
 from tests.history_workdir import write_config
+from tests.privacy_tiny import noisy_member
 
 B, H = 3, 32
 
@@ -26,12 +26,7 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("transfer")
     cfg = load_config(write_config(str(base)))
     init = jax.jit(MaMI(cfg.model).init)(jax.random.key(0), jnp.zeros((1, 1, H, H, 3)))["params"]
-    members = []
-    for seed in (1, 2):
-        params = jax.tree_util.tree_map(
-            lambda x, s=seed: x + 0.05 * jax.random.normal(jax.random.key(s), x.shape), init)
-        members.append(ensemble.Member(Embedder(cfg.model, params, cfg.data, batch_size=8),
-                                       ensemble.unit_embedding_fn(cfg.model)))
+    members = [noisy_member(cfg, init, seed) for seed in (1, 2)]
     imap = InputMap(settings_for(cfg.data, "xray"), H, H)
     x0 = np.asarray(jax.random.uniform(jax.random.key(5), (B, 1, H, H, 1)), np.float32)
     # random references: others (B, K=2, C), own (B, C), per member
