@@ -82,7 +82,7 @@ def _check_out(out: str, manifest: str) -> None:
 def _attacker_manifest(args) -> None:
     from mami_jax.apps.privacy.attacker import attacker_rows
     from mami_jax.apps.privacy.protect import SUFFIX
-    from mami_jax.data.manifest import read_manifest, write_manifest
+    from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path}: no such file")
@@ -105,7 +105,7 @@ def _run(args) -> None:
         return _attacker_manifest(args)
 
     from mami_jax.apps.privacy import ensemble
-    from mami_jax.data.manifest import read_manifest, write_manifest
+    from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
     from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic
 
     if not os.path.isfile(args.manifest):
@@ -120,7 +120,12 @@ def _run(args) -> None:
     split = None if args.split == "all" else args.split
     from mami_jax.apps.privacy.protect import protect_rows, select_rows
     targets = select_rows(rows, split, args.manifest)
-    names = [args.workdir] + list(pcfg.perturb.ensemble)
+    # Only the models the run uses are restored (cues: --workdir's; protect: the default
+    # ensemble only where a target's modality has no ensemble of its own), and the
+    # per-modality ensembles are checked before any is.
+    named = ensemble.modality_ensembles(pcfg.perturb, MODALITIES)
+    uses_default = args.command == "protect" and any(r.modality not in named for r in targets)
+    names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
     members = ensemble.load_ensemble(names, experiment)
     make_dirs(args.out)
     if args.command == "protect":
