@@ -14,8 +14,8 @@ run, and better with one of them replaced by a run on more patients: the ensembl
 the kinds of model an attacker would train; one member of each kind, fine-tunes of each
 public backbone an attacker may start from and runs from scratch, protected CT, MRI,
 fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
-X-rays' own ensemble, ``perturb.modality_ensemble``: fine-tunes of every public backbone an
-attacker may start from, and nothing else), ``xray_visible`` (X-rays get a 21.5 dB budget
+X-rays' own ensemble, ``perturb.modality_ensemble``: two fine-tunes of every public backbone
+an attacker may start from and the backbones themselves, and nothing else), ``xray_visible`` (X-rays get a 21.5 dB budget
 instead of 30: the smallest at which the `transfer` recipe's X-ray protection held against
 every held-out and retrained model measured; the change is visible), ``rank`` (every
 modality minimises how far each image still ranks its own patient above every other
@@ -184,18 +184,19 @@ def get_config(arg=None):
         p.modality_objective = ml_collections.ConfigDict({"xray": "rank"})
     if words.get("xray_transfer"):
         members = _workdirs(words, "xray_transfer", "the X-rays' ensemble",
-                            "FINETUNE_A+FINETUNE_B")
+                            "FINETUNE_A+FINETUNE_B+BACKBONE.pth")
         if not words.get("transfer"):
             raise ValueError("configs/privacy.py: xray_transfer gives the transfer recipe's "
                              "X-rays their own ensemble; name the recipe's with transfer=... too")
         # X-rays against fine-tunes only: their identity needs half the 30 dB budget even on
-        # the model the change is fitted to, so every member of another kind dilutes it. With
-        # two fine-tunes of each of two stand-in backbones (--workdir's among them), every
-        # other fine-tune of either and both backbones fell to 0.043-0.065, at the goal's
-        # edge (0.10-0.20 with the other modalities' ensemble of one member of each kind;
-        # three of each, 0.043-0.076, did no better), an attacker fine-tuned on such X-rays
-        # to 0.065, the diagnosis reader within 2.6 % (docs/privacy.md, "One ensemble per
-        # modality").
+        # the model the change is fitted to, so every member of another kind dilutes it. Name
+        # two fine-tunes of each backbone an attacker may start from (--workdir's among them)
+        # and the backbones themselves (a released .pth or import-official folder will do):
+        # for two builds of the stand-in backbones every other fine-tune of either fell to
+        # 0.033-0.065, attackers fine-tuned on such X-rays to 0.065-0.076 (fine-tunes
+        # alone: 0.033-0.087 and the backbones 0.065-0.120, at or over the goal's edge), the
+        # diagnosis reader within 4.2 % (docs/privacy.md, "One ensemble per modality", "A
+        # second backbone, and the backbones themselves as members").
         p.modality_ensemble["xray"] = members
     if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,

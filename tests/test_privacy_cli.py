@@ -178,14 +178,20 @@ def test_usage_error_is_one_line_with_status_2(capsys):
 
 
 def test_xray_transfer_gives_the_xrays_their_own_members(run):
-    """The README's recipe for attackers of every kind: ``transfer=A,xray_transfer=B``
-    protects the X-rays against --workdir's model and B alone, exactly as ``transfer=B``
-    does, and not as ``transfer=A`` does; the report names the X-rays' members."""
+    """The README's recipe for attackers of every kind: ``transfer=A,xray_transfer=B.pth``
+    (B's weights exported, as a public backbone is released) protects the X-rays against
+    --workdir's model and B alone, exactly as ``transfer=B`` (B's workdir) does, and not as
+    ``transfer=A`` does; the report names the X-rays' members."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.checkpoint_dir import load_params
+    from mami_jax.convert.official import export_official
     from tests.history_workdir import make_workdir
     base = run["base"]
     experiment = load_config(load_config(run["config"]).experiment)
     a = make_workdir(str(base / "member_a"), experiment, seed=1)
     b = make_workdir(str(base / "member_b"), experiment, seed=2)
+    b_pth = str(base / "member_b.pth")
+    export_official(b_pth, *load_params(b), allow_non_released_shift=True)
 
     def written(name, words):
         out = base / name
@@ -197,8 +203,8 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
         return members, {r.image_id: open_volume(r.path).read([0])
                          for r in read_manifest(str(out / "manifest.csv"))}
 
-    members, own = written("xray_own", f"transfer={a},xray_transfer={b}")
-    assert members == {"xray": [b]}
+    members, own = written("xray_own", f"transfer={a},xray_transfer={b_pth}")
+    assert members == {"xray": [b_pth]}
     _, same = written("xray_b", f"transfer={b}")
     _, other = written("xray_a", f"transfer={a}")
     assert own.keys() == same.keys() == other.keys() and len(own) == 6

@@ -146,7 +146,7 @@ TESTED_ELSEWHERE = {
     shlex.join(["python", "-m", "mami_jax.apps.privacy", "protect", "--workdir", "FT_A1",
                 "--manifest", "FILE", "--split", "test", "--out", "DIR", "--config",
                 "configs/privacy.py:transfer=FT_B1+SCRATCH_1+SCRATCH_2,"
-                "xray_transfer=FT_A2+FT_B1+FT_B2",
+                "xray_transfer=FT_A2+FT_B1+FT_B2+BACKBONE_A.pth+BACKBONE_B.pth",
                 "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}"]):
         "tests/test_privacy_cli.py::test_xray_transfer_gives_the_xrays_their_own_members",
     # A TorchScript CLIP archive of the released size is a download; the test builds a tiny

@@ -2,8 +2,9 @@
 
 A member is an ``Embedder`` (``mami_jax.inference``: its restored parameters and model
 config) plus a pure function ``embed(params, images) -> unit embeddings`` that
-``jax.grad`` can go through. Members are named as workdirs (latest checkpoint) or
-``WORKDIR@STEP`` (a given checkpoint of that run), all of the experiment config given.
+``jax.grad`` can go through. Members are named as workdirs (latest checkpoint),
+``WORKDIR@STEP`` (a given checkpoint of that run), or released or exported files and
+converter folders (``load_member``), all of the experiment config given.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.inference import Embedder
 from mami_jax.models import layer_tokens
@@ -79,12 +81,31 @@ def _restore_at(workdir: str, step: int, config) -> Embedder:
                     source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
 
 
+def _from_export(path: str, config) -> Embedder:
+    """A released or exported model placed on the experiment's mesh as a workdir's
+    restored parameters are, so that it computes exactly as the run it came from."""
+    from mami_jax.train import sharding
+    loaded = Embedder.from_export(path, data_cfg=config.data, model_cfg=config.model)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    params = jax.device_put(loaded.params, sharding.tree_shardings(
+        loaded.params, config.partition_rules, mesh))
+    return Embedder(config.model, params, config.data, source=path,
+                    batch_size=int(config.eval.batch_size))
+
+
 def load_member(name: str, config) -> Member:
-    """``WORKDIR`` or ``WORKDIR@STEP`` -> Member, for experiment ``config``."""
+    """``WORKDIR``, ``WORKDIR@STEP``, or a model that was never a run of ours: a released
+    or exported file (``.pth``/``.safetensors``) or a converter folder
+    (``python -m mami_jax.convert import-official``), so the public weights an attacker
+    may fine-tune from can be a member as they are. Either way for experiment ``config``:
+    a model whose config differs is refused, naming the keys."""
     workdir, sep, step = name.partition("@")
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"re-ID workdir {workdir!r} not found")
-    if sep:
+    if os.path.isfile(name) or is_converter_checkpoint(name):
+        embedder = _from_export(name, config)
+    elif not os.path.isdir(workdir):
+        raise FileNotFoundError(f"ensemble member {name!r}: no re-ID workdir, model file "
+                                "(.pth/.safetensors) or converter folder there")
+    elif sep:
         if not step.isdigit():
             raise ValueError(f"ensemble member {name!r}: STEP must be a number")
         embedder = _restore_at(workdir, int(step), config)

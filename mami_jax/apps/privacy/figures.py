@@ -8,6 +8,7 @@ Every function reads what the commands wrote (cue ``.npz`` maps, protected manif
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -147,8 +148,8 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
     """Rank-1 of protected queries as a table of colours, one panel per ensemble
     (``panels``: label -> {re-ID model: ``attack_eval.attack_report``}): rows are the
     models (every panel the same rows, blank where a panel lacks one), columns the
-    modalities, each cell its Rank-1 after protection (the number printed, bold where at
-    most twice chance, the goal). Many models against five modalities read better this
+    modalities, each cell its Rank-1 after protection (three decimals, as near the goal
+    one query of a hundred matters; bold where at most twice chance, the goal). Many models against five modalities read better this
     way than as bars."""
     plt = _plt()
     labels = list(panels)
@@ -158,6 +159,7 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
                              figsize=(1.2 + (0.4 + 0.75 * len(groups)) * len(labels),
                                       1.2 + 0.32 * len(names)))
     image = None
+    width = max(10, int(10 * (0.4 + 0.75 * len(groups))))  # a panel title's characters a line
     for ax, label in zip(axes[0], labels):
         after = np.full((len(names), len(groups)), np.nan)
         for i, name in enumerate(names):
@@ -167,17 +169,18 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
                     continue
                 after[i, j] = rep["rank1_after"]
                 met = rep["rank1_after"] <= 2 * rep["chance_rank1"] + 1e-9
-                ax.text(j, i, f"{rep['rank1_after']:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{rep['rank1_after']:.3f}", ha="center", va="center", fontsize=7,
                         fontweight="bold" if met else "normal")
         image = ax.imshow(after, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(np.arange(len(groups)))
         ax.set_xticklabels([g.split("/")[-1] for g in groups], fontsize=7)
-        ax.set_title(label, fontsize=8)
+        ax.set_title(textwrap.fill(label, width), fontsize=8)
     axes[0, 0].set_yticks(np.arange(len(names)))
     axes[0, 0].set_yticklabels(names, fontsize=7)
     bar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
     bar.set_label("Rank-1 after protection\n(bold: at most 2x chance)", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:   # above the panels' titles, however many lines they wrapped to
+        lines = max(len(textwrap.wrap(label, width)) for label in labels)
+        fig.suptitle(title, fontsize=9, y=1.0 + 0.035 * lines)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight"))
     plt.close(fig)
