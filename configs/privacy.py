@@ -193,7 +193,7 @@ def get_config(arg=None):
         # two fine-tunes of each backbone an attacker may start from (--workdir's among them)
         # and the backbones themselves (a released .pth or import-official folder will do):
         # for two builds of the stand-in backbones every other fine-tune of either fell to
-        # 0.033-0.065, attackers fine-tuned on such X-rays to 0.065-0.076 (fine-tunes
+        # 0.033-0.065, attackers fine-tuned on such X-rays to 0.043-0.076 (fine-tunes
         # alone: 0.033-0.087 and the backbones 0.065-0.120, at or over the goal's edge), the
         # diagnosis reader within 4.2 % (docs/privacy.md, "One ensemble per modality", "A
         # second backbone, and the backbones themselves as members").
