@@ -15,9 +15,10 @@ the kinds of model an attacker would train; one member of each kind, fine-tunes 
 public backbone an attacker may start from and runs from scratch, protected CT, MRI,
 fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
 X-rays' own ensemble, ``perturb.modality_ensemble``: two fine-tunes of every public backbone
-an attacker may start from and the backbones themselves, and nothing else), ``xray_visible`` (X-rays get a 21.5 dB budget
-instead of 30: the smallest at which the `transfer` recipe's X-ray protection held against
-every held-out and retrained model measured; the change is visible), ``rank`` (every
+an attacker may start from and the backbones themselves, and nothing else),
+``xray_visible`` (X-rays get a 21.5 dB budget instead of 30: the smallest at which the
+`transfer` recipe's X-ray protection held against every held-out and retrained model
+measured; the change is visible), ``rank`` (every
 modality minimises how far each image still ranks its own patient above every other
 patient, per member, instead of its match score: objective.rank_margins; the ``transfer``
 recipe ranks X-rays alone).

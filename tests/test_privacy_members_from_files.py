@@ -34,9 +34,13 @@ def test_a_file_or_converter_folder_is_the_same_member_as_its_workdir(tmp_path):
     images = np.random.default_rng(0).uniform(0, 1, (2, 1, 32, 32, 3)).astype(np.float32)
     reference = np.asarray(members[0].embed(members[0].params, images))
     assert np.linalg.norm(reference, axis=-1) == pytest.approx(1.0, abs=1e-5)
+    placed = [x.sharding for x in jax.tree_util.tree_leaves(members[0].params)]
     for other in members[1:]:
         for a, b in zip(_leaves(members[0]), _leaves(other)):
             np.testing.assert_array_equal(a, b)
+        # on the experiment's mesh as the workdir's: otherwise XLA may compile the same
+        # model for other placements and write images that differ in the last bits
+        assert [x.sharding for x in jax.tree_util.tree_leaves(other.params)] == placed
         np.testing.assert_allclose(np.asarray(other.embed(other.params, images)), reference,
                                    atol=1e-6)
     # a trainer workdir keeps its own path (WORKDIR@STEP still works beside files)

@@ -149,8 +149,8 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
     (``panels``: label -> {re-ID model: ``attack_eval.attack_report``}): rows are the
     models (every panel the same rows, blank where a panel lacks one), columns the
     modalities, each cell its Rank-1 after protection (three decimals, as near the goal
-    one query of a hundred matters; bold where at most twice chance, the goal). Many models against five modalities read better this
-    way than as bars."""
+    one query of a hundred matters; bold where at most twice chance, the goal). Many
+    models against five modalities read better this way than as bars."""
     plt = _plt()
     labels = list(panels)
     names = list(dict.fromkeys(n for attack in panels.values() for n in attack))
