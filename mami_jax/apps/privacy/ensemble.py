@@ -60,16 +60,22 @@ def tokens_fn(model_cfg, layer: str) -> Callable:
     return fn
 
 
+def _shardings(tree, config):
+    """Where every parameter of ``tree`` lives on the experiment's mesh."""
+    from mami_jax.train import sharding
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    return sharding.tree_shardings(tree, config.partition_rules, mesh)
+
+
 def _restore_at(workdir: str, step: int, config) -> Embedder:
     from mami_jax.models.embed import abstract_params
-    from mami_jax.train import checkpointing, sharding
+    from mami_jax.train import checkpointing
     checkpointing.check_model_config(workdir, config.model, "protect with")
     step_dir = os.path.join(workdir, "checkpoints", str(step))
     if not os.path.isdir(step_dir):
         raise FileNotFoundError(f"{step_dir}: no checkpoint of step {step}")
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     abstract = abstract_params(config.model, config.model.image_size)
-    shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
+    shardings = _shardings(abstract, config)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
@@ -84,11 +90,8 @@ def _restore_at(workdir: str, step: int, config) -> Embedder:
 def _from_export(path: str, config) -> Embedder:
     """A released or exported model placed on the experiment's mesh as a workdir's
     restored parameters are, so that it computes exactly as the run it came from."""
-    from mami_jax.train import sharding
     loaded = Embedder.from_export(path, data_cfg=config.data, model_cfg=config.model)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    params = jax.device_put(loaded.params, sharding.tree_shardings(
-        loaded.params, config.partition_rules, mesh))
+    params = jax.device_put(loaded.params, _shardings(loaded.params, config))
     return Embedder(config.model, params, config.data, source=path,
                     batch_size=int(config.eval.batch_size))
 
