@@ -82,7 +82,7 @@ def _check_out(out: str, manifest: str) -> None:
 def _attacker_manifest(args) -> None:
     from mami_jax.apps.privacy.attacker import attacker_rows
     from mami_jax.apps.privacy.protect import SUFFIX
-    from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
+    from mami_jax.data.manifest import read_manifest, write_manifest
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path}: no such file")
