@@ -1,11 +1,13 @@
 """Figures of the privacy protection (docs/privacy.md): attack, utility, image quality.
 
     python benchmarks/privacy_eval.py --original MANIFEST --protected OUT/manifest.csv \
-        --labels LABELS.csv --model NAME=WORKDIR [--model ...] [--probe-model WORKDIR] \
+        --labels LABELS.csv --model NAME=MODEL [--model ...] [--probe-model MODEL] \
         [--history-classifier DIR [...] --history-model WORKDIR [--history-config FILE[:ARG]]] \
         [--experiment configs/all.py:runlocal] [--split test] --out DIR
 
-For each ``--model``: Rank-1 and verification AUC of the protected queries of the split
+A model (``--model``, ``--probe-model``) is a workdir, ``WORKDIR@STEP``, a released or
+exported ``.pth``/``.safetensors`` file or a converter folder (``Embedder.load``). For each
+``--model``: Rank-1 and verification AUC of the protected queries of the split
 against its unprotected gallery, before and after (``attack_eval``), and per patient how
 many of its queries still rank one of its own images first (the patients a protection
 fails: ``patients`` in the JSON, those still matched in the markdown). Utility: a
@@ -180,9 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--original", required=True)
     p.add_argument("--protected", required=True)
     p.add_argument("--labels", default="")
-    p.add_argument("--model", action="append", required=True, metavar="NAME=WORKDIR")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
     p.add_argument("--probe-model", action="append", default=[],
-                   help="workdir whose frozen features the diagnosis probe uses (repeatable)")
+                   help="model whose frozen features the diagnosis probe uses (repeatable)")
     p.add_argument("--history-classifier", action="append", default=[],
                    help="a history `train` output folder (classifiers.msgpack) trained on the "
                         "original images (repeatable)")
@@ -194,6 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if any(not n or not m for n, _, m in (s.partition("=") for s in args.model)):
+        p.error(f"--model {args.model}: give each as NAME=MODEL")
     try:
         app_cfg = load_config(args.history_config) if args.history_classifier else None
     except (ValueError, OSError) as e:
@@ -223,14 +227,14 @@ def run(args, app_cfg=None) -> int:
     save(result, args.out)
     probe_feats = {}
     for spec in args.model:
-        name, _, workdir = spec.partition("=")
-        emb = Embedder.from_workdir(workdir, cfg, action="evaluate")
+        name, _, model = spec.partition("=")
+        emb = Embedder.load(model, cfg, action="evaluate", role=f"--model {name}")
         (e_orig, f_orig), (e_prot, f_prot) = utility.features(emb, rows), utility.features(emb, prot_rows)
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
-        result["attack"][name]["source"] = {"workdir": workdir, "step": emb.step}
+        result["attack"][name]["source"] = {"model": model, "step": emb.step}
         result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
-        probe_feats[workdir] = (emb, f_orig, f_prot)
+        probe_feats[model] = (emb, f_orig, f_prot)
         save(result, args.out)
     if args.labels:
         labels = utility.read_labels(args.labels)
@@ -238,7 +242,7 @@ def run(args, app_cfg=None) -> int:
         result["utility"] = {}
         for workdir in args.probe_model:
             if workdir not in probe_feats:
-                emb = Embedder.from_workdir(workdir, cfg, action="evaluate")
+                emb = Embedder.load(workdir, cfg, action="evaluate", role="--probe-model")
                 probe_feats[workdir] = (emb, utility.features(emb, rows)[1],
                                         utility.features(emb, prot_rows)[1])
             emb, f_orig, f_prot = probe_feats[workdir]

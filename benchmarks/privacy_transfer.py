@@ -2,7 +2,7 @@
 
     python benchmarks/privacy_transfer.py --manifest MANIFEST --workdir RUN \
         --member DIR [--member DIR ...] --sizes 1,2,4 \
-        --held-out NAME=WORKDIR [--held-out ...] [--modality xray] [--split val] \
+        --held-out NAME=MODEL [--held-out ...] [--modality xray] [--split val] \
         [--config configs/privacy.py:runlocal] [--set KEY=VALUE ...] \
         [--variant NAME:KEY=VALUE;KEY=VALUE ...] --out DIR
 
@@ -12,7 +12,9 @@ against ``--workdir`` plus the first n - 1 ``--member`` runs (written under
 DIR/<variant>-n<n>/ as ``protect`` writes them), then matched, protected queries against
 the unprotected gallery, by every ``--held-out`` model (which should be in no ensemble)
 and by ``--workdir``'s own ("protecting"); a modality that ``perturb.modality_ensemble``
-names is protected by its own members instead, whatever n. Models are loaded once. Writes
+names is protected by its own members instead, whatever n. Every model (``--workdir``,
+``--member``, ``--held-out``) is a workdir, ``WORKDIR@STEP``, a released or exported
+``.pth``/``.safetensors`` file or a converter folder (``Embedder.load``). Models are loaded once. Writes
 DIR/privacy_transfer.json, DIR/privacy_transfer.md and DIR/privacy_transfer.png
 (Rank-1 after protection against ensemble size per variant, or against the variant when
 one size is given; per model, with chance). Bad input ends with one ``error: ...`` line
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True, help="the protecting model (first member)")
     p.add_argument("--member", action="append", default=[], help="further members, in order")
     p.add_argument("--sizes", default="1,2,4")
-    p.add_argument("--held-out", action="append", default=[], metavar="NAME=WORKDIR")
+    p.add_argument("--held-out", action="append", default=[], metavar="NAME=MODEL")
     p.add_argument("--modality", default="")
     p.add_argument("--split", default="val")
     p.add_argument("--config", default="configs/privacy.py:runlocal")
@@ -142,6 +144,8 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         p.error(f"--sizes {args.sizes}: give ensemble sizes as integers, e.g. 1,2,4")
+    if any(not n or not m for n, _, m in (s.partition("=") for s in args.held_out)):
+        p.error(f"--held-out {args.held_out}: give each as NAME=MODEL")
     if min(sizes) < 1 or max(sizes) > 1 + len(args.member):
         p.error(f"--sizes {args.sizes}: sizes from 1 to {1 + len(args.member)} (the models given)")
     try:
@@ -166,8 +170,9 @@ def run(args, p, sizes, variants) -> int:
     loaded = dict(zip(names, members))
     judges = {"protecting": members[0].embedder}
     for spec in args.held_out:
-        name, _, workdir = spec.partition("=")
-        judges[name] = Embedder.from_workdir(workdir, experiment, action="evaluate")
+        name, _, model = spec.partition("=")
+        judges[name] = Embedder.load(model, experiment, action="evaluate",
+                                     role=f"--held-out {name}")
     originals = {name: e.embed_rows(targets) for name, e in judges.items()}
     result = {"args": vars(args), "runs": []}
     make_dirs(args.out)

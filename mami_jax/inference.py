@@ -3,6 +3,7 @@
     from mami_jax.inference import Embedder
     model = Embedder.from_workdir("/tmp/run", config)          # latest training checkpoint
     model = Embedder.from_export("mami.safetensors")           # an exported / released file
+    model = Embedder.load(name, config)      # any of: WORKDIR, WORKDIR@STEP, file, converter folder
     x = model.preprocess(row)            # (T, H, W, 3): the evaluation transform of a manifest row
     e = model.embed(x[None])             # (1, C) embeddings
     E = model.embed_rows(rows)           # every row, batched, as evaluation embeds them
@@ -26,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from mami_jax.config import base_config
+from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.pipeline import read_example
 from mami_jax.evaluate.evaluator import embed_rows
@@ -59,12 +61,13 @@ class Embedder:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_workdir(cls, workdir: str, config, mesh=None, action: str = "use") -> "Embedder":
-        """The latest checkpoint of a training workdir, for the experiment ``config``
-        (refused, naming the keys, when ``config.model`` is not the saved one; ``action``
-        names the use in that refusal)."""
+    def from_workdir(cls, workdir: str, config, mesh=None, action: str = "use",
+                     step: int | None = None) -> "Embedder":
+        """Checkpoint ``step`` (the latest by default) of a training workdir, for the
+        experiment ``config`` (refused, naming the keys, when ``config.model`` is not the
+        saved one; ``action`` names the use in that refusal)."""
         mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
-        step, params = checkpointing.restore_model_params(workdir, config, mesh, action)
+        step, params = checkpointing.restore_model_params(workdir, config, mesh, action, step)
         return cls(config.model, params, config.data, step=step,
                    source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
 
@@ -84,6 +87,31 @@ class Embedder:
             params, cfg = imported.params, imported.cfg
         return cls(cfg, params, data_cfg if data_cfg is not None else _default_data_config(),
                    source=path)
+
+    @classmethod
+    def load(cls, name: str, config, action: str = "use", role: str = "model") -> "Embedder":
+        """The model a user names, in any of the forms the commands accept: ``WORKDIR``
+        (latest checkpoint), ``WORKDIR@STEP``, a released or exported ``.pth`` /
+        ``.safetensors`` file, or a converter folder (``python -m mami_jax.convert
+        import-official``). Whatever the form, for the experiment ``config``: another model
+        config is refused naming the keys, and the parameters sit on the experiment's mesh
+        with its batch size, so a file computes exactly as the run it was exported from.
+        ``role`` names the argument in the error for a path that is none of these."""
+        workdir, sep, step = name.partition("@")
+        if os.path.isfile(name) or is_converter_checkpoint(name):
+            loaded = cls.from_export(name, data_cfg=config.data, model_cfg=config.model)
+            mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+            placed = jax.device_put(loaded.params, sharding.tree_shardings(
+                loaded.params, config.partition_rules, mesh))
+            return cls(config.model, placed, config.data, source=name,
+                       batch_size=int(config.eval.batch_size))
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(f"{role} {name!r}: no re-ID workdir, model file "
+                                    "(.pth/.safetensors) or converter folder there")
+        if sep and not step.isdigit():
+            raise ValueError(f"{role} {name!r}: STEP of WORKDIR@STEP must be a number")
+        return cls.from_workdir(workdir, config, action=action,
+                                step=int(step) if sep else None)
 
     # -- use ------------------------------------------------------------------------
     def preprocess(self, row: ManifestRow) -> np.ndarray:

@@ -142,9 +142,31 @@ def test_cues_write_overlays_and_raw_maps(run):
         assert img.format == "PNG"
 
 
+def test_a_released_file_is_the_model_its_workdir_is(run):
+    """``--workdir`` takes the model as it is published (a .pth), and explains with it
+    exactly what the run it came from explains with."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.checkpoint_dir import load_params
+    from mami_jax.convert.official import export_official
+    pth = str(run["base"] / "released.pth")
+    export_official(pth, *load_params(run["workdir"]), allow_non_released_shift=True)
+    maps = {}
+    for name, model in (("from_run", run["workdir"]), ("from_file", pth)):
+        out = run["base"] / f"cues_{name}"
+        assert main(["cues", "--workdir", model, "--manifest", run["manifest"],
+                     "--out", str(out), "--config", run["config"]]) == 0
+        maps[name] = {f: dict(np.load(out / f)) for f in sorted(os.listdir(out))
+                      if f.endswith(".npz")}
+    assert maps["from_run"].keys() == maps["from_file"].keys() and maps["from_run"]
+    for f, arrays in maps["from_run"].items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(maps["from_file"][f][key], value)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--manifest", "/nonexistent.csv"], "error: --manifest /nonexistent.csv: no such file"),
     (["--split", "nope"], "error: {manifest}: no rows in split 'nope'"),
+    (["--workdir", "/nonexistent.pth"], "error: --workdir /nonexistent.pth: no such file or folder"),
     (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
     (["--config", "configs/privacy.py:runlocal,xray_vis"],

@@ -279,3 +279,23 @@ def test_reader_classifiers_read_their_own_readers(tmp_path):
     with pytest.raises(history_utility.HistoryClassifierError,
                        match="diagnosis_reader.msgpack: the readers cannot be read"):
         history_utility.HistoryClassifier(out, cfg)
+
+
+def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
+    """``--model NAME=FILE.pth``: the published weights give the numbers their run gives."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.checkpoint_dir import load_params
+    from mami_jax.convert.official import export_official
+    pth = str(tiny["base"] / "released.pth")
+    export_official(pth, *load_params(tiny["workdir"]), allow_non_released_shift=True)
+    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    out = str(tiny["base"] / "eval_file")
+    assert privacy_eval.main(without_history + ["--model", f"file={pth}", "--out", out]) == 0
+    with open(os.path.join(out, "privacy_eval.json")) as f:
+        attack = json.load(f)["attack"]
+    assert attack["file"].pop("source") == {"model": pth, "step": None}
+    assert attack["tiny"].pop("source")["model"] == tiny["workdir"]
+    assert attack["file"] == attack["tiny"]
+    with pytest.raises(SystemExit) as e:
+        privacy_eval.main(without_history + ["--model", pth, "--out", out])
+    assert e.value.code == 2 and "give each as NAME=MODEL" in capsys.readouterr().err

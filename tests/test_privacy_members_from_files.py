@@ -1,7 +1,9 @@
-"""Ensemble members that were never runs of ours: a released or exported ``.pth`` file and a
+"""Models that were never runs of ours (``Embedder.load``, which ensemble members and every
+privacy command's model arguments go through): a released or exported ``.pth`` file and a
 converter folder load as the same model as the workdir they came from (the public weights
-an attacker may fine-tune from can be a member as they are); a model of another config
-and a path that is none of these are refused, naming what is wrong."""
+an attacker may fine-tune from can be a member as they are); a model of another config,
+a checkpoint step that is not there and a path that is none of these are refused, naming
+what is wrong."""
 
 import os
 
@@ -13,6 +15,7 @@ import pytest
 from mami_jax.apps.privacy import ensemble
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.convert.checkpoint_dir import load_params, save_params
+from mami_jax.inference import Embedder
 from tests.history_workdir import make_workdir, write_config
 
 
@@ -59,6 +62,13 @@ def test_a_member_of_another_config_or_nothing_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_codes"):
         ensemble.load_member(folder, config)
     missing = str(tmp_path / "nowhere.pth")
-    with pytest.raises(FileNotFoundError, match="no re-ID workdir, model file"):
+    with pytest.raises(FileNotFoundError, match="ensemble member .*no re-ID workdir, model file"):
         ensemble.load_member(missing, config)
     assert not os.path.exists(missing)
+    # the same names, given to a command's own argument, are refused naming it
+    with pytest.raises(FileNotFoundError, match=r"--held-out m1 '.*nowhere.pth': no re-ID"):
+        Embedder.load(missing, config, role="--held-out m1")
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/7: no checkpoint of step 7"):
+        Embedder.load(f"{workdir}@7", config)
+    with pytest.raises(ValueError, match="STEP of WORKDIR@STEP must be a number"):
+        Embedder.load(f"{workdir}@last", config)

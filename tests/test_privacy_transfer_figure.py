@@ -56,3 +56,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
                                "--sizes", "1,x", "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert "error: --sizes 1,x" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        privacy_transfer.main(["--manifest", str(missing), "--workdir", str(tmp_path),
+                               "--held-out", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "give each as NAME=MODEL" in capsys.readouterr().err

@@ -287,15 +287,20 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_model_params(workdir: str, config, mesh, action: str = "evaluate"):
-    """(step, MaMI params) of the latest checkpoint of ``workdir``, placed per
-    ``config.partition_rules`` on ``mesh``, after ``check_model_config``: what evaluation,
-    embedding and inference read. ``action`` names the use in a refusal."""
+def restore_model_params(workdir: str, config, mesh, action: str = "evaluate",
+                         step: int | None = None):
+    """(step, MaMI params) of checkpoint ``step`` of ``workdir`` (the latest by default),
+    placed per ``config.partition_rules`` on ``mesh``, after ``check_model_config``: what
+    evaluation, embedding and inference read. ``action`` names the use in a refusal."""
     check_model_config(workdir, config.model, action)
-    step = latest_step(workdir)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
-                                "train first")
+        step = latest_step(workdir)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+                                    "train first")
+    elif not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+        raise FileNotFoundError(f"{os.path.join(workdir, 'checkpoints', str(step))}: no "
+                                f"checkpoint of step {step}")
     abstract = abstract_params(config.model, config.model.image_size)
     shardings = sharding.tree_shardings(abstract, config.partition_rules, mesh)
     target = jax.tree_util.tree_map(

@@ -15,7 +15,9 @@ OUT/protect_report.json (per image: match score before and after, PSNR of the op
 change and of the file on disk, largest change).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
-``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
+``--workdir`` names the re-ID model as a training workdir, ``WORKDIR@STEP``, a released or
+exported ``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a
+converter folder. ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
 manifest. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
 """
 
@@ -44,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
                        ("protect", "write protected images and their manifest")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("--workdir", required=True, help="training workdir of the re-ID model")
+        s.add_argument("--workdir", required=True,
+                       help="the re-ID model: a training workdir (WORKDIR@STEP for one of its "
+                            "checkpoints), a released or exported .pth/.safetensors file, or a "
+                            "converter folder (python -m mami_jax.convert import-official)")
         s.add_argument("--manifest", required=True, help="manifest CSV of the images")
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--split", default="test", help="split to process, or 'all'")
@@ -110,8 +115,8 @@ def _run(args) -> None:
 
     if not os.path.isfile(args.manifest):
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
-    if not os.path.isdir(args.workdir):
-        raise FileNotFoundError(f"--workdir {args.workdir}: no such folder")
+    if not (os.path.exists(args.workdir) or os.path.isdir(args.workdir.partition("@")[0])):
+        raise FileNotFoundError(f"--workdir {args.workdir}: no such file or folder")
     _check_out(args.out, args.manifest)
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)

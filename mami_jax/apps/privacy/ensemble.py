@@ -10,13 +10,10 @@ converter folders (``load_member``), all of the experiment config given.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 
-from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.inference import Embedder
 from mami_jax.models import layer_tokens
@@ -60,60 +57,12 @@ def tokens_fn(model_cfg, layer: str) -> Callable:
     return fn
 
 
-def _shardings(tree, config):
-    """Where every parameter of ``tree`` lives on the experiment's mesh."""
-    from mami_jax.train import sharding
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    return sharding.tree_shardings(tree, config.partition_rules, mesh)
-
-
-def _restore_at(workdir: str, step: int, config) -> Embedder:
-    from mami_jax.models.embed import abstract_params
-    from mami_jax.train import checkpointing
-    checkpointing.check_model_config(workdir, config.model, "protect with")
-    step_dir = os.path.join(workdir, "checkpoints", str(step))
-    if not os.path.isdir(step_dir):
-        raise FileNotFoundError(f"{step_dir}: no checkpoint of step {step}")
-    abstract = abstract_params(config.model, config.model.image_size)
-    shardings = _shardings(abstract, config)
-    target = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    try:
-        params = ckpt.restore_params(step, target)
-    finally:
-        ckpt.close()
-    return Embedder(config.model, params, config.data, step=step,
-                    source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
-
-
-def _from_export(path: str, config) -> Embedder:
-    """A released or exported model placed on the experiment's mesh as a workdir's
-    restored parameters are, so that it computes exactly as the run it came from."""
-    loaded = Embedder.from_export(path, data_cfg=config.data, model_cfg=config.model)
-    params = jax.device_put(loaded.params, _shardings(loaded.params, config))
-    return Embedder(config.model, params, config.data, source=path,
-                    batch_size=int(config.eval.batch_size))
-
-
 def load_member(name: str, config) -> Member:
     """``WORKDIR``, ``WORKDIR@STEP``, or a model that was never a run of ours: a released
-    or exported file (``.pth``/``.safetensors``) or a converter folder
-    (``python -m mami_jax.convert import-official``), so the public weights an attacker
-    may fine-tune from can be a member as they are. Either way for experiment ``config``:
-    a model whose config differs is refused, naming the keys."""
-    workdir, sep, step = name.partition("@")
-    if os.path.isfile(name) or is_converter_checkpoint(name):
-        embedder = _from_export(name, config)
-    elif not os.path.isdir(workdir):
-        raise FileNotFoundError(f"ensemble member {name!r}: no re-ID workdir, model file "
-                                "(.pth/.safetensors) or converter folder there")
-    elif sep:
-        if not step.isdigit():
-            raise ValueError(f"ensemble member {name!r}: STEP must be a number")
-        embedder = _restore_at(workdir, int(step), config)
-    else:
-        embedder = Embedder.from_workdir(workdir, config, action="protect with")
+    or exported file (``.pth``/``.safetensors``) or a converter folder, so the public
+    weights an attacker may fine-tune from can be a member as they are
+    (``Embedder.load``: the experiment ``config``'s model, on its mesh)."""
+    embedder = Embedder.load(name, config, action="protect with", role="ensemble member")
     return Member(embedder, unit_embedding_fn(config.model))
 
 
