@@ -137,7 +137,7 @@ def history_check(args, cfg, app_cfg):
         for classifier in classifiers:
             classifier.check_backbone(source)
         return classifiers, source
-    emb = Embedder.from_workdir(args.history_model, cfg, action="evaluate")
+    emb = Embedder.load(args.history_model, cfg, action="evaluate", role="--history-model")
     model = TrainedModel(args.history_model, resolve_spec(args.experiment), embedder=emb)
     for classifier in classifiers:
         classifier.check_model(model)

@@ -100,6 +100,31 @@ def test_index_query_add(setup, capsys, tmp_path):
     assert "(no earlier image in the archive)" in capsys.readouterr().out
 
 
+def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
+    """``--workdir`` may name the published weights: an archive indexed with the run's
+    exported .pth takes images embedded by the run itself (the same parameters), and
+    a path that is no model is one error line naming the flag."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.checkpoint_dir import load_params
+    from mami_jax.convert.official import export_official
+    s = setup
+    pth = str(tmp_path / "released.pth")
+    export_official(pth, *load_params(s["run"]), allow_non_released_shift=True)
+    index = str(tmp_path / "index")
+    assert main(["index", "--workdir", pth, "--config", s["config"], "--manifest", s["first"],
+                 "--out", index, "--app-config", s["app"]]) == 0
+    assert Archive.load(index).model["source"] == os.path.abspath(pth)
+    assert main(["add", "--index", index, "--manifest", s["last"], "--workdir", s["run"],
+                 "--config", s["config"]]) == 0
+    assert len(Archive.load(index)) == len(read_manifest(s["manifest"]))
+    capsys.readouterr()
+    missing = str(tmp_path / "nowhere.pth")
+    assert main(["index", "--workdir", missing, "--config", s["config"], "--manifest",
+                 s["first"], "--out", str(tmp_path / "i2")]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith(f"error: --workdir '{missing}': no re-ID workdir"), line
+
+
 def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_path):
     import csv
     import shutil

@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s, required=True):
-        s.add_argument("--workdir", required=required, help="training workdir (latest checkpoint)")
+        s.add_argument("--workdir", required=required,
+                       help="the re-ID model: a training workdir (latest checkpoint; "
+                            "WORKDIR@STEP for another), a released or exported "
+                            ".pth/.safetensors file, or a converter folder")
         s.add_argument("--config", required=required,
                        help="the run's experiment config, e.g. configs/all.py:runlocal")
 

@@ -65,12 +65,15 @@ def fingerprint(params) -> str:
 
 
 class TrainedModel:
-    """A training workdir's latest checkpoint, for the experiment config ``spec``."""
+    """The re-ID model ``workdir`` names (a training workdir's latest checkpoint,
+    ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file or a converter
+    folder: ``Embedder.load``), for the experiment config ``spec``."""
 
     def __init__(self, workdir: str, spec: str, embedder: Embedder | None = None):
         self.workdir, self.spec = os.path.abspath(workdir), spec
         config = load_experiment_config(spec)
-        self.embedder = embedder or Embedder.from_workdir(self.workdir, config, action="use")
+        self.embedder = embedder or Embedder.load(self.workdir, config, action="use",
+                                                  role="--workdir")
         self.fingerprint = fingerprint(self.embedder.params)
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 
