@@ -26,6 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "embed"],
                           "train: train then evaluate; eval: evaluate the latest checkpoint; "
                           "embed: embed every row of the manifest.")
+_MODEL = flags.DEFINE_string(
+    "model", "", "eval/embed: the model to use instead of the workdir's latest checkpoint: "
+    "WORKDIR@STEP, a released or exported .pth/.safetensors file (e.g. the MaMI authors' "
+    "weights) or a converter folder; the results still go under --workdir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -66,11 +70,14 @@ def _hand_off():
     compilation_cache.enable(_CONFIG.value.compilation_cache_dir)  # before any compilation
     validate_config(_CONFIG.value.model)  # before any data is read or generated
     if _MODE.value == "train":
+        if _MODEL.value:
+            raise ValueError("--model is for --mode=eval and --mode=embed; to train from a "
+                             "released or exported file use --config.init.official_checkpoint")
         from mami_jax.train.trainer import train_and_evaluate
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
         from mami_jax import run_checkpoint
-        run_checkpoint.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+        run_checkpoint.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _MODEL.value)
 
 
 if __name__ == "__main__":

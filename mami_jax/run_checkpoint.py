@@ -1,11 +1,15 @@
-"""``--mode=eval`` and ``--mode=embed``: use the latest trained checkpoint of a workdir.
+"""``--mode=eval`` and ``--mode=embed``: use the latest trained checkpoint of a workdir,
+or, with ``--model``, any model a user names (``Embedder.load``: ``WORKDIR@STEP``, a
+released or exported ``.pth``/``.safetensors`` file such as the MaMI authors' weights,
+a converter folder), with the workdir only as the place for the results.
 
-eval: embeds ``config.eval.split`` and writes WORKDIR/eval/step_<N>/ like training.
-embed: embeds every row of the manifest and writes WORKDIR/embeddings/step_<N>.npz
+eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training.
+embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
-the umask's permissions. The requested ``config.model`` must be the saved one
-(``mami_jax/train/checkpointing.py``); a damaged checkpoint is a ``CheckpointError``
-naming the step directory and the item.
+the umask's permissions. NAME is ``step_<N>`` for the workdir's own checkpoint and
+``model_<file or folder name>[_step_<N>]`` for ``--model``. The requested ``config.model``
+must be the saved one (``mami_jax/train/checkpointing.py``); a damaged checkpoint is a
+``CheckpointError`` naming the step directory and the item.
 """
 
 from __future__ import annotations
@@ -26,21 +30,37 @@ from mami_jax.train import checkpointing, sharding
 EMBEDDING_COLUMNS = ("image_id", "patient_id", "study_id", "modality", "dataset", "split")
 
 
-def run(mode: str, config, workdir: str):
+def result_name(model_name: str, step: int | None) -> str:
+    """Where the results of a model go under the workdir: ``step_<N>`` for its own
+    checkpoint, ``model_<name>[_step_<N>]`` for a model named with ``--model``."""
+    if not model_name:
+        return f"step_{step}"
+    base = os.path.basename(os.path.normpath(model_name.partition("@")[0] if step is not None
+                                             else model_name))
+    base = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
+    return f"model_{base}" + (f"_step_{step}" if step is not None else "")
+
+
+def run(mode: str, config, workdir: str, model_name: str = ""):
     maybe_initialize_distributed()
     workdir = os.path.abspath(workdir)
     action = "evaluate" if mode == "eval" else "embed"
-    checkpointing.check_model_config(workdir, config.model, action)  # before the data
+    if model_name:
+        model = Embedder.load(model_name, config, action, role="--model")  # before the data
+    else:
+        checkpointing.check_model_config(workdir, config.model, action)  # before the data
     rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    model = Embedder.from_workdir(workdir, config, mesh, action)
+    if not model_name:
+        model = Embedder.from_workdir(workdir, config, mesh, action)
+    name = result_name(model_name, model.step)
     if mode == "eval":
         return evaluate(model.embed_batch, rows, config, mesh,
-                        os.path.join(workdir, "eval", f"step_{model.step}"),
-                        title=f"step {model.step}")
+                        os.path.join(workdir, "eval", name),
+                        title=name if model_name else f"step {model.step}")
     emb = model.embed_rows(rows, mesh=mesh)
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "embeddings", f"step_{model.step}.npz")
+        path = os.path.join(workdir, "embeddings", f"{name}.npz")
         columns = {c: np.asarray([getattr(r, c) for r in rows]) for c in EMBEDDING_COLUMNS}
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))
         logging.info("wrote %d embeddings to %s", len(rows), path)
