@@ -240,13 +240,13 @@ def run(args, app_cfg=None) -> int:
         labels = utility.read_labels(args.labels)
         train = [r for r in original if r.split == "train"]
         result["utility"] = {}
-        for workdir in args.probe_model:
-            if workdir not in probe_feats:
-                emb = Embedder.load(workdir, cfg, action="evaluate", role="--probe-model")
-                probe_feats[workdir] = (emb, utility.features(emb, rows)[1],
-                                        utility.features(emb, prot_rows)[1])
-            emb, f_orig, f_prot = probe_feats[workdir]
-            result["utility"][f"{workdir} (step {emb.step})"] = utility.diagnosis_report(
+        for model in args.probe_model:
+            if model not in probe_feats:
+                emb = Embedder.load(model, cfg, action="evaluate", role="--probe-model")
+                probe_feats[model] = (emb, utility.features(emb, rows)[1],
+                                      utility.features(emb, prot_rows)[1])
+            emb, f_orig, f_prot = probe_feats[model]
+            result["utility"][f"{model} (step {emb.step})"] = utility.diagnosis_report(
                 utility.features(emb, train)[1], np.asarray([labels[r.image_id] for r in train]),
                 [r.modality for r in train], f_orig, f_prot,
                 np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
