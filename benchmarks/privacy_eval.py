@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.named_models import named  # noqa: E402
 from mami_jax.apps.history.experiment import read_row_labels  # noqa: E402
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name  # noqa: E402
 from mami_jax.apps.history.diagnosis_reader import KIND as READER  # noqa: E402
@@ -196,8 +197,10 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    if any(not n or not m for n, _, m in (s.partition("=") for s in args.model)):
-        p.error(f"--model {args.model}: give each as NAME=MODEL")
+    try:
+        named(args.model, "--model")    # checked before any work; args stay as given
+    except ValueError as e:
+        p.error(str(e))
     try:
         app_cfg = load_config(args.history_config) if args.history_classifier else None
     except (ValueError, OSError) as e:
@@ -226,8 +229,7 @@ def run(args, app_cfg=None) -> int:
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     save(result, args.out)
     probe_feats = {}
-    for spec in args.model:
-        name, _, model = spec.partition("=")
+    for name, model in named(args.model, "--model"):
         emb = Embedder.load(model, cfg, action="evaluate", role=f"--model {name}")
         (e_orig, f_orig), (e_prot, f_prot) = utility.features(emb, rows), utility.features(emb, prot_rows)
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import ensemble  # noqa: E402
 from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
 from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402
@@ -44,16 +45,6 @@ from mami_jax.apps.privacy.quality import psnr_of_rms  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
-
-
-def named(specs: list[str], flag: str) -> list[tuple[str, str]]:
-    out = []
-    for spec in specs:
-        name, sep, workdir = spec.partition("=")
-        if not sep or not name or not workdir:
-            raise ValueError(f"{flag} {spec!r}: expected NAME=WORKDIR")
-        out.append((name, workdir))
-    return out
 
 
 def summary(names: list[str], members: int, grads: np.ndarray) -> dict:

@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
@@ -144,8 +145,10 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         p.error(f"--sizes {args.sizes}: give ensemble sizes as integers, e.g. 1,2,4")
-    if any(not n or not m for n, _, m in (s.partition("=") for s in args.held_out)):
-        p.error(f"--held-out {args.held_out}: give each as NAME=MODEL")
+    try:
+        named(args.held_out, "--held-out")    # checked before any work; args stay as given
+    except ValueError as e:
+        p.error(str(e))
     if min(sizes) < 1 or max(sizes) > 1 + len(args.member):
         p.error(f"--sizes {args.sizes}: sizes from 1 to {1 + len(args.member)} (the models given)")
     try:
@@ -169,8 +172,7 @@ def run(args, p, sizes, variants) -> int:
     members = ensemble.load_ensemble(names, experiment)
     loaded = dict(zip(names, members))
     judges = {"protecting": members[0].embedder}
-    for spec in args.held_out:
-        name, _, model = spec.partition("=")
+    for name, model in named(args.held_out, "--held-out"):
         judges[name] = Embedder.load(model, experiment, action="evaluate",
                                      role=f"--held-out {name}")
     originals = {name: e.embed_rows(targets) for name, e in judges.items()}

@@ -152,7 +152,7 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
         bench.main(["--manifest", tiny["manifest"], "--member", "a", "--member", f"b={w['b']}",
                     "--held-out", f"copy={w['a_copy']}", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("error: --member 'a': expected NAME=WORKDIR")
+    assert err[-1].endswith("error: --member 'a': give it as NAME=MODEL")
     with pytest.raises(SystemExit):
         bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
                     f"b={w['b']}", "--held-out", f"copy={w['a_copy']}", "--modality", "xray",

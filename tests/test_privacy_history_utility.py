@@ -298,4 +298,4 @@ def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
     assert attack["file"] == attack["tiny"]
     with pytest.raises(SystemExit) as e:
         privacy_eval.main(without_history + ["--model", pth, "--out", out])
-    assert e.value.code == 2 and "give each as NAME=MODEL" in capsys.readouterr().err
+    assert e.value.code == 2 and "give it as NAME=MODEL" in capsys.readouterr().err

@@ -60,4 +60,4 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         privacy_transfer.main(["--manifest", str(missing), "--workdir", str(tmp_path),
                                "--held-out", str(tmp_path), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
-    assert "give each as NAME=MODEL" in capsys.readouterr().err
+    assert "give it as NAME=MODEL" in capsys.readouterr().err
