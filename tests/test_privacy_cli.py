@@ -54,6 +54,13 @@ def test_protect_writes_a_manifest_that_keeps_its_rows(run):
         assert "images/" in f.read()          # relative paths: the folder can move
 
 
+def test_the_report_names_the_model_and_its_step(run):
+    with open(run["base"] / "out" / "protect_report.json") as f:
+        report = json.load(f)
+    assert report["workdir"] == run["workdir"]
+    assert (report["model"], report["step"]) == (f"{run['workdir']} (step 1)", 1)
+
+
 def test_inputs_are_byte_identical(run):
     assert tree_digest(str(run["base"] / "ph")) == run["before"]
 

@@ -11,8 +11,9 @@
 heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
 ``cues.max_images`` rows of the split. ``protect`` writes the protected images under
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
-OUT/protect_report.json (per image: match score before and after, PSNR of the optimised
-change and of the file on disk, largest change).
+OUT/protect_report.json (the model and its checkpoint step, the config; per image: match
+score before and after, PSNR of the optimised change and of the file on disk, largest
+change).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
 ``--workdir`` names the re-ID model as a training workdir, ``WORKDIR@STEP``, a released or
@@ -142,7 +143,8 @@ def _run(args) -> None:
         write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
         before = np.mean([r["score_before"] for r in records])
         after = np.mean([r["score_after"] for r in records])
-        report = {"workdir": args.workdir, "manifest": os.path.abspath(args.manifest),
+        report = {"workdir": args.workdir, "model": members[0].embedder.source,
+                  "step": members[0].embedder.step, "manifest": os.path.abspath(args.manifest),
                   "split": args.split, "config": pcfg.to_dict(), "images": len(records),
                   "mean_score_before": float(before), "mean_score_after": float(after),
                   "records": records}
