@@ -180,6 +180,8 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
      "error: config 'configs/privacy.py:runlocal,xray_vis': unknown config argument(s) "
      "['xray_vis']; known: runlocal, inpaint, both, deform, transfer, xray_transfer, "
      "xray_visible, rank"),
+    (["--set", "perturb.modality_epsilon={'xrays': 0.02}"],
+     "error: perturb.modality_epsilon: no such modality ['xrays']"),
     (["--set", "perturb.modality_objective={'xray': 'ranking'}"],
      "error: perturb.modality_objective['xray']='ranking': expected one of ('similarity', 'rank')"),
 ])

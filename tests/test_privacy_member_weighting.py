@@ -1,13 +1,16 @@
 """How an ensemble's gradients are combined (``perturb.member_weighting``), on members whose
 gradients and scores are given by hand: mean, balanced (each scaled to mean |g| 1) and
 hardest (balanced, softmax of the members' scores); the score is the members' mean
-whatever the weighting."""
+whatever the weighting. One modality's weighting can differ
+(``perturb.modality_member_weighting``); a table entry for no modality is refused."""
 
 import jax
 import numpy as np
 import pytest
 
 from mami_jax.apps.privacy import perturb
+from mami_jax.apps.privacy.protect import check_modality_settings
+from mami_jax.apps.privacy.settings import apply_overrides, load_config
 
 G = [np.full((2, 1, 2, 2, 1), 4.0, np.float32), np.full((2, 1, 2, 2, 1), -1.0, np.float32)]
 G[1][1] = 2.0                                  # member 1 points the other way on image 0 only
@@ -42,3 +45,21 @@ def test_bad_weighting_and_temperature_are_refused():
         combine("max")
     with pytest.raises(ValueError, match="perturb.hardest_temperature=0.0"):
         combine("hardest", temperature=0.0)
+
+
+def test_one_modality_can_weigh_its_members_otherwise():
+    cfg = load_config("configs/privacy.py:runlocal").perturb
+    assert [perturb.weighting_for(cfg, m) for m in ("xray", "ct")] == ["mean", "mean"]
+    apply_overrides(cfg, ["modality_member_weighting={'xray': 'balanced'}",
+                          "member_weighting=hardest"])
+    assert [perturb.weighting_for(cfg, m) for m in ("xray", "ct")] == ["balanced", "hardest"]
+    check_modality_settings(cfg, ["xray", "ct"])
+    apply_overrides(cfg, ["modality_member_weighting={'ct': 'max'}"])
+    with pytest.raises(ValueError, match=r"perturb.modality_member_weighting\['ct'\]='max'"):
+        check_modality_settings(cfg, ["ct"])
+    check_modality_settings(cfg, ["xray"])       # only the modalities protected are checked
+    for table in ("modality_member_weighting", "modality_epsilon", "modality_objective"):
+        cfg = load_config("configs/privacy.py:runlocal").perturb
+        apply_overrides(cfg, [f"{table}={{'xrays': 'balanced'}}"])
+        with pytest.raises(ValueError, match=rf"perturb.{table}: no such modality \['xrays'\]"):
+            check_modality_settings(cfg, ["xray"])

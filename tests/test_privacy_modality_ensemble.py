@@ -71,9 +71,10 @@ def test_modality_ensembles_are_read_from_the_config_and_bad_keys_refused(setup)
     word = load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer=/r/f1+/r/h2")
     assert ensemble.modality_ensembles(word.perturb, MODALITIES) == {"xray": ["/r/f1", "/r/h2"]}
     assert tuple(word.perturb.ensemble) == ("/r/a",)
-    # the word changes the X-rays' members and nothing else of the recipe
+    # the word changes the X-rays' members and their weighting, nothing else of the recipe
     recipe = load_config("configs/privacy.py:runlocal,transfer=/r/a").to_dict()
     recipe["perturb"]["modality_ensemble"] = {"xray": ("/r/f1", "/r/h2")}
+    recipe["perturb"]["modality_member_weighting"] = {"xray": "balanced"}
     assert word.to_dict() == recipe
     with pytest.raises(ValueError, match="xray_transfer needs the X-rays' ensemble"):
         load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer")
@@ -89,3 +90,29 @@ def test_modality_ensembles_are_read_from_the_config_and_bad_keys_refused(setup)
         protect_rows(rows, rows, [a], keep, ph, str(base / "refused"), progress=False,
                      modality_members={"xray": [a, b]})
     assert not os.path.exists(base / "refused")
+
+
+def test_a_modality_of_its_own_weighting_is_protected_as_with_it_everywhere(setup):
+    """``perturb.modality_member_weighting={'xray': 'balanced'}``: the X-rays are written as
+    ``member_weighting=balanced`` writes them, the fundus images as the plain mean does."""
+    base, ph, rows, pcfg, a, b = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    fundus = [r for r in rows if r.modality == "fundus"]
+
+    def config(*overrides):
+        c = load_config("configs/privacy.py")
+        c.perturb.steps, c.perturb.step_size, c.batch_size = 3, 0.02, 4
+        apply_overrides(c, list(overrides))
+        return c
+
+    mixed = _written(base, ph, rows, [a, b], config("perturb.modality_member_weighting="
+                                                     "{'xray': 'balanced'}"), "weigh_mixed")
+    balanced = _written(base, ph, xray, [a, b], config("perturb.member_weighting=balanced"),
+                        "weigh_xray_balanced")
+    plain_x = _written(base, ph, xray, [a, b], config(), "weigh_xray_mean")
+    plain_f = _written(base, ph, fundus, [a, b], config(), "weigh_fundus_mean")
+    for r in xray:
+        np.testing.assert_array_equal(mixed[r.image_id], balanced[r.image_id])
+    for r in fundus:
+        np.testing.assert_array_equal(mixed[r.image_id], plain_f[r.image_id])
+    assert any(not np.array_equal(balanced[r.image_id], plain_x[r.image_id]) for r in xray)

@@ -102,9 +102,21 @@ _balanced = jax.jit(mean_abs_normalised)
 WEIGHTINGS = ("mean", "balanced", "hardest")
 
 
-def check_weighting(weighting: str) -> None:
+def check_weighting(weighting: str, key: str = "perturb.member_weighting") -> None:
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"perturb.member_weighting={weighting!r}: expected one of {WEIGHTINGS}")
+        raise ValueError(f"{key}={weighting!r}: expected one of {WEIGHTINGS}")
+
+
+def weighting_for(cfg_perturb, modality: str) -> str:
+    """How ``modality``'s members' gradients combine: ``perturb.modality_member_weighting
+    [modality]`` where given, else ``perturb.member_weighting``. An ensemble of two model
+    families (fine-tunes of two backbones, X-ray's) can leave the family with the smaller
+    gradients unprotected under the plain mean, so a recipe can balance one modality."""
+    by_modality = dict(cfg_perturb.get("modality_member_weighting", {}) or {})
+    name = str(by_modality.get(modality, cfg_perturb.get("member_weighting", "mean")))
+    check_weighting(name, f"perturb.modality_member_weighting[{modality!r}]"
+                    if modality in by_modality else "perturb.member_weighting")
+    return name
 
 
 def ensemble_grad(member_grad, params_list, x0, delta, offset, ref_arrays, key,

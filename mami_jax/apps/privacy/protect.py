@@ -34,7 +34,7 @@ from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.transforms import slice_indices
 
 SUFFIX = "_protected"
@@ -90,6 +90,22 @@ def epsilon_for(cfg_perturb, modality: str) -> float:
     if not value > 0:
         raise ValueError(f"perturb.modality_epsilon[{modality!r}]={value!r}: must be > 0")
     return value
+
+
+#: ``perturb``'s per-modality tables: each entry replaces a plain setting for one modality.
+MODALITY_TABLES = ("modality_epsilon", "modality_objective", "modality_member_weighting")
+
+
+def check_modality_settings(cfg_perturb, modalities) -> None:
+    """Refuses, before any work, a table entry for no modality of the project (it would be
+    ignored) and a bad budget or weighting for any of ``modalities``."""
+    for table in MODALITY_TABLES:
+        unknown = sorted(set(dict(cfg_perturb.get(table, {}) or {})) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"perturb.{table}: no such modality {unknown}; known: {MODALITIES}")
+    for modality in sorted(modalities):
+        epsilon_for(cfg_perturb, modality)
+        perturb.weighting_for(cfg_perturb, modality)
 
 
 def ensemble_step(cfg_perturb, train_score, epsilon: float, keep, weighting):
@@ -306,6 +322,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
+    check_modality_settings(config.perturb, {r.modality for r in targets})
     if modality_members and str(config.perturb.get("keep_diagnosis", "")):
         raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
                          "it cannot be combined with perturb.modality_ensemble")
@@ -337,7 +354,7 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
         keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
                 for m, k in enumerate(keepers)]
         epsilon = epsilon_for(config.perturb, modality)
-        weighting = (str(config.perturb.get("member_weighting", "mean")),
+        weighting = (perturb.weighting_for(config.perturb, modality),
                      float(config.perturb.get("hardest_temperature", 0.05)))
         step = ensemble_step(config.perturb, train_score, epsilon, keep, weighting)
         deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
