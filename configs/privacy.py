@@ -15,7 +15,8 @@ the kinds of model an attacker would train; one member of each kind, fine-tunes 
 public backbone an attacker may start from and runs from scratch, protected CT, MRI,
 fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
 X-rays' own ensemble, ``perturb.modality_ensemble``: two fine-tunes of every public backbone
-an attacker may start from and the backbones themselves, and nothing else),
+an attacker may start from and the backbones themselves, and nothing else, their gradients
+balanced: ``perturb.modality_member_weighting``),
 ``xray_visible`` (X-rays get a 21.5 dB budget instead of 30: the smallest at which the
 `transfer` recipe's X-ray protection held against every held-out and retrained model
 measured; the change is visible), ``rank`` (every
@@ -196,18 +197,16 @@ def get_config(arg=None):
         # the model the change is fitted to, so every member of another kind dilutes it. Name
         # two fine-tunes of each backbone an attacker may start from (--workdir's among them)
         # and the backbones themselves (a released .pth or import-official folder will do):
-        # for two builds of the stand-in backbones every other fine-tune of either fell to
-        # 0.033-0.065, attackers fine-tuned on such X-rays to 0.043-0.076 (fine-tunes
-        # alone: 0.033-0.087 and the backbones 0.065-0.120, at or over the goal's edge), the
-        # diagnosis reader within 4.2 % (docs/privacy.md, "One ensemble per modality", "A
-        # second backbone, and the backbones themselves as members").
+        # without the backbones two builds of the stand-in backbones kept fine-tunes at
+        # 0.033-0.087 and the backbones at 0.065-0.120 (docs/privacy.md, "One ensemble per
+        # modality", "A second backbone, and the backbones themselves as members").
         p.modality_ensemble["xray"] = members
         # ... and every member's gradient scaled to the same size before they are averaged:
         # with the plain mean a third build of backbone A left backbone B's side
         # under-protected (a held-out fine-tune of B 0.076, B itself, a member, 0.087);
-        # balanced, every held-out fine-tune of three builds fell to 0.022-0.054, the
-        # diagnosis reader within 4.4 % (docs/privacy.md, "Three builds, and balanced
-        # members").
+        # balanced, every held-out fine-tune of three builds fell to 0.022-0.054, attackers
+        # fine-tuned on such X-rays to 0.054-0.098, the diagnosis reader within 4.4 %
+        # (docs/privacy.md, "Three builds, and balanced members").
         p.modality_member_weighting["xray"] = "balanced"
     if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
