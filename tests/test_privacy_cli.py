@@ -211,8 +211,9 @@ def test_usage_error_is_one_line_with_status_2(capsys):
 def test_xray_transfer_gives_the_xrays_their_own_members(run):
     """The README's recipe for attackers of every kind: ``transfer=A,xray_transfer=B.pth``
     (B's weights exported, as a public backbone is released) protects the X-rays against
-    --workdir's model and B alone, exactly as ``transfer=B`` (B's workdir) does, and not as
-    ``transfer=A`` does; the report names the X-rays' members."""
+    --workdir's model and B alone, their gradients balanced, exactly as ``transfer=B`` (B's
+    workdir) with balanced members does, and not as ``transfer=A`` does; the report names
+    the X-rays' members and weighting."""
     pytest.importorskip("torch")
     from mami_jax.convert.checkpoint_dir import load_params
     from mami_jax.convert.official import export_official
@@ -224,20 +225,22 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
     b_pth = str(base / "member_b.pth")
     export_official(b_pth, *load_params(b), allow_non_released_shift=True)
 
-    def written(name, words):
+    def written(name, words, *extra):
         out = base / name
         assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
                      "--split", "test", "--out", str(out), "--config", f"{run['config']}:{words}",
-                     "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}"]) == 0
+                     "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}",
+                     *extra]) == 0
         with open(out / "protect_report.json") as f:
-            members = json.load(f)["config"]["perturb"]["modality_ensemble"]
-        return members, {r.image_id: open_volume(r.path).read([0])
-                         for r in read_manifest(str(out / "manifest.csv"))}
+            p = json.load(f)["config"]["perturb"]
+        return (p["modality_ensemble"], p["modality_member_weighting"]), {
+            r.image_id: open_volume(r.path).read([0])
+            for r in read_manifest(str(out / "manifest.csv"))}
 
-    members, own = written("xray_own", f"transfer={a},xray_transfer={b_pth}")
-    assert members == {"xray": [b_pth]}
-    _, same = written("xray_b", f"transfer={b}")
-    _, other = written("xray_a", f"transfer={a}")
+    named, own = written("xray_own", f"transfer={a},xray_transfer={b_pth}")
+    assert named == ({"xray": [b_pth]}, {"xray": "balanced"})
+    _, same = written("xray_b", f"transfer={b}", "--set", "perturb.member_weighting=balanced")
+    _, other = written("xray_a", f"transfer={a}", "--set", "perturb.member_weighting=balanced")
     assert own.keys() == same.keys() == other.keys() and len(own) == 6
     for k in own:
         np.testing.assert_array_equal(own[k], same[k])
