@@ -105,7 +105,7 @@ class Embedder:
                 loaded.params, config.partition_rules, mesh))
             return cls(config.model, placed, config.data, source=name,
                        batch_size=int(config.eval.batch_size))
-        if not os.path.isdir(workdir):
+        if not names_a_path(name):
             raise FileNotFoundError(f"{role} {name!r}: no re-ID workdir, model file "
                                     "(.pth/.safetensors) or converter folder there")
         if sep and not step.isdigit():
@@ -133,6 +133,12 @@ class Embedder:
         indices = list(range(len(rows))) if indices is None else list(indices)
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
                           int(batch_size or self.batch_size))
+
+
+def names_a_path(name: str) -> bool:
+    """Whether ``name`` (as ``Embedder.load`` takes it) points at something on disk: a
+    file or folder, or the workdir of ``WORKDIR@STEP``; a cheap check before slow work."""
+    return os.path.exists(name) or os.path.isdir(name.partition("@")[0])
 
 
 def _refuse_other_config(saved, given, where: str) -> None:

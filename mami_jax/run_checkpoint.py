@@ -45,14 +45,13 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     maybe_initialize_distributed()
     workdir = os.path.abspath(workdir)
     action = "evaluate" if mode == "eval" else "embed"
-    if model_name:
-        model = Embedder.load(model_name, config, action, role="--model")  # before the data
-    else:
-        checkpointing.check_model_config(workdir, config.model, action)  # before the data
+    # A named model is loaded, a workdir's config checked, before the data is read.
+    model = Embedder.load(model_name, config, action, role="--model") if model_name else None
+    if model is None:
+        checkpointing.check_model_config(workdir, config.model, action)
     rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    if not model_name:
-        model = Embedder.from_workdir(workdir, config, mesh, action)
+    model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
     if mode == "eval":
         return evaluate(model.embed_batch, rows, config, mesh,

@@ -111,12 +111,13 @@ def _run(args) -> None:
         return _attacker_manifest(args)
 
     from mami_jax.apps.privacy import ensemble
+    from mami_jax.inference import names_a_path
     from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
     from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic
 
     if not os.path.isfile(args.manifest):
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
-    if not (os.path.exists(args.workdir) or os.path.isdir(args.workdir.partition("@")[0])):
+    if not names_a_path(args.workdir):
         raise FileNotFoundError(f"--workdir {args.workdir}: no such file or folder")
     _check_out(args.out, args.manifest)
     pcfg = load_config(args.config)
