@@ -122,7 +122,7 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.1f} %"
 
 
-def history_check(args, cfg, app_cfg):
+def history_check(args, app_cfg):
     """(classifiers, what gives their features) of ``--history-classifier``, checked before
     the long work: the re-ID model ``--history-model`` (a ``TrainedModel``) or, for
     ``features=teacher:NAME``, that diagnosis model (a ``DiagnosisBackbone``), whichever
@@ -138,8 +138,8 @@ def history_check(args, cfg, app_cfg):
         for classifier in classifiers:
             classifier.check_backbone(source)
         return classifiers, source
-    emb = Embedder.load(args.history_model, cfg, action="evaluate", role="--history-model")
-    model = TrainedModel(args.history_model, resolve_spec(args.experiment), embedder=emb)
+    model = TrainedModel(args.history_model, resolve_spec(args.experiment),
+                         role="--history-model", action="evaluate")
     for classifier in classifiers:
         classifier.check_model(model)
     return classifiers, model
@@ -223,7 +223,7 @@ def run(args, app_cfg=None) -> int:
     cfg = load_config(args.experiment)
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
-    history = history_check(args, cfg, app_cfg)
+    history = history_check(args, app_cfg)
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)

@@ -102,8 +102,9 @@ def test_index_query_add(setup, capsys, tmp_path):
 
 def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
     """``--workdir`` may name the published weights: an archive indexed with the run's
-    exported .pth takes images embedded by the run itself (the same parameters), and
-    a path that is no model is one error line naming the flag."""
+    exported .pth (given under the flag's other name, ``--model``) takes images embedded
+    by the run itself (the same parameters), and a path that is no model is one error
+    line naming the flag."""
     pytest.importorskip("torch")
     from mami_jax.convert.checkpoint_dir import load_params
     from mami_jax.convert.official import export_official
@@ -111,7 +112,7 @@ def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
     pth = str(tmp_path / "released.pth")
     export_official(pth, *load_params(s["run"]), allow_non_released_shift=True)
     index = str(tmp_path / "index")
-    assert main(["index", "--workdir", pth, "--config", s["config"], "--manifest", s["first"],
+    assert main(["index", "--model", pth, "--config", s["config"], "--manifest", s["first"],
                  "--out", index, "--app-config", s["app"]]) == 0
     assert Archive.load(index).model["source"] == os.path.abspath(pth)
     assert main(["add", "--index", index, "--manifest", s["last"], "--workdir", s["run"],

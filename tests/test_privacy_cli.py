@@ -150,17 +150,19 @@ def test_cues_write_overlays_and_raw_maps(run):
 
 
 def test_a_released_file_is_the_model_its_workdir_is(run):
-    """``--workdir`` takes the model as it is published (a .pth), and explains with it
-    exactly what the run it came from explains with."""
+    """``--workdir`` takes the model as it is published (a .pth; given here under the
+    flag's other name, ``--model``), and explains with it exactly what the run it came
+    from explains with."""
     pytest.importorskip("torch")
     from mami_jax.convert.checkpoint_dir import load_params
     from mami_jax.convert.official import export_official
     pth = str(run["base"] / "released.pth")
     export_official(pth, *load_params(run["workdir"]), allow_non_released_shift=True)
     maps = {}
-    for name, model in (("from_run", run["workdir"]), ("from_file", pth)):
+    for name, flag, model in (("from_run", "--workdir", run["workdir"]),
+                              ("from_file", "--model", pth)):
         out = run["base"] / f"cues_{name}"
-        assert main(["cues", "--workdir", model, "--manifest", run["manifest"],
+        assert main(["cues", flag, model, "--manifest", run["manifest"],
                      "--out", str(out), "--config", run["config"]]) == 0
         maps[name] = {f: dict(np.load(out / f)) for f in sorted(os.listdir(out))
                       if f.endswith(".npz")}

@@ -191,6 +191,16 @@ def test_privacy_eval_refuses_another_models_classifier(tiny, capsys):
     assert not os.path.exists(tiny["base"] / "eval2")      # refused before any work
 
 
+def test_privacy_eval_names_a_missing_history_model(tiny, capsys):
+    missing = str(tiny["base"] / "no_such_run")
+    code = privacy_eval.main(tiny["common"] + ["--history-model", missing,
+                                               "--out", str(tiny["base"] / "eval4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: ") and "--history-model" in err[0] and missing in err[0]
+    assert not os.path.exists(tiny["base"] / "eval4")      # refused before any work
+
+
 def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
     with pytest.raises(SystemExit) as e:
         privacy_eval.main(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])
@@ -269,7 +279,7 @@ def test_reader_classifiers_read_their_own_readers(tmp_path):
         f"{r.image_id},{label}\n" for r, label in zip(rows, y)))
     test_rows = [rows[i] for i in test]
     classifiers, source = privacy_eval.history_check(
-        types.SimpleNamespace(history_classifier=[out]), None, cfg)
+        types.SimpleNamespace(history_classifier=[out]), cfg)
     assert source is None
     report = privacy_eval.history_report(classifiers, source, test_rows, test_rows, str(labels))
     entry = report[clf.out_dir]

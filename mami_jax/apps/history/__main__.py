@@ -20,6 +20,9 @@ query; ``figure`` draws the AUC of
 several runs (e.g. classifier seeds) with their spread. An image already archived is
 queried with its own metadata (only earlier images, never its own study); another one
 needs ``--modality`` (and ``--order`` to exclude later archived images).
+``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) takes a
+training workdir, ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file
+or a converter folder.
 Bad input ends with one ``error: ...`` line and exit status 2.
 """
 
@@ -36,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s, required=True):
-        s.add_argument("--workdir", required=required,
+        s.add_argument("--workdir", "--model", dest="workdir", required=required,
                        help="the re-ID model: a training workdir (latest checkpoint; "
                             "WORKDIR@STEP for another), a released or exported "
-                            ".pth/.safetensors file, or a converter folder")
+                            ".pth/.safetensors file, or a converter folder (--model is "
+                            "the same flag, as in python -m mami_jax.main)")
         s.add_argument("--config", required=required,
                        help="the run's experiment config, e.g. configs/all.py:runlocal")
 

@@ -67,13 +67,13 @@ def fingerprint(params) -> str:
 class TrainedModel:
     """The re-ID model ``workdir`` names (a training workdir's latest checkpoint,
     ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file or a converter
-    folder: ``Embedder.load``), for the experiment config ``spec``."""
+    folder: ``Embedder.load``), for the experiment config ``spec``. ``role`` and ``action``
+    word the error when it cannot be read (the flag that named it, what it was for)."""
 
-    def __init__(self, workdir: str, spec: str, embedder: Embedder | None = None):
+    def __init__(self, workdir: str, spec: str, role: str = "--workdir", action: str = "use"):
         self.workdir, self.spec = os.path.abspath(workdir), spec
         config = load_experiment_config(spec)
-        self.embedder = embedder or Embedder.load(self.workdir, config, action="use",
-                                                  role="--workdir")
+        self.embedder = Embedder.load(self.workdir, config, action=action, role=role)
         self.fingerprint = fingerprint(self.embedder.params)
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 

@@ -16,9 +16,9 @@ score before and after, PSNR of the optimised change and of the file on disk, la
 change).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
-``--workdir`` names the re-ID model as a training workdir, ``WORKDIR@STEP``, a released or
-exported ``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a
-converter folder. ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
+``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) names the
+re-ID model as a training workdir, ``WORKDIR@STEP``, a released or exported
+``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a converter folder. ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
 manifest. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
 """
 
@@ -47,10 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
                        ("protect", "write protected images and their manifest")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("--workdir", required=True,
+        s.add_argument("--workdir", "--model", dest="workdir", required=True,
                        help="the re-ID model: a training workdir (WORKDIR@STEP for one of its "
                             "checkpoints), a released or exported .pth/.safetensors file, or a "
-                            "converter folder (python -m mami_jax.convert import-official)")
+                            "converter folder (python -m mami_jax.convert import-official); "
+                            "--model is the same flag, as in python -m mami_jax.main")
         s.add_argument("--manifest", required=True, help="manifest CSV of the images")
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--split", default="test", help="split to process, or 'all'")
