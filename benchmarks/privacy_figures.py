@@ -11,7 +11,7 @@
   several times merges its manifests):
   OUT/privacy_protected.png, each ``--ids`` row beside its protected copies and their
   changes (x10);
-- ``--eval`` (``privacy_eval.py`` outputs; a model's modalities are merged over the files,
+- ``--eval`` (``privacy evaluate`` outputs; a model's modalities are merged over the files,
   ``--rename`` labels it): OUT/privacy_rank1.png, Rank-1 before and after per model and
   modality; and where those files judged the diagnosis with history classifiers
   (``--history-classifier``), OUT/privacy_utility.png, each classifier's AUC change per
@@ -39,20 +39,6 @@ from mami_jax.apps.privacy import figures  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.apps.privacy.settings import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
-
-
-def merged_utility(reports, rename) -> dict:
-    """modality -> {classifier label: relative AUC change}, over the ``history_utility``
-    sections of several ``privacy_eval.json`` (usually one file per modality). A classifier
-    is labelled by ``rename`` of its path, else the path's last folder name."""
-    changes: dict[str, dict] = {}
-    for rep in reports:
-        for path, entry in rep.get("history_utility", {}).items():
-            label = rename.get(path, os.path.basename(os.path.normpath(path)))
-            for modality, v in entry["auc"].items():
-                if modality != "mean":
-                    changes.setdefault(modality, {})[label] = float(v["relative_change"])
-    return changes
 
 
 def merge_attack(into: dict, attack: dict, rename: dict) -> None:
@@ -156,7 +142,7 @@ def main(argv=None) -> int:
             merge_attack(attack, reports[-1]["attack"], rename)
         figures.rank1_bars(os.path.join(args.out, "privacy_rank1.png"), attack,
                            "protected test queries against the original gallery")
-        changes = merged_utility(reports, rename)
+        changes = figures.merged_utility(reports, rename)
         if changes:
             figures.utility_bars(os.path.join(args.out, "privacy_utility.png"), changes,
                                  title="diagnosis AUC, protected against original images")

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.named_models import named  # noqa: E402
+from mami_jax.apps.privacy.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import ensemble  # noqa: E402
 from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
 from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402

@@ -110,8 +110,12 @@ class Embedder:
                                     "(.pth/.safetensors) or converter folder there")
         if sep and not step.isdigit():
             raise ValueError(f"{role} {name!r}: STEP of WORKDIR@STEP must be a number")
-        return cls.from_workdir(workdir, config, action=action,
-                                step=int(step) if sep else None)
+        try:
+            return cls.from_workdir(workdir, config, action=action,
+                                    step=int(step) if sep else None)
+        except (checkpointing.CheckpointError, FileNotFoundError) as e:
+            # A folder that is not a run, or a step it lacks: say which argument named it.
+            raise type(e)(f"{role} {name!r}: {e}") from e
 
     # -- use ------------------------------------------------------------------------
     def preprocess(self, row: ManifestRow) -> np.ndarray:

@@ -57,7 +57,7 @@ def test_privacy_figures_merges_the_readers_changes_per_modality(tmp_path, capsy
     ct = _eval_file(tmp_path / "ct.json", "ct", 0.02, {"r_s0": -0.04, "r_s1": -0.01})
     fundus = _eval_file(tmp_path / "fundus.json", "fundus", 0.01, {"r_s0": -0.12, "r_s1": 0.02})
     reports = [json.loads(open(p).read()) for p in (ct, fundus)]
-    assert privacy_figures.merged_utility(reports, {"/runs/r_s1": "seed 1"}) == {
+    assert figures.merged_utility(reports, {"/runs/r_s1": "seed 1"}) == {
         "ct": {"r_s0": -0.04, "seed 1": -0.01}, "fundus": {"r_s0": -0.12, "seed 1": 0.02}}
     manifest = tmp_path / "m.csv"
     write_manifest([], str(manifest))

@@ -1,5 +1,6 @@
 """The history application's diagnosis classifier as the privacy utility check
-(``apps.privacy.history_utility``, ``benchmarks/privacy_eval.py --history-classifier``):
+(``apps.privacy.history_utility``, ``python -m mami_jax.apps.privacy evaluate
+--history-classifier``):
 identical inputs give identical AUCs, a changed input changes them, and a classifier
 trained on another model's features is refused with one error line."""
 
@@ -12,7 +13,8 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from benchmarks import privacy_eval  # noqa: E402
+from mami_jax.apps.privacy import evaluation  # noqa: E402
+from mami_jax.apps.privacy.__main__ import main as privacy_main  # noqa: E402
 from configs.history import get_config as history_config  # noqa: E402
 from mami_jax.apps.history import scoring, training  # noqa: E402
 from mami_jax.apps.history.features import TrainedModel  # noqa: E402
@@ -21,6 +23,10 @@ from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.apps.privacy.settings import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests.history_workdir import make_workdir, write_config, write_xray_archive  # noqa: E402
+
+def evaluate(args):
+    return privacy_main(["evaluate"] + args)
+
 
 CLS = types.SimpleNamespace(hidden=8, steps=60, learning_rate=1e-2, weight_decay=0.0, seed=0)
 
@@ -141,7 +147,7 @@ def tiny(tmp_path_factory):
     app = history_config()
     clf_dir = str(base / "cls")
     train = [r for r in rows if r.split == "train"]
-    y = privacy_eval.read_row_labels(train, str(base / "data" / "labels.csv"), app)
+    y = evaluation.read_row_labels(train, str(base / "data" / "labels.csv"), app)
     emb, backbone = model.features(train, progress=False)
     save_classifier(clf_dir, backbone, y, [r.modality for r in train], model.fingerprint)
     save_classifier(clf_dir + "2", backbone, y, [r.modality for r in train], model.fingerprint, 1)
@@ -156,7 +162,7 @@ def tiny(tmp_path_factory):
 def test_privacy_eval_reports_the_history_classifier(tiny):
     out = str(tiny["base"] / "eval")
     second = tiny["clf_dir"] + "2"                 # another classifier seed, same model
-    assert privacy_eval.main(tiny["common"] + ["--history-classifier", second, "--history-model",
+    assert evaluate(tiny["common"] + ["--history-classifier", second, "--history-model",
                                                tiny["workdir"], "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         result = json.load(f)
@@ -180,10 +186,14 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
     assert "history diagnosis classifier" in text
     still = sum(1 for v in patients if v["matched_after"])
     assert (f"tiny, {group}: {still} of {len(patients)} patients still matched" in text) == bool(still)
+    from PIL import Image
+    for picture in ("privacy_rank1.png", "privacy_utility.png"):   # drawn, and readable
+        with Image.open(os.path.join(out, picture)) as im:
+            assert im.format == "PNG" and min(im.size) > 100
 
 
 def test_privacy_eval_refuses_another_models_classifier(tiny, capsys):
-    code = privacy_eval.main(tiny["common"] + ["--history-model", tiny["other"],
+    code = evaluate(tiny["common"] + ["--history-model", tiny["other"],
                                                "--out", str(tiny["base"] / "eval2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
@@ -191,19 +201,34 @@ def test_privacy_eval_refuses_another_models_classifier(tiny, capsys):
     assert not os.path.exists(tiny["base"] / "eval2")      # refused before any work
 
 
-def test_privacy_eval_names_a_missing_history_model(tiny, capsys):
-    missing = str(tiny["base"] / "no_such_run")
-    code = privacy_eval.main(tiny["common"] + ["--history-model", missing,
-                                               "--out", str(tiny["base"] / "eval4")])
+@pytest.mark.parametrize("flag, what", [
+    ("--history-model", "missing"), ("--history-model", "empty folder"),
+    ("--original", "missing"), ("--labels", "missing"), ("--model", "missing")])
+def test_privacy_eval_names_what_it_cannot_read(tiny, capsys, flag, what):
+    """A missing input, or a folder that holds no model, is one error line naming its
+    flag and path, before anything is written."""
+    path = str(tiny["base"] / f"no_such_{flag[2:]}")
+    if what == "empty folder":
+        path = str(tiny["base"] / "empty_folder")
+        os.makedirs(path, exist_ok=True)
+    args = list(tiny["common"])
+    if flag == "--history-model":
+        args += [flag, path]
+    else:
+        i = args.index(flag)
+        args[i + 1] = f"tiny={path}" if flag == "--model" else path
+        args += ["--history-model", tiny["workdir"]]
+    out = tiny["base"] / f"eval_{flag[2:]}_{what.replace(' ', '_')}"
+    code = evaluate(args + ["--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
-    assert err[0].startswith("error: ") and "--history-model" in err[0] and missing in err[0]
-    assert not os.path.exists(tiny["base"] / "eval4")      # refused before any work
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: {flag} ") and path in err[0], err[0]
+    assert not os.path.exists(out)      # refused before any work
 
 
 def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
     with pytest.raises(SystemExit) as e:
-        privacy_eval.main(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])
+        evaluate(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])
     assert e.value.code == 2
     assert "--history-classifier needs --history-model" in capsys.readouterr().err
 
@@ -219,7 +244,7 @@ def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
     rows = read_manifest(tiny["common"][1])
     train = [r for r in rows if r.split == "train"]
     app = history_config("features=teacher:efficientnet_lite0")
-    y = privacy_eval.read_row_labels(train, tiny["common"][5], app)
+    y = evaluation.read_row_labels(train, tiny["common"][5], app)
     x = backbone.features(train, progress=False)
     clf_dir = str(tiny["base"] / "teacher_cls")
     save_classifier(clf_dir, x, y, [r.modality for r in train], "unused")
@@ -230,7 +255,7 @@ def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
     common = tiny["common"][:-2] + ["--history-classifier", clf_dir, "--history-config",
                                     "configs/history.py:features=teacher:efficientnet_lite0"]
     out = str(tiny["base"] / "eval_teacher")
-    assert privacy_eval.main(common + ["--out", out]) == 0
+    assert evaluate(common + ["--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         hist = json.load(f)["history_utility"][clf_dir]
     assert hist["model"] == "teacher:efficientnet_lite0"
@@ -241,7 +266,7 @@ def test_privacy_eval_reports_a_teacher_classifier(tiny, capsys):
     with open(os.path.join(clf_dir, "classifiers.json"), "w") as f:
         json.dump(info, f)
     capsys.readouterr()
-    assert privacy_eval.main(common + ["--out", str(tiny["base"] / "eval_teacher2")]) == 1
+    assert evaluate(common + ["--out", str(tiny["base"] / "eval_teacher2")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained on teacher efficientnet_lite0 with weights sha256:0000" in err[0]
     assert not os.path.exists(tiny["base"] / "eval_teacher2")
@@ -272,16 +297,16 @@ def test_reader_classifiers_read_their_own_readers(tmp_path):
     again = clf.reader.features([rows[i] for i in test], progress=False)
     np.testing.assert_allclose(again, logits[test], rtol=1e-5, atol=1e-5)
     assert clf.fingerprint == clf.reader.fingerprint
-    # privacy_eval's report: each classifier reads with its own readers; identical
+    # evaluate's report: each classifier reads with its own readers; identical
     # "protected" copies keep the AUC exactly
     labels = tmp_path / "labels.csv"
     labels.write_text("image_id,disease_label\n" + "".join(
         f"{r.image_id},{label}\n" for r, label in zip(rows, y)))
     test_rows = [rows[i] for i in test]
-    classifiers, source = privacy_eval.history_check(
+    classifiers, source = evaluation.history_classifiers(
         types.SimpleNamespace(history_classifier=[out]), cfg)
     assert source is None
-    report = privacy_eval.history_report(classifiers, source, test_rows, test_rows, str(labels))
+    report = evaluation.history_report(classifiers, source, test_rows, test_rows, str(labels))
     entry = report[clf.out_dir]
     assert entry["model"].startswith("reader:") and entry["fingerprint"] == clf.fingerprint
     assert entry["auc"]["xray"]["relative_change"] == 0.0
@@ -300,12 +325,12 @@ def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
     export_official(pth, *load_params(tiny["workdir"]), allow_non_released_shift=True)
     without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
     out = str(tiny["base"] / "eval_file")
-    assert privacy_eval.main(without_history + ["--model", f"file={pth}", "--out", out]) == 0
+    assert evaluate(without_history + ["--model", f"file={pth}", "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         attack = json.load(f)["attack"]
     assert attack["file"].pop("source") == {"model": pth, "step": None}
     assert attack["tiny"].pop("source")["model"] == tiny["workdir"]
     assert attack["file"] == attack["tiny"]
     with pytest.raises(SystemExit) as e:
-        privacy_eval.main(without_history + ["--model", pth, "--out", out])
+        evaluate(without_history + ["--model", pth, "--out", out])
     assert e.value.code == 2 and "give it as NAME=MODEL" in capsys.readouterr().err

@@ -143,6 +143,9 @@ TESTED_ELSEWHERE = {
         "tests/test_privacy_cli.py::test_cues_write_overlays_and_raw_maps",
     "python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR "
     "--split test": "tests/test_privacy_cli.py::test_protect_writes_a_manifest_that_keeps_its_rows",
+    "python -m mami_jax.apps.privacy evaluate --original FILE --protected DIR/manifest.csv "
+    "--model protecting=RUN --model other=OTHER_RUN --labels LABELS.csv --out EVAL":
+        "tests/test_privacy_history_utility.py::test_privacy_eval_reports_the_history_classifier",
     shlex.join(["python", "-m", "mami_jax.apps.privacy", "protect", "--workdir", "FT_A1",
                 "--manifest", "FILE", "--split", "test", "--out", "DIR", "--config",
                 "configs/privacy.py:transfer=FT_B1+SCRATCH_1+SCRATCH_2,"

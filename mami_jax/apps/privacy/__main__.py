@@ -6,6 +6,10 @@
         [--split test] [--config ...] [--set perturb.epsilon=0.02 ...]
     python -m mami_jax.apps.privacy attacker-manifest --manifest FILE --protected OUT/manifest.csv
         --out FILE [--splits train]
+    python -m mami_jax.apps.privacy evaluate --original FILE --protected OUT/manifest.csv
+        --model NAME=MODEL [--model ...] --out DIR [--labels LABELS.csv]
+        [--probe-model MODEL] [--history-classifier DIR ... --history-model MODEL]
+        [--history-config FILE[:ARG]] [--experiment configs/all.py:runlocal] [--split test]
 
 ``cues`` writes OUT/<image_id>.png (the image and its gradient and occlusion cue maps as
 heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
@@ -16,9 +20,13 @@ score before and after, PSNR of the optimised change and of the file on disk, la
 change).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
+``evaluate`` measures a protection: Rank-1 and verification AUC of the protected queries
+against the unprotected gallery for every ``--model``, diagnosis AUC on original and
+protected images, PSNR and SSIM (``evaluation``), into OUT/privacy_eval.json and .md.
 ``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) names the
 re-ID model as a training workdir, ``WORKDIR@STEP``, a released or exported
-``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a converter folder. ``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
+``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a converter folder.
+``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
 manifest. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
 """
 
@@ -61,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                             "xray_visible (its docstring lists them)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a privacy config value")
+    _evaluate_parser(sub)
     a = sub.add_parser("attacker-manifest",
                        help="training manifest of the adaptive attacker (protected train rows)")
     a.add_argument("--manifest", required=True, help="the original manifest CSV")
@@ -73,10 +82,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _evaluate_parser(sub) -> None:
+    e = sub.add_parser("evaluate", help="Rank-1, verification AUC, diagnosis AUC, PSNR and "
+                                        "SSIM of protected images against their originals")
+    e.add_argument("--original", required=True, help="the original manifest CSV")
+    e.add_argument("--protected", required=True, help="manifest.csv written by protect")
+    e.add_argument("--labels", default="", help="diagnosis labels CSV (image_id, label)")
+    e.add_argument("--model", action="append", required=True, metavar="NAME=MODEL",
+                   help="a re-ID model to attack with, named as the tables show it "
+                        "(repeatable): workdir, WORKDIR@STEP, .pth/.safetensors or converter "
+                        "folder")
+    e.add_argument("--probe-model", action="append", default=[], metavar="MODEL",
+                   help="model whose frozen features a diagnosis probe reads (repeatable)")
+    e.add_argument("--history-classifier", action="append", default=[], metavar="DIR",
+                   help="a history `train` output trained on the original images "
+                        "(repeatable, e.g. classifier seeds)")
+    e.add_argument("--history-model", default="", metavar="MODEL",
+                   help="the model that history `train` used (its features are checked)")
+    e.add_argument("--history-config", default="configs/history.py",
+                   help="the history app config the classifiers were trained with")
+    e.add_argument("--experiment", default="configs/all.py:runlocal",
+                   help="the experiment config the models were trained with")
+    e.add_argument("--split", default="test", help="split whose images are evaluated")
+    e.add_argument("--out", required=True, help="folder for privacy_eval.json and .md")
+
+
 def _user_errors() -> tuple:
     from mami_jax.apps.privacy.writers import WriteError
     from mami_jax.main import user_errors
-    return user_errors() + (WriteError,)
+    return user_errors() + (WriteError, OSError, ImportError)
 
 
 def _check_out(out: str, manifest: str) -> None:
@@ -105,11 +139,22 @@ def _attacker_manifest(args) -> None:
           f"modalities {modalities or 'all'})")
 
 
-def _run(args) -> None:
+def _evaluate(args, parser) -> None:
+    from mami_jax.apps.privacy import evaluation
+    try:
+        app_cfg = evaluation.checked_arguments(args)
+    except evaluation.UsageError as e:
+        parser.error(str(e))
+    evaluation.run(args, app_cfg)
+
+
+def _run(args, parser) -> None:
     import numpy as np
 
     if args.command == "attacker-manifest":
         return _attacker_manifest(args)
+    if args.command == "evaluate":
+        return _evaluate(args, parser)
 
     from mami_jax.apps.privacy import ensemble
     from mami_jax.inference import names_a_path
@@ -164,7 +209,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        _run(args)
+        _run(args, parser)
     except _user_errors() as e:
         message = " ".join(str(e).split("\n")) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ embedding and the pooled last-block map, ``apps.history.features``), standardise
 the statistics of its training images of the modality, exactly as ``history_utility``
 applies it; the term is computed on the same random view as the match score.
 Utility is then judged with a different diagnosis model that never saw a protected image
-(``benchmarks/privacy_eval.py --history-classifier``, e.g. on a held-out re-ID model).
+(``python -m mami_jax.apps.privacy evaluate --history-classifier``, e.g. on a held-out re-ID model).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ Every function reads what the commands wrote (cue ``.npz`` maps, protected manif
 
 from __future__ import annotations
 
+import os
 import textwrap
 from typing import Sequence
 
@@ -87,8 +88,8 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     plt = _plt()
     names = list(attack)
     groups = _modalities([attack])
-    fig, axes = plt.subplots(1, len(names), figsize=(1.0 + (0.5 + 0.55 * len(groups)) * len(names),
-                                                     3.6), squeeze=False, sharey=True)
+    width = max(4.5, 1.0 + (0.5 + 0.55 * len(groups)) * len(names))   # room for the legend
+    fig, axes = plt.subplots(1, len(names), figsize=(width, 3.8), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         rep = attack[name]
         gs = [g for g in groups if g in rep]
@@ -107,12 +108,26 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
         ax.set_title(name, fontsize=8)
     axes[0, 0].set_ylabel("Rank-1 (dotted: chance, dashed: 2x chance)", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="upper left", ncol=2)
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
     if title:
-        fig.suptitle(title, fontsize=9, x=0.6)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
+
+
+def merged_utility(reports, rename) -> dict:
+    """modality -> {classifier label: relative AUC change}, over the ``history_utility``
+    sections of several ``privacy_eval.json`` (usually one file per modality). A classifier
+    is labelled by ``rename`` of its path, else the path's last folder name."""
+    changes: dict[str, dict] = {}
+    for rep in reports:
+        for path, entry in rep.get("history_utility", {}).items():
+            label = rename.get(path, os.path.basename(os.path.normpath(path)))
+            for modality, v in entry["auc"].items():
+                if modality != "mean":
+                    changes.setdefault(modality, {})[label] = float(v["relative_change"])
+    return changes
 
 
 def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "") -> None:
@@ -123,7 +138,7 @@ def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "")
     groups = sorted(changes)
     labels = list(dict.fromkeys(c for g in groups for c in changes[g]))
     width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(groups), 3.4))
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.5 + 0.9 * len(groups)), 3.4))
     x = np.arange(len(groups))
     colours = plt.get_cmap("tab10")
     for i, label in enumerate(labels):
@@ -138,7 +153,7 @@ def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "")
     ax.set_ylabel(f"diagnosis AUC change, % (dashed: {100 * goal:+.0f} %)", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title("\n".join(textwrap.wrap(title, 40)), fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)

@@ -1,6 +1,6 @@
-"""``NAME=MODEL`` arguments of the privacy benchmarks (``--model``, ``--held-out``,
-``--member``, ``--white-box``): the name a table shows and the model (or file) it stands
-for, in the order given."""
+"""``NAME=MODEL`` arguments (``privacy evaluate --model``; the privacy benchmarks'
+``--held-out``, ``--member``, ``--white-box``): the name a table shows and the model (or
+file) it stands for, in the order given."""
 
 from __future__ import annotations
 

@@ -1,54 +1,85 @@
-"""Figures of the privacy protection (docs/privacy.md): attack, utility, image quality.
+"""What a protection is worth (``python -m mami_jax.apps.privacy evaluate``): attack,
+utility and image quality of a ``protect`` output against its originals.
 
-    python benchmarks/privacy_eval.py --original MANIFEST --protected OUT/manifest.csv \
-        --labels LABELS.csv --model NAME=MODEL [--model ...] [--probe-model MODEL] \
-        [--history-classifier DIR [...] --history-model WORKDIR [--history-config FILE[:ARG]]] \
-        [--experiment configs/all.py:runlocal] [--split test] --out DIR
-
-A model (``--model``, ``--probe-model``) is a workdir, ``WORKDIR@STEP``, a released or
-exported ``.pth``/``.safetensors`` file or a converter folder (``Embedder.load``). For each
-``--model``: Rank-1 and verification AUC of the protected queries of the split
-against its unprotected gallery, before and after (``attack_eval``), and per patient how
-many of its queries still rank one of its own images first (the patients a protection
-fails: ``patients`` in the JSON, those still matched in the markdown). Utility: a
-diagnosis probe on ``--probe-model``'s frozen features, fitted on the ORIGINAL training
-images, scored on original and protected test images (``utility``); and, with
-``--history-classifier`` (repeatable, e.g. classifier seeds), the history application's
-current-only diagnosis classifier (a history ``train`` output made with ``--history-model``
-on the ORIGINAL images; refused when it was trained on another model's features) on the
-same images (``history_utility``); with a ``--history-config`` of ``features=teacher:NAME``
-the classifiers read that separate diagnosis model instead (no ``--history-model``), and with
-``features=reader`` the CNN readers their `train` fitted on the labels, saved beside them
-(every slice of a series). Quality: PSNR and
-SSIM of every protected image against its original, on the slices the model reads.
-Writes DIR/privacy_eval.json and DIR/privacy_eval.md (and prints the tables). Bad input
-ends with one ``error: ...`` line (exit status 2 for usage, 1 otherwise).
+A model (``--model NAME=MODEL``, ``--probe-model``) is a workdir, ``WORKDIR@STEP``, a
+released or exported ``.pth``/``.safetensors`` file or a converter folder
+(``Embedder.load``). For each ``--model``: Rank-1 and verification AUC of the protected
+queries of the split against its unprotected gallery, before and after (``attack_eval``),
+and per patient how many of its queries still rank one of its own images first (the
+patients a protection fails: ``patients`` in the JSON, those still matched in the
+markdown). Utility: a diagnosis probe on ``--probe-model``'s frozen features, fitted on the
+ORIGINAL training images, scored on original and protected test images (``utility``); and,
+with ``--history-classifier`` (repeatable, e.g. classifier seeds), the history
+application's current-only diagnosis classifier (a history ``train`` output made with
+``--history-model`` on the ORIGINAL images; refused when it was trained on another model's
+features) on the same images (``history_utility``); with a ``--history-config`` of
+``features=teacher:NAME`` the classifiers read that separate diagnosis model instead (no
+``--history-model``), and with ``features=reader`` the CNN readers their ``train`` fitted
+on the labels, saved beside them (every slice of a series). Quality: PSNR and SSIM of
+every protected image against its original, on the slices the model reads. Writes
+OUT/privacy_eval.json and OUT/privacy_eval.md after every model (so a long evaluation
+can be read while it runs), prints the tables, and draws them (``pictures``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mami_jax.apps.history.experiment import read_row_labels
+from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
+from mami_jax.apps.history.diagnosis_reader import KIND as READER
+from mami_jax.apps.history.features import TrainedModel
+from mami_jax.apps.privacy import attack_eval, figures, history_utility, quality, utility
+from mami_jax.apps.privacy.model_input import read_source, settings_for
+from mami_jax.apps.privacy.named_models import named
+from mami_jax.apps.privacy.protect import SUFFIX
+from mami_jax.apps.privacy.settings import load_config, resolve_spec
+from mami_jax.data.manifest import read_manifest
+from mami_jax.inference import Embedder, names_a_path
+from mami_jax.runtime.atomic_files import write_text_atomic
 
-from benchmarks.named_models import named  # noqa: E402
-from mami_jax.apps.history.experiment import read_row_labels  # noqa: E402
-from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name  # noqa: E402
-from mami_jax.apps.history.diagnosis_reader import KIND as READER  # noqa: E402
-from mami_jax.apps.history.features import TrainedModel  # noqa: E402
-from mami_jax.apps.privacy import attack_eval, history_utility, quality, utility  # noqa: E402
-from mami_jax.apps.privacy.model_input import read_source, settings_for  # noqa: E402
-from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
-from mami_jax.apps.privacy.settings import load_config, resolve_spec  # noqa: E402
-from mami_jax.data.manifest import ManifestError, read_manifest  # noqa: E402
-from mami_jax.inference import Embedder  # noqa: E402
-from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+
+class UsageError(ValueError):
+    """Arguments that do not fit together: a usage error (exit status 2), as argparse's."""
+
+
+def checked_arguments(args):
+    """The history app config ``--history-classifier`` was trained with (None without
+    one), every argument checked before any work: ``UsageError`` where they do not fit
+    together, FileNotFoundError naming the flag of a file or model that is not there,
+    ValueError where the config cannot be read."""
+    try:
+        models = named(args.model, "--model")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    files = [("--original", args.original), ("--protected", args.protected)]
+    files += [("--labels", args.labels)] if args.labels else []
+    for flag, path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path}: no such file")
+    given = [(f"--model {name}=", m) for name, m in models]
+    given += [("--probe-model ", m) for m in args.probe_model]
+    given += [("--history-model ", args.history_model)] if args.history_model else []
+    for flag, model in given:
+        if not names_a_path(model):
+            raise FileNotFoundError(f"{flag}{model}: no such file or folder")
+    if not args.history_classifier:
+        return None
+    try:
+        app_cfg = load_config(args.history_config)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--history-config {args.history_config}: {e}") from None
+    if not args.labels:
+        raise UsageError("--history-classifier needs --labels")
+    if (teacher_name(app_cfg.features) is None and app_cfg.features != READER
+            and not args.history_model):
+        raise UsageError("--history-classifier needs --history-model (the model its `train` "
+                         "used) and --labels")
+    return app_cfg
 
 
 def paired_rows(original, protected, split):
@@ -122,7 +153,7 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.1f} %"
 
 
-def history_check(args, app_cfg):
+def history_classifiers(args, app_cfg):
     """(classifiers, what gives their features) of ``--history-classifier``, checked before
     the long work: the re-ID model ``--history-model`` (a ``TrainedModel``) or, for
     ``features=teacher:NAME``, that diagnosis model (a ``DiagnosisBackbone``), whichever
@@ -178,52 +209,12 @@ def save(result: dict, out: str) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--original", required=True)
-    p.add_argument("--protected", required=True)
-    p.add_argument("--labels", default="")
-    p.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
-    p.add_argument("--probe-model", action="append", default=[],
-                   help="model whose frozen features the diagnosis probe uses (repeatable)")
-    p.add_argument("--history-classifier", action="append", default=[],
-                   help="a history `train` output folder (classifiers.msgpack) trained on the "
-                        "original images (repeatable)")
-    p.add_argument("--history-model", default="",
-                   help="the workdir that history `train` used (its features are checked)")
-    p.add_argument("--history-config", default="configs/history.py",
-                   help="the history app config the classifier was trained with")
-    p.add_argument("--experiment", default="configs/all.py:runlocal")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    try:
-        named(args.model, "--model")    # checked before any work; args stay as given
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        app_cfg = load_config(args.history_config) if args.history_classifier else None
-    except (ValueError, OSError) as e:
-        print(f"error: --history-config {args.history_config}: {e}", file=sys.stderr)
-        return 1
-    if app_cfg is not None and not args.labels:
-        p.error("--history-classifier needs --labels")
-    if (app_cfg is not None and teacher_name(app_cfg.features) is None
-            and app_cfg.features != READER and not args.history_model):
-        p.error("--history-classifier needs --history-model (the workdir its `train` used) "
-                "and --labels")
-    try:
-        return run(args, app_cfg)
-    except (ValueError, OSError, ImportError, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def run(args, app_cfg=None) -> int:
+def run(args, app_cfg=None) -> dict:
+    """Measures everything ``args`` asks for; returns what was written to OUT."""
     cfg = load_config(args.experiment)
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
-    history = history_check(args, app_cfg)
+    history = history_classifiers(args, app_cfg)
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
@@ -256,8 +247,20 @@ def run(args, app_cfg=None) -> int:
     if history:
         result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
     print(save(result, args.out))
-    return 0
+    for picture in pictures(result, args.out):
+        print(f"wrote {picture}")
+    return result
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def pictures(result: dict, out: str) -> list[str]:
+    """OUT/privacy_rank1.png (Rank-1 before and after, per model and modality, against
+    chance and twice chance) and, where history classifiers judged the diagnosis,
+    OUT/privacy_utility.png (each one's AUC change per modality against the 5 % goal);
+    returns the paths written."""
+    written = [os.path.join(out, "privacy_rank1.png")]
+    figures.rank1_bars(written[0], result["attack"], "Rank-1 before and after protection")
+    changes = figures.merged_utility([result], {})
+    if changes:
+        written.append(os.path.join(out, "privacy_utility.png"))
+        figures.utility_bars(written[1], changes, title="diagnosis AUC, protected vs original")
+    return written
