@@ -226,6 +226,22 @@ def test_privacy_eval_names_what_it_cannot_read(tiny, capsys, flag, what):
     assert not os.path.exists(out)      # refused before any work
 
 
+@pytest.mark.parametrize("case", ["no such split", "not a protect output"])
+def test_privacy_eval_names_the_manifest_that_does_not_pair(tiny, capsys, case):
+    args = list(tiny["common"])
+    original = args[args.index("--original") + 1]
+    if case == "no such split":
+        args += ["--split", "nope"]
+        expected = f"error: --original {original}: no rows in split 'nope'"
+    else:
+        args[args.index("--protected") + 1] = original      # rows without protected copies
+        expected = f"error: --protected {original}: 12 rows of split 'test' have no protected"
+    code = evaluate(args + ["--history-model", tiny["workdir"], "--out",
+                            str(tiny["base"] / "eval_pair")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith(expected), err
+
+
 def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])

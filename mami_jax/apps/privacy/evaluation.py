@@ -82,13 +82,19 @@ def checked_arguments(args):
     return app_cfg
 
 
-def paired_rows(original, protected, split):
+def paired_rows(original, protected, split,
+                sources: tuple = ("original manifest", "protected manifest")):
+    """(the split's original rows, their protected copies in the same order); a split
+    with no rows, or a row without a copy in ``protected``, is a ValueError naming the
+    manifest (``sources``: where each list was read) and the rows."""
     by_id = {r.image_id: r for r in protected}
     rows = [r for r in original if r.split == split]
+    if not rows:
+        raise ValueError(f"{sources[0]}: no rows in split {split!r}")
     missing = [r.image_id for r in rows if r.image_id + SUFFIX not in by_id]
     if missing:
-        raise ValueError(f"{len(missing)} rows of split {split!r} have no protected copy, "
-                         f"e.g. {missing[:3]}")
+        raise ValueError(f"{sources[1]}: {len(missing)} rows of split {split!r} have no protected "
+                         f"copy, e.g. {missing[:3]}")
     return rows, [by_id[r.image_id + SUFFIX] for r in rows]
 
 
@@ -213,7 +219,9 @@ def run(args, app_cfg=None) -> dict:
     """Measures everything ``args`` asks for; returns what was written to OUT."""
     cfg = load_config(args.experiment)
     original = read_manifest(args.original)
-    rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split)
+    rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split,
+                                  sources=(f"--original {args.original}",
+                                           f"--protected {args.protected}"))
     history = history_classifiers(args, app_cfg)
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
