@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m mami_jax.apps.privacy",
-                                description="identity-cue maps and identity removal")
+                                description="identity-cue maps, identity removal and its evaluation")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
                        ("protect", "write protected images and their manifest")):
@@ -102,7 +102,9 @@ def _evaluate_parser(sub) -> None:
     e.add_argument("--history-config", default="configs/history.py",
                    help="the history app config the classifiers were trained with")
     e.add_argument("--experiment", default="configs/all.py:runlocal",
-                   help="the experiment config the models were trained with")
+                   help="the experiment config the models were trained with (default "
+                        "%(default)s, the quick start's; configs/all.py for the paper's "
+                        "recipe and the authors' weights)")
     e.add_argument("--split", default="test", help="split whose images are evaluated")
     e.add_argument("--out", required=True, help="folder for privacy_eval.json and .md")
 
