@@ -54,6 +54,12 @@ def test_protect_writes_a_manifest_that_keeps_its_rows(run):
         assert "images/" in f.read()          # relative paths: the folder can move
 
 
+def test_protect_draws_an_image_beside_its_protected_copy(run):
+    with Image.open(run["base"] / "out" / "preview.png") as im:
+        # one modality in the tiny manifest: one line of original, copy, change x10
+        assert im.format == "PNG" and im.size[0] > 2 * im.size[1] > 300
+
+
 def test_the_report_names_the_model_and_its_step(run):
     with open(run["base"] / "out" / "protect_report.json") as f:
         report = json.load(f)

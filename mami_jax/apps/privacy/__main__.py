@@ -17,7 +17,8 @@ heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
 OUT/protect_report.json (the model and its checkpoint step, the config; per image: match
 score before and after, PSNR of the optimised change and of the file on disk, largest
-change).
+change) and OUT/preview.png (the first image of each modality beside its protected copy
+and the change x10).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
 ``evaluate`` measures a protection: Rank-1 and verification AUC of the protected queries
@@ -190,6 +191,9 @@ def _run(args, parser) -> None:
             os.path.abspath(args.manifest)), os.path.abspath(args.out),
             modality_members=by_modality)
         write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
+        from mami_jax.apps.privacy.figures import protect_preview
+        protect_preview(os.path.join(args.out, "preview.png"), targets,
+                        read_manifest(os.path.join(args.out, "manifest.csv")), experiment.data)
         before = np.mean([r["score_before"] for r in records])
         after = np.mean([r["score_after"] for r in records])
         report = {"workdir": args.workdir, "model": members[0].embedder.source,

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.privacy.model_input import read_source, settings_for
+from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.runtime.atomic_files import write_atomic
 
 
@@ -73,6 +74,24 @@ def comparison_grid(path: str, originals, variants: dict, data_cfg, gain: float 
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
+
+
+def protect_preview(path: str, originals, protected, data_cfg, per_modality: int = 1) -> int:
+    """``comparison_grid`` of the first ``per_modality`` rows of each modality of
+    ``originals`` beside their copies in ``protected`` (a ``protect`` manifest's rows, read
+    back so that their paths are whole): what a user looks at before sharing the folder.
+    Returns the number of rows shown."""
+    copies = {r.image_id: r for r in protected}
+    shown, seen = [], {}
+    for row in originals:
+        copy = copies.get(row.image_id + SUFFIX)
+        if copy is not None and seen.get(row.modality, 0) < per_modality:
+            seen[row.modality] = seen.get(row.modality, 0) + 1
+            shown.append((row, copy))
+    if shown:
+        comparison_grid(path, [a for a, _ in shown], {"protected": [b for _, b in shown]},
+                        data_cfg)
+    return len(shown)
 
 
 def _modalities(attacks) -> list:
