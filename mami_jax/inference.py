@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
@@ -137,6 +138,25 @@ class Embedder:
         indices = list(range(len(rows))) if indices is None else list(indices)
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
                           int(batch_size or self.batch_size))
+
+
+def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progress: bool = True,
+                    desc: str = "embedding") -> np.ndarray:
+    """``fn`` (a batch -> (B, D) function, e.g. ``embedder.embed_batch``) over every row, as
+    ``embed_rows`` batches them, in chunks of 8 batches with a progress bar: long
+    embeddings of a whole archive or split show how far they are."""
+    mesh = sharding.make_mesh(-1, 1)
+    chunk = 8 * int(embedder.batch_size)
+    parts = []
+    with tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+        for start in range(0, len(rows), chunk):
+            indices = list(range(start, min(len(rows), start + chunk)))
+            parts.append(embed_rows(fn, rows, indices, embedder.data_cfg, mesh,
+                                    embedder.batch_size))
+            bar.update(len(indices))
+    if not parts:
+        raise ValueError("no images to embed")
+    return np.concatenate(parts)
 
 
 def names_a_path(name: str) -> bool:

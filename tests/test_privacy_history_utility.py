@@ -332,6 +332,30 @@ def test_reader_classifiers_read_their_own_readers(tmp_path):
         history_utility.HistoryClassifier(out, cfg)
 
 
+def test_privacy_eval_probe_reads_the_models_features(tiny):
+    """``--probe-model``: the probe reads the embedding and the pooled local features that
+    the history app reads from the same model, fitted on the original training images;
+    copies equal to the originals keep its AUC exactly."""
+    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    out = str(tiny["base"] / "eval_probe")
+    assert evaluate(without_history + ["--probe-model", tiny["workdir"], "--out", out]) == 0
+    with open(os.path.join(out, "privacy_eval.json")) as f:
+        (name, report), = json.load(f)["utility"].items()
+    assert name == f"{tiny['workdir']} (step 1)"
+    xray = report["xray"]
+    assert xray["images"] == 12 and xray["positives"] == 5
+    assert 0.0 <= xray["auc_original"] <= 1.0
+    assert xray["auc_protected"] == xray["auc_original"]
+    # the features are the history app's, computed the same way
+    from mami_jax.apps.privacy import utility
+    model = TrainedModel(tiny["workdir"], tiny["common"][tiny["common"].index("--experiment") + 1])
+    rows = [r for r in read_manifest(tiny["common"][1]) if r.split == "test"]
+    embedding, both = utility.features(model.embedder, rows)
+    app_embedding, app_backbone = model.features(rows, progress=False)
+    np.testing.assert_array_equal(embedding, app_embedding)
+    np.testing.assert_array_equal(both, np.concatenate([app_embedding, app_backbone], axis=1))
+
+
 def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
     """``--model NAME=FILE.pth``: the published weights give the numbers their run gives."""
     pytest.importorskip("torch")

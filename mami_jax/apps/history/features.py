@@ -28,15 +28,12 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.evaluate.evaluator import embed_rows
-from mami_jax.inference import Embedder
+from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
-from mami_jax.train import sharding
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
 
@@ -85,7 +82,7 @@ class TrainedModel:
     def features(self, rows: Sequence[ManifestRow], progress: bool = True):
         """(embeddings, backbone features) of every row, each (n, C) float32."""
         e = self.embedder
-        both = _chunked(lambda batch: self._features(e.params, batch), rows, e, progress)
+        both = embed_in_chunks(lambda batch: self._features(e.params, batch), rows, e, progress)
         width = both.shape[1] // 2
         return both[:, :width], both[:, width:]
 
@@ -95,13 +92,13 @@ class TrainedModel:
         every row, float32; the maps of ``layer`` (``token_map_fn``)."""
         e = self.embedder
         fn = token_map_fn(e.model_cfg, layer, grid)
-        out = _chunked(lambda batch: fn(e.params, batch), rows, e, progress)
+        out = embed_in_chunks(lambda batch: fn(e.params, batch), rows, e, progress)
         c = int(e.model_cfg.width)
         return out[:, :c], out[:, c:2 * c], out[:, 2 * c:].reshape(len(rows), grid * grid, -1)
 
     def embeddings(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
         """``Embedder.embed_rows`` of every row (n, C), in chunks under a progress bar."""
-        return _chunked(self.embedder.embed_batch, rows, self.embedder, progress)
+        return embed_in_chunks(self.embedder.embed_batch, rows, self.embedder, progress)
 
 
 def resolve_layer(model_cfg, layer: str) -> str:
@@ -134,22 +131,6 @@ def token_map_fn(model_cfg, layer: str, grid: int):
                                 tokens.reshape(b, grid * grid * c)], axis=-1)
 
     return fn
-
-
-def _chunked(fn, rows, embedder: Embedder, progress: bool) -> np.ndarray:
-    """The evaluator's ``embed_rows`` over chunks of 8 batches (one progress-bar tick each)."""
-    mesh = sharding.make_mesh(-1, 1)
-    chunk = 8 * int(embedder.batch_size)
-    parts = []
-    with tqdm(total=len(rows), unit="img", desc="embedding", disable=not progress) as bar:
-        for start in range(0, len(rows), chunk):
-            indices = list(range(start, min(len(rows), start + chunk)))
-            parts.append(embed_rows(fn, rows, indices, embedder.data_cfg, mesh,
-                                    embedder.batch_size))
-            bar.update(len(indices))
-    if not parts:
-        raise ValueError("no images to embed")
-    return np.concatenate(parts)
 
 
 def diagnosis_features(embedding, backbone, kind: str):

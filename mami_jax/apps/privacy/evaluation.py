@@ -230,7 +230,8 @@ def run(args, app_cfg=None) -> dict:
     probe_feats = {}
     for name, model in named(args.model, "--model"):
         emb = Embedder.load(model, cfg, action="evaluate", role=f"--model {name}")
-        (e_orig, f_orig), (e_prot, f_prot) = utility.features(emb, rows), utility.features(emb, prot_rows)
+        e_orig, f_orig = utility.features(emb, rows, desc=f"{name}, original")
+        e_prot, f_prot = utility.features(emb, prot_rows, desc=f"{name}, protected")
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
         result["attack"][name]["source"] = {"model": model, "step": emb.step}
         result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
@@ -244,11 +245,12 @@ def run(args, app_cfg=None) -> dict:
         for model in args.probe_model:
             if model not in probe_feats:
                 emb = Embedder.load(model, cfg, action="evaluate", role="--probe-model")
-                probe_feats[model] = (emb, utility.features(emb, rows)[1],
-                                      utility.features(emb, prot_rows)[1])
+                probe_feats[model] = (emb, utility.features(emb, rows, "probe, original")[1],
+                                      utility.features(emb, prot_rows, "probe, protected")[1])
             emb, f_orig, f_prot = probe_feats[model]
+            f_train = utility.features(emb, train, "probe, training images")[1]
             result["utility"][f"{model} (step {emb.step})"] = utility.diagnosis_report(
-                utility.features(emb, train)[1], np.asarray([labels[r.image_id] for r in train]),
+                f_train, np.asarray([labels[r.image_id] for r in train]),
                 [r.modality for r in train], f_orig, f_prot,
                 np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
             save(result, args.out)

@@ -18,10 +18,9 @@ import numpy as np
 
 from mami_jax.data import labels
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.evaluate.metrics import verification_metrics
+from mami_jax.inference import embed_in_chunks
 from mami_jax.models.embed import make_embedding_and_pooled_fn
-from mami_jax.train import sharding
 
 
 def read_labels(path: str, column: str = "disease_label") -> dict[str, int]:
@@ -30,14 +29,14 @@ def read_labels(path: str, column: str = "disease_label") -> dict[str, int]:
     return labels.read_labels(path, column, ("0", "1"))
 
 
-def features(embedder, rows: Sequence[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings (N, C), probe features (N, C + D)) of ``rows``, one pass, as evaluation
-    embeds them (``embed_rows``: batching, symmetry averaging)."""
+def features(embedder, rows: Sequence[ManifestRow],
+             desc: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings (N, C), probe features (N, 2C): the embedding and the pooled local
+    features) of ``rows``, one pass, as evaluation embeds them (batching, symmetry
+    averaging), under a progress bar named ``desc``."""
     fn = make_embedding_and_pooled_fn(embedder.model_cfg)
-    both = embed_rows(lambda b: fn(embedder.params, b), rows, list(range(len(rows))),
-                      embedder.data_cfg, sharding.make_mesh(-1, 1), embedder.batch_size)
-    width = int(embedder.embed(embedder.preprocess(rows[0])[None]).shape[-1])
-    return both[:, :width], both
+    both = embed_in_chunks(lambda b: fn(embedder.params, b), rows, embedder, desc=desc)
+    return both[:, :both.shape[1] // 2], both
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 500,
