@@ -18,7 +18,7 @@ features) on the same images (``history_utility``); with a ``--history-config`` 
 on the labels, saved beside them (every slice of a series). Quality: PSNR and SSIM of
 every protected image against its original, on the slices the model reads. Writes
 OUT/privacy_eval.json and OUT/privacy_eval.md after every model (so a long evaluation
-can be read while it runs), prints the tables, and draws them (``pictures``).
+can be read while it runs), prints the tables, and draws them (``evaluation_report``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from mami_jax.apps.history.experiment import read_row_labels
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
 from mami_jax.apps.history.diagnosis_reader import KIND as READER
 from mami_jax.apps.history.features import TrainedModel
-from mami_jax.apps.privacy import attack_eval, figures, history_utility, quality, utility
+from mami_jax.apps.privacy import attack_eval, evaluation_report, history_utility, quality, utility
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.apps.privacy.settings import load_config, resolve_spec
 from mami_jax.data.manifest import read_manifest
 from mami_jax.inference import Embedder, names_a_path
-from mami_jax.runtime.atomic_files import write_text_atomic
 
 
 class UsageError(ValueError):
@@ -112,53 +111,6 @@ def image_quality(rows, prot_rows, data_cfg) -> dict:
     return out
 
 
-def markdown(result: dict) -> str:
-    lines = ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, rep in result.get("attack", {}).items():
-        for g, v in rep.items():
-            if g == "source":
-                continue
-            lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | {v['rank1_before']:.3f} | "
-                         f"{v['rank1_after']:.3f} | {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
-    for name, rep in result.get("patients", {}).items():
-        for g, patients in rep.items():
-            kept = [v for v in patients if v["matched_after"]]
-            if not kept:
-                continue
-            lines += ["", f"{name}, {g}: {len(kept)} of {len(patients)} patients still matched",
-                      "", "| patient | queries | matched before | matched after |",
-                      "| --- | --- | --- | --- |"]
-            lines += [f"| {v['patient']} | {v['queries']} | {v['matched_before']} | "
-                      f"{v['matched_after']} |" for v in kept]
-    for probe, rep in result.get("utility", {}).items():
-        lines += ["", f"diagnosis probe on {probe}", "",
-                  "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
-        for m, v in rep.items():
-            lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
-    for hist in result.get("history_utility", {}).values():
-        step = "" if hist.get("step") is None else f" (step {hist['step']})"
-        lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']}{step}",
-                  "",
-                  "| modality | diagnosis AUC original | protected | relative change |",
-                  "| --- | --- | --- | --- |"]
-        for m, v in hist["auc"].items():
-            lines.append(f"| {m} | {_num(v['auc_original'])} | {_num(v['auc_protected'])} | "
-                         f"{_pct(v.get('relative_change'))} |")
-    lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | SSIM |", "| --- | --- | --- | --- |"]
-    for m, v in result.get("quality", {}).items():
-        lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | {v['ssim']:.4f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _pct(v) -> str:
-    return "" if v is None else f"{100 * v:+.1f} %"
-
-
 def history_classifiers(args, app_cfg):
     """(classifiers, what gives their features) of ``--history-classifier``, checked before
     the long work: the re-ID model ``--history-model`` (a ``TrainedModel``) or, for
@@ -207,14 +159,6 @@ def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> di
             for c, (a, b), about in zip(classifiers, inputs, abouts)}
 
 
-def save(result: dict, out: str) -> str:
-    """Writes what is measured so far (JSON and markdown); returns the markdown."""
-    text = markdown(result)
-    write_text_atomic(os.path.join(out, "privacy_eval.json"), json.dumps(result, indent=1))
-    write_text_atomic(os.path.join(out, "privacy_eval.md"), text)
-    return text
-
-
 def run(args, app_cfg=None) -> dict:
     """Measures everything ``args`` asks for; returns what was written to OUT."""
     cfg = load_config(args.experiment)
@@ -226,7 +170,7 @@ def run(args, app_cfg=None) -> dict:
     result = {"attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
-    save(result, args.out)
+    evaluation_report.save(result, args.out)
     probe_feats = {}
     for name, model in named(args.model, "--model"):
         emb = Embedder.load(model, cfg, action="evaluate", role=f"--model {name}")
@@ -237,7 +181,7 @@ def run(args, app_cfg=None) -> dict:
         result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
         probe_feats[model] = (emb, f_orig, f_prot)
-        save(result, args.out)
+        evaluation_report.save(result, args.out)
     if args.labels:
         labels = utility.read_labels(args.labels)
         train = [r for r in original if r.split == "train"]
@@ -253,24 +197,10 @@ def run(args, app_cfg=None) -> dict:
                 f_train, np.asarray([labels[r.image_id] for r in train]),
                 [r.modality for r in train], f_orig, f_prot,
                 np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
-            save(result, args.out)
+            evaluation_report.save(result, args.out)
     if history:
         result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
-    print(save(result, args.out))
-    for picture in pictures(result, args.out):
+    print(evaluation_report.save(result, args.out))
+    for picture in evaluation_report.pictures(result, args.out):
         print(f"wrote {picture}")
     return result
-
-
-def pictures(result: dict, out: str) -> list[str]:
-    """OUT/privacy_rank1.png (Rank-1 before and after, per model and modality, against
-    chance and twice chance) and, where history classifiers judged the diagnosis,
-    OUT/privacy_utility.png (each one's AUC change per modality against the 5 % goal);
-    returns the paths written."""
-    written = [os.path.join(out, "privacy_rank1.png")]
-    figures.rank1_bars(written[0], result["attack"], "Rank-1 before and after protection")
-    changes = figures.merged_utility([result], {})
-    if changes:
-        written.append(os.path.join(out, "privacy_utility.png"))
-        figures.utility_bars(written[1], changes, title="diagnosis AUC, protected vs original")
-    return written
