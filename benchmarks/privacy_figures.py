@@ -1,4 +1,6 @@
-"""The privacy figures of docs/privacy.md from what the commands wrote.
+"""The privacy figures, drawn from what the commands wrote.
+
+They are those of docs/privacy.md and docs/privacy_experiments.md.
 
     python benchmarks/privacy_figures.py --original MANIFEST --out docs/figures \
         [--cues DIR] [--protected NAME=MANIFEST ...] [--ids ID,ID,...] \

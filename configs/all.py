@@ -20,7 +20,7 @@ carries its model config). The paper's recipe already fine-tunes (the model at a
 the identity classifier and alignment head ten times faster); with ``runlocal``, which
 otherwise trains from scratch, it fine-tunes the same way: the model at
 ``RUNLOCAL_FINETUNE_LR``, the classifier and alignment head ten times faster, as a model
-built on a shared public backbone is trained (docs/privacy.md measures what that
+built on a shared public backbone is trained (docs/privacy_experiments.md measures what that
 means for protection).
 """
 

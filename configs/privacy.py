@@ -9,9 +9,9 @@ Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then 
 ``transfer=DIR+DIR@STEP`` (optimise against these re-ID runs as well as ``--workdir``'s
 model, at the transfer budget and with smoothed gradients, for protection that holds
 against re-ID models it never saw;
-docs/privacy.md measured it with three runs of other seeds trained like the ``--workdir``
-run, and better with one of them replaced by a run on more patients: the ensemble must hold
-the kinds of model an attacker would train; one member of each kind, fine-tunes of each
+docs/privacy_experiments.md measured it with three runs of other seeds trained like the
+``--workdir`` run, and better with one of them replaced by a run on more patients: the
+ensemble must hold the kinds of model an attacker would train; one member of each kind, fine-tunes of each
 public backbone an attacker may start from and runs from scratch, protected CT, MRI,
 fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
 X-rays' own ensemble, ``perturb.modality_ensemble``: two fine-tunes of every public backbone
@@ -71,7 +71,7 @@ def get_config(arg=None):
     # root-mean-square change per pixel is at most epsilon (||delta||_2 <= epsilon sqrt(N)).
     # Either way PSNR >= 20 log10(1 / epsilon) before quantisation: 0.028 -> 31.1 dB.
     # On the phantoms an l2 budget lowers the match score far more than the same PSNR
-    # spent as linf (docs/privacy.md).
+    # spent as linf (docs/privacy_experiments.md).
     p.norm = "l2"
     p.epsilon = 0.028
     # Per-modality budgets that replace epsilon for that modality's images, e.g.
@@ -84,7 +84,8 @@ def get_config(arg=None):
     # ``shift`` native pixels (wrapped), Gaussian noise of std ``noise``, and for
     # modalities evaluated over the symmetries of the square a random one of them.
     # Off by default: optimised under random 1-pixel shifts and noise 0.005, the change
-    # hardly lowered the score of the unshifted image (X-ray 0.701 -> 0.697, docs/privacy.md).
+    # hardly lowered the score of the unshifted image (X-ray 0.701 -> 0.697,
+    # docs/privacy_experiments.md).
     p.views = 1
     p.shift = 0
     p.noise = 0.0
@@ -102,7 +103,7 @@ def get_config(arg=None):
     # Per-modality ensembles that replace ``ensemble`` for that modality's images (the
     # --workdir model stays first), e.g. {"xray": ("RUN_F11", "RUN_F12")} or "A+B": X-rays
     # want only fine-tunes of the backbones an attacker may start from, CT, MRI, fundus and
-    # pathology one member of each kind (docs/privacy.md, "One ensemble per modality").
+    # pathology one member of each kind (docs/privacy_experiments.md, "One ensemble per modality").
     # An empty dict: ``ensemble`` everywhere.
     p.modality_ensemble = ml_collections.ConfigDict()
     # How the members' gradients are combined (perturb.ensemble_grad): "mean" (the
@@ -131,7 +132,8 @@ def get_config(arg=None):
     # patient's other images minus that over every image of the modality's other
     # patients, floored at -rank_floor, so that an image already matched to an impostor by
     # that margin under a member stops spending budget on it (objective.rank_margins).
-    # Temperature 0.1 and floor 1.0 did best of those swept on the X-rays (docs/privacy.md).
+    # Temperature 0.1 and floor 1.0 did best of those swept on the X-rays
+    # (docs/privacy_experiments.md).
     p.objective = "similarity"
     # Per-modality objectives that replace ``objective`` for that modality's images, e.g.
     # {"xray": "rank"}; an empty dict: ``objective`` everywhere.
@@ -165,7 +167,7 @@ def get_config(arg=None):
         members = _workdirs(words, "transfer", "the ensemble's workdirs", "RUN_A+RUN_B@1000")
         # Transfer reaches models like the members: with a member trained on 640 other
         # patients instead of a third quick-start run, a held-out run on other patients fell
-        # from 0.07-0.12 to 0.00-0.03 Rank-1 on CT, MRI and fundus (docs/privacy.md,
+        # from 0.07-0.12 to 0.00-0.03 Rank-1 on CT, MRI and fundus (docs/privacy_experiments.md,
         # "Stronger held-out models").
         p.ensemble = members
         # The PSNR >= 30 dB goal allows epsilon up to 0.0316; 0.03 leaves room for the
@@ -173,19 +175,20 @@ def get_config(arg=None):
         p.epsilon = 0.03
         # Gradients smoothed with sigma 1 pixel (TI-FGSM): on the validation X-rays it lowered
         # every held-out model's Rank-1 at the same PSNR; 2 did as well, 4 did worse
-        # (docs/privacy.md).
+        # (docs/privacy_experiments.md).
         p.smooth = 1.0
         # Fundus at 0.0185 (35 dB): at 0.03 the lesions' few pixels were lost to the change
         # (a diagnosis reader lost 12 %, as much as noise of that budget costs); 0.0185 kept
         # that reader within 5 % and every held-out model within twice chance on the test
-        # fundus images (docs/privacy.md, "A reader of every modality, and the fundus budget").
+        # fundus images (docs/privacy_experiments.md, "A reader of every modality, and the
+        # fundus budget").
         p.modality_epsilon = ml_collections.ConfigDict({"fundus": 0.0185})
         # X-rays ranked rather than matched: with four members their held-out Rank-1 fell
         # 0.30 / 0.24 -> 0.21 / 0.17 at the same budget, the diagnosis reader within 1 %.
         # The rest keep the match score: ranking moved fundus and pathology images towards
         # other patients' lesions (the reader lost 9-10 % and 3.4-3.6 % against 1-2 % and
         # 1.7-1.9 %), and on all four every held-out model was within twice chance either
-        # way (docs/privacy.md, "Ranking on every modality").
+        # way (docs/privacy_experiments.md, "Ranking on every modality").
         p.modality_objective = ml_collections.ConfigDict({"xray": "rank"})
     if words.get("xray_transfer"):
         members = _workdirs(words, "xray_transfer", "the X-rays' ensemble",
@@ -198,15 +201,15 @@ def get_config(arg=None):
         # two fine-tunes of each backbone an attacker may start from (--workdir's among them)
         # and the backbones themselves (a released .pth or import-official folder will do):
         # without the backbones two builds of the stand-in backbones kept fine-tunes at
-        # 0.033-0.087 and the backbones at 0.065-0.120 (docs/privacy.md, "One ensemble per
-        # modality", "A second backbone, and the backbones themselves as members").
+        # 0.033-0.087 and the backbones at 0.065-0.120 (docs/privacy_experiments.md, "One
+        # ensemble per modality", "A second backbone, and the backbones themselves as members").
         p.modality_ensemble["xray"] = members
         # ... and every member's gradient scaled to the same size before they are averaged:
         # with the plain mean a third build of backbone A left backbone B's side
         # under-protected (a held-out fine-tune of B 0.076, B itself, a member, 0.087);
         # balanced, every held-out fine-tune of three builds fell to 0.022-0.054, attackers
         # fine-tuned on such X-rays to 0.054-0.098, the diagnosis reader within 4.4 %
-        # (docs/privacy.md, "Three builds, and balanced members").
+        # (docs/privacy_experiments.md, "Three builds, and balanced members").
         p.modality_member_weighting["xray"] = "balanced"
     if words.get("xray_visible"):
         # X-ray identity lives in the anatomy's outline, which no 30 dB change (additive,
@@ -214,7 +217,7 @@ def get_config(arg=None):
         # was not optimised against: they kept Rank-1 0.27-0.42 (up to 16 members). At 0.084
         # (21.5 dB, SSIM 0.74) the four-member recipe brought held-out models to 0.000-0.022
         # and a model retrained on such X-rays to 0.011, with the diagnosis reader within
-        # 2.7 % (docs/privacy.md, "What budget X-ray transfer needs"); ranked, as the
+        # 2.7 % (docs/privacy_experiments.md, "What budget X-ray transfer needs"); ranked, as the
         # recipe now does, held-out 0.000-0.011, retrained 0.000, reader within 1.8 %
         # ("Ranking on every modality").
         p.modality_epsilon["xray"] = 0.084
@@ -223,7 +226,8 @@ def get_config(arg=None):
         # Rank-1 is decided by the best impostor, not by the mean similarity: on the test
         # X-rays, at the same budget, the held-out models' Rank-1 fell by 5-11 of 92 queries
         # at every ensemble size (twelve members: 0.23 / 0.20 -> 0.12 / 0.13), on the
-        # validation X-rays (6 patients) the protecting model's 0.625 -> 0.125 (docs/privacy.md,
+        # validation X-rays (6 patients) the protecting model's 0.625 -> 0.125
+        # (docs/privacy_experiments.md,
         # "Ranking instead of similarity"). Every modality ranked, fundus included.
         p.objective = "rank"
 

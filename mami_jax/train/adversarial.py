@@ -12,7 +12,7 @@ Why a re-ID project trains like this: a model made a little robust matches on fe
 that independently trained models share. Changes optimised against such a model carry
 over to models they never saw far better than changes optimised against a normally
 trained one (Springer et al. 2021, "A little robustness goes a long way"), which is what
-privacy protection needs (``apps/privacy``, docs/privacy.md). Each step costs about two
+privacy protection needs (``apps/privacy``, docs/privacy_experiments.md). Each step costs about two
 forward and backward passes instead of one.
 """
 

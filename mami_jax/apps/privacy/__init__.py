@@ -10,6 +10,7 @@
 - ``attacker``: the adaptive attacker's training manifest (protected training images);
 - ``figures``: the pictures of docs/privacy.md.
 
-Command line: ``python -m mami_jax.apps.privacy {cues,protect,attacker-manifest}``;
-settings in ``configs/privacy.py``; the method and figures in docs/privacy.md.
+Command line: ``python -m mami_jax.apps.privacy {cues,protect,attacker-manifest,evaluate}``;
+settings in ``configs/privacy.py``; the method and results in docs/privacy.md, every
+measurement in docs/privacy_experiments.md.
 """

@@ -2,9 +2,9 @@
 
 A bounded additive perturbation (``perturb``) changes what one set of re-ID models
 matches on, but a model trained independently matches on its own fine features and is
-hardly moved (X-ray, docs/privacy.md). What every model of a modality must match on is the
-anatomy's geometry: on a chest X-ray the lung fields, the cardiac borders, the rib
-spacing. This method moves it: a smooth displacement field, optimised against the
+hardly moved (X-ray, docs/privacy_experiments.md). What every model of a modality must
+match on is the anatomy's geometry: on a chest X-ray the lung fields, the cardiac
+borders, the rib spacing. This method moves it: a smooth displacement field, optimised against the
 ensemble's match score, resamples the image (as PriCheXy-Net's learned deformation does,
 here optimised per image instead of learned).
 

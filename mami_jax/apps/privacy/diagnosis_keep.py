@@ -2,7 +2,7 @@
 
 Protection must change what identifies the patient and keep what diagnoses them. The
 match score alone does not know the difference, and on the phantoms the change it makes
-also moves what diagnosis classifiers read (CT and pathology lose AUC, docs/privacy.md).
+also moves what diagnosis classifiers read (CT and pathology lose AUC, docs/privacy_experiments.md).
 PriCheXy-Net trains its deformation with a diagnosis loss beside the identity loss; this
 is the same idea for the optimised perturbation: with ``perturb.keep_diagnosis`` set to a
 history ``train`` output trained on the protecting model (``--workdir``'s run, checked by

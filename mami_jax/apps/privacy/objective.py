@@ -121,7 +121,7 @@ def objective_for(cfg_perturb, modality: str | None = None) -> str:
     """What protection minimises for ``modality``'s images: ``perturb.modality_objective
     [modality]`` where given, else ``perturb.objective`` (one of ``OBJECTIVES``). The
     ranking removes X-ray identity further at the same budget but, on fundus, moves the
-    image towards other patients' lesions (docs/privacy.md), so a recipe can choose per
+    image towards other patients' lesions (docs/privacy_experiments.md), so a recipe can choose per
     modality."""
     by_modality = dict(cfg_perturb.get("modality_objective", {}) or {})
     name = str(by_modality.get(modality, cfg_perturb.get("objective", "similarity")))

@@ -84,7 +84,7 @@ def keepers_of(cfg_perturb, members) -> list:
 def epsilon_for(cfg_perturb, modality: str) -> float:
     """The budget of ``modality``'s images: ``perturb.modality_epsilon[modality]`` where
     given, else ``perturb.epsilon``. A modality whose diagnosis suffers where its identity
-    is already removed with budget to spare (CT, docs/privacy.md) can be given less."""
+    is already removed with budget to spare (CT, docs/privacy_experiments.md) can be given less."""
     by_modality = dict(cfg_perturb.get("modality_epsilon", {}) or {})
     value = float(by_modality.get(modality, cfg_perturb.epsilon))
     if not value > 0:
