@@ -124,6 +124,10 @@ def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
                  s["first"], "--out", str(tmp_path / "i2")]) == 2
     (line,) = _err(capsys)
     assert line.startswith(f"error: --workdir '{missing}': no re-ID workdir"), line
+    assert main(["index", "--model", missing, "--config", s["config"], "--manifest",
+                 s["first"], "--out", str(tmp_path / "i2")]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith(f"error: --model '{missing}': no re-ID workdir"), line
 
 
 def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_path):

@@ -182,6 +182,8 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
     (["--manifest", "/nonexistent.csv"], "error: --manifest /nonexistent.csv: no such file"),
     (["--split", "nope"], "error: {manifest}: no rows in split 'nope'"),
     (["--workdir", "/nonexistent.pth"], "error: --workdir /nonexistent.pth: no such file or folder"),
+    (["--model", "/nonexistent.pth"], "error: --model /nonexistent.pth: no such file or folder"),
+    (["--model", "{folder}"], "error: --model '{folder}': {folder}/model_config.json is missing"),
     (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
     (["--config", "configs/privacy.py:runlocal,xray_vis"],
@@ -200,12 +202,14 @@ def test_bad_input_is_one_error_line(run, capsys, args, message):
     for flag, value in zip(args[::2], args[1::2]):
         if flag in options:
             options[flag] = value
-        else:
+        else:       # --model after --workdir: the spelling typed last is the one named
+            value = value.replace("{folder}", str(run["base"]))
             extra += [flag, value]
     capsys.readouterr()
     assert main(["protect"] + [x for kv in options.items() for x in kv] + extra) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(message.format(manifest=run["manifest"]))
+    expected = message.format(manifest=run["manifest"], folder=str(run["base"]))
+    assert len(err) == 1 and err[0].startswith(expected), err
 
 
 def test_usage_error_is_one_line_with_status_2(capsys):

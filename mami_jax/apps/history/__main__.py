@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mami_jax.apps.model_flag import add_model_flag
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mami_jax.apps.history",
@@ -39,11 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s, required=True):
-        s.add_argument("--workdir", "--model", dest="workdir", required=required,
-                       help="the re-ID model: a training workdir (latest checkpoint; "
-                            "WORKDIR@STEP for another), a released or exported "
-                            ".pth/.safetensors file, or a converter folder (--model is "
-                            "the same flag, as in python -m mami_jax.main)")
+        add_model_flag(s, "the re-ID model: a training workdir (latest checkpoint; "
+                          "WORKDIR@STEP for another), a released or exported "
+                          ".pth/.safetensors file, or a converter folder", required)
         s.add_argument("--config", required=required,
                        help="the run's experiment config, e.g. configs/all.py:runlocal")
 

@@ -32,7 +32,7 @@ def _rows(args, config) -> list[ManifestRow]:
 
 def _refuse_inputs_as_output(out: str, args) -> None:
     out = os.path.abspath(out)
-    inputs = {"--workdir": getattr(args, "workdir", None),
+    inputs = {getattr(args, "model_flag", "--workdir"): getattr(args, "workdir", None),
               "the manifest's folder": os.path.dirname(os.path.abspath(args.manifest))}
     for name, path in inputs.items():
         if path and out == os.path.abspath(path):
@@ -63,7 +63,7 @@ def index(args) -> int:
     config = load_experiment_config(args.config)
     rows = _rows(args, config)          # bad input first, before the model loads
     recorded = _recorded(rows, args, cfg)
-    model = TrainedModel(args.workdir, args.config)
+    model = TrainedModel(args.workdir, args.config, role=args.model_flag)
     emb = model.embeddings(rows)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
@@ -93,12 +93,14 @@ def index(args) -> int:
 
 
 def _model_for(archive: Archive, args, where: str) -> TrainedModel:
-    workdir = getattr(args, "workdir", None) or archive.model.get("workdir")
+    given = getattr(args, "workdir", None)
+    workdir = given or archive.model.get("workdir")
     spec = getattr(args, "config", None) or archive.model.get("config")
     if not workdir or not spec:
         raise ArchiveError(f"{where}: the archive does not record its model; give --workdir "
                            f"and --config")
-    model = TrainedModel(workdir, spec)
+    role = args.model_flag if given else "the archive's recorded model"
+    model = TrainedModel(workdir, spec, role=role)
     archive.check_model(model.info, where)
     return model
 
@@ -195,7 +197,7 @@ def _experiment(args):
     config = load_experiment_config(args.config)
     rows = _rows(args, config)
     y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
-    model = TrainedModel(args.workdir, args.config)
+    model = TrainedModel(args.workdir, args.config, role=args.model_flag)
     return Experiment(model, rows, y, cfg, os.path.abspath(args.out))
 
 

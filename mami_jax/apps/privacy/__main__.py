@@ -38,6 +38,7 @@ import json
 import os
 import sys
 
+from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
 
 
@@ -56,11 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
                        ("protect", "write protected images and their manifest")):
         s = sub.add_parser(name, help=text)
-        s.add_argument("--workdir", "--model", dest="workdir", required=True,
-                       help="the re-ID model: a training workdir (WORKDIR@STEP for one of its "
-                            "checkpoints), a released or exported .pth/.safetensors file, or a "
-                            "converter folder (python -m mami_jax.convert import-official); "
-                            "--model is the same flag, as in python -m mami_jax.main")
+        add_model_flag(s, "the re-ID model: a training workdir (WORKDIR@STEP for one of its "
+                          "checkpoints), a released or exported .pth/.safetensors file, or a "
+                          "converter folder (python -m mami_jax.convert import-official)")
         s.add_argument("--manifest", required=True, help="manifest CSV of the images")
         s.add_argument("--out", required=True, help="output folder")
         s.add_argument("--split", default="test", help="split to process, or 'all'")
@@ -167,7 +166,7 @@ def _run(args, parser) -> None:
     if not os.path.isfile(args.manifest):
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
     if not names_a_path(args.workdir):
-        raise FileNotFoundError(f"--workdir {args.workdir}: no such file or folder")
+        raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder")
     _check_out(args.out, args.manifest)
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
@@ -182,7 +181,8 @@ def _run(args, parser) -> None:
     named = ensemble.modality_ensembles(pcfg.perturb, MODALITIES)
     uses_default = args.command == "protect" and any(r.modality not in named for r in targets)
     names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
-    members = ensemble.load_ensemble(names, experiment)
+    members = ([ensemble.load_member(args.workdir, experiment, role=args.model_flag)]
+               + ensemble.load_ensemble(names[1:], experiment))
     make_dirs(args.out)
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),

@@ -57,12 +57,12 @@ def tokens_fn(model_cfg, layer: str) -> Callable:
     return fn
 
 
-def load_member(name: str, config) -> Member:
+def load_member(name: str, config, role: str = "ensemble member") -> Member:
     """``WORKDIR``, ``WORKDIR@STEP``, or a model that was never a run of ours: a released
     or exported file (``.pth``/``.safetensors``) or a converter folder, so the public
     weights an attacker may fine-tune from can be a member as they are
     (``Embedder.load``: the experiment ``config``'s model, on its mesh)."""
-    embedder = Embedder.load(name, config, action="protect with", role="ensemble member")
+    embedder = Embedder.load(name, config, action="protect with", role=role)
     return Member(embedder, unit_embedding_fn(config.model))
 
 
