@@ -257,3 +257,62 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
     for k in own:
         np.testing.assert_array_equal(own[k], same[k])
     assert max(np.abs(own[k] - other[k]).max() for k in own) > 1.5 / 255
+
+
+def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsys):
+    """Stopped while writing its third image (a Colab session that disconnects), then started
+    again with the same arguments: it protects only what was not finished (the first batch
+    of two is skipped), and writes exactly what one uninterrupted run writes (files,
+    manifest, records), random views included. A record line cut short by the crash is no
+    finished image."""
+    from mami_jax.apps.privacy import protect as protect_lib
+
+    def args(out):
+        return ["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                "--out", str(run["base"] / out), "--config", run["config"],
+                "--set", "batch_size=2", "--set", "perturb.views=2", "--set", "perturb.noise=0.01"]
+
+    assert main(args("straight")) == 0
+    real, written = protect_lib.write_within_budget, []
+
+    def write(*a, **k):
+        if stop and len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(a[3])
+        return real(*a, **k)
+
+    monkeypatch.setattr(protect_lib, "write_within_budget", write)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        main(args("resumed"))
+    log = run["base"] / "resumed" / "protect_log.jsonl"
+    assert len(log.read_text().splitlines()) == 1 + 2          # settings, two images
+    with open(log, "a") as f:
+        f.write('{"image_id": "P00')                           # the crash came mid-line
+    stop, first = False, list(written)
+    written.clear()
+    capsys.readouterr()
+    assert main(args("resumed")) == 0
+    assert "resuming: 2 of 6 images" in capsys.readouterr().out
+    assert len(written) == 4 and not set(written) & set(first)   # the rest, once each
+    straight, resumed = run["base"] / "straight", run["base"] / "resumed"
+    assert tree_digest(str(resumed / "images")) == tree_digest(str(straight / "images"))
+    assert (resumed / "manifest.csv").read_text() == (straight / "manifest.csv").read_text()
+    reports = [json.loads((d / "protect_report.json").read_text()) for d in (straight, resumed)]
+    assert reports[0]["records"] == reports[1]["records"]
+    assert len(reports[1]["records"]) == 6
+    assert len(log.read_text().splitlines()) == 1 + 6
+
+
+def test_protect_refuses_to_mix_two_protections_in_one_folder(run, capsys):
+    out = str(run["base"] / "mixed")
+    base = ["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+            "--out", out, "--config", run["config"]]
+    assert main(base) == 0
+    before = tree_digest(out)
+    capsys.readouterr()
+    assert main(base + ["--set", "perturb.epsilon=0.5"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {out} holds a protection made with other settings "
+                           f"(config.perturb.epsilon differ)"), line
+    assert tree_digest(out) == before

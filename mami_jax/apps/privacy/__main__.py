@@ -18,7 +18,8 @@ OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected`
 OUT/protect_report.json (the model and its checkpoint step, the config; per image: match
 score before and after, PSNR of the optimised change and of the file on disk, largest
 change) and OUT/preview.png (the first image of each modality beside its protected copy
-and the change x10).
+and the change x10); OUT/protect_log.jsonl lets a stopped run go on where it stopped when
+it is run again with the same arguments (``protect_log``).
 ``attacker-manifest`` writes the adaptive attacker's training manifest: FILE's rows with
 those of ``--splits`` replaced by their protected copies (``attacker.attacker_rows``).
 ``evaluate`` measures a protection: Rank-1 and verification AUC of the protected queries
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                                 description="identity-cue maps, identity removal and its evaluation")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
-                       ("protect", "write protected images and their manifest")):
+                       ("protect", "write protected images and their manifest (run "
+                                   "again, a stopped run goes on where it stopped)")):
         s = sub.add_parser(name, help=text)
         add_model_flag(s, "the re-ID model: a training workdir (WORKDIR@STEP for one of its "
                           "checkpoints), a released or exported .pth/.safetensors file, or a "
@@ -187,9 +189,10 @@ def _run(args, parser) -> None:
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
                                                      pcfg.perturb, experiment)
+        log = _protect_log(args, pcfg, members, by_modality, len(targets))
         new_rows, records = protect_rows(rows, targets, members, pcfg, os.path.dirname(
             os.path.abspath(args.manifest)), os.path.abspath(args.out),
-            modality_members=by_modality)
+            modality_members=by_modality, log=log)
         write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
         from mami_jax.apps.privacy.figures import protect_preview
         protect_preview(os.path.join(args.out, "preview.png"), targets,
@@ -209,6 +212,23 @@ def _run(args, parser) -> None:
         from mami_jax.apps.privacy.cue_run import write_cues
         n = write_cues(rows, targets[:int(pcfg.cues.max_images)], members[0], pcfg, args.out)
         print(f"wrote cue maps of {n} images to {args.out}")
+
+
+def _protect_log(args, pcfg, members, by_modality: dict, targets: int):
+    """``OUT/protect_log.jsonl`` for this run's settings (``protect_log``); says how many
+    images an earlier run of the same settings already finished."""
+    from mami_jax.apps.privacy.protect_log import ProtectLog, file_digest
+    models = {"protecting": [members[0].embedder.source, members[0].embedder.step],
+              "members": [[m.embedder.source, m.embedder.step] for m in members[1:]],
+              "by_modality": {k: [[m.embedder.source, m.embedder.step] for m in v]
+                              for k, v in sorted(by_modality.items())}}
+    log = ProtectLog.open(args.out, {"config": pcfg.to_dict(), "models": models,
+                                     "manifest_sha256": file_digest(args.manifest),
+                                     "split": args.split})
+    if log.records:
+        print(f"resuming: {len(log.records)} of {targets} images were finished by an earlier "
+              f"run into {args.out} ({log.path})", flush=True)
+    return log
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,7 @@ from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb, references
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
+from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
@@ -309,8 +310,9 @@ def member_sets(targets: Sequence[ManifestRow], members, modality_members: dict
 
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
                  config, manifest_dir: str, out_dir: str, progress: bool = True,
-                 modality_members: dict | None = None):
-    """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records).
+                 modality_members: dict | None = None, log: ProtectLog | None = None):
+    """Protects ``targets`` (rows of ``rows_all``); returns (new rows, per-image records in
+    the order of ``targets``).
 
     ``config.every_slice``: a series is protected slice group by slice group
     (``model_input.read_parts``), so that no slice is left as it was; else only the slices
@@ -318,7 +320,11 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
 
     ``modality_members`` (modality -> members, ``ensemble.load_modality_members``) replaces
     ``members`` for that modality's images: each set of members protects its rows as a run
-    of its own on those rows would (from ``config.seed``)."""
+    of its own on those rows would (from ``config.seed``).
+
+    ``log`` (``protect_log``): every finished image is added to it, and a batch whose
+    images it already holds (their files still there) is not protected again; its random
+    key is drawn all the same, so a resumed run writes what an uninterrupted one would."""
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
@@ -331,17 +337,36 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     runs = [(chosen_members, ProtectionInputs.of(rows_all, chosen, chosen_members, config),
              keepers_of(config.perturb, chosen_members))
             for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
-    new_rows, records = {}, []
-    bar = tqdm(total=len(targets), desc="protect", unit="img", disable=not progress)
+    new_rows, records = {}, {}
+    finished = _finished(log, targets, manifest_dir, out_dir)
+    bar = tqdm(total=len(targets), initial=len(finished), desc="protect", unit="img",
+               disable=not progress)
     for chosen_members, inputs, keepers in runs:
         _protect_with(inputs, chosen_members, keepers, config, manifest_dir, out_dir, new_rows,
-                      records, bar)
+                      records, bar, log, finished)
     bar.close()
-    return [new_rows[r.image_id] for r in targets], records
+    for row in targets:
+        if row.image_id not in new_rows:        # finished before, in a skipped batch
+            new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)
+            records[row.image_id] = log.records[row.image_id]
+    return ([new_rows[r.image_id] for r in targets], [records[r.image_id] for r in targets])
+
+
+def _finished(log: ProtectLog | None, targets, manifest_dir: str, out_dir: str) -> set[str]:
+    if log is None:
+        return set()
+    return {r.image_id for r in targets
+            if log.finished(r.image_id, output_path(r, manifest_dir, out_dir)[0])}
+
+
+def protected_row(row: ManifestRow, manifest_dir: str, out_dir: str) -> ManifestRow:
+    """The manifest row of ``row``'s protected copy."""
+    return row.replace(image_id=row.image_id + SUFFIX,
+                       path=output_path(row, manifest_dir, out_dir)[1])
 
 
 def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_dir: str,
-                  out_dir: str, new_rows: dict, records: list, bar) -> None:
+                  out_dir: str, new_rows: dict, records: dict, bar, log, finished: set) -> None:
     """``protect_rows`` for one set of members: adds to ``new_rows`` and ``records``."""
     params = [m.params for m in members]
     pending = PendingRows(inputs.sources)
@@ -361,6 +386,10 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                                             config.perturb.norm, epsilon, *weighting)
                        if config.method == "deform" else None)
         for start in range(0, len(group), size):
+            if config.method != "inpaint":      # every other method draws one key a batch
+                key, sub = jax.random.split(key)
+            if all(s.row.image_id in finished for s in group[start:start + size]):
+                continue
             batch, padded, x0, offset, refs = inputs.batch(group, start, size, imap,
                                                            config.perturb)
             main = refs.first().arrays()
@@ -372,15 +401,12 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
                                             int(config.inpaint.iterations))
             if config.method == "noise":
-                key, sub = jax.random.split(key)
                 delta = noise_change(sub, x0, mask, config.perturb.norm, epsilon)
             if config.method == "deform":
-                key, sub = jax.random.split(key)
                 delta, _, _ = deform_lib.deform(
                     deform_step, params, x0, offset, refs, int(config.deform.steps), sub,
                     slice_mask=None if owned is None else owned[:, :, 0, 0, 0])
             if config.method in ("perturb", "both"):
-                key, sub = jax.random.split(key)
                 delta, _ = perturb.perturb(step, params, x0, offset, refs, int(config.perturb.steps),
                                            sub, mask=mask,
                                            start=delta if config.method == "both" else None)
@@ -390,14 +416,14 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                 if whole is None:
                     continue
                 row = s.row
-                out_abs, out_rel = output_path(row, manifest_dir, out_dir)
+                out_abs, _ = output_path(row, manifest_dir, out_dir)
                 # Region removal is not bounded by the budget; every other method keeps
                 # its PSNR on disk, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
                                                        out_abs, bound, whole.views)
-                new_rows[row.image_id] = row.replace(image_id=row.image_id + SUFFIX, path=out_rel)
-                records.append({"image_id": row.image_id, "modality": modality,
+                new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)
+                record = {"image_id": row.image_id, "modality": modality,
                                 "epsilon": epsilon,
                                 "score_before": whole.score_before,
                                 "score_after": whole.score_after,
@@ -405,8 +431,12 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                                 "psnr_db": psnr(whole.unit, whole.unit + written),
                                 "psnr_db_on_disk": psnr_of_rms(on_disk),
                                 "change_scaled_by": ratio_of_changes(written, whole.delta),
-                                "slices_protected": int(len(set(whole.slices.tolist())))})
-                bar.update(1)
+                                "slices_protected": int(len(set(whole.slices.tolist())))}
+                records[row.image_id] = record
+                if log is not None:
+                    log.add(record)
+                if row.image_id not in finished:
+                    bar.update(1)
 
 
 def ratio_of_changes(written: np.ndarray, optimised: np.ndarray) -> float:

@@ -1,0 +1,106 @@
+"""What a ``protect`` run has finished so far, so that an interrupted run (a Colab session
+that disconnects, a preempted VM) goes on where it stopped instead of starting again.
+
+``OUT/protect_log.jsonl``: the first line holds the run's settings (the privacy config,
+the models, the input manifest's content and the split); every further line is one
+finished image's record, appended once its file is written. A run whose settings differ
+from the log's is refused, naming the keys that differ, so one folder never mixes two
+protections. A last line cut short by a crash is no finished image: that image is
+protected again. Any other unreadable line is an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from mami_jax.runtime.atomic_files import write_text_atomic
+
+LOG_NAME = "protect_log.jsonl"
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flat(value, prefix: str = "") -> dict:
+    """Nested dicts as {"a.b": leaf}: the keys a refusal names."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    fa, fb = _flat(a), _flat(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>"))
+
+
+class ProtectLog:
+    """The finished images of one protection in one output folder (``open``)."""
+
+    def __init__(self, path: str, settings: dict, records: dict[str, dict], cut_short: int):
+        self.path, self.settings = path, settings
+        self.records = records          # image_id -> its record, in the order finished
+        self.cut_short = cut_short      # 1 when the last line was cut short by a crash
+
+    @classmethod
+    def open(cls, out_dir: str, settings: dict) -> "ProtectLog":
+        """The log of ``out_dir`` for ``settings`` (empty when there is none: the file is
+        written with the first finished image, so a run refused before any image leaves
+        nothing behind). A log of other settings is a ValueError naming the keys that
+        differ."""
+        settings = json.loads(json.dumps(settings, default=str))   # as the file holds it
+        path = os.path.join(out_dir, LOG_NAME)
+        if not os.path.exists(path):
+            return cls(path, settings, {}, 0)
+        with open(path) as f:
+            lines = f.read().split("\n")
+        ends_cleanly = lines[-1] == ""
+        lines = lines[:-1] if ends_cleanly else lines
+        try:
+            logged = json.loads(lines[0])["settings"]
+        except (IndexError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: line 1 is no protect log header ({e}); remove the file "
+                             f"or give another --out") from e
+        differ = differing_keys(logged, settings)
+        if differ:
+            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            raise ValueError(f"{out_dir} holds a protection made with other settings ({shown} "
+                             f"differ): give another --out, or remove {path} to start again")
+        records, cut_short = {}, 0
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                record = json.loads(line)
+                records[str(record["image_id"])] = record
+            except (ValueError, KeyError, TypeError) as e:
+                if number == len(lines) and not ends_cleanly:
+                    cut_short = 1       # the crash came while this line was written
+                    continue
+                raise ValueError(f"{path}: line {number} is no image record ({e})") from e
+        if cut_short:                   # appends must start on a line of their own
+            with open(path, "r+") as f:
+                f.truncate(len("\n".join(lines[:-1])) + 1)
+        return cls(path, settings, records, cut_short)
+
+    def finished(self, image_id: str, written: str) -> bool:
+        """Whether ``image_id`` was finished and its file ``written`` is still there."""
+        return image_id in self.records and os.path.exists(written)
+
+    def add(self, record: dict) -> None:
+        """Appends one finished image's record, flushed to disk before the next image."""
+        line = json.dumps(record, default=str) + "\n"
+        if not os.path.exists(self.path):
+            write_text_atomic(self.path, json.dumps({"settings": self.settings}) + "\n")
+        with open(self.path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[str(record["image_id"])] = json.loads(line)
