@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mami_jax import config_files  # noqa: E402
 from mami_jax.config_renames import renamed_key_message  # noqa: E402
 from mami_jax.train import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
@@ -42,10 +42,7 @@ from mami_jax.train.step import make_train_step  # noqa: E402
 
 
 def load_config(path: str, overrides: list[str], steps: int, phantoms: str):
-    spec = importlib.util.spec_from_file_location("ablation_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config("runlocal")
+    cfg = config_files.load_config(path + ":runlocal")
     with cfg.unlocked():
         cfg.train.total_steps = steps
         cfg.eval.protocols, cfg.eval.verification = ("reid",), False

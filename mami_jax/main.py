@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mami_jax import config_renames
+from mami_jax import config_files, config_renames
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.log_filters import quiet_library_info
 
@@ -82,5 +82,6 @@ def _hand_off():
 
 if __name__ == "__main__":
     config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
+    config_files.make_flag_config_importable(sys.argv[1:])  # from any working directory
     malloc_preload.reexec_with_preload()
     app.run(main)

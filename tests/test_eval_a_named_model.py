@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mami_jax import run_checkpoint
-from mami_jax.apps.history.features import load_experiment_config
+from mami_jax.config_files import load_config
 from tests.history_workdir import make_workdir, write_config, write_xray_archive
 
 SPLITS = {f"P{i}": s for i, s in enumerate(["train"] * 3 + ["test"] * 5)}
@@ -21,7 +21,7 @@ SPLITS = {f"P{i}": s for i, s in enumerate(["train"] * 3 + ["test"] * 5)}
 def setup(tmp_path):
     manifest = write_xray_archive(str(tmp_path / "xr"), SPLITS)
     config_file = write_config(str(tmp_path))
-    config = load_experiment_config(config_file)
+    config = load_config(config_file)
     with config.unlocked():
         config.data.manifest = manifest
     run = make_workdir(str(tmp_path / "run"), config, seed=3, step=7)

@@ -12,7 +12,7 @@ pytest.importorskip("faiss")
 
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
-from mami_jax.apps.history.features import load_experiment_config  # noqa: E402
+from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import order_key, read_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
 
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
                              lambda r: r["order"] == "2")
     config = hw.write_config(str(root))
     app = hw.write_app_config(str(root))
-    cfg = load_experiment_config(config)
+    cfg = load_config(config)
     run = hw.make_workdir(str(root / "run"), cfg, seed=0)
     other = hw.make_workdir(str(root / "other"), cfg, seed=5)
     return dict(root=root, manifest=manifest, first=first, last=last, config=config, app=app,

@@ -283,9 +283,10 @@ def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsy
 
     monkeypatch.setattr(protect_lib, "write_within_budget", write)
     stop = True
-    with pytest.raises(KeyboardInterrupt):
-        main(args("resumed"))
+    capsys.readouterr()
+    assert main(args("resumed")) == 130
     log = run["base"] / "resumed" / "protect_log.jsonl"
+    assert capsys.readouterr().err.strip().endswith(f"run the same command again to go on ({log})")
     assert len(log.read_text().splitlines()) == 1 + 2          # settings, two images
     with open(log, "a") as f:
         f.write('{"image_id": "P00')                           # the crash came mid-line

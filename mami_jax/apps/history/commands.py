@@ -6,11 +6,12 @@ import os
 
 from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
-from mami_jax.apps.history.features import TrainedModel, load_experiment_config
+from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.history.history_select import retrieve
 from mami_jax.apps.history.query_rows import query_row, visit_mates
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
+from mami_jax.config_files import load_config
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, read_manifest
 
@@ -19,7 +20,7 @@ DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
 
 
 def app_config(args):
-    return load_experiment_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
+    return load_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
 
 
 def _rows(args, config) -> list[ManifestRow]:
@@ -60,7 +61,7 @@ def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
 def index(args) -> int:
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
-    config = load_experiment_config(args.config)
+    config = load_config(args.config)
     rows = _rows(args, config)          # bad input first, before the model loads
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, args.config, role=args.model_flag)
@@ -194,7 +195,7 @@ def _experiment(args):
     from mami_jax.apps.history.experiment import Experiment, read_row_labels
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
-    config = load_experiment_config(args.config)
+    config = load_config(args.config)
     rows = _rows(args, config)
     y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
     model = TrainedModel(args.workdir, args.config, role=args.model_flag)

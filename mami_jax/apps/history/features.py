@@ -21,7 +21,6 @@ model is identified by a fingerprint of its parameters, which an archive records
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from typing import Sequence
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.config_files import load_config
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
@@ -36,18 +36,6 @@ from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
-
-
-def load_experiment_config(spec: str):
-    """``path/to/config.py[:arg]`` -> that file's ``get_config(arg)``."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} not found (from {spec!r})")
-    module_spec = importlib.util.spec_from_file_location(
-        "history_experiment_" + os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def fingerprint(params) -> str:
@@ -69,7 +57,7 @@ class TrainedModel:
 
     def __init__(self, workdir: str, spec: str, role: str = "--workdir", action: str = "use"):
         self.workdir, self.spec = os.path.abspath(workdir), spec
-        config = load_experiment_config(spec)
+        config = load_config(spec)
         self.embedder = Embedder.load(self.workdir, config, action=action, role=role)
         self.fingerprint = fingerprint(self.embedder.params)
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)

@@ -240,6 +240,12 @@ def main(argv=None) -> int:
         message = " ".join(str(e).split("\n")) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        again = (f"; what is finished is kept: run the same command again to go on "
+                 f"({os.path.join(args.out, 'protect_log.jsonl')})"
+                 if args.command == "protect" else "")
+        print(f"\ninterrupted{again}", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

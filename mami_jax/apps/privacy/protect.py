@@ -341,10 +341,12 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     finished = _finished(log, targets, manifest_dir, out_dir)
     bar = tqdm(total=len(targets), initial=len(finished), desc="protect", unit="img",
                disable=not progress)
-    for chosen_members, inputs, keepers in runs:
-        _protect_with(inputs, chosen_members, keepers, config, manifest_dir, out_dir, new_rows,
-                      records, bar, log, finished)
-    bar.close()
+    try:
+        for chosen_members, inputs, keepers in runs:
+            _protect_with(inputs, chosen_members, keepers, config, manifest_dir, out_dir,
+                          new_rows, records, bar, log, finished)
+    finally:                # an interrupted run's bar ends before its message
+        bar.close()
     for row in targets:
         if row.image_id not in new_rows:        # finished before, in a skipped batch
             new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)

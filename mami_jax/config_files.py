@@ -1,0 +1,76 @@
+"""Loading a config file (``FILE[:ARG]``: a Python file with ``get_config(arg)``) from any
+working directory.
+
+The repository's configs import each other as a package (``from configs import
+common_runlocal``), which Python finds only when the folder above ``configs/`` is on
+``sys.path``; ``python -m`` puts only the working directory there, so a command started
+elsewhere with ``--config=/path/to/configs/all.py`` failed on that import. Every loader
+(``mami_jax.main``'s flag, the applications' ``load_config``) therefore first makes the
+folder above the file's own folder importable. A relative FILE that does not exist from
+the working directory is looked up in the repository (``configs/privacy.py`` names the
+repository's file wherever the command runs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Sequence
+
+#: The repository root (where ``configs/`` lives), for relative config paths.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve(path: str) -> str:
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(REPO_ROOT, path)
+
+
+def resolve_spec(spec: str) -> str:
+    """``FILE[:ARG]`` with FILE resolved as ``load_config`` resolves it (for loaders that
+    only read paths relative to the working directory)."""
+    path, sep, arg = spec.partition(":")
+    return resolve(path) + sep + arg
+
+
+def make_importable(path: str) -> None:
+    """Puts the folder above ``path``'s folder on ``sys.path`` (last, so it shadows no
+    installed package), so that the config file can import its siblings as a package."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.append(root)
+
+
+def make_flag_config_importable(argv: Sequence[str], flag: str = "--config") -> None:
+    """``make_importable`` for the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) in
+    ``argv``, before a flags parser (``ml_collections.config_flags``) loads it."""
+    for i, item in enumerate(argv):
+        if item.startswith(flag + "="):
+            value = item[len(flag) + 1:]
+        elif item == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        make_importable(value.partition(":")[0])
+
+
+def load_config(spec: str):
+    """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``; FileNotFoundError or
+    ValueError naming the file when it is missing, has no ``get_config`` or refuses ARG."""
+    path, _, arg = spec.partition(":")
+    full = resolve(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    make_importable(full)
+    name = "config_file_" + os.path.splitext(os.path.basename(full))[0]
+    module_spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} defines no get_config(arg)")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:     # a bad word of ARG: say which file refused it
+        raise ValueError(f"config {spec!r}: {e}") from e

@@ -1,0 +1,68 @@
+"""Config files load from any working directory: the repository's configs import each
+other as a package (``from configs import common_runlocal``), which failed with
+ModuleNotFoundError when a command ran outside the repository."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mami_jax import config_files
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _outside(tmp_path, args):
+    """``args`` run from ``tmp_path`` with nothing of the repository on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env,
+                          cwd=str(tmp_path))
+
+
+def test_main_reads_a_config_by_path_from_another_folder(tmp_path):
+    proc = _outside(tmp_path, ["-m", "mami_jax.main",
+                               f"--config={REPO}/configs/all.py:runlocal",
+                               f"--workdir={tmp_path / 'w'}", "--mode=eval",
+                               "--model=/nowhere.pth"])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    # the config loaded: the run went on to the model, which is missing
+    assert proc.returncode == 1 and errors == [
+        "error: --model '/nowhere.pth': no re-ID workdir, model file (.pth/.safetensors) or "
+        "converter folder there"], proc.stderr[-2000:]
+
+
+def test_the_apps_read_the_repository_configs_from_another_folder(tmp_path):
+    code = ("from mami_jax.config_files import load_config;"
+            "c = load_config('configs/privacy.py:runlocal');"
+            "e = load_config(c.experiment);"
+            "h = load_config('configs/history.py');"
+            "print(c.experiment, e.model.patch_size, sorted(h)[0])")
+    proc = _outside(tmp_path, ["-c", code])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = config_files.load_config(config_files.load_config(
+        "configs/privacy.py:runlocal").experiment).model.patch_size
+    assert proc.stdout.split()[:2] == ["configs/all.py:runlocal", str(expected)]
+
+
+def test_a_relative_path_is_looked_up_in_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_files.resolve("configs/all.py") == os.path.join(REPO, "configs", "all.py")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "all.py").write_text("def get_config(arg):\n    return arg\n")
+    assert config_files.resolve("configs/all.py") == "configs/all.py"   # the folder's own first
+    assert config_files.load_config("configs/all.py:x") == "x"
+    with pytest.raises(FileNotFoundError, match="config file 'nowhere.py' not found"):
+        config_files.load_config("nowhere.py")
+    (tmp_path / "bare.py").write_text("X = 1\n")
+    with pytest.raises(ValueError, match="defines no get_config"):
+        config_files.load_config("bare.py")
+
+
+def test_the_flag_value_is_found_in_either_spelling(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for argv in ([f"--config={tmp_path}/configs/a.py:x"], ["--config", f"{tmp_path}/configs/a.py"]):
+        config_files.make_flag_config_importable(argv)
+        assert sys.path[-1] == str(tmp_path)
+        sys.path.pop()
