@@ -20,13 +20,14 @@ differs from the index. Features come back bit-exact (float32, as written).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import struct
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from mami_jax.runtime.file_digest import file_sha256
 
 #: ``format`` field of run.json / index.json; bump ``FORMAT_VERSION`` on any change.
 FORMAT = "mami_jax-teacher-features"
@@ -104,14 +105,6 @@ def parse_example(payload: bytes, where: str) -> tuple[str, dict[str, np.ndarray
             raise TeacherFeatureError(f"{where} (image_id {image_id!r}): unexpected key {key!r}")
         values[key[len(FEATURE_PREFIX):]] = np.asarray(value.float_list.value, np.float32)
     return image_id, values
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_json(path: str) -> dict:

@@ -217,13 +217,14 @@ def _run(args, parser) -> None:
 def _protect_log(args, pcfg, members, by_modality: dict, targets: int):
     """``OUT/protect_log.jsonl`` for this run's settings (``protect_log``); says how many
     images an earlier run of the same settings already finished."""
-    from mami_jax.apps.privacy.protect_log import ProtectLog, file_digest
+    from mami_jax.apps.privacy.protect_log import ProtectLog
+    from mami_jax.runtime.file_digest import file_sha256
     models = {"protecting": [members[0].embedder.source, members[0].embedder.step],
               "members": [[m.embedder.source, m.embedder.step] for m in members[1:]],
               "by_modality": {k: [[m.embedder.source, m.embedder.step] for m in v]
                               for k, v in sorted(by_modality.items())}}
     log = ProtectLog.open(args.out, {"config": pcfg.to_dict(), "models": models,
-                                     "manifest_sha256": file_digest(args.manifest),
+                                     "manifest_sha256": file_sha256(args.manifest),
                                      "split": args.split})
     if log.records:
         print(f"resuming: {len(log.records)} of {targets} images were finished by an earlier "

@@ -11,21 +11,12 @@ protected again. Any other unreadable line is an error naming it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 LOG_NAME = "protect_log.jsonl"
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flat(value, prefix: str = "") -> dict:
