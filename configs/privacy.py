@@ -11,12 +11,12 @@ model, at the transfer budget and with smoothed gradients, for protection that h
 against re-ID models it never saw;
 docs/privacy_experiments.md measured it with three runs of other seeds trained like the
 ``--workdir`` run, and better with one of them replaced by a run on more patients: the
-ensemble must hold the kinds of model an attacker would train; one member of each kind, fine-tunes of each
-public backbone an attacker may start from and runs from scratch, protected CT, MRI,
-fundus and pathology against models of all those kinds), ``xray_transfer=DIR+DIR`` (the
-X-rays' own ensemble, ``perturb.modality_ensemble``: two fine-tunes of every public backbone
-an attacker may start from and the backbones themselves, and nothing else, their gradients
-balanced: ``perturb.modality_member_weighting``),
+ensemble must hold the kinds of model an attacker would train; one member of each kind,
+fine-tunes of each public backbone an attacker may start from and runs from scratch,
+protected CT, MRI, fundus and pathology against models of all those kinds),
+``xray_transfer=DIR+DIR`` (the X-rays' own ensemble, ``perturb.modality_ensemble``: two
+fine-tunes of every public backbone an attacker may start from and the backbones
+themselves, and nothing else, their gradients balanced: ``perturb.modality_member_weighting``),
 ``xray_visible`` (X-rays get a 21.5 dB budget instead of 30: the smallest at which the
 `transfer` recipe's X-ray protection held against every held-out and retrained model
 measured; the change is visible), ``rank`` (every

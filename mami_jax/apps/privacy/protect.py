@@ -85,7 +85,8 @@ def keepers_of(cfg_perturb, members) -> list:
 def epsilon_for(cfg_perturb, modality: str) -> float:
     """The budget of ``modality``'s images: ``perturb.modality_epsilon[modality]`` where
     given, else ``perturb.epsilon``. A modality whose diagnosis suffers where its identity
-    is already removed with budget to spare (CT, docs/privacy_experiments.md) can be given less."""
+    is already removed with budget to spare (CT, docs/privacy_experiments.md) can be given
+    less."""
     by_modality = dict(cfg_perturb.get("modality_epsilon", {}) or {})
     value = float(by_modality.get(modality, cfg_perturb.epsilon))
     if not value > 0:
@@ -426,14 +427,14 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                                                        out_abs, bound, whole.views)
                 new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)
                 record = {"image_id": row.image_id, "modality": modality,
-                                "epsilon": epsilon,
-                                "score_before": whole.score_before,
-                                "score_after": whole.score_after,
-                                "max_abs_change": float(np.abs(written).max()),
-                                "psnr_db": psnr(whole.unit, whole.unit + written),
-                                "psnr_db_on_disk": psnr_of_rms(on_disk),
-                                "change_scaled_by": ratio_of_changes(written, whole.delta),
-                                "slices_protected": int(len(set(whole.slices.tolist())))}
+                          "epsilon": epsilon,
+                          "score_before": whole.score_before,
+                          "score_after": whole.score_after,
+                          "max_abs_change": float(np.abs(written).max()),
+                          "psnr_db": psnr(whole.unit, whole.unit + written),
+                          "psnr_db_on_disk": psnr_of_rms(on_disk),
+                          "change_scaled_by": ratio_of_changes(written, whole.delta),
+                          "slices_protected": int(len(set(whole.slices.tolist())))}
                 records[row.image_id] = record
                 if log is not None:
                     log.add(record)

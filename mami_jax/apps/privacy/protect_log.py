@@ -63,7 +63,8 @@ class ProtectLog:
                              f"or give another --out") from e
         differ = differing_keys(logged, settings)
         if differ:
-            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""
+            shown = ", ".join(differ[:8]) + more
             raise ValueError(f"{out_dir} holds a protection made with other settings ({shown} "
                              f"differ): give another --out, or remove {path} to start again")
         records, cut_short = {}, 0
