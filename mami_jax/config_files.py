@@ -7,7 +7,7 @@ common_runlocal``), which Python finds only when the folder above ``configs/`` i
 elsewhere with ``--config=/path/to/configs/all.py`` failed on that import. Every loader
 (``mami_jax.main``'s flag, the applications' ``load_config``) therefore first makes the
 folder above the file's own folder importable. A relative FILE that does not exist from
-the working directory is looked up in the repository (``configs/privacy.py`` names the
+the working directory is looked up in the repository (``configs/all.py`` names the
 repository's file wherever the command runs).
 """
 
@@ -43,17 +43,23 @@ def make_importable(path: str) -> None:
         sys.path.append(root)
 
 
-def make_flag_config_importable(argv: Sequence[str], flag: str = "--config") -> None:
-    """``make_importable`` for the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) in
-    ``argv``, before a flags parser (``ml_collections.config_flags``) loads it."""
-    for i, item in enumerate(argv):
+def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> list[str]:
+    """``argv`` with the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) resolved as
+    ``load_config`` resolves it and made importable, before a flags parser
+    (``ml_collections.config_flags``) loads it."""
+    out = list(argv)
+    for i, item in enumerate(out):
         if item.startswith(flag + "="):
-            value = item[len(flag) + 1:]
-        elif item == flag and i + 1 < len(argv):
-            value = argv[i + 1]
+            at, value = i, item[len(flag) + 1:]
+        elif item == flag and i + 1 < len(out):
+            at, value = i + 1, out[i + 1]
         else:
             continue
-        make_importable(value.partition(":")[0])
+        path, sep, arg = value.partition(":")
+        full = resolve(path)
+        make_importable(full)
+        out[at] = (f"{flag}=" if at == i else "") + full + sep + arg
+    return out
 
 
 def load_config(spec: str):

@@ -82,6 +82,6 @@ def _hand_off():
 
 if __name__ == "__main__":
     config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
-    config_files.make_flag_config_importable(sys.argv[1:])  # from any working directory
+    sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
     app.run(main)

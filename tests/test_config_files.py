@@ -21,9 +21,9 @@ def _outside(tmp_path, args):
                           cwd=str(tmp_path))
 
 
-def test_main_reads_a_config_by_path_from_another_folder(tmp_path):
-    proc = _outside(tmp_path, ["-m", "mami_jax.main",
-                               f"--config={REPO}/configs/all.py:runlocal",
+@pytest.mark.parametrize("config", [f"{REPO}/configs/all.py:runlocal", "configs/all.py:runlocal"])
+def test_main_reads_a_config_from_another_folder(tmp_path, config):
+    proc = _outside(tmp_path, ["-m", "mami_jax.main", f"--config={config}",
                                f"--workdir={tmp_path / 'w'}", "--mode=eval",
                                "--model=/nowhere.pth"])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
@@ -61,8 +61,15 @@ def test_a_relative_path_is_looked_up_in_the_repository(tmp_path, monkeypatch):
 
 
 def test_the_flag_value_is_found_in_either_spelling(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for argv in ([f"--config={tmp_path}/configs/a.py:x"], ["--config", f"{tmp_path}/configs/a.py"]):
-        config_files.make_flag_config_importable(argv)
-        assert sys.path[-1] == str(tmp_path)
-        sys.path.pop()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != REPO])
+    monkeypatch.chdir(tmp_path)
+    here = tmp_path / "configs"
+    here.mkdir()
+    (here / "a.py").write_text("")
+    argv = ["--workdir=w", "--config=configs/a.py:x", "--config.seed=3"]
+    assert config_files.flag_config_from_anywhere(argv) == argv    # found here: kept
+    assert sys.path[-1] == str(tmp_path)
+    repo_all = os.path.join(REPO, "configs", "all.py")
+    assert config_files.flag_config_from_anywhere(["--config", "configs/all.py:runlocal"]) == [
+        "--config", repo_all + ":runlocal"]                          # not here: the repository's
+    assert sys.path[-1] == REPO
