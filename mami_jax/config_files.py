@@ -23,9 +23,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def resolve(path: str) -> str:
+    """``path`` itself where it exists (or is absolute), else the repository's file of that
+    name where there is one; else ``path``, so a missing file is named as it was given."""
     if os.path.isabs(path) or os.path.exists(path):
         return path
-    return os.path.join(REPO_ROOT, path)
+    in_repo = os.path.join(REPO_ROOT, path)
+    return in_repo if os.path.exists(in_repo) else path
 
 
 def resolve_spec(spec: str) -> str:

@@ -8,7 +8,9 @@ A refusal (``user_errors()``: the project's error types for bad input or state, 
 ``ValueError``, which every config check raises naming the key; each message names the
 file, row, key or checkpoint item) ends the run with one ``error: <message>`` line on
 stderr and exit status 1. Any other exception is a bug and keeps its traceback;
-``--verbosity=1`` shows the traceback of a refusal too.
+``--verbosity=1`` shows the traceback of a refusal too. Bad flags (a missing config file,
+an argument ``get_config`` refuses, an override of a key the config lacks) are one
+``error:`` line too, exit status 2 (``flag_parsing``).
 """
 
 import sys
@@ -16,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mami_jax import config_files, config_renames
+from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.log_filters import quiet_library_info
 
@@ -84,4 +86,4 @@ if __name__ == "__main__":
     config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
-    app.run(main)
+    app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -73,3 +73,4 @@ def test_the_flag_value_is_found_in_either_spelling(tmp_path, monkeypatch):
     assert config_files.flag_config_from_anywhere(["--config", "configs/all.py:runlocal"]) == [
         "--config", repo_all + ":runlocal"]                          # not here: the repository's
     assert sys.path[-1] == REPO
+    assert config_files.flag_config_from_anywhere(["--config=nowhere.py"]) == ["--config=nowhere.py"]

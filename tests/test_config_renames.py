@@ -42,8 +42,26 @@ def test_old_spelling_fails_with_one_line_naming_the_new_key(tmp_path, overrides
 
 def test_misspelt_key_is_still_an_error(tmp_path):
     proc, workdir = _main(tmp_path, "--config.data.modalities.xray.flipp=True")
-    assert proc.returncode != 0 and "flipp" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        "error: --config.data.modalities.xray.flipp: configs/all.py:runlocal has no "
+        "key 'data.modalities.xray.flipp'"), proc.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--config=configs/nowhere.py"], "error: --config configs/nowhere.py: no such file"),
+    (["--config=configs/all.py:runlocl"],
+     "error: flag --config=configs/all.py:runlocl: ValueError: unknown config "
+     "argument(s) ['runlocl']; known: runlocal, align, teachers, finetune"),
+    (["--config.train.total_steps=abc"],
+     "error: flag --config.train.total_steps=abc: invalid literal for int() with base 10: 'abc'"),
+])
+def test_bad_flags_are_one_error_line(tmp_path, flags, line):
+    """absl would print a FATAL block with the config file's traceback, or a traceback."""
+    proc, workdir = _main(tmp_path, *flags)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == line, proc.stderr
+    assert "Traceback" not in proc.stderr and not workdir.exists()
 
 
 def test_overridden_keys_reads_every_absl_spelling():
