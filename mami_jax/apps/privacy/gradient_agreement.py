@@ -44,7 +44,7 @@ def model_gradients(rows_all, targets: Sequence, models, config,
     it masks it, and scaled to unit length per view. ``models`` are ensemble members
     (``ensemble.load_ensemble``) with one model config; each is scored against its own
     embeddings of the patients' images, as a member of a protecting ensemble is."""
-    inputs = ProtectionInputs.of(rows_all, targets, models, config)
+    inputs = ProtectionInputs.of(rows_all, targets, models, config, progress)
     sigma = float(config.perturb.get("smooth", 0.0))
     size = int(config.batch_size)
     out = [[] for _ in models]

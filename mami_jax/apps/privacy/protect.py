@@ -37,6 +37,7 @@ from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.transforms import slice_indices
+from mami_jax.inference import embed_in_chunks
 
 SUFFIX = "_protected"
 METHODS = ("perturb", "inpaint", "both", "noise", "deform")
@@ -50,9 +51,13 @@ def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> 
     return chosen
 
 
-def reference_embeddings(members, rows: Sequence[ManifestRow]) -> list[np.ndarray]:
-    """Every member's evaluation embeddings of ``rows`` (as ``Embedder.embed_rows``)."""
-    return [m.embedder.embed_rows(rows) for m in members]
+def reference_embeddings(members, rows: Sequence[ManifestRow],
+                         progress: bool = True) -> list[np.ndarray]:
+    """Every member's evaluation embeddings of ``rows`` (batched as ``Embedder.embed_rows``
+    batches them), with a progress bar per member."""
+    return [embed_in_chunks(m.embedder.embed_batch, rows, m.embedder, progress,
+                            desc=f"references, model {i + 1}/{len(members)}")
+            for i, m in enumerate(members)]
 
 
 def output_path(row: ManifestRow, manifest_dir: str, out_dir: str) -> tuple[str, str]:
@@ -257,7 +262,7 @@ class ProtectionInputs:
     impostors: dict
 
     @classmethod
-    def of(cls, rows_all, targets, members, config) -> "ProtectionInputs":
+    def of(cls, rows_all, targets, members, config, progress: bool = True) -> "ProtectionInputs":
         # per modality, checked before any image is read: its objective's impostor count
         impostors = {m: objective.impostors_needed(config.perturb, m) for m in
                      sorted({r.modality for r in targets})}
@@ -265,10 +270,10 @@ class ProtectionInputs:
         patients = {(r.patient_key, r.modality) for r in targets}
         ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
         every_slice = bool(config.get("every_slice", True))
-        sources = [part for r in targets
+        sources = [part for r in tqdm(targets, desc="read", unit="img", disable=not progress)
                    for part in read_parts(r, settings_for(data_cfg, r.modality), every_slice)]
         return cls(sources, data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
-                   reference_embeddings(members, ref_rows), impostors)
+                   reference_embeddings(members, ref_rows, progress), impostors)
 
     def batch(self, group, start: int, size: int, imap, cfg_perturb):
         """(views, views padded to a fixed batch size with the last one, their pixels x0,
@@ -335,7 +340,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                          "it cannot be combined with perturb.modality_ensemble")
     # every set's inputs and keepers first: their checks (a modality's objective, a
     # classifier of another model) end the run before the progress bar starts
-    runs = [(chosen_members, ProtectionInputs.of(rows_all, chosen, chosen_members, config),
+    runs = [(chosen_members, ProtectionInputs.of(rows_all, chosen, chosen_members, config,
+                                                 progress),
              keepers_of(config.perturb, chosen_members))
             for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
     new_rows, records = {}, {}
