@@ -59,6 +59,10 @@ def get_config(arg=None):
     if words.get("deform"):
         c.method = "deform"
     c.batch_size = 32          # images optimised together (one modality and shape at a time)
+    # protect reads this many manifest rows at a time: their pixels (every slice group of a
+    # series) are held in memory, the references are embedded once for all rows. Each
+    # batch's random key comes from its chunk, so changing this changes a run's output.
+    c.read_chunk = 256
     # A CT or MRI series: protect every slice, one group of slices at a time (each group one
     # slice per segment, as the model reads them: 16 slices read as 2 are 8 groups, 8 times
     # the work), so that no model reading other slices sees them unchanged. False: only

@@ -262,15 +262,16 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
 def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsys):
     """Stopped while writing its third image (a Colab session that disconnects), then started
     again with the same arguments: it protects only what was not finished (the first batch
-    of two is skipped), and writes exactly what one uninterrupted run writes (files,
-    manifest, records), random views included. A record line cut short by the crash is no
-    finished image."""
+    of two is skipped; two chunks of rows, read one at a time), and writes exactly what one
+    uninterrupted run writes (files, manifest, records), random views included. A record
+    line cut short by the crash is no finished image."""
     from mami_jax.apps.privacy import protect as protect_lib
 
     def args(out):
         return ["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
                 "--out", str(run["base"] / out), "--config", run["config"],
-                "--set", "batch_size=2", "--set", "perturb.views=2", "--set", "perturb.noise=0.01"]
+                "--set", "batch_size=2", "--set", "read_chunk=4", "--set", "perturb.views=2",
+                "--set", "perturb.noise=0.01"]
 
     assert main(args("straight")) == 0
     real, written = protect_lib.write_within_budget, []
@@ -303,6 +304,14 @@ def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsy
     assert reports[0]["records"] == reports[1]["records"]
     assert len(reports[1]["records"]) == 6
     assert len(log.read_text().splitlines()) == 1 + 6
+    # run again once everything is finished: no image is read or written, nothing changes
+    reads = []
+    monkeypatch.setattr(protect_lib, "read_parts", lambda *a, **k: reads.append(a) or [])
+    written.clear()
+    assert main(args("resumed")) == 0
+    assert "resuming: 6 of 6 images" in capsys.readouterr().out
+    assert reads == [] and written == []
+    assert tree_digest(str(resumed / "images")) == tree_digest(str(straight / "images"))
 
 
 def test_protect_refuses_to_mix_two_protections_in_one_folder(run, capsys):

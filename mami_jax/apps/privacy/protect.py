@@ -261,19 +261,30 @@ class ProtectionInputs:
     embeddings: list
     impostors: dict
 
+    every_slice: bool = True
+
     @classmethod
-    def of(cls, rows_all, targets, members, config, progress: bool = True) -> "ProtectionInputs":
+    def of(cls, rows_all, targets, members, config, progress: bool = True,
+           read: bool = True) -> "ProtectionInputs":
+        """The references of ``targets``' patients; their views too unless ``read`` is
+        False (``protect_rows`` reads them a chunk at a time: ``with_views``)."""
         # per modality, checked before any image is read: its objective's impostor count
         impostors = {m: objective.impostors_needed(config.perturb, m) for m in
                      sorted({r.modality for r in targets})}
         data_cfg = members[0].embedder.data_cfg
         patients = {(r.patient_key, r.modality) for r in targets}
         ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
-        every_slice = bool(config.get("every_slice", True))
-        sources = [part for r in tqdm(targets, desc="read", unit="img", disable=not progress)
-                   for part in read_parts(r, settings_for(data_cfg, r.modality), every_slice)]
-        return cls(sources, data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
-                   reference_embeddings(members, ref_rows, progress), impostors)
+        inputs = cls([], data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
+                     reference_embeddings(members, ref_rows, progress), impostors,
+                     bool(config.get("every_slice", True)))
+        return inputs.with_views(targets, progress) if read else inputs
+
+    def with_views(self, rows, progress: bool = False) -> "ProtectionInputs":
+        """These inputs with the views of ``rows`` as ``sources`` (their pixels read)."""
+        sources = [part for r in tqdm(rows, desc="read", unit="img", disable=not progress)
+                   for part in read_parts(r, settings_for(self.data_cfg, r.modality),
+                                          self.every_slice)]
+        return dataclasses.replace(self, sources=sources)
 
     def batch(self, group, start: int, size: int, imap, cfg_perturb):
         """(views, views padded to a fixed batch size with the last one, their pixels x0,
@@ -328,9 +339,13 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     ``members`` for that modality's images: each set of members protects its rows as a run
     of its own on those rows would (from ``config.seed``).
 
+    ``config.read_chunk`` rows are read at a time (their pixels held in memory; the
+    references are embedded once for all), and each batch's random key is derived from its
+    chunk and its place in it, so a run's output does not depend on what was skipped.
+
     ``log`` (``protect_log``): every finished image is added to it, and a batch whose
-    images it already holds (their files still there) is not protected again; its random
-    key is drawn all the same, so a resumed run writes what an uninterrupted one would."""
+    images it already holds (their files still there) is not protected again, a chunk of
+    finished rows not even read: a resumed run writes what an uninterrupted one would."""
     if config.method not in METHODS:
         raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
     perturb.check_norm(config.perturb.norm)
@@ -340,8 +355,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
                          "it cannot be combined with perturb.modality_ensemble")
     # every set's inputs and keepers first: their checks (a modality's objective, a
     # classifier of another model) end the run before the progress bar starts
-    runs = [(chosen_members, ProtectionInputs.of(rows_all, chosen, chosen_members, config,
-                                                 progress),
+    runs = [(chosen_members, chosen, ProtectionInputs.of(rows_all, chosen, chosen_members,
+                                                         config, progress, read=False),
              keepers_of(config.perturb, chosen_members))
             for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
     new_rows, records = {}, {}
@@ -349,9 +364,9 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     bar = tqdm(total=len(targets), initial=len(finished), desc="protect", unit="img",
                disable=not progress)
     try:
-        for chosen_members, inputs, keepers in runs:
-            _protect_with(inputs, chosen_members, keepers, config, manifest_dir, out_dir,
-                          new_rows, records, bar, log, finished)
+        for chosen_members, chosen, inputs, keepers in runs:
+            _protect_with(inputs, chosen, _Run(chosen_members, keepers, config, manifest_dir,
+                                               out_dir, new_rows, records, bar, log, finished))
     finally:                # an interrupted run's bar ends before its message
         bar.close()
     for row in targets:
@@ -374,30 +389,71 @@ def protected_row(row: ManifestRow, manifest_dir: str, out_dir: str) -> Manifest
                        path=output_path(row, manifest_dir, out_dir)[1])
 
 
-def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_dir: str,
-                  out_dir: str, new_rows: dict, records: dict, bar, log, finished: set) -> None:
-    """``protect_rows`` for one set of members: adds to ``new_rows`` and ``records``."""
-    params = [m.params for m in members]
+@dataclasses.dataclass
+class _Run:
+    """One set of members protecting its rows: what every chunk of those rows shares."""
+    members: list
+    keepers: list
+    config: object
+    manifest_dir: str
+    out_dir: str
+    new_rows: dict              # image_id -> its protected copy's row
+    records: dict               # image_id -> its record
+    bar: object
+    log: ProtectLog | None
+    finished: set               # image_ids the log holds, their files still there
+    steps: dict = dataclasses.field(default_factory=dict)   # (modality, view shape) -> functions
+
+    @property
+    def params(self):
+        return [m.params for m in self.members]
+
+
+def _protect_with(refs: ProtectionInputs, rows, run: _Run) -> None:
+    """``protect_rows`` for one set of members and its ``rows``, ``read_chunk`` rows at a
+    time; a chunk whose rows are all finished is not read."""
+    seed = jax.random.key(int(run.config.seed))
+    chunk = int(run.config.get("read_chunk", 256))
+    if chunk < 1:
+        raise ValueError(f"read_chunk={chunk}: expected at least 1 row")
+    for c, first in enumerate(range(0, len(rows), chunk)):
+        part = rows[first:first + chunk]
+        if not all(r.image_id in run.finished for r in part):
+            _protect_chunk(refs.with_views(part), jax.random.fold_in(seed, c), run)
+
+
+def _group_functions(members, keepers, config, modality: str, h: int, w: int, data_cfg):
+    """(input map, budget, the plain score, the ensemble's step, the deformation step) of
+    one modality and view shape: compiled once and kept for every chunk."""
+    imap = InputMap(settings_for(data_cfg, modality), h, w)
+    train_score = member_score_fn(members, imap, config.perturb, modality)
+    plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
+    keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
+            for m, k in enumerate(keepers)]
+    epsilon = epsilon_for(config.perturb, modality)
+    weighting = (perturb.weighting_for(config.perturb, modality),
+                 float(config.perturb.get("hardest_temperature", 0.05)))
+    step = ensemble_step(config.perturb, train_score, epsilon, keep, weighting)
+    deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
+                                        config.perturb.norm, epsilon, *weighting)
+                   if config.method == "deform" else None)
+    return imap, epsilon, plain_main, step, deform_step
+
+
+def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
+    config, params = run.config, run.params
     pending = PendingRows(inputs.sources)
-    key = jax.random.key(int(config.seed))
-    size = int(config.batch_size)
-    for (modality, t, h, w, c), group in groups_of(inputs.sources).items():
-        imap = InputMap(settings_for(inputs.data_cfg, modality), h, w)
-        train_score = member_score_fn(members, imap, config.perturb, modality)
-        plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
-        keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
-                for m, k in enumerate(keepers)]
-        epsilon = epsilon_for(config.perturb, modality)
-        weighting = (perturb.weighting_for(config.perturb, modality),
-                     float(config.perturb.get("hardest_temperature", 0.05)))
-        step = ensemble_step(config.perturb, train_score, epsilon, keep, weighting)
-        deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
-                                            config.perturb.norm, epsilon, *weighting)
-                       if config.method == "deform" else None)
+    size, number = int(config.batch_size), 0
+    for shape_key, group in groups_of(inputs.sources).items():
+        modality, _, h, w, _ = shape_key
+        if shape_key not in run.steps:
+            run.steps[shape_key] = _group_functions(run.members, run.keepers, config, modality,
+                                                    h, w, inputs.data_cfg)
+        imap, epsilon, plain_main, step, deform_step = run.steps[shape_key]
         for start in range(0, len(group), size):
-            if config.method != "inpaint":      # every other method draws one key a batch
-                key, sub = jax.random.split(key)
-            if all(s.row.image_id in finished for s in group[start:start + size]):
+            sub = jax.random.fold_in(key, number)
+            number += 1
+            if all(s.row.image_id in run.finished for s in group[start:start + size]):
                 continue
             batch, padded, x0, offset, refs = inputs.batch(group, start, size, imap,
                                                            config.perturb)
@@ -425,13 +481,13 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                 if whole is None:
                     continue
                 row = s.row
-                out_abs, _ = output_path(row, manifest_dir, out_dir)
+                out_abs, _ = output_path(row, run.manifest_dir, run.out_dir)
                 # Region removal is not bounded by the budget; every other method keeps
                 # its PSNR on disk, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
                                                        out_abs, bound, whole.views)
-                new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)
+                run.new_rows[row.image_id] = protected_row(row, run.manifest_dir, run.out_dir)
                 record = {"image_id": row.image_id, "modality": modality,
                           "epsilon": epsilon,
                           "score_before": whole.score_before,
@@ -441,11 +497,11 @@ def _protect_with(inputs: ProtectionInputs, members, keepers, config, manifest_d
                           "psnr_db_on_disk": psnr_of_rms(on_disk),
                           "change_scaled_by": ratio_of_changes(written, whole.delta),
                           "slices_protected": int(len(set(whole.slices.tolist())))}
-                records[row.image_id] = record
-                if log is not None:
-                    log.add(record)
-                if row.image_id not in finished:
-                    bar.update(1)
+                run.records[row.image_id] = record
+                if run.log is not None:
+                    run.log.add(record)
+                if row.image_id not in run.finished:
+                    run.bar.update(1)
 
 
 def ratio_of_changes(written: np.ndarray, optimised: np.ndarray) -> float:
