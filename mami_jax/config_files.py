@@ -46,22 +46,29 @@ def make_importable(path: str) -> None:
         sys.path.append(root)
 
 
+def flag_values(argv: Sequence[str], flag: str = "--config") -> list[tuple[int, str]]:
+    """(position in ``argv``, value) of every ``--config=VALUE`` / ``--config VALUE``, in
+    order (absl takes the last)."""
+    found = []
+    for i, item in enumerate(argv):
+        if item.startswith(flag + "="):
+            found.append((i, item[len(flag) + 1:]))
+        elif item == flag and i + 1 < len(argv):
+            found.append((i + 1, argv[i + 1]))
+    return found
+
+
 def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> list[str]:
     """``argv`` with the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) resolved as
     ``load_config`` resolves it and made importable, before a flags parser
     (``ml_collections.config_flags``) loads it."""
     out = list(argv)
-    for i, item in enumerate(out):
-        if item.startswith(flag + "="):
-            at, value = i, item[len(flag) + 1:]
-        elif item == flag and i + 1 < len(out):
-            at, value = i + 1, out[i + 1]
-        else:
-            continue
+    for at, value in flag_values(argv, flag):
         path, sep, arg = value.partition(":")
         full = resolve(path)
         make_importable(full)
-        out[at] = (f"{flag}=" if at == i else "") + full + sep + arg
+        joined = out[at].startswith(flag + "=")
+        out[at] = (f"{flag}=" if joined else "") + full + sep + arg
     return out
 
 

@@ -20,16 +20,10 @@ from mami_jax import config_files
 from mami_jax.config_renames import overridden_keys
 
 
-def config_value(argv: Sequence[str], flag: str = "--config") -> str | None:
-    """The value of ``--config=FILE[:ARG]`` / ``--config FILE[:ARG]`` in ``argv`` (the last
-    one given, as absl takes it)."""
-    value = None
-    for i, item in enumerate(argv):
-        if item.startswith(flag + "="):
-            value = item[len(flag) + 1:]
-        elif item == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
+def config_value(argv: Sequence[str]) -> str | None:
+    """The value of the last ``--config`` in ``argv`` (the one absl takes)."""
+    found = config_files.flag_values(argv)
+    return found[-1][1] if found else None
 
 
 def unknown_override(argv: Sequence[str], spec: str) -> str | None:
