@@ -1,9 +1,11 @@
 """Privacy protection settings (mami_jax.apps.privacy; docs/privacy.md).
 
-    python -m mami_jax.apps.privacy protect --config=configs/privacy.py:runlocal ...
+    python -m mami_jax.apps.privacy protect --config=configs/privacy.py:transfer=RUN_A+RUN_B ...
 
-``experiment`` names the re-ID run's own experiment config (its preprocessing and model
-config); ``runlocal`` points it at ``configs/all.py:runlocal`` (the quick-start runs).
+``experiment`` names the experiment config (preprocessing and model config) the re-ID
+models are read with; empty, the ``--workdir`` run's own (``RUN/config.json``, which
+training writes; the paper's ``configs/all.py`` for a model file). ``runlocal`` sets it to
+``configs/all.py:runlocal``, for a model file exported from a quick-start run.
 Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb),
 ``deform`` (a smooth displacement field instead of an added change: apps/privacy/deform.py),
 ``transfer=DIR+DIR@STEP`` (optimise against these re-ID runs as well as ``--workdir``'s
@@ -45,7 +47,7 @@ def _workdirs(words, word: str, what: str, example: str) -> tuple:
 def get_config(arg=None):
     words = parse_arg(arg, WORDS)
     c = ml_collections.ConfigDict()
-    c.experiment = "configs/all.py:runlocal" if words.get("runlocal") else "configs/all.py"
+    c.experiment = "configs/all.py:runlocal" if words.get("runlocal") else ""
     # "perturb": bounded perturbation (a); "inpaint": removal of the strongest identity
     # regions (b); "both": (b) then (a) on the inpainted image; "noise": Gaussian noise
     # of the whole perturbation budget, aimed at nothing (the control a protection's cost

@@ -1,5 +1,6 @@
-"""Loading a config file (``FILE[:ARG]``: a Python file with ``get_config(arg)``) from any
-working directory.
+"""Loading a config file from any working directory: ``FILE[:ARG]``, a Python file with
+``get_config(arg)``, or a ``config.json`` a training run wrote (``train/run_config``: the
+whole config it was started with, so a trained run is read as it was trained).
 
 The repository's configs import each other as a package (``from configs import
 common_runlocal``), which Python finds only when the folder above ``configs/`` is on
@@ -14,6 +15,7 @@ repository's file wherever the command runs).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from typing import Sequence
@@ -72,13 +74,43 @@ def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> li
     return out
 
 
+def _tuples(value):
+    """JSON's lists back to the tuples every config file writes (nested dicts kept)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def read_json_config(path: str):
+    """The ConfigDict of a JSON config (``ConfigDict.to_json``), with the tuples a config
+    file writes (JSON only has lists); ValueError naming the file when it is not a JSON
+    object."""
+    import ml_collections
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path!r}: not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path!r}: expected a JSON object of config values, "
+                         f"got {type(values).__name__}")
+    return ml_collections.ConfigDict(_tuples(values))
+
+
 def load_config(spec: str):
-    """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``; FileNotFoundError or
-    ValueError naming the file when it is missing, has no ``get_config`` or refuses ARG."""
+    """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``, or the config a ``.json``
+    FILE holds (no ARG); FileNotFoundError or ValueError naming the file when it is
+    missing, has no ``get_config``, refuses ARG or is not a config."""
     path, _, arg = spec.partition(":")
     full = resolve(path)
     if not os.path.isfile(full):
         raise FileNotFoundError(f"config file {path!r} not found")
+    if full.endswith(".json"):
+        if arg:
+            raise ValueError(f"config {spec!r}: a JSON config takes no ARG")
+        return read_json_config(full)
     make_importable(full)
     name = "config_file_" + os.path.splitext(os.path.basename(full))[0]
     module_spec = importlib.util.spec_from_file_location(name, full)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mami_jax.models.embed import abstract_params
 from mami_jax.train import checkpointing
+from mami_jax.train.run_config import write_run_config
 
 TINY = dict(width=32, depth=2, num_heads=4, patch_size=8, image_size=32, rank=4, num_codes=4,
             generator_hidden=(24, 16), qkv_groups=4, mlp_groups=8, adapter_width=8)
@@ -76,6 +77,7 @@ def make_workdir(workdir: str, config, seed: int = 0, step: int = 1) -> str:
 
     params = jax.tree_util.tree_map_with_path(draw, shapes)
     checkpointing.write_model_config(workdir, config.model)
+    write_run_config(workdir, config)    # as training writes it
     ckpt = checkpointing.Checkpointer(workdir)
     ckpt.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     ckpt.wait()

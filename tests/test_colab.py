@@ -71,7 +71,8 @@ print('NOTEBOOK-PROBE ' + json.dumps(dict(
     n_test=len(test_rows), protected=len(protected), protected_ids=sorted(protected_rows),
     records=len(report['records']), score=[report['mean_score_before'], report['mean_score_after']],
     psnr=sorted(psnr.values()), cue_maps=sorted(maps), cue_pngs=len(cue_files),
-    seeds=[int(load_config(EXPERIMENT).seed), int(config.seed)])))
+    seeds=[int(experiment_config().seed), int(config.seed)],
+    read_with=[report['config']['experiment'], RUNS['A']])))
 """,
 }
 
@@ -222,6 +223,8 @@ def _check_history(p, text, pictures):
 
 def _check_privacy(p, text, pictures):
     assert p["seeds"] == [0, 1]                   # model B is another seed
+    experiment, run_a = p["read_with"]            # no config named: the run's own
+    assert experiment == os.path.join(run_a, "config.json")
     assert p["n_test"] == p["protected"] == p["records"] > 0
     assert all(i.endswith("_protected") for i in p["protected_ids"])
     assert len(p["cue_maps"]) == min(4, p["n_test"]) and p["cue_pngs"] == len(p["cue_maps"])

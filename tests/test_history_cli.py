@@ -4,6 +4,7 @@ query (earlier images only, a picture), add (same model only), train and eval
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -100,6 +101,32 @@ def test_index_query_add(setup, capsys, tmp_path):
     assert "(no earlier image in the archive)" in capsys.readouterr().out
 
 
+def test_a_run_is_read_with_the_config_it_stored(setup, capsys, tmp_path):
+    """Without ``--config`` the run is read with its own RUN/config.json: the archive is
+    the one the named config file gives; a run without one is told to name it."""
+    s = setup
+    archives = {}
+    for name, extra in (("named", ["--config", s["config"]]), ("own", [])):
+        index = str(tmp_path / name)
+        assert main(["index", "--workdir", s["run"], "--manifest", s["first"], "--out", index,
+                     "--app-config", s["app"]] + extra) == 0
+        archives[name] = Archive.load(index)
+    assert archives["own"].model["config"] == os.path.join(s["run"], "config.json")
+    assert archives["own"].calibration == archives["named"].calibration
+    for modality, centre in archives["named"].centers.items():
+        np.testing.assert_array_equal(archives["own"].centers[modality], centre)
+    old = str(tmp_path / "old_run")
+    shutil.copytree(s["run"], old)
+    os.remove(os.path.join(old, "config.json"))
+    capsys.readouterr()
+    assert main(["index", "--model", old, "--manifest", s["first"], "--out",
+                 str(tmp_path / "x"), "--app-config", s["app"]]) == 2
+    assert _err(capsys) == [f"error: {old}: the run has no config.json (it was trained before "
+                            "runs kept their config); name the experiment config it was "
+                            "trained with: --config FILE[:ARG]"]
+    assert not os.path.exists(tmp_path / "x")
+
+
 def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
     """``--workdir`` may name the published weights: an archive indexed with the run's
     exported .pth (given under the flag's other name, ``--model``) takes images embedded
@@ -179,7 +206,7 @@ def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_p
 def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
     s = setup
     out_dir = str(tmp_path / "diag")
-    args = ["--workdir", s["run"], "--config", s["config"], "--manifest", s["manifest"],
+    args = ["--workdir", s["run"], "--manifest", s["manifest"],      # the run's own config
             "--labels", s["labels"], "--out", out_dir, "--app-config", s["app"]]
     assert main(["train"] + args) == 0
     printed = capsys.readouterr().out

@@ -155,6 +155,26 @@ def test_cues_write_overlays_and_raw_maps(run):
         assert img.format == "PNG"
 
 
+def test_cues_read_the_run_with_the_config_it_stored(run):
+    """The default privacy config names no experiment: the run's own RUN/config.json is
+    read, and the maps are those of the config file that made the run."""
+    tiny = load_config(run["config"]).cues
+    settings = [f"cues.{k}={tiny[k]}" for k in ("max_images", "occlusion_patch",
+                                                "occlusion_stride")]
+    maps = {}
+    for name, extra in (("named", ["--config", run["config"]]),
+                        ("own", [x for kv in settings for x in ("--set", kv)])):
+        out = run["base"] / f"cues_{name}_config"
+        assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                     "--out", str(out)] + extra) == 0
+        maps[name] = {f: dict(np.load(out / f)) for f in sorted(os.listdir(out))
+                      if f.endswith(".npz")}
+    assert maps["own"].keys() == maps["named"].keys() and maps["own"]
+    for f, arrays in maps["named"].items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(maps["own"][f][key], value)
+
+
 def test_a_released_file_is_the_model_its_workdir_is(run):
     """``--workdir`` takes the model as it is published (a .pth; given here under the
     flag's other name, ``--model``), and explains with it exactly what the run it came

@@ -368,9 +368,29 @@ def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
     assert evaluate(without_history + ["--model", f"file={pth}", "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         attack = json.load(f)["attack"]
-    assert attack["file"].pop("source") == {"model": pth, "step": None}
+    experiment = without_history[without_history.index("--experiment") + 1]
+    assert attack["file"].pop("source") == {"model": pth, "step": None, "config": experiment}
     assert attack["tiny"].pop("source")["model"] == tiny["workdir"]
     assert attack["file"] == attack["tiny"]
     with pytest.raises(SystemExit) as e:
         evaluate(without_history + ["--model", pth, "--out", out])
     assert e.value.code == 2 and "give it as NAME=MODEL" in capsys.readouterr().err
+
+
+def test_privacy_eval_reads_a_run_with_its_own_config(tiny):
+    """Without ``--experiment`` a workdir is read with the config its training stored
+    (RUN/config.json): the same numbers as with the config file named."""
+    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    at = without_history.index("--experiment")
+    own = without_history[:at] + without_history[at + 2:]
+    runs = {}
+    for name, args in (("named", without_history), ("own", own)):
+        out = str(tiny["base"] / f"eval_{name}")
+        assert evaluate(args + ["--out", out]) == 0
+        with open(os.path.join(out, "privacy_eval.json")) as f:
+            runs[name] = json.load(f)
+    sources = {name: r["attack"]["tiny"].pop("source")["config"] for name, r in runs.items()}
+    assert sources == {"named": without_history[at + 1],
+                       "own": os.path.join(tiny["workdir"], "config.json")}
+    assert runs["own"]["attack"] == runs["named"]["attack"]
+    assert runs["own"]["quality"] == runs["named"]["quality"]

@@ -128,19 +128,18 @@ NOT_RUN = {
 }
 
 TESTED_ELSEWHERE = {
-    # The applications' commands, on a tiny trained run (the README's --config names the
-    # quick start's experiment; the tests pass a tiny one's).
-    "python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal "
-    "--manifest FILE --out INDEX '[--labels' 'FILE]'":
-        "tests/test_history_cli.py::test_the_archive_records_diagnoses_and_query_shows_them",
+    # The applications' commands, on a tiny trained run (read with the config it stored;
+    # privacy's tests pass a privacy config of fewer steps).
+    "python -m mami_jax.apps.history index --workdir RUN --manifest FILE --out INDEX "
+    "'[--labels' 'FILE]'": "tests/test_history_cli.py::test_a_run_is_read_with_the_config_it_stored",
     "python -m mami_jax.apps.history add --index INDEX --manifest MORE.csv '[--labels' 'FILE]'":
         "tests/test_history_cli.py::test_the_archive_records_diagnoses_and_query_shows_them",
     "python -m mami_jax.apps.history query --index INDEX --image PATH --k 5 "
     "'[--with' 'ct=CT_OF_THE_SAME_VISIT]'": "tests/test_history_cli.py::test_index_query_add",
-    "python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal "
-    "--manifest FILE --out DIR": "tests/test_history_cli.py::test_train_and_eval_write_metrics",
+    "python -m mami_jax.apps.history train --workdir RUN --manifest FILE --out DIR":
+        "tests/test_history_cli.py::test_train_and_eval_write_metrics",
     "python -m mami_jax.apps.privacy cues --workdir RUN --manifest FILE --out DIR":
-        "tests/test_privacy_cli.py::test_cues_write_overlays_and_raw_maps",
+        "tests/test_privacy_cli.py::test_cues_read_the_run_with_the_config_it_stored",
     "python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR "
     "--split test": "tests/test_privacy_cli.py::test_protect_writes_a_manifest_that_keeps_its_rows",
     "python -m mami_jax.apps.privacy evaluate --original FILE --protected DIR/manifest.csv "

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from mami_jax.config_files import load_config
 from mami_jax.data.loading import load_rows
 from mami_jax.data.manifest import COLUMNS
 from mami_jax.data.sampler import train_label_map
@@ -115,6 +116,18 @@ def test_execution_only_keys_may_differ_on_resume(run_copy):
     train_and_evaluate(_cfg(root, dtype="bfloat16", remat=True, init="released"), workdir)
     saved = checkpointing.read_model_config(workdir)
     assert (saved["dtype"], saved["remat"], saved["init"]) == ("bfloat16", True, "released")
+    # The whole config of the latest start is what the run keeps for the applications.
+    kept = load_config(os.path.join(workdir, "config.json"))
+    assert kept.to_dict() == _cfg(root, dtype="bfloat16", remat=True, init="released").to_dict()
+
+
+def test_the_run_keeps_the_whole_config_it_was_trained_with(trained):
+    """WORKDIR/config.json reads back as the config (tuples, None, nested blocks), so the
+    applications read a run as it was trained without being told its config file."""
+    workdir, root = trained
+    kept = load_config(os.path.join(workdir, "config.json"))
+    assert kept.to_dict() == _cfg(root).to_dict()
+    assert kept.data.only_modalities == ("xray",) and kept.data.modalities.ct.source_weight is None
 
 
 def test_model_config_differences():

@@ -5,7 +5,8 @@ rows -> mesh -> input pipeline -> shapes by ``jax.eval_shape`` -> sharded init
 logging, checkpoints, NaN guard and evaluations -> final evaluation.
 
 Everything the run writes lives under WORKDIR: checkpoints/<step>/{params,train,data,labels},
-model_config.json, tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
+model_config.json, config.json (the whole config, which the applications read the run
+with: ``run_config``), tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
 
 A resume is checked before anything is written (``mami_jax/train/checkpointing.py``):
 the model config against model_config.json, the training patients against the saved
@@ -31,7 +32,7 @@ from absl import logging
 from tqdm import tqdm
 
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
-from mami_jax.train import checkpointing, sharding
+from mami_jax.train import checkpointing, run_config, sharding
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
@@ -156,6 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         for path in remove_stale_temporaries(workdir):
             logging.warning("removed the unfinished write %s", path)
     checkpointing.write_model_config(workdir, config.model)
+    run_config.write_run_config(workdir, config)
 
     step_fn = make_train_step(model, optimizer, config.loss,
                               accum_steps=int(config.optim.grad_accum_steps),

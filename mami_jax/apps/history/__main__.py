@@ -1,12 +1,12 @@
 """History-augmented diagnosis from the command line (docs/history.md).
 
-    python -m mami_jax.apps.history index --workdir RUN --config configs/all.py:runlocal \\
-        --manifest FILE --out INDEX [--kind flat|ivf|hnsw] [--labels FILE]
+    python -m mami_jax.apps.history index --workdir RUN --manifest FILE --out INDEX \\
+        [--kind flat|ivf|hnsw] [--labels FILE] [--config FILE[:ARG]]
     python -m mami_jax.apps.history add   --index INDEX --manifest FILE [--labels FILE]
     python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE] \\
         [--with [MODALITY=]PATH ...]
-    python -m mami_jax.apps.history train --workdir RUN --config configs/all.py:runlocal \\
-        --manifest FILE --out DIR [--labels FILE] [--app-config configs/history.py]
+    python -m mami_jax.apps.history train --workdir RUN --manifest FILE --out DIR \\
+        [--labels FILE] [--app-config configs/history.py] [--config FILE[:ARG]]
     python -m mami_jax.apps.history eval  (the same arguments; reuses DIR's classifiers)
     python -m mami_jax.apps.history figure --metrics DIR1/metrics.json ... --out FILE.png
 
@@ -22,7 +22,8 @@ queried with its own metadata (only earlier images, never its own study); anothe
 needs ``--modality`` (and ``--order`` to exclude later archived images).
 ``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) takes a
 training workdir, ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file
-or a converter folder.
+or a converter folder; it is read with the run's own experiment config (``RUN/config.json``,
+which training writes), or the one ``--config`` names (a model file: the paper's by default).
 Bad input ends with one ``error: ...`` line and exit status 2.
 """
 
@@ -44,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         add_model_flag(s, "the re-ID model: a training workdir (latest checkpoint; "
                           "WORKDIR@STEP for another), a released or exported "
                           ".pth/.safetensors file, or a converter folder", required)
-        s.add_argument("--config", required=required,
-                       help="the run's experiment config, e.g. configs/all.py:runlocal")
+        s.add_argument("--config", default=None,
+                       help="the experiment config the model is read with (default: the "
+                            "run's own, RUN/config.json; configs/all.py, the paper's, for a "
+                            "model file)")
 
     def records_arg(s):
         s.add_argument("--labels", default=None,

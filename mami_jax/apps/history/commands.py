@@ -14,6 +14,7 @@ from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval
 from mami_jax.config_files import load_config
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, read_manifest
+from mami_jax.train.run_config import experiment_spec
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "configs", "history.py"))
@@ -58,13 +59,18 @@ def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
               f"records {archive.record_column!r} for {len(archive.records)} of {len(archive)}")
 
 
+def _experiment_spec(args) -> str:
+    """``--config`` when given, else the ``--workdir`` run's own (``run_config``)."""
+    return experiment_spec(args.workdir, args.config, how="--config FILE[:ARG]")
+
+
 def index(args) -> int:
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
-    config = load_config(args.config)
-    rows = _rows(args, config)          # bad input first, before the model loads
+    spec = _experiment_spec(args)
+    rows = _rows(args, load_config(spec))   # bad input first, before the model loads
     recorded = _recorded(rows, args, cfg)
-    model = TrainedModel(args.workdir, args.config, role=args.model_flag)
+    model = TrainedModel(args.workdir, spec, role=args.model_flag)
     emb = model.embeddings(rows)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
@@ -96,7 +102,8 @@ def index(args) -> int:
 def _model_for(archive: Archive, args, where: str) -> TrainedModel:
     given = getattr(args, "workdir", None)
     workdir = given or archive.model.get("workdir")
-    spec = getattr(args, "config", None) or archive.model.get("config")
+    spec = _experiment_spec(args) if given else (getattr(args, "config", None)
+                                                 or archive.model.get("config"))
     if not workdir or not spec:
         raise ArchiveError(f"{where}: the archive does not record its model; give --workdir "
                            f"and --config")
@@ -195,10 +202,10 @@ def _experiment(args):
     from mami_jax.apps.history.experiment import Experiment, read_row_labels
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
-    config = load_config(args.config)
-    rows = _rows(args, config)
+    spec = _experiment_spec(args)
+    rows = _rows(args, load_config(spec))
     y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
-    model = TrainedModel(args.workdir, args.config, role=args.model_flag)
+    model = TrainedModel(args.workdir, spec, role=args.model_flag)
     return Experiment(model, rows, y, cfg, os.path.abspath(args.out))
 
 

@@ -1,7 +1,7 @@
 """Command line of the privacy application.
 
     python -m mami_jax.apps.privacy cues --workdir RUN --manifest FILE --out DIR
-        [--split test] [--config configs/privacy.py:runlocal] [--set KEY=VALUE ...]
+        [--split test] [--config configs/privacy.py] [--set KEY=VALUE ...]
     python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR
         [--split test] [--config ...] [--set perturb.epsilon=0.02 ...]
     python -m mami_jax.apps.privacy attacker-manifest --manifest FILE --protected OUT/manifest.csv
@@ -9,7 +9,7 @@
     python -m mami_jax.apps.privacy evaluate --original FILE --protected OUT/manifest.csv
         --model NAME=MODEL [--model ...] --out DIR [--labels LABELS.csv]
         [--probe-model MODEL] [--history-classifier DIR ... --history-model MODEL]
-        [--history-config FILE[:ARG]] [--experiment configs/all.py:runlocal] [--split test]
+        [--history-config FILE[:ARG]] [--experiment FILE[:ARG]] [--split test]
 
 ``cues`` writes OUT/<image_id>.png (the image and its gradient and occlusion cue maps as
 heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
@@ -41,6 +41,10 @@ import sys
 
 from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
+from mami_jax.train.run_config import experiment_spec
+
+#: How a user names the experiment config of a run that did not store its own.
+EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,10 +107,10 @@ def _evaluate_parser(sub) -> None:
                    help="the model that history `train` used (its features are checked)")
     e.add_argument("--history-config", default="configs/history.py",
                    help="the history app config the classifiers were trained with")
-    e.add_argument("--experiment", default="configs/all.py:runlocal",
-                   help="the experiment config the models were trained with (default "
-                        "%(default)s, the quick start's; configs/all.py for the paper's "
-                        "recipe and the authors' weights)")
+    e.add_argument("--experiment", default="",
+                   help="the experiment config every model is read with (default: each "
+                        "run's own, RUN/config.json; configs/all.py, the paper's, for a "
+                        "model file)")
     e.add_argument("--split", default="test", help="split whose images are evaluated")
     e.add_argument("--out", required=True, help="folder for privacy_eval.json and .md")
 
@@ -172,6 +176,7 @@ def _run(args, parser) -> None:
     _check_out(args.out, args.manifest)
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
+    pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
     experiment = load_config(pcfg.experiment)
     rows = read_manifest(args.manifest)
     split = None if args.split == "all" else args.split

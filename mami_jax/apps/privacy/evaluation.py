@@ -37,9 +37,10 @@ from mami_jax.apps.privacy import attack_eval, evaluation_report, history_utilit
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
-from mami_jax.apps.privacy.settings import load_config, resolve_spec
+from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.inference import Embedder, names_a_path
+from mami_jax.train.run_config import experiment_spec
 
 
 class UsageError(ValueError):
@@ -127,7 +128,7 @@ def history_classifiers(args, app_cfg):
         for classifier in classifiers:
             classifier.check_backbone(source)
         return classifiers, source
-    model = TrainedModel(args.history_model, resolve_spec(args.experiment),
+    model = TrainedModel(args.history_model, model_experiment(args.history_model, args)[0],
                          role="--history-model", action="evaluate")
     for classifier in classifiers:
         classifier.check_model(model)
@@ -159,9 +160,17 @@ def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> di
             for c, (a, b), about in zip(classifiers, inputs, abouts)}
 
 
+def model_experiment(model: str, args):
+    """(spec, config) ``model`` is read with: ``--experiment`` when given, else the run's own
+    (``run_config.experiment_spec``)."""
+    spec = experiment_spec(model, args.experiment, how="--experiment FILE[:ARG]")
+    return spec, load_config(spec)
+
+
 def run(args, app_cfg=None) -> dict:
     """Measures everything ``args`` asks for; returns what was written to OUT."""
-    cfg = load_config(args.experiment)
+    models = named(args.model, "--model")
+    cfg = model_experiment(models[0][1], args)[1]      # the slices the first model reads
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split,
                                   sources=(f"--original {args.original}",
@@ -172,12 +181,13 @@ def run(args, app_cfg=None) -> dict:
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     evaluation_report.save(result, args.out)
     probe_feats = {}
-    for name, model in named(args.model, "--model"):
-        emb = Embedder.load(model, cfg, action="evaluate", role=f"--model {name}")
+    for name, model in models:
+        spec, model_cfg = model_experiment(model, args)
+        emb = Embedder.load(model, model_cfg, action="evaluate", role=f"--model {name}")
         e_orig, f_orig = utility.features(emb, rows, desc=f"{name}, original")
         e_prot, f_prot = utility.features(emb, prot_rows, desc=f"{name}, protected")
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
-        result["attack"][name]["source"] = {"model": model, "step": emb.step}
+        result["attack"][name]["source"] = {"model": model, "step": emb.step, "config": spec}
         result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
         probe_feats[model] = (emb, f_orig, f_prot)
@@ -188,7 +198,8 @@ def run(args, app_cfg=None) -> dict:
         result["utility"] = {}
         for model in args.probe_model:
             if model not in probe_feats:
-                emb = Embedder.load(model, cfg, action="evaluate", role="--probe-model")
+                emb = Embedder.load(model, model_experiment(model, args)[1], action="evaluate",
+                                    role="--probe-model")
                 probe_feats[model] = (emb, utility.features(emb, rows, "probe, original")[1],
                                       utility.features(emb, prot_rows, "probe, protected")[1])
             emb, f_orig, f_prot = probe_feats[model]

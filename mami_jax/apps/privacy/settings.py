@@ -1,9 +1,9 @@
 """Loading the two configs a privacy command needs: its own and the re-ID run's.
 
 A config is named ``FILE[:ARG]`` as ``python -m mami_jax.main --config`` names it; FILE is
-a Python file with ``get_config(arg)``. The privacy config (``configs/privacy.py``) names
-the experiment config of the re-ID run in ``experiment`` (e.g. ``configs/all.py:runlocal``),
-because a workdir stores only its model config, not the preprocessing the model expects.
+a Python file with ``get_config(arg)`` (or a run's ``config.json``). The privacy config
+(``configs/privacy.py``) may name the experiment config the re-ID models are read with in
+``experiment``; left empty, the ``--workdir`` run's own is read (``train/run_config``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 
 # The privacy commands load both configs with the shared loader (any working directory).
-from mami_jax.config_files import load_config, resolve_spec  # noqa: F401
+from mami_jax.config_files import load_config  # noqa: F401
 
 DEFAULT_PRIVACY_CONFIG = "configs/privacy.py"
 

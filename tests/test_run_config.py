@@ -1,0 +1,85 @@
+"""WORKDIR/config.json and which experiment config a command reads a model with
+(``mami_jax.train.run_config``, the ``.json`` branch of ``config_files.load_config``)."""
+
+import os
+
+import pytest
+
+from mami_jax.config_files import REPO_ROOT, load_config
+from mami_jax.train.run_config import (RunConfigMissing, experiment_spec, run_config_path,
+                                       write_run_config)
+
+
+def _types(value):
+    """The value with every container's type spelled out, so a list where the config
+    file wrote a tuple (or an int where it wrote a float) compares unequal."""
+    if isinstance(value, dict):
+        return {k: _types(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_types(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize("spec", ["configs/all.py", "configs/all.py:runlocal",
+                                  "configs/pathology.py", "configs/all.py:runlocal,align"])
+def test_a_stored_config_reads_back_as_the_config_file_wrote_it(tmp_path, spec):
+    config = load_config(spec)
+    write_run_config(str(tmp_path), config)
+    back = load_config(run_config_path(str(tmp_path)))
+    assert _types(back.to_dict()) == _types(config.to_dict())
+
+
+def test_a_config_that_is_not_one_is_named(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=f"config file '{path}': not valid JSON"):
+        load_config(str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object of config values, got list"):
+        load_config(str(path))
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="a JSON config takes no ARG"):
+        load_config(f"{path}:runlocal")
+
+
+def _run(folder, stored=True):
+    """A folder shaped like a trained run (model config, a checkpoint step, and its
+    config.json unless ``stored`` is False)."""
+    os.makedirs(os.path.join(folder, "checkpoints", "2"))
+    open(os.path.join(folder, "model_config.json"), "w").write("{}")
+    if stored:
+        write_run_config(str(folder), load_config("configs/all.py:runlocal"))
+    return str(folder)
+
+
+def test_the_spec_is_the_given_one_else_the_runs_own(tmp_path, monkeypatch):
+    run = _run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)         # a relative spec names the repository's file
+    repo_all = os.path.join(REPO_ROOT, "configs", "all.py")
+    assert experiment_spec(run, "configs/all.py:runlocal") == repo_all + ":runlocal"
+    own = os.path.join(run, "config.json")
+    assert experiment_spec(run) == own
+    assert experiment_spec(run + "@2") == own
+    assert experiment_spec("run") == os.path.abspath("run/config.json")
+
+
+def test_a_model_file_is_read_with_the_papers_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pth = tmp_path / "released.pth"
+    pth.write_bytes(b"")
+    converted = tmp_path / "converted"
+    os.makedirs(converted / "params")
+    (converted / "model_config.json").write_text("{}")
+    repo_all = os.path.join(REPO_ROOT, "configs", "all.py")
+    assert experiment_spec(str(pth)) == repo_all
+    assert experiment_spec(str(converted)) == repo_all
+    assert experiment_spec(str(tmp_path / "missing")) == repo_all   # the loader names it
+
+
+def test_a_run_from_before_stored_configs_must_be_named(tmp_path):
+    run = _run(tmp_path / "old", stored=False)
+    with pytest.raises(RunConfigMissing) as e:
+        experiment_spec(run + "@2", how="--config FILE[:ARG]")
+    assert str(e.value) == (f"{run}@2: the run has no config.json (it was trained before runs "
+                            "kept their config); name the experiment config it was trained "
+                            "with: --config FILE[:ARG]")
