@@ -60,14 +60,21 @@ def flag_values(argv: Sequence[str], flag: str = "--config") -> list[tuple[int, 
     return found
 
 
+#: The Python config file that loads a JSON one (``--config=FILE.json`` for the flags parser).
+JSON_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config_file.py")
+
+
 def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> list[str]:
     """``argv`` with the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) resolved as
     ``load_config`` resolves it and made importable, before a flags parser
-    (``ml_collections.config_flags``) loads it."""
+    (``ml_collections.config_flags``, which reads Python files only) loads it; an existing
+    ``FILE.json`` becomes ``json_config_file.py:FILE.json``."""
     out = list(argv)
     for at, value in flag_values(argv, flag):
         path, sep, arg = value.partition(":")
         full = resolve(path)
+        if full.endswith(".json") and not sep and os.path.isfile(full):
+            full, sep, arg = JSON_CONFIG_FILE, ":", os.path.abspath(full)
         make_importable(full)
         joined = out[at].startswith(flag + "=")
         out[at] = (f"{flag}=" if joined else "") + full + sep + arg

@@ -1,7 +1,9 @@
 """Entry point: ``python -m mami_jax.main --config=configs/all.py --workdir=DIR [--mode=...]``.
 
 Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
-or embed (write embeddings of every manifest row). Run as a script, it first restarts
+or embed (write embeddings of every manifest row). Without ``--config``, a ``--workdir``
+that was trained is read with the config it stored (``DIR/config.json``, which
+``--config=DIR/config.json`` also names: ``train/run_config``). Run as a script, it first restarts
 itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
 
 A refusal (``user_errors()``: the project's error types for bad input or state, and
@@ -21,9 +23,12 @@ from ml_collections import config_flags
 from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.log_filters import quiet_library_info
+from mami_jax.train import run_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/all.py"
-                                          "[:runlocal]", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/all.py[:runlocal], or a run's config.json; "
+    "left out, --workdir's own config.json (the config it was trained with)",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "embed"],
                           "train: train then evaluate; eval: evaluate the latest checkpoint; "
@@ -84,6 +89,7 @@ def _hand_off():
 
 if __name__ == "__main__":
     config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
+    sys.argv[1:] = run_config.with_the_runs_config(sys.argv[1:])  # no --config: the run's
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
     app.run(main, flags_parser=flag_parsing.parse_flags)

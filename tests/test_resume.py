@@ -312,6 +312,29 @@ def test_everything_written_gets_the_umask_permissions(trained, tmp_path):
 # ---------------------------------------------------------------- the command line
 
 
+def test_main_reads_a_trained_run_with_the_config_it_stored(run_copy, tmp_path):
+    """``--workdir`` alone (no ``--config``, from another folder): the run is embedded with
+    the config it stored, exactly as with its config named; ``--config=RUN/config.json``
+    takes overrides as a config file does."""
+    workdir, root, _ = run_copy
+    path = os.path.join(workdir, "embeddings", "step_2.npz")
+    expected = run("embed", _cfg(root), workdir)
+    os.remove(path)
+    main = [sys.executable, "-m", "mami_jax.main", f"--workdir={workdir}"]
+    proc = subprocess.run(main + ["--mode=embed"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"--config: the run's own, {workdir}/config.json" in proc.stderr
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["embedding"], expected)
+    proc = subprocess.run(main + [f"--config={workdir}/config.json", "--mode=eval",
+                                  "--config.model.leaky_slope=0.2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: refusing to evaluate: ") and "model.leaky_slope: 0.1 -> 0.2" in last
+
+
 def test_main_prints_one_error_line_for_a_refusal(run_copy):
     """Both refusals come before any data is read, so the all-modality flags of _main do."""
     workdir, root, _ = run_copy

@@ -1,13 +1,15 @@
 """WORKDIR/config.json and which experiment config a command reads a model with
-(``mami_jax.train.run_config``, the ``.json`` branch of ``config_files.load_config``)."""
+(``mami_jax.train.run_config``, the ``.json`` branch of ``config_files.load_config`` and of
+main's ``--config`` flag)."""
 
 import os
 
 import pytest
 
-from mami_jax.config_files import REPO_ROOT, load_config
+from mami_jax.config_files import (JSON_CONFIG_FILE, REPO_ROOT, flag_config_from_anywhere,
+                                   load_config)
 from mami_jax.train.run_config import (RunConfigMissing, experiment_spec, run_config_path,
-                                       write_run_config)
+                                       with_the_runs_config, write_run_config)
 
 
 def _types(value):
@@ -83,3 +85,25 @@ def test_a_run_from_before_stored_configs_must_be_named(tmp_path):
     assert str(e.value) == (f"{run}@2: the run has no config.json (it was trained before runs "
                             "kept their config); name the experiment config it was trained "
                             "with: --config FILE[:ARG]")
+
+
+def test_main_without_config_reads_the_workdirs_own(tmp_path, capsys):
+    run = _run(tmp_path / "run")
+    own = os.path.join(run, "config.json")
+    assert with_the_runs_config([f"--workdir={run}", "--mode=eval"]) == [
+        f"--workdir={run}", "--mode=eval", f"--config={own}"]
+    assert f"--config: the run's own, {own}" in capsys.readouterr().err
+    named = ["--config", "configs/all.py", "--workdir", run]
+    assert with_the_runs_config(named) == named
+    fresh = [f"--workdir={tmp_path / 'fresh'}"]
+    assert with_the_runs_config(fresh) == fresh          # absl then asks for --config
+
+
+def test_a_json_config_flag_becomes_the_file_that_loads_it(tmp_path, monkeypatch):
+    run = _run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert flag_config_from_anywhere(["--config=run/config.json", "--mode=eval"]) == [
+        f"--config={JSON_CONFIG_FILE}:{run}/config.json", "--mode=eval"]
+    assert flag_config_from_anywhere(["--config", "missing.json"]) == ["--config", "missing.json"]
+    spec = f"{JSON_CONFIG_FILE}:{run}/config.json"
+    assert load_config(spec).to_dict() == load_config("configs/all.py:runlocal").to_dict()

@@ -9,14 +9,17 @@ and a wrong guess was refused only where it changed the model config. The file i
 config after every ``--config.KEY`` override, written at each start of training (a resumed
 run with other settings records them), so it also travels with the run to a machine
 whose checkout holds other config files. It is read back by ``config_files.load_config``
-(a ``.json`` spec), so a user may also name it as ``--config RUN/config.json``.
+(a ``.json`` spec), so a user may also name it as ``--config RUN/config.json``, and
+``python -m mami_jax.main --workdir=RUN`` without ``--config`` reads it
+(``with_the_runs_config``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from mami_jax.config_files import resolve_spec
+from mami_jax.config_files import flag_values, resolve_spec
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 CONFIG_FILE = "config.json"
@@ -61,3 +64,17 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
     raise RunConfigMissing(
         f"{model}: the run has no {CONFIG_FILE} (it was trained before runs kept their "
         f"config); name the experiment config it was trained with: {how}")
+
+
+def with_the_runs_config(argv: list[str]) -> list[str]:
+    """``python -m mami_jax.main``'s ``argv`` with ``--config=WORKDIR/config.json`` added
+    when it names no ``--config`` and its ``--workdir`` holds one, so a trained run is
+    evaluated, embedded or resumed as it was trained (overrides still apply on top)."""
+    if flag_values(argv, "--config"):
+        return list(argv)
+    workdirs = flag_values(argv, "--workdir")
+    stored = run_config_path(workdirs[-1][1]) if workdirs else ""
+    if not os.path.isfile(stored):
+        return list(argv)
+    print(f"--config: the run's own, {stored}", file=sys.stderr, flush=True)
+    return list(argv) + [f"--config={stored}"]
