@@ -15,10 +15,11 @@ repository's file wherever the command runs).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 from typing import Sequence
+
+from mami_jax.runtime.json_object import parse_json_object
 
 #: The repository root (where ``configs/`` lives), for relative config paths.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,14 +96,9 @@ def read_json_config(path: str):
     file writes (JSON only has lists); ValueError naming the file when it is not a JSON
     object."""
     import ml_collections
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {path!r}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"config file {path!r}: expected a JSON object of config values, "
-                         f"got {type(values).__name__}")
+    with open(path, "rb") as f:
+        text = f.read()
+    values = parse_json_object(text, f"config file {path!r}", "config values")
     return ml_collections.ConfigDict(_tuples(values))
 
 

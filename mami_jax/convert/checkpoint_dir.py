@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 from typing import Mapping
@@ -53,6 +52,7 @@ from mami_jax.convert.mapping import check_finite, flatten_params
 from mami_jax.models.config import REQUIRED_SAVED_KEYS, default_config, validate_config
 from mami_jax.runtime.atomic_files import (TEMP_MARK, fix_tree_modes, staging_dir,
                                            write_text_atomic)
+from mami_jax.runtime.json_object import parse_json_object
 
 CONFIG_FILE = "model_config.json"
 PARAMS_ITEM = "params"
@@ -72,12 +72,7 @@ def config_from_json(text: str, source: str):
     Unknown keys, keys of ``REQUIRED_SAVED_KEYS`` that are absent (``shift_input``)
     and invalid values are errors naming ``source`` and the key.
     """
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{source}: not valid JSON ({e})") from e
-    if not isinstance(values, dict):
-        raise ValueError(f"{source}: expected a JSON object of model config values")
+    values = parse_json_object(text, source, "model config values")
     cfg = default_config()
     try:
         cfg.update(values)

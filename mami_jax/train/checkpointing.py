@@ -30,7 +30,6 @@ last N steps are kept.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -44,6 +43,7 @@ from absl import logging
 from mami_jax.models.config import EXECUTION_KEYS, differing_values
 from mami_jax.models.embed import abstract_params
 from mami_jax.runtime.atomic_files import write_text_atomic
+from mami_jax.runtime.json_object import parse_json_object
 from mami_jax.train import sharding
 from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
@@ -88,19 +88,12 @@ def read_model_config(workdir: str) -> dict:
     CheckpointError naming it."""
     path = model_config_path(workdir)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             text = f.read()
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: the checkpoints of {workdir} cannot be "
                               "matched to a model config") from None
-    try:
-        values = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of model config values, "
-                              f"got {type(values).__name__}")
-    return values
+    return parse_json_object(text, path, "model config values", CheckpointError)
 
 
 def model_config_differences(saved: Mapping, requested: Mapping) -> dict[str, tuple]:
