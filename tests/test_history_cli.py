@@ -127,6 +127,33 @@ def test_a_run_is_read_with_the_config_it_stored(setup, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_images_of_a_modality_the_run_left_out_are_counted(setup, capsys, tmp_path):
+    """A run trained on some modalities (``data.only_modalities``) archives only those,
+    and says how many images of the others it left out."""
+    import csv
+    s = setup
+    with open(s["first"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    extra = [dict(r, image_id=r["image_id"] + "_f", modality="fundus") for r in rows[:2]]
+    manifest = tmp_path / "mixed.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + extra)
+    with open(os.path.join(s["run"], "config.json")) as f:
+        stored = json.load(f)
+    stored["data"]["only_modalities"] = ["xray"]
+    xray_only = tmp_path / "xray_only.json"
+    xray_only.write_text(json.dumps(stored))
+    capsys.readouterr()
+    index = str(tmp_path / "index")
+    assert main(["index", "--workdir", s["run"], "--config", str(xray_only), "--manifest",
+                 str(manifest), "--out", index, "--app-config", s["app"]]) == 0
+    assert (f"  2 images of fundus in {manifest} left out: the run was trained on xray only "
+            "(data.only_modalities)") in capsys.readouterr().out.splitlines()
+    assert len(Archive.load(index)) == len(rows)
+
+
 def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):
     """``--workdir`` may name the published weights: an archive indexed with the run's
     exported .pth (given under the flag's other name, ``--model``) takes images embedded

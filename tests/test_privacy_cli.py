@@ -155,7 +155,7 @@ def test_cues_write_overlays_and_raw_maps(run):
         assert img.format == "PNG"
 
 
-def test_cues_read_the_run_with_the_config_it_stored(run):
+def test_cues_read_the_run_with_the_config_it_stored(run, capsys):
     """The default privacy config names no experiment: the run's own RUN/config.json is
     read, and the maps are those of the config file that made the run."""
     tiny = load_config(run["config"]).cues
@@ -167,12 +167,31 @@ def test_cues_read_the_run_with_the_config_it_stored(run):
         out = run["base"] / f"cues_{name}_config"
         assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
                      "--out", str(out)] + extra) == 0
+        assert "warning" not in capsys.readouterr().err
         maps[name] = {f: dict(np.load(out / f)) for f in sorted(os.listdir(out))
                       if f.endswith(".npz")}
     assert maps["own"].keys() == maps["named"].keys() and maps["own"]
     for f, arrays in maps["named"].items():
         for key, value in arrays.items():
             np.testing.assert_array_equal(maps["own"][f][key], value)
+
+
+def test_images_of_a_modality_the_run_never_saw_are_warned_about(run, capsys, tmp_path):
+    with open(os.path.join(run["workdir"], "config.json")) as f:
+        stored = json.load(f)
+    stored["data"]["only_modalities"] = ["fundus"]
+    fundus_only = tmp_path / "fundus_only.json"
+    fundus_only.write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                 "--out", str(tmp_path / "cues"), "--config", run["config"],
+                 "--set", f"experiment={fundus_only}"]) == 0
+    n = sum(r.split == "test" for r in read_manifest(run["manifest"]))
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [f"warning: {run['workdir']} was trained on fundus only "
+                      f"(data.only_modalities); {n} xray images are processed with it all "
+                      "the same (a manifest of those modalities only, or a model trained on "
+                      "them, avoids this)"]
 
 
 def test_a_released_file_is_the_model_its_workdir_is(run):

@@ -25,11 +25,20 @@ def app_config(args):
 
 
 def _rows(args, config) -> list[ManifestRow]:
-    """The manifest's rows, with the run config's split rule when it has no splits."""
+    """The manifest's rows, with the run config's split rule when it has no splits, and
+    only of the modalities the run was trained on (``data.only_modalities``; how many
+    others were left out is said)."""
     from mami_jax.data.loading import load_rows
     with config.unlocked():
         config.data.manifest = os.path.abspath(args.manifest)
-    return load_rows(config, os.path.dirname(os.path.abspath(args.manifest)))
+    rows = load_rows(config, os.path.dirname(os.path.abspath(args.manifest)))
+    kept = {r.modality for r in rows}
+    left = [r.modality for r in read_manifest(args.manifest) if r.modality not in kept]
+    if left:
+        print(f"  {len(left)} images of {'/'.join(sorted(set(left)))} in {args.manifest} left "
+              f"out: the run was trained on {', '.join(config.data.only_modalities)} only "
+              "(data.only_modalities)", flush=True)
+    return rows
 
 
 def _refuse_inputs_as_output(out: str, args) -> None:

@@ -182,6 +182,7 @@ def _run(args, parser) -> None:
     split = None if args.split == "all" else args.split
     from mami_jax.apps.privacy.protect import protect_rows, select_rows
     targets = select_rows(rows, split, args.manifest)
+    _warn_unseen_modalities(targets, experiment, args.workdir)
     # Only the models the run uses are restored (cues: --workdir's; protect: the default
     # ensemble only where a target's modality has no ensemble of its own), and the
     # per-modality ensembles are checked before any is.
@@ -217,6 +218,20 @@ def _run(args, parser) -> None:
         from mami_jax.apps.privacy.cue_run import write_cues
         n = write_cues(rows, targets[:int(pcfg.cues.max_images)], members[0], pcfg, args.out)
         print(f"wrote cue maps of {n} images to {args.out}")
+
+
+def _warn_unseen_modalities(targets, experiment, model: str) -> None:
+    """One line when the run was trained without some of the targets' modalities
+    (``data.only_modalities``): they are still processed, as asked, by a model that never
+    learnt to match them, so their cue maps and protection mean little."""
+    trained = tuple(experiment.data.only_modalities)
+    unseen = sorted({r.modality for r in targets} - set(trained)) if trained else []
+    if unseen:
+        n = sum(r.modality in unseen for r in targets)
+        print(f"warning: {model} was trained on {', '.join(trained)} only "
+              f"(data.only_modalities); {n} {'/'.join(unseen)} images are processed with it "
+              "all the same (a manifest of those modalities only, or a model trained on "
+              "them, avoids this)", file=sys.stderr, flush=True)
 
 
 def _protect_log(args, pcfg, members, by_modality: dict, targets: int):
