@@ -128,18 +128,23 @@ def test_a_run_is_read_with_the_config_it_stored(setup, capsys, tmp_path):
 
 
 def test_images_of_a_modality_the_run_left_out_are_counted(setup, capsys, tmp_path):
-    """A run trained on some modalities (``data.only_modalities``) archives only those,
-    and says how many images of the others it left out."""
+    """A run trained on some modalities (``data.only_modalities``) archives only those
+    (index and add), and says how many images of the others it left out."""
     import csv
     s = setup
-    with open(s["first"], newline="") as f:
-        rows = list(csv.DictReader(f))
-    extra = [dict(r, image_id=r["image_id"] + "_f", modality="fundus") for r in rows[:2]]
-    manifest = tmp_path / "mixed.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows + extra)
+
+    def with_fundus(source, out):
+        with open(source, newline="") as f:
+            rows = list(csv.DictReader(f))
+        extra = [dict(r, image_id=r["image_id"] + "_f", modality="fundus") for r in rows[:2]]
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows + extra)
+        return rows
+
+    manifest, later = tmp_path / "mixed.csv", tmp_path / "mixed_later.csv"
+    rows, later_rows = with_fundus(s["first"], manifest), with_fundus(s["last"], later)
     with open(os.path.join(s["run"], "config.json")) as f:
         stored = json.load(f)
     stored["data"]["only_modalities"] = ["xray"]
@@ -152,6 +157,10 @@ def test_images_of_a_modality_the_run_left_out_are_counted(setup, capsys, tmp_pa
     assert (f"  2 images of fundus in {manifest} left out: the run was trained on xray only "
             "(data.only_modalities)") in capsys.readouterr().out.splitlines()
     assert len(Archive.load(index)) == len(rows)
+    assert main(["add", "--index", index, "--manifest", str(later)]) == 0     # as index reads
+    assert (f"  2 images of fundus in {later} left out: the run was trained on xray only "
+            "(data.only_modalities)") in capsys.readouterr().out.splitlines()
+    assert len(Archive.load(index)) == len(rows) + len(later_rows)
 
 
 def test_a_released_file_is_the_archives_model(setup, capsys, tmp_path):

@@ -125,7 +125,7 @@ def _model_for(archive: Archive, args, where: str) -> TrainedModel:
 def add(args) -> int:
     archive = Archive.load(args.index)
     model = _model_for(archive, args, f"adding {args.manifest} to {args.index}")
-    rows = read_manifest(args.manifest)
+    rows = _rows(args, load_config(model.spec))     # the run's modalities, as index reads
     known = {r.image_id for r in archive.rows}
     dup = [r.image_id for r in rows if r.image_id in known]
     if dup:  # before the (long) embedding
