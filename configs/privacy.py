@@ -4,8 +4,9 @@
 
 ``experiment`` names the experiment config (preprocessing and model config) the re-ID
 models are read with; empty, the ``--workdir`` run's own (``RUN/config.json``, which
-training writes; the paper's ``configs/all.py`` for a model file). ``runlocal`` sets it to
-``configs/all.py:runlocal``, for a model file exported from a quick-start run.
+training writes, or the one a file exported from a run carries; the paper's
+``configs/all.py`` for any other model file). ``runlocal`` sets it to
+``configs/all.py:runlocal``, e.g. for a quick-start model's converter folder.
 Words: ``runlocal``, ``inpaint`` (region removal only), ``both`` (inpaint, then perturb),
 ``deform`` (a smooth displacement field instead of an added change: apps/privacy/deform.py),
 ``transfer=DIR+DIR@STEP`` (optimise against these re-ID runs as well as ``--workdir``'s

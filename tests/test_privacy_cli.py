@@ -155,25 +155,47 @@ def test_cues_write_overlays_and_raw_maps(run):
         assert img.format == "PNG"
 
 
+def _cue_maps(run, model, extra, name):
+    """{file: {map name: array}} of ``cues`` on ``model`` with ``extra`` arguments."""
+    out = run["base"] / f"cues_{name}"
+    assert main(["cues", "--model", model, "--manifest", run["manifest"],
+                 "--out", str(out)] + extra) == 0
+    return {f: dict(np.load(out / f)) for f in sorted(os.listdir(out)) if f.endswith(".npz")}
+
+
+def _assert_same_maps(a, b):
+    assert a.keys() == b.keys() and a
+    for f, arrays in a.items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(b[f][key], value)
+
+
+def _own_config_args(run):
+    """The default privacy config (no experiment named) with the tiny one's cue settings."""
+    tiny = load_config(run["config"]).cues
+    return [x for k in ("max_images", "occlusion_patch", "occlusion_stride")
+            for x in ("--set", f"cues.{k}={tiny[k]}")]
+
+
 def test_cues_read_the_run_with_the_config_it_stored(run, capsys):
     """The default privacy config names no experiment: the run's own RUN/config.json is
     read, and the maps are those of the config file that made the run."""
-    tiny = load_config(run["config"]).cues
-    settings = [f"cues.{k}={tiny[k]}" for k in ("max_images", "occlusion_patch",
-                                                "occlusion_stride")]
-    maps = {}
-    for name, extra in (("named", ["--config", run["config"]]),
-                        ("own", [x for kv in settings for x in ("--set", kv)])):
-        out = run["base"] / f"cues_{name}_config"
-        assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
-                     "--out", str(out)] + extra) == 0
-        assert "warning" not in capsys.readouterr().err
-        maps[name] = {f: dict(np.load(out / f)) for f in sorted(os.listdir(out))
-                      if f.endswith(".npz")}
-    assert maps["own"].keys() == maps["named"].keys() and maps["own"]
-    for f, arrays in maps["named"].items():
-        for key, value in arrays.items():
-            np.testing.assert_array_equal(maps["own"][f][key], value)
+    named = _cue_maps(run, run["workdir"], ["--config", run["config"]], "named_config")
+    own = _cue_maps(run, run["workdir"], _own_config_args(run), "own_config")
+    assert "warning" not in capsys.readouterr().err
+    _assert_same_maps(named, own)
+
+
+def test_an_exported_run_is_read_with_the_config_it_carries(run):
+    """A .safetensors file exported from the run (export-torch) carries its config.json:
+    named with no config, it explains exactly as the run does with its config file."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.__main__ import main as convert
+    exported = str(run["base"] / "exported.safetensors")
+    assert convert(["export-torch", "--checkpoint", run["workdir"], "--out", exported,
+                    "--allow-non-released-shift"]) == 0
+    _assert_same_maps(_cue_maps(run, run["workdir"], ["--config", run["config"]], "run"),
+                      _cue_maps(run, exported, _own_config_args(run), "exported"))
 
 
 def test_images_of_a_modality_the_run_never_saw_are_warned_about(run, capsys, tmp_path):

@@ -40,7 +40,7 @@ def test_a_config_that_is_not_one_is_named(tmp_path):
     with pytest.raises(ValueError, match="expected a JSON object of config values, got list"):
         load_config(str(path))
     path.write_text("{}")
-    with pytest.raises(ValueError, match="a JSON config takes no ARG"):
+    with pytest.raises(ValueError, match="only a Python config file takes an ARG"):
         load_config(f"{path}:runlocal")
 
 
@@ -65,17 +65,42 @@ def test_the_spec_is_the_given_one_else_the_runs_own(tmp_path, monkeypatch):
     assert experiment_spec("run") == os.path.abspath("run/config.json")
 
 
-def test_a_model_file_is_read_with_the_papers_config(tmp_path, monkeypatch):
+def test_a_converter_folder_is_read_with_the_papers_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    pth = tmp_path / "released.pth"
-    pth.write_bytes(b"")
     converted = tmp_path / "converted"
     os.makedirs(converted / "params")
     (converted / "model_config.json").write_text("{}")
     repo_all = os.path.join(REPO_ROOT, "configs", "all.py")
-    assert experiment_spec(str(pth)) == repo_all
     assert experiment_spec(str(converted)) == repo_all
     assert experiment_spec(str(tmp_path / "missing")) == repo_all   # the loader names it
+
+
+def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
+    """export-torch of a trained run puts its config.json into the file (.pth and
+    .safetensors), and the file is then read with it; an export of a converter folder
+    carries none and is read with the paper's config."""
+    pytest.importorskip("torch")
+    from mami_jax.convert.__main__ import main as convert
+    from mami_jax.convert.checkpoint_dir import load_params, save_params
+    from tests.history_workdir import make_workdir, write_config
+    run = make_workdir(str(tmp_path / "run"), load_config(write_config(str(tmp_path))))
+    own = _types(load_config(os.path.join(run, "config.json")).to_dict())
+    shift = "--allow-non-released-shift"     # the tiny model's shift_input is not the authors'
+    for name in ("model.pth", "model.safetensors"):
+        out = str(tmp_path / name)
+        assert convert(["export-torch", "--checkpoint", run, "--out", out, shift]) == 0
+        assert (f"experiment config: {run}/config.json, carried in the file"
+                in capsys.readouterr().out)
+        assert experiment_spec(out) == out
+        assert _types(load_config(out).to_dict()) == own
+    folder = save_params(str(tmp_path / "converted"), *load_params(run))
+    bare = str(tmp_path / "bare.pth")
+    assert convert(["export-torch", "--checkpoint", folder, "--out", bare, shift]) == 0
+    assert "experiment config: none beside the checkpoint" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert experiment_spec(bare) == os.path.join(REPO_ROOT, "configs", "all.py")
+    with pytest.raises(ValueError, match=f"{bare} carries no experiment config"):
+        load_config(bare)
 
 
 def test_a_run_from_before_stored_configs_must_be_named(tmp_path):

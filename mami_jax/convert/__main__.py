@@ -17,6 +17,9 @@ other than the one they were made for without ``--allow-non-released-shift``
 (export-torch: a model whose ``shift_input`` is not "router"; import-official: a
 file in the authors' layout under such a config).
 
+export-torch of a trainer workdir (or step) also carries the run's ``config.json`` in the
+file (``mami_experiment_config``), so the applications read the file as they read the run.
+
 Each command prints what it loaded, ignored or wrote and the parameter count. Any
 error (missing or corrupt file, conversion error, bad config, bad arguments) is
 printed as one ``error: ...`` line on stderr, without a traceback; the exit status
@@ -119,19 +122,38 @@ def cmd_import_clip(args) -> None:
 
 
 def cmd_export_torch(args) -> None:
+    from mami_jax.config_files import read_json_config
     from mami_jax.convert.mapping import build_table
     from mami_jax.convert.official import export_official
 
     params, cfg, layout = load_params(args.checkpoint, return_layout=True)
+    stored = _run_config_beside(args.checkpoint)
+    experiment = read_json_config(stored).to_json() if stored else None
     state = export_official(args.out, params, cfg, module_prefix=args.module_prefix,
-                            allow_non_released_shift=args.allow_non_released_shift)
+                            allow_non_released_shift=args.allow_non_released_shift,
+                            experiment=experiment)
     unused = [e.theirs for e in build_table(cfg) if not e.used]
     print(f"export-torch: {args.checkpoint} ({layout} layout), "
           f"shift_input={cfg.shift_input!r}")
     print(f"  keys written: {len(state)} ({len(state) - len(unused)} from params, "
           f"{len(unused)} unused keys as zeros)")
     print(f"  parameters: {_count(params):,}")
+    if stored:
+        print(f"  experiment config: {stored}, carried in the file (the applications read "
+              "the file with it)")
+    else:
+        print("  experiment config: none beside the checkpoint (the applications read the "
+              "file with the paper's unless told another)")
     print(f"  wrote {args.out}")
+
+
+def _run_config_beside(checkpoint: str) -> str | None:
+    """The training run's ``config.json`` beside the model config the checkpoint is read
+    with (a trainer workdir or step), None for a converter folder."""
+    from mami_jax.convert.checkpoint_dir import resolve
+    from mami_jax.train.run_config import CONFIG_FILE
+    stored = os.path.join(os.path.dirname(resolve(checkpoint)[1]), CONFIG_FILE)
+    return stored if os.path.isfile(stored) else None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,7 +4,8 @@ The released file is ``torch.load(f)["model"]`` with a ``module.`` prefix on
 every key (it was saved from a DataParallel wrapper) and no model config: it is
 the released architecture, ``default_config()``, whose feature shift reads the
 router's output. Our exports are ``{"model": state_dict, "mami_config": cfg_json}``
-without the prefix, or a ``.safetensors`` file with the config in its metadata;
+without the prefix (plus ``"mami_experiment_config"``, the training run's whole config,
+when exported from one), or a ``.safetensors`` file with them in its metadata;
 both are accepted here, and the embedded config (``shift_input`` included) is
 what makes our loader compute the exported function again.
 
@@ -31,6 +32,9 @@ from mami_jax.models.config import (RELEASED_SHIFT_INPUT, config_differences, de
 
 PREFIX = "module."
 CONFIG_KEY = "mami_config"
+#: The whole experiment config of the training run an export came from (its
+#: ``config.json``: preprocessing, mesh, batch sizes), so the file is read as the run was.
+EXPERIMENT_KEY = "mami_experiment_config"
 
 
 class ShiftInputError(ValueError):
@@ -74,12 +78,21 @@ def extract_state_dict(obj: Any, source: str) -> tuple[dict, bool]:
     return dict(sd), False
 
 
-def _embedded_config(obj: Any, path: str) -> Optional[str]:
+def _embedded(obj: Any, path: str, key: str) -> Optional[str]:
+    """The text our exporter stored under ``key`` (safetensors metadata, or a string
+    beside the state dict of a ``.pth``); None when the file has none."""
     if path.endswith(".safetensors"):
-        return torch_io.read_safetensors_metadata(path).get(CONFIG_KEY)
-    if isinstance(obj, Mapping) and isinstance(obj.get(CONFIG_KEY), str):
-        return obj[CONFIG_KEY]
+        return torch_io.read_safetensors_metadata(path).get(key)
+    if isinstance(obj, Mapping) and isinstance(obj.get(key), str):
+        return obj[key]
     return None
+
+
+def embedded_experiment(path: str) -> Optional[str]:
+    """The experiment config (JSON) a file exported from a training run carries; None for
+    the authors' files and exports of a converter folder."""
+    obj = None if path.endswith(".safetensors") else torch_io.load_file(path)
+    return _embedded(obj, path, EXPERIMENT_KEY)
 
 
 def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
@@ -97,7 +110,7 @@ def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
     """
     obj = torch_io.load_file(path)
     sd, stripped = extract_state_dict(obj, path)
-    text = _embedded_config(obj, path)
+    text = _embedded(obj, path, CONFIG_KEY)
     saved = config_from_json(text, f"{path}:{CONFIG_KEY}") if text is not None else None
     if cfg is not None:
         validate_config(cfg)
@@ -126,12 +139,15 @@ def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
 
 
 def export_official(path: str, params: Mapping, cfg, *, module_prefix: bool = False,
-                    allow_non_released_shift: bool = False) -> dict:
+                    allow_non_released_shift: bool = False,
+                    experiment: Optional[str] = None) -> dict:
     """Writes ``params`` in the authors' layout (``.pth`` or ``.safetensors``); -> the
     state dict written (numpy arrays, keys as in the file).
 
     The model config goes into the file (``mami_config``), so ``load_official``
-    reproduces the function. A model whose ``shift_input`` is not "router" is refused
+    reproduces the function; ``experiment``, the JSON of the run's whole config, goes in
+    beside it (``mami_experiment_config``), so the applications read the file with the
+    run's preprocessing. A model whose ``shift_input`` is not "router" is refused
     (``ShiftInputError``): the authors' code would run its weights under the released
     shift, another function. ``allow_non_released_shift=True`` writes it anyway (for
     our own loader or ``MaMITorch``, which read the embedded setting).
@@ -148,5 +164,8 @@ def export_official(path: str, params: Mapping, cfg, *, module_prefix: bool = Fa
     state = params_to_state_dict(params, cfg)
     if module_prefix:
         state = {PREFIX + k: v for k, v in state.items()}
-    torch_io.save_state_dict(path, state, extra={CONFIG_KEY: cfg.to_json()})
+    extra = {CONFIG_KEY: cfg.to_json()}
+    if experiment is not None:
+        extra[EXPERIMENT_KEY] = experiment
+    torch_io.save_state_dict(path, state, extra=extra)
     return state

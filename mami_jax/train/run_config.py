@@ -24,8 +24,9 @@ from mami_jax.runtime.atomic_files import write_text_atomic
 
 CONFIG_FILE = "config.json"
 
-#: The config a model file (``.pth``/``.safetensors``, a converter folder) is read with when
-#: none is named: the paper's, which the MaMI authors' released weights were trained with.
+#: The config a model file (``.pth``/``.safetensors``, a converter folder) that carries none
+#: is read with when none is named: the paper's, which the MaMI authors' released weights
+#: were trained with.
 MODEL_FILE_EXPERIMENT = "configs/all.py"
 
 
@@ -49,14 +50,20 @@ class RunConfigMissing(ValueError):
 def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]") -> str:
     """The config spec to load ``model`` (a workdir, ``WORKDIR@STEP``, a model file or a
     converter folder) with: ``given`` when the user named one; else the run's own
-    ``config.json`` (absolute, so reports name it from anywhere); else, for a model file,
-    the paper's config. A workdir without ``config.json`` is a ``RunConfigMissing``
-    saying to name its config (``how``: the flag or setting that does)."""
+    ``config.json`` (absolute, so reports name it from anywhere); a model file exported
+    from a run carries that config (the file is then the spec); any other model file or
+    converter folder is read with the paper's config. A workdir without ``config.json``
+    is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
+    that does)."""
     if given:
         return resolve_spec(given)
     from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
+    if os.path.isfile(model):
+        from mami_jax.convert.official import embedded_experiment
+        return (os.path.abspath(model) if embedded_experiment(model) is not None
+                else resolve_spec(MODEL_FILE_EXPERIMENT))
     workdir = model.partition("@")[0]
-    if os.path.isfile(model) or is_converter_checkpoint(model) or not os.path.isdir(workdir):
+    if is_converter_checkpoint(model) or not os.path.isdir(workdir):
         return resolve_spec(MODEL_FILE_EXPERIMENT)    # (a missing path: the loader names it)
     stored = run_config_path(workdir)
     if os.path.isfile(stored):

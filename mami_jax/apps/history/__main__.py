@@ -23,7 +23,8 @@ needs ``--modality`` (and ``--order`` to exclude later archived images).
 ``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) takes a
 training workdir, ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file
 or a converter folder; it is read with the run's own experiment config (``RUN/config.json``,
-which training writes), or the one ``--config`` names (a model file: the paper's by default).
+which training writes; a file exported from a run carries it), or the one ``--config``
+names (any other model file: the paper's by default).
 Bad input ends with one ``error: ...`` line and exit status 2.
 """
 
@@ -47,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                           ".pth/.safetensors file, or a converter folder", required)
         s.add_argument("--config", default=None,
                        help="the experiment config the model is read with (default: the "
-                            "run's own, RUN/config.json; configs/all.py, the paper's, for a "
-                            "model file)")
+                            "run's own, RUN/config.json, or the one an exported file carries; "
+                            "configs/all.py, the paper's, for any other model file)")
 
     def records_arg(s):
         s.add_argument("--labels", default=None,

@@ -109,8 +109,8 @@ def _evaluate_parser(sub) -> None:
                    help="the history app config the classifiers were trained with")
     e.add_argument("--experiment", default="",
                    help="the experiment config every model is read with (default: each "
-                        "run's own, RUN/config.json; configs/all.py, the paper's, for a "
-                        "model file)")
+                        "run's own, RUN/config.json, or the one an exported file carries; "
+                        "configs/all.py, the paper's, for any other model file)")
     e.add_argument("--split", default="test", help="split whose images are evaluated")
     e.add_argument("--out", required=True, help="folder for privacy_eval.json and .md")
 
