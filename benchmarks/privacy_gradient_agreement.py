@@ -44,8 +44,8 @@ from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_of_rms  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
-from mami_jax.train.run_config import experiment_spec  # noqa: E402
 
 
 def summary(names: list[str], members: int, grads: np.ndarray) -> dict:
@@ -198,7 +198,7 @@ def run(args, p, members, held_out, sweeps) -> int:
     if not targets:
         p.error(f"no rows of split {args.split!r} and modality {args.modality!r}")
     everyone = members + held_out
-    experiment = load_config(experiment_spec(everyone[0][1], cfg.experiment))
+    experiment = load_experiment(experiment_spec(everyone[0][1], cfg.experiment))
     models = ensemble.load_ensemble([w for _, w in everyone], experiment)
     grads = ga.model_gradients(rows, targets, models, cfg)
     result = {"args": vars(args), **summary([n for n, _ in everyone], len(members), grads)}

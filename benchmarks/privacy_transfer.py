@@ -36,8 +36,8 @@ from mami_jax.apps.privacy.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
 from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
-from mami_jax.train.run_config import experiment_spec  # noqa: E402
 from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest  # noqa: E402
+from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
 def run(args, p, sizes, variants) -> int:
     base_cfg = load_config(args.config)
     apply_overrides(base_cfg, args.set)
-    experiment = load_config(experiment_spec(args.workdir, base_cfg.experiment))
+    experiment = load_experiment(experiment_spec(args.workdir, base_cfg.experiment))
     rows = read_manifest(args.manifest)
     targets = [r for r in select_rows(rows, args.split, args.manifest)
                if not args.modality or r.modality == args.modality]

@@ -1,7 +1,7 @@
 """Loading a config file from any working directory: ``FILE[:ARG]``, a Python file with
 ``get_config(arg)``, or a ``config.json`` a training run wrote (``train/run_config``: the
-whole config it was started with, so a trained run is read as it was trained), or a model
-file exported from such a run, which carries that config.
+whole config it was started with, so a trained run is read as it was trained;
+``run_config_path``).
 
 The repository's configs import each other as a package (``from configs import
 common_runlocal``), which Python finds only when the folder above ``configs/`` is on
@@ -24,6 +24,13 @@ from mami_jax.runtime.json_object import parse_json_object
 
 #: The repository root (where ``configs/`` lives), for relative config paths.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Where a training run keeps its whole config (``train/run_config`` writes it).
+RUN_CONFIG_FILE = "config.json"
+
+
+def run_config_path(workdir: str) -> str:
+    return os.path.join(workdir, RUN_CONFIG_FILE)
 
 
 def resolve(path: str) -> str:
@@ -107,30 +114,18 @@ def read_json_config(path: str):
         return json_config(f.read(), f"config file {path!r}")
 
 
-def model_file_config(path: str):
-    """The experiment config a model file exported from a training run carries
-    (``convert.official.embedded_experiment``); ValueError naming the file when it has none."""
-    from mami_jax.convert.official import embedded_experiment
-    text = embedded_experiment(path)
-    if text is None:
-        raise ValueError(f"{path} carries no experiment config (a file exported from a "
-                         "training run with python -m mami_jax.convert export-torch does)")
-    return json_config(text, f"the experiment config in {path}")
-
-
 def load_config(spec: str):
-    """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``, the config a ``.json``
-    FILE holds, or the one a model FILE exported from a run carries (no ARG for either);
-    FileNotFoundError or ValueError naming the file when it is missing, has no
-    ``get_config``, refuses ARG or holds no config."""
+    """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``, or the config a ``.json``
+    FILE holds (no ARG); FileNotFoundError or ValueError naming the file when it is
+    missing, has no ``get_config``, refuses ARG or is not a config."""
     path, _, arg = spec.partition(":")
     full = resolve(path)
     if not os.path.isfile(full):
         raise FileNotFoundError(f"config file {path!r} not found")
-    if not full.endswith(".py"):
+    if full.endswith(".json"):
         if arg:
-            raise ValueError(f"config {spec!r}: only a Python config file takes an ARG")
-        return read_json_config(full) if full.endswith(".json") else model_file_config(full)
+            raise ValueError(f"config {spec!r}: a JSON config takes no ARG")
+        return read_json_config(full)
     make_importable(full)
     name = "config_file_" + os.path.splitext(os.path.basename(full))[0]
     module_spec = importlib.util.spec_from_file_location(name, full)

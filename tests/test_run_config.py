@@ -1,15 +1,15 @@
-"""WORKDIR/config.json and which experiment config a command reads a model with
-(``mami_jax.train.run_config``, the ``.json`` branch of ``config_files.load_config`` and of
-main's ``--config`` flag)."""
+"""WORKDIR/config.json (``train/run_config``, the ``.json`` branch of
+``config_files.load_config`` and of main's ``--config`` flag) and which experiment config a
+command reads a model with (``experiment_config``)."""
 
 import os
 
 import pytest
 
 from mami_jax.config_files import (JSON_CONFIG_FILE, REPO_ROOT, flag_config_from_anywhere,
-                                   load_config)
-from mami_jax.train.run_config import (RunConfigMissing, experiment_spec, run_config_path,
-                                       with_the_runs_config, write_run_config)
+                                   load_config, run_config_path)
+from mami_jax.experiment_config import RunConfigMissing, experiment_spec, load_experiment
+from mami_jax.train.run_config import with_the_runs_config, write_run_config
 
 
 def _types(value):
@@ -40,7 +40,7 @@ def test_a_config_that_is_not_one_is_named(tmp_path):
     with pytest.raises(ValueError, match="expected a JSON object of config values, got list"):
         load_config(str(path))
     path.write_text("{}")
-    with pytest.raises(ValueError, match="only a Python config file takes an ARG"):
+    with pytest.raises(ValueError, match="a JSON config takes no ARG"):
         load_config(f"{path}:runlocal")
 
 
@@ -92,7 +92,7 @@ def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
         assert (f"experiment config: {run}/config.json, carried in the file"
                 in capsys.readouterr().out)
         assert experiment_spec(out) == out
-        assert _types(load_config(out).to_dict()) == own
+        assert _types(load_experiment(out).to_dict()) == own
     folder = save_params(str(tmp_path / "converted"), *load_params(run))
     bare = str(tmp_path / "bare.pth")
     assert convert(["export-torch", "--checkpoint", folder, "--out", bare, shift]) == 0
@@ -100,7 +100,7 @@ def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert experiment_spec(bare) == os.path.join(REPO_ROOT, "configs", "all.py")
     with pytest.raises(ValueError, match=f"{bare} carries no experiment config"):
-        load_config(bare)
+        load_experiment(bare)
 
 
 def test_a_run_from_before_stored_configs_must_be_named(tmp_path):

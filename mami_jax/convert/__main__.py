@@ -150,9 +150,9 @@ def cmd_export_torch(args) -> None:
 def _run_config_beside(checkpoint: str) -> str | None:
     """The training run's ``config.json`` beside the model config the checkpoint is read
     with (a trainer workdir or step), None for a converter folder."""
+    from mami_jax.config_files import run_config_path
     from mami_jax.convert.checkpoint_dir import resolve
-    from mami_jax.train.run_config import CONFIG_FILE
-    stored = os.path.join(os.path.dirname(resolve(checkpoint)[1]), CONFIG_FILE)
+    stored = run_config_path(os.path.dirname(resolve(checkpoint)[1]))
     return stored if os.path.isfile(stored) else None
 
 

@@ -14,7 +14,7 @@ from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval
 from mami_jax.config_files import load_config
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, read_manifest
-from mami_jax.train.run_config import experiment_spec
+from mami_jax.experiment_config import experiment_spec, load_experiment
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "configs", "history.py"))
@@ -69,7 +69,7 @@ def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
 
 
 def _experiment_spec(args) -> str:
-    """``--config`` when given, else the ``--workdir`` run's own (``run_config``)."""
+    """``--config`` when given, else the ``--workdir`` model's own (``experiment_config``)."""
     return experiment_spec(args.workdir, args.config, how="--config FILE[:ARG]")
 
 
@@ -77,7 +77,7 @@ def index(args) -> int:
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     spec = _experiment_spec(args)
-    rows = _rows(args, load_config(spec))   # bad input first, before the model loads
+    rows = _rows(args, load_experiment(spec))   # bad input first, before the model loads
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
     emb = model.embeddings(rows)
@@ -125,7 +125,7 @@ def _model_for(archive: Archive, args, where: str) -> TrainedModel:
 def add(args) -> int:
     archive = Archive.load(args.index)
     model = _model_for(archive, args, f"adding {args.manifest} to {args.index}")
-    rows = _rows(args, load_config(model.spec))     # the run's modalities, as index reads
+    rows = _rows(args, load_experiment(model.spec))     # the run's modalities, as index reads
     known = {r.image_id for r in archive.rows}
     dup = [r.image_id for r in rows if r.image_id in known]
     if dup:  # before the (long) embedding
@@ -212,7 +212,7 @@ def _experiment(args):
     _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     spec = _experiment_spec(args)
-    rows = _rows(args, load_config(spec))
+    rows = _rows(args, load_experiment(spec))
     y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
     return Experiment(model, rows, y, cfg, os.path.abspath(args.out))

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mami_jax.config_files import load_config
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.experiment_config import load_experiment
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
@@ -57,7 +57,7 @@ class TrainedModel:
 
     def __init__(self, workdir: str, spec: str, role: str = "--workdir", action: str = "use"):
         self.workdir, self.spec = os.path.abspath(workdir), spec
-        config = load_config(spec)
+        config = load_experiment(spec)
         self.embedder = Embedder.load(self.workdir, config, action=action, role=role)
         self.fingerprint = fingerprint(self.embedder.params)
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)

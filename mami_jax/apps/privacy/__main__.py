@@ -41,7 +41,7 @@ import sys
 
 from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
-from mami_jax.train.run_config import experiment_spec
+from mami_jax.experiment_config import experiment_spec, load_experiment
 
 #: How a user names the experiment config of a run that did not store its own.
 EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"
@@ -177,7 +177,7 @@ def _run(args, parser) -> None:
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
     pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
-    experiment = load_config(pcfg.experiment)
+    experiment = load_experiment(pcfg.experiment)
     rows = read_manifest(args.manifest)
     split = None if args.split == "all" else args.split
     from mami_jax.apps.privacy.protect import protect_rows, select_rows

@@ -39,8 +39,8 @@ from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
+from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
-from mami_jax.train.run_config import experiment_spec
 
 
 class UsageError(ValueError):
@@ -162,9 +162,9 @@ def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> di
 
 def model_experiment(model: str, args):
     """(spec, config) ``model`` is read with: ``--experiment`` when given, else the run's own
-    (``run_config.experiment_spec``)."""
+    (``experiment_config.experiment_spec``)."""
     spec = experiment_spec(model, args.experiment, how="--experiment FILE[:ARG]")
-    return spec, load_config(spec)
+    return spec, load_experiment(spec)
 
 
 def run(args, app_cfg=None) -> dict:

@@ -3,7 +3,7 @@
 A config is named ``FILE[:ARG]`` as ``python -m mami_jax.main --config`` names it; FILE is
 a Python file with ``get_config(arg)`` (or a run's ``config.json``). The privacy config
 (``configs/privacy.py``) may name the experiment config the re-ID models are read with in
-``experiment``; left empty, the ``--workdir`` run's own is read (``train/run_config``).
+``experiment``; left empty, the ``--workdir`` model's own is read (``experiment_config``).
 """
 
 from __future__ import annotations

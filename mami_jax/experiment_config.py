@@ -1,0 +1,65 @@
+"""Which experiment config a model is read with, and reading it: a run's own
+(``WORKDIR/config.json``), the one a file exported from a run carries, or the paper's.
+
+Every command that reads a re-ID model (the applications, the privacy benchmarks) needs
+the experiment config it was trained with: its preprocessing, model config, mesh and
+batch size. ``experiment_spec`` chooses it once, as a spec string the reports record, and
+``load_experiment`` reads any such spec (a config file, a run's ``config.json``, or an
+exported model file).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mami_jax.config_files import json_config, load_config, resolve_spec, run_config_path
+
+#: The config a model file (``.pth``/``.safetensors``, a converter folder) that carries none
+#: is read with when none is named: the paper's, which the MaMI authors' released weights
+#: were trained with.
+MODEL_FILE_EXPERIMENT = "configs/all.py"
+
+
+class RunConfigMissing(ValueError):
+    """A workdir that was trained before runs kept their config, named without one."""
+
+
+def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]") -> str:
+    """The config spec to load ``model`` (a workdir, ``WORKDIR@STEP``, a model file or a
+    converter folder) with: ``given`` when the user named one; else the run's own
+    ``config.json`` (absolute, so reports name it from anywhere); a model file exported
+    from a run carries that config (the file is then the spec); any other model file or
+    converter folder is read with the paper's config. A workdir without ``config.json``
+    is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
+    that does)."""
+    if given:
+        return resolve_spec(given)
+    from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
+    if os.path.isfile(model):
+        from mami_jax.convert.official import embedded_experiment
+        return (os.path.abspath(model) if embedded_experiment(model) is not None
+                else resolve_spec(MODEL_FILE_EXPERIMENT))
+    workdir = model.partition("@")[0]
+    if is_converter_checkpoint(model) or not os.path.isdir(workdir):
+        return resolve_spec(MODEL_FILE_EXPERIMENT)    # (a missing path: the loader names it)
+    stored = run_config_path(workdir)
+    if os.path.isfile(stored):
+        return os.path.abspath(stored)
+    raise RunConfigMissing(
+        f"{model}: the run has no {os.path.basename(stored)} (it was trained before runs "
+        f"kept their config); name the experiment config it was trained with: {how}")
+
+
+def load_experiment(spec: str):
+    """The config of an ``experiment_spec``: ``config_files.load_config`` of a config file
+    or a run's ``config.json``, or the config a model file exported from a run carries
+    (ValueError naming the file when it carries none)."""
+    path = spec.partition(":")[0]
+    if path.endswith((".py", ".json")) or not os.path.isfile(path):
+        return load_config(spec)
+    from mami_jax.convert.official import embedded_experiment
+    text = embedded_experiment(path)
+    if text is None:
+        raise ValueError(f"{path} carries no experiment config (a file exported from a "
+                         "training run with python -m mami_jax.convert export-torch does)")
+    return json_config(text, f"the experiment config in {path}")
