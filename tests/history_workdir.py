@@ -6,6 +6,7 @@ train/val/test patients."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import jax
@@ -83,6 +84,17 @@ def make_workdir(workdir: str, config, seed: int = 0, step: int = 1) -> str:
     ckpt.wait()
     ckpt.close()
     return workdir
+
+
+def run_config_of_modalities(workdir: str, out: str, modalities: tuple) -> str:
+    """A copy of the run's stored config.json at ``out`` as if trained on ``modalities``
+    only (``data.only_modalities``)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    stored["data"]["only_modalities"] = list(modalities)
+    with open(out, "w") as f:
+        json.dump(stored, f)
+    return out
 
 
 def write_xray_archive(root: str, splits: dict[str, str], visits: int = 3, seed: int = 0) -> str:

@@ -145,14 +145,10 @@ def test_images_of_a_modality_the_run_left_out_are_counted(setup, capsys, tmp_pa
 
     manifest, later = tmp_path / "mixed.csv", tmp_path / "mixed_later.csv"
     rows, later_rows = with_fundus(s["first"], manifest), with_fundus(s["last"], later)
-    with open(os.path.join(s["run"], "config.json")) as f:
-        stored = json.load(f)
-    stored["data"]["only_modalities"] = ["xray"]
-    xray_only = tmp_path / "xray_only.json"
-    xray_only.write_text(json.dumps(stored))
+    xray_only = hw.run_config_of_modalities(s["run"], str(tmp_path / "xray_only.json"), ("xray",))
     capsys.readouterr()
     index = str(tmp_path / "index")
-    assert main(["index", "--workdir", s["run"], "--config", str(xray_only), "--manifest",
+    assert main(["index", "--workdir", s["run"], "--config", xray_only, "--manifest",
                  str(manifest), "--out", index, "--app-config", s["app"]]) == 0
     assert (f"  2 images of fundus in {manifest} left out: the run was trained on xray only "
             "(data.only_modalities)") in capsys.readouterr().out.splitlines()

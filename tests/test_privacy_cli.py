@@ -15,7 +15,7 @@ from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.transforms import slice_indices
-from tests.history_workdir import make_workdir
+from tests.history_workdir import make_workdir, run_config_of_modalities
 from tests.privacy_tiny import tiny_xray_phantoms
 
 
@@ -199,11 +199,8 @@ def test_an_exported_run_is_read_with_the_config_it_carries(run):
 
 
 def test_images_of_a_modality_the_run_never_saw_are_warned_about(run, capsys, tmp_path):
-    with open(os.path.join(run["workdir"], "config.json")) as f:
-        stored = json.load(f)
-    stored["data"]["only_modalities"] = ["fundus"]
-    fundus_only = tmp_path / "fundus_only.json"
-    fundus_only.write_text(json.dumps(stored))
+    fundus_only = run_config_of_modalities(run["workdir"], str(tmp_path / "fundus_only.json"),
+                                           ("fundus",))
     capsys.readouterr()
     assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
                  "--out", str(tmp_path / "cues"), "--config", run["config"],
