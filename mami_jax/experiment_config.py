@@ -28,7 +28,8 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
     """The config spec to load ``model`` (a workdir, ``WORKDIR@STEP``, a model file or a
     converter folder) with: ``given`` when the user named one; else the run's own
     ``config.json`` (absolute, so reports name it from anywhere); a model file exported
-    from a run carries that config (the file is then the spec); any other model file or
+    from a run carries that config (the file is then the spec), and a converter folder
+    imported from such a file keeps it as ``config.json``; any other model file or
     converter folder is read with the paper's config. A workdir without ``config.json``
     is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
     that does)."""
@@ -40,11 +41,13 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
         return (os.path.abspath(model) if embedded_experiment(model) is not None
                 else resolve_spec(MODEL_FILE_EXPERIMENT))
     workdir = model.partition("@")[0]
-    if is_converter_checkpoint(model) or not os.path.isdir(workdir):
+    if not os.path.isdir(workdir):
         return resolve_spec(MODEL_FILE_EXPERIMENT)    # (a missing path: the loader names it)
     stored = run_config_path(workdir)
     if os.path.isfile(stored):
         return os.path.abspath(stored)
+    if is_converter_checkpoint(model):
+        return resolve_spec(MODEL_FILE_EXPERIMENT)
     raise RunConfigMissing(
         f"{model}: the run has no {os.path.basename(stored)} (it was trained before runs "
         f"kept their config); name the experiment config it was trained with: {how}")

@@ -77,8 +77,9 @@ def test_a_converter_folder_is_read_with_the_papers_config(tmp_path, monkeypatch
 
 def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
     """export-torch of a trained run puts its config.json into the file (.pth and
-    .safetensors), and the file is then read with it; an export of a converter folder
-    carries none and is read with the paper's config."""
+    .safetensors), and the file is then read with it, as is the converter folder
+    import-official makes of it; an export of a folder without one carries none and is
+    read with the paper's config."""
     pytest.importorskip("torch")
     from mami_jax.convert.__main__ import main as convert
     from mami_jax.convert.checkpoint_dir import load_params, save_params
@@ -93,6 +94,17 @@ def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
                 in capsys.readouterr().out)
         assert experiment_spec(out) == out
         assert _types(load_experiment(out).to_dict()) == own
+    # import-official of an export keeps its config beside the folder's params, and an
+    # export of that folder carries it again.
+    kept = str(tmp_path / "imported")
+    assert convert(["import-official", "--pth", str(tmp_path / "model.pth"), "--out", kept,
+                    shift]) == 0
+    assert "experiment config: the one the file carries" in capsys.readouterr().out
+    assert experiment_spec(kept) == os.path.join(kept, "config.json")
+    assert _types(load_experiment(experiment_spec(kept)).to_dict()) == own
+    again = str(tmp_path / "again.safetensors")
+    assert convert(["export-torch", "--checkpoint", kept, "--out", again, shift]) == 0
+    assert _types(load_experiment(experiment_spec(again)).to_dict()) == own
     folder = save_params(str(tmp_path / "converted"), *load_params(run))
     bare = str(tmp_path / "bare.pth")
     assert convert(["export-torch", "--checkpoint", folder, "--out", bare, shift]) == 0

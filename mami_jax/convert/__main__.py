@@ -60,13 +60,15 @@ def _check_out_dir(args) -> None:
 
 
 def cmd_import_official(args) -> None:
-    from mami_jax.convert.official import load_official
+    from mami_jax.convert.official import embedded_experiment, load_official
 
     _check_out_dir(args)
     cfg = load_config_file(args.model_config) if args.model_config else None
     result = load_official(args.pth, cfg,
                            allow_non_released_shift=args.allow_non_released_shift)
-    out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite)
+    experiment = embedded_experiment(args.pth)
+    out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite,
+                      experiment=experiment)
     r = result.report
     print(f"import-official: {args.pth}")
     print(f"  model config: {result.config_source}"
@@ -78,6 +80,8 @@ def cmd_import_official(args) -> None:
     if r.absent_unused:
         print(f"  unused keys absent from the file: {len(r.absent_unused)}")
     print(f"  parameters: {r.num_params:,}")
+    if experiment is not None:
+        print("  experiment config: the one the file carries, kept as config.json")
     print(f"  wrote {out}")
 
 

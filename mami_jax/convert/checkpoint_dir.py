@@ -7,11 +7,14 @@ Converter layout (written by ``save_params``)::
     CKPT_DIR/
       params/              orbax StandardCheckpointer checkpoint of the params pytree
       model_config.json    cfg.to_json() of the model (mami_jax.models.config)
+      config.json          the training run's whole config, when the imported file
+                           carried one (an export of a run)
 
 Trainer layout (written by the trainer with an orbax ``CheckpointManager``)::
 
     WORKDIR/
       model_config.json
+      config.json                  the run's whole config (train/run_config)
       checkpoints/<step>/params/   item "params": the params pytree
       checkpoints/<step>/...       other items (optimizer state, ...), ignored here
 
@@ -48,6 +51,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mami_jax.config_files import run_config_path
 from mami_jax.convert.mapping import check_finite, flatten_params
 from mami_jax.models.config import REQUIRED_SAVED_KEYS, default_config, validate_config
 from mami_jax.runtime.atomic_files import (TEMP_MARK, fix_tree_modes, staging_dir,
@@ -180,8 +184,11 @@ def _publish(staging: str, directory: str) -> None:
     shutil.rmtree(aside)
 
 
-def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False) -> str:
-    """Writes ``params`` and ``cfg`` to ``directory`` (converter layout), all-or-nothing.
+def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False,
+                experiment: str | None = None) -> str:
+    """Writes ``params`` and ``cfg`` to ``directory`` (converter layout), all-or-nothing;
+    ``experiment``, the JSON of the training run's whole config a file carried, as
+    ``config.json`` beside them (the applications read the folder with it).
 
     An existing ``directory`` is an error unless ``overwrite=True``, and even then one
     that is not a converter checkpoint (``params/`` + ``model_config.json``) is
@@ -208,6 +215,8 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
             checkpointer.save(os.path.join(staging, PARAMS_ITEM), _to_host(params))
             checkpointer.wait_until_finished()
             write_text_atomic(os.path.join(staging, CONFIG_FILE), cfg.to_json(indent=2))
+            if experiment is not None:
+                write_text_atomic(run_config_path(staging), experiment)
             fix_tree_modes(staging)
             _publish(staging, directory)
         with contextlib.suppress(FileNotFoundError):
