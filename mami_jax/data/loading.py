@@ -28,6 +28,12 @@ def manifest_path(config, workdir: str) -> str:
 
 
 def load_rows(config, workdir: str) -> list[ManifestRow]:
+    return read_rows(config, workdir)[0]
+
+
+def read_rows(config, workdir: str) -> tuple[list[ManifestRow], dict[str, int]]:
+    """(the rows ``load_rows`` gives, {modality: rows left out by
+    ``data.only_modalities``}), from one read of the manifest."""
     path = manifest_path(config, workdir)
     rows = read_manifest(path)
     if any(not r.split for r in rows):
@@ -40,9 +46,13 @@ def load_rows(config, workdir: str) -> list[ManifestRow]:
     unknown = [m for m in wanted if m not in MODALITIES]
     if unknown:
         raise ValueError(f"data.only_modalities has unknown {unknown}; known: {MODALITIES}")
+    left_out: dict[str, int] = {}
     if wanted:
+        for r in rows:
+            if r.modality not in wanted:
+                left_out[r.modality] = left_out.get(r.modality, 0) + 1
         rows = [r for r in rows if r.modality in wanted]
         if not rows:
             raise ValueError(f"{path}: no rows of modalities {wanted}")
     validate_rows(rows, source=path)
-    return rows
+    return rows, left_out

@@ -13,7 +13,7 @@ from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval
                                                 stats_from_calibration)
 from mami_jax.config_files import load_config
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
-from mami_jax.data.manifest import ManifestRow, read_manifest
+from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import experiment_spec, load_experiment
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
@@ -28,16 +28,15 @@ def _rows(args, config) -> list[ManifestRow]:
     """The manifest's rows, with the run config's split rule when it has no splits, and
     only of the modalities the run was trained on (``data.only_modalities``; how many
     others were left out is said)."""
-    from mami_jax.data.loading import load_rows
+    from mami_jax.data.loading import read_rows
     with config.unlocked():
         config.data.manifest = os.path.abspath(args.manifest)
-    rows = load_rows(config, os.path.dirname(os.path.abspath(args.manifest)))
-    kept = {r.modality for r in rows}
-    left = [r.modality for r in read_manifest(args.manifest) if r.modality not in kept]
-    if left:
-        print(f"  {len(left)} images of {'/'.join(sorted(set(left)))} in {args.manifest} left "
-              f"out: the run was trained on {', '.join(config.data.only_modalities)} only "
-              "(data.only_modalities)", flush=True)
+    rows, left_out = read_rows(config, os.path.dirname(os.path.abspath(args.manifest)))
+    if left_out:
+        print(f"  {sum(left_out.values())} images of {'/'.join(sorted(left_out))} in "
+              f"{args.manifest} left out: the run was trained on "
+              f"{', '.join(config.data.only_modalities)} only (data.only_modalities)",
+              flush=True)
     return rows
 
 

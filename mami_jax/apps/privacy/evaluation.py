@@ -170,7 +170,8 @@ def model_experiment(model: str, args):
 def run(args, app_cfg=None) -> dict:
     """Measures everything ``args`` asks for; returns what was written to OUT."""
     models = named(args.model, "--model")
-    cfg = model_experiment(models[0][1], args)[1]      # the slices the first model reads
+    experiments = {model: model_experiment(model, args) for _, model in models}
+    cfg = experiments[models[0][1]][1]      # the slices the first model reads
     original = read_manifest(args.original)
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split,
                                   sources=(f"--original {args.original}",
@@ -182,7 +183,7 @@ def run(args, app_cfg=None) -> dict:
     evaluation_report.save(result, args.out)
     probe_feats = {}
     for name, model in models:
-        spec, model_cfg = model_experiment(model, args)
+        spec, model_cfg = experiments[model]
         emb = Embedder.load(model, model_cfg, action="evaluate", role=f"--model {name}")
         e_orig, f_orig = utility.features(emb, rows, desc=f"{name}, original")
         e_prot, f_prot = utility.features(emb, prot_rows, desc=f"{name}, protected")
