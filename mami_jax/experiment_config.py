@@ -30,8 +30,8 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
     ``config.json`` (absolute, so reports name it from anywhere); a model file exported
     from a run carries that config (the file is then the spec), and a converter folder
     imported from such a file keeps it as ``config.json``; any other model file or
-    converter folder is read with the paper's config. A workdir without ``config.json``
-    is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
+    converter folder is read with the paper's config. A folder that is none of these is a
+    ValueError; a workdir with checkpoints but without ``config.json`` is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
     that does)."""
     if given:
         return resolve_spec(given)
@@ -48,6 +48,9 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
         return os.path.abspath(stored)
     if is_converter_checkpoint(model):
         return resolve_spec(MODEL_FILE_EXPERIMENT)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(f"{model}: not a trained run (no checkpoints/ and no "
+                         f"{os.path.basename(stored)}), nor a converter folder or model file")
     raise RunConfigMissing(
         f"{model}: the run has no {os.path.basename(stored)} (it was trained before runs "
         f"kept their config); name the experiment config it was trained with: {how}")

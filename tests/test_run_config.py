@@ -124,6 +124,16 @@ def test_a_run_from_before_stored_configs_must_be_named(tmp_path):
                             "with: --config FILE[:ARG]")
 
 
+def test_a_folder_that_is_no_run_is_named_as_such(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(ValueError) as e:
+        experiment_spec(str(folder))
+    assert not isinstance(e.value, RunConfigMissing)
+    assert str(e.value) == (f"{folder}: not a trained run (no checkpoints/ and no "
+                            "config.json), nor a converter folder or model file")
+
+
 def test_main_without_config_reads_the_workdirs_own(tmp_path, capsys):
     run = _run(tmp_path / "run")
     own = os.path.join(run, "config.json")
