@@ -131,6 +131,29 @@ def test_truncated_file_gives_a_clear_error_naming_the_file(tmp_path, fmt):
         torch_io.load_file(empty)
 
 
+@pytest.mark.skipif(not os.path.isfile("/proc/self/maps"), reason="needs Linux's /proc")
+def test_a_mapped_read_leaves_the_weights_on_disk(tmp_path):
+    """``mmap`` (a look at the values beside the weights, e.g. the experiment config an
+    export carries): the zip format's tensors are backed by the file, not read; the legacy
+    format, which cannot be mapped, is read as before."""
+    path = str(tmp_path / "export.pth")
+    weight = torch.arange(12.0).reshape(3, 4)
+    torch.save({"model": {"w": weight}, "note": "plain"}, path)
+    def file_is_mapped():
+        with open("/proc/self/maps") as f:
+            return path in f.read()
+
+    read = torch_io.load_file(path)
+    assert not file_is_mapped()
+    mapped = torch_io.load_file(path, mmap=True)
+    assert mapped["note"] == read["note"] == "plain"
+    assert file_is_mapped()
+    torch.testing.assert_close(mapped["model"]["w"], weight)
+    legacy = str(tmp_path / "legacy.pth")
+    torch.save({"model": {"w": weight}}, legacy, _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(torch_io.load_file(legacy, mmap=True)["model"]["w"], weight)
+
+
 def test_torchscript_needs_explicit_opt_in(tmp_path):
     class Holder(torch.nn.Module):
         def __init__(self):

@@ -22,8 +22,6 @@ Nothing runs weights under the other feature shift silently:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from typing import Any, Mapping, Optional
 
 from mami_jax.convert import torch_io
@@ -92,16 +90,9 @@ def _embedded(obj: Any, path: str, key: str) -> Optional[str]:
 
 def embedded_experiment(path: str) -> Optional[str]:
     """The experiment config (JSON) a file exported from a training run carries; None for
-    the authors' files and exports of a converter folder. Remembered per file version: a
-    command asks once to choose the config and once to load it, and a ``.pth`` is read
-    whole each time."""
-    stat = os.stat(path)
-    return _embedded_experiment(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _embedded_experiment(path: str, size: int, mtime_ns: int) -> Optional[str]:
-    obj = None if path.endswith(".safetensors") else torch_io.load_file(path)
+    the authors' files and exports of a converter folder. A ``.pth`` is mapped, not read:
+    the weights are left on disk."""
+    obj = None if path.endswith(".safetensors") else torch_io.load_file(path, mmap=True)
     return _embedded(obj, path, EXPERIMENT_KEY)
 
 

@@ -70,11 +70,13 @@ def is_torchscript_archive(path: str) -> bool:
     return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
 
 
-def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
+def load_file(path: str, *, allow_torchscript: bool = False, mmap: bool = False) -> Any:
     """Loads a checkpoint file as data: a dict (possibly nested) of tensors/arrays.
 
     ``.safetensors`` -> flat dict of torch tensors (numpy arrays if torch is absent);
-    other files -> whatever the weights-only unpickler returns.
+    other files -> whatever the weights-only unpickler returns. ``mmap``: a ``.pth`` in
+    torch.save's zip format is mapped, not read, so only the tensors used are read (for a
+    look at the plain values beside the weights).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -106,7 +108,8 @@ def load_file(path: str, *, allow_torchscript: bool = False) -> Any:
             "default format, without its central directory: the file was cut short)")
     torch = _torch()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         msg = str(e)
         lines = [line.strip() for line in msg.splitlines() if line.strip()]
