@@ -13,7 +13,7 @@ from PIL import Image
 from mami_jax.apps.privacy.__main__ import main
 from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.decode import open_volume
-from mami_jax.data.manifest import read_manifest
+from mami_jax.data.manifest import read_manifest, write_manifest
 from mami_jax.data.transforms import slice_indices
 from tests.history_workdir import make_workdir, run_config_of_modalities
 from tests.privacy_tiny import tiny_xray_phantoms
@@ -205,7 +205,7 @@ def test_images_of_a_modality_the_run_never_saw_are_warned_about(run, capsys, tm
     assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
                  "--out", str(tmp_path / "cues"), "--config", run["config"],
                  "--set", f"experiment={fundus_only}"]) == 0
-    n = sum(r.split == "test" for r in read_manifest(run["manifest"]))
+    n = 1          # the images cues processes: the tiny config's cues.max_images
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warned == [f"warning: {run['workdir']} was trained on fundus only "
                       f"(data.only_modalities); {n} xray images are processed with it all "
@@ -256,18 +256,60 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
 def test_bad_input_is_one_error_line(run, capsys, args, message):
     options = {"--workdir": run["workdir"], "--manifest": run["manifest"],
                "--out": str(run["base"] / "bad"), "--config": run["config"]}
-    extra = []
     for flag, value in zip(args[::2], args[1::2]):
-        if flag in options:
-            options[flag] = value
-        else:       # --model after --workdir: the spelling typed last is the one named
-            value = value.replace("{folder}", str(run["base"]))
-            extra += [flag, value]
+        if flag == "--model":         # the other spelling: the error names the one typed
+            del options["--workdir"]
+        options[flag] = value.replace("{folder}", str(run["base"]))
     capsys.readouterr()
-    assert main(["protect"] + [x for kv in options.items() for x in kv] + extra) == 1
+    assert main(["protect"] + [x for kv in options.items() for x in kv]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     expected = message.format(manifest=run["manifest"], folder=str(run["base"]))
     assert len(err) == 1 and err[0].startswith(expected), err
+
+
+def test_outputs_never_land_on_inputs(run, capsys, tmp_path):
+    """OUT must be new, empty or the command's own earlier output (a link resolved), and
+    nothing it writes may replace an input: the manifest's folder, a link to it, an image
+    folder (where a cue map named like the image would replace it), and a protect output
+    given as its own input are each refused before any work, leaving every input as it was."""
+    base = run["base"]
+    image_dir = os.path.dirname(read_manifest(run["manifest"])[0].path)
+    os.symlink(base, tmp_path / "link")
+    before = tree_digest(str(base))
+    protected = str(base / "out" / "manifest.csv")
+    cases = [("protect", run["manifest"], str(base), f"--out {base}: holds files this command "
+              "did not write ("),
+             ("protect", run["manifest"], str(tmp_path / "link"), f"--out {tmp_path / 'link'}: "
+              "holds files this command did not write"),
+             ("cues", run["manifest"], image_dir, f"--out {image_dir}: holds files this command "
+              "did not write (v0.png, v1.png)"),
+             ("protect", protected, str(base / "out"), f"--out {base / 'out' / 'manifest.csv'}: "
+              f"would overwrite the input {protected}")]
+    for command, manifest, out, message in cases:
+        capsys.readouterr()
+        assert main([command, "--workdir", run["workdir"], "--manifest", manifest, "--split",
+                     "all", "--out", out, "--config", run["config"]]) == 1, out
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: " + message), err
+    assert tree_digest(str(base)) == before
+
+
+def test_a_lone_image_of_a_modality_is_refused(run, capsys, tmp_path):
+    """One image of a modality among the chosen patients is its own centre: it would come
+    out unchanged, labelled protected. Refused, naming it, before any model is read."""
+    rows = read_manifest(run["manifest"])
+    lone = [r for r in rows if r.split == "test"][:1]
+    manifest = str(tmp_path / "one.csv")
+    write_manifest(lone, manifest)
+    capsys.readouterr()
+    assert main(["protect", "--workdir", run["workdir"], "--manifest", manifest,
+                 "--out", str(tmp_path / "out"), "--config", run["config"]]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {lone[0].image_id}: the only xray image of the patients chosen; an image is "
+        "compared with its patients' other images, centred on their mean, so one image alone "
+        "has nothing to compare with: give the manifest with more images (other patients, "
+        "other visits) or choose more rows (--split)"]
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_usage_error_is_one_line_with_status_2(capsys):
@@ -276,6 +318,12 @@ def test_usage_error_is_one_line_with_status_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--manifest" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["cues", "--workdir", "a", "--model", "b", "--manifest", "m", "--out", "o"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: python -m mami_jax.apps.privacy cues: --model b: the model was already given "
+        "(--workdir a); give one (see --help)"]
 
 
 def test_xray_transfer_gives_the_xrays_their_own_members(run):

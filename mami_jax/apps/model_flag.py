@@ -3,7 +3,8 @@
 
 The spelling the user typed is kept in ``args.model_flag``, so an error about the model
 names the flag as it was given (``--model run: no such file or folder``), not its other
-name.
+name. The flag given twice (either spelling) is a usage error: which of two models the
+user meant is not for the command to guess.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ SPELLINGS = ("--workdir", "--model")
 
 class _KeepSpelling(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(f"{option_string} {values}: the model was already given "
+                         f"({namespace.model_flag} {given}); give one")
         setattr(namespace, self.dest, values)
         namespace.model_flag = option_string
 

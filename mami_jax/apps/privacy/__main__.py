@@ -42,22 +42,15 @@ import sys
 from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
 from mami_jax.experiment_config import experiment_spec, load_experiment
+from mami_jax.runtime.cli_parser import OneLineErrorParser
 
 #: How a user names the experiment config of a run that did not store its own.
 EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one ``error: ...`` line (exit status 2), not usage + message."""
-
-    def error(self, message):
-        print(f"error: {self.prog}: {message}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m mami_jax.apps.privacy",
-                                description="identity-cue maps, identity removal and its evaluation")
+    p = OneLineErrorParser(prog="python -m mami_jax.apps.privacy",
+                           description="identity-cue maps, identity removal and its evaluation")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("cues", "identity-cue maps (PNG overlays and raw .npz maps)"),
                        ("protect", "write protected images and their manifest (run "
@@ -121,11 +114,20 @@ def _user_errors() -> tuple:
     return user_errors() + (WriteError, OSError, ImportError)
 
 
-def _check_out(out: str, manifest: str) -> None:
-    if os.path.isfile(out):
-        raise ValueError(f"--out {out}: is a file, not a folder")
-    if os.path.abspath(os.path.join(out, "manifest.csv")) == os.path.abspath(manifest):
-        raise ValueError(f"--out {out}: would overwrite the input manifest {manifest}")
+#: What ``cues`` records in its output folder (the model, config and rows the maps are of):
+#: an earlier ``cues`` output is recognised by it.
+CUES_RECORD = "cues.json"
+
+
+def _check_out(args, rows, targets, out_names) -> None:
+    """OUT is new, empty or this command's own earlier output (``output_guard``), and
+    nothing written there replaces an input (``out_names``: OUT-relative names of what
+    will be written)."""
+    from mami_jax.apps.privacy.protect_log import LOG_NAME
+    from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
+    check_output_folder(args.out, "--out", LOG_NAME if args.command == "protect" else CUES_RECORD)
+    refuse_overwriting_inputs([os.path.join(args.out, n) for n in out_names],
+                              [args.manifest] + [r.path for r in rows], "--out")
 
 
 def _attacker_manifest(args) -> None:
@@ -164,7 +166,7 @@ def _run(args, parser) -> None:
     if args.command == "evaluate":
         return _evaluate(args, parser)
 
-    from mami_jax.apps.privacy import ensemble
+    from mami_jax.apps.privacy import ensemble, references
     from mami_jax.inference import names_a_path
     from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
     from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic
@@ -173,15 +175,23 @@ def _run(args, parser) -> None:
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
     if not names_a_path(args.workdir):
         raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder")
-    _check_out(args.out, args.manifest)
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
-    pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
-    experiment = load_experiment(pcfg.experiment)
     rows = read_manifest(args.manifest)
     split = None if args.split == "all" else args.split
-    from mami_jax.apps.privacy.protect import protect_rows, select_rows
+    from mami_jax.apps.privacy.protect import output_path, protect_rows, select_rows
     targets = select_rows(rows, split, args.manifest)
+    if args.command == "cues":
+        targets = targets[:int(pcfg.cues.max_images)]
+        out_names = [CUES_RECORD] + [r.image_id + ext for r in targets for ext in (".png", ".npz")]
+    else:
+        manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
+        out_names = ["manifest.csv", "preview.png", "protect_report.json"] + [
+            output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
+    _check_out(args, rows, targets, out_names)
+    references.reference_rows(rows, targets)
+    pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
+    experiment = load_experiment(pcfg.experiment)
     _warn_unseen_modalities(targets, experiment, args.workdir)
     # Only the models the run uses are restored (cues: --workdir's; protect: the default
     # ensemble only where a target's modality has no ensemble of its own), and the
@@ -216,7 +226,11 @@ def _run(args, parser) -> None:
               f"mean match score {before:.3f} -> {after:.3f}")
     else:
         from mami_jax.apps.privacy.cue_run import write_cues
-        n = write_cues(rows, targets[:int(pcfg.cues.max_images)], members[0], pcfg, args.out)
+        write_text_atomic(os.path.join(args.out, CUES_RECORD), json.dumps(
+            {"model": members[0].embedder.source, "step": members[0].embedder.step,
+             "manifest": os.path.abspath(args.manifest), "split": args.split,
+             "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))
+        n = write_cues(rows, targets, members[0], pcfg, args.out)
         print(f"wrote cue maps of {n} images to {args.out}")
 
 

@@ -15,8 +15,7 @@ from mami_jax.runtime.atomic_files import write_atomic
 def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool = True) -> int:
     """Gradient and occlusion maps of ``targets`` under ``member``; returns the count."""
     data_cfg = member.embedder.data_cfg
-    patients = {(r.patient_key, r.modality) for r in targets}
-    ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
+    ref_rows = references.reference_rows(rows_all, targets)
     row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
     embeddings = [member.embedder.embed_rows(ref_rows)]
     for s in tqdm([read_source(r, settings_for(data_cfg, r.modality)) for r in targets],

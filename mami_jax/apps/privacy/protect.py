@@ -272,8 +272,7 @@ class ProtectionInputs:
         impostors = {m: objective.impostors_needed(config.perturb, m) for m in
                      sorted({r.modality for r in targets})}
         data_cfg = members[0].embedder.data_cfg
-        patients = {(r.patient_key, r.modality) for r in targets}
-        ref_rows = [r for r in rows_all if (r.patient_key, r.modality) in patients]
+        ref_rows = references.reference_rows(rows_all, targets)
         inputs = cls([], data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
                      reference_embeddings(members, ref_rows, progress), impostors,
                      bool(config.get("every_slice", True)))

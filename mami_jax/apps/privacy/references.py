@@ -62,6 +62,28 @@ class References:
 TARGETS = ("farthest", "nearest")
 
 
+def reference_rows(rows_all, targets) -> list:
+    """The rows ``targets`` are compared with: every image of their patients, in the
+    targets' modalities. A modality with one such image is a ValueError naming it: the
+    centre would be that image's own embedding, its centred embedding zero, so it would
+    have no match score to lower, no cue map, and its "protected" copy would be the
+    original."""
+    patients = {(r.patient_key, r.modality) for r in targets}
+    chosen = [r for r in rows_all if (r.patient_key, r.modality) in patients]
+    by_modality: dict[str, list] = {}
+    for r in chosen:
+        by_modality.setdefault(r.modality, []).append(r)
+    lone = [found[0] for found in by_modality.values() if len(found) == 1]
+    if lone:
+        r = lone[0]
+        raise ValueError(f"{r.image_id}: the only {r.modality} image of the patients chosen; "
+                         "an image is compared with its patients' other images, centred on "
+                         "their mean, so one image alone has nothing to compare with: give "
+                         "the manifest with more images (other patients, other visits) or "
+                         "choose more rows (--split)")
+    return chosen
+
+
 def build_references(sources, embeddings_by_member, rows, row_index,
                      target: str = "farthest", impostors: int = 0) -> References:
     """References of the images ``sources`` from the embeddings of every row of the
