@@ -102,10 +102,14 @@ def _tuples(value):
 def json_config(text, source: str):
     """The ConfigDict of a JSON config (``ConfigDict.to_json``), with the tuples a config
     file writes (JSON only has lists); ValueError naming ``source`` when it is not a JSON
-    object."""
+    object, or one with a key unknown or of the wrong type, which would otherwise fail only
+    where it is read, or never; keys it lacks (a run of an older version) take their
+    defaults, with a warning (``config_types.check_run_config``)."""
     import ml_collections
+
+    from mami_jax.config_types import check_run_config
     values = parse_json_object(text, source, "config values")
-    return ml_collections.ConfigDict(_tuples(values))
+    return ml_collections.ConfigDict(_tuples(check_run_config(values, source)))
 
 
 def read_json_config(path: str):

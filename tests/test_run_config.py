@@ -2,7 +2,10 @@
 ``config_files.load_config`` and of main's ``--config`` flag) and which experiment config a
 command reads a model with (``experiment_config``)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +157,30 @@ def test_a_json_config_flag_becomes_the_file_that_loads_it(tmp_path, monkeypatch
     assert flag_config_from_anywhere(["--config", "missing.json"]) == ["--config", "missing.json"]
     spec = f"{JSON_CONFIG_FILE}:{run}/config.json"
     assert load_config(spec).to_dict() == load_config("configs/all.py:runlocal").to_dict()
+
+
+def test_main_refuses_a_stored_config_that_is_not_the_experiment_configs(tmp_path):
+    """A run's config.json with a key of the wrong type or unknown is refused before any
+    work, with one error line naming the file and the keys (config_types.check_run_config;
+    before: ``int('many')`` naming no key, and a misspelt key accepted)."""
+    run = _run(tmp_path / "run")
+    own = os.path.join(run, "config.json")
+    with open(own) as f:
+        values = json.load(f)
+    del values["eval"]["num_negatives"]
+    values["eval"]["batch_size"] = "many"
+    values["bogus_key"] = 1
+    with open(own, "w") as f:
+        json.dump(values, f)
+    for flags in ([], [f"--config={own}"]):
+        proc = subprocess.run([sys.executable, "-m", "mami_jax.main", f"--workdir={run}",
+                               "--mode=eval"] + flags, cwd=str(tmp_path), capture_output=True,
+                              text=True, timeout=300)
+        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+        assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+        assert errors[0].startswith("error: ") and "Traceback" not in proc.stderr
+        assert errors[0].endswith(
+            f"config file '{own}' does not have the experiment config's keys and types "
+            "(mami_jax/config.py): unknown key: bogus_key; "
+            'wrong type: eval.batch_size="many" (expects an integer)'), errors[0]
+        assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "model_config.json"]

@@ -17,23 +17,24 @@ DEFAULT_PRIVACY_CONFIG = "configs/privacy.py"
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, items) -> None:
-    """``KEY=VALUE`` overrides (Python literals, else text) on existing keys only."""
-    import ast
+    """``KEY=VALUE`` overrides (``--set``) on existing keys only, each value read as the
+    key's type (``config_types.override_value``: a Python literal; a text key takes the
+    text as written; a tuple of text also one ``A+B`` text, as ensembles are written).
+    ValueError naming the override and what the key takes for a value of another type
+    (ml_collections refused one with a traceback, and an int key cut 2.7 to 2)."""
+    from mami_jax.config_types import override_value
     with cfg.unlocked():
         for item in items or ():
             key, sep, text = item.partition("=")
             if not sep:
                 raise ValueError(f"override {item!r}: expected KEY=VALUE")
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text
             node, *path = [cfg] + key.split(".")
-            for part in path[:-1]:
-                if part not in node:
+            for part in path:
+                if not hasattr(node, "keys") or part not in node:
                     raise ValueError(f"override {item!r}: no config key {key!r}")
-                node = node[part]
-            if path[-1] not in node:
-                raise ValueError(f"override {item!r}: no config key {key!r}")
-            node[path[-1]] = type(node[path[-1]])(value) if isinstance(
-                node[path[-1]], (float, int)) and not isinstance(node[path[-1]], bool) else value
+                parent, node = node, node[part]
+            try:
+                value = override_value(text, node, parent.get_type(path[-1]))
+            except ValueError as e:
+                raise ValueError(f"override {item!r}: {key} takes {e}") from None
+            parent[path[-1]] = value
