@@ -166,6 +166,7 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
                                                tiny["workdir"], "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
         result = json.load(f)
+    assert result["complete"] is True
     hist = result["history_utility"]
     assert sorted(hist) == [tiny["clf_dir"], second]
     # The copies are the originals: every patient is matched as often after as before, and
@@ -240,6 +241,48 @@ def test_privacy_eval_names_the_manifest_that_does_not_pair(tiny, capsys, case):
                             str(tiny["base"] / "eval_pair")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith(expected), err
+
+
+def test_privacy_eval_checks_its_inputs_before_any_model(tiny, capsys):
+    """A labels file without some evaluated images, an --out that holds other files, and a
+    model name given twice are refused before any model is read and nothing is written
+    (the missing label was a KeyError traceback after every model had embedded; a second
+    model of the same name replaced the first's results)."""
+    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    labels = without_history[without_history.index("--labels") + 1]
+    with open(labels) as f:
+        lines = f.read().splitlines()
+    test_ids = {r.image_id for r in read_manifest(tiny["common"][1]) if r.split == "test"}
+    dropped = next(line for line in lines[1:] if line.split(",")[0] in test_ids)
+    fewer = str(tiny["base"] / "fewer_labels.csv")
+    with open(fewer, "w") as f:
+        f.write("\n".join(line for line in lines if line != dropped) + "\n")
+    args = list(without_history)
+    args[args.index("--labels") + 1] = fewer
+    out = tiny["base"] / "eval_checked"
+    capsys.readouterr()
+    assert evaluate(args + ["--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --labels {fewer}: no label for 1 images of --original, "
+        f"e.g. ['{dropped.split(',')[0]}']")
+    assert not os.path.exists(out)
+    assert evaluate(without_history + ["--out", str(tiny["base"] / "data")]) == 1
+    assert capsys.readouterr().err.strip().startswith(
+        f"error: --out {tiny['base'] / 'data'}: holds files this command did not write")
+    with pytest.raises(SystemExit) as e:
+        evaluate(without_history + ["--model", f"tiny={tiny['other']}", "--out", str(out)])
+    assert e.value.code == 2 and "--model: the name 'tiny' is given twice" in (
+        capsys.readouterr().err)
+    assert not os.path.exists(out)
+
+
+def test_an_unfinished_evaluation_says_so():
+    """privacy_eval.md is written after every model, so that a long evaluation can be read
+    while it runs: until the end it says it is incomplete."""
+    from mami_jax.apps.privacy.evaluation_report import markdown
+    assert markdown({"complete": False}).startswith("**Incomplete**: the evaluation was "
+                                                     "still running, or stopped")
+    assert "Incomplete" not in markdown({"complete": True})
 
 
 def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):

@@ -4,8 +4,11 @@ EVERY member, the perturbation stays in its budget under the ensemble and random
 ``transfer`` config word names the ensemble, and the adaptive attacker's manifest keeps
 its rows' fields."""
 
+import os
+
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 import pytest
 
@@ -170,6 +173,21 @@ def test_attacker_manifest_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'p.csv'}: 1 rows of split(s) ['train'] have no protected "
                    "copy, e.g. ['P3_v0']"]
+    # a misspelt split or modality, or none given, would give the attacker the originals
+    for extra, message in ((["--splits", "tset"], "no rows of split ['tset'] in the original "
+                            "manifest (splits there: ['test', 'train'])"),
+                           (["--splits", ","], "no rows of split [] in the original manifest"),
+                           (["--modalities", "xrayy"], "no rows of modality ['xrayy'] in the "
+                            "original manifest (modalities there: ['ct', 'xray'])"),
+                           (["--splits", "test", "--modalities", "ct"], "the original manifest "
+                            "has no rows of split(s) ['test'] and modalities ['ct'] together")):
+        assert main(args + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'p.csv'}: " + message), err
+    os.makedirs(tmp_path / "folder")
+    assert main(args[:-1] + [str(tmp_path / "folder"), "--modalities", "xray"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path / 'folder'}: is a folder; give the manifest file to write")
 
 
 def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_score():

@@ -12,7 +12,8 @@
         [--history-config FILE[:ARG]] [--experiment FILE[:ARG]] [--split test]
 
 ``cues`` writes OUT/<image_id>.png (the image and its gradient and occlusion cue maps as
-heat maps) and OUT/<image_id>.npz (the raw maps, (T, H, W) each) for the first
+heat maps), OUT/<image_id>.npz (the raw maps, (T, H, W) each) and OUT/cues.json (the model,
+config and rows they are of) for the first
 ``cues.max_images`` rows of the split. ``protect`` writes the protected images under
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
 OUT/protect_report.json (the model and its checkpoint step, the config; per image: match
@@ -28,8 +29,8 @@ protected images, PSNR and SSIM (``evaluation``), into OUT/privacy_eval.json and
 ``--workdir`` (or ``--model``, its other name, as ``mami_jax.main`` calls it) names the
 re-ID model as a training workdir, ``WORKDIR@STEP``, a released or exported
 ``.pth``/``.safetensors`` file (the authors' MaMI weights as they are) or a converter folder.
-``--split all`` takes every row. Inputs are never modified; OUT may not hold the input
-manifest. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
+``--split all`` takes every row. Inputs are never modified: OUT is a new or empty folder
+or the command's own earlier output (links resolved), and nothing written replaces an input. Bad input ends with one ``error: ...`` line and exit status 2 (usage) or 1.
 """
 
 from __future__ import annotations
@@ -137,8 +138,10 @@ def _attacker_manifest(args) -> None:
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{flag} {path}: no such file")
-    if os.path.abspath(args.out) in (os.path.abspath(args.manifest), os.path.abspath(args.protected)):
-        raise ValueError(f"--out {args.out}: would overwrite an input manifest")
+    from mami_jax.runtime.output_guard import refuse_overwriting_inputs
+    refuse_overwriting_inputs([args.out], [args.manifest, args.protected], "--out")
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: is a folder; give the manifest file to write")
     splits = [s for s in args.splits.split(",") if s]
     modalities = [m for m in args.modalities.split(",") if m] or None
     rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
@@ -179,7 +182,8 @@ def _run(args, parser) -> None:
     apply_overrides(pcfg, args.set)
     rows = read_manifest(args.manifest)
     split = None if args.split == "all" else args.split
-    from mami_jax.apps.privacy.protect import output_path, protect_rows, select_rows
+    from mami_jax.apps.privacy.protect import (check_settings, output_path, protect_rows,
+                                               select_rows)
     targets = select_rows(rows, split, args.manifest)
     if args.command == "cues":
         targets = targets[:int(pcfg.cues.max_images)]
@@ -190,6 +194,8 @@ def _run(args, parser) -> None:
             output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
     _check_out(args, rows, targets, out_names)
     references.reference_rows(rows, targets)
+    if args.command == "protect":
+        check_settings(pcfg, targets)
     pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
     experiment = load_experiment(pcfg.experiment)
     _warn_unseen_modalities(targets, experiment, args.workdir)

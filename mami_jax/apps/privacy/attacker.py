@@ -8,7 +8,9 @@ output (``--split train`` or ``all``): every row of ``splits`` becomes its prote
 (image_id + ``_protected``, its protected path; patient, study, order, modality, dataset,
 view and split unchanged); every other row stays as it was, so evaluation splits keep
 the original images (``modalities`` limits the swap to some modalities, e.g. when only
-those were protected). A row of ``splits`` without a protected copy is an error naming it.
+those were protected). A row of ``splits`` without a protected copy is an error naming it,
+and so are splits and modalities under which no row is replaced (a misspelt split would
+give the attacker the original images, and the evaluation a protection that never was).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
                   modalities: Sequence[str] | None = None) -> list[ManifestRow]:
     """``original`` with its rows of ``splits`` (and of ``modalities``, all when None)
     replaced by their protected copies in ``protected``."""
+    for what, there, asked, present in (
+            ("split", "splits", splits, {r.split for r in original}),
+            ("modality", "modalities", modalities or (), {r.modality for r in original})):
+        unknown = sorted(set(asked) - present)
+        if unknown or (what == "split" and not asked):
+            raise ValueError(f"{source}: no rows of {what} {unknown or list(asked)} in the "
+                             f"original manifest ({there} there: {sorted(present)})")
     by_id = {r.image_id: r for r in protected}
     out, missing = [], []
     for r in original:
@@ -43,4 +52,7 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
     if missing:
         raise ValueError(f"{source}: {len(missing)} rows of split(s) {list(splits)} have no "
                          f"protected copy, e.g. {missing[:3]}")
+    if not any(r.image_id.endswith(SUFFIX) for r in out):
+        raise ValueError(f"{source}: the original manifest has no rows of split(s) "
+                         f"{list(splits)} and modalities {list(modalities or ['all'])} together")
     return out

@@ -41,6 +41,7 @@ from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
+from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
 
 
 class UsageError(ValueError):
@@ -56,6 +57,12 @@ def checked_arguments(args):
         models = named(args.model, "--model")
     except ValueError as e:
         raise UsageError(str(e)) from None
+    names = [name for name, _ in models]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--model: the name {twice[0]!r} is given twice (each model's "
+                         "results are filed under its name)")
+    check_output_folder(args.out, "--out", evaluation_report.REPORT)
     files = [("--original", args.original), ("--protected", args.protected)]
     files += [("--labels", args.labels)] if args.labels else []
     for flag, path in files:
@@ -96,6 +103,24 @@ def paired_rows(original, protected, split,
         raise ValueError(f"{sources[1]}: {len(missing)} rows of split {split!r} have no protected "
                          f"copy, e.g. {missing[:3]}")
     return rows, [by_id[r.image_id + SUFFIX] for r in rows]
+
+
+def probe_labels(args, rows, train) -> dict | None:
+    """``--labels`` (image_id -> 0/1), read before any model is: every evaluated row must
+    have one, and with ``--probe-model`` every training row (the probe is fitted on them)
+    too; a ValueError names the file and the rows otherwise."""
+    if not args.labels:
+        return None
+    labels = utility.read_labels(args.labels)
+    needed = list(rows) + (list(train) if args.probe_model else [])
+    if args.probe_model and not train:
+        raise ValueError(f"--original {args.original}: no rows of split 'train' to fit the "
+                         "diagnosis probe (--probe-model) on")
+    missing = [r.image_id for r in needed if r.image_id not in labels]
+    if missing:
+        raise ValueError(f"--labels {args.labels}: no label for {len(missing)} images of "
+                         f"--original, e.g. {missing[:3]}")
+    return labels
 
 
 def image_quality(rows, prot_rows, data_cfg) -> dict:
@@ -176,8 +201,13 @@ def run(args, app_cfg=None) -> dict:
     rows, prot_rows = paired_rows(original, read_manifest(args.protected), args.split,
                                   sources=(f"--original {args.original}",
                                            f"--protected {args.protected}"))
+    refuse_overwriting_inputs(
+        [os.path.join(args.out, name) for name in evaluation_report.WRITTEN],
+        [args.original, args.protected] + ([args.labels] if args.labels else []), "--out")
+    train = [r for r in original if r.split == "train"]
+    labels = probe_labels(args, rows, train)
     history = history_classifiers(args, app_cfg)
-    result = {"attack": {}, "args": vars(args)}
+    result = {"complete": False, "attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     evaluation_report.save(result, args.out)
@@ -194,8 +224,6 @@ def run(args, app_cfg=None) -> dict:
         probe_feats[model] = (emb, f_orig, f_prot)
         evaluation_report.save(result, args.out)
     if args.labels:
-        labels = utility.read_labels(args.labels)
-        train = [r for r in original if r.split == "train"]
         result["utility"] = {}
         for model in args.probe_model:
             if model not in probe_feats:
@@ -212,6 +240,7 @@ def run(args, app_cfg=None) -> dict:
             evaluation_report.save(result, args.out)
     if history:
         result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
+    result["complete"] = True
     print(evaluation_report.save(result, args.out))
     for picture in evaluation_report.pictures(result, args.out):
         print(f"wrote {picture}")

@@ -11,10 +11,20 @@ from mami_jax.apps.privacy import figures
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 
+#: The record of an evaluation (also how an earlier one in ``--out`` is recognised).
+REPORT = "privacy_eval.json"
+#: Everything ``evaluate`` may write into ``--out``.
+WRITTEN = (REPORT, "privacy_eval.md", "privacy_rank1.png", "privacy_utility.png")
+
+
 def markdown(result: dict) -> str:
     """The tables of ``result``: attack per model and modality, the patients still matched,
-    the diagnosis probes and classifiers, image quality."""
-    lines = ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
+    the diagnosis probes and classifiers, image quality; headed by a warning until the
+    evaluation is ``complete`` (it is written after every model)."""
+    lines = [] if result.get("complete", True) else [
+        "**Incomplete**: the evaluation was still running, or stopped, when this was written; "
+        "the tables below hold what was measured by then.", ""]
+    lines += ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, rep in result.get("attack", {}).items():
         for g, v in rep.items():
@@ -63,7 +73,7 @@ def _pct(v) -> str:
 def save(result: dict, out: str) -> str:
     """Writes what is measured so far (JSON and markdown); returns the markdown."""
     text = markdown(result)
-    write_text_atomic(os.path.join(out, "privacy_eval.json"), json.dumps(result, indent=1))
+    write_text_atomic(os.path.join(out, REPORT), json.dumps(result, indent=1))
     write_text_atomic(os.path.join(out, "privacy_eval.md"), text)
     return text
 
@@ -73,10 +83,10 @@ def pictures(result: dict, out: str) -> list[str]:
     chance and twice chance) and, where history classifiers judged the diagnosis,
     OUT/privacy_utility.png (each one's AUC change per modality against the 5 % goal);
     returns the paths written."""
-    written = [os.path.join(out, "privacy_rank1.png")]
+    written = [os.path.join(out, WRITTEN[2])]
     figures.rank1_bars(written[0], result["attack"], "Rank-1 before and after protection")
     changes = figures.merged_utility([result], {})
     if changes:
-        written.append(os.path.join(out, "privacy_utility.png"))
+        written.append(os.path.join(out, WRITTEN[3]))
         figures.utility_bars(written[1], changes, title="diagnosis AUC, protected vs original")
     return written

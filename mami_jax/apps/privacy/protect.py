@@ -95,7 +95,9 @@ def epsilon_for(cfg_perturb, modality: str) -> float:
     by_modality = dict(cfg_perturb.get("modality_epsilon", {}) or {})
     value = float(by_modality.get(modality, cfg_perturb.epsilon))
     if not value > 0:
-        raise ValueError(f"perturb.modality_epsilon[{modality!r}]={value!r}: must be > 0")
+        key = (f"perturb.modality_epsilon[{modality!r}]" if modality in by_modality
+               else "perturb.epsilon")
+        raise ValueError(f"{key}={value!r}: must be > 0")
     return value
 
 
@@ -324,6 +326,18 @@ def member_sets(targets: Sequence[ManifestRow], members, modality_members: dict
     return out
 
 
+def check_settings(config, targets: Sequence[ManifestRow]) -> None:
+    """ValueError naming the first setting of the privacy config that cannot protect
+    ``targets``: checked before any model is read or anything is written."""
+    if config.method not in METHODS:
+        raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
+    for key in ("batch_size", "read_chunk"):
+        if int(config[key]) < 1:
+            raise ValueError(f"{key}={config[key]!r}: must be at least 1")
+    perturb.check_norm(config.perturb.norm)
+    check_modality_settings(config.perturb, {r.modality for r in targets})
+
+
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
                  config, manifest_dir: str, out_dir: str, progress: bool = True,
                  modality_members: dict | None = None, log: ProtectLog | None = None):
@@ -345,10 +359,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     ``log`` (``protect_log``): every finished image is added to it, and a batch whose
     images it already holds (their files still there) is not protected again, a chunk of
     finished rows not even read: a resumed run writes what an uninterrupted one would."""
-    if config.method not in METHODS:
-        raise ValueError(f"method={config.method!r}: expected one of {METHODS}")
-    perturb.check_norm(config.perturb.norm)
-    check_modality_settings(config.perturb, {r.modality for r in targets})
+    check_settings(config, targets)
     if modality_members and str(config.perturb.get("keep_diagnosis", "")):
         raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
                          "it cannot be combined with perturb.modality_ensemble")
