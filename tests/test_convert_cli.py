@@ -163,3 +163,37 @@ def test_python_dash_m_entry_point(tmp_path):
                            "--checkpoint", str(tmp_path / "nowhere"), "--out", out_file],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "checkpoint directory not found" in proc.stderr
+
+
+def test_overwrite_replaces_earlier_outputs_that_are_not_inputs(tmp_path, capsys):
+    """--overwrite still does its job where no input is at stake: export-torch replaces an
+    earlier file (refused without the flag, the file unchanged), import-official replaces
+    an earlier converter folder from a file kept elsewhere."""
+    cfg = tiny_config(use_compa=False, depth=1)
+    first, second = random_params(cfg), random_params(cfg, seed=1)
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, first, cfg)
+    out_file = str(tmp_path / "m.pth")
+    code, _, err = run(capsys, "export-torch", "--checkpoint", ckpt, "--out", out_file)
+    assert code == 0, err
+    earlier = open(out_file, "rb").read()
+    save_params(ckpt, second, cfg, overwrite=True)
+    code, _, err = run(capsys, "export-torch", "--checkpoint", ckpt, "--out", out_file)
+    assert (code, err) == (1, f"error: --out {out_file} exists; choose a new file name or "
+                              "pass --overwrite\n")
+    assert open(out_file, "rb").read() == earlier
+    code, out, err = run(capsys, "export-torch", "--checkpoint", ckpt, "--out", out_file,
+                         "--overwrite")
+    assert code == 0, err
+    assert out.endswith(f"  wrote {out_file}\n")
+    want = to_torch_state_dict(second, cfg)
+    got = torch_io.load_file(out_file)["model"]
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key].numpy(), value, err_msg=key)
+
+    # The export (of the second params) back over the folder it came from, from outside it.
+    save_params(ckpt, first, cfg, overwrite=True)
+    code, _, err = run(capsys, "import-official", "--pth", out_file, "--out", ckpt,
+                       "--overwrite")
+    assert code == 0, err
+    assert_same_params(load_params(ckpt)[0], second)

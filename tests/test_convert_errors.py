@@ -1,14 +1,18 @@
 """Every bad input to ``python -m mami_jax.convert`` ends as one ``error:`` line, no traceback."""
 
+import asyncio
+import hashlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
-from mami_jax.convert.__main__ import main, one_line
+from mami_jax.convert.__main__ import main, one_line, quiet_orphaned_read_callbacks
 from mami_jax.convert.checkpoint_dir import save_params
 from tests.test_convert_io import released_style_file
 from tests.test_convert_mapping import random_params
@@ -174,3 +178,172 @@ def test_real_process_prints_one_line_and_no_traceback(files, tmp_path):
         f"error: {broken / 'params'}: cannot read the orbax params item (JSONDecodeError: "
         "Expecting value: line 1 column 1 (char 0))"]
     assert proc.stdout == ""
+
+
+# ------------------------------------------------- outputs never replace inputs
+
+
+def digests(root):
+    """relative path -> md5 of every file under ``root`` (links not followed)."""
+    out = {}
+    for here, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(here, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
+    return out
+
+
+def trainer_workdir(path, cfg, step=7):
+    """A trainer WORKDIR: model_config.json, config.json and checkpoints/<step>/params."""
+    import orbax.checkpoint as ocp
+    os.makedirs(path)
+    with open(os.path.join(path, "model_config.json"), "w") as f:
+        f.write(cfg.to_json())
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write('{"seed": 0}')
+    manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"), item_names=("params",))
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(random_params(cfg))))
+    manager.wait_until_finished()
+    manager.close()
+    return str(path)
+
+
+def not_loaded(*_, **__):
+    raise AssertionError("the output was not checked before the checkpoint was read")
+
+
+def test_export_never_writes_into_the_folder_it_reads(files, capsys, tmp_path, monkeypatch):
+    """``--out RUN/config.json`` wrote the weights over the run's config (rc 0). Every
+    --out inside the run folder is refused, for the workdir and for a step, links
+    resolved, even with --overwrite, before the checkpoint is read; nothing changes."""
+    _, cfg, _, _, _ = files
+    run = trainer_workdir(str(tmp_path / "run"), cfg)
+    os.symlink(run, tmp_path / "link")
+    step = os.path.join(run, "checkpoints", "7")
+    before = digests(run)
+    monkeypatch.setattr("mami_jax.convert.__main__.load_params", not_loaded)
+    for checkpoint in (run, step, str(tmp_path / "link")):
+        for out in ("config.json", "model_config.json", "checkpoints/7/m.pth",
+                    "new.safetensors", ""):
+            out = os.path.join(str(tmp_path / "link"), out) if out else run
+            line = one_error(capsys, "export-torch", "--checkpoint", checkpoint, "--out", out,
+                             "--allow-non-released-shift", "--overwrite")
+            read_from = str(tmp_path / "link") if checkpoint.endswith("link") else run
+            assert line == (f"error: --out {out}: is or lies inside {read_from}, the folder "
+                            f"--checkpoint {checkpoint} is read from; an export never "
+                            "writes into its input (refused even with --overwrite). Choose "
+                            "a path outside it")
+    assert digests(run) == before
+    assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "model_config.json"]
+
+
+def test_export_replaces_an_existing_file_only_with_overwrite(files, capsys, tmp_path,
+                                                              monkeypatch):
+    """An existing --out was overwritten without asking; now it needs --overwrite, checked
+    before the checkpoint is read. A folder is refused whatever the flags: no file can
+    replace it. (That --overwrite then replaces the file: test_convert_cli.py.)"""
+    _, cfg, _, _, _ = files
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, random_params(cfg), cfg)
+    monkeypatch.setattr("mami_jax.convert.__main__.load_params", not_loaded)
+    out = tmp_path / "model.pth"
+    out.write_bytes(b"an earlier export")
+    line = one_error(capsys, "export-torch", "--checkpoint", ckpt, "--out", str(out))
+    assert line == f"error: --out {out} exists; choose a new file name or pass --overwrite"
+    assert out.read_bytes() == b"an earlier export"
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    line = one_error(capsys, "export-torch", "--checkpoint", ckpt, "--out", str(folder),
+                     "--overwrite")
+    assert line == (f"error: --out {folder}: is a folder; give a file name (FILE.pth or "
+                    "FILE.safetensors)")
+    assert os.listdir(folder) == []
+
+
+def test_importers_never_replace_a_folder_holding_their_input(files, capsys, tmp_path):
+    """``import-official --pth CKPT/in.pth --out CKPT --overwrite`` replaced the folder and
+    deleted in.pth. An --out that is or holds an input (links resolved) is refused even
+    with --overwrite, for every input flag of both importers; nothing is changed."""
+    _, cfg, good, _, cfg_json = files
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, random_params(cfg), cfg)
+    shutil.copy(good, os.path.join(ckpt, "in.pth"))
+    os.symlink(ckpt, tmp_path / "link")
+    link = str(tmp_path / "link")
+    before = digests(ckpt)
+
+    def refused(flag, path, out, *argv):
+        line = one_error(capsys, *argv, "--out", out, "--overwrite")
+        assert line == (f"error: --out {out}: is or holds the input {flag} {path}; replacing "
+                        "it would delete that input (refused even with --overwrite). Choose "
+                        "another --out")
+
+    for pth, out in ((f"{ckpt}/in.pth", ckpt), (f"{link}/in.pth", ckpt),
+                     (f"{ckpt}/in.pth", link)):
+        refused("--pth", pth, out, "import-official", "--pth", pth, "--model-config", cfg_json)
+    config = f"{link}/model_config.json"
+    refused("--model-config", config, ckpt, "import-official", "--pth", good,
+            "--model-config", config)
+    refused("--init-from", link, ckpt, "import-clip", "--source", str(tmp_path / "clip.pt"),
+            "--init-from", link)
+    refused("--source", f"{ckpt}/in.pth", link, "import-clip", "--source", f"{ckpt}/in.pth",
+            "--model-config", cfg_json)
+    assert digests(ckpt) == before
+    assert sorted(os.listdir(ckpt)) == ["in.pth", "model_config.json", "params"]
+
+
+def _closed_loop_error():
+    """What tensorstore reports when a read finishes after orbax closed its event loop."""
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(lambda: None)
+    except RuntimeError as e:
+        return e
+    raise AssertionError("a closed loop accepted a callback")
+
+
+def _unraisable(error):
+    return types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                 exc_traceback=error.__traceback__, err_msg=None, object=None)
+
+
+def test_reads_finishing_after_the_failure_print_nothing(monkeypatch):
+    """A truncated data file: orbax closes its event loop at the first failed read, and each
+    read still running then reports ``Event loop is closed`` as an unraisable exception
+    (2-3 extra tracebacks after the ``error:`` line). The command line's hook drops exactly
+    those and passes on everything else."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    quiet_orphaned_read_callbacks()
+    sys.unraisablehook(_unraisable(_closed_loop_error()))
+    assert seen == []
+    try:
+        raise RuntimeError("Event loop is closed")  # same text, not from a closed loop
+    except RuntimeError as e:
+        elsewhere = _unraisable(e)
+    other = _unraisable(ValueError("another failure"))
+    sys.unraisablehook(elsewhere)
+    sys.unraisablehook(other)
+    assert seen == [elsewhere, other]
+
+
+def test_truncated_data_is_one_line_in_a_real_process(files, tmp_path):
+    _, cfg, _, _, _ = files
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, random_params(cfg), cfg)
+    data = [os.path.join(here, name) for here, _, names in os.walk(ckpt) for name in names
+            if os.path.basename(here) == "d" and "ocdbt.process_" in here]
+    assert data
+    for path in data:
+        os.truncate(path, os.path.getsize(path) // 2)
+    proc = subprocess.run([sys.executable, "-m", "mami_jax.convert", "export-torch",
+                           "--checkpoint", ckpt, "--out", str(tmp_path / "x.pth")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {ckpt}/params: cannot read the orbax params item ")
+    assert not os.path.exists(tmp_path / "x.pth")

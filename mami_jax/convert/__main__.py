@@ -1,11 +1,12 @@
 """Command line: import the released MaMI checkpoint or CLIP weights, export to PyTorch.
 
     python -m mami_jax.convert import-official --pth FILE --out CKPT_DIR
-                                               [--allow-non-released-shift]
+                                               [--allow-non-released-shift] [--overwrite]
     python -m mami_jax.convert import-clip --source PATH --out CKPT_DIR [--allow-torchscript]
-                                           [--init-from CKPT_DIR]
+                                           [--init-from CKPT_DIR] [--overwrite]
     python -m mami_jax.convert export-torch --checkpoint CKPT_DIR --out FILE.pth|FILE.safetensors
                                             [--module-prefix] [--allow-non-released-shift]
+                                            [--overwrite]
 
 ``--model-config FILE.json`` gives the model config (keys of
 ``mami_jax.models.config.default_config``; unspecified keys keep their default,
@@ -19,6 +20,14 @@ file in the authors' layout under such a config).
 
 export-torch of a trainer workdir (or step) also carries the run's ``config.json`` in the
 file (``mami_experiment_config``), so the applications read the file as they read the run.
+
+No command writes over what it reads. An existing ``--out`` is replaced only with
+``--overwrite`` (the importers: only a converter checkpoint folder). Refused even with
+``--overwrite``, before anything is loaded: an importer's ``--out`` folder that is or holds
+one of its inputs (``--pth``, ``--source``, ``--init-from``, ``--model-config``; replacing
+the folder would delete them); an export's ``--out`` inside the folder it reads (the
+converter folder, or the whole run folder of a trainer workdir or step: its
+``config.json`` and ``model_config.json`` are inputs), or an existing folder.
 
 Each command prints what it loaded, ignored or wrote and the parameter count. Any
 error (missing or corrupt file, conversion error, bad config, bad arguments) is
@@ -35,8 +44,10 @@ import re
 import sys
 
 from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_config_file,
-                                             load_params, save_params)
+                                             load_params, resolve, save_params)
 from mami_jax.convert.mapping import flatten_params
+from mami_jax.runtime.output_guard import same_or_inside
+from mami_jax.runtime.cli_parser import OneLineErrorParser
 
 
 def _count(params) -> int:
@@ -46,6 +57,18 @@ def _count(params) -> int:
 def _config(args):
     from mami_jax.models.config import default_config
     return load_config_file(args.model_config) if args.model_config else default_config()
+
+
+def _refuse_out_over_inputs(out: str, inputs) -> None:
+    """An importer's ``--out`` folder must be neither an input nor hold one: with
+    ``--overwrite`` the whole old folder is deleted once the new one is in place, so a
+    ``--pth`` kept in a converter folder (or that folder as ``--init-from``) would be lost.
+    ``inputs``: (flag, path or None) pairs; links are resolved."""
+    for flag, path in inputs:
+        if path and same_or_inside(path, out):
+            raise ValueError(
+                f"--out {out}: is or holds the input {flag} {path}; replacing it would "
+                "delete that input (refused even with --overwrite). Choose another --out")
 
 
 def _check_out_dir(args) -> None:
@@ -62,6 +85,8 @@ def _check_out_dir(args) -> None:
 def cmd_import_official(args) -> None:
     from mami_jax.convert.official import embedded_experiment, load_official
 
+    _refuse_out_over_inputs(args.out, [("--pth", args.pth),
+                                       ("--model-config", args.model_config)])
     _check_out_dir(args)
     cfg = load_config_file(args.model_config) if args.model_config else None
     result = load_official(args.pth, cfg,
@@ -94,6 +119,9 @@ def _group(keys):
 def cmd_import_clip(args) -> None:
     from mami_jax.convert.clip import import_clip
 
+    _refuse_out_over_inputs(args.out, [("--source", args.source),
+                                       ("--init-from", args.init_from),
+                                       ("--model-config", args.model_config)])
     _check_out_dir(args)
     if args.init_from:
         if args.model_config:
@@ -130,6 +158,7 @@ def cmd_export_torch(args) -> None:
     from mami_jax.convert.mapping import build_table
     from mami_jax.convert.official import export_official
 
+    _check_export_out(args)
     params, cfg, layout = load_params(args.checkpoint, return_layout=True)
     stored = _run_config_beside(args.checkpoint)
     experiment = read_json_config(stored).to_json() if stored else None
@@ -151,37 +180,58 @@ def cmd_export_torch(args) -> None:
     print(f"  wrote {args.out}")
 
 
+def _check_export_out(args) -> None:
+    """Refuses, before the checkpoint is read, an ``--out`` that would replace an input or
+    an earlier file unasked.
+
+    The folder the checkpoint is read from is the one holding its ``model_config.json``:
+    the converter folder, or the run folder of a trainer workdir or step (whose
+    ``config.json`` goes into the export). No ``--out`` inside it is accepted, even with
+    ``--overwrite``: ``--out RUN/config.json`` would replace the run's config with the
+    weights. An existing folder is refused too (a file cannot replace it); an existing
+    file only with ``--overwrite``.
+    """
+    read_from = os.path.dirname(resolve(args.checkpoint)[1])
+    if same_or_inside(args.out, read_from):
+        raise ValueError(
+            f"--out {args.out}: is or lies inside {read_from}, the folder --checkpoint "
+            f"{args.checkpoint} is read from; an export never writes into its input "
+            "(refused even with --overwrite). Choose a path outside it")
+    if os.path.isdir(args.out):
+        raise IsADirectoryError(f"--out {args.out}: is a folder; give a file name "
+                                "(FILE.pth or FILE.safetensors)")
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} exists; choose a new file name or pass "
+                              "--overwrite")
+
+
 def _run_config_beside(checkpoint: str) -> str | None:
     """The training run's ``config.json`` beside the model config the checkpoint is read
     with (a trainer workdir or step), None for a converter folder."""
     from mami_jax.config_files import run_config_path
-    from mami_jax.convert.checkpoint_dir import resolve
     stored = run_config_path(os.path.dirname(resolve(checkpoint)[1]))
     return stored if os.path.isfile(stored) else None
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one ``error:`` line (not argparse's usage block), status 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 _SHIFT_HELP = ("run or write weights under a feature shift other than the released one "
                "(shift_input != 'router'); the setting is recorded in the output")
 
 
+_OVERWRITE_DIR_HELP = ("replace an existing --out converter checkpoint (never another "
+                       "folder, nor one holding an input)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m mami_jax.convert", description=__doc__,
+    parser = OneLineErrorParser(prog="python -m mami_jax.convert", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     p = sub.add_parser("import-official", help="released MaMI .pth -> orbax checkpoint dir")
     p.add_argument("--pth", required=True, help="released checkpoint (.pth or .safetensors)")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--model-config", help="model config JSON (default: embedded or released)")
     p.add_argument("--allow-non-released-shift", action="store_true", help=_SHIFT_HELP)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR_HELP)
     p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("import-clip", help="CLIP ViT weights -> backbone of a new checkpoint")
@@ -195,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint instead of a fresh initialisation")
     p.add_argument("--allow-torchscript", action="store_true",
                    help="allow TorchScript archives (the OpenAI downloads); they contain code")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_DIR_HELP)
     p.set_defaults(func=cmd_import_clip)
 
     p = sub.add_parser("export-torch", help="orbax checkpoint -> PyTorch state dict file")
@@ -205,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module-prefix", action="store_true",
                    help="prefix keys with 'module.' like the released file")
     p.add_argument("--allow-non-released-shift", action="store_true", help=_SHIFT_HELP)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (never one inside the checkpoint's "
+                        "folder)")
     p.set_defaults(func=cmd_export_torch)
     return parser
 
@@ -249,5 +302,40 @@ def main(argv=None) -> int:
     return 0
 
 
+def _is_orphaned_read_callback(unraisable) -> bool:
+    """Whether an unraisable exception is tensorstore telling a closed asyncio loop that a
+    read finished: ``RuntimeError('Event loop is closed')`` from the loop's closed check.
+
+    orbax restores every array concurrently in a fresh event loop and closes the loop as
+    soon as one read fails (a truncated data file), while the other reads are still
+    running; each of those, on finishing, calls ``loop.call_soon_threadsafe`` from a
+    tensorstore thread, which raises and is printed as a traceback through
+    ``sys.unraisablehook``, after the command's one ``error:`` line and even during
+    interpreter shutdown. The read results are unwanted by then; nothing else is lost.
+    """
+    if unraisable.exc_type is not RuntimeError or \
+            str(unraisable.exc_value) != "Event loop is closed":
+        return False
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+
+def quiet_orphaned_read_callbacks() -> None:
+    """Installs (for the rest of the process: the callbacks can come after ``main``
+    returns) an unraisable-exception hook that drops ``_is_orphaned_read_callback``
+    reports and passes every other one to the previous hook. Only for the command-line
+    process, so that a failed read ends in one ``error:`` line and nothing else."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_orphaned_read_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 if __name__ == "__main__":
+    quiet_orphaned_read_callbacks()
     sys.exit(main())

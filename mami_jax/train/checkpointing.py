@@ -19,7 +19,10 @@ row must keep meaning the same patient. A checkpoint without a label map cannot 
 checked and is refused for training (evaluation and embedding read ``params`` only
 and still accept it). Every refusal and every damaged item (missing folder,
 truncated file, unreadable JSON) raises ``CheckpointError`` naming the step
-directory or file and the item.
+directory or file and the item. A ``params`` item that is readable but holds other
+parameter names or shapes than the requested model config has (a model_config.json
+edited after training) is not called damaged: the error says it holds another model
+config's parameters and lists the first differences (``_other_config_message``).
 
 orbax writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it when
 complete, so a killed process never leaves a half-written checkpoint that would be
@@ -39,6 +42,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from mami_jax.models.config import EXECUTION_KEYS, differing_values
 from mami_jax.models.embed import abstract_params
@@ -59,7 +63,8 @@ EXECUTION_ONLY_KEYS = frozenset(EXECUTION_KEYS)
 #: A step folder orbax had not finished writing (orbax's temporary-path suffix).
 _UNFINISHED_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 
-#: How many example identities a label-map refusal lists per kind of change.
+#: How many example identities a label-map refusal lists per kind of change, and how
+#: many differing parameters a refusal of another model config's checkpoint lists.
 _EXAMPLES = 3
 
 
@@ -238,6 +243,12 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
         except Exception as e:  # orbax, tensorstore and json raise many types
+            # Only the params item is compared: it is what a model config determines, and
+            # a plain tree of arrays (the train item's optimizer state is not).
+            if item == "params" and isinstance(args, ocp.args.StandardRestore):
+                other = _other_config_message(self.step_dir(step), item, args.item)
+                if other:
+                    raise CheckpointError(other) from e
             raise CheckpointError(
                 f"checkpoint {self.step_dir(step)} is damaged: item '{item}' cannot be read "
                 f"({type(e).__name__}: {_first_line(e)})") from e
@@ -303,6 +314,62 @@ def restore_model_params(workdir: str, config, mesh, action: str = "evaluate",
         return step, ckpt.restore_params(step, target)
     finally:
         ckpt.close()
+
+
+def _path_name(path) -> str:
+    """A pytree key path as "block_0/attn/qkv/kernel"."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """path name -> shape of every leaf (arrays, ShapeDtypeStructs or orbax metadata)."""
+    return {_path_name(path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _saved_shapes(item_dir: str) -> dict[str, tuple] | None:
+    """path name -> shape of the arrays an item's orbax metadata lists; None when the
+    metadata cannot be read (then the item is damaged, not of another config)."""
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        return _shapes(handler.metadata(epath.Path(item_dir)))
+    except Exception:  # noqa: BLE001 - any unreadable metadata means a damaged item
+        return None
+    finally:
+        handler.close()
+
+
+def _other_config_message(step_dir: str, item: str, expected) -> str | None:
+    """Why a ``params`` restore into ``expected`` failed, when the reason is that the
+    checkpoint holds another model config's parameters; None otherwise.
+
+    orbax reports that case as a tree-structure or shape error, which the caller would
+    otherwise call damage. Here the item's metadata is read: when it is readable and
+    lists other parameter names or shapes than ``expected`` (ShapeDtypeStructs of the
+    requested model config), the message names the first ``_EXAMPLES`` differences.
+    When it is unreadable, or agrees with ``expected`` (the data itself is bad), None.
+    """
+    saved = _saved_shapes(os.path.join(step_dir, item))
+    if saved is None:
+        return None
+    wanted = _shapes(expected)
+    differences = []
+    for path in sorted(set(saved) | set(wanted)):
+        if path not in wanted:
+            differences.append(f"{path} {saved[path]} only in the checkpoint")
+        elif path not in saved:
+            differences.append(f"{path} {wanted[path]} only in the given config's model")
+        elif saved[path] != wanted[path]:
+            differences.append(f"{path}: {saved[path]} in the checkpoint, {wanted[path]} "
+                               "in the given config's model")
+    if not differences:
+        return None
+    more = ", ..." if len(differences) > _EXAMPLES else ""
+    return (f"checkpoint {step_dir} holds the parameters of another model config than the "
+            f"one given: {len(differences)} parameters of item '{item}' differ in name or "
+            f"shape ({'; '.join(differences[:_EXAMPLES])}{more}). Use the model config the "
+            "run was trained with")
 
 
 def _train_item(state: TrainState) -> dict:
