@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
@@ -35,6 +34,7 @@ from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
 from mami_jax.models.embed import make_embed_fn
+from mami_jax.runtime.progress import progress_bar
 from mami_jax.train import checkpointing, sharding
 
 
@@ -131,13 +131,16 @@ class Embedder:
         return np.array(jax.device_get(self.embed_batch({"images": images})), np.float32)  # writable
 
     def embed_rows(self, rows: Sequence[ManifestRow], indices: Sequence[int] | None = None,
-                   mesh=None, batch_size: int | None = None) -> np.ndarray:
+                   mesh=None, batch_size: int | None = None,
+                   progress: str | None = "embedding") -> np.ndarray:
         """Embeddings of ``rows[indices]`` (all rows by default) exactly as evaluation makes
-        them: batched over the mesh, symmetry-averaged where the data config says so."""
+        them: batched over the mesh, symmetry-averaged where the data config says so.
+        ``progress``: the label of the progress bar over the images (None: no bar), so
+        that embedding a whole manifest (``--mode=embed``) shows how far it is."""
         mesh = mesh or sharding.make_mesh(-1, 1)
         indices = list(range(len(rows))) if indices is None else list(indices)
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
-                          int(batch_size or self.batch_size))
+                          int(batch_size or self.batch_size), progress=progress)
 
 
 def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progress: bool = True,
@@ -148,7 +151,7 @@ def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progres
     mesh = sharding.make_mesh(-1, 1)
     chunk = 8 * int(embedder.batch_size)
     parts = []
-    with tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+    with progress_bar(len(rows), desc, disable=not progress or jax.process_index() != 0) as bar:
         for start in range(0, len(rows), chunk):
             indices = list(range(start, min(len(rows), start + chunk)))
             parts.append(embed_rows(fn, rows, indices, embedder.data_cfg, mesh,

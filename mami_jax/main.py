@@ -10,11 +10,13 @@ A refusal (``user_errors()``: the project's error types for bad input or state, 
 ``ValueError``, which every config check raises naming the key; each message names the
 file, row, key or checkpoint item) ends the run with one ``error: <message>`` line on
 stderr and exit status 1. Any other exception is a bug and keeps its traceback;
-``--verbosity=1`` shows the traceback of a refusal too. Bad flags (a missing config file,
-an argument ``get_config`` refuses, an override of a key the config lacks) are one
-``error:`` line too, exit status 2 (``flag_parsing``).
+``--verbosity=1`` shows the traceback of a refusal too; a ``--workdir`` that is a file
+(``check_workdir``) is such a refusal. Bad flags (a missing config file, one that cannot
+be loaded, an argument ``get_config`` refuses, an override of a key the config lacks) are
+one ``error:`` line too, exit status 2 (``flag_parsing``).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -71,8 +73,21 @@ def main(argv):
         sys.exit(1)
 
 
+def check_workdir(workdir: str) -> None:
+    """ValueError naming ``--workdir`` when it, or the nearest of its folders that exists,
+    is a file: every mode writes under it, and the OS error of that write came as a
+    traceback, after the config and the data had been read."""
+    path = os.path.abspath(workdir)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "" if path == os.path.abspath(workdir) else f"{path} "
+        raise ValueError(f"--workdir {workdir}: {where}is a file, not a folder")
+
+
 def _hand_off():
     from mami_jax.models import validate_config
+    check_workdir(_WORKDIR.value)
     from mami_jax.runtime import compilation_cache
     compilation_cache.enable(_CONFIG.value.compilation_cache_dir)  # before any compilation
     validate_config(_CONFIG.value.model)  # before any data is read or generated

@@ -15,7 +15,7 @@ from mami_jax.data import build_manifest
 from mami_jax.data.datasets.chexpert import OBSERVATIONS as CHEXPERT_OBSERVATIONS
 from mami_jax.data.datasets.common import DatasetLayoutError, PathOutsideRootError
 from mami_jax.data.datasets.registry import BUILDERS, MODALITY_OF
-from mami_jax.data.manifest import read_manifest
+from mami_jax.data.manifest import COLUMNS, read_manifest
 
 
 def touch(*parts):
@@ -538,10 +538,11 @@ def test_cli_refuses_an_existing_output_unless_told_to_overwrite(tmp_path, capsy
     touch(root, "train", "1_left.jpeg")
     touch(root, "train", "1_right.jpeg")
     out = tmp_path / "m.csv"
-    out.write_text("keep me")
+    keep = ",".join(COLUMNS) + "\n"   # a manifest (only a manifest is ever replaced)
+    out.write_text(keep)
     assert cli_error(capsys, ["--dataset", "eyepacs", "--root", root, "--out", str(out)]) == \
         f"error: {out} already exists; pass --overwrite to replace it"
-    assert out.read_text() == "keep me"
+    assert out.read_text() == keep
     argv = ["--dataset", "eyepacs", "--root", root, "--out", str(out)]
     assert build_manifest.main(argv + ["--overwrite"]) == 0
     assert "images: 2\n" in capsys.readouterr().out

@@ -20,13 +20,14 @@ import re
 #: Test modules with a module-scoped fixture: their tests stay on one worker.
 #: tests/test_xdist_schedule.py checks this against the modules' sources.
 SHARED_FIXTURE_MODULES = frozenset({
-    "test_config_effective.py", "test_convert_errors.py", "test_convert_parity.py",
-    "test_data_pipeline.py", "test_history_cli.py", "test_history_diagnosis_backbone.py",
-    "test_inference.py", "test_phantoms.py", "test_privacy_cli.py",
-    "test_privacy_gradient_agreement.py", "test_privacy_history_utility.py",
-    "test_privacy_modality_ensemble.py", "test_privacy_perturb.py", "test_privacy_transfer.py",
-    "test_resume.py", "test_teacher_join.py", "test_teachers_anatomy.py",
-    "test_teachers_loaders.py", "test_teachers_tfrecords.py", "test_teachers_zero_shot.py",
+    "test_checkpoint_other_config.py", "test_config_effective.py", "test_convert_errors.py",
+    "test_convert_parity.py", "test_data_pipeline.py", "test_history_cli.py",
+    "test_history_diagnosis_backbone.py", "test_inference.py", "test_main_errors.py",
+    "test_phantoms.py", "test_privacy_cli.py", "test_privacy_gradient_agreement.py",
+    "test_privacy_history_utility.py", "test_privacy_modality_ensemble.py",
+    "test_privacy_perturb.py", "test_privacy_transfer.py", "test_resume.py",
+    "test_teacher_join.py", "test_teachers_anatomy.py", "test_teachers_loaders.py",
+    "test_teachers_tfrecords.py", "test_teachers_zero_shot.py",
 })
 
 #: Node id prefixes of the longest units, longest first (from `--durations` of the suite).

@@ -22,9 +22,20 @@ uncertain observations.
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
 data config's ``split_fractions`` and ``split_seed``).
 
+Outputs: ``--overwrite`` replaces only what this command writes. An existing ``--out``
+must be a manifest (its header is the manifest's columns) and an existing ``labels.csv``
+a labels table (first column ``image_id``); anything else, above all a file of the
+dataset itself (``--out Data_Entry_2017.csv`` would have replaced the metadata the
+manifest is built from), is refused naming it, with or without ``--overwrite``. Every
+file a builder reads exists and is an image or a metadata table with the dataset's own
+columns, which no manifest has, so this rule alone keeps the command from writing over
+what it reads.
+
 Bad input (a missing root, a metadata file that is unreadable or names an image
-outside the root, an existing ``--out`` without ``--overwrite``) ends the command
-with exit status 1 and one ``error: ...`` line on stderr, and no manifest is written.
+outside the root, an existing ``--out`` without ``--overwrite``, an output that is not
+the command's own) ends the command with exit status 1 and one ``error: ...`` line on
+stderr, and no manifest is written; bad arguments (an unknown ``--dataset``, a bad
+``--fractions``) with one ``error:`` line and status 2.
 """
 
 from __future__ import annotations
@@ -38,9 +49,10 @@ from typing import Sequence
 
 from mami_jax.data.config import default_data_config
 from mami_jax.data.datasets.registry import BUILDERS, get_builder
-from mami_jax.data.labels import default_labels_path, write_labels
-from mami_jax.data.manifest import ManifestRow, write_manifest
+from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
+from mami_jax.data.manifest import ManifestRow, csv_header, is_manifest, write_manifest
 from mami_jax.data.splits import assign_splits
+from mami_jax.runtime.cli_parser import OneLineErrorParser
 
 
 def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
@@ -76,15 +88,20 @@ def parse_fractions(text: str) -> dict[str, float]:
     out = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"bad fraction {part!r}; expected name=value")
-        out[name.strip()] = float(value)
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad fraction {part!r}; expected name=number") \
+                from None
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = default_data_config()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m mami_jax.data.build_manifest",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
     parser.add_argument("--root", required=True, help="the dataset's folder (layout: see the builder)")
     parser.add_argument("--out", required=True, help="manifest CSV to write (atomically)")
@@ -95,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=dict(cfg.split_fractions), help="e.g. train=0.7,val=0.1,test=0.2")
     parser.add_argument("--examples", type=int, default=5, help="examples printed per skip reason")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing --out file (and labels.csv beside it)")
+                        help="replace an existing --out manifest (and labels.csv beside it); "
+                             "any other file is never replaced")
     parser.add_argument("--uncertain", choices=("ones", "zeros", "keep"), default="ones",
                         help="chexpert: uncertain (-1) observations in labels.csv become 1, 0 or stay -1")
     args = parser.parse_args(argv)
@@ -108,15 +126,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def check_replaceable(path: str, ours: bool, what: str, overwrite: bool, advice: str) -> None:
+    """Refuses an existing output ``path`` (FileExistsError naming it) unless it is
+    ``what`` this command writes (``ours``) and ``overwrite`` was given."""
+    if not os.path.lexists(path):
+        return
+    if not ours:
+        raise FileExistsError(f"{path} exists and is not {what}; refusing to replace it, "
+                              f"even with --overwrite ({advice})")
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
 def build(args: argparse.Namespace):
     """Builds, splits and writes the manifest; raises on bad input (see the module doc)."""
-    if os.path.lexists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    check_replaceable(args.out, is_manifest(args.out), "a manifest", args.overwrite,
+                      "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
     result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files, **options)
     labels_path = default_labels_path(args.out)
-    if result.label_columns and os.path.lexists(labels_path) and not args.overwrite:
-        raise FileExistsError(f"{labels_path} already exists; pass --overwrite to replace it")
+    if result.label_columns:
+        if os.path.realpath(labels_path) == os.path.realpath(args.out):
+            raise ValueError(f"--out {args.out}: the labels of {args.dataset} are written to "
+                             f"{LABELS_CSV} beside the manifest; give the manifest another name")
+        header = csv_header(labels_path)
+        check_replaceable(labels_path, bool(header) and header[0] == "image_id",
+                          "a labels table", args.overwrite,
+                          "write the manifest into another folder")
     rows = assign_splits(result.rows, args.fractions, args.seed)
     rows = manifest_paths(rows, args.out)
     write_manifest(rows, args.out)

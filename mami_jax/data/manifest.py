@@ -10,6 +10,12 @@ atomically (temporary file + rename, ``runtime.atomic_files``) so a crash never
 leaves half a manifest, with the permissions the user's umask asks for. Reading
 accepts a UTF-8 byte-order mark (spreadsheet programs save CSVs with one),
 validates every row and fails naming the file and line number.
+
+Where a row is named (a bad value here, an unreadable image in the input pipeline), it is
+named one way everywhere: ``FILE: line N (image_id=...)``, N the line of the file with the
+header as line 1, the line an editor shows. A row read from a file remembers that place
+(``ManifestRow.location``, kept through ``replace``, filtering and split assignment); a
+row about to be written is named by the line it will have.
 """
 
 from __future__ import annotations
@@ -68,7 +74,43 @@ class ManifestRow:
         return f"{self.dataset}/{self.patient_id}/{self.study_id}"
 
     def replace(self, **changes) -> "ManifestRow":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; it keeps the ``location`` of this row."""
+        new = dataclasses.replace(self, **changes)
+        return new.located(*self.location) if self.location else new
+
+    @property
+    def location(self) -> tuple[str, int] | None:
+        """(manifest file, line number with the header as line 1) this row was read from;
+        None for a row made in memory. Not a column: it is no dataclass field, so it takes
+        no part in equality, hashing or the file's columns."""
+        return self.__dict__.get("_location")
+
+    def located(self, path: str, line: int) -> "ManifestRow":
+        """Records where the row was read (``read_manifest``, as it makes the row); returns it."""
+        object.__setattr__(self, "_location", (str(path), int(line)))
+        return self
+
+
+def row_place(row: ManifestRow) -> str | None:
+    """``FILE: line N``, where ``row`` was read; None for a row made in memory."""
+    return f"{row.location[0]}: line {row.location[1]}" if row.location else None
+
+
+def _place(row: ManifestRow, i: int, source: str, first_line: int | None) -> tuple[str, str]:
+    """(file, "line N") naming row ``i`` of rows checked as ``source``: where it was read,
+    else its line in ``source`` when the rows are written there from ``first_line`` on,
+    else ("source", "row i+1") for rows that are in no file."""
+    if row.location:
+        return row.location[0], f"line {row.location[1]}"
+    if first_line is not None:
+        return source, f"line {first_line + i}"
+    return source, f"row {i + 1}"
+
+
+def _other(rows, j: int, source: str, first_line: int | None, here: str) -> str:
+    """How a message names a second row: ``line N``, with its file when not ``here``."""
+    path, number = _place(rows[j], j, source, first_line)
+    return number if path == here else f"{path}: {number}"
 
 
 def order_key(order: str):
@@ -83,17 +125,23 @@ def order_key(order: str):
         return (1, 0.0, order)
 
 
-def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>") -> None:
+def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
+                  first_line: int | None = None) -> None:
     """Checks the invariants every consumer relies on; raises ManifestError.
 
     - every required field is non-empty, modality known, split known;
     - image ids are unique;
     - no patient appears in two splits.
+
+    A row is named ``FILE: line N (image_id=...)`` by the place it was read from, else by
+    the line it will have when the rows are written to ``source`` with the first on line
+    ``first_line`` (``write_manifest``: 2, after the header), else as ``source: row N``.
     """
     seen_ids: dict[str, int] = {}
     patient_split: dict[str, tuple[str, int]] = {}
     for i, row in enumerate(rows):
-        where = f"{source}: row {i + 1} (image_id={row.image_id!r})"
+        path, number = _place(row, i, source, first_line)
+        where = f"{path}: {number} (image_id={row.image_id!r})"
         for name in ("image_id", "patient_id", "study_id", "modality", "dataset", "path"):
             if not getattr(row, name):
                 raise ManifestError(f"{where}: empty required column {name!r}")
@@ -104,21 +152,23 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>") -> None:
             raise ManifestError(f"{where}: unknown split {row.split!r}; expected one of {SPLITS}")
         if row.image_id in seen_ids:
             raise ManifestError(
-                f"{where}: duplicate image_id, first seen at row {seen_ids[row.image_id] + 1}")
+                f"{where}: duplicate image_id, first seen at "
+                f"{_other(rows, seen_ids[row.image_id], source, first_line, path)}")
         seen_ids[row.image_id] = i
         if row.split:
             prev = patient_split.get(row.patient_key)
             if prev is not None and prev[0] != row.split:
                 raise ManifestError(
                     f"{where}: patient {row.patient_key!r} is in split {row.split!r} here "
-                    f"and in split {prev[0]!r} at row {prev[1] + 1}")
+                    f"and in split {prev[0]!r} at "
+                    f"{_other(rows, prev[1], source, first_line, path)}")
             patient_split.setdefault(row.patient_key, (row.split, i))
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str) -> None:
     """Validates and writes ``rows`` to ``path`` atomically (UTF-8, umask permissions)."""
     rows = list(rows)
-    validate_rows(rows, source=str(path))
+    validate_rows(rows, source=str(path), first_line=2)
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -128,6 +178,26 @@ def write_manifest(rows: Iterable[ManifestRow], path: str) -> None:
                 writer.writerow([getattr(row, c) for c in COLUMNS])
 
     write_atomic(path, write)
+
+
+def csv_header(path: str) -> list[str] | None:
+    """The first row of the CSV file ``path`` (a UTF-8 byte-order mark dropped), or None
+    when it is no readable text file (a folder, an image, a missing file): what an output
+    that exists is recognised by before it is replaced."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline(1 << 16)
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        return next(csv.reader([first]), [])
+    except csv.Error:
+        return None
+
+
+def is_manifest(path: str) -> bool:
+    """Whether ``path`` is a manifest: a file whose header is ``COLUMNS``."""
+    return csv_header(path) == list(COLUMNS)
 
 
 def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
@@ -167,5 +237,5 @@ def _read_rows(path: str, reader, base_dir: str) -> list[ManifestRow]:
         fields = dict(zip(COLUMNS, values))
         if fields["path"] and not os.path.isabs(fields["path"]):
             fields["path"] = os.path.normpath(os.path.join(base_dir, fields["path"]))
-        rows.append(ManifestRow(**fields))
+        rows.append(ManifestRow(**fields).located(path, reader.line_num))
     return rows

@@ -46,7 +46,8 @@ from mami_jax.data import sampler, stain
 from mami_jax.data.config import ModalitySettings, modality_settings, sampler_source_weights
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.decoded_cache import DecodedCache
-from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
+from mami_jax.data.manifest import (MODALITIES, ManifestError, ManifestRow, row_place,
+                                    validate_rows)
 from mami_jax.data.transforms import check_normalization, eval_transform, slice_indices, train_transform
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
@@ -131,9 +132,12 @@ class ExampleReader:
             raise DataError(f"{self._where(index)}: {type(e).__name__}: {e}") from e
 
     def _where(self, index: int) -> str:
+        """``FILE: line N (image_id=..., ...)`` for a row read from a manifest (as
+        ``manifest.validate_rows`` names rows); ``manifest row INDEX (...)`` for one made
+        in memory."""
         row = self.rows[index]
-        return (f"manifest row {index} (image_id={row.image_id!r}, patient {row.patient_key!r}, "
-                f"path {row.path!r})")
+        return (f"{row_place(row) or f'manifest row {index}'} (image_id={row.image_id!r}, "
+                f"patient {row.patient_key!r}, path {row.path!r})")
 
 
 def _collate(images, labels, indices, modalities, mask, skipped) -> dict:

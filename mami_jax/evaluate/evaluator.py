@@ -6,6 +6,10 @@ protocol ("reid": every image a query, the query's own study left out of the
 gallery; "history": the latest visit against the earlier ones) with chunked
 retrieval metrics, plus same/different-patient verification. Results go to
 ``out_dir/metrics.json``, a printed table and ``out_dir/cmc.png``.
+
+Embedding a split takes minutes on a large manifest, so ``evaluate`` shows one progress
+bar per evaluation (``runtime.progress``: stderr, first process only, a line per 30 s in
+a log file); during training it is the bar of each evaluation.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mami_jax.data.config import modality_settings
-from mami_jax.data.manifest import MODALITIES, ManifestRow
+from mami_jax.data.manifest import MODALITIES, ManifestRow, row_place
 from mami_jax.data.pipeline import make_eval_loader
 from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
+from mami_jax.runtime.progress import progress_bar
 from mami_jax.train.sharding import global_batch
 
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
@@ -37,13 +42,15 @@ def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
 
 
 def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],
-               data_cfg, mesh, batch_size: int) -> np.ndarray:
+               data_cfg, mesh, batch_size: int, progress: str | None = None) -> np.ndarray:
     """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
 
     Every process iterates the same global batches of ``batch_size`` (``eval.batch_size``)
     and feeds its own contiguous share, so the global batch is the loader's batch whatever
     the number of hosts. Images of modalities with ``data.modalities.<m>.eval_symmetry``
     are embedded as the mean over the 8 symmetries of the square (``symmetry_views``).
+    ``progress``: the label of a progress bar over the images (None: no bar, for a caller
+    that shows its own).
     """
     batch_size = int(batch_size)
     data_devices = mesh.shape["data"]
@@ -55,25 +62,35 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     position = {int(i): k for k, i in enumerate(indices)}
     symmetric = frozenset(m for m, s in modality_settings(data_cfg).items() if s.eval_symmetry)
     out = None
-    for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
-        local = {k: v[proc * per_proc:(proc + 1) * per_proc]
-                 for k, v in batch.items() if k in ("images", "mask")}
-        views = [local["images"]]
-        if MODALITIES[int(batch["modality"][0])] in symmetric:
-            views = symmetry_views(local["images"])
-        emb = sum(np.asarray(multihost_utils.process_allgather(
-            embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32)
-            for v in views) / len(views)
-        if out is None:
-            out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
-        keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
-        out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
+    with progress_bar(len(indices), progress or "", disable=progress is None or proc != 0) as bar:
+        for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
+            local = {k: v[proc * per_proc:(proc + 1) * per_proc]
+                     for k, v in batch.items() if k in ("images", "mask")}
+            views = [local["images"]]
+            if MODALITIES[int(batch["modality"][0])] in symmetric:
+                views = symmetry_views(local["images"])
+            emb = sum(np.asarray(multihost_utils.process_allgather(
+                embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32)
+                for v in views) / len(views)
+            if out is None:
+                out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
+            keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
+            out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
+            bar.update(int((batch["index"] >= 0).sum()))
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
     if np.isnan(out).any():
-        missing = [int(indices[k]) for k in np.flatnonzero(np.isnan(out).any(1))[:10]]
-        raise RuntimeError(f"rows {missing} were not embedded (unreadable and skipped?)")
+        missing = np.flatnonzero(np.isnan(out).any(1))
+        named = [_row_name(rows, int(indices[k])) for k in missing[:3]]
+        raise RuntimeError(f"{len(missing)} rows were not embedded (unreadable and skipped?): "
+                           + "; ".join(named) + ("; ..." if len(missing) > 3 else ""))
     return out
+
+
+def _row_name(rows: Sequence[ManifestRow], i: int) -> str:
+    """A row as messages name it: ``FILE: line N (image_id=...)``, or by index for a row
+    that was made in memory."""
+    return f"{row_place(rows[i]) or f'manifest row {i}'} (image_id={rows[i].image_id!r})"
 
 
 def group_indices(rows: Sequence[ManifestRow], split: str) -> dict[str, list[int]]:
@@ -120,7 +137,8 @@ def evaluate(embed_fn: EmbedFn, rows: Sequence[ManifestRow], config, mesh, out_d
     if not groups:
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
     indices = [i for members in groups.values() for i in members]
-    emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size)
+    emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size,
+                     progress=f"evaluating {config.eval.split}")
     by_row = dict(zip(indices, emb))
     results = score_groups(by_row, rows, groups, config.eval)
     if jax.process_index() == 0:

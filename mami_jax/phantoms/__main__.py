@@ -1,17 +1,21 @@
 """``python -m mami_jax.phantoms --out DIR`` writes the synthetic benchmark;
 ``--preview FILE.png`` draws a grid of it instead (see ``generator`` for what it holds).
+Writing shows a progress bar over the rendered series on stderr; stdout gets one
+``wrote PATH`` line.
 
 Bad input (a non-empty ``--out`` folder, a parameter out of range, a path that cannot
-be written) ends the command with exit status 1 and one ``error: ...`` line on stderr."""
+be written) ends the command with exit status 1 and one ``error: ...`` line on stderr;
+bad arguments (``--patients abc``, neither or both of ``--out`` and ``--preview``) with
+one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 
-import argparse
 import sys
 
 from mami_jax.phantoms import generator, preview
+from mami_jax.runtime.cli_parser import OneLineErrorParser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mami_jax.phantoms",
+    parser = OneLineErrorParser(prog="python -m mami_jax.phantoms",
                                      description=generator.__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="output folder (absent or empty)")
     parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")

@@ -65,6 +65,7 @@ import numpy as np
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
 from mami_jax.runtime import atomic_files
+from mami_jax.runtime.progress import progress_bar
 
 #: Bump when the generated content changes, so stale caches are not reused.
 #: 2: pathology identity with four nuclear sizes and clustering, milder cellularity;
@@ -192,7 +193,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
              seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
              slices: int = DEFAULTS["slices"], workers: int | None = None,
              pathology_field: float = DEFAULTS["pathology_field"],
-             stage1_visible: float | None = None, signs_visible: float | None = None) -> str:
+             stage1_visible: float | None = None, signs_visible: float | None = None,
+             progress: bool = True) -> str:
     """Generates the benchmark into ``out_dir`` (absent or empty); returns the manifest path.
 
     ``stage1_visible`` (None: off): the share of stage-1 visits that show the disease, at
@@ -209,6 +211,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     complete, so an interrupted run never leaves a partial benchmark at ``out_dir``;
     folders and files get the modes the user's umask asks for. ``workers`` processes
     render in parallel (default: up to 4, the CPU count); the output does not depend on it.
+    Rendering takes a minute or more at the default sizes, so it shows a progress bar over
+    the series (one per patient and modality) on stderr unless ``progress`` is False.
     """
     _check_args(patients, visits, seed, image_size, slices, pathology_field, stage1_visible,
                 signs_visible)
@@ -225,13 +229,14 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                 for index, (_, mods, course) in enumerate(patients_plan) for modality in mods]
         if workers is None:
             workers = min(4, os.cpu_count() or 1)
-        if workers > 1:
-            # spawn, not fork: the caller may have started JAX's threads
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                results = list(pool.map(_render_series, jobs, chunksize=2))
-        else:
-            results = [_render_series(job) for job in jobs]
+        with progress_bar(len(jobs), "phantoms", unit="series", disable=not progress) as bar:
+            if workers > 1:
+                # spawn, not fork: the caller may have started JAX's threads
+                ctx = multiprocessing.get_context("spawn")
+                with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    results = list(_counted(pool.map(_render_series, jobs, chunksize=2), bar))
+            else:
+                results = list(_counted(map(_render_series, jobs), bar))
         rows = [r for rs, _ in results for r in rs]
         labels = [lab for _, ls in results for lab in ls]
         write_manifest(rows, os.path.join(tmp, "manifest.csv"))
@@ -262,6 +267,13 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                 raise FileExistsError(f"phantoms: {out_dir} was filled by another process") from e
             raise
     return os.path.join(out_dir, "manifest.csv")
+
+
+def _counted(results, bar):
+    """``results`` as they arrive, each counted on the progress ``bar``."""
+    for result in results:
+        bar.update(1)
+        yield result
 
 
 def cache_key(patients, visits, seed, image_size, slices, pathology_field=1.0) -> str:

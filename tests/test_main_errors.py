@@ -1,0 +1,128 @@
+"""``python -m mami_jax.main``: bad input is one ``error:`` line (no traceback), and long
+work shows progress.
+
+The audit's cases: ``--workdir`` an existing file ended in a NotADirectoryError traceback;
+a ``--config`` file that cannot be loaded (a syntax error, null bytes, ``get_config``
+returning no ConfigDict) in a 50-line one; ``--mode=embed`` and ``--mode=eval`` worked for
+minutes without a word; an image missing on manifest line N was ``manifest row N-2``.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mami_jax.config_files import load_config
+from tests.history_workdir import make_workdir, write_config, write_xray_archive
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+
+
+def main(*argv, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "mami_jax.main", *map(str, argv)], cwd=cwd,
+                          capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def only_error_line(proc) -> str:
+    """The one ``error:`` line of a failed run (anything else on stderr is log lines)."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path, mode):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    proc = main("--config=configs/all.py:runlocal", f"--workdir={afile}", f"--mode={mode}")
+    assert proc.returncode == 1
+    assert only_error_line(proc) == f"error: --workdir {afile}: is a file, not a folder"
+    proc = main("--config=configs/all.py:runlocal", f"--workdir={afile / 'run'}", f"--mode={mode}")
+    assert proc.returncode == 1 and only_error_line(proc) == (
+        f"error: --workdir {afile / 'run'}: {afile} is a file, not a folder")
+    assert afile.read_text() == "mine" and os.listdir(tmp_path) == ["afile"]
+
+
+CONFIGS = {
+    "syntax.py": (b"import ml_collections\n\ndef get_config(arg=None):\n    return dict(a=(1\n",
+                  "line 4: '(' was never closed"),
+    "nulls.py": (b"x = 1\x00\n", "not Python source (source code string cannot contain null bytes)"),
+    "number.py": (b"def get_config(arg=None):\n    return 5\n",
+                  "get_config() returned int, not an ml_collections.ConfigDict"),
+    "plain_dict.py": (b"def get_config(arg=None):\n    return {'seed': 0}\n",
+                      "get_config() returned dict, not an ml_collections.ConfigDict"),
+    "nothing.py": (b"def get_config(arg=None):\n    pass\n",
+                   "get_config() returned None, not an ml_collections.ConfigDict"),
+    "raises.py": (b"def get_config(arg=None):\n    x = 1\n    raise RuntimeError('no GPU here')\n",
+                  "line 3: RuntimeError: no GPU here"),
+    "imports.py": (b"import no_such_module_anywhere\n",
+                   "line 1: ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_config_file_that_cannot_be_loaded_is_one_error_line(tmp_path, name):
+    source, problem = CONFIGS[name]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / name).write_bytes(source)
+    proc = main(f"--config=configs/{name}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: configs/{name}: {problem}\n"
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run (random parameters) over 8 X-ray patients, 5 of them in test."""
+    tmp = tmp_path_factory.mktemp("main")
+    splits = {f"P{i}": s for i, s in enumerate(["train"] * 3 + ["test"] * 5)}
+    manifest = write_xray_archive(str(tmp / "xr"), splits)
+    config_file = write_config(str(tmp))
+    config = load_config(config_file)
+    with config.unlocked():
+        config.data.manifest = manifest
+    workdir = make_workdir(str(tmp / "run"), config, seed=3, step=7)
+    return dict(workdir=workdir, config=config_file, manifest=manifest)
+
+
+def bar_end(stderr: str, label: str) -> str:
+    """The last state of the progress bar ``label`` on stderr."""
+    states = [s for s in stderr.replace("\r", "\n").splitlines() if s.startswith(label + ":")]
+    assert states, stderr[-3000:]
+    return states[-1]
+
+
+def test_embed_and_eval_show_a_progress_bar(run):
+    common = [f"--workdir={run['workdir']}", f"--config={run['config']}",
+              f"--config.data.manifest={run['manifest']}"]
+    proc = main(*common, "--mode=embed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = bar_end(proc.stderr, "embedding")
+    assert last.startswith("embedding: 100%|") and "| 24/24 [" in last, last
+    proc = main(*common, "--mode=eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = bar_end(proc.stderr, "evaluating test")
+    assert last.startswith("evaluating test: 100%|") and "| 15/15 [" in last, last
+    assert proc.stderr.count("evaluating test: 100%|") == 1     # one bar, one final line
+
+
+def test_a_missing_image_is_named_by_the_manifest_file_and_line(run, tmp_path):
+    lines = open(run["manifest"]).read().splitlines()
+    number = next(n for n, line in enumerate(lines, start=1) if line.endswith(",test"))
+    image_id, rel = lines[number - 1].split(",")[0], lines[number - 1].split(",")[7]
+    copy = tmp_path / "manifest.csv"
+    base = os.path.dirname(run["manifest"])
+    absolute = [lines[0]] + [",".join(f.split(",")[:7] + [os.path.join(base, f.split(",")[7])]
+                                      + f.split(",")[8:]) for f in lines[1:]]
+    gone = str(tmp_path / "gone.png")
+    absolute[number - 1] = absolute[number - 1].replace(os.path.join(base, rel), gone)
+    copy.write_text("\n".join(absolute) + "\n")
+    proc = main(f"--workdir={run['workdir']}", f"--config={run['config']}",
+                f"--config.data.manifest={copy}", "--mode=eval")
+    assert proc.returncode == 1
+    assert only_error_line(proc).startswith(
+        f"error: {copy}: line {number} (image_id={image_id!r}, patient 'toy/{lines[number - 1].split(',')[1]}', "
+        f"path {gone!r}): {gone}: no such file")

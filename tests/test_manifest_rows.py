@@ -1,0 +1,119 @@
+"""Every error about one manifest row names it the same way: ``FILE: line N (image_id=...)``,
+N the file's line with the header as line 1 (the audit found ``row 4`` for a bad value on
+line 5, and ``manifest row 24`` without the file for an image missing on line 26)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from mami_jax.config import base_config
+from mami_jax.data import loading, pipeline
+from mami_jax.data.config import default_data_config, update_modalities
+from mami_jax.data.manifest import (COLUMNS, ManifestError, ManifestRow, read_manifest,
+                                    row_place, write_manifest)
+from mami_jax.data.splits import assign_splits
+from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.train import sharding
+
+HEADER = ",".join(COLUMNS) + "\n"
+
+
+def manifest(tmp_path, *lines, name="m.csv"):
+    """A manifest file of ``lines`` (file line 2 on) with 8 px PNGs for every row."""
+    for k in range(len(lines)):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    path = tmp_path / name
+    path.write_text(HEADER + "".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def row(image_id, patient, split="test", modality="xray", image=0):
+    return f"{image_id},{patient},s{image_id},0,{modality},d,PA,{image}.png,{split}"
+
+
+def test_a_bad_value_is_named_by_its_file_line(tmp_path):
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2),
+                    row("d", "p3", modality="ultrasound", image=3))
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert str(e.value) == (f"{path}: line 5 (image_id='d'): unknown modality 'ultrasound'; "
+                            "expected one of ('xray', 'ct', 'mri', 'fundus', 'pathology')")
+
+
+def test_both_rows_of_a_conflict_are_named_by_their_lines(tmp_path):
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p2", image=1), row("a", "p3", image=2))
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert str(e.value) == f"{path}: line 4 (image_id='a'): duplicate image_id, first seen at line 2"
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p2", image=1),
+                    row("c", "p1", split="train", image=2), name="splits.csv")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert str(e.value) == (f"{path}: line 4 (image_id='c'): patient 'd/p1' is in split "
+                            "'train' here and in split 'test' at line 2")
+
+
+def test_rows_to_be_written_are_named_by_the_line_they_would_have(tmp_path):
+    out = str(tmp_path / "new.csv")
+    rows = [ManifestRow("a", "p1", "s", "0", "xray", "d", "", "/a.png", "train"),
+            ManifestRow("b", "p2", "s", "0", "xray", "d", "", "/b.png", "train"),
+            ManifestRow("a", "p3", "s", "0", "xray", "d", "", "/c.png", "train")]
+    with pytest.raises(ManifestError) as e:
+        write_manifest(rows, out)
+    assert str(e.value) == f"{out}: line 4 (image_id='a'): duplicate image_id, first seen at line 2"
+    assert not os.path.exists(out)
+
+
+def test_the_place_is_kept_through_replace_split_assignment_and_filtering(tmp_path):
+    path = manifest(tmp_path, row("a", "p1", split=""), row("b", "p2", split="", modality="ct"),
+                    row("c", "p3", split="", image=2))
+    rows = read_manifest(path)
+    assert [r.location for r in rows] == [(path, 2), (path, 3), (path, 4)]
+    assert rows[0] == rows[0].replace() and row_place(rows[2]) == f"{path}: line 4"
+    assert [r.location for r in assign_splits(rows, {"train": 0.5, "test": 0.5}, 0)] == \
+        [(path, 2), (path, 3), (path, 4)]
+    config = base_config()
+    config.data.manifest = path
+    config.data.only_modalities = ("xray",)
+    kept, left_out = loading.read_rows(config, str(tmp_path))
+    assert [r.location for r in kept] == [(path, 2), (path, 4)] and left_out == {"ct": 1}
+    made = ManifestRow("x", "p", "s", "0", "xray", "d", "", "/x.png")
+    assert made.location is None and row_place(made) is None
+
+
+def small_cfg(**kw):
+    cfg = default_data_config()
+    update_modalities(cfg, image_size=8, resize_size=8)
+    cfg.read_threads, cfg.prefetch = 0, 1
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_an_unreadable_image_is_named_by_its_manifest_file_and_line(tmp_path):
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
+    os.remove(tmp_path / "1.png")
+    rows = read_manifest(path)
+    with pytest.raises(pipeline.DataError) as e:
+        list(pipeline.make_eval_loader(rows, [0, 1, 2], small_cfg(), batch_size=4))
+    image = str(tmp_path / "1.png")
+    assert str(e.value).startswith(
+        f"{path}: line 3 (image_id='b', patient 'd/p1', path {image!r}): {image}: no such file")
+
+
+def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path):
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
+    os.remove(tmp_path / "2.png")
+    rows = read_manifest(path)
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+
+    def top_left(batch):
+        return batch["images"][:, 0, 0, 0, :]
+
+    with pytest.raises(RuntimeError) as e:
+        embed_rows(top_left, rows, [0, 1, 2], small_cfg(skip_bad_images=True), mesh, 4)
+    assert str(e.value) == ("1 rows were not embedded (unreadable and skipped?): "
+                            f"{path}: line 4 (image_id='c')")

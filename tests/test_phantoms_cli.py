@@ -1,0 +1,45 @@
+"""``python -m mami_jax.phantoms``: bad arguments are one ``error:`` line (status 2), and
+writing the benchmark shows a progress bar on stderr (it ran ~80 s without a word)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mami_jax.phantoms import generator
+from mami_jax.phantoms.__main__ import main as phantoms_cli
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--out", "d", "--patients", "abc"],
+     "error: python -m mami_jax.phantoms: argument --patients: invalid int value: 'abc' (see --help)"),
+    ([], "error: python -m mami_jax.phantoms: give exactly one of --out DIR or --preview FILE.png "
+         "(see --help)"),
+    (["--out", "d", "--preview", "p.png"],
+     "error: python -m mami_jax.phantoms: give exactly one of --out DIR or --preview FILE.png "
+     "(see --help)"),
+    (["--out", "d", "--bogus"],
+     "error: python -m mami_jax.phantoms: unrecognized arguments: --bogus (see --help)"),
+])
+def test_bad_arguments_are_one_error_line_with_status_2(argv, line, tmp_path):
+    """argparse printed its usage block above a line that starts with the program name."""
+    proc = subprocess.run([sys.executable, "-m", "mami_jax.phantoms", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", line + "\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writing_shows_a_progress_bar_over_the_series_on_stderr(tmp_path, capsys):
+    series = sum(len(mods) for _, mods, _ in generator.plan(2, 1, 0))
+    assert phantoms_cli(["--out", str(tmp_path / "ph"), "--patients", "2", "--visits", "1",
+                         "--image-size", "32", "--slices", "1", "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {tmp_path / 'ph' / 'manifest.csv'}\n"   # stdout: the result only
+    last = captured.err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("phantoms: 100%|") and f"| {series}/{series} [" in last, captured.err
+
+
+def test_progress_false_is_silent(tmp_path, capsys):
+    generator.generate(str(tmp_path / "ph"), patients=2, visits=1, image_size=32, slices=1,
+                       workers=1, progress=False)
+    assert capsys.readouterr() == ("", "")
