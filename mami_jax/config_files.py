@@ -18,7 +18,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Sequence
+
+import ml_collections
 
 from mami_jax.runtime.json_object import parse_json_object
 
@@ -118,6 +121,52 @@ def read_json_config(path: str):
         return json_config(f.read(), f"config file {path!r}")
 
 
+def config_file_problem(path: str) -> str | None:
+    """Why the Python file ``path`` cannot be loaded as a config before any of it runs
+    (``line N: message`` for a syntax error; unreadable, null bytes, not UTF-8), or None.
+    Python's import of such a file ends in a traceback that names the file only deep inside
+    it."""
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    try:
+        compile(source, path, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        return f"line {e.lineno}: {e.msg}" if e.lineno else f"not Python source ({e.msg})"
+    except ValueError as e:       # null bytes, before Python 3.12
+        return f"not Python source ({e})"
+    return None
+
+
+def raised_in(exc: BaseException, path: str) -> int | None:
+    """The innermost line of file ``path`` in ``exc``'s traceback; None when the exception
+    was not raised from code of that file."""
+    target = os.path.realpath(path)
+    line = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if os.path.realpath(frame.f_code.co_filename) == target:
+            line = lineno
+    return line
+
+
+def _named_by_line(run, spec: str, full: str):
+    """``run()`` of a config file's code: a ValueError it raises (a bad word of ARG) is
+    named by the spec, any other exception raised in the file's code by the file's line;
+    others propagate."""
+    try:
+        return run()
+    except ValueError as e:
+        raise ValueError(f"config {spec!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the file's own code: named by its line
+        line = raised_in(e, full)
+        if line is None:
+            raise
+        raise ValueError(f"config file {spec.partition(':')[0]!r}: line {line}: "
+                         f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+
+
 def load_config(spec: str):
     """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``, or the config a ``.json``
     FILE holds (no ARG); FileNotFoundError or ValueError naming the file when it is
@@ -130,14 +179,18 @@ def load_config(spec: str):
         if arg:
             raise ValueError(f"config {spec!r}: a JSON config takes no ARG")
         return read_json_config(full)
+    problem = config_file_problem(full)
+    if problem:
+        raise ValueError(f"config file {path!r}: {problem}")
     make_importable(full)
     name = "config_file_" + os.path.splitext(os.path.basename(full))[0]
     module_spec = importlib.util.spec_from_file_location(name, full)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    _named_by_line(lambda: module_spec.loader.exec_module(module), spec, full)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config(arg)")
-    try:
-        return module.get_config(arg or None)
-    except ValueError as e:     # a bad word of ARG: say which file refused it
-        raise ValueError(f"config {spec!r}: {e}") from e
+    config = _named_by_line(lambda: module.get_config(arg or None), spec, full)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path!r}: get_config() returned "
+                         f"{type(config).__name__}, not an ml_collections.ConfigDict")
+    return config

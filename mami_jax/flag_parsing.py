@@ -12,8 +12,8 @@ too: one that is not Python source (a syntax error, null bytes, not UTF-8:
 ``error: configs/bad.py: line 3: '(' was never closed``), one whose code raises
 (``FILE: line N: RuntimeError: ...``, N the innermost line of the file in the
 traceback), one whose ``get_config`` returns something other than a ``ConfigDict`` (it
-only failed later, at the first key the run read). ``config_file_problem`` is the source
-check, usable by any loader of config files.
+only failed later, at the first key the run read). ``config_files.config_file_problem`` is the
+source check, which ``config_files.load_config`` makes too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from typing import Sequence
 
 import ml_collections
@@ -49,36 +48,6 @@ def unknown_override(argv: Sequence[str], spec: str) -> str | None:
     return None
 
 
-def config_file_problem(path: str) -> str | None:
-    """Why the Python file ``path`` cannot be loaded as a config before any of it runs
-    (``line N: message`` for a syntax error; unreadable, null bytes, not UTF-8), or None.
-    Python's import of such a file ends in a traceback that names the file only deep inside
-    it."""
-    try:
-        with open(path, "rb") as f:
-            source = f.read()
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    try:
-        compile(source, path, "exec", dont_inherit=True)
-    except SyntaxError as e:
-        return f"line {e.lineno}: {e.msg}" if e.lineno else f"not Python source ({e.msg})"
-    except ValueError as e:       # null bytes, before Python 3.12
-        return f"not Python source ({e})"
-    return None
-
-
-def _raised_in(exc: BaseException, path: str) -> int | None:
-    """The innermost line of file ``path`` in ``exc``'s traceback; None when the exception
-    was not raised from code of that file."""
-    target = os.path.realpath(path)
-    line = None
-    for frame, lineno in traceback.walk_tb(exc.__traceback__):
-        if os.path.realpath(frame.f_code.co_filename) == target:
-            line = lineno
-    return line
-
-
 def _config_value_problem(path: str) -> str | None:
     """What is wrong with the ``--config`` value loaded from the file ``path`` (what its
     ``get_config`` returned), or None."""
@@ -89,7 +58,7 @@ def _config_value_problem(path: str) -> str | None:
         return None         # None: --config not given; absl reports the missing flag
     failed = getattr(type(value), "_ReportError", None) and vars(value).get("_error")
     if failed is not None:  # ml_collections keeps an OSError of loading for later
-        line = _raised_in(failed, path)
+        line = config_files.raised_in(failed, path)
         return f"{'' if line is None else f'line {line}: '}{type(failed).__name__}: {failed}"
     return (f"get_config() returned {type(value).__name__}, not an "
             "ml_collections.ConfigDict")
@@ -117,7 +86,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     path = spec.partition(":")[0] if spec else None
     if path is not None and not os.path.isfile(path):
         _exit(f"--config {spec}: no such file")
-    problem = config_file_problem(path) if path and path.endswith(".py") else None
+    problem = config_files.config_file_problem(path) if path and path.endswith(".py") else None
     if problem:
         _exit(f"{path}: {problem}")
     quiet = _DropNoneConfigWarning()
@@ -130,7 +99,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             _exit(f"{path}: get_config() returned None, not an ml_collections.ConfigDict")
         _exit(_one_line(str(e)))
     except Exception as e:  # noqa: BLE001 - named below, or re-raised
-        line = _raised_in(e, path) if path else None
+        line = config_files.raised_in(e, path) if path else None
         if line is not None:                    # the config file's own code raised
             _exit(f"{path}: line {line}: {type(e).__name__}: {_one_line(str(e))}")
         if not isinstance(e, (AttributeError, KeyError)):

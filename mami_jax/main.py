@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.log_filters import quiet_library_info
+from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.train import run_config
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -107,4 +108,5 @@ if __name__ == "__main__":
     sys.argv[1:] = run_config.with_the_runs_config(sys.argv[1:])  # no --config: the run's
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
+    quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
     app.run(main, flags_parser=flag_parsing.parse_flags)

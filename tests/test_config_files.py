@@ -50,9 +50,11 @@ def test_a_relative_path_is_looked_up_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert config_files.resolve("configs/all.py") == os.path.join(REPO, "configs", "all.py")
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "all.py").write_text("def get_config(arg):\n    return arg\n")
+    (tmp_path / "configs" / "all.py").write_text(
+        "import ml_collections\n\ndef get_config(arg):\n"
+        "    return ml_collections.ConfigDict({'arg': arg})\n")
     assert config_files.resolve("configs/all.py") == "configs/all.py"   # the folder's own first
-    assert config_files.load_config("configs/all.py:x") == "x"
+    assert config_files.load_config("configs/all.py:x").arg == "x"
     with pytest.raises(FileNotFoundError, match="config file 'nowhere.py' not found"):
         config_files.load_config("nowhere.py")
     (tmp_path / "bare.py").write_text("X = 1\n")
@@ -74,3 +76,23 @@ def test_the_flag_value_is_found_in_either_spelling(tmp_path, monkeypatch):
         "--config", repo_all + ":runlocal"]                          # not here: the repository's
     assert sys.path[-1] == REPO
     assert config_files.flag_config_from_anywhere(["--config=nowhere.py"]) == ["--config=nowhere.py"]
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("x = (\n", "line 1: '(' was never closed"),
+    ("def get_config(arg=None):\n    raise RuntimeError('boom')\n", "line 2: RuntimeError: boom"),
+    ("def get_config(arg=None):\n    return 5\n",
+     "get_config() returned int, not an ml_collections.ConfigDict"),
+    ("CONFIG = 1\n", None),
+])
+def test_a_config_file_that_cannot_be_loaded_is_named_with_its_line(tmp_path, source, problem):
+    """The applications load config files with ``load_config``: a syntax error, a raise in
+    the file's code and a get_config() that returns no ConfigDict were tracebacks (or, the
+    last, an AttributeError at the first key read); each is one message naming the file."""
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    with pytest.raises(ValueError) as e:
+        config_files.load_config(str(path))
+    expected = (f"config file '{path}': {problem}" if problem else
+                f"config file '{path}' defines no get_config(arg)")
+    assert str(e.value) == expected

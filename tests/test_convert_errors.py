@@ -12,7 +12,8 @@ import types
 
 import pytest
 
-from mami_jax.convert.__main__ import main, one_line, quiet_orphaned_read_callbacks
+from mami_jax.convert.__main__ import main, one_line
+from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.convert.checkpoint_dir import save_params
 from tests.test_convert_io import released_style_file
 from tests.test_convert_mapping import random_params

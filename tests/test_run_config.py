@@ -146,7 +146,14 @@ def test_main_without_config_reads_the_workdirs_own(tmp_path, capsys):
     named = ["--config", "configs/all.py", "--workdir", run]
     assert with_the_runs_config(named) == named
     fresh = [f"--workdir={tmp_path / 'fresh'}"]
-    assert with_the_runs_config(fresh) == fresh          # absl then asks for --config
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        with_the_runs_config(fresh)
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        f"error: --config is needed: --workdir {tmp_path / 'fresh'} is no run yet; name the "
+        "experiment config, e.g. --config=configs/all.py:runlocal\n")
+    assert with_the_runs_config(fresh + ["--help"]) == fresh + ["--help"]
+    assert with_the_runs_config(["--mode=eval"]) == ["--mode=eval"]
 
 
 def test_a_json_config_flag_becomes_the_file_that_loads_it(tmp_path, monkeypatch):

@@ -48,6 +48,7 @@ from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_confi
 from mami_jax.convert.mapping import flatten_params
 from mami_jax.runtime.output_guard import same_or_inside
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 
 def _count(params) -> int:
@@ -300,40 +301,6 @@ def main(argv=None) -> int:
     finally:
         absl_logger.setLevel(level)
     return 0
-
-
-def _is_orphaned_read_callback(unraisable) -> bool:
-    """Whether an unraisable exception is tensorstore telling a closed asyncio loop that a
-    read finished: ``RuntimeError('Event loop is closed')`` from the loop's closed check.
-
-    orbax restores every array concurrently in a fresh event loop and closes the loop as
-    soon as one read fails (a truncated data file), while the other reads are still
-    running; each of those, on finishing, calls ``loop.call_soon_threadsafe`` from a
-    tensorstore thread, which raises and is printed as a traceback through
-    ``sys.unraisablehook``, after the command's one ``error:`` line and even during
-    interpreter shutdown. The read results are unwanted by then; nothing else is lost.
-    """
-    if unraisable.exc_type is not RuntimeError or \
-            str(unraisable.exc_value) != "Event loop is closed":
-        return False
-    tb = unraisable.exc_traceback
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
-
-
-def quiet_orphaned_read_callbacks() -> None:
-    """Installs (for the rest of the process: the callbacks can come after ``main``
-    returns) an unraisable-exception hook that drops ``_is_orphaned_read_callback``
-    reports and passes every other one to the previous hook. Only for the command-line
-    process, so that a failed read ends in one ``error:`` line and nothing else."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if not _is_orphaned_read_callback(unraisable):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

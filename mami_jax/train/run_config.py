@@ -34,12 +34,21 @@ def write_run_config(workdir: str, config) -> None:
 def with_the_runs_config(argv: list[str]) -> list[str]:
     """``python -m mami_jax.main``'s ``argv`` with ``--config=WORKDIR/config.json`` added
     when it names no ``--config`` and its ``--workdir`` holds one, so a trained run is
-    evaluated, embedded or resumed as it was trained (overrides still apply on top)."""
-    if flag_values(argv, "--config"):
+    evaluated, embedded or resumed as it was trained (overrides still apply on top). A
+    ``--workdir`` without one and no ``--config`` exits with one error line saying so (absl
+    would say only that ``--config`` must not be None)."""
+    if flag_values(argv, "--config") or any(a.startswith("--help") for a in argv):
         return list(argv)
     workdirs = flag_values(argv, "--workdir")
     stored = run_config_path(workdirs[-1][1]) if workdirs else ""
-    if not os.path.isfile(stored):
+    if not stored:
         return list(argv)
+    if not os.path.isfile(stored):
+        workdir = workdirs[-1][1]
+        what = ("holds no config.json (a run stores one when it starts training)"
+                if os.path.isdir(workdir) else "is no run yet")
+        print(f"error: --config is needed: --workdir {workdir} {what}; name the "
+              "experiment config, e.g. --config=configs/all.py:runlocal", file=sys.stderr)
+        sys.exit(2)         # a usage error, as absl's flag errors
     print(f"--config: the run's own, {stored}", file=sys.stderr, flush=True)
     return list(argv) + [f"--config={stored}"]

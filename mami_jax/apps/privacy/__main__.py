@@ -44,6 +44,7 @@ from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 #: How a user names the experiment config of a run that did not store its own.
 EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"
@@ -291,4 +292,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
     sys.exit(main())
