@@ -305,7 +305,8 @@ def test_a_lone_image_of_a_modality_is_refused(run, capsys, tmp_path):
     assert main(["protect", "--workdir", run["workdir"], "--manifest", manifest,
                  "--out", str(tmp_path / "out"), "--config", run["config"]]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {lone[0].image_id}: the only xray image of the patients chosen; an image is "
+        f"error: {manifest}: line 2 (image_id={lone[0].image_id!r}): the only xray image of "
+        "the patients chosen; an image is "
         "compared with its patients' other images, centred on their mean, so one image alone "
         "has nothing to compare with: give the manifest with more images (other patients, "
         "other visits) or choose more rows (--split)"]

@@ -123,8 +123,9 @@ class ExampleReader:
             return self.read(index, num_slices, rng), True
         except DecodeError as e:
             if not self.skip_bad:
-                raise DataError(f"{self._where(index)}: {e}. Set data.skip_bad_images=True "
-                                f"to skip and count unreadable images.") from e
+                raise DataError(f"{self._where(index)}: {e} (to train or evaluate without "
+                                "unreadable images, counted: python -m mami_jax.main "
+                                "--config.data.skip_bad_images=True)") from e
             modality = self.rows[index].modality
             size = self.image_size(modality) if rng is not None else self.eval_image_size(modality)
             return np.zeros((num_slices, size, size, 3), np.float32), False

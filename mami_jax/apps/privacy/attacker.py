@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from mami_jax.apps.privacy.protect import SUFFIX
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import ManifestRow, row_place
 
 
 def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestRow],
@@ -45,7 +45,8 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
             continue
         for field in ("patient_id", "study_id", "order", "modality", "dataset", "view", "split"):
             if getattr(p, field) != getattr(r, field):
-                raise ValueError(f"{source}: row {p.image_id!r} has {field}="
+                where = row_place(p) or source
+                raise ValueError(f"{where}: row {p.image_id!r} has {field}="
                                  f"{getattr(p, field)!r}, its original {r.image_id!r} has "
                                  f"{getattr(r, field)!r}")
         out.append(p)

@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from mami_jax.data.manifest import row_place
 from mami_jax.models.embed import centred
 
 
@@ -76,7 +77,9 @@ def reference_rows(rows_all, targets) -> list:
     lone = [found[0] for found in by_modality.values() if len(found) == 1]
     if lone:
         r = lone[0]
-        raise ValueError(f"{r.image_id}: the only {r.modality} image of the patients chosen; "
+        where = row_place(r)
+        named = f"{where} (image_id={r.image_id!r})" if where else r.image_id
+        raise ValueError(f"{named}: the only {r.modality} image of the patients chosen; "
                          "an image is compared with its patients' other images, centred on "
                          "their mean, so one image alone has nothing to compare with: give "
                          "the manifest with more images (other patients, other visits) or "
