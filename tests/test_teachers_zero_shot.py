@@ -89,5 +89,9 @@ def test_features_of_another_manifest_are_an_error(setup, tmp_path, capsys):
                            str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image_id not in" in err[0] and "features-00000-of-00001" in err[0]
-    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", feats]) == 2
-    assert "--out must differ from --features" in capsys.readouterr().err
+    for out in (feats, os.path.join(feats, "scores")):     # the input, or inside it
+        assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", out]) == 2
+        assert capsys.readouterr().err == (f"error: --out {out}: is or lies inside --features "
+                                           f"{feats} (inputs are never modified)\n")
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", manifest]) == 2
+    assert capsys.readouterr().err == f"error: --out {manifest}: is a file, not a folder\n"

@@ -17,7 +17,6 @@ applies to some rows but has no feature for others is an error naming them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,8 @@ from typing import Sequence
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
 from mami_jax.runtime.atomic_files import write_text_atomic
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.output_guard import same_or_inside
 
 SUMMARY_PROTOCOL = "reid"
 
@@ -96,8 +97,8 @@ def summary(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mami_jax.evaluate.features",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m mami_jax.evaluate.features",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", required=True, help="folder written by teachers.extract")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--out", required=True)
@@ -113,8 +114,11 @@ def main(argv=None) -> int:
         config.eval.split = args.split
     teachers = [t for t in args.teachers.split(",") if t] or None
     try:
-        if os.path.abspath(args.out) == os.path.abspath(args.features):
-            raise ValueError("--out must differ from --features (inputs are never modified)")
+        if same_or_inside(args.out, args.features):
+            raise ValueError(f"--out {args.out}: is or lies inside --features {args.features} "
+                             "(inputs are never modified)")
+        if os.path.isfile(args.out):
+            raise ValueError(f"--out {args.out}: is a file, not a folder")
         rows = load_rows(config, args.out)
         results = score_teachers(args.features, rows, config.eval, args.out, teachers,
                                  manifest_name=args.manifest)

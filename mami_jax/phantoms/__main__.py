@@ -57,7 +57,7 @@ def _run(args) -> str:
     return generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers,
                               pathology_field=args.pathology_field,
-                              stage1_visible=args.stage1_visible,
+                              stage1_visible=args.stage1_visible, progress=True,
                               signs_visible=args.signs_visible)
 
 

@@ -194,7 +194,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
              slices: int = DEFAULTS["slices"], workers: int | None = None,
              pathology_field: float = DEFAULTS["pathology_field"],
              stage1_visible: float | None = None, signs_visible: float | None = None,
-             progress: bool = True) -> str:
+             progress: bool = False) -> str:
     """Generates the benchmark into ``out_dir`` (absent or empty); returns the manifest path.
 
     ``stage1_visible`` (None: off): the share of stage-1 visits that show the disease, at
@@ -212,7 +212,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     folders and files get the modes the user's umask asks for. ``workers`` processes
     render in parallel (default: up to 4, the CPU count); the output does not depend on it.
     Rendering takes a minute or more at the default sizes, so it shows a progress bar over
-    the series (one per patient and modality) on stderr unless ``progress`` is False.
+    the series (one per patient and modality) on stderr with ``progress`` (the command and
+    the main job's first generation ask for it).
     """
     _check_args(patients, visits, seed, image_size, slices, pathology_field, stage1_visible,
                 signs_visible)
@@ -304,7 +305,8 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
     if not os.path.isfile(manifest):
         try:
             generate(target, patients=patients, visits=visits, seed=seed, image_size=image_size,
-                     slices=slices, workers=workers, pathology_field=pathology_field)
+                     slices=slices, workers=workers, pathology_field=pathology_field,
+                     progress=True)
         except FileExistsError:
             if not os.path.isfile(manifest):   # someone else finished first: fine; anything else is not
                 raise
