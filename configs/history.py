@@ -6,12 +6,15 @@
 ``stage`` predicts the four-way ``disease_stage`` of the phantoms instead of the
 binary ``disease_label``. ``key=value`` words override single settings for the
 comparisons of docs/history.md: ``seed=`` (classifier seed), ``map_dim=`` (0: no
-local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``),
+local-change input), ``map_layer=``, ``calibration=`` (``pairs`` or ``topk``; ``pairs``
+needs ``visit_fusion=0``),
 ``center=`` (0: raw embeddings), ``train_history=`` (``retrieved``, ``true`` or ``both``),
 ``features=`` (``backbone``, ``embedding``, ``both``, ``reader`` or ``teacher:NAME``),
 ``target_far=``, ``hubness_k=`` (0: cosine scores), ``visit_fusion=`` (0: each image
 alone), ``records=`` (1: the history model also reads the history images' recorded
 diagnoses), e.g. ``configs/history.py:seed=1,features=teacher:efficientnet_lite0``.
+Every setting is checked when the file is read (``apps/history/settings.py``): an unknown
+value, or one that would have no effect, is an error naming it.
 """
 
 import ml_collections
@@ -48,7 +51,8 @@ def get_config(arg=None):
     # The archive is centred on its mean embedding first (center=True; docs/history.md).
     # calibration: "topk" holds the target among the k best archive candidates of each
     # validation image (what retrieval accepts from); "pairs" among the validation
-    # patients' own image pairs.
+    # patients' own image pairs (single images only: with visit_fusion the thresholds are
+    # always calibrated on the top-k visit candidates, so "pairs" is refused there).
     c.k = 5
     # visit_fusion: score an archived visit against the query's visit by adding the
     # z-normalised scores of every modality both hold (a visit = a patient's images of one
@@ -132,4 +136,6 @@ def get_config(arg=None):
     if "hubness_k" in words:
         c.index.hubness_k = int(words["hubness_k"])
     c.lock()
+    from mami_jax.apps.history.settings import check_settings
+    check_settings(c)
     return c

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -145,3 +146,28 @@ def split_manifest(manifest: str, out: str, splits: dict[str, str], keep=None) -
         w.writeheader()
         w.writerows(kept)
     return out
+
+
+#: The patients of ``tiny_setup``'s manifest and their splits.
+TINY_SPLITS = {"P1": "train", "P2": "train", "P3": "train", "P4": "train", "P5": "val",
+               "P6": "val", "P7": "test", "P8": "test"}
+
+
+def tiny_setup(root) -> dict:
+    """The history CLI tests' material under ``root``: an X-ray manifest (``TINY_SPLITS``,
+    3 visits) with its labels, its first visits and its last visits as two manifests, the
+    experiment and app config files, a run and another model's run (other parameters)."""
+    from mami_jax.config_files import load_config
+    root = str(root)
+    manifest = write_xray_archive(os.path.join(root, "xr"), TINY_SPLITS)
+    first = split_manifest(manifest, os.path.join(root, "first.csv"), TINY_SPLITS,
+                           lambda r: r["order"] != "2")
+    last = split_manifest(manifest, os.path.join(root, "last.csv"), TINY_SPLITS,
+                          lambda r: r["order"] == "2")
+    config = write_config(root)
+    app = write_app_config(root)
+    cfg = load_config(config)
+    run = make_workdir(os.path.join(root, "run"), cfg, seed=0)
+    other = make_workdir(os.path.join(root, "other"), cfg, seed=5)
+    return dict(root=pathlib.Path(root), manifest=manifest, first=first, last=last, config=config, app=app,
+                run=run, other=other, labels=os.path.join(os.path.dirname(manifest), "labels.csv"))

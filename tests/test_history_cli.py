@@ -13,29 +13,12 @@ pytest.importorskip("faiss")
 
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
-from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import order_key, read_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
 
-SPLITS = {"P1": "train", "P2": "train", "P3": "train", "P4": "train", "P5": "val",
-          "P6": "val", "P7": "test", "P8": "test"}
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("history")
-    manifest = hw.write_xray_archive(str(root / "xr"), SPLITS)
-    first = hw.split_manifest(manifest, str(root / "first.csv"), SPLITS,
-                              lambda r: r["order"] != "2")
-    last = hw.split_manifest(manifest, str(root / "last.csv"), SPLITS,
-                             lambda r: r["order"] == "2")
-    config = hw.write_config(str(root))
-    app = hw.write_app_config(str(root))
-    cfg = load_config(config)
-    run = hw.make_workdir(str(root / "run"), cfg, seed=0)
-    other = hw.make_workdir(str(root / "other"), cfg, seed=5)
-    return dict(root=root, manifest=manifest, first=first, last=last, config=config, app=app,
-                run=run, other=other, labels=os.path.join(os.path.dirname(manifest), "labels.csv"))
+    return hw.tiny_setup(tmp_path_factory.mktemp("history"))
 
 
 def _err(capsys):
@@ -54,18 +37,18 @@ def test_index_query_add(setup, capsys, tmp_path):
     assert len(archive) == len(read_manifest(s["first"]))
     assert set(archive.calibration) == {"xray"}
 
-    # Adding the last visits with the same model; a repeat, and another model, refused.
-    assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
-    assert len(Archive.load(index)) == len(read_manifest(s["manifest"]))
-    assert main(["add", "--index", index, "--manifest", s["last"]]) == 2
-    (line,) = _err(capsys)
-    assert line.startswith("error: ") and "already in" in line
+    # Adding the last visits: another model refused; the same model; a repeat refused.
     before = sorted(os.listdir(index))
     assert main(["add", "--index", index, "--manifest", s["last"], "--workdir", s["other"],
                  "--config", s["config"]]) == 2
     (line,) = _err(capsys)
     assert line.startswith("error: adding ") and "made by another model" in line
     assert sorted(os.listdir(index)) == before
+    assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
+    assert len(Archive.load(index)) == len(read_manifest(s["manifest"]))
+    assert main(["add", "--index", index, "--manifest", s["last"]]) == 2
+    (line,) = _err(capsys)
+    assert line.startswith("error: ") and "already in" in line
 
     # Query an archived last-visit image: only earlier images of other studies come back.
     rows = read_manifest(s["manifest"])

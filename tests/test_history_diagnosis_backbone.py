@@ -151,9 +151,13 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
     exp = _experiment(tmp_path, "teacher:stub_teacher")
     np.testing.assert_array_equal(exp.x_raw, StubTeacher(exp.y).features(exp.rows))
     payload = exp.train()
+    assert not (tmp_path / "classifiers.json").exists()    # written by publish, with the report
+    metrics = exp.evaluate(payload)
+    exp.publish(metrics, payload)
     with open(tmp_path / "classifiers.json") as f:
         info = json.load(f)
-    assert info == {"features": "teacher:stub_teacher", "feature_dim": 3,
+    assert info == {"label_column": "disease_label", "classes": ["0", "1"],
+                    "features": "teacher:stub_teacher", "feature_dim": 3,
                     "model": StubTeacher.info, "scores": "visit", "records": False}
     exp.check_classifiers(payload, info)               # the same features: accepted
     # a history term trained on another score scale is refused by name; a record from
@@ -162,13 +166,11 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
                                          "gives 'visit'"):
         exp.check_classifiers(payload, dict(info, scores="csls"))
     exp.check_classifiers(payload, {k: v for k, v in info.items() if k != "scores"})
-    metrics = exp.evaluate(payload)
     assert metrics["diagnosis_model"]["teacher"] == "stub_teacher"
     # classifiers trained on the re-ID backbone's features are refused by name ...
     other = _experiment(tmp_path / "b", "backbone")
     other_payload = other.train()
-    with open(tmp_path / "b" / "classifiers.json") as f:
-        other_info = json.load(f)
+    other_info = other.classifiers_info()
     with pytest.raises(ValueError, match="trained on features='backbone'"):
         exp.check_classifiers(other_payload, other_info)
     # ... and, without the record (an older run), by their width

@@ -76,10 +76,19 @@ def test_train_history_true_learns_from_the_patients_own_history(tmp_path):
 
 
 def test_unknown_train_history_is_an_error(tmp_path):
-    exp, _ = _setup(tmp_path, "future")
-    with pytest.raises(ValueError, match="train_history='future' unknown; expected retrieved, "
-                       "true or both"):
-        exp.train()
+    """Refused when the settings are read, and by the experiment before its features (a
+    settings object changed after it was read)."""
+    message = "train_history='future' unknown; expected retrieved, true or both"
+    with pytest.raises(ValueError, match=message):
+        get_config("train_history=future")
+    rows, y = _rows_and_labels()
+    cfg = get_config()
+    with cfg.unlocked():
+        cfg.train_history = "future"
+    model = StubModel(rows, y)
+    model.features = None        # never called: the settings are checked first
+    with pytest.raises(ValueError, match=message):
+        Experiment(model, rows, y, cfg, str(tmp_path), log=lambda *a: None)
 
 
 def test_train_history_both_sees_each_image_with_each_history(tmp_path, monkeypatch):
@@ -110,8 +119,9 @@ def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k, vis
     or by visit."""
     rows, y = _rows_and_labels()
     cfg = get_config(f"hubness_k={hubness_k},visit_fusion={visit_fusion}")
-    with cfg.unlocked():
-        cfg.k, cfg.target_far, cfg.calibration = 2, 0.2, "pairs"
+    with cfg.unlocked():     # pairs calibrates single images; visit fusion its visits' top-k
+        cfg.k, cfg.target_far = 2, 0.2
+        cfg.calibration = "topk" if visit_fusion else "pairs"
     exp = Experiment(StubModel(rows, y), rows, y, cfg, str(tmp_path), log=lambda *a: None)
     same = 0
     for i in range(len(rows)):
@@ -129,3 +139,34 @@ def test_true_history_scores_are_on_the_retrieval_scale(tmp_path, hubness_k, vis
         assert max(scores) < 0.9
     else:              # a patient's images are one direction: cosines near 1
         assert min(scores) > 0.99
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p, good: open(p, "wb").write(good[:len(good) // 2]),
+     "BadZipFile: File is not a zip file"),
+    (lambda p, good: open(p, "w").write("not a cache\n"),
+     "ValueError: This file contains pickled (object) data. If you trust the file you can "
+     "load it unsafely using the `allow_pickle=` keyword argument or `pickle.load()`."),
+    (lambda p, good: np.savez(p, embedding=np.zeros(2)),
+     "an array is missing: fingerprint is not a file in the archive"),
+])
+def test_an_unreadable_feature_cache_is_computed_again(tmp_path, capsys, damage, reason):
+    """OUT/features.npz only saves time: a truncated, foreign or incomplete one is said in
+    one line, computed again and replaced."""
+    from mami_jax.apps.history.experiment import cached_features
+    rows, y = _rows_and_labels()
+    model = StubModel(rows, y)
+    cfg = get_config("map_dim=0")
+    path = tmp_path / "features.npz"
+    emb, backbone, _ = cached_features(model, rows, str(tmp_path), cfg)
+    good = path.read_bytes()
+    damage(str(path), good)
+    capsys.readouterr()
+    again = cached_features(model, rows, str(tmp_path), cfg)
+    assert capsys.readouterr().out == (f"  {path}: not a readable cache ({reason}); computing it "
+                                       f"again\n")
+    np.testing.assert_array_equal(again[0], emb)
+    np.testing.assert_array_equal(again[1], backbone)
+    model.features = None           # the cache is whole again: read, not computed
+    cached_features(model, rows, str(tmp_path), cfg)
+    assert capsys.readouterr().out == ""

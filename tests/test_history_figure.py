@@ -2,6 +2,7 @@
 table (mean +- half the range per condition) and one PNG; bad input is one error line."""
 
 import json
+import os
 
 from mami_jax.apps.history.__main__ import main
 
@@ -41,4 +42,52 @@ def test_figure_bad_input_is_one_error_line(tmp_path, capsys):
         assert main(["figure", "--metrics", *files, "--out", str(tmp_path / "x.png")]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_figure_never_writes_over_its_inputs(tmp_path, capsys):
+    """--out may not be one of the --metrics (a link to one is that file) nor a folder;
+    the metrics are unchanged and nothing is written."""
+    a = _metrics(tmp_path / "a.json", 0.6, 0.7, 0.1)
+    b = _metrics(tmp_path / "b.json", 0.8, 0.75, 0.3)
+    link = tmp_path / "link.png"
+    link.symlink_to(a)
+    (tmp_path / "folder").mkdir()
+    before = {p: open(p, "rb").read() for p in (a, b)}
+    cases = [(a, f"error: --out {a}: would overwrite the input {a}"),
+             (str(link), f"error: --out {link}: would overwrite the input {a}"),
+             (str(tmp_path / "folder"), f"error: --out {tmp_path}/folder: is a folder; give a "
+                                        f"file name"),
+             (f"{tmp_path}/new/", f"error: --out {tmp_path}/new/: is a folder; give a file name"),
+             (f"{a}/x.png", f"error: --out {a}/x.png: {a} is a file, not a folder")]
+    for out, message in cases:
+        assert main(["figure", "--metrics", a, b, "--out", out]) == 2
+        assert capsys.readouterr().err.splitlines() == [message]
+    assert {p: open(p, "rb").read() for p in (a, b)} == before
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json", "folder", "link.png"]
+
+
+def test_figure_names_the_file_and_key_it_cannot_read(tmp_path, capsys):
+    a = _metrics(tmp_path / "a.json", 0.6, 0.7, 0.1)
+    cases = []
+    for name, edit, message in [
+            ("auc", lambda m: m["per_modality"]["xray"]["current_only"].update(auc="high"),
+             "per_modality.xray.current_only.auc is 'high', not a number or null"),
+            ("fhr", lambda m: m["overall"].update(false_history_rate=[0.1]),
+             "overall.false_history_rate is [0.1], not a number or null"),
+            ("queries", lambda m: m["overall"].update(queries=10.5),
+             "overall.queries is 10.5, not a whole number"),
+            ("gain", lambda m: m["overall"]["gain"].update(retrieved_history={"auc_gain": 0.1}),
+             "overall.gain.retrieved_history is {'auc_gain': 0.1}, not an AUC gain with its 95 % "
+             "interval"),
+            ("cond", lambda m: m["overall"].update(true_history=0.5),
+             "overall.true_history is 0.5, not an object with an auc")]:
+        metrics = json.loads(open(a).read())
+        edit(metrics)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(metrics))
+        cases.append((str(path), message))
+    for path, message in cases:
+        assert main(["figure", "--metrics", a, path, "--out", str(tmp_path / "x.png")]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: --metrics {path}: {message}"]
     assert not (tmp_path / "x.png").exists()

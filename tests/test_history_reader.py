@@ -2,7 +2,6 @@
 over patient folds (mami_jax/apps/history/diagnosis_reader.py)."""
 
 import dataclasses
-import json
 
 import ml_collections
 import numpy as np
@@ -199,8 +198,7 @@ def test_the_experiment_reads_the_readers_logits_and_records_them(tmp_path):
     exp = Experiment(StubReid(rows), rows, y, cfg, str(tmp_path), log=lambda *a: None)
     assert exp.x_raw.shape == (len(rows), 2)
     payload = exp.train()
-    with open(tmp_path / "classifiers.json") as f:
-        info = json.load(f)
+    info = exp.classifiers_info()
     assert info["features"] == "reader" and info["feature_dim"] == 2
     assert info["model"]["fingerprint"] == exp.diagnosis_model["fingerprint"]
     exp.check_classifiers(payload, info)

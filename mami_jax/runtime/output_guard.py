@@ -43,3 +43,31 @@ def check_output_folder(out: str, flag: str, own_marker: str) -> None:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise ValueError(f"{flag} {out}: holds files this command did not write ({shown}); "
                          "give a new or empty folder")
+
+
+def refuse_inside_inputs(out: str, flag: str, inputs: dict[str, str | None]) -> None:
+    """ValueError when ``out`` is one of ``inputs`` (flag -> path; None: not given) or lies
+    inside one: an output folder inside a run or an archive a command reads."""
+    for what, path in inputs.items():
+        if path and same_or_inside(out, path):
+            where = "is" if os.path.realpath(out) == os.path.realpath(path) else "lies inside"
+            raise ValueError(f"{flag} {out}: {where} {what} {path}, which this command reads: "
+                             f"outputs never go into the inputs")
+
+
+def check_parent_is_folder(path: str, flag: str) -> None:
+    """ValueError when the nearest existing folder above ``path`` is a file (no folder
+    can be made there)."""
+    above = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ValueError(f"{flag} {path}: {above} is a file, not a folder")
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """An output file's path must not name a folder (one that exists, or a trailing
+    separator)."""
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    check_parent_is_folder(path, flag)

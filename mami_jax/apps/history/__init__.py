@@ -8,5 +8,7 @@ the same patient in an archive with the re-ID model, and diagnose with them.
 - ``features``: the trained model, its embeddings and backbone features;
 - ``diagnosis``, ``training``: the classifiers (current-only, with history);
 - ``scoring``, ``experiment``, ``pictures``: metrics, the train/eval run, figures;
+- ``settings``: the app settings checked before any work;
+- ``npz_files``: the archive's arrays and OUT's caches, read with errors that name the file;
 - ``commands``, ``__main__``: ``python -m mami_jax.apps.history index|add|query|train|eval``.
 """

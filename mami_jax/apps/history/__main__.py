@@ -4,7 +4,7 @@
         [--kind flat|ivf|hnsw] [--labels FILE] [--config FILE[:ARG]]
     python -m mami_jax.apps.history add   --index INDEX --manifest FILE [--labels FILE]
     python -m mami_jax.apps.history query --index INDEX --image PATH [--k 5] [--png FILE] \\
-        [--with [MODALITY=]PATH ...]
+        [--with [MODALITY=]PATH ...] [--workdir RUN [--config FILE[:ARG]]]
     python -m mami_jax.apps.history train --workdir RUN --manifest FILE --out DIR \\
         [--labels FILE] [--app-config configs/history.py] [--config FILE[:ARG]]
     python -m mami_jax.apps.history eval  (the same arguments; reuses DIR's classifiers)
@@ -24,8 +24,12 @@ needs ``--modality`` (and ``--order`` to exclude later archived images).
 training workdir, ``WORKDIR@STEP``, a released or exported ``.pth``/``.safetensors`` file
 or a converter folder; it is read with the run's own experiment config (``RUN/config.json``,
 which training writes; a file exported from a run carries it), or the one ``--config``
-names (any other model file: the paper's by default).
-Bad input ends with one ``error: ...`` line and exit status 2.
+names (any other model file: the paper's by default). ``add`` and ``query`` use the model
+the archive records unless ``--workdir`` names it (moved, say); its parameters must be the
+archive's either way.
+Inputs are never modified, and outputs go where ``commands`` says (never into an input).
+Bad input ends with one ``error: ...`` line and exit status 2, usage errors included
+(``runtime.cli_parser``), before any long work.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import argparse
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
+from mami_jax.runtime.cli_parser import OneLineErrorParser
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mami_jax.apps.history",
+    p = OneLineErrorParser(prog="python -m mami_jax.apps.history",
                                 description="History-augmented diagnosis: archive index, "
                                 "history retrieval and diagnosis with history.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     def model_args(s, required=True):
         add_model_flag(s, "the re-ID model: a training workdir (latest checkpoint; "
@@ -91,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="accept above this similarity (default: the archive's calibration)")
     s.add_argument("--png", default=None, help="picture to write (default: ./query_<name>.png)")
     app_config(s)
+    model_args(s, required=False)   # default: the model the archive records
 
     for name in ("train", "eval"):
         s = sub.add_parser(name, help=f"{name} the diagnosis classifiers; writes metrics.json")

@@ -61,6 +61,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.apps.history import hubness
+from mami_jax.apps.history.npz_files import NPZ_ERRORS, npz_error
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
@@ -331,10 +332,12 @@ class Archive:
                 "calibration": self.calibration, "record_column": self.record_column}
 
     def save(self, path: str) -> str:
-        """Writes the archive folder all-or-nothing (replacing an older one at ``path``)."""
+        """Writes the archive folder all-or-nothing (replacing an older archive or an empty
+        folder at ``path``; anything else there is refused)."""
         faiss = _faiss()
         path = os.path.abspath(path)
-        if os.path.exists(path) and not os.path.isfile(os.path.join(path, ARCHIVE_JSON)):
+        if os.path.exists(path) and not os.path.isfile(os.path.join(path, ARCHIVE_JSON)) and not (
+                os.path.isdir(path) and not os.listdir(path)):
             raise ArchiveError(f"{path} exists and is not an archive; refusing to replace it")
         with staging_dir(path) as tmp:
             for modality, index in self.indexes.items():
@@ -382,6 +385,8 @@ class Archive:
         except OSError as e:
             raise ArchiveError(f"{records_path}: the archive records diagnoses but they cannot "
                                f"be read ({e.strerror})") from e
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ArchiveError(f"{records_path}: not a CSV text file ({e})") from e
         unknown = sorted(set(records) - set(self._partition_of))
         if unknown:
             raise ArchiveError(f"{records_path}: {len(unknown)} image(s) not in the archive, "
@@ -390,77 +395,155 @@ class Archive:
 
     @classmethod
     def load(cls, path: str) -> "Archive":
+        """The archive folder ``path``; a missing or damaged part is an ArchiveError naming
+        its file and what is wrong with it (``_read_header``, ``_read_metadata``,
+        ``_read_arrays``), and parts that disagree name the two files."""
         faiss = _faiss()
         header_path = os.path.join(path, ARCHIVE_JSON)
-        try:
-            with open(header_path, encoding="utf-8") as f:
-                header = json.load(f)
-        except OSError as e:
-            raise ArchiveError(f"{path} is not an archive: {ARCHIVE_JSON} cannot be read "
-                               f"({e.strerror})") from e
-        except json.JSONDecodeError as e:
-            raise ArchiveError(f"{header_path}: not valid JSON ({e})") from e
-        if header.get("format") != FORMAT:
-            raise ArchiveError(f"{header_path}: archive format {header.get('format')!r}, this "
-                               f"code reads format {FORMAT}; build it again with `index`")
+        header = _read_header(path)
         centers = None
-        if header.get("centred"):
-            centers_path = os.path.join(path, CENTERS_NPZ)
-            try:
-                with np.load(centers_path, allow_pickle=False) as f:
-                    centers = {m: f[m] for m in f.files}
-            except (OSError, ValueError) as e:
-                raise ArchiveError(f"{centers_path}: the archive is centred but its centres "
-                                   f"cannot be read ({e})") from e
-            missing = sorted(set(header.get("modalities", {})) - set(centers))
+        if header["centred"]:
+            centers = _read_arrays(os.path.join(path, CENTERS_NPZ), "is centred", "centres")
+            missing = sorted(set(header["modalities"]) - set(centers))
             if missing:
-                raise ArchiveError(f"{centers_path}: no centre for {missing}, which "
-                                   f"{header_path} lists")
+                raise ArchiveError(f"{os.path.join(path, CENTERS_NPZ)}: no centre for "
+                                   f"{missing}, which {header_path} lists")
         try:
-            archive = cls(header["dim"], header["kind"], header.get("settings"),
-                          header.get("model"), header.get("calibration"), centers)
+            archive = cls(header["dim"], header["kind"], header["settings"], header["model"],
+                          header["calibration"], centers)
         except ArchiveError as e:
             raise ArchiveError(f"{path}: {e}") from e
         meta_path = os.path.join(path, METADATA_CSV)
-        with open(meta_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != META_COLUMNS:
-                raise ArchiveError(f"{meta_path}: columns {reader.fieldnames}, expected "
-                                   f"{list(META_COLUMNS)}")
-            archive.rows = [ManifestRow(**rec) for rec in reader]
+        archive.rows = _read_metadata(meta_path)
         for i, r in enumerate(archive.rows):
             archive._partition_of[r.image_id] = (r.modality,
                                                  len(archive.positions.setdefault(r.modality, [])))
             archive.positions[r.modality].append(i)
-        if header.get("record_column"):
+        listed = {m: len(p) for m, p in archive.positions.items()}
+        if listed != header["modalities"]:
+            raise ArchiveError(f"{meta_path}: lists {dict(sorted(listed.items()))} images per "
+                               f"modality, {header_path} says {header['modalities']}: the "
+                               f"archive is inconsistent")
+        if header["record_column"]:
             archive._load_records(os.path.join(path, RECORDS_CSV), header["record_column"])
         if archive.hubness_k > 0:
             density_path = os.path.join(path, DENSITY_NPZ)
-            try:
-                with np.load(density_path, allow_pickle=False) as f:
-                    archive.density = {m: f[m] for m in f.files}
-            except (OSError, ValueError) as e:
-                raise ArchiveError(f"{density_path}: the archive is hub-corrected but its "
-                                   f"densities cannot be read ({e})") from e
-            wrong = {m: (len(archive.density.get(m, ())), len(p))
-                     for m, p in archive.positions.items() if len(archive.density.get(m, ())) != len(p)}
+            archive.density = _read_arrays(density_path, "is hub-corrected", "densities")
+            wrong = {m: (archive.density[m].shape if m in archive.density else None, (len(p),))
+                     for m, p in archive.positions.items()
+                     if m not in archive.density or archive.density[m].shape != (len(p),)}
             if wrong:
-                raise ArchiveError(f"{density_path}: densities (found, expected) {wrong}: "
-                                   f"the archive is inconsistent")
-        for modality, expected in header.get("modalities", {}).items():
+                raise ArchiveError(f"{density_path}: densities' shapes (found, expected) "
+                                   f"{wrong}: the archive is inconsistent")
+        for modality, expected in header["modalities"].items():
             index_path = os.path.join(path, f"{modality}.faiss")
             try:
                 index = faiss.read_index(index_path)
             except RuntimeError as e:
                 raise ArchiveError(f"{index_path}: cannot be read as a FAISS index") from e
-            if index.ntotal != expected or len(archive.positions.get(modality, ())) != expected:
+            if index.ntotal != expected or index.d != archive.dim:
                 raise ArchiveError(
-                    f"{index_path}: holds {index.ntotal} vectors, {meta_path} lists "
-                    f"{len(archive.positions.get(modality, ()))} {modality} images and "
-                    f"{header_path} says {expected}: the archive is inconsistent")
+                    f"{index_path}: holds {index.ntotal} {index.d}-d vectors, {header_path} "
+                    f"says {expected} {archive.dim}-d ones: the archive is inconsistent")
             _apply_search_settings(index, archive.kind, archive.settings)
             archive.indexes[modality] = index
-        if set(archive.positions) != set(archive.indexes):
-            raise ArchiveError(f"{meta_path}: modalities {sorted(archive.positions)} but FAISS "
-                               f"indexes for {sorted(archive.indexes)}")
         return archive
+
+
+#: archive.json's entries: key -> (type, what it must be, its value when absent or null;
+#: REQUIRED: an error). Every entry is checked on load.
+REQUIRED = object()
+_HEADER = {"format": (int, "a whole number", REQUIRED),
+           "kind": (str, "text", REQUIRED),
+           "dim": (int, "a whole number", REQUIRED),
+           "modalities": (dict, "an object", REQUIRED),
+           "settings": (dict, "an object", {}),
+           "model": (dict, "an object", {}),
+           "calibration": (dict, "an object", {}),
+           "centred": (bool, "true or false", False),
+           "record_column": (str, "text or null", None),
+           "count": (int, "a whole number", None)}
+
+
+def _read_header(path: str) -> dict:
+    """archive.json of archive folder ``path``, every entry checked (``_HEADER``); an
+    ArchiveError names the file and the entry."""
+    from mami_jax.runtime.json_object import parse_json_object
+    header_path = os.path.join(path, ARCHIVE_JSON)
+    try:
+        with open(header_path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ArchiveError(f"{path} is not an archive: {ARCHIVE_JSON} cannot be read "
+                           f"({e.strerror})") from e
+    header = parse_json_object(text, header_path, "archive settings", ArchiveError)
+    if header.get("format") != FORMAT:
+        raise ArchiveError(f"{header_path}: archive format {header.get('format')!r}, this "
+                           f"code reads format {FORMAT}; build it again with `index`")
+    for key, (kind, what, default) in _HEADER.items():
+        if header.get(key) is None:
+            if default is REQUIRED:
+                raise ArchiveError(f"{header_path}: no {key!r} entry")
+            header[key] = default
+            continue
+        value = header[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ArchiveError(f"{header_path}: {key!r} is {value!r}, expected {what}")
+    if header["dim"] < 1:
+        raise ArchiveError(f"{header_path}: 'dim' is {header['dim']}, expected at least 1")
+    for m, n in header["modalities"].items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ArchiveError(f"{header_path}: 'modalities' gives {m!r} {n!r} images, "
+                               f"expected a whole number of at least 1")
+    for m, c in header["calibration"].items():
+        needed = ("threshold",) + (("impostor_mean", "impostor_sd")
+                                   if isinstance(c, dict) and c.get("method") == "topk-visits"
+                                   else ())
+        for key in needed:
+            value = c.get(key) if isinstance(c, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ArchiveError(f"{header_path}: 'calibration' of {m!r} has {key} {value!r}, "
+                                   f"expected a number")
+    return header
+
+
+def _read_metadata(meta_path: str) -> list[ManifestRow]:
+    """metadata.csv: the archived rows in archive order; a missing file, another header, a
+    line of another number of fields, an empty id or modality or an id listed twice is an
+    ArchiveError naming the file (and line)."""
+    try:
+        with open(meta_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            head = next(reader, None)
+            if tuple(head or ()) != META_COLUMNS:
+                raise ArchiveError(f"{meta_path}: columns {head}, expected {list(META_COLUMNS)}")
+            rows, seen = [], set()
+            for values in reader:
+                where = f"{meta_path}: line {reader.line_num}"
+                if len(values) != len(META_COLUMNS):
+                    raise ArchiveError(f"{where} has {len(values)} fields, expected "
+                                       f"{len(META_COLUMNS)}")
+                row = ManifestRow(*values)
+                if not row.image_id or not row.modality:
+                    raise ArchiveError(f"{where}: empty image_id or modality")
+                if row.image_id in seen:
+                    raise ArchiveError(f"{where}: image {row.image_id!r} listed twice")
+                seen.add(row.image_id)
+                rows.append(row)
+    except OSError as e:
+        raise ArchiveError(f"{meta_path}: the archive's image list cannot be read "
+                           f"({e.strerror})") from e
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ArchiveError(f"{meta_path}: not a CSV text file ({e})") from e
+    return rows
+
+
+def _read_arrays(path: str, state: str, what: str) -> dict[str, np.ndarray]:
+    """The arrays of ``path`` (an .npz the archive needs because it ``state``); a missing,
+    truncated or foreign file is an ArchiveError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {m: np.asarray(f[m]) for m in f.files}
+    except NPZ_ERRORS as e:
+        raise ArchiveError(f"{path}: the archive {state} but its {what} cannot be read "
+                           f"({npz_error(e)})") from e

@@ -107,7 +107,7 @@ def calibrate_topk(archive, rows: Sequence[ManifestRow], vectors: np.ndarray,
     the archive need not hold them). Genuine = candidates of the query's own patient."""
     idx = [i for i, r in enumerate(rows) if r.split == split]
     matches = retrieve(archive, [rows[i] for i in idx], np.asarray(vectors)[idx], int(k),
-                       np.inf)
+                       np.inf, desc=f"calibration ({split} images)")
     return topk_thresholds(archive, rows, idx, matches, target_far, split, k)
 
 
@@ -115,7 +115,7 @@ def calibrate_visits(fusion, target_far: float, split: str, k: int) -> dict[str,
     """``calibrate_topk`` for visit-level scores (``visit_fusion.VisitFusion``): the
     top-``k`` candidates of ``split``'s rows by visit score."""
     idx = [i for i, r in enumerate(fusion.rows) if r.split == split]
-    matches = fusion.retrieve(idx, int(k), np.inf)
+    matches = fusion.retrieve(idx, int(k), np.inf, desc=f"calibration ({split} visits)")
     out = topk_thresholds(fusion.archive, fusion.rows, idx, matches, target_far, split, k)
     return {m: dict(c, method="topk-visits") for m, c in out.items()}
 

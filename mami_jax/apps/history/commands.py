@@ -1,33 +1,58 @@
-"""The command-line actions (``python -m mami_jax.apps.history``; arguments there)."""
+"""The command-line actions (``python -m mami_jax.apps.history``; arguments there).
+
+Every action checks what it can cheaply before it loads a model or reads an image: the
+settings (``settings.check_settings``), the manifest's rows and splits, the labels
+table, the archive, the classifiers ``eval`` reuses, and where it will write. Where a
+command may write (docs/history.md, "Where the commands write"):
+
+- never over or into what it reads: an output equal to an input file, or inside an input
+  folder (the model's run, the archive a query reads, a series folder) is refused, links
+  resolved (``runtime.output_guard``);
+- ``index --out`` and ``train --out`` are folders that are new, empty, or the command's own
+  earlier output (an archive, holding archive.json; a train folder, holding features.npz),
+  so a dataset's folder is never written into; such a folder may lie inside the
+  manifest's folder, but not inside the model's run;
+- ``query --png`` and ``figure --out`` are files, not folders.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
-from mami_jax.apps.history.archive import Archive, ArchiveError, mean_directions
+from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.history.history_select import retrieve
 from mami_jax.apps.history.query_rows import query_row, visit_mates
+from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
-from mami_jax.config_files import load_config
-from mami_jax.data.labels import default_labels_path, labels_for, read_labels
+from mami_jax.config_files import load_config, resolve
+from mami_jax.data.labels import default_labels_path, labels_for
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import experiment_spec, load_experiment
+from mami_jax.inference import names_a_path
+from mami_jax.runtime.output_guard import (check_output_file, check_output_folder,
+                                           check_parent_is_folder, refuse_inside_inputs,
+                                           refuse_overwriting_inputs, same_or_inside)
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "configs", "history.py"))
 
 
 def app_config(args):
-    return load_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
+    """The app settings of ``--app-config`` (default configs/history.py), checked."""
+    cfg = load_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
+    check_settings(cfg)     # a copy of the file may not check what it sets
+    return cfg
 
 
 def _rows(args, config) -> list[ManifestRow]:
     """The manifest's rows, with the run config's split rule when it has no splits, and
     only of the modalities the run was trained on (``data.only_modalities``; how many
-    others were left out is said)."""
+    others were left out is said). A manifest without rows (of those modalities) is an
+    error naming it."""
     from mami_jax.data.loading import read_rows
     with config.unlocked():
         config.data.manifest = os.path.abspath(args.manifest)
@@ -37,26 +62,57 @@ def _rows(args, config) -> list[ManifestRow]:
               f"{args.manifest} left out: the run was trained on "
               f"{', '.join(config.data.only_modalities)} only (data.only_modalities)",
               flush=True)
+    if not rows:
+        others = " of the run's modalities" if left_out else ""
+        raise ValueError(f"--manifest {args.manifest}: no images{others} to work on")
     return rows
 
 
-def _refuse_inputs_as_output(out: str, args) -> None:
-    out = os.path.abspath(out)
-    inputs = {getattr(args, "model_flag", "--workdir"): getattr(args, "workdir", None),
-              "the manifest's folder": os.path.dirname(os.path.abspath(args.manifest))}
-    for name, path in inputs.items():
-        if path and out == os.path.abspath(path):
-            raise ValueError(f"--out {out} is {name}: outputs never go into the inputs")
+# -- where the commands write ------------------------------------------------------------
+def _file_of(spec: str | None) -> str | None:
+    """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it."""
+    return resolve(spec.partition(":")[0]) if spec else None
+
+
+def _model_path(name: str | None) -> str | None:
+    """What a model flag names on disk: the file or folder, or the workdir of
+    ``WORKDIR@STEP``."""
+    if not name:
+        return None
+    return name if os.path.exists(name) else name.partition("@")[0] or None
+
+
+def _inputs(args, labels: str | None = None) -> dict[str, str | None]:
+    """The files and folders a model command reads (flag -> path)."""
+    return {getattr(args, "model_flag", "--workdir"): _model_path(getattr(args, "workdir", None)),
+            "--manifest": getattr(args, "manifest", None),
+            "--labels": labels if labels is not None else getattr(args, "labels", None),
+            "--config": _file_of(getattr(args, "config", None)),
+            "--app-config": _file_of(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)}
+
+
+def _check_out_folder(args, marker: str | None, outputs, labels: str | None = None) -> None:
+    """``--out``: not inside the model's run (nor any other input), not where no folder
+    can be, new, empty or this command's own (holding ``marker``; None: any, for
+    ``eval``, which writes into ``train``'s folder), and none of the files ``outputs``
+    (names in it) an input."""
+    out = args.out
+    refuse_inside_inputs(out, "--out", _inputs(args, labels))
+    check_parent_is_folder(out, "--out")
+    if marker is not None:
+        check_output_folder(out, "--out", marker)
+    read = [p for p in _inputs(args, labels).values() if p and os.path.isfile(p)]
+    refuse_overwriting_inputs([os.path.join(out, name) for name in outputs], read, "--out")
 
 
 def _recorded(rows, args, cfg) -> list[str] | None:
     """The diagnoses (``cfg.label_column`` of ``--labels``) of ``rows``, None without
     ``--labels``; an unknown value or an unlabelled row is an error naming it."""
+    from mami_jax.apps.history.experiment import read_label_table
     if not getattr(args, "labels", None):
         return None
     classes = [str(c) for c in cfg.classes]
-    return [classes[i] for i in labels_for(rows, read_labels(args.labels, cfg.label_column,
-                                                              classes), args.labels)]
+    return [classes[i] for i in labels_for(rows, read_label_table(args.labels, cfg), args.labels)]
 
 
 def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
@@ -73,10 +129,21 @@ def _experiment_spec(args) -> str:
 
 
 def index(args) -> int:
-    _refuse_inputs_as_output(args.out, args)
     cfg = app_config(args)
     spec = _experiment_spec(args)
+    out = os.path.abspath(args.out)
+    # the archive replaces the whole folder: nothing it reads may lie in it
+    for flag, path in _inputs(args).items():
+        if path and same_or_inside(path, out):
+            raise ValueError(f"--out {args.out}: holds {flag} {path}; the archive replaces the "
+                             f"whole folder, and outputs never go into the inputs")
+    _check_out_folder(args, ARCHIVE_JSON, ())
     rows = _rows(args, load_experiment(spec))   # bad input first, before the model loads
+    if os.path.isdir(out):
+        inside = next((r for r in rows if same_or_inside(r.path, out)), None)
+        if inside is not None:
+            raise ValueError(f"--out {args.out}: holds the image {inside.path} of "
+                             f"{inside.image_id}; the archive replaces the whole folder")
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
     emb = model.embeddings(rows)
@@ -93,7 +160,7 @@ def index(args) -> int:
             calibration = calibrate_archive(archive, rows, emb, cfg)
     archive.calibration = calibration
     archive.save(args.out)
-    print(f"archive {os.path.abspath(args.out)}: {len(archive)} images "
+    print(f"archive {out}: {len(archive)} images "
           f"({', '.join(f'{m} {n}' for m, n in archive.header()['modalities'].items())}), "
           f"{archive.kind} index, {archive.dim}-d{', centred' if cfg.center else ''}, "
           f"model step {model.info['step']}")
@@ -107,15 +174,36 @@ def index(args) -> int:
     return 0
 
 
-def _model_for(archive: Archive, args, where: str) -> TrainedModel:
+def _model_source(archive: Archive, args, where: str) -> tuple[str, str, str]:
+    """(model, experiment config spec, how it was named) for an archive's command: the
+    ``--workdir`` given (its identity is still checked against the archive's), else the
+    model the archive records, when it is still there."""
+    if not archive.model.get("fingerprint"):
+        raise ArchiveError(f"{where}: {ARCHIVE_JSON} records no model fingerprint, so no model "
+                           f"can be checked against the archive's embeddings; build the "
+                           f"archive again with `index`")
     given = getattr(args, "workdir", None)
-    workdir = given or archive.model.get("workdir")
-    spec = _experiment_spec(args) if given else (getattr(args, "config", None)
-                                                 or archive.model.get("config"))
+    if given:
+        return given, _experiment_spec(args), args.model_flag
+    workdir = archive.model.get("workdir")
+    spec = getattr(args, "config", None) or archive.model.get("config")
     if not workdir or not spec:
-        raise ArchiveError(f"{where}: the archive does not record its model; give --workdir "
-                           f"and --config")
-    role = args.model_flag if given else "the archive's recorded model"
+        raise ArchiveError(f"{where}: the archive does not record where its model is; give "
+                           f"--workdir (and --config FILE[:ARG] for a run without its "
+                           f"config.json)")
+    if not names_a_path(str(workdir)):
+        raise ArchiveError(f"{where}: the archive's model {workdir} is not there any more; give "
+                           f"--workdir where it is now (its parameters are checked against the "
+                           f"archive's)")
+    if not getattr(args, "config", None) and not os.path.exists(_file_of(str(spec))):
+        raise ArchiveError(f"{where}: the config the archive's model was read with, {spec}, is "
+                           f"not there any more; give --config FILE[:ARG] (or --workdir)")
+    return str(workdir), str(spec), "the archive's recorded model"
+
+
+def _load_model(archive: Archive, source: tuple[str, str, str], where: str) -> TrainedModel:
+    """The model of ``_model_source``, refused unless its parameters are the archive's."""
+    workdir, spec, role = source
     model = TrainedModel(workdir, spec, role=role)
     archive.check_model(model.info, where)
     return model
@@ -123,18 +211,25 @@ def _model_for(archive: Archive, args, where: str) -> TrainedModel:
 
 def add(args) -> int:
     archive = Archive.load(args.index)
-    model = _model_for(archive, args, f"adding {args.manifest} to {args.index}")
-    rows = _rows(args, load_experiment(model.spec))     # the run's modalities, as index reads
+    cfg = app_config(args)
+    for flag in ("--manifest", "--labels"):
+        path = getattr(args, flag[2:])
+        if path and same_or_inside(path, args.index):
+            raise ValueError(f"{flag} {path}: lies inside --index {args.index}, which add "
+                             f"rewrites; give a copy outside it")
+    where = f"adding {args.manifest} to {args.index}"
+    source = _model_source(archive, args, where)
+    rows = _rows(args, load_experiment(source[1]))     # the run's modalities, as index reads
     known = {r.image_id for r in archive.rows}
     dup = [r.image_id for r in rows if r.image_id in known]
     if dup:  # before the (long) embedding
         raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
                            f"e.g. {dup[:5]}")
-    cfg = app_config(args)
     recorded = _recorded(rows, args, cfg)
     if recorded is not None and archive.record_column not in (None, cfg.label_column):
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
                            f"config's label column is {cfg.label_column!r}")
+    model = _load_model(archive, source, where)
     archive.add(rows, model.embeddings(rows))
     if recorded is not None:
         archive.record(rows, recorded, cfg.label_column)
@@ -153,6 +248,8 @@ def query(args) -> int:
     k = int(args.k if args.k is not None else cfg.k)
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError(f"--threshold {args.threshold}: must be a finite number")
     archive = Archive.load(args.index)
     row = query_row(archive, args.image, args.modality, args.order)
     by_visit = scores_visits(archive.calibration)
@@ -168,7 +265,18 @@ def query(args) -> int:
     else:
         raise ValueError(f"{args.index}: no calibrated threshold for {row.modality}; give "
                          f"--threshold")
-    model = _model_for(archive, args, f"querying {args.index}")
+    where = f"querying {args.index}"
+    source = _model_source(archive, args, where)
+    png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
+    flag = "--png" if args.png else "the picture (default ./query_NAME.png; --png names another)"
+    check_output_file(png, flag)
+    refuse_inside_inputs(png, flag, {
+        "--index": args.index, "--image": args.image,
+        **{f"--with {spec}": spec.partition("=")[2] if "=" in spec else spec
+           for spec in args.with_images or []},
+        **{k: v for k, v in _inputs(args).items() if k in ("--config", "--app-config")},
+        source[2]: _model_path(source[0])})
+    model = _load_model(archive, source, where)
     image = model.embedder.preprocess(row)
     emb = model.embedder.embed(image[None])
     if by_visit:
@@ -177,11 +285,11 @@ def query(args) -> int:
         fusion = VisitFusion(archive, [row] + mates, vectors,
                              stats_from_calibration(archive.calibration),
                              shortlist=int(cfg.visit_shortlist))
-        matches = fusion.retrieve([0], k, threshold)[0]
+        matches = fusion.retrieve([0], k, threshold, progress=False)[0]
         visit = (f"; scored by visit with {', '.join(m.image_id for m in mates)}" if mates
                  else "; scored by visit, no other image of it")
     else:
-        matches, visit = retrieve(archive, [row], emb, k, threshold)[0], ""
+        matches, visit = retrieve(archive, [row], emb, k, threshold, progress=False)[0], ""
     print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}){visit}; "
           f"accept above {threshold:.6f}")
     column = archive.record_column
@@ -200,62 +308,127 @@ def query(args) -> int:
         shown.append((model.embedder.preprocess(r), caption, m.accepted))
     if not matches:
         print("  (no earlier image in the archive)")
-    png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
     write_atomic(png, lambda tmp: query_figure(np.asarray(image), row.image_id, shown, tmp))
     print(f"picture: {os.path.abspath(png)}")
     return 0
 
 
-def _experiment(args):
-    from mami_jax.apps.history.experiment import Experiment, read_row_labels
-    _refuse_inputs_as_output(args.out, args)
+def _experiment(args, training: bool):
+    """(the experiment of ``train``/``eval``, the evaluation split, and for ``eval`` the
+    classifiers with their record), every cheap check made before the model loads."""
+    from mami_jax.apps.history.experiment import (CACHE_FILES, CLASSIFIERS, REPORT_FILES,
+                                                  TRAIN_FILES, Experiment, FEATURES_CACHE,
+                                                  check_classifier_settings, check_splits,
+                                                  load_trained, read_row_labels)
     cfg = app_config(args)
     spec = _experiment_spec(args)
+    labels = args.labels or default_labels_path(args.manifest)
+    out = os.path.abspath(args.out)
+    if training:
+        _check_out_folder(args, FEATURES_CACHE, TRAIN_FILES + CACHE_FILES, labels)
+        trained = None
+    else:
+        _check_out_folder(args, None, REPORT_FILES + CACHE_FILES, labels)
+        trained = load_trained(out)
+        check_classifier_settings(*trained, cfg, os.path.join(out, CLASSIFIERS))
     rows = _rows(args, load_experiment(spec))
-    y = read_row_labels(rows, args.labels or default_labels_path(args.manifest), cfg)
+    split = check_splits(rows, cfg, args.split, args.manifest, training)
+    y = read_row_labels(rows, labels, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
-    return Experiment(model, rows, y, cfg, os.path.abspath(args.out))
+    if trained is not None:
+        recorded = ((trained[1] or {}).get("model") or {})
+        if isinstance(recorded, dict) and recorded.get("reid_fingerprint") not in (
+                None, model.fingerprint):
+            raise ValueError(f"the classifiers were trained on the features of another model "
+                             f"(parameters {str(recorded['reid_fingerprint'])[:12]}) than "
+                             f"{args.model_flag} {args.workdir} (parameters "
+                             f"{model.fingerprint[:12]}): train again or use the same "
+                             f"{args.model_flag}")
+    return Experiment(model, rows, y, cfg, out), split, trained
 
 
 def train(args) -> int:
-    exp = _experiment(args)
+    exp, split, _ = _experiment(args, training=True)
     payload = exp.train()
-    exp.evaluate(payload, args.split)
-    print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    exp.publish(exp.evaluate(payload, split), payload)
+    print(f"wrote {os.path.join(exp.out_dir, 'metrics.json')}")
     return 0
 
 
 def eval(args) -> int:  # noqa: A001 (the command's name)
-    from mami_jax.apps.history.experiment import CLASSIFIERS, read_classifiers_info
-    from mami_jax.apps.history.training import load_classifiers
-    out = os.path.abspath(args.out)
-    payload = load_classifiers(os.path.join(out, CLASSIFIERS))
-    info = read_classifiers_info(out)
-    exp = _experiment(args)
+    exp, split, (payload, info) = _experiment(args, training=False)
     exp.check_classifiers(payload, info)
-    exp.evaluate(payload, args.split)
-    print(f"wrote {os.path.join(os.path.abspath(args.out), 'metrics.json')}")
+    exp.publish(exp.evaluate(payload, split))
+    print(f"wrote {os.path.join(exp.out_dir, 'metrics.json')}")
     return 0
 
 
+def _is_number(value, none: bool = True) -> bool:
+    return (value is None and none) or (isinstance(value, (int, float))
+                                        and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _check_group(path: str, name: str, group) -> None:
+    """ValueError naming ``path`` and the key of ``group`` (one group of a metrics.json)
+    whose value the mean table and the picture cannot read."""
+    from mami_jax.apps.history.scoring import CONDITIONS
+    where = f"--metrics {path}: {name}"
+    if not isinstance(group, dict):
+        raise ValueError(f"{where} is {group!r}, not an object")
+    for key in CONDITIONS + ("false_history_rate", "queries"):
+        if key not in group:
+            raise ValueError(f"--metrics {path}: no {key} in {name}")
+    for c in CONDITIONS:
+        if not isinstance(group[c], dict) or "auc" not in group[c]:
+            raise ValueError(f"{where}.{c} is {group[c]!r}, not an object with an auc")
+        if not _is_number(group[c]["auc"]):
+            raise ValueError(f"{where}.{c}.auc is {group[c]['auc']!r}, not a number or null")
+    if not _is_number(group["false_history_rate"]):
+        raise ValueError(f"{where}.false_history_rate is {group.get('false_history_rate')!r}, "
+                         f"not a number or null")
+    if not isinstance(group.get("queries"), int) or isinstance(group.get("queries"), bool):
+        raise ValueError(f"{where}.queries is {group.get('queries')!r}, not a whole number")
+    gains = group.get("gain") or {}
+    if not isinstance(gains, dict):
+        raise ValueError(f"{where}.gain is {gains!r}, not an object")
+    for c, g in gains.items():
+        if g is None:
+            continue
+        ci = g.get("ci95") if isinstance(g, dict) else None
+        if not (isinstance(g, dict) and _is_number(g.get("auc_gain"), none=False)
+                and isinstance(ci, list) and len(ci) == 2 and all(_is_number(v) for v in ci)):
+            raise ValueError(f"{where}.gain.{c} is {g!r}, not an AUC gain with its 95 % "
+                             f"interval")
+
+
 def _metrics_groups(path: str) -> tuple[str, dict]:
+    """(split, {group: metrics}) of a metrics.json of ``train``/``eval``; an unreadable
+    file, another JSON or a value the table cannot read is an error naming the file and
+    the key."""
     import json
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
-        return m["split"], {**m["per_modality"], "overall": m["overall"]}
+        split, groups = m["split"], {**m["per_modality"], "overall": m["overall"]}
     except OSError as e:
         raise FileNotFoundError(f"--metrics {path}: cannot be read ({e.strerror})") from e
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"--metrics {path}: not a metrics.json of `train`/`eval` ({e})") from e
+    if not isinstance(split, str):
+        raise ValueError(f"--metrics {path}: split is {split!r}, not a name")
+    for name, group in groups.items():
+        _check_group(path, name if name == "overall" else f"per_modality.{name}", group)
+    return split, groups
 
 
 def figure(args) -> int:
     """Several runs' metrics.json (e.g. classifier seeds) -> one AUC picture with their
     spread, and the mean table."""
     from mami_jax.apps.history.pictures import auc_bars
-    from mami_jax.apps.history.scoring import CONDITIONS, mean_table
+    from mami_jax.apps.history.scoring import mean_table
     from mami_jax.runtime.atomic_files import write_atomic
+    check_output_file(args.out, "--out")
+    refuse_overwriting_inputs([args.out], args.metrics, "--out")
     loaded = [_metrics_groups(p) for p in args.metrics]
     splits = {split for split, _ in loaded}
     runs = [groups for _, groups in loaded]
@@ -265,10 +438,6 @@ def figure(args) -> int:
         if list(groups) != list(runs[0]):
             raise ValueError(f"--metrics {path}: groups {list(groups)}, the first run has "
                              f"{list(runs[0])}")
-        for g in groups.values():
-            missing = [c for c in CONDITIONS if c not in g]
-            if missing:
-                raise ValueError(f"--metrics {path}: no {missing[0]}")
     write_atomic(args.out, lambda tmp: auc_bars(runs, tmp, splits.pop()))
     print(mean_table(runs), end="")
     print(f"picture: {os.path.abspath(args.out)}")

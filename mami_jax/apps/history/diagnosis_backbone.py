@@ -12,7 +12,8 @@ a series), e.g. ``efficientnet_lite0`` (ImageNet, installs offline) or ``dinov2_
 ``$MAMI_TEACHER_WEIGHTS/<name>``). Needs the ``teachers`` extra (torch).
 
 The features are cached in OUT/diagnosis_<name>.npz, reused only for the same weights
-(the teacher's fingerprint), image ids and files (``data.image_signature``).
+(the teacher's fingerprint), image ids and files (``data.image_signature``); an unreadable
+cache is said and computed again (``npz_files.read_cache``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mami_jax.apps.history.npz_files import read_cache
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.atomic_files import write_atomic
@@ -95,11 +97,11 @@ def cached_backbone_features(backbone: DiagnosisBackbone, rows: Sequence[Manifes
     path = os.path.join(out_dir, f"diagnosis_{backbone.name}.npz")
     ids = np.asarray([r.image_id for r in rows])
     fingerprint, files = backbone.info["fingerprint"], rows_signature(rows)
-    if os.path.isfile(path):
-        with np.load(path) as f:
-            if (str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids)
-                    and "files" in f.files and str(f["files"]) == files):
-                return f["features"]
+    cached = read_cache(path, lambda f: f["features"] if (
+        str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids)
+        and "files" in f.files and str(f["files"]) == files) else None)
+    if cached is not None:
+        return cached
     x = backbone.features(rows, progress)
     write_atomic(path, lambda tmp: np.savez(tmp, features=x, image_id=ids, files=np.asarray(files),
                                             fingerprint=np.asarray(fingerprint)))

@@ -16,7 +16,8 @@ than it deserves. The training patients are split into ``folds``; each training 
 logits come from the reader that did not see its patient, every other image's are the
 mean of the fold readers' logits (stacking). The fold readers are saved with their
 input statistics in OUT/diagnosis_reader.msgpack and the logits in
-OUT/diagnosis_reader.npz, reused for the same settings, images and training labels.
+OUT/diagnosis_reader.npz, reused for the same settings, images and training labels (an
+unreadable cache is said and computed again, ``npz_files.read_cache``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import optax
 from PIL import Image
 from tqdm import tqdm
 
+from mami_jax.apps.history.npz_files import read_cache
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
@@ -262,10 +264,9 @@ def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, 
     key = settings_key(cfg, rows, y, train_split, num_classes)
     path = os.path.join(out_dir, LOGITS)
     info = {"reader": KIND, "fingerprint": key, "feature_dim": num_classes}
-    if os.path.isfile(path):
-        with np.load(path) as f:
-            if str(f["fingerprint"]) == key:
-                return f["logits"], info
+    cached = read_cache(path, lambda f: f["logits"] if str(f["fingerprint"]) == key else None)
+    if cached is not None:
+        return cached, info
     logits, readers = cross_fitted_logits(rows, y, num_classes, cfg, train_split, progress)
     payload = jax.tree_util.tree_map(np.asarray, {
         m: {"mean": r["mean"], "std": r["std"], "folds": {str(i): p for i, p in enumerate(r["folds"])}}

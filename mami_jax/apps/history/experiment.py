@@ -16,16 +16,26 @@
    training patients' own earlier images, whose links a hospital knows for the images
    it trains on; ``"both"``: each training image once with each); with
    ``classifier.records`` the history tokens also carry the labels table's diagnoses of
-   the history images (an archive's prior reports); saved to OUT/classifiers.msgpack.
+   the history images (an archive's prior reports): OUT/classifiers.msgpack and what
+   they were trained on, OUT/classifiers.json.
 5. Evaluation on ``eval_split``, per modality and overall: current-only, the history
    model with the retrieved and with the true history, and the false-history rate;
    OUT/metrics.json, OUT/metrics.md and OUT/auc.png.
+
+The results of one run (the classifiers of ``train`` and the report of either command)
+are written to a staging folder and moved into OUT together (``publish``), metrics.json
+last: a run that fails leaves OUT's earlier results as they were, never new classifiers
+beside an old metrics.json. The caches (features.npz, the reader's and a teacher's) are
+written as soon as they are computed: they are keyed by what they were computed from.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -36,16 +46,26 @@ from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
+from mami_jax.apps.history.npz_files import read_cache
+from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
-from mami_jax.data.labels import labels_for, read_labels
-from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
+from mami_jax.data.labels import LabelError, labels_for, read_labels
+from mami_jax.runtime.atomic_files import (fix_tree_modes, staging_dir, write_atomic,
+                                           write_text_atomic)
 
 CLASSIFIERS = "classifiers.msgpack"
 #: What the classifiers were trained on (features kind, the model that gave them, width,
 #: the retrieval scores their history term reads): ``eval`` refuses other features and
 #: other scores.
 CLASSIFIERS_INFO = "classifiers.json"
+FEATURES_CACHE = "features.npz"
+METRICS = "metrics.json"
+#: What ``train`` writes in OUT (``eval``: the report only), checked against the inputs
+#: before any work: results, then caches.
+REPORT_FILES = (METRICS, "metrics.md", "auc.png")
+TRAIN_FILES = (CLASSIFIERS, CLASSIFIERS_INFO) + REPORT_FILES
+CACHE_FILES = (FEATURES_CACHE, diagnosis_reader.LOGITS, diagnosis_reader.PARAMS)
 
 
 def score_kind(cfg) -> str:
@@ -79,22 +99,160 @@ def uses_maps(cfg) -> bool:
     return int(cfg.classifier.get("map_dim", 0)) > 0
 
 
+def load_trained(out_dir: str) -> tuple[dict, dict | None]:
+    """(the classifiers of OUT/classifiers.msgpack, what they were trained on: the
+    record of OUT/classifiers.json or None) as ``eval`` reads them, before any work: a
+    file that is missing, not msgpack or JSON, or does not hold what ``train`` writes is
+    an error naming it."""
+    path = os.path.join(out_dir, CLASSIFIERS)
+    try:
+        payload = training.load_classifiers(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any msgpack decoder error: not a classifiers file
+        raise ValueError(f"classifiers {path}: not a classifiers file of `train` "
+                         f"({type(e).__name__}: {e})") from e
+    _check_payload(payload, path)
+    info_path = os.path.join(out_dir, CLASSIFIERS_INFO)
+    try:
+        info = read_classifiers_info(out_dir)
+    except OSError as e:
+        raise OSError(f"{info_path}: cannot be read ({e.strerror})") from e
+    except ValueError as e:
+        raise ValueError(f"{info_path}: not the JSON object `train` writes ({e})") from e
+    return payload, info
+
+
+def _check_payload(payload, path: str) -> None:
+    """ValueError naming ``path`` unless ``payload`` has the parts ``train`` saves: the
+    per-modality feature statistics and the two classifiers' parameter trees."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"classifiers {path}: holds a {type(payload).__name__}, not the "
+                         f"classifiers `train` writes")
+    for key in ("norm", "current", "fused"):
+        if not isinstance(payload.get(key), dict):
+            raise ValueError(f"classifiers {path}: no {key!r} entry (not a classifiers file "
+                             f"of `train`)")
+    stats = payload["norm"].get("features")
+    if not isinstance(stats, dict) or not stats or not all(
+            isinstance(v, dict) and np.ndim(v.get("mean")) == 1 and np.ndim(v.get("std")) == 1
+            for v in stats.values()):
+        raise ValueError(f"classifiers {path}: no per-modality feature statistics "
+                         f"('norm' 'features'; not a classifiers file of `train`)")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    import jax
+    return {jax.tree_util.keystr(k): tuple(np.shape(v))
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_classifier_settings(payload: dict, info: dict | None, cfg, source: str) -> None:
+    """Refuses, before any work, classifiers (``load_trained``) that this app config
+    ``cfg`` cannot evaluate: trained on another label column or classes, on other
+    features or retrieval scores, with the other ``records`` setting, or whose
+    parameters another classifier setting shaped (``training.parameter_shapes``; the
+    label and class count show there too for classifiers trained before
+    classifiers.json recorded them). ``source``: the classifiers file, for the message."""
+    classes = [str(c) for c in cfg.classes]
+    again = "train again or use the same --app-config"
+    if info is not None and "classes" in info and (
+            info.get("label_column") != cfg.label_column or list(info["classes"]) != classes):
+        raise ValueError(f"the classifiers were trained on {info.get('label_column')!r} "
+                         f"(classes {', '.join(map(str, info['classes']))}), this run reads "
+                         f"{cfg.label_column!r} (classes {', '.join(classes)}): {again}")
+    if info is not None and "features" in info and info["features"] != str(cfg.features):
+        raise ValueError(f"the classifiers were trained on features={info['features']!r}, this "
+                         f"run reads features={str(cfg.features)!r}: {again}")
+    if info is not None and "scores" in info and info["scores"] != score_kind(cfg):
+        raise ValueError(f"the classifiers' history term was trained on {info['scores']!r} "
+                         f"retrieval scores, this run gives {score_kind(cfg)!r} (visit_fusion, "
+                         f"hubness_k, center): {again}")
+    records = bool(cfg.classifier.get("records", False))
+    if info is not None and info.get("records", False) != records:
+        raise ValueError(f"the classifiers were trained with records="
+                         f"{int(info.get('records', False))}, this run has records="
+                         f"{int(records)}: {again}")
+    norm = payload["norm"]
+    if uses_maps(cfg) and not isinstance(norm.get("maps"), dict):
+        raise ValueError(f"classifiers {source}: trained without token maps, the app config "
+                         f"compares them (classifier.map_dim={int(cfg.classifier.map_dim)}): "
+                         f"{again}")
+    width = int(np.shape(next(iter(norm["features"].values()))["mean"])[-1])
+    channels = (int(np.shape(next(iter(norm["maps"].values()))["mean"])[-1])
+                if uses_maps(cfg) else 0)
+    expected = training.parameter_shapes(len(classes), cfg.classifier, width, channels)
+    for part in ("current", "fused"):
+        mine, theirs = _shapes(expected[part]), _shapes(payload[part])
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                raise ValueError(
+                    f"classifiers {source}: parameter {part}{name} has shape "
+                    f"{theirs.get(name, 'none')}, the app config's classifier gives "
+                    f"{mine.get(name, 'none')} ({len(classes)} classes of "
+                    f"{cfg.label_column!r}, hidden, attention_dim, map_dim, records): {again}")
+
+
+def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) -> str:
+    """The evaluation split (``--split``, else the config's ``eval_split``), after checking
+    that the manifest's ``rows`` hold it (and the training split when ``training``), and
+    images of each modality in the calibration split: cheap, so a name typed wrongly
+    stops before the features are computed. Returns the evaluation split."""
+    have = sorted({r.split for r in rows})
+    named = [(split, "--split")] if split else [(str(cfg.eval_split), "eval_split")]
+    if training:
+        named.append((str(cfg.train_split), "train_split"))
+    for name, what in named:
+        if name not in have:
+            raise ValueError(f"{what} {name!r}: {manifest} has no images in it (its splits: "
+                             f"{', '.join(repr(h) for h in have)})")
+    calibration = str(cfg.calibration_split)
+    missing = sorted({r.modality for r in rows}
+                     - {r.modality for r in rows if r.split == calibration})
+    if missing:
+        raise ValueError(f"calibration_split {calibration!r}: {manifest} has no {'/'.join(missing)} "
+                         f"images in it to calibrate the thresholds on")
+    return named[0][0]
+
+
+def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
+            last: str = METRICS) -> None:
+    """Writes each file of ``writers`` (name -> ``write(path)``) into a staging folder in
+    ``out_dir``, then moves them into place together: ``last`` is removed first and moved
+    in last, so a folder holding ``last`` holds one run's files, and a failure while
+    writing leaves the folder as it was."""
+    with staging_dir(os.path.join(out_dir, "results")) as tmp:
+        for name, write in writers.items():
+            write(os.path.join(tmp, name))
+        fix_tree_modes(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out_dir, last))
+        for name in sorted(writers, key=lambda n: n == last):
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    os.rmdir(tmp)
+
+
 def cached_features(model, rows, out_dir: str, cfg):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
     OUT/features.npz when it is this model's for these images (ids and files,
     ``rows_signature``) and holds the maps needed (maps of another layer or grid are
-    computed again)."""
-    path = os.path.join(out_dir, "features.npz")
+    computed again, and so is a cache that cannot be read, said in one line)."""
+    path = os.path.join(out_dir, FEATURES_CACHE)
     ids = np.asarray([r.image_id for r in rows])
     files = rows_signature(rows)
     maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
-    if os.path.isfile(path):
-        with np.load(path) as f:
-            cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
-            if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
-                    and "files" in f.files and str(f["files"]) == files
-                    and maps_key in ("", cached_maps)):
-                return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
+
+    def use(f):
+        cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
+        if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
+                and "files" in f.files and str(f["files"]) == files
+                and maps_key in ("", cached_maps)):
+            return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
+        return None
+
+    cached = read_cache(path, use)
+    if cached is not None:
+        return cached
     if maps_key:
         emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid))
     else:
@@ -106,10 +264,19 @@ def cached_features(model, rows, out_dir: str, cfg):
     return emb, backbone, (maps if maps_key else None)
 
 
+def read_label_table(path: str, cfg) -> dict[str, int]:
+    """image_id -> class index of ``cfg.label_column`` in the labels table ``path``
+    (``data.labels.read_labels``); a file that is not UTF-8 CSV text is a LabelError
+    naming it, as every other fault of the table is."""
+    try:
+        return read_labels(path, cfg.label_column, [str(c) for c in cfg.classes])
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(f"labels table {path}: not a UTF-8 CSV text file ({e})") from e
+
+
 def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
     """Each row's class index from the labels table (errors name the row or image)."""
-    classes = [str(c) for c in cfg.classes]
-    return labels_for(rows, read_labels(labels_path, cfg.label_column, classes), labels_path)
+    return labels_for(rows, read_label_table(labels_path, cfg), labels_path)
 
 
 class Experiment:
@@ -118,6 +285,7 @@ class Experiment:
     def __init__(self, model, rows, y, cfg, out_dir: str, log=print, diagnosis_backbone=None):
         """``y``: each row's class index (``read_row_labels``). ``diagnosis_backbone``:
         the model of ``features = "teacher:NAME"`` (built from the config when None)."""
+        check_settings(cfg)          # before the features: a bad setting costs nothing
         self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
         self.classes = [str(c) for c in cfg.classes]
         self.y = np.asarray(y)
@@ -172,25 +340,22 @@ class Experiment:
         return x, dict(diagnosis_backbone.info)
 
     def classifiers_info(self) -> dict:
-        return {"features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
+        """What the classifiers read (OUT/classifiers.json): the label column and classes,
+        the feature kind, the model that gave the features and their width, the scale of
+        the retrieval scores and the ``records`` setting."""
+        return {"label_column": str(self.cfg.label_column), "classes": list(self.classes),
+                "features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
                 "model": self.diagnosis_model, "scores": score_kind(self.cfg),
                 "records": bool(self.cfg.classifier.get("records", False))}
 
-    def check_classifiers(self, payload: dict, info: dict | None) -> None:
-        """Refuses classifiers trained on other features or other retrieval scores than
-        this experiment's (a record without ``scores`` is of a run before they were
-        recorded: its features are still checked)."""
+    def check_classifiers(self, payload: dict, info: dict | None,
+                          source: str = CLASSIFIERS) -> None:
+        """Refuses classifiers this experiment cannot evaluate: ``check_classifier_settings``
+        (the app config's), then trained on features of another model or width (a record
+        without ``scores`` is of a run before they were recorded: its features are still
+        checked)."""
+        check_classifier_settings(payload, info, self.cfg, source)
         mine = self.classifiers_info()
-        if info is not None and "scores" in info and info["scores"] != mine["scores"]:
-            raise ValueError(f"the classifiers' history term was trained on "
-                             f"{info['scores']!r} retrieval scores, this run gives "
-                             f"{mine['scores']!r} (visit_fusion, hubness_k, center): train "
-                             f"again or use the same --app-config")
-        if info is not None and info.get("records", False) != mine["records"]:
-            raise ValueError(f"the classifiers were trained with records="
-                             f"{int(info.get('records', False))}, this run has records="
-                             f"{int(mine['records'])}: train again or use the same "
-                             f"--app-config")
         widths = {int(np.asarray(s["mean"]).shape[-1]) for s in payload["norm"]["features"].values()}
         if info is not None and (info.get("features") != mine["features"]
                                  or info.get("model") != mine["model"]):
@@ -227,6 +392,8 @@ class Experiment:
         return x[idx], retrieved, true, (None if maps is None else maps[idx])
 
     def train(self) -> dict:
+        """The classifiers trained on ``train_split`` (the payload ``publish`` saves;
+        nothing is written here)."""
         c = self.cfg.classifier
         idx = self.split(self.cfg.train_split)
         norm = {"features": training.standardizer(self.x_raw[idx], self.modalities[idx])}
@@ -247,13 +414,11 @@ class Experiment:
             raise ValueError(f"train_history={self.cfg.train_history!r} unknown; expected "
                              f"retrieved, true or both")
         fused = training.train_fused(current, x, history, y, n, c, x_map)
-        payload = {"norm": norm, "current": current, "fused": fused}
-        write_text_atomic(os.path.join(self.out_dir, CLASSIFIERS_INFO),
-                          json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n")
-        training.save_classifiers(os.path.join(self.out_dir, CLASSIFIERS), payload)
-        return payload
+        return {"norm": norm, "current": current, "fused": fused}
 
     def evaluate(self, payload: dict, split: str | None = None) -> dict:
+        """The metrics of classifiers ``payload`` on ``split`` (default ``eval_split``);
+        nothing is written here (``publish``)."""
         c, n = self.cfg.classifier, len(self.classes)
         split = split or self.cfg.eval_split
         idx = self.split(split)
@@ -285,15 +450,24 @@ class Experiment:
                    "target_far": float(self.cfg.target_far), "calibration": self.calibration,
                    "overall": groups["overall"],
                    "per_modality": {m: g for m, g in groups.items() if m != "overall"}}
-        self.write_report(metrics, groups)
         return metrics
 
-    def write_report(self, metrics: dict, groups: dict) -> None:
-        text = scoring.table(groups)
-        write_text_atomic(os.path.join(self.out_dir, "metrics.json"),
-                          json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        write_text_atomic(os.path.join(self.out_dir, "metrics.md"), text)
+    def publish(self, metrics: dict, payload: dict | None = None) -> None:
+        """Writes the report of ``metrics`` (``evaluate``): OUT/metrics.json, metrics.md and
+        auc.png, and with ``payload`` (``train``) the classifiers and classifiers.json,
+        all together (``publish``), and prints the table."""
         from mami_jax.apps.history.pictures import auc_bars
-        write_atomic(os.path.join(self.out_dir, "auc.png"),
-                     lambda tmp: auc_bars(groups, tmp, metrics["split"]))
+        groups = {**metrics["per_modality"], "overall": metrics["overall"]}
+        text = scoring.table(groups)
+        writers = {}
+        if payload is not None:
+            info = json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n"
+            writers[CLASSIFIERS] = lambda path: training.save_classifiers(path, payload)
+            writers[CLASSIFIERS_INFO] = lambda path: write_text_atomic(path, info)
+        writers.update({
+            "metrics.md": lambda path: write_text_atomic(path, text),
+            "auc.png": lambda path: auc_bars(groups, path, metrics["split"]),
+            METRICS: lambda path: write_text_atomic(
+                path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")})
+        publish(self.out_dir, writers)
         print(text, end="")

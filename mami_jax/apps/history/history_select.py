@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.data.manifest import ManifestRow, order_key
+from mami_jax.runtime.progress import progress_bar
 
 
 def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
@@ -46,32 +47,42 @@ class Match:
     accepted: bool
 
 
+#: Queries searched at once by ``retrieve`` (one progress step).
+RETRIEVE_CHUNK = 1024
+
+
 def retrieve(archive, query_rows: Sequence[ManifestRow], query_vectors: np.ndarray, k: int,
-             threshold: float | dict) -> list[list[Match]]:
+             threshold: float | dict, progress: bool = True,
+             desc: str = "retrieval") -> list[list[Match]]:
     """The ``k`` best history candidates of each query (ranked, rule applied) with their
-    accept/reject decision; ``threshold`` is one value or one per modality."""
+    accept/reject decision; ``threshold`` is one value or one per modality. Queries are
+    searched ``RETRIEVE_CHUNK`` at a time under a progress bar (``desc``; none without
+    ``progress``): every image of a large archive is a long search."""
     result: list[list[Match] | None] = [None] * len(query_rows)
     by_modality: dict[str, list[int]] = {}
     for i, r in enumerate(query_rows):
         by_modality.setdefault(r.modality, []).append(i)
-    for modality, members in by_modality.items():
-        t = threshold[modality] if isinstance(threshold, dict) else threshold
-        size = archive.partition_size(modality)
-        fetch = min(size, 4 * k + 16)
-        pending = list(members)
-        while pending:
-            scores, positions = archive.search(modality, query_vectors[pending], fetch,
-                                               [query_rows[q].image_id for q in pending])
-            still = []
-            for row, q in enumerate(pending):
-                matches = [Match(int(p), float(s), bool(s > t))
-                           for s, p in zip(scores[row], positions[row])
-                           if p >= 0 and is_history(archive.rows[p], query_rows[q])][:k]
-                if len(matches) < k and fetch < size:
-                    still.append(q)
-                else:
-                    result[q] = matches
-            pending, fetch = still, min(size, 2 * fetch)
+    with progress_bar(len(query_rows), desc, disable=not progress) as bar:
+        for modality, members in by_modality.items():
+            t = threshold[modality] if isinstance(threshold, dict) else threshold
+            size = archive.partition_size(modality)
+            for start in range(0, len(members), RETRIEVE_CHUNK):
+                chunk = pending = members[start:start + RETRIEVE_CHUNK]
+                fetch = min(size, 4 * k + 16)
+                while pending:
+                    scores, positions = archive.search(modality, query_vectors[pending], fetch,
+                                                       [query_rows[q].image_id for q in pending])
+                    still = []
+                    for row, q in enumerate(pending):
+                        matches = [Match(int(p), float(s), bool(s > t))
+                                   for s, p in zip(scores[row], positions[row])
+                                   if p >= 0 and is_history(archive.rows[p], query_rows[q])][:k]
+                        if len(matches) < k and fetch < size:
+                            still.append(q)
+                        else:
+                            result[q] = matches
+                    pending, fetch = still, min(size, 2 * fetch)
+                bar.update(len(chunk))
     return [r if r is not None else [] for r in result]
 
 

@@ -5,7 +5,11 @@ order, to exclude later archived images). With an archive calibrated on visit sc
 (``visit_fusion.fit_visit_retrieval``), the query's visit-mates add their modalities'
 evidence, as they do in ``train``/``eval``: an archived query brings its archived
 visit-mates by itself, and ``--with`` adds images of the same visit, each either archived
-(given by path) or new (given as ``MODALITY=PATH``).
+(given by path) or new (given as ``MODALITY=PATH``). A new image's id is ``query:`` and its
+absolute path, so two files of the same name are two images and one file given twice is
+one. A ``--with`` image of the query's own modality is refused: the visit score adds the
+evidence of the visit's other modalities only (``VisitFusion.score``), so it would count
+for nothing.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ def _new_row(archive, path: str, modality: str, order: str, flag: str) -> Manife
     if modality not in archive.indexes:
         raise ValueError(f"{flag}: modality {modality!r}: the archive holds no such images "
                          f"(it has {', '.join(sorted(archive.indexes))})")
-    name = os.path.basename(os.path.abspath(path).rstrip(os.sep))
-    return ManifestRow(image_id=f"query:{name}", patient_id="", study_id="", order=order,
-                       modality=modality, dataset="query", view="", path=os.path.abspath(path))
+    path = os.path.abspath(path)
+    return ManifestRow(image_id=f"query:{path}", patient_id="", study_id="", order=order,
+                       modality=modality, dataset="query", view="", path=path)
 
 
 def query_row(archive, image: str, modality: str | None, order: str | None) -> ManifestRow:
@@ -69,6 +73,11 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
         if row.image_id == query.image_id or any(m.image_id == row.image_id for m in mates):
             raise ValueError(f"--with {spec} is already part of the query's visit (the query "
                              f"itself, an archived visit-mate or given twice)")
+        if row.modality == query.modality:
+            raise ValueError(f"--with {spec}: {row.modality}, the query's own modality; the "
+                             f"visit score adds the evidence of the visit's other modalities "
+                             f"only, so it would count for nothing (query it on its own "
+                             f"instead)")
         mates.append(row)
     return [m.replace(dataset=query.dataset, patient_id=query.patient_id, order=query.order)
             for m in mates]

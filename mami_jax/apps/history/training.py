@@ -23,6 +23,7 @@ import optax
 from mami_jax.apps.history.diagnosis import CurrentOnly, WithHistory
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.runtime.atomic_files import write_bytes_atomic
+from mami_jax.runtime.progress import progress_bar
 
 
 @dataclasses.dataclass
@@ -120,9 +121,10 @@ def _optimizer(cfg):
     return optax.adamw(float(cfg.learning_rate), weight_decay=float(cfg.weight_decay))
 
 
-def _fit(loss_fn, params, steps: int, cfg, rng, data):
-    """``steps`` AdamW steps of ``loss_fn(params, key, data)``; the data go in as
-    arguments of the compiled step (as closure constants XLA would fold them)."""
+def _fit(loss_fn, params, steps: int, cfg, rng, data, desc: str = "classifier"):
+    """``steps`` AdamW steps of ``loss_fn(params, key, data)`` under a progress bar
+    (``desc``; full-batch steps over a large training split take a while each); the data
+    go in as arguments of the compiled step (as closure constants XLA would fold them)."""
     opt = _optimizer(cfg)
     state = opt.init(params)
 
@@ -133,8 +135,10 @@ def _fit(loss_fn, params, steps: int, cfg, rng, data):
         return optax.apply_updates(params, updates), state, loss
 
     loss = jnp.nan
-    for key in jax.random.split(rng, int(steps)):
-        params, state, loss = step(params, state, key, data)
+    with progress_bar(int(steps), desc, unit="step") as bar:
+        for key in jax.random.split(rng, int(steps)):
+            params, state, loss = step(params, state, key, data)
+            bar.update(1)
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"diagnosis classifier training diverged (loss {float(loss)})")
     return params
@@ -149,7 +153,8 @@ def train_current(x: np.ndarray, y: np.ndarray, num_classes: int, cfg) -> dict:
     rng = jax.random.key(int(cfg.seed))
     params = jax.jit(model.init)(rng, x[:1])["params"]
     return _fit(lambda p, _, d: _xent(model.apply({"params": p}, d[0]), d[1]), params,
-                cfg.steps, cfg, jax.random.fold_in(rng, 1), (jnp.asarray(x), jnp.asarray(y)))
+                cfg.steps, cfg, jax.random.fold_in(rng, 1), (jnp.asarray(x), jnp.asarray(y)),
+                "current-only classifier")
 
 
 def fused_model(num_classes: int, cfg) -> WithHistory:
@@ -201,7 +206,8 @@ def train_fused(current: dict, x: np.ndarray, hist: Histories, y: np.ndarray,
         logits = model.apply({"params": {"current": current, **p}}, x, h, s, mask, xm, hm, hr)
         return _xent(logits, y)
 
-    trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1), data)
+    trained = _fit(loss, trainable, cfg.fused_steps, cfg, jax.random.fold_in(rng, 1), data,
+                   "history model")
     return {"current": current, **trained}
 
 
@@ -217,6 +223,30 @@ def predict_fused(params: dict, x: np.ndarray, hist: Histories, num_classes: int
     logits = jax.jit(model.apply)({"params": params}, x, hist.features, hist.scores, hist.mask,
                                   xm, hm, _records(model, hist))
     return np.asarray(jax.nn.softmax(logits, -1))
+
+
+def parameter_shapes(num_classes: int, cfg, feature_width: int,
+                     map_channels: int = 0) -> dict:
+    """{"current": ..., "fused": ...}: the shape of every parameter the classifiers of
+    settings ``cfg`` (``classifier``) have for ``feature_width``-wide features (and
+    token maps of ``map_channels`` channels), as ``jax.ShapeDtypeStruct`` trees; traced,
+    not run, so saved classifiers are checked against the settings before any work."""
+    width = int(feature_width) + len(MODALITIES)
+    x = jax.ShapeDtypeStruct((1, width), jnp.float32)
+    key = jax.random.key(0)
+    current = jax.eval_shape(CurrentOnly(int(cfg.hidden), num_classes).init, key, x)["params"]
+    model = fused_model(num_classes, cfg)
+    h = jax.ShapeDtypeStruct((1, 1, width), jnp.float32)
+    s = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+    m = jax.ShapeDtypeStruct((1, 1), jnp.bool_)
+    xm = hm = hr = None
+    if model.map_dim:
+        xm = jax.ShapeDtypeStruct((1, 1, int(map_channels)), jnp.float32)
+        hm = jax.ShapeDtypeStruct((1, 1, 1, int(map_channels)), jnp.float32)
+    if model.records:
+        hr = jax.ShapeDtypeStruct((1, 1, num_classes), jnp.float32)
+    fused = jax.eval_shape(model.init, key, x, h, s, m, xm, hm, hr)["params"]
+    return {"current": current, "fused": fused}
 
 
 def save_classifiers(path: str, payload: dict) -> str:

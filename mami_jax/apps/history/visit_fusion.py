@@ -34,6 +34,7 @@ from mami_jax.apps.history import hubness
 from mami_jax.apps.history.calibration import calibrate_visits
 from mami_jax.apps.history.history_select import Match, is_history
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.runtime.progress import progress_bar
 
 
 def visit_key(row: ManifestRow) -> tuple[str, str, str]:
@@ -173,19 +174,23 @@ class VisitFusion:
             out[i] = cands
         return out
 
-    def retrieve(self, indices: Sequence[int], k: int,
-                 threshold: float | dict) -> list[list[Match]]:
+    def retrieve(self, indices: Sequence[int], k: int, threshold: float | dict,
+                 progress: bool = True, desc: str = "retrieval by visits") -> list[list[Match]]:
         """For each row of ``indices``: its ``k`` best eligible candidates by visit score,
-        accepted above the threshold of its modality (one value or per modality)."""
+        accepted above the threshold of its modality (one value or per modality); one
+        progress step per row (``desc``; none without ``progress``)."""
+        indices = list(indices)
         candidates = self._candidates(indices)
         out = []
-        for i in indices:
-            q = self.rows[i]
-            t = threshold[q.modality] if isinstance(threshold, dict) else threshold
-            scored = [(self.score(i, p), p) for p in candidates[i]
-                      if is_history(self.archive.rows[p], q)]
-            scored.sort(key=lambda sp: (-sp[0], sp[1]))
-            out.append([Match(p, s, bool(s > t)) for s, p in scored[:int(k)]])
+        with progress_bar(len(indices), desc, disable=not progress) as bar:
+            for i in indices:
+                q = self.rows[i]
+                t = threshold[q.modality] if isinstance(threshold, dict) else threshold
+                scored = [(self.score(i, p), p) for p in candidates[i]
+                          if is_history(self.archive.rows[p], q)]
+                scored.sort(key=lambda sp: (-sp[0], sp[1]))
+                out.append([Match(p, s, bool(s > t)) for s, p in scored[:int(k)]])
+                bar.update(1)
         return out
 
 

@@ -1,0 +1,100 @@
+"""Checking the app settings (``configs/history.py`` or a copy of it) before any work.
+
+A setting read only late (the calibration method after every image is embedded, the
+training history after the features) would let a typo cost the whole embedding and
+then stop, or, where nothing reads it, be ignored without a word. ``check_settings``
+reads every setting the commands use, at load time (``configs/history.py`` calls it)
+and again when a command starts (a hand-written config may set values the file's words
+never checked), and names the first bad one.
+
+One combination is refused rather than ignored: ``calibration = "pairs"`` with
+``visit_fusion`` on. Visit-fused retrieval calibrates its thresholds on the validation
+images' top-k visit candidates (``calibration.calibrate_visits``); pairs of single images
+have no visit score to calibrate, so the setting would do nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+TRAIN_HISTORIES = ("retrieved", "true", "both")
+
+
+_REQUIRED = object()
+
+
+def _number(cfg, key: str, where: str = "", default=_REQUIRED):
+    """``cfg[key]`` (``default`` when absent and one is given, as the code reading it
+    assumes), a ValueError naming ``where`` + ``key`` unless a finite number."""
+    name = f"{where}{key}"
+    if key not in cfg and default is not _REQUIRED:
+        return default
+    if key not in cfg:
+        raise ValueError(f"{name} is not set")
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: expected a finite number")
+    return value
+
+
+def _at_least(cfg, key: str, low: int, where: str = "", default=_REQUIRED) -> None:
+    value = _number(cfg, key, where, default)
+    if int(value) != value or value < low:
+        raise ValueError(f"{where}{key}={value!r}: expected a whole number of at least {low}")
+
+
+def check_settings(cfg) -> None:
+    """ValueError naming the first setting of ``cfg`` a command could not use: an unknown
+    calibration method, index kind, feature kind or training history, a false-accept
+    target outside [0, 1), a count below its least value, classes that are not distinct,
+    ``calibration=pairs`` with ``visit_fusion`` (see the module docstring)."""
+    from mami_jax.apps.history.archive import KINDS
+    from mami_jax.apps.history.calibration import METHODS
+    from mami_jax.apps.history.diagnosis_backbone import teacher_name
+    from mami_jax.apps.history.diagnosis_reader import KIND as READER
+    from mami_jax.apps.history.features import FEATURE_KINDS
+
+    classes = [str(c) for c in cfg.classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes={list(cfg.classes)!r}: expected two or more distinct values")
+    if not str(cfg.label_column):
+        raise ValueError("label_column is empty: name the labels table's column")
+    _at_least(cfg, "k", 1)
+    far = _number(cfg, "target_far")
+    if not 0.0 <= far < 1.0:
+        raise ValueError(f"target_far={far!r}: a false-accept rate in [0, 1)")
+    if str(cfg.calibration) not in METHODS:
+        raise ValueError(f"calibration={cfg.calibration!r} unknown; expected one of "
+                         f"{', '.join(METHODS)}")
+    if cfg.get("visit_fusion", False):
+        _at_least(cfg, "visit_shortlist", 1)
+        if str(cfg.calibration) == "pairs":
+            raise ValueError("calibration='pairs' has no effect with visit_fusion (the default): "
+                             "visit scores are calibrated on the validation images' top-k "
+                             "visit candidates; add visit_fusion=0 to calibrate single images "
+                             "on pairs")
+    if str(cfg.index.kind) not in KINDS:
+        raise ValueError(f"index.kind={cfg.index.kind!r} unknown; expected one of "
+                         f"{', '.join(KINDS)}")
+    _at_least(cfg.index, "hubness_k", 0, "index.", default=0)
+    if int(cfg.index.get("hubness_k", 0)) > 0:
+        _at_least(cfg.index, "hubness_shortlist", 1, "index.", default=100)
+    if str(cfg.train_history) not in TRAIN_HISTORIES:
+        raise ValueError(f"train_history={cfg.train_history!r} unknown; expected "
+                         f"retrieved, true or both")
+    features = str(cfg.features)
+    if features not in FEATURE_KINDS + (READER,) and teacher_name(features) is None:
+        raise ValueError(f"features={features!r} unknown; expected one of "
+                         f"{', '.join(FEATURE_KINDS)}, {READER} or teacher:NAME")
+    for key in ("steps", "fused_steps", "hidden", "attention_dim"):
+        _at_least(cfg.classifier, key, 1, "classifier.")
+    _at_least(cfg.classifier, "map_dim", 0, "classifier.", default=0)
+    dropout = _number(cfg.classifier, "history_dropout", "classifier.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"classifier.history_dropout={dropout!r}: a probability in [0, 1)")
+    if int(cfg.classifier.get("map_dim", 0)) > 0:
+        _at_least(cfg, "map_grid", 1)
+    splits = {k: str(cfg[k]) for k in ("train_split", "calibration_split", "eval_split")}
+    for key, split in splits.items():
+        if not split:
+            raise ValueError(f"{key} is empty: name a split of the manifest")
