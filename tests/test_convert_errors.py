@@ -1,7 +1,6 @@
 """Every bad input to ``python -m mami_jax.convert`` ends as one ``error:`` line, no traceback."""
 
 import asyncio
-import hashlib
 import json
 import os
 import pickle
@@ -15,6 +14,7 @@ import pytest
 from mami_jax.convert.__main__ import main, one_line
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.convert.checkpoint_dir import save_params
+from tests.file_trees import tree_digest
 from tests.test_convert_io import released_style_file
 from tests.test_convert_mapping import random_params
 from tests.test_model import tiny_config
@@ -184,17 +184,6 @@ def test_real_process_prints_one_line_and_no_traceback(files, tmp_path):
 # ------------------------------------------------- outputs never replace inputs
 
 
-def digests(root):
-    """relative path -> md5 of every file under ``root`` (links not followed)."""
-    out = {}
-    for here, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(here, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
-    return out
-
-
 def trainer_workdir(path, cfg, step=7):
     """A trainer WORKDIR: model_config.json, config.json and checkpoints/<step>/params."""
     import orbax.checkpoint as ocp
@@ -223,7 +212,7 @@ def test_export_never_writes_into_the_folder_it_reads(files, capsys, tmp_path, m
     run = trainer_workdir(str(tmp_path / "run"), cfg)
     os.symlink(run, tmp_path / "link")
     step = os.path.join(run, "checkpoints", "7")
-    before = digests(run)
+    before = tree_digest(run)
     monkeypatch.setattr("mami_jax.convert.__main__.load_params", not_loaded)
     for checkpoint in (run, step, str(tmp_path / "link")):
         for out in ("config.json", "model_config.json", "checkpoints/7/m.pth",
@@ -236,7 +225,7 @@ def test_export_never_writes_into_the_folder_it_reads(files, capsys, tmp_path, m
                             f"--checkpoint {checkpoint} is read from; an export never "
                             "writes into its input (refused even with --overwrite). Choose "
                             "a path outside it")
-    assert digests(run) == before
+    assert tree_digest(run) == before
     assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "model_config.json"]
 
 
@@ -273,7 +262,7 @@ def test_importers_never_replace_a_folder_holding_their_input(files, capsys, tmp
     shutil.copy(good, os.path.join(ckpt, "in.pth"))
     os.symlink(ckpt, tmp_path / "link")
     link = str(tmp_path / "link")
-    before = digests(ckpt)
+    before = tree_digest(ckpt)
 
     def refused(flag, path, out, *argv):
         line = one_error(capsys, *argv, "--out", out, "--overwrite")
@@ -291,7 +280,7 @@ def test_importers_never_replace_a_folder_holding_their_input(files, capsys, tmp
             "--init-from", link)
     refused("--source", f"{ckpt}/in.pth", link, "import-clip", "--source", f"{ckpt}/in.pth",
             "--model-config", cfg_json)
-    assert digests(ckpt) == before
+    assert tree_digest(ckpt) == before
     assert sorted(os.listdir(ckpt)) == ["in.pth", "model_config.json", "params"]
 
 

@@ -183,5 +183,5 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
                                          ("visit_fusion=0,hubness_k=0,center=0", "cosine/raw")])
 def test_the_score_kind_follows_the_retrieval_settings(words, kind):
     from configs.history import get_config
-    from mami_jax.apps.history.experiment import score_kind
+    from mami_jax.apps.history.trained_classifiers import score_kind
     assert score_kind(get_config(words or None)) == kind

@@ -20,6 +20,7 @@ from mami_jax.apps.history import commands  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
+from tests.file_trees import paths_digest  # noqa: E402
 
 PROG = "python -m mami_jax.apps.history"
 
@@ -53,20 +54,6 @@ def _error(capsys) -> str:
     return lines[0]
 
 
-def _files(*roots) -> dict:
-    """Every file under ``roots`` (or the file itself) -> its bytes."""
-    out = {}
-    for root in map(str, roots):
-        if os.path.isfile(root):
-            out[root] = open(root, "rb").read()
-        for here, _, names in os.walk(root):
-            for name in names:
-                path = os.path.join(here, name)
-                with open(path, "rb") as f:
-                    out[path] = f.read()
-    return out
-
-
 def _query(s, *extra):
     q = next(r for r in read_manifest(s["manifest"]) if r.order == "1")
     return ["query", "--index", s["index"], "--image", q.path, "--app-config", s["app"],
@@ -93,7 +80,7 @@ def test_usage_errors_are_one_line(capsys, argv, message):
 def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path):
     s = setup
     _, q = _query(s)
-    before = _files(s["index"], q.path)
+    before = paths_digest(s["index"], q.path)
     link = tmp_path / "link.png"
     link.symlink_to(q.path)
     os.mkdir(tmp_path / "folder")
@@ -115,7 +102,7 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
     for png, message in cases:
         assert main(_query(s, "--png", png)[0]) == 2
         assert _error(capsys) == message
-    assert _files(s["index"], q.path) == before
+    assert paths_digest(s["index"], q.path) == before
     assert main(_query(s, "--threshold", "nan", "--png", str(tmp_path / "q.png"))[0]) == 2
     assert _error(capsys) == "error: --threshold nan: must be a finite number"
     assert not os.path.exists(tmp_path / "q.png")
@@ -228,11 +215,11 @@ def test_index_writes_a_new_folder_only(setup, capsys, no_model, tmp_path):
         (["--manifest", str(empty), "--out", str(tmp_path / "x")],
          f"error: --manifest {empty}: no images to work on"),
     ]
-    before = _files(xr, s["run"], notes)
+    before = paths_digest(xr, s["run"], notes)
     for argv, message in cases:
         assert main(["index"] + base + argv) == 2
         assert _error(capsys) == message
-    assert _files(xr, s["run"], notes) == before
+    assert paths_digest(xr, s["run"], notes) == before
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -242,14 +229,14 @@ def test_index_into_a_new_folder_inside_the_manifests(setup, capsys, tmp_path):
     s = setup
     xr = str(tmp_path / "xr")
     shutil.copytree(os.path.dirname(s["manifest"]), xr)
-    before = _files(xr)
+    before = paths_digest(xr)
     out = os.path.join(xr, "archives", "a")
     capsys.readouterr()
     assert main(["index", "--workdir", s["run"], "--manifest", os.path.join(xr, "manifest.csv"),
                  "--out", out, "--app-config", s["app"]]) == 0
     err = capsys.readouterr().err
     assert "hub-correction densities: 100%" in err and "calibration (val visits): 100%" in err
-    after = _files(xr)
+    after = paths_digest(xr)
     assert {p: b for p, b in after.items() if not p.startswith(out + os.sep)} == before
     assert os.path.isfile(os.path.join(out, "archive.json"))
     assert main(["index", "--workdir", s["run"], "--manifest", os.path.join(xr, "manifest.csv"),
@@ -260,19 +247,19 @@ def test_add_refuses_inputs_inside_the_archive_it_rewrites(setup, capsys, no_mod
     s = setup
     index = str(tmp_path / "index")
     shutil.copytree(s["index"], index)
-    before = _files(index)
+    before = paths_digest(index)
     inside = os.path.join(index, "metadata.csv")
     for flag, extra in (("--manifest", [inside]), ("--labels", [s["last"], "--labels", inside])):
         assert main(["add", "--index", index, "--manifest", *extra]) == 2
         assert _error(capsys) == (f"error: {flag} {inside}: lies inside --index {index}, which "
                                   f"add rewrites; give a copy outside it")
-    assert _files(index) == before
+    assert paths_digest(index) == before
 
 
 # -- train and eval ----------------------------------------------------------------------
 def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tmp_path):
     s = setup
-    before = _files(s["diag"], os.path.dirname(s["manifest"]), s["run"])
+    before = paths_digest(s["diag"], os.path.dirname(s["manifest"]), s["run"])
     base = ["--workdir", s["run"], "--manifest", s["manifest"], "--app-config", s["app"]]
     xr = os.path.dirname(s["manifest"])
     splits = "(its splits: 'test', 'train', 'val')"
@@ -299,7 +286,7 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
     for argv, message in cases:
         assert main(argv[:1] + base + argv[1:]) == 2
         assert _error(capsys) == message
-    assert _files(s["diag"], xr, s["run"]) == before
+    assert paths_digest(s["diag"], xr, s["run"]) == before
     assert not os.path.exists(tmp_path / "new")
 
 
@@ -368,7 +355,7 @@ def test_a_failed_train_leaves_the_earlier_results(setup, capsys, monkeypatch, t
     s = setup
     d = str(tmp_path / "d")
     shutil.copytree(s["diag"], d)
-    before = _files(d)
+    before = paths_digest(d)
 
     def fail(*args, **kwargs):
         raise OSError("No space left on device")
@@ -380,7 +367,7 @@ def test_a_failed_train_leaves_the_earlier_results(setup, capsys, monkeypatch, t
     assert [line for line in err.splitlines() if "error:" in line] == [
         "error: No space left on device"]
     assert "current-only classifier: 100%" in err and "history model: 100%" in err
-    assert _files(d) == before and sorted(os.listdir(d)) == sorted(os.listdir(s["diag"]))
+    assert paths_digest(d) == before and sorted(os.listdir(d)) == sorted(os.listdir(s["diag"]))
     # in a new folder, only the feature cache (it is keyed by what it was computed from)
     fresh = str(tmp_path / "fresh")
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out", fresh,

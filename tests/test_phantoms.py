@@ -19,19 +19,9 @@ from benchmarks import phantom_baseline_features as baselines  # noqa: I001
 from mami_jax.phantoms import common, disease, io
 from mami_jax.phantoms.__main__ import main as phantoms_cli
 from mami_jax.runtime import atomic_files
+from tests.file_trees import tree_digest
 
 TINY = dict(patients=6, visits=2, seed=3, image_size=32, slices=2, workers=1)
-
-
-def _tree_bytes(root):
-    """{relative path: bytes} of every file under root."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +33,7 @@ def tiny(tmp_path_factory):
 
 def test_same_arguments_same_bytes(tiny, tmp_path):
     again = phantoms.generate(str(tmp_path / "again"), **TINY)
-    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(again))
+    a, b = tree_digest(os.path.dirname(tiny)), tree_digest(os.path.dirname(again))
     assert sorted(a) == sorted(b)
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
     assert len(a) > 20
@@ -51,13 +41,13 @@ def test_same_arguments_same_bytes(tiny, tmp_path):
 
 def test_worker_count_does_not_change_output(tiny, tmp_path):
     par = phantoms.generate(str(tmp_path / "par"), **dict(TINY, workers=2))
-    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(par))
+    a, b = tree_digest(os.path.dirname(tiny)), tree_digest(os.path.dirname(par))
     assert a == b
 
 
 def test_other_seed_other_images(tiny, tmp_path):
     other = phantoms.generate(str(tmp_path / "other"), **dict(TINY, seed=4))
-    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(other))
+    a, b = tree_digest(os.path.dirname(tiny)), tree_digest(os.path.dirname(other))
     images = [k for k in a if k in b and not k.endswith((".csv", ".json"))]
     assert sum(a[k] != b[k] for k in images) == len(images)
     assert a["manifest.csv"] != b["manifest.csv"]
@@ -65,7 +55,7 @@ def test_other_seed_other_images(tiny, tmp_path):
 
 def test_more_patients_and_visits_keep_existing_ones(tiny, tmp_path):
     bigger = phantoms.generate(str(tmp_path / "big"), **dict(TINY, patients=8, visits=3))
-    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(bigger))
+    a, b = tree_digest(os.path.dirname(tiny)), tree_digest(os.path.dirname(bigger))
     images = [k for k in a if not k.endswith((".csv", ".json"))]
     assert images and all(a[k] == b[k] for k in images)
 
@@ -235,7 +225,7 @@ def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_pa
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 return f.read()
-        return _tree_bytes(path)
+        return tree_digest(path)
     changed = {r.image_id for r, o in zip(rows, same) if content(r.path) != content(o.path)}
     assert changed and all(stage[i] > 0 for i in changed)
     with pytest.raises(ValueError, match="stage1_visible or signs_visible, not both"):
@@ -245,7 +235,7 @@ def test_signs_visible_changes_only_diseased_images_and_is_recorded(tiny, tmp_pa
 
 def test_stage1_visible_changes_only_stage1_images_and_is_recorded(tiny, tmp_path):
     other, stage = _visibility_variant(tiny, tmp_path, stage1_visible=0.5)
-    a, b = _tree_bytes(os.path.dirname(tiny)), _tree_bytes(os.path.dirname(other))
+    a, b = tree_digest(os.path.dirname(tiny)), tree_digest(os.path.dirname(other))
     assert sorted(a) == sorted(b)
     rows = {r.image_id: r for r in read_manifest(tiny)}
     paths = {os.path.relpath(r.path, os.path.dirname(tiny)): i for i, r in rows.items()}

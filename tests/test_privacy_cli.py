@@ -2,7 +2,6 @@
 protected images keep their format, lower the match score within the budget, the
 manifest keeps its rows' fields, inputs stay byte-identical; bad input is one error line."""
 
-import hashlib
 import json
 import os
 
@@ -15,17 +14,9 @@ from mami_jax.apps.privacy.settings import load_config
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import read_manifest, write_manifest
 from mami_jax.data.transforms import slice_indices
+from tests.file_trees import tree_digest
 from tests.history_workdir import make_workdir, run_config_of_modalities
 from tests.privacy_tiny import tiny_xray_phantoms
-
-
-def tree_digest(root):
-    out = {}
-    for here, _, files in os.walk(root):
-        for f in files:
-            with open(os.path.join(here, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(here, f), root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

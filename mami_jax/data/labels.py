@@ -60,7 +60,15 @@ def write_labels(path: str, columns: Sequence[str], labels: Mapping[str, Mapping
 
 
 def read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, int]:
-    """image_id -> class index (position of the value in ``classes``)."""
+    """image_id -> class index (position of the value in ``classes``); every fault of the
+    table, a file that is not UTF-8 CSV text included, is a LabelError naming it."""
+    try:
+        return _read_labels(path, column, classes)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(f"labels table {path}: not a UTF-8 CSV text file ({e})") from e
+
+
+def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, int]:
     classes = [str(c) for c in classes]
     index = {c: i for i, c in enumerate(classes)}
     try:

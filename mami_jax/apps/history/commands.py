@@ -29,7 +29,7 @@ from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
 from mami_jax.config_files import load_config, resolve
-from mami_jax.data.labels import default_labels_path, labels_for
+from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
@@ -108,11 +108,11 @@ def _check_out_folder(args, marker: str | None, outputs, labels: str | None = No
 def _recorded(rows, args, cfg) -> list[str] | None:
     """The diagnoses (``cfg.label_column`` of ``--labels``) of ``rows``, None without
     ``--labels``; an unknown value or an unlabelled row is an error naming it."""
-    from mami_jax.apps.history.experiment import read_label_table
     if not getattr(args, "labels", None):
         return None
     classes = [str(c) for c in cfg.classes]
-    return [classes[i] for i in labels_for(rows, read_label_table(args.labels, cfg), args.labels)]
+    table = read_labels(args.labels, cfg.label_column, classes)
+    return [classes[i] for i in labels_for(rows, table, args.labels)]
 
 
 def _say_records(archive: Archive, added: int, recorded: list | None) -> None:
@@ -316,10 +316,12 @@ def query(args) -> int:
 def _experiment(args, training: bool):
     """(the experiment of ``train``/``eval``, the evaluation split, and for ``eval`` the
     classifiers with their record), every cheap check made before the model loads."""
-    from mami_jax.apps.history.experiment import (CACHE_FILES, CLASSIFIERS, REPORT_FILES,
-                                                  TRAIN_FILES, Experiment, FEATURES_CACHE,
-                                                  check_classifier_settings, check_splits,
-                                                  load_trained, read_row_labels)
+    from mami_jax.apps.history.experiment import (CACHE_FILES, REPORT_FILES, TRAIN_FILES,
+                                                  Experiment, FEATURES_CACHE, check_splits,
+                                                  read_row_labels)
+    from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS,
+                                                           check_classifier_settings,
+                                                           load_trained)
     cfg = app_config(args)
     spec = _experiment_spec(args)
     labels = args.labels or default_labels_path(args.manifest)

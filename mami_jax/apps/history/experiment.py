@@ -32,7 +32,6 @@ written as soon as they are computed: they are keyed by what they were computed 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 from typing import Callable
@@ -47,18 +46,16 @@ from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
 from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
 from mami_jax.apps.history.npz_files import read_cache
+from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS, CLASSIFIERS_INFO,
+                                                       check_classifier_settings,
+                                                       score_kind, uses_maps)
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
-from mami_jax.data.labels import LabelError, labels_for, read_labels
+from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime.atomic_files import (fix_tree_modes, staging_dir, write_atomic,
                                            write_text_atomic)
 
-CLASSIFIERS = "classifiers.msgpack"
-#: What the classifiers were trained on (features kind, the model that gave them, width,
-#: the retrieval scores their history term reads): ``eval`` refuses other features and
-#: other scores.
-CLASSIFIERS_INFO = "classifiers.json"
 FEATURES_CACHE = "features.npz"
 METRICS = "metrics.json"
 #: What ``train`` writes in OUT (``eval``: the report only), checked against the inputs
@@ -66,131 +63,6 @@ METRICS = "metrics.json"
 REPORT_FILES = (METRICS, "metrics.md", "auc.png")
 TRAIN_FILES = (CLASSIFIERS, CLASSIFIERS_INFO) + REPORT_FILES
 CACHE_FILES = (FEATURES_CACHE, diagnosis_reader.LOGITS, diagnosis_reader.PARAMS)
-
-
-def score_kind(cfg) -> str:
-    """The scale of the retrieval scores the history model reads beside each history image:
-    ``visit`` (z-normalised visit sums, ``visit_fusion``), ``csls`` (hub-corrected cosines,
-    ``index.hubness_k`` > 0) or ``cosine``; ``/raw`` when the archive is not centred. A
-    history term trained on one scale reads another wrongly without any error of its own,
-    hence the record."""
-    if cfg.get("visit_fusion", False):
-        kind = "visit"
-    else:
-        kind = "csls" if int(cfg.index.get("hubness_k", 0)) > 0 else "cosine"
-    return kind if cfg.center else f"{kind}/raw"
-
-
-def read_classifiers_info(out_dir: str) -> dict | None:
-    """DIR/classifiers.json as written by ``train``; None when there is none (classifiers
-    of older runs). Raises OSError when it cannot be read and ValueError when it is not
-    a JSON object."""
-    path = os.path.join(out_dir, CLASSIFIERS_INFO)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    if not isinstance(info, dict):
-        raise ValueError("not a JSON object")
-    return info
-
-
-def uses_maps(cfg) -> bool:
-    return int(cfg.classifier.get("map_dim", 0)) > 0
-
-
-def load_trained(out_dir: str) -> tuple[dict, dict | None]:
-    """(the classifiers of OUT/classifiers.msgpack, what they were trained on: the
-    record of OUT/classifiers.json or None) as ``eval`` reads them, before any work: a
-    file that is missing, not msgpack or JSON, or does not hold what ``train`` writes is
-    an error naming it."""
-    path = os.path.join(out_dir, CLASSIFIERS)
-    try:
-        payload = training.load_classifiers(path)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any msgpack decoder error: not a classifiers file
-        raise ValueError(f"classifiers {path}: not a classifiers file of `train` "
-                         f"({type(e).__name__}: {e})") from e
-    _check_payload(payload, path)
-    info_path = os.path.join(out_dir, CLASSIFIERS_INFO)
-    try:
-        info = read_classifiers_info(out_dir)
-    except OSError as e:
-        raise OSError(f"{info_path}: cannot be read ({e.strerror})") from e
-    except ValueError as e:
-        raise ValueError(f"{info_path}: not the JSON object `train` writes ({e})") from e
-    return payload, info
-
-
-def _check_payload(payload, path: str) -> None:
-    """ValueError naming ``path`` unless ``payload`` has the parts ``train`` saves: the
-    per-modality feature statistics and the two classifiers' parameter trees."""
-    if not isinstance(payload, dict):
-        raise ValueError(f"classifiers {path}: holds a {type(payload).__name__}, not the "
-                         f"classifiers `train` writes")
-    for key in ("norm", "current", "fused"):
-        if not isinstance(payload.get(key), dict):
-            raise ValueError(f"classifiers {path}: no {key!r} entry (not a classifiers file "
-                             f"of `train`)")
-    stats = payload["norm"].get("features")
-    if not isinstance(stats, dict) or not stats or not all(
-            isinstance(v, dict) and np.ndim(v.get("mean")) == 1 and np.ndim(v.get("std")) == 1
-            for v in stats.values()):
-        raise ValueError(f"classifiers {path}: no per-modality feature statistics "
-                         f"('norm' 'features'; not a classifiers file of `train`)")
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    import jax
-    return {jax.tree_util.keystr(k): tuple(np.shape(v))
-            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def check_classifier_settings(payload: dict, info: dict | None, cfg, source: str) -> None:
-    """Refuses, before any work, classifiers (``load_trained``) that this app config
-    ``cfg`` cannot evaluate: trained on another label column or classes, on other
-    features or retrieval scores, with the other ``records`` setting, or whose
-    parameters another classifier setting shaped (``training.parameter_shapes``; the
-    label and class count show there too for classifiers trained before
-    classifiers.json recorded them). ``source``: the classifiers file, for the message."""
-    classes = [str(c) for c in cfg.classes]
-    again = "train again or use the same --app-config"
-    if info is not None and "classes" in info and (
-            info.get("label_column") != cfg.label_column or list(info["classes"]) != classes):
-        raise ValueError(f"the classifiers were trained on {info.get('label_column')!r} "
-                         f"(classes {', '.join(map(str, info['classes']))}), this run reads "
-                         f"{cfg.label_column!r} (classes {', '.join(classes)}): {again}")
-    if info is not None and "features" in info and info["features"] != str(cfg.features):
-        raise ValueError(f"the classifiers were trained on features={info['features']!r}, this "
-                         f"run reads features={str(cfg.features)!r}: {again}")
-    if info is not None and "scores" in info and info["scores"] != score_kind(cfg):
-        raise ValueError(f"the classifiers' history term was trained on {info['scores']!r} "
-                         f"retrieval scores, this run gives {score_kind(cfg)!r} (visit_fusion, "
-                         f"hubness_k, center): {again}")
-    records = bool(cfg.classifier.get("records", False))
-    if info is not None and info.get("records", False) != records:
-        raise ValueError(f"the classifiers were trained with records="
-                         f"{int(info.get('records', False))}, this run has records="
-                         f"{int(records)}: {again}")
-    norm = payload["norm"]
-    if uses_maps(cfg) and not isinstance(norm.get("maps"), dict):
-        raise ValueError(f"classifiers {source}: trained without token maps, the app config "
-                         f"compares them (classifier.map_dim={int(cfg.classifier.map_dim)}): "
-                         f"{again}")
-    width = int(np.shape(next(iter(norm["features"].values()))["mean"])[-1])
-    channels = (int(np.shape(next(iter(norm["maps"].values()))["mean"])[-1])
-                if uses_maps(cfg) else 0)
-    expected = training.parameter_shapes(len(classes), cfg.classifier, width, channels)
-    for part in ("current", "fused"):
-        mine, theirs = _shapes(expected[part]), _shapes(payload[part])
-        for name in sorted(set(mine) | set(theirs)):
-            if mine.get(name) != theirs.get(name):
-                raise ValueError(
-                    f"classifiers {source}: parameter {part}{name} has shape "
-                    f"{theirs.get(name, 'none')}, the app config's classifier gives "
-                    f"{mine.get(name, 'none')} ({len(classes)} classes of "
-                    f"{cfg.label_column!r}, hidden, attention_dim, map_dim, records): {again}")
 
 
 def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) -> str:
@@ -264,19 +136,10 @@ def cached_features(model, rows, out_dir: str, cfg):
     return emb, backbone, (maps if maps_key else None)
 
 
-def read_label_table(path: str, cfg) -> dict[str, int]:
-    """image_id -> class index of ``cfg.label_column`` in the labels table ``path``
-    (``data.labels.read_labels``); a file that is not UTF-8 CSV text is a LabelError
-    naming it, as every other fault of the table is."""
-    try:
-        return read_labels(path, cfg.label_column, [str(c) for c in cfg.classes])
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise LabelError(f"labels table {path}: not a UTF-8 CSV text file ({e})") from e
-
-
 def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
     """Each row's class index from the labels table (errors name the row or image)."""
-    return labels_for(rows, read_label_table(labels_path, cfg), labels_path)
+    return labels_for(rows, read_labels(labels_path, cfg.label_column,
+                                        [str(c) for c in cfg.classes]), labels_path)
 
 
 class Experiment:

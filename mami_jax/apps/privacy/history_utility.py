@@ -41,8 +41,8 @@ from mami_jax.apps.history import scoring, training
 from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_name
 from mami_jax.apps.history.diagnosis_reader import KIND as READER
 from mami_jax.apps.history.diagnosis_reader import TrainedReader
-from mami_jax.apps.history.experiment import (CLASSIFIERS, CLASSIFIERS_INFO,
-                                              read_classifiers_info)
+from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS, CLASSIFIERS_INFO,
+                                                       read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
 
 FEATURES_CACHE = "features.npz"
