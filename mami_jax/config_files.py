@@ -72,6 +72,8 @@ def flag_values(argv: Sequence[str], flag: str = "--config") -> list[tuple[int, 
     return found
 
 
+#: Model files that may carry their run's config (``--config=FILE``, as ``--config=FILE.json``).
+MODEL_FILES = (".pth", ".pt", ".safetensors")
 #: The Python config file that loads a JSON one (``--config=FILE.json`` for the flags parser).
 JSON_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "json_config_file.py")
 
@@ -80,12 +82,14 @@ def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> li
     """``argv`` with the file of ``--config=FILE[:ARG]`` (or ``--config FILE``) resolved as
     ``load_config`` resolves it and made importable, before a flags parser
     (``ml_collections.config_flags``, which reads Python files only) loads it; an existing
-    ``FILE.json`` becomes ``json_config_file.py:FILE.json``."""
+    ``FILE.json`` (or model file carrying its run's config) becomes
+    ``json_config_file.py:FILE``."""
     out = list(argv)
     for at, value in flag_values(argv, flag):
         path, sep, arg = value.partition(":")
         full = resolve(path)
-        if full.endswith(".json") and not sep and os.path.isfile(full):
+        if (full.endswith((".json",) + MODEL_FILES) and not sep
+                and os.path.isfile(full)):
             full, sep, arg = JSON_CONFIG_FILE, ":", os.path.abspath(full)
         make_importable(full)
         joined = out[at].startswith(flag + "=")

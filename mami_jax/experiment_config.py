@@ -56,6 +56,18 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
         f"kept their config); name the experiment config it was trained with: {how}")
 
 
+def carried_config(model: str) -> str | None:
+    """The experiment config ``model`` carries, as a spec ``load_experiment`` reads: its
+    run's ``config.json`` (a workdir, ``WORKDIR@STEP``, a converter folder imported from an
+    exported file) or the file itself when it was exported from a run; None for anything
+    else (the authors' files, a run that stored none, a missing path)."""
+    try:
+        spec = experiment_spec(model)
+    except ValueError:
+        return None
+    return None if spec == resolve_spec(MODEL_FILE_EXPERIMENT) else spec
+
+
 def load_experiment(spec: str):
     """The config of an ``experiment_spec``: ``config_files.load_config`` of a config file
     or a run's ``config.json``, or the config a model file exported from a run carries

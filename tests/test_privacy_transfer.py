@@ -174,16 +174,17 @@ def test_attacker_manifest_command(tmp_path, capsys):
     assert err == [f"error: {tmp_path / 'p.csv'}: 1 rows of split(s) ['train'] have no protected "
                    "copy, e.g. ['P3_v0']"]
     # a misspelt split or modality, or none given, would give the attacker the originals
-    for extra, message in ((["--splits", "tset"], "no rows of split ['tset'] in the original "
-                            "manifest (splits there: ['test', 'train'])"),
-                           (["--splits", ","], "no rows of split [] in the original manifest"),
-                           (["--modalities", "xrayy"], "no rows of modality ['xrayy'] in the "
-                            "original manifest (modalities there: ['ct', 'xray'])"),
-                           (["--splits", "test", "--modalities", "ct"], "the original manifest "
-                            "has no rows of split(s) ['test'] and modalities ['ct'] together")):
+    original = f"--manifest {tmp_path / 'm.csv'}: "
+    for extra, message in ((["--splits", "tset"], original + "no rows of split ['tset'] "
+                             "(splits there: ['test', 'train'])"),
+                           (["--splits", ","], "no split given whose rows become protected"),
+                           (["--modalities", "xrayy"], original + "no rows of modality "
+                            "['xrayy'] (modalities there: ['ct', 'xray'])"),
+                           (["--splits", "test", "--modalities", "ct"], original + "no rows "
+                            "of split(s) ['test'] and modalities ['ct'] together")):
         assert main(args + extra) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'p.csv'}: " + message), err
+        assert len(err) == 1 and err[0].startswith("error: " + message), err
     os.makedirs(tmp_path / "folder")
     assert main(args[:-1] + [str(tmp_path / "folder"), "--modalities", "xray"]) == 1
     assert capsys.readouterr().err.strip() == (

@@ -97,6 +97,14 @@ def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
                 in capsys.readouterr().out)
         assert experiment_spec(out) == out
         assert _types(load_experiment(out).to_dict()) == own
+        # main --model=FILE without --config reads the file with the config it carries,
+        # through the flag's Python loader, overrides after it
+        argv = with_the_runs_config([f"--model={out}", f"--workdir={tmp_path / 'ev'}",
+                                     "--config.eval.batch_size=4"])
+        assert argv[0] == f"--config={out}" and argv[1:] == [
+            f"--model={out}", f"--workdir={tmp_path / 'ev'}", "--config.eval.batch_size=4"]
+        assert flag_config_from_anywhere(argv)[0] == f"--config={JSON_CONFIG_FILE}:{out}"
+        assert _types(load_config(f"{JSON_CONFIG_FILE}:{out}").to_dict()) == own
     # import-official of an export keeps its config beside the folder's params, and an
     # export of that folder carries it again.
     kept = str(tmp_path / "imported")
@@ -140,9 +148,15 @@ def test_a_folder_that_is_no_run_is_named_as_such(tmp_path):
 def test_main_without_config_reads_the_workdirs_own(tmp_path, capsys):
     run = _run(tmp_path / "run")
     own = os.path.join(run, "config.json")
-    assert with_the_runs_config([f"--workdir={run}", "--mode=eval"]) == [
-        f"--workdir={run}", "--mode=eval", f"--config={own}"]
+    # first: absl reads a --config.KEY override only after the config
+    assert with_the_runs_config([f"--workdir={run}", "--mode=eval", "--config.seed=3"]) == [
+        f"--config={own}", f"--workdir={run}", "--mode=eval", "--config.seed=3"]
     assert f"--config: the run's own, {own}" in capsys.readouterr().err
+    other = _run(tmp_path / "other")          # --model's own config before the workdir's
+    assert with_the_runs_config([f"--workdir={run}", f"--model={other}@2"]) == [
+        f"--config={other}/config.json", f"--workdir={run}", f"--model={other}@2"]
+    assert with_the_runs_config([f"--workdir={run}", "--model=/no/such.pth"])[0] == (
+        f"--config={own}")
     named = ["--config", "configs/all.py", "--workdir", run]
     assert with_the_runs_config(named) == named
     fresh = [f"--workdir={tmp_path / 'fresh'}"]

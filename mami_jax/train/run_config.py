@@ -32,14 +32,21 @@ def write_run_config(workdir: str, config) -> None:
 
 
 def with_the_runs_config(argv: list[str]) -> list[str]:
-    """``python -m mami_jax.main``'s ``argv`` with ``--config=WORKDIR/config.json`` added
-    when it names no ``--config`` and its ``--workdir`` holds one, so a trained run is
-    evaluated, embedded or resumed as it was trained (overrides still apply on top). A
-    ``--workdir`` without one and no ``--config`` exits with one error line saying so (absl
-    would say only that ``--config`` must not be None)."""
+    """``python -m mami_jax.main``'s ``argv`` with ``--config`` added when it names none:
+    the config a ``--model`` carries (a file exported from a run, a run or a converter
+    folder holding ``config.json``: ``experiment_config.carried_config``), else the
+    ``--workdir``'s own ``config.json``, so a trained model is evaluated, embedded or
+    resumed as it was trained. It goes first, before any ``--config.KEY=VALUE`` override,
+    which the flags parser reads only after the config. Without either, one error line
+    says what to name (absl would say only that ``--config`` must not be None)."""
     if flag_values(argv, "--config") or any(a.startswith("--help") for a in argv):
         return list(argv)
-    workdirs = flag_values(argv, "--workdir")
+    from mami_jax.experiment_config import carried_config
+    models, workdirs = flag_values(argv, "--model"), flag_values(argv, "--workdir")
+    carried = carried_config(models[-1][1]) if models else None
+    if carried is not None:
+        print(f"--config: the one --model carries, {carried}", file=sys.stderr, flush=True)
+        return [f"--config={carried}"] + list(argv)
     stored = run_config_path(workdirs[-1][1]) if workdirs else ""
     if not stored:
         return list(argv)
@@ -47,8 +54,9 @@ def with_the_runs_config(argv: list[str]) -> list[str]:
         workdir = workdirs[-1][1]
         what = ("holds no config.json (a run stores one when it starts training)"
                 if os.path.isdir(workdir) else "is no run yet")
-        print(f"error: --config is needed: --workdir {workdir} {what}; name the "
-              "experiment config, e.g. --config=configs/all.py:runlocal", file=sys.stderr)
+        print(f"error: --config is needed: --workdir {workdir} {what}"
+              f"{', and --model carries none' if models else ''}; name the experiment "
+              "config, e.g. --config=configs/all.py:runlocal", file=sys.stderr)
         sys.exit(2)         # a usage error, as absl's flag errors
     print(f"--config: the run's own, {stored}", file=sys.stderr, flush=True)
-    return list(argv) + [f"--config={stored}"]
+    return [f"--config={stored}"] + list(argv)

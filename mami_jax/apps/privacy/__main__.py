@@ -146,7 +146,8 @@ def _attacker_manifest(args) -> None:
     splits = [s for s in args.splits.split(",") if s]
     modalities = [m for m in args.modalities.split(",") if m] or None
     rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
-                         source=args.protected, modalities=modalities)
+                         source=args.protected, modalities=modalities,
+                         original_source=f"--manifest {args.manifest}")
     write_manifest(rows, args.out)
     n = sum(r.image_id.endswith(SUFFIX) for r in rows)
     print(f"wrote {args.out}: {len(rows)} rows, {n} of them protected (splits {splits}, "

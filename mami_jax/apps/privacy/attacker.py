@@ -23,16 +23,20 @@ from mami_jax.data.manifest import ManifestRow, row_place
 
 def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestRow],
                   splits: Sequence[str] = ("train",), source: str = "protected manifest",
-                  modalities: Sequence[str] | None = None) -> list[ManifestRow]:
+                  modalities: Sequence[str] | None = None,
+                  original_source: str = "original manifest") -> list[ManifestRow]:
     """``original`` with its rows of ``splits`` (and of ``modalities``, all when None)
-    replaced by their protected copies in ``protected``."""
+    replaced by their protected copies in ``protected``; errors name ``source`` (where
+    ``protected`` was read) or ``original_source``, whichever holds the fault."""
+    if not splits:
+        raise ValueError("no split given whose rows become protected (e.g. train)")
     for what, there, asked, present in (
             ("split", "splits", splits, {r.split for r in original}),
             ("modality", "modalities", modalities or (), {r.modality for r in original})):
         unknown = sorted(set(asked) - present)
-        if unknown or (what == "split" and not asked):
-            raise ValueError(f"{source}: no rows of {what} {unknown or list(asked)} in the "
-                             f"original manifest ({there} there: {sorted(present)})")
+        if unknown:
+            raise ValueError(f"{original_source}: no rows of {what} {unknown} ({there} "
+                             f"there: {sorted(present)})")
     by_id = {r.image_id: r for r in protected}
     out, missing = [], []
     for r in original:
@@ -54,6 +58,6 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
         raise ValueError(f"{source}: {len(missing)} rows of split(s) {list(splits)} have no "
                          f"protected copy, e.g. {missing[:3]}")
     if not any(r.image_id.endswith(SUFFIX) for r in out):
-        raise ValueError(f"{source}: the original manifest has no rows of split(s) "
-                         f"{list(splits)} and modalities {list(modalities or ['all'])} together")
+        raise ValueError(f"{original_source}: no rows of split(s) {list(splits)} and "
+                         f"modalities {list(modalities or ['all'])} together")
     return out
