@@ -121,14 +121,21 @@ def _user_errors() -> tuple:
 CUES_RECORD = "cues.json"
 
 
-def _check_out(args, rows, targets, out_names) -> None:
+def _check_out(args, rows, targets) -> None:
     """OUT is new, empty or this command's own earlier output (``output_guard``), and
-    nothing written there replaces an input (``out_names``: OUT-relative names of what
-    will be written)."""
+    nothing the command will write there (``targets``' files and its records) replaces an
+    input."""
+    from mami_jax.apps.privacy.protect import output_path
     from mami_jax.apps.privacy.protect_log import LOG_NAME
     from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
+    if args.command == "cues":
+        names = [CUES_RECORD] + [r.image_id + ext for r in targets for ext in (".png", ".npz")]
+    else:
+        manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
+        names = [LOG_NAME, "manifest.csv", "preview.png", "protect_report.json"] + [
+            output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
     check_output_folder(args.out, "--out", LOG_NAME if args.command == "protect" else CUES_RECORD)
-    refuse_overwriting_inputs([os.path.join(args.out, n) for n in out_names],
+    refuse_overwriting_inputs([os.path.join(args.out, n) for n in names],
                               [args.manifest] + [r.path for r in rows], "--out")
 
 
@@ -164,17 +171,16 @@ def _evaluate(args, parser) -> None:
 
 
 def _run(args, parser) -> None:
-    import numpy as np
-
     if args.command == "attacker-manifest":
         return _attacker_manifest(args)
     if args.command == "evaluate":
         return _evaluate(args, parser)
 
     from mami_jax.apps.privacy import ensemble, references
+    from mami_jax.apps.privacy.protect import check_settings, select_rows
+    from mami_jax.data.manifest import MODALITIES, read_manifest
     from mami_jax.inference import names_a_path
-    from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest
-    from mami_jax.runtime.atomic_files import make_dirs, write_text_atomic
+    from mami_jax.runtime.atomic_files import make_dirs
 
     if not os.path.isfile(args.manifest):
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
@@ -183,18 +189,10 @@ def _run(args, parser) -> None:
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
     rows = read_manifest(args.manifest)
-    split = None if args.split == "all" else args.split
-    from mami_jax.apps.privacy.protect import (check_settings, output_path, protect_rows,
-                                               select_rows)
-    targets = select_rows(rows, split, args.manifest)
+    targets = select_rows(rows, None if args.split == "all" else args.split, args.manifest)
     if args.command == "cues":
         targets = targets[:int(pcfg.cues.max_images)]
-        out_names = [CUES_RECORD] + [r.image_id + ext for r in targets for ext in (".png", ".npz")]
-    else:
-        manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
-        out_names = ["manifest.csv", "preview.png", "protect_report.json"] + [
-            output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
-    _check_out(args, rows, targets, out_names)
+    _check_out(args, rows, targets)
     references.reference_rows(rows, targets)
     if args.command == "protect":
         check_settings(pcfg, targets)
@@ -213,33 +211,50 @@ def _run(args, parser) -> None:
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
                                                      pcfg.perturb, experiment)
-        log = _protect_log(args, pcfg, members, by_modality, len(targets))
-        new_rows, records = protect_rows(rows, targets, members, pcfg, os.path.dirname(
-            os.path.abspath(args.manifest)), os.path.abspath(args.out),
-            modality_members=by_modality, log=log)
-        write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
-        from mami_jax.apps.privacy.figures import protect_preview
-        protect_preview(os.path.join(args.out, "preview.png"), targets,
-                        read_manifest(os.path.join(args.out, "manifest.csv")), experiment.data)
-        before = np.mean([r["score_before"] for r in records])
-        after = np.mean([r["score_after"] for r in records])
-        report = {"workdir": args.workdir, "model": members[0].embedder.source,
-                  "step": members[0].embedder.step, "manifest": os.path.abspath(args.manifest),
-                  "split": args.split, "config": pcfg.to_dict(), "images": len(records),
-                  "mean_score_before": float(before), "mean_score_after": float(after),
-                  "records": records}
-        write_text_atomic(os.path.join(args.out, "protect_report.json"),
-                          json.dumps(report, indent=1, default=str))
-        print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "
-              f"mean match score {before:.3f} -> {after:.3f}")
+        _protect(args, pcfg, rows, targets, members, by_modality, experiment)
     else:
-        from mami_jax.apps.privacy.cue_run import write_cues
-        write_text_atomic(os.path.join(args.out, CUES_RECORD), json.dumps(
-            {"model": members[0].embedder.source, "step": members[0].embedder.step,
-             "manifest": os.path.abspath(args.manifest), "split": args.split,
-             "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))
-        n = write_cues(rows, targets, members[0], pcfg, args.out)
-        print(f"wrote cue maps of {n} images to {args.out}")
+        _cues(args, pcfg, rows, targets, members[0])
+
+
+def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> None:
+    """Protects ``targets`` into OUT: the images, manifest.csv, preview.png and
+    protect_report.json (going on from OUT/protect_log.jsonl where a run stopped)."""
+    import numpy as np
+
+    from mami_jax.apps.privacy.figures import protect_preview
+    from mami_jax.apps.privacy.protect import protect_rows
+    from mami_jax.data.manifest import read_manifest, write_manifest
+    from mami_jax.runtime.atomic_files import write_text_atomic
+    log = _protect_log(args, pcfg, members, by_modality, len(targets))
+    new_rows, records = protect_rows(rows, targets, members, pcfg, os.path.dirname(
+        os.path.abspath(args.manifest)), os.path.abspath(args.out),
+        modality_members=by_modality, log=log)
+    write_manifest(new_rows, os.path.join(args.out, "manifest.csv"))
+    protect_preview(os.path.join(args.out, "preview.png"), targets,
+                    read_manifest(os.path.join(args.out, "manifest.csv")), experiment.data)
+    before = np.mean([r["score_before"] for r in records])
+    after = np.mean([r["score_after"] for r in records])
+    report = {"workdir": args.workdir, "model": members[0].embedder.source,
+              "step": members[0].embedder.step, "manifest": os.path.abspath(args.manifest),
+              "split": args.split, "config": pcfg.to_dict(), "images": len(records),
+              "mean_score_before": float(before), "mean_score_after": float(after),
+              "records": records}
+    write_text_atomic(os.path.join(args.out, "protect_report.json"),
+                      json.dumps(report, indent=1, default=str))
+    print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "
+          f"mean match score {before:.3f} -> {after:.3f}")
+
+
+def _cues(args, pcfg, rows, targets, member) -> None:
+    """Cue maps of ``targets`` into OUT, with OUT/cues.json saying what they are of."""
+    from mami_jax.apps.privacy.cue_run import write_cues
+    from mami_jax.runtime.atomic_files import write_text_atomic
+    write_text_atomic(os.path.join(args.out, CUES_RECORD), json.dumps(
+        {"model": member.embedder.source, "step": member.embedder.step,
+         "manifest": os.path.abspath(args.manifest), "split": args.split,
+         "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))
+    n = write_cues(rows, targets, member, pcfg, args.out)
+    print(f"wrote cue maps of {n} images to {args.out}")
 
 
 def _warn_unseen_modalities(targets, experiment, model: str) -> None:
