@@ -2,7 +2,8 @@
 the same patient in an archive with the re-ID model, and diagnose with them.
 
 - ``labels``: the diagnosis labels table (keyed by image_id);
-- ``archive``: the on-disk FAISS archive index with its metadata;
+- ``archive``: the on-disk FAISS archive index with its metadata; ``archive_files``:
+  its files read back, each checked;
 - ``calibration``: the verification threshold for a target false-accept rate;
 - ``history_select``: which archived images may be history (earlier, not the same study);
 - ``features``: the trained model, its embeddings and backbone features;
