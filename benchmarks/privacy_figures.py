@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mami_jax.apps.privacy import figures  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
-from mami_jax.apps.privacy.settings import load_config  # noqa: E402
+from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 
 

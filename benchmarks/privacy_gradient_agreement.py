@@ -42,7 +42,8 @@ from mami_jax.apps.privacy import ensemble  # noqa: E402
 from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
 from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_of_rms  # noqa: E402
-from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
+from mami_jax.config_files import load_config  # noqa: E402
+from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402

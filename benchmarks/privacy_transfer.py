@@ -34,8 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mami_jax.apps.privacy.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
+from mami_jax.apps.privacy.quality import psnr_summary  # noqa: E402
 from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
-from mami_jax.apps.privacy.settings import apply_overrides, load_config  # noqa: E402
+from mami_jax.config_files import load_config  # noqa: E402
+from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
@@ -47,16 +49,6 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if not name:
         raise ValueError(f"--variant {text!r}: expected NAME:KEY=VALUE;KEY=VALUE")
     return name, [kv for kv in rest.split(";") if kv] if sep else []
-
-
-def psnr_summary(values) -> dict:
-    """Mean and least PSNR over the images that were changed, and how many were left
-    unchanged (infinite PSNR: the rank objective leaves an image that every member already
-    matches to an impostor by its floor as it was)."""
-    values = np.asarray(values, np.float64)
-    changed = values[np.isfinite(values)]
-    return {"psnr_db": float(changed.mean()) if changed.size else float("inf"),
-            "psnr_db_min": float(values.min()), "unchanged": int((~np.isfinite(values)).sum())}
 
 
 def markdown(result: dict) -> str:

@@ -12,15 +12,14 @@ common component that cosine similarity cannot see past.
         --eval_every 200 --phantoms /tmp/ph --set data.normalization=imagenet \\
         --set loss.id_neck=none
 
-``--set key=value`` overrides the runlocal config (value parsed as a Python
-literal when it is one). Runs are sequential by design: the 2-core machines
+``--set key=value`` overrides the runlocal config (value read as its key's type, as the
+privacy commands' ``--set``). Runs are sequential by design: the 2-core machines
 these numbers come from are too small to run two at once without skewing both.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax import config_files  # noqa: E402
+from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.config_renames import renamed_key_message  # noqa: E402
 from mami_jax.train import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
@@ -48,20 +48,7 @@ def load_config(path: str, overrides: list[str], steps: int, phantoms: str):
         cfg.eval.protocols, cfg.eval.verification = ("reid",), False
         if phantoms:
             cfg.phantoms.cache_dir = phantoms
-        for item in overrides:
-            key, _, text = item.partition("=")
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text
-            if renamed_key_message(key):
-                raise KeyError(f"--set {item}: {renamed_key_message(key)}")
-            node, *path = [cfg] + key.split(".")
-            for name in path[:-1]:
-                node = node[name]
-            if path[-1] not in node:
-                raise KeyError(f"--set {item}: no config key {key!r}")
-            node[path[-1]] = value
+    apply_overrides(cfg, overrides, moved=renamed_key_message)
     return cfg
 
 

@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 

@@ -299,11 +299,11 @@ def print_report(report: dict, top: int) -> None:
     print("Flax time by model part (ms per step):")
     for name, ms in list(report["flax_parts_ms"].items())[:top]:
         print(f"  {ms:8.1f}  {name}")
-    print(f"Costliest Flax operations (ms per step):")
+    print("Costliest Flax operations (ms per step):")
     for op in report["flax_top_ops"][:top]:
         print(f"  {op['ms']:8.1f}  {op['phase']:8s} {op['kind']:6s} {op['name']:28s} "
               f"{op['op_name'][-70:]}")
-    print(f"Costliest torch operations (self ms per step):")
+    print("Costliest torch operations (self ms per step):")
     for op in report["torch_top_ops"][:top]:
         print(f"  {op['ms']:8.1f}  {op['phase']:8s} {op['kind']:6s} {op['name']}")
 

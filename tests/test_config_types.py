@@ -1,7 +1,7 @@
 """A run's ``config.json`` is checked against the experiment config's keys and types when
 it is read (``config_types.check_run_config``, called by ``config_files.json_config``),
 and the applications' ``--set KEY=VALUE`` values are read as their key's type
-(``config_types.override_value`` through ``apps.privacy.settings.apply_overrides``).
+(``config_types.override_value`` through ``config_overrides.apply_overrides``).
 
 Before, a config.json with a key missing failed later with an ``AttributeError`` traceback
 (at worst after the whole embedding pass), a value of the wrong type as ``int('many')``
@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from mami_jax.apps.privacy.settings import apply_overrides
+from mami_jax.config_overrides import apply_overrides
 from mami_jax.config import base_config
 from mami_jax.config_files import REPO_ROOT, load_config, run_config_path
 from mami_jax.config_types import FREE_FORM_TABLES, Kind, describe, fits, override_value
@@ -199,7 +199,7 @@ def test_kinds_follow_the_reference_values():
     assert describe(Kind(float, nullable=True), python=True) == "a number or None"
 
 
-# --set KEY=VALUE of the applications (apps/privacy/settings.apply_overrides).
+# --set KEY=VALUE of the applications (config_overrides.apply_overrides).
 
 def _privacy(*items):
     cfg = load_config("configs/privacy.py")
@@ -258,3 +258,18 @@ def test_override_value_reads_a_placeholder_as_its_declared_type():
     assert override_value("None", None, float) is None
     with pytest.raises(ValueError, match="^a number or None$"):
         override_value("heavy", None, float)
+
+
+def test_an_override_of_a_moved_key_names_its_new_place():
+    """The benchmarks' --set on an experiment config names a renamed key's new place; the
+    same key under another config (no ``moved``) is only unknown."""
+    from mami_jax.config_renames import renamed_key_message
+    cfg = load_config("configs/fundus.py:runlocal")
+    apply_overrides(cfg, ["loss.terms.id=0.5", "optim.learning_rate=1"], moved=renamed_key_message)
+    assert cfg.loss.terms.id == 0.5 and cfg.optim.learning_rate == 1.0
+    with pytest.raises(ValueError) as e:
+        apply_overrides(cfg, ["loss.id_weight=1"], moved=renamed_key_message)
+    assert str(e.value) == ("override 'loss.id_weight=1': config key loss.id_weight was "
+                            "renamed: use loss.terms.id")
+    with pytest.raises(ValueError, match="no config key 'loss.id_weight'$"):
+        apply_overrides(cfg, ["loss.id_weight=1"])

@@ -278,7 +278,7 @@ def test_odir_conflicting_repeat_is_an_error(tmp_path):
     other = list(ODIR_ROWS[0])
     other[ODIR_HEADER.index("C")] = 0
     write_csv(os.path.join(root, "full_df.csv"), ODIR_HEADER, ODIR_ROWS + [other])
-    with pytest.raises(UnknownLabelError, match=rf"full_df.csv:5: ID 0 is labelled differently at "
+    with pytest.raises(UnknownLabelError, match=r"full_df.csv:5: ID 0 is labelled differently at "
                                                 r"full_df.csv:2$"):
         BUILDERS["odir"](root)
 

@@ -16,7 +16,7 @@ from configs.all import get_config as all_config
 from mami_jax.train import checkpointing, heads, loss_terms, sharding
 from mami_jax.train.objective import TrainModel, example_batch, make_loss_fn
 from mami_jax.train.optim import make_optimizer
-from mami_jax.train.step import loss_and_grads, make_train_step
+from mami_jax.train.step import make_train_step
 from mami_jax.train.trainer import make_init_state
 
 TINY_MODEL = dict(width=32, depth=1, num_heads=4, patch_size=8, image_size=32, rank=4,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mami_jax.apps.privacy.__main__ import main
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import read_manifest, write_manifest
 from mami_jax.data.transforms import slice_indices

@@ -10,7 +10,7 @@ import pytest
 
 from mami_jax.apps.privacy import common_weakness, perturb
 from mami_jax.apps.privacy.protect import ensemble_step
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 
 SHAPE = (2, 1, 4, 4, 1)
 REFS = ([None] * 3, None, [None] * 3, [None] * 3, [None] * 3, [None] * 3, None)  # 3 members

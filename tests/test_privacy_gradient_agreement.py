@@ -15,7 +15,7 @@ from mami_jax.apps.privacy import ensemble, gradient_agreement as ga
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
 from mami_jax.apps.privacy.protect import ProtectionInputs, groups_of, member_score_fn
 from mami_jax.apps.privacy.references import member_refs
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.data.manifest import read_manifest
 from tests.history_workdir import make_workdir
 from tests.privacy_tiny import tiny_xray_phantoms

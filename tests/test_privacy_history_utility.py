@@ -20,7 +20,7 @@ from mami_jax.apps.history import scoring, training  # noqa: E402
 from mami_jax.apps.history.features import TrainedModel  # noqa: E402
 from mami_jax.apps.privacy import history_utility  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
-from mami_jax.apps.privacy.settings import load_config  # noqa: E402
+from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests.history_workdir import make_workdir, write_config, write_xray_archive  # noqa: E402
 

@@ -10,7 +10,8 @@ import pytest
 
 from mami_jax.apps.privacy import perturb
 from mami_jax.apps.privacy.protect import check_modality_settings
-from mami_jax.apps.privacy.settings import apply_overrides, load_config
+from mami_jax.config_files import load_config
+from mami_jax.config_overrides import apply_overrides
 
 G = [np.full((2, 1, 2, 2, 1), 4.0, np.float32), np.full((2, 1, 2, 2, 1), -1.0, np.float32)]
 G[1][1] = 2.0                                  # member 1 points the other way on image 0 only

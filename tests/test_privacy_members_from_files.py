@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mami_jax.apps.privacy import ensemble
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.convert.checkpoint_dir import load_params, save_params
 from mami_jax.inference import Embedder
 from tests.history_workdir import make_workdir, write_config

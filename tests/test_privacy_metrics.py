@@ -108,3 +108,29 @@ def test_patient_report_agrees_with_rank1_and_counts_queries_without_match():
     assert [v["matched_after"] for v in per] == sorted((v["matched_after"] for v in per), reverse=True)
     with pytest.raises(ValueError, match="13 rows but 12 original"):
         attack_eval.patient_report(original[:12], protected, rows)
+
+
+def test_psnr_summary_averages_the_changed_images_and_counts_the_unchanged():
+    got = quality.psnr_summary([30.0, math.inf, 32.0, math.inf])
+    assert got == {"psnr_db": 31.0, "psnr_db_min": 30.0, "unchanged": 2}
+    assert quality.psnr_summary([math.inf]) == {"psnr_db": math.inf, "psnr_db_min": math.inf,
+                                                "unchanged": 1}
+
+
+def test_image_quality_leaves_unchanged_images_out_of_the_mean_psnr(tmp_path):
+    """evaluate's quality table: an image protection left as it was (infinite PSNR) is
+    counted, not averaged (its mean was infinite); hand-worked PSNR of a uniform change."""
+    from PIL import Image
+    from configs.all import get_config
+    from mami_jax.apps.privacy.evaluation import image_quality
+    base = np.full((64, 64), 100, np.uint8)
+    files = {"a": base, "a_p": base + 10, "b": base, "b_p": base}   # b: unchanged
+    for name, pixels in files.items():
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    row = lambda i: ManifestRow(i, "p", "s", "0", "xray", "d", "", str(tmp_path / f"{i}.png"), "test")
+    got = image_quality([row("a"), row("b")], [row("a_p"), row("b_p")], get_config("runlocal").data)
+    want = 20 * math.log10(255 / 10)
+    assert got["xray"]["psnr_db"] == pytest.approx(want, abs=0.01)
+    assert got["xray"]["psnr_db_min"] == pytest.approx(want, abs=0.01)
+    assert got["xray"]["unchanged"] == 1 and got["mean"]["unchanged"] == 1
+    assert got["mean"]["psnr_db"] == pytest.approx(want, abs=0.01)

@@ -12,7 +12,8 @@ import pytest
 
 from mami_jax.apps.privacy import ensemble
 from mami_jax.apps.privacy.protect import protect_rows
-from mami_jax.apps.privacy.settings import apply_overrides, load_config
+from mami_jax.config_files import load_config
+from mami_jax.config_overrides import apply_overrides
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import MODALITIES, read_manifest
 from mami_jax.models import MaMI

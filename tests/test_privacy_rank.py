@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mami_jax.apps.privacy import objective, references
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.data.manifest import ManifestRow
 
 T = 0.05

@@ -7,7 +7,8 @@ rather than merging into it."""
 import pytest
 
 from mami_jax.apps.privacy.protect import epsilon_for
-from mami_jax.apps.privacy.settings import apply_overrides, load_config
+from mami_jax.config_files import load_config
+from mami_jax.config_overrides import apply_overrides
 
 MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from mami_jax.apps.privacy import perturb
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 
 B, T, H, W, C = 2, 2, 12, 10, 3
 STEP = 0.01

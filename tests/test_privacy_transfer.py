@@ -15,7 +15,7 @@ import pytest
 from mami_jax.apps.privacy import objective, perturb, references
 from mami_jax.apps.privacy.attacker import attacker_rows
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models import MaMI
 from tests.history_workdir import write_config

@@ -38,12 +38,6 @@ def test_several_sizes_plot_against_size_per_variant():
     assert panels[0]["xlabel"] == "models in the ensemble"
 
 
-def test_psnr_summary_averages_the_changed_images_and_counts_the_unchanged():
-    got = privacy_transfer.psnr_summary([30.0, float("inf"), 32.0, float("inf")])
-    assert got == {"psnr_db": 31.0, "psnr_db_min": 30.0, "unchanged": 2}
-    assert privacy_transfer.psnr_summary([float("inf")])["psnr_db"] == float("inf")
-
-
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     missing = tmp_path / "no_such_manifest.csv"
     assert privacy_transfer.main(["--manifest", str(missing), "--workdir", str(tmp_path),

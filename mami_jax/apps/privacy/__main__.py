@@ -41,10 +41,14 @@ import os
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
-from mami_jax.apps.privacy.settings import DEFAULT_PRIVACY_CONFIG, apply_overrides, load_config
+from mami_jax.config_files import load_config
+from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+
+#: The privacy config a command reads unless --config names another.
+DEFAULT_PRIVACY_CONFIG = "configs/privacy.py"
 
 #: How a user names the experiment config of a run that did not store its own.
 EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"

@@ -29,7 +29,7 @@ from mami_jax.apps.history.training import MODALITIES
 from mami_jax.apps.history.diagnosis import CurrentOnly
 from mami_jax.apps.privacy import objective
 from mami_jax.apps.privacy.history_utility import HistoryClassifier, HistoryClassifierError
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.models.embed import embedding_and_pooled
 from mami_jax.models.mami import MaMI
 

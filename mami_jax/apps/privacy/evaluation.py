@@ -24,6 +24,7 @@ can be read while it runs), prints the tables, and draws them (``evaluation_repo
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -37,7 +38,7 @@ from mami_jax.apps.privacy import attack_eval, evaluation_report, history_utilit
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
-from mami_jax.apps.privacy.settings import load_config
+from mami_jax.config_files import load_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
@@ -124,16 +125,21 @@ def probe_labels(args, rows, train) -> dict | None:
 
 
 def image_quality(rows, prot_rows, data_cfg) -> dict:
+    """PSNR (``quality.psnr_summary``: over the changed images, with the count left
+    unchanged) and mean SSIM of each modality's protected images; under "mean", the mean
+    over the modalities (the least PSNR and the unchanged images over all)."""
     per = {}
     for r, p in tqdm(list(zip(rows, prot_rows)), desc="quality", unit="img"):
         s = settings_for(data_cfg, r.modality)
         a, b = read_source(r, s).unit, read_source(p, s).unit
         per.setdefault(r.modality, []).append((quality.psnr(a, b), quality.ssim(a, b)))
-    out = {m: {"psnr_db": float(np.mean([v[0] for v in vals])),
-               "psnr_db_min": float(np.min([v[0] for v in vals])),
+    out = {m: {**quality.psnr_summary([v[0] for v in vals]),
                "ssim": float(np.mean([v[1] for v in vals]))} for m, vals in sorted(per.items())}
-    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("psnr_db", "ssim")}
-    out["mean"]["psnr_db_min"] = float(min(v["psnr_db_min"] for k, v in out.items() if k != "mean"))
+    changed = [v["psnr_db"] for v in out.values() if math.isfinite(v["psnr_db"])]
+    out["mean"] = {"psnr_db": float(np.mean(changed)) if changed else math.inf,
+                   "psnr_db_min": min(v["psnr_db_min"] for v in out.values()),
+                   "unchanged": sum(v["unchanged"] for v in out.values()),
+                   "ssim": float(np.mean([v["ssim"] for v in out.values()]))}
     return out
 
 

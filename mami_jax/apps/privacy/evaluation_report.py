@@ -56,9 +56,11 @@ def markdown(result: dict) -> str:
         for m, v in hist["auc"].items():
             lines.append(f"| {m} | {_num(v['auc_original'])} | {_num(v['auc_protected'])} | "
                          f"{_pct(v.get('relative_change'))} |")
-    lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | SSIM |", "| --- | --- | --- | --- |"]
+    lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | unchanged images | SSIM |",
+              "| --- | --- | --- | --- | --- |"]
     for m, v in result.get("quality", {}).items():
-        lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | {v['ssim']:.4f} |")
+        lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | "
+                     f"{v.get('unchanged', 0)} | {v['ssim']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

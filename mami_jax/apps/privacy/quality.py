@@ -28,6 +28,17 @@ def psnr(original, protected) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
+def psnr_summary(values) -> dict:
+    """Mean and least PSNR over the images that were changed, and how many were left
+    unchanged (infinite PSNR: the rank objective leaves an image that every member already
+    matches to an impostor as it was; a mean over them would be infinite). Both PSNRs are
+    infinite when no image was changed."""
+    values = np.asarray(values, np.float64)
+    changed = values[np.isfinite(values)]
+    return {"psnr_db": float(changed.mean()) if changed.size else math.inf,
+            "psnr_db_min": float(values.min()), "unchanged": int((~np.isfinite(values)).sum())}
+
+
 def ssim(original, protected, sigma: float = 1.5) -> float:
     """Mean structural similarity of (..., H, W, C) or (H, W) unit images."""
     a = np.asarray(original, np.float64)
