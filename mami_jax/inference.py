@@ -143,22 +143,37 @@ class Embedder:
                           int(batch_size or self.batch_size), progress=progress)
 
 
+#: Batches per chunk of ``embed_in_chunks``: the progress bar's step, and what a stopped
+#: run loses at most when its chunks are kept.
+CHUNK_BATCHES = 8
+
+
 def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progress: bool = True,
-                    desc: str = "embedding") -> np.ndarray:
+                    desc: str = "embedding", store=None) -> np.ndarray:
     """``fn`` (a batch -> (B, D) function, e.g. ``embedder.embed_batch``) over every row, as
-    ``embed_rows`` batches them, in chunks of 8 batches with a progress bar: long
-    embeddings of a whole archive or split show how far they are."""
+    ``embed_rows`` batches them, in chunks of ``CHUNK_BATCHES`` batches with a progress
+    bar: long embeddings of a whole archive or split show how far they are. With ``store`` (a
+    ``runtime.chunk_store.ChunkStore`` keyed by the caller on the model and rows), each
+    finished chunk is kept, and the chunks an earlier, stopped run finished are read back."""
     mesh = sharding.make_mesh(-1, 1)
-    chunk = 8 * int(embedder.batch_size)
-    parts = []
+    chunk = CHUNK_BATCHES * int(embedder.batch_size)
+    parts, read_back = [], 0
     with progress_bar(len(rows), desc, disable=not progress or jax.process_index() != 0) as bar:
-        for start in range(0, len(rows), chunk):
+        for number, start in enumerate(range(0, len(rows), chunk)):
             indices = list(range(start, min(len(rows), start + chunk)))
-            parts.append(embed_rows(fn, rows, indices, embedder.data_cfg, mesh,
-                                    embedder.batch_size))
+            part = store.get(number, len(indices)) if store is not None else None
+            read_back += 0 if part is None else len(indices)
+            if part is None:
+                part = embed_rows(fn, rows, indices, embedder.data_cfg, mesh, embedder.batch_size)
+                if store is not None:
+                    store.put(number, part)
+            parts.append(part)
             bar.update(len(indices))
     if not parts:
         raise ValueError("no images to embed")
+    if read_back:
+        print(f"  {read_back} of {len(rows)} images' results read back from an earlier, stopped "
+              f"run ({store.folder})", flush=True)
     return np.concatenate(parts)
 
 

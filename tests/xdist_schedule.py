@@ -22,8 +22,8 @@ import re
 SHARED_FIXTURE_MODULES = frozenset({
     "test_checkpoint_other_config.py", "test_config_effective.py", "test_convert_errors.py",
     "test_convert_parity.py", "test_data_pipeline.py", "test_history_cli.py",
-    "test_history_diagnosis_backbone.py", "test_history_guards.py", "test_inference.py",
-    "test_main_errors.py",
+    "test_history_diagnosis_backbone.py", "test_history_guards.py", "test_history_resume.py",
+    "test_inference.py", "test_main_errors.py",
     "test_phantoms.py", "test_privacy_cli.py", "test_privacy_gradient_agreement.py",
     "test_privacy_history_utility.py", "test_privacy_modality_ensemble.py",
     "test_privacy_perturb.py", "test_privacy_transfer.py", "test_resume.py",

@@ -28,6 +28,8 @@ names (any other model file: the paper's by default). ``add`` and ``query`` use 
 the archive records unless ``--workdir`` names it (moved, say); its parameters must be the
 archive's either way.
 Inputs are never modified, and outputs go where ``commands`` says (never into an input).
+A stopped ``index``, ``add``, ``train`` or ``eval``, run again, reads back the embedding
+chunks it finished (``runtime.chunk_store``, beside its output) and goes on from there.
 Bad input ends with one ``error: ...`` line and exit status 2, usage errors included
 (``runtime.cli_parser``), before any long work.
 """
@@ -122,6 +124,10 @@ def user_errors() -> tuple:
     return (ValueError, OSError, KeyError, ImportError, DataError, DecodeError)
 
 
+#: The commands whose embedding pass keeps its finished chunks (``runtime.chunk_store``).
+KEEPS_EMBEDDINGS = ("index", "add", "train", "eval")
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -133,6 +139,11 @@ def main(argv=None) -> int:
             message = str(e.args[0]) if e.args else message
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        kept = ("; the images embedded so far are kept: run the same command again to go on"
+                if args.command in KEEPS_EMBEDDINGS else "")
+        print(f"\ninterrupted{kept}", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

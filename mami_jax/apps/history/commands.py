@@ -146,7 +146,8 @@ def index(args) -> int:
                              f"{inside.image_id}; the archive replaces the whole folder")
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
-    emb = model.embeddings(rows)
+    store = model.chunk_store(out, rows, "embeddings")
+    emb = model.embeddings(rows, store=store)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
     archive.add(rows, emb)
@@ -160,6 +161,8 @@ def index(args) -> int:
             calibration = calibrate_archive(archive, rows, emb, cfg)
     archive.calibration = calibration
     archive.save(args.out)
+    if store is not None:
+        store.discard()
     print(f"archive {out}: {len(archive)} images "
           f"({', '.join(f'{m} {n}' for m, n in archive.header()['modalities'].items())}), "
           f"{archive.kind} index, {archive.dim}-d{', centred' if cfg.center else ''}, "
@@ -230,10 +233,13 @@ def add(args) -> int:
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
                            f"config's label column is {cfg.label_column!r}")
     model = _load_model(archive, source, where)
-    archive.add(rows, model.embeddings(rows))
+    store = model.chunk_store(args.index, rows, "embeddings")
+    archive.add(rows, model.embeddings(rows, store=store))
     if recorded is not None:
         archive.record(rows, recorded, cfg.label_column)
     archive.save(args.index)
+    if store is not None:
+        store.discard()
     print(f"archive {os.path.abspath(args.index)}: added {len(rows)} images, now {len(archive)}")
     _say_records(archive, len(rows), recorded)
     return 0

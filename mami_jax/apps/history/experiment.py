@@ -125,14 +125,19 @@ def cached_features(model, rows, out_dir: str, cfg):
     cached = read_cache(path, use)
     if cached is not None:
         return cached
+    store = model.chunk_store(out_dir, rows, f"features {maps_key}")
     if maps_key:
-        emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid))
+        emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid),
+                                                      store=store)
     else:
-        (emb, backbone), maps = model.features(rows), np.zeros((len(rows), 0, 0), np.float32)
+        (emb, backbone), maps = (model.features(rows, store=store),
+                                 np.zeros((len(rows), 0, 0), np.float32))
     write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, backbone=backbone, image_id=ids,
                                             fingerprint=np.asarray(model.fingerprint),
                                             files=np.asarray(files),
                                             maps=maps, maps_key=np.asarray(maps_key)))
+    if store is not None:
+        store.discard()
     return emb, backbone, (maps if maps_key else None)
 
 

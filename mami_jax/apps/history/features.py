@@ -28,12 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import load_experiment
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
+from mami_jax.runtime.chunk_store import ChunkStore, beside, digest
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
 
@@ -67,26 +69,41 @@ class TrainedModel:
         return {"workdir": self.workdir, "config": self.spec, "step": self.embedder.step,
                 "fingerprint": self.fingerprint, "source": self.embedder.source}
 
-    def features(self, rows: Sequence[ManifestRow], progress: bool = True):
+    def chunk_store(self, out: str, rows: Sequence[ManifestRow], what: str) -> ChunkStore | None:
+        """Where the chunks of ``what`` (features of ``rows``) are kept while they are computed
+        for the output ``out``, so a stopped command goes on (``runtime.chunk_store``); keyed on
+        this model's parameters, the rows' ids and files, and the data settings. None on
+        several processes, whose embedding passes must stay in step."""
+        if jax.process_count() > 1:
+            return None
+        e = self.embedder
+        key = digest(what, self.fingerprint, e.data_cfg.to_json(), int(e.batch_size),
+                     rows_signature(rows))
+        return ChunkStore(beside(out), key)
+
+    def features(self, rows: Sequence[ManifestRow], progress: bool = True, store=None):
         """(embeddings, backbone features) of every row, each (n, C) float32."""
         e = self.embedder
-        both = embed_in_chunks(lambda batch: self._features(e.params, batch), rows, e, progress)
+        both = embed_in_chunks(lambda batch: self._features(e.params, batch), rows, e, progress,
+                               store=store)
         width = both.shape[1] // 2
         return both[:, :width], both[:, width:]
 
     def features_and_maps(self, rows: Sequence[ManifestRow], layer: str, grid: int,
-                          progress: bool = True):
+                          progress: bool = True, store=None):
         """(embeddings (n, C), backbone features (n, C), token maps (n, grid*grid, D)) of
         every row, float32; the maps of ``layer`` (``token_map_fn``)."""
         e = self.embedder
         fn = token_map_fn(e.model_cfg, layer, grid)
-        out = embed_in_chunks(lambda batch: fn(e.params, batch), rows, e, progress)
+        out = embed_in_chunks(lambda batch: fn(e.params, batch), rows, e, progress, store=store)
         c = int(e.model_cfg.width)
         return out[:, :c], out[:, c:2 * c], out[:, 2 * c:].reshape(len(rows), grid * grid, -1)
 
-    def embeddings(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
+    def embeddings(self, rows: Sequence[ManifestRow], progress: bool = True,
+                   store=None) -> np.ndarray:
         """``Embedder.embed_rows`` of every row (n, C), in chunks under a progress bar."""
-        return embed_in_chunks(self.embedder.embed_batch, rows, self.embedder, progress)
+        return embed_in_chunks(self.embedder.embed_batch, rows, self.embedder, progress,
+                               store=store)
 
 
 def resolve_layer(model_cfg, layer: str) -> str:

@@ -1,0 +1,94 @@
+"""Arrays of a long computation kept on disk chunk by chunk, so a stopped run goes on.
+
+Embedding a whole archive takes hours at scale; a Colab session that disconnects or a
+preempted VM would otherwise start it over. A ``ChunkStore`` is a folder of one ``.npy``
+per finished chunk and ``key.txt``, a digest of everything the arrays depend on (the
+model's parameters, the images and their files, the data settings, the chunk size):
+a later run with the same key reads the finished chunks back, a run with another key
+clears them first (said in one line). Each chunk is written all-or-nothing, so a kill
+leaves finished chunks only; a chunk that cannot be read is computed again. The caller
+removes the folder once its own output is published (``discard``).
+
+The folder lies beside the output (``beside``), hidden, not inside it: an output folder
+holds only what the command publishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+
+from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
+
+KEY_FILE = "key.txt"
+_SUFFIX = ".partial-embeddings"
+
+
+def beside(out: str) -> str:
+    """The hidden chunk folder of the output ``out``: ``PARENT/.NAME.partial-embeddings``."""
+    out = os.path.abspath(out)
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{_SUFFIX}")
+
+
+def digest(*parts) -> str:
+    """sha256 of ``parts`` as JSON (what a store's key is made of)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ChunkStore:
+    """Finished chunks of the computation ``key`` in ``folder`` (created on first use)."""
+
+    def __init__(self, folder: str, key: str, log=print):
+        self.folder, self.key, self.log = folder, key, log
+        self._ready = False
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        key_path = os.path.join(self.folder, KEY_FILE)
+        if os.path.isdir(self.folder):
+            try:
+                with open(key_path) as f:
+                    same = f.read().strip() == self.key
+            except OSError:
+                same = False
+            if same:
+                return
+            self.log(f"  {self.folder}: earlier partial results are of other images, another "
+                     f"model or other settings; starting over")
+            self.discard()
+        os.makedirs(self.folder)
+        write_text_atomic(key_path, self.key + "\n")
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.folder, f"chunk_{index:06d}.npy")
+
+    def get(self, index: int, rows: int) -> np.ndarray | None:
+        """Chunk ``index`` as stored (None when not finished, or unreadable, or not of
+        ``rows`` rows: it is then computed again)."""
+        self._prepare()
+        path = self._path(index)
+        if not os.path.isfile(path):
+            return None
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if array.ndim < 1 or array.shape[0] != rows:
+            return None
+        return array
+
+    def put(self, index: int, array: np.ndarray) -> None:
+        self._prepare()
+        write_atomic(self._path(index), lambda tmp: np.save(tmp, array))
+
+    def discard(self) -> None:
+        """Remove the folder (the output it served is published, or the key changed)."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.folder)
