@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
+from mami_jax.runtime.cli_parser import say_interrupted
 from mami_jax.runtime.log_filters import quiet_library_info
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.train import run_config
@@ -72,6 +73,25 @@ def main(argv):
         message = " ".join(str(e).split("\n")) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        status = say_interrupted(_after_interrupt() if _MODE.value == "train" else "")
+        # The training's context managers have closed the checkpointer on the way out; the
+        # interpreter's own teardown, with the input pipeline's threads still running, could
+        # end in a segmentation fault after the line, so the process ends here.
+        sys.stdout.flush()
+        os._exit(status)
+
+
+def _after_interrupt() -> str:
+    """What running a stopped training again does: go on from its last checkpoint."""
+    from mami_jax.train.checkpointing import latest_step
+    try:
+        step = latest_step(_WORKDIR.value)
+    except Exception:  # noqa: BLE001 - a half-written checkpoint must not hide the line
+        step = None
+    if step is None:
+        return "no checkpoint was written yet: running the same command again starts over"
+    return f"run the same command again to go on from the checkpoint of step {step}"
 
 
 def check_workdir(workdir: str) -> None:

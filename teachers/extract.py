@@ -20,7 +20,6 @@ Inference runs in batches without gradients. The folder layout is described in `
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import os
@@ -31,6 +30,7 @@ import numpy as np
 from mami_jax.data.decode import DecodeError, decode
 from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.teacher_features import TeacherFeatureError
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 from teachers import registry, writer
 from teachers.loaders import LoadedTeacher, TeacherLoadError, load_teacher, run_batch
 from teachers.preprocess import teacher_input
@@ -153,8 +153,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m teachers.extract",
-                                     description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m teachers.extract",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--teachers", required=True,
                         help=f"comma list of {sorted(registry.REGISTRY)} (or the bags "
@@ -179,6 +179,9 @@ def main(argv=None) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return say_interrupted("the finished shards are kept: run the same command again to "
+                               "go on")
     if index is None:
         print(f"shard {args.shard} of {args.num_shards} done in {args.out}; index.json is "
               "written when every shard is")

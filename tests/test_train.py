@@ -190,7 +190,8 @@ def test_partition_rule_that_does_not_divide_names_the_parameter():
                                 ((r".*kernel", (None, "model")),), mesh)
 
 
-def _main(workdir, cache, *flags, check=True, env=None):
+def _main_command(workdir, cache, *flags, **changed) -> list[str]:
+    """The tiny end-to-end training command (``changed``: other values of its overrides)."""
     cmd = [sys.executable, "-m", "mami_jax.main", "--config=configs/all.py:runlocal",
            f"--workdir={workdir}"]
     overrides = {
@@ -200,10 +201,15 @@ def _main(workdir, cache, *flags, check=True, env=None):
         "phantoms.slices": 4, "phantoms.cache_dir": cache, "train.total_steps": 4,
         "train.checkpoint_every": 2, "train.log_every": 1,
     }
-    for k, v in overrides.items():
+    for k, v in {**overrides, **{k.replace("__", "."): v for k, v in changed.items()}}.items():
         v = f"({','.join(map(str, v))},)" if isinstance(v, tuple) else v
         cmd.append(f"--config.{k}={v}")
-    proc = subprocess.run(cmd + list(flags), cwd=REPO, capture_output=True, text=True,
+    return cmd + list(flags)
+
+
+def _main(workdir, cache, *flags, check=True, env=None):
+    cmd = _main_command(workdir, cache, *flags)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           timeout=900, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
@@ -265,3 +271,35 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     assert s1 == s2 == 4
     for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from(tmp_path):
+    """Ctrl-C (SIGINT) while training: the checkpointer finishes what it was writing, and
+    the run ends with status 130 and one line naming the checkpoint a run of the same
+    command goes on from; no KeyboardInterrupt traceback, and no crash of the interpreter's
+    teardown after it (it segfaulted, now and then, with the input pipeline's threads)."""
+    import re
+    import signal
+    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
+                        "--config.train.eval_at_start=False", train__total_steps=10_000)
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **TWO_DEVICES})
+    seen = []
+    try:
+        for line in proc.stderr:            # step 3 logged: step 2's checkpoint was begun
+            seen.append(line)
+            if "step 3: train/" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"interrupted; run the same command again to go on from the "
+                         r"checkpoint of step (\d+)", last)
+    assert match, err[-3000:]
+    step = match.group(1)
+    assert int(step) >= 2 and step in os.listdir(tmp_path / "run" / "checkpoints")

@@ -34,6 +34,7 @@ SHARED_FIXTURE_MODULES = frozenset({
 #: Node id prefixes of the longest units, longest first (from `--durations` of the suite).
 SLOW_FIRST = (
     "tests/test_train.py::test_main_end_to_end_and_resume_after_kill_is_exact",
+    "tests/test_train.py::test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from",
     "tests/test_readme_commands.py::test_readme_commands_run",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[teachers_alignment",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[privacy",

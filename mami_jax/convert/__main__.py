@@ -47,7 +47,7 @@ from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_confi
                                              load_params, resolve, save_params)
 from mami_jax.convert.mapping import flatten_params
 from mami_jax.runtime.output_guard import same_or_inside
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 
@@ -290,8 +290,7 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return say_interrupted()
     except Exception as e:  # noqa: BLE001 - any failure is reported as one line, no traceback
         text = one_line(str(e)) or type(e).__name__
         if not isinstance(e, (ValueError, OSError)):  # not a known input-error family

@@ -52,7 +52,7 @@ from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import ManifestRow, csv_header, is_manifest, write_manifest
 from mami_jax.data.splits import assign_splits
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 
 
 def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, csv.Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:       # the manifest is written all at once, or not at all
+        return say_interrupted()
     report(args, result, rows)
     return 0
 

@@ -26,7 +26,7 @@ from typing import Sequence
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
 from mami_jax.runtime.atomic_files import write_text_atomic
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 from mami_jax.runtime.output_guard import same_or_inside
 
 SUMMARY_PROTOCOL = "reid"
@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, ManifestError, TeacherFeatureError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return say_interrupted()
     table, data = summary(results)
     write_text_atomic(os.path.join(args.out, "zero_shot.md"), table)
     write_text_atomic(os.path.join(args.out, "zero_shot.json"),

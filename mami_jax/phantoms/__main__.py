@@ -11,7 +11,7 @@ one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 import sys
 
 from mami_jax.phantoms import generator, preview
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 
 
 def main(argv=None) -> int:
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:       # nothing is left: the series are written to a staging folder
+        return say_interrupted()
     print(f"wrote {written}")
     return 0
 

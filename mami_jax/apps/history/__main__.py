@@ -40,7 +40,7 @@ import argparse
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,10 +140,8 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        kept = ("; the images embedded so far are kept: run the same command again to go on"
-                if args.command in KEEPS_EMBEDDINGS else "")
-        print(f"\ninterrupted{kept}", file=sys.stderr, flush=True)
-        return 130
+        return say_interrupted("the images embedded so far are kept: run the same command "
+                               "again to go on" if args.command in KEEPS_EMBEDDINGS else "")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 #: The privacy config a command reads unless --config names another.
@@ -303,11 +303,9 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        again = (f"; what is finished is kept: run the same command again to go on "
-                 f"({os.path.join(args.out, 'protect_log.jsonl')})"
-                 if args.command == "protect" else "")
-        print(f"\ninterrupted{again}", file=sys.stderr, flush=True)
-        return 130
+        return say_interrupted(f"what is finished is kept: run the same command again to go "
+                               f"on ({os.path.join(args.out, 'protect_log.jsonl')})"
+                               if args.command == "protect" else "")
     return 0
 
 

@@ -1,0 +1,54 @@
+"""Ctrl-C in every command is one ``interrupted`` line on stderr and exit status 130 (the
+shell's 128 + SIGINT), saying what running the same command again does where it goes on
+from what was finished; never a KeyboardInterrupt traceback.
+
+The long part of each command is replaced by one that raises KeyboardInterrupt, as the
+SIGINT handler does wherever the main thread is; tests/test_train.py sends a real SIGINT
+to a training run, tests/test_history_resume.py and tests/test_privacy_cli.py interrupt the
+commands that go on where they stopped."""
+
+import importlib
+
+import pytest
+
+from mami_jax.runtime.cli_parser import INTERRUPTED
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+# (module whose main runs, the attribute its long part is, argv, the line)
+CASES = {
+    "phantoms": ("mami_jax.phantoms.__main__", "_run", ["--out", "{tmp}/ph"], "interrupted"),
+    "build_manifest": ("mami_jax.data.build_manifest", "build",
+                       ["--dataset", "odir", "--root", "{tmp}", "--out", "{tmp}/m.csv"],
+                       "interrupted"),
+    "evaluate.features": ("mami_jax.data.loading", "load_rows",
+                          ["--features", "{tmp}/f", "--manifest", "{tmp}/m.csv", "--out",
+                           "{tmp}/o"], "interrupted"),
+    "teachers.extract": ("teachers.extract", "run",
+                         ["--manifest", "{tmp}/m.csv", "--teachers", "phantoms", "--out",
+                          "{tmp}/t"],
+                         "interrupted; the finished shards are kept: run the same command "
+                         "again to go on"),
+    "convert": ("mami_jax.convert.__main__", "cmd_export_torch",
+                ["export-torch", "--checkpoint", "{tmp}/c", "--out", "{tmp}/m.pth"],
+                "interrupted"),
+    "history query": ("mami_jax.apps.history.commands", "query",
+                      ["query", "--index", "{tmp}/i", "--image", "{tmp}/x.png"], "interrupted"),
+}
+MAINS = {"phantoms": "mami_jax.phantoms.__main__",
+         "build_manifest": "mami_jax.data.build_manifest", "evaluate.features": "mami_jax.evaluate.features", "teachers.extract": "teachers.extract",
+         "convert": "mami_jax.convert.__main__", "history query": "mami_jax.apps.history.__main__"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ctrl_c_is_one_line_and_status_130(name, monkeypatch, capsys, tmp_path):
+    module, attribute, argv, line = CASES[name]
+    monkeypatch.setattr(importlib.import_module(module), attribute, _interrupt)
+    main = importlib.import_module(MAINS[name]).main
+    assert main([a.format(tmp=tmp_path) for a in argv]) == INTERRUPTED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == line, err
+
