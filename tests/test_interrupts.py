@@ -39,8 +39,11 @@ CASES = {
                       ["query", "--index", "{tmp}/i", "--image", "{tmp}/x.png"], "interrupted"),
 }
 MAINS = {"phantoms": "mami_jax.phantoms.__main__",
-         "build_manifest": "mami_jax.data.build_manifest", "evaluate.features": "mami_jax.evaluate.features", "teachers.extract": "teachers.extract",
-         "convert": "mami_jax.convert.__main__", "history query": "mami_jax.apps.history.__main__"}
+         "build_manifest": "mami_jax.data.build_manifest",
+         "evaluate.features": "mami_jax.evaluate.features",
+         "teachers.extract": "teachers.extract",
+         "convert": "mami_jax.convert.__main__",
+         "history query": "mami_jax.apps.history.__main__"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

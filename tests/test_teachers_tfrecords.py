@@ -218,6 +218,11 @@ def test_cli_bad_input_is_one_error_line(phantoms, tmp_path, capsys):
                          str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs local weights: --weights dinov2_base=PATH" in err[0]
+    with pytest.raises(SystemExit) as e:           # a usage error: one line, not argparse's block
+        extract.main(["--manifest", phantoms])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "error: python -m teachers.extract: the following arguments are required: --teachers, "
+        "--out (see --help)"]
 
 
 def test_unreadable_image_is_an_error_or_a_listed_skip(phantoms, tmp_path):
