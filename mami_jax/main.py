@@ -24,7 +24,8 @@ from ml_collections import config_flags
 
 from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
-from mami_jax.runtime.cli_parser import say_interrupted
+from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interrupts,
+                                         say_interrupted)
 from mami_jax.runtime.log_filters import quiet_library_info
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.train import run_config
@@ -73,13 +74,8 @@ def main(argv):
         message = " ".join(str(e).split("\n")) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        status = say_interrupted(_after_interrupt() if _MODE.value == "train" else "")
-        # The training's context managers have closed the checkpointer on the way out; the
-        # interpreter's own teardown, with the input pipeline's threads still running, could
-        # end in a segmentation fault after the line, so the process ends here.
-        sys.stdout.flush()
-        os._exit(status)
+    except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
+        end_process(say_interrupted(_after_interrupt() if _MODE.value == "train" else ""))
 
 
 def _after_interrupt() -> str:
@@ -129,4 +125,5 @@ if __name__ == "__main__":
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
     quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
+    redeliver_swallowed_interrupts()    # Ctrl-C during a garbage-collection callback
     app.run(main, flags_parser=flag_parsing.parse_flags)

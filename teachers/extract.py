@@ -30,7 +30,8 @@ import numpy as np
 from mami_jax.data.decode import DecodeError, decode
 from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.teacher_features import TeacherFeatureError
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 from teachers import registry, writer
 from teachers.loaders import LoadedTeacher, TeacherLoadError, load_teacher, run_batch
 from teachers.preprocess import teacher_input
@@ -192,4 +193,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -125,7 +125,7 @@ def test_a_chunk_store_keeps_chunks_of_its_key_only(tmp_path):
     assert beside(str(tmp_path / "out")) == folder
     logged = []
     store = ChunkStore(folder, "key-a", log=logged.append)
-    assert store.get(0, 3) is None
+    assert store.get(0, 3) is None and not os.path.exists(folder)   # nothing yet, no folder
     store.put(0, np.arange(6.0).reshape(3, 2))
     again = ChunkStore(folder, "key-a", log=logged.append)
     np.testing.assert_array_equal(again.get(0, 3), np.arange(6.0).reshape(3, 2))
@@ -135,7 +135,8 @@ def test_a_chunk_store_keeps_chunks_of_its_key_only(tmp_path):
     assert again.get(1, 3) is None                  # unreadable: computed again
     assert not logged
     other = ChunkStore(folder, "key-b", log=logged.append)
-    assert other.get(0, 3) is None and len(logged) == 1
-    assert os.listdir(folder) == [KEY_FILE]
+    assert other.get(0, 3) is None and len(logged) == 1 and not os.path.exists(folder)
+    other.put(0, np.zeros((3, 2)))
+    assert sorted(os.listdir(folder)) == ["chunk_000000.npy", KEY_FILE]
     other.discard()
     assert not os.path.exists(folder)

@@ -8,10 +8,12 @@ to a training run, tests/test_history_resume.py and tests/test_privacy_cli.py in
 commands that go on where they stopped."""
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
-from mami_jax.runtime.cli_parser import INTERRUPTED
+from mami_jax.runtime.interrupts import INTERRUPTED
 
 
 def _interrupt(*args, **kwargs):
@@ -55,3 +57,42 @@ def test_ctrl_c_is_one_line_and_status_130(name, monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == line, err
 
+
+
+FINALISER_RAISES = """
+import time
+{install}
+class Finaliser:
+    def __del__(self):
+        raise KeyboardInterrupt     # as SIGINT does inside JAX's garbage-collection hook
+try:
+    Finaliser()
+    for _ in range(200):
+        time.sleep(0.01)
+    print("ran on")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_a_swallowed_ctrl_c_is_raised_again_in_the_main_thread(installed):
+    """Without the hook the interpreter reports the KeyboardInterrupt as "Exception ignored"
+    and the command runs on (evaluate.features ran to the end after Ctrl-C)."""
+    install = ("from mami_jax.runtime.interrupts import redeliver_swallowed_interrupts\n"
+               "redeliver_swallowed_interrupts()") if installed else ""
+    proc = subprocess.run([sys.executable, "-c", FINALISER_RAISES.format(install=install)],
+                          capture_output=True, text=True, timeout=120)
+    if installed:
+        assert proc.stdout.strip() == "interrupted" and "ignored" not in proc.stderr
+    else:
+        assert proc.stdout.strip() == "ran on" and "Exception ignored" in proc.stderr
+
+
+def test_run_command_ends_an_interrupted_process_with_status_130():
+    code = ("from mami_jax.runtime.interrupts import run_command\n"
+            "def main():\n    raise KeyboardInterrupt\n"
+            "run_command(main)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == INTERRUPTED and proc.stderr.strip() == "interrupted"

@@ -47,7 +47,8 @@ from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_confi
                                              load_params, resolve, save_params)
 from mami_jax.convert.mapping import flatten_params
 from mami_jax.runtime.output_guard import same_or_inside
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 
@@ -304,4 +305,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     quiet_orphaned_read_callbacks()
-    sys.exit(main())
+    run_command(main)

@@ -52,7 +52,8 @@ from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import ManifestRow, csv_header, is_manifest, write_manifest
 from mami_jax.data.splits import assign_splits
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
 def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
@@ -189,4 +190,4 @@ def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow]) -> Non
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -26,7 +26,8 @@ from typing import Sequence
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
 from mami_jax.runtime.atomic_files import write_text_atomic
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.output_guard import same_or_inside
 
 SUMMARY_PROTOCOL = "reid"
@@ -139,4 +140,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

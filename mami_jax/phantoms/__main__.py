@@ -11,7 +11,8 @@ one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 import sys
 
 from mami_jax.phantoms import generator, preview
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
 def main(argv=None) -> int:
@@ -64,4 +65,4 @@ def _run(args) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -59,6 +59,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 
 import numpy as np
 
@@ -189,6 +190,12 @@ def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0,
                          "(signs_visible already makes stage 1 intermittent)")
 
 
+def _leave_ctrl_c_to_the_caller() -> None:
+    """A render worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
+    parent alone stops the pool (each worker printed a KeyboardInterrupt traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
              seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
              slices: int = DEFAULTS["slices"], workers: int | None = None,
@@ -234,8 +241,15 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
             if workers > 1:
                 # spawn, not fork: the caller may have started JAX's threads
                 ctx = multiprocessing.get_context("spawn")
-                with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                pool = concurrent.futures.ProcessPoolExecutor(
+                    workers, mp_context=ctx, initializer=_leave_ctrl_c_to_the_caller)
+                try:
                     results = list(_counted(pool.map(_render_series, jobs, chunksize=2), bar))
+                finally:
+                    # On Ctrl-C or an error, the series not begun are dropped, not rendered
+                    # (``with`` would wait for all of them), and the workers are gone before
+                    # the staging folder is removed.
+                    pool.shutdown(wait=True, cancel_futures=True)
             else:
                 results = list(_counted(map(_render_series, jobs), bar))
         rows = [r for rs, _ in results for r in rs]

@@ -41,30 +41,29 @@ def digest(*parts) -> str:
 
 
 class ChunkStore:
-    """Finished chunks of the computation ``key`` in ``folder`` (created on first use)."""
+    """Finished chunks of the computation ``key`` in ``folder`` (made by the first ``put``)."""
 
     def __init__(self, folder: str, key: str, log=print):
         self.folder, self.key, self.log = folder, key, log
         self._ready = False
 
     def _prepare(self) -> None:
+        """Clears chunks of another key (once); the folder is made by the first ``put``, so
+        a run that fails before it finishes a chunk leaves nothing beside its output."""
         if self._ready:
             return
         self._ready = True
-        key_path = os.path.join(self.folder, KEY_FILE)
-        if os.path.isdir(self.folder):
-            try:
-                with open(key_path) as f:
-                    same = f.read().strip() == self.key
-            except OSError:
-                same = False
-            if same:
-                return
-            self.log(f"  {self.folder}: earlier partial results are of other images, another "
-                     f"model or other settings; starting over")
-            self.discard()
-        os.makedirs(self.folder)
-        write_text_atomic(key_path, self.key + "\n")
+        if not os.path.isdir(self.folder):
+            return
+        try:
+            with open(os.path.join(self.folder, KEY_FILE)) as f:
+                if f.read().strip() == self.key:
+                    return
+        except OSError:
+            pass
+        self.log(f"  {self.folder}: earlier partial results are of other images, another "
+                 f"model or other settings; starting over")
+        self.discard()
 
     def _path(self, index: int) -> str:
         return os.path.join(self.folder, f"chunk_{index:06d}.npy")
@@ -86,6 +85,9 @@ class ChunkStore:
 
     def put(self, index: int, array: np.ndarray) -> None:
         self._prepare()
+        if not os.path.isdir(self.folder):
+            os.makedirs(self.folder)
+            write_text_atomic(os.path.join(self.folder, KEY_FILE), self.key + "\n")
         write_atomic(self._path(index), lambda tmp: np.save(tmp, array))
 
     def discard(self) -> None:

@@ -40,7 +40,8 @@ import argparse
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,4 +146,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -44,7 +44,8 @@ from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
-from mami_jax.runtime.cli_parser import OneLineErrorParser, say_interrupted
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
 #: The privacy config a command reads unless --config names another.
@@ -303,12 +304,25 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        return say_interrupted(f"what is finished is kept: run the same command again to go "
-                               f"on ({os.path.join(args.out, 'protect_log.jsonl')})"
-                               if args.command == "protect" else "")
+        return say_interrupted(_what_is_kept(args))
     return 0
+
+
+def _what_is_kept(args) -> str:
+    """What an interrupted command leaves, for its one line: protect goes on from its log;
+    cues leaves the maps it finished (a run again writes every map)."""
+    if args.command == "protect":
+        log = os.path.join(args.out, "protect_log.jsonl")
+        if os.path.isfile(log):
+            return f"what is finished is kept: run the same command again to go on ({log})"
+        return "no image was finished yet"
+    if args.command == "cues" and os.path.isfile(os.path.join(args.out, CUES_RECORD)):
+        if any(name.endswith(".npz") for name in os.listdir(args.out)):
+            return f"the maps finished so far are in {args.out}"
+        return "no map was finished yet"
+    return ""
 
 
 if __name__ == "__main__":
     quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
-    sys.exit(main())
+    run_command(main)
