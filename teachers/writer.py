@@ -38,15 +38,18 @@ def header(**fields) -> dict:
 
 
 def ensure_run(out_dir: str, run: dict) -> None:
-    """Writes ``run.json``, or checks that the one there describes the same run."""
+    """Writes ``run.json``, or checks that the one there describes the same run. A folder
+    that holds nothing else (a run stopped before its first shard, e.g. at an unreadable
+    image, and then fixed) takes the new run's: there is nothing of the old one to mix."""
     path = os.path.join(out_dir, tf_files.RUN_FILE)
     if os.path.isfile(path):
         existing = tf_files.read_json(path)
-        if existing != json.loads(_dump(run)):
+        if existing != json.loads(_dump(run)) and os.listdir(out_dir) != [tf_files.RUN_FILE]:
             diff = sorted(k for k in set(existing) | set(run) if existing.get(k) != run.get(k))
             raise RunMismatchError(f"{path} describes another extraction (differs in {diff}: "
                                    "teachers, weights, manifest or shard size); use a new --out")
-        return
+        if existing == json.loads(_dump(run)):
+            return
     atomic_files.write_text_atomic(path, _dump(run))
 
 

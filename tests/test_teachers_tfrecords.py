@@ -1,6 +1,7 @@
 """Teacher features as TFRecords: bit-exact read-back, resumable and split extraction, and
 every inconsistency an error naming the shard and the record."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -255,3 +256,19 @@ def test_shards_parse_with_the_tfrecord_package_reader(single_run):
     assert [i for i, _ in ours] == [i for i, _ in theirs] and len(ours) == 24
     for (_, a), (_, b) in zip(ours, theirs):
         assert np.array_equal(a, np.asarray(b, np.float32))
+
+
+def test_a_run_stopped_before_its_first_shard_can_be_run_again_fixed(tmp_path):
+    """An extraction that failed at once (an unreadable image) left only run.json; run
+    again with the manifest fixed, it takes the new run's run.json (it was refused as
+    another extraction); once a shard exists, another run is still refused."""
+    out = str(tmp_path / "t")
+    os.makedirs(out)
+    writer.ensure_run(out, writer.header(manifest="old"))
+    writer.ensure_run(out, writer.header(manifest="fixed"))
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f) == writer.header(manifest="fixed")
+    open(os.path.join(out, "features-00000-of-00001.tfrecord"), "w").close()
+    with pytest.raises(writer.RunMismatchError, match=r"differs in \['manifest'\]"):
+        writer.ensure_run(out, writer.header(manifest="other"))
+    writer.ensure_run(out, writer.header(manifest="fixed"))          # the same run goes on
