@@ -30,6 +30,7 @@ import numpy as np
 from mami_jax.data.decode import DecodeError, decode
 from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.teacher_features import TeacherFeatureError
+from mami_jax.runtime.atomic_files import make_dirs
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from teachers import registry, writer
@@ -104,6 +105,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         raise ValueError(f"--shard {shard} must be in [0, --num_shards {num_shards})")
     if batch_size < 1 or rows_per_shard < 1:
         raise ValueError("--batch_size and --rows_per_shard must be >= 1")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
     rows = read_manifest(manifest)
     if split is not None:
         rows = [r for r in rows if r.split == split]
@@ -130,7 +133,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         manifest=dict(file=os.path.basename(manifest), sha256=_sha256(manifest), rows=len(rows)),
         split=split, rows_per_shard=rows_per_shard, num_shards=total_shards,
         teachers={t.spec.name: t.index_entry() for t in teachers})
-    os.makedirs(out_dir, exist_ok=True)
+    make_dirs(out_dir)
     writer.ensure_run(out_dir, run_info)
     mine = [k for k in range(total_shards) if k % num_shards == shard]
     writer.remove_own_temporaries(out_dir, [(k, total_shards) for k in mine])

@@ -51,3 +51,14 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     removed = atomic_files.remove_stale_temporaries(str(tmp_path))
     assert sorted(removed) == sorted([str(fake_file), str(fake_dir)])
     assert sorted(os.listdir(tmp_path)) == [".keep-hidden", "keep.json"]
+
+
+def test_a_folder_that_cannot_be_made_is_named_whole(tmp_path):
+    """The OS names only the first missing part (``[Errno 2] ...: '/proc/nope'``); the
+    error names the folder to be made and why, and keeps the OS error's type and errno."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    with pytest.raises(NotADirectoryError) as e:
+        atomic_files.write_text_atomic(str(blocker / "sub" / "x.txt"), "text")
+    assert str(e.value) == f"cannot make the folder {blocker / 'sub'}: Not a directory"
+    assert e.value.errno == 20 and blocker.read_text() == "mine"

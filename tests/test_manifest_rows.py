@@ -117,3 +117,14 @@ def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path):
         embed_rows(top_left, rows, [0, 1, 2], small_cfg(skip_bad_images=True), mesh, 4)
     assert str(e.value) == ("1 rows were not embedded (unreadable and skipped?): "
                             f"{path}: line 4 (image_id='c')")
+
+
+def test_a_manifest_that_is_not_there_or_a_folder_is_named(tmp_path):
+    """The OS's words ("[Errno 2] No such file or directory: ...") named neither what the
+    path was for nor, for a folder, what was wrong with it."""
+    with pytest.raises(FileNotFoundError) as e:
+        read_manifest(str(tmp_path / "nope.csv"))
+    assert str(e.value) == f"manifest {tmp_path / 'nope.csv'}: no such file"
+    with pytest.raises(IsADirectoryError) as e:
+        read_manifest(str(tmp_path))
+    assert str(e.value) == f"manifest {tmp_path}: is a folder, not a manifest file"

@@ -272,3 +272,11 @@ def test_a_run_stopped_before_its_first_shard_can_be_run_again_fixed(tmp_path):
     with pytest.raises(writer.RunMismatchError, match=r"differs in \['manifest'\]"):
         writer.ensure_run(out, writer.header(manifest="other"))
     writer.ensure_run(out, writer.header(manifest="fixed"))          # the same run goes on
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_teacher_loads(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("not read")
+    with pytest.raises(ValueError, match=r"^--out .*m\.csv: is a file, not a folder$"):
+        extract.run(str(manifest), "anatomy", str(manifest), show_progress=False)
+    assert manifest.read_text() == "not read"

@@ -213,6 +213,10 @@ def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
             rows = _read_rows(path, csv.reader(f), base_dir)
     except (UnicodeDecodeError, csv.Error) as e:
         raise ManifestError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
+    except FileNotFoundError:   # the OS's words name neither the file's role nor the file
+        raise FileNotFoundError(f"manifest {path}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"manifest {path}: is a folder, not a manifest file") from None
     validate_rows(rows, source=str(path))
     return rows
 

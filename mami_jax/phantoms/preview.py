@@ -63,5 +63,4 @@ def write_preview(path: str, rows: int = 3, visits: int = 4, seed: int = 0,
                     draw.text((col + 3, top + 1), f"v{e.order} stage {stage[e.image_id]}", fill="black")
                 r += 1
         canvas = canvas.crop((0, 0, canvas.width, r * cell_h))
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -48,9 +48,16 @@ def _temp_prefix(path: str) -> str:
 
 
 def make_dirs(path: str) -> str:
-    """``os.makedirs(path, exist_ok=True)``; returns the absolute path."""
+    """``os.makedirs(path, exist_ok=True)``; returns the absolute path. An OSError says
+    which folder could not be made, and why, in one line (the OS's own message named only
+    the first missing part, e.g. ``[Errno 2] ...: '/proc/nope'``)."""
     path = os.path.abspath(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        error = type(e)(f"cannot make the folder {path}: {e.strerror or e}")
+        error.errno = e.errno
+        raise error from None
     return path
 
 
