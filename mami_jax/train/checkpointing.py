@@ -251,7 +251,7 @@ class Checkpointer:
                     raise CheckpointError(other) from e
             raise CheckpointError(
                 f"checkpoint {self.step_dir(step)} is damaged: item '{item}' cannot be read "
-                f"({type(e).__name__}: {_first_line(e)})") from e
+                f"({_first_line(e)})") from e
         return restored[item]
 
     def saved_label_map(self, step: int) -> dict[str, int]:
@@ -380,5 +380,15 @@ def _train_item(state: TrainState) -> dict:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else repr(error)
+    """``Type: first line`` of the error at the root of ``error``'s causes: tensorstore's
+    own error names the file and what is wrong with it (``OUT_OF_RANGE: Error reading
+    ".../0.0.0" ...``), where the one orbax raises names an array index and ends in a
+    Python repr cut at its first line."""
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    for e in (root, error):
+        text = str(e).split("See full TensorStore details")[0].strip()
+        if text:
+            return f"{type(e).__name__}: {text.splitlines()[0][:300]}"
+    return repr(error)
