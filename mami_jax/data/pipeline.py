@@ -123,8 +123,8 @@ class ExampleReader:
             return self.read(index, num_slices, rng), True
         except DecodeError as e:
             if not self.skip_bad:
-                raise DataError(f"{self._where(index)}: {e} (to train or evaluate without "
-                                "unreadable images, counted: python -m mami_jax.main "
+                raise DataError(f"{self._where(index)}: {e} (training and evaluation with "
+                                "python -m mami_jax.main can skip unreadable images, counted: "
                                 "--config.data.skip_bad_images=True)") from e
             modality = self.rows[index].modality
             size = self.image_size(modality) if rng is not None else self.eval_image_size(modality)
