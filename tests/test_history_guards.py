@@ -7,6 +7,7 @@ is loaded (``TrainedModel`` is replaced by a trap in those tests); a ``train`` t
 leaves the folder's earlier results byte for byte; the query's ``--workdir`` finds a moved
 model and its parameters are still checked."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ pytest.importorskip("faiss")
 
 from mami_jax.apps.history import commands  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
-from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
 from tests.file_trees import paths_digest  # noqa: E402
 
@@ -215,12 +216,19 @@ def test_index_writes_a_new_folder_only(setup, capsys, no_model, tmp_path):
         (["--manifest", str(empty), "--out", str(tmp_path / "x")],
          f"error: --manifest {empty}: no images to work on"),
     ]
+    rows = read_manifest(s["first"])          # an image missing on line 4: before the model
+    gone = dataclasses.replace(rows[2], path=str(tmp_path / "gone.png"))
+    write_manifest(rows[:2] + [gone] + rows[3:], str(tmp_path / "gone.csv"))
+    cases.append((["--manifest", str(tmp_path / "gone.csv"), "--out", str(tmp_path / "x")],
+                  f"error: {tmp_path / 'gone.csv'}: line 4 (image_id={gone.image_id!r}): "
+                  f"{tmp_path / 'gone.png'}: no such file or folder"))
     before = paths_digest(xr, s["run"], notes)
     for argv, message in cases:
         assert main(["index"] + base + argv) == 2
         assert _error(capsys) == message
     assert paths_digest(xr, s["run"], notes) == before
     assert not os.path.exists(tmp_path / "x")
+    assert not os.path.exists(tmp_path / ".x.partial-embeddings")
 
 
 def test_index_into_a_new_folder_inside_the_manifests(setup, capsys, tmp_path):

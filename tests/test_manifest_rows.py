@@ -128,3 +128,16 @@ def test_a_manifest_that_is_not_there_or_a_folder_is_named(tmp_path):
     with pytest.raises(IsADirectoryError) as e:
         read_manifest(str(tmp_path))
     assert str(e.value) == f"manifest {tmp_path}: is a folder, not a manifest file"
+
+
+def test_missing_images_are_refused_up_front_naming_the_first_by_its_line(tmp_path):
+    from mami_jax.data.missing_files import refuse_missing_files
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
+    rows = read_manifest(path)
+    refuse_missing_files(rows)                     # all there: nothing to say
+    os.remove(tmp_path / "1.png")
+    os.remove(tmp_path / "2.png")
+    with pytest.raises(FileNotFoundError) as e:
+        refuse_missing_files(rows)
+    assert str(e.value) == (f"{path}: line 3 (image_id='b'): {tmp_path / '1.png'}: no such file "
+                            "or folder (1 more image missing)")

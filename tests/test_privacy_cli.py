@@ -3,6 +3,7 @@ protected images keep their format, lower the match score within the budget, the
 manifest keeps its rows' fields, inputs stay byte-identical; bad input is one error line."""
 
 import json
+import dataclasses
 import os
 
 import numpy as np
@@ -424,3 +425,21 @@ def test_protect_refuses_to_mix_two_protections_in_one_folder(run, capsys):
     assert line.startswith(f"error: {out} holds a protection made with other settings "
                            f"(config.perturb.epsilon differ)"), line
     assert tree_digest(out) == before
+
+
+@pytest.mark.parametrize("command", ["cues", "protect"])
+def test_a_missing_image_is_refused_before_any_model_or_output(run, capsys, tmp_path, command):
+    """An image missing half-way ended the command after its models had loaded, with its
+    record (cues.json) or an empty --out left behind."""
+    rows = read_manifest(run["manifest"])
+    test = [r for r in rows if r.split == "test"]
+    gone = dataclasses.replace(test[1], path=str(tmp_path / "gone.png"))
+    manifest = str(tmp_path / "gone.csv")
+    write_manifest([test[0], gone] + test[2:], manifest)
+    capsys.readouterr()
+    assert main([command, "--workdir", run["workdir"], "--manifest", manifest,
+                 "--out", str(tmp_path / "out"), "--config", run["config"]]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {manifest}: line 3 (image_id={gone.image_id!r}): {tmp_path / 'gone.png'}: "
+        "no such file or folder"]
+    assert not os.path.exists(tmp_path / "out")

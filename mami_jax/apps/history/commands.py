@@ -31,6 +31,7 @@ from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval
 from mami_jax.config_files import load_config, resolve
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
 from mami_jax.runtime.output_guard import (check_output_file, check_output_folder,
@@ -65,6 +66,7 @@ def _rows(args, config) -> list[ManifestRow]:
     if not rows:
         others = " of the run's modalities" if left_out else ""
         raise ValueError(f"--manifest {args.manifest}: no images{others} to work on")
+    refuse_missing_files(rows)      # before a model loads and any output is begun
     return rows
 
 

@@ -184,6 +184,7 @@ def _run(args, parser) -> None:
     from mami_jax.apps.privacy import ensemble, references
     from mami_jax.apps.privacy.protect import check_settings, select_rows
     from mami_jax.data.manifest import MODALITIES, read_manifest
+    from mami_jax.data.missing_files import refuse_missing_files
     from mami_jax.inference import names_a_path
     from mami_jax.runtime.atomic_files import make_dirs
 
@@ -198,7 +199,7 @@ def _run(args, parser) -> None:
     if args.command == "cues":
         targets = targets[:int(pcfg.cues.max_images)]
     _check_out(args, rows, targets)
-    references.reference_rows(rows, targets)
+    refuse_missing_files(references.reference_rows(rows, targets))   # targets among them
     if args.command == "protect":
         check_settings(pcfg, targets)
     pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)

@@ -39,6 +39,7 @@ from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.config_files import load_config
+from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.manifest import read_manifest
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
@@ -212,6 +213,7 @@ def run(args, app_cfg=None) -> dict:
         [args.original, args.protected] + ([args.labels] if args.labels else []), "--out")
     train = [r for r in original if r.split == "train"]
     labels = probe_labels(args, rows, train)
+    refuse_missing_files(rows + prot_rows + (train if labels and args.probe_model else []))
     history = history_classifiers(args, app_cfg)
     result = {"complete": False, "attack": {}, "args": vars(args)}
     os.makedirs(args.out, exist_ok=True)
