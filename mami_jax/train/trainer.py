@@ -109,8 +109,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     resume_step = checkpointing.latest_step(workdir)
     if resume_step is not None:  # before anything is written
         checkpointing.check_model_config(workdir, config.model, "resume training")
+    rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
     os.makedirs(workdir, exist_ok=True)
-    rows = load_rows(config, workdir)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
