@@ -389,3 +389,19 @@ def test_train_records_the_classes_and_eval_reuses_them(setup):
     assert sorted(os.listdir(setup["diag"])) == [
         "auc.png", "classifiers.json", "classifiers.msgpack", "features.npz", "metrics.json",
         "metrics.md"]
+
+
+def test_an_archived_query_refuses_metadata_other_than_its_own(setup):
+    """--order 99 or --modality ct for an archived image was silently ignored."""
+    from mami_jax.apps.history.archive import Archive
+    from mami_jax.apps.history.query_rows import query_row
+    archive = Archive.load(setup["index"])
+    held = archive.rows[0]
+    assert query_row(archive, held.path, held.modality, held.order) == held   # the same: fine
+    with pytest.raises(ValueError) as e:
+        query_row(archive, held.path, None, "99")
+    assert str(e.value) == (f"--order 99: --image {held.path} is archived as {held.image_id} "
+                            f"with order {held.order!r}, and an archived image is queried with "
+                            f"its own; leave --order out")
+    with pytest.raises(ValueError, match=r"^--modality ct: .* with modality 'xray'"):
+        query_row(archive, held.path, "ct", None)

@@ -41,6 +41,13 @@ def query_row(archive, image: str, modality: str | None, order: str | None) -> M
         raise FileNotFoundError(f"--image {image}: no such file or folder")
     row = _archived(archive, image)
     if row is not None:
+        # its own metadata decides; a flag saying otherwise was silently ignored
+        for flag, given, held in (("--modality", modality, row.modality),
+                                  ("--order", order, row.order)):
+            if given and given != held:
+                raise ValueError(f"{flag} {given}: --image {image} is archived as "
+                                 f"{row.image_id} with {flag[2:]} {held!r}, and an archived "
+                                 f"image is queried with its own; leave {flag} out")
         return row
     if not modality:
         raise ValueError(f"--image {image} is not in the archive: give its --modality "
