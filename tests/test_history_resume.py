@@ -57,8 +57,12 @@ def test_an_interrupted_index_goes_on_where_it_stopped(setup, chunks, capsys, tm
     assert chunks["computed"] == 2 and not os.path.exists(beside(whole))   # 16 images
 
     out = str(tmp_path / "index")
-    chunks.update(computed=0, stop_at=1)
+    chunks.update(computed=0, stop_at=0)       # before the first chunk: nothing is kept
     capsys.readouterr()
+    assert main(_index(s, out)) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert not os.path.exists(beside(out))
+    chunks.update(computed=0, stop_at=1)
     assert main(_index(s, out)) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.splitlines()[-1] == (

@@ -37,6 +37,7 @@ Bad input ends with one ``error: ...`` line and exit status 2, usage errors incl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
@@ -125,10 +126,6 @@ def user_errors() -> tuple:
     return (ValueError, OSError, KeyError, ImportError, DataError, DecodeError)
 
 
-#: The commands whose embedding pass keeps its finished chunks (``runtime.chunk_store``).
-KEEPS_EMBEDDINGS = ("index", "add", "train", "eval")
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -141,8 +138,17 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        return say_interrupted("the images embedded so far are kept: run the same command "
-                               "again to go on" if args.command in KEEPS_EMBEDDINGS else "")
+        return say_interrupted(_what_is_kept(args))
+
+
+def _what_is_kept(args) -> str:
+    """What an interrupted command leaves: index, add, train and eval the chunks of their
+    embedding pass they finished (``runtime.chunk_store``, beside their output)."""
+    from mami_jax.runtime.chunk_store import beside
+    out = {"index": "out", "add": "index", "train": "out", "eval": "out"}.get(args.command)
+    if out and os.path.isdir(beside(getattr(args, out))):
+        return "the images embedded so far are kept: run the same command again to go on"
+    return ""
 
 
 if __name__ == "__main__":
