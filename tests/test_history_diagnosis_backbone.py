@@ -11,6 +11,7 @@ from PIL import Image
 from mami_jax.apps.history.diagnosis_backbone import (DiagnosisBackbone,
                                                       cached_backbone_features, teacher_name)
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.runtime.chunk_store import ChunkStore
 
 
 def _row(image_id, path, modality="xray", patient="p0", order="0", split="train"):
@@ -113,7 +114,10 @@ class StubReid:
         self.emb = np.stack([direction[r.patient_id] + 0.01 * rng.normal(size=8) for r in rows])
         self.backbone = rng.normal(size=(len(rows), 4))
 
-    def features(self, rows, progress=True):
+    def chunk_store(self, out, rows, what):
+        return ChunkStore(None, what)       # keeps no chunks: the features are at hand
+
+    def features(self, rows, progress=True, store=None):
         return self.emb.astype(np.float32), self.backbone.astype(np.float32)
 
 

@@ -10,6 +10,7 @@ from configs.history import get_config  # noqa: E402
 from mami_jax.apps.history import training  # noqa: E402
 from mami_jax.apps.history.experiment import Experiment  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
+from mami_jax.runtime.chunk_store import ChunkStore  # noqa: E402
 
 
 class StubModel:
@@ -26,7 +27,10 @@ class StubModel:
         self.emb = np.stack([direction[r.patient_id] + 0.01 * rng.normal(size=8) for r in rows])
         self.backbone = rng.normal(size=(len(rows), 4)) + 0.5 * np.asarray(y)[:, None]
 
-    def features(self, rows, progress=True):
+    def chunk_store(self, out, rows, what):
+        return ChunkStore(None, what)       # keeps no chunks: the features are at hand
+
+    def features(self, rows, progress=True, store=None):
         return self.emb.astype(np.float32), self.backbone.astype(np.float32)
 
 

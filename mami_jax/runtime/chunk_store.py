@@ -41,9 +41,10 @@ def digest(*parts) -> str:
 
 
 class ChunkStore:
-    """Finished chunks of the computation ``key`` in ``folder`` (made by the first ``put``)."""
+    """Finished chunks of the computation ``key`` in ``folder`` (made by the first ``put``);
+    ``folder`` None keeps nothing (where the caller cannot keep chunks)."""
 
-    def __init__(self, folder: str, key: str, log=print):
+    def __init__(self, folder: str | None, key: str, log=print):
         self.folder, self.key, self.log = folder, key, log
         self._ready = False
 
@@ -53,7 +54,7 @@ class ChunkStore:
         if self._ready:
             return
         self._ready = True
-        if not os.path.isdir(self.folder):
+        if self.folder is None or not os.path.isdir(self.folder):
             return
         try:
             with open(os.path.join(self.folder, KEY_FILE)) as f:
@@ -72,9 +73,9 @@ class ChunkStore:
         """Chunk ``index`` as stored (None when not finished, or unreadable, or not of
         ``rows`` rows: it is then computed again)."""
         self._prepare()
-        path = self._path(index)
-        if not os.path.isfile(path):
+        if self.folder is None or not os.path.isfile(self._path(index)):
             return None
+        path = self._path(index)
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError):
@@ -85,6 +86,8 @@ class ChunkStore:
 
     def put(self, index: int, array: np.ndarray) -> None:
         self._prepare()
+        if self.folder is None:
+            return
         if not os.path.isdir(self.folder):
             os.makedirs(self.folder)
             write_text_atomic(os.path.join(self.folder, KEY_FILE), self.key + "\n")
@@ -92,5 +95,6 @@ class ChunkStore:
 
     def discard(self) -> None:
         """Remove the folder (the output it served is published, or the key changed)."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.folder)
+        if self.folder is not None:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.folder)

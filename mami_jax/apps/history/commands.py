@@ -163,8 +163,7 @@ def index(args) -> int:
             calibration = calibrate_archive(archive, rows, emb, cfg)
     archive.calibration = calibration
     archive.save(args.out)
-    if store is not None:
-        store.discard()
+    store.discard()
     print(f"archive {out}: {len(archive)} images "
           f"({', '.join(f'{m} {n}' for m, n in archive.header()['modalities'].items())}), "
           f"{archive.kind} index, {archive.dim}-d{', centred' if cfg.center else ''}, "
@@ -240,8 +239,7 @@ def add(args) -> int:
     if recorded is not None:
         archive.record(rows, recorded, cfg.label_column)
     archive.save(args.index)
-    if store is not None:
-        store.discard()
+    store.discard()
     print(f"archive {os.path.abspath(args.index)}: added {len(rows)} images, now {len(archive)}")
     _say_records(archive, len(rows), recorded)
     return 0

@@ -136,8 +136,7 @@ def cached_features(model, rows, out_dir: str, cfg):
                                             fingerprint=np.asarray(model.fingerprint),
                                             files=np.asarray(files),
                                             maps=maps, maps_key=np.asarray(maps_key)))
-    if store is not None:
-        store.discard()
+    store.discard()
     return emb, backbone, (maps if maps_key else None)
 
 

@@ -69,17 +69,15 @@ class TrainedModel:
         return {"workdir": self.workdir, "config": self.spec, "step": self.embedder.step,
                 "fingerprint": self.fingerprint, "source": self.embedder.source}
 
-    def chunk_store(self, out: str, rows: Sequence[ManifestRow], what: str) -> ChunkStore | None:
+    def chunk_store(self, out: str, rows: Sequence[ManifestRow], what: str) -> ChunkStore:
         """Where the chunks of ``what`` (features of ``rows``) are kept while they are computed
         for the output ``out``, so a stopped command goes on (``runtime.chunk_store``); keyed on
-        this model's parameters, the rows' ids and files, and the data settings. None on
+        this model's parameters, the rows' ids and files, and the data settings. Nowhere on
         several processes, whose embedding passes must stay in step."""
-        if jax.process_count() > 1:
-            return None
         e = self.embedder
         key = digest(what, self.fingerprint, e.data_cfg.to_json(), int(e.batch_size),
                      rows_signature(rows))
-        return ChunkStore(beside(out), key)
+        return ChunkStore(beside(out) if jax.process_count() == 1 else None, key)
 
     def features(self, rows: Sequence[ManifestRow], progress: bool = True, store=None):
         """(embeddings, backbone features) of every row, each (n, C) float32."""
