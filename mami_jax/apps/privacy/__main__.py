@@ -312,8 +312,9 @@ def main(argv=None) -> int:
 def _what_is_kept(args) -> str:
     """What an interrupted command leaves, for its one line: protect goes on from its log;
     cues leaves the maps it finished (a run again writes every map)."""
+    from mami_jax.apps.privacy.protect_log import LOG_NAME
     if args.command == "protect":
-        log = os.path.join(args.out, "protect_log.jsonl")
+        log = os.path.join(args.out, LOG_NAME)
         if os.path.isfile(log):
             return f"what is finished is kept: run the same command again to go on ({log})"
         return "no image was finished yet"
