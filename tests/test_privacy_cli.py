@@ -443,3 +443,20 @@ def test_a_missing_image_is_refused_before_any_model_or_output(run, capsys, tmp_
         f"error: {manifest}: line 3 (image_id={gone.image_id!r}): {tmp_path / 'gone.png'}: "
         "no such file or folder"]
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_an_unreadable_image_leaves_no_empty_output_folder(run, capsys, tmp_path):
+    """An image that is there but cannot be read is met when it is read; --out is made by
+    the first file written, so the failed run leaves nothing (it left an empty folder)."""
+    rows = read_manifest(run["manifest"])
+    test = [r for r in rows if r.split == "test"]
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    manifest = str(tmp_path / "junk.csv")
+    write_manifest([dataclasses.replace(test[0], path=str(junk))] + test[1:], manifest)
+    capsys.readouterr()
+    assert main(["protect", "--workdir", run["workdir"], "--manifest", manifest,
+                 "--out", str(tmp_path / "out"), "--config", run["config"]]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {manifest}: line 2 ") and "cannot read image file" in line
+    assert not os.path.exists(tmp_path / "out")

@@ -186,7 +186,6 @@ def _run(args, parser) -> None:
     from mami_jax.data.manifest import MODALITIES, read_manifest
     from mami_jax.data.missing_files import refuse_missing_files
     from mami_jax.inference import names_a_path
-    from mami_jax.runtime.atomic_files import make_dirs
 
     if not os.path.isfile(args.manifest):
         raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
@@ -213,7 +212,8 @@ def _run(args, parser) -> None:
     names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
     members = ([ensemble.load_member(args.workdir, experiment, role=args.model_flag)]
                + ensemble.load_ensemble(names[1:], experiment))
-    make_dirs(args.out)
+    # OUT is made by its first file (a cue record, a finished image): a run that fails
+    # on an unreadable image first leaves no empty folder
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
                                                      pcfg.perturb, experiment)

@@ -216,7 +216,6 @@ def run(args, app_cfg=None) -> dict:
     refuse_missing_files(rows + prot_rows + (train if labels and args.probe_model else []))
     history = history_classifiers(args, app_cfg)
     result = {"complete": False, "attack": {}, "args": vars(args)}
-    os.makedirs(args.out, exist_ok=True)
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     evaluation_report.save(result, args.out)
     probe_feats = {}
