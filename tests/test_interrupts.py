@@ -20,39 +20,34 @@ def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-# (module whose main runs, the attribute its long part is, argv, the line)
+# command's module -> (module.attribute its long part is, argv, the line)
 CASES = {
-    "phantoms": ("mami_jax.phantoms.__main__", "_run", ["--out", "{tmp}/ph"], "interrupted"),
-    "build_manifest": ("mami_jax.data.build_manifest", "build",
-                       ["--dataset", "odir", "--root", "{tmp}", "--out", "{tmp}/m.csv"],
-                       "interrupted"),
-    "evaluate.features": ("mami_jax.data.loading", "load_rows",
-                          ["--features", "{tmp}/f", "--manifest", "{tmp}/m.csv", "--out",
-                           "{tmp}/o"], "interrupted"),
-    "teachers.extract": ("teachers.extract", "run",
+    "mami_jax.phantoms.__main__": ("mami_jax.phantoms.__main__._run",
+                                   ["--out", "{tmp}/ph"], "interrupted"),
+    "mami_jax.data.build_manifest": ("mami_jax.data.build_manifest.build",
+                                     ["--dataset", "odir", "--root", "{tmp}", "--out",
+                                      "{tmp}/m.csv"], "interrupted"),
+    "mami_jax.evaluate.features": ("mami_jax.data.loading.load_rows",
+                                   ["--features", "{tmp}/f", "--manifest", "{tmp}/m.csv",
+                                    "--out", "{tmp}/o"], "interrupted"),
+    "teachers.extract": ("teachers.extract.run",
                          ["--manifest", "{tmp}/m.csv", "--teachers", "phantoms", "--out",
-                          "{tmp}/t"],
-                         "interrupted; the finished shards are kept: run the same command "
-                         "again to go on"),
-    "convert": ("mami_jax.convert.__main__", "cmd_export_torch",
-                ["export-torch", "--checkpoint", "{tmp}/c", "--out", "{tmp}/m.pth"],
-                "interrupted"),
-    "history query": ("mami_jax.apps.history.commands", "query",
-                      ["query", "--index", "{tmp}/i", "--image", "{tmp}/x.png"], "interrupted"),
+                          "{tmp}/t"], "interrupted"),      # no shard finished: nothing kept
+    "mami_jax.convert.__main__": ("mami_jax.convert.__main__.cmd_export_torch",
+                                  ["export-torch", "--checkpoint", "{tmp}/c", "--out",
+                                   "{tmp}/m.pth"], "interrupted"),
+    "mami_jax.apps.history.__main__": ("mami_jax.apps.history.commands.query",
+                                       ["query", "--index", "{tmp}/i", "--image",
+                                        "{tmp}/x.png"], "interrupted"),
 }
-MAINS = {"phantoms": "mami_jax.phantoms.__main__",
-         "build_manifest": "mami_jax.data.build_manifest",
-         "evaluate.features": "mami_jax.evaluate.features",
-         "teachers.extract": "teachers.extract",
-         "convert": "mami_jax.convert.__main__",
-         "history query": "mami_jax.apps.history.__main__"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_ctrl_c_is_one_line_and_status_130(name, monkeypatch, capsys, tmp_path):
-    module, attribute, argv, line = CASES[name]
+    patched, argv, line = CASES[name]
+    module, _, attribute = patched.rpartition(".")
     monkeypatch.setattr(importlib.import_module(module), attribute, _interrupt)
-    main = importlib.import_module(MAINS[name]).main
+    main = importlib.import_module(name).main
     assert main([a.format(tmp=tmp_path) for a in argv]) == INTERRUPTED
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == line, err
@@ -96,3 +91,14 @@ def test_run_command_ends_an_interrupted_process_with_status_130():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == INTERRUPTED and proc.stderr.strip() == "interrupted"
+
+
+def test_an_extraction_with_finished_shards_says_they_are_kept(monkeypatch, capsys, tmp_path):
+    import teachers.extract as extract
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "features-00000-of-00002.json").write_text("{}")
+    monkeypatch.setattr(extract, "run", _interrupt)
+    assert extract.main(["--manifest", str(tmp_path / "m.csv"), "--teachers", "phantoms",
+                         "--out", str(tmp_path / "t")]) == INTERRUPTED
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted; the finished shards are kept: run the same command again to go on")
