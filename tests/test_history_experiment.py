@@ -27,7 +27,7 @@ class StubModel:
         self.emb = np.stack([direction[r.patient_id] + 0.01 * rng.normal(size=8) for r in rows])
         self.backbone = rng.normal(size=(len(rows), 4)) + 0.5 * np.asarray(y)[:, None]
 
-    def chunk_store(self, out, rows, what):
+    def chunk_store(self, out, images, what):
         return ChunkStore(None, what)       # keeps no chunks: the features are at hand
 
     def features(self, rows, progress=True, store=None):

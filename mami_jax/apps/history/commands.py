@@ -29,6 +29,7 @@ from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
 from mami_jax.config_files import load_config, resolve
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.missing_files import refuse_missing_files
@@ -148,7 +149,7 @@ def index(args) -> int:
                              f"{inside.image_id}; the archive replaces the whole folder")
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
-    store = model.chunk_store(out, rows, "embeddings")
+    store = model.chunk_store(out, rows_signature(rows), "embeddings")
     emb = model.embeddings(rows, store=store)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
@@ -234,7 +235,7 @@ def add(args) -> int:
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
                            f"config's label column is {cfg.label_column!r}")
     model = _load_model(archive, source, where)
-    store = model.chunk_store(args.index, rows, "embeddings")
+    store = model.chunk_store(args.index, rows_signature(rows), "embeddings")
     archive.add(rows, model.embeddings(rows, store=store))
     if recorded is not None:
         archive.record(rows, recorded, cfg.label_column)

@@ -125,7 +125,7 @@ def cached_features(model, rows, out_dir: str, cfg):
     cached = read_cache(path, use)
     if cached is not None:
         return cached
-    store = model.chunk_store(out_dir, rows, f"features {maps_key}")
+    store = model.chunk_store(out_dir, files, f"features {maps_key}")
     if maps_key:
         emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid),
                                                       store=store)

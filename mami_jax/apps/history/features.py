@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import load_experiment
 from mami_jax.inference import Embedder, embed_in_chunks
@@ -69,14 +68,14 @@ class TrainedModel:
         return {"workdir": self.workdir, "config": self.spec, "step": self.embedder.step,
                 "fingerprint": self.fingerprint, "source": self.embedder.source}
 
-    def chunk_store(self, out: str, rows: Sequence[ManifestRow], what: str) -> ChunkStore:
-        """Where the chunks of ``what`` (features of ``rows``) are kept while they are computed
-        for the output ``out``, so a stopped command goes on (``runtime.chunk_store``); keyed on
-        this model's parameters, the rows' ids and files, and the data settings. Nowhere on
-        several processes, whose embedding passes must stay in step."""
+    def chunk_store(self, out: str, images: str, what: str) -> ChunkStore:
+        """Where the chunks of ``what`` are kept while they are computed for the output
+        ``out``, so a stopped command goes on (``runtime.chunk_store``); keyed on this
+        model's parameters, the images (``data.image_signature.rows_signature`` of the rows,
+        which the caller has at hand) and the data settings. Nowhere on several processes,
+        whose embedding passes must stay in step."""
         e = self.embedder
-        key = digest(what, self.fingerprint, e.data_cfg.to_json(), int(e.batch_size),
-                     rows_signature(rows))
+        key = digest(what, self.fingerprint, e.data_cfg.to_json(), int(e.batch_size), images)
         return ChunkStore(beside(out) if jax.process_count() == 1 else None, key)
 
     def features(self, rows: Sequence[ManifestRow], progress: bool = True, store=None):
