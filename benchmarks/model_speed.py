@@ -12,7 +12,9 @@ time (ViT-B/16, 224 px, batch 8, float32). Variants:
 - ``plain_vit``: neither (the CLIP ViT with MaMI's head);
 - ``mami_separate`` / ``compa_only_separate``: the same with ComPA's factor generators
   run one by one (``compa_impl="separate"``, the reference path) instead of fused, to
-  measure the fusion interleaved with the rest.
+  measure the fusion interleaved with the rest;
+- ``mami_xla_attention``: MaMI with XLA's attention, against ``mami``'s default ("auto":
+  cuDNN's fused attention on a GPU in bfloat16; the same as XLA's elsewhere).
 
 ``--compa_impl`` says how the variants without a suffix run the generators (default:
 the model config's).
@@ -30,6 +32,8 @@ scalar of the embedding (forward + backward, no optimiser).
     python benchmarks/model_speed.py --mode train --rounds 3
     python benchmarks/model_speed.py --rounds 3 --batch 2 --slices 1 --variants mami,plain_vit
     python benchmarks/model_speed.py --variants mami,mami_separate,plain_vit --json speed.json
+    python benchmarks/model_speed.py --dtype bfloat16 --batch 128 --mode train \
+        --variants mami,mami_separate,mami_xla_attention,plain_vit         # a GPU
 """
 
 from __future__ import annotations
@@ -55,11 +59,14 @@ from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.models.config import COMPA_IMPLS  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
-#: Variant name -> (use_compa, use_slice_adapter, compa_impl); None: ``--compa_impl``.
-VARIANTS = {"mami": (True, True, None), "compa_only": (True, False, None),
-            "adapter_only": (False, True, None), "plain_vit": (False, False, None),
-            "mami_separate": (True, True, "separate"),
-            "compa_only_separate": (True, False, "separate")}
+#: Variant name -> what it changes in the model config; the rest is MaMI with
+#: ``--compa_impl`` and the config's attention ("auto": cuDNN on a GPU in bfloat16).
+VARIANTS = {"mami": {}, "compa_only": {"use_slice_adapter": False},
+            "adapter_only": {"use_compa": False},
+            "plain_vit": {"use_compa": False, "use_slice_adapter": False},
+            "mami_separate": {"compa_impl": "separate"},
+            "compa_only_separate": {"use_slice_adapter": False, "compa_impl": "separate"},
+            "mami_xla_attention": {"attention": "xla"}}
 
 
 def interleaved(runs: dict, rounds: int, desc: str = "rounds") -> tuple[dict, dict]:
@@ -112,13 +119,12 @@ def random_params(tree, seed: int = 0, std: float = 0.02):
 
 def build(variant: str, args, base_cfg=None):
     """(run, flops): a jitted, compiled pass of ``variant`` and XLA's FLOP count of it."""
-    use_compa, use_adapter, impl = VARIANTS[variant]
     cfg = (base_cfg or default_config()).copy_and_resolve_references()
     with cfg.unlocked():
-        cfg.use_compa = use_compa
-        cfg.use_slice_adapter = use_adapter
+        cfg.use_compa = cfg.use_slice_adapter = True
         cfg.dtype = args.dtype
-        cfg.compa_impl = impl or getattr(args, "compa_impl", None) or cfg.compa_impl
+        cfg.compa_impl = getattr(args, "compa_impl", None) or cfg.compa_impl
+        cfg.update(VARIANTS[variant])
     model = MaMI(cfg)
     x = jax.random.normal(jax.random.key(0),
                           (args.batch, args.slices, args.size, args.size, 3))

@@ -39,6 +39,20 @@ def test_built_variants_use_the_asked_generator_path(monkeypatch):
     assert seen[-1] == "fused"
 
 
+def test_the_attention_variant_changes_only_the_attention(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(model_speed, "MaMI", lambda cfg: seen.update(cfg.to_dict()) or 1 / 0)
+    args = argparse.Namespace(dtype="bfloat16", compa_impl="fused")
+    configs = []
+    for variant in ("mami", "mami_xla_attention"):
+        with pytest.raises(ZeroDivisionError):
+            model_speed.build(variant, args, tiny_config())
+        configs.append(dict(seen))
+    changed = {k for k in configs[0] if configs[0][k] != configs[1][k]}
+    assert changed == {"attention"} and configs[1]["attention"] == "xla"
+    assert configs[0]["dtype"] == "bfloat16" and configs[0]["use_compa"]
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--rounds", "0"], "--rounds, --batch and --slices must be at least 1"),
     (["--compa_impl", "batched"], "--compa_impl"),
