@@ -19,6 +19,8 @@ symmetry-averaging as the evaluator.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from typing import Optional, Sequence
 
@@ -34,6 +36,7 @@ from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
 from mami_jax.models.embed import make_embed_fn
+from mami_jax.runtime.chunk_store import ChunkStore, beside, digest
 from mami_jax.runtime.progress import progress_bar
 from mami_jax.train import checkpointing, sharding
 
@@ -41,6 +44,18 @@ from mami_jax.train import checkpointing, sharding
 def _default_data_config() -> ml_collections.ConfigDict:
     """The paper's preprocessing (224 px, ImageNet normalisation)."""
     return base_config().data
+
+
+def params_fingerprint(params) -> str:
+    """sha256 over every parameter's path, dtype, shape and bytes (in path order): what
+    says two models are the same (archives and kept partial results record it)."""
+    h = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -119,6 +134,24 @@ class Embedder:
             raise type(e)(f"{role} {name!r}: {e}") from e
 
     # -- use ------------------------------------------------------------------------
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``params_fingerprint`` of this model's parameters."""
+        return params_fingerprint(self.params)
+
+    def chunk_store(self, out: str, images: str, what: str, shared: bool = False) -> ChunkStore:
+        """Where the chunks of ``what`` are kept while they are computed for the output
+        ``out``, so a stopped command goes on (``runtime.chunk_store``): beside ``out``, or,
+        when ``shared`` (``out`` is made of several passes: models, image sets), in a
+        subfolder of that named by the pass's key. Keyed on this model's parameters, the
+        images (``data.image_signature.rows_signature`` of the rows, which the caller has at
+        hand), the data settings and the batch size. Nowhere on several processes, whose
+        embedding passes must stay in step."""
+        key = digest(what, self.fingerprint, self.data_cfg.to_json(), int(self.batch_size),
+                     images)
+        folder = os.path.join(beside(out), key[:16]) if shared else beside(out)
+        return ChunkStore(folder if jax.process_count() == 1 else None, key)
+
     def preprocess(self, row: ManifestRow) -> np.ndarray:
         """The evaluation view of one manifest row, (T, H, W, 3) float32."""
         return read_example(row, self.data_cfg)
@@ -149,13 +182,14 @@ CHUNK_BATCHES = 8
 
 
 def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progress: bool = True,
-                    desc: str = "embedding", store=None) -> np.ndarray:
+                    desc: str = "embedding", store=None, mesh=None) -> np.ndarray:
     """``fn`` (a batch -> (B, D) function, e.g. ``embedder.embed_batch``) over every row, as
     ``embed_rows`` batches them, in chunks of ``CHUNK_BATCHES`` batches with a progress
     bar: long embeddings of a whole archive or split show how far they are. With ``store`` (a
     ``runtime.chunk_store.ChunkStore`` keyed by the caller on the model and rows), each
-    finished chunk is kept, and the chunks an earlier, stopped run finished are read back."""
-    mesh = sharding.make_mesh(-1, 1)
+    finished chunk is kept, and the chunks an earlier, stopped run finished are read back.
+    ``mesh``: the one the parameters sit on (default: every device on the data axis)."""
+    mesh = mesh or sharding.make_mesh(-1, 1)
     chunk = CHUNK_BATCHES * int(embedder.batch_size)
     parts, read_back = [], 0
     with progress_bar(len(rows), desc, disable=not progress or jax.process_index() != 0) as bar:

@@ -16,6 +16,7 @@ be loaded, an argument ``get_config`` refuses, an override of a key the config l
 one ``error:`` line too, exit status 2 (``flag_parsing``).
 """
 
+import glob
 import os
 import sys
 
@@ -75,11 +76,18 @@ def main(argv):
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
-        end_process(say_interrupted(_after_interrupt() if _MODE.value == "train" else ""))
+        end_process(say_interrupted(_after_interrupt()))
 
 
 def _after_interrupt() -> str:
-    """What running a stopped training again does: go on from its last checkpoint."""
+    """What running the stopped command again does: training goes on from its last
+    checkpoint, ``--mode=embed`` from the chunks of the pass it kept."""
+    if _MODE.value == "embed":
+        from mami_jax.runtime.chunk_store import SUFFIX, what_is_kept
+        return what_is_kept(glob.glob(os.path.join(glob.escape(_WORKDIR.value), "embeddings",
+                                                   f".*{SUFFIX}")))
+    if _MODE.value != "train":
+        return ""
     from mami_jax.train.checkpointing import latest_step
     try:
         step = latest_step(_WORKDIR.value)

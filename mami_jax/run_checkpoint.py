@@ -6,7 +6,9 @@ a converter folder), with the workdir only as the place for the results.
 eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training.
 embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
-the umask's permissions. NAME is ``step_<N>`` for the workdir's own checkpoint and
+the umask's permissions. A large manifest takes hours: each finished chunk of the pass is
+kept beside the output (``runtime.chunk_store``), so the same command after a stop goes
+on from there. NAME is ``step_<N>`` for the workdir's own checkpoint and
 ``model_<file or folder name>[_step_<N>]`` for ``--model``. The requested ``config.model``
 must be the saved one (``mami_jax/train/checkpointing.py``); a damaged checkpoint is a
 ``CheckpointError`` naming the step directory and the item.
@@ -20,9 +22,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
 from mami_jax.evaluate.evaluator import evaluate
-from mami_jax.inference import Embedder
+from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.distributed import maybe_initialize_distributed
 from mami_jax.train import checkpointing, sharding
@@ -57,10 +60,12 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         return evaluate(model.embed_batch, rows, config, mesh,
                         os.path.join(workdir, "eval", name),
                         title=name if model_name else f"step {model.step}")
-    emb = model.embed_rows(rows, mesh=mesh)
+    path = os.path.join(workdir, "embeddings", f"{name}.npz")
+    store = model.chunk_store(path, rows_signature(rows), "embeddings")
+    emb = embed_in_chunks(model.embed_batch, rows, model, store=store, mesh=mesh)
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "embeddings", f"{name}.npz")
         columns = {c: np.asarray([getattr(r, c) for r in rows]) for c in EMBEDDING_COLUMNS}
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))
         logging.info("wrote %d embeddings to %s", len(rows), path)
+    store.discard()
     return emb

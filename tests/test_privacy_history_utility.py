@@ -437,3 +437,43 @@ def test_privacy_eval_reads_a_run_with_its_own_config(tiny):
                        "own": os.path.join(tiny["workdir"], "config.json")}
     assert runs["own"]["attack"] == runs["named"]["attack"]
     assert runs["own"]["quality"] == runs["named"]["quality"]
+
+
+def test_an_interrupted_evaluation_goes_on_where_it_stopped(tiny, monkeypatch, capsys):
+    """Ctrl-C in the middle of evaluate's embedding passes: the chunks finished are kept beside
+    OUT (one store per pass), the same command computes only the rest, and its results are
+    an uninterrupted run's."""
+    from mami_jax import inference
+    from mami_jax.runtime.chunk_store import KEPT, beside
+    monkeypatch.setattr(inference, "CHUNK_BATCHES", 1)
+    real, state = inference.embed_rows, {"computed": 0, "stop_at": None}
+
+    def counted(*args, **kwargs):
+        if state["computed"] == state["stop_at"]:
+            raise KeyboardInterrupt
+        state["computed"] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(inference, "embed_rows", counted)
+    common = tiny["common"][:-2] + ["--probe-model", tiny["workdir"]]   # no history classifier
+
+    def results(out):
+        with open(os.path.join(out, "privacy_eval.json")) as f:
+            saved = json.load(f)
+        return {k: saved[k] for k in ("attack", "patients", "utility", "quality")}
+
+    straight = str(tiny["base"] / "eval_straight")
+    assert evaluate(common + ["--out", straight]) == 0
+    passes = state["computed"]
+    assert passes >= 5 and not os.path.exists(beside(straight))   # the probe's training images too
+    out = str(tiny["base"] / "eval_stopped")
+    state.update(computed=0, stop_at=3)            # in the second pass (protected images)
+    capsys.readouterr()
+    assert evaluate(common + ["--out", out]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted; {KEPT}"
+    assert len(os.listdir(beside(out))) == 2       # the first pass's store and the second's
+    state.update(computed=0, stop_at=None)
+    assert evaluate(common + ["--out", out]) == 0
+    assert state["computed"] == passes - 3
+    assert "results read back from an earlier, stopped run" in capsys.readouterr().out
+    assert results(out) == results(straight)
+    assert not os.path.exists(beside(out))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mami_jax.apps.history import training
-from mami_jax.apps.history.features import fingerprint
+from mami_jax.inference import params_fingerprint
 from mami_jax.apps.privacy import (common_weakness, deform, ensemble, objective, perturb,
                                    references)
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
@@ -215,7 +215,7 @@ def keep_setup(xray, tmp_path_factory):
     os.makedirs(out)
     training.save_classifiers(os.path.join(out, "classifiers.msgpack"),
                               {"norm": norm, "current": current, "fused": current})
-    np.savez(os.path.join(out, "features.npz"), fingerprint=np.asarray(fingerprint(member.params)))
+    np.savez(os.path.join(out, "features.npz"), fingerprint=np.asarray(params_fingerprint(member.params)))
     return types.SimpleNamespace(**vars(xray), backbone=backbone, out=out)
 
 

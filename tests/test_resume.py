@@ -369,3 +369,50 @@ def test_main_refuses_an_invalid_model_config_in_one_line_before_any_data(tmp_pa
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "num_heads" in last, last
     assert not (workdir / "phantoms").exists()
+
+
+def test_an_interrupted_embed_goes_on_where_it_stopped(run_copy, monkeypatch, capsys):
+    """``--mode=embed`` keeps each finished chunk beside its output; the same command after
+    Ctrl-C computes only the rest and writes what an uninterrupted run writes."""
+    from types import SimpleNamespace
+
+    from mami_jax import inference
+    from mami_jax import main as main_module
+    from mami_jax.runtime.chunk_store import KEPT, KEY_FILE, beside
+    workdir, root, _ = run_copy
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.eval.batch_size = 8                               # one image per test device
+    monkeypatch.setattr(inference, "CHUNK_BATCHES", 1)       # a chunk per batch
+    real, state = inference.embed_rows, {"computed": 0, "stop_at": None}
+
+    def counted(*args, **kwargs):
+        if state["computed"] == state["stop_at"]:
+            raise KeyboardInterrupt
+        state["computed"] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(inference, "embed_rows", counted)
+    path = os.path.join(workdir, "embeddings", "step_2.npz")
+    whole = run("embed", cfg, workdir)
+    chunks = state["computed"]
+    assert chunks == -(-len(whole) // 8) >= 3 and not os.path.exists(beside(path))
+    os.remove(path)
+
+    monkeypatch.setattr(main_module, "_MODE", SimpleNamespace(value="embed"))
+    monkeypatch.setattr(main_module, "_WORKDIR", SimpleNamespace(value=workdir))
+    state.update(computed=0, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        run("embed", cfg, workdir)
+    assert not os.path.exists(path)
+    assert sorted(os.listdir(beside(path))) == ["chunk_000000.npy", "chunk_000001.npy", KEY_FILE]
+    assert main_module._after_interrupt() == KEPT
+
+    state.update(computed=0, stop_at=None)
+    capsys.readouterr()
+    again = run("embed", cfg, workdir)
+    assert state["computed"] == chunks - 2
+    assert f"16 of {len(whole)} images' results read back" in capsys.readouterr().out
+    np.testing.assert_array_equal(again, whole)
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["embedding"], whole)
+    assert not os.path.exists(beside(path)) and main_module._after_interrupt() == ""

@@ -26,13 +26,27 @@ import numpy as np
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 KEY_FILE = "key.txt"
-_SUFFIX = ".partial-embeddings"
+SUFFIX = ".partial-embeddings"
+#: An interrupted command's line when it leaves chunks to go on from.
+KEPT = "the images embedded so far are kept: run the same command again to go on"
 
 
 def beside(out: str) -> str:
     """The hidden chunk folder of the output ``out``: ``PARENT/.NAME.partial-embeddings``."""
     out = os.path.abspath(out)
-    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{_SUFFIX}")
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}{SUFFIX}")
+
+
+def discard_beside(out: str) -> None:
+    """Remove every chunk kept for the output ``out`` (its passes' stores too)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(beside(out))
+
+
+def what_is_kept(folders) -> str:
+    """``KEPT`` when one of the chunk ``folders`` exists (a stopped command left chunks), else
+    "" (nothing to say)."""
+    return KEPT if any(os.path.isdir(f) for f in folders) else ""
 
 
 def digest(*parts) -> str:

@@ -37,7 +37,6 @@ Bad input ends with one ``error: ...`` line and exit status 2, usage errors incl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
@@ -144,11 +143,9 @@ def main(argv=None) -> int:
 def _what_is_kept(args) -> str:
     """What an interrupted command leaves: index, add, train and eval the chunks of their
     embedding pass they finished (``runtime.chunk_store``, beside their output)."""
-    from mami_jax.runtime.chunk_store import beside
+    from mami_jax.runtime.chunk_store import beside, what_is_kept
     out = {"index": "out", "add": "index", "train": "out", "eval": "out"}.get(args.command)
-    if out and os.path.isdir(beside(getattr(args, out))):
-        return "the images embedded so far are kept: run the same command again to go on"
-    return ""
+    return what_is_kept([beside(getattr(args, out))] if out else [])
 
 
 if __name__ == "__main__":

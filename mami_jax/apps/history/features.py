@@ -20,7 +20,6 @@ model is identified by a fingerprint of its parameters, which an archive records
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Sequence
 
@@ -34,20 +33,9 @@ from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
-from mami_jax.runtime.chunk_store import ChunkStore, beside, digest
+from mami_jax.runtime.chunk_store import ChunkStore
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
-
-
-def fingerprint(params) -> str:
-    """sha256 over every parameter's path, dtype, shape and bytes (in path order)."""
-    h = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-        a = np.asarray(jax.device_get(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
 
 
 class TrainedModel:
@@ -60,7 +48,7 @@ class TrainedModel:
         self.workdir, self.spec = os.path.abspath(workdir), spec
         config = load_experiment(spec)
         self.embedder = Embedder.load(self.workdir, config, action=action, role=role)
-        self.fingerprint = fingerprint(self.embedder.params)
+        self.fingerprint = self.embedder.fingerprint
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 
     @property
@@ -69,14 +57,8 @@ class TrainedModel:
                 "fingerprint": self.fingerprint, "source": self.embedder.source}
 
     def chunk_store(self, out: str, images: str, what: str) -> ChunkStore:
-        """Where the chunks of ``what`` are kept while they are computed for the output
-        ``out``, so a stopped command goes on (``runtime.chunk_store``); keyed on this
-        model's parameters, the images (``data.image_signature.rows_signature`` of the rows,
-        which the caller has at hand) and the data settings. Nowhere on several processes,
-        whose embedding passes must stay in step."""
-        e = self.embedder
-        key = digest(what, self.fingerprint, e.data_cfg.to_json(), int(e.batch_size), images)
-        return ChunkStore(beside(out) if jax.process_count() == 1 else None, key)
+        """``Embedder.chunk_store`` of this model."""
+        return self.embedder.chunk_store(out, images, what)
 
     def features(self, rows: Sequence[ManifestRow], progress: bool = True, store=None):
         """(embeddings, backbone features) of every row, each (n, C) float32."""

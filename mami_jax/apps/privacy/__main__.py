@@ -310,9 +310,13 @@ def main(argv=None) -> int:
 
 
 def _what_is_kept(args) -> str:
-    """What an interrupted command leaves, for its one line: protect goes on from its log;
-    cues leaves the maps it finished (a run again writes every map)."""
+    """What an interrupted command leaves, for its one line: protect goes on from its log,
+    evaluate from the chunks of its embedding passes; cues leaves the maps it finished (a
+    run again writes every map)."""
     from mami_jax.apps.privacy.protect_log import LOG_NAME
+    from mami_jax.runtime.chunk_store import beside, what_is_kept
+    if args.command == "evaluate":
+        return what_is_kept([beside(args.out)])
     if args.command == "protect":
         log = os.path.join(args.out, LOG_NAME)
         if os.path.isfile(log):

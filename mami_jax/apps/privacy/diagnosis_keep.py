@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mami_jax.apps.history.features import diagnosis_features, fingerprint
+from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.training import MODALITIES
 from mami_jax.apps.history.diagnosis import CurrentOnly
 from mami_jax.apps.privacy import objective
 from mami_jax.apps.privacy.history_utility import HistoryClassifier, HistoryClassifierError
 from mami_jax.config_files import load_config
+from mami_jax.inference import params_fingerprint
 from mami_jax.models.embed import embedding_and_pooled
 from mami_jax.models.mami import MaMI
 
@@ -43,7 +44,7 @@ class DiagnosisKeeper:
             self.classifier = HistoryClassifier(out_dir, load_config(app_config))
         except HistoryClassifierError as e:
             raise ValueError(str(e).replace("--history-classifier", "perturb.keep_diagnosis")) from e
-        mine = fingerprint(member.params)
+        mine = params_fingerprint(member.params)
         if mine != self.classifier.fingerprint:
             raise ValueError(
                 f"perturb.keep_diagnosis={out_dir}: its classifiers were trained on the features "

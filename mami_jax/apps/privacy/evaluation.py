@@ -19,6 +19,8 @@ on the labels, saved beside them (every slice of a series). Quality: PSNR and SS
 every protected image against its original, on the slices the model reads. Writes
 OUT/privacy_eval.json and OUT/privacy_eval.md after every model (so a long evaluation
 can be read while it runs), prints the tables, and draws them (``evaluation_report``).
+Each finished chunk of every embedding pass is kept beside OUT until the evaluation is
+written (``runtime.chunk_store``): the same command after a stop goes on from there.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.config_files import load_config
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.manifest import read_manifest
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
+from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
 
 
@@ -219,11 +223,17 @@ def run(args, app_cfg=None) -> dict:
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     evaluation_report.save(result, args.out)
     probe_feats = {}
+
+    def features(emb, images, desc):
+        """utility.features, its chunks kept beside OUT until the evaluation is written."""
+        return utility.features(emb, images, desc, store=emb.chunk_store(
+            args.out, rows_signature(images), "embedding and pooled", shared=True))
+
     for name, model in models:
         spec, model_cfg = experiments[model]
         emb = Embedder.load(model, model_cfg, action="evaluate", role=f"--model {name}")
-        e_orig, f_orig = utility.features(emb, rows, desc=f"{name}, original")
-        e_prot, f_prot = utility.features(emb, prot_rows, desc=f"{name}, protected")
+        e_orig, f_orig = features(emb, rows, f"{name}, original")
+        e_prot, f_prot = features(emb, prot_rows, f"{name}, protected")
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
         result["attack"][name]["source"] = {"model": model, "step": emb.step, "config": spec}
         result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
@@ -236,10 +246,10 @@ def run(args, app_cfg=None) -> dict:
             if model not in probe_feats:
                 emb = Embedder.load(model, model_experiment(model, args)[1], action="evaluate",
                                     role="--probe-model")
-                probe_feats[model] = (emb, utility.features(emb, rows, "probe, original")[1],
-                                      utility.features(emb, prot_rows, "probe, protected")[1])
+                probe_feats[model] = (emb, features(emb, rows, "probe, original")[1],
+                                      features(emb, prot_rows, "probe, protected")[1])
             emb, f_orig, f_prot = probe_feats[model]
-            f_train = utility.features(emb, train, "probe, training images")[1]
+            f_train = features(emb, train, "probe, training images")[1]
             result["utility"][f"{model} (step {emb.step})"] = utility.diagnosis_report(
                 f_train, np.asarray([labels[r.image_id] for r in train]),
                 [r.modality for r in train], f_orig, f_prot,
@@ -249,6 +259,7 @@ def run(args, app_cfg=None) -> dict:
         result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
     result["complete"] = True
     print(evaluation_report.save(result, args.out))
+    discard_beside(args.out)
     for picture in evaluation_report.pictures(result, args.out):
         print(f"wrote {picture}")
     return result

@@ -29,13 +29,15 @@ def read_labels(path: str, column: str = "disease_label") -> dict[str, int]:
     return labels.read_labels(path, column, ("0", "1"))
 
 
-def features(embedder, rows: Sequence[ManifestRow],
-             desc: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+def features(embedder, rows: Sequence[ManifestRow], desc: str = "embedding",
+             store=None) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (N, C), probe features (N, 2C): the embedding and the pooled local
     features) of ``rows``, one pass, as evaluation embeds them (batching, symmetry
-    averaging), under a progress bar named ``desc``."""
+    averaging), under a progress bar named ``desc``; its finished chunks kept in ``store``
+    (``Embedder.chunk_store``) when given."""
     fn = make_embedding_and_pooled_fn(embedder.model_cfg)
-    both = embed_in_chunks(lambda b: fn(embedder.params, b), rows, embedder, desc=desc)
+    both = embed_in_chunks(lambda b: fn(embedder.params, b), rows, embedder, desc=desc,
+                           store=store)
     return both[:, :both.shape[1] // 2], both
 
 
