@@ -445,9 +445,11 @@ def test_a_missing_image_is_refused_before_any_model_or_output(run, capsys, tmp_
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_an_unreadable_image_leaves_no_empty_output_folder(run, capsys, tmp_path):
+@pytest.mark.parametrize("command", ["protect", "cues"])
+def test_an_unreadable_image_leaves_no_empty_output_folder(run, capsys, tmp_path, command):
     """An image that is there but cannot be read is met when it is read; --out is made by
-    the first file written, so the failed run leaves nothing (it left an empty folder)."""
+    the first file written, so the failed run leaves nothing (it left an empty folder, and
+    cues its cues.json: it now reads every image before writing)."""
     rows = read_manifest(run["manifest"])
     test = [r for r in rows if r.split == "test"]
     junk = tmp_path / "junk.png"
@@ -455,7 +457,7 @@ def test_an_unreadable_image_leaves_no_empty_output_folder(run, capsys, tmp_path
     manifest = str(tmp_path / "junk.csv")
     write_manifest([dataclasses.replace(test[0], path=str(junk))] + test[1:], manifest)
     capsys.readouterr()
-    assert main(["protect", "--workdir", run["workdir"], "--manifest", manifest,
+    assert main([command, "--workdir", run["workdir"], "--manifest", manifest,
                  "--out", str(tmp_path / "out"), "--config", run["config"]]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith(f"error: {manifest}: line 2 ") and "cannot read image file" in line

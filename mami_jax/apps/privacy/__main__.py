@@ -252,14 +252,16 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> Non
 
 
 def _cues(args, pcfg, rows, targets, member) -> None:
-    """Cue maps of ``targets`` into OUT, with OUT/cues.json saying what they are of."""
-    from mami_jax.apps.privacy.cue_run import write_cues
+    """Cue maps of ``targets`` into OUT, with OUT/cues.json saying what they are of; every
+    image is read before OUT is written to."""
+    from mami_jax.apps.privacy.cue_run import read_cue_inputs, write_cues
     from mami_jax.runtime.atomic_files import write_text_atomic
+    inputs = read_cue_inputs(rows, targets, member)
     write_text_atomic(os.path.join(args.out, CUES_RECORD), json.dumps(
         {"model": member.embedder.source, "step": member.embedder.step,
          "manifest": os.path.abspath(args.manifest), "split": args.split,
          "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))
-    n = write_cues(rows, targets, member, pcfg, args.out)
+    n = write_cues(inputs, member, pcfg, args.out)
     print(f"wrote cue maps of {n} images to {args.out}")
 
 

@@ -1,7 +1,13 @@
-"""The ``cues`` command: cue maps of some rows written as PNG overlays and .npz arrays."""
+"""The ``cues`` command: cue maps of some rows written as PNG overlays and .npz arrays.
+
+Every image is read (the targets, and the references they are matched against, embedded)
+before anything is written, so an unreadable image stops the command with its output
+folder as it was.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -12,19 +18,38 @@ from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_fo
 from mami_jax.runtime.atomic_files import write_atomic
 
 
-def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool = True) -> int:
-    """Gradient and occlusion maps of ``targets`` under ``member``; returns the count."""
+@dataclasses.dataclass
+class CueInputs:
+    """What the maps of some targets need, read and embedded up front."""
+    sources: list            # model_input.read_source of each target
+    ref_rows: list           # the rows the targets are matched against
+    embeddings: list         # [their embeddings under the member]
+
+    @property
+    def row_index(self) -> dict:
+        return {r.image_id: i for i, r in enumerate(self.ref_rows)}
+
+
+def read_cue_inputs(rows_all, targets, member) -> CueInputs:
+    """Reads ``targets`` and embeds their references under ``member``: the step that meets
+    an unreadable image."""
     data_cfg = member.embedder.data_cfg
     ref_rows = references.reference_rows(rows_all, targets)
-    row_index = {r.image_id: i for i, r in enumerate(ref_rows)}
     embeddings = [member.embedder.embed_rows(ref_rows)]
-    for s in tqdm([read_source(r, settings_for(data_cfg, r.modality)) for r in targets],
-                  desc="cues", unit="img", disable=not progress):
+    sources = [read_source(r, settings_for(data_cfg, r.modality)) for r in targets]
+    return CueInputs(sources, ref_rows, embeddings)
+
+
+def write_cues(inputs: CueInputs, member, config, out_dir: str, progress: bool = True) -> int:
+    """Gradient and occlusion maps of the targets under ``member``; returns the count."""
+    data_cfg = member.embedder.data_cfg
+    row_index = inputs.row_index
+    for s in tqdm(inputs.sources, desc="cues", unit="img", disable=not progress):
         imap = InputMap(settings_for(data_cfg, s.row.modality), *s.unit.shape[1:3])
         score = objective.make_score_fn([member], imap, config.perturb, 0)
         x = s.unit[None]
         offset = imap.stain_offset(x)
-        refs = references.build_references([s], embeddings, ref_rows, row_index)
+        refs = references.build_references([s], inputs.embeddings, inputs.ref_rows, row_index)
         maps = {"gradient": cues.gradient_maps(score, [member.params], x, offset, refs,
                                                float(config.cues.smooth))[0],
                 "occlusion": cues.occlusion_maps(score, [member.params], x, offset, refs,
@@ -34,4 +59,4 @@ def write_cues(rows_all, targets, member, config, out_dir: str, progress: bool =
         write_atomic(base + ".npz", lambda tmp: np.savez(tmp, slices=s.slices, **maps))
         cues.overlay_png(base + ".png", s.unit, maps,
                          f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})")
-    return len(targets)
+    return len(inputs.sources)
