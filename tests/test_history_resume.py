@@ -10,11 +10,11 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from mami_jax import inference  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
 from mami_jax.runtime.chunk_store import KEY_FILE, ChunkStore, beside  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
+from tests.embedding_chunks import count_chunks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +24,8 @@ def setup(tmp_path_factory):
 
 @pytest.fixture
 def chunks(monkeypatch):
-    """One batch (8 images) per chunk, and a count of the chunks computed; ``stop_at``
-    raises KeyboardInterrupt (Ctrl-C) when that chunk would be computed."""
-    monkeypatch.setattr(inference, "CHUNK_BATCHES", 1)
-    real = inference.embed_rows
-    state = {"computed": 0, "stop_at": None}
-
-    def counted(*args, **kwargs):
-        if state["computed"] == state["stop_at"]:
-            raise KeyboardInterrupt
-        state["computed"] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(inference, "embed_rows", counted)
-    return state
+    """One batch (8 images) per chunk, counted (``embedding_chunks.count_chunks``)."""
+    return count_chunks(monkeypatch)
 
 
 def _index(s, out, model="run"):

@@ -443,17 +443,9 @@ def test_an_interrupted_evaluation_goes_on_where_it_stopped(tiny, monkeypatch, c
     """Ctrl-C in the middle of evaluate's embedding passes: the chunks finished are kept beside
     OUT (one store per pass), the same command computes only the rest, and its results are
     an uninterrupted run's."""
-    from mami_jax import inference
     from mami_jax.runtime.chunk_store import KEPT, beside
-    monkeypatch.setattr(inference, "CHUNK_BATCHES", 1)
-    real, state = inference.embed_rows, {"computed": 0, "stop_at": None}
-
-    def counted(*args, **kwargs):
-        if state["computed"] == state["stop_at"]:
-            raise KeyboardInterrupt
-        state["computed"] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(inference, "embed_rows", counted)
+    from tests.embedding_chunks import count_chunks
+    state = count_chunks(monkeypatch)
     common = tiny["common"][:-2] + ["--probe-model", tiny["workdir"]]   # no history classifier
 
     def results(out):

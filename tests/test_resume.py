@@ -376,22 +376,14 @@ def test_an_interrupted_embed_goes_on_where_it_stopped(run_copy, monkeypatch, ca
     Ctrl-C computes only the rest and writes what an uninterrupted run writes."""
     from types import SimpleNamespace
 
-    from mami_jax import inference
     from mami_jax import main as main_module
     from mami_jax.runtime.chunk_store import KEPT, KEY_FILE, beside
+    from tests.embedding_chunks import count_chunks
     workdir, root, _ = run_copy
     cfg = _cfg(root)
     with cfg.unlocked():
         cfg.eval.batch_size = 8                               # one image per test device
-    monkeypatch.setattr(inference, "CHUNK_BATCHES", 1)       # a chunk per batch
-    real, state = inference.embed_rows, {"computed": 0, "stop_at": None}
-
-    def counted(*args, **kwargs):
-        if state["computed"] == state["stop_at"]:
-            raise KeyboardInterrupt
-        state["computed"] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(inference, "embed_rows", counted)
+    state = count_chunks(monkeypatch)                         # a chunk per batch
     path = os.path.join(workdir, "embeddings", "step_2.npz")
     whole = run("embed", cfg, workdir)
     chunks = state["computed"]
