@@ -19,8 +19,9 @@ on the labels, saved beside them (every slice of a series). Quality: PSNR and SS
 every protected image against its original, on the slices the model reads. Writes
 OUT/privacy_eval.json and OUT/privacy_eval.md after every model (so a long evaluation
 can be read while it runs), prints the tables, and draws them (``evaluation_report``).
-Each finished chunk of every embedding pass is kept beside OUT until the evaluation is
-written (``runtime.chunk_store``): the same command after a stop goes on from there.
+Each finished chunk of the embedding passes of ``--model`` and ``--probe-model`` is kept
+beside OUT until the evaluation is written (``runtime.chunk_store``): the same command after
+a stop goes on from there (the history classifiers' features are computed again).
 """
 
 from __future__ import annotations
