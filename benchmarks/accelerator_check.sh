@@ -17,7 +17,8 @@ set -u
 OUT=${1:-accelerator_check}
 PY=${PYTHON:-python}
 STEPS=${STEPS-"parity mfu speed main input"}
-mkdir -p "$OUT" || { echo "error: cannot make output folder $OUT" >&2; exit 2; }
+mkdir -p "$OUT" 2>/dev/null || { echo "error: cannot make output folder $OUT" >&2; exit 2; }
+OUT=$(cd "$OUT" && pwd)  # the steps run in the repository root
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
