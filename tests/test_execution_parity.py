@@ -22,9 +22,9 @@ def test_paths_are_compared_with_the_reference_and_judged_by_their_tolerance(
     paths = json.loads(out.read_text())["paths"]
     assert paths["reference"]["embedding"] == paths["reference"]["gradient"] == 0.0
     # On a CPU "default" precision is full float32: the separate path is the reference's
-    # program; the fused generators only reorder float32 sums.
+    # program; the fused generators at most reorder float32 sums.
     assert paths["float32"]["embedding"] == 0.0 and paths["float32"]["ok"]
-    assert 0.0 < paths["float32_fused"]["embedding"] < 1e-5 and paths["float32_fused"]["ok"]
+    assert paths["float32_fused"]["embedding"] < 1e-5 and paths["float32_fused"]["ok"]
     for name in ("bfloat16", "bfloat16_fused"):
         assert 1e-4 < paths[name]["embedding"] < 5e-2 and not paths[name]["ok"]
         assert 1e-4 < paths[name]["gradient"] < 5e-2
