@@ -81,13 +81,12 @@ def main(argv):
 
 def _after_interrupt() -> str:
     """What running the stopped command again does: training goes on from its last
-    checkpoint, ``--mode=embed`` from the chunks of the pass it kept."""
-    if _MODE.value == "embed":
+    checkpoint, ``--mode=embed`` and ``--mode=eval`` from the chunks of the pass they kept."""
+    if _MODE.value in ("embed", "eval"):
         from mami_jax.runtime.chunk_store import SUFFIX, what_is_kept
-        return what_is_kept(glob.glob(os.path.join(glob.escape(_WORKDIR.value), "embeddings",
+        folder = "embeddings" if _MODE.value == "embed" else "eval"
+        return what_is_kept(glob.glob(os.path.join(glob.escape(_WORKDIR.value), folder,
                                                    f".*{SUFFIX}")))
-    if _MODE.value != "train":
-        return ""
     from mami_jax.train.checkpointing import latest_step
     try:
         step = latest_step(_WORKDIR.value)

@@ -6,9 +6,9 @@ a converter folder), with the workdir only as the place for the results.
 eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training.
 embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
-the umask's permissions. A large manifest takes hours: each finished chunk of the pass is
-kept beside the output (``runtime.chunk_store``), so the same command after a stop goes
-on from there. NAME is ``step_<N>`` for the workdir's own checkpoint and
+the umask's permissions. A large manifest takes hours: in both modes each finished chunk
+of the embedding pass is kept beside the output (``runtime.chunk_store``), so the same
+command after a stop goes on from there. NAME is ``step_<N>`` for the workdir's own checkpoint and
 ``model_<file or folder name>[_step_<N>]`` for ``--model``. The requested ``config.model``
 must be the saved one (``mami_jax/train/checkpointing.py``); a damaged checkpoint is a
 ``CheckpointError`` naming the step directory and the item.
@@ -27,6 +27,7 @@ from mami_jax.data.loading import load_rows
 from mami_jax.evaluate.evaluator import evaluate
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.runtime.atomic_files import write_atomic
+from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.distributed import maybe_initialize_distributed
 from mami_jax.train import checkpointing, sharding
 
@@ -57,9 +58,17 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
     if mode == "eval":
-        return evaluate(model.embed_batch, rows, config, mesh,
-                        os.path.join(workdir, "eval", name),
-                        title=name if model_name else f"step {model.step}")
+        out = os.path.join(workdir, "eval", name)
+
+        def embed_split(split_rows):
+            store = model.chunk_store(out, rows_signature(split_rows), "embeddings")
+            return embed_in_chunks(model.embed_batch, split_rows, model, store=store, mesh=mesh,
+                                   desc=f"evaluating {config.eval.split}")
+        results = evaluate(model.embed_batch, rows, config, mesh, out,
+                           title=name if model_name else f"step {model.step}",
+                           embed_split=embed_split)
+        discard_beside(out)
+        return results
     path = os.path.join(workdir, "embeddings", f"{name}.npz")
     store = model.chunk_store(path, rows_signature(rows), "embeddings")
     emb = embed_in_chunks(model.embed_batch, rows, model, store=store, mesh=mesh)

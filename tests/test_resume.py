@@ -8,6 +8,7 @@ its own copy of that workdir.
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -371,9 +372,22 @@ def test_main_refuses_an_invalid_model_config_in_one_line_before_any_data(tmp_pa
     assert not (workdir / "phantoms").exists()
 
 
-def test_an_interrupted_embed_goes_on_where_it_stopped(run_copy, monkeypatch, capsys):
-    """``--mode=embed`` keeps each finished chunk beside its output; the same command after
-    Ctrl-C computes only the rest and writes what an uninterrupted run writes."""
+def _stored(mode, workdir):
+    """What ``run(mode)`` wrote: the embeddings, or the metrics of the evaluation."""
+    if mode == "embed":
+        with np.load(os.path.join(workdir, "embeddings", "step_2.npz")) as data:
+            return data["embedding"]
+    with open(os.path.join(workdir, "eval", "step_2", "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("mode,output", [("embed", "embeddings/step_2.npz"),
+                                         ("eval", "eval/step_2")])
+def test_an_interrupted_embed_or_eval_goes_on_where_it_stopped(run_copy, monkeypatch, capsys,
+                                                               mode, output):
+    """``--mode=embed`` and ``--mode=eval`` keep each finished chunk beside their output; the
+    same command after Ctrl-C computes only the rest and writes what an uninterrupted run
+    writes."""
     from types import SimpleNamespace
 
     from mami_jax import main as main_module
@@ -383,28 +397,30 @@ def test_an_interrupted_embed_goes_on_where_it_stopped(run_copy, monkeypatch, ca
     cfg = _cfg(root)
     with cfg.unlocked():
         cfg.eval.batch_size = 8                               # one image per test device
+        cfg.eval.split = "train"                              # the most images
     state = count_chunks(monkeypatch)                         # a chunk per batch
-    path = os.path.join(workdir, "embeddings", "step_2.npz")
-    whole = run("embed", cfg, workdir)
-    chunks = state["computed"]
-    assert chunks == -(-len(whole) // 8) >= 3 and not os.path.exists(beside(path))
-    os.remove(path)
+    path = os.path.join(workdir, output)
+    run(mode, cfg, workdir)
+    whole, chunks = _stored(mode, workdir), state["computed"]
+    assert chunks >= 3 and not os.path.exists(beside(path))
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
-    monkeypatch.setattr(main_module, "_MODE", SimpleNamespace(value="embed"))
+    monkeypatch.setattr(main_module, "_MODE", SimpleNamespace(value=mode))
     monkeypatch.setattr(main_module, "_WORKDIR", SimpleNamespace(value=workdir))
     state.update(computed=0, stop_at=2)
     with pytest.raises(KeyboardInterrupt):
-        run("embed", cfg, workdir)
+        run(mode, cfg, workdir)
     assert not os.path.exists(path)
     assert sorted(os.listdir(beside(path))) == ["chunk_000000.npy", "chunk_000001.npy", KEY_FILE]
     assert main_module._after_interrupt() == KEPT
 
     state.update(computed=0, stop_at=None)
     capsys.readouterr()
-    again = run("embed", cfg, workdir)
+    run(mode, cfg, workdir)
     assert state["computed"] == chunks - 2
-    assert f"16 of {len(whole)} images' results read back" in capsys.readouterr().out
-    np.testing.assert_array_equal(again, whole)
-    with np.load(path) as data:
-        np.testing.assert_array_equal(data["embedding"], whole)
+    assert "16 of " in capsys.readouterr().out                # images' results read back
+    if mode == "embed":
+        np.testing.assert_array_equal(_stored(mode, workdir), whole)
+    else:
+        assert _stored(mode, workdir) == whole
     assert not os.path.exists(beside(path)) and main_module._after_interrupt() == ""

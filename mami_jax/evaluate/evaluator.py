@@ -131,14 +131,19 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
 
 
 def evaluate(embed_fn: EmbedFn, rows: Sequence[ManifestRow], config, mesh, out_dir: str,
-             title: str | None = None) -> dict[str, dict]:
-    """Embeds ``config.eval.split`` and writes the report; returns metrics per group."""
+             title: str | None = None, embed_split=None) -> dict[str, dict]:
+    """Embeds ``config.eval.split`` and writes the report; returns metrics per group.
+    ``embed_split`` (rows -> their embeddings, e.g. a pass that keeps its chunks) replaces
+    ``embed_rows`` over ``embed_fn`` where the caller embeds the split its own way."""
     groups = group_indices(rows, config.eval.split)
     if not groups:
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
     indices = [i for members in groups.values() for i in members]
-    emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size,
-                     progress=f"evaluating {config.eval.split}")
+    if embed_split is not None:
+        emb = embed_split([rows[i] for i in indices])
+    else:
+        emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size,
+                         progress=f"evaluating {config.eval.split}")
     by_row = dict(zip(indices, emb))
     results = score_groups(by_row, rows, groups, config.eval)
     if jax.process_index() == 0:
