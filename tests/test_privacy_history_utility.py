@@ -441,31 +441,35 @@ def test_privacy_eval_reads_a_run_with_its_own_config(tiny):
 
 def test_an_interrupted_evaluation_goes_on_where_it_stopped(tiny, monkeypatch, capsys):
     """Ctrl-C in the middle of evaluate's embedding passes: the chunks finished are kept beside
-    OUT (one store per pass), the same command computes only the rest, and its results are
-    an uninterrupted run's."""
+    OUT (one store per pass: --model, --probe-model, --history-model), the same command
+    computes only the rest, and its results are an uninterrupted run's."""
     from mami_jax.runtime.chunk_store import KEPT, beside
     from tests.embedding_chunks import count_chunks
     state = count_chunks(monkeypatch)
-    common = tiny["common"][:-2] + ["--probe-model", tiny["workdir"]]   # no history classifier
+    common = tiny["common"] + ["--probe-model", tiny["workdir"],
+                               "--history-model", tiny["workdir"]]
 
     def results(out):
         with open(os.path.join(out, "privacy_eval.json")) as f:
             saved = json.load(f)
-        return {k: saved[k] for k in ("attack", "patients", "utility", "quality")}
+        return {k: saved[k] for k in ("attack", "patients", "utility", "history_utility",
+                                      "quality")}
 
     straight = str(tiny["base"] / "eval_straight")
     assert evaluate(common + ["--out", straight]) == 0
     passes = state["computed"]
-    assert passes >= 5 and not os.path.exists(beside(straight))   # the probe's training images too
+    # two chunks each of the test split's originals and copies under the model and the
+    # history model, and the probe's training images
+    assert passes >= 9 and not os.path.exists(beside(straight))
     out = str(tiny["base"] / "eval_stopped")
-    state.update(computed=0, stop_at=3)            # in the second pass (protected images)
+    state.update(computed=0, stop_at=passes - 1)   # in the history model's last pass
     capsys.readouterr()
     assert evaluate(common + ["--out", out]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"interrupted; {KEPT}"
-    assert len(os.listdir(beside(out))) == 2       # the first pass's store and the second's
+    assert len(os.listdir(beside(out))) == 5       # a store per pass
     state.update(computed=0, stop_at=None)
     assert evaluate(common + ["--out", out]) == 0
-    assert state["computed"] == passes - 3
+    assert state["computed"] == 1
     assert "results read back from an earlier, stopped run" in capsys.readouterr().out
     assert results(out) == results(straight)
     assert not os.path.exists(beside(out))

@@ -19,9 +19,9 @@ on the labels, saved beside them (every slice of a series). Quality: PSNR and SS
 every protected image against its original, on the slices the model reads. Writes
 OUT/privacy_eval.json and OUT/privacy_eval.md after every model (so a long evaluation
 can be read while it runs), prints the tables, and draws them (``evaluation_report``).
-Each finished chunk of the embedding passes of ``--model`` and ``--probe-model`` is kept
-beside OUT until the evaluation is written (``runtime.chunk_store``): the same command after
-a stop goes on from there (the history classifiers' features are computed again).
+Each finished chunk of the embedding passes of ``--model``, ``--probe-model`` and
+``--history-model`` is kept beside OUT until the evaluation is written
+(``runtime.chunk_store``): the same command after a stop goes on from there.
 """
 
 from __future__ import annotations
@@ -172,8 +172,10 @@ def history_classifiers(args, app_cfg):
     return classifiers, model
 
 
-def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> dict:
-    """{classifier folder: its per-modality AUCs}; the features are computed once."""
+def history_report(classifiers, source, rows, prot_rows, labels_path: str,
+                   keep_beside: str | None = None) -> dict:
+    """{classifier folder: its per-modality AUCs}; the features are computed once, a re-ID
+    model's passes keeping their chunks beside the output ``keep_beside`` when given."""
     y = read_row_labels(rows, labels_path, classifiers[0].cfg)
     if source is None:                 # features=reader: each classifier's own readers
         inputs = [(c.checked(c.reader.features(rows)), c.checked(c.reader.features(prot_rows)))
@@ -181,7 +183,7 @@ def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> di
         abouts = [{"model": f"reader:{c.reader.path}", "step": None,
                    "fingerprint": c.reader.fingerprint} for c in classifiers]
     else:
-        orig, prot = source.features(rows), source.features(prot_rows)
+        orig, prot = (source_features(source, images, keep_beside) for images in (rows, prot_rows))
         if isinstance(source, DiagnosisBackbone):
             inputs = [(c.checked(orig), c.checked(prot)) for c in classifiers]
             about = {"model": f"teacher:{source.name}", "step": None,
@@ -195,6 +197,15 @@ def history_report(classifiers, source, rows, prot_rows, labels_path: str) -> di
                         "auc": history_utility.diagnosis_report(c, a, b, y,
                                                                 [r.modality for r in rows])}
             for c, (a, b), about in zip(classifiers, inputs, abouts)}
+
+
+def source_features(source, rows, keep_beside: str | None):
+    """``source.features(rows)``; a re-ID model's pass keeps its chunks beside ``keep_beside``
+    (a diagnosis model caches its features itself)."""
+    if keep_beside is None or not isinstance(source, TrainedModel):
+        return source.features(rows)
+    return source.features(rows, store=source.embedder.chunk_store(
+        keep_beside, rows_signature(rows), "embedding and backbone", shared=True))
 
 
 def model_experiment(model: str, args):
@@ -257,7 +268,8 @@ def run(args, app_cfg=None) -> dict:
                 np.asarray([labels[r.image_id] for r in rows]), [r.modality for r in rows])
             evaluation_report.save(result, args.out)
     if history:
-        result["history_utility"] = history_report(*history, rows, prot_rows, args.labels)
+        result["history_utility"] = history_report(*history, rows, prot_rows, args.labels,
+                                                   keep_beside=args.out)
     result["complete"] = True
     print(evaluation_report.save(result, args.out))
     discard_beside(args.out)
