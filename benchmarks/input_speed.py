@@ -111,6 +111,12 @@ def main():
     ap.add_argument("--model_batch", type=int, default=0,
                     help="if > 0, also time forward+backward of the default model on this many images")
     args = ap.parse_args()
+    per_batch = default_data_config().patients_per_batch
+    if args.patients < per_batch:
+        # The sampler then draws patients with replacement: a batch repeats images, and
+        # the rate counts images that were read once as several (it came out 2 million/s).
+        ap.error(f"--patients {args.patients}: at least the {per_batch} patients of a batch "
+                 f"(fewer are repeated within it, and the rate counts the repeats)")
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
