@@ -372,7 +372,9 @@ def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsy
                 "--set", "batch_size=2", "--set", "read_chunk=4", "--set", "perturb.views=2",
                 "--set", "perturb.noise=0.01"]
 
+    from mami_jax.runtime.chunk_store import beside
     assert main(args("straight")) == 0
+    assert not os.path.exists(beside(str(run["base"] / "straight")))
     real, written = protect_lib.write_within_budget, []
 
     def write(*a, **k):
@@ -388,13 +390,17 @@ def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsy
     log = run["base"] / "resumed" / "protect_log.jsonl"
     assert capsys.readouterr().err.strip().endswith(f"run the same command again to go on ({log})")
     assert len(log.read_text().splitlines()) == 1 + 2          # settings, two images
+    assert len(os.listdir(beside(str(log.parent)))) == 1       # the references' embeddings
     with open(log, "a") as f:
         f.write('{"image_id": "P00')                           # the crash came mid-line
     stop, first = False, list(written)
     written.clear()
     capsys.readouterr()
     assert main(args("resumed")) == 0
-    assert "resuming: 2 of 6 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming: 2 of 6 images" in out
+    assert "results read back from an earlier, stopped run" in out   # references not embedded again
+    assert not os.path.exists(beside(str(log.parent)))
     assert len(written) == 4 and not set(written) & set(first)   # the rest, once each
     straight, resumed = run["base"] / "straight", run["base"] / "resumed"
     assert tree_digest(str(resumed / "images")) == tree_digest(str(straight / "images"))

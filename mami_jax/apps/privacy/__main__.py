@@ -312,9 +312,9 @@ def main(argv=None) -> int:
 
 
 def _what_is_kept(args) -> str:
-    """What an interrupted command leaves, for its one line: protect goes on from its log,
-    evaluate from the chunks of its embedding passes; cues leaves the maps it finished (a
-    run again writes every map)."""
+    """What an interrupted command leaves, for its one line: protect goes on from its log
+    (and the references' embeddings), evaluate from the chunks of its embedding passes;
+    cues leaves the maps it finished (a run again writes every map)."""
     from mami_jax.apps.privacy.protect_log import LOG_NAME
     from mami_jax.runtime.chunk_store import beside, what_is_kept
     if args.command == "evaluate":
@@ -323,7 +323,7 @@ def _what_is_kept(args) -> str:
         log = os.path.join(args.out, LOG_NAME)
         if os.path.isfile(log):
             return f"what is finished is kept: run the same command again to go on ({log})"
-        return "no image was finished yet"
+        return what_is_kept([beside(args.out)]) or "no image was finished yet"
     if args.command == "cues" and os.path.isfile(os.path.join(args.out, CUES_RECORD)):
         if any(name.endswith(".npz") for name in os.listdir(args.out)):
             return f"the maps finished so far are in {args.out}"

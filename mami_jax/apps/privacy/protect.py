@@ -35,9 +35,11 @@ from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
+from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.transforms import slice_indices
 from mami_jax.inference import embed_in_chunks
+from mami_jax.runtime.chunk_store import discard_beside
 
 SUFFIX = "_protected"
 METHODS = ("perturb", "inpaint", "both", "noise", "deform")
@@ -51,12 +53,17 @@ def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> 
     return chosen
 
 
-def reference_embeddings(members, rows: Sequence[ManifestRow],
-                         progress: bool = True) -> list[np.ndarray]:
+def reference_embeddings(members, rows: Sequence[ManifestRow], progress: bool = True,
+                         keep_beside: str | None = None) -> list[np.ndarray]:
     """Every member's evaluation embeddings of ``rows`` (batched as ``Embedder.embed_rows``
-    batches them), with a progress bar per member."""
+    batches them), with a progress bar per member; with ``keep_beside`` (an output folder)
+    each pass keeps its finished chunks beside it (``Embedder.chunk_store``), so a stopped
+    run of many members does not embed the references again."""
+    signature = rows_signature(rows) if keep_beside else ""
     return [embed_in_chunks(m.embedder.embed_batch, rows, m.embedder, progress,
-                            desc=f"references, model {i + 1}/{len(members)}")
+                            desc=f"references, model {i + 1}/{len(members)}",
+                            store=m.embedder.chunk_store(keep_beside, signature, "references",
+                                                         shared=True) if keep_beside else None)
             for i, m in enumerate(members)]
 
 
@@ -267,8 +274,9 @@ class ProtectionInputs:
 
     @classmethod
     def of(cls, rows_all, targets, members, config, progress: bool = True,
-           read: bool = True) -> "ProtectionInputs":
-        """The references of ``targets``' patients; their views too unless ``read`` is
+           read: bool = True, keep_beside: str | None = None) -> "ProtectionInputs":
+        """The references of ``targets``' patients (their embeddings' chunks kept beside
+        ``keep_beside``: ``reference_embeddings``); their views too unless ``read`` is
         False (``protect_rows`` reads them a chunk at a time: ``with_views``)."""
         # per modality, checked before any image is read: its objective's impostor count
         impostors = {m: objective.impostors_needed(config.perturb, m) for m in
@@ -276,7 +284,7 @@ class ProtectionInputs:
         data_cfg = members[0].embedder.data_cfg
         ref_rows = references.reference_rows(rows_all, targets)
         inputs = cls([], data_cfg, ref_rows, {r.image_id: i for i, r in enumerate(ref_rows)},
-                     reference_embeddings(members, ref_rows, progress), impostors,
+                     reference_embeddings(members, ref_rows, progress, keep_beside), impostors,
                      bool(config.get("every_slice", True)))
         return inputs.with_views(targets, progress) if read else inputs
 
@@ -358,15 +366,19 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
 
     ``log`` (``protect_log``): every finished image is added to it, and a batch whose
     images it already holds (their files still there) is not protected again, a chunk of
-    finished rows not even read: a resumed run writes what an uninterrupted one would."""
+    finished rows not even read: a resumed run writes what an uninterrupted one would. With
+    a log, the references' embeddings are kept beside ``out_dir`` until the run ends, so a
+    resumed run does not embed them again under every member."""
     check_settings(config, targets)
     if modality_members and str(config.perturb.get("keep_diagnosis", "")):
         raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
                          "it cannot be combined with perturb.modality_ensemble")
     # every set's inputs and keepers first: their checks (a modality's objective, a
     # classifier of another model) end the run before the progress bar starts
+    keep_beside = out_dir if log is not None else None
     runs = [(chosen_members, chosen, ProtectionInputs.of(rows_all, chosen, chosen_members,
-                                                         config, progress, read=False),
+                                                         config, progress, read=False,
+                                                         keep_beside=keep_beside),
              keepers_of(config.perturb, chosen_members))
             for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
     new_rows, records = {}, {}
@@ -383,6 +395,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
         if row.image_id not in new_rows:        # finished before, in a skipped batch
             new_rows[row.image_id] = protected_row(row, manifest_dir, out_dir)
             records[row.image_id] = log.records[row.image_id]
+    if keep_beside is not None:
+        discard_beside(out_dir)
     return ([new_rows[r.image_id] for r in targets], [records[r.image_id] for r in targets])
 
 
