@@ -10,7 +10,8 @@ leaves finished chunks only; a chunk that cannot be read is computed again. The 
 removes the folder once its own output is published (``discard``).
 
 The folder lies beside the output (``beside``), hidden, not inside it: an output folder
-holds only what the command publishes.
+holds only what the command publishes. An output made of several passes (models, image
+sets) keeps one store per pass in subfolders of it, removed together (``discard_beside``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def beside(out: str) -> str:
 
 def discard_beside(out: str) -> None:
     """Remove every chunk kept for the output ``out`` (its passes' stores too)."""
+    _remove(beside(out))
+
+
+def _remove(folder: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(beside(out))
+        shutil.rmtree(folder)
 
 
 def what_is_kept(folders) -> str:
@@ -110,5 +115,4 @@ class ChunkStore:
     def discard(self) -> None:
         """Remove the folder (the output it served is published, or the key changed)."""
         if self.folder is not None:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(self.folder)
+            _remove(self.folder)
