@@ -184,10 +184,8 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        finished = os.path.isdir(args.out) and any(
-            n.startswith("features-") and n.endswith(".json") for n in os.listdir(args.out))
         return say_interrupted("the finished shards are kept: run the same command again to "
-                               "go on" if finished else "")
+                               "go on" if writer.any_shard_done(args.out) else "")
     if index is None:
         print(f"shard {args.shard} of {args.num_shards} done in {args.out}; index.json is "
               "written when every shard is")

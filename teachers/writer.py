@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import struct
@@ -44,13 +45,18 @@ def ensure_run(out_dir: str, run: dict) -> None:
     path = os.path.join(out_dir, tf_files.RUN_FILE)
     if os.path.isfile(path):
         existing = tf_files.read_json(path)
-        if existing != json.loads(_dump(run)) and os.listdir(out_dir) != [tf_files.RUN_FILE]:
+        if existing == json.loads(_dump(run)):
+            return
+        if os.listdir(out_dir) != [tf_files.RUN_FILE]:
             diff = sorted(k for k in set(existing) | set(run) if existing.get(k) != run.get(k))
             raise RunMismatchError(f"{path} describes another extraction (differs in {diff}: "
                                    "teachers, weights, manifest or shard size); use a new --out")
-        if existing == json.loads(_dump(run)):
-            return
     atomic_files.write_text_atomic(path, _dump(run))
+
+
+def any_shard_done(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds a finished shard (its sidecar, written last)."""
+    return bool(glob.glob(os.path.join(glob.escape(out_dir), tf_files.SIDECAR_PATTERN)))
 
 
 def shard_done(out_dir: str, shard: int, num_shards: int) -> dict | None:

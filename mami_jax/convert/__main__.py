@@ -119,7 +119,7 @@ def _group(keys):
 
 
 def cmd_import_clip(args) -> None:
-    from mami_jax.convert.clip import load_clip_visual, merge_backbone
+    from mami_jax.convert.clip import load_clip_visual, merge_clip
 
     _refuse_out_over_inputs(args.out, [("--source", args.source),
                                        ("--init-from", args.init_from),
@@ -135,8 +135,7 @@ def cmd_import_clip(args) -> None:
         cfg, params = _config(args), None
         origin = f"seed {args.seed}, init={cfg.init!r}"
     # the source is read and checked before the model's initialisation (a minute on a CPU)
-    visual, ignored, fmt = load_clip_visual(args.source, cfg,
-                                            allow_torchscript=args.allow_torchscript)
+    loaded = load_clip_visual(args.source, cfg, allow_torchscript=args.allow_torchscript)
     if params is None:
         import jax
         import jax.numpy as jnp
@@ -145,8 +144,7 @@ def cmd_import_clip(args) -> None:
         size = cfg.image_size
         params = jax.jit(MaMI(cfg).init)(jax.random.key(args.seed),
                                          jnp.zeros((1, 1, size, size, 3)))["params"]
-    result = merge_backbone(params, visual, cfg, source=args.source, ignored=ignored)
-    result.source_format = fmt
+    result = merge_clip(params, loaded, cfg, args.source)
     out = save_params(args.out, result.params, cfg, overwrite=args.overwrite)
     loaded_values = sum(v.size for k, v in flatten_params(result.params).items()
                         if k in set(result.loaded))

@@ -241,7 +241,15 @@ def merge_backbone(params: Mapping, visual: Mapping[str, Any], cfg, *, source: s
 def import_clip(source: str, cfg, params: Mapping, *, allow_torchscript: bool = False
                 ) -> ClipImport:
     """CLIP weights from ``source`` (file or HF directory) into a copy of ``params``."""
-    visual, ignored, fmt = load_clip_visual(source, cfg, allow_torchscript=allow_torchscript)
+    return merge_clip(params, load_clip_visual(source, cfg, allow_torchscript=allow_torchscript),
+                      cfg, source)
+
+
+def merge_clip(params: Mapping, loaded: tuple, cfg, source: str) -> ClipImport:
+    """``load_clip_visual``'s ``loaded`` (visual weights, ignored keys, format) of ``source``
+    into a copy of ``params``: apart, so a caller can check the source before it makes the
+    parameters."""
+    visual, ignored, fmt = loaded
     result = merge_backbone(params, visual, cfg, source=source, ignored=ignored)
     result.source_format = fmt
     return result

@@ -53,6 +53,10 @@ def sidecar_name(shard: int, num_shards: int) -> str:
     return shard_name(shard, num_shards)[: -len(".tfrecord")] + ".json"
 
 
+#: A glob matching every ``sidecar_name``.
+SIDECAR_PATTERN = "features-*-of-*.json"
+
+
 def masked_crc(data: bytes) -> bytes:
     """TFRecord's masked CRC-32C of ``data``, 4 little-endian bytes (the tfrecord writer's)."""
     from tfrecord.writer import TFRecordWriter

@@ -204,8 +204,14 @@ def source_features(source, rows, keep_beside: str | None):
     (a diagnosis model caches its features itself)."""
     if keep_beside is None or not isinstance(source, TrainedModel):
         return source.features(rows)
-    return source.features(rows, store=source.embedder.chunk_store(
-        keep_beside, rows_signature(rows), "embedding and backbone", shared=True))
+    return source.features(rows, store=kept_pass(source.embedder, rows, keep_beside,
+                                                 "embedding and backbone"))
+
+
+def kept_pass(embedder, rows, out: str, what: str):
+    """The chunk store of one of evaluate's embedding passes (``what`` of ``rows`` under
+    ``embedder``), beside ``out`` with the others."""
+    return embedder.chunk_store(out, rows_signature(rows), what, shared=True)
 
 
 def model_experiment(model: str, args):
@@ -238,8 +244,8 @@ def run(args, app_cfg=None) -> dict:
 
     def features(emb, images, desc):
         """utility.features, its chunks kept beside OUT until the evaluation is written."""
-        return utility.features(emb, images, desc, store=emb.chunk_store(
-            args.out, rows_signature(images), "embedding and pooled", shared=True))
+        return utility.features(emb, images, desc, store=kept_pass(emb, images, args.out,
+                                                                   "embedding and pooled"))
 
     for name, model in models:
         spec, model_cfg = experiments[model]
