@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
 
 MODALITIES = ("xray", "ct", "fundus", "mri", "pathology")
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(plan)}] {arm} seed {seed}: finished earlier", flush=True)
         results[arm][seed] = read_metrics(final)
         summary = summarise(results)
-        write_text_atomic(os.path.join(out, "ablation.json"), json.dumps(
+        write_text_atomic(os.path.join(out, "ablation.json"), strict_json.dumps(
             {"steps": args.steps, "align_weight": args.align_weight, "runs": {a: {str(s): r for s, r in v.items()}
                                            for a, v in results.items()},
              "summary": summary, "verdict": verdict(summary)}, indent=1))

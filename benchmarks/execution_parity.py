@@ -23,7 +23,6 @@ with that reason. A path fails when its error exceeds its dtype's tolerance
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -38,6 +37,7 @@ if REPO not in sys.path:  # run as a script from a checkout
 from benchmarks.model_speed import random_params  # noqa: E402
 from benchmarks.speed_vs_torch import TINY  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 #: name -> (dtype, attention, compa_impl, matmul precision). The first is the reference.
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     report = run(args)
     print_report(report)
     if args.json:
-        write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
+        write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
     failed = [n for n, r in report["paths"].items() if r.get("ok") is False]
     if failed:
         print(f"error: {', '.join(failed)} differ from the reference beyond tolerance",

@@ -27,7 +27,6 @@ writes ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -40,6 +39,7 @@ if REPO not in sys.path:
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.evaluate.metrics import verification_metrics  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
                  f"{r['earlier_label_auc']:.3f}"]
         cells += [f"{r[f'{n}{s}']:.3f}" for n in names for s in ("_auc", "_plus_earlier_label_auc")]
         print(" | ".join(cells))
-    write_text_atomic(args.out, json.dumps({"manifest": os.path.abspath(args.manifest),
+    write_text_atomic(args.out, strict_json.dumps({"manifest": os.path.abspath(args.manifest),
                                             "column": args.column, "per_modality": result},
                                            indent=1) + "\n")
     print(f"wrote {args.out}")

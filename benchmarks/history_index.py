@@ -36,7 +36,6 @@ Prints a table, writes the JSON and a PNG of recall against latency.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax.apps.history.archive import KINDS, make_index  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
 
 DATA = ("random", "clustered")
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
         results["data"][data] = measure_data(data, args, settings, sweeps)
     results["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(table(results))
-    write_text_atomic(args.out, json.dumps(results, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(args.out, strict_json.dumps(results, indent=1, sort_keys=True) + "\n")
     png = args.png or os.path.splitext(args.out)[0] + ".png"
     picture(results, png)
     print(f"wrote {args.out} and {png}")

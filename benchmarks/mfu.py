@@ -31,7 +31,6 @@ Prints a table and writes ``--json`` (default mfu.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -47,6 +46,7 @@ if REPO not in sys.path:
 
 from benchmarks.speed_vs_torch import TINY, trainer_step  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 #: Dense peak TFLOP/s per device (vendor data sheets, without sparsity), by a substring
@@ -203,7 +203,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print_report(result)
-    write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    write_text_atomic(args.json, strict_json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
     return result
 

@@ -39,7 +39,6 @@ scalar of the embedding (forward + backward, no optimiser).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -57,6 +56,7 @@ if REPO not in sys.path:  # run as a script from a checkout
 
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.models.config import COMPA_IMPLS  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 #: Variant name -> what it changes in the model config; the rest is MaMI with
@@ -213,7 +213,7 @@ def main(argv=None):
     if args.json:
         settings = dict(vars(args), device=jax.devices()[0].device_kind, jax=jax.__version__,
                         cpus=os.cpu_count(), load_average=load)
-        write_text_atomic(args.json, json.dumps({"settings": settings, "results": results},
+        write_text_atomic(args.json, strict_json.dumps({"settings": settings, "results": results},
                                                 indent=2) + "\n")
     return results
 

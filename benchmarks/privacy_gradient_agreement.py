@@ -46,6 +46,7 @@ from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 
 
@@ -209,7 +210,7 @@ def run(args, p, members, held_out, sweeps) -> int:
                                 for name, sweep in sweeps.items()}
     make_dirs(args.out)
     write_text_atomic(os.path.join(args.out, "gradient_agreement.json"),
-                      json.dumps(result, indent=1))
+                      strict_json.dumps(result, indent=1))
     write_text_atomic(os.path.join(args.out, "gradient_agreement.md"), markdown(result))
     figure(result, os.path.join(args.out, "gradient_agreement.png"),
            f"{args.split} {args.modality or 'all'}: {result['views']} views")

@@ -24,7 +24,6 @@ one size is given; per model, with chance). Bad input ends with one ``error: ...
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -41,6 +40,7 @@ from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 
 
@@ -197,7 +197,7 @@ def run(args, p, sizes, variants) -> int:
             print(variant, n, {k: round(v["mean"]["rank1_after"], 3) for k, v in attack.items()},
                   flush=True)
             write_text_atomic(os.path.join(args.out, "privacy_transfer.json"),
-                              json.dumps(result, indent=1))
+                              strict_json.dumps(result, indent=1))
             write_text_atomic(os.path.join(args.out, "privacy_transfer.md"), markdown(result))
     figure(result, os.path.join(args.out, "privacy_transfer.png"))
     print(markdown(result))

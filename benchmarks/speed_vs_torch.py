@@ -37,7 +37,6 @@ Writes ``--json`` (default speed_vs_torch.json) with every figure and the settin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -54,6 +53,7 @@ if REPO not in sys.path:
 
 from benchmarks import model_speed  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 PARTS = ("inference", "train", "compa")
@@ -450,7 +450,7 @@ def main(argv=None) -> dict:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         settings["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-        write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
+        write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
     print_report(report)
     print(f"wrote {args.json}")
     return report

@@ -51,6 +51,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks import speed_vs_torch  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 PHASES = ("forward", "backward", "update")
@@ -367,7 +368,7 @@ def main(argv=None) -> dict:
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                 "command": " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])}
     report = to_json(profile(args), settings, args.top)
-    write_text_atomic(args.json, json.dumps(report, indent=1) + "\n")
+    write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
     draw(report, args.png)
     print_report(report, args.top)
     print(f"wrote {args.json} and {args.png}")

@@ -18,6 +18,7 @@ from mami_jax.data.transforms import slice_indices
 from tests.file_trees import tree_digest
 from tests.history_workdir import make_workdir, run_config_of_modalities
 from tests.privacy_tiny import tiny_xray_phantoms
+from tests.strict_json_reader import strict_loads
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,7 @@ def test_protect_draws_an_image_beside_its_protected_copy(run):
 
 
 def test_the_report_names_the_model_and_its_step(run):
-    with open(run["base"] / "out" / "protect_report.json") as f:
-        report = json.load(f)
+    report = strict_loads((run["base"] / "out" / "protect_report.json").read_text())
     assert report["workdir"] == run["workdir"]
     assert (report["model"], report["step"]) == (f"{run['workdir']} (step 1)", 1)
 

@@ -23,6 +23,7 @@ from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests.history_workdir import make_workdir, write_config, write_xray_archive  # noqa: E402
+from tests.strict_json_reader import strict_loads  # noqa: E402
 
 def evaluate(args):
     return privacy_main(["evaluate"] + args)
@@ -164,9 +165,12 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
     second = tiny["clf_dir"] + "2"                 # another classifier seed, same model
     assert evaluate(tiny["common"] + ["--history-classifier", second, "--history-model",
                                                tiny["workdir"], "--out", out]) == 0
-    with open(os.path.join(out, "privacy_eval.json")) as f:
-        result = json.load(f)
+    result = strict_loads(open(os.path.join(out, "privacy_eval.json")).read())
     assert result["complete"] is True
+    # Every copy is its original: PSNR is infinite, which the file holds as null.
+    assert result["quality"]["xray"]["psnr_db"] is None
+    test = [r for r in read_manifest(tiny["common"][1]) if r.split == "test"]
+    assert result["quality"]["xray"]["unchanged"] == len(test) == 12
     hist = result["history_utility"]
     assert sorted(hist) == [tiny["clf_dir"], second]
     # The copies are the originals: every patient is matched as often after as before, and

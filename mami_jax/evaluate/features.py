@@ -17,7 +17,6 @@ applies to some rows but has no feature for others is an error naming them.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Sequence
@@ -25,6 +24,7 @@ from typing import Sequence
 
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     table, data = summary(results)
     write_text_atomic(os.path.join(args.out, "zero_shot.md"), table)
     write_text_atomic(os.path.join(args.out, "zero_shot.json"),
-                      json.dumps(data, indent=1, sort_keys=True) + "\n")
+                      strict_json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"\nzero-shot re-ID ({SUMMARY_PROTOCOL}, split {config.eval.split}): Rank-1 / mAP\n"
           + table)
     return 0

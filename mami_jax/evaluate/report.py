@@ -11,14 +11,14 @@ run would read, and the report is as readable as any file the user creates.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Mapping
 
 import numpy as np
 
-from mami_jax.runtime.atomic_files import write_atomic
+from mami_jax.runtime import strict_json
+from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 __all__ = ["TABLE_COLUMNS", "format_table", "write_eval_report"]
 
@@ -36,26 +36,6 @@ TABLE_COLUMNS = (
 
 METRICS_FILE = "metrics.json"
 CMC_FILE = "cmc.png"
-
-
-def _jsonable(value, where: str):
-    """Plain JSON types; NaN and infinities become null (JSON has no NaN)."""
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v, where) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, where) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}/{k}") for k, v in value.items()}
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"{where}: cannot write a {type(value).__name__} to metrics.json")
 
 
 def _check_groups(metrics_by_group) -> None:
@@ -140,14 +120,9 @@ def write_eval_report(metrics_by_group: Mapping[str, Mapping], out_dir: str,
     """
     _check_groups(metrics_by_group)
     os.makedirs(out_dir, exist_ok=True)
-    payload = {group: _jsonable(dict(values), group) for group, values in metrics_by_group.items()}
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-
-    write_atomic(os.path.join(out_dir, METRICS_FILE), write_json)
+    text = strict_json.dumps({group: dict(values) for group, values in metrics_by_group.items()},
+                             where=METRICS_FILE, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(os.path.join(out_dir, METRICS_FILE), text)
     _plot_cmc(metrics_by_group, os.path.join(out_dir, CMC_FILE), title)
     table = format_table(metrics_by_group)
     if print_table:

@@ -32,7 +32,6 @@ written as soon as they are computed: they are keyed by what they were computed 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import Callable
 
@@ -53,6 +52,7 @@ from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import labels_for, read_labels
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import (fix_tree_modes, staging_dir, write_atomic,
                                            write_text_atomic)
 
@@ -328,13 +328,13 @@ class Experiment:
         text = scoring.table(groups)
         writers = {}
         if payload is not None:
-            info = json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n"
+            info = strict_json.dumps(self.classifiers_info(), indent=1, sort_keys=True) + "\n"
             writers[CLASSIFIERS] = lambda path: training.save_classifiers(path, payload)
             writers[CLASSIFIERS_INFO] = lambda path: write_text_atomic(path, info)
         writers.update({
             "metrics.md": lambda path: write_text_atomic(path, text),
             "auc.png": lambda path: auc_bars(groups, path, metrics["split"]),
             METRICS: lambda path: write_text_atomic(
-                path, json.dumps(metrics, indent=1, sort_keys=True) + "\n")})
+                path, strict_json.dumps(metrics, indent=1, sort_keys=True) + "\n")})
         publish(self.out_dir, writers)
         print(text, end="")

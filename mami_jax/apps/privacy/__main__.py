@@ -36,7 +36,6 @@ or the command's own earlier output (links resolved), and nothing written replac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -44,6 +43,7 @@ from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
@@ -246,7 +246,7 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> Non
               "mean_score_before": float(before), "mean_score_after": float(after),
               "records": records}
     write_text_atomic(os.path.join(args.out, "protect_report.json"),
-                      json.dumps(report, indent=1, default=str))
+                      strict_json.dumps(report, where="protect_report", other=str, indent=1))
     print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "
           f"mean match score {before:.3f} -> {after:.3f}")
 
@@ -257,7 +257,7 @@ def _cues(args, pcfg, rows, targets, member) -> None:
     from mami_jax.apps.privacy.cue_run import read_cue_inputs, write_cues
     from mami_jax.runtime.atomic_files import write_text_atomic
     inputs = read_cue_inputs(rows, targets, member)
-    write_text_atomic(os.path.join(args.out, CUES_RECORD), json.dumps(
+    write_text_atomic(os.path.join(args.out, CUES_RECORD), strict_json.dumps(
         {"model": member.embedder.source, "step": member.embedder.step,
          "manifest": os.path.abspath(args.manifest), "split": args.split,
          "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))

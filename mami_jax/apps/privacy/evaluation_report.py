@@ -4,10 +4,10 @@ a person looks at first. Rendering only; nothing here measures."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from mami_jax.apps.privacy import figures
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 
@@ -75,7 +75,7 @@ def _pct(v) -> str:
 def save(result: dict, out: str) -> str:
     """Writes what is measured so far (JSON and markdown); returns the markdown."""
     text = markdown(result)
-    write_text_atomic(os.path.join(out, REPORT), json.dumps(result, indent=1))
+    write_text_atomic(os.path.join(out, REPORT), strict_json.dumps(result, where=REPORT, indent=1))
     write_text_atomic(os.path.join(out, "privacy_eval.md"), text)
     return text
 

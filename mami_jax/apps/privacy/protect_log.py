@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 LOG_NAME = "protect_log.jsonl"
@@ -48,7 +49,7 @@ class ProtectLog:
         written with the first finished image, so a run refused before any image leaves
         nothing behind). A log of other settings is a ValueError naming the keys that
         differ."""
-        settings = json.loads(json.dumps(settings, default=str))   # as the file holds it
+        settings = json.loads(strict_json.dumps(settings, other=str))   # as the file holds it
         path = os.path.join(out_dir, LOG_NAME)
         if not os.path.exists(path):
             return cls(path, settings, {}, 0)
@@ -88,9 +89,9 @@ class ProtectLog:
 
     def add(self, record: dict) -> None:
         """Appends one finished image's record, flushed to disk before the next image."""
-        line = json.dumps(record, default=str) + "\n"
+        line = strict_json.dumps(record, where="record", other=str) + "\n"
         if not os.path.exists(self.path):
-            write_text_atomic(self.path, json.dumps({"settings": self.settings}) + "\n")
+            write_text_atomic(self.path, strict_json.dumps({"settings": self.settings}) + "\n")
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()

@@ -32,8 +32,9 @@ def psnr_summary(values) -> dict:
     """Mean and least PSNR over the images that were changed, and how many were left
     unchanged (infinite PSNR: the rank objective leaves an image that every member already
     matches to an impostor as it was; a mean over them would be infinite). Both PSNRs are
-    infinite when no image was changed."""
-    values = np.asarray(values, np.float64)
+    infinite when no image was changed. ``None`` is an unchanged image's PSNR as the
+    reports on disk hold it (JSON has no infinity: ``runtime/strict_json.py``)."""
+    values = np.array([math.inf if v is None else v for v in values], np.float64)
     changed = values[np.isfinite(values)]
     return {"psnr_db": float(changed.mean()) if changed.size else math.inf,
             "psnr_db_min": float(values.min()), "unchanged": int((~np.isfinite(values)).sum())}
