@@ -27,7 +27,6 @@ Without --data, the benchmark is generated into a temporary folder.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import phantom_baseline_features as baselines  # noqa: E402
 from mami_jax.phantoms import generator as phantoms  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -69,8 +70,7 @@ def main(argv=None) -> int:
               f"{r['intensity_raw']:11.3f} {r.get('intensity_lda', float('nan')):10.3f} "
               f"{r['structural']:10.3f} {r.get('structural_lda', float('nan')):10.3f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_text_atomic(args.json, strict_json.dumps(res, indent=1) + "\n")
     return 0
 
 

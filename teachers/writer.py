@@ -23,7 +23,7 @@ import struct
 import numpy as np
 
 from mami_jax.data import teacher_features as tf_files
-from mami_jax.runtime import atomic_files
+from mami_jax.runtime import atomic_files, strict_json
 
 
 class RunMismatchError(ValueError):
@@ -31,7 +31,7 @@ class RunMismatchError(ValueError):
 
 
 def _dump(value: dict) -> str:
-    return json.dumps(value, indent=1, sort_keys=True) + "\n"
+    return strict_json.dumps(value, indent=1, sort_keys=True) + "\n"
 
 
 def header(**fields) -> dict:

@@ -65,7 +65,7 @@ import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
-from mami_jax.runtime import atomic_files
+from mami_jax.runtime import atomic_files, strict_json
 from mami_jax.runtime.progress import progress_bar
 
 #: Bump when the generated content changes, so stale caches are not reused.
@@ -266,10 +266,10 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
         if signs_visible is not None:
             params["signs_visible"] = float(signs_visible)
         with open(os.path.join(tmp, "phantoms.json"), "w") as f:
-            json.dump(dict(params, images=len(rows),
-                           patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)
-                                                  for m in MODALITIES}),
-                      f, indent=1, sort_keys=True)
+            f.write(strict_json.dumps(dict(
+                params, images=len(rows),
+                patients_per_modality={m: sum(m in ms for _, ms, _ in patients_plan)
+                                       for m in MODALITIES}), indent=1, sort_keys=True))
         # Renderers and writers run in worker processes and libraries; whatever they
         # created, the published tree gets the umask's modes.
         atomic_files.fix_tree_modes(tmp)

@@ -52,7 +52,6 @@ archived, so one archive never mixes two embedding spaces or counts an image twi
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 from typing import Sequence
@@ -66,6 +65,7 @@ from mami_jax.apps.history.archive_files import (ARCHIVE_JSON, CENTERS_NPZ, DENS
                                                  read_header, read_metadata)
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
+from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -350,7 +350,7 @@ class Archive:
                     writer.writerows((r.image_id, self.records[r.image_id]) for r in self.rows
                                      if r.image_id in self.records)
             with open(os.path.join(tmp, ARCHIVE_JSON), "w", encoding="utf-8") as f:
-                json.dump(self.header(), f, indent=1, sort_keys=True)
+                f.write(strict_json.dumps(self.header(), indent=1, sort_keys=True))
             fix_tree_modes(tmp)
             aside = None
             if os.path.exists(path):
