@@ -64,9 +64,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
             store = model.chunk_store(out, rows_signature(split_rows), "embeddings")
             return embed_in_chunks(model.embed_batch, split_rows, model, store=store, mesh=mesh,
                                    desc=f"evaluating {config.eval.split}")
-        results = evaluate(model.embed_batch, rows, config, mesh, out,
-                           title=name if model_name else f"step {model.step}",
-                           embed_split=embed_split)
+        results = evaluate(embed_split, rows, config, out,
+                           title=name if model_name else f"step {model.step}")
         discard_beside(out)
         return results
     path = os.path.join(workdir, "embeddings", f"{name}.npz")

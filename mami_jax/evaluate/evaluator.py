@@ -130,20 +130,27 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
     return results
 
 
-def evaluate(embed_fn: EmbedFn, rows: Sequence[ManifestRow], config, mesh, out_dir: str,
-             title: str | None = None, embed_split=None) -> dict[str, dict]:
-    """Embeds ``config.eval.split`` and writes the report; returns metrics per group.
-    ``embed_split`` (rows -> their embeddings, e.g. a pass that keeps its chunks) replaces
-    ``embed_rows`` over ``embed_fn`` where the caller embeds the split its own way."""
+SplitEmbedder = Callable[[list], np.ndarray]   # the split's rows -> (N, C) embeddings
+
+
+def embed_split_by(embed_fn: EmbedFn, config, mesh) -> SplitEmbedder:
+    """``embed_rows`` of the split's rows with the evaluation's batch size and progress
+    bar: how the trainer embeds a split (``run_checkpoint`` keeps its chunks instead)."""
+    def embed_split(split_rows):
+        return embed_rows(embed_fn, split_rows, range(len(split_rows)), config.data, mesh,
+                          config.eval.batch_size, progress=f"evaluating {config.eval.split}")
+    return embed_split
+
+
+def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, out_dir: str,
+             title: str | None = None) -> dict[str, dict]:
+    """Embeds ``config.eval.split`` with ``embed_split`` (``embed_split_by``, or a pass
+    that keeps its chunks) and writes the report; returns metrics per group."""
     groups = group_indices(rows, config.eval.split)
     if not groups:
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
     indices = [i for members in groups.values() for i in members]
-    if embed_split is not None:
-        emb = embed_split([rows[i] for i in indices])
-    else:
-        emb = embed_rows(embed_fn, rows, indices, config.data, mesh, config.eval.batch_size,
-                         progress=f"evaluating {config.eval.split}")
+    emb = embed_split([rows[i] for i in indices])
     by_row = dict(zip(indices, emb))
     results = score_groups(by_row, rows, groups, config.eval)
     if jax.process_index() == 0:

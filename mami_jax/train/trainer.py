@@ -36,7 +36,7 @@ from mami_jax.train import checkpointing, run_config, sharding
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
-from mami_jax.evaluate.evaluator import evaluate
+from mami_jax.evaluate.evaluator import embed_split_by, evaluate
 from mami_jax.runtime.metric_writer import MetricWriter
 from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
@@ -171,8 +171,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     def run_eval(step: int) -> dict:
         out_dir = os.path.join(workdir, "eval", f"step_{step}")
-        results = evaluate(embedder(state.params["mami"]), rows, config, mesh, out_dir,
-                           title=f"step {step}")
+        results = evaluate(embed_split_by(embedder(state.params["mami"]), config, mesh), rows,
+                           config, out_dir, title=f"step {step}")
         writer.write_scalars(step, {f"eval/{g}/{k}": v for g, m in results.items()
                                     for k, v in m.items() if np.ndim(v) == 0
                                     and isinstance(v, (int, float, np.number))})
