@@ -137,6 +137,25 @@ def test_nifti_keeps_affine_and_header(tmp_path):
                                   open_volume(path).read(others).shape)
 
 
+def test_nifti_keeps_its_scaling_so_the_values_stay_physical(tmp_path):
+    """A CT NIfTI stores HU as uint16 + scl_inter (-1024 here) and scl_slope: the copy keeps
+    both, so its values are the input's HU plus the change, not the bare stored numbers
+    (nibabel moves the loaded header's scaling to its data proxy; the first writer copied
+    the header's empty fields and wrote every value 1024 HU too high)."""
+    rng = np.random.default_rng(6)
+    stored = rng.integers(0, 3000, (10, 8, 4)).astype(np.uint16)
+    img = nib.Nifti1Image(stored, np.eye(4))
+    img.header.set_slope_inter(0.5, -1024.0)
+    path = str(tmp_path / "ct.nii.gz")
+    nib.save(img, path)
+    hu = np.asanyarray(nib.load(path).dataobj)
+    x = open_volume(path).read([0, 1])
+    write_protected(path, [0, 1], np.zeros_like(x), str(tmp_path / "o.nii.gz"))
+    out = nib.load(str(tmp_path / "o.nii.gz"))
+    assert (out.dataobj.slope, out.dataobj.inter) == (0.5, -1024.0)
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj), hu)   # no change: the same HU
+
+
 def test_slice_folder_changes_only_the_read_slices(tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()

@@ -259,8 +259,9 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         header = img.header.copy()
         result = klass(new.astype(stored.dtype), img.affine, header)
         if hasattr(result.header, "set_slope_inter"):
-            result.header.set_slope_inter(img.header.get_slope_inter()[0],
-                                          img.header.get_slope_inter()[1])
+            # the loaded header's own scl fields read (None, None): nibabel moves the
+            # scaling to the data proxy, and without it the file's values lose it
+            result.header.set_slope_inter(slope, inter)
         name = os.path.join(tmp, os.path.basename(out))
         nib.save(result, name)
         fix_tree_modes(tmp)
