@@ -72,6 +72,12 @@ def get_config(arg=None):
     # the slices evaluation reads.
     c.every_slice = True
     c.seed = 0
+    # Header data of the protected copies: "keep" (every DICOM data element and the NIfTI
+    # header as the input had them, for a site that de-identifies headers with its own
+    # tool) or "remove" (people, institutions, devices and dates emptied, private elements
+    # removed, UIDs replaced consistently: apps/privacy/header_identity.py).
+    c.metadata = ml_collections.ConfigDict()
+    c.metadata.identity = "keep"
 
     p = c.perturb = ml_collections.ConfigDict()
     # "linf": every pixel moves at most epsilon (unit intensity, [0, 1]); "l2": the

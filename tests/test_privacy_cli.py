@@ -236,6 +236,8 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
     (["--model", "{folder}"], "error: --model '{folder}': {folder}/model_config.json is missing"),
     (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
+    (["--set", "metadata.identity=strip"],
+     "error: metadata.identity='strip': expected one of ('keep', 'remove')"),
     (["--config", "configs/privacy.py:runlocal,xray_vis"],
      "error: config 'configs/privacy.py:runlocal,xray_vis': unknown config argument(s) "
      "['xray_vis']; known: runlocal, inpaint, both, deform, transfer, xray_transfer, "

@@ -384,3 +384,44 @@ def test_views_of_different_intensity_ranges_are_written_in_their_own_scale(tmp_
     for v, d in zip(views, deltas):
         got = open_volume(out).read(v.slices) - v.unit
         np.testing.assert_allclose(got, d, atol=0.011)   # 1 stored unit of 100 at most
+
+
+def test_a_dicom_copy_names_nobody_when_asked_and_everyone_by_default(setup, tmp_path):
+    """``metadata.identity``: by default a protected DICOM keeps its header (the issue's
+    'DICOM with its metadata'); with "remove" protect empties who and when, replaces its
+    UIDs and counts what it removed in the record, and the input file stays as it was."""
+    import pydicom
+    from PIL import Image
+
+    from mami_jax.apps.privacy.protect import protect_rows
+    from tests.test_data_decode import write_dicom
+    rows, _, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    first = xray[0]
+    dcm = str(tmp_path / "in" / "first.dcm")
+    os.makedirs(os.path.dirname(dcm))
+    with Image.open(first.path) as im:
+        pixels = (np.asarray(im.convert("L"), np.uint16) * 16)
+    write_dicom(dcm, pixels, PatientName="Doe^Jane", PatientID="X123",
+                InstitutionName="St Elsewhere", StudyInstanceUID="1.2.3.4")
+    before = open(dcm, "rb").read()
+    rows_in = [first.replace(path=dcm)] + xray[1:]
+    pcfg = load_config("configs/privacy.py")
+    pcfg.method, pcfg.batch_size = "noise", 4         # no optimisation: the writing is tested
+
+    def protected(identity):
+        pcfg.metadata.identity = identity
+        out = str(tmp_path / identity)
+        new_rows, records = protect_rows(rows_in, rows_in[:1], [member], pcfg,
+                                         str(tmp_path), out, progress=False)
+        return pydicom.dcmread(os.path.join(out, new_rows[0].path)), records[0]
+
+    kept, record = protected("keep")
+    assert (str(kept.PatientName), kept.PatientID, kept.StudyInstanceUID) == (
+        "Doe^Jane", "X123", "1.2.3.4") and record["header_elements_removed"] == 0
+    removed, record = protected("remove")
+    assert (str(removed.PatientName), removed.PatientID, removed.InstitutionName) == ("", "", "")
+    assert removed.StudyInstanceUID != "1.2.3.4" and removed.PatientIdentityRemoved == "YES"
+    assert record["header_elements_removed"] == 3 + 2     # three named, two UIDs
+    np.testing.assert_array_equal(removed.pixel_array, kept.pixel_array)   # same seed
+    assert open(dcm, "rb").read() == before

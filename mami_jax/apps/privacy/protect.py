@@ -30,6 +30,7 @@ from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb, references
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
+from mami_jax.apps.privacy.header_identity import check_identity_setting, remove_identity
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
@@ -343,6 +344,7 @@ def check_settings(config, targets: Sequence[ManifestRow]) -> None:
         if int(config[key]) < 1:
             raise ValueError(f"{key}={config[key]!r}: must be at least 1")
     perturb.check_norm(config.perturb.norm)
+    check_identity_setting(config.metadata.identity)
     check_modality_settings(config.perturb, {r.modality for r in targets})
 
 
@@ -511,6 +513,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
                                                        out_abs, bound, whole.views)
+                removed = (remove_identity(out_abs) if config.metadata.identity == "remove"
+                           else 0)
                 run.new_rows[row.image_id] = protected_row(row, run.manifest_dir, run.out_dir)
                 record = {"image_id": row.image_id, "modality": modality,
                           "epsilon": epsilon,
@@ -520,7 +524,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                           "psnr_db": psnr(whole.unit, whole.unit + written),
                           "psnr_db_on_disk": psnr_of_rms(on_disk),
                           "change_scaled_by": ratio_of_changes(written, whole.delta),
-                          "slices_protected": int(len(set(whole.slices.tolist())))}
+                          "slices_protected": int(len(set(whole.slices.tolist()))),
+                          "header_elements_removed": removed}
                 run.records[row.image_id] = record
                 if run.log is not None:
                     run.log.add(record)

@@ -1,0 +1,170 @@
+"""Removing who an image is of from its file's header, beside the protection of its pixels.
+
+``protect`` changes pixels; by default the protected copy keeps every DICOM data element
+and the NIfTI header as the input had them (``metadata.identity = "keep"``), because a
+site usually de-identifies headers with its own tool and profile. ``"remove"`` does it
+here, after the copy is written, so that a shared folder names nobody:
+
+- DICOM (each file of a series, the slices the model never read included): the
+  attributes of people, institutions, devices and dates that DICOM PS3.15's Basic
+  Application Level Confidentiality Profile lists (``IDENTIFYING``) are emptied wherever
+  they occur, nested sequences included, and sequences of them (other patient IDs, the
+  request's attributes) removed; private elements are removed; every UID (study, series,
+  instance, frame of reference, the file meta's) is replaced by a UID derived from it, so
+  the slices of a series still belong together and to their study, but the originals
+  cannot be looked up; ``PatientIdentityRemoved`` = YES and ``DeidentificationMethod``
+  say what was done. Pixel-related elements are untouched, so the copy decodes as before.
+- NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
+  ``db_name``) are blanked; a NIfTI header has no other field for a name or date.
+- PNG / JPEG: ``writers`` never copies their text chunks or EXIF, so nothing is left.
+
+Text burned into the pixels (a name in a corner of an X-ray) is not found here; the
+identity-cue maps show where a model looks, not where text is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+from mami_jax.data import decode
+from mami_jax.runtime.atomic_files import fix_tree_modes, write_atomic
+
+IDENTITY_SETTINGS = ("keep", "remove")
+
+#: Data elements that name or date a person, an institution or a device (keywords of the
+#: DICOM dictionary; PS3.15 Annex E, Basic Profile). Emptied where they are not sequences.
+IDENTIFYING = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime",
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientMotherBirthName", "PatientBirthName", "OtherPatientIDs",
+    "OtherPatientNames", "MilitaryRank", "BranchOfService", "EthnicGroup", "Occupation",
+    "AdditionalPatientHistory", "PatientComments", "MedicalRecordLocator",
+    "CountryOfResidence", "RegionOfResidence", "PatientReligiousPreference",
+    "ReferringPhysicianName", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy", "OperatorsName", "PhysiciansOfRecord",
+    "RequestingPhysician", "ResponsiblePerson", "ResponsibleOrganization",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "DeviceSerialNumber", "AccessionNumber", "StudyID", "StudyDescription",
+    "SeriesDescription", "ProtocolName", "ImageComments",
+    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate",
+    "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime",
+    "AcquisitionDateTime",
+)
+
+#: Sequences that only hold identifying attributes: removed whole.
+IDENTIFYING_SEQUENCES = (
+    "OtherPatientIDsSequence", "ReferencedPatientSequence", "RequestAttributesSequence",
+    "PatientInsurancePlanCodeSequence", "ReferencedStudySequence",
+)
+
+#: The NIfTI (and Analyze) header fields of free text.
+NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
+
+#: DeidentificationMethod (a LO: at most 64 characters).
+METHOD = "mami_jax privacy protect, PS3.15 Basic Profile attributes"
+
+
+def check_identity_setting(value) -> None:
+    if value not in IDENTITY_SETTINGS:
+        raise ValueError(f"metadata.identity={value!r}: expected one of {IDENTITY_SETTINGS}")
+
+
+def remove_identity(path: str) -> int:
+    """Removes identifying header data from the protected copy at ``path`` (a file, or a
+    series / slice folder), rewriting each file all-or-nothing; returns how many data
+    elements or header fields it emptied, removed or replaced."""
+    volume = decode.open_volume(path)
+    if isinstance(volume, decode.NiftiVolume):
+        return _nifti(path)
+    if isinstance(volume, decode.DicomFile):
+        return _dicom_file(path)
+    if isinstance(volume, decode.DicomSeries):
+        return sum(_dicom_file(f) for f in volume.files)
+    return 0
+
+
+def _new_uid(uid: str) -> str:
+    """A UID derived from ``uid`` alone (PS3.5 B.2: "2.25." and a name-based UUID): the same
+    original gets the same replacement in every file and every run, and a replacement does
+    not give the original back."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'mami_jax protect ' + str(uid)).int}"
+
+
+def _dicom_file(path: str) -> int:
+    import pydicom
+    ds = pydicom.dcmread(path)
+    changed = [0]
+
+    def visit(dataset, element):
+        if element.keyword in IDENTIFYING_SEQUENCES:
+            del dataset[element.tag]
+            changed[0] += 1
+        elif element.keyword in IDENTIFYING and element.VR != "SQ" and not element.is_empty:
+            element.value = ""
+            changed[0] += 1
+        elif element.VR == "UI" and element.keyword.endswith("UID") and not element.is_empty \
+                and _is_instance_uid(element.keyword):
+            element.value = _new_uid(element.value)
+            changed[0] += 1
+
+    before = len(list(ds.iterall()))
+    ds.remove_private_tags()
+    changed[0] += before - len(list(ds.iterall()))
+    ds.walk(visit)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = METHOD
+
+    def write(tmp):
+        ds.save_as(tmp)
+    write_atomic(path, write)
+    return changed[0]
+
+
+def _is_instance_uid(keyword: str) -> bool:
+    """UIDs that identify this study, series, image or frame of reference (which a site's
+    records can be searched by), not those that name a standard (SOP class, transfer
+    syntax, coding scheme)."""
+    return keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                       "FrameOfReferenceUID", "ReferencedSOPInstanceUID",
+                       "IrradiationEventUID", "SynchronizationFrameOfReferenceUID",
+                       "ConcatenationUID", "DimensionOrganizationUID")
+
+
+def _nifti(path: str) -> int:
+    import nibabel as nib
+    import numpy as np
+    img = nib.load(path)
+    header = img.header.copy()
+    fields = [f for f in NIFTI_TEXT_FIELDS
+              if f in header and bytes(header[f].tobytes()).strip(b"\0 ")]
+    if not fields:
+        return 0
+    for f in fields:
+        header[f] = b""
+    # the stored values and their scaling as they are (not read scaled and stored again)
+    proxy = img.dataobj
+    stored = np.asanyarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") \
+        else np.asanyarray(proxy)
+    result = type(img)(stored, img.affine, header)
+    if hasattr(result.header, "set_slope_inter") and hasattr(proxy, "slope"):
+        # the loaded header's scl fields read (None, None): the scaling is the proxy's
+        result.header.set_slope_inter(float(proxy.slope), float(proxy.inter))
+    # nibabel picks the format (and gzip, and a .hdr/.img pair) by the file name: written
+    # under the same name in a folder beside, then each file moved over its old one
+    folder = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".identity-")
+    try:
+        nib.save(result, os.path.join(folder, os.path.basename(path)))
+        fix_tree_modes(folder)
+        for name in os.listdir(folder):
+            os.replace(os.path.join(folder, name),
+                       os.path.join(os.path.dirname(os.path.abspath(path)), name))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(fields)

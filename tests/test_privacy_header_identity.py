@@ -1,0 +1,116 @@
+"""header_identity (``metadata.identity = "remove"``): a protected copy's header names
+nobody, its pixels decode exactly as before, and a series keeps belonging together."""
+
+import hashlib
+import os
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from mami_jax.apps.privacy.header_identity import (IDENTIFYING, check_identity_setting,
+                                                   remove_identity)
+from mami_jax.data.decode import open_volume
+from tests.test_data_decode import write_dicom
+
+PERSON = dict(PatientName="Doe^Jane", PatientID="X123", PatientBirthDate="19700101",
+              InstitutionName="St Elsewhere", ReferringPhysicianName="House^G",
+              StudyDate="20200301", AccessionNumber="A77", StudyInstanceUID="1.2.3.4",
+              SeriesInstanceUID="1.2.3.4.5", RescaleSlope=2, RescaleIntercept=-1000,
+              WindowCenter=500, WindowWidth=3001)
+
+
+def _with_private_and_nested(path):
+    """Adds a private element and an identifying attribute inside a sequence."""
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "LO", "scanner owner Doe")
+    item = Dataset()
+    item.PatientName = "Doe^Jane"
+    item.CodeValue = "T-D3000"
+    ds.AnatomicRegionSequence = Sequence([item])
+    other = Dataset()
+    other.PatientID = "OLD-9"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    ds.save_as(path)
+
+
+def test_a_dicom_file_loses_who_and_when_and_keeps_its_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, rng.integers(100, 1400, (16, 16)).astype(np.int16), **PERSON)
+    _with_private_and_nested(path)
+    before = open_volume(path).read([0])
+    original = pydicom.dcmread(path)
+    changed = remove_identity(path)
+    ds = pydicom.dcmread(path)
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName",
+                "ReferringPhysicianName", "StudyDate", "AccessionNumber"):
+        assert key in ds and str(ds[key].value) == "", key       # type 2: present, empty
+    assert str(ds.AnatomicRegionSequence[0].PatientName) == ""
+    assert ds.AnatomicRegionSequence[0].CodeValue == "T-D3000"  # not identifying: kept
+    assert "OtherPatientIDsSequence" not in ds and 0x00091010 not in ds
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert ds[key].value != original[key].value and ds[key].value.startswith("2.25.")
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.SOPClassUID == original.SOPClassUID                 # names a standard: kept
+    assert ds.PatientIdentityRemoved == "YES" and "mami_jax" in ds.DeidentificationMethod
+    assert (ds.RescaleSlope, ds.WindowWidth) == (original.RescaleSlope, original.WindowWidth)
+    np.testing.assert_array_equal(open_volume(path).read([0]), before)
+    # 7 emptied + the nested name + 2 sequences' worth (one removed) + 1 private + 3 UIDs
+    assert changed == 7 + 1 + 1 + 1 + 3
+    assert remove_identity(path) == 3      # a second pass finds only UIDs to replace again
+
+
+def test_a_series_keeps_one_study_and_one_series(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in range(3):
+        write_dicom(str(folder / f"IM{i}"), np.full((4, 4), 10 * i, np.uint16),
+                    InstanceNumber=i + 1, ImagePositionPatient=[0, 0, float(i)],
+                    ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+                    FrameOfReferenceUID="1.9.9", **PERSON)
+    before = open_volume(str(folder)).read([0, 1, 2])
+    assert remove_identity(str(folder)) == 3 * (7 + 4)
+    files = [pydicom.dcmread(str(folder / f"IM{i}")) for i in range(3)]
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = {f[key].value for f in files}
+        assert len(values) == 1 and values != {PERSON.get(key, "1.9.9")}, key
+    assert len({f.SOPInstanceUID for f in files}) == 3
+    assert all(str(f.PatientName) == "" for f in files)
+    np.testing.assert_array_equal(open_volume(str(folder)).read([0, 1, 2]), before)
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
+def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path, name):
+    data = np.random.default_rng(1).integers(-500, 1500, (8, 6, 4)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([1.5, 2.0, 3.0, 1.0]))
+    img.header["descrip"] = b"Doe^Jane 1970"
+    img.header["db_name"] = b"ward 3"
+    img.header.set_slope_inter(0.5, -10.0)
+    path = str(tmp_path / name)
+    nib.save(img, path)
+    before = open_volume(path).read([0, 1, 2, 3])
+    assert remove_identity(path) == 2
+    out = nib.load(path)
+    assert out.header["descrip"].tobytes().strip(b"\0") == b""
+    assert out.header["db_name"].tobytes().strip(b"\0") == b""
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj.get_unscaled()), data)
+    assert (out.dataobj.slope, out.dataobj.inter) == (0.5, -10.0)   # the scaling, kept
+    np.testing.assert_array_equal(out.affine, img.affine)
+    np.testing.assert_array_equal(open_volume(path).read([0, 1, 2, 3]), before)
+    assert sorted(os.listdir(tmp_path)) == [name]              # nothing left beside it
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert remove_identity(path) == 0                          # nothing more: not rewritten
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+
+
+def test_the_setting_is_checked_and_the_list_names_dicom_attributes():
+    check_identity_setting("keep")
+    check_identity_setting("remove")
+    with pytest.raises(ValueError, match=r"metadata.identity='strip': expected one of"):
+        check_identity_setting("strip")
+    from pydicom.datadict import tag_for_keyword
+    assert [k for k in IDENTIFYING if tag_for_keyword(k) is None] == []
