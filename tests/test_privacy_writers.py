@@ -53,6 +53,21 @@ def test_png_8bit_grey_and_rgb(tmp_path):
     assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_png_with_alpha_keeps_its_alpha_channel(tmp_path, mode):
+    """The reader drops alpha (the model sees grey or RGB); the copy gets it back as it was."""
+    rng = np.random.default_rng(2)
+    colour = [Image.fromarray(rng.integers(20, 230, (12, 14), dtype=np.uint8))
+              for _ in range(len(mode) - 1)]
+    alpha = rng.integers(0, 256, (12, 14), dtype=np.uint8)
+    Image.merge(mode, colour + [Image.fromarray(alpha)]).save(tmp_path / "a.png")
+    x, change, back = roundtrip(tmp_path / "a.png", tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as img:
+        assert (img.mode, img.size) == (mode, (14, 12))
+        np.testing.assert_array_equal(np.asarray(img.getchannel("A")), alpha)
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+
+
 def test_png_16bit_keeps_its_minmax_range(tmp_path):
     rng = np.random.default_rng(2)
     a = rng.integers(1000, 5000, (20, 20)).astype(np.uint16)

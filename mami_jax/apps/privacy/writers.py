@@ -12,8 +12,10 @@ the written file decodes to ``original + delta`` (to the format's rounding):
   MONOCHROME1.
 
 Everything else is kept: DICOM keeps every data element (only PixelData changes, written
-uncompressed), NIfTI keeps its affine and header, PNG/JPEG their mode and size (JPEG at
-quality 100 without chroma subsampling: at 95 most of a small change is lost), and the
+uncompressed), NIfTI keeps its affine, header and scaling, PNG/JPEG their mode (alpha
+included) and size (a palette or 1-bit image becomes RGB or grey: its changed values are
+not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most of a small
+change is lost), and the
 slices of a series or slice folder that the model does not read are copied byte for
 byte. Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
@@ -87,10 +89,15 @@ def _channels(change: np.ndarray, stored: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------- 2-D image files
 
 def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
+    """``arr`` (the reader's grey or RGB pixels, changed) in ``like``'s format; an alpha
+    channel the reader dropped (LA, RGBA) is put back as it was."""
     from PIL import Image
     with Image.open(like) as original:
-        fmt, info = original.format, dict(original.info)
+        fmt, info, mode = original.format, dict(original.info), original.mode
+        alpha = original.getchannel("A") if mode in ("LA", "RGBA") else None
     img = Image.fromarray(arr)
+    if alpha is not None and img.mode in ("L", "RGB"):
+        img = Image.merge(img.mode + "A", [*img.split(), alpha])
     kwargs = {k: info[k] for k in ("dpi", "icc_profile") if k in info}
     if fmt == "JPEG":
         kwargs.update(quality=JPEG_QUALITY, subsampling=0)
