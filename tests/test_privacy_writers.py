@@ -116,6 +116,43 @@ def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
     assert not np.array_equal(out.pixel_array, src.pixel_array)
 
 
+@pytest.mark.parametrize("frames", [1, 2])
+@pytest.mark.parametrize("planar, photometric", [(1, "RGB"), (0, "YBR_FULL"), (1, "YBR_FULL")])
+def test_colour_dicom_is_written_in_its_own_layout(tmp_path, frames, planar, photometric):
+    """pixel_array interleaves colour planes and converts YBR to RGB: a file whose planes
+    follow one another (PlanarConfiguration 1) gets its changed pixels written as planes,
+    and a YBR file's copy holds the RGB it decodes to, saying so (both came out scrambled)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    rgb = np.random.default_rng(7).integers(0, 256, (frames, 8, 10, 3)).astype(np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 8, 10, 3
+    ds.PhotometricInterpretation, ds.PlanarConfiguration = photometric, planar
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    stored = rgb.transpose(0, 3, 1, 2) if planar else rgb
+    ds.PixelData = np.ascontiguousarray(stored[0] if frames == 1 else stored).tobytes()
+    path = str(tmp_path / "c.dcm")
+    ds.save_as(path, enforce_file_format=True)
+    volume = open_volume(path)
+    x = volume.read(list(range(volume.num_slices)))
+    change = np.clip(x + np.random.default_rng(8).uniform(-0.03, 0.03, x.shape), 0, 1) - x
+    write_protected(path, list(range(volume.num_slices)), change.astype(np.float32),
+                    str(tmp_path / "o.dcm"))
+    back = open_volume(str(tmp_path / "o.dcm")).read(list(range(volume.num_slices)))
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+    out = pydicom.dcmread(str(tmp_path / "o.dcm"))
+    assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("RGB", planar)
+
+
 def test_dicom_monochrome1_changes_in_the_right_direction(tmp_path):
     a = np.full((8, 8), 1000, np.uint16)
     a[0, 0], a[7, 7] = 0, 4000

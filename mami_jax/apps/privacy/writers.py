@@ -12,7 +12,8 @@ the written file decodes to ``original + delta`` (to the format's rounding):
   MONOCHROME1.
 
 Everything else is kept: DICOM keeps every data element (only PixelData changes, written
-uncompressed), NIfTI keeps its affine, header and scaling, PNG/JPEG their mode (alpha
+uncompressed in the file's PlanarConfiguration; a YBR colour file's PhotometricInterpretation
+becomes RGB, as the pixels it holds now are), NIfTI keeps its affine, header and scaling, PNG/JPEG their mode (alpha
 included) and size (a palette or 1-bit image becomes RGB or grey: its changed values are
 not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most of a small
 change is lost), and the
@@ -175,7 +176,18 @@ def _dicom_change(ds, frames_rescaled, stored, change, ref=None, scale_info=None
 
 
 def _save_dicom(ds, pixels: np.ndarray, out: str) -> None:
-    ds.PixelData = np.ascontiguousarray(pixels.astype(ds.pixel_array.dtype)).tobytes()
+    """``pixels`` as ``ds.pixel_array`` gives them ((frames,) rows, columns(, samples)),
+    stored in ``ds``'s own layout: colour planes one after the other where its
+    PlanarConfiguration is 1 (pixel_array interleaves them). pixel_array converts YBR
+    colour to RGB, so a YBR file's copy is stored as the RGB it was given and says so
+    (converting back would round every pixel again)."""
+    pixels = pixels.astype(ds.pixel_array.dtype)
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        if str(ds.get("PhotometricInterpretation", "")).strip().upper().startswith("YBR"):
+            ds.PhotometricInterpretation = "RGB"
+        if int(ds.get("PlanarConfiguration", 0) or 0):
+            pixels = np.moveaxis(pixels, -1, -3)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
 
     def write(tmp):
         ds.save_as(tmp, enforce_file_format=False) if _accepts_enforce() else ds.save_as(tmp)
