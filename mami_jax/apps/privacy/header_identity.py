@@ -24,13 +24,11 @@ identity-cue maps show where a model looks, not where text is.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import uuid
 
 from mami_jax.data import decode
-from mami_jax.runtime.atomic_files import fix_tree_modes, write_atomic
+from mami_jax.apps.privacy.writers import save_nifti
+from mami_jax.runtime.atomic_files import staging_dir, write_atomic
 
 IDENTITY_SETTINGS = ("keep", "remove")
 
@@ -148,23 +146,10 @@ def _nifti(path: str) -> int:
         return 0
     for f in fields:
         header[f] = b""
-    # the stored values and their scaling as they are (not read scaled and stored again)
+    # the stored values as they are (not read scaled and stored again)
     proxy = img.dataobj
     stored = np.asanyarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") \
         else np.asanyarray(proxy)
-    result = type(img)(stored, img.affine, header)
-    if hasattr(result.header, "set_slope_inter") and hasattr(proxy, "slope"):
-        # the loaded header's scl fields read (None, None): the scaling is the proxy's
-        result.header.set_slope_inter(float(proxy.slope), float(proxy.inter))
-    # nibabel picks the format (and gzip, and a .hdr/.img pair) by the file name: written
-    # under the same name in a folder beside, then each file moved over its old one
-    folder = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".identity-")
-    try:
-        nib.save(result, os.path.join(folder, os.path.basename(path)))
-        fix_tree_modes(folder)
-        for name in os.listdir(folder):
-            os.replace(os.path.join(folder, name),
-                       os.path.join(os.path.dirname(os.path.abspath(path)), name))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with staging_dir(path) as tmp:
+        save_nifti(img, stored, path, tmp, header=header)
     return len(fields)

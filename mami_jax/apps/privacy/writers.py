@@ -272,21 +272,36 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         change[touched] /= count[touched]
         change = change.reshape(stored.shape) / slope
         stored_lo, stored_hi = sorted(((lo - inter) / slope, (hi - inter) / slope))
-        touched = touched.reshape(stored.shape)
-        new = np.where(touched, _apply(stored, change, stored_lo, stored_hi), stored)
-        klass = type(img)
-        header = img.header.copy()
-        result = klass(new.astype(stored.dtype), img.affine, header)
-        if hasattr(result.header, "set_slope_inter"):
-            # the loaded header's own scl fields read (None, None): nibabel moves the
-            # scaling to the data proxy, and without it the file's values lose it
-            result.header.set_slope_inter(slope, inter)
-        name = os.path.join(tmp, os.path.basename(out))
-        nib.save(result, name)
-        fix_tree_modes(tmp)
-        os.replace(name, out)
+        # the read voxels alone: their range is what the reader scales by, so the pixels
+        # that keep it must be among them (a float volume has its extremes once, often in
+        # a slice the model does not read)
+        new = stored.reshape(-1).copy()
+        read_voxels = np.flatnonzero(touched)
+        new[read_voxels] = _apply(stored.reshape(-1)[read_voxels],
+                                  change.reshape(-1)[read_voxels], stored_lo, stored_hi)
         os.unlink(os.path.join(tmp, "index.nii"))
-        os.rmdir(tmp)
+        save_nifti(img, new.reshape(stored.shape), out, tmp)
+
+
+def save_nifti(like, stored: np.ndarray, out: str, tmp: str, header=None) -> None:
+    """``stored`` values in ``like``'s class, affine, header (or ``header``) and scaling,
+    saved in the empty folder ``tmp`` under ``out``'s name and moved next to ``out``,
+    which removes ``tmp``. Every file nibabel writes is moved (an Analyze or NIfTI pair
+    is a .hdr and an .img), the one named ``out`` last."""
+    import nibabel as nib
+    proxy = like.dataobj
+    result = type(like)(stored, like.affine,
+                        (header if header is not None else like.header).copy())
+    if hasattr(result.header, "set_slope_inter") and hasattr(proxy, "slope"):
+        # the loaded header's own scl fields read (None, None): nibabel moves the
+        # scaling to the data proxy, and without it the file's values lose it
+        result.header.set_slope_inter(float(proxy.slope), float(proxy.inter))
+    name = os.path.basename(out)
+    nib.save(result, os.path.join(tmp, name))
+    fix_tree_modes(tmp)
+    for written in sorted(os.listdir(tmp), key=lambda f: f == name):
+        os.replace(os.path.join(tmp, written), os.path.join(os.path.dirname(out), written))
+    os.rmdir(tmp)
 
 
 # ----------------------------------------------------------------------- dispatch
