@@ -116,6 +116,31 @@ def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
     assert not np.array_equal(out.pixel_array, src.pixel_array)
 
 
+@pytest.mark.parametrize("series", [False, True])
+def test_frames_of_other_ranges_keep_their_own_extremes(tmp_path, series):
+    """Two frames (a multi-frame file, or a series) read together share one min-max range;
+    the frame that holds neither extreme keeps its own (the first writer set its darkest
+    and brightest pixel to the other frame's: a change of 597 stored units for none)."""
+    rng = np.random.default_rng(12)
+    a = np.stack([rng.integers(100, 400, (8, 8)), rng.integers(0, 1000, (8, 8))]).astype(np.uint16)
+    if series:
+        path = tmp_path / "series"
+        path.mkdir()
+        for i in range(2):
+            write_dicom(str(path / f"IM{i}"), a[i], InstanceNumber=i + 1,
+                        ImagePositionPatient=[0, 0, float(i)],
+                        ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    else:
+        path = tmp_path / "frames.dcm"
+        write_dicom(str(path), a)
+    x = open_volume(str(path)).read([0, 1])
+    write_protected(str(path), [0, 1], np.zeros_like(x), str(tmp_path / "same"))
+    np.testing.assert_array_equal(open_volume(str(tmp_path / "same")).read([0, 1]), x)
+    x, change, back = roundtrip(path, tmp_path / "changed", t=2)
+    step = 1.0 / (int(a.max()) - int(a.min()))                 # one stored unit
+    assert np.sort(np.abs(back - (x + change)).ravel())[-3] <= 0.5 * step + 1e-6
+
+
 @pytest.mark.parametrize("frames", [1, 2])
 @pytest.mark.parametrize("planar, photometric", [(1, "RGB"), (0, "YBR_FULL"), (1, "YBR_FULL")])
 def test_colour_dicom_is_written_in_its_own_layout(tmp_path, frames, planar, photometric):

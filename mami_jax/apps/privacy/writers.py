@@ -6,8 +6,9 @@ the written file decodes to ``original + delta`` (to the format's rounding):
 
 - 8-bit images (PNG, JPEG, ...): ``delta * 255``;
 - wider or float images, DICOM without a VOI window, NIfTI: min-max decoded, so
-  ``delta * (max - min)``, clipped to [min, max] with one minimum and one maximum pixel
-  kept, so the decoded range (and every untouched pixel) stays as it was;
+  ``delta * (max - min)``, clipped to [min, max] of the slices read together, the pixel
+  holding the minimum and the one holding the maximum left as they were, so the decoded
+  range (and every untouched pixel) stays as it was;
 - DICOM with a VOI window: ``delta * (WindowWidth - 1) / RescaleSlope``, negated for
   MONOCHROME1.
 
@@ -43,16 +44,21 @@ class WriteError(RuntimeError):
 
 def _apply(stored: np.ndarray, change: np.ndarray, lo=None, hi=None) -> np.ndarray:
     """``stored + change`` in ``stored``'s dtype: rounded, clipped to the dtype's range and
-    to [lo, hi] when given, with one pixel at lo and one at hi kept (the min-max range stays)."""
+    to [lo, hi] when given (the range of every slice read together, in stored units), with
+    the pixel that holds lo and the one that holds hi kept as they were, so the reader's
+    min-max range stays. A slice that holds neither (one frame of a series) keeps none:
+    setting its own extremes to the series' would paint a dot of air or metal into it."""
     new = stored.astype(np.float64) + change
     if np.issubdtype(stored.dtype, np.integer):
         info = np.iinfo(stored.dtype)
         new = np.clip(np.round(new), info.min, info.max)
     if lo is not None:
         new = np.clip(new, lo, hi)
-        flat = new.reshape(-1)                       # a view: sets ``new``
-        flat[np.argmin(stored)] = lo                  # one pixel each keeps the range
-        flat[np.argmax(stored)] = hi
+        flat, values = new.reshape(-1), stored.reshape(-1)   # a view: sets ``new``
+        slack = 1e-9 * max(1.0, abs(float(lo)), abs(float(hi)))
+        for i, extreme in ((int(np.argmin(values)), lo), (int(np.argmax(values)), hi)):
+            if abs(float(values[i]) - float(extreme)) <= slack:
+                flat[i] = values[i]
     return new.astype(stored.dtype)
 
 
