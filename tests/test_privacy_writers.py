@@ -116,6 +116,25 @@ def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
     assert not np.array_equal(out.pixel_array, src.pixel_array)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_12_bit_dicom_stays_inside_its_bits(tmp_path, signed):
+    """A change past what BitsStored holds is clipped there: written beyond it, the value
+    is read with its high bits dropped (a bright pixel came back black)."""
+    top = 2047 if signed else 4095
+    a = np.full((8, 8), top - 100, np.int16 if signed else np.uint16)
+    a[0, 0], a[1, 1] = top, top - 2000
+    path = str(tmp_path / "b12.dcm")
+    write_dicom(path, a, WindowCenter=top - 1000, WindowWidth=4000, BitsStored=12, HighBit=11)
+    x = open_volume(path).read([0])
+    change = np.zeros_like(x)
+    change[0, 0, 0], change[0, 2, 2] = 0.01, 0.05         # +40 and +200 stored units
+    write_protected(path, [0], change, str(tmp_path / "o.dcm"))
+    out = pydicom.dcmread(str(tmp_path / "o.dcm")).pixel_array
+    assert (out[0, 0], out[2, 2]) == (top, top)               # clipped, not wrapped
+    back = open_volume(str(tmp_path / "o.dcm")).read([0])
+    assert back[0, 0, 0, 0] == pytest.approx(x[0, 0, 0, 0]) and back[0, 2, 2, 0] >= x[0, 2, 2, 0]
+
+
 @pytest.mark.parametrize("series", [False, True])
 def test_frames_of_other_ranges_keep_their_own_extremes(tmp_path, series):
     """Two frames (a multi-frame file, or a series) read together share one min-max range;

@@ -42,16 +42,20 @@ class WriteError(RuntimeError):
 
 # ----------------------------------------------------------------------- stored values
 
-def _apply(stored: np.ndarray, change: np.ndarray, lo=None, hi=None) -> np.ndarray:
+def _apply(stored: np.ndarray, change: np.ndarray, lo=None, hi=None,
+           limits: tuple[int, int] | None = None) -> np.ndarray:
     """``stored + change`` in ``stored``'s dtype: rounded, clipped to the dtype's range and
     to [lo, hi] when given (the range of every slice read together, in stored units), with
     the pixel that holds lo and the one that holds hi kept as they were, so the reader's
     min-max range stays. A slice that holds neither (one frame of a series) keeps none:
-    setting its own extremes to the series' would paint a dot of air or metal into it."""
+    setting its own extremes to the series' would paint a dot of air or metal into it.
+    ``limits``: the stored values' own range where it is narrower than the dtype's (a
+    DICOM's BitsStored: a 12-bit value above 4095 is read with its high bits dropped)."""
     new = stored.astype(np.float64) + change
     if np.issubdtype(stored.dtype, np.integer):
         info = np.iinfo(stored.dtype)
-        new = np.clip(np.round(new), info.min, info.max)
+        floor, ceil = limits if limits is not None else (info.min, info.max)
+        new = np.clip(np.round(new), max(floor, info.min), min(ceil, info.max))
     if lo is not None:
         new = np.clip(new, lo, hi)
         flat, values = new.reshape(-1), stored.reshape(-1)   # a view: sets ``new``
@@ -178,7 +182,18 @@ def _dicom_change(ds, frames_rescaled, stored, change, ref=None, scale_info=None
     stored_hi = None if hi is None else (hi - intercept) / slope
     if stored_lo is not None and stored_lo > stored_hi:
         stored_lo, stored_hi = stored_hi, stored_lo
-    return _apply(stored, change.mean(-1) * scale / slope, stored_lo, stored_hi)
+    return _apply(stored, change.mean(-1) * scale / slope, stored_lo, stored_hi,
+                  _bits_stored_range(ds))
+
+
+def _bits_stored_range(ds) -> tuple[int, int] | None:
+    """The values BitsStored can hold (signed where PixelRepresentation is 1)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if bits <= 0:
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
 
 
 def _save_dicom(ds, pixels: np.ndarray, out: str) -> None:
