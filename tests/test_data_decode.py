@@ -19,6 +19,10 @@ from mami_jax.data.decode import DecodeError, decode, open_volume
 
 
 def write_dicom(path, arr, photometric="MONOCHROME2", **tags):
+    """A CT-class DICOM of ``arr``: (H, W) or (frames, H, W) grey, 16 bits; or, for a
+    colour ``photometric`` (RGB, YBR_...), (frames, H, W, 3) uint8, its planes one after the
+    other where ``PlanarConfiguration=1`` is among ``tags``."""
+    colour = not photometric.startswith("MONOCHROME")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -27,16 +31,18 @@ def write_dicom(path, arr, photometric="MONOCHROME2", **tags):
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = arr.shape[-2:]
-    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = arr.shape[-3:-1] if colour else arr.shape[-2:]
+    ds.SamplesPerPixel = 3 if colour else 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
+    ds.BitsAllocated = ds.BitsStored = 8 if colour else 16
+    ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 1 if arr.dtype == np.int16 else 0
-    if arr.ndim == 3:
+    if arr.ndim == (4 if colour else 3) and arr.shape[0] > 1:
         ds.NumberOfFrames = arr.shape[0]
     for k, v in tags.items():
         setattr(ds, k, v)
+    if colour and tags.get("PlanarConfiguration"):
+        arr = np.moveaxis(arr, -1, -3)
     ds.PixelData = np.ascontiguousarray(arr).tobytes()
     ds.save_as(path, enforce_file_format=True)
 

@@ -166,26 +166,9 @@ def test_colour_dicom_is_written_in_its_own_layout(tmp_path, frames, planar, pho
     """pixel_array interleaves colour planes and converts YBR to RGB: a file whose planes
     follow one another (PlanarConfiguration 1) gets its changed pixels written as planes,
     and a YBR file's copy holds the RGB it decodes to, saying so (both came out scrambled)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     rgb = np.random.default_rng(7).integers(0, 256, (frames, 8, 10, 3)).astype(np.uint8)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 8, 10, 3
-    ds.PhotometricInterpretation, ds.PlanarConfiguration = photometric, planar
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    stored = rgb.transpose(0, 3, 1, 2) if planar else rgb
-    ds.PixelData = np.ascontiguousarray(stored[0] if frames == 1 else stored).tobytes()
     path = str(tmp_path / "c.dcm")
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(path, rgb, photometric, PlanarConfiguration=planar)
     volume = open_volume(path)
     x = volume.read(list(range(volume.num_slices)))
     change = np.clip(x + np.random.default_rng(8).uniform(-0.03, 0.03, x.shape), 0, 1) - x
