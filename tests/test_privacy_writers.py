@@ -53,6 +53,22 @@ def test_png_8bit_grey_and_rgb(tmp_path):
     assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("compression, written", [
+    ("raw", "raw"), ("tiff_lzw", "tiff_lzw"), ("tiff_adobe_deflate", "tiff_adobe_deflate"),
+    ("jpeg", "tiff_adobe_deflate")])
+def test_a_tiff_keeps_a_lossless_compression_and_replaces_a_lossy_one(tmp_path, compression,
+                                                                      written):
+    """Pathology tiles are often JPEG-compressed TIFF: the copy is deflated (lossless, so
+    the change is kept), not written raw; a lossless compression stays."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    rgb = np.stack([yy * 3, xx * 3, (xx + yy) * 2], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "t.tif", compression=compression)
+    x, change, back = roundtrip(tmp_path / "t.tif", tmp_path / "o.tif")
+    with Image.open(tmp_path / "o.tif") as img:
+        assert (img.format, img.mode, img.info.get("compression")) == ("TIFF", "RGB", written)
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
 def test_png_with_alpha_keeps_its_alpha_channel(tmp_path, mode):
     """The reader drops alpha (the model sees grey or RGB); the copy gets it back as it was."""

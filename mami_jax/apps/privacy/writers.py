@@ -34,6 +34,9 @@ from mami_jax.data.decode import DecodeError
 from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir, write_atomic
 
 JPEG_QUALITY = 100
+#: TIFF compressions that keep every value: kept; any other (JPEG) becomes deflate, so the
+#: change is neither lost in a lossy coder nor written raw (pathology tiles: 25x larger).
+LOSSLESS_TIFF = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
 
 
 class WriteError(RuntimeError):
@@ -112,6 +115,10 @@ def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     kwargs = {k: info[k] for k in ("dpi", "icc_profile") if k in info}
     if fmt == "JPEG":
         kwargs.update(quality=JPEG_QUALITY, subsampling=0)
+    if fmt == "TIFF":
+        compression = info.get("compression", "raw")
+        kwargs["compression"] = compression if compression in LOSSLESS_TIFF \
+            else "tiff_adobe_deflate"
 
     def write(tmp):
         img.save(tmp, format=fmt, **kwargs)
