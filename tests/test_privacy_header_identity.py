@@ -11,7 +11,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from mami_jax.apps.privacy.header_identity import (IDENTIFYING, check_identity_setting,
+from mami_jax.apps.privacy.header_identity import (IDENTIFYING, IDENTIFYING_SEQUENCES,
+                                                   INSTANCE_UIDS, check_identity_setting,
                                                    remove_identity)
 from mami_jax.data.decode import open_volume
 from tests.test_data_decode import write_dicom
@@ -107,10 +108,11 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
 
 
-def test_the_setting_is_checked_and_the_list_names_dicom_attributes():
+def test_the_setting_is_checked_and_the_lists_name_dicom_attributes():
     check_identity_setting("keep")
     check_identity_setting("remove")
     with pytest.raises(ValueError, match=r"metadata.identity='strip': expected one of"):
         check_identity_setting("strip")
     from pydicom.datadict import tag_for_keyword
-    assert [k for k in IDENTIFYING if tag_for_keyword(k) is None] == []
+    names = IDENTIFYING + IDENTIFYING_SEQUENCES + INSTANCE_UIDS
+    assert [k for k in names if tag_for_keyword(k) is None] == []

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import uuid
 
-from mami_jax.data import decode
+import numpy as np
+
 from mami_jax.apps.privacy.writers import save_nifti
+from mami_jax.data import decode
 from mami_jax.runtime.atomic_files import staging_dir, write_atomic
 
 IDENTITY_SETTINGS = ("keep", "remove")
@@ -58,6 +60,13 @@ IDENTIFYING_SEQUENCES = (
     "OtherPatientIDsSequence", "ReferencedPatientSequence", "RequestAttributesSequence",
     "PatientInsurancePlanCodeSequence", "ReferencedStudySequence",
 )
+
+#: UIDs that identify this study, series, image or frame of reference (a site's records can
+#: be searched by them), not those that name a standard (SOP class, transfer syntax).
+INSTANCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                 "FrameOfReferenceUID", "ReferencedSOPInstanceUID", "IrradiationEventUID",
+                 "SynchronizationFrameOfReferenceUID", "ConcatenationUID",
+                 "DimensionOrganizationUID")
 
 #: The NIfTI (and Analyze) header fields of free text.
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
@@ -104,8 +113,7 @@ def _dicom_file(path: str) -> int:
         elif element.keyword in IDENTIFYING and element.VR != "SQ" and not element.is_empty:
             element.value = ""
             changed[0] += 1
-        elif element.VR == "UI" and element.keyword.endswith("UID") and not element.is_empty \
-                and _is_instance_uid(element.keyword):
+        elif element.keyword in INSTANCE_UIDS and not element.is_empty:
             element.value = _new_uid(element.value)
             changed[0] += 1
 
@@ -125,19 +133,8 @@ def _dicom_file(path: str) -> int:
     return changed[0]
 
 
-def _is_instance_uid(keyword: str) -> bool:
-    """UIDs that identify this study, series, image or frame of reference (which a site's
-    records can be searched by), not those that name a standard (SOP class, transfer
-    syntax, coding scheme)."""
-    return keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                       "FrameOfReferenceUID", "ReferencedSOPInstanceUID",
-                       "IrradiationEventUID", "SynchronizationFrameOfReferenceUID",
-                       "ConcatenationUID", "DimensionOrganizationUID")
-
-
 def _nifti(path: str) -> int:
     import nibabel as nib
-    import numpy as np
     img = nib.load(path)
     header = img.header.copy()
     fields = [f for f in NIFTI_TEXT_FIELDS
