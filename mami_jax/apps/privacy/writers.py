@@ -10,15 +10,16 @@ the written file decodes to ``original + delta`` (to the format's rounding):
   holding the minimum and the one holding the maximum left as they were, so the decoded
   range (and every untouched pixel) stays as it was;
 - DICOM with a VOI window: ``delta * (WindowWidth - 1) / RescaleSlope``, negated for
-  MONOCHROME1.
+  MONOCHROME1; every DICOM value stays inside what its BitsStored holds.
 
 Everything else is kept: DICOM keeps every data element (only PixelData changes, written
-uncompressed in the file's PlanarConfiguration; a YBR colour file's PhotometricInterpretation
-becomes RGB, as the pixels it holds now are), NIfTI keeps its affine, header and scaling, PNG/JPEG their mode (alpha
-included) and size (a palette or 1-bit image becomes RGB or grey: its changed values are
-not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most of a small
-change is lost), and the
-slices of a series or slice folder that the model does not read are copied byte for
+uncompressed in the file's PlanarConfiguration; a YBR colour file's
+PhotometricInterpretation becomes RGB, as the pixels it now holds are), NIfTI keeps its
+affine, header and scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode
+(alpha included) and size (a palette or 1-bit image becomes RGB or grey: its changed
+values are not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most
+of a small change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate),
+and the slices of a series or slice folder that the model does not read are copied byte for
 byte. Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
 
