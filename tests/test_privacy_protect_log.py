@@ -1,10 +1,13 @@
 """protect's log of finished images: what it refuses and what it keeps."""
 
 import json
+import math
 
 import pytest
 
 from mami_jax.apps.privacy.protect_log import LOG_NAME, ProtectLog, differing_keys
+from mami_jax.apps.privacy.quality import psnr_summary
+from tests.strict_json_reader import strict_loads
 
 SETTINGS = {"config": {"perturb": {"epsilon": 0.03, "steps": 40}}, "split": "test"}
 
@@ -50,3 +53,18 @@ def test_a_broken_line_inside_the_log_names_it(tmp_path):
     (tmp_path / LOG_NAME).write_text("hello\n")
     with pytest.raises(ValueError, match="line 1 is no protect log header"):
         ProtectLog.open(str(tmp_path), SETTINGS)
+
+
+def test_an_unchanged_images_psnr_is_null_in_the_log_and_still_counted_unchanged(tmp_path):
+    """protect's log holds records a resumed run reports from: an image left unchanged has
+    infinite PSNR in memory, null on disk, and the summary counts it unchanged either way."""
+    log = ProtectLog.open(str(tmp_path), {"config": {"floor": math.inf}})
+    log.add({"image_id": "a", "psnr_db": 31.0})
+    log.add({"image_id": "b", "psnr_db": math.inf})
+    for line in open(log.path):
+        strict_loads(line)
+    again = ProtectLog.open(str(tmp_path), {"config": {"floor": math.inf}})
+    psnrs = [r["psnr_db"] for r in again.records.values()]
+    assert psnrs == [31.0, None]
+    assert psnr_summary(psnrs) == psnr_summary([31.0, math.inf]) == {
+        "psnr_db": 31.0, "psnr_db_min": 31.0, "unchanged": 1}

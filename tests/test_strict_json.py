@@ -8,8 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from mami_jax.apps.privacy.protect_log import ProtectLog
-from mami_jax.apps.privacy.quality import psnr_summary
 from mami_jax.runtime import strict_json
 from tests.strict_json_reader import strict_loads
 
@@ -31,18 +29,3 @@ def test_a_value_json_has_no_form_of_is_refused_naming_where_it_is_or_converted(
         strict_json.dumps({"records": {"dtype": np.float32}}, where="report")
     assert strict_loads(strict_json.dumps({"dtype": np.float32}, other=str)) == {
         "dtype": "<class 'numpy.float32'>"}
-
-
-def test_an_unchanged_images_psnr_is_null_in_the_log_and_still_counted_unchanged(tmp_path):
-    """protect's log holds records a resumed run reports from: an image left unchanged has
-    infinite PSNR in memory, null on disk, and the summary counts it unchanged either way."""
-    log = ProtectLog.open(str(tmp_path), {"config": {"floor": math.inf}})
-    log.add({"image_id": "a", "psnr_db": 31.0})
-    log.add({"image_id": "b", "psnr_db": math.inf})
-    for line in open(log.path):
-        strict_loads(line)
-    again = ProtectLog.open(str(tmp_path), {"config": {"floor": math.inf}})
-    psnrs = [r["psnr_db"] for r in again.records.values()]
-    assert psnrs == [31.0, None]
-    assert psnr_summary(psnrs) == psnr_summary([31.0, math.inf]) == {
-        "psnr_db": 31.0, "psnr_db_min": 31.0, "unchanged": 1}

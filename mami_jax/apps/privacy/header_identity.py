@@ -30,7 +30,7 @@ import numpy as np
 
 from mami_jax.apps.privacy.writers import save_nifti
 from mami_jax.data import decode
-from mami_jax.runtime.atomic_files import staging_dir, write_atomic
+from mami_jax.runtime.atomic_files import write_atomic
 
 IDENTITY_SETTINGS = ("keep", "remove")
 
@@ -147,6 +147,5 @@ def _nifti(path: str) -> int:
     proxy = img.dataobj
     stored = np.asanyarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") \
         else np.asanyarray(proxy)
-    with staging_dir(path) as tmp:
-        save_nifti(img, stored, path, tmp, header=header)
+    save_nifti(img, stored, path, header=header)
     return len(fields)

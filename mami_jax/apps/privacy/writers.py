@@ -312,11 +312,15 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         save_nifti(img, new.reshape(stored.shape), out, tmp)
 
 
-def save_nifti(like, stored: np.ndarray, out: str, tmp: str, header=None) -> None:
+def save_nifti(like, stored: np.ndarray, out: str, tmp: str | None = None,
+               header=None) -> None:
     """``stored`` values in ``like``'s class, affine, header (or ``header``) and scaling,
-    saved in the empty folder ``tmp`` under ``out``'s name and moved next to ``out``,
-    which removes ``tmp``. Every file nibabel writes is moved (an Analyze or NIfTI pair
-    is a .hdr and an .img), the one named ``out`` last."""
+    saved under ``out``'s name in an empty staging folder beside it (``tmp``, or a new
+    one), then moved next to ``out``; the folder is removed. Every file nibabel writes is
+    moved (an Analyze or NIfTI pair is a .hdr and an .img), the one named ``out`` last."""
+    if tmp is None:
+        with staging_dir(out) as tmp:
+            return save_nifti(like, stored, out, tmp, header)
     import nibabel as nib
     proxy = like.dataobj
     result = type(like)(stored, like.affine,
