@@ -33,6 +33,17 @@ def test_a_changed_file_or_slice_changes_the_signature(tmp_path):
     assert "3.png" in path_signature(str(series))
 
 
+def test_an_analyze_pair_is_signed_by_both_halves(tmp_path):
+    """A manifest names the .img (or the .hdr) of a pair; a new header (another scaling or
+    orientation, same voxels) is another image."""
+    (tmp_path / "v.img").write_bytes(b"voxels")
+    (tmp_path / "v.hdr").write_bytes(b"h" * 348)
+    first = path_signature(str(tmp_path / "v.img"))
+    (tmp_path / "v.hdr").write_bytes(b"H" * 352)
+    assert path_signature(str(tmp_path / "v.img")) != first
+    assert "v.img" in path_signature(str(tmp_path / "v.hdr"))
+
+
 def test_a_missing_file_has_a_signature_of_its_own(tmp_path):
     gone = str(tmp_path / "gone.png")
     assert "|missing:" in path_signature(gone)

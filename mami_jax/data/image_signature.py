@@ -25,9 +25,19 @@ def _stat_line(path: str) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+#: An Analyze / NIfTI pair: the header (orientation, scaling) and the voxels are two
+#: files, and a manifest names one of them.
+PAIRED = {".img": ".hdr", ".hdr": ".img"}
+
+
 def path_signature(path: str) -> str:
-    """Path, size and mtime of a file; of a folder, those of every file below it."""
+    """Path, size and mtime of a file (and of its pair's other half); of a folder, those
+    of every file below it."""
     if not os.path.isdir(path):
+        stem, ext = os.path.splitext(path)
+        other = PAIRED.get(ext.lower())
+        if other is not None:
+            return "\n".join(_stat_line(p) for p in (path, stem + other))
         return _stat_line(path)
     lines = []
     for root, dirs, files in os.walk(path):
