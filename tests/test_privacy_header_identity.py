@@ -108,6 +108,21 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
 
 
+def test_a_file_it_cannot_rewrite_is_an_error_naming_it(tmp_path, monkeypatch):
+    from mami_jax.apps.privacy.writers import WriteError
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, np.zeros((4, 4), np.uint16), PatientName="Doe^Jane")
+    before = open(path, "rb").read()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pydicom.Dataset, "save_as", full_disk)
+    with pytest.raises(WriteError, match=rf"^{path}: cannot remove the identifying header "
+                                         r"data of this protected copy: OSError"):
+        remove_identity(path)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["a.dcm"]
+
+
 def test_the_setting_is_checked_and_the_lists_name_dicom_attributes():
     check_identity_setting("keep")
     check_identity_setting("remove")

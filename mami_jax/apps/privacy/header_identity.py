@@ -28,7 +28,7 @@ import uuid
 
 import numpy as np
 
-from mami_jax.apps.privacy.writers import save_nifti
+from mami_jax.apps.privacy.writers import WriteError, save_nifti
 from mami_jax.data import decode
 from mami_jax.runtime.atomic_files import write_atomic
 
@@ -83,15 +83,20 @@ def check_identity_setting(value) -> None:
 def remove_identity(path: str) -> int:
     """Removes identifying header data from the protected copy at ``path`` (a file, or a
     series / slice folder), rewriting each file all-or-nothing; returns how many data
-    elements or header fields it emptied, removed or replaced."""
-    volume = decode.open_volume(path)
-    if isinstance(volume, decode.NiftiVolume):
-        return _nifti(path)
-    if isinstance(volume, decode.DicomFile):
-        return _dicom_file(path)
-    if isinstance(volume, decode.DicomSeries):
-        return sum(_dicom_file(f) for f in volume.files)
-    return 0
+    elements or header fields it emptied, removed or replaced. A file it cannot rewrite is
+    a ``WriteError`` naming it."""
+    try:
+        volume = decode.open_volume(path)
+        if isinstance(volume, decode.NiftiVolume):
+            return _nifti(path)
+        if isinstance(volume, decode.DicomFile):
+            return _dicom_file(path)
+        if isinstance(volume, decode.DicomSeries):
+            return sum(_dicom_file(f) for f in volume.files)
+        return 0
+    except Exception as e:  # noqa: BLE001 - re-raised naming the file
+        raise WriteError(f"{path}: cannot remove the identifying header data of this "
+                         f"protected copy: {type(e).__name__}: {e}") from e
 
 
 def _new_uid(uid: str) -> str:
