@@ -288,13 +288,12 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         else np.asanyarray(img.dataobj)
     slope = float(img.dataobj.slope) if hasattr(img.dataobj, "slope") else 1.0
     inter = float(img.dataobj.inter) if hasattr(img.dataobj, "inter") else 0.0
-    scaled = stored.astype(np.float64) * slope + inter
     with staging_dir(out) as tmp:
         where = _display_index(img, slices, tmp)            # (T, H, W)
         _, read = decode._nifti_slices(path, list(np.asarray(slices).tolist()))
         lo, hi = float(read.min()), float(read.max())
-        change = np.zeros(scaled.size)
-        count = np.zeros(scaled.size)
+        change = np.zeros(stored.size)
+        count = np.zeros(stored.size)
         np.add.at(change, where.ravel(), delta.mean(-1).ravel() * max(hi - lo, 1e-12))
         np.add.at(count, where.ravel(), 1.0)
         touched = count > 0
