@@ -21,6 +21,9 @@ setup(
         "scipy>=1.11,<2",
         "pillow>=10.0,<14",
         "pydicom>=3.0,<4",
+        # pydicom's decoder for compressed DICOM (JPEG Lossless, JPEG-LS, JPEG 2000), which
+        # hospital archives use; BSD-licensed (pylibjpeg-libjpeg, the other one, is GPL)
+        "python-gdcm>=3.0.22,<4",
         "nibabel>=5.2,<6",
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.8,<4",

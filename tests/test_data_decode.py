@@ -225,6 +225,7 @@ def test_dicom_series_with_a_non_finite_tag_names_the_slice_file(tmp_path):
 def test_every_reader_output_is_checked_for_non_finite_values(tmp_path, monkeypatch):
     # The final check in Volume.read, whatever reader produced the NaN.
     from mami_jax.data import decode as decode_module
+    from mami_jax.data import dicom_pixels
 
     png = str(tmp_path / "a.png")
     Image.fromarray(np.array([[1000, 1500], [3000, 5000]], np.uint16)).save(png)
@@ -239,7 +240,8 @@ def test_every_reader_output_is_checked_for_non_finite_values(tmp_path, monkeypa
         out.flat[-1] = np.inf
         return out
     monkeypatch.setattr(decode_module, "minmax", leaky_minmax)
-    monkeypatch.setattr(decode_module, "_scale_integer_or_float", leaky_minmax)
+    monkeypatch.setattr(decode_module, "scale_integer_or_float", leaky_minmax)
+    monkeypatch.setattr(dicom_pixels, "minmax", leaky_minmax)
     for path, kind in ((png, "image file"), (nii, "NIfTI volume"), (dcm, "DICOM file")):
         with pytest.raises(DecodeError, match=rf"^{re.escape(path)}: decoded {kind} holds 2 NaN or infinite"):
             open_volume(path).read()

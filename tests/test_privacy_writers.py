@@ -209,6 +209,58 @@ def test_dicom_monochrome1_changes_in_the_right_direction(tmp_path):
     assert abs(back[0, 3, 3, 0] - x[0, 3, 3, 0] - 0.1) < 1e-3
 
 
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm"])
+def test_a_compressed_dicom_is_copied_uncompressed_with_the_change(tmp_path, name):
+    """JPEG-LS (grey MR) and JPEG Lossless (colour), from pydicom's bundled files: the copy
+    holds the changed pixels uncompressed and says so."""
+    from pydicom.data import get_testdata_file
+    path = tmp_path / name
+    path.write_bytes(open(get_testdata_file(name), "rb").read())
+    x, change, back = roundtrip(path, tmp_path / "o.dcm")
+    out = pydicom.dcmread(str(tmp_path / "o.dcm"))
+    assert not out.file_meta.TransferSyntaxUID.is_compressed
+    src = pydicom.dcmread(str(path))
+    assert (out.Rows, out.Columns, out.PatientName) == (src.Rows, src.Columns, src.PatientName)
+    if x.shape[-1] == 3:
+        assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+    else:   # windowed: pixels the window saturates cannot show a change
+        inside = (x > 0) & (x < 1) & (x + change > 0) & (x + change < 1)
+        assert inside.mean() > 0.5
+        step = 1.0 / (float(src.WindowWidth) - 1)
+        assert np.abs(back - (x + change))[inside].max() <= 0.5 * step + 1e-6
+
+
+def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path):
+    """An X-ray whose display curve is a VOI lookup table (a gamma of 4096 entries): each
+    pixel's change goes back through the table's local slope, so the copy reads as
+    original + change to about one step of the table."""
+    from tests.test_data_dicom_pixels import voi_lut_item
+    table = np.rint(65535 * (np.arange(4096) / 4095.0) ** 0.5)
+    rng = np.random.default_rng(3)
+    a = rng.integers(800, 3500, (16, 16)).astype(np.uint16)
+    path = str(tmp_path / "lut.dcm")
+    write_dicom(path, a, VOILUTSequence=[voi_lut_item(table, 0)])
+    x, change, back = roundtrip(path, tmp_path / "o.dcm", amplitude=0.02)
+    steepest = float(np.max(np.diff(table)) / 65535)           # one stored unit, at most
+    assert np.abs(back - (x + change)).max() <= steepest
+    assert pydicom.dcmread(str(tmp_path / "o.dcm")).VOILUTSequence[0].LUTDescriptor[0] == 4096
+
+
+def test_a_palette_dicom_becomes_the_rgb_it_showed_with_the_change(tmp_path):
+    from tests.test_data_dicom_pixels import write_palette_dicom
+    rng = np.random.default_rng(5)
+    indices = rng.integers(0, 256, (12, 10))
+    red, green, blue = (rng.integers(0, 65536, 256) for _ in range(3))
+    path = str(tmp_path / "p.dcm")
+    write_palette_dicom(path, indices, red, green, blue)
+    x, change, back = roundtrip(path, tmp_path / "o.dcm")
+    out = pydicom.dcmread(str(tmp_path / "o.dcm"))
+    assert (out.PhotometricInterpretation, out.SamplesPerPixel, out.BitsStored) == ("RGB", 3, 16)
+    assert "RedPaletteColorLookupTableData" not in out and "PaletteColorLookupTableUID" not in out
+    lo, hi = min(map(np.min, (red, green, blue))), max(map(np.max, (red, green, blue)))
+    assert np.abs(back - (x + change)).max() <= 0.5 / (hi - lo) + 1e-6
+
+
 def test_nifti_keeps_affine_and_header(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.integers(-500, 1500, (12, 10, 6)).astype(np.int16)

@@ -20,9 +20,11 @@ Intensity rules (one rule per format, so the same scan always looks the same):
 - wider integer images (16-bit PNG X-rays use 12, 14 or 16 bits depending on the
   scanner) and float images are scaled by the minimum and maximum of the slices
   read together (one range for the whole set, so slices of a series stay comparable).
-- DICOM: RescaleSlope/RescaleIntercept first; then the first VOI window
-  (WindowCenter/WindowWidth, DICOM PS3.3 C.11.2.1.2 linear function) when present,
-  else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is always bright.
+- DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
+  window (WindowCenter/WindowWidth) when present, else the first VOI LUT of the
+  VOILUTSequence, else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is
+  always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
+  syntaxes decode through pydicom's plugins (python-gdcm is a dependency).
 - NIfTI: the volume is reoriented to the closest canonical (RAS+) orientation and
   sliced axially; each slice is shown in radiological convention (anterior at the
   top, patient right on the image left).
@@ -43,20 +45,19 @@ NaNs that would surface much later as a non-finite loss.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from typing import Sequence
 
 import numpy as np
 
+from mami_jax.data import dicom_pixels
+from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.image_values import minmax, scale_integer_or_float
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-
-
-class DecodeError(RuntimeError):
-    """An image, volume or series could not be read; the message names the path."""
 
 
 def natural_key(name: str):
@@ -80,40 +81,6 @@ def _is_dicom_file(path: str) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _scale_integer_or_float(arr: np.ndarray) -> np.ndarray:
-    """8-bit -> /255; anything wider -> min-max over the whole array (see module doc)."""
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) * np.float32(1.0 / 255.0)
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"unsupported pixel type {arr.dtype}")
-    return minmax(arr)
-
-
-def minmax(arr: np.ndarray) -> np.ndarray:
-    """(x - min) / (max - min) as float32; a constant array becomes zeros."""
-    x = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(x)
-    if not finite.all():
-        raise ValueError("pixel data contains NaN or infinity")
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros(x.shape, np.float32)
-    return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-
-
-def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 linear VOI window mapped to [0, 1]."""
-    width = max(float(width), 1.0)
-    lo = center - 0.5 - (width - 1.0) / 2.0
-    hi = center - 0.5 + (width - 1.0) / 2.0
-    y = ((x.astype(np.float32) - np.float32(center - 0.5)) / np.float32(width - 1.0 if width > 1 else 1.0)
-         + np.float32(0.5))
-    y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
-    return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- 2-D files
@@ -163,72 +130,6 @@ def _to_slices(arr: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- DICOM
-
-
-def _first(value, default=None):
-    if value is None:
-        return default
-    try:
-        if isinstance(value, (str, bytes)):
-            return value
-        return value[0]
-    except (TypeError, IndexError, KeyError):
-        return value
-
-
-def _dicom_number(ds, keyword: str, default: float | None) -> float | None:
-    """The first value of a numeric DICOM tag as a finite float; ``default`` if absent or empty.
-
-    A NaN or infinite value raises DecodeError naming the file and the tag: rescaling or
-    windowing with it would silently turn every pixel into NaN (or a constant).
-    """
-    value = _first(ds.get(keyword, None), None)
-    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
-        return default
-    number = float(value)
-    if not math.isfinite(number):
-        name = getattr(ds, "filename", None) or "<DICOM dataset>"
-        raise DecodeError(f"{name}: DICOM tag {keyword} is {value!r}, not a finite number")
-    return number
-
-
-def _dicom_frames(ds) -> np.ndarray:
-    """Pixel data of a dataset as (F, H, W, C) after the modality (rescale) LUT."""
-    arr = ds.pixel_array
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if samples == 1:
-        arr = arr.reshape((frames,) + arr.shape[-2:])[..., None]
-    else:
-        arr = arr.reshape((frames,) + arr.shape[-3:])
-    slope = _dicom_number(ds, "RescaleSlope", 1.0) or 1.0  # a zero slope would erase the image
-    intercept = _dicom_number(ds, "RescaleIntercept", 0.0)
-    if samples == 1 and (slope != 1.0 or intercept != 0.0):
-        arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    return arr
-
-
-def _dicom_to_unit(frames: np.ndarray, ref) -> np.ndarray:
-    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags."""
-    samples = frames.shape[-1]
-    if samples == 3:
-        out = _scale_integer_or_float(frames)
-    else:
-        center = _dicom_number(ref, "WindowCenter", None)
-        width = _dicom_number(ref, "WindowWidth", None)
-        if center is not None and width is not None:
-            out = dicom_window(frames, center, width)
-        else:
-            out = minmax(frames)
-    if str(ref.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
-        out = np.float32(1.0) - out
-    return out.astype(np.float32, copy=False)
-
-
-def _read_dicom_file(path: str):
-    import pydicom
-
-    return pydicom.dcmread(path, force=True)
 
 
 @functools.lru_cache(maxsize=256)
@@ -373,7 +274,7 @@ class ImageFile(Volume):
 
     def _read(self, indices):
         indices = self._check(indices, 1)
-        x = _scale_integer_or_float(_to_slices(_read_pil_array(self.path, self.min_short_side)))
+        x = scale_integer_or_float(_to_slices(_read_pil_array(self.path, self.min_short_side)))
         return np.repeat(x, len(indices), axis=0) if len(indices) != 1 else x
 
 
@@ -399,11 +300,11 @@ class DicomFile(Volume):
         return self._n
 
     def _read(self, indices):
-        ds = _read_dicom_file(self.path)
-        frames = _dicom_frames(ds)
+        ds = dicom_pixels.read_dataset(self.path)
+        frames = dicom_pixels.rescaled_frames(ds)
         self._n = frames.shape[0]
         indices = self._check(indices, frames.shape[0])
-        return _dicom_to_unit(frames[indices], ds)
+        return dicom_pixels.to_unit(frames[indices], ds)
 
 
 class DicomSeries(Volume):
@@ -430,8 +331,8 @@ class DicomSeries(Volume):
         for i in indices:
             if i not in cache:
                 try:
-                    ds = _read_dicom_file(self.files[i])
-                    f = _dicom_frames(ds)
+                    ds = dicom_pixels.read_dataset(self.files[i])
+                    f = dicom_pixels.rescaled_frames(ds)
                 except DecodeError:
                     raise
                 except Exception as e:  # noqa: BLE001
@@ -441,11 +342,11 @@ class DicomSeries(Volume):
                     raise DecodeError(f"{self.files[i]}: multi-frame file inside a series folder")
                 cache[i] = (f[0].astype(np.float32), ds)
             frames.append(cache[i][0])
-        ref = _read_dicom_file(self.files[0]) if 0 not in cache else cache[0][1]
+        ref = dicom_pixels.read_dataset(self.files[0]) if 0 not in cache else cache[0][1]
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise DecodeError(f"{self.path}: slices of different shapes {sorted(shapes)}")
-        return _dicom_to_unit(np.stack(frames), ref)
+        return dicom_pixels.to_unit(np.stack(frames), ref)
 
 
 class NiftiVolume(Volume):
@@ -510,7 +411,7 @@ class SliceFolder(Volume):
         stack = np.stack(raw)
         if stack.ndim == 3:
             stack = stack[..., None]
-        return _scale_integer_or_float(stack)
+        return scale_integer_or_float(stack)
 
 
 def open_volume(path: str, min_short_side: int | None = None) -> Volume:

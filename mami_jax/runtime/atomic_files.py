@@ -128,6 +128,15 @@ def fix_tree_modes(root: str) -> None:
             os.chmod(os.path.join(here, f), fmode)
 
 
+def publish_dir(tmp: str, final: str) -> None:
+    """Moves a filled ``staging_dir`` into place as ``final``, replacing an earlier folder
+    of that name (the same command's own earlier output), with the umask's modes."""
+    fix_tree_modes(tmp)
+    if os.path.isdir(final):
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Removes temporaries that a killed writer left in ``directory``; returns their paths.
 

@@ -1,0 +1,165 @@
+"""Writing the protected copy of a DICOM file or series: only its pixels change.
+
+The change of unit pixels goes back through ``data.dicom_pixels``' reading rules
+inverted, so the copy decodes to ``original + change`` (to the stored values'
+rounding):
+
+- grey with a VOI window: ``change * (WindowWidth - 1) / RescaleSlope``;
+- grey with a VOI lookup table: ``change`` times the inverse of the table's slope at
+  each pixel's value, over RescaleSlope (a flat stretch of the table, where nothing
+  shows, is capped at the table's span; ``written_budget`` then checks the file);
+- grey without either, and colour: min-max, ``change * (max - min)`` of the frames read
+  together, the pixels that hold the extremes kept (``stored_change.apply_change``);
+- MONOCHROME1 negated; every value inside what BitsStored holds.
+
+Every data element is kept; PixelData is written uncompressed in the file's own
+PlanarConfiguration. Two kinds of file change how their pixels are described, because
+the changed pixels could not be stored the old way: a YBR colour file becomes RGB
+(pydicom reads it as RGB; converting back would round every pixel again), and a PALETTE
+COLOR file becomes the RGB its palette showed (the changed colours are not in the
+palette), its palette elements removed. A series' unread slices are copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+import numpy as np
+
+from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
+from mami_jax.data import dicom_pixels
+from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic
+
+#: Elements that describe a palette (PS3.3 C.7.9); a copy written as RGB drops them.
+PALETTE_ELEMENTS = tuple(
+    f"{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue", "Alpha")
+    for part in ("Descriptor", "Data")) + tuple(
+    f"{kind}{colour}PaletteColorLookupTable{part}" for colour in ("Red", "Green", "Blue")
+    for kind, part in (("Large", "Descriptor"), ("Large", "Data"), ("Segmented", "Data"))) + (
+    "SegmentedAlphaPaletteColorLookupTableData", "PaletteColorLookupTableUID",
+    "LargePaletteColorLookupTableUID")
+
+
+def _stored(ds) -> np.ndarray:
+    """The stored values to change: decompressed (the copy is written uncompressed), a
+    palette file's through its palette, with ``ds`` re-described as what will be stored."""
+    stored = dicom_pixels.stored_pixels(ds)     # names the file when no decoder reads it
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+        stored = ds.pixel_array
+    if dicom_pixels.photometric(ds) == "PALETTE COLOR" and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        from pydicom.pixels import apply_color_lut
+
+        stored = np.ascontiguousarray(apply_color_lut(stored, ds)[..., :3])
+        bits = stored.dtype.itemsize * 8
+        for keyword in PALETTE_ELEMENTS:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
+        ds.BitsAllocated = ds.BitsStored = bits
+        ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    return stored
+
+
+def _scale(ref, frames) -> tuple[Callable[[np.ndarray], np.ndarray | float], float | None,
+                                  float | None]:
+    """(rescaled units per unit intensity at a frame's pixels, lo, hi) of ``frames`` (the
+    rescaled frames read together, (H, W, C) each) under ``ref``'s reading rule."""
+    if frames[0].shape[-1] == 3:
+        scale, lo, hi = unit_scale(frames)
+        return (lambda frame: scale), lo, hi
+    sign = -1.0 if dicom_pixels.photometric(ref) == "MONOCHROME1" else 1.0
+    center = dicom_pixels.dicom_number(ref, "WindowCenter", None)
+    width = dicom_pixels.dicom_number(ref, "WindowWidth", None)
+    if center is not None and width is not None:
+        return (lambda frame: sign * max(float(width) - 1.0, 1.0)), None, None
+    lut = dicom_pixels.VoiLut.of(ref)
+    if lut is not None:
+        return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
+    lo = min(float(f.min()) for f in frames)
+    hi = max(float(f.max()) for f in frames)
+    return (lambda frame: sign * max(hi - lo, 1e-12)), lo, hi
+
+
+def _changed(ds, frame, stored, change, scale_info) -> np.ndarray:
+    """``stored`` (one frame's stored values) with ``change`` (H, W, C unit pixels) added;
+    ``frame``: its rescaled values (H, W, C)."""
+    per_unit, lo, hi = scale_info
+    if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
+        return apply_change(stored, channels(change, stored) * per_unit(frame), lo, hi)
+    slope = dicom_pixels.dicom_number(ds, "RescaleSlope", 1.0) or 1.0
+    intercept = dicom_pixels.dicom_number(ds, "RescaleIntercept", 0.0)
+    stored_lo = None if lo is None else (lo - intercept) / slope
+    stored_hi = None if hi is None else (hi - intercept) / slope
+    if stored_lo is not None and stored_lo > stored_hi:
+        stored_lo, stored_hi = stored_hi, stored_lo
+    return apply_change(stored, change.mean(-1) * per_unit(frame) / slope, stored_lo,
+                        stored_hi, _bits_stored_range(ds))
+
+
+def _bits_stored_range(ds) -> tuple[int, int] | None:
+    """The values BitsStored can hold (signed where PixelRepresentation is 1)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if bits <= 0:
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _save(ds, pixels: np.ndarray, out: str) -> None:
+    """``pixels`` as ``_stored`` gave them ((frames,) rows, columns(, samples)), stored in
+    ``ds``'s own layout: colour planes one after the other where its PlanarConfiguration
+    is 1 (pixel_array interleaves them); a YBR file's copy is stored as the RGB it was
+    given and says so."""
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        if dicom_pixels.photometric(ds).startswith("YBR"):
+            ds.PhotometricInterpretation = "RGB"
+        if int(ds.get("PlanarConfiguration", 0) or 0):
+            pixels = np.moveaxis(pixels, -1, -3)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+
+    def write(tmp):
+        ds.save_as(tmp, enforce_file_format=False)
+    write_atomic(out, write)
+
+
+def write_dicom_file(path: str, slices, delta, out: str) -> None:
+    """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``."""
+    ds = dicom_pixels.read_dataset(path)
+    frames = dicom_pixels.rescaled_frames(ds)
+    stored = _stored(ds)
+    changes = per_slice_change(delta, slices, frames.shape[0])
+    scale_info = _scale(ds, [frames[i] for i in changes])
+    several = int(ds.get("NumberOfFrames", 1) or 1) > 1
+    new = stored.copy()
+    for i, change in changes.items():
+        if several:
+            new[i] = _changed(ds, frames[i], new[i], change, scale_info)
+        else:
+            new = _changed(ds, frames[i], new, change, scale_info)
+    _save(ds, new, out)
+
+
+def write_dicom_series(volume, slices, delta, out: str) -> None:
+    """The copy of a DICOM series folder (``decode.DicomSeries``): the read slices'
+    files rewritten under the first file's reading rule, the others copied."""
+    changes = per_slice_change(delta, slices, volume.num_slices)
+    read = {}
+    for i in changes:
+        ds = dicom_pixels.read_dataset(volume.files[i])
+        frame = dicom_pixels.rescaled_frames(ds)[0]
+        read[i] = (ds, _stored(ds), frame)
+    ref = read[0][0] if 0 in read else dicom_pixels.read_dataset(volume.files[0])
+    scale_info = _scale(ref, [r[2] for r in read.values()])
+    with staging_dir(out) as tmp:
+        for i, f in enumerate(volume.files):
+            target = os.path.join(tmp, os.path.basename(f))
+            if i in changes:
+                ds, stored, frame = read[i]
+                _save(ds, _changed(ds, frame, stored, changes[i], scale_info), target)
+            else:
+                shutil.copyfile(f, target)
+        publish_dir(tmp, out)

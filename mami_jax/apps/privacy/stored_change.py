@@ -1,0 +1,66 @@
+"""Putting a change of unit pixels ([0, 1]) back into a file's stored values.
+
+Every protected-copy writer (``writers``, ``dicom_writer``) maps the protection's change
+through the inverse of the reader's intensity rule and then through these helpers, which
+keep what the reader relies on: the dtype and its range, and the pixels that hold the
+minimum and maximum a min-max reader scales by.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def apply_change(stored: np.ndarray, change: np.ndarray, lo=None, hi=None,
+           limits: tuple[int, int] | None = None) -> np.ndarray:
+    """``stored + change`` in ``stored``'s dtype: rounded, clipped to the dtype's range and
+    to [lo, hi] when given (the range of every slice read together, in stored units), with
+    the pixel that holds lo and the one that holds hi kept as they were, so the reader's
+    min-max range stays. A slice that holds neither (one frame of a series) keeps none:
+    setting its own extremes to the series' would paint a dot of air or metal into it.
+    ``limits``: the stored values' own range where it is narrower than the dtype's (a
+    DICOM's BitsStored: a 12-bit value above 4095 is read with its high bits dropped)."""
+    new = stored.astype(np.float64) + change
+    if np.issubdtype(stored.dtype, np.integer):
+        info = np.iinfo(stored.dtype)
+        floor, ceil = limits if limits is not None else (info.min, info.max)
+        new = np.clip(np.round(new), max(floor, info.min), min(ceil, info.max))
+    if lo is not None:
+        new = np.clip(new, lo, hi)
+        flat, values = new.reshape(-1), stored.reshape(-1)   # a view: sets ``new``
+        slack = 1e-9 * max(1.0, abs(float(lo)), abs(float(hi)))
+        for i, extreme in ((int(np.argmin(values)), lo), (int(np.argmax(values)), hi)):
+            if abs(float(values[i]) - float(extreme)) <= slack:
+                flat[i] = values[i]
+    return new.astype(stored.dtype)
+
+
+def per_slice_change(delta: np.ndarray, slices, n: int) -> dict[int, np.ndarray]:
+    """delta (T, H, W, C) of the read slices -> {slice index: mean change} (repeats averaged)."""
+    out: dict[int, list] = {}
+    for t, i in enumerate(np.asarray(slices).tolist()):
+        if not 0 <= i < n:
+            raise ValueError(f"slice {i} out of range for {n} slices")
+        out.setdefault(int(i), []).append(delta[t])
+    return {i: np.mean(v, axis=0) for i, v in out.items()}
+
+
+def unit_scale(arrays) -> tuple[float, float | None, float | None]:
+    """(stored units per unit intensity, lo, hi) of the decoder's rule for plain pixels."""
+    dtype = arrays[0].dtype
+    if dtype == np.uint8:
+        return 255.0, None, None
+    if dtype == np.bool_:
+        raise ValueError("1-bit images cannot carry a protection")
+    lo = min(float(a.min()) for a in arrays)
+    hi = max(float(a.max()) for a in arrays)
+    return max(hi - lo, 1e-12), lo, hi
+
+
+def channels(change: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """(H, W, C) change shaped like ``stored`` ((H, W) grey or (H, W, 3))."""
+    if stored.ndim == 2:
+        return change.mean(axis=-1)
+    if change.shape[-1] == 1:
+        return np.repeat(change, stored.shape[-1], axis=-1)
+    return change

@@ -1,0 +1,220 @@
+"""A DICOM dataset's pixels as the model sees them: stored values, then the modality
+rescale, then the VOI transform (window or lookup table), or a palette's colours.
+
+The reading rules, in order (``decode``'s module docstring gives the other formats'):
+
+- the stored values (``stored_pixels``): compressed transfer syntaxes decode through
+  pydicom's plugins (python-gdcm, a dependency, reads JPEG Lossless, JPEG-LS and JPEG
+  2000; Pillow reads JPEG Baseline; pydicom itself RLE); a syntax no installed plugin
+  reads, a file without pixel data (a report, a plan) and a file whose meta names no
+  transfer syntax that cannot be told from how it was read each raise one ``DecodeError``
+  line naming the file and what to install or what the file is;
+- grey: RescaleSlope / RescaleIntercept (the modality LUT), then the first VOI window
+  (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
+  LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
+  window), else min-max over the frames read together; MONOCHROME1 inverted (1 - x);
+- PALETTE COLOR: the stored indices through the palette (``apply_color_lut``), as RGB;
+- other colour: min-max (8-bit: / 255) like any colour image.
+
+The privacy writers invert these rules to put a change back into stored values, so
+they import the same functions (``VoiLut.stored_per_unit`` is the window's width for
+a lookup table: the inverse of its local slope).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.image_values import minmax, scale_integer_or_float
+
+
+def read_dataset(path: str):
+    """The whole DICOM dataset of ``path`` (pixels decoded lazily by ``stored_pixels``)."""
+    import pydicom
+
+    return pydicom.dcmread(path, force=True)
+
+
+def _where(ds) -> str:
+    return getattr(ds, "filename", None) or "<DICOM dataset>"
+
+
+def _first(value, default=None):
+    if value is None:
+        return default
+    try:
+        if isinstance(value, (str, bytes)):
+            return value
+        return value[0]
+    except (TypeError, IndexError, KeyError):
+        return value
+
+
+def dicom_number(ds, keyword: str, default: float | None) -> float | None:
+    """The first value of a numeric DICOM tag as a finite float; ``default`` if absent or empty.
+
+    A NaN or infinite value raises DecodeError naming the file and the tag: rescaling or
+    windowing with it would silently turn every pixel into NaN (or a constant).
+    """
+    value = _first(ds.get(keyword, None), None)
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    number = float(value)
+    if not math.isfinite(number):
+        raise DecodeError(f"{_where(ds)}: DICOM tag {keyword} is {value!r}, not a finite number")
+    return number
+
+
+def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 linear VOI window mapped to [0, 1]."""
+    width = max(float(width), 1.0)
+    lo = center - 0.5 - (width - 1.0) / 2.0
+    hi = center - 0.5 + (width - 1.0) / 2.0
+    y = ((x.astype(np.float32) - np.float32(center - 0.5)) / np.float32(width - 1.0 if width > 1 else 1.0)
+         + np.float32(0.5))
+    y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def photometric(ds) -> str:
+    return str(ds.get("PhotometricInterpretation", "")).strip().upper()
+
+
+# ----------------------------------------------------------------------- stored values
+
+def _name_transfer_syntax(ds) -> None:
+    """A file without a meta header's TransferSyntaxUID (ACR-NEMA style, or a meta written
+    without it) gets the syntax pydicom read its elements with: without one, pydicom
+    cannot tell the pixel data's byte order and refuses to decode it."""
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") is not None:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        raise DecodeError(f"{_where(ds)}: the DICOM file names no transfer syntax and its "
+                          "encoding cannot be told from its elements")
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (uid.ImplicitVRLittleEndian if implicit else
+                              uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
+
+
+def stored_pixels(ds) -> np.ndarray:
+    """``ds.pixel_array``: the stored values, decompressed; (frames,) rows, columns(, samples).
+
+    Raises DecodeError naming the file when it holds no pixel data or when no installed
+    plugin decodes its transfer syntax (the plugins' reasons and what to install)."""
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        kind = getattr(ds.get("SOPClassUID", None), "name", None) or "DICOM object"
+        raise DecodeError(f"{_where(ds)}: holds no pixel data ({kind}); only images can be read")
+    _name_transfer_syntax(ds)
+    try:
+        return ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+        syntax = ds.file_meta.TransferSyntaxUID
+        if not syntax.is_compressed:
+            raise
+        reasons = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise DecodeError(
+            f"{_where(ds)}: no installed decoder reads its pixel data, compressed as "
+            f"{syntax.name} ({syntax}): {reasons or e}. 12-bit JPEG needs "
+            f"'pip install pylibjpeg pylibjpeg-libjpeg' (GPL-3.0, so not a mami_jax "
+            f"dependency); python-gdcm reads the other JPEG syntaxes") from e
+
+
+# ----------------------------------------------------------------------- display values
+
+class VoiLut:
+    """The first item of a VOILUTSequence: a table from (rescaled) values to display values.
+
+    Its output is read in unit range by the table's own extremes (its lowest entry is
+    black, its highest white), so a table whose descriptor claims 16 bits but holds 12-bit
+    values still spans [0, 1]."""
+
+    def __init__(self, ds):
+        item = ds.VOILUTSequence[0]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        self.entries, self.first = entries or 65536, first
+        data = item.LUTData
+        if isinstance(data, (bytes, bytearray)):
+            little = ds.file_meta.TransferSyntaxUID.is_little_endian \
+                if ds.get("file_meta") is not None and "TransferSyntaxUID" in ds.file_meta \
+                else ds.original_encoding[1]
+            dtype = np.dtype(np.uint8 if bits <= 8 and len(data) == self.entries else np.uint16)
+            table = np.frombuffer(data, dtype.newbyteorder("<" if little else ">"))
+        else:
+            table = np.atleast_1d(np.asarray(data, np.float64))
+        if table.size < self.entries:
+            raise DecodeError(f"{_where(ds)}: VOI LUT holds {table.size} entries, its "
+                              f"descriptor says {self.entries}")
+        table = table[:self.entries].astype(np.float64)
+        lo, hi = float(table.min()), float(table.max())
+        self.unit = ((table - lo) / (hi - lo) if hi > lo else np.zeros_like(table))
+
+    @staticmethod
+    def of(ds) -> "VoiLut | None":
+        sequence = ds.get("VOILUTSequence", None)
+        return VoiLut(ds) if sequence else None
+
+    def _index(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(np.asarray(x, np.float64)) - self.first, 0,
+                       self.entries - 1).astype(np.int64)
+
+    def to_unit(self, x: np.ndarray) -> np.ndarray:
+        return self.unit[self._index(x)].astype(np.float32)
+
+    def stored_per_unit(self, x: np.ndarray) -> np.ndarray:
+        """Input units per unit of display at each value of ``x``: the inverse of the
+        table's local slope, capped at its whole input span (a flat stretch of the table,
+        where no change shows, gets the span: the budget check on the written file then
+        shrinks what does not fit)."""
+        slope = np.abs(np.gradient(self.unit)) if self.entries > 1 else np.zeros(1)
+        per_unit = np.where(slope > 0, 1.0 / np.maximum(slope, 1e-300), np.inf)
+        return np.minimum(per_unit, float(self.entries))[self._index(x)]
+
+
+def rescaled_frames(ds, stored: np.ndarray | None = None) -> np.ndarray:
+    """Pixel data of a dataset as (F, H, W, C) after the modality (rescale) LUT, or the
+    palette's RGB for PALETTE COLOR."""
+    arr = stored_pixels(ds) if stored is None else stored
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if samples == 1 and photometric(ds) == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)[..., :3]
+        return arr.reshape((frames,) + arr.shape[-3:])
+    if samples == 1:
+        arr = arr.reshape((frames,) + arr.shape[-2:])[..., None]
+    else:
+        arr = arr.reshape((frames,) + arr.shape[-3:])
+    slope = dicom_number(ds, "RescaleSlope", 1.0) or 1.0  # a zero slope would erase the image
+    intercept = dicom_number(ds, "RescaleIntercept", 0.0)
+    if samples == 1 and (slope != 1.0 or intercept != 0.0):
+        arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return arr
+
+
+def to_unit(frames: np.ndarray, ref) -> np.ndarray:
+    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags."""
+    if frames.shape[-1] == 3:
+        out = scale_integer_or_float(frames)
+    else:
+        center = dicom_number(ref, "WindowCenter", None)
+        width = dicom_number(ref, "WindowWidth", None)
+        lut = None if center is not None and width is not None else VoiLut.of(ref)
+        if lut is not None:
+            out = lut.to_unit(frames)
+        elif center is not None and width is not None:
+            out = dicom_window(frames, center, width)
+        else:
+            out = minmax(frames)
+    if photometric(ref) == "MONOCHROME1":
+        out = np.float32(1.0) - out
+    return out.astype(np.float32, copy=False)

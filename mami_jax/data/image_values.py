@@ -1,0 +1,33 @@
+"""Stored pixel values to unit intensities ([0, 1]): the rules every format shares.
+
+8-bit integers are divided by 255; wider integers (16-bit X-rays hold 12, 14 or 16 bits
+depending on the scanner) and floats are scaled by the minimum and maximum of what is
+read together, so the slices of one series stay comparable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def scale_integer_or_float(arr: np.ndarray) -> np.ndarray:
+    """8-bit -> /255; anything wider -> min-max over the whole array."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(1.0 / 255.0)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"unsupported pixel type {arr.dtype}")
+    return minmax(arr)
+
+
+def minmax(arr: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min) as float32; a constant array becomes zeros."""
+    x = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise ValueError("pixel data contains NaN or infinity")
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros(x.shape, np.float32)
+    return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))

@@ -1,0 +1,131 @@
+"""mami_jax.data.dicom_pixels: the DICOM files hospital archives hold read as the model
+should see them: compressed transfer syntaxes, files without a meta header, VOI lookup
+tables, palette colour, and one clear error for what cannot be read.
+
+Compressed files come from pydicom's own bundled test files (installed with pydicom),
+each compared with the same image stored uncompressed."""
+
+import importlib.util
+import re
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from mami_jax.data.decode import DecodeError, decode, open_volume
+from tests.test_data_decode import write_dicom
+
+
+def bundled(name):
+    return get_testdata_file(name)
+
+
+@pytest.mark.parametrize("compressed, plain", [
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),      # JPEG-LS lossless (gdcm)
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),          # JPEG 2000 lossless
+    ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb_rle.dcm"),             # JPEG Lossless, process 14 (gdcm)
+])
+def test_compressed_dicom_reads_as_its_uncompressed_twin(compressed, plain):
+    a, b = decode(bundled(compressed)), decode(bundled(plain))
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_syntax_no_installed_decoder_reads_is_one_line_naming_file_and_remedy():
+    path = bundled("JPGExtended.dcm")          # 12-bit JPEG: only pylibjpeg-libjpeg reads it
+    if importlib.util.find_spec("libjpeg") is not None:
+        assert decode(path).shape == (1, 1024, 256, 3)
+        return
+    with pytest.raises(DecodeError) as err:
+        decode(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: no installed decoder reads its pixel data, "
+                              "compressed as JPEG Extended")
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in message and "gdcm:" in message
+    assert "\n" not in message
+
+
+def test_a_dicom_object_without_pixels_says_what_it_is():
+    path = bundled("rtplan.dcm")
+    with pytest.raises(DecodeError, match=rf"^{re.escape(path)}: holds no pixel data "
+                                          r"\(RT Plan Storage\); only images"):
+        decode(path)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_file_without_meta_header_reads_with_the_encoding_it_was_read_with(tmp_path, implicit):
+    src = str(tmp_path / "with_meta.dcm")
+    write_dicom(src, np.arange(12, dtype=np.uint16).reshape(3, 4) * 100)
+    ds = pydicom.dcmread(src)
+    ds.file_meta, ds.preamble = FileMetaDataset(), None     # an ACR-NEMA style file
+    bare = str(tmp_path / "bare.dcm")
+    ds.save_as(bare, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    assert open(bare, "rb").read(132)[128:132] != b"DICM"
+    np.testing.assert_array_equal(decode(bare), decode(src))
+
+
+def voi_lut_item(table, first, bits=16, as_bytes=False):
+    item = Dataset()
+    item.LUTDescriptor = [len(table), first, bits]
+    if as_bytes:
+        item.add_new("LUTData", "OW", np.asarray(table, "<u2").tobytes())
+    else:
+        item.add_new("LUTData", "US", [int(v) for v in table])
+    return item
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_voi_lut_sequence_maps_rescaled_values_through_its_table(tmp_path, as_bytes):
+    # Table of 5 entries for rescaled values 100..104 (quadratic display curve, 12 bits in
+    # a 16-bit descriptor); stored 45..57 with slope 2, intercept 10 -> rescaled 100..124.
+    p = str(tmp_path / "lut.dcm")
+    stored = np.array([[44, 45, 46], [47, 48, 60]], np.uint16)
+    write_dicom(p, stored, RescaleSlope=2, RescaleIntercept=10,
+                VOILUTSequence=[voi_lut_item([0, 100, 400, 900, 1600], 100, 16, as_bytes)])
+    # rescaled: 98 (below first: entry 0), 100, 102, 104, 106 (above: last entry), 130
+    expected = np.array([[0, 0, 400], [1600, 1600, 1600]]) / 1600.0
+    np.testing.assert_allclose(decode(p)[0, :, :, 0], expected, atol=1e-6)
+
+
+def test_a_window_wins_over_a_voi_lut_and_monochrome1_inverts_the_table(tmp_path):
+    both = str(tmp_path / "both.dcm")
+    stored = np.array([[100, 101], [102, 103]], np.uint16)
+    lut = [voi_lut_item([0, 10, 30, 40], 100)]
+    write_dicom(both, stored, WindowCenter=101.5, WindowWidth=4, VOILUTSequence=lut)
+    window_only = str(tmp_path / "window.dcm")
+    write_dicom(window_only, stored, WindowCenter=101.5, WindowWidth=4)
+    np.testing.assert_array_equal(decode(both), decode(window_only))
+    inverted = str(tmp_path / "m1.dcm")
+    write_dicom(inverted, stored, photometric="MONOCHROME1", VOILUTSequence=lut)
+    np.testing.assert_allclose(decode(inverted)[0, :, :, 0], [[1, 0.75], [0.25, 0]], atol=1e-6)
+
+
+def write_palette_dicom(path, indices, red, green, blue, bits=16):
+    """An 8-bit PALETTE COLOR image of ``indices`` with three 16-bit lookup tables."""
+    write_dicom(path, indices.astype(np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = indices.astype(np.uint8).tobytes()
+    for name, table in (("Red", red), ("Green", green), ("Blue", blue)):
+        ds.add_new(pydicom.datadict.tag_for_keyword(f"{name}PaletteColorLookupTableDescriptor"),
+                   "US", [len(table), 0, bits])
+        ds.add_new(pydicom.datadict.tag_for_keyword(f"{name}PaletteColorLookupTableData"),
+                   "OW", np.asarray(table, "<u2").tobytes())
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_palette_colour_is_read_as_the_colours_it_shows(tmp_path):
+    p = str(tmp_path / "palette.dcm")
+    indices = np.array([[0, 1], [2, 3]])
+    red, green, blue = [0, 65535, 0, 32768], [0, 0, 65535, 32768], [0, 0, 0, 65535]
+    write_palette_dicom(p, indices, red, green, blue)
+    x = decode(p)
+    assert x.shape == (1, 2, 2, 3)
+    # 16-bit colours: min-max over the image (0 .. 65535)
+    np.testing.assert_allclose(x[0, 1, 1], [32768 / 65535, 32768 / 65535, 1.0], atol=1e-6)
+    np.testing.assert_allclose(x[0, 0, 1], [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(x[0, 1, 0], [0, 1, 0], atol=1e-6)
+    assert open_volume(p).read().shape[-1] == 3
