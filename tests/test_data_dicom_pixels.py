@@ -129,3 +129,20 @@ def test_palette_colour_is_read_as_the_colours_it_shows(tmp_path):
     np.testing.assert_allclose(x[0, 0, 1], [1, 0, 0], atol=1e-6)
     np.testing.assert_allclose(x[0, 1, 0], [0, 1, 0], atol=1e-6)
     assert open_volume(p).read().shape[-1] == 3
+
+
+def test_a_folder_holding_two_series_names_them_instead_of_interleaving_them(tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for series, values in (("1.2.3.1", (0, 10, 20)), ("1.2.3.2", (5, 15))):
+        for z, v in enumerate(values):
+            write_dicom(str(folder / f"{series}_{z}.dcm"), np.full((2, 2), v, np.uint16),
+                        SeriesInstanceUID=series, ImagePositionPatient=[0, 0, float(z)],
+                        ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{folder}: holds 2 DICOM series (1.2.3.1: 3 file(s), e.g. 1.2.3.1_0.dcm; "
+            "1.2.3.2: 2 file(s), e.g. 1.2.3.2_0.dcm); a manifest row's folder must hold one")):
+        open_volume(str(folder))
+    for name in ("1.2.3.2_0.dcm", "1.2.3.2_1.dcm"):
+        (folder / name).unlink()
+    np.testing.assert_allclose(decode(str(folder))[:, 0, 0, 0], [0, 0.5, 1])

@@ -134,7 +134,12 @@ def _to_slices(arr: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _dicom_series_files(folder: str, mtime: float) -> tuple[str, ...]:
-    """Files of a DICOM series folder in anatomical order (cached per folder and mtime)."""
+    """Files of a DICOM series folder in anatomical order (cached per folder and mtime).
+
+    A folder holding files of more than one series (SeriesInstanceUID: a study's scout and
+    axial series, or a scan before and after contrast, copied into one folder) is a
+    DecodeError naming each series: ordered by position together, two series of the same
+    size would be read as one volume whose slices alternate between them."""
     del mtime  # part of the cache key only
     import pydicom
 
@@ -143,13 +148,14 @@ def _dicom_series_files(folder: str, mtime: float) -> tuple[str, ...]:
              and os.path.isfile(os.path.join(folder, n))]
     if not names:
         raise DecodeError(f"{folder}: empty DICOM series folder")
-    keyed = []
+    keyed, series = [], {}
     for n in names:
         p = os.path.join(folder, n)
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise DecodeError(f"{p}: unreadable DICOM header in series {folder}: {e}") from e
+        series.setdefault(str(ds.get("SeriesInstanceUID", "") or "").strip(), []).append(n)
         pos = ds.get("ImagePositionPatient", None)
         ori = ds.get("ImageOrientationPatient", None)
         if pos is not None and ori is not None and len(pos) == 3 and len(ori) == 6:
@@ -160,6 +166,13 @@ def _dicom_series_files(folder: str, mtime: float) -> tuple[str, ...]:
         else:
             key = (2, 0.0, natural_key(n))
         keyed.append((key, p))
+    if len(series) > 1:
+        found = "; ".join(
+            f"{uid or 'no SeriesInstanceUID'}: {len(files)} file(s), e.g. "
+            f"{min(files, key=natural_key)}"
+            for uid, files in sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+        raise DecodeError(f"{folder}: holds {len(series)} DICOM series ({found}); a manifest "
+                          "row's folder must hold one series: move each into its own folder")
     keyed.sort(key=lambda t: t[0])
     return tuple(p for _, p in keyed)
 
