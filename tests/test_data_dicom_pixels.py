@@ -146,3 +146,44 @@ def test_a_folder_holding_two_series_names_them_instead_of_interleaving_them(tmp
     for name in ("1.2.3.2_0.dcm", "1.2.3.2_1.dcm"):
         (folder / name).unlink()
     np.testing.assert_allclose(decode(str(folder))[:, 0, 0, 0], [0, 0.5, 1])
+
+
+def write_enhanced_dicom(path, stored, depths, slopes, intercepts, window=None):
+    """An enhanced multi-frame object: frames stored in the order given, each placed by its
+    PlanePositionSequence (z = ``depths``) and rescaled by its own
+    PixelValueTransformationSequence; orientation and the optional window are shared."""
+    def item(**tags):
+        d = Dataset()
+        for k, v in tags.items():
+            setattr(d, k, v)
+        return d
+    write_dicom(path, stored)
+    ds = pydicom.dcmread(path)
+    shared = item(PlaneOrientationSequence=[item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    if window is not None:
+        shared.FrameVOILUTSequence = [item(WindowCenter=window[0], WindowWidth=window[1])]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(PlanePositionSequence=[item(ImagePositionPatient=[0, 0, z])],
+             PixelValueTransformationSequence=[item(RescaleSlope=s, RescaleIntercept=b)])
+        for z, s, b in zip(depths, slopes, intercepts)]
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_an_enhanced_multiframe_object_is_read_in_anatomical_order_with_each_frames_rescale(
+        tmp_path):
+    p = str(tmp_path / "enhanced.dcm")
+    stored = np.stack([np.full((2, 2), v, np.uint16) for v in (30, 10, 5)])
+    # stored frames at z = 20, 0, 10; rescaled: 30*1+0 = 30, 10*2+0 = 20, 5*1+5 = 10
+    write_enhanced_dicom(p, stored, depths=[20.0, 0.0, 10.0], slopes=[1, 2, 1],
+                         intercepts=[0, 0, 5])
+    volume = open_volume(p)
+    assert volume.num_slices == 3
+    # anatomical order z = 0, 10, 20 -> rescaled 20, 10, 30 -> min-max 0.5, 0, 1
+    np.testing.assert_allclose(volume.read()[:, 0, 0, 0], [0.5, 0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(volume.read([2])[:, 0, 0, 0], [0.0])   # one frame alone
+    windowed = str(tmp_path / "windowed.dcm")
+    write_enhanced_dicom(windowed, stored, depths=[20.0, 0.0, 10.0], slopes=[1, 2, 1],
+                         intercepts=[0, 0, 5], window=(20.5, 41))
+    # window 20.5 / 41: (x - 20) / 40 + 0.5 -> 20: 0.5, 10: 0.25, 30: 0.75
+    np.testing.assert_allclose(decode(windowed)[:, 0, 0, 0], [0.5, 0.25, 0.75], atol=1e-6)

@@ -230,6 +230,28 @@ def test_a_compressed_dicom_is_copied_uncompressed_with_the_change(tmp_path, nam
         assert np.abs(back - (x + change))[inside].max() <= 0.5 * step + 1e-6
 
 
+def test_an_enhanced_multiframe_dicom_changes_the_frames_read_through_their_own_rescale(
+        tmp_path):
+    """Frames stored out of anatomical order, each with its own slope: slice i's change
+    lands in the frame that slice i reads, in that frame's stored units."""
+    from tests.test_data_dicom_pixels import write_enhanced_dicom
+    rng = np.random.default_rng(9)
+    stored = rng.integers(200, 900, (3, 12, 12)).astype(np.uint16)
+    path = str(tmp_path / "enhanced.dcm")
+    write_enhanced_dicom(path, stored, depths=[20.0, 0.0, 10.0], slopes=[1, 2, 4],
+                         intercepts=[0, -100, 50], window=(1500, 3001))
+    volume = open_volume(path)
+    x = volume.read([0, 1, 2])
+    change = np.zeros_like(x)
+    change[0] = 0.01                                          # slice 0: stored frame 1
+    write_protected(path, [0, 1, 2], change, str(tmp_path / "o.dcm"))
+    out = pydicom.dcmread(str(tmp_path / "o.dcm")).pixel_array.astype(int)
+    np.testing.assert_array_equal(out[[0, 2]], stored[[0, 2]])
+    np.testing.assert_array_equal(out[1] - stored[1], np.full((12, 12), 15))   # 30 / slope 2
+    back = open_volume(str(tmp_path / "o.dcm")).read([0, 1, 2])
+    np.testing.assert_allclose(back - x, change, atol=0.5 * 2 / 3000 + 1e-6)
+
+
 def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path):
     """An X-ray whose display curve is a VOI lookup table (a gamma of 4096 entries): each
     pixel's change goes back through the table's local slope, so the copy reads as

@@ -314,7 +314,7 @@ class DicomFile(Volume):
 
     def _read(self, indices):
         ds = dicom_pixels.read_dataset(self.path)
-        frames = dicom_pixels.rescaled_frames(ds)
+        frames = dicom_pixels.rescaled_frames(ds)[dicom_pixels.frame_order(ds)]
         self._n = frames.shape[0]
         indices = self._check(indices, frames.shape[0])
         return dicom_pixels.to_unit(frames[indices], ds)

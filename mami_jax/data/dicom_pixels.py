@@ -9,7 +9,10 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
   reads, a file without pixel data (a report, a plan) and a file whose meta names no
   transfer syntax that cannot be told from how it was read each raise one ``DecodeError``
   line naming the file and what to install or what the file is;
-- grey: RescaleSlope / RescaleIntercept (the modality LUT), then the first VOI window
+- frames in anatomical order: an enhanced multi-frame object's by the position in
+  each frame's functional groups (``frame_order``), a classic one's as stored;
+- grey: RescaleSlope / RescaleIntercept (the modality LUT; an enhanced object's per frame,
+  from its functional groups, as its window), then the first VOI window
   (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
   LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
   window), else min-max over the frames read together; MONOCHROME1 inverted (1 - x);
@@ -53,19 +56,79 @@ def _first(value, default=None):
         return value
 
 
-def dicom_number(ds, keyword: str, default: float | None) -> float | None:
+def dicom_number(ds, keyword: str, default: float | None, where=None) -> float | None:
     """The first value of a numeric DICOM tag as a finite float; ``default`` if absent or empty.
 
-    A NaN or infinite value raises DecodeError naming the file and the tag: rescaling or
-    windowing with it would silently turn every pixel into NaN (or a constant).
+    A NaN or infinite value raises DecodeError naming the file (``where``'s, for an item
+    of a sequence) and the tag: rescaling or windowing with it would silently turn every
+    pixel into NaN (or a constant).
     """
     value = _first(ds.get(keyword, None), None)
     if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
         return default
     number = float(value)
     if not math.isfinite(number):
-        raise DecodeError(f"{_where(ds)}: DICOM tag {keyword} is {value!r}, not a finite number")
+        raise DecodeError(f"{_where(where if where is not None else ds)}: DICOM tag "
+                          f"{keyword} is {value!r}, not a finite number")
     return number
+
+
+def _group_item(ds, frame: int, sequence: str):
+    """In an enhanced multi-frame object (Enhanced CT / MR / ...), the item of the
+    functional group ``sequence`` that holds for ``frame``: the frame's own, else the
+    shared one. None in a classic object, whose tags sit at the top level."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
+                          ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups, None)
+        if items and index < len(items):
+            found = items[index].get(sequence, None)
+            if found:
+                return found[0]
+    return None
+
+
+def rescale(ds, frame: int = 0) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of ``frame``: the top-level tags, else the
+    frame's PixelValueTransformationSequence; (1, 0) when neither is there."""
+    holder = ds if ("RescaleSlope" in ds or "RescaleIntercept" in ds) else \
+        _group_item(ds, frame, "PixelValueTransformationSequence")
+    if holder is None:
+        return 1.0, 0.0
+    slope = dicom_number(holder, "RescaleSlope", 1.0, ds) or 1.0  # zero would erase the image
+    return slope, dicom_number(holder, "RescaleIntercept", 0.0, ds)
+
+
+def window(ds) -> tuple[float, float] | None:
+    """(WindowCenter, WindowWidth): the first window of the top-level tags, else of the
+    first frame's FrameVOILUTSequence; None without one."""
+    holder = ds if "WindowCenter" in ds else _group_item(ds, 0, "FrameVOILUTSequence")
+    if holder is None:
+        return None
+    center = dicom_number(holder, "WindowCenter", None, ds)
+    width = dicom_number(holder, "WindowWidth", None, ds)
+    return None if center is None or width is None else (center, width)
+
+
+def frame_order(ds) -> np.ndarray:
+    """Stored frame index of each slice, in anatomical order: an enhanced multi-frame
+    object places each frame by its PlanePositionSequence, and its frames need not be
+    stored in order along the slice normal (they follow its dimension index); a classic
+    object's frames are read as stored."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    stored = np.arange(n)
+    if n < 2 or not ds.get("PerFrameFunctionalGroupsSequence", None):
+        return stored
+    depth = []
+    for f in range(n):
+        position = _group_item(ds, f, "PlanePositionSequence")
+        orientation = _group_item(ds, f, "PlaneOrientationSequence")
+        pos = None if position is None else position.get("ImagePositionPatient", None)
+        ori = None if orientation is None else orientation.get("ImageOrientationPatient", None)
+        if pos is None or ori is None or len(pos) != 3 or len(ori) != 6:
+            return stored
+        normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
+        depth.append(float(np.dot(normal, np.asarray(pos, float))))
+    return np.asarray(sorted(stored.tolist(), key=lambda f: (depth[f], f)))
 
 
 def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -180,8 +243,8 @@ class VoiLut:
 
 
 def rescaled_frames(ds, stored: np.ndarray | None = None) -> np.ndarray:
-    """Pixel data of a dataset as (F, H, W, C) after the modality (rescale) LUT, or the
-    palette's RGB for PALETTE COLOR."""
+    """Pixel data of a dataset as (F, H, W, C) in stored frame order, after each frame's
+    modality (rescale) LUT, or the palette's RGB for PALETTE COLOR."""
     arr = stored_pixels(ds) if stored is None else stored
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -194,10 +257,12 @@ def rescaled_frames(ds, stored: np.ndarray | None = None) -> np.ndarray:
         arr = arr.reshape((frames,) + arr.shape[-2:])[..., None]
     else:
         arr = arr.reshape((frames,) + arr.shape[-3:])
-    slope = dicom_number(ds, "RescaleSlope", 1.0) or 1.0  # a zero slope would erase the image
-    intercept = dicom_number(ds, "RescaleIntercept", 0.0)
-    if samples == 1 and (slope != 1.0 or intercept != 0.0):
-        arr = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if samples > 1:
+        return arr
+    per_frame = np.asarray([rescale(ds, f) for f in range(frames)], np.float32)
+    if np.any(per_frame != np.float32([1.0, 0.0])):
+        arr = arr.astype(np.float32) * per_frame[:, 0, None, None, None] \
+            + per_frame[:, 1, None, None, None]
     return arr
 
 
@@ -206,13 +271,12 @@ def to_unit(frames: np.ndarray, ref) -> np.ndarray:
     if frames.shape[-1] == 3:
         out = scale_integer_or_float(frames)
     else:
-        center = dicom_number(ref, "WindowCenter", None)
-        width = dicom_number(ref, "WindowWidth", None)
-        lut = None if center is not None and width is not None else VoiLut.of(ref)
+        shown = window(ref)
+        lut = None if shown is not None else VoiLut.of(ref)
         if lut is not None:
             out = lut.to_unit(frames)
-        elif center is not None and width is not None:
-            out = dicom_window(frames, center, width)
+        elif shown is not None:
+            out = dicom_window(frames, *shown)
         else:
             out = minmax(frames)
     if photometric(ref) == "MONOCHROME1":

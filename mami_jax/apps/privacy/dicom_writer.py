@@ -4,7 +4,8 @@ The change of unit pixels goes back through ``data.dicom_pixels``' reading rules
 inverted, so the copy decodes to ``original + change`` (to the stored values'
 rounding):
 
-- grey with a VOI window: ``change * (WindowWidth - 1) / RescaleSlope``;
+- grey with a VOI window: ``change * (WindowWidth - 1) / RescaleSlope`` (an enhanced
+  multi-frame object's window and each frame's rescale come from its functional groups);
 - grey with a VOI lookup table: ``change`` times the inverse of the table's slope at
   each pixel's value, over RescaleSlope (a flat stretch of the table, where nothing
   shows, is capped at the table's span; ``written_budget`` then checks the file);
@@ -71,10 +72,9 @@ def _scale(ref, frames) -> tuple[Callable[[np.ndarray], np.ndarray | float], flo
         scale, lo, hi = unit_scale(frames)
         return (lambda frame: scale), lo, hi
     sign = -1.0 if dicom_pixels.photometric(ref) == "MONOCHROME1" else 1.0
-    center = dicom_pixels.dicom_number(ref, "WindowCenter", None)
-    width = dicom_pixels.dicom_number(ref, "WindowWidth", None)
-    if center is not None and width is not None:
-        return (lambda frame: sign * max(float(width) - 1.0, 1.0)), None, None
+    shown = dicom_pixels.window(ref)
+    if shown is not None:
+        return (lambda frame: sign * max(float(shown[1]) - 1.0, 1.0)), None, None
     lut = dicom_pixels.VoiLut.of(ref)
     if lut is not None:
         return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
@@ -83,14 +83,13 @@ def _scale(ref, frames) -> tuple[Callable[[np.ndarray], np.ndarray | float], flo
     return (lambda frame: sign * max(hi - lo, 1e-12)), lo, hi
 
 
-def _changed(ds, frame, stored, change, scale_info) -> np.ndarray:
-    """``stored`` (one frame's stored values) with ``change`` (H, W, C unit pixels) added;
-    ``frame``: its rescaled values (H, W, C)."""
+def _changed(ds, index, frame, stored, change, scale_info) -> np.ndarray:
+    """``stored`` (the stored values of frame ``index``) with ``change`` (H, W, C unit
+    pixels) added; ``frame``: its rescaled values (H, W, C)."""
     per_unit, lo, hi = scale_info
     if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
         return apply_change(stored, channels(change, stored) * per_unit(frame), lo, hi)
-    slope = dicom_pixels.dicom_number(ds, "RescaleSlope", 1.0) or 1.0
-    intercept = dicom_pixels.dicom_number(ds, "RescaleIntercept", 0.0)
+    slope, intercept = dicom_pixels.rescale(ds, index)
     stored_lo = None if lo is None else (lo - intercept) / slope
     stored_hi = None if hi is None else (hi - intercept) / slope
     if stored_lo is not None and stored_lo > stored_hi:
@@ -130,16 +129,18 @@ def write_dicom_file(path: str, slices, delta, out: str) -> None:
     """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``."""
     ds = dicom_pixels.read_dataset(path)
     frames = dicom_pixels.rescaled_frames(ds)
+    order = dicom_pixels.frame_order(ds)             # slice i is stored frame order[i]
     stored = _stored(ds)
-    changes = per_slice_change(delta, slices, frames.shape[0])
-    scale_info = _scale(ds, [frames[i] for i in changes])
+    changes = {int(order[i]): change
+               for i, change in per_slice_change(delta, slices, frames.shape[0]).items()}
+    scale_info = _scale(ds, [frames[f] for f in changes])
     several = int(ds.get("NumberOfFrames", 1) or 1) > 1
     new = stored.copy()
-    for i, change in changes.items():
+    for f, change in changes.items():
         if several:
-            new[i] = _changed(ds, frames[i], new[i], change, scale_info)
+            new[f] = _changed(ds, f, frames[f], new[f], change, scale_info)
         else:
-            new = _changed(ds, frames[i], new, change, scale_info)
+            new = _changed(ds, f, frames[f], new, change, scale_info)
     _save(ds, new, out)
 
 
@@ -159,7 +160,7 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
             target = os.path.join(tmp, os.path.basename(f))
             if i in changes:
                 ds, stored, frame = read[i]
-                _save(ds, _changed(ds, frame, stored, changes[i], scale_info), target)
+                _save(ds, _changed(ds, 0, frame, stored, changes[i], scale_info), target)
             else:
                 shutil.copyfile(f, target)
         publish_dir(tmp, out)
