@@ -84,6 +84,22 @@ def test_png_with_alpha_keeps_its_alpha_channel(tmp_path, mode):
     assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("ext", ["jpg", "png", "tif"])
+def test_a_copy_keeps_the_exif_orientation_and_no_other_exif_tag(tmp_path, ext):
+    """A camera's photo stored on its side (EXIF Orientation 6): viewers turn the copy as
+    they turn the original; the camera's make and serial number are not copied."""
+    rgb = np.random.default_rng(2).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0xA431] = 6, "FundusCam", "SN-12345"
+    Image.fromarray(rgb).save(tmp_path / f"a.{ext}", exif=exif)
+    roundtrip(tmp_path / f"a.{ext}", tmp_path / "out" / f"a.{ext}")
+    with Image.open(tmp_path / "out" / f"a.{ext}") as img:
+        kept = img.getexif()
+    assert kept.get(0x0112) == 6
+    assert 0x010F not in kept and 0xA431 not in kept
+    assert "SN-12345" not in open(tmp_path / "out" / f"a.{ext}", "rb").read().decode("latin-1")
+
+
 def test_png_16bit_keeps_its_minmax_range(tmp_path):
     rng = np.random.default_rng(2)
     a = rng.integers(1000, 5000, (20, 20)).astype(np.uint16)

@@ -16,7 +16,8 @@ here, after the copy is written, so that a shared folder names nobody:
   say what was done. Pixel-related elements are untouched, so the copy decodes as before.
 - NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
   ``db_name``) are blanked; a NIfTI header has no other field for a name or date.
-- PNG / JPEG: ``writers`` never copies their text chunks or EXIF, so nothing is left.
+- PNG / JPEG / TIFF: ``writers`` never copies their text chunks or EXIF (only EXIF's
+  Orientation, which names nobody), so nothing is left.
 
 Text burned into the pixels (a name in a corner of an X-ray) is not found here; the
 identity-cue maps show where a model looks, not where text is.

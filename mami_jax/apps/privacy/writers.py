@@ -13,7 +13,7 @@ the written file decodes to ``original + delta`` (to the format's rounding):
 
 Everything else is kept: DICOM every data element (``dicom_writer`` says which pixel
 descriptions change), NIfTI its affine, header and scaling (a .hdr/.img pair stays a
-pair), PNG/JPEG/TIFF their mode (alpha included) and size (a palette or 1-bit image
+pair), PNG/JPEG/TIFF their mode (alpha included), size and EXIF Orientation (a palette or 1-bit image
 becomes RGB or grey: its changed values are not in its palette; JPEG at quality 100
 without chroma subsampling: at 95 most of a small change is lost; TIFF keeps a lossless
 compression, a JPEG one becomes deflate), and the slices of a series or slice folder
@@ -35,6 +35,7 @@ from mami_jax.data.decode import DecodeError
 from mami_jax.runtime.atomic_files import fix_tree_modes, publish_dir, staging_dir, write_atomic
 
 JPEG_QUALITY = 100
+EXIF_ORIENTATION = 0x0112
 #: TIFF compressions that keep every value: kept; any other (JPEG) becomes deflate, so the
 #: change is neither lost in a lossy coder nor written raw (pathology tiles: 25x larger).
 LOSSLESS_TIFF = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
@@ -50,15 +51,22 @@ class WriteError(RuntimeError):
 
 def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     """``arr`` (the reader's grey or RGB pixels, changed) in ``like``'s format; an alpha
-    channel the reader dropped (LA, RGBA) is put back as it was."""
+    channel the reader dropped (LA, RGBA) is put back as it was. Of the EXIF only the
+    Orientation is kept: viewers turn the picture by it (a camera's fundus photo stored
+    on its side), and the other tags (camera, serial number, dates) may name a person."""
     from PIL import Image
     with Image.open(like) as original:
         fmt, info, mode = original.format, dict(original.info), original.mode
         alpha = original.getchannel("A") if mode in ("LA", "RGBA") else None
+        orientation = original.getexif().get(EXIF_ORIENTATION)
     img = Image.fromarray(arr)
     if alpha is not None and img.mode in ("L", "RGB"):
         img = Image.merge(img.mode + "A", [*img.split(), alpha])
     kwargs = {k: info[k] for k in ("dpi", "icc_profile") if k in info}
+    if orientation not in (None, 1):
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = orientation
+        kwargs["exif"] = exif
     if fmt == "JPEG":
         kwargs.update(quality=JPEG_QUALITY, subsampling=0)
     if fmt == "TIFF":
