@@ -230,6 +230,7 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
 
 @pytest.mark.parametrize("args, message", [
     (["--manifest", "/nonexistent.csv"], "error: --manifest /nonexistent.csv: no such file"),
+    (["--manifest", "{folder}"], "error: --manifest {folder}: is a folder, not a file"),
     (["--split", "nope"], "error: {manifest}: no rows in split 'nope'"),
     (["--workdir", "/nonexistent.pth"], "error: --workdir /nonexistent.pth: no such file or folder"),
     (["--model", "/nonexistent.pth"], "error: --model /nonexistent.pth: no such file or folder"),

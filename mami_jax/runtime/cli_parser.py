@@ -9,6 +9,7 @@ the one thing that is wrong (Ctrl-C is one line too: ``runtime.interrupts``).
 from __future__ import annotations
 
 import argparse
+import os
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -17,3 +18,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def require_file(flag: str, path: str) -> None:
+    """An input file argument that names no file: FileNotFoundError, or IsADirectoryError
+    for a folder (a manifest's folder given for the manifest), naming the flag and path."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path}: is a folder, not a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file")

@@ -44,7 +44,7 @@ from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.runtime import strict_json
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, require_file
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 
@@ -149,8 +149,7 @@ def _attacker_manifest(args) -> None:
     from mami_jax.apps.privacy.protect import SUFFIX
     from mami_jax.data.manifest import read_manifest, write_manifest
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {path}: no such file")
+        require_file(flag, path)
     from mami_jax.runtime.output_guard import refuse_overwriting_inputs
     refuse_overwriting_inputs([args.out], [args.manifest, args.protected], "--out")
     if os.path.isdir(args.out):
@@ -187,8 +186,7 @@ def _run(args, parser) -> None:
     from mami_jax.data.missing_files import refuse_missing_files
     from mami_jax.inference import names_a_path
 
-    if not os.path.isfile(args.manifest):
-        raise FileNotFoundError(f"--manifest {args.manifest}: no such file")
+    require_file("--manifest", args.manifest)
     if not names_a_path(args.workdir):
         raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder")
     pcfg = load_config(args.config)

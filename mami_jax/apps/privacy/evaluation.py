@@ -45,6 +45,7 @@ from mami_jax.config_files import load_config
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.manifest import read_manifest
+from mami_jax.runtime.cli_parser import require_file
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
 from mami_jax.runtime.chunk_store import discard_beside
@@ -73,8 +74,7 @@ def checked_arguments(args):
     files = [("--original", args.original), ("--protected", args.protected)]
     files += [("--labels", args.labels)] if args.labels else []
     for flag, path in files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{flag} {path}: no such file")
+        require_file(flag, path)
     given = [(f"--model {name}=", m) for name, m in models]
     given += [("--probe-model ", m) for m in args.probe_model]
     given += [("--history-model ", args.history_model)] if args.history_model else []
