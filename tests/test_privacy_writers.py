@@ -268,6 +268,28 @@ def test_an_enhanced_multiframe_dicom_changes_the_frames_read_through_their_own_
     np.testing.assert_allclose(back - x, change, atol=0.5 * 2 / 3000 + 1e-6)
 
 
+def test_a_float_dicom_map_keeps_its_pixels_float(tmp_path):
+    """A parametric map (an ADC map: FloatPixelData): the copy's change lands in the float
+    element (written as PixelData, the copy could not be saved at all)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.30"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+    adc = np.random.default_rng(6).uniform(0, 3e-3, (8, 8)).astype(np.float32)
+    ds.FloatPixelData = adc.tobytes()
+    path = str(tmp_path / "adc.dcm")
+    ds.save_as(path, enforce_file_format=True)
+    x, change, back = roundtrip(path, tmp_path / "o.dcm")
+    out = pydicom.dcmread(str(tmp_path / "o.dcm"))
+    assert "FloatPixelData" in out and "PixelData" not in out
+    assert np.sort(np.abs(back - (x + change)).ravel())[-3] <= 1e-6  # the range's 2 pixels kept
+
+
 def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path):
     """An X-ray whose display curve is a VOI lookup table (a gamma of 4096 entries): each
     pixel's change goes back through the table's local slope, so the copy reads as

@@ -33,6 +33,9 @@ import numpy as np
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 
+#: The elements that may hold an image's pixels (float ones: parametric maps, ADC, ...).
+PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
 
 def read_dataset(path: str):
     """The whole DICOM dataset of ``path`` (pixels decoded lazily by ``stored_pixels``)."""
@@ -173,7 +176,7 @@ def stored_pixels(ds) -> np.ndarray:
 
     Raises DecodeError naming the file when it holds no pixel data or when no installed
     plugin decodes its transfer syntax (the plugins' reasons and what to install)."""
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(k in ds for k in PIXEL_ELEMENTS):
         kind = getattr(ds.get("SOPClassUID", None), "name", None) or "DICOM object"
         raise DecodeError(f"{_where(ds)}: holds no pixel data ({kind}); only images can be read")
     _name_transfer_syntax(ds)

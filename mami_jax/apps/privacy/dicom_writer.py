@@ -118,7 +118,8 @@ def _save(ds, pixels: np.ndarray, out: str) -> None:
             ds.PhotometricInterpretation = "RGB"
         if int(ds.get("PlanarConfiguration", 0) or 0):
             pixels = np.moveaxis(pixels, -1, -3)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    holder = next((k for k in dicom_pixels.PIXEL_ELEMENTS if k in ds), "PixelData")
+    setattr(ds, holder, np.ascontiguousarray(pixels).tobytes())   # a float map stays float
 
     def write(tmp):
         ds.save_as(tmp, enforce_file_format=False)
