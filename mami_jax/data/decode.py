@@ -355,7 +355,8 @@ class DicomSeries(Volume):
                     raise DecodeError(f"{self.files[i]}: multi-frame file inside a series folder")
                 cache[i] = (f[0].astype(np.float32), ds)
             frames.append(cache[i][0])
-        ref = dicom_pixels.read_dataset(self.files[0]) if 0 not in cache else cache[0][1]
+        ref = cache[0][1] if 0 in cache else \
+            dicom_pixels.read_dataset(self.files[0], header_only=True)
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise DecodeError(f"{self.path}: slices of different shapes {sorted(shapes)}")

@@ -37,11 +37,12 @@ from mami_jax.data.image_values import minmax, scale_integer_or_float
 PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def read_dataset(path: str):
-    """The whole DICOM dataset of ``path`` (pixels decoded lazily by ``stored_pixels``)."""
+def read_dataset(path: str, header_only: bool = False):
+    """The DICOM dataset of ``path`` (pixels decoded lazily by ``stored_pixels``);
+    ``header_only``: without its pixel data, for the reading rule of a series' first file."""
     import pydicom
 
-    return pydicom.dcmread(path, force=True)
+    return pydicom.dcmread(path, force=True, stop_before_pixels=header_only)
 
 
 def _where(ds) -> str:

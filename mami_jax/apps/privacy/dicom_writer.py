@@ -50,7 +50,8 @@ def _stored(ds) -> np.ndarray:
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()
         stored = ds.pixel_array
-    if dicom_pixels.photometric(ds) == "PALETTE COLOR" and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if dicom_pixels.photometric(ds) == "PALETTE COLOR" and samples == 1:
         from pydicom.pixels import apply_color_lut
 
         stored = np.ascontiguousarray(apply_color_lut(stored, ds)[..., :3])
@@ -154,7 +155,8 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
         ds = dicom_pixels.read_dataset(volume.files[i])
         frame = dicom_pixels.rescaled_frames(ds)[0]
         read[i] = (ds, _stored(ds), frame)
-    ref = read[0][0] if 0 in read else dicom_pixels.read_dataset(volume.files[0])
+    ref = read[0][0] if 0 in read else \
+        dicom_pixels.read_dataset(volume.files[0], header_only=True)
     scale_info = _scale(ref, [r[2] for r in read.values()])
     with staging_dir(out) as tmp:
         for i, f in enumerate(volume.files):
