@@ -409,19 +409,26 @@ def test_a_dicom_copy_names_nobody_when_asked_and_everyone_by_default(setup, tmp
     pcfg = load_config("configs/privacy.py")
     pcfg.method, pcfg.batch_size = "noise", 4         # no optimisation: the writing is tested
 
+    copies = []
+
     def protected(identity):
         pcfg.metadata.identity = identity
         out = str(tmp_path / identity)
         new_rows, records = protect_rows(rows_in, rows_in[:1], [member], pcfg,
                                          str(tmp_path), out, progress=False)
-        return pydicom.dcmread(os.path.join(out, new_rows[0].path)), records[0]
+        copies.append(os.path.join(out, new_rows[0].path))
+        return pydicom.dcmread(copies[-1]), records[0]
 
+    original_uid = pydicom.dcmread(dcm).SOPInstanceUID
     kept, record = protected("keep")
     assert (str(kept.PatientName), kept.PatientID, kept.StudyInstanceUID) == (
         "Doe^Jane", "X123", "1.2.3.4") and record["header_elements_removed"] == 0
+    assert kept.SourceImageSequence[0].ReferencedSOPInstanceUID == original_uid
     removed, record = protected("remove")
     assert (str(removed.PatientName), removed.PatientID, removed.InstitutionName) == ("", "", "")
     assert removed.StudyInstanceUID != "1.2.3.4" and removed.PatientIdentityRemoved == "YES"
-    assert record["header_elements_removed"] == 3 + 2     # three named, two UIDs
+    # three named; the study's, the copy's own and its source image's UIDs
+    assert record["header_elements_removed"] == 3 + 3
+    assert original_uid.encode() not in open(copies[-1], "rb").read()
     np.testing.assert_array_equal(removed.pixel_array, kept.pixel_array)   # same seed
     assert open(dcm, "rb").read() == before

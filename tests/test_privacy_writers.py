@@ -139,13 +139,55 @@ def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
                 StudyInstanceUID="1.2.3.4")
     x, change, back = roundtrip(path, tmp_path / "o.dcm")
     src, out = pydicom.dcmread(path), pydicom.dcmread(str(tmp_path / "o.dcm"))
-    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID", "RescaleSlope",
+    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "SOPClassUID", "RescaleSlope",
                 "RescaleIntercept", "WindowCenter", "WindowWidth", "Rows", "Columns"):
         assert out.get(tag) == src.get(tag), tag
     assert out.pixel_array.dtype == src.pixel_array.dtype and out.pixel_array.shape == (16, 16)
     # one stored step is 2 rescaled units = 2/3000 of the window
     assert np.abs(back - (x + change)).max() <= 1.01 / 3000 * 2
     assert not np.array_equal(out.pixel_array, src.pixel_array)
+
+
+@pytest.mark.parametrize("series", [False, True])
+def test_a_dicom_copy_is_a_new_image_of_the_same_study(tmp_path, series):
+    """Its pixels differ, so it is a new instance (a PACS that holds the original would
+    drop a copy under the same SOPInstanceUID as a duplicate, or replace the original): new
+    instance and series UIDs, the same in every file of a series and on every run, DERIVED,
+    and the original named as its source; the unread slices keep their stored pixels."""
+    rng = np.random.default_rng(13)
+    a = rng.integers(0, 1000, (3, 8, 8)).astype(np.uint16)
+    if series:
+        path = tmp_path / "series"
+        path.mkdir()
+        for i in range(3):
+            write_dicom(str(path / f"IM{i}"), a[i], InstanceNumber=i + 1, SeriesInstanceUID="1.2.9",
+                        StudyInstanceUID="1.2.8", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+        files = [str(path / f"IM{i}") for i in range(3)]
+    else:
+        path = tmp_path / "frames.dcm"
+        write_dicom(str(path), a, SeriesInstanceUID="1.2.9", StudyInstanceUID="1.2.8",
+                    ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+        files = [str(path)]
+    x = open_volume(str(path)).read([1])
+    change = np.full_like(x, 0.01)
+    copies = []
+    for run in ("a", "b"):
+        write_protected(str(path), [1], change, str(tmp_path / run))
+        copies.append(sorted(os.path.join(tmp_path / run, n) for n in os.listdir(tmp_path / run))
+                      if series else [str(tmp_path / run)])
+    for original, copy_a, copy_b in zip(files, *copies):
+        src, out = pydicom.dcmread(original), pydicom.dcmread(copy_a)
+        assert out.SOPInstanceUID != src.SOPInstanceUID
+        assert out.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID \
+            == pydicom.dcmread(copy_b).SOPInstanceUID                  # the same on every run
+        assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert (out.SeriesInstanceUID != "1.2.9", out.StudyInstanceUID) == (True, "1.2.8")
+        assert list(out.ImageType) == ["DERIVED", "PRIMARY", "AXIAL"]
+    if series:
+        assert len({pydicom.dcmread(c).SeriesInstanceUID for c in copies[0]}) == 1
+        for i in (0, 2):                                  # unread: the stored pixels as they were
+            assert pydicom.dcmread(copies[0][i]).PixelData == pydicom.dcmread(files[i]).PixelData
+        assert open_volume(str(tmp_path / "a")).num_slices == 3      # one series, read as one
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -13,22 +13,29 @@ rounding):
   together, the pixels that hold the extremes kept (``stored_change.apply_change``);
 - MONOCHROME1 negated; every value inside what BitsStored holds.
 
-Every data element is kept; PixelData is written uncompressed in the file's own
-PlanarConfiguration. Two kinds of file change how their pixels are described, because
-the changed pixels could not be stored the old way: a YBR colour file becomes RGB
-(pydicom reads it as RGB; converting back would round every pixel again), and a PALETTE
-COLOR file becomes the RGB its palette showed (the changed colours are not in the
-palette), its palette elements removed. A series' unread slices are copied byte for byte.
+Every other data element is kept, but for what makes the copy a new image: its pixels
+differ from the original's, so it gets its own SOPInstanceUID and SeriesInstanceUID
+(derived from the original's: the same in every file of a series and in every run), an
+ImageType of DERIVED, a DerivationDescription, and a SourceImageSequence naming the
+original; a PACS that holds both then keeps both, where a copy under the original's UID
+would be dropped as a duplicate or replace the original. The study stays the original's.
+PixelData is written uncompressed in the file's own PlanarConfiguration. Two kinds of file
+change how their pixels are described, because the changed pixels could not be stored
+the old way: a YBR colour file becomes RGB (pydicom reads it as RGB; converting back would
+round every pixel again), and a PALETTE COLOR file becomes the RGB its palette showed (the
+changed colours are not in the palette), its palette elements removed. A series' unread
+slices keep their pixel data as stored (compressed ones stay compressed) and get the new
+series' UIDs.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable
 
 import numpy as np
 
+from mami_jax.apps.privacy.derived_uids import COPY, derived_uid
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
 from mami_jax.data import dicom_pixels
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic
@@ -41,6 +48,31 @@ PALETTE_ELEMENTS = tuple(
     for kind, part in (("Large", "Descriptor"), ("Large", "Data"), ("Segmented", "Data"))) + (
     "SegmentedAlphaPaletteColorLookupTableData", "PaletteColorLookupTableUID",
     "LargePaletteColorLookupTableUID")
+
+
+#: DerivationDescription of every copy (a LO: at most 64 characters).
+DERIVATION = "mami_jax privacy protect: pixels changed"
+
+
+def _as_derived(ds) -> None:
+    """Describes ``ds`` as the protected copy of itself (see the module docstring)."""
+    from pydicom.dataset import Dataset
+
+    original, sop_class = ds.get("SOPInstanceUID", None), ds.get("SOPClassUID", None)
+    if original:
+        ds.SOPInstanceUID = derived_uid(original, COPY)
+        if ds.get("file_meta") is not None:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        source = Dataset()
+        if sop_class:
+            source.ReferencedSOPClassUID = sop_class
+        source.ReferencedSOPInstanceUID = original
+        ds.SourceImageSequence = [source]
+    if ds.get("SeriesInstanceUID", None):
+        ds.SeriesInstanceUID = derived_uid(ds.SeriesInstanceUID, COPY)
+    image_type = [str(v) for v in (ds.get("ImageType", None) or [])]
+    ds.ImageType = ["DERIVED"] + image_type[1:] if image_type else ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = DERIVATION
 
 
 def _stored(ds) -> np.ndarray:
@@ -121,6 +153,11 @@ def _save(ds, pixels: np.ndarray, out: str) -> None:
             pixels = np.moveaxis(pixels, -1, -3)
     holder = next((k for k in dicom_pixels.PIXEL_ELEMENTS if k in ds), "PixelData")
     setattr(ds, holder, np.ascontiguousarray(pixels).tobytes())   # a float map stays float
+    _write(ds, out)
+
+
+def _write(ds, out: str) -> None:
+    _as_derived(ds)
 
     def write(tmp):
         ds.save_as(tmp, enforce_file_format=False)
@@ -148,7 +185,7 @@ def write_dicom_file(path: str, slices, delta, out: str) -> None:
 
 def write_dicom_series(volume, slices, delta, out: str) -> None:
     """The copy of a DICOM series folder (``decode.DicomSeries``): the read slices'
-    files rewritten under the first file's reading rule, the others copied."""
+    files changed under the first file's reading rule, the others' pixels kept."""
     changes = per_slice_change(delta, slices, volume.num_slices)
     read = {}
     for i in changes:
@@ -164,6 +201,6 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
             if i in changes:
                 ds, stored, frame = read[i]
                 _save(ds, _changed(ds, 0, frame, stored, changes[i], scale_info), target)
-            else:
-                shutil.copyfile(f, target)
+            else:                  # pixels as stored; the copy's series and instance UIDs
+                _write(dicom_pixels.read_dataset(f), target)
         publish_dir(tmp, out)

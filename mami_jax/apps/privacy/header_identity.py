@@ -25,10 +25,9 @@ identity-cue maps show where a model looks, not where text is.
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 
+from mami_jax.apps.privacy.derived_uids import DEIDENTIFIED, derived_uid
 from mami_jax.apps.privacy.writers import WriteError, save_nifti
 from mami_jax.data import decode
 from mami_jax.runtime.atomic_files import write_atomic
@@ -100,13 +99,6 @@ def remove_identity(path: str) -> int:
                          f"protected copy: {type(e).__name__}: {e}") from e
 
 
-def _new_uid(uid: str) -> str:
-    """A UID derived from ``uid`` alone (PS3.5 B.2: "2.25." and a name-based UUID): the same
-    original gets the same replacement in every file and every run, and a replacement does
-    not give the original back."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'mami_jax protect ' + str(uid)).int}"
-
-
 def _dicom_file(path: str) -> int:
     import pydicom
     ds = pydicom.dcmread(path)
@@ -120,7 +112,7 @@ def _dicom_file(path: str) -> int:
             element.value = ""
             changed[0] += 1
         elif element.keyword in INSTANCE_UIDS and not element.is_empty:
-            element.value = _new_uid(element.value)
+            element.value = derived_uid(element.value, DEIDENTIFIED)
             changed[0] += 1
 
     before = len(list(ds.iterall()))

@@ -11,14 +11,14 @@ the written file decodes to ``original + delta`` (to the format's rounding):
   pixel) stays as it was (``stored_change``);
 - DICOM: its window, lookup table or min-max inverted (``dicom_writer``).
 
-Everything else is kept: DICOM every data element (``dicom_writer`` says which pixel
-descriptions change), NIfTI its affine, header and scaling (a .hdr/.img pair stays a
-pair), PNG/JPEG/TIFF their mode (alpha included), size and EXIF Orientation (a palette or 1-bit image
-becomes RGB or grey: its changed values are not in its palette; JPEG at quality 100
-without chroma subsampling: at 95 most of a small change is lost; TIFF keeps a lossless
-compression, a JPEG one becomes deflate), and the slices of a series or slice folder
-that the model does not read are copied byte for byte. Each file is written
-all-or-nothing (``runtime.atomic_files``), never over an input.
+Everything else is kept: DICOM every data element but those that make the copy a new
+image and those that describe its pixels (``dicom_writer``), NIfTI its affine, header and
+scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included), size
+and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed values are
+not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most of a small
+change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate), and the
+slices of a slice folder that the model does not read are copied byte for byte (a DICOM
+series': ``dicom_writer``). Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
 
 from __future__ import annotations
