@@ -12,8 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from mami_jax.apps.privacy.header_identity import (IDENTIFYING, IDENTIFYING_SEQUENCES,
-                                                   INSTANCE_UIDS, check_identity_setting,
-                                                   remove_identity)
+                                                   INSTANCE_UIDS, burned_in_warning,
+                                                   check_identity_setting, remove_identity,
+                                                   says_burned_in_text)
 from mami_jax.data.decode import open_volume
 from tests.test_data_decode import write_dicom
 
@@ -131,3 +132,27 @@ def test_the_setting_is_checked_and_the_lists_name_dicom_attributes():
     from pydicom.datadict import tag_for_keyword
     names = IDENTIFYING + IDENTIFYING_SEQUENCES + INSTANCE_UIDS
     assert [k for k in names if tag_for_keyword(k) is None] == []
+
+
+def test_images_that_say_they_hold_burned_in_text_are_named(tmp_path):
+    """BurnedInAnnotation YES (a name or date written into the pixels) is what a header can
+    say about text protect cannot remove: read from a file or any file of a series."""
+    from PIL import Image
+    plain, marked = str(tmp_path / "plain.dcm"), str(tmp_path / "marked.dcm")
+    write_dicom(plain, np.zeros((4, 4), np.uint16), BurnedInAnnotation="NO")
+    write_dicom(marked, np.zeros((4, 4), np.uint16), BurnedInAnnotation="YES")
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, said in enumerate(("NO", "YES")):
+        write_dicom(str(series / f"IM{i}"), np.full((4, 4), i, np.uint16), InstanceNumber=i + 1,
+                    BurnedInAnnotation=said)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    assert [says_burned_in_text(p) for p in (plain, marked, str(series), str(tmp_path / "a.png"))] \
+        == [False, True, True, False]
+    records = [{"image_id": f"img{i}", "burned_in_annotation": i % 2 == 1} for i in range(15)]
+    records.append({"image_id": "from_an_older_log"})
+    assert burned_in_warning(records[:1]) is None
+    assert burned_in_warning(records) == (
+        "warning: 7 protected image(s) say their pixels hold burned-in text (DICOM "
+        "BurnedInAnnotation YES), which protect neither finds nor removes: img1, img3, img5, "
+        "img7, img9 and 2 more; check them before sharing")

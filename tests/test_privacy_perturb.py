@@ -403,7 +403,8 @@ def test_a_dicom_copy_names_nobody_when_asked_and_everyone_by_default(setup, tmp
     with Image.open(first.path) as im:
         pixels = (np.asarray(im.convert("L"), np.uint16) * 16)
     write_dicom(dcm, pixels, PatientName="Doe^Jane", PatientID="X123",
-                InstitutionName="St Elsewhere", StudyInstanceUID="1.2.3.4")
+                InstitutionName="St Elsewhere", StudyInstanceUID="1.2.3.4",
+                BurnedInAnnotation="YES")
     before = open(dcm, "rb").read()
     rows_in = [first.replace(path=dcm)] + xray[1:]
     pcfg = load_config("configs/privacy.py")
@@ -424,6 +425,7 @@ def test_a_dicom_copy_names_nobody_when_asked_and_everyone_by_default(setup, tmp
     assert (str(kept.PatientName), kept.PatientID, kept.StudyInstanceUID) == (
         "Doe^Jane", "X123", "1.2.3.4") and record["header_elements_removed"] == 0
     assert kept.SourceImageSequence[0].ReferencedSOPInstanceUID == original_uid
+    assert record["burned_in_annotation"] is True
     removed, record = protected("remove")
     assert (str(removed.PatientName), removed.PatientID, removed.InstitutionName) == ("", "", "")
     assert removed.StudyInstanceUID != "1.2.3.4" and removed.PatientIdentityRemoved == "YES"

@@ -20,7 +20,9 @@ here, after the copy is written, so that a shared folder names nobody:
   Orientation, which names nobody), so nothing is left.
 
 Text burned into the pixels (a name in a corner of an X-ray) is not found here; the
-identity-cue maps show where a model looks, not where text is.
+identity-cue maps show where a model looks, not where text is. What a DICOM header says
+about it is passed on: ``says_burned_in_text`` reads its BurnedInAnnotation, each protect
+record keeps it, and ``protect`` ends with a warning naming such images.
 """
 
 from __future__ import annotations
@@ -97,6 +99,29 @@ def remove_identity(path: str) -> int:
     except Exception as e:  # noqa: BLE001 - re-raised naming the file
         raise WriteError(f"{path}: cannot remove the identifying header data of this "
                          f"protected copy: {type(e).__name__}: {e}") from e
+
+
+def says_burned_in_text(path: str) -> bool:
+    """Whether the DICOM file at ``path`` (or any file of a series folder) says its pixels
+    hold burned-in text (BurnedInAnnotation YES: a name, a date, an ID written into the
+    image); False for other formats, which cannot say."""
+    import pydicom
+    volume = decode.open_volume(path)
+    files = volume.files if isinstance(volume, decode.DicomSeries) else \
+        [path] if isinstance(volume, decode.DicomFile) else []
+    return any(str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get(
+        "BurnedInAnnotation", "")).strip().upper() == "YES" for f in files)
+
+
+def burned_in_warning(records) -> str | None:
+    """The line ``protect`` ends with when some of its images say they hold burned-in text."""
+    named = [r["image_id"] for r in records if r.get("burned_in_annotation")]
+    if not named:
+        return None
+    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    return (f"warning: {len(named)} protected image(s) say their pixels hold burned-in text "
+            f"(DICOM BurnedInAnnotation YES), which protect neither finds nor removes: "
+            f"{shown}; check them before sharing")
 
 
 def _dicom_file(path: str) -> int:

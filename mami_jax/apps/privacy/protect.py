@@ -30,7 +30,8 @@ from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb, references
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
-from mami_jax.apps.privacy.header_identity import check_identity_setting, remove_identity
+from mami_jax.apps.privacy.header_identity import (check_identity_setting, remove_identity,
+                                                   says_burned_in_text)
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
@@ -525,7 +526,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                           "psnr_db_on_disk": psnr_of_rms(on_disk),
                           "change_scaled_by": ratio_of_changes(written, whole.delta),
                           "slices_protected": int(len(set(whole.slices.tolist()))),
-                          "header_elements_removed": removed}
+                          "header_elements_removed": removed,
+                          "burned_in_annotation": says_burned_in_text(row.path)}
                 run.records[row.image_id] = record
                 if run.log is not None:
                     run.log.add(record)
