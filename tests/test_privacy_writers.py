@@ -332,18 +332,20 @@ def test_a_float_dicom_map_keeps_its_pixels_float(tmp_path):
     assert np.sort(np.abs(back - (x + change)).ravel())[-3] <= 1e-6  # the range's 2 pixels kept
 
 
-def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path):
-    """An X-ray whose display curve is a VOI lookup table (a gamma of 4096 entries): each
-    pixel's change goes back through the table's local slope, so the copy reads as
-    original + change to about one step of the table."""
+@pytest.mark.parametrize("falling", [False, True])
+def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path, falling):
+    """An X-ray whose display curve is a VOI lookup table (a gamma of 4096 entries, rising
+    or falling): each pixel's change goes back through the table's local slope, its sign
+    included, so the copy reads as original + change to about one step of the table."""
     from tests.test_data_dicom_pixels import voi_lut_item
     table = np.rint(65535 * (np.arange(4096) / 4095.0) ** 0.5)
+    table = table[::-1] if falling else table
     rng = np.random.default_rng(3)
     a = rng.integers(800, 3500, (16, 16)).astype(np.uint16)
     path = str(tmp_path / "lut.dcm")
     write_dicom(path, a, VOILUTSequence=[voi_lut_item(table, 0)])
     x, change, back = roundtrip(path, tmp_path / "o.dcm", amplitude=0.02)
-    steepest = float(np.max(np.diff(table)) / 65535)           # one stored unit, at most
+    steepest = float(np.max(np.abs(np.diff(table))) / 65535)   # one stored unit, at most
     assert np.abs(back - (x + change)).max() <= steepest
     assert pydicom.dcmread(str(tmp_path / "o.dcm")).VOILUTSequence[0].LUTDescriptor[0] == 4096
 

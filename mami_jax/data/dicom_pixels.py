@@ -238,18 +238,20 @@ class VoiLut:
 
     def stored_per_unit(self, x: np.ndarray) -> np.ndarray:
         """Input units per unit of display at each value of ``x``: the inverse of the
-        table's local slope, capped at its whole input span (a flat stretch of the table,
-        where no change shows, gets the span: the budget check on the written file then
-        shrinks what does not fit)."""
-        slope = np.abs(np.gradient(self.unit)) if self.entries > 1 else np.zeros(1)
-        per_unit = np.where(slope > 0, 1.0 / np.maximum(slope, 1e-300), np.inf)
-        return np.minimum(per_unit, float(self.entries))[self._index(x)]
+        table's local slope (negative where the table falls), at most its whole input span
+        in size (a flat stretch of the table, where no change shows, gets the span: the
+        budget check on the written file then shrinks what does not fit)."""
+        span = float(self.entries)
+        slope = np.gradient(self.unit) if self.entries > 1 else np.zeros(1)
+        with np.errstate(divide="ignore"):
+            per_unit = np.where(slope != 0, 1.0 / slope, span)
+        return np.clip(per_unit, -span, span)[self._index(x)]
 
 
-def rescaled_frames(ds, stored: np.ndarray | None = None) -> np.ndarray:
+def rescaled_frames(ds) -> np.ndarray:
     """Pixel data of a dataset as (F, H, W, C) in stored frame order, after each frame's
     modality (rescale) LUT, or the palette's RGB for PALETTE COLOR."""
-    arr = stored_pixels(ds) if stored is None else stored
+    arr = stored_pixels(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if samples == 1 and photometric(ds) == "PALETTE COLOR":
