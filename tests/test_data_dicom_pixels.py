@@ -187,3 +187,22 @@ def test_an_enhanced_multiframe_object_is_read_in_anatomical_order_with_each_fra
                          intercepts=[0, 0, 5], window=(20.5, 41))
     # window 20.5 / 41: (x - 20) / 40 + 0.5 -> 20: 0.5, 10: 0.25, 30: 0.75
     np.testing.assert_allclose(decode(windowed)[:, 0, 0, 0], [0.5, 0.25, 0.75], atol=1e-6)
+
+
+def test_a_series_with_several_images_at_one_position_is_refused_naming_them(tmp_path):
+    """Two echoes of a multi-echo MR series: read as one volume, its slices would alternate
+    between the echoes' contrasts."""
+    folder = tmp_path / "dual_echo"
+    folder.mkdir()
+    for echo in (1, 2):
+        for z in (0.0, 5.0):
+            write_dicom(str(folder / f"e{echo}_z{int(z)}.dcm"), np.full((2, 2), echo, np.uint16),
+                        EchoNumbers=echo, ImagePositionPatient=[0, 0, z],
+                        ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{folder}: 2 slice position(s) hold several images (at [0.0, 0.0, 0.0]: "
+            "e1_z0.dcm, e2_z0.dcm), the echoes or time points of one series: put each echo")):
+        open_volume(str(folder))
+    for name in ("e2_z0.dcm", "e2_z5.dcm"):
+        (folder / name).unlink()
+    assert open_volume(str(folder)).num_slices == 2

@@ -31,7 +31,8 @@ Intensity rules (one rule per format, so the same scan always looks the same):
 
 Series order: slice images by natural file-name order ("2.png" before "10.png");
 DICOM files by their position along the slice normal (ImagePositionPatient and
-ImageOrientationPatient), else InstanceNumber, else file name.
+ImageOrientationPatient), else InstanceNumber, else file name (``dicom_series``, which
+refuses a folder of several series or of several images at one position).
 
 A file that cannot be read raises ``DecodeError`` whose message starts with the
 file's path, so a failure in a million-image run names the culprit. Decoding never
@@ -44,25 +45,19 @@ NaNs that would surface much later as a non-finite loss.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 from typing import Sequence
 
 import numpy as np
 
 from mami_jax.data import dicom_pixels
 from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.dicom_series import natural_key, series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-
-
-def natural_key(name: str):
-    """Sort key treating digit runs as numbers: slice_2 < slice_10."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
 def _lower_ext(path: str) -> str:
@@ -127,54 +122,6 @@ def _to_slices(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 3:
         return arr[None]
     raise ValueError(f"unexpected image shape {arr.shape}")
-
-
-# --------------------------------------------------------------------------- DICOM
-
-
-@functools.lru_cache(maxsize=256)
-def _dicom_series_files(folder: str, mtime: float) -> tuple[str, ...]:
-    """Files of a DICOM series folder in anatomical order (cached per folder and mtime).
-
-    A folder holding files of more than one series (SeriesInstanceUID: a study's scout and
-    axial series, or a scan before and after contrast, copied into one folder) is a
-    DecodeError naming each series: ordered by position together, two series of the same
-    size would be read as one volume whose slices alternate between them."""
-    del mtime  # part of the cache key only
-    import pydicom
-
-    names = [n for n in os.listdir(folder)
-             if not n.startswith(".") and n.upper() != "DICOMDIR"
-             and os.path.isfile(os.path.join(folder, n))]
-    if not names:
-        raise DecodeError(f"{folder}: empty DICOM series folder")
-    keyed, series = [], {}
-    for n in names:
-        p = os.path.join(folder, n)
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file named
-            raise DecodeError(f"{p}: unreadable DICOM header in series {folder}: {e}") from e
-        series.setdefault(str(ds.get("SeriesInstanceUID", "") or "").strip(), []).append(n)
-        pos = ds.get("ImagePositionPatient", None)
-        ori = ds.get("ImageOrientationPatient", None)
-        if pos is not None and ori is not None and len(pos) == 3 and len(ori) == 6:
-            normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
-            key = (0, float(np.dot(normal, np.asarray(pos, float))), natural_key(n))
-        elif ds.get("InstanceNumber", None) not in (None, ""):
-            key = (1, float(ds.InstanceNumber), natural_key(n))
-        else:
-            key = (2, 0.0, natural_key(n))
-        keyed.append((key, p))
-    if len(series) > 1:
-        found = "; ".join(
-            f"{uid or 'no SeriesInstanceUID'}: {len(files)} file(s), e.g. "
-            f"{min(files, key=natural_key)}"
-            for uid, files in sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0])))
-        raise DecodeError(f"{folder}: holds {len(series)} DICOM series ({found}); a manifest "
-                          "row's folder must hold one series: move each into its own folder")
-    keyed.sort(key=lambda t: t[0])
-    return tuple(p for _, p in keyed)
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -328,7 +275,7 @@ class DicomSeries(Volume):
     def __init__(self, path: str):
         super().__init__(path)
         try:
-            self.files = _dicom_series_files(os.path.abspath(path), os.stat(path).st_mtime)
+            self.files = series_files(os.path.abspath(path), os.stat(path).st_mtime)
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001

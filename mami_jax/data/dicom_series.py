@@ -1,0 +1,81 @@
+"""Which files of a folder make one DICOM series, and in what order its slices lie.
+
+Order: by position along the slice normal (ImagePositionPatient projected on the normal
+of ImageOrientationPatient), else InstanceNumber, else file name in natural order. A
+folder that is not one stack of slices is refused, naming what it holds, because read as
+one volume it would give slices that alternate between images of different kinds:
+
+- files of several series (SeriesInstanceUID: a study's scout and axial series, a scan
+  before and after contrast, copied into one folder);
+- several images at one slice position (the echoes of a multi-echo MR series, the time
+  points of a perfusion or cine series).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import numpy as np
+
+from mami_jax.data.decode_errors import DecodeError
+
+
+def natural_key(name: str):
+    """Sort key treating digit runs as numbers: slice_2 < slice_10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def _examples(files: list[str]) -> str:
+    files = sorted(files, key=natural_key)
+    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+@functools.lru_cache(maxsize=256)
+def series_files(folder: str, mtime: float) -> tuple[str, ...]:
+    """Paths of the files of the DICOM series folder ``folder`` in anatomical order (cached
+    per folder and modification time); a DecodeError names what is wrong with it."""
+    del mtime  # part of the cache key only
+    import pydicom
+
+    names = [n for n in os.listdir(folder)
+             if not n.startswith(".") and n.upper() != "DICOMDIR"
+             and os.path.isfile(os.path.join(folder, n))]
+    if not names:
+        raise DecodeError(f"{folder}: empty DICOM series folder")
+    keyed, series, at_position = [], {}, {}
+    for n in names:
+        p = os.path.join(folder, n)
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise DecodeError(f"{p}: unreadable DICOM header in series {folder}: {e}") from e
+        series.setdefault(str(ds.get("SeriesInstanceUID", "") or "").strip(), []).append(n)
+        pos = ds.get("ImagePositionPatient", None)
+        ori = ds.get("ImageOrientationPatient", None)
+        if pos is not None and ori is not None and len(pos) == 3 and len(ori) == 6:
+            normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
+            key = (0, float(np.dot(normal, np.asarray(pos, float))), natural_key(n))
+            at_position.setdefault(tuple(round(float(v), 3) for v in pos), []).append(n)
+        elif ds.get("InstanceNumber", None) not in (None, ""):
+            key = (1, float(ds.InstanceNumber), natural_key(n))
+        else:
+            key = (2, 0.0, natural_key(n))
+        keyed.append((key, p))
+    if len(series) > 1:
+        found = "; ".join(
+            f"{uid or 'no SeriesInstanceUID'}: {len(files)} file(s), e.g. "
+            f"{min(files, key=natural_key)}"
+            for uid, files in sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+        raise DecodeError(f"{folder}: holds {len(series)} DICOM series ({found}); a manifest "
+                          "row's folder must hold one series: move each into its own folder")
+    shared = {p: files for p, files in at_position.items() if len(files) > 1}
+    if shared:
+        position, files = min(shared.items(), key=lambda kv: min(natural_key(f) for f in kv[1]))
+        raise DecodeError(
+            f"{folder}: {len(shared)} slice position(s) hold several images (at "
+            f"{list(position)}: {_examples(files)}), the echoes or time points of one "
+            "series: put each echo or time point in its own folder")
+    keyed.sort(key=lambda t: t[0])
+    return tuple(p for _, p in keyed)
