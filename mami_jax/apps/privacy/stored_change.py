@@ -12,7 +12,7 @@ import numpy as np
 
 
 def apply_change(stored: np.ndarray, change: np.ndarray, lo=None, hi=None,
-           limits: tuple[int, int] | None = None) -> np.ndarray:
+                 limits: tuple[int, int] | None = None) -> np.ndarray:
     """``stored + change`` in ``stored``'s dtype: rounded, clipped to the dtype's range and
     to [lo, hi] when given (the range of every slice read together, in stored units), with
     the pixel that holds lo and the one that holds hi kept as they were, so the reader's
