@@ -131,14 +131,18 @@ def test_palette_colour_is_read_as_the_colours_it_shows(tmp_path):
     assert open_volume(p).read().shape[-1] == 3
 
 
+def write_axial_slice(path, value, z, **tags):
+    """A 2x2 slice of ``value`` at height ``z`` of an axial series."""
+    write_dicom(str(path), np.full((2, 2), value, np.uint16), ImagePositionPatient=[0, 0, float(z)],
+                ImageOrientationPatient=[1, 0, 0, 0, 1, 0], **tags)
+
+
 def test_a_folder_holding_two_series_names_them_instead_of_interleaving_them(tmp_path):
     folder = tmp_path / "study"
     folder.mkdir()
     for series, values in (("1.2.3.1", (0, 10, 20)), ("1.2.3.2", (5, 15))):
         for z, v in enumerate(values):
-            write_dicom(str(folder / f"{series}_{z}.dcm"), np.full((2, 2), v, np.uint16),
-                        SeriesInstanceUID=series, ImagePositionPatient=[0, 0, float(z)],
-                        ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+            write_axial_slice(folder / f"{series}_{z}.dcm", v, z, SeriesInstanceUID=series)
     with pytest.raises(DecodeError, match=re.escape(
             f"{folder}: holds 2 DICOM series (1.2.3.1: 3 file(s), e.g. 1.2.3.1_0.dcm; "
             "1.2.3.2: 2 file(s), e.g. 1.2.3.2_0.dcm); a manifest row's folder must hold one")):
@@ -196,9 +200,7 @@ def test_a_series_with_several_images_at_one_position_is_refused_naming_them(tmp
     folder.mkdir()
     for echo in (1, 2):
         for z in (0.0, 5.0):
-            write_dicom(str(folder / f"e{echo}_z{int(z)}.dcm"), np.full((2, 2), echo, np.uint16),
-                        EchoNumbers=echo, ImagePositionPatient=[0, 0, z],
-                        ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+            write_axial_slice(folder / f"e{echo}_z{int(z)}.dcm", echo, z, EchoNumbers=echo)
     with pytest.raises(DecodeError, match=re.escape(
             f"{folder}: 2 slice position(s) hold several images (at [0.0, 0.0, 0.0]: "
             "e1_z0.dcm, e2_z0.dcm), the echoes or time points of one series: put each echo")):
