@@ -52,8 +52,9 @@ import numpy as np
 
 from mami_jax.data import dicom_pixels
 from mami_jax.data.decode_errors import DecodeError
-from mami_jax.data.dicom_series import natural_key, series_files
+from mami_jax.data.dicom_series import series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
+from mami_jax.data.natural_order import natural_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")

@@ -177,12 +177,24 @@ def stored_pixels(ds) -> np.ndarray:
 
     Raises DecodeError naming the file when it holds no pixel data or when no installed
     plugin decodes its transfer syntax (the plugins' reasons and what to install)."""
+    return _decoding(ds, lambda: ds.pixel_array)
+
+
+def decompress(ds) -> None:
+    """Rewrites a compressed ``ds`` uncompressed in place (pydicom's ``decompress``: one
+    decoding, after which ``stored_pixels`` reads the raw values), with the errors of
+    ``stored_pixels``; an uncompressed ``ds`` is left as it is."""
+    _decoding(ds, lambda: ds.decompress() if ds.file_meta.TransferSyntaxUID.is_compressed
+              else None)
+
+
+def _decoding(ds, decode):
     if not any(k in ds for k in PIXEL_ELEMENTS):
         kind = getattr(ds.get("SOPClassUID", None), "name", None) or "DICOM object"
         raise DecodeError(f"{_where(ds)}: holds no pixel data ({kind}); only images can be read")
     _name_transfer_syntax(ds)
     try:
-        return ds.pixel_array
+        return decode()
     except (RuntimeError, NotImplementedError) as e:
         syntax = ds.file_meta.TransferSyntaxUID
         if not syntax.is_compressed:
@@ -223,6 +235,11 @@ class VoiLut:
         table = table[:self.entries].astype(np.float64)
         lo, hi = float(table.min()), float(table.max())
         self.unit = ((table - lo) / (hi - lo) if hi > lo else np.zeros_like(table))
+        # input units per unit of display, entry by entry (``stored_per_unit``)
+        span = float(self.entries)
+        slope = np.gradient(self.unit) if self.entries > 1 else np.zeros(1)
+        with np.errstate(divide="ignore"):
+            self._per_unit = np.clip(np.where(slope != 0, 1.0 / slope, span), -span, span)
 
     @staticmethod
     def of(ds) -> "VoiLut | None":
@@ -241,11 +258,7 @@ class VoiLut:
         table's local slope (negative where the table falls), at most its whole input span
         in size (a flat stretch of the table, where no change shows, gets the span: the
         budget check on the written file then shrinks what does not fit)."""
-        span = float(self.entries)
-        slope = np.gradient(self.unit) if self.entries > 1 else np.zeros(1)
-        with np.errstate(divide="ignore"):
-            per_unit = np.where(slope != 0, 1.0 / slope, span)
-        return np.clip(per_unit, -span, span)[self._index(x)]
+        return self._per_unit[self._index(x)]
 
 
 def rescaled_frames(ds) -> np.ndarray:

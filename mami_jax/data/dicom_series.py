@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 
 import numpy as np
 
 from mami_jax.data.decode_errors import DecodeError
-
-
-def natural_key(name: str):
-    """Sort key treating digit runs as numbers: slice_2 < slice_10."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+from mami_jax.data.natural_order import natural_key
 
 
 def _examples(files: list[str]) -> str:

@@ -75,13 +75,18 @@ def _as_derived(ds) -> None:
     ds.DerivationDescription = DERIVATION
 
 
-def _stored(ds) -> np.ndarray:
-    """The stored values to change: decompressed (the copy is written uncompressed), a
-    palette file's through its palette, with ``ds`` re-described as what will be stored."""
-    stored = dicom_pixels.stored_pixels(ds)     # names the file when no decoder reads it
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
-        stored = ds.pixel_array
+def _read(path: str):
+    """(dataset, its rescaled frames, the stored values to change) of the file at ``path``:
+    decompressed once (the copy is written uncompressed), a palette file's values through
+    its palette, the dataset re-described as what will be stored."""
+    ds = dicom_pixels.read_dataset(path)
+    dicom_pixels.decompress(ds)           # names the file when no decoder reads it
+    frames = dicom_pixels.rescaled_frames(ds)
+    return ds, frames, _as_stored(ds, dicom_pixels.stored_pixels(ds))
+
+
+def _as_stored(ds, stored: np.ndarray) -> np.ndarray:
+    """``stored`` as the copy will store it: a palette file's as the RGB it showed."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if dicom_pixels.photometric(ds) == "PALETTE COLOR" and samples == 1:
         from pydicom.pixels import apply_color_lut
@@ -166,10 +171,8 @@ def _write(ds, out: str) -> None:
 
 def write_dicom_file(path: str, slices, delta, out: str) -> None:
     """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``."""
-    ds = dicom_pixels.read_dataset(path)
-    frames = dicom_pixels.rescaled_frames(ds)
+    ds, frames, stored = _read(path)
     order = dicom_pixels.frame_order(ds)             # slice i is stored frame order[i]
-    stored = _stored(ds)
     changes = {int(order[i]): change
                for i, change in per_slice_change(delta, slices, frames.shape[0]).items()}
     scale_info = _scale(ds, [frames[f] for f in changes])
@@ -189,9 +192,8 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
     changes = per_slice_change(delta, slices, volume.num_slices)
     read = {}
     for i in changes:
-        ds = dicom_pixels.read_dataset(volume.files[i])
-        frame = dicom_pixels.rescaled_frames(ds)[0]
-        read[i] = (ds, _stored(ds), frame)
+        ds, frames, stored = _read(volume.files[i])
+        read[i] = (ds, stored, frames[0])
     ref = read[0][0] if 0 in read else \
         dicom_pixels.read_dataset(volume.files[0], header_only=True)
     scale_info = _scale(ref, [r[2] for r in read.values()])
