@@ -1,6 +1,7 @@
-"""Test set-up: eight virtual CPU devices, so sharding is tested without accelerators.
+"""Test set-up: eight virtual CPU devices, so sharding is tested without accelerators, and
+XLA's quick CPU code generation.
 
-The flag must be set before jax is imported anywhere, which is why it lives here.
+The flags must be set before jax is imported anywhere, which is why they live here.
 """
 
 import atexit
@@ -10,6 +11,15 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+# The tests' programs are tiny and compiled once or twice each, so the suite spends more time
+# in XLA's CPU code generation than in running them: LLVM without its optimisation passes
+# compiles them faster and computes the same operations (matrix products call the same
+# library kernels). docs/test_suite.md has the measurement. A level given in XLA_FLAGS wins
+# (XLA_FLAGS=--xla_backend_optimization_level=2 runs the tests as users' runs compile).
+OPTIMIZATION_FLAG = "--xla_backend_optimization_level"
+if OPTIMIZATION_FLAG not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" {OPTIMIZATION_FLAG}=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # A persistent compilation cache per pytest process (each xdist worker its own folder, so no

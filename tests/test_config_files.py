@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from mami_jax import config_files
+from tests.one_device import without_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _outside(tmp_path, args):
     """``args`` run from ``tmp_path`` with nothing of the repository on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=without_device_count(os.environ.get("XLA_FLAGS", "")))
     return subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env,
                           cwd=str(tmp_path))
 

@@ -13,6 +13,7 @@ import pytest
 from mami_jax import run_checkpoint
 from mami_jax.config_files import load_config
 from tests.history_workdir import make_workdir, write_config, write_xray_archive
+from tests.one_device import without_device_count
 
 SPLITS = {f"P{i}": s for i, s in enumerate(["train"] * 3 + ["test"] * 5)}
 
@@ -67,7 +68,7 @@ def test_result_names():
 
 def test_the_flag_refuses_training_and_a_missing_model(setup):
     s = setup
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=without_device_count(os.environ.get("XLA_FLAGS", "")))
     base = [sys.executable, "-m", "mami_jax.main", f"--config={s['config_file']}",
             f"--workdir={s['tmp'] / 'w'}", f"--config.data.manifest={s['manifest']}"]
     for extra, message in (

@@ -15,9 +15,10 @@ import pytest
 
 from mami_jax.config_files import load_config
 from tests.history_workdir import make_workdir, write_config, write_xray_archive
+from tests.one_device import without_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=without_device_count(os.environ.get("XLA_FLAGS", "")))
 
 
 def main(*argv, cwd=REPO):
