@@ -193,6 +193,41 @@ def test_corrupt_and_missing_files_name_the_path(tmp_path):
         decode(str(folder))
 
 
+@pytest.mark.parametrize("name", ["stack.tif", "cine.png", "cine.gif"])
+def test_a_file_of_several_pages_is_refused_not_read_as_its_first(tmp_path, name):
+    """PIL shows a multi-page TIFF's or an animation's first page only: read, the other
+    pages would vanish without a word (in a protected copy too)."""
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)) for _ in range(3)]
+    path = tmp_path / name
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with pytest.raises(DecodeError, match=re.escape(str(path)) + r": \w+ file holds 3 pages; "
+                       r"only single-page image files are read"):
+        decode(str(path))
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    pages[0].save(folder / "0001.png")
+    pages[0].save(folder / "0002.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(DecodeError, match="0002.* holds 3 pages"):
+        decode(str(folder))
+    pages[0].save(tmp_path / "one.tif")             # a TIFF of one page reads as before
+    np.testing.assert_allclose(decode(str(tmp_path / "one.tif"))[0, ..., 0] * 255,
+                               np.asarray(pages[0], np.float32), atol=1e-3)
+
+
+def test_an_mpo_jpeg_is_read_as_its_main_picture(tmp_path):
+    """A camera's MPO JPEG carries a preview as its second picture: not a second page."""
+    main = Image.fromarray(np.full((32, 32, 3), (200, 40, 90), np.uint8))
+    preview = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    main.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[preview],
+              quality=100, subsampling=0)
+    with Image.open(tmp_path / "photo.jpg") as img:
+        assert img.format == "MPO" and img.n_frames == 2
+    x = decode(str(tmp_path / "photo.jpg"))
+    assert x.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(x[0].mean(axis=(0, 1)) * 255, (200, 40, 90), atol=2)
+
+
 @pytest.mark.parametrize("tag", ["WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "-inf"])
 def test_dicom_non_finite_rescale_or_window_tag_is_a_decode_error(tmp_path, tag, value):

@@ -92,6 +92,7 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
+        _refuse_several_pages(img, path)
         if min_short_side and img.format == "JPEG":
             w, h = img.size
             f = min_short_side / float(min(w, h))
@@ -114,6 +115,19 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] != 3:
         raise ValueError(f"unexpected channel count {arr.shape[2]} (mode {mode})")
     return arr
+
+
+def _refuse_several_pages(img, path: str) -> None:
+    """A multi-page TIFF (a z-stack, a slide's pyramid with its label and thumbnail) or an
+    animated PNG/GIF: PIL shows only its first page, so reading it would drop the others
+    without a word (and a protected copy would lose them). An MPO JPEG's second picture is
+    the camera's preview of the first: read as the JPEG it is."""
+    pages = int(getattr(img, "n_frames", 1) or 1)
+    if pages > 1 and img.format != "MPO":
+        raise DecodeError(
+            f"{path}: {img.format} file holds {pages} pages; only single-page image files "
+            f"are read: save the page to use as a file of its own, and a stack of slices as "
+            f"a folder of one image per slice")
 
 
 def _to_slices(arr: np.ndarray) -> np.ndarray:
