@@ -66,6 +66,37 @@ def test_a_dicom_file_loses_who_and_when_and_keeps_its_pixels(tmp_path):
     assert remove_identity(path) == 3      # a second pass finds only UIDs to replace again
 
 
+def test_overlay_planes_and_curves_are_removed_whole(tmp_path):
+    """Overlays (groups 6000-601E: bitmaps and their comments drawn over the image, a name
+    among them as often as a marker) and retired curves (5000-501E) go, each plane whole;
+    the image's own elements stay."""
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, rng.integers(100, 1400, (16, 16)).astype(np.int16), **PERSON)
+    ds = pydicom.dcmread(path)
+    for group in (0x6000, 0x6002):
+        ds.add_new((group, 0x0010), "US", 16)                     # OverlayRows
+        ds.add_new((group, 0x0011), "US", 16)                     # OverlayColumns
+        ds.add_new((group, 0x0040), "CS", "G")                    # OverlayType
+        ds.add_new((group, 0x0050), "SS", [1, 1])                 # OverlayOrigin
+        ds.add_new((group, 0x0100), "US", 1)                      # OverlayBitsAllocated
+        ds.add_new((group, 0x0102), "US", 0)                      # OverlayBitPosition
+        ds.add_new((group, 0x3000), "OW", np.packbits(np.eye(16, dtype=bool)).tobytes())
+        ds.add_new((group, 0x4000), "LT", "patient Doe, bed 4")   # OverlayComments
+    ds.add_new((0x5000, 0x0005), "US", 2)                         # CurveDimensions (retired)
+    ds.save_as(path)
+    before = open_volume(path).read([0])
+    changed = remove_identity(path)
+    out = pydicom.dcmread(path)
+    assert not [t for t in out.keys() if t.group in (0x5000, 0x6000, 0x6002)]
+    with open(path, "rb") as f:
+        assert b"bed 4" not in f.read()
+    np.testing.assert_array_equal(open_volume(path).read([0]), before)
+    assert (out.Rows, out.WindowCenter) == (16, 500)
+    # 7 identifying values emptied + 3 UIDs + 2 planes of 8 elements + 1 curve element
+    assert changed == 7 + 3 + 2 * 8 + 1
+
+
 def test_a_series_keeps_one_study_and_one_series(tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()

@@ -190,6 +190,43 @@ def test_a_dicom_copy_is_a_new_image_of_the_same_study(tmp_path, series):
         assert open_volume(str(tmp_path / "a")).num_slices == 3      # one series, read as one
 
 
+def _icon(pixels: np.ndarray):
+    from pydicom.dataset import Dataset
+    icon = Dataset()
+    icon.Rows, icon.Columns = pixels.shape
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit, icon.PixelRepresentation = 7, 0
+    icon.PixelData = pixels.astype(np.uint8).tobytes()
+    return icon
+
+
+def test_a_dicom_copy_carries_no_icon_of_the_unprotected_pixels(tmp_path):
+    """An IconImageSequence is a thumbnail of the image as it was: kept, the protected copy
+    would carry its original inside. Removed from every file of the copy (the unread
+    slices' too) and from inside sequences."""
+    from pydicom.dataset import Dataset
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 1000, (3, 16, 16)).astype(np.uint16)
+    thumb = (a[:, ::4, ::4] // 4).astype(np.uint8)
+    path = tmp_path / "series"
+    path.mkdir()
+    for i in range(3):
+        referenced = Dataset()
+        referenced.IconImageSequence = [_icon(thumb[i])]
+        write_dicom(str(path / f"IM{i}"), a[i], InstanceNumber=i + 1, SeriesInstanceUID="1.2.9",
+                    IconImageSequence=[_icon(thumb[i])], ReferencedImageSequence=[referenced])
+    x = open_volume(str(path)).read([1])
+    write_protected(str(path), [1], np.full_like(x, 0.01), str(tmp_path / "copy"))
+    for i in range(3):
+        out = pydicom.dcmread(str(tmp_path / "copy" / f"IM{i}"))
+        assert "IconImageSequence" not in out
+        assert "IconImageSequence" not in out.ReferencedImageSequence[0]
+        with open(tmp_path / "copy" / f"IM{i}", "rb") as f:
+            assert thumb[i].tobytes() not in f.read()
+    assert "IconImageSequence" in pydicom.dcmread(str(path / "IM0"))   # the input untouched
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_a_12_bit_dicom_stays_inside_its_bits(tmp_path, signed):
     """A change past what BitsStored holds is clipped there: written beyond it, the value

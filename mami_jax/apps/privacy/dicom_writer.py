@@ -19,6 +19,7 @@ differ from the original's, so it gets its own SOPInstanceUID and SeriesInstance
 ImageType of DERIVED, a DerivationDescription, and a SourceImageSequence naming the
 original; a PACS that holds both then keeps both, where a copy under the original's UID
 would be dropped as a duplicate or replace the original. The study stays the original's.
+An icon (IconImageSequence: a thumbnail of the unprotected pixels) is removed.
 PixelData is written uncompressed in the file's own PlanarConfiguration. Two kinds of file
 change how their pixels are described, because the changed pixels could not be stored
 the old way: a YBR colour file becomes RGB (pydicom reads it as RGB; converting back would
@@ -161,8 +162,19 @@ def _save(ds, pixels: np.ndarray, out: str) -> None:
     _write(ds, out)
 
 
+def _without_icons(ds) -> None:
+    """Removes every IconImageSequence (the top level's and any nested one): an icon is a
+    thumbnail of the pixels as they were, which the protection does not reach, so a copy
+    that kept it would carry its original image inside it."""
+    def visit(dataset, element):
+        if element.keyword == "IconImageSequence":
+            del dataset[element.tag]
+    ds.walk(visit)
+
+
 def _write(ds, out: str) -> None:
     _as_derived(ds)
+    _without_icons(ds)
 
     def write(tmp):
         ds.save_as(tmp, enforce_file_format=False)

@@ -9,10 +9,11 @@ here, after the copy is written, so that a shared folder names nobody:
   attributes of people, institutions, devices and dates that DICOM PS3.15's Basic
   Application Level Confidentiality Profile lists (``IDENTIFYING``) are emptied wherever
   they occur, nested sequences included, and sequences of them (other patient IDs, the
-  request's attributes) removed; private elements are removed; every UID (study, series,
-  instance, frame of reference, the file meta's) is replaced by a UID derived from it, so
-  the slices of a series still belong together and to their study, but the originals
-  cannot be looked up; ``PatientIdentityRemoved`` = YES and ``DeidentificationMethod``
+  request's attributes) removed; private elements are removed, and so are overlay planes
+  and curves (groups 60xx and 50xx: bitmaps and text drawn over the image, which the
+  profile removes); every UID (study, series, instance, frame of reference, the file
+  meta's) is replaced by a UID derived from it, so the slices of a series still belong
+  together and to their study, but the originals cannot be looked up; ``PatientIdentityRemoved`` = YES and ``DeidentificationMethod``
   say what was done. Pixel-related elements are untouched, so the copy decodes as before.
 - NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
   ``db_name``) are blanked; a NIfTI header has no other field for a name or date.
@@ -62,6 +63,9 @@ IDENTIFYING_SEQUENCES = (
     "OtherPatientIDsSequence", "ReferencedPatientSequence", "RequestAttributesSequence",
     "PatientInsurancePlanCodeSequence", "ReferencedStudySequence",
 )
+
+#: First groups of the repeating overlay (60xx) and curve (50xx) groups.
+OVERLAY_AND_CURVE_GROUPS = (0x6000, 0x5000)
 
 #: UIDs that identify this study, series, image or frame of reference (a site's records can
 #: be searched by them), not those that name a standard (SOP class, transfer syntax).
@@ -124,13 +128,21 @@ def burned_in_warning(records) -> str | None:
             f"{shown}; check them before sharing")
 
 
+def _is_overlay_or_curve(tag) -> bool:
+    """An element of an overlay plane (groups 6000-601E) or a retired curve (5000-501E):
+    bitmaps and text drawn over the image (a name, a marker, a measurement), which the
+    profile removes; each plane goes whole, so no half plane is left."""
+    return tag.group % 2 == 0 and any(base <= tag.group <= base + 0x1E
+                                      for base in OVERLAY_AND_CURVE_GROUPS)
+
+
 def _dicom_file(path: str) -> int:
     import pydicom
     ds = pydicom.dcmread(path)
     changed = [0]
 
     def visit(dataset, element):
-        if element.keyword in IDENTIFYING_SEQUENCES:
+        if element.keyword in IDENTIFYING_SEQUENCES or _is_overlay_or_curve(element.tag):
             del dataset[element.tag]
             changed[0] += 1
         elif element.keyword in IDENTIFYING and element.VR != "SQ" and not element.is_empty:
