@@ -1,6 +1,7 @@
 """header_identity (``metadata.identity = "remove"``): a protected copy's header names
 nobody, its pixels decode exactly as before, and a series keeps belonging together."""
 
+import gzip
 import hashlib
 import os
 
@@ -123,11 +124,18 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     img.header["descrip"] = b"Doe^Jane 1970"
     img.header["db_name"] = b"ward 3"
     img.header.set_slope_inter(0.5, -10.0)
+    # extensions: free-form blocks after the header (a converter's DICOM header, AFNI's
+    # history of commands, comments), a name as likely in them as in descrip
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"scan of Doe^Jane, MRN 4711"))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"<HISTORY>3dcalc Doe</>"))
     path = str(tmp_path / name)
     nib.save(img, path)
     before = open_volume(path).read([0, 1, 2, 3])
-    assert remove_identity(path) == 2
+    assert remove_identity(path) == 2 + 2                      # two fields, two extensions
     out = nib.load(path)
+    assert len(out.header.extensions) == 0
+    with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
+        assert b"Doe" not in f.read()
     assert out.header["descrip"].tobytes().strip(b"\0") == b""
     assert out.header["db_name"].tobytes().strip(b"\0") == b""
     np.testing.assert_array_equal(np.asanyarray(out.dataobj.get_unscaled()), data)

@@ -16,7 +16,9 @@ here, after the copy is written, so that a shared folder names nobody:
   together and to their study, but the originals cannot be looked up; ``PatientIdentityRemoved`` = YES and ``DeidentificationMethod``
   say what was done. Pixel-related elements are untouched, so the copy decodes as before.
 - NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
-  ``db_name``) are blanked; a NIfTI header has no other field for a name or date.
+  ``db_name``) are blanked, and the header extensions removed (free-form blocks after the
+  header: a converter's copy of the DICOM header, with the patient's name, AFNI's
+  history, comments); a NIfTI header has no other field for a name or date.
 - PNG / JPEG / TIFF: ``writers`` never copies their text chunks or EXIF (only EXIF's
   Orientation, which names nobody), so nothing is left.
 
@@ -174,13 +176,16 @@ def _nifti(path: str) -> int:
     header = img.header.copy()
     fields = [f for f in NIFTI_TEXT_FIELDS
               if f in header and bytes(header[f].tobytes()).strip(b"\0 ")]
-    if not fields:
+    extensions = getattr(header, "extensions", None) or []
+    if not fields and not extensions:
         return 0
     for f in fields:
         header[f] = b""
+    removed = len(extensions)
+    del extensions[:]
     # the stored values as they are (not read scaled and stored again)
     proxy = img.dataobj
     stored = np.asanyarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") \
         else np.asanyarray(proxy)
     save_nifti(img, stored, path, header=header)
-    return len(fields)
+    return len(fields) + removed
