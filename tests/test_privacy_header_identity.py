@@ -67,6 +67,41 @@ def test_a_dicom_file_loses_who_and_when_and_keeps_its_pixels(tmp_path):
     assert remove_identity(path) == 3      # a second pass finds only UIDs to replace again
 
 
+def test_every_person_name_and_the_visits_text_ids_and_dates_are_removed(tmp_path):
+    """Beyond the patient's own attributes: any person name (PN) under any attribute and at
+    any depth, the order's and procedure steps' IDs, text and dates, and the values an
+    earlier edit replaced (OriginalAttributesSequence: the old name is in it)."""
+    rng = np.random.default_rng(2)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, rng.integers(100, 1400, (16, 16)).astype(np.int16),
+                ConsultingPhysicianName="Doe^Consulting", RequestedProcedureDescription=
+                "CT chest for Doe", PerformedProcedureStepStartDate="20200301",
+                AdmissionID="ADM-Doe-1", DetectorID="DET-Doe")
+    ds = pydicom.dcmread(path)
+    observer = Dataset()
+    observer.VerifyingObserverName = "Doe^Verifier"
+    observer.VerificationDateTime = "20200302"
+    ds.VerifyingObserverSequence = Sequence([observer])
+    earlier = Dataset()
+    earlier.PatientName = "Doe^Maiden"
+    original = Dataset()
+    original.ModifiedAttributesSequence = Sequence([earlier])
+    original.ReasonForTheAttributeModification = "CORRECT"
+    ds.OriginalAttributesSequence = Sequence([original])
+    ds.save_as(path)
+    remove_identity(path)
+    out = pydicom.dcmread(path)
+    assert str(out.ConsultingPhysicianName) == ""
+    assert str(out.VerifyingObserverSequence[0].VerifyingObserverName) == ""
+    assert str(out.VerifyingObserverSequence[0].VerificationDateTime) == ""   # any DT too
+    assert "OriginalAttributesSequence" not in out
+    for key in ("RequestedProcedureDescription", "PerformedProcedureStepStartDate",
+                "AdmissionID", "DetectorID"):
+        assert str(out[key].value) == "", key
+    with open(path, "rb") as f:
+        assert b"Doe" not in f.read()
+
+
 def test_overlay_planes_and_curves_are_removed_whole(tmp_path):
     """Overlays (groups 6000-601E: bitmaps and their comments drawn over the image, a name
     among them as often as a marker) and retired curves (5000-501E) go, each plane whole;

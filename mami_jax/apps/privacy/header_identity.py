@@ -8,8 +8,9 @@ here, after the copy is written, so that a shared folder names nobody:
 - DICOM (each file of a series, the slices the model never read included): the
   attributes of people, institutions, devices and dates that DICOM PS3.15's Basic
   Application Level Confidentiality Profile lists (``IDENTIFYING``) are emptied wherever
-  they occur, nested sequences included, and sequences of them (other patient IDs, the
-  request's attributes) removed; private elements are removed, and so are overlay planes
+  they occur, nested sequences included, as is every person name, date and time (value
+  representations PN, DA, DT, TM, whichever attribute holds them), and sequences of them (other patient IDs, the
+  request's attributes, the values before an earlier edit) removed; private elements are removed, and so are overlay planes
   and curves (groups 60xx and 50xx: bitmaps and text drawn over the image, which the
   profile removes); every UID (study, series, instance, frame of reference, the file
   meta's) is replaced by a UID derived from it, so the slices of a series still belong
@@ -39,31 +40,56 @@ from mami_jax.runtime.atomic_files import write_atomic
 
 IDENTITY_SETTINGS = ("keep", "remove")
 
-#: Data elements that name or date a person, an institution or a device (keywords of the
-#: DICOM dictionary; PS3.15 Annex E, Basic Profile). Emptied where they are not sequences.
+#: Value representations whose every element names or dates someone, whichever attribute it
+#: is (a consulting physician, an SR's verifying observer, a birth date, an arrival time):
+#: emptied wherever found. The Basic Profile removes or replaces every such attribute.
+EMPTIED_VRS = ("PN", "DA", "DT", "TM")
+
+#: Other data elements that identify a person, an institution, a device or a visit
+#: (keywords of the DICOM dictionary; PS3.15 Annex E, Basic Profile): emptied where they
+#: are not sequences.
 IDENTIFYING = (
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime",
-    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientMotherBirthName", "PatientBirthName", "OtherPatientIDs",
-    "OtherPatientNames", "MilitaryRank", "BranchOfService", "EthnicGroup", "Occupation",
+    "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "PatientSex", "PatientAge",
+    "PatientSize", "PatientWeight", "PatientAddress", "PatientTelephoneNumbers",
+    "MilitaryRank", "BranchOfService", "EthnicGroup", "Occupation",
     "AdditionalPatientHistory", "PatientComments", "MedicalRecordLocator",
     "CountryOfResidence", "RegionOfResidence", "PatientReligiousPreference",
-    "ReferringPhysicianName", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy", "OperatorsName", "PhysiciansOfRecord",
-    "RequestingPhysician", "ResponsiblePerson", "ResponsibleOrganization",
+    "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar",
+    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "ResponsibleOrganization", "PersonAddress", "PersonTelephoneNumbers",
     "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
-    "DeviceSerialNumber", "AccessionNumber", "StudyID", "StudyDescription",
-    "SeriesDescription", "ProtocolName", "ImageComments",
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate",
-    "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime",
-    "AcquisitionDateTime",
+    "AccessionNumber", "StudyID", "StudyDescription", "SeriesDescription", "ProtocolName",
+    "ImageComments",
+    # the visit, the order and its procedure steps: IDs, places, free text
+    "AdmissionID", "IssuerOfAdmissionID", "CurrentPatientLocation", "PatientState",
+    "PatientInstitutionResidence", "PatientTransportArrangements", "SpecialNeeds",
+    "MedicalAlerts", "Allergies", "AdmittingDiagnosesDescription", "VisitComments",
+    "StudyComments", "ReasonForStudy", "RequestingService", "RequestedProcedureID",
+    "RequestedProcedureDescription", "RequestedProcedureComments",
+    "ImagingServiceRequestComments", "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest", "OrderEntererLocation",
+    "OrderCallbackPhoneNumber", "ScheduledProcedureStepID",
+    "ScheduledProcedureStepDescription", "ScheduledProcedureStepLocation",
+    "ScheduledStationName", "ScheduledStudyLocation", "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription", "PerformedStationName", "PerformedLocation",
+    # the acquisition's devices and free text
+    "DeviceSerialNumber", "DeviceID", "DeviceDescription", "DetectorID", "GantryID",
+    "PlateID", "CassetteID", "SourceSerialNumber", "SecondaryCaptureDeviceID",
+    "AcquisitionComments", "FrameComments", "InterpretationText", "TextString",
+    "TextComments", "TopicSubject", "TopicAuthor", "TopicKeywords",
 )
 
 #: Sequences that only hold identifying attributes: removed whole.
 IDENTIFYING_SEQUENCES = (
     "OtherPatientIDsSequence", "ReferencedPatientSequence", "RequestAttributesSequence",
     "PatientInsurancePlanCodeSequence", "ReferencedStudySequence",
+    "InstitutionCodeSequence", "IssuerOfAccessionNumberSequence",
+    "ReferringPhysicianIdentificationSequence", "PhysiciansOfRecordIdentificationSequence",
+    "PerformingPhysicianIdentificationSequence",
+    "PhysiciansReadingStudyIdentificationSequence", "OperatorIdentificationSequence",
+    "InterpretationApproverSequence", "AuthorObserverSequence", "ParticipantSequence",
+    # the values attributes had before an earlier edit: a patient's old name among them
+    "OriginalAttributesSequence",
 )
 
 #: First groups of the repeating overlay (60xx) and curve (50xx) groups.
@@ -147,7 +173,8 @@ def _dicom_file(path: str) -> int:
         if element.keyword in IDENTIFYING_SEQUENCES or _is_overlay_or_curve(element.tag):
             del dataset[element.tag]
             changed[0] += 1
-        elif element.keyword in IDENTIFYING and element.VR != "SQ" and not element.is_empty:
+        elif (element.keyword in IDENTIFYING or element.VR in EMPTIED_VRS) \
+                and element.VR != "SQ" and not element.is_empty:
             element.value = ""
             changed[0] += 1
         elif element.keyword in INSTANCE_UIDS and not element.is_empty:
