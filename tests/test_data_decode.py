@@ -9,6 +9,7 @@ import warnings
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -89,6 +90,41 @@ def test_dicom_monochrome1_inverted_and_minmax_without_window(tmp_path):
     write_dicom(p, np.array([[-100, 0], [100, 300]], np.int16), photometric="MONOCHROME1")
     # Min-max: [0, .25, .5, 1]; MONOCHROME1 -> 1 - x.
     np.testing.assert_allclose(decode(p)[0, :, :, 0], [[1.0, 0.75], [0.5, 0.0]], atol=1e-6)
+
+
+def _padded_ct() -> np.ndarray:
+    """8x8 signed CT values: a -2000 padding frame around 0..1000 HU of tissue."""
+    a = np.full((8, 8), -2000, np.int16)
+    a[2:6, 2:6] = np.linspace(0, 1000, 16).reshape(4, 4).astype(np.int16)
+    return a
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("padding", ["value", "range", "unsigned"])
+def test_dicom_padding_is_left_out_of_minmax_and_reads_black(tmp_path, photometric, padding):
+    """PixelPaddingValue marks pixels outside the scanned field: counted by min-max, the
+    -2000 of a CT's padding would squeeze its tissue into the top third of the range."""
+    a = _padded_ct()
+    tags = {}
+    if padding == "range":                       # padding is every value from -2000 to -1500
+        a[0, :4] = -1700
+        tags = dict(PixelPaddingValue=-2000, PixelPaddingRangeLimit=-1500)
+    elif padding == "value":
+        tags = dict(PixelPaddingValue=-2000)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, a, photometric=photometric, **tags)
+    if padding == "unsigned":                    # signed pixels, the value written as US
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00280120, "US", 65536 - 2000)
+        ds.save_as(path)
+    x = decode(path)[0, ..., 0]
+    tissue = (a[2:6, 2:6].astype(np.float32) - 0.0) / 1000.0
+    if photometric == "MONOCHROME1":
+        tissue = 1.0 - tissue
+    np.testing.assert_allclose(x[2:6, 2:6], tissue, atol=1e-6)
+    outside = np.ones(a.shape, bool)
+    outside[2:6, 2:6] = False
+    assert (x[outside] == 0.0).all()
 
 
 def test_dicom_multiframe_reads_frames_as_slices(tmp_path):
@@ -269,7 +305,7 @@ def test_every_reader_output_is_checked_for_non_finite_values(tmp_path, monkeypa
     dcm = str(tmp_path / "a.dcm")
     write_dicom(dcm, np.arange(4, dtype=np.uint16).reshape(2, 2))
 
-    def leaky_minmax(arr):
+    def leaky_minmax(arr, ignore=None):
         out = np.zeros(arr.shape, np.float32)
         out.flat[0] = np.nan
         out.flat[-1] = np.inf

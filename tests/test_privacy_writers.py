@@ -190,6 +190,61 @@ def test_a_dicom_copy_is_a_new_image_of_the_same_study(tmp_path, series):
         assert open_volume(str(tmp_path / "a")).num_slices == 3      # one series, read as one
 
 
+@pytest.mark.parametrize("series", [False, True])
+def test_dicom_padding_stays_padding_and_out_of_the_minmax_range(tmp_path, series):
+    """The reader leaves padding out of min-max and reads it black: the copy keeps every
+    padding pixel as stored and scales the change by the tissue's range alone."""
+    from tests.test_data_decode import _padded_ct
+    second = _padded_ct() // 2                         # tissue 0..500, padding kept
+    second[_padded_ct() == -2000] = -2000
+    a = np.stack([_padded_ct(), second])
+    if series:
+        path = tmp_path / "series"
+        path.mkdir()
+        for i in range(2):
+            write_dicom(str(path / f"IM{i}"), a[i], InstanceNumber=i + 1,
+                        PixelPaddingValue=-2000)
+        files = [str(path / f"IM{i}") for i in range(2)]
+    else:
+        path = tmp_path / "frames.dcm"
+        write_dicom(str(path), a, PixelPaddingValue=-2000)
+        files = [str(path)]
+    x, change, back = roundtrip(path, tmp_path / "copy", t=2, amplitude=0.05, seed=3)
+    inside = np.zeros(a.shape[1:], bool)
+    inside[2:6, 2:6] = True
+    # one stored step is 1/1000 of the tissue's range (-2000 not counted); the pixels that
+    # hold the range's extremes (0 and 1000 HU, in the first slice) keep their values
+    extreme = np.isin(x, (0.0, 1.0))[..., 0]
+    moved = inside & ~extreme
+    np.testing.assert_allclose(back[moved], (x + change)[moved], atol=0.51 / 1000)
+    np.testing.assert_array_equal(back[extreme & inside], x[extreme & inside])
+    assert (back[:, ~inside] == 0).all()
+    copies = [str(tmp_path / "copy" / os.path.basename(f)) for f in files] if series \
+        else [str(tmp_path / "copy")]
+    stored = np.concatenate([pydicom.dcmread(c).pixel_array.reshape(-1, 8, 8) for c in copies])
+    assert (stored[:, ~inside] == -2000).all()
+    assert not (stored[:, inside] == -2000).any()
+
+
+def test_no_pixel_is_moved_onto_the_padding_value(tmp_path):
+    """A change that would take a pixel onto PixelPaddingValue would make it read as padding
+    (black): that pixel keeps its stored value, every other pixel takes the change."""
+    a = np.full((8, 8), 0, np.uint16)                 # padding 0 around values 1..16
+    a[2:6, 2:6] = np.arange(1, 17).reshape(4, 4)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, a, PixelPaddingValue=0, WindowCenter=50, WindowWidth=101)
+    x = open_volume(path).read([0])
+    change = np.zeros_like(x)
+    change[0, 2:6, 2:6] = -0.02                        # -2 stored units: 1 and 2 would reach 0
+    write_protected(path, [0], change, str(tmp_path / "o.dcm"))
+    out = pydicom.dcmread(str(tmp_path / "o.dcm")).pixel_array
+    expected = a.astype(np.int64)
+    expected[2:6, 2:6] -= 2
+    expected[expected <= 0] = a[expected <= 0]           # the padding and the two kept pixels
+    np.testing.assert_array_equal(out, expected)
+    assert (out[2:6, 2:6] > 0).all()
+
+
 def _icon(pixels: np.ndarray):
     from pydicom.dataset import Dataset
     icon = Dataset()

@@ -276,10 +276,13 @@ class DicomFile(Volume):
 
     def _read(self, indices):
         ds = dicom_pixels.read_dataset(self.path)
-        frames = dicom_pixels.rescaled_frames(ds)[dicom_pixels.frame_order(ds)]
+        order = dicom_pixels.frame_order(ds)
+        frames = dicom_pixels.rescaled_frames(ds)[order]
+        padded = dicom_pixels.padded_frames(ds)
         self._n = frames.shape[0]
         indices = self._check(indices, frames.shape[0])
-        return dicom_pixels.to_unit(frames[indices], ds)
+        return dicom_pixels.to_unit(frames[indices], ds,
+                                    None if padded is None else padded[order][indices])
 
 
 class DicomSeries(Volume):
@@ -308,6 +311,7 @@ class DicomSeries(Volume):
                 try:
                     ds = dicom_pixels.read_dataset(self.files[i])
                     f = dicom_pixels.rescaled_frames(ds)
+                    padded = dicom_pixels.padded_frames(ds)
                 except DecodeError:
                     raise
                 except Exception as e:  # noqa: BLE001
@@ -315,14 +319,16 @@ class DicomSeries(Volume):
                                       f"{self.path}: {type(e).__name__}: {e}") from e
                 if f.shape[0] != 1:
                     raise DecodeError(f"{self.files[i]}: multi-frame file inside a series folder")
-                cache[i] = (f[0].astype(np.float32), ds)
+                cache[i] = (f[0].astype(np.float32), ds,
+                            np.zeros(f.shape[1:], bool) if padded is None else padded[0])
             frames.append(cache[i][0])
         ref = cache[0][1] if 0 in cache else \
             dicom_pixels.read_dataset(self.files[0], header_only=True)
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise DecodeError(f"{self.path}: slices of different shapes {sorted(shapes)}")
-        return dicom_pixels.to_unit(np.stack(frames), ref)
+        padded = np.stack([cache[i][2] for i in indices])
+        return dicom_pixels.to_unit(np.stack(frames), ref, padded if padded.any() else None)
 
 
 class NiftiVolume(Volume):

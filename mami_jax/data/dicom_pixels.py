@@ -16,6 +16,9 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
   (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
   LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
   window), else min-max over the frames read together; MONOCHROME1 inverted (1 - x);
+  padding (PixelPaddingValue, through PixelPaddingRangeLimit: the pixels outside the
+  scanned field, a CT's -2000 circle, a mammogram's background) is left out of min-max
+  and read as 0 (black), so it neither squeezes the image's contrast nor shows grey;
 - PALETTE COLOR: the stored indices through the palette (``apply_color_lut``), as RGB;
 - other colour: min-max (8-bit: / 255) like any colour image.
 
@@ -285,8 +288,38 @@ def rescaled_frames(ds) -> np.ndarray:
     return arr
 
 
-def to_unit(frames: np.ndarray, ref) -> np.ndarray:
-    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags."""
+def padding(ds, stored: np.ndarray | None = None) -> np.ndarray | None:
+    """Where a grey image's stored values (``stored``, or the dataset's own) are padding:
+    PixelPaddingValue, or every value between it and PixelPaddingRangeLimit; None where
+    the dataset names none or no pixel holds it. A value given unsigned for signed pixels
+    (the element's VR is "US or SS") is read as the signed value of the same bits."""
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric(ds) == "PALETTE COLOR":
+        return None
+    value = dicom_number(ds, "PixelPaddingValue", None)
+    if value is None:
+        return None
+    limit = dicom_number(ds, "PixelPaddingRangeLimit", value)
+    if int(ds.get("PixelRepresentation", 0) or 0):
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        value, limit = (v - (1 << bits) if v >= 1 << (bits - 1) else v for v in (value, limit))
+    lo, hi = min(value, limit), max(value, limit)
+    stored = stored_pixels(ds) if stored is None else stored
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def padded_frames(ds) -> np.ndarray | None:
+    """``padding`` shaped like ``rescaled_frames``: (F, H, W, 1), or None."""
+    mask = padding(ds)
+    if mask is None:
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return mask.reshape((frames,) + mask.shape[-2:])[..., None]
+
+
+def to_unit(frames: np.ndarray, ref, padded: np.ndarray | None = None) -> np.ndarray:
+    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags;
+    ``padded`` (like ``frames``, grey): padding pixels, left out of min-max and read as 0."""
     if frames.shape[-1] == 3:
         out = scale_integer_or_float(frames)
     else:
@@ -297,7 +330,9 @@ def to_unit(frames: np.ndarray, ref) -> np.ndarray:
         elif shown is not None:
             out = dicom_window(frames, *shown)
         else:
-            out = minmax(frames)
+            out = minmax(frames, ignore=padded)
     if photometric(ref) == "MONOCHROME1":
         out = np.float32(1.0) - out
+    if padded is not None and frames.shape[-1] == 1:
+        out = np.where(padded, np.float32(0.0), out)
     return out.astype(np.float32, copy=False)

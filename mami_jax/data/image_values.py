@@ -21,13 +21,16 @@ def scale_integer_or_float(arr: np.ndarray) -> np.ndarray:
     return minmax(arr)
 
 
-def minmax(arr: np.ndarray) -> np.ndarray:
-    """(x - min) / (max - min) as float32; a constant array becomes zeros."""
+def minmax(arr: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+    """(x - min) / (max - min) as float32; a constant array becomes zeros. ``ignore``
+    (a mask like ``arr``): pixels left out of min and max (a DICOM's padding), which
+    then fall outside [0, 1] until their reader sets them."""
     x = arr.astype(np.float32, copy=False)
     finite = np.isfinite(x)
     if not finite.all():
         raise ValueError("pixel data contains NaN or infinity")
-    lo, hi = float(x.min()), float(x.max())
+    counted = x if ignore is None or ignore.all() else x[~np.broadcast_to(ignore, x.shape)]
+    lo, hi = float(counted.min()), float(counted.max())
     if hi <= lo:
         return np.zeros(x.shape, np.float32)
     return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))

@@ -11,7 +11,9 @@ rounding):
   shows, is capped at the table's span; ``written_budget`` then checks the file);
 - grey without either, and colour: min-max, ``change * (max - min)`` of the frames read
   together, the pixels that hold the extremes kept (``stored_change.apply_change``);
-- MONOCHROME1 negated; every value inside what BitsStored holds.
+- MONOCHROME1 negated; every value inside what BitsStored holds;
+- padding (PixelPaddingValue, the reader's black outside the scanned field) kept as
+  stored and left out of min-max, and no other pixel moved onto a padding value.
 
 Every other data element is kept, but for what makes the copy a new image: its pixels
 differ from the original's, so it gets its own SOPInstanceUID and SeriesInstanceUID
@@ -77,13 +79,16 @@ def _as_derived(ds) -> None:
 
 
 def _read(path: str):
-    """(dataset, its rescaled frames, the stored values to change) of the file at ``path``:
-    decompressed once (the copy is written uncompressed), a palette file's values through
-    its palette, the dataset re-described as what will be stored."""
+    """(dataset, its rescaled frames, the stored values to change, where they are padding
+    or None) of the file at ``path``: decompressed once (the copy is written uncompressed),
+    a palette file's values through its palette, the dataset re-described as what will be
+    stored."""
     ds = dicom_pixels.read_dataset(path)
     dicom_pixels.decompress(ds)           # names the file when no decoder reads it
     frames = dicom_pixels.rescaled_frames(ds)
-    return ds, frames, _as_stored(ds, dicom_pixels.stored_pixels(ds))
+    stored = dicom_pixels.stored_pixels(ds)
+    padded = dicom_pixels.padding(ds, stored)
+    return ds, frames, _as_stored(ds, stored), padded
 
 
 def _as_stored(ds, stored: np.ndarray) -> np.ndarray:
@@ -103,10 +108,11 @@ def _as_stored(ds, stored: np.ndarray) -> np.ndarray:
     return stored
 
 
-def _scale(ref, frames) -> tuple[Callable[[np.ndarray], np.ndarray | float], float | None,
-                                  float | None]:
+def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | float],
+                                          float | None, float | None]:
     """(rescaled units per unit intensity at a frame's pixels, lo, hi) of ``frames`` (the
-    rescaled frames read together, (H, W, C) each) under ``ref``'s reading rule."""
+    rescaled frames read together, (H, W, C) each) under ``ref``'s reading rule; ``padded``:
+    each frame's padding mask (H, W) or None, left out of min-max as the reader does."""
     if frames[0].shape[-1] == 3:
         scale, lo, hi = unit_scale(frames)
         return (lambda frame: scale), lo, hi
@@ -117,14 +123,18 @@ def _scale(ref, frames) -> tuple[Callable[[np.ndarray], np.ndarray | float], flo
     lut = dicom_pixels.VoiLut.of(ref)
     if lut is not None:
         return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
-    lo = min(float(f.min()) for f in frames)
-    hi = max(float(f.max()) for f in frames)
+    counted = [f[..., 0] if p is None else f[..., 0][~p]
+               for f, p in zip(frames, padded) if p is None or not p.all()]
+    lo = min(float(c.min()) for c in counted) if counted else 0.0
+    hi = max(float(c.max()) for c in counted) if counted else 0.0
     return (lambda frame: sign * max(hi - lo, 1e-12)), lo, hi
 
 
-def _changed(ds, index, frame, stored, change, scale_info) -> np.ndarray:
+def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.ndarray:
     """``stored`` (the stored values of frame ``index``) with ``change`` (H, W, C unit
-    pixels) added; ``frame``: its rescaled values (H, W, C)."""
+    pixels) added; ``frame``: its rescaled values (H, W, C); ``padded``: its padding
+    (H, W) or None, kept as stored, and no other pixel is moved onto a padding value
+    (it would read as padding: such a pixel keeps its stored value)."""
     per_unit, lo, hi = scale_info
     if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
         return apply_change(stored, channels(change, stored) * per_unit(frame), lo, hi)
@@ -133,8 +143,13 @@ def _changed(ds, index, frame, stored, change, scale_info) -> np.ndarray:
     stored_hi = None if hi is None else (hi - intercept) / slope
     if stored_lo is not None and stored_lo > stored_hi:
         stored_lo, stored_hi = stored_hi, stored_lo
-    return apply_change(stored, change.mean(-1) * per_unit(frame) / slope, stored_lo,
-                        stored_hi, _bits_stored_range(ds))
+    new = apply_change(stored, change.mean(-1) * per_unit(frame) / slope, stored_lo,
+                       stored_hi, _bits_stored_range(ds), keep=padded)
+    landed = dicom_pixels.padding(ds, new)
+    if landed is not None:
+        moved = landed if padded is None else landed & ~padded
+        new = np.where(moved, stored, new)
+    return new
 
 
 def _bits_stored_range(ds) -> tuple[int, int] | None:
@@ -183,18 +198,19 @@ def _write(ds, out: str) -> None:
 
 def write_dicom_file(path: str, slices, delta, out: str) -> None:
     """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``."""
-    ds, frames, stored = _read(path)
+    ds, frames, stored, padded = _read(path)
     order = dicom_pixels.frame_order(ds)             # slice i is stored frame order[i]
     changes = {int(order[i]): change
                for i, change in per_slice_change(delta, slices, frames.shape[0]).items()}
-    scale_info = _scale(ds, [frames[f] for f in changes])
     several = int(ds.get("NumberOfFrames", 1) or 1) > 1
+    pads = {f: None if padded is None else padded[f] if several else padded for f in changes}
+    scale_info = _scale(ds, [frames[f] for f in changes], list(pads.values()))
     new = stored.copy()
     for f, change in changes.items():
         if several:
-            new[f] = _changed(ds, f, frames[f], new[f], change, scale_info)
+            new[f] = _changed(ds, f, frames[f], new[f], change, scale_info, pads[f])
         else:
-            new = _changed(ds, f, frames[f], new, change, scale_info)
+            new = _changed(ds, f, frames[f], new, change, scale_info, pads[f])
     _save(ds, new, out)
 
 
@@ -204,17 +220,18 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
     changes = per_slice_change(delta, slices, volume.num_slices)
     read = {}
     for i in changes:
-        ds, frames, stored = _read(volume.files[i])
-        read[i] = (ds, stored, frames[0])
+        ds, frames, stored, padded = _read(volume.files[i])
+        read[i] = (ds, stored, frames[0], padded)
     ref = read[0][0] if 0 in read else \
         dicom_pixels.read_dataset(volume.files[0], header_only=True)
-    scale_info = _scale(ref, [r[2] for r in read.values()])
+    scale_info = _scale(ref, [r[2] for r in read.values()], [r[3] for r in read.values()])
     with staging_dir(out) as tmp:
         for i, f in enumerate(volume.files):
             target = os.path.join(tmp, os.path.basename(f))
             if i in changes:
-                ds, stored, frame = read[i]
-                _save(ds, _changed(ds, 0, frame, stored, changes[i], scale_info), target)
+                ds, stored, frame, padded = read[i]
+                _save(ds, _changed(ds, 0, frame, stored, changes[i], scale_info, padded),
+                      target)
             else:                  # pixels as stored; the copy's series and instance UIDs
                 _write(dicom_pixels.read_dataset(f), target)
         publish_dir(tmp, out)

@@ -12,14 +12,17 @@ import numpy as np
 
 
 def apply_change(stored: np.ndarray, change: np.ndarray, lo=None, hi=None,
-                 limits: tuple[int, int] | None = None) -> np.ndarray:
+                 limits: tuple[int, int] | None = None,
+                 keep: np.ndarray | None = None) -> np.ndarray:
     """``stored + change`` in ``stored``'s dtype: rounded, clipped to the dtype's range and
     to [lo, hi] when given (the range of every slice read together, in stored units), with
     the pixel that holds lo and the one that holds hi kept as they were, so the reader's
     min-max range stays. A slice that holds neither (one frame of a series) keeps none:
     setting its own extremes to the series' would paint a dot of air or metal into it.
     ``limits``: the stored values' own range where it is narrower than the dtype's (a
-    DICOM's BitsStored: a 12-bit value above 4095 is read with its high bits dropped)."""
+    DICOM's BitsStored: a 12-bit value above 4095 is read with its high bits dropped).
+    ``keep`` (a mask like ``stored``): pixels kept exactly as stored and left out of the
+    extremes (a DICOM's padding, which min-max does not count)."""
     new = stored.astype(np.float64) + change
     if np.issubdtype(stored.dtype, np.integer):
         info = np.iinfo(stored.dtype)
@@ -27,11 +30,16 @@ def apply_change(stored: np.ndarray, change: np.ndarray, lo=None, hi=None,
         new = np.clip(np.round(new), max(floor, info.min), min(ceil, info.max))
     if lo is not None:
         new = np.clip(new, lo, hi)
-        flat, values = new.reshape(-1), stored.reshape(-1)   # a view: sets ``new``
+        flat, values = new.reshape(-1), stored.reshape(-1).astype(np.float64)  # flat: a view
+        counted = np.ones(values.shape, bool) if keep is None else ~keep.reshape(-1)
         slack = 1e-9 * max(1.0, abs(float(lo)), abs(float(hi)))
-        for i, extreme in ((int(np.argmin(values)), lo), (int(np.argmax(values)), hi)):
-            if abs(float(values[i]) - float(extreme)) <= slack:
-                flat[i] = values[i]
+        if counted.any():
+            for i, extreme in ((int(np.argmin(np.where(counted, values, np.inf))), lo),
+                               (int(np.argmax(np.where(counted, values, -np.inf))), hi)):
+                if abs(float(values[i]) - float(extreme)) <= slack:
+                    flat[i] = values[i]
+    if keep is not None:
+        new = np.where(keep, stored, new)
     return new.astype(stored.dtype)
 
 
