@@ -26,17 +26,20 @@ PERSON = dict(PatientName="Doe^Jane", PatientID="X123", PatientBirthDate="197001
               WindowCenter=500, WindowWidth=3001)
 
 
+def _sequence(**attributes) -> Sequence:
+    """A sequence of one item holding ``attributes``."""
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return Sequence([item])
+
+
 def _with_private_and_nested(path):
     """Adds a private element and an identifying attribute inside a sequence."""
     ds = pydicom.dcmread(path)
     ds.add_new(0x00091010, "LO", "scanner owner Doe")
-    item = Dataset()
-    item.PatientName = "Doe^Jane"
-    item.CodeValue = "T-D3000"
-    ds.AnatomicRegionSequence = Sequence([item])
-    other = Dataset()
-    other.PatientID = "OLD-9"
-    ds.OtherPatientIDsSequence = Sequence([other])
+    ds.AnatomicRegionSequence = _sequence(PatientName="Doe^Jane", CodeValue="T-D3000")
+    ds.OtherPatientIDsSequence = _sequence(PatientID="OLD-9")
     ds.save_as(path)
 
 
@@ -78,16 +81,11 @@ def test_every_person_name_and_the_visits_text_ids_and_dates_are_removed(tmp_pat
                 "CT chest for Doe", PerformedProcedureStepStartDate="20200301",
                 AdmissionID="ADM-Doe-1", DetectorID="DET-Doe")
     ds = pydicom.dcmread(path)
-    observer = Dataset()
-    observer.VerifyingObserverName = "Doe^Verifier"
-    observer.VerificationDateTime = "20200302"
-    ds.VerifyingObserverSequence = Sequence([observer])
-    earlier = Dataset()
-    earlier.PatientName = "Doe^Maiden"
-    original = Dataset()
-    original.ModifiedAttributesSequence = Sequence([earlier])
-    original.ReasonForTheAttributeModification = "CORRECT"
-    ds.OriginalAttributesSequence = Sequence([original])
+    ds.VerifyingObserverSequence = _sequence(VerifyingObserverName="Doe^Verifier",
+                                             VerificationDateTime="20200302")
+    ds.OriginalAttributesSequence = _sequence(
+        ModifiedAttributesSequence=_sequence(PatientName="Doe^Maiden"),
+        ReasonForTheAttributeModification="CORRECT")
     ds.save_as(path)
     remove_identity(path)
     out = pydicom.dcmread(path)
