@@ -9,13 +9,15 @@ here, after the copy is written, so that a shared folder names nobody:
   attributes of people, institutions, devices and dates that DICOM PS3.15's Basic
   Application Level Confidentiality Profile lists (``IDENTIFYING``) are emptied wherever
   they occur, nested sequences included, as is every person name, date and time (value
-  representations PN, DA, DT, TM, whichever attribute holds them), and sequences of them (other patient IDs, the
-  request's attributes, the values before an earlier edit) removed; private elements are removed, and so are overlay planes
-  and curves (groups 60xx and 50xx: bitmaps and text drawn over the image, which the
-  profile removes); every UID (study, series, instance, frame of reference, the file
-  meta's) is replaced by a UID derived from it, so the slices of a series still belong
-  together and to their study, but the originals cannot be looked up; ``PatientIdentityRemoved`` = YES and ``DeidentificationMethod``
-  say what was done. Pixel-related elements are untouched, so the copy decodes as before.
+  representations PN, DA, DT, TM, whichever attribute holds them); sequences of them
+  (other patient IDs, the request's attributes, the values before an earlier edit),
+  private elements, overlay planes and curves (groups 60xx and 50xx: bitmaps and text
+  drawn over the image, which the profile removes) are removed; every UID (study,
+  series, instance, frame of reference, the file meta's) is replaced by a UID derived
+  from it, so the slices of a series still belong together and to their study, but the
+  originals cannot be looked up; ``PatientIdentityRemoved`` = YES and
+  ``DeidentificationMethod`` say what was done. Pixel-related elements are untouched,
+  so the copy decodes as before.
 - NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
   ``db_name``) are blanked, and the header extensions removed (free-form blocks after the
   header: a converter's copy of the DICOM header, with the patient's name, AFNI's
