@@ -16,7 +16,7 @@ os.environ["XLA_FLAGS"] = (
 # in XLA's CPU code generation than in running them: LLVM without its optimisation passes
 # compiles them faster and computes the same operations (matrix products call the same
 # library kernels). docs/test_suite.md has the measurement. A level given in XLA_FLAGS wins
-# (XLA_FLAGS=--xla_backend_optimization_level=2 runs the tests as users' runs compile).
+# (XLA_FLAGS=--xla_backend_optimization_level=3, XLA's default: compiled as users' runs are).
 OPTIMIZATION_FLAG = "--xla_backend_optimization_level"
 if OPTIMIZATION_FLAG not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += f" {OPTIMIZATION_FLAG}=0"
