@@ -29,8 +29,15 @@ def minmax(arr: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
     finite = np.isfinite(x)
     if not finite.all():
         raise ValueError("pixel data contains NaN or infinity")
-    counted = x if ignore is None or ignore.all() else x[~np.broadcast_to(ignore, x.shape)]
-    lo, hi = float(counted.min()), float(counted.max())
+    lo, hi = value_range(x, ignore)
     if hi <= lo:
         return np.zeros(x.shape, np.float32)
     return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+
+
+def value_range(arr: np.ndarray, ignore: np.ndarray | None = None) -> tuple[float, float]:
+    """(min, max) of ``arr`` without the pixels ``ignore`` marks (every pixel counted when
+    it marks them all): the range ``minmax`` scales by, which a writer that puts a change
+    back into stored values must scale by too."""
+    counted = arr if ignore is None or ignore.all() else arr[~np.broadcast_to(ignore, arr.shape)]
+    return float(counted.min()), float(counted.max())

@@ -41,6 +41,7 @@ import numpy as np
 from mami_jax.apps.privacy.derived_uids import COPY, derived_uid
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
 from mami_jax.data import dicom_pixels
+from mami_jax.data.image_values import value_range
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic
 
 #: Elements that describe a palette (PS3.3 C.7.9); a copy written as RGB drops them.
@@ -123,10 +124,9 @@ def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | flo
     lut = dicom_pixels.VoiLut.of(ref)
     if lut is not None:
         return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
-    counted = [f[..., 0] if p is None else f[..., 0][~p]
-               for f, p in zip(frames, padded) if p is None or not p.all()]
-    lo = min(float(c.min()) for c in counted) if counted else 0.0
-    hi = max(float(c.max()) for c in counted) if counted else 0.0
+    ignore = None if all(p is None for p in padded) else np.stack(
+        [np.zeros(f.shape[:2], bool) if p is None else p for f, p in zip(frames, padded)])
+    lo, hi = value_range(np.stack([f[..., 0] for f in frames]), ignore)
     return (lambda frame: sign * max(hi - lo, 1e-12)), lo, hi
 
 
