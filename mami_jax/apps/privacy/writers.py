@@ -15,7 +15,7 @@ Everything else is kept: DICOM every data element but those that make the copy a
 image and those that describe its pixels (``dicom_writer``), NIfTI its affine, header and
 scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included), size
 and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed values are
-not in its palette; JPEG at quality 100 without chroma subsampling: at 95 most of a small
+not in its palette; a CMYK JPEG becomes the RGB it is read as; JPEG at quality 100 without chroma subsampling: at 95 most of a small
 change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate), and the
 slices of a slice folder that the model does not read are copied byte for byte (a DICOM
 series': ``dicom_writer``). Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
