@@ -208,3 +208,58 @@ def test_a_series_with_several_images_at_one_position_is_refused_naming_them(tmp
     for name in ("e2_z0.dcm", "e2_z5.dcm"):
         (folder / name).unlink()
     assert open_volume(str(folder)).num_slices == 2
+
+
+def test_a_series_folder_reads_its_dicom_files_and_ignores_the_others(tmp_path):
+    """An export's folder often holds a Thumbs.db or a text note beside the slices; read as
+    a DICOM header they parse as a file of "no series". A slice without the 128-byte
+    preamble (older writers) is still a slice: its header has Rows."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for z in (0.0, 5.0):
+        write_axial_slice(folder / f"IM{int(z)}", 10 + z, z)
+    without_preamble = pydicom.dcmread(folder / "IM5")
+    without_preamble.ImagePositionPatient = [0, 0, 10.0]
+    without_preamble.PixelData = np.full((2, 2), 30, np.uint16).tobytes()
+    without_preamble.preamble = None
+    without_preamble.save_as(folder / "IM10", enforce_file_format=False)
+    assert (folder / "IM10").read_bytes()[128:132] != b"DICM"
+    (folder / "notes.txt").write_text("scanned by dr x\n")
+    (folder / "Thumbs.db").write_bytes(bytes(range(256)) * 4)
+    volume = open_volume(str(folder))
+    assert volume.num_slices == 3
+    np.testing.assert_allclose(volume.read()[:, 0, 0, 0], [0.0, 0.25, 1.0], atol=1e-6)
+    for name in ("IM0", "IM5", "IM10"):
+        (folder / name).unlink()
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{folder}: folder holds no slice images or DICOM files (2 other file(s): "
+            "Thumbs.db, notes.txt)")):
+        open_volume(str(folder))
+
+
+def test_a_dicom_file_without_pixels_in_a_series_folder_is_named(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    write_axial_slice(folder / "IM0.dcm", 1, 0.0)
+    report = pydicom.dcmread(folder / "IM0.dcm")
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(report, keyword)
+    report.save_as(folder / "report.dcm")
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{folder / 'report.dcm'}: a DICOM file without an image (no Rows) in series "
+            f"folder {folder}")):
+        open_volume(str(folder))
+
+
+def test_a_folder_of_dicom_files_and_slice_images_is_refused_naming_both(tmp_path):
+    """A series exported with a preview JPEG beside it would otherwise read as a one-slice
+    folder of images, its DICOM slices left out."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for z in range(3):
+        write_axial_slice(folder / f"IM{z}", z, float(z))
+    (folder / "preview.jpg").write_bytes(b"")
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{folder}: holds both slice images (preview.jpg) and DICOM files (IM0, IM1, IM2): "
+            "a manifest row's folder holds one or the other")):
+        open_volume(str(folder))

@@ -434,3 +434,25 @@ def test_a_dicom_copy_names_nobody_when_asked_and_everyone_by_default(setup, tmp
     assert original_uid.encode() not in open(copies[-1], "rb").read()
     np.testing.assert_array_equal(removed.pixel_array, kept.pixel_array)   # same seed
     assert open(dcm, "rb").read() == before
+
+
+def test_a_folder_row_counts_the_files_its_copy_left_out(setup, tmp_path):
+    """A slice folder with a note beside its one slice: the copy holds the slice, the
+    record says one file was not copied, and the input folder stays as it was."""
+    import shutil
+
+    from mami_jax.apps.privacy.protect import protect_rows
+    rows, _, member = setup
+    xray = [r for r in rows if r.modality == "xray"]
+    folder = tmp_path / "in" / "scan"
+    folder.mkdir(parents=True)
+    shutil.copyfile(xray[0].path, folder / "slice_0.png")
+    (folder / "notes.txt").write_text("scanned by dr x\n")
+    rows_in = [xray[0].replace(path=str(folder))] + xray[1:]
+    pcfg = load_config("configs/privacy.py")
+    pcfg.method, pcfg.batch_size = "noise", 4
+    new_rows, records = protect_rows(rows_in, rows_in[:1], [member], pcfg, str(tmp_path),
+                                     str(tmp_path / "out"), progress=False)
+    assert os.listdir(os.path.join(tmp_path / "out", new_rows[0].path)) == ["slice_0.png"]
+    assert records[0]["files_not_copied"] == 1
+    assert sorted(os.listdir(folder)) == ["notes.txt", "slice_0.png"]

@@ -551,3 +551,33 @@ def test_refuses_to_write_over_its_input(tmp_path):
     with pytest.raises(WriteError, match="a.png: refusing to write the protected image over its input"):
         write_protected(str(tmp_path / "a.png"), [0], np.zeros((1, 4, 4, 1), np.float32),
                         str(tmp_path / "a.png"))
+
+
+@pytest.mark.parametrize("kind", ["slices", "series"])
+def test_a_folder_copy_holds_its_slices_only_and_names_what_it_left_out(tmp_path, kind):
+    """A note beside the slices may name the patient and the protection does not reach
+    it: the copy leaves it out, and ``files_left_out`` says which files, for protect's
+    count and warning."""
+    from mami_jax.apps.privacy.writers import files_left_out, left_out_warning
+    folder = tmp_path / kind
+    folder.mkdir()
+    for i in range(3):
+        if kind == "slices":
+            Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(folder / f"s_{i}.png")
+        else:
+            write_dicom(str(folder / f"IM{i}"), np.full((6, 6), i, np.uint16), InstanceNumber=i + 1)
+    (folder / "notes.txt").write_text("scanned by dr x\n")
+    (folder / "Thumbs.db").write_bytes(bytes(range(256)))
+    (folder / ".DS_Store").write_bytes(b"\0")
+    roundtrip(folder, tmp_path / "out" / kind, t=2)
+    slices = {"slices": ["s_0.png", "s_1.png", "s_2.png"], "series": ["IM0", "IM1", "IM2"]}[kind]
+    assert sorted(os.listdir(tmp_path / "out" / kind)) == slices
+    assert files_left_out(str(folder)) == ["Thumbs.db", "notes.txt"]
+    assert files_left_out(str(tmp_path / "out" / kind)) == []
+    records = [{"image_id": "b", "files_not_copied": 2}, {"image_id": "a", "files_not_copied": 1},
+               {"image_id": "c", "files_not_copied": 0}, {"image_id": "from_an_older_log"}]
+    assert left_out_warning(records[2:]) is None
+    assert left_out_warning(records) == (
+        "warning: 3 file(s) beside the slices of 2 folder(s) were not copied (notes, "
+        "thumbnails: the protection does not reach them): a, b; protect_report.json counts "
+        "them per image")

@@ -29,7 +29,9 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   sliced axially; each slice is shown in radiological convention (anterior at the
   top, patient right on the image left).
 
-Series order: slice images by natural file-name order ("2.png" before "10.png");
+Series order: slice images by natural file-name order ("2.png" before "10.png"), the
+folder's other files ignored unless they are DICOM (a folder of both is refused: a
+series exported with a preview JPEG would otherwise read as that one image);
 DICOM files by their position along the slice normal (ImagePositionPatient and
 ImageOrientationPatient), else InstanceNumber, else file name (``dicom_series``, which
 refuses a folder of several series or of several images at one position).
@@ -54,7 +56,7 @@ from mami_jax.data import dicom_pixels
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.dicom_series import series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
-from mami_jax.data.natural_order import natural_key
+from mami_jax.data.natural_order import examples, natural_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")
@@ -410,6 +412,13 @@ def open_volume(path: str, min_short_side: int | None = None) -> Volume:
             raise DecodeError(f"{path}: cannot list folder: {e}") from e
         images = [n for n in names if _lower_ext(n) in IMAGE_EXTENSIONS]
         if images:
+            dicom = [n for n in names
+                     if n not in images and _is_dicom_file(os.path.join(path, n))]
+            if dicom:
+                raise DecodeError(
+                    f"{path}: holds both slice images ({examples(images)}) and DICOM files "
+                    f"({examples(dicom)}): a manifest row's folder holds one or the other: "
+                    "move the images or the DICOM files into a folder of their own")
             return SliceFolder(path, images, min_short_side)
         if names:
             return DicomSeries(path)

@@ -8,7 +8,12 @@ one volume it would give slices that alternate between images of different kinds
 - files of several series (SeriesInstanceUID: a study's scout and axial series, a scan
   before and after contrast, copied into one folder);
 - several images at one slice position (the echoes of a multi-echo MR series, the time
-  points of a perfusion or cine series).
+  points of a perfusion or cine series);
+- a DICOM file without an image (a structured report, a presentation state).
+
+Files that are not DICOM (a text note, Windows' Thumbs.db: no 128-byte preamble and no
+image in what parses as a header) are ignored, as a folder of slice images ignores its
+files that are not images; a slice written without the preamble is still read.
 """
 
 from __future__ import annotations
@@ -19,12 +24,7 @@ import os
 import numpy as np
 
 from mami_jax.data.decode_errors import DecodeError
-from mami_jax.data.natural_order import natural_key
-
-
-def _examples(files: list[str]) -> str:
-    files = sorted(files, key=natural_key)
-    return ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+from mami_jax.data.natural_order import examples, natural_key
 
 
 @functools.lru_cache(maxsize=256)
@@ -37,15 +37,19 @@ def series_files(folder: str, mtime: float) -> tuple[str, ...]:
     names = [n for n in os.listdir(folder)
              if not n.startswith(".") and n.upper() != "DICOMDIR"
              and os.path.isfile(os.path.join(folder, n))]
-    if not names:
-        raise DecodeError(f"{folder}: empty DICOM series folder")
-    keyed, series, at_position = [], {}, {}
+    keyed, series, at_position, others = [], {}, {}, []
     for n in names:
         p = os.path.join(folder, n)
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise DecodeError(f"{p}: unreadable DICOM header in series {folder}: {e}") from e
+        if "Rows" not in ds:
+            if ds.preamble is None:  # not DICOM: a note or Thumbs.db parsed as garbage
+                others.append(n)
+                continue
+            raise DecodeError(f"{p}: a DICOM file without an image (no Rows) in series "
+                              f"folder {folder}: a series folder holds only its slices")
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or "").strip(), []).append(n)
         pos = ds.get("ImagePositionPatient", None)
         ori = ds.get("ImageOrientationPatient", None)
@@ -58,6 +62,9 @@ def series_files(folder: str, mtime: float) -> tuple[str, ...]:
         else:
             key = (2, 0.0, natural_key(n))
         keyed.append((key, p))
+    if not keyed:
+        held = f" ({len(others)} other file(s): {examples(others)})" if others else ""
+        raise DecodeError(f"{folder}: folder holds no slice images or DICOM files{held}")
     if len(series) > 1:
         found = "; ".join(
             f"{uid or 'no SeriesInstanceUID'}: {len(files)} file(s), e.g. "
@@ -70,7 +77,7 @@ def series_files(folder: str, mtime: float) -> tuple[str, ...]:
         position, files = min(shared.items(), key=lambda kv: min(natural_key(f) for f in kv[1]))
         raise DecodeError(
             f"{folder}: {len(shared)} slice position(s) hold several images (at "
-            f"{list(position)}: {_examples(files)}), the echoes or time points of one "
+            f"{list(position)}: {examples(files)}), the echoes or time points of one "
             "series: put each echo or time point in its own folder")
     keyed.sort(key=lambda t: t[0])
     return tuple(p for _, p in keyed)

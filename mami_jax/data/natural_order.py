@@ -8,3 +8,11 @@ import re
 def natural_key(name: str):
     """Sort key treating digit runs as numbers: slice_2 < slice_10."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def examples(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names`` in natural order and how many more, for messages
+    that name a folder's files without listing thousands."""
+    names = sorted(names, key=natural_key)
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -38,6 +38,7 @@ import numpy as np
 from mami_jax.apps.privacy.derived_uids import DEIDENTIFIED, derived_uid
 from mami_jax.apps.privacy.writers import WriteError, save_nifti
 from mami_jax.data import decode
+from mami_jax.data.natural_order import examples
 from mami_jax.runtime.atomic_files import write_atomic
 
 IDENTITY_SETTINGS = ("keep", "remove")
@@ -152,10 +153,9 @@ def burned_in_warning(records) -> str | None:
     named = [r["image_id"] for r in records if r.get("burned_in_annotation")]
     if not named:
         return None
-    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
     return (f"warning: {len(named)} protected image(s) say their pixels hold burned-in text "
             f"(DICOM BurnedInAnnotation YES), which protect neither finds nor removes: "
-            f"{shown}; check them before sharing")
+            f"{examples(named, shown=5)}; check them before sharing")
 
 
 def _is_overlay_or_curve(tag) -> bool:

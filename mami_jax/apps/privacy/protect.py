@@ -35,6 +35,7 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
+from mami_jax.apps.privacy.writers import files_left_out
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
 from mami_jax.data.image_signature import rows_signature
@@ -527,6 +528,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                           "change_scaled_by": ratio_of_changes(written, whole.delta),
                           "slices_protected": int(len(set(whole.slices.tolist()))),
                           "header_elements_removed": removed,
+                          "files_not_copied": len(files_left_out(row.path)),
                           "burned_in_annotation": says_burned_in_text(row.path)}
                 run.records[row.image_id] = record
                 if run.log is not None:

@@ -32,6 +32,7 @@ from mami_jax.apps.privacy import dicom_writer
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
 from mami_jax.data import decode
 from mami_jax.data.decode import DecodeError
+from mami_jax.data.natural_order import examples, natural_key
 from mami_jax.runtime.atomic_files import fix_tree_modes, publish_dir, staging_dir, write_atomic
 
 JPEG_QUALITY = 100
@@ -173,6 +174,30 @@ def save_nifti(like, stored: np.ndarray, out: str, tmp: str | None = None,
 def output_name(path: str) -> str:
     """The file or folder name a protected copy of ``path`` gets (same extension)."""
     return os.path.basename(os.path.normpath(path))
+
+
+def files_left_out(path: str) -> list[str]:
+    """Names of the files of the folder ``path`` that its protected copy does not hold: a
+    note or a thumbnail beside the slices (what ``decode`` does not read as a slice). The
+    protection does not reach them and a note may name the patient, so they are not copied;
+    ``protect`` counts them in each record and says so. Empty for a file."""
+    volume = decode.open_volume(path)
+    if not isinstance(volume, (decode.SliceFolder, decode.DicomSeries)):
+        return []
+    copied = {os.path.basename(f) for f in volume.files}
+    return sorted((n for n in os.listdir(path) if not n.startswith(".") and n not in copied
+                   and os.path.isfile(os.path.join(path, n))), key=natural_key)
+
+
+def left_out_warning(records) -> str | None:
+    """The line ``protect`` ends with when folders held files their copies do not."""
+    named = [r["image_id"] for r in records if r.get("files_not_copied")]
+    if not named:
+        return None
+    files = sum(r.get("files_not_copied", 0) for r in records)
+    return (f"warning: {files} file(s) beside the slices of {len(named)} folder(s) were not "
+            f"copied (notes, thumbnails: the protection does not reach them): "
+            f"{examples(named, shown=5)}; protect_report.json counts them per image")
 
 
 def write_protected(path: str, slices, delta: np.ndarray, out: str) -> str:
