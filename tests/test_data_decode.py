@@ -184,6 +184,21 @@ def test_nifti_axial_slices_in_radiological_display(tmp_path, ext):
     assert x[1, 0, 0, 0] == pytest.approx((vol[3, 4, 1] - vol.min()) / (vol.max() - vol.min()), abs=1e-6)
 
 
+def test_a_4d_nifti_is_refused_saying_how_to_split_it_and_a_trailing_1_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    series = str(tmp_path / "bold.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((4, 4, 3, 5)).astype(np.float32), np.eye(4)), series)
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{series}: cannot read NIfTI volume: ValueError: 4-D volume of shape (4, 4, 3, 5), "
+            "5 3-D volumes (the time points, echoes or diffusion directions of one series); "
+            "a manifest row is one 3-D volume: split it")):
+        open_volume(series).read()
+    one = str(tmp_path / "one.nii.gz")
+    volume = rng.random((4, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume[..., None], np.eye(4)), one)
+    np.testing.assert_allclose(decode(one)[..., 0], canonical_reference(volume), atol=1e-6)
+
+
 def test_nifti_other_orientation_gives_the_same_slices(tmp_path):
     vol = np.random.default_rng(1).random((4, 5, 3)).astype(np.float32)
     # Store as (z, x flipped, y): voxel (k, i', j) = vol[3 - i', j, k].

@@ -160,7 +160,11 @@ def _nifti_slices(path: str, indices: Sequence[int] | None):
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3:
-        raise ValueError(f"{len(img.shape)}-D volume of shape {img.shape}; only 3-D volumes are supported")
+        raise ValueError(
+            f"{len(img.shape)}-D volume of shape {img.shape}, {int(np.prod(shape[3:]))} 3-D "
+            "volumes (the time points, echoes or diffusion directions of one series); a "
+            "manifest row is one 3-D volume: split it (nibabel's four_to_three, FSL's "
+            "fslsplit) and give each volume its own row")
     ornt = nio.io_orientation(img.affine)  # row i: (canonical axis, flip) of input axis i
     slice_axis = int(np.nonzero(ornt[:, 0] == 2)[0][0])
     n = shape[slice_axis]
