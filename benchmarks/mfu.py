@@ -92,7 +92,7 @@ def forward_flops(cfg, images: tuple) -> float:
 
 def run(args) -> dict:
     from mami_jax.config import base_config
-    from mami_jax.train import sharding
+    from mami_jax.runtime import sharding
 
     config = base_config()
     with config.unlocked():

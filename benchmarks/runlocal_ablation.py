@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax import config_files  # noqa: E402
 from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.config_renames import renamed_key_message  # noqa: E402
-from mami_jax.train import sharding  # noqa: E402
+from mami_jax.runtime import sharding  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
 from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402

@@ -256,7 +256,7 @@ def trainer_step(config, num_classes: int, total_steps: int):
     checkpoints. The state has the trainer's structure and shardings; its parameters
     are ``model_speed.random_params`` instead of the trainer's jitted init (minutes of
     compiling on a small CPU, and the step's speed does not depend on the values)."""
-    from mami_jax.train import sharding
+    from mami_jax.runtime import sharding
     from mami_jax.train.optim import learning_rate_schedule
     from mami_jax.train.step import TrainState, make_train_step
     from mami_jax.train.trainer import build_model_and_state_fns
@@ -288,7 +288,7 @@ def train_pair(args, cfg):
     import types
 
     import torch
-    from mami_jax.train import sharding
+    from mami_jax.runtime import sharding
 
     size = image_size(args, cfg)
     config = experiment_config(args, cfg)

@@ -36,9 +36,10 @@ from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
 from mami_jax.models.embed import make_embed_fn
+from mami_jax.runtime import sharding
 from mami_jax.runtime.chunk_store import ChunkStore, beside, digest
 from mami_jax.runtime.progress import progress_bar
-from mami_jax.train import checkpointing, sharding
+from mami_jax.train import checkpointing
 
 
 def _default_data_config() -> ml_collections.ConfigDict:

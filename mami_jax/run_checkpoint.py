@@ -26,10 +26,11 @@ from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
 from mami_jax.evaluate.evaluator import evaluate
 from mami_jax.inference import Embedder, embed_in_chunks
+from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.distributed import maybe_initialize_distributed
-from mami_jax.train import checkpointing, sharding
+from mami_jax.train import checkpointing
 
 EMBEDDING_COLUMNS = ("image_id", "patient_id", "study_id", "modality", "dataset", "split")
 

@@ -8,7 +8,8 @@ import pytest
 
 from configs.all import get_config as all_config
 from mami_jax.data import teacher_join
-from mami_jax.train import checkpointing, loss_terms, sharding
+from mami_jax.runtime import sharding
+from mami_jax.train import checkpointing, loss_terms
 from mami_jax.train.objective import TrainModel, example_batch, make_loss_fn
 from mami_jax.train.optim import make_optimizer
 from mami_jax.train.step import loss_and_grads, make_train_step

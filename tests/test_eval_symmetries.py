@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mami_jax.train import sharding
+from mami_jax.runtime import sharding
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.evaluator import embed_rows, symmetry_views

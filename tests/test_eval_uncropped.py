@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mami_jax.train import sharding
+from mami_jax.runtime import sharding
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.pipeline import read_example

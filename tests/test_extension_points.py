@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs.all import get_config as all_config
-from mami_jax.train import checkpointing, heads, loss_terms, sharding
+from mami_jax.runtime import sharding
+from mami_jax.train import checkpointing, heads, loss_terms
 from mami_jax.train.objective import TrainModel, example_batch, make_loss_fn
 from mami_jax.train.optim import make_optimizer
 from mami_jax.train.step import make_train_step

@@ -16,7 +16,7 @@ from mami_jax.data.manifest import (COLUMNS, ManifestError, ManifestRow, read_ma
                                     row_place, write_manifest)
 from mami_jax.data.splits import assign_splits
 from mami_jax.evaluate.evaluator import embed_rows
-from mami_jax.train import sharding
+from mami_jax.runtime import sharding
 
 HEADER = ",".join(COLUMNS) + "\n"
 

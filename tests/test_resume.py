@@ -23,7 +23,8 @@ from mami_jax.data.manifest import COLUMNS
 from mami_jax.data.sampler import train_label_map
 from mami_jax.inference import Embedder
 from mami_jax.run_checkpoint import run
-from mami_jax.train import checkpointing, sharding
+from mami_jax.runtime import sharding
+from mami_jax.train import checkpointing
 from mami_jax.train.checkpointing import CheckpointError
 from mami_jax.train.trainer import train_and_evaluate
 from tests.test_train import REPO, _main, tiny_config

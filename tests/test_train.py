@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mami_jax.train import sharding
+from mami_jax.runtime import sharding
 from configs.all import get_config as all_config
 from mami_jax.train.optim import make_optimizer
 from mami_jax.train.trainer import (KILL_AFTER_STEP_ENV, NonFiniteLossError, _check_finite,

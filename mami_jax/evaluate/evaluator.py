@@ -28,7 +28,7 @@ from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
 from mami_jax.runtime.progress import progress_bar
-from mami_jax.train.sharding import global_batch
+from mami_jax.runtime.sharding import global_batch
 
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 

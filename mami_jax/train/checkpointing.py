@@ -46,9 +46,9 @@ from etils import epath
 
 from mami_jax.models.config import EXECUTION_KEYS, differing_values
 from mami_jax.models.embed import abstract_params
+from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.json_object import parse_json_object
-from mami_jax.train import sharding
 from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
 

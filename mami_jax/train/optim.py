@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from mami_jax.train.heads import HEADS, MODEL_GROUP
-from mami_jax.train.sharding import path_to_str
+from mami_jax.runtime.sharding import path_to_str
 
 _NO_DECAY = re.compile(r"(bias|scale|class_embedding|pos_embedding|codebook|static)$")
 

@@ -31,8 +31,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
-from mami_jax.train import checkpointing, run_config, sharding
+from mami_jax.train import checkpointing, run_config
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
