@@ -359,6 +359,42 @@ def test_dicom_monochrome1_changes_in_the_right_direction(tmp_path):
     assert abs(back[0, 3, 3, 0] - x[0, 3, 3, 0] - 0.1) < 1e-3
 
 
+@pytest.mark.parametrize("name", ["SC_rgb_small_odd_big_endian.dcm", "MR_small_bigendian.dcm"])
+def test_a_big_endian_dicom_is_copied_little_endian_with_the_change(tmp_path, name):
+    """Explicit VR Big Endian (retired, still in archives): 8-bit pixels in an OW element
+    are stored word-swapped, and a copy that kept the big-endian syntax but wrote the
+    pixels in memory order read back scrambled (0.64 off). The copy is written Explicit
+    VR Little Endian, every other element's value as it was."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ExplicitVRLittleEndian
+    path = tmp_path / name
+    path.write_bytes(open(get_testdata_file(name), "rb").read())
+    x, change, back = roundtrip(path, tmp_path / "o.dcm")
+    out, src = pydicom.dcmread(str(tmp_path / "o.dcm")), pydicom.dcmread(str(path))
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    new_image = ("PixelData", "SOPInstanceUID", "SeriesInstanceUID", "ImageType",
+                 "DerivationDescription", "SourceImageSequence")
+    kept = [e.keyword for e in src if e.keyword not in new_image]
+    assert [out[k].value for k in kept if k in out] == [src[k].value for k in kept]
+    step = 1 / 255 if x.shape[-1] == 3 else 1.0 / (float(src.WindowWidth) - 1)
+    inside = (x + change > 0) & (x + change < 1) & (x > 0) & (x < 1)
+    assert np.abs(back - (x + change))[inside].max() <= 0.5 * step + 1e-6
+
+
+@pytest.mark.parametrize("name", ["liver_1frame.dcm", "liver_expb_1frame.dcm"])
+def test_a_1_bit_dicom_stays_1_bit_packed(tmp_path, name):
+    """A 1-bit image (a binary mask, a segmentation frame): the copy packs eight pixels a
+    byte as the element says; written one a byte it could not be read back."""
+    from pydicom.data import get_testdata_file
+    path = tmp_path / name
+    path.write_bytes(open(get_testdata_file(name), "rb").read())
+    x, change, back = roundtrip(path, tmp_path / "o.dcm", amplitude=0.9)
+    out = pydicom.dcmread(str(tmp_path / "o.dcm"))
+    assert out.BitsAllocated == 1 and len(out.PixelData) == -(-out.Rows * out.Columns // 8)
+    assert np.abs(back - (x + change)).max() <= 0.5 + 1e-6
+    assert 0 < (back != x).mean() < 1        # pixels flipped where the change passed 0.5
+
+
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm"])
 def test_a_compressed_dicom_is_copied_uncompressed_with_the_change(tmp_path, name):
     """JPEG-LS (grey MR) and JPEG Lossless (colour), from pydicom's bundled files: the copy

@@ -22,7 +22,8 @@ ImageType of DERIVED, a DerivationDescription, and a SourceImageSequence naming 
 original; a PACS that holds both then keeps both, where a copy under the original's UID
 would be dropped as a duplicate or replace the original. The study stays the original's.
 An icon (IconImageSequence: a thumbnail of the unprotected pixels) is removed.
-PixelData is written uncompressed in the file's own PlanarConfiguration. Two kinds of file
+PixelData is written uncompressed in the file's own PlanarConfiguration, a 1-bit image's
+packed eight pixels a byte; a big-endian file's copy is Explicit VR Little Endian. Two kinds of file
 change how their pixels are described, because the changed pixels could not be stored
 the old way: a YBR colour file becomes RGB (pydicom reads it as RGB; converting back would
 round every pixel again), and a PALETTE COLOR file becomes the RGB its palette showed (the
@@ -173,8 +174,31 @@ def _save(ds, pixels: np.ndarray, out: str) -> None:
         if int(ds.get("PlanarConfiguration", 0) or 0):
             pixels = np.moveaxis(pixels, -1, -3)
     holder = next((k for k in dicom_pixels.PIXEL_ELEMENTS if k in ds), "PixelData")
-    setattr(ds, holder, np.ascontiguousarray(pixels).tobytes())   # a float map stays float
+    setattr(ds, holder, _pixel_bytes(ds, pixels))   # a float map stays float
+    _as_little_endian(ds, holder)
     _write(ds, out)
+
+
+def _pixel_bytes(ds, pixels: np.ndarray) -> bytes:
+    """``pixels`` as the copy's element holds them: eight a byte for a 1-bit image (a
+    mask, a segmentation frame), else each value little endian (``_as_little_endian``)."""
+    if int(ds.get("BitsAllocated", 8) or 8) == 1:
+        from pydicom.pixels import pack_bits
+        return pack_bits(pixels)
+    return np.ascontiguousarray(pixels, pixels.dtype.newbyteorder("<")).tobytes()
+
+
+def _as_little_endian(ds, holder: str) -> None:
+    """Re-describes a big-endian file (Explicit VR Big Endian, a retired syntax archives
+    still hold) as Explicit VR Little Endian, the order ``_pixel_bytes`` writes: in big
+    endian, 8-bit pixels in an OW element are stored word-swapped, so bytes in memory
+    order would read back scrambled. ``_write`` then encodes every element that way."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    if ds.file_meta.TransferSyntaxUID.is_little_endian:
+        return
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if holder == "PixelData":
+        ds[holder].VR = "OB" if int(ds.get("BitsAllocated", 8) or 8) <= 8 else "OW"
 
 
 def _without_icons(ds) -> None:
@@ -191,8 +215,15 @@ def _write(ds, out: str) -> None:
     _as_derived(ds)
     _without_icons(ds)
 
+    syntax = ds.get("file_meta", {}).get("TransferSyntaxUID", None)
+    encoding = {} if syntax is None or syntax.is_compressed or \
+        ds.original_encoding == (syntax.is_implicit_VR, syntax.is_little_endian) else \
+        dict(implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
+             force_encoding=True)     # a big-endian file re-described (_as_little_endian)
+
     def write(tmp):
-        ds.save_as(tmp, enforce_file_format=False)
+        import pydicom
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=False, **encoding)
     write_atomic(out, write)
 
 
