@@ -47,6 +47,28 @@ def test_a_syntax_no_installed_decoder_reads_is_one_line_naming_file_and_remedy(
     assert "\n" not in message
 
 
+def test_a_syntax_without_a_decoder_says_what_to_install_and_a_damaged_file_says_so(tmp_path):
+    """High-Throughput JPEG 2000 (only pylibjpeg-openjpeg decodes it) against a JPEG 2000
+    stream whose header is broken (pydicom's bundled file): the first asks for a package,
+    the second for another copy of the file, and neither for the 12-bit JPEG remedy."""
+    ds = pydicom.dcmread(bundled("MR_small_jp2klossless.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.201"
+    htj2k = str(tmp_path / "htj2k.dcm")
+    ds.save_as(htj2k)
+    if importlib.util.find_spec("openjpeg") is None:
+        with pytest.raises(DecodeError) as err:
+            decode(htj2k)
+        message = str(err.value)
+        assert message.startswith(f"{htj2k}: no installed decoder reads its pixel data, "
+                                  "compressed as High-Throughput JPEG 2000")
+        assert "pylibjpeg-openjpeg" in message and "install what a plugin above requires" \
+            in message and "12-bit" not in message and "damaged" not in message
+    damaged = bundled("JPEG2000-embedded-sequence-delimiter.dcm")
+    with pytest.raises(DecodeError, match=r"JPEG 2000 Image Compression .*; every installed "
+                                          r"decoder failed on it, so the file is likely damaged$"):
+        decode(damaged)
+
+
 def test_a_dicom_object_without_pixels_says_what_it_is():
     path = bundled("rtplan.dcm")
     with pytest.raises(DecodeError, match=rf"^{re.escape(path)}: holds no pixel data "

@@ -36,6 +36,9 @@ import numpy as np
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 
+#: JPEG Extended (processes 2 and 4): 12-bit JPEG, which only pylibjpeg-libjpeg decodes.
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+
 #: The elements that may hold an image's pixels (float ones: parametric maps, ADC, ...).
 PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -203,11 +206,16 @@ def _decoding(ds, decode):
         if not syntax.is_compressed:
             raise
         reasons = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        if syntax == JPEG_EXTENDED:
+            remedy = (". 12-bit JPEG needs 'pip install pylibjpeg pylibjpeg-libjpeg' (GPL-3.0, "
+                      "so not a mami_jax dependency); python-gdcm reads the other JPEG syntaxes")
+        elif "missing dependencies" in str(e):   # the reasons name what to install
+            remedy = ": install what a plugin above requires, or convert the file uncompressed"
+        else:
+            remedy = "; every installed decoder failed on it, so the file is likely damaged"
         raise DecodeError(
             f"{_where(ds)}: no installed decoder reads its pixel data, compressed as "
-            f"{syntax.name} ({syntax}): {reasons or e}. 12-bit JPEG needs "
-            f"'pip install pylibjpeg pylibjpeg-libjpeg' (GPL-3.0, so not a mami_jax "
-            f"dependency); python-gdcm reads the other JPEG syntaxes") from e
+            f"{syntax.name} ({syntax}): {reasons or e}{remedy}") from e
 
 
 # ----------------------------------------------------------------------- display values
