@@ -81,6 +81,13 @@ def _is_dicom_file(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def is_volume_file(path: str) -> bool:
+    """Whether the file ``path`` is read as a NIfTI/Analyze volume or a DICOM file, not as
+    a picture (``open_volume``'s choice for a file)."""
+    return _lower_ext(path) in NIFTI_EXTENSIONS or (
+        _lower_ext(path) not in IMAGE_EXTENSIONS and _is_dicom_file(path))
+
+
 # --------------------------------------------------------------------------- 2-D files
 
 

@@ -35,7 +35,7 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
-from mami_jax.apps.privacy.writers import files_left_out
+from mami_jax.apps.privacy.writers import check_writable, files_left_out
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
 from mami_jax.data.image_signature import rows_signature
@@ -374,6 +374,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     a log, the references' embeddings are kept beside ``out_dir`` until the run ends, so a
     resumed run does not embed them again under every member."""
     check_settings(config, targets)
+    check_writable(r.path for r in targets)
     if modality_members and str(config.perturb.get("keep_diagnosis", "")):
         raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
                          "it cannot be combined with perturb.modality_ensemble")

@@ -16,7 +16,9 @@ image and those that describe its pixels (``dicom_writer``), NIfTI its affine, h
 scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included), size
 and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed values are
 not in its palette; a CMYK JPEG becomes the RGB it is read as; JPEG at quality 100 without chroma subsampling: at 95 most of a small
-change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate), and the
+change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate; WebP is
+written lossless, JPEG 2000 reversibly, a camera's MPO JPEG as one JPEG without its
+preview; GIF and other formats that cannot hold the change are refused: ``SAVE_AS``), and the
 slices of a slice folder that the model does not read are copied byte for byte (a DICOM
 series': ``dicom_writer``). Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
@@ -42,8 +44,55 @@ EXIF_ORIENTATION = 0x0112
 LOSSLESS_TIFF = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
 
 
+#: The formats a 2-D copy is saved in (PIL's names), each with the options that keep the
+#: change: lossless, or JPEG at its best. A camera's MPO JPEG is saved as a plain JPEG, its
+#: second picture (a preview of the unprotected photo) left out; WebP is saved lossless
+#: (PIL's default is lossy). Other formats PIL reads (GIF: at most 256 colours, ICO, ...)
+#: are refused before protecting (``check_writable``).
+SAVE_AS = {"PNG": ("PNG", {}), "BMP": ("BMP", {}), "PPM": ("PPM", {}), "TGA": ("TGA", {}),
+           "TIFF": ("TIFF", {}),
+           "JPEG": ("JPEG", {"quality": JPEG_QUALITY, "subsampling": 0}),
+           "MPO": ("JPEG", {"quality": JPEG_QUALITY, "subsampling": 0}),
+           "JPEG2000": ("JPEG2000", {"irreversible": False}),
+           "WEBP": ("WEBP", {"lossless": True, "quality": 100})}
+
+
 class WriteError(RuntimeError):
     """A protected image could not be written; the message names the input file."""
+
+
+def unwritable_format(path: str) -> str | None:
+    """The format of the 2-D image file ``path`` when a copy cannot keep a change in it
+    (not in ``SAVE_AS``), else None (DICOM, NIfTI and folders are always written). Only
+    a file without a slice image's extension is opened (a run checks every target): a
+    .png, .jpg, .tif or .bmp holds a format ``SAVE_AS`` saves, a mislabelled one is
+    refused when its copy is written."""
+    from PIL import Image
+    if os.path.isdir(path) or os.path.splitext(path.lower())[1] in decode.IMAGE_EXTENSIONS \
+            or decode.is_volume_file(path):
+        return None
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+    except Exception:  # noqa: BLE001 - unreadable: reading it names the file
+        return None
+    return None if fmt in SAVE_AS else str(fmt)
+
+
+def check_writable(paths) -> None:
+    """WriteError naming the images whose format a copy cannot keep a change in, before
+    anything is protected."""
+    refused = {}
+    for path in paths:
+        fmt = unwritable_format(path)
+        if fmt is not None:
+            refused.setdefault(fmt, []).append(path)
+    if refused:
+        found = "; ".join(f"{fmt}: {len(files)} image(s), e.g. {files[0]}"
+                          for fmt, files in sorted(refused.items()))
+        raise WriteError(f"cannot write protected copies in {found}: the change would not "
+                         f"survive that format; convert them to PNG (lossless) first, "
+                         f"or leave them out of the manifest")
 
 
 # ----------------------------------------------------------------------- stored values
@@ -63,13 +112,16 @@ def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     img = Image.fromarray(arr)
     if alpha is not None and img.mode in ("L", "RGB"):
         img = Image.merge(img.mode + "A", [*img.split(), alpha])
+    if fmt not in SAVE_AS:
+        raise WriteError(f"{like}: cannot write a protected copy in {fmt}: the change would "
+                         "not survive that format; convert it to PNG first")
+    fmt, options = SAVE_AS[fmt]
     kwargs = {k: info[k] for k in ("dpi", "icc_profile") if k in info}
+    kwargs.update(options)
     if orientation not in (None, 1):
         exif = Image.Exif()
         exif[EXIF_ORIENTATION] = orientation
         kwargs["exif"] = exif
-    if fmt == "JPEG":
-        kwargs.update(quality=JPEG_QUALITY, subsampling=0)
     if fmt == "TIFF":
         compression = info.get("compression", "raw")
         kwargs["compression"] = compression if compression in LOSSLESS_TIFF \
