@@ -285,3 +285,43 @@ def test_a_folder_of_dicom_files_and_slice_images_is_refused_naming_both(tmp_pat
             f"{folder}: holds both slice images (preview.jpg) and DICOM files (IM0, IM1, IM2): "
             "a manifest row's folder holds one or the other")):
         open_volume(str(folder))
+
+
+def add_modality_lut(path, table, first, as_bytes=False):
+    """Gives the DICOM file at ``path`` a ModalityLUTSequence of ``table`` (16-bit entries)
+    from stored value ``first`` on (written unsigned, as a US descriptor holds it)."""
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [len(table), first % 65536, 16])
+    item.ModalityLUTType = "OD"
+    table = np.asarray(table, np.uint16)
+    item.add_new(0x00283006, "OW" if as_bytes else "US",
+                 table.tobytes() if as_bytes else table.tolist())
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_modality_lut_reads_as_the_rescale_it_stands_for(tmp_path, as_bytes):
+    """A table of 3 x + 10 is the rescale slope 3, intercept 10: both read the same
+    through a window; before, the table was ignored and the window saw stored values."""
+    stored = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    rescaled, table = str(tmp_path / "rescale.dcm"), str(tmp_path / "table.dcm")
+    write_dicom(rescaled, stored, RescaleSlope=3, RescaleIntercept=10, WindowCenter=25,
+                WindowWidth=30)
+    write_dicom(table, stored, WindowCenter=25, WindowWidth=30)
+    add_modality_lut(table, 3 * np.arange(16) + 10, first=0, as_bytes=as_bytes)
+    expected = decode(rescaled)
+    assert len(np.unique(expected)) > 6                 # the window does not saturate it
+    np.testing.assert_array_equal(decode(table), expected)
+
+
+def test_a_modality_lut_clamps_outside_its_entries_and_reads_a_signed_first_value(tmp_path):
+    """Signed pixels -4..7, a table of squares mapped from -2 (written 65534): -4 and -3
+    take the first entry, 6 and 7 (past the last entry, 5) the last."""
+    stored = np.arange(-4, 8, dtype=np.int16).reshape(3, 4)
+    path = str(tmp_path / "signed.dcm")
+    write_dicom(path, stored)
+    add_modality_lut(path, np.arange(8) ** 2, first=-2)
+    out = np.clip(stored + 2, 0, 7) ** 2                # 0, 0, 0, 1, 4, ..., 49, 49, 49
+    np.testing.assert_allclose(decode(path)[0, :, :, 0], out / 49.0, atol=1e-6)

@@ -479,6 +479,28 @@ def test_a_voi_lut_dicom_is_changed_through_the_tables_slope(tmp_path, falling):
     assert pydicom.dcmread(str(tmp_path / "o.dcm")).VOILUTSequence[0].LUTDescriptor[0] == 4096
 
 
+@pytest.mark.parametrize("windowed", [True, False])
+def test_a_modality_lut_dicom_is_changed_through_the_tables_slope(tmp_path, windowed):
+    """Stored values through a modality lookup table (a square-root curve, in place of a
+    rescale): each pixel's change goes back through the table's slope at its stored value,
+    and through min-max the copy keeps its range, so it reads as original + change to
+    about one stored step."""
+    from tests.test_data_dicom_pixels import add_modality_lut
+    table = np.rint(4000 * np.sqrt(np.arange(4096) / 4095.0))
+    a = np.random.default_rng(5).integers(800, 3500, (16, 16)).astype(np.uint16)
+    path = str(tmp_path / "mlut.dcm")
+    write_dicom(path, a, **({"WindowCenter": 2800, "WindowWidth": 2000} if windowed else {}))
+    add_modality_lut(path, table, first=0)
+    x, change, back = roundtrip(path, tmp_path / "o.dcm", amplitude=0.02)
+    inside = (x > 0) & (x < 1) & (x + change > 0) & (x + change < 1)
+    assert inside.mean() > 0.5
+    width = 1999.0 if windowed else float(np.ptp(table[a]))
+    step = float(np.max(np.diff(table[800:3500]))) / width      # one stored unit, at most
+    assert np.abs(back - (x + change))[inside].max() <= step + 1e-6
+    assert np.abs(change[inside]).mean() > 5 * step                 # a change that shows
+    assert pydicom.dcmread(str(tmp_path / "o.dcm")).ModalityLUTSequence[0].LUTDescriptor[0] == 4096
+
+
 def test_a_palette_dicom_becomes_the_rgb_it_showed_with_the_change(tmp_path):
     from tests.test_data_dicom_pixels import write_palette_dicom
     rng = np.random.default_rng(5)

@@ -11,8 +11,9 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
   line naming the file and what to install or what the file is;
 - frames in anatomical order: an enhanced multi-frame object's by the position in
   each frame's functional groups (``frame_order``), a classic one's as stored;
-- grey: RescaleSlope / RescaleIntercept (the modality LUT; an enhanced object's per frame,
-  from its functional groups, as its window), then the first VOI window
+- grey: the modality LUT, a table (ModalityLUTSequence, ``dicom_luts``) or else
+  RescaleSlope / RescaleIntercept (an enhanced object's per frame, from its functional
+  groups, as its window), then the first VOI window
   (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
   LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
   window), else min-max over the frames read together; MONOCHROME1 inverted (1 - x);
@@ -23,8 +24,8 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
 - other colour: min-max (8-bit: / 255) like any colour image.
 
 The privacy writers invert these rules to put a change back into stored values, so
-they import the same functions (``VoiLut.stored_per_unit`` is the window's width for
-a lookup table: the inverse of its local slope).
+they import the same functions (``dicom_luts``: a table's inverse local slope stands
+for a rescale's slope or a window's width).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import math
 
 import numpy as np
 
-from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.decode_errors import DecodeError, dataset_place
+from mami_jax.data.dicom_luts import ModalityLut, VoiLut
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 
 #: JPEG Extended (processes 2 and 4): 12-bit JPEG, which only pylibjpeg-libjpeg decodes.
@@ -49,10 +51,6 @@ def read_dataset(path: str, header_only: bool = False):
     import pydicom
 
     return pydicom.dcmread(path, force=True, stop_before_pixels=header_only)
-
-
-def _where(ds) -> str:
-    return getattr(ds, "filename", None) or "<DICOM dataset>"
 
 
 def _first(value, default=None):
@@ -78,7 +76,7 @@ def dicom_number(ds, keyword: str, default: float | None, where=None) -> float |
         return default
     number = float(value)
     if not math.isfinite(number):
-        raise DecodeError(f"{_where(where if where is not None else ds)}: DICOM tag "
+        raise DecodeError(f"{dataset_place(where if where is not None else ds)}: DICOM tag "
                           f"{keyword} is {value!r}, not a finite number")
     return number
 
@@ -170,7 +168,7 @@ def _name_transfer_syntax(ds) -> None:
         return
     implicit, little = getattr(ds, "original_encoding", (None, None))
     if implicit is None or little is None:
-        raise DecodeError(f"{_where(ds)}: the DICOM file names no transfer syntax and its "
+        raise DecodeError(f"{dataset_place(ds)}: the DICOM file names no transfer syntax and its "
                           "encoding cannot be told from its elements")
     if meta is None:
         ds.file_meta = meta = FileMetaDataset()
@@ -197,7 +195,7 @@ def decompress(ds) -> None:
 def _decoding(ds, decode):
     if not any(k in ds for k in PIXEL_ELEMENTS):
         kind = getattr(ds.get("SOPClassUID", None), "name", None) or "DICOM object"
-        raise DecodeError(f"{_where(ds)}: holds no pixel data ({kind}); only images can be read")
+        raise DecodeError(f"{dataset_place(ds)}: holds no pixel data ({kind}); only images can be read")
     _name_transfer_syntax(ds)
     try:
         return decode()
@@ -214,67 +212,15 @@ def _decoding(ds, decode):
         else:
             remedy = "; every installed decoder failed on it, so the file is likely damaged"
         raise DecodeError(
-            f"{_where(ds)}: no installed decoder reads its pixel data, compressed as "
+            f"{dataset_place(ds)}: no installed decoder reads its pixel data, compressed as "
             f"{syntax.name} ({syntax}): {reasons or e}{remedy}") from e
 
 
 # ----------------------------------------------------------------------- display values
 
-class VoiLut:
-    """The first item of a VOILUTSequence: a table from (rescaled) values to display values.
-
-    Its output is read in unit range by the table's own extremes (its lowest entry is
-    black, its highest white), so a table whose descriptor claims 16 bits but holds 12-bit
-    values still spans [0, 1]."""
-
-    def __init__(self, ds):
-        item = ds.VOILUTSequence[0]
-        entries, first, bits = (int(v) for v in item.LUTDescriptor)
-        self.entries, self.first = entries or 65536, first
-        data = item.LUTData
-        if isinstance(data, (bytes, bytearray)):
-            little = ds.file_meta.TransferSyntaxUID.is_little_endian \
-                if ds.get("file_meta") is not None and "TransferSyntaxUID" in ds.file_meta \
-                else ds.original_encoding[1]
-            dtype = np.dtype(np.uint8 if bits <= 8 and len(data) == self.entries else np.uint16)
-            table = np.frombuffer(data, dtype.newbyteorder("<" if little else ">"))
-        else:
-            table = np.atleast_1d(np.asarray(data, np.float64))
-        if table.size < self.entries:
-            raise DecodeError(f"{_where(ds)}: VOI LUT holds {table.size} entries, its "
-                              f"descriptor says {self.entries}")
-        table = table[:self.entries].astype(np.float64)
-        lo, hi = float(table.min()), float(table.max())
-        self.unit = ((table - lo) / (hi - lo) if hi > lo else np.zeros_like(table))
-        # input units per unit of display, entry by entry (``stored_per_unit``)
-        span = float(self.entries)
-        slope = np.gradient(self.unit) if self.entries > 1 else np.zeros(1)
-        with np.errstate(divide="ignore"):
-            self._per_unit = np.clip(np.where(slope != 0, 1.0 / slope, span), -span, span)
-
-    @staticmethod
-    def of(ds) -> "VoiLut | None":
-        sequence = ds.get("VOILUTSequence", None)
-        return VoiLut(ds) if sequence else None
-
-    def _index(self, x: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(np.asarray(x, np.float64)) - self.first, 0,
-                       self.entries - 1).astype(np.int64)
-
-    def to_unit(self, x: np.ndarray) -> np.ndarray:
-        return self.unit[self._index(x)].astype(np.float32)
-
-    def stored_per_unit(self, x: np.ndarray) -> np.ndarray:
-        """Input units per unit of display at each value of ``x``: the inverse of the
-        table's local slope (negative where the table falls), at most its whole input span
-        in size (a flat stretch of the table, where no change shows, gets the span: the
-        budget check on the written file then shrinks what does not fit)."""
-        return self._per_unit[self._index(x)]
-
-
 def rescaled_frames(ds) -> np.ndarray:
-    """Pixel data of a dataset as (F, H, W, C) in stored frame order, after each frame's
-    modality (rescale) LUT, or the palette's RGB for PALETTE COLOR."""
+    """Pixel data of a dataset as (F, H, W, C) in stored frame order, after the modality
+    LUT (its table, or each frame's rescale), or the palette's RGB for PALETTE COLOR."""
     arr = stored_pixels(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -289,6 +235,9 @@ def rescaled_frames(ds) -> np.ndarray:
         arr = arr.reshape((frames,) + arr.shape[-3:])
     if samples > 1:
         return arr
+    table = ModalityLut.of(ds)
+    if table is not None:
+        return table.apply(arr)
     per_frame = np.asarray([rescale(ds, f) for f in range(frames)], np.float32)
     if np.any(per_frame != np.float32([1.0, 0.0])):
         arr = arr.astype(np.float32) * per_frame[:, 0, None, None, None] \

@@ -9,6 +9,8 @@ rounding):
 - grey with a VOI lookup table: ``change`` times the inverse of the table's slope at
   each pixel's value, over RescaleSlope (a flat stretch of the table, where nothing
   shows, is capped at the table's span; ``written_budget`` then checks the file);
+- a modality lookup table in place of the rescale: its inverse slope at each pixel's
+  stored value in place of ``1 / RescaleSlope`` (``dicom_luts``);
 - grey without either, and colour: min-max, ``change * (max - min)`` of the frames read
   together, the pixels that hold the extremes kept (``stored_change.apply_change``);
 - MONOCHROME1 negated; every value inside what BitsStored holds;
@@ -42,6 +44,7 @@ import numpy as np
 from mami_jax.apps.privacy.derived_uids import COPY, derived_uid
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
 from mami_jax.data import dicom_pixels
+from mami_jax.data.dicom_luts import ModalityLut, VoiLut
 from mami_jax.data.image_values import value_range
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic
 
@@ -122,7 +125,7 @@ def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | flo
     shown = dicom_pixels.window(ref)
     if shown is not None:
         return (lambda frame: sign * max(float(shown[1]) - 1.0, 1.0)), None, None
-    lut = dicom_pixels.VoiLut.of(ref)
+    lut = VoiLut.of(ref)
     if lut is not None:
         return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
     ignore = None if all(p is None for p in padded) else np.stack(
@@ -139,12 +142,18 @@ def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.nd
     per_unit, lo, hi = scale_info
     if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
         return apply_change(stored, channels(change, stored) * per_unit(frame), lo, hi)
-    slope, intercept = dicom_pixels.rescale(ds, index)
-    stored_lo = None if lo is None else (lo - intercept) / slope
-    stored_hi = None if hi is None else (hi - intercept) / slope
-    if stored_lo is not None and stored_lo > stored_hi:
-        stored_lo, stored_hi = stored_hi, stored_lo
-    new = apply_change(stored, change.mean(-1) * per_unit(frame) / slope, stored_lo,
+    table = ModalityLut.of(ds)
+    if table is not None:            # stored units per modality unit, pixel by pixel
+        per_stored = table.stored_per_output(stored)
+        stored_lo, stored_hi = (None, None) if lo is None else table.stored_range(lo, hi)
+    else:
+        slope, intercept = dicom_pixels.rescale(ds, index)
+        per_stored = 1.0 / slope
+        stored_lo = None if lo is None else (lo - intercept) / slope
+        stored_hi = None if hi is None else (hi - intercept) / slope
+        if stored_lo is not None and stored_lo > stored_hi:
+            stored_lo, stored_hi = stored_hi, stored_lo
+    new = apply_change(stored, change.mean(-1) * per_unit(frame) * per_stored, stored_lo,
                        stored_hi, _bits_stored_range(ds), keep=padded)
     landed = dicom_pixels.padding(ds, new)
     if landed is not None:
