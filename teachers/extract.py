@@ -159,19 +159,26 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(prog="python -m teachers.extract",
                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--manifest", required=True, help="manifest CSV of the images")
     parser.add_argument("--teachers", required=True,
                         help=f"comma list of {sorted(registry.REGISTRY)} (or the bags "
                              "'phantoms', 'medical')")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--shard", type=int, default=0)
-    parser.add_argument("--num_shards", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", required=True,
+                        help="feature folder (a rerun into it resumes: finished shards are kept)")
+    parser.add_argument("--shard", type=int, default=0,
+                        help="this process's index i: it computes shards i, i + n, i + 2n, ...")
+    parser.add_argument("--num_shards", type=int, default=1,
+                        help="n, the number of processes the run is split over")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per teacher forward")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the teachers run")
     parser.add_argument("--weights", action="append", metavar="NAME=PATH",
                         help=f"local weights of a teacher (default ${registry.WEIGHTS_ENV}/NAME)")
-    parser.add_argument("--rows_per_shard", type=int, default=256)
-    parser.add_argument("--skip_unreadable", action="store_true")
+    parser.add_argument("--rows_per_shard", type=int, default=256,
+                        help="manifest rows per output shard (the unit a rerun resumes from)")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="an unreadable image gets no record and is listed in skipped.txt "
+                             "(default: it ends the run, named)")
     parser.add_argument("--split", default=None, help="only rows of this manifest split")
     args = parser.parse_args(argv)
     try:
