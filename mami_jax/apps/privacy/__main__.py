@@ -130,13 +130,14 @@ def _check_out(args, rows, targets) -> None:
     """OUT is new, empty or this command's own earlier output (``output_guard``), and
     nothing the command will write there (``targets``' files and its records) replaces an
     input."""
-    from mami_jax.apps.privacy.protect import output_path
+    from mami_jax.apps.privacy.copy_paths import check_distinct_copies, output_path
     from mami_jax.apps.privacy.protect_log import LOG_NAME
     from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
     if args.command == "cues":
         names = [CUES_RECORD] + [r.image_id + ext for r in targets for ext in (".png", ".npz")]
     else:
         manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
+        check_distinct_copies(targets, manifest_dir, os.path.abspath(args.out))
         names = [LOG_NAME, "manifest.csv", "preview.png", "protect_report.json"] + [
             output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
     check_output_folder(args.out, "--out", LOG_NAME if args.command == "protect" else CUES_RECORD)

@@ -7,7 +7,7 @@ embeddings of the patients' images under every ensemble member (the references o
 ``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``;
 ``noise``: budget-sized noise aimed at nothing, the control),
 and writes each image with ``writers``. Outputs go to ``OUT/images/<path relative to the
-manifest's folder>`` and ``OUT/manifest.csv`` (the project's schema: patient, study,
+manifest's folder>`` (``copy_paths``: one file per row) and ``OUT/manifest.csv`` (the project's schema: patient, study,
 order, modality, view and split kept; ``image_id`` + ``SUFFIX``; relative paths, so the
 folder can move). The inputs are only read.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
 from typing import Sequence
 
 import jax
@@ -29,6 +28,7 @@ from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb, references
+from mami_jax.apps.privacy.copy_paths import check_distinct_copies, output_path
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.header_identity import (check_identity_setting, remove_identity,
                                                    says_burned_in_text)
@@ -68,15 +68,6 @@ def reference_embeddings(members, rows: Sequence[ManifestRow], progress: bool = 
                             store=m.embedder.chunk_store(keep_beside, signature, "references",
                                                          shared=True) if keep_beside else None)
             for i, m in enumerate(members)]
-
-
-def output_path(row: ManifestRow, manifest_dir: str, out_dir: str) -> tuple[str, str]:
-    """(absolute, relative to out_dir) path of the protected copy of ``row``."""
-    rel = os.path.relpath(os.path.normpath(row.path), manifest_dir)
-    if rel.startswith(".."):
-        rel = os.path.join(row.modality, row.patient_id, os.path.basename(os.path.normpath(row.path)))
-    rel = os.path.join("images", rel)
-    return os.path.join(out_dir, rel), rel
 
 
 def groups_of(sources) -> dict:
@@ -375,6 +366,7 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     resumed run does not embed them again under every member."""
     check_settings(config, targets)
     check_writable(r.path for r in targets)
+    check_distinct_copies(targets, manifest_dir, out_dir)
     if modality_members and str(config.perturb.get("keep_diagnosis", "")):
         raise ValueError("perturb.keep_diagnosis names a classifier per member of one ensemble; "
                          "it cannot be combined with perturb.modality_ensemble")
