@@ -48,3 +48,14 @@ def test_two_rows_of_one_image_are_refused_naming_both(tmp_path):
             f"{tmp_path / 'out' / 'images' / 'v0.png'}: give each image one row")):
         check_distinct_copies([row("a", image), row("c", str(tmp_path / "data" / "v1.png")),
                                row("b", image)], str(tmp_path / "data"), str(tmp_path / "out"))
+
+
+def test_cue_file_names_are_one_component_and_two_ids_of_one_name_are_refused():
+    from mami_jax.apps.privacy.copy_paths import check_distinct_names, file_name
+    assert file_name("chexpert:patient00001/study1/view1_frontal") == \
+        "chexpert:patient00001_study1_view1_frontal"
+    assert file_name("../../escaped") == ".._.._escaped" and file_name("..") == "_.._"
+    check_distinct_names([row("a/b", "x.png"), row("a_c", "y.png")])
+    with pytest.raises(ValueError, match=re.escape(
+            "image ids 'a/b' and 'a_b' both give the file name 'a_b': rename one")):
+        check_distinct_names([row("a/b", "x.png"), row("a_b", "y.png")])

@@ -12,8 +12,9 @@
         [--history-config FILE[:ARG]] [--experiment FILE[:ARG]] [--split test]
 
 ``cues`` writes OUT/<image_id>.png (the image and its gradient and occlusion cue maps as
-heat maps), OUT/<image_id>.npz (the raw maps, (T, H, W) each) and OUT/cues.json (the model,
-config and rows they are of) for the first
+heat maps; an id's slashes become "_" in its file names), OUT/<image_id>.npz (the raw
+maps, (T, H, W) each) and OUT/cues.json (the model, config and rows they are of, and
+each row's file name) for the first
 ``cues.max_images`` rows of the split. ``protect`` writes the protected images under
 OUT/images/ in their input's format, OUT/manifest.csv (image ids + ``_protected``) and
 OUT/protect_report.json (the model and its checkpoint step, the config; per image: match
@@ -130,11 +131,14 @@ def _check_out(args, rows, targets) -> None:
     """OUT is new, empty or this command's own earlier output (``output_guard``), and
     nothing the command will write there (``targets``' files and its records) replaces an
     input."""
-    from mami_jax.apps.privacy.copy_paths import check_distinct_copies, output_path
+    from mami_jax.apps.privacy.copy_paths import (check_distinct_copies, check_distinct_names,
+                                                  file_name, output_path)
     from mami_jax.apps.privacy.protect_log import LOG_NAME
     from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
     if args.command == "cues":
-        names = [CUES_RECORD] + [r.image_id + ext for r in targets for ext in (".png", ".npz")]
+        check_distinct_names(targets)
+        names = [CUES_RECORD] + [file_name(r.image_id) + ext for r in targets
+                                 for ext in (".png", ".npz")]
     else:
         manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
         check_distinct_copies(targets, manifest_dir, os.path.abspath(args.out))
@@ -258,13 +262,16 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> Non
 def _cues(args, pcfg, rows, targets, member) -> None:
     """Cue maps of ``targets`` into OUT, with OUT/cues.json saying what they are of; every
     image is read before OUT is written to."""
+    from mami_jax.apps.privacy.copy_paths import file_name
     from mami_jax.apps.privacy.cue_run import read_cue_inputs, write_cues
     from mami_jax.runtime.atomic_files import write_text_atomic
     inputs = read_cue_inputs(rows, targets, member)
     write_text_atomic(os.path.join(args.out, CUES_RECORD), strict_json.dumps(
         {"model": member.embedder.source, "step": member.embedder.step,
          "manifest": os.path.abspath(args.manifest), "split": args.split,
-         "images": [r.image_id for r in targets], "config": pcfg.to_dict()}, indent=1))
+         "images": [r.image_id for r in targets],
+         "files": {r.image_id: file_name(r.image_id) for r in targets},
+         "config": pcfg.to_dict()}, indent=1))
     n = write_cues(inputs, member, pcfg, args.out)
     print(f"wrote cue maps of {n} images to {args.out}")
 

@@ -1,4 +1,4 @@
-"""Where ``protect`` writes each row's copy, one place per row.
+"""Where ``protect`` writes each row's copy and ``cues`` its maps, one place per row.
 
 An image inside the manifest's folder keeps its path below ``OUT/images``, so the copy
 mirrors the dataset's layout. An image outside it goes to
@@ -7,7 +7,9 @@ Analyze pair's shared stem) in a folder of its own, because two images of one pa
 from different folders often share a name (``img.png``, a series folder ``1``), and one
 copy written over the other would leave two manifest rows on one file. The manifest's
 ids become path components only with their separators replaced, so no id reaches
-outside OUT.
+outside OUT. ``cues`` names its maps by ``file_name(image_id)``: dataset ids hold
+slashes (``chexpert:patient00001/study1/view1_frontal``), and one of ``../`` wrote its
+maps outside OUT.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Sequence
 from mami_jax.data.manifest import ManifestRow
 
 
-def _component(name: str) -> str:
+def file_name(name: str) -> str:
     """``name`` as one path component: separators replaced, "." and ".." renamed."""
     for sep in {os.sep, os.altsep or os.sep, "/"}:
         name = name.replace(sep, "_")
@@ -30,7 +32,7 @@ def output_path(row: ManifestRow, manifest_dir: str, out_dir: str) -> tuple[str,
     source = os.path.normpath(row.path)
     rel = os.path.relpath(source, manifest_dir)
     if rel == ".." or rel.startswith(".." + os.sep):
-        rel = os.path.join(*(_component(part) for part in (
+        rel = os.path.join(*(file_name(part) for part in (
             row.modality, row.patient_id, row.image_id, os.path.basename(source))))
     rel = os.path.join("images", rel)
     return os.path.join(out_dir, rel), rel
@@ -48,3 +50,14 @@ def check_distinct_copies(rows: Sequence[ManifestRow], manifest_dir: str, out_di
                              f"({row.path}) would be copied to one file, {path}: give each "
                              "image one row")
         seen[path] = row
+
+
+def check_distinct_names(rows: Sequence[ManifestRow]) -> None:
+    """ValueError naming two rows whose ids give one ``file_name`` ("a/b" and "a_b")."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        name = file_name(row.image_id)
+        if name in seen:
+            raise ValueError(f"image ids {seen[name]!r} and {row.image_id!r} both give the file "
+                             f"name {name!r}: rename one in the manifest")
+        seen[name] = row.image_id

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mami_jax.apps.privacy import cues, objective, references
+from mami_jax.apps.privacy.copy_paths import file_name
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.runtime.atomic_files import write_atomic
 
@@ -55,7 +56,7 @@ def write_cues(inputs: CueInputs, member, config, out_dir: str, progress: bool =
                 "occlusion": cues.occlusion_maps(score, [member.params], x, offset, refs,
                                                  int(config.cues.occlusion_patch),
                                                  int(config.cues.occlusion_stride))[0]}
-        base = os.path.join(out_dir, s.row.image_id)
+        base = os.path.join(out_dir, file_name(s.row.image_id))
         write_atomic(base + ".npz", lambda tmp: np.savez(tmp, slices=s.slices, **maps))
         cues.overlay_png(base + ".png", s.unit, maps,
                          f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})")
