@@ -479,3 +479,16 @@ def test_reader_names_a_bad_modality_setting(tmp_path, key, value):
     row = ManifestRow("d:p1", "p", "s", "0", "pathology", "d", "", str(tmp_path / "x.png"), "train")
     with pytest.raises(ValueError, match=f"data.modalities.pathology.{key}="):
         pipeline.ExampleReader([row], cfg)
+
+
+def test_an_image_past_pils_bomb_guard_says_to_cut_it_into_tiles(tmp_path, monkeypatch):
+    """PIL refuses more than twice MAX_IMAGE_PIXELS (179 M pixels by default: a 14k x 14k
+    pathology region); the message says what to do, not only that it could be an attack."""
+    from PIL import Image as PILImage
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "region.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{tmp_path / 'region.png'}: Image size (256 pixels) exceeds limit of 200 pixels, "
+            "PIL's guard against decompression bombs: a whole slide or a large region is read "
+            "as tiles, one manifest row each")):
+        open_volume(str(tmp_path / "region.png")).read()

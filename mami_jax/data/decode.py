@@ -100,7 +100,13 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
     """
     from PIL import Image
 
-    with Image.open(path) as img:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"{path}: {e.args[0].split(', could be')[0]}, PIL's guard against "
+                          "decompression bombs: a whole slide or a large region is read as "
+                          "tiles, one manifest row each (cut it first)") from e
+    with opened as img:
         _refuse_several_pages(img, path)
         if min_short_side and img.format == "JPEG":
             w, h = img.size
