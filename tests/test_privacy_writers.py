@@ -667,13 +667,13 @@ def test_webp_and_jpeg2000_copies_are_lossless(tmp_path, name):
 def test_a_format_a_copy_cannot_keep_is_refused_naming_it_before_anything_is_written(tmp_path):
     """A GIF holds at most 256 colours: its copy would keep the palette's rounding, not the
     change (0.19 off on a random image)."""
-    from mami_jax.apps.privacy.writers import check_writable
+    from mami_jax.apps.privacy.copy_formats import check_writable
     rgb = np.random.default_rng(10).integers(20, 230, (16, 20, 3), dtype=np.uint8)
     Image.fromarray(rgb).convert("P").save(tmp_path / "a.gif")
     Image.fromarray(rgb).save(tmp_path / "b.png")
     write_dicom(str(tmp_path / "c.dcm"), np.zeros((4, 4), np.uint16))
     check_writable([str(tmp_path / "b.png"), str(tmp_path / "c.dcm"), str(tmp_path)])
-    with pytest.raises(WriteError, match=re.escape(
+    with pytest.raises(ValueError, match=re.escape(
             f"cannot write protected copies in GIF: 1 image(s), e.g. {tmp_path / 'a.gif'}: "
             "the change would not survive that format; convert them to PNG")):
         check_writable([str(tmp_path / "b.png"), str(tmp_path / "a.gif")])

@@ -35,7 +35,8 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
-from mami_jax.apps.privacy.writers import check_writable, files_left_out
+from mami_jax.apps.privacy.copy_formats import check_writable
+from mami_jax.apps.privacy.writers import files_left_out
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
 from mami_jax.data.image_signature import rows_signature

@@ -18,7 +18,7 @@ and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed 
 not in its palette; a CMYK JPEG becomes the RGB it is read as; JPEG at quality 100 without chroma subsampling: at 95 most of a small
 change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate; WebP is
 written lossless, JPEG 2000 reversibly, a camera's MPO JPEG as one JPEG without its
-preview; GIF and other formats that cannot hold the change are refused: ``SAVE_AS``), and the
+preview; GIF and other formats that cannot hold the change are refused: ``copy_formats``), and the
 slices of a slice folder that the model does not read are copied byte for byte (a DICOM
 series': ``dicom_writer``). Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
@@ -31,71 +31,22 @@ import shutil
 import numpy as np
 
 from mami_jax.apps.privacy import dicom_writer
+from mami_jax.apps.privacy.copy_formats import SAVE_AS
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
 from mami_jax.data import decode
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
 from mami_jax.runtime.atomic_files import fix_tree_modes, publish_dir, staging_dir, write_atomic
 
-JPEG_QUALITY = 100
 EXIF_ORIENTATION = 0x0112
 #: TIFF compressions that keep every value: kept; any other (JPEG) becomes deflate, so the
 #: change is neither lost in a lossy coder nor written raw (pathology tiles: 25x larger).
 LOSSLESS_TIFF = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
 
 
-#: The formats a 2-D copy is saved in (PIL's names), each with the options that keep the
-#: change: lossless, or JPEG at its best. A camera's MPO JPEG is saved as a plain JPEG, its
-#: second picture (a preview of the unprotected photo) left out; WebP is saved lossless
-#: (PIL's default is lossy). Other formats PIL reads (GIF: at most 256 colours, ICO, ...)
-#: are refused before protecting (``check_writable``).
-SAVE_AS = {"PNG": ("PNG", {}), "BMP": ("BMP", {}), "PPM": ("PPM", {}), "TGA": ("TGA", {}),
-           "TIFF": ("TIFF", {}),
-           "JPEG": ("JPEG", {"quality": JPEG_QUALITY, "subsampling": 0}),
-           "MPO": ("JPEG", {"quality": JPEG_QUALITY, "subsampling": 0}),
-           "JPEG2000": ("JPEG2000", {"irreversible": False}),
-           "WEBP": ("WEBP", {"lossless": True, "quality": 100})}
-
-
 class WriteError(RuntimeError):
     """A protected image could not be written; the message names the input file."""
 
-
-def unwritable_format(path: str) -> str | None:
-    """The format of the 2-D image file ``path`` when a copy cannot keep a change in it
-    (not in ``SAVE_AS``), else None (DICOM, NIfTI and folders are always written). Only
-    a file without a slice image's extension is opened (a run checks every target): a
-    .png, .jpg, .tif or .bmp holds a format ``SAVE_AS`` saves, a mislabelled one is
-    refused when its copy is written."""
-    from PIL import Image
-    if os.path.isdir(path) or os.path.splitext(path.lower())[1] in decode.IMAGE_EXTENSIONS \
-            or decode.is_volume_file(path):
-        return None
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-    except Exception:  # noqa: BLE001 - unreadable: reading it names the file
-        return None
-    return None if fmt in SAVE_AS else str(fmt)
-
-
-def check_writable(paths) -> None:
-    """WriteError naming the images whose format a copy cannot keep a change in, before
-    anything is protected."""
-    refused = {}
-    for path in paths:
-        fmt = unwritable_format(path)
-        if fmt is not None:
-            refused.setdefault(fmt, []).append(path)
-    if refused:
-        found = "; ".join(f"{fmt}: {len(files)} image(s), e.g. {files[0]}"
-                          for fmt, files in sorted(refused.items()))
-        raise WriteError(f"cannot write protected copies in {found}: the change would not "
-                         f"survive that format; convert them to PNG (lossless) first, "
-                         f"or leave them out of the manifest")
-
-
-# ----------------------------------------------------------------------- stored values
 
 # ----------------------------------------------------------------------- 2-D image files
 
