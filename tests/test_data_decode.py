@@ -467,6 +467,10 @@ def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     np.testing.assert_allclose(small[0, :, :, 0], img[2::4, 2::4] / 255.0, atol=0.08)  # same picture
     assert open_volume(str(tmp_path / "a.jpg"), min_short_side=300).read().shape == (1, 400, 500, 1)
     assert open_volume(str(tmp_path / "a.png"), min_short_side=200).read().shape == (1, 800, 1000, 1)
+    # a camera's MPO JPEG (a preview as second picture) is a JPEG too
+    Image.fromarray(img).save(tmp_path / "m.jpg", format="MPO", save_all=True,
+                              append_images=[Image.fromarray(img[::8, ::8])], quality=95)
+    assert open_volume(str(tmp_path / "m.jpg"), min_short_side=200).read().shape == (1, 200, 250, 1)
 
 
 @pytest.mark.parametrize("key, value", [("flip", None), ("rotate", None), ("slices", 0)])

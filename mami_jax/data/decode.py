@@ -108,7 +108,7 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
                           "tiles, one manifest row each (cut it first)") from e
     with opened as img:
         _refuse_several_pages(img, path)
-        if min_short_side and img.format == "JPEG":
+        if min_short_side and img.format in ("JPEG", "MPO"):
             w, h = img.size
             f = min_short_side / float(min(w, h))
             if f < 1.0:
