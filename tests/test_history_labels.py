@@ -32,6 +32,19 @@ def test_bad_tables_name_the_row(tmp_path, text, message):
         read_labels(_write(tmp_path, text), "disease_label", ("0", "1"))
 
 
+def test_a_spreadsheets_table_reads_and_a_bad_row_is_named_by_its_editor_line(tmp_path):
+    """Saved by a spreadsheet: a byte-order mark (before, the first column read as
+    '\ufeffimage_id', "no column 'image_id'"), CRLF line ends, and a note spanning lines."""
+    p = tmp_path / "labels.csv"
+    p.write_bytes("\ufeffimage_id,disease_label,note\r\na,1,\"two\r\nlines\"\r\nb,0,\r\n"
+                  .encode("utf-8"))
+    assert read_labels(str(p), "disease_label", ("0", "1")) == {"a": 1, "b": 0}
+    p.write_bytes("\ufeffimage_id,disease_label,note\r\na,1,\"two\r\nlines\"\r\nb,7,\r\n"
+                  .encode("utf-8"))
+    with pytest.raises(LabelError, match=r"labels.csv: line 4 \(image_id='b'\): disease_label='7'"):
+        read_labels(str(p), "disease_label", ("0", "1"))
+
+
 def test_unlabelled_manifest_rows_are_named(tmp_path):
     rows = [ManifestRow(i, "p", "s", "0", "xray", "d", "", "x") for i in ("a", "b", "c")]
     assert labels_for(rows[:1], {"a": 1}, "L") == [1]

@@ -72,7 +72,7 @@ def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, in
     classes = [str(c) for c in classes]
     index = {c: i for i, c in enumerate(classes)}
     try:
-        f = open(path, newline="", encoding="utf-8")
+        f = open(path, newline="", encoding="utf-8-sig")   # a spreadsheet's byte-order mark
     except OSError as e:
         raise LabelError(f"labels table {path}: cannot be read ({e.strerror})") from e
     with f:
@@ -83,7 +83,8 @@ def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, in
                 raise LabelError(f"labels table {path}: no column {needed!r} (columns: "
                                  f"{', '.join(fields) or 'none'})")
         out: dict[str, int] = {}
-        for line, rec in enumerate(reader, start=2):  # line 1 is the header
+        for rec in reader:
+            line = reader.line_num     # where the row ends, as an editor numbers lines
             image_id, value = (rec.get("image_id") or "").strip(), (rec.get(column) or "").strip()
             where = f"labels table {path}: line {line} (image_id={image_id!r})"
             if not image_id:
