@@ -4,6 +4,7 @@ Images are tiny (about 20 px, crops of 8 px) so every test decodes real files qu
 """
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -258,7 +259,9 @@ def test_manifest_errors_before_training(rows):
     unknown = rows + [rows[0].replace(image_id="dx:us", patient_id="z", modality="ultrasound")]
     with pytest.raises(ManifestError, match="unknown modality 'ultrasound'"):
         pipeline.make_train_loader(unknown, cfg, seed=0)
-    with pytest.raises(ManifestError, match="no training rows"):
+    with pytest.raises(ManifestError, match=re.escape(
+            f"no training rows (split 'train'; the rows' splits: test {len(rows)}): give some "
+            "rows split 'train', or leave the split column empty in every row")):
         pipeline.make_train_loader([r.replace(split="test") for r in rows], cfg, seed=0)
 
 

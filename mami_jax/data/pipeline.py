@@ -35,6 +35,8 @@ decoding ``cfg.read_threads`` batches at a time, ``cfg.prefetch`` batches ahead.
 
 from __future__ import annotations
 
+import collections
+
 import sys
 import threading
 from typing import Sequence
@@ -265,8 +267,13 @@ class TrainLoader:
         if seed < 0 or start_step < 0:
             raise ValueError(f"seed ({seed}) and start_step ({start_step}) must be >= 0")
         if not any(r.split == "train" for r in rows):
-            raise ManifestError("no training rows: assign splits before training "
-                                "(mami_jax.data.splits.assign_splits)")
+            found = collections.Counter(r.split or "none" for r in rows)
+            where = f"{rows[0].location[0]}: " if rows and rows[0].location else ""
+            raise ManifestError(
+                f"{where}no training rows (split 'train'; the rows' splits: "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(found.items())) or 'no rows'}): "
+                "give some rows split 'train', or leave the split column empty in every row "
+                "and patient-disjoint splits are assigned (data.split_fractions)")
         self.rows = rows
         self.cfg = cfg
         self.seed = int(seed)
