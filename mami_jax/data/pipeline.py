@@ -288,8 +288,10 @@ class TrainLoader:
         kept = tuple(cfg.get("only_modalities", ()) or ())
         for m, s in settings.items():
             if s.source_weight is not None and m not in trained and (not kept or m in kept):
-                raise ValueError(f"data.modalities.{m}.source_weight={s.source_weight}: no training "
-                                 f"rows of modality {m!r} (training modalities: {sorted(trained)})")
+                raise ValueError(
+                    f"data.modalities.{m}.source_weight={s.source_weight}: no training rows of "
+                    f"modality {m!r} (training modalities: {sorted(trained)}); train on those "
+                    f"only with --config.data.only_modalities={','.join(sorted(trained))}")
         self.sources = sampler.build_sources(
             rows, slices={m: s.slices for m, s in settings.items()},
             source_weights=sampler_source_weights(cfg, settings), label_map=self.label_map,
