@@ -4,6 +4,7 @@ Tiny hand-written CSVs; each test states the exact rows or message expected.
 """
 
 import os
+import re
 
 import pytest
 
@@ -70,3 +71,17 @@ def test_invalid_rows_write_nothing(tmp_path):
         write_manifest(bad, str(out))
     assert out.read_text() == "old contents"
     assert not [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
+
+
+@pytest.mark.parametrize("order", ["3/1/2019", "01.03.2019", "3-1-19"])
+def test_a_date_written_year_last_is_refused_naming_the_line(tmp_path, order):
+    """As text, "10/1/2019" sorts before "3/1/2019": the history protocol's latest visit and
+    the history app's earlier images would follow the month, not the time."""
+    p = tmp_path / "m.csv"
+    p.write_text(TEXT.replace("d:b,p2,s1,1,", f"d:b,p2,s1,{order},"))
+    with pytest.raises(ManifestError, match=re.escape(
+            f"{p}: line 3 (image_id='d:b'): order {order!r} is a date written year last")):
+        read_manifest(str(p))
+    for fine in ("2019-03-01", "20190301", "2019/03/01", "12", "1.5", "20190301 081500"):
+        p.write_text(TEXT.replace("d:b,p2,s1,1,", f"d:b,p2,s1,{fine},"))
+        assert read_manifest(str(p))[1].order == fine

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from typing import Iterable, Sequence
 
 from mami_jax.runtime.atomic_files import write_atomic
@@ -113,6 +114,10 @@ def _other(rows, j: int, source: str, first_line: int | None, here: str) -> str:
     return number if path == here else f"{path}: {number}"
 
 
+#: A date written year last ("3/1/2019", "01.03.2019"): as text it sorts by day or month.
+YEAR_LAST_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}")
+
+
 def order_key(order: str):
     """Sort key for the ``order`` column: numbers numerically, else as text.
 
@@ -130,6 +135,7 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
     """Checks the invariants every consumer relies on; raises ManifestError.
 
     - every required field is non-empty, modality known, split known;
+    - ``order`` is no date written year last (it would sort by day or month);
     - image ids are unique;
     - no patient appears in two splits.
 
@@ -150,6 +156,11 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                 f"{where}: unknown modality {row.modality!r}; expected one of {MODALITIES}")
         if row.split not in SPLITS:
             raise ManifestError(f"{where}: unknown split {row.split!r}; expected one of {SPLITS}")
+        if YEAR_LAST_DATE.fullmatch(row.order.strip()):
+            raise ManifestError(
+                f"{where}: order {row.order!r} is a date written year last, which does not "
+                "sort in time (as text '10/1/2019' comes before '3/1/2019'); write dates year "
+                "first: 2019-03-01 or 20190301")
         if row.image_id in seen_ids:
             raise ManifestError(
                 f"{where}: duplicate image_id, first seen at "
