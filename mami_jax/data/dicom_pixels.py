@@ -195,7 +195,8 @@ def decompress(ds) -> None:
 def _decoding(ds, decode):
     if not any(k in ds for k in PIXEL_ELEMENTS):
         kind = getattr(ds.get("SOPClassUID", None), "name", None) or "DICOM object"
-        raise DecodeError(f"{dataset_place(ds)}: holds no pixel data ({kind}); only images can be read")
+        raise DecodeError(f"{dataset_place(ds)}: holds no pixel data ({kind}); only images can "
+                          "be read")
     _name_transfer_syntax(ds)
     try:
         return decode()

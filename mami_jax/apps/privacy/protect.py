@@ -7,9 +7,9 @@ embeddings of the patients' images under every ensemble member (the references o
 ``objective``), removes identity (``inpaint`` and/or ``perturb``, per ``config.method``;
 ``noise``: budget-sized noise aimed at nothing, the control),
 and writes each image with ``writers``. Outputs go to ``OUT/images/<path relative to the
-manifest's folder>`` (``copy_paths``: one file per row) and ``OUT/manifest.csv`` (the project's schema: patient, study,
-order, modality, view and split kept; ``image_id`` + ``SUFFIX``; relative paths, so the
-folder can move). The inputs are only read.
+manifest's folder>`` (``copy_paths``: one file per row) and ``OUT/manifest.csv`` (the
+project's schema: patient, study, order, modality, view and split kept; ``image_id`` +
+``SUFFIX``; relative paths, so the folder can move). The inputs are only read.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mami_jax.apps.privacy import cues as cues_lib
 from mami_jax.apps.privacy import inpaint as inpaint_lib
 from mami_jax.apps.privacy import deform as deform_lib
 from mami_jax.apps.privacy import ensemble, objective, perturb, references
+from mami_jax.apps.privacy.copy_formats import check_writable
 from mami_jax.apps.privacy.copy_paths import check_distinct_copies, output_path
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.header_identity import (check_identity_setting, remove_identity,
@@ -35,7 +36,6 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
-from mami_jax.apps.privacy.copy_formats import check_writable
 from mami_jax.apps.privacy.writers import files_left_out
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
 from mami_jax.data.decode import open_volume
