@@ -24,6 +24,14 @@ import numpy as np
 from mami_jax.data.decode_errors import DecodeError, dataset_place
 
 
+def as_pixel_value(ds, value: float, bits: int) -> float:
+    """``value`` of an element whose VR is "US or SS" (a padding value, a LUT's first
+    mapped value) as ``ds``'s pixels read it: given unsigned for signed pixels, it is the
+    signed value of the same ``bits``."""
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return value - (1 << bits) if signed and value >= 1 << (bits - 1) else value
+
+
 class Table:
     """The first item of ``ds``'s ``sequence`` (a LUT): ``values`` holds its entries."""
 
@@ -31,8 +39,7 @@ class Table:
         item = getattr(ds, sequence)[0]
         entries, first, bits = (int(v) for v in item.LUTDescriptor)
         self.entries = entries % 65536 or 65536    # a count read as SS arrives negative
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        self.first = first - 65536 if signed and first >= 32768 else first
+        self.first = int(as_pixel_value(ds, first, 16))
         data = item.LUTData
         if isinstance(data, (bytes, bytearray)):
             little = ds.file_meta.TransferSyntaxUID.is_little_endian \

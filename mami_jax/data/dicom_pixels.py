@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from mami_jax.data.decode_errors import DecodeError, dataset_place
-from mami_jax.data.dicom_luts import ModalityLut, VoiLut
+from mami_jax.data.dicom_luts import ModalityLut, VoiLut, as_pixel_value
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 
 #: JPEG Extended (processes 2 and 4): 12-bit JPEG, which only pylibjpeg-libjpeg decodes.
@@ -257,9 +257,8 @@ def padding(ds, stored: np.ndarray | None = None) -> np.ndarray | None:
     if value is None:
         return None
     limit = dicom_number(ds, "PixelPaddingRangeLimit", value)
-    if int(ds.get("PixelRepresentation", 0) or 0):
-        bits = int(ds.get("BitsAllocated", 16) or 16)
-        value, limit = (v - (1 << bits) if v >= 1 << (bits - 1) else v for v in (value, limit))
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    value, limit = (as_pixel_value(ds, v, bits) for v in (value, limit))
     lo, hi = min(value, limit), max(value, limit)
     stored = stored_pixels(ds) if stored is None else stored
     mask = (stored >= lo) & (stored <= hi)
