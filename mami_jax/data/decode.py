@@ -25,9 +25,10 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   VOILUTSequence, else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is
   always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
   syntaxes decode through pydicom's plugins (python-gdcm is a dependency).
-- NIfTI: the volume is reoriented to the closest canonical (RAS+) orientation and
-  sliced axially; each slice is shown in radiological convention (anterior at the
-  top, patient right on the image left).
+- NIfTI (``nifti_slices``): the volume is reoriented to the closest canonical (RAS+)
+  orientation and sliced axially; each slice is shown in radiological convention
+  (anterior at the top, patient right on the image left). A header whose sform is
+  empty reads by its qform, else by its voxel sizes.
 
 Series order: slice images by natural file-name order ("2.png" before "10.png"), the
 folder's other files ignored unless they are DICOM (a folder of both is refused: a
@@ -52,7 +53,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.data import dicom_pixels
+from mami_jax.data import dicom_pixels, nifti_slices
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.dicom_series import series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
@@ -152,60 +153,6 @@ def _to_slices(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 3:
         return arr[None]
     raise ValueError(f"unexpected image shape {arr.shape}")
-
-
-# --------------------------------------------------------------------------- NIfTI
-
-
-def _nifti_slices(path: str, indices: Sequence[int] | None):
-    """Reads axial slices of a NIfTI/Analyze volume in canonical orientation.
-
-    Returns (number of slices, array (n, H, W, 1) of raw values) for the requested
-    canonical slice indices (all slices when ``indices`` is None).
-    """
-    import nibabel as nib
-    from nibabel import orientations as nio
-
-    img = nib.load(path)
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) == 2:
-        shape = shape + (1,)
-    if len(shape) != 3:
-        raise ValueError(
-            f"{len(img.shape)}-D volume of shape {img.shape}, {int(np.prod(shape[3:]))} 3-D "
-            "volumes (the time points, echoes or diffusion directions of one series); a "
-            "manifest row is one 3-D volume: split it (nibabel's four_to_three, FSL's "
-            "fslsplit) and give each volume its own row")
-    ornt = nio.io_orientation(img.affine)  # row i: (canonical axis, flip) of input axis i
-    slice_axis = int(np.nonzero(ornt[:, 0] == 2)[0][0])
-    n = shape[slice_axis]
-    wanted = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
-    if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
-        raise ValueError(f"slice indices {wanted.tolist()} out of range for {n} slices")
-    src = wanted if ornt[slice_axis, 1] > 0 else (n - 1 - wanted)
-    dataobj = img.dataobj
-    compressed = path.lower().endswith(".gz")
-    if compressed or indices is None:
-        full = np.asanyarray(dataobj).reshape(shape)
-        sub = np.take(full, src, axis=slice_axis)
-    else:
-        parts = []
-        for k in src:
-            sl = tuple(int(k) if ax == slice_axis else slice(None) for ax in range(len(img.shape)))
-            parts.append(np.asanyarray(dataobj[sl]).reshape(
-                tuple(s for ax, s in enumerate(shape) if ax != slice_axis)))
-        sub = np.stack(parts, axis=slice_axis)
-    # The slice axis is already in canonical order; reorient only the in-plane axes.
-    inplane = ornt.copy()
-    inplane[slice_axis, 1] = 1
-    canon = nio.apply_orientation(sub, inplane)  # (X=R, Y=A, k)
-    # Radiological display: rows anterior->posterior, columns patient right->left.
-    out = np.transpose(canon, (2, 1, 0))[:, ::-1, ::-1]
-    if not (np.issubdtype(out.dtype, np.integer) or np.issubdtype(out.dtype, np.floating)):
-        raise ValueError(f"unsupported voxel type {out.dtype}")
-    return n, np.ascontiguousarray(out)[..., None]
 
 
 # --------------------------------------------------------------------------- volumes
@@ -364,18 +311,14 @@ class NiftiVolume(Volume):
         if self._n is None:
             try:
                 import nibabel as nib
-                from nibabel import orientations as nio
 
-                img = nib.load(self.path)
-                ornt = nio.io_orientation(img.affine)
-                shape = tuple(img.shape) + (1,) * max(0, 3 - len(img.shape))
-                self._n = int(shape[int(np.nonzero(ornt[:, 0] == 2)[0][0])])
+                self._n = nifti_slices.num_slices(nib.load(self.path))
             except Exception as e:  # noqa: BLE001
-                raise DecodeError(f"{self.path}: cannot read NIfTI header: {type(e).__name__}: {e}") from e
+                raise DecodeError(f"{self.path}: cannot read {self.kind}: {type(e).__name__}: {e}") from e
         return self._n
 
     def _read(self, indices):
-        n, raw = _nifti_slices(self.path, indices)
+        n, raw = nifti_slices.read_slices(self.path, indices)
         self._n = n
         return minmax(raw)
 

@@ -33,7 +33,7 @@ import numpy as np
 from mami_jax.apps.privacy import dicom_writer
 from mami_jax.apps.privacy.copy_formats import SAVE_AS
 from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
-from mami_jax.data import decode
+from mami_jax.data import decode, nifti_slices
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
 from mami_jax.runtime.atomic_files import fix_tree_modes, publish_dir, staging_dir, write_atomic
@@ -106,17 +106,6 @@ def _write_slice_folder(volume, slices, delta, out: str) -> None:
 
 # ----------------------------------------------------------------------- NIfTI
 
-def _display_index(img, slices, tmp_dir: str) -> np.ndarray:
-    """Flat voxel index (into the stored array) of every pixel of the decoded slices."""
-    import nibabel as nib
-    shape = tuple(int(s) for s in img.shape)
-    index = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
-    probe = os.path.join(tmp_dir, "index.nii")
-    nib.save(nib.Nifti1Image(index, img.affine), probe)
-    _, out = decode._nifti_slices(probe, list(np.asarray(slices).tolist()))
-    return out[..., 0]
-
-
 def _write_nifti(path: str, slices, delta, out: str) -> None:
     import nibabel as nib
     img = nib.load(path)
@@ -125,8 +114,9 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
     slope = float(img.dataobj.slope) if hasattr(img.dataobj, "slope") else 1.0
     inter = float(img.dataobj.inter) if hasattr(img.dataobj, "inter") else 0.0
     with staging_dir(out) as tmp:
-        where = _display_index(img, slices, tmp)            # (T, H, W)
-        _, read = decode._nifti_slices(path, list(np.asarray(slices).tolist()))
+        wanted = [int(i) for i in np.asarray(slices).tolist()]
+        where = nifti_slices.voxel_index(img, wanted)        # (T, H, W)
+        _, read = nifti_slices.read_slices(path, wanted)
         lo, hi = float(read.min()), float(read.max())
         change = np.zeros(stored.size)
         count = np.zeros(stored.size)
@@ -143,7 +133,6 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         read_voxels = np.flatnonzero(touched)
         new[read_voxels] = apply_change(stored.reshape(-1)[read_voxels],
                                   change.reshape(-1)[read_voxels], stored_lo, stored_hi)
-        os.unlink(os.path.join(tmp, "index.nii"))
         save_nifti(img, new.reshape(stored.shape), out, tmp)
 
 
