@@ -189,6 +189,21 @@ def test_other_width_file_names_mismatched_keys(tmp_path):
     assert "conv1.weight: got (48, 3, 8, 8), expected (32, 3, 8, 8)" in str(err.value)
 
 
+def test_a_file_without_config_of_another_size_says_what_its_weights_are(tmp_path):
+    small = tiny_config()
+    path = str(tmp_path / "small.pth")
+    released_style_file(path, small, random_params(small))
+    with pytest.raises(ConversionError) as err:
+        load_official(path)       # no config given, none embedded: the released one
+    assert str(err.value).startswith(
+        f"{path} carries no model config and is not the released architecture (its weights "
+        f"say width={small.width}, depth={small.depth}, patch_size={small.patch_size}, "
+        f"image_size={small.image_size}; released: width=768, depth=12, patch_size=16, "
+        "image_size=224): give the config it was made with (CLI: --model-config FILE.json")
+    assert err.value.mismatched          # the full lists are kept
+    assert load_official(path, small).report.num_params > 0
+
+
 def test_orbax_directory_round_trip_and_atomic_refusal_to_overwrite(tmp_path):
     cfg = tiny_config(use_codebook=False, rank=2)
     params = random_params(cfg)

@@ -22,11 +22,13 @@ Nothing runs weights under the other feature shift silently:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Optional
 
 from mami_jax.convert import torch_io
 from mami_jax.convert.checkpoint_dir import config_from_json
-from mami_jax.convert.mapping import ImportReport, params_to_state_dict, state_dict_to_params
+from mami_jax.convert.mapping import (ConversionError, ImportReport, params_to_state_dict,
+                                     state_dict_to_params)
 from mami_jax.models.config import (RELEASED_SHIFT_INPUT, config_differences, default_config,
                                     validate_config)
 
@@ -135,8 +137,38 @@ def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
             f"given config has shift_input={cfg.shift_input!r}, a different function of these "
             "weights. Use shift_input='router', or pass allow_non_released_shift=True "
             "(CLI: --allow-non-released-shift) to run them under the other shift on purpose.")
-    params, report = state_dict_to_params(sd, cfg, source=path)
+    try:
+        params, report = state_dict_to_params(sd, cfg, source=path)
+    except ConversionError as e:
+        found = _backbone_shape(sd)
+        if source != "default" or not e.mismatched or not found:
+            raise
+        raise ConversionError(
+            f"{path} carries no model config and is not the released architecture (its "
+            f"weights say {found}; released: width={cfg.width}, depth={cfg.depth}, "
+            f"patch_size={cfg.patch_size}, image_size={cfg.image_size}): give the config it "
+            "was made with (CLI: --model-config FILE.json, keys of "
+            "mami_jax.models.config.default_config)", e.missing, e.extra, e.mismatched) from e
     return OfficialImport(params, cfg, report, source, stripped)
+
+
+def _backbone_shape(sd: Mapping) -> str:
+    """What a released-layout state dict's shapes say of the backbone's size ("width=128,
+    depth=4, patch_size=8, image_size=32"), as far as its keys tell; "" if they do not.
+    The number of heads is not in the shapes, so a config cannot be inferred whole."""
+    said = []
+    if "class_embedding" in sd:
+        said.append(f"width={int(sd['class_embedding'].shape[0])}")
+    blocks = {k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}
+    if blocks:
+        said.append(f"depth={len(blocks)}")
+    if "conv1.weight" in sd:
+        patch = int(sd["conv1.weight"].shape[-1])
+        said.append(f"patch_size={patch}")
+        if "positional_embedding" in sd:
+            side = math.isqrt(int(sd["positional_embedding"].shape[0]) - 1)
+            said.append(f"image_size={side * patch}")
+    return ", ".join(said)
 
 
 def export_official(path: str, params: Mapping, cfg, *, module_prefix: bool = False,
