@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = default_data_config()
     parser = OneLineErrorParser(prog="python -m mami_jax.data.build_manifest",
                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS))
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS),
+                        help="which public dataset's folder layout --root holds (docs/datasets.md "
+                             "says where each comes from)")
     parser.add_argument("--root", required=True, help="the dataset's folder (layout: see the builder)")
     parser.add_argument("--out", required=True, help="manifest CSV to write (atomically)")
     parser.add_argument("--no-verify-files", action="store_true",

@@ -101,8 +101,10 @@ def main(argv=None) -> int:
     parser = OneLineErrorParser(prog="python -m mami_jax.evaluate.features",
                                 description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", required=True, help="folder written by teachers.extract")
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--manifest", required=True,
+                        help="manifest CSV the features were extracted for")
+    parser.add_argument("--out", required=True,
+                        help="folder for zero_shot.md and zero_shot.json (and per-teacher scores)")
     parser.add_argument("--teachers", default="", help="comma list (default: every stored one)")
     parser.add_argument("--split", default=None, help="split to score (default: config eval.split)")
     args = parser.parse_args(argv)

@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="build an archive index from a manifest")
     model_args(s)
-    s.add_argument("--manifest", required=True)
+    s.add_argument("--manifest", required=True,
+                   help="manifest CSV of the images to archive (every row, whatever its split)")
     s.add_argument("--out", required=True, help="archive folder to write")
     s.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default=None,
                    help="FAISS index kind (default: the app config's, flat = exact)")
@@ -78,14 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     app_config(s)
 
     s = sub.add_parser("add", help="add a manifest's images to an archive")
-    s.add_argument("--index", required=True)
-    s.add_argument("--manifest", required=True)
+    s.add_argument("--index", required=True, help="archive folder written by index (updated "
+                   "in place, all or nothing)")
+    s.add_argument("--manifest", required=True,
+                   help="manifest CSV of the new images (ids not yet in the archive)")
     model_args(s, required=False)
     records_arg(s)
     app_config(s)
 
     s = sub.add_parser("query", help="retrieve an image's earlier images")
-    s.add_argument("--index", required=True)
+    s.add_argument("--index", required=True, help="archive folder written by index")
     s.add_argument("--image", required=True, help="image file (or series folder)")
     s.add_argument("--k", type=int, default=None, help="candidates shown (default: config k)")
     s.add_argument("--modality", default=None, help="for an image outside the archive")
@@ -104,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("train", "eval"):
         s = sub.add_parser(name, help=f"{name} the diagnosis classifiers; writes metrics.json")
         model_args(s)
-        s.add_argument("--manifest", required=True)
+        s.add_argument("--manifest", required=True,
+                       help="manifest CSV whose splits train and evaluate the classifiers")
         s.add_argument("--labels", default=None, help="labels table (default: labels.csv "
                        "beside the manifest)")
         s.add_argument("--out", required=True, help="output folder")
