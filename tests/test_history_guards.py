@@ -405,3 +405,23 @@ def test_an_archived_query_refuses_metadata_other_than_its_own(setup):
                             f"its own; leave --order out")
     with pytest.raises(ValueError, match=r"^--modality ct: .* with modality 'xray'"):
         query_row(archive, held.path, "ct", None)
+
+
+def test_a_new_querys_order_must_compare_with_the_archived_ones(setup, tmp_path):
+    """order_key sorts every number before every text: '--order 2019-03-01' against visit
+    numbers made the whole archive earlier, '--order yesterday' too, without a word."""
+    from mami_jax.apps.history.archive import Archive
+    from mami_jax.apps.history.query_rows import query_row
+    archive = Archive.load(setup["index"])
+    orders = sorted({r.order for r in archive.rows if r.modality == "xray"}, key=float)
+    image = shutil.copy(archive.rows[0].path, tmp_path / "new.png")
+    assert query_row(archive, str(image), "xray", "1").order == "1"
+    for order in ("2019-03-01", "yesterday"):
+        with pytest.raises(ValueError) as e:
+            query_row(archive, str(image), "xray", order)
+        assert str(e.value) == (
+            f"--order {order}: the archive's xray orders are numbers, {orders[0]!r} to "
+            f"{orders[-1]!r}; an order of another kind does not compare with them (every "
+            "archived image would count as earlier, or none): give one written like them")
+    with pytest.raises(ValueError, match=r"^--order 3/1/2019: a date written year last"):
+        query_row(archive, str(image), "xray", "3/1/2019")

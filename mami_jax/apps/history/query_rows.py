@@ -18,7 +18,7 @@ import os
 from typing import Sequence
 
 from mami_jax.apps.history.visit_fusion import visit_key
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, order_key
 
 
 def _archived(archive, path: str) -> ManifestRow | None:
@@ -52,7 +52,30 @@ def query_row(archive, image: str, modality: str | None, order: str | None) -> M
     if not modality:
         raise ValueError(f"--image {image} is not in the archive: give its --modality "
                          f"(and --order to exclude later archived images)")
-    return _new_row(archive, image, modality, order or "", f"--modality {modality}")
+    row = _new_row(archive, image, modality, order or "", f"--modality {modality}")
+    if order:
+        _check_order(archive, modality, order)
+    return row
+
+
+def _check_order(archive, modality: str, order: str) -> None:
+    """Refuses a new image's ``--order`` that cannot be compared with the archived orders
+    of its modality: a date written year last (the manifest refuses it too), or a number
+    where they are all text (ISO dates) or text where they are all numbers (visit numbers,
+    YYYYMMDD dates). ``order_key`` sorts every number before every text, so such an order
+    would make every archived image earlier, or none, without a word."""
+    if YEAR_LAST_DATE.fullmatch(order.strip()):
+        raise ValueError(f"--order {order}: a date written year last does not sort in time; "
+                         "write dates year first (2019-03-01 or 20190301)")
+    held = sorted({r.order for r in archive.rows if r.modality == modality and r.order},
+                  key=order_key)
+    numbers = {order_key(o)[0] == 0 for o in held}
+    if len(numbers) == 1 and (order_key(order)[0] == 0) not in numbers:
+        kind = "numbers" if True in numbers else "text (dates such as 2019-03-01)"
+        raise ValueError(f"--order {order}: the archive's {modality} orders are {kind}, "
+                         f"{held[0]!r} to {held[-1]!r}; an order of another kind does not "
+                         "compare with them (every archived image would count as earlier, or "
+                         "none): give one written like them")
 
 
 def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[ManifestRow]:
