@@ -73,6 +73,23 @@ def test_invalid_rows_write_nothing(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
 
 
+def test_one_patients_orders_mixing_numbers_and_text_are_refused(tmp_path):
+    """order_key sorts every number before every text: a visit number among one patient's
+    dates (or 20190301 among 2019-03-01s) would count as the earliest, whatever it is."""
+    p = tmp_path / "m.csv"
+    p.write_text(TEXT + "d:c,p1,s2,2019-03-01,xray,d,PA,img/c.png,train\r\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(str(p))
+    assert str(e.value) == (
+        f"{p}: line 4 (image_id='d:c'): order '2019-03-01' is text, but patient 'd/p1' has "
+        "order '0' at line 2; every number sorts before every text, so write one patient's "
+        "orders one way (all visit numbers, or all dates: 2019-03-01 or 20190301)")
+    # another patient's dates are its own affair, as is an empty order
+    p.write_text(TEXT + "d:c,p3,s2,2019-03-01,xray,d,PA,img/c.png,train\r\n"
+                 "d:d,p1,s3,,xray,d,PA,img/d.png,train\r\n")
+    assert [r.order for r in read_manifest(str(p))] == ["0", "1", "2019-03-01", ""]
+
+
 @pytest.mark.parametrize("order", ["3/1/2019", "01.03.2019", "3-1-19"])
 def test_a_date_written_year_last_is_refused_naming_the_line(tmp_path, order):
     """As text, "10/1/2019" sorts before "3/1/2019": the history protocol's latest visit and

@@ -135,7 +135,9 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
     """Checks the invariants every consumer relies on; raises ManifestError.
 
     - every required field is non-empty, modality known, split known;
-    - ``order`` is no date written year last (it would sort by day or month);
+    - ``order`` is no date written year last (it would sort by day or month), and a
+      patient's orders are all numbers or all text (``order_key`` sorts every number
+      before every text, so a visit number among dates would come first, whatever it is);
     - image ids are unique;
     - no patient appears in two splits.
 
@@ -145,6 +147,7 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
     """
     seen_ids: dict[str, int] = {}
     patient_split: dict[str, tuple[str, int]] = {}
+    patient_order: dict[str, tuple[bool, int]] = {}   # is a number, first row
     for i, row in enumerate(rows):
         path, number = _place(row, i, source, first_line)
         where = f"{path}: {number} (image_id={row.image_id!r})"
@@ -161,6 +164,17 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                 f"{where}: order {row.order!r} is a date written year last, which does not "
                 "sort in time (as text '10/1/2019' comes before '3/1/2019'); write dates year "
                 "first: 2019-03-01 or 20190301")
+        if row.order:
+            number = order_key(row.order)[0] == 0
+            first = patient_order.setdefault(row.patient_key, (number, i))
+            if first[0] != number:
+                other = rows[first[1]].order
+                raise ManifestError(
+                    f"{where}: order {row.order!r} is {'a number' if number else 'text'}, "
+                    f"but patient {row.patient_key!r} has order {other!r} at "
+                    f"{_other(rows, first[1], source, first_line, path)}; every number sorts "
+                    "before every text, so write one patient's orders one way (all visit "
+                    "numbers, or all dates: 2019-03-01 or 20190301)")
         if row.image_id in seen_ids:
             raise ManifestError(
                 f"{where}: duplicate image_id, first seen at "
