@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from mami_jax.apps.history import commands  # noqa: E402
+from mami_jax.apps.history.archive import Archive  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
@@ -261,6 +262,30 @@ def test_add_refuses_inputs_inside_the_archive_it_rewrites(setup, capsys, no_mod
         assert main(["add", "--index", index, "--manifest", *extra]) == 2
         assert _error(capsys) == (f"error: {flag} {inside}: lies inside --index {index}, which "
                                   f"add rewrites; give a copy outside it")
+    assert paths_digest(index) == before
+
+
+def test_add_refuses_a_patients_order_of_another_kind_than_archived(setup, capsys, no_model,
+                                                                      tmp_path):
+    """Each manifest alone was fine; together a patient's visit numbers and dates sorted
+    numbers first, so its history was wrong without a word."""
+    s = setup
+    index = str(tmp_path / "index")
+    shutil.copytree(s["index"], index)
+    before = paths_digest(index)
+    held = read_manifest(s["first"])[0]
+    later = [r.replace(order="2019-03-01") for r in read_manifest(s["last"])
+             if r.patient_key == held.patient_key][:1]
+    assert later, "the second manifest holds later images of the archived patients"
+    more = str(tmp_path / "more.csv")
+    write_manifest(later, more)
+    first = next(r for r in Archive.load(index).rows if r.patient_key == held.patient_key)
+    assert main(["add", "--index", index, "--manifest", more]) == 2
+    assert _error(capsys) == (
+        f"error: {more}: image {later[0].image_id}: order '2019-03-01' is text, but patient "
+        f"{held.patient_key!r} has order {first.order!r} at image {first.image_id} of archive "
+        f"{index}; every number sorts before every text, so write one patient's orders one way "
+        "(all visit numbers, or all dates: 2019-03-01 or 20190301)")
     assert paths_digest(index) == before
 
 

@@ -130,6 +130,38 @@ def order_key(order: str):
         return (1, 0.0, order)
 
 
+def _order_kind_clash(seen: dict, row: ManifestRow, i: int) -> int | None:
+    """The index of an earlier row of ``row``'s patient whose order is a number where
+    ``row``'s is text, or the reverse (``seen``: patient -> (is a number, first index),
+    updated); None when they agree or ``row`` has no order."""
+    if not row.order:
+        return None
+    number = order_key(row.order)[0] == 0
+    first = seen.setdefault(row.patient_key, (number, i))
+    return None if first[0] == number else first[1]
+
+
+def order_clash(row: ManifestRow, other: ManifestRow, where_other: str) -> str:
+    """Why ``row``'s order cannot stand beside ``other``'s (one patient, found at
+    ``where_other``)."""
+    number = order_key(row.order)[0] == 0
+    return (f"order {row.order!r} is {'a number' if number else 'text'}, but patient "
+            f"{row.patient_key!r} has order {other.order!r} at {where_other}; every number "
+            "sorts before every text, so write one patient's orders one way (all visit "
+            "numbers, or all dates: 2019-03-01 or 20190301)")
+
+
+def first_order_clash(rows: Sequence[ManifestRow], start: int = 0) -> tuple[int, int] | None:
+    """(i, j): the first row from ``start`` on whose order is of another kind than that of
+    an earlier row ``j`` of its patient (rows before ``start`` only set the kinds)."""
+    seen: dict = {}
+    for i, row in enumerate(rows):
+        j = _order_kind_clash(seen, row, i)
+        if j is not None and i >= start:
+            return i, j
+    return None
+
+
 def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                   first_line: int | None = None) -> None:
     """Checks the invariants every consumer relies on; raises ManifestError.
@@ -147,7 +179,7 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
     """
     seen_ids: dict[str, int] = {}
     patient_split: dict[str, tuple[str, int]] = {}
-    patient_order: dict[str, tuple[bool, int]] = {}   # is a number, first row
+    patient_order: dict[str, tuple[bool, int]] = {}
     for i, row in enumerate(rows):
         path, number = _place(row, i, source, first_line)
         where = f"{path}: {number} (image_id={row.image_id!r})"
@@ -164,17 +196,10 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                 f"{where}: order {row.order!r} is a date written year last, which does not "
                 "sort in time (as text '10/1/2019' comes before '3/1/2019'); write dates year "
                 "first: 2019-03-01 or 20190301")
-        if row.order:
-            number = order_key(row.order)[0] == 0
-            first = patient_order.setdefault(row.patient_key, (number, i))
-            if first[0] != number:
-                other = rows[first[1]].order
-                raise ManifestError(
-                    f"{where}: order {row.order!r} is {'a number' if number else 'text'}, "
-                    f"but patient {row.patient_key!r} has order {other!r} at "
-                    f"{_other(rows, first[1], source, first_line, path)}; every number sorts "
-                    "before every text, so write one patient's orders one way (all visit "
-                    "numbers, or all dates: 2019-03-01 or 20190301)")
+        first = _order_kind_clash(patient_order, row, i)
+        if first is not None:
+            raise ManifestError(
+                f"{where}: {order_clash(row, rows[first], _other(rows, first, source, first_line, path))}")
         if row.image_id in seen_ids:
             raise ManifestError(
                 f"{where}: duplicate image_id, first seen at "

@@ -31,7 +31,7 @@ from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval
 from mami_jax.config_files import load_config, resolve
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
@@ -230,6 +230,13 @@ def add(args) -> int:
     if dup:  # before the (long) embedding
         raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
                            f"e.g. {dup[:5]}")
+    clash = first_order_clash(archive.rows + rows, start=len(archive.rows))
+    if clash is not None:   # a patient's history would sort numbers before dates
+        i, j = clash
+        new, held = (archive.rows + rows)[i], (archive.rows + rows)[j]
+        place = f"archive {args.index}" if j < len(archive.rows) else args.manifest
+        raise ArchiveError(f"{args.manifest}: image {new.image_id}: "
+                           + order_clash(new, held, f"image {held.image_id} of {place}"))
     recorded = _recorded(rows, args, cfg)
     if recorded is not None and archive.record_column not in (None, cfg.label_column):
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
