@@ -166,6 +166,32 @@ def test_slice_folder_natural_order(tmp_path):
     np.testing.assert_allclose(v.read()[:, 0, 0, 0], [20 / 255, 40 / 255, 200 / 255], rtol=1e-6)
 
 
+def test_a_series_with_an_odd_slice_names_it(tmp_path):
+    """The message listed the sizes seen; the user had to open every file to find the
+    localizer saved among the slices."""
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for n in range(1, 6):
+        Image.fromarray(np.full((4, 6), n, np.uint8)).save(folder / f"{n}.png")
+    Image.fromarray(np.full((2, 6), 9, np.uint8)).save(folder / "3.png")
+    Image.fromarray(np.full((4, 6, 3), 9, np.uint8)).save(folder / "5.png")
+    with pytest.raises(DecodeError) as e:
+        open_volume(str(folder)).read()
+    assert str(e.value) == (
+        f"{folder}: 2 of the 5 slices read differ from the others (4x6 uint8): 3.png (2x6 "
+        "uint8), 5.png (4x6 RGB uint8); a series' slices share one size and pixel type: move "
+        "the odd ones (a localizer, a thumbnail) out of the folder")
+    assert open_volume(str(folder)).read([0, 1, 3]).shape == (3, 4, 6, 1)
+    series = tmp_path / "dicom"
+    series.mkdir()
+    for n in range(3):
+        write_dicom(series / f"{n}.dcm", np.zeros((8, 4) if n == 1 else (4, 4), np.uint16),
+                    InstanceNumber=n + 1)
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{series}: 1 of the 3 slices read differs from the others (4x4): 1.dcm (8x4)")):
+        open_volume(str(series)).read()
+
+
 def canonical_reference(vol):
     """Expected decode of a volume stored in RAS+ with identity affine."""
     mm = (vol - vol.min()) / (vol.max() - vol.min())

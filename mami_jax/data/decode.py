@@ -200,6 +200,31 @@ class Volume:
         raise NotImplementedError
 
 
+def _refuse_mixed_slices(path: str, slices: dict[str, np.ndarray], types: bool = True) -> None:
+    """Refuses a series whose read slices (file -> pixels) differ in size or (``types``:
+    as stored, not rescaled) pixel type, naming the files that differ from the most common
+    kind: a localizer or a thumbnail saved among the slices is the usual cause, and a
+    message listing only the sizes left the user to open every file to find it."""
+    def kind(a):
+        size = "x".join(str(n) for n in a.shape[:2])
+        colour = " RGB" if a.ndim == 3 and a.shape[2] == 3 else ""
+        return f"{size}{colour} {a.dtype}" if types else f"{size}{colour}"
+
+    kinds = {name: kind(a) for name, a in slices.items()}
+    counts: dict[str, int] = {}
+    for k in kinds.values():
+        counts[k] = counts.get(k, 0) + 1
+    if len(counts) == 1:
+        return
+    common = max(counts, key=counts.get)
+    odd = [f"{os.path.basename(name)} ({k})" for name, k in kinds.items() if k != common]
+    raise DecodeError(
+        f"{path}: {len(odd)} of the {len(kinds)} slices read "
+        f"{'differs' if len(odd) == 1 else 'differ'} from the others ({common}): "
+        f"{examples(odd)}; a series' slices share one size and pixel type: move the odd ones "
+        "(a localizer, a thumbnail) out of the folder")
+
+
 class ImageFile(Volume):
     """A 2-D image (PNG/JPEG/...): one slice; repeated indices repeat it."""
 
@@ -290,9 +315,8 @@ class DicomSeries(Volume):
             frames.append(cache[i][0])
         ref = cache[0][1] if 0 in cache else \
             dicom_pixels.read_dataset(self.files[0], header_only=True)
-        shapes = {f.shape for f in frames}
-        if len(shapes) != 1:
-            raise DecodeError(f"{self.path}: slices of different shapes {sorted(shapes)}")
+        _refuse_mixed_slices(self.path, {self.files[i]: cache[i][0] for i in cache},
+                             types=False)
         padded = np.stack([cache[i][2] for i in indices])
         return dicom_pixels.to_unit(np.stack(frames), ref, padded if padded.any() else None)
 
@@ -348,10 +372,7 @@ class SliceFolder(Volume):
                     raise DecodeError(f"{self.files[i]}: unreadable slice {i} of {self.path}: "
                                       f"{type(e).__name__}: {e}") from e
             raw.append(cache[i])
-        shapes = {a.shape for a in raw}
-        dtypes = {a.dtype for a in raw}
-        if len(shapes) != 1 or len(dtypes) != 1:
-            raise DecodeError(f"{self.path}: slices differ in shape/type {sorted(map(str, shapes | dtypes))}")
+        _refuse_mixed_slices(self.path, {self.files[i]: cache[i] for i in cache})
         stack = np.stack(raw)
         if stack.ndim == 3:
             stack = stack[..., None]
