@@ -605,6 +605,22 @@ def test_slice_folder_changes_only_the_read_slices(tmp_path):
     assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("ext", ["webp", "jp2", "j2k", "pgm", "ppm"])
+def test_a_folder_of_slices_in_any_format_a_copy_keeps_is_read_and_copied(tmp_path, ext):
+    """One such file was read, a folder of them refused as holding 'no slice images'."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        grey = rng.integers(10, 240, (12, 10), dtype=np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, -1) if ext == "ppm" else grey).save(
+            folder / f"s_{i}.{ext}", **({"lossless": True} if ext == "webp" else {}))
+    assert open_volume(str(folder)).num_slices == 4
+    x, change, back = roundtrip(folder, tmp_path / "out" / "series", t=2)
+    assert sorted(os.listdir(tmp_path / "out" / "series")) == sorted(os.listdir(folder))
+    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+
+
 def test_refuses_to_write_over_its_input(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(WriteError, match="a.png: refusing to write the protected image over its input"):

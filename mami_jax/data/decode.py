@@ -1,9 +1,9 @@
 """Reading every image format of the public MedReID datasets into one array layout.
 
-A manifest ``path`` is one of: a 2-D image file (8- or 16-bit PNG, JPEG, TIFF, BMP),
-a DICOM file (single- or multi-frame), a NIfTI volume (``.nii``, ``.nii.gz``, or an
-Analyze/NIfTI pair ``.img``/``.hdr`` as OASIS ships it), a folder of slice images,
-or a folder holding one DICOM series. Everything becomes float32 in [0, 1].
+A manifest ``path`` is one of: a 2-D image file (8- or 16-bit PNG, JPEG, TIFF, BMP; WebP,
+JPEG 2000, PGM/PPM), a DICOM file (single- or multi-frame), a NIfTI volume (``.nii``,
+``.nii.gz``, or an Analyze/NIfTI pair ``.img``/``.hdr`` as OASIS ships it), a folder of
+slice images (in any of those 2-D formats), or a folder holding one DICOM series. Everything becomes float32 in [0, 1].
 
 Two entry points:
 
@@ -59,7 +59,11 @@ from mami_jax.data.dicom_series import series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 from mami_jax.data.natural_order import examples, natural_key
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: The 2-D picture files a slice folder's slices are recognised by (its other files, a note
+#: or a Thumbs.db, are ignored): the formats a protected copy can be saved in
+#: (``apps.privacy.copy_formats``). Any other file PIL reads is still read when a row names it.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".jp2", ".j2k",
+                    ".pgm", ".ppm", ".pnm")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz", ".img", ".hdr")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
