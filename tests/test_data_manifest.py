@@ -42,7 +42,10 @@ def test_utf8_byte_order_mark_is_read_like_any_manifest(tmp_path):
 def test_non_utf8_and_short_rows_name_the_file_and_line(tmp_path):
     latin = tmp_path / "latin.csv"
     latin.write_bytes(TEXT.encode() + "d:c,Jos\xe9,s1,0,xray,d,,c.png,train\r\n".encode("latin-1"))
-    with pytest.raises(ManifestError, match=rf"^{latin}: unreadable CSV \(UnicodeDecodeError"):
+    with pytest.raises(ManifestError, match=re.escape(
+            f"{latin}: line 4 is not UTF-8 text (byte 0xE9 at column 8: Latin-1 or "
+            "Windows-1252, as a spreadsheet saves plain 'CSV'?); save it as UTF-8 (a "
+            "spreadsheet's 'CSV UTF-8')")):
         read_manifest(str(latin))
     short = tmp_path / "short.csv"
     short.write_bytes((TEXT + "d:c,p3\r\n").encode())
@@ -71,6 +74,30 @@ def test_invalid_rows_write_nothing(tmp_path):
         write_manifest(bad, str(out))
     assert out.read_text() == "old contents"
     assert not [n for n in os.listdir(tmp_path) if TEMP_MARK in n]
+
+
+def test_what_a_spreadsheet_makes_of_a_manifest_is_read_or_named(tmp_path):
+    """Columns moved, blank lines left at the end: read. Saved with ';' (a locale with
+    decimal commas) or tabs: an error saying how to save it, where it said the header did
+    not match."""
+    p = tmp_path / "m.csv"
+    moved = [COLUMNS[-1]] + list(COLUMNS[:-1])
+    lines = [",".join(moved), "train,d:a,p1,s1,0,xray,d,PA,img/a.png", "",
+             "test,d:b,p2,s1,1,ct,d,,/abs/b.nii.gz", "", ""]
+    p.write_text("\r\n".join(lines))
+    assert read_manifest(str(p)) == [ROWS[0].replace(path=str(tmp_path / "img" / "a.png")),
+                                     ROWS[1]]
+    assert read_manifest(str(p))[1].location == (str(p), 4)
+    for sep, name in ((";", "';'"), ("\t", "tabs")):
+        p.write_text(TEXT.replace(",", sep))
+        with pytest.raises(ManifestError) as e:
+            read_manifest(str(p))
+        assert str(e.value) == (f"{p}: columns separated by {name}, not commas; save it as "
+                                f"comma-separated CSV (header {','.join(COLUMNS)})")
+    p.write_text(TEXT.replace("split\r\n", "split,split\r\n", 1))
+    with pytest.raises(ManifestError, match=re.escape("(missing [], unexpected [], twice "
+                                                      "['split'])")):
+        read_manifest(str(p))
 
 
 def test_one_patients_orders_mixing_numbers_and_text_are_refused(tmp_path):

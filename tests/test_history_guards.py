@@ -212,8 +212,8 @@ def test_index_writes_a_new_folder_only(setup, capsys, no_model, tmp_path):
          f"error: --out {s['labels']}: is a file, not a folder"),
         (["--manifest", s["manifest"], "--out", str(tmp_path / "x"), "--labels",
           os.path.join(xr, "xray", "P1", "v0.png")],
-         f"error: labels table {xr}/xray/P1/v0.png: not a UTF-8 CSV text file ('utf-8' codec "
-         f"can't decode byte 0x89 in position 0: invalid start byte)"),
+         f"error: labels table {xr}/xray/P1/v0.png: not a text file (it holds NUL bytes: an "
+         f"image, an archive?)"),
         (["--manifest", str(empty), "--out", str(tmp_path / "x")],
          f"error: --manifest {empty}: no images to work on"),
     ]

@@ -45,6 +45,21 @@ def test_a_spreadsheets_table_reads_and_a_bad_row_is_named_by_its_editor_line(tm
         read_labels(str(p), "disease_label", ("0", "1"))
 
 
+def test_a_table_saved_with_semicolons_or_in_windows_1252_says_how_to_save_it(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("image_id;disease_label\na;1\n")
+    with pytest.raises(LabelError) as e:
+        read_labels(str(p), "disease_label", ("0", "1"))
+    assert str(e.value) == (f"labels table {p}: columns separated by ';', not commas; save it "
+                            "as comma-separated CSV")
+    p.write_bytes("image_id,disease_label\nJos\xe9,1\n".encode("cp1252"))
+    with pytest.raises(LabelError) as e:
+        read_labels(str(p), "disease_label", ("0", "1"))
+    assert str(e.value) == (f"labels table {p}: line 2 is not UTF-8 text (byte 0xE9 at column "
+                            "4: Latin-1 or Windows-1252, as a spreadsheet saves plain 'CSV'?); "
+                            "save it as UTF-8 (a spreadsheet's 'CSV UTF-8')")
+
+
 def test_unlabelled_manifest_rows_are_named(tmp_path):
     rows = [ManifestRow(i, "p", "s", "0", "xray", "d", "", "x") for i in ("a", "b", "c")]
     assert labels_for(rows[:1], {"a": 1}, "L") == [1]

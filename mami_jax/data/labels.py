@@ -17,6 +17,7 @@ import io
 import os
 from typing import Mapping, Sequence
 
+from mami_jax.data.csv_text import not_utf8, separated_otherwise
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 LABELS_CSV = "labels.csv"
@@ -64,8 +65,10 @@ def read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, int
     table, a file that is not UTF-8 CSV text included, is a LabelError naming it."""
     try:
         return _read_labels(path, column, classes)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise LabelError(f"labels table {path}: not a UTF-8 CSV text file ({e})") from e
+    except UnicodeDecodeError as e:
+        raise LabelError(f"labels table {path}: {not_utf8(path)}") from e
+    except csv.Error as e:
+        raise LabelError(f"labels table {path}: not a CSV text file ({e})") from e
 
 
 def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, int]:
@@ -78,6 +81,10 @@ def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, in
     with f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
+        sep = separated_otherwise(fields)
+        if sep:
+            raise LabelError(f"labels table {path}: columns separated by {sep}, not commas; "
+                             "save it as comma-separated CSV")
         for needed in ("image_id", column):
             if needed not in fields:
                 raise LabelError(f"labels table {path}: no column {needed!r} (columns: "

@@ -8,8 +8,9 @@ what lets a single model train on eleven datasets at once.
 The file is a UTF-8 CSV with exactly the columns in ``COLUMNS``. It is written
 atomically (temporary file + rename, ``runtime.atomic_files``) so a crash never
 leaves half a manifest, with the permissions the user's umask asks for. Reading
-accepts a UTF-8 byte-order mark (spreadsheet programs save CSVs with one),
-validates every row and fails naming the file and line number.
+accepts what a spreadsheet makes of it (a UTF-8 byte-order mark, the columns in another
+order, blank lines), validates every row and fails naming the file and line number; a file
+separated by ';' or tabs, or not in UTF-8, is an error saying how to save it.
 
 Where a row is named (a bad value here, an unreadable image in the input pipeline), it is
 named one way everywhere: ``FILE: line N (image_id=...)``, N the line of the file with the
@@ -26,6 +27,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from mami_jax.data.csv_text import not_utf8, separated_otherwise
 from mami_jax.runtime.atomic_files import write_atomic
 
 #: Modalities the system knows. An unknown modality is an error before training.
@@ -246,8 +248,9 @@ def csv_header(path: str) -> list[str] | None:
 
 
 def is_manifest(path: str) -> bool:
-    """Whether ``path`` is a manifest: a file whose header is ``COLUMNS``."""
-    return csv_header(path) == list(COLUMNS)
+    """Whether ``path`` is a manifest: a file whose header is ``COLUMNS`` in any order."""
+    header = csv_header(path)
+    return header is not None and sorted(header) == sorted(COLUMNS)
 
 
 def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
@@ -261,7 +264,9 @@ def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             rows = _read_rows(path, csv.reader(f), base_dir)
-    except (UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: {not_utf8(path)}") from e
+    except csv.Error as e:
         raise ManifestError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
     except FileNotFoundError:   # the OS's words name neither the file's role nor the file
         raise FileNotFoundError(f"manifest {path}: no such file") from None
@@ -271,24 +276,40 @@ def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
     return rows
 
 
+def _column_order(path: str, header: list[str]) -> list[str]:
+    """The header's columns, which must be ``COLUMNS`` in any order; else a ManifestError
+    that says what differs (a file separated by ';' or tabs, as a spreadsheet in a locale
+    with decimal commas saves "CSV", is named as such)."""
+    sep = separated_otherwise(header)
+    if sep:
+        raise ManifestError(f"{path}: columns separated by {sep}, not commas; save it as "
+                            f"comma-separated CSV (header {','.join(COLUMNS)})")
+    doubled = sorted({c for c in header if header.count(c) > 1})
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [c for c in header if c not in COLUMNS]
+    if doubled or missing or extra:
+        raise ManifestError(
+            f"{path}: header {header} does not match {list(COLUMNS)} "
+            f"(missing {missing}, unexpected {extra}{f', twice {doubled}' if doubled else ''})")
+    return header
+
+
 def _read_rows(path: str, reader, base_dir: str) -> list[ManifestRow]:
-    """The rows of an open manifest CSV; relative paths resolved against ``base_dir``."""
+    """The rows of an open manifest CSV, its columns in any order and its blank lines
+    skipped; relative paths resolved against ``base_dir``."""
     try:
         header = next(reader)
     except StopIteration:
         raise ManifestError(f"{path}: empty file, expected header {','.join(COLUMNS)}") from None
-    if tuple(header) != COLUMNS:
-        missing = [c for c in COLUMNS if c not in header]
-        extra = [c for c in header if c not in COLUMNS]
-        raise ManifestError(
-            f"{path}: header {header} does not match {list(COLUMNS)} "
-            f"(missing {missing}, unexpected {extra})")
+    names = _column_order(path, header)
     rows = []
     for values in reader:
+        if not values:   # a blank line (spreadsheets leave them at the end) holds no row
+            continue
         if len(values) != len(COLUMNS):
             raise ManifestError(f"{path}: line {reader.line_num} has {len(values)} fields, "
                                 f"expected {len(COLUMNS)}")
-        fields = dict(zip(COLUMNS, values))
+        fields = dict(zip(names, values))
         if fields["path"] and not os.path.isabs(fields["path"]):
             fields["path"] = os.path.normpath(os.path.join(base_dir, fields["path"]))
         rows.append(ManifestRow(**fields).located(path, reader.line_num))
