@@ -192,6 +192,25 @@ def test_a_series_with_an_odd_slice_names_it(tmp_path):
         open_volume(str(series)).read()
 
 
+def test_a_study_folder_names_a_series_folder_inside_it(tmp_path):
+    """A row naming a study exported as STUDY/SERIES/files (or a DICOMDIR's folder) said
+    only that the folder held no slices."""
+    study = tmp_path / "study"
+    for series in ("s2", "s10"):
+        (study / series).mkdir(parents=True)
+        write_dicom(str(study / series / "IM1"), np.zeros((4, 4), np.uint16), InstanceNumber=1)
+    with pytest.raises(DecodeError) as e:
+        open_volume(str(study))
+    assert str(e.value) == (f"{study}: folder holds no slice images or DICOM files; it holds 2 "
+                            "folder(s) (s2, s10): a manifest row names the folder of one "
+                            f"series, such as {study / 's2'}")
+    (study / "DICOMDIR").write_bytes(b"")
+    with pytest.raises(DecodeError, match=re.escape(
+            "(s2, s10) and a DICOMDIR (the index of the series in them): a manifest row names")):
+        open_volume(str(study)).read()
+    assert open_volume(str(study / "s10")).num_slices == 1
+
+
 def canonical_reference(vol):
     """Expected decode of a volume stored in RAS+ with identity affine."""
     mm = (vol - vol.min()) / (vol.max() - vol.min())

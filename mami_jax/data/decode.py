@@ -55,7 +55,7 @@ import numpy as np
 
 from mami_jax.data import dicom_pixels, nifti_slices
 from mami_jax.data.decode_errors import DecodeError
-from mami_jax.data.dicom_series import series_files
+from mami_jax.data.dicom_series import nested_series_hint, series_files
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 from mami_jax.data.natural_order import examples, natural_key
 
@@ -407,7 +407,8 @@ def open_volume(path: str, min_short_side: int | None = None) -> Volume:
             return SliceFolder(path, images, min_short_side)
         if names:
             return DicomSeries(path)
-        raise DecodeError(f"{path}: folder holds no slice images or DICOM files")
+        raise DecodeError(f"{path}: folder holds no slice images or DICOM files"
+                          f"{nested_series_hint(path)}")
     if not os.path.exists(path):
         raise DecodeError(f"{path}: no such file or folder")
     ext = _lower_ext(path)

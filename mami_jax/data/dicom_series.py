@@ -27,6 +27,29 @@ from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
 
 
+def nested_series_hint(folder: str, looked_at: int = 1000) -> str:
+    """For a folder without slices of its own: the sub-folders it holds and the first one
+    that holds files, so that the message shows which folder a row should name (a study
+    exported as STUDY/SERIES/files, or a DICOMDIR's PT000000/ST000000/SE000000); "" when
+    it holds no folders."""
+    subfolders = sorted((n for n in os.listdir(folder)
+                         if not n.startswith(".") and os.path.isdir(os.path.join(folder, n))),
+                        key=natural_key)
+    if not subfolders:
+        return ""
+    index = " and a DICOMDIR (the index of the series in them)" if os.path.isfile(
+        os.path.join(folder, "DICOMDIR")) else ""
+    hint = (f"; it holds {len(subfolders)} folder(s) ({examples(subfolders)}){index}: a "
+            "manifest row names the folder of one series")
+    for n, (where, dirs, files) in enumerate(os.walk(folder)):
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")), key=natural_key)
+        if where != folder and any(not f.startswith(".") for f in files):
+            return f"{hint}, such as {where}"
+        if n >= looked_at:
+            break
+    return hint
+
+
 @functools.lru_cache(maxsize=256)
 def series_files(folder: str, mtime: float) -> tuple[str, ...]:
     """Paths of the files of the DICOM series folder ``folder`` in anatomical order (cached
@@ -64,7 +87,8 @@ def series_files(folder: str, mtime: float) -> tuple[str, ...]:
         keyed.append((key, p))
     if not keyed:
         held = f" ({len(others)} other file(s): {examples(others)})" if others else ""
-        raise DecodeError(f"{folder}: folder holds no slice images or DICOM files{held}")
+        raise DecodeError(f"{folder}: folder holds no slice images or DICOM files{held}"
+                          f"{nested_series_hint(folder)}")
     if len(series) > 1:
         found = "; ".join(
             f"{uid or 'no SeriesInstanceUID'}: {len(files)} file(s), e.g. "
