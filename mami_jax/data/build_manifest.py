@@ -1,8 +1,11 @@
-"""Builds the common manifest of one public dataset from its own metadata and layout.
+"""Builds the common manifest of one public dataset from its own metadata and layout, or of
+your own images laid out one folder per patient and visit (``--dataset folders``).
 
     python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih \\
         --out /data/nih/manifest.csv [--no-verify-files] [--seed 0] \\
         [--fractions train=0.7,val=0.1,test=0.2] [--overwrite] [--uncertain ones|zeros|keep]
+    python -m mami_jax.data.build_manifest --dataset folders --modality xray \\
+        --root /data/mine --out /data/mine/manifest.csv [--name mine]   # your own images
 
 Prints: images, patients, patients with at least two images, studies, rows and
 patients per split, files missing, and every kind of row the builder could not use
@@ -50,7 +53,8 @@ from typing import Sequence
 from mami_jax.data.config import default_data_config
 from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
-from mami_jax.data.manifest import ManifestRow, csv_header, is_manifest, write_manifest
+from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
+                                    write_manifest)
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
@@ -119,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "any other file is never replaced")
     parser.add_argument("--uncertain", choices=("ones", "zeros", "keep"), default="ones",
                         help="chexpert: uncertain (-1) observations in labels.csv become 1, 0 or stay -1")
+    parser.add_argument("--modality", choices=MODALITIES, default=None,
+                        help="folders (your own images): the modality of every image under --root")
+    parser.add_argument("--name", default=None,
+                        help="folders: the dataset column of the rows (default 'folders'); "
+                             "patients are told apart per dataset")
     args = parser.parse_args(argv)
     try:
         result, rows = build(args)
@@ -148,6 +157,11 @@ def build(args: argparse.Namespace):
     check_replaceable(args.out, is_manifest(args.out), "a manifest", args.overwrite,
                       "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
+    if args.dataset == "folders":
+        options = {"modality": args.modality, "name": args.name or "folders"}
+    elif args.modality or args.name:
+        raise ValueError(f"--modality and --name are for --dataset folders; {args.dataset}'s "
+                         "builder knows its own")
     result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files, **options)
     labels_path = default_labels_path(args.out)
     if result.label_columns:

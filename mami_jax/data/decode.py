@@ -75,7 +75,7 @@ def _lower_ext(path: str) -> str:
     return os.path.splitext(low)[1]
 
 
-def _is_dicom_file(path: str) -> bool:
+def is_dicom_file(path: str) -> bool:
     if _lower_ext(path) in DICOM_EXTENSIONS:
         return True
     try:
@@ -90,7 +90,7 @@ def is_volume_file(path: str) -> bool:
     """Whether the file ``path`` is read as a NIfTI/Analyze volume or a DICOM file, not as
     a picture (``open_volume``'s choice for a file)."""
     return _lower_ext(path) in NIFTI_EXTENSIONS or (
-        _lower_ext(path) not in IMAGE_EXTENSIONS and _is_dicom_file(path))
+        _lower_ext(path) not in IMAGE_EXTENSIONS and is_dicom_file(path))
 
 
 # --------------------------------------------------------------------------- 2-D files
@@ -398,7 +398,7 @@ def open_volume(path: str, min_short_side: int | None = None) -> Volume:
         images = [n for n in names if _lower_ext(n) in IMAGE_EXTENSIONS]
         if images:
             dicom = [n for n in names
-                     if n not in images and _is_dicom_file(os.path.join(path, n))]
+                     if n not in images and is_dicom_file(os.path.join(path, n))]
             if dicom:
                 raise DecodeError(
                     f"{path}: holds both slice images ({examples(images)}) and DICOM files "
@@ -416,7 +416,7 @@ def open_volume(path: str, min_short_side: int | None = None) -> Volume:
         return NiftiVolume(path)
     if ext in IMAGE_EXTENSIONS:
         return ImageFile(path, min_short_side)
-    if _is_dicom_file(path):
+    if is_dicom_file(path):
         return DicomFile(path)
     return ImageFile(path, min_short_side)  # let PIL try other formats; fails naming the file
 
