@@ -49,7 +49,7 @@ def rel(root, t):
 
 def test_registry_names_and_modalities():
     assert sorted(BUILDERS) == sorted(["nih_chestxray14", "chexpert", "mimic_cxr", "padchest", "eyepacs",
-                                       "odir", "oasis", "ccii_ct", "deeplesion", "tcga"])
+                                       "odir", "oasis", "ccii_ct", "deeplesion", "tcga", "folders"])
     assert MODALITY_OF["oasis"] == "mri" and MODALITY_OF["tcga"] == "pathology"
     assert MODALITY_OF["ccii_ct"] == "ct" and MODALITY_OF["odir"] == "fundus"
 

@@ -128,3 +128,16 @@ def test_visit_folders_named_by_dates_written_year_last_are_refused(tmp_path):
         build(str(tmp_path), modality="xray")
     with pytest.raises(DatasetLayoutError, match="no patient folders"):
         build(str(tmp_path / "P" / "3-1-2019"), modality="xray")
+
+
+def test_a_root_without_visit_folders_writes_no_empty_manifest(tmp_path, capsys):
+    """An empty manifest was written with status 0; the training failed later on it."""
+    for patient in ("P1", "P2"):
+        _png(str(tmp_path / "flat" / patient / "a.png"))
+    out = tmp_path / "m.csv"
+    assert main(["--dataset", "folders", "--modality", "xray", "--root",
+                 str(tmp_path / "flat"), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --root {tmp_path / 'flat'}: no images for --dataset folders (2 x file outside "
+        "a visit folder (layout ROOT/PATIENT/VISIT/IMAGE)); no manifest written")
+    assert not out.exists()

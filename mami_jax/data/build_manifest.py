@@ -163,6 +163,11 @@ def build(args: argparse.Namespace):
         raise ValueError(f"--modality and --name are for --dataset folders; {args.dataset}'s "
                          "builder knows its own")
     result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files, **options)
+    if not result.rows:    # an empty manifest would fail later, far from its cause
+        reasons = sorted(result.skipped_by_reason().items(), key=lambda kv: -kv[1])
+        said = "; ".join(f"{n} x {reason}" for reason, n in reasons[:3]) or "nothing found"
+        raise ValueError(f"--root {args.root}: no images for --dataset {args.dataset} ({said}); "
+                         "no manifest written")
     labels_path = default_labels_path(args.out)
     if result.label_columns:
         if os.path.realpath(labels_path) == os.path.realpath(args.out):

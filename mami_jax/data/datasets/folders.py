@@ -117,14 +117,14 @@ def _add_volumes(c: Collector, patient: str, visit: str, order: int) -> None:
 
 def build(root: str, verify_files: bool = True, modality: str | None = None,
           name: str = NAME) -> BuildResult:
+    if not os.path.isdir(root):
+        raise DatasetLayoutError(f"{root}: not a folder (layout {LAYOUT})")
     if modality not in MODALITIES:
         raise DatasetLayoutError(f"--dataset {NAME} needs --modality, one of "
                                  f"{', '.join(MODALITIES)} (got {modality!r})")
     if not name or any(ch in name for ch in ":/\\,") or name != name.strip():
         raise DatasetLayoutError(f"--name {name!r}: a dataset name is a word without ':', "
                                  "'/', ',' or surrounding spaces")
-    if not os.path.isdir(root):
-        raise DatasetLayoutError(f"{root}: no such folder")
     c = Collector(name, modality, root, verify_files)
     patients, loose = _children(c.root)
     for f in loose:
