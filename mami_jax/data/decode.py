@@ -3,7 +3,8 @@
 A manifest ``path`` is one of: a 2-D image file (8- or 16-bit PNG, JPEG, TIFF, BMP; WebP,
 JPEG 2000, PGM/PPM), a DICOM file (single- or multi-frame), a NIfTI volume (``.nii``,
 ``.nii.gz``, or an Analyze/NIfTI pair ``.img``/``.hdr`` as OASIS ships it), a folder of
-slice images (in any of those 2-D formats), or a folder holding one DICOM series. Everything becomes float32 in [0, 1].
+slice images (in any of those 2-D formats), or a folder holding one DICOM series.
+Everything becomes float32 in [0, 1].
 
 Two entry points:
 

@@ -200,8 +200,8 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                 "first: 2019-03-01 or 20190301")
         first = _order_kind_clash(patient_order, row, i)
         if first is not None:
-            raise ManifestError(
-                f"{where}: {order_clash(row, rows[first], _other(rows, first, source, first_line, path))}")
+            there = _other(rows, first, source, first_line, path)
+            raise ManifestError(f"{where}: {order_clash(row, rows[first], there)}")
         if row.image_id in seen_ids:
             raise ManifestError(
                 f"{where}: duplicate image_id, first seen at "
