@@ -316,6 +316,17 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
         (["train", "--out", os.path.join(s["config"], "sub")],
          f"error: --out {s['config']}/sub: {s['config']} is a file, not a folder"),
     ]
+    one_class = tmp_path / "one_class.csv"
+    with open(s["labels"]) as f:
+        header = f.readline().strip().split(",")
+        column = header.index("disease_label")
+        lines = [line.strip().split(",") for line in f]
+    one_class.write_text(",".join(header) + "\n" + "".join(
+        ",".join(v[:column] + ["1"] + v[column + 1:]) + "\n" for v in lines))
+    cases.append((["train", "--out", str(tmp_path / "new"), "--labels", str(one_class)],
+                  f"error: labels table {one_class}: every image of train_split 'train' in "
+                  f"{s['manifest']} has disease_label='1'; a classifier cannot learn from one "
+                  f"class (classes: 0, 1)"))
     for argv, message in cases:
         assert main(argv[:1] + base + argv[1:]) == 2
         assert _error(capsys) == message

@@ -332,7 +332,7 @@ def _experiment(args, training: bool):
     classifiers with their record), every cheap check made before the model loads."""
     from mami_jax.apps.history.experiment import (CACHE_FILES, REPORT_FILES, TRAIN_FILES,
                                                   Experiment, FEATURES_CACHE, check_splits,
-                                                  read_row_labels)
+                                                  check_training_classes, read_row_labels)
     from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS,
                                                            check_classifier_settings,
                                                            load_trained)
@@ -350,6 +350,8 @@ def _experiment(args, training: bool):
     rows = _rows(args, load_experiment(spec))
     split = check_splits(rows, cfg, args.split, args.manifest, training)
     y = read_row_labels(rows, labels, cfg)
+    if training:
+        check_training_classes(rows, y, cfg, labels, args.manifest)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
     if trained is not None:
         recorded = ((trained[1] or {}).get("model") or {})

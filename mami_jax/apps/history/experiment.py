@@ -87,6 +87,19 @@ def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) ->
     return named[0][0]
 
 
+def check_training_classes(rows, y, cfg, labels_path: str, manifest: str) -> None:
+    """Refuses a training split whose images all carry one label: the classifiers would
+    learn a constant and the report's AUCs would all be undefined ("-"), after minutes of
+    features and training, without saying why."""
+    train = str(cfg.train_split)
+    present = sorted({int(c) for r, c in zip(rows, y) if r.split == train})
+    if len(present) == 1:
+        raise ValueError(
+            f"labels table {labels_path}: every image of train_split {train!r} in {manifest} "
+            f"has {cfg.label_column}={str(cfg.classes[present[0]])!r}; a classifier cannot "
+            f"learn from one class (classes: {', '.join(str(c) for c in cfg.classes)})")
+
+
 def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
             last: str = METRICS) -> None:
     """Writes each file of ``writers`` (name -> ``write(path)``) into a staging folder in
