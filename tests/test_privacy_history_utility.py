@@ -273,6 +273,21 @@ def test_privacy_eval_checks_its_inputs_before_any_model(tiny, capsys):
     assert evaluate(without_history + ["--out", str(tiny["base"] / "data")]) == 1
     assert capsys.readouterr().err.strip().startswith(
         f"error: --out {tiny['base'] / 'data'}: holds files this command did not write")
+    # a diagnosis probe fitted on training images of one label (its AUCs read 0.5 = "kept")
+    train_ids = {r.image_id for r in read_manifest(tiny["common"][1]) if r.split == "train"}
+    one_label = str(tiny["base"] / "one_label.csv")
+    column = lines[0].split(",").index("disease_label")
+    with open(one_label, "w") as f:
+        f.write("\n".join([lines[0]] + [
+            ",".join(v[:column] + ["0"] + v[column + 1:]) if v[0] in train_ids else ",".join(v)
+            for v in (line.split(",") for line in lines[1:])]) + "\n")
+    args = list(without_history) + ["--probe-model", tiny["workdir"]]
+    args[args.index("--labels") + 1] = one_label
+    assert evaluate(args + ["--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --labels {one_label}: the xray diagnosis probe is fitted on --original's xray "
+        "images of split 'train', which all have label 0; it would learn nothing")
+    assert not os.path.exists(out)
     with pytest.raises(SystemExit) as e:
         evaluate(without_history + ["--model", f"tiny={tiny['other']}", "--out", str(out)])
     assert e.value.code == 2 and "--model: the name 'tiny' is given twice" in (

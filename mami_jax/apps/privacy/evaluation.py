@@ -127,6 +127,15 @@ def probe_labels(args, rows, train) -> dict | None:
     if missing:
         raise ValueError(f"--labels {args.labels}: no label for {len(missing)} images of "
                          f"--original, e.g. {missing[:3]}")
+    for modality in sorted({r.modality for r in rows} if args.probe_model else ()):
+        # one probe a modality, fitted on its training images: one class teaches it nothing,
+        # and its AUCs on original and protected images (0.5 each) would read as "kept"
+        have = sorted({labels[r.image_id] for r in train if r.modality == modality})
+        if len(have) < 2:
+            held = f"all have label {have[0]}" if have else "are none"
+            raise ValueError(f"--labels {args.labels}: the {modality} diagnosis probe is fitted "
+                             f"on --original's {modality} images of split 'train', which "
+                             f"{held}; it would learn nothing")
     return labels
 
 
