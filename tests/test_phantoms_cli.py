@@ -43,3 +43,14 @@ def test_progress_false_is_silent(tmp_path, capsys):
     generator.generate(str(tmp_path / "ph"), patients=2, visits=1, image_size=32, slices=1,
                        workers=1, progress=False)
     assert capsys.readouterr() == ("", "")
+
+
+def test_an_image_size_past_the_limit_is_one_error_line(tmp_path, capsys):
+    """--image-size 100000 was a traceback of numpy allocating 455 TiB for the CT phantom."""
+    assert phantoms_cli(["--out", str(tmp_path / "ph"), "--patients", "1",
+                         "--image-size", "100000"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: phantoms: image_size must be at most 1024, got 100000 (the CT phantom's memory "
+        "grows with the cube of the size: about 0.7 GB a worker at 512, eight times that at "
+        "1024)")
+    assert not (tmp_path / "ph").exists()

@@ -79,6 +79,10 @@ SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.1), ("test", 0.3))
 MODALITY_COUNT_P = (0.1, 0.3, 0.6)   # P(1, 2 or 3 modalities per patient)
 LABEL_COLUMNS = ("image_id", "patient_id", "modality", "order", "disease_stage", "disease_label")
 DEFAULTS = dict(patients=100, visits=4, seed=0, image_size=128, slices=16, pathology_field=1.0)
+#: The largest ``image_size``: the CT phantom renders fields of (size / 4) x (size / 2)^2
+#: voxels, so memory grows with the cube of the size (a traceback of an allocation of
+#: hundreds of TiB at 100000).
+MAX_IMAGE_SIZE = 1024
 
 # spawn keys of the generators (see common.rng_for); modality keys are 1 + index in MODALITIES
 _KEY_ASSIGN = 1_000_001
@@ -180,6 +184,10 @@ def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0,
                              ("image_size", image_size, 16), ("slices", slices, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"phantoms: {name} must be an integer >= {low}, got {value!r}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"phantoms: image_size must be at most {MAX_IMAGE_SIZE}, got "
+                         f"{image_size} (the CT phantom's memory grows with the cube of the "
+                         "size: about 0.7 GB a worker at 512, eight times that at 1024)")
     if not isinstance(pathology_field, (int, float)) or not 0.25 <= pathology_field <= 4:
         raise ValueError(f"phantoms: pathology_field must be a number in [0.25, 4], got {pathology_field!r}")
     for name, p in (("stage1_visible", stage1_visible), ("signs_visible", signs_visible)):
