@@ -54,3 +54,6 @@ def test_an_image_size_past_the_limit_is_one_error_line(tmp_path, capsys):
         "grows with the cube of the size: about 0.7 GB a worker at 512, eight times that at "
         "1024)")
     assert not (tmp_path / "ph").exists()
+    assert phantoms_cli(["--out", str(tmp_path / "ph"), "--slices", "100000"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: phantoms: slices must be at most 1024 (a long CT series), got 100000")

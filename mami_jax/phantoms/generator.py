@@ -83,6 +83,7 @@ DEFAULTS = dict(patients=100, visits=4, seed=0, image_size=128, slices=16, patho
 #: voxels, so memory grows with the cube of the size (a traceback of an allocation of
 #: hundreds of TiB at 100000).
 MAX_IMAGE_SIZE = 1024
+MAX_SLICES = 1024
 
 # spawn keys of the generators (see common.rng_for); modality keys are 1 + index in MODALITIES
 _KEY_ASSIGN = 1_000_001
@@ -184,6 +185,9 @@ def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0,
                              ("image_size", image_size, 16), ("slices", slices, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"phantoms: {name} must be an integer >= {low}, got {value!r}")
+    if slices > MAX_SLICES:
+        raise ValueError(f"phantoms: slices must be at most {MAX_SLICES} (a long CT series), "
+                         f"got {slices}")
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(f"phantoms: image_size must be at most {MAX_IMAGE_SIZE}, got "
                          f"{image_size} (the CT phantom's memory grows with the cube of the "
