@@ -91,6 +91,25 @@ def test_unknown_term_and_bad_weight_are_config_errors():
         loss_terms.configured_terms(_config({"id": float("nan")}).loss)
 
 
+def test_a_batch_under_which_a_weighted_term_is_always_zero_is_refused():
+    """With one image a patient (K=1) the triplet has no positive: it was 0 at every step
+    and the run trained on the identity loss alone without a word."""
+    from mami_jax.train.losses import batch_hard_soft_margin_triplet
+    emb = jax.random.normal(jax.random.key(0), (8, 4))
+    assert float(batch_hard_soft_margin_triplet(emb, jnp.arange(8))) == 0.0      # K = 1
+    assert float(batch_hard_soft_margin_triplet(emb, jnp.zeros(8, int))) == 0.0  # P = 1
+    both = _config({"id": 1.0, "triplet": 1.0}).loss
+    loss_terms.check_batch_shape(both, 2, 2)
+    for p, k in ((8, 1), (1, 4)):
+        with pytest.raises(ValueError) as e:
+            loss_terms.check_batch_shape(both, p, k)
+        assert str(e.value) == (
+            f"data.patients_per_batch={p}, data.images_per_patient={k}: loss term 'triplet' "
+            "needs at least 2 patients of 2 images in a batch and would be 0 at every step; "
+            "raise them, or drop the term (--config.loss.terms.triplet=0)")
+    loss_terms.check_batch_shape(_config({"id": 1.0, "triplet": 0.0}).loss, 8, 1)
+
+
 def test_terms_are_the_configured_ones_with_their_weights():
     cfg = _config({"triplet": 0.5})
     model = TrainModel(cfg, 4)

@@ -127,3 +127,16 @@ def test_a_missing_image_is_named_by_the_manifest_file_and_line(run, tmp_path):
     assert only_error_line(proc).startswith(
         f"error: {copy}: line {number} (image_id={image_id!r}, patient 'toy/{lines[number - 1].split(',')[1]}', "
         f"path {gone!r}): {gone}: no such file")
+
+
+def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_workdir(tmp_path):
+    """K=1 made the triplet 0 at every step: the run trained on the identity loss alone."""
+    run = tmp_path / "run"
+    proc = main("--config=configs/all.py:runlocal", f"--workdir={run}",
+                "--config.data.images_per_patient=1")
+    assert proc.returncode == 1
+    assert only_error_line(proc) == (
+        "error: data.patients_per_batch=8, data.images_per_patient=1: loss term 'triplet' "
+        "needs at least 2 patients of 2 images in a batch and would be 0 at every step; raise "
+        "them, or drop the term (--config.loss.terms.triplet=0)")
+    assert not run.exists()

@@ -32,16 +32,18 @@ TermFn = Callable[[dict, dict, object], jax.Array]
 class LossTerm:
     fn: TermFn
     heads: tuple[str, ...] = ()   # parameter groups (heads.py) whose outputs the term reads
+    #: the least (patients, images of each) a batch needs for the term to be other than 0
+    min_batch: tuple[int, int] = (1, 1)
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, heads: tuple[str, ...] = ()):
+def register(name: str, heads: tuple[str, ...] = (), min_batch: tuple[int, int] = (1, 1)):
     def wrap(fn: TermFn) -> TermFn:
         if name in LOSS_TERMS:
             raise ValueError(f"loss term {name!r} registered twice")
-        LOSS_TERMS[name] = LossTerm(fn, tuple(heads))
+        LOSS_TERMS[name] = LossTerm(fn, tuple(heads), tuple(min_batch))
         return fn
     return wrap
 
@@ -53,9 +55,10 @@ def identity(outputs: dict, batch: dict, cfg) -> jax.Array:
                                          label_smoothing=cfg.label_smoothing, mask=batch["mask"])
 
 
-@register("triplet")
+@register("triplet", min_batch=(2, 2))
 def triplet(outputs: dict, batch: dict, cfg) -> jax.Array:
-    """Batch-hard soft-margin triplet on MaMI's embedding (``loss.triplet_normalize``)."""
+    """Batch-hard soft-margin triplet on MaMI's embedding (``loss.triplet_normalize``): an
+    anchor needs another image of its patient and an image of another patient."""
     return losses.batch_hard_soft_margin_triplet(outputs["mami"].embedding, batch["label"],
                                                  mask=batch["mask"],
                                                  normalize=cfg.triplet_normalize)
@@ -112,6 +115,19 @@ def configured_terms(loss_cfg) -> dict[str, float]:
             raise ValueError(f"loss.terms.{name}={weight!r}: a weight must be a finite number")
         out[name] = float(weight)
     return out
+
+
+def check_batch_shape(loss_cfg, patients_per_batch: int, images_per_patient: int) -> None:
+    """Refuses a P x K batch under which a weighted term is 0 at every step (the triplet
+    with one image a patient has no positive): the run would train without it silently."""
+    for name, weight in configured_terms(loss_cfg).items():
+        p, k = LOSS_TERMS[name].min_batch
+        if weight and (patients_per_batch < p or images_per_patient < k):
+            raise ValueError(
+                f"data.patients_per_batch={patients_per_batch}, data.images_per_patient="
+                f"{images_per_patient}: loss term {name!r} needs at least {p} patients of "
+                f"{k} images in a batch and would be 0 at every step; raise them, or drop "
+                f"the term (--config.loss.terms.{name}=0)")
 
 
 def heads_needed(loss_cfg) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
-from mami_jax.train import checkpointing, run_config
+from mami_jax.train import checkpointing, loss_terms, run_config
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
@@ -107,6 +107,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     maybe_initialize_distributed()
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
+    loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
+                                 int(config.data.images_per_patient))
     resume_step = checkpointing.latest_step(workdir)
     if resume_step is not None:  # before anything is written
         checkpointing.check_model_config(workdir, config.model, "resume training")
