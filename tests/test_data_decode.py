@@ -500,6 +500,27 @@ def test_bad_crop_mode_names_the_key():
         transforms.AugmentConfig(image_size=64, resize_size=32)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("crop_ratio", (2.0,), "data.crop_ratio=(2.0,): expected (low, high) with 0 < low <= high"),
+    ("crop_scale", (0.9, 0.1),
+     "data.crop_scale=(0.9, 0.1): expected (low, high) with 0 < low <= high <= 1"),
+    ("erase_area", (0.0, 0.2),
+     "data.erase_area=(0.0, 0.2): expected (low, high) with 0 < low <= high <= 1"),
+    ("erase_ratio", (1.0, float("nan")),
+     "data.erase_ratio=(1.0, nan): expected (low, high) with 0 < low <= high"),
+    ("erase_prob", 7.0, "data.erase_prob=7.0: expected a number in [0, 1]"),
+    ("brightness", -1.0, "data.brightness=-1.0: expected a number >= 0"),
+    ("contrast", 2.0, "data.contrast=2.0: expected a number in [0, 1] (the contrast factor is "
+                      "drawn from 1 +- it)"),
+])
+def test_an_augmentation_range_out_of_bounds_names_the_key(key, value, message):
+    """absl read --config.data.crop_ratio=2 as (2,), which failed only inside a training
+    worker; a reversed or negative range drew nonsense without a word."""
+    with pytest.raises(ValueError) as e:
+        transforms.AugmentConfig(**{key: value})
+    assert str(e.value) == message
+
+
 def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     yy, xx = np.mgrid[0:800, 0:1000]
     img = ((np.sin(yy / 40) + np.cos(xx / 60)) * 60 + 128).astype(np.uint8)

@@ -140,3 +140,13 @@ def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_work
         "needs at least 2 patients of 2 images in a batch and would be 0 at every step; raise "
         "them, or drop the term (--config.loss.terms.triplet=0)")
     assert not run.exists()
+
+
+def test_a_bad_augmentation_setting_is_one_error_line_before_the_workdir(tmp_path):
+    run = tmp_path / "run"
+    proc = main("--config=configs/all.py:runlocal", f"--workdir={run}",
+                "--config.data.crop_ratio=2")
+    assert proc.returncode == 1
+    assert only_error_line(proc) == ("error: data.crop_ratio=(2.0,): expected (low, high) "
+                                     "with 0 < low <= high")
+    assert not run.exists()

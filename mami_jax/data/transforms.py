@@ -80,6 +80,29 @@ class AugmentConfig:
             raise ValueError(f"data.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.crop_mode == "shift" and self.image_size > self.resize_size:
             raise ValueError(f"image_size {self.image_size} > resize_size {self.resize_size}")
+        # absl's --config.data.crop_ratio=2 gives (2,): it and a reversed or negative range
+        # failed only inside a training worker, or drew from nonsense without a word
+        for name, top in (("crop_scale", 1.0), ("crop_ratio", None), ("erase_area", 1.0),
+                          ("erase_ratio", None)):
+            _check_range(name, getattr(self, name), top)
+        for name, top in (("erase_prob", 1.0), ("brightness", None), ("contrast", 1.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+                    and (top is None or value <= top)):
+                within = f"in [0, {top:g}]" if top is not None else ">= 0"
+                why = " (the contrast factor is drawn from 1 +- it)" if name == "contrast" else ""
+                raise ValueError(f"data.{name}={value!r}: expected a number {within}{why}")
+
+
+def _check_range(name: str, value, top: float | None) -> None:
+    """``data.NAME``: a (low, high) pair of numbers with 0 < low <= high (<= ``top``)."""
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+          and 0 < value[0] <= value[1] and (top is None or value[1] <= top))
+    if not ok:
+        bound = f" <= {top:g}" if top is not None else ""
+        raise ValueError(f"data.{name}={value!r}: expected (low, high) with 0 < low <= "
+                         f"high{bound}")
 
 
 def slice_indices(num_slices: int, t: int, rng: np.random.Generator | None = None) -> np.ndarray:

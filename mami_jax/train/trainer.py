@@ -35,6 +35,7 @@ from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
 from mami_jax.train import checkpointing, loss_terms, run_config
 from mami_jax.data import teacher_join
+from mami_jax.data.config import modality_settings
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import embed_split_by, evaluate
@@ -109,6 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     kill_after = _kill_after_step()
     loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
                                  int(config.data.images_per_patient))
+    modality_settings(config.data)      # a bad data setting stops before anything is written
     resume_step = checkpointing.latest_step(workdir)
     if resume_step is not None:  # before anything is written
         checkpointing.check_model_config(workdir, config.model, "resume training")
