@@ -123,6 +123,9 @@ def _hand_off():
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
         from mami_jax import run_checkpoint
+        if _MODE.value == "eval":
+            from mami_jax.train.settings_check import check_eval
+            check_eval(_CONFIG.value.eval)
         run_checkpoint.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _MODEL.value)
 
 

@@ -33,9 +33,8 @@ from tqdm import tqdm
 
 from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
-from mami_jax.train import checkpointing, loss_terms, run_config
+from mami_jax.train import checkpointing, run_config
 from mami_jax.data import teacher_join
-from mami_jax.data.config import modality_settings
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import embed_split_by, evaluate
@@ -44,6 +43,7 @@ from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
 from mami_jax.train.optim import learning_rate_schedule, make_optimizer
 from mami_jax.train.pretrained import load_pretrained
+from mami_jax.train.settings_check import check_training_settings
 from mami_jax.train.objective import TrainModel, example_batch
 from mami_jax.train.step import TrainState, make_train_step
 
@@ -108,9 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     maybe_initialize_distributed()
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
-    loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
-                                 int(config.data.images_per_patient))
-    modality_settings(config.data)      # a bad data setting stops before anything is written
+    check_training_settings(config)     # a bad setting stops before anything is written
     resume_step = checkpointing.latest_step(workdir)
     if resume_step is not None:  # before anything is written
         checkpointing.check_model_config(workdir, config.model, "resume training")

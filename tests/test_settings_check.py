@@ -1,0 +1,66 @@
+"""A training run's numeric settings out of range are one error naming the key, before the
+workdir is made; every shipped config passes."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from mami_jax.config_files import load_config
+from mami_jax.train.settings_check import check_training_settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+    return load_config(os.path.join(REPO, "configs", "all.py") + ":runlocal")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("optim.learning_rate", -1.0, "optim.learning_rate=-1.0: expected a number > 0"),
+    ("optim.learning_rate", float("nan"), "optim.learning_rate=nan: expected a number > 0"),
+    ("optim.b2", 1.0, "optim.b2=1.0: expected a number in [0, 1)"),
+    ("optim.weight_decay", -0.1, "optim.weight_decay=-0.1: expected a number >= 0"),
+    ("optim.grad_clip_norm", float("inf"),
+     "optim.grad_clip_norm=inf: expected a number >= 0 (0: no clipping)"),
+    ("optim.warmup_steps", -5, "optim.warmup_steps=-5: expected a whole number >= 0"),
+    ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0: expected a whole number >= 1"),
+    ("loss.label_smoothing", 1.5, "loss.label_smoothing=1.5: expected a number in [0, 1)"),
+    ("eval.far", 2.0, "eval.far=2.0: expected a false-accept rate in (0, 1)"),
+    ("eval.ks", (0,), "eval.ks=(0,): expected ranks >= 1, e.g. (1, 5, 10)"),
+    ("eval.num_negatives", 0, "eval.num_negatives=0: expected a whole number >= 1"),
+])
+def test_a_setting_out_of_range_names_its_key(key, value, message):
+    config = _config()
+    block, name = key.split(".")
+    with config.unlocked():
+        config[block][name] = value
+    with pytest.raises(ValueError) as e:
+        check_training_settings(config)
+    assert str(e.value) == message
+
+
+def test_a_multiplier_of_a_group_is_checked_too():
+    config = _config()
+    with config.unlocked():
+        config.optim.lr_multipliers["classifier"] = -10.0
+    with pytest.raises(ValueError, match=r"^optim.lr_multipliers.classifier=-10.0: expected a "
+                                         r"number >= 0$"):
+        check_training_settings(config)
+
+
+EXPERIMENTS = ["all.py", "all.py:runlocal", "all.py:runlocal,align", "all.py:runlocal,finetune=x.pth",
+               "ct.py", "fundus.py", "mri.py", "pathology.py", "xray.py"]
+
+
+@pytest.mark.parametrize("spec", EXPERIMENTS)
+def test_every_shipped_experiment_config_passes(spec):
+    check_training_settings(load_config(os.path.join(REPO, "configs", spec)))
+
+
+def test_the_list_holds_every_experiment_config():
+    names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
+    apps_and_shared = {"history.py", "privacy.py", "common_runlocal.py"}
+    assert names - apps_and_shared == {spec.split(":")[0] for spec in EXPERIMENTS}
