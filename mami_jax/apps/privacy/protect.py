@@ -340,6 +340,39 @@ def check_settings(config, targets: Sequence[ManifestRow]) -> None:
     perturb.check_norm(config.perturb.norm)
     check_identity_setting(config.metadata.identity)
     check_modality_settings(config.perturb, {r.modality for r in targets})
+    check_search(config)
+
+
+def check_search(config) -> None:
+    """The iterative search of ``config.method`` (the perturbation's or the deformation's)
+    can change an image: at least one step of a positive size (``perturb.steps=0`` wrote
+    unchanged copies as protected ones), a momentum in [0, 1], views and shifts >= 0."""
+    blocks = {"perturb": "perturb", "both": "perturb", "deform": "deform"}
+    name = blocks.get(config.method)
+    if name is None:
+        return
+    block = config[name]
+    checks = [("steps", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
+              ("step_size", lambda v: _finite(v) and v > 0, "a number > 0"),
+              ("momentum", lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]")]
+    if name == "perturb":
+        checks += [("views", lambda v: _whole(v) and v >= 0, "a whole number >= 0 (0: the "
+                    "plain image)"),
+                   ("shift", lambda v: _whole(v) and v >= 0, "a whole number of pixels >= 0"),
+                   ("noise", lambda v: _finite(v) and v >= 0, "a number >= 0")]
+    for key, ok, expected in checks:
+        if not ok(block[key]):
+            raise ValueError(f"{name}.{key}={block[key]!r}: expected {expected} (method "
+                             f"{config.method!r})")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,

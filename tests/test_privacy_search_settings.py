@@ -1,0 +1,53 @@
+"""The protection's search settings: one that cannot change an image is refused naming its
+key before any model is read (``perturb.steps=0`` wrote unchanged copies as protected
+ones); every shipped privacy config passes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mami_jax.apps.privacy.protect import check_search
+from mami_jax.config_files import load_config
+from mami_jax.config_overrides import apply_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRIVACY = os.path.join(REPO, "configs", "privacy.py")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["perturb.steps=0"], "perturb.steps=0: expected a whole number >= 1 (method 'perturb')"),
+    (["perturb.step_size=-1.0"],
+     "perturb.step_size=-1.0: expected a number > 0 (method 'perturb')"),
+    (["perturb.momentum=2.0"],
+     "perturb.momentum=2.0: expected a number in [0, 1] (method 'perturb')"),
+    (["perturb.views=-1"],
+     "perturb.views=-1: expected a whole number >= 0 (0: the plain image) (method 'perturb')"),
+    (["perturb.shift=-2"],
+     "perturb.shift=-2: expected a whole number of pixels >= 0 (method 'perturb')"),
+    (["method=both", "perturb.steps=0"],
+     "perturb.steps=0: expected a whole number >= 1 (method 'both')"),
+    (["method=deform", "deform.steps=0"],
+     "deform.steps=0: expected a whole number >= 1 (method 'deform')"),
+])
+def test_a_search_that_cannot_change_an_image_is_refused(overrides, message):
+    config = load_config(PRIVACY)
+    apply_overrides(config, overrides)
+    with pytest.raises(ValueError) as e:
+        check_search(config)
+    assert str(e.value) == message
+
+
+def test_methods_without_a_search_ignore_its_settings():
+    for method in ("noise", "inpaint"):
+        config = load_config(PRIVACY)
+        apply_overrides(config, [f"method={method}", "perturb.steps=0"])
+        check_search(config)
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal", "both", "deform", "inpaint", "rank",
+                                 "transfer=a+b", "transfer=a+b,xray_transfer=c+d",
+                                 "transfer=a+b,xray_visible"])
+def test_every_shipped_privacy_config_passes(arg):
+    check_search(load_config(PRIVACY + (f":{arg}" if arg else "")))
