@@ -280,3 +280,15 @@ def test_an_out_that_is_a_file_is_refused_before_any_teacher_loads(tmp_path):
     with pytest.raises(ValueError, match=r"^--out .*m\.csv: is a file, not a folder$"):
         extract.run(str(manifest), "anatomy", str(manifest), show_progress=False)
     assert manifest.read_text() == "not read"
+
+
+def test_a_folder_that_is_no_feature_folder_says_so(tmp_path):
+    """Both read as '.../index.json: missing', a folder that does not exist too."""
+    with pytest.raises(tf_files.TeacherFeatureError) as e:
+        tf_files.read_index(str(tmp_path / "nope"))
+    assert str(e.value) == (f"{tmp_path / 'nope'}: no such folder (a feature folder is what "
+                            "python -m teachers.extract --out writes)")
+    with pytest.raises(tf_files.TeacherFeatureError) as e:
+        tf_files.read_index(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path / 'index.json'}: missing; {tmp_path} is no feature "
+                            "folder of python -m teachers.extract (which writes index.json last)")

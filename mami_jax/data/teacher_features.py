@@ -130,9 +130,15 @@ def read_json(path: str) -> dict:
 def read_index(features_dir: str) -> dict:
     """``index.json`` of a finished extraction (an error if some shard is still missing)."""
     path = os.path.join(features_dir, INDEX_FILE)
+    if not os.path.isdir(features_dir):
+        raise TeacherFeatureError(f"{features_dir}: no such folder (a feature folder is what "
+                                  "python -m teachers.extract --out writes)")
     if not os.path.isfile(path) and os.path.isfile(os.path.join(features_dir, RUN_FILE)):
         raise TeacherFeatureError(f"{path}: missing; the extraction in {features_dir} has not "
                                   "finished every shard (run it again to complete it)")
+    if not os.path.isfile(path):
+        raise TeacherFeatureError(f"{path}: missing; {features_dir} is no feature folder of "
+                                  "python -m teachers.extract (which writes index.json last)")
     return read_json(path)
 
 
