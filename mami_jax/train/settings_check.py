@@ -9,55 +9,40 @@ false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation. Each is 
 
 from __future__ import annotations
 
-import math
-
 from mami_jax.data.config import modality_settings
+from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 from mami_jax.train import loss_terms
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}={value!r}: expected {expected}")
-
-
 def check_optim(cfg) -> None:
-    _require(_number(cfg.learning_rate) and cfg.learning_rate > 0, "optim.learning_rate",
-             cfg.learning_rate, "a number > 0")
+    require(is_number(cfg.learning_rate) and cfg.learning_rate > 0, "optim.learning_rate",
+            cfg.learning_rate, "a number > 0")
     for key in ("b1", "b2"):
         value = cfg[key]
-        _require(_number(value) and 0 <= value < 1, f"optim.{key}", value,
-                 "a number in [0, 1)")
-    _require(_number(cfg.weight_decay) and cfg.weight_decay >= 0, "optim.weight_decay",
-             cfg.weight_decay, "a number >= 0")
-    _require(_number(cfg.grad_clip_norm) and cfg.grad_clip_norm >= 0, "optim.grad_clip_norm",
-             cfg.grad_clip_norm, "a number >= 0 (0: no clipping)")
-    _require(_integer(cfg.warmup_steps) and cfg.warmup_steps >= 0, "optim.warmup_steps",
-             cfg.warmup_steps, "a whole number >= 0")
-    _require(_integer(cfg.grad_accum_steps) and cfg.grad_accum_steps >= 1,
-             "optim.grad_accum_steps", cfg.grad_accum_steps, "a whole number >= 1")
+        require(is_number(value) and 0 <= value < 1, f"optim.{key}", value,
+                "a number in [0, 1)")
+    require(is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "optim.weight_decay",
+            cfg.weight_decay, "a number >= 0")
+    require(is_number(cfg.grad_clip_norm) and cfg.grad_clip_norm >= 0, "optim.grad_clip_norm",
+            cfg.grad_clip_norm, "a number >= 0 (0: no clipping)")
+    require(is_whole(cfg.warmup_steps) and cfg.warmup_steps >= 0, "optim.warmup_steps",
+            cfg.warmup_steps, "a whole number >= 0")
+    require(is_whole(cfg.grad_accum_steps) and cfg.grad_accum_steps >= 1,
+            "optim.grad_accum_steps", cfg.grad_accum_steps, "a whole number >= 1")
     for group, value in dict(cfg.lr_multipliers).items():
-        _require(_number(value) and value >= 0, f"optim.lr_multipliers.{group}", value,
-                 "a number >= 0")
+        require(is_number(value) and value >= 0, f"optim.lr_multipliers.{group}", value,
+                "a number >= 0")
 
 
 def check_eval(cfg) -> None:
-    _require(_number(cfg.far) and 0 < cfg.far < 1, "eval.far", cfg.far,
-             "a false-accept rate in (0, 1)")
+    require(is_number(cfg.far) and 0 < cfg.far < 1, "eval.far", cfg.far,
+            "a false-accept rate in (0, 1)")
     ks = tuple(cfg.ks)
-    _require(bool(ks) and all(_integer(k) and k >= 1 for k in ks), "eval.ks", cfg.ks,
-             "ranks >= 1, e.g. (1, 5, 10)")
+    require(bool(ks) and all(is_whole(k) and k >= 1 for k in ks), "eval.ks", cfg.ks,
+            "ranks >= 1, e.g. (1, 5, 10)")
     for key in ("batch_size", "chunk_size", "num_negatives"):
-        _require(_integer(cfg[key]) and cfg[key] >= 1, f"eval.{key}", cfg[key],
-                 "a whole number >= 1")
+        require(is_whole(cfg[key]) and cfg[key] >= 1, f"eval.{key}", cfg[key],
+                "a whole number >= 1")
 
 
 def check_training_settings(config) -> None:
@@ -65,8 +50,8 @@ def check_training_settings(config) -> None:
     (``models.config.validate_config``): data, loss, optimiser, evaluation."""
     modality_settings(config.data)
     smoothing = config.loss.label_smoothing
-    _require(_number(smoothing) and 0 <= smoothing < 1, "loss.label_smoothing", smoothing,
-             "a number in [0, 1)")
+    require(is_number(smoothing) and 0 <= smoothing < 1, "loss.label_smoothing", smoothing,
+            "a number in [0, 1)")
     loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
                                  int(config.data.images_per_patient))
     check_optim(config.optim)

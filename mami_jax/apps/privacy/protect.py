@@ -44,6 +44,7 @@ from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.transforms import slice_indices
 from mami_jax.inference import embed_in_chunks
 from mami_jax.runtime.chunk_store import discard_beside
+from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 
 SUFFIX = "_protected"
 METHODS = ("perturb", "inpaint", "both", "noise", "deform")
@@ -347,32 +348,22 @@ def check_search(config) -> None:
     """The iterative search of ``config.method`` (the perturbation's or the deformation's)
     can change an image: at least one step of a positive size (``perturb.steps=0`` wrote
     unchanged copies as protected ones), a momentum in [0, 1], views and shifts >= 0."""
-    blocks = {"perturb": "perturb", "both": "perturb", "deform": "deform"}
-    name = blocks.get(config.method)
+    name = {"perturb": "perturb", "both": "perturb", "deform": "deform"}.get(config.method)
     if name is None:
         return
     block = config[name]
-    checks = [("steps", lambda v: _whole(v) and v >= 1, "a whole number >= 1"),
-              ("step_size", lambda v: _finite(v) and v > 0, "a number > 0"),
-              ("momentum", lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1]")]
+    checks = [("steps", is_whole(block.steps) and block.steps >= 1, "a whole number >= 1"),
+              ("step_size", is_number(block.step_size) and block.step_size > 0, "a number > 0"),
+              ("momentum", is_number(block.momentum) and 0 <= block.momentum <= 1,
+               "a number in [0, 1]")]
     if name == "perturb":
-        checks += [("views", lambda v: _whole(v) and v >= 0, "a whole number >= 0 (0: the "
-                    "plain image)"),
-                   ("shift", lambda v: _whole(v) and v >= 0, "a whole number of pixels >= 0"),
-                   ("noise", lambda v: _finite(v) and v >= 0, "a number >= 0")]
+        checks += [("views", is_whole(block.views) and block.views >= 0,
+                    "a whole number >= 0 (0: the plain image)"),
+                   ("shift", is_whole(block.shift) and block.shift >= 0,
+                    "a whole number of pixels >= 0"),
+                   ("noise", is_number(block.noise) and block.noise >= 0, "a number >= 0")]
     for key, ok, expected in checks:
-        if not ok(block[key]):
-            raise ValueError(f"{name}.{key}={block[key]!r}: expected {expected} (method "
-                             f"{config.method!r})")
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+        require(ok, f"{name}.{key}", block[key], f"{expected} (method {config.method!r})")
 
 
 def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow], members,
