@@ -1,6 +1,6 @@
-"""The protection's search settings: one that cannot change an image is refused naming its
-key before any model is read (``perturb.steps=0`` wrote unchanged copies as protected
-ones); every shipped privacy config passes."""
+"""The protection's search settings and the cue maps': one that cannot do its work is
+refused naming its key before any model is read (``perturb.steps=0`` wrote unchanged
+copies as protected ones); every shipped privacy config passes."""
 
 from __future__ import annotations
 
@@ -51,3 +51,21 @@ def test_methods_without_a_search_ignore_its_settings():
                                  "transfer=a+b,xray_visible"])
 def test_every_shipped_privacy_config_passes(arg):
     check_search(load_config(PRIVACY + (f":{arg}" if arg else "")))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("cues.max_images=0", "cues.max_images=0: expected a whole number >= 1"),
+    ("cues.occlusion_stride=0", "cues.occlusion_stride=0: expected a whole number >= 1"),
+    ("cues.smooth=-1.0",
+     "cues.smooth=-1.0: expected a Gaussian sigma in pixels >= 0 (0: no smoothing)"),
+])
+def test_cue_settings_out_of_range_name_their_key(override, message):
+    """max_images=0 said 'nothing to embed: no row indices given'; a stride of 0 named no
+    key; a negative smoothing was taken."""
+    from mami_jax.apps.privacy.cue_run import check_cue_settings
+    config = load_config(PRIVACY)
+    check_cue_settings(config.cues)
+    apply_overrides(config, [override])
+    with pytest.raises(ValueError) as e:
+        check_cue_settings(config.cues)
+    assert str(e.value) == message

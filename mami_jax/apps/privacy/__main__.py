@@ -199,6 +199,8 @@ def _run(args, parser) -> None:
     rows = read_manifest(args.manifest)
     targets = select_rows(rows, None if args.split == "all" else args.split, args.manifest)
     if args.command == "cues":
+        from mami_jax.apps.privacy.cue_run import check_cue_settings
+        check_cue_settings(pcfg.cues)
         targets = targets[:int(pcfg.cues.max_images)]
     _check_out(args, rows, targets)
     refuse_missing_files(references.reference_rows(rows, targets))   # targets among them

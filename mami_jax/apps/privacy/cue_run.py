@@ -17,6 +17,17 @@ from mami_jax.apps.privacy import cues, objective, references
 from mami_jax.apps.privacy.copy_paths import file_name
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.runtime.atomic_files import write_atomic
+from mami_jax.runtime.setting_ranges import is_number, is_whole, require
+
+
+def check_cue_settings(cfg) -> None:
+    """``cues.*`` before any model is read: max_images 0 said "nothing to embed: no row
+    indices given", a stride of 0 named no key, a negative smoothing was taken."""
+    for key in ("max_images", "occlusion_patch", "occlusion_stride"):
+        require(is_whole(cfg[key]) and cfg[key] >= 1, f"cues.{key}", cfg[key],
+                "a whole number >= 1")
+    require(is_number(cfg.smooth) and cfg.smooth >= 0, "cues.smooth", cfg.smooth,
+            "a Gaussian sigma in pixels >= 0 (0: no smoothing)")
 
 
 @dataclasses.dataclass
