@@ -30,6 +30,10 @@ PRIVACY = os.path.join(REPO, "configs", "privacy.py")
      "perturb.steps=0: expected a whole number >= 1 (method 'both')"),
     (["method=deform", "deform.steps=0"],
      "deform.steps=0: expected a whole number >= 1 (method 'deform')"),
+    (["method=inpaint", "inpaint.region_fraction=0.0"],
+     "inpaint.region_fraction=0.0: expected a share of pixels in (0, 1) (method 'inpaint')"),
+    (["method=both", "inpaint.iterations=-1"],
+     "inpaint.iterations=-1: expected a whole number >= 0 (0: the mean fill) (method 'both')"),
 ])
 def test_a_search_that_cannot_change_an_image_is_refused(overrides, message):
     config = load_config(PRIVACY)
@@ -44,6 +48,9 @@ def test_methods_without_a_search_ignore_its_settings():
         config = load_config(PRIVACY)
         apply_overrides(config, [f"method={method}", "perturb.steps=0"])
         check_search(config)
+    config = load_config(PRIVACY)
+    apply_overrides(config, ["inpaint.region_fraction=0.0"])      # method perturb
+    check_search(config)
 
 
 @pytest.mark.parametrize("arg", [None, "runlocal", "both", "deform", "inpaint", "rank",

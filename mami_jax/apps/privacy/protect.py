@@ -345,9 +345,16 @@ def check_settings(config, targets: Sequence[ManifestRow]) -> None:
 
 
 def check_search(config) -> None:
-    """The iterative search of ``config.method`` (the perturbation's or the deformation's)
-    can change an image: at least one step of a positive size (``perturb.steps=0`` wrote
-    unchanged copies as protected ones), a momentum in [0, 1], views and shifts >= 0."""
+    """The search of ``config.method`` (the perturbation's, the deformation's, the region
+    removal's) can change an image: at least one step of a positive size
+    (``perturb.steps=0`` wrote unchanged copies as protected ones), a momentum in [0, 1],
+    views and shifts >= 0, a removed share of pixels in (0, 1)."""
+    if config.method in ("inpaint", "both"):
+        fraction, iterations = config.inpaint.region_fraction, config.inpaint.iterations
+        require(is_number(fraction) and 0 < fraction < 1, "inpaint.region_fraction", fraction,
+                f"a share of pixels in (0, 1) (method {config.method!r})")
+        require(is_whole(iterations) and iterations >= 0, "inpaint.iterations", iterations,
+                f"a whole number >= 0 (0: the mean fill) (method {config.method!r})")
     name = {"perturb": "perturb", "both": "perturb", "deform": "deform"}.get(config.method)
     if name is None:
         return
