@@ -132,13 +132,19 @@ def order_key(order: str):
         return (1, 0.0, order)
 
 
+def is_number_order(order: str) -> bool:
+    """Whether ``order`` sorts as a number (``order_key``), not as text: every number sorts
+    before every text, so one patient's orders must be all of one kind."""
+    return order_key(order)[0] == 0
+
+
 def _order_kind_clash(seen: dict, row: ManifestRow, i: int) -> int | None:
     """The index of an earlier row of ``row``'s patient whose order is a number where
     ``row``'s is text, or the reverse (``seen``: patient -> (is a number, first index),
     updated); None when they agree or ``row`` has no order."""
     if not row.order:
         return None
-    number = order_key(row.order)[0] == 0
+    number = is_number_order(row.order)
     first = seen.setdefault(row.patient_key, (number, i))
     return None if first[0] == number else first[1]
 
@@ -146,7 +152,7 @@ def _order_kind_clash(seen: dict, row: ManifestRow, i: int) -> int | None:
 def order_clash(row: ManifestRow, other: ManifestRow, where_other: str) -> str:
     """Why ``row``'s order cannot stand beside ``other``'s (one patient, found at
     ``where_other``)."""
-    number = order_key(row.order)[0] == 0
+    number = is_number_order(row.order)
     return (f"order {row.order!r} is {'a number' if number else 'text'}, but patient "
             f"{row.patient_key!r} has order {other.order!r} at {where_other}; every number "
             "sorts before every text, so write one patient's orders one way (all visit "

@@ -18,7 +18,7 @@ import os
 from typing import Sequence
 
 from mami_jax.apps.history.visit_fusion import visit_key
-from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, order_key
+from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, is_number_order, order_key
 
 
 def _archived(archive, path: str) -> ManifestRow | None:
@@ -69,8 +69,8 @@ def _check_order(archive, modality: str, order: str) -> None:
                          "write dates year first (2019-03-01 or 20190301)")
     held = sorted({r.order for r in archive.rows if r.modality == modality and r.order},
                   key=order_key)
-    numbers = {order_key(o)[0] == 0 for o in held}
-    if len(numbers) == 1 and (order_key(order)[0] == 0) not in numbers:
+    numbers = {is_number_order(o) for o in held}
+    if len(numbers) == 1 and is_number_order(order) not in numbers:
         kind = "numbers" if True in numbers else "text (dates such as 2019-03-01)"
         raise ValueError(f"--order {order}: the archive's {modality} orders are {kind}, "
                          f"{held[0]!r} to {held[-1]!r}; an order of another kind does not "

@@ -30,7 +30,8 @@ from __future__ import annotations
 import os
 
 from mami_jax.data import decode
-from mami_jax.data.datasets.common import BuildResult, Collector, DatasetLayoutError
+from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError,
+                                           is_image_name)
 from mami_jax.data.manifest import MODALITIES, YEAR_LAST_DATE
 from mami_jax.data.natural_order import natural_key
 
@@ -49,8 +50,7 @@ def _children(folder: str) -> tuple[list[str], list[str]]:
 
 def _is_slice(path: str) -> bool:
     """A file a slice folder reads: a picture or a DICOM file."""
-    return os.path.splitext(path.lower())[1] in decode.IMAGE_EXTENSIONS or \
-        decode.is_dicom_file(path)
+    return is_image_name(path) or decode.is_dicom_file(path)
 
 
 def _is_nifti(name: str) -> bool:
