@@ -230,10 +230,11 @@ def add(args) -> int:
     if dup:  # before the (long) embedding
         raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
                            f"e.g. {dup[:5]}")
-    clash = first_order_clash(archive.rows + rows, start=len(archive.rows))
+    together = archive.rows + rows
+    clash = first_order_clash(together, start=len(archive.rows))
     if clash is not None:   # a patient's history would sort numbers before dates
         i, j = clash
-        new, held = (archive.rows + rows)[i], (archive.rows + rows)[j]
+        new, held = together[i], together[j]
         place = f"archive {args.index}" if j < len(archive.rows) else args.manifest
         raise ArchiveError(f"{args.manifest}: image {new.image_id}: "
                            + order_clash(new, held, f"image {held.image_id} of {place}"))

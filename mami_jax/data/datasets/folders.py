@@ -92,11 +92,13 @@ def _add_volumes(c: Collector, patient: str, visit: str, order: int) -> None:
     rel_visit = os.path.join(patient, visit)
     # the visit folder is one series when it holds slices only; its first file tells a
     # folder of slices from one of enhanced (multi-frame) volumes without reading them all
-    if slices and not dirs and not volumes and not _multi_frame(os.path.join(folder, slices[0])):
+    first_is_volume = bool(slices) and _multi_frame(os.path.join(folder, slices[0]))
+    if slices and not dirs and not volumes and not first_is_volume:
         c.add(local_id=rel_visit, patient_id=patient, study_id=visit, order=str(order),
               view="", path=folder, source=rel_visit, folder=True)
         return
-    volumes += [f for f in slices if _multi_frame(os.path.join(folder, f))]
+    volumes += [f for i, f in enumerate(slices)
+                if (first_is_volume if i == 0 else _multi_frame(os.path.join(folder, f)))]
     pair_data = {f[:-4] + ".img" for f in volumes if f.lower().endswith(".hdr")}
     for f in files:
         rel = os.path.join(rel_visit, f)
