@@ -24,6 +24,7 @@ from absl import logging
 
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
+from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.evaluate.evaluator import evaluate
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.runtime import sharding
@@ -55,6 +56,9 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     if model is None:
         checkpointing.check_model_config(workdir, config.model, action)
     rows = load_rows(config, workdir)
+    check_images_on_disk([r for r in rows if mode == "embed" or r.split == config.eval.split],
+                         config.data.skip_bad_images, "evaluation" if mode == "eval" else
+                         "embedding")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)

@@ -29,6 +29,7 @@ import numpy as np
 
 from mami_jax.data.decode import DecodeError, decode
 from mami_jax.data.manifest import ManifestError, read_manifest
+from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.teacher_features import TeacherFeatureError
 from mami_jax.runtime.atomic_files import make_dirs
 from mami_jax.runtime.cli_parser import OneLineErrorParser
@@ -122,6 +123,10 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     unused = sorted(set(weights) - set(names))
     if unused:
         raise ValueError(f"--weights given for {unused}, which are not among --teachers {names}")
+    if not skip_unreadable:     # before any teacher loads or a shard is written
+        specs = [registry.get_spec(n) for n in names]
+        refuse_missing_files([r for r in rows if any(s.applies_to(r.modality) for s in specs)],
+                             remedy="; --skip_unreadable leaves them out, listed in skipped.txt")
     teachers = []
     for name in names:
         spec = registry.get_spec(name)

@@ -110,23 +110,51 @@ def test_embed_and_eval_show_a_progress_bar(run):
     assert proc.stderr.count("evaluating test: 100%|") == 1     # one bar, one final line
 
 
-def test_a_missing_image_is_named_by_the_manifest_file_and_line(run, tmp_path):
+def manifest_missing(run, tmp_path, split: str) -> tuple[str, int, str, str]:
+    """A copy of the run's manifest, paths made absolute, whose first ``split`` row names
+    an image that is not there: (copy, its line, that row's image id, the missing path)."""
     lines = open(run["manifest"]).read().splitlines()
-    number = next(n for n, line in enumerate(lines, start=1) if line.endswith(",test"))
-    image_id, rel = lines[number - 1].split(",")[0], lines[number - 1].split(",")[7]
-    copy = tmp_path / "manifest.csv"
+    number = next(n for n, line in enumerate(lines, start=1) if line.endswith("," + split))
     base = os.path.dirname(run["manifest"])
     absolute = [lines[0]] + [",".join(f.split(",")[:7] + [os.path.join(base, f.split(",")[7])]
                                       + f.split(",")[8:]) for f in lines[1:]]
     gone = str(tmp_path / "gone.png")
-    absolute[number - 1] = absolute[number - 1].replace(os.path.join(base, rel), gone)
+    fields = absolute[number - 1].split(",")
+    fields[7] = gone
+    absolute[number - 1] = ",".join(fields)
+    copy = tmp_path / "manifest.csv"
     copy.write_text("\n".join(absolute) + "\n")
+    return str(copy), number, fields[0], gone
+
+
+@pytest.mark.parametrize("mode", ["eval", "embed"])
+def test_a_missing_image_is_named_by_the_manifest_file_and_line(run, tmp_path, mode):
+    copy, number, image_id, gone = manifest_missing(run, tmp_path, "test")
+    before = sorted(os.walk(run["workdir"]))
     proc = main(f"--workdir={run['workdir']}", f"--config={run['config']}",
-                f"--config.data.manifest={copy}", "--mode=eval")
+                f"--config.data.manifest={copy}", f"--mode={mode}")
     assert proc.returncode == 1
-    assert only_error_line(proc).startswith(
-        f"error: {copy}: line {number} (image_id={image_id!r}, patient 'toy/{lines[number - 1].split(',')[1]}', "
-        f"path {gone!r}): {gone}: no such file")
+    purpose = "evaluation" if mode == "eval" else "embedding"
+    assert only_error_line(proc) == (
+        f"error: {copy}: line {number} (image_id={image_id!r}): {gone}: no such file or folder; "
+        f"{purpose} can skip missing and unreadable images, counted: "
+        "--config.data.skip_bad_images=True")
+    assert sorted(os.walk(run["workdir"])) == before       # nothing begun
+
+
+def test_a_missing_training_image_is_refused_before_the_run_starts(run, tmp_path):
+    """The sampler met it only when it drew it: a 10-step run over the phantoms with one
+    training image gone trained, evaluated and ended well; a long run stopped hours in."""
+    copy, number, image_id, gone = manifest_missing(run, tmp_path, "train")
+    workdir = tmp_path / "fresh"
+    proc = main(f"--workdir={workdir}", f"--config={run['config']}",
+                f"--config.data.manifest={copy}", "--config.train.total_steps=1")
+    assert proc.returncode == 1
+    assert only_error_line(proc) == (
+        f"error: {copy}: line {number} (image_id={image_id!r}): {gone}: no such file or folder; "
+        "training can skip missing and unreadable images, counted: "
+        "--config.data.skip_bad_images=True")
+    assert not workdir.exists()
 
 
 def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_workdir(tmp_path):

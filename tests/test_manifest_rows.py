@@ -141,3 +141,18 @@ def test_missing_images_are_refused_up_front_naming_the_first_by_its_line(tmp_pa
         refuse_missing_files(rows)
     assert str(e.value) == (f"{path}: line 3 (image_id='b'): {tmp_path / '1.png'}: no such file "
                             "or folder (1 more image missing)")
+
+
+def test_missing_images_the_user_asked_to_skip_are_counted_up_front(tmp_path, caplog):
+    from mami_jax.data.missing_files import check_images_on_disk
+    path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
+    rows = read_manifest(path)
+    assert check_images_on_disk(rows, skip_bad_images=True, purpose="training") == 0
+    os.remove(tmp_path / "1.png")
+    os.remove(tmp_path / "2.png")
+    with caplog.at_level("WARNING"):
+        assert check_images_on_disk(rows, skip_bad_images=True, purpose="training") == 2
+    assert "2 of the 3 images for training are missing: they will be skipped and counted" \
+        in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"1 more image missing\); training can skip"):
+        check_images_on_disk(rows, skip_bad_images=False, purpose="training")

@@ -241,6 +241,28 @@ def test_unreadable_image_is_an_error_or_a_listed_skip(phantoms, tmp_path):
     assert victim.image_id not in tf_files.load_features(str(tmp_path / "b"))["random_tiny"].image_ids
 
 
+def test_a_missing_image_is_refused_before_any_teacher_loads(phantoms, tmp_path, capsys):
+    """It ended the extraction when its shard came, after the teachers had loaded and the
+    shards before it were written."""
+    root = str(tmp_path / "ph")
+    shutil.copytree(os.path.dirname(phantoms), root)
+    manifest = os.path.join(root, "manifest.csv")
+    victim = [r for r in read_manifest(manifest) if r.modality != "ct"][-1]
+    os.remove(victim.path)
+    out = tmp_path / "a"
+    assert extract.main(["--manifest", manifest, "--teachers", "random_tiny", "--out",
+                         str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {manifest}: line ")
+    assert err[0].endswith(f"(image_id={victim.image_id!r}): {victim.path}: no such file or "
+                           "folder; --skip_unreadable leaves them out, listed in skipped.txt")
+    assert not out.exists()
+    index = extract.run(manifest, "random_tiny", str(tmp_path / "b"), show_progress=False,
+                        skip_unreadable=True)
+    assert index["skipped"] == 1
+    assert open(str(tmp_path / "b" / "skipped.txt")).read() == victim.image_id + "\n"
+
+
 def test_shards_parse_with_the_tfrecord_package_reader(single_run):
     """An independent reader of the standard format (the ``tfrecord`` package's loader,
     which follows TensorFlow's framing and Example schema) sees the same records."""

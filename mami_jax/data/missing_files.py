@@ -5,19 +5,28 @@ models and embedding for minutes, and after it had begun its output (a cue-map r
 output folder, a stopped run's chunks). One ``stat`` per row up front names the first
 missing image by its manifest line instead. Files that are there but unreadable are still
 found where they are read.
+
+Training is the longest such command: a missing image that the sampler drew only hours in
+stopped the run there. ``check_images_on_disk`` refuses it before the run starts, or, where
+the user asked for unreadable images to be skipped (``data.skip_bad_images``), says up front
+how many will be.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from mami_jax.data.manifest import ManifestRow, row_place
 
 
-def refuse_missing_files(rows: Iterable[ManifestRow]) -> None:
+SKIP_SWITCH = "--config.data.skip_bad_images=True"
+
+
+def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "") -> None:
     """FileNotFoundError naming the first row whose ``path`` does not exist (its manifest
-    file and line, its image id) and how many more are missing."""
+    file and line, its image id) and how many more are missing; ``remedy`` ends it."""
     missing = [r for r in rows if not os.path.exists(r.path)]
     if not missing:
         return
@@ -26,4 +35,20 @@ def refuse_missing_files(rows: Iterable[ManifestRow]) -> None:
     n = len(missing) - 1
     more = f" ({n} more image{'s' if n > 1 else ''} missing)" if n else ""
     raise FileNotFoundError(f"{where + ' ' if where else ''}(image_id={first.image_id!r}): "
-                            f"{first.path}: no such file or folder{more}")
+                            f"{first.path}: no such file or folder{more}{remedy}")
+
+
+def check_images_on_disk(rows: Sequence[ManifestRow], skip_bad_images: bool,
+                         purpose: str) -> int:
+    """The number of ``rows`` whose image is missing, read for ``purpose`` ("training", ...).
+    Without ``skip_bad_images`` the first one is refused (``refuse_missing_files``, naming
+    the switch); with it they are logged as a count: the readers skip and count them."""
+    if not skip_bad_images:
+        refuse_missing_files(rows, remedy=f"; {purpose} can skip missing and unreadable "
+                                          f"images, counted: {SKIP_SWITCH}")
+        return 0
+    missing = sum(not os.path.exists(r.path) for r in rows)
+    if missing:
+        logging.warning("%d of the %d images for %s are missing: they will be skipped and "
+                        "counted (data.skip_bad_images)", missing, len(rows), purpose)
+    return missing

@@ -36,6 +36,7 @@ from mami_jax.runtime.atomic_files import remove_stale_temporaries
 from mami_jax.train import checkpointing, run_config
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
+from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import embed_split_by, evaluate
 from mami_jax.runtime.metric_writer import MetricWriter
@@ -102,6 +103,15 @@ def build_model_and_state_fns(config, num_classes: int, total_steps: int):
     return model, optimizer, make_init_state(config, model, optimizer)
 
 
+def _rows_read(rows, config) -> list:
+    """The rows a run reads images of: the training split, and the evaluation split when
+    it evaluates at all."""
+    t = config.train
+    evaluates = t.eval_at_start or t.eval_at_end or t.eval_every
+    splits = {"train", config.eval.split} if evaluates else {"train"}
+    return [r for r in rows if r.split in splits]
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
     final evaluation metrics per group."""
@@ -113,6 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if resume_step is not None:  # before anything is written
         checkpointing.check_model_config(workdir, config.model, "resume training")
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
+    check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
