@@ -156,3 +156,17 @@ def test_missing_images_the_user_asked_to_skip_are_counted_up_front(tmp_path, ca
         in caplog.text
     with pytest.raises(FileNotFoundError, match=r"1 more image missing\); training can skip"):
         check_images_on_disk(rows, skip_bad_images=False, purpose="training")
+
+
+def test_a_manifest_written_on_windows_is_told_why_its_images_are_missing(tmp_path):
+    """``sub\\0.png`` named no file here, and the message showed the path as the user wrote
+    it, with nothing on what was wrong."""
+    from mami_jax.data.missing_files import refuse_missing_files
+    os.makedirs(tmp_path / "sub")
+    path = manifest(tmp_path, row("a", "p1").replace(",0.png,", ",sub\\0.png,"))
+    os.replace(tmp_path / "0.png", tmp_path / "sub" / "0.png")
+    with pytest.raises(FileNotFoundError) as e:
+        refuse_missing_files(read_manifest(path))
+    assert str(e.value) == (f"{path}: line 2 (image_id='a'): {tmp_path}/sub\\0.png: no such file "
+                            "or folder (the path is written with '\\' separators: this system "
+                            "separates folders by '/')")

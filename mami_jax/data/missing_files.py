@@ -35,7 +35,16 @@ def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "") -> None:
     n = len(missing) - 1
     more = f" ({n} more image{'s' if n > 1 else ''} missing)" if n else ""
     raise FileNotFoundError(f"{where + ' ' if where else ''}(image_id={first.image_id!r}): "
-                            f"{first.path}: no such file or folder{more}{remedy}")
+                            f"{first.path}: no such file or folder{more}"
+                            f"{_windows_separators(first.path)}{remedy}")
+
+
+def _windows_separators(path: str) -> str:
+    """A hint for a manifest written on Windows (``ct\\P1\\v0.nii.gz``): on this system
+    the backslash is part of a file name, so such a path names no file."""
+    if "\\" not in path or os.sep == "\\":
+        return ""
+    return " (the path is written with '\\' separators: this system separates folders by '/')"
 
 
 def check_images_on_disk(rows: Sequence[ManifestRow], skip_bad_images: bool,
