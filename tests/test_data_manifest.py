@@ -100,6 +100,21 @@ def test_what_a_spreadsheet_makes_of_a_manifest_is_read_or_named(tmp_path):
         read_manifest(str(p))
 
 
+def test_a_hand_written_manifest_with_spaces_after_commas_and_a_home_path_reads(tmp_path,
+                                                                               monkeypatch):
+    """``a, p1, s1`` was refused: the header's ``' patient_id'`` (and then ``' xray'``) did
+    not match; ``~/x.png`` was looked for in a folder named ``~`` beside the manifest."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    p = tmp_path / "m.csv"
+    p.write_text(", ".join(COLUMNS) + "\n"
+                 " d:a , p1, s1, 0, xray, d, PA, img/a.png, train\n"
+                 "d:b, p2, s1, 1, ct, d, , ~/b.nii.gz , test \n")
+    assert read_manifest(str(p)) == [ROWS[0].replace(path=str(tmp_path / "img" / "a.png")),
+                                     ROWS[1].replace(path=str(tmp_path / "home" / "b.nii.gz"))]
+    from mami_jax.data.manifest import is_manifest
+    assert is_manifest(str(p))
+
+
 def test_one_patients_orders_mixing_numbers_and_text_are_refused(tmp_path):
     """order_key sorts every number before every text: a visit number among one patient's
     dates (or 20190301 among 2019-03-01s) would count as the earliest, whatever it is."""

@@ -18,6 +18,13 @@ def test_reads_class_indices(tmp_path):
     assert read_labels(path, "disease_label", ("0", "1")) == {"a": 1, "b": 0}
 
 
+def test_a_hand_written_table_with_spaces_after_commas_reads(tmp_path):
+    """``image_id, disease_label`` said "no column 'disease_label'" (it was
+    ``' disease_label'``)."""
+    path = _write(tmp_path, "image_id, disease_label\na, 1\nb , 0\n")
+    assert read_labels(path, "disease_label", ("0", "1")) == {"a": 1, "b": 0}
+
+
 @pytest.mark.parametrize("text, message", [
     ("image_id,disease_label\na,1\nb,7\n",
      r"labels.csv: line 3 \(image_id='b'\): disease_label='7' is not a known label "

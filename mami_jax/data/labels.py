@@ -80,7 +80,8 @@ def _read_labels(path: str, column: str, classes: Sequence[str]) -> dict[str, in
         raise LabelError(f"labels table {path}: cannot be read ({e.strerror})") from e
     with f:
         reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
+        fields = [name.strip() for name in reader.fieldnames or []]   # "image_id, label"
+        reader.fieldnames = fields
         sep = separated_otherwise(fields)
         if sep:
             raise LabelError(f"labels table {path}: columns separated by {sep}, not commas; "

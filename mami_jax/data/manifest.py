@@ -256,7 +256,7 @@ def csv_header(path: str) -> list[str] | None:
 def is_manifest(path: str) -> bool:
     """Whether ``path`` is a manifest: a file whose header is ``COLUMNS`` in any order."""
     header = csv_header(path)
-    return header is not None and sorted(header) == sorted(COLUMNS)
+    return header is not None and sorted(h.strip() for h in header) == sorted(COLUMNS)
 
 
 def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
@@ -302,9 +302,11 @@ def _column_order(path: str, header: list[str]) -> list[str]:
 
 def _read_rows(path: str, reader, base_dir: str) -> list[ManifestRow]:
     """The rows of an open manifest CSV, its columns in any order and its blank lines
-    skipped; relative paths resolved against ``base_dir``."""
+    skipped; relative paths resolved against ``base_dir``. Spaces around a name or value
+    (``a, p1, s1``, as a CSV is written by hand) are not part of it; a path starting with
+    ``~`` is in the user's home folder, as in a shell."""
     try:
-        header = next(reader)
+        header = [name.strip() for name in next(reader)]
     except StopIteration:
         raise ManifestError(f"{path}: empty file, expected header {','.join(COLUMNS)}") from None
     names = _column_order(path, header)
@@ -315,7 +317,8 @@ def _read_rows(path: str, reader, base_dir: str) -> list[ManifestRow]:
         if len(values) != len(COLUMNS):
             raise ManifestError(f"{path}: line {reader.line_num} has {len(values)} fields, "
                                 f"expected {len(COLUMNS)}")
-        fields = dict(zip(names, values))
+        fields = dict(zip(names, (v.strip() for v in values)))
+        fields["path"] = os.path.expanduser(fields["path"])
         if fields["path"] and not os.path.isabs(fields["path"]):
             fields["path"] = os.path.normpath(os.path.join(base_dir, fields["path"]))
         rows.append(ManifestRow(**fields).located(path, reader.line_num))
