@@ -24,6 +24,7 @@ from mami_jax.data.sampler import train_label_map
 from mami_jax.inference import Embedder
 from mami_jax.run_checkpoint import run
 from mami_jax.runtime import sharding
+from mami_jax.runtime.folder_lock import LOCK_FILE
 from mami_jax.train import checkpointing
 from mami_jax.train.checkpointing import CheckpointError
 from mami_jax.train.trainer import train_and_evaluate
@@ -76,10 +77,13 @@ def run_copy(trained, tmp_path):
 
 
 def _snapshot(root):
-    """Every path under ``root`` with its size, modification time and mode."""
+    """Every path under ``root`` with its size, modification time and mode; the lock file
+    aside (it says which run held the workdir last: a refused run held it too)."""
     out = {}
     for here, dirs, files in os.walk(root):
         for name in dirs + files:
+            if name == LOCK_FILE:
+                continue
             path = os.path.join(here, name)
             st = os.stat(path)
             out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, st.st_mode)

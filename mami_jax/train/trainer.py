@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from mami_jax.runtime import sharding
+from mami_jax.runtime import folder_lock, sharding
 from mami_jax.runtime.atomic_files import remove_stale_temporaries
 from mami_jax.train import checkpointing, run_config
 from mami_jax.data import teacher_join
@@ -112,6 +112,15 @@ def _rows_read(rows, config) -> list:
     return [r for r in rows if r.split in splits]
 
 
+def _resume_step(config, workdir: str):
+    """The step training goes on from (None: a new run); a workdir holding checkpoints of
+    another model config is refused."""
+    step = checkpointing.latest_step(workdir)
+    if step is not None:
+        checkpointing.check_model_config(workdir, config.model, "resume training")
+    return step
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
     final evaluation metrics per group."""
@@ -119,12 +128,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
-    resume_step = checkpointing.latest_step(workdir)
-    if resume_step is not None:  # before anything is written
-        checkpointing.check_model_config(workdir, config.model, "resume training")
+    _resume_step(config, workdir)       # a run of another model: before anything is written
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
     os.makedirs(workdir, exist_ok=True)
+    with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
+                          take=jax.process_index() == 0):
+        return _train(config, workdir, rows, kill_after)
+
+
+def _train(config, workdir: str, rows, kill_after) -> dict:
+    """The run itself, in a workdir this process holds (``folder_lock``)."""
+    resume_step = _resume_step(config, workdir)   # again: the run that held it may have saved
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
