@@ -29,6 +29,7 @@ from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interr
                                          say_interrupted)
 from mami_jax.runtime.log_filters import quiet_library_info
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+from mami_jax.runtime.stop_signal import StoppedBySignal, say_stopped
 from mami_jax.train import run_config
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -77,6 +78,8 @@ def main(argv):
         sys.exit(1)
     except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
         end_process(say_interrupted(_after_interrupt()))
+    except StoppedBySignal as stopped:  # SIGTERM: the step reached is saved
+        end_process(say_stopped(stopped))
 
 
 def _after_interrupt() -> str:

@@ -303,3 +303,46 @@ def test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from(tmp_path):
     assert match, err[-3000:]
     step = match.group(1)
     assert int(step) >= 2 and step in os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_sigterm_while_training_saves_the_step_reached_and_the_run_goes_on_from_it(tmp_path):
+    """SIGTERM (a preempted TPU or spot VM, Slurm's time limit, ``kill``) ended the run at
+    once: every step since the last periodic checkpoint was lost (here all of them: the
+    first periodic one is at step 10 000). Now the step reached is saved, the run ends with
+    status 143 and one line, and the same command goes on from that step."""
+    import re
+    import signal
+    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
+                        "--config.train.eval_at_start=False", train__total_steps=10_000,
+                        train__checkpoint_every=10_000)
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **TWO_DEVICES})
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "step 3: train/" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"stopped by SIGTERM after step (\d+), saved in {checkpoints}/(\d+); "
+                         r"run the same command again to go on from it", last)
+    assert match and match.group(1) == match.group(2), err[-3000:]
+    step = int(match.group(1))
+    assert step >= 3 and os.listdir(checkpoints) == [str(step)]
+    again = subprocess.run(_main_command(tmp_path / "run", str(tmp_path / "phantoms"),
+                                         "--config.train.eval_at_start=False",
+                                         "--config.train.eval_at_end=False",
+                                         train__total_steps=step + 1),
+                           cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **TWO_DEVICES})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {checkpoints}/{step}" in again.stderr
+    assert f"step {step + 1}: train/" in again.stderr and "step 1: train/" not in again.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import signal
 import sys
 from typing import Callable, NoReturn
 
@@ -50,8 +51,9 @@ def redeliver_swallowed_interrupts() -> None:
 
 
 def end_process(status: int) -> NoReturn:
-    """Exit with ``status``; after Ctrl-C at once, without the interpreter's teardown."""
-    if status == INTERRUPTED:
+    """Exit with ``status``; after Ctrl-C or SIGTERM (status 130 or 143) at once, without
+    the interpreter's teardown."""
+    if status in (INTERRUPTED, 128 + signal.SIGTERM):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -42,6 +42,7 @@ from mami_jax.evaluate.evaluator import embed_split_by, evaluate
 from mami_jax.runtime.metric_writer import MetricWriter
 from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
+from mami_jax.runtime.stop_signal import StopRequests, StoppedBySignal
 from mami_jax.train.optim import learning_rate_schedule, make_optimizer
 from mami_jax.train.pretrained import load_pretrained
 from mami_jax.train.settings_check import check_training_settings
@@ -133,12 +134,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
     os.makedirs(workdir, exist_ok=True)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
-                          take=jax.process_index() == 0):
-        return _train(config, workdir, rows, kill_after)
+                          take=jax.process_index() == 0), StopRequests() as stop:
+        return _train(config, workdir, rows, kill_after, stop)
 
 
-def _train(config, workdir: str, rows, kill_after) -> dict:
-    """The run itself, in a workdir this process holds (``folder_lock``)."""
+def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
+    """The run itself, in a workdir this process holds (``folder_lock``); SIGTERM (``stop``)
+    saves the step reached and raises StoppedBySignal."""
     resume_step = _resume_step(config, workdir)   # again: the run that held it may have saved
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
@@ -216,7 +218,7 @@ def _train(config, workdir: str, rows, kill_after) -> dict:
                disable=jax.process_index() != 0,
                # a log file (no terminal) gets one line per 30 s, not one per batch
                mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    pending = None
+    pending, stopped_at = None, None
     try:
         for step in range(start + 1, total_steps + 1):
             batch = next(data_iter)
@@ -231,9 +233,13 @@ def _train(config, workdir: str, rows, kill_after) -> dict:
                 _check_finite(step, values, ckpt)
                 writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", step=step)
-            if step % config.train.checkpoint_every == 0 or last:
+            stopping = stop.reached(step)
+            if step % config.train.checkpoint_every == 0 or last or stopping:
                 _check_finite(step, jax.device_get(metrics), ckpt)
                 ckpt.save(state, data_iter, loader.label_map)
+            if stopping:
+                stopped_at = step
+                break
             if step == kill_after:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -241,7 +247,8 @@ def _train(config, workdir: str, rows, kill_after) -> dict:
                 run_eval(step)
         if pending is not None:
             _check_finite(*pending, ckpt)
-        if config.train.eval_at_end and (start < total_steps or not results):
+        if stopped_at is None and config.train.eval_at_end and (start < total_steps
+                                                                or not results):
             results = run_eval(total_steps)
     finally:
         bar.close()
@@ -252,4 +259,6 @@ def _train(config, workdir: str, rows, kill_after) -> dict:
         if loader.skipped_images:
             logging.warning("skipped %d unreadable training images (data.skip_bad_images)",
                             loader.skipped_images)
+    if stopped_at is not None:
+        raise StoppedBySignal(stopped_at, ckpt.step_dir(stopped_at))
     return results

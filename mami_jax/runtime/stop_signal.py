@@ -1,0 +1,85 @@
+"""SIGTERM while training: save a checkpoint of the step reached, then end.
+
+SIGTERM is how a run is told it will be stopped: a preempted Cloud TPU or spot VM, Slurm's
+time limit or preemption, a Kubernetes eviction, ``kill PID``. Its default action ended
+the process at once, and the run lost every step since its last periodic checkpoint
+(``train.checkpoint_every``: hours of a TPU's time). With ``StopRequests`` the trainer
+finishes the step it is on, saves that step's checkpoint, waits for it and ends with one
+line (``say_stopped``) and status 143 (128 + SIGTERM, as the shell reports it), so that
+the same command run again goes on from that step.
+
+One process: a handler notes the signal and the loop asks ``reached(step)`` after every
+step. Several processes (``jax.distributed``): every host must save the same step, or the
+hosts that go on wait for the others for ever, so JAX's preemption service decides: it
+hears SIGTERM on any host and names one step at which ``reached`` is true on all of them.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from absl import logging
+
+#: The exit status of a run ended by SIGTERM after its checkpoint (128 + SIGTERM).
+TERMINATED = 128 + signal.SIGTERM
+
+
+class StoppedBySignal(Exception):
+    """The run saved the checkpoint of ``step`` in ``where`` and stopped, as SIGTERM asked."""
+
+    def __init__(self, step: int, where: str):
+        super().__init__(f"stopped by SIGTERM after step {step}, saved in {where}")
+        self.step, self.where = step, where
+
+
+class StopRequests:
+    """Within ``with StopRequests() as stop:``, ``stop.reached(step)`` says whether to
+    save ``step`` and stop; the previous SIGTERM handler is back on leaving."""
+
+    def __init__(self):
+        self._received = False
+        self._previous = None
+        self._several = False
+
+    def __enter__(self) -> "StopRequests":
+        import jax      # here: main imports this module before it re-executes itself
+        self._several = jax.process_count() > 1
+        if self._several:                   # JAX's preemption service listens instead
+            return self
+        if threading.current_thread() is not threading.main_thread():
+            return self                     # signals reach only the main thread
+        self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _note(self, signum, frame) -> None:
+        if not self._received:
+            print("\nSIGTERM: saving a checkpoint after this step, then stopping",
+                  file=sys.stderr, flush=True)
+        self._received = True
+
+    def reached(self, step: int) -> bool:
+        """Whether the run should save ``step``'s checkpoint and stop (call after every
+        step, on every process, with the same steps)."""
+        if not self._several:
+            return self._received
+        from jax.experimental import multihost_utils
+        try:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        except RuntimeError as e:   # the service is off (jax_enable_preemption_service)
+            logging.warning("SIGTERM is not heard: %s", e)
+            self._several = False   # warn once; the default action ends the process
+            return False
+
+
+def say_stopped(stopped: StoppedBySignal) -> int:
+    """The line a run stopped by SIGTERM ends with; returns its exit status."""
+    print(f"{stopped}; run the same command again to go on from it", file=sys.stderr,
+          flush=True)
+    return TERMINATED

@@ -1,0 +1,60 @@
+"""``mami_jax.runtime.stop_signal``: what the trainer asks after every step.
+
+The end-to-end case (a real SIGTERM to a training run, then the run going on from the
+step it saved) is in tests/test_train.py."""
+
+import os
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+from mami_jax.runtime.stop_signal import StopRequests
+
+
+def test_one_process_hears_sigterm_and_puts_the_previous_handler_back():
+    heard = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: heard.append("mine"))
+    try:
+        with StopRequests() as stop:
+            assert not stop.reached(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.reached(2) and stop.reached(3)     # asked again: still stopping
+        assert heard == []
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert heard == ["mine"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_several_processes_stop_at_the_step_jax_names_on_all_of_them(monkeypatch, caplog):
+    """Each host stopping where it heard the signal would leave the others waiting in a
+    collective for ever: the step is JAX's preemption service's, the same on every host."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda s: s == 5)
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequests() as stop:
+        assert signal.getsignal(signal.SIGTERM) is before       # JAX's service listens
+        assert [s for s in range(1, 8) if stop.reached(s)] == [5]
+
+    def off(step):
+        raise RuntimeError("Preemption sync manager has not been initialized.")
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", off)
+    with caplog.at_level("WARNING"), StopRequests() as stop:
+        assert not stop.reached(1) and not stop.reached(2)
+    assert caplog.text.count("SIGTERM is not heard: Preemption sync manager") == 1
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    """signal.signal raises ValueError there (a notebook's or a test's worker thread)."""
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def run():
+        with StopRequests() as stop:
+            seen.append((signal.getsignal(signal.SIGTERM) is before, stop.reached(1)))
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [(True, False)]
