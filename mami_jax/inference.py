@@ -7,6 +7,7 @@
     x = model.preprocess(row)            # (T, H, W, 3): the evaluation transform of a manifest row
     e = model.embed(x[None])             # (1, C) embeddings
     E = model.embed_rows(rows)           # every row, batched, as evaluation embeds them
+    F = model.embed_files(["a.png", "b.dcm"], modality="xray")   # files, without a manifest
 
 ``--mode=eval`` and ``--mode=embed`` of ``python -m mami_jax.main``, the applications
 and the notebooks all go through here, so an embedding means the same everywhere: the
@@ -175,6 +176,36 @@ class Embedder:
         indices = list(range(len(rows))) if indices is None else list(indices)
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
                           int(batch_size or self.batch_size), progress=progress)
+
+    def embed_files(self, paths: Sequence[str], modality: str,
+                    progress: str | None = None) -> np.ndarray:
+        """(N, C) embeddings of image files of one ``modality`` given by path (image
+        files, DICOM files or series folders, NIfTI volumes, slice folders), made as
+        ``embed_rows`` makes a manifest's: a notebook's own images without a manifest.
+        ``pairwise_similarity`` (``mami_jax.evaluate.retrieval``) of two of them is the
+        score evaluation ranks by."""
+        return self.embed_rows(file_rows(paths, modality), progress=progress)
+
+
+def file_rows(paths: Sequence[str], modality: str) -> list[ManifestRow]:
+    """Manifest rows standing for image files (or DICOM series folders, NIfTI volumes,
+    slice folders) of one ``modality``, each its own patient and visit: what
+    ``Embedder.embed_files`` embeds. A missing path or unknown modality is refused here,
+    naming it."""
+    from mami_jax.data.manifest import MODALITIES
+    if modality not in MODALITIES:
+        raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
+    if isinstance(paths, (str, os.PathLike)):
+        raise TypeError(f"paths: a list of paths, not one path ({paths!r}): [{str(paths)!r}]")
+    rows = []
+    for i, path in enumerate(map(os.fspath, paths)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        rows.append(ManifestRow(image_id=f"file{i}:{os.path.abspath(path)}",
+                                patient_id=f"file{i}", study_id=f"file{i}", order="0",
+                                modality=modality, dataset="files", view="",
+                                path=os.path.abspath(path)))
+    return rows
 
 
 #: Batches per chunk of ``embed_in_chunks``: the progress bar's step, and what a stopped

@@ -33,7 +33,9 @@ print('NOTEBOOK-PROBE ' + json.dumps(dict(
     top1=top1, rank1_after={m: after[f'phantoms/{m}/reid']['rank1'] for m in MODALITIES},
     rank1_before={m: before[f'phantoms/{m}/reid']['rank1'] for m in MODALITIES},
     queries_after={m: after[f'phantoms/{m}/reid']['num_queries'] for m in MODALITIES},
-    n_test=_n_test, returned={g: v['rank1'] for g, v in results.items()})))
+    n_test=_n_test, returned={g: v['rank1'] for g, v in results.items()},
+    files_vs_rows=float(abs(emb_files - model.embed_rows(same + [other], progress=None)).max()),
+    file_scores=[float(v) for v in scores])))
 """,
     "interchange.ipynb": """
 import json
@@ -152,6 +154,9 @@ def _check_quickstart(p, text, pictures):
     # phantoms, loss, Rank-1 bars, CMC, one retrieval grid per modality
     assert pictures >= 4 + len(mods)
     assert "restored" in text and "first match correct" in text
+    # embed_files on the paths embeds what embed_rows does on their rows
+    assert p["files_vs_rows"] < 1e-5 and len(p["file_scores"]) == 2
+    assert "with the same patient" in text
 
 
 def _check_interchange(p, text, pictures):

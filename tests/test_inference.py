@@ -58,6 +58,24 @@ def test_embed_rows_batches_like_single_images(model, rows):
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
 
 
+def test_embed_files_embeds_paths_as_their_manifest_rows(model, rows, tmp_path):
+    """A notebook's own files, no manifest: a CT volume and an X-ray PNG, each embedded
+    as the model embeds its manifest row on its own."""
+    for modality in ("ct", "xray"):
+        picked = [r for r in rows if r.modality == modality][:3]
+        got = model.embed_files([r.path for r in picked], modality=modality)
+        single = np.concatenate([model.embed(model.preprocess(r)[None]) for r in picked])
+        assert got.shape == (3, 32)
+        np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
+    path = rows[0].path
+    with pytest.raises(ValueError, match=r"^modality 'x-ray': expected one of xray, ct, mri, "):
+        model.embed_files([path], modality="x-ray")
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/gone.png: no such file or folder$"):
+        model.embed_files([path, str(tmp_path / "gone.png")], modality="xray")
+    with pytest.raises(TypeError, match=r"a list of paths, not one path"):
+        model.embed_files(path, modality="xray")
+
+
 def test_from_export_computes_the_same_function(model, rows, tmp_path):
     path = str(tmp_path / "mami.safetensors")
     export_official(path, model.params, model.model_cfg)
