@@ -273,6 +273,27 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _signal_at_step_3(tmp_path, signum, **changed) -> tuple[int, str]:
+    """(exit status, stderr) of a long training run sent ``signum`` once step 3 is logged
+    (step 2's checkpoint begun, with the default ``checkpoint_every`` of 2)."""
+    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
+                        "--config.train.eval_at_start=False", train__total_steps=10_000,
+                        **changed)
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **TWO_DEVICES})
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "step 3: train/" in line:
+                proc.send_signal(signum)
+                break
+        rest = proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    return proc.returncode, "".join(seen) + rest
+
+
 def test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from(tmp_path):
     """Ctrl-C (SIGINT) while training: the checkpointer finishes what it was writing, and
     the run ends with status 130 and one line naming the checkpoint a run of the same
@@ -280,22 +301,8 @@ def test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from(tmp_path):
     teardown after it (it segfaulted, now and then, with the input pipeline's threads)."""
     import re
     import signal
-    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
-                        "--config.train.eval_at_start=False", train__total_steps=10_000)
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env={**os.environ, **TWO_DEVICES})
-    seen = []
-    try:
-        for line in proc.stderr:            # step 3 logged: step 2's checkpoint was begun
-            seen.append(line)
-            if "step 3: train/" in line:
-                proc.send_signal(signal.SIGINT)
-                break
-        rest = proc.communicate(timeout=300)[1]
-    finally:
-        proc.kill()
-    err = "".join(seen) + rest
-    assert proc.returncode == 130, err[-3000:]
+    returncode, err = _signal_at_step_3(tmp_path, signal.SIGINT)
+    assert returncode == 130, err[-3000:]
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     match = re.fullmatch(r"interrupted; run the same command again to go on from the "
@@ -312,23 +319,8 @@ def test_sigterm_while_training_saves_the_step_reached_and_the_run_goes_on_from_
     status 143 and one line, and the same command goes on from that step."""
     import re
     import signal
-    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
-                        "--config.train.eval_at_start=False", train__total_steps=10_000,
-                        train__checkpoint_every=10_000)
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env={**os.environ, **TWO_DEVICES})
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "step 3: train/" in line:
-                proc.send_signal(signal.SIGTERM)
-                break
-        rest = proc.communicate(timeout=300)[1]
-    finally:
-        proc.kill()
-    err = "".join(seen) + rest
-    assert proc.returncode == 143, err[-3000:]
+    returncode, err = _signal_at_step_3(tmp_path, signal.SIGTERM, train__checkpoint_every=10_000)
+    assert returncode == 143, err[-3000:]
     assert "Traceback" not in err and "Fatal Python error" not in err, err[-3000:]
     checkpoints = tmp_path / "run" / "checkpoints"
     last = err.strip().splitlines()[-1]
