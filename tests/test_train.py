@@ -250,6 +250,13 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     assert 0.0 <= metrics["phantoms/xray/reid"]["rank1"] <= 1.0
     assert (straight / "eval" / "step_4" / "cmc.png").exists()
     assert any(f.startswith("events") for f in os.listdir(straight / "tb"))
+    from mami_jax.train.logged_scalars import read_scalars
+    scalars = read_scalars(str(straight))   # 8 images a step over 2 devices, logged each step
+    assert scalars["train/images_seen"][1].tolist() == [8, 16, 24, 32]
+    steps, rates = scalars["train/images_per_second"]
+    assert steps.tolist() == [2, 3, 4] and (rates > 0).all()     # step 1 held the compilation
+    np.testing.assert_allclose(scalars["train/images_per_second_per_device"][1], rates / 2)
+    np.testing.assert_allclose(scalars["train/step_seconds"][1], 8 / rates, rtol=1e-5)
     assert sorted(os.listdir(straight / "checkpoints")) == ["2", "4"]
     def training_programs():
         return sorted(n for n in os.listdir(compiled) if n.endswith("-cache")

@@ -48,6 +48,7 @@ from mami_jax.train.pretrained import load_pretrained
 from mami_jax.train.settings_check import check_training_settings
 from mami_jax.train.objective import TrainModel, example_batch
 from mami_jax.train.step import TrainState, make_train_step
+from mami_jax.train.throughput import Throughput
 
 #: Test-only: SIGKILL the trainer right after the checkpoint of this step is written.
 KILL_AFTER_STEP_ENV = "_MAMI_JAX_TEST_KILL_AFTER_STEP"
@@ -219,6 +220,7 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
                # a log file (no terminal) gets one line per 30 s, not one per batch
                mininterval=0.1 if sys.stderr.isatty() else 30.0)
     pending, stopped_at = None, None
+    speed = Throughput(loader.global_batch_size, mesh.size)
     try:
         for step in range(start + 1, total_steps + 1):
             batch = next(data_iter)
@@ -229,8 +231,9 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
             bar.update(loader.global_batch_size)
             last = step == total_steps
             if step % config.train.log_every == 0 or last:
-                values = jax.device_get(metrics)
+                values = jax.device_get(metrics)    # waits for the step: the clock is right
                 _check_finite(step, values, ckpt)
+                values = {**values, **speed.at(step)}
                 writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", step=step)
             stopping = stop.reached(step)
@@ -245,6 +248,7 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
                 os.kill(os.getpid(), signal.SIGKILL)
             if config.train.eval_every and step % config.train.eval_every == 0 and not last:
                 run_eval(step)
+                speed.restart()
         if pending is not None:
             _check_finite(*pending, ckpt)
         if stopped_at is None and config.train.eval_at_end and (start < total_steps
