@@ -170,3 +170,20 @@ def test_a_manifest_written_on_windows_is_told_why_its_images_are_missing(tmp_pa
     assert str(e.value) == (f"{path}: line 2 (image_id='a'): {tmp_path}/sub\\0.png: no such file "
                             "or folder (the path is written with '\\' separators: this system "
                             "separates folders by '/')")
+
+
+@pytest.mark.parametrize("slow_stat", [False, True])
+def test_missing_rows_come_in_row_order_whether_asked_one_by_one_or_by_threads(
+        tmp_path, monkeypatch, slow_stat):
+    """On a slow file system (a network mount, simulated by a zero threshold) the rows are
+    asked by 32 threads; the answer is the same list, in the manifest's order."""
+    from mami_jax.data import missing_files
+    if slow_stat:
+        monkeypatch.setattr(missing_files, "SLOW_STAT_SECONDS", 0.0)
+    (tmp_path / "there.png").write_bytes(b"")
+    rows = [ManifestRow(image_id=str(i), patient_id="p", study_id="s", order="0",
+                        modality="xray", dataset="d", view="",
+                        path=str(tmp_path / ("gone.png" if i % 97 in (3, 50) else "there.png")))
+            for i in range(3000)]
+    assert [r.image_id for r in missing_files.missing_rows(rows)] == [
+        str(i) for i in range(3000) if i % 97 in (3, 50)]
