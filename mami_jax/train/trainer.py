@@ -6,7 +6,9 @@ logging, checkpoints, NaN guard and evaluations -> final evaluation.
 
 Everything the run writes lives under WORKDIR: checkpoints/<step>/{params,train,data,labels},
 model_config.json, config.json (the whole config, which the applications read the run
-with: ``run_config``), tb/ (TensorBoard), eval/step_<N>/{metrics.json,cmc.png}.
+with: ``run_config``), tb/ (TensorBoard), curves.png, eval/step_<N>/{metrics.json,cmc.png}.
+One run at a time holds the workdir (``folder_lock``); SIGTERM saves the step reached and
+ends the run (``stop_signal``).
 
 A resume is checked before anything is written (``mami_jax/train/checkpointing.py``):
 the model config against model_config.json, the training patients against the saved
@@ -47,6 +49,7 @@ from mami_jax.train.optim import learning_rate_schedule, make_optimizer
 from mami_jax.train.pretrained import load_pretrained
 from mami_jax.train.settings_check import check_training_settings
 from mami_jax.train.objective import TrainModel, example_batch
+from mami_jax.train.curves_figure import CURVES_FILE, write_curves
 from mami_jax.train.step import TrainState, make_train_step
 from mami_jax.train.throughput import Throughput
 
@@ -112,6 +115,17 @@ def _rows_read(rows, config) -> list:
     evaluates = t.eval_at_start or t.eval_at_end or t.eval_every
     splits = {"train", config.eval.split} if evaluates else {"train"}
     return [r for r in rows if r.split in splits]
+
+
+def _draw_curves(workdir: str, step: int) -> None:
+    """``WORKDIR/curves.png`` (process 0); a picture that cannot be drawn is a warning,
+    never the end of a run."""
+    if jax.process_index() != 0:
+        return
+    try:
+        write_curves(workdir, title=f"{workdir}, step {step}")
+    except Exception as e:  # noqa: BLE001 - the run and its checkpoints matter more
+        logging.warning("%s not drawn: %s: %s", CURVES_FILE, type(e).__name__, e)
 
 
 def _resume_step(config, workdir: str):
@@ -208,6 +222,7 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
         writer.write_scalars(step, {f"eval/{g}/{k}": v for g, m in results.items()
                                     for k, v in m.items() if np.ndim(v) == 0
                                     and isinstance(v, (int, float, np.number))})
+        _draw_curves(workdir, step)
         return results
 
     start = int(jax.device_get(state.step))
@@ -254,6 +269,8 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
         if stopped_at is None and config.train.eval_at_end and (start < total_steps
                                                                 or not results):
             results = run_eval(total_steps)
+        elif start < total_steps:
+            _draw_curves(workdir, step)
     finally:
         bar.close()
         getattr(data_iter, "close", lambda: None)()
