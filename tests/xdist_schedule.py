@@ -23,7 +23,7 @@ SHARED_FIXTURE_MODULES = frozenset({
     "test_checkpoint_other_config.py", "test_config_effective.py", "test_convert_errors.py",
     "test_convert_parity.py", "test_data_pipeline.py", "test_history_cli.py",
     "test_history_diagnosis_backbone.py", "test_history_guards.py", "test_history_resume.py",
-    "test_inference.py", "test_main_errors.py",
+    "test_inference.py", "test_main_errors.py", "test_multiprocess.py",
     "test_phantoms.py", "test_privacy_cli.py", "test_privacy_gradient_agreement.py",
     "test_privacy_history_utility.py", "test_privacy_modality_ensemble.py",
     "test_privacy_perturb.py", "test_privacy_transfer.py", "test_resume.py",
@@ -35,6 +35,8 @@ SHARED_FIXTURE_MODULES = frozenset({
 SLOW_FIRST = (
     "tests/test_train.py::test_main_end_to_end_and_resume_after_kill_is_exact",
     "tests/test_train.py::test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from",
+    "tests/test_multiprocess.py::",
+    "tests/test_train.py::test_sigterm_while_training_saves_the_step_reached_and_the_run_goes_on_from_it",
     "tests/test_readme_commands.py::test_readme_commands_run",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[teachers_alignment",
     "tests/test_colab.py::test_notebook_runs_and_computes_what_it_shows[privacy",

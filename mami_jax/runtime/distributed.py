@@ -1,4 +1,10 @@
-"""Multi-host start-up: ``jax.distributed.initialize()`` when the process is one of several."""
+"""Multi-host start-up: ``jax.distributed.initialize()`` when the process is one of several.
+
+JAX learns the number of processes and each one's rank from the cluster it runs in (a
+Cloud TPU, SLURM, Open MPI). Started by hand or by another launcher, with only
+``JAX_COORDINATOR_ADDRESS`` set, it stopped with "Number of processes must be defined":
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` say them (they win over what JAX would find).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,40 @@ import os
 
 import jax
 
+COUNT_ENV, RANK_ENV = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+
+
+def _whole(name: str) -> int | None:
+    """The whole number in environment variable ``name`` (None when unset)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"environment variable {name}={text!r}: expected a whole number")
+    return int(text)
+
+
+def process_settings() -> dict:
+    """The ``jax.distributed.initialize`` arguments set by ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID`` (both or neither, the rank below the count), else {}."""
+    count, rank = _whole(COUNT_ENV), _whole(RANK_ENV)
+    if (count is None) != (rank is None):
+        given, missing = (COUNT_ENV, RANK_ENV) if rank is None else (RANK_ENV, COUNT_ENV)
+        raise ValueError(f"environment variable {given} is set but {missing} is not: set both "
+                         "(the number of processes, and this one's rank from 0), or neither")
+    if count is None:
+        return {}
+    if not 0 <= rank < count:
+        raise ValueError(f"environment variables {RANK_ENV}={rank}, {COUNT_ENV}={count}: the "
+                         f"rank must be in [0, {count})")
+    return {"num_processes": count, "process_id": rank}
+
 
 def maybe_initialize_distributed() -> None:
     """A coordinator address, or a multi-worker Cloud TPU, means several processes: join them
     before anything touches the devices."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in hosts:
-        jax.distributed.initialize()
+        settings = process_settings()
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize(**settings)
