@@ -39,6 +39,7 @@ from mami_jax.models.config import config_differences
 from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime import sharding
 from mami_jax.runtime.chunk_store import ChunkStore, beside, digest
+from mami_jax.runtime.local_paths import url_hint
 from mami_jax.runtime.progress import progress_bar
 from mami_jax.train import checkpointing
 
@@ -125,7 +126,8 @@ class Embedder:
                        batch_size=int(config.eval.batch_size))
         if not names_a_path(name):
             raise FileNotFoundError(f"{role} {name!r}: no re-ID workdir, model file "
-                                    "(.pth/.safetensors) or converter folder there")
+                                    f"(.pth/.safetensors) or converter folder there"
+                                    f"{url_hint(name)}")
         if sep and not step.isdigit():
             raise ValueError(f"{role} {name!r}: STEP of WORKDIR@STEP must be a number")
         try:

@@ -27,6 +27,7 @@ from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interrupts,
                                          say_interrupted)
+from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.log_filters import quiet_library_info
 from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
 from mami_jax.runtime.stop_signal import StoppedBySignal, say_stopped
@@ -103,7 +104,9 @@ def _after_interrupt() -> str:
 def check_workdir(workdir: str) -> None:
     """ValueError naming ``--workdir`` when it, or the nearest of its folders that exists,
     is a file: every mode writes under it, and the OS error of that write came as a
-    traceback, after the config and the data had been read."""
+    traceback, after the config and the data had been read. A URL (``gs://``) is refused too
+    (``local_paths``)."""
+    refuse_url(workdir, "--workdir")
     path = os.path.abspath(workdir)
     while not os.path.lexists(path):
         path = os.path.dirname(path)

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 from mami_jax.data.csv_text import not_utf8, separated_otherwise
 from mami_jax.runtime.atomic_files import write_atomic
+from mami_jax.runtime.local_paths import url_hint
 
 #: Modalities the system knows. An unknown modality is an error before training.
 MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
@@ -275,7 +276,7 @@ def read_manifest(path: str, base_dir: str | None = None) -> list[ManifestRow]:
     except csv.Error as e:
         raise ManifestError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
     except FileNotFoundError:   # the OS's words name neither the file's role nor the file
-        raise FileNotFoundError(f"manifest {path}: no such file") from None
+        raise FileNotFoundError(f"manifest {path}: no such file{url_hint(path)}") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"manifest {path}: is a folder, not a manifest file") from None
     validate_rows(rows, source=str(path))

@@ -21,6 +21,7 @@ import time
 from typing import Iterable, Sequence
 
 from mami_jax.data.manifest import ManifestRow, row_place
+from mami_jax.runtime.local_paths import url_hint
 
 
 SKIP_SWITCH = "--config.data.skip_bad_images=True"
@@ -66,7 +67,7 @@ def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "") -> None:
     more = f" ({n} more image{'s' if n > 1 else ''} missing)" if n else ""
     raise FileNotFoundError(f"{where + ' ' if where else ''}(image_id={first.image_id!r}): "
                             f"{first.path}: no such file or folder{more}"
-                            f"{_windows_separators(first.path)}{remedy}")
+                            f"{_windows_separators(first.path)}{url_hint(first.path)}{remedy}")
 
 
 def _windows_separators(path: str) -> str:

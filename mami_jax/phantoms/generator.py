@@ -66,6 +66,7 @@ import numpy as np
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
 from mami_jax.runtime import atomic_files, strict_json
+from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.progress import progress_bar
 
 #: Bump when the generated content changes, so stale caches are not reused.
@@ -236,6 +237,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     """
     _check_args(patients, visits, seed, image_size, slices, pathology_field, stage1_visible,
                 signs_visible)
+    refuse_url(out_dir, "phantoms folder")
     pathology_field = float(pathology_field)
     out_dir = os.path.abspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -324,6 +326,7 @@ def ensure_phantoms(cache_dir: str, patients: int = DEFAULTS["patients"], visits
     process may still be writing it.
     """
     _check_args(patients, visits, seed, image_size, slices, pathology_field)
+    refuse_url(cache_dir, "phantoms.cache_dir")
     pathology_field = float(pathology_field)
     target = os.path.join(os.path.abspath(cache_dir),
                           cache_key(patients, visits, seed, image_size, slices, pathology_field))

@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterator
 
+from mami_jax.runtime.local_paths import refuse_url
+
 #: Part of every temporary name made here; what ``remove_stale_temporaries`` looks for.
 TEMP_MARK = ".mami-tmp-"
 
@@ -50,7 +52,9 @@ def _temp_prefix(path: str) -> str:
 def make_dirs(path: str) -> str:
     """``os.makedirs(path, exist_ok=True)``; returns the absolute path. An OSError says
     which folder could not be made, and why, in one line (the OS's own message named only
-    the first missing part, e.g. ``[Errno 2] ...: '/proc/nope'``)."""
+    the first missing part, e.g. ``[Errno 2] ...: '/proc/nope'``). A URL (``gs://...``) is
+    refused: it would become a local folder named ``gs:`` (``local_paths``)."""
+    refuse_url(path, "folder")
     path = os.path.abspath(os.fspath(path))
     try:
         os.makedirs(path, exist_ok=True)

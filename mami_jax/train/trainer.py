@@ -34,7 +34,8 @@ from absl import logging
 from tqdm import tqdm
 
 from mami_jax.runtime import folder_lock, sharding
-from mami_jax.runtime.atomic_files import remove_stale_temporaries
+from mami_jax.runtime.atomic_files import make_dirs, remove_stale_temporaries
+from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.train import checkpointing, run_config
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
@@ -141,13 +142,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
     final evaluation metrics per group."""
     maybe_initialize_distributed()
+    refuse_url(workdir, "workdir")      # abspath would make it a local folder "gs:"
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
     _resume_step(config, workdir)       # a run of another model: before anything is written
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
-    os.makedirs(workdir, exist_ok=True)
+    make_dirs(workdir)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
                           take=jax.process_index() == 0), StopRequests() as stop:
         return _train(config, workdir, rows, kill_after, stop)

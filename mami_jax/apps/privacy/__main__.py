@@ -190,10 +190,12 @@ def _run(args, parser) -> None:
     from mami_jax.data.manifest import MODALITIES, read_manifest
     from mami_jax.data.missing_files import refuse_missing_files
     from mami_jax.inference import names_a_path
+    from mami_jax.runtime.local_paths import url_hint
 
     require_file("--manifest", args.manifest)
     if not names_a_path(args.workdir):
-        raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder")
+        raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder"
+                                f"{url_hint(args.workdir)}")
     pcfg = load_config(args.config)
     apply_overrides(pcfg, args.set)
     rows = read_manifest(args.manifest)
