@@ -55,3 +55,12 @@ def test_missing_or_damaged_files_are_errors_naming_the_file(tmp_path):
         f.write(data[:-3])
     with pytest.raises(ValueError, match=f"{name}: record 1 .*truncated"):
         read_scalars(str(tmp_path))
+
+
+def test_the_log_line_holds_the_training_scalars_and_an_evaluation_logs_none(tmp_path, caplog):
+    """An evaluation's scalars logged an empty ``step 3: `` line (its table is printed)."""
+    with caplog.at_level("INFO"):
+        _write(str(tmp_path), [(3, {"train/loss": 2.5, "eval/x/rank1": 0.5}),
+                               (3, {"eval/x/rank1": 0.5, "eval/x/mAP": 0.25})])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert lines == ["step 3: train/loss=2.5"]

@@ -22,8 +22,9 @@ class MetricWriter:
         for key, value in clean.items():
             self._writer.add_scalar(key, value, step)
         self._writer.flush()
-        logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in clean.items()
-                                                   if k.startswith("train/")))
+        logged = ", ".join(f"{k}={v:.5g}" for k, v in clean.items() if k.startswith("train/"))
+        if logged:      # an evaluation's scalars: its table is printed instead
+            logging.info("step %d: %s", step, logged)
 
     def close(self) -> None:
         if self._writer is not None:
