@@ -59,23 +59,27 @@ class StopRequests:
             self._previous = None
 
     def _note(self, signum, frame) -> None:
-        if not self._received:
-            print("\nSIGTERM: saving a checkpoint after this step, then stopping",
-                  file=sys.stderr, flush=True)
+        # Only a flag: a handler that printed could interrupt a write to the same stream
+        # (the progress bar's), and Python raises on such a reentrant write.
         self._received = True
 
     def reached(self, step: int) -> bool:
         """Whether the run should save ``step``'s checkpoint and stop (call after every
         step, on every process, with the same steps)."""
-        if not self._several:
-            return self._received
-        from jax.experimental import multihost_utils
-        try:
-            return bool(multihost_utils.reached_preemption_sync_point(step))
-        except RuntimeError as e:   # the service is off (jax_enable_preemption_service)
-            logging.warning("SIGTERM is not heard: %s", e)
-            self._several = False   # warn once; the default action ends the process
-            return False
+        if self._several:
+            from jax.experimental import multihost_utils
+            try:
+                stop = bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError as e:   # the service is off (jax_enable_preemption_service)
+                logging.warning("SIGTERM is not heard: %s", e)
+                self._several = False   # warn once; the default action ends the process
+                return False
+        else:
+            stop = self._received
+        if stop:
+            print(f"\nSIGTERM: saving the checkpoint of step {step}, then stopping",
+                  file=sys.stderr, flush=True)
+        return stop
 
 
 def say_stopped(stopped: StoppedBySignal) -> int:
