@@ -93,3 +93,33 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
     assert ran == [True]
     assert (f"--workdir {tmp_path}: cannot be locked (No locks available): nothing stops a "
             "second training run from writing into it at the same time") in caplog.text
+
+
+HOLD_PARENT = ("import sys, time\n"
+               "from mami_jax.runtime import folder_lock\n"
+               "with folder_lock.held(sys.argv[1], 'the folder', 'holder', in_file=False):\n"
+               "    print('held', flush=True)\n"
+               "    time.sleep(120)\n")
+
+
+def test_a_second_history_add_to_an_archive_is_refused_while_one_runs(tmp_path, capsys):
+    """Two adds each saved the archive they had read plus their own rows: the last save
+    lost the other's rows. A save replaces the archive folder whole, so the lock is on its
+    parent, and nothing is written there."""
+    from mami_jax.apps.history.__main__ import main as history
+    index = tmp_path / "archive"
+    index.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_PARENT, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        status = history(["add", "--index", str(index), "--manifest", str(tmp_path / "m.csv")])
+    finally:
+        proc.kill()
+        proc.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status != 0 and err == [
+        f"error: --index {index} is in use by another history add (or a command adding to an "
+        "archive in the same folder); two at once overwrite each other's files: wait for it "
+        "to end, or stop it, then run this again"]
+    assert sorted(os.listdir(tmp_path)) == ["archive"] and os.listdir(index) == []

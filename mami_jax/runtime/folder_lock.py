@@ -54,15 +54,19 @@ def _describe_self(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def held(folder: str, role: str, what: str, take: bool = True) -> Iterator[None]:
+def held(folder: str, role: str, what: str, take: bool = True,
+         in_file: bool = True) -> Iterator[None]:
     """Holds ``folder`` (which must exist) for the block; FolderInUseError when another
     process holds it. ``role`` names the folder in the message (``--workdir /runs/a``),
     ``what`` the kind of command (``training run``). ``take=False`` (the other processes
-    of a multi-host run, whose process 0 holds it) holds nothing."""
+    of a multi-host run, whose process 0 holds it) holds nothing. ``in_file=False`` locks
+    the folder itself and writes nothing in it, so who holds it goes unsaid: for the parent
+    of a folder that is replaced whole when saved (a lock file inside would go with it)."""
     if not take:
         yield
         return
-    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    fd = (os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666) if in_file
+          else os.open(folder, os.O_RDONLY))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,11 +76,13 @@ def held(folder: str, role: str, what: str, take: bool = True) -> Iterator[None]
                                 "writing into it at the same time", role, e.strerror, what)
                 yield
                 return
+            holder = f" ({_holder(fd)})" if in_file else ""
             raise FolderInUseError(
-                f"{role} is in use by another {what} ({_holder(fd)}); two at once overwrite "
+                f"{role} is in use by another {what}{holder}; two at once overwrite "
                 f"each other's files: wait for it to end, or stop it, then run this again"
             ) from None
-        _describe_self(fd)
+        if in_file:
+            _describe_self(fd)
         yield
     finally:
         os.close(fd)    # releases the lock

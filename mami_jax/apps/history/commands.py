@@ -35,6 +35,7 @@ from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
+from mami_jax.runtime import folder_lock
 from mami_jax.runtime.output_guard import (check_output_file, check_output_folder,
                                            check_parent_is_folder, refuse_inside_inputs,
                                            refuse_overwriting_inputs, same_or_inside)
@@ -215,6 +216,19 @@ def _load_model(archive: Archive, source: tuple[str, str, str], where: str) -> T
 
 
 def add(args) -> int:
+    """Adds a manifest's images to the archive ``--index``, one ``add`` at a time: two
+    at once each saved the archive they had read plus their own rows, and the last save
+    lost the other's rows without a word. The lock is on the archive's parent folder, since
+    a save replaces the archive folder whole."""
+    if not os.path.isdir(args.index):
+        return _add(args)               # Archive.load says what is missing
+    parent = os.path.dirname(os.path.abspath(args.index))
+    with folder_lock.held(parent, f"--index {args.index}", "history add (or a command "
+                          "adding to an archive in the same folder)", in_file=False):
+        return _add(args)
+
+
+def _add(args) -> int:
     archive = Archive.load(args.index)
     cfg = app_config(args)
     for flag in ("--manifest", "--labels"):
