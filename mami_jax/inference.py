@@ -31,7 +31,7 @@ import numpy as np
 
 from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import MODALITIES, ManifestRow
 from mami_jax.data.pipeline import read_example
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.models import validate_config
@@ -194,7 +194,6 @@ def file_rows(paths: Sequence[str], modality: str) -> list[ManifestRow]:
     slice folders) of one ``modality``, each its own patient and visit: what
     ``Embedder.embed_files`` embeds. A missing path or unknown modality is refused here,
     naming it."""
-    from mami_jax.data.manifest import MODALITIES
     if modality not in MODALITIES:
         raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
     if isinstance(paths, (str, os.PathLike)):

@@ -24,6 +24,8 @@ from typing import Callable, NoReturn
 
 #: The exit status of a command ended by Ctrl-C (128 + SIGINT, as the shell reports it).
 INTERRUPTED = 130
+#: The exit status of a training run stopped by SIGTERM after its checkpoint (``stop_signal``).
+TERMINATED = 128 + signal.SIGTERM
 
 
 def say_interrupted(again: str = "") -> int:
@@ -53,7 +55,7 @@ def redeliver_swallowed_interrupts() -> None:
 def end_process(status: int) -> NoReturn:
     """Exit with ``status``; after Ctrl-C or SIGTERM (status 130 or 143) at once, without
     the interpreter's teardown."""
-    if status in (INTERRUPTED, 128 + signal.SIGTERM):
+    if status in (INTERRUPTED, TERMINATED):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -22,8 +22,8 @@ import threading
 
 from absl import logging
 
-#: The exit status of a run ended by SIGTERM after its checkpoint (128 + SIGTERM).
-TERMINATED = 128 + signal.SIGTERM
+from mami_jax.runtime.interrupts import TERMINATED
+
 
 
 class StoppedBySignal(Exception):
