@@ -337,3 +337,31 @@ def test_truncated_data_is_one_line_in_a_real_process(files, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: {ckpt}/params: cannot read the orbax params item ")
     assert not os.path.exists(tmp_path / "x.pth")
+
+
+def test_unretrieved_sibling_read_failures_are_not_logged(caplog):
+    """The other reads of a truncated checkpoint fail too; asyncio logged each of them
+    ("Task exception was never retrieved" and a traceback) after the one ``error:`` line,
+    now and then (when they finished before orbax closed its loop). Other unretrieved
+    failures are still logged."""
+    import asyncio
+    import gc
+
+    async def fail(message):
+        raise ValueError(message)
+
+    def unretrieved(message):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail(message))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        del task
+        gc.collect()
+
+    quiet_orphaned_read_callbacks()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        unretrieved('OUT_OF_RANGE: Error reading "a/0.0" in OCDBT database at local file "x"')
+        assert not [r for r in caplog.records if r.name == "asyncio"]
+        unretrieved("a bug elsewhere")
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert logged.startswith("Task exception was never retrieved") and "a bug elsewhere" in logged
