@@ -146,35 +146,32 @@ def test_a_missing_training_image_is_refused_before_the_run_starts(run, tmp_path
     """The sampler met it only when it drew it: a 10-step run over the phantoms with one
     training image gone trained, evaluated and ended well; a long run stopped hours in."""
     copy, number, image_id, gone = manifest_missing(run, tmp_path, "train")
-    workdir = tmp_path / "fresh"
-    proc = main(f"--workdir={workdir}", f"--config={run['config']}",
-                f"--config.data.manifest={copy}", "--config.train.total_steps=1")
-    assert proc.returncode == 1
-    assert only_error_line(proc) == (
+    assert refused_before_the_workdir(
+        tmp_path / "fresh", f"--config.data.manifest={copy}", "--config.train.total_steps=1",
+        config=f"--config={run['config']}") == (
         f"error: {copy}: line {number} (image_id={image_id!r}): {gone}: no such file or folder; "
         "training can skip missing and unreadable images, counted: "
         "--config.data.skip_bad_images=True")
-    assert not workdir.exists()
+
+
+def refused_before_the_workdir(workdir, *flags,
+                               config="--config=configs/all.py:runlocal") -> str:
+    """The one error line of a training run refused before it made ``workdir``."""
+    proc = main(config, f"--workdir={workdir}", *flags)
+    assert proc.returncode == 1
+    line = only_error_line(proc)
+    assert not os.path.exists(workdir)
+    return line
 
 
 def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_workdir(tmp_path):
     """K=1 made the triplet 0 at every step: the run trained on the identity loss alone."""
-    run = tmp_path / "run"
-    proc = main("--config=configs/all.py:runlocal", f"--workdir={run}",
-                "--config.data.images_per_patient=1")
-    assert proc.returncode == 1
-    assert only_error_line(proc) == (
+    assert refused_before_the_workdir(tmp_path / "run", "--config.data.images_per_patient=1") == (
         "error: data.patients_per_batch=8, data.images_per_patient=1: loss term 'triplet' "
         "needs at least 2 patients of 2 images in a batch and would be 0 at every step; raise "
         "them, or drop the term (--config.loss.terms.triplet=0)")
-    assert not run.exists()
 
 
 def test_a_bad_augmentation_setting_is_one_error_line_before_the_workdir(tmp_path):
-    run = tmp_path / "run"
-    proc = main("--config=configs/all.py:runlocal", f"--workdir={run}",
-                "--config.data.crop_ratio=2")
-    assert proc.returncode == 1
-    assert only_error_line(proc) == ("error: data.crop_ratio=(2.0,): expected (low, high) "
-                                     "with 0 < low <= high")
-    assert not run.exists()
+    assert refused_before_the_workdir(tmp_path / "run", "--config.data.crop_ratio=2") == (
+        "error: data.crop_ratio=(2.0,): expected (low, high) with 0 < low <= high")
