@@ -26,6 +26,7 @@ from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.evaluate.evaluator import evaluate
+from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_atomic
@@ -56,6 +57,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     if model is None:
         checkpointing.check_model_config(workdir, config.model, action)
     rows = load_rows(config, workdir)
+    if mode == "eval":
+        check_split_evaluable(rows, config.eval.split)
     check_images_on_disk([r for r in rows if mode == "embed" or r.split == config.eval.split],
                          config.data.skip_bad_images, "evaluation" if mode == "eval" else
                          "embedding")

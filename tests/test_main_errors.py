@@ -175,3 +175,35 @@ def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_work
 def test_a_bad_augmentation_setting_is_one_error_line_before_the_workdir(tmp_path):
     assert refused_before_the_workdir(tmp_path / "run", "--config.data.crop_ratio=2") == (
         "error: data.crop_ratio=(2.0,): expected (low, high) with 0 < low <= high")
+
+
+def test_a_manifest_without_evaluation_rows_is_refused_before_the_run(run, tmp_path):
+    """It trained every step and then stopped at the final evaluation: "no rows in split
+    'test' to evaluate"."""
+    manifest = write_xray_archive(str(tmp_path / "xr"), {f"P{i}": "train" for i in range(4)})
+    assert refused_before_the_workdir(
+        tmp_path / "fresh", f"--config.data.manifest={manifest}",
+        config=f"--config={run['config']}") == (
+        f"error: {manifest}: no rows in split 'test' to evaluate (the rows' splits: train 12): "
+        "give some patients split 'test', or evaluate another split (--config.eval.split); or "
+        "train without evaluating: --config.train.eval_at_start=False "
+        "--config.train.eval_at_end=False --config.train.eval_every=0")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_an_evaluation_split_of_one_visit_a_patient_is_refused_before_the_work(
+        run, tmp_path, mode):
+    """Training trained every step, ``--mode=eval`` embedded the whole split, and both then
+    stopped with "verification needs both kinds of pairs: 0 same-patient"."""
+    manifest = write_xray_archive(str(tmp_path / "xr"), {f"P{i}": "test" for i in range(5)},
+                                  visits=1)
+    workdir = tmp_path / "fresh" if mode == "train" else run["workdir"]
+    before = sorted(os.walk(run["workdir"]))
+    proc = main(f"--workdir={workdir}", f"--config={run['config']}",
+                f"--config.data.manifest={manifest}", f"--mode={mode}")
+    assert proc.returncode == 1
+    assert only_error_line(proc).startswith(
+        f"error: {manifest}: split 'test' has 5 images of 5 patients, but no patient has images "
+        "of two studies (visits) in one dataset and modality: ")
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(os.walk(run["workdir"])) == before

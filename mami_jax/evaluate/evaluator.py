@@ -114,6 +114,10 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
             if protocol.query.size == 0 or protocol.gallery.size == 0:
                 logging.warning("%s/%s: empty query or gallery, skipped", name, protocol_name)
                 continue
+            if not protocol.query_has_match.any():
+                logging.warning("%s/%s: no query has a true match (no patient with images of "
+                                "two studies), skipped", name, protocol_name)
+                continue
             metrics = chunked_reid_metrics(
                 emb[protocol.query], emb[protocol.gallery], protocol.query_pids,
                 protocol.gallery_pids, protocol.query_studies, protocol.gallery_studies,
@@ -153,6 +157,9 @@ def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, ou
     emb = embed_split([rows[i] for i in indices])
     by_row = dict(zip(indices, emb))
     results = score_groups(by_row, rows, groups, config.eval)
+    if not results:
+        raise ValueError(f"nothing to score in split {config.eval.split!r}: no group has a "
+                         "query with a true match (evaluate.split_check)")
     if jax.process_index() == 0:
         write_eval_report(results, out_dir, title=title)
     return results

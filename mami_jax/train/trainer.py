@@ -42,6 +42,7 @@ from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.evaluate.evaluator import embed_split_by, evaluate
+from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.runtime.metric_writer import MetricWriter
 from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
@@ -109,12 +110,20 @@ def build_model_and_state_fns(config, num_classes: int, total_steps: int):
     return model, optimizer, make_init_state(config, model, optimizer)
 
 
+#: How to train without evaluating, offered when the evaluation split cannot be scored.
+NO_EVALUATION = ("train without evaluating: --config.train.eval_at_start=False "
+                 "--config.train.eval_at_end=False --config.train.eval_every=0")
+
+
+def _evaluates(config) -> bool:
+    t = config.train
+    return bool(t.eval_at_start or t.eval_at_end or t.eval_every)
+
+
 def _rows_read(rows, config) -> list:
     """The rows a run reads images of: the training split, and the evaluation split when
     it evaluates at all."""
-    t = config.train
-    evaluates = t.eval_at_start or t.eval_at_end or t.eval_every
-    splits = {"train", config.eval.split} if evaluates else {"train"}
+    splits = {"train", config.eval.split} if _evaluates(config) else {"train"}
     return [r for r in rows if r.split in splits]
 
 
@@ -148,6 +157,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     check_training_settings(config)     # a bad setting stops before anything is written
     _resume_step(config, workdir)       # a run of another model: before anything is written
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
+    if _evaluates(config):  # found at the final evaluation, it cost the whole run
+        check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION)
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
     make_dirs(workdir)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",

@@ -1,0 +1,53 @@
+"""Whether a split can be evaluated at all, asked before a run spends its time.
+
+The "reid" protocol leaves a query's own study out of its gallery (``protocols``), so a
+query has a true match only when its patient has images of another study in the same
+(dataset, modality) group. A split without rows, or one where no patient has images of
+two studies (one image per patient, say), scores nothing: a training run used to find
+that out at its final evaluation, after all its steps, and stop there with status 1.
+``check_split_evaluable`` refuses such a split before the run, naming the split's numbers
+and what to change.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+from mami_jax.data.manifest import ManifestRow
+
+
+def patients_with_two_studies(rows: Sequence[ManifestRow], split: str) -> dict[str, int]:
+    """Per "dataset/modality" group of ``split``: how many patients have images of two or
+    more studies there (the patients whose images can be queries with a true match)."""
+    studies: dict[str, dict[str, set]] = collections.defaultdict(
+        lambda: collections.defaultdict(set))
+    for r in rows:
+        if r.split == split:
+            studies[f"{r.dataset}/{r.modality}"][r.patient_key].add(r.study_key)
+    return {group: sum(len(s) > 1 for s in by_patient.values())
+            for group, by_patient in studies.items()}
+
+
+def check_split_evaluable(rows: Sequence[ManifestRow], split: str, otherwise: str = "") -> None:
+    """Raises ValueError when ``split`` of ``rows`` has no row, or no patient with images
+    of two studies in one group. ``otherwise``: the way round it the caller offers (how to
+    train without evaluating), appended to the message."""
+    where = next((f"{r.location[0]}: " for r in rows if r.location), "")
+    tail = f"; or {otherwise}" if otherwise else ""
+    members = [r for r in rows if r.split == split]
+    if not members:
+        found = collections.Counter(r.split or "none" for r in rows)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(found.items())) or "no rows"
+        raise ValueError(
+            f"{where}no rows in split {split!r} to evaluate (the rows' splits: {counts}): "
+            f"give some patients split {split!r}, or evaluate another split "
+            f"(--config.eval.split){tail}")
+    if not any(patients_with_two_studies(rows, split).values()):
+        patients = len({r.patient_key for r in members})
+        raise ValueError(
+            f"{where}split {split!r} has {len(members)} images of {patients} patients, but no "
+            f"patient has images of two studies (visits) in one dataset and modality: a "
+            f"query's own study is left out of its gallery, so no query has a true match and "
+            f"there is nothing to score. Give the split patients with several visits, or "
+            f"evaluate another split (--config.eval.split){tail}")
