@@ -95,3 +95,14 @@ def test_features_of_another_manifest_are_an_error(setup, tmp_path, capsys):
                                            f"{feats} (inputs are never modified)\n")
     assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", manifest]) == 2
     assert capsys.readouterr().err == f"error: --out {manifest}: is a file, not a folder\n"
+
+
+def test_a_split_that_cannot_be_scored_is_one_error_line_naming_the_flag(setup, tmp_path,
+                                                                         capsys):
+    manifest, feats = setup
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--split", "nope",
+                           "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {manifest}: no rows in split 'nope' to evaluate (the rows' splits: test 15, train 75, "
+        "val 9): give some patients split 'nope', or evaluate another split (--split)\n")
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,7 @@ from typing import Sequence
 
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
+from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
@@ -58,9 +59,8 @@ def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out
 
     stored = load_features(features_dir, teachers, manifest_ids=[r.image_id for r in rows],
                            manifest_name=manifest_name)
+    check_split_evaluable(rows, eval_cfg.split, split_flag="--split")
     groups = group_indices(rows, eval_cfg.split)
-    if not groups:
-        raise ValueError(f"{manifest_name}: no rows in split {eval_cfg.split!r} to evaluate")
     results = {}
     for name, feats in stored.items():
         by_id = feats.by_id()

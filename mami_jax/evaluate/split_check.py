@@ -29,10 +29,12 @@ def patients_with_two_studies(rows: Sequence[ManifestRow], split: str) -> dict[s
             for group, by_patient in studies.items()}
 
 
-def check_split_evaluable(rows: Sequence[ManifestRow], split: str, otherwise: str = "") -> None:
+def check_split_evaluable(rows: Sequence[ManifestRow], split: str,
+                          split_flag: str = "--config.eval.split", otherwise: str = "") -> None:
     """Raises ValueError when ``split`` of ``rows`` has no row, or no patient with images
-    of two studies in one group. ``otherwise``: the way round it the caller offers (how to
-    train without evaluating), appended to the message."""
+    of two studies in one group. ``split_flag``: the caller's flag that picks the split;
+    ``otherwise``: the way round it the caller offers (how to train without evaluating),
+    appended to the message."""
     where = next((f"{r.location[0]}: " for r in rows if r.location), "")
     tail = f"; or {otherwise}" if otherwise else ""
     members = [r for r in rows if r.split == split]
@@ -42,7 +44,7 @@ def check_split_evaluable(rows: Sequence[ManifestRow], split: str, otherwise: st
         raise ValueError(
             f"{where}no rows in split {split!r} to evaluate (the rows' splits: {counts}): "
             f"give some patients split {split!r}, or evaluate another split "
-            f"(--config.eval.split){tail}")
+            f"({split_flag}){tail}")
     if not any(patients_with_two_studies(rows, split).values()):
         patients = len({r.patient_key for r in members})
         raise ValueError(
@@ -50,4 +52,4 @@ def check_split_evaluable(rows: Sequence[ManifestRow], split: str, otherwise: st
             f"patient has images of two studies (visits) in one dataset and modality: a "
             f"query's own study is left out of its gallery, so no query has a true match and "
             f"there is nothing to score. Give the split patients with several visits, or "
-            f"evaluate another split (--config.eval.split){tail}")
+            f"evaluate another split ({split_flag}){tail}")
