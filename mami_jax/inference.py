@@ -31,8 +31,9 @@ import numpy as np
 
 from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
-from mami_jax.data.manifest import MODALITIES, ManifestRow
-from mami_jax.data.pipeline import read_example
+from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.example_reader import read_example
+from mami_jax.data.file_rows import file_rows
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
@@ -187,26 +188,6 @@ class Embedder:
         ``pairwise_similarity`` (``mami_jax.evaluate.retrieval``) of two of them is the
         score evaluation ranks by."""
         return self.embed_rows(file_rows(paths, modality), progress=progress)
-
-
-def file_rows(paths: Sequence[str], modality: str) -> list[ManifestRow]:
-    """Manifest rows standing for image files (or DICOM series folders, NIfTI volumes,
-    slice folders) of one ``modality``, each its own patient and visit: what
-    ``Embedder.embed_files`` embeds. A missing path or unknown modality is refused here,
-    naming it."""
-    if modality not in MODALITIES:
-        raise ValueError(f"modality {modality!r}: expected one of {', '.join(MODALITIES)}")
-    if isinstance(paths, (str, os.PathLike)):
-        raise TypeError(f"paths: a list of paths, not one path ({paths!r}): [{str(paths)!r}]")
-    rows = []
-    for i, path in enumerate(map(os.fspath, paths)):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file or folder")
-        rows.append(ManifestRow(image_id=f"file{i}:{os.path.abspath(path)}",
-                                patient_id=f"file{i}", study_id=f"file{i}", order="0",
-                                modality=modality, dataset="files", view="",
-                                path=os.path.abspath(path)))
-    return rows
 
 
 #: Batches per chunk of ``embed_in_chunks``: the progress bar's step, and what a stopped

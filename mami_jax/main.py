@@ -55,7 +55,7 @@ def user_errors() -> tuple:
     from mami_jax.data.datasets.common import DatasetLayoutError
     from mami_jax.data.decode import DecodeError
     from mami_jax.data.manifest import ManifestError
-    from mami_jax.data.pipeline import DataError
+    from mami_jax.data.example_reader import DataError
     from mami_jax.data.teacher_features import TeacherFeatureError
     from mami_jax.train.checkpointing import CheckpointError
     from mami_jax.train.trainer import NonFiniteLossError

@@ -102,7 +102,7 @@ def _digest(x: np.ndarray) -> list:
 def quickstart_digest(config, cache_dir: str, steps: int = 12) -> dict:
     """The sampler's first ``steps`` plans and one training / evaluation view per modality,
     on small phantoms (20 patients, 48 px, 4 slices, the config's pathology field)."""
-    from mami_jax.data import pipeline
+    from mami_jax.data import example_reader, pipeline
     from mami_jax.data.loading import load_rows
     from mami_jax.data.manifest import MODALITIES
 
@@ -122,10 +122,10 @@ def quickstart_digest(config, cache_dir: str, steps: int = 12) -> dict:
         index = next((i for i, r in enumerate(rows) if r.modality == m and r.split == "train"), None)
         if index is None:
             continue
-        train = pipeline.read_example(rows[index], config.data,
+        train = example_reader.read_example(rows[index], config.data,
                                       np.random.default_rng([config.seed, 0, 1, index]))
         views[m] = {"row": index, "train": _digest(train),
-                    "eval": _digest(pipeline.read_example(rows[index], config.data))}
+                    "eval": _digest(example_reader.read_example(rows[index], config.data))}
     return {"plans": plans, "views": views}
 
 

@@ -67,17 +67,21 @@ def write_app_config(directory: str) -> str:
     return path
 
 
-def make_workdir(workdir: str, config, seed: int = 0, step: int = 1) -> str:
-    """Saves random parameters of ``config.model`` drawn with ``seed`` (numpy, from the
-    parameter shapes: no model initialisation to compile), LayerNorm scales near 1."""
+def random_params(model_cfg, seed: int = 0) -> dict:
+    """Random parameters of ``model_cfg`` drawn with ``seed`` (numpy, from the parameter
+    shapes: no model initialisation to compile), LayerNorm scales near 1."""
     rng = np.random.default_rng(seed)
-    shapes = abstract_params(config.model, 32)
 
     def draw(path, a):
         near_one = jax.tree_util.keystr(path).endswith("['scale']")
         return (float(near_one) + 0.05 * rng.standard_normal(a.shape)).astype(a.dtype)
 
-    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(model_cfg, 32))
+
+
+def make_workdir(workdir: str, config, seed: int = 0, step: int = 1) -> str:
+    """Saves ``random_params`` of ``config.model`` as the checkpoint of ``step``."""
+    params = random_params(config.model, seed)
     checkpointing.write_model_config(workdir, config.model)
     write_run_config(workdir, config)    # as training writes it
     ckpt = checkpointing.Checkpointer(workdir)

@@ -42,7 +42,9 @@ import json
 print('NOTEBOOK-PROBE ' + json.dumps(dict(
     keys=len(state), table=len(table), file_keys=sorted(saved), max_diff=max_diff, scale=scale,
     round_trip=round_trip, prefixed=sorted({k.split('.')[0] for k in prefixed}),
-    refusal=refusal, parameters=int(sum(x.size for x in leaves)))))
+    refusal=refusal, parameters=int(sum(x.size for x in leaves)),
+    files=list(E_torch.shape), files_jax=list(E_jax.shape), files_diff=files_diff,
+    files_scale=files_scale, view=list(view))))
 """,
     "teachers_alignment.ipynb": """
 import json
@@ -171,6 +173,9 @@ def _check_interchange(p, text, pictures):
     assert p["prefixed"] == ["module"]
     assert "shift_input='patch_mean'" in p["refusal"]
     assert "parity holds" in text and pictures >= 1
+    # image files through TorchEmbedder: the paper's 224 px view, the JAX side's embeddings
+    assert p["files"] == p["files_jax"] == [3, p["files"][1]] and p["view"] == [1, 224, 224, 3]
+    assert p["files_scale"] > 1e-3 and p["files_diff"] < 1e-4 * max(1.0, p["files_scale"])
 
 
 def _check_teachers(p, text, pictures):

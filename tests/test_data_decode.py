@@ -541,14 +541,14 @@ def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("flip", None), ("rotate", None), ("slices", 0)])
 def test_reader_names_a_bad_modality_setting(tmp_path, key, value):
-    from mami_jax.data import pipeline
+    from mami_jax.data import example_reader
     from mami_jax.data.config import default_data_config
     from mami_jax.data.manifest import ManifestRow
     cfg = default_data_config()
     cfg.modalities.pathology[key] = value
     row = ManifestRow("d:p1", "p", "s", "0", "pathology", "d", "", str(tmp_path / "x.png"), "train")
     with pytest.raises(ValueError, match=f"data.modalities.pathology.{key}="):
-        pipeline.ExampleReader([row], cfg)
+        example_reader.ExampleReader([row], cfg)
 
 
 def test_an_image_past_pils_bomb_guard_says_to_cut_it_into_tiles(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mami_jax.data import pipeline
+from mami_jax.data import example_reader
 from mami_jax.data.config import default_data_config
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, center_crop_box,
@@ -47,7 +47,7 @@ def test_unknown_normalization_names_the_key(tmp_path):
     cfg.normalization = "zscore"
     row = ManifestRow("d:p1", "p", "s", "0", "xray", "d", "", str(tmp_path / "x.png"), "train")
     with pytest.raises(ValueError, match="data.normalization='zscore'"):
-        pipeline.ExampleReader([row], cfg)
+        example_reader.ExampleReader([row], cfg)
 
 
 def test_train_and_eval_transforms_use_the_configured_normalization():

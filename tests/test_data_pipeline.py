@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mami_jax.data import pipeline, sampler
+from mami_jax.data import example_reader, pipeline, sampler
 from mami_jax.data.config import default_data_config, default_modality_config, update_modalities
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow
 from mami_jax.data.decode import open_volume
@@ -217,7 +217,7 @@ def test_eval_loader_groups_pads_and_masks(rows):
     vol = open_volume(rows[ct[0]].path)
     ref = eval_transform(vol.read([1, 3, 5]), 10, 8)  # centres of 3 segments of 7 slices
     np.testing.assert_allclose(batches[0]["images"][0], ref, atol=1e-6)
-    np.testing.assert_allclose(pipeline.read_example(rows[ct[0]], cfg), ref, atol=1e-6)
+    np.testing.assert_allclose(example_reader.read_example(rows[ct[0]], cfg), ref, atol=1e-6)
 
 
 def with_corrupt_image(rows, tmp_path):
@@ -230,7 +230,7 @@ def with_corrupt_image(rows, tmp_path):
 def test_bad_image_fails_naming_row_and_file_or_is_skipped_and_counted(rows, tmp_path):
     bad_rows, i = with_corrupt_image(rows, tmp_path)
     cfg = small_cfg()
-    with pytest.raises(pipeline.DataError, match=f"manifest row {i} \\(image_id='dx:t0'.*corrupt.png"):
+    with pytest.raises(example_reader.DataError, match=f"manifest row {i} \\(image_id='dx:t0'.*corrupt.png"):
         list(pipeline.make_eval_loader(bad_rows, [i], cfg, batch_size=2))
     cfg = small_cfg(skip_bad_images=True)
     loader = pipeline.make_eval_loader(bad_rows, [i, i + 1], cfg, batch_size=2)
@@ -244,7 +244,7 @@ def test_bad_image_fails_naming_row_and_file_or_is_skipped_and_counted(rows, tmp
     hits = sum(int((b["index"] == j).sum()) for b in batches)
     assert hits > 0 and loader.skipped_images == hits
     assert all(not m for b in batches for m, ix in zip(b["mask"], b["index"]) if ix == j)
-    with pytest.raises(pipeline.DataError, match=f"manifest row {j} "):
+    with pytest.raises(example_reader.DataError, match=f"manifest row {j} "):
         take(pipeline.make_train_loader(train_bad, small_cfg(), seed=0), 12)
 
 
@@ -277,9 +277,9 @@ def test_errors_that_are_not_bad_files_are_never_skipped(rows, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a bug, not a bad file")
 
-    monkeypatch.setattr(pipeline, "eval_transform", broken)
+    monkeypatch.setattr(example_reader, "eval_transform", broken)
     loader = pipeline.make_eval_loader(rows, [0], small_cfg(skip_bad_images=True), batch_size=1)
-    with pytest.raises(pipeline.DataError, match="manifest row 0 .*ValueError: a bug"):
+    with pytest.raises(example_reader.DataError, match="manifest row 0 .*ValueError: a bug"):
         list(loader)
     assert loader.skipped_images == 0
 
@@ -346,14 +346,14 @@ def test_stain_normalisation_applies_only_to_the_listed_modalities(rows, tmp_pat
     path = str(tmp_path / "tile.png")
     Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
     row = ManifestRow("tile", "p", "s0", "0", "pathology", "dp", "", path, "test")
-    plain = pipeline.read_example(row, small_cfg())
-    normed = pipeline.read_example(row, small_cfg(modalities={"pathology": {"stain_normalize": True}}))
+    plain = example_reader.read_example(row, small_cfg())
+    normed = example_reader.read_example(row, small_cfg(modalities={"pathology": {"stain_normalize": True}}))
     from mami_jax.data import stain
     ref = eval_transform(stain.normalize_slices(open_volume(path).read([0])), 10, 8)
     np.testing.assert_allclose(normed, ref, atol=1e-6)
     assert np.abs(normed - plain).max() > 0.1
     other = small_cfg(modalities={"fundus": {"stain_normalize": True}})   # not this row's modality
-    np.testing.assert_array_equal(pipeline.read_example(row, other), plain)
+    np.testing.assert_array_equal(example_reader.read_example(row, other), plain)
 
 
 def test_decode_cache_changes_no_batch_and_serves_repeated_reads(rows):

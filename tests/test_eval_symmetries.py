@@ -7,7 +7,8 @@ from PIL import Image
 from mami_jax.runtime import sharding
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.evaluate.evaluator import embed_rows, symmetry_views
+from mami_jax.data.transforms import symmetry_views
+from mami_jax.evaluate.evaluator import embed_rows
 
 
 def test_views_are_the_eight_symmetries_of_the_square():
@@ -41,7 +42,7 @@ def test_embedding_is_the_mean_over_symmetries_only_for_listed_modalities(tmp_pa
     emb = embed_rows(top_left, rows, [0, 1], cfg, mesh, 2)
     cfg.modalities.pathology.eval_symmetry = False
     plain = embed_rows(top_left, rows, [0, 1], cfg, mesh, 2)
-    from mami_jax.data.pipeline import read_example
+    from mami_jax.data.example_reader import read_example
     path_img = read_example(rows[0], cfg)[0]
     corners = path_img[[0, 0, -1, -1], [0, -1, 0, -1]].mean(0)
     np.testing.assert_allclose(emb[0], corners, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ from PIL import Image
 from mami_jax.runtime import sharding
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.data.pipeline import read_example
+from mami_jax.data.example_reader import read_example
 from mami_jax.data.transforms import normalize
 from mami_jax.evaluate.evaluator import embed_rows
 

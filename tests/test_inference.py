@@ -9,7 +9,7 @@ import pytest
 from mami_jax.convert.official import export_official
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import read_manifest
-from mami_jax.data.pipeline import read_example
+from mami_jax.data.example_reader import read_example
 from mami_jax.inference import Embedder
 from mami_jax.models import MaMI, default_config
 from mami_jax.phantoms import generate

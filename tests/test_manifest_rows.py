@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mami_jax.config import base_config
-from mami_jax.data import loading, pipeline
+from mami_jax.data import example_reader, loading, pipeline
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import (COLUMNS, ManifestError, ManifestRow, read_manifest,
                                     row_place, write_manifest)
@@ -97,7 +97,7 @@ def test_an_unreadable_image_is_named_by_its_manifest_file_and_line(tmp_path):
     path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
     os.remove(tmp_path / "1.png")
     rows = read_manifest(path)
-    with pytest.raises(pipeline.DataError) as e:
+    with pytest.raises(example_reader.DataError) as e:
         list(pipeline.make_eval_loader(rows, [0, 1, 2], small_cfg(), batch_size=4))
     image = str(tmp_path / "1.png")
     assert str(e.value).startswith(

@@ -22,7 +22,7 @@ from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.config_files import load_config
 from mami_jax.data.manifest import read_manifest
-from mami_jax.data.pipeline import read_example
+from mami_jax.data.example_reader import read_example
 from mami_jax.models import MaMI
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.phantoms import generate

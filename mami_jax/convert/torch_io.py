@@ -54,8 +54,9 @@ def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading or writing PyTorch checkpoints needs torch; install it "
-                          "with `pip install torch==2.13.0` (CPU build is enough)") from e
+        raise ImportError("reading or writing PyTorch checkpoints needs torch: install "
+                          "mami_jax's torch extra (`pip install -e \".[torch]\"` in a "
+                          "checkout; a CPU build of torch is enough)") from e
     return torch
 
 

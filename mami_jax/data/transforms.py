@@ -282,3 +282,11 @@ def eval_transform(volume: np.ndarray, resize_size: int, image_size: int,
     _, h, w, _ = volume.shape
     box = center_crop_box(h, w, resize_size, image_size)
     return normalize(resize_box(volume, box, image_size), normalization)
+
+
+def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square (4 rotations, each also mirrored) of (B, T, H, W, C)
+    images: for tissue with no orientation, averaging the embedding over them makes
+    it invariant, as training with flips and rotations (data.modalities.<m>.rotate) asks."""
+    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, :, ::-1])]

@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from mami_jax.data.config import modality_settings
 from mami_jax.data.manifest import MODALITIES, ManifestRow, row_place
 from mami_jax.data.pipeline import make_eval_loader
+from mami_jax.data.transforms import symmetry_views
 from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
@@ -31,14 +32,6 @@ from mami_jax.runtime.progress import progress_bar
 from mami_jax.runtime.sharding import global_batch
 
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
-
-
-def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 symmetries of the square (4 rotations, each also mirrored) of (B, T, H, W, C)
-    images: for tissue with no orientation, averaging the embedding over them makes
-    it invariant, as training with flips and rotations (data.modalities.<m>.rotate) asks."""
-    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
-    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, :, ::-1])]
 
 
 def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],

@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple:
     from mami_jax.data.decode import DecodeError
-    from mami_jax.data.pipeline import DataError
+    from mami_jax.data.example_reader import DataError
     # ImportError: an extra the chosen setting needs is not installed (named in the message).
     return (ValueError, OSError, KeyError, ImportError, DataError, DecodeError)
 
