@@ -9,8 +9,8 @@ embeddings the JAX ``Embedder`` makes, where only torch and NumPy are installed.
 
 A model trained with mami_jax usually goes to a hospital's PyTorch service, which has no
 JAX. This needs ``pip install --no-deps`` of mami_jax with torch, numpy, ml_collections,
-safetensors and the image readers (pillow, pydicom, nibabel): nothing it imports pulls in
-JAX, flax, orbax or grain (a test imports it with those blocked).
+tqdm, safetensors and the image readers (pillow, pydicom, nibabel): nothing it imports pulls
+in JAX, flax, orbax or grain (a test imports it with those blocked).
 
 What makes the numbers the JAX side's:
 - the weights go through the same import as every JAX command (``official.load_official``:
