@@ -64,3 +64,28 @@ def test_the_list_holds_every_experiment_config():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
     apps_and_shared = {"history.py", "privacy.py", "common_runlocal.py"}
     assert names - apps_and_shared == {spec.split(":")[0] for spec in EXPERIMENTS}
+
+
+def test_batches_that_do_not_split_over_the_data_axis_are_refused_before_the_workdir(tmp_path):
+    """The tests run on 8 CPU devices (tests/conftest.py). An evaluation batch of 12 was
+    refused at the first evaluation: after every step when that was the final one."""
+    from mami_jax.train.trainer import train_and_evaluate
+    from tests.history_workdir import write_xray_archive
+    config = _config()
+    with config.unlocked():
+        config.data.manifest = write_xray_archive(
+            str(tmp_path / "xr"), {"P0": "train", "P1": "train", "P2": "test", "P3": "test"})
+        config.train.eval_at_start, config.train.total_steps = False, 1
+        config.eval.batch_size = 12
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError) as e:
+        train_and_evaluate(config, str(workdir))
+    assert str(e.value) == "eval.batch_size=12 is not divisible by the 8 devices of the data axis"
+    with config.unlocked():
+        config.eval.batch_size = 16
+        config.data.patients_per_batch, config.data.images_per_patient = 3, 2
+    with pytest.raises(ValueError) as e:
+        train_and_evaluate(config, str(workdir))
+    assert str(e.value) == ("global batch data.patients_per_batch x data.images_per_patient = "
+                            "3 x 2 = 6 is not divisible by the 8 devices of the data axis")
+    assert not workdir.exists()

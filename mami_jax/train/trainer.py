@@ -160,17 +160,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if _evaluates(config):  # found at the final evaluation, it cost the whole run
         check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION)
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    _check_batches_fit(config, mesh)
     make_dirs(workdir)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
                           take=jax.process_index() == 0), StopRequests() as stop:
-        return _train(config, workdir, rows, kill_after, stop)
+        return _train(config, workdir, rows, mesh, kill_after, stop)
 
 
-def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
+def _check_batches_fit(config, mesh) -> None:
+    """The training batch and, when the run evaluates, the evaluation batch split evenly
+    over the data axis: an evaluation batch that did not was found at the first evaluation,
+    after all the steps when that is the final one."""
+    devices = mesh.shape["data"]
+    p, k = int(config.data.patients_per_batch), int(config.data.images_per_patient)
+    if (p * k) % devices:
+        raise ValueError(f"global batch data.patients_per_batch x data.images_per_patient = "
+                         f"{p} x {k} = {p * k} is not divisible by the {devices} devices of "
+                         "the data axis")
+    if _evaluates(config) and int(config.eval.batch_size) % devices:
+        raise ValueError(f"eval.batch_size={int(config.eval.batch_size)} is not divisible by "
+                         f"the {devices} devices of the data axis")
+
+
+def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> dict:
     """The run itself, in a workdir this process holds (``folder_lock``); SIGTERM (``stop``)
     saves the step reached and raises StoppedBySignal."""
     resume_step = _resume_step(config, workdir)   # again: the run that held it may have saved
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
 
@@ -181,9 +197,6 @@ def _train(config, workdir: str, rows, kill_after, stop: StopRequests) -> dict:
                                process_count=jax.process_count(), teachers=teachers)
     logging.info("%s", loader.summary())
     total_steps = total_steps_of(config, loader)
-    if loader.global_batch_size % mesh.shape["data"]:
-        raise ValueError(f"global batch {loader.global_batch_size} is not divisible by the "
-                         f"{mesh.shape['data']} devices of the data axis")
 
     model, optimizer, init_state = build_model_and_state_fns(
         config, loader.num_classes, total_steps)
