@@ -29,7 +29,12 @@ def _config():
     ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0: expected a whole number >= 1"),
     ("loss.label_smoothing", 1.5, "loss.label_smoothing=1.5: expected a number in [0, 1)"),
     ("eval.far", 2.0, "eval.far=2.0: expected a false-accept rate in (0, 1)"),
-    ("eval.ks", (0,), "eval.ks=(0,): expected ranks >= 1, e.g. (1, 5, 10)"),
+    ("eval.ks", (0,), "eval.ks=(0,): expected distinct ranks >= 1, e.g. (1, 5, 10)"),
+    ("eval.ks", (1, 1), "eval.ks=(1, 1): expected distinct ranks >= 1, e.g. (1, 5, 10)"),
+    ("eval.protocols", ("foo",),
+     "eval.protocols=('foo',): expected one or both of 'reid', 'history'"),
+    ("eval.protocols", (), "eval.protocols=(): expected one or both of 'reid', 'history'"),
+    ("eval.metric", "cos", "eval.metric='cos': expected one of 'cosine', 'euclidean'"),
     ("eval.num_negatives", 0, "eval.num_negatives=0: expected a whole number >= 1"),
 ])
 def test_a_setting_out_of_range_names_its_key(key, value, message):

@@ -3,13 +3,17 @@
 absl takes ``--config.optim.learning_rate=-1`` or ``--config.eval.far=2`` as given: a
 negative or NaN rate trained on until the NaN guard stopped the run, a label smoothing of
 1.5 failed when the step was traced (after the data and the model were set up), and a
-false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation. Each is one
+false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation, and an unknown
+protocol or metric stopped the run at its first evaluation (the final one, when it
+evaluates only at the end). Each is one
 ``ValueError`` naming the key, raised before the workdir is made.
 """
 
 from __future__ import annotations
 
 from mami_jax.data.config import modality_settings
+from mami_jax.evaluate.protocols import PROTOCOLS
+from mami_jax.evaluate.retrieval import METRICS
 from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 from mami_jax.train import loss_terms
 
@@ -38,8 +42,14 @@ def check_eval(cfg) -> None:
     require(is_number(cfg.far) and 0 < cfg.far < 1, "eval.far", cfg.far,
             "a false-accept rate in (0, 1)")
     ks = tuple(cfg.ks)
-    require(bool(ks) and all(is_whole(k) and k >= 1 for k in ks), "eval.ks", cfg.ks,
-            "ranks >= 1, e.g. (1, 5, 10)")
+    require(bool(ks) and all(is_whole(k) and k >= 1 for k in ks) and len(set(ks)) == len(ks),
+            "eval.ks", cfg.ks, "distinct ranks >= 1, e.g. (1, 5, 10)")
+    protocols = tuple(cfg.protocols)
+    require(bool(protocols) and set(protocols) <= set(PROTOCOLS)
+            and len(set(protocols)) == len(protocols), "eval.protocols", cfg.protocols,
+            "one or both of " + ", ".join(map(repr, PROTOCOLS)))
+    require(cfg.metric in METRICS, "eval.metric", cfg.metric,
+            "one of " + ", ".join(map(repr, METRICS)))
     for key in ("batch_size", "chunk_size", "num_negatives"):
         require(is_whole(cfg[key]) and cfg[key] >= 1, f"eval.{key}", cfg[key],
                 "a whole number >= 1")
