@@ -29,7 +29,8 @@ from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interr
                                          say_interrupted)
 from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.log_filters import quiet_library_info
-from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+from mami_jax.runtime.no_space import NoSpaceError, is_no_space, no_space_error
+from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 from mami_jax.runtime.stop_signal import StoppedBySignal, say_stopped
 from mami_jax.train import run_config
 
@@ -61,7 +62,7 @@ def user_errors() -> tuple:
     from mami_jax.train.trainer import NonFiniteLossError
     return (CheckpointError, ManifestError, DataError, DecodeError, DatasetLayoutError,
             CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError,
-            TeacherFeatureError, ValueError)
+            TeacherFeatureError, NoSpaceError, ValueError)
 
 
 def main(argv):
@@ -76,6 +77,14 @@ def main(argv):
             raise
         message = " ".join(str(e).split("\n")) or type(e).__name__
         print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except OSError as e:            # (FileNotFoundError and NoSpaceError are said above)
+        if not is_no_space(e) or logging.get_verbosity() >= 1:
+            raise
+        where = os.path.dirname(e.filename) if e.filename else _WORKDIR.value
+        said = no_space_error(where, f"writing {e.filename or 'under --workdir'}",
+                              "free space there and run the same command again")
+        print(f"error: {said}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
         end_process(say_interrupted(_after_interrupt()))
@@ -140,6 +149,6 @@ if __name__ == "__main__":
     sys.argv[1:] = run_config.with_the_runs_config(sys.argv[1:])  # no --config: the run's
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
     malloc_preload.reexec_with_preload()
-    quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
+    quiet_orbax_failure_noise()     # a damaged checkpoint: one error line, no more
     redeliver_swallowed_interrupts()    # Ctrl-C during a garbage-collection callback
     app.run(main, flags_parser=flag_parsing.parse_flags)

@@ -81,7 +81,7 @@ def test_other_widths_name_both_shapes(saved):
 
 
 # orbax's concurrent reads of the cut data report to a closed event loop (see
-# runtime/orbax_read_noise.py: quiet_orphaned_read_callbacks); not this test's concern.
+# runtime/orbax_noise.py: quiet_orbax_failure_noise); not this test's concern.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_items_are_still_damaged(saved, tmp_path):
     """Truncated data (read with the checkpoint's own config: its metadata, where readable,

@@ -12,7 +12,7 @@ import types
 import pytest
 
 from mami_jax.convert.__main__ import main, one_line
-from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 from mami_jax.convert.checkpoint_dir import save_params
 from tests.file_trees import tree_digest
 from tests.test_convert_io import released_style_file
@@ -307,7 +307,7 @@ def test_reads_finishing_after_the_failure_print_nothing(monkeypatch):
     those and passes on everything else."""
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    quiet_orphaned_read_callbacks()
+    quiet_orbax_failure_noise()
     sys.unraisablehook(_unraisable(_closed_loop_error()))
     assert seen == []
     try:
@@ -358,7 +358,7 @@ def test_unretrieved_sibling_read_failures_are_not_logged(caplog):
         del task
         gc.collect()
 
-    quiet_orphaned_read_callbacks()
+    quiet_orbax_failure_noise()
     with caplog.at_level("ERROR", logger="asyncio"):
         unretrieved('OUT_OF_RANGE: Error reading "a/0.0" in OCDBT database at local file "x"')
         assert not [r for r in caplog.records if r.name == "asyncio"]

@@ -49,7 +49,7 @@ from mami_jax.convert.mapping import flatten_params
 from mami_jax.runtime.output_guard import same_or_inside
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
-from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 
 
 def _count(params) -> int:
@@ -306,5 +306,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    quiet_orphaned_read_callbacks()
+    quiet_orbax_failure_noise()
     run_command(main)

@@ -33,6 +33,7 @@ last N steps are kept.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ from mami_jax.models.embed import abstract_params
 from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.json_object import parse_json_object
+from mami_jax.runtime.no_space import is_no_space, no_space_error
 from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
 
@@ -197,6 +199,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.keep = keep
         if read_only:  # (orbax's own read_only option logs a warning on every open)
             options = ocp.CheckpointManagerOptions(create=False)
         else:
@@ -261,11 +264,12 @@ class Checkpointer:
 
     def save(self, state: TrainState, data_iterator, label_map: Mapping[str, int]) -> None:
         step = int(jax.device_get(state.step))
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params["mami"]),
-            train=ocp.args.StandardSave(_train_item(state)),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            labels=ocp.args.JsonSave(label_map_payload(label_map))))
+        with self._saving():
+            self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params["mami"]),
+                train=ocp.args.StandardSave(_train_item(state)),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                labels=ocp.args.JsonSave(label_map_payload(label_map))))
 
     def restore(self, step: int, abstract_state: TrainState, data_iterator) -> TrainState:
         """Restores into the shardings of ``abstract_state`` (ShapeDtypeStructs with
@@ -285,7 +289,26 @@ class Checkpointer:
         return self._restore_item(step, "params", ocp.args.StandardRestore(abstract_params))
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._saving():
+            self.manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _saving(self):
+        """A save (or the wait for one) that fails for want of space is a ``NoSpaceError``
+        saying so, with the step a rerun goes on from (orbax's own error is tensorstore's
+        RESOURCE_EXHAUSTED on one of many arrays)."""
+        try:
+            yield
+        except Exception as e:
+            if not is_no_space(e):
+                raise
+            finished = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+            goes_on = (f"it goes on from step {finished[-1]}, the last finished checkpoint"
+                       if finished else "it starts over, as no checkpoint is finished")
+            raise no_space_error(
+                self.directory, "saving a checkpoint",
+                f"free space there (train.keep_checkpoints={self.keep} keeps that many steps) "
+                f"and run the same command again: {goes_on}") from e
 
     def close(self) -> None:
         self.manager.close()

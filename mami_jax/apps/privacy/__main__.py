@@ -47,7 +47,7 @@ from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.cli_parser import OneLineErrorParser, require_file
 from mami_jax.runtime.interrupts import run_command, say_interrupted
-from mami_jax.runtime.orbax_read_noise import quiet_orphaned_read_callbacks
+from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 
 #: The privacy config a command reads unless --config names another.
 DEFAULT_PRIVACY_CONFIG = "configs/privacy.py"
@@ -347,5 +347,5 @@ def _what_is_kept(args) -> str:
 
 
 if __name__ == "__main__":
-    quiet_orphaned_read_callbacks()     # a damaged checkpoint: one error line, no more
+    quiet_orbax_failure_noise()     # a damaged checkpoint: one error line, no more
     run_command(main)
