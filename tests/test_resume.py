@@ -8,6 +8,7 @@ its own copy of that workdir.
 
 import csv
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from mami_jax.inference import Embedder
 from mami_jax.run_checkpoint import run
 from mami_jax.runtime import sharding
 from mami_jax.runtime.folder_lock import LOCK_FILE
-from mami_jax.train import checkpointing
+from mami_jax.train import checkpointing, run_config
 from mami_jax.train.checkpointing import CheckpointError
 from mami_jax.train.trainer import train_and_evaluate
 from tests.test_train import REPO, _main, tiny_config
@@ -117,14 +118,24 @@ def test_changed_model_config_is_refused_before_anything_is_written(run_copy):
         _eval_restore(_cfg(root, leaky_slope=0.2), workdir)
 
 
-def test_execution_only_keys_may_differ_on_resume(run_copy):
+def test_execution_only_keys_may_differ_on_resume(run_copy, monkeypatch):
+    """... and every changed setting is named, the earlier config kept: a resume with an
+    override forgotten went on silently under other settings."""
     workdir, root, _ = run_copy
+    warned = []
+    monkeypatch.setattr(run_config.logging, "warning", lambda *a: warned.append(a[0] % a[1:]))
     train_and_evaluate(_cfg(root, dtype="bfloat16", remat=True, init="released"), workdir)
     saved = checkpointing.read_model_config(workdir)
     assert (saved["dtype"], saved["remat"], saved["init"]) == ("bfloat16", True, "released")
     # The whole config of the latest start is what the run keeps for the applications.
     kept = load_config(os.path.join(workdir, "config.json"))
     assert kept.to_dict() == _cfg(root, dtype="bfloat16", remat=True, init="released").to_dict()
+    earlier = os.path.join(workdir, "config.until_step_2.json")
+    assert load_config(earlier).to_dict() == _cfg(root).to_dict()
+    assert warned == [
+        "resuming from step 2 with 3 setting(s) other than the run's: model.dtype: 'float32' "
+        "-> 'bfloat16'; model.init: 'default' -> 'released'; model.remat: False -> True; the "
+        f"steps up to 2 were trained with {earlier}"]
 
 
 def test_the_run_keeps_the_whole_config_it_was_trained_with(trained):
@@ -285,6 +296,7 @@ def test_unfinished_saves_and_writes_are_removed_at_start(run_copy):
     train_and_evaluate(_cfg(root), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     assert not os.path.exists(stale)
+    assert not glob.glob(os.path.join(workdir, "config.until_step_*"))   # nothing changed
 
 
 def test_everything_written_gets_the_umask_permissions(trained, tmp_path):

@@ -15,8 +15,11 @@ whose checkout holds other config files. ``config_files.load_config`` reads it b
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+
+from absl import logging
 
 from mami_jax.config_files import flag_values, run_config_path
 from mami_jax.runtime.atomic_files import write_text_atomic
@@ -29,6 +32,50 @@ def write_run_config(workdir: str, config) -> None:
     if jax.process_index() != 0:
         return
     write_text_atomic(run_config_path(workdir), config.to_json(indent=2) + "\n")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """{"a.b.c": value} of a nested JSON object."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(workdir: str, config) -> dict[str, tuple]:
+    """Dotted key -> (stored, now) for every setting of ``config`` other than the run's
+    ``config.json`` holds ("<absent>" for a key one side lacks); {} without a stored one."""
+    path = run_config_path(workdir)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        stored = _flat(json.load(f))
+    now = _flat(json.loads(config.to_json()))
+    return {key: (stored.get(key, "<absent>"), now.get(key, "<absent>"))
+            for key in sorted(set(stored) | set(now))
+            if stored.get(key, "<absent>") != now.get(key, "<absent>")}
+
+
+def note_changed_settings(workdir: str, config, step: int) -> None:
+    """A run resumed at ``step`` with settings other than those it was started with (an
+    override given the first time and forgotten the second, a config file edited in
+    between) went on silently under the new ones. Now a warning names each change, and
+    the config the steps up to ``step`` were trained with is kept as
+    ``config.until_step_<step>.json`` before ``write_run_config`` replaces it (process 0)."""
+    import jax
+    changed = changed_settings(workdir, config)
+    if not changed or jax.process_index() != 0:
+        return
+    kept = os.path.join(workdir, f"config.until_step_{step}.json")
+    with open(run_config_path(workdir)) as f:
+        write_text_atomic(kept, f.read())
+    logging.warning("resuming from step %d with %d setting(s) other than the run's: %s; "
+                    "the steps up to %d were trained with %s", step, len(changed),
+                    "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
+                    step, kept)
 
 
 def with_the_runs_config(argv: list[str]) -> list[str]:

@@ -229,6 +229,8 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
         for path in remove_stale_temporaries(workdir):
             logging.warning("removed the unfinished write %s", path)
     checkpointing.write_model_config(workdir, config.model)
+    if resume_step is not None:
+        run_config.note_changed_settings(workdir, config, resume_step)
     run_config.write_run_config(workdir, config)
 
     step_fn = make_train_step(model, optimizer, config.loss,
