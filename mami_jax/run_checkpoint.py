@@ -32,6 +32,7 @@ from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.distributed import maybe_initialize_distributed
+from mami_jax.runtime.idle_accelerator import warn_if_accelerator_idle
 from mami_jax.train import checkpointing
 
 EMBEDDING_COLUMNS = ("image_id", "patient_id", "study_id", "modality", "dataset", "split")
@@ -50,6 +51,7 @@ def result_name(model_name: str, step: int | None) -> str:
 
 def run(mode: str, config, workdir: str, model_name: str = ""):
     maybe_initialize_distributed()
+    warn_if_accelerator_idle()
     workdir = os.path.abspath(workdir)
     action = "evaluate" if mode == "eval" else "embed"
     # A named model is loaded, a workdir's config checked, before the data is read.

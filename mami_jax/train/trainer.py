@@ -46,6 +46,7 @@ from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.runtime.metric_writer import MetricWriter
 from mami_jax.models.embed import make_embed_fn
 from mami_jax.runtime.distributed import maybe_initialize_distributed
+from mami_jax.runtime.idle_accelerator import warn_if_accelerator_idle
 from mami_jax.runtime.stop_signal import StopRequests, StoppedBySignal
 from mami_jax.train.optim import learning_rate_schedule, make_optimizer
 from mami_jax.train.pretrained import load_pretrained
@@ -151,6 +152,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
     final evaluation metrics per group."""
     maybe_initialize_distributed()
+    warn_if_accelerator_idle()
     refuse_url(workdir, "workdir")      # abspath would make it a local folder "gs:"
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
