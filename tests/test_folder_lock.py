@@ -66,7 +66,8 @@ def test_a_second_training_run_in_a_workdir_in_use_is_one_error_line(holder, tmp
     folder, proc = holder
     (folder / "keep.txt").write_text("the first run's")
     config = write_config(str(tmp_path))
-    manifest = write_xray_archive(str(tmp_path / "xr"), {"P0": "train", "P1": "train"})
+    manifest = write_xray_archive(str(tmp_path / "xr"), {"P0": "train", "P1": "train",
+                                                         "P2": "test"})
     before = sorted(os.walk(folder))
     run = main(f"--workdir={folder}", f"--config={config}", f"--config.data.manifest={manifest}",
                "--config.train.total_steps=1")
