@@ -25,7 +25,7 @@ from absl import logging
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
-from mami_jax.evaluate.evaluator import evaluate
+from mami_jax.evaluate.evaluator import evaluate, left_out_skipped
 from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.runtime import sharding
@@ -81,6 +81,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     path = os.path.join(workdir, "embeddings", f"{name}.npz")
     store = model.chunk_store(path, rows_signature(rows), "embeddings")
     emb = embed_in_chunks(model.embed_batch, rows, model, store=store, mesh=mesh)
+    ok = left_out_skipped(rows, emb, path)
+    rows, emb = [r for r, k in zip(rows, ok) if k], emb[ok]
     if jax.process_index() == 0:
         columns = {c: np.asarray([getattr(r, c) for r in rows]) for c in EMBEDDING_COLUMNS}
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))

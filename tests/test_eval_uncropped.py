@@ -8,9 +8,9 @@ from PIL import Image
 from mami_jax.runtime import sharding
 from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.data.example_reader import read_example
+from mami_jax.data.example_reader import DataError, read_example
 from mami_jax.data.transforms import normalize
-from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.evaluate.evaluator import embed_rows, embedded
 
 
 def _rows(tmp_path, rng):
@@ -76,9 +76,12 @@ def test_skipped_unreadable_image_has_the_evaluation_size(tmp_path):
         seen.append(batch["images"].shape)
         return batch["images"][:, 0, 0, 0, :]
 
-    with pytest.raises(RuntimeError, match="not embedded"):
-        embed_rows(record, [row], [0], cfg, mesh, 2)
+    out = embed_rows(record, [row], [0], cfg, mesh, 2)
     assert seen == [(2, 1, 16, 16, 3)]
+    assert np.isnan(out).all() and not embedded(out).any()     # skipped: a NaN row
+    cfg.skip_bad_images = False
+    with pytest.raises(DataError, match="bad.png"):
+        embed_rows(record, [row], [0], cfg, mesh, 2)
 
 
 def test_eval_whole_must_be_a_flag(tmp_path):

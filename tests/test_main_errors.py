@@ -7,10 +7,13 @@ returning no ConfigDict) in a 50-line one; ``--mode=embed`` and ``--mode=eval`` 
 minutes without a word; an image missing on manifest line N was ``manifest row N-2``.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mami_jax.config_files import load_config
@@ -207,3 +210,30 @@ def test_an_evaluation_split_of_one_visit_a_patient_is_refused_before_the_work(
         "of two studies (visits) in one dataset and modality: ")
     assert not (tmp_path / "fresh").exists()
     assert sorted(os.walk(run["workdir"])) == before
+
+
+@pytest.mark.parametrize("mode", ["eval", "embed"])
+def test_a_missing_image_is_left_out_when_skipping_is_asked_for(run, tmp_path, mode):
+    """The error line above names the switch; with it, both modes embedded every other
+    image and then stopped with a RuntimeError traceback ("1 rows were not embedded")."""
+    copy, _, image_id, _ = manifest_missing(run, tmp_path, "test")
+    workdir = tmp_path / "w"
+    shutil.copytree(run["workdir"], workdir)
+    proc = main(f"--workdir={workdir}", f"--config={run['config']}",
+                f"--config.data.manifest={copy}", f"--mode={mode}",
+                "--config.data.skip_bad_images=True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = len(open(copy).read().splitlines()) - 1
+    if mode == "embed":
+        saved = np.load(workdir / "embeddings" / "step_7.npz")
+        assert image_id not in saved["image_id"].tolist()
+        assert saved["embedding"].shape[0] == len(saved["image_id"]) == rows - 1
+        assert np.isfinite(saved["embedding"]).all()
+        left_out = f"{workdir}/embeddings/step_7.npz"
+    else:
+        metrics = json.load(open(workdir / "eval" / "step_7" / "metrics.json"))
+        assert metrics["toy/xray/reid"]["num_queries"] == 15 - 1    # 5 test patients x 3
+        left_out = "the evaluation"
+    assert (f"1 of the {rows if mode == 'embed' else 15} images were skipped as unreadable or "
+            f"missing (data.skip_bad_images) and are left out of {left_out}: {image_id!r}"
+            ) in proc.stderr

@@ -43,7 +43,9 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     the number of hosts. Images of modalities with ``data.modalities.<m>.eval_symmetry``
     are embedded as the mean over the 8 symmetries of the square (``symmetry_views``).
     ``progress``: the label of a progress bar over the images (None: no bar, for a caller
-    that shows its own).
+    that shows its own). With ``data.skip_bad_images`` an image skipped as unreadable or
+    missing has a NaN row (``embedded`` tells them apart); without it a row left
+    unembedded is an error.
     """
     batch_size = int(batch_size)
     data_devices = mesh.shape["data"]
@@ -72,12 +74,32 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
             bar.update(int((batch["index"] >= 0).sum()))
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
-    if np.isnan(out).any():
+    if np.isnan(out).any() and not data_cfg.skip_bad_images:
         missing = np.flatnonzero(np.isnan(out).any(1))
         named = [_row_name(rows, int(indices[k])) for k in missing[:3]]
         raise RuntimeError(f"{len(missing)} rows were not embedded (unreadable and skipped?): "
                            + "; ".join(named) + ("; ..." if len(missing) > 3 else ""))
     return out
+
+
+def embedded(embeddings: np.ndarray) -> np.ndarray:
+    """bool per row of ``embed_rows``'s result: False for an image skipped as unreadable or
+    missing (``data.skip_bad_images``), whose row is NaN."""
+    return ~np.isnan(embeddings).any(axis=1)
+
+
+def left_out_skipped(rows: Sequence[ManifestRow], embeddings: np.ndarray, what: str
+                     ) -> np.ndarray:
+    """``embedded(embeddings)``, after a warning that counts and names the images skipped
+    (``rows``: the embedded rows, in order; ``what``: where they are left out of)."""
+    ok = embedded(embeddings)
+    skipped = np.flatnonzero(~ok)
+    if skipped.size:
+        named = ", ".join(repr(rows[int(k)].image_id) for k in skipped[:3])
+        logging.warning("%d of the %d images were skipped as unreadable or missing "
+                        "(data.skip_bad_images) and are left out of %s: %s%s", skipped.size,
+                        len(rows), what, named, ", ..." if skipped.size > 3 else "")
+    return ok
 
 
 def _row_name(rows: Sequence[ManifestRow], i: int) -> str:
@@ -148,7 +170,10 @@ def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, ou
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
     indices = [i for members in groups.values() for i in members]
     emb = embed_split([rows[i] for i in indices])
-    by_row = dict(zip(indices, emb))
+    ok = left_out_skipped([rows[i] for i in indices], emb, "the evaluation")
+    by_row = {i: e for i, e, k in zip(indices, emb, ok) if k}
+    groups = {g: kept for g, members in groups.items()
+              if (kept := [i for i in members if i in by_row])}
     results = score_groups(by_row, rows, groups, config.eval)
     if not results:
         raise ValueError(f"nothing to score in split {config.eval.split!r}: no group has a "
