@@ -174,7 +174,9 @@ class Embedder:
         """Embeddings of ``rows[indices]`` (all rows by default) exactly as evaluation makes
         them: batched over the mesh, symmetry-averaged where the data config says so.
         ``progress``: the label of the progress bar over the images (None: no bar), so
-        that embedding a whole manifest (``--mode=embed``) shows how far it is."""
+        that embedding a whole manifest (``--mode=embed``) shows how far it is. With
+        ``data.skip_bad_images`` an unreadable or missing image's row is NaN
+        (``evaluate.evaluator.embedded``)."""
         mesh = mesh or sharding.make_mesh(-1, 1)
         indices = list(range(len(rows))) if indices is None else list(indices)
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
