@@ -35,6 +35,13 @@ def _config():
      "eval.protocols=('foo',): expected one or both of 'reid', 'history'"),
     ("eval.protocols", (), "eval.protocols=(): expected one or both of 'reid', 'history'"),
     ("eval.metric", "cos", "eval.metric='cos': expected one of 'cosine', 'euclidean'"),
+    ("train.total_steps", -1, "train.total_steps=-1: expected a whole number >= 0"),
+    ("train.num_epochs", -2, "train.num_epochs=-2: expected a whole number >= 0"),
+    ("train.eval_every", -1, "train.eval_every=-1: expected a whole number >= 0 (0: only at "
+                             "the start and the end)"),
+    ("train.checkpoint_every", 0, "train.checkpoint_every=0: expected a whole number >= 1"),
+    ("train.log_every", 0, "train.log_every=0: expected a whole number >= 1"),
+    ("train.keep_checkpoints", 0, "train.keep_checkpoints=0: expected a whole number >= 1"),
     ("eval.num_negatives", 0, "eval.num_negatives=0: expected a whole number >= 1"),
 ])
 def test_a_setting_out_of_range_names_its_key(key, value, message):
@@ -45,6 +52,15 @@ def test_a_setting_out_of_range_names_its_key(key, value, message):
     with pytest.raises(ValueError) as e:
         check_training_settings(config)
     assert str(e.value) == message
+
+
+def test_a_run_of_no_steps_is_refused():
+    config = _config()
+    with config.unlocked():
+        config.train.total_steps, config.train.num_epochs = 0, 0
+    with pytest.raises(ValueError, match=r"^train.total_steps=0 and train.num_epochs=0: "
+                                         r"nothing to train; set one of them"):
+        check_training_settings(config)
 
 
 def test_a_multiplier_of_a_group_is_checked_too():

@@ -3,7 +3,8 @@
 absl takes ``--config.optim.learning_rate=-1`` or ``--config.eval.far=2`` as given: a
 negative or NaN rate trained on until the NaN guard stopped the run, a label smoothing of
 1.5 failed when the step was traced (after the data and the model were set up), and a
-false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation, and an unknown
+false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation, a checkpoint
+period of 0 was a ZeroDivisionError after the set-up, and an unknown
 protocol or metric stopped the run at its first evaluation (the final one, when it
 evaluates only at the end). Each is one
 ``ValueError`` naming the key, raised before the workdir is made.
@@ -55,6 +56,22 @@ def check_eval(cfg) -> None:
                 "a whole number >= 1")
 
 
+def check_train(cfg) -> None:
+    """``train.*``: a zero period was a ZeroDivisionError traceback after the set-up, a
+    negative length trained nothing and ended well, a negative ``eval_every`` evaluated at
+    every step."""
+    for key in ("total_steps", "num_epochs", "eval_every"):
+        require(is_whole(cfg[key]) and cfg[key] >= 0, f"train.{key}", cfg[key],
+                "a whole number >= 0" + (" (0: only at the start and the end)"
+                                         if key == "eval_every" else ""))
+    if cfg.total_steps == 0 and cfg.num_epochs == 0:
+        raise ValueError("train.total_steps=0 and train.num_epochs=0: nothing to train; set "
+                         "one of them (total_steps > 0 wins)")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        require(is_whole(cfg[key]) and cfg[key] >= 1, f"train.{key}", cfg[key],
+                "a whole number >= 1")
+
+
 def check_training_settings(config) -> None:
     """Every setting of ``config`` a training run reads, beyond the model's own
     (``models.config.validate_config``): data, loss, optimiser, evaluation."""
@@ -64,5 +81,6 @@ def check_training_settings(config) -> None:
             "a number in [0, 1)")
     loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
                                  int(config.data.images_per_patient))
+    check_train(config.train)
     check_optim(config.optim)
     check_eval(config.eval)
