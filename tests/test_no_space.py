@@ -107,6 +107,15 @@ def test_orbax_and_asyncio_reports_of_the_failed_save_are_dropped_and_no_other()
     assert loop.filter(_record("asyncio", "Task exception was never retrieved", ValueError("x")))
 
 
+def fill(disk, leave: int):
+    """Fills ``disk`` up to ``leave`` bytes; -> the filler file."""
+    st = os.statvfs(disk)
+    filler = disk / f"filler-{uuid.uuid4().hex}"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB file system of its own (tmpfs; needs the right to mount, as root in CI's
@@ -136,10 +145,7 @@ def test_training_onto_a_full_disk_ends_in_one_line_and_goes_on_after_space_is_f
                "--config.init.clip_checkpoint=", "--config.init.require_pretrained=False"]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS=without_device_count(os.environ.get("XLA_FLAGS", "")))
-    filler = small_disk / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as f:                   # leave room for the config, not a step
-        f.write(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-                         - 256 * 1024))
+    filler = fill(small_disk, 256 * 1024)           # room for the config, not for a step
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -159,13 +165,6 @@ def test_training_onto_a_full_disk_ends_in_one_line_and_goes_on_after_space_is_f
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "removed the unfinished checkpoint save" in proc.stderr
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
-
-
-def fill(disk, leave: int) -> None:
-    """Fills ``disk`` up to ``leave`` bytes."""
-    st = os.statvfs(disk)
-    with open(disk / f"filler-{uuid.uuid4().hex}", "wb") as f:
-        f.write(b"\0" * (st.f_bavail * st.f_frsize - leave))
 
 
 def test_embeddings_onto_a_full_disk_end_in_one_line(small_disk, tmp_path):

@@ -35,7 +35,6 @@ decoding ``cfg.read_threads`` batches at a time, ``cfg.prefetch`` batches ahead.
 
 from __future__ import annotations
 
-import collections
 
 import sys
 import threading
@@ -48,6 +47,7 @@ from mami_jax.data import sampler
 from mami_jax.data.config import sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
+from mami_jax.data.splits import split_counts
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 train_label_map = sampler.train_label_map
@@ -182,11 +182,10 @@ class TrainLoader:
         if seed < 0 or start_step < 0:
             raise ValueError(f"seed ({seed}) and start_step ({start_step}) must be >= 0")
         if not any(r.split == "train" for r in rows):
-            found = collections.Counter(r.split or "none" for r in rows)
             where = f"{rows[0].location[0]}: " if rows and rows[0].location else ""
             raise ManifestError(
                 f"{where}no training rows (split 'train'; the rows' splits: "
-                f"{', '.join(f'{k} {v}' for k, v in sorted(found.items())) or 'no rows'}): "
+                f"{split_counts(rows)}): "
                 "give some rows split 'train', or leave the split column empty in every row "
                 "and patient-disjoint splits are assigned (data.split_fractions)")
         self.rows = rows

@@ -13,6 +13,7 @@ whose interval holds u. Every existing ``split`` value is overwritten.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from typing import Mapping, Sequence
 
@@ -66,3 +67,10 @@ def assign_splits(rows: Sequence[ManifestRow], fractions: Mapping[str, float],
             cache[key] = split_of(row.dataset, row.patient_id, frac, seed)
         out.append(row.replace(split=cache[key]))
     return out
+
+
+def split_counts(rows: Sequence[ManifestRow]) -> str:
+    """The rows' splits with their counts, as refusals name them: "test 15, train 75"
+    ("none" counts rows without a split; "no rows" when there are none)."""
+    found = collections.Counter(r.split or "none" for r in rows)
+    return ", ".join(f"{k} {v}" for k, v in sorted(found.items())) or "no rows"

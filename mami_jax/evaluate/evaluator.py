@@ -29,7 +29,7 @@ from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
 from mami_jax.runtime.progress import progress_bar
-from mami_jax.runtime.sharding import global_batch
+from mami_jax.runtime.sharding import check_data_axis_divides, global_batch
 
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 
@@ -48,10 +48,7 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     unembedded is an error.
     """
     batch_size = int(batch_size)
-    data_devices = mesh.shape["data"]
-    if batch_size % data_devices:
-        raise ValueError(f"eval batch size {batch_size} must be divisible by the "
-                         f"{data_devices} devices of the data axis")
+    check_data_axis_divides(f"eval batch size {batch_size}", batch_size, mesh)
     n_proc, proc = jax.process_count(), jax.process_index()
     per_proc = batch_size // n_proc
     position = {int(i): k for k, i in enumerate(indices)}

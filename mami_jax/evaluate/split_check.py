@@ -15,6 +15,7 @@ import collections
 from typing import Sequence
 
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.splits import split_counts
 
 
 def patients_with_two_studies(rows: Sequence[ManifestRow], split: str) -> dict[str, int]:
@@ -39,10 +40,9 @@ def check_split_evaluable(rows: Sequence[ManifestRow], split: str,
     tail = f"; or {otherwise}" if otherwise else ""
     members = [r for r in rows if r.split == split]
     if not members:
-        found = collections.Counter(r.split or "none" for r in rows)
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(found.items())) or "no rows"
         raise ValueError(
-            f"{where}no rows in split {split!r} to evaluate (the rows' splits: {counts}): "
+            f"{where}no rows in split {split!r} to evaluate (the rows' splits: "
+            f"{split_counts(rows)}): "
             f"give some patients split {split!r}, or evaluate another split "
             f"({split_flag}){tail}")
     if not any(patients_with_two_studies(rows, split).values()):

@@ -37,6 +37,14 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[Any] | None = No
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
+def check_data_axis_divides(what: str, size: int, mesh: Mesh) -> None:
+    """ValueError "WHAT is not divisible by the N devices of the data axis" unless a global
+    batch of ``size`` splits evenly over ``mesh``'s data axis."""
+    devices = mesh.shape[DATA_AXIS]
+    if int(size) % devices:
+        raise ValueError(f"{what} is not divisible by the {devices} devices of the data axis")
+
+
 def path_to_str(path) -> str:
     """"mami/block_0/attn/qkv/kernel" from a jax tree path."""
     parts = []

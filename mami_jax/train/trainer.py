@@ -174,15 +174,12 @@ def _check_batches_fit(config, mesh) -> None:
     """The training batch and, when the run evaluates, the evaluation batch split evenly
     over the data axis: an evaluation batch that did not was found at the first evaluation,
     after all the steps when that is the final one."""
-    devices = mesh.shape["data"]
     p, k = int(config.data.patients_per_batch), int(config.data.images_per_patient)
-    if (p * k) % devices:
-        raise ValueError(f"global batch data.patients_per_batch x data.images_per_patient = "
-                         f"{p} x {k} = {p * k} is not divisible by the {devices} devices of "
-                         "the data axis")
-    if _evaluates(config) and int(config.eval.batch_size) % devices:
-        raise ValueError(f"eval.batch_size={int(config.eval.batch_size)} is not divisible by "
-                         f"the {devices} devices of the data axis")
+    sharding.check_data_axis_divides(f"global batch data.patients_per_batch x "
+                                     f"data.images_per_patient = {p} x {k} = {p * k}", p * k, mesh)
+    if _evaluates(config):
+        batch = int(config.eval.batch_size)
+        sharding.check_data_axis_divides(f"eval.batch_size={batch}", batch, mesh)
 
 
 def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> dict:
