@@ -216,7 +216,7 @@ def test_an_evaluation_split_of_one_visit_a_patient_is_refused_before_the_work(
 def test_a_missing_image_is_left_out_when_skipping_is_asked_for(run, tmp_path, mode):
     """The error line above names the switch; with it, both modes embedded every other
     image and then stopped with a RuntimeError traceback ("1 rows were not embedded")."""
-    copy, _, image_id, _ = manifest_missing(run, tmp_path, "test")
+    copy, number, image_id, _ = manifest_missing(run, tmp_path, "test")
     workdir = tmp_path / "w"
     shutil.copytree(run["workdir"], workdir)
     proc = main(f"--workdir={workdir}", f"--config={run['config']}",
@@ -235,5 +235,5 @@ def test_a_missing_image_is_left_out_when_skipping_is_asked_for(run, tmp_path, m
         assert metrics["toy/xray/reid"]["num_queries"] == 15 - 1    # 5 test patients x 3
         left_out = "the evaluation"
     assert (f"1 of the {rows if mode == 'embed' else 15} images were skipped as unreadable or "
-            f"missing (data.skip_bad_images) and are left out of {left_out}: {image_id!r}"
-            ) in proc.stderr
+            f"missing (data.skip_bad_images) and are left out of {left_out}: {copy}: line "
+            f"{number} (image_id={image_id!r})") in proc.stderr

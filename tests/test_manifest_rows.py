@@ -15,7 +15,8 @@ from mami_jax.data.config import default_data_config, update_modalities
 from mami_jax.data.manifest import (COLUMNS, ManifestError, ManifestRow, read_manifest,
                                     row_place, write_manifest)
 from mami_jax.data.splits import assign_splits
-from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.evaluate import evaluator
+from mami_jax.evaluate.evaluator import embed_rows, left_out_skipped
 from mami_jax.runtime import sharding
 
 HEADER = ",".join(COLUMNS) + "\n"
@@ -104,7 +105,7 @@ def test_an_unreadable_image_is_named_by_its_manifest_file_and_line(tmp_path):
         f"{path}: line 3 (image_id='b', patient 'd/p1', path {image!r}): {image}: no such file")
 
 
-def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path):
+def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path, monkeypatch):
     path = manifest(tmp_path, row("a", "p1"), row("b", "p1", image=1), row("c", "p2", image=2))
     os.remove(tmp_path / "2.png")
     rows = read_manifest(path)
@@ -113,10 +114,13 @@ def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path):
     def top_left(batch):
         return batch["images"][:, 0, 0, 0, :]
 
-    with pytest.raises(RuntimeError) as e:
-        embed_rows(top_left, rows, [0, 1, 2], small_cfg(skip_bad_images=True), mesh, 4)
-    assert str(e.value) == ("1 rows were not embedded (unreadable and skipped?): "
-                            f"{path}: line 4 (image_id='c')")
+    out = embed_rows(top_left, rows, [0, 1, 2], small_cfg(skip_bad_images=True), mesh, 4)
+    warned = []
+    monkeypatch.setattr(evaluator.logging, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    assert left_out_skipped(rows, out, "the test").tolist() == [True, True, False]
+    assert warned == ["1 of the 3 images were skipped as unreadable or missing "
+                      f"(data.skip_bad_images) and are left out of the test: {path}: line 4 "
+                      "(image_id='c')"]
 
 
 def test_a_manifest_that_is_not_there_or_a_folder_is_named(tmp_path):

@@ -44,8 +44,8 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     are embedded as the mean over the 8 symmetries of the square (``symmetry_views``).
     ``progress``: the label of a progress bar over the images (None: no bar, for a caller
     that shows its own). With ``data.skip_bad_images`` an image skipped as unreadable or
-    missing has a NaN row (``embedded`` tells them apart); without it a row left
-    unembedded is an error.
+    missing has a NaN row (``embedded`` tells them apart); without it such an image is a
+    ``DataError`` naming it.
     """
     batch_size = int(batch_size)
     check_data_axis_divides(f"eval batch size {batch_size}", batch_size, mesh)
@@ -71,11 +71,6 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
             bar.update(int((batch["index"] >= 0).sum()))
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
-    if np.isnan(out).any() and not data_cfg.skip_bad_images:
-        missing = np.flatnonzero(np.isnan(out).any(1))
-        named = [_row_name(rows, int(indices[k])) for k in missing[:3]]
-        raise RuntimeError(f"{len(missing)} rows were not embedded (unreadable and skipped?): "
-                           + "; ".join(named) + ("; ..." if len(missing) > 3 else ""))
     return out
 
 
@@ -92,10 +87,10 @@ def left_out_skipped(rows: Sequence[ManifestRow], embeddings: np.ndarray, what: 
     ok = embedded(embeddings)
     skipped = np.flatnonzero(~ok)
     if skipped.size:
-        named = ", ".join(repr(rows[int(k)].image_id) for k in skipped[:3])
+        named = "; ".join(_row_name(rows, int(k)) for k in skipped[:3])
         logging.warning("%d of the %d images were skipped as unreadable or missing "
                         "(data.skip_bad_images) and are left out of %s: %s%s", skipped.size,
-                        len(rows), what, named, ", ..." if skipped.size > 3 else "")
+                        len(rows), what, named, "; ..." if skipped.size > 3 else "")
     return ok
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from mami_jax.runtime.no_space import is_no_space
 
@@ -88,3 +89,12 @@ def quiet_orbax_failure_noise() -> None:
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(_SiblingFailures())
     logging.getLogger("absl").addFilter(_FullDiskSaveReports())
+
+
+def quiet_abandoned_save() -> None:
+    """After a save that found no space: orbax's writer coroutines that were never awaited
+    are reported by Python when collected ("RuntimeWarning: coroutine ... was never
+    awaited"), now and then after the command's ``error:`` line; the process is ending and
+    the save is abandoned, so those reports are dropped from here on."""
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)

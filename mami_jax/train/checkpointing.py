@@ -51,6 +51,7 @@ from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.json_object import parse_json_object
 from mami_jax.runtime.no_space import is_no_space, no_space_error
+from mami_jax.runtime.orbax_noise import quiet_abandoned_save
 from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
 
@@ -302,6 +303,7 @@ class Checkpointer:
         except Exception as e:
             if not is_no_space(e):
                 raise
+            quiet_abandoned_save()
             finished = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
             goes_on = (f"it goes on from step {finished[-1]}, the last finished checkpoint"
                        if finished else "it starts over, as no checkpoint is finished")
