@@ -75,21 +75,22 @@ def main(argv):
     except user_errors() as e:
         if logging.get_verbosity() >= 1:
             raise
-        message = " ".join(str(e).split("\n")) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _exit_with_error(" ".join(str(e).split("\n")) or type(e).__name__)
     except OSError as e:            # (FileNotFoundError and NoSpaceError are said above)
         if not is_no_space(e) or logging.get_verbosity() >= 1:
             raise
         where = os.path.dirname(e.filename) if e.filename else _WORKDIR.value
-        said = no_space_error(where, f"writing {e.filename or 'under --workdir'}",
-                              "free space there and run the same command again")
-        print(f"error: {said}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _exit_with_error(str(no_space_error(where, f"writing {e.filename or 'under --workdir'}",
+                                            "free space there and run the same command again")))
     except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
         end_process(say_interrupted(_after_interrupt()))
     except StoppedBySignal as stopped:  # SIGTERM: the step reached is saved
         end_process(say_stopped(stopped))
+
+
+def _exit_with_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def _after_interrupt() -> str:

@@ -36,11 +36,11 @@ from mami_jax.config_files import json_config
 from mami_jax.convert import to_torch_state_dict
 from mami_jax.convert.official import embedded_experiment, load_official
 from mami_jax.convert.torch_model import MaMITorch
-from mami_jax.data.config import modality_settings
+from mami_jax.data.config import symmetric_modalities
 from mami_jax.data.example_reader import read_example
 from mami_jax.data.file_rows import file_rows
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.data.transforms import symmetry_views
+from mami_jax.data.transforms import symmetry_mean
 from mami_jax.runtime.progress import progress_bar
 
 
@@ -54,8 +54,7 @@ class TorchEmbedder:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._symmetric = frozenset(m for m, s in modality_settings(data_cfg).items()
-                                    if s.eval_symmetry)
+        self._symmetric = symmetric_modalities(data_cfg)
 
     @classmethod
     def from_export(cls, path: str, device: str | torch.device = "cpu", batch_size: int = 16,
@@ -115,9 +114,7 @@ class TorchEmbedder:
                 for s in range(0, len(members), self.batch_size):
                     batch = members[s:s + self.batch_size]
                     images = np.stack([self.preprocess(rows[i]) for i in batch])
-                    views = (symmetry_views(images) if modality in self._symmetric
-                             else [images])
-                    emb = sum(self.embed(v) for v in views) / len(views)
+                    emb = symmetry_mean(self.embed, images, modality in self._symmetric)
                     for i, e in zip(batch, emb):
                         out[i] = e
                     bar.update(len(batch))

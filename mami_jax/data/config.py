@@ -244,3 +244,9 @@ def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = N
            if s.source_weight is not None and (not kept or m in kept)}
     out.update(explicit)
     return out
+
+
+def symmetric_modalities(cfg) -> frozenset[str]:
+    """The modalities embedded as the mean over the symmetries of the square
+    (``data.modalities.<m>.eval_symmetry``)."""
+    return frozenset(m for m, s in modality_settings(cfg).items() if s.eval_symmetry)

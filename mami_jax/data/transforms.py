@@ -290,3 +290,10 @@ def symmetry_views(images: np.ndarray) -> list[np.ndarray]:
     it invariant, as training with flips and rotations (data.modalities.<m>.rotate) asks."""
     rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
     return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, :, ::-1])]
+
+
+def symmetry_mean(embed, images: np.ndarray, symmetric: bool) -> np.ndarray:
+    """``embed(images)``, or its mean over the ``symmetry_views`` when ``symmetric``: how
+    every embedding pass (JAX and PyTorch) embeds a batch of one modality."""
+    views = symmetry_views(images) if symmetric else [images]
+    return sum(embed(v) for v in views) / len(views)

@@ -21,10 +21,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mami_jax.data.config import modality_settings
+from mami_jax.data.config import symmetric_modalities
 from mami_jax.data.manifest import MODALITIES, ManifestRow, row_place
 from mami_jax.data.pipeline import make_eval_loader
-from mami_jax.data.transforms import symmetry_views
+from mami_jax.data.transforms import symmetry_mean
 from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
@@ -52,18 +52,16 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     n_proc, proc = jax.process_count(), jax.process_index()
     per_proc = batch_size // n_proc
     position = {int(i): k for k, i in enumerate(indices)}
-    symmetric = frozenset(m for m, s in modality_settings(data_cfg).items() if s.eval_symmetry)
+    symmetric = symmetric_modalities(data_cfg)
     out = None
     with progress_bar(len(indices), progress or "", disable=progress is None or proc != 0) as bar:
         for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
             local = {k: v[proc * per_proc:(proc + 1) * per_proc]
                      for k, v in batch.items() if k in ("images", "mask")}
-            views = [local["images"]]
-            if MODALITIES[int(batch["modality"][0])] in symmetric:
-                views = symmetry_views(local["images"])
-            emb = sum(np.asarray(multihost_utils.process_allgather(
-                embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32)
-                for v in views) / len(views)
+            emb = symmetry_mean(
+                lambda v: np.asarray(multihost_utils.process_allgather(
+                    embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32),
+                local["images"], MODALITIES[int(batch["modality"][0])] in symmetric)
             if out is None:
                 out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
             keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN

@@ -25,7 +25,6 @@ from absl import logging
 from mami_jax.runtime.interrupts import TERMINATED
 
 
-
 class StoppedBySignal(Exception):
     """The run saved the checkpoint of ``step`` in ``where`` and stopped, as SIGTERM asked."""
 

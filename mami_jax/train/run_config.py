@@ -45,14 +45,10 @@ def _flat(tree, prefix: str = "") -> dict:
     return out
 
 
-def changed_settings(workdir: str, config) -> dict[str, tuple]:
-    """Dotted key -> (stored, now) for every setting of ``config`` other than the run's
-    ``config.json`` holds ("<absent>" for a key one side lacks); {} without a stored one."""
-    path = run_config_path(workdir)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        stored = _flat(json.load(f))
+def changed_settings(stored_json: str, config) -> dict[str, tuple]:
+    """Dotted key -> (stored, now) for every setting of ``config`` other than the stored
+    config's (a run's ``config.json`` text) ("<absent>" for a key one side lacks)."""
+    stored = _flat(json.loads(stored_json))
     now = _flat(json.loads(config.to_json()))
     return {key: (stored.get(key, "<absent>"), now.get(key, "<absent>"))
             for key in sorted(set(stored) | set(now))
@@ -66,12 +62,16 @@ def note_changed_settings(workdir: str, config, step: int) -> None:
     the config the steps up to ``step`` were trained with is kept as
     ``config.until_step_<step>.json`` before ``write_run_config`` replaces it (process 0)."""
     import jax
-    changed = changed_settings(workdir, config)
-    if not changed or jax.process_index() != 0:
+    path = run_config_path(workdir)
+    if jax.process_index() != 0 or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        stored = f.read()
+    changed = changed_settings(stored, config)
+    if not changed:
         return
     kept = os.path.join(workdir, f"config.until_step_{step}.json")
-    with open(run_config_path(workdir)) as f:
-        write_text_atomic(kept, f.read())
+    write_text_atomic(kept, stored)
     logging.warning("resuming from step %d with %d setting(s) other than the run's: %s; "
                     "the steps up to %d were trained with %s", step, len(changed),
                     "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
