@@ -441,3 +441,54 @@ def test_an_interrupted_embed_or_eval_goes_on_where_it_stopped(run_copy, monkeyp
     else:
         assert _stored(mode, workdir) == whole
     assert not os.path.exists(beside(path)) and main_module._after_interrupt() == ""
+
+
+def test_sigterm_during_an_evaluation_saves_its_step_at_once(trained, tmp_path, monkeypatch):
+    """SIGTERM while a training run evaluated (minutes on a large split, longer than a
+    preempted VM's notice) let the evaluation finish and the next step train before the
+    step was saved: the kill came first and every step since the last periodic checkpoint
+    was lost. Now the evaluation is left after its batch and the step it evaluated saved;
+    an interrupted final evaluation is made by the rerun."""
+    import signal
+
+    from mami_jax.evaluate import evaluator
+    from mami_jax.runtime.stop_signal import StoppedBySignal
+
+    _, root = trained
+    workdir = str(tmp_path / "run")
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.train.update(total_steps=3, checkpoint_every=100, eval_every=1, eval_at_end=True)
+    loader, evaluations = evaluator.make_eval_loader, []
+
+    def sigterm_in_evaluation(number):
+        def eval_loader(*args, **kwargs):
+            evaluations.append(1)
+            for k, batch in enumerate(loader(*args, **kwargs)):
+                if k == 0 and len(evaluations) == number:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield batch
+        monkeypatch.setattr(evaluator, "make_eval_loader", eval_loader)
+        evaluations.clear()
+
+    def steps_evaluated():
+        return sorted(int(d.split("_")[1]) for d in os.listdir(os.path.join(workdir, "eval"))
+                      if os.path.exists(os.path.join(workdir, "eval", d, "metrics.json")))
+
+    sigterm_in_evaluation(1)          # the evaluation of step 1
+    with pytest.raises(StoppedBySignal) as stopped:
+        train_and_evaluate(cfg, workdir)
+    assert stopped.value.step == 1
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+    assert not os.path.isdir(os.path.join(workdir, "eval")) or steps_evaluated() == []
+
+    sigterm_in_evaluation(2)          # resumed at 1: step 2's, then the final one of step 3
+    with pytest.raises(StoppedBySignal) as stopped:
+        train_and_evaluate(cfg, workdir)
+    assert stopped.value.step == 3 and len(evaluations) == 2
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "3"]
+    assert steps_evaluated() == [2]
+
+    monkeypatch.setattr(evaluator, "make_eval_loader", loader)
+    results = train_and_evaluate(cfg, workdir)      # nothing to train: the final evaluation
+    assert results and steps_evaluated() == [2, 3]

@@ -18,8 +18,9 @@ def test_one_process_hears_sigterm_and_puts_the_previous_handler_back():
     previous = signal.signal(signal.SIGTERM, lambda *a: heard.append("mine"))
     try:
         with StopRequests() as stop:
-            assert not stop.reached(1)
+            assert not stop.reached(1) and not stop.heard()
             os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.heard()                            # between steps (an evaluation)
             assert stop.reached(2) and stop.reached(3)     # asked again: still stopping
         assert heard == []
         os.kill(os.getpid(), signal.SIGTERM)
@@ -37,6 +38,8 @@ def test_several_processes_stop_at_the_step_jax_names_on_all_of_them(monkeypatch
     with StopRequests() as stop:
         assert signal.getsignal(signal.SIGTERM) is before       # JAX's service listens
         assert [s for s in range(1, 8) if stop.reached(s)] == [5]
+        stop._note(signal.SIGTERM, None)    # a host that heard it leaves no evaluation alone
+        assert not stop.heard()
 
     def off(step):
         raise RuntimeError("Preemption sync manager has not been initialized.")

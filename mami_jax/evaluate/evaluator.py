@@ -34,8 +34,15 @@ from mami_jax.runtime.sharding import check_data_axis_divides, global_batch
 EmbedFn = Callable[[dict], jax.Array]  # sharded batch -> (B, C) embeddings
 
 
+class EvaluationStopped(Exception):
+    """``embed_rows`` left its pass unfinished because ``stop_asked`` said so (SIGTERM
+    during a training run's evaluation: the grace period before the kill is shorter than
+    embedding a large split, and the run must save its step in it)."""
+
+
 def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence[int],
-               data_cfg, mesh, batch_size: int, progress: str | None = None) -> np.ndarray:
+               data_cfg, mesh, batch_size: int, progress: str | None = None,
+               stop_asked: Callable[[], bool] | None = None) -> np.ndarray:
     """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
 
     Every process iterates the same global batches of ``batch_size`` (``eval.batch_size``)
@@ -45,7 +52,8 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     ``progress``: the label of a progress bar over the images (None: no bar, for a caller
     that shows its own). With ``data.skip_bad_images`` an image skipped as unreadable or
     missing has a NaN row (``embedded`` tells them apart); without it such an image is a
-    ``DataError`` naming it.
+    ``DataError`` naming it. ``stop_asked``, asked after every batch: True ends the pass
+    with ``EvaluationStopped``.
     """
     batch_size = int(batch_size)
     check_data_axis_divides(f"eval batch size {batch_size}", batch_size, mesh)
@@ -53,7 +61,7 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     per_proc = batch_size // n_proc
     position = {int(i): k for k, i in enumerate(indices)}
     symmetric = symmetric_modalities(data_cfg)
-    out = None
+    out, done = None, 0
     with progress_bar(len(indices), progress or "", disable=progress is None or proc != 0) as bar:
         for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
             local = {k: v[proc * per_proc:(proc + 1) * per_proc]
@@ -66,7 +74,11 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
                 out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
             keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
             out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
-            bar.update(int((batch["index"] >= 0).sum()))
+            n = int((batch["index"] >= 0).sum())
+            done += n
+            bar.update(n)
+            if stop_asked is not None and stop_asked():
+                raise EvaluationStopped(f"stopped after {done} of {len(indices)} images")
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
     return out
@@ -142,12 +154,14 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
 SplitEmbedder = Callable[[list], np.ndarray]   # the split's rows -> (N, C) embeddings
 
 
-def embed_split_by(embed_fn: EmbedFn, config, mesh) -> SplitEmbedder:
+def embed_split_by(embed_fn: EmbedFn, config, mesh,
+                   stop_asked: Callable[[], bool] | None = None) -> SplitEmbedder:
     """``embed_rows`` of the split's rows with the evaluation's batch size and progress
     bar: how the trainer embeds a split (``run_checkpoint`` keeps its chunks instead)."""
     def embed_split(split_rows):
         return embed_rows(embed_fn, split_rows, range(len(split_rows)), config.data, mesh,
-                          config.eval.batch_size, progress=f"evaluating {config.eval.split}")
+                          config.eval.batch_size, progress=f"evaluating {config.eval.split}",
+                          stop_asked=stop_asked)
     return embed_split
 
 

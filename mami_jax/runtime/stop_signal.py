@@ -12,6 +12,10 @@ One process: a handler notes the signal and the loop asks ``reached(step)`` afte
 step. Several processes (``jax.distributed``): every host must save the same step, or the
 hosts that go on wait for the others for ever, so JAX's preemption service decides: it
 hears SIGTERM on any host and names one step at which ``reached`` is true on all of them.
+
+An evaluation during training embeds a whole split, minutes on a large one, longer than
+the grace period a preempted VM gets before it is killed; one process asks ``heard``
+after every batch of it and leaves the evaluation unfinished to save the step at once.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ class StopRequests:
         # Only a flag: a handler that printed could interrupt a write to the same stream
         # (the progress bar's), and Python raises on such a reentrant write.
         self._received = True
+
+    def heard(self) -> bool:
+        """Whether SIGTERM came, asked between two steps (an evaluation's batches), where no
+        step is reached: one process only. Several processes each hear it at another batch,
+        and one leaving a collective the others are in stalls them all; they finish the
+        evaluation and stop at the step after it (``reached``)."""
+        return self._received and not self._several
 
     def reached(self, step: int) -> bool:
         """Whether the run should save ``step``'s checkpoint and stop (call after every

@@ -41,7 +41,7 @@ from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.data.pipeline import make_train_loader
-from mami_jax.evaluate.evaluator import embed_split_by, evaluate
+from mami_jax.evaluate.evaluator import EvaluationStopped, embed_split_by, evaluate
 from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.runtime.metric_writer import MetricWriter
 from mami_jax.models.embed import make_embed_fn
@@ -242,10 +242,18 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
     embedder = make_embed_fn(config.model)
     writer = MetricWriter(os.path.join(workdir, "tb"))
 
-    def run_eval(step: int) -> dict:
+    def run_eval(step: int) -> dict | None:
+        """The evaluation of ``step``; None when SIGTERM came while it embedded the split
+        (left unfinished, nothing written: the caller saves the step and stops)."""
         out_dir = os.path.join(workdir, "eval", f"step_{step}")
-        results = evaluate(embed_split_by(embedder(state.params["mami"]), config, mesh), rows,
-                           config, out_dir, title=f"step {step}")
+        try:
+            results = evaluate(embed_split_by(embedder(state.params["mami"]), config, mesh,
+                                              stop_asked=stop.heard),
+                               rows, config, out_dir, title=f"step {step}")
+        except EvaluationStopped as e:
+            print(f"\nSIGTERM: the evaluation of step {step} {e}; saving the checkpoint of "
+                  f"step {step}, then stopping", file=sys.stderr, flush=True)
+            return None
         writer.write_scalars(step, {f"eval/{g}/{k}": v for g, m in results.items()
                                     for k, v in m.items() if np.ndim(v) == 0
                                     and isinstance(v, (int, float, np.number))})
@@ -253,20 +261,23 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
         return results
 
     start = int(jax.device_get(state.step))
-    results = {}
-    if start == 0 and config.train.eval_at_start:
-        results = run_eval(0)
-    bar = tqdm(total=total_steps * loader.global_batch_size, initial=start *
-               loader.global_batch_size, unit="img", dynamic_ncols=True,
-               disable=jax.process_index() != 0,
-               # a log file (no terminal) gets one line per 30 s, not one per batch
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    pending, stopped_at = None, None
+    results, bar, pending, stopped_at, saved, trained = {}, None, None, None, resume_step, start
     speed = Throughput(loader.global_batch_size, mesh.size)
     try:
+        if start == 0 and config.train.eval_at_start:
+            results = run_eval(0)
+            stopped_at = 0 if results is None else None
+        bar = tqdm(total=total_steps * loader.global_batch_size, initial=start *
+                   loader.global_batch_size, unit="img", dynamic_ncols=True,
+                   disable=jax.process_index() != 0 or stopped_at is not None,
+                   # a log file (no terminal) gets one line per 30 s, not one per batch
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         for step in range(start + 1, total_steps + 1):
+            if stopped_at is not None:
+                break
             batch = next(data_iter)
             state, metrics = train_step(state, sharding.global_batch(batch, mesh))
+            trained = step
             if pending is not None:  # check the previous step while this one runs
                 _check_finite(*pending, ckpt)
             pending = (step, metrics)
@@ -278,28 +289,32 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
                 values = {**values, **speed.at(step)}
                 writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
                 bar.set_postfix(loss=f"{float(values['loss']):.4f}", step=step)
-            stopping = stop.reached(step)
-            if step % config.train.checkpoint_every == 0 or last or stopping:
+            if stop.reached(step):
+                stopped_at = step
+            if step % config.train.checkpoint_every == 0 or last or stopped_at is not None:
                 _check_finite(step, jax.device_get(metrics), ckpt)
                 ckpt.save(state, data_iter, loader.label_map)
-            if stopping:
-                stopped_at = step
-                break
+                saved = step
             if step == kill_after:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
-            if config.train.eval_every and step % config.train.eval_every == 0 and not last:
-                run_eval(step)
+            if (stopped_at is None and config.train.eval_every
+                    and step % config.train.eval_every == 0 and not last):
+                stopped_at = step if run_eval(step) is None else None
                 speed.restart()
         if pending is not None:
             _check_finite(*pending, ckpt)
         if stopped_at is None and config.train.eval_at_end and (start < total_steps
                                                                 or not results):
             results = run_eval(total_steps)
-        elif start < total_steps:
-            _draw_curves(workdir, step)
+            stopped_at = total_steps if results is None else None
+        elif trained > start:
+            _draw_curves(workdir, trained)
+        if stopped_at is not None and stopped_at != saved:   # SIGTERM during an evaluation
+            ckpt.save(state, data_iter, loader.label_map)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         getattr(data_iter, "close", lambda: None)()
         ckpt.wait()
         ckpt.close()
