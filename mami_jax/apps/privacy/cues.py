@@ -9,7 +9,9 @@ under one model, on the unit pixels the model reads (T, H, W):
 - ``occlusion_maps``: the drop of the score when a ``patch`` x ``patch`` square (every
   ``stride`` pixels, all slices at once) is replaced by the image's mean intensity,
   averaged over the squares covering each pixel. Slower, but it measures what removing
-  a region does rather than a local slope.
+  a region does rather than a local slope. A drop under ``NOISE_FLOOR`` is float32
+  rounding of the network, not a cue, and counts as none: scaled to [0, 1], such drops
+  drew a map of noise whose pattern changed with the CPU it ran on.
 
 Each map is scaled to [0, 1] per image (its maximum; an all-zero map stays zero).
 """
@@ -20,6 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
+
+
+#: The smallest change of a match score (a cosine similarity, of order 1) that an occlusion
+#: map counts: float32 embeddings through a ViT round scores at about 1e-7.
+NOISE_FLOOR = 1e-6
 
 
 def _normalise(maps: np.ndarray) -> np.ndarray:
@@ -68,7 +75,8 @@ def occlusion_maps(score_fn, params, x, offset, refs, patch: int, stride: int,
                       [np.repeat(o, n, 0) for o in target],
                       [np.repeat(o, n, 0) for o in impostors], np.repeat(impostor_mask, n, 0))
             sc = np.asarray(scorer(batch, np.repeat(offset[i:i + 1], n, 0), arrays))[:len(part)]
-            drops.extend((base - sc).tolist())
+            drop = base - sc
+            drops.extend(np.where(np.abs(drop) < NOISE_FLOOR, 0.0, drop).tolist())
         for (y, z), d in zip(boxes, drops):
             out[i, :, y:y + patch, z:z + patch] += d
     out /= np.maximum(cover, 1)[None, None]
