@@ -29,7 +29,8 @@ from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interr
                                          say_interrupted)
 from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.log_filters import quiet_library_info
-from mami_jax.runtime.no_space import NoSpaceError, is_no_space, no_space_error
+from mami_jax.runtime.error_line import print_error
+from mami_jax.runtime.no_space import NoSpaceError, is_no_space
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 from mami_jax.runtime.stop_signal import StoppedBySignal, say_stopped
 from mami_jax.train import run_config
@@ -75,21 +76,19 @@ def main(argv):
     except user_errors() as e:
         if logging.get_verbosity() >= 1:
             raise
-        _exit_with_error(" ".join(str(e).split("\n")) or type(e).__name__)
+        _exit_with_error(e)
     except OSError as e:            # (FileNotFoundError and NoSpaceError are said above)
         if not is_no_space(e) or logging.get_verbosity() >= 1:
             raise
-        where = os.path.dirname(e.filename) if e.filename else _WORKDIR.value
-        _exit_with_error(str(no_space_error(where, f"writing {e.filename or 'under --workdir'}",
-                                            "free space there and run the same command again")))
+        _exit_with_error(e)
     except KeyboardInterrupt:       # the trainer's finally has finished the checkpoints
         end_process(say_interrupted(_after_interrupt()))
     except StoppedBySignal as stopped:  # SIGTERM: the step reached is saved
         end_process(say_stopped(stopped))
 
 
-def _exit_with_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def _exit_with_error(error: BaseException) -> None:
+    print_error(error, where=_WORKDIR.value)
     sys.exit(1)
 
 

@@ -32,6 +32,7 @@ from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.teacher_features import TeacherFeatureError
 from mami_jax.runtime.atomic_files import make_dirs
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from teachers import registry, writer
@@ -192,8 +193,7 @@ def main(argv=None) -> int:
                     args.rows_per_shard, args.skip_unreadable, split=args.split)
     except (ValueError, KeyError, OSError, ExtractError, TeacherLoadError, ManifestError,
             TeacherFeatureError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+        print_error(e, where=args.out)
         return 2
     except KeyboardInterrupt:
         return say_interrupted("the finished shards are kept: run the same command again to "

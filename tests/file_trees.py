@@ -4,6 +4,8 @@ wrote the same output twice): digests, not contents, so a failed comparison prin
 import hashlib
 import os
 
+from mami_jax.runtime.folder_lock import LOCK_FILE
+
 
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
@@ -11,10 +13,12 @@ def _sha256(path: str) -> str:
 
 
 def tree_digest(root) -> dict[str, str]:
-    """{path relative to ``root``: sha256} of every file under ``root``."""
+    """{path relative to ``root``: sha256} of every file under ``root``, but a folder lock
+    (``folder_lock``: it says which command held the folder last, and a refused one held it
+    too)."""
     root = str(root)
     return {os.path.relpath(os.path.join(here, name), root): _sha256(os.path.join(here, name))
-            for here, _, names in os.walk(root) for name in names}
+            for here, _, names in os.walk(root) for name in names if name != LOCK_FILE}
 
 
 def paths_digest(*roots) -> dict[str, str]:

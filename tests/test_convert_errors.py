@@ -11,7 +11,8 @@ import types
 
 import pytest
 
-from mami_jax.convert.__main__ import main, one_line
+from mami_jax.convert.__main__ import main
+from mami_jax.runtime.error_line import one_line
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 from mami_jax.convert.checkpoint_dir import save_params
 from tests.file_trees import tree_digest

@@ -11,6 +11,7 @@ import errno
 import gc
 import logging
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -215,3 +216,37 @@ def test_embeddings_onto_a_full_disk_end_in_one_line(small_disk, tmp_path):
     last = proc.stderr.splitlines()[-1]
     assert last.startswith(f"error: no space left on the device of {workdir}"), last
     assert last.endswith("free); free space there and run the same command again"), last
+
+
+def test_a_command_writing_onto_a_full_disk_says_where_and_what_to_do(small_disk):
+    """Every command but training said a full disk as the OS's ``[Errno 28] No space left on
+    device`` (``error_line``): no folder, no free space, no remedy."""
+    fill(small_disk, 16 * 1024)
+    out = small_disk / "phantoms"
+    proc = subprocess.run([sys.executable, "-m", "mami_jax.phantoms", "--out", str(out),
+                           "--patients", "4", "--image-size", "32", "--slices", "2",
+                           "--workers", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.splitlines()[-1]
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error")] == [last]
+    assert last.startswith(f"error: no space left on the device of {out} while writing "), last
+    assert last.endswith(" free); free space there and run the same command again"), last
+    assert os.listdir(small_disk) == [next(small_disk.glob("filler-*")).name]   # no half-written
+
+
+def test_an_error_line_is_one_line_with_a_full_disk_said_as_such(tmp_path):
+    from mami_jax.runtime.error_line import error_line
+    assert error_line(ValueError("bad rows:\n  line 3: x\n  line 9: y\nsee --help")) == \
+        "bad rows: line 3: x, line 9: y; see --help"
+    assert error_line(KeyError("no such teacher 'x'")) == "no such teacher 'x'"
+    assert error_line(RuntimeError()) == "RuntimeError"
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "a.png"))
+    head, free, tail = re.fullmatch(r"(.*) \((.*)\); (.*)", error_line(full)).groups()
+    assert head == f"no space left on the device of {tmp_path / 'out'} while writing " \
+                   f"{tmp_path / 'out' / 'a.png'}"
+    assert free.endswith(" free") and tail == "free space there and run the same command again"
+    nameless = OSError(errno.ENOSPC, "No space left on device")
+    assert error_line(nameless, where=str(tmp_path)).startswith(
+        f"no space left on the device of {tmp_path} while writing its output (")
+    assert error_line(nameless) == "[Errno 28] No space left on device"   # nowhere to name

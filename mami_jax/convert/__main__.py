@@ -48,6 +48,7 @@ from mami_jax.convert.checkpoint_dir import (is_converter_checkpoint, load_confi
 from mami_jax.convert.mapping import flatten_params
 from mami_jax.runtime.output_guard import same_or_inside
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.error_line import error_line
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 
@@ -266,23 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(message: str) -> str:
-    """A multi-line message (e.g. a ConversionError's key listings) as one line.
-
-    Indented lines are the items of the title above them (joined with ", "); titles
-    are joined with "; ".
-    """
-    out = ""
-    for line in str(message).splitlines():
-        if not line.strip():
-            continue
-        if line[:1].isspace() and out:
-            out += (" " if out.endswith(":") else ", ") + line.strip()
-        else:
-            out += ("; " if out else "") + line.strip()
-    return out
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # Library warnings (orbax logs through absl) would add lines to the one-line errors
@@ -295,7 +279,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return say_interrupted()
     except Exception as e:  # noqa: BLE001 - any failure is reported as one line, no traceback
-        text = one_line(str(e)) or type(e).__name__
+        text = error_line(e, where=os.path.dirname(os.path.abspath(getattr(args, "out", "."))))
         if not isinstance(e, (ValueError, OSError)):  # not a known input-error family
             text = f"{type(e).__name__}: {text}"
         print(f"error: {text}", file=sys.stderr)

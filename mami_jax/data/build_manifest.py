@@ -47,7 +47,6 @@ import argparse
 import collections
 import csv
 import os
-import sys
 from typing import Sequence
 
 from mami_jax.data.config import default_data_config
@@ -56,6 +55,7 @@ from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
                                     write_manifest)
 from mami_jax.data.splits import assign_splits
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result, rows = build(args)
     except (ValueError, OSError, csv.Error) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e, where=os.path.dirname(os.path.abspath(args.out)))
         return 1
     except KeyboardInterrupt:       # the manifest is written all at once, or not at all
         return say_interrupted()

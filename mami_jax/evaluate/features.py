@@ -18,7 +18,6 @@ applies to some rows but has no feature for others is an error naming them.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 
@@ -28,6 +27,7 @@ from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.output_guard import same_or_inside
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         if not results:
             raise ValueError(f"no stored teacher has features in split {config.eval.split!r}")
     except (ValueError, OSError, ManifestError, TeacherFeatureError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e, where=args.out)
         return 2
     except KeyboardInterrupt:
         return say_interrupted()

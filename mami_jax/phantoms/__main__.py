@@ -8,10 +8,9 @@ be written) ends the command with exit status 1 and one ``error: ...`` line on s
 bad arguments (``--patients abc``, neither or both of ``--out`` and ``--preview``) with
 one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 
-import sys
-
 from mami_jax.phantoms import generator, preview
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     try:
         written = _run(args)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e, where=args.out or args.preview)
         return 1
     except KeyboardInterrupt:       # nothing is left: the series are written to a staging folder
         return say_interrupted()

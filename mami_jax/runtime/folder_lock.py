@@ -86,3 +86,19 @@ def held(folder: str, role: str, what: str, take: bool = True,
         yield
     finally:
         os.close(fd)    # releases the lock
+
+
+@contextlib.contextmanager
+def output_held(folder: str, role: str, what: str) -> Iterator[None]:
+    """``held`` for a command's output folder, made here when it is new; a run that ends
+    before writing anything there (a refused setting, an unreadable image) removes the
+    folder it made, leaving no empty output behind."""
+    made = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with held(folder, role, what):
+            yield
+    finally:
+        if made and os.listdir(folder) == [LOCK_FILE]:
+            os.remove(os.path.join(folder, LOCK_FILE))
+            os.rmdir(folder)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from mami_jax.runtime.folder_lock import LOCK_FILE
+
 
 def same_or_inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or lies inside it, links resolved."""
@@ -33,12 +35,13 @@ def refuse_overwriting_inputs(outputs: Iterable[str], inputs: Iterable[str],
 def check_output_folder(out: str, flag: str, own_marker: str) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds
     ``own_marker``, the record the command writes there; the command resumes or redoes
-    its work in it). ValueError otherwise: a file, or a folder holding other files."""
+    its work in it; the lock file of a run that was killed before its first file does not
+    count). ValueError otherwise: a file, or a folder holding other files."""
     if os.path.isfile(out):
         raise ValueError(f"{flag} {out}: is a file, not a folder")
     if not os.path.isdir(out) or os.path.isfile(os.path.join(out, own_marker)):
         return
-    held = sorted(os.listdir(out))
+    held = sorted(name for name in os.listdir(out) if name != LOCK_FILE)
     if held:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise ValueError(f"{flag} {out}: holds files this command did not write ({shown}); "

@@ -37,10 +37,10 @@ Bad input ends with one ``error: ...`` line and exit status 2, usage errors incl
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
@@ -135,10 +135,7 @@ def main(argv=None) -> int:
         from mami_jax.apps.history import commands
         return getattr(commands, args.command)(args)
     except user_errors() as e:
-        message = " ".join(str(e).split("\n")) or type(e).__name__
-        if isinstance(e, KeyError):
-            message = str(e.args[0]) if e.args else message
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print_error(e, where=getattr(args, "out", None))
         return 2
     except KeyboardInterrupt:
         return say_interrupted(_what_is_kept(args))

@@ -44,7 +44,8 @@ from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_overrides
 from mami_jax.experiment_config import experiment_spec, load_experiment
-from mami_jax.runtime import strict_json
+from mami_jax.runtime import folder_lock, strict_json
+from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser, require_file
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
@@ -185,10 +186,8 @@ def _run(args, parser) -> None:
     if args.command == "evaluate":
         return _evaluate(args, parser)
 
-    from mami_jax.apps.privacy import ensemble, references
-    from mami_jax.apps.privacy.protect import check_settings, select_rows
-    from mami_jax.data.manifest import MODALITIES, read_manifest
-    from mami_jax.data.missing_files import refuse_missing_files
+    from mami_jax.apps.privacy.protect import select_rows
+    from mami_jax.data.manifest import read_manifest
     from mami_jax.inference import names_a_path
     from mami_jax.runtime.local_paths import url_hint
 
@@ -205,6 +204,18 @@ def _run(args, parser) -> None:
         check_cue_settings(pcfg.cues)
         targets = targets[:int(pcfg.cues.max_images)]
     _check_out(args, rows, targets)
+    # One run at a time writes into OUT (a second one would interleave its images and log
+    # lines with the first's); a run that ends before its first file leaves no empty OUT.
+    with folder_lock.output_held(args.out, f"--out {args.out}", f"privacy {args.command}"):
+        _protect_or_cues(args, pcfg, rows, targets)
+
+
+def _protect_or_cues(args, pcfg, rows, targets) -> None:
+    """The models loaded, then ``_protect`` or ``_cues``, with OUT held."""
+    from mami_jax.apps.privacy import ensemble, references
+    from mami_jax.apps.privacy.protect import check_settings
+    from mami_jax.data.manifest import MODALITIES
+    from mami_jax.data.missing_files import refuse_missing_files
     refuse_missing_files(references.reference_rows(rows, targets))   # targets among them
     if args.command == "protect":
         check_settings(pcfg, targets)
@@ -219,8 +230,6 @@ def _run(args, parser) -> None:
     names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
     members = ([ensemble.load_member(args.workdir, experiment, role=args.model_flag)]
                + ensemble.load_ensemble(names[1:], experiment))
-    # OUT is made by its first file (a cue record, a finished image): a run that fails
-    # on an unreadable image first leaves no empty folder
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
                                                      pcfg.perturb, experiment)
@@ -318,8 +327,7 @@ def main(argv=None) -> int:
     try:
         _run(args, parser)
     except _user_errors() as e:
-        message = " ".join(str(e).split("\n")) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print_error(e, where=getattr(args, "out", None))
         return 1
     except KeyboardInterrupt:
         return say_interrupted(_what_is_kept(args))
