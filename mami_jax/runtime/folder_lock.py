@@ -95,10 +95,10 @@ def output_held(folder: str, role: str, what: str) -> Iterator[None]:
     folder it made, leaving no empty output behind."""
     made = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    try:
-        with held(folder, role, what):
+    with held(folder, role, what):
+        try:
             yield
-    finally:
-        if made and os.listdir(folder) == [LOCK_FILE]:
-            os.remove(os.path.join(folder, LOCK_FILE))
-            os.rmdir(folder)
+        finally:        # still held: no other run can have taken the folder meanwhile
+            if made and os.listdir(folder) == [LOCK_FILE]:
+                os.remove(os.path.join(folder, LOCK_FILE))
+                os.rmdir(folder)
