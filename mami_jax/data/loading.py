@@ -17,14 +17,18 @@ from mami_jax.data.splits import assign_splits
 
 
 def manifest_path(config, workdir: str) -> str:
+    """``data.manifest``, or the manifest of the phantoms (generated on first use)."""
     if config.data.manifest:
         return os.path.expanduser(config.data.manifest)
     ph = config.phantoms
-    cache = os.path.expanduser(ph.cache_dir) if ph.cache_dir else os.path.join(workdir, "phantoms")
-    logging.info("no data.manifest configured: using the synthetic phantoms in %s", cache)
-    return ensure_phantoms(cache, patients=ph.patients, visits=ph.visits, seed=ph.seed,
-                           image_size=ph.image_size, slices=ph.slices,
-                           pathology_field=ph.pathology_field)
+    return ensure_phantoms(_phantoms_dir(config, workdir), patients=ph.patients,
+                           visits=ph.visits, seed=ph.seed, image_size=ph.image_size,
+                           slices=ph.slices, pathology_field=ph.pathology_field)
+
+
+def _phantoms_dir(config, workdir: str) -> str:
+    cache = config.phantoms.cache_dir
+    return os.path.expanduser(cache) if cache else os.path.join(workdir, "phantoms")
 
 
 def load_rows(config, workdir: str) -> list[ManifestRow]:
@@ -34,6 +38,9 @@ def load_rows(config, workdir: str) -> list[ManifestRow]:
 def read_rows(config, workdir: str) -> tuple[list[ManifestRow], dict[str, int]]:
     """(the rows ``load_rows`` gives, {modality: rows left out by
     ``data.only_modalities``}), from one read of the manifest."""
+    if not config.data.manifest:
+        logging.info("no data.manifest configured: using the synthetic phantoms in %s",
+                     _phantoms_dir(config, workdir))
     path = manifest_path(config, workdir)
     rows = read_manifest(path)
     if any(not r.split for r in rows):
