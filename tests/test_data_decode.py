@@ -64,6 +64,26 @@ def test_png_16bit_is_minmax_scaled(tmp_path):
     np.testing.assert_allclose(x, [[0.0, 0.125], [0.5, 1.0]], atol=1e-6)
 
 
+def test_a_16_bit_colour_png_reads_as_pillow_gives_it_8_bit_scaled_by_255(tmp_path):
+    """Pillow has no 16-bit RGB mode: it hands such a PNG over as 8-bit RGB (each channel's
+    high byte). The module's documented rule; a Pillow that one day reads it whole changes
+    this number and fails here rather than changing every colour image's scale unsaid."""
+    import struct
+    import zlib
+    values = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 1000).astype(">u2")
+    raw = b"".join(b"\x00" + row.tobytes() for row in values)
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path = tmp_path / "rgb48.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = open_volume(str(path)).read()
+    assert out.shape == (1, 4, 5, 3)
+    np.testing.assert_allclose(out[0], (values >> 8) / 255.0, atol=1e-6)
+
+
 def test_rgb_png_rgba_and_jpeg(tmp_path):
     rgba = np.zeros((4, 5, 4), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 255, 128, 0, 10

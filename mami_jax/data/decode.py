@@ -21,6 +21,9 @@ Intensity rules (one rule per format, so the same scan always looks the same):
 - wider integer images (16-bit PNG X-rays use 12, 14 or 16 bits depending on the
   scanner) and float images are scaled by the minimum and maximum of the slices
   read together (one range for the whole set, so slices of a series stay comparable).
+  A 16-bit-per-channel colour PNG is the exception: Pillow reads it as 8-bit RGB (each
+  channel's high byte), so it is divided by 255 like an 8-bit colour image
+  (``tests/test_data_decode.py`` pins this).
 - DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
   window (WindowCenter/WindowWidth) when present, else the first VOI LUT of the
   VOILUTSequence, else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is
