@@ -13,7 +13,7 @@ from mami_jax.apps.history.settings import check_settings
     ("calibration=pairs", "calibration='pairs' has no effect with visit_fusion (the default): "
                           "visit scores are calibrated on the validation images' top-k visit "
                           "candidates; add visit_fusion=0 to calibrate single images on pairs"),
-    ("target_far=1", "target_far=1.0: a false-accept rate in [0, 1)"),
+    ("target_far=1", "target_far=1.0: expected a false-accept rate in [0, 1)"),
     ("target_far=nan", "target_far=nan: expected a finite number"),
     ("hubness_k=-1", "index.hubness_k=-1: expected a whole number of at least 0"),
     ("train_history=future", "train_history='future' unknown; expected retrieved, true or both"),
@@ -42,7 +42,7 @@ def test_the_documented_words_are_accepted():
     (lambda c: c.classifier.update(steps=0), "classifier.steps=0: expected a whole number of at "
                                              "least 1"),
     (lambda c: c.classifier.update(history_dropout=1.0),
-     "classifier.history_dropout=1.0: a probability in [0, 1)"),
+     "classifier.history_dropout=1.0: expected a probability in [0, 1)"),
     (lambda c: c.update(eval_split=""), "eval_split is empty: name a split of the manifest"),
 ])
 def test_a_setting_changed_after_reading_is_checked_again(change, message):

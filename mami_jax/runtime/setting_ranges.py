@@ -1,9 +1,10 @@
 """Range checks of numeric settings, one message shape for every command.
 
 absl's ``--config.KEY=VALUE`` and ``--set KEY=VALUE`` check a value's type, not its range;
-a training run and a protection each check theirs before any work
-(``train/settings_check.py``, ``apps/privacy/protect.check_search``) with these, so a bad
-value reads the same everywhere: ``KEY=VALUE: expected WHAT``.
+a training run, a protection and the history app each check theirs before any work
+(``train/settings_check.py``, ``apps/privacy/protect.check_search``,
+``apps/history/settings.py``) with these, so a bad value reads the same everywhere:
+``KEY=VALUE: expected WHAT``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ have no visit score to calibrate, so the setting would do nothing.
 
 from __future__ import annotations
 
-import math
+from mami_jax.runtime.setting_ranges import is_number, require
 
 TRAIN_HISTORIES = ("retrieved", "true", "both")
 
@@ -32,15 +32,14 @@ def _number(cfg, key: str, where: str = "", default=_REQUIRED):
     if key not in cfg:
         raise ValueError(f"{name} is not set")
     value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r}: expected a finite number")
+    require(is_number(value), name, value, "a finite number")
     return value
 
 
 def _at_least(cfg, key: str, low: int, where: str = "", default=_REQUIRED) -> None:
     value = _number(cfg, key, where, default)
-    if int(value) != value or value < low:
-        raise ValueError(f"{where}{key}={value!r}: expected a whole number of at least {low}")
+    require(int(value) == value and value >= low, f"{where}{key}", value,
+            f"a whole number of at least {low}")
 
 
 def check_settings(cfg) -> None:
@@ -61,8 +60,7 @@ def check_settings(cfg) -> None:
         raise ValueError("label_column is empty: name the labels table's column")
     _at_least(cfg, "k", 1)
     far = _number(cfg, "target_far")
-    if not 0.0 <= far < 1.0:
-        raise ValueError(f"target_far={far!r}: a false-accept rate in [0, 1)")
+    require(0.0 <= far < 1.0, "target_far", far, "a false-accept rate in [0, 1)")
     if str(cfg.calibration) not in METHODS:
         raise ValueError(f"calibration={cfg.calibration!r} unknown; expected one of "
                          f"{', '.join(METHODS)}")
@@ -90,8 +88,8 @@ def check_settings(cfg) -> None:
         _at_least(cfg.classifier, key, 1, "classifier.")
     _at_least(cfg.classifier, "map_dim", 0, "classifier.", default=0)
     dropout = _number(cfg.classifier, "history_dropout", "classifier.")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"classifier.history_dropout={dropout!r}: a probability in [0, 1)")
+    require(0.0 <= dropout < 1.0, "classifier.history_dropout", dropout,
+            "a probability in [0, 1)")
     if int(cfg.classifier.get("map_dim", 0)) > 0:
         _at_least(cfg, "map_grid", 1)
     splits = {k: str(cfg[k]) for k in ("train_split", "calibration_split", "eval_split")}
