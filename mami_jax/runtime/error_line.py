@@ -1,11 +1,11 @@
 """The one ``error:`` line every command ends with on bad input or a failed write.
 
 Each command catches its own families of user errors (a bad manifest, a damaged file,
-a missing extra); what it prints is the same for all of them: the message on one line
-(a message of several lines, a file's list of problems, joined by ``one_line``), a ``KeyError``'s key
-without the quotes ``str`` adds, and a write that failed for want of space said as where,
-how much is free and what to do (``no_space``), not as the OS's ``[Errno 28]`` naming
-one file of many.
+a missing extra); what it prints is the same for all of them: the message on one line (a
+message of several lines, a file's list of problems, joined by ``one_line``), a
+``KeyError``'s key without the quotes ``str`` adds, and a write that failed for want of
+space said as where, how much is free and what to do (``no_space``), not as the OS's
+``[Errno 28]`` naming one file of many.
 """
 
 from __future__ import annotations
