@@ -6,7 +6,10 @@ the loop as soon as one read fails (a truncated data file) while the other reads
 run; each of those, on finishing, calls ``loop.call_soon_threadsafe`` from a tensorstore
 thread, which raises ``RuntimeError('Event loop is closed')`` and is printed as a traceback
 through ``sys.unraisablehook``, after the command's one ``error:`` line and even during
-interpreter shutdown. The read results are unwanted by then; nothing else is lost.
+interpreter shutdown. The read results are unwanted by then; nothing else is lost. A restore into another model
+config's shapes fails before some reads finish; their coroutines, collected unfinished, are
+each reported with orbax's "Encountered error while reading array index" and the tensorstore
+spec (some 9,500 lines for a small model).
 
 When the other reads fail too (every array of a truncated file), and finish before the
 loop closes, their failures are never retrieved either, and asyncio logs each one when
@@ -34,14 +37,19 @@ from mami_jax.runtime.no_space import is_no_space
 _UNRETRIEVED = "exception was never retrieved"
 
 
+#: orbax's words for an array of another shape than the one asked for (another model config).
+_OTHER_SHAPE = "is not compatible with the stored shape"
+
+
 class _SiblingFailures(logging.Filter):
-    """Drops asyncio's reports of unretrieved tensorstore read failures and of writes that
-    found no space."""
+    """Drops asyncio's reports of unretrieved tensorstore read failures, of reads into
+    another shape and of writes that found no space."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not (_UNRETRIEVED in record.getMessage() and exc is not None
-                    and ("Error reading" in str(exc) or is_no_space(exc)))
+                    and ("Error reading" in str(exc) or _OTHER_SHAPE in str(exc)
+                         or is_no_space(exc)))
 
 
 #: What orbax's threads log after one of them failed and the save was abandoned.
@@ -72,22 +80,47 @@ def _is_orphaned_read_callback(unraisable) -> bool:
     return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
 
 
-def quiet_orbax_failure_noise() -> None:
-    """Installs (for the rest of the process: the callbacks can come after ``main``
-    returns) an unraisable-exception hook that drops ``_is_orphaned_read_callback``
-    reports and passes every other one to the previous hook, a filter on asyncio's logger
-    that drops its reports of sibling reads' and full-disk writes' failures
-    (``_SiblingFailures``), and one on absl's logger for orbax's reports of a save that
-    found no space (``_FullDiskSaveReports``). Only for the command-line process, so that a
-    failed read or save ends in one ``error:`` line and nothing else."""
+def _is_closed_read(unraisable) -> bool:
+    """Whether an unraisable exception is one of orbax's array reads closed unfinished when
+    its coroutine was collected after the restore failed: orbax wraps the ``GeneratorExit``
+    that closing sends in a broad ``Exception`` ("Encountered error while reading array
+    index"), which Python can only report."""
+    code = getattr(unraisable.object, "cr_code", None)
+    return (getattr(code, "co_name", "") == "_read_array_index_and_device_put"
+            and isinstance(getattr(unraisable.exc_value, "__cause__", None), GeneratorExit))
+
+
+def quiet_failed_restore() -> None:
+    """Installs, for the rest of the process (the callbacks come after the restore has
+    failed) unless its hook is in place already, an unraisable-exception hook that drops
+    ``_is_orphaned_read_callback`` and ``_is_closed_read`` reports and passes every other one
+    to the previous hook,
+    and a filter on asyncio's logger that drops its reports of sibling reads' and
+    full-disk writes' failures (``_SiblingFailures``). The checkpointer calls it when a
+    restore fails, so that a damaged checkpoint read in a notebook or a script is its one
+    ``CheckpointError`` too: there some 3,800 lines of "Event loop is closed" tracebacks
+    followed a damaged one, and some 9,500 lines of closed reads one of another model
+    config."""
     previous = sys.unraisablehook
+    if getattr(previous, "drops_orbax_leftovers", False):
+        return                          # installed by an earlier failure
 
     def hook(unraisable):
-        if not _is_orphaned_read_callback(unraisable):
+        if not (_is_orphaned_read_callback(unraisable) or _is_closed_read(unraisable)):
             previous(unraisable)
 
+    hook.drops_orbax_leftovers = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_SiblingFailures())
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SiblingFailures) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_SiblingFailures())
+
+
+def quiet_orbax_failure_noise() -> None:
+    """``quiet_failed_restore`` from the start, and a filter on absl's logger for orbax's
+    reports of a save that found no space (``_FullDiskSaveReports``). For a command-line
+    process, so that a failed read or save ends in one ``error:`` line and nothing else."""
+    quiet_failed_restore()
     logging.getLogger("absl").addFilter(_FullDiskSaveReports())
 
 

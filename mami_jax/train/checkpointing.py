@@ -51,7 +51,7 @@ from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.json_object import parse_json_object
 from mami_jax.runtime.no_space import is_no_space, no_space_error
-from mami_jax.runtime.orbax_noise import quiet_abandoned_save
+from mami_jax.runtime.orbax_noise import quiet_abandoned_save, quiet_failed_restore
 from mami_jax.train.heads import MODEL_GROUP  # the ``params`` item; other groups are heads
 from mami_jax.train.step import TrainState
 
@@ -247,6 +247,7 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
         except Exception as e:  # orbax, tensorstore and json raise many types
+            quiet_failed_restore()      # the other reads' leftovers, reported later
             # Only the params item is compared: it is what a model config determines, and
             # a plain tree of arrays (the train item's optimizer state is not).
             if item == "params" and isinstance(args, ocp.args.StandardRestore):
