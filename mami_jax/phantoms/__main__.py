@@ -8,6 +8,8 @@ be written) ends the command with exit status 1 and one ``error: ...`` line on s
 bad arguments (``--patients abc``, neither or both of ``--out`` and ``--preview``) with
 one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 
+import os
+
 from mami_jax.phantoms import generator, preview
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     try:
         written = _run(args)
     except (ValueError, OSError) as e:
-        print_error(e, where=args.out or args.preview)
+        print_error(e, where=args.out or os.path.dirname(os.path.abspath(args.preview)))
         return 1
     except KeyboardInterrupt:       # nothing is left: the series are written to a staging folder
         return say_interrupted()
