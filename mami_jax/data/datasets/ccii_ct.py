@@ -78,6 +78,6 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
             c.add(local_id=f"{cls}/{patient}/{scan}", patient_id=f"{cls}-{patient}", study_id=scan,
                   order=scan, view="", path=c.path(cls, patient, scan), source=src, folder=True,
                   labels={LABEL: cls})
-    if not c.rows and not c.skipped:
+    if c.found_nothing():
         raise DatasetLayoutError(f"{root}: no NCP/, CP/ or Normal/ scan folders and no unzip_filenames.csv")
     return c.result()

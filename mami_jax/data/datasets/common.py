@@ -16,7 +16,8 @@ skipped row: a wrong label scheme or a corrupted file must stop the build.
 
 ``verify_files``: True checks every path exists (a missing file is reported as
 skipped with reason "file not found" and counted in ``missing_files``); False builds
-the rows from metadata alone, so splits can be planned without the images.
+the rows from metadata alone, so splits can be planned without the images. The checks
+run together when the builder is done (``Collector.result``, ``file_checks``).
 
 Containment: every path a builder adds goes through ``Collector.add``, which refuses a
 path outside the dataset root (an absolute path or ``..`` components in a metadata
@@ -37,8 +38,10 @@ import io
 import os
 from typing import Iterator
 
+from mami_jax.data.datasets import file_checks
 from mami_jax.data.decode import IMAGE_EXTENSIONS
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.runtime.progress import progress_bar
 
 
 @dataclasses.dataclass
@@ -73,8 +76,24 @@ def label_error(root: str, source: str, column: str, value: str, expected: str) 
                              f"(expected {expected})")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """A row ``Collector.add`` was given, its file not yet checked."""
+    row: ManifestRow
+    source: str
+    folder: bool
+    labels: dict[str, str] | None
+
+
 class Collector:
-    """Accumulates rows; checks paths and image-id uniqueness as rows arrive."""
+    """Accumulates rows; checks paths as rows arrive, files and image ids at ``result``.
+
+    Every ``add`` and ``skip`` is recorded in order; ``result`` checks all files at once
+    (``file_checks.presence``: in parallel, with a bar, which a network file system needs)
+    and then settles the rows in that order, so the outcome is what checking each file as
+    it came would give: the first row of an image id whose file exists keeps the id.
+    Reading a large dataset shows a count of the entries looked at (after a moment).
+    """
 
     def __init__(self, dataset: str, modality: str, root: str, verify_files: bool):
         self.dataset = dataset
@@ -87,13 +106,25 @@ class Collector:
         self.notes: list[str] = []
         self.label_columns: tuple[str, ...] = ()
         self.labels: dict[str, dict[str, str]] = {}
-        self._ids: dict[str, str] = {}
+        self._seen: list[_Candidate | tuple[str, str]] = []   # candidates and skips, in order
+        self._bar = None
 
     def path(self, *parts: str) -> str:
         return os.path.normpath(os.path.join(self.root, *parts))
 
+    def found_nothing(self) -> bool:
+        """Nothing added or skipped so far: the root holds nothing of the dataset."""
+        return not self._seen
+
     def skip(self, source: str, reason: str) -> None:
-        self.skipped.append((source, reason))
+        self._seen.append((source, reason))
+        self._tick()
+
+    def _tick(self) -> None:
+        if self._bar is None:
+            self._bar = progress_bar(None, f"reading {self.dataset}", unit="entry",
+                                     delay=file_checks.BAR_DELAY)
+        self._bar.update(1)
 
     def inside(self, path: str, source: str) -> str:
         """``path`` made absolute (against the working folder, as the builder joined it to
@@ -113,50 +144,60 @@ class Collector:
 
     def add(self, *, local_id: str, patient_id: str, study_id: str, order: str, view: str,
             path: str, source: str, folder: bool = False,
-            labels: dict[str, str] | None = None) -> bool:
-        """Adds a row unless its file is missing (when verifying) or its id is taken.
+            labels: dict[str, str] | None = None) -> None:
+        """Records a row; ``result`` keeps it unless its file is missing (when verifying)
+        or its image id was kept first.
 
         A path outside the root raises (see ``inside``) before anything else is checked.
-        ``labels`` (one value per ``label_columns``) are kept for the row when it is added.
+        ``labels`` (one value per ``label_columns``) are kept for the row when it is kept.
+        ``folder``: the path is a series folder, present when it holds a visible entry.
         """
         path = self.inside(path, source)
-        image_id = f"{self.dataset}:{local_id}"
-        if image_id in self._ids:
-            self.skip(f"{source} (image id {image_id!r} first from {self._ids[image_id]})",
-                      "duplicate image id")
-            return False
-        if self.verify:
-            if folder:
-                ok = os.path.isdir(path) and any(True for _ in _visible(path))
-            else:
-                ok = os.path.isfile(path)
-            if not ok:
-                self.missing += 1
-                self.skip(source, "file not found" if not folder else "series folder missing or empty")
-                return False
-        self._ids[image_id] = source
-        self.rows.append(ManifestRow(
-            image_id=image_id, patient_id=str(patient_id), study_id=str(study_id), order=str(order),
-            modality=self.modality, dataset=self.dataset, view=str(view), path=path, split=""))
-        if labels is not None:
-            if set(labels) != set(self.label_columns):
-                raise ValueError(f"{source}: labels {sorted(labels)} do not match the label "
-                                 f"columns {list(self.label_columns)}")
-            self.labels[image_id] = {c: str(labels[c]) for c in self.label_columns}
-        return True
+        row = ManifestRow(
+            image_id=f"{self.dataset}:{local_id}", patient_id=str(patient_id),
+            study_id=str(study_id), order=str(order), modality=self.modality,
+            dataset=self.dataset, view=str(view), path=path, split="")
+        self._seen.append(_Candidate(row, source, folder, labels))
+        self._tick()
 
     def result(self) -> BuildResult:
+        if self._bar is not None:
+            self._bar.close()
+        candidates = [c for c in self._seen if isinstance(c, _Candidate)]
+        present = iter(file_checks.presence([(c.row.path, c.folder) for c in candidates],
+                                            self.dataset) if self.verify else
+                       [True] * len(candidates))
+        kept_from: dict[str, str] = {}
+        for entry in self._seen:
+            if not isinstance(entry, _Candidate):
+                self.skipped.append(entry)
+            else:
+                self._settle(entry, next(present), kept_from)
+        self._seen = []
         if self.labels:
             self.notes.append(f"labels: {len(self.labels)} of {len(self.rows)} images "
                               f"({', '.join(self.label_columns)})")
         return BuildResult(self.rows, self.skipped, self.missing, self.notes,
                            self.label_columns if self.labels else (), self.labels)
 
-
-def _visible(folder: str) -> Iterator[str]:
-    for name in os.listdir(folder):
-        if not name.startswith("."):
-            yield name
+    def _settle(self, c: _Candidate, present: bool, kept_from: dict[str, str]) -> None:
+        image_id = c.row.image_id
+        if image_id in kept_from:
+            self.skipped.append((f"{c.source} (image id {image_id!r} first from "
+                                 f"{kept_from[image_id]})", "duplicate image id"))
+            return
+        if not present:
+            self.missing += 1
+            self.skipped.append((c.source, "series folder missing or empty" if c.folder
+                                 else "file not found"))
+            return
+        kept_from[image_id] = c.source
+        self.rows.append(c.row)
+        if c.labels is not None:
+            if set(c.labels) != set(self.label_columns):
+                raise ValueError(f"{c.source}: labels {sorted(c.labels)} do not match the "
+                                 f"label columns {list(self.label_columns)}")
+            self.labels[image_id] = {k: str(c.labels[k]) for k in self.label_columns}
 
 
 def is_image_name(name: str) -> bool:

@@ -72,6 +72,6 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
                 continue
             seen.add(m.group(1))
             _add(c, m.group(1), c.path("Images_png", m.group(1)), src)
-    if not c.rows and not c.skipped:
+    if c.found_nothing():
         raise DatasetLayoutError(f"{root}: no Images_png/ series folders and no DL_info.csv")
     return c.result()

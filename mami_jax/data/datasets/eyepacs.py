@@ -98,6 +98,6 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
                 continue
             add_eye_image(c, part, f"{stem}.jpeg", c.path(part, f"{stem}.jpeg"), src,
                           labels(part, stem))
-    if not c.rows and not c.skipped:
+    if c.found_nothing():
         raise DatasetLayoutError(f"{root}: no train/ or test/ images and no trainLabels.csv")
     return c.result()

@@ -22,17 +22,17 @@ EYE_NAME = re.compile(r"^(\d+)_(left|right)\.(jpe?g|png|tiff?|bmp)$", re.IGNOREC
 
 
 def add_eye_image(c: Collector, part: str, name: str, path: str, source: str,
-                  labels: dict[str, str] | None = None) -> bool:
+                  labels: dict[str, str] | None = None) -> None:
     """Adds ``<patient>_<eye>.<ext>`` from release part ``part`` (with its ``labels``, if
     any); skips other image names."""
     m = EYE_NAME.match(name)
     if not m:
         c.skip(source, "image name is not <patient>_<left|right>.<ext>")
-        return False
+        return
     patient = f"{part}-{int(m.group(1))}"
     eye = m.group(2).lower()
-    return c.add(local_id=f"{patient}_{eye}", patient_id=patient, study_id=eye, order="0",
-                 view=eye, path=path, source=source, labels=labels)
+    c.add(local_id=f"{patient}_{eye}", patient_id=patient, study_id=eye, order="0",
+          view=eye, path=path, source=source, labels=labels)
 
 
 def rel(root: str, path: str) -> str:

@@ -101,6 +101,6 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
                 i, _, m = session
                 subject, n = m.group(1), int(m.group(2))
                 _add(c, root, path, subject, f"d{n:04d}", n, stem)
-    if not c.rows and not c.skipped:
+    if c.found_nothing():
         raise DatasetLayoutError(f"{root}: no OASIS volumes (.nii, .nii.gz, .img) found")
     return c.result()

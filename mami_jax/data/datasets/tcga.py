@@ -59,6 +59,6 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
             continue
         c.add(local_id=os.path.splitext(src)[0].replace(os.sep, "/"), patient_id=barcode[:12],
               study_id=barcode, order="", view="", path=path, source=src)
-    if not c.rows and not c.skipped:
+    if c.found_nothing():
         raise DatasetLayoutError(f"{root}: no image tiles found")
     return c.result()
