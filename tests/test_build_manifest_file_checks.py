@@ -1,9 +1,11 @@
-"""``build_manifest`` checks a dataset's files together, with a bar when that takes long.
+"""``build_manifest`` checks a dataset's files together, with a bar when that takes long
+(``file_presence``, which the trainer's look for missing images uses too).
 
 Before: every file was checked as its metadata row was read, one after another and without
 a word, so a bucket mounted with gcsfuse (tens of milliseconds a check) kept the command
-silent for hours on MIMIC-CXR's 377,000 images. The checks here wait on a file system made
-slow by hand (a sleep, which like a real check lets other threads run).
+silent for hours on MIMIC-CXR's 377,000 images; the trainer's look asked in threads but
+without a word. The checks here wait on a file system made slow by hand (a sleep, which
+like a real check lets other threads run).
 """
 
 import threading
@@ -12,7 +14,8 @@ import time
 import pytest
 
 from mami_jax.data import build_manifest
-from mami_jax.data.datasets import file_checks, nih_chestxray14
+from mami_jax.data import file_presence
+from mami_jax.data.datasets import common, nih_chestxray14
 
 HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
 ROWS = 300
@@ -34,7 +37,7 @@ def root(tmp_path):
 
 
 class SlowDisk:
-    """``file_checks.is_present`` with a wait per check; counts the checks in flight."""
+    """``common.is_present`` with a wait per check; counts the checks in flight."""
 
     def __init__(self, wait: float, interrupt_at: int | None = None):
         self.wait, self.interrupt_at = wait, interrupt_at
@@ -56,12 +59,12 @@ class SlowDisk:
             with self.lock:
                 self.in_flight -= 1
 
-    real = staticmethod(file_checks.is_present)
+    real = staticmethod(common.is_present)
 
 
 def test_checks_overlap_and_give_what_one_by_one_gives(root, monkeypatch):
     disk = SlowDisk(wait=0.005)
-    monkeypatch.setattr(file_checks, "is_present", disk)
+    monkeypatch.setattr(common, "is_present", disk)
     result = nih_chestxray14.build(str(root))
     assert disk.calls == ROWS and disk.most_in_flight > 1
     assert [r.image_id for r in result.rows] == [
@@ -78,8 +81,9 @@ def test_a_slow_check_shows_a_bar_and_a_quick_one_nothing(root, tmp_path, monkey
     assert build_manifest.main(["--dataset", "nih_chestxray14", "--root", str(root),
                                 "--out", str(tmp_path / "quick" / "manifest.csv")]) == 0
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(file_checks, "is_present", SlowDisk(wait=0.001))
-    monkeypatch.setattr(file_checks, "BAR_DELAY", 0.0)
+    monkeypatch.setattr(common, "is_present", SlowDisk(wait=0.001))
+    monkeypatch.setattr(file_presence, "BAR_DELAY", 0.0)
+    monkeypatch.setattr(common, "BAR_DELAY", 0.0)
     assert build_manifest.main(["--dataset", "nih_chestxray14", "--root", str(root),
                                 "--out", str(tmp_path / "slow" / "manifest.csv")]) == 0
     captured = capsys.readouterr()
@@ -88,11 +92,18 @@ def test_a_slow_check_shows_a_bar_and_a_quick_one_nothing(root, tmp_path, monkey
     assert f"files missing: {ROWS // 2}" in captured.out
 
 
-def test_ctrl_c_drops_the_checks_not_started(tmp_path, monkeypatch, capsys):
-    disk = SlowDisk(wait=0.001, interrupt_at=10)
-    monkeypatch.setattr(file_checks, "is_present", disk)
-    candidates = [(str(tmp_path / f"{i}.png"), False) for i in range(400 * file_checks.CHUNK)]
+def test_ctrl_c_drops_the_checks_not_started(tmp_path, monkeypatch):
+    disk = SlowDisk(wait=0.001, interrupt_at=2 * file_presence.CHUNK + 10)   # among the threads
+    candidates = [(str(tmp_path / f"{i}.png"), False) for i in range(400 * file_presence.CHUNK)]
     with pytest.raises(KeyboardInterrupt):
-        file_checks.presence(candidates, "a dataset")
+        file_presence.ask_all(candidates, lambda c: disk(*c), "checking")
     time.sleep(0.2)        # the chunks already running finish
     assert disk.calls < len(candidates) // 4
+
+
+def test_a_fast_file_system_is_asked_in_order_without_threads(monkeypatch):
+    monkeypatch.setattr(file_presence, "SLOW_SECONDS", 1.0)   # no pause on a busy machine counts
+    asked = []
+    answers = file_presence.ask_all(list(range(1000)), lambda i: asked.append(i) or i % 3 == 0,
+                                    "checking")
+    assert answers == [i % 3 == 0 for i in range(1000)] and asked == list(range(1000))

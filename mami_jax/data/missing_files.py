@@ -14,45 +14,23 @@ how many will be.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
-import time
 from typing import Iterable, Sequence
 
+from mami_jax.data.file_presence import ask_all
 from mami_jax.data.manifest import ManifestRow, row_place
 from mami_jax.runtime.local_paths import url_hint
 
 
 SKIP_SWITCH = "--config.data.skip_bad_images=True"
 
-#: Threads asking the file system at once where one ``stat`` waits a round trip (a network
-#: mount: a million rows one at a time took minutes there), measured on the first
-#: ``PROBE_ROWS``; on a local disk (a few microseconds a ``stat``) threads only cost.
-STAT_THREADS = 32
-PROBE_ROWS = 512
-SLOW_STAT_SECONDS = 100e-6
-
-
-def _absent(rows: list[ManifestRow]) -> list[bool]:
-    return [not os.path.exists(r.path) for r in rows]
-
-
 def missing_rows(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
-    """The rows whose ``path`` does not exist, in row order."""
+    """The rows whose ``path`` does not exist, in row order (asked many at once on a slow
+    file system, with a bar when that takes long: ``file_presence``)."""
     rows = list(rows)
-    start = time.perf_counter()
-    flags = _absent(rows[:PROBE_ROWS])
-    rest = rows[PROBE_ROWS:]
-    slow = time.perf_counter() - start > SLOW_STAT_SECONDS * PROBE_ROWS
-    if slow and rest:
-        size = -(-len(rest) // STAT_THREADS)
-        with concurrent.futures.ThreadPoolExecutor(STAT_THREADS) as pool:
-            for part in pool.map(_absent, [rest[i:i + size] for i in range(0, len(rest), size)]):
-                flags += part
-    else:
-        flags += _absent(rest)
-    return [r for r, gone in zip(rows, flags) if gone]
+    gone = ask_all(rows, lambda r: not os.path.exists(r.path), "checking the images are there")
+    return [r for r, g in zip(rows, gone) if g]
 
 
 def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "") -> None:

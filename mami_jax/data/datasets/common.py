@@ -17,7 +17,7 @@ skipped row: a wrong label scheme or a corrupted file must stop the build.
 ``verify_files``: True checks every path exists (a missing file is reported as
 skipped with reason "file not found" and counted in ``missing_files``); False builds
 the rows from metadata alone, so splits can be planned without the images. The checks
-run together when the builder is done (``Collector.result``, ``file_checks``).
+run together when the builder is done (``Collector.result``, ``file_presence``).
 
 Containment: every path a builder adds goes through ``Collector.add``, which refuses a
 path outside the dataset root (an absolute path or ``..`` components in a metadata
@@ -38,8 +38,8 @@ import io
 import os
 from typing import Iterator
 
-from mami_jax.data.datasets import file_checks
 from mami_jax.data.decode import IMAGE_EXTENSIONS
+from mami_jax.data.file_presence import BAR_DELAY, ask_all
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.progress import progress_bar
 
@@ -89,7 +89,8 @@ class Collector:
     """Accumulates rows; checks paths as rows arrive, files and image ids at ``result``.
 
     Every ``add`` and ``skip`` is recorded in order; ``result`` checks all files at once
-    (``file_checks.presence``: in parallel, with a bar, which a network file system needs)
+    (``file_presence``: in parallel on a slow file system such as a mounted bucket, with a
+    bar)
     and then settles the rows in that order, so the outcome is what checking each file as
     it came would give: the first row of an image id whose file exists keeps the id.
     Reading a large dataset shows a count of the entries looked at (after a moment).
@@ -123,7 +124,7 @@ class Collector:
     def _tick(self) -> None:
         if self._bar is None:
             self._bar = progress_bar(None, f"reading {self.dataset}", unit="entry",
-                                     delay=file_checks.BAR_DELAY)
+                                     delay=BAR_DELAY)
         self._bar.update(1)
 
     def inside(self, path: str, source: str) -> str:
@@ -164,8 +165,8 @@ class Collector:
         if self._bar is not None:
             self._bar.close()
         candidates = [c for c in self._seen if isinstance(c, _Candidate)]
-        present = iter(file_checks.presence([(c.row.path, c.folder) for c in candidates],
-                                            self.dataset) if self.verify else
+        present = iter(ask_all(candidates, lambda c: is_present(c.row.path, c.folder),
+                               f"checking {self.dataset}'s files") if self.verify else
                        [True] * len(candidates))
         kept_from: dict[str, str] = {}
         for entry in self._seen:
@@ -198,6 +199,17 @@ class Collector:
                 raise ValueError(f"{c.source}: labels {sorted(c.labels)} do not match the "
                                  f"label columns {list(self.label_columns)}")
             self.labels[image_id] = {k: str(c.labels[k]) for k in self.label_columns}
+
+
+def is_present(path: str, folder: bool) -> bool:
+    """A file: it exists and is a file. A series folder: it exists and holds a visible
+    (not dot-hidden) entry."""
+    if not folder:
+        return os.path.isfile(path)
+    try:
+        return any(not name.startswith(".") for name in os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def is_image_name(name: str) -> bool:
