@@ -1,5 +1,5 @@
 """``build_manifest`` checks a dataset's files together, with a bar when that takes long
-(``file_presence``, which the trainer's look for missing images uses too).
+(``file_questions``, which the trainer's look for missing images uses too).
 
 Before: every file was checked as its metadata row was read, one after another and without
 a word, so a bucket mounted with gcsfuse (tens of milliseconds a check) kept the command
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mami_jax.data import build_manifest
-from mami_jax.data import file_presence
+from mami_jax.data import file_questions
 from mami_jax.data.datasets import common, nih_chestxray14
 
 HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
@@ -82,7 +82,7 @@ def test_a_slow_check_shows_a_bar_and_a_quick_one_nothing(root, tmp_path, monkey
                                 "--out", str(tmp_path / "quick" / "manifest.csv")]) == 0
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(common, "is_present", SlowDisk(wait=0.001))
-    monkeypatch.setattr(file_presence, "BAR_DELAY", 0.0)
+    monkeypatch.setattr(file_questions, "BAR_DELAY", 0.0)
     monkeypatch.setattr(common, "BAR_DELAY", 0.0)
     assert build_manifest.main(["--dataset", "nih_chestxray14", "--root", str(root),
                                 "--out", str(tmp_path / "slow" / "manifest.csv")]) == 0
@@ -93,17 +93,17 @@ def test_a_slow_check_shows_a_bar_and_a_quick_one_nothing(root, tmp_path, monkey
 
 
 def test_ctrl_c_drops_the_checks_not_started(tmp_path, monkeypatch):
-    disk = SlowDisk(wait=0.001, interrupt_at=2 * file_presence.CHUNK + 10)   # among the threads
-    candidates = [(str(tmp_path / f"{i}.png"), False) for i in range(400 * file_presence.CHUNK)]
+    disk = SlowDisk(wait=0.001, interrupt_at=2 * file_questions.CHUNK + 10)   # among the threads
+    candidates = [(str(tmp_path / f"{i}.png"), False) for i in range(400 * file_questions.CHUNK)]
     with pytest.raises(KeyboardInterrupt):
-        file_presence.ask_all(candidates, lambda c: disk(*c), "checking")
+        file_questions.ask_each(candidates, lambda c: disk(*c), "checking")
     time.sleep(0.2)        # the chunks already running finish
     assert disk.calls < len(candidates) // 4
 
 
 def test_a_fast_file_system_is_asked_in_order_without_threads(monkeypatch):
-    monkeypatch.setattr(file_presence, "SLOW_SECONDS", 1.0)   # no pause on a busy machine counts
+    monkeypatch.setattr(file_questions, "SLOW_SECONDS", 1.0)   # no pause on a busy machine counts
     asked = []
-    answers = file_presence.ask_all(list(range(1000)), lambda i: asked.append(i) or i % 3 == 0,
+    answers = file_questions.ask_each(list(range(1000)), lambda i: asked.append(i) or i % 3 == 0,
                                     "checking")
     assert answers == [i % 3 == 0 for i in range(1000)] and asked == list(range(1000))

@@ -49,3 +49,25 @@ def test_a_missing_file_has_a_signature_of_its_own(tmp_path):
     assert "|missing:" in path_signature(gone)
     (tmp_path / "gone.png").write_bytes(b"1")
     assert "|missing:" not in path_signature(gone)
+
+
+def test_asked_in_threads_on_a_slow_file_system_it_is_the_same_signature(tmp_path, monkeypatch):
+    """On a mounted bucket the files are asked many at once (``file_questions``); the
+    signature is the one asked in row order."""
+    import hashlib
+
+    from mami_jax.data import file_questions
+    rows = []
+    for i in range(300):
+        (tmp_path / f"{i}.png").write_bytes(b"x" * (i % 7))
+        rows.append(_row(str(i), str(tmp_path / f"{i}.png")))
+    rows.append(_row("gone", str(tmp_path / "gone.png")))
+    by_hand = hashlib.sha256()
+    for r in rows:
+        by_hand.update(f"{r.image_id}\n{path_signature(r.path)}\n".encode())
+    monkeypatch.setattr(file_questions, "SLOW_SECONDS", 0.0)
+    asked_by = set()
+    real = file_questions._in_threads
+    monkeypatch.setattr(file_questions, "_in_threads",
+                        lambda *a: asked_by.add("threads") or real(*a))
+    assert rows_signature(rows) == by_hand.hexdigest() and asked_by == {"threads"}

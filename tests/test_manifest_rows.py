@@ -181,9 +181,9 @@ def test_missing_rows_come_in_row_order_whether_asked_one_by_one_or_by_threads(
         tmp_path, monkeypatch, slow_stat):
     """On a slow file system (a network mount, simulated by a zero threshold) the rows are
     asked by 32 threads; the answer is the same list, in the manifest's order."""
-    from mami_jax.data import file_presence, missing_files
+    from mami_jax.data import file_questions, missing_files
     if slow_stat:
-        monkeypatch.setattr(file_presence, "SLOW_SECONDS", 0.0)
+        monkeypatch.setattr(file_questions, "SLOW_SECONDS", 0.0)
     (tmp_path / "there.png").write_bytes(b"")
     rows = [ManifestRow(image_id=str(i), patient_id="p", study_id="s", order="0",
                         modality="xray", dataset="d", view="",

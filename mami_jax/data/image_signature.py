@@ -5,7 +5,8 @@ diagnosis reader's logits) are keyed by image ids, but an id names a row, not th
 regenerating the phantoms with other settings, or re-exporting a study, keeps the ids and
 changes the files. The signature adds each file's path, size and modification time (every
 file of a series folder), so such a cache is computed again instead of silently reused.
-Reading the stat of a file is cheap; hashing the pixels of a million-image archive is not.
+Reading the stat of a file is cheap (on a mounted bucket, cheap when many are asked at
+once: ``file_questions``); hashing the pixels of a million-image archive is not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import os
 from typing import Sequence
 
+from mami_jax.data.file_questions import ask_each
 from mami_jax.data.manifest import ManifestRow
 
 
@@ -47,8 +49,11 @@ def path_signature(path: str) -> str:
 
 
 def rows_signature(rows: Sequence[ManifestRow]) -> str:
-    """sha256 over every row's image id and its files' ``path_signature``, in row order."""
+    """sha256 over every row's image id and its files' ``path_signature``, in row order
+    (asked many at once on a slow file system, with a bar when that takes long)."""
     h = hashlib.sha256()
-    for r in rows:
-        h.update(f"{r.image_id}\n{path_signature(r.path)}\n".encode())
+    signatures = ask_each(rows, lambda r: path_signature(r.path),
+                          "reading the images' sizes and dates")
+    for r, signature in zip(rows, signatures):
+        h.update(f"{r.image_id}\n{signature}\n".encode())
     return h.hexdigest()

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Iterable, Sequence
 
-from mami_jax.data.file_presence import ask_all
+from mami_jax.data.file_questions import ask_each
 from mami_jax.data.manifest import ManifestRow, row_place
 from mami_jax.runtime.local_paths import url_hint
 
@@ -27,9 +27,9 @@ SKIP_SWITCH = "--config.data.skip_bad_images=True"
 
 def missing_rows(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
     """The rows whose ``path`` does not exist, in row order (asked many at once on a slow
-    file system, with a bar when that takes long: ``file_presence``)."""
+    file system, with a bar when that takes long: ``file_questions``)."""
     rows = list(rows)
-    gone = ask_all(rows, lambda r: not os.path.exists(r.path), "checking the images are there")
+    gone = ask_each(rows, lambda r: not os.path.exists(r.path), "checking the images are there")
     return [r for r, g in zip(rows, gone) if g]
 
 

@@ -17,7 +17,7 @@ skipped row: a wrong label scheme or a corrupted file must stop the build.
 ``verify_files``: True checks every path exists (a missing file is reported as
 skipped with reason "file not found" and counted in ``missing_files``); False builds
 the rows from metadata alone, so splits can be planned without the images. The checks
-run together when the builder is done (``Collector.result``, ``file_presence``).
+run together when the builder is done (``Collector.result``, ``file_questions``).
 
 Containment: every path a builder adds goes through ``Collector.add``, which refuses a
 path outside the dataset root (an absolute path or ``..`` components in a metadata
@@ -39,7 +39,7 @@ import os
 from typing import Iterator
 
 from mami_jax.data.decode import IMAGE_EXTENSIONS
-from mami_jax.data.file_presence import BAR_DELAY, ask_all
+from mami_jax.data.file_questions import BAR_DELAY, ask_each
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.progress import progress_bar
 
@@ -89,7 +89,7 @@ class Collector:
     """Accumulates rows; checks paths as rows arrive, files and image ids at ``result``.
 
     Every ``add`` and ``skip`` is recorded in order; ``result`` checks all files at once
-    (``file_presence``: in parallel on a slow file system such as a mounted bucket, with a
+    (``file_questions``: in parallel on a slow file system such as a mounted bucket, with a
     bar)
     and then settles the rows in that order, so the outcome is what checking each file as
     it came would give: the first row of an image id whose file exists keeps the id.
@@ -165,7 +165,7 @@ class Collector:
         if self._bar is not None:
             self._bar.close()
         candidates = [c for c in self._seen if isinstance(c, _Candidate)]
-        present = iter(ask_all(candidates, lambda c: is_present(c.row.path, c.folder),
+        present = iter(ask_each(candidates, lambda c: is_present(c.row.path, c.folder),
                                f"checking {self.dataset}'s files") if self.verify else
                        [True] * len(candidates))
         kept_from: dict[str, str] = {}

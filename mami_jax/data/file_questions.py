@@ -1,9 +1,11 @@
 """Asking the file system about many files at once, with a progress bar when it is slow.
 
-Two commands ask about every image before their work: the trainer and evaluation whether
-each manifest row's image exists (``missing_files``), ``build_manifest`` whether each
-image a dataset's metadata names is there (``datasets.common``), 377,000 of them for
-MIMIC-CXR. On a local disk one ``stat`` is a few microseconds; on a bucket mounted with
+Several commands ask about every image before their work: the trainer and evaluation
+whether each manifest row's image exists (``missing_files``), embedding and the
+applications its size and date (``image_signature``, what says a kept result is still
+valid), ``build_manifest`` whether each image a dataset's metadata names is there
+(``datasets.common``), 377,000 of them for MIMIC-CXR. On a local disk one ``stat`` is a
+few microseconds; on a bucket mounted with
 gcsfuse, the way a Cloud TPU VM usually reaches its data, each is a request of tens of
 milliseconds, so asking one after another kept a command silent for hours. The questions
 wait on the file system, not the CPU: after the first ``CHUNK`` answers show a slow file
@@ -21,6 +23,7 @@ from typing import Callable, Sequence, TypeVar
 from mami_jax.runtime.progress import progress_bar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Questions in flight at once on a slow file system: enough to hide a network's latency.
 THREADS = 32
@@ -33,12 +36,12 @@ SLOW_SECONDS = 100e-6
 BAR_DELAY = 2.0
 
 
-def ask_all(items: Sequence[T], ask: Callable[[T], bool], what: str) -> list[bool]:
+def ask_each(items: Sequence[T], ask: Callable[[T], R], what: str) -> list[R]:
     """``ask(item)`` of every item, in order; the bar reads ``what`` ("checking the
     images"). Ctrl-C drops the questions not yet started."""
     chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     with progress_bar(len(items), what, unit="file", delay=BAR_DELAY) as bar:
-        answers: list[list[bool]] = []
+        answers: list[list[R]] = []
         for chunk in chunks:
             start = time.perf_counter()
             answers.append([ask(item) for item in chunk])
@@ -51,9 +54,9 @@ def ask_all(items: Sequence[T], ask: Callable[[T], bool], what: str) -> list[boo
         return [a for chunk in answers + _in_threads(rest, ask, bar) for a in chunk]
 
 
-def _in_threads(chunks, ask, bar) -> list[list[bool]]:
+def _in_threads(chunks, ask, bar) -> list[list]:
     pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="file-question")
-    answers: list[list[bool]] = [[] for _ in chunks]
+    answers: list[list] = [[] for _ in chunks]
     try:
         futures = {pool.submit(lambda c: [ask(item) for item in c], chunk): i
                    for i, chunk in enumerate(chunks)}
