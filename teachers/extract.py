@@ -3,6 +3,7 @@
     python -m teachers.extract --manifest FILE --teachers NAMES --out DIR
         [--shard i --num_shards n] [--batch_size B] [--device cpu|cuda]
         [--weights NAME=PATH ...] [--rows_per_shard R] [--skip_unreadable] [--split S]
+        [--read_threads N]
 
 NAMES is a comma list of registry names (``teachers.registry``; ``phantoms`` and
 ``medical`` name the two bags). The manifest's rows, in file order, are cut into
@@ -15,7 +16,8 @@ to the row's modality (rows no teacher applies to get no record). An unreadable
 image is an error naming it; with ``--skip_unreadable`` it gets no record and is
 listed in the shard's sidecar and in ``skipped.txt``. ``--split S`` keeps only the
 rows whose manifest split is S (e.g. the test split for the zero-shot table).
-Inference runs in batches without gradients. The folder layout is described in ``teachers.writer``.
+Each image is read once for every teacher, by ``--read_threads`` threads ahead of the
+teachers (``shard_features``). Inference runs in batches without gradients. The folder layout is described in ``teachers.writer``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import hashlib
 import math
 import os
 import sys
+from typing import Sequence
 
 import numpy as np
 
-from mami_jax.data.decode import DecodeError, decode
+from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.teacher_features import TeacherFeatureError
@@ -35,9 +38,10 @@ from mami_jax.runtime.atomic_files import make_dirs
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
+from mami_jax.runtime.ordered_map import ordered_map
 from teachers import registry, writer
 from teachers.loaders import LoadedTeacher, TeacherLoadError, load_teacher, run_batch
-from teachers.preprocess import teacher_input
+from teachers.preprocess import teacher_inputs
 
 
 class ExtractError(RuntimeError):
@@ -60,53 +64,87 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def teacher_features(teacher: LoadedTeacher, rows, batch_size, device, skip_unreadable,
-                     skipped: set, progress) -> dict[str, np.ndarray]:
-    """image_id -> feature (D,) float32 of every row ``teacher`` applies to, in batches;
-    an unreadable image is an error naming it, or (``skip_unreadable``) added to
-    ``skipped``. ``progress`` is a tqdm bar advanced per batch."""
-    out = {}
-    todo = [r for r in rows if teacher.spec.applies_to(r.modality) and r.image_id not in skipped]
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        if teacher.features_for_rows is not None:
-            kept, feats = batch, teacher.features_for_rows(batch)
-        else:
-            kept, inputs = [], []
-            for row in batch:
-                try:
-                    decoded = decode(row.path)
-                except (DecodeError, OSError) as e:
-                    if not skip_unreadable:
-                        raise ExtractError(f"image_id {row.image_id!r}: unreadable ({e}); "
-                                           "--skip_unreadable skips such images") from e
-                    skipped.add(row.image_id)
-                    continue
+def _pixels(row, specs) -> dict[str, np.ndarray] | Exception:
+    """The inputs of the pixel teachers ``specs`` for ``row``, decoded once; the read
+    error when it cannot be read (raised or skipped by the caller, in row order)."""
+    try:
+        return teacher_inputs(open_volume(row.path).read(None), specs)
+    except (DecodeError, OSError) as e:
+        return e
+
+
+def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
+                   skip_unreadable, progress, read_threads: int = 4
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], set]:
+    """({teacher: {image_id: feature (D,) float32}}, ids skipped as unreadable) of ``rows``.
+
+    Each image is read once for all the teachers that see pixels, in ``read_threads``
+    threads a few batches ahead of the teachers (decoding and resizing release Python's
+    lock; on an accelerator the reading, not the forward pass, is the slow part), and
+    each teacher runs on full batches of the rows it applies to. An unreadable image is
+    an error naming it, or (``skip_unreadable``) skipped by every teacher. ``progress``
+    is a tqdm bar advanced per row and teacher."""
+    features: dict[str, dict[str, np.ndarray]] = {t.spec.name: {} for t in teachers}
+    skipped: set = set()
+    seeing = [t for t in teachers if t.features_for_rows is None]
+    queued = {t.spec.name: ([], []) for t in seeing}     # rows, inputs of the next forward
+
+    def forward(t: LoadedTeacher, kept, inputs_or_none) -> None:
+        feats = (t.features_for_rows(kept) if inputs_or_none is None
+                 else run_batch(t, np.stack(inputs_or_none), device))
+        if feats.shape != (len(kept), t.feature_dim) or not np.isfinite(feats).all():
+            bad = [r.image_id for r, f in zip(kept, feats) if not np.isfinite(f).all()][:5]
+            raise ExtractError(f"teacher {t.spec.name}: features of shape {feats.shape} "
+                               f"for {len(kept)} images of size {t.feature_dim}, "
+                               f"non-finite for {bad}")
+        features[t.spec.name].update(zip((r.image_id for r in kept), feats.astype(np.float32)))
+        progress.update(len(kept))
+
+    def specs_of(row):
+        return [t.spec for t in seeing if t.spec.applies_to(row.modality)]
+
+    to_read = [r for r in rows if specs_of(r)]
+    for row, inputs in zip(to_read, ordered_map(lambda r: _pixels(r, specs_of(r)), to_read,
+                                                read_threads, ahead=2 * batch_size,
+                                                name="teacher-read")):
+        if isinstance(inputs, Exception):
+            if not skip_unreadable:
+                raise ExtractError(f"image_id {row.image_id!r}: unreadable ({inputs}); "
+                                   "--skip_unreadable skips such images") from inputs
+            skipped.add(row.image_id)
+            progress.update(len(specs_of(row)))
+            continue
+        for t in seeing:
+            if t.spec.name in inputs:
+                kept, batch = queued[t.spec.name]
                 kept.append(row)
-                inputs.append(teacher_input(decoded, teacher.spec))
-            feats = run_batch(teacher, np.stack(inputs), device) if inputs else None
-        if kept:
-            if feats.shape != (len(kept), teacher.feature_dim) or not np.isfinite(feats).all():
-                bad = [r.image_id for r, f in zip(kept, feats) if not np.isfinite(f).all()][:5]
-                raise ExtractError(f"teacher {teacher.spec.name}: features of shape {feats.shape} "
-                                   f"for {len(kept)} images of size {teacher.feature_dim}, "
-                                   f"non-finite for {bad}")
-            out.update(zip((r.image_id for r in kept), feats.astype(np.float32)))
-        progress.update(len(batch))
-    return out
+                batch.append(inputs[t.spec.name])
+                if len(kept) == batch_size:
+                    forward(t, kept, batch)
+                    queued[t.spec.name] = ([], [])
+    for t in seeing:
+        if queued[t.spec.name][0]:
+            forward(t, *queued[t.spec.name])
+    for t in teachers:
+        if t.features_for_rows is not None:
+            todo = [r for r in rows if t.spec.applies_to(r.modality) and r.image_id not in skipped]
+            for start in range(0, len(todo), batch_size):
+                forward(t, todo[start:start + batch_size], None)
+    return features, skipped
 
 
 def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: int = 1,
         batch_size: int = 16, device: str = "cpu", weights: dict | None = None,
         rows_per_shard: int = 256, skip_unreadable: bool = False,
-        show_progress: bool = True, split: str | None = None) -> dict | None:
+        show_progress: bool = True, split: str | None = None,
+        read_threads: int = 4) -> dict | None:
     """Extracts this process's shards; returns the index once every shard exists."""
     from tqdm import tqdm
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} must be in [0, --num_shards {num_shards})")
-    if batch_size < 1 or rows_per_shard < 1:
-        raise ValueError("--batch_size and --rows_per_shard must be >= 1")
+    if batch_size < 1 or rows_per_shard < 1 or read_threads < 1:
+        raise ValueError("--batch_size, --rows_per_shard and --read_threads must be >= 1")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir}: is a file, not a folder")
     rows = read_manifest(manifest)
@@ -149,10 +187,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     with tqdm(total=work, unit="img", desc=f"teachers shard {shard}/{num_shards}",
               disable=not show_progress, file=sys.stderr) as progress:
         for k in pending:
-            skipped: set = set()
-            per_teacher = {t.spec.name: teacher_features(t, chunks[k], batch_size, device,
-                                                         skip_unreadable, skipped, progress)
-                           for t in teachers}
+            per_teacher, skipped = shard_features(teachers, chunks[k], batch_size, device,
+                                                  skip_unreadable, progress, read_threads)
             records = []
             for row in chunks[k]:
                 feats = {n: f[row.image_id] for n, f in per_teacher.items() if row.image_id in f}
@@ -186,11 +222,14 @@ def main(argv=None) -> int:
                         help="an unreadable image gets no record and is listed in skipped.txt "
                              "(default: it ends the run, named)")
     parser.add_argument("--split", default=None, help="only rows of this manifest split")
+    parser.add_argument("--read_threads", type=int, default=4,
+                        help="threads reading and preparing images ahead of the teachers")
     args = parser.parse_args(argv)
     try:
         index = run(args.manifest, args.teachers, args.out, args.shard, args.num_shards,
                     args.batch_size, args.device, parse_weights(args.weights),
-                    args.rows_per_shard, args.skip_unreadable, split=args.split)
+                    args.rows_per_shard, args.skip_unreadable, split=args.split,
+                    read_threads=args.read_threads)
     except (ValueError, KeyError, OSError, ExtractError, TeacherLoadError, ManifestError,
             TeacherFeatureError) as e:
         print_error(e, where=args.out)

@@ -16,10 +16,10 @@ threads there only cost. A bar shows the progress when it takes more than ``BAR_
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from typing import Callable, Sequence, TypeVar
 
+from mami_jax.runtime.ordered_map import ordered_map
 from mami_jax.runtime.progress import progress_bar
 
 T = TypeVar("T")
@@ -55,14 +55,9 @@ def ask_each(items: Sequence[T], ask: Callable[[T], R], what: str) -> list[R]:
 
 
 def _in_threads(chunks, ask, bar) -> list[list]:
-    pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="file-question")
-    answers: list[list] = [[] for _ in chunks]
-    try:
-        futures = {pool.submit(lambda c: [ask(item) for item in c], chunk): i
-                   for i, chunk in enumerate(chunks)}
-        for future in concurrent.futures.as_completed(futures):
-            answers[futures[future]] = future.result()
-            bar.update(len(chunks[futures[future]]))
-        return answers
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    answers = []
+    for part in ordered_map(lambda chunk: [ask(item) for item in chunk], chunks, THREADS,
+                            name="file-question"):
+        answers.append(part)
+        bar.update(len(part))
+    return answers
