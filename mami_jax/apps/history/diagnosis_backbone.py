@@ -74,7 +74,7 @@ class DiagnosisBackbone:
     def features(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
         """(n, D) float32, one row per manifest row, in order; an image of a modality the
         teacher does not cover, or that cannot be read, is an error naming it."""
-        from teachers.extract import ExtractError, teacher_features
+        from teachers.extract import ExtractError, shard_features
         spec = self.teacher.spec
         uncovered = sorted({r.modality for r in rows if not spec.applies_to(r.modality)})
         if uncovered:
@@ -83,8 +83,8 @@ class DiagnosisBackbone:
         with tqdm(total=len(rows), unit="img", desc=f"diagnosis {self.name}",
                   disable=not progress) as bar:
             try:
-                by_id = teacher_features(self.teacher, list(rows), self.batch_size,
-                                         self.device, False, set(), bar)
+                by_id = shard_features([self.teacher], list(rows), self.batch_size,
+                                       self.device, False, bar)[0][self.teacher.spec.name]
             except ExtractError as e:       # an unreadable image, named
                 raise ValueError(str(e)) from e
         return np.stack([by_id[r.image_id] for r in rows]).astype(np.float32)
