@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                    metavar="PANEL=JSON[#VARIANT]")
     p.add_argument("--transfer-figure", default="privacy_transfer_grid.png")
     args = p.parse_args(argv)
-    data_cfg = load_config(args.experiment).data
+    data_cfg = load_config(args.experiment, kind="experiment").data
     original = {r.image_id: r for r in read_manifest(args.original)}
     ids = [i for i in args.ids.split(",") if i]
     unknown = [i for i in ids if i not in original]

@@ -192,7 +192,7 @@ def main(argv=None) -> int:
 
 
 def run(args, p, members, held_out, sweeps) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, kind="privacy")
     apply_overrides(cfg, args.set)
     rows = read_manifest(args.manifest)
     targets = [r for r in select_rows(rows, args.split, args.manifest)

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
 
 
 def run(args, p, sizes, variants) -> int:
-    base_cfg = load_config(args.config)
+    base_cfg = load_config(args.config, kind="privacy")
     apply_overrides(base_cfg, args.set)
     experiment = load_experiment(experiment_spec(args.workdir, base_cfg.experiment))
     rows = read_manifest(args.manifest)
@@ -174,7 +174,7 @@ def run(args, p, sizes, variants) -> int:
     manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
     for variant, overrides in variants:
         for n in sizes:
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, kind="privacy")
             apply_overrides(cfg, list(args.set) + overrides)
             out = os.path.abspath(os.path.join(args.out, f"{variant}-n{n}"))
             by_modality = ensemble.load_modality_members(members[0], loaded, cfg.perturb,

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import ml_collections
 
+from mami_jax.config_kinds import require_kind
 from mami_jax.runtime.json_object import parse_json_object
 
 #: The repository root (where ``configs/`` lives), for relative config paths.
@@ -171,10 +172,18 @@ def _named_by_line(run, spec: str, full: str):
                          f"{type(e).__name__}: {' '.join(str(e).split())}") from e
 
 
-def load_config(spec: str):
+def load_config(spec: str, kind: str | None = None):
     """``get_config(ARG)`` of the Python file of ``FILE[:ARG]``, or the config a ``.json``
     FILE holds (no ARG); FileNotFoundError or ValueError naming the file when it is
-    missing, has no ``get_config``, refuses ARG or is not a config."""
+    missing, has no ``get_config``, refuses ARG or is not a config, or (``kind``:
+    "experiment", "history", "privacy") is a config of another kind (``config_kinds``)."""
+    config = _load_config(spec)
+    if kind is not None:
+        require_kind(config, kind, spec)
+    return config
+
+
+def _load_config(spec: str):
     path, _, arg = spec.partition(":")
     full = resolve(path)
     if not os.path.isfile(full):

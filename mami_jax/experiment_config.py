@@ -74,7 +74,7 @@ def load_experiment(spec: str):
     (ValueError naming the file when it carries none)."""
     path = spec.partition(":")[0]
     if path.endswith((".py", ".json")) or not os.path.isfile(path):
-        return load_config(spec)
+        return load_config(spec, kind="experiment")
     from mami_jax.convert.official import embedded_experiment
     text = embedded_experiment(path)
     if text is None:

@@ -12,7 +12,8 @@ too: one that is not Python source (a syntax error, null bytes, not UTF-8:
 ``error: configs/bad.py: line 3: '(' was never closed``), one whose code raises
 (``FILE: line N: RuntimeError: ...``, N the innermost line of the file in the
 traceback), one whose ``get_config`` returns something other than a ``ConfigDict`` (it
-only failed later, at the first key the run read). ``config_files.config_file_problem`` is the
+only failed later, at the first key the run read), one of another kind (the history or
+privacy application's: ``config_kinds``). ``config_files.config_file_problem`` is the
 source check, which ``config_files.load_config`` makes too.
 """
 
@@ -27,6 +28,7 @@ import ml_collections
 from absl import flags
 
 from mami_jax import config_files
+from mami_jax.config_kinds import kind_problem
 from mami_jax.config_renames import overridden_keys
 
 
@@ -109,6 +111,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     finally:
         logging.getLogger("absl").removeFilter(quiet)
     problem = _config_value_problem(path) if path else None
+    if problem is None and path and isinstance(flags.FLAGS["config"].value,
+                                               ml_collections.ConfigDict):
+        problem = kind_problem(flags.FLAGS["config"].value, "experiment")
     if problem:
         _exit(f"{path}: {problem}")
     return parsed

@@ -46,7 +46,7 @@ DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
 
 def app_config(args):
     """The app settings of ``--app-config`` (default configs/history.py), checked."""
-    cfg = load_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG)
+    cfg = load_config(getattr(args, "app_config", None) or DEFAULT_APP_CONFIG, kind="history")
     check_settings(cfg)     # a copy of the file may not check what it sets
     return cfg
 

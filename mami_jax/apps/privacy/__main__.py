@@ -195,7 +195,7 @@ def _run(args, parser) -> None:
     if not names_a_path(args.workdir):
         raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder"
                                 f"{url_hint(args.workdir)}")
-    pcfg = load_config(args.config)
+    pcfg = load_config(args.config, kind="privacy")
     apply_overrides(pcfg, args.set)
     rows = read_manifest(args.manifest)
     targets = select_rows(rows, None if args.split == "all" else args.split, args.manifest)

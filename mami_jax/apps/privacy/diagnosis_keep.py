@@ -41,7 +41,7 @@ class DiagnosisKeeper:
 
     def __init__(self, out_dir: str, app_config: str, member):
         try:
-            self.classifier = HistoryClassifier(out_dir, load_config(app_config))
+            self.classifier = HistoryClassifier(out_dir, load_config(app_config, kind="history"))
         except HistoryClassifierError as e:
             raise ValueError(str(e).replace("--history-classifier", "perturb.keep_diagnosis")) from e
         mine = params_fingerprint(member.params)

@@ -84,7 +84,7 @@ def checked_arguments(args):
     if not args.history_classifier:
         return None
     try:
-        app_cfg = load_config(args.history_config)
+        app_cfg = load_config(args.history_config, kind="history")
     except (ValueError, OSError) as e:
         raise ValueError(f"--history-config {args.history_config}: {e}") from None
     if not args.labels:
