@@ -55,6 +55,23 @@ def test_scores_each_teacher_like_the_trained_model(setup, tmp_path, capsys):
     assert summary["anatomy"]["xray"] == {"rank1": 1.0, "mAP": 1.0}
     table = open(os.path.join(out, "zero_shot.md")).read()
     assert table.splitlines()[0].startswith("| teacher | xray | ct |")
+    with open(os.path.join(out, "zero_shot.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f"picture: {os.path.join(out, 'zero_shot.png')}" in printed
+
+
+def test_the_picture_has_a_bar_per_teacher_and_covered_modality():
+    from mami_jax.evaluate.zero_shot_figure import zero_shot_figure
+    data = {"a": {"xray": {"rank1": 0.9, "mAP": 0.5}, "ct": {"rank1": 0.4, "mAP": 0.3}},
+            "b": {"xray": {"rank1": 0.2, "mAP": 0.1}}}
+    fig = zero_shot_figure(data)
+    rank1, mean_ap = fig.axes[:2]
+    assert [t.get_text() for t in rank1.get_xticklabels()] == ["xray", "ct"]
+    for ax, metric in ((rank1, "rank1"), (mean_ap, "mAP")):
+        bars = [(round(p.get_x() + p.get_width() / 2, 6), p.get_height()) for p in ax.patches]
+        assert [h for _, h in bars] == pytest.approx(
+            [data["a"]["xray"][metric], data["a"]["ct"][metric], data["b"]["xray"][metric]])
+        assert bars[0][0] < 0 < bars[2][0] and bars[1][0] < 1     # a left, b right of xray
 
 
 def test_partial_features_in_a_group_are_an_error(setup, tmp_path, capsys):

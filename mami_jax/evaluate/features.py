@@ -12,7 +12,8 @@ section) and the same report files (``OUT/<teacher>/metrics.json``, ``cmc.png``)
 Groups (dataset/modality) a teacher does not apply to are left out; a group where it
 applies to some rows but has no feature for others is an error naming them.
 ``OUT/zero_shot.md`` and ``OUT/zero_shot.json`` hold the summary: Rank-1 / mAP of the
-``reid`` protocol per teacher and modality.
+``reid`` protocol per teacher and modality; ``OUT/zero_shot.png`` draws it
+(``zero_shot_figure``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Sequence
 from mami_jax.data.manifest import ManifestError, ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features
 from mami_jax.evaluate.split_check import check_split_evaluable
+from mami_jax.evaluate.zero_shot_figure import write_zero_shot_figure
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--manifest", required=True,
                         help="manifest CSV the features were extracted for")
     parser.add_argument("--out", required=True,
-                        help="folder for zero_shot.md and zero_shot.json (and per-teacher scores)")
+                        help="folder for zero_shot.md, .json and .png (and per-teacher scores)")
     parser.add_argument("--teachers", default="", help="comma list (default: every stored one)")
     parser.add_argument("--split", default=None, help="split to score (default: config eval.split)")
     args = parser.parse_args(argv)
@@ -136,8 +138,12 @@ def main(argv=None) -> int:
     write_text_atomic(os.path.join(args.out, "zero_shot.md"), table)
     write_text_atomic(os.path.join(args.out, "zero_shot.json"),
                       strict_json.dumps(data, indent=1, sort_keys=True) + "\n")
+    picture = write_zero_shot_figure(
+        data, os.path.join(args.out, "zero_shot.png"),
+        f"zero-shot re-ID of stored teacher features ({SUMMARY_PROTOCOL}, split "
+        f"{config.eval.split})")
     print(f"\nzero-shot re-ID ({SUMMARY_PROTOCOL}, split {config.eval.split}): Rank-1 / mAP\n"
-          + table)
+          + table + f"picture: {picture}")
     return 0
 
 
