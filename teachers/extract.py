@@ -147,6 +147,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         raise ValueError("--batch_size, --rows_per_shard and --read_threads must be >= 1")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    writer.refuse_foreign_folder(out_dir)
     rows = read_manifest(manifest)
     if split is not None:
         rows = [r for r in rows if r.split == split]

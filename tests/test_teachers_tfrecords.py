@@ -314,3 +314,23 @@ def test_a_folder_that_is_no_feature_folder_says_so(tmp_path):
         tf_files.read_index(str(tmp_path))
     assert str(e.value) == (f"{tmp_path / 'index.json'}: missing; {tmp_path} is no feature "
                             "folder of python -m teachers.extract (which writes index.json last)")
+
+
+def test_an_out_holding_another_commands_files_is_refused_before_any_teacher_loads(
+        tmp_path, monkeypatch):
+    """Before: features were written into whatever folder --out named, a training run or a
+    history archive included, beside its own files."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    before = sorted(os.listdir(run))
+    monkeypatch.setattr(extract, "load_teacher", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(writer.RunMismatchError, match=(
+            rf"^--out {run}: holds checkpoints, config.json and no run.json: not a feature "
+            r"folder \(a training run, an archive, another command's output\?\); give a new "
+            r"or empty folder$")):
+        extract.run(str(tmp_path / "m.csv"), "anatomy", str(run), show_progress=False)
+    assert sorted(os.listdir(run)) == before
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden").write_text("")
+    writer.refuse_foreign_folder(str(tmp_path / "empty"))      # empty (hidden aside): taken
