@@ -123,3 +123,25 @@ def test_a_split_that_cannot_be_scored_is_one_error_line_naming_the_flag(setup, 
         f"error: {manifest}: no rows in split 'nope' to evaluate (the rows' splits: test 15, train 75, "
         "val 9): give some patients split 'nope', or evaluate another split (--split)\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_out_holding_other_files_is_refused_and_its_own_is_written_again(setup, tmp_path,
+                                                                            capsys):
+    """Before: the scores were written into whatever folder --out named, beside its files."""
+    manifest, feats = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", str(out),
+                           "--teachers", "anatomy"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out}: holds files this command did not write (notes.txt); give a new "
+        "or empty folder")
+    assert os.listdir(out) == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    (out / "anatomy").mkdir()          # what a run stopped before its summary leaves
+    for _ in range(2):                 # that, and a finished run, are written again
+        assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", str(out),
+                               "--teachers", "anatomy"]) == 0
+    assert sorted(os.listdir(out)) == ["anatomy", "zero_shot.json", "zero_shot.md",
+                                       "zero_shot.png"]

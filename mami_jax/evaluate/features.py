@@ -23,7 +23,7 @@ from typing import Sequence
 
 
 from mami_jax.data.manifest import ManifestError, ManifestRow
-from mami_jax.data.teacher_features import TeacherFeatureError, load_features
+from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
 from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.evaluate.zero_shot_figure import write_zero_shot_figure
 from mami_jax.runtime import strict_json
@@ -31,7 +31,7 @@ from mami_jax.runtime.atomic_files import write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
-from mami_jax.runtime.output_guard import same_or_inside
+from mami_jax.runtime.output_guard import check_output_folder, same_or_inside
 
 SUMMARY_PROTOCOL = "reid"
 
@@ -122,8 +122,9 @@ def main(argv=None) -> int:
         if same_or_inside(args.out, args.features):
             raise ValueError(f"--out {args.out}: is or lies inside --features {args.features} "
                              "(inputs are never modified)")
-        if os.path.isfile(args.out):
-            raise ValueError(f"--out {args.out}: is a file, not a folder")
+        check_output_folder(args.out, "--out", "zero_shot.json",   # or one stopped half-way
+                            own_names={"zero_shot.md", "zero_shot.png",
+                                       *read_index(args.features)["teachers"]})
         rows = load_rows(config, args.out)
         results = score_teachers(args.features, rows, config.eval, args.out, teachers,
                                  manifest_name=args.manifest)

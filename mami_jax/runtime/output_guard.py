@@ -32,16 +32,19 @@ def refuse_overwriting_inputs(outputs: Iterable[str], inputs: Iterable[str],
                              f"{read[os.path.realpath(out)]}")
 
 
-def check_output_folder(out: str, flag: str, own_marker: str) -> None:
+def check_output_folder(out: str, flag: str, own_marker: str,
+                        own_names: Iterable[str] = ()) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds
     ``own_marker``, the record the command writes there; the command resumes or redoes
     its work in it; the lock file of a run that was killed before its first file does not
-    count). ValueError otherwise: a file, or a folder holding other files."""
+    count), or hold only ``own_names`` (what the command writes before its marker, left by
+    a run stopped half-way). ValueError otherwise: a file, or a folder holding other files."""
     if os.path.isfile(out):
         raise ValueError(f"{flag} {out}: is a file, not a folder")
     if not os.path.isdir(out) or os.path.isfile(os.path.join(out, own_marker)):
         return
-    held = sorted(name for name in os.listdir(out) if name != LOCK_FILE)
+    ours = {LOCK_FILE, *own_names}
+    held = sorted(name for name in os.listdir(out) if name not in ours)
     if held:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise ValueError(f"{flag} {out}: holds files this command did not write ({shown}); "
