@@ -22,7 +22,28 @@ import sys
 from absl import logging
 
 from mami_jax.config_files import flag_values, run_config_path
+from mami_jax.config_kinds import kind_problem
 from mami_jax.runtime.atomic_files import write_text_atomic
+
+
+def refuse_a_foreign_config_file(workdir: str) -> None:
+    """ValueError when ``WORKDIR/config.json`` exists and is not a training run's config
+    (a dataset's or another tool's file of that common name, in a folder given as
+    ``--workdir``): training would replace it. Called before anything is written."""
+    path = run_config_path(workdir)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "rb") as f:
+            values = json.loads(f.read())
+        problem = (kind_problem(values, "experiment") if isinstance(values, dict)
+                   else f"a JSON {type(values).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        problem = f"not JSON: {e}"
+    if problem:
+        raise ValueError(f"--workdir {workdir}: {path} is not a training run's config: "
+                         f"{problem.split(';')[0]}; training writes its own config.json there "
+                         "and would replace it: give another --workdir, or move the file")
 
 
 def write_run_config(workdir: str, config) -> None:

@@ -158,6 +158,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
     _resume_step(config, workdir)       # a run of another model: before anything is written
+    run_config.refuse_a_foreign_config_file(workdir)
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
     if _evaluates(config):  # found at the final evaluation, it cost the whole run
         check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION)
