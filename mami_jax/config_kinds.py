@@ -4,8 +4,8 @@ mami_jax reads three kinds of config: the experiment's (model, data, training,
 evaluation), the history application's and the privacy application's. Their flags
 overlap: ``--config`` is the experiment in ``mami_jax.main`` and in the history
 application, but the privacy settings in the privacy application (whose experiment is
-``--set experiment=`` or ``--experiment``), and the history settings are
-``--app-config``. A file of the wrong kind loaded without complaint and failed at the
+``--experiment``, a flag the history application takes too), and the history settings
+are ``--app-config``. A file of the wrong kind loaded without complaint and failed at the
 first key the command read, as an ``AttributeError: "'cues'"`` traceback. Each kind is
 told by top-level keys the others lack; ``require_kind`` names the file, the kind it
 should be, and the flag that reads the kind it is.
@@ -25,8 +25,8 @@ class Kind:
 
 KINDS = {
     "experiment": Kind("an experiment config", ("model", "data", "train", "eval"),
-                       "python -m mami_jax.main --config (and the applications' model side: "
-                       "history --config, privacy --set experiment=... or --experiment)"),
+                       "python -m mami_jax.main --config and the applications' --experiment "
+                       "(history's --config)"),
     "history": Kind("a history app config", ("classifier", "calibration", "target_far"),
                     "python -m mami_jax.apps.history --app-config (and privacy evaluate "
                     "--history-config)"),

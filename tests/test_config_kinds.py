@@ -39,9 +39,14 @@ def test_each_kind_is_told_from_the_others(kind, given):
 
 @pytest.fixture
 def paths(tmp_path):
+    from PIL import Image
     (tmp_path / "run").mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8)).save(tmp_path / f"{i}.png")
     (tmp_path / "m.csv").write_text("image_id,patient_id,study_id,order,modality,dataset,"
-                                    "view,path,split\n")
+                                    "view,path,split\n" + "".join(
+                                        f"i{i},p,s{i},{i},xray,d,,{i}.png,test\n"
+                                        for i in range(2)))
     return tmp_path
 
 
@@ -50,6 +55,8 @@ def paths(tmp_path):
     (privacy, ["protect", "--config", FILES["history"]], "privacy", "history"),
     (history, ["index", "--config", FILES["privacy"]], "experiment", "privacy"),
     (history, ["train", "--app-config", FILES["experiment"]], "history", "experiment"),
+    (privacy, ["protect", "--experiment", FILES["privacy"]], "experiment", "privacy"),
+    (history, ["index", "--experiment", FILES["history"]], "experiment", "history"),
 ])
 def test_the_applications_refuse_it_before_anything_is_written(paths, capsys, command, argv,
                                                                kind, given):

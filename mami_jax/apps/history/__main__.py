@@ -54,10 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         add_model_flag(s, "the re-ID model: a training workdir (latest checkpoint; "
                           "WORKDIR@STEP for another), a released or exported "
                           ".pth/.safetensors file, or a converter folder", required)
-        s.add_argument("--config", default=None,
+        s.add_argument("--config", "--experiment", dest="config", default=None,
                        help="the experiment config the model is read with (default: the "
                             "run's own, RUN/config.json, or the one an exported file carries; "
-                            "configs/all.py, the paper's, for any other model file)")
+                            "configs/all.py, the paper's, for any other model file; "
+                            "--experiment is the same flag, as in the privacy app)")
 
     def records_arg(s):
         s.add_argument("--labels", default=None,

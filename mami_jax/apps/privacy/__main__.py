@@ -54,7 +54,7 @@ from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 DEFAULT_PRIVACY_CONFIG = "configs/privacy.py"
 
 #: How a user names the experiment config of a run that did not store its own.
-EXPERIMENT_HOW = "--set experiment=FILE[:ARG] (e.g. configs/all.py:runlocal)"
+EXPERIMENT_HOW = "--experiment FILE[:ARG] (e.g. configs/all.py:runlocal)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                             "xray_visible (its docstring lists them)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a privacy config value")
+        s.add_argument("--experiment", default="",
+                       help="the experiment config the model is read with (the same as --set "
+                            "experiment=FILE[:ARG]; default: the run's own, RUN/config.json, "
+                            "or the one an exported file carries)")
     _evaluate_parser(sub)
     a = sub.add_parser("attacker-manifest",
                        help="training manifest of the adaptive attacker (protected train rows)")
@@ -196,7 +200,8 @@ def _run(args, parser) -> None:
         raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder"
                                 f"{url_hint(args.workdir)}")
     pcfg = load_config(args.config, kind="privacy")
-    apply_overrides(pcfg, args.set)
+    apply_overrides(pcfg, args.set + ([f"experiment={args.experiment}"] if args.experiment
+                                      else []))
     rows = read_manifest(args.manifest)
     targets = select_rows(rows, None if args.split == "all" else args.split, args.manifest)
     if args.command == "cues":
