@@ -169,6 +169,17 @@ def test_attacker_manifest_command(tmp_path, capsys):
     assert [r.image_id for r in rows] == ["P1_v0_protected", "P1_v1_protected", "P2_v0", "P3_v0"]
     assert [r.split for r in rows] == ["train", "train", "test", "train"]
     capsys.readouterr()
+    # an existing manifest is replaced only when asked; any other file never (before: both were)
+    assert main(args + ["--modalities", "xray"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'attacker.csv'} already exists; pass --overwrite to replace it")
+    (tmp_path / "notes.csv").write_text("mine\n")
+    assert main(args[:-1] + [str(tmp_path / "notes.csv"), "--overwrite"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'notes.csv'} exists and is not a manifest; refusing to replace it, "
+        "even with --overwrite (choose another --out)")
+    assert (tmp_path / "notes.csv").read_text() == "mine\n"
+    args.append("--overwrite")
     assert main(args) == 1          # the CT train row has no protected copy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'p.csv'}: 1 rows of split(s) ['train'] have no protected "
@@ -186,7 +197,7 @@ def test_attacker_manifest_command(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: " + message), err
     os.makedirs(tmp_path / "folder")
-    assert main(args[:-1] + [str(tmp_path / "folder"), "--modalities", "xray"]) == 1
+    assert main(args[:-2] + [str(tmp_path / "folder"), "--modalities", "xray"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: --out {tmp_path / 'folder'}: is a folder; give the manifest file to write")
 

@@ -57,6 +57,7 @@ from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_mani
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.output_guard import check_replaceable_file
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
@@ -140,21 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_replaceable(path: str, ours: bool, what: str, overwrite: bool, advice: str) -> None:
-    """Refuses an existing output ``path`` (FileExistsError naming it) unless it is
-    ``what`` this command writes (``ours``) and ``overwrite`` was given."""
-    if not os.path.lexists(path):
-        return
-    if not ours:
-        raise FileExistsError(f"{path} exists and is not {what}; refusing to replace it, "
-                              f"even with --overwrite ({advice})")
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-
-
 def build(args: argparse.Namespace):
     """Builds, splits and writes the manifest; raises on bad input (see the module doc)."""
-    check_replaceable(args.out, is_manifest(args.out), "a manifest", args.overwrite,
+    check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
                       "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
     if args.dataset == "folders":
@@ -174,7 +163,7 @@ def build(args: argparse.Namespace):
             raise ValueError(f"--out {args.out}: the labels of {args.dataset} are written to "
                              f"{LABELS_CSV} beside the manifest; give the manifest another name")
         header = csv_header(labels_path)
-        check_replaceable(labels_path, bool(header) and header[0] == "image_id",
+        check_replaceable_file(labels_path, bool(header) and header[0] == "image_id",
                           "a labels table", args.overwrite,
                           "write the manifest into another folder")
     rows = assign_splits(result.rows, args.fractions, args.seed)

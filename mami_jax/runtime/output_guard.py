@@ -77,3 +77,15 @@ def check_output_file(path: str, flag: str) -> None:
     if path.endswith(os.sep) or os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a folder; give a file name")
     check_parent_is_folder(path, flag)
+
+
+def check_replaceable_file(path: str, ours: bool, what: str, overwrite: bool, advice: str) -> None:
+    """Refuses an existing output ``path`` (FileExistsError naming it) unless it is
+    ``what`` this command writes (``ours``) and ``overwrite`` was given."""
+    if not os.path.lexists(path):
+        return
+    if not ours:
+        raise FileExistsError(f"{path} exists and is not {what}; refusing to replace it, "
+                              f"even with --overwrite ({advice})")
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")

@@ -5,7 +5,7 @@
     python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR
         [--split test] [--config ...] [--set perturb.epsilon=0.02 ...]
     python -m mami_jax.apps.privacy attacker-manifest --manifest FILE --protected OUT/manifest.csv
-        --out FILE [--splits train]
+        --out FILE [--splits train] [--modalities xray,...] [--overwrite]
     python -m mami_jax.apps.privacy evaluate --original FILE --protected OUT/manifest.csv
         --model NAME=MODEL [--model ...] --out DIR [--labels LABELS.csv]
         [--probe-model MODEL] [--history-classifier DIR ... --history-model MODEL]
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated splits whose rows become protected (default train)")
     a.add_argument("--modalities", default="",
                    help="comma-separated modalities whose rows become protected (default all)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out manifest (any other file is never replaced)")
     return p
 
 
@@ -157,13 +159,15 @@ def _check_out(args, rows, targets) -> None:
 def _attacker_manifest(args) -> None:
     from mami_jax.apps.privacy.attacker import attacker_rows
     from mami_jax.apps.privacy.protect import SUFFIX
-    from mami_jax.data.manifest import read_manifest, write_manifest
+    from mami_jax.data.manifest import is_manifest, read_manifest, write_manifest
+    from mami_jax.runtime.output_guard import check_replaceable_file, refuse_overwriting_inputs
     for flag, path in (("--manifest", args.manifest), ("--protected", args.protected)):
         require_file(flag, path)
-    from mami_jax.runtime.output_guard import refuse_overwriting_inputs
     refuse_overwriting_inputs([args.out], [args.manifest, args.protected], "--out")
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: is a folder; give the manifest file to write")
+    check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
+                           "choose another --out")
     splits = [s for s in args.splits.split(",") if s]
     modalities = [m for m in args.modalities.split(",") if m] or None
     rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
