@@ -90,9 +90,8 @@ class Collector:
 
     Every ``add`` and ``skip`` is recorded in order; ``result`` checks all files at once
     (``file_questions``: in parallel on a slow file system such as a mounted bucket, with a
-    bar)
-    and then settles the rows in that order, so the outcome is what checking each file as
-    it came would give: the first row of an image id whose file exists keeps the id.
+    bar) and then settles the rows in that order, so the outcome is what checking each file
+    as it came would give: the first row of an image id whose file exists keeps the id.
     Reading a large dataset shows a count of the entries looked at (after a moment).
     """
 
