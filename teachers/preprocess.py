@@ -8,9 +8,9 @@ see exactly the pixels the student is trained on. Then:
   S = 1), resized to the teacher's (H, W) with antialiased bilinear interpolation
   (aspect not kept: the phantoms and most medical crops are square), then
   ``(x - mean) / std`` per channel; returns (3, H, W). Teachers of one size share the
-  resize, and a grey image is resized as one channel (``teacher_inputs``): on a
-  2048-pixel X-ray the resize costs more than decoding, and the medical bag has three
-  2-D teachers per X-ray.
+  resize, and a grey image is resized as one channel (``teacher_inputs``): resizing a
+  2048-pixel X-ray is a sizeable share of reading it, and the medical bag has three 2-D
+  teachers per X-ray.
 - volume teachers (``input="volume"``): every slice, one grey channel, resampled to
   the teacher's (D, H, W) with trilinear interpolation, ``(x - mean) / std``; returns
   (1, D, H, W).

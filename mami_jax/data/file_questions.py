@@ -5,9 +5,9 @@ whether each manifest row's image exists (``missing_files``), embedding and the
 applications its size and date (``image_signature``, what says a kept result is still
 valid), ``build_manifest`` whether each image a dataset's metadata names is there
 (``datasets.common``), 377,000 of them for MIMIC-CXR. On a local disk one ``stat`` is a
-few microseconds; on a bucket mounted with
-gcsfuse, the way a Cloud TPU VM usually reaches its data, each is a request of tens of
-milliseconds, so asking one after another kept a command silent for hours. The questions
+few microseconds; on a bucket mounted with gcsfuse, the way a Cloud TPU VM usually
+reaches its data, each is a request of tens of milliseconds, so asking one after another
+kept a command silent for hours. The questions
 wait on the file system, not the CPU: after the first ``CHUNK`` answers show a slow file
 system, ``THREADS`` of them are asked at once (the waits overlap), in chunks of ``CHUNK``
 (a million paths make some 16,000 tasks, not a million); a fast one is asked in order,
