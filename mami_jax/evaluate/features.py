@@ -123,8 +123,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--out {args.out}: is or lies inside --features {args.features} "
                              "(inputs are never modified)")
         check_output_folder(args.out, "--out", "zero_shot.json",   # or one stopped half-way
-                            own_names={"zero_shot.md", "zero_shot.png",
-                                       *read_index(args.features)["teachers"]})
+                            own_names=lambda: {"zero_shot.md", "zero_shot.png",
+                                               *read_index(args.features)["teachers"]})
         rows = load_rows(config, args.out)
         results = score_teachers(args.features, rows, config.eval, args.out, teachers,
                                  manifest_name=args.manifest)

@@ -11,7 +11,7 @@ is that folder.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mami_jax.runtime.folder_lock import LOCK_FILE
 
@@ -33,17 +33,18 @@ def refuse_overwriting_inputs(outputs: Iterable[str], inputs: Iterable[str],
 
 
 def check_output_folder(out: str, flag: str, own_marker: str,
-                        own_names: Iterable[str] = ()) -> None:
+                        own_names: Callable[[], Iterable[str]] = tuple) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds
     ``own_marker``, the record the command writes there; the command resumes or redoes
     its work in it; the lock file of a run that was killed before its first file does not
-    count), or hold only ``own_names`` (what the command writes before its marker, left by
-    a run stopped half-way). ValueError otherwise: a file, or a folder holding other files."""
+    count), or hold only ``own_names()`` (what the command writes before its marker, left
+    by a run stopped half-way; asked only for a folder without the marker). ValueError
+    otherwise: a file, or a folder holding other files."""
     if os.path.isfile(out):
         raise ValueError(f"{flag} {out}: is a file, not a folder")
     if not os.path.isdir(out) or os.path.isfile(os.path.join(out, own_marker)):
         return
-    ours = {LOCK_FILE, *own_names}
+    ours = {LOCK_FILE, *own_names()}
     held = sorted(name for name in os.listdir(out) if name not in ours)
     if held:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
