@@ -33,12 +33,13 @@ import numpy as np
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
-from mami_jax.data.teacher_features import TeacherFeatureError
+from mami_jax.data.teacher_features import RUN_FILE, TeacherFeatureError
 from mami_jax.runtime.atomic_files import make_dirs
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.ordered_map import ordered_map
+from mami_jax.runtime.output_guard import check_output_folder
 from teachers import registry, writer
 from teachers.loaders import LoadedTeacher, TeacherLoadError, load_teacher, run_batch
 from teachers.preprocess import teacher_inputs
@@ -145,9 +146,9 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         raise ValueError(f"--shard {shard} must be in [0, --num_shards {num_shards})")
     if batch_size < 1 or rows_per_shard < 1 or read_threads < 1:
         raise ValueError("--batch_size, --rows_per_shard and --read_threads must be >= 1")
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"--out {out_dir}: is a file, not a folder")
-    writer.refuse_foreign_folder(out_dir)
+    # a feature folder (its run.json), or a new or empty one: never a training run or an
+    # archive, whose files the shards would join
+    check_output_folder(out_dir, "--out", RUN_FILE)
     rows = read_manifest(manifest)
     if split is not None:
         rows = [r for r in rows if r.split == split]

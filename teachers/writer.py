@@ -54,21 +54,6 @@ def ensure_run(out_dir: str, run: dict) -> None:
     atomic_files.write_text_atomic(path, _dump(run))
 
 
-def refuse_foreign_folder(out_dir: str) -> None:
-    """RunMismatchError when ``out_dir`` holds files but no ``run.json``: another command's
-    folder (features written into a training run or a history archive would mix with
-    it), named with what it holds. Hidden names are left out: another process of the same
-    run may be writing its ``run.json`` temporary."""
-    if not os.path.isdir(out_dir) or os.path.isfile(os.path.join(out_dir, tf_files.RUN_FILE)):
-        return
-    others = sorted(n for n in os.listdir(out_dir) if not n.startswith("."))
-    if others:
-        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
-        raise RunMismatchError(f"--out {out_dir}: holds {shown} and no {tf_files.RUN_FILE}: not "
-                               "a feature folder (a training run, an archive, another "
-                               "command's output?); give a new or empty folder")
-
-
 def any_shard_done(out_dir: str) -> bool:
     """Whether ``out_dir`` holds a finished shard (its sidecar, written last)."""
     return bool(glob.glob(os.path.join(glob.escape(out_dir), tf_files.SIDECAR_PATTERN)))

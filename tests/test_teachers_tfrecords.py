@@ -325,12 +325,22 @@ def test_an_out_holding_another_commands_files_is_refused_before_any_teacher_loa
     (run / "config.json").write_text("{}")
     before = sorted(os.listdir(run))
     monkeypatch.setattr(extract, "load_teacher", lambda *a, **k: pytest.fail("loaded"))
-    with pytest.raises(writer.RunMismatchError, match=(
-            rf"^--out {run}: holds checkpoints, config.json and no run.json: not a feature "
-            r"folder \(a training run, an archive, another command's output\?\); give a new "
-            r"or empty folder$")):
+    with pytest.raises(ValueError, match=(
+            rf"^--out {run}: holds files this command did not write \(checkpoints, "
+            r"config.json\); give a new or empty folder$")):
         extract.run(str(tmp_path / "m.csv"), "anatomy", str(run), show_progress=False)
     assert sorted(os.listdir(run)) == before
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / ".hidden").write_text("")
-    writer.refuse_foreign_folder(str(tmp_path / "empty"))      # empty (hidden aside): taken
+
+
+def test_another_process_writing_its_run_json_does_not_make_the_folder_foreign(tmp_path):
+    """Processes of one run (--shard i --num_shards n) start into one folder: the first
+    one's run.json temporary is not another command's file."""
+    from mami_jax.runtime.atomic_files import TEMP_MARK
+    from mami_jax.runtime.output_guard import check_output_folder
+    out = tmp_path / "f"
+    out.mkdir()
+    (out / f".run.json{TEMP_MARK}abc").write_text("{")
+    check_output_folder(str(out), "--out", "run.json")
+    (out / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match=r"holds files this command did not write \(notes.txt\)"):
+        check_output_folder(str(out), "--out", "run.json")

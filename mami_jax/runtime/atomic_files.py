@@ -141,6 +141,11 @@ def publish_dir(tmp: str, final: str) -> None:
     os.rename(tmp, final)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether the file name ``name`` is one of this module's temporaries."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Removes temporaries that a killed writer left in ``directory``; returns their paths.
 
@@ -151,7 +156,7 @@ def remove_stale_temporaries(directory: str) -> list[str]:
         return []
     removed = []
     for name in sorted(os.listdir(directory)):
-        if not (name.startswith(".") and TEMP_MARK in name):
+        if not is_temporary(name):
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path) and not os.path.islink(path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable
 
+from mami_jax.runtime.atomic_files import is_temporary
 from mami_jax.runtime.folder_lock import LOCK_FILE
 
 
@@ -37,15 +38,16 @@ def check_output_folder(out: str, flag: str, own_marker: str,
     """An output folder must be new, empty, or one this command wrote before (it holds
     ``own_marker``, the record the command writes there; the command resumes or redoes
     its work in it; the lock file of a run that was killed before its first file does not
-    count), or hold only ``own_names()`` (what the command writes before its marker, left
-    by a run stopped half-way; asked only for a folder without the marker). ValueError
-    otherwise: a file, or a folder holding other files."""
+    count, nor do temporaries of unfinished atomic writes: another process of the same run
+    may be writing the marker), or hold only ``own_names()`` (what the command writes
+    before its marker, left by a run stopped half-way; asked only for a folder without the
+    marker). ValueError otherwise: a file, or a folder holding other files."""
     if os.path.isfile(out):
         raise ValueError(f"{flag} {out}: is a file, not a folder")
     if not os.path.isdir(out) or os.path.isfile(os.path.join(out, own_marker)):
         return
     ours = {LOCK_FILE, *own_names()}
-    held = sorted(name for name in os.listdir(out) if name not in ours)
+    held = sorted(name for name in os.listdir(out) if name not in ours and not is_temporary(name))
     if held:
         shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
         raise ValueError(f"{flag} {out}: holds files this command did not write ({shown}); "
