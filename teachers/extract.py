@@ -17,7 +17,8 @@ image is an error naming it; with ``--skip_unreadable`` it gets no record and is
 listed in the shard's sidecar and in ``skipped.txt``. ``--split S`` keeps only the
 rows whose manifest split is S (e.g. the test split for the zero-shot table).
 Each image is read once for every teacher, by ``--read_threads`` threads ahead of the
-teachers (``shard_features``). Inference runs in batches without gradients. The folder layout is described in ``teachers.writer``.
+teachers (``shard_features``). Inference runs in batches without gradients. The folder
+layout is described in ``teachers.writer``.
 """
 
 from __future__ import annotations
