@@ -35,10 +35,15 @@ KINDS = {
 }
 
 
+def missing_keys(config, kind: str) -> list[str]:
+    """The top-level keys of ``kind`` that ``config`` (a ConfigDict or dict) lacks."""
+    return [k for k in KINDS[kind].keys if k not in config]
+
+
 def kind_problem(config, kind: str) -> str | None:
     """What makes ``config`` not of ``kind`` (keys it lacks, and the kind it is, if one),
     or None."""
-    missing = [k for k in KINDS[kind].keys if k not in config]
+    missing = missing_keys(config, kind)
     if not missing:
         return None
     other = next((k for k, v in KINDS.items()

@@ -208,8 +208,7 @@ def test_main_refuses_a_stored_config_that_is_not_the_experiment_configs(tmp_pat
 
 
 @pytest.mark.parametrize("text,why", [
-    ('{"name": "my dataset", "version": 3}',
-     "not an experiment config (it has no model, data, train, eval)"),
+    ('{"name": "my dataset", "version": 3}', "it has no model, data, train, eval"),
     ("[1, 2]", "a JSON list, not an object"),
     ("model: vit", "not JSON: Expecting value: line 1 column 1 (char 0)"),
 ])
@@ -223,8 +222,8 @@ def test_a_workdir_holding_another_config_json_is_refused_before_it_is_replaced(
     with pytest.raises(ValueError) as e:
         train_and_evaluate(base_config(), str(tmp_path))
     assert str(e.value) == (
-        f"--workdir {tmp_path}: {tmp_path / 'config.json'} is not a training run's config: "
-        f"{why}; training writes its own config.json there and would replace it: give another "
-        "--workdir, or move the file")
+        f"--workdir {tmp_path}: {tmp_path / 'config.json'} is not a training run's config "
+        f"({why}); training writes its own config.json there and would replace it: give "
+        "another --workdir, or move the file")
     assert os.listdir(tmp_path) == ["config.json"]
     assert (tmp_path / "config.json").read_text() == text

@@ -22,7 +22,7 @@ import sys
 from absl import logging
 
 from mami_jax.config_files import flag_values, run_config_path
-from mami_jax.config_kinds import kind_problem
+from mami_jax.config_kinds import missing_keys
 from mami_jax.runtime.atomic_files import write_text_atomic
 
 
@@ -36,14 +36,15 @@ def refuse_a_foreign_config_file(workdir: str) -> None:
     try:
         with open(path, "rb") as f:
             values = json.loads(f.read())
-        problem = (kind_problem(values, "experiment") if isinstance(values, dict)
-                   else f"a JSON {type(values).__name__}, not an object")
+        missing = missing_keys(values, "experiment") if isinstance(values, dict) else None
+        problem = (f"a JSON {type(values).__name__}, not an object" if missing is None else
+                   f"it has no {', '.join(missing)}" if missing else "")
     except (ValueError, UnicodeDecodeError) as e:
         problem = f"not JSON: {e}"
     if problem:
-        raise ValueError(f"--workdir {workdir}: {path} is not a training run's config: "
-                         f"{problem.split(';')[0]}; training writes its own config.json there "
-                         "and would replace it: give another --workdir, or move the file")
+        raise ValueError(f"--workdir {workdir}: {path} is not a training run's config "
+                         f"({problem}); training writes its own config.json there and would "
+                         "replace it: give another --workdir, or move the file")
 
 
 def write_run_config(workdir: str, config) -> None:
