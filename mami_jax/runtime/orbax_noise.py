@@ -6,10 +6,10 @@ the loop as soon as one read fails (a truncated data file) while the other reads
 run; each of those, on finishing, calls ``loop.call_soon_threadsafe`` from a tensorstore
 thread, which raises ``RuntimeError('Event loop is closed')`` and is printed as a traceback
 through ``sys.unraisablehook``, after the command's one ``error:`` line and even during
-interpreter shutdown. The read results are unwanted by then; nothing else is lost. A restore into another model
-config's shapes fails before some reads finish; their coroutines, collected unfinished, are
-each reported with orbax's "Encountered error while reading array index" and the tensorstore
-spec (some 9,500 lines for a small model).
+interpreter shutdown. The read results are unwanted by then; nothing else is lost. A
+restore into another model config's shapes fails before some reads finish; their
+coroutines, collected unfinished, are each reported with orbax's "Encountered error
+while reading array index" and the tensorstore spec (some 9,500 lines for a small model).
 
 When the other reads fail too (every array of a truncated file), and finish before the
 loop closes, their failures are never retrieved either, and asyncio logs each one when
@@ -93,17 +93,17 @@ def _is_closed_read(unraisable) -> bool:
 def quiet_failed_restore() -> None:
     """Installs, for the rest of the process (the callbacks come after the restore has
     failed) unless its hook is in place already, an unraisable-exception hook that drops
-    ``_is_orphaned_read_callback`` and ``_is_closed_read`` reports and passes every other one
-    to the previous hook,
-    and a filter on asyncio's logger that drops its reports of sibling reads' and
-    full-disk writes' failures (``_SiblingFailures``). The checkpointer calls it when a
-    restore fails, so that a damaged checkpoint read in a notebook or a script is its one
+    ``_is_orphaned_read_callback`` and ``_is_closed_read`` reports and passes every other
+    one to the previous hook, and a filter on asyncio's logger that drops its reports of
+    sibling reads' and full-disk writes' failures (``_SiblingFailures``). The checkpointer
+    calls it before each restore (the leftovers can be reported before the failure reaches
+    it), so that a damaged checkpoint read in a notebook or a script is its one
     ``CheckpointError`` too: there some 3,800 lines of "Event loop is closed" tracebacks
     followed a damaged one, and some 9,500 lines of closed reads one of another model
     config."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_orbax_leftovers", False):
-        return                          # installed by an earlier failure
+        return                          # installed by an earlier restore
 
     def hook(unraisable):
         if not (_is_orphaned_read_callback(unraisable) or _is_closed_read(unraisable)):

@@ -244,10 +244,12 @@ class Checkpointer:
                 f"Delete that step directory to resume from an earlier step")
 
     def _restore_item(self, step: int, item: str, args):
+        # Before, not after, a failure: the other reads' leftovers may be reported while
+        # the failure is still on its way here.
+        quiet_failed_restore()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
         except Exception as e:  # orbax, tensorstore and json raise many types
-            quiet_failed_restore()      # the other reads' leftovers, reported later
             # Only the params item is compared: it is what a model config determines, and
             # a plain tree of arrays (the train item's optimizer state is not).
             if item == "params" and isinstance(args, ocp.args.StandardRestore):
