@@ -102,19 +102,18 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
         features[t.spec.name].update(zip((r.image_id for r in kept), feats.astype(np.float32)))
         progress.update(len(kept))
 
-    def specs_of(row):
-        return [t.spec for t in seeing if t.spec.applies_to(row.modality)]
-
-    to_read = [r for r in rows if specs_of(r)]
-    for row, inputs in zip(to_read, ordered_map(lambda r: _pixels(r, specs_of(r)), to_read,
-                                                read_threads, ahead=2 * batch_size,
+    specs = {m: [t.spec for t in seeing if t.spec.applies_to(m)]
+             for m in {r.modality for r in rows}}          # the pixel teachers of a modality
+    to_read = [r for r in rows if specs[r.modality]]
+    for row, inputs in zip(to_read, ordered_map(lambda r: _pixels(r, specs[r.modality]),
+                                                to_read, read_threads, ahead=2 * batch_size,
                                                 name="teacher-read")):
         if isinstance(inputs, Exception):
             if not skip_unreadable:
                 raise ExtractError(f"image_id {row.image_id!r}: unreadable ({inputs}); "
                                    "--skip_unreadable skips such images") from inputs
             skipped.add(row.image_id)
-            progress.update(len(specs_of(row)))
+            progress.update(len(specs[row.modality]))
             continue
         for t in seeing:
             if t.spec.name in inputs:
