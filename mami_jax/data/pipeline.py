@@ -30,7 +30,8 @@ with ``cfg.skip_bad_images`` it becomes a masked-out zero image and is counted i
 the loader's ``skipped_images`` (print it at the end of the run).
 
 Workers: ``cfg.num_workers`` grain processes (0 = in the main process), each
-decoding ``cfg.read_threads`` batches at a time, ``cfg.prefetch`` batches ahead.
+decoding ``cfg.read_threads`` batches at a time, ``cfg.prefetch`` batches ahead;
+``worker_processes`` is what they need around them (flags, Ctrl-C, their shared memory).
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from mami_jax.data import sampler
+from mami_jax.data import sampler, worker_processes
 from mami_jax.data.config import sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.splits import split_counts
+from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 train_label_map = sampler.train_label_map
@@ -140,23 +142,14 @@ class SkipCounter:
         return batch
 
 
-def _ensure_absl_flags_parsed() -> None:
-    """grain 0.2.x worker processes read an absl flag and fail with UnparsedFlagAccessError
-    outside an absl app (google/grain#1355). Outside such an app no flag was given, so
-    marking the flags parsed keeps every default, which is what the script would get."""
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-
-
 def _finish(ds: "grain.MapDataset", cfg, counter: SkipCounter) -> "grain.IterDataset":
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.read_threads),
                                               prefetch_buffer_size=int(cfg.prefetch)))
     if int(cfg.num_workers) > 0:
-        _ensure_absl_flags_parsed()
+        worker_processes.prepare()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=int(cfg.num_workers), per_worker_buffer_size=max(1, int(cfg.prefetch))))
+            num_workers=int(cfg.num_workers), per_worker_buffer_size=max(1, int(cfg.prefetch))),
+            worker_init_fn=leave_ctrl_c_to_the_parent)
     return it.map(counter)
 
 

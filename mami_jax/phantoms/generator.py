@@ -59,13 +59,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import signal
 
 import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
 from mami_jax.runtime import atomic_files, strict_json
+from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent
 from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.progress import progress_bar
 
@@ -203,12 +203,6 @@ def _check_args(patients, visits, seed, image_size, slices, pathology_field=1.0,
                          "(signs_visible already makes stage 1 intermittent)")
 
 
-def _leave_ctrl_c_to_the_caller() -> None:
-    """A render worker ignores SIGINT: Ctrl-C reaches the whole process group, and the
-    parent alone stops the pool (each worker printed a KeyboardInterrupt traceback)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = DEFAULTS["visits"],
              seed: int = DEFAULTS["seed"], image_size: int = DEFAULTS["image_size"],
              slices: int = DEFAULTS["slices"], workers: int | None = None,
@@ -256,7 +250,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                 # spawn, not fork: the caller may have started JAX's threads
                 ctx = multiprocessing.get_context("spawn")
                 pool = concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=ctx, initializer=_leave_ctrl_c_to_the_caller)
+                    workers, mp_context=ctx, initializer=leave_ctrl_c_to_the_parent)
                 try:
                     results = list(_counted(pool.map(_render_series, jobs, chunksize=2), bar))
                 finally:

@@ -1,0 +1,79 @@
+"""Ctrl-C in a terminal reaches every process of its group: with ``data.num_workers`` > 0
+the grain worker processes too. Each worker printed its own KeyboardInterrupt traceback,
+and after the command's one ``interrupted`` line multiprocessing's resource tracker
+reported the batches' shared memory and the queues' semaphores as leaked (the process
+ends with ``os._exit``, which skips the finalisers that release them). Now the workers
+leave the interrupt to the main process, and ``interrupts.end_process`` releases what the
+skipped teardown would have, so the line is all that is printed.
+
+(A worker is deaf to Ctrl-C once it has started; in the second or two it spends starting,
+importing the command's module, it is not yet.)
+
+The script below stands for the trainer and ``main``: a batch held in a frame the
+interrupt unwinds, the iterator closed in a ``finally``, and ``end_process`` called
+inside the ``except`` that caught the interrupt.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from PIL import Image
+    from mami_jax.data import pipeline
+    from mami_jax.data.config import default_data_config, update_modalities
+    from mami_jax.data.manifest import ManifestRow
+    from mami_jax.runtime.interrupts import end_process, say_interrupted
+
+    root = sys.argv[1]
+    rng = np.random.default_rng(0)
+    rows = []
+    for patient in "abc":
+        for k in range(3):
+            path = f"{root}/{patient}{k}.png"
+            Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(path)
+            rows.append(ManifestRow(f"d:{patient}{k}", patient, f"s{k}", str(k), "xray", "d",
+                                    "", path, "train"))
+    cfg = default_data_config()
+    update_modalities(cfg, image_size=32, resize_size=36)
+    cfg.patients_per_batch, cfg.images_per_patient = 2, 2
+    cfg.num_workers, cfg.read_threads, cfg.prefetch = 2, 0, 2
+
+
+    def train():
+        it = iter(pipeline.make_train_loader(rows, cfg, seed=0))
+        try:
+            for _ in range(3):      # batches of both workers: both have started
+                batch = next(it)
+            print("ready", flush=True)
+            while batch:            # a step that holds the batch when Ctrl-C comes
+                time.sleep(0.05)
+        finally:
+            it.close()
+
+
+    try:
+        train()
+    except KeyboardInterrupt:
+        end_process(say_interrupted())
+""")
+
+
+def test_ctrl_c_to_the_process_group_with_data_workers_prints_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=60)[1]
+        os.killpg(proc.pid, signal.SIGINT)      # what the terminal does on Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "leaked" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted", err
