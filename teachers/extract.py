@@ -1,9 +1,9 @@
 """Computes frozen teachers' features for every row of a manifest and stores them as TFRecords.
 
     python -m teachers.extract --manifest FILE --teachers NAMES --out DIR
-        [--shard i --num_shards n] [--batch_size B] [--device cpu|cuda]
-        [--weights NAME=PATH ...] [--rows_per_shard R] [--skip_unreadable] [--split S]
-        [--read_threads N]
+        [--shard i --num-shards n] [--batch-size B] [--device cpu|cuda]
+        [--weights NAME=PATH ...] [--rows-per-shard R] [--skip-unreadable] [--split S]
+        [--read-threads N]
 
 NAMES is a comma list of registry names (``teachers.registry``; ``phantoms`` and
 ``medical`` name the two bags). The manifest's rows, in file order, are cut into
@@ -13,10 +13,10 @@ output. A shard is written under a temporary name and renamed when complete, and
 rerun skips every finished shard: a killed run is resumed by running the same
 command again. Each record holds the features of every named teacher that applies
 to the row's modality (rows no teacher applies to get no record). An unreadable
-image is an error naming it; with ``--skip_unreadable`` it gets no record and is
+image is an error naming it; with ``--skip-unreadable`` it gets no record and is
 listed in the shard's sidecar and in ``skipped.txt``. ``--split S`` keeps only the
 rows whose manifest split is S (e.g. the test split for the zero-shot table).
-Each image is read once for every teacher, by ``--read_threads`` threads ahead of the
+Each image is read once for every teacher, by ``--read-threads`` threads ahead of the
 teachers (``shard_features``). Inference runs in batches without gradients. The folder
 layout is described in ``teachers.writer``.
 """
@@ -111,7 +111,7 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
         if isinstance(inputs, Exception):
             if not skip_unreadable:
                 raise ExtractError(f"image_id {row.image_id!r}: unreadable ({inputs}); "
-                                   "--skip_unreadable skips such images") from inputs
+                                   "--skip-unreadable skips such images") from inputs
             skipped.add(row.image_id)
             progress.update(len(specs[row.modality]))
             continue
@@ -143,9 +143,9 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     from tqdm import tqdm
 
     if not 0 <= shard < num_shards:
-        raise ValueError(f"--shard {shard} must be in [0, --num_shards {num_shards})")
+        raise ValueError(f"--shard {shard} must be in [0, --num-shards {num_shards})")
     if batch_size < 1 or rows_per_shard < 1 or read_threads < 1:
-        raise ValueError("--batch_size, --rows_per_shard and --read_threads must be >= 1")
+        raise ValueError("--batch-size, --rows-per-shard and --read-threads must be >= 1")
     # a feature folder (its run.json), or a new or empty one: never a training run or an
     # archive, whose files the shards would join
     check_output_folder(out_dir, "--out", RUN_FILE)
@@ -167,7 +167,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     if not skip_unreadable:     # before any teacher loads or a shard is written
         specs = [registry.get_spec(n) for n in names]
         refuse_missing_files([r for r in rows if any(s.applies_to(r.modality) for s in specs)],
-                             remedy="; --skip_unreadable leaves them out, listed in skipped.txt")
+                             remedy="; --skip-unreadable leaves them out, listed in skipped.txt")
     teachers = []
     for name in names:
         spec = registry.get_spec(name)
@@ -211,20 +211,20 @@ def main(argv=None) -> int:
                         help="feature folder (a rerun into it resumes: finished shards are kept)")
     parser.add_argument("--shard", type=int, default=0,
                         help="this process's index i: it computes shards i, i + n, i + 2n, ...")
-    parser.add_argument("--num_shards", type=int, default=1,
+    parser.add_argument("--num-shards", type=int, default=1,
                         help="n, the number of processes the run is split over")
-    parser.add_argument("--batch_size", type=int, default=16, help="images per teacher forward")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per teacher forward")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where the teachers run")
     parser.add_argument("--weights", action="append", metavar="NAME=PATH",
                         help=f"local weights of a teacher (default ${registry.WEIGHTS_ENV}/NAME)")
-    parser.add_argument("--rows_per_shard", type=int, default=256,
+    parser.add_argument("--rows-per-shard", type=int, default=256,
                         help="manifest rows per output shard (the unit a rerun resumes from)")
-    parser.add_argument("--skip_unreadable", action="store_true",
+    parser.add_argument("--skip-unreadable", action="store_true",
                         help="an unreadable image gets no record and is listed in skipped.txt "
                              "(default: it ends the run, named)")
     parser.add_argument("--split", default=None, help="only rows of this manifest split")
-    parser.add_argument("--read_threads", type=int, default=4,
+    parser.add_argument("--read-threads", type=int, default=4,
                         help="threads reading and preparing images ahead of the teachers")
     args = parser.parse_args(argv)
     try:

@@ -46,3 +46,43 @@ def _options_without_help(parser, where):
 def test_every_option_has_help(module_name, monkeypatch):
     parser = _parser_of(module_name, monkeypatch)
     assert list(_options_without_help(parser, module_name)) == []
+
+
+def _long_options(parser, where):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _long_options(sub, f"{where} {name}")
+        else:
+            yield from ((where, s) for s in action.option_strings if s.startswith("--"))
+
+
+@pytest.mark.parametrize("module_name", COMMANDS)
+def test_every_option_is_spelled_with_hyphens(module_name, monkeypatch):
+    """One spelling across the commands (``teachers.extract`` alone had ``--batch_size``
+    beside every other command's ``--image-size``)."""
+    parser = _parser_of(module_name, monkeypatch)
+    assert [f"{w} {s}" for w, s in _long_options(parser, module_name) if "_" in s] == []
+
+
+def test_an_option_in_the_other_spelling_is_the_same_option(monkeypatch, capsys):
+    """``--read_threads`` and ``--read-threads`` (absl's ``main`` spells with ``_``, the
+    commands with ``-``): either is read, abbreviated too, in sub-commands too; after
+    ``--`` nothing is rewritten, and an option the command has in neither spelling is still
+    the one-line usage error."""
+    extract = _parser_of("teachers.extract", monkeypatch)
+    history = _parser_of("mami_jax.apps.history.__main__", monkeypatch)
+    monkeypatch.undo()
+    base = ["--manifest", "m.csv", "--teachers", "anatomy", "--out", "o"]
+    args = extract.parse_args(base + ["--read_threads", "2", "--num_shards=3", "--skip_unread",
+                                      "--batch-size", "5"])
+    assert (args.read_threads, args.num_shards, args.skip_unreadable, args.batch_size) == \
+        (2, 3, True, 5)
+    sub = history.parse_args(["index", "--model", "w", "--manifest", "m", "--out", "o",
+                              "--app_config", "c.py"])
+    assert sub.app_config == "c.py"
+    with pytest.raises(SystemExit) as stop:
+        extract.parse_args(base + ["--read_thread_count", "2"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: python -m teachers.extract: unrecognized arguments: --read_thread_count 2")

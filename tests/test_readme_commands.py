@@ -209,8 +209,8 @@ RUN = [
      {"append": ["--allow-non-released-shift"]}),
     ("python -m mami_jax.convert import-official --pth released.pth --out CKPT_DIR", {}),
     ("python -m teachers.extract --manifest PH/manifest.csv --teachers efficientnet_lite0,anatomy "
-     "--out FEATURES '[--shard' 0 --num_shards '4]' '[--split' 'test]'",
-     {"keep": [["--split", "test"]], "append": ["--batch_size", "64"]}),
+     "--out FEATURES '[--shard' 0 --num-shards '4]' '[--split' 'test]'",
+     {"keep": [["--split", "test"]], "append": ["--batch-size", "64"]}),
     ("python -m mami_jax.evaluate.features --features FEATURES --manifest PH/manifest.csv "
      "--out ZERO_SHOT", {}),
     (MAIN_RUNLOCAL + ",align --workdir=DIR",

@@ -113,8 +113,8 @@ def test_two_processes_give_the_union_of_one_run(phantoms, single_run, tmp_path)
     out = str(tmp_path / "split")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [subprocess.Popen([sys.executable, "-m", "teachers.extract", "--manifest", phantoms,
-                               "--teachers", "anatomy", "--out", out, "--rows_per_shard", "7",
-                               "--shard", str(i), "--num_shards", "2"],
+                               "--teachers", "anatomy", "--out", out, "--rows-per-shard", "7",
+                               "--shard", str(i), "--num-shards", "2"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
     for p in procs:
@@ -255,7 +255,7 @@ def test_a_missing_image_is_refused_before_any_teacher_loads(phantoms, tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {manifest}: line ")
     assert err[0].endswith(f"(image_id={victim.image_id!r}): {victim.path}: no such file or "
-                           "folder; --skip_unreadable leaves them out, listed in skipped.txt")
+                           "folder; --skip-unreadable leaves them out, listed in skipped.txt")
     assert not out.exists()
     index = extract.run(manifest, "random_tiny", str(tmp_path / "b"), show_progress=False,
                         skip_unreadable=True)
@@ -333,7 +333,7 @@ def test_an_out_holding_another_commands_files_is_refused_before_any_teacher_loa
 
 
 def test_another_process_writing_its_run_json_does_not_make_the_folder_foreign(tmp_path):
-    """Processes of one run (--shard i --num_shards n) start into one folder: the first
+    """Processes of one run (--shard i --num-shards n) start into one folder: the first
     one's run.json temporary is not another command's file."""
     from mami_jax.runtime.atomic_files import TEMP_MARK
     from mami_jax.runtime.output_guard import check_output_folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from mami_jax.runtime.local_paths import MOUNT_IT, is_url, url_hint
 
@@ -26,8 +27,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        """argparse's, and an output (``OUTPUT_FLAGS``) that is a URL refused: written as a
-        local path it became a folder named ``gs:`` (``local_paths``)."""
+        """argparse's, with a long option in either spelling (``--read_threads`` or
+        ``--read-threads``: ``in_this_parsers_spelling``), and an output (``OUTPUT_FLAGS``)
+        that is a URL refused: written as a local path it became a folder named ``gs:``
+        (``local_paths``)."""
+        args = in_this_parsers_spelling(
+            sys.argv[1:] if args is None else list(args),
+            [s for a in self._actions for s in a.option_strings if s.startswith("--")])
         namespace, extras = super().parse_known_args(args, namespace)
         for action in self._actions:
             value = getattr(namespace, action.dest, None)
@@ -35,6 +41,32 @@ class OneLineErrorParser(argparse.ArgumentParser):
             if flag and isinstance(value, str) and is_url(value):
                 self.error(f"{flag} {value}: a URL, not a local path; {MOUNT_IT}")
         return namespace, extras
+
+
+def in_this_parsers_spelling(args: list[str], options: list[str]) -> list[str]:
+    """``args`` with each long option the parser does not know as written, but knows with
+    ``_`` and ``-`` swapped, in the parser's spelling. The commands spell options with
+    ``-`` (``--image-size``) and absl's ``main`` with ``_`` (``--config.data.num_workers``);
+    a user used to one wrote the other and got "unrecognized arguments". A prefix of a
+    known option (argparse's abbreviations) counts as known; after ``--`` nothing is an
+    option."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and not _known(name, options):
+            body = name[2:]
+            for other in ("--" + body.replace("_", "-"), "--" + body.replace("-", "_")):
+                if other != name and _known(other, options):
+                    arg = other + eq + value
+                    break
+        out.append(arg)
+    return out
+
+
+def _known(name: str, options: list[str]) -> bool:
+    return len(name) > 2 and any(o.startswith(name) for o in options)
 
 
 def require_file(flag: str, path: str) -> None:
