@@ -68,7 +68,15 @@ setup(
             "faiss-cpu>=1.8,<2",
             "openpyxl>=3.1,<4",
         ],
+        # Whole-slide images (python -m mami_jax.data.tile_slides): OpenSlide's Python
+        # binding and the library itself as a wheel (no system package needed).
+        "slides": [
+            "openslide-python>=1.4,<2",
+            "openslide-bin>=4.0,<5",
+        ],
         "test": [
+            # the tests write pyramidal TIFF slides (tests/test_tile_slides.py)
+            "tifffile>=2024.1,<2027",
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
             "nbformat>=5.9,<6",

@@ -115,7 +115,7 @@ PAPER = ("the paper's recipe: ViT-B/16 at 224 px initialised from the CLIP weigh
 
 NOT_RUN = {
     "pip install -e .": INSTALL,
-    "pip install torch==2.14.1 torchvision==0.29.1 -e '.[torch,teachers,teachers-timm,apps,test]'":
+    "pip install torch==2.14.1 torchvision==0.29.1 -e '.[torch,teachers,teachers-timm,apps,slides,test]'":
         INSTALL,
     "python -m pytest tests -q -n 2": "the test suite itself (.ci/run runs it)",
     "python -m mami_jax.main --config=configs/all.py --workdir=DIR": PAPER,
@@ -128,6 +128,9 @@ NOT_RUN = {
 }
 
 TESTED_ELSEWHERE = {
+    "python -m mami_jax.data.tile_slides --slides /data/tcga/slides --out /data/tcga/cut "
+    "--mpp 0.5 --max-tiles 100":
+        "tests/test_tile_slides.py::test_slides_become_tiles_of_tissue_at_the_asked_resolution",
     # The applications' commands, on a tiny trained run (read with the config it stored;
     # privacy's tests pass a privacy config of fewer steps).
     "python -m mami_jax.apps.history index --workdir RUN --manifest FILE --out INDEX "
