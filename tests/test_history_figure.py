@@ -46,25 +46,31 @@ def test_figure_bad_input_is_one_error_line(tmp_path, capsys):
 
 
 def test_figure_never_writes_over_its_inputs(tmp_path, capsys):
-    """--out may not be one of the --metrics (a link to one is that file) nor a folder;
-    the metrics are unchanged and nothing is written."""
+    """--out may not be one of the --metrics (a link to one is that file), a folder, nor
+    a name without .png (it replaced a table named by a slip with the picture); the files
+    are unchanged and nothing is written."""
     a = _metrics(tmp_path / "a.json", 0.6, 0.7, 0.1)
     b = _metrics(tmp_path / "b.json", 0.8, 0.75, 0.3)
     link = tmp_path / "link.png"
     link.symlink_to(a)
     (tmp_path / "folder").mkdir()
-    before = {p: open(p, "rb").read() for p in (a, b)}
+    table = tmp_path / "table.csv"          # the user's own file, named by a slip
+    table.write_text("run,auc\n")
+    before = {p: open(p, "rb").read() for p in (a, b, str(table))}
     cases = [(a, f"error: --out {a}: would overwrite the input {a}"),
              (str(link), f"error: --out {link}: would overwrite the input {a}"),
              (str(tmp_path / "folder"), f"error: --out {tmp_path}/folder: is a folder; give a "
                                         f"file name"),
              (f"{tmp_path}/new/", f"error: --out {tmp_path}/new/: is a folder; give a file name"),
-             (f"{a}/x.png", f"error: --out {a}/x.png: {a} is a file, not a folder")]
+             (f"{a}/x.png", f"error: --out {a}/x.png: {a} is a file, not a folder"),
+             (str(table), f"error: --out {table}: the picture is a PNG; give a name ending in "
+                          ".png")]
     for out, message in cases:
         assert main(["figure", "--metrics", a, b, "--out", out]) == 2
         assert capsys.readouterr().err.splitlines() == [message]
-    assert {p: open(p, "rb").read() for p in (a, b)} == before
-    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json", "folder", "link.png"]
+    assert {p: open(p, "rb").read() for p in (a, b, str(table))} == before
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json", "folder", "link.png",
+                                            "table.csv"]
 
 
 def test_figure_names_the_file_and_key_it_cannot_read(tmp_path, capsys):

@@ -100,6 +100,8 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
         (str(tmp_path / "folder"), f"error: --png {tmp_path}/folder: is a folder; give a file "
                                    f"name"),
         (f"{tmp_path}/new/", f"error: --png {tmp_path}/new/: is a folder; give a file name"),
+        (str(tmp_path / "notes.txt"), f"error: --png {tmp_path}/notes.txt: the picture is a "
+                                      "PNG; give a name ending in .png"),
     ]
     for png, message in cases:
         assert main(_query(s, "--png", png)[0]) == 2

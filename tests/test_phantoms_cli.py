@@ -57,3 +57,15 @@ def test_an_image_size_past_the_limit_is_one_error_line(tmp_path, capsys):
     assert phantoms_cli(["--out", str(tmp_path / "ph"), "--slices", "100000"]) == 1
     assert capsys.readouterr().err.strip() == (
         "error: phantoms: slices must be at most 1024 (a long CT series), got 100000")
+
+
+def test_a_preview_not_named_png_is_refused_and_the_file_it_names_kept(tmp_path, capsys):
+    """``--preview manifest.csv`` (a slip for ``--out``) replaced the manifest with a
+    picture."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("image_id,patient_id\n")
+    assert phantoms_cli(["--preview", str(manifest), "--preview-rows", "1", "--visits", "1",
+                         "--image-size", "32"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --preview {manifest}: the picture is a PNG; give a name ending in .png")
+    assert manifest.read_text() == "image_id,patient_id\n"

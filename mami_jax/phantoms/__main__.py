@@ -14,6 +14,7 @@ from mami_jax.phantoms import generator, preview
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
+from mami_jax.runtime.output_guard import check_picture_file
 
 
 def main(argv=None) -> int:
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
 def _run(args) -> str:
     """Writes what ``args`` ask for; returns its path."""
     if args.preview:
+        check_picture_file(args.preview, "--preview")
         preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
         return args.preview

@@ -82,6 +82,15 @@ def check_output_file(path: str, flag: str) -> None:
     check_parent_is_folder(path, flag)
 
 
+def check_picture_file(path: str, flag: str) -> None:
+    """A picture a command writes (always a PNG) must be named ``*.png`` (and not name a
+    folder): a slip in the flag's value (``--preview manifest.csv``) replaced the file it
+    named with a picture. An existing PNG is replaced: the flag names it as the output."""
+    check_output_file(path, flag)
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"{flag} {path}: the picture is a PNG; give a name ending in .png")
+
+
 def check_replaceable_file(path: str, ours: bool, what: str, overwrite: bool, advice: str) -> None:
     """Refuses an existing output ``path`` (FileExistsError naming it) unless it is
     ``what`` this command writes (``ours``) and ``overwrite`` was given."""

@@ -36,7 +36,7 @@ from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
 from mami_jax.runtime import folder_lock
-from mami_jax.runtime.output_guard import (check_output_file, check_output_folder,
+from mami_jax.runtime.output_guard import (check_output_folder, check_picture_file,
                                            check_parent_is_folder, refuse_inside_inputs,
                                            refuse_overwriting_inputs, same_or_inside)
 
@@ -298,13 +298,13 @@ def query(args) -> int:
     source = _model_source(archive, args, where)
     png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
     flag = "--png" if args.png else "the picture (default ./query_NAME.png; --png names another)"
-    check_output_file(png, flag)
     refuse_inside_inputs(png, flag, {
         "--index": args.index, "--image": args.image,
         **{f"--with {spec}": spec.partition("=")[2] if "=" in spec else spec
            for spec in args.with_images or []},
         **{k: v for k, v in _inputs(args).items() if k in ("--config", "--app-config")},
         source[2]: _model_path(source[0])})
+    check_picture_file(png, flag)
     model = _load_model(archive, source, where)
     image = model.embedder.preprocess(row)
     emb = model.embedder.embed(image[None])
@@ -460,8 +460,8 @@ def figure(args) -> int:
     from mami_jax.apps.history.pictures import auc_bars
     from mami_jax.apps.history.scoring import mean_table
     from mami_jax.runtime.atomic_files import write_atomic
-    check_output_file(args.out, "--out")
     refuse_overwriting_inputs([args.out], args.metrics, "--out")
+    check_picture_file(args.out, "--out")
     loaded = [_metrics_groups(p) for p in args.metrics]
     splits = {split for split, _ in loaded}
     runs = [groups for _, groups in loaded]
