@@ -234,7 +234,9 @@ def test_export_replaces_an_existing_file_only_with_overwrite(files, capsys, tmp
                                                               monkeypatch):
     """An existing --out was overwritten without asking; now it needs --overwrite, checked
     before the checkpoint is read. A folder is refused whatever the flags: no file can
-    replace it. (That --overwrite then replaces the file: test_convert_cli.py.)"""
+    replace it, and a name that is not a model file's (``--out manifest.csv --overwrite``
+    replaced the manifest with weights). (That --overwrite then replaces the file:
+    test_convert_cli.py.)"""
     _, cfg, _, _, _ = files
     ckpt = str(tmp_path / "ckpt")
     save_params(ckpt, random_params(cfg), cfg)
@@ -251,6 +253,14 @@ def test_export_replaces_an_existing_file_only_with_overwrite(files, capsys, tmp
     assert line == (f"error: --out {folder}: is a folder; give a file name (FILE.pth or "
                     "FILE.safetensors)")
     assert os.listdir(folder) == []
+    # A name without a model file's extension, a slip for another path: never replaced.
+    table = tmp_path / "manifest.csv"
+    table.write_text("image_id,patient_id\n")
+    line = one_error(capsys, "export-torch", "--checkpoint", ckpt, "--out", str(table),
+                     "--overwrite")
+    assert line == (f"error: --out {table}: an export is a FILE.pth or FILE.safetensors (.pt "
+                    "is read as .pth); give a name with one of those extensions")
+    assert table.read_text() == "image_id,patient_id\n"
 
 
 def test_importers_never_replace_a_folder_holding_their_input(files, capsys, tmp_path):

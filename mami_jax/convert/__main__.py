@@ -185,6 +185,10 @@ def cmd_export_torch(args) -> None:
     print(f"  wrote {args.out}")
 
 
+#: The names an export is written under (``torch_io.save_state_dict``'s formats).
+EXPORT_EXTENSIONS = (".pth", ".pt", ".safetensors")
+
+
 def _check_export_out(args) -> None:
     """Refuses, before the checkpoint is read, an ``--out`` that would replace an input or
     an earlier file unasked.
@@ -194,7 +198,9 @@ def _check_export_out(args) -> None:
     ``config.json`` goes into the export). No ``--out`` inside it is accepted, even with
     ``--overwrite``: ``--out RUN/config.json`` would replace the run's config with the
     weights. An existing folder is refused too (a file cannot replace it); an existing
-    file only with ``--overwrite``.
+    file only with ``--overwrite``; a name without a model file's extension always (the
+    format follows the extension, and ``--out manifest.csv --overwrite``, a slip, replaced
+    the manifest with weights).
     """
     read_from = os.path.dirname(resolve(args.checkpoint)[1])
     if same_or_inside(args.out, read_from):
@@ -205,6 +211,9 @@ def _check_export_out(args) -> None:
     if os.path.isdir(args.out):
         raise IsADirectoryError(f"--out {args.out}: is a folder; give a file name "
                                 "(FILE.pth or FILE.safetensors)")
+    if not args.out.lower().endswith(EXPORT_EXTENSIONS):
+        raise ValueError(f"--out {args.out}: an export is a FILE.pth or FILE.safetensors (.pt "
+                         "is read as .pth); give a name with one of those extensions")
     if os.path.lexists(args.out) and not args.overwrite:
         raise FileExistsError(f"--out {args.out} exists; choose a new file name or pass "
                               "--overwrite")
