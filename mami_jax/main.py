@@ -1,19 +1,22 @@
-"""Entry point: ``python -m mami_jax.main --config=configs/all.py --workdir=DIR [--mode=...]``.
+"""Train, evaluate or embed with MaMI (all-in-one medical image re-identification).
 
-Only parses flags and hands off: train (and evaluate), eval (latest checkpoint),
-or embed (write embeddings of every manifest row). Without ``--config``, a ``--workdir``
-that was trained is read with the config it stored (``DIR/config.json``, which
-``--config=DIR/config.json`` also names: ``train/run_config``). Run as a script, it first restarts
-itself with jemalloc preloaded when that is installed (``mami_jax/runtime/malloc_preload.py``).
+    python -m mami_jax.main --config=configs/all.py --workdir=DIR            # train + evaluate
+    python -m mami_jax.main --config=configs/all.py:runlocal --workdir=DIR   # small CPU variant
+    python -m mami_jax.main --workdir=DIR                 # resume DIR with the config it stored
+    python -m mami_jax.main --workdir=DIR --mode=eval     # evaluate DIR's latest checkpoint
+    python -m mami_jax.main --workdir=DIR --mode=embed    # embeddings of every manifest row
+    python -m mami_jax.main --config=configs/xray.py --workdir=DIR \\
+        --config.data.manifest=/data/manifest.csv --config.train.total_steps=1000
 
-A refusal (``user_errors()``: the project's error types for bad input or state, and
-``ValueError``, which every config check raises naming the key; each message names the
-file, row, key or checkpoint item) ends the run with one ``error: <message>`` line on
-stderr and exit status 1. Any other exception is a bug and keeps its traceback;
-``--verbosity=1`` shows the traceback of a refusal too; a ``--workdir`` that is a file
-(``check_workdir``) is such a refusal. Bad flags (a missing config file, one that cannot
-be loaded, an argument ``get_config`` refuses, an override of a key the config lacks) are
-one ``error:`` line too, exit status 2 (``flag_parsing``).
+--config names an experiment file of configs/ (ARG after ":" picks a variant) and any of
+its values can be overridden as --config.KEY=VALUE; a trained --workdir keeps its config
+(DIR/config.json) and is read with it when --config is left out. Without
+config.data.manifest the embedded synthetic phantoms are generated into DIR and used.
+What is written: DIR/checkpoints/, DIR/eval/step_N/ (metrics.json, figures), DIR/tb/
+(TensorBoard), DIR/embeddings/ (--mode=embed). Running the same command again goes on
+from the last checkpoint; Ctrl-C and SIGTERM stop with one line saying where.
+Bad input ends the run with one "error:" line naming the file, row or key
+(--verbosity=1 shows the traceback).
 """
 
 import glob
@@ -67,6 +70,19 @@ def user_errors() -> tuple:
 
 
 def main(argv):
+    """Hands off to training (and evaluation), ``--mode=eval`` or ``--mode=embed``; a run
+    started as a script first restarted itself with jemalloc preloaded when installed
+    (``runtime/malloc_preload.py``), and a ``--workdir`` without ``--config`` was given the
+    config it stored (``train/run_config``).
+
+    A refusal (``user_errors()``: the project's error types for bad input or state, and
+    ``ValueError``, which every config check raises naming the key; each message names the
+    file, row, key or checkpoint item) ends the run with one ``error: <message>`` line on
+    stderr and exit status 1. Any other exception is a bug and keeps its traceback;
+    ``--verbosity=1`` shows the traceback of a refusal too; a ``--workdir`` that is a file
+    (``check_workdir``) is such a refusal. Bad flags (a missing config file, one that
+    cannot be loaded, an argument ``get_config`` refuses, an override of a key the config
+    lacks) are one ``error:`` line too, exit status 2 (``flag_parsing``)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_info()  # orbax's per-save INFO lines; --v=1 shows them
