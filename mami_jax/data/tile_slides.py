@@ -14,8 +14,8 @@ tissue covers at least ``--min-tissue`` of the tile (``slide_grid``, ``slide_tis
   with its barcode, so ``build_manifest --dataset tcga --root DIR/tiles`` reads them as
   they are; any other dataset through ``--dataset folders`` after grouping the slide
   folders by patient;
-- ``DIR/tiles/<slide>/tiles.csv``: each tile's file, position, pyramid level read, tissue
-  share;
+- ``DIR/records/<slide>.csv``: each tile's file, position, pyramid level read, tissue
+  share (beside the tiles, not among them: a dataset builder reads every file there);
 - ``DIR/previews/<slide>.png``: the slide's thumbnail, tissue tinted, kept tiles outlined,
   to check the tissue rule at a glance;
 - ``DIR/tiling.json``: the settings (a rerun with other settings is refused: tiles of two
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 from typing import Sequence
 
@@ -51,7 +52,7 @@ from mami_jax.runtime.output_guard import check_output_folder, refuse_inside_inp
 from mami_jax.runtime.progress import progress_bar
 
 SETTINGS = "tiling.json"
-TILES, PREVIEWS, RECORD = "tiles", "previews", "tiles.csv"
+TILES, PREVIEWS, RECORDS = "tiles", "previews", "records"
 RECORD_COLUMNS = ("file", "x", "y", "level", "read_size", "tissue")
 #: Thumbnail pixels across a tile's footprint when reading the tissue mask.
 MASK_PIXELS_PER_TILE = 8
@@ -125,23 +126,26 @@ def draw_preview(slide: Slide, mask, plan: TilePlan, path: str) -> None:
     write_atomic(path, image.save)
 
 
-def tile_slide(slide: Slide, plan: TilePlan, final: str, extension: str) -> None:
-    """Writes the plan's tiles and record into ``final``, all at once."""
+def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str) -> None:
+    """Writes the plan's tiles into ``out``/tiles/<slide>, all at once, and their record
+    to ``out``/records/<slide>.csv (first: a slide folder in place always has its record)."""
+    name = slide_name(slide.path)
+    final = os.path.join(out, TILES, name)
     with staging_dir(final) as tmp:
         rows = []
-        with progress_bar(len(plan.positions), slide_name(slide.path), unit="tile",
-                          delay=BAR_DELAY) as bar:
+        with progress_bar(len(plan.positions), name, unit="tile", delay=BAR_DELAY) as bar:
             for (x, y), tissue in zip(plan.positions, plan.tissue):
-                name = f"{x}_{y}{extension}"
+                file = f"{x}_{y}{extension}"
                 image = slide.tile((x, y), plan.level, plan.read_size, plan.tile)
-                image.save(os.path.join(tmp, name), **({"quality": 95} if extension == ".jpg"
+                image.save(os.path.join(tmp, file), **({"quality": 95} if extension == ".jpg"
                                                        else {}))
-                rows.append((name, x, y, plan.level, plan.read_size, f"{tissue:.4f}"))
+                rows.append((file, x, y, plan.level, plan.read_size, f"{tissue:.4f}"))
                 bar.update(1)
-        with open(os.path.join(tmp, RECORD), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(RECORD_COLUMNS)
-            writer.writerows(rows)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(RECORD_COLUMNS)
+        writer.writerows(rows)
+        write_text_atomic(os.path.join(out, RECORDS, name + ".csv"), text.getvalue())
         publish_dir(tmp, final)
 
 
@@ -181,10 +185,9 @@ def run(args) -> dict:
     counts, skipped = {}, {}
     with progress_bar(len(slides), "slides", unit="slide", delay=BAR_DELAY) as bar:
         for path in slides:
-            final = os.path.join(args.out, TILES, slide_name(path))
-            if os.path.isdir(final):                  # finished by an earlier run
-                with open(os.path.join(final, RECORD), newline="") as f:
-                    counts[path] = sum(1 for _ in f) - 1
+            if os.path.isdir(os.path.join(args.out, TILES, slide_name(path))):
+                with open(os.path.join(args.out, RECORDS, slide_name(path) + ".csv")) as f:
+                    counts[path] = sum(1 for _ in f) - 1       # finished by an earlier run
                 bar.update(1)
                 continue
             try:
@@ -192,7 +195,7 @@ def run(args) -> dict:
                     plan, mask = plan_slide(slide, args)
                     draw_preview(slide, mask, plan,
                                  os.path.join(args.out, PREVIEWS, slide_name(path) + ".png"))
-                    tile_slide(slide, plan, final, extension)
+                    tile_slide(slide, plan, args.out, extension)
             except ValueError as e:
                 if not args.skip_unreadable:
                     raise
