@@ -189,6 +189,25 @@ def test_bad_slides_end_in_one_line_or_are_skipped_when_asked(tmp_path, capsys):
                                                                        "no_resolution.tif"]
     assert os.listdir(tmp_path / "c3" / "tiles") == ["good"]
     assert "2 slides skipped (--skip-unreadable)" in capsys.readouterr().out
+    # A damaged tile in the middle of a readable slide (its coarser levels give the
+    # thumbnail): one line naming the file and the region.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    write_slide(str(damaged / "d.tif"), img)
+    with tifffile.TiffFile(damaged / "d.tif") as tif:     # level 1's tile at the centre
+        page = tif.pages[1]
+        k = (250 // 128) * (W // 2 // 128) + 350 // 128
+        offset, count = page.dataoffsets[k], page.databytecounts[k]
+    with open(damaged / "d.tif", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * count)
+    assert tile_slides.main(["--slides", str(damaged), "--out", str(tmp_path / "c5"),
+                             "--mpp", "0.5", "--tile", "128"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"error: {damaged / 'd.tif'}: the region at level-0 ("), err
+    assert "level 1 cannot be read (OpenSlideError: " in err
+    assert os.listdir(tmp_path / "c5" / "tiles") == []      # the slide's tiles: none or all
     for bad, said in ((["--tile", "8"], "--tile 8: expected at least 16 pixels"),
                       (["--min-tissue", "2"], "--min-tissue 2: expected a share in [0, 1]")):
         assert tile_slides.main(["--slides", str(slides), "--out", str(tmp_path / "c4")]

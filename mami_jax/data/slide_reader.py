@@ -4,7 +4,8 @@ OpenSlide (the extra ``.[slides]``: openslide-python with the library's wheel,
 openslide-bin) reads every common scanner format and gives the pyramid, the slide's
 resolution (``openslide.mpp-x``) and any region at any level. Regions come back as RGBA
 with the parts outside the scanned area transparent; they are laid on white (glass), as
-a viewer shows them. Anything OpenSlide cannot read is a ``ValueError`` naming the file.
+a viewer shows them. Anything OpenSlide cannot read (a file, its thumbnail, a damaged
+tile) is a ``ValueError`` naming the file (and the region).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Slide:
             raise ValueError(f"{path}: not a slide OpenSlide reads "
                              f"({type(e).__name__}: {e})") from None
         self.path = path
+        self._errors = (openslide.OpenSlideError, OSError)
         self.dimensions = tuple(int(v) for v in self._slide.dimensions)
         self.downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         mpp = self._slide.properties.get("openslide.mpp-x")
@@ -51,14 +53,22 @@ class Slide:
         along x)."""
         w, h = self.dimensions
         size = (max(1, math.ceil(w / scale)), max(1, math.ceil(h / scale)))
-        image = self._slide.get_thumbnail(size).convert("RGB")
+        try:
+            image = self._slide.get_thumbnail(size).convert("RGB")
+        except self._errors as e:
+            raise ValueError(f"{self.path}: cannot be read for its thumbnail "
+                             f"({type(e).__name__}: {e})") from None
         return np.asarray(image), w / image.width
 
     def tile(self, position: tuple[int, int], level: int, read_size: int,
              tile: int) -> Image.Image:
         """The ``read_size`` square at level-0 ``position`` of ``level``, on white, resized
         to ``tile`` pixels (area averaging when shrinking)."""
-        region = self._slide.read_region(position, level, (read_size, read_size))
+        try:
+            region = self._slide.read_region(position, level, (read_size, read_size))
+        except self._errors as e:      # a damaged tile of the file
+            raise ValueError(f"{self.path}: the region at level-0 {position}, level {level} "
+                             f"cannot be read ({type(e).__name__}: {e})") from None
         white = Image.new("RGB", region.size, (255, 255, 255))
         white.paste(region, mask=region.getchannel("A"))
         if read_size != tile:
