@@ -2,7 +2,7 @@
 
     python -m mami_jax.data.tile_slides --slides SLIDES [SLIDES ...] --out DIR
         [--tile 256] [--mpp 0.5] [--min-tissue 0.5] [--max-tiles 0] [--seed 0]
-        [--format png|jpg] [--skip-unreadable]
+        [--format png|jpg] [--threads 4] [--skip-unreadable]
 
 ``--slides``: slide files, or folders searched for them (``slide_reader.SLIDE_EXTENSIONS``).
 Each slide gives tiles of ``--tile`` pixels at ``--mpp`` microns per pixel, where its
@@ -48,6 +48,7 @@ from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.json_object import parse_json_object
+from mami_jax.runtime.ordered_map import ordered_map
 from mami_jax.runtime.output_guard import check_output_folder, refuse_inside_inputs
 from mami_jax.runtime.progress import progress_bar
 
@@ -126,19 +127,29 @@ def draw_preview(slide: Slide, mask, plan: TilePlan, path: str) -> None:
     write_atomic(path, image.save)
 
 
-def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str) -> None:
+def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str, threads: int) -> None:
     """Writes the plan's tiles into ``out``/tiles/<slide>, all at once, and their record
-    to ``out``/records/<slide>.csv (first: a slide folder in place always has its record)."""
+    to ``out``/records/<slide>.csv (first: a slide folder in place always has its record).
+    ``threads`` read and encode tiles ahead (OpenSlide and Pillow's encoders release
+    Python's lock); the files are written here, in order, so a stopped slide leaves no
+    thread writing into the staging folder as it is removed."""
     name = slide_name(slide.path)
     final = os.path.join(out, TILES, name)
+    options = {"format": "JPEG", "quality": 95} if extension == ".jpg" else {"format": "PNG"}
+
+    def encoded(position):
+        data = io.BytesIO()
+        slide.tile(position, plan.level, plan.read_size, plan.tile).save(data, **options)
+        return data.getvalue()
+
     with staging_dir(final) as tmp:
         rows = []
         with progress_bar(len(plan.positions), name, unit="tile", delay=BAR_DELAY) as bar:
-            for (x, y), tissue in zip(plan.positions, plan.tissue):
+            tiles = ordered_map(encoded, plan.positions, threads, name="tile-slides")
+            for (x, y), tissue, data in zip(plan.positions, plan.tissue, tiles):
                 file = f"{x}_{y}{extension}"
-                image = slide.tile((x, y), plan.level, plan.read_size, plan.tile)
-                image.save(os.path.join(tmp, file), **({"quality": 95} if extension == ".jpg"
-                                                       else {}))
+                with open(os.path.join(tmp, file), "wb") as f:
+                    f.write(data)
                 rows.append((file, x, y, plan.level, plan.read_size, f"{tissue:.4f}"))
                 bar.update(1)
         text = io.StringIO()
@@ -195,7 +206,7 @@ def run(args) -> dict:
                     plan, mask = plan_slide(slide, args)
                     draw_preview(slide, mask, plan,
                                  os.path.join(args.out, PREVIEWS, slide_name(path) + ".png"))
-                    tile_slide(slide, plan, args.out, extension)
+                    tile_slide(slide, plan, args.out, extension, args.threads)
             except ValueError as e:
                 if not args.skip_unreadable:
                     raise
@@ -227,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-tiles choice")
     p.add_argument("--format", choices=("png", "jpg"), default="png",
                    help="tile format (default png, lossless; jpg at quality 95 is smaller)")
+    p.add_argument("--threads", type=int, default=4,
+                   help="threads reading and encoding tiles (default 4)")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="leave out slides that cannot be read or cut, named in tiling.json "
                         "(default: such a slide ends the run)")
@@ -242,6 +255,8 @@ def check_arguments(args) -> None:
         raise ValueError(f"--min-tissue {args.min_tissue:g}: expected a share in [0, 1]")
     if args.max_tiles < 0:
         raise ValueError(f"--max-tiles {args.max_tiles}: expected 0 (all) or more")
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: expected at least 1")
 
 
 def plural(n: int, word: str) -> str:
