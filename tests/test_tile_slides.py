@@ -157,6 +157,9 @@ def test_a_stopped_run_goes_on_and_other_settings_are_refused(tmp_path, capsys):
     args = ["--slides", str(slides), "--out", str(out), "--tile", "128", "--max-tiles", "4"]
     assert tile_slides.main(args) == 0
     first = digest(out / "tiles")
+    one = tmp_path / "one_thread"                    # the same tiles from one thread
+    assert tile_slides.main(args[:3] + [str(one)] + args[4:] + ["--threads", "1"]) == 0
+    assert digest(one / "tiles") == first
     os.rename(out / "tiles" / "s1", tmp_path / "s1_done")          # as if stopped before s1
     assert tile_slides.main(args) == 0
     assert digest(out / "tiles") == first
