@@ -147,7 +147,8 @@ def test_slides_become_tiles_of_tissue_at_the_asked_resolution(tmp_path, capsys)
     assert "rows not used: 0" in capsys.readouterr().out      # only tiles under tiles/
 
 
-def test_a_stopped_run_goes_on_and_other_settings_are_refused(tmp_path, capsys):
+def test_a_stopped_run_goes_on_threads_and_workers_agree_and_other_settings_are_refused(
+        tmp_path, capsys):
     img, _ = tissue_image()
     slides = tmp_path / "slides"
     slides.mkdir()
@@ -160,6 +161,11 @@ def test_a_stopped_run_goes_on_and_other_settings_are_refused(tmp_path, capsys):
     one = tmp_path / "one_thread"                    # the same tiles from one thread
     assert tile_slides.main(args[:3] + [str(one)] + args[4:] + ["--threads", "1"]) == 0
     assert digest(one / "tiles") == first
+    two = tmp_path / "two_workers"                   # and from two worker processes
+    assert tile_slides.main(args[:3] + [str(two)] + args[4:] + ["--workers", "2"]) == 0
+    assert digest(two / "tiles") == first
+    assert json.loads((two / "tiling.json").read_text())["tiles"] == \
+        json.loads((out / "tiling.json").read_text())["tiles"]
     os.rename(out / "tiles" / "s1", tmp_path / "s1_done")          # as if stopped before s1
     assert tile_slides.main(args) == 0
     assert digest(out / "tiles") == first

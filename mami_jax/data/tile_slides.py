@@ -2,7 +2,7 @@
 
     python -m mami_jax.data.tile_slides --slides SLIDES [SLIDES ...] --out DIR
         [--tile 256] [--mpp 0.5] [--min-tissue 0.5] [--max-tiles 0] [--seed 0]
-        [--format png|jpg] [--threads 4] [--skip-unreadable]
+        [--format png|jpg] [--threads 4] [--workers 1] [--skip-unreadable]
 
 ``--slides``: slide files, or folders searched for them (``slide_reader.SLIDE_EXTENSIONS``).
 Each slide gives tiles of ``--tile`` pixels at ``--mpp`` microns per pixel, where its
@@ -31,10 +31,12 @@ and named in ``tiling.json``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import io
+import multiprocessing
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -46,7 +48,7 @@ from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic, write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
-from mami_jax.runtime.interrupts import run_command, say_interrupted
+from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent, run_command, say_interrupted
 from mami_jax.runtime.json_object import parse_json_object
 from mami_jax.runtime.ordered_map import ordered_map
 from mami_jax.runtime.output_guard import check_output_folder, refuse_inside_inputs
@@ -127,7 +129,8 @@ def draw_preview(slide: Slide, mask, plan: TilePlan, path: str) -> None:
     write_atomic(path, image.save)
 
 
-def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str, threads: int) -> None:
+def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str, threads: int,
+               show_bar: bool = True) -> None:
     """Writes the plan's tiles into ``out``/tiles/<slide>, all at once, and their record
     to ``out``/records/<slide>.csv (first: a slide folder in place always has its record).
     ``threads`` read and encode tiles ahead (OpenSlide and Pillow's encoders release
@@ -144,7 +147,8 @@ def tile_slide(slide: Slide, plan: TilePlan, out: str, extension: str, threads: 
 
     with staging_dir(final) as tmp:
         rows = []
-        with progress_bar(len(plan.positions), name, unit="tile", delay=BAR_DELAY) as bar:
+        with progress_bar(len(plan.positions), name, unit="tile", delay=BAR_DELAY,
+                          disable=not show_bar) as bar:
             tiles = ordered_map(encoded, plan.positions, threads, name="tile-slides")
             for (x, y), tissue, data in zip(plan.positions, plan.tissue, tiles):
                 file = f"{x}_{y}{extension}"
@@ -187,34 +191,82 @@ def start(args, slides: Sequence[str]) -> dict:
     return record
 
 
+def cut_slide(path: str, args, show_tiles: bool = True) -> int:
+    """Plans, draws and writes one slide's tiles (``args``: the command's); returns how
+    many. ValueError naming the slide when it cannot be read or cut."""
+    with Slide(path) as slide:
+        plan, mask = plan_slide(slide, args)
+        draw_preview(slide, mask, plan, os.path.join(args.out, PREVIEWS, slide_name(path) + ".png"))
+        tile_slide(slide, plan, args.out, "." + args.format, args.threads, show_tiles)
+    return len(plan.positions)
+
+
+def _cut_in_a_worker(path: str, args) -> tuple[int | None, str]:
+    """``cut_slide`` in a worker process: (count, "") or, with --skip-unreadable, (None,
+    why); without it the ValueError reaches the main process at the slide's turn."""
+    try:
+        return cut_slide(path, args, show_tiles=False), ""
+    except ValueError as e:
+        if not args.skip_unreadable:
+            raise
+        return None, str(e)
+
+
+def finished_count(args, path: str) -> int | None:
+    """Tiles of a slide an earlier run finished (its folder is in place), else None."""
+    if not os.path.isdir(os.path.join(args.out, TILES, slide_name(path))):
+        return None
+    with open(os.path.join(args.out, RECORDS, slide_name(path) + ".csv")) as f:
+        return sum(1 for _ in f) - 1
+
+
+def cut_all(args, slides: Sequence[str]) -> Iterator[tuple[str, int | None, str]]:
+    """(slide, count or None, why skipped) for each slide to cut, in order: in this
+    process, or with ``--workers`` N > 1 in N processes, one slide each at a time (spawned:
+    the caller may have started threads; Ctrl-C is left to this process, which drops the
+    slides not begun and waits for the others, each published whole or not at all)."""
+    if args.workers <= 1:
+        for path in slides:
+            try:
+                yield path, cut_slide(path, args), ""
+            except ValueError as e:
+                if not args.skip_unreadable:
+                    raise
+                yield path, None, str(e)
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context,
+                                                  initializer=leave_ctrl_c_to_the_parent)
+    try:
+        results = pool.map(_cut_in_a_worker, slides, [args] * len(slides))
+        for path, (count, why) in zip(slides, results):
+            yield path, count, why
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run(args) -> dict:
     """Tiles every slide (see the module docstring); returns the final record."""
     slides = find_slides(args.slides)
     check_names(slides)
     record = start(args, slides)
-    extension = "." + args.format
     counts, skipped = {}, {}
     with progress_bar(len(slides), "slides", unit="slide", delay=BAR_DELAY) as bar:
+        todo = []
         for path in slides:
-            if os.path.isdir(os.path.join(args.out, TILES, slide_name(path))):
-                with open(os.path.join(args.out, RECORDS, slide_name(path) + ".csv")) as f:
-                    counts[path] = sum(1 for _ in f) - 1       # finished by an earlier run
-                bar.update(1)
-                continue
-            try:
-                with Slide(path) as slide:
-                    plan, mask = plan_slide(slide, args)
-                    draw_preview(slide, mask, plan,
-                                 os.path.join(args.out, PREVIEWS, slide_name(path) + ".png"))
-                    tile_slide(slide, plan, args.out, extension, args.threads)
-            except ValueError as e:
-                if not args.skip_unreadable:
-                    raise
-                skipped[path] = str(e)
+            done = finished_count(args, path)
+            if done is None:
+                todo.append(path)
             else:
-                counts[path] = len(plan.positions)
+                counts[path] = done
+                bar.update(1)
+        for path, count, why in cut_all(args, todo):
+            if count is None:
+                skipped[path] = why
+            else:
+                counts[path] = count
             bar.update(1)
-    record.update(tiles=counts, skipped=skipped)
+    record.update(tiles={p: counts[p] for p in slides if p in counts}, skipped=skipped)
     write_text_atomic(os.path.join(args.out, SETTINGS),
                       strict_json.dumps(record, indent=1, sort_keys=True))
     return record
@@ -240,6 +292,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="tile format (default png, lossless; jpg at quality 95 is smaller)")
     p.add_argument("--threads", type=int, default=4,
                    help="threads reading and encoding tiles (default 4)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes cutting slides side by side (default 1)")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="leave out slides that cannot be read or cut, named in tiling.json "
                         "(default: such a slide ends the run)")
@@ -255,8 +309,9 @@ def check_arguments(args) -> None:
         raise ValueError(f"--min-tissue {args.min_tissue:g}: expected a share in [0, 1]")
     if args.max_tiles < 0:
         raise ValueError(f"--max-tiles {args.max_tiles}: expected 0 (all) or more")
-    if args.threads < 1:
-        raise ValueError(f"--threads {args.threads}: expected at least 1")
+    if args.threads < 1 or args.workers < 1:
+        raise ValueError(f"--threads {args.threads} --workers {args.workers}: expected at "
+                         "least 1 each")
 
 
 def plural(n: int, word: str) -> str:
