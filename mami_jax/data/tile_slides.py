@@ -41,7 +41,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mami_jax.data.slide_grid import TilePlan, plan_tiles
+from mami_jax.data.slide_grid import TilePlan, footprint_of, plan_tiles
 from mami_jax.data.slide_reader import SLIDE_EXTENSIONS, Slide
 from mami_jax.data.slide_tissue import tissue_mask
 from mami_jax.runtime import strict_json
@@ -104,8 +104,8 @@ def check_names(slides: Sequence[str]) -> None:
 
 def plan_slide(slide: Slide, args) -> tuple[TilePlan, np.ndarray]:
     """(plan, tissue mask) of one open slide."""
-    footprint_guess = args.tile * (args.mpp / slide.mpp if args.mpp and slide.mpp else 1.0)
-    scale = max(footprint_guess / MASK_PIXELS_PER_TILE, max(slide.dimensions) / MASK_MAX_SIDE, 1.0)
+    footprint = footprint_of(args.tile, args.mpp, slide.mpp, slide.path)
+    scale = max(footprint / MASK_PIXELS_PER_TILE, max(slide.dimensions) / MASK_MAX_SIDE, 1.0)
     thumb, scale = slide.thumbnail(scale)
     mask = tissue_mask(thumb)
     plan = plan_tiles(slide.path, slide.dimensions, slide.downsamples, slide.mpp,
