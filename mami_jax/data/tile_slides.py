@@ -41,6 +41,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mami_jax.data.datasets.common import walk_files
 from mami_jax.data.slide_grid import TilePlan, footprint_of, plan_tiles
 from mami_jax.data.slide_reader import SLIDE_EXTENSIONS, Slide
 from mami_jax.data.slide_tissue import tissue_mask
@@ -72,10 +73,8 @@ def find_slides(paths: Sequence[str]) -> list[str]:
     found: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            for here, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(here, f) for f in sorted(files)
-                          if not f.startswith(".") and f.lower().endswith(SLIDE_EXTENSIONS)]
+            found += [os.path.join(here, name) for here, name in walk_files(path)
+                      if name.lower().endswith(SLIDE_EXTENSIONS)]
         elif os.path.isfile(path):
             found.append(path)
         else:
