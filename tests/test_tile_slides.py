@@ -16,6 +16,7 @@ from PIL import Image
 
 from mami_jax.data import slide_grid, slide_tissue, tile_slides
 from mami_jax.data.build_manifest import main as build_manifest
+from mami_jax.runtime import folder_lock
 
 tifffile = pytest.importorskip("tifffile")
 pytest.importorskip("openslide")
@@ -222,6 +223,14 @@ def test_bad_slides_end_in_one_line_or_are_skipped_when_asked(tmp_path, capsys):
         assert tile_slides.main(["--slides", str(slides), "--out", str(tmp_path / "c4")]
                                 + bad) == 1
         assert capsys.readouterr().err.strip() == f"error: {said}"
+    busy = tmp_path / "busy"                 # another run still cutting into it
+    busy.mkdir()
+    with folder_lock.held(str(busy), f"--out {busy}", "tile_slides run"):
+        assert tile_slides.main(["--slides", str(slides / "good.tif"), "--out", str(busy)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {busy} is in use by another tile_slides run (") and \
+        len(err.strip().splitlines()) == 1, err
+    assert os.listdir(busy) == [folder_lock.LOCK_FILE]
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("x")
     assert tile_slides.main(["--slides", str(slides / "good.tif"), "--out",

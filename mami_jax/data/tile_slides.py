@@ -45,7 +45,7 @@ from mami_jax.data.datasets.common import walk_files
 from mami_jax.data.slide_grid import TilePlan, footprint_of, plan_tiles
 from mami_jax.data.slide_reader import SLIDE_EXTENSIONS, Slide
 from mami_jax.data.slide_tissue import tissue_mask
-from mami_jax.runtime import strict_json
+from mami_jax.runtime import folder_lock, strict_json
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic, write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
@@ -248,6 +248,13 @@ def run(args) -> dict:
     """Tiles every slide (see the module docstring); returns the final record."""
     slides = find_slides(args.slides)
     check_names(slides)
+    with folder_lock.output_held(args.out, f"--out {args.out}", "tile_slides run"):
+        return _run_held(args, slides)
+
+
+def _run_held(args, slides: Sequence[str]) -> dict:
+    """``run`` with ``--out`` held: a second run into it would cut the same slides and
+    publish over the first's."""
     record = start(args, slides)
     counts, skipped = {}, {}
     with progress_bar(len(slides), "slides", unit="slide", delay=BAR_DELAY) as bar:
