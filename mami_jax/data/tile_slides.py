@@ -200,11 +200,11 @@ def cut_slide(path: str, args, show_tiles: bool = True) -> int:
     return len(plan.positions)
 
 
-def _cut_in_a_worker(path: str, args) -> tuple[int | None, str]:
-    """``cut_slide`` in a worker process: (count, "") or, with --skip-unreadable, (None,
-    why); without it the ValueError reaches the main process at the slide's turn."""
+def cut_or_skip(path: str, args, show_tiles: bool = True) -> tuple[int | None, str]:
+    """``cut_slide``: (count, "") or, with --skip-unreadable, (None, why); without it the
+    ValueError is raised (in a worker process: at the slide's turn in the main one)."""
     try:
-        return cut_slide(path, args, show_tiles=False), ""
+        return cut_slide(path, args, show_tiles), ""
     except ValueError as e:
         if not args.skip_unreadable:
             raise
@@ -226,18 +226,13 @@ def cut_all(args, slides: Sequence[str]) -> Iterator[tuple[str, int | None, str]
     slides not begun and waits for the others, each published whole or not at all)."""
     if args.workers <= 1:
         for path in slides:
-            try:
-                yield path, cut_slide(path, args), ""
-            except ValueError as e:
-                if not args.skip_unreadable:
-                    raise
-                yield path, None, str(e)
+            yield (path, *cut_or_skip(path, args))
         return
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context,
                                                   initializer=leave_ctrl_c_to_the_parent)
     try:
-        results = pool.map(_cut_in_a_worker, slides, [args] * len(slides))
+        results = pool.map(cut_or_skip, slides, [args] * len(slides), [False] * len(slides))
         for path, (count, why) in zip(slides, results):
             yield path, count, why
     finally:
