@@ -29,6 +29,7 @@ from ml_collections import config_flags
 from mami_jax import config_files, config_renames, flag_parsing
 from mami_jax.runtime import malloc_preload
 from mami_jax.runtime.interrupts import (end_process, redeliver_swallowed_interrupts,
+                                         stop_on_sigterm_like_ctrl_c,
                                          say_interrupted)
 from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.log_filters import quiet_library_info
@@ -167,4 +168,5 @@ if __name__ == "__main__":
     malloc_preload.reexec_with_preload()
     quiet_orbax_failure_noise()     # a damaged checkpoint: one error line, no more
     redeliver_swallowed_interrupts()    # Ctrl-C during a garbage-collection callback
+    stop_on_sigterm_like_ctrl_c()       # until training's steps begin (stop_signal)
     app.run(main, flags_parser=flag_parsing.parse_flags)

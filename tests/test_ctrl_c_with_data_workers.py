@@ -20,6 +20,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from tests.process_groups import group_is_gone, kill_group
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
@@ -27,7 +31,9 @@ SCRIPT = textwrap.dedent("""
     from mami_jax.data import pipeline
     from mami_jax.data.config import default_data_config, update_modalities
     from mami_jax.data.manifest import ManifestRow
-    from mami_jax.runtime.interrupts import end_process, say_interrupted
+    from mami_jax.runtime.interrupts import end_process, say_interrupted, stop_on_sigterm_like_ctrl_c
+
+    stop_on_sigterm_like_ctrl_c()    # what run_command and main do
 
     root = sys.argv[1]
     rng = np.random.default_rng(0)
@@ -63,17 +69,28 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_to_the_process_group_with_data_workers_prints_one_line(tmp_path):
+@pytest.mark.parametrize("signum,to,status,line", [
+    (signal.SIGINT, "group", 130, "interrupted"),           # Ctrl-C in a terminal
+    (signal.SIGTERM, "parent", 143, "stopped by SIGTERM"),  # kill PID, docker stop
+    (signal.SIGTERM, "group", 143, "stopped by SIGTERM"),   # Slurm, systemd: every process
+])
+def test_a_stop_with_data_workers_prints_one_line_and_leaves_no_process(tmp_path, signum, to,
+                                                                        status, line):
+    """SIGTERM to the parent alone ended it where it was and left the workers running as
+    orphans (holding the caller's pipes: ``communicate`` waited for ever)."""
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=60)[1]
-        os.killpg(proc.pid, signal.SIGINT)      # what the terminal does on Ctrl-C
+        (os.killpg if to == "group" else os.kill)(proc.pid, signum)
         out, err = proc.communicate(timeout=60)
+        gone = group_is_gone(proc.pid)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+        kill_group(proc.pid)
+    assert proc.returncode == status, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "leaked" not in err, err
-    assert err.strip().splitlines()[-1] == "interrupted", err
+    assert err.strip().splitlines()[-1] == line, err
+    assert gone, "a worker process outlived the command"

@@ -13,18 +13,25 @@ from jax.experimental import multihost_utils
 from mami_jax.runtime.stop_signal import StopRequests
 
 
-def test_one_process_hears_sigterm_and_puts_the_previous_handler_back():
+def test_one_process_hears_sigterm_once_its_steps_began_and_puts_the_previous_handler_back():
+    """Before the first step (reading the data, restoring, compiling: minutes for a large
+    model) SIGTERM is left to the command's handler, which stops the run at once; noted
+    there, it let the run compile and train a step before it stopped."""
     heard = []
     previous = signal.signal(signal.SIGTERM, lambda *a: heard.append("mine"))
     try:
         with StopRequests() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)   # starting: the command's handler stops it
+            assert heard == ["mine"] and not stop.heard() and not stop.reached(1)
+            stop.listen()                          # the first step has run
+            stop.listen()
             assert not stop.reached(1) and not stop.heard()
             os.kill(os.getpid(), signal.SIGTERM)
             assert stop.heard()                            # between steps (an evaluation)
             assert stop.reached(2) and stop.reached(3)     # asked again: still stopping
-        assert heard == []
-        os.kill(os.getpid(), signal.SIGTERM)
         assert heard == ["mine"]
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert heard == ["mine", "mine"]
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -36,6 +43,7 @@ def test_several_processes_stop_at_the_step_jax_names_on_all_of_them(monkeypatch
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda s: s == 5)
     before = signal.getsignal(signal.SIGTERM)
     with StopRequests() as stop:
+        stop.listen()
         assert signal.getsignal(signal.SIGTERM) is before       # JAX's service listens
         assert [s for s in range(1, 8) if stop.reached(s)] == [5]
         stop._note(signal.SIGTERM, None)    # a host that heard it leaves no evaluation alone
@@ -56,6 +64,7 @@ def test_outside_the_main_thread_nothing_is_installed():
 
     def run():
         with StopRequests() as stop:
+            stop.listen()
             seen.append((signal.getsignal(signal.SIGTERM) is before, stop.reached(1)))
     t = threading.Thread(target=run)
     t.start()

@@ -320,6 +320,34 @@ def test_ctrl_c_while_training_names_the_checkpoint_to_go_on_from(tmp_path):
     assert int(step) >= 2 and step in os.listdir(tmp_path / "run" / "checkpoints")
 
 
+def test_sigterm_while_a_run_starts_stops_it_at_once(tmp_path):
+    """SIGTERM while the run read its data, built its model and compiled its step (minutes
+    for ViT-B, longer than a preempted VM's notice; a user's ``kill`` of a run started
+    with the wrong settings) was only noted: the run compiled, trained a step and saved
+    it before it stopped. Nothing trained is lost by stopping at once, as Ctrl-C does."""
+    import signal
+    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
+                        "--config.train.eval_at_start=False", train__total_steps=10_000)
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, env={**os.environ, **TWO_DEVICES})
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if " mesh {" in line:           # the run has begun, in the held workdir
+                proc.send_signal(signal.SIGTERM)
+                break
+        err = "".join(seen) + proc.communicate(timeout=300)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "step 1: train/" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("stopped by SIGTERM; no checkpoint was written "
+                                            "yet: running the same command again starts over")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not checkpoints.exists() or os.listdir(checkpoints) == []
+
+
 def test_sigterm_while_training_saves_the_step_reached_and_the_run_goes_on_from_it(tmp_path):
     """SIGTERM (a preempted TPU or spot VM, Slurm's time limit, ``kill``) ended the run at
     once: every step since the last periodic checkpoint was lost (here all of them: the

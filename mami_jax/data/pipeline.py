@@ -49,7 +49,7 @@ from mami_jax.data.config import sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.splits import split_counts
-from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent
+from mami_jax.runtime.interrupts import leave_stops_to_the_parent
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}
 train_label_map = sampler.train_label_map
@@ -149,7 +149,7 @@ def _finish(ds: "grain.MapDataset", cfg, counter: SkipCounter) -> "grain.IterDat
         worker_processes.prepare()
         it = it.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=int(cfg.num_workers), per_worker_buffer_size=max(1, int(cfg.prefetch))),
-            worker_init_fn=leave_ctrl_c_to_the_parent)
+            worker_init_fn=leave_stops_to_the_parent)
     return it.map(counter)
 
 

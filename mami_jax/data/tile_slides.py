@@ -49,7 +49,7 @@ from mami_jax.runtime import folder_lock, strict_json
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic, write_text_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
-from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent, run_command, say_interrupted
+from mami_jax.runtime.interrupts import leave_stops_to_the_parent, run_command, say_interrupted
 from mami_jax.runtime.json_object import parse_json_object
 from mami_jax.runtime.ordered_map import ordered_map
 from mami_jax.runtime.output_guard import check_output_folder, refuse_inside_inputs
@@ -230,7 +230,7 @@ def cut_all(args, slides: Sequence[str]) -> Iterator[tuple[str, int | None, str]
         return
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context,
-                                                  initializer=leave_ctrl_c_to_the_parent)
+                                                  initializer=leave_stops_to_the_parent)
     try:
         results = pool.map(cut_or_skip, slides, [args] * len(slides), [False] * len(slides))
         for path, (count, why) in zip(slides, results):

@@ -5,8 +5,8 @@ released when the command ends at once.
 - grain 0.2.x workers read an absl flag and fail with UnparsedFlagAccessError outside an
   absl app (google/grain#1355): ``prepare`` marks the flags parsed, which keeps every
   default, what such a script would get anyway.
-- Ctrl-C: a started worker leaves it to the main process, which closes the iterator and
-  so stops the workers in order (``runtime.interrupts.leave_ctrl_c_to_the_parent``, the
+- Ctrl-C and SIGTERM: a started worker leaves it to the main process, which closes the iterator and
+  so stops the workers in order (``runtime.interrupts.leave_stops_to_the_parent``, the
   workers' ``worker_init_fn``; in the second or two a worker spends starting, importing
   the command's module, it does not yet).
 - The main process unlinks a batch's shared memory when the batch is freed, on one grain

@@ -65,7 +65,7 @@ import numpy as np
 from mami_jax.data.manifest import MODALITIES, ManifestRow, write_manifest
 from mami_jax.phantoms import common, ct, disease, fundus, io, mri, pathology, xray
 from mami_jax.runtime import atomic_files, strict_json
-from mami_jax.runtime.interrupts import leave_ctrl_c_to_the_parent
+from mami_jax.runtime.interrupts import leave_stops_to_the_parent
 from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.progress import progress_bar
 
@@ -250,7 +250,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                 # spawn, not fork: the caller may have started JAX's threads
                 ctx = multiprocessing.get_context("spawn")
                 pool = concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=ctx, initializer=leave_ctrl_c_to_the_parent)
+                    workers, mp_context=ctx, initializer=leave_stops_to_the_parent)
                 try:
                     results = list(_counted(pool.map(_render_series, jobs, chunksize=2), bar))
                 finally:

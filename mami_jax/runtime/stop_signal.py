@@ -8,8 +8,11 @@ finishes the step it is on, saves that step's checkpoint, waits for it and ends 
 line (``say_stopped``) and status 143 (128 + SIGTERM, as the shell reports it), so that
 the same command run again goes on from that step.
 
-One process: a handler notes the signal and the loop asks ``reached(step)`` after every
-step. Several processes (``jax.distributed``): every host must save the same step, or the
+One process: once the first step has run (``listen``), a handler notes the signal and the
+loop asks ``reached(step)`` after every step. Before it, while the run reads its data,
+restores its checkpoint and compiles its step (minutes for a large model), nothing has
+been trained that a checkpoint would keep, and SIGTERM stops the run at once, as Ctrl-C
+does (``interrupts.stop_on_sigterm_like_ctrl_c``, the command's handler until then). Several processes (``jax.distributed``): every host must save the same step, or the
 hosts that go on wait for the others for ever, so JAX's preemption service decides: it
 hears SIGTERM on any host and names one step at which ``reached`` is true on all of them.
 
@@ -38,28 +41,38 @@ class StoppedBySignal(Exception):
 
 
 class StopRequests:
-    """Within ``with StopRequests() as stop:``, ``stop.reached(step)`` says whether to
-    save ``step`` and stop; the previous SIGTERM handler is back on leaving."""
+    """Within ``with StopRequests() as stop:``, after ``stop.listen()``,
+    ``stop.reached(step)`` says whether to save ``step`` and stop; the previous SIGTERM
+    handler is back on leaving."""
 
     def __init__(self):
         self._received = False
+        self._listening = False
         self._previous = None
         self._several = False
 
     def __enter__(self) -> "StopRequests":
         import jax      # here: main imports this module before it re-executes itself
         self._several = jax.process_count() > 1
-        if self._several:                   # JAX's preemption service listens instead
-            return self
-        if threading.current_thread() is not threading.main_thread():
-            return self                     # signals reach only the main thread
-        self._previous = signal.signal(signal.SIGTERM, self._note)
         return self
 
+    def listen(self) -> None:
+        """From now on SIGTERM is noted, for ``reached`` and ``heard`` (called once the
+        first step has run; again, it does nothing)."""
+        if self._several:
+            return                          # JAX's preemption service listens instead
+        if self._listening:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return                          # signals reach only the main thread
+        self._previous = signal.signal(signal.SIGTERM, self._note)
+        self._listening = True
+
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._listening:
+            signal.signal(signal.SIGTERM, self._previous
+                          if self._previous is not None else signal.SIG_DFL)
+            self._listening, self._previous = False, None
 
     def _note(self, signum, frame) -> None:
         # Only a flag: a handler that printed could interrupt a write to the same stream

@@ -185,7 +185,8 @@ def _check_batches_fit(config, mesh) -> None:
 
 def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> dict:
     """The run itself, in a workdir this process holds (``folder_lock``); SIGTERM (``stop``)
-    saves the step reached and raises StoppedBySignal."""
+    saves the step reached and raises StoppedBySignal once the first step has run (before,
+    it stops the run as Ctrl-C does: there is nothing new to save)."""
     resume_step = _resume_step(config, workdir)   # again: the run that held it may have saved
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size,
                  jax.process_count())
@@ -278,6 +279,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
                 break
             batch = next(data_iter)
             state, metrics = train_step(state, sharding.global_batch(batch, mesh))
+            stop.listen()   # compiled and trained: SIGTERM now saves the step reached
             trained = step
             if pending is not None:  # check the previous step while this one runs
                 _check_finite(*pending, ckpt)
