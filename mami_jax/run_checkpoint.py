@@ -6,7 +6,7 @@ a converter folder), with the workdir only as the place for the results.
 eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training.
 embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
-the umask's permissions. A large manifest takes hours: in both modes each finished chunk
+the umask's permissions, and beside it <NAME>.png, a map of them (``embedding_map``). A large manifest takes hours: in both modes each finished chunk
 of the embedding pass is kept beside the output (``runtime.chunk_store``), so the same
 command after a stop goes on from there. NAME is ``step_<N>`` for the workdir's own checkpoint and
 ``model_<file or folder name>[_step_<N>]`` for ``--model``. The requested ``config.model``
@@ -25,6 +25,7 @@ from absl import logging
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
+from mami_jax.evaluate.embedding_map import draw_embedding_map
 from mami_jax.evaluate.evaluator import evaluate, left_out_skipped
 from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.inference import Embedder, embed_in_chunks
@@ -87,5 +88,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         columns = {c: np.asarray([getattr(r, c) for r in rows]) for c in EMBEDDING_COLUMNS}
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))
         logging.info("wrote %d embeddings to %s", len(rows), path)
+        picture = os.path.splitext(path)[0] + ".png"
+        if draw_embedding_map(picture, emb, columns["patient_id"], columns["modality"], name):
+            logging.info("wrote their map to %s", picture)
     store.discard()
     return emb

@@ -398,6 +398,8 @@ def _check(command: str, ws: str, out: str) -> None:
         ids = [r.image_id for r in _rows(f"{ws}/phantoms/manifest.csv")]
         assert list(emb["image_id"]) == ids and emb["embedding"].shape[0] == len(ids)
         assert np.all(np.isfinite(emb["embedding"]))
+        from PIL import Image
+        assert Image.open(f"{ws}/run/embeddings/step_1.png").format == "PNG"   # their map
     elif command.startswith(MAIN_RUNLOCAL) and ",align" not in command:
         metrics = json.load(open(f"{ws}/run/eval/step_1/metrics.json"))
         assert {g.split("/")[1] for g in metrics} == {"xray", "ct", "fundus", "mri", "pathology"}
