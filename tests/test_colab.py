@@ -35,7 +35,7 @@ print('NOTEBOOK-PROBE ' + json.dumps(dict(
     queries_after={m: after[f'phantoms/{m}/reid']['num_queries'] for m in MODALITIES},
     n_test=_n_test, returned={g: v['rank1'] for g, v in results.items()},
     files_vs_rows=float(abs(emb_files - model.embed_rows(same + [other], progress=None)).max()),
-    file_scores=[float(v) for v in scores])))
+    file_scores=[float(v) for v in scores], embedding_map=os.path.isfile(map_png))))
 """,
     "interchange.ipynb": """
 import json
@@ -153,8 +153,8 @@ def _check_quickstart(p, text, pictures):
         assert p["returned"][f"phantoms/{m}/reid"] == pytest.approx(p["rank1_after"][m])
         assert p["queries_after"][m] == p["n_test"][m] > 0
         assert 0.0 <= p["rank1_before"][m] <= 1.0
-    # phantoms, loss, Rank-1 bars, CMC, one retrieval grid per modality
-    assert pictures >= 4 + len(mods)
+    # phantoms, loss, Rank-1 bars, CMC, one retrieval grid per modality, the embedding map
+    assert pictures >= 5 + len(mods) and p["embedding_map"]
     assert "restored" in text and "first match correct" in text
     # embed_files on the paths embeds what embed_rows does on their rows
     assert p["files_vs_rows"] < 1e-5 and len(p["file_scores"]) == 2
