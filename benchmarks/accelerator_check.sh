@@ -47,7 +47,7 @@ if wants mfu; then
   step mfu 150 "$PY" benchmarks/mfu.py --batch 128 --dtype bfloat16 --steps 10 \
     --json "$OUT/mfu.json" ||  # out of memory, say: rematerialised blocks keep less
     step mfu_remat 150 "$PY" benchmarks/mfu.py --batch 128 --dtype bfloat16 --steps 10 \
-      --remat --remat_policy dots_with_no_batch_dims_saveable --json "$OUT/mfu_remat.json"
+      --remat --remat-policy dots_with_no_batch_dims_saveable --json "$OUT/mfu_remat.json"
 fi
 wants speed && step speed 150 "$PY" benchmarks/model_speed.py --dtype bfloat16 --batch 128 \
   --rounds 15 --variants mami,mami_separate,mami_xla_attention,plain_vit \
@@ -61,5 +61,5 @@ if wants main; then
   rm -rf "$run"
 fi
 wants input && step input 100 "$PY" benchmarks/input_speed.py --repeats 2 --batches 4 \
-  --workers 0,4,12 --read_threads 2
+  --workers 0,4,12 --read-threads 2
 exit $status

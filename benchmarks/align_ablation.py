@@ -18,7 +18,6 @@ max-min over seeds of either arm).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,6 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 MODALITIES = ("xray", "ct", "fundus", "mri", "pathology")
 TEACHER_SETS = {"anatomy": "anatomy", "efficientnet": "efficientnet_lite0",
@@ -48,8 +50,8 @@ ARMS = {
 }
 
 
-def run_command(arm: str, seed: int, steps: int, workdir: str, phantoms: str,
-                teachers_dir: str, align_weight: float | None = None) -> list[str]:
+def training_command(arm: str, seed: int, steps: int, workdir: str, phantoms: str,
+                     teachers_dir: str, align_weight: float | None = None) -> list[str]:
     variant, teachers = ARMS[arm]
     words = "runlocal" if variant is None else f"runlocal,align={TEACHER_SETS[teachers]}"
     cmd = [sys.executable, "-m", "mami_jax.main", f"--config=configs/all.py:{words}",
@@ -137,18 +139,27 @@ def plot(summary: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for runs/, ablation.json, ablation.png")
     p.add_argument("--steps", type=int, default=2600, help="training steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--phantoms", default="", help="shared phantom cache (default: per run)")
-    p.add_argument("--teachers_dir", default="",
+    p.add_argument("--teachers-dir", default="",
                    help="shared teacher-feature store (default OUT/teachers; extracted if missing)")
-    p.add_argument("--align_weight", type=float, default=None,
+    p.add_argument("--align-weight", type=float, default=None,
                    help="weight of the align term (default: the config's)")
-    p.add_argument("--dry_run", action="store_true", help="print the commands only")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+
+
+def run(args) -> int:
+    """Runs (or, with --dry-run, prints) the ablation's plan; the exit status."""
     out = os.path.abspath(args.out)
     teachers_dir = os.path.abspath(args.teachers_dir or os.path.join(out, "teachers"))
     phantoms = os.path.abspath(args.phantoms) if args.phantoms else os.path.join(out, "phantoms")
@@ -158,8 +169,8 @@ def main(argv=None) -> int:
     for i, (arm, seed) in enumerate(plan, 1):
         workdir = os.path.join(out, "runs", f"{arm.replace('/', '-')}-s{seed}")
         final = os.path.join(workdir, "eval", f"step_{args.steps}", "metrics.json")
-        cmd = run_command(arm, seed, args.steps, workdir, phantoms, teachers_dir,
-                          args.align_weight)
+        cmd = training_command(arm, seed, args.steps, workdir, phantoms, teachers_dir,
+                               args.align_weight)
         if args.dry_run:
             print(" ".join(cmd))
             continue
@@ -193,4 +204,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

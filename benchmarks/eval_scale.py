@@ -32,6 +32,14 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+
 
 def _rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -66,8 +74,8 @@ def child(args) -> None:
         "num_skipped_queries": m["num_skipped_queries"]}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, nargs="+", default=[100_000])
     parser.add_argument("--gallery", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=768)
@@ -78,16 +86,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        args.queries, args.chunk_size = args.queries[0], args.chunk_size[0]
-        child(args)
-        return
+    args = parser.parse_args(argv)
+    try:
+        if args.child:
+            args.queries, args.chunk_size = args.queries[0], args.chunk_size[0]
+            child(args)
+        else:
+            run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
 
+
+def run(args) -> None:
+    """Runs every (queries, chunk size) variant in a child process; prints the table."""
     variants = [(q, c) for q in args.queries for c in args.chunk_size]
     results = {v: [] for v in variants}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for r in range(args.repeats):
         for q, c in variants:  # interleaved: A B A B ...
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--queries", str(q),
@@ -115,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

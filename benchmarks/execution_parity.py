@@ -22,7 +22,6 @@ with that reason. A path fails when its error exceeds its dtype's tolerance
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -39,6 +38,10 @@ from benchmarks.speed_vs_torch import TINY  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 #: name -> (dtype, attention, compa_impl, matmul precision). The first is the reference.
 PATHS = {
@@ -129,7 +132,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--slices", type=int, default=2,
@@ -142,12 +145,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1 or args.slices < 1 or args.depth < 0:
         parser.error("--batch and --slices must be at least 1, --depth at least 0")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        parser.error(f"--json {args.json}: its folder does not exist")
-    report = run(args)
-    print_report(report)
-    if args.json:
-        write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
+    try:
+        if args.json:
+            check_json_file(args.json, "--json")
+        report = run(args)
+        print_report(report)
+        if args.json:
+            write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
     failed = [n for n, r in report["paths"].items() if r.get("ok") is False]
     if failed:
         print(f"error: {', '.join(failed)} differ from the reference beyond tolerance",
@@ -157,4 +164,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -26,7 +26,6 @@ writes ``--out`` (JSON).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -41,6 +40,10 @@ from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.evaluate.metrics import verification_metrics  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 PENALTIES = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
@@ -111,7 +114,7 @@ def bounds(rows, y, features: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True)
     p.add_argument("--labels", default="", help="default: labels.csv beside the manifest")
     p.add_argument("--column", default="disease_label")
@@ -119,13 +122,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="JSON to write")
     args = p.parse_args(argv)
     try:
+        check_json_file(args.out, "--out")
         rows = read_manifest(args.manifest)
         labels_path = args.labels or default_labels_path(args.manifest)
         y = labels_for(rows, read_labels(labels_path, args.column, ("0", "1")), labels_path)
         features = dict(load_features(s, rows) for s in args.features)
     except (ValueError, OSError, KeyError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        print_error(e)
+        return 1
     result = bounds(rows, y, features)
     names = list(features)
     head = ["modality", "test", "with hist", "earlier label"] + [
@@ -144,4 +148,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

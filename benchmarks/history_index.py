@@ -35,7 +35,6 @@ Prints a table, writes the JSON and a PNG of recall against latency.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -47,6 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax.apps.history.archive import KINDS, make_index  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file, check_picture_file  # noqa: E402
 
 DATA = ("random", "clustered")
 CHUNK = 65536
@@ -260,7 +263,7 @@ def int_list(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="archived embeddings")
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--data", default="random,clustered", help=f"comma list of {', '.join(DATA)}")
@@ -299,6 +302,19 @@ def main(argv=None) -> int:
               f"latency counts positive", file=sys.stderr)
         return 2
     try:
+        return run(args, datas, sweeps)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+
+
+def run(args, datas: list[str], sweeps: dict) -> int:
+    """Measures every data and index kind, prints the table, writes the JSON and the
+    picture; the exit status."""
+    png = args.png or os.path.splitext(args.out)[0] + ".png"
+    check_json_file(args.out, "--out")
+    check_picture_file(png, "--png")
+    try:
         import faiss
     except ImportError:
         print("error: the benchmark needs FAISS: pip install -e '.[apps]'", file=sys.stderr)
@@ -316,11 +332,10 @@ def main(argv=None) -> int:
     results["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(table(results))
     write_text_atomic(args.out, strict_json.dumps(results, indent=1, sort_keys=True) + "\n")
-    png = args.png or os.path.splitext(args.out)[0] + ".png"
     picture(results, png)
     print(f"wrote {args.out} and {png}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -14,12 +14,11 @@ start-up, prefetch buffers) are drained untimed, so the figure is the steady-sta
 production rate.
 
     python benchmarks/input_speed.py [--repeats 3] [--batches 4] [--workers 0,2] [--depth 32]
-        [--model_batch 8]   # also time the default model's forward+backward for comparison
+        [--model-batch 8]   # also time the default model's forward+backward for comparison
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -33,6 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax.data import pipeline  # noqa: E402
 from mami_jax.data.config import default_data_config  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
 def smooth_image(rng, shape, dtype_max):
@@ -99,25 +101,35 @@ def measure(rows, cfg, batches):
     return batches * first["images"].shape[0] / dt, b["images"].shape
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, default=4, help="timed batches per run")
     ap.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
-    ap.add_argument("--read_threads", type=int, default=2)
+    ap.add_argument("--read-threads", type=int, default=2)
     ap.add_argument("--depth", type=int, default=32, help="slices S of each generated volume")
     ap.add_argument("--patients", type=int, default=16)
-    ap.add_argument("--per_patient", type=int, default=4)
-    ap.add_argument("--model_batch", type=int, default=0,
+    ap.add_argument("--per-patient", type=int, default=4)
+    ap.add_argument("--model-batch", type=int, default=0,
                     help="if > 0, also time forward+backward of the default model on this many images")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     per_batch = default_data_config().patients_per_batch
     if args.patients < per_batch:
         # The sampler then draws patients with replacement: a batch repeats images, and
         # the rate counts images that were read once as several (it came out 2 million/s).
         ap.error(f"--patients {args.patients}: at least the {per_batch} patients of a batch "
                  f"(fewer are repeated within it, and the rate counts the repeats)")
+    try:
+        run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
 
+
+def run(args) -> None:
+    """Generates the workloads, times every (workload, workers) variant and prints the
+    medians (and the model's rate with --model-batch)."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -180,4 +192,4 @@ def print_model_rate(batch, repeats):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -24,6 +24,12 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, REPO)
+
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
 def child(size: int, steps: int) -> dict:
@@ -71,21 +77,31 @@ def run_child(variant: str, library: str, args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=80)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.size, args.steps)))
-        return
+    args = parser.parse_args(argv)
+    try:
+        if args.child:
+            print(json.dumps(child(args.size, args.steps)))
+        else:
+            run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
 
+
+def run(args) -> None:
+    """Runs the children, system and jemalloc interleaved; prints the rounds and medians."""
     from mami_jax.runtime.malloc_preload import find_jemalloc
     library = find_jemalloc()
     if library is None:
-        sys.exit("no jemalloc found (apt-get install libjemalloc2); nothing to compare")
+        raise FileNotFoundError("no jemalloc found (apt-get install libjemalloc2); "
+                                "nothing to compare")
     results = {"system": [], "jemalloc": []}
     for r in range(args.rounds):
         for variant in results:
@@ -101,4 +117,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,23 +14,22 @@ after the compile, and reports
 - hardware FLOPs per step: XLA's count of the whole compiled step (with
   rematerialisation, the recomputed forward, the optimiser and the losses), reported
   as HFU with the same denominator;
-- peak FLOP/s: ``--peak_tflops`` if given, else the dense peak of the device kind
+- peak FLOP/s: ``--peak-tflops`` if given, else the dense peak of the device kind
   for the compute dtype from ``PEAK_TFLOPS`` (vendor figures, no sparsity). A CPU
-  has no entry: pass ``--peak_tflops`` (cores x GHz x FLOPs per cycle, or a measured
+  has no entry: pass ``--peak-tflops`` (cores x GHz x FLOPs per cycle, or a measured
   matmul rate) or read the achieved TFLOP/s.
 
 The issue's goal is MFU >= 40% in bfloat16 training at batch >= 64 on a GPU/TPU:
 
     python benchmarks/mfu.py --batch 128 --dtype bfloat16                  # a GPU or TPU
     python benchmarks/mfu.py --batch 128 --dtype bfloat16 --remat          # less memory
-    python benchmarks/mfu.py --preset tiny --batch 8 --steps 2 --peak_tflops 0.3  # CPU check
+    python benchmarks/mfu.py --preset tiny --batch 8 --steps 2 --peak-tflops 0.3  # CPU check
 
 Prints a table and writes ``--json`` (default mfu.json).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -48,6 +47,10 @@ from benchmarks.speed_vs_torch import TINY, trainer_step  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 #: Dense peak TFLOP/s per device (vendor data sheets, without sparsity), by a substring
 #: of ``jax.devices()[0].device_kind`` (lower case) and compute dtype. First match wins.
@@ -106,7 +109,7 @@ def run(args) -> dict:
     size = args.size or config.model.image_size
     k = args.images_per_patient
     if args.batch % k:
-        raise ValueError(f"--batch {args.batch} is not a multiple of --images_per_patient {k}")
+        raise ValueError(f"--batch {args.batch} is not a multiple of --images-per-patient {k}")
     step, state, mesh = trainer_step(config, args.num_classes, total_steps=1000)
     if args.batch % mesh.shape["data"]:
         raise ValueError(f"--batch {args.batch} does not split over {mesh.shape['data']} devices")
@@ -159,7 +162,7 @@ def print_report(r: dict) -> None:
           f"executed {r['xla_gflops_per_step']:.4g} G (XLA count of the step) | achieved "
           f"{r['achieved_model_tflops']:.3f} TFLOP/s")
     if r["mfu"] is None:
-        print("MFU: no peak for this device kind; pass --peak_tflops")
+        print("MFU: no peak for this device kind; pass --peak-tflops")
     else:
         print(f"MFU {100 * r['mfu']:.1f}%  HFU {100 * r['hfu']:.1f}%  of "
               f"{r['peak_tflops_per_device']} TFLOP/s per device")
@@ -168,45 +171,43 @@ def print_report(r: dict) -> None:
 def parse_args(argv=None):
     from mami_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--remat_policy", choices=REMAT_POLICIES,
+    parser.add_argument("--remat-policy", choices=REMAT_POLICIES,
                         default=default_config().remat_policy)
     parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="auto")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--images_per_patient", type=int, default=4)
-    parser.add_argument("--num_classes", type=int, default=1024)
-    parser.add_argument("--peak_tflops", type=float, default=0.0,
+    parser.add_argument("--images-per-patient", type=int, default=4)
+    parser.add_argument("--num-classes", type=int, default=1024)
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="dense peak TFLOP/s of one device; 0: from PEAK_TFLOPS")
     parser.add_argument("--json", default="mfu.json")
     args = parser.parse_args(argv)
-    folder = os.path.dirname(os.path.abspath(args.json))
-    if not os.path.isdir(folder):
-        parser.error(f"--json {args.json}: folder {folder} does not exist")
     for name in ("batch", "steps", "images_per_patient", "num_classes"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.peak_tflops < 0:
-        parser.error("--peak_tflops must be positive (or 0 for the table)")
+        parser.error("--peak-tflops must be positive (or 0 for the table)")
     return args
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        check_json_file(args.json, "--json")
         result = run(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print_report(result)
-    write_text_atomic(args.json, strict_json.dumps(result, indent=1) + "\n")
+        print_report(result)
+        write_text_atomic(args.json, strict_json.dumps(result, indent=1) + "\n")
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
     print(f"wrote {args.json}")
-    return result
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

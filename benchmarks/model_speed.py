@@ -16,7 +16,7 @@ time (ViT-B/16, 224 px, batch 8, float32). Variants:
 - ``mami_xla_attention``: MaMI with XLA's attention, against ``mami``'s default ("auto":
   cuDNN's fused attention on a GPU in bfloat16; the same as XLA's elsewhere).
 
-``--compa_impl`` says how the variants without a suffix run the generators (default:
+``--compa-impl`` says how the variants without a suffix run the generators (default:
 the model config's).
 
 On a shared machine wall times measure the load as much as the code. The table also
@@ -58,9 +58,13 @@ from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.models.config import COMPA_IMPLS  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 #: Variant name -> what it changes in the model config; the rest is MaMI with
-#: ``--compa_impl`` and the config's attention ("auto": cuDNN on a GPU in bfloat16).
+#: ``--compa-impl`` and the config's attention ("auto": cuDNN on a GPU in bfloat16).
 VARIANTS = {"mami": {}, "compa_only": {"use_slice_adapter": False},
             "adapter_only": {"use_compa": False},
             "plain_vit": {"use_compa": False, "use_slice_adapter": False},
@@ -170,7 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("forward", "train"), default="forward")
     parser.add_argument("--variants", default="mami,compa_only,adapter_only,plain_vit",
                         help=f"comma-separated, plain_vit included; from {sorted(VARIANTS)}")
-    parser.add_argument("--compa_impl", choices=COMPA_IMPLS, default=default_config().compa_impl,
+    parser.add_argument("--compa-impl", choices=COMPA_IMPLS, default=default_config().compa_impl,
                         help="how the variants without a suffix run ComPA's generators")
 
 
@@ -194,20 +198,27 @@ def load_average() -> list:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> int:
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
     parser.add_argument("--json", help="also write the results and settings to this file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.batch < 1 or args.slices < 1:
         parser.error("--rounds, --batch and --slices must be at least 1")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        parser.error(f"--json {args.json}: its folder does not exist")
-    load = {"start": load_average()}
     try:
-        results = measure(args)
-    except ValueError as e:
-        parser.exit(2, f"error: {e}\n")
+        if args.json:
+            check_json_file(args.json, "--json")
+        run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
+
+
+def run(args) -> dict:
+    """Measures, prints the table and writes ``--json``; the results."""
+    load = {"start": load_average()}
+    results = measure(args)
     load["end"] = load_average()
     print_table(results, args, load)
     if args.json:
@@ -219,4 +230,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

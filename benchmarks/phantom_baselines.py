@@ -26,7 +26,6 @@ Without --data, the benchmark is generated into a temporary folder.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -34,14 +33,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import phantom_baseline_features as baselines  # noqa: E402
+from benchmarks import phantom_baseline_features as baselines  # noqa: E402
 from mami_jax.phantoms import generator as phantoms  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="folder holding manifest.csv (default: generate)")
     ap.add_argument("--patients", type=int, default=phantoms.DEFAULTS["patients"])
     ap.add_argument("--visits", type=int, default=phantoms.DEFAULTS["visits"])
@@ -52,6 +55,19 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
+    try:
+        if args.json:
+            check_json_file(args.json, "--json")
+        run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
+
+
+def run(args) -> None:
+    """Scores the baselines on ``--data`` (or phantoms generated for the run); prints the
+    table and writes ``--json``."""
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             manifest = os.path.join(args.data, "manifest.csv")
@@ -71,8 +87,7 @@ def main(argv=None) -> int:
               f"{r['structural']:10.3f} {r.get('structural_lda', float('nan')):10.3f}")
     if args.json:
         write_text_atomic(args.json, strict_json.dumps(res, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

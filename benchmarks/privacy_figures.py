@@ -28,7 +28,6 @@ They are those of docs/privacy.md and docs/privacy_experiments.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,6 +40,9 @@ from mami_jax.apps.privacy import figures  # noqa: E402
 from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
 def merge_attack(into: dict, attack: dict, rename: dict) -> None:
@@ -83,7 +85,7 @@ def transfer_panels(specs, rename) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("--original", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--cues", default="")
@@ -97,6 +99,16 @@ def main(argv=None) -> int:
                    metavar="PANEL=JSON[#VARIANT]")
     p.add_argument("--transfer-figure", default="privacy_transfer_grid.png")
     args = p.parse_args(argv)
+    try:
+        return run(args, p)
+    except (ValueError, OSError) as e:   # a missing manifest, a bad config or output folder
+        print_error(e)
+        return 1
+
+
+def run(args, p) -> int:
+    """Draws the figures the arguments ask for (``p``: the parser, for usage errors); the
+    exit status."""
     data_cfg = load_config(args.experiment, kind="experiment").data
     original = {r.image_id: r for r in read_manifest(args.original)}
     ids = [i for i in args.ids.split(",") if i]
@@ -152,4 +164,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -28,7 +28,6 @@ the budget times the alignment): a first-order estimate to set beside a measured
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -48,6 +47,9 @@ from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
 def summary(names: list[str], members: int, grads: np.ndarray) -> dict:
@@ -151,7 +153,7 @@ def figure(result: dict, path: str, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True)
     p.add_argument("--member", action="append", default=[], metavar="NAME=WORKDIR",
                    help="ensemble members, in the order they are added")
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     try:
         return run(args, p, members, held_out, sweeps)
     except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 1
 
 
@@ -219,4 +221,4 @@ def run(args, p, members, held_out, sweeps) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

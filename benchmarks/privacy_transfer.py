@@ -23,7 +23,6 @@ one size is given; per model, with chance). Bad input ends with one ``error: ...
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -42,6 +41,9 @@ from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa:
 from mami_jax.inference import Embedder  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -121,7 +123,7 @@ def figure(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifest", required=True)
     p.add_argument("--workdir", required=True, help="the protecting model (first member)")
     p.add_argument("--member", action="append", default=[], help="further members, in order")
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
         variants = [parse_variant(v) for v in args.variant] or [("default", [])]
         return run(args, p, sizes, variants)
     except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 1
 
 
@@ -205,4 +207,4 @@ def run(args, p, sizes, variants) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -2,14 +2,14 @@
 
 The learnability experiments behind ``configs/*.py:runlocal`` (docs/experiments.md):
 trains with the real loader, model, optimiser and step for ``--steps`` steps and
-prints the losses and, every ``--eval_every`` steps, Rank-1 / mAP of the "reid"
+prints the losses and, every ``--eval-every`` steps, Rank-1 / mAP of the "reid"
 protocol on the test patients and on the training patients (the second says
 whether the model fits at all, the first whether it generalises). Embeddings
 are scored raw and mean-centred: a large gap means the embeddings share one big
 common component that cosine similarity cannot see past.
 
     python benchmarks/runlocal_ablation.py --config configs/fundus.py --steps 400 \\
-        --eval_every 200 --phantoms /tmp/ph --set data.normalization=imagenet \\
+        --eval-every 200 --phantoms /tmp/ph --set data.normalization=imagenet \\
         --set loss.id_neck=none
 
 ``--set key=value`` overrides the runlocal config (value read as its key's type, as the
@@ -19,7 +19,6 @@ these numbers come from are too small to run two at once without skewing both.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from mami_jax import config_files  # noqa: E402
 from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.config_renames import renamed_key_message  # noqa: E402
 from mami_jax.runtime import sharding  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
 from mami_jax.evaluate.evaluator import embed_rows, group_indices, score_groups  # noqa: E402
@@ -66,13 +68,23 @@ def rank1_table(state, rows, cfg, embedder, mesh) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/xray.py")
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--eval_every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--phantoms", default="", help="phantom cache folder (default: a temp dir)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:   # a missing config, a bad --set, unreadable data
+        print_error(e)
+        return 1
+    return 0
+
+
+def run(args) -> None:
+    """Trains for ``--steps`` steps, printing the losses and the Rank-1 tables."""
     cfg = load_config(args.config, args.set, args.steps, args.phantoms)
     print(f"{args.config} runlocal, {args.steps} steps, overrides {args.set}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
@@ -99,8 +111,7 @@ def main(argv=None) -> int:
                 print(f"eval step {step}: {rank1_table(state, rows, cfg, embedder, mesh)}",
                       flush=True)
         getattr(data_iter, "close", lambda: None)()
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

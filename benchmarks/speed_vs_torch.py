@@ -7,7 +7,7 @@ One process, one set of weights (the Flax model's initialisation, converted with
 median of the per-round time ratios flax/torch are reported. Parts:
 
 - ``inference``: the whole model's forward pass, batch ``--batch`` of T=1 and of
-  T=``--series_slices`` slices (jitted Flax apply; torch under ``inference_mode``).
+  T=``--series-slices`` slices (jitted Flax apply; torch under ``inference_mode``).
 - ``train``: one full training step on a batch of P x K images (forward, backward,
   gradient clipping, AdamW update; identity cross-entropy with label smoothing plus
   the batch-hard soft-margin triplet). The Flax side is the trainer's real step:
@@ -28,7 +28,7 @@ or the runtime's overhead. "img/s" counts slices (B*T per call); "cpu ms" is the
 process's CPU time per call over all threads.
 
     python benchmarks/speed_vs_torch.py                       # ViT-B/16 224 px, float32
-    python benchmarks/speed_vs_torch.py --parts inference --rounds 3 --series_slices 0
+    python benchmarks/speed_vs_torch.py --parts inference --rounds 3 --series-slices 0
     python benchmarks/speed_vs_torch.py --preset tiny --rounds 2  # seconds; checks the script
 
 Writes ``--json`` (default speed_vs_torch.json) with every figure and the settings.
@@ -55,6 +55,10 @@ from benchmarks import model_speed  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 PARTS = ("inference", "train", "compa")
 
@@ -295,7 +299,7 @@ def train_pair(args, cfg):
     k = args.images_per_patient
     if args.batch % k:
         raise ValueError(f"--batch {args.batch} is not a multiple of "
-                         f"--images_per_patient {k}")
+                         f"--images-per-patient {k}")
     step, state, mesh = trainer_step(config, args.num_classes, total_steps=1000)
     rng = np.random.default_rng(0)
     batch = {"images": rng.standard_normal((args.batch, 1, size, size, 3), dtype=np.float32),
@@ -391,38 +395,47 @@ def print_report(report: dict) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--series_slices", type=int, default=8,
+    parser.add_argument("--series-slices", type=int, default=8,
                         help="T of the second inference run; 0 skips it")
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=("float32",),
                         help="the torch module computes in float32 only")
-    parser.add_argument("--images_per_patient", type=int, default=4)
-    parser.add_argument("--num_classes", type=int, default=128)
+    parser.add_argument("--images-per-patient", type=int, default=4)
+    parser.add_argument("--num-classes", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads; 0: torch's default")
     parser.add_argument("--json", default="speed_vs_torch.json")
     args = parser.parse_args(argv)
-    folder = os.path.dirname(os.path.abspath(args.json))
-    if not os.path.isdir(folder):
-        parser.error(f"--json {args.json}: folder {folder} does not exist")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
         parser.error(f"--parts {args.parts!r}: expected a comma list of {PARTS}")
     for name in ("batch", "rounds", "images_per_patient", "num_classes"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     args.parts = parts
     return args
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        check_json_file(args.json, "--json")
+        run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
+
+
+def run(args) -> dict:
+    """Measures ``args.parts``, rewriting ``--json`` after each; prints the report and
+    returns it."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -443,12 +456,10 @@ def main(argv=None) -> dict:
         jobs.append(("train T=1", lambda: train_part(args, cfg)))
     if "compa" in args.parts:
         jobs.append(("compa", lambda: compa_part(args, cfg)))
-    for name, job in jobs:  # the JSON is rewritten after every part: a long run keeps
-        try:                # what it has measured if it is stopped
-            results[name] = job()
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+    # The JSON is rewritten after every part: a long run keeps what it has measured if it
+    # is stopped.
+    for name, job in jobs:
+        results[name] = job()
         settings["load_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
         write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
     print_report(report)
@@ -457,4 +468,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

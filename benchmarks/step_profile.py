@@ -31,7 +31,6 @@ operations of each side; writes ``--json`` and a bar chart ``--png``.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -52,7 +51,11 @@ if REPO not in sys.path:
 
 from benchmarks import speed_vs_torch  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
-from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file, check_picture_file  # noqa: E402
 
 PHASES = ("forward", "backward", "update")
 KINDS = ("matmul", "copy", "other")
@@ -331,38 +334,47 @@ def draw(report: dict, path: str) -> None:
     ax.set_title(f"Training step by phase and kind: {s['preset']}, batch {s['batch']}")
     ax.legend(ncol=1, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
     parser.add_argument("--rounds", type=int, default=3, help="profiled steps per side")
-    parser.add_argument("--images_per_patient", type=int, default=4)
-    parser.add_argument("--num_classes", type=int, default=128)
+    parser.add_argument("--images-per-patient", type=int, default=4)
+    parser.add_argument("--num-classes", type=int, default=128)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", default="step_profile.json")
     parser.add_argument("--png", default="step_profile.png")
     args = parser.parse_args(argv)
     for name in ("batch", "rounds", "images_per_patient", "num_classes", "top"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch % args.images_per_patient:
-        parser.error(f"--batch {args.batch} is not a multiple of --images_per_patient "
+        parser.error(f"--batch {args.batch} is not a multiple of --images-per-patient "
                      f"{args.images_per_patient}")
-    for flag in ("json", "png"):
-        folder = os.path.dirname(os.path.abspath(getattr(args, flag)))
-        if not os.path.isdir(folder):
-            parser.error(f"--{flag} {getattr(args, flag)}: folder {folder} does not exist")
     args.dtype = "float32"
     return args
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        check_json_file(args.json, "--json")
+        check_picture_file(args.png, "--png")
+        run(args)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
+
+
+def run(args) -> dict:
+    """Profiles both steps, writes ``--json`` and ``--png``, prints the report; returns
+    the report."""
     settings = {"preset": args.preset, "batch": args.batch, "rounds": args.rounds,
                 "jax": jax.__version__, "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -376,4 +388,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

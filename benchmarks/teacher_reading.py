@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.input_speed import smooth_image  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 from teachers import extract, registry  # noqa: E402
 from teachers.loaded import LoadedTeacher  # noqa: E402
 
@@ -57,22 +61,27 @@ class NoBar:
         pass
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--size", type=int, default=2048, help="X-ray side in pixels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for flag in ("images", "size", "repeats", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
-    folder = tempfile.mkdtemp(prefix="teacher_reading_")
     try:
-        run(args, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.json:
+            check_json_file(args.json, "--json")
+        with tempfile.TemporaryDirectory(prefix="teacher_reading_",
+                                         ignore_cleanup_errors=True) as folder:
+            run(args, folder)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace, folder: str) -> None:
@@ -121,9 +130,8 @@ def run(args: argparse.Namespace, folder: str) -> None:
                             ratio=m / base)
         print(f"{name:14s} {m:9.2f} {1000 * m / args.images:9.1f} {m / base:15.3f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), variants=result), f, indent=1)
+        write_text_atomic(args.json, json.dumps(dict(args=vars(args), variants=result), indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -65,5 +65,5 @@ def test_bounds_on_a_hand_worked_set(tmp_path):
     assert saved["perfect_auc"] == 1.0
     assert history_bounds.main(["--manifest", str(manifest), "--features",
                                 f"s={tmp_path / 'shuffled.npz'}:features",
-                                "--out", str(tmp_path / "c.json")]) == 2
+                                "--out", str(tmp_path / "c.json")]) == 1
     assert not (tmp_path / "c.json").exists()

@@ -152,13 +152,13 @@ def test_benchmark_writes_the_agreement_of_a_copy_as_one(tiny, tmp_path, capsys)
         bench.main(["--manifest", tiny["manifest"], "--member", "a", "--member", f"b={w['b']}",
                     "--held-out", f"copy={w['a_copy']}", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("error: --member 'a': give it as NAME=MODEL")
+    assert err[-1].startswith("error: ") and "--member 'a': give it as NAME=MODEL" in err[-1]
     with pytest.raises(SystemExit):
         bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
                     f"b={w['b']}", "--held-out", f"copy={w['a_copy']}", "--modality", "xray",
                     "--white-box", f"a={white_box}", "--out", str(tmp_path / "bad")])
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "error: --white-box a: not a --held-out model")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "--white-box a: not a --held-out model" in err[-1]
     missing = tmp_path / "never_trained"
     assert bench.main(["--manifest", tiny["manifest"], "--member", f"a={w['a']}", "--member",
                        f"b={w['b']}", "--held-out", f"gone={missing}", "--modality", "xray",

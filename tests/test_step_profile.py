@@ -67,10 +67,9 @@ def test_tiny_training_steps_are_profiled_on_both_sides(tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = step_profile.main(["--preset", "tiny", "--rounds", "1", "--batch", "8",
-                                    "--num_classes", "8",
-                                    "--json", str(tmp_path / "p.json"),
-                                    "--png", str(tmp_path / "p.png")])
+        report = step_profile.run(step_profile.parse_args(
+            ["--preset", "tiny", "--rounds", "1", "--batch", "8", "--num-classes", "8",
+             "--json", str(tmp_path / "p.json"), "--png", str(tmp_path / "p.png")]))
     finally:
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / "p.json").read_text())
@@ -89,6 +88,6 @@ def test_tiny_training_steps_are_profiled_on_both_sides(tmp_path, capsys):
 
 def test_batch_not_made_of_whole_patients_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        step_profile.parse_args(["--batch", "6", "--images_per_patient", "4"])
+        step_profile.parse_args(["--batch", "6", "--images-per-patient", "4"])
     assert exit_info.value.code == 2
     assert "--batch 6" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -15,8 +15,8 @@ import sys
 from mami_jax.runtime.local_paths import MOUNT_IT, is_url, url_hint
 
 
-#: The options that name what a command writes (a folder, a file, a picture).
-OUTPUT_FLAGS = ("--out", "--preview", "--png")
+#: The options that name what a command writes (a folder, a file, a picture, a JSON report).
+OUTPUT_FLAGS = ("--out", "--preview", "--png", "--json")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -86,9 +86,19 @@ def check_picture_file(path: str, flag: str) -> None:
     """A picture a command writes (always a PNG) must be named ``*.png`` (and not name a
     folder): a slip in the flag's value (``--preview manifest.csv``) replaced the file it
     named with a picture. An existing PNG is replaced: the flag names it as the output."""
+    _check_named(path, flag, ".png", "the picture is a PNG")
+
+
+def check_json_file(path: str, flag: str) -> None:
+    """A report a command writes as JSON (a benchmark's ``--json``) must be named
+    ``*.json``, for the same reason as ``check_picture_file``."""
+    _check_named(path, flag, ".json", "the report is JSON")
+
+
+def _check_named(path: str, flag: str, suffix: str, what: str) -> None:
     check_output_file(path, flag)
-    if not path.lower().endswith(".png"):
-        raise ValueError(f"{flag} {path}: the picture is a PNG; give a name ending in .png")
+    if not path.lower().endswith(suffix):
+        raise ValueError(f"{flag} {path}: {what}; give a name ending in {suffix}")
 
 
 def check_replaceable_file(path: str, ours: bool, what: str, overwrite: bool, advice: str) -> None:
