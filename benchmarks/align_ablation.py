@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 MODALITIES = ("xray", "ct", "fundus", "mri", "pathology")
@@ -151,11 +151,7 @@ def main(argv=None) -> int:
                    help="weight of the align term (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> int:

@@ -37,7 +37,7 @@ if REPO not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, REPO)
 
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
@@ -87,16 +87,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
+
+    def work():
         if args.child:
             args.queries, args.chunk_size = args.queries[0], args.chunk_size[0]
             child(args)
         else:
             run(args)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(work)
 
 
 def run(args) -> None:

@@ -39,7 +39,7 @@ from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
@@ -145,22 +145,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1 or args.slices < 1 or args.depth < 0:
         parser.error("--batch and --slices must be at least 1, --depth at least 0")
-    try:
+
+    def work() -> int:
         if args.json:
             check_json_file(args.json, "--json")
         report = run(args)
         print_report(report)
         if args.json:
             write_text_atomic(args.json, strict_json.dumps(report, indent=1) + "\n")
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    failed = [n for n, r in report["paths"].items() if r.get("ok") is False]
-    if failed:
-        print(f"error: {', '.join(failed)} differ from the reference beyond tolerance",
-              file=sys.stderr)
-        return 1
-    return 0
+        failed = [n for n, r in report["paths"].items() if r.get("ok") is False]
+        if failed:
+            raise ValueError(f"{', '.join(failed)} differ from the reference beyond tolerance")
+        return 0
+    return exit_status(work)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from mami_jax.apps.history.archive import KINDS, make_index  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file, check_picture_file  # noqa: E402
 
@@ -301,11 +301,7 @@ def main(argv=None) -> int:
               f"of positive integers; --n, --dim, --queries, --k (at most --n), --clusters and the "
               f"latency counts positive", file=sys.stderr)
         return 2
-    try:
-        return run(args, datas, sweeps)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
+    return exit_status(lambda: run(args, datas, sweeps))
 
 
 def run(args, datas: list[str], sweeps: dict) -> int:

@@ -33,7 +33,7 @@ from mami_jax.data import pipeline  # noqa: E402
 from mami_jax.data.config import default_data_config  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
@@ -119,12 +119,7 @@ def main(argv=None) -> int:
         # the rate counts images that were read once as several (it came out 2 million/s).
         ap.error(f"--patients {args.patients}: at least the {per_batch} patients of a batch "
                  f"(fewer are repeated within it, and the rate counts the repeats)")
-    try:
-        run(args)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> None:

@@ -38,7 +38,7 @@ from mami_jax.phantoms import generator as phantoms  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
@@ -55,14 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
-    try:
+
+    def work():
         if args.json:
             check_json_file(args.json, "--json")
         run(args)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(work)
 
 
 def run(args) -> None:

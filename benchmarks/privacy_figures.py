@@ -41,7 +41,7 @@ from mami_jax.apps.privacy.protect import SUFFIX  # noqa: E402
 from mami_jax.config_files import load_config  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
@@ -99,11 +99,7 @@ def main(argv=None) -> int:
                    metavar="PANEL=JSON[#VARIANT]")
     p.add_argument("--transfer-figure", default="privacy_transfer_grid.png")
     args = p.parse_args(argv)
-    try:
-        return run(args, p)
-    except (ValueError, OSError) as e:   # a missing manifest, a bad config or output folder
-        print_error(e)
-        return 1
+    return exit_status(lambda: run(args, p))
 
 
 def run(args, p) -> int:

@@ -48,7 +48,7 @@ from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa:
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
@@ -186,11 +186,7 @@ def main(argv=None) -> int:
             p.error(f"--white-box {name}={path}: {e}")
     if sweeps and not args.modality:
         p.error("--white-box needs --modality (the budget is per modality)")
-    try:
-        return run(args, p, members, held_out, sweeps)
-    except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
-        print_error(e)
-        return 1
+    return exit_status(lambda: run(args, p, members, held_out, sweeps))
 
 
 def run(args, p, members, held_out, sweeps) -> int:

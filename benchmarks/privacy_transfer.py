@@ -42,7 +42,7 @@ from mami_jax.inference import Embedder  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import make_dirs, write_atomic, write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 
 
@@ -146,12 +146,9 @@ def main(argv=None) -> int:
         p.error(str(e))
     if min(sizes) < 1 or max(sizes) > 1 + len(args.member):
         p.error(f"--sizes {args.sizes}: sizes from 1 to {1 + len(args.member)} (the models given)")
-    try:
-        variants = [parse_variant(v) for v in args.variant] or [("default", [])]
-        return run(args, p, sizes, variants)
-    except (ValueError, OSError) as e:   # a missing run, a bad manifest, config or override
-        print_error(e)
-        return 1
+    # a missing run, a bad manifest, config or override: one line
+    return exit_status(lambda: run(args, p, sizes, [parse_variant(v) for v in args.variant]
+                                   or [("default", [])]))
 
 
 def run(args, p, sizes, variants) -> int:

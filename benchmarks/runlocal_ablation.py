@@ -32,7 +32,7 @@ from mami_jax.config_overrides import apply_overrides  # noqa: E402
 from mami_jax.config_renames import renamed_key_message  # noqa: E402
 from mami_jax.runtime import sharding  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.data.loading import load_rows  # noqa: E402
 from mami_jax.data.pipeline import make_train_loader  # noqa: E402
@@ -75,12 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--phantoms", default="", help="phantom cache folder (default: a temp dir)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as e:   # a missing config, a bad --set, unreadable data
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> None:

@@ -53,7 +53,7 @@ from benchmarks import speed_vs_torch  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file, check_picture_file  # noqa: E402
 
@@ -362,14 +362,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work():
         check_json_file(args.json, "--json")
         check_picture_file(args.png, "--png")
         run(args)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(work)
 
 
 def run(args) -> dict:

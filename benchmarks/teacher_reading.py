@@ -39,7 +39,7 @@ from benchmarks.input_speed import smooth_image  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
-from mami_jax.runtime.error_line import print_error  # noqa: E402
+from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 from teachers import extract, registry  # noqa: E402
@@ -72,16 +72,14 @@ def main(argv=None) -> int:
     for flag in ("images", "size", "repeats", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
-    try:
+
+    def work():
         if args.json:
             check_json_file(args.json, "--json")
         with tempfile.TemporaryDirectory(prefix="teacher_reading_",
                                          ignore_cleanup_errors=True) as folder:
             run(args, folder)
-    except (ValueError, OSError) as e:
-        print_error(e)
-        return 1
-    return 0
+    return exit_status(work)
 
 
 def run(args: argparse.Namespace, folder: str) -> None:

@@ -85,3 +85,20 @@ def test_an_output_named_as_another_kind_is_refused_before_the_work(name, flag, 
         f"ending in {suffix}" in err[0], err
     assert slip.read_text() == "image_id\n"
     assert sorted(os.listdir(tmp_path)) == ["m.csv"]
+
+
+def test_exit_status_is_the_works_own_one_error_line_or_a_bug_s_traceback(capsys):
+    from mami_jax.runtime.error_line import exit_status
+
+    assert exit_status(lambda: None) == 0 and exit_status(lambda: {"a": 1}) == 0
+    assert exit_status(lambda: 3) == 3 and exit_status(lambda: True) == 0
+
+    def missing():
+        raise FileNotFoundError(2, "No such file or directory", "/data/m.csv")
+    assert exit_status(missing) == 1
+    assert capsys.readouterr().err == "error: [Errno 2] No such file or directory: '/data/m.csv'\n"
+
+    def bug():
+        raise KeyError("x")
+    with pytest.raises(KeyError):
+        exit_status(bug)

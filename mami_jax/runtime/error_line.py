@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 from mami_jax.runtime.no_space import NoSpaceError, is_no_space, no_space_error
 
@@ -50,3 +51,16 @@ def one_line(message: str) -> str:
 def print_error(error: BaseException, where: str | None = None) -> None:
     """Prints ``error: ...`` (``error_line``) on stderr."""
     print(f"error: {error_line(error, where)}", file=sys.stderr, flush=True)
+
+
+def exit_status(work: Callable[[], object]) -> int:
+    """What a command's ``main`` returns for its work: ``work()``'s own status when it
+    returns an int, else 0; 1 after one ``error:`` line when it raises ValueError or
+    OSError (bad input, a refused output, each naming its file or flag). Any other
+    exception is a bug and keeps its traceback."""
+    try:
+        status = work()
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
