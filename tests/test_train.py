@@ -284,6 +284,12 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
 def _signal_at_step_3(tmp_path, signum, **changed) -> tuple[int, str]:
     """(exit status, stderr) of a long training run sent ``signum`` once step 3 is logged
     (step 2's checkpoint begun, with the default ``checkpoint_every`` of 2)."""
+    return _signal_on_line(tmp_path, signum, "step 3: train/", **changed)
+
+
+def _signal_on_line(tmp_path, signum, marker: str, **changed) -> tuple[int, str]:
+    """(exit status, stderr) of a long training run sent ``signum`` once a line of its
+    log holds ``marker``."""
     cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
                         "--config.train.eval_at_start=False", train__total_steps=10_000,
                         **changed)
@@ -293,7 +299,7 @@ def _signal_at_step_3(tmp_path, signum, **changed) -> tuple[int, str]:
     try:
         for line in proc.stderr:
             seen.append(line)
-            if "step 3: train/" in line:
+            if marker in line:
                 proc.send_signal(signum)
                 break
         rest = proc.communicate(timeout=300)[1]
@@ -326,21 +332,9 @@ def test_sigterm_while_a_run_starts_stops_it_at_once(tmp_path):
     with the wrong settings) was only noted: the run compiled, trained a step and saved
     it before it stopped. Nothing trained is lost by stopping at once, as Ctrl-C does."""
     import signal
-    cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
-                        "--config.train.eval_at_start=False", train__total_steps=10_000)
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env={**os.environ, **TWO_DEVICES})
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if " mesh {" in line:           # the run has begun, in the held workdir
-                proc.send_signal(signal.SIGTERM)
-                break
-        err = "".join(seen) + proc.communicate(timeout=300)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err[-3000:]
+    # " mesh {": the run has begun, in the workdir it holds
+    returncode, err = _signal_on_line(tmp_path, signal.SIGTERM, " mesh {")
+    assert returncode == 143, err[-3000:]
     assert "Traceback" not in err and "step 1: train/" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == ("stopped by SIGTERM; no checkpoint was written "
                                             "yet: running the same command again starts over")
