@@ -3,7 +3,8 @@ or, with ``--model``, any model a user names (``Embedder.load``: ``WORKDIR@STEP`
 released or exported ``.pth``/``.safetensors`` file such as the MaMI authors' weights,
 a converter folder), with the workdir only as the place for the results.
 
-eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training.
+eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training, and
+there also retrieval.png, a query of each group and its top matches (``retrieval_overview``).
 embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
 the umask's permissions, and beside it <NAME>.png, a map of them (``embedding_map``). A large manifest takes hours: in both modes each finished chunk
@@ -76,7 +77,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
             return embed_in_chunks(model.embed_batch, split_rows, model, store=store, mesh=mesh,
                                    desc=f"evaluating {config.eval.split}")
         results = evaluate(embed_split, rows, config, out,
-                           title=name if model_name else f"step {model.step}")
+                           title=name if model_name else f"step {model.step}",
+                           retrieval_picture=True)
         discard_beside(out)
         return results
     path = os.path.join(workdir, "embeddings", f"{name}.npz")
@@ -89,7 +91,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, **columns))
         logging.info("wrote %d embeddings to %s", len(rows), path)
         picture = os.path.splitext(path)[0] + ".png"
-        if draw_embedding_map(picture, emb, columns["patient_id"], columns["modality"], name):
+        patients = [f"{d}/{p}" for d, p in zip(columns["dataset"], columns["patient_id"])]
+        if draw_embedding_map(picture, emb, patients, columns["modality"], name):
             logging.info("wrote their map to %s", picture)
     store.discard()
     return emb

@@ -39,6 +39,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 
 from tests.one_device import without_device_count
 
@@ -387,6 +388,7 @@ def _check(command: str, ws: str, out: str) -> None:
         # eval mode wrote its folder anew, with the same figures.
         again = json.load(open(f"{ws}/run/eval/step_1/metrics.json"))
         trained = json.load(open(f"{ws}/run/eval/step_1.training/metrics.json"))
+        assert Image.open(f"{ws}/run/eval/step_1/retrieval.png").format == "PNG"
         assert set(again) == set(trained) and len(trained) >= 5
         for group, values in trained.items():
             for key, value in values.items():
@@ -398,7 +400,6 @@ def _check(command: str, ws: str, out: str) -> None:
         ids = [r.image_id for r in _rows(f"{ws}/phantoms/manifest.csv")]
         assert list(emb["image_id"]) == ids and emb["embedding"].shape[0] == len(ids)
         assert np.all(np.isfinite(emb["embedding"]))
-        from PIL import Image
         assert Image.open(f"{ws}/run/embeddings/step_1.png").format == "PNG"   # their map
     elif command.startswith(MAIN_RUNLOCAL) and ",align" not in command:
         metrics = json.load(open(f"{ws}/run/eval/step_1/metrics.json"))

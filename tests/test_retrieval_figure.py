@@ -2,6 +2,7 @@
 by decreasing similarity), correct ones are marked as such, and the top-1 marks add up to
 the Rank-1 of the same similarity matrix."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -92,3 +93,33 @@ def test_bad_input_is_one_clear_error(tmp_path):
         top_matches(bad, protocol)
     with pytest.raises(ValueError, match=r"queries \[7\] out of range: protocol 'reid' has 4"):
         retrieval_figure(rows, protocol, np.zeros((4, 4)), queries=[0, 7])
+
+
+def test_the_overview_shows_a_query_of_each_group_and_its_matches_as_ranked(tmp_path):
+    """``--mode=eval``'s retrieval.png: one row per group, the query's top matches those of
+    ``top_matches`` for that query alone (the own visit left out); a group without a
+    query that has a true match is left out, and with none at all nothing is written."""
+    from mami_jax.evaluate.retrieval_overview import one_query, write_retrieval_overview
+
+    rows = _rows(tmp_path, patients=3, visits=2)
+    rows += [dataclasses.replace(r, image_id=r.image_id + "ct", modality="ct")
+             for r in (rows[0], rows[2])]        # two patients, one visit each
+    groups = {"toy/xray": list(range(6)), "toy/ct": [6, 7]}
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(8, 4)).astype(np.float32)
+    by_row = dict(enumerate(emb))
+
+    protocol = build_protocol(rows[:6], "reid")
+    alone = one_query(protocol, 4)
+    assert alone.query.tolist() == [4] and alone.query_pids.tolist() == ["toy/p2"]
+    s = (emb[:6] / np.linalg.norm(emb[:6], axis=1, keepdims=True))
+    full = top_matches(s @ s.T, protocol, k=5)
+    assert top_matches((s @ s.T)[[4]], alone, k=5).index.tolist() == full.index[[4]].tolist()
+
+    path = tmp_path / "retrieval.png"
+    assert write_retrieval_overview(str(path), by_row, rows, groups, "cosine", "step 1")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[0] < 400       # one row: the ct group has no second patient visit
+    assert not write_retrieval_overview(str(tmp_path / "none.png"), by_row, rows,
+                                        {"toy/ct": [6, 7]}, "cosine", "step 1")
+    assert not (tmp_path / "none.png").exists()

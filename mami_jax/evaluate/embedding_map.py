@@ -2,8 +2,9 @@
 
 An ``.npz`` of embeddings says nothing at a glance; the map shows whether a patient's
 images lie together and how far apart the modalities and datasets are. Left, every
-point coloured by modality; right, the same map with the patients that have most images
-in it coloured each in its own colour and joined to their centre, the others grey. A
+point coloured by modality; right, the same map with a few patients' images of one
+modality (re-identification matches within a modality) coloured each in its own colour
+and joined to their centre, the others grey. A
 large manifest is sampled first: whole patients, chosen at random with a fixed seed,
 until ``MAX_POINTS`` images (exact t-SNE costs every pair of points).
 """
@@ -41,9 +42,10 @@ def whole_patients(patient_ids: Sequence[str], max_points: int, seed: int = 0) -
 
 def patients_to_show(patients: np.ndarray, kinds: np.ndarray,
                      count: int = SHOWN_PATIENTS) -> list[str]:
-    """``count`` patients with two images or more, taken from each modality in turn (its
-    patients with most images first; ties in a fixed random order), so every modality
-    shows how its patients' images lie."""
+    """``count`` of ``patients`` (one name per image: a patient's images of one modality)
+    with two images or more, taken from each modality in turn (its patients with most
+    images first; ties in a fixed random order), so every modality shows how its
+    patients' images lie."""
     names, first, counts = np.unique(patients, return_index=True, return_counts=True)
     tie_break = np.random.default_rng(0).permutation(len(names))
     queues = {}
@@ -62,13 +64,14 @@ def draw_embedding_map(path: str, embeddings: np.ndarray, patient_ids: Sequence[
                        modalities: Sequence[str], title: str,
                        max_points: int = MAX_POINTS) -> bool:
     """Writes the map to ``path`` (PNG, atomically); False (nothing written) when fewer
-    than 4 embeddings are there to map."""
+    than 4 embeddings are there to map. ``patient_ids``: one per embedding, unique across
+    datasets (``dataset/patient``)."""
     pick = whole_patients(patient_ids, max_points)
     if len(pick) < 4:
         return False
     y = tsne(np.asarray(embeddings)[pick])
-    patients = np.asarray(patient_ids)[pick]
     kinds = np.asarray(modalities)[pick]
+    patients = np.asarray([f"{p} {m}" for p, m in zip(np.asarray(patient_ids)[pick], kinds)])
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -95,15 +98,15 @@ def draw_embedding_map(path: str, embeddings: np.ndarray, patient_ids: Sequence[
                            label=f"{name} ({len(here)})")
     by_patient.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7,
                       frameon=False)
-    by_patient.set_title(f"{len(shown)} patients with most images, modality by modality; "
-                         "others grey")
+    by_patient.set_title(f"{len(shown)} patients' images of one modality, modality by "
+                         "modality; others grey")
     for ax in (by_kind, by_patient):
         ax.set_xticks([])
         ax.set_yticks([])
     sampled = (f"{len(pick)} of {len(patient_ids)} images (whole patients, sampled)"
                if len(pick) < len(patient_ids) else f"{len(pick)} images")
     fig.suptitle(f"{title}: t-SNE of the embeddings, {sampled}, "
-                 f"{len(set(patients))} patients")
+                 f"{len(set(np.asarray(patient_ids)[pick]))} patients")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True

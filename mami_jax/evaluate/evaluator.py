@@ -15,6 +15,7 @@ a log file); during training it is the bar of each evaluation.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -28,6 +29,7 @@ from mami_jax.data.transforms import symmetry_mean
 from mami_jax.evaluate.protocols import build_protocol
 from mami_jax.evaluate.report import write_eval_report
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, chunked_verification_metrics
+from mami_jax.evaluate.retrieval_overview import write_retrieval_overview
 from mami_jax.runtime.progress import progress_bar
 from mami_jax.runtime.sharding import check_data_axis_divides, global_batch
 
@@ -166,9 +168,12 @@ def embed_split_by(embed_fn: EmbedFn, config, mesh,
 
 
 def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, out_dir: str,
-             title: str | None = None) -> dict[str, dict]:
+             title: str | None = None, retrieval_picture: bool = False) -> dict[str, dict]:
     """Embeds ``config.eval.split`` with ``embed_split`` (``embed_split_by``, or a pass
-    that keeps its chunks) and writes the report; returns metrics per group."""
+    that keeps its chunks) and writes the report; returns metrics per group. With
+    ``retrieval_picture`` (``--mode=eval``; not the trainer's periodic evaluations, where
+    decoding and drawing the images each time would add up) also ``retrieval.png``
+    (``retrieval_overview``)."""
     groups = group_indices(rows, config.eval.split)
     if not groups:
         raise ValueError(f"no rows in split {config.eval.split!r} to evaluate")
@@ -184,4 +189,7 @@ def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, ou
                          "query with a true match (evaluate.split_check)")
     if jax.process_index() == 0:
         write_eval_report(results, out_dir, title=title)
+        if retrieval_picture:
+            write_retrieval_overview(os.path.join(out_dir, "retrieval.png"), by_row, rows,
+                                     groups, config.eval.metric, title or "evaluation")
     return results

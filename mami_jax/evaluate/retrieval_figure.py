@@ -30,7 +30,7 @@ from mami_jax.evaluate.metrics import build_query_targets, check_finite_similari
 from mami_jax.evaluate.protocols import Protocol
 from mami_jax.runtime.atomic_files import write_atomic
 
-__all__ = ["TopMatches", "top_matches", "display_image", "retrieval_figure"]
+__all__ = ["TopMatches", "top_matches", "display_image", "retrieval_figure", "draw_query_row"]
 
 CORRECT_COLOUR = "#1a9641"
 WRONG_COLOUR = "#d7191c"
@@ -119,25 +119,7 @@ def retrieval_figure(rows: Sequence[ManifestRow], protocol: Protocol, similarity
                  dpi=110)
     axes = fig.subplots(len(queries), k + 1, squeeze=False)
     for r, q in enumerate(queries):
-        query_row = rows[int(protocol.query[q])]
-        ax = axes[r, 0]
-        ax.imshow(display_image(query_row), vmin=0.0, vmax=1.0)
-        _frame(ax, "black", 2.0)
-        ax.set_title(f"query\n{query_row.patient_id} v{query_row.order}", fontsize=8)
-        for c in range(k):
-            ax = axes[r, c + 1]
-            g = int(top.index[q, c])
-            if g < 0:
-                ax.axis("off")
-                continue
-            match = rows[int(protocol.gallery[g])]
-            ok = bool(top.correct[q, c])
-            ax.imshow(display_image(match), vmin=0.0, vmax=1.0)
-            _frame(ax, CORRECT_COLOUR if ok else WRONG_COLOUR)
-            mark = "\u2713" if ok else "\u2717"
-            ax.set_title(f"#{c + 1} {mark} {top.score[q, c]:.2f}\n"
-                         f"{match.patient_id} v{match.order}", fontsize=8,
-                         color=CORRECT_COLOUR if ok else WRONG_COLOUR)
+        draw_query_row(axes[r], rows, protocol, top, q)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -146,3 +128,26 @@ def retrieval_figure(rows: Sequence[ManifestRow], protocol: Protocol, similarity
         FigureCanvasAgg(fig)
         write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return fig
+
+
+def draw_query_row(axes, rows: Sequence[ManifestRow], protocol: Protocol, top: TopMatches,
+                q: int, label: str = "query") -> None:
+    """One row of a retrieval figure: query ``q`` in ``axes[0]``, its matches after it."""
+    query_row = rows[int(protocol.query[q])]
+    ax = axes[0]
+    ax.imshow(display_image(query_row), vmin=0.0, vmax=1.0)
+    _frame(ax, "black", 2.0)
+    ax.set_title(f"{label}\n{query_row.patient_id} v{query_row.order}", fontsize=8)
+    for c, ax in enumerate(axes[1:]):
+        g = int(top.index[q, c])
+        if g < 0:
+            ax.axis("off")
+            continue
+        match = rows[int(protocol.gallery[g])]
+        ok = bool(top.correct[q, c])
+        ax.imshow(display_image(match), vmin=0.0, vmax=1.0)
+        _frame(ax, CORRECT_COLOUR if ok else WRONG_COLOUR)
+        mark = "\u2713" if ok else "\u2717"
+        ax.set_title(f"#{c + 1} {mark} {top.score[q, c]:.2f}\n"
+                     f"{match.patient_id} v{match.order}", fontsize=8,
+                     color=CORRECT_COLOUR if ok else WRONG_COLOUR)
