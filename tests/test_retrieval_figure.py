@@ -38,6 +38,9 @@ def test_top_matches_drop_the_own_study_and_rank_by_similarity(tmp_path):
     top = top_matches(s, protocol, k=3)
     assert top.index[0].tolist() == [2, 1, 5]          # gallery 0 (own study) never shown
     np.testing.assert_allclose(top.score[0], [0.9, 0.5, 0.3])
+    # against the ranked gallery 0.5 0.9 0.1 0.2 0.3: mean 0.4, standard deviation sqrt(0.08)
+    np.testing.assert_allclose(top.standing[0], np.array([0.5, 0.1, -0.1]) / np.sqrt(0.08),
+                               rtol=1e-5)
     assert top.correct[0].tolist() == [False, True, False]
     assert not top.top1_correct[0]
     # k larger than the gallery minus the own study: padding is -1 / NaN / False

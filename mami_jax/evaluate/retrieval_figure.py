@@ -13,7 +13,9 @@ Rank-1, and the picture shows exactly what that number counts.
 
 ``retrieval_figure`` draws one row per query: the query, then its top ``k`` matches,
 each framed green (same patient: a correct match) or red (another patient), captioned
-with its rank, similarity and patient. Images are shown as decoded
+with its rank, how far its similarity stands above the query's gallery (in standard
+deviations: a trained model's cosine similarities can all lie within 0.001 of 1, where
+the similarity itself says nothing at a glance) and its patient. Images are shown as decoded
 (``mami_jax.data.decode``): the middle slice of a series.
 """
 
@@ -43,6 +45,9 @@ class TopMatches:
     index: np.ndarray    # (Q, k) int64 positions in protocol.gallery; -1 where fewer remain
     score: np.ndarray    # (Q, k) float32 similarity; NaN where index is -1
     correct: np.ndarray  # (Q, k) bool: same patient as the query
+    #: (Q, k) float32: ``score`` in standard deviations above the mean of the query's
+    #: ranked gallery (own study left out); NaN where index is -1
+    standing: np.ndarray
 
     @property
     def top1_correct(self) -> np.ndarray:
@@ -66,6 +71,7 @@ def top_matches(similarity, protocol: Protocol, k: int = 5) -> TopMatches:
     index = np.full(shape[:1] + (k,), -1, np.int64)
     score = np.full(shape[:1] + (k,), np.nan, np.float32)
     correct = np.zeros(shape[:1] + (k,), bool)
+    standing = np.full(shape[:1] + (k,), np.nan, np.float32)
     for q in range(shape[0]):
         row = s[q].astype(np.float64)
         row[targets.excluded(q)] = -np.inf
@@ -75,7 +81,10 @@ def top_matches(similarity, protocol: Protocol, k: int = 5) -> TopMatches:
         index[q, :n] = order
         score[q, :n] = s[q, order]
         correct[q, :n] = protocol.gallery_pids[order] == protocol.query_pids[q]
-    return TopMatches(index, score, correct)
+        ranked = row[np.isfinite(row)]
+        spread = ranked.std() if ranked.size else 0.0
+        standing[q, :n] = (row[order] - ranked.mean()) / spread if spread > 0 else 0.0
+    return TopMatches(index, score, correct, standing)
 
 
 def display_image(row: ManifestRow) -> np.ndarray:
@@ -148,6 +157,6 @@ def draw_query_row(axes, rows: Sequence[ManifestRow], protocol: Protocol, top: T
         ax.imshow(display_image(match), vmin=0.0, vmax=1.0)
         _frame(ax, CORRECT_COLOUR if ok else WRONG_COLOUR)
         mark = "\u2713" if ok else "\u2717"
-        ax.set_title(f"#{c + 1} {mark} {top.score[q, c]:.2f}\n"
+        ax.set_title(f"#{c + 1} {mark} {top.standing[q, c]:+.1f}\u03c3\n"
                      f"{match.patient_id} v{match.order}", fontsize=8,
                      color=CORRECT_COLOUR if ok else WRONG_COLOUR)
