@@ -205,16 +205,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.batch < 1 or args.slices < 1:
         parser.error("--rounds, --batch and --slices must be at least 1")
-
-    def work():
-        if args.json:
-            check_json_file(args.json, "--json")
-        run(args)
-    return exit_status(work)
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> dict:
     """Measures, prints the table and writes ``--json``; the results."""
+    if args.json:                     # a slip in it is refused before the work
+        check_json_file(args.json, "--json")
     load = {"start": load_average()}
     results = measure(args)
     load["end"] = load_average()

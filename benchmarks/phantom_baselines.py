@@ -55,17 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
-
-    def work():
-        if args.json:
-            check_json_file(args.json, "--json")
-        run(args)
-    return exit_status(work)
+    return exit_status(lambda: run(args))
 
 
 def run(args) -> None:
     """Scores the baselines on ``--data`` (or phantoms generated for the run); prints the
     table and writes ``--json``."""
+    if args.json:                     # a slip in it is refused before the work
+        check_json_file(args.json, "--json")
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             manifest = os.path.join(args.data, "manifest.csv")

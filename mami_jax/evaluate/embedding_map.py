@@ -71,7 +71,8 @@ def draw_embedding_map(path: str, embeddings: np.ndarray, patient_ids: Sequence[
         return False
     y = tsne(np.asarray(embeddings)[pick])
     kinds = np.asarray(modalities)[pick]
-    patients = np.asarray([f"{p} {m}" for p, m in zip(np.asarray(patient_ids)[pick], kinds)])
+    people = np.asarray(patient_ids)[pick]
+    patients = np.asarray([f"{p} {m}" for p, m in zip(people, kinds)])
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -106,7 +107,7 @@ def draw_embedding_map(path: str, embeddings: np.ndarray, patient_ids: Sequence[
     sampled = (f"{len(pick)} of {len(patient_ids)} images (whole patients, sampled)"
                if len(pick) < len(patient_ids) else f"{len(pick)} images")
     fig.suptitle(f"{title}: t-SNE of the embeddings, {sampled}, "
-                 f"{len(set(np.asarray(patient_ids)[pick]))} patients")
+                 f"{len(set(people))} patients")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True
