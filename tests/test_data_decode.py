@@ -112,6 +112,21 @@ def test_dicom_monochrome1_inverted_and_minmax_without_window(tmp_path):
     np.testing.assert_allclose(decode(p)[0, :, :, 0], [[1.0, 0.75], [0.5, 0.0]], atol=1e-6)
 
 
+@pytest.mark.parametrize("photometric,shape,inverted", [
+    ("MONOCHROME2", "INVERSE", True),     # a CR/DX or mammogram stored MONOCHROME2, shown inverted
+    ("MONOCHROME1", "INVERSE", True),     # the DX rule for MONOCHROME1: inverted once, not twice
+    ("MONOCHROME2", "IDENTITY", False),
+    ("MONOCHROME1", "IDENTITY", True)])   # the photometric reading wins
+def test_dicom_presentation_lut_shape_inverse_shows_bone_bright(tmp_path, photometric, shape,
+                                                                inverted):
+    p = str(tmp_path / "a.dcm")
+    write_dicom(p, np.array([[-100, 0], [100, 300]], np.int16), photometric=photometric,
+                PresentationLUTShape=shape, WindowCenter=100, WindowWidth=401)
+    shown = np.clip((np.array([[-100, 0], [100, 300]]) - 99.5) / 400 + 0.5, 0, 1)   # the window
+    np.testing.assert_allclose(decode(p)[0, :, :, 0], 1 - shown if inverted else shown,
+                               atol=1e-6)
+
+
 def _padded_ct() -> np.ndarray:
     """8x8 signed CT values: a -2000 padding frame around 0..1000 HU of tissue."""
     a = np.full((8, 8), -2000, np.int16)

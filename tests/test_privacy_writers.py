@@ -347,11 +347,13 @@ def test_colour_dicom_is_written_in_its_own_layout(tmp_path, frames, planar, pho
     assert (out.PhotometricInterpretation, out.PlanarConfiguration) == ("RGB", planar)
 
 
-def test_dicom_monochrome1_changes_in_the_right_direction(tmp_path):
+@pytest.mark.parametrize("tags", [dict(photometric="MONOCHROME1"),
+                                  dict(PresentationLUTShape="INVERSE")])
+def test_an_inverted_dicom_changes_in_the_right_direction(tmp_path, tags):
     a = np.full((8, 8), 1000, np.uint16)
     a[0, 0], a[7, 7] = 0, 4000
     path = str(tmp_path / "m.dcm")
-    write_dicom(path, a, photometric="MONOCHROME1")
+    write_dicom(path, a, **tags)
     x = open_volume(path).read([0])
     change = np.zeros_like(x)
     change[0, 3, 3] = 0.1

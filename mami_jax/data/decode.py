@@ -26,8 +26,8 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   (``tests/test_data_decode.py`` pins this).
 - DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
   window (WindowCenter/WindowWidth) when present, else the first VOI LUT of the
-  VOILUTSequence, else min-max as above; MONOCHROME1 is inverted (1 - x) so bone is
-  always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
+  VOILUTSequence, else min-max as above; MONOCHROME1 and a Presentation LUT Shape of
+  INVERSE are inverted (1 - x) so bone is always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
   syntaxes decode through pydicom's plugins (python-gdcm is a dependency).
 - NIfTI (``nifti_slices``): the volume is reoriented to the closest canonical (RAS+)
   orientation and sliced axially; each slice is shown in radiological convention

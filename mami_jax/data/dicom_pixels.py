@@ -16,7 +16,8 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
   groups, as its window), then the first VOI window
   (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
   LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
-  window), else min-max over the frames read together; MONOCHROME1 inverted (1 - x);
+  window), else min-max over the frames read together; MONOCHROME1, or a Presentation
+  LUT Shape of INVERSE, inverted (1 - x) (``shown_inverted``);
   padding (PixelPaddingValue, through PixelPaddingRangeLimit: the pixels outside the
   scanned field, a CT's -2000 circle, a mammogram's background) is left out of min-max
   and read as 0 (black), so it neither squeezes the image's contrast nor shows grey;
@@ -154,6 +155,16 @@ def photometric(ds) -> str:
     return str(ds.get("PhotometricInterpretation", "")).strip().upper()
 
 
+def shown_inverted(ds) -> bool:
+    """Whether a grey image is displayed light-for-low: MONOCHROME1 (minimum value white),
+    or a Presentation LUT Shape of INVERSE (PS3.3 C.11.6), which some CR/DX and mammography
+    files stored as MONOCHROME2 carry instead. A file that has both (the DX rule for
+    MONOCHROME1) is inverted once; one that says IDENTITY beside MONOCHROME1 keeps the
+    photometric reading."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return photometric(ds) == "MONOCHROME1" or shape == "INVERSE"
+
+
 # ----------------------------------------------------------------------- stored values
 
 def _name_transfer_syntax(ds) -> None:
@@ -288,7 +299,7 @@ def to_unit(frames: np.ndarray, ref, padded: np.ndarray | None = None) -> np.nda
             out = dicom_window(frames, *shown)
         else:
             out = minmax(frames, ignore=padded)
-    if photometric(ref) == "MONOCHROME1":
+    if frames.shape[-1] == 1 and shown_inverted(ref):
         out = np.float32(1.0) - out
     if padded is not None and frames.shape[-1] == 1:
         out = np.where(padded, np.float32(0.0), out)

@@ -13,7 +13,8 @@ rounding):
   stored value in place of ``1 / RescaleSlope`` (``dicom_luts``);
 - grey without either, and colour: min-max, ``change * (max - min)`` of the frames read
   together, the pixels that hold the extremes kept (``stored_change.apply_change``);
-- MONOCHROME1 negated; every value inside what BitsStored holds;
+- an image shown inverted (MONOCHROME1, a Presentation LUT Shape of INVERSE) negated;
+  every value inside what BitsStored holds;
 - padding (PixelPaddingValue, the reader's black outside the scanned field) kept as
   stored and left out of min-max, and no other pixel moved onto a padding value.
 
@@ -121,7 +122,7 @@ def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | flo
     if frames[0].shape[-1] == 3:
         scale, lo, hi = unit_scale(frames)
         return (lambda frame: scale), lo, hi
-    sign = -1.0 if dicom_pixels.photometric(ref) == "MONOCHROME1" else 1.0
+    sign = -1.0 if dicom_pixels.shown_inverted(ref) else 1.0
     shown = dicom_pixels.window(ref)
     if shown is not None:
         return (lambda frame: sign * max(float(shown[1]) - 1.0, 1.0)), None, None
