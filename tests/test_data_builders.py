@@ -558,5 +558,6 @@ def test_cli_manifest_has_the_umask_permissions(tmp_path, capsys):
         assert build_manifest.main(["--dataset", "eyepacs", "--root", root, "--out", out]) == 0
     finally:
         os.umask(old)
-    assert os.stat(out).st_mode & 0o777 == 0o644
-    assert os.listdir(tmp_path / "new") == ["m.csv"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["m.csv", "m_preview.png"]   # and its picture
+    for name in ("m.csv", "m_preview.png"):
+        assert os.stat(tmp_path / "new" / name).st_mode & 0o777 == 0o644

@@ -201,6 +201,8 @@ RUN = [
      {"append": ["--patients", "12", "--visits", "3"]}),
     ("python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih "
      "--out /data/nih/manifest.csv", {}),
+    ("python -m mami_jax.data.preview_manifest --manifest /data/nih/manifest.csv "
+     "--out preview.png", {"placeholders": {"preview.png": "{ws}/nih_preview.png"}}),
     (MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal", {"append": MAIN_SMALL}),
     (MAIN_RUNLOCAL + " --workdir=DIR", {"placeholders": {"DIR": "{ws}/run"},
                                         "same_as": MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal"}),
@@ -383,6 +385,12 @@ def _check(command: str, ws: str, out: str) -> None:
         assert {"xray", "ct", "fundus", "mri", "pathology"} <= table
     elif "build_manifest" in command:
         assert len(read_manifest(f"{ws}/nih/manifest.csv")) == 4
+        # Its picture, where the fake dataset's empty image files are marked and listed.
+        assert Image.open(f"{ws}/nih/manifest_preview.png").format == "PNG"
+        assert "4 of them could not be read" in out
+    elif "preview_manifest" in command:
+        assert Image.open(f"{ws}/nih_preview.png").format == "PNG"
+        assert out.startswith(f"preview: 2 patients, 4 images -> {ws}/nih_preview.png\n")
     elif command.endswith("--mode=eval"):
         # The training's own evaluation of the same checkpoint was moved aside before: the
         # eval mode wrote its folder anew, with the same figures.

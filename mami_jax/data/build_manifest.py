@@ -22,6 +22,12 @@ ODIR, CC-CCII; docs/datasets.md) also gets ``labels.csv`` beside the manifest (k
 ``image_id``, the same ``--overwrite`` rule); ``--uncertain`` is CheXpert's policy for
 uncertain observations.
 
+Preview: ``<out>_preview.png`` beside the manifest (``manifest_preview.png`` for
+``manifest.csv``), a few patients of every modality as the model will see them
+(``preview_manifest``), and every previewed image that could not be read, listed; not
+drawn with ``--no-verify-files``. ``--overwrite`` replaces an earlier preview; any other
+file of that name is refused.
+
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
 data config's ``split_fractions`` and ``split_seed``).
 
@@ -54,10 +60,11 @@ from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
                                     write_manifest)
+from mami_jax.data.preview_manifest import describe, draw_preview, is_png
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
-from mami_jax.runtime.output_guard import check_replaceable_file
+from mami_jax.runtime.output_guard import check_replaceable_file, refuse_overwriting_inputs
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
@@ -131,18 +138,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "patients are told apart per dataset")
     args = parser.parse_args(argv)
     try:
-        result, rows = build(args)
+        result, rows, preview = build(args)
     except (ValueError, OSError, csv.Error) as e:
         print_error(e, where=os.path.dirname(os.path.abspath(args.out)))
         return 1
     except KeyboardInterrupt:       # the manifest is written all at once, or not at all
         return say_interrupted()
-    report(args, result, rows)
+    report(args, result, rows, preview)
     return 0
 
 
+def preview_path(out: str) -> str:
+    """The preview picture beside the manifest ``out``."""
+    return os.path.splitext(out)[0] + "_preview.png"
+
+
 def build(args: argparse.Namespace):
-    """Builds, splits and writes the manifest; raises on bad input (see the module doc)."""
+    """Builds, splits and writes the manifest, and draws its preview (None with
+    ``--no-verify-files``); raises on bad input (see the module doc)."""
     check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
                       "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
@@ -167,14 +180,21 @@ def build(args: argparse.Namespace):
                           "a labels table", args.overwrite,
                           "write the manifest into another folder")
     rows = assign_splits(result.rows, args.fractions, args.seed)
-    rows = manifest_paths(rows, args.out)
-    write_manifest(rows, args.out)
+    picture = None if args.no_verify_files else preview_path(args.out)
+    if picture:
+        check_replaceable_file(picture, is_png(picture), "a PNG picture", args.overwrite,
+                               "write the manifest into another folder")
+        refuse_overwriting_inputs([picture], [r.path for r in rows], "--out")
+    written = manifest_paths(rows, args.out)
+    write_manifest(written, args.out)
     if result.label_columns:
-        write_labels(labels_path, result.label_columns, result.labels, [r.image_id for r in rows])
-    return result, rows
+        write_labels(labels_path, result.label_columns, result.labels,
+                     [r.image_id for r in written])
+    preview = draw_preview(picture, rows, default_data_config()) if picture else None
+    return result, written, preview
 
 
-def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow]) -> None:
+def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow], preview) -> None:
     """Prints the summary described in the module doc."""
     s = summarize(rows)
     print(f"dataset {args.dataset} from {os.path.abspath(args.root)} -> {args.out}")
@@ -190,6 +210,8 @@ def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow]) -> Non
         print(f"labels: {len(result.labels)} images -> {default_labels_path(args.out)}")
     print(f"files missing: {result.missing_files}"
           + (" (not checked: --no-verify-files)" if args.no_verify_files else ""))
+    print("\n".join(describe(preview, preview_path(args.out))) if preview else
+          "preview: not drawn (--no-verify-files: the images are not read)")
     print(f"rows not used: {len(result.skipped)}")
     by_reason = collections.defaultdict(list)
     for source, reason in result.skipped:

@@ -276,12 +276,17 @@ def train_transform(volume: np.ndarray, cfg: AugmentConfig, rng: np.random.Gener
     return random_erase(x, rng, cfg.erase_prob, cfg.erase_area, cfg.erase_ratio)
 
 
+def eval_view(volume: np.ndarray, resize_size: int, image_size: int) -> np.ndarray:
+    """Short side to ``resize_size``, centre crop ``image_size``: the evaluation view in
+    [0, 1], before normalisation (what a preview shows of the model's input)."""
+    _, h, w, _ = volume.shape
+    return resize_box(volume, center_crop_box(h, w, resize_size, image_size), image_size)
+
+
 def eval_transform(volume: np.ndarray, resize_size: int, image_size: int,
                    normalization: str = "imagenet") -> np.ndarray:
-    """Short side to ``resize_size``, centre crop ``image_size``, normalise."""
-    _, h, w, _ = volume.shape
-    box = center_crop_box(h, w, resize_size, image_size)
-    return normalize(resize_box(volume, box, image_size), normalization)
+    """``eval_view``, normalised."""
+    return normalize(eval_view(volume, resize_size, image_size), normalization)
 
 
 def symmetry_views(images: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,199 @@
+"""A picture of a manifest's images as the model will see them, to look at before training.
+
+    python -m mami_jax.data.preview_manifest --manifest FILE --out preview.png \\
+        [--config configs/all.py[:ARG]] [--split test] [--patients 3] [--visits 5]
+
+Counts and paths say nothing about whether the images decode as intended: an X-ray read
+inverted, a CT without its window, a series whose slices come out of order, a manifest
+whose visits are not one patient's. The picture shows, for a few patients of every
+(dataset, modality) group (patients with two images or more first, chosen at random with
+``--seed``), a row of their images in visit order: each the evaluation view of the data
+config (decoded, stain-normalised where configured, short side resized and centre-cropped;
+a series' middle slice of those the model reads), before normalisation. Captions give the
+visit's ``order`` and ``view``, the ``split`` and, for a series, the slices read. An
+image that cannot be read is a red cell, and the command lists each one naming its row.
+
+``build_manifest`` draws the same picture beside the manifest it writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mami_jax.config_files import load_config
+from mami_jax.data.config import default_data_config
+from mami_jax.data.decode import DecodeError
+from mami_jax.data.example_reader import ExampleReader
+from mami_jax.data.manifest import MODALITIES, ManifestRow, order_key, read_manifest, row_place
+from mami_jax.data.transforms import eval_view
+from mami_jax.runtime.atomic_files import write_atomic
+from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.error_line import print_error
+from mami_jax.runtime.interrupts import run_command, say_interrupted
+from mami_jax.runtime.output_guard import check_picture_file, refuse_overwriting_inputs
+from mami_jax.runtime.progress import progress_bar
+
+LABEL_WIDTH, LINE_HEIGHT = 150, 11
+UNREADABLE = (150, 20, 20)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclasses.dataclass
+class Preview:
+    """What a preview showed: patients (rows of the picture), images, and the rows whose
+    image could not be read, each as ``[FILE: line N: ]image_id=...: why`` (a row still to be
+    written has no line)."""
+
+    patients: int
+    images: int
+    unreadable: list[str]
+
+
+def is_png(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def choose_patients(rows: Sequence[ManifestRow], patients: int, visits: int,
+                    seed: int = 0) -> list[list[ManifestRow]]:
+    """Per (dataset, modality) group, in the order of ``MODALITIES`` then dataset:
+    ``patients`` patients (those with two images or more first, each kind in a random
+    order of ``seed``), each as their first ``visits`` rows in visit order."""
+    groups: dict[tuple, dict[str, list[ManifestRow]]] = collections.defaultdict(dict)
+    for r in rows:
+        groups[(r.modality, r.dataset)].setdefault(r.patient_key, []).append(r)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for modality, dataset in sorted(groups, key=lambda g: (MODALITIES.index(g[0]), g[1])):
+        by_patient = groups[(modality, dataset)]
+        names = sorted(by_patient)
+        shuffled = [names[i] for i in rng.permutation(len(names))]
+        shuffled.sort(key=lambda name: len(by_patient[name]) < 2)     # stable: pairs first
+        for name in shuffled[:patients]:
+            ordered = sorted(by_patient[name], key=lambda r: (order_key(r.order), r.image_id))
+            chosen.append(ordered[:visits])
+    return chosen
+
+
+def _view(reader: ExampleReader, index: int) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 of row ``index``'s evaluation view (a series' middle slice), and
+    the caption line that says which slices were read."""
+    row = reader.rows[index]
+    settings = reader.settings[row.modality]
+    x = reader.decoded(index, settings.slices, None)
+    view = eval_view(x, settings.augment.resize_size, settings.eval_image_size)
+    middle = view[view.shape[0] // 2]
+    if middle.shape[-1] == 1:
+        middle = np.repeat(middle, 3, axis=-1)
+    slices = f"slice {view.shape[0] // 2 + 1} of {view.shape[0]}" if view.shape[0] > 1 else ""
+    return (np.clip(middle, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), slices
+
+
+def _fit(text: str, width: int) -> str:
+    chars = max(4, width // 6)       # PIL's default bitmap font: 6 px a character
+    return text if len(text) <= chars else text[:chars - 1] + "~"
+
+
+def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int = 3,
+                 visits: int = 5, seed: int = 0, cell: int = 128,
+                 progress: bool = True) -> Preview:
+    """Writes the picture of the module doc to ``path`` (a PNG, atomically) for ``rows``
+    read with ``data_cfg`` (the ``data`` block of an experiment config)."""
+    from PIL import Image, ImageDraw
+
+    chosen = choose_patients(rows, patients, visits, seed)
+    flat = [r for patient in chosen for r in patient]
+    reader = ExampleReader(flat, data_cfg)
+    row_height = cell + 2 * LINE_HEIGHT + 6
+    width = LABEL_WIDTH + cell * max((len(p) for p in chosen), default=1)
+    canvas = Image.new("RGB", (width, max(1, row_height * len(chosen))), "white")
+    draw = ImageDraw.Draw(canvas)
+    unreadable, index = [], 0
+    totals = collections.Counter((r.patient_key, r.modality) for r in rows)
+    with progress_bar(len(flat), "preview", disable=not progress, delay=2.0) as bar:
+        for p, patient in enumerate(chosen):
+            top, first = p * row_height, patient[0]
+            total = totals[(first.patient_key, first.modality)]
+            label = [first.dataset, first.modality, first.patient_id, f"{total} images"
+                     + (f" ({total - len(patient)} not shown)" if total > len(patient) else "")]
+            draw.text((4, top + 4), "\n".join(_fit(t, LABEL_WIDTH - 8) for t in label),
+                      fill="black")
+            for v, row in enumerate(patient):
+                left = LABEL_WIDTH + v * cell
+                try:
+                    picture, slices = _view(reader, index)
+                    canvas.paste(Image.fromarray(picture).resize((cell - 4, cell - 4)),
+                                 (left + 2, top + 2))
+                except DecodeError as e:
+                    draw.rectangle((left + 2, top + 2, left + cell - 3, top + cell - 3),
+                                   fill=UNREADABLE)
+                    draw.text((left + 6, top + cell // 2 - 6), "unreadable", fill="white")
+                    where = f"{row_place(row)}: " if row_place(row) else ""
+                    unreadable.append(f"{where}image_id={row.image_id!r}: {e}")
+                    slices = ""
+                lines = [" ".join(t for t in (f"order {row.order}", row.view) if t),
+                         " ".join(t for t in (row.split or "no split", slices) if t)]
+                for k, line in enumerate(lines):
+                    draw.text((left + 2, top + cell + k * LINE_HEIGHT), _fit(line, cell - 4),
+                              fill="black")
+                index += 1
+                bar.update(1)
+    write_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    return Preview(patients=len(chosen), images=len(flat), unreadable=unreadable)
+
+
+def describe(preview: Preview, path: str) -> list[str]:
+    """The lines a command prints about a preview it drew."""
+    lines = [f"preview: {preview.patients} patients, {preview.images} images -> {path}"]
+    if preview.unreadable:
+        lines.append(f"  {len(preview.unreadable)} of them could not be read:")
+        lines += [f"    {u}" for u in preview.unreadable]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineErrorParser(prog="python -m mami_jax.data.preview_manifest",
+                                description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="the manifest CSV to look at")
+    parser.add_argument("--out", required=True, help="the picture to write (.png)")
+    parser.add_argument("--config", default="",
+                        help="experiment config FILE[:ARG] (or a run's config.json) whose "
+                             "data block reads the images; default: the paper's preprocessing")
+    parser.add_argument("--split", default="", help="only rows of this split")
+    parser.add_argument("--patients", type=int, default=3,
+                        help="patients per (dataset, modality) group")
+    parser.add_argument("--visits", type=int, default=5, help="images per patient, in visit order")
+    parser.add_argument("--seed", type=int, default=0, help="which patients are chosen")
+    args = parser.parse_args(argv)
+    if args.patients < 1 or args.visits < 1:
+        parser.error("--patients and --visits must be at least 1")
+    try:
+        check_picture_file(args.out, "--out")
+        data_cfg = (load_config(args.config, kind="experiment").data if args.config
+                    else default_data_config())
+        rows = read_manifest(args.manifest)
+        if args.split:
+            rows = [r for r in rows if r.split == args.split]
+            if not rows:
+                raise ValueError(f"--manifest {args.manifest}: no rows of split {args.split!r}")
+        refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
+        preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed)
+    except (ValueError, OSError) as e:
+        print_error(e)
+        return 1
+    except KeyboardInterrupt:
+        return say_interrupted()
+    print("\n".join(describe(preview, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_command(main)
