@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
