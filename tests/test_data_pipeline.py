@@ -368,3 +368,37 @@ def test_decode_cache_changes_no_batch_and_serves_repeated_reads(rows):
     take(loader, 8)
     cache = loader._reader.cache
     assert cache.hits > 0 and 0 < cache.nbytes <= 2 ** 20
+
+
+def test_training_batches_picture_shows_each_sources_first_batch_as_trained(rows, tmp_path):
+    """``WORKDIR/training_batches.png``: the first batch of each source, its images exactly
+    as the batch holds them (training transform of that step and position), normalisation
+    undone."""
+    from mami_jax.data.picture_grid import LINE_HEIGHT, to_uint8
+    from mami_jax.data.transforms import display_view, normalize
+    from mami_jax.train import training_batches
+
+    loader = pipeline.make_train_loader(rows, small_cfg(), seed=2)
+    steps = training_batches.first_steps(loader)
+    sources = [loader.plan(i).source for i in range(60)]
+    assert steps == sorted(((sources.index(s), s) for s in set(sources)), key=lambda t: t[1])
+    assert [s for _, s in steps] == [0, 1]
+    batches = take(loader, max(i for i, _ in steps) + 1)       # the loader's own batches
+    for index, _ in steps:
+        read = loader.read_planned(index, range(6))
+        np.testing.assert_array_equal(np.stack([x for x, _ in read]), batches[index]["images"])
+    x = np.random.default_rng(0).random((1, 4, 4, 1)).astype(np.float32)
+    np.testing.assert_allclose(display_view(normalize(x, "imagenet"), "imagenet"),
+                               np.repeat(x, 3, axis=-1), atol=1e-6)
+
+    path = tmp_path / "batches.png"
+    training_batches.draw_training_batches(str(path), loader, patients=1, cell=40)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    row_height = 40 + 2 * LINE_HEIGHT + 6
+    assert picture.shape[:2] == (2 * row_height, 150 + 3 * 40)    # 2 sources x 1 patient, K=3
+    for r, (index, s) in enumerate(steps):                # each row's first cell: position 0
+        first = batches[index]["images"][0]
+        shown = display_view(first[first.shape[0] // 2], "imagenet")
+        expected = np.asarray(Image.fromarray(to_uint8(shown)).resize((36, 36)))
+        top = r * row_height + 2
+        np.testing.assert_array_equal(picture[top:top + 36, 152:188], expected)

@@ -8,10 +8,11 @@ from PIL import Image
 
 from mami_jax.data import build_manifest, preview_manifest
 from mami_jax.data.manifest import ManifestRow, read_manifest, write_manifest
-from mami_jax.data.preview_manifest import LABEL_WIDTH, LINE_HEIGHT, choose_patients
+from mami_jax.data.picture_grid import LINE_HEIGHT, UNREADABLE
+from mami_jax.data.preview_manifest import choose_patients
 from tests.test_data_decode import write_dicom
 
-CELL = 128
+CELL, LABEL_WIDTH = 128, 150
 ROW_HEIGHT = CELL + 2 * LINE_HEIGHT + 6
 
 
@@ -72,7 +73,7 @@ def test_the_picture_shows_what_the_model_reads_and_marks_what_it_cannot(tmp_pat
     assert (_cell(picture, 0, 0, -30), _cell(picture, 0, 0, 30)) == (0, 255)    # the PNG as is
     assert (_cell(picture, 0, 1, -30), _cell(picture, 0, 1, 30)) == (255, 0)    # inverted
     assert np.asarray(picture)[ROW_HEIGHT // 3, LABEL_WIDTH + 2 * CELL + 10].tolist() == \
-        list(preview_manifest.UNREADABLE)
+        list(UNREADABLE)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"preview: 1 patients, 3 images -> {out}"
     assert lines[1] == "  1 of them could not be read:"

@@ -250,6 +250,7 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
     assert 0.0 <= metrics["phantoms/xray/reid"]["rank1"] <= 1.0
     assert (straight / "eval" / "step_4" / "cmc.png").exists()
     assert (straight / "curves.png").exists()
+    assert (straight / "training_batches.png").exists()      # what it was trained on
     assert any(f.startswith("events") for f in os.listdir(straight / "tb"))
     from mami_jax.train.logged_scalars import read_scalars
     scalars = read_scalars(str(straight))   # 8 images a step over 2 devices, logged each step

@@ -71,6 +71,14 @@ def _collate(images, labels, indices, modalities, mask, skipped) -> dict:
     }
 
 
+def read_planned(reader: ExampleReader, source: sampler.Source, plan: sampler.StepPlan,
+                 seed: int, pos: int) -> tuple[np.ndarray, bool]:
+    """(image, ok) at position ``pos`` of a step's global batch: its row read with the
+    training transform of that step and position (``read_or_skip``)."""
+    rng = np.random.default_rng([int(seed), int(plan.step), 1, int(pos)])
+    return reader.read_or_skip(int(plan.rows[pos]), source.num_slices, rng)
+
+
 class _TrainBatch:
     """grain map: step -> this process's share of the step's batch."""
 
@@ -90,8 +98,7 @@ class _TrainBatch:
         images, mask, skipped = [], [], 0
         positions = range(self.offset, self.offset + self.local)
         for pos in positions:
-            rng = np.random.default_rng([self.seed, int(step), 1, pos])
-            x, ok = self.reader.read_or_skip(int(plan.rows[pos]), src.num_slices, rng)
+            x, ok = read_planned(self.reader, src, plan, self.seed, pos)
             images.append(x)
             mask.append(ok)
             skipped += not ok
@@ -227,6 +234,17 @@ class TrainLoader:
         """The global plan of ``step`` (for inspection and tests)."""
         return sampler.plan_step(self.sources, int(self.cfg.patients_per_batch),
                                  int(self.cfg.images_per_patient), self.seed, step)
+
+    def normalization(self, modality: str) -> str:
+        """``data.normalization`` as ``modality``'s inputs have it (``display_view`` undoes it)."""
+        return self._reader.settings[modality].augment.normalization
+
+    def read_planned(self, step: int, positions: Sequence[int]) -> list[tuple[np.ndarray, bool]]:
+        """(image, ok) at ``positions`` of plan ``step``'s global batch, exactly as the
+        batch holds them (``training_batches`` draws them)."""
+        plan = self.plan(step)
+        return [read_planned(self._reader, self.sources[plan.source], plan, self.seed, pos)
+                for pos in positions]
 
     def summary(self) -> str:
         lines = [f"training: {self.num_classes} identity classes (one per "

@@ -29,16 +29,14 @@ from mami_jax.data.config import default_data_config
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestRow, order_key, read_manifest, row_place
+from mami_jax.data.picture_grid import PictureGrid
 from mami_jax.data.transforms import eval_view
-from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.output_guard import check_picture_file, refuse_overwriting_inputs
 from mami_jax.runtime.progress import progress_bar
 
-LABEL_WIDTH, LINE_HEIGHT = 150, 11
-UNREADABLE = (150, 20, 20)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -83,22 +81,22 @@ def choose_patients(rows: Sequence[ManifestRow], patients: int, visits: int,
 
 
 def _view(reader: ExampleReader, index: int) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 of row ``index``'s evaluation view (a series' middle slice), and
-    the caption line that says which slices were read."""
+    """Row ``index``'s evaluation view in [0, 1] (a series' middle slice), and the caption
+    line that says which slices were read."""
     row = reader.rows[index]
     settings = reader.settings[row.modality]
     x = reader.decoded(index, settings.slices, None)
     view = eval_view(x, settings.augment.resize_size, settings.eval_image_size)
-    middle = view[view.shape[0] // 2]
-    if middle.shape[-1] == 1:
-        middle = np.repeat(middle, 3, axis=-1)
-    slices = f"slice {view.shape[0] // 2 + 1} of {view.shape[0]}" if view.shape[0] > 1 else ""
-    return (np.clip(middle, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), slices
+    return view[view.shape[0] // 2], slice_caption(view.shape[0])
 
 
-def _fit(text: str, width: int) -> str:
-    chars = max(4, width // 6)       # PIL's default bitmap font: 6 px a character
-    return text if len(text) <= chars else text[:chars - 1] + "~"
+def slice_caption(slices: int) -> str:
+    """Which slice of a series' ``slices`` a cell shows (the middle); "" for one image."""
+    return f"slice {slices // 2 + 1} of {slices}" if slices > 1 else ""
+
+
+def visit_caption(row: ManifestRow) -> str:
+    return " ".join(t for t in (f"order {row.order}", row.view) if t)
 
 
 def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int = 3,
@@ -106,46 +104,32 @@ def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int
                  progress: bool = True) -> Preview:
     """Writes the picture of the module doc to ``path`` (a PNG, atomically) for ``rows``
     read with ``data_cfg`` (the ``data`` block of an experiment config)."""
-    from PIL import Image, ImageDraw
-
     chosen = choose_patients(rows, patients, visits, seed)
     flat = [r for patient in chosen for r in patient]
     reader = ExampleReader(flat, data_cfg)
-    row_height = cell + 2 * LINE_HEIGHT + 6
-    width = LABEL_WIDTH + cell * max((len(p) for p in chosen), default=1)
-    canvas = Image.new("RGB", (width, max(1, row_height * len(chosen))), "white")
-    draw = ImageDraw.Draw(canvas)
+    grid = PictureGrid(len(chosen), max((len(p) for p in chosen), default=1), cell)
     unreadable, index = [], 0
     totals = collections.Counter((r.patient_key, r.modality) for r in rows)
     with progress_bar(len(flat), "preview", disable=not progress, delay=2.0) as bar:
         for p, patient in enumerate(chosen):
-            top, first = p * row_height, patient[0]
+            first = patient[0]
             total = totals[(first.patient_key, first.modality)]
-            label = [first.dataset, first.modality, first.patient_id, f"{total} images"
-                     + (f" ({total - len(patient)} not shown)" if total > len(patient) else "")]
-            draw.text((4, top + 4), "\n".join(_fit(t, LABEL_WIDTH - 8) for t in label),
-                      fill="black")
+            grid.label(p, [first.dataset, first.modality, first.patient_id, f"{total} images"
+                           + (f" ({total - len(patient)} not shown)" if total > len(patient) else "")])
             for v, row in enumerate(patient):
-                left = LABEL_WIDTH + v * cell
                 try:
                     picture, slices = _view(reader, index)
-                    canvas.paste(Image.fromarray(picture).resize((cell - 4, cell - 4)),
-                                 (left + 2, top + 2))
+                    grid.image(p, v, picture)
                 except DecodeError as e:
-                    draw.rectangle((left + 2, top + 2, left + cell - 3, top + cell - 3),
-                                   fill=UNREADABLE)
-                    draw.text((left + 6, top + cell // 2 - 6), "unreadable", fill="white")
+                    grid.unreadable(p, v)
                     where = f"{row_place(row)}: " if row_place(row) else ""
                     unreadable.append(f"{where}image_id={row.image_id!r}: {e}")
                     slices = ""
-                lines = [" ".join(t for t in (f"order {row.order}", row.view) if t),
-                         " ".join(t for t in (row.split or "no split", slices) if t)]
-                for k, line in enumerate(lines):
-                    draw.text((left + 2, top + cell + k * LINE_HEIGHT), _fit(line, cell - 4),
-                              fill="black")
+                grid.caption(p, v, [visit_caption(row),
+                                    " ".join(t for t in (row.split or "no split", slices) if t)])
                 index += 1
                 bar.update(1)
-    write_atomic(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    grid.save(path)
     return Preview(patients=len(chosen), images=len(flat), unreadable=unreadable)
 
 

@@ -226,6 +226,17 @@ def normalize(x: np.ndarray, normalization: str) -> np.ndarray:
     return to_rgb_normalized(x) if normalization == "imagenet" else standardize_per_image(x)
 
 
+def display_view(x: np.ndarray, normalization: str) -> np.ndarray:
+    """A model input (``normalize``'s output) back in [0, 1] for looking at: ImageNet
+    normalisation undone; a per-image standardised input min-max scaled (its own mean
+    and spread are gone)."""
+    check_normalization(normalization)
+    if normalization == "imagenet":
+        return np.clip(x * IMAGENET_STD + IMAGENET_MEAN, 0.0, 1.0)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
 def intensity_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float,
                      contrast: float) -> np.ndarray:
     """x -> clip((x - 0.5) * c + 0.5 + b), c ~ U(1-contrast, 1+contrast), b ~ U(+-brightness)."""

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from mami_jax.runtime import folder_lock, sharding
 from mami_jax.runtime.atomic_files import make_dirs, remove_stale_temporaries
 from mami_jax.runtime.local_paths import refuse_url
-from mami_jax.train import checkpointing, run_config
+from mami_jax.train import checkpointing, run_config, training_batches
 from mami_jax.data import teacher_join
 from mami_jax.data.loading import load_rows, manifest_path
 from mami_jax.data.missing_files import check_images_on_disk
@@ -139,6 +139,19 @@ def _draw_curves(workdir: str, step: int) -> None:
         logging.warning("%s not drawn: %s: %s", CURVES_FILE, type(e).__name__, e)
 
 
+def _draw_training_batches(workdir: str, loader) -> None:
+    """``WORKDIR/training_batches.png`` (process 0), once per workdir; like the curves, a
+    picture that cannot be drawn is a warning (an unreadable image stops the run where
+    training reads it, with its own message)."""
+    path = os.path.join(workdir, training_batches.FILE)
+    if jax.process_index() != 0 or os.path.exists(path):
+        return
+    try:
+        training_batches.draw_training_batches(path, loader)
+    except Exception as e:  # noqa: BLE001 - the run matters more than its picture
+        logging.warning("%s not drawn: %s: %s", training_batches.FILE, type(e).__name__, e)
+
+
 def _resume_step(config, workdir: str):
     """The step training goes on from (None: a new run); a workdir holding checkpoints of
     another model config is refused."""
@@ -197,6 +210,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), teachers=teachers)
     logging.info("%s", loader.summary())
+    _draw_training_batches(workdir, loader)
     total_steps = total_steps_of(config, loader)
 
     model, optimizer, init_state = build_model_and_state_fns(
