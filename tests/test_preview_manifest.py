@@ -129,7 +129,7 @@ def test_build_manifest_draws_the_preview_beside_the_manifest(tmp_path, capsys):
         "--overwrite (write the manifest into another folder)\n")
     assert picture.read_text() == "my notes"
     picture.unlink()
-    assert build_manifest.main(argv + ["--overwrite", "--no-verify-files"]) == 0
-    assert "preview: not drawn (--no-verify-files: the images are not read)\n" in \
-        capsys.readouterr().out
-    assert not picture.exists()
+    for flag in ("--no-verify-files", "--no-preview"):
+        assert build_manifest.main(argv + ["--overwrite", flag]) == 0
+        assert f"preview: not drawn ({flag})\n" in capsys.readouterr().out
+        assert not picture.exists()

@@ -2,7 +2,7 @@
 your own images laid out one folder per patient and visit (``--dataset folders``).
 
     python -m mami_jax.data.build_manifest --dataset nih_chestxray14 --root /data/nih \\
-        --out /data/nih/manifest.csv [--no-verify-files] [--seed 0] \\
+        --out /data/nih/manifest.csv [--no-verify-files] [--no-preview] [--seed 0] \\
         [--fractions train=0.7,val=0.1,test=0.2] [--overwrite] [--uncertain ones|zeros|keep]
     python -m mami_jax.data.build_manifest --dataset folders --modality xray \\
         --root /data/mine --out /data/mine/manifest.csv [--name mine]   # your own images
@@ -25,7 +25,7 @@ uncertain observations.
 Preview: ``<out>_preview.png`` beside the manifest (``manifest_preview.png`` for
 ``manifest.csv``), a few patients of every modality as the model will see them
 (``preview_manifest``), and every previewed image that could not be read, listed; not
-drawn with ``--no-verify-files``. ``--overwrite`` replaces an earlier preview; any other
+drawn with ``--no-preview`` or ``--no-verify-files``. ``--overwrite`` replaces an earlier preview; any other
 file of that name is refused.
 
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out manifest (and labels.csv beside it); "
                              "any other file is never replaced")
+    parser.add_argument("--no-preview", action="store_true",
+                        help="do not draw <out>_preview.png (it reads about 75 images, or "
+                             "series, of the dataset)")
     parser.add_argument("--uncertain", choices=("ones", "zeros", "keep"), default="ones",
                         help="chexpert: uncertain (-1) observations in labels.csv become 1, 0 or stay -1")
     parser.add_argument("--modality", choices=MODALITIES, default=None,
@@ -180,7 +183,7 @@ def build(args: argparse.Namespace):
                           "a labels table", args.overwrite,
                           "write the manifest into another folder")
     rows = assign_splits(result.rows, args.fractions, args.seed)
-    picture = None if args.no_verify_files else preview_path(args.out)
+    picture = None if args.no_verify_files or args.no_preview else preview_path(args.out)
     if picture:
         check_replaceable_file(picture, is_png(picture), "a PNG picture", args.overwrite,
                                "write the manifest into another folder")
@@ -210,8 +213,10 @@ def report(args: argparse.Namespace, result, rows: Sequence[ManifestRow], previe
         print(f"labels: {len(result.labels)} images -> {default_labels_path(args.out)}")
     print(f"files missing: {result.missing_files}"
           + (" (not checked: --no-verify-files)" if args.no_verify_files else ""))
-    print("\n".join(describe(preview, preview_path(args.out))) if preview else
-          "preview: not drawn (--no-verify-files: the images are not read)")
+    if preview:
+        print("\n".join(describe(preview, preview_path(args.out))))
+    else:
+        print(f"preview: not drawn ({'--no-preview' if args.no_preview else '--no-verify-files'})")
     print(f"rows not used: {len(result.skipped)}")
     by_reason = collections.defaultdict(list)
     for source, reason in result.skipped:
