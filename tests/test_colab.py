@@ -153,8 +153,9 @@ def _check_quickstart(p, text, pictures):
         assert p["returned"][f"phantoms/{m}/reid"] == pytest.approx(p["rank1_after"][m])
         assert p["queries_after"][m] == p["n_test"][m] > 0
         assert 0.0 <= p["rank1_before"][m] <= 1.0
-    # phantoms, loss, Rank-1 bars, CMC, one retrieval grid per modality, the embedding map
-    assert pictures >= 5 + len(mods) and p["embedding_map"]
+    # phantoms, training batches, loss, Rank-1 bars, CMC, one retrieval grid per modality,
+    # the embedding map
+    assert pictures >= 6 + len(mods) and p["embedding_map"]
     assert "restored" in text and "first match correct" in text
     # embed_files on the paths embeds what embed_rows does on their rows
     assert p["files_vs_rows"] < 1e-5 and len(p["file_scores"]) == 2
