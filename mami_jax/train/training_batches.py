@@ -52,7 +52,8 @@ def draw_training_batches(path: str, loader, patients: int = PATIENTS,
         for p in range(shown):
             positions = range(p * k, (p + 1) * k)
             rows = [loader.rows[int(plan.rows[pos])] for pos in positions]
-            grid.label(r, [source.name, f"step {step}", f"patient {rows[0].patient_id}"])
+            grid.label(r, [source.dataset, source.modality, f"step {step}",
+                           f"patient {rows[0].patient_id}"])
             for c, ((x, ok), row) in enumerate(zip(loader.read_planned(index, positions), rows)):
                 if ok:
                     grid.image(r, c, display_view(x[x.shape[0] // 2], normalization))
