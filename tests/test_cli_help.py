@@ -11,7 +11,7 @@ import importlib
 import pytest
 
 COMMANDS = ["mami_jax.apps.history.__main__", "mami_jax.apps.privacy.__main__",
-            "mami_jax.data.preview_manifest",
+            "mami_jax.data.preview_manifest", "mami_jax.data.check_images",
             "mami_jax.convert.__main__", "mami_jax.data.build_manifest",
             "mami_jax.phantoms.__main__", "mami_jax.evaluate.features", "teachers.extract",
             "mami_jax.data.tile_slides"]

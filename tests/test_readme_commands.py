@@ -203,6 +203,10 @@ RUN = [
      "--out /data/nih/manifest.csv", {}),
     ("python -m mami_jax.data.preview_manifest --manifest /data/nih/manifest.csv "
      "--out preview.png", {"placeholders": {"preview.png": "{ws}/nih_preview.png"}}),
+    ("python -m mami_jax.data.check_images --manifest /data/nih/manifest.csv --workers 8 "
+     "--clean /data/nih/readable.csv",
+     {"placeholders": {"/data/nih/readable.csv": "{ws}/nih/readable.csv"},
+      "append": ["--workers", "1"]}),
     (MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal", {"append": MAIN_SMALL}),
     (MAIN_RUNLOCAL + " --workdir=DIR", {"placeholders": {"DIR": "{ws}/run"},
                                         "same_as": MAIN_RUNLOCAL + " --workdir=/tmp/mami_runlocal"}),
@@ -388,6 +392,9 @@ def _check(command: str, ws: str, out: str) -> None:
         # Its picture, where the fake dataset's empty image files are marked and listed.
         assert Image.open(f"{ws}/nih/manifest_preview.png").format == "PNG"
         assert "4 of them could not be read" in out
+    elif "check_images" in command:
+        # The fake dataset's image files are empty: none reads, and --clean leaves them out.
+        assert "clean manifest: 0 rows (4 unreadable left out)" in out
     elif "preview_manifest" in command:
         assert Image.open(f"{ws}/nih_preview.png").format == "PNG"
         assert out.startswith(f"preview: 2 patients, 4 images -> {ws}/nih_preview.png\n")

@@ -59,25 +59,13 @@ from mami_jax.data.config import default_data_config
 from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
-                                    write_manifest)
+                                    manifest_paths, write_manifest)
 from mami_jax.data.preview_manifest import describe, draw_preview, is_png
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.output_guard import check_replaceable_file, refuse_overwriting_inputs
 from mami_jax.runtime.interrupts import run_command, say_interrupted
-
-
-def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
-    """Applies the path rule above for a manifest written to ``out``."""
-    base = os.path.dirname(os.path.abspath(out))
-    result = []
-    for r in rows:
-        p = os.path.abspath(r.path)
-        rel = os.path.relpath(p, base)
-        inside = not (rel == os.pardir or rel.startswith(os.pardir + os.sep))
-        result.append(r.replace(path=rel if inside else p))
-    return result
 
 
 def summarize(rows: Sequence[ManifestRow]) -> dict:

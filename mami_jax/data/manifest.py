@@ -224,6 +224,19 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
             patient_split.setdefault(row.patient_key, (row.split, i))
 
 
+def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
+    """``rows`` with the path rule of a manifest written to ``out``: a path inside its folder
+    relative to that folder (manifest and images move together), any other absolute."""
+    base = os.path.dirname(os.path.abspath(out))
+    result = []
+    for r in rows:
+        p = os.path.abspath(r.path)
+        rel = os.path.relpath(p, base)
+        inside = not (rel == os.pardir or rel.startswith(os.pardir + os.sep))
+        result.append(r.replace(path=rel if inside else p))
+    return result
+
+
 def write_manifest(rows: Iterable[ManifestRow], path: str) -> None:
     """Validates and writes ``rows`` to ``path`` atomically (UTF-8, umask permissions)."""
     rows = list(rows)
