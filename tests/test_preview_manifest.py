@@ -94,7 +94,8 @@ def test_bad_arguments_are_one_error_line_and_inputs_are_never_replaced(tmp_path
     assert (tmp_path / "a.png").read_bytes() == image and not (tmp_path / "p.csv").exists()
     assert preview_manifest.main(["--manifest", str(manifest), "--out",
                                   str(tmp_path / "v.png"), "--split", "test"]) == 1
-    assert capsys.readouterr().err == f"error: --manifest {manifest}: no rows of split 'test'\n"
+    assert capsys.readouterr().err == (f"error: --manifest {manifest}: no rows of split 'test' "
+                                       "(the rows' splits: ['train'])\n")
     with pytest.raises(SystemExit) as stop:
         preview_manifest.main(["--manifest", str(manifest), "--out", "v.png", "--patients", "0"])
     assert stop.value.code == 2

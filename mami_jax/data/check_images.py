@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import (ManifestRow, csv_header, is_manifest, manifest_paths,
-                                    read_manifest, row_place, write_manifest)
+                                    read_manifest, row_place, rows_of_split, write_manifest)
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
@@ -125,11 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        rows = read_manifest(args.manifest)
-        if args.split:
-            rows = [r for r in rows if r.split == args.split]
-            if not rows:
-                raise ValueError(f"--manifest {args.manifest}: no rows of split {args.split!r}")
+        rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         _check_outputs(args, rows)
         paths = sorted({r.path for r in rows})
         reasons = {}

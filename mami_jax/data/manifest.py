@@ -224,6 +224,18 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
             patient_split.setdefault(row.patient_key, (row.split, i))
 
 
+def rows_of_split(rows: Sequence[ManifestRow], split: str, source: str) -> list[ManifestRow]:
+    """The rows of ``split`` ("": all of them); ValueError naming ``source`` (the flag and
+    file they came from) when there is none."""
+    if not split:
+        return list(rows)
+    kept = [r for r in rows if r.split == split]
+    if not kept:
+        raise ValueError(f"{source}: no rows of split {split!r} (the rows' splits: "
+                         f"{sorted({r.split for r in rows})})")
+    return kept
+
+
 def manifest_paths(rows: Sequence[ManifestRow], out: str) -> list[ManifestRow]:
     """``rows`` with the path rule of a manifest written to ``out``: a path inside its folder
     relative to that folder (manifest and images move together), any other absolute."""

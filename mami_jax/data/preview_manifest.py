@@ -28,7 +28,8 @@ from mami_jax.config_files import load_config
 from mami_jax.data.config import default_data_config
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.example_reader import ExampleReader
-from mami_jax.data.manifest import MODALITIES, ManifestRow, order_key, read_manifest, row_place
+from mami_jax.data.manifest import (MODALITIES, ManifestRow, order_key, read_manifest, row_place,
+                                    rows_of_split)
 from mami_jax.data.picture_grid import PictureGrid
 from mami_jax.data.transforms import eval_view
 from mami_jax.runtime.cli_parser import OneLineErrorParser
@@ -162,11 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_picture_file(args.out, "--out")
         data_cfg = (load_config(args.config, kind="experiment").data if args.config
                     else default_data_config())
-        rows = read_manifest(args.manifest)
-        if args.split:
-            rows = [r for r in rows if r.split == args.split]
-            if not rows:
-                raise ValueError(f"--manifest {args.manifest}: no rows of split {args.split!r}")
+        rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
         preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed)
     except (ValueError, OSError) as e:
