@@ -105,6 +105,19 @@ def test_dicom_rescale_then_window(tmp_path):
     np.testing.assert_allclose(decode(p)[0, :, :, 0], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("function", ["LINEAR_EXACT", "SIGMOID", "BOGUS"])
+def test_dicom_voi_lut_function_shapes_the_window(tmp_path, function):
+    """VOILUTFunction (PS3.3 C.11.2.1.3): LINEAR_EXACT without the -0.5 / -1 of LINEAR, and
+    the SIGMOID some DX and mammography systems store; an undefined term reads as LINEAR."""
+    p = str(tmp_path / "a.dcm")
+    x = np.array([[0, 80], [100, 130]], np.uint16)
+    write_dicom(p, x, WindowCenter=100, WindowWidth=40, VOILUTFunction=function)
+    expected = {"LINEAR_EXACT": [[0.0, 0.0], [0.5, 1.0]],      # (x - 100) / 40 + 0.5, clipped
+                "SIGMOID": 1 / (1 + np.exp(-4 * (x - 100.0) / 40)),
+                "BOGUS": np.clip((x - 99.5) / 39 + 0.5, 0, 1)}[function]
+    np.testing.assert_allclose(decode(p)[0, :, :, 0], expected, atol=1e-6)
+
+
 def test_dicom_monochrome1_inverted_and_minmax_without_window(tmp_path):
     p = str(tmp_path / "a.dcm")
     write_dicom(p, np.array([[-100, 0], [100, 300]], np.int16), photometric="MONOCHROME1")

@@ -348,18 +348,21 @@ def test_colour_dicom_is_written_in_its_own_layout(tmp_path, frames, planar, pho
 
 
 @pytest.mark.parametrize("tags", [dict(photometric="MONOCHROME1"),
-                                  dict(PresentationLUTShape="INVERSE")])
-def test_an_inverted_dicom_changes_in_the_right_direction(tmp_path, tags):
+                                  dict(PresentationLUTShape="INVERSE"),
+                                  dict(WindowCenter=1000, WindowWidth=800, VOILUTFunction="SIGMOID"),
+                                  dict(WindowCenter=1000, WindowWidth=800,
+                                       VOILUTFunction="LINEAR_EXACT")])
+def test_an_inverted_or_curved_dicom_changes_as_asked(tmp_path, tags):
     a = np.full((8, 8), 1000, np.uint16)
     a[0, 0], a[7, 7] = 0, 4000
     path = str(tmp_path / "m.dcm")
     write_dicom(path, a, **tags)
     x = open_volume(path).read([0])
     change = np.zeros_like(x)
-    change[0, 3, 3] = 0.1
+    change[0, 3, 3] = 0.05   # a curved window (SIGMOID) is followed to first order
     write_protected(path, [0], change, str(tmp_path / "o.dcm"))
     back = open_volume(str(tmp_path / "o.dcm")).read([0])
-    assert abs(back[0, 3, 3, 0] - x[0, 3, 3, 0] - 0.1) < 1e-3
+    assert abs(back[0, 3, 3, 0] - x[0, 3, 3, 0] - 0.05) < 1e-3
 
 
 @pytest.mark.parametrize("name", ["SC_rgb_small_odd_big_endian.dcm", "MR_small_bigendian.dcm"])

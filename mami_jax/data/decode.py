@@ -25,7 +25,7 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   channel's high byte), so it is divided by 255 like an 8-bit colour image
   (``tests/test_data_decode.py`` pins this).
 - DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
-  window (WindowCenter/WindowWidth) when present, else the first VOI LUT of the
+  window (WindowCenter/WindowWidth, through its VOILUTFunction) when present, else the first VOI LUT of the
   VOILUTSequence, else min-max as above; MONOCHROME1 and a Presentation LUT Shape of
   INVERSE are inverted (1 - x) so bone is always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
   syntaxes decode through pydicom's plugins (python-gdcm is a dependency).

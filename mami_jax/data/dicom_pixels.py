@@ -14,7 +14,8 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
 - grey: the modality LUT, a table (ModalityLUTSequence, ``dicom_luts``) or else
   RescaleSlope / RescaleIntercept (an enhanced object's per frame, from its functional
   groups, as its window), then the first VOI window
-  (WindowCenter / WindowWidth, PS3.3 C.11.2.1.2's linear function), else the first VOI
+  (WindowCenter / WindowWidth through its VOILUTFunction: LINEAR, LINEAR_EXACT or SIGMOID,
+  PS3.3 C.11.2.1.2-3), else the first VOI
   LUT of the VOILUTSequence (the display curve many CR/DX X-rays carry instead of a
   window), else min-max over the frames read together; MONOCHROME1, or a Presentation
   LUT Shape of INVERSE, inverted (1 - x) (``shown_inverted``);
@@ -107,15 +108,22 @@ def rescale(ds, frame: int = 0) -> tuple[float, float]:
     return slope, dicom_number(holder, "RescaleIntercept", 0.0, ds)
 
 
-def window(ds) -> tuple[float, float] | None:
-    """(WindowCenter, WindowWidth): the first window of the top-level tags, else of the
-    first frame's FrameVOILUTSequence; None without one."""
+#: VOILUTFunction's defined terms (PS3.3 C.11.2.1.3); any other value reads as LINEAR.
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def window(ds) -> tuple[float, float, str] | None:
+    """(WindowCenter, WindowWidth, VOILUTFunction): the first window of the top-level tags,
+    else of the first frame's FrameVOILUTSequence; None without one. The function is LINEAR
+    where the tag is absent or holds a term the standard does not define."""
     holder = ds if "WindowCenter" in ds else _group_item(ds, 0, "FrameVOILUTSequence")
     if holder is None:
         return None
     center = dicom_number(holder, "WindowCenter", None, ds)
     width = dicom_number(holder, "WindowWidth", None, ds)
-    return None if center is None or width is None else (center, width)
+    function = str(holder.get("VOILUTFunction", ds.get("VOILUTFunction", "")) or "").strip().upper()
+    function = function if function in VOI_FUNCTIONS else "LINEAR"
+    return None if center is None or width is None else (center, width, function)
 
 
 def frame_order(ds) -> np.ndarray:
@@ -140,8 +148,24 @@ def frame_order(ds) -> np.ndarray:
     return np.asarray(sorted(stored.tolist(), key=lambda f: (depth[f], f)))
 
 
-def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 linear VOI window mapped to [0, 1]."""
+#: The sigmoid window's stored units per unit of display are capped at this many widths
+#: where the curve is flat (a pixel within 1.6% of black or white), as a table's flat stretch
+#: is: a change there hardly shows, and the privacy writers' budget check shrinks what does not fit.
+SIGMOID_FLAT_CAP = 16.0
+
+
+def dicom_window(x: np.ndarray, center: float, width: float,
+                 function: str = "LINEAR") -> np.ndarray:
+    """A VOI window mapped to [0, 1] (PS3.3 C.11.2.1.2 and C.11.2.1.3): LINEAR, its
+    ``center - 0.5`` and ``width - 1`` included; LINEAR_EXACT, ``(x - c) / w + 0.5``
+    clipped; SIGMOID, ``1 / (1 + exp(-4 (x - c) / w))``, the curve some DX and mammography
+    systems store in place of a straight window."""
+    if function == "LINEAR_EXACT":
+        y = (x.astype(np.float32) - np.float32(center)) / np.float32(max(float(width), 1e-6))
+        return np.clip(y + np.float32(0.5), 0.0, 1.0).astype(np.float32)
+    if function == "SIGMOID":
+        z = -4.0 * (x.astype(np.float64) - center) / max(float(width), 1e-6)
+        return (1.0 / (1.0 + np.exp(np.clip(z, -80.0, 80.0)))).astype(np.float32)
     width = max(float(width), 1.0)
     lo = center - 0.5 - (width - 1.0) / 2.0
     hi = center - 0.5 + (width - 1.0) / 2.0
@@ -149,6 +173,20 @@ def dicom_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
          + np.float32(0.5))
     y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, y))
     return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def window_units_per_unit(x: np.ndarray, center: float, width: float,
+                          function: str = "LINEAR"):
+    """Modality units per unit of display at ``x`` under ``dicom_window``: the inverse of
+    its slope, a constant for the straight windows, per pixel for the sigmoid (capped
+    where it is flat: ``SIGMOID_FLAT_CAP``). The privacy writers put a change back with it."""
+    if function == "LINEAR_EXACT":
+        return max(float(width), 1e-6)
+    if function == "SIGMOID":
+        y = dicom_window(x, center, width, function).astype(np.float64)
+        return np.minimum(float(width) / (4.0 * np.maximum(y * (1.0 - y), 1e-12)),
+                          SIGMOID_FLAT_CAP * float(width))
+    return max(float(width) - 1.0, 1.0)
 
 
 def photometric(ds) -> str:

@@ -6,6 +6,8 @@ rounding):
 
 - grey with a VOI window: ``change * (WindowWidth - 1) / RescaleSlope`` (an enhanced
   multi-frame object's window and each frame's rescale come from its functional groups);
+  ``WindowWidth`` for a LINEAR_EXACT window, and for a SIGMOID one the inverse of the
+  curve's slope at each pixel (``dicom_pixels.window_units_per_unit``);
 - grey with a VOI lookup table: ``change`` times the inverse of the table's slope at
   each pixel's value, over RescaleSlope (a flat stretch of the table, where nothing
   shows, is capped at the table's span; ``written_budget`` then checks the file);
@@ -125,7 +127,8 @@ def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | flo
     sign = -1.0 if dicom_pixels.shown_inverted(ref) else 1.0
     shown = dicom_pixels.window(ref)
     if shown is not None:
-        return (lambda frame: sign * max(float(shown[1]) - 1.0, 1.0)), None, None
+        return (lambda frame: sign * dicom_pixels.window_units_per_unit(frame[..., 0], *shown)), \
+            None, None
     lut = VoiLut.of(ref)
     if lut is not None:
         return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
