@@ -134,3 +134,24 @@ def test_build_manifest_draws_the_preview_beside_the_manifest(tmp_path, capsys):
         assert build_manifest.main(argv + ["--overwrite", flag]) == 0
         assert f"preview: not drawn ({flag})\n" in capsys.readouterr().out
         assert not picture.exists()
+
+
+def test_the_train_view_shows_the_augmentation_drawn_again_the_same(tmp_path):
+    for name in ("a", "b"):
+        _halves(tmp_path / f"{name}.png", bright_left=True)
+    manifest = tmp_path / "m.csv"
+    write_manifest([_row(i, "p", order=i, path=str(tmp_path / f"{n}.png"))
+                    for i, n in enumerate("ab")], str(manifest))
+
+    def picture(view, seed=0):
+        out = tmp_path / f"{view}{seed}.png"
+        assert preview_manifest.main(["--manifest", str(manifest), "--out", str(out),
+                                      "--view", view, "--seed", str(seed)]) == 0
+        return np.asarray(Image.open(out).convert("RGB"))
+
+    eval_view, train_view = picture("eval"), picture("train")
+    assert eval_view.shape == train_view.shape
+    cells = np.s_[:CELL, LABEL_WIDTH:]
+    assert np.abs(eval_view[cells].astype(int) - train_view[cells]).mean() > 5   # augmented
+    np.testing.assert_array_equal(picture("train"), train_view)                 # seeded
+    assert np.abs(picture("train", seed=1)[cells].astype(int) - train_view[cells]).mean() > 1

@@ -1,7 +1,8 @@
 """A picture of a manifest's images as the model will see them, to look at before training.
 
     python -m mami_jax.data.preview_manifest --manifest FILE --out preview.png \\
-        [--config configs/all.py[:ARG]] [--split test] [--patients 3] [--visits 5]
+        [--config configs/all.py[:ARG]] [--split test] [--patients 3] [--visits 5] \\
+        [--view eval|train]
 
 Counts and paths say nothing about whether the images decode as intended: an X-ray read
 inverted, a CT without its window, a series whose slices come out of order, a manifest
@@ -12,6 +13,9 @@ config (decoded, stain-normalised where configured, short side resized and centr
 a series' middle slice of those the model reads), before normalisation. Captions give the
 visit's ``order`` and ``view``, the ``split`` and, for a series, the slices read. An
 image that cannot be read is a red cell, and the command lists each one naming its row.
+``--view train`` shows instead one draw of the training augmentation of each image (crop,
+flip, rotation, intensity jitter, erasing; normalisation undone), to set the augmentation
+before a run (a run draws its own first batches: ``train/training_batches.py``).
 
 ``build_manifest`` draws the same picture beside the manifest it writes.
 """
@@ -31,7 +35,7 @@ from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, order_key, read_manifest, row_place,
                                     rows_of_split)
 from mami_jax.data.picture_grid import PictureGrid
-from mami_jax.data.transforms import eval_view
+from mami_jax.data.transforms import display_view, eval_view
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
@@ -81,14 +85,23 @@ def choose_patients(rows: Sequence[ManifestRow], patients: int, visits: int,
     return chosen
 
 
-def _view(reader: ExampleReader, index: int) -> tuple[np.ndarray, str]:
-    """Row ``index``'s evaluation view in [0, 1] (a series' middle slice), and the caption
-    line that says which slices were read."""
+#: What a cell shows: the evaluation view, or one draw of the training transform.
+VIEWS = ("eval", "train")
+
+
+def _view(reader: ExampleReader, index: int, view: str, seed: int) -> tuple[np.ndarray, str]:
+    """Row ``index`` in [0, 1] as ``view`` shows it (a series' middle slice), and the
+    caption line that says which slices were read. ``train``: the training transform with
+    a generator of (``seed``, ``index``), its normalisation undone."""
     row = reader.rows[index]
     settings = reader.settings[row.modality]
-    x = reader.decoded(index, settings.slices, None)
-    view = eval_view(x, settings.augment.resize_size, settings.eval_image_size)
-    return view[view.shape[0] // 2], slice_caption(view.shape[0])
+    if view == "train":
+        x = reader.read(index, settings.slices, np.random.default_rng([seed, index]))
+        x = display_view(x, settings.augment.normalization)
+    else:
+        x = eval_view(reader.decoded(index, settings.slices, None),
+                      settings.augment.resize_size, settings.eval_image_size)
+    return x[x.shape[0] // 2], slice_caption(x.shape[0])
 
 
 def slice_caption(slices: int) -> str:
@@ -101,10 +114,11 @@ def visit_caption(row: ManifestRow) -> str:
 
 
 def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int = 3,
-                 visits: int = 5, seed: int = 0, cell: int = 128,
+                 visits: int = 5, seed: int = 0, cell: int = 128, view: str = "eval",
                  progress: bool = True) -> Preview:
     """Writes the picture of the module doc to ``path`` (a PNG, atomically) for ``rows``
-    read with ``data_cfg`` (the ``data`` block of an experiment config)."""
+    read with ``data_cfg`` (the ``data`` block of an experiment config), each image as
+    ``view`` (``VIEWS``) shows it."""
     chosen = choose_patients(rows, patients, visits, seed)
     flat = [r for patient in chosen for r in patient]
     reader = ExampleReader(flat, data_cfg)
@@ -119,7 +133,7 @@ def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int
                            + (f" ({total - len(patient)} not shown)" if total > len(patient) else "")])
             for v, row in enumerate(patient):
                 try:
-                    picture, slices = _view(reader, index)
+                    picture, slices = _view(reader, index, view, seed)
                     grid.image(p, v, picture)
                 except DecodeError as e:
                     grid.unreadable(p, v)
@@ -155,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=3,
                         help="patients per (dataset, modality) group")
     parser.add_argument("--visits", type=int, default=5, help="images per patient, in visit order")
-    parser.add_argument("--seed", type=int, default=0, help="which patients are chosen")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which patients are chosen (and, --view train, the augmentation)")
+    parser.add_argument("--view", choices=VIEWS, default="eval",
+                        help="eval: the evaluation view; train: one draw of the training "
+                             "augmentation of each image, to see what it does")
     args = parser.parse_args(argv)
     if args.patients < 1 or args.visits < 1:
         parser.error("--patients and --visits must be at least 1")
@@ -165,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else default_data_config())
         rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
-        preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed)
+        preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed,
+                               view=args.view)
     except (ValueError, OSError) as e:
         print_error(e)
         return 1
