@@ -103,6 +103,9 @@ def test_an_unreadable_image_is_named_by_its_manifest_file_and_line(tmp_path):
     image = str(tmp_path / "1.png")
     assert str(e.value).startswith(
         f"{path}: line 3 (image_id='b', patient 'd/p1', path {image!r}): {image}: no such file")
+    # ... and says how to find every other one before the next run.
+    assert str(e.value).endswith(f"; python -m mami_jax.data.check_images --manifest {path} "
+                                 "finds every unreadable image of the manifest)")
 
 
 def test_rows_left_unembedded_are_named_by_their_manifest_lines(tmp_path, monkeypatch):

@@ -86,9 +86,12 @@ class ExampleReader:
             return self.read(index, num_slices, rng), True
         except DecodeError as e:
             if not self.skip_bad:
+                row = self.rows[index]
+                every = (f"; python -m mami_jax.data.check_images --manifest {row.location[0]} "
+                         "finds every unreadable image of the manifest" if row.location else "")
                 raise DataError(f"{self._where(index)}: {e} (training and evaluation with "
                                 "python -m mami_jax.main can skip unreadable images, counted: "
-                                "--config.data.skip_bad_images=True)") from e
+                                f"--config.data.skip_bad_images=True{every})") from e
             modality = self.rows[index].modality
             size = self.image_size(modality) if rng is not None else self.eval_image_size(modality)
             return np.zeros((num_slices, size, size, 3), np.float32), False
