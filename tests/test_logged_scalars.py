@@ -68,3 +68,33 @@ def test_the_log_line_holds_the_training_scalars_and_an_evaluation_logs_none(tmp
     _write(str(tmp_path), [(3, {"train/loss": 2.5, "eval/x/rank1": 0.5}),
                            (3, {"eval/x/rank1": 0.5, "eval/x/mAP": 0.25})])
     assert lines == ["step 3: train/loss=2.5"]
+
+
+def test_an_event_file_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
+        tmp_path, monkeypatch):
+    """A full disk: tensorboardX's SummaryWriter printed a traceback from its writer thread
+    and another from its exit hook after the run's own error line. The events are written
+    in the caller's thread now: one warning, then nothing more is written."""
+    import errno
+    import threading
+    from mami_jax.runtime import metric_writer
+
+    threads = threading.active_count()
+    writer = MetricWriter(str(tmp_path))
+    assert threading.active_count() == threads          # no writer thread to fail on its own
+    writer.write_scalars(1, {"train/loss": 3.0})
+    said, logged = [], []
+    monkeypatch.setattr(metric_writer.logging, "warning", lambda *a: said.append(a[0] % a[1:]))
+    monkeypatch.setattr(metric_writer.logging, "info", lambda *a: logged.append(a[0] % a[1:]))
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer._events, "flush", full)
+    for step in (2, 3):
+        writer.write_scalars(step, {"train/loss": 1.0})
+    writer.close()
+    assert said == [f"TensorBoard scalars are no longer written to {tmp_path}: "
+                    "[Errno 28] No space left on device"]
+    assert logged == ["step 2: train/loss=1", "step 3: train/loss=1"]   # the log goes on
+    assert read_scalars(str(tmp_path))["train/loss"][0].tolist()[0] == 1
