@@ -27,6 +27,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
+def slice_caption(slices: int) -> str:
+    """Which slice of a series' ``slices`` a cell shows (the middle); "" for one image."""
+    return f"slice {slices // 2 + 1} of {slices}" if slices > 1 else ""
+
+
+def visit_caption(row) -> str:
+    """A manifest row's visit (``order``) and ``view``."""
+    return " ".join(t for t in (f"order {row.order}", row.view) if t)
+
+
 class PictureGrid:
     """``rows`` x ``columns`` cells of ``cell`` pixels, ``captions`` lines under each,
     after a label column ``label_width`` pixels wide."""

@@ -34,7 +34,7 @@ from mami_jax.data.decode import DecodeError
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, order_key, read_manifest, row_place,
                                     rows_of_split)
-from mami_jax.data.picture_grid import PictureGrid
+from mami_jax.data.picture_grid import PictureGrid, slice_caption, visit_caption
 from mami_jax.data.transforms import display_view, eval_view
 from mami_jax.runtime.cli_parser import OneLineErrorParser
 from mami_jax.runtime.error_line import print_error
@@ -102,15 +102,6 @@ def _view(reader: ExampleReader, index: int, view: str, seed: int) -> tuple[np.n
         x = eval_view(reader.decoded(index, settings.slices, None),
                       settings.augment.resize_size, settings.eval_image_size)
     return x[x.shape[0] // 2], slice_caption(x.shape[0])
-
-
-def slice_caption(slices: int) -> str:
-    """Which slice of a series' ``slices`` a cell shows (the middle); "" for one image."""
-    return f"slice {slices // 2 + 1} of {slices}" if slices > 1 else ""
-
-
-def visit_caption(row: ManifestRow) -> str:
-    return " ".join(t for t in (f"order {row.order}", row.view) if t)
 
 
 def draw_preview(path: str, rows: Sequence[ManifestRow], data_cfg, patients: int = 3,

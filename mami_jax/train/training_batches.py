@@ -14,8 +14,7 @@ each image's visit and view, and for a series the slice.
 
 from __future__ import annotations
 
-from mami_jax.data.picture_grid import PictureGrid
-from mami_jax.data.preview_manifest import slice_caption, visit_caption
+from mami_jax.data.picture_grid import PictureGrid, slice_caption, visit_caption
 from mami_jax.data.transforms import display_view
 
 FILE = "training_batches.png"
