@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.config_files import load_config
 from mami_jax.data.config import default_data_config
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.example_reader import ExampleReader
@@ -170,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--patients and --visits must be at least 1")
     try:
         check_picture_file(args.out, "--out")
-        data_cfg = (load_config(args.config, kind="experiment").data if args.config
-                    else default_data_config())
+        data_cfg = default_data_config()
+        if args.config:     # an experiment file: configs sit above the data they describe
+            from mami_jax.config_files import load_config
+            data_cfg = load_config(args.config, kind="experiment").data
         rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
         preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed,
