@@ -155,3 +155,26 @@ def test_the_train_view_shows_the_augmentation_drawn_again_the_same(tmp_path):
     assert np.abs(eval_view[cells].astype(int) - train_view[cells]).mean() > 5   # augmented
     np.testing.assert_array_equal(picture("train"), train_view)                 # seeded
     assert np.abs(picture("train", seed=1)[cells].astype(int) - train_view[cells]).mean() > 1
+
+
+def test_config_reads_the_images_with_the_experiments_settings(tmp_path):
+    """``--config``: the experiment's data block. Its evaluation view of the whole image
+    (``eval_whole``) keeps the border the paper's centre crop cuts away."""
+    a = np.zeros((64, 64), np.uint8)
+    a[:3], a[-3:], a[:, :3], a[:, -3:] = 255, 255, 255, 255      # a white frame 3 px wide
+    Image.fromarray(a).save(tmp_path / "framed.png")
+    manifest = tmp_path / "m.csv"
+    write_manifest([_row(0, "p", path=str(tmp_path / "framed.png"))], str(manifest))
+    config = tmp_path / "whole.py"
+    config.write_text("from configs.all import get_config as paper\n"
+                      "from mami_jax.data.config import update_modalities\n\n\n"
+                      "def get_config(arg=None):\n"
+                      "    c = paper()\n"
+                      "    update_modalities(c.data, eval_whole=True)\n"
+                      "    return c\n")
+    corners = []
+    for extra in ([], ["--config", str(config)]):
+        out = tmp_path / f"p{len(extra)}.png"
+        assert preview_manifest.main(["--manifest", str(manifest), "--out", str(out)] + extra) == 0
+        corners.append(int(np.asarray(Image.open(out).convert("L"))[3, LABEL_WIDTH + 3]))
+    assert corners[0] < 60 and corners[1] > 200     # cut by the crop / kept whole
