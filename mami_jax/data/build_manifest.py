@@ -25,8 +25,8 @@ uncertain observations.
 Preview: ``<out>_preview.png`` beside the manifest (``manifest_preview.png`` for
 ``manifest.csv``), a few patients of every modality as the model will see them
 (``preview_manifest``), and every previewed image that could not be read, listed; not
-drawn with ``--no-preview`` or ``--no-verify-files``. ``--overwrite`` replaces an earlier preview; any other
-file of that name is refused.
+drawn with ``--no-preview`` or ``--no-verify-files``. ``--overwrite`` replaces an
+earlier preview; any other file of that name is refused.
 
 Splits: ``splits.assign_splits`` with the given fractions and seed (default: the
 data config's ``split_fractions`` and ``split_seed``).
@@ -146,7 +146,7 @@ def preview_path(out: str) -> str:
 
 def build(args: argparse.Namespace):
     """Builds, splits and writes the manifest, and draws its preview (None with
-    ``--no-verify-files``); raises on bad input (see the module doc)."""
+    ``--no-preview`` or ``--no-verify-files``); raises on bad input (see the module doc)."""
     check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
                       "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
