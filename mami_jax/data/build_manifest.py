@@ -60,7 +60,8 @@ from mami_jax.data.datasets.registry import BUILDERS, get_builder
 from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
                                     manifest_paths, write_manifest)
-from mami_jax.data.preview_manifest import describe, draw_preview, is_png
+from mami_jax.data.picture_grid import is_png
+from mami_jax.data.preview_manifest import describe, draw_preview
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser

@@ -31,7 +31,7 @@ import multiprocessing
 import os
 from typing import Iterator, Sequence
 
-from mami_jax.data.decode import open_volume
+from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import (ManifestRow, csv_header, is_manifest, manifest_paths,
                                     read_manifest, row_place, rows_of_split, write_manifest)
 from mami_jax.runtime.atomic_files import write_atomic
@@ -56,7 +56,7 @@ def why_unreadable(path: str) -> str | None:
             volume.read(list(range(start, min(start + SLICES_AT_A_TIME, volume.num_slices))))
     except Exception as e:  # noqa: BLE001 - reported: a run would stop on it as well
         message = " ".join(str(e).split())
-        return message if type(e).__name__ == "DecodeError" else f"{type(e).__name__}: {message}"
+        return message if isinstance(e, DecodeError) else f"{type(e).__name__}: {message}"
     return None
 
 

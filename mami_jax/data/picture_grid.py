@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import numpy as np
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LINE_HEIGHT = 11
 CHAR_WIDTH = 6                      # Pillow's default bitmap font
 UNREADABLE = (150, 20, 20)
+
+
+def is_png(path: str) -> bool:
+    """Whether ``path`` is a PNG file (a picture a command may replace with its own)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
 
 
 def fit(text: str, width: int) -> str:

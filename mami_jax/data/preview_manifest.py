@@ -41,9 +41,6 @@ from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.output_guard import check_picture_file, refuse_overwriting_inputs
 from mami_jax.runtime.progress import progress_bar
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 @dataclasses.dataclass
 class Preview:
     """What a preview showed: patients (rows of the picture), images, and the rows whose
@@ -53,14 +50,6 @@ class Preview:
     patients: int
     images: int
     unreadable: list[str]
-
-
-def is_png(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
-    except OSError:
-        return False
 
 
 def choose_patients(rows: Sequence[ManifestRow], patients: int, visits: int,
