@@ -82,6 +82,8 @@ setup(
             "nbformat>=5.9,<6",
             "nbclient>=0.10,<1",
             "ipykernel>=6.29,<8",
+            # JAX's file lock on the suite's shared compilation cache (tests/conftest.py)
+            "filelock>=3.12,<5",
         ],
     },
 )

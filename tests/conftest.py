@@ -22,17 +22,23 @@ if OPTIMIZATION_FLAG not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += f" {OPTIMIZATION_FLAG}=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# A persistent compilation cache per pytest process (each xdist worker its own folder, so no
-# two processes write one at once; fresh every session). Child processes inherit it: the
-# notebooks' kernels, the README's commands and the CLI tests compile the same tiny programs
-# again (a second model trained, an evaluation after training) and load them instead. JAX
-# keys an entry by the whole program, so what a test computes is unchanged; the tests of the
-# cache itself point their processes at folders of their own.
+# One persistent compilation cache for the whole session, fresh each time: made by the first
+# pytest process (xdist's controller), whose environment the workers and every child process
+# inherit. The notebooks' kernels, the README's commands and the CLI tests compile the same
+# tiny programs again (a second model trained, an evaluation after training, the same run in
+# the other worker) and load them instead. JAX keys an entry by the whole program, so what a
+# test computes is unchanged; the tests of the cache itself point their processes at folders
+# of their own.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(
-        prefix=f"mami_jax_tests_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+    _cache = tempfile.mkdtemp(prefix="mami_jax_tests_")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+# Several processes read and write that folder at once. JAX writes an entry in place, so a
+# reader could meet half of one (a warning, then the program compiled again); with a size
+# limit set, JAX takes a file lock around every read and write. The limit is far above what a
+# session writes (some 40 MB), so nothing is ever evicted.
+# (JAX needs the filelock package for it: the test extra installs it.)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import pytest  # noqa: E402  (after the flag, like every import that may pull in jax)
 

@@ -19,7 +19,7 @@ import pytest
 
 from mami_jax.runtime.distributed import process_settings
 from tests.one_device import without_device_count
-from tests.test_train import REPO, _main_command
+from tests.test_train import ONE_BATCH_SHAPE, REPO, _main_command
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gloo collectives on Linux")
 
@@ -35,7 +35,8 @@ def _start(workdir, manifest, *flags, **changed) -> list[subprocess.Popen]:
     procs = []
     for rank in range(2):
         cmd = _main_command(workdir, "unused", "--config.train.eval_at_start=False",
-                            f"--config.data.manifest={manifest}", *flags, **changed)
+                            f"--config.data.manifest={manifest}", *flags,
+                            **{**ONE_BATCH_SHAPE, **changed})
         env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank), "JAX_PLATFORMS": "cpu",
                "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",

@@ -282,6 +282,11 @@ def test_main_end_to_end_and_resume_after_kill_is_exact(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+#: The signal tests' data: the X-rays alone, one batch shape and so one training step to
+#: compile (the phantoms' series are a second); what they check is how a run stops.
+ONE_BATCH_SHAPE = {"data__only_modalities": "xray"}
+
+
 def _signal_at_step_3(tmp_path, signum, **changed) -> tuple[int, str]:
     """(exit status, stderr) of a long training run sent ``signum`` once step 3 is logged
     (step 2's checkpoint begun, with the default ``checkpoint_every`` of 2)."""
@@ -293,7 +298,7 @@ def _signal_on_line(tmp_path, signum, marker: str, **changed) -> tuple[int, str]
     log holds ``marker``."""
     cmd = _main_command(tmp_path / "run", str(tmp_path / "phantoms"),
                         "--config.train.eval_at_start=False", train__total_steps=10_000,
-                        **changed)
+                        **{**ONE_BATCH_SHAPE, **changed})
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, env={**os.environ, **TWO_DEVICES})
     seen = []
@@ -363,7 +368,7 @@ def test_sigterm_while_training_saves_the_step_reached_and_the_run_goes_on_from_
     again = subprocess.run(_main_command(tmp_path / "run", str(tmp_path / "phantoms"),
                                          "--config.train.eval_at_start=False",
                                          "--config.train.eval_at_end=False",
-                                         train__total_steps=step + 1),
+                                         train__total_steps=step + 1, **ONE_BATCH_SHAPE),
                            cwd=REPO, capture_output=True, text=True, timeout=600,
                            env={**os.environ, **TWO_DEVICES})
     assert again.returncode == 0, again.stderr[-3000:]
