@@ -19,6 +19,7 @@ source matched by none gets 0 (so does weight 0).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional
 
 import ml_collections
@@ -180,13 +181,43 @@ def _positive_int(where: str, value) -> int:
     return value
 
 
+def only_modalities(cfg) -> tuple[str, ...]:
+    """``data.only_modalities`` of data config ``cfg``, checked: () keeps every modality.
+
+    Raises ValueError naming the key for a name that is not a modality. absl reads
+    ``--config.data.only_modalities=xray,ct`` as the one name "xray,ct" (a tuple of text is
+    given as a Python tuple): a value that lists modalities so gets the flag written the
+    way absl reads it.
+    """
+    wanted = tuple(cfg.get("only_modalities", ()) or ())
+    unknown = [m for m in wanted if m not in MODALITIES]
+    if not unknown:
+        return wanted
+    message = f"data.only_modalities has unknown {unknown}; known: {MODALITIES}"
+    listed = [w for m in unknown for w in re.split(r"[^a-z]+", str(m).lower()) if w]
+    if len(listed) > 1 and all(w in MODALITIES for w in listed):
+        kept = [m for m in wanted if m in MODALITIES] + listed
+        message += f"; several are given as a tuple: {only_modalities_flag(kept)}"
+    raise ValueError(message)
+
+
+def only_modalities_flag(names) -> str:
+    """The ``main`` flag that keeps the modalities ``names``, as absl reads it (one name
+    bare, several as a quoted Python tuple)."""
+    names = list(names)
+    if len(names) == 1:
+        return f"--config.data.only_modalities={names[0]}"
+    return f"--config.data.only_modalities=\"({', '.join(repr(n) for n in names)})\""
+
+
 def modality_settings(cfg) -> dict[str, ModalitySettings]:
     """Every modality's block of data config ``cfg``, checked and resolved.
 
     Raises ValueError naming the key (``data.modalities.<m>.<key>``) for a missing or
     unknown modality block, an unknown or missing key, a value of the wrong kind, or
-    image_size > resize_size.
+    image_size > resize_size; and for ``data.only_modalities`` naming no modality.
     """
+    only_modalities(cfg)
     blocks = cfg.get("modalities")
     if blocks is None or not hasattr(blocks, "keys"):
         raise ValueError(f"data.modalities: expected one block per modality {MODALITIES}")
@@ -237,7 +268,7 @@ def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = N
         if key in MODALITIES:
             raise ValueError(f"data.source_weights[{key!r}]: a modality's weight is "
                              f"data.modalities.{key}.source_weight")
-    kept = tuple(cfg.get("only_modalities", ()) or ())
+    kept = only_modalities(cfg)
     # A modality left out by ``only_modalities`` has no rows: its weight is moot, and
     # ignoring it lets a config that weighs every modality train on a subset.
     out = {m: s.source_weight for m, s in settings.items()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
-from mami_jax.data.manifest import MODALITIES, ManifestRow, read_manifest, validate_rows
+from mami_jax.data.config import only_modalities
+from mami_jax.data.manifest import ManifestRow, read_manifest, validate_rows
 from mami_jax.phantoms import ensure_phantoms
 from mami_jax.data.splits import assign_splits
 
@@ -38,6 +39,7 @@ def load_rows(config, workdir: str) -> list[ManifestRow]:
 def read_rows(config, workdir: str) -> tuple[list[ManifestRow], dict[str, int]]:
     """(the rows ``load_rows`` gives, {modality: rows left out by
     ``data.only_modalities``}), from one read of the manifest."""
+    wanted = only_modalities(config.data)      # before the phantoms are made or a row read
     if not config.data.manifest:
         logging.info("no data.manifest configured: using the synthetic phantoms in %s",
                      _phantoms_dir(config, workdir))
@@ -49,10 +51,6 @@ def read_rows(config, workdir: str) -> tuple[list[ManifestRow], dict[str, int]]:
             raise ValueError(f"{path}: {unassigned} of {len(rows)} rows have no split; assign "
                              "all or none (none: splits are derived from the patient ids)")
         rows = assign_splits(rows, dict(config.data.split_fractions), config.data.split_seed)
-    wanted = tuple(config.data.only_modalities)
-    unknown = [m for m in wanted if m not in MODALITIES]
-    if unknown:
-        raise ValueError(f"data.only_modalities has unknown {unknown}; known: {MODALITIES}")
     left_out: dict[str, int] = {}
     if wanted:
         for r in rows:

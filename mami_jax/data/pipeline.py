@@ -45,7 +45,7 @@ import grain
 import numpy as np
 
 from mami_jax.data import sampler, worker_processes
-from mami_jax.data.config import sampler_source_weights
+from mami_jax.data.config import only_modalities, only_modalities_flag, sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.splits import split_counts
@@ -199,13 +199,13 @@ class TrainLoader:
         self._reader = ExampleReader(rows, cfg)
         settings = self._reader.settings
         trained = {r.modality for r in rows if r.split == "train"}
-        kept = tuple(cfg.get("only_modalities", ()) or ())
+        kept = only_modalities(cfg)
         for m, s in settings.items():
             if s.source_weight is not None and m not in trained and (not kept or m in kept):
                 raise ValueError(
                     f"data.modalities.{m}.source_weight={s.source_weight}: no training rows of "
                     f"modality {m!r} (training modalities: {sorted(trained)}); train on those "
-                    f"only with --config.data.only_modalities={','.join(sorted(trained))}")
+                    f"only with {only_modalities_flag(sorted(trained))}")
         self.sources = sampler.build_sources(
             rows, slices={m: s.slices for m, s in settings.items()},
             source_weights=sampler_source_weights(cfg, settings), label_map=self.label_map,

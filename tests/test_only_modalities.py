@@ -1,0 +1,96 @@
+"""``data.only_modalities``: a wrong value is refused before any data is made or read, and
+the flag a message suggests is read by absl as the modalities it names.
+
+absl reads ``--config.data.only_modalities=xray,ct`` as the one name "xray,ct": the run
+generated the phantoms (minutes at the paper's size) before it said "unknown ['xray,ct']",
+and the source-weight error suggested exactly that comma form.
+"""
+
+import os
+import shlex
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mami_jax.data import pipeline
+from mami_jax.data.config import default_data_config, only_modalities, only_modalities_flag
+from mami_jax.data.loading import read_rows
+from mami_jax.data.manifest import ManifestRow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parsed_by_absl(flag_text: str) -> tuple:
+    """``data.only_modalities`` after absl parses ``flag_text`` as a shell passes it to
+    ``python -m mami_jax.main --config=configs/all.py:runlocal``."""
+    argv = ["main", f"--config={REPO}/configs/all.py:runlocal", *shlex.split(flag_text)]
+    values = flags.FlagValues()
+    # (sys_argv: the overrides it defines as flags come from this argv, not the test's)
+    config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+    values(argv)
+    return tuple(values.config.data.only_modalities)
+
+
+def data_config(value):
+    cfg = default_data_config()
+    with cfg.unlocked():
+        cfg.only_modalities = value
+    return cfg
+
+
+def test_known_modalities_pass_and_the_suggested_flags_read_back():
+    assert only_modalities(data_config(())) == ()
+    assert only_modalities(data_config(("ct", "xray"))) == ("ct", "xray")
+    assert parsed_by_absl(only_modalities_flag(["xray"])) == ("xray",)
+    assert parsed_by_absl(only_modalities_flag(["ct", "xray"])) == ("ct", "xray")
+    assert parsed_by_absl(only_modalities_flag(["ct", "mri", "xray"])) == ("ct", "mri", "xray")
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("--config.data.only_modalities=xray,ct", ("xray", "ct")),
+    ("--config.data.only_modalities=xray+ct", ("xray", "ct")),
+    ("--config.data.only_modalities='(xray, mri)'", ("xray", "mri")),
+])
+def test_a_list_absl_took_as_one_name_is_refused_with_the_flag_that_works(typed, meant):
+    value = parsed_by_absl(typed)
+    assert len(value) == 1                     # absl's reading: one name
+    with pytest.raises(ValueError) as e:
+        only_modalities(data_config(value))
+    message = str(e.value)
+    assert message.startswith(f"data.only_modalities has unknown [{value[0]!r}]; known: ")
+    suggested = message.split("several are given as a tuple: ")[1]
+    assert parsed_by_absl(suggested) == meant
+
+
+def test_a_name_that_is_no_modality_gets_no_suggestion():
+    with pytest.raises(ValueError) as e:
+        only_modalities(data_config(("xray", "xrays")))
+    assert str(e.value) == ("data.only_modalities has unknown ['xrays']; known: "
+                            "('xray', 'ct', 'mri', 'fundus', 'pathology')")
+
+
+def test_a_wrong_value_is_refused_before_the_phantoms_are_made(tmp_path):
+    from configs.all import get_config
+    config = get_config("runlocal")
+    with config.unlocked():
+        config.phantoms.cache_dir = str(tmp_path / "phantoms")
+        config.data.only_modalities = ("xray,ct",)
+    with pytest.raises(ValueError, match="only_modalities has unknown"):
+        read_rows(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_source_weight_error_suggests_a_flag_absl_reads_as_the_training_modalities():
+    rows = [ManifestRow(image_id=f"{m}{p}{v}", patient_id=f"P{p}", study_id=f"S{p}{v}",
+                        order=str(v), modality=m, dataset="d", view="",
+                        path=f"/nowhere/{m}{p}{v}.png",
+                        split="train")
+            for m in ("ct", "xray") for p in range(2) for v in range(2)]
+    cfg = default_data_config()
+    with cfg.unlocked():
+        cfg.modalities.mri.source_weight = 1.0
+    with pytest.raises(ValueError, match="no training rows of modality 'mri'") as e:
+        pipeline.make_train_loader(rows, cfg, seed=0)
+    suggested = str(e.value).split("train on those only with ")[1]
+    assert parsed_by_absl(suggested) == ("ct", "xray")
