@@ -19,12 +19,12 @@ source matched by none gets 0 (so does weight 0).
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Optional
 
 import ml_collections
 from ml_collections import config_dict
 
+from mami_jax.config_types import names_listed_in_one, text_tuple_flag
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.data.transforms import AugmentConfig
 
@@ -184,30 +184,20 @@ def _positive_int(where: str, value) -> int:
 def only_modalities(cfg) -> tuple[str, ...]:
     """``data.only_modalities`` of data config ``cfg``, checked: () keeps every modality.
 
-    Raises ValueError naming the key for a name that is not a modality. absl reads
-    ``--config.data.only_modalities=xray,ct`` as the one name "xray,ct" (a tuple of text is
-    given as a Python tuple): a value that lists modalities so gets the flag written the
-    way absl reads it.
+    Raises ValueError naming the key for a name that is not a modality; a value that lists
+    modalities in one name (absl reads ``--config.data.only_modalities=xray,ct`` so) gets
+    the flag written the way absl reads it.
     """
     wanted = tuple(cfg.get("only_modalities", ()) or ())
     unknown = [m for m in wanted if m not in MODALITIES]
     if not unknown:
         return wanted
     message = f"data.only_modalities has unknown {unknown}; known: {MODALITIES}"
-    listed = [w for m in unknown for w in re.split(r"[^a-z]+", str(m).lower()) if w]
-    if len(listed) > 1 and all(w in MODALITIES for w in listed):
-        kept = [m for m in wanted if m in MODALITIES] + listed
-        message += f"; several are given as a tuple: {only_modalities_flag(kept)}"
+    meant = names_listed_in_one(wanted, MODALITIES)
+    if meant:
+        message += ("; several are given as a tuple: "
+                    + text_tuple_flag("data.only_modalities", meant))
     raise ValueError(message)
-
-
-def only_modalities_flag(names) -> str:
-    """The ``main`` flag that keeps the modalities ``names``, as absl reads it (one name
-    bare, several as a quoted Python tuple)."""
-    names = list(names)
-    if len(names) == 1:
-        return f"--config.data.only_modalities={names[0]}"
-    return f"--config.data.only_modalities=\"({', '.join(repr(n) for n in names)})\""
 
 
 def modality_settings(cfg) -> dict[str, ModalitySettings]:

@@ -45,7 +45,8 @@ import grain
 import numpy as np
 
 from mami_jax.data import sampler, worker_processes
-from mami_jax.data.config import only_modalities, only_modalities_flag, sampler_source_weights
+from mami_jax.config_types import text_tuple_flag
+from mami_jax.data.config import only_modalities, sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows
 from mami_jax.data.splits import split_counts
@@ -205,7 +206,7 @@ class TrainLoader:
                 raise ValueError(
                     f"data.modalities.{m}.source_weight={s.source_weight}: no training rows of "
                     f"modality {m!r} (training modalities: {sorted(trained)}); train on those "
-                    f"only with {only_modalities_flag(sorted(trained))}")
+                    f"only with {text_tuple_flag('data.only_modalities', sorted(trained))}")
         self.sources = sampler.build_sources(
             rows, slices={m: s.slices for m, s in settings.items()},
             source_weights=sampler_source_weights(cfg, settings), label_map=self.label_map,

@@ -1,9 +1,9 @@
-"""``data.only_modalities``: a wrong value is refused before any data is made or read, and
-the flag a message suggests is read by absl as the modalities it names.
-
-absl reads ``--config.data.only_modalities=xray,ct`` as the one name "xray,ct": the run
-generated the phantoms (minutes at the paper's size) before it said "unknown ['xray,ct']",
-and the source-weight error suggested exactly that comma form.
+"""Tuple-of-text keys on ``main``'s command line (``data.only_modalities``,
+``eval.protocols``): absl reads ``--config.data.only_modalities=xray,ct`` as the one name
+"xray,ct". The run generated the phantoms (minutes at the paper's size) before it said
+"unknown ['xray,ct']", and the source-weight error suggested exactly that comma form. Now a
+wrong value is refused before any data is made or read, and the flag a message suggests is
+read by absl as the names it lists.
 """
 
 import os
@@ -14,22 +14,26 @@ from absl import flags
 from ml_collections import config_flags
 
 from mami_jax.data import pipeline
-from mami_jax.data.config import default_data_config, only_modalities, only_modalities_flag
+from mami_jax.config_types import text_tuple_flag
+from mami_jax.data.config import default_data_config, only_modalities
 from mami_jax.data.loading import read_rows
 from mami_jax.data.manifest import ManifestRow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parsed_by_absl(flag_text: str) -> tuple:
-    """``data.only_modalities`` after absl parses ``flag_text`` as a shell passes it to
+def parsed_by_absl(flag_text: str, key: str = "data.only_modalities") -> tuple:
+    """Config ``key`` after absl parses ``flag_text`` as a shell passes it to
     ``python -m mami_jax.main --config=configs/all.py:runlocal``."""
     argv = ["main", f"--config={REPO}/configs/all.py:runlocal", *shlex.split(flag_text)]
     values = flags.FlagValues()
     # (sys_argv: the overrides it defines as flags come from this argv, not the test's)
     config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
     values(argv)
-    return tuple(values.config.data.only_modalities)
+    node = values.config
+    for part in key.split("."):
+        node = node[part]
+    return tuple(node)
 
 
 def data_config(value):
@@ -42,9 +46,10 @@ def data_config(value):
 def test_known_modalities_pass_and_the_suggested_flags_read_back():
     assert only_modalities(data_config(())) == ()
     assert only_modalities(data_config(("ct", "xray"))) == ("ct", "xray")
-    assert parsed_by_absl(only_modalities_flag(["xray"])) == ("xray",)
-    assert parsed_by_absl(only_modalities_flag(["ct", "xray"])) == ("ct", "xray")
-    assert parsed_by_absl(only_modalities_flag(["ct", "mri", "xray"])) == ("ct", "mri", "xray")
+    key = "data.only_modalities"
+    assert parsed_by_absl(text_tuple_flag(key, ["xray"])) == ("xray",)
+    assert parsed_by_absl(text_tuple_flag(key, ["ct", "xray"])) == ("ct", "xray")
+    assert parsed_by_absl(text_tuple_flag(key, ["ct", "mri", "xray"])) == ("ct", "mri", "xray")
 
 
 @pytest.mark.parametrize("typed, meant", [
@@ -94,3 +99,25 @@ def test_the_source_weight_error_suggests_a_flag_absl_reads_as_the_training_moda
         pipeline.make_train_loader(rows, cfg, seed=0)
     suggested = str(e.value).split("train on those only with ")[1]
     assert parsed_by_absl(suggested) == ("ct", "xray")
+
+
+def test_protocols_listed_in_one_name_are_refused_with_the_flag_that_works():
+    from mami_jax.train.settings_check import check_eval
+    from configs.all import get_config
+    for typed in ("reid,history", "history+reid"):
+        value = parsed_by_absl(f"--config.eval.protocols={typed}", "eval.protocols")
+        assert len(value) == 1
+        config = get_config("runlocal")
+        with config.unlocked():
+            config.eval.protocols = value
+        with pytest.raises(ValueError) as e:
+            check_eval(config.eval)
+        suggested = str(e.value).split("several are given as a tuple: ")[1]
+        assert parsed_by_absl(suggested, "eval.protocols") == tuple(typed.replace("+", ",")
+                                                                    .split(","))
+    config = get_config("runlocal")
+    with config.unlocked():
+        config.eval.protocols = ("reid", "rank")
+    with pytest.raises(ValueError) as e:
+        check_eval(config.eval)
+    assert "several" not in str(e.value)              # not a list: no suggestion
