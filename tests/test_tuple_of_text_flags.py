@@ -121,3 +121,20 @@ def test_protocols_listed_in_one_name_are_refused_with_the_flag_that_works():
     with pytest.raises(ValueError) as e:
         check_eval(config.eval)
     assert "several" not in str(e.value)              # not a list: no suggestion
+
+
+def test_teachers_listed_in_one_name_are_refused_with_the_flag_that_works():
+    from configs.all import RUNLOCAL_TEACHERS, get_config
+    from mami_jax.data.teacher_join import TeacherJoinError, check_config
+    key = "data.teacher_features.teachers"
+    typed = ",".join(RUNLOCAL_TEACHERS)
+    argv = ["main", f"--config={REPO}/configs/all.py:runlocal,align", f"--config.{key}={typed}"]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+    values(argv)
+    config = values.config
+    assert tuple(config.data.teacher_features.teachers) == (typed,)     # absl: one name
+    with pytest.raises(TeacherJoinError) as e:
+        check_config(config)
+    suggested = str(e.value).split("several are given as a tuple: ")[1]
+    assert parsed_by_absl(suggested, key) == tuple(RUNLOCAL_TEACHERS)

@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.config_types import names_listed_in_one, text_tuple_flag
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
 
@@ -98,6 +99,11 @@ def _dims(tf_cfg) -> dict[str, int]:
         raise TeacherJoinError("data.teacher_features.teachers is empty: name the teachers "
                                "to align to")
     lacking = [n for n in names if n not in dims]
+    meant = names_listed_in_one(names, dims)     # absl's reading of =efficientnet_lite0,anatomy
+    if lacking and meant:
+        raise TeacherJoinError(
+            f"data.teacher_features.teachers={names!r}: several are given as a tuple: "
+            + text_tuple_flag("data.teacher_features.teachers", meant))
     if lacking:
         raise TeacherJoinError(f"data.teacher_features.dims has no feature size for {lacking}")
     return {n: int(dims[n]) for n in names}
