@@ -264,24 +264,3 @@ def override_value(text: str, current, declared: type | None = None):
     if kind.type is dict:
         return dict(value)
     return value
-
-
-def text_tuple_flag(key: str, names) -> str:
-    """The ``main`` flag that sets the tuple-of-text key ``key`` to ``names``, as absl reads
-    it: one name bare, several as a quoted Python tuple (absl reads ``--config.KEY=a,b`` as
-    the one name "a,b")."""
-    names = list(names)
-    if len(names) == 1:
-        return f"--config.{key}={names[0]}"
-    return f"--config.{key}=\"({', '.join(repr(n) for n in names)})\""
-
-
-def names_listed_in_one(given, known) -> list[str] | None:
-    """The names ``given`` (a tuple of text) meant when absl read a list as one item
-    ("xray,ct", "reid+history"): every item split at what is not a letter or digit, or
-    None unless that gives more names than items and every one is ``known``."""
-    import re
-    names = [w for item in given for w in re.split(r"[^A-Za-z0-9_]+", str(item)) if w]
-    if len(names) > len(tuple(given)) and all(n in known for n in names):
-        return names
-    return None

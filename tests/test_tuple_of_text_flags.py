@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mami_jax.data import pipeline
-from mami_jax.config_types import text_tuple_flag
+from mami_jax.tuple_flags import text_tuple_flag
 from mami_jax.data.config import default_data_config, only_modalities
 from mami_jax.data.loading import read_rows
 from mami_jax.data.manifest import ManifestRow
@@ -22,15 +22,20 @@ from mami_jax.data.manifest import ManifestRow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parsed_by_absl(flag_text: str, key: str = "data.only_modalities") -> tuple:
-    """Config ``key`` after absl parses ``flag_text`` as a shell passes it to
-    ``python -m mami_jax.main --config=configs/all.py:runlocal``."""
-    argv = ["main", f"--config={REPO}/configs/all.py:runlocal", *shlex.split(flag_text)]
+def absl_config(flag_text: str, words: str = "runlocal"):
+    """The config of ``python -m mami_jax.main --config=configs/all.py:WORDS FLAG_TEXT``
+    (``flag_text`` split as a shell splits it), as absl parses it."""
+    argv = ["main", f"--config={REPO}/configs/all.py:{words}", *shlex.split(flag_text)]
     values = flags.FlagValues()
     # (sys_argv: the overrides it defines as flags come from this argv, not the test's)
     config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
     values(argv)
-    node = values.config
+    return values.config
+
+
+def parsed_by_absl(flag_text: str, key: str = "data.only_modalities") -> tuple:
+    """Config ``key`` after absl parses ``flag_text`` (``absl_config``)."""
+    node = absl_config(flag_text)
     for part in key.split("."):
         node = node[part]
     return tuple(node)
@@ -124,15 +129,11 @@ def test_protocols_listed_in_one_name_are_refused_with_the_flag_that_works():
 
 
 def test_teachers_listed_in_one_name_are_refused_with_the_flag_that_works():
-    from configs.all import RUNLOCAL_TEACHERS, get_config
+    from configs.all import RUNLOCAL_TEACHERS
     from mami_jax.data.teacher_join import TeacherJoinError, check_config
     key = "data.teacher_features.teachers"
     typed = ",".join(RUNLOCAL_TEACHERS)
-    argv = ["main", f"--config={REPO}/configs/all.py:runlocal,align", f"--config.{key}={typed}"]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
-    values(argv)
-    config = values.config
+    config = absl_config(f"--config.{key}={typed}", "runlocal,align")
     assert tuple(config.data.teacher_features.teachers) == (typed,)     # absl: one name
     with pytest.raises(TeacherJoinError) as e:
         check_config(config)

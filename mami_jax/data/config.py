@@ -24,7 +24,7 @@ from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
-from mami_jax.config_types import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.data.transforms import AugmentConfig
 

@@ -45,7 +45,7 @@ import grain
 import numpy as np
 
 from mami_jax.data import sampler, worker_processes
-from mami_jax.config_types import text_tuple_flag
+from mami_jax.tuple_flags import text_tuple_flag
 from mami_jax.data.config import only_modalities, sampler_source_weights
 from mami_jax.data.example_reader import ExampleReader
 from mami_jax.data.manifest import MODALITIES, ManifestError, ManifestRow, validate_rows

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.config_types import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
 

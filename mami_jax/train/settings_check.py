@@ -12,7 +12,7 @@ evaluates only at the end). Each is one
 
 from __future__ import annotations
 
-from mami_jax.config_types import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
 from mami_jax.data.config import modality_settings
 from mami_jax.evaluate.protocols import PROTOCOLS
 from mami_jax.evaluate.retrieval import METRICS
