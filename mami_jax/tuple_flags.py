@@ -30,3 +30,11 @@ def names_listed_in_one(given, known) -> list[str] | None:
     if len(names) > len(tuple(given)) and all(n in known for n in names):
         return names
     return None
+
+
+def listing_hint(key: str, given, known) -> str:
+    """"; several are given as a tuple: FLAG" when the value ``given`` of the tuple-of-text
+    key ``key`` lists ``known`` names in one item (``names_listed_in_one``), else ""; the
+    end of a refusal of that value."""
+    meant = names_listed_in_one(given, known)
+    return f"; several are given as a tuple: {text_tuple_flag(key, meant)}" if meant else ""

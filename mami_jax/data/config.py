@@ -24,7 +24,7 @@ from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
-from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.manifest import MODALITIES
 from mami_jax.data.transforms import AugmentConfig
 
@@ -192,12 +192,8 @@ def only_modalities(cfg) -> tuple[str, ...]:
     unknown = [m for m in wanted if m not in MODALITIES]
     if not unknown:
         return wanted
-    message = f"data.only_modalities has unknown {unknown}; known: {MODALITIES}"
-    meant = names_listed_in_one(wanted, MODALITIES)
-    if meant:
-        message += ("; several are given as a tuple: "
-                    + text_tuple_flag("data.only_modalities", meant))
-    raise ValueError(message)
+    raise ValueError(f"data.only_modalities has unknown {unknown}; known: {MODALITIES}"
+                     + listing_hint("data.only_modalities", wanted, MODALITIES))
 
 
 def modality_settings(cfg) -> dict[str, ModalitySettings]:

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
 
@@ -99,13 +99,10 @@ def _dims(tf_cfg) -> dict[str, int]:
         raise TeacherJoinError("data.teacher_features.teachers is empty: name the teachers "
                                "to align to")
     lacking = [n for n in names if n not in dims]
-    meant = names_listed_in_one(names, dims)     # absl's reading of =efficientnet_lite0,anatomy
-    if lacking and meant:
-        raise TeacherJoinError(
-            f"data.teacher_features.teachers={names!r}: several are given as a tuple: "
-            + text_tuple_flag("data.teacher_features.teachers", meant))
-    if lacking:
-        raise TeacherJoinError(f"data.teacher_features.dims has no feature size for {lacking}")
+    if lacking:     # or absl's reading of =efficientnet_lite0,anatomy: one name
+        hint = listing_hint("data.teacher_features.teachers", names, dims)
+        raise TeacherJoinError(f"data.teacher_features.teachers={names!r}{hint}" if hint else
+                               f"data.teacher_features.dims has no feature size for {lacking}")
     return {n: int(dims[n]) for n in names}
 
 

@@ -12,7 +12,7 @@ evaluates only at the end). Each is one
 
 from __future__ import annotations
 
-from mami_jax.tuple_flags import names_listed_in_one, text_tuple_flag
+from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
 from mami_jax.evaluate.protocols import PROTOCOLS
 from mami_jax.evaluate.retrieval import METRICS
@@ -47,12 +47,10 @@ def check_eval(cfg) -> None:
     require(bool(ks) and all(is_whole(k) and k >= 1 for k in ks) and len(set(ks)) == len(ks),
             "eval.ks", cfg.ks, "distinct ranks >= 1, e.g. (1, 5, 10)")
     protocols = tuple(cfg.protocols)
-    meant = names_listed_in_one(protocols, PROTOCOLS)   # absl's reading of =reid,history
     require(bool(protocols) and set(protocols) <= set(PROTOCOLS)
             and len(set(protocols)) == len(protocols), "eval.protocols", cfg.protocols,
             "one or both of " + ", ".join(map(repr, PROTOCOLS))
-            + (f"; several are given as a tuple: {text_tuple_flag('eval.protocols', meant)}"
-               if meant else ""))
+            + listing_hint("eval.protocols", protocols, PROTOCOLS))  # absl's =reid,history
     require(cfg.metric in METRICS, "eval.metric", cfg.metric,
             "one of " + ", ".join(map(repr, METRICS)))
     for key in ("batch_size", "chunk_size", "num_negatives"):
