@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     except (ValueError, KeyError, OSError, ExtractError, TeacherLoadError, ManifestError,
             TeacherFeatureError) as e:
         print_error(e, where=args.out)
-        return 2
+        return 1
     except KeyboardInterrupt:
         return say_interrupted("the finished shards are kept: run the same command again to "
                                "go on" if writer.any_shard_done(args.out) else "")

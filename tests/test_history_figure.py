@@ -39,7 +39,7 @@ def test_figure_bad_input_is_one_error_line(tmp_path, capsys):
              ([a, str(tmp_path / "bad.json")], "bad.json: not a metrics.json"),
              ([str(tmp_path / "none.json")], "none.json: cannot be read")]
     for files, message in cases:
-        assert main(["figure", "--metrics", *files, "--out", str(tmp_path / "x.png")]) == 2
+        assert main(["figure", "--metrics", *files, "--out", str(tmp_path / "x.png")]) == 1
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "x.png").exists()
@@ -66,7 +66,7 @@ def test_figure_never_writes_over_its_inputs(tmp_path, capsys):
              (str(table), f"error: --out {table}: the picture is a PNG; give a name ending in "
                           ".png")]
     for out, message in cases:
-        assert main(["figure", "--metrics", a, b, "--out", out]) == 2
+        assert main(["figure", "--metrics", a, b, "--out", out]) == 1
         assert capsys.readouterr().err.splitlines() == [message]
     assert {p: open(p, "rb").read() for p in (a, b, str(table))} == before
     assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json", "folder", "link.png",
@@ -94,6 +94,6 @@ def test_figure_names_the_file_and_key_it_cannot_read(tmp_path, capsys):
         path.write_text(json.dumps(metrics))
         cases.append((str(path), message))
     for path, message in cases:
-        assert main(["figure", "--metrics", a, path, "--out", str(tmp_path / "x.png")]) == 2
+        assert main(["figure", "--metrics", a, path, "--out", str(tmp_path / "x.png")]) == 1
         assert capsys.readouterr().err.splitlines() == [f"error: --metrics {path}: {message}"]
     assert not (tmp_path / "x.png").exists()

@@ -104,10 +104,10 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
                                       "PNG; give a name ending in .png"),
     ]
     for png, message in cases:
-        assert main(_query(s, "--png", png)[0]) == 2
+        assert main(_query(s, "--png", png)[0]) == 1
         assert _error(capsys) == message
     assert paths_digest(s["index"], q.path) == before
-    assert main(_query(s, "--threshold", "nan", "--png", str(tmp_path / "q.png"))[0]) == 2
+    assert main(_query(s, "--threshold", "nan", "--png", str(tmp_path / "q.png"))[0]) == 1
     assert _error(capsys) == "error: --threshold nan: must be a finite number"
     assert not os.path.exists(tmp_path / "q.png")
 
@@ -146,7 +146,7 @@ def test_query_with_new_images_named_by_their_paths(setup, capsys, tmp_path):
     # on the command line, one error line before the model loads
     argv = ["query", "--index", s["index"], "--image", a, "--modality", "xray", "--with",
             f"xray={b}", "--app-config", s["app"], "--png", str(tmp_path / "q.png")]
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert _error(capsys).startswith(f"error: --with xray={b}: xray, the query's own modality")
 
 
@@ -160,17 +160,17 @@ def test_query_finds_a_moved_model_with_workdir(setup, capsys, tmp_path):
     json.dump(header, open(os.path.join(moved, "archive.json"), "w"))
     argv, _ = _query(s, "--png", str(tmp_path / "q.png"))
     argv[2] = moved
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert _error(capsys) == (f"error: querying {moved}: the archive's model {tmp_path}/gone "
                               f"is not there any more; give --workdir where it is now (its "
                               f"parameters are checked against the archive's)")
     assert main(argv + ["--workdir", s["run"]]) == 0
     assert "picture:" in capsys.readouterr().out
-    assert main(argv + ["--model", s["other"]]) == 2       # other parameters: refused
+    assert main(argv + ["--model", s["other"]]) == 1       # other parameters: refused
     assert "made by another model" in _error(capsys)
     del header["model"]["fingerprint"]
     json.dump(header, open(os.path.join(moved, "archive.json"), "w"))
-    assert main(argv + ["--workdir", s["run"]]) == 2
+    assert main(argv + ["--workdir", s["run"]]) == 1
     assert _error(capsys) == (f"error: querying {moved}: archive.json records no model "
                               f"fingerprint, so no model can be checked against the archive's "
                               f"embeddings; build the archive again with `index`")
@@ -186,7 +186,7 @@ def test_a_damaged_archive_is_one_error_line(setup, capsys, no_model, tmp_path):
     open(meta, "w").write("\n".join(lines) + "\n")
     argv, _ = _query(s, "--png", str(tmp_path / "q.png"))
     argv[2] = damaged
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert _error(capsys) == f"error: {meta}: line 3 has 10 fields, expected 9"
 
 
@@ -227,7 +227,7 @@ def test_index_writes_a_new_folder_only(setup, capsys, no_model, tmp_path):
                   f"{tmp_path / 'gone.png'}: no such file or folder"))
     before = paths_digest(xr, s["run"], notes)
     for argv, message in cases:
-        assert main(["index"] + base + argv) == 2
+        assert main(["index"] + base + argv) == 1
         assert _error(capsys) == message
     assert paths_digest(xr, s["run"], notes) == before
     assert not os.path.exists(tmp_path / "x")
@@ -261,7 +261,7 @@ def test_add_refuses_inputs_inside_the_archive_it_rewrites(setup, capsys, no_mod
     before = paths_digest(index)
     inside = os.path.join(index, "metadata.csv")
     for flag, extra in (("--manifest", [inside]), ("--labels", [s["last"], "--labels", inside])):
-        assert main(["add", "--index", index, "--manifest", *extra]) == 2
+        assert main(["add", "--index", index, "--manifest", *extra]) == 1
         assert _error(capsys) == (f"error: {flag} {inside}: lies inside --index {index}, which "
                                   f"add rewrites; give a copy outside it")
     assert paths_digest(index) == before
@@ -282,7 +282,7 @@ def test_add_refuses_a_patients_order_of_another_kind_than_archived(setup, capsy
     more = str(tmp_path / "more.csv")
     write_manifest(later, more)
     first = next(r for r in Archive.load(index).rows if r.patient_key == held.patient_key)
-    assert main(["add", "--index", index, "--manifest", more]) == 2
+    assert main(["add", "--index", index, "--manifest", more]) == 1
     assert _error(capsys) == (
         f"error: {more}: image {later[0].image_id}: order '2019-03-01' is text, but patient "
         f"{held.patient_key!r} has order {first.order!r} at image {first.image_id} of archive "
@@ -330,7 +330,7 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
                   f"{s['manifest']} has disease_label='1'; a classifier cannot learn from one "
                   f"class (classes: 0, 1)"))
     for argv, message in cases:
-        assert main(argv[:1] + base + argv[1:]) == 2
+        assert main(argv[:1] + base + argv[1:]) == 1
         assert _error(capsys) == message
     assert paths_digest(s["diag"], xr, s["run"]) == before
     assert not os.path.exists(tmp_path / "new")
@@ -346,7 +346,7 @@ def test_settings_that_would_do_nothing_are_refused(setup, capsys, no_model, tmp
                                                      message):
     s = setup
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out",
-                 str(tmp_path / "d"), "--app-config", f"{s['app']}:{word}"]) == 2
+                 str(tmp_path / "d"), "--app-config", f"{s['app']}:{word}"]) == 1
     line = _error(capsys)
     assert line.startswith(f"error: config '{s['app']}:{word}'") and line.endswith(message)
 
@@ -360,7 +360,7 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
     argv = ["eval", "--workdir", s["run"], "--manifest", s["manifest"], "--out", d,
             "--app-config", s["app"]]
     # trained on disease_label (two classes), evaluated on disease_stage (four)
-    assert main(argv[:-1] + [f"{s['app']}:stage"]) == 2
+    assert main(argv[:-1] + [f"{s['app']}:stage"]) == 1
     assert _error(capsys) == ("error: the classifiers were trained on 'disease_label' (classes "
                               "0, 1), this run reads 'disease_stage' (classes 0, 1, 2, 3): "
                               "train again or use the same --app-config")
@@ -368,7 +368,7 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
     recorded = json.load(open(info))
     json.dump({k: v for k, v in recorded.items() if k not in ("label_column", "classes")},
               open(info, "w"))
-    assert main(argv[:-1] + [f"{s['app']}:stage"]) == 2
+    assert main(argv[:-1] + [f"{s['app']}:stage"]) == 1
     assert _error(capsys) == (
         f"error: classifiers {clf}: parameter current['logits']['bias'] has shape (2,), the app "
         f"config's classifier gives (4,) (4 classes of 'disease_stage', hidden, attention_dim, "
@@ -384,11 +384,11 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
     ]
     for data, message in cases:
         open(clf, "wb").write(data)
-        assert main(argv) == 2
+        assert main(argv) == 1
         assert _error(capsys) == message
     open(clf, "wb").write(good)
     open(info, "w").write("{not json")
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert _error(capsys) == (f"error: {info}: not the JSON object `train` writes (Expecting "
                               f"property name enclosed in double quotes: line 1 column 2 "
                               f"(char 1))")
@@ -408,7 +408,7 @@ def test_a_failed_train_leaves_the_earlier_results(setup, capsys, monkeypatch, t
     monkeypatch.setattr(pictures, "auc_bars", fail)
     capsys.readouterr()
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out", d,
-                 "--app-config", s["app"]]) == 2
+                 "--app-config", s["app"]]) == 1
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if "error:" in line] == [
         "error: No space left on device"]
@@ -417,7 +417,7 @@ def test_a_failed_train_leaves_the_earlier_results(setup, capsys, monkeypatch, t
     # in a new folder, only the feature cache (it is keyed by what it was computed from)
     fresh = str(tmp_path / "fresh")
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out", fresh,
-                 "--app-config", s["app"]]) == 2
+                 "--app-config", s["app"]]) == 1
     assert os.listdir(fresh) == ["features.npz"]
 
 

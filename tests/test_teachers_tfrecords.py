@@ -212,11 +212,11 @@ def test_changed_shard_and_unfinished_run_are_errors(single_run, tmp_path):
 
 def test_cli_bad_input_is_one_error_line(phantoms, tmp_path, capsys):
     assert extract.main(["--manifest", phantoms, "--teachers", "nope", "--out",
-                         str(tmp_path / "x")]) == 2
+                         str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown teacher 'nope'")
     assert extract.main(["--manifest", phantoms, "--teachers", "dinov2_base", "--out",
-                         str(tmp_path / "y")]) == 2
+                         str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs local weights: --weights dinov2_base=PATH" in err[0]
     with pytest.raises(SystemExit) as e:           # a usage error: one line, not argparse's block
@@ -251,7 +251,7 @@ def test_a_missing_image_is_refused_before_any_teacher_loads(phantoms, tmp_path,
     os.remove(victim.path)
     out = tmp_path / "a"
     assert extract.main(["--manifest", manifest, "--teachers", "random_tiny", "--out",
-                         str(out)]) == 2
+                         str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {manifest}: line ")
     assert err[0].endswith(f"(image_id={victim.image_id!r}): {victim.path}: no such file or "

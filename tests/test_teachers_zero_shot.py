@@ -91,7 +91,7 @@ def test_partial_features_in_a_group_are_an_error(setup, tmp_path, capsys):
     run = tf_files.read_json(os.path.join(out, tf_files.RUN_FILE))
     writer.write_index_if_complete(out, run)
     assert zero_shot.main(["--features", out, "--manifest", manifest,
-                           "--out", str(tmp_path / "o")]) == 2
+                           "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: teacher random_tiny: 1 of ")
     assert "images of phantoms/xray have no stored feature" in err[0]
@@ -103,14 +103,14 @@ def test_features_of_another_manifest_are_an_error(setup, tmp_path, capsys):
     other = generator.generate(str(tmp_path / "other"), patients=2, visits=2, image_size=32,
                                slices=2, workers=1)
     assert zero_shot.main(["--features", feats, "--manifest", other, "--out",
-                           str(tmp_path / "o")]) == 2
+                           str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image_id not in" in err[0] and "features-00000-of-00001" in err[0]
     for out in (feats, os.path.join(feats, "scores")):     # the input, or inside it
-        assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", out]) == 2
+        assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", out]) == 1
         assert capsys.readouterr().err == (f"error: --out {out}: is or lies inside --features "
                                            f"{feats} (inputs are never modified)\n")
-    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", manifest]) == 2
+    assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", manifest]) == 1
     assert capsys.readouterr().err == f"error: --out {manifest}: is a file, not a folder\n"
 
 
@@ -118,7 +118,7 @@ def test_a_split_that_cannot_be_scored_is_one_error_line_naming_the_flag(setup, 
                                                                          capsys):
     manifest, feats = setup
     assert zero_shot.main(["--features", feats, "--manifest", manifest, "--split", "nope",
-                           "--out", str(tmp_path / "o")]) == 2
+                           "--out", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err == (
         f"error: {manifest}: no rows in split 'nope' to evaluate (the rows' splits: test 15, train 75, "
         "val 9): give some patients split 'nope', or evaluate another split (--split)\n")
@@ -133,7 +133,7 @@ def test_an_out_holding_other_files_is_refused_and_its_own_is_written_again(setu
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert zero_shot.main(["--features", feats, "--manifest", manifest, "--out", str(out),
-                           "--teachers", "anatomy"]) == 2
+                           "--teachers", "anatomy"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: --out {out}: holds files this command did not write (notes.txt); give a new "
         "or empty folder")

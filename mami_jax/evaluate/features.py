@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             raise ValueError(f"no stored teacher has features in split {config.eval.split!r}")
     except (ValueError, OSError, ManifestError, TeacherFeatureError) as e:
         print_error(e, where=args.out)
-        return 2
+        return 1
     except KeyboardInterrupt:
         return say_interrupted()
     table, data = summary(results)

@@ -30,8 +30,8 @@ archive's either way.
 Inputs are never modified, and outputs go where ``commands`` says (never into an input).
 A stopped ``index``, ``add``, ``train`` or ``eval``, run again, reads back the embedding
 chunks it finished (``runtime.chunk_store``, beside its output) and goes on from there.
-Bad input ends with one ``error: ...`` line and exit status 2, usage errors included
-(``runtime.cli_parser``), before any long work.
+Bad input ends with one ``error: ...`` line before any long work: exit status 2 for a
+usage error (``runtime.cli_parser``), 1 for any other, as every command of the package.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         return getattr(commands, args.command)(args)
     except user_errors() as e:
         print_error(e, where=getattr(args, "out", None))
-        return 2
+        return 1
     except KeyboardInterrupt:
         return say_interrupted(_what_is_kept(args))
 
