@@ -8,7 +8,7 @@ from PIL import Image
 
 from mami_jax.data import build_manifest, preview_manifest
 from mami_jax.data.manifest import ManifestRow, read_manifest, write_manifest
-from mami_jax.data.picture_grid import LINE_HEIGHT, UNREADABLE
+from mami_jax.data.picture_grid import LINE_HEIGHT, UNREADABLE, slice_caption
 from mami_jax.data.preview_manifest import choose_patients
 from tests.test_data_decode import write_dicom
 
@@ -178,3 +178,10 @@ def test_config_reads_the_images_with_the_experiments_settings(tmp_path):
         assert preview_manifest.main(["--manifest", str(manifest), "--out", str(out)] + extra) == 0
         corners.append(int(np.asarray(Image.open(out).convert("L"))[3, LABEL_WIDTH + 3]))
     assert corners[0] < 60 and corners[1] > 200     # cut by the crop / kept whole
+
+
+def test_a_series_caption_counts_the_slices_read_not_the_series():
+    """A CT of 120 slices is read as a few: "slice 5 of 8" read as its fifth slice."""
+    assert slice_caption(1) == ""
+    assert slice_caption(8) == "slice 5 of 8 read"
+    assert slice_caption(3) == "slice 2 of 3 read"

@@ -38,8 +38,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def slice_caption(slices: int) -> str:
-    """Which slice of a series' ``slices`` a cell shows (the middle); "" for one image."""
-    return f"slice {slices // 2 + 1} of {slices}" if slices > 1 else ""
+    """Which of the ``slices`` read from a series a cell shows (the middle); "" for one
+    image. "of N read": the series itself may hold many more (a CT of 120 slices is read
+    as ``data.slices`` of them), and "slice 2 of 3" read as the volume's second slice."""
+    return f"slice {slices // 2 + 1} of {slices} read" if slices > 1 else ""
 
 
 def visit_caption(row) -> str:
