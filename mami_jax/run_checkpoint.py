@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mami_jax.data.image_signature import rows_signature
+from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
 from mami_jax.evaluate.embedding_map import draw_embedding_map
@@ -63,9 +63,10 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     rows = load_rows(config, workdir)
     if mode == "eval":
         check_split_evaluable(rows, config.eval.split)
-    check_images_on_disk([r for r in rows if mode == "embed" or r.split == config.eval.split],
-                         config.data.skip_bad_images, "evaluation" if mode == "eval" else
-                         "embedding")
+    read = [r for r in rows if mode == "embed" or r.split == config.eval.split]
+    files = ImageFiles(read)    # asked once: the missing check, then the chunks' key
+    check_images_on_disk(read, config.data.skip_bad_images,
+                         "evaluation" if mode == "eval" else "embedding", files)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
@@ -73,7 +74,7 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         out = os.path.join(workdir, "eval", name)
 
         def embed_split(split_rows):
-            store = model.chunk_store(out, rows_signature(split_rows), "embeddings")
+            store = model.chunk_store(out, files.signature(split_rows), "embeddings")
             return embed_in_chunks(model.embed_batch, split_rows, model, store=store, mesh=mesh,
                                    desc=f"evaluating {config.eval.split}")
         results = evaluate(embed_split, rows, config, out,
@@ -82,7 +83,7 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         discard_beside(out)
         return results
     path = os.path.join(workdir, "embeddings", f"{name}.npz")
-    store = model.chunk_store(path, rows_signature(rows), "embeddings")
+    store = model.chunk_store(path, files.signature(rows), "embeddings")
     emb = embed_in_chunks(model.embed_batch, rows, model, store=store, mesh=mesh)
     ok = left_out_skipped(rows, emb, path)
     rows, emb = [r for r, k in zip(rows, ok) if k], emb[ok]

@@ -194,3 +194,36 @@ def test_missing_rows_come_in_row_order_whether_asked_one_by_one_or_by_threads(
             for i in range(3000)]
     assert [r.image_id for r in missing_files.missing_rows(rows)] == [
         str(i) for i in range(3000) if i % 97 in (3, 50)]
+
+
+def test_one_stat_pass_finds_the_missing_images_and_keys_their_cache(tmp_path, monkeypatch):
+    """``ImageFiles`` asks each file once and answers both questions that were asked
+    separately (a missing check, then the embedding chunks' key): the same missing rows
+    as ``os.path.exists``, the same fingerprint as ``rows_signature``. A folder (a
+    series), an Analyze pair missing its other half, and a removed file each."""
+    from mami_jax.data import image_signature, missing_files
+    from mami_jax.data.image_signature import ImageFiles, rows_signature
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "1.png").write_bytes(b"x")
+    (tmp_path / "a.png").write_bytes(b"a")
+    (tmp_path / "v.img").write_bytes(b"v")                 # its v.hdr is missing
+    names = ["a.png", "series", "v.img", "gone.png", "v.hdr"]
+    rows = [ManifestRow(image_id=f"i{k}", patient_id="p", study_id="s", order="0",
+                        modality="xray", dataset="d", view="", path=str(tmp_path / n))
+            for k, n in enumerate(names)]
+    asked = []
+    real = image_signature.path_signature
+    monkeypatch.setattr(image_signature, "path_signature", lambda p: asked.append(p) or real(p))
+    files = ImageFiles(rows)
+    assert asked == [r.path for r in rows]
+    assert [r.image_id for r in missing_files.missing_rows(rows, files)] == ["i3", "i4"] == [
+        r.image_id for r in missing_files.missing_rows(rows)]
+    assert files.signature(rows[:3]) == rows_signature(rows[:3])
+    assert files.signature(rows) == rows_signature(rows)
+    before = files.signature(rows)
+    (tmp_path / "series" / "2.png").write_bytes(b"y")      # a changed series: a new key
+    assert rows_signature(rows) != before
+    del asked[:]
+    with pytest.raises(FileNotFoundError, match=r"image_id='i3'.*\(1 more image missing\)"):
+        missing_files.check_images_on_disk(rows, False, "evaluation", files)
+    assert asked == []

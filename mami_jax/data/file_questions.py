@@ -3,7 +3,7 @@
 Several commands ask about every image before their work: the trainer and evaluation
 whether each manifest row's image exists (``missing_files``), embedding and the
 applications its size and date (``image_signature``, what says a kept result is still
-valid), ``build_manifest`` whether each image a dataset's metadata names is there
+valid; a command that needs both asks once, ``ImageFiles``), ``build_manifest`` whether each image a dataset's metadata names is there
 (``datasets.common``), 377,000 of them for MIMIC-CXR. On a local disk one ``stat`` is a
 few microseconds; on a bucket mounted with gcsfuse, the way a Cloud TPU VM usually
 reaches its data, each is a request of tens of milliseconds, so asking one after another

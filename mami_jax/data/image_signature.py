@@ -51,9 +51,31 @@ def path_signature(path: str) -> str:
 def rows_signature(rows: Sequence[ManifestRow]) -> str:
     """sha256 over every row's image id and its files' ``path_signature``, in row order
     (asked many at once on a slow file system, with a bar when that takes long)."""
-    h = hashlib.sha256()
-    signatures = ask_each(rows, lambda r: path_signature(r.path),
-                          "reading the images' sizes and dates")
-    for r, signature in zip(rows, signatures):
-        h.update(f"{r.image_id}\n{signature}\n".encode())
-    return h.hexdigest()
+    return ImageFiles(rows, "reading the images' sizes and dates").signature(rows)
+
+
+class ImageFiles:
+    """The ``path_signature`` of each row's files, asked once: which rows' images are
+    missing (``missing_files``) and the fingerprint of any of the rows (``signature``).
+
+    A command that refuses missing images and then keys a cache by the files (``--mode``
+    eval and embed, the history archive) asked the file system about every image twice;
+    on a bucket that is a request per file each time."""
+
+    def __init__(self, rows: Sequence[ManifestRow], what: str = "checking the images are there"):
+        rows = list(rows)
+        self.rows = rows
+        self._of = dict(zip((r.image_id for r in rows),
+                            ask_each(rows, lambda r: path_signature(r.path), what)))
+
+    def missing(self, rows: Sequence[ManifestRow] | None = None) -> list[ManifestRow]:
+        """The rows (default: all asked) whose ``path`` does not exist, in row order."""
+        return [r for r in (self.rows if rows is None else rows)
+                if self._of[r.image_id].split("\n", 1)[0].startswith(f"{r.path}|missing:")]
+
+    def signature(self, rows: Sequence[ManifestRow]) -> str:
+        """``rows_signature`` of ``rows``, every one of them among those asked."""
+        h = hashlib.sha256()
+        for r in rows:
+            h.update(f"{r.image_id}\n{self._of[r.image_id]}\n".encode())
+        return h.hexdigest()

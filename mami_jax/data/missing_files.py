@@ -19,24 +19,31 @@ import os
 from typing import Iterable, Sequence
 
 from mami_jax.data.file_questions import ask_each
+from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.manifest import ManifestRow, row_place
 from mami_jax.runtime.local_paths import url_hint
 
 
 SKIP_SWITCH = "--config.data.skip_bad_images=True"
 
-def missing_rows(rows: Iterable[ManifestRow]) -> list[ManifestRow]:
+def missing_rows(rows: Iterable[ManifestRow],
+                 files: ImageFiles | None = None) -> list[ManifestRow]:
     """The rows whose ``path`` does not exist, in row order (asked many at once on a slow
-    file system, with a bar when that takes long: ``file_questions``)."""
+    file system, with a bar when that takes long: ``file_questions``), or as ``files``
+    found them (the caller keys a cache by the same answers)."""
     rows = list(rows)
+    if files is not None:
+        return files.missing(rows)
     gone = ask_each(rows, lambda r: not os.path.exists(r.path), "checking the images are there")
     return [r for r, g in zip(rows, gone) if g]
 
 
-def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "") -> None:
+def refuse_missing_files(rows: Iterable[ManifestRow], remedy: str = "",
+                         files: ImageFiles | None = None) -> None:
     """FileNotFoundError naming the first row whose ``path`` does not exist (its manifest
-    file and line, its image id) and how many more are missing; ``remedy`` ends it."""
-    missing = missing_rows(rows)
+    file and line, its image id) and how many more are missing; ``remedy`` ends it.
+    ``files``: as ``missing_rows``."""
+    missing = missing_rows(rows, files)
     if not missing:
         return
     first = missing[0]
@@ -57,15 +64,16 @@ def _windows_separators(path: str) -> str:
 
 
 def check_images_on_disk(rows: Sequence[ManifestRow], skip_bad_images: bool,
-                         purpose: str) -> int:
+                         purpose: str, files: ImageFiles | None = None) -> int:
     """The number of ``rows`` whose image is missing, read for ``purpose`` ("training", ...).
     Without ``skip_bad_images`` the first one is refused (``refuse_missing_files``, naming
-    the switch); with it they are logged as a count: the readers skip and count them."""
+    the switch); with it they are logged as a count: the readers skip and count them.
+    ``files``: as ``missing_rows``."""
     if not skip_bad_images:
         refuse_missing_files(rows, remedy=f"; {purpose} can skip missing and unreadable "
-                                          f"images, counted: {SKIP_SWITCH}")
+                                          f"images, counted: {SKIP_SWITCH}", files=files)
         return 0
-    missing = len(missing_rows(rows))
+    missing = len(missing_rows(rows, files))
     if missing:
         logging.warning("%d of the %d images for %s are missing: they will be skipped and "
                         "counted (data.skip_bad_images)", missing, len(rows), purpose)

@@ -29,7 +29,7 @@ from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
 from mami_jax.config_files import load_config, resolve
-from mami_jax.data.image_signature import rows_signature
+from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
 from mami_jax.data.missing_files import refuse_missing_files
@@ -51,11 +51,12 @@ def app_config(args):
     return cfg
 
 
-def _rows(args, config) -> list[ManifestRow]:
+def _rows(args, config) -> tuple[list[ManifestRow], ImageFiles]:
     """The manifest's rows, with the run config's split rule when it has no splits, and
     only of the modalities the run was trained on (``data.only_modalities``; how many
-    others were left out is said). A manifest without rows (of those modalities) is an
-    error naming it."""
+    others were left out is said), and their files as asked once (``ImageFiles``: the
+    missing check here, an embedding cache's key later). A manifest without rows (of
+    those modalities), or a row whose image is missing, is an error naming it."""
     from mami_jax.data.loading import read_rows
     with config.unlocked():
         config.data.manifest = os.path.abspath(args.manifest)
@@ -68,8 +69,9 @@ def _rows(args, config) -> list[ManifestRow]:
     if not rows:
         others = " of the run's modalities" if left_out else ""
         raise ValueError(f"--manifest {args.manifest}: no images{others} to work on")
-    refuse_missing_files(rows)      # before a model loads and any output is begun
-    return rows
+    files = ImageFiles(rows)
+    refuse_missing_files(rows, files=files)     # before a model loads and any output is begun
+    return rows, files
 
 
 # -- where the commands write ------------------------------------------------------------
@@ -142,7 +144,7 @@ def index(args) -> int:
             raise ValueError(f"--out {args.out}: holds {flag} {path}; the archive replaces the "
                              f"whole folder, and outputs never go into the inputs")
     _check_out_folder(args, ARCHIVE_JSON, ())
-    rows = _rows(args, load_experiment(spec))   # bad input first, before the model loads
+    rows, files = _rows(args, load_experiment(spec))   # bad input first, before the model loads
     if os.path.isdir(out):
         inside = next((r for r in rows if same_or_inside(r.path, out)), None)
         if inside is not None:
@@ -150,7 +152,7 @@ def index(args) -> int:
                              f"{inside.image_id}; the archive replaces the whole folder")
     recorded = _recorded(rows, args, cfg)
     model = TrainedModel(args.workdir, spec, role=args.model_flag)
-    store = model.chunk_store(out, rows_signature(rows), "embeddings")
+    store = model.chunk_store(out, files.signature(rows), "embeddings")
     emb = model.embeddings(rows, store=store)
     archive = Archive(emb.shape[1], args.kind or cfg.index.kind, dict(cfg.index), model.info,
                       centers=mean_directions(rows, emb) if cfg.center else None)
@@ -238,7 +240,7 @@ def _add(args) -> int:
                              f"rewrites; give a copy outside it")
     where = f"adding {args.manifest} to {args.index}"
     source = _model_source(archive, args, where)
-    rows = _rows(args, load_experiment(source[1]))     # the run's modalities, as index reads
+    rows, files = _rows(args, load_experiment(source[1]))   # the run's modalities, as index reads
     known = {r.image_id for r in archive.rows}
     dup = [r.image_id for r in rows if r.image_id in known]
     if dup:  # before the (long) embedding
@@ -257,7 +259,7 @@ def _add(args) -> int:
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
                            f"config's label column is {cfg.label_column!r}")
     model = _load_model(archive, source, where)
-    store = model.chunk_store(args.index, rows_signature(rows), "embeddings")
+    store = model.chunk_store(args.index, files.signature(rows), "embeddings")
     archive.add(rows, model.embeddings(rows, store=store))
     if recorded is not None:
         archive.record(rows, recorded, cfg.label_column)
@@ -362,7 +364,7 @@ def _experiment(args, training: bool):
         _check_out_folder(args, None, REPORT_FILES + CACHE_FILES, labels)
         trained = load_trained(out)
         check_classifier_settings(*trained, cfg, os.path.join(out, CLASSIFIERS))
-    rows = _rows(args, load_experiment(spec))
+    rows, _ = _rows(args, load_experiment(spec))
     split = check_splits(rows, cfg, args.split, args.manifest, training)
     y = read_row_labels(rows, labels, cfg)
     if training:
