@@ -19,6 +19,7 @@ source matched by none gets 0 (so does weight 0).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import ml_collections
@@ -68,6 +69,13 @@ def default_modality_config(modality: str) -> ml_collections.ConfigDict:
     m.eval_symmetry = False
     # Sampling weight of this modality's sources (see the module docstring); None = not set.
     m.source_weight = config_dict.placeholder(float)
+    # (lo, hi): the stored values mapped to [0, 1], clipped, in the images' own units after
+    # a DICOM's rescale (Hounsfield units for a CT: (-1000, 1000) keeps air to dense bone),
+    # in place of each read's min-max and of a DICOM's own VOI window: a scan then looks the
+    # same whichever slices are read and whatever its padding, metal or technician's window,
+    # so a patient's visits stay comparable. 8-bit image files keep /255. None = the
+    # format's own rule (docs/datasets.md), as in the paper's recipe.
+    m.value_window = config_dict.placeholder(tuple)
     return m
 
 
@@ -147,6 +155,7 @@ class ModalitySettings:
     eval_whole: bool
     eval_symmetry: bool
     source_weight: Optional[float]
+    value_window: Optional[tuple[float, float]] = None
 
     @property
     def eval_image_size(self) -> int:
@@ -231,13 +240,30 @@ def modality_settings(cfg) -> dict[str, ModalitySettings]:
         weight = block.source_weight
         if weight is not None and (isinstance(weight, bool) or float(weight) < 0):
             raise ValueError(f"{where}.source_weight={weight!r}: expected a weight >= 0 or None")
+        value_window = _value_window(f"{where}.value_window", block.value_window)
         out[m] = ModalitySettings(
             augment=augment_config(cfg, image_size, resize_size),  # names a bad data.crop_mode
             slices=_positive_int(f"{where}.slices", block.slices),
             flip=block.flip, rotate=block.rotate, stain_normalize=block.stain_normalize,
             eval_whole=block.eval_whole, eval_symmetry=block.eval_symmetry,
-            source_weight=None if weight is None else float(weight))
+            source_weight=None if weight is None else float(weight), value_window=value_window)
     return out
+
+
+def _value_window(where: str, value) -> tuple[float, float] | None:
+    """None for None (or ()), else (lo, hi) with finite lo < hi; ValueError naming
+    ``where``."""
+    if value is None or (isinstance(value, (tuple, list)) and len(value) == 0):
+        return None
+    flag = f'--config.{where}="(-1000, 1000)"'
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"{where}={value!r}: expected (lo, hi), two numbers in the images' "
+                         f"stored units, or None; e.g. {flag}")
+    lo, hi = float(value[0]), float(value[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise ValueError(f"{where}={value!r}: expected finite lo < hi")
+    return lo, hi
 
 
 def sampler_source_weights(cfg, settings: dict[str, ModalitySettings] | None = None) -> dict[str, float]:

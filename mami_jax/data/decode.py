@@ -29,6 +29,10 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   VOILUTSequence, else min-max as above; MONOCHROME1 and a Presentation LUT Shape of
   INVERSE are inverted (1 - x) so bone is always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
   syntaxes decode through pydicom's plugins (python-gdcm is a dependency).
+- A value window (``open_volume(..., value_window=(lo, hi))``, from a modality's
+  ``data.modalities.<m>.value_window``) replaces min-max and a DICOM's VOI window or LUT:
+  stored values (after a DICOM's rescale) map to [0, 1] by one fixed range, clipped
+  (``image_values.window``); 8-bit image files keep /255.
 - NIfTI (``nifti_slices``): the volume is reoriented to the closest canonical (RAS+)
   orientation and sliced axially; each slice is shown in radiological convention
   (anterior at the top, patient right on the image left). A header whose sform is
@@ -60,7 +64,7 @@ import numpy as np
 from mami_jax.data import dicom_pixels, nifti_slices
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.dicom_series import nested_series_hint, series_files
-from mami_jax.data.image_values import minmax, scale_integer_or_float
+from mami_jax.data.image_values import minmax, scale_integer_or_float, window
 from mami_jax.data.natural_order import examples, natural_key
 
 #: The 2-D picture files a slice folder's slices are recognised by (its other files, a note
@@ -173,6 +177,8 @@ class Volume:
 
     def __init__(self, path: str):
         self.path = path
+        # (lo, hi) in stored units (``open_volume``), or None: the format's own rule.
+        self.value_window: tuple[float, float] | None = None
 
     @property
     def num_slices(self) -> int:
@@ -248,7 +254,8 @@ class ImageFile(Volume):
 
     def _read(self, indices):
         indices = self._check(indices, 1)
-        x = scale_integer_or_float(_to_slices(_read_pil_array(self.path, self.min_short_side)))
+        x = scale_integer_or_float(_to_slices(_read_pil_array(self.path, self.min_short_side)),
+                                   self.value_window)
         return np.repeat(x, len(indices), axis=0) if len(indices) != 1 else x
 
 
@@ -281,7 +288,8 @@ class DicomFile(Volume):
         self._n = frames.shape[0]
         indices = self._check(indices, frames.shape[0])
         return dicom_pixels.to_unit(frames[indices], ds,
-                                    None if padded is None else padded[order][indices])
+                                    None if padded is None else padded[order][indices],
+                                    self.value_window)
 
 
 class DicomSeries(Volume):
@@ -326,7 +334,8 @@ class DicomSeries(Volume):
         _refuse_mixed_slices(self.path, {self.files[i]: cache[i][0] for i in cache},
                              types=False)
         padded = np.stack([cache[i][2] for i in indices])
-        return dicom_pixels.to_unit(np.stack(frames), ref, padded if padded.any() else None)
+        return dicom_pixels.to_unit(np.stack(frames), ref, padded if padded.any() else None,
+                                    self.value_window)
 
 
 class NiftiVolume(Volume):
@@ -352,7 +361,7 @@ class NiftiVolume(Volume):
     def _read(self, indices):
         n, raw = nifti_slices.read_slices(self.path, indices)
         self._n = n
-        return minmax(raw)
+        return minmax(raw) if self.value_window is None else window(raw, self.value_window)
 
 
 class SliceFolder(Volume):
@@ -384,15 +393,25 @@ class SliceFolder(Volume):
         stack = np.stack(raw)
         if stack.ndim == 3:
             stack = stack[..., None]
-        return scale_integer_or_float(stack)
+        return scale_integer_or_float(stack, self.value_window)
 
 
-def open_volume(path: str, min_short_side: int | None = None) -> Volume:
+def open_volume(path: str, min_short_side: int | None = None,
+                value_window: tuple[float, float] | None = None) -> Volume:
     """Chooses the reader for ``path`` (file or folder); raises DecodeError if none fits.
 
     ``min_short_side`` lets JPEG files decode at reduced scale (see ``_read_pil_array``);
-    None decodes at full resolution.
+    None decodes at full resolution. ``value_window`` (lo, hi): the stored values (after a
+    DICOM's rescale: Hounsfield units for a CT) mapped to [0, 1], clipped, in place of
+    min-max and of a DICOM's own VOI window or table; 8-bit image files keep /255.
     """
+    volume = _choose_volume(path, min_short_side)
+    volume.value_window = None if value_window is None else (
+        float(value_window[0]), float(value_window[1]))
+    return volume
+
+
+def _choose_volume(path: str, min_short_side: int | None) -> Volume:
     if os.path.isdir(path):
         try:
             names = [n for n in os.listdir(path)

@@ -39,6 +39,7 @@ import numpy as np
 from mami_jax.data.decode_errors import DecodeError, dataset_place
 from mami_jax.data.dicom_luts import ModalityLut, VoiLut, as_pixel_value
 from mami_jax.data.image_values import minmax, scale_integer_or_float
+from mami_jax.data.image_values import window as fixed_window
 
 #: JPEG Extended (processes 2 and 4): 12-bit JPEG, which only pylibjpeg-libjpeg decodes.
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
@@ -323,11 +324,15 @@ def padded_frames(ds) -> np.ndarray | None:
     return mask.reshape((frames,) + mask.shape[-2:])[..., None]
 
 
-def to_unit(frames: np.ndarray, ref, padded: np.ndarray | None = None) -> np.ndarray:
-    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags;
+def to_unit(frames: np.ndarray, ref, padded: np.ndarray | None = None,
+            value_window: tuple[float, float] | None = None) -> np.ndarray:
+    """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags, or
+    ``value_window`` (lo, hi in modality units, ``image_values.window``) in their place;
     ``padded`` (like ``frames``, grey): padding pixels, left out of min-max and read as 0."""
     if frames.shape[-1] == 3:
-        out = scale_integer_or_float(frames)
+        out = scale_integer_or_float(frames, value_window)
+    elif value_window is not None:
+        out = fixed_window(frames, value_window)
     else:
         shown = window(ref)
         lut = None if shown is not None else VoiLut.of(ref)

@@ -47,7 +47,7 @@ class ExampleReader:
         volume = None
         total = self._num_slices.get(index)
         if total is None:
-            volume = open_volume(row.path, min_short_side=self.min_short_side)
+            volume = self._open(row)
             total = volume.num_slices
             if self.cache.max_bytes:
                 self._num_slices[index] = total
@@ -55,10 +55,14 @@ class ExampleReader:
         idx = slice_indices(total, num_slices, jitter)
 
         def decode():
-            x = (volume or open_volume(row.path, min_short_side=self.min_short_side)).read(idx)
+            x = (volume or self._open(row)).read(idx)
             return stain.normalize_slices(x) if self.settings[row.modality].stain_normalize else x
 
         return self.cache.get_or_compute((index, tuple(int(i) for i in idx)), decode)
+
+    def _open(self, row: ManifestRow):
+        return open_volume(row.path, min_short_side=self.min_short_side,
+                           value_window=self.settings[row.modality].value_window)
 
     def read(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
         """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""

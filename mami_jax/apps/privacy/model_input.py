@@ -68,7 +68,7 @@ def read_parts(row: ManifestRow, settings: ModalitySettings, every_slice: bool) 
     """The views of ``row`` that protection optimises: the slices evaluation reads
     (``every_slice`` False, or a series no longer than that), else one view per
     ``slice_groups`` group, which together cover the whole series."""
-    volume = open_volume(row.path)
+    volume = open_volume(row.path, value_window=settings.value_window)
     n = volume.num_slices
     groups = (slice_groups(n, settings.slices) if every_slice
               else [slice_indices(n, settings.slices)])

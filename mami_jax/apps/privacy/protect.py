@@ -330,6 +330,22 @@ def member_sets(targets: Sequence[ManifestRow], members, modality_members: dict
     return out
 
 
+def refuse_value_windows(data_cfg, targets: Sequence[ManifestRow]) -> None:
+    """ValueError when the run reads a target's modality through a fixed value window
+    (``data.modalities.<m>.value_window``): a protected copy's change goes back into the
+    file through the inverse of the readers' own rules (``stored_change``, the writers),
+    and a window clips what lies outside it, so the copy would not read back as the
+    protected image. Checked before any model is read."""
+    for m in sorted({r.modality for r in targets}):
+        window = settings_for(data_cfg, m).value_window
+        if window is not None:
+            raise ValueError(
+                f"the run reads {m} images through data.modalities.{m}.value_window="
+                f"{window}; protect writes a copy's pixels back by the "
+                f"readers' own rules, which that window replaces: protect with a run "
+                f"trained without a value window for {m}")
+
+
 def check_settings(config, targets: Sequence[ManifestRow]) -> None:
     """ValueError naming the first setting of the privacy config that cannot protect
     ``targets``: checked before any model is read or anything is written."""
