@@ -70,11 +70,11 @@ def default_modality_config(modality: str) -> ml_collections.ConfigDict:
     # Sampling weight of this modality's sources (see the module docstring); None = not set.
     m.source_weight = config_dict.placeholder(float)
     # (lo, hi): the stored values mapped to [0, 1], clipped, in the images' own units after
-    # a DICOM's rescale (Hounsfield units for a CT: (-1000, 1000) keeps air to dense bone),
+    # a DICOM's rescale (Hounsfield units for a CT: (-1000, 1000) spans air to bone),
     # in place of each read's min-max and of a DICOM's own VOI window: a scan then looks the
     # same whichever slices are read and whatever its padding, metal or technician's window,
-    # so a patient's visits stay comparable. 8-bit image files keep /255. None = the
-    # format's own rule (docs/datasets.md), as in the paper's recipe.
+    # so a patient's visits stay comparable. 8-bit image files keep /255. None (the default):
+    # the format's own rule (docs/datasets.md).
     m.value_window = config_dict.placeholder(tuple)
     return m
 
