@@ -143,3 +143,15 @@ def test_protect_refuses_a_run_that_reads_a_target_through_a_window():
                                          r"data\.modalities\.ct\.value_window=\(-1000\.0, "
                                          r"1000\.0\); protect writes"):
         refuse_value_windows(cfg, [row])
+
+
+def test_the_retrieval_picture_shows_a_windowed_modality_as_the_model_reads_it(tmp_path):
+    from mami_jax.evaluate.retrieval_figure import display_image
+    path = _nifti(tmp_path / "ct.nii.gz", _hu_volume(padding=-3024))
+    row = ManifestRow(image_id="c", patient_id="p", study_id="s", order="0", modality="ct",
+                      dataset="d", view="", path=path)
+    windowed = display_image(row, {"ct": CT_WINDOW, "xray": None})
+    assert windowed.shape == (4, 4, 3)
+    np.testing.assert_array_equal(windowed[..., 2],
+                                  open_volume(path, value_window=CT_WINDOW).read()[1, ..., 0])
+    np.testing.assert_array_equal(display_image(row)[..., 0], open_volume(path).read()[1, ..., 0])

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mami_jax.data.config import symmetric_modalities
+from mami_jax.data.config import modality_settings, symmetric_modalities
 from mami_jax.data.manifest import MODALITIES, ManifestRow, row_place
 from mami_jax.data.pipeline import make_eval_loader
 from mami_jax.data.transforms import symmetry_mean
@@ -190,6 +190,8 @@ def evaluate(embed_split: SplitEmbedder, rows: Sequence[ManifestRow], config, ou
     if jax.process_index() == 0:
         write_eval_report(results, out_dir, title=title)
         if retrieval_picture:
+            windows = {m: s.value_window for m, s in modality_settings(config.data).items()}
             write_retrieval_overview(os.path.join(out_dir, "retrieval.png"), by_row, rows,
-                                     groups, config.eval.metric, title or "evaluation")
+                                     groups, config.eval.metric, title or "evaluation",
+                                     value_windows=windows)
     return results

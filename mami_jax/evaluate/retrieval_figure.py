@@ -22,11 +22,11 @@ the similarity itself says nothing at a glance) and its patient. Images are show
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from mami_jax.data.decode import decode
+from mami_jax.data.decode import open_volume
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.metrics import build_query_targets, check_finite_similarity
 from mami_jax.evaluate.protocols import Protocol
@@ -87,10 +87,15 @@ def top_matches(similarity, protocol: Protocol, k: int = 5) -> TopMatches:
     return TopMatches(index, score, correct, standing)
 
 
-def display_image(row: ManifestRow) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: the decoded image, or a series' middle slice."""
-    x = decode(row.path)
-    return x[x.shape[0] // 2]
+def display_image(row: ManifestRow,
+                  value_windows: Mapping[str, tuple | None] | None = None) -> np.ndarray:
+    """(H, W, 3) float in [0, 1]: the decoded image, or a series' middle slice, through
+    its modality's value window where ``value_windows`` (modality -> (lo, hi) or None,
+    ``data.modalities.<m>.value_window``) sets one, as the model reads it."""
+    window = (value_windows or {}).get(row.modality)
+    x = open_volume(row.path, value_window=window).read()
+    x = x[x.shape[0] // 2]
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
 def _frame(ax, colour: str, width: float = 4.0) -> None:
@@ -104,13 +109,15 @@ def _frame(ax, colour: str, width: float = 4.0) -> None:
 
 def retrieval_figure(rows: Sequence[ManifestRow], protocol: Protocol, similarity,
                      queries: Sequence[int] | None = None, k: int = 5,
-                     title: str | None = None, path: str | None = None):
+                     title: str | None = None, path: str | None = None,
+                     value_windows: Mapping[str, tuple | None] | None = None):
     """A matplotlib Figure: per chosen query, the query and its top ``k`` matches.
 
     ``rows`` are the manifest rows the protocol was built from; ``queries`` are
     positions in ``protocol.query`` (default: the first 4 queries that have a true
     match). Correct matches are framed green and marked with a tick, wrong ones red.
     With ``path`` the figure is also written there as a PNG (atomically).
+    ``value_windows``: as ``display_image``.
     """
     top = top_matches(similarity, protocol, k)
     if queries is None:
@@ -128,7 +135,7 @@ def retrieval_figure(rows: Sequence[ManifestRow], protocol: Protocol, similarity
                  dpi=110)
     axes = fig.subplots(len(queries), k + 1, squeeze=False)
     for r, q in enumerate(queries):
-        draw_query_row(axes[r], rows, protocol, top, q)
+        draw_query_row(axes[r], rows, protocol, top, q, value_windows=value_windows)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -140,11 +147,13 @@ def retrieval_figure(rows: Sequence[ManifestRow], protocol: Protocol, similarity
 
 
 def draw_query_row(axes, rows: Sequence[ManifestRow], protocol: Protocol, top: TopMatches,
-                q: int, label: str = "query") -> None:
-    """One row of a retrieval figure: query ``q`` in ``axes[0]``, its matches after it."""
+                   q: int, label: str = "query",
+                   value_windows: Mapping[str, tuple | None] | None = None) -> None:
+    """One row of a retrieval figure: query ``q`` in ``axes[0]``, its matches after it
+    (``value_windows``: as ``display_image``)."""
     query_row = rows[int(protocol.query[q])]
     ax = axes[0]
-    ax.imshow(display_image(query_row), vmin=0.0, vmax=1.0)
+    ax.imshow(display_image(query_row, value_windows), vmin=0.0, vmax=1.0)
     _frame(ax, "black", 2.0)
     ax.set_title(f"{label}\n{query_row.patient_id} v{query_row.order}", fontsize=8)
     for c, ax in enumerate(axes[1:]):
@@ -154,7 +163,7 @@ def draw_query_row(axes, rows: Sequence[ManifestRow], protocol: Protocol, top: T
             continue
         match = rows[int(protocol.gallery[g])]
         ok = bool(top.correct[q, c])
-        ax.imshow(display_image(match), vmin=0.0, vmax=1.0)
+        ax.imshow(display_image(match, value_windows), vmin=0.0, vmax=1.0)
         _frame(ax, CORRECT_COLOUR if ok else WRONG_COLOUR)
         mark = "\u2713" if ok else "\u2717"
         ax.set_title(f"#{c + 1} {mark} {top.standing[q, c]:+.1f}\u03c3\n"

@@ -34,10 +34,12 @@ def one_query(protocol, q: int):
 
 def write_retrieval_overview(path: str, by_row: Mapping[int, np.ndarray],
                              rows: Sequence[ManifestRow], groups: Mapping[str, list[int]],
-                             metric: str, title: str, seed: int = 0) -> bool:
+                             metric: str, title: str, seed: int = 0,
+                             value_windows: Mapping[str, tuple | None] | None = None) -> bool:
     """Writes the picture to ``path`` (PNG, atomically); False (nothing written) when no
     group has a query with a true match. ``groups``: row indices per group, each with an
-    embedding in ``by_row``."""
+    embedding in ``by_row``. ``value_windows``: each modality's value window, the images
+    shown as the model reads them (``retrieval_figure.display_image``)."""
     rng = np.random.default_rng(seed)
     shown = []
     for name in sorted(groups):
@@ -60,7 +62,8 @@ def write_retrieval_overview(path: str, by_row: Mapping[int, np.ndarray],
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(shown), MATCHES + 1, squeeze=False)
     for axes_row, (name, group_rows, chosen, top) in zip(axes, shown):
-        draw_query_row(axes_row, group_rows, chosen, top, 0, label=name)
+        draw_query_row(axes_row, group_rows, chosen, top, 0, label=name,
+                       value_windows=value_windows)
     fig.suptitle(f"{title}: a query of each group and its top {MATCHES} (green: the "
                  "same patient)", fontsize=10)
     fig.tight_layout()
