@@ -75,7 +75,7 @@ def kind_of(reference, declared: type | None = None) -> Kind:
     if isinstance(reference, (list, tuple)):
         return Kind(tuple, item=_item_type(reference))
     if reference is None:
-        known = declared if declared in (bool, int, float, str) else None
+        known = declared if declared in (bool, int, float, str, tuple) else None
         return Kind(known, nullable=True)
     if isinstance(reference, (bool, int, float, str)):
         return Kind(type(reference))

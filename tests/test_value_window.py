@@ -155,3 +155,25 @@ def test_the_retrieval_picture_shows_a_windowed_modality_as_the_model_reads_it(t
     np.testing.assert_array_equal(windowed[..., 2],
                                   open_volume(path, value_window=CT_WINDOW).read()[1, ..., 0])
     np.testing.assert_array_equal(display_image(row)[..., 0], open_volume(path).read()[1, ..., 0])
+
+
+def test_preview_shows_a_window_given_with_set_before_any_training(tmp_path, capsys):
+    from mami_jax.data import preview_manifest
+    from mami_jax.data.manifest import write_manifest
+    hu = np.tile(np.linspace(-1500, 1500, 32, dtype=np.float32)[None, None], (3, 32, 1))
+    path = _nifti(tmp_path / "ct.nii.gz", hu.astype(np.int16))
+    manifest = str(tmp_path / "m.csv")
+    write_manifest([ManifestRow(image_id="c", patient_id="p", study_id="s", order="0",
+                                modality="ct", dataset="d", view="", path=path)], manifest)
+    pictures = []
+    for extra in ([], ["--set", "data.modalities.ct.value_window=(-1000, 1000)"]):
+        out = str(tmp_path / f"p{len(extra)}.png")
+        assert preview_manifest.main(["--manifest", manifest, "--out", out] + extra) == 0
+        pictures.append(np.asarray(Image.open(out).convert("L"), np.int16))
+    assert np.abs(pictures[0] - pictures[1]).max() > 40           # clipped beyond +-1000 HU
+    capsys.readouterr()
+    assert preview_manifest.main(["--manifest", manifest, "--out", str(tmp_path / "x.png"),
+                                  "--set", "data.modalities.ct.value_window=abc"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: override 'data.modalities.ct.value_window=abc': "
+        "data.modalities.ct.value_window takes a list or None"]

@@ -136,6 +136,18 @@ def describe(preview: Preview, path: str) -> list[str]:
     return lines
 
 
+def _experiment(spec: str, overrides: Sequence[str]):
+    """The experiment config ``spec`` (the package's base config when empty), with the
+    ``--set`` overrides applied (ValueError naming a bad one)."""
+    from mami_jax.config import base_config
+    from mami_jax.config_files import load_config
+    from mami_jax.config_overrides import apply_overrides
+    from mami_jax.config_renames import renamed_key_message
+    cfg = load_config(spec, kind="experiment") if spec else base_config()
+    apply_overrides(cfg, overrides, moved=renamed_key_message)
+    return cfg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m mami_jax.data.preview_manifest",
                                 description=__doc__.split("\n\n")[0])
@@ -144,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="",
                         help="experiment config FILE[:ARG] (or a run's config.json) whose "
                              "data block reads the images; default: the paper's preprocessing")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an experiment config setting, e.g. "
+                             "data.modalities.ct.value_window=\"(-1000, 1000)\", to see a "
+                             "reading before training with it (repeatable)")
     parser.add_argument("--split", default="", help="only rows of this split")
     parser.add_argument("--patients", type=int, default=3,
                         help="patients per (dataset, modality) group")
@@ -159,9 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_picture_file(args.out, "--out")
         data_cfg = default_data_config()
-        if args.config:     # an experiment file: configs sit above the data they describe
-            from mami_jax.config_files import load_config
-            data_cfg = load_config(args.config, kind="experiment").data
+        if args.config or args.set:     # configs sit above the data they describe
+            data_cfg = _experiment(args.config, args.set).data
         rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
         preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed,
