@@ -137,13 +137,15 @@ def describe(preview: Preview, path: str) -> list[str]:
 
 
 def _experiment(spec: str, overrides: Sequence[str]):
-    """The experiment config ``spec`` (the package's base config when empty), with the
-    ``--set`` overrides applied (ValueError naming a bad one)."""
-    from mami_jax.config import base_config
+    """The experiment config ``spec`` (without one, the paper's data block alone), with
+    the ``--set`` overrides applied (ValueError naming a bad one)."""
+    import ml_collections
+
     from mami_jax.config_files import load_config
     from mami_jax.config_overrides import apply_overrides
     from mami_jax.config_renames import renamed_key_message
-    cfg = load_config(spec, kind="experiment") if spec else base_config()
+    cfg = load_config(spec, kind="experiment") if spec else \
+        ml_collections.ConfigDict({"data": default_data_config()})
     apply_overrides(cfg, overrides, moved=renamed_key_message)
     return cfg
 
