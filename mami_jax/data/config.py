@@ -4,8 +4,8 @@
 augmentation strengths, input workers) and one block per modality,
 ``config.data.modalities.<m>`` for every m in ``manifest.MODALITIES``, with what
 differs between modalities (``default_modality_config``): input sizes, slices,
-which augmentations and stain normalisation apply, the evaluation view and the
-sampling weight. ``modality_settings(cfg)`` checks the blocks and resolves them to
+which augmentations and stain normalisation apply, the evaluation view, the
+sampling weight and the value window of the stored intensities. ``modality_settings(cfg)`` checks the blocks and resolves them to
 frozen ``ModalitySettings``; the pipeline, sampler and evaluator read only those.
 
 Sources: a source is one (dataset, modality) group, named ``"<dataset>:<modality>"``
