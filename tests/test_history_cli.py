@@ -26,28 +26,23 @@ def _err(capsys):
     return [line for line in capsys.readouterr().err.splitlines() if "error" in line]
 
 
-def test_index_asks_about_each_image_once(setup, tmp_path, monkeypatch):
-    """The missing-image check and the embedding chunks' key share one stat pass (on a
-    bucket each is a request per file): each image gets its signature once, and the only
-    other question is the decoder's own when it reads it (the check asked ``exists``)."""
+def test_index_query_add(setup, capsys, tmp_path, monkeypatch):
+    s = setup
+    index = str(tmp_path / "index")
+    # The missing-image check and the embedding chunks' key share one stat pass (on a
+    # bucket each is a request per file): each image gets its signature once, and the only
+    # other question is the decoder's own when it reads it (the check asked ``exists``).
     from mami_jax.data import image_signature
     asked, exists = [], []
     real, real_exists = image_signature.path_signature, os.path.exists
     monkeypatch.setattr(image_signature, "path_signature", lambda p: asked.append(p) or real(p))
     monkeypatch.setattr(os.path, "exists", lambda p: exists.append(p) or real_exists(p))
-    s = setup
     assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
-                 s["first"], "--out", str(tmp_path / "index"), "--app-config", s["app"]]) == 0
+                 s["first"], "--out", index, "--app-config", s["app"]]) == 0
+    monkeypatch.undo()
     paths = sorted(r.path for r in read_manifest(s["first"]))
     assert sorted(asked) == paths
     assert sorted(p for p in exists if p in set(paths)) == paths
-
-
-def test_index_query_add(setup, capsys, tmp_path):
-    s = setup
-    index = str(tmp_path / "index")
-    assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
-                 s["first"], "--out", index, "--app-config", s["app"]]) == 0
     out = capsys.readouterr().out
     assert "flat index, 32-d" in out and "xray: accept above" in out
     archive = Archive.load(index)
