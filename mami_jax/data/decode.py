@@ -444,9 +444,11 @@ def _choose_volume(path: str, min_short_side: int | None) -> Volume:
     return ImageFile(path, min_short_side)  # let PIL try other formats; fails naming the file
 
 
-def decode(path: str, slices: Sequence[int] | None = None) -> np.ndarray:
-    """The image or series at ``path`` as float32 (S, H, W, 3) in [0, 1]."""
-    x = open_volume(path).read(slices)
+def decode(path: str, slices: Sequence[int] | None = None,
+           value_window: tuple[float, float] | None = None) -> np.ndarray:
+    """The image or series at ``path`` as float32 (S, H, W, 3) in [0, 1] (``value_window``:
+    as ``open_volume``)."""
+    x = open_volume(path, value_window=value_window).read(slices)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     return x

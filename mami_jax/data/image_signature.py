@@ -63,14 +63,13 @@ class ImageFiles:
     on a bucket that is a request per file each time."""
 
     def __init__(self, rows: Sequence[ManifestRow], what: str = "checking the images are there"):
-        rows = list(rows)
-        self.rows = rows
         self._of = dict(zip((r.image_id for r in rows),
                             ask_each(rows, lambda r: path_signature(r.path), what)))
 
-    def missing(self, rows: Sequence[ManifestRow] | None = None) -> list[ManifestRow]:
-        """The rows (default: all asked) whose ``path`` does not exist, in row order."""
-        return [r for r in (self.rows if rows is None else rows)
+    def missing(self, rows: Sequence[ManifestRow]) -> list[ManifestRow]:
+        """Those of ``rows`` (all among those asked) whose ``path`` does not exist, in row
+        order."""
+        return [r for r in rows
                 if self._of[r.image_id].split("\n", 1)[0].startswith(f"{r.path}|missing:")]
 
     def signature(self, rows: Sequence[ManifestRow]) -> str:

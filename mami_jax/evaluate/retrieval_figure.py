@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mami_jax.data.decode import open_volume
+from mami_jax.data.decode import decode
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.metrics import build_query_targets, check_finite_similarity
 from mami_jax.evaluate.protocols import Protocol
@@ -92,10 +92,8 @@ def display_image(row: ManifestRow,
     """(H, W, 3) float in [0, 1]: the decoded image, or a series' middle slice, through
     its modality's value window where ``value_windows`` (modality -> (lo, hi) or None,
     ``data.modalities.<m>.value_window``) sets one, as the model reads it."""
-    window = (value_windows or {}).get(row.modality)
-    x = open_volume(row.path, value_window=window).read()
-    x = x[x.shape[0] // 2]
-    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    x = decode(row.path, value_window=(value_windows or {}).get(row.modality))
+    return x[x.shape[0] // 2]
 
 
 def _frame(ax, colour: str, width: float = 4.0) -> None:

@@ -364,7 +364,7 @@ def _experiment(args, training: bool):
         _check_out_folder(args, None, REPORT_FILES + CACHE_FILES, labels)
         trained = load_trained(out)
         check_classifier_settings(*trained, cfg, os.path.join(out, CLASSIFIERS))
-    rows, _ = _rows(args, load_experiment(spec))
+    rows, files = _rows(args, load_experiment(spec))
     split = check_splits(rows, cfg, args.split, args.manifest, training)
     y = read_row_labels(rows, labels, cfg)
     if training:
@@ -379,7 +379,7 @@ def _experiment(args, training: bool):
                              f"{args.model_flag} {args.workdir} (parameters "
                              f"{model.fingerprint[:12]}): train again or use the same "
                              f"{args.model_flag}")
-    return Experiment(model, rows, y, cfg, out), split, trained
+    return Experiment(model, rows, y, cfg, out, image_files=files), split, trained
 
 
 def train(args) -> int:

@@ -117,14 +117,15 @@ def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
     os.rmdir(tmp)
 
 
-def cached_features(model, rows, out_dir: str, cfg):
+def cached_features(model, rows, out_dir: str, cfg, image_files=None):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
     OUT/features.npz when it is this model's for these images (ids and files,
-    ``rows_signature``) and holds the maps needed (maps of another layer or grid are
-    computed again, and so is a cache that cannot be read, said in one line)."""
+    ``rows_signature``, or ``image_files.signature`` where the caller asked already) and
+    holds the maps needed (maps of another layer or grid are computed again, and so is a
+    cache that cannot be read, said in one line)."""
     path = os.path.join(out_dir, FEATURES_CACHE)
     ids = np.asarray([r.image_id for r in rows])
-    files = rows_signature(rows)
+    files = image_files.signature(rows) if image_files is not None else rows_signature(rows)
     maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
 
     def use(f):
@@ -162,15 +163,17 @@ def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
 class Experiment:
     """The features, thresholds and histories of every image of a manifest."""
 
-    def __init__(self, model, rows, y, cfg, out_dir: str, log=print, diagnosis_backbone=None):
+    def __init__(self, model, rows, y, cfg, out_dir: str, log=print, diagnosis_backbone=None,
+                 image_files=None):
         """``y``: each row's class index (``read_row_labels``). ``diagnosis_backbone``:
-        the model of ``features = "teacher:NAME"`` (built from the config when None)."""
+        the model of ``features = "teacher:NAME"`` (built from the config when None).
+        ``image_files``: the rows' ``ImageFiles`` where the caller asked them already."""
         check_settings(cfg)          # before the features: a bad setting costs nothing
         self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
         self.classes = [str(c) for c in cfg.classes]
         self.y = np.asarray(y)
         log(f"features of {len(rows)} images ({model.info['source']})")
-        emb, backbone, self.maps_raw = cached_features(model, rows, out_dir, cfg)
+        emb, backbone, self.maps_raw = cached_features(model, rows, out_dir, cfg, image_files)
         archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
                           centers=mean_directions(rows, emb) if cfg.center else None)
         archive.add(rows, emb)
