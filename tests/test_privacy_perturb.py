@@ -21,6 +21,7 @@ from mami_jax.apps.privacy import (common_weakness, deform, ensemble, objective,
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.model_input import InputMap, read_source, settings_for
 from mami_jax.config_files import load_config
+from mami_jax.data.config import default_data_config
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.example_reader import read_example
 from mami_jax.models import MaMI
@@ -375,7 +376,7 @@ def test_views_of_different_intensity_ranges_are_written_in_their_own_scale(tmp_
     # the extremes stay as they are, so that the min-max reading keeps its scale
     deltas = [np.where((v.unit > 0) & (v.unit < 0.9), 0.05, 0.0).astype(np.float32)
               for v in views]
-    pending = PendingRows(views)
+    pending = PendingRows(views, default_data_config())
     assert pending.add(views[0], deltas[0], 0.0, 0.0) is None
     whole = pending.add(views[1], deltas[1], 0.0, 0.0)
     assert whole.slices.tolist() == [0, 1, 2, 3]

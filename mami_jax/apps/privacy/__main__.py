@@ -222,7 +222,7 @@ def _run(args, parser) -> None:
 def _protect_or_cues(args, pcfg, rows, targets) -> None:
     """The models loaded, then ``_protect`` or ``_cues``, with OUT held."""
     from mami_jax.apps.privacy import ensemble, references
-    from mami_jax.apps.privacy.protect import check_settings, refuse_value_windows
+    from mami_jax.apps.privacy.protect import check_settings
     from mami_jax.data.manifest import MODALITIES
     from mami_jax.data.missing_files import refuse_missing_files
     refuse_missing_files(references.reference_rows(rows, targets))   # targets among them
@@ -230,8 +230,6 @@ def _protect_or_cues(args, pcfg, rows, targets) -> None:
         check_settings(pcfg, targets)
     pcfg.experiment = experiment_spec(args.workdir, pcfg.experiment, how=EXPERIMENT_HOW)
     experiment = load_experiment(pcfg.experiment)
-    if args.command == "protect":
-        refuse_value_windows(experiment.data, targets)
     _warn_unseen_modalities(targets, experiment, args.workdir)
     # Only the models the run uses are restored (cues: --workdir's; protect: the default
     # ensemble only where a target's modality has no ensemble of its own), and the

@@ -15,6 +15,9 @@ rounding):
   stored value in place of ``1 / RescaleSlope`` (``dicom_luts``);
 - grey without either, and colour: min-max, ``change * (max - min)`` of the frames read
   together, the pixels that hold the extremes kept (``stored_change.apply_change``);
+- a modality read through a fixed value window (``data.modalities.<m>.value_window``, in
+  rescaled units: a CT's Hounsfield units) in place of the VOI tags and min-max: that
+  window inverted (``stored_change.windowed_change``), then the rescale;
 - an image shown inverted (MONOCHROME1, a Presentation LUT Shape of INVERSE) negated;
   every value inside what BitsStored holds;
 - padding (PixelPaddingValue, the reader's black outside the scanned field) kept as
@@ -45,7 +48,8 @@ from typing import Callable
 import numpy as np
 
 from mami_jax.apps.privacy.derived_uids import COPY, derived_uid
-from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
+from mami_jax.apps.privacy.stored_change import (apply_change, channels, per_slice_change,
+                                                 unit_scale, windowed_change)
 from mami_jax.data import dicom_pixels
 from mami_jax.data.dicom_luts import ModalityLut, VoiLut
 from mami_jax.data.image_values import value_range
@@ -116,26 +120,36 @@ def _as_stored(ds, stored: np.ndarray) -> np.ndarray:
     return stored
 
 
-def _scale(ref, frames, padded) -> tuple[Callable[[np.ndarray], np.ndarray | float],
-                                          float | None, float | None]:
-    """(rescaled units per unit intensity at a frame's pixels, lo, hi) of ``frames`` (the
-    rescaled frames read together, (H, W, C) each) under ``ref``'s reading rule; ``padded``:
-    each frame's padding mask (H, W) or None, left out of min-max as the reader does."""
+def _scale(ref, frames, padded, value_window=None
+           ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], float | None, float | None]:
+    """(the change in rescaled units that a frame's pixels need to read as their unit
+    pixels plus a change, lo, hi) of ``frames`` (the rescaled frames read together,
+    (H, W, C) each) under ``ref``'s reading rule, or ``value_window`` in place of its VOI
+    tags and min-max; ``padded``: each frame's padding mask (H, W) or None, left out of
+    min-max as the reader does. lo and hi: the range a min-max rule scales by, which the
+    copy keeps (None for any other rule)."""
     if frames[0].shape[-1] == 3:
+        if value_window is not None and frames[0].dtype != np.uint8:
+            return (lambda frame, change: windowed_change(frame, change, value_window)), \
+                None, None
         scale, lo, hi = unit_scale(frames)
-        return (lambda frame: scale), lo, hi
+        return (lambda frame, change: change * scale), lo, hi
     sign = -1.0 if dicom_pixels.shown_inverted(ref) else 1.0
+    if value_window is not None:
+        return (lambda frame, change: windowed_change(frame[..., 0], sign * change,
+                                                      value_window)), None, None
     shown = dicom_pixels.window(ref)
     if shown is not None:
-        return (lambda frame: sign * dicom_pixels.window_units_per_unit(frame[..., 0], *shown)), \
-            None, None
+        return (lambda frame, change: change * sign * dicom_pixels.window_units_per_unit(
+            frame[..., 0], *shown)), None, None
     lut = VoiLut.of(ref)
     if lut is not None:
-        return (lambda frame: sign * lut.stored_per_unit(frame[..., 0])), None, None
+        return (lambda frame, change: change * sign * lut.stored_per_unit(frame[..., 0])), \
+            None, None
     ignore = None if all(p is None for p in padded) else np.stack(
         [np.zeros(f.shape[:2], bool) if p is None else p for f, p in zip(frames, padded)])
     lo, hi = value_range(np.stack([f[..., 0] for f in frames]), ignore)
-    return (lambda frame: sign * max(hi - lo, 1e-12)), lo, hi
+    return (lambda frame, change: change * sign * max(hi - lo, 1e-12)), lo, hi
 
 
 def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.ndarray:
@@ -143,9 +157,9 @@ def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.nd
     pixels) added; ``frame``: its rescaled values (H, W, C); ``padded``: its padding
     (H, W) or None, kept as stored, and no other pixel is moved onto a padding value
     (it would read as padding: such a pixel keeps its stored value)."""
-    per_unit, lo, hi = scale_info
+    rescaled_change, lo, hi = scale_info
     if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
-        return apply_change(stored, channels(change, stored) * per_unit(frame), lo, hi)
+        return apply_change(stored, rescaled_change(frame, channels(change, stored)), lo, hi)
     table = ModalityLut.of(ds)
     if table is not None:            # stored units per modality unit, pixel by pixel
         per_stored = table.stored_per_output(stored)
@@ -157,7 +171,7 @@ def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.nd
         stored_hi = None if hi is None else (hi - intercept) / slope
         if stored_lo is not None and stored_lo > stored_hi:
             stored_lo, stored_hi = stored_hi, stored_lo
-    new = apply_change(stored, change.mean(-1) * per_unit(frame) * per_stored, stored_lo,
+    new = apply_change(stored, rescaled_change(frame, change.mean(-1)) * per_stored, stored_lo,
                        stored_hi, _bits_stored_range(ds), keep=padded)
     landed = dicom_pixels.padding(ds, new)
     if landed is not None:
@@ -240,15 +254,16 @@ def _write(ds, out: str) -> None:
     write_atomic(out, write)
 
 
-def write_dicom_file(path: str, slices, delta, out: str) -> None:
-    """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``."""
+def write_dicom_file(path: str, slices, delta, out: str, value_window=None) -> None:
+    """The copy of a single- or multi-frame DICOM file with ``delta`` on its read ``slices``
+    (``value_window``: the fixed range its modality is read through, or None)."""
     ds, frames, stored, padded = _read(path)
     order = dicom_pixels.frame_order(ds)             # slice i is stored frame order[i]
     changes = {int(order[i]): change
                for i, change in per_slice_change(delta, slices, frames.shape[0]).items()}
     several = int(ds.get("NumberOfFrames", 1) or 1) > 1
     pads = {f: None if padded is None else padded[f] if several else padded for f in changes}
-    scale_info = _scale(ds, [frames[f] for f in changes], list(pads.values()))
+    scale_info = _scale(ds, [frames[f] for f in changes], list(pads.values()), value_window)
     new = stored.copy()
     for f, change in changes.items():
         if several:
@@ -258,7 +273,7 @@ def write_dicom_file(path: str, slices, delta, out: str) -> None:
     _save(ds, new, out)
 
 
-def write_dicom_series(volume, slices, delta, out: str) -> None:
+def write_dicom_series(volume, slices, delta, out: str, value_window=None) -> None:
     """The copy of a DICOM series folder (``decode.DicomSeries``): the read slices'
     files changed under the first file's reading rule, the others' pixels kept."""
     changes = per_slice_change(delta, slices, volume.num_slices)
@@ -268,7 +283,8 @@ def write_dicom_series(volume, slices, delta, out: str) -> None:
         read[i] = (ds, stored, frames[0], padded)
     ref = read[0][0] if 0 in read else \
         dicom_pixels.read_dataset(volume.files[0], header_only=True)
-    scale_info = _scale(ref, [r[2] for r in read.values()], [r[3] for r in read.values()])
+    scale_info = _scale(ref, [r[2] for r in read.values()], [r[3] for r in read.values()],
+                        value_window)
     with staging_dir(out) as tmp:
         for i, f in enumerate(volume.files):
             target = os.path.join(tmp, os.path.basename(f))

@@ -197,7 +197,8 @@ class WholeRow:
     views: tuple = ()      # each view's slices (a reader may scale each set by its own range)
 
 
-def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list) -> tuple[list, list]:
+def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list,
+                   value_window=None) -> tuple[list, list]:
     """Each view's change (``deltas``, over the view's own ``units``, the kept slices of
     the row's ``slices`` in order) in the intensity scale of all those slices read
     together, and their pixels in that scale: (changes, originals), view by view.
@@ -206,9 +207,9 @@ def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list) -> 
     one view's unit pixels and the union's differ by an affine map per view; a change is
     written in the union's scale (``writers``), and it must come out, in the raw values,
     as the change optimised in the view's own scale. The map's slope is fitted by least
-    squares on the view's slices (exact for an affine reader; 1 where the scale is fixed,
-    e.g. a DICOM window)."""
-    union = open_volume(path).read(slices)
+    squares on the view's slices (exact for an affine reader; 1 where the scale is fixed:
+    a DICOM window, the modality's ``value_window``, which reads the union through)."""
+    union = open_volume(path, value_window=value_window).read(slices)
     out_d, out_u, start = [], [], 0
     for unit, d in zip(units, deltas):
         mine, theirs = unit.ravel().astype(np.float64), union[start:start + len(d)]
@@ -223,7 +224,8 @@ def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list) -> 
 class PendingRows:
     """Collects the protected views of each row until all of them are done."""
 
-    def __init__(self, parts):
+    def __init__(self, parts, data_cfg):
+        self.data_cfg = data_cfg          # each modality's reading rule (its value window)
         self.expected = collections.Counter(p.row.image_id for p in parts)
         self.done: dict[str, list] = collections.defaultdict(list)
 
@@ -242,7 +244,9 @@ class PendingRows:
             units.append(p.unit[keep])
         slices = np.concatenate(slices)
         if len(views) > 1:
-            deltas, units = in_union_scale(part.row.path, slices, units, deltas)
+            deltas, units = in_union_scale(
+                part.row.path, slices, units, deltas,
+                settings_for(self.data_cfg, part.row.modality).value_window)
         order = np.argsort(slices, kind="stable")
         read = slice_indices(part.num_slices, len(part.slices))
         scored = [v for v in views if np.array_equal(v[0].slices, read)] or views
@@ -328,22 +332,6 @@ def member_sets(targets: Sequence[ManifestRow], members, modality_members: dict
         if chosen:
             out.append((chosen_members, chosen))
     return out
-
-
-def refuse_value_windows(data_cfg, targets: Sequence[ManifestRow]) -> None:
-    """ValueError when the run reads a target's modality through a fixed value window
-    (``data.modalities.<m>.value_window``): a protected copy's change goes back into the
-    file through the inverse of the readers' own rules (``stored_change``, the writers),
-    and a window clips what lies outside it, so the copy would not read back as the
-    protected image. Checked before any model is read."""
-    for m in sorted({r.modality for r in targets}):
-        window = settings_for(data_cfg, m).value_window
-        if window is not None:
-            raise ValueError(
-                f"the run reads {m} images through data.modalities.{m}.value_window="
-                f"{window}; protect writes a copy's pixels back by the "
-                f"readers' own rules, which that window replaces: protect with a run "
-                f"trained without a value window for {m}")
 
 
 def check_settings(config, targets: Sequence[ManifestRow]) -> None:
@@ -511,7 +499,7 @@ def _group_functions(members, keepers, config, modality: str, h: int, w: int, da
 
 def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
     config, params = run.config, run.params
-    pending = PendingRows(inputs.sources)
+    pending = PendingRows(inputs.sources, inputs.data_cfg)
     size, number = int(config.batch_size), 0
     for shape_key, group in groups_of(inputs.sources).items():
         modality, _, h, w, _ = shape_key
@@ -519,6 +507,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
             run.steps[shape_key] = _group_functions(run.members, run.keepers, config, modality,
                                                     h, w, inputs.data_cfg)
         imap, epsilon, plain_main, step, deform_step = run.steps[shape_key]
+        value_window = settings_for(inputs.data_cfg, modality).value_window
         for start in range(0, len(group), size):
             sub = jax.random.fold_in(key, number)
             number += 1
@@ -555,7 +544,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                 # its PSNR on disk, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
-                                                       out_abs, bound, whole.views)
+                                                       out_abs, bound, whole.views,
+                                                       value_window)
                 removed = (remove_identity(out_abs) if config.metadata.identity == "remove"
                            else 0)
                 run.new_rows[row.image_id] = protected_row(row, run.manifest_dir, run.out_dir)

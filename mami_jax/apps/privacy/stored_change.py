@@ -3,7 +3,9 @@
 Every protected-copy writer (``writers``, ``dicom_writer``) maps the protection's change
 through the inverse of the reader's intensity rule and then through these helpers, which
 keep what the reader relies on: the dtype and its range, and the pixels that hold the
-minimum and maximum a min-max reader scales by.
+minimum and maximum a min-max reader scales by. Under a fixed value window
+(``data.modalities.<m>.value_window``) nothing depends on the range read, and a pixel the
+window clips moves only where the change brings it into view (``windowed_change``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,34 @@ def per_slice_change(delta: np.ndarray, slices, n: int) -> dict[int, np.ndarray]
             raise ValueError(f"slice {i} out of range for {n} slices")
         out.setdefault(int(i), []).append(delta[t])
     return {i: np.mean(v, axis=0) for i, v in out.items()}
+
+
+def windowed_change(values: np.ndarray, change: np.ndarray,
+                    value_window: tuple[float, float]) -> np.ndarray:
+    """The change of ``values`` (in the window's units: a CT's Hounsfield units) that makes
+    them read, through ``image_values.window``, as their unit pixels plus ``change``. A
+    pixel inside the window moves by ``change * (hi - lo)``. One the window clips (air
+    below ``lo``, bone above ``hi``) reads as 0 or 1 however far outside it lies: it keeps
+    its value where the change leaves it there (a darker air pixel is still 0) and is set
+    to the value that shows the change where the change brings it into view."""
+    lo, hi = (float(v) for v in value_window)
+    v = np.asarray(values, np.float64)
+    unit = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+    target = np.clip(unit + np.asarray(change, np.float64), 0.0, 1.0)
+    return np.where(target != unit, lo + target * (hi - lo) - v, 0.0)
+
+
+def plain_pixels_changed(arrays: list, changes: list,
+                         value_window: tuple[float, float] | None = None) -> list:
+    """Each of ``arrays`` (image files' pixels read together: a 2-D image, or a slice
+    folder's read slices) with its unit ``changes`` (shaped like it: ``channels``) put
+    back under the decoder's rule for plain pixels: /255 for 8 bits, else min-max over
+    them all, or ``value_window`` where the modality sets one."""
+    if value_window is not None and arrays[0].dtype not in (np.uint8, np.bool_):
+        return [apply_change(a, windowed_change(a, c, value_window))
+                for a, c in zip(arrays, changes)]
+    scale, lo, hi = unit_scale(arrays)
+    return [apply_change(a, c * scale, lo, hi) for a, c in zip(arrays, changes)]
 
 
 def unit_scale(arrays) -> tuple[float, float | None, float | None]:

@@ -9,7 +9,10 @@ the written file decodes to ``original + delta`` (to the format's rounding):
   [min, max] of the slices read together, the pixel holding the minimum and the one
   holding the maximum left as they were, so the decoded range (and every untouched
   pixel) stays as it was (``stored_change``);
-- DICOM: its window, lookup table or min-max inverted (``dicom_writer``).
+- DICOM: its window, lookup table or min-max inverted (``dicom_writer``);
+- a modality read through a fixed value window (``data.modalities.<m>.value_window``,
+  in place of min-max and a DICOM's own window): that window inverted, a pixel it clips
+  moved only where the change brings it into view (``stored_change.windowed_change``).
 
 Everything else is kept: DICOM every data element but those that make the copy a new
 image and those that describe its pixels (``dicom_writer``), NIfTI its affine, header and
@@ -32,7 +35,8 @@ import numpy as np
 
 from mami_jax.apps.privacy import dicom_writer
 from mami_jax.apps.privacy.copy_formats import SAVE_AS
-from mami_jax.apps.privacy.stored_change import apply_change, channels, per_slice_change, unit_scale
+from mami_jax.apps.privacy.stored_change import (apply_change, channels, per_slice_change,
+                                                 plain_pixels_changed, windowed_change)
 from mami_jax.data import decode, nifti_slices
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
@@ -83,22 +87,24 @@ def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     write_atomic(out, write)
 
 
-def _write_image_file(path: str, slices, delta, out: str) -> None:
+def _write_image_file(path: str, slices, delta, out: str, value_window=None) -> None:
     raw = decode._read_pil_array(path)
     change = per_slice_change(delta, slices, 1)[0]
-    scale, lo, hi = unit_scale([raw])
-    _save_pil(apply_change(raw, channels(change, raw) * scale, lo, hi), path, out)
+    [new] = plain_pixels_changed([raw], [channels(change, raw)], value_window)
+    _save_pil(new, path, out)
 
 
-def _write_slice_folder(volume, slices, delta, out: str) -> None:
+def _write_slice_folder(volume, slices, delta, out: str, value_window=None) -> None:
     changes = per_slice_change(delta, slices, volume.num_slices)
     read = {i: decode._read_pil_array(volume.files[i]) for i in changes}
-    scale, lo, hi = unit_scale(list(read.values()))
+    new = dict(zip(read, plain_pixels_changed(
+        list(read.values()), [channels(changes[i], a) for i, a in read.items()],
+        value_window)))
     with staging_dir(out) as tmp:
         for i, f in enumerate(volume.files):
             target = os.path.join(tmp, os.path.basename(f))
             if i in changes:
-                _save_pil(apply_change(read[i], channels(changes[i], read[i]) * scale, lo, hi), f, target)
+                _save_pil(new[i], f, target)
             else:
                 shutil.copyfile(f, target)
         publish_dir(tmp, out)
@@ -106,7 +112,7 @@ def _write_slice_folder(volume, slices, delta, out: str) -> None:
 
 # ----------------------------------------------------------------------- NIfTI
 
-def _write_nifti(path: str, slices, delta, out: str) -> None:
+def _write_nifti(path: str, slices, delta, out: str, value_window=None) -> None:
     import nibabel as nib
     img = nib.load(path)
     stored = np.asanyarray(img.dataobj.get_unscaled()) if hasattr(img.dataobj, "get_unscaled") \
@@ -117,15 +123,21 @@ def _write_nifti(path: str, slices, delta, out: str) -> None:
         wanted = [int(i) for i in np.asarray(slices).tolist()]
         where = nifti_slices.voxel_index(img, wanted)        # (T, H, W)
         _, read = nifti_slices.read_slices(path, wanted)
-        lo, hi = float(read.min()), float(read.max())
+        if value_window is None:
+            lo, hi = float(read.min()), float(read.max())
+            read_change = delta.mean(-1) * max(hi - lo, 1e-12)
+        else:           # a fixed range: no extremes to keep
+            lo = hi = None
+            read_change = windowed_change(read[..., 0], delta.mean(-1), value_window)
         change = np.zeros(stored.size)
         count = np.zeros(stored.size)
-        np.add.at(change, where.ravel(), delta.mean(-1).ravel() * max(hi - lo, 1e-12))
+        np.add.at(change, where.ravel(), read_change.ravel())
         np.add.at(count, where.ravel(), 1.0)
         touched = count > 0
         change[touched] /= count[touched]
         change = change.reshape(stored.shape) / slope
-        stored_lo, stored_hi = sorted(((lo - inter) / slope, (hi - inter) / slope))
+        stored_lo, stored_hi = (None, None) if lo is None else \
+            sorted(((lo - inter) / slope, (hi - inter) / slope))
         # the read voxels alone: their range is what the reader scales by, so the pixels
         # that keep it must be among them (a float volume has its extremes once, often in
         # a slice the model does not read)
@@ -192,8 +204,11 @@ def left_out_warning(records) -> str | None:
             f"{examples(named, shown=5)}; protect_report.json counts them per image")
 
 
-def write_protected(path: str, slices, delta: np.ndarray, out: str) -> str:
-    """Writes ``path`` with ``delta`` (T, H, W, C) added to its read ``slices`` at ``out``.
+def write_protected(path: str, slices, delta: np.ndarray, out: str,
+                    value_window: tuple[float, float] | None = None) -> str:
+    """Writes ``path`` with ``delta`` (T, H, W, C) added to its read ``slices`` at ``out``;
+    ``value_window``: the fixed range the model reads the file's modality through
+    (``data.modalities.<m>.value_window``), None for the decoder's own rules.
 
     Refuses to write over ``path`` itself. Returns ``out``."""
     if os.path.exists(out) and os.path.samefile(out, path) or \
@@ -203,15 +218,15 @@ def write_protected(path: str, slices, delta: np.ndarray, out: str) -> str:
     try:
         volume = decode.open_volume(path)
         if isinstance(volume, decode.NiftiVolume):
-            _write_nifti(path, slices, delta, out)
+            _write_nifti(path, slices, delta, out, value_window)
         elif isinstance(volume, decode.DicomFile):
-            dicom_writer.write_dicom_file(path, slices, delta, out)
+            dicom_writer.write_dicom_file(path, slices, delta, out, value_window)
         elif isinstance(volume, decode.DicomSeries):
-            dicom_writer.write_dicom_series(volume, slices, delta, out)
+            dicom_writer.write_dicom_series(volume, slices, delta, out, value_window)
         elif isinstance(volume, decode.SliceFolder):
-            _write_slice_folder(volume, slices, delta, out)
+            _write_slice_folder(volume, slices, delta, out, value_window)
         else:
-            _write_image_file(path, slices, delta, out)
+            _write_image_file(path, slices, delta, out, value_window)
     except (DecodeError, WriteError):
         raise
     except Exception as e:  # noqa: BLE001 - re-raised naming the file

@@ -26,21 +26,22 @@ def rms_change(original: np.ndarray, written: np.ndarray) -> float:
 
 
 def write_within_budget(path: str, slices, delta: np.ndarray, out: str, epsilon: float,
-                        views=()) -> tuple[np.ndarray, float]:
+                        views=(), value_window=None) -> tuple[np.ndarray, float]:
     """Writes ``path`` + ``delta`` (on its read ``slices``) at ``out`` so that the change
     read back from ``out`` has RMS at most ``epsilon`` (unit pixels), over ``slices`` read
     together and over each of ``views`` (slice index arrays) read on its own, as a reader
     reads them: a reader may scale intensities by the slices it reads (NIfTI: their min and
     max), so a few slices of small range see the file's rounding larger than the whole
-    series does. Returns (the change written, the largest of those RMS). After
+    series does; ``value_window``: the fixed range the model reads this modality through
+    (read back through it too). Returns (the change written, the largest of those RMS). After
     ``MAX_WRITES`` writes the last one stays, and the RMS says by how much it missed (the
     caller records it)."""
     delta = np.asarray(delta, np.float32)
     groups = [np.asarray(slices)] + [np.asarray(v) for v in views]
-    originals = [open_volume(path).read(g) for g in groups]
+    originals = [open_volume(path, value_window=value_window).read(g) for g in groups]
     for attempt in range(MAX_WRITES):
-        write_protected(path, slices, delta, out)
-        written = open_volume(out)
+        write_protected(path, slices, delta, out, value_window)
+        written = open_volume(out, value_window=value_window)
         on_disk = max(rms_change(o, written.read(g)) for o, g in zip(originals, groups))
         own = rms_change(0.0, delta)
         if on_disk <= epsilon * (1.0 + 1e-4) or own == 0.0 or attempt == MAX_WRITES - 1:
