@@ -5,6 +5,8 @@ slices are read with it, and a visit padded with -3024 looks as one padded with 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,7 +142,25 @@ def test_the_retrieval_picture_shows_a_windowed_modality_as_the_model_reads_it(t
     assert windowed.shape == (4, 4, 3)
     np.testing.assert_array_equal(windowed[..., 2],
                                   open_volume(path, value_window=CT_WINDOW).read()[1, ..., 0])
-    np.testing.assert_array_equal(display_image(row)[..., 0], open_volume(path).read()[1, ..., 0])
+    # without a window: the middle slice, read alone
+    np.testing.assert_array_equal(display_image(row)[..., 0], open_volume(path).read([1])[0, ..., 0])
+
+
+def test_the_retrieval_picture_reads_one_file_of_a_slice_folder(tmp_path, monkeypatch):
+    from mami_jax.data import decode
+    from mami_jax.evaluate.retrieval_figure import display_image
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((3, 4), 40 * i, np.uint8)).save(folder / f"slice_{i:03d}.png")
+    read = []
+    original = decode._read_pil_array
+    monkeypatch.setattr(decode, "_read_pil_array", lambda p, *a, **k: read.append(p) or
+                        original(p, *a, **k))
+    row = ManifestRow(image_id="m", patient_id="p", study_id="s", order="0", modality="mri",
+                      dataset="d", view="", path=str(folder))
+    np.testing.assert_allclose(display_image(row), 80 / 255, atol=1e-6)
+    assert [os.path.basename(p) for p in read] == ["slice_002.png"]
 
 
 def test_preview_shows_a_window_given_with_set_before_any_training(tmp_path, capsys):

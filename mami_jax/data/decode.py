@@ -448,7 +448,9 @@ def decode(path: str, slices: Sequence[int] | None = None,
            value_window: tuple[float, float] | None = None) -> np.ndarray:
     """The image or series at ``path`` as float32 (S, H, W, 3) in [0, 1] (``value_window``:
     as ``open_volume``)."""
-    x = open_volume(path, value_window=value_window).read(slices)
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return x
+    return as_rgb(open_volume(path, value_window=value_window).read(slices))
+
+
+def as_rgb(x: np.ndarray) -> np.ndarray:
+    """Read slices (S, H, W, 1 or 3) with a grey image's one channel repeated three times."""
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x

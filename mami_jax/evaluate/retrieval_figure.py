@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mami_jax.data.decode import decode
+from mami_jax.data.decode import as_rgb, open_volume
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.metrics import build_query_targets, check_finite_similarity
 from mami_jax.evaluate.protocols import Protocol
@@ -89,11 +89,12 @@ def top_matches(similarity, protocol: Protocol, k: int = 5) -> TopMatches:
 
 def display_image(row: ManifestRow,
                   value_windows: Mapping[str, tuple | None] | None = None) -> np.ndarray:
-    """(H, W, 3) float in [0, 1]: the decoded image, or a series' middle slice, through
-    its modality's value window where ``value_windows`` (modality -> (lo, hi) or None,
+    """(H, W, 3) float in [0, 1]: the decoded image, or a series' middle slice read alone
+    (a folder of 500 DICOM files on a bucket is one file read, not 500), through its
+    modality's value window where ``value_windows`` (modality -> (lo, hi) or None,
     ``data.modalities.<m>.value_window``) sets one, as the model reads it."""
-    x = decode(row.path, value_window=(value_windows or {}).get(row.modality))
-    return x[x.shape[0] // 2]
+    volume = open_volume(row.path, value_window=(value_windows or {}).get(row.modality))
+    return as_rgb(volume.read([volume.num_slices // 2]))[0]
 
 
 def _frame(ax, colour: str, width: float = 4.0) -> None:
