@@ -180,8 +180,9 @@ def test_one_fold_is_refused():
         dr.cross_fitted_logits([], np.zeros(0, int), 2, _cfg(folds=1), "train", progress=False)
 
 
-def test_the_experiment_reads_the_readers_logits_and_records_them(tmp_path):
+def test_the_experiment_reads_the_readers_logits_and_records_them(tmp_path, monkeypatch):
     pytest.importorskip("faiss")
+    from mami_jax.data import image_signature
     from configs.history import get_config
     from mami_jax.apps.history.experiment import Experiment
     from tests.test_history_diagnosis_backbone import StubReid
@@ -195,7 +196,13 @@ def test_the_experiment_reads_the_readers_logits_and_records_them(tmp_path):
         cfg.k, cfg.target_far = 2, 0.2
         cfg.reader.update(dict(size=16, widths=(8,), epochs=3, batch_size=8))
         cfg.classifier.update(dict(steps=5, fused_steps=5, hidden=8, attention_dim=4))
+    # the features' cache and the reader's share one question per file (a request each
+    # on a bucket)
+    asked, real = [], image_signature.path_signature
+    monkeypatch.setattr(image_signature, "path_signature", lambda p: asked.append(p) or real(p))
     exp = Experiment(StubReid(rows), rows, y, cfg, str(tmp_path), log=lambda *a: None)
+    monkeypatch.undo()
+    assert sorted(asked) == sorted(r.path for r in rows)
     assert exp.x_raw.shape == (len(rows), 2)
     payload = exp.train()
     info = exp.classifiers_info()

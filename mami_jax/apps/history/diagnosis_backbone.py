@@ -91,12 +91,15 @@ class DiagnosisBackbone:
 
 
 def cached_backbone_features(backbone: DiagnosisBackbone, rows: Sequence[ManifestRow],
-                             out_dir: str, progress: bool = True) -> np.ndarray:
+                             out_dir: str, progress: bool = True,
+                             files: str | None = None) -> np.ndarray:
     """``backbone.features(rows)``, from OUT/diagnosis_<name>.npz when it holds these
-    images' features (same ids and files) from the same weights."""
+    images' features (same ids and files: ``files``, their ``rows_signature`` where the
+    caller has it already) from the same weights."""
     path = os.path.join(out_dir, f"diagnosis_{backbone.name}.npz")
     ids = np.asarray([r.image_id for r in rows])
-    fingerprint, files = backbone.info["fingerprint"], rows_signature(rows)
+    fingerprint = backbone.info["fingerprint"]
+    files = rows_signature(rows) if files is None else files
     cached = read_cache(path, lambda f: f["features"] if (
         str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids)
         and "files" in f.files and str(f["files"]) == files) else None)

@@ -203,11 +203,13 @@ def patient_folds(patients: Sequence[str], folds: int, seed: int) -> np.ndarray:
 
 
 def settings_key(cfg, rows: Sequence[ManifestRow], y: np.ndarray, train_split: str,
-                 num_classes: int) -> str:
+                 num_classes: int, files: str | None = None) -> str:
     """sha256 of everything the reader's logits depend on: its settings, the images (ids,
-    files, modality, split, patient) and the training images' labels."""
+    files, modality, split, patient) and the training images' labels. ``files``: the
+    rows' ``rows_signature`` where the caller has it already."""
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
-    h.update(f"{train_split}|{num_classes}|{rows_signature(rows)}".encode())
+    files = rows_signature(rows) if files is None else files
+    h.update(f"{train_split}|{num_classes}|{files}".encode())
     for r, label in zip(rows, y):
         h.update(f"{r.image_id}|{r.modality}|{r.split}|{r.patient_key}|"
                  f"{int(label) if r.split == train_split else ''}\n".encode())
@@ -258,10 +260,12 @@ def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes:
 
 
 def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, cfg,
-                  train_split: str, out_dir: str, progress: bool = True):
+                  train_split: str, out_dir: str, progress: bool = True,
+                  files: str | None = None):
     """``cross_fitted_logits``, cached in OUT/diagnosis_reader.npz (and the readers in
-    OUT/diagnosis_reader.msgpack) for the same ``settings_key``. Returns (logits, info)."""
-    key = settings_key(cfg, rows, y, train_split, num_classes)
+    OUT/diagnosis_reader.msgpack) for the same ``settings_key`` (``files``: as there).
+    Returns (logits, info)."""
+    key = settings_key(cfg, rows, y, train_split, num_classes, files)
     path = os.path.join(out_dir, LOGITS)
     info = {"reader": KIND, "fingerprint": key, "feature_dim": num_classes}
     cached = read_cache(path, lambda f: f["logits"] if str(f["fingerprint"]) == key else None)

@@ -117,15 +117,15 @@ def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
     os.rmdir(tmp)
 
 
-def cached_features(model, rows, out_dir: str, cfg, image_files=None):
+def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
-    OUT/features.npz when it is this model's for these images (ids and files,
-    ``rows_signature``, or ``image_files.signature`` where the caller asked already) and
-    holds the maps needed (maps of another layer or grid are computed again, and so is a
-    cache that cannot be read, said in one line)."""
+    OUT/features.npz when it is this model's for these images (ids and files: ``files``,
+    their ``rows_signature`` where the caller has it already) and holds the maps needed
+    (maps of another layer or grid are computed again, and so is a cache that cannot be
+    read, said in one line)."""
     path = os.path.join(out_dir, FEATURES_CACHE)
     ids = np.asarray([r.image_id for r in rows])
-    files = image_files.signature(rows) if image_files is not None else rows_signature(rows)
+    files = rows_signature(rows) if files is None else files
     maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
 
     def use(f):
@@ -167,13 +167,18 @@ class Experiment:
                  image_files=None):
         """``y``: each row's class index (``read_row_labels``). ``diagnosis_backbone``:
         the model of ``features = "teacher:NAME"`` (built from the config when None).
-        ``image_files``: the rows' ``ImageFiles`` where the caller asked them already."""
+        ``image_files``: the rows' ``ImageFiles`` where the caller asked them already.
+        The rows' files are asked about once (on a bucket, a request per file) and key
+        every cache of their features: the re-ID model's, the diagnosis reader's, a
+        teacher's."""
         check_settings(cfg)          # before the features: a bad setting costs nothing
         self.rows, self.cfg, self.out_dir = rows, cfg, out_dir
+        self.files = (image_files.signature(rows) if image_files is not None
+                      else rows_signature(rows))
         self.classes = [str(c) for c in cfg.classes]
         self.y = np.asarray(y)
         log(f"features of {len(rows)} images ({model.info['source']})")
-        emb, backbone, self.maps_raw = cached_features(model, rows, out_dir, cfg, image_files)
+        emb, backbone, self.maps_raw = cached_features(model, rows, out_dir, cfg, self.files)
         archive = Archive(emb.shape[1], cfg.index.kind, dict(cfg.index), model.info,
                           centers=mean_directions(rows, emb) if cfg.center else None)
         archive.add(rows, emb)
@@ -211,7 +216,7 @@ class Experiment:
             log("diagnosis features: a reader trained on the labels (cross-fitted)")
             return diagnosis_reader.reader_logits(self.rows, self.y, len(self.classes),
                                                   self.cfg.reader, self.cfg.train_split,
-                                                  self.out_dir)
+                                                  self.out_dir, files=self.files)
         name = teacher_name(self.cfg.features)
         if name is None:
             return (diagnosis_features(emb, backbone, self.cfg.features),
@@ -219,7 +224,8 @@ class Experiment:
         if diagnosis_backbone is None:
             diagnosis_backbone = DiagnosisBackbone(name, str(self.cfg.get("teacher_weights", "")))
         log(f"diagnosis features: teacher {name}")
-        x = cached_backbone_features(diagnosis_backbone, self.rows, self.out_dir)
+        x = cached_backbone_features(diagnosis_backbone, self.rows, self.out_dir,
+                                     files=self.files)
         return x, dict(diagnosis_backbone.info)
 
     def classifiers_info(self) -> dict:
