@@ -3,7 +3,7 @@
     python -m teachers.extract --manifest FILE --teachers NAMES --out DIR
         [--shard i --num-shards n] [--batch-size B] [--device cpu|cuda]
         [--weights NAME=PATH ...] [--rows-per-shard R] [--skip-unreadable] [--split S]
-        [--read-threads N]
+        [--read-threads N] [--value-window MODALITY=LO,HI ...]
 
 NAMES is a comma list of registry names (``teachers.registry``; ``phantoms`` and
 ``medical`` name the two bags). The manifest's rows, in file order, are cut into
@@ -19,6 +19,13 @@ rows whose manifest split is S (e.g. the test split for the zero-shot table).
 Each image is read once for every teacher, by ``--read-threads`` threads ahead of the
 teachers (``shard_features``). Inference runs in batches without gradients. The folder
 layout is described in ``teachers.writer``.
+
+Images are read as the student reads them by default: min-max over the series, a DICOM by
+its own window. ``--value-window ct=-1000,1000`` reads a modality through a fixed range of
+its stored values instead (Hounsfield units for a CT), as a run that sets
+``data.modalities.<m>.value_window`` reads it (training's own extraction passes the run's
+windows); ``run.json`` and ``index.json`` record the windows, so a rerun with others is
+refused and training can tell features read another way.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.data.decode import DecodeError, open_volume
-from mami_jax.data.manifest import ManifestError, read_manifest
+from mami_jax.data.manifest import MODALITIES, ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.teacher_features import RUN_FILE, TeacherFeatureError
 from mami_jax.runtime.atomic_files import make_dirs
@@ -66,17 +73,39 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _pixels(row, specs) -> dict[str, np.ndarray] | Exception:
-    """The inputs of the pixel teachers ``specs`` for ``row``, decoded once; the read
-    error when it cannot be read (raised or skipped by the caller, in row order)."""
+def parse_value_windows(items) -> dict[str, tuple[float, float]]:
+    """``["ct=-1000,1000", ...]`` -> {modality: (lo, hi)}; ValueError naming the item."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in items or ():
+        modality, sep, text = item.partition("=")
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            lo = hi = math.nan
+        if not sep or modality not in MODALITIES or not (
+                math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"--value-window {item!r}: expected MODALITY=LO,HI, MODALITY one "
+                             f"of {list(MODALITIES)} and finite LO < HI in the images' stored "
+                             "units (a CT's Hounsfield units), e.g. ct=-1000,1000")
+        if modality in out:
+            raise ValueError(f"--value-window: {modality} is given twice")
+        out[modality] = (lo, hi)
+    return out
+
+
+def _pixels(row, specs, value_window=None) -> dict[str, np.ndarray] | Exception:
+    """The inputs of the pixel teachers ``specs`` for ``row``, decoded once (through
+    ``value_window`` when given); the read error when it cannot be read (raised or
+    skipped by the caller, in row order)."""
     try:
-        return teacher_inputs(open_volume(row.path).read(None), specs)
+        return teacher_inputs(open_volume(row.path, value_window=value_window).read(None), specs)
     except (DecodeError, OSError) as e:
         return e
 
 
 def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
-                   skip_unreadable, progress, read_threads: int = 4
+                   skip_unreadable, progress, read_threads: int = 4,
+                   value_windows: dict | None = None
                    ) -> tuple[dict[str, dict[str, np.ndarray]], set]:
     """({teacher: {image_id: feature (D,) float32}}, ids skipped as unreadable) of ``rows``.
 
@@ -85,7 +114,8 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
     lock; on an accelerator the reading, not the forward pass, is the slow part), and
     each teacher runs on full batches of the rows it applies to. An unreadable image is
     an error naming it, or (``skip_unreadable``) skipped by every teacher. ``progress``
-    is a tqdm bar advanced per row and teacher."""
+    is a tqdm bar advanced per row and teacher. ``value_windows``: {modality: (lo, hi)},
+    the modalities read through a fixed range (``parse_value_windows``)."""
     features: dict[str, dict[str, np.ndarray]] = {t.spec.name: {} for t in teachers}
     skipped: set = set()
     seeing = [t for t in teachers if t.features_for_rows is None]
@@ -105,9 +135,10 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
     specs = {m: [t.spec for t in seeing if t.spec.applies_to(m)]
              for m in {r.modality for r in rows}}          # the pixel teachers of a modality
     to_read = [r for r in rows if specs[r.modality]]
-    for row, inputs in zip(to_read, ordered_map(lambda r: _pixels(r, specs[r.modality]),
-                                                to_read, read_threads, ahead=2 * batch_size,
-                                                name="teacher-read")):
+    windows = value_windows or {}
+    for row, inputs in zip(to_read, ordered_map(
+            lambda r: _pixels(r, specs[r.modality], windows.get(r.modality)), to_read,
+            read_threads, ahead=2 * batch_size, name="teacher-read")):
         if isinstance(inputs, Exception):
             if not skip_unreadable:
                 raise ExtractError(f"image_id {row.image_id!r}: unreadable ({inputs}); "
@@ -138,8 +169,9 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         batch_size: int = 16, device: str = "cpu", weights: dict | None = None,
         rows_per_shard: int = 256, skip_unreadable: bool = False,
         show_progress: bool = True, split: str | None = None,
-        read_threads: int = 4) -> dict | None:
-    """Extracts this process's shards; returns the index once every shard exists."""
+        read_threads: int = 4, value_windows: dict | None = None) -> dict | None:
+    """Extracts this process's shards; returns the index once every shard exists.
+    ``value_windows``: as ``shard_features``."""
     from tqdm import tqdm
 
     if not 0 <= shard < num_shards:
@@ -175,10 +207,14 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
                                                        if spec.needs_weights else None),
                                      device=device, manifest_path=manifest))
     total_shards = max(1, math.ceil(len(rows) / rows_per_shard))
+    # the windows only where some are given: a folder extracted before they existed is
+    # still this run's
+    windows = {m: [lo, hi] for m, (lo, hi) in sorted((value_windows or {}).items())}
     run_info = writer.header(
         manifest=dict(file=os.path.basename(manifest), sha256=_sha256(manifest), rows=len(rows)),
         split=split, rows_per_shard=rows_per_shard, num_shards=total_shards,
-        teachers={t.spec.name: t.index_entry() for t in teachers})
+        teachers={t.spec.name: t.index_entry() for t in teachers},
+        **({"value_windows": windows} if windows else {}))
     make_dirs(out_dir)
     writer.ensure_run(out_dir, run_info)
     mine = [k for k in range(total_shards) if k % num_shards == shard]
@@ -190,7 +226,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
               disable=not show_progress, file=sys.stderr) as progress:
         for k in pending:
             per_teacher, skipped = shard_features(teachers, chunks[k], batch_size, device,
-                                                  skip_unreadable, progress, read_threads)
+                                                  skip_unreadable, progress, read_threads,
+                                                  value_windows)
             records = []
             for row in chunks[k]:
                 feats = {n: f[row.image_id] for n, f in per_teacher.items() if row.image_id in f}
@@ -226,12 +263,21 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default=None, help="only rows of this manifest split")
     parser.add_argument("--read-threads", type=int, default=4,
                         help="threads reading and preparing images ahead of the teachers")
+    parser.add_argument("--value-window", action="append", metavar="MODALITY=LO,HI",
+                        help="read MODALITY through the fixed range LO..HI of its stored "
+                             "values (a CT's Hounsfield units), as a run with "
+                             "data.modalities.<m>.value_window does (default: min-max)")
     args = parser.parse_args(argv)
+    try:
+        value_windows = parse_value_windows(args.value_window)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         index = run(args.manifest, args.teachers, args.out, args.shard, args.num_shards,
                     args.batch_size, args.device, parse_weights(args.weights),
                     args.rows_per_shard, args.skip_unreadable, split=args.split,
-                    read_threads=args.read_threads)
+                    read_threads=args.read_threads,
+                    value_windows=value_windows)
     except (ValueError, KeyError, OSError, ExtractError, TeacherLoadError, ManifestError,
             TeacherFeatureError) as e:
         print_error(e, where=args.out)

@@ -1,8 +1,9 @@
 """A teacher's input from a decoded manifest row.
 
 Rows are decoded by the project's own decoder (``mami_jax.data.decode.decode``:
-float32 in [0, 1], (S, H, W, 3), grey replicated to three channels), so teachers
-see exactly the pixels the student is trained on. Then:
+float32 in [0, 1], (S, H, W, 3), grey replicated to three channels; through a
+modality's value window where ``teachers.extract --value-window`` gives the run's), so
+teachers see the pixels the student is trained on. Then:
 
 - 2-D teachers (``input="image"``): the middle slice ``S // 2`` (the whole image when
   S = 1), resized to the teacher's (H, W) with antialiased bilinear interpolation

@@ -9,6 +9,7 @@ import pytest
 from configs.all import get_config as all_config
 from mami_jax.data import teacher_join
 from mami_jax.data.manifest import read_manifest
+from mami_jax.data.teacher_features import read_index
 from mami_jax.data.pipeline import make_train_loader
 from mami_jax.phantoms import generator
 from teachers import writer
@@ -135,10 +136,12 @@ def test_prepare_extracts_into_the_workdir_in_a_subprocess(manifest, tmp_path):
     cfg = all_config("runlocal,align")
     cfg.data.teacher_features.teachers = ("anatomy",)
     cfg.data.teacher_features.dims = {"anatomy": 256}
+    cfg.data.modalities.ct.value_window = (-1000, 1000)    # the teachers read as the run
     workdir = str(tmp_path / "wd")
     table = teacher_join.prepare(cfg, workdir, rows, manifest)
     assert table.directory == os.path.join(workdir, "teachers")
-    assert os.path.isfile(os.path.join(workdir, "teachers", "index.json"))
+    index = read_index(os.path.join(workdir, "teachers"))
+    assert index["value_windows"] == {"ct": [-1000.0, 1000.0]}
     out = table.join(np.arange(len(rows)))
     assert out["teacher_mask"]["anatomy"].all() and out["teacher"]["anatomy"].shape == (len(rows), 256)
     assert np.abs(out["teacher"]["anatomy"]).sum(axis=1).min() > 0
@@ -155,3 +158,30 @@ def test_failed_extraction_names_the_folder_and_the_reason(tmp_path):
     with pytest.raises(teacher_join.TeacherJoinError,
                        match=r"teacher extraction into .*teachers failed: error: .*nope.csv"):
         teacher_join.prepare(cfg, str(tmp_path), [], str(tmp_path / "nope.csv"))
+
+
+def test_features_read_through_other_windows_are_used_with_a_warning(manifest, tmp_path,
+                                                                      monkeypatch):
+    """A store extracted with min-max for a run that windows CT: the join goes on, and one
+    warning names the modality, both readings and the flag that extracts them again."""
+    rows = read_manifest(manifest)
+    folder = _store(str(tmp_path / "f"), rows)
+    cfg = _tf_cfg()
+    cfg.data.teacher_features.dir = folder
+    warned = []
+    monkeypatch.setattr(teacher_join.logging, "warning", lambda f, *a: warned.append(f % a))
+    assert teacher_join.prepare(cfg, str(tmp_path / "wd"), rows, manifest) is not None
+    assert warned == []                                   # both read by min-max
+    cfg.data.modalities.ct.value_window = (-1000, 1000)
+    teacher_join.prepare(cfg, str(tmp_path / "wd"), rows, manifest)
+    assert warned == [f"{folder}: the teachers read ct by min-max, this run reads ct by "
+                      "window (-1000.0, 1000.0) (data.modalities.<m>.value_window): they "
+                      "aligned to features of other pixels; extract again with "
+                      "--value-window ct=-1000.0,1000.0"]
+    # the modalities a teacher does not apply to, or the run does not read, do not count
+    index = {"teachers": {"xray_only": {"modalities": ["xray"]}}, "value_windows": {}}
+    assert teacher_join.other_reading(index, ["xray_only"], {"xray", "ct"},
+                                      {"ct": (-1000.0, 1000.0)}, folder) is None
+    index["teachers"]["all"] = {"modalities": ["xray", "ct", "mri"]}
+    assert teacher_join.other_reading(index, ["all"], {"xray"},
+                                      {"ct": (-1000.0, 1000.0)}, folder) is None

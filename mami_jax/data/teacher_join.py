@@ -25,6 +25,11 @@ its own copy (the table is pickled with the batch map).
 An image of the training split that lacks a feature of a teacher that applies to it is
 an error giving the count per teacher and a few ids; with ``skip_missing`` it is masked
 out for that teacher and counted (``TeacherTable.missing``).
+
+The teachers read the images as the student does: the extraction training starts passes
+the run's value windows (``data.modalities.<m>.value_window``), and features a store
+records reading through other windows (or without them) are used with a warning that
+says so (``other_reading``).
 """
 
 from __future__ import annotations
@@ -131,11 +136,43 @@ def check_config(config) -> None:
         _dims(tf_cfg)
 
 
-def extract(manifest: str, names: Sequence[str], out_dir: str) -> None:
+def run_value_windows(data_cfg) -> dict[str, tuple[float, float]]:
+    """{modality: (lo, hi)} of the modalities the run reads through a fixed window."""
+    from mami_jax.data.config import modality_settings
+    return {m: s.value_window for m, s in modality_settings(data_cfg).items()
+            if s.value_window is not None}
+
+
+def window_flags(value_windows: dict) -> list[str]:
+    """``teachers.extract``'s ``--value-window`` arguments for ``value_windows``."""
+    return [a for m, (lo, hi) in sorted(value_windows.items())
+            for a in ("--value-window", f"{m}={lo!r},{hi!r}")]
+
+
+def other_reading(index: dict, names: Sequence[str], modalities, value_windows: dict,
+                  directory: str) -> str | None:
+    """The warning when the store's features of the teachers ``names`` were read through
+    other value windows than the run reads its images of ``modalities`` through, else None."""
+    stored = {m: tuple(float(v) for v in w) for m, w in index.get("value_windows", {}).items()}
+    seen = {m for n in names for m in index["teachers"][n]["modalities"]} & set(modalities)
+    differ = sorted(m for m in seen if stored.get(m) != value_windows.get(m))
+    if not differ:
+        return None
+    def shown(windows, m):
+        return f"window {windows[m]}" if m in windows else "min-max"
+    return (f"{directory}: the teachers read {', '.join(f'{m} by {shown(stored, m)}' for m in differ)}"
+            f", this run reads {', '.join(f'{m} by {shown(value_windows, m)}' for m in differ)} "
+            "(data.modalities.<m>.value_window): they aligned to features of other pixels; "
+            f"extract again with {' '.join(window_flags(value_windows)) or 'no --value-window'}")
+
+
+def extract(manifest: str, names: Sequence[str], out_dir: str,
+            value_windows: dict | None = None) -> None:
     """Runs ``python -m teachers.extract`` in a subprocess: the teachers are PyTorch
-    models, and this (JAX) process must not import torch."""
+    models, and this (JAX) process must not import torch. ``value_windows``: the run's
+    (``run_value_windows``), so the teachers read what the student reads."""
     cmd = [sys.executable, "-m", "teachers.extract", "--manifest", manifest,
-           "--teachers", ",".join(names), "--out", out_dir]
+           "--teachers", ",".join(names), "--out", out_dir] + window_flags(value_windows or {})
     logging.info("extracting teacher features: %s", " ".join(cmd))
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if done.returncode:
@@ -192,12 +229,17 @@ def prepare(config, workdir: str, rows: Sequence[ManifestRow], manifest: str,
     if not configured(tf_cfg):
         return None
     directory = features_dir(tf_cfg, workdir)
+    windows = run_value_windows(config.data)
     if tf_cfg.extract and not os.path.isfile(os.path.join(directory, "index.json")):
         if process_count > 1:
             raise TeacherJoinError(f"{directory}: no index.json; with several processes extract "
                                    "the teacher features before training (python -m "
                                    "teachers.extract) and set data.teacher_features.dir")
-        extract(manifest, tuple(tf_cfg.teachers), directory)
+        extract(manifest, tuple(tf_cfg.teachers), directory, windows)
     table = load_table(rows, tf_cfg, directory)
+    warning = other_reading(read_index(directory), table.names, {r.modality for r in rows},
+                            windows, directory)
+    if warning:
+        logging.warning("%s", warning)
     logging.info("%s", table.summary())
     return table
