@@ -57,7 +57,7 @@ def mean_teacher(name: str, modalities, size=(16, 16), calls=None) -> LoadedTeac
 def test_each_image_is_read_once_and_every_teacher_gets_full_batches(rows, monkeypatch):
     reads, calls = [], []
     real = decode_module.open_volume
-    monkeypatch.setattr(extract, "open_volume", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(extract, "open_volume", lambda p, **k: reads.append(p) or real(p, **k))
     teachers = [mean_teacher("all_small", registry.ALL_MODALITIES, (16, 16), calls),
                 mean_teacher("all_same_size", registry.ALL_MODALITIES, (16, 16), calls),
                 mean_teacher("xray_only", ("xray",), (24, 24), calls),
