@@ -357,7 +357,7 @@ def test_views_of_different_intensity_ranges_are_written_in_their_own_scale(tmp_
     its own shows the change it was optimised with (to the int16 rounding)."""
     import nibabel as nib
     from mami_jax.apps.privacy.model_input import Source
-    from mami_jax.apps.privacy.protect import PendingRows
+    from mami_jax.apps.privacy.row_views import PendingRows
     from mami_jax.apps.privacy.writers import write_protected
     from mami_jax.data.decode import open_volume
     from mami_jax.data.manifest import ManifestRow

@@ -84,7 +84,7 @@ def test_each_view_keeps_the_budget_in_its_own_intensity_scale(tmp_path):
 
 
 def test_each_view_keeps_its_darkest_and_brightest_pixel():
-    from mami_jax.apps.privacy.protect import range_keeping_mask
+    from mami_jax.apps.privacy.change_masks import range_keeping_mask
     x = np.random.default_rng(6).random((3, 2, 4, 5, 1)).astype(np.float32)
     mask = range_keeping_mask(x)
     for b in range(3):

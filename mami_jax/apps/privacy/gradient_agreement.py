@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mami_jax.apps.privacy import perturb
+from mami_jax.apps.privacy.change_masks import change_mask
 from mami_jax.apps.privacy.model_input import InputMap, settings_for
-from mami_jax.apps.privacy.protect import (ProtectionInputs, change_mask, groups_of,
-                                           member_score_fn)
+from mami_jax.apps.privacy.protect import ProtectionInputs, groups_of, member_score_fn
 from mami_jax.apps.privacy.references import member_refs
 
 

@@ -33,15 +33,15 @@ from mami_jax.apps.privacy.copy_paths import check_distinct_copies, output_path
 from mami_jax.apps.privacy.diagnosis_keep import DiagnosisKeeper
 from mami_jax.apps.privacy.header_identity import (check_identity_setting, remove_identity,
                                                    says_burned_in_text)
+from mami_jax.apps.privacy.change_masks import change_mask
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
+from mami_jax.apps.privacy.row_views import PendingRows
 from mami_jax.apps.privacy.writers import files_left_out
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
-from mami_jax.data.decode import open_volume
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import MODALITIES, ManifestRow
-from mami_jax.data.transforms import slice_indices
 from mami_jax.inference import embed_in_chunks
 from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.setting_ranges import is_number, is_whole, require
@@ -150,111 +150,6 @@ def noise_change(key, x0, mask, norm: str, epsilon: float) -> np.ndarray:
         noise = noise * mask
     delta = np.asarray(perturb.project(noise, norm, epsilon), np.float32)
     return np.clip(x0 + delta, 0.0, 1.0) - x0
-
-
-def owned_mask(parts, shape) -> np.ndarray | None:
-    """The perturbation mask of a batch of views (``model_input.read_parts``): zero on a
-    slice another view of the same series protects; None when every view owns all its
-    slices (the plain case)."""
-    if all(p.owned is None or p.owned.all() for p in parts):
-        return None
-    owned = np.stack([np.ones(len(p.slices), bool) if p.owned is None else p.owned
-                      for p in parts])
-    return np.broadcast_to(owned[:, :, None, None, None], shape).astype(np.float32)
-
-
-def range_keeping_mask(x0: np.ndarray) -> np.ndarray:
-    """Ones (B, T, H, W, C) but for each view's darkest and brightest pixel (the first of
-    each), which stay as they are. A reader that scales a series by the range of the slices
-    it reads (NIfTI: min-max) would otherwise rescale the whole view when the change lowers
-    its brightest or raises its darkest pixel, a change the budget never counted (a CT
-    series read as two slices ended at 29.1 dB for a 30.5 dB budget)."""
-    b = len(x0)
-    flat = np.asarray(x0).reshape(b, -1)
-    mask = np.ones_like(flat, np.float32)
-    mask[np.arange(b), flat.argmin(1)] = 0.0
-    mask[np.arange(b), flat.argmax(1)] = 0.0
-    return mask.reshape(x0.shape)
-
-
-
-def change_mask(parts, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(where a batch's change may go, ``owned_mask``): each view's own slices
-    (``owned_mask``) less its darkest and brightest pixel (``range_keeping_mask``)."""
-    owned = owned_mask(parts, x0.shape)
-    return range_keeping_mask(x0) * (1.0 if owned is None else owned), owned
-
-@dataclasses.dataclass
-class WholeRow:
-    """A row's protection put together from its views: the slices (sorted), their
-    change and original pixels, and the match score of the evaluation view."""
-
-    slices: np.ndarray
-    delta: np.ndarray
-    unit: np.ndarray
-    score_before: float
-    score_after: float
-    views: tuple = ()      # each view's slices (a reader may scale each set by its own range)
-
-
-def in_union_scale(path: str, slices: np.ndarray, units: list, deltas: list,
-                   value_window=None) -> tuple[list, list]:
-    """Each view's change (``deltas``, over the view's own ``units``, the kept slices of
-    the row's ``slices`` in order) in the intensity scale of all those slices read
-    together, and their pixels in that scale: (changes, originals), view by view.
-
-    A reader may scale intensities by the slices it reads (NIfTI: min-max over them), so
-    one view's unit pixels and the union's differ by an affine map per view; a change is
-    written in the union's scale (``writers``), and it must come out, in the raw values,
-    as the change optimised in the view's own scale. The map's slope is fitted by least
-    squares on the view's slices (exact for an affine reader; 1 where the scale is fixed:
-    a DICOM window, the modality's ``value_window``, which reads the union through)."""
-    union = open_volume(path, value_window=value_window).read(slices)
-    out_d, out_u, start = [], [], 0
-    for unit, d in zip(units, deltas):
-        mine, theirs = unit.ravel().astype(np.float64), union[start:start + len(d)]
-        a = mine - mine.mean()
-        slope = float(a @ (theirs.ravel() - theirs.mean()) / (a @ a)) if a @ a > 0 else 1.0
-        out_d.append((d * slope).astype(np.float32))
-        out_u.append(theirs)
-        start += len(d)
-    return out_d, out_u
-
-
-class PendingRows:
-    """Collects the protected views of each row until all of them are done."""
-
-    def __init__(self, parts, data_cfg):
-        self.data_cfg = data_cfg          # each modality's reading rule (its value window)
-        self.expected = collections.Counter(p.row.image_id for p in parts)
-        self.done: dict[str, list] = collections.defaultdict(list)
-
-    def add(self, part, delta, before: float, after: float) -> WholeRow | None:
-        """Records one view; the whole row once its last view is in, else None."""
-        views = self.done[part.row.image_id]
-        views.append((part, delta, before, after))
-        if len(views) < self.expected[part.row.image_id]:
-            return None
-        del self.done[part.row.image_id]
-        slices, deltas, units = [], [], []
-        for p, d, _, _ in views:
-            keep = np.ones(len(p.slices), bool) if p.owned is None else p.owned
-            slices.append(p.slices[keep])
-            deltas.append(d[keep])
-            units.append(p.unit[keep])
-        slices = np.concatenate(slices)
-        if len(views) > 1:
-            deltas, units = in_union_scale(
-                part.row.path, slices, units, deltas,
-                settings_for(self.data_cfg, part.row.modality).value_window)
-        order = np.argsort(slices, kind="stable")
-        read = slice_indices(part.num_slices, len(part.slices))
-        scored = [v for v in views if np.array_equal(v[0].slices, read)] or views
-        return WholeRow(slices[order], np.concatenate(deltas)[order],
-                        np.concatenate(units)[order],
-                        float(np.mean([v[2] for v in scored])),
-                        float(np.mean([v[3] for v in scored])),
-                        tuple(np.asarray(v[0].slices) for v in views) if len(views) > 1 else ())
 
 
 @dataclasses.dataclass
