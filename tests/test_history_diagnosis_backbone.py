@@ -107,6 +107,7 @@ class StubReid:
 
     fingerprint = "reid"
     info = {"source": "stub", "fingerprint": "reid"}
+    value_windows: dict = {}               # reads every modality by min-max
 
     def __init__(self, rows):
         rng = np.random.default_rng(0)

@@ -83,6 +83,41 @@ def test_a_series_gives_evenly_spaced_slices_as_channels(tmp_path):
     np.testing.assert_allclose(v.mean((0, 1)), [0.0, 0.4, 1.0], atol=1e-6)
 
 
+def test_the_reader_reads_a_windowed_modality_as_the_reid_run_and_keeps_the_window(
+        tmp_path, monkeypatch):
+    """A run that reads CT through (-1000, 1000) HU: the reader's views are read through
+    it, the readers' file records it and reads new images (protected copies) so too, and
+    the cache key changes with it (and stays what it was without one)."""
+    nib = pytest.importorskip("nibabel")
+    window = (-1000.0, 1000.0)
+    rows, y = [], []
+    for i in range(8):
+        hu = np.full((8, 8, 3), -1000 + 250 * (i % 2), np.int16)
+        hu[0, 0, :] = 3000 if i < 4 else 500         # metal in half: min-max differs
+        path = str(tmp_path / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(hu, np.eye(4)), path)
+        rows.append(_row(f"c{i}", path, modality="ct", patient=f"p{i}",
+                         split="train" if i < 6 else "test"))
+        y.append(i % 2)
+    y = np.asarray(y)
+    v = dr.read_view(rows[1], 8, 3, window)
+    np.testing.assert_allclose(np.median(v), 0.125, atol=1e-6)     # -750 HU, not min-max
+    cfg = _cfg(epochs=1)
+    assert dr.settings_key(cfg, rows, y, "train", 2) == \
+        dr.settings_key(cfg, rows, y, "train", 2, value_windows={})
+    assert dr.settings_key(cfg, rows, y, "train", 2) != \
+        dr.settings_key(cfg, rows, y, "train", 2, value_windows={"ct": window})
+    seen = []
+    real = dr.read_views
+    monkeypatch.setattr(dr, "read_views", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    dr.reader_logits(rows, y, 2, cfg, "train", str(tmp_path / "out"), progress=False,
+                     value_windows={"ct": window})
+    trained = dr.TrainedReader(str(tmp_path / "out"))
+    assert trained.value_windows == {"ct": window}
+    trained.features(rows[6:], progress=False)
+    assert seen == [{"ct": window}, {"ct": window}]
+
+
 def test_a_modality_mixing_images_and_series_is_an_error_naming_the_image(tmp_path):
     nib = pytest.importorskip("nibabel")
     rows = []

@@ -60,13 +60,15 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
                      for c in range(image.shape[-1])], -1)
 
 
-def read_view(row: ManifestRow, size: int, slices: int) -> np.ndarray:
+def read_view(row: ManifestRow, size: int, slices: int,
+              value_window: tuple[float, float] | None = None) -> np.ndarray:
     """What the reader sees of one image: a 2-D image as (size, size, 3) (gray repeated
     into the three channels), a series as (size, size, ``slices``): that many slices,
-    evenly spaced through it, as channels, read together (one intensity scale). An image
-    that cannot be read is a ValueError naming its file and image id."""
+    evenly spaced through it, as channels, read together (one intensity scale, or
+    ``value_window``, the re-ID run's for the modality). An image that cannot be read is
+    a ValueError naming its file and image id."""
     try:
-        vol = open_volume(row.path)
+        vol = open_volume(row.path, value_window=value_window)
         n = vol.num_slices
         if n == 1:
             img = vol.read([0])[0]
@@ -88,17 +90,21 @@ def modality_sizes(cfg) -> dict[str, int]:
 
 
 def read_views(rows: Sequence[ManifestRow], size, slices: int,
-               progress: bool = True) -> dict[str, np.ndarray]:
+               progress: bool = True, value_windows: Mapping | None = None
+               ) -> dict[str, np.ndarray]:
     """Per modality, the views of its rows (in row order) at ``size`` (one side, or a
-    mapping from modality to side as ``modality_sizes`` gives), all in memory (float32:
+    mapping from modality to side as ``modality_sizes`` gives), read through
+    ``value_windows[modality]`` where given, all in memory (float32:
     size x size x slices x 4 bytes each, 256 KB per series at 64 px and 16 slices, so a
     few tens of thousands of images). A modality whose images mix 2-D images and series
     is an error naming the first image of the minority kind, since one reader reads one
     layout."""
     out: dict[str, list] = {}
     side = size if isinstance(size, Mapping) else collections.defaultdict(lambda: int(size))
+    windows = dict(value_windows or {})
     for r in tqdm(rows, unit="img", desc="reader views", disable=not progress):
-        out.setdefault(r.modality, []).append((r, read_view(r, side[r.modality], slices)))
+        out.setdefault(r.modality, []).append(
+            (r, read_view(r, side[r.modality], slices, windows.get(r.modality))))
     views = {}
     for m, items in out.items():
         widths = [v.shape[-1] for _, v in items]
@@ -202,12 +208,20 @@ def patient_folds(patients: Sequence[str], folds: int, seed: int) -> np.ndarray:
     return np.asarray([fold_of[p] for p in patients], int)
 
 
+def _windows_json(value_windows: Mapping | None) -> dict:
+    return {m: [float(v) for v in w] for m, w in sorted((value_windows or {}).items())}
+
+
 def settings_key(cfg, rows: Sequence[ManifestRow], y: np.ndarray, train_split: str,
-                 num_classes: int, files: str | None = None) -> str:
-    """sha256 of everything the reader's logits depend on: its settings, the images (ids,
-    files, modality, split, patient) and the training images' labels. ``files``: the
-    rows' ``rows_signature`` where the caller has it already."""
+                 num_classes: int, files: str | None = None,
+                 value_windows: Mapping | None = None) -> str:
+    """sha256 of everything the reader's logits depend on: its settings, how the images
+    are read (``value_windows``), the images (ids, files, modality, split, patient) and
+    the training images' labels. ``files``: the rows' ``rows_signature`` where the
+    caller has it already."""
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    if value_windows:           # none: the key readers cached before windows existed
+        h.update(json.dumps(_windows_json(value_windows), sort_keys=True).encode())
     files = rows_signature(rows) if files is None else files
     h.update(f"{train_split}|{num_classes}|{files}".encode())
     for r, label in zip(rows, y):
@@ -217,14 +231,16 @@ def settings_key(cfg, rows: Sequence[ManifestRow], y: np.ndarray, train_split: s
 
 
 def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, cfg,
-                        train_split: str, progress: bool = True):
+                        train_split: str, progress: bool = True,
+                        value_windows: Mapping | None = None):
     """(logits (n, num_classes), {modality: {"mean", "std", "folds": [params]}}): per
     modality, ``cfg.folds`` readers each trained on the training patients of the other
-    folds; training images get their fold's held-out logits, the rest the fold mean."""
+    folds; training images get their fold's held-out logits, the rest the fold mean.
+    ``value_windows``: as ``read_views``."""
     folds = int(cfg.folds)
     if folds < 2:
         raise ValueError(f"reader.folds={folds}: cross-fitting needs at least 2 folds")
-    views = read_views(rows, modality_sizes(cfg), int(cfg.slices), progress)
+    views = read_views(rows, modality_sizes(cfg), int(cfg.slices), progress, value_windows)
     modalities = np.asarray([r.modality for r in rows])
     is_train = np.asarray([r.split == train_split for r in rows])
     logits = np.zeros((len(rows), num_classes), np.float32)
@@ -261,22 +277,26 @@ def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes:
 
 def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, cfg,
                   train_split: str, out_dir: str, progress: bool = True,
-                  files: str | None = None):
+                  files: str | None = None, value_windows: Mapping | None = None):
     """``cross_fitted_logits``, cached in OUT/diagnosis_reader.npz (and the readers in
-    OUT/diagnosis_reader.msgpack) for the same ``settings_key`` (``files``: as there).
-    Returns (logits, info)."""
-    key = settings_key(cfg, rows, y, train_split, num_classes, files)
+    OUT/diagnosis_reader.msgpack, with the value windows they read through, so that
+    ``TrainedReader`` reads new images so too) for the same ``settings_key`` (``files``,
+    ``value_windows``: as there). Returns (logits, info)."""
+    key = settings_key(cfg, rows, y, train_split, num_classes, files, value_windows)
     path = os.path.join(out_dir, LOGITS)
     info = {"reader": KIND, "fingerprint": key, "feature_dim": num_classes}
     cached = read_cache(path, lambda f: f["logits"] if str(f["fingerprint"]) == key else None)
     if cached is not None:
         return cached, info
-    logits, readers = cross_fitted_logits(rows, y, num_classes, cfg, train_split, progress)
+    logits, readers = cross_fitted_logits(rows, y, num_classes, cfg, train_split, progress,
+                                          value_windows)
     payload = jax.tree_util.tree_map(np.asarray, {
         m: {"mean": r["mean"], "std": r["std"], "folds": {str(i): p for i, p in enumerate(r["folds"])}}
         for m, r in readers.items()})
     payload[SETTINGS_KEY] = json.dumps({"reader": cfg.to_dict(), "num_classes": num_classes,
-                                        "fingerprint": key}, sort_keys=True, default=list)
+                                        "fingerprint": key,
+                                        "value_windows": _windows_json(value_windows)},
+                                       sort_keys=True, default=list)
     write_bytes_atomic(os.path.join(out_dir, PARAMS), flax.serialization.msgpack_serialize(payload))
     write_atomic(path, lambda tmp: np.savez(tmp, logits=logits, fingerprint=np.asarray(key),
                                             image_id=np.asarray([r.image_id for r in rows])))
@@ -303,6 +323,9 @@ class TrainedReader:
                              f"train again")
         settings = json.loads(str(payload.pop(SETTINGS_KEY)))
         self.path, self.settings = path, settings["reader"]
+        # readers saved before windows existed read every modality by min-max
+        self.value_windows = {m: (float(w[0]), float(w[1]))
+                              for m, w in settings.get("value_windows", {}).items()}
         self.num_classes, self.fingerprint = int(settings["num_classes"]), settings["fingerprint"]
         self.readers = payload
         self.net = ReaderNet(tuple(self.settings["widths"]), self.num_classes)
@@ -315,7 +338,7 @@ class TrainedReader:
             raise ValueError(f"{self.path}: no reader for modality {missing} (it has "
                              f"{', '.join(sorted(self.readers))})")
         views = read_views(rows, modality_sizes(ml_collections.ConfigDict(self.settings)),
-                           int(self.settings["slices"]), progress)
+                           int(self.settings["slices"]), progress, self.value_windows)
         modalities = np.asarray([r.modality for r in rows])
         out = np.zeros((len(rows), self.num_classes), np.float32)
         for m, x in views.items():

@@ -216,7 +216,8 @@ class Experiment:
             log("diagnosis features: a reader trained on the labels (cross-fitted)")
             return diagnosis_reader.reader_logits(self.rows, self.y, len(self.classes),
                                                   self.cfg.reader, self.cfg.train_split,
-                                                  self.out_dir, files=self.files)
+                                                  self.out_dir, files=self.files,
+                                                  value_windows=model.value_windows)
         name = teacher_name(self.cfg.features)
         if name is None:
             return (diagnosis_features(emb, backbone, self.cfg.features),

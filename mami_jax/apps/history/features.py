@@ -56,6 +56,14 @@ class TrainedModel:
         return {"workdir": self.workdir, "config": self.spec, "step": self.embedder.step,
                 "fingerprint": self.fingerprint, "source": self.embedder.source}
 
+    @property
+    def value_windows(self) -> dict[str, tuple[float, float]]:
+        """{modality: (lo, hi)} of the modalities the model reads through a fixed window
+        (``data.modalities.<m>.value_window``): the diagnosis reader reads them so too."""
+        from mami_jax.data.config import modality_settings
+        return {m: s.value_window for m, s in modality_settings(self.embedder.data_cfg).items()
+                if s.value_window is not None}
+
     def chunk_store(self, out: str, images: str, what: str) -> ChunkStore:
         """``Embedder.chunk_store`` of this model."""
         return self.embedder.chunk_store(out, images, what)
