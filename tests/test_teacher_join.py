@@ -175,9 +175,9 @@ def test_features_read_through_other_windows_are_used_with_a_warning(manifest, t
     cfg.data.modalities.ct.value_window = (-1000, 1000)
     teacher_join.prepare(cfg, str(tmp_path / "wd"), rows, manifest)
     assert warned == [f"{folder}: the teachers read ct by min-max, this run reads ct by "
-                      "window (-1000.0, 1000.0) (data.modalities.<m>.value_window): they "
-                      "aligned to features of other pixels; extract again with "
-                      "--value-window ct=-1000.0,1000.0"]
+                      "window (-1000.0, 1000.0) (data.modalities.<m>.value_window): the "
+                      "student would align to features of pixels it does not see; extract "
+                      "again with --value-window ct=-1000.0,1000.0"]
     # the modalities a teacher does not apply to, or the run does not read, do not count
     index = {"teachers": {"xray_only": {"modalities": ["xray"]}}, "value_windows": {}}
     assert teacher_join.other_reading(index, ["xray_only"], {"xray", "ct"},

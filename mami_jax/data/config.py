@@ -250,6 +250,14 @@ def modality_settings(cfg) -> dict[str, ModalitySettings]:
     return out
 
 
+def value_windows(cfg) -> dict[str, tuple[float, float]]:
+    """{modality: (lo, hi)} of the modalities the data block ``cfg`` reads through a fixed
+    value window; what every other model of a run (the alignment teachers, the history
+    app's diagnosis reader) reads them through too."""
+    return {m: s.value_window for m, s in modality_settings(cfg).items()
+            if s.value_window is not None}
+
+
 def _value_window(where: str, value) -> tuple[float, float] | None:
     """None for None (or ()), else (lo, hi) with finite lo < hi; ValueError naming
     ``where``."""

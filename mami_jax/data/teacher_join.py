@@ -44,6 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from mami_jax.tuple_flags import listing_hint
+from mami_jax.data import config as data_config
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
 
@@ -136,13 +137,6 @@ def check_config(config) -> None:
         _dims(tf_cfg)
 
 
-def run_value_windows(data_cfg) -> dict[str, tuple[float, float]]:
-    """{modality: (lo, hi)} of the modalities the run reads through a fixed window."""
-    from mami_jax.data.config import modality_settings
-    return {m: s.value_window for m, s in modality_settings(data_cfg).items()
-            if s.value_window is not None}
-
-
 def window_flags(value_windows: dict) -> list[str]:
     """``teachers.extract``'s ``--value-window`` arguments for ``value_windows``."""
     return [a for m, (lo, hi) in sorted(value_windows.items())
@@ -158,19 +152,23 @@ def other_reading(index: dict, names: Sequence[str], modalities, value_windows: 
     differ = sorted(m for m in seen if stored.get(m) != value_windows.get(m))
     if not differ:
         return None
-    def shown(windows, m):
-        return f"window {windows[m]}" if m in windows else "min-max"
-    return (f"{directory}: the teachers read {', '.join(f'{m} by {shown(stored, m)}' for m in differ)}"
-            f", this run reads {', '.join(f'{m} by {shown(value_windows, m)}' for m in differ)} "
-            "(data.modalities.<m>.value_window): they aligned to features of other pixels; "
-            f"extract again with {' '.join(window_flags(value_windows)) or 'no --value-window'}")
+    return (f"{directory}: the teachers read {_readings(stored, differ)}, this run reads "
+            f"{_readings(value_windows, differ)} (data.modalities.<m>.value_window): the "
+            "student would align to features of pixels it does not see; extract again with "
+            f"{' '.join(window_flags(value_windows)) or 'no --value-window'}")
+
+
+def _readings(windows: dict, modalities) -> str:
+    """"ct by window (-1000.0, 1000.0), mri by min-max": how ``modalities`` are read."""
+    return ", ".join(f"{m} by window {windows[m]}" if m in windows else f"{m} by min-max"
+                     for m in modalities)
 
 
 def extract(manifest: str, names: Sequence[str], out_dir: str,
             value_windows: dict | None = None) -> None:
     """Runs ``python -m teachers.extract`` in a subprocess: the teachers are PyTorch
     models, and this (JAX) process must not import torch. ``value_windows``: the run's
-    (``run_value_windows``), so the teachers read what the student reads."""
+    (``data.config.value_windows``), so the teachers read what the student reads."""
     cmd = [sys.executable, "-m", "teachers.extract", "--manifest", manifest,
            "--teachers", ",".join(names), "--out", out_dir] + window_flags(value_windows or {})
     logging.info("extracting teacher features: %s", " ".join(cmd))
@@ -229,7 +227,7 @@ def prepare(config, workdir: str, rows: Sequence[ManifestRow], manifest: str,
     if not configured(tf_cfg):
         return None
     directory = features_dir(tf_cfg, workdir)
-    windows = run_value_windows(config.data)
+    windows = data_config.value_windows(config.data)
     if tf_cfg.extract and not os.path.isfile(os.path.join(directory, "index.json")):
         if process_count > 1:
             raise TeacherJoinError(f"{directory}: no index.json; with several processes extract "

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mami_jax.data.config import value_windows
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.experiment_config import load_experiment
 from mami_jax.inference import Embedder, embed_in_chunks
@@ -60,9 +61,7 @@ class TrainedModel:
     def value_windows(self) -> dict[str, tuple[float, float]]:
         """{modality: (lo, hi)} of the modalities the model reads through a fixed window
         (``data.modalities.<m>.value_window``): the diagnosis reader reads them so too."""
-        from mami_jax.data.config import modality_settings
-        return {m: s.value_window for m, s in modality_settings(self.embedder.data_cfg).items()
-                if s.value_window is not None}
+        return value_windows(self.embedder.data_cfg)
 
     def chunk_store(self, out: str, images: str, what: str) -> ChunkStore:
         """``Embedder.chunk_store`` of this model."""
