@@ -91,6 +91,25 @@ def test_features_are_cached_per_weights_and_images(tmp_path, effnet):
     assert cached_backbone_features(Recomputes(), rows, str(tmp_path)).all()
 
 
+def test_a_windowed_modality_is_read_through_the_reid_runs_window(tmp_path, effnet):
+    """A backbone given the run's CT window reads CT through it (other features than
+    min-max's), says so in its info, and its cache is not another reading's."""
+    nib = pytest.importorskip("nibabel")
+    hu = np.full((40, 40, 3), -600, np.int16)
+    hu[5:35, 5:35, :] = 40
+    hu[0, 0, :] = 3000                                 # metal: min-max differs
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    rows = [_row("c", str(tmp_path / "ct.nii.gz"), modality="ct")]
+    windowed = DiagnosisBackbone("efficientnet_lite0", batch_size=2,
+                                 value_windows={"ct": (-1000, 1000)})
+    assert windowed.info["value_windows"] == {"ct": [-1000.0, 1000.0]}
+    assert "value_windows" not in effnet.info
+    plain = cached_backbone_features(effnet, rows, str(tmp_path), progress=False)
+    x = cached_backbone_features(windowed, rows, str(tmp_path), progress=False)
+    assert np.abs(x - plain).max() > 1e-2
+    np.testing.assert_allclose(x, windowed.features(rows, progress=False), rtol=1e-5, atol=1e-5)
+
+
 def test_an_unreadable_image_is_an_error_naming_it(tmp_path, effnet):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="'bad'"):

@@ -130,6 +130,20 @@ def test_classifiers_json_names_the_model_and_the_features(tmp_path):
     with pytest.raises(history_utility.HistoryClassifierError,
                        match=r"trained on teacher efficientnet_lite0 with weights sha256:eeee"):
         clf.check_backbone(other)
+    # the same weights read through another window than `train` read (it recorded none)
+    assert clf.backbone_windows == {}
+    windowed = types.SimpleNamespace(name="efficientnet_lite0", value_windows={"ct": (-1.0, 1.0)},
+                                     info={"fingerprint": "sha256:" + "e" * 64})
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"read through value windows none \(min-max\), not "
+                             r"\{'ct': \(-1.0, 1.0\)\}"):
+        clf.check_backbone(windowed)
+    info["model"]["value_windows"] = {"ct": [-1, 1]}
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump(info, f)
+    clf = history_utility.HistoryClassifier(out, teacher_cfg)
+    assert clf.backbone_windows == {"ct": (-1.0, 1.0)}
+    clf.check_backbone(windowed)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ cache is said and computed again (``npz_files.read_cache``).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -46,7 +47,9 @@ class DiagnosisBackbone:
     """The teacher ``name`` of the ``teachers`` registry, frozen, on ``device``."""
 
     def __init__(self, name: str, weights_path: str = "", device: str = "cpu",
-                 batch_size: int = 32):
+                 batch_size: int = 32, value_windows: dict | None = None):
+        """``value_windows``: {modality: (lo, hi)}, the modalities the re-ID run reads
+        through a fixed window (``TrainedModel.value_windows``), read so here too."""
         try:
             from teachers import registry
             from teachers.loaders import TeacherLoadError, load_teacher
@@ -64,12 +67,19 @@ class DiagnosisBackbone:
         except TeacherLoadError as e:       # missing or unloadable weights: the user's input
             raise ValueError(str(e)) from e
         self.name, self.device, self.batch_size = name, device, int(batch_size)
+        self.value_windows = {m: (float(w[0]), float(w[1]))
+                              for m, w in sorted((value_windows or {}).items())}
 
     @property
     def info(self) -> dict:
+        """What the classifiers' features come from (recorded beside them): the teacher,
+        its weights and, where set, the value windows it reads through."""
         t = self.teacher
-        return {"teacher": self.name, "public_id": t.spec.public_id,
+        info = {"teacher": self.name, "public_id": t.spec.public_id,
                 "fingerprint": t.fingerprint, "feature_dim": t.feature_dim}
+        if self.value_windows:
+            info["value_windows"] = {m: list(w) for m, w in self.value_windows.items()}
+        return info
 
     def features(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:
         """(n, D) float32, one row per manifest row, in order; an image of a modality the
@@ -84,7 +94,8 @@ class DiagnosisBackbone:
                   disable=not progress) as bar:
             try:
                 by_id = shard_features([self.teacher], list(rows), self.batch_size,
-                                       self.device, False, bar)[0][self.teacher.spec.name]
+                                       self.device, False, bar,
+                                       value_windows=self.value_windows)[0][self.teacher.spec.name]
             except ExtractError as e:       # an unreadable image, named
                 raise ValueError(str(e)) from e
         return np.stack([by_id[r.image_id] for r in rows]).astype(np.float32)
@@ -95,10 +106,12 @@ def cached_backbone_features(backbone: DiagnosisBackbone, rows: Sequence[Manifes
                              files: str | None = None) -> np.ndarray:
     """``backbone.features(rows)``, from OUT/diagnosis_<name>.npz when it holds these
     images' features (same ids and files: ``files``, their ``rows_signature`` where the
-    caller has it already) from the same weights."""
+    caller has it already) from the same weights read through the same value windows."""
     path = os.path.join(out_dir, f"diagnosis_{backbone.name}.npz")
     ids = np.asarray([r.image_id for r in rows])
-    fingerprint = backbone.info["fingerprint"]
+    windows = backbone.info.get("value_windows")
+    fingerprint = backbone.info["fingerprint"] + (   # no windows: the key caches had before
+        f"|{json.dumps(windows, sort_keys=True)}" if windows else "")
     files = rows_signature(rows) if files is None else files
     cached = read_cache(path, lambda f: f["features"] if (
         str(f["fingerprint"]) == fingerprint and np.array_equal(f["image_id"], ids)

@@ -223,7 +223,8 @@ class Experiment:
             return (diagnosis_features(emb, backbone, self.cfg.features),
                     {"reid_fingerprint": model.fingerprint})
         if diagnosis_backbone is None:
-            diagnosis_backbone = DiagnosisBackbone(name, str(self.cfg.get("teacher_weights", "")))
+            diagnosis_backbone = DiagnosisBackbone(name, str(self.cfg.get("teacher_weights", "")),
+                                                   value_windows=model.value_windows)
         log(f"diagnosis features: teacher {name}")
         x = cached_backbone_features(diagnosis_backbone, self.rows, self.out_dir,
                                      files=self.files)

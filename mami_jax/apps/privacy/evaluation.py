@@ -170,7 +170,9 @@ def history_classifiers(args, app_cfg):
         return classifiers, None
     name = teacher_name(app_cfg.features)
     if name is not None:
-        source = DiagnosisBackbone(name, str(app_cfg.get("teacher_weights", "")))
+        # read as the classifiers' `train` read (the first's windows; the others checked)
+        source = DiagnosisBackbone(name, str(app_cfg.get("teacher_weights", "")),
+                                   value_windows=classifiers[0].backbone_windows)
         for classifier in classifiers:
             classifier.check_backbone(source)
         return classifiers, source

@@ -125,6 +125,10 @@ class HistoryClassifier:
                     f"need the {CLASSIFIERS_INFO} that `train` writes beside them (it records "
                     f"the diagnosis model's weights)")
             self.fingerprint = str(model["fingerprint"])
+        #: the value windows the diagnosis backbone read through in `train` (none: min-max)
+        self.backbone_windows = {} if self.teacher is None else {
+            m: (float(w[0]), float(w[1]))
+            for m, w in (((info or {}).get("model") or {}).get("value_windows") or {}).items()}
         self.norm = self.payload["norm"]["features"]
         current = self.payload["current"]
         self.hidden = int(np.asarray(current["hidden"]["kernel"]).shape[1])
@@ -155,6 +159,12 @@ class HistoryClassifier:
                 f"--history-classifier {self.out_dir} was trained on teacher {self.teacher} "
                 f"with weights {self.fingerprint[:19]}..., not {backbone.name} with "
                 f"{mine[:19]}...: give the weights its `train` used (teacher_weights)")
+        if backbone.value_windows != self.backbone_windows:
+            raise HistoryClassifierError(
+                f"--history-classifier {self.out_dir} was trained on teacher features read "
+                f"through value windows {self.backbone_windows or 'none (min-max)'}, not "
+                f"{backbone.value_windows or 'none (min-max)'}: give classifiers of one "
+                f"re-ID run's reading")
 
     def features(self, model: TrainedModel, rows) -> np.ndarray:
         """The classifier's input features of ``rows`` under ``model`` (unstandardised)."""
