@@ -498,3 +498,25 @@ def test_an_unreadable_image_leaves_no_empty_output_folder(run, capsys, tmp_path
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith(f"error: {manifest}: line 2 ") and "cannot read image file" in line
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_member_trained_reading_otherwise_is_refused_before_any_model(run, capsys):
+    """Every member is fed the protecting run's input: a member whose own config reads the
+    X-rays through a value window (the protecting run reads them by /255) would be fed
+    pixels it never saw. Refused, naming it, the modality and the settings; nothing
+    written."""
+    from tests.history_workdir import make_workdir
+    base = run["base"]
+    experiment = load_config(load_config(run["config"]).experiment)
+    experiment.data.modalities.xray.value_window = (0.0, 200.0)
+    member = make_workdir(str(base / "member_windowed"), experiment, seed=3)
+    out = base / "refused_member"
+    capsys.readouterr()
+    assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+                 "--out", str(out), "--config", f"{run['config']}:transfer={member}"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: ensemble member {member} was trained reading xray images with "
+        "value_window=(0.0, 200.0), the protecting run with value_window=None; every member "
+        "is fed the protecting run's input, so it would be fed pixels it never saw: name "
+        "members trained with the same data settings"]
+    assert not out.exists()

@@ -222,6 +222,7 @@ def _run(args, parser) -> None:
 def _protect_or_cues(args, pcfg, rows, targets) -> None:
     """The models loaded, then ``_protect`` or ``_cues``, with OUT held."""
     from mami_jax.apps.privacy import ensemble, references
+    from mami_jax.apps.privacy.member_reading import refuse_other_readings
     from mami_jax.apps.privacy.protect import check_settings
     from mami_jax.data.manifest import MODALITIES
     from mami_jax.data.missing_files import refuse_missing_files
@@ -237,6 +238,9 @@ def _protect_or_cues(args, pcfg, rows, targets) -> None:
     named = ensemble.modality_ensembles(pcfg.perturb, MODALITIES)
     uses_default = args.command == "protect" and any(r.modality not in named for r in targets)
     names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
+    if args.command == "protect":
+        refuse_other_readings(_members_by_modality(names[1:], named, targets, args.workdir),
+                              experiment.data)
     members = ([ensemble.load_member(args.workdir, experiment, role=args.model_flag)]
                + ensemble.load_ensemble(names[1:], experiment))
     if args.command == "protect":
@@ -245,6 +249,20 @@ def _protect_or_cues(args, pcfg, rows, targets) -> None:
         _protect(args, pcfg, rows, targets, members, by_modality, experiment)
     else:
         _cues(args, pcfg, rows, targets, members[0])
+
+
+def _members_by_modality(default: list, named: dict, targets, workdir: str) -> dict:
+    """Each ensemble member (but ``workdir``, the protecting run) -> the modalities of
+    ``targets`` it helps protect: ``default`` those without an ensemble of their own in
+    ``named`` (``perturb.modality_ensemble``), a named one its modality."""
+    modalities = {r.modality for r in targets}
+    out: dict[str, set] = {}
+    for name in default:
+        out.setdefault(name, set()).update(modalities - set(named))
+    for m, names in named.items():
+        for name in names if m in modalities else ():
+            out.setdefault(name, set()).add(m)
+    return {n: ms for n, ms in out.items() if n != workdir and ms}
 
 
 def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> None:
