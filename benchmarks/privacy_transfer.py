@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mami_jax.apps.privacy.member_reading import refuse_other_readings  # noqa: E402
 from mami_jax.apps.privacy.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_summary  # noqa: E402
@@ -154,13 +155,23 @@ def main(argv=None) -> int:
 def run(args, p, sizes, variants) -> int:
     base_cfg = load_config(args.config, kind="privacy")
     apply_overrides(base_cfg, args.set)
-    experiment = load_experiment(experiment_spec(args.workdir, base_cfg.experiment))
+    spec = experiment_spec(args.workdir, base_cfg.experiment)
+    experiment = load_experiment(spec)
     rows = read_manifest(args.manifest)
     targets = [r for r in select_rows(rows, args.split, args.manifest)
                if not args.modality or r.modality == args.modality]
     if not targets:
         p.error(f"no rows of split {args.split!r} and modality {args.modality!r}")
     names = [args.workdir] + args.member[:max(sizes) - 1]
+    modalities = {r.modality for r in targets}
+    refuse_other_readings({args.workdir: modalities}, experiment.data, role="--workdir",
+                          against=(f"the experiment config it is read with ({spec})",
+                                   "set the privacy config's experiment to the one it was "
+                                   "trained with, or to '' (--set experiment=) to read it "
+                                   "with its own config.json"))
+    refuse_other_readings({n: modalities for n in names[1:]}, experiment.data)
+    refuse_other_readings({model: modalities for _, model in named(args.held_out, "--held-out")},
+                          experiment.data, role="--held-out model")
     members = ensemble.load_ensemble(names, experiment)
     loaded = dict(zip(names, members))
     judges = {"protecting": members[0].embedder}

@@ -516,7 +516,29 @@ def test_a_member_trained_reading_otherwise_is_refused_before_any_model(run, cap
                  "--out", str(out), "--config", f"{run['config']}:transfer={member}"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: ensemble member {member} was trained reading xray images with "
-        "value_window=(0.0, 200.0), the protecting run with value_window=None; every member "
+        "value_window=(0.0, 200.0), the protecting run with value_window=None; every model "
         "is fed the protecting run's input, so it would be fed pixels it never saw: name "
-        "members trained with the same data settings"]
+        "models trained with the same data settings"]
     assert not out.exists()
+
+
+def test_a_run_read_with_a_config_that_reads_otherwise_is_refused(run, capsys, tmp_path):
+    """--experiment naming a config whose X-ray reading is not the one the run was trained
+    with (its config.json): the model would be fed pixels it never saw. Refused before any
+    model is read; cues too."""
+    experiment = load_config(load_config(run["config"]).experiment)
+    experiment.data.modalities.xray.value_window = (0.0, 200.0)
+    other = tmp_path / "other_reading.json"
+    other.write_text(json.dumps(experiment.to_dict()))
+    for command in ("protect", "cues"):
+        capsys.readouterr()
+        assert main([command, "--workdir", run["workdir"], "--manifest", run["manifest"],
+                     "--out", str(tmp_path / command), "--config", run["config"],
+                     "--experiment", str(other)]) == 1
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (
+            f"error: --workdir {run['workdir']} was trained reading xray images with "
+            f"value_window=None, the experiment config it is read with ({other}) with "
+            "value_window=(0.0, 200.0); name the config it was trained with (--experiment "
+            "FILE[:ARG]), or none to read it with its own config.json")
+        assert not (tmp_path / command).exists()

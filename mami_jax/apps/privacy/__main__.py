@@ -238,6 +238,11 @@ def _protect_or_cues(args, pcfg, rows, targets) -> None:
     named = ensemble.modality_ensembles(pcfg.perturb, MODALITIES)
     uses_default = args.command == "protect" and any(r.modality not in named for r in targets)
     names = [args.workdir] + (list(pcfg.perturb.ensemble) if uses_default else [])
+    refuse_other_readings({args.workdir: {r.modality for r in targets}}, experiment.data,
+                          role=args.model_flag, against=(
+                              f"the experiment config it is read with ({pcfg.experiment})",
+                              "name the config it was trained with (--experiment "
+                              "FILE[:ARG]), or none to read it with its own config.json"))
     if args.command == "protect":
         refuse_other_readings(_members_by_modality(names[1:], named, targets, args.workdir),
                               experiment.data)

@@ -1,5 +1,6 @@
 """Every ensemble member is fed the protecting run's input: refusing a member that reads
-another way.
+another way (and a protecting run read with a config that reads otherwise than the one it
+was trained with).
 
 ``protect`` reads each image once, as the protecting run (``--workdir``) reads it (its value
 window, slices, crop size, normalisation: ``model_input``), and gives that same input to
@@ -20,8 +21,7 @@ from typing import Mapping
 
 from mami_jax.apps.privacy.model_input import settings_for
 from mami_jax.config_files import resolve_spec
-from mami_jax.experiment_config import (MODEL_FILE_EXPERIMENT, RunConfigMissing,
-                                        experiment_spec, load_experiment)
+from mami_jax.experiment_config import MODEL_FILE_EXPERIMENT, experiment_spec, load_experiment
 
 
 def reading(data_cfg, modality: str) -> dict:
@@ -36,23 +36,31 @@ def reading(data_cfg, modality: str) -> dict:
 def known_data_config(name: str):
     """The data block ``name`` (a member: workdir, ``WORKDIR@STEP``, model file or converter
     folder) was trained with, or None where that is not known: a path that is not there
-    (the loader names it), a run from before runs kept their config, a file or folder that
-    carries none (read with the paper's config only by default)."""
+    or a folder that is no model (the loader names it), a run from before runs kept their
+    config, a file or folder that carries none (read with the paper's config only by
+    default)."""
     if not os.path.exists(name.partition("@")[0]):
         return None
     try:
         spec = experiment_spec(name)
-    except RunConfigMissing:
+    except ValueError:          # no run's config (RunConfigMissing), or no model: the loader says
         return None
     if spec == resolve_spec(MODEL_FILE_EXPERIMENT):
         return None
     return load_experiment(spec).data
 
 
-def refuse_other_readings(members: Mapping[str, set], data_cfg) -> None:
+#: What the members are compared with, and what to do about a difference.
+MEMBERS = ("the protecting run", "every model is fed the protecting run's input, so it "
+           "would be fed pixels it never saw: name models trained with the same data settings")
+
+
+def refuse_other_readings(members: Mapping[str, set], data_cfg,
+                          role: str = "ensemble member", against: tuple = MEMBERS) -> None:
     """ValueError naming the first member of ``members`` (name -> the modalities it helps
     protect) whose own config reads one of them otherwise than ``data_cfg`` (the
-    protecting run's)."""
+    protecting run's); ``role``: what the message calls the member; ``against``: what
+    ``data_cfg`` is and the remedy (``MEMBERS``)."""
     for name, modalities in members.items():
         own = known_data_config(name)
         if own is None:
@@ -61,9 +69,8 @@ def refuse_other_readings(members: Mapping[str, set], data_cfg) -> None:
             mine, theirs = reading(own, m), reading(data_cfg, m)
             differ = [k for k in mine if mine[k] != theirs[k]]
             if differ:
+                reference, remedy = against
                 raise ValueError(
-                    f"ensemble member {name} was trained reading {m} images with "
-                    f"{', '.join(f'{k}={mine[k]!r}' for k in differ)}, the protecting run "
-                    f"with {', '.join(f'{k}={theirs[k]!r}' for k in differ)}; every member "
-                    "is fed the protecting run's input, so it would be fed pixels it never "
-                    "saw: name members trained with the same data settings")
+                    f"{role} {name} was trained reading {m} images with "
+                    f"{', '.join(f'{k}={mine[k]!r}' for k in differ)}, {reference} "
+                    f"with {', '.join(f'{k}={theirs[k]!r}' for k in differ)}; {remedy}")
