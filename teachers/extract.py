@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mami_jax.data.config import windows_as_json
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.manifest import MODALITIES, ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
@@ -209,7 +210,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     total_shards = max(1, math.ceil(len(rows) / rows_per_shard))
     # the windows only where some are given: a folder extracted before they existed is
     # still this run's
-    windows = {m: [lo, hi] for m, (lo, hi) in sorted((value_windows or {}).items())}
+    windows = windows_as_json(value_windows)
     run_info = writer.header(
         manifest=dict(file=os.path.basename(manifest), sha256=_sha256(manifest), rows=len(rows)),
         split=split, rows_per_shard=rows_per_shard, num_shards=total_shards,

@@ -258,6 +258,19 @@ def value_windows(cfg) -> dict[str, tuple[float, float]]:
             if s.value_window is not None}
 
 
+def windows_as_json(windows) -> dict[str, list[float]]:
+    """{modality: [lo, hi]} (sorted, floats) of {modality: (lo, hi)}: how a file that
+    records the windows a model read through (a feature folder's index, a readers' file,
+    classifiers.json) writes them."""
+    return {m: [float(w[0]), float(w[1])] for m, w in sorted((windows or {}).items())}
+
+
+def windows_from_json(recorded) -> dict[str, tuple[float, float]]:
+    """{modality: (lo, hi)} of what ``windows_as_json`` wrote (None or absent: {}, the
+    min-max a file written before windows existed read by)."""
+    return {m: (float(w[0]), float(w[1])) for m, w in sorted((recorded or {}).items())}
+
+
 def _value_window(where: str, value) -> tuple[float, float] | None:
     """None for None (or ()), else (lo, hi) with finite lo < hi; ValueError naming
     ``where``."""

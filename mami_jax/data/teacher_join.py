@@ -147,7 +147,7 @@ def other_reading(index: dict, names: Sequence[str], modalities, value_windows: 
                   directory: str) -> str | None:
     """The warning when the store's features of the teachers ``names`` were read through
     other value windows than the run reads its images of ``modalities`` through, else None."""
-    stored = {m: tuple(float(v) for v in w) for m, w in index.get("value_windows", {}).items()}
+    stored = data_config.windows_from_json(index.get("value_windows"))
     seen = {m for n in names for m in index["teachers"][n]["modalities"]} & set(modalities)
     differ = sorted(m for m in seen if stored.get(m) != value_windows.get(m))
     if not differ:

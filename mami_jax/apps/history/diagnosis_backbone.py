@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mami_jax.apps.history.npz_files import read_cache
+from mami_jax.data.config import windows_as_json, windows_from_json
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.runtime.atomic_files import write_atomic
@@ -67,8 +68,7 @@ class DiagnosisBackbone:
         except TeacherLoadError as e:       # missing or unloadable weights: the user's input
             raise ValueError(str(e)) from e
         self.name, self.device, self.batch_size = name, device, int(batch_size)
-        self.value_windows = {m: (float(w[0]), float(w[1]))
-                              for m, w in sorted((value_windows or {}).items())}
+        self.value_windows = windows_from_json(windows_as_json(value_windows))
 
     @property
     def info(self) -> dict:
@@ -78,7 +78,7 @@ class DiagnosisBackbone:
         info = {"teacher": self.name, "public_id": t.spec.public_id,
                 "fingerprint": t.fingerprint, "feature_dim": t.feature_dim}
         if self.value_windows:
-            info["value_windows"] = {m: list(w) for m, w in self.value_windows.items()}
+            info["value_windows"] = windows_as_json(self.value_windows)
         return info
 
     def features(self, rows: Sequence[ManifestRow], progress: bool = True) -> np.ndarray:

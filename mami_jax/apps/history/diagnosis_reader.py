@@ -40,6 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mami_jax.apps.history.npz_files import read_cache
+from mami_jax.data.config import windows_as_json, windows_from_json
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.manifest import ManifestRow
@@ -208,10 +209,6 @@ def patient_folds(patients: Sequence[str], folds: int, seed: int) -> np.ndarray:
     return np.asarray([fold_of[p] for p in patients], int)
 
 
-def _windows_json(value_windows: Mapping | None) -> dict:
-    return {m: [float(v) for v in w] for m, w in sorted((value_windows or {}).items())}
-
-
 def settings_key(cfg, rows: Sequence[ManifestRow], y: np.ndarray, train_split: str,
                  num_classes: int, files: str | None = None,
                  value_windows: Mapping | None = None) -> str:
@@ -221,7 +218,7 @@ def settings_key(cfg, rows: Sequence[ManifestRow], y: np.ndarray, train_split: s
     caller has it already."""
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
     if value_windows:           # none: the key readers cached before windows existed
-        h.update(json.dumps(_windows_json(value_windows), sort_keys=True).encode())
+        h.update(json.dumps(windows_as_json(value_windows), sort_keys=True).encode())
     files = rows_signature(rows) if files is None else files
     h.update(f"{train_split}|{num_classes}|{files}".encode())
     for r, label in zip(rows, y):
@@ -295,7 +292,7 @@ def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, 
         for m, r in readers.items()})
     payload[SETTINGS_KEY] = json.dumps({"reader": cfg.to_dict(), "num_classes": num_classes,
                                         "fingerprint": key,
-                                        "value_windows": _windows_json(value_windows)},
+                                        "value_windows": windows_as_json(value_windows)},
                                        sort_keys=True, default=list)
     write_bytes_atomic(os.path.join(out_dir, PARAMS), flax.serialization.msgpack_serialize(payload))
     write_atomic(path, lambda tmp: np.savez(tmp, logits=logits, fingerprint=np.asarray(key),
@@ -324,8 +321,7 @@ class TrainedReader:
         settings = json.loads(str(payload.pop(SETTINGS_KEY)))
         self.path, self.settings = path, settings["reader"]
         # readers saved before windows existed read every modality by min-max
-        self.value_windows = {m: (float(w[0]), float(w[1]))
-                              for m, w in settings.get("value_windows", {}).items()}
+        self.value_windows = windows_from_json(settings.get("value_windows"))
         self.num_classes, self.fingerprint = int(settings["num_classes"]), settings["fingerprint"]
         self.readers = payload
         self.net = ReaderNet(tuple(self.settings["widths"]), self.num_classes)

@@ -44,6 +44,7 @@ from mami_jax.apps.history.diagnosis_reader import TrainedReader
 from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS, CLASSIFIERS_INFO,
                                                        read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
+from mami_jax.data.config import windows_from_json
 
 FEATURES_CACHE = "features.npz"
 
@@ -126,9 +127,8 @@ class HistoryClassifier:
                     f"the diagnosis model's weights)")
             self.fingerprint = str(model["fingerprint"])
         #: the value windows the diagnosis backbone read through in `train` (none: min-max)
-        self.backbone_windows = {} if self.teacher is None else {
-            m: (float(w[0]), float(w[1]))
-            for m, w in (((info or {}).get("model") or {}).get("value_windows") or {}).items()}
+        self.backbone_windows = {} if self.teacher is None else windows_from_json(
+            ((info or {}).get("model") or {}).get("value_windows"))
         self.norm = self.payload["norm"]["features"]
         current = self.payload["current"]
         self.hidden = int(np.asarray(current["hidden"]["kernel"]).shape[1])
