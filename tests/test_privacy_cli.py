@@ -349,14 +349,17 @@ def test_usage_error_is_one_line_with_status_2(capsys):
         "(--workdir a); give one (see --help)"]
 
 
-def test_xray_transfer_gives_the_xrays_their_own_members(run):
+def test_xray_transfer_gives_the_xrays_their_own_members(run, capsys):
     """The README's recipe for attackers of every kind: ``transfer=A,xray_transfer=B.pth``
     (B's weights exported, as a public backbone is released) protects the X-rays against
     --workdir's model and B alone, their gradients balanced, exactly as ``transfer=B`` (B's
     workdir) with balanced members does, and not as ``transfer=A`` does; the report names
-    the X-rays' members and weighting."""
+    the X-rays' members and weighting. B's file carries no training config: one warning
+    line says it is fed the run's input unchecked, and the report names it; B's workdir is
+    checked, and nothing is said."""
     pytest.importorskip("torch")
     from mami_jax.convert.checkpoint_dir import load_params
+    from mami_jax.apps.privacy.member_reading import unchecked_warning
     from mami_jax.convert.official import export_official
     from tests.history_workdir import make_workdir
     base = run["base"]
@@ -368,16 +371,22 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
 
     def written(name, words, *extra):
         out = base / name
+        capsys.readouterr()
         assert main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
                      "--split", "test", "--out", str(out), "--config", f"{run['config']}:{words}",
                      "--set", "perturb.modality_epsilon={'fundus': 0.0185, 'ct': 0.025}",
                      *extra]) == 0
         with open(out / "protect_report.json") as f:
-            p = json.load(f)["config"]["perturb"]
+            report = json.load(f)
+        p = report["config"]["perturb"]
+        warned = [w for w in capsys.readouterr().err.splitlines() if "training config" in w]
+        assert warned == ([unchecked_warning([b_pth])] if report["unchecked_members"] else [])
+        unchecked.append(report["unchecked_members"])
         return (p["modality_ensemble"], p["modality_member_weighting"]), {
             r.image_id: open_volume(r.path).read([0])
             for r in read_manifest(str(out / "manifest.csv"))}
 
+    unchecked = []
     named, own = written("xray_own", f"transfer={a},xray_transfer={b_pth}")
     assert named == ({"xray": [b_pth]}, {"xray": "balanced"})
     _, same = written("xray_b", f"transfer={b}", "--set", "perturb.member_weighting=balanced")
@@ -386,6 +395,9 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run):
     for k in own:
         np.testing.assert_array_equal(own[k], same[k])
     assert max(np.abs(own[k] - other[k]).max() for k in own) > 1.5 / 255
+    assert unchecked == [[b_pth], [], []]
+    assert unchecked_warning([b_pth]).startswith(
+        f"warning: 1 ensemble member(s) carry no training config ({b_pth}): ")
 
 
 def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsys):

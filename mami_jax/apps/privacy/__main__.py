@@ -222,7 +222,7 @@ def _run(args, parser) -> None:
 def _protect_or_cues(args, pcfg, rows, targets) -> None:
     """The models loaded, then ``_protect`` or ``_cues``, with OUT held."""
     from mami_jax.apps.privacy import ensemble, references
-    from mami_jax.apps.privacy.member_reading import refuse_other_readings
+    from mami_jax.apps.privacy.member_reading import refuse_other_readings, unchecked_warning
     from mami_jax.apps.privacy.protect import check_settings
     from mami_jax.data.manifest import MODALITIES
     from mami_jax.data.missing_files import refuse_missing_files
@@ -243,15 +243,18 @@ def _protect_or_cues(args, pcfg, rows, targets) -> None:
                               f"the experiment config it is read with ({pcfg.experiment})",
                               "name the config it was trained with (--experiment "
                               "FILE[:ARG]), or none to read it with its own config.json"))
+    unchecked = []
     if args.command == "protect":
-        refuse_other_readings(_members_by_modality(names[1:], named, targets, args.workdir),
-                              experiment.data)
+        unchecked = refuse_other_readings(
+            _members_by_modality(names[1:], named, targets, args.workdir), experiment.data)
+        if unchecked:
+            print(unchecked_warning(unchecked), file=sys.stderr, flush=True)
     members = ([ensemble.load_member(args.workdir, experiment, role=args.model_flag)]
                + ensemble.load_ensemble(names[1:], experiment))
     if args.command == "protect":
         by_modality = ensemble.load_modality_members(members[0], dict(zip(names, members)),
                                                      pcfg.perturb, experiment)
-        _protect(args, pcfg, rows, targets, members, by_modality, experiment)
+        _protect(args, pcfg, rows, targets, members, by_modality, experiment, unchecked)
     else:
         _cues(args, pcfg, rows, targets, members[0])
 
@@ -270,9 +273,11 @@ def _members_by_modality(default: list, named: dict, targets, workdir: str) -> d
     return {n: ms for n, ms in out.items() if n != workdir and ms}
 
 
-def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> None:
+def _protect(args, pcfg, rows, targets, members, by_modality, experiment,
+             unchecked: list) -> None:
     """Protects ``targets`` into OUT: the images, manifest.csv, preview.png and
-    protect_report.json (going on from OUT/protect_log.jsonl where a run stopped)."""
+    protect_report.json (going on from OUT/protect_log.jsonl where a run stopped);
+    ``unchecked``: the ensemble members whose reading could not be checked."""
     import numpy as np
 
     from mami_jax.apps.privacy.figures import protect_preview
@@ -294,7 +299,7 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment) -> Non
               "step": members[0].embedder.step, "manifest": os.path.abspath(args.manifest),
               "split": args.split, "config": pcfg.to_dict(), "images": len(records),
               "mean_score_before": float(before), "mean_score_after": float(after),
-              "records": records}
+              "unchecked_members": list(unchecked), "records": records}
     write_text_atomic(os.path.join(args.out, "protect_report.json"),
                       strict_json.dumps(report, where="protect_report", other=str, indent=1))
     print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "

@@ -11,7 +11,9 @@ protection would seem to hold against it. Where a member's own training config i
 (a workdir's ``config.json``, a file exported from a run, a converter folder holding its
 run's config) and reads a protected modality otherwise, ``protect`` refuses it before any
 model is read, naming the member, the modality and the settings. A released file that
-carries no config cannot say how it reads; it is fed the protecting run's input, as before.
+carries no config cannot say how it reads; it is fed the protecting run's input, and
+``protect`` says so (one warning line naming such members; ``unchecked_members`` in its
+report), rather than assume silently that it reads as the run does.
 """
 
 from __future__ import annotations
@@ -56,14 +58,17 @@ MEMBERS = ("the protecting run", "every model is fed the protecting run's input,
 
 
 def refuse_other_readings(members: Mapping[str, set], data_cfg,
-                          role: str = "ensemble member", against: tuple = MEMBERS) -> None:
+                          role: str = "ensemble member", against: tuple = MEMBERS) -> list:
     """ValueError naming the first member of ``members`` (name -> the modalities it helps
     protect) whose own config reads one of them otherwise than ``data_cfg`` (the
     protecting run's); ``role``: what the message calls the member; ``against``: what
-    ``data_cfg`` is and the remedy (``MEMBERS``)."""
+    ``data_cfg`` is and the remedy (``MEMBERS``). Returns the members whose reading is not
+    known (``known_data_config``), in order: they could not be checked."""
+    unchecked = []
     for name, modalities in members.items():
         own = known_data_config(name)
         if own is None:
+            unchecked.append(name)
             continue
         for m in sorted(modalities):
             mine, theirs = reading(own, m), reading(data_cfg, m)
@@ -74,3 +79,15 @@ def refuse_other_readings(members: Mapping[str, set], data_cfg,
                     f"{role} {name} was trained reading {m} images with "
                     f"{', '.join(f'{k}={mine[k]!r}' for k in differ)}, {reference} "
                     f"with {', '.join(f'{k}={theirs[k]!r}' for k in differ)}; {remedy}")
+    return unchecked
+
+
+def unchecked_warning(unchecked: list) -> str | None:
+    """The line that says which ensemble members' reading could not be checked, or None."""
+    if not unchecked:
+        return None
+    return (f"warning: {len(unchecked)} ensemble member(s) carry no training config "
+            f"({', '.join(unchecked)}): each is fed the protecting run's input unchecked, as "
+            "if it was trained reading these images the same way (value window, slices, crop "
+            "size, normalisation); a member trained otherwise would seem to be fooled "
+            "(protect_report.json: unchecked_members)")
