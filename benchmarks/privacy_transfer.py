@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mami_jax.apps.privacy.member_reading import refuse_other_readings  # noqa: E402
+from mami_jax.apps.privacy.member_reading import (  # noqa: E402
+    refuse_other_readings, unchecked_warning)
 from mami_jax.apps.privacy.named_models import named  # noqa: E402
 from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_summary  # noqa: E402
@@ -169,9 +170,15 @@ def run(args, p, sizes, variants) -> int:
                                    "set the privacy config's experiment to the one it was "
                                    "trained with, or to '' (--set experiment=) to read it "
                                    "with its own config.json"))
-    refuse_other_readings({n: modalities for n in names[1:]}, experiment.data)
-    refuse_other_readings({model: modalities for _, model in named(args.held_out, "--held-out")},
-                          experiment.data, role="--held-out model")
+    unchecked = refuse_other_readings({n: modalities for n in names[1:]}, experiment.data)
+    if unchecked:
+        print(unchecked_warning(unchecked), file=sys.stderr, flush=True)
+    unknown = refuse_other_readings(
+        {model: modalities for _, model in named(args.held_out, "--held-out")},
+        experiment.data, role="--held-out model")
+    if unknown:
+        print(f"warning: --held-out model(s) {', '.join(unknown)} carry no training config: "
+              f"read with {spec} unchecked", file=sys.stderr, flush=True)
     members = ensemble.load_ensemble(names, experiment)
     loaded = dict(zip(names, members))
     judges = {"protecting": members[0].embedder}
