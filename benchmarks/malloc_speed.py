@@ -9,7 +9,7 @@ and system CPU ms/step and page faults per step. The summary prints medians and 
 ratio. Why it matters: mami_jax/runtime/malloc_preload.py.
 
     python benchmarks/malloc_speed.py                  # 3 rounds, 80 px
-    python benchmarks/malloc_speed.py --rounds 5 --size 32
+    python benchmarks/malloc_speed.py --rounds 5 --size 32 --json malloc.json
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, REPO)
 
+from mami_jax.runtime import strict_json  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 
 def child(size: int, steps: int) -> dict:
@@ -82,8 +85,11 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=80)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="also write the rounds, medians and settings to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if min(args.size, args.steps, args.rounds) < 1:
+        parser.error("--size, --steps and --rounds must be at least 1")
 
     def work():
         if args.child:
@@ -94,8 +100,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> None:
-    """Runs the children, system and jemalloc interleaved; prints the rounds and medians."""
+    """Runs the children, system and jemalloc interleaved; prints the rounds and medians
+    and writes them to ``--json``."""
     from mami_jax.runtime.malloc_preload import find_jemalloc
+    if args.json:                     # a slip in it is refused before the work
+        check_json_file(args.json, "--json")
     library = find_jemalloc()
     if library is None:
         raise FileNotFoundError("no jemalloc found (apt-get install libjemalloc2); "
@@ -111,7 +120,14 @@ def run(args) -> None:
     print(f"size={args.size} steps={args.steps} rounds={args.rounds} jemalloc={library}")
     for variant, m in med.items():
         print(f"median {variant:8s} " + " ".join(f"{k} {v:.0f}" for k, v in m.items()))
-    print(f"jemalloc / system step time: {med['jemalloc']['ms_per_step'] / med['system']['ms_per_step']:.2f}")
+    ratio = med['jemalloc']['ms_per_step'] / med['system']['ms_per_step']
+    print(f"jemalloc / system step time: {ratio:.2f}")
+    if args.json:
+        settings = {"size": args.size, "steps": args.steps, "rounds": args.rounds,
+                    "jemalloc": library, "cpus": os.cpu_count()}
+        write_text_atomic(args.json, strict_json.dumps(
+            {"settings": settings, "rounds": results, "medians": med,
+             "jemalloc_over_system_step_time": ratio}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
