@@ -92,3 +92,23 @@ def test_each_view_keeps_its_darkest_and_brightest_pixel():
         assert len(frozen) == 2
         values = sorted(float(x[b][tuple(i)]) for i in frozen)
         assert values == [float(x[b].min()), float(x[b].max())]
+
+
+def test_a_view_read_through_a_window_may_change_everywhere():
+    """A view read through a fixed value window is not rescaled by its own range, so its
+    darkest and brightest pixel may change too; read by min-max they may not; a slice
+    another view owns may not change either way."""
+    from types import SimpleNamespace
+
+    from mami_jax.apps.privacy.change_masks import change_mask
+    x = np.random.default_rng(7).random((2, 2, 4, 5, 1)).astype(np.float32)
+    x[1, 1, 0, 0, 0], x[1, 1, 0, 1, 0] = -1.0, 2.0    # view 1's extremes on its own slice
+    parts = [SimpleNamespace(slices=(0, 1), owned=None),
+             SimpleNamespace(slices=(1, 2), owned=np.array([False, True]))]
+    plain, owned = change_mask(parts, x)
+    windowed, same = change_mask(parts, x, (-1000.0, 1000.0))
+    np.testing.assert_array_equal(owned, same)
+    np.testing.assert_array_equal(windowed, owned)
+    assert windowed[0].all() and not windowed[1, 0].any() and windowed[1, 1].all()
+    assert (plain == 0).sum() == (windowed == 0).sum() + 4
+    assert plain[1, 1, 0, 0, 0] == plain[1, 1, 0, 1, 0] == 0

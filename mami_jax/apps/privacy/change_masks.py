@@ -4,7 +4,8 @@ hangs on.
 A series is protected as several views (``model_input.read_parts``), and a slice in two
 views is changed by the first only (``owned_mask``); a reader that scales intensities by
 the range of the slices it reads would rescale a whole view when its darkest or
-brightest pixel moved (``range_keeping_mask``).
+brightest pixel moved (``range_keeping_mask``); one that reads through a fixed value window
+rescales nothing, and every pixel may change.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def range_keeping_mask(x0: np.ndarray) -> np.ndarray:
     return mask.reshape(x0.shape)
 
 
-def change_mask(parts, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def change_mask(parts, x0: np.ndarray, value_window=None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
     """(where a batch's change may go, ``owned_mask``): each view's own slices
-    (``owned_mask``) less its darkest and brightest pixel (``range_keeping_mask``)."""
+    (``owned_mask``) less its darkest and brightest pixel (``range_keeping_mask``), these
+    too where the views are read through ``value_window`` (a fixed range: no view's range
+    is read from its pixels)."""
     owned = owned_mask(parts, x0.shape)
-    return range_keeping_mask(x0) * (1.0 if owned is None else owned), owned
+    keep = (np.ones(x0.shape, np.float32) if value_window is not None
+            else range_keeping_mask(x0))
+    return keep * (1.0 if owned is None else owned), owned

@@ -52,13 +52,14 @@ def model_gradients(rows_all, targets: Sequence, models, config,
                disable=not progress)
     key = jax.random.key(int(config.seed))
     for (modality, _, h, w, _), group in groups_of(inputs.sources).items():
-        imap = InputMap(settings_for(inputs.data_cfg, modality), h, w)
+        settings = settings_for(inputs.data_cfg, modality)
+        imap = InputMap(settings, h, w)
         member_grad = perturb.make_member_grad(
             member_score_fn(models, imap, config.perturb, modality))
         for start in range(0, len(group), size):
             batch, padded, x0, offset, refs = inputs.batch(group, start, size, imap,
                                                            config.perturb)
-            mask, _ = change_mask(padded, x0)
+            mask, _ = change_mask(padded, x0, settings.value_window)
             arrays, delta = refs.arrays(), np.zeros_like(x0)
             key, sub = jax.random.split(key)
             for m, model in enumerate(models):

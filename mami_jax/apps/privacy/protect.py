@@ -413,7 +413,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
             main = refs.first().arrays()
             before = np.asarray(plain_main(params[:1], x0, offset, main, jax.random.key(0)))
             delta = np.zeros_like(x0)
-            mask, owned = change_mask(padded, x0)
+            mask, owned = change_mask(padded, x0, value_window)
             if config.method in ("inpaint", "both"):
                 maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
