@@ -80,9 +80,11 @@ def test_usage_errors_are_one_line(capsys, argv, message):
 
 # -- query -------------------------------------------------------------------------------
 def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path):
+    from mami_jax.apps.history.archive import Archive
     s = setup
     _, q = _query(s)
-    before = paths_digest(s["index"], q.path)
+    other = next(r for r in Archive.load(s["index"]).rows if r.path != q.path)
+    before = paths_digest(s["index"], q.path, other.path)
     link = tmp_path / "link.png"
     link.symlink_to(q.path)
     os.mkdir(tmp_path / "folder")
@@ -97,6 +99,9 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
         (os.path.join(s["run"], "q.png"),
          f"error: --png {s['run']}/q.png: lies inside the archive's recorded model {s['run']}, "
          f"which this command reads: outputs never go into the inputs"),
+        (other.path, f"error: --png {other.path}: is the image {other.image_id} of the "
+                     f"archive {s['index']} ({other.path}), which this command reads: outputs "
+                     "never go into the inputs"),
         (str(tmp_path / "folder"), f"error: --png {tmp_path}/folder: is a folder; give a file "
                                    f"name"),
         (f"{tmp_path}/new/", f"error: --png {tmp_path}/new/: is a folder; give a file name"),
@@ -106,7 +111,7 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
     for png, message in cases:
         assert main(_query(s, "--png", png)[0]) == 1
         assert _error(capsys) == message
-    assert paths_digest(s["index"], q.path) == before
+    assert paths_digest(s["index"], q.path, other.path) == before
     assert main(_query(s, "--threshold", "nan", "--png", str(tmp_path / "q.png"))[0]) == 1
     assert _error(capsys) == "error: --threshold nan: must be a finite number"
     assert not os.path.exists(tmp_path / "q.png")

@@ -33,6 +33,20 @@ def refuse_overwriting_inputs(outputs: Iterable[str], inputs: Iterable[str],
                              f"{read[os.path.realpath(out)]}")
 
 
+def refuse_landing_on_images(out: str, flag: str, images: Iterable[tuple[str, str]],
+                             where: str) -> None:
+    """ValueError when ``out`` is one of ``images`` (image_id, path) or lies inside one (a
+    series stored as a folder of slices, which a new file would join); ``where``: what
+    holds them (an archive, a manifest)."""
+    target = os.path.realpath(out)
+    for image_id, path in images:
+        if same_or_inside(target, path):
+            where_it = "is" if target == os.path.realpath(path) else "lies inside"
+            raise ValueError(f"{flag} {out}: {where_it} the image {image_id} of {where} "
+                             f"({path}), which this command reads: outputs never go into the "
+                             "inputs")
+
+
 def check_output_folder(out: str, flag: str, own_marker: str,
                         own_names: Callable[[], Iterable[str]] = tuple) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds

@@ -38,6 +38,7 @@ from mami_jax.inference import names_a_path
 from mami_jax.runtime import folder_lock
 from mami_jax.runtime.output_guard import (check_output_folder, check_picture_file,
                                            check_parent_is_folder, refuse_inside_inputs,
+                                           refuse_landing_on_images,
                                            refuse_overwriting_inputs, same_or_inside)
 
 DEFAULT_APP_CONFIG = os.path.normpath(os.path.join(
@@ -306,6 +307,8 @@ def query(args) -> int:
            for spec in args.with_images or []},
         **{k: v for k, v in _inputs(args).items() if k in ("--config", "--app-config")},
         source[2]: _model_path(source[0])})
+    refuse_landing_on_images(png, flag, ((r.image_id, r.path) for r in archive.rows),
+                             f"the archive {args.index}")
     check_picture_file(png, flag)
     model = _load_model(archive, source, where)
     image = model.embedder.preprocess(row)
