@@ -88,7 +88,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     path = spec.partition(":")[0] if spec else None
     if path is not None and not os.path.isfile(path):
         _exit(f"--config {spec}: no such file")
-    problem = config_files.config_file_problem(path) if path and path.endswith(".py") else None
+    problem = config_files.config_file_problem(path) if path else None   # any name: it is run
     if problem:
         _exit(f"{path}: {problem}")
     quiet = _DropNoneConfigWarning()
@@ -106,7 +106,10 @@ def parse_flags(argv: list[str]) -> list[str]:
             _exit(f"{path}: line {line}: {type(e).__name__}: {_one_line(str(e))}")
         if not isinstance(e, (AttributeError, KeyError)):
             raise
-        key = unknown_override(argv[1:], spec) if spec else None   # a key the config lacks
+        try:
+            key = unknown_override(argv[1:], spec) if spec else None   # a key the config lacks
+        except ValueError as no_config:     # not a config at all (no get_config)
+            _exit(str(no_config))
         _exit(f"--config.{key}: {spec} has no key {key!r}" if key else str(e))
     finally:
         logging.getLogger("absl").removeFilter(quiet)
@@ -116,6 +119,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         problem = kind_problem(flags.FLAGS["config"].value, "experiment")
     if problem:
         _exit(f"{path}: {problem}")
+    if len(parsed) > 1:        # absl would print the whole usage text above the complaint
+        _exit(f"unexpected arguments: {' '.join(parsed[1:])} (every setting is a flag: "
+              "--config.KEY=VALUE; see --help)")
     return parsed
 
 

@@ -67,6 +67,7 @@ def user_errors() -> tuple:
     from mami_jax.train.trainer import NonFiniteLossError
     return (CheckpointError, ManifestError, DataError, DecodeError, DatasetLayoutError,
             CheckpointFileError, ConversionError, NonFiniteLossError, FileNotFoundError,
+            IsADirectoryError, NotADirectoryError, PermissionError,   # a path given wrong
             TeacherFeatureError, NoSpaceError, ValueError)
 
 

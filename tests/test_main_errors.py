@@ -64,6 +64,10 @@ CONFIGS = {
                   "line 3: RuntimeError: no GPU here"),
     "imports.py": (b"import no_such_module_anywhere\n",
                    "line 1: ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+    # Not a Python file at all: the flag runs it whatever its name.
+    "manifest.csv": (b"image_id,patient_id\nA,P\n",
+                     "line 1: NameError: name 'image_id' is not defined"),
+    "notes.cfg": (b"x =\n", "line 1: invalid syntax"),
 }
 
 
@@ -75,6 +79,20 @@ def test_a_config_file_that_cannot_be_loaded_is_one_error_line(tmp_path, name):
     proc = main(f"--config=configs/{name}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == f"error: configs/{name}: {problem}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_file_without_get_config_and_a_stray_argument_are_one_error_line(tmp_path):
+    """A Python file that defines no ``get_config`` ended in a traceback raised while the
+    error was being named; a stray word printed absl's whole usage text, status 1."""
+    (tmp_path / "plain.py").write_text("x = 1\n")
+    proc = main("--config=plain.py", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: config file 'plain.py' defines no get_config(arg)\n"
+    proc = main("--config=configs/all.py:runlocal", f"--workdir={tmp_path / 'w'}", "extra")
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: unexpected arguments: extra (every setting is a flag: "
+                           "--config.KEY=VALUE; see --help)\n")
     assert not (tmp_path / "w").exists()
 
 
@@ -178,6 +196,18 @@ def test_one_image_a_patient_under_the_triplet_is_one_error_line_before_the_work
 def test_a_bad_augmentation_setting_is_one_error_line_before_the_workdir(tmp_path):
     assert refused_before_the_workdir(tmp_path / "run", "--config.data.crop_ratio=2") == (
         "error: data.crop_ratio=(2.0,): expected (low, high) with 0 < low <= high")
+
+
+def test_a_manifest_that_is_a_folder_or_under_a_file_is_one_error_line(run, tmp_path):
+    """Both ended in an IsADirectoryError / NotADirectoryError traceback."""
+    assert refused_before_the_workdir(
+        tmp_path / "fresh", f"--config.data.manifest={tmp_path}",
+        config=f"--config={run['config']}") == (
+        f"error: manifest {tmp_path}: is a folder, not a manifest file")
+    under = os.path.join(run["manifest"], "x.csv")
+    line = refused_before_the_workdir(tmp_path / "fresh", f"--config.data.manifest={under}",
+                                      config=f"--config={run['config']}")
+    assert line.startswith("error: ") and under in line and "Not a directory" in line, line
 
 
 def test_a_manifest_without_evaluation_rows_is_refused_before_the_run(run, tmp_path):
