@@ -35,6 +35,7 @@ from mami_jax.runtime.local_paths import refuse_url
 from mami_jax.runtime.log_filters import quiet_library_info
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.no_space import NoSpaceError, is_no_space
+from mami_jax.runtime.output_guard import refuse_empty
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
 from mami_jax.runtime.stop_signal import StoppedBySignal, say_stopped
 from mami_jax.train import run_config
@@ -134,6 +135,7 @@ def check_workdir(workdir: str) -> None:
     traceback, after the config and the data had been read. A URL (``gs://``) is refused too
     (``local_paths``)."""
     refuse_url(workdir, "--workdir")
+    refuse_empty(workdir, "--workdir", "the run's folder")
     path = os.path.abspath(workdir)
     while not os.path.lexists(path):
         path = os.path.dirname(path)

@@ -55,11 +55,16 @@ def test_overwrite_refuses_an_image_a_folder_and_any_other_file(tmp_path, capsys
     image = root / "images" / "00000001_000.png"
     notes = tmp_path / "notes.csv"
     notes.write_text("a,b\n1,2\n")
-    for target in (image, root / "images", notes):
+    for target in (image, notes):
         code, _, err = run(capsys, "--dataset", "nih_chestxray14", "--root", root,
                            "--out", target, "--overwrite")
         assert code == 1 and err == [f"error: {target} exists and is not a manifest; refusing "
                                      "to replace it, even with --overwrite (choose another --out)"]
+    for target, what in ((root / "images", "is a folder; give a file name"),
+                         ("", "an empty path; give a file name")):   # "": the current folder
+        code, _, err = run(capsys, "--dataset", "nih_chestxray14", "--root", root,
+                           "--out", target, "--overwrite")
+        assert code == 1 and err == [f"error: --out{f' {target}' if target else ''}: {what}"]
     assert image.read_bytes() == b"" and notes.read_text() == "a,b\n1,2\n"
 
 

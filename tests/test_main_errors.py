@@ -48,6 +48,10 @@ def test_a_workdir_that_is_a_file_is_one_error_line(tmp_path, mode):
     assert proc.returncode == 1 and only_error_line(proc) == (
         f"error: --workdir {afile / 'run'}: {afile} is a file, not a folder")
     assert afile.read_text() == "mine" and os.listdir(tmp_path) == ["afile"]
+    proc = main("--config=configs/all.py:runlocal", "--workdir=", f"--mode={mode}", cwd=tmp_path)
+    assert proc.returncode == 1 and only_error_line(proc) == (
+        "error: --workdir: an empty path; give the run's folder")    # not the current folder
+    assert os.listdir(tmp_path) == ["afile"]
 
 
 CONFIGS = {

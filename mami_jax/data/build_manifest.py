@@ -65,7 +65,8 @@ from mami_jax.data.preview_manifest import describe, draw_preview
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser
-from mami_jax.runtime.output_guard import check_replaceable_file, refuse_overwriting_inputs
+from mami_jax.runtime.output_guard import (check_output_file, check_replaceable_file,
+                                           refuse_overwriting_inputs)
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 
 
@@ -148,8 +149,9 @@ def preview_path(out: str) -> str:
 def build(args: argparse.Namespace):
     """Builds, splits and writes the manifest, and draws its preview (None with
     ``--no-preview`` or ``--no-verify-files``); raises on bad input (see the module doc)."""
+    check_output_file(args.out, "--out")
     check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
-                      "choose another --out")
+                           "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
     if args.dataset == "folders":
         options = {"modality": args.modality, "name": args.name or "folders"}

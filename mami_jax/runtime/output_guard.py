@@ -47,6 +47,13 @@ def refuse_landing_on_images(out: str, flag: str, images: Iterable[tuple[str, st
                              "inputs")
 
 
+def refuse_empty(path: str, flag: str, what: str) -> None:
+    """ValueError when ``path`` is empty (``--out ""``, an unset shell variable): the OS
+    reads it as the current folder, which no guard was asked about."""
+    if not path:
+        raise ValueError(f"{flag}: an empty path; give {what}")
+
+
 def check_output_folder(out: str, flag: str, own_marker: str,
                         own_names: Callable[[], Iterable[str]] = tuple) -> None:
     """An output folder must be new, empty, or one this command wrote before (it holds
@@ -55,7 +62,8 @@ def check_output_folder(out: str, flag: str, own_marker: str,
     count, nor do temporaries of unfinished atomic writes: another process of the same run
     may be writing the marker), or hold only ``own_names()`` (what the command writes
     before its marker, left by a run stopped half-way; asked only for a folder without the
-    marker). ValueError otherwise: a file, or a folder holding other files."""
+    marker). ValueError otherwise: a file, or a folder holding other files (or no path)."""
+    refuse_empty(out, flag, "a folder")
     if os.path.isfile(out):
         raise ValueError(f"{flag} {out}: is a file, not a folder")
     if not os.path.isdir(out) or os.path.isfile(os.path.join(out, own_marker)):
@@ -90,7 +98,8 @@ def check_parent_is_folder(path: str, flag: str) -> None:
 
 def check_output_file(path: str, flag: str) -> None:
     """An output file's path must not name a folder (one that exists, or a trailing
-    separator)."""
+    separator), nor be empty."""
+    refuse_empty(path, flag, "a file name")
     if path.endswith(os.sep) or os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a folder; give a file name")
     check_parent_is_folder(path, flag)
