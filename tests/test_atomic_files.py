@@ -62,3 +62,16 @@ def test_a_folder_that_cannot_be_made_is_named_whole(tmp_path):
         atomic_files.write_text_atomic(str(blocker / "sub" / "x.txt"), "text")
     assert str(e.value) == f"cannot make the folder {blocker / 'sub'}: Not a directory"
     assert e.value.errno == 20 and blocker.read_text() == "mine"
+
+
+def test_a_file_that_cannot_be_made_is_named_as_asked(tmp_path, monkeypatch):
+    """The OS named the temporary (``'/proc/.x.csv.mami-tmp-oitvqz1e.csv'``), a name the user
+    never gave; the error names the file asked for and keeps the OS error's type and errno."""
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "q1" + suffix))
+    monkeypatch.setattr(atomic_files.tempfile, "mkstemp", refuse)
+    target = tmp_path / "x.csv"
+    with pytest.raises(PermissionError) as e:
+        atomic_files.write_text_atomic(str(target), "text")
+    assert str(e.value) == f"[Errno 13] Permission denied: '{target}'"
+    assert e.value.errno == 13 and os.listdir(tmp_path) == []

@@ -75,7 +75,10 @@ def write_atomic(path: str, write: Callable[[str], None]) -> str:
     path = os.path.abspath(os.fspath(path))
     directory = make_dirs(os.path.dirname(path))
     ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=ext)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=ext)
+    except OSError as e:     # named by the file asked for, not by a temporary's random name
+        raise type(e)(e.errno, e.strerror, path) from None
     os.close(fd)
     try:
         write(tmp)
