@@ -269,6 +269,15 @@ def main(argv=None) -> int:
                              "values (a CT's Hounsfield units), as a run with "
                              "data.modalities.<m>.value_window does (default: min-max)")
     args = parser.parse_args(argv)
+    if args.num_shards < 1:
+        parser.error(f"--num-shards {args.num_shards}: must be at least 1")
+    if not 0 <= args.shard < args.num_shards:
+        parser.error(f"--shard {args.shard}: must be in [0, --num-shards {args.num_shards})")
+    small = [f"{flag} {value}" for flag, value in (
+        ("--batch-size", args.batch_size), ("--rows-per-shard", args.rows_per_shard),
+        ("--read-threads", args.read_threads)) if value < 1]
+    if small:
+        parser.error(f"{', '.join(small)}: must be at least 1")
     try:
         value_windows = parse_value_windows(args.value_window)
     except ValueError as e:

@@ -239,7 +239,6 @@ def test_a_released_file_is_the_model_its_workdir_is(run):
     (["--workdir", "/nonexistent.pth"], "error: --workdir /nonexistent.pth: no such file or folder"),
     (["--model", "/nonexistent.pth"], "error: --model /nonexistent.pth: no such file or folder"),
     (["--model", "{folder}"], "error: --model '{folder}': {folder}/model_config.json is missing"),
-    (["--set", "perturb.nope=1"], "error: override 'perturb.nope=1': no config key 'perturb.nope'"),
     (["--set", "perturb.norm=l3"], "error: perturb.norm='l3': expected one of ('linf', 'l2')"),
     (["--set", "metadata.identity=strip"],
      "error: metadata.identity='strip': expected one of ('keep', 'remove')"),
@@ -333,6 +332,25 @@ def test_a_lone_image_of_a_modality_is_refused(run, capsys, tmp_path):
         "has nothing to compare with: give the manifest with more images (other patients, "
         "other visits) or choose more rows (--split)"]
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("item, problem", [
+    ("perturb.nope=1", "no config key 'perturb.nope'"),
+    ("batch_size", "expected KEY=VALUE"),
+    ("batch_size=abc", "batch_size takes an integer"),
+])
+def test_a_set_that_is_no_setting_is_a_usage_error(run, capsys, item, problem):
+    """Status 2, as ``mami_jax.main`` gives a bad ``--config.KEY`` (it was 1, as if the
+    images were at fault); a setting of the right type that a check refuses stays 1."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+              "--out", str(run["base"] / "bad"), "--config", run["config"], "--set", item])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: python -m mami_jax.apps.privacy protect: --set: override {item!r}: {problem} "
+        "(see --help)"]
+    assert not os.path.exists(run["base"] / "bad")
 
 
 def test_usage_error_is_one_line_with_status_2(capsys):

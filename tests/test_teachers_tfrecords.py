@@ -226,6 +226,25 @@ def test_cli_bad_input_is_one_error_line(phantoms, tmp_path, capsys):
         "--out (see --help)"]
 
 
+@pytest.mark.parametrize("flags, problem", [
+    (["--num-shards", "0"], "--num-shards 0: must be at least 1"),
+    (["--shard", "2", "--num-shards", "2"], "--shard 2: must be in [0, --num-shards 2)"),
+    (["--shard", "-1"], "--shard -1: must be in [0, --num-shards 1)"),
+    (["--batch-size", "0", "--read-threads", "0"],
+     "--batch-size 0, --read-threads 0: must be at least 1"),
+])
+def test_bad_counts_are_usage_errors_naming_the_flag(tmp_path, capsys, flags, problem):
+    """Status 2 as for any flag argparse refuses (they were 1, and --num-shards 0 read
+    "--shard 0 must be in [0, --num-shards 0)"); nothing is read or made."""
+    with pytest.raises(SystemExit) as e:
+        extract.main(["--manifest", "m.csv", "--teachers", "random_tiny", "--out",
+                      str(tmp_path / "o"), *flags])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: python -m teachers.extract: {problem} (see --help)"]
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_unreadable_image_is_an_error_or_a_listed_skip(phantoms, tmp_path):
     root = str(tmp_path / "ph")
     shutil.copytree(os.path.dirname(phantoms), root)

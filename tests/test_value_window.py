@@ -178,8 +178,11 @@ def test_preview_shows_a_window_given_with_set_before_any_training(tmp_path, cap
         pictures.append(np.asarray(Image.open(out).convert("L"), np.int16))
     assert np.abs(pictures[0] - pictures[1]).max() > 40           # clipped beyond +-1000 HU
     capsys.readouterr()
-    assert preview_manifest.main(["--manifest", manifest, "--out", str(tmp_path / "x.png"),
-                                  "--set", "data.modalities.ct.value_window=abc"]) == 1
+    with pytest.raises(SystemExit) as e:        # a usage error, as main's --config.KEY
+        preview_manifest.main(["--manifest", manifest, "--out", str(tmp_path / "x.png"),
+                               "--set", "data.modalities.ct.value_window=abc"])
+    assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: override 'data.modalities.ct.value_window=abc': "
-        "data.modalities.ct.value_window takes a list or None"]
+        "error: python -m mami_jax.data.preview_manifest: --set: override "
+        "'data.modalities.ct.value_window=abc': data.modalities.ct.value_window takes a list "
+        "or None (see --help)"]
