@@ -38,6 +38,9 @@ def test_two_d_images_one_row_each_visits_in_natural_order(tmp_path):
     (root / "A" / "visit2" / "old").mkdir()
     _png(str(root / "A" / "loose.png"))
     (root / "README").write_text("mine")
+    _png(str(root / "A" / "visit2" / ".hidden.png"))    # hidden: counted, never silent
+    _png(str(root / ".C" / "visit1" / "pa.png"))
+    (root / "B" / ".DS_Store").write_text("finder")
     result = build(str(root), modality="xray", name="mine")
     assert _rows(result) == [
         ("mine:A/visit2/lat.png", "A", "visit2", "0", "xray", "mine", ""),
@@ -51,6 +54,9 @@ def test_two_d_images_one_row_each_visits_in_natural_order(tmp_path):
         ("A/loose.png", "file outside a visit folder (layout ROOT/PATIENT/VISIT/IMAGE)"),
         ("A/visit2/old", "folder inside a 2-D visit folder"),
         ("A/visit2/notes.txt", "not an image"),
+        (".C", "hidden (its name starts with '.')"),
+        ("B/.DS_Store", "hidden (its name starts with '.')"),
+        ("A/visit2/.hidden.png", "hidden (its name starts with '.')"),
     ])
 
 

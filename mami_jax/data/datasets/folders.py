@@ -20,8 +20,8 @@ name (``T1w``, ``series_3``), empty for a 2-D image. ``--name`` is the dataset c
 with different names never share a patient.
 
 Nothing is dropped without a word: files outside a visit folder, files that are not
-images or volumes (a note, a converter's JSON sidecar), and folders inside a 2-D visit
-are skipped, counted and shown with their reason. Visit folders named by dates written
+images or volumes (a note, a converter's JSON sidecar), folders inside a 2-D visit, and
+hidden files and folders (``.DS_Store``) are skipped, counted and shown with their reason. Visit folders named by dates written
 year last (``3-1-2019``) are refused: they would sort by month, not in time.
 """
 
@@ -41,9 +41,19 @@ VOLUME_MODALITIES = ("ct", "mri")
 LAYOUT = "ROOT/PATIENT/VISIT/IMAGE"
 
 
-def _children(folder: str) -> tuple[list[str], list[str]]:
-    """(sub-folder names, file names) of ``folder`` in natural order, hidden ones left out."""
-    names = sorted((n for n in os.listdir(folder) if not n.startswith(".")), key=natural_key)
+#: Why a hidden entry is no row (a Finder's .DS_Store, a notebook's .ipynb_checkpoints).
+HIDDEN = "hidden (its name starts with '.')"
+
+
+def _children(c: Collector, *parts: str) -> tuple[list[str], list[str]]:
+    """(sub-folder names, file names) of the folder ``parts`` under the root in natural
+    order; hidden ones are skipped, counted (``HIDDEN``)."""
+    names = sorted(os.listdir(c.path(*parts)), key=natural_key)
+    for n in names:
+        if n.startswith("."):
+            c.skip(os.path.join(*parts, n), HIDDEN)
+    names = [n for n in names if not n.startswith(".")]
+    folder = c.path(*parts)
     dirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
     return dirs, [n for n in names if n not in dirs]
 
@@ -72,7 +82,7 @@ def _multi_frame(path: str) -> bool:
 
 def _add_2d(c: Collector, patient: str, visit: str, order: int) -> None:
     folder = c.path(patient, visit)
-    dirs, files = _children(folder)
+    dirs, files = _children(c, patient, visit)
     for d in dirs:
         c.skip(os.path.join(patient, visit, d), "folder inside a 2-D visit folder")
     for f in files:
@@ -86,7 +96,7 @@ def _add_2d(c: Collector, patient: str, visit: str, order: int) -> None:
 
 def _add_volumes(c: Collector, patient: str, visit: str, order: int) -> None:
     folder = c.path(patient, visit)
-    dirs, files = _children(folder)
+    dirs, files = _children(c, patient, visit)
     slices = [f for f in files if not _is_nifti(f) and _is_slice(os.path.join(folder, f))]
     volumes = [f for f in files if _is_nifti(f)]
     rel_visit = os.path.join(patient, visit)
@@ -128,14 +138,14 @@ def build(root: str, verify_files: bool = True, modality: str | None = None,
         raise DatasetLayoutError(f"--name {name!r}: a dataset name is a word without ':', "
                                  "'/', ',' or surrounding spaces")
     c = Collector(name, modality, root, verify_files)
-    patients, loose = _children(c.root)
+    patients, loose = _children(c)
     for f in loose:
         c.skip(f, f"file outside a patient folder (layout {LAYOUT})")
     if not patients:
         raise DatasetLayoutError(f"{c.root}: no patient folders (layout {LAYOUT})")
     add = _add_volumes if modality in VOLUME_MODALITIES else _add_2d
     for patient in patients:
-        visits, files = _children(c.path(patient))
+        visits, files = _children(c, patient)
         for f in files:
             c.skip(os.path.join(patient, f), f"file outside a visit folder (layout {LAYOUT})")
         for order, visit in enumerate(visits):
