@@ -76,7 +76,13 @@ def load_experiment(spec: str):
     if path.endswith((".py", ".json")) or not os.path.isfile(path):
         return load_config(spec, kind="experiment")
     from mami_jax.convert.official import embedded_experiment
-    text = embedded_experiment(path)
+    from mami_jax.convert.torch_io import CheckpointFileError
+    try:
+        text = embedded_experiment(path)
+    except CheckpointFileError as e:   # a table, a note: say what was looked for
+        raise ValueError(f"{path}: neither an experiment config (a .py file, a run's "
+                         "config.json) nor a model file exported from a run; read as a "
+                         f"model file: {e}") from None
     if text is None:
         raise ValueError(f"{path} carries no experiment config (a file exported from a "
                          "training run with python -m mami_jax.convert export-torch does)")

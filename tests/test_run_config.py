@@ -124,6 +124,13 @@ def test_an_export_of_a_run_carries_its_config(tmp_path, monkeypatch, capsys):
     assert experiment_spec(bare) == os.path.join(REPO_ROOT, "configs", "all.py")
     with pytest.raises(ValueError, match=f"{bare} carries no experiment config"):
         load_experiment(bare)
+    table = tmp_path / "rows.csv"          # a slip: a manifest given as the config
+    table.write_text("image_id,patient_id\nA,P\n")
+    with pytest.raises(ValueError) as e:
+        load_experiment(str(table))
+    assert str(e.value).startswith(
+        f"{table}: neither an experiment config (a .py file, a run's config.json) nor a model "
+        f"file exported from a run; read as a model file: {table} is not a weights-only")
 
 
 def test_a_run_from_before_stored_configs_must_be_named(tmp_path):
