@@ -50,6 +50,14 @@ def _default_data_config() -> ml_collections.ConfigDict:
     return base_config().data
 
 
+def _carried_data_config(path: str) -> ml_collections.ConfigDict:
+    """The data block of the experiment config the model file or converter folder ``path``
+    carries, else the paper's (``_default_data_config``)."""
+    from mami_jax.experiment_config import carried_config, load_experiment
+    spec = carried_config(path) if os.path.exists(path) else None
+    return load_experiment(spec).data if spec else _default_data_config()
+
+
 def params_fingerprint(params) -> str:
     """sha256 over every parameter's path, dtype, shape and bytes (in path order): what
     says two models are the same (archives and kept partial results record it)."""
@@ -94,10 +102,16 @@ class Embedder:
     @classmethod
     def from_export(cls, path: str, data_cfg=None, model_cfg=None) -> "Embedder":
         """An exported or released PyTorch file (``.pth``/``.safetensors``) or a converter
-        checkpoint folder; ``data_cfg`` defaults to the released model's preprocessing."""
+        checkpoint folder. ``data_cfg`` defaults to the preprocessing the model carries (a
+        file ``export-torch`` wrote from a training run, a converter folder imported from
+        one), else the paper's (the authors' release), as ``TorchEmbedder.from_export``
+        reads it: an export embeds as the run it came from."""
         # convert/ reads torch files; imported here so JAX-only use never loads it.
         from mami_jax.convert.checkpoint_dir import load_params
         from mami_jax.convert.official import load_official
+        path = os.fspath(path)
+        if data_cfg is None:
+            data_cfg = _carried_data_config(path)
         if os.path.isdir(path):
             params, cfg = load_params(path)
             if model_cfg is not None:
@@ -105,8 +119,7 @@ class Embedder:
         else:
             imported = load_official(path, cfg=model_cfg)
             params, cfg = imported.params, imported.cfg
-        return cls(cfg, params, data_cfg if data_cfg is not None else _default_data_config(),
-                   source=path)
+        return cls(cfg, params, data_cfg, source=path)
 
     @classmethod
     def load(cls, name: str, config, action: str = "use", role: str = "model") -> "Embedder":

@@ -106,6 +106,11 @@ def test_the_symmetry_mean_and_the_carried_preprocessing_are_what_make_it_equal(
                     allow_non_released_shift=True)
     paper = TorchEmbedder.from_export(bare)
     assert paper.data_cfg.to_json() == base_config().data.to_json()
+    # The JAX side reads each file with the same preprocessing (it read every file with
+    # the paper's: an export embedded unlike the run it came from), a Path as a str.
+    import pathlib
+    for path, data in ((setup["path"], setup["config"].data), (bare, base_config().data)):
+        assert Embedder.from_export(pathlib.Path(path)).data_cfg.to_json() == data.to_json()
     row = file_rows(setup["files"]["xray"][:1], "xray")[0]
     assert paper.preprocess(row).shape == (1, 224, 224, 3)       # the paper's 224 px view
 
