@@ -33,8 +33,9 @@ from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.example_reader import read_example
-from mami_jax.data.file_rows import file_rows
+from mami_jax.data.file_rows import embeddable_rows, file_rows
 from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.image_batch import checked_batch
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
 from mami_jax.models.embed import make_embed_fn
@@ -176,9 +177,7 @@ class Embedder:
 
     def embed(self, images) -> np.ndarray:
         """(B, T, H, W, 3) preprocessed images -> (B, C) embeddings (not normalised)."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 5 or images.shape[-1] != 3:
-            raise ValueError(f"embed expects (B, T, H, W, 3) images; got shape {images.shape}")
+        images = checked_batch(images, self.model_cfg.patch_size)
         return np.array(jax.device_get(self.embed_batch({"images": images})), np.float32)  # writable
 
     def embed_rows(self, rows: Sequence[ManifestRow], indices: Sequence[int] | None = None,
@@ -190,8 +189,11 @@ class Embedder:
         that embedding a whole manifest (``--mode=embed``) shows how far it is. With
         ``data.skip_bad_images`` an unreadable or missing image's row is NaN
         (``evaluate.evaluator.embedded``)."""
+        rows = embeddable_rows(rows)
         mesh = mesh or sharding.make_mesh(-1, 1)
         indices = list(range(len(rows))) if indices is None else list(indices)
+        if not indices:
+            raise ValueError("indices: empty; nothing to embed")
         return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
                           int(batch_size or self.batch_size), progress=progress)
 

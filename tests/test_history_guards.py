@@ -148,6 +148,14 @@ def test_query_with_new_images_named_by_their_paths(setup, capsys, tmp_path):
         visit_mates(archive, row, [f"ct={a}"])
     assert str(e.value) == (f"--with ct={a} is already part of the query's visit (the query "
                             f"itself, an archived visit-mate or given twice)")
+    # a folder of several X-rays is no X-ray (it was read as a series: its middle image)
+    shutil.copy(source, tmp_path / "a" / "img2.png")
+    with pytest.raises(ValueError) as e:
+        query_row(archive, str(tmp_path / "a"), "xray", "")
+    assert str(e.value) == (f"--image {tmp_path}/a: a folder of 2 images, given as one xray "
+                            "image (a folder is read as one series); give the image files "
+                            "themselves")
+    os.remove(tmp_path / "a" / "img2.png")
     # on the command line, one error line before the model loads
     argv = ["query", "--index", s["index"], "--image", a, "--modality", "xray", "--with",
             f"xray={b}", "--app-config", s["app"], "--png", str(tmp_path / "q.png")]

@@ -47,7 +47,7 @@ def test_embed_is_the_models_forward_pass_on_the_evaluation_view(model, rows):
     assert x.shape == (2, 32, 32, 3)
     expected = MaMI(model.model_cfg).apply({"params": model.params}, x[None]).embedding
     np.testing.assert_allclose(model.embed(x[None]), expected, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match=r"expects \(B, T, H, W, 3\) images; got shape"):
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, T, H, W, 3\) with H and W multiples of patch_size=8; got shape"):
         model.embed(x)
 
 
@@ -88,3 +88,40 @@ def test_from_export_computes_the_same_function(model, rows, tmp_path):
         other.update(dict(TINY, rank=2))
     with pytest.raises(ValueError, match="rank: saved 4, given 2"):
         Embedder.from_export(path, model_cfg=other)
+
+
+def test_a_notebooks_slips_are_named_before_the_model_sees_them(model, rows, tmp_path):
+    """Raw 0-255 pixels ran through (a wrong embedding), a NaN gave a NaN embedding, a
+    folder of X-rays was one embedding of its middle image, paths given as rows failed
+    eight frames deep; each is now an error naming the argument."""
+    import os
+    import shutil
+    x = model.preprocess(next(r for r in rows if r.modality == "xray"))[None]
+    with pytest.raises(ValueError, match=r"^images: uint8 values, as raw pixels are; "):
+        model.embed((x * 255).astype(np.uint8))
+    bad = np.repeat(x, 3, axis=0)
+    bad[1, 0, 3, 4, 0], bad[2, 0, 0, 0, 1] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"^images: 2 values are NaN or infinite \(in image\(s\) "
+                                         r"\[1, 2\] of the batch\)$"):
+        model.embed(bad)
+    with pytest.raises(ValueError, match=r"got empty shape \(0, 1, 32, 32, 3\)"):
+        model.embed(x[:0])
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    xrays = [r.path for r in rows if r.modality == "xray"][:3]
+    for i, p in enumerate(xrays):
+        shutil.copy(p, folder / f"patient{i}{os.path.splitext(p)[1]}")
+    with pytest.raises(ValueError, match=rf"^{folder}: a folder of 3 images, given as one xray "
+                                         r"image \(a folder is read as one series\); give the "
+                                         r"image files themselves$"):
+        model.embed_files([str(folder)], "xray")
+    ct = next(r for r in rows if r.modality == "ct")       # a series may be a folder
+    assert model.embed_files([ct.path], "ct").shape == (1, 32)
+    with pytest.raises(TypeError, match=r"^rows\[0\]: a str, not a ManifestRow .*embed_files"):
+        model.embed_rows([xrays[0]])
+    with pytest.raises(ValueError, match=r"^rows: empty; nothing to embed$"):
+        model.embed_rows([])
+    with pytest.raises(ValueError, match=r"^paths: empty; nothing to embed$"):
+        model.embed_files([], "xray")
+    with pytest.raises(TypeError, match=r"^paths: a list of paths, got NoneType$"):
+        model.embed_files(None, "xray")

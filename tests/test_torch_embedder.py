@@ -124,3 +124,23 @@ def test_a_folder_or_a_missing_file_is_refused_naming_what_to_do(setup, tmp_path
                             "--out mami.safetensors")
     with pytest.raises(FileNotFoundError, match="nope.pth: no such file"):
         TorchEmbedder.from_export(str(tmp_path / "nope.pth"))
+
+
+def test_a_batch_the_model_cannot_take_is_named_as_the_jax_side_names_it(setup):
+    """A side that is no multiple of the patch was cropped without a word (JAX refuses it),
+    an empty batch failed inside a reshape, a NaN gave a NaN embedding."""
+    from mami_jax.convert.torch_embedder import TorchEmbedder
+    model = TorchEmbedder.from_export(setup["path"])
+    jax_side = Embedder.from_export(setup["path"])
+    x = model.preprocess(file_rows(setup["files"]["xray"][:1], "xray")[0])[None]
+    nan = x.copy()
+    nan[0, 0, 1, 1, 0] = np.nan
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 4), (0, 0)))
+    for images, message in ((padded, r"got H=36, W=36 in shape \(1, 1, 36, 36, 3\)"),
+                            (x[:0], r"got empty shape \(0, 1, 32, 32, 3\)"),
+                            (nan, r"^images: 1 values are NaN or infinite")):
+        for side in (model, jax_side):
+            with pytest.raises(ValueError, match=message):
+                side.embed(images)
+    with pytest.raises(TypeError, match=r"^rows\[0\]: a str, not a ManifestRow"):
+        model.embed_rows(setup["files"]["xray"])

@@ -38,9 +38,10 @@ from mami_jax.convert.official import embedded_experiment, load_official
 from mami_jax.convert.torch_model import MaMITorch
 from mami_jax.data.config import symmetric_modalities
 from mami_jax.data.example_reader import read_example
-from mami_jax.data.file_rows import file_rows
+from mami_jax.data.file_rows import embeddable_rows, file_rows
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import symmetry_mean
+from mami_jax.image_batch import checked_batch
 from mami_jax.runtime.progress import progress_bar
 
 
@@ -91,9 +92,7 @@ class TorchEmbedder:
     def embed(self, images) -> np.ndarray:
         """(B, T, H, W, 3) preprocessed images -> (B, C) float32 embeddings (not
         normalised), the output ``embedding`` of the model."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 5 or images.shape[-1] != 3:
-            raise ValueError(f"embed expects (B, T, H, W, 3) images; got shape {images.shape}")
+        images = checked_batch(images, self.module.cfg.patch_size)
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         return self.module(x)["embedding"].float().cpu().numpy()
 
@@ -102,9 +101,7 @@ class TorchEmbedder:
         """(N, C) embeddings of manifest rows as evaluation makes them: the evaluation view,
         batched by modality, the symmetry mean where the data config asks for it.
         ``progress``: the label of a progress bar over the images (None: none)."""
-        rows = list(rows)
-        if not rows:
-            raise ValueError("no rows to embed")
+        rows = embeddable_rows(rows)
         out: list[np.ndarray | None] = [None] * len(rows)
         by_modality: dict[str, list[int]] = {}
         for i, r in enumerate(rows):

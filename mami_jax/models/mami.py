@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mami_jax.image_batch import shape_problem
 from mami_jax.models.compa import ComPA
 from mami_jax.models.config import validate_config
 from mami_jax.models.layers import LayerNorm, PatchEmbed, dtype_of, leaky_relu
@@ -31,19 +32,9 @@ class MaMIOutput:
 
 def check_images(images, cfg: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the expected shape for malformed image batches."""
-    expected = f"(B, T, H, W, 3) with H and W multiples of patch_size={cfg.patch_size}"
-    shape = getattr(images, "shape", None)
-    if shape is None or len(shape) != 5:
-        raise ValueError(f"MaMI expects images of shape {expected}; got shape {shape}. "
-                         "Add a slice axis T=1 for 2-D images.")
-    if shape[-1] != 3:
-        raise ValueError(f"MaMI expects images of shape {expected}; got {shape[-1]} channels "
-                         f"in shape {shape}. Replicate grey images to 3 channels.")
-    if shape[2] % cfg.patch_size or shape[3] % cfg.patch_size:
-        raise ValueError(f"MaMI expects images of shape {expected}; got H={shape[2]}, "
-                         f"W={shape[3]} in shape {shape}.")
-    if min(shape[:4]) < 1:
-        raise ValueError(f"MaMI expects images of shape {expected}; got empty shape {shape}")
+    problem = shape_problem(getattr(images, "shape", None), cfg.patch_size)
+    if problem:
+        raise ValueError(problem)
 
 
 class MaMI(nn.Module):

@@ -18,6 +18,7 @@ import os
 from typing import Sequence
 
 from mami_jax.apps.history.visit_fusion import visit_key
+from mami_jax.data.file_rows import refuse_image_folder
 from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, is_number_order, order_key
 
 
@@ -26,10 +27,12 @@ def _archived(archive, path: str) -> ManifestRow | None:
     return next((r for r in archive.rows if os.path.abspath(r.path) == path), None)
 
 
-def _new_row(archive, path: str, modality: str, order: str, flag: str) -> ManifestRow:
+def _new_row(archive, path: str, modality: str, order: str, flag: str,
+             path_flag: str) -> ManifestRow:
     if modality not in archive.indexes:
         raise ValueError(f"{flag}: modality {modality!r}: the archive holds no such images "
                          f"(it has {', '.join(sorted(archive.indexes))})")
+    refuse_image_folder(path, modality, path_flag)
     path = os.path.abspath(path)
     return ManifestRow(image_id=f"query:{path}", patient_id="", study_id="", order=order,
                        modality=modality, dataset="query", view="", path=path)
@@ -52,7 +55,7 @@ def query_row(archive, image: str, modality: str | None, order: str | None) -> M
     if not modality:
         raise ValueError(f"--image {image} is not in the archive: give its --modality "
                          f"(and --order to exclude later archived images)")
-    row = _new_row(archive, image, modality, order or "", f"--modality {modality}")
+    row = _new_row(archive, image, modality, order or "", f"--modality {modality}", "--image")
     if order:
         _check_order(archive, modality, order)
     return row
@@ -96,7 +99,7 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
             if not modality:
                 raise ValueError(f"--with {spec} is not in the archive: give it as "
                                  f"MODALITY=PATH")
-            row = _new_row(archive, path, modality, query.order, f"--with {spec}")
+            row = _new_row(archive, path, modality, query.order, f"--with {spec}", "--with")
         elif modality and modality != row.modality:
             raise ValueError(f"--with {spec}: the archive holds this image as "
                              f"{row.modality}, not {modality}")
