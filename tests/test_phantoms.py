@@ -389,6 +389,32 @@ def test_cli_out_and_preview(tmp_path, capsys):
         phantoms_cli([])
 
 
+def test_the_preview_draws_the_benchmark_its_flags_make(tmp_path, capsys):
+    """--signs-visible, --stage1-visible and --pathology-field were left out of the preview
+    (a picture byte-equal to the plain one); a flag the chosen output never reads is a
+    usage error."""
+    common = ["--preview-rows", "1", "--visits", "2", "--image-size", "32", "--slices", "1"]
+    pictures = {}
+    for name, extra in (("plain", []), ("field", ["--pathology-field", "3"]),
+                        ("signs", ["--signs-visible", "0.2"])):
+        png = tmp_path / f"{name}.png"
+        assert phantoms_cli(["--preview", str(png), *common, *extra]) == 0
+        pictures[name] = np.asarray(Image.open(png).convert("RGB"), np.int16)
+    assert np.abs(pictures["field"] - pictures["plain"]).max() > 0
+    assert np.abs(pictures["signs"] - pictures["plain"]).max() > 0
+    capsys.readouterr()
+    for argv, message in (
+            (["--preview", str(tmp_path / "p.png"), "--patients", "50"],
+             "--patients is for --out; the preview draws --preview-rows patients per modality"),
+            (["--out", str(tmp_path / "o"), "--preview-rows", "2"],
+             "--preview-rows is for --preview")):
+        with pytest.raises(SystemExit) as e:
+            phantoms_cli(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: python -m mami_jax.phantoms: {message} (see --help)"]
+
+
 def _cli_error(capsys, argv):
     """Runs the CLI expecting a failure; returns its one stderr line."""
     assert phantoms_cli(argv) == 1

@@ -22,8 +22,9 @@ def main(argv=None) -> int:
                                      description=generator.__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="output folder (absent or empty)")
     parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")
-    parser.add_argument("--patients", type=int, default=generator.DEFAULTS["patients"],
-                        help="patients in all, each in 1-3 modalities (default %(default)s)")
+    parser.add_argument("--patients", type=int, default=None,
+                        help="patients in all, each in 1-3 modalities (default "
+                             f"{generator.DEFAULTS['patients']}; --out only)")
     parser.add_argument("--visits", type=int, default=generator.DEFAULTS["visits"],
                         help="visits (studies) per patient (default %(default)s)")
     parser.add_argument("--seed", type=int, default=generator.DEFAULTS["seed"],
@@ -44,10 +45,21 @@ def main(argv=None) -> int:
                              "patient's history decides more diagnoses; default: always")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes rendering in parallel (default: the CPUs, at most 4)")
-    parser.add_argument("--preview-rows", type=int, default=3, help="patients per modality in the preview")
+    parser.add_argument("--preview-rows", type=int, default=None,
+                        help="patients per modality in the preview (default 3; --preview only)")
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.preview):
         parser.error("give exactly one of --out DIR or --preview FILE.png")
+    # a flag the chosen output does not use was ignored without a word
+    if args.preview and args.patients is not None:
+        parser.error("--patients is for --out; the preview draws --preview-rows patients per "
+                     "modality")
+    if args.out and args.preview_rows is not None:
+        parser.error("--preview-rows is for --preview")
+    if args.patients is None:
+        args.patients = generator.DEFAULTS["patients"]
+    if args.preview_rows is None:
+        args.preview_rows = 3
     try:
         written = _run(args)
     except (ValueError, OSError) as e:
@@ -64,7 +76,10 @@ def _run(args) -> str:
     if args.preview:
         check_picture_file(args.preview, "--preview")
         preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
-                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1)
+                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1,
+                              pathology_field=args.pathology_field,
+                              stage1_visible=args.stage1_visible,
+                              signs_visible=args.signs_visible)
         return args.preview
     return generator.generate(args.out, patients=args.patients, visits=args.visits, seed=args.seed,
                               image_size=args.image_size, slices=args.slices, workers=args.workers,

@@ -37,10 +37,16 @@ def _display(modality: str, raw: np.ndarray) -> np.ndarray:
 
 
 def write_preview(path: str, rows: int = 3, visits: int = 4, seed: int = 0,
-                  image_size: int = 128, slices: int = 16, workers: int = 1) -> None:
+                  image_size: int = 128, slices: int = 16, workers: int = 1,
+                  **appearance) -> None:
+    """A grid of ``rows`` patients per modality, their visits left to right, of phantoms
+    generated with these settings; ``appearance``: the generator's other settings
+    (``pathology_field``, ``stage1_visible``, ``signs_visible``), so the picture shows the
+    benchmark they make."""
     with tempfile.TemporaryDirectory() as tmp:
         manifest = generator.generate(os.path.join(tmp, "p"), patients=3 * rows + 2, visits=visits,
-                                     seed=seed, image_size=image_size, slices=slices, workers=workers)
+                                     seed=seed, image_size=image_size, slices=slices, workers=workers,
+                                     **appearance)
         entries = read_manifest(manifest)
         with open(os.path.join(os.path.dirname(manifest), "labels.csv")) as f:
             stage = {r["image_id"]: r["disease_stage"] for r in csv.DictReader(f)}
