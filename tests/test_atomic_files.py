@@ -75,3 +75,37 @@ def test_a_file_that_cannot_be_made_is_named_as_asked(tmp_path, monkeypatch):
         atomic_files.write_text_atomic(str(target), "text")
     assert str(e.value) == f"[Errno 13] Permission denied: '{target}'"
     assert e.value.errno == 13 and os.listdir(tmp_path) == []
+
+
+def test_a_folder_replaced_while_killed_is_never_lost(tmp_path, monkeypatch):
+    """publish_dir deleted the old folder before renaming the new one in: killed in
+    between, neither was left. Now the old one waits aside (not a temporary: no sweep
+    removes it) and the next replacement puts it back first."""
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+
+    def staged(text):
+        with atomic_files.staging_dir(str(final)) as tmp:
+            with open(os.path.join(tmp, "a.txt"), "w") as f:
+                f.write(text)
+            return tmp
+
+    real = os.rename
+
+    def killed(src, dst):
+        if dst == str(final):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    tmp = staged("new")
+    monkeypatch.setattr(atomic_files.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_files.publish_dir(tmp, str(final))
+    monkeypatch.undo()
+    aside = atomic_files.aside_path(str(final))
+    assert not final.exists() and open(os.path.join(aside, "a.txt")).read() == "old"
+    assert atomic_files.remove_stale_temporaries(str(tmp_path)) == [tmp]   # the new, unfinished
+    atomic_files.publish_dir(staged("newer"), str(final))
+    assert (final / "a.txt").read_text() == "newer" and os.listdir(tmp_path) == ["out"]
+    assert atomic_files.finish_replacement(str(final)) is False

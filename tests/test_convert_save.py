@@ -8,9 +8,9 @@ import stat
 import numpy as np
 import pytest
 
-from mami_jax.convert import checkpoint_dir, to_torch_state_dict, torch_io
+from mami_jax.convert import to_torch_state_dict, torch_io
 from mami_jax.convert.checkpoint_dir import LOCK_FILE, load_params, save_params
-from mami_jax.runtime.atomic_files import TEMP_MARK, staging_dir
+from mami_jax.runtime.atomic_files import TEMP_MARK, aside_path, staging_dir
 from tests.test_convert_io import assert_same_params
 from tests.test_convert_mapping import random_params
 from tests.test_model import tiny_config
@@ -89,7 +89,7 @@ def test_interrupted_replacement_is_finished_at_the_next_save(tmp_path):
     cfg, old, new = small()
     ckpt = str(tmp_path / "ckpt")
     save_params(ckpt, old, cfg)
-    aside = checkpoint_dir._aside_path(ckpt)
+    aside = aside_path(ckpt)
     # Killed after the old checkpoint was set aside, before the new one arrived.
     os.rename(ckpt, aside)
     save_params(str(tmp_path / "other"), new, cfg)     # another target: not touched

@@ -70,6 +70,43 @@ def test_save_load_add_round_trip(tmp_path, kind):
     assert not [f for f in os.listdir(tmp_path) if f != "idx"]  # no staging left over
 
 
+def test_a_save_killed_between_its_renames_loses_no_archive(tmp_path, monkeypatch):
+    """The old archive was renamed to a temporary's name (which the stale-temporary sweep
+    removes) and, killed before the new one moved in, left nothing where the archive was:
+    now it waits aside under its own name, loading says where and how to put it back, and
+    the next save puts it back first (nothing of it is lost)."""
+    from mami_jax.runtime import atomic_files
+    path = str(tmp_path / "idx")
+    a = Archive(16, "flat", SETTINGS, MODEL)
+    a.add(_rows(6), _vectors(6))
+    a.save(path)
+    real = os.rename
+
+    def killed(src, dst):          # every rename into the archive's place is cut short
+        if dst == path:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    a.add(_rows(2, start=6), _vectors(2, seed=1))
+    monkeypatch.setattr(atomic_files.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        a.save(path)
+    monkeypatch.undo()
+    aside = atomic_files.aside_path(path)
+    assert not os.path.exists(path) and os.path.isdir(aside)
+    with pytest.raises(ArchiveError) as e:
+        Archive.load(path)
+    assert str(e.value) == (f"{path}: a save of the archive stopped half-way and left the "
+                            f"archive as it was before it aside, in {aside}; move it back "
+                            f"(mv '{aside}' '{path}') and run the update again")
+    assert atomic_files.remove_stale_temporaries(str(tmp_path)) == []    # not swept away
+    real(aside, path)
+    assert len(Archive.load(path)) == 6
+    real(path, aside)
+    a.save(path)                   # the next save puts it back, then replaces it
+    assert len(Archive.load(path)) == 8 and sorted(os.listdir(tmp_path)) == ["idx"]
+
+
 def test_small_partition_pads_with_minus_one():
     a = Archive(16, "flat", SETTINGS, MODEL)
     a.add(_rows(6), _vectors(6))

@@ -54,16 +54,14 @@ import numpy as np
 from mami_jax.config_files import run_config_path
 from mami_jax.convert.mapping import check_finite, flatten_params
 from mami_jax.models.config import REQUIRED_SAVED_KEYS, default_config, validate_config
-from mami_jax.runtime.atomic_files import (TEMP_MARK, fix_tree_modes, staging_dir,
-                                           write_text_atomic)
+from mami_jax.runtime.atomic_files import (TEMP_MARK, finish_replacement, fix_tree_modes,
+                                           replace_dir, staging_dir, write_text_atomic)
 from mami_jax.runtime.json_object import parse_json_object
 
 CONFIG_FILE = "model_config.json"
 PARAMS_ITEM = "params"
 #: Held (flock) inside a staging folder while its save runs.
 LOCK_FILE = ".mami-convert-save.lock"
-#: Suffix of the name the old checkpoint is renamed to while it is being replaced.
-ASIDE_SUFFIX = ".mami-replaced"
 
 
 class CorruptParamsError(ValueError):
@@ -107,11 +105,6 @@ def is_converter_checkpoint(directory: str) -> bool:
             and os.path.isfile(os.path.join(directory, CONFIG_FILE)))
 
 
-def _aside_path(directory: str) -> str:
-    return os.path.join(os.path.dirname(directory),
-                        f".{os.path.basename(directory)}{ASIDE_SUFFIX}")
-
-
 def _lock_is_free(lock_path: str) -> bool:
     """True when no running process holds ``lock_path`` (its writer is gone)."""
     try:
@@ -147,18 +140,6 @@ def remove_killed_saves(parent: str) -> list[str]:
     return removed
 
 
-def _finish_interrupted_replacement(directory: str) -> None:
-    """An old checkpoint left aside by a killed save: back in place, or deleted if the new
-    one was published."""
-    aside = _aside_path(directory)
-    if not os.path.isdir(aside):
-        return
-    if os.path.exists(directory):
-        shutil.rmtree(aside)
-    else:
-        os.rename(aside, directory)
-
-
 @contextlib.contextmanager
 def _held_lock(staging: str):
     fd = os.open(os.path.join(staging, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
@@ -167,21 +148,6 @@ def _held_lock(staging: str):
         yield
     finally:
         os.close(fd)
-
-
-def _publish(staging: str, directory: str) -> None:
-    """Renames ``staging`` to ``directory``; an old ``directory`` survives any failure."""
-    if not os.path.exists(directory):
-        os.rename(staging, directory)
-        return
-    aside = _aside_path(directory)
-    os.rename(directory, aside)
-    try:
-        os.rename(staging, directory)
-    except BaseException:
-        os.rename(aside, directory)
-        raise
-    shutil.rmtree(aside)
 
 
 def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False,
@@ -200,7 +166,7 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
     directory = os.path.abspath(os.fspath(directory))
     parent = os.path.dirname(directory)
     remove_killed_saves(parent)
-    _finish_interrupted_replacement(directory)
+    finish_replacement(directory)      # an old checkpoint a killed save left aside
     if os.path.lexists(directory):
         if not overwrite:
             raise FileExistsError(f"{directory} exists; choose a new directory or pass "
@@ -218,7 +184,7 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
             if experiment is not None:
                 write_text_atomic(run_config_path(staging), experiment)
             fix_tree_modes(staging)
-            _publish(staging, directory)
+            replace_dir(staging, directory)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, LOCK_FILE))
     return directory

@@ -137,11 +137,55 @@ def fix_tree_modes(root: str) -> None:
 
 def publish_dir(tmp: str, final: str) -> None:
     """Moves a filled ``staging_dir`` into place as ``final``, replacing an earlier folder
-    of that name (the same command's own earlier output), with the umask's modes."""
+    of that name (the same command's own earlier output; ``replace_dir``), with the
+    umask's modes."""
     fix_tree_modes(tmp)
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    replace_dir(tmp, final)
+
+
+#: The mark of a folder kept aside while its replacement is renamed into place
+#: (``replace_dir``); not a temporary (``is_temporary``): until the new folder is in place it
+#: is the only copy.
+ASIDE_MARK = ".mami-replaced"
+
+
+def aside_path(final: str) -> str:
+    """Where ``replace_dir`` keeps the folder ``final`` while its replacement moves in."""
+    final = os.path.abspath(final)
+    return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}{ASIDE_MARK}")
+
+
+def replace_dir(tmp: str, final: str) -> None:
+    """Renames the filled staging folder ``tmp`` to ``final``. An existing ``final`` is kept
+    aside (``aside_path``) until the new one is in place, then removed; a failed rename puts
+    it back, and a process killed between the two renames leaves it for
+    ``finish_replacement``, which a later call makes first (deleting it first would leave
+    nothing in between)."""
+    finish_replacement(final)
+    if not os.path.exists(final):
+        os.rename(tmp, final)
+        return
+    aside = aside_path(final)
+    os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def finish_replacement(final: str) -> bool:
+    """After a ``replace_dir`` killed between its renames: the old folder back in place as
+    ``final`` when no new one got there (True), or removed when one did."""
+    aside = aside_path(final)
+    if not os.path.isdir(aside):
+        return False
+    if os.path.exists(final):
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    os.rename(aside, final)
+    return True
 
 
 def is_temporary(name: str) -> bool:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 from typing import Sequence
 
 import numpy as np
@@ -66,7 +65,7 @@ from mami_jax.apps.history.archive_files import (ARCHIVE_JSON, CENTERS_NPZ, DENS
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
 from mami_jax.runtime import strict_json
-from mami_jax.runtime.atomic_files import fix_tree_modes, staging_dir
+from mami_jax.runtime.atomic_files import aside_path, fix_tree_modes, replace_dir, staging_dir
 
 KINDS = ("flat", "ivf", "hnsw")
 
@@ -352,13 +351,7 @@ class Archive:
             with open(os.path.join(tmp, ARCHIVE_JSON), "w", encoding="utf-8") as f:
                 f.write(strict_json.dumps(self.header(), indent=1, sort_keys=True))
             fix_tree_modes(tmp)
-            aside = None
-            if os.path.exists(path):
-                aside = tmp + ".old"
-                os.rename(path, aside)
-            os.rename(tmp, path)
-        if aside:
-            shutil.rmtree(aside, ignore_errors=True)
+            replace_dir(tmp, path)       # the old archive is kept aside until this is in place
         return path
 
     def _load_records(self, records_path: str, column: str) -> None:
@@ -392,6 +385,11 @@ class Archive:
         its file and what is wrong with it (``archive_files``), and parts that disagree
         name the two files."""
         faiss = _faiss()
+        aside = aside_path(path)
+        if not os.path.exists(path) and os.path.isdir(aside):   # a save killed between renames
+            raise ArchiveError(f"{path}: a save of the archive stopped half-way and left the "
+                               f"archive as it was before it aside, in {aside}; move it back "
+                               f"(mv '{aside}' '{path}') and run the update again")
         header_path = os.path.join(path, ARCHIVE_JSON)
         header = read_header(path)
         centers = None
