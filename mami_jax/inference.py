@@ -59,6 +59,19 @@ def _carried_data_config(path: str) -> ml_collections.ConfigDict:
     return load_experiment(spec).data if spec else _default_data_config()
 
 
+def _require_experiment(config) -> None:
+    """TypeError/ValueError naming ``config`` when it is no experiment config (None, the
+    history or privacy application's), which failed as ``'NoneType' object has no
+    attribute 'mesh'`` or ``AttributeError: 'mesh'``."""
+    from mami_jax.config_kinds import kind_problem
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f"config: an experiment config (load_config('configs/all.py') or a "
+                        f"run's config.json), got {type(config).__name__}")
+    problem = kind_problem(config, "experiment")
+    if problem:
+        raise ValueError(f"config: {problem}")
+
+
 def params_fingerprint(params) -> str:
     """sha256 over every parameter's path, dtype, shape and bytes (in path order): what
     says two models are the same (archives and kept partial results record it)."""
@@ -95,6 +108,7 @@ class Embedder:
         """Checkpoint ``step`` (the latest by default) of a training workdir, for the
         experiment ``config`` (refused, naming the keys, when ``config.model`` is not the
         saved one; ``action`` names the use in that refusal)."""
+        _require_experiment(config)
         mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
         step, params = checkpointing.restore_model_params(workdir, config, mesh, action, step)
         return cls(config.model, params, config.data, step=step,
@@ -131,6 +145,8 @@ class Embedder:
         config is refused naming the keys, and the parameters sit on the experiment's mesh
         with its batch size, so a file computes exactly as the run it was exported from.
         ``role`` names the argument in the error for a path that is none of these."""
+        name = os.fspath(name)
+        _require_experiment(config)
         workdir, sep, step = name.partition("@")
         if os.path.isfile(name) or is_converter_checkpoint(name):
             loaded = cls.from_export(name, data_cfg=config.data, model_cfg=config.model)

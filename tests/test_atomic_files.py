@@ -109,3 +109,13 @@ def test_a_folder_replaced_while_killed_is_never_lost(tmp_path, monkeypatch):
     atomic_files.publish_dir(staged("newer"), str(final))
     assert (final / "a.txt").read_text() == "newer" and os.listdir(tmp_path) == ["out"]
     assert atomic_files.finish_replacement(str(final)) is False
+
+
+def test_a_file_written_over_a_folder_is_named_as_asked(tmp_path):
+    """The rename failed naming the temporary ('.bad.mami-tmp-bfbuow6h' -> 'bad')."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_files.write_text_atomic(str(folder), "text")
+    assert str(e.value) == f"[Errno 21] a folder, not a file: '{folder}'"
+    assert os.listdir(tmp_path) == ["bad"] and os.listdir(folder) == []

@@ -125,3 +125,20 @@ def test_a_notebooks_slips_are_named_before_the_model_sees_them(model, rows, tmp
         model.embed_files([], "xray")
     with pytest.raises(TypeError, match=r"^paths: a list of paths, got NoneType$"):
         model.embed_files(None, "xray")
+
+
+def test_a_config_or_model_path_of_the_wrong_kind_is_named(model, tmp_path):
+    """``Embedder.load(run, None)`` failed as ``'NoneType' object has no attribute 'mesh'``,
+    the history app's config as ``AttributeError: 'mesh'``, a folder given as a model file
+    as 'checkpoint file not found' though it is there."""
+    import pathlib
+
+    from mami_jax.config_files import load_config
+    from mami_jax.convert.official import load_official
+    with pytest.raises(TypeError, match=r"^config: an experiment config .*got NoneType$"):
+        Embedder.load(pathlib.Path(tmp_path), None)
+    with pytest.raises(ValueError, match=r"^config: not an experiment config \(it has no model, "
+                                         r"data, train, eval\); it is a history app config"):
+        Embedder.load(str(tmp_path), load_config("configs/history.py"))
+    with pytest.raises(IsADirectoryError, match=rf"^{tmp_path}: a folder, not a checkpoint file"):
+        load_official(str(tmp_path))

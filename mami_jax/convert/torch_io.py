@@ -80,6 +80,10 @@ def load_file(path: str, *, allow_torchscript: bool = False, mmap: bool = False)
     look at the plain values beside the weights).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: a folder, not a checkpoint file (a converter folder "
+                                "is read by convert.checkpoint_dir.load_params, or "
+                                "Embedder.from_export)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if os.path.getsize(path) == 0:

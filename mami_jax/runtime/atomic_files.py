@@ -17,6 +17,7 @@ process are recognisable (``remove_stale_temporaries``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -73,6 +74,8 @@ def write_atomic(path: str, write: Callable[[str], None]) -> str:
     numpy). On any error the temporary is removed and ``path`` is untouched.
     """
     path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):         # the rename would fail naming the temporary
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
     directory = make_dirs(os.path.dirname(path))
     ext = os.path.splitext(path)[1]
     try:
