@@ -1,6 +1,8 @@
 """The t-SNE map ``--mode=embed`` draws (``evaluate/tsne.py``, ``evaluate/embedding_map.py``).
 The command writing it is checked in tests/test_readme_commands.py."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,3 +89,20 @@ def test_the_picture_is_written_and_a_handful_of_images_is_not_mapped(tmp_path):
     assert not draw_embedding_map(str(tmp_path / "none.png"), x[:3], patients[:3],
                                   modalities[:3], "step 1")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_arguments_that_do_not_line_up_are_named_before_drawing(tmp_path):
+    """Half the ids drew half the points and said True; NaN rows ended in numpy's
+    'SVD did not converge'."""
+    x, labels = _clusters(per=6, k=5)
+    patients = [f"p{k}" for k in labels]
+    modalities = ["xray"] * len(x)
+    path = str(tmp_path / "map.png")
+    with pytest.raises(ValueError, match=r"^patient_ids: 15 for 30 embeddings; give one per "):
+        draw_embedding_map(path, x, patients[:15], modalities, "t")
+    with pytest.raises(ValueError, match=r"^modalities: 3 for 30 embeddings"):
+        draw_embedding_map(path, x, patients, modalities[:3], "t")
+    x[[4, 9]] = np.nan
+    with pytest.raises(ValueError, match=r"^embeddings: 2 rows are NaN or infinite \(rows \[4, 9\]"):
+        draw_embedding_map(path, x, patients, modalities, "t")
+    assert not os.path.exists(path)

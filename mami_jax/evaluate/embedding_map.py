@@ -65,7 +65,21 @@ def draw_embedding_map(path: str, embeddings: np.ndarray, patient_ids: Sequence[
                        max_points: int = MAX_POINTS) -> bool:
     """Writes the map to ``path`` (PNG, atomically); False (nothing written) when fewer
     than 4 embeddings are there to map. ``patient_ids``: one per embedding, unique across
-    datasets (``dataset/patient``)."""
+    datasets (``dataset/patient``). Arguments that do not line up (as many ids and
+    modalities as embeddings), or embeddings that are NaN (an image ``embed_rows`` skipped
+    as unreadable), are a ValueError naming them, before anything is drawn."""
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings: expected (N, C), got shape {embeddings.shape}")
+    for name, values in (("patient_ids", patient_ids), ("modalities", modalities)):
+        if len(values) != len(embeddings):
+            raise ValueError(f"{name}: {len(values)} for {len(embeddings)} embeddings; give "
+                             "one per embedding")
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        raise ValueError(f"embeddings: {len(bad)} rows are NaN or infinite (rows "
+                         f"{bad[:5].tolist()}{' ...' if len(bad) > 5 else ''}: images skipped "
+                         "as unreadable); leave them out first")
     pick = whole_patients(patient_ids, max_points)
     if len(pick) < 4:
         return False
