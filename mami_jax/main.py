@@ -166,9 +166,9 @@ def _hand_off():
 
 if __name__ == "__main__":
     config_renames.exit_on_renamed_overrides(sys.argv[1:])  # before the flags parse them
+    malloc_preload.reexec_with_preload()    # first: what follows prints once, not per process
     sys.argv[1:] = run_config.with_the_runs_config(sys.argv[1:])  # no --config: the run's
     sys.argv[1:] = config_files.flag_config_from_anywhere(sys.argv[1:])  # from any folder
-    malloc_preload.reexec_with_preload()
     quiet_orbax_failure_noise()     # a damaged checkpoint: one error line, no more
     redeliver_swallowed_interrupts()    # Ctrl-C during a garbage-collection callback
     stop_on_sigterm_like_ctrl_c()       # until training's steps begin (stop_signal)
