@@ -103,7 +103,7 @@ def run(args) -> None:
     """Runs the children, system and jemalloc interleaved; prints the rounds and medians
     and writes them to ``--json``."""
     from mami_jax.runtime.malloc_preload import find_jemalloc
-    if args.json:                     # a slip in it is refused before the work
+    if args.json:                     # a slip in it is refused before anything else
         check_json_file(args.json, "--json")
     library = find_jemalloc()
     if library is None:

@@ -26,6 +26,7 @@ BENCHMARKS = sorted(name for name in (os.path.splitext(os.path.basename(path))[0
 #: what they hold, .json reports and .png pictures.
 NAMED_OUTPUTS = [
     ("execution_parity", "--json", []),
+    ("malloc_speed", "--json", []),
     ("mfu", "--json", []),
     ("model_speed", "--json", []),
     ("phantom_baselines", "--json", []),
