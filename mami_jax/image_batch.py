@@ -38,7 +38,7 @@ def checked_batch(images, patch_size: int) -> np.ndarray:
     problem = shape_problem(arr.shape, patch_size)
     if problem:
         raise ValueError(problem)
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind in "iub" or arr.dtype == object:     # (bfloat16 is kind "V")
         raise ValueError(f"images: {arr.dtype} values, as raw pixels are; embed takes "
                          "preprocessed float images (preprocess(row)), or use embed_files / "
                          "embed_rows, which read image files as evaluation does")
