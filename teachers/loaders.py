@@ -136,10 +136,32 @@ def _folder_json(path: str, name: str) -> dict:
 
 def _transformers(spec, path, torch):
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()     # its load report: what is wrong is said below, once
     try:
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise TeacherLoadError(f"teacher {spec.name}: cannot load {path}: {e}") from e
+        # mismatched shapes come back in ``info`` (refused below, in one line) rather than
+        # as an error that points at a report printed above it
+        model, info = AutoModel.from_pretrained(path, local_files_only=True,
+                                                output_loading_info=True,
+                                                ignore_mismatched_sizes=True)
+    except Exception as e:  # noqa: BLE001 - the folder's fault, whatever the library raised
+        # (a config of another architecture, weights of other sizes, a truncated or
+        # code-carrying weights file): one line naming the folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TeacherLoadError(f"teacher {spec.name}: cannot load {path}: "
+                               f"{type(e).__name__}: {first}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # transformers fills weights the checkpoint lacks (or holds in another shape) at random
+    # and only logs it: the teacher would be partly random
+    missing = list(info.get("missing_keys") or []) + [
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []]
+    if missing:
+        raise TeacherLoadError(f"teacher {spec.name}: {path} does not fit the architecture of "
+                               f"its config.json: {len(missing)} weights missing or of another "
+                               f"shape (e.g. {', '.join(sorted(missing)[:3])}); they would be "
+                               "random")
     proc = _folder_json(path, "preprocessor_config.json")
     changes = {}
     if "image_mean" in proc and "image_std" in proc:

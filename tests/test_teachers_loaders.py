@@ -49,6 +49,38 @@ def test_transformers_dinov2_from_a_local_folder_with_its_processor(tmp_path):
     assert teacher.fingerprint.startswith("sha256:")
 
 
+def test_a_transformers_folder_that_does_not_fit_is_refused_not_filled_at_random(tmp_path):
+    """transformers filled the weights a checkpoint lacks at random and only logged it: a
+    folder missing a layer extracted features with exit 0. Weights of other sizes and a
+    truncated file ended in tracebacks. Each is one error naming the folder."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Dinov2Config, Dinov2Model
+    config = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, patch_size=14, image_size=56)
+    spec = registry.get_spec("rad_dino")
+    missing, wide, cut = (tmp_path / n for n in ("missing", "wide", "cut"))
+    Dinov2Model(Dinov2Config(**config)).save_pretrained(missing)
+    weights = missing / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if "encoder.layer.1." not in k},
+              weights, metadata={"format": "pt"})
+    with pytest.raises(TeacherLoadError) as e:
+        load_teacher(spec, str(missing))
+    assert str(e.value).startswith(
+        f"teacher rad_dino: {missing} does not fit the architecture of its config.json: 18 "
+        "weights missing or of another shape (e.g. encoder.layer.1.")
+    Dinov2Model(Dinov2Config(**dict(config, hidden_size=48, intermediate_size=96))
+                ).save_pretrained(wide)
+    (wide / "config.json").write_text((missing / "config.json").read_text())
+    with pytest.raises(TeacherLoadError, match=rf"^teacher rad_dino: {wide} does not fit .* "
+                                              r"missing or of another shape"):
+        load_teacher(spec, str(wide))
+    Dinov2Model(Dinov2Config(**config)).save_pretrained(cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(TeacherLoadError, match=rf"^teacher rad_dino: cannot load {cut}: "):
+        load_teacher(spec, str(cut))
+
+
 def _monai_folder(tmp_path, name, net, args):
     folder = tmp_path / name
     folder.mkdir()
