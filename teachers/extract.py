@@ -58,13 +58,28 @@ class ExtractError(RuntimeError):
     """Extraction cannot go on; the message names the image and the teacher."""
 
 
+#: Teachers built without weights files (``load_teacher``): weights given them were ignored.
+WITHOUT_WEIGHTS = ("random", "anatomy")
+
+
 def parse_weights(items) -> dict[str, str]:
+    """``["NAME=PATH", ...]`` -> {name: path}; ValueError naming the item: not NAME=PATH, an
+    unknown teacher, one given twice (the last won), one that reads no weights (the path
+    was ignored, and recorded as if read)."""
     out = {}
     for item in items or ():
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--weights {item!r}: expected NAME=PATH")
-        registry.get_spec(name)
+        try:
+            spec = registry.get_spec(name)
+        except KeyError as e:
+            raise ValueError(f"--weights {item!r}: {e.args[0]}") from None
+        if spec.loader in WITHOUT_WEIGHTS:
+            raise ValueError(f"--weights {item!r}: teacher {name} is built without weights "
+                             "files")
+        if name in out:
+            raise ValueError(f"--weights: {name} is given twice ({out[name]}, {path})")
         out[name] = path
     return out
 
@@ -280,11 +295,15 @@ def main(argv=None) -> int:
         parser.error(f"{', '.join(small)}: must be at least 1")
     try:
         value_windows = parse_value_windows(args.value_window)
+        weights = parse_weights(args.weights)
+        registry.parse_names(args.teachers)
     except ValueError as e:
         parser.error(str(e))
+    except KeyError as e:           # an unknown teacher, or none named
+        parser.error(f"--teachers {args.teachers!r}: {e.args[0]}")
     try:
         index = run(args.manifest, args.teachers, args.out, args.shard, args.num_shards,
-                    args.batch_size, args.device, parse_weights(args.weights),
+                    args.batch_size, args.device, weights,
                     args.rows_per_shard, args.skip_unreadable, split=args.split,
                     read_threads=args.read_threads,
                     value_windows=value_windows)
