@@ -145,3 +145,26 @@ def test_an_out_holding_other_files_is_refused_and_its_own_is_written_again(setu
                                "--teachers", "anatomy"]) == 0
     assert sorted(os.listdir(out)) == ["anatomy", "zero_shot.json", "zero_shot.md",
                                        "zero_shot.png"]
+
+
+def test_a_group_without_any_feature_of_a_modality_the_teacher_reads_is_an_error(
+        setup, tmp_path, capsys):
+    """Features extracted for a manifest without its MRI scored a manifest with them:
+    the MRI group was left out of the tables without a word. A teacher that does not read
+    a modality still leaves its groups out."""
+    from mami_jax.data.manifest import write_manifest
+    from mami_jax.evaluate.features import teacher_groups
+    manifest, _ = setup
+    rows = read_manifest(manifest)
+    small = str(tmp_path / "no_mri.csv")
+    write_manifest([r for r in rows if r.modality != "mri"], small)
+    out = str(tmp_path / "feats")
+    extract.run(small, "random_tiny", out, split="test", show_progress=False)
+    assert zero_shot.main(["--features", out, "--manifest", manifest,
+                           "--out", str(tmp_path / "o")]) == 1
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("error: teacher random_tiny: none of the ") and \
+        "images of phantoms/mri has a stored feature, though it applies to mri" in err
+    groups = {"d/xray": [0], "d/mri": [1]}
+    two = [rows[0], next(r for r in rows if r.modality == "mri")]
+    assert teacher_groups("t", {two[0].image_id: 1}, two, groups, ("xray",)) == {"d/xray": [0]}

@@ -36,13 +36,23 @@ from mami_jax.runtime.output_guard import check_output_folder, same_or_inside
 SUMMARY_PROTOCOL = "reid"
 
 
-def teacher_groups(name: str, by_id: dict, rows: Sequence[ManifestRow], groups: dict
-                   ) -> dict[str, list[int]]:
-    """The groups the teacher covers: all of their rows have a feature, or none do."""
+def teacher_groups(name: str, by_id: dict, rows: Sequence[ManifestRow], groups: dict,
+                   modalities: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """The groups the teacher covers: all of their rows have a feature, or none do, and
+    then only where the teacher does not apply to the group's modality (``modalities``,
+    from its record; None: not known): a group of a modality it applies to without a
+    single feature was left out of the tables unsaid (features extracted for another
+    manifest)."""
     covered = {}
     for group, members in groups.items():
         missing = [rows[i].image_id for i in members if rows[i].image_id not in by_id]
         if len(missing) == len(members):
+            modality = group.rpartition("/")[2]
+            if modalities is not None and modality in modalities:
+                raise TeacherFeatureError(
+                    f"teacher {name}: none of the {len(members)} images of {group} has a "
+                    f"stored feature, though it applies to {modality} (extracted for another "
+                    f"manifest?), e.g. {missing[:5]}")
             continue
         if missing:
             raise TeacherFeatureError(
@@ -66,7 +76,7 @@ def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out
     results = {}
     for name, feats in stored.items():
         by_id = feats.by_id()
-        covered = teacher_groups(name, by_id, rows, groups)
+        covered = teacher_groups(name, by_id, rows, groups, feats.info.get("modalities"))
         if not covered:
             print(f"teacher {name}: no features in split {eval_cfg.split!r}, not scored")
             continue
