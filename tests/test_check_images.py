@@ -75,6 +75,22 @@ def test_clean_leaves_the_unreadable_rows_out_and_counts_them(dataset, tmp_path,
     assert capsys.readouterr().out == "read 2 of 2 images\n"
 
 
+def test_clean_of_one_split_keeps_the_other_splits_rows(dataset, tmp_path, capsys):
+    """--split val --clean wrote the val rows alone: every other split's rows vanished,
+    unmentioned. They are kept, unchecked, and counted."""
+    from mami_jax.data.manifest import write_manifest
+    rows = read_manifest(str(dataset))
+    mixed = tmp_path / "mixed.csv"
+    write_manifest([r.replace(split="val") if r.patient_id == "p1" else r for r in rows],
+                   str(mixed))
+    clean = tmp_path / "clean.csv"
+    assert check_images.main(["--manifest", str(mixed), "--split", "val",
+                              "--clean", str(clean)]) == 0
+    assert (f"clean manifest: 2 rows (2 unreadable left out; 2 rows of other splits kept, "
+            f"unchecked) -> {clean}") in capsys.readouterr().out
+    assert [r.image_id for r in read_manifest(str(clean))] == ["im0", "im2"]    # train's
+
+
 def test_outputs_are_never_inputs_and_replaced_only_when_ours(dataset, tmp_path, capsys):
     image = dataset.parent / "a.csv"
     image.write_text("my,table\n1,2\n")

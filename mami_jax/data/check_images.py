@@ -14,7 +14,8 @@ row it could not read with the reason, naming the row as the run would.
 - ``--unreadable FILE.csv``: those rows, one a line: ``line`` (of the manifest), ``image_id``,
   ``path``, ``reason``.
 - ``--clean FILE.csv``: the manifest without them, their count printed: the skip, chosen
-  and counted, for a run that should not meet them.
+  and counted, for a run that should not meet them. With ``--split`` the other splits' rows
+  are kept as they are, unchecked (counted too), not dropped.
 
 Exit status 0 when every image reads or ``--clean`` left the others out, else 1 with a last
 ``error:`` line giving the count.
@@ -125,8 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
-        _check_outputs(args, rows)
+        every = read_manifest(args.manifest)
+        rows = rows_of_split(every, args.split, f"--manifest {args.manifest}")
+        _check_outputs(args, every)
         paths = sorted({r.path for r in rows})
         reasons = {}
         with progress_bar(len(paths), "reading", unit="file") as bar:
@@ -137,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.unreadable:
             write_unreadable(args.unreadable, bad)
         if args.clean:
-            kept = [r for r in rows if reasons[r.path] is None]
+            left_out = {r.image_id for r, _ in bad}
+            kept = [r for r in every if r.image_id not in left_out]
             write_manifest(manifest_paths(kept, args.clean), args.clean)
     except (ValueError, OSError) as e:
         print_error(e)
@@ -149,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"read {len(rows) - len(bad)} of {len(rows)} images"
           + (f"; unreadable rows listed in {args.unreadable}" if args.unreadable and bad else ""))
     if args.clean:
-        print(f"clean manifest: {len(rows) - len(bad)} rows ({len(bad)} unreadable left out) "
-              f"-> {args.clean}")
+        others = len(every) - len(rows)
+        print(f"clean manifest: {len(every) - len(bad)} rows ({len(bad)} unreadable left out"
+              + (f"; {others} rows of other splits kept, unchecked" if others else "")
+              + f") -> {args.clean}")
     if bad and not args.clean:
         print_error(ValueError(f"{len(bad)} of {len(rows)} images could not be read"))
         return 1
