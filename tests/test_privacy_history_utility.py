@@ -506,3 +506,19 @@ def test_an_interrupted_evaluation_goes_on_where_it_stopped(tiny, monkeypatch, c
     assert "results read back from an earlier, stopped run" in capsys.readouterr().out
     assert results(out) == results(straight)
     assert not os.path.exists(beside(out))
+
+
+def test_a_cut_short_features_cache_is_one_error_naming_it(tmp_path):
+    """A truncated features.npz ended in a zipfile.BadZipFile traceback."""
+    from mami_jax.apps.privacy.history_utility import (FEATURES_CACHE, HistoryClassifierError,
+                                                       recorded_fingerprint)
+    path = tmp_path / FEATURES_CACHE
+    np.savez(path, fingerprint=np.asarray("abc"))
+    assert recorded_fingerprint(str(tmp_path), None) == "abc"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(HistoryClassifierError) as e:
+        recorded_fingerprint(str(tmp_path), None)
+    assert str(e.value).startswith(f"--history-classifier {tmp_path}: the classifiers record no "
+                                   f"model fingerprint and {path} (written by the history "
+                                   "`train`) cannot be read (")

@@ -44,6 +44,7 @@ from mami_jax.apps.history.diagnosis_reader import TrainedReader
 from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS, CLASSIFIERS_INFO,
                                                        read_classifiers_info)
 from mami_jax.apps.history.features import TrainedModel, diagnosis_features
+from mami_jax.apps.history.npz_files import NPZ_ERRORS
 from mami_jax.data.config import windows_from_json
 
 FEATURES_CACHE = "features.npz"
@@ -71,7 +72,7 @@ def recorded_fingerprint(out_dir: str, info: dict | None) -> str:
     try:
         with np.load(path) as f:
             return str(f["fingerprint"])
-    except (OSError, KeyError, ValueError) as e:
+    except NPZ_ERRORS as e:       # a cut-short file too (BadZipFile, zlib.error)
         raise HistoryClassifierError(
             f"--history-classifier {out_dir}: the classifiers record no model fingerprint and "
             f"{path} (written by the history `train`) cannot be read ({e}); the classifier's "
