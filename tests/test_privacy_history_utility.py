@@ -261,6 +261,13 @@ def test_privacy_eval_names_the_manifest_that_does_not_pair(tiny, capsys, case):
     assert code == 1 and len(err) == 1 and err[0].startswith(expected), err
 
 
+def _attack_only(tiny) -> list:
+    """``tiny``'s common evaluate arguments without the diagnosis judge or its labels."""
+    args = tiny["common"][:tiny["common"].index("--history-classifier")]
+    at = args.index("--labels")
+    return args[:at] + args[at + 2:]
+
+
 def test_privacy_eval_checks_its_inputs_before_any_model(tiny, capsys):
     """A labels file without some evaluated images, an --out that holds other files, and a
     model name given twice are refused before any model is read and nothing is written
@@ -275,10 +282,15 @@ def test_privacy_eval_checks_its_inputs_before_any_model(tiny, capsys):
     fewer = str(tiny["base"] / "fewer_labels.csv")
     with open(fewer, "w") as f:
         f.write("\n".join(line for line in lines if line != dropped) + "\n")
-    args = list(without_history)
-    args[args.index("--labels") + 1] = fewer
     out = tiny["base"] / "eval_checked"
     capsys.readouterr()
+    with pytest.raises(SystemExit) as e:     # labels no judge reads were ignored unsaid
+        evaluate(without_history + ["--out", str(out)])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: python -m mami_jax.apps.privacy: --labels is read by the diagnosis judges, "
+        "--probe-model or --history-classifier; name one, or leave --labels out (see --help)")
+    args = list(without_history) + ["--probe-model", tiny["workdir"]]
+    args[args.index("--labels") + 1] = fewer
     assert evaluate(args + ["--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: --labels {fewer}: no label for 1 images of --original, "
@@ -439,7 +451,7 @@ def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
     from mami_jax.convert.official import export_official
     pth = str(tiny["base"] / "released.pth")
     export_official(pth, *load_params(tiny["workdir"]), allow_non_released_shift=True)
-    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    without_history = _attack_only(tiny)
     out = str(tiny["base"] / "eval_file")
     assert evaluate(without_history + ["--model", f"file={pth}", "--out", out]) == 0
     with open(os.path.join(out, "privacy_eval.json")) as f:
@@ -456,7 +468,7 @@ def test_privacy_eval_judges_with_a_released_file_as_with_its_run(tiny, capsys):
 def test_privacy_eval_reads_a_run_with_its_own_config(tiny):
     """Without ``--experiment`` a workdir is read with the config its training stored
     (RUN/config.json): the same numbers as with the config file named."""
-    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    without_history = _attack_only(tiny)
     at = without_history.index("--experiment")
     own = without_history[:at] + without_history[at + 2:]
     runs = {}

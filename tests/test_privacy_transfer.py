@@ -135,6 +135,16 @@ def test_attacker_manifest_swaps_only_the_chosen_splits():
     with pytest.raises(ValueError, match="row 'P1_v0_protected' has split='test', its original "
                                          "'P1_v0' has 'train'"):
         attacker_rows(original, moved, ("train",))
+    # a copy of no original row, an original row left in: named, no longer ignored
+    from mami_jax.apps.privacy.evaluation import paired_rows
+    for stray in (_row("P9", "v0", "train", "_protected"), _row("P1", "v0", "train")):
+        with pytest.raises(ValueError, match=rf"^P\.csv: 1 rows of split\(s\) \['train'\] are "
+                                             rf"no protected copy of an original row read .* "
+                                             rf"e\.g\. \['{stray.image_id}'\]$"):
+            attacker_rows(original, protected + [stray], ("train",), source="P.csv")
+        with pytest.raises(ValueError, match=rf"^P\.csv: 1 rows of split\(s\) \['train'\] are "):
+            paired_rows(original, protected + [stray], "train", ("O.csv", "P.csv"))
+    assert len(paired_rows(original, protected, "train")[1]) == 2
 
 
 def test_references_are_the_patients_images_of_the_same_modality():

@@ -147,8 +147,9 @@ TESTED_ELSEWHERE = {
     "python -m mami_jax.apps.privacy protect --workdir RUN --manifest FILE --out DIR "
     "--split test": "tests/test_privacy_cli.py::test_protect_writes_a_manifest_that_keeps_its_rows",
     "python -m mami_jax.apps.privacy evaluate --original FILE --protected DIR/manifest.csv "
-    "--model protecting=RUN --model other=OTHER_RUN --labels LABELS.csv --out EVAL":
-        "tests/test_privacy_history_utility.py::test_privacy_eval_reports_the_history_classifier",
+    "--model protecting=RUN --model other=OTHER_RUN --labels LABELS.csv --probe-model RUN "
+    "--out EVAL": "tests/test_privacy_history_utility.py::"
+                  "test_privacy_eval_probe_reads_the_models_features",
     shlex.join(["python", "-m", "mami_jax.apps.privacy", "protect", "--workdir", "FT_A1",
                 "--manifest", "FILE", "--split", "test", "--out", "DIR", "--config",
                 "configs/privacy.py:transfer=FT_B1+SCRATCH_1+SCRATCH_2,"

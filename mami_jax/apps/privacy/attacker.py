@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from mami_jax.apps.privacy.copy_pairs import refuse_unpaired_copies
 from mami_jax.apps.privacy.protect import SUFFIX
 from mami_jax.data.manifest import ManifestRow, row_place
 
@@ -57,6 +58,9 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
     if missing:
         raise ValueError(f"{source}: {len(missing)} rows of split(s) {list(splits)} have no "
                          f"protected copy, e.g. {missing[:3]}")
+    refuse_unpaired_copies([p for p in protected if modalities is None
+                            or p.modality in modalities],
+                           [r for r in original if r.split in splits], splits, source)
     if not any(r.image_id.endswith(SUFFIX) for r in out):
         raise ValueError(f"{original_source}: no rows of split(s) {list(splits)} and "
                          f"modalities {list(modalities or ['all'])} together")

@@ -38,6 +38,7 @@ from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_
 from mami_jax.apps.history.diagnosis_reader import KIND as READER
 from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.privacy import attack_eval, evaluation_report, history_utility, quality, utility
+from mami_jax.apps.privacy.copy_pairs import refuse_unpaired_copies
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
@@ -71,6 +72,9 @@ def checked_arguments(args):
         raise UsageError(f"--model: the name {twice[0]!r} is given twice (each model's "
                          "results are filed under its name)")
     check_output_folder(args.out, "--out", evaluation_report.REPORT)
+    if args.labels and not (args.history_classifier or args.probe_model):
+        raise UsageError("--labels is read by the diagnosis judges, --probe-model or "
+                         "--history-classifier; name one, or leave --labels out")
     files = [("--original", args.original), ("--protected", args.protected)]
     files += [("--labels", args.labels)] if args.labels else []
     for flag, path in files:
@@ -109,6 +113,7 @@ def paired_rows(original, protected, split,
     if missing:
         raise ValueError(f"{sources[1]}: {len(missing)} rows of split {split!r} have no protected "
                          f"copy, e.g. {missing[:3]}")
+    refuse_unpaired_copies(protected, rows, [split], sources[1])
     return rows, [by_id[r.image_id + SUFFIX] for r in rows]
 
 
