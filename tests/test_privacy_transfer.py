@@ -142,7 +142,7 @@ def test_attacker_manifest_swaps_only_the_chosen_splits():
                                              rf"no protected copy of an original row read .* "
                                              rf"e\.g\. \['{stray.image_id}'\]$"):
             attacker_rows(original, protected + [stray], ("train",), source="P.csv")
-        with pytest.raises(ValueError, match=rf"^P\.csv: 1 rows of split\(s\) \['train'\] are "):
+        with pytest.raises(ValueError, match=r"^P\.csv: 1 rows of split\(s\) \['train'\] are "):
             paired_rows(original, protected + [stray], "train", ("O.csv", "P.csv"))
     assert len(paired_rows(original, protected, "train")[1]) == 2
 
