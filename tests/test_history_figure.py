@@ -37,7 +37,10 @@ def test_figure_bad_input_is_one_error_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     cases = [([a, v], "runs of different splits ['test', 'val']"),
              ([a, str(tmp_path / "bad.json")], "bad.json: not a metrics.json"),
-             ([str(tmp_path / "none.json")], "none.json: cannot be read")]
+             ([str(tmp_path / "none.json")], "none.json: cannot be read"),
+             ([a, a], f"--metrics {a}: given twice (as {a}); each run counts once"),
+             ([a, f"{tmp_path}/./a.json"],
+              f"--metrics {tmp_path}/./a.json: given twice (as {a}); each run counts once")]
     for files, message in cases:
         assert main(["figure", "--metrics", *files, "--out", str(tmp_path / "x.png")]) == 1
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -467,6 +467,11 @@ def figure(args) -> int:
     from mami_jax.runtime.atomic_files import write_atomic
     refuse_overwriting_inputs([args.out], args.metrics, "--out")
     check_picture_file(args.out, "--out")
+    seen: dict[str, str] = {}
+    for path in args.metrics:       # one run given twice counted twice in the mean and spread
+        again = seen.setdefault(os.path.realpath(path), path)
+        if again != path or args.metrics.count(path) > 1:
+            raise ValueError(f"--metrics {path}: given twice (as {again}); each run counts once")
     loaded = [_metrics_groups(p) for p in args.metrics]
     splits = {split for split, _ in loaded}
     runs = [groups for _, groups in loaded]
