@@ -94,6 +94,15 @@ def test_hf_config_with_other_activation_or_width_is_rejected(tmp_path):
     tiny_hf_clip(wide, hidden_size=48, intermediate_size=192)
     with pytest.raises(ValueError, match="hidden_size=48 \\(model config wants 32\\)"):
         import_clip(wide, tiny_config(), random_params(tiny_config()))
+    # the weights file itself, not its folder: its config.json is checked all the same (it
+    # was skipped, and GELU weights imported as QuickGELU); without one beside it, refused
+    weights = os.path.join(directory, "model.safetensors")
+    with pytest.raises(ValueError, match="hidden_act='gelu'.*QuickGELU"):
+        import_clip(weights, tiny_config(), random_params(tiny_config()))
+    os.remove(os.path.join(directory, "config.json"))
+    with pytest.raises(FileNotFoundError, match=r"Hugging Face CLIP weights without their "
+                                                r"config\.json beside them"):
+        import_clip(weights, tiny_config(), random_params(tiny_config()))
 
 
 def openai_state_dict(cfg, seed=0):

@@ -199,6 +199,16 @@ def load_clip_visual(source: str, cfg, *, allow_torchscript: bool = False):
                               source)
     if any(k.startswith("vision_model.") or k.startswith("embeddings.patch_embedding")
            for k in state):
+        # its config.json (activation, layer-norm eps, sizes) decides the function it
+        # computes: without it, QuickGELU and 1e-5 were assumed unsaid
+        beside = os.path.join(os.path.dirname(os.path.abspath(source)), "config.json")
+        if not os.path.isfile(beside):
+            raise FileNotFoundError(
+                f"{source}: Hugging Face CLIP weights without their config.json beside them "
+                "(its hidden_act and layer_norm_eps decide what the model computes); give "
+                "the model's folder")
+        with open(beside) as f:
+            check_hf_config(json.load(f), cfg, beside)
         visual, ignored = hf_visual(state, source)
         return visual, ignored, "huggingface"
     visual, ignored = openai_visual(state, source)
