@@ -90,6 +90,11 @@ def read_state_dict(spec: TeacherSpec, path: str) -> dict:
     tensors and containers; any other class still fails the ``weights_only`` load."""
     import torch
 
+    from mami_jax.convert.torch_io import is_torchscript_archive
+    if is_torchscript_archive(path):   # torch.load warns over three lines, then refuses
+        raise TeacherLoadError(f"teacher {spec.name}: {path} is a TorchScript archive (code "
+                               "and weights, as OpenAI's CLIP downloads are), not a state dict; "
+                               "give the teacher's released state dict")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -127,11 +132,20 @@ def _load_strict(spec, module, sd, path, ignore_prefixes=(), what=None):
 
 
 def _folder_json(path: str, name: str) -> dict:
+    """The JSON object ``name`` in the folder ``path`` ({} when there is none); a file that
+    is no JSON object is an error naming it (the bare decoder message named nothing)."""
     file = os.path.join(path, name) if os.path.isdir(path) else None
-    if file and os.path.isfile(file):
-        with open(file) as f:
-            return json.load(f)
-    return {}
+    if not (file and os.path.isfile(file)):
+        return {}
+    try:
+        with open(file, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, OSError) as e:
+        raise TeacherLoadError(f"{file}: not readable JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise TeacherLoadError(f"{file}: a JSON {type(value).__name__}, expected an object "
+                               "of settings")
+    return value
 
 
 def _transformers(spec, path, torch):
@@ -363,7 +377,12 @@ def load_teacher(spec: TeacherSpec, weights_path: str | None = None, device: str
             raise TeacherLoadError(f"teacher {spec.name}: weights path {weights_path} does not exist")
         if spec.loader not in BUILDERS:
             raise TeacherLoadError(f"teacher {spec.name}: unknown loader {spec.loader!r}")
-        model, fwd, changes = BUILDERS[spec.loader](spec, weights_path, torch)
+        try:
+            model, fwd, changes = BUILDERS[spec.loader](spec, weights_path, torch)
+        except (TypeError, AttributeError) as e:   # a config's arguments the library refuses
+            raise TeacherLoadError(f"teacher {spec.name}: the model arguments of the config "
+                                   f"in {weights_path} do not build it: {type(e).__name__}: "
+                                   f"{e}") from e
         fingerprint = fingerprint_path(weights_path)
     model.eval().requires_grad_(False).to(device)
     spec = dataclasses.replace(spec, **changes)

@@ -153,6 +153,27 @@ def test_monai_vit_first_token(tmp_path):
     np.testing.assert_array_equal(run_batch(teacher, x.numpy()), expected)
 
 
+def test_a_config_that_does_not_build_the_teacher_is_one_error_naming_it(tmp_path):
+    """A config.json that is no JSON named no file; a list, or an argument the library does
+    not take, ended in a traceback."""
+    from monai.networks.nets import ViT
+    args = dict(in_channels=1, img_size=[32, 32, 32], patch_size=16, hidden_size=32, mlp_dim=64,
+                num_layers=2, num_heads=2)
+    net = ViT(classification=False, **args)
+    spec = registry.get_spec("brainiac")
+    folder = _monai_folder(tmp_path, "b", net, dict(args, bogus=1))
+    with pytest.raises(TeacherLoadError, match=rf"^teacher brainiac: the model arguments of the "
+                                              rf"config in {folder} do not build it: TypeError: "):
+        load_teacher(spec, folder)
+    config = os.path.join(folder, "config.json")
+    for text, problem in (("{'model_args': 1}", "not readable JSON"),
+                          ("[1, 2]", "a JSON list, expected an object of settings")):
+        with open(config, "w") as f:
+            f.write(text)
+        with pytest.raises(TeacherLoadError, match=rf"^{config}: {problem}"):
+            load_teacher(spec, folder)
+
+
 def test_missing_or_foreign_weights_are_errors(tmp_path):
     with pytest.raises(TeacherLoadError, match="needs local weights: --weights uni=PATH"):
         load_teacher(registry.get_spec("uni"), None)
@@ -162,6 +183,11 @@ def test_missing_or_foreign_weights_are_errors(tmp_path):
     torch.save({"not": torch.zeros(2)}, bad)
     with pytest.raises(TeacherLoadError, match=r"efficientnet_lite0: .*bad.pth does not fit"):
         load_teacher(registry.get_spec("efficientnet_lite0"), str(bad))
+    archive = tmp_path / "clip.pt"          # as OpenAI's CLIP downloads are: code and weights
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(archive))
+    with pytest.raises(TeacherLoadError, match=rf"^teacher efficientnet_lite0: {archive} is a "
+                                              r"TorchScript archive \(code and weights"):
+        load_teacher(registry.get_spec("efficientnet_lite0"), str(archive))
 
 
 def test_efficientnet_lite0_stored_feature_is_a_direct_forward(phantoms, tmp_path):
