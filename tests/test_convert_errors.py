@@ -69,6 +69,9 @@ def test_missing_corrupt_and_unsafe_files(files, capsys, tmp_path):
     line = one_error(capsys, "import-official", "--pth", cut, "--out", out,
                      "--model-config", cfg_json)
     assert cut in line and "truncated or corrupt" in line
+    # a file given where a folder is read: it was "checkpoint directory not found"
+    line = one_error(capsys, "export-torch", "--checkpoint", cut, "--out", out + ".pth")
+    assert line.startswith(f"error: {os.path.abspath(cut)}: a file, not a checkpoint folder")
 
     class Payload:
         def __reduce__(self):

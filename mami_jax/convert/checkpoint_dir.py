@@ -201,6 +201,10 @@ def _finished_steps(checkpoints: str) -> list[int]:
 def resolve(directory: str) -> tuple[str, str, str]:
     """-> (params item directory, config file, layout name) for either layout."""
     directory = os.path.abspath(os.fspath(directory))
+    if os.path.isfile(directory):
+        raise NotADirectoryError(f"{directory}: a file, not a checkpoint folder (a training "
+                                 "workdir or a converter folder; a .pth or .safetensors file "
+                                 "is already in PyTorch's layout: import-official reads it)")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     own_config = os.path.join(directory, CONFIG_FILE)
