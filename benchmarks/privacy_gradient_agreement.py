@@ -42,7 +42,7 @@ from mami_jax.apps.privacy import gradient_agreement as ga  # noqa: E402
 from mami_jax.apps.privacy.protect import epsilon_for, select_rows  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_of_rms  # noqa: E402
 from mami_jax.config_files import load_config  # noqa: E402
-from mami_jax.config_overrides import OverrideError, apply_overrides  # noqa: E402
+from mami_jax.config_overrides import apply_set_flags  # noqa: E402
 from mami_jax.data.manifest import read_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
@@ -191,10 +191,7 @@ def main(argv=None) -> int:
 
 def run(args, p, members, held_out, sweeps) -> int:
     cfg = load_config(args.config, kind="privacy")
-    try:
-        apply_overrides(cfg, args.set)
-    except OverrideError as e:
-        p.error(f"--set: {e}")
+    apply_set_flags(cfg, args.set, p.error)
     rows = read_manifest(args.manifest)
     targets = [r for r in select_rows(rows, args.split, args.manifest)
                if not args.modality or r.modality == args.modality]

@@ -37,7 +37,7 @@ from mami_jax.apps.privacy import attack_eval, ensemble  # noqa: E402
 from mami_jax.apps.privacy.quality import psnr_summary  # noqa: E402
 from mami_jax.apps.privacy.protect import protect_rows, select_rows  # noqa: E402
 from mami_jax.config_files import load_config  # noqa: E402
-from mami_jax.config_overrides import OverrideError, apply_overrides  # noqa: E402
+from mami_jax.config_overrides import apply_overrides, apply_set_flags  # noqa: E402
 from mami_jax.data.manifest import MODALITIES, read_manifest, write_manifest  # noqa: E402
 from mami_jax.experiment_config import experiment_spec, load_experiment  # noqa: E402
 from mami_jax.inference import Embedder  # noqa: E402
@@ -155,10 +155,7 @@ def main(argv=None) -> int:
 
 def run(args, p, sizes, variants) -> int:
     base_cfg = load_config(args.config, kind="privacy")
-    try:
-        apply_overrides(base_cfg, args.set)
-    except OverrideError as e:
-        p.error(f"--set: {e}")
+    apply_set_flags(base_cfg, args.set, p.error)
     spec = experiment_spec(args.workdir, base_cfg.experiment)
     experiment = load_experiment(spec)
     rows = read_manifest(args.manifest)

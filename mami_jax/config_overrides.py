@@ -46,3 +46,14 @@ def apply_overrides(cfg: ml_collections.ConfigDict, items: Iterable[str] | None,
             except ValueError as e:
                 raise OverrideError(f"override {item!r}: {key} takes {e}") from None
             parent[path[-1]] = value
+
+
+def apply_set_flags(cfg: ml_collections.ConfigDict, items: Iterable[str] | None,
+                    usage_error: Callable[[str], None],
+                    moved: Callable[[str], str | None] | None = None) -> None:
+    """``apply_overrides`` of a command's ``--set`` flags: a refused override goes to
+    ``usage_error`` (the command's ``parser.error``, which exits with status 2)."""
+    try:
+        apply_overrides(cfg, items, moved)
+    except OverrideError as e:
+        usage_error(f"--set: {e}")

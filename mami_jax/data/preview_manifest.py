@@ -136,17 +136,17 @@ def describe(preview: Preview, path: str) -> list[str]:
     return lines
 
 
-def _experiment(spec: str, overrides: Sequence[str]):
+def _experiment(spec: str, overrides: Sequence[str], usage_error):
     """The experiment config ``spec`` (without one, the paper's data block alone), with
-    the ``--set`` overrides applied (OverrideError naming a bad one)."""
+    the ``--set`` overrides applied (a bad one goes to ``usage_error``)."""
     import ml_collections
 
     from mami_jax.config_files import load_config
-    from mami_jax.config_overrides import apply_overrides
+    from mami_jax.config_overrides import apply_set_flags
     from mami_jax.config_renames import renamed_key_message
     cfg = load_config(spec, kind="experiment") if spec else \
         ml_collections.ConfigDict({"data": default_data_config()})
-    apply_overrides(cfg, overrides, moved=renamed_key_message)
+    apply_set_flags(cfg, overrides, usage_error, moved=renamed_key_message)
     return cfg
 
 
@@ -174,15 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.patients < 1 or args.visits < 1:
         parser.error("--patients and --visits must be at least 1")
-    from mami_jax.config_overrides import OverrideError
     try:
         check_picture_file(args.out, "--out")
         data_cfg = default_data_config()
         if args.config or args.set:     # configs sit above the data they describe
-            try:
-                data_cfg = _experiment(args.config, args.set).data
-            except OverrideError as e:
-                parser.error(f"--set: {e}")
+            data_cfg = _experiment(args.config, args.set, parser.error).data
         rows = rows_of_split(read_manifest(args.manifest), args.split, f"--manifest {args.manifest}")
         refuse_overwriting_inputs([args.out], [args.manifest] + [r.path for r in rows], "--out")
         preview = draw_preview(args.out, rows, data_cfg, args.patients, args.visits, args.seed,

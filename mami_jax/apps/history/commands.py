@@ -469,9 +469,11 @@ def figure(args) -> int:
     check_picture_file(args.out, "--out")
     seen: dict[str, str] = {}
     for path in args.metrics:       # one run given twice counted twice in the mean and spread
-        again = seen.setdefault(os.path.realpath(path), path)
-        if again != path or args.metrics.count(path) > 1:
-            raise ValueError(f"--metrics {path}: given twice (as {again}); each run counts once")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"--metrics {path}: given twice (as {seen[real]}); each run "
+                             "counts once")
+        seen[real] = path
     loaded = [_metrics_groups(p) for p in args.metrics]
     splits = {split for split, _ in loaded}
     runs = [groups for _, groups in loaded]

@@ -42,7 +42,7 @@ import sys
 
 from mami_jax.apps.model_flag import add_model_flag
 from mami_jax.config_files import load_config
-from mami_jax.config_overrides import OverrideError, apply_overrides
+from mami_jax.config_overrides import apply_set_flags
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.runtime import folder_lock, strict_json
 from mami_jax.runtime.error_line import print_error
@@ -204,11 +204,10 @@ def _run(args, parser) -> None:
         raise FileNotFoundError(f"{args.model_flag} {args.workdir}: no such file or folder"
                                 f"{url_hint(args.workdir)}")
     pcfg = load_config(args.config, kind="privacy")
-    try:
-        apply_overrides(pcfg, args.set + ([f"experiment={args.experiment}"] if args.experiment
-                                          else []))
-    except OverrideError as e:     # a usage error of the subcommand, named as argparse's are
-        OneLineErrorParser(prog=f"{parser.prog} {args.command}").error(f"--set: {e}")
+    # a usage error of the subcommand, named as argparse's are
+    apply_set_flags(pcfg, args.set + ([f"experiment={args.experiment}"] if args.experiment
+                                      else []),
+                    OneLineErrorParser(prog=f"{parser.prog} {args.command}").error)
     rows = read_manifest(args.manifest)
     targets = select_rows(rows, None if args.split == "all" else args.split, args.manifest)
     if args.command == "cues":

@@ -21,8 +21,9 @@ with different names never share a patient.
 
 Nothing is dropped without a word: files outside a visit folder, files that are not
 images or volumes (a note, a converter's JSON sidecar), folders inside a 2-D visit, and
-hidden files and folders (``.DS_Store``) are skipped, counted and shown with their reason. Visit folders named by dates written
-year last (``3-1-2019``) are refused: they would sort by month, not in time.
+hidden files and folders (``.DS_Store``) are skipped, counted and shown with their reason.
+Visit folders named by dates written year last (``3-1-2019``) are refused: they would
+sort by month, not in time.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ HIDDEN = "hidden (its name starts with '.')"
 def _children(c: Collector, *parts: str) -> tuple[list[str], list[str]]:
     """(sub-folder names, file names) of the folder ``parts`` under the root in natural
     order; hidden ones are skipped, counted (``HIDDEN``)."""
-    names = sorted(os.listdir(c.path(*parts)), key=natural_key)
-    for n in names:
+    folder = c.path(*parts)
+    names = []
+    for n in sorted(os.listdir(folder), key=natural_key):
         if n.startswith("."):
             c.skip(os.path.join(*parts, n), HIDDEN)
-    names = [n for n in names if not n.startswith(".")]
-    folder = c.path(*parts)
+        else:
+            names.append(n)
     dirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
     return dirs, [n for n in names if n not in dirs]
 
