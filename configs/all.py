@@ -53,13 +53,13 @@ RUNLOCAL_FINETUNE_LR = 1e-4
 FINETUNE_HEAD_MULTIPLIER = 10.0
 
 WORDS = ("runlocal", "align", "teachers", "finetune")
+#: The words that need a value, with the example their error shows.
+VALUES = {"teachers": "FEATURES_DIR", "finetune": "FILE.pth"}
 
 
 def finetune_from(c, checkpoint, runlocal: bool) -> None:
     """Initialises every MaMI parameter from ``checkpoint`` (config.init.official_checkpoint);
     with ``runlocal``, trains at fine-tuning rates instead of from-scratch ones."""
-    if checkpoint is True or not str(checkpoint).strip():
-        raise ValueError("config word 'finetune' needs a checkpoint file: finetune=FILE.pth")
     c.init.official_checkpoint = str(checkpoint)
     if runlocal:
         c.optim.learning_rate = RUNLOCAL_FINETUNE_LR
@@ -95,7 +95,7 @@ def align_teachers(value) -> tuple[str, ...]:
 
 
 def get_config(arg=None):
-    words = parse_arg(arg, WORDS)
+    words = parse_arg(arg, WORDS, VALUES, optional_values=("align",))
     c = base_config()
     if words.get("runlocal"):
         common_runlocal.apply(c)
@@ -110,9 +110,7 @@ def get_config(arg=None):
     if words.get("teachers"):
         if words.get("align"):
             raise ValueError("config words 'align' and 'teachers=' are exclusive")
-        if words["teachers"] is True:
-            raise ValueError("config word 'teachers' needs a folder: teachers=FEATURES_DIR")
         use_teachers(c, registry.MEDICAL_BAG, features_dir=str(words["teachers"]))
-    if "finetune" in words:
+    if words.get("finetune"):
         finetune_from(c, words["finetune"], runlocal=bool(words.get("runlocal")))
     return c

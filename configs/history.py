@@ -22,10 +22,34 @@ import ml_collections
 from mami_jax.config import parse_arg
 
 
+#: The words that take a value, with the example their error shows; ``stage`` is a switch.
+VALUES = {"seed": "1", "map_dim": "8", "map_layer": "block_1", "calibration": "pairs",
+          "center": "0", "train_history": "true", "features": "teacher:efficientnet_lite0",
+          "target_far": "0.05", "hubness_k": "0", "zero_init": "1", "visit_fusion": "0",
+          "records": "1"}
+
+
+def _on_off(words, key: str) -> bool:
+    """The 0/1 value of the word ``key`` (``center=2`` or ``records=yes`` is an error)."""
+    if words[key] not in ("0", "1"):
+        raise ValueError(f"config word {key}={words[key]}: expected {key}=0 or {key}=1")
+    return words[key] == "1"
+
+
+def _read(words, key: str, kind):
+    """The value of the word ``key`` as ``kind`` (int or float), an error naming it."""
+    try:
+        return kind(words[key])
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise ValueError(f"config word {key}={words[key]}: expected {expected}") from None
+
+
 def get_config(arg=None):
-    words = parse_arg(arg, ("stage", "seed", "map_dim", "map_layer", "calibration", "center",
-                            "train_history", "features", "target_far", "hubness_k",
-                            "zero_init", "visit_fusion", "records"))
+    words = parse_arg(arg, ("stage",) + tuple(VALUES), VALUES)
+    if "map_layer" in words and ("map_dim" not in words or _read(words, "map_dim", int) <= 0):
+        raise ValueError("config word map_layer has no effect without the token-map input: "
+                         "give map_dim=N (N > 0) too")
     c = ml_collections.ConfigDict()
     # Labels: the column of the labels table (labels.csv beside the manifest) and its
     # values, in class order; any other value is an error naming the row.
@@ -112,9 +136,9 @@ def get_config(arg=None):
         learning_rate=1e-3, weight_decay=1e-2, history_dropout=0.25, seed=0, zero_init=False,
         records=False))
     if "seed" in words:
-        c.classifier.seed = int(words["seed"])
+        c.classifier.seed = _read(words, "seed", int)
     if "map_dim" in words:
-        c.classifier.map_dim = int(words["map_dim"])
+        c.classifier.map_dim = _read(words, "map_dim", int)
     if "map_layer" in words:
         c.map_layer = str(words["map_layer"])
     if "calibration" in words:
@@ -124,17 +148,17 @@ def get_config(arg=None):
     if "features" in words:
         c.features = str(words["features"])
     if "target_far" in words:
-        c.target_far = float(words["target_far"])
+        c.target_far = _read(words, "target_far", float)
     if "center" in words:
-        c.center = bool(int(words["center"]))
+        c.center = _on_off(words, "center")
     if "visit_fusion" in words:
-        c.visit_fusion = bool(int(words["visit_fusion"]))
+        c.visit_fusion = _on_off(words, "visit_fusion")
     if "records" in words:
-        c.classifier.records = bool(int(words["records"]))
+        c.classifier.records = _on_off(words, "records")
     if "zero_init" in words:
-        c.classifier.zero_init = bool(int(words["zero_init"]))
+        c.classifier.zero_init = _on_off(words, "zero_init")
     if "hubness_k" in words:
-        c.index.hubness_k = int(words["hubness_k"])
+        c.index.hubness_k = _read(words, "hubness_k", int)
     c.lock()
     from mami_jax.apps.history.settings import check_settings
     check_settings(c)

@@ -35,18 +35,42 @@ from mami_jax.config import parse_arg
 WORDS = ("runlocal", "inpaint", "both", "deform", "transfer", "xray_transfer", "xray_visible",
          "rank")
 
+#: The words that need a value, with the example their error shows.
+VALUES = {"transfer": "RUN_A+RUN_B@1000", "xray_transfer": "FINETUNE_A+FINETUNE_B+BACKBONE.pth"}
+#: At most one of these: each names what is done to an image (``method``).
+METHOD_WORDS = ("inpaint", "both", "deform")
+#: Words that shape the perturbation search, which region removal alone does not run: it
+#: scores cues with --workdir's model only and has no budget.
+SEARCH_WORDS = ("transfer", "xray_transfer", "xray_visible", "rank")
+
+
 def _workdirs(words, word: str, what: str, example: str) -> tuple:
     """The re-ID runs a ``WORD=DIR+DIR@STEP`` word names; ValueError when it names none."""
-    value = words[word]
-    members = () if value is True else tuple(m for m in str(value).split("+") if m)
+    members = tuple(m for m in str(words[word]).split("+") if m)
     if not members:
         raise ValueError(f"configs/privacy.py: {word} needs {what}, e.g. {word}={example} "
                          "(re-ID runs of the same experiment config as --workdir's)")
     return members
 
 
+def _check_combination(words) -> None:
+    """ValueError for words that contradict each other: two methods (the last one won), or
+    region removal with a word of the perturbation search (it would do nothing)."""
+    methods = [w for w in METHOD_WORDS if w in words]
+    if len(methods) > 1:
+        raise ValueError(f"configs/privacy.py: {' and '.join(methods)} each choose the method; "
+                         "give one (both inpaints, then perturbs)")
+    unused = [w for w in SEARCH_WORDS if w in words]
+    if "inpaint" in words and unused:
+        raise ValueError(f"configs/privacy.py: inpaint runs no perturbation search, so "
+                         f"{' and '.join(unused)} would do nothing (it removes the strongest cue "
+                         "regions of --workdir's model, with no budget); the word both "
+                         "inpaints, then perturbs")
+
+
 def get_config(arg=None):
-    words = parse_arg(arg, WORDS)
+    words = parse_arg(arg, WORDS, VALUES)
+    _check_combination(words)
     c = ml_collections.ConfigDict()
     c.experiment = "configs/all.py:runlocal" if words.get("runlocal") else ""
     # "perturb": bounded perturbation (a); "inpaint": removal of the strongest identity

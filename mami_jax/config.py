@@ -133,18 +133,41 @@ def base_config() -> ml_collections.ConfigDict:
 ALIGN_WEIGHT = 0.01
 
 
-def parse_arg(arg: str | None, known: tuple[str, ...] = ("runlocal",)) -> dict:
-    """Words separated by commas, "word" or "key=value", e.g. "runlocal,teachers=DIR";
-    ``known`` lists the words the experiment file accepts."""
+def parse_arg(arg: str | None, known: tuple[str, ...] = ("runlocal",),
+              values: dict[str, str] | None = None,
+              optional_values: tuple[str, ...] = ()) -> dict:
+    """Words separated by commas, "word" or "key=value", e.g. "runlocal,teachers=DIR".
+
+    ``known`` lists the words the experiment file accepts. A word of ``values`` needs a
+    value (``{"teachers": "FEATURES_DIR"}``: the example said when it has none), a word of
+    ``optional_values`` may have one (``align`` or ``align=NAME+NAME``), and every other
+    word is a switch that takes none. Refused, with the word named: an unknown word, a
+    word given twice, a switch given a value (``runlocal=0`` would have turned it on: a
+    switch is off by leaving it out), a value-word with no value or an empty one
+    (``teachers=`` would have been dropped, so the run went on without them).
+    """
+    values = values or {}
     out = {}
     for word in (arg or "").split(","):
         word = word.strip()
         if not word:
             continue
-        key, _, value = word.partition("=")
-        out[key] = value if _ else True
+        key, has_value, value = word.partition("=")
+        key = key.strip()
+        if key in out:
+            raise ValueError(f"config word {key!r} is given twice; give it once")
+        out[key] = value.strip() if has_value else True
     unknown = set(out) - set(known)
     if unknown:
         raise ValueError(f"unknown config argument(s) {sorted(unknown)}; known: "
                          f"{', '.join(known)}")
+    for key, value in out.items():
+        if key in values and (value is True or not value):
+            raise ValueError(f"config word {key!r} needs a value: {key}={values[key]}")
+        if key in optional_values and value is not True and not value:
+            raise ValueError(f"config word {key!r} was given an empty value: write {key} "
+                             f"alone or {key}=VALUE")
+        if key not in values and key not in optional_values and value is not True:
+            raise ValueError(f"config word {key!r} is a switch and takes no value "
+                             f"(got {key}={value}): leave the word out to turn it off")
     return out

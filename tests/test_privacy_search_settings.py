@@ -34,6 +34,9 @@ PRIVACY = os.path.join(REPO, "configs", "privacy.py")
      "inpaint.region_fraction=0.0: expected a share of pixels in (0, 1) (method 'inpaint')"),
     (["method=both", "inpaint.iterations=-1"],
      "inpaint.iterations=-1: expected a whole number >= 0 (0: the mean fill) (method 'both')"),
+    # was refused only at the first batch, after the models were read:
+    (["method=inpaint", "inpaint.cue=saliency"],
+     "inpaint.cue='saliency': expected one of gradient, occlusion (method 'inpaint')"),
 ])
 def test_a_search_that_cannot_change_an_image_is_refused(overrides, message):
     config = load_config(PRIVACY)
@@ -76,3 +79,40 @@ def test_cue_settings_out_of_range_name_their_key(override, message):
     with pytest.raises(ValueError) as e:
         check_cue_settings(config.cues)
     assert str(e.value) == message
+
+
+def test_region_removal_with_an_ensemble_is_refused():
+    """Region removal scores cues with --workdir's model alone: the members were read and
+    never used."""
+    from mami_jax.apps.privacy.protect import check_settings
+    for override in ("perturb.ensemble=('A',)", "perturb.modality_ensemble={'xray': 'A'}"):
+        config = load_config(PRIVACY)
+        apply_overrides(config, ["method=inpaint", override])
+        with pytest.raises(ValueError, match=r"^method='inpaint' removes the strongest cue "
+                           r"regions of --workdir's model alone: perturb.ensemble / "
+                           r"perturb.modality_ensemble would be read and never used"):
+            check_settings(config, [])
+        apply_overrides(config, ["method=both"])
+        check_settings(config, [])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("inpaint,deform", "configs/privacy.py: inpaint and deform each choose the method; give "
+                       "one (both inpaints, then perturbs)"),
+    ("both,deform", "configs/privacy.py: both and deform each choose the method; give one "
+                    "(both inpaints, then perturbs)"),
+    ("inpaint,transfer=A+B,rank", "configs/privacy.py: inpaint runs no perturbation search, so "
+     "transfer and rank would do nothing (it removes the strongest cue regions of --workdir's "
+     "model, with no budget); the word both inpaints, then perturbs"),
+    ("runlocal,transfer=", "config word 'transfer' needs a value: transfer=RUN_A+RUN_B@1000"),
+    ("transfer=A,xray_transfer", "config word 'xray_transfer' needs a value: "
+                                 "xray_transfer=FINETUNE_A+FINETUNE_B+BACKBONE.pth"),
+    ("xray_visible=0", "config word 'xray_visible' is a switch and takes no value (got "
+                       "xray_visible=0): leave the word out to turn it off"),
+])
+def test_privacy_words_that_would_do_nothing_or_contradict_are_refused(arg, message):
+    """Before: the last method word won, inpaint took an ensemble and budget it never used,
+    transfer= gave an empty ensemble at the default budget, xray_visible=0 turned it on."""
+    with pytest.raises(ValueError) as e:
+        load_config(f"{PRIVACY}:{arg}")
+    assert message in str(e.value)

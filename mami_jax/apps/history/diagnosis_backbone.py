@@ -44,6 +44,22 @@ def teacher_name(kind: str) -> str | None:
     return name
 
 
+def check_teacher(name: str):
+    """The registry's spec of the teacher ``name`` (ValueError naming ``features`` when no
+    teacher has that name, or when it reads no 2-D image). Needs no torch: the history
+    config names its teacher before any image is read."""
+    from teachers import registry
+
+    try:
+        spec = registry.get_spec(name)
+    except KeyError as e:
+        raise ValueError(f"features=teacher:{name}: {e.args[0]}") from None
+    if spec.input != "image":
+        raise ValueError(f"features=teacher:{name}: a diagnosis backbone reads 2-D "
+                         f"images, {name} reads {spec.input!r} input")
+    return spec
+
+
 class DiagnosisBackbone:
     """The teacher ``name`` of the ``teachers`` registry, frozen, on ``device``."""
 
@@ -57,10 +73,7 @@ class DiagnosisBackbone:
         except ImportError as e:
             raise ImportError(f"features=teacher:{name} needs the teachers extra "
                               f"(pip install -e \".[torch,teachers]\"): {e}") from e
-        spec = registry.get_spec(name)
-        if spec.input != "image":
-            raise ValueError(f"features=teacher:{name}: a diagnosis backbone reads 2-D "
-                             f"images, {name} reads {spec.input!r} input")
+        spec = check_teacher(name)
         if not weights_path and spec.needs_weights:
             weights_path = registry.default_weights_path(name) or ""
         try:

@@ -48,6 +48,8 @@ from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 
 SUFFIX = "_protected"
 METHODS = ("perturb", "inpaint", "both", "noise", "deform")
+#: How region removal finds the identity regions (``inpaint.cue``).
+CUES = ("gradient", "occlusion")
 
 
 def select_rows(rows: Sequence[ManifestRow], split: str | None, source: str) -> list[ManifestRow]:
@@ -237,6 +239,11 @@ def check_settings(config, targets: Sequence[ManifestRow]) -> None:
     for key in ("batch_size", "read_chunk"):
         if int(config[key]) < 1:
             raise ValueError(f"{key}={config[key]!r}: must be at least 1")
+    if config.method == "inpaint" and (tuple(config.perturb.ensemble)
+                                       or dict(config.perturb.modality_ensemble)):
+        raise ValueError("method='inpaint' removes the strongest cue regions of --workdir's "
+                         "model alone: perturb.ensemble / perturb.modality_ensemble would be "
+                         "read and never used; empty them, or use method='both'")
     perturb.check_norm(config.perturb.norm)
     check_identity_setting(config.metadata.identity)
     check_modality_settings(config.perturb, {r.modality for r in targets})
@@ -254,6 +261,8 @@ def check_search(config) -> None:
                 f"a share of pixels in (0, 1) (method {config.method!r})")
         require(is_whole(iterations) and iterations >= 0, "inpaint.iterations", iterations,
                 f"a whole number >= 0 (0: the mean fill) (method {config.method!r})")
+        require(config.inpaint.cue in CUES, "inpaint.cue", config.inpaint.cue,
+                f"one of {', '.join(CUES)} (method {config.method!r})")
     name = {"perturb": "perturb", "both": "perturb", "deform": "deform"}.get(config.method)
     if name is None:
         return
@@ -475,6 +484,4 @@ def _cue_maps(config, score_fn, params, x0, offset, refs):
         return cues_lib.occlusion_maps(score_fn, params, x0, offset, refs,
                                        int(config.cues.occlusion_patch),
                                        int(config.cues.occlusion_stride))
-    if config.inpaint.cue != "gradient":
-        raise ValueError(f"inpaint.cue={config.inpaint.cue!r}: expected gradient or occlusion")
     return cues_lib.gradient_maps(score_fn, params, x0, offset, refs, float(config.cues.smooth))
