@@ -110,6 +110,28 @@ def test_a_batch_under_which_a_weighted_term_is_always_zero_is_refused():
     loss_terms.check_batch_shape(_config({"id": 1.0, "triplet": 0.0}).loss, 8, 1)
 
 
+def test_accumulation_is_checked_on_the_microbatch_the_terms_see():
+    """P=4, K=2 under four microbatches left the triplet one patient each: 0 at every
+    step, accepted; P=3 under two cut patient 1 across both microbatches."""
+    from mami_jax.train.step import _split_microbatches
+    both = _config({"id": 1.0, "triplet": 1.0}).loss
+    loss_terms.check_batch_shape(both, 4, 2, accum_steps=2)
+    with pytest.raises(ValueError) as e:
+        loss_terms.check_batch_shape(both, 4, 2, accum_steps=4)
+    assert str(e.value) == (
+        "data.patients_per_batch=4, data.images_per_patient=2: loss term 'triplet' needs at "
+        "least 2 patients of 2 images in a batch (each of the optim.grad_accum_steps=4 "
+        "microbatches holds 1) and would be 0 at every step; raise them, or drop the term "
+        "(--config.loss.terms.triplet=0)")
+    with pytest.raises(ValueError, match=r"^optim.grad_accum_steps=2: "
+                       r"data.patients_per_batch=3 does not split into 2 microbatches of "
+                       r"whole patients"):
+        loss_terms.check_batch_shape(both, 3, 4, accum_steps=2)
+    labels = jnp.repeat(jnp.arange(4), 2)           # the loader's order: patient by patient
+    micro = _split_microbatches({"label": labels}, 2)["label"]
+    assert [sorted(set(m.tolist())) for m in micro] == [[0, 1], [2, 3]]
+
+
 def test_terms_are_the_configured_ones_with_their_weights():
     cfg = _config({"triplet": 0.5})
     model = TrainModel(cfg, 4)

@@ -117,17 +117,29 @@ def configured_terms(loss_cfg) -> dict[str, float]:
     return out
 
 
-def check_batch_shape(loss_cfg, patients_per_batch: int, images_per_patient: int) -> None:
+def check_batch_shape(loss_cfg, patients_per_batch: int, images_per_patient: int,
+                      accum_steps: int = 1) -> None:
     """Refuses a P x K batch under which a weighted term is 0 at every step (the triplet
-    with one image a patient has no positive): the run would train without it silently."""
+    with one image a patient has no positive). With ``accum_steps`` = A > 1 the terms see
+    microbatches of P / A whole patients (``train.step``), so P must be a multiple of A
+    (else a patient's images were cut across two microbatches) and the microbatch must
+    have what the terms need (P=4, A=4 left the triplet one patient: no negative)."""
+    if accum_steps > 1 and patients_per_batch % accum_steps:
+        raise ValueError(
+            f"optim.grad_accum_steps={accum_steps}: data.patients_per_batch="
+            f"{patients_per_batch} does not split into {accum_steps} microbatches of whole "
+            "patients; make the patients per batch a multiple of it")
+    seen = patients_per_batch // max(accum_steps, 1)
     for name, weight in configured_terms(loss_cfg).items():
         p, k = LOSS_TERMS[name].min_batch
-        if weight and (patients_per_batch < p or images_per_patient < k):
+        if weight and (seen < p or images_per_patient < k):
+            where = (f" (each of the optim.grad_accum_steps={accum_steps} microbatches "
+                     f"holds {seen})" if accum_steps > 1 else "")
             raise ValueError(
                 f"data.patients_per_batch={patients_per_batch}, data.images_per_patient="
                 f"{images_per_patient}: loss term {name!r} needs at least {p} patients of "
-                f"{k} images in a batch and would be 0 at every step; raise them, or drop "
-                f"the term (--config.loss.terms.{name}=0)")
+                f"{k} images in a batch{where} and would be 0 at every step; raise them, or "
+                f"drop the term (--config.loss.terms.{name}=0)")
 
 
 def heads_needed(loss_cfg) -> tuple[str, ...]:

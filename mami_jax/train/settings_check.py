@@ -81,8 +81,9 @@ def check_training_settings(config) -> None:
     smoothing = config.loss.label_smoothing
     require(is_number(smoothing) and 0 <= smoothing < 1, "loss.label_smoothing", smoothing,
             "a number in [0, 1)")
-    loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
-                                 int(config.data.images_per_patient))
-    check_train(config.train)
     check_optim(config.optim)
+    loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
+                                 int(config.data.images_per_patient),
+                                 int(config.optim.grad_accum_steps))
+    check_train(config.train)
     check_eval(config.eval)
