@@ -89,7 +89,8 @@ def run(args) -> None:
         model, optimizer, init_state = build_model_and_state_fns(cfg, loader.num_classes, args.steps)
         state = jax.jit(init_state)(jax.random.key(cfg.seed))
         step_fn = jax.jit(make_train_step(model, optimizer, cfg.loss, lr_schedule=
-                                          learning_rate_schedule(cfg.optim, args.steps)),
+                                          learning_rate_schedule(cfg.optim, args.steps),
+                                          freeze=tuple(cfg.optim.freeze)),
                           donate_argnums=(0,))
         embedder = make_embed_fn(cfg.model)
         data_iter = iter(loader)

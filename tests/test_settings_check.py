@@ -43,12 +43,36 @@ def _config():
     ("train.log_every", 0, "train.log_every=0: expected a whole number >= 1"),
     ("train.keep_checkpoints", 0, "train.keep_checkpoints=0: expected a whole number >= 1"),
     ("eval.num_negatives", 0, "eval.num_negatives=0: expected a whole number >= 1"),
+    # Read only after the phantoms (and for some the run's config) were written, or never:
+    ("optim.schedule", "linear", "optim.schedule='linear': expected one of 'cosine', "
+                                 "'constant'"),
+    ("data.normalization", "zscore", "data.normalization='zscore': expected one of "
+                                     "('imagenet', 'per_image')"),
+    ("data.identity_classes", "study", "data.identity_classes='study': expected one of "
+                                       "'patient', 'patient_modality'"),
+    ("data.jpeg_min_short_side", -5, "data.jpeg_min_short_side=-5: expected a whole number of "
+                                     "pixels >= 0 (0: full resolution)"),
+    ("data.decode_cache_mb", -1, "data.decode_cache_mb=-1: expected a number of MiB >= 0 "
+                                 "(0: no cache)"),
+    ("data.num_workers", -1, "data.num_workers=-1: expected a whole number >= 0 (0: decode in "
+                             "the main process)"),
+    ("data.read_threads", 0, "data.read_threads=0: expected a whole number >= 1"),
+    ("loss.id_neck", "bn", "loss.id_neck='bn': expected one of 'none', 'batch_standardize'"),
+    ("loss.adversarial_rms", -0.5, "loss.adversarial_rms=-0.5: expected a number >= 0 (0: off)"),
+    ("loss.align.variant", "pairs", "loss.align.variant='pairs': expected one of "
+                                    "'difference', 'single'"),
+    ("loss.align.temperature", 0.0, "loss.align.temperature=0.0: expected a number > 0"),
+    ("loss.align.mlp_hidden", -1, "loss.align.mlp_hidden=-1: expected a whole number >= 0 "
+                                  "(0: the model width)"),
 ])
 def test_a_setting_out_of_range_names_its_key(key, value, message):
     config = _config()
-    block, name = key.split(".")
+    *blocks, name = key.split(".")
+    block = config
+    for part in blocks:
+        block = block[part]
     with config.unlocked():
-        config[block][name] = value
+        block[name] = value
     with pytest.raises(ValueError) as e:
         check_training_settings(config)
     assert str(e.value) == message

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from mami_jax.runtime import sharding
@@ -181,6 +182,38 @@ def test_freeze_regex_keeps_parameters_fixed_and_others_train():
         np.testing.assert_array_equal(a, b)
     assert np.abs(np.asarray(new["block_1"]["attn"]["qkv"]["kernel"])
                   - np.asarray(old["block_1"]["attn"]["qkv"]["kernel"])).max() > 0
+
+
+def test_frozen_gradients_stay_out_of_the_clipping_norm():
+    """The norm that clips the update (and is logged) is the trained parameters' alone:
+    with the frozen leaves in it, freezing a part shrank the step of the rest."""
+    from mami_jax.train.objective import make_loss_fn
+    from mami_jax.train.optim import zero_frozen
+    from mami_jax.train.step import loss_and_grads
+    cfg = tiny_config()
+    freeze = (r"mami/block_0/.*", r"mami/patch_embed/.*")
+    with cfg.unlocked():
+        cfg.optim.freeze = freeze
+    model, opt, init_state, rng = _setup(cfg)
+    state = init_state(rng)
+    _, _, grads = jax.jit(lambda p, b: loss_and_grads(make_loss_fn(model, cfg.loss), p, b))(
+        state.params, _batch())
+    kept = zero_frozen(grads, freeze)
+    assert np.all(np.asarray(kept["mami"]["patch_embed"]["kernel"]) == 0)
+    trained = float(optax.global_norm(kept))
+    assert 0 < trained < float(optax.global_norm(grads))
+    _, metrics = jax.jit(make_train_step(model, opt, cfg.loss, freeze=freeze))(state, _batch())
+    assert float(metrics["grad_norm"]) == pytest.approx(trained, rel=1e-4)
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_refused():
+    cfg = tiny_config()
+    with cfg.unlocked():
+        cfg.optim.freeze = (r"block_0/.*",)
+    with pytest.raises(ValueError, match=r"^optim.freeze: 'block_0/\.\*' matches no "
+                                         r"parameter \(matched from the start of the path, "
+                                         r"e.g. 'mami/"):
+        _setup(cfg)
 
 
 def test_partition_rule_that_does_not_divide_names_the_parameter():

@@ -4,8 +4,9 @@ Built from ``config.optim``. Every parameter group (``train/heads.py``: MaMI and
 head) is its own optimiser label with its own learning-rate multiplier
 (``optim.lr_multipliers[<group>]``, default 1): a head that starts from scratch
 while the backbone starts pretrained can learn faster. Freezing is by regex on
-parameter paths ("mami/block_0/.*"): frozen leaves get zero updates
-(``optax.set_to_zero``) and no optimizer state. Weight decay skips biases, LayerNorm
+parameter paths ("mami/block_0/.*"; a pattern that matches nothing is an error): frozen
+leaves get zero updates (``optax.set_to_zero``), no optimizer state, and no part in the
+gradient norm that clipping divides by (``zero_frozen``). Weight decay skips biases, LayerNorm
 scales, embeddings and the codebook (1-D and position tables), the usual practice
 for ViTs.
 """
@@ -38,14 +39,39 @@ def learning_rate_schedule(cfg, total_steps: int):
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
+def _is_frozen(name: str, freeze_patterns) -> bool:
+    return any(re.match(p, name) for p in freeze_patterns)
+
+
 def _labels(params, freeze_patterns):
-    """Each leaf's optimiser label: "frozen", or its parameter group (first path part)."""
+    """Each leaf's optimiser label: "frozen", or its parameter group (first path part).
+    A pattern that freezes nothing (a typo: ``block_0/.*`` for ``mami/block_0/.*``) is
+    an error naming it: the run would train what it was told to keep."""
+    names = [path_to_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for pattern in freeze_patterns:
+        if not any(re.match(pattern, name) for name in names):
+            example = next((n for n in names if n.startswith(f"{MODEL_GROUP}/")), names[0])
+            raise ValueError(f"optim.freeze: {pattern!r} matches no parameter (matched from "
+                             f"the start of the path, e.g. {example!r})")
+
     def label(path, _):
         name = path_to_str(path)
-        if any(re.match(p, name) for p in freeze_patterns):
+        if _is_frozen(name, freeze_patterns):
             return "frozen"
         return name.split("/", 1)[0]
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def zero_frozen(grads, freeze_patterns):
+    """``grads`` with the leaves of frozen parameters set to 0 (their gradient is not
+    computed: XLA drops what only they needed). The gradient norm that clipping divides
+    by and the logs report is then the trained parameters' alone; with the frozen
+    leaves in it, freezing a part changed the step size of the rest."""
+    if not freeze_patterns:
+        return grads
+    return jax.tree_util.tree_map_with_path(
+        lambda path, g: jnp.zeros_like(g) if _is_frozen(path_to_str(path), freeze_patterns)
+        else g, grads)
 
 
 def group_lr_multipliers(cfg, groups) -> dict:

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
+from mami_jax.data.sampler import IDENTITY_CLASSES
+from mami_jax.data.transforms import check_normalization
 from mami_jax.evaluate.protocols import PROTOCOLS
 from mami_jax.evaluate.retrieval import METRICS
 from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 from mami_jax.train import loss_terms
+from mami_jax.train.heads import NECKS
 
 
 def check_optim(cfg) -> None:
+    _one_of(cfg.schedule, "optim.schedule", ("cosine", "constant"))
     require(is_number(cfg.learning_rate) and cfg.learning_rate > 0, "optim.learning_rate",
             cfg.learning_rate, "a number > 0")
     for key in ("b1", "b2"):
@@ -38,6 +42,47 @@ def check_optim(cfg) -> None:
     for group, value in dict(cfg.lr_multipliers).items():
         require(is_number(value) and value >= 0, f"optim.lr_multipliers.{group}", value,
                 "a number >= 0")
+
+
+def _one_of(value, key: str, allowed) -> None:
+    require(value in allowed, key, value, "one of " + ", ".join(map(repr, allowed)))
+
+
+def check_data(cfg) -> None:
+    """``data.*`` beyond the modality blocks: each was read only once the phantoms were
+    made and the loader built (a normalisation, an identity-class rule), or not refused at
+    all (a negative JPEG side decoded every JPEG at 1/8 of its size)."""
+    modality_settings(cfg)
+    check_normalization(str(cfg.normalization))
+    _one_of(cfg.identity_classes, "data.identity_classes", IDENTITY_CLASSES)
+    require(is_whole(cfg.jpeg_min_short_side) and cfg.jpeg_min_short_side >= 0,
+            "data.jpeg_min_short_side", cfg.jpeg_min_short_side,
+            "a whole number of pixels >= 0 (0: full resolution)")
+    require(is_number(cfg.decode_cache_mb) and cfg.decode_cache_mb >= 0, "data.decode_cache_mb",
+            cfg.decode_cache_mb, "a number of MiB >= 0 (0: no cache)")
+    require(is_whole(cfg.num_workers) and cfg.num_workers >= 0, "data.num_workers",
+            cfg.num_workers, "a whole number >= 0 (0: decode in the main process)")
+    for key in ("read_threads", "prefetch"):
+        require(is_whole(cfg[key]) and cfg[key] >= 1, f"data.{key}", cfg[key],
+                "a whole number >= 1")
+
+
+def check_loss(cfg) -> None:
+    """``loss.*`` that were read only when the model was built or the step traced, after
+    the phantoms, ``training_batches.png`` and (``adversarial_rms``) the run's config were
+    written."""
+    smoothing = cfg.label_smoothing
+    require(is_number(smoothing) and 0 <= smoothing < 1, "loss.label_smoothing", smoothing,
+            "a number in [0, 1)")
+    _one_of(cfg.id_neck, "loss.id_neck", NECKS)
+    require(is_number(cfg.adversarial_rms) and cfg.adversarial_rms >= 0, "loss.adversarial_rms",
+            cfg.adversarial_rms, "a number >= 0 (0: off)")
+    _one_of(cfg.align.variant, "loss.align.variant", loss_terms.ALIGN_VARIANTS)
+    require(is_number(cfg.align.temperature) and cfg.align.temperature > 0,
+            "loss.align.temperature", cfg.align.temperature, "a number > 0")
+    require(is_whole(cfg.align.mlp_hidden) and cfg.align.mlp_hidden >= 0,
+            "loss.align.mlp_hidden", cfg.align.mlp_hidden,
+            "a whole number >= 0 (0: the model width)")
 
 
 def check_eval(cfg) -> None:
@@ -77,10 +122,8 @@ def check_train(cfg) -> None:
 def check_training_settings(config) -> None:
     """Every setting of ``config`` a training run reads, beyond the model's own
     (``models.config.validate_config``): data, loss, optimiser, evaluation."""
-    modality_settings(config.data)
-    smoothing = config.loss.label_smoothing
-    require(is_number(smoothing) and 0 <= smoothing < 1, "loss.label_smoothing", smoothing,
-            "a number in [0, 1)")
+    check_data(config.data)
+    check_loss(config.loss)
     check_optim(config.optim)
     loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
                                  int(config.data.images_per_patient),

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from mami_jax.train.objective import make_loss_fn
+from mami_jax.train.optim import zero_frozen
 
 
 @flax.struct.dataclass
@@ -64,12 +65,16 @@ def loss_and_grads(loss_fn, params, batch, accum_steps: int = 1):
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, loss_cfg,
-                    accum_steps: int = 1, lr_schedule=None):
-    """A pure step(state, batch) -> (state, metrics); jit it with shardings and donation."""
+                    accum_steps: int = 1, lr_schedule=None, freeze: tuple = ()):
+    """A pure step(state, batch) -> (state, metrics); jit it with shardings and donation.
+    ``freeze``: ``optim.freeze``'s patterns; those parameters' gradients are left out of
+    the norm that clips and is logged (``optim.zero_frozen``)."""
     loss_fn = make_loss_fn(model, loss_cfg)
+    freeze = tuple(freeze)
 
     def step(state: TrainState, batch: dict):
         loss, logs, grads = loss_and_grads(loss_fn, state.params, batch, accum_steps)
+        grads = zero_frozen(grads, freeze)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         def apply_update(s: TrainState) -> TrainState:

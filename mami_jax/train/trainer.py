@@ -170,6 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
+    if tuple(config.optim.freeze):      # its patterns are matched against the parameters
+        build_model_and_state_fns(config, num_classes=2, total_steps=1)
     _resume_step(config, workdir)       # a run of another model: before anything is written
     run_config.refuse_a_foreign_config_file(workdir)
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
@@ -250,7 +252,8 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
 
     step_fn = make_train_step(model, optimizer, config.loss,
                               accum_steps=int(config.optim.grad_accum_steps),
-                              lr_schedule=learning_rate_schedule(config.optim, total_steps))
+                              lr_schedule=learning_rate_schedule(config.optim, total_steps),
+                              freeze=tuple(config.optim.freeze))
     train_step = jax.jit(step_fn,
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                          out_shardings=(state_shardings, sharding.replicated(mesh)),
