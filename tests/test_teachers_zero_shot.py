@@ -168,3 +168,25 @@ def test_a_group_without_any_feature_of_a_modality_the_teacher_reads_is_an_error
     groups = {"d/xray": [0], "d/mri": [1]}
     two = [rows[0], next(r for r in rows if r.modality == "mri")]
     assert teacher_groups("t", {two[0].image_id: 1}, two, groups, ("xray",)) == {"d/xray": [0]}
+
+
+def test_two_datasets_of_one_modality_keep_a_column_each():
+    """The table, JSON and figure had one cell per modality: the second X-ray dataset's
+    numbers replaced the first's."""
+    results = {"a": {"dsA/xray/reid": {"rank1": 0.9, "mAP": 0.8},
+                     "dsA/xray/history": {"rank1": 0.1, "mAP": 0.1},
+                     "dsB/xray/reid": {"rank1": 0.2, "mAP": 0.15},
+                     "dsA/ct/reid": {"rank1": 0.5, "mAP": 0.4}},
+               "b": {"dsB/xray/reid": {"rank1": 0.3, "mAP": 0.25}}}
+    table, data = zero_shot.summary(results)
+    assert data == {"a": {"dsA/xray": {"rank1": 0.9, "mAP": 0.8},
+                          "dsB/xray": {"rank1": 0.2, "mAP": 0.15},
+                          "ct": {"rank1": 0.5, "mAP": 0.4}},
+                    "b": {"dsB/xray": {"rank1": 0.3, "mAP": 0.25}}}
+    assert table.splitlines()[0] == "| teacher | dsA/xray | dsB/xray | ct |"
+    assert table.splitlines()[3] == "| b | - | 0.300 / 0.250 | - |"
+    from mami_jax.evaluate.zero_shot_figure import zero_shot_figure
+    fig = zero_shot_figure(data)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["dsA/xray", "dsB/xray", "ct"]
+    assert sorted(p.get_height() for p in fig.axes[0].patches) == [0.2, 0.3, 0.5, 0.9]

@@ -91,20 +91,30 @@ def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out
 
 
 def summary(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
-    """Markdown table (teacher x modality, "Rank-1 / mAP" of the reid protocol) and its data."""
+    """Markdown table (teacher x modality, "Rank-1 / mAP" of the reid protocol) and its data.
+
+    A column is a modality; where several datasets of one modality were scored, each of
+    them is a column ``dataset/modality`` of its own (every group is scored on its own:
+    one cell per modality kept the last dataset's numbers and dropped the others')."""
+    from mami_jax.evaluate.zero_shot_figure import column_order
+
+    scored = [(name, *group.rsplit("/", 2), m) for name, groups in results.items()
+              for group, m in groups.items()]
+    scored = [(name, dataset, modality, m) for name, dataset, modality, protocol, m in scored
+              if protocol == SUMMARY_PROTOCOL]
+    datasets: dict[str, set] = {}
+    for _, dataset, modality, _ in scored:
+        datasets.setdefault(modality, set()).add(dataset)
     data: dict[str, dict[str, dict]] = {}
-    for name, groups in results.items():
-        for group, m in groups.items():
-            dataset, modality, protocol = group.rsplit("/", 2)
-            if protocol == SUMMARY_PROTOCOL:
-                data.setdefault(name, {})[modality] = dict(rank1=m.get("rank1"), mAP=m.get("mAP"))
-    modalities = [m for m in ("xray", "ct", "mri", "fundus", "pathology")
-                  if any(m in v for v in data.values())]
-    lines = ["| teacher | " + " | ".join(modalities) + " |",
-             "|---|" + "---|" * len(modalities)]
+    for name, dataset, modality, m in scored:
+        column = modality if len(datasets[modality]) == 1 else f"{dataset}/{modality}"
+        data.setdefault(name, {})[column] = dict(rank1=m.get("rank1"), mAP=m.get("mAP"))
+    columns = column_order(data)
+    lines = ["| teacher | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for name, per in data.items():
-        cells = [f"{per[m]['rank1']:.3f} / {per[m]['mAP']:.3f}" if m in per else "-"
-                 for m in modalities]
+        cells = [f"{per[c]['rank1']:.3f} / {per[c]['mAP']:.3f}" if c in per else "-"
+                 for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", data
 

@@ -16,13 +16,25 @@ from mami_jax.runtime.atomic_files import write_atomic
 ORDER = ("xray", "ct", "mri", "fundus", "pathology")
 
 
+def column_order(data: dict[str, dict[str, dict]]) -> list[str]:
+    """The columns of ``data`` (a modality, or ``dataset/modality`` where several datasets
+    hold one: ``features.summary``) in ``ORDER`` of their modality, then by name."""
+    columns = {c for per in data.values() for c in per}
+
+    def key(column):
+        modality = column.rsplit("/", 1)[-1]
+        return (ORDER.index(modality) if modality in ORDER else len(ORDER), column)
+    return sorted(columns, key=key)
+
+
 def zero_shot_figure(data: dict[str, dict[str, dict]], title: str = ""):
-    """A matplotlib Figure of ``data`` ({teacher: {modality: {"rank1", "mAP"}}}, as
-    ``features.summary`` returns it); a modality a teacher does not cover has no bar."""
+    """A matplotlib Figure of ``data`` ({teacher: {column: {"rank1", "mAP"}}}, a column
+    being a modality or ``dataset/modality``, as ``features.summary`` returns it); a
+    column a teacher does not cover has no bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    modalities = [m for m in ORDER if any(m in per for per in data.values())]
+    modalities = column_order(data)
     fig = Figure(figsize=(max(6.0, 1.6 * len(modalities) + 2.5), 5.6), dpi=110)
     FigureCanvasAgg(fig)
     width = 0.8 / max(1, len(data))
