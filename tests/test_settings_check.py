@@ -62,6 +62,8 @@ def _config():
     ("loss.align.variant", "pairs", "loss.align.variant='pairs': expected one of "
                                     "'difference', 'single'"),
     ("loss.align.temperature", 0.0, "loss.align.temperature=0.0: expected a number > 0"),
+    ("phantoms.visits", 1, "phantoms.visits=1: expected a whole number >= 2 (one visit a "
+                           "patient leaves nothing to match)"),
     ("loss.align.mlp_hidden", -1, "loss.align.mlp_hidden=-1: expected a whole number >= 0 "
                                   "(0: the model width)"),
 ])

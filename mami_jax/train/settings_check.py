@@ -85,6 +85,16 @@ def check_loss(cfg) -> None:
             "a whole number >= 0 (0: the model width)")
 
 
+def check_phantoms(config) -> None:
+    """With no manifest the run trains on phantoms: one visit a patient gives no second
+    image to train or score on (refused only after the phantoms were generated)."""
+    if str(config.data.manifest) or "phantoms" not in config:
+        return
+    visits = config.phantoms.visits
+    require(is_whole(visits) and visits >= 2, "phantoms.visits", visits,
+            "a whole number >= 2 (one visit a patient leaves nothing to match)")
+
+
 def check_eval(cfg) -> None:
     require(is_number(cfg.far) and 0 < cfg.far < 1, "eval.far", cfg.far,
             "a false-accept rate in (0, 1)")
@@ -123,6 +133,7 @@ def check_training_settings(config) -> None:
     """Every setting of ``config`` a training run reads, beyond the model's own
     (``models.config.validate_config``): data, loss, optimiser, evaluation."""
     check_data(config.data)
+    check_phantoms(config)
     check_loss(config.loss)
     check_optim(config.optim)
     loss_terms.check_batch_shape(config.loss, int(config.data.patients_per_batch),
