@@ -144,3 +144,19 @@ def test_a_date_written_year_last_is_refused_naming_the_line(tmp_path, order):
     for fine in ("2019-03-01", "20190301", "2019/03/01", "12", "1.5", "20190301 081500"):
         p.write_text(TEXT.replace("d:b,p2,s1,1,", f"d:b,p2,s1,{fine},"))
         assert read_manifest(str(p))[1].order == fine
+
+
+def test_a_dataset_name_with_a_slash_is_refused(tmp_path):
+    """Patient 'b/c' of dataset 'a' and patient 'c' of dataset 'a/b' both had the identity
+    'a/b/c': one identity class for two people, or a split clash between them."""
+    p = tmp_path / "m.csv"
+    p.write_text(TEXT + "a:1,b/c,s1,0,xray,a,PA,img/1.png,train\r\n"
+                 "ab:1,c,s1,0,xray,a/b,PA,img/2.png,test\r\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(str(p))
+    assert str(e.value) == (
+        f"{p}: line 5 (image_id='ab:1'): dataset 'a/b' holds '/', which joins it to the "
+        "patient id in the patient's identity ('a/b/c' could be patient '.../...' of another "
+        "dataset); name the dataset without '/'")
+    p.write_text(TEXT + "a:1,b/c,s1,0,xray,a,PA,img/1.png,train\r\n")     # a patient id may
+    assert read_manifest(str(p))[2].patient_key == "a/b/c"

@@ -60,8 +60,9 @@ def default_modality_config(modality: str) -> ml_collections.ConfigDict:
     # colour differs more between labs and dye batches than between patients. Off in the
     # paper's recipe.
     m.stain_normalize = False
-    # Evaluation shows the whole image (short side resized to resize_size, no centre crop):
-    # for texture, where a wider view holds more of the patient's statistics and the scale
+    # Evaluation shows the whole image (short side resized to resize_size, not cropped to
+    # image_size; a non-square image keeps its central square, as a batch is square): for
+    # texture, where a wider view holds more of the patient's statistics and the scale
     # does not change. Training crops stay image_size.
     m.eval_whole = False
     # Evaluation embeds an image as the mean over the 8 symmetries of the square

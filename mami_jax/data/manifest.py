@@ -175,7 +175,9 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
                   first_line: int | None = None) -> None:
     """Checks the invariants every consumer relies on; raises ManifestError.
 
-    - every required field is non-empty, modality known, split known;
+    - every required field is non-empty, modality known, split known, no '/' in a dataset
+      name (the patient's identity is ``dataset/patient_id``: a '/' in both could make two
+      patients one);
     - ``order`` is no date written year last (it would sort by day or month), and a
       patient's orders are all numbers or all text (``order_key`` sorts every number
       before every text, so a visit number among dates would come first, whatever it is);
@@ -195,6 +197,11 @@ def validate_rows(rows: Sequence[ManifestRow], source: str = "<rows>",
         for name in ("image_id", "patient_id", "study_id", "modality", "dataset", "path"):
             if not getattr(row, name):
                 raise ManifestError(f"{where}: empty required column {name!r}")
+        if "/" in row.dataset:
+            raise ManifestError(
+                f"{where}: dataset {row.dataset!r} holds '/', which joins it to the patient "
+                f"id in the patient's identity ({row.patient_key!r} could be patient "
+                "'.../...' of another dataset); name the dataset without '/'")
         if row.modality not in MODALITIES:
             raise ManifestError(
                 f"{where}: unknown modality {row.modality!r}; expected one of {MODALITIES}")
