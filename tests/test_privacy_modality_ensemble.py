@@ -77,8 +77,10 @@ def test_modality_ensembles_are_read_from_the_config_and_bad_keys_refused(setup)
     recipe["perturb"]["modality_ensemble"] = {"xray": ("/r/f1", "/r/h2")}
     recipe["perturb"]["modality_member_weighting"] = {"xray": "balanced"}
     assert word.to_dict() == recipe
-    with pytest.raises(ValueError, match="xray_transfer needs the X-rays' ensemble"):
+    with pytest.raises(ValueError, match="config word 'xray_transfer' needs a value"):
         load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer")
+    with pytest.raises(ValueError, match="xray_transfer needs the X-rays' ensemble"):
+        load_config("configs/privacy.py:runlocal,transfer=/r/a,xray_transfer=+")
     with pytest.raises(ValueError, match="name the recipe's with transfer=... too"):
         load_config("configs/privacy.py:runlocal,xray_transfer=/r/f1")
     apply_overrides(cfg, ["modality_ensemble={'x-ray': ('/r/f1',)}"])

@@ -104,8 +104,10 @@ def test_zoom_view_stays_inside_the_image():
 
 def test_transfer_word_names_the_ensemble():
     assert load_config("configs/privacy.py").perturb.ensemble == ()
-    with pytest.raises(ValueError, match="transfer needs the ensemble's workdirs"):
+    with pytest.raises(ValueError, match="config word 'transfer' needs a value"):
         load_config("configs/privacy.py:runlocal,transfer")
+    with pytest.raises(ValueError, match="transfer needs the ensemble's workdirs"):
+        load_config("configs/privacy.py:runlocal,transfer=+")
     cfg = load_config("configs/privacy.py:runlocal,transfer=/a/run")
     assert cfg.perturb.ensemble == ("/a/run",) and cfg.perturb.epsilon == 0.03
     assert tuple(load_config("configs/privacy.py:transfer=/a/run+/b/run@500").perturb.ensemble) \
