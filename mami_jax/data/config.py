@@ -112,7 +112,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.decode_cache_mb = 0
     c.read_threads = 2  # threads per process decoding batches ahead
     c.prefetch = 2  # batches buffered ahead (per process / per worker)
-    # "imagenet" (what CLIP weights expect) or "per_image": each image / series z-scored
+    # "imagenet" (the ImageNet mean and std the released MaMI model was trained with, not
+    # OpenAI CLIP's own constants) or "per_image": each image / series z-scored
     # per channel, which removes exposure and colour-balance changes (transforms.py).
     c.normalization = "imagenet"
     # Large JPEGs (MIMIC-CXR ~2500 px) decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling)
