@@ -125,6 +125,7 @@ class StubReid:
     """Re-ID embeddings that find each patient; a backbone feature without the label."""
 
     fingerprint = "reid"
+    reading = "as configured"
     info = {"source": "stub", "fingerprint": "reid"}
     value_windows: dict = {}               # reads every modality by min-max
 

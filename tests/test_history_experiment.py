@@ -18,6 +18,7 @@ class StubModel:
     archive finds the patient), the backbone feature shows the label weakly."""
 
     fingerprint = "stub"
+    reading = "as configured"
     info = {"source": "stub", "fingerprint": "stub"}
 
     def __init__(self, rows, y):
@@ -174,3 +175,21 @@ def test_an_unreadable_feature_cache_is_computed_again(tmp_path, capsys, damage,
     model.features = None           # the cache is whole again: read, not computed
     cached_features(model, rows, str(tmp_path), cfg)
     assert capsys.readouterr().out == ""
+
+
+def test_cached_features_are_the_same_reading_of_the_images(tmp_path):
+    """features.npz was reused whenever the parameters were the same, also by a run whose
+    --config read the images at another size or slice count."""
+    from mami_jax.apps.history.experiment import cached_features
+    rows, y = _rows_and_labels()
+    cfg = get_config()
+    model = StubModel(rows, y)
+    calls = []
+    features = model.features
+    model.features = lambda *a, **kw: calls.append(1) or features(*a, **kw)
+    cached_features(model, rows, str(tmp_path), cfg)
+    cached_features(model, rows, str(tmp_path), cfg)
+    assert len(calls) == 1
+    model.reading = "other slices"
+    cached_features(model, rows, str(tmp_path), cfg)
+    assert len(calls) == 2

@@ -1,5 +1,7 @@
-"""History selection: only strictly earlier images of the query's modality count, never
-the query's own study or the query itself, however similar a later image is."""
+"""History selection: of the query's own patient only strictly earlier images of its
+modality count, never its own study, the query itself or an image without an order,
+however similar a later image is; every other patient's images are candidates (a
+manifest's orders are visits within a patient, which say nothing across patients)."""
 
 import numpy as np
 import pytest
@@ -28,8 +30,21 @@ def test_the_rule():
     assert is_history(_row("g", "p", "s1", "10"), _row("q2", "p", "s", "11"))  # numeric order
     assert not is_history(_row("g", "p", "s1", "10"), _row("q2", "p", "s", "9"))
     assert is_history(_row("h", "p", "s1", "2024-01-05"), _row("q3", "p", "s", "2024-02-01"))
-    # A new image of unknown order is newer than the whole archive.
+    # Another patient's visit numbers are not this patient's: their later visits, and
+    # their images without an order, are candidates (the query's visit 0 had none before).
+    assert is_history(_row("j", "other", "s5", "7"), q)
+    assert is_history(_row("k", "other", "s6", ""), q)
+    assert is_history(_row("j", "other", "s5", "7"), _row("q0", "p", "s", "0"))
+    # Without an order an image of the patient is neither earlier nor later: no history
+    # (a TCGA slide and its sibling slide of the same time were each other's).
+    assert not is_history(_row("l", "p", "s7", ""), q)
+    assert not is_history(_row("a", "p", "s1", "1"), _row("q4", "p", "s8", ""))
+    assert is_history(_row("b", "other", "s2", "1"), _row("q4", "p", "s8", ""))
+    # A new image (no patient) of unknown order is newer than the whole archive; with an
+    # order it is a time, and it excludes whatever is not earlier.
     assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", ""))
+    assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "8"))
+    assert not is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "7"))
 
 
 def test_future_images_never_returned_even_when_most_similar():
@@ -37,8 +52,8 @@ def test_future_images_never_returned_even_when_most_similar():
     query = _row("q", "p0", "s2", "2")
     target = rng.normal(size=8).astype(np.float32)
     rows, vecs = [], []
-    for i in range(40):   # later images, identical to the query: the best matches
-        rows.append(_row(f"later{i}", f"p{i}", f"t{i}", "3"))
+    for i in range(40):   # the patient's later images, identical to the query
+        rows.append(_row(f"later{i}", "p0", f"t{i}", "3"))
         vecs.append(target)
     rows.append(_row("own_study", "p0", "s2", "1"))       # own study, identical too
     vecs.append(target)
@@ -74,7 +89,8 @@ def test_retrieval_over_many_queries_obeys_the_rule():
         assert len(matches) == min(4, eligible)
         for m in matches:
             c = archive.rows[m.position]
-            assert int(c.order) < int(r.order) and c.study_key != r.study_key
+            assert c.study_key != r.study_key
+            assert c.patient_key != r.patient_key or int(c.order) < int(r.order)
             assert c.modality == r.modality
             used += 1
     assert used > 100

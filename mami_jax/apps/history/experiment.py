@@ -119,8 +119,10 @@ def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
 
 def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
     """(embeddings, backbone features, token maps or None) of ``rows``, from
-    OUT/features.npz when it is this model's for these images (ids and files: ``files``,
-    their ``rows_signature`` where the caller has it already) and holds the maps needed
+    OUT/features.npz when it is this model's, read as it reads them (``model.reading``:
+    another ``--config`` reads other sizes or slices with the same parameters), for these
+    images (ids and files: ``files``, their ``rows_signature`` where the caller has it
+    already) and holds the maps needed
     (maps of another layer or grid are computed again, and so is a cache that cannot be
     read, said in one line)."""
     path = os.path.join(out_dir, FEATURES_CACHE)
@@ -130,7 +132,8 @@ def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
 
     def use(f):
         cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
-        if (str(f["fingerprint"]) == model.fingerprint and np.array_equal(f["image_id"], ids)
+        if (str(f["fingerprint"]) == model.fingerprint and "reading" in f.files
+                and str(f["reading"]) == model.reading and np.array_equal(f["image_id"], ids)
                 and "files" in f.files and str(f["files"]) == files
                 and maps_key in ("", cached_maps)):
             return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
@@ -148,6 +151,7 @@ def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
                                  np.zeros((len(rows), 0, 0), np.float32))
     write_atomic(path, lambda tmp: np.savez(tmp, embedding=emb, backbone=backbone, image_id=ids,
                                             fingerprint=np.asarray(model.fingerprint),
+                                            reading=np.asarray(model.reading),
                                             files=np.asarray(files),
                                             maps=maps, maps_key=np.asarray(maps_key)))
     store.discard()

@@ -34,7 +34,7 @@ from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
 from mami_jax.models.embed import make_embedding_and_pooled_fn
 from mami_jax.models.mami import MaMI
-from mami_jax.runtime.chunk_store import ChunkStore
+from mami_jax.runtime.chunk_store import ChunkStore, digest
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
 
@@ -50,6 +50,9 @@ class TrainedModel:
         config = load_experiment(spec)
         self.embedder = Embedder.load(self.workdir, config, action=action, role=role)
         self.fingerprint = self.embedder.fingerprint
+        #: How the images are read (the experiment config's data settings): the same
+        #: parameters read at another size, slice count or window give other features.
+        self.reading = digest(self.embedder.data_cfg.to_json())
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 
     @property

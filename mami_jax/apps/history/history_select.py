@@ -1,12 +1,25 @@
 """Which archived images may serve as a query image's history.
 
-The rule (``is_history``): a candidate counts only when it is of the query's modality,
-strictly earlier than the query (manifest ``order``, compared with
-``mami_jax.data.manifest.order_key``: visit numbers numerically, dates as text) and not
-of the query's own study (nor the query itself). A query of unknown order (a new image
-from outside the archive) is newer than everything archived. Images of the same visit
-are not history: they are the present, and using them would let the classifier read
-the label off a sibling image.
+The rule (``is_history``): a candidate counts only when it is of the query's modality
+and not of the query's own study (nor the query itself), and
+
+- of the query's own patient, when it is strictly earlier (manifest ``order``, compared
+  with ``mami_jax.data.manifest.order_key``: visit numbers numerically, dates as text);
+  an image of that patient without an order is never history (earlier or later cannot be
+  told, and the same visit's images would let the classifier read the label off a
+  sibling image);
+- of another patient, always. A manifest's ``order`` is the visit's place *within its
+  patient*: compared across patients, visit 0 of a query would have had no impostor at
+  all and visit 3 only other patients' visits 0-2, so retrieval knew the query's visit
+  number (a false-history rate that fell with it, and the visit index, which the disease
+  follows, told to the history model for free). A new image arrives without such
+  knowledge, so every other patient's archived image is a candidate (with dated orders
+  this also admits other patients' later images: harder than a hospital's archive at
+  that date, never easier).
+
+A query from outside the archive (the ``query`` command: no patient) is newer than
+everything archived; given an ``--order`` it excludes the archived images that are not
+earlier, whoever's they are.
 
 ``retrieve`` applies the rule to the archive's ranked candidates: it asks the index for
 more candidates than ``k`` (doubling until ``k`` pass the rule or the partition is
@@ -28,12 +41,17 @@ from mami_jax.runtime.progress import progress_bar
 
 
 def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
+    """Whether ``candidate`` may be ``query``'s history (the module's rule)."""
     if candidate.modality != query.modality or candidate.image_id == query.image_id:
         return False
     if candidate.study_key == query.study_key:
         return False
-    if not query.order:  # unknown: newer than the whole archive
+    if not query.patient_id:        # a new image: no patient, its order (if any) is a time
+        return not query.order or order_key(candidate.order) < order_key(query.order)
+    if candidate.patient_key != query.patient_key:
         return True
+    if not candidate.order or not query.order:
+        return False
     return order_key(candidate.order) < order_key(query.order)
 
 
