@@ -31,6 +31,7 @@ Prints a table and writes ``--json`` (default mfu.json).
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import sys
 import time
@@ -52,28 +53,34 @@ from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
-#: Dense peak TFLOP/s per device (vendor data sheets, without sparsity), by a substring
-#: of ``jax.devices()[0].device_kind`` (lower case) and compute dtype. First match wins.
+#: Dense peak TFLOP/s per device (vendor data sheets, without sparsity), by a pattern
+#: searched in ``jax.devices()[0].device_kind`` (lower case) and compute dtype; first match
+#: wins, and the patterns end at a word boundary so that "l4" is no "l40s". No float32
+#: peaks for GPUs: JAX runs float32 matmuls there as TF32 on the tensor cores unless the
+#: matmul precision is raised, so which peak applies depends on the run: give --peak-tflops.
 PEAK_TFLOPS = (
-    ("h200", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),
-    ("h100 pcie", {"bfloat16": 756.0, "float16": 756.0, "float32": 51.0}),
-    ("h100", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),
-    ("a100", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
-    ("l4", {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3}),
-    ("a10", {"bfloat16": 125.0, "float16": 125.0, "float32": 31.2}),
-    ("tpu v6", {"bfloat16": 918.0}),
-    ("tpu v5p", {"bfloat16": 459.0}),
-    ("tpu v5 lite", {"bfloat16": 197.0}),
-    ("tpu v5e", {"bfloat16": 197.0}),
-    ("tpu v4", {"bfloat16": 275.0}),
+    (r"h200", {"bfloat16": 989.0, "float16": 989.0}),
+    (r"h100 nvl", {"bfloat16": 835.0, "float16": 835.0}),
+    (r"h100 pcie", {"bfloat16": 756.0, "float16": 756.0}),
+    (r"h100", {"bfloat16": 989.0, "float16": 989.0}),
+    (r"a100", {"bfloat16": 312.0, "float16": 312.0}),
+    (r"l40s\b", {"bfloat16": 362.0, "float16": 362.0}),
+    (r"l40\b", {"bfloat16": 181.0, "float16": 181.0}),
+    (r"l4\b", {"bfloat16": 121.0, "float16": 121.0}),
+    (r"a10\b", {"bfloat16": 125.0, "float16": 125.0}),
+    (r"tpu v6", {"bfloat16": 918.0}),
+    (r"tpu v5p", {"bfloat16": 459.0}),
+    (r"tpu v5 lite", {"bfloat16": 197.0}),
+    (r"tpu v5e", {"bfloat16": 197.0}),
+    (r"tpu v4", {"bfloat16": 275.0}),
 )
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
     """The table's dense peak for ``device_kind`` in ``dtype``, or None if unknown."""
     kind = device_kind.lower()
-    for needle, by_dtype in PEAK_TFLOPS:
-        if needle in kind:
+    for pattern, by_dtype in PEAK_TFLOPS:
+        if re.search(pattern, kind):
             return by_dtype.get(dtype)
     return None
 
@@ -122,7 +129,9 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    step_flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+    # XLA counts the partitioned program one device runs: the run executes it on each.
+    device_flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+    step_flops = device_flops * jax.device_count()
     model_flops = 3.0 * forward_flops(config.model, (args.batch, 1, size, size, 3))
 
     state, metrics = compiled(state, batch)   # first step outside the timing
@@ -145,6 +154,7 @@ def run(args) -> dict:
            "step_times_ms": [round(t * 1e3, 2) for t in times],
            "images_per_s": args.batch / step_s, "model_gflops_per_step": model_flops / 1e9,
            "xla_gflops_per_step": step_flops / 1e9,
+           "xla_gflops_per_device": device_flops / 1e9,
            "achieved_model_tflops": model_flops / step_s / 1e12, "peak_tflops_per_device": peak,
            "mfu": utilisation(model_flops, step_s, peak, devices) if peak else None,
            "hfu": utilisation(step_flops, step_s, peak, devices) if peak else None,
@@ -159,10 +169,12 @@ def print_report(r: dict) -> None:
     print(f"compile {r['compile_s']:.1f} s | step {r['step_ms']:.1f} ms (median of "
           f"{len(r['step_times_ms'])}) | {r['images_per_s']:.1f} img/s")
     print(f"model FLOPs/step {r['model_gflops_per_step']:.4g} G (3 x XLA forward count) | "
-          f"executed {r['xla_gflops_per_step']:.4g} G (XLA count of the step) | achieved "
+          f"executed {r['xla_gflops_per_step']:.4g} G (XLA count of the step, all "
+          f"devices) | achieved "
           f"{r['achieved_model_tflops']:.3f} TFLOP/s")
     if r["mfu"] is None:
-        print("MFU: no peak for this device kind; pass --peak-tflops")
+        print(f"MFU: no {r['dtype']} peak for this device kind in PEAK_TFLOPS (float32 "
+              "on a GPU may run as TF32); pass --peak-tflops")
     else:
         print(f"MFU {100 * r['mfu']:.1f}%  HFU {100 * r['hfu']:.1f}%  of "
               f"{r['peak_tflops_per_device']} TFLOP/s per device")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from mami_jax.data.manifest import MODALITIES, read_manifest
+from mami_jax.evaluate.metrics import chance_rank1
 from mami_jax.phantoms import io
 
 THUMB = 16
@@ -198,7 +199,7 @@ def evaluate_manifest(manifest_path: str, split: str = "test", lda: bool = True)
             res["intensity_lda"] = rank1(project(np.stack(inten)), pids, studies)[0]
             project = fit_lda(np.stack(train_struct), train_ids)
             res["structural_lda"] = rank1(project(np.stack(struct)), pids, studies)[0]
-        counts = {p: pids.count(p) for p in set(pids)}
-        res["chance"] = float(np.mean([(counts[p] - 1) / (len(pids) - 1) for p in pids])) if len(pids) > 1 else 0.0
+        chance = chance_rank1(pids, studies)      # nan: no query has a match
+        res["chance"] = 0.0 if np.isnan(chance) else chance
         out[modality] = res
     return out

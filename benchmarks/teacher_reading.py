@@ -102,9 +102,10 @@ def run(args: argparse.Namespace, folder: str) -> None:
 
     variants = {"per_teacher": per_teacher,
                 "shared_1": lambda: extract.shard_features(teachers, rows, 16, "cpu", False,
-                                                           NoBar(), 1)[0],
-                f"shared_{args.threads}": lambda: extract.shard_features(
-                    teachers, rows, 16, "cpu", False, NoBar(), args.threads)[0]}
+                                                           NoBar(), 1)[0]}
+    if args.threads > 1:       # --threads 1 is shared_1: its key would replace that one's
+        variants[f"shared_{args.threads}"] = lambda: extract.shard_features(
+            teachers, rows, 16, "cpu", False, NoBar(), args.threads)[0]
     times = {name: [] for name in variants}
     reference = None
     for _ in range(args.repeats):

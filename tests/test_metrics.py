@@ -213,3 +213,16 @@ def test_docstring_examples_run():
     import doctest
     result = doctest.testmod(metrics)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_chance_rank1_counts_what_a_query_is_ranked_against():
+    """Matches over the images of other studies, averaged over the queries that have a
+    match (the phantom baselines averaged (count - 1) / (n - 1) over every image: 0.5
+    here, with the own study in and the patient without a match counted)."""
+    from mami_jax.evaluate.metrics import chance_rank1
+    assert chance_rank1(["a", "a", "b", "b", "c"], ["1", "2", "3", "4", "5"]) == pytest.approx(0.25)
+    # a's first two images share study s1: each is ranked against 2 images, 1 a match;
+    # the third against 3, 2 of them matches; b has no match
+    assert chance_rank1(["a", "a", "a", "b"], ["s1", "s1", "s2", "s3"]) == pytest.approx(
+        (1 / 2 + 1 / 2 + 2 / 3) / 3)
+    assert np.isnan(chance_rank1(["a", "b"], ["1", "2"]))

@@ -123,6 +123,26 @@ def test_mfu_arithmetic_and_peak_table():
     assert mfu.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
     assert mfu.peak_tflops("TPU v5 lite", "bfloat16") == 197.0
     assert mfu.peak_tflops("cpu", "float32") is None
+    # "l4" is no L40S (it was given the L4's 121), "a10" no A100 nor A10G
+    assert mfu.peak_tflops("NVIDIA L40S", "bfloat16") == 362.0
+    assert mfu.peak_tflops("NVIDIA L4", "bfloat16") == 121.0
+    assert mfu.peak_tflops("NVIDIA A10G", "bfloat16") is None
+    assert mfu.peak_tflops("NVIDIA H100 NVL", "bfloat16") == 835.0
+    # float32 on a GPU may run as TF32: no guess
+    assert mfu.peak_tflops("NVIDIA H100 80GB HBM3", "float32") is None
+
+
+def test_mfu_counts_the_executed_step_over_every_device(tmp_path):
+    """XLA counts the partitioned step one device runs: divided by the peak of all devices
+    it gave an HFU eight times too low here, below the MFU, which cannot be."""
+    import jax
+    from benchmarks import mfu
+    args = mfu.parse_args(["--preset", "tiny", "--batch", "16", "--steps", "1",
+                           "--peak-tflops", "1", "--json", str(tmp_path / "mfu.json")])
+    r = mfu.run(args)
+    assert r["devices"] == jax.device_count() == 8
+    assert r["xla_gflops_per_step"] == pytest.approx(8 * r["xla_gflops_per_device"])
+    assert r["hfu"] >= r["mfu"] > 0
 
 
 def test_speed_vs_torch_tiny_inference_writes_json(tmp_path, capsys):

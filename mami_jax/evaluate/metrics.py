@@ -46,6 +46,7 @@ __all__ = [
     "match_ranks",
     "match_ranks_sorted",
     "reid_metrics",
+    "chance_rank1",
     "verification_metrics",
     "far_key",
 ]
@@ -349,6 +350,21 @@ def reid_metrics(similarity, query_pids, gallery_pids, query_studies, gallery_st
 
 
 # ----------------------------------------------------------------------------- verification
+
+def chance_rank1(pids, studies) -> float:
+    """Rank-1 of a random ranking, as ``reid_metrics`` scores it with every image a query
+    against all the others: per query with a true match, its matches (the patient's images
+    of other studies) over the images it is ranked against (those of other studies),
+    averaged over those queries."""
+    pids, studies = _as_ids(pids, "pids"), _as_ids(studies, "studies")
+    values = []
+    for i in range(len(pids)):
+        eligible = studies != studies[i]
+        matches = eligible & (pids == pids[i])
+        if matches.any():
+            values.append(matches.sum() / eligible.sum())
+    return float(np.mean(values)) if values else float("nan")
+
 
 def far_key(far: float) -> str:
     """Metric-name suffix for a FAR: 1e-3 -> "1e-3", 0.01 -> "1e-2", 5e-4 -> "5e-4"."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.evaluate.metrics import build_query_targets, match_ranks, verification_metrics
+from mami_jax.evaluate.metrics import chance_rank1 as metrics_chance_rank1
 from mami_jax.evaluate.retrieval import chunked_reid_metrics, pairwise_similarity
 
 
@@ -32,15 +33,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def chance_rank1(rows: Sequence[ManifestRow]) -> float:
-    pids = np.asarray([r.patient_key for r in rows])
-    studies = np.asarray([r.study_key for r in rows])
-    values = []
-    for i in range(len(rows)):
-        eligible = studies != studies[i]
-        matches = eligible & (pids == pids[i])
-        if matches.any():
-            values.append(matches.sum() / eligible.sum())
-    return float(np.mean(values)) if values else float("nan")
+    """``metrics.chance_rank1`` of the rows' patients and studies."""
+    return metrics_chance_rank1([r.patient_key for r in rows], [r.study_key for r in rows])
 
 
 def query_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: Sequence[ManifestRow]
