@@ -31,7 +31,7 @@ def test_volume_teachers_are_refused_before_loading():
     pytest.importorskip("torch")
     with pytest.raises(ValueError, match="reads 'volume' input"):
         DiagnosisBackbone("ct_fm")
-    with pytest.raises(KeyError, match="unknown teacher"):
+    with pytest.raises(ValueError, match="^features=teacher:no_such_model: unknown teacher"):
         DiagnosisBackbone("no_such_model")
 
 
@@ -173,7 +173,8 @@ def _experiment(tmp_path, features):
 
 
 def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
-    exp = _experiment(tmp_path, "teacher:stub_teacher")
+    # a registry name (the config checks it), the stub's features in its place
+    exp = _experiment(tmp_path, "teacher:efficientnet_lite0")
     np.testing.assert_array_equal(exp.x_raw, StubTeacher(exp.y).features(exp.rows))
     payload = exp.train()
     assert not (tmp_path / "classifiers.json").exists()    # written by publish, with the report
@@ -182,7 +183,7 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
     with open(tmp_path / "classifiers.json") as f:
         info = json.load(f)
     assert info == {"label_column": "disease_label", "classes": ["0", "1"],
-                    "features": "teacher:stub_teacher", "feature_dim": 3,
+                    "features": "teacher:efficientnet_lite0", "feature_dim": 3,
                     "model": StubTeacher.info, "scores": "visit", "records": False}
     exp.check_classifiers(payload, info)               # the same features: accepted
     # a history term trained on another score scale is refused by name; a record from
