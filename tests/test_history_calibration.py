@@ -81,15 +81,16 @@ def test_topk_calibration_uses_the_archive_candidates():
     archive = Archive(2, "flat", {}, {})
     archive.add(rows, vecs)
     out = calibrate_topk(archive, rows, vecs, 0.0, "val", k=5)["xray"]
-    # Queries with history: p1 v1 (candidates p3 v0 0.05, p1 v0 0.1, p2 v0 0.9 away) and
-    # p2 v1 (p2 v0 0.1, p3 v0 1.05, p1 v0 1.1 away): 2 genuine, 4 impostor candidates.
-    assert (out["genuine_pairs"], out["impostor_pairs"], out["patients"]) == (2, 4, 2)
+    # Every val image has the other patients' images as candidates, whatever their visit
+    # (3 each: 12 impostors); p1 v1 and p2 v1 also their own v0 (2 genuine).
+    assert (out["genuine_pairs"], out["impostor_pairs"], out["patients"]) == (2, 12, 2)
     assert out["threshold"] == pytest.approx(np.cos(0.05), abs=1e-6)  # the train patient
     assert out["method"] == "topk" and out["k"] == 5
     assert (out["far"], out["tar"]) == (0.0, 0.0)   # cos(0.1) < cos(0.05): none accepted
-    # k = 1 keeps only each query's best candidate: p3 v0 for p1, p2 v0 for p2.
+    # k = 1 keeps only each query's best candidate: p3 v0 for both of p1's, p1 v1 for p2 v0,
+    # p2 v0 for p2 v1.
     one = calibrate_topk(archive, rows, vecs, 0.0, "val", k=1)["xray"]
-    assert (one["genuine_pairs"], one["impostor_pairs"]) == (1, 1)
+    assert (one["genuine_pairs"], one["impostor_pairs"]) == (1, 3)
     # The pairs method sees only the validation patients: p3 does not count.
     cfg = ml_collections.ConfigDict(dict(calibration="pairs", target_far=0.0,
                                          calibration_split="val", k=5))
