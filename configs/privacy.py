@@ -44,11 +44,11 @@ METHOD_WORDS = ("inpaint", "both", "deform")
 SEARCH_WORDS = ("transfer", "xray_transfer", "xray_visible", "rank")
 
 
-def _workdirs(words, word: str, what: str, example: str) -> tuple:
+def _workdirs(words, word: str, what: str) -> tuple:
     """The re-ID runs a ``WORD=DIR+DIR@STEP`` word names; ValueError when it names none."""
     members = tuple(m for m in str(words[word]).split("+") if m)
     if not members:
-        raise ValueError(f"configs/privacy.py: {word} needs {what}, e.g. {word}={example} "
+        raise ValueError(f"configs/privacy.py: {word} needs {what}, e.g. {word}={VALUES[word]} "
                          "(re-ID runs of the same experiment config as --workdir's)")
     return members
 
@@ -201,7 +201,7 @@ def get_config(arg=None):
     p.keep_diagnosis_config = "configs/history.py"
     p.keep_weight = 1.0
     if words.get("transfer"):
-        members = _workdirs(words, "transfer", "the ensemble's workdirs", "RUN_A+RUN_B@1000")
+        members = _workdirs(words, "transfer", "the ensemble's workdirs")
         # Transfer reaches models like the members: with a member trained on 640 other
         # patients instead of a third quick-start run, a held-out run on other patients fell
         # from 0.07-0.12 to 0.00-0.03 Rank-1 on CT, MRI and fundus (docs/privacy_experiments.md,
@@ -228,8 +228,7 @@ def get_config(arg=None):
         # way (docs/privacy_experiments.md, "Ranking on every modality").
         p.modality_objective = ml_collections.ConfigDict({"xray": "rank"})
     if words.get("xray_transfer"):
-        members = _workdirs(words, "xray_transfer", "the X-rays' ensemble",
-                            "FINETUNE_A+FINETUNE_B+BACKBONE.pth")
+        members = _workdirs(words, "xray_transfer", "the X-rays' ensemble")
         if not words.get("transfer"):
             raise ValueError("configs/privacy.py: xray_transfer gives the transfer recipe's "
                              "X-rays their own ensemble; name the recipe's with transfer=... too")

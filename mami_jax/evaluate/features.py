@@ -98,10 +98,12 @@ def summary(results: dict[str, dict[str, dict]]) -> tuple[str, dict]:
     one cell per modality kept the last dataset's numbers and dropped the others')."""
     from mami_jax.evaluate.zero_shot_figure import column_order
 
-    scored = [(name, *group.rsplit("/", 2), m) for name, groups in results.items()
-              for group, m in groups.items()]
-    scored = [(name, dataset, modality, m) for name, dataset, modality, protocol, m in scored
-              if protocol == SUMMARY_PROTOCOL]
+    scored = []                 # (teacher, dataset, modality, metrics) of the reid groups
+    for name, groups in results.items():
+        for group, m in groups.items():
+            dataset, modality, protocol = group.rsplit("/", 2)
+            if protocol == SUMMARY_PROTOCOL:
+                scored.append((name, dataset, modality, m))
     datasets: dict[str, set] = {}
     for _, dataset, modality, _ in scored:
         datasets.setdefault(modality, set()).add(dataset)

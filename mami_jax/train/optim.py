@@ -25,6 +25,10 @@ from mami_jax.runtime.sharding import path_to_str
 _NO_DECAY = re.compile(r"(bias|scale|class_embedding|pos_embedding|codebook|static)$")
 
 
+#: The decays ``optim.schedule`` names (after the linear warm-up).
+SCHEDULES = ("cosine", "constant")
+
+
 def learning_rate_schedule(cfg, total_steps: int):
     peak = cfg.learning_rate
     warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))

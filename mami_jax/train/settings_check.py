@@ -21,10 +21,11 @@ from mami_jax.evaluate.retrieval import METRICS
 from mami_jax.runtime.setting_ranges import is_number, is_whole, require
 from mami_jax.train import loss_terms
 from mami_jax.train.heads import NECKS
+from mami_jax.train.optim import SCHEDULES
 
 
 def check_optim(cfg) -> None:
-    _one_of(cfg.schedule, "optim.schedule", ("cosine", "constant"))
+    _one_of(cfg.schedule, "optim.schedule", SCHEDULES)
     require(is_number(cfg.learning_rate) and cfg.learning_rate > 0, "optim.learning_rate",
             cfg.learning_rate, "a number > 0")
     for key in ("b1", "b2"):
