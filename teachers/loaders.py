@@ -26,11 +26,11 @@ import argparse
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 
 import numpy as np
 
+from mami_jax.runtime.json_object import parse_json_object
 from teachers.loaded import LoadedTeacher
 from teachers.registry import TeacherSpec
 
@@ -138,14 +138,11 @@ def _folder_json(path: str, name: str) -> dict:
     if not (file and os.path.isfile(file)):
         return {}
     try:
-        with open(file, encoding="utf-8") as f:
-            value = json.load(f)
-    except (ValueError, OSError) as e:
-        raise TeacherLoadError(f"{file}: not readable JSON ({e})") from e
-    if not isinstance(value, dict):
-        raise TeacherLoadError(f"{file}: a JSON {type(value).__name__}, expected an object "
-                               "of settings")
-    return value
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise TeacherLoadError(f"{file}: not readable ({e})") from e
+    return parse_json_object(data, file, "settings", error=TeacherLoadError)
 
 
 def _transformers(spec, path, torch):

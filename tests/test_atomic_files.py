@@ -119,3 +119,42 @@ def test_a_file_written_over_a_folder_is_named_as_asked(tmp_path):
         atomic_files.write_text_atomic(str(folder), "text")
     assert str(e.value) == f"[Errno 21] a folder, not a file: '{folder}'"
     assert os.listdir(tmp_path) == ["bad"] and os.listdir(folder) == []
+
+
+def test_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """A rename that reaches the disk before the data leaves an empty file under the final
+    name after a power cut: the temporary (file, or every file of a staged tree) is flushed
+    before it is renamed, and the folder holding the new name after."""
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        events.append(("sync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def moved(real, kind):
+        def move(src, dst):
+            events.append((kind, os.path.basename(src)))
+            return real(src, dst)
+        return move
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", moved(real_replace, "replace"))
+    monkeypatch.setattr(os, "rename", moved(real_rename, "rename"))
+    atomic_files.write_text_atomic(str(tmp_path / "a.json"), "{}")
+    tmp = events[1][1]
+    assert events == [("sync", tmp), ("replace", tmp), ("sync", tmp_path.name)]
+    assert atomic_files.TEMP_MARK in tmp and (tmp_path / "a.json").read_text() == "{}"
+
+    events.clear()
+    with atomic_files.staging_dir(str(tmp_path / "tree")) as staged:
+        os.makedirs(os.path.join(staged, "sub"))
+        for name in ("sub/x.png", "y.dcm"):
+            with open(os.path.join(staged, name), "w") as f:
+                f.write(name)
+        atomic_files.publish_dir(staged, str(tmp_path / "tree"))
+    synced = [name for kind, name in events[:events.index(("rename", os.path.basename(staged)))]
+              if kind == "sync"]
+    assert {"x.png", "y.dcm", "sub", os.path.basename(staged)} <= set(synced)
+    assert events[-1] == ("sync", tmp_path.name)
+    assert (tmp_path / "tree" / "sub" / "x.png").read_text() == "sub/x.png"

@@ -166,8 +166,8 @@ def test_a_config_that_does_not_build_the_teacher_is_one_error_naming_it(tmp_pat
                                               rf"config in {folder} do not build it: TypeError: "):
         load_teacher(spec, folder)
     config = os.path.join(folder, "config.json")
-    for text, problem in (("{'model_args': 1}", "not readable JSON"),
-                          ("[1, 2]", "a JSON list, expected an object of settings")):
+    for text, problem in (("{'model_args': 1}", "not valid JSON"),
+                          ("[1, 2]", "expected a JSON object of settings, got list")):
         with open(config, "w") as f:
             f.write(text)
         with pytest.raises(TeacherLoadError, match=rf"^{config}: {problem}"):

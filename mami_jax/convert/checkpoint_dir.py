@@ -54,7 +54,7 @@ import numpy as np
 from mami_jax.config_files import run_config_path
 from mami_jax.convert.mapping import check_finite, flatten_params
 from mami_jax.models.config import REQUIRED_SAVED_KEYS, default_config, validate_config
-from mami_jax.runtime.atomic_files import (TEMP_MARK, finish_replacement, fix_tree_modes,
+from mami_jax.runtime.atomic_files import (TEMP_MARK, finish_replacement, finish_tree,
                                            replace_dir, staging_dir, write_text_atomic)
 from mami_jax.runtime.json_object import parse_json_object
 
@@ -183,7 +183,7 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
             write_text_atomic(os.path.join(staging, CONFIG_FILE), cfg.to_json(indent=2))
             if experiment is not None:
                 write_text_atomic(run_config_path(staging), experiment)
-            fix_tree_modes(staging)
+            finish_tree(staging)
             replace_dir(staging, directory)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(directory, LOCK_FILE))

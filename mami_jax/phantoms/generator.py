@@ -280,7 +280,7 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
                                        for m in MODALITIES}), indent=1, sort_keys=True))
         # Renderers and writers run in worker processes and libraries; whatever they
         # created, the published tree gets the umask's modes.
-        atomic_files.fix_tree_modes(tmp)
+        atomic_files.finish_tree(tmp)
         try:
             if os.path.isdir(out_dir):
                 os.rmdir(out_dir)     # empty (checked above); fails if someone filled it meanwhile

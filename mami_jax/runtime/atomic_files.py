@@ -66,12 +66,31 @@ def make_dirs(path: str) -> str:
     return path
 
 
+def sync_file(path: str) -> None:
+    """Flushes ``path``'s data to the disk. Without it a rename can reach the disk before
+    the data does, and a power cut leaves an empty file under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: str) -> None:
+    """Flushes a folder's entries (a rename into it) to the disk, where the platform allows
+    it (POSIX; Windows opens no folders)."""
+    with contextlib.suppress(OSError):
+        sync_file(path)
+
+
 def write_atomic(path: str, write: Callable[[str], None]) -> str:
     """Calls ``write(tmp_path)`` and renames the result to ``path`` (umask permissions).
 
     The temporary lies in ``path``'s folder (same file system, so the rename is atomic)
     and keeps ``path``'s extension, for writers that pick a format by it (matplotlib,
-    numpy). On any error the temporary is removed and ``path`` is untouched.
+    numpy). It is flushed to the disk before the rename and the folder after it, so
+    ``path`` holds either the old or the whole new content also after a power cut. On
+    any error the temporary is removed and ``path`` is untouched.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):         # the rename would fail naming the temporary
@@ -86,11 +105,13 @@ def write_atomic(path: str, write: Callable[[str], None]) -> str:
     try:
         write(tmp)
         os.chmod(tmp, file_mode())
+        sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    sync_dir(directory)
     return path
 
 
@@ -126,9 +147,10 @@ def staging_dir(final: str) -> Iterator[str]:
         raise
 
 
-def fix_tree_modes(root: str) -> None:
-    """Gives every folder and file under ``root`` the umask's modes (for trees written by
-    libraries that create private temporaries of their own)."""
+def finish_tree(root: str) -> None:
+    """Readies a staged tree for its rename into place: gives every folder and file under
+    ``root`` the umask's modes (libraries create private temporaries of their own) and
+    flushes each to the disk (``sync_file``: the rename must not arrive before the data)."""
     dmode, fmode = dir_mode(), file_mode()
     os.chmod(root, dmode)
     for here, dirs, files in os.walk(root):
@@ -136,14 +158,17 @@ def fix_tree_modes(root: str) -> None:
             os.chmod(os.path.join(here, d), dmode)
         for f in files:
             os.chmod(os.path.join(here, f), fmode)
+            sync_file(os.path.join(here, f))
+        sync_dir(here)
 
 
 def publish_dir(tmp: str, final: str) -> None:
     """Moves a filled ``staging_dir`` into place as ``final``, replacing an earlier folder
     of that name (the same command's own earlier output; ``replace_dir``), with the
-    umask's modes."""
-    fix_tree_modes(tmp)
+    umask's modes, its content flushed to the disk before the rename (``write_atomic``)."""
+    finish_tree(tmp)
     replace_dir(tmp, final)
+    sync_dir(os.path.dirname(os.path.abspath(final)))
 
 
 #: The mark of a folder kept aside while its replacement is renamed into place

@@ -65,7 +65,7 @@ from mami_jax.apps.history.archive_files import (ARCHIVE_JSON, CENTERS_NPZ, DENS
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
 from mami_jax.runtime import strict_json
-from mami_jax.runtime.atomic_files import aside_path, fix_tree_modes, replace_dir, staging_dir
+from mami_jax.runtime.atomic_files import aside_path, finish_tree, replace_dir, staging_dir
 
 KINDS = ("flat", "ivf", "hnsw")
 
@@ -350,7 +350,7 @@ class Archive:
                                      if r.image_id in self.records)
             with open(os.path.join(tmp, ARCHIVE_JSON), "w", encoding="utf-8") as f:
                 f.write(strict_json.dumps(self.header(), indent=1, sort_keys=True))
-            fix_tree_modes(tmp)
+            finish_tree(tmp)
             replace_dir(tmp, path)       # the old archive is kept aside until this is in place
         return path
 

@@ -53,7 +53,7 @@ from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.labels import labels_for, read_labels
 from mami_jax.runtime import strict_json
-from mami_jax.runtime.atomic_files import (fix_tree_modes, staging_dir, write_atomic,
+from mami_jax.runtime.atomic_files import (finish_tree, staging_dir, write_atomic,
                                            write_text_atomic)
 
 FEATURES_CACHE = "features.npz"
@@ -109,7 +109,7 @@ def publish(out_dir: str, writers: dict[str, Callable[[str], None]],
     with staging_dir(os.path.join(out_dir, "results")) as tmp:
         for name, write in writers.items():
             write(os.path.join(tmp, name))
-        fix_tree_modes(tmp)
+        finish_tree(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(out_dir, last))
         for name in sorted(writers, key=lambda n: n == last):

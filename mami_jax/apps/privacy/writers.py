@@ -40,7 +40,7 @@ from mami_jax.apps.privacy.stored_change import (apply_change, channels, per_sli
 from mami_jax.data import decode, nifti_slices
 from mami_jax.data.decode import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
-from mami_jax.runtime.atomic_files import fix_tree_modes, publish_dir, staging_dir, write_atomic
+from mami_jax.runtime.atomic_files import finish_tree, publish_dir, staging_dir, write_atomic
 
 EXIF_ORIENTATION = 0x0112
 #: TIFF compressions that keep every value: kept; any other (JPEG) becomes deflate, so the
@@ -167,7 +167,7 @@ def save_nifti(like, stored: np.ndarray, out: str, tmp: str | None = None,
         result.header.set_slope_inter(float(proxy.slope), float(proxy.inter))
     name = os.path.basename(out)
     nib.save(result, os.path.join(tmp, name))
-    fix_tree_modes(tmp)
+    finish_tree(tmp)
     for written in sorted(os.listdir(tmp), key=lambda f: f == name):
         os.replace(os.path.join(tmp, written), os.path.join(os.path.dirname(out), written))
     os.rmdir(tmp)
