@@ -12,12 +12,16 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from mami_jax.apps.privacy.derived_uids import DEIDENTIFIED, derived_uid, new_uid_key
 from mami_jax.apps.privacy.header_identity import (IDENTIFYING, IDENTIFYING_SEQUENCES,
                                                    INSTANCE_UIDS, burned_in_warning,
                                                    check_identity_setting, remove_identity,
                                                    says_burned_in_text)
 from mami_jax.data.decode import open_volume
 from tests.test_data_decode import write_dicom
+
+#: One protection's UID key (``derived_uids``).
+KEY = bytes(range(32))
 
 PERSON = dict(PatientName="Doe^Jane", PatientID="X123", PatientBirthDate="19700101",
               InstitutionName="St Elsewhere", ReferringPhysicianName="House^G",
@@ -50,7 +54,7 @@ def test_a_dicom_file_loses_who_and_when_and_keeps_its_pixels(tmp_path):
     _with_private_and_nested(path)
     before = open_volume(path).read([0])
     original = pydicom.dcmread(path)
-    changed = remove_identity(path)
+    changed = remove_identity(path, KEY)
     ds = pydicom.dcmread(path)
     for key in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName",
                 "ReferringPhysicianName", "StudyDate", "AccessionNumber"):
@@ -67,7 +71,7 @@ def test_a_dicom_file_loses_who_and_when_and_keeps_its_pixels(tmp_path):
     np.testing.assert_array_equal(open_volume(path).read([0]), before)
     # 7 emptied + the nested name + 2 sequences' worth (one removed) + 1 private + 3 UIDs
     assert changed == 7 + 1 + 1 + 1 + 3
-    assert remove_identity(path) == 3      # a second pass finds only UIDs to replace again
+    assert remove_identity(path, KEY) == 3      # a second pass finds only UIDs to replace again
 
 
 def test_every_person_name_and_the_visits_text_ids_and_dates_are_removed(tmp_path):
@@ -87,7 +91,7 @@ def test_every_person_name_and_the_visits_text_ids_and_dates_are_removed(tmp_pat
         ModifiedAttributesSequence=_sequence(PatientName="Doe^Maiden"),
         ReasonForTheAttributeModification="CORRECT")
     ds.save_as(path)
-    remove_identity(path)
+    remove_identity(path, KEY)
     out = pydicom.dcmread(path)
     assert str(out.ConsultingPhysicianName) == ""
     assert str(out.VerifyingObserverSequence[0].VerifyingObserverName) == ""
@@ -120,7 +124,7 @@ def test_overlay_planes_and_curves_are_removed_whole(tmp_path):
     ds.add_new((0x5000, 0x0005), "US", 2)                         # CurveDimensions (retired)
     ds.save_as(path)
     before = open_volume(path).read([0])
-    changed = remove_identity(path)
+    changed = remove_identity(path, KEY)
     out = pydicom.dcmread(path)
     assert not [t for t in out.keys() if t.group in (0x5000, 0x6000, 0x6002)]
     with open(path, "rb") as f:
@@ -140,7 +144,7 @@ def test_a_series_keeps_one_study_and_one_series(tmp_path):
                     ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
                     FrameOfReferenceUID="1.9.9", **PERSON)
     before = open_volume(str(folder)).read([0, 1, 2])
-    assert remove_identity(str(folder)) == 3 * (7 + 4)
+    assert remove_identity(str(folder), KEY) == 3 * (7 + 4)
     files = [pydicom.dcmread(str(folder / f"IM{i}")) for i in range(3)]
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         values = {f[key].value for f in files}
@@ -148,6 +152,24 @@ def test_a_series_keeps_one_study_and_one_series(tmp_path):
     assert len({f.SOPInstanceUID for f in files}) == 3
     assert all(str(f.PatientName) == "" for f in files)
     np.testing.assert_array_equal(open_volume(str(folder)).read([0, 1, 2]), before)
+
+
+def test_the_new_uids_lead_back_to_the_originals_only_with_the_protections_key(tmp_path):
+    """Whoever holds the unprotected archive could compute a public function of each
+    archived UID and match the copy's: the replacements are keyed, the same for one key
+    (a resumed protection), unrelated under another and to the keyless derivation."""
+    copies = {}
+    for name, key in (("a", KEY), ("b", KEY), ("c", new_uid_key())):
+        path = str(tmp_path / f"{name}.dcm")
+        write_dicom(path, np.full((4, 4), 7, np.uint16), SOPInstanceUID="1.2.3.4.5.6", **PERSON)
+        remove_identity(path, key)
+        copies[name] = pydicom.dcmread(path)
+    for uid in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        a, b, c = (copies[n][uid].value for n in "abc")
+        assert a == b and a != c, uid
+        original = {"SOPInstanceUID": "1.2.3.4.5.6"}.get(uid, PERSON.get(uid))
+        assert a not in (original, derived_uid(original, DEIDENTIFIED)), uid
+        assert a == derived_uid(original, DEIDENTIFIED, KEY) and len(a) <= 64, uid
 
 
 @pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
@@ -164,7 +186,7 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     path = str(tmp_path / name)
     nib.save(img, path)
     before = open_volume(path).read([0, 1, 2, 3])
-    assert remove_identity(path) == 2 + 2                      # two fields, two extensions
+    assert remove_identity(path, KEY) == 2 + 2                      # two fields, two extensions
     out = nib.load(path)
     assert len(out.header.extensions) == 0
     with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
@@ -177,7 +199,7 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     np.testing.assert_array_equal(open_volume(path).read([0, 1, 2, 3]), before)
     assert sorted(os.listdir(tmp_path)) == [name]              # nothing left beside it
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    assert remove_identity(path) == 0                          # nothing more: not rewritten
+    assert remove_identity(path, KEY) == 0                          # nothing more: not rewritten
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
 
 
@@ -192,7 +214,7 @@ def test_a_file_it_cannot_rewrite_is_an_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(pydicom.Dataset, "save_as", full_disk)
     with pytest.raises(WriteError, match=rf"^{path}: cannot remove the identifying header "
                                          r"data of this protected copy: OSError"):
-        remove_identity(path)
+        remove_identity(path, KEY)
     assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["a.dcm"]
 
 

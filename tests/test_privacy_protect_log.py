@@ -23,6 +23,19 @@ def test_nothing_is_written_before_the_first_image(tmp_path):
     assert not again.finished("a", str(tmp_path / "gone.png"))   # its file was removed
 
 
+def test_the_uid_key_is_made_once_and_kept_for_a_resumed_run(tmp_path):
+    log = ProtectLog.open(str(tmp_path), SETTINGS)
+    other = ProtectLog.open(str(tmp_path / "other"), SETTINGS)
+    assert len(log.uid_key) == 32 and log.uid_key != other.uid_key
+    log.add({"image_id": "a"})
+    assert ProtectLog.open(str(tmp_path), SETTINGS).uid_key == log.uid_key
+    header = json.loads((tmp_path / LOG_NAME).read_text().splitlines()[0])
+    del header["uid_key"]            # a log of before the key: its UIDs cannot be continued
+    (tmp_path / LOG_NAME).write_text(json.dumps(header) + "\n")
+    with pytest.raises(ValueError, match="line 1 is no protect log header .*'uid_key'"):
+        ProtectLog.open(str(tmp_path), SETTINGS)
+
+
 def test_other_settings_are_refused_naming_the_keys(tmp_path):
     ProtectLog.open(str(tmp_path), SETTINGS).add({"image_id": "a"})
     other = {"config": {"perturb": {"epsilon": 0.02, "steps": 40}}, "split": "val"}

@@ -13,9 +13,9 @@ here, after the copy is written, so that a shared folder names nobody:
   (other patient IDs, the request's attributes, the values before an earlier edit),
   private elements, overlay planes and curves (groups 60xx and 50xx: bitmaps and text
   drawn over the image, which the profile removes) are removed; every UID (study,
-  series, instance, frame of reference, the file meta's) is replaced by a UID derived
-  from it, so the slices of a series still belong together and to their study, but the
-  originals cannot be looked up; ``PatientIdentityRemoved`` = YES and
+  series, instance, frame of reference, the file meta's) is replaced by a keyed hash of
+  it (``derived_uids``), so the slices of a series still belong together and to their
+  study, but nobody without the protection's key can link a copy to its original; ``PatientIdentityRemoved`` = YES and
   ``DeidentificationMethod`` say what was done. Pixel-related elements are untouched,
   so the copy decodes as before.
 - NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
@@ -117,19 +117,21 @@ def check_identity_setting(value) -> None:
         raise ValueError(f"metadata.identity={value!r}: expected one of {IDENTITY_SETTINGS}")
 
 
-def remove_identity(path: str) -> int:
+def remove_identity(path: str, uid_key: bytes) -> int:
     """Removes identifying header data from the protected copy at ``path`` (a file, or a
     series / slice folder), rewriting each file all-or-nothing; returns how many data
-    elements or header fields it emptied, removed or replaced. A file it cannot rewrite is
-    a ``WriteError`` naming it."""
+    elements or header fields it emptied, removed or replaced. DICOM UIDs are replaced by
+    keyed hashes under ``uid_key`` (``derived_uids``: one key for a whole protection keeps
+    its studies and series together). A file it cannot rewrite is a ``WriteError`` naming
+    it."""
     try:
         volume = decode.open_volume(path)
         if isinstance(volume, decode.NiftiVolume):
             return _nifti(path)
         if isinstance(volume, decode.DicomFile):
-            return _dicom_file(path)
+            return _dicom_file(path, uid_key)
         if isinstance(volume, decode.DicomSeries):
-            return sum(_dicom_file(f) for f in volume.files)
+            return sum(_dicom_file(f, uid_key) for f in volume.files)
         return 0
     except Exception as e:  # noqa: BLE001 - re-raised naming the file
         raise WriteError(f"{path}: cannot remove the identifying header data of this "
@@ -166,7 +168,7 @@ def _is_overlay_or_curve(tag) -> bool:
                                       for base in OVERLAY_AND_CURVE_GROUPS)
 
 
-def _dicom_file(path: str) -> int:
+def _dicom_file(path: str, uid_key: bytes) -> int:
     import pydicom
     ds = pydicom.dcmread(path)
     changed = [0]
@@ -180,7 +182,7 @@ def _dicom_file(path: str) -> int:
             element.value = ""
             changed[0] += 1
         elif element.keyword in INSTANCE_UIDS and not element.is_empty:
-            element.value = derived_uid(element.value, DEIDENTIFIED)
+            element.value = derived_uid(element.value, DEIDENTIFIED, uid_key)
             changed[0] += 1
 
     before = len(list(ds.iterall()))

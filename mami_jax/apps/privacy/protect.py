@@ -35,6 +35,7 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
                                                    says_burned_in_text)
 from mami_jax.apps.privacy.change_masks import change_mask
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
+from mami_jax.apps.privacy.derived_uids import new_uid_key
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
 from mami_jax.apps.privacy.row_views import PendingRows
@@ -303,7 +304,8 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
     images it already holds (their files still there) is not protected again, a chunk of
     finished rows not even read: a resumed run writes what an uninterrupted one would. With
     a log, the references' embeddings are kept beside ``out_dir`` until the run ends, so a
-    resumed run does not embed them again under every member."""
+    resumed run does not embed them again under every member, and the de-identified UIDs
+    are keyed by the log's secret (without one, by a secret of this call alone)."""
     check_settings(config, targets)
     check_writable(r.path for r in targets)
     check_distinct_copies(targets, manifest_dir, out_dir)
@@ -319,13 +321,15 @@ def protect_rows(rows_all: Sequence[ManifestRow], targets: Sequence[ManifestRow]
              keepers_of(config.perturb, chosen_members))
             for chosen_members, chosen in member_sets(targets, members, modality_members or {})]
     new_rows, records = {}, {}
+    uid_key = log.uid_key if log is not None else new_uid_key()
     finished = _finished(log, targets, manifest_dir, out_dir)
     bar = tqdm(total=len(targets), initial=len(finished), desc="protect", unit="img",
                disable=not progress)
     try:
         for chosen_members, chosen, inputs, keepers in runs:
             _protect_with(inputs, chosen, _Run(chosen_members, keepers, config, manifest_dir,
-                                               out_dir, new_rows, records, bar, log, finished))
+                                               out_dir, new_rows, records, bar, log, finished,
+                                               uid_key))
     finally:                # an interrupted run's bar ends before its message
         bar.close()
     for row in targets:
@@ -363,6 +367,7 @@ class _Run:
     bar: object
     log: ProtectLog | None
     finished: set               # image_ids the log holds, their files still there
+    uid_key: bytes              # keys the de-identified headers' UIDs (derived_uids)
     steps: dict = dataclasses.field(default_factory=dict)   # (modality, view shape) -> functions
 
     @property
@@ -450,7 +455,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                 written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
                                                        out_abs, bound, whole.views,
                                                        value_window)
-                removed = (remove_identity(out_abs) if config.metadata.identity == "remove"
+                removed = (remove_identity(out_abs, run.uid_key)
+                           if config.metadata.identity == "remove"
                            else 0)
                 run.new_rows[row.image_id] = protected_row(row, run.manifest_dir, run.out_dir)
                 record = {"image_id": row.image_id, "modality": modality,

@@ -2,7 +2,10 @@
 that disconnects, a preempted VM) goes on where it stopped instead of starting again.
 
 ``OUT/protect_log.jsonl``: the first line holds the run's settings (the privacy config,
-the models, the input manifest's content and the split); every further line is one
+the models, the input manifest's content and the split) and the secret that keys the
+de-identified headers' UIDs (``derived_uids``: a resumed run must derive the same UIDs, and
+whoever holds the secret can link the copies' UIDs to the originals', so the log, like the
+manifest, stays with the site and is not shared with the images); every further line is one
 finished image's record, appended once its file is written. A run whose settings differ
 from the log's is refused, naming the keys that differ, so one folder never mixes two
 protections. A last line cut short by a crash is no finished image: that image is
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+from mami_jax.apps.privacy.derived_uids import UID_KEY_BYTES, new_uid_key
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
 
@@ -38,8 +42,9 @@ def differing_keys(a: dict, b: dict) -> list[str]:
 class ProtectLog:
     """The finished images of one protection in one output folder (``open``)."""
 
-    def __init__(self, path: str, settings: dict, records: dict[str, dict], cut_short: int):
-        self.path, self.settings = path, settings
+    def __init__(self, path: str, settings: dict, records: dict[str, dict], cut_short: int,
+                 uid_key: bytes):
+        self.path, self.settings, self.uid_key = path, settings, uid_key
         self.records = records          # image_id -> its record, in the order finished
         self.cut_short = cut_short      # 1 when the last line was cut short by a crash
 
@@ -52,13 +57,17 @@ class ProtectLog:
         settings = json.loads(strict_json.dumps(settings, other=str))   # as the file holds it
         path = os.path.join(out_dir, LOG_NAME)
         if not os.path.exists(path):
-            return cls(path, settings, {}, 0)
+            return cls(path, settings, {}, 0, new_uid_key())
         with open(path) as f:
             lines = f.read().split("\n")
         ends_cleanly = lines[-1] == ""
         lines = lines[:-1] if ends_cleanly else lines
         try:
-            logged = json.loads(lines[0])["settings"]
+            header = json.loads(lines[0])
+            logged = header["settings"]
+            uid_key = bytes.fromhex(header["uid_key"])
+            if len(uid_key) != UID_KEY_BYTES:
+                raise ValueError(f"a uid_key of {len(uid_key)} bytes, not {UID_KEY_BYTES}")
         except (IndexError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: line 1 is no protect log header ({e}); remove the file "
                              f"or give another --out") from e
@@ -81,7 +90,7 @@ class ProtectLog:
         if cut_short:                   # appends must start on a line of their own
             with open(path, "r+") as f:
                 f.truncate(len("\n".join(lines[:-1])) + 1)
-        return cls(path, settings, records, cut_short)
+        return cls(path, settings, records, cut_short, uid_key)
 
     def finished(self, image_id: str, written: str) -> bool:
         """Whether ``image_id`` was finished and its file ``written`` is still there."""
@@ -91,7 +100,8 @@ class ProtectLog:
         """Appends one finished image's record, flushed to disk before the next image."""
         line = strict_json.dumps(record, where="record", other=str) + "\n"
         if not os.path.exists(self.path):
-            write_text_atomic(self.path, strict_json.dumps({"settings": self.settings}) + "\n")
+            header = {"settings": self.settings, "uid_key": self.uid_key.hex()}
+            write_text_atomic(self.path, strict_json.dumps(header) + "\n")
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()
