@@ -149,6 +149,32 @@ def test_dicom_keeps_every_tag_and_applies_the_window(tmp_path):
     assert not np.array_equal(out.pixel_array, src.pixel_array)
 
 
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
+def test_pixels_the_files_own_window_clips_show_the_change(tmp_path, function):
+    """A pixel the VOI window clips (rescaled value outside the window) reads 0 or 1
+    however far outside it lies: scaling the change by the window's width left a pixel 300
+    units below the window below it (change lost, 0.07 off), though the protection was
+    measured with it. The copy decodes to original + change on every pixel, inverted
+    (MONOCHROME1) included."""
+    rng = np.random.default_rng(21)
+    a = rng.integers(600, 1600, (16, 16)).astype(np.uint16)     # rescaled 200 ... 2200
+    path = str(tmp_path / "w.dcm")
+    write_dicom(path, a, photometric="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1000,
+                WindowCenter=600, WindowWidth=2001, VOILUTFunction=function)
+    x = open_volume(path).read([0])
+    rescaled = a * 2.0 - 1000
+    clipped = (rescaled < -402) | (rescaled > 1602)            # by more than a stored step
+    assert 50 < clipped.sum() < 200
+    change = np.where(rng.random(x.shape) < 0.5, 0.04, -0.04).astype(np.float32)
+    write_protected(path, [0], change, str(tmp_path / "o.dcm"))
+    back = open_volume(str(tmp_path / "o.dcm")).read([0])
+    want = np.clip(x + change, 0, 1)
+    assert np.abs(back - want)[0, clipped, 0].max() <= 1.01 / 1000      # one stored step
+    assert np.abs(back - want).max() <= 1.01 / 1000
+    moved_in = clipped & (want[0, :, :, 0] != x[0, :, :, 0])
+    assert moved_in.sum() > 20 and (back != x)[0, moved_in, 0].all()
+
+
 @pytest.mark.parametrize("series", [False, True])
 def test_a_dicom_copy_is_a_new_image_of_the_same_study(tmp_path, series):
     """Its pixels differ, so it is a new instance (a PACS that holds the original would

@@ -176,6 +176,19 @@ def dicom_window(x: np.ndarray, center: float, width: float,
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 
+def window_bounds(center: float, width: float,
+                  function: str = "LINEAR") -> tuple[float, float] | None:
+    """(lo, hi): the modality values a straight window (LINEAR, LINEAR_EXACT) maps to 0
+    and 1, reading ``(x - lo) / (hi - lo)`` in between and clipping outside; None for the
+    sigmoid, which clips nowhere, and for a LINEAR window of width 1 (a threshold)."""
+    if function == "LINEAR_EXACT":
+        width = max(float(width), 1e-6)
+        return center - width / 2.0, center + width / 2.0
+    if function == "SIGMOID" or float(width) <= 1.0:
+        return None
+    return center - 0.5 - (width - 1.0) / 2.0, center - 0.5 + (width - 1.0) / 2.0
+
+
 def window_units_per_unit(x: np.ndarray, center: float, width: float,
                           function: str = "LINEAR"):
     """Modality units per unit of display at ``x`` under ``dicom_window``: the inverse of

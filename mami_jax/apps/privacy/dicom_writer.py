@@ -4,10 +4,14 @@ The change of unit pixels goes back through ``data.dicom_pixels``' reading rules
 inverted, so the copy decodes to ``original + change`` (to the stored values'
 rounding):
 
-- grey with a VOI window: ``change * (WindowWidth - 1) / RescaleSlope`` (an enhanced
-  multi-frame object's window and each frame's rescale come from its functional groups);
-  ``WindowWidth`` for a LINEAR_EXACT window, and for a SIGMOID one the inverse of the
-  curve's slope at each pixel (``dicom_pixels.window_units_per_unit``);
+- grey with a VOI window: a straight one (LINEAR, LINEAR_EXACT) inverted as a fixed value
+  window is (below; ``dicom_pixels.window_bounds``), so a pixel the window clips keeps
+  its value unless the change brings it into view, where it is set to the value that
+  shows it (scaling the change alone left such pixels clipped: the file did not hold the
+  change its scores were measured with); a SIGMOID one, which clips nowhere, by the
+  inverse of the curve's slope at each pixel (``dicom_pixels.window_units_per_unit``);
+  then over RescaleSlope (an enhanced multi-frame object's window and each frame's
+  rescale come from its functional groups);
 - grey with a VOI lookup table: ``change`` times the inverse of the table's slope at
   each pixel's value, over RescaleSlope (a flat stretch of the table, where nothing
   shows, is capped at the table's span; ``written_budget`` then checks the file);
@@ -140,6 +144,10 @@ def _scale(ref, frames, padded, value_window=None
                                                       value_window)), None, None
     shown = dicom_pixels.window(ref)
     if shown is not None:
+        bounds = dicom_pixels.window_bounds(*shown)
+        if bounds is not None:
+            return (lambda frame, change: windowed_change(frame[..., 0], sign * change,
+                                                          bounds)), None, None
         return (lambda frame, change: change * sign * dicom_pixels.window_units_per_unit(
             frame[..., 0], *shown)), None, None
     lut = VoiLut.of(ref)
