@@ -5,6 +5,7 @@ the series and for each view read in its own intensity scale; a change that surv
 rounding is written once, as it is."""
 
 import nibabel as nib
+import pytest
 import numpy as np
 
 from mami_jax.apps.privacy.written_budget import rms_change, write_within_budget
@@ -35,7 +36,7 @@ def test_a_coarse_file_is_rewritten_inside_the_budget(tmp_path):
     eps = 0.03
     delta = np.clip(x + smooth_change(x.shape, 0.029), 0, 1) - x
     out = str(tmp_path / "out.nii.gz")
-    written, on_disk = write_within_budget(path, slices, delta, out, eps)
+    written, on_disk, _ = write_within_budget(path, slices, delta, out, eps)
     assert on_disk <= eps * (1 + 1e-4)
     assert on_disk == rms_change(x, open_volume(out).read(slices))
     assert rms_change(0.0, written) < rms_change(0.0, delta)         # it had to shrink
@@ -46,7 +47,7 @@ def test_a_change_that_survives_rounding_is_written_once(tmp_path):
     slices = slice_indices(open_volume(path).num_slices, 2)
     x = open_volume(path).read(slices)
     delta = np.clip(x + smooth_change(x.shape, 0.02), 0, 1) - x
-    written, on_disk = write_within_budget(path, slices, delta, str(tmp_path / "o.nii.gz"), 0.03)
+    written, on_disk, _ = write_within_budget(path, slices, delta, str(tmp_path / "o.nii.gz"), 0.03)
     np.testing.assert_array_equal(written, delta)
     assert abs(on_disk - rms_change(0.0, delta)) < 1e-3
 
@@ -73,7 +74,7 @@ def test_each_view_keeps_the_budget_in_its_own_intensity_scale(tmp_path):
         slope = (x[v].max() - x[v].min()) / (own.max() - own.min())   # view scale -> union
         delta[v] = d * slope
     out = str(tmp_path / "out.nii.gz")
-    written, on_disk = write_within_budget(path, union, delta, out, 0.03, views)
+    written, on_disk, _ = write_within_budget(path, union, delta, out, 0.03, views)
     back = open_volume(out)
     for v in views:
         assert rms_change(volume.read(v), back.read(v)) <= 0.03 * (1 + 1e-4)
@@ -112,3 +113,29 @@ def test_a_view_read_through_a_window_may_change_everywhere():
     assert windowed[0].all() and not windowed[1, 0].any() and windowed[1, 1].all()
     assert (plain == 0).sum() == (windowed == 0).sum() + 4
     assert plain[1, 1, 0, 0, 0] == plain[1, 1, 0, 1, 0] == 0
+
+
+def test_an_linf_budget_holds_pixel_by_pixel_on_disk(tmp_path):
+    """Rounding to the nearest of 256 values put a pixel changed by 0.03 at 8/255 = 0.0314:
+    half the pixels over an L-infinity budget whose RMS check passed. The bound is lowered
+    until no pixel read back exceeds epsilon, and the pixels below the bound keep their
+    change."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    grey = rng.integers(30, 220, (32, 32), dtype=np.uint8)
+    path = str(tmp_path / "g.png")
+    Image.fromarray(grey).save(path)
+    x = (grey.astype(np.float32) / 255)[None, :, :, None]
+    for eps in (0.03, 0.0313, 0.022):       # 0.0313: 8/255 overshoots by 1.8 % of a step
+        sign = np.sign(rng.normal(size=x.shape))
+        delta = (np.where(rng.random(x.shape) < 0.5, 1.0, 0.3) * sign * eps).astype(np.float32)
+        out = str(tmp_path / f"o{eps}.png")
+        plain = write_within_budget(path, [0], delta, out, eps)              # RMS only
+        assert plain.max_abs > eps * (1 + 1e-3) and plain.rms <= eps
+        written, rms, max_abs = write_within_budget(path, [0], delta, out, eps, norm="linf")
+        disk = np.asarray(Image.open(out)).astype(np.float64) / 255 - grey / 255.0
+        assert max_abs == pytest.approx(np.abs(disk).max(), abs=1e-6) and rms <= eps
+        assert np.abs(disk).max() <= eps * (1 + 1e-4)
+        inner = np.abs(delta) < 0.5 * eps
+        np.testing.assert_array_equal(written[inner], delta[inner])
+        assert np.abs(disk).max() >= eps - 1.5 / 255                      # the step below

@@ -167,7 +167,7 @@ def test_the_budget_is_kept_as_read_through_the_window(tmp_path):
     change = _change(x, amplitude=0.05)
     epsilon = rms_change(0.0, change) * 1.001
     out = str(tmp_path / "out.nii.gz")
-    written, on_disk = write_within_budget(path, [0, 1], change, out, epsilon,
+    written, on_disk, _ = write_within_budget(path, [0, 1], change, out, epsilon,
                                            value_window=CT_WINDOW)
     back = open_volume(out, value_window=CT_WINDOW).read([0, 1])
     assert on_disk == pytest.approx(rms_change(x, back), rel=1e-6)

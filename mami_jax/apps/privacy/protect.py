@@ -450,11 +450,11 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                 row = s.row
                 out_abs, _ = output_path(row, run.manifest_dir, run.out_dir)
                 # Region removal is not bounded by the budget; every other method keeps
-                # its PSNR on disk, after the file's rounding.
+                # it on disk, in its norm, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
-                written, on_disk = write_within_budget(row.path, whole.slices, whole.delta,
-                                                       out_abs, bound, whole.views,
-                                                       value_window)
+                written, on_disk, max_on_disk = write_within_budget(
+                    row.path, whole.slices, whole.delta, out_abs, bound, whole.views,
+                    value_window, config.perturb.norm)
                 removed = (remove_identity(out_abs, run.uid_key)
                            if config.metadata.identity == "remove"
                            else 0)
@@ -463,7 +463,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                           "epsilon": epsilon,
                           "score_before": whole.score_before,
                           "score_after": whole.score_after,
-                          "max_abs_change": float(np.abs(written).max()),
+                          "max_abs_change": max_on_disk,
                           "psnr_db": psnr(whole.unit, whole.unit + written),
                           "psnr_db_on_disk": psnr_of_rms(on_disk),
                           "change_scaled_by": ratio_of_changes(written, whole.delta),
