@@ -87,3 +87,33 @@ def test_occlusion_drops_at_the_scale_of_rounding_are_no_cue():
         return params + 3e-6 * region_score(1.0, x, offset, refs, key)
     maps = cues.occlusion_maps(real, 0.5, _image(), np.zeros((1, 3)), _refs(1), 16, 8)
     assert maps[0, 0, TOP:TOP + SIDE, LEFT:LEFT + SIDE].min() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_every_pixel_is_occluded_also_where_the_stride_does_not_reach_the_edge():
+    """30 px, squares of 8 every 4: starts 0 ... 20 left rows and columns 28-29 under no
+    square (their map 0, never picked for removal); a last square flush with each far edge
+    covers them. A stride beyond the patch (gaps between squares) is refused."""
+    assert cues.box_starts(30, 8, 4) == [0, 4, 8, 12, 16, 20, 22]
+    assert cues.box_starts(32, 8, 4) == [0, 4, 8, 12, 16, 20, 24]
+    assert cues.box_starts(6, 8, 4) == [0]
+
+    def corner(params, x, offset, refs, key):        # reads the last two rows and columns
+        return jnp.mean(x[:, :, 28:, 28:, :], axis=(1, 2, 3, 4))
+    x = np.full((1, 1, 30, 30, 3), 0.2, np.float32)
+    x[:, :, 28:, 28:, :] = 0.9
+    maps = cues.occlusion_maps(corner, 1.0, x, np.zeros((1, 3)), _refs(1), patch=8, stride=4)
+    assert maps[0, 0, 28:, 28:].min() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="stride at most the patch"):
+        cues.occlusion_maps(corner, 1.0, x, np.zeros((1, 3)), _refs(1), patch=4, stride=8)
+
+
+def test_an_image_without_other_images_of_its_patient_has_no_gradient_cues():
+    """Matched with nothing but its own original, an image's score is at its maximum at the
+    image: the gradient there is float rounding (6.9e-7 at most on a ViT), which scaled to
+    [0, 1] drew a map of noise. Its map is empty; another image of the batch keeps its own."""
+    refs = _refs(2)
+    refs.mask[1] = 0.0
+    x = np.concatenate([_image(), _image()])
+    maps = cues.gradient_maps(region_score, 1.0, x, np.zeros((2, 3)), refs, smooth=1.0)
+    assert maps[0].max() == pytest.approx(1.0) and not maps[1].any()
+    np.testing.assert_array_equal(cues.has_other_images(refs), [True, False])

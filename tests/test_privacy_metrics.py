@@ -57,6 +57,33 @@ def test_region_mask_fraction_and_diffusion_fill():
         inpaint.region_mask(maps, 1.5)
 
 
+def test_a_slice_without_cues_loses_no_region():
+    """An all-zero map (an image with no other image of its patient under the gradient cue)
+    named no region: its top pixels by a stable sort were the first rows, removed as if they
+    held the identity. Another slice of the same batch keeps its region."""
+    maps = np.zeros((2, 1, 10, 10))
+    maps[1, 0, 5:7, 2:7] = 1.0
+    mask = inpaint.region_mask(maps, 0.1)
+    assert not mask[0].any() and mask[1].sum() == 10
+    x = np.random.default_rng(0).random((2, 1, 10, 10, 1)).astype(np.float32)
+    assert not inpaint.inpaint(x, maps, 0.1, 20)[0].any()
+
+
+def test_the_match_score_of_an_image_alone_is_its_own_similarity_at_any_weight():
+    """The cue maps score with own_weight 0: an image without other images of its patient
+    scored 0 / 0 (NaN) there; it is scored by its own original whatever the weight, and one
+    with other images by their mean plus the weighted own term."""
+    import jax.numpy as jnp
+    from mami_jax.apps.privacy.objective import match_scores
+    e = jnp.asarray([[1.0, 0.0], [0.6, 0.8]])
+    others = jnp.asarray([[[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    mask = jnp.asarray([[1.0, 1.0], [0.0, 0.0]])
+    own = jnp.asarray([[0.8, 0.6], [0.0, 1.0]])
+    for w, first in ((0.0, 0.5), (1.0, (0.5 + 0.8) / 2), (3.0, (0.5 + 3 * 0.8) / 4)):
+        np.testing.assert_allclose(match_scores(e, others, mask, own, w), [first, 0.8],
+                                   rtol=1e-6)
+
+
 def test_logistic_probe_separates_and_auc():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)

@@ -68,6 +68,8 @@ def test_every_shipped_privacy_config_passes(arg):
     ("cues.occlusion_stride=0", "cues.occlusion_stride=0: expected a whole number >= 1"),
     ("cues.smooth=-1.0",
      "cues.smooth=-1.0: expected a Gaussian sigma in pixels >= 0 (0: no smoothing)"),
+    ("cues.occlusion_stride=9", "cues.occlusion_stride=9: expected at most "
+     "cues.occlusion_patch (8): pixels between the squares would never be occluded"),
 ])
 def test_cue_settings_out_of_range_name_their_key(override, message):
     """max_images=0 said 'nothing to embed: no row indices given'; a stride of 0 named no
@@ -116,3 +118,17 @@ def test_privacy_words_that_would_do_nothing_or_contradict_are_refused(arg, mess
     with pytest.raises(ValueError) as e:
         load_config(f"{PRIVACY}:{arg}")
     assert message in str(e.value)
+
+
+def test_a_negative_own_weight_and_gapped_occlusion_for_removal_are_refused():
+    """own_weight -1 divided the match score by zero for every image with other images; an
+    occlusion stride beyond its patch left pixels region removal could never pick."""
+    from mami_jax.apps.privacy.protect import check_settings
+    config = load_config(PRIVACY)
+    apply_overrides(config, ["perturb.own_weight=-1.0"])
+    with pytest.raises(ValueError, match=r"^perturb.own_weight=-1.0: expected a weight >= 0"):
+        check_settings(config, [])
+    config = load_config(PRIVACY + ":inpaint")
+    apply_overrides(config, ["inpaint.cue='occlusion'", "cues.occlusion_stride=16"])
+    with pytest.raises(ValueError, match=r"^cues.occlusion_stride=16: expected at most"):
+        check_settings(config, [])

@@ -318,14 +318,22 @@ def _cues(args, pcfg, rows, targets, member) -> None:
     from mami_jax.apps.privacy.cue_run import read_cue_inputs, write_cues
     from mami_jax.runtime.atomic_files import write_text_atomic
     inputs = read_cue_inputs(rows, targets, member)
+    alone = inputs.without_other_images()
     write_text_atomic(os.path.join(args.out, CUES_RECORD), strict_json.dumps(
         {"model": member.embedder.source, "step": member.embedder.step,
          "manifest": os.path.abspath(args.manifest), "split": args.split,
          "images": [r.image_id for r in targets],
          "files": {r.image_id: file_name(r.image_id) for r in targets},
+         "without_other_images": alone,
          "config": pcfg.to_dict()}, indent=1))
     n = write_cues(inputs, member, pcfg, args.out)
     print(f"wrote cue maps of {n} images to {args.out}")
+    if alone:
+        print(f"warning: {len(alone)} of them ({', '.join(alone[:3])}"
+              f"{', ...' if len(alone) > 3 else ''}) have no other image of their patient "
+              "and modality in the manifest: their maps explain the match with themselves, "
+              "and their gradient maps are empty (cues.json: without_other_images)",
+              file=sys.stderr, flush=True)
 
 
 def _warn_unseen_modalities(targets, experiment, model: str) -> None:

@@ -26,6 +26,9 @@ def check_cue_settings(cfg) -> None:
     for key in ("max_images", "occlusion_patch", "occlusion_stride"):
         require(is_whole(cfg[key]) and cfg[key] >= 1, f"cues.{key}", cfg[key],
                 "a whole number >= 1")
+    require(cfg.occlusion_stride <= cfg.occlusion_patch, "cues.occlusion_stride",
+            cfg.occlusion_stride, f"at most cues.occlusion_patch ({cfg.occlusion_patch}): "
+            "pixels between the squares would never be occluded")
     require(is_number(cfg.smooth) and cfg.smooth >= 0, "cues.smooth", cfg.smooth,
             "a Gaussian sigma in pixels >= 0 (0: no smoothing)")
 
@@ -41,6 +44,17 @@ class CueInputs:
     def row_index(self) -> dict:
         return {r.image_id: i for i, r in enumerate(self.ref_rows)}
 
+    def references(self, source):
+        """The references of one target (``references.build_references``)."""
+        return references.build_references([source], self.embeddings, self.ref_rows,
+                                           self.row_index)
+
+    def without_other_images(self) -> list[str]:
+        """Targets whose patient has no other image of their modality to match against:
+        their gradient maps are empty (``cues.has_other_images``)."""
+        return [s.row.image_id for s in self.sources
+                if not cues.has_other_images(self.references(s))[0]]
+
 
 def read_cue_inputs(rows_all, targets, member) -> CueInputs:
     """Reads ``targets`` and embeds their references under ``member``: the step that meets
@@ -55,13 +69,13 @@ def read_cue_inputs(rows_all, targets, member) -> CueInputs:
 def write_cues(inputs: CueInputs, member, config, out_dir: str, progress: bool = True) -> int:
     """Gradient and occlusion maps of the targets under ``member``; returns the count."""
     data_cfg = member.embedder.data_cfg
-    row_index = inputs.row_index
     for s in tqdm(inputs.sources, desc="cues", unit="img", disable=not progress):
         imap = InputMap(settings_for(data_cfg, s.row.modality), *s.unit.shape[1:3])
-        score = objective.make_score_fn([member], imap, config.perturb, 0)
+        score = objective.make_score_fn([member], imap, config.perturb, 0,
+                                        own_weight=cues.CUE_OWN_WEIGHT)
         x = s.unit[None]
         offset = imap.stain_offset(x)
-        refs = references.build_references([s], inputs.embeddings, inputs.ref_rows, row_index)
+        refs = inputs.references(s)
         maps = {"gradient": cues.gradient_maps(score, [member.params], x, offset, refs,
                                                float(config.cues.smooth))[0],
                 "occlusion": cues.occlusion_maps(score, [member.params], x, offset, refs,
@@ -69,6 +83,9 @@ def write_cues(inputs: CueInputs, member, config, out_dir: str, progress: bool =
                                                  int(config.cues.occlusion_stride))[0]}
         base = os.path.join(out_dir, file_name(s.row.image_id))
         write_atomic(base + ".npz", lambda tmp: np.savez(tmp, slices=s.slices, **maps))
+        alone = "" if cues.has_other_images(refs)[0] else (
+            "; no other image of the patient: matched with itself, no gradient cues")
         cues.overlay_png(base + ".png", s.unit, maps,
-                         f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})")
+                         f"{s.row.image_id} (patient {s.row.patient_id}, {s.row.modality})"
+                         + alone)
     return len(inputs.sources)

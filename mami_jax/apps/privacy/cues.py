@@ -1,13 +1,20 @@
 """Identity-cue maps: which pixels drive the match between an image and its patient.
 
-Both maps explain the match score of ``objective`` (the mean cosine similarity of the
-image's embedding to the patient's other images and to its own original embedding)
-under one model, on the unit pixels the model reads (T, H, W):
+Both maps explain the match score of ``objective`` under one model, on the unit pixels
+the model reads (T, H, W), with the own original's weight at ``CUE_OWN_WEIGHT`` = 0: what
+they show is what matches the image to its patient's *other* images (protection's score
+also holds the similarity to the own original, ``perturb.own_weight``, which changes the
+occlusion map by up to 0.09 and is no cue of identity). An image whose patient has no other
+image of its modality is scored by its own original alone: its occlusion map shows what
+changes its embedding, and its gradient map is empty (``has_other_images``), since that
+score is at its maximum at the image itself and its gradient there is float rounding
+(scaled to [0, 1] it drew noise).
 
 - ``gradient_maps``: |d score / d pixel| summed over colour channels, smoothed with a
   Gaussian of ``smooth`` pixels (a raw gradient is speckled at single-pixel scale);
 - ``occlusion_maps``: the drop of the score when a ``patch`` x ``patch`` square (every
-  ``stride`` pixels, all slices at once) is replaced by the image's mean intensity,
+  ``stride`` pixels, all slices at once, a last row and column of squares flush with the
+  far edges, so every pixel is covered) is replaced by the image's mean intensity,
   averaged over the squares covering each pixel. Slower, but it measures what removing
   a region does rather than a local slope. A drop under ``NOISE_FLOOR`` is float32
   rounding of the network, not a cue, and counts as none: scaled to [0, 1], such drops
@@ -29,6 +36,28 @@ from scipy import ndimage
 NOISE_FLOOR = 1e-6
 
 
+#: The weight of the own original in the score the maps explain (``objective.match_scores``).
+CUE_OWN_WEIGHT = 0.0
+
+
+def has_other_images(refs) -> np.ndarray:
+    """(B,) whether each image of ``refs`` (``references.References``) has another image of
+    its patient to be matched against."""
+    return np.asarray(refs.mask).sum(-1) > 0
+
+
+def box_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Where the occlusion squares start along a side of ``size`` pixels: every ``stride``,
+    and one flush with the far edge where the stride does not reach it."""
+    if patch < 1 or stride < 1 or stride > patch:
+        raise ValueError(f"occlusion patch {patch} and stride {stride}: both must be >= 1 "
+                         "and the stride at most the patch (else pixels between squares "
+                         "are never occluded)")
+    last = max(size - patch, 0)
+    starts = list(range(0, last + 1, stride))
+    return starts if starts[-1] == last else starts + [last]
+
+
 def _normalise(maps: np.ndarray) -> np.ndarray:
     top = maps.reshape(len(maps), -1).max(1)
     return (maps / np.where(top > 0, top, 1.0)[:, None, None, None]).astype(np.float32)
@@ -39,6 +68,7 @@ def gradient_maps(score_fn, params, x, offset, refs, smooth: float) -> np.ndarra
     def total(xx):
         return score_fn(params, xx, offset, refs.arrays(), jax.random.key(0)).sum()
     g = np.abs(np.asarray(jax.jit(jax.grad(total))(jnp.asarray(x)))).sum(-1)
+    g[~has_other_images(refs)] = 0.0
     if smooth > 0:
         g = ndimage.gaussian_filter(g, sigma=(0, 0, smooth, smooth))
     return _normalise(g)
@@ -49,10 +79,7 @@ def occlusion_maps(score_fn, params, x, offset, refs, patch: int, stride: int,
     """(B, T, H, W) occlusion cue maps of unit pixels x (B, T, H, W, C)."""
     x = np.asarray(x, np.float32)
     b, t, h, w, c = x.shape
-    if patch < 1 or stride < 1:
-        raise ValueError(f"occlusion patch {patch} and stride {stride} must be >= 1")
-    tops = list(range(0, max(h - patch, 0) + 1, stride))
-    lefts = list(range(0, max(w - patch, 0) + 1, stride))
+    tops, lefts = box_starts(h, patch, stride), box_starts(w, patch, stride)
     boxes = [(y, z) for y in tops for z in lefts]
     scorer = jax.jit(lambda xx, off, arrays: score_fn(params, xx, off, arrays, jax.random.key(0)))
     out = np.zeros((b, t, h, w), np.float64)

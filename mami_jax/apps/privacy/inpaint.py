@@ -14,7 +14,9 @@ import numpy as np
 
 
 def region_mask(maps: np.ndarray, fraction: float) -> np.ndarray:
-    """(B, T, H, W) bool: the top ``fraction`` of pixels of each slice's map."""
+    """(B, T, H, W) bool: the top ``fraction`` of pixels of each slice's map; none of a
+    slice whose map is all zero (no cue: its top pixels would be the first in memory, a
+    block in the top rows)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"inpaint.region_fraction={fraction}: expected 0 <= fraction < 1")
     b, t, h, w = maps.shape
@@ -24,6 +26,7 @@ def region_mask(maps: np.ndarray, fraction: float) -> np.ndarray:
     if k > 0:
         top = np.argsort(-flat, axis=-1, kind="stable")[..., :k]
         np.put_along_axis(mask, top, True, axis=-1)
+        mask &= (flat.max(-1) > 0)[..., None]
     return mask.reshape(maps.shape)
 
 

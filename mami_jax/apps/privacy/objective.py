@@ -25,12 +25,16 @@ from mami_jax.models.embed import centred
 
 
 def match_scores(embedding, others, mask, own, own_weight):
-    """(B,) match score of unit embeddings (B, C) against their references."""
+    """(B,) match score of unit embeddings (B, C) against their references: the mean
+    similarity to the patient's other images plus ``own_weight`` times that to the own
+    original, over 1 + ``own_weight``; an image without other images is scored by its own
+    original alone, whatever ``own_weight`` (at 0 its score was 0 / 0)."""
     sim = jnp.einsum("bc,bkc->bk", embedding, others)
+    has_others = mask.sum(-1) > 0
     count = jnp.maximum(mask.sum(-1), 1.0)
     score = (sim * mask).sum(-1) / count
-    return (score + own_weight * jnp.sum(embedding * own, -1)) / (
-        (mask.sum(-1) > 0) + own_weight)
+    weight = jnp.where(has_others, own_weight, 1.0)
+    return (score + weight * jnp.sum(embedding * own, -1)) / (has_others + weight)
 
 
 OBJECTIVES = ("similarity", "rank")
@@ -144,7 +148,8 @@ def impostors_needed(cfg_perturb, modality: str | None = None) -> int:
 
 
 def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_target: bool = False,
-                         tokens_fn=None, modality: str | None = None):
+                         tokens_fn=None, modality: str | None = None,
+                         own_weight: float | None = None):
     """(params, x (B,T,H,W,C), offset, ``references.member_refs``, key[, clean]) -> (B,)
     match score of ONE member, averaged over ``views`` random views (views=0: the plain image, no
     randomness). ``with_target``: what protection minimises rather than the match score
@@ -157,7 +162,7 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
 
     Every member of an ensemble has the same model config, so one compiled gradient of
     this function serves them all (``perturb.make_step`` calls it once per member)."""
-    own_weight = float(cfg_perturb.own_weight)
+    own_weight = float(cfg_perturb.own_weight if own_weight is None else own_weight)
     rank = objective_for(cfg_perturb, modality) == "rank" and with_target
     temperature = float(cfg_perturb.get("rank_temperature", 0.1))
     floor = float(cfg_perturb.get("rank_floor", 1.0))
@@ -196,11 +201,14 @@ def make_member_score_fn(embed_fn, input_map, cfg_perturb, views: int, with_targ
     return score
 
 
-def make_score_fn(members, input_map, cfg_perturb, views: int):
+def make_score_fn(members, input_map, cfg_perturb, views: int,
+                  own_weight: float | None = None):
     """(params list, x (B,T,H,W,C), offset, ``References.arrays()``, key) -> (B,)
     match score (``match_scores`` of centred embeddings) averaged over the members (each
-    with its own key) and ``views`` random views (views=0: the plain image)."""
-    fns = [make_member_score_fn(m.embed, input_map, cfg_perturb, views) for m in members]
+    with its own key) and ``views`` random views (views=0: the plain image);
+    ``own_weight`` in place of ``perturb.own_weight`` (the cue maps' 0)."""
+    fns = [make_member_score_fn(m.embed, input_map, cfg_perturb, views, own_weight=own_weight)
+           for m in members]
 
     def score(params_list, x, offset, ref_arrays, key):
         keys = jax.random.split(key, len(fns))

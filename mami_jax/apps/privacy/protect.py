@@ -35,6 +35,7 @@ from mami_jax.apps.privacy.header_identity import (check_identity_setting, remov
                                                    says_burned_in_text)
 from mami_jax.apps.privacy.change_masks import change_mask
 from mami_jax.apps.privacy.model_input import InputMap, read_parts, settings_for
+from mami_jax.apps.privacy.cue_run import check_cue_settings
 from mami_jax.apps.privacy.derived_uids import new_uid_key
 from mami_jax.apps.privacy.protect_log import ProtectLog
 from mami_jax.apps.privacy.quality import psnr, psnr_of_rms
@@ -246,6 +247,9 @@ def check_settings(config, targets: Sequence[ManifestRow]) -> None:
                          "model alone: perturb.ensemble / perturb.modality_ensemble would be "
                          "read and never used; empty them, or use method='both'")
     perturb.check_norm(config.perturb.norm)
+    own_weight = config.perturb.own_weight
+    require(is_number(own_weight) and own_weight >= 0, "perturb.own_weight", own_weight,
+            "a weight >= 0 of the similarity to the own original")
     check_identity_setting(config.metadata.identity)
     check_modality_settings(config.perturb, {r.modality for r in targets})
     check_search(config)
@@ -264,6 +268,7 @@ def check_search(config) -> None:
                 f"a whole number >= 0 (0: the mean fill) (method {config.method!r})")
         require(config.inpaint.cue in CUES, "inpaint.cue", config.inpaint.cue,
                 f"one of {', '.join(CUES)} (method {config.method!r})")
+        check_cue_settings(config.cues)
     name = {"perturb": "perturb", "both": "perturb", "deform": "deform"}.get(config.method)
     if name is None:
         return
@@ -389,11 +394,14 @@ def _protect_with(refs: ProtectionInputs, rows, run: _Run) -> None:
 
 
 def _group_functions(members, keepers, config, modality: str, h: int, w: int, data_cfg):
-    """(input map, budget, the plain score, the ensemble's step, the deformation step) of
-    one modality and view shape: compiled once and kept for every chunk."""
+    """(input map, budget, the plain score, the cue maps' score, the ensemble's step, the
+    deformation step) of one modality and view shape: compiled once and kept for every
+    chunk."""
     imap = InputMap(settings_for(data_cfg, modality), h, w)
     train_score = member_score_fn(members, imap, config.perturb, modality)
     plain_main = jax.jit(objective.make_score_fn(members[:1], imap, config.perturb, 0))
+    cue_score = objective.make_score_fn(members[:1], imap, config.perturb, 0,
+                                        own_weight=cues_lib.CUE_OWN_WEIGHT)
     keep = [(m, k.change_fn(imap, modality, config.perturb, int(config.perturb.views)))
             for m, k in enumerate(keepers)]
     epsilon = epsilon_for(config.perturb, modality)
@@ -403,7 +411,7 @@ def _group_functions(members, keepers, config, modality: str, h: int, w: int, da
     deform_step = (deform_lib.make_step(train_score, h, w, config.deform,
                                         config.perturb.norm, epsilon, *weighting)
                    if config.method == "deform" else None)
-    return imap, epsilon, plain_main, step, deform_step
+    return imap, epsilon, plain_main, cue_score, step, deform_step
 
 
 def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
@@ -415,7 +423,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
         if shape_key not in run.steps:
             run.steps[shape_key] = _group_functions(run.members, run.keepers, config, modality,
                                                     h, w, inputs.data_cfg)
-        imap, epsilon, plain_main, step, deform_step = run.steps[shape_key]
+        imap, epsilon, plain_main, cue_score, step, deform_step = run.steps[shape_key]
         value_window = settings_for(inputs.data_cfg, modality).value_window
         for start in range(0, len(group), size):
             sub = jax.random.fold_in(key, number)
@@ -429,7 +437,7 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
             delta = np.zeros_like(x0)
             mask, owned = change_mask(padded, x0, value_window)
             if config.method in ("inpaint", "both"):
-                maps = _cue_maps(config, plain_main, params[:1], x0, offset, refs.first())
+                maps = _cue_maps(config, cue_score, params[:1], x0, offset, refs.first())
                 delta = inpaint_lib.inpaint(x0, maps, float(config.inpaint.region_fraction),
                                             int(config.inpaint.iterations))
             if config.method == "noise":
