@@ -379,3 +379,17 @@ def test_unretrieved_sibling_read_failures_are_not_logged(caplog):
         unretrieved("a bug elsewhere")
     (logged,) = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert logged.startswith("Task exception was never retrieved") and "a bug elsewhere" in logged
+
+
+def test_the_torch_module_refuses_images_the_flax_model_refuses():
+    """36 px with 8 px patches: the convolution dropped the last 4 rows and columns and
+    returned embeddings of the cropped image, where the Flax model names the shape."""
+    import torch
+    from mami_jax.convert.torch_model import MaMITorch
+    module = MaMITorch(tiny_config())
+    with pytest.raises(ValueError, match=r"^MaMITorch expects images of shape .* multiples "
+                                         r"of patch_size=8; got H=36, W=36"):
+        module(torch.zeros(1, 1, 36, 36, 3))
+    with pytest.raises(ValueError, match=r"got 1 channels"):
+        module(torch.zeros(1, 1, 32, 32, 1))
+    assert module(torch.zeros(1, 1, 32, 32, 3))["embedding"].shape[0] == 1

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mami_jax.image_batch import shape_problem
 from mami_jax.models.config import validate_config
 
 
@@ -221,9 +222,9 @@ class MaMITorch(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict:
         cfg = self.cfg
-        if images.dim() != 5 or images.shape[-1] != 3:
-            raise ValueError(f"MaMITorch expects images of shape (B, T, H, W, 3); got "
-                             f"{tuple(images.shape)}")
+        problem = shape_problem(tuple(images.shape), cfg.patch_size)
+        if problem:      # the convolution would drop the pixels beyond the last whole patch
+            raise ValueError(problem.replace("MaMI expects", "MaMITorch expects"))
         b, t, height, width, _ = images.shape
         n, c = b * t, cfg.width
         grid = (height // cfg.patch_size, width // cfg.patch_size)
