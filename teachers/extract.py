@@ -25,7 +25,10 @@ its own window. ``--value-window ct=-1000,1000`` reads a modality through a fixe
 its stored values instead (Hounsfield units for a CT), as a run that sets
 ``data.modalities.<m>.value_window`` reads it (training's own extraction passes the run's
 windows); ``run.json`` and ``index.json`` record the windows, so a rerun with others is
-refused and training can tell features read another way.
+refused and training can tell features read another way. A teacher with its own window
+(``TeacherSpec.value_window``: CT-FM's Hounsfield units [-1024, 2048], its model card's
+scaling) reads through it whatever the run reads; a row is decoded once per distinct
+window among its teachers.
 """
 
 from __future__ import annotations
@@ -109,14 +112,30 @@ def parse_value_windows(items) -> dict[str, tuple[float, float]]:
     return out
 
 
+def reading_window(spec, run_window):
+    """The value window ``spec`` reads a row through: its own (CT-FM's Hounsfield units)
+    where it has one, else the run's for the row's modality (None: the student's min-max
+    or a DICOM's own window)."""
+    window = spec.value_window or run_window
+    return None if window is None else (float(window[0]), float(window[1]))
+
+
 def _pixels(row, specs, value_window=None) -> dict[str, np.ndarray] | Exception:
-    """The inputs of the pixel teachers ``specs`` for ``row``, decoded once (through
-    ``value_window`` when given); the read error when it cannot be read (raised or
+    """The inputs of the pixel teachers ``specs`` for ``row``, decoded once per distinct
+    window the teachers read it through (``reading_window``; ``value_window`` is the
+    run's for the row's modality); the read error when it cannot be read (raised or
     skipped by the caller, in row order)."""
+    by_window: dict = {}
+    for spec in specs:
+        by_window.setdefault(reading_window(spec, value_window), []).append(spec)
+    inputs: dict[str, np.ndarray] = {}
     try:
-        return teacher_inputs(open_volume(row.path, value_window=value_window).read(None), specs)
+        for window, group in by_window.items():
+            decoded = open_volume(row.path, value_window=window).read(None)
+            inputs.update(teacher_inputs(decoded, group))
     except (DecodeError, OSError) as e:
         return e
+    return inputs
 
 
 def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
@@ -125,13 +144,15 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
                    ) -> tuple[dict[str, dict[str, np.ndarray]], set]:
     """({teacher: {image_id: feature (D,) float32}}, ids skipped as unreadable) of ``rows``.
 
-    Each image is read once for all the teachers that see pixels, in ``read_threads``
+    Each image is read once for all the teachers that see pixels (once per distinct value
+    window among them: ``reading_window``), in ``read_threads``
     threads a few batches ahead of the teachers (decoding and resizing release Python's
     lock; on an accelerator the reading, not the forward pass, is the slow part), and
     each teacher runs on full batches of the rows it applies to. An unreadable image is
     an error naming it, or (``skip_unreadable``) skipped by every teacher. ``progress``
     is a tqdm bar advanced per row and teacher. ``value_windows``: {modality: (lo, hi)},
-    the modalities read through a fixed range (``parse_value_windows``)."""
+    the modalities read through a fixed range (``parse_value_windows``); a teacher with its
+    own ``value_window`` reads through that instead."""
     features: dict[str, dict[str, np.ndarray]] = {t.spec.name: {} for t in teachers}
     skipped: set = set()
     seeing = [t for t in teachers if t.features_for_rows is None]

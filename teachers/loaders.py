@@ -7,6 +7,9 @@ MONAI models are built from their architecture (the registry's arguments, overri
 by a ``config.json`` / ``open_clip_config.json`` beside the weights) and filled with a
 state dict read as data (``safetensors`` or ``torch.load(weights_only=True)``), strictly,
 so a checkpoint of another architecture fails instead of leaving random weights.
+A transformers folder's ``preprocessor_config.json`` sets the teacher's mean/std and its
+resize (``processor_resize``: short side or shape, interpolation, centre crop), so its
+input is what the model's own image processor gives.
 
 Released checkpoints are read in the layout their authors publish: a timm hub folder
 (``config.json`` with ``architecture`` / ``model_args`` / ``pretrained_cfg``, weights in
@@ -173,14 +176,89 @@ def _transformers(spec, path, torch):
                                f"its config.json: {len(missing)} weights missing or of another "
                                f"shape (e.g. {', '.join(sorted(missing)[:3])}); they would be "
                                "random")
-    proc = _folder_json(path, "preprocessor_config.json")
+    proc = _folder_json(path, PROCESSOR_FILE)
     changes = {}
     if "image_mean" in proc and "image_std" in proc:
         changes.update(mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
-    crop = proc.get("crop_size")
-    if isinstance(crop, dict) and "height" in crop:
-        changes["size"] = (int(crop["height"]), int(crop["width"]))
+    changes.update(processor_resize(spec, os.path.join(path, PROCESSOR_FILE), proc))
     return model, (lambda x: model(pixel_values=x).pooler_output), changes
+
+
+#: The image processor's settings in a transformers model folder.
+PROCESSOR_FILE = "preprocessor_config.json"
+
+#: PIL's resampling codes, as image processors save ``resample``, that a teacher's resize
+#: reproduces (torch's antialiased interpolation; nearest without antialiasing).
+PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _hw(value, file: str, key: str) -> tuple[int, int] | None:
+    """``{"height": H, "width": W}`` -> (H, W); None for a dict without them."""
+    if not (isinstance(value, dict) and "height" in value and "width" in value):
+        return None
+    try:
+        return int(value["height"]), int(value["width"])
+    except (TypeError, ValueError):
+        raise TeacherLoadError(f"{file}: {key} {value}: height and width must be "
+                               "integers") from None
+
+
+def _resample(proc: dict, file: str) -> dict:
+    """``resample`` (a PIL code) as the spec's mode; {} when the file has none."""
+    if "resample" not in proc:
+        return {}
+    code = proc["resample"]
+    if type(code) is not int or code not in PIL_RESAMPLE:     # bool is no PIL code
+        raise TeacherLoadError(f"{file}: resample {code!r} is not supported: PIL codes "
+                               f"{', '.join(f'{k} {v}' for k, v in PIL_RESAMPLE.items())}")
+    return {"resample": PIL_RESAMPLE[code]}
+
+
+def _resize_before_crop(proc: dict, file: str, crop: tuple[int, int]) -> dict:
+    """The resize of ``size`` before a centre crop to ``crop`` (the spec's fields)."""
+    size = proc.get("size")
+    if size is None:                 # only a crop: resized straight to it, as before
+        return dict(size=crop, resize_short=0, resize_to=())
+    hw = _hw(size, file, "size")
+    if hw is not None:
+        return dict(size=crop, resize_short=0, resize_to=() if hw == crop else hw)
+    if isinstance(size, dict) and set(size) == {"shortest_edge"} \
+            and type(size["shortest_edge"]) is int and size["shortest_edge"] > 0:
+        return dict(size=crop, resize_short=size["shortest_edge"], resize_to=())
+    raise TeacherLoadError(f"{file}: size {size!r} is not read: give {{\"shortest_edge\": N}} "
+                           "or {\"height\": H, \"width\": W}")
+
+
+def processor_resize(spec: TeacherSpec, file: str, proc: dict) -> dict:
+    """The resize of the image processor settings ``proc`` (read from ``file``) as
+    ``TeacherSpec`` fields (size, resize_short, resize_to, resample), so a teacher is fed
+    what transformers' ``AutoImageProcessor`` of its folder feeds it: ``size`` resized
+    (``{"shortest_edge": N}``: the short side to N, aspect kept; ``{"height", "width"}``:
+    to that shape), then centre-cropped to ``crop_size`` where ``do_center_crop``. A file
+    with ``crop_size`` and no ``size`` resizes straight to the crop; one with neither
+    keeps the registry's resize. Settings that would feed pictures of their own shapes
+    (no resize; a short-side resize without a crop) cannot be batched and are errors."""
+    changes = _resample(proc, file)
+    if proc.get("do_resize") is False:
+        raise TeacherLoadError(f"{file}: do_resize false feeds each picture at its own "
+                               "shape, which cannot be batched; a teacher needs a resize")
+    crop = _hw(proc.get("crop_size"), file, "crop_size")
+    centre_crop = proc.get("do_center_crop", True) is not False
+    if centre_crop and crop is not None:
+        changes.update(_resize_before_crop(proc, file, crop))
+    elif "size" in proc or not centre_crop:
+        hw = _hw(proc.get("size"), file, "size")
+        if hw is None:
+            raise TeacherLoadError(f"{file}: size {proc.get('size')!r} without a centre crop "
+                                   "(do_center_crop false, or no crop_size) gives pictures of "
+                                   "their own shapes, which cannot be batched; give "
+                                   "{\"height\": H, \"width\": W} or a crop_size")
+        changes.update(size=hw, resize_short=0, resize_to=())
+    try:
+        dataclasses.replace(spec, **changes)
+    except ValueError as e:          # e.g. a short side smaller than the crop
+        raise TeacherLoadError(f"{file}: {e}") from None
+    return changes
 
 
 #: Keys of an MAE pretraining checkpoint that belong to its decoder, not to the encoder.

