@@ -43,6 +43,7 @@ import numpy as np
 
 from mami_jax.data.config import windows_as_json
 from mami_jax.data.decode import DecodeError, open_volume
+from mami_jax.data.image_signature import file_stamp
 from mami_jax.data.manifest import MODALITIES, ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.data.teacher_features import RUN_FILE, TeacherFeatureError
@@ -262,6 +263,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     with tqdm(total=work, unit="img", desc=f"teachers shard {shard}/{num_shards}",
               disable=not show_progress, file=sys.stderr) as progress:
         for k in pending:
+            # taken before the read: a file rewritten meanwhile counts as changed
+            stamps = {r.image_id: file_stamp(r.path) for r in chunks[k]}
             per_teacher, skipped = shard_features(teachers, chunks[k], batch_size, device,
                                                   skip_unreadable, progress, read_threads,
                                                   value_windows)
@@ -270,7 +273,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
                 feats = {n: f[row.image_id] for n, f in per_teacher.items() if row.image_id in f}
                 if feats and row.image_id not in skipped:
                     records.append((row.image_id, feats))
-            writer.write_shard(out_dir, k, total_shards, records, sorted(skipped))
+            writer.write_shard(out_dir, k, total_shards, records, sorted(skipped), stamps)
     return writer.write_index_if_complete(out_dir, run_info)
 
 

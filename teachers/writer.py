@@ -7,7 +7,7 @@
 - ``features-KKKKK-of-NNNNN.tfrecord``: ``tf.train.Example`` records (TFRecord framing
   with the ``tfrecord`` package's masked CRC-32C) written under a temporary name and
   renamed when complete (``mami_jax.runtime.atomic_files.write_atomic``); then its
-  sidecar ``.json`` (record count, SHA-256, skipped images). A shard is finished when
+  sidecar ``.json`` (record count, SHA-256, skipped images, each record's file stamp). A shard is finished when
   both exist and agree, and finished shards are never redone.
 - ``index.json`` (and ``skipped.txt`` if images were skipped): written by whichever
   process finds every shard finished; the same content whoever writes it.
@@ -96,8 +96,11 @@ def serialize_example(image_id: str, features: dict[str, np.ndarray]) -> bytes:
 
 
 def write_shard(out_dir: str, shard: int, num_shards: int,
-                records: list[tuple[str, dict[str, np.ndarray]]], skipped: list[str]) -> dict:
-    """Writes one shard and then its sidecar; returns the sidecar.
+                records: list[tuple[str, dict[str, np.ndarray]]], skipped: list[str],
+                stamps: dict[str, str] | None = None) -> dict:
+    """Writes one shard and then its sidecar; returns the sidecar. ``stamps``: each
+    record's ``image_signature.file_stamp`` (kept in the sidecar, so that training can tell
+    features of images rewritten since under the same ids: ``teacher_join``).
 
     TFRecord framing: little-endian uint64 length, its masked CRC-32C, the payload, the
     payload's masked CRC-32C (``tfrecord``'s ``TFRecordWriter.masked_crc``).
@@ -117,7 +120,9 @@ def write_shard(out_dir: str, shard: int, num_shards: int,
                   records=len(records), sha256=tf_files.file_sha256(path),
                   teacher_records={t: sum(t in f for _, f in records)
                                    for t in sorted({t for _, f in records for t in f})},
-                  skipped=sorted(skipped))
+                  skipped=sorted(skipped),
+                  **({tf_files.STAMPS_KEY: {i: stamps[i] for i, _ in records}}
+                     if stamps is not None else {}))
     atomic_files.write_text_atomic(
         os.path.join(out_dir, tf_files.sidecar_name(shard, num_shards)), _dump(side))
     return side

@@ -8,6 +8,7 @@ import pytest
 
 from configs.all import get_config as all_config
 from mami_jax.data import teacher_join
+from mami_jax.data.image_signature import file_stamp
 from mami_jax.data.manifest import read_manifest
 from mami_jax.data.teacher_features import read_index
 from mami_jax.data.pipeline import make_train_loader
@@ -29,9 +30,10 @@ def _vector(image_id, name):
     return np.random.default_rng(seed).normal(size=DIMS[name]).astype(np.float32)
 
 
-def _store(out, rows, drop=()):
+def _store(out, rows, drop=(), stamps=True):
     """A feature folder as teachers.extract writes it, with known vectors; ``drop`` lists
-    (image_id, teacher) pairs left out."""
+    (image_id, teacher) pairs left out; ``stamps``: with the files' stamps (as extraction
+    keeps them), or as a store written before they were kept."""
     run = writer.header(manifest=dict(file="manifest.csv", sha256="0", rows=len(rows)),
                         split=None, rows_per_shard=len(rows), num_shards=1,
                         teachers={n: dict(feature_dim=d, modalities=MODALITIES[n])
@@ -44,7 +46,9 @@ def _store(out, rows, drop=()):
                  if r.modality in MODALITIES[n] and (r.image_id, n) not in drop}
         if feats:
             records.append((r.image_id, feats))
-    writer.write_shard(out, 0, 1, records, [])
+    path = {r.image_id: r.path for r in rows}
+    writer.write_shard(out, 0, 1, records, [],
+                       {i: file_stamp(path[i]) for i, _ in records} if stamps else None)
     writer.write_index_if_complete(out, run)
     return out
 
@@ -185,3 +189,34 @@ def test_features_read_through_other_windows_are_used_with_a_warning(manifest, t
     index["teachers"]["all"] = {"modalities": ["xray", "ct", "mri"]}
     assert teacher_join.other_reading(index, ["all"], {"xray"},
                                       {"ct": (-1000.0, 1000.0)}, folder) is None
+
+
+def test_features_of_images_rewritten_under_the_same_ids_are_refused(manifest, tmp_path, caplog):
+    """Phantoms regenerated with another seed keep their ids: the old features were joined
+    to the new images without a word. The files' stamps kept at extraction tell them apart;
+    check_files=False trusts the ids, and a store without stamps is joined with a line
+    saying it is unchecked. A dataset moved elsewhere keeps its stamps."""
+    import shutil
+    rows = [r for r in read_manifest(manifest) if r.split == "train"]
+    copy = tmp_path / "data"
+    shutil.copytree(os.path.dirname(manifest), copy,
+                    copy_function=shutil.copy2)                 # moved: dates kept
+    moved = read_manifest(str(copy / "manifest.csv"))
+    moved = [r for r in moved if r.split == "train"]
+    folder = _store(str(tmp_path / "f"), rows)
+    cfg = _tf_cfg().data.teacher_features
+    teacher_join.load_table(moved, cfg, folder)                 # same files elsewhere: fine
+    victim = next(r for r in moved if os.path.isfile(r.path))
+    with open(victim.path, "ab") as f:
+        f.write(b"\0")                                          # rewritten: size differs
+    with pytest.raises(teacher_join.TeacherJoinError,
+                       match=rf"the features of 1 images were extracted from other files .*"
+                             rf"{victim.image_id}.*check_files=False"):
+        teacher_join.load_table(moved, cfg, folder)
+    cfg.check_files = False
+    teacher_join.load_table(moved, cfg, folder)
+    cfg.check_files = True
+    old = _store(str(tmp_path / "old"), rows, stamps=False)
+    with caplog.at_level("WARNING"):
+        teacher_join.load_table(moved, cfg, old)
+    assert f"{len(rows)} of {len(rows)} joined images have no file stamp" in caplog.text

@@ -18,6 +18,7 @@ from teachers import extract, registry, writer
 from teachers.loaders import load_teacher, run_batch
 from teachers.preprocess import teacher_input
 from mami_jax.data.decode import decode
+from mami_jax.data.image_signature import file_stamp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,9 +45,9 @@ def test_random_tiny_features_read_back_bit_exact(phantoms, tmp_path, monkeypatc
     written = {}
     real = writer.write_shard
 
-    def capture(out_dir, shard, num_shards, records, skipped):
+    def capture(out_dir, shard, num_shards, records, skipped, stamps):
         written.update((i, f["random_tiny"].copy()) for i, f in records)
-        return real(out_dir, shard, num_shards, records, skipped)
+        return real(out_dir, shard, num_shards, records, skipped, stamps)
 
     monkeypatch.setattr(writer, "write_shard", capture)
     index = extract.run(phantoms, "random_tiny", out, rows_per_shard=10, batch_size=5,
@@ -76,6 +77,11 @@ def test_index_records_teacher_facts(single_run, phantoms):
     for shard in index["shards"]:
         assert tf_files.file_sha256(os.path.join(out, shard["file"])) == shard["sha256"]
     assert sum(s["records"] for s in index["shards"]) == index["records"] == 24
+    # each record's file stamp, taken when it was read: what training checks the files by
+    stamps = tf_files.load_file_stamps(out)
+    rows = {r.image_id: r for r in read_manifest(phantoms)}
+    assert len(stamps) == 24
+    assert all(stamps[i] == file_stamp(rows[i].path) for i in stamps)
 
 
 def test_killed_extraction_resumes_without_redoing_finished_shards(phantoms, single_run, tmp_path,

@@ -106,6 +106,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     t.extract = False  # True: run `python -m teachers.extract` first when dir has no index.json
     t.skip_missing = False  # True: a training image without a feature its teacher owes is
     #                         masked out for that teacher and counted, instead of an error
+    t.check_files = True  # the files behind each joined feature must be those it was
+    #                       extracted from (sizes and modification times, teacher_join.py);
+    #                       False: trust the ids (the same images copied, their dates lost)
     c.num_workers = 0  # grain worker processes; 0 = decode in the main process (threads)
     # Decoded (and stain-normalised) images kept in memory per process, before augmentation
     # (decoded_cache.py): worth it when a dataset is small and read many times. 0 = off.

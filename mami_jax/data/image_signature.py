@@ -48,6 +48,25 @@ def path_signature(path: str) -> str:
     return "\n".join([path] + lines)
 
 
+def file_stamp(path: str) -> str:
+    """A short fingerprint (16 hex digits) of the sizes and modification times of the
+    files behind one image (a folder's files by their names within it, a pair's two
+    halves), not of where they lie: stored features stay valid for a dataset moved
+    elsewhere, and are told apart from images rewritten under the same ids."""
+    if os.path.isdir(path):
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            files += [os.path.join(root, n) for n in sorted(names)]
+    else:
+        stem, ext = os.path.splitext(path)
+        other = PAIRED.get(ext.lower())
+        files = [path] + ([stem + other] if other else [])
+    base = path if os.path.isdir(path) else os.path.dirname(path)
+    lines = [_stat_line(f).replace(f, os.path.relpath(f, base), 1) for f in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def rows_signature(rows: Sequence[ManifestRow]) -> str:
     """sha256 over every row's image id and its files' ``path_signature``, in row order
     (asked many at once on a slow file system, with a bar when that takes long)."""

@@ -50,8 +50,16 @@ def shard_name(shard: int, num_shards: int) -> str:
 
 
 def sidecar_name(shard: int, num_shards: int) -> str:
-    return shard_name(shard, num_shards)[: -len(".tfrecord")] + ".json"
+    return sidecar_of(shard_name(shard, num_shards))
 
+
+def sidecar_of(shard_file: str) -> str:
+    """The sidecar's file name of the shard file ``shard_file``."""
+    return shard_file[: -len(".tfrecord")] + ".json"
+
+
+#: Sidecar key: {image_id: ``image_signature.file_stamp`` of its files when extracted}.
+STAMPS_KEY = "file_stamps"
 
 #: A glob matching every ``sidecar_name``.
 SIDECAR_PATTERN = "features-*-of-*.json"
@@ -217,3 +225,17 @@ def load_features(features_dir: str, teachers: Sequence[str] | None = None,
     return {t: TeacherFeatures(t, infos[t], tuple(ids[t]),
                                np.stack(vecs[t]) if vecs[t] else np.zeros((0, dims[t]), np.float32))
             for t in wanted}
+
+
+def load_file_stamps(features_dir: str) -> dict[str, str]:
+    """{image_id: the ``file_stamp`` its files had when its features were extracted}, from
+    the shards' sidecars; images of shards written before stamps were kept are absent."""
+    stamps: dict[str, str] = {}
+    for shard in read_index(features_dir)["shards"]:
+        side = read_json(os.path.join(features_dir, sidecar_of(shard["file"])))
+        value = side.get(STAMPS_KEY, {})
+        if not isinstance(value, dict):
+            raise TeacherFeatureError(f"{os.path.join(features_dir, sidecar_of(shard['file']))}:"
+                                      f" {STAMPS_KEY} is no object")
+        stamps.update(value)
+    return stamps

@@ -26,6 +26,15 @@ An image of the training split that lacks a feature of a teacher that applies to
 an error giving the count per teacher and a few ids; with ``skip_missing`` it is masked
 out for that teacher and counted (``TeacherTable.missing``).
 
+Features are joined by image id, but an id names a row, not the pixels: phantoms
+regenerated under the same ids, or a study exported again, would take the features of the
+old images without a word. The extraction keeps each image's ``file_stamp`` (sizes and
+modification times of its files) and the join compares it with the files the manifest
+names now (``check_changed_files``): features of changed files are an error naming the
+count and a few ids. ``check_files=False`` trusts the ids (the same images copied without
+their dates); a store extracted before stamps were kept is joined unchecked, with a line
+saying so.
+
 The teachers read the images as the student does: the extraction training starts passes
 the run's value windows (``data.modalities.<m>.value_window``), and features a store
 records reading through other windows (or without them) are used with a warning that
@@ -45,8 +54,11 @@ import numpy as np
 
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data import config as data_config
+from mami_jax.data.file_questions import ask_each
+from mami_jax.data.image_signature import file_stamp
 from mami_jax.data.manifest import ManifestRow
-from mami_jax.data.teacher_features import TeacherFeatureError, load_features, read_index
+from mami_jax.data.teacher_features import (TeacherFeatureError, load_features, load_file_stamps,
+                                            read_index)
 
 #: The loss term that reads the joined features (mami_jax/train/loss_terms.py).
 ALIGN_TERM = "align"
@@ -216,7 +228,30 @@ def load_table(rows: Sequence[ManifestRow], tf_cfg, directory: str) -> TeacherTa
             f"their modality: {'; '.join(problems)}. Extract them, or set "
             "data.teacher_features.skip_missing=True to mask them out for that teacher "
             "and count them")
+    if bool(tf_cfg.get("check_files", True)):
+        check_changed_files([r for i, r in enumerate(rows)
+                             if any(slots[n][i] >= 0 for n in dims)], directory)
     return TeacherTable(tuple(dims), features, slots, missing, directory)
+
+
+def check_changed_files(rows: Sequence[ManifestRow], directory: str) -> None:
+    """Refuses features of ``rows`` whose files changed since extraction (their
+    ``file_stamp`` differs from the one ``directory`` kept); rows without a kept stamp
+    (an older store) are joined unchecked, said in one line."""
+    kept = load_file_stamps(directory)
+    checked = [r for r in rows if r.image_id in kept]
+    if len(checked) < len(rows):
+        logging.warning("%s: %d of %d joined images have no file stamp (extracted before "
+                        "stamps were kept): not checked against their files", directory,
+                        len(rows) - len(checked), len(rows))
+    now = ask_each(checked, lambda r: file_stamp(r.path), "checking the teacher features' files")
+    changed = [r.image_id for r, stamp in zip(checked, now) if stamp != kept[r.image_id]]
+    if changed:
+        raise TeacherJoinError(
+            f"{directory}: the features of {len(changed)} images were extracted from other "
+            f"files than the manifest names now (sizes or modification times differ; e.g. "
+            f"{changed[:_SHOWN_IDS]}): extract them again into a new folder, or set "
+            "data.teacher_features.check_files=False if they are the same images copied")
 
 
 def prepare(config, workdir: str, rows: Sequence[ManifestRow], manifest: str,
