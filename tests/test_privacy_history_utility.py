@@ -330,6 +330,38 @@ def test_an_unfinished_evaluation_says_so():
     assert "Incomplete" not in markdown({"complete": True})
 
 
+def test_a_judge_is_never_scored_on_what_it_learnt_from(tiny, capsys, tmp_path):
+    """--split train scored the probe on the images it was fitted on (AUC 1.0 reported as
+    utility), and so the history classifiers; the classifier a protection kept the
+    diagnosis of judged that protection by its own objective. All refused before any
+    model is read."""
+    without_history = tiny["common"][:tiny["common"].index("--history-classifier")]
+    out = str(tmp_path / "eval")
+    for args, flag in ((without_history + ["--probe-model", tiny["workdir"]], "probe"),
+                       (tiny["common"] + ["--history-model", tiny["workdir"]], "history")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            evaluate(args + ["--split", "train", "--out", out])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "--split train: the " in err and (
+            "their training fit as utility" in err if flag == "history"
+            else "its training fit as utility" in err), err
+    protected = tiny["common"][tiny["common"].index("--protected") + 1]
+    report = os.path.join(os.path.dirname(protected), "protect_report.json")
+    with open(report, "w") as f:
+        json.dump({"split": "test", "kept_classifiers": [os.path.realpath(tiny["clf_dir"])]}, f)
+    try:
+        with pytest.raises(SystemExit) as e:
+            evaluate(tiny["common"] + ["--history-model", tiny["workdir"], "--out", out])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith(
+            f"error: python -m mami_jax.apps.privacy: --history-classifier {tiny['clf_dir']}: "
+            "the protection kept this classifier's diagnosis"), err
+    finally:
+        os.remove(report)
+    assert not os.path.exists(out)
+
+
 def test_privacy_eval_history_classifier_needs_its_model(tiny, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate(tiny["common"] + ["--out", str(tiny["base"] / "eval3")])

@@ -212,6 +212,16 @@ def test_attacker_manifest_command(tmp_path, capsys):
     assert main(args[:-2] + [str(tmp_path / "folder"), "--modalities", "xray"]) == 1
     assert capsys.readouterr().err.strip() == (
         f"error: --out {tmp_path / 'folder'}: is a folder; give the manifest file to write")
+    # copies protected together with the test images (--split all) taught the attacker them
+    (tmp_path / "protect_report.json").write_text('{"split": "all"}')
+    assert main(args + ["--modalities", "xray"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: --protected {tmp_path / 'p.csv'}: protected with --split all, so the copies "
+        "of train were optimised against the evaluation splits' images too (the centre of the "
+        "embeddings, the impostors, the impersonation targets); protect --split train for the "
+        "attacker's training images")
+    (tmp_path / "protect_report.json").write_text('{"split": "train"}')
+    assert main(args + ["--modalities", "xray"]) == 0
 
 
 def test_target_is_the_farthest_other_patient_of_the_modality_and_lowers_the_score():

@@ -41,6 +41,7 @@ import os
 import sys
 
 from mami_jax.apps.model_flag import add_model_flag
+from mami_jax.apps.privacy.protect_report import REPORT_NAME, report_beside
 from mami_jax.config_files import load_config
 from mami_jax.config_overrides import apply_set_flags
 from mami_jax.experiment_config import experiment_spec, load_experiment
@@ -149,7 +150,7 @@ def _check_out(args, rows, targets) -> None:
     else:
         manifest_dir = os.path.dirname(os.path.abspath(args.manifest))
         check_distinct_copies(targets, manifest_dir, os.path.abspath(args.out))
-        names = [LOG_NAME, "manifest.csv", "preview.png", "protect_report.json"] + [
+        names = [LOG_NAME, "manifest.csv", "preview.png", REPORT_NAME] + [
             output_path(r, manifest_dir, os.path.abspath(args.out))[1] for r in targets]
     check_output_folder(args.out, "--out", LOG_NAME if args.command == "protect" else CUES_RECORD)
     refuse_overwriting_inputs([os.path.join(args.out, n) for n in names],
@@ -170,6 +171,13 @@ def _attacker_manifest(args) -> None:
                            "choose another --out")
     splits = [s for s in args.splits.split(",") if s]
     modalities = [m for m in args.modalities.split(",") if m] or None
+    report = report_beside(args.protected)
+    if report is not None and report.get("split") == "all":
+        raise ValueError(
+            f"--protected {args.protected}: protected with --split all, so the copies of "
+            f"{', '.join(splits)} were optimised against the evaluation splits' images too "
+            "(the centre of the embeddings, the impostors, the impersonation targets); "
+            "protect --split train for the attacker's training images")
     rows = attacker_rows(read_manifest(args.manifest), read_manifest(args.protected), splits,
                          source=args.protected, modalities=modalities,
                          original_source=f"--manifest {args.manifest}")
@@ -301,8 +309,11 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment,
               "step": members[0].embedder.step, "manifest": os.path.abspath(args.manifest),
               "split": args.split, "config": pcfg.to_dict(), "images": len(records),
               "mean_score_before": float(before), "mean_score_after": float(after),
-              "unchecked_members": list(unchecked), "records": records}
-    write_text_atomic(os.path.join(args.out, "protect_report.json"),
+              "unchecked_members": list(unchecked),
+              "kept_classifiers": [os.path.realpath(d) for d in
+                                   str(pcfg.perturb.keep_diagnosis or "").split("+") if d],
+              "records": records}
+    write_text_atomic(os.path.join(args.out, REPORT_NAME),
                       strict_json.dumps(report, where="protect_report", other=str, indent=1))
     print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "
           f"mean match score {before:.3f} -> {after:.3f}")

@@ -4,7 +4,10 @@ splits replaced by their protected copies.
 PriCheXy-Net's strongest test is a re-ID model retrained on protected images: an attacker
 who knows the protection, protects their own training images with it and trains on them.
 ``attacker_rows`` builds that training set from the original manifest and a ``protect``
-output (``--split train`` or ``all``): every row of ``splits`` becomes its protected copy
+output of the training split (``--split train``: protected with ``--split all``, the
+training copies would be optimised against the evaluation images too, through the centre of
+the embeddings, the impostors and the impersonation targets, and the ``attacker-manifest``
+command refuses such an output): every row of ``splits`` becomes its protected copy
 (image_id + ``_protected``, its protected path; patient, study, order, modality, dataset,
 view and split unchanged); every other row stays as it was, so evaluation splits keep
 the original images (``modalities`` limits the swap to some modalities, e.g. when only

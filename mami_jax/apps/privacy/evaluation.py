@@ -42,6 +42,7 @@ from mami_jax.apps.privacy.copy_pairs import refuse_unpaired_copies
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
+from mami_jax.apps.privacy.protect_report import kept_classifiers, report_beside
 from mami_jax.config_files import load_config
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.missing_files import refuse_missing_files
@@ -51,6 +52,9 @@ from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
 from mami_jax.runtime.chunk_store import discard_beside
 from mami_jax.runtime.output_guard import check_output_folder, refuse_overwriting_inputs
+
+#: The split of --original the diagnosis probe (--probe-model) is fitted on.
+PROBE_SPLIT = "train"
 
 
 class UsageError(ValueError):
@@ -75,6 +79,10 @@ def checked_arguments(args):
     if args.labels and not (args.history_classifier or args.probe_model):
         raise UsageError("--labels is read by the diagnosis judges, --probe-model or "
                          "--history-classifier; name one, or leave --labels out")
+    if args.probe_model and args.split == PROBE_SPLIT:
+        raise UsageError(f"--split {PROBE_SPLIT}: the diagnosis probe (--probe-model) is fitted "
+                         f"on the {PROBE_SPLIT!r} images; scored on them it would report its "
+                         "training fit as utility; evaluate another split")
     files = [("--original", args.original), ("--protected", args.protected)]
     files += [("--labels", args.labels)] if args.labels else []
     for flag, path in files:
@@ -93,6 +101,19 @@ def checked_arguments(args):
         raise ValueError(f"--history-config {args.history_config}: {e}") from None
     if not args.labels:
         raise UsageError("--history-classifier needs --labels")
+    if args.split == app_cfg.train_split:
+        raise UsageError(f"--split {args.split}: the history classifiers were trained on their "
+                         f"manifest's {app_cfg.train_split!r} images (--history-config's "
+                         "train_split); scored there they would report their training fit as "
+                         "utility; evaluate another split")
+    report = report_beside(args.protected)
+    kept = kept_classifiers(report) if report else set()
+    judged = [d for d in args.history_classifier if os.path.realpath(d) in kept]
+    if judged:
+        raise UsageError(f"--history-classifier {judged[0]}: the protection kept this "
+                         "classifier's diagnosis (perturb.keep_diagnosis of its "
+                         "protect_report.json), so it measures the protection's own objective; "
+                         "judge with a classifier trained apart (another seed or model)")
     if (teacher_name(app_cfg.features) is None and app_cfg.features != READER
             and not args.history_model):
         raise UsageError("--history-classifier needs --history-model (the model its `train` "
@@ -249,7 +270,7 @@ def run(args, app_cfg=None) -> dict:
     refuse_overwriting_inputs(
         [os.path.join(args.out, name) for name in evaluation_report.WRITTEN],
         [args.original, args.protected] + ([args.labels] if args.labels else []), "--out")
-    train = [r for r in original if r.split == "train"]
+    train = [r for r in original if r.split == PROBE_SPLIT]
     labels = probe_labels(args, rows, train)
     refuse_missing_files(rows + prot_rows + (train if labels and args.probe_model else []))
     history = history_classifiers(args, app_cfg)

@@ -56,7 +56,8 @@ def markdown(result: dict) -> str:
         for m, v in hist["auc"].items():
             lines.append(f"| {m} | {_num(v['auc_original'])} | {_num(v['auc_protected'])} | "
                          f"{_pct(v.get('relative_change'))} |")
-    lines += ["", "| modality | PSNR dB (mean) | PSNR dB (min) | unchanged images | SSIM |",
+    lines += ["", "Image quality in the model's view (each image read as the model reads it):", "",
+              "| modality | PSNR dB (mean) | PSNR dB (min) | unchanged images | SSIM |",
               "| --- | --- | --- | --- | --- |"]
     for m, v in result.get("quality", {}).items():
         lines.append(f"| {m} | {v['psnr_db']:.2f} | {v['psnr_db_min']:.2f} | "

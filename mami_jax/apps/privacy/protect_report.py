@@ -1,0 +1,42 @@
+"""What a ``protect`` output says about how its copies were made, read back by the commands
+that use the copies (``attacker-manifest``, ``evaluate``) to refuse measurements the
+protection itself would bias.
+
+``protect`` writes ``protect_report.json`` beside the ``manifest.csv`` of its copies; a
+manifest elsewhere (copies made by another tool) has none, and nothing is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+REPORT_NAME = "protect_report.json"
+
+
+def report_beside(manifest: str) -> dict | None:
+    """The protect report in ``manifest``'s folder, None where there is none; one that is
+    not a JSON object is a ValueError naming it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(manifest)), REPORT_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable as a protect report ({e})") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: not a protect report (a JSON {type(report).__name__})")
+    return report
+
+
+def kept_classifiers(report: dict) -> set[str]:
+    """The real paths of the history classifiers the protection kept the diagnosis of
+    (``perturb.keep_diagnosis``): recorded resolved by ``protect``; a report of before
+    that, its config's entries resolved from the current folder."""
+    listed = report.get("kept_classifiers")
+    if listed is None:
+        config = report.get("config") or {}
+        listed = [d for d in str((config.get("perturb") or {}).get("keep_diagnosis", "") or "")
+                  .split("+") if d]
+    return {os.path.realpath(d) for d in listed}
