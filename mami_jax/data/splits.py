@@ -7,8 +7,15 @@ build the same dataset get the same split without exchanging files.
 
 Rule: u = first 8 bytes of sha256("<dataset>\\x00<patient_id>\\x00<seed>") read as a
 big-endian integer, divided by 2**64, so u is uniform in [0, 1). Splits are laid
-out on [0, 1) in the order the fractions are given; the patient takes the split
-whose interval holds u. Every existing ``split`` value is overwritten.
+out on [0, 1) in the order of their names (test, train, val), whatever order the
+fractions are given in; the patient takes the split whose interval holds u. Every
+existing ``split`` value is overwritten.
+
+Why by name: the data config's ``split_fractions`` is a ConfigDict, which lists its keys
+sorted, while ``--fractions train=0.7,val=0.1,test=0.2`` listed them as typed, so the
+documented defaults written out gave another split than the defaults themselves (half
+the patients moved, a fifth of the test patients into train). Name order is the one the
+defaults always had, so every manifest built with them keeps its split.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ def _check_fractions(fractions: Mapping[str, float]) -> list[tuple[str, float]]:
     total = sum(f for _, f in items)
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"split fractions {dict(items)} sum to {total}, expected 1")
-    return items
+    return sorted(items)
 
 
 def split_of(dataset: str, patient_id: str, fractions: Mapping[str, float], seed: int) -> str:
