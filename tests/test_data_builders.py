@@ -281,6 +281,11 @@ def test_tcga(tmp_path):
     touch(root, "flat", "TCGA-A1-A0SB-11A-01-TS1_1024_2048.jpg")
     touch(root, "flat", "TCGA-B6-A0RE-01Z-00-DX1_0_0.png")
     touch(root, "other", "tile_1.png")
+    # a tiler's "-" before the coordinates: still one study per slide, not one per tile
+    touch(root, "dash", "TCGA-BH-A0B3-01Z-00-DX1-1024-2048.png")
+    touch(root, "dash", "TCGA-BH-A0B3-01Z-00-DX1-0-512.png")
+    # a patient's folder holding several slides' tiles names no slide
+    touch(root, "TCGA-C8-A12P", "5f3e", "0_0.png")
     res = BUILDERS["tcga"](root)
     t = rel(root, table(res))
     assert t == {
@@ -294,8 +299,16 @@ def test_tcga(tmp_path):
             "TCGA-A1-A0SB", "TCGA-A1-A0SB-11A-01-TS1", "", "", "flat/TCGA-A1-A0SB-11A-01-TS1_1024_2048.jpg"),
         "flat/TCGA-B6-A0RE-01Z-00-DX1_0_0": (
             "TCGA-B6-A0RE", "TCGA-B6-A0RE-01Z-00-DX1", "", "", "flat/TCGA-B6-A0RE-01Z-00-DX1_0_0.png"),
+        "dash/TCGA-BH-A0B3-01Z-00-DX1-1024-2048": (
+            "TCGA-BH-A0B3", "TCGA-BH-A0B3-01Z-00-DX1", "", "",
+            "dash/TCGA-BH-A0B3-01Z-00-DX1-1024-2048.png"),
+        "dash/TCGA-BH-A0B3-01Z-00-DX1-0-512": (
+            "TCGA-BH-A0B3", "TCGA-BH-A0B3-01Z-00-DX1", "", "",
+            "dash/TCGA-BH-A0B3-01Z-00-DX1-0-512.png"),
     }
-    assert res.skipped_by_reason() == {"no TCGA barcode (TCGA-XX-XXXX...) in the file or folder names": 1}
+    assert res.skipped_by_reason() == {
+        "no TCGA barcode (TCGA-XX-XXXX...) in the file or folder names": 1,
+        "a TCGA barcode without the slide (TCGA-TSS-participant-sample-portion-slide)": 1}
 
 
 def test_duplicate_image_is_reported_not_dropped_silently(tmp_path):
