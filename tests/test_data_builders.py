@@ -121,16 +121,20 @@ def test_mimic_cxr(tmp_path):
                "Rows", "Columns", "StudyDate", "StudyTime"],
               [["d1", "10000032", "50414267", "CHEST", "PA", 3056, 2544, "21800506", "213014.531"],
                ["d2", "10000032", "53189527", "CHEST", "AP", 3056, 2544, "21800626", "65409.0"],
-               ["d3", "10000033", "50000001", "CHEST", "", 3056, 2544, "", ""]], gz=True)
+               ["d3", "10000033", "50000001", "CHEST", "", 3056, 2544, "", ""],
+               # saved again by pandas: a float date, a lost time (the date still orders it)
+               ["d4", "10000034", "50000002", "CHEST", "PA", 3056, 2544, "21520708.0", "nan"],
+               ["d5", "10000034", "50000003", "CHEST", "PA", 3056, 2544, "2152.5", "1"]], gz=True)
     touch(root, "files", "p10", "p10000032", "s50414267", "d1.jpg")
     res = BUILDERS["mimic_cxr"](root, verify_files=False)
     assert rel(root, table(res)) == {
         "d1": ("10000032", "50414267", "21800506213014", "PA", "files/p10/p10000032/s50414267/d1.jpg"),
         "d2": ("10000032", "53189527", "21800626065409", "AP", "files/p10/p10000032/s53189527/d2.jpg"),
+        "d4": ("10000034", "50000002", "21520708000000", "PA", "files/p10/p10000034/s50000002/d4.jpg"),
     }
-    assert res.skipped_by_reason() == {"no usable StudyDate/StudyTime": 1}
+    assert res.skipped_by_reason() == {"no usable StudyDate/StudyTime": 2}
     res = BUILDERS["mimic_cxr"](root)
-    assert list(table(res)) == ["d1"] and res.missing_files == 1
+    assert list(table(res)) == ["d1"] and res.missing_files == 2
 
 
 def test_padchest(tmp_path):
@@ -208,6 +212,14 @@ def test_oasis(tmp_path):
     touch(root, "OAS30001_MR_d0129", "anat2", "NIFTI", "sub-OAS30001_ses-d0129_run-01_T1w.nii.gz")
     touch(root, "OAS30001_MR_d0129", "func1", "NIFTI", "sub-OAS30001_ses-d0129_task-rest_bold.nii.gz")
     touch(root, "bids", "sub-OAS30001", "ses-d2430", "anat", "sub-OAS30001_ses-d2430_T2w.nii.gz")
+    # BIDS derivatives of that scan: the same acquisition, a trivial match
+    touch(root, "bids", "derivatives", "sub-OAS30001", "ses-d2430", "anat",
+          "sub-OAS30001_ses-d2430_desc-brain_T2w.nii.gz")
+    touch(root, "bids", "sub-OAS30001", "ses-d2430", "anat",
+          "sub-OAS30001_ses-d2430_space-MNI_T2w.nii.gz")
+    # an upper-case Analyze pair
+    touch(root, "OAS2_RAW_PART1", "OAS2_0002_MR1", "RAW", "MPR-1.NIFTI.IMG")
+    touch(root, "OAS2_RAW_PART1", "OAS2_0002_MR1", "RAW", "MPR-1.NIFTI.HDR")
     res = BUILDERS["oasis"](root)
     assert rel(root, table(res)) == {
         "OAS1_0001/MR1/mpr-1": ("OAS1_0001", "MR1", "1", "mpr-1",
@@ -222,8 +234,11 @@ def test_oasis(tmp_path):
                                       "OAS30001_MR_d0129/anat2/NIFTI/sub-OAS30001_ses-d0129_run-01_T1w.nii.gz"),
         "OAS30001/d2430/T2w": ("OAS30001", "d2430", "2430", "T2w",
                                "bids/sub-OAS30001/ses-d2430/anat/sub-OAS30001_ses-d2430_T2w.nii.gz"),
+        "OAS2_0002/MR1/MPR-1": ("OAS2_0002", "MR1", "1", "MPR-1",
+                                "OAS2_RAW_PART1/OAS2_0002_MR1/RAW/MPR-1.NIFTI.IMG"),
     }
     assert res.skipped_by_reason() == {
+        "OASIS-3 derived image (BIDS derivatives/, desc-/space- names); raw scans are used": 2,
         "derived image (PROCESSED/FSL_SEG); raw scans are used": 1,
         "Analyze/NIfTI pair without its .hdr header": 1,
         "OASIS-3 file outside an anat*/ folder (functional/diffusion scans are not used)": 1,

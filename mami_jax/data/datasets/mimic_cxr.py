@@ -20,6 +20,7 @@ skipped (its visit cannot be placed in time).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -31,9 +32,14 @@ _META = re.compile(r"^mimic-cxr-.*metadata\.csv(\.gz)?$")
 
 
 def study_order(date: str, time: str) -> str:
-    """YYYYMMDD + HHMMSS; StudyTime may be "13014.531" (leading zero lost by CSV tools)."""
-    t = int(float(time)) if time.strip() else 0
-    return f"{int(date):08d}{t:06d}"
+    """YYYYMMDD + HHMMSS; StudyTime may be "13014.531" (leading zero lost by CSV tools),
+    StudyDate "21520708.0" (a float column saved again by pandas); a time that is empty or
+    "nan" counts as midnight, the date still orders the study."""
+    t = float(time) if time.strip() else 0.0
+    d = float(date)
+    if not math.isfinite(d) or d != int(d):
+        raise ValueError(f"StudyDate {date!r} is no YYYYMMDD")
+    return f"{int(d):08d}{int(t) if math.isfinite(t) else 0:06d}"
 
 
 def build(root: str, verify_files: bool = True) -> BuildResult:

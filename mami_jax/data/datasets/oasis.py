@@ -14,7 +14,8 @@ One row per raw scan volume (.nii, .nii.gz, or an .img with its .hdr). For
 OASIS-3 only anatomical scans (files under an anat*/ folder) are read. For
 OASIS-1/2 only RAW/ is read; PROCESSED/ and FSL_SEG/ hold images derived from the
 same raw scans (same acquisition: they would be trivial matches) and are reported
-as skipped.
+as skipped, as are OASIS-3's BIDS derivatives (a derivatives/ folder, or desc-/space-
+entities in the name).
 
 Mapping: patient = subject (OAS1_0001, OAS2_0001, OAS30001); study = session (MR1,
 MR2, d0129); order = session number, or days since entry for OASIS-3 (both in time
@@ -37,6 +38,8 @@ _SESSION_3 = re.compile(r"^(OAS3\d{4})_MR_d(\d+)$")
 _BIDS = re.compile(r"^sub-(OAS3\d{4})_ses-d(\d+)_(.+)$")
 _VOLUME = re.compile(r"\.(nii|nii\.gz|img)$", re.IGNORECASE)
 _DERIVED = {"PROCESSED", "FSL_SEG"}
+#: BIDS entities only a derived image carries (a brain mask, a registered copy).
+_BIDS_DERIVED = re.compile(r"(^|_)(desc|space)-")
 
 
 def _volume_stem(name: str) -> str:
@@ -45,7 +48,8 @@ def _volume_stem(name: str) -> str:
 
 def _add(c: Collector, root: str, path: str, subject: str, session: str, order: int, view: str) -> None:
     src = os.path.relpath(path, root)
-    if path.lower().endswith(".img") and not os.path.isfile(os.path.splitext(path)[0] + ".hdr"):
+    stem = os.path.splitext(path)[0]
+    if path.lower().endswith(".img") and not any(os.path.isfile(stem + h) for h in (".hdr", ".HDR")):
         c.skip(src, "Analyze/NIfTI pair without its .hdr header")
         return
     c.add(local_id=f"{subject}/{session}/{view}", patient_id=subject, study_id=session,
@@ -89,8 +93,11 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
                 prefix = f"{subject}_MR{n}_"
                 if view.startswith(prefix):
                     view = view[len(prefix):]
-                view = re.sub(r"(_anon)?(\.nifti)?$", "", view)
+                view = re.sub(r"(_anon)?(\.nifti)?$", "", view, flags=re.IGNORECASE)
                 _add(c, root, path, subject, f"MR{n}", n, view)
+            elif "derivatives" in parts or _BIDS_DERIVED.search(stem):
+                c.skip(os.path.relpath(path, root), "OASIS-3 derived image (BIDS derivatives/, "
+                                                    "desc-/space- names); raw scans are used")
             elif not any(p.lower().startswith("anat") for p in parts):
                 c.skip(os.path.relpath(path, root), "OASIS-3 file outside an anat*/ folder "
                                                     "(functional/diffusion scans are not used)")
