@@ -148,6 +148,7 @@ def test_padchest(tmp_path):
     touch(root, "0", "a.png")
     touch(root, "0", "b.png")
     touch(root, "7", "c.png")  # not in its ImageDir: found by name
+    touch(root, "PADCHEST_README.txt")  # sorts first; no table
     res = BUILDERS["padchest"](root)
     assert rel(root, table(res)) == {
         "a": ("pat1", "st1", "20140101", "PA", "0/a.png"),
@@ -589,3 +590,18 @@ def test_cli_manifest_has_the_umask_permissions(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "new")) == ["m.csv", "m_preview.png"]   # and its picture
     for name in ("m.csv", "m_preview.png"):
         assert os.stat(tmp_path / "new" / name).st_mode & 0o777 == 0o644
+
+
+def test_folders_of_visits_equal_as_numbers_keep_one_order_whatever_the_listing(tmp_path,
+                                                                                 monkeypatch):
+    """visit1 and visit01 compared equal as numbers, so their orders followed os.listdir:
+    the same tree gave another manifest on another file system. Ties go by the names."""
+    root = str(tmp_path)
+    for visit in ("visit1", "visit01", "visit2"):
+        touch(root, "p1", visit, "a.png")
+    first = table(BUILDERS["folders"](root, modality="xray"))
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: sorted(real(p), reverse=True))
+    assert table(BUILDERS["folders"](root, modality="xray")) == first
+    assert {k: v[2] for k, v in first.items()} == {
+        "p1/visit01/a.png": "0", "p1/visit1/a.png": "1", "p1/visit2/a.png": "2"}

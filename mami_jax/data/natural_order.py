@@ -6,8 +6,10 @@ import re
 
 
 def natural_key(name: str):
-    """Sort key treating digit runs as numbers: slice_2 < slice_10."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+    """Sort key treating digit runs as numbers: slice_2 < slice_10; names equal as numbers
+    (visit1, visit01) by the names themselves, so the order never follows the listing."""
+    return ([(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t],
+            name)
 
 
 def examples(names: list[str], shown: int = 3) -> str:

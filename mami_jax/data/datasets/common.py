@@ -257,13 +257,15 @@ def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]
 
 
 def find_one(root: str, names_or_prefixes: tuple[str, ...], *, prefix: bool = False,
-             what: str = "metadata file") -> str:
-    """The first existing file among ``names`` directly in root (or starting with a prefix)."""
+             what: str = "metadata file", suffixes: tuple[str, ...] = ("",)) -> str:
+    """The first existing file among ``names`` directly in root (or starting with a prefix
+    and ending with one of ``suffixes``: a README beside the tables is no table)."""
     entries = sorted(os.listdir(root)) if os.path.isdir(root) else []
     for cand in names_or_prefixes:
         for name in entries:
-            if (name.startswith(cand) if prefix else name == cand) and os.path.isfile(
-                    os.path.join(root, name)):
+            named = (name.startswith(cand) and name.lower().endswith(suffixes) if prefix
+                     else name == cand)
+            if named and os.path.isfile(os.path.join(root, name)):
                 return os.path.join(root, name)
     raise DatasetLayoutError(f"{root}: no {what} found (looked for {list(names_or_prefixes)})")
 

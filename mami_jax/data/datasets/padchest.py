@@ -42,7 +42,7 @@ def _date_column(meta: str) -> str:
 def build(root: str, verify_files: bool = True) -> BuildResult:
     require_root(root)
     c = Collector(NAME, MODALITY, root, verify_files)
-    meta = find_one(root, ("PADCHEST_",), prefix=True)
+    meta = find_one(root, ("PADCHEST_",), prefix=True, suffixes=(".csv", ".csv.gz"))
     c.notes.append(f"metadata: {meta}")
     date_col = _date_column(meta)
     by_name: dict[str, str] | None = None
