@@ -164,6 +164,7 @@ def test_eyepacs(tmp_path):
         touch(root, "train", name)
     touch(root, "test", "1_left.jpeg")
     touch(root, "test", "bad_name.jpeg")
+    touch(root, "train", "10_left.jpeg.txt")       # a note beside an image: counted
     write_csv(os.path.join(root, "trainLabels.csv"), ["image", "level"],
               [["10_left", 0], ["10_right", 0], ["13_left", 1], ["13_right", 2]])
     res = BUILDERS["eyepacs"](root)
@@ -175,7 +176,8 @@ def test_eyepacs(tmp_path):
     }
     assert res.missing_files == 1  # 13_right is in the CSV only
     assert res.skipped_by_reason() == {"file not found": 1,
-                                       "image name is not <patient>_<left|right>.<ext>": 1}
+                                       "image name is not <patient>_<left|right>.<ext>": 1,
+                                       "not an image file": 1}
     res = BUILDERS["eyepacs"](root, verify_files=False)
     assert rel(root, table(res))["train-13_right"] == ("train-13", "right", "0", "right",
                                                        "train/13_right.jpeg")
@@ -253,6 +255,7 @@ def test_ccii_ct(tmp_path):
     touch(root, "NCP", "7", "1301", "0000.jpg")
     touch(root, "CP", "7", "88", "0000.png")  # same number, other class: another patient
     os.makedirs(os.path.join(root, "Normal", "3", "9"))  # empty scan folder
+    touch(root, "ncp", "8", "1200", "0000.png")  # a class misspelt: counted, not dropped
     write_csv(os.path.join(root, "unzip_filenames.csv"), ["zip_file", "label", "patient_id", "scan_id", "n_slice"],
               [["COVID19-1.zip", "NCP", "7", "1234", 2], ["CP-2.zip", "CP", "8", "90", 40]])
     res = BUILDERS["ccii_ct"](root)
@@ -263,7 +266,9 @@ def test_ccii_ct(tmp_path):
     }
     assert res.missing_files == 1
     assert res.skipped_by_reason() == {"scan folder holds no slice images": 1,
-                                       "series folder missing or empty": 1}
+                                       "series folder missing or empty": 1,
+                                       "not a class folder (NCP, CP, Normal; names are "
+                                       "case-sensitive)": 1}
     res = BUILDERS["ccii_ct"](root, verify_files=False)
     assert rel(root, table(res))["CP/8/90"] == ("CP-8", "90", "90", "", "CP/8/90")
 
@@ -302,6 +307,7 @@ def test_tcga(tmp_path):
     touch(root, "dash", "TCGA-BH-A0B3-01Z-00-DX1-0-512.png")
     # a patient's folder holding several slides' tiles names no slide
     touch(root, "TCGA-C8-A12P", "5f3e", "0_0.png")
+    touch(root, "dash", "tiling-log.txt")          # no tile: counted, not silently dropped
     res = BUILDERS["tcga"](root)
     t = rel(root, table(res))
     assert t == {
@@ -324,7 +330,8 @@ def test_tcga(tmp_path):
     }
     assert res.skipped_by_reason() == {
         "no TCGA barcode (TCGA-XX-XXXX...) in the file or folder names": 1,
-        "a TCGA barcode without the slide (TCGA-TSS-participant-sample-portion-slide)": 1}
+        "a TCGA barcode without the slide (TCGA-TSS-participant-sample-portion-slide)": 1,
+        "not an image file": 1}
 
 
 def test_duplicate_image_is_reported_not_dropped_silently(tmp_path):

@@ -42,6 +42,11 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
     c = Collector(NAME, MODALITY, root, verify_files)
     c.label_columns = (LABEL,)
     seen = set()
+    for name in sorted(os.listdir(root)):
+        if (os.path.isdir(os.path.join(root, name)) and name not in CLASSES
+                and not name.startswith(".")):
+            c.skip(name + "/", f"not a class folder ({', '.join(CLASSES)}; names are "
+                               "case-sensitive)")
     for cls in CLASSES:
         cls_dir = os.path.join(root, cls)
         if not os.path.isdir(cls_dir):

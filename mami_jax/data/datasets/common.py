@@ -256,6 +256,10 @@ def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]
                                  f"({type(e).__name__}: {e})") from e
 
 
+#: Why a file of an image folder is no row (a note, a checksum list, a tiler's log).
+NOT_AN_IMAGE = "not an image file"
+
+
 def find_one(root: str, names_or_prefixes: tuple[str, ...], *, prefix: bool = False,
              what: str = "metadata file", suffixes: tuple[str, ...] = ("",)) -> str:
     """The first existing file among ``names`` directly in root (or starting with a prefix

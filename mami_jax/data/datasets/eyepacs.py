@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 
 from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, UnknownLabelError,
-                                           is_image_name, label_error, read_csv, require_root,
+                                           NOT_AN_IMAGE, is_image_name, label_error, read_csv, require_root,
                                            walk_files)
 from mami_jax.data.datasets.eyes import add_eye_image, rel
 
@@ -87,7 +87,9 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
         if not os.path.isdir(folder):
             continue
         for d, name in walk_files(folder):
-            if is_image_name(name):
+            if not is_image_name(name):
+                c.skip(rel(root, os.path.join(d, name)), NOT_AN_IMAGE)
+            else:
                 path = os.path.join(d, name)
                 stem = os.path.splitext(name)[0]
                 add_eye_image(c, part, name, path, rel(root, path), labels(part, stem))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 
 from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, UnknownLabelError,
-                                           is_image_name, label_error, read_csv, require_root,
+                                           NOT_AN_IMAGE, is_image_name, label_error, read_csv, require_root,
                                            walk_files)
 from mami_jax.data.datasets.eyes import EYE_NAME, add_eye_image, rel
 
@@ -149,7 +149,9 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
     for folder, part in folders:
         c.notes.append(f"images: {folder} (part {part})")
         for d, name in walk_files(folder):
-            if is_image_name(name):
+            if not is_image_name(name):
+                c.skip(rel(root, os.path.join(d, name)), NOT_AN_IMAGE)
+            else:
                 path = os.path.join(d, name)
                 m = EYE_NAME.match(name)
                 labels = (annotations.get((int(m.group(1)), m.group(2).lower()))

@@ -29,8 +29,8 @@ from __future__ import annotations
 import os
 import re
 
-from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, is_image_name,
-                                           require_root, walk_files)
+from mami_jax.data.datasets.common import (NOT_AN_IMAGE, BuildResult, Collector, DatasetLayoutError,
+                                           is_image_name, require_root, walk_files)
 
 NAME = "tcga"
 MODALITY = "pathology"
@@ -54,10 +54,11 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
     require_root(root)
     c = Collector(NAME, MODALITY, root, verify_files)
     for d, name in walk_files(root):
-        if not is_image_name(name):
-            continue
         path = os.path.join(d, name)
         src = os.path.relpath(path, root)
+        if not is_image_name(name):
+            c.skip(src, NOT_AN_IMAGE)
+            continue
         names = [os.path.splitext(name)[0]] + list(
             reversed(os.path.relpath(d, root).split(os.sep)))
         barcode = next((b for b in map(slide_barcode, names) if b is not None), None)
