@@ -7,8 +7,9 @@ EyePACS and ODIR-5K photograph both eyes of each patient at one visit. Two decis
   separate acquisitions asks the model to match a patient's left eye to the right eye,
   the re-identification task these datasets support. Both eyes share order 0.
 - The patient id is prefixed with the release part the image came from (``train-10``,
-  ``test-10``): the challenges split patients between parts and numbered the parts
-  separately, so a bare number could join two different people.
+  ``test-10``): the challenges split patients between parts, and a number both parts
+  held would join two different people; where the parts share no number, the prefix
+  costs nothing.
 """
 
 from __future__ import annotations
