@@ -196,7 +196,7 @@ class Embedder:
         the images as given: no symmetry averaging. Evaluation embeds the modalities with
         ``data.modalities.<m>.eval_symmetry`` (pathology) as the mean over the 8 symmetries
         of the square, and so do ``embed_rows`` and ``embed_files``; compare embeddings made
-        the same way (for pathology, cosine 0.98-0.99 between the two of one tile)."""
+        the same way."""
         images = checked_batch(images, self.model_cfg.patch_size)
         return np.array(jax.device_get(self.embed_batch({"images": images})), np.float32)  # writable
 
