@@ -195,6 +195,10 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
     assert all(v["matched_after"] == v["matched_before"] for v in patients)
     matched = sum(v["matched_after"] for v in patients)
     assert matched / 12 == pytest.approx(attack["rank1_after"])
+    # its interval, from a bootstrap over those patients, holds it (copies = originals: the
+    # same interval before and after)
+    lo, hi = attack["rank1_after_ci95"]
+    assert lo <= attack["rank1_after"] <= hi and attack["rank1_before_ci95"] == [lo, hi]
     for rep in hist.values():
         xray = rep["auc"]["xray"]
         assert xray["images"] == 12 and xray["class_counts"] == [7, 5]
@@ -203,6 +207,7 @@ def test_privacy_eval_reports_the_history_classifier(tiny):
     with open(os.path.join(out, "privacy_eval.md")) as f:
         text = f.read()
     assert "history diagnosis classifier" in text
+    assert f"{attack['rank1_after']:.3f} [{lo:.3f}, {hi:.3f}]" in text
     still = sum(1 for v in patients if v["matched_after"])
     assert (f"tiny, {group}: {still} of {len(patients)} patients still matched" in text) == bool(still)
     from PIL import Image

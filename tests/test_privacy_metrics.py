@@ -161,3 +161,17 @@ def test_image_quality_leaves_unchanged_images_out_of_the_mean_psnr(tmp_path):
     assert got["xray"]["psnr_db_min"] == pytest.approx(want, abs=0.01)
     assert got["xray"]["unchanged"] == 1 and got["mean"]["unchanged"] == 1
     assert got["mean"]["psnr_db"] == pytest.approx(want, abs=0.01)
+
+
+def test_the_rank1_interval_resamples_patients_not_queries():
+    """Ten patients of two queries each, half matched on both, half on neither: Rank-1
+    0.5. Patients, not queries, are what vary: the interval is that of a mean of ten
+    0/1 draws (about +-0.31), wider than twenty independent queries would give (+-0.22)."""
+    patients = ([{"queries": 2, "matched_after": 2}] * 5 + [{"queries": 2, "matched_after": 0}] * 5)
+    lo, hi = attack_eval.rank1_interval(patients)
+    assert lo < 0.5 < hi and 0.5 < hi - lo < 0.8
+    assert attack_eval.rank1_interval([{"queries": 3, "matched_after": 3}] * 4) == [1.0, 1.0]
+    assert attack_eval.rank1_interval([]) is None
+    uneven = [{"queries": 9, "matched_after": 9}, {"queries": 1, "matched_after": 0}]
+    lo, hi = attack_eval.rank1_interval(uneven)         # weighted by queries: 0.9 overall
+    assert lo == 0.0 and hi == 1.0

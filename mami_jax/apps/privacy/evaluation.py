@@ -291,7 +291,12 @@ def run(args, app_cfg=None) -> dict:
         e_prot, f_prot = features(emb, prot_rows, f"{name}, protected")
         result["attack"][name] = attack_eval.attack_report(e_orig, e_prot, rows)
         result["attack"][name]["source"] = {"model": model, "step": emb.step, "config": spec}
-        result.setdefault("patients", {})[name] = attack_eval.patient_report(e_orig, e_prot, rows)
+        patients = attack_eval.patient_report(e_orig, e_prot, rows)
+        result.setdefault("patients", {})[name] = patients
+        for group, entries in patients.items():
+            for when in ("before", "after"):
+                result["attack"][name][group][f"rank1_{when}_ci95"] = \
+                    attack_eval.rank1_interval(entries, f"matched_{when}")
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
         probe_feats[model] = (emb, f_orig, f_prot)
         evaluation_report.save(result, args.out)

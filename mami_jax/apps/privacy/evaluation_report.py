@@ -17,6 +17,13 @@ REPORT = "privacy_eval.json"
 WRITTEN = (REPORT, "privacy_eval.md", "privacy_rank1.png", "privacy_utility.png")
 
 
+def _with_interval(values: dict, key: str) -> str:
+    """``values[key]`` and, where measured, its interval ``values[key + "_ci95"]``."""
+    interval = values.get(key + "_ci95")
+    shown = f"{values[key]:.3f}"
+    return shown if not interval else f"{shown} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def markdown(result: dict) -> str:
     """The tables of ``result``: attack per model and modality, the patients still matched,
     the diagnosis probes and classifiers, image quality; headed by a warning until the
@@ -24,14 +31,17 @@ def markdown(result: dict) -> str:
     lines = [] if result.get("complete", True) else [
         "**Incomplete**: the evaluation was still running, or stopped, when this was written; "
         "the tables below hold what was measured by then.", ""]
-    lines += ["| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["Rank-1 with its 95 % interval from a bootstrap over patients; the mean row "
+              "averages the groups.", "",
+              "| model | group | chance R1 | R1 before | R1 after | AUC before | AUC after |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, rep in result.get("attack", {}).items():
         for g, v in rep.items():
             if g == "source":
                 continue
-            lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | {v['rank1_before']:.3f} | "
-                         f"{v['rank1_after']:.3f} | {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
+            lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | "
+                         f"{_with_interval(v, 'rank1_before')} | {_with_interval(v, 'rank1_after')} "
+                         f"| {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
     for name, rep in result.get("patients", {}).items():
         for g, patients in rep.items():
             kept = [v for v in patients if v["matched_after"]]
