@@ -101,9 +101,21 @@ def _modalities(attacks) -> list:
                    if g not in ("mean", "source")})
 
 
+def _whiskers(rep: dict, groups, key: str):
+    """(2, n) distances from each group's ``key`` to the ends of its interval
+    (``key + "_ci95"``), or None where a group has none (reports of before intervals)."""
+    intervals = [rep[g].get(key + "_ci95") for g in groups]
+    if not intervals or any(i is None for i in intervals):
+        return None
+    values = np.asarray([rep[g][key] for g in groups])
+    ends = np.asarray(intervals, np.float64).T
+    return np.maximum(np.stack([values - ends[0], ends[1] - values]), 0.0)
+
+
 def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     """Grouped bars: per re-ID model (``attack``: name -> ``attack_eval.attack_report``),
-    Rank-1 before and after protection for each modality, with chance and twice chance."""
+    Rank-1 before and after protection for each modality, with chance and twice chance;
+    whiskers: the 95 % intervals over patients, where the report holds them."""
     plt = _plt()
     names = list(attack)
     groups = _modalities([attack])
@@ -115,8 +127,10 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
         x = np.arange(len(gs))
         before = [rep[g]["rank1_before"] for g in gs]
         after = [rep[g]["rank1_after"] for g in gs]
-        ax.bar(x - 0.2, before, 0.4, label="original queries", color="#7f9fbf")
-        ax.bar(x + 0.2, after, 0.4, label="protected queries", color="#d0624a")
+        ax.bar(x - 0.2, before, 0.4, label="original queries", color="#7f9fbf",
+               yerr=_whiskers(rep, gs, "rank1_before"), error_kw={"lw": 0.8})
+        ax.bar(x + 0.2, after, 0.4, label="protected queries", color="#d0624a",
+               yerr=_whiskers(rep, gs, "rank1_after"), error_kw={"lw": 0.8})
         for i, g in enumerate(gs):
             c = rep[g]["chance_rank1"]
             ax.plot([i - 0.45, i + 0.45], [c, c], "k:", lw=1)
@@ -125,7 +139,7 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
         ax.set_xticklabels([g.split("/")[-1] for g in gs], fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(name, fontsize=8)
-    axes[0, 0].set_ylabel("Rank-1 (dotted: chance, dashed: 2x chance)", fontsize=8)
+    axes[0, 0].set_ylabel("Rank-1, 95% interval\n(dotted: chance, dashed: 2x chance)", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
     if title:
