@@ -281,3 +281,36 @@ def test_bad_input_is_one_error_line(setup, capsys, argv, message):
     assert main([a.format(**s) for a in argv]) == 1
     lines = _err(capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_a_query_embeds_as_the_archive_did(setup, capsys, tmp_path, monkeypatch):
+    """With eval_symmetry (the paper's config turns it on for pathology) the archive holds
+    the mean over the square's 8 symmetries, and query embedded one view: an archived
+    image's query vector was not its own stored vector (relative difference 0.25-0.33).
+    Now the query's vector, prepared as the archive prepares its rows, is the stored one."""
+    from mami_jax.apps.history import commands, hubness
+    from mami_jax.apps.history.visit_fusion import VisitFusion
+    s = setup
+    config = tmp_path / "symmetric.py"
+    config.write_text(open(s["config"]).read().replace(
+        "    return c", "    c.data.modalities.xray.eval_symmetry = True\n    return c"))
+    index = str(tmp_path / "index")
+    assert main(["index", "--workdir", s["run"], "--config", str(config), "--manifest",
+                 s["first"], "--out", index, "--app-config", s["app"]]) == 0
+    seen = {}
+
+    class Spy(VisitFusion):
+        def __init__(self, archive, rows, vectors, *args, **kwargs):
+            seen["vectors"] = np.asarray(vectors)
+            super().__init__(archive, rows, vectors, *args, **kwargs)
+
+    monkeypatch.setattr(commands, "VisitFusion", Spy)
+    archive = Archive.load(index)
+    position = next(i for i, r in enumerate(archive.rows) if r.order == "1")
+    q = archive.rows[position]
+    assert main(["query", "--index", index, "--image", q.path, "--png",
+                 str(tmp_path / "q.png"), "--app-config", s["app"]]) == 0
+    capsys.readouterr()
+    stored = hubness.stored_vectors(archive.indexes[q.modality], archive.kind)
+    mine = archive.prepare_rows([q], seen["vectors"][:1])[0]
+    np.testing.assert_allclose(mine, stored[archive.slot(position)], atol=2e-5)

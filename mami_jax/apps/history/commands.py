@@ -312,10 +312,11 @@ def query(args) -> int:
     check_picture_file(png, flag)
     model = _load_model(archive, source, where)
     image = model.embedder.preprocess(row)
-    emb = model.embedder.embed(image[None])
+    # embedded as the archive's images were (``embed_rows``: symmetry-averaged where the
+    # modality's eval_symmetry says so), or an archived image would not find itself
+    vectors = model.embeddings([row] + (mates if by_visit else []), progress=False)
+    emb = vectors[:1]
     if by_visit:
-        vectors = np.concatenate([emb] + [model.embedder.embed(model.embedder.preprocess(m)[None])
-                                          for m in mates])
         fusion = VisitFusion(archive, [row] + mates, vectors,
                              stats_from_calibration(archive.calibration),
                              shortlist=int(cfg.visit_shortlist))
