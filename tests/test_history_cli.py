@@ -56,8 +56,13 @@ def test_index_query_add(setup, capsys, tmp_path, monkeypatch):
     (line,) = _err(capsys)
     assert line.startswith("error: adding ") and "made by another model" in line
     assert sorted(os.listdir(index)) == before
+    capsys.readouterr()
     assert main(["add", "--index", index, "--manifest", s["last"]]) == 0
     assert len(Archive.load(index)) == len(read_manifest(s["manifest"]))
+    added = len(read_manifest(s["last"]))
+    assert (f"warning: the thresholds (and visit scores' impostor statistics) stay those index "
+            f"calibrated on {len(read_manifest(s['first']))} images; with {added} more"
+            ) in capsys.readouterr().err
     assert main(["add", "--index", index, "--manifest", s["last"]]) == 1
     (line,) = _err(capsys)
     assert line.startswith("error: ") and "already in" in line

@@ -43,7 +43,9 @@ then no longer cosines (they lie in [-4, 2]), thresholds are calibrated on the s
 scores, and ranking re-scores the ``hubness_shortlist`` best candidates by cosine (a
 re-ranking, exact when the shortlist holds the partition). ``add`` recomputes every density
 of the modalities it extends (one search per archived image, at the index's own speed), so
-an extended archive scores as if built at once.
+an extended archive's scores are those of one built at once; its centres, thresholds and
+visit-fusion impostor statistics stay those fitted at ``index`` (the archive does not keep
+the raw embeddings they were fitted on), and ``add`` says so.
 
 Adding refuses embeddings of another model (``check_model``) and image ids already
 archived, so one archive never mixes two embedding spaces or counts an image twice.

@@ -18,6 +18,7 @@ command may write (docs/history.md, "Where the commands write"):
 from __future__ import annotations
 
 import math
+import sys
 import os
 
 from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
@@ -268,6 +269,12 @@ def _add(args) -> int:
     store.discard()
     print(f"archive {os.path.abspath(args.index)}: added {len(rows)} images, now {len(archive)}")
     _say_records(archive, len(rows), recorded)
+    if archive.calibration:
+        print(f"warning: the thresholds (and visit scores' impostor statistics) stay those index "
+              f"calibrated on {len(archive) - len(rows)} images; with {len(rows)} more "
+              "impostors and their densities the false-accept rate at them may differ: build "
+              "the archive again with index over every image to calibrate it anew",
+              file=sys.stderr, flush=True)
     return 0
 
 
