@@ -45,6 +45,11 @@ def test_the_rule():
     assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", ""))
     assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "8"))
     assert not is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "7"))
+    # an archived image without an order cannot be shown earlier than a dated new image,
+    # however the date is written (it was earlier than 2019-03-01 and not than 20190301)
+    for when in ("2019-03-01", "20190301", "3"):
+        assert not is_history(_row("m", "p", "s1", ""), _row("new", "", "", when)), when
+    assert is_history(_row("m", "p", "s1", ""), _row("new", "", "", ""))
 
 
 def test_future_images_never_returned_even_when_most_similar():

@@ -102,7 +102,8 @@ def test_fit_stats_reads_the_calibration_split_against_other_patients():
 
 
 def test_a_query_visit_from_the_archive_or_from_new_images(tmp_path):
-    from mami_jax.apps.history.query_rows import query_row, visit_mates
+    from mami_jax.apps.history.query_rows import (keyed_to, placed_by_mates, query_row,
+                                                  visit_mates)
     keys = list(EMBEDDINGS)
     rows = []
     for p, v, m in keys:
@@ -131,9 +132,26 @@ def test_a_query_visit_from_the_archive_or_from_new_images(tmp_path):
     alone = VisitFusion(archive, [new], EMBEDDINGS[("A", 1, "xray")][None],
                         stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)}).retrieve([0], 1, 1.0)[0]
     assert archive.rows[alone[0].position].patient_id == "B"
-    # an archived image given with --with joins the new visit, keyed to it
-    (joined,) = visit_mates(archive, new, [rows[1].path])
-    assert joined.image_id == "A_ct_v1" and visit_key(joined) == visit_key(new)
+    # an archived image given with --with places the new image in its visit (A, visit 1)
+    (mate,) = visit_mates(archive, new, [rows[1].path])
+    placed = placed_by_mates(new, [mate])
+    (joined,) = keyed_to(placed, [mate])
+    assert joined.image_id == "A_ct_v1" and visit_key(joined) == visit_key(placed)
+    assert (placed.dataset, placed.patient_id, placed.order) == (mate.dataset, "A", "1")
+    # so A's own visit 1 is no history of it: left a stranger, the archived A_xray_v1 of
+    # that very visit came first, its score holding A_ct_v1 compared with itself
+    stranger = query_row(archive, str(tmp_path / "new_xray.png"), "xray", "")
+    for query, first in ((stranger, "A_xray_v1"), (placed_by_mates(stranger, [mate]), None)):
+        found = VisitFusion(archive, [query] + keyed_to(query, [mate]),
+                            np.stack([EMBEDDINGS[("A", 1, "xray")], EMBEDDINGS[("A", 1, "ct")]]),
+                            stats={"xray": (0.0, 1.0), "ct": (0.0, 1.0)}).retrieve([0], 5, 1.0)[0]
+        ids = [archive.rows[m.position].image_id for m in found]
+        assert (ids[0] == first) if first else all(
+            archive.rows[m.position].patient_id != "A" or archive.rows[m.position].order < "1"
+            for m in found), ids
+    with pytest.raises(ValueError, match="--order 2: the archived --with images are of the "
+                                         "visit of order '1'"):
+        placed_by_mates(query_row(archive, str(tmp_path / "new_xray.png"), "xray", "2"), [mate])
     with pytest.raises(ValueError, match="not in the archive: give it as MODALITY=PATH"):
         visit_mates(archive, new, [str(tmp_path / "new_ct.png")])
     with pytest.raises(ValueError, match="modality 'mri': the archive holds no such images"):

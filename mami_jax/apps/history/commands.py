@@ -25,7 +25,7 @@ from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, m
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.history.history_select import retrieve
-from mami_jax.apps.history.query_rows import query_row, visit_mates
+from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
@@ -297,6 +297,8 @@ def query(args) -> int:
                          f"visit_fusion=0 or without calibration); index it again to score "
                          f"visits")
     mates = visit_mates(archive, row, args.with_images or []) if by_visit else []
+    row = placed_by_mates(row, mates)
+    mates = keyed_to(row, mates)
     if args.threshold is not None:
         threshold = float(args.threshold)
     elif row.modality in archive.calibration:

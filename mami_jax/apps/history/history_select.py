@@ -19,7 +19,7 @@ and not of the query's own study (nor the query itself), and
 
 A query from outside the archive (the ``query`` command: no patient) is newer than
 everything archived; given an ``--order`` it excludes the archived images that are not
-earlier, whoever's they are.
+earlier, whoever's they are, and those without an order (which cannot be shown earlier).
 
 ``retrieve`` applies the rule to the archive's ranked candidates: it asks the index for
 more candidates than ``k`` (doubling until ``k`` pass the rule or the partition is
@@ -47,7 +47,10 @@ def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
     if candidate.study_key == query.study_key:
         return False
     if not query.patient_id:        # a new image: no patient, its order (if any) is a time
-        return not query.order or order_key(candidate.order) < order_key(query.order)
+        # an archived image without an order cannot be shown earlier (order_key put "" after
+        # every number and before every text: earlier than 2019-03-01, not than 20190301)
+        return not query.order or (bool(candidate.order)
+                                   and order_key(candidate.order) < order_key(query.order))
     if candidate.patient_key != query.patient_key:
         return True
     if not candidate.order or not query.order:

@@ -84,7 +84,7 @@ def _check_order(archive, modality: str, order: str) -> None:
 def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[ManifestRow]:
     """The other images of ``query``'s visit: its archived visit-mates (when it is
     archived), then each ``--with`` image (``PATH`` of an archived image or
-    ``MODALITY=PATH``), all keyed to the query's visit so that they count as its mates."""
+    ``MODALITY=PATH``), as the archive holds them (``keyed_to`` makes them the query's)."""
     key = visit_key(query)
     mates = [r for r in archive.rows
              if visit_key(r) == key and r.image_id != query.image_id] if query.dataset != "query" else []
@@ -112,5 +112,36 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
                              f"only, so it would count for nothing (query it on its own "
                              f"instead)")
         mates.append(row)
+    return mates
+
+
+def keyed_to(query: ManifestRow, mates: Sequence[ManifestRow]) -> list[ManifestRow]:
+    """``mates`` keyed to ``query``'s visit, so that they count as its mates."""
     return [m.replace(dataset=query.dataset, patient_id=query.patient_id, order=query.order)
             for m in mates]
+
+
+def placed_by_mates(query: ManifestRow, mates: Sequence[ManifestRow]) -> ManifestRow:
+    """A new query image placed in the archived visit that its archived ``--with`` images
+    belong to (their dataset, patient and order; ``mates`` as ``visit_mates`` got them, before
+    re-keying), so the history rule treats it as that patient's: their own visit, and any
+    later one, is no earlier history of it. Left a stranger, it had that very visit
+    returned as its earliest match, scored with each archived mate compared with itself.
+    An archived query, or one without archived mates, is returned as it is; mates of two
+    visits, or an ``--order`` other than theirs, are a ValueError."""
+    if query.dataset != "query":
+        return query
+    archived = [m for m in mates if m.dataset != "query"]
+    visits = sorted({(m.dataset, m.patient_id, m.order) for m in archived})
+    if not visits:
+        return query
+    if len(visits) > 1:
+        raise ValueError("--with: the archived images given belong to different visits ("
+                         + "; ".join(f"{d}/{p}, order {o!r}" for d, p, o in visits)
+                         + "); a query's visit is one")
+    dataset, patient, order = visits[0]
+    if query.order and query.order != order:
+        raise ValueError(f"--order {query.order}: the archived --with images are of the visit "
+                         f"of order {order!r} ({dataset}/{patient}); leave --order out or give "
+                         "theirs")
+    return query.replace(dataset=dataset, patient_id=patient, order=order)
