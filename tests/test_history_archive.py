@@ -418,6 +418,16 @@ def _edit_line(number, edit):
     (_header_edit(lambda h: dict(h, dim=8)),
      "{a}/ct.faiss: holds 6 16-d vectors, {a}/archive.json says 6 8-d ones: the archive is "
      "inconsistent"),
+    # a flat index under an archive.json of another kind ended in AttributeError / RuntimeError
+    (_header_edit(lambda h: dict(h, kind="hnsw")),
+     "{a}/ct.faiss: not the inner-product hnsw index {a}/archive.json says the archive holds"),
+    (_header_edit(lambda h: dict(h, kind="hnsw", settings={"hubness_k": 3})),
+     "{a}: settings: no 'hnsw_m' entry, which a hnsw archive's search reads"),
+    (_header_edit(lambda h: dict(h, settings=dict(h["settings"], hubness_k="x"))),
+     "{a}: settings: hubness_k='x', expected a whole number"),
+    (lambda f: np.savez(os.path.join(f, "density.npz"),
+                        **{m: np.full(6, np.nan, np.float32) for m in ("ct", "xray")}),
+     "{a}/density.npz: the ct, xray densities are not all finite numbers"),
 ])
 def test_a_damaged_archive_is_an_error_naming_the_file(tmp_path, damage, message):
     folder = _damaged(tmp_path, "a", damage)
@@ -446,3 +456,15 @@ def test_densities_and_retrieval_in_chunks_equal_one_search(monkeypatch, capsys)
     assert history_select.retrieve(chunked, rows, vecs, 4, 0.0) == expected
     err = capsys.readouterr().err
     assert "hub-correction densities: 100%" in err and "retrieval: 100%" in err
+
+
+def test_images_without_a_finite_embedding_are_refused_by_name():
+    """A run with data.skip_bad_images embeds an unreadable image as NaN: it poisoned the
+    modality's centre ("must be 16 finite numbers") or was archived unfindable."""
+    vectors = _vectors(6)
+    vectors[3, 5] = np.nan
+    for build in (lambda: mean_directions(_rows(6), vectors),
+                  lambda: Archive(16, "flat", {}, MODEL).add(_rows(6), vectors)):
+        with pytest.raises(ArchiveError, match=r"^1 image\(s\) have no finite embedding .*"
+                                               r"\['img3'\]"):
+            build()

@@ -89,9 +89,22 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
     return v
 
 
+def refuse_non_finite(rows: Sequence[ManifestRow], vectors: np.ndarray) -> None:
+    """An ArchiveError naming the rows whose embedding is not finite: the NaN rows of
+    images a run with ``data.skip_bad_images`` could not read, which poisoned a modality's
+    centre or were archived where no search finds them."""
+    v = np.asarray(vectors)
+    bad = [r.image_id for r, row in zip(rows, v.reshape(len(v), -1)) if not np.isfinite(row).all()]
+    if bad:
+        raise ArchiveError(f"{len(bad)} image(s) have no finite embedding (unreadable, and "
+                           f"skipped by the run's data.skip_bad_images), e.g. {bad[:5]}: "
+                           "leave them out of the manifest")
+
+
 def mean_directions(rows: Sequence[ManifestRow], vectors: np.ndarray) -> dict[str, np.ndarray]:
     """Per modality of ``rows``: the mean of its L2-normalised embeddings (float32,
     (dim,)), the centre an archive removes."""
+    refuse_non_finite(rows, vectors)
     unit = normalized(vectors)
     modalities = np.asarray([r.modality for r in rows])
     return {m: unit[modalities == m].mean(0).astype(np.float32)
@@ -114,6 +127,27 @@ def make_index(kind: str, dim: int, settings: dict, train_vectors: np.ndarray):
         index.nprobe = min(nlist, int(settings["ivf_nprobe"]))
         return index
     raise ArchiveError(f"index kind {kind!r} unknown; expected one of {', '.join(KINDS)}")
+
+
+def _whole_setting(settings: dict, key: str, default) -> int:
+    """``settings[key]`` (``default`` when absent) as a whole number, else an ArchiveError
+    naming it (a bare int() error named nothing)."""
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ArchiveError(f"settings: {key}={value!r}, expected a whole number")
+    return int(value)
+
+
+#: The settings each index kind's search reads.
+SEARCH_SETTINGS = {"hnsw": ("hnsw_m", "hnsw_ef_search"), "ivf": ("ivf_nlist", "ivf_nprobe")}
+
+
+def index_of_kind(index, kind: str) -> bool:
+    """Whether the FAISS ``index`` is of the archive ``kind`` and scores by inner product."""
+    faiss = _faiss()
+    cls = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}[kind]
+    return (isinstance(faiss.downcast_index(index), cls)
+            and index.metric_type == faiss.METRIC_INNER_PRODUCT)
 
 
 def _apply_search_settings(index, kind: str, settings: dict) -> None:
@@ -144,8 +178,14 @@ class Archive:
         self.settings = dict(settings or {})
         self.model = dict(model or {})
         self.calibration = dict(calibration or {})
-        self.hubness_k = int(self.settings.get("hubness_k", 0))
-        self.shortlist = int(self.settings.get("hubness_shortlist", 100))
+        for key in SEARCH_SETTINGS.get(kind, ()):
+            if key not in self.settings:
+                raise ArchiveError(f"settings: no {key!r} entry, which a {kind} archive's "
+                                   "search reads")
+        self.hubness_k = _whole_setting(self.settings, "hubness_k", 0)
+        self.shortlist = _whole_setting(self.settings, "hubness_shortlist", 100)
+        for key in SEARCH_SETTINGS.get(kind, ()):
+            _whole_setting(self.settings, key, None)
         self.rows: list[ManifestRow] = []
         self.indexes: dict[str, object] = {}
         self.positions: dict[str, list[int]] = {}   # partition id -> archive position
@@ -220,6 +260,7 @@ class Archive:
 
     def add(self, rows: Sequence[ManifestRow], vectors: np.ndarray) -> None:
         """Appends images (raw embeddings: ``prepare`` normalises and centres them)."""
+        refuse_non_finite(rows, vectors)
         vectors = normalized(vectors)
         if vectors.shape != (len(rows), self.dim):
             raise ArchiveError(f"embeddings of shape {vectors.shape} for {len(rows)} images; the "
@@ -428,6 +469,10 @@ class Archive:
             if wrong:
                 raise ArchiveError(f"{density_path}: densities' shapes (found, expected) "
                                    f"{wrong}: the archive is inconsistent")
+            unset = sorted(m for m, d in archive.density.items() if not np.isfinite(d).all())
+            if unset:     # every score against them would be NaN: no candidate, unsaid
+                raise ArchiveError(f"{density_path}: the {', '.join(unset)} densities are not "
+                                   "all finite numbers")
         for modality, expected in header["modalities"].items():
             index_path = os.path.join(path, f"{modality}.faiss")
             try:
@@ -438,6 +483,9 @@ class Archive:
                 raise ArchiveError(
                     f"{index_path}: holds {index.ntotal} {index.d}-d vectors, {header_path} "
                     f"says {expected} {archive.dim}-d ones: the archive is inconsistent")
+            if not index_of_kind(index, archive.kind):
+                raise ArchiveError(f"{index_path}: not the inner-product {archive.kind} index "
+                                   f"{header_path} says the archive holds")
             _apply_search_settings(index, archive.kind, archive.settings)
             archive.indexes[modality] = index
         return archive
