@@ -32,20 +32,25 @@ def _stat_line(path: str) -> str:
 PAIRED = {".img": ".hdr", ".hdr": ".img"}
 
 
+def files_behind(path: str) -> list[str]:
+    """The files one image is read from: a folder's files below it (in walk order, names
+    sorted), or the file and, for an Analyze / NIfTI pair, its other half."""
+    if os.path.isdir(path):
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            files += [os.path.join(root, n) for n in sorted(names)]
+        return files
+    stem, ext = os.path.splitext(path)
+    other = PAIRED.get(ext.lower())
+    return [path] + ([stem + other] if other else [])
+
+
 def path_signature(path: str) -> str:
     """Path, size and mtime of a file (and of its pair's other half); of a folder, those
     of every file below it."""
-    if not os.path.isdir(path):
-        stem, ext = os.path.splitext(path)
-        other = PAIRED.get(ext.lower())
-        if other is not None:
-            return "\n".join(_stat_line(p) for p in (path, stem + other))
-        return _stat_line(path)
-    lines = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        lines += [_stat_line(os.path.join(root, name)) for name in sorted(files)]
-    return "\n".join([path] + lines)
+    lines = [_stat_line(f) for f in files_behind(path)]
+    return "\n".join(([path] if os.path.isdir(path) else []) + lines)
 
 
 def file_stamp(path: str) -> str:
@@ -53,17 +58,8 @@ def file_stamp(path: str) -> str:
     files behind one image (a folder's files by their names within it, a pair's two
     halves), not of where they lie: stored features stay valid for a dataset moved
     elsewhere, and are told apart from images rewritten under the same ids."""
-    if os.path.isdir(path):
-        files = []
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            files += [os.path.join(root, n) for n in sorted(names)]
-    else:
-        stem, ext = os.path.splitext(path)
-        other = PAIRED.get(ext.lower())
-        files = [path] + ([stem + other] if other else [])
     base = path if os.path.isdir(path) else os.path.dirname(path)
-    lines = [_stat_line(f).replace(f, os.path.relpath(f, base), 1) for f in files]
+    lines = [_stat_line(f).replace(f, os.path.relpath(f, base), 1) for f in files_behind(path)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 

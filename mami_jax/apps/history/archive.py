@@ -68,6 +68,7 @@ from mami_jax.data.manifest import ManifestRow
 from mami_jax.models.embed import centred
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import aside_path, finish_tree, replace_dir, staging_dir
+from mami_jax.runtime.setting_ranges import is_number
 
 KINDS = ("flat", "ivf", "hnsw")
 
@@ -133,7 +134,7 @@ def _whole_setting(settings: dict, key: str, default) -> int:
     """``settings[key]`` (``default`` when absent) as a whole number, else an ArchiveError
     naming it (a bare int() error named nothing)."""
     value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if not (is_number(value) and value == int(value)):
         raise ArchiveError(f"settings: {key}={value!r}, expected a whole number")
     return int(value)
 

@@ -8,8 +8,9 @@ manifest elsewhere (copies made by another tool) has none, and nothing is checke
 
 from __future__ import annotations
 
-import json
 import os
+
+from mami_jax.runtime.json_object import parse_json_object
 
 REPORT_NAME = "protect_report.json"
 
@@ -21,13 +22,11 @@ def report_beside(manifest: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable as a protect report ({e})") from None
-    if not isinstance(report, dict):
-        raise ValueError(f"{path}: not a protect report (a JSON {type(report).__name__})")
-    return report
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{path}: not readable ({e})") from None
+    return parse_json_object(data, path, "protect report entries")
 
 
 def kept_classifiers(report: dict) -> set[str]:
