@@ -7,9 +7,10 @@ MONAI models are built from their architecture (the registry's arguments, overri
 by a ``config.json`` / ``open_clip_config.json`` beside the weights) and filled with a
 state dict read as data (``safetensors`` or ``torch.load(weights_only=True)``), strictly,
 so a checkpoint of another architecture fails instead of leaving random weights.
-A transformers folder's ``preprocessor_config.json`` sets the teacher's mean/std and its
-resize (``processor_resize``: short side or shape, interpolation, centre crop), so its
-input is what the model's own image processor gives.
+The settings saved beside the weights set the teacher's mean/std and its resize
+(``teachers.resize_settings``: a transformers folder's ``preprocessor_config.json``, a timm
+``config.json``'s ``pretrained_cfg``, an open_clip ``preprocess_cfg``), so its input is
+what the model's own library's inference transform gives.
 
 Released checkpoints are read in the layout their authors publish: a timm hub folder
 (``config.json`` with ``architecture`` / ``model_args`` / ``pretrained_cfg``, weights in
@@ -36,6 +37,8 @@ import numpy as np
 from mami_jax.runtime.json_object import parse_json_object
 from teachers.loaded import LoadedTeacher
 from teachers.registry import TeacherSpec
+from teachers.resize_settings import (ResizeSettingError, open_clip_resize, processor_resize,
+                                      timm_resize)
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt")
 
@@ -187,80 +190,6 @@ def _transformers(spec, path, torch):
 #: The image processor's settings in a transformers model folder.
 PROCESSOR_FILE = "preprocessor_config.json"
 
-#: PIL's resampling codes, as image processors save ``resample``, that a teacher's resize
-#: reproduces (torch's antialiased interpolation; nearest without antialiasing).
-PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-
-
-def _hw(value, file: str, key: str) -> tuple[int, int] | None:
-    """``{"height": H, "width": W}`` -> (H, W); None for a dict without them."""
-    if not (isinstance(value, dict) and "height" in value and "width" in value):
-        return None
-    try:
-        return int(value["height"]), int(value["width"])
-    except (TypeError, ValueError):
-        raise TeacherLoadError(f"{file}: {key} {value}: height and width must be "
-                               "integers") from None
-
-
-def _resample(proc: dict, file: str) -> dict:
-    """``resample`` (a PIL code) as the spec's mode; {} when the file has none."""
-    if "resample" not in proc:
-        return {}
-    code = proc["resample"]
-    if type(code) is not int or code not in PIL_RESAMPLE:     # bool is no PIL code
-        raise TeacherLoadError(f"{file}: resample {code!r} is not supported: PIL codes "
-                               f"{', '.join(f'{k} {v}' for k, v in PIL_RESAMPLE.items())}")
-    return {"resample": PIL_RESAMPLE[code]}
-
-
-def _resize_before_crop(proc: dict, file: str, crop: tuple[int, int]) -> dict:
-    """The resize of ``size`` before a centre crop to ``crop`` (the spec's fields)."""
-    size = proc.get("size")
-    if size is None:                 # only a crop: resized straight to it, as before
-        return dict(size=crop, resize_short=0, resize_to=())
-    hw = _hw(size, file, "size")
-    if hw is not None:
-        return dict(size=crop, resize_short=0, resize_to=() if hw == crop else hw)
-    if isinstance(size, dict) and set(size) == {"shortest_edge"} \
-            and type(size["shortest_edge"]) is int and size["shortest_edge"] > 0:
-        return dict(size=crop, resize_short=size["shortest_edge"], resize_to=())
-    raise TeacherLoadError(f"{file}: size {size!r} is not read: give {{\"shortest_edge\": N}} "
-                           "or {\"height\": H, \"width\": W}")
-
-
-def processor_resize(spec: TeacherSpec, file: str, proc: dict) -> dict:
-    """The resize of the image processor settings ``proc`` (read from ``file``) as
-    ``TeacherSpec`` fields (size, resize_short, resize_to, resample), so a teacher is fed
-    what transformers' ``AutoImageProcessor`` of its folder feeds it: ``size`` resized
-    (``{"shortest_edge": N}``: the short side to N, aspect kept; ``{"height", "width"}``:
-    to that shape), then centre-cropped to ``crop_size`` where ``do_center_crop``. A file
-    with ``crop_size`` and no ``size`` resizes straight to the crop; one with neither
-    keeps the registry's resize. Settings that would feed pictures of their own shapes
-    (no resize; a short-side resize without a crop) cannot be batched and are errors."""
-    changes = _resample(proc, file)
-    if proc.get("do_resize") is False:
-        raise TeacherLoadError(f"{file}: do_resize false feeds each picture at its own "
-                               "shape, which cannot be batched; a teacher needs a resize")
-    crop = _hw(proc.get("crop_size"), file, "crop_size")
-    centre_crop = proc.get("do_center_crop", True) is not False
-    if centre_crop and crop is not None:
-        changes.update(_resize_before_crop(proc, file, crop))
-    elif "size" in proc or not centre_crop:
-        hw = _hw(proc.get("size"), file, "size")
-        if hw is None:
-            raise TeacherLoadError(f"{file}: size {proc.get('size')!r} without a centre crop "
-                                   "(do_center_crop false, or no crop_size) gives pictures of "
-                                   "their own shapes, which cannot be batched; give "
-                                   "{\"height\": H, \"width\": W} or a crop_size")
-        changes.update(size=hw, resize_short=0, resize_to=())
-    try:
-        dataclasses.replace(spec, **changes)
-    except ValueError as e:          # e.g. a short side smaller than the crop
-        raise TeacherLoadError(f"{file}: {e}") from None
-    return changes
-
-
 #: Keys of an MAE pretraining checkpoint that belong to its decoder, not to the encoder.
 MAE_DECODER_PREFIXES = ("mask_token", "decoder_")
 
@@ -304,6 +233,17 @@ def _timm(spec, path, torch):
     arch = cfg.get("architecture", args.get("architecture"))
     args.pop("architecture", None)
     args["num_classes"] = 0
+    # the input settings first: a transform that cannot be followed fails before the weights
+    changes = {}
+    if "mean" in pretrained and "std" in pretrained:
+        changes.update(mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]))
+    size = tuple(spec.size)
+    if "img_size" in args:
+        s = args["img_size"]
+        size = tuple(s) if isinstance(s, (list, tuple)) else (int(s), int(s))
+    elif "input_size" in pretrained:
+        size = tuple(int(v) for v in pretrained["input_size"][-2:])
+    changes.update(timm_resize(spec, os.path.join(path, "config.json"), pretrained, size))
     try:
         model = timm.create_model(arch, pretrained=False, **args)
     except (RuntimeError, TypeError, ValueError) as e:
@@ -313,14 +253,6 @@ def _timm(spec, path, torch):
     if spec.checkpoint == "mae":
         sd = _mae_encoder_state(model, sd, torch)
     _load_strict(spec, model, sd, path, ignore_prefixes=("head.",))
-    changes = {}
-    if "mean" in pretrained and "std" in pretrained:
-        changes.update(mean=tuple(pretrained["mean"]), std=tuple(pretrained["std"]))
-    if "img_size" in args:
-        s = args["img_size"]
-        changes["size"] = tuple(s) if isinstance(s, (list, tuple)) else (int(s), int(s))
-    elif "input_size" in pretrained:
-        changes["size"] = tuple(int(v) for v in pretrained["input_size"][-2:])
     return model, model, changes
 
 
@@ -355,7 +287,8 @@ def _open_clip(spec, path, torch):
         sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     _load_strict(spec, visual, sd, path, what="the open_clip image tower")
     size = vision.get("image_size", 224)
-    changes = {"size": tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))}
+    size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    changes = open_clip_resize(spec, os.path.join(path, "open_clip_config.json"), prep, size)
     if "mean" in prep and "std" in prep:
         changes.update(mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     return visual, visual, changes
@@ -454,6 +387,8 @@ def load_teacher(spec: TeacherSpec, weights_path: str | None = None, device: str
             raise TeacherLoadError(f"teacher {spec.name}: unknown loader {spec.loader!r}")
         try:
             model, fwd, changes = BUILDERS[spec.loader](spec, weights_path, torch)
+        except ResizeSettingError as e:            # a saved resize no input here follows
+            raise TeacherLoadError(str(e)) from None
         except (TypeError, AttributeError) as e:   # a config's arguments the library refuses
             raise TeacherLoadError(f"teacher {spec.name}: the model arguments of the config "
                                    f"in {weights_path} do not build it: {type(e).__name__}: "

@@ -9,11 +9,12 @@ card's scaling; ``teachers.extract`` decodes a row once per distinct window). Th
 
 - 2-D teachers (``input="image"``): the middle slice ``S // 2`` (the whole image when
   S = 1), resized as the teacher's own image processor resizes (``TeacherSpec``
-  ``resize_short`` / ``resize_to`` / ``resample``), then centre-cropped to its (H, W)
+  ``resize_short`` / ``resize_to`` / ``resample`` / ``crop_offset``), then centre-cropped to its (H, W)
   ``size``, then ``(x - mean) / std`` per channel; returns (3, H, W). The default resizes
   straight to ``size`` with antialiased bilinear interpolation (aspect not kept); the
-  DINOv2 family resizes the short side keeping the aspect with antialiased bicubic
-  interpolation, as transformers' image processors do, and crops the middle. Teachers
+  released teachers resize the short side keeping the aspect and crop the middle, as
+  their library's inference transform does (transformers' processors, timm, open_clip;
+  the crop's corner placed as that library places it, ``crop_offset``). Teachers
   of one resize (``TeacherSpec.resize_key``) share it, and a grey image is resized as
   one channel (``teacher_inputs``): resizing a 2048-pixel X-ray is a sizeable share of
   reading it, and the medical bag has three 2-D teachers per X-ray.
@@ -61,16 +62,23 @@ def _resize(x, shape: tuple[int, int], resample: str):
     return x.clamp_(0.0, 1.0) if resample == "bicubic" else x
 
 
-def _centre_crop(x, size: tuple[int, ...]):
-    """The middle ``size`` of ``x`` (..., H, W): top (H - h) // 2, left (W - w) // 2, as
-    transformers' ``center_crop``; a picture smaller than the crop is an error (the
-    processors would pad it with black, which the loader refuses to configure)."""
+def crop_start(margin: int, offset: str) -> int:
+    """Where a centre crop starts given the picture's ``margin`` beyond it: ``margin // 2``
+    as transformers' ``center_crop`` ("floor"), ``int(round(margin / 2))`` as torchvision's
+    ``CenterCrop`` ("round": Python's round, half to even, so 9.5 -> 10 and 10.5 -> 10)."""
+    return margin // 2 if offset == "floor" else int(round(margin / 2.0))
+
+
+def _centre_crop(x, size: tuple[int, ...], offset: str = "floor"):
+    """The middle ``size`` of ``x`` (..., H, W), its corner placed as ``crop_start``; a
+    picture smaller than the crop is an error (the processors would pad it with black,
+    which the loader refuses to configure)."""
     (height, width), (h, w) = x.shape[-2:], tuple(size)
     if (height, width) == (h, w):
         return x
     if h > height or w > width:
         raise ValueError(f"cannot centre-crop {h}x{w} from a {height}x{width} picture")
-    top, left = (height - h) // 2, (width - w) // 2
+    top, left = crop_start(height - h, offset), crop_start(width - w, offset)
     return x[..., top:top + h, left:left + w]
 
 
@@ -84,7 +92,7 @@ def _resized_middle(decoded: np.ndarray, spec: TeacherSpec):
     picture = decoded[decoded.shape[0] // 2]                      # (H, W, C)
     x = torch.from_numpy(np.ascontiguousarray(picture, np.float32)).permute(2, 0, 1)[None]
     x = _resize(x, resized_shape(spec, *picture.shape[:2]), spec.resample)
-    return _centre_crop(x, spec.size)[0].expand(3, -1, -1)
+    return _centre_crop(x, spec.size, spec.crop_offset)[0].expand(3, -1, -1)
 
 
 def _normalised(x, spec: TeacherSpec) -> np.ndarray:

@@ -8,13 +8,17 @@ kind that builds it (``teachers.loaders``), the modalities it applies to, its in
 2-D teachers see one picture per manifest row: the row itself for a 2-D image, the
 middle slice of a series (CT, MRI) otherwise; one slice keeps extraction as cheap as
 one image per row and is the slice the series is centred on. Grey images are
-replicated to 3 channels by the decoder. A picture is resized straight to ``size``
-(antialiased bilinear, aspect not kept) unless the spec says otherwise: the DINOv2
-family (``dinov2_base``, ``rad_dino``, any ``transformers`` folder, whose
-``preprocessor_config.json`` the loader reads) resizes as its image processor does, the
-short side keeping the aspect (bicubic), then a centre crop of ``size``. Volume
-teachers (CT-FM, BrainIAC) take the whole series, resampled to their input grid. See
-``teachers.preprocess``.
+replicated to 3 channels by the decoder. A picture is resized as the teacher's
+release feeds it at inference (the short side, aspect kept, then a centre crop of
+``size``): the DINOv2 family (``dinov2_base``, ``rad_dino``) as its transformers image
+processor (short side 256 / 518, bicubic), BiomedCLIP as open_clip's transform (short
+side 224, bicubic), RETFound as its authors' evaluation transform (short side 256,
+bicubic, crop 224), UNI as its model card (short side 224, bilinear). The settings saved
+beside the weights override these (``teachers.resize_settings``). EfficientNet-Lite0 and
+``random_tiny`` resize straight to ``size`` (antialiased bilinear, aspect not kept; the
+EfficientNet package's own example resizes the short side to 224 without a crop, which
+is the same on square pictures). Volume teachers (CT-FM, BrainIAC) take the whole series,
+resampled to their input grid. See ``teachers.preprocess``.
 
 Intensities are read as the student reads them (min-max, a DICOM by its own window, or
 the run's ``--value-window`` of the modality), except for a teacher with its own
@@ -46,6 +50,12 @@ WEIGHTS_ENV = "MAMI_TEACHER_WEIGHTS"
 #: Interpolations a 2-D teacher's resize can use (torch's modes, antialiased but nearest).
 RESAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 
+#: How a centre crop's offset (margin / 2) is rounded: "floor" as transformers'
+#: ``center_crop`` ((H - h) // 2), "round" as torchvision's ``CenterCrop`` (timm, open_clip
+#: and the authors' torchvision transforms: Python's round, half to even). On an odd
+#: margin the two crops are one pixel apart.
+CROP_OFFSETS = ("floor", "round")
+
 #: CT-FM's model card: ScaleIntensityRange of Hounsfield units a_min=-1024, a_max=2048 to
 #: [0, 1], clipped.
 CT_FM_WINDOW = (-1024.0, 2048.0)
@@ -76,6 +86,8 @@ class TeacherSpec:
                                # it (aspect kept); 0: no short-side resize
     resize_to: tuple[int, ...] = ()      # (H, W) to resize to before the crop; (): ``size``
     resample: str = "bilinear"           # one of RESAMPLE_MODES
+    crop_offset: str = "floor"           # one of CROP_OFFSETS: how the crop's top-left
+                               # corner is rounded where the margin is odd
     value_window: tuple[float, ...] = ()  # (lo, hi) of stored values (a CT's Hounsfield
                                # units) this teacher reads through whatever the run reads;
                                # (): the run's reading of the modality
@@ -90,6 +102,8 @@ class TeacherSpec:
         smaller than the crop would need padding no processor here is configured with."""
         if self.resample not in RESAMPLE_MODES:
             return f"resample {self.resample!r} is not one of {list(RESAMPLE_MODES)}"
+        if self.crop_offset not in CROP_OFFSETS:
+            return f"crop_offset {self.crop_offset!r} is not one of {list(CROP_OFFSETS)}"
         if self.resize_short and self.resize_to:
             return "resize_short and resize_to both set; a picture is resized one way"
         resized = (self.resize_short,) * 2 if self.resize_short else self.resize_to
@@ -107,7 +121,8 @@ class TeacherSpec:
     def resize_key(self) -> tuple:
         """Every field that changes a 2-D teacher's resized picture (before mean/std):
         teachers with equal keys share one resize of a row."""
-        return (tuple(self.size), self.resize_short, tuple(self.resize_to), self.resample)
+        return (tuple(self.size), self.resize_short, tuple(self.resize_to), self.resample,
+                self.crop_offset)
 
     def preprocessing(self) -> dict:
         """What the index records about this teacher's input."""
@@ -129,6 +144,8 @@ class TeacherSpec:
         how = self.resample + {"nearest": "", "bilinear": ", antialiased",
                                "bicubic": ", antialiased, clipped to [0, 1]"}[self.resample]
         crop = "x".join(str(v) for v in self.size)
+        if self.crop_offset == "round":
+            crop += " (offset rounded half to even, as torchvision)"
         if self.resize_short:
             return f"short side to {self.resize_short} (aspect kept), {how}; centre crop {crop}"
         if self.resize_to and tuple(self.resize_to) != tuple(self.size):
@@ -149,7 +166,8 @@ class TeacherSpec:
 _SPECS = (
     TeacherSpec("biomedclip", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
                 "open_clip", ALL_MODALITIES, 512, "linear projection of LN(CLS) (image tower)",
-                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resize_short=224, resample="bicubic",
+                crop_offset="round",
                 model_args=(("embed_dim", 512), ("timm_model_name", "vit_base_patch16_224"),
                             ("timm_pool", ""), ("timm_proj", "linear"), ("image_size", 224)),
                 licence="MIT"),
@@ -159,12 +177,13 @@ _SPECS = (
     TeacherSpec("retfound", "YukunZhou/RETFound_mae_natureCFP", "timm", ("fundus",), 1024,
                 "LN(mean of patch tokens): fc_norm, unit scale unless the checkpoint has one",
                 model_args=(("architecture", "vit_large_patch16_224"), ("global_pool", "avg"),
-                            ("num_classes", 0)), checkpoint="mae",
+                            ("num_classes", 0)), checkpoint="mae", resize_short=256,
+                resample="bicubic", crop_offset="round",
                 licence="gated, non-commercial"),
     TeacherSpec("uni", "MahmoodLab/UNI", "timm", ("pathology",), 1024, "CLS token",
                 model_args=(("architecture", "vit_large_patch16_224"), ("init_values", 1e-5),
                             ("dynamic_img_size", True), ("num_classes", 0)),
-                licence="gated, CC BY-NC-ND"),
+                resize_short=224, crop_offset="round", licence="gated, CC BY-NC-ND"),
     TeacherSpec("ct_fm", "project-lighter/ct_fm_feature_extractor", "monai_segresencoder",
                 ("ct",), 512, "global average of the deepest SegResEncoder level", input="volume",
                 size=(96, 96, 96), mean=(0.0,), std=(1.0,), value_window=CT_FM_WINDOW,

@@ -1,6 +1,8 @@
 """The timm and open_clip teachers (UNI, RETFound, BiomedCLIP) load through the real loader
 path from folders written in the layout their releases use, and store what a direct call
-of the timm / open_clip model computes on the same input.
+of the timm / open_clip model computes on the same input; their input is what timm's and
+open_clip's own inference transforms give on non-square pictures (they were squeezed
+straight to the input size with bilinear interpolation).
 
 The tiny stand-ins keep each family's width where it sets the stored size (ViT-L's 1024,
 BiomedCLIP's 512-d projection) and shrink depth and input size; a meta-device build checks
@@ -53,8 +55,9 @@ def _deterministic(teacher, x):
 
 # --- UNI: a timm hub folder (config.json + pytorch_model.bin, strict timm keys) -------------
 
-def _uni_folder(tmp_path, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)):
-    """UNI's release layout: timm's hub config.json beside a plain timm state dict."""
+def _uni_folder(tmp_path, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), **pretrained):
+    """UNI's release layout: timm's hub config.json beside a plain timm state dict;
+    ``pretrained`` replaces entries of its ``pretrained_cfg``."""
     spec = registry.get_spec("uni")
     args = dict(spec.model_args)
     arch = args.pop("architecture")
@@ -72,7 +75,8 @@ def _uni_folder(tmp_path, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)):
                            "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
                            "mean": list(mean), "std": list(std), "num_classes": 0,
                            "pool_size": None, "first_conv": "patch_embed.proj",
-                           "classifier": "head", "license": "cc-by-nc-nd-4.0"}}))
+                           "classifier": "head", "license": "cc-by-nc-nd-4.0",
+                           **pretrained}}))
     return folder, model
 
 
@@ -250,3 +254,129 @@ def test_registry_full_size_architecture_gives_the_registry_feature_size(name, m
     assert out.shape == (1, spec.feature_dim)
     assert changes.get("size", spec.size) == (224, 224)
     assert sum(p.numel() for p in model.parameters()) > (300e6 if name != "biomedclip" else 85e6)
+
+
+# --- their input is what their own library's inference transform gives ----------------------
+
+#: The resized picture in [0, 1] within 1.5 uint8 steps of the library's: the libraries
+#: resize 8-bit PIL pictures (rounded), the teachers resize floats.
+STEPS = 1.5 / 255
+
+
+def _grey_picture(height, width, seed=0):
+    """uint8 (H, W) with structure at every scale, so a wrong resize or crop shows."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(seed).normal(0, 10, (height, width))
+    return (127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + noise).clip(0, 255).astype(np.uint8)
+
+
+def _close_to_library(spec, library_transform, picture):
+    """Max difference, in [0, 1] units, of the teacher input and the library's tensor of
+    the same picture (a grey 8-bit image, as the decoder reads one)."""
+    from PIL import Image
+    from teachers.preprocess import teacher_input
+    expected = library_transform(Image.fromarray(picture).convert("RGB")).numpy()
+    got = teacher_input((picture / 255.0).astype(np.float32)[None, :, :, None], spec)
+    assert got.shape == expected.shape
+    return float((np.abs(got - expected) * np.asarray(spec.std)[:, None, None]).max())
+
+
+@pytest.mark.parametrize("pretrained, resize", [
+    ({"crop_pct": 1.0, "interpolation": "bilinear"}, (32, "bilinear")),   # UNI's card
+    ({"crop_pct": 0.875, "interpolation": "bicubic"}, (36, "bicubic")),   # timm's default
+    ({"crop_pct": 0.8, "interpolation": "bicubic", "crop_mode": "squash"}, (40, "bicubic")),
+])
+@pytest.mark.parametrize("shape", [(50, 80), (97, 61)])
+def test_a_timm_teacher_gets_what_timms_eval_transform_gives(tmp_path, pretrained, resize, shape):
+    """Before: squeezed to 32 x 32 with bilinear whatever the pretrained_cfg said, max
+    difference 0.41 to 0.78 of the [0, 1] range on these pictures; a crop placed as
+    transformers places it (margin // 2) was 0.17 off on the odd margin of (50, 80):
+    torchvision rounds half to even. Now under 0.004."""
+    folder, _ = _uni_folder(tmp_path, **pretrained)
+    spec = load_teacher(registry.get_spec("uni"), str(folder)).spec
+    side, resample = resize
+    squash = pretrained.get("crop_mode") == "squash"
+    assert (spec.resize_short, spec.resize_to, spec.resample) == (
+        (0, (side, side), resample) if squash else (side, (), resample))
+    config = timm.data.resolve_data_config(pretrained_cfg=json.loads(
+        (folder / "config.json").read_text())["pretrained_cfg"])
+    transform = timm.data.create_transform(**config)
+    assert _close_to_library(spec, transform, _grey_picture(*shape)) < STEPS
+
+
+def test_retfound_gets_its_authors_eval_transform(tmp_path):
+    """RETFound's release has no transform settings: the registry's (its authors'
+    evaluation transform: the short side to input / 0.875 bicubic, a centre crop),
+    scaled to the stand-in's 32 px input (short side 36)."""
+    from torchvision import transforms
+    spec = load_teacher(registry.get_spec("retfound"), str(_retfound_folder(tmp_path))).spec
+    assert (spec.size, spec.resize_short, spec.resample) == ((32, 32), 36, "bicubic")
+    authors = transforms.Compose([
+        transforms.Resize(36, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(32), transforms.ToTensor(),
+        transforms.Normalize(registry.IMAGENET_MEAN, registry.IMAGENET_STD)])
+    for shape in [(50, 80), (97, 61)]:
+        assert _close_to_library(spec, authors, _grey_picture(*shape)) < STEPS
+
+
+@pytest.mark.parametrize("preprocess", [{}, {"interpolation": "bilinear"},
+                                        {"resize_mode": "squash"}])
+def test_biomedclip_gets_what_open_clips_transform_gives(tmp_path, preprocess):
+    """The transform ``open_clip.create_model_and_transforms`` returns for the folder."""
+    folder = _biomedclip_folder(tmp_path)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["preprocess_cfg"].update(preprocess)
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    spec = load_teacher(registry.get_spec("biomedclip"), str(folder)).spec
+    _, _, transform = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    if preprocess.get("resize_mode") == "squash":
+        assert (spec.resize_short, spec.resize_to) == (0, ())
+    else:
+        assert (spec.resize_short, spec.size) == (224, (224, 224))
+    assert spec.resample == preprocess.get("interpolation", "bicubic")
+    for shape in [(200, 300), (310, 250)]:
+        assert _close_to_library(spec, transform, _grey_picture(*shape)) < STEPS
+
+
+@pytest.mark.parametrize("pretrained, problem", [
+    ({"crop_mode": "border"}, r"pretrained_cfg.crop_mode 'border' is not supported"),
+    ({"crop_pct": 0}, r"pretrained_cfg.crop_pct 0 is not a fraction in \(0, 1\]"),
+    ({"crop_pct": "0.9"}, r"pretrained_cfg.crop_pct '0.9' is not a fraction"),
+    ({"interpolation": "lanczos"}, r"pretrained_cfg.interpolation 'lanczos' is not supported: "
+                                   r"one of \['nearest', 'bilinear', 'bicubic'\]"),
+    ({"input_size": [3, 32, 48]}, r"a non-square input_size \[32, 48\] with crop_mode 'center'"),
+])
+def test_timm_settings_the_teacher_cannot_follow_are_errors_naming_the_file(
+        tmp_path, pretrained, problem):
+    folder, _ = _uni_folder(tmp_path, **pretrained)
+    config = json.loads((folder / "config.json").read_text())
+    if "input_size" in pretrained:            # the size comes from input_size, not img_size
+        config["model_args"].pop("img_size")
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherLoadError, match=rf"^{folder}/config.json: {problem}"):
+        load_teacher(registry.get_spec("uni"), str(folder))
+
+
+def test_open_clip_longest_resize_mode_is_an_error_naming_the_file(tmp_path):
+    folder = _biomedclip_folder(tmp_path)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["preprocess_cfg"]["resize_mode"] = "longest"
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(TeacherLoadError, match=rf"^{folder}/open_clip_config.json: "
+                                               r"preprocess_cfg.resize_mode 'longest' is not "
+                                               r"supported: 'shortest' or 'squash'"):
+        load_teacher(registry.get_spec("biomedclip"), str(folder))
+
+
+def test_the_registry_resizes_as_the_releases():
+    """BiomedCLIP: open_clip's default (short side 224, bicubic, crop 224); RETFound: its
+    authors' evaluation transform (short side 256, bicubic, crop 224); UNI: its model card
+    (Resize(224), torchvision's bilinear; a centre crop of 224 for non-square tiles)."""
+    got = {n: (s.resize_short, s.resample, s.size) for n in ("biomedclip", "retfound", "uni")
+           for s in [registry.get_spec(n)]}
+    assert got == {"biomedclip": (224, "bicubic", (224, 224)),
+                   "retfound": (256, "bicubic", (224, 224)),
+                   "uni": (224, "bilinear", (224, 224))}
+    assert registry.get_spec("uni").preprocessing()["resize"] == (
+        "short side to 224 (aspect kept), bilinear, antialiased; centre crop 224x224 "
+        "(offset rounded half to even, as torchvision)")
