@@ -587,6 +587,35 @@ def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(tmp_path):
     assert open_volume(str(tmp_path / "m.jpg"), min_short_side=200).read().shape == (1, 200, 250, 1)
 
 
+def test_a_modality_of_larger_views_decodes_jpegs_no_smaller_than_they_need(tmp_path):
+    """data.jpeg_min_short_side (448) was one floor for every modality: a pathology block at
+    image_size 448 / resize_size 512 read a 1800 px JPEG decoded at 450 px and upsampled
+    (view 0.35 off the full-resolution one in normalised units, mean 0.080). Each
+    modality's floor is now raised to its resize_size and twice its crop: 896 here, 1/2
+    scale, 0.074 off (mean 0.021)."""
+    from mami_jax.data import example_reader
+    from mami_jax.data.config import default_data_config
+    from mami_jax.data.manifest import ManifestRow
+    yy, xx = np.mgrid[0:1800, 0:1800]
+    img = (127 + 60 * np.sin(xx / 2.3) * np.cos(yy / 3.1) + 40 * np.sin(xx / 9.0)).clip(
+        0, 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "tile.jpg", quality=95)
+    cfg = default_data_config()
+    cfg.modalities.pathology.image_size, cfg.modalities.pathology.resize_size = 448, 512
+    row = ManifestRow("d:p1", "p", "s", "0", "pathology", "d", "", str(tmp_path / "tile.jpg"),
+                      "test")
+    reader = example_reader.ExampleReader([row], cfg)
+    assert reader._open(row).read().shape == (1, 900, 900, 1)       # 1/2 scale, >= 896
+    cfg.jpeg_min_short_side = 0
+    full = example_reader.ExampleReader([row], cfg).read(0, 1, None)
+    difference = np.abs(reader.read(0, 1, None) - full)
+    assert difference.max() < 0.1 and difference.mean() < 0.03
+    settings = reader.settings
+    assert example_reader.jpeg_short_side_floor(448, settings["pathology"]) == 896
+    assert example_reader.jpeg_short_side_floor(448, settings["xray"]) == 448   # 256 / 224
+    assert example_reader.jpeg_short_side_floor(None, settings["pathology"]) is None
+
+
 @pytest.mark.parametrize("key, value", [("flip", None), ("rotate", None), ("slices", 0)])
 def test_reader_names_a_bad_modality_setting(tmp_path, key, value):
     from mami_jax.data import example_reader

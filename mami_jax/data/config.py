@@ -121,7 +121,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.normalization = "imagenet"
     # Large JPEGs (MIMIC-CXR ~2500 px) decode at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling)
     # while their short side stays >= this: 2 x image_size keeps training crops of half
-    # the area above the model resolution. 0 = always full resolution.
+    # the area above the model resolution; a modality of larger sizes raises it to its
+    # resize_size and 2 x its image_size (example_reader.jpeg_short_side_floor).
+    # 0 = always full resolution.
     c.jpeg_min_short_side = 448
     # Training augmentation (see transforms.py for what each does and why).
     aug = AugmentConfig()

@@ -26,6 +26,19 @@ class DataError(RuntimeError):
     """An image of the manifest could not be used; the message names row, id and file."""
 
 
+def jpeg_short_side_floor(configured: int | None, settings: ModalitySettings) -> int | None:
+    """The short side a JPEG of a modality may be decoded down to: ``configured``
+    (``data.jpeg_min_short_side``; None: full resolution), raised to what the modality's
+    views need, its ``resize_size`` (the evaluation view and "shift" crops are cut from
+    the image resized to it) and twice its crop side (a "random_resized" crop of half the
+    area still above the model's resolution). The defaults (448 for 256 / 224) are
+    unchanged; a modality trained at 512 / 448 would otherwise be decoded at 450 px and
+    upsampled."""
+    if not configured:
+        return None
+    return max(int(configured), settings.augment.resize_size, 2 * settings.augment.image_size)
+
+
 class ExampleReader:
     """Decodes and transforms one manifest row (picklable: it runs in grain workers)."""
 
@@ -35,7 +48,8 @@ class ExampleReader:
         check_normalization(str(cfg.normalization))
         self.slice_jitter = bool(cfg.slice_jitter)
         self.skip_bad = bool(cfg.skip_bad_images)
-        # JPEGs may decode at reduced scale down to this short side (0 = full resolution).
+        # JPEGs may decode at reduced scale down to this short side (0 = full resolution),
+        # never below what a modality's views need (``jpeg_short_side_floor``)
         self.min_short_side = int(cfg.jpeg_min_short_side) or None
         self.cache = DecodedCache(int(float(cfg.decode_cache_mb) * 2 ** 20))
         self._num_slices: dict[int, int] = {}   # per row, filled only when caching
@@ -61,8 +75,10 @@ class ExampleReader:
         return self.cache.get_or_compute((index, tuple(int(i) for i in idx)), decode)
 
     def _open(self, row: ManifestRow):
-        return open_volume(row.path, min_short_side=self.min_short_side,
-                           value_window=self.settings[row.modality].value_window)
+        settings = self.settings[row.modality]
+        return open_volume(row.path, min_short_side=jpeg_short_side_floor(self.min_short_side,
+                                                                          settings),
+                           value_window=settings.value_window)
 
     def read(self, index: int, num_slices: int, rng: np.random.Generator | None) -> np.ndarray:
         """(T, H, W, 3) for row ``index``: training transform if ``rng`` else evaluation."""
