@@ -111,3 +111,31 @@ def test_outputs_are_never_inputs_and_replaced_only_when_ours(dataset, tmp_path,
     assert check_images.main(["--manifest", str(dataset), "--unreadable", str(listed),
                               "--overwrite"]) == 1
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_a_series_whose_later_slices_differ_from_the_first_part_is_unreadable(tmp_path):
+    """Slices were read 16 at a time and compared only within a part: a series of sixteen
+    8x8 slices and four 6x6 passed, then failed in training whenever a read spanned both
+    sizes. Each later part is now compared with the first."""
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(20):
+        side = 8 if i < 16 else 6
+        write_dicom(str(series / f"{i}.dcm"), np.full((side, side), 100 + i, np.uint16),
+                    InstanceNumber=i + 1, ImagePositionPatient=[0, 0, i],
+                    ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    reason = check_images.why_unreadable(str(series))
+    assert reason == (f"{series}: slices 16-19 read as 6x6, slices 0-15 as 8x8; a series' "
+                      "slices share one size: move the odd ones (a localizer, a thumbnail) out "
+                      "of the folder")
+    for i in range(16, 20):
+        (series / f"{i}.dcm").unlink()
+    assert check_images.why_unreadable(str(series)) is None
+    # a folder of image slices is refused on mixed pixel types as well: 8-bit, then 16-bit
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((8, 8), 100 + i, np.uint8 if i < 16 else np.uint16)).save(
+            slices / f"slice_{i:02d}.png")
+    reason = check_images.why_unreadable(str(slices))
+    assert reason is not None and "uint16" in reason and "share one size and pixel type" in reason

@@ -50,15 +50,35 @@ UNREADABLE_COLUMNS = ("line", "image_id", "path", "reason")
 
 def why_unreadable(path: str) -> str | None:
     """None when every slice of ``path`` decodes, else why not (the decoder's message, or
-    the exception's type and message where a decoder failed in a way it does not name)."""
+    the exception's type and message where a decoder failed in a way it does not name).
+    The decoder refuses a read whose slices differ in size or pixel type; each later part
+    is compared with the first, so a series that mixes them across parts (which a training
+    read of slices spread over it would meet) is unreadable here too."""
     try:
         volume = open_volume(path)
+        first = None
         for start in range(0, volume.num_slices, SLICES_AT_A_TIME):
-            volume.read(list(range(start, min(start + SLICES_AT_A_TIME, volume.num_slices))))
+            part = list(range(start, min(start + SLICES_AT_A_TIME, volume.num_slices)))
+            pixels = volume.read(part)
+            if first is None:
+                first = pixels.shape[1:]
+                continue
+            if pixels.shape[1:] != first:
+                raise DecodeError(
+                    f"{path}: slices {part[0]}-{part[-1]} read as {_kind(pixels.shape)}, "
+                    f"slices 0-{SLICES_AT_A_TIME - 1} as {_kind((0,) + first)}; a series' slices "
+                    "share one size: move the odd ones (a localizer, a thumbnail) out of the "
+                    "folder")
+            volume.read([0, start])       # the part's pixel type (as stored) against the first's
     except Exception as e:  # noqa: BLE001 - reported: a run would stop on it as well
         message = " ".join(str(e).split())
         return message if isinstance(e, DecodeError) else f"{type(e).__name__}: {message}"
     return None
+
+
+def _kind(shape) -> str:
+    """(T, H, W, C) as the decoder names a slice's kind: HxW, RGB where it is colour."""
+    return f"{shape[1]}x{shape[2]}" + (" RGB" if shape[3] == 3 else "")
 
 
 def check_paths(paths: Sequence[str], workers: int) -> Iterator[str | None]:
