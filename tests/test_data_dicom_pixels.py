@@ -6,6 +6,7 @@ Compressed files come from pydicom's own bundled test files (installed with pydi
 each compared with the same image stored uncompressed."""
 
 import importlib.util
+import os
 import re
 
 import numpy as np
@@ -325,3 +326,23 @@ def test_a_modality_lut_clamps_outside_its_entries_and_reads_a_signed_first_valu
     add_modality_lut(path, np.arange(8) ** 2, first=-2)
     out = np.clip(stored + 2, 0, 7) ** 2                # 0, 0, 0, 1, 4, ..., 49, 49, 49
     np.testing.assert_allclose(decode(path)[0, :, :, 0], out / 49.0, atol=1e-6)
+
+
+def test_a_slice_rewritten_in_place_is_ordered_anew_in_the_same_process(tmp_path):
+    """The series' file order was cached by the folder's modification time, which a file
+    rewritten in place does not change: after slice 0's position was corrected to the top,
+    the same process kept reading the old order (a notebook until restarted)."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for z, value in enumerate((100, 200, 300)):
+        write_axial_slice(folder / f"{z}.dcm", value, z)
+    np.testing.assert_allclose(decode(str(folder), value_window=(0, 300))[:, 0, 0, 0] * 300,
+                               [100, 200, 300], atol=1e-3)
+    before = os.stat(folder).st_mtime_ns
+    ds = pydicom.dcmread(folder / "0.dcm")
+    ds.ImagePositionPatient = [0, 0, 10.0]
+    ds.save_as(folder / "0.dcm")
+    os.utime(folder / "0.dcm", ns=(before + 10**9, before + 10**9))
+    os.utime(folder, ns=(before, before))          # the folder's time as it was
+    np.testing.assert_allclose(decode(str(folder), value_window=(0, 300))[:, 0, 0, 0] * 300,
+                               [200, 300, 100], atol=1e-3)

@@ -64,6 +64,7 @@ import numpy as np
 from mami_jax.data import dicom_pixels, nifti_slices
 from mami_jax.data.decode_errors import DecodeError
 from mami_jax.data.dicom_series import nested_series_hint, series_files
+from mami_jax.data.image_signature import path_signature
 from mami_jax.data.image_values import minmax, scale_integer_or_float, window
 from mami_jax.data.natural_order import examples, natural_key
 
@@ -300,7 +301,7 @@ class DicomSeries(Volume):
     def __init__(self, path: str):
         super().__init__(path)
         try:
-            self.files = series_files(os.path.abspath(path), os.stat(path).st_mtime)
+            self.files = series_files(os.path.abspath(path), path_signature(path))
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001

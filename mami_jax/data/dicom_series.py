@@ -51,10 +51,13 @@ def nested_series_hint(folder: str, looked_at: int = 1000) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def series_files(folder: str, mtime: float) -> tuple[str, ...]:
-    """Paths of the files of the DICOM series folder ``folder`` in anatomical order (cached
-    per folder and modification time); a DecodeError names what is wrong with it."""
-    del mtime  # part of the cache key only
+def series_files(folder: str, stamp: str) -> tuple[str, ...]:
+    """Paths of the files of the DICOM series folder ``folder`` in anatomical order; a
+    DecodeError names what is wrong with it. Cached per ``stamp``, the sizes and
+    modification times of the folder's files (``image_signature.path_signature``): a
+    slice whose header is rewritten in place changes no folder time, and keying by the
+    folder's alone kept the old order for the rest of the process (a notebook's)."""
+    del stamp  # part of the cache key only
     import pydicom
 
     names = [n for n in os.listdir(folder)
