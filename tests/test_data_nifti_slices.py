@@ -131,3 +131,27 @@ def test_colour_and_complex_voxels_are_refused_saying_what_to_do(tmp_path):
             f"{cplx}: cannot read NIfTI volume: ValueError: unsupported voxel type complex64")
             + ".*save the magnitude"):
         open_volume(cplx).read()
+
+
+@pytest.mark.parametrize("plane", ["coronal", "sagittal"])
+@pytest.mark.parametrize("stored", ["2-D", "single axis"])
+def test_a_single_coronal_or_sagittal_plane_is_one_image_superior_at_the_top(tmp_path, plane,
+                                                                               stored):
+    """A radiograph saved as a 2-D NIfTI (stored axes R and S) was cut along its superior
+    axis: 80 slices one pixel high, the X-ray view one row stretched. Now one image: rows
+    superior to inferior; columns patient right to left (coronal), anterior to posterior
+    (sagittal); the privacy writer's voxel map agrees."""
+    picture = np.arange(6 * 8, dtype=np.int16).reshape(6, 8)       # (in-plane axis, S)
+    in_plane = 0 if plane == "coronal" else 1                        # R or A
+    affine = np.zeros((4, 4))
+    affine[in_plane, 0], affine[2, 1], affine[1 - in_plane, 2], affine[3, 3] = 0.5, 0.5, 1, 1
+    data = picture if stored == "2-D" else picture[:, :, None]
+    path = str(tmp_path / "plane.nii")
+    nib.save(nib.Nifti1Image(data, affine), path)
+    n, raw = nifti_slices.read_slices(path, None)
+    assert n == 1 and open_volume(path).num_slices == 1
+    # row 0: the highest S; column 0: patient right (highest R) or anterior (highest A)
+    np.testing.assert_array_equal(raw[0, ..., 0], picture[::-1, ::-1].T)
+    img = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(img.dataobj).reshape(-1)[
+        nifti_slices.voxel_index(img, [0])], raw[..., 0])

@@ -3,7 +3,8 @@
 The volume is reoriented to the closest canonical (RAS+) orientation and sliced along
 its superior axis; each slice is shown in radiological convention (anterior at the top,
 patient right on the image left), so the same anatomy looks the same whatever order a
-scanner stored its voxels in.
+scanner stored its voxels in. A file holding one coronal or sagittal plane (a radiograph
+saved as NIfTI) is that one image, superior at the top (``slice_axis``).
 
 The orientation comes from the header's affine. Some tools write an sform whose matrix
 is zero or drops an axis; the affine then says nothing about one or more axes (nibabel's
@@ -74,35 +75,55 @@ def check_voxel_type(img) -> None:
                          "save the magnitude of a complex volume)")
 
 
+def slice_axis(shape: tuple[int, int, int], ornt: np.ndarray) -> int:
+    """The stored axis the volume is cut along: the one pointing superior, unless the
+    file is a single plane that is not axial (one stored axis of length 1, the superior
+    one longer: a coronal radiograph saved as a 2-D NIfTI), which is one image cut along
+    its own normal. Cut along the superior axis, it read as strips one pixel high."""
+    superior = int(np.nonzero(ornt[:, 0] == 2)[0][0])
+    single = [ax for ax, n in enumerate(shape) if n == 1]
+    if shape[superior] > 1 and len(single) == 1:
+        return single[0]
+    return superior
+
+
+#: Display of a slice by the canonical axis it is cut along (0 R, 1 A, 2 S): the order of
+#: the canonical (R, A, S) axes as (slice, rows, columns), every in-plane axis then
+#: reversed: axial rows anterior->posterior and columns patient right->left (radiological);
+#: coronal rows superior->inferior, columns right->left; sagittal rows superior->inferior,
+#: columns anterior->posterior.
+DISPLAY_AXES = {2: (2, 1, 0), 1: (1, 2, 0), 0: (0, 2, 1)}
+
+
 def num_slices(img) -> int:
-    """How many axial slices ``img`` reads as."""
-    slice_axis = int(np.nonzero(orientation(img)[:, 0] == 2)[0][0])
-    return volume_shape(img)[slice_axis]
+    """How many slices ``img`` reads as (axial, or one for a single plane)."""
+    shape = volume_shape(img)
+    return shape[slice_axis(shape, orientation(img))]
 
 
-def _display(stored_slab: np.ndarray, ornt: np.ndarray, slice_axis: int) -> np.ndarray:
-    """Stored-order voxels of some slices (slice axis already in canonical order) ->
-    (n, H, W) display slices."""
+def _display(stored_slab: np.ndarray, ornt: np.ndarray, axis: int) -> np.ndarray:
+    """Stored-order voxels of some slices (cut along stored ``axis``, already in
+    canonical order) -> (n, H, W) display slices."""
     from nibabel import orientations as nio
 
     inplane = ornt.copy()
-    inplane[slice_axis, 1] = 1
-    canon = nio.apply_orientation(stored_slab, inplane)  # (X=R, Y=A, k)
-    # Radiological display: rows anterior->posterior, columns patient right->left.
-    return np.ascontiguousarray(np.transpose(canon, (2, 1, 0))[:, ::-1, ::-1])
+    inplane[axis, 1] = 1
+    canon = nio.apply_orientation(stored_slab, inplane)  # (R, A, S), the slices on one
+    order = DISPLAY_AXES[int(ornt[axis, 0])]
+    return np.ascontiguousarray(np.transpose(canon, order)[:, ::-1, ::-1])
 
 
 def _stored_indices(img, indices: Sequence[int] | None):
     """(shape, ornt, slice axis, stored index of each wanted canonical slice, n)."""
     shape = volume_shape(img)
     ornt = orientation(img)
-    slice_axis = int(np.nonzero(ornt[:, 0] == 2)[0][0])
-    n = shape[slice_axis]
+    axis = slice_axis(shape, ornt)
+    n = shape[axis]
     wanted = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
     if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
         raise ValueError(f"slice indices {wanted.tolist()} out of range for {n} slices")
-    src = wanted if ornt[slice_axis, 1] > 0 else (n - 1 - wanted)
-    return shape, ornt, slice_axis, src, n
+    src = wanted if ornt[axis, 1] > 0 else (n - 1 - wanted)
+    return shape, ornt, axis, src, n
 
 
 def read_slices(path: str, indices: Sequence[int] | None):
@@ -112,24 +133,24 @@ def read_slices(path: str, indices: Sequence[int] | None):
 
     img = nib.load(path)
     check_voxel_type(img)
-    shape, ornt, slice_axis, src, n = _stored_indices(img, indices)
+    shape, ornt, axis, src, n = _stored_indices(img, indices)
     dataobj = img.dataobj
     if path.lower().endswith(".gz") or indices is None:
         full = np.asanyarray(dataobj).reshape(shape)
-        sub = np.take(full, src, axis=slice_axis)
+        sub = np.take(full, src, axis=axis)
     else:  # an uncompressed file: read only the wanted slices
         parts = []
         for k in src:
-            sl = tuple(int(k) if ax == slice_axis else slice(None) for ax in range(len(img.shape)))
+            sl = tuple(int(k) if ax == axis else slice(None) for ax in range(len(img.shape)))
             parts.append(np.asanyarray(dataobj[sl]).reshape(
-                tuple(s for ax, s in enumerate(shape) if ax != slice_axis)))
-        sub = np.stack(parts, axis=slice_axis)
-    return n, _display(sub, ornt, slice_axis)[..., None]
+                tuple(s for ax, s in enumerate(shape) if ax != axis)))
+        sub = np.stack(parts, axis=axis)
+    return n, _display(sub, ornt, axis)[..., None]
 
 
 def voxel_index(img, indices: Sequence[int]) -> np.ndarray:
     """(n, H, W) flat index into ``img``'s stored voxel array of every pixel of the
     read slices ``indices``."""
-    shape, ornt, slice_axis, src, _ = _stored_indices(img, indices)
+    shape, ornt, axis, src, _ = _stored_indices(img, indices)
     index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    return _display(np.take(index, src, axis=slice_axis), ornt, slice_axis)
+    return _display(np.take(index, src, axis=axis), ornt, axis)
