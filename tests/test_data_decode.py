@@ -639,3 +639,36 @@ def test_an_image_past_pils_bomb_guard_says_to_cut_it_into_tiles(tmp_path, monke
             "PIL's guard against decompression bombs: a whole slide or a large region is read "
             "as tiles, one manifest row each")):
         open_volume(str(tmp_path / "region.png")).read()
+
+
+def _png(path, samples: np.ndarray, colour_type: int, bits: int):
+    """A PNG written byte by byte (unfiltered rows): Pillow cannot write 16-bit grey+alpha."""
+    import struct
+    import zlib
+    height = samples.shape[0]
+    raw = samples.astype(">u2" if bits == 16 else np.uint8).tobytes()
+    row = len(raw) // height
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(b"\0" + raw[i * row:(i + 1) * row] for i in range(height))
+    header = struct.pack(">IIBBBBB", samples.shape[1], height, bits, colour_type, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_grey_png_with_alpha_is_refused_not_read_by_its_upper_byte(tmp_path):
+    """Pillow reads a 16-bit grey+alpha PNG by its upper 8 bits: a 12-bit radiograph read
+    in [0.004, 0.059] with 15 grey levels. An 8-bit one is read as before."""
+    grey = np.random.default_rng(0).integers(300, 4096, (10, 12)).astype(np.uint16)
+    _png(tmp_path / "la16.png", np.stack([grey, np.full_like(grey, 65535)], -1), 4, 16)
+    with pytest.raises(DecodeError, match=re.escape(
+            f"{tmp_path / 'la16.png'}: a 16-bit grey PNG with an alpha channel, of which Pillow "
+            "reads only the upper 8 bits")):
+        open_volume(str(tmp_path / "la16.png")).read()
+    small = (grey // 16).astype(np.uint8)
+    _png(tmp_path / "la8.png", np.stack([small, np.full_like(small, 255)], -1), 4, 8)
+    np.testing.assert_allclose(open_volume(str(tmp_path / "la8.png")).read()[0, ..., 0],
+                               small / 255.0, atol=1e-6)

@@ -23,7 +23,8 @@ Intensity rules (one rule per format, so the same scan always looks the same):
   read together (one range for the whole set, so slices of a series stay comparable).
   A 16-bit-per-channel colour PNG is the exception: Pillow reads it as 8-bit RGB (each
   channel's high byte), so it is divided by 255 like an 8-bit colour image
-  (``tests/test_data_decode.py`` pins this).
+  (``tests/test_data_decode.py`` pins this); a 16-bit grey PNG with alpha, which Pillow
+  would read by its high byte too, is refused (a 12-bit radiograph would read dark).
 - DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
   window (WindowCenter/WindowWidth, through its VOILUTFunction) when present, else the first VOI LUT of the
   VOILUTSequence, else min-max as above; MONOCHROME1 and a Presentation LUT Shape of
@@ -129,6 +130,11 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
                 img.draft(img.mode, (max(1, int(np.ceil(w * f))), max(1, int(np.ceil(h * f)))))
         img.load()
         mode = img.mode
+        if img.format == "PNG" and _png_depth_and_colour(path) == (16, GREY_ALPHA):
+            raise DecodeError(
+                f"{path}: a 16-bit grey PNG with an alpha channel, of which Pillow reads only "
+                "the upper 8 bits (a 12-bit radiograph would read nearly black): save it "
+                "without the alpha channel, as a 16-bit grey PNG, which is read in full")
         if mode in ("1", "LA", "La"):
             img = img.convert("L")
         elif mode in ("P", "PA"):
@@ -144,6 +150,17 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] != 3:
         raise ValueError(f"unexpected channel count {arr.shape[2]} (mode {mode})")
     return arr
+
+
+#: PNG's colour type of grey samples with alpha (Pillow opens a 16-bit one as 8-bit RGBA).
+GREY_ALPHA = 4
+
+
+def _png_depth_and_colour(path: str) -> tuple[int, int]:
+    """(bit depth, colour type) from a PNG's header (IHDR, the first chunk)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return (head[24], head[25]) if len(head) == 26 and head[12:16] == b"IHDR" else (0, 0)
 
 
 def _refuse_several_pages(img, path: str) -> None:
