@@ -154,6 +154,33 @@ def test_palette_colour_is_read_as_the_colours_it_shows(tmp_path):
     assert open_volume(p).read().shape[-1] == 3
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_dark_palette_reads_as_dark_as_it_shows(tmp_path, bits):
+    """Palette colours were min-max scaled over the image: a palette of values 0-127 (of
+    255) read as bright as a full one (max 1.0 for 0.498). Now by the entries' full scale,
+    as a palette PNG of the same colours reads."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 128, (16, 3))
+    indices = rng.integers(0, 16, (6, 5))
+    scale = 257 if bits == 16 else 1
+    p = str(tmp_path / "dark.dcm")
+    write_palette_dicom(p, indices, *(palette[:, c] * scale for c in range(3)), bits=bits)
+    np.testing.assert_allclose(decode(p)[0], palette[indices] / 255.0, atol=1e-6)
+
+
+def test_a_colour_dicom_wider_than_8_bits_reads_by_its_bits_stored(tmp_path):
+    """A 12-bit RGB picture of values up to 2000 reads as 2000 / 4095, not stretched."""
+    from tests.test_data_decode import write_dicom
+    rgb = np.random.default_rng(1).integers(0, 2001, (1, 4, 5, 3)).astype(np.uint16)
+    p = str(tmp_path / "rgb12.dcm")
+    write_dicom(p, rgb.astype(np.uint8), photometric="RGB", PlanarConfiguration=0)
+    ds = pydicom.dcmread(p)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = rgb.astype("<u2").tobytes()
+    ds.save_as(p)
+    np.testing.assert_allclose(decode(p)[0], rgb[0] / 4095.0, atol=1e-6)
+
+
 def write_axial_slice(path, value, z, **tags):
     """A 2x2 slice of ``value`` at height ``z`` of an axial series."""
     write_dicom(str(path), np.full((2, 2), value, np.uint16), ImagePositionPatient=[0, 0, float(z)],

@@ -547,6 +547,38 @@ def test_a_palette_dicom_becomes_the_rgb_it_showed_with_the_change(tmp_path):
     assert np.abs(back - (x + change)).max() <= 0.5 / (hi - lo) + 1e-6
 
 
+def test_a_dark_8_bit_palette_becomes_8_bit_rgb_read_as_the_original(tmp_path):
+    """The copy reads at the scale the original reads at (its palette's 8 bits): a copy
+    stored as 16-bit RGB would be read by min-max, another picture than the original."""
+    from tests.test_data_dicom_pixels import write_palette_dicom
+    rng = np.random.default_rng(6)
+    indices = rng.integers(0, 64, (12, 10))
+    red, green, blue = (rng.integers(10, 128, 64) for _ in range(3))
+    path = str(tmp_path / "p8.dcm")
+    write_palette_dicom(path, indices, red, green, blue, bits=8)
+    x, change, back = roundtrip(path, tmp_path / "o8.dcm")
+    assert x.max() < 128 / 255 + 1e-6
+    out = pydicom.dcmread(str(tmp_path / "o8.dcm"))
+    assert (out.PhotometricInterpretation, out.BitsStored, out.pixel_array.dtype) == (
+        "RGB", 8, np.uint8)
+    assert np.abs(back - np.clip(x + change, 0, 1)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_a_12_bit_rgb_dicom_copy_stays_within_its_bits_and_reads_by_them(tmp_path):
+    from tests.test_data_decode import write_dicom
+    rgb = np.random.default_rng(7).integers(1500, 4096, (1, 6, 5, 3)).astype(np.uint16)
+    path = str(tmp_path / "rgb12.dcm")
+    write_dicom(path, rgb.astype(np.uint8), photometric="RGB", PlanarConfiguration=0)
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = rgb.astype("<u2").tobytes()
+    ds.save_as(path)
+    x, change, back = roundtrip(path, tmp_path / "o12.dcm", amplitude=0.1)
+    assert x.max() > 0.99                       # 4095 / 4095: read by BitsStored
+    assert pydicom.dcmread(str(tmp_path / "o12.dcm")).pixel_array.max() <= 4095
+    assert np.abs(back - np.clip(x + change, 0, 1)).max() <= 0.5 / 4095 + 1e-6
+
+
 def test_nifti_keeps_affine_and_header(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.integers(-500, 1500, (12, 10, 6)).astype(np.int16)

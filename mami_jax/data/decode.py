@@ -28,7 +28,9 @@ Intensity rules (one rule per format, so the same scan always looks the same):
 - DICOM (``dicom_pixels``): RescaleSlope/RescaleIntercept first; then the first VOI
   window (WindowCenter/WindowWidth, through its VOILUTFunction) when present, else the first VOI LUT of the
   VOILUTSequence, else min-max as above; MONOCHROME1 and a Presentation LUT Shape of
-  INVERSE are inverted (1 - x) so bone is always bright; PALETTE COLOR is read through its palette as RGB. Compressed transfer
+  INVERSE are inverted (1 - x) so bone is always bright; PALETTE COLOR is read through its
+  palette as RGB; colour is divided by its full scale (2^bits - 1 of BitsStored, or of the
+  palette's entries), not min-max: it is what the screen shows. Compressed transfer
   syntaxes decode through pydicom's plugins (python-gdcm is a dependency).
 - A value window (``open_volume(..., value_window=(lo, hi))``, from a modality's
   ``data.modalities.<m>.value_window``) replaces min-max and a DICOM's VOI window or LUT:

@@ -309,6 +309,27 @@ def rescaled_frames(ds) -> np.ndarray:
     return arr
 
 
+def palette_bits(ds) -> int:
+    """Bits of a PALETTE COLOR file's palette entries (its descriptors' third value: 8 or
+    16; PS3.3 C.7.6.3.1.5), 16 where the file names none."""
+    for keyword in ("RedPaletteColorLookupTableDescriptor",
+                    "LargeRedPaletteColorLookupTableDescriptor"):
+        descriptor = ds.get(keyword)
+        if descriptor is not None and len(descriptor) >= 3 and int(descriptor[-1]) in (8, 16):
+            return int(descriptor[-1])
+    return 16
+
+
+def colour_full_scale(ds) -> float:
+    """The stored value of a colour image's full intensity: 2^bits - 1 of its palette's
+    entries (PALETTE COLOR) or of BitsStored (RGB, YBR). Colour pixels are what the
+    screen shows, with no window to read them through: scaled by their own minimum and
+    maximum, a dark picture (a palette of values 0-127) read as bright as a full one."""
+    if photometric(ds) == "PALETTE COLOR":
+        return float(2 ** palette_bits(ds) - 1)
+    return float(2 ** int(ds.get("BitsStored", 8) or 8) - 1)
+
+
 def padding(ds, stored: np.ndarray | None = None) -> np.ndarray | None:
     """Where a grey image's stored values (``stored``, or the dataset's own) are padding:
     PixelPaddingValue, or every value between it and PixelPaddingRangeLimit; None where
@@ -342,7 +363,10 @@ def to_unit(frames: np.ndarray, ref, padded: np.ndarray | None = None,
     """Rescaled frames (of one file or one series) -> [0, 1] using ``ref``'s VOI tags, or
     ``value_window`` (lo, hi in modality units, ``image_values.window``) in their place;
     ``padded`` (like ``frames``, grey): padding pixels, left out of min-max and read as 0."""
-    if frames.shape[-1] == 3:
+    if frames.shape[-1] == 3 and value_window is None and frames.dtype != np.uint8:
+        out = np.clip(frames.astype(np.float32) * np.float32(1.0 / colour_full_scale(ref)),
+                      0.0, 1.0)
+    elif frames.shape[-1] == 3:
         out = scale_integer_or_float(frames, value_window)
     elif value_window is not None:
         out = fixed_window(frames, value_window)

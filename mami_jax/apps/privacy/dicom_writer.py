@@ -53,7 +53,7 @@ import numpy as np
 
 from mami_jax.apps.privacy.derived_uids import COPY, derived_uid
 from mami_jax.apps.privacy.stored_change import (apply_change, channels, per_slice_change,
-                                                 unit_scale, windowed_change)
+                                                 windowed_change)
 from mami_jax.data import dicom_pixels
 from mami_jax.data.dicom_luts import ModalityLut, VoiLut
 from mami_jax.data.image_values import value_range
@@ -113,8 +113,9 @@ def _as_stored(ds, stored: np.ndarray) -> np.ndarray:
     if dicom_pixels.photometric(ds) == "PALETTE COLOR" and samples == 1:
         from pydicom.pixels import apply_color_lut
 
+        bits = dicom_pixels.palette_bits(ds)       # the copy reads at the palette's scale
         stored = np.ascontiguousarray(apply_color_lut(stored, ds)[..., :3])
-        bits = stored.dtype.itemsize * 8
+        stored = stored.astype(np.uint8) if bits == 8 else stored
         for keyword in PALETTE_ELEMENTS:
             if keyword in ds:
                 delattr(ds, keyword)
@@ -136,8 +137,8 @@ def _scale(ref, frames, padded, value_window=None
         if value_window is not None and frames[0].dtype != np.uint8:
             return (lambda frame, change: windowed_change(frame, change, value_window)), \
                 None, None
-        scale, lo, hi = unit_scale(frames)
-        return (lambda frame, change: change * scale), lo, hi
+        scale = dicom_pixels.colour_full_scale(ref)      # as the reader scales colour
+        return (lambda frame, change: change * scale), None, None
     sign = -1.0 if dicom_pixels.shown_inverted(ref) else 1.0
     if value_window is not None:
         return (lambda frame, change: windowed_change(frame[..., 0], sign * change,
@@ -166,8 +167,9 @@ def _changed(ds, index, frame, stored, change, scale_info, padded=None) -> np.nd
     (H, W) or None, kept as stored, and no other pixel is moved onto a padding value
     (it would read as padding: such a pixel keeps its stored value)."""
     rescaled_change, lo, hi = scale_info
-    if stored.ndim == 3:                 # colour: no rescale, no BitsStored narrower than 8
-        return apply_change(stored, rescaled_change(frame, channels(change, stored)), lo, hi)
+    if stored.ndim == 3:                 # colour: no rescale; within BitsStored's range
+        return apply_change(stored, rescaled_change(frame, channels(change, stored)), lo, hi,
+                            limits=(0, int(dicom_pixels.colour_full_scale(ds))))
     table = ModalityLut.of(ds)
     if table is not None:            # stored units per modality unit, pixel by pixel
         per_stored = table.stored_per_output(stored)
