@@ -117,11 +117,23 @@ def test_sampling_rules_over_many_plans(rows):
             n = (XRAY_TRAIN | CT_TRAIN)[key.split("/")[1]]
             if n >= 3:
                 assert len(set(g.tolist())) == 3  # without replacement
-            else:
-                assert set(g.tolist()) <= {i for i, r in enumerate(rows) if r.patient_key == key}
+            else:       # every image of the patient, then drawn again among them
+                own = {i for i, r in enumerate(rows) if r.patient_key == key}
+                assert set(g.tolist()) == own and len(set(g[:len(own)].tolist())) == len(own)
     # Default weights: proportional to sampleable training images: x-ray 10, ct 5.
     assert {s.name: round(s.weight, 4) for s in loader.sources} == {"dc:ct": 0.3333, "dx:xray": 0.6667}
     assert abs(by_source["dx:xray"] / 400 - 2 / 3) < 0.1
+
+
+def test_a_block_of_a_patient_with_fewer_than_k_images_holds_every_one():
+    """Drawn wholly with replacement, 12 % of a 2-image patient's blocks of 4 were one image
+    four times (no pair of different images to learn from)."""
+    from mami_jax.data.sampler import patient_block
+    rng = np.random.default_rng(0)
+    blocks = [patient_block(rng, [10, 11], 4) for _ in range(500)]
+    assert all(set(b.tolist()) == {10, 11} and len(b) == 4 for b in blocks)
+    assert {tuple(b[:2]) for b in blocks} == {(10, 11), (11, 10)}
+    assert len(set(patient_block(rng, [1, 2, 3, 4, 5], 4).tolist())) == 4
 
 
 def test_source_weights(rows):
