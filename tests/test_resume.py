@@ -266,7 +266,6 @@ def _empty(step_dir, item):
 DAMAGE = {
     "train item deleted": _delete_train,
     "params data truncated": _truncate_params_data,
-    "data state emptied": lambda d: _empty(d, "data"),
     "labels emptied": lambda d: _empty(d, "labels"),
 }
 

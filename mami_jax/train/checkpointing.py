@@ -5,8 +5,12 @@ Each step directory holds four items:
   export read; ``python -m mami_jax.convert export-torch --checkpoint`` accepts it);
 - ``train``: every other parameter group (the heads only training uses, e.g. the
   identity classifier), optimizer state, step and RNG;
-- ``data``: the grain iterator state, so a resumed run reads exactly the batches
-  it would have read;
+- ``data``: ``{"next_step": N}``, the sampler step of the next batch. The batches are a
+  pure function of (seed, step) (``data/sampler.py``), so a resumed run rebuilds its
+  loader at that step and reads exactly the batches it would have read, whatever its
+  number of data workers or processes. (The grain iterator state saved here before
+  depended on both: a resume with another ``data.num_workers`` was refused as damaged,
+  or read other batches. Checkpoints that hold it resume the same way.)
 - ``labels``: the identity-label map the classifier was trained with: identity key
   ("dataset/patient_id", see ``data/sampler.py``) -> classifier row.
 The model config is written next to them as WORKDIR/model_config.json.
@@ -39,7 +43,6 @@ import re
 import shutil
 from typing import Mapping
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -266,24 +269,24 @@ class Checkpointer:
         payload = self._restore_item(step, "labels", ocp.args.JsonRestore())
         return _parse_label_map(payload, self.step_dir(step))
 
-    def save(self, state: TrainState, data_iterator, label_map: Mapping[str, int]) -> None:
+    def save(self, state: TrainState, label_map: Mapping[str, int]) -> None:
         step = int(jax.device_get(state.step))
         with self._saving():
             self.manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(state.params["mami"]),
                 train=ocp.args.StandardSave(_train_item(state)),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
+                data=ocp.args.JsonSave({"next_step": step}),
                 labels=ocp.args.JsonSave(label_map_payload(label_map))))
 
-    def restore(self, step: int, abstract_state: TrainState, data_iterator) -> TrainState:
+    def restore(self, step: int, abstract_state: TrainState) -> TrainState:
         """Restores into the shardings of ``abstract_state`` (ShapeDtypeStructs with
-        sharding), one item at a time so that an error names the item."""
+        sharding), one item at a time so that an error names the item. The data order
+        needs nothing restored: the loader is rebuilt at ``step`` (the module docstring)."""
         self.check_items(step)
         a = abstract_state
         params = self._restore_item(step, "params",
                                     ocp.args.StandardRestore(a.params[MODEL_GROUP]))
         train = self._restore_item(step, "train", ocp.args.StandardRestore(_train_item(a)))
-        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return TrainState(step=train["step"], rng=train["rng"], opt_state=train["opt_state"],
                           params={MODEL_GROUP: params, **train["heads"]})
 

@@ -208,9 +208,12 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
 
     teachers = teacher_join.prepare(config, workdir, rows, manifest_path(config, workdir),
                                     jax.process_count())  # None unless "align" is configured
+    # a resumed run's batches go on from the step it resumes (the sampler is a function of
+    # seed and step), whatever its number of data workers or processes
     loader = make_train_loader(rows, config.data, seed=config.seed,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count(), teachers=teachers)
+                               process_count=jax.process_count(),
+                               start_step=resume_step or 0, teachers=teachers)
     logging.info("%s", loader.summary())
     _draw_training_batches(workdir, loader)
     total_steps = total_steps_of(config, loader)
@@ -230,7 +233,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
             target = jax.tree_util.tree_map(
                 lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                 abstract_state, state_shardings)
-            state = ckpt.restore(resume_step, target, data_iter)
+            state = ckpt.restore(resume_step, target)
             logging.info("resumed from %s", ckpt.step_dir(resume_step))
         else:
             state = jax.jit(init_state, out_shardings=state_shardings)(rng)
@@ -313,7 +316,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
                 stopped_at = step
             if step % config.train.checkpoint_every == 0 or last or stopped_at is not None:
                 _check_finite(step, jax.device_get(metrics), ckpt)
-                ckpt.save(state, data_iter, loader.label_map)
+                ckpt.save(state, loader.label_map)
                 saved = step
             if step == kill_after:
                 ckpt.wait()
@@ -331,7 +334,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
         elif trained > start:
             _draw_curves(workdir, trained)
         if stopped_at is not None and stopped_at != saved:   # SIGTERM during an evaluation
-            ckpt.save(state, data_iter, loader.label_map)
+            ckpt.save(state, loader.label_map)
     finally:
         if bar is not None:
             bar.close()
