@@ -94,6 +94,24 @@ def test_index_query_add(setup, capsys, tmp_path, monkeypatch):
     assert line == ("error: --with ct=" + q.path + ": the archive holds this image as xray, "
                     "not ct")
 
+    # A new image (the main use: not archived), here a copy of the last-visit image under
+    # another path: it failed before embedding ("empty required column 'patient_id'").
+    # Newer than the archive (no --order), its original comes first; with its order, only
+    # earlier archived images come back, its own patient's first.
+    new = str(tmp_path / "new_xray.png")
+    shutil.copy(q.path, new)
+    for order, first_listed in (([], q.image_id), (["--order", q.order], None)):
+        assert main(["query", "--index", index, "--image", new, "--modality", "xray", "--k",
+                     "4", "--png", png, "--app-config", s["app"]] + order) == 0
+        listed = [line.split()[3] for line in capsys.readouterr().out.splitlines()
+                  if line[:4].strip().isdigit()]
+        assert len(listed) == 4
+        if first_listed:
+            assert listed[0] == first_listed
+        else:
+            assert all(order_key(by_id[i].order) < order_key(q.order) for i in listed)
+            assert by_id[listed[0]].patient_key == q.patient_key
+
     # A first-visit image has no history of its own patient; its candidates are other
     # patients' images, whatever their visit (orders are visits within a patient).
     first = next(r for r in rows if r.order == "0")
@@ -286,6 +304,26 @@ def test_bad_input_is_one_error_line(setup, capsys, argv, message):
     assert main([a.format(**s) for a in argv]) == 1
     lines = _err(capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_the_default_query_picture_is_named_by_the_image_without_extensions():
+    from mami_jax.apps.history.commands import picture_stem
+    assert [picture_stem(p) for p in ("/a/new.png", "/a/scan.nii.gz", "/a/series/", "/a/x")] == [
+        "new", "scan", "series", "x"]
+
+
+def test_a_manifest_of_the_dataset_queries_reserve_is_refused(setup, capsys, tmp_path):
+    """A dataset named "query" is what a query gives an image not in the archive: archived
+    images of it would be taken for new ones (no patient of their own)."""
+    from mami_jax.data.manifest import write_manifest
+    s = setup
+    renamed = str(tmp_path / "renamed.csv")
+    write_manifest([r.replace(dataset="query") for r in read_manifest(s["first"])], renamed)
+    assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest", renamed,
+                 "--out", str(tmp_path / "x"), "--app-config", s["app"]]) == 1
+    (line,) = _err(capsys)
+    assert line.startswith(f"error: --manifest {renamed}: image ") and "is of dataset 'query'" in line
+    assert not os.path.exists(tmp_path / "x")
 
 
 def test_a_query_embeds_as_the_archive_did(setup, capsys, tmp_path, monkeypatch):

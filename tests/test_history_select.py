@@ -9,13 +9,21 @@ import pytest
 pytest.importorskip("faiss")
 
 from mami_jax.apps.history.archive import Archive  # noqa: E402
-from mami_jax.apps.history.history_select import is_history, retrieve, true_history  # noqa: E402
+from mami_jax.apps.history.history_select import (NEW_IMAGE_DATASET, is_history,  # noqa: E402
+                                                   retrieve, true_history)
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
 
 
 def _row(image_id, pid, study, order, modality="xray"):
     return ManifestRow(image_id=image_id, patient_id=pid, study_id=study, order=order,
                        modality=modality, dataset="d", view="", path=f"/x/{image_id}")
+
+
+def _new(order):
+    """A queried image not in the archive, as ``query_rows`` makes it: a patient and study
+    of its own, of the reserved dataset."""
+    return _row("query:/new.png", "query:/new.png", "query:/new.png", order).replace(
+        dataset=NEW_IMAGE_DATASET)
 
 
 def test_the_rule():
@@ -42,14 +50,14 @@ def test_the_rule():
     assert is_history(_row("b", "other", "s2", "1"), _row("q4", "p", "s8", ""))
     # A new image (no patient) of unknown order is newer than the whole archive; with an
     # order it is a time, and it excludes whatever is not earlier.
-    assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", ""))
-    assert is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "8"))
-    assert not is_history(_row("i", "p", "s1", "7"), _row("new", "", "", "7"))
+    assert is_history(_row("i", "p", "s1", "7"), _new(""))
+    assert is_history(_row("i", "p", "s1", "7"), _new("8"))
+    assert not is_history(_row("i", "p", "s1", "7"), _new("7"))
     # an archived image without an order cannot be shown earlier than a dated new image,
     # however the date is written (it was earlier than 2019-03-01 and not than 20190301)
     for when in ("2019-03-01", "20190301", "3"):
-        assert not is_history(_row("m", "p", "s1", ""), _row("new", "", "", when)), when
-    assert is_history(_row("m", "p", "s1", ""), _row("new", "", "", ""))
+        assert not is_history(_row("m", "p", "s1", ""), _new(when)), when
+    assert is_history(_row("m", "p", "s1", ""), _new(""))
 
 
 def test_future_images_never_returned_even_when_most_similar():

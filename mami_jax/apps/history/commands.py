@@ -24,7 +24,7 @@ import os
 from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel
-from mami_jax.apps.history.history_select import retrieve
+from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET, retrieve
 from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
@@ -71,12 +71,25 @@ def _rows(args, config) -> tuple[list[ManifestRow], ImageFiles]:
     if not rows:
         others = " of the run's modalities" if left_out else ""
         raise ValueError(f"--manifest {args.manifest}: no images{others} to work on")
+    reserved = next((r for r in rows if r.dataset == NEW_IMAGE_DATASET), None)
+    if reserved is not None:
+        raise ValueError(f"--manifest {args.manifest}: image {reserved.image_id} is of dataset "
+                         f"{NEW_IMAGE_DATASET!r}, the name queries give images not in the "
+                         "archive; name the dataset otherwise")
     files = ImageFiles(rows)
     refuse_missing_files(rows, files=files)     # before a model loads and any output is begun
     return rows, files
 
 
 # -- where the commands write ------------------------------------------------------------
+def picture_stem(path: str) -> str:
+    """The name of a query's image without its extensions (``scan.nii.gz`` -> ``scan``; a
+    series folder its own name), for the default picture ``./query_<stem>.png``: it was
+    ``query_scan.png.png``."""
+    name = os.path.basename(os.path.normpath(path))
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return os.path.splitext(name)[0] or name
 def _file_of(spec: str | None) -> str | None:
     """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it."""
     return resolve(spec.partition(":")[0]) if spec else None
@@ -308,7 +321,7 @@ def query(args) -> int:
                          f"--threshold")
     where = f"querying {args.index}"
     source = _model_source(archive, args, where)
-    png = args.png or os.path.join(os.getcwd(), f"query_{os.path.basename(row.path)}.png")
+    png = args.png or os.path.join(os.getcwd(), f"query_{picture_stem(row.path)}.png")
     flag = "--png" if args.png else "the picture (default ./query_NAME.png; --png names another)"
     refuse_inside_inputs(png, flag, {
         "--index": args.index, "--image": args.image,

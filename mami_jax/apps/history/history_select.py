@@ -40,13 +40,20 @@ from mami_jax.data.manifest import ManifestRow, order_key
 from mami_jax.runtime.progress import progress_bar
 
 
+#: The dataset of an image queried without being archived (``query --image`` of a new
+#: file): a patient and study of its own until its archived ``--with`` images place it in
+#: their visit. The manifests the history app reads may not name a dataset so
+#: (``commands._rows``): their images would be taken for new ones.
+NEW_IMAGE_DATASET = "query"
+
+
 def is_history(candidate: ManifestRow, query: ManifestRow) -> bool:
     """Whether ``candidate`` may be ``query``'s history (the module's rule)."""
     if candidate.modality != query.modality or candidate.image_id == query.image_id:
         return False
     if candidate.study_key == query.study_key:
         return False
-    if not query.patient_id:        # a new image: no patient, its order (if any) is a time
+    if query.dataset == NEW_IMAGE_DATASET:   # nobody's yet: its order (if any) is a time
         # an archived image without an order cannot be shown earlier (order_key put "" after
         # every number and before every text: earlier than 2019-03-01, not than 20190301)
         return not query.order or (bool(candidate.order)

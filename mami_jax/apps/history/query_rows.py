@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET
 from mami_jax.apps.history.visit_fusion import visit_key
 from mami_jax.data.file_rows import refuse_image_folder
 from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, is_number_order, order_key
@@ -34,8 +35,12 @@ def _new_row(archive, path: str, modality: str, order: str, flag: str,
                          f"(it has {', '.join(sorted(archive.indexes))})")
     refuse_image_folder(path, modality, path_flag)
     path = os.path.abspath(path)
-    return ManifestRow(image_id=f"query:{path}", patient_id="", study_id="", order=order,
-                       modality=modality, dataset="query", view="", path=path)
+    # a patient and study of its own (rows need both; empty ones were refused before any
+    # new image was embedded): a stranger to every archived patient until placed_by_mates
+    # or keyed_to makes it one of theirs
+    own = f"query:{path}"
+    return ManifestRow(image_id=own, patient_id=own, study_id=own, order=order,
+                       modality=modality, dataset=NEW_IMAGE_DATASET, view="", path=path)
 
 
 def query_row(archive, image: str, modality: str | None, order: str | None) -> ManifestRow:
@@ -87,7 +92,7 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
     ``MODALITY=PATH``), as the archive holds them (``keyed_to`` makes them the query's)."""
     key = visit_key(query)
     mates = [r for r in archive.rows
-             if visit_key(r) == key and r.image_id != query.image_id] if query.dataset != "query" else []
+             if visit_key(r) == key and r.image_id != query.image_id] if query.dataset != NEW_IMAGE_DATASET else []
     for spec in extra:
         modality, sep, path = spec.partition("=")
         if not sep:
@@ -129,9 +134,9 @@ def placed_by_mates(query: ManifestRow, mates: Sequence[ManifestRow]) -> Manifes
     returned as its earliest match, scored with each archived mate compared with itself.
     An archived query, or one without archived mates, is returned as it is; mates of two
     visits, or an ``--order`` other than theirs, are a ValueError."""
-    if query.dataset != "query":
+    if query.dataset != NEW_IMAGE_DATASET:
         return query
-    archived = [m for m in mates if m.dataset != "query"]
+    archived = [m for m in mates if m.dataset != NEW_IMAGE_DATASET]
     visits = sorted({(m.dataset, m.patient_id, m.order) for m in archived})
     if not visits:
         return query
