@@ -55,6 +55,11 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [kv for kv in rest.split(";") if kv] if sep else []
 
 
+def _num(v) -> str:
+    """An AUC to 3 places; n/a where no group had both kinds of pairs."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def markdown(result: dict) -> str:
     lines = ["| variant | ensemble size | model | chance R1 | R1 before | R1 after | AUC before "
              "| AUC after | PSNR dB (mean) | PSNR dB (min) | unchanged |", "| --- " * 11 + "|"]
@@ -62,8 +67,8 @@ def markdown(result: dict) -> str:
         for model, rep in run["attack"].items():
             v = rep["mean"]
             lines.append(f"| {run['variant']} | {run['size']} | {model} | {v['chance_rank1']:.3f} | "
-                         f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | {v['auc_before']:.3f} | "
-                         f"{v['auc_after']:.3f} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} | "
+                         f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | {_num(v['auc_before'])} | "
+                         f"{_num(v['auc_after'])} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} | "
                          f"{run.get('unchanged', 0)} |")
     return "\n".join(lines) + "\n"
 

@@ -43,6 +43,32 @@ def test_attack_report_before_after_and_chance():
     assert same["rank1_after"] == same["rank1_before"]
 
 
+def test_a_group_of_one_patient_has_no_auc_and_the_mean_leaves_it_out():
+    """A dataset/modality group of one patient has no different-patient pair: evaluate
+    stopped with 'verification needs both kinds of pairs' naming nothing (main's
+    evaluation shows '-'). Its AUC is None, the report says n/a, the mean is the others'."""
+    from mami_jax.apps.privacy.evaluation_report import markdown
+    rows = _rows() + [r.replace(dataset="lone", image_id="lone_" + r.image_id)
+                      for r in _rows(n_patients=1)]
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(len(rows), 8))
+    rep = attack_eval.attack_report(emb, emb, rows)
+    assert rep["lone/xray"]["auc_before"] is None and rep["lone/xray"]["rank1_before"] == 1.0
+    assert rep["mean"]["auc_before"] == pytest.approx(rep["d/xray"]["auc_before"])
+    assert rep["mean"]["rank1_before"] == pytest.approx((rep["d/xray"]["rank1_before"] + 1) / 2)
+    table = markdown({"attack": {"m": {"lone/xray": dict(rep["lone/xray"], rank1_before_interval=None,
+                                                          rank1_after_interval=None)}}})
+    assert "| n/a | n/a |" in table
+
+
+def test_the_utility_figure_leaves_out_modalities_without_an_auc():
+    from mami_jax.apps.privacy import figures
+    report = {"history_utility": {"/runs/hist": {"auc": {
+        "xray": {"relative_change": -0.02}, "ct": {"relative_change": None},
+        "mean": {"relative_change": -0.02}}}}}
+    assert figures.merged_utility([report], {}) == {"xray": {"hist": -0.02}}
+
+
 def test_region_mask_fraction_and_diffusion_fill():
     maps = np.zeros((1, 1, 10, 10))
     maps[0, 0, 2:4, 2:7] = 1.0                             # 10 strongest pixels

@@ -39,7 +39,9 @@ def chance_rank1(rows: Sequence[ManifestRow]) -> float:
 
 def query_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: Sequence[ManifestRow]
                   ) -> dict:
-    """Rank-1 and verification AUC of queries (one per row) against the gallery (same rows)."""
+    """Rank-1 and verification AUC of queries (one per row) against the gallery (same rows);
+    the AUC is None where the rows hold no pair of one of the two kinds (a group of one
+    patient has no different-patient pairs), as the evaluator leaves it out."""
     pids = np.asarray([r.patient_key for r in rows])
     studies = np.asarray([r.study_key for r in rows])
     reid = chunked_reid_metrics(query_emb, gallery_emb, pids, pids, studies, studies,
@@ -48,8 +50,10 @@ def query_metrics(query_emb: np.ndarray, gallery_emb: np.ndarray, rows: Sequence
     other_study = studies[:, None] != studies[None, :]
     same = pids[:, None] == pids[None, :]
     pairs = other_study | ~same
-    auc = verification_metrics(sim[pairs], (same & other_study)[pairs])["auc"]
-    return {"rank1": float(reid["rank1"]), "rank5": float(reid["rank5"]), "auc": float(auc),
+    positive = (same & other_study)[pairs]
+    auc = float(verification_metrics(sim[pairs], positive)["auc"]) \
+        if positive.any() and not positive.all() else None
+    return {"rank1": float(reid["rank1"]), "rank5": float(reid["rank5"]), "auc": auc,
             "num_queries": len(rows)}
 
 
@@ -83,8 +87,15 @@ def attack_report(original_emb: np.ndarray, protected_emb: np.ndarray,
                      **{f"{k}_after": v for k, v in after.items() if k != "num_queries"},
                      "num_queries": len(sub)}
     keys = [k for k in next(iter(out.values())) if k != "num_queries"]
-    out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in keys}
+    out["mean"] = {k: _mean_of_defined([v[k] for v in out.values()]) for k in keys}
     return out
+
+
+def _mean_of_defined(values) -> float | None:
+    """The mean of the groups' values that are defined (an AUC of a one-patient group is
+    None); None when none is."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def first_match_hits(query_emb: np.ndarray, gallery_emb: np.ndarray,

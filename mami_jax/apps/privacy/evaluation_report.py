@@ -41,7 +41,7 @@ def markdown(result: dict) -> str:
                 continue
             lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | "
                          f"{_with_interval(v, 'rank1_before')} | {_with_interval(v, 'rank1_after')} "
-                         f"| {v['auc_before']:.3f} | {v['auc_after']:.3f} |")
+                         f"| {_num(v['auc_before'])} | {_num(v['auc_after'])} |")
     for name, rep in result.get("patients", {}).items():
         for g, patients in rep.items():
             kept = [v for v in patients if v["matched_after"]]

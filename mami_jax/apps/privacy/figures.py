@@ -158,7 +158,9 @@ def merged_utility(reports, rename) -> dict:
         for path, entry in rep.get("history_utility", {}).items():
             label = rename.get(path, os.path.basename(os.path.normpath(path)))
             for modality, v in entry["auc"].items():
-                if modality != "mean":
+                # a modality whose AUC is undefined (one diagnosis class among its images)
+                # has no change to draw; the report's table says n/a
+                if modality != "mean" and v.get("relative_change") is not None:
                     changes.setdefault(modality, {})[label] = float(v["relative_change"])
     return changes
 
