@@ -116,3 +116,19 @@ def test_the_process_count_and_rank_come_from_the_environment(monkeypatch, env, 
         with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("(", r"\(")
                            .replace(")", r"\)")):
             process_settings()
+
+
+def test_a_process_count_without_a_coordinator_is_refused(monkeypatch):
+    """JAX_NUM_PROCESSES=2 without JAX_COORDINATOR_ADDRESS ran as process 0 of 1: each
+    process trained alone."""
+    from mami_jax.runtime.distributed import maybe_initialize_distributed
+    for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    with pytest.raises(ValueError, match=r"^environment variable JAX_NUM_PROCESSES=2 says several "
+                                         r"processes, but JAX_COORDINATOR_ADDRESS"):
+        maybe_initialize_distributed()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    maybe_initialize_distributed()          # one process: nothing to join

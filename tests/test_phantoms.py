@@ -436,8 +436,13 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     line = _cli_error(capsys, ["--out", str(tmp_path / "afile")] + small)
     assert line == f"error: phantoms: output path {tmp_path / 'afile'} exists and is not a folder"
-    line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--patients", "0", "--visits", "1"])
-    assert line == "error: phantoms: patients must be an integer >= 1, got 0"
+    for flag in ("--patients", "--visits", "--slices", "--workers", "--image-size"):
+        with pytest.raises(SystemExit) as e:      # a count below 1: a usage error, status 2
+            phantoms_cli(["--out", str(tmp_path / "new"), flag, "0"])
+        assert e.value.code == 2
+        assert capsys.readouterr().err == (f"error: python -m mami_jax.phantoms: argument "
+                                           f"{flag}: expected a whole number >= 1, got 0 (see "
+                                           "--help)\n")
     line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--pathology-field", "9"])
     assert "pathology_field must be a number in [0.25, 4], got 9.0" in line
     line = _cli_error(capsys, ["--out", str(tmp_path / "new"), "--stage1-visible", "0"])

@@ -147,6 +147,33 @@ def test_the_run_keeps_the_whole_config_it_was_trained_with(trained):
     assert kept.data.only_modalities == ("xray",) and kept.data.modalities.ct.source_weight is None
 
 
+def test_a_total_below_the_resumed_step_is_refused(run_copy):
+    """A 2-step checkpoint resumed with total_steps=1 wrote eval/step_1 holding the step-2
+    weights."""
+    workdir, root, _ = run_copy
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.train.total_steps = 1
+    with pytest.raises(ValueError, match=rf"^train.total_steps=1: {workdir} holds a checkpoint "
+                                         r"of step 2, past it"):
+        train_and_evaluate(cfg, workdir)
+    assert not os.path.exists(os.path.join(workdir, "eval", "step_1"))
+
+
+@pytest.mark.parametrize("setting, value", [("grad_clip_norm", 0.0),
+                                            ("freeze", ("mami/block_0/.*",))])
+def test_other_optimizer_settings_on_resume_are_named_not_called_damage(run_copy, setting, value):
+    """Clipping off (its state gone from the optimizer's chain) or a part frozen now was
+    'checkpoint ... is damaged: item train cannot be read'; the checkpoint is fine."""
+    workdir, root, step_dir = run_copy
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.optim[setting] = value
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {step_dir} holds the optimizer "
+                                              r"state (and heads )?of other training settings"):
+        train_and_evaluate(cfg, workdir)
+
+
 def test_model_config_differences():
     saved = {"generator_hidden": [24, 16], "rank": 4, "dtype": "float32", "old": 1}
     requested = {"generator_hidden": (24, 16), "rank": 8, "dtype": "bfloat16", "new": 2}

@@ -64,7 +64,7 @@ from mami_jax.data.picture_grid import is_png
 from mami_jax.data.preview_manifest import describe, draw_preview
 from mami_jax.data.splits import assign_splits
 from mami_jax.runtime.error_line import print_error
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least
 from mami_jax.runtime.output_guard import (check_output_file, check_replaceable_file,
                                            refuse_overwriting_inputs)
 from mami_jax.runtime.interrupts import run_command, say_interrupted
@@ -115,12 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=int(cfg.split_seed), help="split seed")
     parser.add_argument("--fractions", type=parse_fractions,
                         default=dict(cfg.split_fractions), help="e.g. train=0.7,val=0.1,test=0.2")
-    parser.add_argument("--examples", type=int, default=5, help="examples printed per skip reason")
+    parser.add_argument("--examples", type=whole_at_least(0), default=5,
+                        help="examples printed per skip reason")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out manifest (and labels.csv beside it); "
                              "any other file is never replaced")
     parser.add_argument("--no-preview", action="store_true",
-                        help="do not draw <out>_preview.png (it reads about 75 images, or "
+                        help="do not draw <stem>_preview.png beside --out (manifest.csv: "
+                             "manifest_preview.png; it reads about 75 images, or "
                              "series, of the dataset)")
     parser.add_argument("--uncertain", choices=("ones", "zeros", "keep"), default="ones",
                         help="chexpert: uncertain (-1) observations in labels.csv become 1, 0 or stay -1")
@@ -130,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folders: the dataset column of the rows (default 'folders'); "
                              "patients are told apart per dataset")
     args = parser.parse_args(argv)
+    if args.dataset == "folders" and args.modality is None:
+        parser.error("--dataset folders needs --modality, the modality of every image under "
+                     "--root")
     try:
         result, rows, preview = build(args)
     except (ValueError, OSError, csv.Error) as e:

@@ -47,7 +47,7 @@ from mami_jax.data.slide_reader import SLIDE_EXTENSIONS, Slide
 from mami_jax.data.slide_tissue import tissue_mask
 from mami_jax.runtime import folder_lock, strict_json
 from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic, write_text_atomic
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import leave_stops_to_the_parent, run_command, say_interrupted
 from mami_jax.runtime.json_object import parse_json_object
@@ -291,9 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-tiles choice")
     p.add_argument("--format", choices=("png", "jpg"), default="png",
                    help="tile format (default png, lossless; jpg at quality 95 is smaller)")
-    p.add_argument("--threads", type=int, default=4,
+    p.add_argument("--threads", type=whole_at_least(1), default=4,
                    help="threads reading and encoding tiles (default 4)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=whole_at_least(1), default=1,
                    help="processes cutting slides side by side (default 1)")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="leave out slides that cannot be read or cut, named in tiling.json "

@@ -11,7 +11,7 @@ one ``error:`` line and status 2 (``runtime.cli_parser``)."""
 import os
 
 from mami_jax.phantoms import generator, preview
-from mami_jax.runtime.cli_parser import OneLineErrorParser
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import run_command, say_interrupted
 from mami_jax.runtime.output_guard import check_picture_file
@@ -22,16 +22,16 @@ def main(argv=None) -> int:
                                      description=generator.__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="output folder (absent or empty)")
     parser.add_argument("--preview", metavar="FILE.png", help="write a picture grid instead")
-    parser.add_argument("--patients", type=int, default=None,
+    parser.add_argument("--patients", type=whole_at_least(1), default=None,
                         help="patients in all, each in 1-3 modalities (default "
                              f"{generator.DEFAULTS['patients']}; --out only)")
-    parser.add_argument("--visits", type=int, default=generator.DEFAULTS["visits"],
+    parser.add_argument("--visits", type=whole_at_least(1), default=generator.DEFAULTS["visits"],
                         help="visits (studies) per patient (default %(default)s)")
     parser.add_argument("--seed", type=int, default=generator.DEFAULTS["seed"],
                         help="the same seed writes the same images (default %(default)s)")
-    parser.add_argument("--image-size", type=int, default=generator.DEFAULTS["image_size"],
+    parser.add_argument("--image-size", type=whole_at_least(1), default=generator.DEFAULTS["image_size"],
                         help="image side in pixels (default %(default)s)")
-    parser.add_argument("--slices", type=int, default=generator.DEFAULTS["slices"],
+    parser.add_argument("--slices", type=whole_at_least(1), default=generator.DEFAULTS["slices"],
                         help="slices of each CT and MRI series (default %(default)s)")
     parser.add_argument("--pathology-field", type=float, default=generator.DEFAULTS["pathology_field"],
                         help="pathology tiles show this many standard fields per side, at the "
@@ -43,9 +43,9 @@ def main(argv=None) -> int:
                         help="every diseased visit shows its disease (stage 1 at stage-2 "
                              "strength) with probability P and not at all otherwise: the "
                              "patient's history decides more diagnoses; default: always")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=whole_at_least(1), default=None,
                         help="processes rendering in parallel (default: the CPUs, at most 4)")
-    parser.add_argument("--preview-rows", type=int, default=None,
+    parser.add_argument("--preview-rows", type=whole_at_least(1), default=None,
                         help="patients per modality in the preview (default 3; --preview only)")
     args = parser.parse_args(argv)
     if bool(args.out) == bool(args.preview):

@@ -19,6 +19,22 @@ from mami_jax.runtime.local_paths import MOUNT_IT, is_url, url_hint
 OUTPUT_FLAGS = ("--out", "--preview", "--png", "--json")
 
 
+def whole_at_least(low: int):
+    """An argparse ``type``: a whole number >= ``low``; anything else is a usage error
+    (status 2) naming the flag, as a count below 1 is everywhere (docs/running.md)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got "
+                                             f"{text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+    convert.__name__ = f"whole number >= {low}"
+    return convert
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse with usage errors as one ``error: PROG: MESSAGE (see --help)`` line, status
     2. Subcommands: ``add_subparsers(..., parser_class=OneLineErrorParser)``."""

@@ -1,9 +1,11 @@
 """Multi-host start-up: ``jax.distributed.initialize()`` when the process is one of several.
 
-JAX learns the number of processes and each one's rank from the cluster it runs in (a
-Cloud TPU, SLURM, Open MPI). Started by hand or by another launcher, with only
-``JAX_COORDINATOR_ADDRESS`` set, it stopped with "Number of processes must be defined":
-``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` say them (they win over what JAX would find).
+A multi-worker Cloud TPU is found from its environment. Elsewhere ``JAX_COORDINATOR_ADDRESS``
+(host:port of process 0) says the run is one of several; JAX then learns the number of
+processes and each one's rank from the launcher (SLURM, Open MPI) or, started by hand or
+by another launcher (where it stopped with "Number of processes must be defined"), from
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (they win over what JAX would find). Those
+two without a coordinator address are refused: each process would train alone.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def maybe_initialize_distributed() -> None:
     """A coordinator address, or a multi-worker Cloud TPU, means several processes: join them
     before anything touches the devices."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in hosts:
-        settings = process_settings()
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize(**settings)
+    settings = process_settings()
+    if not (os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in hosts):
+        if settings.get("num_processes", 1) > 1:
+            raise ValueError(f"environment variable {COUNT_ENV}={settings['num_processes']} "
+                             "says several processes, but JAX_COORDINATOR_ADDRESS (host:port of "
+                             "process 0) is not set: each process would train alone")
+        return
+    if not jax.distributed.is_initialized():
+        jax.distributed.initialize(**settings)

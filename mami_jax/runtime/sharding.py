@@ -58,6 +58,35 @@ def path_to_str(path) -> str:
     return "/".join(parts)
 
 
+def check_partition_rules(rules, mesh: Mesh) -> None:
+    """ValueError naming the rule of ``partition_rules`` whose pattern is no regular
+    expression or that names an axis ``mesh`` lacks (was a KeyError or re.error traceback
+    when the state was placed, after the data was read)."""
+    for pattern, axes in rules:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"partition_rules: {pattern!r} is not a regular expression: "
+                             f"{e}") from None
+        unknown = [a for a in tuple(axes) if a is not None and a not in mesh.shape]
+        if unknown:
+            raise ValueError(f"partition_rules: rule {pattern!r} names mesh axis "
+                             f"{unknown[0]!r}; the mesh's axes are {list(mesh.axis_names)} "
+                             "(or None)")
+
+
+def model_groups_span_processes(devices: np.ndarray) -> list[int] | None:
+    """The process indices of the first data-axis row of ``devices`` (a (data, model) grid
+    of devices) that holds devices of more than one process, or None. Every process feeds
+    its own share of the batch over the data axis; a model group across processes was fed
+    two different shares as one replicated array, and trained on half the batch."""
+    for row in np.asarray(devices, dtype=object):
+        owners = sorted({int(d.process_index) for d in row})
+        if len(owners) > 1:
+            return owners
+    return None
+
+
 def spec_for(name: str, shape: tuple, rules, mesh: Mesh) -> P:
     for pattern, axes in rules:
         if re.match(pattern, name):

@@ -253,15 +253,18 @@ class Checkpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**{item: args}))
         except Exception as e:  # orbax, tensorstore and json raise many types
-            # Only the params item is compared: it is what a model config determines, and
-            # a plain tree of arrays (the train item's optimizer state is not).
-            if item == "params" and isinstance(args, ocp.args.StandardRestore):
+            # The params item is what a model config determines; the train item's layout
+            # (heads, optimizer state) what the training settings do: either, readable but
+            # of another layout, is not damage.
+            if item in ("params", "train") and isinstance(args, ocp.args.StandardRestore):
                 other = _other_config_message(self.step_dir(step), item, args.item)
                 if other:
                     raise CheckpointError(other) from e
             raise CheckpointError(
                 f"checkpoint {self.step_dir(step)} is damaged: item '{item}' cannot be read "
                 f"({_first_line(e)})") from e
+        if item == "train" and isinstance(args, ocp.args.StandardRestore):
+            _refuse_partial(self.step_dir(step), restored[item], args.item)
         return restored[item]
 
     def saved_label_map(self, step: int) -> dict[str, int]:
@@ -397,10 +400,34 @@ def _other_config_message(step_dir: str, item: str, expected) -> str | None:
     if not differences:
         return None
     more = ", ..." if len(differences) > _EXAMPLES else ""
+    listed = f"({'; '.join(differences[:_EXAMPLES])}{more})"
+    if item == "train":
+        return (f"checkpoint {step_dir} holds the optimizer state and heads of other training "
+                f"settings than the ones given: {len(differences)} entries of item 'train' "
+                f"differ in name or shape {listed}. Settings such as optim.freeze, "
+                "optim.grad_clip_norm, optim.lr_multipliers and loss.terms shape them: resume "
+                "with the run's own (RUN/config.json), or train in a new workdir")
     return (f"checkpoint {step_dir} holds the parameters of another model config than the "
             f"one given: {len(differences)} parameters of item '{item}' differ in name or "
-            f"shape ({'; '.join(differences[:_EXAMPLES])}{more}). Use the model config the "
-            "run was trained with")
+            f"shape {listed}. Use the model config the run was trained with")
+
+
+def _refuse_partial(step_dir: str, restored, expected) -> None:
+    """orbax restores a tree of fewer entries than asked for without a word (another
+    ``optim.freeze`` leaves the moments of the newly trained parameters None, and the first
+    step failed on them with a TypeError): an entry asked for and not restored is refused
+    as a change of training settings."""
+    missing = [_path_name(path) for path, leaf in jax.tree_util.tree_flatten_with_path(
+        restored, is_leaf=lambda x: x is None)[0] if leaf is None]
+    wanted = {_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    missing = [m for m in missing if m in wanted]
+    if missing:
+        more = ", ..." if len(missing) > _EXAMPLES else ""
+        raise CheckpointError(
+            f"checkpoint {step_dir} holds the optimizer state of other training settings than "
+            f"the ones given: {len(missing)} entries of item 'train' are not in it "
+            f"({'; '.join(missing[:_EXAMPLES])}{more}). Settings such as optim.freeze shape "
+            "it: resume with the run's own (RUN/config.json), or train in a new workdir")
 
 
 def _train_item(state: TrainState) -> dict:

@@ -12,6 +12,8 @@ evaluates only at the end). Each is one
 
 from __future__ import annotations
 
+import re
+
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
 from mami_jax.data.sampler import IDENTITY_CLASSES
@@ -43,6 +45,12 @@ def check_optim(cfg) -> None:
     for group, value in dict(cfg.lr_multipliers).items():
         require(is_number(value) and value >= 0, f"optim.lr_multipliers.{group}", value,
                 "a number >= 0")
+    for pattern in tuple(cfg.freeze):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:     # was a re.error traceback at the model build
+            raise ValueError(f"optim.freeze: {pattern!r} is not a regular expression: "
+                             f"{e}") from None
 
 
 def _one_of(value, key: str, allowed) -> None:

@@ -170,6 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    _check_batches_fit(config, mesh)
     if tuple(config.optim.freeze):      # its patterns are matched against the parameters
         build_model_and_state_fns(config, num_classes=2, total_steps=1)
     _resume_step(config, workdir)       # a run of another model: before anything is written
@@ -178,8 +180,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if _evaluates(config):  # found at the final evaluation, it cost the whole run
         check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION)
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    _check_batches_fit(config, mesh)
     make_dirs(workdir)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
                           take=jax.process_index() == 0), StopRequests() as stop:
@@ -189,7 +189,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _check_batches_fit(config, mesh) -> None:
     """The training batch and, when the run evaluates, the evaluation batch split evenly
     over the data axis: an evaluation batch that did not was found at the first evaluation,
-    after all the steps when that is the final one."""
+    after all the steps when that is the final one. The partition rules name the mesh's
+    axes, and no model group spans processes (``sharding.model_groups_span_processes``)."""
+    sharding.check_partition_rules(config.partition_rules, mesh)
+    owners = sharding.model_groups_span_processes(mesh.devices)
+    if owners is not None:
+        raise ValueError(
+            f"mesh.model={mesh.shape[sharding.MODEL_AXIS]}: a model-axis group spans processes "
+            f"{owners}; each process feeds its own share of the batch, so a group must lie "
+            f"within one process: mesh.model at most the {jax.local_device_count()} devices of "
+            "a process, dividing them")
     p, k = int(config.data.patients_per_batch), int(config.data.images_per_patient)
     sharding.check_data_axis_divides(f"global batch data.patients_per_batch x "
                                      f"data.images_per_patient = {p} x {k} = {p * k}", p * k, mesh)
@@ -217,6 +226,15 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
     logging.info("%s", loader.summary())
     _draw_training_batches(workdir, loader)
     total_steps = total_steps_of(config, loader)
+    if resume_step is not None and resume_step > total_steps:
+        raise ValueError(f"train.total_steps={total_steps}: {workdir} holds a checkpoint of step "
+                         f"{resume_step}, past it (its evaluation would be labelled step "
+                         f"{total_steps}); give a total of at least {resume_step}, or train in "
+                         "a new workdir")
+    if int(config.optim.warmup_steps) >= total_steps:
+        logging.warning("optim.warmup_steps=%d is not below the run's %d steps: the warm-up "
+                        "is cut to %d steps", int(config.optim.warmup_steps), total_steps,
+                        max(total_steps - 1, 0))
 
     model, optimizer, init_state = build_model_and_state_fns(
         config, loader.num_classes, total_steps)
