@@ -126,5 +126,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit(message: str) -> None:
+    # a JSON config (a run's config.json, a model file's) is loaded through the package's
+    # own loader file: the user gave, and should read, their file's name alone
+    message = message.replace(config_files.JSON_CONFIG_FILE + ":", "")
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -86,6 +86,19 @@ def test_a_config_file_that_cannot_be_loaded_is_one_error_line(tmp_path, name):
     assert not (tmp_path / "w").exists()
 
 
+def test_an_unknown_key_of_a_json_config_names_the_users_file_alone(tmp_path):
+    """A run's config.json is loaded through the package's own loader file, whose path
+    led the message ('.../mami_jax/json_config_file.py:.../config.json has no key')."""
+    from mami_jax.config_files import load_config
+    (tmp_path / "c.json").write_text(
+        load_config(os.path.join(REPO, "configs", "all.py:runlocal")).to_json_best_effort())
+    proc = main(f"--config={tmp_path / 'c.json'}", "--config.train.totl_steps=3",
+                f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: --config.train.totl_steps: {tmp_path / 'c.json'} has no key "
+                           "'train.totl_steps'\n")
+
+
 def test_a_file_without_get_config_and_a_stray_argument_are_one_error_line(tmp_path):
     """A Python file that defines no ``get_config`` ended in a traceback raised while the
     error was being named; a stray word printed absl's whole usage text, status 1."""
