@@ -99,6 +99,13 @@ def test_bad_arguments_are_one_error_line_and_inputs_are_never_replaced(tmp_path
     with pytest.raises(SystemExit) as stop:
         preview_manifest.main(["--manifest", str(manifest), "--out", "v.png", "--patients", "0"])
     assert stop.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:     # was "no config key 'eval.batch_size'"
+        preview_manifest.main(["--manifest", str(manifest), "--out", "v.png", "--set",
+                               "eval.batch_size=4"])
+    assert stop.value.code == 2
+    assert "--set eval.batch_size=4: a preview reads with the data block alone" in \
+        capsys.readouterr().err
 
 
 def _folders(root):

@@ -572,3 +572,16 @@ def test_a_run_read_with_a_config_that_reads_otherwise_is_refused(run, capsys, t
             "value_window=(0.0, 200.0); name the config it was trained with (--experiment "
             "FILE[:ARG]), or none to read it with its own config.json")
         assert not (tmp_path / command).exists()
+
+
+def test_a_member_that_is_not_there_is_not_warned_about_as_unchecked(tmp_path):
+    """A missing transfer= member was first warned about as carrying no training config,
+    then refused by the loader: the warning only misled."""
+    from mami_jax.apps.privacy.member_reading import refuse_other_readings
+    from mami_jax.config_files import load_config
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = load_config(os.path.join(repo, "configs", "all.py:runlocal")).data
+    assert refuse_other_readings({str(tmp_path / "nowhere"): {"xray"}}, data) == []
+    here = tmp_path / "model.pth"
+    here.write_bytes(b"")
+    assert refuse_other_readings({str(here): {"xray"}}, data) == [str(here)]

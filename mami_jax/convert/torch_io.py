@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Any, Mapping
 
@@ -99,7 +100,9 @@ def load_file(path: str, *, allow_torchscript: bool = False, mmap: bool = False)
                 "(CLI: --allow-torchscript).")
         torch = _torch()
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():   # torch deprecates TorchScript; the user asked
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(path, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
             raise CorruptCheckpointError(f"{path}: cannot read TorchScript archive: {e}") from e
         return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -146,6 +146,10 @@ def _experiment(spec: str, overrides: Sequence[str], usage_error):
     from mami_jax.config_renames import renamed_key_message
     cfg = load_config(spec, kind="experiment") if spec else \
         ml_collections.ConfigDict({"data": default_data_config()})
+    other = next((o for o in overrides if not o.strip().startswith("data.")), None)
+    if other is not None:
+        usage_error(f"--set {other}: a preview reads with the data block alone; give a data.* "
+                    "setting")
     apply_set_flags(cfg, overrides, usage_error, moved=renamed_key_message)
     return cfg
 
@@ -159,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="experiment config FILE[:ARG] (or a run's config.json) whose "
                              "data block reads the images; default: the paper's preprocessing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an experiment config setting, e.g. "
+                        help="a data.* setting of the experiment config (the preview reads "
+                             "with its data block alone), e.g. "
                              "data.modalities.ct.value_window=\"(-1000, 1000)\", to see a "
                              "reading before training with it (repeatable)")
     parser.add_argument("--split", default="", help="only rows of this split")

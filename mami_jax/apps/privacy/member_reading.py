@@ -63,9 +63,12 @@ def refuse_other_readings(members: Mapping[str, set], data_cfg,
     protect) whose own config reads one of them otherwise than ``data_cfg`` (the
     protecting run's); ``role``: what the message calls the member; ``against``: what
     ``data_cfg`` is and the remedy (``MEMBERS``). Returns the members whose reading is not
-    known (``known_data_config``), in order: they could not be checked."""
+    known (``known_data_config``), in order: they could not be checked (a member that is
+    not there is left to the loader, which names it)."""
     unchecked = []
     for name, modalities in members.items():
+        if not os.path.exists(name.partition("@")[0]):
+            continue             # the loader's error names it; no warning about it first
         own = known_data_config(name)
         if own is None:
             unchecked.append(name)
