@@ -135,10 +135,15 @@ def test_a_ranked_modality_is_optimised_by_its_own_objective_inside_the_budget(r
     assert len(gaps) == 6 and min(gaps) > 0.01, gaps
 
 
-def test_cues_write_overlays_and_raw_maps(run):
+def test_cues_write_overlays_and_raw_maps(run, capsys):
     out = run["base"] / "cues"
+    capsys.readouterr()
     assert main(["cues", "--workdir", run["workdir"], "--manifest", run["manifest"],
                  "--out", str(out), "--config", run["config"]]) == 0
+    tests = sum(r.split == "test" for r in read_manifest(run["manifest"]))
+    # the tiny config maps one image of the split: said, not cut without a word
+    assert (f"mapping the first 1 of {tests} images (cues.max_images; --set cues.max_images=N "
+            "for more)") in capsys.readouterr().out
     first = next(r for r in read_manifest(run["manifest"]) if r.split == "test")
     maps = np.load(out / f"{first.image_id}.npz")
     # The tiny random model barely reads its input (its score moves by ~1e-8): the maps'

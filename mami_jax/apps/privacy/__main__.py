@@ -221,6 +221,9 @@ def _run(args, parser) -> None:
     if args.command == "cues":
         from mami_jax.apps.privacy.cue_run import check_cue_settings
         check_cue_settings(pcfg.cues)
+        if len(targets) > int(pcfg.cues.max_images):   # said, not cut without a word
+            print(f"mapping the first {int(pcfg.cues.max_images)} of {len(targets)} images "
+                  f"(cues.max_images; --set cues.max_images=N for more)", flush=True)
         targets = targets[:int(pcfg.cues.max_images)]
     _check_out(args, rows, targets)
     # One run at a time writes into OUT (a second one would interleave its images and log
