@@ -118,6 +118,14 @@ def _interpolation(value, file: str, key: str, allowed=RESAMPLE_MODES) -> str:
     return value
 
 
+def _keep_ratio_error(file: str, key: str, size, mode: str, library: str) -> ResizeSettingError:
+    """A non-square input with a short-side resize: the libraries resize by both sides'
+    ratio then (``ResizeKeepRatio``), which the teachers' input does not reproduce."""
+    return ResizeSettingError(f"{file}: a non-square {key} {list(size)} with {mode} resizes "
+                              f"by both sides' ratio ({library}'s ResizeKeepRatio), which is "
+                              "not reproduced")
+
+
 def _registry_crop_pct(spec: TeacherSpec) -> float | None:
     """The registry's crop fraction (crop side / resized short side); None where the
     registry resizes straight to the crop."""
@@ -150,9 +158,7 @@ def timm_resize(spec: TeacherSpec, file: str, pretrained: dict, size: tuple[int,
         raise ResizeSettingError(f"{file}: pretrained_cfg.crop_mode {mode!r} is not "
                                  "supported: 'center' or 'squash' ('border' pads)")
     if scaled[0] != scaled[1]:
-        raise ResizeSettingError(f"{file}: a non-square input_size {list(size)} with "
-                                 "crop_mode 'center' resizes by both sides' ratio "
-                                 "(timm's ResizeKeepRatio), which is not reproduced")
+        raise _keep_ratio_error(file, "input_size", size, "crop_mode 'center'", "timm")
     return _checked(spec, file, dict(changes, resize_short=scaled[0], resize_to=()))
 
 
@@ -176,7 +182,5 @@ def open_clip_resize(spec: TeacherSpec, file: str, preprocess: dict,
         raise ResizeSettingError(f"{file}: preprocess_cfg.resize_mode {mode!r} is not "
                                  "supported: 'shortest' or 'squash' ('longest' pads)")
     if size[0] != size[1]:
-        raise ResizeSettingError(f"{file}: a non-square image_size {list(size)} with "
-                                 "resize_mode 'shortest' resizes by both sides' ratio "
-                                 "(open_clip's ResizeKeepRatio), which is not reproduced")
+        raise _keep_ratio_error(file, "image_size", size, "resize_mode 'shortest'", "open_clip")
     return _checked(spec, file, dict(changes, resize_short=size[0], resize_to=()))

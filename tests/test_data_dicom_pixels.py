@@ -168,16 +168,20 @@ def test_a_dark_palette_reads_as_dark_as_it_shows(tmp_path, bits):
     np.testing.assert_allclose(decode(p)[0], palette[indices] / 255.0, atol=1e-6)
 
 
-def test_a_colour_dicom_wider_than_8_bits_reads_by_its_bits_stored(tmp_path):
-    """A 12-bit RGB picture of values up to 2000 reads as 2000 / 4095, not stretched."""
-    from tests.test_data_decode import write_dicom
-    rgb = np.random.default_rng(1).integers(0, 2001, (1, 4, 5, 3)).astype(np.uint16)
-    p = str(tmp_path / "rgb12.dcm")
-    write_dicom(p, rgb.astype(np.uint8), photometric="RGB", PlanarConfiguration=0)
-    ds = pydicom.dcmread(p)
+def write_rgb12_dicom(path, rgb):
+    """An RGB DICOM of ``rgb`` (1, H, W, 3) uint16 stored in 12 of 16 bits."""
+    write_dicom(path, rgb.astype(np.uint8), photometric="RGB", PlanarConfiguration=0)
+    ds = pydicom.dcmread(path)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
     ds.PixelData = rgb.astype("<u2").tobytes()
-    ds.save_as(p)
+    ds.save_as(path)
+
+
+def test_a_colour_dicom_wider_than_8_bits_reads_by_its_bits_stored(tmp_path):
+    """A 12-bit RGB picture of values up to 2000 reads as 2000 / 4095, not stretched."""
+    rgb = np.random.default_rng(1).integers(0, 2001, (1, 4, 5, 3)).astype(np.uint16)
+    p = str(tmp_path / "rgb12.dcm")
+    write_rgb12_dicom(p, rgb)
     np.testing.assert_allclose(decode(p)[0], rgb[0] / 4095.0, atol=1e-6)
 
 

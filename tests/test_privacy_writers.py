@@ -565,14 +565,10 @@ def test_a_dark_8_bit_palette_becomes_8_bit_rgb_read_as_the_original(tmp_path):
 
 
 def test_a_12_bit_rgb_dicom_copy_stays_within_its_bits_and_reads_by_them(tmp_path):
-    from tests.test_data_decode import write_dicom
+    from tests.test_data_dicom_pixels import write_rgb12_dicom
     rgb = np.random.default_rng(7).integers(1500, 4096, (1, 6, 5, 3)).astype(np.uint16)
     path = str(tmp_path / "rgb12.dcm")
-    write_dicom(path, rgb.astype(np.uint8), photometric="RGB", PlanarConfiguration=0)
-    ds = pydicom.dcmread(path)
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelData = rgb.astype("<u2").tobytes()
-    ds.save_as(path)
+    write_rgb12_dicom(path, rgb)
     x, change, back = roundtrip(path, tmp_path / "o12.dcm", amplitude=0.1)
     assert x.max() > 0.99                       # 4095 / 4095: read by BitsStored
     assert pydicom.dcmread(str(tmp_path / "o12.dcm")).pixel_array.max() <= 4095
