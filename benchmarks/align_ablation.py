@@ -141,8 +141,10 @@ def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for runs/, ablation.json, ablation.png")
     p.add_argument("--steps", type=int, default=2600, help="training steps per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="training seeds, each arm run once per seed (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                   help="alignment arms to run: variant/teacher set, or none (default: all)")
     p.add_argument("--phantoms", default="", help="shared phantom cache (default: per run)")
     p.add_argument("--teachers-dir", default="",
                    help="shared teacher-feature store (default OUT/teachers; extracted if missing)")

@@ -76,15 +76,29 @@ def child(args) -> None:
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--gallery", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--chunk-size", type=int, nargs="+", default=[256, 2048])
-    parser.add_argument("--patients", type=int, default=20_000)
-    parser.add_argument("--studies", type=int, default=3)
-    parser.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--queries", type=int, nargs="+", default=[100_000],
+                        help="query embeddings; several values, one run each "
+                             "(default: %(default)s)")
+    parser.add_argument("--gallery", type=int, default=100_000,
+                        help="gallery embeddings (default: %(default)s)")
+    parser.add_argument("--dim", type=int, default=768,
+                        help="embedding dimension (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, nargs="+", default=[256, 2048],
+                        help="queries scored at a time; several values, one run each "
+                             "(default: %(default)s)")
+    parser.add_argument("--patients", type=int, default=20_000,
+                        help="patient ids, drawn uniformly for the embeddings "
+                             "(default: %(default)s)")
+    parser.add_argument("--studies", type=int, default=3,
+                        help="study ids per patient, drawn uniformly; a query's own study is "
+                             "excluded (default: %(default)s)")
+    parser.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
+                        help="retrieval distance (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each variant, interleaved; the median time is reported "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random embeddings and ids (default: %(default)s)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 

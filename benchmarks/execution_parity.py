@@ -133,14 +133,19 @@ def print_report(report: dict) -> None:
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16",
+                        help="model size; tiny runs in under a minute on a CPU "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=4,
+                        help="random images in the batch (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=2,
                         help="T > 1 runs the slice adapters too")
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
     parser.add_argument("--depth", type=int, default=0,
                         help="blocks; 0: the preset's (fewer compile faster, same block shapes)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random parameters, inputs and projection "
+                             "(default: %(default)s)")
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.slices < 1 or args.depth < 0:

@@ -115,10 +115,14 @@ def bounds(rows, y, features: dict) -> dict:
 
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--manifest", required=True,
+                   help="the labelled manifest (CSV) whose train/val/test splits are used")
     p.add_argument("--labels", default="", help="default: labels.csv beside the manifest")
-    p.add_argument("--column", default="disease_label")
-    p.add_argument("--features", action="append", required=True, metavar="NAME=FILE.npz:KEY")
+    p.add_argument("--column", default="disease_label",
+                   help="binary (0/1) label column of the labels file (default: %(default)s)")
+    p.add_argument("--features", action="append", required=True, metavar="NAME=FILE.npz:KEY",
+                   help="features to probe: array KEY of FILE.npz, one row per manifest row "
+                        "in order, shown as NAME; repeatable")
     p.add_argument("--out", required=True, help="JSON to write")
     args = p.parse_args(argv)
     try:

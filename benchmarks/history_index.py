@@ -265,25 +265,34 @@ def int_list(text: str) -> list[int]:
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="archived embeddings")
-    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--dim", type=int, default=768,
+                   help="embedding dimension (default: %(default)s)")
     p.add_argument("--data", default="random,clustered", help=f"comma list of {', '.join(DATA)}")
     p.add_argument("--clusters", type=int, default=5000, help="clustered: number of centres")
     p.add_argument("--spread", type=float, default=0.5, help="clustered: noise norm around a centre")
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--latency-queries", type=int, default=100)
+    p.add_argument("--queries", type=int, default=1000,
+                   help="queries of the batched search and recall (default: %(default)s)")
+    p.add_argument("--latency-queries", type=int, default=100,
+                   help="one-at-a-time searches timed for the latency (default: %(default)s)")
     p.add_argument("--flat-latency-queries", type=int, default=30,
                    help="one-at-a-time searches of the exact index (each scans every vector)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10,
+                   help="neighbours searched; recall@k is against the exact top k "
+                        "(default: %(default)s)")
     p.add_argument("--kinds", default="flat,ivf", help=f"comma list of {', '.join(KINDS)}")
-    p.add_argument("--ivf-nlist", type=int, default=1024)
+    p.add_argument("--ivf-nlist", type=int, default=1024,
+                   help="ivf: number of lists (centroids) (default: %(default)s)")
     p.add_argument("--ivf-nprobe", default="1,4,16,64,256", help="comma list searched")
     p.add_argument("--ivf-train", type=int, default=65536, help="vectors IVF is trained on")
-    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--hnsw-m", type=int, default=32,
+                   help="hnsw: graph links per vector, M (default: %(default)s)")
     p.add_argument("--hnsw-ef-search", default="16,64,128,256", help="comma list searched")
     p.add_argument("--threads", type=int, default=1,
                    help="FAISS OpenMP threads (on a shared machine more threads busy-wait)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="history_index.json")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic vectors (default: %(default)s)")
+    p.add_argument("--out", default="history_index.json",
+                   help="JSON report to write (default: %(default)s)")
     p.add_argument("--png", default=None, help="recall/latency picture (default: --out with .png)")
     args = p.parse_args(argv)
     args.kinds = [k for k in args.kinds.split(",") if k]

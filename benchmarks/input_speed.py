@@ -103,13 +103,19 @@ def measure(rows, cfg, batches):
 
 def main(argv=None) -> int:
     ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved runs of every variant; the median is printed "
+                         "(default: %(default)s)")
     ap.add_argument("--batches", type=int, default=4, help="timed batches per run")
     ap.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
-    ap.add_argument("--read-threads", type=int, default=2)
+    ap.add_argument("--read-threads", type=int, default=2,
+                    help="the data config's read_threads in every run (default: %(default)s)")
     ap.add_argument("--depth", type=int, default=32, help="slices S of each generated volume")
-    ap.add_argument("--patients", type=int, default=16)
-    ap.add_argument("--per-patient", type=int, default=4)
+    ap.add_argument("--patients", type=int, default=16,
+                    help="patients generated per workload, at least a batch's "
+                         "(default: %(default)s)")
+    ap.add_argument("--per-patient", type=int, default=4,
+                    help="images generated per patient (default: %(default)s)")
     ap.add_argument("--model-batch", type=int, default=0,
                     help="if > 0, also time forward+backward of the default model on this many images")
     args = ap.parse_args(argv)

@@ -82,9 +82,14 @@ def run_child(variant: str, library: str, args) -> dict:
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=80)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=80,
+                        help="side in px of the batch's 32 images; 80 is the runlocal "
+                             "pathology crop (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=15,
+                        help="train steps each child times (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one system and one jemalloc child, interleaved "
+                             "(default: %(default)s)")
     parser.add_argument("--json", help="also write the rounds, medians and settings to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -184,20 +184,34 @@ def parse_args(argv=None):
     from mami_jax.models.config import ATTENTION_IMPLEMENTATIONS, DTYPES, REMAT_POLICIES
 
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16",
+                        help="model size; tiny is a check in seconds (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="images per step, P x K, a multiple of --images-per-patient "
+                             "(default: %(default)s)")
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                        help="the model's compute dtype (default: %(default)s)")
+    parser.add_argument("--remat", action="store_true",
+                        help="rematerialise the blocks in the backward pass (less memory)")
     parser.add_argument("--remat-policy", choices=REMAT_POLICIES,
-                        default=default_config().remat_policy)
-    parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="auto")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=1024)
+                        default=default_config().remat_policy,
+                        help="with --remat: what a block keeps for the backward pass "
+                             "(default: %(default)s)")
+    parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default="auto",
+                        help="attention implementation; auto: cuDNN on a GPU in "
+                             "bfloat16/float16, XLA elsewhere (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="timed steps after the compile; the median is reported "
+                             "(default: %(default)s)")
+    parser.add_argument("--images-per-patient", type=int, default=4,
+                        help="K images of each patient in the batch (default: %(default)s)")
+    parser.add_argument("--num-classes", type=int, default=1024,
+                        help="identity classes of the classifier head (default: %(default)s)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="dense peak TFLOP/s of one device; 0: from PEAK_TFLOPS")
-    parser.add_argument("--json", default="mfu.json")
+    parser.add_argument("--json", default="mfu.json",
+                        help="report to write (default: %(default)s)")
     args = parser.parse_args(argv)
     for name in ("batch", "steps", "images_per_patient", "num_classes"):
         if getattr(args, name) < 1:

@@ -166,12 +166,21 @@ def measure(args, base_cfg=None) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--slices", type=int, default=1)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--mode", choices=("forward", "train"), default="forward")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="images per pass (default: %(default)s)")
+    parser.add_argument("--slices", type=int, default=1,
+                        help="slices T of each image; T > 1 runs the slice adapters "
+                             "(default: %(default)s)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="image side in px (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="interleaved timed runs of every variant; medians are reported "
+                             "(default: %(default)s)")
+    parser.add_argument("--dtype", default="float32",
+                        help="the model's compute dtype (default: %(default)s)")
+    parser.add_argument("--mode", choices=("forward", "train"), default="forward",
+                        help="forward: the embedding pass; train: the gradient of a scalar "
+                             "of it, no optimiser (default: %(default)s)")
     parser.add_argument("--variants", default="mami,compa_only,adapter_only,plain_vit",
                         help=f"comma-separated, plain_vit included; from {sorted(VARIANTS)}")
     parser.add_argument("--compa-impl", choices=COMPA_IMPLS, default=default_config().compa_impl,

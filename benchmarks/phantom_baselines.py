@@ -46,13 +46,20 @@ from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 def main(argv=None) -> int:
     ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="folder holding manifest.csv (default: generate)")
-    ap.add_argument("--patients", type=int, default=phantoms.DEFAULTS["patients"])
-    ap.add_argument("--visits", type=int, default=phantoms.DEFAULTS["visits"])
-    ap.add_argument("--seed", type=int, default=phantoms.DEFAULTS["seed"])
-    ap.add_argument("--image-size", type=int, default=phantoms.DEFAULTS["image_size"])
+    ap.add_argument("--patients", type=int, default=phantoms.DEFAULTS["patients"],
+                    help="without --data: patients generated (default: %(default)s)")
+    ap.add_argument("--visits", type=int, default=phantoms.DEFAULTS["visits"],
+                    help="without --data: visits generated per patient (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=phantoms.DEFAULTS["seed"],
+                    help="without --data: seed of the generated phantoms (default: %(default)s)")
+    ap.add_argument("--image-size", type=int, default=phantoms.DEFAULTS["image_size"],
+                    help="without --data: side in px of the generated images "
+                         "(default: %(default)s)")
     ap.add_argument("--pathology-field", type=float, default=phantoms.DEFAULTS["pathology_field"],
                     help="pathology tiles this many standard fields wide (runlocal: 2)")
-    ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
+    ap.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                    help="rows scored (all: every row); the LDA metrics are fitted on the "
+                         "train split's patients (default: %(default)s)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
     return exit_status(lambda: run(args))

@@ -86,18 +86,29 @@ def transfer_panels(specs, rename) -> dict:
 
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("--original", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--cues", default="")
-    p.add_argument("--protected", action="append", default=[], metavar="NAME=MANIFEST")
+    p.add_argument("--original", required=True,
+                   help="manifest of the original images (the --ids rows are read from it)")
+    p.add_argument("--out", required=True, help="folder the figures are written to")
+    p.add_argument("--cues", default="",
+                   help="a cues output folder: draws privacy_cues.png for the --ids rows")
+    p.add_argument("--protected", action="append", default=[], metavar="NAME=MANIFEST",
+                   help="a protect output's manifest: draws privacy_protected.png; a NAME "
+                        "given several times merges its manifests; repeatable")
     p.add_argument("--ids", default="", help="image ids to show (comma-separated)")
-    p.add_argument("--eval", action="append", default=[], metavar="JSON")
+    p.add_argument("--eval", action="append", default=[], metavar="JSON",
+                   help="a privacy evaluate output (privacy_eval.json): draws "
+                        "privacy_rank1.png (and privacy_utility.png); repeatable")
     p.add_argument("--rename", action="append", default=[], metavar="MODEL=LABEL",
                    help="label of a model in the Rank-1 figure")
-    p.add_argument("--experiment", default="configs/all.py:runlocal")
+    p.add_argument("--experiment", default="configs/all.py:runlocal",
+                   help="experiment config whose data settings read the images "
+                        "(default: %(default)s)")
     p.add_argument("--transfer", action="append", default=[],
-                   metavar="PANEL=JSON[#VARIANT]")
-    p.add_argument("--transfer-figure", default="privacy_transfer_grid.png")
+                   metavar="PANEL=JSON[#VARIANT]",
+                   help="a privacy_transfer.py output drawn as panel PANEL (its largest "
+                        "ensemble, of VARIANT if given); repeatable")
+    p.add_argument("--transfer-figure", default="privacy_transfer_grid.png",
+                   help="file name in --out of the --transfer figure (default: %(default)s)")
     args = p.parse_args(argv)
     return exit_status(lambda: run(args, p))
 

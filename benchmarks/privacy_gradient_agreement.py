@@ -154,16 +154,25 @@ def figure(result: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--manifest", required=True, help="manifest CSV of the images")
     p.add_argument("--member", action="append", default=[], metavar="NAME=WORKDIR",
                    help="ensemble members, in the order they are added")
-    p.add_argument("--held-out", action="append", default=[], metavar="NAME=WORKDIR")
-    p.add_argument("--modality", default="")
-    p.add_argument("--split", default="test")
-    p.add_argument("--config", default="configs/privacy.py:runlocal")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--white-box", action="append", default=[], metavar="NAME=SWEEP_JSON")
-    p.add_argument("--out", required=True)
+    p.add_argument("--held-out", action="append", default=[], metavar="NAME=WORKDIR",
+                   help="a model outside the ensemble, compared with it; repeatable")
+    p.add_argument("--modality", default="",
+                   help="only this modality's images (default: all); needed with --white-box")
+    p.add_argument("--split", default="test",
+                   help="split whose original images are used (default: %(default)s)")
+    p.add_argument("--config", default="configs/privacy.py:runlocal",
+                   help="privacy config FILE[:ARG] whose objective, smoothing and mask are "
+                        "used (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a privacy config value; repeatable")
+    p.add_argument("--white-box", action="append", default=[], metavar="NAME=SWEEP_JSON",
+                   help="privacy_transfer.json of held-out model NAME protecting against "
+                        "itself at several budgets; repeatable")
+    p.add_argument("--out", required=True,
+                   help="folder for gradient_agreement.json, .md and .png")
     args = p.parse_args(argv)
     try:
         members, held_out = named(args.member, "--member"), named(args.held_out, "--held-out")

@@ -131,17 +131,28 @@ def figure(result: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.splitlines()[0])
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--manifest", required=True, help="manifest CSV of the images")
     p.add_argument("--workdir", required=True, help="the protecting model (first member)")
     p.add_argument("--member", action="append", default=[], help="further members, in order")
-    p.add_argument("--sizes", default="1,2,4")
-    p.add_argument("--held-out", action="append", default=[], metavar="NAME=MODEL")
-    p.add_argument("--modality", default="")
-    p.add_argument("--split", default="val")
-    p.add_argument("--config", default="configs/privacy.py:runlocal")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...")
-    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", default="1,2,4",
+                   help="comma list of ensemble sizes n: --workdir plus the first n - 1 "
+                        "--member (default: %(default)s)")
+    p.add_argument("--held-out", action="append", default=[], metavar="NAME=MODEL",
+                   help="a model in no ensemble that matches the protected queries; "
+                        "repeatable")
+    p.add_argument("--modality", default="",
+                   help="only this modality's rows are protected (default: all)")
+    p.add_argument("--split", default="val",
+                   help="split whose rows are protected (default: %(default)s)")
+    p.add_argument("--config", default="configs/privacy.py:runlocal",
+                   help="privacy config FILE[:ARG] (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a privacy config value, in every variant; repeatable")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                   help="a named set of privacy config overrides, run at every size; "
+                        "repeatable (default: one variant 'default' without any)")
+    p.add_argument("--out", required=True,
+                   help="folder for the protected runs and privacy_transfer.json, .md, .png")
     args = p.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",")]

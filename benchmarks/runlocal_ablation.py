@@ -69,11 +69,16 @@ def rank1_table(state, rows, cfg, embedder, mesh) -> str:
 
 def main(argv=None) -> int:
     ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="configs/xray.py")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--config", default="configs/xray.py",
+                    help="config file whose runlocal config is trained (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=400,
+                    help="training steps (default: %(default)s)")
+    ap.add_argument("--eval-every", type=int, default=200,
+                    help="steps between the Rank-1 / mAP tables, and after the last step; "
+                         "0: none (default: %(default)s)")
     ap.add_argument("--phantoms", default="", help="phantom cache folder (default: a temp dir)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a runlocal config value; repeatable")
     args = ap.parse_args(argv)
     return exit_status(lambda: run(args))
 

@@ -396,20 +396,32 @@ def print_report(report: dict) -> None:
 
 def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
+    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16",
+                        help="model size; tiny runs every part in seconds "
+                             "(default: %(default)s)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8,
+                        help="images per call; for train P x K, a multiple of "
+                             "--images-per-patient (default: %(default)s)")
     parser.add_argument("--series-slices", type=int, default=8,
                         help="T of the second inference run; 0 skips it")
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved timed runs of each side; medians are reported "
+                             "(default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=("float32",),
                         help="the torch module computes in float32 only")
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=128)
+    parser.add_argument("--images-per-patient", type=int, default=4,
+                        help="train: K images of each patient in the batch "
+                             "(default: %(default)s)")
+    parser.add_argument("--num-classes", type=int, default=128,
+                        help="train: identity classes of the classifier head "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads; 0: torch's default")
-    parser.add_argument("--json", default="speed_vs_torch.json")
+    parser.add_argument("--json", default="speed_vs_torch.json",
+                        help="report to write, rewritten after each part "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]

@@ -340,15 +340,23 @@ def draw(report: dict, path: str) -> None:
 
 def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--preset", choices=("vit_b16", "tiny"), default="vit_b16",
+                        help="model size; tiny takes seconds (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="images per step, P x K, a multiple of --images-per-patient "
+                             "(default: %(default)s)")
     parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
     parser.add_argument("--rounds", type=int, default=3, help="profiled steps per side")
-    parser.add_argument("--images-per-patient", type=int, default=4)
-    parser.add_argument("--num-classes", type=int, default=128)
-    parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--json", default="step_profile.json")
-    parser.add_argument("--png", default="step_profile.png")
+    parser.add_argument("--images-per-patient", type=int, default=4,
+                        help="K images of each patient in the batch (default: %(default)s)")
+    parser.add_argument("--num-classes", type=int, default=128,
+                        help="identity classes of the classifier head (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=15,
+                        help="costliest operations listed per side (default: %(default)s)")
+    parser.add_argument("--json", default="step_profile.json",
+                        help="report to write (default: %(default)s)")
+    parser.add_argument("--png", default="step_profile.png",
+                        help="bar chart of the buckets to write (default: %(default)s)")
     args = parser.parse_args(argv)
     for name in ("batch", "rounds", "images_per_patient", "num_classes", "top"):
         if getattr(args, name) < 1:

@@ -63,11 +63,16 @@ class NoBar:
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--images", type=int, default=24,
+                        help="X-rays generated and read (default: %(default)s)")
     parser.add_argument("--size", type=int, default=2048, help="X-ray side in pixels")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved runs of every variant; medians are reported "
+                             "(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="reading threads of the shared_N variant (default: %(default)s)")
+    parser.add_argument("--json", default=None,
+                        help="also write the times and settings to this file")
     args = parser.parse_args(argv)
     for flag in ("images", "size", "repeats", "threads"):
         if getattr(args, flag) < 1:

@@ -6,7 +6,9 @@ sub-commands included."""
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import os
 
 import pytest
 
@@ -15,6 +17,23 @@ COMMANDS = ["mami_jax.apps.history.__main__", "mami_jax.apps.privacy.__main__",
             "mami_jax.convert.__main__", "mami_jax.data.build_manifest",
             "mami_jax.phantoms.__main__", "mami_jax.evaluate.features", "teachers.extract",
             "mami_jax.data.tile_slides"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _benchmark_scripts():
+    """``benchmarks.NAME`` of every script in benchmarks/ that builds a parser (the others,
+    like ``phantom_baseline_features``, are helpers the scripts import)."""
+    names = []
+    for path in sorted(glob.glob(os.path.join(REPO, "benchmarks", "*.py"))):
+        with open(path) as f:
+            if ".add_argument(" in f.read():
+                names.append("benchmarks." + os.path.splitext(os.path.basename(path))[0])
+    return names
+
+
+#: The benchmark scripts are commands a user runs too (``python benchmarks/mfu.py``).
+BENCHMARK_COMMANDS = _benchmark_scripts()
 
 
 class _Caught(Exception):
@@ -39,15 +58,31 @@ def _options_without_help(parser, where):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from _options_without_help(sub, f"{where} {name}")
-        elif action.option_strings and not action.help and \
+        elif action.option_strings and not (action.help or "").strip() and \
                 not isinstance(action, argparse._HelpAction):
             yield f"{where} {'/'.join(action.option_strings)}"
 
 
-@pytest.mark.parametrize("module_name", COMMANDS)
+@pytest.mark.parametrize("module_name", COMMANDS + BENCHMARK_COMMANDS)
 def test_every_option_has_help(module_name, monkeypatch):
     parser = _parser_of(module_name, monkeypatch)
     assert list(_options_without_help(parser, module_name)) == []
+    _format_every_help(parser)
+
+
+def _format_every_help(parser):
+    """--help of ``parser`` and of its sub-commands is printed, not a formatting error (a
+    stray ``%`` beside ``%(default)s`` in one option's help breaks the whole page)."""
+    parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _format_every_help(sub)
+
+
+def test_the_benchmark_scripts_are_checked():
+    assert "benchmarks.mfu" in BENCHMARK_COMMANDS and len(BENCHMARK_COMMANDS) >= 17
+    assert "benchmarks.phantom_baseline_features" not in BENCHMARK_COMMANDS
 
 
 def _long_options(parser, where):
