@@ -313,9 +313,10 @@ def test_every_slice_of_a_series_is_protected(setup, tmp_path):
     from mami_jax.data.decode import open_volume
     from mami_jax.data.transforms import slice_indices
     _, cfg, member = setup
-    rows = [r for r in read_manifest(generate(str(tmp_path / "ph"), patients=3, visits=2, seed=3,
+    rows = [r for r in read_manifest(generate(str(tmp_path / "ph"), patients=5, visits=2, seed=3,
                                               image_size=32, slices=6, workers=1))
-            if r.modality == "ct"]
+            if r.modality == "ct"]              # two patients' CT: the centre needs others'
+    assert len({r.patient_id for r in rows}) == 2
     digests = {r.path: open(r.path, "rb").read() for r in rows}
     pcfg = load_config("configs/privacy.py")
     pcfg.perturb.steps, pcfg.perturb.step_size, pcfg.batch_size = 3, 0.02, 4

@@ -63,17 +63,39 @@ class References:
 TARGETS = ("farthest", "nearest")
 
 
+#: Patients whose images a modality's centre is the mean over, at least (where the manifest
+#: has them): the match score is a similarity of embeddings centred on that mean.
+MIN_CENTRE_PATIENTS = 16
+
+
 def reference_rows(rows_all, targets) -> list:
     """The rows ``targets`` are compared with: every image of their patients, in the
-    targets' modalities. A modality with one such image is a ValueError naming it: the
-    centre would be that image's own embedding, its centred embedding zero, so it would
-    have no match score to lower, no cue map, and its "protected" copy would be the
-    original."""
+    targets' modalities; and, where those are fewer than ``MIN_CENTRE_PATIENTS`` patients
+    of a modality, other patients' images of it (the targets' splits first, then the
+    others, in manifest order) until there are, which only the centre uses. Centred on the
+    mean of a few patients' images, the patients' own images were dissimilar by
+    construction (one patient's four images: centred cosines near -1/3): ``cues`` on the
+    first rows of a split mapped nothing, a protection of one patient lowered nothing.
+
+    A modality whose images are all one patient's is a ValueError naming it (the same
+    emptiness), and so is one with a single image: the centre would be that image's own
+    embedding, its centred embedding zero, so it would have no match score to lower, no
+    cue map, and its "protected" copy would be the original."""
     patients = {(r.patient_key, r.modality) for r in targets}
     chosen = [r for r in rows_all if (r.patient_key, r.modality) in patients]
+    chosen += _centre_rows(rows_all, targets, patients)
     by_modality: dict[str, list] = {}
     for r in chosen:
         by_modality.setdefault(r.modality, []).append(r)
+    alone = [found[0] for found in by_modality.values()
+             if len(found) > 1 and len({r.patient_key for r in found}) == 1]
+    if alone:
+        r = alone[0]
+        raise ValueError(f"{r.image_id}: its patient {r.patient_key} is the only one with "
+                         f"{r.modality} images in the manifest; an image's match is measured "
+                         "on embeddings centred on several patients' mean (of one patient's "
+                         "own, its images are dissimilar by construction): give the manifest "
+                         "with other patients' images (any split: they are only embedded)")
     lone = [found[0] for found in by_modality.values() if len(found) == 1]
     if lone:
         r = lone[0]
@@ -85,6 +107,25 @@ def reference_rows(rows_all, targets) -> list:
                          "the manifest with more images (other patients, other visits) or "
                          "choose more rows (--split)")
     return chosen
+
+
+def _centre_rows(rows_all, targets, patients) -> list:
+    """Other patients' rows of the targets' modalities that bring each modality's patients
+    to ``MIN_CENTRE_PATIENTS`` (the targets' splits first, then the others, manifest order)."""
+    splits = {r.split for r in targets}
+    extra = []
+    for modality in sorted({r.modality for r in targets}):
+        have = {p for p, m in patients if m == modality}
+        candidates = [r for r in rows_all if r.modality == modality and
+                      (r.patient_key, modality) not in patients]
+        candidates.sort(key=lambda r: r.split not in splits)        # stable: manifest order
+        added: set = set()
+        for r in candidates:
+            if r.patient_key not in added and len(have) + len(added) >= MIN_CENTRE_PATIENTS:
+                continue
+            added.add(r.patient_key)
+            extra.append(r)
+    return extra
 
 
 def build_references(sources, embeddings_by_member, rows, row_index,
