@@ -67,8 +67,9 @@ def markdown(result: dict) -> str:
         for model, rep in run["attack"].items():
             v = rep["mean"]
             lines.append(f"| {run['variant']} | {run['size']} | {model} | {v['chance_rank1']:.3f} | "
-                         f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | {_num(v['auc_before'])} | "
-                         f"{_num(v['auc_after'])} | {run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} | "
+                         f"{v['rank1_before']:.3f} | {v['rank1_after']:.3f} | "
+                         f"{_num(v['auc_before'])} | {_num(v['auc_after'])} | "
+                         f"{run['psnr_db']:.2f} | {run['psnr_db_min']:.2f} | "
                          f"{run.get('unchanged', 0)} |")
     return "\n".join(lines) + "\n"
 

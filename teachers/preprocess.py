@@ -9,15 +9,15 @@ card's scaling; ``teachers.extract`` decodes a row once per distinct window). Th
 
 - 2-D teachers (``input="image"``): the middle slice ``S // 2`` (the whole image when
   S = 1), resized as the teacher's own image processor resizes (``TeacherSpec``
-  ``resize_short`` / ``resize_to`` / ``resample`` / ``crop_offset``), then centre-cropped to its (H, W)
-  ``size``, then ``(x - mean) / std`` per channel; returns (3, H, W). The default resizes
-  straight to ``size`` with antialiased bilinear interpolation (aspect not kept); the
-  released teachers resize the short side keeping the aspect and crop the middle, as
-  their library's inference transform does (transformers' processors, timm, open_clip;
-  the crop's corner placed as that library places it, ``crop_offset``). Teachers
-  of one resize (``TeacherSpec.resize_key``) share it, and a grey image is resized as
-  one channel (``teacher_inputs``): resizing a 2048-pixel X-ray is a sizeable share of
-  reading it, and the medical bag has three 2-D teachers per X-ray.
+  ``resize_short`` / ``resize_to`` / ``resample`` / ``crop_offset``), then centre-cropped
+  to its (H, W) ``size``, then ``(x - mean) / std`` per channel; returns (3, H, W). The
+  default resizes straight to ``size`` with antialiased bilinear interpolation (aspect not
+  kept); the released teachers resize the short side keeping the aspect and crop the
+  middle, as their library's inference transform does (transformers' processors, timm,
+  open_clip; the crop's corner placed as that library places it, ``crop_offset``).
+  Teachers of one resize (``TeacherSpec.resize_key``) share it, and a grey image is
+  resized as one channel (``teacher_inputs``): resizing a 2048-pixel X-ray is a sizeable
+  share of reading it, and the medical bag has three 2-D teachers per X-ray.
 - volume teachers (``input="volume"``): every slice, one grey channel, resampled to
   the teacher's (D, H, W) with trilinear interpolation, ``(x - mean) / std``; returns
   (1, D, H, W).

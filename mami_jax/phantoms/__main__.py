@@ -29,7 +29,8 @@ def main(argv=None) -> int:
                         help="visits (studies) per patient (default %(default)s)")
     parser.add_argument("--seed", type=int, default=generator.DEFAULTS["seed"],
                         help="the same seed writes the same images (default %(default)s)")
-    parser.add_argument("--image-size", type=whole_at_least(1), default=generator.DEFAULTS["image_size"],
+    parser.add_argument("--image-size", type=whole_at_least(1),
+                        default=generator.DEFAULTS["image_size"],
                         help="image side in pixels (default %(default)s)")
     parser.add_argument("--slices", type=whole_at_least(1), default=generator.DEFAULTS["slices"],
                         help="slices of each CT and MRI series (default %(default)s)")

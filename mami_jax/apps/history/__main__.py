@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("query", help="retrieve an image's earlier images")
     s.add_argument("--index", required=True, help="archive folder written by index")
     s.add_argument("--image", required=True, help="image file (or series folder)")
-    s.add_argument("--k", type=whole_at_least(1), default=None, help="candidates shown (default: config k)")
+    s.add_argument("--k", type=whole_at_least(1), default=None,
+                   help="candidates shown (default: config k)")
     s.add_argument("--modality", default=None, help="for an image outside the archive")
     s.add_argument("--order", default=None, help="its visit order or date (default: newest)")
     s.add_argument("--with", dest="with_images", action="append", default=None,

@@ -90,6 +90,8 @@ def picture_stem(path: str) -> str:
     if name.lower().endswith(".gz"):
         name = name[:-3]
     return os.path.splitext(name)[0] or name
+
+
 def _file_of(spec: str | None) -> str | None:
     """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it."""
     return resolve(spec.partition(":")[0]) if spec else None

@@ -91,8 +91,8 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
     archived), then each ``--with`` image (``PATH`` of an archived image or
     ``MODALITY=PATH``), as the archive holds them (``keyed_to`` makes them the query's)."""
     key = visit_key(query)
-    mates = [r for r in archive.rows
-             if visit_key(r) == key and r.image_id != query.image_id] if query.dataset != NEW_IMAGE_DATASET else []
+    mates = [] if query.dataset == NEW_IMAGE_DATASET else [
+        r for r in archive.rows if visit_key(r) == key and r.image_id != query.image_id]
     for spec in extra:
         modality, sep, path = spec.partition("=")
         if not sep:
