@@ -6,7 +6,10 @@ variant inside the base): for every configs/*.py with and without ``runlocal``, 
 per-modality values the pipeline, sampler and evaluator use, the source weights, the
 evaluation batch size and every other value; and for the quick start
 (configs/all.py:runlocal) the sampler's first plans and one training and one
-evaluation view per modality on small phantoms.
+evaluation view per modality on small phantoms. The quick start's plans were dumped again
+on 2026-12-07, when the sampler began giving a patient with fewer than K images each of
+them once before drawing again (the digest's phantoms have 3 visits, K = 4; the quick
+start's own have 4, and its batches did not change).
 
 Data, evaluation and phantom values are compared whole. Of the model, optimiser and
 training values, the runlocal variant must set exactly what it set before, to the

@@ -45,7 +45,7 @@ def paths(tmp_path):
         Image.new("L", (8, 8)).save(tmp_path / f"{i}.png")
     (tmp_path / "m.csv").write_text("image_id,patient_id,study_id,order,modality,dataset,"
                                     "view,path,split\n" + "".join(
-                                        f"i{i},p,s{i},{i},xray,d,,{i}.png,test\n"
+                                        f"i{i},p{i},s{i},{i},xray,d,,{i}.png,test\n"
                                         for i in range(2)))
     return tmp_path
 

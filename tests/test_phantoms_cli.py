@@ -12,7 +12,8 @@ from mami_jax.phantoms.__main__ import main as phantoms_cli
 
 @pytest.mark.parametrize("argv, line", [
     (["--out", "d", "--patients", "abc"],
-     "error: python -m mami_jax.phantoms: argument --patients: invalid int value: 'abc' (see --help)"),
+     "error: python -m mami_jax.phantoms: argument --patients: expected a whole number >= 1, "
+     "got 'abc' (see --help)"),
     ([], "error: python -m mami_jax.phantoms: give exactly one of --out DIR or --preview FILE.png "
          "(see --help)"),
     (["--out", "d", "--preview", "p.png"],

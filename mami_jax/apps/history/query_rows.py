@@ -105,6 +105,8 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
                 raise ValueError(f"--with {spec} is not in the archive: give it as "
                                  f"MODALITY=PATH")
             row = _new_row(archive, path, modality, query.order, f"--with {spec}", "--with")
+            if query.dataset == NEW_IMAGE_DATASET:      # two new images: one new visit
+                row = row.replace(patient_id=query.patient_id)
         elif modality and modality != row.modality:
             raise ValueError(f"--with {spec}: the archive holds this image as "
                              f"{row.modality}, not {modality}")
