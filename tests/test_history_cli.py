@@ -257,6 +257,39 @@ def test_the_archive_records_diagnoses_and_query_shows_them(setup, capsys, tmp_p
     assert not os.path.exists(tmp_path / "other")
 
 
+def test_eval_refuses_trained_patients_and_other_token_maps(setup, capsys, tmp_path):
+    """classifiers.json records the patients trained on and the token maps compared: an
+    eval of a manifest that moved training patients into the evaluated split scored the
+    classifiers on their own training images (AUC 1.000 where held-out patients gave
+    0.875), and one of maps of another layer (same width) was read through the trained
+    projection; both went through without a word."""
+    s = setup
+    out = str(tmp_path / "diag")
+    base = ["--workdir", s["run"], "--config", s["config"], "--labels", s["labels"],
+            "--out", out]
+    assert main(["train", *base, "--manifest", s["manifest"], "--app-config", s["app"]]) == 0
+    rows = read_manifest(s["manifest"])
+    with open(os.path.join(out, "classifiers.json")) as f:
+        info = json.load(f)
+    trained = sorted({r.patient_key for r in rows if r.split == "train"})
+    assert info["trained_patients"] == trained and info["maps_key"].startswith("last_block@")
+    splits = {r.patient_id: r.split for r in rows}
+    moved = sorted(p for p, split in splits.items() if split == "train")[0]
+    swapped = hw.split_manifest(s["manifest"], str(tmp_path / "swapped.csv"),
+                                dict(splits, **{moved: "test"}))
+    capsys.readouterr()
+    assert main(["eval", *base, "--manifest", swapped, "--app-config", s["app"]]) == 1
+    (line,) = _err(capsys)
+    assert line.startswith("error: 1 patient(s) of split 'test' are among those the classifiers "
+                           f"were trained on ({rows[0].dataset}/{moved})")
+    assert main(["eval", *base, "--manifest", s["manifest"],
+                 "--app-config", s["app"] + ":map_dim=4,map_layer=block_0"]) == 1
+    (line,) = _err(capsys)
+    assert line.startswith(f"error: the classifiers compare token maps '{info['maps_key']}', "
+                           "this run gives 'block_0@")
+    assert main(["eval", *base, "--manifest", s["manifest"], "--app-config", s["app"]]) == 0
+
+
 def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
     s = setup
     out_dir = str(tmp_path / "diag")

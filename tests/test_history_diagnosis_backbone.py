@@ -184,7 +184,9 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
         info = json.load(f)
     assert info == {"label_column": "disease_label", "classes": ["0", "1"],
                     "features": "teacher:efficientnet_lite0", "feature_dim": 3,
-                    "model": StubTeacher.info, "scores": "visit", "records": False}
+                    "model": StubTeacher.info, "scores": "visit", "records": False,
+                    "maps_key": "", "trained_patients": sorted(
+                        {r.patient_key for r in exp.rows if r.split == "train"})}
     exp.check_classifiers(payload, info)               # the same features: accepted
     # a history term trained on another score scale is refused by name; a record from
     # before the scores were recorded is still checked by its features

@@ -380,7 +380,8 @@ def _experiment(args, training: bool):
                                                   check_training_classes, read_row_labels)
     from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS,
                                                            check_classifier_settings,
-                                                           load_trained)
+                                                           load_trained,
+                                                           refuse_trained_patients)
     cfg = app_config(args)
     spec = _experiment_spec(args)
     labels = args.labels or default_labels_path(args.manifest)
@@ -394,6 +395,8 @@ def _experiment(args, training: bool):
         check_classifier_settings(*trained, cfg, os.path.join(out, CLASSIFIERS))
     rows, files = _rows(args, load_experiment(spec))
     split = check_splits(rows, cfg, args.split, args.manifest, training)
+    if trained is not None:
+        refuse_trained_patients(trained[1], rows, split)
     y = read_row_labels(rows, labels, cfg)
     if training:
         check_training_classes(rows, y, cfg, labels, args.manifest)

@@ -46,8 +46,8 @@ from mami_jax.apps.history.features import diagnosis_features
 from mami_jax.apps.history.history_select import retrieve, true_history
 from mami_jax.apps.history.npz_files import read_cache
 from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS, CLASSIFIERS_INFO,
-                                                       check_classifier_settings,
-                                                       score_kind, uses_maps)
+                                                       check_classifier_settings, maps_key,
+                                                       score_kind)
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import fit_visit_retrieval
 from mami_jax.data.image_signature import rows_signature
@@ -128,22 +128,22 @@ def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
     path = os.path.join(out_dir, FEATURES_CACHE)
     ids = np.asarray([r.image_id for r in rows])
     files = rows_signature(rows) if files is None else files
-    maps_key = f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
+    key = maps_key(cfg)
 
     def use(f):
         cached_maps = str(f["maps_key"]) if "maps_key" in f.files else ""
         if (str(f["fingerprint"]) == model.fingerprint and "reading" in f.files
                 and str(f["reading"]) == model.reading and np.array_equal(f["image_id"], ids)
                 and "files" in f.files and str(f["files"]) == files
-                and maps_key in ("", cached_maps)):
-            return f["embedding"], f["backbone"], (f["maps"] if maps_key else None)
+                and key in ("", cached_maps)):
+            return f["embedding"], f["backbone"], (f["maps"] if key else None)
         return None
 
     cached = read_cache(path, use)
     if cached is not None:
         return cached
-    store = model.chunk_store(out_dir, files, f"features {maps_key}")
-    if maps_key:
+    store = model.chunk_store(out_dir, files, f"features {key}")
+    if key:
         emb, backbone, maps = model.features_and_maps(rows, cfg.map_layer, int(cfg.map_grid),
                                                       store=store)
     else:
@@ -153,9 +153,9 @@ def cached_features(model, rows, out_dir: str, cfg, files: str | None = None):
                                             fingerprint=np.asarray(model.fingerprint),
                                             reading=np.asarray(model.reading),
                                             files=np.asarray(files),
-                                            maps=maps, maps_key=np.asarray(maps_key)))
+                                            maps=maps, maps_key=np.asarray(key)))
     store.discard()
-    return emb, backbone, (maps if maps_key else None)
+    return emb, backbone, (maps if key else None)
 
 
 def read_row_labels(rows, labels_path: str, cfg) -> list[int]:
@@ -237,11 +237,16 @@ class Experiment:
     def classifiers_info(self) -> dict:
         """What the classifiers read (OUT/classifiers.json): the label column and classes,
         the feature kind, the model that gave the features and their width, the scale of
-        the retrieval scores and the ``records`` setting."""
+        the retrieval scores, the ``records`` setting, the token maps compared and the
+        patients trained on (``eval`` refuses a split holding any of them)."""
+        train = str(self.cfg.train_split)
         return {"label_column": str(self.cfg.label_column), "classes": list(self.classes),
                 "features": str(self.cfg.features), "feature_dim": int(self.x_raw.shape[1]),
                 "model": self.diagnosis_model, "scores": score_kind(self.cfg),
-                "records": bool(self.cfg.classifier.get("records", False))}
+                "records": bool(self.cfg.classifier.get("records", False)),
+                "maps_key": maps_key(self.cfg),
+                "trained_patients": sorted({r.patient_key for r in self.rows
+                                            if r.split == train})}
 
     def check_classifiers(self, payload: dict, info: dict | None,
                           source: str = CLASSIFIERS) -> None:

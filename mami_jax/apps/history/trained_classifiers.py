@@ -35,6 +35,28 @@ def score_kind(cfg) -> str:
     return kind if cfg.center else f"{kind}/raw"
 
 
+def maps_key(cfg) -> str:
+    """``layer@grid`` of the token maps the classifiers compare (``classifier.map_dim`` > 0),
+    "" without: maps of another layer or grid have the same width, so only the record
+    tells them apart."""
+    return f"{cfg.map_layer}@{int(cfg.map_grid)}" if uses_maps(cfg) else ""
+
+
+def refuse_trained_patients(info: dict | None, rows, split: str) -> None:
+    """ValueError naming the patients of ``split`` among ``rows`` that the classifiers were
+    trained on (``trained_patients`` of their record): with the manifest's splits changed
+    since ``train``, ``eval`` scored the classifiers on images they learnt from (AUC 1.000
+    where the held-out patients gave 0.875)."""
+    trained = set((info or {}).get("trained_patients", ()))
+    seen = sorted({r.patient_key for r in rows if r.split == split} & trained)
+    if seen:
+        more = ", ..." if len(seen) > 3 else ""
+        raise ValueError(f"{len(seen)} patient(s) of split {split!r} are among those the "
+                         f"classifiers were trained on ({', '.join(seen[:3])}{more}): their "
+                         "scores would be of images the classifiers learnt from; evaluate a "
+                         "split of other patients, or train again on this manifest")
+
+
 def read_classifiers_info(out_dir: str) -> dict | None:
     """DIR/classifiers.json as written by ``train``; None when there is none (classifiers
     of older runs). Raises OSError when it cannot be read and ValueError when it is not
@@ -122,6 +144,10 @@ def check_classifier_settings(payload: dict, info: dict | None, cfg, source: str
         raise ValueError(f"the classifiers' history term was trained on {info['scores']!r} "
                          f"retrieval scores, this run gives {score_kind(cfg)!r} (visit_fusion, "
                          f"hubness_k, center): {again}")
+    if info is not None and "maps_key" in info and info["maps_key"] != maps_key(cfg):
+        raise ValueError(f"the classifiers compare token maps {info['maps_key'] or 'none'!r}, "
+                         f"this run gives {maps_key(cfg) or 'none'!r} (map_layer@map_grid): "
+                         f"{again}")
     records = bool(cfg.classifier.get("records", False))
     if info is not None and info.get("records", False) != records:
         raise ValueError(f"the classifiers were trained with records="
