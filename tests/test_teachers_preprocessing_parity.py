@@ -27,6 +27,7 @@ from teachers import extract, registry  # noqa: E402
 from teachers.loaded import LoadedTeacher  # noqa: E402
 from teachers.loaders import TeacherLoadError, load_teacher, run_batch  # noqa: E402
 from teachers.preprocess import teacher_input, teacher_inputs  # noqa: E402
+from tests.structured_pictures import grey_picture  # noqa: E402
 
 MEAN, STD = [0.5307] * 3, [0.2583] * 3
 #: One uint8 step in rad_dino's normalised units is 1 / 255 / 0.2583 = 0.015: the
@@ -44,13 +45,6 @@ def _dinov2_folder(folder, **processor):
                 ).save_pretrained(folder)
     BitImageProcessor(image_mean=MEAN, image_std=STD, **processor).save_pretrained(folder)
     return str(folder)
-
-
-def _grey_picture(height, width, seed=0):
-    """uint8 (H, W) with structure at every scale, so a wrong resize or crop shows."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(seed).normal(0, 10, (height, width))
-    return (127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + noise).clip(0, 255).astype(np.uint8)
 
 
 def _processor_input(folder, picture):
@@ -80,7 +74,7 @@ def test_a_dinov2_teacher_gets_what_its_image_processor_gives(short_side_folder,
     """Before: max abs difference 2.4 to 3.2 in normalised units (the picture squeezed
     to 56 x 56, bilinear), features 3 to 6 % apart; now within one uint8 step."""
     teacher = load_teacher(registry.get_spec("rad_dino"), short_side_folder)
-    picture = _grey_picture(*shape)
+    picture = grey_picture(*shape)
     expected = _processor_input(short_side_folder, picture)
     got = _teacher_input(teacher.spec, picture)
     assert got.shape == expected.shape == (3, 56, 56)
@@ -98,7 +92,7 @@ def test_a_height_width_size_is_resized_to_then_cropped(tmp_path):
     spec = load_teacher(registry.get_spec("dinov2_base"), folder).spec
     assert (spec.size, spec.resize_short, spec.resize_to, spec.resample) == (
         (56, 56), 0, (64, 72), "bilinear")
-    picture = _grey_picture(50, 80)
+    picture = grey_picture(50, 80)
     assert np.abs(_teacher_input(spec, picture)
                   - _processor_input(folder, picture)).max() < ONE_STEP
 
@@ -111,7 +105,7 @@ def test_a_crop_size_alone_is_resized_straight_to(tmp_path):
         {"image_mean": MEAN, "image_std": STD, "crop_size": {"height": 56, "width": 56}}))
     spec = load_teacher(registry.get_spec("rad_dino"), folder).spec
     assert (spec.size, spec.resize_short, spec.resize_to) == ((56, 56), 0, ())
-    assert _teacher_input(spec, _grey_picture(50, 80)).shape == (3, 56, 56)
+    assert _teacher_input(spec, grey_picture(50, 80)).shape == (3, 56, 56)
 
 
 @pytest.mark.parametrize("settings, problem", [
@@ -147,7 +141,7 @@ def test_the_registry_resizes_as_the_released_processors():
     assert (rad.resize_short, rad.resample, rad.size) == (518, "bicubic", (518, 518))
     assert rad.preprocessing()["resize"] == ("short side to 518 (aspect kept), bicubic, "
                                              "antialiased, clipped to [0, 1]; centre crop 518x518")
-    x = _teacher_input(dino, _grey_picture(300, 200))
+    x = _teacher_input(dino, grey_picture(300, 200))
     assert x.shape == (3, 224, 224)
 
 
@@ -157,7 +151,7 @@ def test_teachers_of_another_resize_get_their_own(short_side_folder):
     others = [dataclasses.replace(base, name="straight", resize_short=0),
               dataclasses.replace(base, name="bilinear", resample="bilinear"),
               dataclasses.replace(base, name="wider", resize_short=80)]
-    decoded = (_grey_picture(50, 80) / 255.0).astype(np.float32)[None, :, :, None]
+    decoded = (grey_picture(50, 80) / 255.0).astype(np.float32)[None, :, :, None]
     inputs = teacher_inputs(decoded, [base] + others)
     for spec in others:
         np.testing.assert_array_equal(inputs[spec.name], teacher_input(decoded, spec))

@@ -34,6 +34,7 @@ open_clip = _require("open_clip")
 
 from teachers import registry  # noqa: E402
 from teachers.loaders import BUILDERS, TeacherLoadError, load_teacher, run_batch  # noqa: E402
+from tests.structured_pictures import grey_picture  # noqa: E402
 
 # ViT-L width (the stored 1024), one block, 32 px input (2x2 patches of 16)
 TINY_VIT_L = dict(depth=1, img_size=32)
@@ -263,13 +264,6 @@ def test_registry_full_size_architecture_gives_the_registry_feature_size(name, m
 STEPS = 1.5 / 255
 
 
-def _grey_picture(height, width, seed=0):
-    """uint8 (H, W) with structure at every scale, so a wrong resize or crop shows."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    noise = np.random.default_rng(seed).normal(0, 10, (height, width))
-    return (127 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + noise).clip(0, 255).astype(np.uint8)
-
-
 def _close_to_library(spec, library_transform, picture):
     """Max difference, in [0, 1] units, of the teacher input and the library's tensor of
     the same picture (a grey 8-bit image, as the decoder reads one)."""
@@ -301,7 +295,7 @@ def test_a_timm_teacher_gets_what_timms_eval_transform_gives(tmp_path, pretraine
     config = timm.data.resolve_data_config(pretrained_cfg=json.loads(
         (folder / "config.json").read_text())["pretrained_cfg"])
     transform = timm.data.create_transform(**config)
-    assert _close_to_library(spec, transform, _grey_picture(*shape)) < STEPS
+    assert _close_to_library(spec, transform, grey_picture(*shape)) < STEPS
 
 
 def test_retfound_gets_its_authors_eval_transform(tmp_path):
@@ -316,7 +310,7 @@ def test_retfound_gets_its_authors_eval_transform(tmp_path):
         transforms.CenterCrop(32), transforms.ToTensor(),
         transforms.Normalize(registry.IMAGENET_MEAN, registry.IMAGENET_STD)])
     for shape in [(50, 80), (97, 61)]:
-        assert _close_to_library(spec, authors, _grey_picture(*shape)) < STEPS
+        assert _close_to_library(spec, authors, grey_picture(*shape)) < STEPS
 
 
 @pytest.mark.parametrize("preprocess", [{}, {"interpolation": "bilinear"},
@@ -335,7 +329,7 @@ def test_biomedclip_gets_what_open_clips_transform_gives(tmp_path, preprocess):
         assert (spec.resize_short, spec.size) == (224, (224, 224))
     assert spec.resample == preprocess.get("interpolation", "bicubic")
     for shape in [(200, 300), (310, 250)]:
-        assert _close_to_library(spec, transform, _grey_picture(*shape)) < STEPS
+        assert _close_to_library(spec, transform, grey_picture(*shape)) < STEPS
 
 
 @pytest.mark.parametrize("pretrained, problem", [

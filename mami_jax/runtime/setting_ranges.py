@@ -23,6 +23,16 @@ def is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def require_pattern(pattern, key: str) -> None:
+    """ValueError ``KEY: 'PATTERN' is not a regular expression: WHY`` unless ``pattern``
+    compiles (a settings' regex was otherwise a re.error traceback where it was first used)."""
+    import re
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"{key}: {pattern!r} is not a regular expression: {e}") from None
+
+
 def require(ok: bool, key: str, value, expected: str) -> None:
     """ValueError ``KEY=VALUE: expected EXPECTED`` unless ``ok``."""
     if not ok:

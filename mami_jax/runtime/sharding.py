@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mami_jax.runtime.setting_ranges import require_pattern
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -63,11 +65,7 @@ def check_partition_rules(rules, mesh: Mesh) -> None:
     expression or that names an axis ``mesh`` lacks (was a KeyError or re.error traceback
     when the state was placed, after the data was read)."""
     for pattern, axes in rules:
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:
-            raise ValueError(f"partition_rules: {pattern!r} is not a regular expression: "
-                             f"{e}") from None
+        require_pattern(pattern, "partition_rules")
         unknown = [a for a in tuple(axes) if a is not None and a not in mesh.shape]
         if unknown:
             raise ValueError(f"partition_rules: rule {pattern!r} names mesh axis "

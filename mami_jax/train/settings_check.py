@@ -12,15 +12,13 @@ evaluates only at the end). Each is one
 
 from __future__ import annotations
 
-import re
-
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
 from mami_jax.data.sampler import IDENTITY_CLASSES
 from mami_jax.data.transforms import check_normalization
 from mami_jax.evaluate.protocols import PROTOCOLS
 from mami_jax.evaluate.retrieval import METRICS
-from mami_jax.runtime.setting_ranges import is_number, is_whole, require
+from mami_jax.runtime.setting_ranges import is_number, is_whole, require, require_pattern
 from mami_jax.train import loss_terms
 from mami_jax.train.heads import NECKS
 from mami_jax.train.optim import SCHEDULES
@@ -46,11 +44,7 @@ def check_optim(cfg) -> None:
         require(is_number(value) and value >= 0, f"optim.lr_multipliers.{group}", value,
                 "a number >= 0")
     for pattern in tuple(cfg.freeze):
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as e:     # was a re.error traceback at the model build
-            raise ValueError(f"optim.freeze: {pattern!r} is not a regular expression: "
-                             f"{e}") from None
+        require_pattern(pattern, "optim.freeze")
 
 
 def _one_of(value, key: str, allowed) -> None:

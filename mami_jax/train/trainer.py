@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     kill_after = _kill_after_step()
     check_training_settings(config)     # a bad setting stops before anything is written
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-    _check_batches_fit(config, mesh)
+    _check_mesh_and_batches(config, mesh)
     if tuple(config.optim.freeze):      # its patterns are matched against the parameters
         build_model_and_state_fns(config, num_classes=2, total_steps=1)
     _resume_step(config, workdir)       # a run of another model: before anything is written
@@ -186,7 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return _train(config, workdir, rows, mesh, kill_after, stop)
 
 
-def _check_batches_fit(config, mesh) -> None:
+def _check_mesh_and_batches(config, mesh) -> None:
     """The training batch and, when the run evaluates, the evaluation batch split evenly
     over the data axis: an evaluation batch that did not was found at the first evaluation,
     after all the steps when that is the final one. The partition rules name the mesh's
