@@ -307,6 +307,10 @@ def test_train_and_eval_write_metrics(setup, capsys, tmp_path):
             assert 0.0 <= group[c]["accuracy"] <= 1.0
         assert "false_history_rate" in group
     assert m["overall"]["queries"] == sum(r.split == "test" for r in read_manifest(s["manifest"]))
+    # how the history was found and scored (the base config's, the tiny one's maps)
+    assert m["retrieval"] == {"scores": "visit", "visit_fusion": True, "hubness_k": 10,
+                              "center": True, "index": "flat", "train_history": "both",
+                              "maps_key": "last_block@2"}
     for name in ("classifiers.msgpack", "features.npz", "auc.png", "metrics.md"):
         assert os.path.isfile(os.path.join(out_dir, name))
     # the tiny app config compares 2 x 2 token maps (width 32) with the history

@@ -206,7 +206,8 @@ def test_the_experiment_reads_the_teachers_features_and_records_them(tmp_path):
         exp.check_classifiers(other_payload, None)
 
 
-@pytest.mark.parametrize("words, kind", [("", "visit"), ("visit_fusion=0", "csls"),
+@pytest.mark.parametrize("words, kind", [("", "visit"), ("hubness_k=0", "visit-cosine"),
+                                         ("visit_fusion=0", "csls"),
                                          ("visit_fusion=0,hubness_k=0", "cosine"),
                                          ("visit_fusion=0,hubness_k=0,center=0", "cosine/raw")])
 def test_the_score_kind_follows_the_retrieval_settings(words, kind):

@@ -100,3 +100,50 @@ def test_figure_names_the_file_and_key_it_cannot_read(tmp_path, capsys):
         assert main(["figure", "--metrics", a, path, "--out", str(tmp_path / "x.png")]) == 1
         assert capsys.readouterr().err.splitlines() == [f"error: --metrics {path}: {message}"]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_figure_pools_only_runs_of_one_retrieval_setting(tmp_path, capsys):
+    """Runs pooled into one spread differ only by seed: a run whose history was scored
+    otherwise is refused by the setting's name; a report without the record (an older
+    run) is not compared."""
+    settings = {"scores": "visit", "visit_fusion": True, "hubness_k": 10, "center": True,
+                "index": "exact", "train_history": "retrieved", "maps_key": ""}
+    paths = []
+    for name, extra in [("a", settings), ("b", dict(settings)), ("old", None),
+                        ("hub0", dict(settings, hubness_k=0, scores="visit-cosine"))]:
+        path = _metrics(tmp_path / f"{name}.json", 0.6, 0.7, 0.1)
+        if extra is not None:
+            m = json.loads(open(path).read())
+            m["retrieval"] = extra
+            open(path, "w").write(json.dumps(m))
+        paths.append(path)
+    a, b, old, hub0 = paths
+    assert main(["figure", "--metrics", a, b, old, "--out", str(tmp_path / "ok.png")]) == 0
+    assert "3 run(s)" in capsys.readouterr().out
+    assert main(["figure", "--metrics", a, old, hub0, "--out", str(tmp_path / "x.png")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --metrics {hub0}: retrieval.hubness_k is 0, {a} has 10; the runs pooled "
+        "into one spread must differ only by seed"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_picture_leaves_out_the_aucs_a_run_could_not_compute():
+    """The bars agree with the table: a null AUC is left out of the mean (it was drawn as
+    0, pulling 0.8 and null to a 0.4 bar), and equal runs whose mean rounds above them
+    draw (matplotlib refused the negative whisker: the figure of three identical seeds
+    failed)."""
+    import numpy as np
+
+    from mami_jax.apps.history.pictures import auc_spread
+
+    def run(xray, ct):
+        return {"xray": {"current_only": {"auc": xray}}, "ct": {"current_only": {"auc": ct}}}
+    mean, err = auc_spread([run(0.6, None), run(0.8, 0.7)], ["xray", "ct"], "current_only")
+    np.testing.assert_allclose(mean, [0.7, 0.7])
+    np.testing.assert_allclose(err, [[0.1, 0.0], [0.1, 0.0]])
+    mean, err = auc_spread([run(None, 0.5)] * 2, ["xray", "ct"], "current_only")
+    assert np.isnan(mean[0]) and mean[1] == 0.5 and (err == 0).all()
+    same = [run(0.1 + 0.2, 0.3)] * 3       # the mean of three 0.30000000000000004 rounds up
+    mean, err = auc_spread(same, ["xray", "ct"], "current_only")
+    assert (err >= 0).all()
+    assert auc_spread([run(0.6, 0.7)], ["xray", "ct"], "current_only")[1] is None

@@ -468,14 +468,16 @@ def _check_group(path: str, name: str, group) -> None:
 
 
 def _metrics_groups(path: str) -> tuple[str, dict]:
-    """(split, {group: metrics}) of a metrics.json of ``train``/``eval``; an unreadable
-    file, another JSON or a value the table cannot read is an error naming the file and
-    the key."""
+    """(split, {group: metrics}, retrieval settings) of a metrics.json of ``train``/``eval``
+    (settings None in a report written before they were recorded); an unreadable file,
+    another JSON or a value the table cannot read is an error naming the file and the
+    key."""
     import json
     try:
         with open(path, encoding="utf-8") as f:
             m = json.load(f)
         split, groups = m["split"], {**m["per_modality"], "overall": m["overall"]}
+        retrieval = m.get("retrieval")
     except OSError as e:
         raise FileNotFoundError(f"--metrics {path}: cannot be read ({e.strerror})") from e
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
@@ -484,7 +486,23 @@ def _metrics_groups(path: str) -> tuple[str, dict]:
         raise ValueError(f"--metrics {path}: split is {split!r}, not a name")
     for name, group in groups.items():
         _check_group(path, name if name == "overall" else f"per_modality.{name}", group)
-    return split, groups
+    if retrieval is not None and not isinstance(retrieval, dict):
+        raise ValueError(f"--metrics {path}: retrieval is {retrieval!r}, not the settings")
+    return split, groups, retrieval
+
+
+def _same_retrieval(paths: list[str], settings: list[dict | None]) -> None:
+    """Runs pooled into one mean and spread must differ only by seed: a run whose history
+    was found or scored otherwise (``hubness_k``, ``visit_fusion``, ...) is an error
+    naming the setting. Reports without the record are not compared."""
+    known = [(p, s) for p, s in zip(paths, settings) if s is not None]
+    for path, mine in known[1:]:
+        first_path, first = known[0]
+        for key in sorted(set(first) | set(mine)):
+            if first.get(key) != mine.get(key):
+                raise ValueError(f"--metrics {path}: retrieval.{key} is {mine.get(key)!r}, "
+                                 f"{first_path} has {first.get(key)!r}; the runs pooled "
+                                 "into one spread must differ only by seed")
 
 
 def figure(args) -> int:
@@ -503,10 +521,11 @@ def figure(args) -> int:
                              "counts once")
         seen[real] = path
     loaded = [_metrics_groups(p) for p in args.metrics]
-    splits = {split for split, _ in loaded}
-    runs = [groups for _, groups in loaded]
+    splits = {split for split, _, _ in loaded}
+    runs = [groups for _, groups, _ in loaded]
     if len(splits) > 1:
         raise ValueError(f"--metrics: runs of different splits {sorted(splits)}")
+    _same_retrieval(args.metrics, [settings for _, _, settings in loaded])
     for path, groups in zip(args.metrics, runs):
         if list(groups) != list(runs[0]):
             raise ValueError(f"--metrics {path}: groups {list(groups)}, the first run has "

@@ -248,6 +248,16 @@ class Experiment:
                 "trained_patients": sorted({r.patient_key for r in self.rows
                                             if r.split == train})}
 
+    def retrieval_settings(self) -> dict:
+        """How the history beside each image was found and scored (metrics.json
+        ``retrieval``): two reports that differ only here differ by these settings, which
+        the numbers alone do not say."""
+        cfg = self.cfg
+        return {"scores": score_kind(cfg), "visit_fusion": bool(cfg.get("visit_fusion", False)),
+                "hubness_k": int(cfg.index.get("hubness_k", 0)), "center": bool(cfg.center),
+                "index": str(cfg.index.kind), "train_history": str(cfg.train_history),
+                "maps_key": maps_key(cfg)}
+
     def check_classifiers(self, payload: dict, info: dict | None,
                           source: str = CLASSIFIERS) -> None:
         """Refuses classifiers this experiment cannot evaluate: ``check_classifier_settings``
@@ -348,6 +358,7 @@ class Experiment:
                    "features": self.cfg.features, "diagnosis_model": self.diagnosis_model,
                    "k": int(self.cfg.k),
                    "target_far": float(self.cfg.target_far), "calibration": self.calibration,
+                   "retrieval": self.retrieval_settings(),
                    "overall": groups["overall"],
                    "per_modality": {m: g for m, g in groups.items() if m != "overall"}}
         return metrics

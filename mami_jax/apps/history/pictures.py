@@ -34,20 +34,36 @@ def query_figure(query_image, query_title: str, candidates, path: str) -> None:
     plt.close(fig)
 
 
+def auc_spread(runs: list[dict], names: list[str], condition: str):
+    """(mean, whiskers) of ``condition``'s AUC per group over ``runs``: whiskers (2, groups)
+    from the lowest to the highest run, None with one run. An AUC a run could not compute
+    (null: one class only) is left out of that group's mean, not counted as 0; a group
+    with none is NaN (no bar)."""
+    values = np.asarray([[np.nan if run[g][condition]["auc"] is None
+                          else run[g][condition]["auc"] for g in names] for run in runs],
+                        dtype=float)
+    known = ~np.isnan(values)
+    mean = np.where(known.any(0), np.nansum(values, 0) / np.maximum(known.sum(0), 1), np.nan)
+    if len(runs) == 1:
+        return mean, None
+    low = np.where(known, values, np.inf).min(0)
+    high = np.where(known, values, -np.inf).max(0)
+    # clipped at 0: the mean of equal runs may exceed them by a rounding, and matplotlib
+    # refuses a negative whisker
+    err = np.maximum(np.stack([mean - low, high - mean]), 0.0)
+    return mean, np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def auc_bars(groups, path: str, split: str) -> None:
     """Macro AUC per group for the three conditions. ``groups``: one run's groups, or a
     list of runs' (e.g. classifier seeds): bars at the mean, whiskers from the lowest to
-    the highest run."""
+    the highest run (``auc_spread``)."""
     runs = groups if isinstance(groups, list) else [groups]
     names = list(runs[0])
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.2))
     width = 0.8 / len(CONDITIONS)
     for c, condition in enumerate(CONDITIONS):
-        values = np.asarray([[run[g][condition]["auc"] or 0.0 for g in names] for run in runs])
-        mean = values.mean(0)
-        err = None
-        if len(runs) > 1:
-            err = np.stack([mean - values.min(0), values.max(0) - mean])
+        mean, err = auc_spread(runs, names, condition)
         ax.bar(np.arange(len(names)) + (c - 1) * width, mean, width, yerr=err, capsize=2,
                label=condition.replace("_", " "))
     ax.set_xticks(np.arange(len(names)), names)

@@ -24,14 +24,17 @@ CLASSIFIERS = "classifiers.msgpack"
 CLASSIFIERS_INFO = "classifiers.json"
 def score_kind(cfg) -> str:
     """The scale of the retrieval scores the history model reads beside each history image:
-    ``visit`` (z-normalised visit sums, ``visit_fusion``), ``csls`` (hub-corrected cosines,
-    ``index.hubness_k`` > 0) or ``cosine``; ``/raw`` when the archive is not centred. A
-    history term trained on one scale reads another wrongly without any error of its own,
-    hence the record."""
+    ``visit`` (z-normalised visit sums of hub-corrected cosines, ``visit_fusion`` with
+    ``index.hubness_k`` > 0), ``visit-cosine`` (the same sums of plain cosines,
+    ``hubness_k`` = 0), ``csls`` (hub-corrected cosines) or ``cosine``; ``/raw`` when the
+    archive is not centred. A history term trained on one scale reads another wrongly
+    without any error of its own, hence the record. (The default's name, ``visit``, is
+    the one records written before the two visit scales were told apart carry.)"""
+    hub = int(cfg.index.get("hubness_k", 0)) > 0
     if cfg.get("visit_fusion", False):
-        kind = "visit"
+        kind = "visit" if hub else "visit-cosine"
     else:
-        kind = "csls" if int(cfg.index.get("hubness_k", 0)) > 0 else "cosine"
+        kind = "csls" if hub else "cosine"
     return kind if cfg.center else f"{kind}/raw"
 
 
