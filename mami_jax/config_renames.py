@@ -71,10 +71,10 @@ def overridden_keys(argv: Sequence[str], flag: str = "config") -> list[str]:
 
 
 def exit_on_renamed_overrides(argv: Sequence[str], flag: str = "config") -> None:
-    """Ends the process (one ``error:`` line on stderr, exit status 1) if ``argv``
-    overrides a renamed or removed key; returns otherwise."""
+    """Ends the process (one ``error:`` line on stderr, exit status 2: a usage error, as a
+    misspelt key is) if ``argv`` overrides a renamed or removed key; returns otherwise."""
     for key in overridden_keys(argv, flag):
         message = renamed_key_message(key)
         if message:
             print(f"error: {message}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            sys.exit(2)

@@ -35,7 +35,7 @@ def _main(tmp_path, *overrides):
 ])
 def test_old_spelling_fails_with_one_line_naming_the_new_key(tmp_path, overrides, line):
     proc, workdir = _main(tmp_path, *overrides)
-    assert proc.returncode == 1
+    assert proc.returncode == 2      # a usage error, as a misspelt key is
     assert proc.stderr == line + "\n"
     assert not workdir.exists()   # refused before any work
 
