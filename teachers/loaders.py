@@ -37,6 +37,7 @@ import numpy as np
 from mami_jax.runtime.json_object import parse_json_object
 from teachers.loaded import LoadedTeacher
 from teachers.registry import TeacherSpec
+from teachers.processor_values import processor_mean_std
 from teachers.resize_settings import (ResizeSettingError, open_clip_resize, processor_resize,
                                       timm_resize)
 
@@ -180,10 +181,9 @@ def _transformers(spec, path, torch):
                                f"shape (e.g. {', '.join(sorted(missing)[:3])}); they would be "
                                "random")
     proc = _folder_json(path, PROCESSOR_FILE)
-    changes = {}
-    if "image_mean" in proc and "image_std" in proc:
-        changes.update(mean=tuple(proc["image_mean"]), std=tuple(proc["image_std"]))
-    changes.update(processor_resize(spec, os.path.join(path, PROCESSOR_FILE), proc))
+    file = os.path.join(path, PROCESSOR_FILE)
+    changes = processor_mean_std(proc, file, (spec.mean, spec.std))
+    changes.update(processor_resize(spec, file, proc))
     return model, (lambda x: model(pixel_values=x).pooler_output), changes
 
 

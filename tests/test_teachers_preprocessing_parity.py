@@ -108,6 +108,45 @@ def test_a_crop_size_alone_is_resized_straight_to(tmp_path):
     assert _teacher_input(spec, grey_picture(50, 80)).shape == (3, 56, 56)
 
 
+@pytest.mark.parametrize("values", [
+    {"do_normalize": False},                                   # 0..1, not normalised
+    {"do_rescale": False},                                     # 0..255, then normalised
+    {"rescale_factor": 1 / 127.5, "image_mean": [1.0] * 3, "image_std": [1.0] * 3},  # -1..1
+    {"image_mean": 0.5, "image_std": 0.25},                    # one number for all channels
+])
+def test_the_processors_value_settings_are_followed(tmp_path, values):
+    """``do_rescale``, ``rescale_factor``, ``do_normalize`` and a scalar mean or std were not
+    read: every folder was fed (x / 255 - mean) / std. Before: 1.9, 945 and 0.96 apart in
+    the processor's units on the first three folders (a scalar mean stopped the load with
+    an error blaming the model's config); now within one
+    uint8 step of ``AutoImageProcessor`` (a unit step of the 0..255 input, whose values
+    are 255 times larger)."""
+    settings = dict(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
+                    do_center_crop=True, resample=3)
+    folder = _dinov2_folder(tmp_path / "values", **settings)
+    path = tmp_path / "values" / "preprocessor_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **values)))
+    spec = load_teacher(registry.get_spec("rad_dino"), folder).spec
+    picture = grey_picture(61, 97)
+    expected = _processor_input(folder, picture)
+    step = ONE_STEP * (255 if values.get("do_rescale") is False else 1)
+    assert np.abs(_teacher_input(spec, picture) - expected).max() < step
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"image_mean": "grey"}, r"image_mean is 'grey', not a number or one per channel \(3\)"),
+    ({"image_std": [0.2, 0.0, 0.2]}, r"image_std is \[0.2, 0.0, 0.2\]; a std is above 0"),
+    ({"rescale_factor": 0}, r"rescale_factor is 0, not a number above 0"),
+])
+def test_value_settings_no_input_can_follow_name_the_file(tmp_path, values, problem):
+    folder = _dinov2_folder(tmp_path / "odd", size={"shortest_edge": 64},
+                            crop_size={"height": 56, "width": 56})
+    path = tmp_path / "odd" / "preprocessor_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **values)))
+    with pytest.raises(TeacherLoadError, match=rf"^{path}: {problem}"):
+        load_teacher(registry.get_spec("rad_dino"), folder)
+
+
 @pytest.mark.parametrize("settings, problem", [
     ({"size": {"shortest_edge": 64}, "crop_size": {"height": 56, "width": 56},
       "do_center_crop": False}, r"size \{'shortest_edge': 64\} without a centre crop .* "
