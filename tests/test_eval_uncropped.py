@@ -90,3 +90,24 @@ def test_eval_whole_must_be_a_flag(tmp_path):
     cfg.modalities.pathology.eval_whole = None
     with pytest.raises(ValueError, match=r"data.modalities.pathology.eval_whole=None: expected True or False"):
         read_example(rows[0], cfg)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_a_non_finite_embedding_is_an_error_naming_the_image(tmp_path, bad_value):
+    """A NaN row marks a skipped image: a model that embedded a readable image as NaN
+    (half-precision overflow, a diverged checkpoint) had it counted as unreadable and left
+    out of the metrics, even without data.skip_bad_images; an inf row went through to the
+    scores. Now either is an error naming the image."""
+    rows, _ = _rows(tmp_path, np.random.default_rng(3))
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+
+    def overflow_on_xray(batch):          # the x-ray is the 8 x 8 crop, pathology whole
+        e = batch["images"][:, 0, 0, 0, :]
+        return e + bad_value if batch["images"].shape[2] == 8 else e
+
+    with pytest.raises(ValueError, match=r"the model's embedding of 1 image\(s\) is not "
+                                         r"finite \(NaN or inf\): manifest row 1 "
+                                         r"\(image_id='i1'\); a diverged checkpoint"):
+        embed_rows(overflow_on_xray, rows, [0, 1], _cfg(("pathology",)), mesh, 2)
+    # the pathology batch alone embeds
+    assert np.isfinite(embed_rows(overflow_on_xray, rows, [0], _cfg(("pathology",)), mesh, 2)).all()

@@ -75,6 +75,7 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
             if out is None:
                 out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
             keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
+            _refuse_non_finite(emb, keep, batch["index"], rows)
             out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
             n = int((batch["index"] >= 0).sum())
             done += n
@@ -84,6 +85,20 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
     return out
+
+
+def _refuse_non_finite(emb: np.ndarray, keep: np.ndarray, index: np.ndarray,
+                       rows: Sequence[ManifestRow]) -> None:
+    """A ValueError naming the images of a batch the model embedded as NaN or inf. A NaN
+    row is how a skipped image is marked (``embedded``): a model overflow (half precision,
+    a diverged checkpoint) would otherwise be counted as unreadable images and left out of
+    the metrics, whatever ``data.skip_bad_images`` says."""
+    bad = np.flatnonzero(keep & ~np.isfinite(emb).all(axis=1))
+    if bad.size:
+        named = "; ".join(_row_name(rows, int(index[k])) for k in bad[:3])
+        raise ValueError(f"the model's embedding of {bad.size} image(s) is not finite (NaN or "
+                         f"inf): {named}{'; ...' if bad.size > 3 else ''}; a diverged "
+                         "checkpoint or an overflow in model.dtype, not the images")
 
 
 def embedded(embeddings: np.ndarray) -> np.ndarray:
