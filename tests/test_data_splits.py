@@ -124,6 +124,20 @@ def test_history_ties_at_latest_order_are_all_queries():
     assert p.num_without_match == 0
 
 
+@pytest.mark.parametrize("orders", [("1", "2"), ("2019-01-01", "2020-01-01")])
+def test_history_leaves_out_images_without_an_order(orders):
+    """An undated study sorted after every number and before every date: beside visit
+    numbers it became the query, beside dates the gallery. Either way it is left out now,
+    and counted; the reid protocol keeps it."""
+    rows = [row(0, "A", "s1", orders[0], split="test"), row(1, "A", "s2", orders[1], split="test"),
+            row(2, "A", "s3", "", split="test")]
+    p = build_protocol(rows, "history")
+    assert p.query.tolist() == [1] and p.gallery.tolist() == [0]
+    assert p.left_out.tolist() == [2]
+    assert build_protocol(rows, "reid").query.tolist() == [0, 1, 2]
+    assert build_protocol(rows, "reid").left_out.size == 0
+
+
 def test_protocol_errors():
     rows = hand_rows()
     with pytest.raises(ValueError, match="unknown protocol"):

@@ -145,6 +145,10 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
         emb = np.stack([embeddings[i] for i in members])
         for protocol_name in eval_cfg.protocols:
             protocol = build_protocol(sub, protocol_name, split=sub[0].split)
+            if protocol.left_out.size:
+                logging.warning("%s/%s: %d of the %d images have no order and are left out "
+                                "(neither query nor gallery: their place in time is unknown)",
+                                name, protocol_name, protocol.left_out.size, len(sub))
             if protocol.query.size == 0 or protocol.gallery.size == 0:
                 logging.warning("%s/%s: empty query or gallery, skipped", name, protocol_name)
                 continue

@@ -15,7 +15,9 @@ datasets.
   ``order_key(order)``; every study tied at that order counts as latest) are the
   queries; images of strictly earlier visits, of all patients, form the gallery.
   This is the setting of history-augmented diagnosis: find a patient's past images
-  from today's.
+  from today's. An image without an ``order`` has no place in time: it is neither query
+  nor gallery, and ``left_out`` counts it (it sorted after every visit number and before
+  every date, so it was the query beside numbered visits and gallery beside dated ones).
 
 A query whose patient has no gallery image outside the query's study cannot be
 answered; ``query_has_match`` marks them and ``num_without_match`` counts them (the
@@ -46,6 +48,8 @@ class Protocol:
     query_studies: np.ndarray  # str, study_key per query
     gallery_studies: np.ndarray
     query_has_match: np.ndarray  # bool per query
+    left_out: np.ndarray = dataclasses.field(  # int64 rows of neither (history: no order)
+        default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_queries(self) -> int:
@@ -82,6 +86,8 @@ def build_protocol(rows: Sequence[ManifestRow], name: str, split: str = "test") 
         query = np.asarray(members, np.int64)
         gallery = query.copy()
     else:
+        undated = [i for i in members if not rows[i].order]
+        members = [i for i in members if rows[i].order]
         latest: dict[str, tuple] = {}
         for i in members:
             k = order_key(rows[i].order)
@@ -103,4 +109,5 @@ def build_protocol(rows: Sequence[ManifestRow], name: str, split: str = "test") 
         query_studies=np.asarray([rows[i].study_key for i in query], dtype=str),
         gallery_studies=np.asarray([rows[i].study_key for i in gallery], dtype=str),
         query_has_match=_has_match(rows, query, gallery),
+        left_out=np.asarray(undated if name == "history" else [], np.int64),
     )
