@@ -190,3 +190,38 @@ def test_two_datasets_of_one_modality_keep_a_column_each():
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["dsA/xray", "dsB/xray", "ct"]
     assert sorted(p.get_height() for p in fig.axes[0].patches) == [0.2, 0.3, 0.5, 0.9]
+
+
+def test_a_teacher_whose_groups_cannot_be_scored_is_said_and_the_others_scored(
+        tmp_path, monkeypatch, capsys):
+    """A teacher of CT only, on a CT group where no patient has two studies (the X-ray
+    group is evaluable, so the split check passes): its empty report stopped the whole
+    command with an internal message, the X-ray teacher's numbers unwritten."""
+    import numpy as np
+
+    from mami_jax.data.manifest import ManifestRow
+
+    def row(p, s, modality):
+        return ManifestRow(f"{p}_{s}_{modality}", p, s, s[-1], modality, "d", "",
+                           f"{p}/{s}.png", "test")
+    rows = [row("a", "s1", "xray"), row("a", "s2", "xray"), row("b", "s1", "xray"),
+            row("b", "s2", "xray"), row("a", "s1", "ct"), row("b", "s1", "ct")]
+    vectors = {r.image_id: np.eye(4, dtype=np.float32)[i % 4] for i, r in enumerate(rows)}
+
+    class Stored:
+        def __init__(self, modality):
+            self.ids = [r.image_id for r in rows if r.modality == modality]
+            self.info = {"modalities": [modality], "feature_dim": 4}
+
+        def by_id(self):
+            return {i: vectors[i] for i in self.ids}
+    monkeypatch.setattr(zero_shot, "load_features",
+                        lambda *a, **k: {"xray_only": Stored("xray"), "ct_only": Stored("ct")})
+    results = zero_shot.score_teachers("feats", rows, base_config().eval, str(tmp_path),
+                                       print_tables=False)
+    assert sorted(results) == ["xray_only"]
+    assert sorted(results["xray_only"]) == ["d/xray/history", "d/xray/reid"]
+    assert ("teacher ct_only: no group of split 'test' it covers has a query with a true "
+            "match, not scored") in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "xray_only" / "metrics.json")
+    assert not os.path.exists(tmp_path / "ct_only")

@@ -81,7 +81,12 @@ def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out
             print(f"teacher {name}: no features in split {eval_cfg.split!r}, not scored")
             continue
         embeddings = {i: by_id[rows[i].image_id] for members in covered.values() for i in members}
-        results[name] = score_groups(embeddings, rows, covered, eval_cfg)
+        scored = score_groups(embeddings, rows, covered, eval_cfg)
+        if not scored:         # its groups hold no query with a true match (warned above)
+            print(f"teacher {name}: no group of split {eval_cfg.split!r} it covers has a "
+                  "query with a true match, not scored")
+            continue
+        results[name] = scored
         if print_tables:
             print(f"\nzero-shot {name} ({feats.info.get('public_id', '')}, "
                   f"{feats.info['feature_dim']}-d)")
@@ -151,7 +156,9 @@ def main(argv=None) -> int:
         results = score_teachers(args.features, rows, config.eval, args.out, teachers,
                                  manifest_name=args.manifest)
         if not results:
-            raise ValueError(f"no stored teacher has features in split {config.eval.split!r}")
+            raise ValueError(f"no stored teacher could be scored on split "
+                             f"{config.eval.split!r} (none has features of a group with a "
+                             "query that has a true match)")
     except (ValueError, OSError, ManifestError, TeacherFeatureError) as e:
         print_error(e, where=args.out)
         return 1
