@@ -62,7 +62,7 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
         checkpointing.check_model_config(workdir, config.model, action)
     rows = load_rows(config, workdir)
     if mode == "eval":
-        check_split_evaluable(rows, config.eval.split)
+        check_split_evaluable(rows, config.eval.split, protocols=tuple(config.eval.protocols))
     read = [r for r in rows if mode == "embed" or r.split == config.eval.split]
     files = ImageFiles(read)    # asked once: the missing check, then the chunks' key
     check_images_on_disk(read, config.data.skip_bad_images,

@@ -51,6 +51,28 @@ def test_a_split_of_single_studies_is_refused_and_one_patient_of_two_is_enough()
     check_split_evaluable(rows + [row("b", "s2", "ct")], "test")
 
 
+def test_the_check_asks_the_protocols_the_run_evaluates():
+    """Slides of one patient without an order: two studies (the reid protocol scores
+    them), but no ordered visits. With eval.protocols = ("history",) the check passed and
+    the evaluation then found nothing to score."""
+    def slide(patient, study, order):
+        r = row(patient, study, "pathology")
+        return ManifestRow(r.image_id, r.patient_id, r.study_id, order, r.modality, r.dataset,
+                           r.view, r.path, r.split)
+    undated = [slide("a", "s1", ""), slide("a", "s2", ""), slide("b", "s1", ""),
+               slide("b", "s2", "")]
+    check_split_evaluable(undated, "test")
+    check_split_evaluable(undated, "test", protocols=("reid", "history"))
+    with pytest.raises(ValueError, match=r"^split 'test' has 4 images of 2 patients, but no "
+                                         r"patient has images of two visits of different "
+                                         r"order .* the protocols \['history'\] evaluated"):
+        check_split_evaluable(undated, "test", protocols=("history",))
+    dated = undated[:1] + [slide("a", "s2", "2")] + undated[2:]
+    with pytest.raises(ValueError, match="two visits of different order"):   # "" is left out
+        check_split_evaluable(dated, "test", protocols=("history",))
+    check_split_evaluable([slide("a", "s1", "1")] + dated[1:], "test", protocols=("history",))
+
+
 def test_a_group_without_a_true_match_is_skipped_and_the_others_scored(monkeypatch):
     """X-ray: a and b with two visits each, embeddings that find the right patient first
     (Rank-1 1, AUC 1). CT: one image per patient, nothing to score."""

@@ -71,7 +71,8 @@ def score_teachers(features_dir: str, rows: Sequence[ManifestRow], eval_cfg, out
 
     stored = load_features(features_dir, teachers, manifest_ids=[r.image_id for r in rows],
                            manifest_name=manifest_name)
-    check_split_evaluable(rows, eval_cfg.split, split_flag="--split")
+    check_split_evaluable(rows, eval_cfg.split, split_flag="--split",
+                          protocols=tuple(eval_cfg.protocols))
     groups = group_indices(rows, eval_cfg.split)
     results = {}
     for name, feats in stored.items():

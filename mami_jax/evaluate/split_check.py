@@ -6,7 +6,10 @@ query has a true match only when its patient has images of another study in the 
 two studies (one image per patient, say), scores nothing: a training run used to find
 that out at its final evaluation, after all its steps, and stop there with status 1.
 ``check_split_evaluable`` refuses such a split before the run, naming the split's numbers
-and what to change.
+and what to change. It asks the protocols the run evaluates: with ``eval.protocols =
+("history",)`` a split needs a patient with two visits of different ``order`` (images
+without one are left out of that protocol), which two studies of one order or of none
+are not.
 """
 
 from __future__ import annotations
@@ -30,12 +33,27 @@ def patients_with_two_studies(rows: Sequence[ManifestRow], split: str) -> dict[s
             for group, by_patient in studies.items()}
 
 
+def _some_protocol_scores(rows: Sequence[ManifestRow], split: str,
+                          protocols: Sequence[str]) -> bool:
+    """Whether some (dataset, modality) group of ``split`` has, under one of
+    ``protocols``, a query with a true match (what ``evaluator.score_groups`` scores)."""
+    from mami_jax.evaluate.protocols import build_protocol
+    groups: dict[str, list[ManifestRow]] = collections.defaultdict(list)
+    for r in rows:
+        if r.split == split:
+            groups[f"{r.dataset}/{r.modality}"].append(r)
+    return any(build_protocol(members, name, split).query_has_match.any()
+               for members in groups.values() for name in protocols)
+
+
 def check_split_evaluable(rows: Sequence[ManifestRow], split: str,
-                          split_flag: str = "--config.eval.split", otherwise: str = "") -> None:
-    """Raises ValueError when ``split`` of ``rows`` has no row, or no patient with images
-    of two studies in one group. ``split_flag``: the caller's flag that picks the split;
-    ``otherwise``: the way round it the caller offers (how to train without evaluating),
-    appended to the message."""
+                          split_flag: str = "--config.eval.split", otherwise: str = "",
+                          protocols: Sequence[str] = ("reid",)) -> None:
+    """Raises ValueError when ``split`` of ``rows`` has no row, or no group where one of
+    ``protocols`` (``eval.protocols``) has a query with a true match: no patient with
+    images of two studies, or for the history protocol alone, of two ordered visits.
+    ``split_flag``: the caller's flag that picks the split; ``otherwise``: the way round it
+    the caller offers (how to train without evaluating), appended to the message."""
     where = next((f"{r.location[0]}: " for r in rows if r.location), "")
     tail = f"; or {otherwise}" if otherwise else ""
     members = [r for r in rows if r.split == split]
@@ -53,3 +71,13 @@ def check_split_evaluable(rows: Sequence[ManifestRow], split: str,
             f"query's own study is left out of its gallery, so no query has a true match and "
             f"there is nothing to score. Give the split patients with several visits, or "
             f"evaluate another split ({split_flag}){tail}")
+    if not _some_protocol_scores(rows, split, protocols):
+        patients = len({r.patient_key for r in members})
+        raise ValueError(
+            f"{where}split {split!r} has {len(members)} images of {patients} patients, but no "
+            f"patient has images of two visits of different order in one dataset and "
+            f"modality: the protocols {list(protocols)} evaluated (eval.protocols) leave "
+            f"nothing to score (history: each patient's latest visit is the query, earlier "
+            f"visits the gallery; images without an order are left out). Fill in the order "
+            f"column, add 'reid' to eval.protocols, or evaluate another split "
+            f"({split_flag}){tail}")

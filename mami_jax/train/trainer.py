@@ -178,7 +178,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run_config.refuse_a_foreign_config_file(workdir)
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
     if _evaluates(config):  # found at the final evaluation, it cost the whole run
-        check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION)
+        check_split_evaluable(rows, config.eval.split, otherwise=NO_EVALUATION,
+                              protocols=tuple(config.eval.protocols))
     check_images_on_disk(_rows_read(rows, config), config.data.skip_bad_images, "training")
     make_dirs(workdir)
     with folder_lock.held(workdir, f"--workdir {workdir}", "training run",
