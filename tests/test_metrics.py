@@ -149,6 +149,20 @@ def test_query_targets_csr():
                                   [[1, 4], [2, -1], [-1, -1]])
 
 
+def test_query_targets_hold_no_pair_lists():
+    """Thousands of tiles of one patient made millions of same-patient pairs, all listed
+    up front (4 patients x 4000 tiles: 2.5 GB); the targets are now ranges of one
+    ordering of the gallery, a few arrays of the queries' and gallery's length."""
+    pids = np.repeat(["a", "b"], 6000)
+    studies = np.asarray([f"{p}{i % 2}" for i, p in enumerate(pids)])
+    t = metrics.build_query_targets(pids, pids, studies, studies)
+    held = sum(np.asarray(v).nbytes for v in vars(t).values() if isinstance(v, np.ndarray))
+    assert held <= 5 * 8 * pids.size             # 3000 x 12000 pairs would be 36e6 x 8 bytes
+    assert t.n_match.tolist() == [3000] * pids.size
+    assert t.matches(0).tolist() == list(range(1, 6000, 2))
+    assert t.excluded(1).tolist() == list(range(1, 6000, 2))
+
+
 # ----------------------------------------------------------------------------- verification
 
 def test_verification_hand_worked():

@@ -85,46 +85,50 @@ def _joint_codes(a: np.ndarray, b: np.ndarray, names: str) -> tuple[np.ndarray, 
 class QueryTargets:
     """Per query, the gallery indices of its true matches and of its excluded items.
 
-    Stored as CSR (``ptr`` of length Q+1 into a flat index array; indices
-    ascending within a query), because a few patients with very many images
-    would make a padded (Q, max) array huge.
+    Held as ranges of one ordering of the gallery (by patient, then study, then index):
+    a query's patient is ``order[pid_start:pid_end]`` and, inside it, its own study
+    ``order[study_start:study_end]`` (excluded); the rest of the patient's range are its
+    true matches. Memory is O(Q + G) whatever the images per patient: the pairs
+    themselves (thousands of tiles of one patient make millions) are listed only for the
+    queries asked, block by block.
     """
 
     num_gallery: int
-    match_ptr: np.ndarray
-    match_idx: np.ndarray
-    excl_ptr: np.ndarray
-    excl_idx: np.ndarray
+    order: np.ndarray
+    pid_start: np.ndarray
+    pid_end: np.ndarray
+    study_start: np.ndarray
+    study_end: np.ndarray
 
     @property
     def num_queries(self) -> int:
-        return self.match_ptr.size - 1
-
-    @property
-    def n_match(self) -> np.ndarray:
-        return np.diff(self.match_ptr)
+        return self.pid_start.size
 
     @property
     def n_excluded(self) -> np.ndarray:
-        return np.diff(self.excl_ptr)
+        return self.study_end - self.study_start
+
+    @property
+    def n_match(self) -> np.ndarray:
+        return self.pid_end - self.pid_start - self.n_excluded
 
     def matches(self, i: int) -> np.ndarray:
-        return self.match_idx[self.match_ptr[i]:self.match_ptr[i + 1]]
+        """Gallery indices of query ``i``'s true matches, ascending."""
+        return np.sort(np.concatenate([self.order[self.pid_start[i]:self.study_start[i]],
+                                       self.order[self.study_end[i]:self.pid_end[i]]]))
 
     def excluded(self, i: int) -> np.ndarray:
-        return self.excl_idx[self.excl_ptr[i]:self.excl_ptr[i + 1]]
+        """Gallery indices of query ``i``'s own study, ascending."""
+        return self.order[self.study_start[i]:self.study_end[i]]
 
     def padded(self, rows: np.ndarray, kind: str, width: int) -> np.ndarray:
         """(len(rows), width) int32 gallery indices, -1 where a row has fewer."""
-        ptr, idx = ((self.match_ptr, self.match_idx) if kind == "match"
-                    else (self.excl_ptr, self.excl_idx))
-        starts, counts = ptr[rows], ptr[rows + 1] - ptr[rows]
-        if counts.size and counts.max() > width:
-            raise ValueError(f"padded width {width} < {counts.max()} {kind} indices")
-        out = np.full((rows.size, width), -1, np.int32)
-        cols = np.arange(width)
-        take = cols[None, :] < counts[:, None]
-        out[take] = idx[(starts[:, None] + cols[None, :])[take]]
+        out = np.full((len(rows), width), -1, np.int32)
+        for b, i in enumerate(rows):
+            idx = self.matches(i) if kind == "match" else self.excluded(i)
+            if idx.size > width:
+                raise ValueError(f"padded width {width} < {idx.size} {kind} indices")
+            out[b, :idx.size] = idx
         return out
 
 
@@ -132,7 +136,7 @@ def build_query_targets(query_pids, gallery_pids, query_studies, gallery_studies
     """Splits every query's same-pid gallery items into true matches and excluded ones.
 
     Excluded = same pid and same study as the query; true match = same pid,
-    different study. Runs in O((Q + G) log(Q + G) + total same-pid pairs).
+    different study. Runs in O((Q + G) log(Q + G)) time and O(Q + G) memory.
     """
     qp = _as_ids(query_pids, "query_pids")
     gp = _as_ids(gallery_pids, "gallery_pids")
@@ -144,26 +148,18 @@ def build_query_targets(query_pids, gallery_pids, query_studies, gallery_studies
         raise ValueError(f"gallery_studies has {gs.size} entries, gallery_pids {gp.size}")
     q_pid, g_pid = _joint_codes(qp, gp, "query_pids/gallery_pids")
     q_study, g_study = _joint_codes(qs, gs, "query_studies/gallery_studies")
-    num_q, num_g = qp.size, gp.size
-
-    order = np.argsort(g_pid, kind="stable")  # gallery grouped by pid, ascending index inside
-    sorted_pid = g_pid[order]
-    starts = np.searchsorted(sorted_pid, q_pid, side="left")
-    sizes = np.searchsorted(sorted_pid, q_pid, side="right") - starts
-    flat_q = np.repeat(np.arange(num_q), sizes)
-    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if num_q else np.zeros(0, np.int64)
-    offset = np.arange(flat_q.size) - np.repeat(first, sizes)
-    flat_g = order[np.repeat(starts, sizes) + offset]
-    excluded = g_study[flat_g] == q_study[flat_q]
-
-    def csr(keep):
-        counts = np.bincount(flat_q[keep], minlength=num_q)
-        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return ptr, flat_g[keep].astype(np.int64)
-
-    match_ptr, match_idx = csr(~excluded)
-    excl_ptr, excl_idx = csr(excluded)
-    return QueryTargets(num_g, match_ptr, match_idx, excl_ptr, excl_idx)
+    num_g = gp.size
+    order = np.lexsort((np.arange(num_g), g_study, g_pid))   # by patient, study, index
+    studies = int(max(q_study.max(initial=-1), g_study.max(initial=-1))) + 1
+    pid_sorted = g_pid[order].astype(np.int64)
+    key_sorted = pid_sorted * studies + g_study[order]
+    q_key = q_pid.astype(np.int64) * studies + q_study
+    return QueryTargets(
+        num_g, order.astype(np.int64),
+        np.searchsorted(pid_sorted, q_pid, side="left"),
+        np.searchsorted(pid_sorted, q_pid, side="right"),
+        np.searchsorted(key_sorted, q_key, side="left"),
+        np.searchsorted(key_sorted, q_key, side="right"))
 
 
 # ----------------------------------------------------------------------------- ranks
