@@ -124,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.far = 1e-3
     c.eval.verification = True
     c.eval.num_negatives = 200_000
+    # same-patient pairs kept for verification: a seeded sample beyond this many (a
+    # patient of thousands of pathology tiles has millions of them)
+    c.eval.max_positives = 1_000_000
 
     c.lock()
     return c

@@ -171,3 +171,31 @@ def test_chunked_verification_matches_direct_computation():
     euclid = retrieval.pair_scores(emb, [0, 1], [2, 3], metric="euclidean")
     np.testing.assert_allclose(euclid, -np.sum((emb[[0, 1]] - emb[[2, 3]]) ** 2, axis=1),
                                rtol=1e-5)
+
+
+def test_pairs_of_a_patient_of_thousands_of_images_are_sampled_not_listed():
+    """One patient of 6000 tiles in two slides has 9 million positive pairs and, beside a
+    patient of 20, few enough negatives to be listed: every pair of the 6020 images (18
+    million) was enumerated first (840 MB). Now a seeded uniform sample of max_positives
+    is drawn from the 9 million without listing them, and the negatives are listed from
+    the pairs that exist."""
+    import tracemalloc
+    pids = np.asarray(["big"] * 6000 + ["small"] * 20)
+    studies = np.asarray([f"{p}{i % 2}" for i, p in enumerate(pids)])
+    tracemalloc.start()
+    pairs = retrieval.sample_verification_pairs(pids, studies, num_negatives=200_000,
+                                                max_positives=1000, seed=3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 * 2**20          # the 18 million pair list alone is 144 MB per array
+    pos = pairs.same
+    assert pos.sum() == 1000 and pairs.num_positive_available == 3000 * 3000 + 10 * 10
+    assert (~pos).sum() == pairs.num_negative_available == 6000 * 20
+    keys = pairs.first[pos] * pids.size + pairs.second[pos]
+    assert np.unique(keys).size == 1000
+    assert np.all(pids[pairs.first[pos]] == pids[pairs.second[pos]])
+    assert np.all(studies[pairs.first[pos]] != studies[pairs.second[pos]])
+    # uniform over the pairs: the big patient holds 9e6 of 9.0001e6, and the smaller and
+    # larger index of a uniform pair of 6000 average 6000 / 3 and 2 x 6000 / 3
+    assert np.all(pids[pairs.first[pos]] == "big")
+    assert 1800 < pairs.first[pos].mean() < 2200 and 3800 < pairs.second[pos].mean() < 4200

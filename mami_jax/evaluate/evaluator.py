@@ -167,7 +167,8 @@ def score_groups(embeddings: dict[int, np.ndarray] | np.ndarray, rows, groups, e
                 if len(set(pids.tolist())) > 1:
                     metrics.update(chunked_verification_metrics(
                         emb, pids, studies, far=float(eval_cfg.far), metric=eval_cfg.metric,
-                        num_negatives=int(eval_cfg.num_negatives)))
+                        num_negatives=int(eval_cfg.num_negatives),
+                        max_positives=int(eval_cfg.max_positives)))
             results[f"{name}/{protocol_name}"] = metrics
     return results
 

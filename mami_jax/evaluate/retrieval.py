@@ -233,10 +233,22 @@ class VerificationPairs:
     num_negative_available: int
 
 
-def _group_rows(codes: np.ndarray) -> list[np.ndarray]:
-    order = np.argsort(codes, kind="stable")
-    bounds = np.flatnonzero(np.diff(codes[order])) + 1
-    return np.split(order, bounds)
+def _range_pairs(lo: np.ndarray, hi: np.ndarray, limit: int | None,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """(k, j, total): the pairs (k, j) with ``lo[k] <= j < hi[k]``, all of them when they
+    are at most ``limit`` (None: no limit), else a seeded uniform sample of ``limit``
+    distinct ones, drawn as positions in the list of all pairs: nothing of the size of
+    the whole list is built (one patient of 6000 tiles has 18 million pairs)."""
+    counts = np.maximum(hi - lo, 0).astype(np.int64)
+    total = int(counts.sum())
+    if limit is None or total <= limit:
+        k = np.repeat(np.arange(counts.size), counts)
+        first = np.cumsum(counts) - counts
+        return k, lo[k] + (np.arange(total) - first[k]), total
+    flat = rng.choice(total, size=int(limit), replace=False)
+    ends = np.cumsum(counts)
+    k = np.searchsorted(ends, flat, side="right")
+    return k, lo[k] + (flat - (ends[k] - counts[k])), total
 
 
 def sample_verification_pairs(pids, studies, num_negatives: int = 200_000,
@@ -251,11 +263,14 @@ def sample_verification_pairs(pids, studies, num_negatives: int = 200_000,
     * Negatives: every pair of different patients when there are at most
       ``num_negatives`` of them; otherwise a seeded uniform sample of exactly
       ``num_negatives`` distinct pairs.
-    The available totals are returned so reports can state the sampling.
+    The available totals are returned so reports can state the sampling. Memory grows
+    with the pairs kept, not with the pairs there are (``_range_pairs``).
     Deterministic for a given ``seed``; pairs come sorted by (first, second).
     """
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be positive, got {num_negatives}")
+    if max_positives is not None and max_positives < 1:
+        raise ValueError(f"max_positives must be positive or None, got {max_positives}")
     pids = metrics_lib._as_ids(pids, "pids")
     studies = metrics_lib._as_ids(studies, "studies")
     if studies.size != pids.size:
@@ -264,51 +279,20 @@ def sample_verification_pairs(pids, studies, num_negatives: int = 200_000,
     study_codes, _ = metrics_lib._joint_codes(studies, studies[:0], "studies")
     n = pid_codes.size
     rng = np.random.default_rng(seed)
-
-    pos_first, pos_second = [], []
-    group_sizes = []
-    for members in _group_rows(pid_codes):
-        group_sizes.append(members.size)
-        if members.size < 2:
-            continue
-        a, b = np.triu_indices(members.size, k=1)
-        i, j = members[a], members[b]
-        keep = study_codes[i] != study_codes[j]
-        pos_first.append(np.minimum(i, j)[keep])
-        pos_second.append(np.maximum(i, j)[keep])
-    pos_first = np.concatenate(pos_first) if pos_first else np.zeros(0, np.int64)
-    pos_second = np.concatenate(pos_second) if pos_second else np.zeros(0, np.int64)
-    num_pos = pos_first.size
-    if max_positives is not None and num_pos > max_positives:
-        keep = np.sort(rng.choice(num_pos, size=max_positives, replace=False))
-        pos_first, pos_second = pos_first[keep], pos_second[keep]
-
-    sizes = np.asarray(group_sizes, np.int64)
-    num_neg = int(n * (n - 1) // 2 - np.sum(sizes * (sizes - 1) // 2))
-    if num_neg <= 2 * num_negatives:
-        # Few enough to enumerate (at most 2 * num_negatives + the positives).
-        a, b = np.triu_indices(n, k=1)
-        diff = pid_codes[a] != pid_codes[b]
-        neg_first, neg_second = a[diff], b[diff]
-        if num_neg > num_negatives:
-            keep = np.sort(rng.choice(num_neg, size=num_negatives, replace=False))
-            neg_first, neg_second = neg_first[keep], neg_second[keep]
-    else:
-        # Rejection sampling of random pairs; each round accepts the fraction of
-        # pairs that are negatives, and num_negatives is under half of those.
-        keys = np.zeros(0, np.int64)
-        while keys.size < num_negatives:
-            i = rng.integers(0, n, size=2 * num_negatives)
-            j = rng.integers(0, n, size=2 * num_negatives)
-            ok = pid_codes[i] != pid_codes[j]
-            lo, hi = np.minimum(i, j)[ok], np.maximum(i, j)[ok]
-            keys = np.unique(np.concatenate([keys, lo * n + hi]))
-        keys = np.sort(rng.choice(keys, size=num_negatives, replace=False))
-        neg_first, neg_second = keys // n, keys % n
-
-    first = np.concatenate([pos_first, neg_first]).astype(np.int64)
-    second = np.concatenate([pos_second, neg_second]).astype(np.int64)
-    same = np.concatenate([np.ones(pos_first.size, bool), np.zeros(neg_first.size, bool)])
+    # Sorted by patient, then study: an image's partners of its patient in other studies
+    # are the positions from its study's end to its patient's end, its partners of other
+    # patients those from its patient's end on (each pair counted once, from its first).
+    order = np.lexsort((np.arange(n), study_codes, pid_codes))
+    pid_sorted = pid_codes[order].astype(np.int64)
+    key_sorted = pid_sorted * (int(study_codes.max(initial=-1)) + 1) + study_codes[order]
+    pid_end = np.searchsorted(pid_sorted, pid_sorted, side="right")
+    study_end = np.searchsorted(key_sorted, key_sorted, side="right")
+    pk, pj, num_pos = _range_pairs(study_end, pid_end, max_positives, rng)
+    nk, nj, num_neg = _range_pairs(pid_end, np.full(n, n), num_negatives, rng)
+    a = order[np.concatenate([pk, nk])]
+    b = order[np.concatenate([pj, nj])]
+    first, second = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    same = np.concatenate([np.ones(pk.size, bool), np.zeros(nk.size, bool)])
     order = np.lexsort((second, first))
     return VerificationPairs(first[order], second[order], same[order], int(num_pos), num_neg)
 

@@ -111,7 +111,7 @@ def check_eval(cfg) -> None:
             + listing_hint("eval.protocols", protocols, PROTOCOLS))  # absl's =reid,history
     require(cfg.metric in METRICS, "eval.metric", cfg.metric,
             "one of " + ", ".join(map(repr, METRICS)))
-    for key in ("batch_size", "chunk_size", "num_negatives"):
+    for key in ("batch_size", "chunk_size", "num_negatives", "max_positives"):
         require(is_whole(cfg[key]) and cfg[key] >= 1, f"eval.{key}", cfg[key],
                 "a whole number >= 1")
 
