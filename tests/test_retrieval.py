@@ -199,3 +199,16 @@ def test_pairs_of_a_patient_of_thousands_of_images_are_sampled_not_listed():
     # larger index of a uniform pair of 6000 average 6000 / 3 and 2 x 6000 / 3
     assert np.all(pids[pairs.first[pos]] == "big")
     assert 1800 < pairs.first[pos].mean() < 2200 and 3800 < pairs.second[pos].mean() < 4200
+
+
+def test_fewer_queries_than_a_chunk_are_scored_in_a_block_of_their_size():
+    """One query against a large gallery (the retrieval picture's) was padded to a
+    1024-row block: 1024 x G scores for one row. The scores are the same."""
+    rng = np.random.default_rng(7)
+    query, gallery = rng.normal(size=(3, 8)), rng.normal(size=(500, 8))
+    scorer = retrieval._BlockScorer(query.astype(np.float32), gallery.astype(np.float32),
+                                    "cosine", 1024)
+    assert np.asarray(scorer.dispatch(np.arange(3))).shape == (3, 500)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)   # noqa: E731
+    np.testing.assert_allclose(retrieval.pairwise_similarity(query, gallery),
+                               unit(query) @ unit(gallery).T, atol=1e-5)

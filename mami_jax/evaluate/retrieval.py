@@ -115,7 +115,9 @@ class _BlockScorer:
 
     ``jax.device_put`` of an aligned float32 array can share the host memory on
     CPU, so the gallery is usually not copied at all. Every block is padded to
-    ``chunk_size`` rows so the jitted function compiles once.
+    ``chunk_size`` rows so the jitted function compiles once; fewer queries than that
+    make the block their size (one query against 300 000 gallery images was padded to
+    a 1024-row block: 1.2 GB of scores for one row).
     """
 
     def __init__(self, query: np.ndarray, gallery: np.ndarray, metric: str, chunk_size: int):
@@ -126,7 +128,7 @@ class _BlockScorer:
                              f"{gallery.shape[1]}")
         self.query = query
         self.metric = metric
-        self.chunk_size = chunk_size
+        self.chunk_size = max(1, min(int(chunk_size), query.shape[0]))
         self.center = _common_component(gallery) if metric == "euclidean" else None
         if self.center is not None:
             gallery = gallery - self.center
@@ -159,8 +161,8 @@ def pairwise_similarity(query_emb, gallery_emb, metric: str = "cosine",
     gallery = _check_embeddings(gallery_emb, "gallery_emb")
     scorer = _BlockScorer(query, gallery, metric, chunk_size)
     out = np.empty((query.shape[0], gallery.shape[0]), np.float32)
-    for start in range(0, query.shape[0], chunk_size):
-        rows = np.arange(start, min(start + chunk_size, query.shape[0]))
+    for start in range(0, query.shape[0], scorer.chunk_size):
+        rows = np.arange(start, min(start + scorer.chunk_size, query.shape[0]))
         out[rows] = np.asarray(scorer.dispatch(rows))[: rows.size]
     return out
 
