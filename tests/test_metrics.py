@@ -240,3 +240,8 @@ def test_chance_rank1_counts_what_a_query_is_ranked_against():
     assert chance_rank1(["a", "a", "a", "b"], ["s1", "s1", "s2", "s3"]) == pytest.approx(
         (1 / 2 + 1 / 2 + 2 / 3) / 3)
     assert np.isnan(chance_rank1(["a", "b"], ["1", "2"]))
+    # study ids unique only within a patient: b's study "1" is not a's. a's query (study
+    # 1) is ranked against b/1 and b/2 and has no match; b/1 against a/1 and b/2 (one
+    # match), b/2 against a/1 and b/1 (one): (1/2 + 1/2) / 2 (0.75 when b/1 was left out
+    # of a/1's ranking)
+    assert chance_rank1(["a", "b", "b"], ["1", "1", "2"]) == pytest.approx(0.5)

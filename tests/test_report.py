@@ -23,7 +23,7 @@ def test_table_layout_and_values():
     table = report.format_table(groups())
     lines = table.splitlines()
     assert lines[0].split() == ["group", "rank1", "rank5", "rank10", "mAP", "mINP", "auc",
-                                "eer", "n_queries"]
+                                "eer", "n_scored"]
     assert set(lines[1]) == {"-"}
     assert len({len(line) for line in lines}) == 1  # fixed width
     # xray: query a -> matches at ranks 2, 3 (AP 7/12); query b -> rank 1 (AP 1).

@@ -351,11 +351,12 @@ def chance_rank1(pids, studies) -> float:
     """Rank-1 of a random ranking, as ``reid_metrics`` scores it with every image a query
     against all the others: per query with a true match, its matches (the patient's images
     of other studies) over the images it is ranked against (those of other studies),
-    averaged over those queries."""
+    averaged over those queries. Study ids need only be unique within a patient, as
+    everywhere here: another patient's image of the same study id is ranked against."""
     pids, studies = _as_ids(pids, "pids"), _as_ids(studies, "studies")
     values = []
     for i in range(len(pids)):
-        eligible = studies != studies[i]
+        eligible = ~((pids == pids[i]) & (studies == studies[i]))
         matches = eligible & (pids == pids[i])
         if matches.any():
             values.append(matches.sum() / eligible.sum())

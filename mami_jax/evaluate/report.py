@@ -22,7 +22,9 @@ from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic
 
 __all__ = ["TABLE_COLUMNS", "format_table", "write_eval_report"]
 
-#: (header, metrics key) of the printed table, in order.
+#: (header, metrics key) of the printed table, in order. ``n_scored``: the queries with a
+#: true match, the ones the rates average over (metrics.json ``num_valid_queries``; its
+#: ``num_queries`` counts the skipped ones too, so the column is not named after it).
 TABLE_COLUMNS = (
     ("rank1", "rank1"),
     ("rank5", "rank5"),
@@ -31,7 +33,7 @@ TABLE_COLUMNS = (
     ("mINP", "mINP"),
     ("auc", "auc"),
     ("eer", "eer"),
-    ("n_queries", "num_valid_queries"),
+    ("n_scored", "num_valid_queries"),
 )
 
 METRICS_FILE = "metrics.json"
