@@ -73,7 +73,7 @@ def format_table(metrics_by_group: Mapping[str, Mapping]) -> str:
                        [f"{h:>{w}}" for (h, _), w in zip(TABLE_COLUMNS, widths)])]
     lines.append("-" * len(lines[0]))
     for group, values in metrics_by_group.items():
-        cells = [_cell(values.get(key), header == "n_queries")
+        cells = [_cell(values.get(key), key.startswith("num_"))
                  for header, key in TABLE_COLUMNS]
         lines.append("  ".join([f"{group:<{name_width}}"] +
                                [f"{c:>{w}}" for c, w in zip(cells, widths)]))
