@@ -297,6 +297,7 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment,
     from mami_jax.apps.privacy.header_identity import burned_in_warning
     from mami_jax.apps.privacy.protect import protect_rows
     from mami_jax.apps.privacy.writers import left_out_warning
+    from mami_jax.apps.privacy.written_budget import shrunk_change_warning
     from mami_jax.data.manifest import read_manifest, write_manifest
     from mami_jax.runtime.atomic_files import write_text_atomic
     log = _protect_log(args, pcfg, members, by_modality, len(targets))
@@ -320,7 +321,8 @@ def _protect(args, pcfg, rows, targets, members, by_modality, experiment,
                       strict_json.dumps(report, where="protect_report", other=str, indent=1))
     print(f"protected {len(records)} images -> {os.path.join(args.out, 'manifest.csv')}; "
           f"mean match score {before:.3f} -> {after:.3f}")
-    for warning in (burned_in_warning(records), left_out_warning(records)):
+    for warning in (burned_in_warning(records), left_out_warning(records),
+                    shrunk_change_warning(records)):
         if warning:
             print(warning, file=sys.stderr, flush=True)
 
