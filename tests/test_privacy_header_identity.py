@@ -203,6 +203,118 @@ def test_a_nifti_header_loses_its_free_text_and_keeps_data_and_scaling(tmp_path,
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
 
 
+def test_the_profiles_telecom_reasons_organisations_episode_and_device_ids_are_removed(
+        tmp_path):
+    """Table E.1-1 attributes beyond names and dates: telecom (e-mail, phone), the reason
+    for the procedure, organisations, the service episode, the generator's ID, the
+    patient's pregnancy status (a number), inside sequences too; DeviceUID and each value of
+    a multi-valued IrradiationEventUID are replaced like the other UIDs; the icon image (a
+    thumbnail of the unprotected pixels) is removed."""
+    rng = np.random.default_rng(3)
+    path = str(tmp_path / "a.dcm")
+    write_dicom(path, rng.integers(100, 1400, (16, 16)).astype(np.int16),
+                PatientTelecomInformation="jane.doe@example.org +1 555 0100",
+                PersonTelecomInformation="+1 555 0199",
+                ReasonForTheRequestedProcedure="follow-up of Doe's fall at 12 Elm St",
+                VerifyingOrganization="St Elsewhere Hospital",
+                HumanPerformerOrganization="St Elsewhere Radiology",
+                ServiceEpisodeID="EPISODE-778", GeneratorID="GEN-SN-4411",
+                PregnancyStatus=2, DeviceUID="1.2.826.0.1.3680043.2.1125.99",
+                IrradiationEventUID=["1.2.3.7.1", "1.2.3.7.2"])
+    ds = pydicom.dcmread(path)
+    ds.ProcedureCodeSequence = _sequence(CodeValue="CTCHEST", CodeMeaning="CT chest")
+    ds.RequestAttributesSequence = _sequence(RequestedProcedureID="R1")
+    ds.AnatomicRegionSequence = _sequence(CodeValue="T-D3000",
+                                          ClinicalTrialSiteName="Elsewhere trial site")
+    icon = Dataset()
+    icon.Rows = icon.Columns = 2
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit, icon.PixelRepresentation = 7, 0
+    icon.PixelData = b"Doe!"                   # 2 x 2 pixels that happen to spell a name
+    ds.IconImageSequence = Sequence([icon])
+    ds.save_as(path)
+    before = open_volume(path).read([0])
+    changed = remove_identity(path, KEY)
+    out = pydicom.dcmread(path)
+    for key in ("PatientTelecomInformation", "PersonTelecomInformation",
+                "ReasonForTheRequestedProcedure", "VerifyingOrganization",
+                "HumanPerformerOrganization", "ServiceEpisodeID", "GeneratorID",
+                "PregnancyStatus"):
+        assert key in out and out[key].is_empty, key
+    assert out.DeviceUID == derived_uid("1.2.826.0.1.3680043.2.1125.99", DEIDENTIFIED, KEY)
+    assert list(out.IrradiationEventUID) == [derived_uid(u, DEIDENTIFIED, KEY)
+                                             for u in ("1.2.3.7.1", "1.2.3.7.2")]
+    assert str(out.AnatomicRegionSequence[0].ClinicalTrialSiteName) == ""
+    assert out.AnatomicRegionSequence[0].CodeValue == "T-D3000"
+    assert out.ProcedureCodeSequence[0].CodeMeaning == "CT chest"    # coded procedure: kept
+    assert "IconImageSequence" not in out and "RequestAttributesSequence" not in out
+    with open(path, "rb") as f:
+        raw = f.read()
+    for text in (b"Doe", b"Elsewhere", b"555", b"EPISODE", b"GEN-SN",
+                 b"1.2.826.0.1.3680043.2.1125.99", b"1.2.3.7.1", b"1.2.3.7.2"):
+        assert text not in raw, text
+    np.testing.assert_array_equal(open_volume(path).read([0]), before)
+    # 8 emptied + the nested site name + 2 sequences + DeviceUID, IrradiationEventUID
+    # and the 2 instance UIDs write_dicom sets (SOP instance, none of study/series)
+    assert changed == 8 + 1 + 2 + 2 + 1
+
+
+ANALYZE_PERSON = {"descrip": b"Doe^Jane 1970", "patient_id": b"PAT-12345",
+                  "exp_date": b"20240131", "exp_time": b"101500", "scannum": b"S123",
+                  "generated": b"St Elsew"}
+
+
+@pytest.mark.parametrize("cls", [nib.AnalyzeImage, nib.Spm2AnalyzeImage])
+def test_an_analyze_pair_loses_its_patient_id_and_exam_date_and_keeps_its_origin(
+        tmp_path, cls):
+    """An Analyze 7.5 .hdr/.img pair (OASIS's format; nibabel loads either kind as SPM2)
+    names the patient and the exam in its data_history fields, not only in descrip: all
+    are blanked and counted; SPM's origin (the affine's translation) stays."""
+    data = np.random.default_rng(4).integers(0, 1000, (8, 6, 4)).astype(np.int16)
+    affine = np.array([[2.0, 0, 0, -6], [0, 2.0, 0, -4], [0, 0, 3.0, -3], [0, 0, 0, 1]])
+    img = cls(data, affine)
+    for field, value in ANALYZE_PERSON.items():
+        img.header[field] = value
+    path = str(tmp_path / "v.img")
+    nib.save(img, path)
+    loaded = nib.load(path)
+    assert isinstance(loaded, nib.Spm2AnalyzeImage)
+    before = open_volume(path).read([0, 1, 2, 3])
+    assert remove_identity(path, KEY) == len(ANALYZE_PERSON)
+    out = nib.load(path)
+    for field in ANALYZE_PERSON:
+        assert out.header[field].tobytes().strip(b"\0") == b"", field
+    with open(str(tmp_path / "v.hdr"), "rb") as f:
+        raw = f.read()
+    for value in ANALYZE_PERSON.values():
+        assert value not in raw, value
+    np.testing.assert_array_equal(out.affine, loaded.affine)
+    np.testing.assert_array_equal(out.header["origin"], loaded.header["origin"])
+    np.testing.assert_array_equal(np.asanyarray(out.dataobj), data)
+    np.testing.assert_array_equal(open_volume(path).read([0, 1, 2, 3]), before)
+    # nibabel writes SPM's affine beside an SPM header (v.mat): numbers, no name
+    assert {"v.hdr", "v.img"} <= set(os.listdir(tmp_path)) <= {"v.hdr", "v.img", "v.mat"}
+    assert remove_identity(path, KEY) == 0
+
+
+def test_a_plain_analyze_headers_text_originator_is_blanked_too(tmp_path, monkeypatch):
+    """Read as a plain Analyze 7.5 header, ``originator`` is text (who made the image) and
+    goes with the other data_history fields; only SPM reads those bytes as an origin."""
+    img = nib.AnalyzeImage(np.ones((4, 4, 2), np.int16), np.eye(4))
+    img.header["originator"] = b"Dr Doe"
+    img.header["patient_id"] = b"PAT-12345"
+    path = str(tmp_path / "v.img")
+    nib.save(img, path)
+    monkeypatch.setattr(nib, "load", nib.AnalyzeImage.from_filename)
+    assert remove_identity(path, KEY) == 2
+    out = nib.AnalyzeImage.from_filename(path)
+    assert out.header["originator"].tobytes().strip(b"\0") == b""
+    assert out.header["patient_id"].tobytes().strip(b"\0") == b""
+    with open(str(tmp_path / "v.hdr"), "rb") as f:
+        assert b"Doe" not in f.read()
+
+
 def test_a_file_it_cannot_rewrite_is_an_error_naming_it(tmp_path, monkeypatch):
     from mami_jax.apps.privacy.writers import WriteError
     path = str(tmp_path / "a.dcm")

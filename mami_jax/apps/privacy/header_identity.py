@@ -6,22 +6,36 @@ site usually de-identifies headers with its own tool and profile. ``"remove"`` d
 here, after the copy is written, so that a shared folder names nobody:
 
 - DICOM (each file of a series, the slices the model never read included): the
-  attributes of people, institutions, devices and dates that DICOM PS3.15's Basic
-  Application Level Confidentiality Profile lists (``IDENTIFYING``) are emptied wherever
-  they occur, nested sequences included, as is every person name, date and time (value
+  attributes of people, institutions, devices, visits and dates that DICOM PS3.15's Basic
+  Application Level Confidentiality Profile (Annex E, Table E.1-1) removes or empties
+  (``IDENTIFYING``: IDs, addresses, telecom, free-text comments and reasons, institutions
+  and organisations, device IDs and serial numbers) are emptied wherever they occur,
+  nested sequences included, as is every person name, date and time (value
   representations PN, DA, DT, TM, whichever attribute holds them); sequences of them
-  (other patient IDs, the request's attributes, the values before an earlier edit),
-  private elements, overlay planes and curves (groups 60xx and 50xx: bitmaps and text
-  drawn over the image, which the profile removes) are removed; every UID (study,
-  series, instance, frame of reference, the file meta's) is replaced by a keyed hash of
+  (other patient IDs, the request's attributes, the values before an earlier edit, the
+  icon image: a thumbnail of the unprotected pixels), private elements, overlay planes and
+  curves (groups 60xx and 50xx: bitmaps and text drawn over the image, which the profile
+  removes) are removed; every UID the profile replaces (study, series, instance, frame of
+  reference, device, the file meta's: ``INSTANCE_UIDS``) is replaced by a keyed hash of
   it (``derived_uids``), so the slices of a series still belong together and to their
   study, but nobody without the protection's key can link a copy to its original; ``PatientIdentityRemoved`` = YES and
-  ``DeidentificationMethod`` say what was done. Pixel-related elements are untouched,
-  so the copy decodes as before.
-- NIfTI: the free-text header fields (``descrip``, ``aux_file``, ``intent_name``,
-  ``db_name``) are blanked, and the header extensions removed (free-form blocks after the
-  header: a converter's copy of the DICOM header, with the patient's name, AFNI's
-  history, comments); a NIfTI header has no other field for a name or date.
+  ``DeidentificationMethod`` say what was done. Kept on purpose: pixel-related elements
+  (the copy decodes as before), the geometry (ImagePositionPatient, ImageOrientationPatient)
+  and InstanceNumber that order a series (``dicom_series``: dates are not needed for that,
+  so they go), SOP class and transfer syntax UIDs (they name a standard), coded anatomy
+  and procedure, modality and the scanner's manufacturer and model (shared by many
+  sites; they say how the pixels were made).
+- NIfTI and Analyze 7.5: the free-text header fields (``descrip``, ``aux_file``,
+  ``intent_name``, ``db_name``) are blanked, and the header extensions removed (free-form
+  blocks after the header: a converter's copy of the DICOM header, with the patient's
+  name, AFNI's history, comments). An Analyze 7.5 header (a .hdr/.img pair, as OASIS
+  ships it; nibabel reads it as an SPM2/SPM99/plain Analyze header) also has a
+  ``data_history`` block naming the patient and the exam: ``patient_id``, ``exp_date``,
+  ``exp_time``, ``scannum``, ``generated`` and, in the plain Analyze header, the text
+  ``originator`` (``ANALYZE_HISTORY_FIELDS``), blanked too. SPM's headers (which nibabel
+  loads a .hdr as) read ``originator``'s 10 bytes as ``origin``, the voxel at the
+  affine's origin: geometry, not text, so it stays. A NIfTI header has none of these
+  (its bytes there are other fields) and no other field for a name or date.
 - PNG / JPEG / TIFF: ``writers`` never copies their text chunks or EXIF (only EXIF's
   Orientation, which names nobody), so nothing is left.
 
@@ -80,6 +94,37 @@ IDENTIFYING = (
     "PlateID", "CassetteID", "SourceSerialNumber", "SecondaryCaptureDeviceID",
     "AcquisitionComments", "FrameComments", "InterpretationText", "TextString",
     "TextComments", "TopicSubject", "TopicAuthor", "TopicKeywords",
+    # more of Table E.1-1: telecom (e-mail, phone), the patient's other details
+    "PatientTelecomInformation", "PersonTelecomInformation", "OrderCallbackTelecomInformation",
+    "PatientSexNeutered", "PregnancyStatus", "SmokingStatus", "PatientAlternativeCalendar",
+    "InsurancePlanIdentification", "IdentifyingComments", "TimezoneOffsetFromUTC",
+    "ConfidentialityConstraintOnPatientDataDescription",
+    # organisations and AE titles (a site's network names)
+    "VerifyingOrganization", "HumanPerformerOrganization", "PerformedStationAETitle",
+    "ScheduledStationAETitle", "ScheduledStudyLocationAETitle",
+    # the visit, the order, the results: IDs, issuers, reasons, free text
+    "ServiceEpisodeID", "IssuerOfServiceEpisodeID", "ServiceEpisodeDescription",
+    "ReasonForTheRequestedProcedure", "ReasonForTheImagingServiceRequest", "ReasonForVisit",
+    "RequestedProcedureLocation", "RequestedContrastAgent", "PreMedication", "StudyIDIssuer",
+    "ScheduledPatientInstitutionResidence", "DischargeDiagnosisDescription",
+    "CommentsOnThePerformedProcedureStep", "SpecimenAccessionNumber",
+    "InterpretationID", "InterpretationDiagnosisDescription", "Impressions",
+    "ResultsID", "ResultsIDIssuer", "ResultsComments", "DistributionAddress", "Arbitrary",
+    # clinical trial: sponsor, site, subject, protocol and committee
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
+    "ClinicalTrialSiteID", "ClinicalTrialSiteName", "ClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID", "ClinicalTrialTimePointID",
+    "ClinicalTrialTimePointDescription", "ClinicalTrialCoordinatingCenterName",
+    "ClinicalTrialSeriesID", "ClinicalTrialSeriesDescription",
+    "ClinicalTrialProtocolEthicsCommitteeName",
+    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+    # devices (IDs, serials, labels) and the image's other free text
+    "GeneratorID", "DeviceLabel", "DeviceAlternateIdentifier", "LongDeviceDescription",
+    "UniqueDeviceIdentifier", "ModifyingDeviceID", "ModifyingDeviceManufacturer",
+    "AcquisitionDeviceProcessingDescription", "AcquisitionProtocolDescription",
+    # (not DerivationDescription: every copy's is dicom_writer's own, saying it is one)
+    "AcquisitionContextDescription", "ContributionDescription",
+    "ImagePresentationComments", "ModifiedImageDescription",
 )
 
 #: Sequences that only hold identifying attributes: removed whole.
@@ -92,21 +137,56 @@ IDENTIFYING_SEQUENCES = (
     "PhysiciansReadingStudyIdentificationSequence", "OperatorIdentificationSequence",
     "InterpretationApproverSequence", "AuthorObserverSequence", "ParticipantSequence",
     # the values attributes had before an earlier edit: a patient's old name among them
-    "OriginalAttributesSequence",
+    "OriginalAttributesSequence", "ModifiedAttributesSequence",
+    # more of Table E.1-1: people's and organisations' identification, places, stations
+    "ConsultingPhysicianIdentificationSequence", "RequestingPhysicianIdentificationSequence",
+    "ScheduledPerformingPhysicianIdentificationSequence", "PersonIdentificationCodeSequence",
+    "VerifyingObserverIdentificationCodeSequence", "ContentCreatorIdentificationCodeSequence",
+    "IntendedRecipientsOfResultsIdentificationSequence", "ResultsDistributionListSequence",
+    "ActualHumanPerformersSequence", "ScheduledHumanPerformersSequence",
+    "CustodialOrganizationSequence", "InstitutionalDepartmentTypeCodeSequence",
+    "IssuerOfPatientIDQualifiersSequence", "IssuerOfAdmissionIDSequence",
+    "IssuerOfServiceEpisodeIDSequence", "ReferencedPatientAliasSequence",
+    "ReferencedPatientPhotoSequence", "PatientPrimaryLanguageCodeSequence",
+    "PatientPrimaryLanguageModifierCodeSequence", "AdmittingDiagnosesCodeSequence",
+    "RequestingServiceCodeSequence", "AcquisitionContextSequence",
+    "PerformedStationNameCodeSequence", "PerformedStationGeographicLocationCodeSequence",
+    "ScheduledStationNameCodeSequence", "ScheduledStationGeographicLocationCodeSequence",
+    "UDISequence",
+    # a thumbnail of the image: its pixels are not the protected ones
+    "IconImageSequence",
+    # signatures and MACs (they sign the original values) and encrypted originals
+    "DigitalSignaturesSequence", "MACParametersSequence", "ReferencedDigitalSignatureSequence",
+    "ReferencedSOPInstanceMACSequence", "EncryptedAttributesSequence",
 )
 
 #: First groups of the repeating overlay (60xx) and curve (50xx) groups.
 OVERLAY_AND_CURVE_GROUPS = (0x6000, 0x5000)
 
-#: UIDs that identify this study, series, image or frame of reference (a site's records can
-#: be searched by them), not those that name a standard (SOP class, transfer syntax).
+#: UIDs that identify this study, series, image, frame of reference, device or site (a
+#: site's records can be searched by them; Table E.1-1's action U), not those that name a
+#: standard (SOP class, transfer syntax). Each value of a multi-valued one is replaced.
 INSTANCE_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                  "FrameOfReferenceUID", "ReferencedSOPInstanceUID", "IrradiationEventUID",
                  "SynchronizationFrameOfReferenceUID", "ConcatenationUID",
-                 "DimensionOrganizationUID")
+                 "DimensionOrganizationUID", "DeviceUID", "DoseReferenceUID", "FiducialUID",
+                 "InstanceCreatorUID", "LargePaletteColorLookupTableUID",
+                 "RelatedFrameOfReferenceUID", "ReferencedFrameOfReferenceUID",
+                 "SourceFrameOfReferenceUID", "RequestedSOPInstanceUID",
+                 "FailedSOPInstanceUIDList", "StorageMediaFileSetUID", "TransactionUID",
+                 "TemplateExtensionCreatorUID", "TemplateExtensionOrganizationUID", "UID",
+                 "PresentationDisplayCollectionUID", "PresentationSequenceCollectionUID",
+                 "DigitalSignatureUID")
 
 #: The NIfTI (and Analyze) header fields of free text.
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
+
+#: The Analyze 7.5 ``data_history`` fields that name the patient, the exam and where it was
+#: made (nibabel's AnalyzeHeader, Spm99AnalyzeHeader and Spm2AnalyzeHeader define them; a
+#: NIfTI header does not). Blanked only where the header holds them as text: SPM's headers
+#: name ``originator``'s bytes ``origin`` (five int16, part of the affine), kept.
+ANALYZE_HISTORY_FIELDS = ("patient_id", "exp_date", "exp_time", "scannum", "generated",
+                          "originator")
 
 #: DeidentificationMethod (a LO: at most 64 characters).
 METHOD = "mami_jax privacy protect, PS3.15 Basic Profile attributes"
@@ -168,8 +248,18 @@ def _is_overlay_or_curve(tag) -> bool:
                                       for base in OVERLAY_AND_CURVE_GROUPS)
 
 
+def _replaced_uids(value, uid_key: bytes):
+    """The keyed replacement of a UID element's value: of each UID where it holds several
+    (IrradiationEventUID, FailedSOPInstanceUIDList: VM 1-n), not of their joined text, so
+    a UID shared with another element or file gets the same replacement there."""
+    if isinstance(value, str):
+        return derived_uid(value, DEIDENTIFIED, uid_key)
+    return [derived_uid(v, DEIDENTIFIED, uid_key) for v in value]
+
+
 def _dicom_file(path: str, uid_key: bytes) -> int:
     import pydicom
+    from pydicom.valuerep import STR_VR
     ds = pydicom.dcmread(path)
     changed = [0]
 
@@ -179,10 +269,11 @@ def _dicom_file(path: str, uid_key: bytes) -> int:
             changed[0] += 1
         elif (element.keyword in IDENTIFYING or element.VR in EMPTIED_VRS) \
                 and element.VR != "SQ" and not element.is_empty:
-            element.value = ""
+            # a number (PregnancyStatus is a US) is emptied as None, text as ""
+            element.value = "" if element.VR in STR_VR else None
             changed[0] += 1
         elif element.keyword in INSTANCE_UIDS and not element.is_empty:
-            element.value = derived_uid(element.value, DEIDENTIFIED, uid_key)
+            element.value = _replaced_uids(element.value, uid_key)
             changed[0] += 1
 
     before = len(list(ds.iterall()))
@@ -202,11 +293,17 @@ def _dicom_file(path: str, uid_key: bytes) -> int:
 
 
 def _nifti(path: str) -> int:
+    """Blanks the free-text and (Analyze 7.5) patient and exam fields of the NIfTI or
+    Analyze header at ``path`` and removes its extensions; the data, affine and scaling are
+    written back as they were. Returns how many fields and extensions it removed (0, and
+    the file left untouched, where there were none)."""
     import nibabel as nib
     img = nib.load(path)
     header = img.header.copy()
-    fields = [f for f in NIFTI_TEXT_FIELDS
-              if f in header and bytes(header[f].tobytes()).strip(b"\0 ")]
+    types = header.structarr.dtype.fields
+    fields = [f for f in NIFTI_TEXT_FIELDS + ANALYZE_HISTORY_FIELDS
+              if f in types and types[f][0].kind == "S"
+              and bytes(header[f].tobytes()).strip(b"\0 ")]
     extensions = getattr(header, "extensions", None) or []
     if not fields and not extensions:
         return 0
