@@ -423,6 +423,31 @@ def test_xray_transfer_gives_the_xrays_their_own_members(run, capsys):
         f"warning: 1 ensemble member(s) carry no training config ({b_pth}): ")
 
 
+def test_a_protect_stopped_after_its_first_copy_goes_on(run, monkeypatch, capsys):
+    """Stopped after its first copy was written, before that copy's record (a large
+    series' header edit, a disconnect): OUT held only images/ and the same command was
+    refused as a folder of someone else's files. The log's header is now written before
+    the first copy, so the run goes on."""
+    from mami_jax.apps.privacy import protect as protect_lib
+    args = ["protect", "--workdir", run["workdir"], "--manifest", run["manifest"],
+            "--out", str(run["base"] / "first"), "--config", run["config"]]
+    real = protect_lib.write_within_budget
+
+    def write_then_stop(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protect_lib, "write_within_budget", write_then_stop)
+    assert main(args) == 130
+    assert sorted(n for n in os.listdir(run["base"] / "first") if not n.startswith(".")) == [
+        "images", "protect_log.jsonl"]
+    monkeypatch.setattr(protect_lib, "write_within_budget", real)
+    capsys.readouterr()
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((run["base"] / "first" / "protect_report.json").read_text())
+    assert report["images"] == 6
+
+
 def test_an_interrupted_protect_goes_on_where_it_stopped(run, monkeypatch, capsys):
     """Stopped while writing its third image (a Colab session that disconnects), then started
     again with the same arguments: it protects only what was not finished (the first batch

@@ -460,6 +460,8 @@ def _protect_chunk(inputs: ProtectionInputs, key, run: _Run) -> None:
                 # Region removal is not bounded by the budget; every other method keeps
                 # it on disk, in its norm, after the file's rounding.
                 bound = math.inf if config.method in ("inpaint", "both") else epsilon
+                if run.log is not None:
+                    run.log.start()
                 written, on_disk, max_on_disk = write_within_budget(
                     row.path, whole.slices, whole.delta, out_abs, bound, whole.views,
                     value_window, config.perturb.norm)

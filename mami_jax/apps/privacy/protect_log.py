@@ -51,9 +51,10 @@ class ProtectLog:
     @classmethod
     def open(cls, out_dir: str, settings: dict) -> "ProtectLog":
         """The log of ``out_dir`` for ``settings`` (empty when there is none: the file is
-        written with the first finished image, so a run refused before any image leaves
-        nothing behind). A log of other settings is a ValueError naming the keys that
-        differ."""
+        written just before the first copy (``start``), so a run refused before any image
+        leaves nothing behind, and a run stopped while writing its first copy leaves a log
+        that says whose folder it is). A log of other settings is a ValueError naming the
+        keys that differ."""
         settings = json.loads(strict_json.dumps(settings, other=str))   # as the file holds it
         path = os.path.join(out_dir, LOG_NAME)
         if not os.path.exists(path):
@@ -96,12 +97,19 @@ class ProtectLog:
         """Whether ``image_id`` was finished and its file ``written`` is still there."""
         return image_id in self.records and os.path.exists(written)
 
-    def add(self, record: dict) -> None:
-        """Appends one finished image's record, flushed to disk before the next image."""
-        line = strict_json.dumps(record, where="record", other=str) + "\n"
+    def start(self) -> None:
+        """Writes the header line if the log has none yet: called before a copy is
+        written, so that a run stopped between its first copy and that copy's record
+        (a large series' header edit, a disconnect) is found again as this run's folder
+        (it held only ``images/`` and was refused as someone else's)."""
         if not os.path.exists(self.path):
             header = {"settings": self.settings, "uid_key": self.uid_key.hex()}
             write_text_atomic(self.path, strict_json.dumps(header) + "\n")
+
+    def add(self, record: dict) -> None:
+        """Appends one finished image's record, flushed to disk before the next image."""
+        line = strict_json.dumps(record, where="record", other=str) + "\n"
+        self.start()
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()
