@@ -147,6 +147,12 @@ def test_attacker_manifest_swaps_only_the_chosen_splits():
         with pytest.raises(ValueError, match=r"^P\.csv: 1 rows of split\(s\) \['train'\] are "):
             paired_rows(original, protected + [stray], "train", ("O.csv", "P.csv"))
     assert len(paired_rows(original, protected, "train")[1]) == 2
+    # evaluate pairs the same way: a copy edited to another modality (or patient) was
+    # accepted and read with that modality's preprocessing
+    edited = [protected[0].replace(modality="fundus")] + protected[1:]
+    with pytest.raises(ValueError, match="^P.csv: row 'P1_v0_protected' has "
+                                         "modality='fundus', its original 'P1_v0' has 'xray'"):
+        paired_rows(original, edited, "train", ("O.csv", "P.csv"))
 
 
 def test_references_are_the_patients_images_of_the_same_modality():

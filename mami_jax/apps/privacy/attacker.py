@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mami_jax.apps.privacy.copy_pairs import refuse_unpaired_copies
+from mami_jax.apps.privacy.copy_pairs import refuse_changed_fields, refuse_unpaired_copies
 from mami_jax.apps.privacy.protect import SUFFIX
-from mami_jax.data.manifest import ManifestRow, row_place
+from mami_jax.data.manifest import ManifestRow
 
 
 def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestRow],
@@ -51,12 +51,7 @@ def attacker_rows(original: Sequence[ManifestRow], protected: Sequence[ManifestR
         if p is None:
             missing.append(r.image_id)
             continue
-        for field in ("patient_id", "study_id", "order", "modality", "dataset", "view", "split"):
-            if getattr(p, field) != getattr(r, field):
-                where = row_place(p) or source
-                raise ValueError(f"{where}: row {p.image_id!r} has {field}="
-                                 f"{getattr(p, field)!r}, its original {r.image_id!r} has "
-                                 f"{getattr(r, field)!r}")
+        refuse_changed_fields(r, p, source)
         out.append(p)
     if missing:
         raise ValueError(f"{source}: {len(missing)} rows of split(s) {list(splits)} have no "

@@ -12,7 +12,22 @@ from __future__ import annotations
 from typing import Sequence
 
 from mami_jax.apps.privacy.protect import SUFFIX
-from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.manifest import ManifestRow, row_place
+
+#: What a copy keeps of its original's row (``protected_row``): a copy whose row says
+#: otherwise (a hand edit, a row of another protection) would be read as another
+#: modality's image, or scored as another patient.
+KEPT_FIELDS = ("patient_id", "study_id", "order", "modality", "dataset", "view", "split")
+
+
+def refuse_changed_fields(original: ManifestRow, copy: ManifestRow, source: str) -> None:
+    """ValueError naming the copy's row (or ``source``) where it differs from its
+    original in one of ``KEPT_FIELDS``."""
+    for field in KEPT_FIELDS:
+        if getattr(copy, field) != getattr(original, field):
+            raise ValueError(f"{row_place(copy) or source}: row {copy.image_id!r} has "
+                             f"{field}={getattr(copy, field)!r}, its original "
+                             f"{original.image_id!r} has {getattr(original, field)!r}")
 
 
 def refuse_unpaired_copies(protected: Sequence[ManifestRow], originals: Sequence[ManifestRow],

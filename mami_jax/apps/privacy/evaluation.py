@@ -38,7 +38,7 @@ from mami_jax.apps.history.diagnosis_backbone import DiagnosisBackbone, teacher_
 from mami_jax.apps.history.diagnosis_reader import KIND as READER
 from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.privacy import attack_eval, evaluation_report, history_utility, quality, utility
-from mami_jax.apps.privacy.copy_pairs import refuse_unpaired_copies
+from mami_jax.apps.privacy.copy_pairs import refuse_changed_fields, refuse_unpaired_copies
 from mami_jax.apps.privacy.model_input import read_source, settings_for
 from mami_jax.apps.privacy.named_models import named
 from mami_jax.apps.privacy.protect import SUFFIX
@@ -135,7 +135,10 @@ def paired_rows(original, protected, split,
         raise ValueError(f"{sources[1]}: {len(missing)} rows of split {split!r} have no protected "
                          f"copy, e.g. {missing[:3]}")
     refuse_unpaired_copies(protected, rows, [split], sources[1])
-    return rows, [by_id[r.image_id + SUFFIX] for r in rows]
+    copies = [by_id[r.image_id + SUFFIX] for r in rows]
+    for r, c in zip(rows, copies):       # a copy read as another modality, or patient
+        refuse_changed_fields(r, c, sources[1])
+    return rows, copies
 
 
 def probe_labels(args, rows, train) -> dict | None:
