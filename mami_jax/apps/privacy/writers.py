@@ -18,7 +18,9 @@ Everything else is kept: DICOM every data element but those that make the copy a
 image and those that describe its pixels (``dicom_writer``), NIfTI its affine, header and
 scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included), size
 and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed values are
-not in its palette; a CMYK JPEG becomes the RGB it is read as; JPEG at quality 100 without chroma subsampling: at 95 most of a small
+not in its palette; a CMYK JPEG becomes the RGB it is read as; a 16-bit-per-channel RGB
+PNG, which Pillow reads as its high bytes (what the model sees), is written as those 8-bit
+values, its low bytes lost; JPEG at quality 100 without chroma subsampling: at 95 most of a small
 change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate; WebP is
 written lossless, JPEG 2000 reversibly, a camera's MPO JPEG as one JPEG without its
 preview; GIF and other formats that cannot hold the change are refused: ``copy_formats``), and the
