@@ -50,6 +50,17 @@ def test_two_rows_of_one_image_are_refused_naming_both(tmp_path):
                                row("b", image)], str(tmp_path / "data"), str(tmp_path / "out"))
 
 
+def test_two_images_whose_ids_give_one_copy_are_told_to_rename_one(tmp_path):
+    """Outside the manifest's folder a copy is named by its image_id: 'visit1/img' and
+    'visit1_img' of one patient give one copy of two different images. The advice was
+    "give each image one row", which they have."""
+    a = row("visit1/img", str(tmp_path / "a" / "visit1" / "img.png"))
+    b = row("visit1_img", str(tmp_path / "b" / "visit1_img" / "img.png"))
+    with pytest.raises(ValueError, match=r"would be copied to one file, .*: rename one "
+                                         r"image_id in the manifest"):
+        check_distinct_copies([a, b], str(tmp_path / "m"), str(tmp_path / "out"))
+
+
 def test_cue_file_names_are_one_component_and_two_ids_of_one_name_are_refused():
     from mami_jax.apps.privacy.copy_paths import check_distinct_names, file_name
     assert file_name("chexpert:patient00001/study1/view1_frontal") == \

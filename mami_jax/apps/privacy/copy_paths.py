@@ -46,9 +46,12 @@ def check_distinct_copies(rows: Sequence[ManifestRow], manifest_dir: str, out_di
         path = output_path(row, manifest_dir, out_dir)[0]
         if path in seen:
             first = seen[path]
+            same = os.path.realpath(first.path) == os.path.realpath(row.path)
+            advice = ("give each image one row" if same else
+                      "rename one image_id in the manifest (outside the manifest's folder a "
+                      "copy is named by its image_id)")
             raise ValueError(f"rows {first.image_id!r} ({first.path}) and {row.image_id!r} "
-                             f"({row.path}) would be copied to one file, {path}: give each "
-                             "image one row")
+                             f"({row.path}) would be copied to one file, {path}: {advice}")
         seen[path] = row
 
 
