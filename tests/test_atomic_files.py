@@ -111,6 +111,48 @@ def test_a_folder_replaced_while_killed_is_never_lost(tmp_path, monkeypatch):
     assert atomic_files.finish_replacement(str(final)) is False
 
 
+def _staged(final, text):
+    with atomic_files.staging_dir(str(final)) as tmp:
+        with open(os.path.join(tmp, "a.txt"), "w") as f:
+            f.write(text)
+        return tmp
+
+
+def test_a_link_replaced_by_a_folder_leaves_no_link_aside(tmp_path):
+    """replace_dir of a ``final`` that is a link: the link went aside and rmtree, refusing a
+    link with its errors ignored, left it there; the next replacement's rename onto it failed
+    with a bare [Errno 20]. Now the link is unlinked and its target left alone."""
+    target = tmp_path / "models" / "current"
+    target.mkdir(parents=True)
+    (target / "a.txt").write_text("old")
+    final = tmp_path / "out"
+    final.symlink_to(target, target_is_directory=True)
+    atomic_files.publish_dir(_staged(final, "new"), str(final))
+    assert not final.is_symlink() and (final / "a.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["models", "out"]
+    assert (target / "a.txt").read_text() == "old"
+    atomic_files.publish_dir(_staged(final, "newer"), str(final))
+    assert (final / "a.txt").read_text() == "newer"
+    assert sorted(os.listdir(tmp_path)) == ["models", "out"]
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_link_left_aside_does_not_block_the_next_replacement(tmp_path, dangling):
+    """The state the old code left (a link kept aside beside a new folder): the next
+    replacement failed with '[Errno 20] Not a directory'."""
+    target = tmp_path / "target"
+    target.mkdir()
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+    os.symlink(str(target), atomic_files.aside_path(str(final)))
+    if dangling:
+        target.rmdir()
+    atomic_files.publish_dir(_staged(final, "new"), str(final))
+    assert (final / "a.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["out"] + ([] if dangling else ["target"])
+
+
 def test_a_file_written_over_a_folder_is_named_as_asked(tmp_path):
     """The rename failed naming the temporary ('.bad.mami-tmp-bfbuow6h' -> 'bad')."""
     folder = tmp_path / "bad"

@@ -12,7 +12,8 @@ from mami_jax.convert import to_torch_state_dict, torch_io
 from mami_jax.convert.__main__ import main
 from mami_jax.convert.checkpoint_dir import load_params, save_params
 from mami_jax.convert.mapping import build_table, flatten_params
-from tests.test_convert_clip import openai_state_dict, tiny_hf_clip, torchscript_holding
+from tests.test_convert_clip import (openai_config, openai_state_dict, tiny_hf_clip,
+                                      torchscript_holding)
 from tests.test_convert_io import assert_same_params, released_style_file
 from tests.test_convert_mapping import random_params
 from tests.test_model import tiny_config
@@ -107,10 +108,12 @@ def test_export_from_trainer_step_directory_with_module_prefix(tmp_path, capsys)
 
 def test_import_clip_from_hf_directory_and_torchscript(tmp_path, capsys):
     # One block: the fresh MaMI initialisation this command compiles costs time per parameter.
-    cfg = tiny_config(depth=1)
+    # Width 64, one head: the OpenAI layout's 64-wide heads (the archive below).
+    cfg = openai_config(depth=1)
     cfg_file = config_file(tmp_path, cfg)
     hf_dir = str(tmp_path / "hf")
-    hf = tiny_hf_clip(hf_dir, num_hidden_layers=1)
+    hf = tiny_hf_clip(hf_dir, num_hidden_layers=1, hidden_size=64, intermediate_size=256,
+                      num_attention_heads=1)
     ckpt = str(tmp_path / "from_hf")
     code, out, err = run(capsys, "import-clip", "--source", hf_dir, "--out", ckpt,
                          "--model-config", cfg_file, "--seed", "3")
@@ -197,3 +200,59 @@ def test_overwrite_replaces_earlier_outputs_that_are_not_inputs(tmp_path, capsys
                        "--overwrite")
     assert code == 0, err
     assert_same_params(load_params(ckpt)[0], second)
+
+
+def test_import_official_over_a_link_replaces_the_folder_it_points_to(tmp_path, capsys):
+    """`--out LINK --overwrite` renamed the link aside and put a new folder in its place:
+    the target kept the old weights, a '.current.mami-replaced' link stayed beside, and the
+    next --overwrite failed with a bare '[Errno 20] Not a directory'."""
+    cfg = tiny_config(use_compa=False, depth=1)
+    first, second, third = (random_params(cfg, seed=s) for s in range(3))
+    target = tmp_path / "models" / "v1"
+    save_params(str(target), first, cfg)
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    for i, params in enumerate((second, third)):
+        pth = str(tmp_path / "files" / f"{i}.pth")
+        os.makedirs(os.path.dirname(pth), exist_ok=True)
+        released_style_file(pth, cfg, params)
+        code, out, err = run(capsys, "import-official", "--pth", pth, "--out", str(link),
+                             "--model-config", config_file(tmp_path / "files", cfg),
+                             "--overwrite")
+        assert (code, err) == (0, "")
+        assert out.endswith(f"  wrote {os.path.realpath(target)}\n")
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        assert_same_params(load_params(str(target))[0], params)
+        assert sorted(os.listdir(tmp_path)) == ["current", "files", "models"]
+        assert os.listdir(tmp_path / "models") == ["v1"]
+
+
+def test_an_upper_case_safetensors_extension_is_safetensors(tmp_path, capsys):
+    """The command line took `--out m.SAFETENSORS` (its check ignores the case) but the
+    writer, testing the case, wrote a torch.save zip under that name; and a genuine
+    safetensors file named `.SafeTensors` went to torch.load, whose error called it
+    'not a weights-only checkpoint'."""
+    import zipfile
+
+    from safetensors import safe_open
+    cfg = tiny_config(use_compa=False, depth=1)
+    params = random_params(cfg)
+    ckpt = str(tmp_path / "ckpt")
+    save_params(ckpt, params, cfg)
+    upper = str(tmp_path / "m.SAFETENSORS")
+    code, _, err = run(capsys, "export-torch", "--checkpoint", ckpt, "--out", upper)
+    assert (code, err) == (0, "")
+    assert not zipfile.is_zipfile(upper)
+    with safe_open(upper, framework="numpy") as f:
+        assert f.metadata()["mami_config"] == cfg.to_json()
+        np.testing.assert_array_equal(f.get_tensor("class_embedding"),
+                                      params["class_embedding"])
+    mixed = str(tmp_path / "m.SafeTensors")
+    os.rename(upper, mixed)
+    code, out, err = run(capsys, "import-official", "--pth", mixed, "--out",
+                         str(tmp_path / "back"))
+    assert (code, err) == (0, "")
+    assert "model config: file" in out
+    back, cfg2 = load_params(str(tmp_path / "back"))
+    assert cfg2 == cfg
+    assert_same_params(back, params)

@@ -105,6 +105,12 @@ def test_hf_config_with_other_activation_or_width_is_rejected(tmp_path):
         import_clip(weights, tiny_config(), random_params(tiny_config()))
 
 
+def openai_config(**overrides):
+    """The smallest model config OpenAI-layout weights fit: OpenAI's ViTs have 64-wide
+    heads (``clip.check_openai_config``), so width 64 and one head."""
+    return tiny_config(**{"width": 64, "num_heads": 1, **overrides})
+
+
 def openai_state_dict(cfg, seed=0):
     """OpenAI CLIP layout (visual.* + a text tower), fp16, every value random."""
     rng = np.random.default_rng(seed)
@@ -168,7 +174,7 @@ def check_openai_landed(result, state, start, cfg):
 
 
 def test_openai_plain_file_and_torchscript_archive(tmp_path):
-    cfg = tiny_config()
+    cfg = openai_config()
     state = openai_state_dict(cfg)
     start = random_params(cfg, seed=2)
     plain = str(tmp_path / "ViT-tiny.pth")
@@ -186,7 +192,7 @@ def test_openai_plain_file_and_torchscript_archive(tmp_path):
 
 
 def test_openai_with_missing_or_misshaped_keys_lists_them(tmp_path):
-    cfg = tiny_config()
+    cfg = openai_config()
     state = openai_state_dict(cfg)
     del state["visual.transformer.resblocks.1.ln_2.bias"]
     state["visual.class_embedding"] = torch.zeros(40, dtype=torch.float16)
@@ -198,7 +204,7 @@ def test_openai_with_missing_or_misshaped_keys_lists_them(tmp_path):
     e = err.value
     assert e.missing == ["transformer.resblocks.1.ln_2.bias"]
     assert e.extra == ["attnpool.c_proj.weight"]
-    assert e.mismatched == [("class_embedding", (40,), (32,))]
+    assert e.mismatched == [("class_embedding", (40,), (64,))]
     assert path in str(e)
 
 
@@ -213,3 +219,16 @@ def test_hf_directory_config_is_read_from_a_full_clip_config(tmp_path):
         json.dump({"model_type": "clip", "vision_config": vision}, f)
     with pytest.raises(ValueError, match="gelu_new"):
         import_clip(directory, tiny_config(), random_params(tiny_config()))
+
+
+def test_openai_weights_that_are_not_real_numbers_are_named(tmp_path):
+    """A complex tensor was cast to float32, its imaginary part dropped without a word."""
+    cfg = openai_config()
+    state = openai_state_dict(cfg)
+    state["visual.ln_pre.bias"] = torch.ones(cfg.width, dtype=torch.complex64)
+    path = str(tmp_path / "complex.pth")
+    torch.save(state, path)
+    with pytest.raises(ConversionError) as err:
+        import_clip(path, cfg, random_params(cfg))
+    assert str(err.value) == (f"{path}: 1 weights are not tensors of real numbers:\n"
+                              "  ln_pre.bias: complex64 values")

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
+from mami_jax.convert import to_torch_state_dict
 from mami_jax.convert.__main__ import main
 from mami_jax.runtime.error_line import one_line
 from mami_jax.runtime.orbax_noise import quiet_orbax_failure_noise
@@ -393,3 +395,115 @@ def test_the_torch_module_refuses_images_the_flax_model_refuses():
     with pytest.raises(ValueError, match=r"got 1 channels"):
         module(torch.zeros(1, 1, 32, 32, 1))
     assert module(torch.zeros(1, 1, 32, 32, 3))["embedding"].shape[0] == 1
+
+
+# ------------------------------------------------- what a file holds is checked at import
+
+
+def test_an_embedded_experiment_config_that_is_no_config_is_refused_at_import(files, capsys,
+                                                                             tmp_path):
+    """The .pth's run config was copied to config.json unread: junk text was imported
+    (exit 0) and only the later export-torch of the folder failed, naming config.json."""
+    _, cfg, _, _, _ = files
+    state = to_torch_state_dict(random_params(cfg), cfg, as_tensors=True)
+    out = str(tmp_path / "o")
+    for name, text, says in [
+            ("junk.pth", "this is not a config",
+             "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+            ("list.pth", "[1, 2]", "expected a JSON object of config values, got list")]:
+        pth = str(tmp_path / name)
+        torch.save({"model": state, "mami_config": cfg.to_json(),
+                    "mami_experiment_config": text}, pth)
+        line = one_error(capsys, "import-official", "--pth", pth, "--out", out)
+        assert line == f"error: {pth}:mami_experiment_config: {says}"
+        assert not os.path.exists(out)
+
+
+def test_a_used_key_holding_no_real_tensor_is_named(files, capsys, tmp_path):
+    """An int under a used key ended as 'error: AttributeError: 'int' object has no
+    attribute 'shape''; a complex tensor was imported, its imaginary part dropped."""
+    _, cfg, _, _, _ = files
+    out = str(tmp_path / "o")
+    for name, value, says in [
+            ("int.pth", 3, "class_embedding: int, not a tensor"),
+            ("complex.pth", torch.ones(cfg.width, dtype=torch.complex64),
+             "class_embedding: complex64 values")]:
+        state = to_torch_state_dict(random_params(cfg), cfg, as_tensors=True)
+        state["class_embedding"] = value
+        pth = str(tmp_path / name)
+        torch.save({"model": state, "mami_config": cfg.to_json()}, pth)
+        line = one_error(capsys, "import-official", "--pth", pth, "--out", out)
+        assert line == f"error: {pth}: 1 weights are not tensors of real numbers: {says}"
+        assert not os.path.exists(out)
+
+
+def test_hugging_face_json_files_that_are_no_objects_are_named(files, capsys, tmp_path):
+    """A cut config.json said only 'Expecting property name ...'; one holding a list,
+    'AttributeError: 'list' object has no attribute 'get''; an index without weight_map,
+    'KeyError: weight_map'."""
+    pytest.importorskip("transformers")
+    from tests.test_convert_clip import tiny_hf_clip
+    _, _, _, _, cfg_json = files
+    hf = str(tmp_path / "hf")
+    tiny_hf_clip(hf)
+    capsys.readouterr()              # transformers' progress bar
+    out = str(tmp_path / "o")
+    cases = [
+        ("config.json", '{"hidden_size": 32,', "not valid JSON (Expecting property name "
+         "enclosed in double quotes: line 1 column 20 (char 19))"),
+        ("config.json", "[1, 2]", "expected a JSON object of model config values, got list"),
+        ("config.json", '{"vision_config": [1]}',
+         "'vision_config' is a list, not a JSON object of the vision tower's settings"),
+        ("model.safetensors.index.json", '{"metadata": {}}',
+         "no 'weight_map' object (state-dict key -> weight file name); not a Hugging Face "
+         "shard index")]
+    for i, (name, text, says) in enumerate(cases):
+        source = str(tmp_path / f"hf{i}")
+        shutil.copytree(hf, source)
+        with open(os.path.join(source, name), "w") as f:
+            f.write(text)
+        line = one_error(capsys, "import-clip", "--source", source, "--out", out,
+                         "--model-config", cfg_json)
+        assert line == f"error: {os.path.join(source, name)}: {says}"
+        assert not os.path.exists(out)
+
+
+def test_openai_clip_weights_under_another_eps_are_refused_and_other_heads_warned(
+        capsys, tmp_path):
+    """The Hugging Face route refused a config whose layer_norm_eps or heads differ from
+    the model config's; the OpenAI layout (eps 1e-5, 64-wide heads, unsaid in its state
+    dict) was imported under any. Another eps is refused; other heads are warned about
+    (open_clip's larger ViTs share the layout with heads of 80)."""
+    from tests.test_convert_clip import openai_config, openai_state_dict
+    source = str(tmp_path / "ViT-tiny.pth")
+    torch.save(openai_state_dict(openai_config()), source)
+    out = str(tmp_path / "o")
+    config = write_json(tmp_path / "model.json",
+                        json.loads(openai_config(layernorm_eps=1e-3).to_json()))
+    line = one_error(capsys, "import-clip", "--source", source, "--out", out,
+                     "--model-config", config)
+    assert line == (f"error: {source}: OpenAI CLIP layout does not match the model config: "
+                    "layernorm_eps=1e-05 (model config wants 0.001)")
+    assert not os.path.exists(out)
+    config = write_json(tmp_path / "heads.json", json.loads(openai_config(num_heads=2).to_json()))
+    assert main(["import-clip", "--source", source, "--out", out,
+                         "--model-config", config]) == 0
+    assert (f"warning: {source}: OpenAI's CLIP ViTs have 64-wide heads (num_heads 1 at "
+            "width 64), the model config has 2") in capsys.readouterr().err
+
+
+def test_the_torch_module_takes_float64_images():
+    """numpy's default float64 met the float32 weights with a bare 'RuntimeError: expected
+    scalar type Double but found Float'; it is cast to the weights' dtype."""
+    from mami_jax.convert.torch_model import MaMITorch
+    cfg = tiny_config()
+    module = MaMITorch(cfg)
+    module.load_state_dict(to_torch_state_dict(random_params(cfg), cfg, as_tensors=True),
+                           strict=True)
+    x = np.random.default_rng(0).standard_normal((1, 2, 32, 32, 3))
+    assert x.dtype == np.float64
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))["embedding"]
+        want = module(torch.from_numpy(x.astype(np.float32)))["embedding"]
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)

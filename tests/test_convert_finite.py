@@ -8,7 +8,7 @@ from mami_jax.convert.checkpoint_dir import load_params, save_params
 from mami_jax.convert.clip import import_clip
 from mami_jax.convert.mapping import NonFiniteWeightsError, check_finite
 from mami_jax.convert.official import load_official
-from tests.test_convert_clip import openai_state_dict
+from tests.test_convert_clip import openai_config, openai_state_dict
 from tests.test_convert_io import released_style_file
 from tests.test_convert_mapping import random_params
 from tests.test_model import tiny_config
@@ -53,7 +53,7 @@ def test_official_file_with_nan_is_refused_naming_file_and_key(tmp_path):
 
 
 def test_clip_file_with_inf_is_refused(tmp_path):
-    cfg = tiny_config()
+    cfg = openai_config()
     state = openai_state_dict(cfg)   # fp16, as the OpenAI download
     state["visual.transformer.resblocks.0.mlp.c_fc.weight"][0, 0] = float("inf")
     path = str(tmp_path / "ViT-tiny.pth")

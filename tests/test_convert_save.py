@@ -46,6 +46,27 @@ def test_failed_final_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch
     assert sorted(os.listdir(ckpt)) == ["model_config.json", "params"]
 
 
+def test_a_link_to_a_checkpoint_is_replaced_through(tmp_path):
+    """A link counts as the folder it points to: its target gets the new weights and the
+    link stays. The link itself was renamed aside and a new folder put in its place, so
+    the target kept the old weights, a '.current.mami-replaced' link stayed behind, and
+    the next overwrite failed with a bare '[Errno 20] Not a directory'."""
+    cfg, old, new = small()
+    target = tmp_path / "models" / "v1"
+    save_params(str(target), old, cfg)
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    assert save_params(str(link), new, cfg, overwrite=True) == os.path.realpath(target)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert_same_params(load_params(str(target))[0], new)
+    assert sorted(os.listdir(tmp_path)) == ["current", "models"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["v1"]
+    save_params(str(link), old, cfg, overwrite=True)      # and again
+    assert_same_params(load_params(str(link))[0], old)
+    assert sorted(os.listdir(tmp_path)) == ["current", "models"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["v1"]
+
+
 def test_overwrite_refuses_a_directory_that_is_not_a_converter_checkpoint(tmp_path):
     cfg, params, _ = small()
     precious = tmp_path / "results"

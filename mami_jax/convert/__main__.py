@@ -86,7 +86,8 @@ def _check_out_dir(args) -> None:
 
 
 def cmd_import_official(args) -> None:
-    from mami_jax.convert.official import embedded_experiment, load_official
+    from mami_jax.config_files import json_config
+    from mami_jax.convert.official import EXPERIMENT_KEY, embedded_experiment, load_official
 
     _refuse_out_over_inputs(args.out, [("--pth", args.pth),
                                        ("--model-config", args.model_config)])
@@ -95,6 +96,10 @@ def cmd_import_official(args) -> None:
     result = load_official(args.pth, cfg,
                            allow_non_released_shift=args.allow_non_released_shift)
     experiment = embedded_experiment(args.pth)
+    if experiment is not None:
+        # read as the folder's readers read its config.json (the export, the applications):
+        # text that is not a run config was kept as it was, and only they failed on it
+        json_config(experiment, f"{args.pth}:{EXPERIMENT_KEY}")
     out = save_params(args.out, result.params, result.cfg, overwrite=args.overwrite,
                       experiment=experiment)
     r = result.report

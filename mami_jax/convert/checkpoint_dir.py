@@ -158,12 +158,14 @@ def save_params(directory: str, params: Mapping, cfg, *, overwrite: bool = False
 
     An existing ``directory`` is an error unless ``overwrite=True``, and even then one
     that is not a converter checkpoint (``params/`` + ``model_config.json``) is
-    refused. The old checkpoint is kept until the new one is in place.
+    refused. The old checkpoint is kept until the new one is in place. A link to a folder
+    counts as the folder: its target is written (replaced), the link kept (renaming the link
+    aside instead left the target's old weights in place and the link beside it).
     """
     import orbax.checkpoint as ocp
 
     validate_config(cfg)
-    directory = os.path.abspath(os.fspath(directory))
+    directory = os.path.realpath(os.fspath(directory))
     parent = os.path.dirname(directory)
     remove_killed_saves(parent)
     finish_replacement(directory)      # an old checkpoint a killed save left aside

@@ -18,6 +18,11 @@ Two sources:
   activation would silently change the function, so it is rejected) and its
   width, depth, heads, patch size, image size and LayerNorm eps must equal ours.
 
+The OpenAI layout says neither its LayerNorm eps nor its number of heads; OpenAI's
+ViTs have eps 1e-5 and ``width // 64`` heads, so a model config with others is
+rejected as a differing HF config is. A config.json or shard index that is not a
+JSON object of what it should hold is a ``ConversionError`` naming the file and key.
+
 Keys that exist in CLIP but not in MaMI's backbone (``ln_post``, ``proj``, the
 text tower, ``logit_scale``...) are reported as ignored; a missing, mis-shaped or
 unrecognised vision key is an error listing all of them, and so is a used one
@@ -27,19 +32,24 @@ holding NaN or inf (``mapping.NonFiniteWeightsError``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 import numpy as np
 
 from mami_jax.convert import torch_io
 from mami_jax.convert.mapping import (ConversionError, backbone_entries, check_finite,
-                                      flatten_params, to_numpy, unflatten_params)
+                                      check_real, flatten_params, to_numpy, unflatten_params)
+from mami_jax.runtime.json_object import parse_json_object
 
 # Vision keys of CLIP that MaMI's backbone does not use (after removing "visual.").
 CLIP_UNUSED = ("ln_post.weight", "ln_post.bias", "proj")
+# What OpenAI CLIP's ViTs compute with and a state dict does not say (clip/model.py:
+# LayerNorm's default eps, vision_heads = vision_width // 64).
+OPENAI_LAYERNORM_EPS = 1e-5
+OPENAI_HEAD_WIDTH = 64
 
 # HF vision key (after "vision_model.") -> OpenAI visual key; q/k/v handled separately.
 HF_RENAMES = (
@@ -137,6 +147,9 @@ def hf_visual(state_dict: Mapping[str, Any], source: str) -> tuple[dict, list]:
 def check_hf_config(config: Mapping[str, Any], cfg, source: str) -> None:
     """Rejects a HF CLIP config whose function differs from our backbone's."""
     vision = config.get("vision_config", config)
+    if not isinstance(vision, Mapping):
+        raise ConversionError(f"{source}: 'vision_config' is a {type(vision).__name__}, not "
+                              "a JSON object of the vision tower's settings")
     act = vision.get("hidden_act", "quick_gelu")
     if act != "quick_gelu":
         raise ValueError(
@@ -156,18 +169,34 @@ def check_hf_config(config: Mapping[str, Any], cfg, source: str) -> None:
         raise ValueError(f"{source}: num_channels={vision['num_channels']}, expected 3")
 
 
+def _read_json_object(path: str, holds: str) -> dict:
+    """The JSON object in ``path``; ``ConversionError`` naming the file when it is not one
+    (cut short, a list): ``json.load``'s own error named neither file nor key."""
+    with open(path, "rb") as f:
+        return parse_json_object(f.read(), path, holds, ConversionError)
+
+
+def _shard_names(index_path: str) -> list:
+    """The weight files a sharded HF checkpoint's index names (its ``weight_map``: key ->
+    file); ``ConversionError`` naming the index and the key when it has none."""
+    weight_map = _read_json_object(index_path, "shard index values").get("weight_map")
+    if (not isinstance(weight_map, Mapping)
+            or not all(isinstance(v, str) for v in weight_map.values())):
+        raise ConversionError(f"{index_path}: no 'weight_map' object (state-dict key -> "
+                              "weight file name); not a Hugging Face shard index")
+    return sorted(set(weight_map.values()))
+
+
 def read_hf_directory(directory: str) -> tuple[dict, dict]:
     """-> (state dict, config.json) of a HF model directory, read as data only."""
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{directory}: no config.json; not a Hugging Face model directory")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _read_json_object(config_path, "model config values")
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_path = os.path.join(directory, index_name)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = _shard_names(index_path)
             state = {}
             for shard in shards:
                 state.update(_plain_state_dict(torch_io.load_file(os.path.join(directory, shard)),
@@ -207,12 +236,32 @@ def load_clip_visual(source: str, cfg, *, allow_torchscript: bool = False):
                 f"{source}: Hugging Face CLIP weights without their config.json beside them "
                 "(its hidden_act and layer_norm_eps decide what the model computes); give "
                 "the model's folder")
-        with open(beside) as f:
-            check_hf_config(json.load(f), cfg, beside)
+        check_hf_config(_read_json_object(beside, "model config values"), cfg, beside)
         visual, ignored = hf_visual(state, source)
         return visual, ignored, "huggingface"
     visual, ignored = openai_visual(state, source)
+    check_openai_config(cfg, source)
     return visual, ignored, "openai"
+
+
+def check_openai_config(cfg, source: str) -> None:
+    """Rejects a model config under which OpenAI-layout weights compute another function,
+    as ``check_hf_config`` rejects one that differs from a HF config: the state dict does
+    not say its LayerNorm eps nor its number of heads (a model config with other values
+    imported them without a word). Every CLIP of this layout has eps 1e-5: another is an
+    error. OpenAI's ViTs have 64-wide heads, but open_clip's larger ones (ViT-H/14: 16
+    heads of 80) share the layout, so other heads are a warning on stderr, not a refusal."""
+    if cfg.layernorm_eps != OPENAI_LAYERNORM_EPS:
+        raise ValueError(f"{source}: OpenAI CLIP layout does not match the model config: "
+                         f"layernorm_eps={OPENAI_LAYERNORM_EPS!r} (model config wants "
+                         f"{cfg.layernorm_eps!r})")
+    heads = cfg.width // OPENAI_HEAD_WIDTH
+    if cfg.num_heads != heads:
+        print(f"warning: {source}: OpenAI's CLIP ViTs have {OPENAI_HEAD_WIDTH}-wide heads "
+              f"(num_heads {heads} at width {cfg.width}), the model config has "
+              f"{cfg.num_heads}: right only for weights trained with {cfg.num_heads} heads "
+              "(open_clip's larger ViTs), which the state dict cannot tell",
+              file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -224,6 +273,7 @@ def merge_backbone(params: Mapping, visual: Mapping[str, Any], cfg, *, source: s
     rows = backbone_entries(cfg)
     by_key = {e.theirs: e for e in rows}
     missing = [e.theirs for e in rows if e.theirs not in visual]
+    check_real({k: v for k, v in visual.items() if k in by_key}, source)
     extra = [k for k in visual if k not in by_key and k not in CLIP_UNUSED]
     mismatched = [(k, tuple(v.shape), by_key[k].their_shape) for k, v in visual.items()
                   if k in by_key and tuple(v.shape) != by_key[k].their_shape]

@@ -14,9 +14,10 @@ driven by the same rows, so import and export cannot disagree:
   an error.
 
 Every violation raises ``ConversionError`` listing all missing, extra and
-mis-shaped keys at once (a width mismatch lists every key it touches). Imported
-values holding NaN or inf raise ``NonFiniteWeightsError`` naming every such key
-(``check_finite``; the CLIP importer and ``checkpoint_dir.load_params`` use it too).
+mis-shaped keys at once (a width mismatch lists every key it touches), and so does a
+value that is no tensor of real numbers (``check_real``). Imported values holding NaN or
+inf raise ``NonFiniteWeightsError`` naming every such key (``check_finite``; the CLIP
+importer and ``checkpoint_dir.load_params`` use it too).
 
 Layout facts (docs/design.md#mapping-rules): torch Linear weights are (out, in) and our Dense
 kernels (in, out); conv weights are OIHW and ours HWIO; grouped layers are stored
@@ -92,6 +93,25 @@ def check_finite(arrays: Mapping[str, Any], source: str) -> None:
         bad.append((key, int(np.isnan(a).sum()), int(np.isinf(a).sum()), int(a.size)))
     if bad:
         raise NonFiniteWeightsError(source, bad)
+
+
+def check_real(values: Mapping[str, Any], source: str) -> None:
+    """Raises ``ConversionError`` naming every value that is not an array of real numbers:
+    one without a shape (an int, a string: the shape check failed on it with a bare
+    AttributeError) or one of complex numbers (the cast to float dropped the imaginary part
+    without a word)."""
+    bad = []
+    for key, value in values.items():
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            bad.append(f"{key}: {type(value).__name__}, not a tensor")
+            continue
+        name = str(value.dtype).replace("torch.", "")
+        if "complex" in name or (not hasattr(value, "detach") and "float" not in name
+                                 and np.dtype(value.dtype).kind not in "biuf"):
+            bad.append(f"{key}: {name} values")
+    if bad:
+        raise ConversionError(_listing(
+            f"{source}: {len(bad)} weights are not tensors of real numbers", bad))
 
 
 def _listing(title, items):
@@ -351,10 +371,12 @@ def state_dict_to_params(state_dict: Mapping, cfg, *, dtype=np.float32,
     Values are cast to ``dtype`` (float32: fp16 CLIP weights are widened; float32
     values are copied bit-exactly). ``source`` names the file in error messages. Used
     values holding NaN or inf (also after the cast: a float64 beyond float32's range)
-    raise ``NonFiniteWeightsError``; unused keys are not read, so not checked.
+    raise ``NonFiniteWeightsError``; unused keys are not read, so not checked. A value of
+    the table that is no tensor of real numbers is a ``ConversionError`` (``check_real``).
     """
     table = build_table(cfg)
     by_key = {e.theirs: e for e in table}
+    check_real({k: v for k, v in state_dict.items() if k in by_key}, source)
     missing = [e.theirs for e in table if e.used and e.theirs not in state_dict]
     extra = [k for k in state_dict if k not in by_key]
     mismatched = []

@@ -83,7 +83,7 @@ def extract_state_dict(obj: Any, source: str) -> tuple[dict, bool]:
 def _embedded(obj: Any, path: str, key: str) -> Optional[str]:
     """The text our exporter stored under ``key`` (safetensors metadata, or a string
     beside the state dict of a ``.pth``); None when the file has none."""
-    if path.endswith(".safetensors"):
+    if torch_io.is_safetensors(path):
         return torch_io.read_safetensors_metadata(path).get(key)
     if isinstance(obj, Mapping) and isinstance(obj.get(key), str):
         return obj[key]
@@ -94,7 +94,7 @@ def embedded_experiment(path: str) -> Optional[str]:
     """The experiment config (JSON) a file exported from a training run carries; None for
     the authors' files and exports of a converter folder. A ``.pth`` is mapped, not read:
     the weights are left on disk."""
-    obj = None if path.endswith(".safetensors") else torch_io.load_file(path, mmap=True)
+    obj = None if torch_io.is_safetensors(path) else torch_io.load_file(path, mmap=True)
     return _embedded(obj, path, EXPERIMENT_KEY)
 
 
@@ -140,8 +140,9 @@ def load_official(path: str, cfg=None, *, allow_non_released_shift: bool = False
     try:
         params, report = state_dict_to_params(sd, cfg, source=path)
     except ConversionError as e:
-        found = _backbone_shape(sd)
-        if source != "default" or not e.mismatched or not found:
+        # (only then: a value without a shape fails check_real, which lists no shapes)
+        found = _backbone_shape(sd) if source == "default" and e.mismatched else ""
+        if not found:
             raise
         raise ConversionError(
             f"{path} carries no model config and is not the released architecture (its "

@@ -6,7 +6,8 @@ A checkpoint is data, never code:
   weights_only=True)``. A pickle that references anything beyond tensors and plain
   containers (a class, a function such as ``os.system``) is refused with
   ``UnsafeCheckpointError``; we never retry with ``weights_only=False``.
-- ``.safetensors`` files are read with ``safetensors`` (no pickle at all).
+- ``.safetensors`` files (the extension in any case: ``is_safetensors``) are read with
+  ``safetensors`` (no pickle at all).
 - TorchScript archives (OpenAI's CLIP files are TorchScript) hold TorchScript code
   that ``torch.jit.load`` compiles and can run, so they are refused unless the
   caller opts in with ``allow_torchscript=True`` (CLI: ``--allow-torchscript``);
@@ -61,6 +62,15 @@ def _torch():
     return torch
 
 
+def is_safetensors(path: str) -> bool:
+    """Whether ``path`` names a safetensors file: its extension, in any case. The one test
+    that the reader, the writer and the command line share: the command line accepted
+    ``--out m.SAFETENSORS`` while the writer, testing the case, wrote a torch pickle under
+    that name, and the reader sent a ``.SafeTensors`` file (a copy from Windows) to
+    ``torch.load``."""
+    return os.fspath(path).lower().endswith(".safetensors")
+
+
 def is_torchscript_archive(path: str) -> bool:
     """A zip whose entries include TorchScript code (``<name>/code/...``, constants.pkl)."""
     if not zipfile.is_zipfile(path):
@@ -89,7 +99,7 @@ def load_file(path: str, *, allow_torchscript: bool = False, mmap: bool = False)
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if os.path.getsize(path) == 0:
         raise CorruptCheckpointError(f"{path}: file is empty")
-    if path.endswith(".safetensors"):
+    if is_safetensors(path):
         return _load_safetensors(path)
     if is_torchscript_archive(path):
         if not allow_torchscript:
@@ -195,7 +205,7 @@ def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
     """Writes ``state_dict`` all-or-nothing with umask permissions; the format follows
     the extension.
 
-    ``.safetensors``: a flat tensor file, ``extra`` stored as string metadata.
+    ``.safetensors`` (any case): a flat tensor file, ``extra`` stored as string metadata.
     Anything else: ``torch.save({"model": state_dict, **extra})`` (the released
     checkpoint's layout is ``{"model": ...}``; ``extra`` holds plain strings only,
     so the file still loads with ``weights_only=True``).
@@ -204,7 +214,7 @@ def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
     tensors = _as_tensors(state_dict)
 
     def write(tmp):
-        if path.endswith(".safetensors"):
+        if is_safetensors(path):
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                       metadata=dict(extra or {}))

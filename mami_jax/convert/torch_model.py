@@ -8,9 +8,10 @@ including the parameters the forward pass never reads (``lora_mlp_c_proj_*``,
 
 Its ``forward`` computes what docs/design.md#model and the Flax model compute, the
 feature-shift input following ``cfg.shift_input`` ("router", the default, is the
-released model's function): input ``(B, T, H, W, 3)`` float images
-(channels last, like the Flax model), output a dict with ``embedding`` (B, C),
-``local_map`` (B, h, w, C), ``modality`` (B, C) and ``code_weights`` (B, K).
+released model's function): input ``(B, T, H, W, 3)`` float images, of any floating
+dtype (cast to the weights'), channels last like the Flax model; output a dict with
+``embedding`` (B, C), ``local_map`` (B, h, w, C), ``modality`` (B, C) and
+``code_weights`` (B, K).
 Low-rank deltas are applied per example in factored form with ``torch.einsum``.
 Position embeddings for other grids are resized with antialiased bicubic
 interpolation, which matches ``jax.image.resize(..., "bicubic")`` (Keys a=-0.5).
@@ -221,10 +222,15 @@ class MaMITorch(nn.Module):
         self.last_mlp = nn.Sequential(nn.Linear(c, c), nn.LeakyReLU(slope), nn.Linear(c, c))
 
     def forward(self, images: torch.Tensor) -> dict:
+        """``images`` (B, T, H, W, 3) of any floating dtype, cast to the weights' (numpy's
+        default float64 met the float32 convolution with a bare dtype error); the outputs
+        of the module docstring."""
         cfg = self.cfg
         problem = shape_problem(tuple(images.shape), cfg.patch_size)
         if problem:      # the convolution would drop the pixels beyond the last whole patch
             raise ValueError(problem.replace("MaMI expects", "MaMITorch expects"))
+        if images.is_floating_point():
+            images = images.to(self.conv1.weight.dtype)
         b, t, height, width, _ = images.shape
         n, c = b * t, cfg.width
         grid = (height // cfg.patch_size, width // cfg.patch_size)

@@ -200,17 +200,30 @@ def replace_dir(tmp: str, final: str) -> None:
     except BaseException:
         os.rename(aside, final)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    _remove_aside(aside)
+
+
+def _remove_aside(aside: str) -> None:
+    """Deletes what ``replace_dir`` kept aside. A link (``final`` was a link to a folder) is
+    unlinked, its target left alone: ``shutil.rmtree`` refuses a link, and with
+    ``ignore_errors`` said nothing, so the link stayed and the next replacement's rename
+    onto it failed with a bare ``[Errno 20] Not a directory``."""
+    if os.path.islink(aside):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def finish_replacement(final: str) -> bool:
-    """After a ``replace_dir`` killed between its renames: the old folder back in place as
-    ``final`` when no new one got there (True), or removed when one did."""
+    """After a ``replace_dir`` killed between its renames: the old folder (or the link to
+    it that ``final`` was) back in place as ``final`` when no new one got there (True), or
+    removed when one did."""
     aside = aside_path(final)
-    if not os.path.isdir(aside):
+    if not (os.path.isdir(aside) or os.path.islink(aside)):
         return False
     if os.path.exists(final):
-        shutil.rmtree(aside, ignore_errors=True)
+        _remove_aside(aside)
         return False
     os.rename(aside, final)
     return True
