@@ -109,6 +109,21 @@ def test_a_batch_under_which_a_weighted_term_is_always_zero_is_refused():
     loss_terms.check_batch_shape(_config({"id": 1.0, "triplet": 0.0}).loss, 8, 1)
 
 
+def test_an_alignment_term_needs_a_pair_in_each_batch_it_sees():
+    """The alignment term compares pairs (difference) or runs InfoNCE over the batch
+    (single, whose value on one image is 0): P=2, K=1 under two microbatches left one
+    image each and alignment never trained, accepted."""
+    align = _config({"id": 1.0, "align": 1.0}).loss
+    loss_terms.check_batch_shape(align, 2, 1)                        # two patients: a pair
+    loss_terms.check_batch_shape(align, 1, 2)                        # one patient's pair
+    for p, k, a in ((2, 1, 2), (1, 1, 1)):
+        with pytest.raises(ValueError) as e:
+            loss_terms.check_batch_shape(align, p, k, accum_steps=a)
+        assert str(e.value).startswith(
+            f"data.patients_per_batch={p}, data.images_per_patient={k}: loss term 'align' "
+            "needs at least 2 images in a batch")
+
+
 def test_accumulation_is_checked_on_the_microbatch_the_terms_see():
     """P=4, K=2 under four microbatches left the triplet one patient each: 0 at every
     step, accepted; P=3 under two cut patient 1 across both microbatches."""

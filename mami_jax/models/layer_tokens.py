@@ -36,7 +36,8 @@ def apply_with_tokens(mami, params, images, layer: str):
     """(model output, float32 tokens of ``layer``) for ``images`` (B, T, S, S, 3).
 
     Tokens are (B*T, 1 + h*w, C) for the blocks and ``ln_pre`` (class token first) and
-    (B*T, h*w, C) for ``patch_embed``; ``layer`` must be resolved (``resolve_layer``)."""
+    (B*T, h, w, C), the patch grid, for ``patch_embed``; ``layer`` must be resolved
+    (``resolve_layer``)."""
     def wanted(module, method):
         return method == "__call__" and module.name == layer
 

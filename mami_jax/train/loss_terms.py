@@ -34,16 +34,19 @@ class LossTerm:
     heads: tuple[str, ...] = ()   # parameter groups (heads.py) whose outputs the term reads
     #: the least (patients, images of each) a batch needs for the term to be other than 0
     min_batch: tuple[int, int] = (1, 1)
+    #: the least images in all a batch needs (a pair, whoever's images they are)
+    min_images: int = 1
 
 
 LOSS_TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, heads: tuple[str, ...] = (), min_batch: tuple[int, int] = (1, 1)):
+def register(name: str, heads: tuple[str, ...] = (), min_batch: tuple[int, int] = (1, 1),
+             min_images: int = 1):
     def wrap(fn: TermFn) -> TermFn:
         if name in LOSS_TERMS:
             raise ValueError(f"loss term {name!r} registered twice")
-        LOSS_TERMS[name] = LossTerm(fn, tuple(heads), tuple(min_batch))
+        LOSS_TERMS[name] = LossTerm(fn, tuple(heads), tuple(min_batch), int(min_images))
         return fn
     return wrap
 
@@ -67,7 +70,7 @@ def triplet(outputs: dict, batch: dict, cfg) -> jax.Array:
 ALIGN_VARIANTS = ("difference", "single")
 
 
-@register("align", heads=("align",))
+@register("align", heads=("align",), min_images=2)   # a pair ("single": InfoNCE of one is 0)
 def align(outputs: dict, batch: dict, cfg) -> jax.Array:
     """Alignment of the "align" head's readouts P_t to the teachers' features Q_t
     (docs/design.md#difference-alignment), averaged over the teachers with at least one
@@ -132,13 +135,17 @@ def check_batch_shape(loss_cfg, patients_per_batch: int, images_per_patient: int
     seen = patients_per_batch // max(accum_steps, 1)
     for name, weight in configured_terms(loss_cfg).items():
         p, k = LOSS_TERMS[name].min_batch
-        if weight and (seen < p or images_per_patient < k):
+        least = LOSS_TERMS[name].min_images
+        if weight and (seen < p or images_per_patient < k
+                       or seen * images_per_patient < least):
             where = (f" (each of the optim.grad_accum_steps={accum_steps} microbatches "
                      f"holds {seen})" if accum_steps > 1 else "")
+            need = (f"{p} patients of {k} images" if least <= p * k
+                    else f"{least} images")
             raise ValueError(
                 f"data.patients_per_batch={patients_per_batch}, data.images_per_patient="
-                f"{images_per_patient}: loss term {name!r} needs at least {p} patients of "
-                f"{k} images in a batch{where} and would be 0 at every step; raise them, or "
+                f"{images_per_patient}: loss term {name!r} needs at least {need} in a "
+                f"batch{where} and would be 0 at every step; raise them, or "
                 f"drop the term (--config.loss.terms.{name}=0)")
 
 
