@@ -133,9 +133,10 @@ def test_store_must_hold_the_configured_teachers_and_sizes(manifest, tmp_path):
         teacher_join.load_table(rows, cfg.data.teacher_features, folder)
 
 
-def test_prepare_extracts_into_the_workdir_in_a_subprocess(manifest, tmp_path):
+def test_prepare_extracts_into_the_workdir_in_a_subprocess(manifest, tmp_path, capsys):
     """The "align" quick start's path: no index.json in WORKDIR/teachers -> python -m
-    teachers.extract runs (in a subprocess), then the features are joined."""
+    teachers.extract runs (in a subprocess), then the features are joined. Its progress
+    bar reaches the terminal (both of its streams were captured: minutes of nothing)."""
     rows = read_manifest(manifest)
     cfg = all_config("runlocal,align")
     cfg.data.teacher_features.teachers = ("anatomy",)
@@ -143,6 +144,7 @@ def test_prepare_extracts_into_the_workdir_in_a_subprocess(manifest, tmp_path):
     cfg.data.modalities.ct.value_window = (-1000, 1000)    # the teachers read as the run
     workdir = str(tmp_path / "wd")
     table = teacher_join.prepare(cfg, workdir, rows, manifest)
+    assert "teachers shard 0/1" in capsys.readouterr().err
     assert table.directory == os.path.join(workdir, "teachers")
     index = read_index(os.path.join(workdir, "teachers"))
     assert index["value_windows"] == {"ct": [-1000.0, 1000.0]}
@@ -189,6 +191,16 @@ def test_features_read_through_other_windows_are_used_with_a_warning(manifest, t
     index["teachers"]["all"] = {"modalities": ["xray", "ct", "mri"]}
     assert teacher_join.other_reading(index, ["all"], {"xray"},
                                       {"ct": (-1000.0, 1000.0)}, folder) is None
+    # CT-FM reads CT through its own window, the anatomy teacher no pixels: extracting
+    # them again gives the same features, which the warning asked for
+    index["teachers"]["ct_fm"] = {"modalities": ["ct"], "preprocessing": {
+        "input": "volume", "value_window": [-1024.0, 2048.0]}}
+    index["teachers"]["anatomy"] = {"modalities": ["ct"], "preprocessing": {"input": "none"}}
+    assert teacher_join.other_reading(index, ["ct_fm", "anatomy"], {"ct"},
+                                      {"ct": (-1000.0, 1000.0)}, folder) is None
+    index["teachers"]["ct_plain"] = {"modalities": ["ct"], "preprocessing": {"input": "image"}}
+    assert "the teachers read ct by min-max" in teacher_join.other_reading(
+        index, ["ct_fm", "ct_plain"], {"ct"}, {"ct": (-1000.0, 1000.0)}, folder)
 
 
 def test_features_of_images_rewritten_under_the_same_ids_are_refused(manifest, tmp_path, caplog):

@@ -43,6 +43,7 @@ says so (``other_reading``).
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import os
@@ -158,9 +159,17 @@ def window_flags(value_windows: dict) -> list[str]:
 def other_reading(index: dict, names: Sequence[str], modalities, value_windows: dict,
                   directory: str) -> str | None:
     """The warning when the store's features of the teachers ``names`` were read through
-    other value windows than the run reads its images of ``modalities`` through, else None."""
+    other value windows than the run reads its images of ``modalities`` through, else None.
+    A teacher with a window of its own (CT-FM reads Hounsfield units through [-1024, 2048]
+    whatever the run reads) or that reads no pixels is not asked: extracting it again
+    gives the same features, which the warning told the user to do."""
     stored = data_config.windows_from_json(index.get("value_windows"))
-    seen = {m for n in names for m in index["teachers"][n]["modalities"]} & set(modalities)
+
+    def follows_the_run(name: str) -> bool:
+        reading = index["teachers"][name].get("preprocessing", {})
+        return not reading.get("value_window") and reading.get("input") != "none"
+    seen = {m for n in names if follows_the_run(n)
+            for m in index["teachers"][n]["modalities"]} & set(modalities)
     differ = sorted(m for m in seen if stored.get(m) != value_windows.get(m))
     if not differ:
         return None
@@ -180,15 +189,32 @@ def extract(manifest: str, names: Sequence[str], out_dir: str,
             value_windows: dict | None = None) -> None:
     """Runs ``python -m teachers.extract`` in a subprocess: the teachers are PyTorch
     models, and this (JAX) process must not import torch. ``value_windows``: the run's
-    (``data.config.value_windows``), so the teachers read what the student reads."""
+    (``data.config.value_windows``), so the teachers read what the student reads. Its
+    output reaches the terminal as it comes (its progress bar: minutes of extraction
+    showed nothing), and its last line of stderr names a failure."""
     cmd = [sys.executable, "-m", "teachers.extract", "--manifest", manifest,
            "--teachers", ",".join(names), "--out", out_dir] + window_flags(value_windows or {})
     logging.info("extracting teacher features: %s", " ".join(cmd))
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise TeacherJoinError(f"teacher extraction into {out_dir} failed: {tail[0]} "
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE) as child:
+        tail = _forward(child.stderr, sys.stderr)
+    if child.returncode:
+        last = tail.decode("utf-8", "replace").replace("\r", "\n").strip().splitlines()[-1:]
+        raise TeacherJoinError(f"teacher extraction into {out_dir} failed: "
+                               f"{(last or [f'exit status {child.returncode}'])[0]} "
                                f"(command: {' '.join(cmd)})")
+
+
+def _forward(source, sink, keep: int = 4096) -> bytes:
+    """Copies ``source`` (a binary pipe) to ``sink`` (a text stream) as it arrives, bar
+    updates included (they end in a carriage return, not a newline); returns the last
+    ``keep`` bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = b""
+    while chunk := source.read1(1024):
+        sink.write(decoder.decode(chunk))
+        sink.flush()
+        tail = (tail + chunk)[-keep:]
+    return tail
 
 
 def load_table(rows: Sequence[ManifestRow], tf_cfg, directory: str) -> TeacherTable:
