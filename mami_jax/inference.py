@@ -124,7 +124,7 @@ class Embedder:
         # convert/ reads torch files; imported here so JAX-only use never loads it.
         from mami_jax.convert.checkpoint_dir import load_params
         from mami_jax.convert.official import load_official
-        path = os.fspath(path)
+        path = os.path.expanduser(os.fspath(path))     # "~/ckpt" in a notebook
         if data_cfg is None:
             data_cfg = _carried_data_config(path)
         if os.path.isdir(path):
@@ -145,7 +145,7 @@ class Embedder:
         config is refused naming the keys, and the parameters sit on the experiment's mesh
         with its batch size, so a file computes exactly as the run it was exported from.
         ``role`` names the argument in the error for a path that is none of these."""
-        name = os.fspath(name)
+        name = os.path.expanduser(os.fspath(name))
         _require_experiment(config)
         workdir, sep, step = name.partition("@")
         if os.path.isfile(name) or is_converter_checkpoint(name):

@@ -76,10 +76,11 @@ def test_embed_files_embeds_paths_as_their_manifest_rows(model, rows, tmp_path):
         model.embed_files(path, modality="xray")
 
 
-def test_from_export_computes_the_same_function(model, rows, tmp_path):
+def test_from_export_computes_the_same_function(model, rows, tmp_path, monkeypatch):
     path = str(tmp_path / "mami.safetensors")
     export_official(path, model.params, model.model_cfg)
-    loaded = Embedder.from_export(path, data_cfg=model.data_cfg)
+    monkeypatch.setenv("HOME", str(tmp_path))        # "~/..." as a notebook writes it
+    loaded = Embedder.from_export("~/mami.safetensors", data_cfg=model.data_cfg)
     assert loaded.model_cfg.shift_input == "router"
     x = model.preprocess(rows[0])[None]
     np.testing.assert_allclose(loaded.embed(x), model.embed(x), rtol=1e-5, atol=1e-6)

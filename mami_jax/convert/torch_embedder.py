@@ -64,7 +64,7 @@ class TorchEmbedder:
         export-torch``, or the authors' released file (read with the paper's
         preprocessing). A folder (a workdir, a converter folder) is refused: reading
         those needs JAX's checkpoint library, so export it first."""
-        path = os.fspath(path)
+        path = os.path.expanduser(os.fspath(path))
         if os.path.isdir(path):
             raise IsADirectoryError(
                 f"{path}: a folder; TorchEmbedder reads one exported file: python -m "

@@ -12,9 +12,10 @@
    accepted above the threshold (``history_select.retrieve``) = its retrieved history;
    the patient's own earlier images = its true history.
 4. ``train``: the current-only classifier, then the history model (current branch
-   frozen) on ``train_split`` with retrieved history (``train_history = "true"``: the
+   frozen) on ``train_split`` with ``train_history``: ``"both"`` (the default) each
+   training image once with its retrieved history and once with its true one (the
    training patients' own earlier images, whose links a hospital knows for the images
-   it trains on; ``"both"``: each training image once with each); with
+   it trains on), ``"retrieved"`` or ``"true"`` one of them; with
    ``classifier.records`` the history tokens also carry the labels table's diagnoses of
    the history images (an archive's prior reports): OUT/classifiers.msgpack and what
    they were trained on, OUT/classifiers.json.
