@@ -160,3 +160,17 @@ def test_a_dataset_name_with_a_slash_is_refused(tmp_path):
         "dataset); name the dataset without '/'")
     p.write_text(TEXT + "a:1,b/c,s1,0,xray,a,PA,img/1.png,train\r\n")     # a patient id may
     assert read_manifest(str(p))[2].patient_key == "a/b/c"
+
+
+def test_year_first_dates_without_zero_padding_sort_in_time():
+    """As text '2019-9-1' sorts after '2019-11-1': a patient's September visit had its
+    October and November images as its earlier ones (history protocol and app alike).
+    Month, day and a time's hours and minutes are read zero-padded, any separator."""
+    from mami_jax.data.manifest import order_key
+    visits = ["2019-11-1", "2019-9-1", "2019/10/1", "2019-10-01 9:05", "2019-10-01 10:00",
+              "2020-1-2"]
+    assert sorted(visits, key=order_key) == ["2019-9-1", "2019/10/1", "2019-10-01 9:05",
+                                             "2019-10-01 10:00", "2019-11-1", "2020-1-2"]
+    assert order_key("2019-09-01T09:05:03.5") > order_key("2019-09-01T09:05:03.25")
+    assert order_key("2019-09-01") == order_key("2019-9-1")
+    assert order_key("scan b") > order_key("scan a")          # other text as it is

@@ -121,16 +121,36 @@ def _other(rows, j: int, source: str, first_line: int | None, here: str) -> str:
 YEAR_LAST_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}")
 
 
+#: A date written year first, its month and day of one or two digits, then anything (a time).
+YEAR_FIRST_DATE = re.compile(r"(\d{4})[/.\-](\d{1,2})[/.\-](\d{1,2})(.*)")
+#: The hours, minutes and seconds of a time after a date (each of one or two digits).
+CLOCK = re.compile(r"(?<![\d.])(\d{1,2})(?=:)|(?<=:)(\d{1,2})(?![\d])")
+
+
+def _padded_date(order: str) -> str:
+    """A year-first date with its month and day (and a time's hours, minutes and seconds)
+    written with two digits and '-' between, so that it sorts in time as text:
+    '2019-9-1' came after '2019-11-1' (and '2019/10/1' after '2019-11-01'); other text
+    is returned as it is."""
+    date = YEAR_FIRST_DATE.fullmatch(order.strip())
+    if date is None:
+        return order
+    year, month, day, rest = date.groups()
+    rest = CLOCK.sub(lambda m: (m.group(1) or m.group(2)).zfill(2), rest)
+    return f"{year}-{int(month):02d}-{int(day):02d}{rest}"
+
+
 def order_key(order: str):
     """Sort key for the ``order`` column: numbers numerically, else as text.
 
     Dates written as YYYYMMDD or ISO sort correctly as text; follow-up numbers
-    ("2", "10") must sort numerically.
+    ("2", "10") must sort numerically; a year-first date of one-digit months or days
+    ("2019-9-1") is read zero-padded (``_padded_date``).
     """
     try:
         return (0, float(order), "")
     except ValueError:
-        return (1, 0.0, order)
+        return (1, 0.0, _padded_date(order))
 
 
 def is_number_order(order: str) -> bool:
