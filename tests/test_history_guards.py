@@ -318,6 +318,10 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
          f"error: --split 'bogus': {s['manifest']} has no images in it {splits}"),
         (["train", "--out", str(tmp_path / "new"), "--split", "bogus"],
          f"error: --split 'bogus': {s['manifest']} has no images in it {splits}"),
+        # train scored its own training patients (AUC 0.979) where eval refuses them
+        (["train", "--out", str(tmp_path / "new"), "--split", "train"],
+         "error: --split 'train' is train_split: the classifiers are trained on its "
+         "patients, so its scores would be of the images they learnt; evaluate another split"),
         (["train", "--out", s["labels"]],
          f"error: --out {s['labels']}: is --labels {s['labels']}, which this command reads: "
          f"outputs never go into the inputs"),
