@@ -147,3 +147,32 @@ def test_the_picture_leaves_out_the_aucs_a_run_could_not_compute():
     mean, err = auc_spread(same, ["xray", "ct"], "current_only")
     assert (err >= 0).all()
     assert auc_spread([run(0.6, 0.7)], ["xray", "ct"], "current_only")[1] is None
+
+
+def test_figure_pools_only_runs_of_one_experiment(tmp_path, capsys):
+    """A disease_label run, a features=embedding run and a 4-class disease_stage run
+    were averaged into one table and picture: each differs from the first by name."""
+    paths = []
+    for name, extra in [("a", {}), ("b", {}), ("emb", {"features": "embedding"}),
+                        ("stage", {"label_column": "disease_stage",
+                                   "classes": ["0", "1", "2", "3"]}),
+                        ("pairs", {"calibration": {"xray": {"method": "pairs"}}})]:
+        path = _metrics(tmp_path / f"{name}.json", 0.6, 0.7, 0.1)
+        m = json.loads(open(path).read())
+        m.update({"label_column": "disease_label", "classes": ["0", "1"],
+                  "features": "backbone", "k": 3, "target_far": 0.1,
+                  "calibration": {"xray": {"method": "topk-visits", "threshold": 0.5}}})
+        m.update(extra)
+        open(path, "w").write(json.dumps(m))
+        paths.append(path)
+    a, b, emb, stage, pairs = paths
+    assert main(["figure", "--metrics", a, b, "--out", str(tmp_path / "ok.png")]) == 0
+    for other, key, mine, first in [
+            (emb, "features", "'embedding'", "'backbone'"),
+            (stage, "classes", "['0', '1', '2', '3']", "['0', '1']"),
+            (pairs, "calibration", "{'xray': 'pairs'}", "{'xray': 'topk-visits'}")]:
+        capsys.readouterr()
+        assert main(["figure", "--metrics", a, other, "--out", str(tmp_path / "x.png")]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: --metrics {other}: {key} is {mine}, {a} has {first}; the runs pooled "
+            "into one spread must differ only by seed"]

@@ -468,8 +468,9 @@ def _check_group(path: str, name: str, group) -> None:
 
 
 def _metrics_groups(path: str) -> tuple[str, dict]:
-    """(split, {group: metrics}, retrieval settings) of a metrics.json of ``train``/``eval``
-    (settings None in a report written before they were recorded); an unreadable file,
+    """(split, {group: metrics}, setup) of a metrics.json of ``train``/``eval``: the setup
+    is what the runs pooled into one spread must share (``SAME_SETUP``, and the retrieval
+    settings, None in a report written before they were recorded); an unreadable file,
     another JSON or a value the table cannot read is an error naming the file and the
     key."""
     import json
@@ -478,6 +479,9 @@ def _metrics_groups(path: str) -> tuple[str, dict]:
             m = json.load(f)
         split, groups = m["split"], {**m["per_modality"], "overall": m["overall"]}
         retrieval = m.get("retrieval")
+        setup = {key: m.get(key) for key in SAME_SETUP}
+        setup["calibration"] = {g: c.get("method") if isinstance(c, dict) else c
+                                for g, c in (m.get("calibration") or {}).items()}
     except OSError as e:
         raise FileNotFoundError(f"--metrics {path}: cannot be read ({e.strerror})") from e
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
@@ -488,21 +492,33 @@ def _metrics_groups(path: str) -> tuple[str, dict]:
         _check_group(path, name if name == "overall" else f"per_modality.{name}", group)
     if retrieval is not None and not isinstance(retrieval, dict):
         raise ValueError(f"--metrics {path}: retrieval is {retrieval!r}, not the settings")
-    return split, groups, retrieval
+    setup.update({f"retrieval.{k}": v for k, v in (retrieval or {}).items()})
+    return split, groups, setup
 
 
-def _same_retrieval(paths: list[str], settings: list[dict | None]) -> None:
-    """Runs pooled into one mean and spread must differ only by seed: a run whose history
-    was found or scored otherwise (``hubness_k``, ``visit_fusion``, ...) is an error
-    naming the setting. Reports without the record are not compared."""
-    known = [(p, s) for p, s in zip(paths, settings) if s is not None]
-    for path, mine in known[1:]:
-        first_path, first = known[0]
-        for key in sorted(set(first) | set(mine)):
-            if first.get(key) != mine.get(key):
-                raise ValueError(f"--metrics {path}: retrieval.{key} is {mine.get(key)!r}, "
-                                 f"{first_path} has {first.get(key)!r}; the runs pooled "
-                                 "into one spread must differ only by seed")
+#: What every metrics.json records of the experiment besides the retrieval settings: runs
+#: of another label, classes, features, diagnosis model, k or false-accept target are
+#: other experiments, not seeds of one.
+SAME_SETUP = ("label_column", "classes", "features", "diagnosis_model", "k", "target_far")
+
+
+def _same_setup(paths: list[str], setups: list[dict]) -> None:
+    """Runs pooled into one mean and spread must differ only by seed: a run of another
+    label, features, calibration method or retrieval setting (``hubness_k``,
+    ``visit_fusion``, ...) is an error naming it. The retrieval settings of a report
+    written before they were recorded are not compared."""
+    def part(setup: dict, retrieval: bool) -> dict:
+        return {k: v for k, v in setup.items() if k.startswith("retrieval.") == retrieval}
+    for retrieval in (False, True):
+        parts = [(p, part(s, retrieval)) for p, s in zip(paths, setups)]
+        known = [(p, s) for p, s in parts if s or not retrieval]
+        for path, mine in known[1:]:
+            first_path, first = known[0]
+            for key in sorted(set(first) | set(mine)):
+                if first.get(key) != mine.get(key):
+                    raise ValueError(f"--metrics {path}: {key} is {mine.get(key)!r}, "
+                                     f"{first_path} has {first.get(key)!r}; the runs pooled "
+                                     "into one spread must differ only by seed")
 
 
 def figure(args) -> int:
@@ -525,7 +541,7 @@ def figure(args) -> int:
     runs = [groups for _, groups, _ in loaded]
     if len(splits) > 1:
         raise ValueError(f"--metrics: runs of different splits {sorted(splits)}")
-    _same_retrieval(args.metrics, [settings for _, _, settings in loaded])
+    _same_setup(args.metrics, [setup for _, _, setup in loaded])
     for path, groups in zip(args.metrics, runs):
         if list(groups) != list(runs[0]):
             raise ValueError(f"--metrics {path}: groups {list(groups)}, the first run has "
