@@ -63,21 +63,19 @@ def check_split_evaluable(rows: Sequence[ManifestRow], split: str,
             f"{split_counts(rows)}): "
             f"give some patients split {split!r}, or evaluate another split "
             f"({split_flag}){tail}")
+    opening = (f"{where}split {split!r} has {len(members)} images of "
+               f"{len({r.patient_key for r in members})} patients, but no patient has images "
+               "of two")
     if not any(patients_with_two_studies(rows, split).values()):
-        patients = len({r.patient_key for r in members})
         raise ValueError(
-            f"{where}split {split!r} has {len(members)} images of {patients} patients, but no "
-            f"patient has images of two studies (visits) in one dataset and modality: a "
-            f"query's own study is left out of its gallery, so no query has a true match and "
-            f"there is nothing to score. Give the split patients with several visits, or "
-            f"evaluate another split ({split_flag}){tail}")
-    if not _some_protocol_scores(rows, split, protocols):
-        patients = len({r.patient_key for r in members})
-        raise ValueError(
-            f"{where}split {split!r} has {len(members)} images of {patients} patients, but no "
-            f"patient has images of two visits of different order in one dataset and "
-            f"modality: the protocols {list(protocols)} evaluated (eval.protocols) leave "
-            f"nothing to score (history: each patient's latest visit is the query, earlier "
-            f"visits the gallery; images without an order are left out). Fill in the order "
-            f"column, add 'reid' to eval.protocols, or evaluate another split "
+            f"{opening} studies (visits) in one dataset and modality: a query's own study is "
+            f"left out of its gallery, so no query has a true match and there is nothing to "
+            f"score. Give the split patients with several visits, or evaluate another split "
             f"({split_flag}){tail}")
+    if not _some_protocol_scores(rows, split, protocols):
+        raise ValueError(
+            f"{opening} visits of different order in one dataset and modality: the protocols "
+            f"{list(protocols)} evaluated (eval.protocols) leave nothing to score (history: "
+            f"each patient's latest visit is the query, earlier visits the gallery; images "
+            f"without an order are left out). Fill in the order column, add 'reid' to "
+            f"eval.protocols, or evaluate another split ({split_flag}){tail}")
