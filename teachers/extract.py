@@ -15,7 +15,9 @@ command again. Each record holds the features of every named teacher that applie
 to the row's modality (rows no teacher applies to get no record). An unreadable
 image is an error naming it; with ``--skip-unreadable`` it gets no record and is
 listed in the shard's sidecar and in ``skipped.txt``. ``--split S`` keeps only the
-rows whose manifest split is S (e.g. the test split for the zero-shot table).
+rows of split S (e.g. the test split for the zero-shot table): the manifest's, or, where
+its split column is empty, the split training and ``mami_jax.evaluate.features`` derive
+from the patient ids with the default data config (``split_rows``).
 Each image is read once for every teacher, by ``--read-threads`` threads ahead of the
 teachers (``shard_features``). Inference runs in batches without gradients. The folder
 layout is described in ``teachers.writer``.
@@ -41,11 +43,12 @@ from typing import Sequence
 
 import numpy as np
 
-from mami_jax.data.config import windows_as_json
+from mami_jax.data.config import default_data_config, windows_as_json
 from mami_jax.data.decode import DecodeError, open_volume
 from mami_jax.data.image_signature import file_stamp
 from mami_jax.data.manifest import MODALITIES, ManifestError, read_manifest
 from mami_jax.data.missing_files import refuse_missing_files
+from mami_jax.data.splits import assign_splits, split_counts
 from mami_jax.data.teacher_features import RUN_FILE, TeacherFeatureError
 from mami_jax.runtime.atomic_files import make_dirs
 from mami_jax.runtime.error_line import print_error
@@ -113,6 +116,33 @@ def parse_value_windows(items) -> dict[str, tuple[float, float]]:
     return out
 
 
+def split_rows(rows, split: str, manifest: str) -> tuple[list, dict | None]:
+    """(the rows of ``split``, how their splits were assigned: None where the manifest
+    gives them, else {"fractions", "seed"}). A manifest whose split column is empty has
+    its splits derived from the patient ids as ``mami_jax.data.loading.read_rows``
+    derives them, with the default data config's ``split_fractions`` and ``split_seed``
+    (what ``mami_jax.evaluate.features`` and a run that keeps the defaults use), so
+    ``--split test`` extracts the rows they test on; the rule goes into ``run.json``,
+    being part of what the folder computes. A manifest giving some rows a split and not
+    others is refused, as training refuses it."""
+    unassigned = sum(not r.split for r in rows)
+    assignment = None
+    if unassigned:
+        if unassigned != len(rows):
+            raise ValueError(f"{manifest}: {unassigned} of {len(rows)} rows have no split; "
+                             "assign all or none (none: splits are derived from the patient "
+                             "ids)")
+        data = default_data_config()
+        assignment = dict(fractions=dict(sorted(dict(data.split_fractions).items())),
+                          seed=int(data.split_seed))
+        rows = assign_splits(rows, assignment["fractions"], assignment["seed"])
+    kept = [r for r in rows if r.split == split]
+    if not kept:
+        raise ValueError(f"{manifest}: no rows in split {split!r} (the rows' splits: "
+                         f"{split_counts(rows)})")
+    return kept, assignment
+
+
 def reading_window(spec, run_window):
     """The value window ``spec`` reads a row through: its own (CT-FM's Hounsfield units)
     where it has one, else the run's for the row's modality (None: the student's min-max
@@ -151,9 +181,11 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
     lock; on an accelerator the reading, not the forward pass, is the slow part), and
     each teacher runs on full batches of the rows it applies to. An unreadable image is
     an error naming it, or (``skip_unreadable``) skipped by every teacher. ``progress``
-    is a tqdm bar advanced per row and teacher. ``value_windows``: {modality: (lo, hi)},
-    the modalities read through a fixed range (``parse_value_windows``); a teacher with its
-    own ``value_window`` reads through that instead."""
+    is a tqdm bar advanced per row and teacher that applies to it (a skipped row by all
+    of them, the ones that read no pixels included, so the bar ends at its total).
+    ``value_windows``: {modality: (lo, hi)}, the modalities read through a fixed range
+    (``parse_value_windows``); a teacher with its own ``value_window`` reads through that
+    instead."""
     features: dict[str, dict[str, np.ndarray]] = {t.spec.name: {} for t in teachers}
     skipped: set = set()
     seeing = [t for t in teachers if t.features_for_rows is None]
@@ -172,6 +204,7 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
 
     specs = {m: [t.spec for t in seeing if t.spec.applies_to(m)]
              for m in {r.modality for r in rows}}          # the pixel teachers of a modality
+    applying = {m: sum(t.spec.applies_to(m) for t in teachers) for m in specs}
     to_read = [r for r in rows if specs[r.modality]]
     windows = value_windows or {}
     for row, inputs in zip(to_read, ordered_map(
@@ -182,7 +215,7 @@ def shard_features(teachers: Sequence[LoadedTeacher], rows, batch_size, device,
                 raise ExtractError(f"image_id {row.image_id!r}: unreadable ({inputs}); "
                                    "--skip-unreadable skips such images") from inputs
             skipped.add(row.image_id)
-            progress.update(len(specs[row.modality]))
+            progress.update(applying[row.modality])
             continue
         for t in seeing:
             if t.spec.name in inputs:
@@ -209,7 +242,7 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         show_progress: bool = True, split: str | None = None,
         read_threads: int = 4, value_windows: dict | None = None) -> dict | None:
     """Extracts this process's shards; returns the index once every shard exists.
-    ``value_windows``: as ``shard_features``."""
+    ``value_windows``: as ``shard_features``; ``split``: as ``split_rows``."""
     from tqdm import tqdm
 
     if not 0 <= shard < num_shards:
@@ -219,11 +252,12 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
     # a feature folder (its run.json), or a new or empty one: never a training run or an
     # archive, whose files the shards would join
     check_output_folder(out_dir, "--out", RUN_FILE)
+    # a run.json that appears while the teachers load is another process's, starting now
+    found_run = os.path.isfile(os.path.join(out_dir, RUN_FILE))
     rows = read_manifest(manifest)
+    assignment = None
     if split is not None:
-        rows = [r for r in rows if r.split == split]
-        if not rows:
-            raise ValueError(f"{manifest}: no rows in split {split!r}")
+        rows, assignment = split_rows(rows, split, manifest)
     if device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -252,12 +286,14 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
         manifest=dict(file=os.path.basename(manifest), sha256=_sha256(manifest), rows=len(rows)),
         split=split, rows_per_shard=rows_per_shard, num_shards=total_shards,
         teachers={t.spec.name: t.index_entry() for t in teachers},
-        **({"value_windows": windows} if windows else {}))
+        **({"value_windows": windows} if windows else {}),
+        # only where splits were derived: a folder of a manifest's own splits is unchanged
+        **({"split_assignment": assignment} if assignment else {}))
     make_dirs(out_dir)
-    writer.ensure_run(out_dir, run_info)
+    writer.ensure_run(out_dir, run_info, take_over=found_run)
     mine = [k for k in range(total_shards) if k % num_shards == shard]
     writer.remove_own_temporaries(out_dir, [(k, total_shards) for k in mine])
-    pending = [k for k in mine if writer.shard_done(out_dir, k, total_shards) is None]
+    pending = [k for k in mine if writer.shard_done(out_dir, k, total_shards, run_info) is None]
     chunks = {k: rows[k * rows_per_shard:(k + 1) * rows_per_shard] for k in pending}
     work = sum(t.spec.applies_to(r.modality) for k in pending for r in chunks[k] for t in teachers)
     with tqdm(total=work, unit="img", desc=f"teachers shard {shard}/{num_shards}",
@@ -273,7 +309,8 @@ def run(manifest: str, teacher_names, out_dir: str, shard: int = 0, num_shards: 
                 feats = {n: f[row.image_id] for n, f in per_teacher.items() if row.image_id in f}
                 if feats and row.image_id not in skipped:
                     records.append((row.image_id, feats))
-            writer.write_shard(out_dir, k, total_shards, records, sorted(skipped), stamps)
+            writer.write_shard(out_dir, k, total_shards, records, sorted(skipped), stamps,
+                               run=run_info)
     return writer.write_index_if_complete(out_dir, run_info)
 
 
@@ -300,7 +337,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="an unreadable image gets no record and is listed in skipped.txt "
                              "(default: it ends the run, named)")
-    parser.add_argument("--split", default=None, help="only rows of this manifest split")
+    parser.add_argument("--split", default=None,
+                        help="only rows of this split (the manifest's; derived from the "
+                             "patient ids as training derives them where it gives none)")
     parser.add_argument("--read-threads", type=int, default=4,
                         help="threads reading and preparing images ahead of the teachers")
     parser.add_argument("--value-window", action="append", metavar="MODALITY=LO,HI",
@@ -320,7 +359,11 @@ def main(argv=None) -> int:
     try:
         value_windows = parse_value_windows(args.value_window)
         weights = parse_weights(args.weights)
-        registry.parse_names(args.teachers)
+        names = registry.parse_names(args.teachers)
+        unused = sorted(set(weights) - set(names))
+        if unused:          # a usage error as the other --weights mistakes, status 2
+            raise ValueError(f"--weights given for {unused}, which are not among --teachers "
+                             f"{names}")
     except ValueError as e:
         parser.error(str(e))
     except KeyError as e:           # an unknown teacher, or none named

@@ -45,9 +45,9 @@ def test_random_tiny_features_read_back_bit_exact(phantoms, tmp_path, monkeypatc
     written = {}
     real = writer.write_shard
 
-    def capture(out_dir, shard, num_shards, records, skipped, stamps):
+    def capture(out_dir, shard, num_shards, records, skipped, stamps, run):
         written.update((i, f["random_tiny"].copy()) for i, f in records)
-        return real(out_dir, shard, num_shards, records, skipped, stamps)
+        return real(out_dir, shard, num_shards, records, skipped, stamps, run=run)
 
     monkeypatch.setattr(writer, "write_shard", capture)
     index = extract.run(phantoms, "random_tiny", out, rows_per_shard=10, batch_size=5,
@@ -240,6 +240,8 @@ def test_cli_bad_input_is_one_error_line(phantoms, tmp_path, capsys):
      "--weights 'random_tiny=w': teacher random_tiny is built without weights files"),
     (["--weights", "rad_dino=a", "--weights", "rad_dino=b"],     # the last one won
      "--weights: rad_dino is given twice (a, b)"),
+    (["--weights", "dinov2_base=/nonexistent"],      # was status 1, without the usage prefix
+     "--weights given for ['dinov2_base'], which are not among --teachers ['random_tiny']"),
     (["--num-shards", "0"], "--num-shards 0: must be at least 1"),
     (["--shard", "2", "--num-shards", "2"], "--shard 2: must be in [0, --num-shards 2)"),
     (["--shard", "-1"], "--shard -1: must be in [0, --num-shards 1)"),

@@ -28,8 +28,8 @@ SHARED_FIXTURE_MODULES = frozenset({
     "test_privacy_history_utility.py", "test_privacy_modality_ensemble.py",
     "test_privacy_perturb.py", "test_privacy_transfer.py", "test_resume.py",
     "test_teacher_join.py", "test_teachers_anatomy.py", "test_teachers_loaders.py",
-    "test_teachers_preprocessing_parity.py", "test_teachers_shared_reading.py",
-    "test_teachers_tfrecords.py",
+    "test_teachers_preprocessing_parity.py", "test_teachers_run_settings.py",
+    "test_teachers_shared_reading.py", "test_teachers_tfrecords.py",
     "test_teachers_value_window.py", "test_teachers_zero_shot.py", "test_torch_embedder.py",
 })
 
