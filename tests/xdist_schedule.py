@@ -21,7 +21,8 @@ import re
 #: tests/test_xdist_schedule.py checks this against the modules' sources.
 SHARED_FIXTURE_MODULES = frozenset({
     "test_checkpoint_other_config.py", "test_config_effective.py", "test_convert_errors.py",
-    "test_convert_parity.py", "test_data_pipeline.py", "test_history_cli.py",
+    "test_convert_parity.py", "test_data_pipeline.py", "test_history_archive_checks.py",
+    "test_history_cli.py",
     "test_history_diagnosis_backbone.py", "test_history_guards.py", "test_history_resume.py",
     "test_inference.py", "test_main_errors.py", "test_multiprocess.py",
     "test_phantoms.py", "test_privacy_cli.py", "test_privacy_gradient_agreement.py",

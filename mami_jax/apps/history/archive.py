@@ -24,7 +24,8 @@ On disk (``save`` / ``load``; written to a staging folder and renamed into place
 
     INDEX/archive.json     format, kind and its settings, embedding size, the model that
                            made the embeddings (workdir, config, step, parameter
-                           fingerprint), counts per modality, calibrated thresholds
+                           fingerprint, how it read the images: ``reading``), counts per
+                           modality, calibrated thresholds
     INDEX/metadata.csv     one row per archived image, in archive order: the manifest
                            columns (patient_id is used for evaluation only)
     INDEX/<modality>.faiss the FAISS index of that modality (ids = its rows in order)
@@ -47,8 +48,9 @@ an extended archive's scores are those of one built at once; its centres, thresh
 visit-fusion impostor statistics stay those fitted at ``index`` (the archive does not keep
 the raw embeddings they were fitted on), and ``add`` says so.
 
-Adding refuses embeddings of another model (``check_model``) and image ids already
-archived, so one archive never mixes two embedding spaces or counts an image twice.
+Adding refuses embeddings of another model, or of the same one reading images otherwise
+(``check_model``, ``check_reading``), and image ids already archived, so one archive never
+mixes two embedding spaces or counts an image twice.
 """
 
 from __future__ import annotations
@@ -223,7 +225,9 @@ class Archive:
         self.records.update({r.image_id: str(v) for r, v in zip(rows, values)})
 
     def check_model(self, model: dict, where: str) -> None:
-        """Refuses embeddings of a model other than the archive's (compares fingerprints)."""
+        """Refuses embeddings of a model other than the archive's (compares fingerprints),
+        or of the same one reading images otherwise (``check_reading`` of its ``reading``,
+        when ``model`` records it)."""
         mine, theirs = self.model.get("fingerprint"), model.get("fingerprint")
         if mine != theirs:
             raise ArchiveError(
@@ -231,6 +235,43 @@ class Archive:
                 f"({self.model.get('source', '?')}, parameters {str(mine)[:12]}) than the one "
                 f"given ({model.get('source', '?')}, parameters {str(theirs)[:12]}); build a "
                 f"new archive with that model instead")
+        if "reading" in model:
+            self.check_reading(model["reading"], where, str(model.get("config", "?")))
+
+    @property
+    def records_reading(self) -> bool:
+        """Whether archive.json records how its model read the images (archives written
+        before it did cannot be checked: ``check_reading``)."""
+        return self.model.get("reading") is not None
+
+    def check_reading(self, reading: dict, where: str, config: str) -> None:
+        """Refuses image-reading settings (``features.reading_settings`` of the experiment
+        ``config``) other than those the archive's images were read with: the same
+        parameters reading an image at another size, slice count or window give another
+        embedding, and the archive took another patient's images for the query's without an
+        error. The first setting that differs is named, the general ones and those of the
+        archive's modalities first. A setting the archive does not record is newer than the
+        archive and not compared; an archive recording none (``records_reading`` False) is
+        not checked at all."""
+        if not self.records_reading:
+            return
+        held = self.model["reading"]
+        if not isinstance(held, dict):
+            raise ArchiveError(f"{where}: {ARCHIVE_JSON} records the model's reading as "
+                               f"{held!r}, not its settings: the archive is damaged")
+
+        def others_last(key: str):
+            return key.startswith("modalities.") and key.split(".")[1] not in self.positions, key
+
+        for key in sorted(held, key=others_last):
+            if key not in reading or reading[key] != held[key]:
+                given = repr(reading[key]) if key in reading else "no such setting"
+                raise ArchiveError(
+                    f"{where}: the archive's images were read with data.{key}={held[key]!r}, "
+                    f"the config {config} reads them with {given}; the same model's "
+                    f"embeddings of images read otherwise do not compare with the archive's: "
+                    f"use the config the archive records ({self.model.get('config', '?')}) or "
+                    f"build a new archive with this one")
 
     @property
     def centred(self) -> bool:

@@ -23,7 +23,7 @@ import os
 
 from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
-from mami_jax.apps.history.features import TrainedModel
+from mami_jax.apps.history.features import TrainedModel, reading_settings
 from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET, retrieve
 from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings
@@ -37,6 +37,7 @@ from mami_jax.data.missing_files import refuse_missing_files
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
 from mami_jax.runtime import folder_lock
+from mami_jax.runtime.atomic_files import aside_path, finish_replacement
 from mami_jax.runtime.output_guard import (check_output_folder, check_picture_file,
                                            check_parent_is_folder, refuse_inside_inputs,
                                            refuse_landing_on_images,
@@ -226,25 +227,78 @@ def _model_source(archive: Archive, args, where: str) -> tuple[str, str, str]:
     return str(workdir), str(spec), "the archive's recorded model"
 
 
-def _load_model(archive: Archive, source: tuple[str, str, str], where: str) -> TrainedModel:
-    """The model of ``_model_source``, refused unless its parameters are the archive's."""
+def _load_model(archive: Archive, source: tuple[str, str, str], where: str,
+                index: str) -> TrainedModel:
+    """The model of ``_model_source``, refused unless its parameters are the archive's and
+    it reads images as the archive's were read; an archive that cannot say how they were
+    read (``_check_reading``) is said here, once every cheap check has passed."""
     workdir, spec, role = source
+    if not archive.records_reading:
+        print(f"warning: {index} records no image-reading settings (it was built before "
+              f"archives recorded them), so whether {spec} reads images as its images were "
+              "read cannot be checked; index it again to record them", file=sys.stderr,
+              flush=True)
     model = TrainedModel(workdir, spec, role=role)
     archive.check_model(model.info, where)
     return model
+
+
+def _check_reading(archive: Archive, spec: str, where: str) -> None:
+    """Refuses, before the model loads, the experiment config ``spec`` when it reads images
+    otherwise than the archive's were read (``Archive.check_reading``: a ``--config`` that
+    differs in ``resize_size`` alone gave other embeddings, and another patient's images
+    were accepted as the query's history). An archive written before archives recorded
+    their reading cannot be checked: it is used, as before, with a warning
+    (``_load_model``); refusing it would leave every such archive unusable until embedded
+    again, while its commands read by default with the config it records, as it was
+    built."""
+    if archive.records_reading:
+        archive.check_reading(reading_settings(load_experiment(spec).data), where, spec)
 
 
 def add(args) -> int:
     """Adds a manifest's images to the archive ``--index``, one ``add`` at a time: two
     at once each saved the archive they had read plus their own rows, and the last save
     lost the other's rows without a word. The lock is on the archive's parent folder, since
-    a save replaces the archive folder whole."""
-    if not os.path.isdir(args.index):
+    a save replaces the archive folder whole. An archive that a save killed between its two
+    renames left aside (``.NAME.mami-replaced``, nothing at ``--index``) is put back first,
+    under the lock, as ``index``'s save does, and said: the lock keeps it from being taken
+    from under an ``add`` that is between those renames now."""
+    aside = aside_path(args.index)
+    if not (os.path.isdir(args.index) or os.path.isdir(aside)):
         return _add(args)               # Archive.load says what is missing
     parent = os.path.dirname(os.path.abspath(args.index))
     with folder_lock.held(parent, f"--index {args.index}", "history add (or a command "
                           "adding to an archive in the same folder)", in_file=False):
+        if finish_replacement(args.index):
+            print(f"  {args.index}: put back the archive that a save stopped half-way had "
+                  f"left aside in {aside}", flush=True)
         return _add(args)
+
+
+def _already_archived(archive: Archive, rows, args) -> None:
+    """Refuses rows whose image file (links resolved) is archived already, or listed twice
+    in the manifest, naming the first: a re-export of archived images under new ids
+    archived them again, and each doubled image took two of its patient's k places. An
+    image is its file: the metadata (dataset, patient, study, modality, order) is no key,
+    since several images of one study legitimately share it (views of an X-ray study,
+    the tiles of a slide, the series of a CT study)."""
+    held = {os.path.realpath(r.path): r.image_id for r in archive.rows}
+    listed: dict[str, str] = {}
+    doubled = []
+    for r in rows:
+        real = os.path.realpath(r.path)
+        if real in held or real in listed:
+            doubled.append((r, real))
+        listed.setdefault(real, r.image_id)
+    if doubled:
+        r, real = doubled[0]
+        first = (f"archived as {held[real]} in {args.index}" if real in held
+                 else f"image {listed[real]} of the manifest too")
+        raise ArchiveError(f"{args.manifest}: image {r.image_id}: its file {r.path} is "
+                           f"{first} ({len(doubled)} such image(s)); an image archived twice "
+                           "takes two of its patient's places among the k candidates: leave "
+                           "them out")
 
 
 def _add(args) -> int:
@@ -257,12 +311,22 @@ def _add(args) -> int:
                              f"rewrites; give a copy outside it")
     where = f"adding {args.manifest} to {args.index}"
     source = _model_source(archive, args, where)
+    _check_reading(archive, source[1], where)
     rows, files = _rows(args, load_experiment(source[1]))   # the run's modalities, as index reads
     known = {r.image_id for r in archive.rows}
     dup = [r.image_id for r in rows if r.image_id in known]
     if dup:  # before the (long) embedding
         raise ArchiveError(f"{args.manifest}: {len(dup)} image(s) already in {args.index}, "
                            f"e.g. {dup[:5]}")
+    _already_archived(archive, rows, args)
+    uncentred = next((r for r in rows if archive.centred and r.modality not in archive.centers),
+                     None)
+    if uncentred is not None:   # else found by Archive.add, after every image was embedded
+        raise ArchiveError(f"{args.manifest}: image {uncentred.image_id} is "
+                           f"{uncentred.modality}, for which {args.index} holds no centre (it "
+                           f"was indexed without {uncentred.modality} images; centres for "
+                           f"{', '.join(sorted(archive.centers))}): index the archive again "
+                           f"over its images and these")
     together = archive.rows + rows
     clash = first_order_clash(together, start=len(archive.rows))
     if clash is not None:   # a patient's history would sort numbers before dates
@@ -275,7 +339,7 @@ def _add(args) -> int:
     if recorded is not None and archive.record_column not in (None, cfg.label_column):
         raise ArchiveError(f"--labels: the archive records {archive.record_column!r}, the app "
                            f"config's label column is {cfg.label_column!r}")
-    model = _load_model(archive, source, where)
+    model = _load_model(archive, source, where, args.index)
     store = model.chunk_store(args.index, files.signature(rows), "embeddings")
     archive.add(rows, model.embeddings(rows, store=store))
     if recorded is not None:
@@ -323,6 +387,7 @@ def query(args) -> int:
                          f"--threshold")
     where = f"querying {args.index}"
     source = _model_source(archive, args, where)
+    _check_reading(archive, source[1], where)
     png = args.png or os.path.join(os.getcwd(), f"query_{picture_stem(row.path)}.png")
     flag = "--png" if args.png else "the picture (default ./query_NAME.png; --png names another)"
     refuse_inside_inputs(png, flag, {
@@ -334,7 +399,7 @@ def query(args) -> int:
     refuse_landing_on_images(png, flag, ((r.image_id, r.path) for r in archive.rows),
                              f"the archive {args.index}")
     check_picture_file(png, flag)
-    model = _load_model(archive, source, where)
+    model = _load_model(archive, source, where, args.index)
     image = model.embedder.preprocess(row)
     # embedded as the archive's images were (``embed_rows``: symmetry-averaged where the
     # modality's eval_symmetry says so), or an archived image would not find itself

@@ -15,11 +15,14 @@
 All come from one forward pass, batched and symmetry-averaged exactly as
 ``mami_jax.inference.Embedder.embed_rows`` (the evaluator's ``embed_rows``; a modality
 evaluated as the mean over the symmetries of the square gets the mean of its maps). The
-model is identified by a fingerprint of its parameters, which an archive records.
+model is identified by a fingerprint of its parameters, which an archive records with how
+the model reads images (``reading_settings``): the same parameters reading an image at
+another size give another embedding, of another patient as likely as of the same one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Sequence
 
@@ -38,6 +41,35 @@ from mami_jax.runtime.chunk_store import ChunkStore, digest
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
 
+#: ``config.data`` settings that do not change how an image is read for its embedding:
+#: which images and splits, training batches, sampling and augmentations, input workers
+#: and caches, the handling of unreadable files (whose rows an archive refuses anyway).
+#: Every other setting counts (``reading_settings``), a new one included until it is named
+#: here: an archive refuses too much rather than too little.
+NOT_READING = frozenset({
+    "manifest", "only_modalities", "patients_per_batch", "images_per_patient",
+    "split_fractions", "split_seed", "source_weights", "identity_classes", "skip_bad_images",
+    "teacher_features", "num_workers", "decode_cache_mb", "read_threads", "prefetch",
+    "crop_mode", "crop_scale", "crop_ratio", "erase_prob", "erase_area", "erase_ratio",
+    "brightness", "contrast", "slice_jitter"})
+#: The same for a ``data.modalities.<m>`` block: training's flips, rotations and sampling.
+NOT_READING_MODALITY = frozenset({"flip", "rotate", "source_weight"})
+
+
+def reading_settings(data_cfg) -> dict:
+    """{setting: value} of the data config ``data_cfg`` that decide how an image is read for
+    its embedding (every modality's sizes, slices, window, evaluation view; the
+    normalisation, the JPEG decoding size; not ``NOT_READING``), flat
+    (``modalities.xray.resize_size``) and as JSON values: what an archive records of its
+    model and ``Archive.check_reading`` compares, since the model's parameters alone do not
+    say which embedding an image gets."""
+    data = json.loads(data_cfg.to_json())
+    out = {k: v for k, v in data.items() if k not in NOT_READING and k != "modalities"}
+    for modality, block in sorted(data.get("modalities", {}).items()):
+        out.update((f"modalities.{modality}.{k}", v) for k, v in block.items()
+                   if k not in NOT_READING_MODALITY)
+    return out
+
 
 class TrainedModel:
     """The re-ID model ``workdir`` names (a training workdir's latest checkpoint,
@@ -53,12 +85,15 @@ class TrainedModel:
         #: How the images are read (the experiment config's data settings): the same
         #: parameters read at another size, slice count or window give other features.
         self.reading = digest(self.embedder.data_cfg.to_json())
+        #: The settings of them an archive records and compares (``reading_settings``).
+        self.reading_settings = reading_settings(self.embedder.data_cfg)
         self._features = make_embedding_and_pooled_fn(self.embedder.model_cfg)
 
     @property
     def info(self) -> dict:
         return {"workdir": self.workdir, "config": self.spec, "step": self.embedder.step,
-                "fingerprint": self.fingerprint, "source": self.embedder.source}
+                "fingerprint": self.fingerprint, "source": self.embedder.source,
+                "reading": self.reading_settings}
 
     @property
     def value_windows(self) -> dict[str, tuple[float, float]]:

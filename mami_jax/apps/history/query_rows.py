@@ -5,11 +5,13 @@ order, to exclude later archived images). With an archive calibrated on visit sc
 (``visit_fusion.fit_visit_retrieval``), the query's visit-mates add their modalities'
 evidence, as they do in ``train``/``eval``: an archived query brings its archived
 visit-mates by itself, and ``--with`` adds images of the same visit, each either archived
-(given by path) or new (given as ``MODALITY=PATH``). A new image's id is ``query:`` and its
-absolute path, so two files of the same name are two images and one file given twice is
-one. A ``--with`` image of the query's own modality is refused: the visit score adds the
-evidence of the visit's other modalities only (``VisitFusion.score``), so it would count
-for nothing.
+(given by path) or new (given as ``MODALITY=PATH``). A path is archived when its file,
+links resolved, is an archived image's, however either path reaches it. A new image's id is
+``query:`` and its absolute path, so two files of the same name are two images and one file
+given twice (through a link too) is one. A ``--with`` image of the query's own modality is
+refused: the visit score adds the evidence of the visit's other modalities only
+(``VisitFusion.score``), so it would count for nothing. An archived query's visit is its
+own: an archived ``--with`` image of another visit is refused.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from mami_jax.data.manifest import YEAR_LAST_DATE, ManifestRow, is_number_order,
 
 
 def _archived(archive, path: str) -> ManifestRow | None:
-    path = os.path.abspath(path)
-    return next((r for r in archive.rows if os.path.abspath(r.path) == path), None)
+    """The archived row whose file ``path`` is, links resolved on both sides: compared as
+    absolute paths, the very archived file reached through a linked folder was taken for a
+    new image, and its own archived copy (and later images) came back as its history."""
+    path = os.path.realpath(path)
+    return next((r for r in archive.rows if os.path.realpath(r.path) == path), None)
 
 
 def _new_row(archive, path: str, modality: str, order: str, flag: str,
@@ -110,9 +115,20 @@ def visit_mates(archive, query: ManifestRow, extra: Sequence[str]) -> list[Manif
         elif modality and modality != row.modality:
             raise ValueError(f"--with {spec}: the archive holds this image as "
                              f"{row.modality}, not {modality}")
-        if row.image_id == query.image_id or any(m.image_id == row.image_id for m in mates):
+        real = os.path.realpath(row.path)
+        if row.image_id == query.image_id or any(
+                m.image_id == row.image_id or os.path.realpath(m.path) == real
+                for m in [query, *mates]):
             raise ValueError(f"--with {spec} is already part of the query's visit (the query "
                              f"itself, an archived visit-mate or given twice)")
+        if (query.dataset != NEW_IMAGE_DATASET and row.dataset != NEW_IMAGE_DATASET
+                and visit_key(row) != key):
+            # placed_by_mates returns an archived query as it is: this is its one-visit check
+            raise ValueError(f"--with {spec}: archived as {row.image_id}, of the visit "
+                             f"{row.patient_key}, order {row.order!r}; the archived query "
+                             f"{query.image_id} is of {query.patient_key}, order "
+                             f"{query.order!r}, and brings its own visit's archived images by "
+                             "itself: a query's visit is one")
         if row.modality == query.modality:
             raise ValueError(f"--with {spec}: {row.modality}, the query's own modality; the "
                              f"visit score adds the evidence of the visit's other modalities "
@@ -134,8 +150,9 @@ def placed_by_mates(query: ManifestRow, mates: Sequence[ManifestRow]) -> Manifes
     re-keying), so the history rule treats it as that patient's: their own visit, and any
     later one, is no earlier history of it. Left a stranger, it had that very visit
     returned as its earliest match, scored with each archived mate compared with itself.
-    An archived query, or one without archived mates, is returned as it is; mates of two
-    visits, or an ``--order`` other than theirs, are a ValueError."""
+    An archived query, or one without archived mates, is returned as it is (``visit_mates``
+    refused an archived query's archived mates of another visit); mates of two visits, or
+    an ``--order`` other than theirs, are a ValueError."""
     if query.dataset != NEW_IMAGE_DATASET:
         return query
     archived = [m for m in mates if m.dataset != NEW_IMAGE_DATASET]
