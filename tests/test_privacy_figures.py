@@ -108,3 +108,25 @@ def test_transfer_grid_takes_each_files_largest_ensemble(tmp_path, capsys):
             privacy_figures.main(["--original", str(manifest), "--out", str(out),
                                   "--transfer", bad])
         assert said in capsys.readouterr().err
+
+
+def test_the_figures_draw_what_was_measured_and_tell_groups_and_classifiers_apart(tmp_path):
+    """A group without a Rank-1 (null in the JSON: no patient with two studies) crashed
+    rank1_bars and rank1_grid; two datasets of one modality read "xray" twice; two
+    classifiers in folders of one name (seed0/history, seed1/history) were one bar; one
+    group without an interval took every group's whiskers."""
+    attack = {"m": {"phantoms/xray": dict(_report(0.9, 0.1, 0.03), rank1_after_ci95=[0.0, 0.2]),
+                    "solo/xray": _report(None, None, None), "mean": {}}}
+    figures.rank1_bars(str(tmp_path / "bars.png"), attack)
+    figures.rank1_grid(str(tmp_path / "grid.png"), {"ensemble": attack})
+    assert figures._tick_labels(["phantoms/xray", "solo/xray", "phantoms/ct"]) == [
+        "phantoms/xray", "solo/xray", "ct"]
+    rep = {"a": dict(_report(0.9, 0.1, 0.03), rank1_after_ci95=[0.0, 0.2]),
+           "b": _report(0.8, 0.3, 0.03)}
+    np.testing.assert_allclose(figures._whiskers(rep, ["a", "b"], "rank1_after"),
+                               [[0.1, 0.0], [0.1, 0.0]])
+    report = {"history_utility": {
+        f"/runs/seed{s}/history": {"auc": {"xray": {"relative_change": c}}}
+        for s, c in ((0, -0.02), (1, -0.2))}}
+    assert figures.merged_utility([report], {}) == {
+        "xray": {"seed0/history": -0.02, "seed1/history": -0.2}}

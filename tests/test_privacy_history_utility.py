@@ -324,6 +324,30 @@ def test_privacy_eval_checks_its_inputs_before_any_model(tiny, capsys):
     assert e.value.code == 2 and "--model: the name 'tiny' is given twice" in (
         capsys.readouterr().err)
     assert not os.path.exists(out)
+    # a probe without labels was skipped, exit 0, no utility section
+    no_labels = [a for i, a in enumerate(without_history)
+                 if a != "--labels" and without_history[i - 1] != "--labels"]
+    with pytest.raises(SystemExit) as e:
+        evaluate(no_labels + ["--probe-model", tiny["workdir"], "--out", str(out)])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: python -m mami_jax.apps.privacy: --probe-model needs --labels (the diagnosis "
+        "labels it is fitted and scored on) (see --help)")
+    # a copy saved as RGB by another tool: the error named no file
+    from PIL import Image
+    protected = read_manifest(without_history[without_history.index("--protected") + 1])
+    first = next(r for r in protected if r.split == "test")
+    rgb = str(tiny["base"] / "rgb_copy.png")
+    with Image.open(first.path) as im:
+        im.convert("RGB").save(rgb)
+    edited = str(tiny["base"] / "rgb_protected.csv")
+    write_manifest([r.replace(path=rgb) if r is first else r for r in protected], edited)
+    args = list(no_labels)
+    args[args.index("--protected") + 1] = edited
+    assert evaluate(args + ["--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]    # after the quality bar
+    assert err.startswith(f"error: {edited}: line ") and (
+        f"protected copy {first.image_id!r} ({rgb}) reads as (40, 40, 3)") in err, err
+    assert not os.path.exists(out)
 
 
 def test_an_unfinished_evaluation_says_so():

@@ -201,3 +201,20 @@ def test_the_rank1_interval_resamples_patients_not_queries():
     uneven = [{"queries": 9, "matched_after": 9}, {"queries": 1, "matched_after": 0}]
     lo, hi = attack_eval.rank1_interval(uneven)         # weighted by queries: 0.9 overall
     assert lo == 0.0 and hi == 1.0
+
+
+def test_a_group_where_no_patient_has_two_studies_is_left_out_of_the_mean():
+    """A single-visit dataset beside the X-rays: its Rank-1 and chance are NaN, which made
+    the mean row NaN (null in the JSON, nan in the table, a NaN transfer benchmark). The
+    mean is the measurable groups'; the table says n/a for the others."""
+    from mami_jax.apps.privacy.evaluation_report import markdown
+    rows = _rows(n_patients=3) + [ManifestRow(f"solo{p}", f"q{p}", "s0", "0", "fundus", "d",
+                                              "", "x", "test") for p in range(3)]
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(len(rows), 8))
+    rep = attack_eval.attack_report(emb, emb, rows)
+    assert math.isnan(rep["d/fundus"]["rank1_before"])
+    for key in ("chance_rank1", "rank1_before", "rank1_after"):
+        assert rep["mean"][key] == pytest.approx(rep["d/xray"][key])
+    table = markdown({"attack": {"m": rep}})
+    assert "| m | d/fundus | n/a | n/a | n/a |" in table

@@ -93,8 +93,9 @@ def attack_report(original_emb: np.ndarray, protected_emb: np.ndarray,
 
 def _mean_of_defined(values) -> float | None:
     """The mean of the groups' values that are defined (an AUC of a one-patient group is
-    None); None when none is."""
-    defined = [v for v in values if v is not None]
+    None, the Rank-1 and chance of a group where no patient has two studies NaN: one such
+    group made the mean row NaN); None when none is."""
+    defined = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(defined)) if defined else None
 
 

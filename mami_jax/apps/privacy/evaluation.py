@@ -46,7 +46,7 @@ from mami_jax.apps.privacy.protect_report import kept_classifiers, report_beside
 from mami_jax.config_files import load_config
 from mami_jax.data.image_signature import rows_signature
 from mami_jax.data.missing_files import refuse_missing_files
-from mami_jax.data.manifest import read_manifest
+from mami_jax.data.manifest import read_manifest, row_place
 from mami_jax.runtime.cli_parser import require_file
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import Embedder, names_a_path
@@ -79,6 +79,9 @@ def checked_arguments(args):
     if args.labels and not (args.history_classifier or args.probe_model):
         raise UsageError("--labels is read by the diagnosis judges, --probe-model or "
                          "--history-classifier; name one, or leave --labels out")
+    if args.probe_model and not args.labels:        # the probe was skipped, unsaid
+        raise UsageError("--probe-model needs --labels (the diagnosis labels it is fitted "
+                         "and scored on)")
     if args.probe_model and args.split == PROBE_SPLIT:
         raise UsageError(f"--split {PROBE_SPLIT}: the diagnosis probe (--probe-model) is fitted "
                          f"on the {PROBE_SPLIT!r} images; scored on them it would report its "
@@ -142,21 +145,23 @@ def paired_rows(original, protected, split,
 
 
 def probe_labels(args, rows, train) -> dict | None:
-    """``--labels`` (image_id -> 0/1), read before any model is: every evaluated row must
-    have one, and with ``--probe-model`` every training row (the probe is fitted on them)
-    too; a ValueError names the file and the rows otherwise."""
-    if not args.labels:
+    """``--labels`` (image_id -> 0/1) for the diagnosis probe (``--probe-model``), read
+    before any model is: every evaluated and every training row (the probe is fitted on
+    them) must have one; a ValueError names the file and the rows otherwise. None without
+    a probe: the history classifiers read their own column (``read_row_labels``, in
+    ``run``), and a table without ``disease_label`` was refused for them."""
+    if not (args.labels and args.probe_model):
         return None
     labels = utility.read_labels(args.labels)
-    needed = list(rows) + (list(train) if args.probe_model else [])
-    if args.probe_model and not train:
+    needed = list(rows) + list(train)
+    if not train:
         raise ValueError(f"--original {args.original}: no rows of split 'train' to fit the "
                          "diagnosis probe (--probe-model) on")
     missing = [r.image_id for r in needed if r.image_id not in labels]
     if missing:
         raise ValueError(f"--labels {args.labels}: no label for {len(missing)} images of "
                          f"--original, e.g. {missing[:3]}")
-    for modality in sorted({r.modality for r in rows} if args.probe_model else ()):
+    for modality in sorted({r.modality for r in rows}):
         # one probe a modality, fitted on its training images: one class teaches it nothing,
         # and its AUCs on original and protected images (0.5 each) would read as "kept"
         have = sorted({labels[r.image_id] for r in train if r.modality == modality})
@@ -176,6 +181,12 @@ def image_quality(rows, prot_rows, data_cfg) -> dict:
     for r, p in tqdm(list(zip(rows, prot_rows)), desc="quality", unit="img"):
         s = settings_for(data_cfg, r.modality)
         a, b = read_source(r, s).unit, read_source(p, s).unit
+        if a.shape != b.shape:          # a copy resized or re-saved by another tool
+            raise ValueError(f"{row_place(p) or p.path}: protected copy {p.image_id!r} "
+                             f"({p.path}) reads as {b.shape[1:]} (height, width, channels) "
+                             f"x {b.shape[0]} slices, its original {r.image_id!r} as "
+                             f"{a.shape[1:]} x {a.shape[0]}: PSNR and SSIM compare the same "
+                             "pixels")
         per.setdefault(r.modality, []).append((quality.psnr(a, b), quality.ssim(a, b)))
     out = {m: {**quality.psnr_summary([v[0] for v in vals]),
                "ssim": float(np.mean([v[1] for v in vals]))} for m, vals in sorted(per.items())}
@@ -275,8 +286,10 @@ def run(args, app_cfg=None) -> dict:
         [args.original, args.protected] + ([args.labels] if args.labels else []), "--out")
     train = [r for r in original if r.split == PROBE_SPLIT]
     labels = probe_labels(args, rows, train)
-    refuse_missing_files(rows + prot_rows + (train if labels and args.probe_model else []))
+    refuse_missing_files(rows + prot_rows + (train if labels else []))
     history = history_classifiers(args, app_cfg)
+    if history is not None:     # their column, checked before any embedding (was at the end)
+        read_row_labels(rows, args.labels, history[0][0].cfg)
     result = {"complete": False, "attack": {}, "args": vars(args)}
     result["quality"] = image_quality(rows, prot_rows, cfg.data)
     evaluation_report.save(result, args.out)
@@ -303,7 +316,7 @@ def run(args, app_cfg=None) -> dict:
         print(name, json.dumps(result["attack"][name]["mean"]), flush=True)
         probe_feats[model] = (emb, f_orig, f_prot)
         evaluation_report.save(result, args.out)
-    if args.labels:
+    if labels is not None:
         result["utility"] = {}
         for model in args.probe_model:
             if model not in probe_feats:

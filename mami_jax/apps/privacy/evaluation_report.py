@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from mami_jax.apps.privacy import figures
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import write_text_atomic
@@ -20,8 +22,9 @@ WRITTEN = (REPORT, "privacy_eval.md", "privacy_rank1.png", "privacy_utility.png"
 def _with_interval(values: dict, key: str) -> str:
     """``values[key]`` and, where measured, its interval ``values[key + "_ci95"]``."""
     interval = values.get(key + "_ci95")
-    shown = f"{values[key]:.3f}"
-    return shown if not interval else f"{shown} [{interval[0]:.3f}, {interval[1]:.3f}]"
+    shown = _num(values[key])
+    return shown if not interval or shown == "n/a" else \
+        f"{shown} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def markdown(result: dict) -> str:
@@ -39,7 +42,7 @@ def markdown(result: dict) -> str:
         for g, v in rep.items():
             if g == "source":
                 continue
-            lines.append(f"| {name} | {g} | {v['chance_rank1']:.3f} | "
+            lines.append(f"| {name} | {g} | {_num(v['chance_rank1'])} | "
                          f"{_with_interval(v, 'rank1_before')} | {_with_interval(v, 'rank1_after')} "
                          f"| {_num(v['auc_before'])} | {_num(v['auc_after'])} |")
     for name, rep in result.get("patients", {}).items():
@@ -56,7 +59,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"diagnosis probe on {probe}", "",
                   "| modality | diagnosis AUC original | protected |", "| --- | --- | --- |"]
         for m, v in rep.items():
-            lines.append(f"| {m} | {v['auc_original']:.3f} | {v['auc_protected']:.3f} |")
+            lines.append(f"| {m} | {_num(v['auc_original'])} | {_num(v['auc_protected'])} |")
     for hist in result.get("history_utility", {}).values():
         step = "" if hist.get("step") is None else f" (step {hist['step']})"
         lines += ["", f"history diagnosis classifier {hist['classifier']} on {hist['model']}{step}",
@@ -76,7 +79,9 @@ def markdown(result: dict) -> str:
 
 
 def _num(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+    """A rate to 3 places; n/a where a group could not give one (an AUC of one class, a
+    Rank-1 where no patient has two studies: None, or NaN in memory)."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
 def _pct(v) -> str:

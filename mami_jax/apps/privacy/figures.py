@@ -103,13 +103,30 @@ def _modalities(attacks) -> list:
 
 def _whiskers(rep: dict, groups, key: str):
     """(2, n) distances from each group's ``key`` to the ends of its interval
-    (``key + "_ci95"``), or None where a group has none (reports of before intervals)."""
+    (``key + "_ci95"``): none for a group without one (one such group removed every
+    group's), None where no group has one (reports of before intervals)."""
     intervals = [rep[g].get(key + "_ci95") for g in groups]
-    if not intervals or any(i is None for i in intervals):
+    if not any(i is not None for i in intervals):
         return None
-    values = np.asarray([rep[g][key] for g in groups])
-    ends = np.asarray(intervals, np.float64).T
+    values = np.asarray([rep[g][key] for g in groups], np.float64)
+    ends = np.asarray([i if i is not None else (v, v) for i, v in zip(intervals, values)],
+                      np.float64).T
     return np.maximum(np.stack([values - ends[0], ends[1] - values]), 0.0)
+
+
+def _measured(entry: dict | None) -> bool:
+    """Whether a group's report has a Rank-1 to draw: a group where no patient has two
+    studies has none (null in the JSON, NaN in memory), which the figures failed on."""
+    return entry is not None and all(
+        entry.get(k) is not None and np.isfinite(entry[k])
+        for k in ("rank1_before", "rank1_after", "chance_rank1"))
+
+
+def _tick_labels(groups) -> list[str]:
+    """A group's modality, or "dataset/modality" where two datasets share a modality (both
+    read "xray" before)."""
+    modalities = [g.split("/")[-1] for g in groups]
+    return [m if modalities.count(m) == 1 else g for g, m in zip(groups, modalities)]
 
 
 def rank1_bars(path: str, attack: dict, title: str = "") -> None:
@@ -123,7 +140,7 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(width, 3.8), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         rep = attack[name]
-        gs = [g for g in groups if g in rep]
+        gs = [g for g in groups if _measured(rep.get(g))]
         x = np.arange(len(gs))
         before = [rep[g]["rank1_before"] for g in gs]
         after = [rep[g]["rank1_after"] for g in gs]
@@ -136,7 +153,7 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
             ax.plot([i - 0.45, i + 0.45], [c, c], "k:", lw=1)
             ax.plot([i - 0.45, i + 0.45], [2 * c, 2 * c], "k--", lw=0.8)
         ax.set_xticks(x)
-        ax.set_xticklabels([g.split("/")[-1] for g in gs], fontsize=8)
+        ax.set_xticklabels(_tick_labels(gs), fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(name, fontsize=8)
     axes[0, 0].set_ylabel("Rank-1, 95% interval\n(dotted: chance, dashed: 2x chance)", fontsize=8)
@@ -152,17 +169,33 @@ def rank1_bars(path: str, attack: dict, title: str = "") -> None:
 def merged_utility(reports, rename) -> dict:
     """modality -> {classifier label: relative AUC change}, over the ``history_utility``
     sections of several ``privacy_eval.json`` (usually one file per modality). A classifier
-    is labelled by ``rename`` of its path, else the path's last folder name."""
+    is labelled by ``rename`` of its path, else by its last folder names, as many as tell
+    it from the others (seed0/history and seed1/history were one bar, the last drawn)."""
     changes: dict[str, dict] = {}
+    paths = list(dict.fromkeys(p for rep in reports for p in rep.get("history_utility", {})))
+    short = _short_names([p for p in paths if p not in rename])
     for rep in reports:
         for path, entry in rep.get("history_utility", {}).items():
-            label = rename.get(path, os.path.basename(os.path.normpath(path)))
+            label = rename.get(path, short.get(path))
             for modality, v in entry["auc"].items():
                 # a modality whose AUC is undefined (one diagnosis class among its images)
                 # has no change to draw; the report's table says n/a
                 if modality != "mean" and v.get("relative_change") is not None:
                     changes.setdefault(modality, {})[label] = float(v["relative_change"])
     return changes
+
+
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """Each path's shortest ending of whole folder names that no other path shares."""
+    parts = {p: os.path.normpath(p).split(os.sep) for p in paths}
+    out = {}
+    for p, mine in parts.items():
+        for n in range(1, len(mine) + 1):
+            ending = mine[-n:]
+            if all(other[-n:] != ending for q, other in parts.items() if q != p):
+                break
+        out[p] = "/".join(x for x in ending if x) or p
+    return out
 
 
 def utility_bars(path: str, changes: dict, goal: float = -0.05, title: str = "") -> None:
@@ -215,7 +248,7 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
         for i, name in enumerate(names):
             for j, g in enumerate(groups):
                 rep = panels[label].get(name, {}).get(g)
-                if rep is None:
+                if not _measured(rep):
                     continue
                 after[i, j] = rep["rank1_after"]
                 met = rep["rank1_after"] <= 2 * rep["chance_rank1"] + 1e-9
@@ -223,7 +256,7 @@ def rank1_grid(path: str, panels: dict, title: str = "") -> None:
                         fontweight="bold" if met else "normal")
         image = ax.imshow(after, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(np.arange(len(groups)))
-        ax.set_xticklabels([g.split("/")[-1] for g in groups], fontsize=7)
+        ax.set_xticklabels(_tick_labels(groups), fontsize=7)
         ax.set_title(textwrap.fill(label, width), fontsize=8)
     axes[0, 0].set_yticks(np.arange(len(names)))
     axes[0, 0].set_yticklabels(names, fontsize=7)
