@@ -3,7 +3,8 @@ or, with ``--model``, any model a user names (``Embedder.load``: ``WORKDIR@STEP`
 released or exported ``.pth``/``.safetensors`` file such as the MaMI authors' weights,
 a converter folder), with the workdir only as the place for the results.
 
-eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training, and
+eval: embeds ``config.eval.split`` and writes WORKDIR/eval/<NAME>/ like training
+(<NAME>_<split> for a split other than the one the run evaluates: ``eval_folder``), and
 there also retrieval.png, a query of each group and its top matches (``retrieval_overview``).
 embed: embeds every row of the manifest and writes WORKDIR/embeddings/<NAME>.npz
 (image_id, patient_id, study_id, modality, dataset, split, embedding), atomically with
@@ -17,12 +18,15 @@ must be the saved one (``mami_jax/train/checkpointing.py``); a damaged checkpoin
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 
 import jax
 import numpy as np
 from absl import logging
 
+from mami_jax.config_files import run_config_path
 from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
@@ -51,6 +55,18 @@ def result_name(model_name: str, step: int | None) -> str:
     return f"model_{base}" + (f"_step_{step}" if step is not None else "")
 
 
+def eval_folder(workdir: str, name: str, split: str) -> str:
+    """``WORKDIR/eval/<name>``, with ``_<split>`` when ``split`` is not the one the run
+    evaluates while it trains (its ``config.json``'s ``eval.split``; "test" without one):
+    evaluating the validation split replaced the training run's test report of that step
+    (metrics.json, cmc.png, retrieval.png), which recorded no split."""
+    trained = "test"
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        with open(run_config_path(workdir), "rb") as f:
+            trained = str(json.loads(f.read()).get("eval", {}).get("split", "test"))
+    return os.path.join(workdir, "eval", name if split == trained else f"{name}_{split}")
+
+
 def run(mode: str, config, workdir: str, model_name: str = ""):
     maybe_initialize_distributed()
     warn_if_accelerator_idle()
@@ -71,7 +87,7 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
     if mode == "eval":
-        out = os.path.join(workdir, "eval", name)
+        out = eval_folder(workdir, name, str(config.eval.split))
 
         def embed_split(split_rows):
             store = model.chunk_store(out, files.signature(split_rows), "embeddings")

@@ -66,6 +66,18 @@ def test_result_names():
     assert run_checkpoint.result_name("/w/imported/", None) == "model_imported"
 
 
+def test_another_split_is_evaluated_beside_the_runs_own_report(tmp_path):
+    """--mode=eval of the validation split wrote eval/step_N/, replacing the test report
+    training wrote there (its metrics.json records no split)."""
+    import json
+    workdir = str(tmp_path)
+    assert run_checkpoint.eval_folder(workdir, "step_4", "test") == f"{workdir}/eval/step_4"
+    assert run_checkpoint.eval_folder(workdir, "step_4", "val") == f"{workdir}/eval/step_4_val"
+    (tmp_path / "config.json").write_text(json.dumps({"eval": {"split": "val"}}))
+    assert run_checkpoint.eval_folder(workdir, "step_4", "val") == f"{workdir}/eval/step_4"
+    assert run_checkpoint.eval_folder(workdir, "step_4", "test") == f"{workdir}/eval/step_4_test"
+
+
 def test_the_flag_refuses_training_and_a_missing_model(setup):
     s = setup
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=without_device_count(os.environ.get("XLA_FLAGS", "")))
