@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 from typing import Optional, Sequence
 
@@ -34,6 +35,7 @@ from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.example_reader import read_example
 from mami_jax.data.file_rows import embeddable_rows, file_rows
+from mami_jax.data.reading_settings import reading_settings
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.image_batch import checked_batch
 from mami_jax.models import validate_config
@@ -178,12 +180,17 @@ class Embedder:
         """Where the chunks of ``what`` are kept while they are computed for the output
         ``out``, so a stopped command goes on (``runtime.chunk_store``): beside ``out``, or,
         when ``shared`` (``out`` is made of several passes: models, image sets), in a
-        subfolder of that named by the pass's key. Keyed on this model's parameters, the
-        images (``data.image_signature.rows_signature`` of the rows, which the caller has at
-        hand), the data settings and the batch size. Nowhere on several processes, whose
-        embedding passes must stay in step."""
-        key = digest(what, self.fingerprint, self.data_cfg.to_json(), int(self.batch_size),
-                     images)
+        subfolder of that named by the pass's key. Keyed on this model's parameters and its
+        config (``dtype``: a pass resumed in bfloat16 kept the float32 chunks), the images
+        (``data.image_signature.rows_signature`` of the rows, which the caller has at hand,
+        their modalities included), the settings that read them
+        (``data.reading_settings``, and ``skip_bad_images``, which decides a bad image's
+        row: not the workers or caches, whose change threw the kept chunks away) and the
+        batch size. Nowhere on several processes, whose embedding passes must stay in
+        step."""
+        reading = json.dumps(reading_settings(self.data_cfg), sort_keys=True)
+        key = digest(what, self.fingerprint, self.model_cfg.to_json(), reading,
+                     bool(self.data_cfg.skip_bad_images), int(self.batch_size), images)
         folder = os.path.join(beside(out), key[:16]) if shared else beside(out)
         return ChunkStore(folder if jax.process_count() == 1 else None, key)
 

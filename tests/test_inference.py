@@ -143,3 +143,34 @@ def test_a_config_or_model_path_of_the_wrong_kind_is_named(model, tmp_path):
         Embedder.load(str(tmp_path), load_config("configs/history.py"))
     with pytest.raises(IsADirectoryError, match=rf"^{tmp_path}: a folder, not a checkpoint file"):
         load_official(str(tmp_path))
+
+
+def test_the_kept_chunks_follow_what_makes_an_embedding(model, rows, tmp_path):
+    """A stopped pass goes on from chunks kept under a key: resumed in bfloat16 it read the
+    float32 chunks back, and after a manifest's mislabelled modality was corrected it read
+    the chunks made the other modality's way; more input workers or a bigger decode cache
+    threw the chunks away."""
+    import copy
+    from mami_jax.data.image_signature import rows_signature
+
+    def key(embedder, images=rows):
+        return embedder.chunk_store(str(tmp_path / "o.npz"), rows_signature(images),
+                                    "embeddings").key
+
+    def changed(model_cfg=None, data_cfg=None):
+        other = copy.copy(model)
+        other.model_cfg, other.data_cfg = model_cfg or model.model_cfg, data_cfg or model.data_cfg
+        return other
+    base = key(model)
+    faster = copy.deepcopy(model.data_cfg)
+    faster.num_workers, faster.decode_cache_mb = 4, 512
+    assert key(changed(data_cfg=faster)) == base
+    half = copy.deepcopy(model.model_cfg)
+    with half.unlocked():
+        half.dtype = "bfloat16"
+    assert key(changed(model_cfg=half)) != base
+    windowed = copy.deepcopy(model.data_cfg)
+    windowed.modalities.ct.value_window = (-1000.0, 1000.0)
+    assert key(changed(data_cfg=windowed)) != base
+    relabelled = [r.replace(modality="fundus") if i == 0 else r for i, r in enumerate(rows)]
+    assert key(model, relabelled) != base

@@ -421,12 +421,12 @@ def _stored(mode, workdir):
     if mode == "embed":
         with np.load(os.path.join(workdir, "embeddings", "step_2.npz")) as data:
             return data["embedding"]
-    with open(os.path.join(workdir, "eval", "step_2", "metrics.json")) as f:
-        return json.load(f)
+    with open(os.path.join(workdir, "eval", "step_2_train", "metrics.json")) as f:
+        return json.load(f)     # (the train split: beside the run's own test report)
 
 
 @pytest.mark.parametrize("mode,output", [("embed", "embeddings/step_2.npz"),
-                                         ("eval", "eval/step_2")])
+                                         ("eval", "eval/step_2_train")])
 def test_an_interrupted_embed_or_eval_goes_on_where_it_stopped(run_copy, monkeypatch, capsys,
                                                                mode, output):
     """``--mode=embed`` and ``--mode=eval`` keep each finished chunk beside their output; the

@@ -88,8 +88,10 @@ class ImageFiles:
                 if self._of[r.image_id].split("\n", 1)[0].startswith(f"{r.path}|missing:")]
 
     def signature(self, rows: Sequence[ManifestRow]) -> str:
-        """``rows_signature`` of ``rows``, every one of them among those asked."""
+        """``rows_signature`` of ``rows``, every one of them among those asked; a row's
+        modality counts too (it picks the preprocessing: a manifest whose mislabelled rows
+        were corrected after a stop kept their embeddings made the other modality's way)."""
         h = hashlib.sha256()
         for r in rows:
-            h.update(f"{r.image_id}\n{self._of[r.image_id]}\n".encode())
+            h.update(f"{r.image_id}\n{r.modality}\n{self._of[r.image_id]}\n".encode())
         return h.hexdigest()

@@ -245,7 +245,7 @@ class Archive:
         return self.model.get("reading") is not None
 
     def check_reading(self, reading: dict, where: str, config: str) -> None:
-        """Refuses image-reading settings (``features.reading_settings`` of the experiment
+        """Refuses image-reading settings (``data.reading_settings`` of the experiment
         ``config``) other than those the archive's images were read with: the same
         parameters reading an image at another size, slice count or window give another
         embedding, and the archive took another patient's images for the query's without an

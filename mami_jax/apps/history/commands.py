@@ -23,7 +23,8 @@ import os
 
 from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
-from mami_jax.apps.history.features import TrainedModel, reading_settings
+from mami_jax.apps.history.features import TrainedModel
+from mami_jax.data.reading_settings import reading_settings
 from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET, retrieve
 from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings

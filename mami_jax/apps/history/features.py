@@ -22,7 +22,6 @@ another size give another embedding, of another patient as likely as of the same
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from mami_jax.data.config import value_windows
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.reading_settings import reading_settings
 from mami_jax.experiment_config import load_experiment
 from mami_jax.inference import Embedder, embed_in_chunks
 from mami_jax.models import layer_tokens
@@ -40,36 +40,6 @@ from mami_jax.models.mami import MaMI
 from mami_jax.runtime.chunk_store import ChunkStore, digest
 
 FEATURE_KINDS = ("backbone", "embedding", "both")
-
-#: ``config.data`` settings that do not change how an image is read for its embedding:
-#: which images and splits, training batches, sampling and augmentations, input workers
-#: and caches, the handling of unreadable files (whose rows an archive refuses anyway).
-#: Every other setting counts (``reading_settings``), a new one included until it is named
-#: here: an archive refuses too much rather than too little.
-NOT_READING = frozenset({
-    "manifest", "only_modalities", "patients_per_batch", "images_per_patient",
-    "split_fractions", "split_seed", "source_weights", "identity_classes", "skip_bad_images",
-    "teacher_features", "num_workers", "decode_cache_mb", "read_threads", "prefetch",
-    "crop_mode", "crop_scale", "crop_ratio", "erase_prob", "erase_area", "erase_ratio",
-    "brightness", "contrast", "slice_jitter"})
-#: The same for a ``data.modalities.<m>`` block: training's flips, rotations and sampling.
-NOT_READING_MODALITY = frozenset({"flip", "rotate", "source_weight"})
-
-
-def reading_settings(data_cfg) -> dict:
-    """{setting: value} of the data config ``data_cfg`` that decide how an image is read for
-    its embedding (every modality's sizes, slices, window, evaluation view; the
-    normalisation, the JPEG decoding size; not ``NOT_READING``), flat
-    (``modalities.xray.resize_size``) and as JSON values: what an archive records of its
-    model and ``Archive.check_reading`` compares, since the model's parameters alone do not
-    say which embedding an image gets."""
-    data = json.loads(data_cfg.to_json())
-    out = {k: v for k, v in data.items() if k not in NOT_READING and k != "modalities"}
-    for modality, block in sorted(data.get("modalities", {}).items()):
-        out.update((f"modalities.{modality}.{k}", v) for k, v in block.items()
-                   if k not in NOT_READING_MODALITY)
-    return out
-
 
 class TrainedModel:
     """The re-ID model ``workdir`` names (a training workdir's latest checkpoint,
