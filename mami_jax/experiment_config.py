@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from mami_jax.config_files import json_config, load_config, resolve_spec, run_config_path
+from mami_jax.model_name import workdir_and_step
 
 #: The config a model file (``.pth``/``.safetensors``, a converter folder) that carries none
 #: is read with when none is named: the paper's, which the MaMI authors' released weights
@@ -40,7 +41,7 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
         from mami_jax.convert.official import embedded_experiment
         return (os.path.abspath(model) if embedded_experiment(model) is not None
                 else resolve_spec(MODEL_FILE_EXPERIMENT))
-    workdir = model.partition("@")[0]
+    workdir = workdir_and_step(model)[0]
     if not os.path.isdir(workdir):
         return resolve_spec(MODEL_FILE_EXPERIMENT)    # (a missing path: the loader names it)
     stored = run_config_path(workdir)

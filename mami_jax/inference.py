@@ -36,6 +36,7 @@ from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.example_reader import read_example
 from mami_jax.data.file_rows import embeddable_rows, file_rows
 from mami_jax.data.reading_settings import reading_settings
+from mami_jax.model_name import workdir_and_step
 from mami_jax.evaluate.evaluator import embed_rows
 from mami_jax.image_batch import checked_batch
 from mami_jax.models import validate_config
@@ -149,7 +150,7 @@ class Embedder:
         ``role`` names the argument in the error for a path that is none of these."""
         name = os.path.expanduser(os.fspath(name))
         _require_experiment(config)
-        workdir, sep, step = name.partition("@")
+        workdir, step = workdir_and_step(name)
         if os.path.isfile(name) or is_converter_checkpoint(name):
             loaded = cls.from_export(name, data_cfg=config.data, model_cfg=config.model)
             mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -161,11 +162,11 @@ class Embedder:
             raise FileNotFoundError(f"{role} {name!r}: no re-ID workdir, model file "
                                     f"(.pth/.safetensors) or converter folder there"
                                     f"{url_hint(name)}")
-        if sep and not step.isdigit():
+        if step is not None and not step.isdigit():
             raise ValueError(f"{role} {name!r}: STEP of WORKDIR@STEP must be a number")
         try:
             return cls.from_workdir(workdir, config, action=action,
-                                    step=int(step) if sep else None)
+                                    step=int(step) if step is not None else None)
         except (checkpointing.CheckpointError, FileNotFoundError) as e:
             # A folder that is not a run, or a step it lacks: say which argument named it.
             raise type(e)(f"{role} {name!r}: {e}") from e
@@ -272,7 +273,7 @@ def embed_in_chunks(fn, rows: Sequence[ManifestRow], embedder: Embedder, progres
 def names_a_path(name: str) -> bool:
     """Whether ``name`` (as ``Embedder.load`` takes it) points at something on disk: a
     file or folder, or the workdir of ``WORKDIR@STEP``; a cheap check before slow work."""
-    return os.path.exists(name) or os.path.isdir(name.partition("@")[0])
+    return os.path.exists(name) or os.path.isdir(workdir_and_step(name)[0])
 
 
 def _refuse_other_config(saved, given, where: str) -> None:

@@ -148,7 +148,8 @@ def _hand_off():
     from mami_jax.models import validate_config
     check_workdir(_WORKDIR.value)
     from mami_jax.runtime import compilation_cache
-    compilation_cache.enable(_CONFIG.value.compilation_cache_dir)  # before any compilation
+    compilation_cache.enable(_CONFIG.value.compilation_cache_dir,  # before any compilation
+                             required=_MODE.value == "train")
     validate_config(_CONFIG.value.model)  # before any data is read or generated
     if _MODE.value == "train":
         if _MODEL.value:
@@ -158,9 +159,8 @@ def _hand_off():
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
         from mami_jax import run_checkpoint
-        if _MODE.value == "eval":
-            from mami_jax.train.settings_check import check_eval
-            check_eval(_CONFIG.value.eval)
+        from mami_jax.train.settings_check import check_eval
+        check_eval(_CONFIG.value.eval)   # embed too: its batch size (0 ended in range())
         run_checkpoint.run(_MODE.value, _CONFIG.value, _WORKDIR.value, _MODEL.value)
 
 

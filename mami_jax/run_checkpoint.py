@@ -34,6 +34,7 @@ from mami_jax.evaluate.embedding_map import draw_embedding_map
 from mami_jax.evaluate.evaluator import evaluate, left_out_skipped
 from mami_jax.evaluate.split_check import check_split_evaluable
 from mami_jax.inference import Embedder, embed_in_chunks
+from mami_jax.model_name import workdir_and_step
 from mami_jax.runtime import sharding
 from mami_jax.runtime.atomic_files import write_atomic
 from mami_jax.runtime.chunk_store import discard_beside
@@ -49,8 +50,8 @@ def result_name(model_name: str, step: int | None) -> str:
     checkpoint, ``model_<name>[_step_<N>]`` for a model named with ``--model``."""
     if not model_name:
         return f"step_{step}"
-    base = os.path.basename(os.path.normpath(model_name.partition("@")[0] if step is not None
-                                             else model_name))
+    base = os.path.basename(os.path.normpath(workdir_and_step(model_name)[0]
+                                             if step is not None else model_name))
     base = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)
     return f"model_{base}" + (f"_step_{step}" if step is not None else "")
 

@@ -200,3 +200,23 @@ def test_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
     assert {"x.png", "y.dcm", "sub", os.path.basename(staged)} <= set(synced)
     assert events[-1] == ("sync", tmp_path.name)
     assert (tmp_path / "tree" / "sub" / "x.png").read_text() == "sub/x.png"
+
+
+def test_the_umask_is_read_without_being_set(monkeypatch):
+    """Reading the umask with os.umask sets it to 022 for an instant: a file another thread
+    made then (the checkpointer's) got 0644 under a umask of 077. Where /proc/self/status
+    shows it, it is read from there."""
+    import os
+    import sys
+
+    from mami_jax.runtime.atomic_files import current_umask
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux's")
+    old = os.umask(0o077)
+    try:
+        calls = []
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or 0o077)
+        assert current_umask() == 0o077 and calls == []
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

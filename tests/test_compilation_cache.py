@@ -39,3 +39,14 @@ def test_entries_are_counted_by_their_suffix(tmp_path):
     for name in ("jit_step-0a1b-cache", "jit_step-0a1b-atime", "jit_init-9f-cache", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert compilation_cache.count_entries(str(tmp_path)) == 2
+
+
+def test_an_unusable_folder_carried_by_a_runs_config_is_passed_over(tmp_path):
+    """--mode=eval/embed read the run's config.json, and with it the training machine's
+    cache folder: on another machine, where it cannot be made, the run was refused. Not
+    required, the cache is left off with a warning."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    before = jax.config.jax_compilation_cache_dir
+    assert compilation_cache.enable(str(blocker / "cache"), required=False) is None
+    assert jax.config.jax_compilation_cache_dir == before

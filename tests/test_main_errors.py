@@ -146,6 +146,10 @@ def test_embed_and_eval_show_a_progress_bar(run):
     last = bar_end(proc.stderr, "evaluating test")
     assert last.startswith("evaluating test: 100%|") and "| 15/15 [" in last, last
     assert proc.stderr.count("evaluating test: 100%|") == 1     # one bar, one final line
+    # embed checks its batch size as eval does (0 ended in range() after the data was read)
+    proc = main(*common, "--mode=embed", "--config.eval.batch_size=0")
+    assert proc.returncode == 1 and only_error_line(proc) == (
+        "error: eval.batch_size=0: expected a whole number >= 1"), proc.stderr[-2000:]
 
 
 def manifest_missing(run, tmp_path, split: str) -> tuple[str, int, str, str]:

@@ -30,7 +30,17 @@ TEMP_MARK = ".mami-tmp-"
 
 
 def current_umask() -> int:
-    """The process umask (reading it means setting it; it is restored at once)."""
+    """The process umask, read from /proc/self/status where the kernel shows it. Reading
+    it with ``os.umask`` means setting it for an instant: a file another thread (the
+    checkpointer's) made in that instant got 0644 under a umask of 077; that is the way
+    left only where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -27,18 +27,27 @@ from absl import logging
 _ENTRY_SUFFIX = "-cache"
 
 
-def enable(cache_dir: str) -> str | None:
+def enable(cache_dir: str, required: bool = True) -> str | None:
     """Points JAX's persistent compilation cache at ``cache_dir`` ("" = leave JAX's setting).
 
     Must run before the process compiles anything: JAX opens the cache once, at the first
     compilation. A URL (``gs://bucket/cache``) is handed to JAX as it is; a local path is
-    created. Returns the folder used, or None when ``cache_dir`` is "".
-    Raises ValueError naming the key when the folder cannot be created or written.
+    created. Returns the folder used, or None when ``cache_dir`` is "" (or unusable and
+    not ``required``).
+    Raises ValueError naming the key when the folder cannot be created or written; not
+    ``required`` (``--mode=eval``/``embed``, which read a run's config.json, and with it
+    the training machine's folder, on another machine), one warning line and no cache.
     """
     if not cache_dir:
         return None
     remote = "://" in cache_dir  # gs://... on a TPU VM: JAX reads and writes it through etils
-    path = cache_dir if remote else _local_folder(cache_dir)
+    try:
+        path = cache_dir if remote else _local_folder(cache_dir)
+    except ValueError as e:
+        if required:
+            raise
+        logging.warning("%s; compiling without the cache", e)
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     logging.info("compilation cache: %s%s", path,
                  "" if remote else f" ({count_entries(path)} entries)")

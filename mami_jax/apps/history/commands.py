@@ -24,7 +24,6 @@ import os
 from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, mean_directions
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel
-from mami_jax.data.reading_settings import reading_settings
 from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET, retrieve
 from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings
@@ -35,8 +34,10 @@ from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
 from mami_jax.data.missing_files import refuse_missing_files
+from mami_jax.data.reading_settings import reading_settings
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
+from mami_jax.model_name import workdir_and_step
 from mami_jax.runtime import folder_lock
 from mami_jax.runtime.atomic_files import aside_path, finish_replacement
 from mami_jax.runtime.output_guard import (check_output_folder, check_picture_file,
@@ -104,7 +105,7 @@ def _model_path(name: str | None) -> str | None:
     ``WORKDIR@STEP``."""
     if not name:
         return None
-    return name if os.path.exists(name) else name.partition("@")[0] or None
+    return workdir_and_step(name)[0] or None
 
 
 def _inputs(args, labels: str | None = None) -> dict[str, str | None]:

@@ -24,6 +24,7 @@ from typing import Mapping
 from mami_jax.apps.privacy.model_input import settings_for
 from mami_jax.config_files import resolve_spec
 from mami_jax.experiment_config import MODEL_FILE_EXPERIMENT, experiment_spec, load_experiment
+from mami_jax.model_name import workdir_and_step
 
 
 def reading(data_cfg, modality: str) -> dict:
@@ -41,7 +42,7 @@ def known_data_config(name: str):
     or a folder that is no model (the loader names it), a run from before runs kept their
     config, a file or folder that carries none (read with the paper's config only by
     default)."""
-    if not os.path.exists(name.partition("@")[0]):
+    if not os.path.exists(workdir_and_step(name)[0]):
         return None
     try:
         spec = experiment_spec(name)
@@ -67,7 +68,7 @@ def refuse_other_readings(members: Mapping[str, set], data_cfg,
     not there is left to the loader, which names it)."""
     unchecked = []
     for name, modalities in members.items():
-        if not os.path.exists(name.partition("@")[0]):
+        if not os.path.exists(workdir_and_step(name)[0]):
             continue             # the loader's error names it; no warning about it first
         own = known_data_config(name)
         if own is None:
