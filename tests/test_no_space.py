@@ -250,3 +250,34 @@ def test_an_error_line_is_one_line_with_a_full_disk_said_as_such(tmp_path):
     assert error_line(nameless, where=str(tmp_path)).startswith(
         f"no space left on the device of {tmp_path} while writing its output (")
     assert error_line(nameless) == "[Errno 28] No space left on device"   # nowhere to name
+
+
+def test_a_kept_chunk_is_written_with_one_write_that_names_a_full_disk(tmp_path, monkeypatch):
+    """np.save to a file ends in tofile, whose short write on a full disk is an OSError
+    without errno ('8192 requested and 6112 written'): a traceback where the no-space
+    line belonged. The chunk goes through one write to a file opened here, whose error
+    on a full disk is ENOSPC."""
+    import numpy as np
+
+    from mami_jax.runtime import chunk_store
+
+    class FullDisk:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = chunk_store.ChunkStore(str(tmp_path / "kept"), "key")
+    store.put(0, np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(store.get(0, 2), np.arange(6.0).reshape(2, 3))
+    monkeypatch.setattr(chunk_store, "open", FullDisk, raising=False)
+    with pytest.raises(OSError) as e:
+        store.put(1, np.arange(6.0).reshape(2, 3))
+    assert is_no_space(e.value)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -110,9 +111,19 @@ class ChunkStore:
         if not os.path.isdir(self.folder):
             os.makedirs(self.folder)
             write_text_atomic(os.path.join(self.folder, KEY_FILE), self.key + "\n")
-        write_atomic(self._path(index), lambda tmp: np.save(tmp, array))
+        write_atomic(self._path(index), lambda tmp: _save(tmp, array))
 
     def discard(self) -> None:
         """Remove the folder (the output it served is published, or the key changed)."""
         if self.folder is not None:
             _remove(self.folder)
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    """``np.save`` through a buffer and one ``write``: ``np.save`` to a file ends in
+    ``tofile``, whose short write on a full disk raises an OSError with no errno, which
+    the no-space message does not recognise (a traceback); ``write`` raises ENOSPC."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
