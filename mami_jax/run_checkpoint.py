@@ -73,6 +73,10 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     warn_if_accelerator_idle()
     workdir = os.path.abspath(workdir)
     action = "evaluate" if mode == "eval" else "embed"
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    sharding.refuse_model_groups_across_processes(mesh)
+    sharding.check_data_axis_divides(f"eval batch size {int(config.eval.batch_size)}",
+                                     int(config.eval.batch_size), mesh)
     # A named model is loaded, a workdir's config checked, before the data is read.
     model = Embedder.load(model_name, config, action, role="--model") if model_name else None
     if model is None:
@@ -84,7 +88,6 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     files = ImageFiles(read)    # asked once: the missing check, then the chunks' key
     check_images_on_disk(read, config.data.skip_bad_images,
                          "evaluation" if mode == "eval" else "embedding", files)
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
     if mode == "eval":

@@ -132,6 +132,14 @@ def test_a_model_group_across_processes_is_found():
     assert model_groups_span_processes(grid([[0, 0], [1, 1]])) is None
     assert model_groups_span_processes(grid([[0], [1]])) is None
     assert model_groups_span_processes(grid([[0, 1]])) == [0, 1]
+    # eval and embed refuse it too (they crashed fingerprinting the parameters)
+    import numpy as np
+    from mami_jax.runtime.sharding import refuse_model_groups_across_processes
+    mesh = SimpleNamespace(devices=np.asarray(grid([[0, 1]]), dtype=object),
+                           shape={"data": 1, "model": 2})
+    with pytest.raises(ValueError, match=r"^mesh.model=2: a model-axis group spans processes "
+                                         r"\[0, 1\]"):
+        refuse_model_groups_across_processes(mesh)
 
 
 EXPERIMENTS = ["all.py", "all.py:runlocal", "all.py:runlocal,align", "all.py:runlocal,finetune=x.pth",

@@ -85,6 +85,19 @@ def model_groups_span_processes(devices: np.ndarray) -> list[int] | None:
     return None
 
 
+def refuse_model_groups_across_processes(mesh: Mesh) -> None:
+    """ValueError naming ``mesh.model`` when a model-axis group of ``mesh`` spans processes
+    (``model_groups_span_processes``): training, evaluation and embedding alike (eval
+    and embed crashed with a traceback while fingerprinting the parameters)."""
+    owners = model_groups_span_processes(mesh.devices)
+    if owners is not None:
+        raise ValueError(
+            f"mesh.model={mesh.shape[MODEL_AXIS]}: a model-axis group spans processes "
+            f"{owners}; each process feeds its own share of the batch, so a group must lie "
+            f"within one process: mesh.model at most the {jax.local_device_count()} devices of "
+            "a process, dividing them")
+
+
 def spec_for(name: str, shape: tuple, rules, mesh: Mesh) -> P:
     for pattern, axes in rules:
         if re.match(pattern, name):

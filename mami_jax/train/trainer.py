@@ -193,13 +193,7 @@ def _check_mesh_and_batches(config, mesh) -> None:
     after all the steps when that is the final one. The partition rules name the mesh's
     axes, and no model group spans processes (``sharding.model_groups_span_processes``)."""
     sharding.check_partition_rules(config.partition_rules, mesh)
-    owners = sharding.model_groups_span_processes(mesh.devices)
-    if owners is not None:
-        raise ValueError(
-            f"mesh.model={mesh.shape[sharding.MODEL_AXIS]}: a model-axis group spans processes "
-            f"{owners}; each process feeds its own share of the batch, so a group must lie "
-            f"within one process: mesh.model at most the {jax.local_device_count()} devices of "
-            "a process, dividing them")
+    sharding.refuse_model_groups_across_processes(mesh)
     p, k = int(config.data.patients_per_batch), int(config.data.images_per_patient)
     sharding.check_data_axis_divides(f"global batch data.patients_per_batch x "
                                      f"data.images_per_patient = {p} x {k} = {p * k}", p * k, mesh)
