@@ -55,3 +55,14 @@ def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") == "load":
         return xdist_schedule.make_scheduler(config, log)
     return None
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a history command loads a model: what a command refuses, it
+    refuses before (tests/test_history_guards.py, tests/test_history_archive_checks.py)."""
+    from mami_jax.apps.history import commands
+
+    def trap(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+    monkeypatch.setattr(commands, "TrainedModel", trap)

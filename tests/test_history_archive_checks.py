@@ -14,13 +14,13 @@ from PIL import Image
 
 pytest.importorskip("faiss")
 
-from mami_jax.apps.history import commands  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
 from mami_jax.apps.history.query_rows import query_row  # noqa: E402
 from mami_jax.data.manifest import order_key, read_manifest, write_manifest  # noqa: E402
 from mami_jax.runtime.atomic_files import aside_path  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
+from tests.history_commands import error_line  # noqa: E402
 from tests.file_trees import paths_digest  # noqa: E402
 
 
@@ -58,23 +58,6 @@ def setup(tmp_path_factory):
     assert main(["index", "--workdir", s["run"], "--config", s["config"], "--manifest",
                  s["two"], "--out", s["index2"], "--app-config", s["app"]]) == 0
     return s
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a command loads a model: what it refuses, it refuses first."""
-    def trap(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-    monkeypatch.setattr(commands, "TrainedModel", trap)
-
-
-def _error(capsys) -> str:
-    """The one error line of a command (stderr holds nothing else but progress bars)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _listed(out: str) -> list[str]:
@@ -115,11 +98,11 @@ def test_a_config_reading_images_otherwise_is_refused_before_the_model_loads(
     assert main(["query", "--index", index, "--image", q.path, "--workdir", s["run"],
                  "--config", other, "--png", str(tmp_path / "q.png"),
                  "--app-config", s["app"]]) == 1
-    assert _error(capsys) == (f"error: querying {index}: the archive's images were read with "
+    assert error_line(capsys) == (f"error: querying {index}: the archive's images were read with "
                               f"data.modalities.xray.resize_size=36, " + tail)
     assert main(["add", "--index", index, "--manifest", s["last"], "--workdir", s["run"],
                  "--config", other]) == 1
-    assert _error(capsys) == (f"error: adding {s['last']} to {index}: the archive's images "
+    assert error_line(capsys) == (f"error: adding {s['last']} to {index}: the archive's images "
                               f"were read with data.modalities.xray.resize_size=36, " + tail)
     assert paths_digest(index) == before
     assert sorted(os.listdir(tmp_path)) == ["index", "other_reading.py"]
@@ -186,7 +169,7 @@ def test_add_of_a_modality_without_a_centre_is_refused_before_the_model_loads(
     write_manifest(last[:1] + [r.replace(image_id=f"{r.image_id}_f", modality="fundus",
                                          view="") for r in last[1:3]], fundus)
     assert main(["add", "--index", index, "--manifest", fundus]) == 1
-    assert _error(capsys) == (f"error: {fundus}: image {last[1].image_id}_f is fundus, for "
+    assert error_line(capsys) == (f"error: {fundus}: image {last[1].image_id}_f is fundus, for "
                               f"which {index} holds no centre (it was indexed without fundus "
                               f"images; centres for xray): index the archive again over its "
                               f"images and these")
@@ -232,7 +215,7 @@ def test_an_archived_query_refuses_with_images_of_another_visit(setup, capsys, n
     for mate in (rows["P8_fundus_v0"], rows["P7_fundus_v1"]):
         assert main(["query", "--index", s["index2"], "--image", q.path, "--with", mate.path,
                      "--png", str(tmp_path / "q.png"), "--app-config", s["app"]]) == 1
-        assert _error(capsys) == (
+        assert error_line(capsys) == (
             f"error: --with {mate.path}: archived as {mate.image_id}, of the visit "
             f"toy/{mate.patient_id}, order {mate.order!r}; the archived query P7_xray_v2 is "
             f"of toy/P7, order '2', and brings its own visit's archived images by itself: a "
@@ -240,7 +223,7 @@ def test_an_archived_query_refuses_with_images_of_another_visit(setup, capsys, n
     own = rows["P7_fundus_v2"]
     assert main(["query", "--index", s["index2"], "--image", q.path, "--with", own.path,
                  "--png", str(tmp_path / "q.png"), "--app-config", s["app"]]) == 1
-    assert _error(capsys) == (f"error: --with {own.path} is already part of the query's visit "
+    assert error_line(capsys) == (f"error: --with {own.path} is already part of the query's visit "
                               "(the query itself, an archived visit-mate or given twice)")
     assert not os.path.exists(tmp_path / "q.png")
 
@@ -258,7 +241,7 @@ def test_add_refuses_image_files_already_archived_under_other_ids(setup, capsys,
     write_manifest(last[:2] + [r.replace(image_id=f"{r.image_id}_reexport") for r in first[:3]],
                    again)
     assert main(["add", "--index", index, "--manifest", again]) == 1
-    assert _error(capsys) == (
+    assert error_line(capsys) == (
         f"error: {again}: image {first[0].image_id}_reexport: its file {first[0].path} is "
         f"archived as {first[0].image_id} in {index} (3 such image(s)); an image archived "
         "twice takes two of its patient's places among the k candidates: leave them out")
@@ -269,11 +252,11 @@ def test_add_refuses_image_files_already_archived_under_other_ids(setup, capsys,
         first[0].path)))
     write_manifest([linked], again)
     assert main(["add", "--index", index, "--manifest", again]) == 1
-    assert _error(capsys).startswith(f"error: {again}: image linked: its file {linked.path} "
+    assert error_line(capsys).startswith(f"error: {again}: image linked: its file {linked.path} "
                                      f"is archived as {first[0].image_id} in {index} (1 such")
     write_manifest(last[:2] + [last[1].replace(image_id="twice")], again)
     assert main(["add", "--index", index, "--manifest", again]) == 1
-    assert _error(capsys).startswith(f"error: {again}: image twice: its file {last[1].path} "
+    assert error_line(capsys).startswith(f"error: {again}: image twice: its file {last[1].path} "
                                      f"is image {last[1].image_id} of the manifest too (1 such")
     assert paths_digest(index) == before
 

@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from mami_jax.apps.history import commands  # noqa: E402
 from mami_jax.apps.history.archive import Archive  # noqa: E402
 from mami_jax.apps.history.__main__ import main  # noqa: E402
 from mami_jax.data.manifest import read_manifest, write_manifest  # noqa: E402
 from tests import history_workdir as hw  # noqa: E402
+from tests.history_commands import error_line  # noqa: E402
 from tests.file_trees import paths_digest  # noqa: E402
 
 PROG = "python -m mami_jax.apps.history"
@@ -37,23 +37,6 @@ def setup(tmp_path_factory):
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out", s["diag"],
                  "--app-config", s["app"]]) == 0
     return s
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fails the test if a command loads a model: what it refuses, it refuses first."""
-    def trap(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-    monkeypatch.setattr(commands, "TrainedModel", trap)
-
-
-def _error(capsys) -> str:
-    """The one error line of a command (stderr holds nothing else but progress bars)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _query(s, *extra):
@@ -110,10 +93,10 @@ def test_query_never_writes_into_what_it_reads(setup, capsys, no_model, tmp_path
     ]
     for png, message in cases:
         assert main(_query(s, "--png", png)[0]) == 1
-        assert _error(capsys) == message
+        assert error_line(capsys) == message
     assert paths_digest(s["index"], q.path, other.path) == before
     assert main(_query(s, "--threshold", "nan", "--png", str(tmp_path / "q.png"))[0]) == 1
-    assert _error(capsys) == "error: --threshold nan: must be a finite number"
+    assert error_line(capsys) == "error: --threshold nan: must be a finite number"
     assert not os.path.exists(tmp_path / "q.png")
 
 
@@ -160,7 +143,7 @@ def test_query_with_new_images_named_by_their_paths(setup, capsys, tmp_path):
     argv = ["query", "--index", s["index"], "--image", a, "--modality", "xray", "--with",
             f"xray={b}", "--app-config", s["app"], "--png", str(tmp_path / "q.png")]
     assert main(argv) == 1
-    assert _error(capsys).startswith(f"error: --with xray={b}: xray, the query's own modality")
+    assert error_line(capsys).startswith(f"error: --with xray={b}: xray, the query's own modality")
 
 
 def test_query_finds_a_moved_model_with_workdir(setup, capsys, tmp_path):
@@ -174,17 +157,17 @@ def test_query_finds_a_moved_model_with_workdir(setup, capsys, tmp_path):
     argv, _ = _query(s, "--png", str(tmp_path / "q.png"))
     argv[2] = moved
     assert main(argv) == 1
-    assert _error(capsys) == (f"error: querying {moved}: the archive's model {tmp_path}/gone "
+    assert error_line(capsys) == (f"error: querying {moved}: the archive's model {tmp_path}/gone "
                               f"is not there any more; give --workdir where it is now (its "
                               f"parameters are checked against the archive's)")
     assert main(argv + ["--workdir", s["run"]]) == 0
     assert "picture:" in capsys.readouterr().out
     assert main(argv + ["--model", s["other"]]) == 1       # other parameters: refused
-    assert "made by another model" in _error(capsys)
+    assert "made by another model" in error_line(capsys)
     del header["model"]["fingerprint"]
     json.dump(header, open(os.path.join(moved, "archive.json"), "w"))
     assert main(argv + ["--workdir", s["run"]]) == 1
-    assert _error(capsys) == (f"error: querying {moved}: archive.json records no model "
+    assert error_line(capsys) == (f"error: querying {moved}: archive.json records no model "
                               f"fingerprint, so no model can be checked against the archive's "
                               f"embeddings; build the archive again with `index`")
 
@@ -200,7 +183,7 @@ def test_a_damaged_archive_is_one_error_line(setup, capsys, no_model, tmp_path):
     argv, _ = _query(s, "--png", str(tmp_path / "q.png"))
     argv[2] = damaged
     assert main(argv) == 1
-    assert _error(capsys) == f"error: {meta}: line 3 has 10 fields, expected 9"
+    assert error_line(capsys) == f"error: {meta}: line 3 has 10 fields, expected 9"
 
 
 # -- index -------------------------------------------------------------------------------
@@ -241,7 +224,7 @@ def test_index_writes_a_new_folder_only(setup, capsys, no_model, tmp_path):
     before = paths_digest(xr, s["run"], notes)
     for argv, message in cases:
         assert main(["index"] + base + argv) == 1
-        assert _error(capsys) == message
+        assert error_line(capsys) == message
     assert paths_digest(xr, s["run"], notes) == before
     assert not os.path.exists(tmp_path / "x")
     assert not os.path.exists(tmp_path / ".x.partial-embeddings")
@@ -275,7 +258,7 @@ def test_add_refuses_inputs_inside_the_archive_it_rewrites(setup, capsys, no_mod
     inside = os.path.join(index, "metadata.csv")
     for flag, extra in (("--manifest", [inside]), ("--labels", [s["last"], "--labels", inside])):
         assert main(["add", "--index", index, "--manifest", *extra]) == 1
-        assert _error(capsys) == (f"error: {flag} {inside}: lies inside --index {index}, which "
+        assert error_line(capsys) == (f"error: {flag} {inside}: lies inside --index {index}, which "
                                   f"add rewrites; give a copy outside it")
     assert paths_digest(index) == before
 
@@ -296,7 +279,7 @@ def test_add_refuses_a_patients_order_of_another_kind_than_archived(setup, capsy
     write_manifest(later, more)
     first = next(r for r in Archive.load(index).rows if r.patient_key == held.patient_key)
     assert main(["add", "--index", index, "--manifest", more]) == 1
-    assert _error(capsys) == (
+    assert error_line(capsys) == (
         f"error: {more}: image {later[0].image_id}: order '2019-03-01' is text, but patient "
         f"{held.patient_key!r} has order {first.order!r} at image {first.image_id} of archive "
         f"{index}; every number sorts before every text, so write one patient's orders one way "
@@ -348,7 +331,7 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
                   f"class (classes: 0, 1)"))
     for argv, message in cases:
         assert main(argv[:1] + base + argv[1:]) == 1
-        assert _error(capsys) == message
+        assert error_line(capsys) == message
     assert paths_digest(s["diag"], xr, s["run"]) == before
     assert not os.path.exists(tmp_path / "new")
 
@@ -364,7 +347,7 @@ def test_settings_that_would_do_nothing_are_refused(setup, capsys, no_model, tmp
     s = setup
     assert main(["train", "--workdir", s["run"], "--manifest", s["manifest"], "--out",
                  str(tmp_path / "d"), "--app-config", f"{s['app']}:{word}"]) == 1
-    line = _error(capsys)
+    line = error_line(capsys)
     assert line.startswith(f"error: config '{s['app']}:{word}'") and line.endswith(message)
 
 
@@ -378,7 +361,7 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
             "--app-config", s["app"]]
     # trained on disease_label (two classes), evaluated on disease_stage (four)
     assert main(argv[:-1] + [f"{s['app']}:stage"]) == 1
-    assert _error(capsys) == ("error: the classifiers were trained on 'disease_label' (classes "
+    assert error_line(capsys) == ("error: the classifiers were trained on 'disease_label' (classes "
                               "0, 1), this run reads 'disease_stage' (classes 0, 1, 2, 3): "
                               "train again or use the same --app-config")
     # a record from before the classes were recorded: the parameters' shapes tell
@@ -386,7 +369,7 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
     json.dump({k: v for k, v in recorded.items() if k not in ("label_column", "classes")},
               open(info, "w"))
     assert main(argv[:-1] + [f"{s['app']}:stage"]) == 1
-    assert _error(capsys) == (
+    assert error_line(capsys) == (
         f"error: classifiers {clf}: parameter current['logits']['bias'] has shape (2,), the app "
         f"config's classifier gives (4,) (4 classes of 'disease_stage', hidden, attention_dim, "
         f"map_dim, records): train again or use the same --app-config")
@@ -402,11 +385,11 @@ def test_eval_refuses_classifiers_it_cannot_read_before_any_work(setup, capsys, 
     for data, message in cases:
         open(clf, "wb").write(data)
         assert main(argv) == 1
-        assert _error(capsys) == message
+        assert error_line(capsys) == message
     open(clf, "wb").write(good)
     open(info, "w").write("{not json")
     assert main(argv) == 1
-    assert _error(capsys) == (f"error: {info}: not the JSON object `train` writes (Expecting "
+    assert error_line(capsys) == (f"error: {info}: not the JSON object `train` writes (Expecting "
                               f"property name enclosed in double quotes: line 1 column 2 "
                               f"(char 1))")
 
