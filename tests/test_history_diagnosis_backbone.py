@@ -126,6 +126,7 @@ class StubReid:
 
     fingerprint = "reid"
     reading = "as configured"
+    reading_settings = {"normalization": "per_image"}
     info = {"source": "stub", "fingerprint": "reid"}
     value_windows: dict = {}               # reads every modality by min-max
 

@@ -19,6 +19,7 @@ class StubModel:
 
     fingerprint = "stub"
     reading = "as configured"
+    reading_settings = {"normalization": "per_image"}
     info = {"source": "stub", "fingerprint": "stub"}
 
     def __init__(self, rows, y):
@@ -193,3 +194,15 @@ def test_cached_features_are_the_same_reading_of_the_images(tmp_path):
     model.reading = "other slices"
     cached_features(model, rows, str(tmp_path), cfg)
     assert len(calls) == 2
+
+
+def test_a_feature_constant_over_the_training_rows_is_only_centred():
+    """One training image of a modality: every feature's spread was 0 + 1e-6, and the
+    evaluated images were scaled by about a million (every probability 0 or 1)."""
+    from mami_jax.apps.history import training
+    x = np.asarray([[1.0, 5.0], [3.0, 5.0], [7.0, 2.0]], np.float32)
+    norm = training.standardizer(x, ["xray", "xray", "fundus"])
+    np.testing.assert_allclose(norm["xray"]["std"], [1.0 + 1e-6, 1.0])
+    np.testing.assert_allclose(norm["fundus"]["std"], [1.0, 1.0])
+    z = training.apply_standardizer(norm, np.asarray([[7.05, 2.0]], np.float32), ["fundus"])
+    assert abs(z[0, 0] - 0.05) < 1e-5

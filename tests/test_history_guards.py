@@ -463,3 +463,20 @@ def test_a_new_querys_order_must_compare_with_the_archived_ones(setup, tmp_path)
             "archived image would count as earlier, or none): give one written like them")
     with pytest.raises(ValueError, match=r"^--order 3/1/2019: a date written year last"):
         query_row(archive, str(image), "xray", "3/1/2019")
+
+
+def test_eval_refuses_classifiers_of_images_read_otherwise(setup, capsys, tmp_path):
+    """The same parameters reading the images at another size give other features: eval
+    recomputed them and fed them to classifiers trained on the first (current-only AUC
+    0.875 -> 0.5), without a word. Refused, naming the setting, before any features."""
+    s = setup
+    other = tmp_path / "tiny_config48.py"
+    other.write_text(open(s["config"]).read().replace("resize_size=36", "resize_size=48"))
+    before = open(os.path.join(s["diag"], "metrics.json")).read()
+    argv = ["eval", "--workdir", s["run"], "--manifest", s["manifest"], "--out", s["diag"],
+            "--app-config", s["app"], "--config", str(other)]
+    assert main(argv) == 1
+    line = error_line(capsys)
+    assert line.startswith("error: the classifiers were trained on features of images read "
+                           "with data.modalities.") and f"the config {other} reads them" in line
+    assert open(os.path.join(s["diag"], "metrics.json")).read() == before

@@ -208,6 +208,17 @@ def test_the_logits_are_cached_for_the_same_settings_images_and_labels(tmp_path,
         dr.reader_logits(rows, flipped, 2, cfg, "train", str(tmp_path))
     with pytest.raises(AssertionError, match="trained again"):
         dr.reader_logits(rows, y, 2, _cfg(epochs=2), "train", str(tmp_path))
+    # eval names the readers its classifiers were trained on: other readers are refused
+    # before any is trained, the saved ones left as they were (they were replaced first,
+    # and the privacy app then read them)
+    saved = (tmp_path / dr.PARAMS).read_bytes()
+    with pytest.raises(ValueError, match=rf"trained on features='reader' of readers "
+                                         rf"{info['fingerprint'][:12]}, this run's readers"):
+        dr.reader_logits(rows, flipped, 2, cfg, "train", str(tmp_path),
+                         expected=info["fingerprint"])
+    assert (tmp_path / dr.PARAMS).read_bytes() == saved
+    assert dr.reader_logits(rows, y, 2, cfg, "train", str(tmp_path),
+                            expected=info["fingerprint"])[1] == info
 
 
 def test_one_fold_is_refused():
@@ -247,3 +258,21 @@ def test_the_experiment_reads_the_readers_logits_and_records_them(tmp_path, monk
     metrics = exp.evaluate(payload)
     assert metrics["features"] == "reader"
     assert set(metrics["overall"]) >= {"current_only", "retrieved_history", "true_history"}
+
+
+def test_the_folds_are_dealt_over_the_training_patients(tmp_path):
+    """Every patient of the modality was dealt into the folds, so both training patients
+    could land in one fold and its reader had nothing to train on ('range() arg 3 must
+    not be zero'); one training patient of three images passed the images-per-fold check.
+    The training patients are dealt, and fewer of them than folds is named."""
+    rng = np.random.default_rng(3)
+    rows, y = _blob_images(tmp_path, 9, 2, rng, lambda p, v, r: int(v == 1))
+    rows = [r if r.patient_id in ("p0", "p1") else dataclasses.replace(r, split="test")
+            for r in rows]
+    logits, readers = dr.cross_fitted_logits(rows, y, 2, _cfg(epochs=1), "train",
+                                             progress=False)
+    assert len(readers["xray"]["folds"]) == 2 and np.isfinite(logits).all()
+    one = [r if r.patient_id == "p0" else dataclasses.replace(r, split="test") for r in rows]
+    with pytest.raises(ValueError, match=r"^features=reader: modality xray has 1 patients in "
+                                         r"split 'train'; cross-fitting over reader.folds=2"):
+        dr.cross_fitted_logits(one, y, 2, _cfg(epochs=1), "train", progress=False)

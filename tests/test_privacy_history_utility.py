@@ -475,6 +475,14 @@ def test_reader_classifiers_read_their_own_readers(tmp_path):
     entry = report[clf.out_dir]
     assert entry["model"].startswith("reader:") and entry["fingerprint"] == clf.fingerprint
     assert entry["auc"]["xray"]["relative_change"] == 0.0
+    # readers written over by a later run are not the classifiers' (they were read anyway)
+    with open(os.path.join(out, "classifiers.json"), "w") as f:
+        json.dump({"features": "reader", "feature_dim": 2,
+                   "model": {"reader": "reader", "fingerprint": "0" * 64}}, f)
+    with pytest.raises(history_utility.HistoryClassifierError,
+                       match=r"its readers are .*, the classifiers were trained on readers "
+                             r"000000000000 \(classifiers.json\): train again"):
+        history_utility.HistoryClassifier(out, cfg)
     os.remove(os.path.join(out, "diagnosis_reader.msgpack"))
     with pytest.raises(history_utility.HistoryClassifierError,
                        match="diagnosis_reader.msgpack: the readers cannot be read"):

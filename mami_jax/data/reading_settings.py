@@ -40,3 +40,12 @@ def reading_settings(data_cfg) -> dict:
         out.update((f"modalities.{modality}.{k}", v) for k, v in block.items()
                    if k not in NOT_READING_MODALITY)
     return out
+
+
+def first_difference(held: dict, given: dict) -> str | None:
+    """The first setting (sorted) that ``held`` records with another value than ``given``
+    has, or None. A setting ``held`` lacks is newer than the record and not compared."""
+    for key in sorted(held):
+        if key not in given or given[key] != held[key]:
+            return key
+    return None

@@ -34,7 +34,7 @@ from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
 from mami_jax.data.missing_files import refuse_missing_files
-from mami_jax.data.reading_settings import reading_settings
+from mami_jax.data.reading_settings import first_difference, reading_settings
 from mami_jax.experiment_config import experiment_spec, load_experiment
 from mami_jax.inference import names_a_path
 from mami_jax.model_name import workdir_and_step
@@ -477,7 +477,19 @@ def _experiment(args, training: bool):
                              f"{args.model_flag} {args.workdir} (parameters "
                              f"{model.fingerprint[:12]}): train again or use the same "
                              f"{args.model_flag}")
-    return Experiment(model, rows, y, cfg, out, image_files=files), split, trained
+        held = recorded.get("reading") if isinstance(recorded, dict) else None
+        key = first_difference(held, model.reading_settings) if isinstance(held, dict) else None
+        if key is not None:     # the same parameters reading images otherwise: other features
+            given = model.reading_settings.get(key, "no such setting")
+            raise ValueError(f"the classifiers were trained on features of images read with "
+                             f"data.{key}={held[key]!r}, the config {spec} reads them with "
+                             f"{given!r}: train again or use the config they were trained "
+                             "with")
+    reader = (((trained[1] or {}).get("model") or {}).get("fingerprint")
+              if trained is not None and str(cfg.features) == "reader" else None)
+    return (Experiment(model, rows, y, cfg, out, image_files=files,
+                       trained_reader=reader if isinstance(reader, str) else None),
+            split, trained)
 
 
 def train(args) -> int:

@@ -247,14 +247,21 @@ def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes:
         for m in sorted(views):
             where = np.flatnonzero(modalities == m)
             x, train = views[m], is_train[where]
-            if train.sum() < folds:
-                raise ValueError(f"features=reader: modality {m} has {int(train.sum())} "
-                                 f"images in split {train_split!r}; the reader needs some "
-                                 f"of every modality to train on")
+            patients = [rows[i].patient_key for i in where]
+            trained_on = sorted({p for p, t in zip(patients, train) if t})
+            if len(trained_on) < folds:
+                raise ValueError(f"features=reader: modality {m} has {len(trained_on)} "
+                                 f"patients in split {train_split!r}; cross-fitting over "
+                                 f"reader.folds={folds} folds needs at least that many, so "
+                                 "that each fold's reader has patients to train on")
             mean = x[train].mean((0, 1, 2)).astype(np.float32)
             std = (x[train].std((0, 1, 2)) + 1e-6).astype(np.float32)
             x = (x - mean) / std
-            fold = patient_folds([rows[i].patient_key for i in where], folds, int(cfg.seed))
+            # the training patients dealt into folds (all patients dealt could leave a
+            # fold's reader none to train on); the others read with the folds' mean
+            fold = np.full(len(where), -1)
+            fold[train] = patient_folds([p for p, t in zip(patients, train) if t], folds,
+                                        int(cfg.seed))
             net = ReaderNet(tuple(cfg.widths), num_classes)
             own = np.zeros((len(where), num_classes), np.float32)
             params_list = []
@@ -274,12 +281,22 @@ def cross_fitted_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes:
 
 def reader_logits(rows: Sequence[ManifestRow], y: np.ndarray, num_classes: int, cfg,
                   train_split: str, out_dir: str, progress: bool = True,
-                  files: str | None = None, value_windows: Mapping | None = None):
+                  files: str | None = None, value_windows: Mapping | None = None,
+                  expected: str | None = None):
     """``cross_fitted_logits``, cached in OUT/diagnosis_reader.npz (and the readers in
     OUT/diagnosis_reader.msgpack, with the value windows they read through, so that
     ``TrainedReader`` reads new images so too) for the same ``settings_key`` (``files``,
-    ``value_windows``: as there). Returns (logits, info)."""
+    ``value_windows``: as there). Returns (logits, info). ``expected`` (``eval``: the key
+    the classifiers were trained on): another key is a ValueError before any reader is
+    trained, so the saved readers stay those of the classifiers (an eval refused after
+    retraining them had replaced them, and the privacy app read the wrong ones)."""
     key = settings_key(cfg, rows, y, train_split, num_classes, files, value_windows)
+    if expected is not None and key != expected:
+        raise ValueError(f"the classifiers were trained on features='reader' of readers "
+                         f"{expected[:12]}, this run's readers would be {key[:12]} (another "
+                         "manifest, labels, images or reader settings change them): train "
+                         "again, or evaluate with the manifest, labels and --app-config of "
+                         "the training")
     path = os.path.join(out_dir, LOGITS)
     info = {"reader": KIND, "fingerprint": key, "feature_dim": num_classes}
     cached = read_cache(path, lambda f: f["logits"] if str(f["fingerprint"]) == key else None)

@@ -66,6 +66,15 @@ TRAIN_FILES = (CLASSIFIERS, CLASSIFIERS_INFO) + REPORT_FILES
 CACHE_FILES = (FEATURES_CACHE, diagnosis_reader.LOGITS, diagnosis_reader.PARAMS)
 
 
+def _same_model(recorded, mine) -> bool:
+    """Whether the model a classifiers.json records gave this run's features: equal, or
+    for a record written before the re-ID features' ``reading`` was kept, equal but for
+    it (``commands._experiment`` checks the reading itself, before any features)."""
+    if isinstance(recorded, dict) and isinstance(mine, dict) and "reading" not in recorded:
+        mine = {k: v for k, v in mine.items() if k != "reading"}
+    return recorded == mine
+
+
 def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) -> str:
     """The evaluation split (``--split``, else the config's ``eval_split``), after checking
     that the manifest's ``rows`` hold it (and the training split when ``training``), and
@@ -175,10 +184,13 @@ class Experiment:
     """The features, thresholds and histories of every image of a manifest."""
 
     def __init__(self, model, rows, y, cfg, out_dir: str, log=print, diagnosis_backbone=None,
-                 image_files=None):
+                 image_files=None, trained_reader: str | None = None):
         """``y``: each row's class index (``read_row_labels``). ``diagnosis_backbone``:
         the model of ``features = "teacher:NAME"`` (built from the config when None).
         ``image_files``: the rows' ``ImageFiles`` where the caller asked them already.
+        ``trained_reader``: the reader fingerprint the classifiers being evaluated were
+        trained on (``features = "reader"``): another is refused before any reader is
+        trained or written.
         The rows' files are asked about once (on a bucket, a request per file) and key
         every cache of their features: the re-ID model's, the diagnosis reader's, a
         teacher's."""
@@ -215,6 +227,7 @@ class Experiment:
             density = archive.row_density(rows, emb)
             self.true_scores = [[float(archive.adjust(unit[i] @ unit[j], density[i], density[j]))
                                  for j in t] for i, t in enumerate(self.true)]
+        self.trained_reader = trained_reader
         self.x_raw, self.diagnosis_model = self._diagnosis_input(
             model, emb, backbone, diagnosis_backbone, log)
         self.modalities = np.asarray([r.modality for r in rows])
@@ -228,11 +241,12 @@ class Experiment:
             return diagnosis_reader.reader_logits(self.rows, self.y, len(self.classes),
                                                   self.cfg.reader, self.cfg.train_split,
                                                   self.out_dir, files=self.files,
-                                                  value_windows=model.value_windows)
+                                                  value_windows=model.value_windows,
+                                                  expected=self.trained_reader)
         name = teacher_name(self.cfg.features)
         if name is None:
             return (diagnosis_features(emb, backbone, self.cfg.features),
-                    {"reid_fingerprint": model.fingerprint})
+                    {"reid_fingerprint": model.fingerprint, "reading": model.reading_settings})
         if diagnosis_backbone is None:
             diagnosis_backbone = DiagnosisBackbone(name, str(self.cfg.get("teacher_weights", "")),
                                                    value_windows=model.value_windows)
@@ -275,7 +289,7 @@ class Experiment:
         mine = self.classifiers_info()
         widths = {int(np.asarray(s["mean"]).shape[-1]) for s in payload["norm"]["features"].values()}
         if info is not None and (info.get("features") != mine["features"]
-                                 or info.get("model") != mine["model"]):
+                                 or not _same_model(info.get("model"), mine["model"])):
             raise ValueError(f"the classifiers were trained on features={info.get('features')!r} "
                              f"of {info.get('model')}, this run reads features="
                              f"{mine['features']!r} of {mine['model']}: train again or use "

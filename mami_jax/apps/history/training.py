@@ -74,11 +74,19 @@ class Histories:
 
 
 def standardizer(x: np.ndarray, modalities: Sequence[str]) -> dict:
-    """Per modality: the mean and standard deviation of each feature (training split)."""
+    """Per modality: the mean and standard deviation of each feature (training split). A
+    feature constant over the training rows (one training image of a modality) is only
+    centred: divided by its 1e-6 spread it scaled the evaluated images by about a million,
+    every probability 0 or 1."""
     modalities = np.asarray(modalities)
     return {m: {"mean": x[modalities == m].mean(0).astype(np.float32),
-                "std": (x[modalities == m].std(0) + 1e-6).astype(np.float32)}
+                "std": _scale(x[modalities == m].std(0))}
             for m in sorted(set(modalities.tolist()))}
+
+
+def _scale(std: np.ndarray) -> np.ndarray:
+    """``std`` + 1e-6 where a feature varies, 1 where it does not."""
+    return np.where(std < 1e-6, 1.0, std + 1e-6).astype(np.float32)
 
 
 def apply_standardizer(norm: dict, x: np.ndarray, modalities: Sequence[str]) -> np.ndarray:

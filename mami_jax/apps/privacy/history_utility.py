@@ -117,6 +117,13 @@ class HistoryClassifier:
         self.teacher = teacher_name(features)
         if self.reader is not None:
             self.fingerprint = self.reader.fingerprint
+            trained_on = ((info or {}).get("model") or {}).get("fingerprint")
+            if isinstance(trained_on, str) and trained_on != self.fingerprint:
+                # readers a later `train` or `eval` wrote beside classifiers of others
+                raise HistoryClassifierError(
+                    f"--history-classifier {out_dir}: its readers are {self.fingerprint[:12]}, "
+                    f"the classifiers were trained on readers {trained_on[:12]} "
+                    f"({CLASSIFIERS_INFO}): train again")
         elif self.teacher is None:
             self.fingerprint = recorded_fingerprint(self.out_dir, info)
         else:
