@@ -64,7 +64,7 @@ def test_asked_in_threads_on_a_slow_file_system_it_is_the_same_signature(tmp_pat
     rows.append(_row("gone", str(tmp_path / "gone.png")))
     by_hand = hashlib.sha256()
     for r in rows:
-        by_hand.update(f"{r.image_id}\n{path_signature(r.path)}\n".encode())
+        by_hand.update(f"{r.image_id}\n{r.modality}\n{path_signature(r.path)}\n".encode())
     monkeypatch.setattr(file_questions, "SLOW_SECONDS", 0.0)
     asked_by = set()
     real = file_questions._in_threads
