@@ -121,16 +121,17 @@ def test_folders_without_a_modality_is_a_usage_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "oasis", "--modality", "mri"],
-     "error: --modality and --name are for --dataset folders; oasis's builder knows its own"),
+     "--modality and --name are for --dataset folders; oasis's builder knows its own"),
     (["--dataset", "folders", "--modality", "ct", "--name", "a:b"],
-     "error: --name 'a:b': a dataset name is a word without ':', '/', ',' or surrounding "
-     "spaces"),
+     "--name 'a:b': a dataset name is a word without ':', '/', ',' or surrounding spaces"),
 ])
 def test_bad_options_are_one_error_line(tmp_path, capsys, argv, message):
     (tmp_path / "root" / "P" / "v").mkdir(parents=True)
-    assert main(argv + ["--root", str(tmp_path / "root"), "--out",
-                        str(tmp_path / "m.csv")]) == 1
-    assert capsys.readouterr().err.strip() == message
+    with pytest.raises(SystemExit) as e:        # usage errors (tests/test_build_manifest_arguments.py)
+        main(argv + ["--root", str(tmp_path / "root"), "--out", str(tmp_path / "m.csv")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: python -m mami_jax.data.build_manifest: {message} (see --help)")
     assert not os.path.exists(tmp_path / "m.csv")
 
 

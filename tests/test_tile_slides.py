@@ -219,10 +219,17 @@ def test_bad_slides_end_in_one_line_or_are_skipped_when_asked(tmp_path, capsys):
     assert "level 1 cannot be read (OpenSlideError: " in err
     assert os.listdir(tmp_path / "c5" / "tiles") == []      # the slide's tiles: none or all
     for bad, said in ((["--tile", "8"], "--tile 8: expected at least 16 pixels"),
-                      (["--min-tissue", "2"], "--min-tissue 2: expected a share in [0, 1]")):
-        assert tile_slides.main(["--slides", str(slides), "--out", str(tmp_path / "c4")]
-                                + bad) == 1
-        assert capsys.readouterr().err.strip() == f"error: {said}"
+                      (["--min-tissue", "2"], "--min-tissue 2: expected a share in [0, 1]"),
+                      (["--min-tissue", "nan"], "--min-tissue nan: expected a share in [0, 1]"),
+                      (["--mpp", "-1"], "--mpp -1: expected 0 or more"),
+                      (["--mpp", "nan"], "--mpp nan: expected 0 or more"),
+                      (["--max-tiles", "-3"], "--max-tiles -3: expected 0 (all) or more")):
+        with pytest.raises(SystemExit) as e:         # usage errors, as argparse's own
+            tile_slides.main(["--slides", str(slides), "--out", str(tmp_path / "c4")] + bad)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip() == \
+            f"error: python -m mami_jax.data.tile_slides: {said} (see --help)"
+        assert not (tmp_path / "c4").exists()          # refused before --out is made
     busy = tmp_path / "busy"                 # another run still cutting into it
     busy.mkdir()
     with folder_lock.held(str(busy), f"--out {busy}", "tile_slides run"):
@@ -236,3 +243,26 @@ def test_bad_slides_end_in_one_line_or_are_skipped_when_asked(tmp_path, capsys):
     assert tile_slides.main(["--slides", str(slides / "good.tif"), "--out",
                              str(tmp_path / "notes")]) == 1
     assert "holds files this command did not write (mine.txt)" in capsys.readouterr().err
+
+
+def test_a_run_that_cut_no_slide_leaves_its_settings_to_be_replaced(tmp_path, capsys):
+    # The first run ends on a slide without a resolution, its error suggesting --mpp 0;
+    # that retry into the same --out was refused ("was tiled with --mpp 0.5") though no
+    # tile had been cut.
+    img, _ = tissue_image()
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_slide(str(slides / "nompp.tif"), img, mpp=None, levels=(1, 4))
+    out = tmp_path / "cut"
+    args = ["--slides", str(slides), "--out", str(out), "--tile", "128", "--max-tiles", "3"]
+    assert tile_slides.main(args) == 1
+    assert "--mpp 0 cuts its level-0 pixels as stored" in capsys.readouterr().err
+    assert tile_slides.main(args + ["--mpp", "0"]) == 0
+    summary = json.loads((out / "tiling.json").read_text())
+    assert summary["settings"]["mpp"] == 0 and list(summary["tiles"].values()) == [3]
+    assert len(os.listdir(out / "tiles" / "nompp")) == 3
+    capsys.readouterr()
+    assert tile_slides.main(args + ["--mpp", "1"]) == 1       # now tiles are in place
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out}: was tiled with --mpp 0.0 (now 1.0); give another --out "
+        "(tiles of two settings would mix)")

@@ -33,9 +33,11 @@ data config's ``split_fractions`` and ``split_seed``).
 
 Outputs: ``--overwrite`` replaces only what this command writes. An existing ``--out``
 must be a manifest (its header is the manifest's columns) and an existing ``labels.csv``
-a labels table (first column ``image_id``); anything else, above all a file of the
-dataset itself (``--out Data_Entry_2017.csv`` would have replaced the metadata the
-manifest is built from), is refused naming it, with or without ``--overwrite``. Every
+a labels table (first column ``image_id``) of this manifest's images (as written now, or
+as the ``--out`` it replaces held them: ``labels.refuse_other_labels``); anything else,
+above all a file of the dataset itself (``--out Data_Entry_2017.csv`` would have replaced
+the metadata the manifest is built from) or another manifest's labels, is refused naming
+it, with or without ``--overwrite``. Every
 file a builder reads exists and is an image or a metadata table with the dataset's own
 columns, which no manifest has, so this rule alone keeps the command from writing over
 what it reads.
@@ -44,7 +46,8 @@ Bad input (a missing root, a metadata file that is unreadable or names an image
 outside the root, an existing ``--out`` without ``--overwrite``, an output that is not
 the command's own) ends the command with exit status 1 and one ``error: ...`` line on
 stderr, and no manifest is written; bad arguments (an unknown ``--dataset``, a bad
-``--fractions``) with one ``error:`` line and status 2.
+``--fractions``, ``--modality``/``--name`` misused) with one ``error:`` line and status 2,
+before anything is read.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ import os
 from typing import Sequence
 
 from mami_jax.data.config import default_data_config
+from mami_jax.data.datasets.folders import check_name
 from mami_jax.data.datasets.registry import BUILDERS, get_builder
-from mami_jax.data.labels import LABELS_CSV, default_labels_path, write_labels
+from mami_jax.data.labels import (LABELS_CSV, default_labels_path, image_ids_in,
+                                  refuse_other_labels, write_labels)
 from mami_jax.data.manifest import (MODALITIES, ManifestRow, csv_header, is_manifest,
                                     manifest_paths, write_manifest)
 from mami_jax.data.picture_grid import is_png
 from mami_jax.data.preview_manifest import describe, draw_preview
-from mami_jax.data.splits import assign_splits
+from mami_jax.data.splits import assign_splits, check_fractions
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least
 from mami_jax.runtime.output_guard import (check_output_file, check_replaceable_file,
@@ -88,16 +93,26 @@ def summarize(rows: Sequence[ManifestRow]) -> dict:
 
 
 def parse_fractions(text: str) -> dict[str, float]:
+    """``--fractions``' type: ``name=number,...``, checked whole as ``assign_splits`` checks
+    it (known splits, finite, not negative, summing to 1), so a bad value is a usage error
+    (status 2) before the dataset is read, not an error after reading it all."""
     out = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
         try:
             if not sep:
                 raise ValueError
-            out[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"bad fraction {part!r}; expected name=number") \
                 from None
+        if name.strip() in out:
+            raise argparse.ArgumentTypeError(f"split {name.strip()!r} given twice in {text!r}")
+        out[name.strip()] = number
+    try:
+        check_fractions(out)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return out
 
 
@@ -135,6 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset == "folders" and args.modality is None:
         parser.error("--dataset folders needs --modality, the modality of every image under "
                      "--root")
+    if args.dataset != "folders" and (args.modality is not None or args.name is not None):
+        parser.error(f"--modality and --name are for --dataset folders; {args.dataset}'s "
+                     "builder knows its own")
+    if args.name is not None:
+        try:
+            check_name(args.name)
+        except ValueError as e:
+            parser.error(str(e))
     try:
         result, rows, preview = build(args)
     except (ValueError, OSError, csv.Error) as e:
@@ -158,11 +181,8 @@ def build(args: argparse.Namespace):
     check_replaceable_file(args.out, is_manifest(args.out), "a manifest", args.overwrite,
                            "choose another --out")
     options = {"uncertain": args.uncertain} if args.dataset == "chexpert" else {}
-    if args.dataset == "folders":
+    if args.dataset == "folders":     # --modality and --name elsewhere: refused by main
         options = {"modality": args.modality, "name": args.name or "folders"}
-    elif args.modality or args.name:
-        raise ValueError(f"--modality and --name are for --dataset folders; {args.dataset}'s "
-                         "builder knows its own")
     result = get_builder(args.dataset)(args.root, verify_files=not args.no_verify_files, **options)
     if not result.rows:    # an empty manifest would fail later, far from its cause
         reasons = sorted(result.skipped_by_reason().items(), key=lambda kv: -kv[1])
@@ -175,9 +195,13 @@ def build(args: argparse.Namespace):
             raise ValueError(f"--out {args.out}: the labels of {args.dataset} are written to "
                              f"{LABELS_CSV} beside the manifest; give the manifest another name")
         header = csv_header(labels_path)
-        check_replaceable_file(labels_path, bool(header) and header[0] == "image_id",
-                          "a labels table", args.overwrite,
-                          "write the manifest into another folder")
+        table = bool(header) and header[0] == "image_id"
+        if table:      # another manifest's, whether or not --overwrite was given
+            before = image_ids_in(args.out) if os.path.isfile(args.out) else set()
+            refuse_other_labels(labels_path, args.out,
+                                before | {r.image_id for r in result.rows})
+        check_replaceable_file(labels_path, table, "a labels table", args.overwrite,
+                               "write the manifest into another folder")
     rows = assign_splits(result.rows, args.fractions, args.seed)
     picture = None if args.no_verify_files or args.no_preview else preview_path(args.out)
     if picture:

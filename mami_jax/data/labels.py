@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from mami_jax.data.csv_text import not_utf8, separated_otherwise
 from mami_jax.runtime.atomic_files import write_text_atomic
@@ -29,6 +29,41 @@ class LabelError(ValueError):
 
 def default_labels_path(manifest: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(manifest)), LABELS_CSV)
+
+
+def image_ids_in(path: str) -> set[str]:
+    """The ``image_id`` column of the CSV table ``path`` (a labels table or a manifest:
+    any column order), spaces around values dropped; a table that cannot be read is a
+    LabelError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            return {(rec.get("image_id") or "").strip() for rec in reader} - {""}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+
+
+def refuse_other_labels(path: str, manifest: str, image_ids: Iterable[str]) -> None:
+    """LabelError when the labels table ``path``, about to be replaced by the labels of
+    the manifest ``manifest``, holds an image id not in ``image_ids`` (the images of that
+    manifest, as written now and as it was before): it is the labels of another manifest
+    in the same folder.
+
+    Every manifest reads the ``labels.csv`` beside it (``default_labels_path``), so two
+    manifests built into one folder share it; replacing it (``--overwrite`` was asked for
+    the manifest, not for another's labels) left the first manifest with none of its
+    labels, found only when a run read them. A rebuild of the same manifest, with more
+    images or fewer, keeps to its own ids and replaces it as before.
+    """
+    own = set(image_ids)
+    other = sorted(image_ids_in(path) - own)
+    if other:
+        raise LabelError(
+            f"{path}: holds the labels of another manifest ({len(other)} of its image ids are "
+            f"not in {manifest}, e.g. {other[0]!r}); refusing to replace it, even with "
+            "--overwrite (each manifest reads the labels.csv beside it: write this one into "
+            "another folder)")
 
 
 def write_labels(path: str, columns: Sequence[str], labels: Mapping[str, Mapping[str, str]],

@@ -117,8 +117,13 @@ def _other(rows, j: int, source: str, first_line: int | None, here: str) -> str:
     return number if path == here else f"{path}: {number}"
 
 
-#: A date written year last ("3/1/2019", "01.03.2019"): as text it sorts by day or month.
-YEAR_LAST_DATE = re.compile(r"\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2,4}")
+#: A date written year last ("3/1/2019", "01.03.2019", "15_01_2019", "15 01 2019"): as text
+#: it sorts by day or month. ``fullmatch``: the whole text is one; ``search``: a name holds
+#: one ("visit_15-01-2019"), its digits not part of a longer run of digit groups, so the
+#: time after a date written year first ("2019-03-01_10-30-00", "2019-03-01T10-30-00") or a
+#: date written year first itself is none.
+YEAR_LAST_DATE = re.compile(r"(?<!\d)(?<!\d[-/._ T])"
+                            r"\d{1,2}[-/._ ]\d{1,2}[-/._ ]\d{2,4}(?![-/._ ]?\d)")
 
 
 #: A date written year first, its month and day of one or two digits, then anything (a time).

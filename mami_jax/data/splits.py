@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 from typing import Mapping, Sequence
 
 from mami_jax.data.manifest import SPLITS, ManifestRow
@@ -33,13 +34,21 @@ def patient_unit(dataset: str, patient_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / float(2 ** 64)
 
 
-def _check_fractions(fractions: Mapping[str, float]) -> list[tuple[str, float]]:
+def check_fractions(fractions: Mapping[str, float]) -> list[tuple[str, float]]:
+    """The fractions as (split, fraction) in name order; ValueError unless they name known
+    splits, are finite and not negative, and sum to 1.
+
+    Finite: ``nan`` passed every comparison below (each is False with it) and put every
+    patient in the last split; ``inf`` failed only the sum, in words that did not say why.
+    """
     items = [(str(k), float(v)) for k, v in dict(fractions).items()]
     if not items:
         raise ValueError("split fractions are empty")
     for name, frac in items:
         if name not in SPLITS or not name:
             raise ValueError(f"unknown split {name!r} in fractions; expected some of {SPLITS[:-1]}")
+        if not math.isfinite(frac):
+            raise ValueError(f"split fraction {name}={frac} is not a finite number")
         if frac < 0:
             raise ValueError(f"split fraction {name}={frac} is negative")
     total = sum(f for _, f in items)
@@ -50,7 +59,7 @@ def _check_fractions(fractions: Mapping[str, float]) -> list[tuple[str, float]]:
 
 def split_of(dataset: str, patient_id: str, fractions: Mapping[str, float], seed: int) -> str:
     """The split of one patient."""
-    items = _check_fractions(fractions)
+    items = check_fractions(fractions)
     u = patient_unit(dataset, patient_id, seed)
     edge = 0.0
     for name, frac in items:
@@ -64,7 +73,7 @@ def split_of(dataset: str, patient_id: str, fractions: Mapping[str, float], seed
 def assign_splits(rows: Sequence[ManifestRow], fractions: Mapping[str, float],
                   seed: int) -> list[ManifestRow]:
     """Returns copies of ``rows`` with ``split`` set per patient (see module docstring)."""
-    items = _check_fractions(fractions)
+    items = check_fractions(fractions)
     frac = dict(items)
     cache: dict[tuple[str, str], str] = {}
     out = []

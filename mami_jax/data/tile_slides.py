@@ -18,8 +18,9 @@ tissue covers at least ``--min-tissue`` of the tile (``slide_grid``, ``slide_tis
   share (beside the tiles, not among them: a dataset builder reads every file there);
 - ``DIR/previews/<slide>.png``: the slide's thumbnail, tissue tinted, kept tiles outlined,
   to check the tissue rule at a glance;
-- ``DIR/tiling.json``: the settings (a rerun with other settings is refused: tiles of two
-  resolutions would mix) and, at the end, each slide's count and what was skipped.
+- ``DIR/tiling.json``: the settings (a rerun with other settings is refused once a slide's
+  tiles are in place: tiles of two resolutions would mix; before that, they replace the
+  earlier ones) and, at the end, each slide's count and what was skipped.
 
 A slide's tiles appear all at once (a staging folder renamed into place), so a stopped
 run keeps its finished slides and the same command goes on with the rest. Inputs are
@@ -34,6 +35,7 @@ import argparse
 import concurrent.futures
 import csv
 import io
+import math
 import multiprocessing
 import os
 from typing import Iterator, Sequence
@@ -46,7 +48,8 @@ from mami_jax.data.slide_grid import TilePlan, footprint_of, plan_tiles
 from mami_jax.data.slide_reader import SLIDE_EXTENSIONS, Slide
 from mami_jax.data.slide_tissue import tissue_mask
 from mami_jax.runtime import folder_lock, strict_json
-from mami_jax.runtime.atomic_files import publish_dir, staging_dir, write_atomic, write_text_atomic
+from mami_jax.runtime.atomic_files import (is_temporary, publish_dir, staging_dir, write_atomic,
+                                          write_text_atomic)
 from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least
 from mami_jax.runtime.error_line import print_error
 from mami_jax.runtime.interrupts import leave_stops_to_the_parent, run_command, say_interrupted
@@ -168,9 +171,22 @@ def settings_of(args) -> dict:
             "max_tiles": args.max_tiles, "seed": args.seed, "format": args.format}
 
 
+def has_tiles(out: str) -> bool:
+    """Whether any slide's tiles are in place in ``out`` (a published slide folder, or
+    one kept aside while its replacement moves in; not a staging folder)."""
+    folder = os.path.join(out, TILES)
+    return os.path.isdir(folder) and any(not is_temporary(n) for n in os.listdir(folder))
+
+
 def start(args, slides: Sequence[str]) -> dict:
-    """Checks ``--out`` (new, empty, or this command's with the same settings) and writes
-    the settings; returns the settings record."""
+    """Checks ``--out`` (new, empty, or this command's) and writes the settings; returns
+    the settings record.
+
+    Other settings than the earlier run's are refused once a slide's tiles are in place
+    (tiles of two settings would mix). Before that they replace the earlier ones: a run
+    that ended before its first slide was cut (a slide without a resolution, whose error
+    suggests ``--mpp 0``) left only its settings, and refusing them refused the very
+    retry the error asked for."""
     for folder in (p for p in args.slides if os.path.isdir(p)):
         refuse_inside_inputs(args.out, "--out", {"--slides": folder})
     check_output_folder(args.out, "--out", SETTINGS)
@@ -182,7 +198,7 @@ def start(args, slides: Sequence[str]) -> dict:
         before = earlier.get("settings") if isinstance(earlier.get("settings"), dict) else {}
         changed = [f"--{k.replace('_', '-')} {before.get(k)} (now {v})"
                    for k, v in wanted.items() if before.get(k) != v]
-        if changed:
+        if changed and has_tiles(args.out):
             raise ValueError(f"--out {args.out}: was tiled with {', '.join(changed)}; give "
                              "another --out (tiles of two settings would mix)")
     record = {"settings": wanted, "slides": len(slides)}
@@ -302,9 +318,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args) -> None:
+    """ValueError naming the first argument whose value the command cannot cut with (a
+    usage error: ``main`` answers it as argparse answers a malformed one, status 2)."""
     if args.tile < 16:
         raise ValueError(f"--tile {args.tile}: expected at least 16 pixels")
-    if args.mpp < 0:
+    if not (math.isfinite(args.mpp) and args.mpp >= 0):     # nan passed "< 0"
         raise ValueError(f"--mpp {args.mpp:g}: expected 0 or more")
     if not 0 <= args.min_tissue <= 1:
         raise ValueError(f"--min-tissue {args.min_tissue:g}: expected a share in [0, 1]")
@@ -320,9 +338,13 @@ def plural(n: int, word: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         check_arguments(args)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
         record = run(args)
     except (ValueError, OSError) as e:
         print_error(e, where=os.path.abspath(args.out))

@@ -36,6 +36,7 @@ import dataclasses
 import gzip
 import io
 import os
+import zlib
 from typing import Iterator
 
 from mami_jax.data.decode import IMAGE_EXTENSIONS
@@ -215,9 +216,35 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name.lower())[1] in IMAGE_EXTENSIONS
 
 
+def walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` (top down: the caller may prune or sort ``dirs`` in place) that
+    follows links to folders, each folder walked once.
+
+    A folder linked into a dataset root (images kept on another disk, the layout the
+    containment check above leaves to the user) is read like any other: ``os.walk``
+    alone lists the link and never enters it, so its images were silently left out. A
+    folder reached a second time, by a link back up the tree (a loop) or a second link
+    to it, is identified by its (device, inode) and passed over with all below it, so a
+    loop ends and no image is read twice.
+    """
+    visited: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:  # gone since it was listed, or a link that no longer leads anywhere
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        yield folder, dirs, files
+
+
 def walk_files(root: str) -> Iterator[tuple[str, str]]:
-    """(folder, file name) for every visible file under ``root``, in sorted order."""
-    for folder, dirs, files in os.walk(root):
+    """(folder, file name) for every visible file under ``root``, in sorted order, links
+    to folders followed (``walk``)."""
+    for folder, dirs, files in walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
@@ -231,13 +258,42 @@ def open_text(path: str):
     return open(path, encoding="utf-8-sig", newline="")
 
 
+#: What reading a truncated (an interrupted download) or damaged ``.gz`` raises: the end
+#: of the data before gzip's end marker, a damaged deflate stream, a bad gzip header.
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def gzip_error(path: str, line_no: int, e: BaseException) -> DatasetLayoutError:
+    """The error for a ``.gz`` that ends or breaks after ``line_no`` lines were read (0:
+    within its header), naming the file: these exceptions name neither."""
+    after = f" after line {line_no}" if line_no else ""
+    kind = type(e).__name__ if type(e).__module__ == "builtins" else \
+        f"{type(e).__module__}.{type(e).__name__}"                        # zlib.error
+    return DatasetLayoutError(f"{path}: truncated or damaged gzip file, unreadable{after} "
+                              f"({kind}: {e}); download it again")
+
+
+def read_header(path: str) -> list[str]:
+    """The first row of a CSV that may be gzip-compressed; a damaged ``.gz`` is a
+    DatasetLayoutError naming the file (``gzip_error``)."""
+    try:
+        with open_text(path) as f:
+            return next(csv.reader(f), [])
+    except GZIP_ERRORS as e:
+        raise gzip_error(path, 0, e) from e
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetLayoutError(f"{path}: unreadable CSV header ({type(e).__name__}: {e})") from e
+
+
 def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     """(line number, row dict) of a CSV; fails naming the file if a column is missing.
 
     A UTF-8 byte-order mark (as spreadsheet programs save CSVs) is dropped. Text that is
     not UTF-8, or that the CSV reader rejects, is a DatasetLayoutError naming the file and
-    the last line read. A row's line number is the physical line where it ends (its only
-    line unless a quoted field spans several; blank lines are counted).
+    the last line read; so is a ``.gz`` that is truncated or damaged (``gzip_error``: the
+    decompressor's own exceptions name no file and ended the build in a traceback). A
+    row's line number is the physical line where it ends (its only line unless a quoted
+    field spans several; blank lines are counted).
     """
     line_no = 0  # last physical line consumed
     try:
@@ -254,6 +310,8 @@ def read_csv(path: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetLayoutError(f"{path}: unreadable CSV after line {line_no} "
                                  f"({type(e).__name__}: {e})") from e
+    except GZIP_ERRORS as e:
+        raise gzip_error(path, line_no, e) from e
 
 
 #: Why a file of an image folder is no row (a note, a checksum list, a tiler's log).

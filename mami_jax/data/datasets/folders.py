@@ -22,8 +22,9 @@ with different names never share a patient.
 Nothing is dropped without a word: files outside a visit folder, files that are not
 images or volumes (a note, a converter's JSON sidecar), folders inside a 2-D visit, and
 hidden files and folders (``.DS_Store``) are skipped, counted and shown with their reason.
-Visit folders named by dates written year last (``3-1-2019``) are refused: they would
-sort by month, not in time.
+Visit folders named by dates written year last (``3-1-2019``, ``15_01_2019``,
+``visit 15.01.2019``: any of ``/ . - _`` or a space between its parts, the whole name or a
+part of it) are refused: they would sort by day or month, not in time.
 """
 
 from __future__ import annotations
@@ -129,6 +130,15 @@ def _add_volumes(c: Collector, patient: str, visit: str, order: int) -> None:
               path=os.path.join(folder, d), source=rel, folder=True)
 
 
+def check_name(name: str) -> None:
+    """DatasetLayoutError unless ``name`` can be the dataset column: a word without ':'
+    (it joins the image id), '/' (it joins the patient id in the identity), '\\' or ','
+    and without surrounding spaces (read back stripped, it would be another name)."""
+    if not name or any(ch in name for ch in ":/\\,") or name != name.strip():
+        raise DatasetLayoutError(f"--name {name!r}: a dataset name is a word without ':', "
+                                 "'/', ',' or surrounding spaces")
+
+
 def build(root: str, verify_files: bool = True, modality: str | None = None,
           name: str = NAME) -> BuildResult:
     if not os.path.isdir(root):
@@ -136,9 +146,7 @@ def build(root: str, verify_files: bool = True, modality: str | None = None,
     if modality not in MODALITIES:
         raise DatasetLayoutError(f"--dataset {NAME} needs --modality, one of "
                                  f"{', '.join(MODALITIES)} (got {modality!r})")
-    if not name or any(ch in name for ch in ":/\\,") or name != name.strip():
-        raise DatasetLayoutError(f"--name {name!r}: a dataset name is a word without ':', "
-                                 "'/', ',' or surrounding spaces")
+    check_name(name)
     c = Collector(name, modality, root, verify_files)
     patients, loose = _children(c)
     for f in loose:
@@ -151,7 +159,7 @@ def build(root: str, verify_files: bool = True, modality: str | None = None,
         for f in files:
             c.skip(os.path.join(patient, f), f"file outside a visit folder (layout {LAYOUT})")
         for order, visit in enumerate(visits):
-            if YEAR_LAST_DATE.fullmatch(visit):
+            if YEAR_LAST_DATE.search(visit):     # the name, or a date in it (visit_15-01-2019)
                 raise DatasetLayoutError(
                     f"{c.path(patient, visit)}: a visit folder named by a date written year "
                     "last sorts by day or month, not in time; rename the visit folders year "

@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import re
 
-from mami_jax.data.datasets.common import BuildResult, Collector, DatasetLayoutError, require_root
+from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, require_root,
+                                           walk)
 
 NAME = "oasis"
 MODALITY = "mri"
@@ -59,7 +60,7 @@ def _add(c: Collector, root: str, path: str, subject: str, session: str, order: 
 def build(root: str, verify_files: bool = True) -> BuildResult:
     require_root(root)
     c = Collector(NAME, MODALITY, root, verify_files)
-    for d, dirs, files in os.walk(root):
+    for d, dirs, files in walk(root):
         dirs.sort()
         parts = os.path.relpath(d, root).split(os.sep)
         vols = sorted(f for f in files if _VOLUME.search(f) and not f.startswith("."))

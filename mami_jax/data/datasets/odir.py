@@ -36,7 +36,7 @@ import os
 
 from mami_jax.data.datasets.common import (BuildResult, Collector, DatasetLayoutError, UnknownLabelError,
                                            NOT_AN_IMAGE, is_image_name, label_error, read_csv, require_root,
-                                           walk_files)
+                                           walk, walk_files)
 from mami_jax.data.datasets.eyes import EYE_NAME, add_eye_image, rel
 
 NAME = "odir"
@@ -53,7 +53,7 @@ _FLAG_VALUES = {"0": "0", "1": "1", "0.0": "0", "1.0": "1"}
 def find_annotations(root: str) -> str | None:
     """The first annotation file (in ``ANNOTATIONS`` order) anywhere under ``root``."""
     found: dict[str, str] = {}
-    for d, dirs, files in os.walk(root):
+    for d, dirs, files in walk(root):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
         for name in sorted(files):
             if name in ANNOTATIONS:
@@ -133,7 +133,7 @@ def build(root: str, verify_files: bool = True) -> BuildResult:
     require_root(root)
     c = Collector(NAME, MODALITY, root, verify_files)
     folders = []
-    for d, dirs, _ in os.walk(root):
+    for d, dirs, _ in walk(root):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
         for x in dirs:
             if x.lower() in _PARTS:
