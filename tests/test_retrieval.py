@@ -93,6 +93,9 @@ def test_cosine_ranks_survive_a_shared_direction(scale):
     assert want["rank1"] > 0.1 and got["rank1"] == want["rank1"]
     assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)
     np.testing.assert_allclose(retrieval.pairwise_similarity(q, g), exact, atol=1e-6)
+    q[1] = 0.0                                       # no direction: named, not NaN scores
+    with pytest.raises(ValueError, match="query_emb row 1 is all zeros"):
+        retrieval.pairwise_similarity(q, g)
 
 
 def test_pair_distances_survive_a_large_common_component():

@@ -141,6 +141,7 @@ class _BlockScorer:
         shared = _shared_direction(gallery) if metric == "cosine" else None
         self.from_distance = shared is not None
         if self.from_distance:       # cosine of unit vectors from their distance
+            row_terms(query, "cosine", "query_emb")     # an all-zero query: named
             query, gallery = _unit_from(query, shared), _unit_from(gallery, shared)
             self.query = query
             metric = self.metric = "euclidean"
