@@ -101,7 +101,8 @@ def test_map_standardizer_is_per_modality_and_channel():
     mods = ["xray", "xray", "ct", "ct"]
     norm = training.map_standardizer(maps, mods)
     np.testing.assert_allclose(norm["xray"]["mean"], [2.0, 0.0])
-    np.testing.assert_allclose(norm["xray"]["std"], [1.0, 0.0], atol=1e-5)
+    # a channel constant over the training rows is centred, not scaled (std 1)
+    np.testing.assert_allclose(norm["xray"]["std"], [1.0, 1.0], atol=1e-5)
     z = training.apply_map_standardizer(norm, maps, mods)
     np.testing.assert_allclose(z[0, :, 0], [-1.0, 1.0], atol=1e-5)
     np.testing.assert_allclose(z[2:], 0.0)
