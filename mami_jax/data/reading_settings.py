@@ -42,10 +42,11 @@ def reading_settings(data_cfg) -> dict:
     return out
 
 
-def first_difference(held: dict, given: dict) -> str | None:
-    """The first setting (sorted) that ``held`` records with another value than ``given``
-    has, or None. A setting ``held`` lacks is newer than the record and not compared."""
-    for key in sorted(held):
+def first_difference(held: dict, given: dict, order=None) -> str | None:
+    """The first setting (sorted, by ``order`` when given) that ``held`` records with
+    another value than ``given`` has, or None. A setting ``held`` lacks is newer than the
+    record and not compared."""
+    for key in sorted(held, key=order):
         if key not in given or given[key] != held[key]:
             return key
     return None

@@ -67,6 +67,7 @@ from mami_jax.apps.history.archive_files import (ARCHIVE_JSON, CENTERS_NPZ, DENS
                                                  RECORDS_CSV, ArchiveError, read_arrays,
                                                  read_header, read_metadata)
 from mami_jax.data.manifest import ManifestRow
+from mami_jax.data.reading_settings import first_difference
 from mami_jax.models.embed import centred
 from mami_jax.runtime import strict_json
 from mami_jax.runtime.atomic_files import aside_path, finish_tree, replace_dir, staging_dir
@@ -263,15 +264,15 @@ class Archive:
         def others_last(key: str):
             return key.startswith("modalities.") and key.split(".")[1] not in self.positions, key
 
-        for key in sorted(held, key=others_last):
-            if key not in reading or reading[key] != held[key]:
-                given = repr(reading[key]) if key in reading else "no such setting"
-                raise ArchiveError(
-                    f"{where}: the archive's images were read with data.{key}={held[key]!r}, "
-                    f"the config {config} reads them with {given}; the same model's "
-                    f"embeddings of images read otherwise do not compare with the archive's: "
-                    f"use the config the archive records ({self.model.get('config', '?')}) or "
-                    f"build a new archive with this one")
+        key = first_difference(held, reading, order=others_last)
+        if key is not None:
+            given = repr(reading[key]) if key in reading else "no such setting"
+            raise ArchiveError(
+                f"{where}: the archive's images were read with data.{key}={held[key]!r}, "
+                f"the config {config} reads them with {given}; the same model's "
+                f"embeddings of images read otherwise do not compare with the archive's: "
+                f"use the config the archive records ({self.model.get('config', '?')}) or "
+                f"build a new archive with this one")
 
     @property
     def centred(self) -> bool:
