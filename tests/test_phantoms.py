@@ -4,6 +4,7 @@ Tiny sizes throughout (32-64 px, 2-4 slices) so the file runs in seconds.
 """
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -16,7 +17,8 @@ from PIL import Image
 from mami_jax.phantoms import generator as phantoms
 from mami_jax.data.manifest import MODALITIES, read_manifest
 from benchmarks import phantom_baseline_features as baselines  # noqa: I001
-from mami_jax.phantoms import common, disease, io
+from mami_jax.data import nifti_slices
+from mami_jax.phantoms import common, disease, io, preview
 from mami_jax.phantoms.__main__ import main as phantoms_cli
 from mami_jax.runtime import atomic_files
 from tests.file_trees import tree_digest
@@ -81,7 +83,7 @@ def test_manifest_files_decode_to_stated_shapes(tiny):
         elif r.modality == "ct":
             img = nib.load(r.path)
             assert img.shape == (s, s, t) and img.get_data_dtype() == np.int16
-            spacing = np.diag(img.affine)[:3]
+            spacing = -np.diag(img.affine)[:3]      # the stored axes run along -R, -A, -S
             assert np.all(spacing > 0) and spacing[0] == spacing[1]
             hu = np.asarray(img.dataobj)
             assert hu.min() >= -1024 and hu.max() > 0      # air and tissue in Hounsfield units
@@ -111,9 +113,44 @@ def test_io_round_trip(tmp_path):
         back = io.read_raw(modality, path)
         expected = data[0] if modality == "ct" else data
         assert back.dtype == expected.dtype and np.array_equal(back, expected), modality
-    assert np.allclose(np.diag(nib.load(str(tmp_path / "x.nii.gz")).affine)[:3], (0.7, 0.7, 5.0))
+    assert np.allclose(np.diag(nib.load(str(tmp_path / "x.nii.gz")).affine)[:3], (-0.7, -0.7, -5.0))
     with pytest.raises(TypeError, match="uint16"):
         io.write("xray", str(tmp_path / "bad.png"), np.zeros((4, 4), np.uint8))
+
+
+def test_ct_header_states_the_stored_axes_so_the_pipeline_shows_it_upright(tiny):
+    """The affine claimed R, A, S for axes that ct.py draws toward the patient's left,
+    posterior and inferior: the pipeline's reader (nifti_slices.read_slices, which
+    reorients by the header) showed every phantom CT rotated 180 degrees, the table above
+    the patient, and its slices reversed."""
+    cts = [r for r in read_manifest(tiny) if r.modality == "ct"]
+    assert cts
+    for r in cts:
+        img = nib.load(r.path)
+        assert nib.aff2axcodes(img.affine) == ("L", "P", "I")
+        assert nib.aff2axcodes(img.get_qform()) == ("L", "P", "I")
+        s, t = TINY["image_size"], TINY["slices"]
+        assert np.allclose(img.affine @ [(s - 1) / 2, (s - 1) / 2, (t - 1) / 2, 1], [0, 0, 0, 1],
+                           atol=1e-3)       # the centre at the origin (float32 in the file)
+        n, shown = nifti_slices.read_slices(r.path, None)
+        shown = shown[..., 0].astype(np.float64)
+        # slices inferior to superior; in the plane, the picture the renderer drew
+        assert n == t and np.array_equal(shown, io.read_raw("ct", r.path)[::-1])
+        # the table under the patient's back (ct.py), the only thing outside the body at the
+        # image's side edges, is in the bottom quarter: nothing bright in the top one
+        w = shown.shape[2] // 8
+        edges = np.concatenate([shown[:, :, :w], shown[:, :, -w:]], axis=2).mean(axis=(0, 2))
+        quarter = len(edges) // 4
+        assert edges[-quarter:].max() > edges[:quarter].max() + 100, (r.image_id, edges.round())
+
+
+def test_mri_slices_past_999_read_back_in_order(tmp_path):
+    """read_raw sorted the slice names as text: slice_1000 came before slice_101."""
+    k = np.arange(1002)
+    series = np.stack([k // 256, k % 256], axis=1).astype(np.uint8)[:, None, :]   # (T, 1, 2)
+    io.write("mri", str(tmp_path / "v0"), series)
+    assert {"slice_999.png", "slice_1000.png", "slice_1001.png"} <= set(os.listdir(tmp_path / "v0"))
+    assert np.array_equal(io.read_raw("mri", str(tmp_path / "v0")), series)
 
 
 def test_labels_cover_every_image_and_follow_the_plan(tiny):
@@ -371,6 +408,101 @@ def test_generate_refuses_a_non_empty_folder(tmp_path):
         phantoms.generate(str(tmp_path / "x"), patients=1, visits=0)
 
 
+SMALL = dict(patients=1, visits=1, image_size=16, slices=1, workers=1)
+
+
+def test_out_may_be_a_link_to_an_empty_folder(tmp_path):
+    """Everything was rendered, then the rename onto the link failed (Errno 20) and the work
+    was thrown away; the folder the link points to is filled, the link kept."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    manifest = phantoms.generate(str(tmp_path / "link"), **SMALL)
+    assert manifest == str(tmp_path / "link" / "manifest.csv")
+    assert (tmp_path / "link").is_symlink() and os.path.isfile(tmp_path / "real" / "manifest.csv")
+    assert len(read_manifest(manifest)) > 0
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]       # no staging folder left
+
+
+def test_out_may_be_an_empty_mount_point(tmp_path, monkeypatch):
+    """A mount point can be neither removed nor renamed onto (Errno 16, as simulated here:
+    a real one needs root); it is filled in place, its manifest last."""
+    mount = str(tmp_path / "mnt")
+    os.mkdir(mount)
+    real_ismount, real_rmdir, real_rename = os.path.ismount, os.rmdir, os.rename
+    renamed = []
+
+    def busy(path):
+        if os.path.abspath(path) == mount:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+
+    def rename(src, dst, *a, **k):
+        busy(dst)
+        real_rename(src, dst, *a, **k)
+        renamed.append(os.path.relpath(dst, mount))
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.abspath(p) == mount or real_ismount(p))
+    monkeypatch.setattr(os, "rmdir", lambda p, *a, **k: busy(p) or real_rmdir(p, *a, **k))
+    monkeypatch.setattr(os, "rename", rename)
+    manifest = phantoms.generate(mount, **SMALL)
+    assert manifest == os.path.join(mount, "manifest.csv") and len(read_manifest(manifest)) > 0
+    assert not [n for n in os.listdir(mount) if n.startswith(".")]   # the staging folder is gone
+    assert renamed[-1] == "manifest.csv"
+
+
+# ---------------------------------------------------------------- preview
+
+def _preview(path, **kw):
+    """The preview at ``path`` as an RGB array, drawn with small settings and ``kw``."""
+    preview.write_preview(str(path), **dict(dict(rows=1, visits=1, image_size=16, slices=1,
+                                                 workers=1), **kw))
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_preview_shrinks_a_pathology_tile_of_another_field_to_its_cell(tmp_path):
+    """--pathology-field 2 pasted the top-left quarter of each tile, which spilled over the
+    next row's caption."""
+    size, field = 32, 2.0
+    picture = _preview(tmp_path / "f2.png", rows=2, image_size=size, pathology_field=field)
+    # the first patient with pathology, rendered again (the plan is prefix-stable)
+    first = next(i for i, mods in enumerate(phantoms.assign_modalities(20, 0)) if "pathology" in mods)
+    manifest = phantoms.generate(str(tmp_path / "ph"), **dict(SMALL, patients=first + 1,
+                                                                image_size=size,
+                                                                pathology_field=field))
+    tile = io.read_raw("pathology", os.path.join(os.path.dirname(manifest), io.relative_path(
+        "pathology", phantoms.patient_id(first), 0)))
+    assert tile.shape == (2 * size, 2 * size, 3)
+    cell_h = size + preview.CAPTION_H
+    top = MODALITIES.index("pathology") * 2 * cell_h
+    cols = slice(preview.LABEL_W, preview.LABEL_W + size)
+    cell = picture[top + preview.CAPTION_H: top + cell_h, cols]
+    assert np.array_equal(cell, np.asarray(Image.fromarray(tile).resize((size, size), Image.BOX)))
+    caption = picture[top + cell_h: top + cell_h + preview.CAPTION_H, cols].astype(int)
+    assert (caption == 255).mean() > 0.5                         # white behind the black text
+    assert np.array_equal(caption[..., 0], caption[..., 1]) and np.array_equal(caption[..., 0],
+                                                                               caption[..., 2])
+
+
+def test_preview_draws_every_modality(tmp_path, capsys):
+    """With --seed 4 --preview-rows 1 the five patients it generated had no CT: the grid
+    left the modality out without a word."""
+    assert "ct" not in {m for _, ms, _ in phantoms.plan(5, 1, 4) for m in ms}
+    picture = _preview(tmp_path / "s4.png", seed=4)
+    assert picture.shape[0] == len(MODALITIES) * (16 + preview.CAPTION_H)
+    assert capsys.readouterr().err == ""
+    assert preview.patients_for(1, 4) == (7, [])         # the fewest that hold every modality
+
+
+def test_preview_warns_of_a_modality_it_cannot_fill(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(preview, "MAX_PATIENTS_PER_ROW", 1)
+    have = phantoms.assign_modalities(1, 4)[0]
+    short = [m for m in MODALITIES if m not in have]
+    picture = _preview(tmp_path / "short.png", seed=4)
+    assert picture.shape[0] == len(have) * (16 + preview.CAPTION_H)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: --preview: among the first 1 patients (seed 4) too few have "
+                   f"{', '.join(short)} to fill 1 row(s) each; the grid shows those there are"]
+
+
 # ---------------------------------------------------------------- command line
 
 def test_cli_out_and_preview(tmp_path, capsys):
@@ -380,7 +512,7 @@ def test_cli_out_and_preview(tmp_path, capsys):
     assert capsys.readouterr().out == f"wrote {tmp_path / 'cli' / 'manifest.csv'}\n"
     png = tmp_path / "prev.png"
     assert phantoms_cli(["--preview", str(png), "--preview-rows", "1", "--visits", "2",
-                         "--image-size", "32", "--slices", "2"]) == 0
+                         "--image-size", "32", "--slices", "2", "--workers", "1"]) == 0
     from mami_jax.phantoms import preview
     with Image.open(png) as im:
         assert im.width == preview.LABEL_W + 2 * 32
@@ -393,7 +525,8 @@ def test_the_preview_draws_the_benchmark_its_flags_make(tmp_path, capsys):
     """--signs-visible, --stage1-visible and --pathology-field were left out of the preview
     (a picture byte-equal to the plain one); a flag the chosen output never reads is a
     usage error."""
-    common = ["--preview-rows", "1", "--visits", "2", "--image-size", "32", "--slices", "1"]
+    common = ["--preview-rows", "1", "--visits", "2", "--image-size", "32", "--slices", "1",
+              "--workers", "1"]
     pictures = {}
     for name, extra in (("plain", []), ("field", ["--pathology-field", "3"]),
                         ("signs", ["--signs-visible", "0.2"])):

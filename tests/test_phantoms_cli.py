@@ -1,12 +1,13 @@
 """``python -m mami_jax.phantoms``: bad arguments are one ``error:`` line (status 2), and
-writing the benchmark shows a progress bar on stderr (it ran ~80 s without a word)."""
+writing the benchmark or its preview shows a progress bar on stderr (long work used
+to run without a word)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from mami_jax.phantoms import generator
+from mami_jax.phantoms import generator, preview
 from mami_jax.phantoms.__main__ import main as phantoms_cli
 
 
@@ -70,3 +71,27 @@ def test_a_preview_not_named_png_is_refused_and_the_file_it_names_kept(tmp_path,
     assert capsys.readouterr().err.strip() == (
         f"error: --preview {manifest}: the picture is a PNG; give a name ending in .png")
     assert manifest.read_text() == "image_id,patient_id\n"
+
+
+def test_the_preview_shows_a_progress_bar_and_takes_the_default_workers(tmp_path, capsys,
+                                                                         monkeypatch):
+    """--preview rendered without a word and on one process whatever --workers' documented
+    default (the CPUs, at most 4) said."""
+    asked, real = [], generator.generate
+
+    def generate(*args, **kwargs):
+        asked.append(kwargs["workers"])
+        return real(*args, **dict(kwargs, workers=1))      # one process: quick and the same output
+    monkeypatch.setattr(generator, "generate", generate)
+    png = tmp_path / "p.png"
+    assert phantoms_cli(["--preview", str(png), "--preview-rows", "1", "--visits", "1",
+                         "--image-size", "16", "--slices", "1"]) == 0
+    assert asked == [None]                                  # generate's default worker count
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {png}\n"
+    last = captured.err.replace("\r", "\n").strip().splitlines()[-1]
+    series = sum(len(mods) for _, mods, _ in generator.plan(preview.patients_for(1, 0)[0], 1, 0))
+    assert last.startswith("phantoms: 100%|") and f"| {series}/{series} [" in last, captured.err
+    assert phantoms_cli(["--preview", str(png), "--preview-rows", "1", "--visits", "1",
+                         "--image-size", "16", "--slices", "1", "--workers", "2"]) == 0
+    assert asked == [None, 2]

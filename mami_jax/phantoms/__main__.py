@@ -1,7 +1,7 @@
 """``python -m mami_jax.phantoms --out DIR`` writes the synthetic benchmark;
 ``--preview FILE.png`` draws a grid of it instead (see ``generator`` for what it holds).
-Writing shows a progress bar over the rendered series on stderr; stdout gets one
-``wrote PATH`` line.
+Writing, the benchmark or the preview's, shows a progress bar over the rendered series
+on stderr; stdout gets one ``wrote PATH`` line.
 
 Bad input (a non-empty ``--out`` folder, a parameter out of range, a path that cannot
 be written) ends the command with exit status 1 and one ``error: ...`` line on stderr;
@@ -77,8 +77,8 @@ def _run(args) -> str:
     if args.preview:
         check_picture_file(args.preview, "--preview")
         preview.write_preview(args.preview, rows=args.preview_rows, visits=args.visits, seed=args.seed,
-                              image_size=args.image_size, slices=args.slices, workers=args.workers or 1,
-                              pathology_field=args.pathology_field,
+                              image_size=args.image_size, slices=args.slices, workers=args.workers,
+                              progress=True, pathology_field=args.pathology_field,
                               stage1_visible=args.stage1_visible,
                               signs_visible=args.signs_visible)
         return args.preview

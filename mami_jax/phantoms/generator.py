@@ -37,9 +37,9 @@ test queries) per modality after the patient-disjoint 60/10/30% split:
 enough for Rank-1 figures that do not swing by a whole patient, and about
 34 training patients per modality for a model to learn from. (60 patients
 left only 7 test patients per modality.) Four visits give every test query
-three same-patient images in its gallery. Generation costs about a minute
-of CPU time in all (about 35 s on 2 free cores with the default workers; CT
-and MRI series dominate) and about 120 MB on disk.
+three same-patient images in its gallery. Generation is dominated by the CT
+and MRI series (hence the worker processes and the progress bar) and takes
+about 120 MB on disk.
 
 Splits are assigned here by a stable hash of (patient_id, seed) (sha256, not
 Python's salted ``hash``), because the general ``splits.assign_splits`` is
@@ -71,8 +71,10 @@ from mami_jax.runtime.progress import progress_bar
 
 #: Bump when the generated content changes, so stale caches are not reused.
 #: 2: pathology identity with four nuclear sizes and clustering, milder cellularity;
-#: 3: pathology tissue layout 1.5x larger relative to the nuclei (pathology.LAYOUT_SCALE).
-VERSION = 3
+#: 3: pathology tissue layout 1.5x larger relative to the nuclei (pathology.LAYOUT_SCALE);
+#: 4: the CT header states the stored axes (L, P, I: ``io.ct_affine``); it claimed R, A, S,
+#: so a header-reading pipeline showed every CT rotated 180 degrees, its slices reversed.
+VERSION = 4
 DATASET = "phantoms"
 RENDERERS = {"xray": xray, "ct": ct, "mri": mri, "fundus": fundus, "pathology": pathology}
 VIEWS = {"xray": "PA", "ct": "axial", "mri": "axial", "pathology": "HE"}
@@ -223,7 +225,10 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
     Everything is written into a temporary sibling folder
     (``runtime.atomic_files.staging_dir``) that is renamed to ``out_dir`` only when
     complete, so an interrupted run never leaves a partial benchmark at ``out_dir``;
-    folders and files get the modes the user's umask asks for. ``workers`` processes
+    folders and files get the modes the user's umask asks for. An ``out_dir`` that is a
+    symbolic link to an empty folder is filled through the link, and an empty mount point
+    is filled in place (``_publish_target``; there the staging folder is a hidden one inside
+    it, which a killed run leaves behind). ``workers`` processes
     render in parallel (default: up to 4, the CPU count); the output does not depend on it.
     Rendering takes a minute or more at the default sizes, so it shows a progress bar over
     the series (one per patient and modality) on stderr with ``progress`` (the command and
@@ -238,7 +243,8 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
         raise FileExistsError(f"phantoms: output folder {out_dir} exists and is not empty")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"phantoms: output path {out_dir} exists and is not a folder")
-    with atomic_files.staging_dir(out_dir) as tmp:
+    target, in_place = _publish_target(out_dir)
+    with _staging(target, in_place) as tmp:
         patients_plan = plan(patients, visits, seed)
         jobs = [(tmp, index, modality, course, seed, image_size, slices, pathology_field,
                  stage1_visible, signs_visible)
@@ -281,15 +287,55 @@ def generate(out_dir: str, patients: int = DEFAULTS["patients"], visits: int = D
         # Renderers and writers run in worker processes and libraries; whatever they
         # created, the published tree gets the umask's modes.
         atomic_files.finish_tree(tmp)
-        try:
-            if os.path.isdir(out_dir):
-                os.rmdir(out_dir)     # empty (checked above); fails if someone filled it meanwhile
-            os.rename(tmp, out_dir)
-        except OSError as e:
-            if os.path.isdir(out_dir) and os.listdir(out_dir):
-                raise FileExistsError(f"phantoms: {out_dir} was filled by another process") from e
-            raise
+        if in_place:
+            _move_in(tmp, target)
+        else:
+            _rename_into_place(tmp, target)
     return os.path.join(out_dir, "manifest.csv")
+
+
+def _publish_target(out_dir: str) -> tuple[str, bool]:
+    """(the folder the finished tree becomes, whether it is filled in place) for the absolute
+    ``out_dir``, absent or an empty folder.
+
+    A symbolic link is followed: renaming onto the link failed (``Not a directory``) after
+    every series was rendered; the folder it points to is the one the user meant. A mount
+    point cannot be removed or renamed onto (``Device or resource busy``), so it is filled
+    in place: staged inside itself and the staged entries moved in (``_move_in``)."""
+    target = os.path.realpath(out_dir) if os.path.islink(out_dir) else out_dir
+    return target, os.path.ismount(target)
+
+
+def _staging(target: str, in_place: bool):
+    """The staging folder of ``target`` (``atomic_files.staging_dir``, removed on failure):
+    beside it, or for a folder filled in place a hidden one inside it; on the target's file
+    system either way, so every final rename is atomic."""
+    return atomic_files.staging_dir(os.path.join(target, DATASET) if in_place else target)
+
+
+def _rename_into_place(tmp: str, target: str) -> None:
+    """Replaces the empty folder (or nothing) at ``target`` with the staged tree ``tmp``."""
+    try:
+        if os.path.isdir(target):
+            os.rmdir(target)     # empty (checked before rendering); fails if someone filled it meanwhile
+        os.rename(tmp, target)
+    except OSError as e:
+        if os.path.isdir(target) and os.listdir(target):
+            raise FileExistsError(f"phantoms: {target} was filled by another process") from e
+        raise
+
+
+def _move_in(tmp: str, target: str) -> None:
+    """Moves the staged tree ``tmp``, a folder inside ``target``, into ``target`` entry by
+    entry, the manifest last, so a run stopped half-way leaves no manifest.csv (no folder
+    that reads as a finished benchmark)."""
+    if sorted(os.listdir(target)) != [os.path.basename(tmp)]:
+        raise FileExistsError(f"phantoms: {target} was filled by another process")
+    names = sorted(os.listdir(tmp), key=lambda n: (n == "manifest.csv", n))
+    for name in names:
+        os.rename(os.path.join(tmp, name), os.path.join(target, name))
+    os.rmdir(tmp)
+    atomic_files.sync_dir(target)
 
 
 def _counted(results, bar):

@@ -9,9 +9,18 @@ Every writer produces the same bytes for the same array: PNG and JPEG
 carry no timestamps, and the NIfTI gzip stream is written with mtime 0.
 
 CT layout: the NIfTI array has shape (size, size, slices) indexed
-[x (column), y (row), z (slice)], the usual NIfTI order; the affine is
-diagonal with the voxel spacing in mm. ``read_raw`` turns it back into
-(slices, rows, cols).
+[x (column), y (row), z (slice)], the usual NIfTI order. The affine
+(``ct_affine``, in the sform and the qform) says where those axes point: the
+renderer's x runs to the patient's left, y posterior and z inferior
+(``ct.py``), so it is diagonal with minus the voxel spacing in mm (axis codes
+L, P, I) and puts the volume's centre at the origin. A reader that
+reorients by the header (``data.nifti_slices``) then shows the phantom as the
+renderer drew it, anterior at the top and the patient's left on the image
+right, with slices ordered inferior to superior. ``read_raw`` ignores the
+header and gives the stored (slices, rows, cols), slice 0 the upper chest.
+
+MRI slices are named ``slice_000.png`` and up, wider numbers past 999, and
+read back in numeric order (``data.natural_order``).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import os
 import nibabel as nib
 import numpy as np
 from PIL import Image
+
+from mami_jax.data.natural_order import natural_key
 
 #: Relative path of one visit's file (or folder) under the output directory.
 EXTENSIONS = {"xray": ".png", "fundus": ".jpg", "pathology": ".png", "ct": ".nii.gz", "mri": ""}
@@ -48,8 +59,9 @@ def write(modality: str, path: str, data, jpeg_quality: int = 92) -> None:
     elif modality == "ct":
         volume, spacing = data
         _check(volume, np.int16, 3, path)
-        affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+        affine = ct_affine(volume.shape, spacing)
         img = nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), affine)
+        img.set_qform(affine, code="aligned")    # the same axes for tools that read the qform
         img.header.set_xyzt_units("mm")
         img.header.set_data_dtype(np.int16)
         with open(path, "wb") as f:
@@ -62,6 +74,20 @@ def write(modality: str, path: str, data, jpeg_quality: int = 92) -> None:
                                         compress_level=1)
     else:
         raise ValueError(f"{path}: unknown modality {modality!r}")
+
+
+def ct_affine(shape, spacing) -> np.ndarray:
+    """The NIfTI affine of a CT volume of ``shape`` (T, H, W) and ``spacing`` (z, y, x) mm,
+    stored as [x, y, z]: each stored axis points the way ``ct.py`` draws it (x to the
+    patient's left, y posterior, z inferior), i.e. along minus the RAS+ axis, so the
+    diagonal is minus the spacing; the centre voxel lands at the origin. A plain spacing
+    diagonal claimed R, A, S and a header-reading pipeline showed every phantom rotated 180
+    degrees in the plane with its slices reversed."""
+    steps = np.array([spacing[2], spacing[1], spacing[0]], dtype=np.float64)
+    counts = np.array([shape[2], shape[1], shape[0]], dtype=np.float64)
+    affine = np.diag(np.append(-steps, 1.0))
+    affine[:3, 3] = steps * (counts - 1) / 2
+    return affine
 
 
 def _check(arr, dtype, ndim, path):
@@ -79,7 +105,9 @@ def read_raw(modality: str, path: str) -> np.ndarray:
     if modality == "ct":
         return np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
     if modality == "mri":
-        names = sorted(n for n in os.listdir(path) if n.startswith("slice_") and n.endswith(".png"))
+        # numeric order: past 1000 slices, "slice_1000" sorts before "slice_101" as text
+        names = sorted((n for n in os.listdir(path) if n.startswith("slice_") and n.endswith(".png")),
+                       key=natural_key)
         if not names:
             raise FileNotFoundError(f"{path}: no slice_*.png files in the MRI series folder")
         planes = []
