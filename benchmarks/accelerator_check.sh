@@ -10,13 +10,22 @@
 #      bfloat16, a few steps, evaluation at the end): the user's command on this device;
 #   5. input_speed.py: whether this machine's CPUs feed the device's step rate.
 # Each step has its own time limit so that one slow step leaves the others' results;
-# everything lands in OUT (default ./accelerator_check):
+# everything lands in OUT (default ./accelerator_check): each step's log, and the JSON
+# reports of parity, mfu, speed and input. STEPS names the steps to run, of
+# "parity mfu speed main input" (all by default); another name is refused before any work
+# (a misspelt one ran nothing and passed).
 #     bash benchmarks/accelerator_check.sh [OUT]
 #     PYTHON=python3 STEPS="parity mfu" bash benchmarks/accelerator_check.sh /tmp/out
 set -u
 OUT=${1:-accelerator_check}
 PY=${PYTHON:-python}
-STEPS=${STEPS-"parity mfu speed main input"}
+KNOWN_STEPS="parity mfu speed main input"
+STEPS=${STEPS-$KNOWN_STEPS}
+read -ra names <<<"$STEPS"  # split on blanks, no file-name expansion
+for name in ${names[@]+"${names[@]}"}; do
+  [[ " $KNOWN_STEPS " == *" $name "* ]] || {
+    echo "error: STEPS: unknown step '$name' (known: $KNOWN_STEPS)" >&2; exit 2; }
+done
 mkdir -p "$OUT" 2>/dev/null || { echo "error: cannot make output folder $OUT" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)  # the steps run in the repository root
 cd "$(dirname "$0")/.." || exit 2
@@ -61,5 +70,5 @@ if wants main; then
   rm -rf "$run"
 fi
 wants input && step input 100 "$PY" benchmarks/input_speed.py --repeats 2 --batches 4 \
-  --workers 0,4,12 --read-threads 2
+  --workers 0,4,12 --read-threads 2 --json "$OUT/input_speed.json"
 exit $status

@@ -7,12 +7,16 @@ Shows that memory is bounded by ``chunk_size x gallery``, not by
         --chunk-size 256 2048
 
 Each (queries, chunk size) run happens in a fresh child process, so its peak
-resident set size (``ru_maxrss``) is its own; with ``--repeats`` the variants
-are interleaved (A B A B ...) and the median time is reported. The child
-prints the RSS after the embeddings exist ("base") and the peak; "peak - base"
-is what the evaluation added, to compare with the estimate
-``3 x chunk x gallery x 4 bytes`` (two score blocks in flight plus one sorted
-copy; see ``mami_jax/evaluate/retrieval.py``).
+resident set size is its own; with ``--repeats`` the variants are interleaved
+(A B A B ...) and the median time is reported. The child first evaluates a tiny
+problem, so that the JAX runtime's start-up memory is in the base, not in what
+the evaluation adds; then it resets its peak (Linux VmHWM, as
+``history_index.py``) and prints the RSS after the embeddings exist ("base")
+and the peak over the evaluation; "peak - base" is what the evaluation added,
+to compare with the estimate ``3 x chunk x gallery x 4 bytes`` (two score
+blocks in flight plus one sorted copy; see ``mami_jax/evaluate/retrieval.py``).
+Where the peak cannot be reset it is the process's ``ru_maxrss``, start-up
+included.
 
 Embeddings are Gaussian, pids uniform over ``--patients`` patients and study
 ids uniform over ``--studies`` studies per patient, so a query has about
@@ -28,7 +32,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,22 +39,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, REPO)
 
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from benchmarks.child_report import child_report  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(args) -> None:
     import numpy as np
 
+    from benchmarks.history_index import memory_gb, reset_peak
     from mami_jax.evaluate.retrieval import chunked_reid_metrics
 
     rng = np.random.default_rng(args.seed)
@@ -61,12 +58,19 @@ def child(args) -> None:
     gp = rng.integers(0, args.patients, args.gallery)
     qs = rng.integers(0, args.studies, args.queries)
     gs = rng.integers(0, args.studies, args.gallery)
-    base = _rss_mb()
+    # The first call starts the JAX runtime (tens of MB): a tiny problem first, so that
+    # the peak below is what the evaluation of this size adds.
+    tiny = np.ones((2, args.dim), np.float32)
+    chunked_reid_metrics(tiny, tiny, [0, 1], [0, 1], [0, 0], [1, 1], chunk_size=1,
+                         metric=args.metric)
+    peak_is_reset = reset_peak()
+    base = memory_gb().get("VmRSS", float("nan")) * 1024
     start = time.perf_counter()
     m = chunked_reid_metrics(query, gallery, qp, gp, qs, gs, chunk_size=args.chunk_size,
                              metric=args.metric)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = (memory_gb().get("VmHWM", float("nan")) * 1024 if peak_is_reset
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
     print(json.dumps({
         "queries": args.queries, "gallery": args.gallery, "chunk_size": args.chunk_size,
         "seconds": seconds, "base_rss_mb": base, "peak_rss_mb": peak,
@@ -76,25 +80,25 @@ def child(args) -> None:
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=int, nargs="+", default=[100_000],
+    parser.add_argument("--queries", type=whole_at_least(1), nargs="+", default=[100_000],
                         help="query embeddings; several values, one run each "
                              "(default: %(default)s)")
-    parser.add_argument("--gallery", type=int, default=100_000,
+    parser.add_argument("--gallery", type=whole_at_least(1), default=100_000,
                         help="gallery embeddings (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=768,
+    parser.add_argument("--dim", type=whole_at_least(1), default=768,
                         help="embedding dimension (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, nargs="+", default=[256, 2048],
+    parser.add_argument("--chunk-size", type=whole_at_least(1), nargs="+", default=[256, 2048],
                         help="queries scored at a time; several values, one run each "
                              "(default: %(default)s)")
-    parser.add_argument("--patients", type=int, default=20_000,
+    parser.add_argument("--patients", type=whole_at_least(1), default=20_000,
                         help="patient ids, drawn uniformly for the embeddings "
                              "(default: %(default)s)")
-    parser.add_argument("--studies", type=int, default=3,
+    parser.add_argument("--studies", type=whole_at_least(1), default=3,
                         help="study ids per patient, drawn uniformly; a query's own study is "
                              "excluded (default: %(default)s)")
     parser.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"],
                         help="retrieval distance (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=whole_at_least(1), default=1,
                         help="runs of each variant, interleaved; the median time is reported "
                              "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -122,8 +126,7 @@ def run(args) -> None:
                    "--chunk-size", str(c), "--gallery", str(args.gallery), "--dim",
                    str(args.dim), "--patients", str(args.patients), "--studies",
                    str(args.studies), "--metric", args.metric, "--seed", str(args.seed)]
-            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row = child_report(cmd, f"the child of --queries {q} --chunk-size {c}", env)
             results[(q, c)].append(row)
             print(f"# repeat {r}: {json.dumps(row)}", flush=True)
 

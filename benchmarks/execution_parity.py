@@ -38,7 +38,7 @@ from benchmarks.speed_vs_torch import TINY  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
                         help="random images in the batch (default: %(default)s)")
     parser.add_argument("--slices", type=int, default=2,
                         help="T > 1 runs the slice adapters too")
-    parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
+    parser.add_argument("--size", type=whole_at_least(0), default=0,
+                        help="image side in px; 0: the model's image_size")
     parser.add_argument("--depth", type=int, default=0,
                         help="blocks; 0: the preset's (fewer compile faster, same block shapes)")
     parser.add_argument("--seed", type=int, default=0,

@@ -15,10 +15,12 @@ production rate.
 
     python benchmarks/input_speed.py [--repeats 3] [--batches 4] [--workers 0,2] [--depth 32]
         [--model-batch 8]   # also time the default model's forward+backward for comparison
+        [--json input_speed.json]   # also write the runs, medians and settings there
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -32,9 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mami_jax.data import pipeline  # noqa: E402
 from mami_jax.data.config import default_data_config  # noqa: E402
 from mami_jax.data.manifest import ManifestRow  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime import strict_json  # noqa: E402
+from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
+from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
 
 
 def smooth_image(rng, shape, dtype_max):
@@ -101,23 +106,37 @@ def measure(rows, cfg, batches):
     return batches * first["images"].shape[0] / dt, b["images"].shape
 
 
+def worker_counts(text: str) -> list[int]:
+    """An argparse ``type``: a comma list of num_workers values, whole numbers >= 0 (a
+    bad one was refused only after every file had been generated)."""
+    try:
+        return [whole_at_least(0)(v.strip()) for v in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers >= 0, "
+                                         f"got {text!r}") from None
+
+
 def main(argv=None) -> int:
     ap = OneLineErrorParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=whole_at_least(1), default=3,
                     help="interleaved runs of every variant; the median is printed "
                          "(default: %(default)s)")
-    ap.add_argument("--batches", type=int, default=4, help="timed batches per run")
-    ap.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
-    ap.add_argument("--read-threads", type=int, default=2,
+    ap.add_argument("--batches", type=whole_at_least(1), default=4,
+                    help="timed batches per run (default: %(default)s)")
+    ap.add_argument("--workers", type=worker_counts, default="0,2",
+                    help="comma-separated num_workers values (default: %(default)s)")
+    ap.add_argument("--read-threads", type=whole_at_least(1), default=2,
                     help="the data config's read_threads in every run (default: %(default)s)")
-    ap.add_argument("--depth", type=int, default=32, help="slices S of each generated volume")
-    ap.add_argument("--patients", type=int, default=16,
+    ap.add_argument("--depth", type=whole_at_least(1), default=32,
+                    help="slices S of each generated volume (default: %(default)s)")
+    ap.add_argument("--patients", type=whole_at_least(1), default=16,
                     help="patients generated per workload, at least a batch's "
                          "(default: %(default)s)")
-    ap.add_argument("--per-patient", type=int, default=4,
+    ap.add_argument("--per-patient", type=whole_at_least(1), default=4,
                     help="images generated per patient (default: %(default)s)")
-    ap.add_argument("--model-batch", type=int, default=0,
+    ap.add_argument("--model-batch", type=whole_at_least(0), default=0,
                     help="if > 0, also time forward+backward of the default model on this many images")
+    ap.add_argument("--json", help="also write the runs, medians and settings to this file")
     args = ap.parse_args(argv)
     per_batch = default_data_config().patients_per_batch
     if args.patients < per_batch:
@@ -130,7 +149,9 @@ def main(argv=None) -> int:
 
 def run(args) -> None:
     """Generates the workloads, times every (workload, workers) variant and prints the
-    medians (and the model's rate with --model-batch)."""
+    medians (and the model's rate with --model-batch); writes them to ``--json``."""
+    if args.json:                     # a slip in it is refused before anything is generated
+        check_json_file(args.json, "--json")
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -141,7 +162,7 @@ def run(args) -> None:
         }
         print(f"generated {sum(map(len, data.values()))} files in {time.perf_counter() - t:.1f}s "
               f"under {tmp}; cpu count {os.cpu_count()}")
-        variants = [(name, int(w)) for w in args.workers.split(",") for name in data]
+        variants = [(name, w) for w in args.workers for name in data]
         results = {v: [] for v in variants}
         shapes = {}
         for r in range(args.repeats):
@@ -155,19 +176,29 @@ def run(args) -> None:
                 shapes[(name, workers)] = shape
         print(f"\nmedian images/s over {args.repeats} repeats ({args.batches} timed batches each), "
               f"read_threads={args.read_threads}:")
+        rows = []
         for (name, workers), rates in results.items():
             med = statistics.median(rates)
             per = shapes[(name, workers)]
             print(f"  {name:34s} num_workers={workers}: {med:7.1f} images/s "
                   f"({med * per[1]:7.1f} slices/s; batch {tuple(per)}; runs {[round(x, 1) for x in rates]})")
+            rows.append({"workload": name, "num_workers": workers, "images_per_s": med,
+                         "slices_per_s": med * per[1], "batch_shape": list(per), "runs": rates})
 
-        if args.model_batch:
-            print_model_rate(args.model_batch, args.repeats)
+        model = print_model_rate(args.model_batch, args.repeats) if args.model_batch else None
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("repeats", "batches", "workers", "read_threads",
+                                                  "depth", "patients", "per_patient")}
+        settings["cpus"] = os.cpu_count()
+        write_text_atomic(args.json, strict_json.dumps(
+            {"settings": settings, "results": rows, "model": model}, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
-def print_model_rate(batch, repeats):
+def print_model_rate(batch, repeats) -> dict:
     """Forward + backward of the default MaMI model (no optimizer update, no teachers) on
-    a (batch, 1, 224, 224, 3) batch: the lower bound of a training step's cost."""
+    a (batch, 1, 224, 224, 3) batch: the lower bound of a training step's cost. Prints
+    the median rate and returns it with the runs."""
     import jax
     import jax.numpy as jnp
 
@@ -190,6 +221,7 @@ def print_model_rate(batch, repeats):
         rates.append(batch / (time.perf_counter() - t0))
     print(f"  model forward+backward, default MaMI, batch ({batch}, 1, 224, 224, 3): "
           f"{statistics.median(rates):.2f} images/s (runs {[round(r, 2) for r in rates]})")
+    return {"batch": batch, "images_per_s": statistics.median(rates), "runs": rates}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -27,12 +26,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, REPO)
 
+from benchmarks.child_report import child_report  # noqa: E402
+from mami_jax import config_files  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
 from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
+
+#: The config whose runlocal model each child trains.
+CONFIG = os.path.join(REPO, "configs", "pathology.py")
 
 
 def child(size: int, steps: int) -> dict:
@@ -45,7 +49,7 @@ def child(size: int, steps: int) -> dict:
     from mami_jax.train.trainer import build_model_and_state_fns
     from mami_jax.train.step import make_train_step
 
-    cfg = load_config(os.path.join(REPO, "configs", "pathology.py"), [], 100, "")
+    cfg = load_config(CONFIG, [], 100, "")
     model, opt, init = build_model_and_state_fns(cfg, 100, 100)
     step = jax.jit(make_train_step(model, opt, cfg.loss,
                                    lr_schedule=learning_rate_schedule(cfg.optim, 100)),
@@ -74,17 +78,17 @@ def run_child(variant: str, library: str, args) -> dict:
     if variant == "jemalloc":
         from mami_jax.runtime.malloc_preload import DEFAULT_MALLOC_CONF
         env.update(LD_PRELOAD=library, MALLOC_CONF=DEFAULT_MALLOC_CONF)
-    out = subprocess.run([sys.executable, __file__, "--child", "--size", str(args.size),
-                          "--steps", str(args.steps)], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child_report([sys.executable, __file__, "--child", "--size", str(args.size),
+                         "--steps", str(args.steps)],
+                        f"the {variant} child (--size {args.size} --steps {args.steps})", env)
 
 
 def main(argv=None) -> int:
     parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=80,
-                        help="side in px of the batch's 32 images; 80 is the runlocal "
-                             "pathology crop (default: %(default)s)")
+                        help="side in px of the batch's 32 images, a multiple of the model's "
+                             "patch size; 80 is the runlocal pathology crop "
+                             "(default: %(default)s)")
     parser.add_argument("--steps", type=int, default=15,
                         help="train steps each child times (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -95,6 +99,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if min(args.size, args.steps, args.rounds) < 1:
         parser.error("--size, --steps and --rounds must be at least 1")
+    # The model cuts images into patches: another side failed in every child, after the
+    # parent had looked for jemalloc and each child had built the model.
+    patch = config_files.load_config(CONFIG + ":runlocal").model.patch_size
+    if args.size % patch:
+        parser.error(f"--size {args.size}: not a multiple of {patch}, the patch size of the "
+                     f"runlocal model of {os.path.relpath(CONFIG, REPO)}")
 
     def work():
         if args.child:

@@ -48,7 +48,7 @@ from benchmarks.speed_vs_torch import TINY, trainer_step  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
@@ -189,7 +189,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=64,
                         help="images per step, P x K, a multiple of --images-per-patient "
                              "(default: %(default)s)")
-    parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
+    parser.add_argument("--size", type=whole_at_least(0), default=0,
+                        help="image side in px; 0: the model's image_size")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
                         help="the model's compute dtype (default: %(default)s)")
     parser.add_argument("--remat", action="store_true",

@@ -58,7 +58,7 @@ from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.models.config import COMPA_IMPLS  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=1,
                         help="slices T of each image; T > 1 runs the slice adapters "
                              "(default: %(default)s)")
-    parser.add_argument("--size", type=int, default=224,
+    parser.add_argument("--size", type=whole_at_least(1), default=224,
                         help="image side in px (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7,
                         help="interleaved timed runs of every variant; medians are reported "

@@ -55,7 +55,7 @@ from benchmarks import model_speed  # noqa: E402
 from mami_jax.models import MaMI, default_config  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_text_atomic  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file  # noqa: E402
@@ -403,9 +403,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=8,
                         help="images per call; for train P x K, a multiple of "
                              "--images-per-patient (default: %(default)s)")
-    parser.add_argument("--series-slices", type=int, default=8,
+    parser.add_argument("--series-slices", type=whole_at_least(0), default=8,
                         help="T of the second inference run; 0 skips it")
-    parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
+    parser.add_argument("--size", type=whole_at_least(0), default=0,
+                        help="image side in px; 0: the model's image_size")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved timed runs of each side; medians are reported "
                              "(default: %(default)s)")
@@ -417,7 +418,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-classes", type=int, default=128,
                         help="train: identity classes of the classifier head "
                              "(default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=whole_at_least(0), default=0,
                         help="torch intra-op threads; 0: torch's default")
     parser.add_argument("--json", default="speed_vs_torch.json",
                         help="report to write, rewritten after each part "

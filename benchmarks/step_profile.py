@@ -52,7 +52,7 @@ if REPO not in sys.path:
 from benchmarks import speed_vs_torch  # noqa: E402
 from mami_jax.runtime import strict_json  # noqa: E402
 from mami_jax.runtime.atomic_files import write_atomic, write_text_atomic  # noqa: E402
-from mami_jax.runtime.cli_parser import OneLineErrorParser  # noqa: E402
+from mami_jax.runtime.cli_parser import OneLineErrorParser, whole_at_least  # noqa: E402
 from mami_jax.runtime.error_line import exit_status  # noqa: E402
 from mami_jax.runtime.interrupts import run_command  # noqa: E402
 from mami_jax.runtime.output_guard import check_json_file, check_picture_file  # noqa: E402
@@ -345,7 +345,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=8,
                         help="images per step, P x K, a multiple of --images-per-patient "
                              "(default: %(default)s)")
-    parser.add_argument("--size", type=int, default=0, help="0: the model's image_size")
+    parser.add_argument("--size", type=whole_at_least(0), default=0,
+                        help="image side in px; 0: the model's image_size")
     parser.add_argument("--rounds", type=int, default=3, help="profiled steps per side")
     parser.add_argument("--images-per-patient", type=int, default=4,
                         help="K images of each patient in the batch (default: %(default)s)")

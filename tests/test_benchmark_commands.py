@@ -17,7 +17,7 @@ from tests.test_cli_help import _long_options, _parser_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Modules in benchmarks/ that other benchmarks import; not commands.
-HELPERS = {"phantom_baseline_features"}
+HELPERS = {"child_report", "phantom_baseline_features"}
 BENCHMARKS = sorted(name for name in (os.path.splitext(os.path.basename(path))[0]
                                       for path in glob.glob(os.path.join(REPO, "benchmarks", "*.py")))
                     if name not in HELPERS)
@@ -26,6 +26,7 @@ BENCHMARKS = sorted(name for name in (os.path.splitext(os.path.basename(path))[0
 #: what they hold, .json reports and .png pictures.
 NAMED_OUTPUTS = [
     ("execution_parity", "--json", []),
+    ("input_speed", "--json", []),
     ("malloc_speed", "--json", []),
     ("mfu", "--json", []),
     ("model_speed", "--json", []),
