@@ -196,7 +196,7 @@ def test_an_archived_image_through_a_linked_folder_is_the_archived_one(setup, ca
     assert main(["query", "--index", index, "--image", through, "--modality", "xray", "--k",
                  "4", "--png", str(tmp_path / "q.png"), "--app-config", s["app"]]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"query {q.image_id} (xray, order 1)")
+    assert out.startswith(f"query {q.image_id} (xray, patient {q.patient_key}, order 1)")
     by_id = {r.image_id: r for r in read_manifest(s["manifest"])}
     listed = _listed(out)
     assert listed and q.image_id not in listed

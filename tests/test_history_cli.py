@@ -343,8 +343,9 @@ def test_bad_input_is_one_error_line(setup, capsys, argv, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
-def test_the_default_query_picture_is_named_by_the_image_without_extensions():
-    from mami_jax.apps.history.commands import picture_stem
+def test_a_new_images_picture_is_named_by_its_file_without_extensions():
+    """(with a hash of its path: tests/test_history_query_output.py)"""
+    from mami_jax.apps.history.query_output import picture_stem
     assert [picture_stem(p) for p in ("/a/new.png", "/a/scan.nii.gz", "/a/series/", "/a/x")] == [
         "new", "scan", "series", "x"]
 

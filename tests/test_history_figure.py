@@ -176,3 +176,30 @@ def test_figure_pools_only_runs_of_one_experiment(tmp_path, capsys):
         assert capsys.readouterr().err.splitlines() == [
             f"error: --metrics {other}: {key} is {mine}, {a} has {first}; the runs pooled "
             "into one spread must differ only by seed"]
+
+
+def test_an_auc_below_the_axis_floor_is_drawn_and_a_null_one_is_marked(monkeypatch, tmp_path):
+    """The AUC axis began at 0.4 whatever the runs held: an AUC of 0.35 drew no bar at all,
+    the very picture of an AUC no run could compute (null, "no bar"). Now the axis reaches
+    below the lowest AUC, and a null group is marked "n/a" where its bar would stand."""
+    from mami_jax.apps.history import pictures
+
+    figures = []
+    real_close = pictures.plt.close
+    monkeypatch.setattr(pictures.plt, "close", lambda fig: figures.append(fig) or real_close(fig))
+
+    def group(auc):
+        return {"current_only": {"auc": 0.7}, "retrieved_history": {"auc": auc},
+                "true_history": {"auc": 0.7}}
+    drawn = {}
+    for name, auc in (("low", 0.35), ("null", None)):
+        pictures.auc_bars({"xray": group(auc), "overall": group(auc)},
+                          str(tmp_path / f"{name}.png"), "test")
+        drawn[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert drawn["low"] != drawn["null"]
+    low, null = (fig.axes[0] for fig in figures)
+    assert low.get_ylim()[0] <= 0.35 - 0.05 + 1e-9 and low.get_ylim()[1] >= 1.0
+    assert null.get_ylim()[0] == 0.4          # nothing below the usual floor
+    marks = [t.get_text() for t in null.texts]
+    assert marks == ["n/a", "n/a"] and not low.texts
+    assert pictures.auc_axis_bottom([{"g": group(0.02)}], ["g"]) == 0.0

@@ -336,6 +336,57 @@ def test_train_and_eval_check_everything_cheap_first(setup, capsys, no_model, tm
     assert not os.path.exists(tmp_path / "new")
 
 
+def test_a_modality_the_classifiers_cannot_read_is_refused_before_the_model_loads(
+        setup, capsys, no_model, tmp_path):
+    """A modality with validation and test images but none in the training split was
+    refused only after every image was embedded, calibrated and retrieved (``error: no
+    training images of modality ['fundus']``, from the standardiser): ``train`` now refuses
+    it with the splits, naming the modality and the split, before the model loads; and
+    ``eval`` refuses a modality the classifiers were not trained on, which failed the same
+    way."""
+    import csv
+    s = setup
+    rows = read_manifest(s["manifest"])
+    os.mkdir(tmp_path / "fundus")
+    fundus = []
+    for r in rows:
+        if r.split != "train":
+            path = str(tmp_path / "fundus" / f"{r.patient_id}_v{r.order}.png")
+            shutil.copy(r.path, path)
+            fundus.append(r.replace(image_id=r.image_id.replace("xray", "fundus"),
+                                    study_id=f"fundus_v{r.order}", modality="fundus", view="",
+                                    path=path))
+    manifest = str(tmp_path / "manifest.csv")
+    write_manifest(rows + fundus, manifest)
+    labels = str(tmp_path / "labels.csv")     # every image labelled: only the split is wrong
+    with open(s["labels"], newline="") as f:
+        table = list(csv.DictReader(f))
+    by_id = {t["image_id"]: t for t in table}
+    with open(labels, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table + [dict(by_id[r.image_id.replace("fundus", "xray")],
+                                  image_id=r.image_id, modality="fundus") for r in fundus])
+    before = paths_digest(s["diag"], tmp_path)
+    new = str(tmp_path.parent / f"{tmp_path.name}_new")
+    assert main(["train", "--workdir", s["run"], "--manifest", manifest, "--labels", labels,
+                 "--out", new, "--app-config", s["app"]]) == 1
+    assert error_line(capsys) == (
+        f"error: train_split 'train': {manifest} has no fundus images in it, so the "
+        f"classifiers could not read the features of such images (each modality is "
+        f"standardised by its own training images); add training patients of that modality "
+        f"or leave its images out of the manifest")
+    assert not os.path.exists(new)
+    assert main(["eval", "--workdir", s["run"], "--manifest", manifest, "--labels", labels,
+                 "--out", s["diag"], "--app-config", s["app"]]) == 1
+    assert error_line(capsys) == (
+        f"error: {manifest}: has fundus images, and the classifiers "
+        f"{os.path.join(s['diag'], 'classifiers.msgpack')} were trained on xray images only, "
+        f"so they could not read their features; train them on a manifest with training "
+        f"images of that modality, or leave its images out")
+    assert paths_digest(s["diag"], tmp_path) == before
+
+
 @pytest.mark.parametrize("word, message", [
     ("calibration=bogus", "calibration='bogus' unknown; expected one of pairs, topk"),
     ("calibration=pairs", "calibration='pairs' has no effect with visit_fusion (the default): "

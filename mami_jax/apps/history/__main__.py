@@ -13,10 +13,11 @@
 ``index`` embeds every manifest image with the run's latest checkpoint, calibrates the
 per-modality thresholds on the manifest's validation patients (when it has some) and
 writes the archive; ``add`` extends it with the same model (another model is refused);
-``query`` prints an image's best earlier candidates with their similarity and the
-accept/reject decision (and, for an archive given ``--labels``, the diagnosis recorded
-for each earlier image: what a clinician reads beside it) and draws them beside the
-query; ``figure`` draws the AUC of
+``query`` prints an image's best earlier candidates with their score (the archive's score
+kind: summed z-scores of a visit-fused archive, a similarity otherwise), the
+accept/reject decision, whose they are (patient and order) and, for an archive given
+``--labels``, the diagnosis recorded for each earlier image (what a clinician reads beside
+it), and draws them beside the query; ``figure`` draws the AUC of
 several runs (e.g. classifier seeds) with their spread. An image already archived is
 queried with its own metadata (only earlier images, never its own study); another one
 needs ``--modality`` (and ``--order`` to exclude later archived images).
@@ -101,8 +102,15 @@ def _parser() -> argparse.ArgumentParser:
                         "MODALITY=PATH); repeatable. An archive indexed by visits adds their "
                         "evidence (an archived query brings its archived visit by itself)")
     s.add_argument("--threshold", type=float, default=None,
-                   help="accept above this similarity (default: the archive's calibration)")
-    s.add_argument("--png", default=None, help="picture to write (default: ./query_<name>.png)")
+                   help="accept above this score, on the scale of the archive's score kind "
+                        "(a visit-fused archive's: summed z-scores; a single-image one's: "
+                        "the hub-corrected or plain cosine similarity) (default: the "
+                        "archive's calibrated threshold)")
+    s.add_argument("--png", default=None,
+                   help="picture to write, replaced if it exists (default: "
+                        "./query_<image id>.png, a new image's named by its file name and a "
+                        "hash of its path; an existing file is never replaced by it: the "
+                        "next free ./query_<image id>-2.png, -3, ... is written and named)")
     app_config(s)
     model_args(s, required=False)   # default: the model the archive records
 

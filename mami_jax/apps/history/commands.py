@@ -12,7 +12,9 @@ command may write (docs/history.md, "Where the commands write"):
   earlier output (an archive, holding archive.json; a train folder, holding features.npz),
   so a dataset's folder is never written into; such a folder may lie inside the
   manifest's folder, but not inside the model's run;
-- ``query --png`` and ``figure --out`` are files, not folders.
+- ``query --png`` and ``figure --out`` are files, not folders; ``query``'s default picture,
+  ``./query_<image id>.png``, never replaces an existing file (the next free
+  ``query_<image id>-2.png``, ... is taken: ``query_output``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mami_jax.apps.history.archive import ARCHIVE_JSON, Archive, ArchiveError, m
 from mami_jax.apps.history.calibration import calibrate_archive
 from mami_jax.apps.history.features import TrainedModel
 from mami_jax.apps.history.history_select import NEW_IMAGE_DATASET, retrieve
+from mami_jax.apps.history import query_output
 from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_row, visit_mates
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
@@ -85,16 +88,6 @@ def _rows(args, config) -> tuple[list[ManifestRow], ImageFiles]:
 
 
 # -- where the commands write ------------------------------------------------------------
-def picture_stem(path: str) -> str:
-    """The name of a query's image without its extensions (``scan.nii.gz`` -> ``scan``; a
-    series folder its own name), for the default picture ``./query_<stem>.png``: it was
-    ``query_scan.png.png``."""
-    name = os.path.basename(os.path.normpath(path))
-    if name.lower().endswith(".gz"):
-        name = name[:-3]
-    return os.path.splitext(name)[0] or name
-
-
 def _file_of(spec: str | None) -> str | None:
     """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it."""
     return resolve(spec.partition(":")[0]) if spec else None
@@ -372,6 +365,7 @@ def query(args) -> int:
         raise ValueError(f"--threshold {args.threshold}: must be a finite number")
     archive = Archive.load(args.index)
     row = query_row(archive, args.image, args.modality, args.order)
+    named = row             # the picture's name: as given, before --with places a new one
     by_visit = scores_visits(archive.calibration)
     if args.with_images and not by_visit:
         raise ValueError(f"--with: {args.index} scores single images (it was indexed with "
@@ -390,8 +384,11 @@ def query(args) -> int:
     where = f"querying {args.index}"
     source = _model_source(archive, args, where)
     _check_reading(archive, source[1], where)
-    png = args.png or os.path.join(os.getcwd(), f"query_{picture_stem(row.path)}.png")
-    flag = "--png" if args.png else "the picture (default ./query_NAME.png; --png names another)"
+    if args.png:
+        png, flag = args.png, "--png"
+    else:   # named by the image, never over an existing file (query_output)
+        png = query_output.free_picture(query_output.default_picture(named, os.getcwd()))
+        flag = (f"the picture (default ./{os.path.basename(png)}; --png names another)")
     refuse_inside_inputs(png, flag, {
         "--index": args.index, "--image": args.image,
         **{f"--with {spec}": spec.partition("=")[2] if "=" in spec else spec
@@ -416,27 +413,54 @@ def query(args) -> int:
                  else "; scored by visit, no other image of it")
     else:
         matches, visit = retrieve(archive, [row], emb, k, threshold, progress=False)[0], ""
-    print(f"query {row.image_id} ({row.modality}, order {row.order or 'newest'}){visit}; "
-          f"accept above {threshold:.6f}")
-    column = archive.record_column
-    print(f"{'rank':>4}  {'score':>9}  {'decision':8}  image_id  (study, order)"
-          + (f"  {column}" if column else ""))
-    shown = []
-    for rank, m in enumerate(matches, 1):
-        r = archive.rows[m.position]
-        decision = "accept" if m.accepted else "reject"
-        record = f"  {archive.records.get(r.image_id, '-')}" if column else ""
-        print(f"{rank:>4}  {m.score:9.6f}  {decision:8}  {r.image_id}  ({r.study_id}, {r.order})"
-              f"{record}")
-        caption = f"{r.image_id}\n{m.score:.6f} {decision}"
-        if column:
-            caption += f"\n{column}: {archive.records.get(r.image_id, '-')}"
-        shown.append((model.embedder.preprocess(r), caption, m.accepted))
+    print(query_output.header(row, visit, threshold))
+    column, records = archive.record_column, archive.records
+    found = [(archive.rows[m.position], m.score, m.accepted) for m in matches]
+    # the whole table first: ranks and scores come from the index alone
+    print("\n".join(query_output.table(found, column, records)))
     if not matches:
         print("  (no earlier image in the archive)")
-    write_atomic(png, lambda tmp: query_figure(np.asarray(image), row.image_id, shown, tmp))
+    shown, unshown = _candidate_panels(model, found, column, records)
+    if unshown:
+        print(f"warning: the image files of {len(unshown)} of the {len(found)} candidates "
+              f"are missing or unreadable, so the picture shows their captions without "
+              f"them (their ranks and scores come from the archive's index): "
+              f"{'; '.join(unshown)}", file=sys.stderr, flush=True)
+
+    def draw(tmp):
+        query_figure(np.asarray(image), query_output.query_caption(row), shown, tmp)
+    png = (write_atomic(png, draw) if args.png
+           else query_output.write_new_picture(png, draw, write_atomic))
     print(f"picture: {os.path.abspath(png)}")
     return 0
+
+
+def _candidate_panels(model, found, column, records) -> tuple[list, list[str]]:
+    """(the picture's panels: (image or None, caption, accepted) per candidate, what
+    could not be shown: ``PATH (IMAGE_ID): why`` each). A candidate whose file is gone
+    (moved, deleted by a retention rule) or cannot be read is a panel without its image,
+    captioned so: retrieval needs only the index, and one such file ended the whole
+    query half-way through its table, with no picture."""
+    from mami_jax.data.decode_errors import DecodeError
+    from mami_jax.data.example_reader import DataError
+    from mami_jax.data.missing_files import missing_rows
+    gone = {r.image_id for r in missing_rows([r for r, _, _ in found])}
+    shown, unshown = [], []
+    for r, score, accepted in found:
+        image, trouble, why = None, "file missing", "no such file or folder"
+        if r.image_id not in gone:
+            try:
+                image = model.embedder.preprocess(r)
+            except FileNotFoundError:       # gone since it was looked for
+                pass
+            except (OSError, DataError, DecodeError) as e:
+                trouble, why = "file unreadable", str(e) or type(e).__name__
+        if image is None:
+            unshown.append(f"{r.path} ({r.image_id}): {why}")
+        shown.append((image, query_output.caption(r, score, accepted, column, records,
+                                                  None if image is not None else trouble),
+                      accepted))
+    return shown, unshown
 
 
 def _experiment(args, training: bool):
@@ -444,6 +468,7 @@ def _experiment(args, training: bool):
     classifiers with their record), every cheap check made before the model loads."""
     from mami_jax.apps.history.experiment import (CACHE_FILES, REPORT_FILES, TRAIN_FILES,
                                                   Experiment, FEATURES_CACHE, check_splits,
+                                                  check_trained_modalities,
                                                   check_training_classes, read_row_labels)
     from mami_jax.apps.history.trained_classifiers import (CLASSIFIERS,
                                                            check_classifier_settings,
@@ -463,6 +488,8 @@ def _experiment(args, training: bool):
     rows, files = _rows(args, load_experiment(spec))
     split = check_splits(rows, cfg, args.split, args.manifest, training)
     if trained is not None:
+        check_trained_modalities(rows, trained[0]["norm"]["features"],
+                                 os.path.join(out, CLASSIFIERS), args.manifest)
         refuse_trained_patients(trained[1], rows, split)
     y = read_row_labels(rows, labels, cfg)
     if training:

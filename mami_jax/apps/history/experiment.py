@@ -78,10 +78,11 @@ def _same_model(recorded, mine) -> bool:
 def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) -> str:
     """The evaluation split (``--split``, else the config's ``eval_split``), after checking
     that the manifest's ``rows`` hold it (and the training split when ``training``), and
-    images of each modality in the calibration split: cheap, so a name typed wrongly
-    stops before the features are computed. ``train`` evaluating its own training split
-    is refused, as ``eval`` refuses the patients trained on (it reported AUC 0.979 on
-    them). Returns the evaluation split."""
+    images of each modality in the calibration split (and, when ``training``, in the
+    training split: ``check_training_modalities``): cheap, so a name typed wrongly, or a
+    modality a split lacks, stops before the features are computed. ``train`` evaluating
+    its own training split is refused, as ``eval`` refuses the patients trained on (it
+    reported AUC 0.979 on them). Returns the evaluation split."""
     have = sorted({r.split for r in rows})
     named = [(split, "--split")] if split else [(str(cfg.eval_split), "eval_split")]
     if training:
@@ -94,6 +95,8 @@ def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) ->
         if name not in have:
             raise ValueError(f"{what} {name!r}: {manifest} has no images in it (its splits: "
                              f"{', '.join(repr(h) for h in have)})")
+    if training:
+        check_training_modalities(rows, str(cfg.train_split), manifest)
     calibration = str(cfg.calibration_split)
     missing = sorted({r.modality for r in rows}
                      - {r.modality for r in rows if r.split == calibration})
@@ -101,6 +104,35 @@ def check_splits(rows, cfg, split: str | None, manifest: str, training: bool) ->
         raise ValueError(f"calibration_split {calibration!r}: {manifest} has no {'/'.join(missing)} "
                          f"images in it to calibrate the thresholds on")
     return named[0][0]
+
+
+def check_training_modalities(rows, train_split: str, manifest: str) -> None:
+    """Refuses a manifest with a modality that has no image in ``train_split``: the
+    classifiers read each image's features standardised by its modality's training
+    images (``training.standardizer``), so that modality's images could not be read at
+    all. It was refused only after every image was embedded, calibrated and retrieved."""
+    missing = sorted({r.modality for r in rows}
+                     - {r.modality for r in rows if r.split == train_split})
+    if missing:
+        raise ValueError(f"train_split {train_split!r}: {manifest} has no {'/'.join(missing)} "
+                         f"images in it, so the classifiers could not read the features of "
+                         f"such images (each modality is standardised by its own training "
+                         f"images); add training patients of that modality or leave its "
+                         f"images out of the manifest")
+
+
+def check_trained_modalities(rows, norm: dict, classifiers: str, manifest: str) -> None:
+    """Refuses, for ``eval``, a manifest with a modality the classifiers were not trained
+    on (``norm``: their per-modality feature statistics, ``trained_classifiers``): its
+    features could not be read, an error that came only after every image was
+    embedded."""
+    missing = sorted({r.modality for r in rows} - set(norm))
+    if missing:
+        raise ValueError(f"{manifest}: has {'/'.join(missing)} images, and the classifiers "
+                         f"{classifiers} were trained on {', '.join(sorted(norm))} images "
+                         f"only, so they could not read their features; train them on a "
+                         f"manifest with training images of that modality, or leave its "
+                         f"images out")
 
 
 def check_training_classes(rows, y, cfg, labels_path: str, manifest: str) -> None:
