@@ -11,12 +11,22 @@ elsewhere with ``--config=/path/to/configs/all.py`` failed on that import. Every
 folder above the file's own folder importable. A relative FILE that does not exist from
 the working directory is looked up in the repository (``configs/all.py`` names the
 repository's file wherever the command runs).
+
+A spec's FILE may hold ':' of its own (a run folder named ``run_12:00``): ``split_spec``
+takes a spec that names an existing file as FILE alone, and otherwise cuts it at the ':'
+that follows a ``.py`` or ``.json`` name, not at the first ':', which split such a path and
+named a file that does not exist.
+
+A run resumed with other settings keeps the config its earlier steps were trained with as
+``config.until_step_<N>.json`` beside ``config.json`` (``train/run_config``);
+``trained_config_path`` is the one that trained a given checkpoint.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from typing import Sequence
@@ -37,6 +47,59 @@ def run_config_path(workdir: str) -> str:
     return os.path.join(workdir, RUN_CONFIG_FILE)
 
 
+#: The config that trained a run's steps up to N, kept when it was resumed at step N with
+#: other settings (``train/run_config.note_changed_settings``).
+_UNTIL_STEP = re.compile(r"config\.until_step_(\d+)\.json")
+
+
+def until_step_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, f"config.until_step_{int(step)}.json")
+
+
+def until_step_files(workdir: str) -> dict[int, str]:
+    """{N: path} of the workdir's ``config.until_step_<N>.json`` files."""
+    try:
+        names = os.listdir(workdir)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        match = _UNTIL_STEP.fullmatch(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(workdir, name)
+    return found
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the finished checkpoints in ``WORKDIR/checkpoints``, sorted (a save in
+    progress is a folder ``<step>.orbax-checkpoint-tmp-...``, left out); read without
+    orbax, so that a command can choose a config before it imports JAX."""
+    folder = os.path.join(workdir, "checkpoints")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names
+                  if n.isdigit() and os.path.isdir(os.path.join(folder, n)))
+
+
+def trained_config_path(workdir: str, step: int | None = None) -> str:
+    """The file holding the config that trained the checkpoint of ``step`` (None: the
+    latest): ``config.until_step_<N>.json`` of the least N >= ``step`` where there is one,
+    else ``config.json``. A resumed run replaces ``config.json`` before its first new
+    checkpoint is saved, and only after it kept the config that trained the earlier steps
+    as ``config.until_step_<resumed step>.json``; so ``config.json`` alone could name the
+    settings of a run that was stopped (or killed while saving) before it saved anything,
+    or of steps past an earlier checkpoint a command reads (``WORKDIR@STEP``)."""
+    if step is None:
+        steps = checkpoint_steps(workdir)
+        if not steps:
+            return run_config_path(workdir)
+        step = steps[-1]
+    covering = [n for n in until_step_files(workdir) if n >= step]
+    return until_step_path(workdir, min(covering)) if covering else run_config_path(workdir)
+
+
 def resolve(path: str) -> str:
     """``path`` itself where it exists (or is absolute), else the repository's file of that
     name where there is one; else ``path``, so a missing file is named as it was given."""
@@ -46,10 +109,34 @@ def resolve(path: str) -> str:
     return in_repo if os.path.exists(in_repo) else path
 
 
+#: The names after which a spec's ':' starts ARG (``configs/all.py:runlocal``).
+SPEC_FILE_SUFFIXES = (".py", ".json")
+
+
+def split_spec(spec: str) -> tuple[str, str, str]:
+    """``FILE[:ARG]`` as (FILE, ":" or "", ARG), where FILE may hold ':' of its own (a
+    workdir named ``run_12:00``): the whole spec when it names an existing file; else cut
+    at a ':' that follows a ``.py`` or ``.json`` name, the last one whose FILE exists, else
+    the last one (a missing file is named whole); a spec with no such ':' is cut at its
+    first ':' only when what precedes it is an existing file, else it is all FILE."""
+    if os.path.isfile(resolve(spec)):
+        return spec, "", ""
+    cuts = [i for i, c in enumerate(spec) if c == ":" and spec[:i].endswith(SPEC_FILE_SUFFIXES)]
+    for i in reversed(cuts):
+        if os.path.isfile(resolve(spec[:i])):
+            return spec[:i], ":", spec[i + 1:]
+    if cuts:
+        return spec[:cuts[-1]], ":", spec[cuts[-1] + 1:]
+    path, sep, arg = spec.partition(":")
+    if sep and os.path.isfile(resolve(path)):
+        return path, sep, arg
+    return spec, "", ""
+
+
 def resolve_spec(spec: str) -> str:
     """``FILE[:ARG]`` with FILE resolved as ``load_config`` resolves it (for loaders that
     only read paths relative to the working directory)."""
-    path, sep, arg = spec.partition(":")
+    path, sep, arg = split_spec(spec)
     return resolve(path) + sep + arg
 
 
@@ -84,14 +171,17 @@ def flag_config_from_anywhere(argv: Sequence[str], flag: str = "--config") -> li
     ``load_config`` resolves it and made importable, before a flags parser
     (``ml_collections.config_flags``, which reads Python files only) loads it; an existing
     ``FILE.json`` (or model file carrying its run's config) becomes
-    ``json_config_file.py:FILE``."""
+    ``json_config_file.py:FILE``, and so does a Python ``FILE[:ARG]`` whose FILE holds ':'
+    (``json_config_file.py:FILE:ARG``): ml_collections cuts its value at the first ':'."""
     out = list(argv)
     for at, value in flag_values(argv, flag):
-        path, sep, arg = value.partition(":")
+        path, sep, arg = split_spec(value)
         full = resolve(path)
         if (full.endswith((".json",) + MODEL_FILES) and not sep
                 and os.path.isfile(full)):
             full, sep, arg = JSON_CONFIG_FILE, ":", os.path.abspath(full)
+        elif ":" in full and os.path.isfile(full):
+            full, sep, arg = JSON_CONFIG_FILE, ":", os.path.abspath(full) + sep + arg
         make_importable(full)
         joined = out[at].startswith(flag + "=")
         out[at] = (f"{flag}=" if joined else "") + full + sep + arg
@@ -112,12 +202,40 @@ def json_config(text, source: str):
     file writes (JSON only has lists); ValueError naming ``source`` when it is not a JSON
     object, or one with a key unknown or of the wrong type, which would otherwise fail only
     where it is read, or never; keys it lacks (a run of an older version) take their
-    defaults, with a warning (``config_types.check_run_config``)."""
-    import ml_collections
+    defaults, with a warning (``config_types.check_run_config``).
 
+    The values go into the experiment config (``mami_jax.config.base_config``) rather than
+    a ConfigDict built from JSON's types, so each key keeps its type and a
+    ``--config.KEY=VALUE`` override reads as it does on the config file: a placeholder
+    stored as null (``data.modalities.<m>.value_window``, ``source_weight``) was a key of
+    type None, which ml_collections refuses to override, and a float stored as a whole
+    number (a hand edit of ``"learning_rate": 1``) became an int key that refused 0.0005."""
+    from mami_jax.config import base_config
     from mami_jax.config_types import check_run_config
     values = parse_json_object(text, source, "config values")
-    return ml_collections.ConfigDict(_tuples(check_run_config(values, source)))
+    config = base_config()
+    _copy_values(config, _tuples(check_run_config(values, source)), "")
+    config.unlock()     # as a ConfigDict built from the JSON was (ml_collections' flag locks it)
+    return config
+
+
+def _copy_values(node, values: dict, prefix: str) -> None:
+    """Sets every value of ``values`` (checked by ``check_run_config``: the keys of
+    ``node``) on the ConfigDict ``node``, recursing into blocks; a table of names
+    (``config_types.FREE_FORM_TABLES``) is replaced whole, its values of the table's type
+    (1 for 1.0 in a table of weights)."""
+    from mami_jax.config_types import FREE_FORM_TABLES
+    for key, value in values.items():
+        path = prefix + key
+        if path in FREE_FORM_TABLES:
+            kind = FREE_FORM_TABLES[path]
+            node[key] = ml_collections.ConfigDict(
+                {name: kind(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 else v for name, v in value.items()})
+        elif isinstance(node[key], ml_collections.ConfigDict):
+            _copy_values(node[key], value, path + ".")
+        else:
+            node[key] = value
 
 
 def read_json_config(path: str):
@@ -168,7 +286,7 @@ def _named_by_line(run, spec: str, full: str):
         line = raised_in(e, full)
         if line is None:
             raise
-        raise ValueError(f"config file {spec.partition(':')[0]!r}: line {line}: "
+        raise ValueError(f"config file {split_spec(spec)[0]!r}: line {line}: "
                          f"{type(e).__name__}: {' '.join(str(e).split())}") from e
 
 
@@ -184,7 +302,7 @@ def load_config(spec: str, kind: str | None = None):
 
 
 def _load_config(spec: str):
-    path, _, arg = spec.partition(":")
+    path, _, arg = split_spec(spec)
     full = resolve(path)
     if not os.path.isfile(full):
         raise FileNotFoundError(f"config file {path!r} not found")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from mami_jax.config_files import json_config, load_config, resolve_spec, run_config_path
+from mami_jax.config_files import (json_config, load_config, resolve_spec, run_config_path,
+                                   split_spec, trained_config_path)
 from mami_jax.model_name import workdir_and_step
 
 #: The config a model file (``.pth``/``.safetensors``, a converter folder) that carries none
@@ -27,13 +28,16 @@ class RunConfigMissing(ValueError):
 
 def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]") -> str:
     """The config spec to load ``model`` (a workdir, ``WORKDIR@STEP``, a model file or a
-    converter folder) with: ``given`` when the user named one; else the run's own
-    ``config.json`` (absolute, so reports name it from anywhere); a model file exported
-    from a run carries that config (the file is then the spec), and a converter folder
-    imported from such a file keeps it as ``config.json``; any other model file or
-    converter folder is read with the paper's config. A folder that is none of these is a
-    ValueError; a workdir with checkpoints but without ``config.json`` is a ``RunConfigMissing`` saying to name its config (``how``: the flag or setting
-    that does)."""
+    converter folder) with: ``given`` when the user named one; else the run's own config
+    that trained the checkpoint read (the latest, or STEP): ``config.json``, or the
+    ``config.until_step_<N>.json`` a resume with other settings kept
+    (``config_files.trained_config_path``), absolute, so reports name it from anywhere; a
+    model file exported from a run carries that config (the file is then the spec), and a
+    converter folder imported from such a file keeps it as ``config.json``; any other
+    model file or converter folder is read with the paper's config. A folder that is none
+    of these is a ValueError; a workdir with checkpoints but without ``config.json`` is a
+    ``RunConfigMissing`` saying to name its config (``how``: the flag or setting that
+    does)."""
     if given:
         return resolve_spec(given)
     from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
@@ -41,12 +45,13 @@ def experiment_spec(model: str, given: str = "", how: str = "--config FILE[:ARG]
         from mami_jax.convert.official import embedded_experiment
         return (os.path.abspath(model) if embedded_experiment(model) is not None
                 else resolve_spec(MODEL_FILE_EXPERIMENT))
-    workdir = workdir_and_step(model)[0]
+    workdir, step = workdir_and_step(model)
     if not os.path.isdir(workdir):
         return resolve_spec(MODEL_FILE_EXPERIMENT)    # (a missing path: the loader names it)
     stored = run_config_path(workdir)
     if os.path.isfile(stored):
-        return os.path.abspath(stored)
+        step = int(step) if step is not None and step.strip().isdigit() else None
+        return os.path.abspath(trained_config_path(workdir, step))
     if is_converter_checkpoint(model):
         return resolve_spec(MODEL_FILE_EXPERIMENT)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -73,7 +78,7 @@ def load_experiment(spec: str):
     """The config of an ``experiment_spec``: ``config_files.load_config`` of a config file
     or a run's ``config.json``, or the config a model file exported from a run carries
     (ValueError naming the file when it carries none)."""
-    path = spec.partition(":")[0]
+    path = split_spec(spec)[0]
     if path.endswith((".py", ".json")) or not os.path.isfile(path):
         return load_config(spec, kind="experiment")
     from mami_jax.convert.official import embedded_experiment

@@ -15,17 +15,24 @@ traceback), one whose ``get_config`` returns something other than a ``ConfigDict
 only failed later, at the first key the run read), one of another kind (the history or
 privacy application's: ``config_kinds``). ``config_files.config_file_problem`` is the
 source check, which ``config_files.load_config`` makes too.
+
+``--config.KEY=None`` sets None where the key may be None (a placeholder, such as
+``data.modalities.<m>.value_window`` or ``source_weight``, or a key whose value is None):
+ml_collections read it as the tuple ``(None,)`` or failed to make a float of it
+(``none_overrides``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
 import ml_collections
 from absl import flags
+from ml_collections.config_dict import FieldReference
 
 from mami_jax import config_files
 from mami_jax.config_kinds import kind_problem
@@ -48,6 +55,68 @@ def unknown_override(argv: Sequence[str], spec: str) -> str | None:
                 return key
             node = node[part]
     return None
+
+
+#: An override as ``-config.KEY=VALUE``, ``--config.KEY=VALUE`` or ``--config.KEY VALUE``.
+_OVERRIDE = re.compile(r"--?config\.([^=\s]+)(?:=(.*))?", re.DOTALL)
+
+
+def may_be_none(config, key: str) -> bool:
+    """Whether the dotted ``key`` of ``config`` exists and may be set to None: a
+    placeholder (``config_dict.placeholder``, whatever value it holds now) or a key whose
+    value is None. Any other key keeps its type (ml_collections would let None replace a
+    number, and the run fail where it reads it)."""
+    *parents, name = key.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        return False
+    return node[name] is None or isinstance(node._fields.get(name), FieldReference)
+
+
+def none_overrides(argv: list[str], spec: str | None) -> tuple[list[str], list[str]]:
+    """(``argv`` without the overrides that set a key to None, those keys): each key
+    whose last override (absl takes the last) is the literal ``None`` and that
+    ``may_be_none`` in the config of ``spec``, which the caller sets after parsing. absl
+    would read ``None`` by the key's type: ``(None,)`` for a tuple placeholder
+    (``value_window``), an error for a float one (``source_weight``), and a key of value
+    None refuses any override. Other overrides stay (a config that cannot be
+    loaded, a key it lacks: the parser names them)."""
+    found: dict[str, list[tuple[list[int], str | None]]] = {}
+    for i, arg in enumerate(argv):
+        if arg == "--":             # absl: everything after is positional
+            break
+        match = _OVERRIDE.fullmatch(arg)
+        if not match:
+            continue
+        key, value = match.group(1), match.group(2)
+        at = [i]
+        if value is None and i + 1 < len(argv) and argv[i + 1] == "None":
+            value, at = "None", [i, i + 1]
+        found.setdefault(key, []).append((at, value))
+    wanted = [key for key, given in found.items() if given[-1][1] == "None"]
+    if not wanted or not spec:
+        return argv, []
+    try:
+        config = config_files.load_config(spec)
+    except Exception:  # noqa: BLE001 - the parser below names what is wrong with it
+        return argv, []
+    keys = [key for key in wanted if may_be_none(config, key)]
+    dropped = {i for key in keys for at, _ in found[key] for i in at}
+    return [a for i, a in enumerate(argv) if i not in dropped], keys
+
+
+def set_to_none(config, keys) -> None:
+    """Sets each dotted key of ``keys`` (``none_overrides``) to None on ``config``."""
+    for key in keys:
+        *parents, name = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[name] = None
 
 
 def _config_value_problem(path: str) -> str | None:
@@ -85,12 +154,19 @@ def _one_line(text: str) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
     """``flags.FLAGS(argv)`` (what ``app.run`` passes on), or one ``error:`` line and exit 2."""
     spec = config_value(argv[1:])
-    path = spec.partition(":")[0] if spec else None
+    path = config_files.split_spec(spec)[0] if spec else None
+    if spec and spec.startswith(config_files.JSON_CONFIG_FILE + ":"):
+        path = config_files.JSON_CONFIG_FILE    # its ARG may end in a .py of its own
     if path is not None and not os.path.isfile(path):
         _exit(f"--config {spec}: no such file")
     problem = config_files.config_file_problem(path) if path else None   # any name: it is run
     if problem:
         _exit(f"{path}: {problem}")
+    kept, nulls = none_overrides(argv[1:], spec)
+    saved_argv = sys.argv
+    if nulls:
+        argv = argv[:1] + kept
+        sys.argv = argv     # ml_collections reads the overrides from sys.argv, not argv
     quiet = _DropNoneConfigWarning()
     logging.getLogger("absl").addFilter(quiet)
     try:
@@ -112,6 +188,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             _exit(str(no_config))
         _exit(f"--config.{key}: {spec} has no key {key!r}" if key else str(e))
     finally:
+        sys.argv = saved_argv
         logging.getLogger("absl").removeFilter(quiet)
     problem = _config_value_problem(path) if path else None
     if problem is None and path and isinstance(flags.FLAGS["config"].value,
@@ -119,6 +196,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         problem = kind_problem(flags.FLAGS["config"].value, "experiment")
     if problem:
         _exit(f"{path}: {problem}")
+    if nulls:
+        set_to_none(flags.FLAGS["config"].value, nulls)
     if len(parsed) > 1:        # absl would print the whole usage text above the complaint
         _exit(f"unexpected arguments: {' '.join(parsed[1:])} (every setting is a flag: "
               "--config.KEY=VALUE; see --help)")

@@ -7,6 +7,10 @@ inside. ``config_files.flag_config_from_anywhere`` therefore rewrites such a ``-
 as ``--config=<this file>:<FILE>``, and this ``get_config`` reads it back (with its
 tuples: ``experiment_config.load_experiment``), so ``--config.KEY=VALUE`` overrides work on
 it as on any config file.
+
+A Python config file whose path holds ':' (in a folder named ``run_12:00``) comes here too,
+as ``<this file>:FILE:ARG``: ml_collections cuts its flag's value at the first ':', and
+``load_experiment`` cuts it after the file's ``.py`` name (``config_files.split_spec``).
 """
 
 from mami_jax.experiment_config import load_experiment

@@ -127,15 +127,73 @@ def test_execution_only_keys_may_differ_on_resume(run_copy, monkeypatch):
     train_and_evaluate(_cfg(root, dtype="bfloat16", remat=True, init="released"), workdir)
     saved = checkpointing.read_model_config(workdir)
     assert (saved["dtype"], saved["remat"], saved["init"]) == ("bfloat16", True, "released")
-    # The whole config of the latest start is what the run keeps for the applications.
+    # Nothing was trained with the new settings (the run was at its last step):
+    # config.json still holds the config that trained the checkpoint the applications read.
     kept = load_config(os.path.join(workdir, "config.json"))
-    assert kept.to_dict() == _cfg(root, dtype="bfloat16", remat=True, init="released").to_dict()
+    assert kept.to_dict() == _cfg(root).to_dict()
     earlier = os.path.join(workdir, "config.until_step_2.json")
     assert load_config(earlier).to_dict() == _cfg(root).to_dict()
     assert [w for w in warned if not w.startswith("optim.warmup_steps")] == [   # tiny run
         "resuming from step 2 with 3 setting(s) other than the run's: model.dtype: 'float32' "
         "-> 'bfloat16'; model.init: 'default' -> 'released'; model.remat: False -> True; the "
         f"steps up to 2 were trained with {earlier}"]
+
+
+def _with_lr(root, rate, total_steps=2):
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.optim.learning_rate = rate
+        cfg.train.total_steps = total_steps
+    return cfg
+
+
+def test_a_resume_stopped_before_it_saved_keeps_the_record_of_what_trained(run_copy,
+                                                                           monkeypatch):
+    """Run A trained steps 1-2; B resumed it with another learning rate and was stopped
+    before step 3; C resumed it again. B had already made config.json its own (so
+    ``--mode=eval`` read A's checkpoint with B's settings), and C compared itself with B,
+    replaced config.until_step_2.json (A's, the record of steps 1-2) with B's and warned
+    that steps 1-2 were trained with it. Now config.json changes only when a new
+    checkpoint is saved, the until_step record is never replaced, and readers take the
+    file that covers the checkpoint they read."""
+    from mami_jax import experiment_config
+    from mami_jax.train import trainer
+
+    workdir, root, _ = run_copy
+    a = _cfg(root)
+    own, until_2 = os.path.join(workdir, "config.json"), os.path.join(
+        workdir, "config.until_step_2.json")
+    a_text = open(own).read()
+    assert load_config(own).to_dict() == a.to_dict()
+
+    def stopped_before_step_3(*args, **kwargs):    # SIGTERM before a step: as Ctrl-C
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "tqdm", stopped_before_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(_with_lr(root, 0.5, total_steps=3), workdir)      # B
+    monkeypatch.undo()
+    assert checkpointing.latest_step(workdir) == 2
+    assert open(own).read() == a_text                   # B trained nothing
+    assert open(until_2).read() == a_text
+    for model in (workdir, workdir + "@2"):             # what eval and the apps read
+        spec = experiment_config.experiment_spec(model)
+        assert experiment_config.load_experiment(spec).to_dict() == a.to_dict(), spec
+    chosen = run_config.with_the_runs_config([f"--workdir={workdir}"])[0]   # main's
+    assert load_config(chosen.split("=", 1)[1]).to_dict() == a.to_dict()
+
+    warned = []
+    monkeypatch.setattr(run_config.logging, "warning", lambda *x: warned.append(x[0] % x[1:]))
+    c = _with_lr(root, 0.002, total_steps=3)
+    train_and_evaluate(c, workdir)                      # C trains step 3
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+    assert open(until_2).read() == a_text               # still A's: steps 1-2 were A's
+    changes = [w for w in warned if w.startswith("resuming from step 2")]
+    assert len(changes) == 1 and "optim.learning_rate: 0.001 -> 0.002" in changes[0], warned
+    assert "0.5" not in changes[0] and changes[0].endswith(
+        f"the steps up to 2 were trained with {until_2}")
+    assert load_config(own).to_dict() == c.to_dict()    # the config of checkpoint 3
+    assert experiment_config.experiment_spec(workdir) == own
+    assert experiment_config.experiment_spec(workdir + "@2") == until_2
 
 
 def test_the_run_keeps_the_whole_config_it_was_trained_with(trained):

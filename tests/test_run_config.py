@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mami_jax.config_files import (JSON_CONFIG_FILE, REPO_ROOT, flag_config_from_anywhere,
-                                   load_config, run_config_path)
+                                   load_config, run_config_path, trained_config_path)
 from mami_jax.experiment_config import RunConfigMissing, experiment_spec, load_experiment
 from mami_jax.train.run_config import with_the_runs_config, write_run_config
 
@@ -226,11 +226,83 @@ def test_a_workdir_holding_another_config_json_is_refused_before_it_is_replaced(
     from mami_jax.config import base_config
     from mami_jax.train.trainer import train_and_evaluate
     (tmp_path / "config.json").write_text(text)
+    config = base_config()
+    with config.unlocked():     # (no CLIP file here: a new run would be refused for that)
+        config.init.clip_checkpoint, config.init.require_pretrained = "", False
     with pytest.raises(ValueError) as e:
-        train_and_evaluate(base_config(), str(tmp_path))
+        train_and_evaluate(config, str(tmp_path))
     assert str(e.value) == (
         f"--workdir {tmp_path}: {tmp_path / 'config.json'} is not a training run's config "
         f"({why}); training writes its own config.json there and would replace it: give "
         "another --workdir, or move the file")
     assert os.listdir(tmp_path) == ["config.json"]
     assert (tmp_path / "config.json").read_text() == text
+
+
+def _config_with(seed):
+    config = load_config("configs/all.py:runlocal")
+    with config.unlocked():
+        config.seed = seed
+    return config
+
+
+def test_a_checkpoint_is_read_with_the_config_that_trained_it(tmp_path, capsys):
+    """A resume at step 2 with other settings keeps the config of steps 1-2 as
+    config.until_step_2.json and replaces config.json just before it saves its first
+    checkpoint: killed between the two, config.json holds settings that trained nothing,
+    and the latest checkpoint (2) is still read with config.until_step_2.json; once a
+    checkpoint past 2 exists, config.json is its config, and WORKDIR@2 the earlier one."""
+    run = _run(tmp_path / "run")
+    own = os.path.join(run, "config.json")
+    write_run_config(run, _config_with(1))          # the settings that trained steps 1-2
+    until_2 = os.path.join(run, "config.until_step_2.json")
+    with open(own) as f, open(until_2, "w") as g:
+        g.write(f.read())
+    write_run_config(run, _config_with(2))          # the resume's, written before its save
+    assert trained_config_path(run) == until_2
+    for model in (run, run + "@2", run + "@1"):
+        assert experiment_spec(model) == until_2
+        assert load_experiment(experiment_spec(model)).seed == 1
+    assert with_the_runs_config([f"--workdir={run}"])[0] == f"--config={until_2}"
+    assert f"--config: the run's own, {until_2}" in capsys.readouterr().err
+    os.makedirs(os.path.join(run, "checkpoints", "4"))                 # the resume's save
+    os.makedirs(os.path.join(run, "checkpoints", "6.orbax-checkpoint-tmp-12"))  # unfinished
+    assert experiment_spec(run) == own and experiment_spec(run + "@4") == own
+    assert experiment_spec(run + "@2") == until_2
+    assert with_the_runs_config([f"--workdir={run}"])[0] == f"--config={own}"
+
+
+def test_an_until_step_record_is_never_replaced(tmp_path, monkeypatch):
+    """A second resume at the same step (the first stopped before it saved) compares
+    itself with the config that trained the step, and keeps its record."""
+    from mami_jax.train import run_config
+    run = _run(tmp_path / "run")
+    write_run_config(run, _config_with(1))
+    until_2 = os.path.join(run, "config.until_step_2.json")
+    warned = []
+    monkeypatch.setattr(run_config.logging, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    run_config.note_changed_settings(run, _config_with(2), 2)           # B
+    record = open(until_2).read()
+    assert json.loads(record)["seed"] == 1
+    write_run_config(run, _config_with(2))          # B was killed as it saved step 3
+    run_config.note_changed_settings(run, _config_with(3), 2)           # C
+    assert open(until_2).read() == record
+    assert warned[-1].startswith("resuming from step 2 with 1 setting(s) other than the "
+                                 "run's: seed: 1 -> 3; the steps up to 2")
+    run_config.note_changed_settings(run, _config_with(1), 2)           # A again: no change
+    assert len(warned) == 2 and open(until_2).read() == record
+
+
+def test_records_of_checkpoints_that_are_gone_are_removed(tmp_path, monkeypatch):
+    """A run whose checkpoints past step N were deleted, or a new run in the folder of one
+    whose checkpoints/ was, trains those steps again: a config.until_step record of them
+    would be read with the new checkpoints."""
+    from mami_jax.train import run_config
+    monkeypatch.setattr(run_config.logging, "warning", lambda *a: None)
+    for n in (2, 4, 6):
+        open(os.path.join(tmp_path, f"config.until_step_{n}.json"), "w").write("{}")
+    run_config.forget_configs_past(str(tmp_path), 4)
+    assert sorted(os.listdir(tmp_path)) == ["config.until_step_2.json",
+                                           "config.until_step_4.json"]
+    run_config.forget_configs_past(str(tmp_path), 0)
+    assert os.listdir(tmp_path) == []

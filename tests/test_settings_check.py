@@ -66,6 +66,12 @@ def _config():
                            "patient leaves nothing to match)"),
     ("loss.align.mlp_hidden", -1, "loss.align.mlp_hidden=-1: expected a whole number >= 0 "
                                   "(0: the model width)"),
+    # Trained the opposite objective (a patient's images pushed apart) and ended well:
+    ("loss.terms.triplet", -1.0, "loss.terms.triplet=-1.0: expected a weight >= 0 (0: the "
+                                 "term is off; a negative weight maximises it)"),
+    # Refused by the sampler without naming the key, the workdir made (and left empty):
+    ("seed", -1, "seed=-1: expected a whole number >= 0 (below 2**63)"),
+    ("seed", 2**63, "seed=9223372036854775808: expected a whole number >= 0 (below 2**63)"),
 ])
 def test_a_setting_out_of_range_names_its_key(key, value, message):
     config = _config()
@@ -179,4 +185,65 @@ def test_batches_that_do_not_split_over_the_data_axis_are_refused_before_the_wor
         train_and_evaluate(config, str(workdir))
     assert str(e.value) == ("global batch data.patients_per_batch x data.images_per_patient = "
                             "3 x 2 = 6 is not divisible by the 8 devices of the data axis")
+    assert not workdir.exists()
+
+
+def _init_config(tmp_path, **init):
+    config = _config()
+    with config.unlocked():
+        config.init.update(init)
+    return config
+
+
+def test_the_pretrained_weights_of_a_new_run_must_exist(tmp_path):
+    """They were looked for only after the data was read and the workdir had checkpoints/
+    and training_batches.png; a resumed run reads its checkpoint, not them."""
+    new, resumed = str(tmp_path / "new"), str(tmp_path / "resumed")
+    os.makedirs(os.path.join(resumed, "checkpoints", "2"))
+    official = str(tmp_path / "mami.pth")
+    config = _init_config(tmp_path, official_checkpoint=official)
+    with pytest.raises(FileNotFoundError) as e:
+        check_training_settings(config, new)
+    assert str(e.value) == (f"init.official_checkpoint={official!r}: no such file (the "
+                            "released .pth a new run is initialised from)")
+    check_training_settings(config, resumed)
+    check_training_settings(config)                 # no workdir: the settings alone
+    clip = str(tmp_path / "ViT-B-16.pt")
+    config = _init_config(tmp_path, clip_checkpoint=clip, require_pretrained=True)
+    with pytest.raises(FileNotFoundError, match=rf"^init.clip_checkpoint='{clip}': no such "
+                                                r"file or folder\. CLIP ViT-B/16 weights are"):
+        check_training_settings(config, new)
+    config = _init_config(tmp_path, clip_checkpoint="", require_pretrained=True)
+    with pytest.raises(FileNotFoundError, match=r"^init.clip_checkpoint is not set\. CLIP"):
+        check_training_settings(config, new)
+    check_training_settings(config, resumed)
+    open(clip, "w").close()
+    check_training_settings(_init_config(tmp_path, clip_checkpoint=clip,
+                                         require_pretrained=True), new)
+    check_training_settings(_init_config(tmp_path, clip_checkpoint=str(tmp_path / "none"),
+                                         require_pretrained=False), new)   # random init
+    open(official, "w").close()
+    check_training_settings(_init_config(tmp_path, official_checkpoint=official), new)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("seed", -1, r"^seed=-1: expected a whole number >= 0"),
+    ("loss.terms.triplet", -1.0, r"^loss.terms.triplet=-1.0: expected a weight >= 0"),
+    ("init.official_checkpoint", "/nowhere/mami.pth",
+     r"^init.official_checkpoint='/nowhere/mami.pth': no such file"),
+])
+def test_the_refusals_come_before_the_workdir_is_made(tmp_path, key, value, message):
+    """(The manifest is missing too: a run that got past the check would stop there.)"""
+    from mami_jax.train.trainer import train_and_evaluate
+    config = _config()
+    *blocks, name = key.split(".")
+    block = config
+    for part in blocks:
+        block = block[part]
+    with config.unlocked():
+        block[name] = value
+        config.data.manifest = str(tmp_path / "missing.csv")
+    workdir = tmp_path / "run"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train_and_evaluate(config, str(workdir))
     assert not workdir.exists()

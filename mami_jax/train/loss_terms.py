@@ -104,7 +104,9 @@ def align(outputs: dict, batch: dict, cfg) -> jax.Array:
 
 
 def configured_terms(loss_cfg) -> dict[str, float]:
-    """``loss.terms`` as ``{name: weight}``, checked: known names, finite weights, not empty."""
+    """``loss.terms`` as ``{name: weight}``, checked: known names, finite weights >= 0, not
+    empty. A negative weight was taken: ``--config.loss.terms.triplet=-1`` maximised the
+    triplet loss, pushing a patient's images apart, and the run ended well."""
     terms = {str(k): v for k, v in dict(loss_cfg.terms).items()}
     unknown = sorted(set(terms) - set(LOSS_TERMS))
     if unknown:
@@ -116,6 +118,9 @@ def configured_terms(loss_cfg) -> dict[str, float]:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                 or not math.isfinite(weight):
             raise ValueError(f"loss.terms.{name}={weight!r}: a weight must be a finite number")
+        if weight < 0:
+            raise ValueError(f"loss.terms.{name}={weight!r}: expected a weight >= 0 (0: the "
+                             "term is off; a negative weight maximises it)")
         out[name] = float(weight)
     return out
 

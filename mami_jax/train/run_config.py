@@ -1,16 +1,27 @@
-"""``WORKDIR/config.json``: the whole experiment config a run was last started with.
+"""``WORKDIR/config.json``: the whole experiment config a run's latest checkpoint was
+trained with, and ``config.until_step_<N>.json``: the one its steps up to N were trained
+with, where it was resumed at step N with other settings.
 
 ``model_config.json`` holds only what the checkpoints' parameters need. A command that
 reads a trained run also needs its preprocessing (image sizes, slices, normalisation per
 modality), its mesh and its batch sizes; without them stored, every application command
 had to be told the config file and its words again (``--config configs/all.py:runlocal``),
 and a wrong guess was refused only where it changed the model config. The file is the
-config after every ``--config.KEY`` override, written at each start of training (a resumed
-run with other settings records them), so it also travels with the run to a machine
+config after every ``--config.KEY`` override, so it also travels with the run to a machine
 whose checkout holds other config files. ``config_files.load_config`` reads it back (a
 ``.json`` spec), the applications choose it by themselves (``experiment_config``), and
 ``python -m mami_jax.main --workdir=RUN`` without ``--config`` reads it
 (``with_the_runs_config``).
+
+A new run writes it as it starts (a run stopped before its first checkpoint is started
+again with it); a resumed run writes it just before it saves its first new checkpoint,
+after it kept the config that trained the resumed checkpoint, when that differs, as
+``config.until_step_<N>.json``, which nothing overwrites. A resume written at its start
+made a run stopped before it trained a step record settings that trained nothing: the
+next resume compared itself with those, replaced the true ``until_step`` record with them,
+and ``--mode=eval`` read the saved checkpoint with them. Readers take the file that
+covers the checkpoint they read (``config_files.trained_config_path``), so even a run
+killed between writing ``config.json`` and finishing that save is read right.
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ import sys
 
 from absl import logging
 
-from mami_jax.config_files import flag_values, run_config_path
+from mami_jax.config_files import (flag_values, run_config_path, trained_config_path,
+                                   until_step_files, until_step_path)
 from mami_jax.config_kinds import missing_keys
 from mami_jax.runtime.atomic_files import write_text_atomic
 
@@ -78,13 +90,15 @@ def changed_settings(stored_json: str, config) -> dict[str, tuple]:
 
 
 def note_changed_settings(workdir: str, config, step: int) -> None:
-    """A run resumed at ``step`` with settings other than those it was started with (an
+    """A run resumed at ``step`` with settings other than those that trained it (an
     override given the first time and forgotten the second, a config file edited in
-    between) went on silently under the new ones. Now a warning names each change, and
-    the config the steps up to ``step`` were trained with is kept as
-    ``config.until_step_<step>.json`` before ``write_run_config`` replaces it (process 0)."""
+    between) went on silently under the new ones. Now a warning names each change against
+    the config that trained the checkpoint of ``step`` (``trained_config_path``: not
+    ``config.json`` when an earlier resume was stopped before it saved), and that config is
+    kept as ``config.until_step_<step>.json`` (process 0). An existing one is never
+    replaced: it already is that config, the record of what trained steps 1..``step``."""
     import jax
-    path = run_config_path(workdir)
+    path = trained_config_path(workdir, step)
     if jax.process_index() != 0 or not os.path.isfile(path):
         return
     with open(path) as f:
@@ -92,19 +106,36 @@ def note_changed_settings(workdir: str, config, step: int) -> None:
     changed = changed_settings(stored, config)
     if not changed:
         return
-    kept = os.path.join(workdir, f"config.until_step_{step}.json")
-    write_text_atomic(kept, stored)
+    kept = until_step_path(workdir, step)
+    if not os.path.exists(kept):
+        write_text_atomic(kept, stored)
     logging.warning("resuming from step %d with %d setting(s) other than the run's: %s; "
                     "the steps up to %d were trained with %s", step, len(changed),
                     "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()),
                     step, kept)
 
 
+def forget_configs_past(workdir: str, step: int) -> None:
+    """Removes (process 0, with a warning) each ``config.until_step_<N>.json`` of N past
+    ``step``, the step training starts from (0: a new run): it described checkpoints that
+    are gone (deleted by hand, the whole ``checkpoints/`` for a new start), and the new
+    checkpoints of those steps would otherwise be read with it."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    for n, path in sorted(until_step_files(workdir).items()):
+        if n > step:
+            os.remove(path)
+            logging.warning("removed %s: the checkpoints up to step %d it described are gone "
+                            "(training starts from step %d)", path, n, step)
+
+
 def with_the_runs_config(argv: list[str]) -> list[str]:
     """``python -m mami_jax.main``'s ``argv`` with ``--config`` added when it names none:
     the config a ``--model`` carries (a file exported from a run, a run or a converter
     folder holding ``config.json``: ``experiment_config.carried_config``), else the
-    ``--workdir``'s own ``config.json``, so a trained model is evaluated, embedded or
+    ``--workdir``'s own, the config that trained its latest checkpoint
+    (``config_files.trained_config_path``), so a trained model is evaluated, embedded or
     resumed as it was trained. It goes first, before any ``--config.KEY=VALUE`` override,
     which the flags parser reads only after the config. Without either, one error line
     says what to name (absl would say only that ``--config`` must not be None)."""
@@ -127,5 +158,6 @@ def with_the_runs_config(argv: list[str]) -> list[str]:
               f"{', and --model carries none' if models else ''}; name the experiment "
               "config, e.g. --config=configs/all.py:runlocal", file=sys.stderr)
         sys.exit(2)         # a usage error, as absl's flag errors
+    stored = trained_config_path(workdirs[-1][1])
     print(f"--config: the run's own, {stored}", file=sys.stderr, flush=True)
     return [f"--config={stored}"] + list(argv)

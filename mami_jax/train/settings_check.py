@@ -7,11 +7,18 @@ false-accept rate of 2 or a Rank-0 scored nonsense at every evaluation, a checkp
 period of 0 was a ZeroDivisionError after the set-up, and an unknown
 protocol or metric stopped the run at its first evaluation (the final one, when it
 evaluates only at the end). Each is one
-``ValueError`` naming the key, raised before the workdir is made.
+``ValueError`` naming the key, raised before the workdir is made. So is a negative
+``seed`` (the workdir was made, and left empty, before the sampler refused it without
+naming the key), and a missing ``init.official_checkpoint`` or ``init.clip_checkpoint`` of
+a new run is a ``FileNotFoundError`` naming its key (found only after the data was read
+and the workdir got ``checkpoints/`` and ``training_batches.png``).
 """
 
 from __future__ import annotations
 
+import os
+
+from mami_jax.config_files import checkpoint_steps
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
 from mami_jax.data.sampler import IDENTITY_CLASSES
@@ -132,9 +139,41 @@ def check_train(cfg) -> None:
                 "a whole number >= 1")
 
 
-def check_training_settings(config) -> None:
+def check_seed(seed) -> None:
+    """``seed``: the sampler (numpy) takes no negative seed, JAX none of 2**63 or more."""
+    require(is_whole(seed) and 0 <= seed < 2**63, "seed", seed,
+            "a whole number >= 0 (below 2**63)")
+
+
+def check_init_files(init) -> None:
+    """The pretrained weights a new run starts from (``train/pretrained.load_pretrained``,
+    which reads them after the data and the model are set up): ``init.official_checkpoint``
+    when set, else ``init.clip_checkpoint``, must exist; a missing CLIP file is let pass
+    only with ``init.require_pretrained=False`` (random initialisation)."""
+    from mami_jax.train.pretrained import HOW_TO_GET_CLIP
+    official = str(init.official_checkpoint)
+    if official:
+        if not os.path.exists(os.path.expanduser(official)):
+            raise FileNotFoundError(f"init.official_checkpoint={official!r}: no such file (the "
+                                    "released .pth a new run is initialised from)")
+        return
+    clip = str(init.clip_checkpoint)
+    if not init.require_pretrained or (clip and os.path.exists(os.path.expanduser(clip))):
+        return
+    where = (f"init.clip_checkpoint={clip!r}: no such file or folder. " if clip else
+             "init.clip_checkpoint is not set. ")
+    raise FileNotFoundError(where + HOW_TO_GET_CLIP)
+
+
+def check_training_settings(config, workdir: str | None = None) -> None:
     """Every setting of ``config`` a training run reads, beyond the model's own
-    (``models.config.validate_config``): data, loss, optimiser, evaluation."""
+    (``models.config.validate_config``): seed, data, loss, optimiser, evaluation; with
+    ``workdir`` (the run's) holding no checkpoint, a new run, also the pretrained weights
+    it starts from (a resumed run reads its checkpoint instead: it may go on on a machine
+    without them)."""
+    check_seed(config.seed)
+    if workdir is not None and not checkpoint_steps(workdir):
+        check_init_files(config.init)
     check_data(config.data)
     check_phantoms(config)
     check_loss(config.loss)

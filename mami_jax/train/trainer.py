@@ -169,7 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     refuse_url(workdir, "workdir")      # abspath would make it a local folder "gs:"
     workdir = os.path.abspath(workdir)
     kill_after = _kill_after_step()
-    check_training_settings(config)     # a bad setting stops before anything is written
+    check_training_settings(config, workdir)  # a bad setting stops before anything is written
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     _check_mesh_and_batches(config, mesh)
     if tuple(config.optim.freeze):      # its patterns are matched against the parameters
@@ -262,9 +262,21 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
         for path in remove_stale_temporaries(workdir):
             logging.warning("removed the unfinished write %s", path)
     checkpointing.write_model_config(workdir, config.model)
-    if resume_step is not None:
+    run_config.forget_configs_past(workdir, resume_step or 0)
+    if resume_step is None:     # a run stopped before its first checkpoint restarts with it
+        run_config.write_run_config(workdir, config)
+    else:                       # config.json stays the resumed checkpoint's until a new one
         run_config.note_changed_settings(workdir, config, resume_step)
-    run_config.write_run_config(workdir, config)
+    config_recorded = resume_step is None
+
+    def save_checkpoint() -> None:
+        """``ckpt.save`` of the state reached; before a resumed run's first, its config
+        becomes ``config.json`` (the earlier one is kept: ``run_config``)."""
+        nonlocal config_recorded
+        if not config_recorded:
+            run_config.write_run_config(workdir, config)
+            config_recorded = True
+        ckpt.save(state, loader.label_map)
 
     step_fn = make_train_step(model, optimizer, config.loss,
                               accum_steps=int(config.optim.grad_accum_steps),
@@ -329,7 +341,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
                 stopped_at = step
             if step % config.train.checkpoint_every == 0 or last or stopped_at is not None:
                 _check_finite(step, jax.device_get(metrics), ckpt)
-                ckpt.save(state, loader.label_map)
+                save_checkpoint()
                 saved = step
             if step == kill_after:
                 ckpt.wait()
@@ -347,7 +359,7 @@ def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> 
         elif trained > start:
             _draw_curves(workdir, trained)
         if stopped_at is not None and stopped_at != saved:   # SIGTERM during an evaluation
-            ckpt.save(state, loader.label_map)
+            save_checkpoint()
     finally:
         if bar is not None:
             bar.close()
