@@ -1,5 +1,6 @@
 """``python -m mami_jax.convert``: the three commands end to end on tiny configs."""
 
+import json
 import os
 import re
 import subprocess
@@ -256,3 +257,37 @@ def test_an_upper_case_safetensors_extension_is_safetensors(tmp_path, capsys):
     back, cfg2 = load_params(str(tmp_path / "back"))
     assert cfg2 == cfg
     assert_same_params(back, params)
+
+
+def test_export_of_an_earlier_step_carries_the_config_that_trained_it(tmp_path, capsys):
+    """A run resumed at step 2 with other settings keeps the config of steps 1..2 as
+    ``config.until_step_2.json``; exporting step 2 embedded ``config.json`` (the later
+    settings), so the applications read the exported file with a config it never had."""
+    import orbax.checkpoint as ocp
+
+    from mami_jax.config import base_config
+    from mami_jax.convert.official import embedded_experiment
+
+    cfg = tiny_config(use_slice_adapter=False)
+    params = random_params(cfg)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "model_config.json").write_text(cfg.to_json())
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints"), item_names=("params",))
+    for step in (2, 5):
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()
+    manager.close()
+    early, late = base_config(), base_config()
+    early.optim.learning_rate, late.optim.learning_rate = 0.001, 0.5
+    (workdir / "config.until_step_2.json").write_text(early.to_json())
+    (workdir / "config.json").write_text(late.to_json())
+    rates = {}
+    for name, checkpoint in (("step2", workdir / "checkpoints" / "2"),
+                             ("step5", workdir / "checkpoints" / "5"), ("latest", workdir)):
+        out_file = str(tmp_path / f"{name}.pth")
+        code, out, err = run(capsys, "export-torch", "--checkpoint", str(checkpoint),
+                             "--out", out_file)
+        assert code == 0, err
+        rates[name] = json.loads(embedded_experiment(out_file))["optim"]["learning_rate"]
+    assert rates == {"step2": 0.001, "step5": 0.5, "latest": 0.5}

@@ -225,11 +225,20 @@ def _check_export_out(args) -> None:
 
 
 def _run_config_beside(checkpoint: str) -> str | None:
-    """The training run's ``config.json`` beside the model config the checkpoint is read
-    with (a trainer workdir or step), None for a converter folder."""
-    from mami_jax.config_files import run_config_path
-    stored = run_config_path(os.path.dirname(resolve(checkpoint)[1]))
-    return stored if os.path.isfile(stored) else None
+    """The training run's config that trained the checkpoint read (a trainer workdir, its
+    latest step, or a step folder): ``config.json``, or the ``config.until_step_<N>.json``
+    covering an earlier step of a run resumed with other settings
+    (``config_files.trained_config_path``); a converter folder's own ``config.json``
+    where it keeps one (imported from a file exported from a run); else None."""
+    from mami_jax.config_files import run_config_path, trained_config_path
+    params_dir, model_config, layout = resolve(checkpoint)
+    folder = os.path.dirname(model_config)
+    stored = run_config_path(folder)
+    if not os.path.isfile(stored):
+        return None
+    if layout == "converter":
+        return stored
+    return trained_config_path(folder, int(os.path.basename(os.path.dirname(params_dir))))
 
 
 _SHIFT_HELP = ("run or write weights under a feature shift other than the released one "
