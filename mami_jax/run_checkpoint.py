@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from mami_jax.config_files import run_config_path
+from mami_jax.config_files import trained_config_path
 from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.loading import load_rows
 from mami_jax.data.missing_files import check_images_on_disk
@@ -56,14 +56,15 @@ def result_name(model_name: str, step: int | None) -> str:
     return f"model_{base}" + (f"_step_{step}" if step is not None else "")
 
 
-def eval_folder(workdir: str, name: str, split: str) -> str:
+def eval_folder(workdir: str, name: str, split: str, step: int | None = None) -> str:
     """``WORKDIR/eval/<name>``, with ``_<split>`` when ``split`` is not the one the run
-    evaluates while it trains (its ``config.json``'s ``eval.split``; "test" without one):
-    evaluating the validation split replaced the training run's test report of that step
-    (metrics.json, cmc.png, retrieval.png), which recorded no split."""
+    evaluates while it trains (the ``eval.split`` of the config that trained the checkpoint
+    of ``step``, the latest when None: ``config_files.trained_config_path``; "test" without
+    one): evaluating the validation split replaced the training run's test report of that
+    step (metrics.json, cmc.png, retrieval.png), which recorded no split."""
     trained = "test"
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        with open(run_config_path(workdir), "rb") as f:
+        with open(trained_config_path(workdir, step), "rb") as f:
             trained = str(json.loads(f.read()).get("eval", {}).get("split", "test"))
     return os.path.join(workdir, "eval", name if split == trained else f"{name}_{split}")
 
@@ -91,7 +92,8 @@ def run(mode: str, config, workdir: str, model_name: str = ""):
     model = model or Embedder.from_workdir(workdir, config, mesh, action)
     name = result_name(model_name, model.step)
     if mode == "eval":
-        out = eval_folder(workdir, name, str(config.eval.split))
+        out = eval_folder(workdir, name, str(config.eval.split),
+                          None if model_name else model.step)
 
         def embed_split(split_rows):
             store = model.chunk_store(out, files.signature(split_rows), "embeddings")

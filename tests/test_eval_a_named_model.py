@@ -93,3 +93,16 @@ def test_the_flag_refuses_training_and_a_missing_model(setup):
         assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), \
             proc.stderr[-2000:]
     assert not os.path.exists(s["tmp"] / "w" / "eval")
+
+
+def test_the_runs_own_split_is_that_of_the_config_that_trained_the_step(tmp_path):
+    """A run trained to step 4 evaluating val, then resumed evaluating test: step 4's own
+    report is the val one, read from ``config.until_step_4.json``."""
+    import json
+    workdir = str(tmp_path)
+    (tmp_path / "config.until_step_4.json").write_text(json.dumps({"eval": {"split": "val"}}))
+    (tmp_path / "config.json").write_text(json.dumps({"eval": {"split": "test"}}))
+    assert run_checkpoint.eval_folder(workdir, "step_4", "val", 4) == f"{workdir}/eval/step_4"
+    assert run_checkpoint.eval_folder(workdir, "step_8", "test", 8) == f"{workdir}/eval/step_8"
+    assert (run_checkpoint.eval_folder(workdir, "step_4", "test", 4)
+            == f"{workdir}/eval/step_4_test")

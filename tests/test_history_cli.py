@@ -395,3 +395,17 @@ def test_a_query_embeds_as_the_archive_did(setup, capsys, tmp_path, monkeypatch)
     stored = hubness.stored_vectors(archive.indexes[q.modality], archive.kind)
     mine = archive.prepare_rows([q], seen["vectors"][:1])[0]
     np.testing.assert_allclose(mine, stored[archive.slot(position)], atol=2e-5)
+
+
+def test_a_config_spec_whose_folder_holds_a_colon_names_its_file(tmp_path):
+    """The history commands guard a ``--config`` file against being written over; a run
+    folder named ``run_12:00`` was cut at its ':' and the guard looked at a file that is not
+    there."""
+    from mami_jax.apps.history.commands import _file_of
+    run = tmp_path / "run_12:00"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert _file_of(str(run / "config.json")) == str(run / "config.json")
+    seeded = run / "seeded.py"
+    seeded.write_text("")
+    assert _file_of(f"{seeded}:3") == str(seeded)

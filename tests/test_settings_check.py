@@ -69,6 +69,11 @@ def _config():
     # Trained the opposite objective (a patient's images pushed apart) and ended well:
     ("loss.terms.triplet", -1.0, "loss.terms.triplet=-1.0: expected a weight >= 0 (0: the "
                                  "term is off; a negative weight maximises it)"),
+    # Read only when a manifest lacks splits (the phantoms have theirs), else never:
+    ("data.split_fractions.train", -0.3, "data.split_fractions: split fraction train=-0.3 "
+                                         "is negative"),
+    ("data.split_fractions.val", 0.5, "data.split_fractions: split fractions {'test': 0.2, "
+                                      "'train': 0.7, 'val': 0.5} sum to 1.4, expected 1"),
     # Refused by the sampler without naming the key, the workdir made (and left empty):
     ("seed", -1, "seed=-1: expected a whole number >= 0 (below 2**63)"),
     ("seed", 2**63, "seed=9223372036854775808: expected a whole number >= 0 (below 2**63)"),
@@ -84,6 +89,15 @@ def test_a_setting_out_of_range_names_its_key(key, value, message):
     with pytest.raises(ValueError) as e:
         check_training_settings(config)
     assert str(e.value) == message
+
+
+def test_an_objective_of_only_zero_weights_is_refused():
+    """Every weight 0 trained on zero gradients (the weights only decayed) and ended well."""
+    config = _config()
+    with config.unlocked():
+        config.loss.terms = {name: 0.0 for name in config.loss.terms}
+    with pytest.raises(ValueError, match=r"^loss.terms=\{.*\}: every weight is 0"):
+        check_training_settings(config)
 
 
 def test_a_run_of_no_steps_is_refused():

@@ -105,7 +105,7 @@ def align(outputs: dict, batch: dict, cfg) -> jax.Array:
 
 def configured_terms(loss_cfg) -> dict[str, float]:
     """``loss.terms`` as ``{name: weight}``, checked: known names, finite weights >= 0, not
-    empty. A negative weight was taken: ``--config.loss.terms.triplet=-1`` maximised the
+    empty, not all 0 (a run of zero gradients only decayed its weights). A negative weight was taken: ``--config.loss.terms.triplet=-1`` maximised the
     triplet loss, pushing a patient's images apart, and the run ended well."""
     terms = {str(k): v for k, v in dict(loss_cfg.terms).items()}
     unknown = sorted(set(terms) - set(LOSS_TERMS))
@@ -122,6 +122,9 @@ def configured_terms(loss_cfg) -> dict[str, float]:
             raise ValueError(f"loss.terms.{name}={weight!r}: expected a weight >= 0 (0: the "
                              "term is off; a negative weight maximises it)")
         out[name] = float(weight)
+    if not any(out.values()):
+        raise ValueError(f"loss.terms={out}: every weight is 0, so the objective is 0 and "
+                         "the run trains nothing; give at least one term a weight > 0")
     return out
 
 

@@ -22,6 +22,7 @@ from mami_jax.config_files import checkpoint_steps
 from mami_jax.tuple_flags import listing_hint
 from mami_jax.data.config import modality_settings
 from mami_jax.data.sampler import IDENTITY_CLASSES
+from mami_jax.data.splits import check_fractions
 from mami_jax.data.transforms import check_normalization
 from mami_jax.evaluate.protocols import PROTOCOLS
 from mami_jax.evaluate.retrieval import METRICS
@@ -61,9 +62,15 @@ def _one_of(value, key: str, allowed) -> None:
 def check_data(cfg) -> None:
     """``data.*`` beyond the modality blocks: each was read only once the phantoms were
     made and the loader built (a normalisation, an identity-class rule), or not refused at
-    all (a negative JPEG side decoded every JPEG at 1/8 of its size)."""
+    all (a negative JPEG side decoded every JPEG at 1/8 of its size; split fractions that
+    do not sum to 1, which a manifest with its own splits never reads, but a later one
+    without them would)."""
     modality_settings(cfg)
     check_normalization(str(cfg.normalization))
+    try:
+        check_fractions(cfg.split_fractions)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"data.split_fractions: {e}") from None
     _one_of(cfg.identity_classes, "data.identity_classes", IDENTITY_CLASSES)
     require(is_whole(cfg.jpeg_min_short_side) and cfg.jpeg_min_short_side >= 0,
             "data.jpeg_min_short_side", cfg.jpeg_min_short_side,

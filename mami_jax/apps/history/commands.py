@@ -32,7 +32,7 @@ from mami_jax.apps.history.query_rows import keyed_to, placed_by_mates, query_ro
 from mami_jax.apps.history.settings import check_settings
 from mami_jax.apps.history.visit_fusion import (VisitFusion, fit_visit_retrieval, scores_visits,
                                                 stats_from_calibration)
-from mami_jax.config_files import load_config, resolve
+from mami_jax.config_files import load_config, resolve, split_spec
 from mami_jax.data.image_signature import ImageFiles
 from mami_jax.data.labels import default_labels_path, labels_for, read_labels
 from mami_jax.data.manifest import ManifestRow, first_order_clash, order_clash
@@ -89,8 +89,9 @@ def _rows(args, config) -> tuple[list[ManifestRow], ImageFiles]:
 
 # -- where the commands write ------------------------------------------------------------
 def _file_of(spec: str | None) -> str | None:
-    """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it."""
-    return resolve(spec.partition(":")[0]) if spec else None
+    """The file of a config spec ``FILE[:ARG]``, as ``load_config`` finds it (FILE may
+    hold ':' of its own: a run folder ``run_12:00``)."""
+    return resolve(split_spec(spec)[0]) if spec else None
 
 
 def _model_path(name: str | None) -> str | None:
