@@ -261,3 +261,20 @@ def test_the_refusals_come_before_the_workdir_is_made(tmp_path, key, value, mess
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
+
+
+def test_a_partition_rule_that_does_not_divide_a_parameter_stops_before_the_workdir(tmp_path):
+    """Found after the data was read and the workdir got its lock and training_batches.png
+    (without a manifest, after the phantoms were generated)."""
+    from mami_jax.train.trainer import train_and_evaluate
+    config = _config()
+    with config.unlocked():
+        config.mesh.data, config.mesh.model = 1, 8
+        config.model.width, config.model.num_heads, config.model.num_codes = 36, 4, 4
+        config.model.qkv_groups, config.model.mlp_groups = 4, 4
+        config.data.manifest = str(tmp_path / "missing.csv")
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^partition rule '.*/attn/out/kernel\$': "
+                                         r"params/mami/block_0/attn/out/kernel dimension 36"):
+        train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()

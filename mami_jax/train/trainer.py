@@ -172,8 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     check_training_settings(config, workdir)  # a bad setting stops before anything is written
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     _check_mesh_and_batches(config, mesh)
-    if tuple(config.optim.freeze):      # its patterns are matched against the parameters
-        build_model_and_state_fns(config, num_classes=2, total_steps=1)
+    _check_state_placement(config, mesh)
     _resume_step(config, workdir)       # a run of another model: before anything is written
     run_config.refuse_a_foreign_config_file(workdir)
     rows = load_rows(config, workdir)   # a bad manifest leaves no empty workdir behind
@@ -200,6 +199,25 @@ def _check_mesh_and_batches(config, mesh) -> None:
     if _evaluates(config):
         batch = int(config.eval.batch_size)
         sharding.check_data_axis_divides(f"eval.batch_size={batch}", batch, mesh)
+
+
+def _check_state_placement(config, mesh) -> None:
+    """The training state's shapes against ``optim.freeze`` (its patterns are matched
+    against the parameters) and the partition rules (each sharded dimension divisible by
+    its mesh axis), before the data is read and the workdir made: a rule that did not
+    divide a parameter was found after both. The identity classifier's rows, one per
+    training patient, are not known yet; they are given the mesh's size here, which every
+    axis divides, so only the real count can fail, where it is known. Skipped (tracing
+    the model costs seconds at full size) when nothing is frozen and every axis the rules
+    name has size 1, where nothing is split."""
+    split_axes = {axis for _, axes in config.partition_rules for axis in tuple(axes)
+                  if axis is not None and mesh.shape[axis] > 1}
+    if not tuple(config.optim.freeze) and not split_axes:
+        return
+    _, _, init_state = build_model_and_state_fns(config, num_classes=int(mesh.size),
+                                                 total_steps=1)
+    sharding.tree_shardings(jax.eval_shape(init_state, jax.random.key(0)),
+                            config.partition_rules, mesh)
 
 
 def _train(config, workdir: str, rows, mesh, kill_after, stop: StopRequests) -> dict:
