@@ -21,7 +21,8 @@ training batch also holds ``teacher`` {name: (B, D_t) float32} and ``teacher_mas
 {name: (B,) bool}, joined by manifest row.
 
 Evaluation (``make_eval_loader``): the given row indices grouped by source (one T
-per batch), each group in the given order, its last batch padded to ``batch_size``.
+per batch), each group in the given order, its last batch padded to ``batch_size``; as in
+training, process p of N reads and yields only its contiguous share of each batch.
 
 Bad input: duplicate image ids, a patient in two splits, an unknown modality or an
 empty training set raise before the first batch (``manifest.validate_rows``). An
@@ -112,14 +113,17 @@ class _TrainBatch:
 
 
 class _EvalBatch:
-    """grain map: (T, modality index, row indices with -1 padding) -> batch."""
+    """grain map: (T, modality index, row indices with -1 padding) -> this process's
+    share of the batch: positions [offset, offset + local) of it."""
 
-    def __init__(self, reader, labels):
+    def __init__(self, reader, labels, offset: int, local: int):
         self.reader = reader
         self.labels = labels  # int32 per row: train label or -1
+        self.offset, self.local = offset, local
 
     def __call__(self, item) -> dict:
         t, modality, indices = item
+        indices = indices[self.offset:self.offset + self.local]
         size = self.reader.eval_image_size(MODALITIES[modality])
         images, mask, skipped = [], [], 0
         for i in indices:
@@ -271,14 +275,22 @@ def make_train_loader(rows: Sequence[ManifestRow], cfg, *, seed: int, process_in
 
 
 class EvalLoader:
-    """Iterable of padded evaluation batches, grouped by source, in the given order."""
+    """Iterable of padded evaluation batches, grouped by source, in the given order.
 
-    def __init__(self, rows, indices, cfg, batch_size: int):
+    As in training, process p of N reads and yields only its contiguous share of each
+    batch of ``batch_size`` (every field: images, label, index, modality, mask), and the
+    shares concatenated in process order are the 1-process batch; ``skipped_images``
+    counts this process's share. Every process iterates the same batches."""
+
+    def __init__(self, rows, indices, cfg, batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1):
         rows = list(rows)
         validate_rows(rows, source="evaluation rows")
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
+        self.local_batch_size = _process_share(batch_size, process_index, process_count)
+        self.offset = process_index * self.local_batch_size
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < len(rows)]
         if bad:
@@ -311,7 +323,8 @@ class EvalLoader:
         return len(self.batches)
 
     def dataset(self) -> "grain.IterDataset":
-        ds = grain.MapDataset.source(self.batches).map(_EvalBatch(self._reader, self._labels))
+        ds = grain.MapDataset.source(self.batches).map(
+            _EvalBatch(self._reader, self._labels, self.offset, self.local_batch_size))
         return _finish(ds, self.cfg, self._counter)
 
     def __iter__(self):
@@ -323,7 +336,20 @@ class EvalLoader:
             it.close()
 
 
+def _process_share(batch_size: int, process_index: int, process_count: int) -> int:
+    """The rows of a batch of ``batch_size`` that each of ``process_count`` processes reads."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if batch_size % process_count:
+        raise ValueError(f"evaluation batch size {batch_size} does not split over "
+                         f"{process_count} processes")
+    return batch_size // process_count
+
+
 def make_eval_loader(rows: Sequence[ManifestRow], indices: Sequence[int], cfg,
-                     batch_size: int) -> EvalLoader:
-    """Evaluation batches of ``rows[indices]``, ``batch_size`` rows each (``eval.batch_size``)."""
-    return EvalLoader(rows, indices, cfg, batch_size)
+                     batch_size: int, *, process_index: int = 0,
+                     process_count: int = 1) -> EvalLoader:
+    """Evaluation batches of ``rows[indices]``, ``batch_size`` rows each (``eval.batch_size``),
+    of which this process (``process_index`` of ``process_count``) reads its share."""
+    return EvalLoader(rows, indices, cfg, batch_size, process_index=process_index,
+                      process_count=process_count)

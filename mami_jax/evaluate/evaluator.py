@@ -47,10 +47,12 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
                stop_asked: Callable[[], bool] | None = None) -> np.ndarray:
     """Embeddings (len(indices), C) of ``rows[indices]``, in the order of ``indices``.
 
-    Every process iterates the same global batches of ``batch_size`` (``eval.batch_size``)
-    and feeds its own contiguous share, so the global batch is the loader's batch whatever
-    the number of hosts. Images of modalities with ``data.modalities.<m>.eval_symmetry``
-    are embedded as the mean over the 8 symmetries of the square (``symmetry_views``).
+    Every process iterates the same global batches of ``batch_size`` (``eval.batch_size``),
+    decodes and feeds only its own contiguous share (``make_eval_loader``), and gathers the
+    embeddings, row indices and masks of the whole batch, so the global batch is the
+    1-process loader's batch whatever the number of hosts. Images of modalities with
+    ``data.modalities.<m>.eval_symmetry`` are embedded as the mean over the 8 symmetries
+    of the square (``symmetry_views``).
     ``progress``: the label of a progress bar over the images (None: no bar, for a caller
     that shows its own). With ``data.skip_bad_images`` an image skipped as unreadable or
     missing has a NaN row (``embedded`` tells them apart); without it such an image is a
@@ -59,25 +61,24 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     """
     batch_size = int(batch_size)
     check_data_axis_divides(f"eval batch size {batch_size}", batch_size, mesh)
-    n_proc, proc = jax.process_count(), jax.process_index()
-    per_proc = batch_size // n_proc
+    proc = jax.process_index()
     position = {int(i): k for k, i in enumerate(indices)}
     symmetric = symmetric_modalities(data_cfg)
     out, done = None, 0
     with progress_bar(len(indices), progress or "", disable=progress is None or proc != 0) as bar:
-        for batch in make_eval_loader(rows, indices, data_cfg, batch_size):
-            local = {k: v[proc * per_proc:(proc + 1) * per_proc]
-                     for k, v in batch.items() if k in ("images", "mask")}
+        for local in make_eval_loader(rows, indices, data_cfg, batch_size, process_index=proc,
+                                      process_count=jax.process_count()):
             emb = symmetry_mean(
-                lambda v: np.asarray(multihost_utils.process_allgather(
-                    embed_fn(global_batch(dict(local, images=v), mesh)), tiled=True), np.float32),
-                local["images"], MODALITIES[int(batch["modality"][0])] in symmetric)
+                lambda v: _gathered(embed_fn(global_batch(
+                    {"images": v, "mask": local["mask"]}, mesh)), np.float32),
+                local["images"], MODALITIES[int(local["modality"][0])] in symmetric)
+            index, mask = _gathered_rows(local)
             if out is None:
                 out = np.full((len(indices), emb.shape[-1]), np.nan, np.float32)
-            keep = (batch["index"] >= 0) & batch["mask"]   # padding and skipped images stay NaN
-            _refuse_non_finite(emb, keep, batch["index"], rows)
-            out[[position[int(i)] for i in batch["index"][keep]]] = emb[keep]
-            n = int((batch["index"] >= 0).sum())
+            keep = (index >= 0) & mask   # padding and skipped images stay NaN
+            _refuse_non_finite(emb, keep, index, rows)
+            out[[position[int(i)] for i in index[keep]]] = emb[keep]
+            n = int((index >= 0).sum())
             done += n
             bar.update(n)
             if stop_asked is not None and stop_asked():
@@ -85,6 +86,19 @@ def embed_rows(embed_fn: EmbedFn, rows: Sequence[ManifestRow], indices: Sequence
     if out is None:
         raise ValueError("nothing to embed: no row indices given")
     return out
+
+
+def _gathered(x, dtype=None) -> np.ndarray:
+    """The global batch's rows of ``x``: every process's share, in process order."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True), dtype)
+
+
+def _gathered_rows(local: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(row index, mask) of the global batch from every process's share (one gather): the
+    other processes' images were decoded, and maybe skipped, there."""
+    both = multihost_utils.process_allgather(
+        {"index": local["index"], "mask": local["mask"]}, tiled=True)
+    return np.asarray(both["index"]), np.asarray(both["mask"], bool)
 
 
 def _refuse_non_finite(emb: np.ndarray, keep: np.ndarray, index: np.ndarray,

@@ -26,17 +26,27 @@ MODEL_AXIS = "model"
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, model) mesh over ``devices`` (default: all); -1 means "the rest"."""
+    """A (data, model) mesh over ``devices`` (default: all); -1 for either axis means "the
+    devices the other axis leaves" (``mesh.data``, ``mesh.model``), not for both at once."""
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    if model < 1 or n % model:
-        raise ValueError(f"mesh.model={model} must divide the {n} devices")
-    if data == -1:
-        data = n // model
+    data, model = _mesh_axis_sizes(int(data), int(model), n)
     if data * model != n:
         raise ValueError(f"mesh data={data} x model={model} != {n} devices")
     grid = np.asarray(devices, dtype=object).reshape(data, model)
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def _mesh_axis_sizes(data: int, model: int, n: int) -> tuple[int, int]:
+    """(data, model) with a -1 resolved to what the other axis leaves of ``n`` devices;
+    ValueError naming the key when both are -1 or a given size does not divide ``n``."""
+    if data == -1 and model == -1:
+        raise ValueError("mesh.data=-1 and mesh.model=-1: at most one of them can be -1 "
+                         "(the devices the other axis leaves); give the other a size")
+    for key, size in (("mesh.data", data), ("mesh.model", model)):
+        if size != -1 and (size < 1 or n % size):
+            raise ValueError(f"{key}={size} must divide the {n} devices (or be -1)")
+    return (n // model if data == -1 else data), (n // data if model == -1 else model)
 
 
 def check_data_axis_divides(what: str, size: int, mesh: Mesh) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "identity_cross_entropy",
     "pairwise_euclidean_distances",
     "batch_hard_soft_margin_triplet",
+    "triplet_anchors",
     "all_pair_differences",
     "difference_alignment_infonce",
     "total_loss",
@@ -188,20 +189,36 @@ def batch_hard_soft_margin_triplet(embeddings, labels, mask=None,
     if normalize:
         emb = _safe_l2_normalize(emb)
     dist = pairwise_euclidean_distances(emb, valid)
-    both_valid = valid[:, None] & valid[None, :]
-    same = labels[:, None] == labels[None, :]
-    not_self = ~jnp.eye(n, dtype=bool)
-    pos = same & not_self & both_valid
-    neg = ~same & both_valid
+    pos, neg = _positive_negative_pairs(labels, valid)
     # Sentinels that are never selected when a real candidate exists: distances
     # are >= 0, so 0 cannot beat a positive; max(dist) + 1 cannot beat a negative.
     # The sentinel branch is a constant, so it carries no gradient.
     hardest_pos = jnp.max(jnp.where(pos, dist, 0.0), axis=1)
     big = jax.lax.stop_gradient(jnp.max(dist)) + 1.0
     hardest_neg = jnp.min(jnp.where(neg, dist, big), axis=1)
-    has_triplet = valid & jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
     per_anchor = jax.nn.softplus(hardest_pos - hardest_neg)
-    return _masked_mean(per_anchor, has_triplet)
+    return _masked_mean(per_anchor, triplet_anchors(labels, valid))
+
+
+def _positive_negative_pairs(labels, valid):
+    """(B, B) bool: (i, j) is a positive (same label, i != j), and is a negative (other
+    label); both rows valid in either."""
+    n = labels.shape[0]
+    both_valid = valid[:, None] & valid[None, :]
+    same = labels[:, None] == labels[None, :]
+    not_self = ~jnp.eye(n, dtype=bool)
+    return same & not_self & both_valid, ~same & both_valid
+
+
+def triplet_anchors(labels, mask=None) -> jax.Array:
+    """(B,) bool: the anchors :func:`batch_hard_soft_margin_triplet` averages over, the
+    valid rows with a valid positive and a valid negative in the batch. It depends on the
+    labels and mask alone, so gradient accumulation can weight a microbatch's triplet
+    mean by its number of anchors before computing it."""
+    labels = jnp.asarray(labels)
+    valid = _valid_mask(mask, labels.shape[0])
+    pos, neg = _positive_negative_pairs(labels, valid)
+    return valid & jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
 
 
 def all_pair_differences(features, valid=None):
