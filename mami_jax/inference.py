@@ -15,6 +15,13 @@ same restored parameters (refused when the saved model config differs from the
 requested one), the same evaluation transform (``config.data``: sizes, normalisation,
 per-modality treatment) and, for ``embed_rows``, the same batching and
 symmetry-averaging as the evaluator.
+
+The config defaults to the model's own (``from_workdir`` and ``load`` without one), as
+the commands' ``--config`` does. A given config whose image reading
+(``data.reading_settings``) differs from the one the model carries (a run's config that
+trained the checkpoint, an exported file's, a converter folder's) is used, since
+embedding at another size may be meant, but with a warning naming each setting: such a
+model embeds otherwise than in its own evaluation, and nothing else would say so.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -34,10 +42,10 @@ from mami_jax.config import base_config
 from mami_jax.convert.checkpoint_dir import is_converter_checkpoint
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.example_reader import read_example
-from mami_jax.data.file_rows import embeddable_rows, file_rows
-from mami_jax.data.reading_settings import reading_settings
+from mami_jax.data.file_rows import embeddable_rows, file_rows, manifest_row
+from mami_jax.data.reading_settings import differences, reading_settings
 from mami_jax.model_name import workdir_and_step
-from mami_jax.evaluate.evaluator import embed_rows
+from mami_jax.evaluate.evaluator import embed_rows, left_out_skipped
 from mami_jax.image_batch import checked_batch
 from mami_jax.models import validate_config
 from mami_jax.models.config import config_differences
@@ -54,12 +62,53 @@ def _default_data_config() -> ml_collections.ConfigDict:
     return base_config().data
 
 
-def _carried_data_config(path: str) -> ml_collections.ConfigDict:
-    """The data block of the experiment config the model file or converter folder ``path``
-    carries, else the paper's (``_default_data_config``)."""
+def _carried_config(path: str) -> tuple[str, ml_collections.ConfigDict] | None:
+    """(spec, config) of the experiment config the model file, converter folder or workdir
+    (``WORKDIR@STEP``: the config that trained that checkpoint) ``path`` carries
+    (``experiment_config.carried_config``); None when it carries none (the authors'
+    release, a run that stored none, a missing path)."""
     from mami_jax.experiment_config import carried_config, load_experiment
-    spec = carried_config(path) if os.path.exists(path) else None
-    return load_experiment(spec).data if spec else _default_data_config()
+    spec = carried_config(path) if os.path.exists(workdir_and_step(path)[0]) else None
+    return (spec, load_experiment(spec)) if spec else None
+
+
+def _own_config(model: str) -> ml_collections.ConfigDict:
+    """The experiment config the commands read ``model`` with when no ``--config`` is
+    given (``experiment_config.experiment_spec``): a run's own config that trained the
+    checkpoint, the one an exported file or a converter folder carries, else the
+    paper's."""
+    from mami_jax.experiment_config import experiment_spec, load_experiment
+    return load_experiment(experiment_spec(model))
+
+
+def _warn_other_reading(where: str, model: str, data_cfg) -> None:
+    """A warning naming each image-reading setting (``data.reading_settings``) of
+    ``data_cfg`` that differs from the config the model ``model`` carries
+    (``_carried_config``; nothing to compare when it carries none): read at another size
+    or with another normalisation, the same parameters give other embeddings than the
+    run's own evaluation did, with no error anywhere. A warning, not a refusal: another
+    size may be meant. Settings the carried config does not record are newer than it and
+    not compared (``differences``). ``where`` names the model in the warning. A
+    carried config that cannot be read is said, not raised: the config was given."""
+    try:
+        carried = _carried_config(model)
+    except (ValueError, OSError) as e:
+        logging.warning("%s: the config the model carries could not be read to compare its "
+                        "image reading with the given config's: %s", where, e)
+        return
+    if carried is None:
+        return
+    spec, own = carried
+    held, given = reading_settings(own.data), reading_settings(data_cfg)
+    differing = differences(held, given)
+    if differing:
+        logging.warning(
+            "%s: the images will be read otherwise than with the config the model carries "
+            "(%s), so its embeddings differ from those of the model's own evaluation: %s. "
+            "Leave the config out to read them with the model's own", where, spec,
+            "; ".join(f"data.{k}: {held[k]!r} in the model's config, "
+                      f"{given[k] if k in given else 'no such setting'!r} given"
+                      for k in differing))
 
 
 def _require_experiment(config) -> None:
@@ -106,14 +155,24 @@ class Embedder:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_workdir(cls, workdir: str, config, mesh=None, action: str = "use",
+    def from_workdir(cls, workdir: str, config=None, mesh=None, action: str = "use",
                      step: int | None = None) -> "Embedder":
         """Checkpoint ``step`` (the latest by default) of a training workdir, for the
         experiment ``config`` (refused, naming the keys, when ``config.model`` is not the
-        saved one; ``action`` names the use in that refusal)."""
+        saved one; ``action`` names the use in that refusal). ``config`` defaults to the
+        run's own, the one that trained the checkpoint (``config.json``, or the
+        ``config.until_step_<N>.json`` a resume with other settings kept:
+        ``config_files.trained_config_path``); a given one that reads images otherwise
+        than that one is warned about, naming each setting (``_warn_other_reading``)."""
+        workdir = os.path.expanduser(os.fspath(workdir))
+        given = config is not None
+        if not given:
+            config = _own_config(workdir if step is None else f"{workdir}@{int(step)}")
         _require_experiment(config)
         mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
         step, params = checkpointing.restore_model_params(workdir, config, mesh, action, step)
+        if given:
+            _warn_other_reading(f"{workdir} (step {step})", f"{workdir}@{step}", config.data)
         return cls(config.model, params, config.data, step=step,
                    source=f"{workdir} (step {step})", batch_size=int(config.eval.batch_size))
 
@@ -123,13 +182,17 @@ class Embedder:
         checkpoint folder. ``data_cfg`` defaults to the preprocessing the model carries (a
         file ``export-torch`` wrote from a training run, a converter folder imported from
         one), else the paper's (the authors' release), as ``TorchEmbedder.from_export``
-        reads it: an export embeds as the run it came from."""
+        reads it: an export embeds as the run it came from. A given ``data_cfg`` that reads
+        images otherwise than the one the model carries is warned about, naming each
+        setting (``_warn_other_reading``)."""
         # convert/ reads torch files; imported here so JAX-only use never loads it.
         from mami_jax.convert.checkpoint_dir import load_params
         from mami_jax.convert.official import load_official
         path = os.path.expanduser(os.fspath(path))     # "~/ckpt" in a notebook
-        if data_cfg is None:
-            data_cfg = _carried_data_config(path)
+        given = data_cfg is not None
+        if not given:
+            carried = _carried_config(path)
+            data_cfg = carried[1].data if carried else _default_data_config()
         if os.path.isdir(path):
             params, cfg = load_params(path)
             if model_cfg is not None:
@@ -137,18 +200,28 @@ class Embedder:
         else:
             imported = load_official(path, cfg=model_cfg)
             params, cfg = imported.params, imported.cfg
+        if given:       # (once the file is known to be a model)
+            _warn_other_reading(path, path, data_cfg)
         return cls(cfg, params, data_cfg, source=path)
 
     @classmethod
-    def load(cls, name: str, config, action: str = "use", role: str = "model") -> "Embedder":
+    def load(cls, name: str, config=None, action: str = "use", role: str = "model"
+             ) -> "Embedder":
         """The model a user names, in any of the forms the commands accept: ``WORKDIR``
         (latest checkpoint), ``WORKDIR@STEP``, a released or exported ``.pth`` /
         ``.safetensors`` file, or a converter folder (``python -m mami_jax.convert
         import-official``). Whatever the form, for the experiment ``config``: another model
-        config is refused naming the keys, and the parameters sit on the experiment's mesh
-        with its batch size, so a file computes exactly as the run it was exported from.
-        ``role`` names the argument in the error for a path that is none of these."""
+        config is refused naming the keys, another image reading than the model's own
+        config's is warned about naming the settings, and the parameters sit on the
+        experiment's mesh with its batch size, so a file computes exactly as the run it was
+        exported from. ``config`` defaults to the model's own, as the commands'
+        ``--config`` does (``experiment_config.experiment_spec``: the run's config that
+        trained the checkpoint, the one a file or converter folder carries, else the
+        paper's). ``role`` names the argument in the error for a path that is none of
+        these."""
         name = os.path.expanduser(os.fspath(name))
+        if config is None:
+            config = _own_config(name)
         _require_experiment(config)
         workdir, step = workdir_and_step(name)
         if os.path.isfile(name) or is_converter_checkpoint(name):
@@ -196,7 +269,10 @@ class Embedder:
         return ChunkStore(folder if jax.process_count() == 1 else None, key)
 
     def preprocess(self, row: ManifestRow) -> np.ndarray:
-        """The evaluation view of one manifest row, (T, H, W, 3) float32."""
+        """The evaluation view of one manifest row, (T, H, W, 3) float32. Anything but a
+        ``ManifestRow`` (a path) is a TypeError naming ``row``, not an AttributeError
+        inside the reader."""
+        manifest_row(row)
         return read_example(row, self.data_cfg)
 
     def embed(self, images) -> np.ndarray:
@@ -214,16 +290,44 @@ class Embedder:
         """Embeddings of ``rows[indices]`` (all rows by default) exactly as evaluation makes
         them: batched over the mesh, symmetry-averaged where the data config says so.
         ``progress``: the label of the progress bar over the images (None: no bar), so
-        that embedding a whole manifest (``--mode=embed``) shows how far it is. With
-        ``data.skip_bad_images`` an unreadable or missing image's row is NaN
-        (``evaluate.evaluator.embedded``)."""
+        that embedding a whole manifest (``--mode=embed``) shows how far it is.
+        ``batch_size``: images per batch (default ``self.batch_size``; < 1 is a ValueError).
+        With ``data.skip_bad_images`` an unreadable or missing image's row is NaN
+        (``evaluate.evaluator.embedded``), after a warning that counts them and names the
+        first few with what was wrong with them (``_warn_skipped``)."""
         rows = embeddable_rows(rows)
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         mesh = mesh or sharding.make_mesh(-1, 1)
         indices = list(range(len(rows))) if indices is None else list(indices)
         if not indices:
             raise ValueError("indices: empty; nothing to embed")
-        return embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
-                          int(batch_size or self.batch_size), progress=progress)
+        out = embed_rows(self.embed_batch, rows, indices, self.data_cfg, mesh,
+                         int(batch_size), progress=progress)
+        if self.data_cfg.skip_bad_images:
+            self._warn_skipped([rows[i] for i in indices], out)
+        return out
+
+    def _warn_skipped(self, rows: Sequence[ManifestRow], embeddings: np.ndarray) -> None:
+        """The evaluator's warning (``left_out_skipped``) for the images of ``rows`` that
+        ``data.skip_bad_images`` skipped (NaN rows of ``embeddings``), and a second one with
+        why the first three could not be read, found by reading them again: a caller
+        handed NaN rows had no word of them, nor of which files to fix."""
+        skipped = np.flatnonzero(~left_out_skipped(rows, embeddings,
+                                                   "the embeddings (their rows are NaN)"))
+        why = []
+        for k in skipped[:3]:
+            path = rows[k].path
+            try:
+                read_example(rows[k], self.data_cfg)
+                why.append(f"{path}: readable when read again (a passing read error)")
+            except Exception as e:  # noqa: BLE001 - only reported: why it was skipped
+                said = str(e).splitlines()[0] if str(e) else type(e).__name__
+                why.append(said if path in said else f"{path}: {said}")
+        if why:
+            logging.warning("why they were skipped: %s%s", "; ".join(why),
+                            "; ..." if skipped.size > 3 else "")
 
     def embed_files(self, paths: Sequence[str], modality: str,
                     progress: str | None = None) -> np.ndarray:

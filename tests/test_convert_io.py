@@ -255,3 +255,43 @@ def test_bad_model_config_json_is_named(tmp_path):
         json.dump({"widht": 32}, f)
     with pytest.raises(ValueError, match="model_config.json: not a MaMI model config"):
         load_params(out)
+
+
+def test_a_safetensors_file_is_read_as_one_whatever_its_name(tmp_path):
+    """A safetensors file named without its extension (``model_v2``, a ``.pt`` name) went
+    to torch.load, whose error called it 'not a weights-only checkpoint (it was not written
+    by torch.save ...)'. Its header says what it is: read as safetensors, its embedded
+    config too; cut short, it is named a truncated safetensors file. The writer still
+    follows the name, whatever a file of that name holds."""
+    cfg = tiny_config()
+    params = random_params(cfg)
+    state = to_torch_state_dict(params, cfg)
+    named = str(tmp_path / "m.safetensors")
+    torch_io.save_state_dict(named, state, extra={"mami_config": cfg.to_json()})
+    data = open(named, "rb").read()
+    for name in ("model_v2", "m.pt", "m.pth"):
+        path = str(tmp_path / name)
+        open(path, "wb").write(data)
+        assert torch_io.is_safetensors(path) and not torch_io.safetensors_name(path)
+        loaded = load_official(path)
+        assert loaded.config_source == "file" and loaded.cfg == cfg
+        assert_same_params(loaded.params, params)
+    cut = str(tmp_path / "cut_v2")
+    for size in (9, 200, len(data) - 1):
+        open(cut, "wb").write(data[:size])
+        with pytest.raises(torch_io.CorruptCheckpointError,
+                           match=rf"^{cut}: truncated or corrupt safetensors file"):
+            load_official(cut)
+    # A torch file (zip or legacy pickle) is not taken for one, whatever its name.
+    for fmt in ("zip", "legacy"):
+        path = str(tmp_path / f"{fmt}_v2")
+        torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()},
+                    "mami_config": cfg.to_json()}, path,
+                   _use_new_zipfile_serialization=(fmt == "zip"))
+        assert not torch_io.is_safetensors(path)
+        assert_same_params(load_official(path).params, params)
+    # Writing over a safetensors file under a .pth name writes a torch file, as named.
+    over = str(tmp_path / "m.pth")
+    torch_io.save_state_dict(over, state)
+    assert not torch_io.is_safetensors(over)
+    assert sorted(torch.load(over, weights_only=True)) == ["model"]

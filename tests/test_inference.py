@@ -129,15 +129,19 @@ def test_a_notebooks_slips_are_named_before_the_model_sees_them(model, rows, tmp
 
 
 def test_a_config_or_model_path_of_the_wrong_kind_is_named(model, tmp_path):
-    """``Embedder.load(run, None)`` failed as ``'NoneType' object has no attribute 'mesh'``,
-    the history app's config as ``AttributeError: 'mesh'``, a folder given as a model file
-    as 'checkpoint file not found' though it is there."""
+    """``Embedder.load(run, None)`` failed as ``'NoneType' object has no attribute 'mesh'``
+    (None now is the model's own config: a folder that is no run says so), the history
+    app's config as ``AttributeError: 'mesh'``, a folder given as a model file as
+    'checkpoint file not found' though it is there."""
     import pathlib
 
     from mami_jax.config_files import load_config
     from mami_jax.convert.official import load_official
-    with pytest.raises(TypeError, match=r"^config: an experiment config .*got NoneType$"):
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: not a trained run \(no checkpoints/ "
+                                         r"and no config.json\), nor a converter folder"):
         Embedder.load(pathlib.Path(tmp_path), None)
+    with pytest.raises(TypeError, match=r"^config: an experiment config .*got str$"):
+        Embedder.load(pathlib.Path(tmp_path), "configs/all.py")
     with pytest.raises(ValueError, match=r"^config: not an experiment config \(it has no model, "
                                          r"data, train, eval\); it is a history app config"):
         Embedder.load(str(tmp_path), load_config("configs/history.py"))
@@ -174,3 +178,165 @@ def test_the_kept_chunks_follow_what_makes_an_embedding(model, rows, tmp_path):
     assert key(changed(data_cfg=windowed)) != base
     relabelled = [r.replace(modality="fundus") if i == 0 else r for i, r in enumerate(rows)]
     assert key(model, relabelled) != base
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run (one checkpoint, its config.json as training stores it) and that
+    config, read back from the run."""
+    from mami_jax.config_files import load_config
+    from tests.history_workdir import make_workdir, write_config
+    root = tmp_path_factory.mktemp("own_config")
+    workdir = make_workdir(str(root / "run"), load_config(write_config(str(root))))
+    return workdir, load_config(f"{workdir}/config.json")
+
+
+def _warnings(caplog) -> list[str]:
+    """The warnings mami_jax logged (orbax's own, through absl, left out)."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and r.name == "root"]
+
+
+def test_a_config_that_reads_images_otherwise_than_the_runs_is_warned_about(run, rows, caplog):
+    """A config whose data block differed from the run's (another normalisation, another
+    size) was taken without a word, and the model embedded otherwise than in the run's own
+    evaluation (cosine to the right embedding down to -0.03). Now each differing reading
+    setting is named with both values; the run's own config, or none, reads as the run."""
+    import copy
+    workdir, stored = run
+    xray = [r for r in rows if r.modality == "xray"][:2]
+    with caplog.at_level("WARNING"):
+        own = Embedder.from_workdir(workdir, stored)
+        same = Embedder.load(workdir, stored)
+    assert _warnings(caplog) == []
+    assert own.data_cfg.normalization == "per_image"
+    other = copy.deepcopy(stored)
+    other.data.normalization = "imagenet"
+    other.data.modalities.xray.image_size = 64
+    other.data.num_workers = 3                      # how fast, not how: not named
+    for load in (Embedder.from_workdir, Embedder.load):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load(workdir, other)
+        (message,) = _warnings(caplog)
+        assert message == (
+            f"{workdir} (step 1): the images will be read otherwise than with the config the "
+            f"model carries ({workdir}/config.json), so its embeddings differ from those of "
+            "the model's own evaluation: data.modalities.xray.image_size: 32 in the model's "
+            "config, 64 given; data.normalization: 'per_image' in the model's config, "
+            "'imagenet' given. Leave the config out to read them with the model's own")
+    # Without a config: the run's own, as the commands' --config defaults to it.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        default = Embedder.from_workdir(workdir)
+        loaded = Embedder.load(workdir)
+        stepped = Embedder.load(f"{workdir}@1")
+    assert _warnings(caplog) == []
+    want = own.embed_rows(xray, progress=None)
+    np.testing.assert_array_equal(same.embed_rows(xray, progress=None), want)
+    for model_ in (default, loaded, stepped):
+        assert model_.data_cfg.to_json() == stored.data.to_json() and model_.step == 1
+        np.testing.assert_array_equal(model_.embed_rows(xray, progress=None), want)
+
+
+def test_an_exported_file_read_with_another_data_config_is_warned_about(run, rows, tmp_path,
+                                                                        caplog):
+    """The same for a file exported from a run, which carries the run's config: given
+    another data config it is warned about; given its own, or none, it is not."""
+    import copy
+    import shutil
+    from mami_jax.convert.checkpoint_dir import load_params
+    workdir, stored = run
+    params, cfg = load_params(workdir)
+    path = str(tmp_path / "mami.safetensors")
+    export_official(path, params, cfg, experiment=stored.to_json())
+    other = copy.deepcopy(stored)
+    other.data.modalities.ct.slices = 3
+    with caplog.at_level("WARNING"):
+        Embedder.from_export(path)
+        Embedder.from_export(path, data_cfg=stored.data)
+        Embedder.load(path, stored)
+    assert _warnings(caplog) == []
+    for load in (lambda: Embedder.from_export(path, data_cfg=other.data),
+                 lambda: Embedder.load(path, other)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load()
+        (message,) = _warnings(caplog)
+        assert message.startswith(f"{path}: the images will be read otherwise than with the "
+                                  f"config the model carries ({path}), ")
+        assert message.endswith(": data.modalities.ct.slices: 2 in the model's config, 3 given. "
+                                "Leave the config out to read them with the model's own")
+    # A safetensors file renamed without its extension is still one, config and all: it
+    # went to torch.load, which called it 'not a weights-only checkpoint'.
+    renamed = str(tmp_path / "model_v2")
+    shutil.copy(path, renamed)
+    again = Embedder.from_export(renamed)
+    assert again.data_cfg.to_json() == stored.data.to_json()
+    x = again.preprocess(rows[0])[None]
+    np.testing.assert_array_equal(again.embed(x), Embedder.from_export(path).embed(x))
+
+
+def _read_error(row) -> str:
+    """What the reader says of ``row``'s unreadable image (it names the file)."""
+    from mami_jax.data.decode_errors import DecodeError
+    with pytest.raises(DecodeError) as e:
+        read_example(row, default_data_config())
+    assert row.path in str(e.value)
+    return str(e.value).splitlines()[0]
+
+
+def test_skipped_images_are_counted_and_named_with_why(model, rows, tmp_path, caplog):
+    """With data.skip_bad_images, embed_rows and embed_files gave NaN rows for a missing or
+    unreadable file without a word; now a warning counts them and names each, and another
+    says what was wrong with them."""
+    import copy
+    import dataclasses
+    skipping = copy.deepcopy(model.data_cfg)
+    skipping.skip_bad_images = True
+    lenient = dataclasses.replace(model, data_cfg=skipping)
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    xray = [r for r in rows if r.modality == "xray"][:3]
+    picked = [xray[0], xray[1].replace(path=str(tmp_path / "gone.png")),
+              xray[2].replace(path=str(text))]
+    with caplog.at_level("WARNING"):
+        out = lenient.embed_rows(picked, progress=None)
+    assert np.isnan(out).any(axis=1).tolist() == [False, True, True]
+    counted, why = _warnings(caplog)
+    assert counted.startswith("2 of the 3 images were skipped as unreadable or missing "
+                              "(data.skip_bad_images) and are left out of the embeddings "
+                              "(their rows are NaN): ")
+    assert f"(image_id={xray[1].image_id!r})" in counted
+    assert f"(image_id={xray[2].image_id!r})" in counted
+    assert why == "why they were skipped: " + "; ".join(map(_read_error, picked[1:]))
+    assert why.startswith(f"why they were skipped: {tmp_path / 'gone.png'}: ")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        files = lenient.embed_files([xray[0].path, str(text)], "xray")
+    assert np.isnan(files).any(axis=1).tolist() == [False, True]
+    counted, why = _warnings(caplog)
+    assert counted.startswith("1 of the 2 images were skipped") and str(text) in counted
+    assert why == f"why they were skipped: {_read_error(picked[2])}"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        lenient.embed_rows(xray[:1], progress=None)
+    assert _warnings(caplog) == []
+
+
+def test_a_path_given_as_a_row_is_named(model, rows):
+    """``preprocess("x.png")`` failed as an AttributeError inside the reader."""
+    with pytest.raises(TypeError, match=r"^row: a str, not a ManifestRow \(read_manifest gives "
+                                        r"them\); for image files, embed_files\(paths, "
+                                        r"modality\)$"):
+        model.preprocess(rows[0].path)
+
+
+def test_a_batch_size_below_1_is_named(model, rows):
+    """``embed_rows(rows, batch_size=0)`` took the default batch size without a word
+    (TorchEmbedder refuses 0)."""
+    for size in (0, -8):
+        with pytest.raises(ValueError, match=rf"^batch_size must be >= 1, got {size}$"):
+            model.embed_rows(rows[:2], batch_size=size, progress=None)
+    np.testing.assert_allclose(model.embed_rows(rows[:3], batch_size=16, progress=None),
+                               model.embed_rows(rows[:3], progress=None), rtol=1e-5, atol=1e-5)

@@ -144,3 +144,40 @@ def test_a_batch_the_model_cannot_take_is_named_as_the_jax_side_names_it(setup):
                 side.embed(images)
     with pytest.raises(TypeError, match=r"^rows\[0\]: a str, not a ManifestRow"):
         model.embed_rows(setup["files"]["xray"])
+
+
+def test_a_path_given_as_a_row_is_named(setup):
+    """``TorchEmbedder.preprocess("x.png")`` failed as an AttributeError inside the reader."""
+    from mami_jax.convert.torch_embedder import TorchEmbedder
+    model = TorchEmbedder.from_export(setup["path"])
+    with pytest.raises(TypeError, match=r"^row: a str, not a ManifestRow \(read_manifest gives "
+                                        r"them\); for image files, embed_files\(paths, "
+                                        r"modality\)$"):
+        model.preprocess(setup["files"]["xray"][0])
+
+
+def test_raw_pixels_or_an_array_given_to_the_module_are_named(setup, tmp_path):
+    """``MaMITorch`` given uint8 pixels failed as torch's 'expected scalar type Byte but
+    found Float', given a NumPy array as an AttributeError; and a safetensors file renamed
+    without its extension went to torch.load ('not a weights-only checkpoint')."""
+    import shutil
+
+    import torch
+
+    from mami_jax.convert.torch_embedder import TorchEmbedder
+    model = TorchEmbedder.from_export(setup["path"])
+    x = model.preprocess(file_rows(setup["files"]["xray"][:1], "xray")[0])[None]
+    with pytest.raises(TypeError, match=r"^images: a numpy\.ndarray, not a torch\.Tensor; "):
+        model.module(x)
+    for dtype in (torch.uint8, torch.int64, torch.bool):
+        with pytest.raises(TypeError, match=rf"^images: {dtype} values, as raw pixels are; "
+                                            r"MaMITorch takes preprocessed float images"):
+            model.module(torch.zeros(x.shape, dtype=dtype))
+    with torch.no_grad():
+        out = model.module(torch.from_numpy(x).double())["embedding"]
+    np.testing.assert_allclose(out.numpy(), model.embed(x), rtol=1e-6, atol=1e-6)
+    renamed = str(tmp_path / "model_v2")
+    shutil.copy(setup["path"], renamed)
+    again = TorchEmbedder.from_export(renamed)
+    assert again.data_cfg.to_json() == setup["config"].data.to_json()
+    np.testing.assert_array_equal(again.embed(x), model.embed(x))

@@ -38,7 +38,7 @@ from mami_jax.convert.official import embedded_experiment, load_official
 from mami_jax.convert.torch_model import MaMITorch
 from mami_jax.data.config import symmetric_modalities
 from mami_jax.data.example_reader import read_example
-from mami_jax.data.file_rows import embeddable_rows, file_rows
+from mami_jax.data.file_rows import embeddable_rows, file_rows, manifest_row
 from mami_jax.data.manifest import ManifestRow
 from mami_jax.data.transforms import symmetry_mean
 from mami_jax.image_batch import checked_batch
@@ -85,7 +85,10 @@ class TorchEmbedder:
         return next(self.module.parameters()).device
 
     def preprocess(self, row: ManifestRow) -> np.ndarray:
-        """The evaluation view of one manifest row, (T, H, W, 3) float32."""
+        """The evaluation view of one manifest row, (T, H, W, 3) float32. Anything but a
+        ``ManifestRow`` (a path) is a TypeError naming ``row``, as in the JAX
+        ``Embedder.preprocess``, not an AttributeError inside the reader."""
+        manifest_row(row)
         return read_example(row, self.data_cfg)
 
     @torch.no_grad()

@@ -6,8 +6,8 @@ A checkpoint is data, never code:
   weights_only=True)``. A pickle that references anything beyond tensors and plain
   containers (a class, a function such as ``os.system``) is refused with
   ``UnsafeCheckpointError``; we never retry with ``weights_only=False``.
-- ``.safetensors`` files (the extension in any case: ``is_safetensors``) are read with
-  ``safetensors`` (no pickle at all).
+- ``.safetensors`` files (the extension in any case, or a file of another name that
+  holds one: ``is_safetensors``) are read with ``safetensors`` (no pickle at all).
 - TorchScript archives (OpenAI's CLIP files are TorchScript) hold TorchScript code
   that ``torch.jit.load`` compiles and can run, so they are refused unless the
   caller opts in with ``allow_torchscript=True`` (CLI: ``--allow-torchscript``);
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import warnings
 import zipfile
 from typing import Any, Mapping
@@ -62,13 +63,41 @@ def _torch():
     return torch
 
 
-def is_safetensors(path: str) -> bool:
-    """Whether ``path`` names a safetensors file: its extension, in any case. The one test
-    that the reader, the writer and the command line share: the command line accepted
-    ``--out m.SAFETENSORS`` while the writer, testing the case, wrote a torch pickle under
-    that name, and the reader sent a ``.SafeTensors`` file (a copy from Windows) to
-    ``torch.load``."""
+#: The most bytes a safetensors header may have (the format's own limit).
+_SAFETENSORS_MAX_HEADER = 100_000_000
+
+
+def safetensors_name(path: str) -> bool:
+    """Whether ``path`` is named as a safetensors file: its extension, in any case. The test
+    the writer and the command line share (the format written follows the name): the
+    command line accepted ``--out m.SAFETENSORS`` while the writer, testing the case, wrote
+    a torch pickle under that name."""
     return os.fspath(path).lower().endswith(".safetensors")
+
+
+def holds_safetensors(path: str) -> bool:
+    """Whether the file ``path`` begins as a safetensors file does, whatever its name: an
+    8-byte little-endian header length (within the format's limit) and the header's JSON
+    object, ``{``. A torch.save zip begins ``PK``, a legacy torch pickle ``\\x80``, so
+    neither is taken for one; a safetensors file cut short still is (and is then named as
+    a truncated safetensors file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= struct.unpack("<Q", head[:8])[0] <= _SAFETENSORS_MAX_HEADER
+
+
+def is_safetensors(path: str) -> bool:
+    """Whether ``path`` is read as a safetensors file: named so (``safetensors_name``), or
+    an existing file of another name that holds one (``holds_safetensors``). The test every
+    reader shares: a ``.SafeTensors`` file (a copy from Windows) and a safetensors file
+    renamed without its extension (``model_v2``) went to ``torch.load``, whose error called
+    them 'not a weights-only checkpoint'."""
+    return safetensors_name(path) or (os.path.isfile(path) and holds_safetensors(path))
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -214,7 +243,7 @@ def save_state_dict(path: str, state_dict: Mapping[str, Any], *,
     tensors = _as_tensors(state_dict)
 
     def write(tmp):
-        if is_safetensors(path):
+        if safetensors_name(path):     # the name, not what a file of that name holds now
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                       metadata=dict(extra or {}))

@@ -224,13 +224,27 @@ class MaMITorch(nn.Module):
     def forward(self, images: torch.Tensor) -> dict:
         """``images`` (B, T, H, W, 3) of any floating dtype, cast to the weights' (numpy's
         default float64 met the float32 convolution with a bare dtype error); the outputs
-        of the module docstring."""
+        of the module docstring. Anything but a tensor (a NumPy array failed as an
+        AttributeError) and integer or bool values (raw pixels: a bare dtype error of the
+        convolution) are a TypeError naming ``images``, as the JAX side refuses raw
+        pixels (``image_batch.checked_batch``)."""
         cfg = self.cfg
+        if not isinstance(images, torch.Tensor):
+            kind = type(images)
+            named = (kind.__name__ if kind.__module__ == "builtins"
+                     else f"{kind.__module__}.{kind.__qualname__}")
+            raise TypeError(f"images: a {named}, not a torch.Tensor; MaMITorch "
+                            "takes preprocessed float images as a tensor (torch.from_numpy), "
+                            "TorchEmbedder.embed NumPy arrays")
         problem = shape_problem(tuple(images.shape), cfg.patch_size)
         if problem:      # the convolution would drop the pixels beyond the last whole patch
             raise ValueError(problem.replace("MaMI expects", "MaMITorch expects"))
-        if images.is_floating_point():
-            images = images.to(self.conv1.weight.dtype)
+        if not images.is_floating_point():
+            raise TypeError(f"images: {images.dtype} values, as raw pixels are; MaMITorch takes "
+                            "preprocessed float images (TorchEmbedder.preprocess(row)), or use "
+                            "TorchEmbedder.embed_files / embed_rows, which read image files as "
+                            "evaluation does")
+        images = images.to(self.conv1.weight.dtype)
         b, t, height, width, _ = images.shape
         n, c = b * t, cfg.width
         grid = (height // cfg.patch_size, width // cfg.patch_size)

@@ -60,7 +60,14 @@ def embeddable_rows(rows) -> list[ManifestRow]:
     if not rows:
         raise ValueError("rows: empty; nothing to embed")
     for i, r in enumerate(rows):
-        if not isinstance(r, ManifestRow):
-            raise TypeError(f"rows[{i}]: a {type(r).__name__}, not a ManifestRow (read_manifest "
-                            "gives them); for image files, embed_files(paths, modality)")
+        manifest_row(r, f"rows[{i}]")
     return rows
+
+
+def manifest_row(row, name: str = "row") -> ManifestRow:
+    """``row``, or a TypeError naming ``name`` when it is not a ``ManifestRow`` (a path:
+    ``embed_files`` takes those), rather than an AttributeError inside the reader."""
+    if not isinstance(row, ManifestRow):
+        raise TypeError(f"{name}: a {type(row).__name__}, not a ManifestRow (read_manifest "
+                        "gives them); for image files, embed_files(paths, modality)")
+    return row

@@ -42,11 +42,15 @@ def reading_settings(data_cfg) -> dict:
     return out
 
 
+def differences(held: dict, given: dict, order=None) -> list[str]:
+    """The settings (sorted, by ``order`` when given) that ``held`` records with another
+    value than ``given`` has. A setting ``held`` lacks is newer than the record and not
+    compared."""
+    return [key for key in sorted(held, key=order)
+            if key not in given or given[key] != held[key]]
+
+
 def first_difference(held: dict, given: dict, order=None) -> str | None:
-    """The first setting (sorted, by ``order`` when given) that ``held`` records with
-    another value than ``given`` has, or None. A setting ``held`` lacks is newer than the
-    record and not compared."""
-    for key in sorted(held, key=order):
-        if key not in given or given[key] != held[key]:
-            return key
-    return None
+    """The first of ``differences``, or None."""
+    found = differences(held, given, order)
+    return found[0] if found else None

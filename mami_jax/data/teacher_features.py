@@ -138,6 +138,14 @@ def read_json(path: str) -> dict:
 def read_index(features_dir: str) -> dict:
     """``index.json`` of a finished extraction (an error if some shard is still missing)."""
     path = os.path.join(features_dir, INDEX_FILE)
+    if os.path.isfile(features_dir):
+        name = os.path.basename(features_dir)
+        inside = name in (INDEX_FILE, RUN_FILE) or name.startswith("features-")
+        raise TeacherFeatureError(
+            f"{features_dir}: a file, not a feature folder ("
+            + (f"give the folder that holds it, {os.path.dirname(features_dir) or '.'}"
+               if inside else "a feature folder is what python -m teachers.extract --out "
+               "writes") + ")")
     if not os.path.isdir(features_dir):
         raise TeacherFeatureError(f"{features_dir}: no such folder (a feature folder is what "
                                   "python -m teachers.extract --out writes)")
@@ -185,8 +193,12 @@ def load_features(features_dir: str, teachers: Sequence[str] | None = None,
 
     Shards are read in index order; their SHA-256 must match the index, every record's
     CRCs must hold, each image id may appear once, and (when ``manifest_ids`` is given)
-    must be one of them.
+    must be one of them. ``teachers`` is a list of names: one name as a string is a
+    TypeError (it was read as a list of its letters, each "not extracted").
     """
+    if isinstance(teachers, str):
+        raise TypeError(f"teachers: a list of teacher names, not one name ({teachers!r}): "
+                        f"[{teachers!r}]")
     index = read_index(features_dir)
     infos = index["teachers"]
     wanted = list(infos) if teachers is None else list(teachers)
