@@ -116,7 +116,7 @@ def test_outputs_are_never_inputs_and_replaced_only_when_ours(dataset, tmp_path,
 def test_a_series_whose_later_slices_differ_from_the_first_part_is_unreadable(tmp_path):
     """Slices were read 16 at a time and compared only within a part: a series of sixteen
     8x8 slices and four 6x6 passed, then failed in training whenever a read spanned both
-    sizes. Each later part is now compared with the first."""
+    sizes. The slices' sizes are now compared when the series is opened."""
     series = tmp_path / "series"
     series.mkdir()
     for i in range(20):
@@ -124,10 +124,11 @@ def test_a_series_whose_later_slices_differ_from_the_first_part_is_unreadable(tm
         write_dicom(str(series / f"{i}.dcm"), np.full((side, side), 100 + i, np.uint16),
                     InstanceNumber=i + 1, ImagePositionPatient=[0, 0, i],
                     ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
-    reason = check_images.why_unreadable(str(series))
-    assert reason == (f"{series}: slices 16-19 read as 6x6, slices 0-15 as 8x8; a series' "
-                      "slices share one size: move the odd ones (a localizer, a thumbnail) out "
-                      "of the folder")
+    reason = check_images.why_unreadable(str(series))     # (from the files' headers)
+    assert reason == (f"{series}: 4 of the 20 slices differ from the others (8x8): 16.dcm "
+                      "(6x6), 17.dcm (6x6), 18.dcm (6x6) and 1 more; a series' slices share "
+                      "one size and pixel type: move the odd ones (a localizer, a thumbnail) "
+                      "out of the folder")
     for i in range(16, 20):
         (series / f"{i}.dcm").unlink()
     assert check_images.why_unreadable(str(series)) is None

@@ -72,17 +72,26 @@ def test_a_tiff_keeps_a_lossless_compression_and_replaces_a_lossy_one(tmp_path, 
 
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
 def test_png_with_alpha_keeps_its_alpha_channel(tmp_path, mode):
-    """The reader drops alpha (the model sees grey or RGB); the copy gets it back as it was."""
+    """The reader lays the picture on white (the model sees grey or RGB); the copy gets its
+    alpha back as it was, and the colour under it reads, laid on white, as the original
+    plus the change, as far as its transparency lets a change show: a pixel of alpha a
+    shows values in [1 - a/255, 1] only (a fully transparent one is white whatever it
+    stores)."""
     rng = np.random.default_rng(2)
     colour = [Image.fromarray(rng.integers(20, 230, (12, 14), dtype=np.uint8))
               for _ in range(len(mode) - 1)]
     alpha = rng.integers(0, 256, (12, 14), dtype=np.uint8)
+    alpha[0, :4] = 0, 255, 128, 5
     Image.merge(mode, colour + [Image.fromarray(alpha)]).save(tmp_path / "a.png")
     x, change, back = roundtrip(tmp_path / "a.png", tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as img:
         assert (img.mode, img.size) == (mode, (14, 12))
         np.testing.assert_array_equal(np.asarray(img.getchannel("A")), alpha)
-    assert np.abs(back - (x + change)).max() <= 0.5 / 255 + 1e-6
+    floor = (1.0 - alpha / 255.0)[None, :, :, None]
+    assert np.abs(back - np.clip(x + change, floor, 1.0)).max() <= 0.5 / 255 + 1e-6
+    opaque = alpha == 255
+    assert np.abs(back - (x + change))[0][opaque].max() <= 0.5 / 255 + 1e-6
+    assert np.all(back[0][alpha == 0] == 1.0)
 
 
 @pytest.mark.parametrize("ext", ["jpg", "png", "tif"])
@@ -99,6 +108,63 @@ def test_a_copy_keeps_the_exif_orientation_and_no_other_exif_tag(tmp_path, ext):
     assert kept.get(0x0112) == 6
     assert 0x010F not in kept and 0xA431 not in kept
     assert "SN-12345" not in open(tmp_path / "out" / f"a.{ext}", "rb").read().decode("latin-1")
+
+
+@pytest.mark.parametrize("ext", ["png", "tif", "jpg"])
+def test_a_copy_of_an_exif_turned_picture_reads_back_as_the_original_plus_the_change(tmp_path,
+                                                                                   ext):
+    """The change is made on the upright picture the model reads (a camera's photo stored
+    on its side, Orientation 6); the copy stores it turned back, at the input's stored size
+    and with its tag, so that the reader and viewers show it upright as the original plus
+    the change: not turned twice (a TIFF, which Pillow turns as it loads, was), not on its
+    side. Its budget is kept as the copy reads."""
+    from PIL import ImageOps
+    from mami_jax.apps.privacy.written_budget import write_within_budget
+    yy, xx = np.mgrid[0:16, 0:24]
+    rgb = np.stack([yy * 12, xx * 8, (xx + yy) * 5], -1).astype(np.uint8)   # stored 24 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"a.{ext}"
+    Image.fromarray(rgb).save(path, exif=exif, **({"quality": 100} if ext == "jpg" else {}))
+    out = tmp_path / "out" / f"a.{ext}"
+    x, change, back = roundtrip(path, out)
+    assert x.shape == back.shape == (1, 24, 16, 3)          # shown upright: 16 wide
+    with Image.open(path) as img:
+        size = img.size
+    with Image.open(out) as img:
+        assert img.size == size and img.getexif().get(0x0112) == 6     # stored as the input
+        shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB")) / 255.0
+    np.testing.assert_allclose(shown, back[0], atol=1e-6)
+    error = back - (x + change)
+    if ext == "jpg":       # quality 100: the coder's error, far below the change
+        assert np.sqrt(np.mean(error ** 2)) < 0.25 * np.sqrt(np.mean(change ** 2))
+    else:
+        assert np.abs(error).max() <= 0.5 / 255 + 1e-6
+    epsilon = 0.01
+    written = write_within_budget(str(path), [0], change.astype(np.float32), str(out), epsilon)
+    assert written.rms <= epsilon * (1 + 1e-4)
+    again = open_volume(str(out)).read([0])
+    assert again.shape == x.shape
+    assert np.sqrt(np.mean((again - x) ** 2)) <= epsilon * (1 + 1e-4)
+
+
+def test_a_turned_picture_with_alpha_keeps_its_stored_alpha_and_reads_as_changed(tmp_path):
+    """Alpha and colour are turned back together: the copy's alpha is the input's, as
+    stored, and the copy reads upright as the original plus the change where its
+    transparency lets the change show."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(20, 230, (8, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = rng.integers(0, 256, (8, 12), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png", exif=exif)
+    x, change, back = roundtrip(tmp_path / "a.png", tmp_path / "out.png")
+    assert x.shape == back.shape == (1, 12, 8, 3)
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.size == (12, 8)
+        np.testing.assert_array_equal(np.asarray(img.getchannel("A")), rgba[..., 3])
+    floor = (1.0 - np.rot90(rgba[..., 3], -1) / 255.0)[None, :, :, None]
+    assert np.abs(back - np.clip(x + change, floor, 1.0)).max() <= 0.5 / 255 + 1e-6
 
 
 def test_png_16bit_keeps_its_minmax_range(tmp_path):

@@ -15,6 +15,12 @@ Two entry points:
   pipeline uses it to read only the T slices it samples from a long series and to
   replicate grey to RGB only after resizing (three times less work).
 
+Pictures (PNG, JPEG, TIFF, ...) read as viewers show them (``read_picture``): turned by
+their EXIF Orientation (a camera's fundus photo stored on its side reads upright, as
+``PIL.ImageOps.exif_transpose`` shows it), and laid on white where an alpha channel or a
+transparent colour makes them transparent (``on_white``), as ``slide_reader`` lays a
+slide's regions on glass: a fully transparent pixel reads white, whatever colour it stores.
+
 Intensity rules (one rule per format, so the same scan always looks the same):
 
 - 8-bit integer images are divided by 255.
@@ -46,26 +52,36 @@ folder's other files ignored unless they are DICOM (a folder of both is refused:
 series exported with a preview JPEG would otherwise read as that one image);
 DICOM files by their position along the slice normal (ImagePositionPatient and
 ImageOrientationPatient), else InstanceNumber, else file name (``dicom_series``, which
-refuses a folder of several series or of several images at one position).
+refuses a folder of several series, of images in several orientations or of several
+images at one position; an enhanced multi-frame file's frames likewise,
+``dicom_pixels.frame_order``). The slices of a folder share one size: it is compared
+from the files' headers when the folder is opened (DICOM Rows and Columns, a picture's
+size as shown), so a folder with one odd slice fails every read, not only the training
+draws that meet it; what the headers do not tell (a pixel type) is compared in the slices
+each read draws.
 
 A file that cannot be read raises ``DecodeError`` whose message starts with the
 file's path, so a failure in a million-image run names the culprit. Decoding never
 hands on a non-finite image: a NaN or infinite DICOM RescaleSlope, RescaleIntercept,
 WindowCenter or WindowWidth is a ``DecodeError`` naming the file and the tag, and
-every reader's output is checked for NaN/infinity (``Volume.read``). The input
+every reader's output is checked for NaN/infinity (``Volume.read``): in the slices read,
+except for a NIfTI read whole (a .nii.gz always), which is checked whole
+(``nifti_slices.refuse_non_finite``); ``python -m mami_jax.data.check_images`` reads every
+slice of every row. The input
 pipeline can then skip such a file (``data.skip_bad_images``) instead of training on
 NaNs that would surface much later as a non-finite loss.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from mami_jax.data import dicom_pixels, nifti_slices
-from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.decode_errors import DecodeError, refuse_odd_slices, slice_kind
 from mami_jax.data.dicom_series import nested_series_hint, series_files
 from mami_jax.data.image_signature import path_signature
 from mami_jax.data.image_values import minmax, scale_integer_or_float, window
@@ -109,16 +125,105 @@ def is_volume_file(path: str) -> bool:
 
 
 def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
-    """Raw pixels of an image file: (H, W) grey or (H, W, 3) RGB, original dtype.
+    """Pixels of an image file as a viewer shows them: (H, W) grey or (H, W, 3) RGB, in
+    the stored dtype, turned upright by its EXIF Orientation and laid on white where it is
+    transparent (``read_picture``, ``on_white``).
 
     ``min_short_side``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, ``Image.draft``) as long as its short side stays at least this long. A
     2500 px MIMIC-CXR JPEG then decodes several times faster for a 224 px model input.
     """
+    return on_white(read_picture(path, min_short_side))
+
+
+class Picture(NamedTuple):
+    """An image file's pixels before they are laid on white: ``colour`` (H, W) grey or
+    (H, W, 3) RGB in the stored dtype, ``alpha`` (H, W) uint8 (255 opaque) or None for a
+    file without transparency, both turned upright; ``orientation``: the EXIF Orientation
+    they were turned by (1: stored upright). The privacy writers need the parts: a change
+    of the shown pixels goes back through the alpha and the turn (``stored_turn``)."""
+
+    colour: np.ndarray
+    alpha: np.ndarray | None
+    orientation: int
+
+
+#: EXIF Orientation (0x0112) -> the turn of a stored (H, W[, C]) array that shows it as
+#: viewers do: the transposes of ``PIL.ImageOps.exif_transpose`` (2 mirrored, 3 upside
+#: down, 4 mirrored upside down, 5 mirrored about the diagonal, 6 a camera held turned
+#: right, 7 mirrored about the other diagonal, 8 turned left), as numpy index operations
+#: so that the writers can undo them on any dtype (``stored_turn``).
+EXIF_TURNS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+#: The turn that undoes each: a quarter turn right is undone by one left; the others
+#: (mirrors, the half turn) undo themselves.
+EXIF_UNDO = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+EXIF_ORIENTATION = 0x0112
+
+
+def upright_turn(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` as stored in a file with EXIF Orientation ``orientation``, turned as
+    viewers show it (an orientation outside 2-8 leaves it as it is, as they do)."""
+    turn = EXIF_TURNS.get(int(orientation or 1))
+    return arr if turn is None else np.ascontiguousarray(turn(arr))
+
+
+def stored_turn(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``upright_turn`` undone: shown pixels put back as the file stores them."""
+    return upright_turn(arr, EXIF_UNDO.get(int(orientation or 1), 1))
+
+
+def exif_orientation(img) -> int:
+    """The EXIF Orientation of an opened image, 1 without one. A camera stores its photo
+    as the sensor read it and says in this tag how to turn it; every viewer turns it, and
+    a fundus photo read as stored lay on its side."""
+    value = img.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 1
+
+
+def on_white(picture: Picture) -> np.ndarray:
+    """The picture laid on white where it is transparent, as viewers and
+    ``slide_reader`` (glass) show it: ``(colour * a + 255 * (255 - a)) / 255`` rounded,
+    a fully transparent pixel white whatever colour it stores. Reading the colour alone
+    showed a transparent red pixel red."""
+    colour, alpha = picture.colour, picture.alpha
+    if alpha is None or (alpha == 255).all():
+        return colour
+    a = alpha.astype(np.float32)[..., None] if colour.ndim == 3 else alpha.astype(np.float32)
+    laid = (colour.astype(np.float32) * a + np.float32(255.0) * (np.float32(255.0) - a)) \
+        * np.float32(1.0 / 255.0)
+    return np.clip(np.rint(laid), 0, 255).astype(np.uint8)
+
+
+def read_picture(path: str, min_short_side: int | None = None) -> Picture:
+    """An image file's colour, alpha and EXIF Orientation (``Picture``); ``min_short_side``
+    as ``_read_pil_array``. Transparency is an alpha channel (LA, RGBA, PA) or a palette's
+    or a grey or RGB PNG's transparent colour (its tRNS chunk, as Pillow's ``info``)."""
+    with open(path, "rb") as handle:
+        return _picture(handle, path, min_short_side)
+
+
+def _picture(handle, path: str, min_short_side: int | None) -> Picture:
+    """``read_picture`` of the open file ``handle``. Pillow is given the file, not its
+    name: by name, it maps an uncompressed file into memory at the size it reports, which
+    for a TIFF with an Orientation of a quarter turn is the turned size, and a grey or
+    16-bit TIFF stored on its side read as scrambled rows (Pillow 13)."""
     from PIL import Image
 
     try:
-        opened = Image.open(path)
+        opened = Image.open(handle)
+    except Image.UnidentifiedImageError as e:   # named by its path, as Pillow names a name
+        raise Image.UnidentifiedImageError(f"cannot identify image file {path!r}") from e
     except Image.DecompressionBombError as e:
         raise DecodeError(f"{path}: {e.args[0].split(', could be')[0]}, PIL's guard against "
                           "decompression bombs: a whole slide or a large region is read as "
@@ -130,28 +235,38 @@ def _read_pil_array(path: str, min_short_side: int | None = None) -> np.ndarray:
             f = min_short_side / float(min(w, h))
             if f < 1.0:
                 img.draft(img.mode, (max(1, int(np.ceil(w * f))), max(1, int(np.ceil(h * f)))))
+        orientation = exif_orientation(img)
         img.load()
+        # Pillow turns a TIFF upright as it loads it (and drops its tag): turned once more
+        # it would lie on its other side
+        turn = 1 if orientation != 1 and exif_orientation(img) == 1 else orientation
         mode = img.mode
         if img.format == "PNG" and _png_depth_and_colour(path) == (16, GREY_ALPHA):
             raise DecodeError(
                 f"{path}: a 16-bit grey PNG with an alpha channel, of which Pillow reads only "
                 "the upper 8 bits (a 12-bit radiograph would read nearly black): save it "
                 "without the alpha channel, as a 16-bit grey PNG, which is read in full")
-        if mode in ("1", "LA", "La"):
+        keyed = "transparency" in img.info
+        alpha = None
+        if mode in ("LA", "La") or (mode in ("L", "1") and keyed):
+            img = img.convert("LA")
+            alpha = np.asarray(img.getchannel("A"))
             img = img.convert("L")
-        elif mode in ("P", "PA"):
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-            if img.mode == "RGBA":
-                img = img.convert("RGB")
-        elif mode in ("RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        elif mode == "1":
+            img = img.convert("L")
+        elif mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and keyed):
+            img = img.convert("RGBA")
+            alpha = np.asarray(img.getchannel("A"))
             img = img.convert("RGB")
-        elif mode.startswith("I;16"):
-            arr = np.asarray(img)
-            return arr.astype(np.uint16, copy=False)
+        elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+            img = img.convert("RGB")
         arr = np.asarray(img)
+        if mode.startswith("I;16"):     # I;16B and I;16L too: native uint16
+            arr = arr.astype(np.uint16, copy=False)
     if arr.ndim == 3 and arr.shape[2] != 3:
         raise ValueError(f"unexpected channel count {arr.shape[2]} (mode {mode})")
-    return arr
+    return Picture(upright_turn(arr, turn),
+                   None if alpha is None else upright_turn(alpha, turn), orientation)
 
 
 #: PNG's colour type of grey samples with alpha (Pillow opens a 16-bit one as 8-bit RGBA).
@@ -237,26 +352,14 @@ class Volume:
 def _refuse_mixed_slices(path: str, slices: dict[str, np.ndarray], types: bool = True) -> None:
     """Refuses a series whose read slices (file -> pixels) differ in size or (``types``:
     as stored, not rescaled) pixel type, naming the files that differ from the most common
-    kind: a localizer or a thumbnail saved among the slices is the usual cause, and a
-    message listing only the sizes left the user to open every file to find it."""
-    def kind(a):
-        size = "x".join(str(n) for n in a.shape[:2])
-        colour = " RGB" if a.ndim == 3 and a.shape[2] == 3 else ""
-        return f"{size}{colour} {a.dtype}" if types else f"{size}{colour}"
-
-    kinds = {name: kind(a) for name, a in slices.items()}
-    counts: dict[str, int] = {}
-    for k in kinds.values():
-        counts[k] = counts.get(k, 0) + 1
-    if len(counts) == 1:
-        return
-    common = max(counts, key=counts.get)
-    odd = [f"{os.path.basename(name)} ({k})" for name, k in kinds.items() if k != common]
-    raise DecodeError(
-        f"{path}: {len(odd)} of the {len(kinds)} slices read "
-        f"{'differs' if len(odd) == 1 else 'differ'} from the others ({common}): "
-        f"{examples(odd)}; a series' slices share one size and pixel type: move the odd ones "
-        "(a localizer, a thumbnail) out of the folder")
+    kind (``decode_errors.refuse_odd_slices``). The sizes of every slice were compared
+    from their headers when the folder was opened (``SliceFolder``, ``series_files``);
+    this catches what headers do not tell (a grey slice among colour ones, 8 bits among
+    16) in the slices a read draws."""
+    refuse_odd_slices(path, {
+        name: slice_kind(*a.shape[:2], a.shape[2] if a.ndim == 3 else 1,
+                         a.dtype if types else None)
+        for name, a in slices.items()}, "slices read")
 
 
 class ImageFile(Volume):
@@ -346,7 +449,7 @@ class DicomSeries(Volume):
                                       f"{self.path}: {type(e).__name__}: {e}") from e
                 if f.shape[0] != 1:
                     raise DecodeError(f"{self.files[i]}: multi-frame file inside a series folder")
-                cache[i] = (f[0].astype(np.float32), ds,
+                cache[i] = (f[0], ds,
                             np.zeros(f.shape[1:], bool) if padded is None else padded[0])
             frames.append(cache[i][0])
         ref = cache[0][1] if 0 in cache else \
@@ -354,6 +457,12 @@ class DicomSeries(Volume):
         _refuse_mixed_slices(self.path, {self.files[i]: cache[i][0] for i in cache},
                              types=False)
         padded = np.stack([cache[i][2] for i in indices])
+        # the slices' own dtype, as DicomFile hands its frames on: ``to_unit`` reads 8-bit
+        # colour by /255 under a value window, as it reads an 8-bit picture, and a series
+        # cast to float32 was windowed instead (dark), unlike the same file read alone.
+        # Slices of several dtypes (one rescaled, one not) meet as float32.
+        if len({a.dtype for a in frames}) > 1:
+            frames = [a.astype(np.float32) for a in frames]
         return dicom_pixels.to_unit(np.stack(frames), ref, padded if padded.any() else None,
                                     self.value_window)
 
@@ -384,6 +493,34 @@ class NiftiVolume(Volume):
         return minmax(raw) if self.value_window is None else window(raw, self.value_window)
 
 
+@functools.lru_cache(maxsize=1024)
+def _refuse_odd_slice_sizes(folder: str, files: tuple[str, ...], stamp) -> None:
+    """Refuses a slice folder whose images differ in size (as shown: turned by their EXIF
+    Orientation), read from their headers without decoding, naming the odd files. A read
+    compares only the slices it draws, so one odd slice (a localizer, a thumbnail) failed
+    only the training draws that met it, at random, and never the evaluation's. Cached
+    per folder, its files and its modification time (``stamp``: a file added or removed);
+    a slice rewritten in place with another size is still refused when a read draws it."""
+    del stamp  # part of the cache key only
+    from PIL import Image
+
+    sizes = {}
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                w, h = img.size
+                if img.format == "TIFF":    # as stored: Pillow may give a TIFF's turned size
+                    w, h = (int(img.tag_v2.get(tag, n)) for tag, n in ((256, w), (257, h)))
+                # a PNG's EXIF may follow its pixels, which Pillow would decode to find it
+                shown = 1 if img.format == "PNG" and "exif" not in img.info \
+                    else exif_orientation(img)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the file
+            raise DecodeError(f"{f}: unreadable slice image header in {folder}: "
+                              f"{type(e).__name__}: {e}") from e
+        sizes[f] = slice_kind(*((w, h) if shown in (5, 6, 7, 8) else (h, w)))
+    refuse_odd_slices(folder, sizes)
+
+
 class SliceFolder(Volume):
     """A folder of 2-D slice images in natural file-name order."""
 
@@ -393,6 +530,11 @@ class SliceFolder(Volume):
         super().__init__(path)
         self.min_short_side = min_short_side
         self.files = [os.path.join(path, n) for n in sorted(names, key=natural_key)]
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            stamp = None
+        _refuse_odd_slice_sizes(path, tuple(self.files), stamp)
 
     @property
     def num_slices(self) -> int:

@@ -10,7 +10,9 @@ The reading rules, in order (``decode``'s module docstring gives the other forma
   transfer syntax that cannot be told from how it was read each raise one ``DecodeError``
   line naming the file and what to install or what the file is;
 - frames in anatomical order: an enhanced multi-frame object's by the position in
-  each frame's functional groups (``frame_order``), a classic one's as stored;
+  each frame's functional groups (``frame_order``, which refuses frames in several
+  orientations or several at one position, as a series folder's are refused), a classic
+  one's as stored;
 - grey: the modality LUT, a table (ModalityLUTSequence, ``dicom_luts``) or else
   RescaleSlope / RescaleIntercept (an enhanced object's per frame, from its functional
   groups, as its window), then the first VOI window
@@ -38,6 +40,8 @@ import numpy as np
 
 from mami_jax.data.decode_errors import DecodeError, dataset_place
 from mami_jax.data.dicom_luts import ModalityLut, VoiLut, as_pixel_value
+from mami_jax.data.dicom_series import (SPLIT_ECHOES, position_key, refuse_several_orientations,
+                                        refuse_shared_positions)
 from mami_jax.data.image_values import minmax, scale_integer_or_float
 from mami_jax.data.image_values import window as fixed_window
 
@@ -127,16 +131,27 @@ def window(ds) -> tuple[float, float, str] | None:
     return None if center is None or width is None else (center, width, function)
 
 
+#: How to split an enhanced object whose frames are not one stack of slices.
+SPLIT_FRAMES = ("(dcm4che's emf2sf writes an enhanced multi-frame object's frames as "
+                "single-frame files)")
+
+
 def frame_order(ds) -> np.ndarray:
     """Stored frame index of each slice, in anatomical order: an enhanced multi-frame
     object places each frame by its PlanePositionSequence, and its frames need not be
     stored in order along the slice normal (they follow its dimension index); a classic
-    object's frames are read as stored."""
+    object's frames are read as stored.
+
+    An enhanced object whose frames are not one stack is refused as a series folder is
+    (``dicom_series``), naming the file and the frames: frames in several orientations
+    (PlaneOrientationSequence), or several frames at one position (the echoes or time
+    points of an MR or perfusion object, stored echo after echo): sorted by depth they
+    read as one volume whose slices alternate between planes or contrasts."""
     n = int(ds.get("NumberOfFrames", 1) or 1)
     stored = np.arange(n)
     if n < 2 or not ds.get("PerFrameFunctionalGroupsSequence", None):
         return stored
-    depth = []
+    depth, at_position, oriented = [], {}, {}
     for f in range(n):
         position = _group_item(ds, f, "PlanePositionSequence")
         orientation = _group_item(ds, f, "PlaneOrientationSequence")
@@ -144,8 +159,16 @@ def frame_order(ds) -> np.ndarray:
         ori = None if orientation is None else orientation.get("ImageOrientationPatient", None)
         if pos is None or ori is None or len(pos) != 3 or len(ori) != 6:
             return stored
+        name = f"frame {f + 1}"
+        at_position.setdefault(position_key(pos), []).append(name)
+        oriented[name] = [float(v) for v in ori]
         normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
         depth.append(float(np.dot(normal, np.asarray(pos, float))))
+    refuse_several_orientations(
+        dataset_place(ds), oriented, "frames",
+        f"save each orientation's frames as a file or folder of their own {SPLIT_FRAMES}")
+    refuse_shared_positions(dataset_place(ds), at_position, "frames",
+                            f"{SPLIT_ECHOES} {SPLIT_FRAMES}")
     return np.asarray(sorted(stored.tolist(), key=lambda f: (depth[f], f)))
 
 

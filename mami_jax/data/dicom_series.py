@@ -7,9 +7,19 @@ one volume it would give slices that alternate between images of different kinds
 
 - files of several series (SeriesInstanceUID: a study's scout and axial series, a scan
   before and after contrast, copied into one folder);
+- images in more than one orientation (ImageOrientationPatient: a 3-plane localizer saved
+  under one SeriesInstanceUID, a reformatted image among axial slices), whose positions
+  along each file's own normal put slices of other planes between them;
 - several images at one slice position (the echoes of a multi-echo MR series, the time
   points of a perfusion or cine series);
+- slices of different sizes (Rows, Columns, SamplesPerPixel: a localizer or a secondary
+  capture among them), told from the headers when the folder is opened, so a read fails
+  whichever slices it draws rather than only the training draws that meet the odd one;
 - a DICOM file without an image (a structured report, a presentation state).
+
+An enhanced multi-frame file's frames are refused by the same rules
+(``dicom_pixels.frame_order`` calls ``refuse_several_orientations`` and
+``refuse_shared_positions``).
 
 Files that are not DICOM (a text note, Windows' Thumbs.db: no 128-byte preamble and no
 image in what parses as a header) are ignored, as a folder of slice images ignores its
@@ -23,8 +33,74 @@ import os
 
 import numpy as np
 
-from mami_jax.data.decode_errors import DecodeError
+from mami_jax.data.decode_errors import DecodeError, refuse_odd_slices, slice_kind
 from mami_jax.data.natural_order import examples, natural_key
+
+#: Two ImageOrientationPatient whose direction cosines differ by at most this are one
+#: orientation: exporters write the cosines to a varying number of decimals, and their
+#: last places are rounding noise, where another plane differs by far more (a tilted
+#: gantry's axial series shares one orientation; a localizer's planes differ by 1).
+ORIENTATION_TOLERANCE = 1e-3
+
+#: What to do with a series of several images at one position (``refuse_shared_positions``).
+SPLIT_ECHOES = "put each echo or time point in its own folder"
+
+
+def position_key(position) -> tuple[float, ...]:
+    """An ImagePositionPatient rounded to 1/1000 mm: images at one key share a position."""
+    return tuple(round(float(v), 3) for v in position)
+
+
+def refuse_shared_positions(where: str, at_position: dict, kind: str = "images",
+                            remedy: str = SPLIT_ECHOES) -> None:
+    """Refuses a stack where several of its ``kind`` share a slice position
+    (``at_position``: ``position_key`` -> the names of the images there): the echoes or
+    time points of one series, which read as one volume would alternate between their
+    contrasts. The message names how many positions are shared, the first of them (by
+    the names held there) and its images."""
+    shared = {p: names for p, names in at_position.items() if len(names) > 1}
+    if not shared:
+        return
+    position, names = min(shared.items(), key=lambda kv: min(natural_key(f) for f in kv[1]))
+    raise DecodeError(
+        f"{where}: {len(shared)} slice position(s) hold several {kind} (at "
+        f"{list(position)}: {examples(names)}), the echoes or time points of one "
+        f"series: {remedy}")
+
+
+def orientation_groups(orientations: dict) -> list[tuple[tuple[float, ...], list[str]]]:
+    """Names grouped by their ImageOrientationPatient (``orientations``: name -> its six
+    direction cosines), each group's cosines those of its first name, two orientations
+    one group within ``ORIENTATION_TOLERANCE``; the largest group first."""
+    groups: list[tuple[np.ndarray, list[str]]] = []
+    for name, cosines in orientations.items():
+        vector = np.asarray(cosines, float)
+        for first, names in groups:
+            if np.abs(first - vector).max() <= ORIENTATION_TOLERANCE:
+                names.append(name)
+                break
+        else:
+            groups.append((vector, [name]))
+    groups.sort(key=lambda g: (-len(g[1]), min(natural_key(n) for n in g[1])))
+    return [(tuple(round(float(v), 3) + 0.0 for v in first), names) for first, names in groups]
+
+
+def refuse_several_orientations(where: str, orientations: dict, kind: str = "images",
+                                remedy: str = "move each orientation's images into a folder "
+                                              "of their own") -> None:
+    """Refuses a stack whose ``kind`` lie in more than one orientation (``orientations``:
+    name -> ImageOrientationPatient), listing each orientation's count and first names.
+    Ordered by their positions along each image's own normal, the planes of a 3-plane
+    localizer (or one reformatted image among axial slices) read as one volume whose
+    slices jump between planes."""
+    groups = orientation_groups(orientations)
+    if len(groups) < 2:
+        return
+    found = "; ".join(f"{list(cosines)}: {len(names)} {kind[:-1]}(s), {examples(names)}"
+                      for cosines, names in groups)
+    raise DecodeError(
+        f"{where}: its {kind} lie in {len(groups)} orientations (ImageOrientationPatient "
+        f"{found}); a volume is one stack of parallel slices: {remedy}")
 
 
 def nested_series_hint(folder: str, looked_at: int = 1000) -> str:
@@ -63,7 +139,7 @@ def series_files(folder: str, stamp: str) -> tuple[str, ...]:
     names = [n for n in os.listdir(folder)
              if not n.startswith(".") and n.upper() != "DICOMDIR"
              and os.path.isfile(os.path.join(folder, n))]
-    keyed, series, at_position, others = [], {}, {}, []
+    keyed, series, at_position, oriented, sizes, others = [], {}, {}, {}, {}, []
     for n in names:
         p = os.path.join(folder, n)
         try:
@@ -77,12 +153,15 @@ def series_files(folder: str, stamp: str) -> tuple[str, ...]:
             raise DecodeError(f"{p}: a DICOM file without an image (no Rows) in series "
                               f"folder {folder}: a series folder holds only its slices")
         series.setdefault(str(ds.get("SeriesInstanceUID", "") or "").strip(), []).append(n)
+        sizes[p] = slice_kind(ds.get("Rows"), ds.get("Columns"),
+                              int(ds.get("SamplesPerPixel", 1) or 1))
         pos = ds.get("ImagePositionPatient", None)
         ori = ds.get("ImageOrientationPatient", None)
         if pos is not None and ori is not None and len(pos) == 3 and len(ori) == 6:
             normal = np.cross(np.asarray(ori[:3], float), np.asarray(ori[3:], float))
             key = (0, float(np.dot(normal, np.asarray(pos, float))), natural_key(n))
-            at_position.setdefault(tuple(round(float(v), 3) for v in pos), []).append(n)
+            at_position.setdefault(position_key(pos), []).append(n)
+            oriented[n] = [float(v) for v in ori]
         elif ds.get("InstanceNumber", None) not in (None, ""):
             key = (1, float(ds.InstanceNumber), natural_key(n))
         else:
@@ -99,12 +178,8 @@ def series_files(folder: str, stamp: str) -> tuple[str, ...]:
             for uid, files in sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0])))
         raise DecodeError(f"{folder}: holds {len(series)} DICOM series ({found}); a manifest "
                           "row's folder must hold one series: move each into its own folder")
-    shared = {p: files for p, files in at_position.items() if len(files) > 1}
-    if shared:
-        position, files = min(shared.items(), key=lambda kv: min(natural_key(f) for f in kv[1]))
-        raise DecodeError(
-            f"{folder}: {len(shared)} slice position(s) hold several images (at "
-            f"{list(position)}: {examples(files)}), the echoes or time points of one "
-            "series: put each echo or time point in its own folder")
+    refuse_several_orientations(folder, oriented)
+    refuse_shared_positions(folder, at_position)
+    refuse_odd_slices(folder, sizes)
     keyed.sort(key=lambda t: t[0])
     return tuple(p for _, p in keyed)

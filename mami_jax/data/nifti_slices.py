@@ -13,6 +13,11 @@ read, not refused: its qform is used where coded, else the voxel sizes (nibabel'
 affine for a file without orientation, which takes x as stored right to left, as Analyze
 did).
 
+A float volume holding NaN or infinity is refused, naming the slices that hold it,
+wherever the volume is read whole (a .nii.gz is decompressed whole for any read):
+checked only in the slices drawn, it failed at random training draws
+(``refuse_non_finite``).
+
 The privacy writer maps a change on the displayed pixels back onto the stored voxels
 through ``voxel_index``, which applies the very same reorientation to the voxels' flat
 indices, so reading and writing can never disagree on where a pixel lives.
@@ -23,6 +28,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from mami_jax.data.decode_errors import DecodeError
 
 
 def orientation(img) -> np.ndarray:
@@ -137,6 +144,7 @@ def read_slices(path: str, indices: Sequence[int] | None):
     dataobj = img.dataobj
     if path.lower().endswith(".gz") or indices is None:
         full = np.asanyarray(dataobj).reshape(shape)
+        refuse_non_finite(path, full, ornt, axis)
         sub = np.take(full, src, axis=axis)
     else:  # an uncompressed file: read only the wanted slices
         parts = []
@@ -146,6 +154,33 @@ def read_slices(path: str, indices: Sequence[int] | None):
                 tuple(s for ax, s in enumerate(shape) if ax != axis)))
         sub = np.stack(parts, axis=axis)
     return n, _display(sub, ornt, axis)[..., None]
+
+
+def refuse_non_finite(path: str, voxels: np.ndarray, ornt: np.ndarray, axis: int) -> None:
+    """Refuses a volume (``voxels`` in stored order, cut along stored ``axis``) holding NaN
+    or infinite voxels, naming the slices (as read: 0 the lowest) that hold them.
+
+    Called wherever the whole volume is in memory anyway (a .nii.gz, which is
+    decompressed whole, or a read of every slice), so the check costs no extra reading and
+    a read fails whichever slices it draws: checked in the drawn slices alone, a NaN in one
+    slice failed only the training draws that met it. An uncompressed .nii is read slice
+    by slice, and its NaN is found in the slices read (``decode.Volume.read``), or in every
+    slice by ``python -m mami_jax.data.check_images``."""
+    if voxels.dtype.kind != "f":
+        return
+    finite = np.isfinite(voxels)
+    if finite.all():
+        return
+    other = tuple(ax for ax in range(voxels.ndim) if ax != axis)
+    stored = np.flatnonzero(~finite.all(axis=other))
+    n = voxels.shape[axis]
+    shown = sorted(int(k) if ornt[axis, 1] > 0 else n - 1 - int(k) for k in stored)
+    listed = ", ".join(str(k) for k in shown[:5]) + (
+        f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+    raise DecodeError(
+        f"{path}: holds NaN or infinity in {int(np.size(finite) - np.count_nonzero(finite))} "
+        f"voxel(s), in {len(shown)} of its {n} slices ({listed}): fix the file or leave it "
+        "out of the manifest")
 
 
 def voxel_index(img, indices: Sequence[int]) -> np.ndarray:

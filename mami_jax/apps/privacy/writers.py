@@ -16,16 +16,20 @@ the written file decodes to ``original + delta`` (to the format's rounding):
 
 Everything else is kept: DICOM every data element but those that make the copy a new
 image and those that describe its pixels (``dicom_writer``), NIfTI its affine, header and
-scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included), size
-and EXIF Orientation (a palette or 1-bit image becomes RGB or grey: its changed values are
-not in its palette; a CMYK JPEG becomes the RGB it is read as; a 16-bit-per-channel RGB
-PNG, which Pillow reads as its high bytes (what the model sees), is written as those 8-bit
-values, its low bytes lost; JPEG at quality 100 without chroma subsampling: at 95 most of a small
-change is lost; TIFF keeps a lossless compression, a JPEG one becomes deflate; WebP is
-written lossless, JPEG 2000 reversibly, a camera's MPO JPEG as one JPEG without its
-preview; GIF and other formats that cannot hold the change are refused: ``copy_formats``), and the
-slices of a slice folder that the model does not read are copied byte for byte (a DICOM
-series': ``dicom_writer``). Each file is written all-or-nothing (``runtime.atomic_files``), never over an input.
+scaling (a .hdr/.img pair stays a pair), PNG/JPEG/TIFF their mode (alpha included: the
+colour under it set so that, laid on white as the reader shows it, it reads as changed),
+size, stored orientation and EXIF Orientation (the change, made on the upright picture the
+reader shows, is turned back: ``_save_pil``; a palette or 1-bit image becomes RGB or grey:
+its changed values are not in its palette; a palette's or a PNG's transparent colour (tRNS)
+is not kept, the copy storing the picture as shown on white; a CMYK JPEG becomes the RGB it
+is read as; a 16-bit-per-channel RGB PNG, which Pillow reads as its high bytes (what the
+model sees), is written as those 8-bit values, its low bytes lost; JPEG at quality 100
+without chroma subsampling: at 95 most of a small change is lost; TIFF keeps a lossless
+compression, a JPEG one becomes deflate; WebP is written lossless, JPEG 2000 reversibly, a
+camera's MPO JPEG as one JPEG without its preview; GIF and other formats that cannot hold
+the change are refused: ``copy_formats``), and the slices of a slice folder that the model
+does not read are copied byte for byte (a DICOM series': ``dicom_writer``). Each file is
+written all-or-nothing (``runtime.atomic_files``), never over an input.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from mami_jax.data.decode import DecodeError
 from mami_jax.data.natural_order import examples, natural_key
 from mami_jax.runtime.atomic_files import finish_tree, publish_dir, staging_dir, write_atomic
 
-EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = decode.EXIF_ORIENTATION
 #: TIFF compressions that keep every value: kept; any other (JPEG) becomes deflate, so the
 #: change is neither lost in a lossy coder nor written raw (pathology tiles: 25x larger).
 LOSSLESS_TIFF = ("raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits")
@@ -56,18 +60,35 @@ class WriteError(RuntimeError):
 
 # ----------------------------------------------------------------------- 2-D image files
 
-def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
-    """``arr`` (the reader's grey or RGB pixels, changed) in ``like``'s format; an alpha
-    channel the reader dropped (LA, RGBA) is put back as it was. Of the EXIF only the
-    Orientation is kept: viewers turn the picture by it (a camera's fundus photo stored
-    on its side), and the other tags (camera, serial number, dates) may name a person."""
+def _save_pil(shown: np.ndarray, picture: decode.Picture, like: str, out: str) -> None:
+    """``shown`` (the reader's grey or RGB pixels of ``like``, changed: ``picture`` as read,
+    its change added) in ``like``'s format, as ``like`` stores them, so that the copy reads
+    as ``shown``:
+
+    - an alpha channel (LA, RGBA) is kept as it was, and the colour under it set to what,
+      laid on white as the reader lays it (``decode.on_white``), shows ``shown``
+      (``_under_alpha``); a transparent colour of a palette or a PNG's tRNS is not kept,
+      and the copy stores the shown pixels, opaque;
+    - the pixels are turned back from upright to ``like``'s stored orientation and its
+      EXIF Orientation is kept (viewers and the reader turn the copy as they turned the
+      original), rather than stored upright with the tag dropped: the copy keeps the
+      input's size and layout (a slice folder's unread slices are copied as stored, and
+      its read ones are stored alike), and it reads through ``decode`` exactly as the
+      model saw the original plus the change, which the budget check
+      (``written_budget``) and ``evaluate``'s PSNR measure; a mirror or a quarter turn
+      moves no value, so the change on disk is the change written.
+
+    Of the EXIF only the Orientation is kept: the other tags (camera, serial number,
+    dates) may name a person."""
     from PIL import Image
     with Image.open(like) as original:
         fmt, info, mode = original.format, dict(original.info), original.mode
-        alpha = original.getchannel("A") if mode in ("LA", "RGBA") else None
-        orientation = original.getexif().get(EXIF_ORIENTATION)
-    img = Image.fromarray(arr)
-    if alpha is not None and img.mode in ("L", "RGB"):
+    keeps_alpha = mode in ("LA", "RGBA") and picture.alpha is not None
+    if keeps_alpha:
+        shown = _under_alpha(picture, shown)
+    img = Image.fromarray(decode.stored_turn(shown, picture.orientation))
+    if keeps_alpha and img.mode in ("L", "RGB"):
+        alpha = Image.fromarray(decode.stored_turn(picture.alpha, picture.orientation))
         img = Image.merge(img.mode + "A", [*img.split(), alpha])
     if fmt not in SAVE_AS:
         raise WriteError(f"{like}: cannot write a protected copy in {fmt}: the change would "
@@ -75,9 +96,9 @@ def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     fmt, options = SAVE_AS[fmt]
     kwargs = {k: info[k] for k in ("dpi", "icc_profile") if k in info}
     kwargs.update(options)
-    if orientation not in (None, 1):
+    if picture.orientation not in (None, 1):
         exif = Image.Exif()
-        exif[EXIF_ORIENTATION] = orientation
+        exif[EXIF_ORIENTATION] = picture.orientation
         kwargs["exif"] = exif
     if fmt == "TIFF":
         compression = info.get("compression", "raw")
@@ -89,16 +110,36 @@ def _save_pil(arr: np.ndarray, like: str, out: str) -> None:
     write_atomic(out, write)
 
 
+def _under_alpha(picture: decode.Picture, shown: np.ndarray) -> np.ndarray:
+    """The 8-bit colour that, under ``picture``'s alpha ``a`` and laid on white, reads as
+    ``shown``: ``255 (shown - 255 + a) / a``, rounded, which ``decode.on_white`` reads back
+    exactly (its rounding error, at most ``a / 510`` of a level, stays under half of one)
+    while it lies in [0, 255]. A pixel the more transparent, the narrower the range it can
+    show (``[255 - a, 255]``): a change beyond it is clipped, and a fully transparent pixel
+    keeps its colour (it reads white whatever it stores); the budget check measures what
+    the copy shows. A pixel whose shown value is unchanged keeps its stored colour."""
+    colour, a = picture.colour, picture.alpha.astype(np.float64)
+    if colour.ndim == 3:
+        a = a[..., None]
+    before = decode.on_white(picture)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wanted = 255.0 * (shown.astype(np.float64) - 255.0 + a) / a
+    wanted = np.clip(np.rint(np.where(a > 0, wanted, colour)), 0, 255).astype(np.uint8)
+    return np.where((shown == before) | (a == 0), colour, wanted).astype(colour.dtype)
+
+
 def _write_image_file(path: str, slices, delta, out: str, value_window=None) -> None:
-    raw = decode._read_pil_array(path)
+    picture = decode.read_picture(path)
+    raw = decode.on_white(picture)
     change = per_slice_change(delta, slices, 1)[0]
     [new] = plain_pixels_changed([raw], [channels(change, raw)], value_window)
-    _save_pil(new, path, out)
+    _save_pil(new, picture, path, out)
 
 
 def _write_slice_folder(volume, slices, delta, out: str, value_window=None) -> None:
     changes = per_slice_change(delta, slices, volume.num_slices)
-    read = {i: decode._read_pil_array(volume.files[i]) for i in changes}
+    pictures = {i: decode.read_picture(volume.files[i]) for i in changes}
+    read = {i: decode.on_white(p) for i, p in pictures.items()}
     new = dict(zip(read, plain_pixels_changed(
         list(read.values()), [channels(changes[i], a) for i, a in read.items()],
         value_window)))
@@ -106,7 +147,7 @@ def _write_slice_folder(volume, slices, delta, out: str, value_window=None) -> N
         for i, f in enumerate(volume.files):
             target = os.path.join(tmp, os.path.basename(f))
             if i in changes:
-                _save_pil(new[i], f, target)
+                _save_pil(new[i], pictures[i], f, target)
             else:
                 shutil.copyfile(f, target)
         publish_dir(tmp, out)
