@@ -3,9 +3,14 @@ the embedded teachers, several seeds, Rank-1 and mAP per modality.
 
 Each run is the real quick-start job (``python -m mami_jax.main
 --config=configs/all.py:runlocal[,align=TEACHERS]``) in its own workdir under
-``OUT/runs``, on one shared phantom cache and one shared teacher-feature store (extracted
-by the first alignment run when missing). A finished run (its final metrics.json exists)
-is not run again, so a killed ablation resumes where it stopped.
+``OUT/runs``, on one shared phantom cache and a teacher-feature store per teacher set
+(``OUT/teachers/<set>``, extracted by the set's first run: a run extracts only its own
+teachers into a folder that has none, and a store holding ``anatomy`` alone was refused by
+the first ``efficientnet`` run; ``--teachers-dir`` names one store holding every teacher
+instead). A finished run (its final metrics.json exists) is not run again, so a killed
+ablation resumes where it stopped; a run of another ``--align-weight`` lies in a folder of
+its own (``...-w<weight>-s<seed>``), or a sweep of weights read the first weight's runs
+under the later ones' labels.
 
     python benchmarks/align_ablation.py --out /tmp/ablation --steps 1000 --seeds 0 1
 
@@ -137,6 +142,21 @@ def plot(summary: dict, path: str) -> None:
     plt.close(fig)
 
 
+def run_name(arm: str, seed: int, align_weight: float | None) -> str:
+    """The folder of one run under ``OUT/runs``: the arm, the align weight when one is
+    given (an arm without alignment trains the same whatever it is) and the seed."""
+    weight = (f"-w{align_weight:g}" if align_weight is not None and ARMS[arm][0] is not None
+              else "")
+    return f"{arm.replace('/', '-')}{weight}-s{seed}"
+
+
+def teacher_store(out: str, arm: str) -> str:
+    """The default feature store of ``arm``'s teacher set, one folder per set (none for the
+    arm without alignment)."""
+    teachers = ARMS[arm][1]
+    return os.path.join(out, "teachers", TEACHER_SETS[teachers]) if teachers else ""
+
+
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for runs/, ablation.json, ablation.png")
@@ -147,7 +167,9 @@ def main(argv=None) -> int:
                    help="alignment arms to run: variant/teacher set, or none (default: all)")
     p.add_argument("--phantoms", default="", help="shared phantom cache (default: per run)")
     p.add_argument("--teachers-dir", default="",
-                   help="shared teacher-feature store (default OUT/teachers; extracted if missing)")
+                   help="one teacher-feature store holding every teacher of the arms "
+                        "(default: OUT/teachers/<set>, one per teacher set, each extracted "
+                        "by its first run)")
     p.add_argument("--align-weight", type=float, default=None,
                    help="weight of the align term (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -158,16 +180,16 @@ def main(argv=None) -> int:
 def run(args) -> int:
     """Runs (or, with --dry-run, prints) the ablation's plan; the exit status."""
     out = os.path.abspath(args.out)
-    teachers_dir = os.path.abspath(args.teachers_dir or os.path.join(out, "teachers"))
+    shared_teachers = os.path.abspath(args.teachers_dir) if args.teachers_dir else ""
     phantoms = os.path.abspath(args.phantoms) if args.phantoms else os.path.join(out, "phantoms")
     plan = [(arm, seed) for seed in args.seeds for arm in args.arms]
     plan.sort(key=lambda x: (list(ARMS).index(x[0]) // 2, x[1], list(ARMS).index(x[0])))
     results = {arm: {} for arm in args.arms}
     for i, (arm, seed) in enumerate(plan, 1):
-        workdir = os.path.join(out, "runs", f"{arm.replace('/', '-')}-s{seed}")
+        workdir = os.path.join(out, "runs", run_name(arm, seed, args.align_weight))
         final = os.path.join(workdir, "eval", f"step_{args.steps}", "metrics.json")
-        cmd = training_command(arm, seed, args.steps, workdir, phantoms, teachers_dir,
-                               args.align_weight)
+        cmd = training_command(arm, seed, args.steps, workdir, phantoms,
+                               shared_teachers or teacher_store(out, arm), args.align_weight)
         if args.dry_run:
             print(" ".join(cmd))
             continue
