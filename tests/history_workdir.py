@@ -33,6 +33,8 @@ def get_config(arg=None):
     update_modalities(c.data, ("ct", "mri"), slices=2)
     c.data.normalization = "per_image"
     c.eval.batch_size = 8
+    c.init.clip_checkpoint = ""          # a tiny model: random initialisation, no CLIP file
+    c.init.require_pretrained = False
     return c
 '''
 
