@@ -77,7 +77,9 @@ def test_import_official_then_export_round_trip(tmp_path, capsys):
             np.testing.assert_array_equal(state[key].numpy(), value, err_msg=key)
 
 
-def test_export_from_trainer_step_directory_with_module_prefix(tmp_path, capsys):
+def trainer_workdir(tmp_path, steps):
+    """(workdir, model config, params): a trainer's layout, the same tiny random params
+    saved as each of ``steps``."""
     import orbax.checkpoint as ocp
 
     cfg = tiny_config(use_slice_adapter=False)
@@ -86,9 +88,15 @@ def test_export_from_trainer_step_directory_with_module_prefix(tmp_path, capsys)
     workdir.mkdir()
     (workdir / "model_config.json").write_text(cfg.to_json())
     manager = ocp.CheckpointManager(str(workdir / "checkpoints"), item_names=("params",))
-    manager.save(7, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    for step in steps:
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()
     manager.close()
+    return workdir, cfg, params
+
+
+def test_export_from_trainer_step_directory_with_module_prefix(tmp_path, capsys):
+    workdir, cfg, params = trainer_workdir(tmp_path, (7,))
     out_file = str(tmp_path / "step7.pth")
     code, out, err = run(capsys, "export-torch", "--checkpoint",
                          str(workdir / "checkpoints" / "7"), "--out", out_file, "--module-prefix")
@@ -263,21 +271,10 @@ def test_export_of_an_earlier_step_carries_the_config_that_trained_it(tmp_path, 
     """A run resumed at step 2 with other settings keeps the config of steps 1..2 as
     ``config.until_step_2.json``; exporting step 2 embedded ``config.json`` (the later
     settings), so the applications read the exported file with a config it never had."""
-    import orbax.checkpoint as ocp
-
     from mami_jax.config import base_config
     from mami_jax.convert.official import embedded_experiment
 
-    cfg = tiny_config(use_slice_adapter=False)
-    params = random_params(cfg)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    (workdir / "model_config.json").write_text(cfg.to_json())
-    manager = ocp.CheckpointManager(str(workdir / "checkpoints"), item_names=("params",))
-    for step in (2, 5):
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
-    manager.wait_until_finished()
-    manager.close()
+    workdir, _, _ = trainer_workdir(tmp_path, (2, 5))
     early, late = base_config(), base_config()
     early.optim.learning_rate, late.optim.learning_rate = 0.001, 0.5
     (workdir / "config.until_step_2.json").write_text(early.to_json())

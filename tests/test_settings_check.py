@@ -18,6 +18,16 @@ def _config():
     return load_config(os.path.join(REPO, "configs", "all.py") + ":runlocal")
 
 
+def _set(config, key: str, value) -> None:
+    """Sets the dotted ``key`` of ``config`` to ``value``."""
+    *blocks, name = key.split(".")
+    block = config
+    for part in blocks:
+        block = block[part]
+    with config.unlocked():
+        block[name] = value
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("optim.learning_rate", -1.0, "optim.learning_rate=-1.0: expected a number > 0"),
     ("optim.learning_rate", float("nan"), "optim.learning_rate=nan: expected a number > 0"),
@@ -80,12 +90,7 @@ def _config():
 ])
 def test_a_setting_out_of_range_names_its_key(key, value, message):
     config = _config()
-    *blocks, name = key.split(".")
-    block = config
-    for part in blocks:
-        block = block[part]
-    with config.unlocked():
-        block[name] = value
+    _set(config, key, value)
     with pytest.raises(ValueError) as e:
         check_training_settings(config)
     assert str(e.value) == message
@@ -250,12 +255,8 @@ def test_the_refusals_come_before_the_workdir_is_made(tmp_path, key, value, mess
     """(The manifest is missing too: a run that got past the check would stop there.)"""
     from mami_jax.train.trainer import train_and_evaluate
     config = _config()
-    *blocks, name = key.split(".")
-    block = config
-    for part in blocks:
-        block = block[part]
+    _set(config, key, value)
     with config.unlocked():
-        block[name] = value
         config.data.manifest = str(tmp_path / "missing.csv")
     workdir = tmp_path / "run"
     with pytest.raises((ValueError, FileNotFoundError), match=message):
