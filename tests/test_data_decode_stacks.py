@@ -166,6 +166,29 @@ def test_one_odd_sized_slice_fails_every_read_not_only_the_draws_that_meet_it(tm
             (4, 16, 16, 1)
 
 
+def test_a_uniform_folder_has_its_headers_read_once_per_process(tmp_path, monkeypatch):
+    """Every read of a series opens its folder: opening all its slices' headers each time
+    (a bounded cache evicts on an archive of many series) costs more than the slices read.
+    Adding a slice changes the folder, which is looked at again."""
+    import PIL.Image
+    folder = tmp_path / "uniform"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((16, 16), 100, np.uint8)).save(folder / f"{i}.png")
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda f, *a, **k: opened.append(f) or
+                        real_open(f, *a, **k))
+    open_volume(str(folder))
+    assert len(opened) == 6
+    open_volume(str(folder))
+    assert len(opened) == 6
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(folder / "6.png")
+    opened.clear()
+    with pytest.raises(DecodeError, match="6.png"):
+        open_volume(str(folder))
+
+
 def test_a_slice_stored_on_its_side_with_its_exif_orientation_is_of_the_shown_size(tmp_path):
     """Sizes are compared as the slices are shown: one stored 16x8 with EXIF Orientation 6
     shows 8x16, as the others do (a TIFF too, whose size Pillow gives turned)."""

@@ -74,7 +74,6 @@ NaNs that would surface much later as a non-finite loss.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import NamedTuple, Sequence
 
@@ -493,15 +492,25 @@ class NiftiVolume(Volume):
         return minmax(raw) if self.value_window is None else window(raw, self.value_window)
 
 
-@functools.lru_cache(maxsize=1024)
+#: (folder, modification time, number of files) of the slice folders found uniform in
+#: this process: one small entry a folder, so a training run over every series of a large
+#: archive opens each folder's headers once (a bounded cache keyed on the file names
+#: evicted, and opened every header again at each read, once it held more series than
+#: its size).
+_UNIFORM_SLICE_FOLDERS: set = set()
+
+
 def _refuse_odd_slice_sizes(folder: str, files: tuple[str, ...], stamp) -> None:
     """Refuses a slice folder whose images differ in size (as shown: turned by their EXIF
     Orientation), read from their headers without decoding, naming the odd files. A read
     compares only the slices it draws, so one odd slice (a localizer, a thumbnail) failed
-    only the training draws that met it, at random, and never the evaluation's. Cached
-    per folder, its files and its modification time (``stamp``: a file added or removed);
-    a slice rewritten in place with another size is still refused when a read draws it."""
-    del stamp  # part of the cache key only
+    only the training draws that met it, at random, and never the evaluation's. A folder
+    found uniform is not looked at again while its modification time (``stamp``: a file
+    added, removed or renamed) and its number of files stay; a slice rewritten in place
+    with another size is still refused when a read draws it."""
+    key = (folder, stamp, len(files))
+    if stamp is not None and key in _UNIFORM_SLICE_FOLDERS:
+        return
     from PIL import Image
 
     sizes = {}
@@ -519,6 +528,7 @@ def _refuse_odd_slice_sizes(folder: str, files: tuple[str, ...], stamp) -> None:
                               f"{type(e).__name__}: {e}") from e
         sizes[f] = slice_kind(*((w, h) if shown in (5, 6, 7, 8) else (h, w)))
     refuse_odd_slices(folder, sizes)
+    _UNIFORM_SLICE_FOLDERS.add(key)
 
 
 class SliceFolder(Volume):
