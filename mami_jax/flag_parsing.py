@@ -49,12 +49,23 @@ def unknown_override(argv: Sequence[str], spec: str) -> str | None:
     """The first ``--config.KEY`` of ``argv`` that the config of ``spec`` does not have."""
     cfg = config_files.load_config(spec)
     for key in overridden_keys(argv):
-        node = cfg
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                return key
-            node = node[part]
+        if _holder(cfg, key) is None:
+            return key
     return None
+
+
+def _holder(config, key: str):
+    """(the ConfigDict holding the dotted ``key`` of ``config``, its last name), or None
+    when ``config`` has no such key."""
+    *parents, name = key.split(".")
+    node = config
+    for part in parents:
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        return None
+    return node, name
 
 
 #: An override as ``-config.KEY=VALUE``, ``--config.KEY=VALUE`` or ``--config.KEY VALUE``.
@@ -66,14 +77,10 @@ def may_be_none(config, key: str) -> bool:
     placeholder (``config_dict.placeholder``, whatever value it holds now) or a key whose
     value is None. Any other key keeps its type (ml_collections would let None replace a
     number, and the run fail where it reads it)."""
-    *parents, name = key.split(".")
-    node = config
-    for part in parents:
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+    held = _holder(config, key)
+    if held is None:
         return False
+    node, name = held
     return node[name] is None or isinstance(node._fields.get(name), FieldReference)
 
 
@@ -112,10 +119,7 @@ def none_overrides(argv: list[str], spec: str | None) -> tuple[list[str], list[s
 def set_to_none(config, keys) -> None:
     """Sets each dotted key of ``keys`` (``none_overrides``) to None on ``config``."""
     for key in keys:
-        *parents, name = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
+        node, name = _holder(config, key)
         node[name] = None
 
 

@@ -179,11 +179,9 @@ class TrainLoader:
         p, k = int(cfg.patients_per_batch), int(cfg.images_per_patient)
         if p < 1 or k < 1:
             raise ValueError(f"patients_per_batch={p} and images_per_patient={k} must be >= 1")
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        if (p * k) % process_count:
-            raise ValueError(f"global batch P*K = {p * k} is not divisible by the "
-                             f"{process_count} processes")
+        local = _process_share(p * k, process_index, process_count,
+                               f"global batch P*K = {p * k} is not divisible by the "
+                               f"{process_count} processes")
         if seed < 0 or start_step < 0:
             raise ValueError(f"seed ({seed}) and start_step ({start_step}) must be >= 0")
         if not any(r.split == "train" for r in rows):
@@ -216,7 +214,7 @@ class TrainLoader:
             source_weights=sampler_source_weights(cfg, settings), label_map=self.label_map,
             identity_classes=cfg.identity_classes)
         self.global_batch_size = p * k
-        self.local_batch_size = p * k // process_count
+        self.local_batch_size = local
         self._counter = SkipCounter()
 
     @property
@@ -289,7 +287,9 @@ class EvalLoader:
         batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
-        self.local_batch_size = _process_share(batch_size, process_index, process_count)
+        self.local_batch_size = _process_share(
+            batch_size, process_index, process_count,
+            f"evaluation batch size {batch_size} does not split over {process_count} processes")
         self.offset = process_index * self.local_batch_size
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < len(rows)]
@@ -336,13 +336,15 @@ class EvalLoader:
             it.close()
 
 
-def _process_share(batch_size: int, process_index: int, process_count: int) -> int:
-    """The rows of a batch of ``batch_size`` that each of ``process_count`` processes reads."""
+def _process_share(batch_size: int, process_index: int, process_count: int,
+                   uneven: str) -> int:
+    """The rows of a batch of ``batch_size`` that each of ``process_count`` processes reads
+    (training's and evaluation's loaders alike); ValueError ``uneven`` when it does not
+    split evenly."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if batch_size % process_count:
-        raise ValueError(f"evaluation batch size {batch_size} does not split over "
-                         f"{process_count} processes")
+        raise ValueError(uneven)
     return batch_size // process_count
 
 
